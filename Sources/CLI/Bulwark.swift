@@ -1,0 +1,1 @@
+@main struct Bulwark { static func main() {} }
