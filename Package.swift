@@ -39,11 +39,18 @@ let package = Package(
             ]
         ),
         // Pure: the admission pipeline shared by HTTP and MQTT.
-        .target(name: "Gateway", dependencies: ["Core"]),
+        .target(
+            name: "Gateway",
+            dependencies: ["Core", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         // Pure: The Update Framework metadata, canonical JSON, verification.
         .target(
             name: "TUF",
-            dependencies: ["Core", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: [
+                "Core",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
         ),
         // Store protocols, in-memory twins, SQLite (GRDB) backend, migrations.
         .target(
@@ -100,8 +107,15 @@ let package = Package(
         ),
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
         .testTarget(name: "PKITests", dependencies: ["PKI", .product(name: "X509", package: "swift-certificates")]),
-        .testTarget(name: "GatewayTests", dependencies: ["Gateway"]),
-        .testTarget(name: "TUFTests", dependencies: ["TUF"]),
+        .testTarget(
+            name: "GatewayTests",
+            dependencies: ["Gateway", .product(name: "Crypto", package: "swift-crypto")],
+            resources: [.copy("Fixtures")]
+        ),
+        .testTarget(
+            name: "TUFTests",
+            dependencies: ["TUF", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Core"]),
         .testTarget(
             name: "HubTests",
