@@ -1,0 +1,97 @@
+import Configuration
+public import Foundation
+import SystemPackage
+
+/// The hub's settings: a JSON file (`--config FILE`) with `BULWARK_*` environment variables overriding it
+/// (`device.port` ← `BULWARK_DEVICE_PORT`), through apple/swift-configuration.
+///
+/// No setting holds a secret. A database URL that carries a password is refused at start-up; the password belongs
+/// in a file named by `database.passwordFile` (`BULWARK_DATABASE_PASSWORD_FILE`).
+public struct HubConfiguration: Sendable, Equatable {
+    public struct Listener: Sendable, Equatable {
+        public var host: String
+        public var port: Int
+    }
+
+    public var dataDirectory: String
+    public var device = Listener(host: "127.0.0.1", port: 8443)
+    public var operatorAPI = Listener(host: "127.0.0.1", port: 8444)
+    /// `sqlite:PATH` (default `sqlite:<data>/bulwark.sqlite`) or, later, `postgres://user@host/db`.
+    public var databaseURL: String?
+    public var databasePasswordFile: String?
+    /// Largest telemetry body accepted; larger ones are refused with 413 before they are read whole.
+    public var maxBodyBytes = 64 * 1024
+    /// Extra DNS names for the hub's TLS certificate (localhost and 127.0.0.1 are always included).
+    public var hubNames: [String] = []
+    public var logLevel = "info"
+
+    public init(dataDirectory: String) {
+        self.dataDirectory = dataDirectory
+    }
+
+    /// Reads the file (if given) and the environment, then validates. Errors say which setting is wrong.
+    public static func load(
+        dataDirectory: String?, configFile: String?, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> HubConfiguration {
+        var providers: [any ConfigProvider] = [
+            EnvironmentVariablesProvider(environmentVariables: environment).prefixKeys(with: ["bulwark"])
+        ]
+        if let configFile {
+            guard FileManager.default.fileExists(atPath: configFile) else {
+                throw HubStartupError("configuration file \(configFile) does not exist")
+            }
+            do {
+                providers.append(try await FileProvider<JSONSnapshot>(filePath: FilePath(configFile)))
+            } catch {
+                throw HubStartupError("configuration file \(configFile) is not valid JSON")
+            }
+        }
+        let reader = ConfigReader(providers: providers)
+        var config = HubConfiguration(
+            dataDirectory: dataDirectory ?? reader.string(forKey: "data", default: "./bulwark-data"))
+        config.device.host = reader.string(forKey: "device.host", default: config.device.host)
+        config.device.port = reader.int(forKey: "device.port", default: config.device.port)
+        config.operatorAPI.host = reader.string(forKey: "operator.host", default: config.operatorAPI.host)
+        config.operatorAPI.port = reader.int(forKey: "operator.port", default: config.operatorAPI.port)
+        config.databaseURL = reader.string(forKey: "database.url")
+        config.databasePasswordFile = reader.string(forKey: "database.passwordFile")
+        config.maxBodyBytes = reader.int(forKey: "telemetry.maxBodyBytes", default: config.maxBodyBytes)
+        config.hubNames = reader.stringArray(forKey: "hub.names", default: [])
+        config.logLevel = reader.string(forKey: "log.level", default: config.logLevel)
+        try config.validate()
+        return config
+    }
+
+    public func validate() throws {
+        if let url = databaseURL {
+            if let components = URLComponents(string: url), components.password != nil {
+                throw HubStartupError(
+                    "database.url must not contain a password; put the password in a file with mode 0600 and name it "
+                        + "in database.passwordFile (environment: BULWARK_DATABASE_PASSWORD_FILE)")
+            }
+            guard url.hasPrefix("sqlite:") else {
+                throw HubStartupError(
+                    "database.url: only the embedded store (sqlite:PATH) is available in this version")
+            }
+        }
+        for (name, listener) in [("device", device), ("operator", operatorAPI)] {
+            guard (0...65535).contains(listener.port) else {
+                throw HubStartupError("\(name).port must be between 0 and 65535")
+            }
+        }
+        guard (1024...(16 * 1024 * 1024)).contains(maxBodyBytes) else {
+            throw HubStartupError("telemetry.maxBodyBytes must be between 1024 and 16777216")
+        }
+    }
+
+    public var sqlitePath: String {
+        if let url = databaseURL, url.hasPrefix("sqlite:") { return String(url.dropFirst("sqlite:".count)) }
+        return dataDirectory + "/bulwark.sqlite"
+    }
+}
+
+/// Why the hub refused to start, in words that say what to do. Never contains a secret.
+public struct HubStartupError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,98 @@
+import Core
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOSSL
+import PKI
+import Store
+import Synchronization
+import X509
+
+/// Outermost middleware: turns every error into a short generic body with the correlation id, and sends the detail
+/// to the log and (for security-relevant refusals) the security events table.
+struct ErrorReportingMiddleware: RouterMiddleware {
+    typealias Context = HubRequestContext
+    let store: any HubStore
+
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HubError {
+            context.logger.notice(
+                "request refused",
+                metadata: [
+                    "status": .stringConvertible(error.status.code), "code": .string(error.code),
+                    "detail": .string(error.detail), "path": .string(request.uri.path),
+                    "peer": .string(context.peer?.identity.uri ?? "-"),
+                ])
+            if let kind = error.event {
+                try? await store.recordSecurityEvent(
+                    SecurityEvent(
+                        at: Date(), kind: kind, identity: context.peer?.identity.uri,
+                        source: context.channel.remoteAddress?.ipAddress, correlationID: context.correlationID.rawValue,
+                        detail: "\(request.method) \(request.uri.path): \(error.detail)"))
+            }
+            return HubError.response(
+                status: error.status, code: error.code, message: error.message,
+                correlationID: context.correlationID.rawValue)
+        } catch let error as HTTPError {
+            let code = error.status == .notFound ? "not-found" : error.status.code < 500 ? "bad-request" : "internal"
+            return HubError.response(
+                status: error.status, code: code, message: nil, correlationID: context.correlationID.rawValue)
+        } catch {
+            context.logger.error("request failed", metadata: ["error": .string("\(error)")])
+            return HubError.response(
+                status: .serviceUnavailable, code: "unavailable", message: nil,
+                correlationID: context.correlationID.rawValue)
+        }
+    }
+}
+
+/// Establishes who the peer is from the TLS client certificate on every request, and refuses certificates revoked
+/// since the handshake: revocation takes effect on the next request of an open keep-alive connection.
+struct PeerIdentityMiddleware: RouterMiddleware {
+    typealias Context = HubRequestContext
+    let revocations: RevocationList
+    let cache: PeerCertificateCache
+
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        guard let certificate = try? await context.channel.nioSSL_peerCertificate().get(),
+            let der = try? certificate.toDERBytes(),
+            let peer = cache.peer(forDER: der)
+        else {
+            throw HubError.forbidden("no usable client certificate on the connection")
+        }
+        var context = context
+        context.peer = peer
+        context.logger[metadataKey: "peer"] = .string(peer.identity.uri)
+        if revocations.contains(peer.serialHex) {
+            throw HubError.forbidden("certificate \(peer.serialHex) was revoked", event: "revoked-certificate-used")
+        }
+        return try await next(request, context)
+    }
+}
+
+/// Parsing a certificate costs microseconds, and a keep-alive connection presents the same one on every request:
+/// remember the identity per certificate (bounded; cleared when full).
+final class PeerCertificateCache: Sendable {
+    private let entries = Mutex<[[UInt8]: PeerCertificate]>([:])
+    private let capacity = 50_000
+
+    func peer(forDER der: [UInt8]) -> PeerCertificate? {
+        if let hit = entries.withLock({ $0[der] }) { return hit }
+        guard let certificate = try? Certificate(derEncoded: der), let identity = certificate.bulwarkIdentity else {
+            return nil
+        }
+        let peer = PeerCertificate(identity: identity, serialHex: certificate.serialHex)
+        entries.withLock {
+            if $0.count >= capacity { $0.removeAll(keepingCapacity: true) }
+            $0[der] = peer
+        }
+        return peer
+    }
+}

@@ -1,0 +1,116 @@
+public import Foundation
+import Hummingbird
+import HummingbirdTLS
+public import Logging
+import NIOCore
+import PKI
+public import ServiceLifecycle
+public import UnixSignals
+public import Store
+import Synchronization
+
+/// The running hub: the device listener and the operator listener, each a Hummingbird application with mutual TLS,
+/// in one `ServiceGroup`. On SIGINT/SIGTERM in-flight requests finish, then the store is closed.
+public final class HubServer: Sendable {
+    public let configuration: HubConfiguration
+    public let store: any HubStore
+    public let credentials: HubCredentials
+    let revocations: RevocationList
+    private let group: ServiceGroup
+    private let logger: Logger
+    private let ports: AsyncStream<(String, Int)>
+
+    /// Opens the store (SQLite by default), creates or loads the credentials and builds both listeners.
+    public static func make(
+        configuration: HubConfiguration, store: (any HubStore)? = nil, logger: Logger,
+        gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]
+    ) async throws -> HubServer {
+        try configuration.validate()
+        try SecretFiles.makePrivateDirectory(configuration.dataDirectory)
+        let store = try store ?? SQLiteHubStore(path: configuration.sqlitePath)
+        let credentials = try await HubCredentials.loadOrCreate(
+            dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames, store: store, now: Date())
+        return try HubServer(
+            configuration: configuration, store: store, credentials: credentials,
+            revocations: RevocationList(try await store.revokedSerials()), logger: logger,
+            signals: gracefulShutdownSignals)
+    }
+
+    private init(
+        configuration: HubConfiguration, store: any HubStore, credentials: HubCredentials, revocations: RevocationList,
+        logger: Logger, signals: [UnixSignal]
+    ) throws {
+        self.configuration = configuration
+        self.store = store
+        self.credentials = credentials
+        self.revocations = revocations
+        self.logger = logger
+        let (ports, portsContinuation) = AsyncStream.makeStream(of: (String, Int).self)
+        self.ports = ports
+        let cache = PeerCertificateCache()
+
+        func application(
+            name: String, listener: HubConfiguration.Listener, role: ClientCertificatePolicy.Role,
+            routes: (Router<HubRequestContext>) -> Void
+        ) throws -> some Service {
+            let router = Router(context: HubRequestContext.self)
+            router.add(middleware: ErrorReportingMiddleware(store: store))
+            router.add(middleware: PeerIdentityMiddleware(revocations: revocations, cache: cache))
+            routes(router)
+            let appLogger = {
+                var logger = logger
+                logger[metadataKey: "listener"] = .string(name)
+                return logger
+            }()
+            return Application(
+                router: router,
+                server: try .tls(
+                    .http1(),
+                    configuration: HubTLS.channelConfiguration(
+                        credentials: credentials, role: role, revocations: revocations, store: store,
+                        logger: appLogger)),
+                configuration: .init(address: .hostname(listener.host, port: listener.port), serverName: nil),
+                onServerRunning: { channel in
+                    let port = channel.localAddress?.port ?? listener.port
+                    appLogger.info("listening", metadata: ["address": .string("\(listener.host):\(port)")])
+                    portsContinuation.yield((name, port))
+                },
+                logger: appLogger)
+        }
+
+        let device = try application(name: "device", listener: configuration.device, role: .device) {
+            DeviceRoutes(store: store, maxBodyBytes: configuration.maxBodyBytes).register(on: $0)
+        }
+        let operatorApp = try application(name: "operator", listener: configuration.operatorAPI, role: .operator) {
+            OperatorRoutes(store: store, authority: credentials.authority, revocations: revocations).register(on: $0)
+        }
+        group = ServiceGroup(
+            configuration: .init(services: [device, operatorApp], gracefulShutdownSignals: signals, logger: logger))
+    }
+
+    /// Runs until a shutdown signal (or `shutdown()`); closes the store after the listeners stopped.
+    public func run() async throws {
+        do {
+            try await group.run()
+        } catch {
+            try? await store.close()
+            throw error
+        }
+        try await store.close()
+        logger.info("hub stopped")
+    }
+
+    /// Waits until both listeners are bound and returns their ports (useful with port 0).
+    public func listeningPorts() async -> (device: Int, operator: Int) {
+        var seen: [String: Int] = [:]
+        for await (name, port) in ports {
+            seen[name] = port
+            if let device = seen["device"], let operatorPort = seen["operator"] { return (device, operatorPort) }
+        }
+        return (seen["device"] ?? 0, seen["operator"] ?? 0)
+    }
+
+    public func shutdown() async {
+        await group.triggerGracefulShutdown()
+    }
+}

@@ -1,0 +1,160 @@
+import Core
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import PKI
+import Store
+import X509
+
+/// The operator API, served on the operator listener to certificates with the operator role only.
+struct OperatorRoutes {
+    let store: any HubStore
+    let authority: CertificateAuthority
+    let revocations: RevocationList
+
+    func register(on router: Router<HubRequestContext>) {
+        router.post("/v1/devices") { request, context in try await enroll(request, context) }
+        router.get("/v1/devices") { _, _ in try await list() }
+        router.get("/v1/devices/:id") { _, context in try await show(context) }
+        router.post("/v1/devices/:id/revoke") { _, context in try await revoke(context) }
+        router.post("/v1/operators") { request, context in try await addOperator(request, context) }
+        router.get("/v1/security-events") { request, _ in try await securityEvents(request) }
+    }
+
+    private func requireOperator(_ context: HubRequestContext) throws -> OperatorName {
+        guard case .operator(let name) = context.peer?.identity else { throw HubError.forbidden("not an operator") }
+        return name
+    }
+
+    private static func invalid(_ message: String) -> HubError {
+        HubError(.badRequest, "invalid-request", message: message, detail: message, event: nil)
+    }
+
+    private func jsonObject(_ request: Request) async throws -> [String: Any] {
+        let body = try await DeviceRoutes.collect(request, limit: 64 * 1024)
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else {
+            throw Self.invalid("body must be a JSON object")
+        }
+        return object
+    }
+
+    /// Factory provisioning: issues a device certificate from a CSR (proof of possession checked in `PKI`).
+    func enroll(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        let operatorName = try requireOperator(context)
+        let object = try await jsonObject(request)
+        guard let idText = object["id"] as? String, let deviceID = try? DeviceID(idText) else {
+            throw Self.invalid(IdentifierError(kind: "device id").description)
+        }
+        guard let csrText = object["csr"] as? String else { throw Self.invalid("csr (PEM text) is required") }
+        let days = (object["days"] as? Int) ?? 90
+        let certificate = try issue(for: .device(deviceID), csrText: csrText, days: days)
+        try await store.enroll(
+            device: deviceID, certificate: HubCredentials.record(certificate, deviceID: deviceID), at: Date())
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "device-enrolled", identity: Identity.device(deviceID).uri,
+                correlationID: context.correlationID.rawValue,
+                detail: "by \(operatorName), serial \(certificate.serialHex)"))
+        return try JSONResponse.make(
+            .created,
+            [
+                "id": deviceID.rawValue, "serial": certificate.serialHex, "certificate": certificate.pem,
+                "notAfter": JSONResponse.timestamp(certificate.notValidAfter),
+            ])
+    }
+
+    private func issue(for identity: Identity, csrText: String, days: Int) throws(HubError) -> Certificate {
+        do {
+            let csr = try CertificateSigningRequest.parse(Array(csrText.utf8))
+            return try authority.issueClientCertificate(for: identity, csr: csr, now: Date(), days: days)
+        } catch {
+            throw HubError(
+                .badRequest, "bad-csr", message: error.detail, detail: "\(identity): \(error)", event: "csr-refused")
+        }
+    }
+
+    func list() async throws -> Response {
+        try JSONResponse.make(.ok, try await store.devices().map(Self.summary))
+    }
+
+    func show(_ context: HubRequestContext) async throws -> Response {
+        guard let idText = context.parameters.get("id"), let deviceID = try? DeviceID(idText) else {
+            throw Self.invalid(IdentifierError(kind: "device id").description)
+        }
+        guard let record = try await store.device(deviceID) else {
+            throw HubError(.notFound, "not-found", message: "no device \(deviceID)", detail: "show", event: nil)
+        }
+        var summary = Self.summary(record)
+        summary["certificates"] = try await store.certificates(of: deviceID).map {
+            [
+                "serial": $0.serialHex, "spkiSha256": $0.spkiSHA256Hex,
+                "notBefore": JSONResponse.timestamp($0.notBefore), "notAfter": JSONResponse.timestamp($0.notAfter),
+                "revokedAt": $0.revokedAt.map(JSONResponse.timestamp) ?? NSNull(),
+            ] as [String: Any]
+        }
+        summary["telemetryCount"] = try await store.telemetryCount(of: deviceID)
+        return try JSONResponse.make(.ok, summary)
+    }
+
+    func revoke(_ context: HubRequestContext) async throws -> Response {
+        let operatorName = try requireOperator(context)
+        guard let idText = context.parameters.get("id"), let deviceID = try? DeviceID(idText) else {
+            throw Self.invalid(IdentifierError(kind: "device id").description)
+        }
+        let serials: [String]
+        do { serials = try await store.revoke(device: deviceID, at: Date()) } catch let error as StoreError
+        where error.code == .notFound {
+            throw HubError(.notFound, "not-found", message: "no device \(deviceID)", detail: "revoke", event: nil)
+        }
+        revocations.insert(serials)
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "device-revoked", identity: Identity.device(deviceID).uri,
+                correlationID: context.correlationID.rawValue,
+                detail: "by \(operatorName), serials \(serials.joined(separator: ","))"))
+        return try JSONResponse.make(.ok, ["id": deviceID.rawValue, "revokedSerials": serials])
+    }
+
+    /// Issues another operator credential from a CSR made on the new operator's machine.
+    func addOperator(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        let by = try requireOperator(context)
+        let object = try await jsonObject(request)
+        guard let nameText = object["name"] as? String, let name = try? OperatorName(nameText) else {
+            throw Self.invalid(IdentifierError(kind: "operator name").description)
+        }
+        guard let csrText = object["csr"] as? String else { throw Self.invalid("csr (PEM text) is required") }
+        let certificate = try issue(for: .operator(name), csrText: csrText, days: 397)
+        try await store.addCertificate(HubCredentials.record(certificate, deviceID: nil))
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "operator-added", identity: Identity.operator(name).uri,
+                correlationID: context.correlationID.rawValue, detail: "by \(by), serial \(certificate.serialHex)"))
+        return try JSONResponse.make(
+            .created, ["name": name.rawValue, "serial": certificate.serialHex, "certificate": certificate.pem])
+    }
+
+    func securityEvents(_ request: Request) async throws -> Response {
+        let limit = min(max(request.uri.queryParameters.get("limit", as: Int.self) ?? 100, 1), 10_000)
+        let events = try await store.securityEvents(limit: limit)
+        return try JSONResponse.make(
+            .ok,
+            events.map {
+                [
+                    "id": $0.id ?? 0, "at": JSONResponse.timestamp($0.at), "kind": $0.kind,
+                    "identity": $0.identity ?? NSNull(), "source": $0.source ?? NSNull(),
+                    "correlationId": $0.correlationID ?? NSNull(), "detail": $0.detail,
+                ] as [String: Any]
+            })
+    }
+
+    static func summary(_ record: DeviceRecord) -> [String: Any] {
+        [
+            "id": record.id.rawValue, "status": record.status.rawValue,
+            "createdAt": JSONResponse.timestamp(record.createdAt),
+            "revokedAt": record.revokedAt.map(JSONResponse.timestamp) ?? NSNull(),
+        ]
+    }
+}

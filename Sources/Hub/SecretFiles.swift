@@ -1,0 +1,66 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Files that hold private keys: created with mode 0600 from the first byte (never chmod-ed after the fact), and
+/// refused when they are readable by group or others.
+public enum SecretFiles {
+    /// Writes `contents` to a new file with mode 0600. Refuses to overwrite.
+    public static func create(_ path: String, contents: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw HubStartupError("cannot create \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let bytes = Array(contents.utf8)
+        var written = 0
+        while written < bytes.count {
+            let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { throw HubStartupError("cannot write \(path): \(String(cString: strerror(errno)))") }
+            written += n
+        }
+        guard fsync(fd) == 0 else { throw HubStartupError("cannot sync \(path)") }
+    }
+
+    /// Reads a key file after checking that only its owner can read it.
+    public static func read(_ path: String) throws -> String {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw HubStartupError("cannot read \(path): it does not exist") }
+        let mode = info.st_mode & 0o777
+        if mode & 0o077 != 0 {
+            throw HubStartupError(
+                "refusing to start: \(path) is readable by group or others (mode \(String(mode, radix: 8))); "
+                    + "run: chmod 600 \(path)")
+        }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw HubStartupError("cannot read \(path)")
+        }
+        return text
+    }
+
+    /// Creates a directory that only its owner may enter (0700), if missing.
+    public static func makePrivateDirectory(_ path: String) throws {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw HubStartupError("\(path) exists and is not a directory") }
+            return
+        }
+        do {
+            try FileManager.default.createDirectory(
+                atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw HubStartupError("cannot create directory \(path)")
+        }
+    }
+
+    /// Writes a public file (certificates) atomically.
+    public static func writePublic(_ path: String, contents: String) throws {
+        do { try contents.write(toFile: path, atomically: true, encoding: .utf8) } catch {
+            throw HubStartupError("cannot write \(path)")
+        }
+    }
+}

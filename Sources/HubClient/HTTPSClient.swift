@@ -1,0 +1,145 @@
+import Foundation
+public import NIOCore
+import NIOHTTP1
+public import NIOPosix
+public import NIOSSL
+
+/// Credentials a client presents: its certificate chain and key (PEM), and the CA that must have signed the
+/// server's certificate.
+public struct ClientCredentials: Sendable {
+    public var certificatePEM: [UInt8]
+    public var keyPEM: [UInt8]
+    public var caPEM: [UInt8]
+
+    public init(certificatePEM: [UInt8], keyPEM: [UInt8], caPEM: [UInt8]) {
+        self.certificatePEM = certificatePEM
+        self.keyPEM = keyPEM
+        self.caPEM = caPEM
+    }
+
+    /// Reads `cert`, `key` and `ca` files.
+    public init(certificateFile: String, keyFile: String, caFile: String) throws {
+        func read(_ path: String, _ what: String) throws -> [UInt8] {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ClientError("cannot read the \(what) file \(path)")
+            }
+            return [UInt8](data)
+        }
+        self.init(
+            certificatePEM: try read(certificateFile, "certificate"), keyPEM: try read(keyFile, "key"),
+            caPEM: try read(caFile, "CA certificate"))
+    }
+
+    /// TLS 1.3 only, with the client certificate, trusting only the given CA.
+    public func tlsConfiguration() throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv13
+        tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(certificatePEM).map { .certificate($0) }
+        tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: keyPEM, format: .pem))
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(caPEM))
+        tls.applicationProtocols = ["http/1.1"]
+        return tls
+    }
+}
+
+public struct ClientError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+public struct HTTPResult: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.0.lowercased() == name.lowercased() }?.1
+    }
+
+    public var bodyText: String { String(decoding: body, as: UTF8.self) }
+}
+
+/// A minimal HTTP/1.1 client over TLS for the hub's APIs: one connection, requests one after another (keep-alive).
+public enum HTTPSClient {
+    /// Connects, runs `body` with the open connection, then closes it.
+    public static func withConnection<Result: Sendable>(
+        host: String, port: Int, serverName: String? = "localhost", tls: TLSConfiguration,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        _ body: (HTTPConnection) async throws -> Result
+    ) async throws -> Result {
+        let context = try NIOSSLContext(configuration: tls)
+        let channel = try await ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(10))
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        NIOSSLClientHandler(context: context, serverHostname: serverName))
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                        wrappingChannelSynchronously: channel)
+                }
+            }
+        return try await channel.executeThenClose { inbound, outbound in
+            let connection = HTTPConnection(
+                host: serverName ?? host, inbound: inbound.makeAsyncIterator(), outbound: outbound)
+            return try await body(connection)
+        }
+    }
+
+    /// One request on a new connection.
+    public static func request(
+        host: String, port: Int, tls: TLSConfiguration, method: String, path: String,
+        headers: [(String, String)] = [], body: [UInt8] = []
+    ) async throws -> HTTPResult {
+        try await withConnection(host: host, port: port, tls: tls) { connection in
+            try await connection.send(method: method, path: path, headers: headers, body: body)
+        }
+    }
+}
+
+/// An open keep-alive connection. Not thread-safe: use from one task.
+public final class HTTPConnection {
+    private let host: String
+    private var inbound: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
+    private let outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+    /// Responses larger than this are refused (the hub's are small).
+    public var maximumResponseBytes = 4 * 1024 * 1024
+
+    init(
+        host: String, inbound: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+    ) {
+        self.host = host
+        self.inbound = inbound
+        self.outbound = outbound
+    }
+
+    public func send(
+        method: String, path: String, headers: [(String, String)] = [], body: [UInt8] = []
+    ) async throws -> HTTPResult {
+        var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path)
+        head.headers.add(name: "Host", value: host)
+        head.headers.add(name: "Content-Length", value: String(body.count))
+        for (name, value) in headers { head.headers.add(name: name, value: value) }
+        try await outbound.write(contentsOf: [
+            .head(head), .body(.byteBuffer(ByteBuffer(bytes: body))), .end(nil),
+        ])
+        var result = HTTPResult(status: 0, headers: [], body: [])
+        while let part = try await inbound.next() {
+            switch part {
+            case .head(let responseHead):
+                result.status = Int(responseHead.status.code)
+                result.headers = responseHead.headers.map { ($0.name, $0.value) }
+            case .body(let buffer):
+                guard result.body.count + buffer.readableBytes <= maximumResponseBytes else {
+                    throw ClientError("response larger than \(maximumResponseBytes) bytes")
+                }
+                result.body.append(contentsOf: buffer.readableBytesView)
+            case .end:
+                return result
+            }
+        }
+        throw ClientError("connection closed before the response was complete")
+    }
+}

@@ -1,0 +1,156 @@
+import Core
+public import Crypto
+import Foundation
+import SwiftASN1
+public import X509
+
+/// The hub's own certificate authority (ECDSA P-256). It signs the hub's TLS server certificate, device certificates
+/// and operator certificates. Every extension of an issued certificate is decided here, never copied from a CSR.
+public struct CertificateAuthority: Sendable {
+    public let certificate: Certificate
+    private let key: P256.Signing.PrivateKey
+
+    public init(certificate: Certificate, key: P256.Signing.PrivateKey) throws(PKIError) {
+        guard certificate.publicKey == Certificate.PublicKey(key.publicKey) else {
+            throw PKIError(.keyMismatch, "CA certificate does not match the CA key")
+        }
+        self.certificate = certificate
+        self.key = key
+    }
+
+    /// Creates a new self-signed CA valid for `years`: basicConstraints CA with path length 0 (it signs leaves only),
+    /// keyUsage keyCertSign and cRLSign, both critical (RFC 5280 §4.2.1.9, §4.2.1.3).
+    public static func create(commonName: String, now: Date, years: Int = 10) throws(PKIError) -> CertificateAuthority {
+        let key = P256.Signing.PrivateKey()
+        do {
+            let name = try DistinguishedName {
+                OrganizationName("Bulwark")
+                CommonName(commonName)
+            }
+            let publicKey = Certificate.PublicKey(key.publicKey)
+            let certificate = try Certificate(
+                version: .v3,
+                serialNumber: Certificate.SerialNumber(),
+                publicKey: publicKey,
+                notValidBefore: now.addingTimeInterval(-300),
+                notValidAfter: now.addingTimeInterval(Double(years) * 365 * 86400),
+                issuer: name,
+                subject: name,
+                signatureAlgorithm: .ecdsaWithSHA256,
+                extensions: try Certificate.Extensions {
+                    Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                    Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                    SubjectKeyIdentifier(hash: publicKey)
+                },
+                issuerPrivateKey: Certificate.PrivateKey(key)
+            )
+            return try CertificateAuthority(certificate: certificate, key: key)
+        } catch let error as PKIError {
+            throw error
+        } catch {
+            throw PKIError(.issuance, "creating the CA failed: \(error)")
+        }
+    }
+
+    /// PEM of the CA private key (PKCS#8). Only for writing the key file with mode 0600.
+    public var keyPEM: String { key.pemRepresentation }
+
+    /// Issues the hub's TLS server certificate for the given DNS names and IP addresses (serverAuth only).
+    public func issueServerCertificate(
+        publicKey: P256.Signing.PublicKey,
+        dnsNames: [String],
+        ipAddresses: [[UInt8]],
+        now: Date,
+        days: Int = 397
+    ) throws(PKIError) -> Certificate {
+        var names: [GeneralName] = dnsNames.map { .dnsName($0) }
+        names += ipAddresses.map { .ipAddress(ASN1OctetString(contentBytes: ArraySlice($0))) }
+        return try issue(
+            publicKey: Certificate.PublicKey(publicKey),
+            commonName: dnsNames.first ?? "bulwark-hub",
+            extendedKeyUsage: .serverAuth,
+            subjectAlternativeNames: names,
+            now: now,
+            days: days
+        )
+    }
+
+    /// Issues a client certificate for `identity` from a PKCS#10 request.
+    ///
+    /// Proof of possession (RFC 2986 §3): the request must be signed by the key it carries. Only ECDSA P-256 and
+    /// P-384 keys are accepted (FIPS 186-5 curves). Whatever the request asks for (CA basic constraints, other SANs,
+    /// other key usages) is ignored: the result is always a leaf with digitalSignature, clientAuth and exactly one
+    /// SAN URI naming `identity`.
+    public func issueClientCertificate(
+        for identity: Identity,
+        csr: CertificateSigningRequest,
+        now: Date,
+        days: Int
+    ) throws(PKIError) -> Certificate {
+        guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
+            throw PKIError(.badCSRSignature, "CSR signature does not verify with the CSR's own public key")
+        }
+        guard P256.Signing.PublicKey(csr.publicKey) != nil || P384.Signing.PublicKey(csr.publicKey) != nil else {
+            throw PKIError(.unsupportedKey, "CSR key must be ECDSA P-256 or P-384")
+        }
+        guard (1...397).contains(days) else {
+            throw PKIError(.invalidRequest, "validity must be between 1 and 397 days")
+        }
+        return try issue(
+            publicKey: csr.publicKey,
+            commonName: identity.uri,
+            extendedKeyUsage: .clientAuth,
+            subjectAlternativeNames: [.uniformResourceIdentifier(identity.uri)],
+            now: now,
+            days: days
+        )
+    }
+
+    private func issue(
+        publicKey: Certificate.PublicKey,
+        commonName: String,
+        extendedKeyUsage: ExtendedKeyUsage.Usage,
+        subjectAlternativeNames: [GeneralName],
+        now: Date,
+        days: Int
+    ) throws(PKIError) -> Certificate {
+        do {
+            let subject = try DistinguishedName {
+                OrganizationName("Bulwark")
+                CommonName(commonName)
+            }
+            let caKeyID = try certificate.extensions.subjectKeyIdentifier?.keyIdentifier
+            return try Certificate(
+                version: .v3,
+                serialNumber: Certificate.SerialNumber(),
+                publicKey: publicKey,
+                notValidBefore: now.addingTimeInterval(-300),
+                notValidAfter: now.addingTimeInterval(Double(days) * 86400),
+                issuer: certificate.subject,
+                subject: subject,
+                signatureAlgorithm: .ecdsaWithSHA256,
+                extensions: try Certificate.Extensions {
+                    Critical(BasicConstraints.notCertificateAuthority)
+                    Critical(KeyUsage(digitalSignature: true))
+                    try ExtendedKeyUsage([extendedKeyUsage])
+                    SubjectAlternativeNames(subjectAlternativeNames)
+                    SubjectKeyIdentifier(hash: publicKey)
+                    if let caKeyID { AuthorityKeyIdentifier(keyIdentifier: caKeyID) }
+                },
+                issuerPrivateKey: Certificate.PrivateKey(key)
+            )
+        } catch let error as PKIError {
+            throw error
+        } catch {
+            throw PKIError(.issuance, "issuing a certificate failed: \(error)")
+        }
+    }
+}
+
+extension SubjectKeyIdentifier {
+    /// RFC 5280 §4.2.1.2 method (1): SHA-1 of the subjectPublicKey BIT STRING. SHA-1 is used as a key identifier
+    /// here, not as a signature or security function.
+    init(hash publicKey: Certificate.PublicKey) {
+        self.init(keyIdentifier: ArraySlice(Insecure.SHA1.hash(data: publicKey.subjectPublicKeyInfoBytes)))
+    }
+}

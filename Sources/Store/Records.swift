@@ -1,0 +1,104 @@
+public import Core
+public import Foundation
+
+public enum DeviceStatus: String, Sendable, Codable {
+    case active, revoked
+}
+
+public struct DeviceRecord: Sendable, Equatable, Codable {
+    public var id: DeviceID
+    public var status: DeviceStatus
+    public var createdAt: Date
+    public var revokedAt: Date?
+
+    public init(id: DeviceID, status: DeviceStatus, createdAt: Date, revokedAt: Date? = nil) {
+        self.id = id
+        self.status = status
+        self.createdAt = createdAt
+        self.revokedAt = revokedAt
+    }
+}
+
+/// A certificate the hub issued. `subject` is the identity URI; `deviceID` is set for device certificates.
+public struct CertificateRecord: Sendable, Equatable {
+    public var serialHex: String
+    public var subject: String
+    public var deviceID: DeviceID?
+    public var spkiSHA256Hex: String
+    public var notBefore: Date
+    public var notAfter: Date
+    public var revokedAt: Date?
+    public var der: [UInt8]
+
+    public init(
+        serialHex: String, subject: String, deviceID: DeviceID?, spkiSHA256Hex: String, notBefore: Date,
+        notAfter: Date, revokedAt: Date? = nil, der: [UInt8]
+    ) {
+        self.serialHex = serialHex
+        self.subject = subject
+        self.deviceID = deviceID
+        self.spkiSHA256Hex = spkiSHA256Hex
+        self.notBefore = notBefore
+        self.notAfter = notAfter
+        self.revokedAt = revokedAt
+        self.der = der
+    }
+}
+
+public struct NewTelemetry: Sendable {
+    public var deviceID: DeviceID
+    public var receivedAt: Date
+    public var correlationID: String
+    public var body: [UInt8]
+
+    public init(deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8]) {
+        self.deviceID = deviceID
+        self.receivedAt = receivedAt
+        self.correlationID = correlationID
+        self.body = body
+    }
+}
+
+public struct TelemetryRecord: Sendable, Equatable {
+    public var id: Int64
+    public var deviceID: DeviceID
+    public var receivedAt: Date
+    public var correlationID: String
+    public var body: [UInt8]
+}
+
+/// A refusal or an operator action worth an operator's attention. `detail` holds what the client never sees.
+public struct SecurityEvent: Sendable, Equatable {
+    public var id: Int64?
+    public var at: Date
+    public var kind: String
+    public var identity: String?
+    public var source: String?
+    public var correlationID: String?
+    public var detail: String
+
+    public init(
+        id: Int64? = nil, at: Date, kind: String, identity: String? = nil, source: String? = nil,
+        correlationID: String? = nil, detail: String
+    ) {
+        self.id = id
+        self.at = at
+        self.kind = kind
+        self.identity = identity
+        self.source = source
+        self.correlationID = correlationID
+        self.detail = detail
+    }
+}
+
+public struct StoreError: Error, Equatable, CustomStringConvertible {
+    public enum Code: String, Sendable { case notFound, conflict, unavailable }
+    public let code: Code
+    public let detail: String
+    public init(_ code: Code, _ detail: String) {
+        self.code = code
+        self.detail = detail
+    }
+    public static func == (lhs: StoreError, rhs: StoreError) -> Bool { lhs.code == rhs.code }
+    public var description: String { "\(code.rawValue): \(detail)" }
+}

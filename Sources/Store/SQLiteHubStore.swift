@@ -1,0 +1,298 @@
+public import Core
+public import Foundation
+import GRDB
+import Synchronization
+
+/// The default backend: SQLite through GRDB (system SQLite from Debian's `libsqlite3-dev`).
+///
+/// Why GRDB: a maintained migrator (`DatabaseMigrator`), `DatabasePool` for WAL with concurrent readers, and a
+/// callback-based writer queue that makes group commit simple. Durability: WAL with `synchronous = FULL`, so a
+/// committed transaction survives a process kill and a power loss. Telemetry is group-committed: concurrent
+/// appends share one transaction (one fsync), and each caller returns only after that commit.
+public final class SQLiteHubStore: HubStore {
+    private let pool: DatabasePool
+    private let committer: GroupCommitter
+
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+            try db.execute(sql: "PRAGMA foreign_keys = ON")
+        }
+        configuration.busyMode = .timeout(5)
+        do {
+            pool = try DatabasePool(path: path, configuration: configuration)
+            try Self.migrator.migrate(pool)
+        } catch {
+            throw StoreError(.unavailable, "cannot open the SQLite store: \(error)")
+        }
+        committer = GroupCommitter(pool: pool)
+    }
+
+    /// Versioned schema. Migrations are append-only: a released migration is never edited.
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE devices (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+                        created_at INTEGER NOT NULL,
+                        revoked_at INTEGER
+                    );
+                    CREATE TABLE certificates (
+                        serial TEXT PRIMARY KEY NOT NULL,
+                        subject TEXT NOT NULL,
+                        device_id TEXT REFERENCES devices(id),
+                        spki_sha256 TEXT NOT NULL,
+                        not_before INTEGER NOT NULL,
+                        not_after INTEGER NOT NULL,
+                        revoked_at INTEGER,
+                        der BLOB NOT NULL
+                    );
+                    CREATE INDEX certificates_device ON certificates(device_id);
+                    CREATE TABLE telemetry (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        device_id TEXT NOT NULL REFERENCES devices(id),
+                        received_at INTEGER NOT NULL,
+                        correlation_id TEXT NOT NULL,
+                        body BLOB NOT NULL
+                    );
+                    CREATE INDEX telemetry_device ON telemetry(device_id, id);
+                    CREATE TABLE security_events (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        at INTEGER NOT NULL,
+                        kind TEXT NOT NULL,
+                        identity TEXT,
+                        source TEXT,
+                        correlation_id TEXT,
+                        detail TEXT NOT NULL
+                    );
+                    """)
+        }
+        return migrator
+    }
+
+    public func enroll(device: DeviceID, certificate: CertificateRecord, at: Date) async throws {
+        try await write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO devices (id, status, created_at) VALUES (?, 'active', ?)
+                    ON CONFLICT(id) DO UPDATE SET status = 'active', revoked_at = NULL
+                    """,
+                arguments: [device.rawValue, at.millis])
+            try Self.insert(certificate, db)
+        }
+    }
+
+    public func addCertificate(_ certificate: CertificateRecord) async throws {
+        try await write { db in try Self.insert(certificate, db) }
+    }
+
+    private static func insert(_ c: CertificateRecord, _ db: Database) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO certificates (serial, subject, device_id, spki_sha256, not_before, not_after, revoked_at, der)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                c.serialHex, c.subject, c.deviceID?.rawValue, c.spkiSHA256Hex, c.notBefore.millis, c.notAfter.millis,
+                c.revokedAt?.millis, Data(c.der),
+            ])
+    }
+
+    public func device(_ id: DeviceID) async throws -> DeviceRecord? {
+        try await read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM devices WHERE id = ?", arguments: [id.rawValue]).flatMap(Self.device)
+        }
+    }
+
+    public func devices() async throws -> [DeviceRecord] {
+        try await read { db in try Row.fetchAll(db, sql: "SELECT * FROM devices ORDER BY id").compactMap(Self.device) }
+    }
+
+    private static func device(_ row: Row) -> DeviceRecord? {
+        guard let id = try? DeviceID(row["id"] as String), let status = DeviceStatus(rawValue: row["status"]) else {
+            return nil
+        }
+        return DeviceRecord(
+            id: id, status: status, createdAt: Date(millis: row["created_at"]),
+            revokedAt: (row["revoked_at"] as Int64?).map(Date.init(millis:)))
+    }
+
+    public func certificates(of device: DeviceID) async throws -> [CertificateRecord] {
+        try await read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM certificates WHERE device_id = ? ORDER BY not_before", arguments: [device.rawValue]
+            ).map { row in
+                CertificateRecord(
+                    serialHex: row["serial"], subject: row["subject"], deviceID: device,
+                    spkiSHA256Hex: row["spki_sha256"], notBefore: Date(millis: row["not_before"]),
+                    notAfter: Date(millis: row["not_after"]),
+                    revokedAt: (row["revoked_at"] as Int64?).map(Date.init(millis:)),
+                    der: [UInt8](row["der"] as Data))
+            }
+        }
+    }
+
+    public func revoke(device: DeviceID, at: Date) async throws -> [String] {
+        try await write { db in
+            guard try Row.fetchOne(db, sql: "SELECT id FROM devices WHERE id = ?", arguments: [device.rawValue]) != nil
+            else { throw StoreError(.notFound, "no such device") }
+            try db.execute(
+                sql: "UPDATE devices SET status = 'revoked', revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+                arguments: [at.millis, device.rawValue])
+            try db.execute(
+                sql: "UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+                arguments: [at.millis, device.rawValue])
+            return try String.fetchAll(
+                db, sql: "SELECT serial FROM certificates WHERE device_id = ? ORDER BY serial",
+                arguments: [device.rawValue])
+        }
+    }
+
+    public func revokedSerials() async throws -> Set<String> {
+        try await read { db in
+            Set(try String.fetchAll(db, sql: "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL"))
+        }
+    }
+
+    public func appendTelemetry(_ message: NewTelemetry) async throws -> Int64 {
+        try await committer.append(message)
+    }
+
+    public func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord] {
+        try await read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM telemetry WHERE device_id = ? ORDER BY id DESC LIMIT ?",
+                arguments: [device.rawValue, limit]
+            ).map { row in
+                TelemetryRecord(
+                    id: row["id"], deviceID: device, receivedAt: Date(millis: row["received_at"]),
+                    correlationID: row["correlation_id"], body: [UInt8](row["body"] as Data))
+            }
+        }
+    }
+
+    public func telemetryCount(of device: DeviceID?) async throws -> Int {
+        try await read { db in
+            if let device {
+                return try Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM telemetry WHERE device_id = ?", arguments: [device.rawValue]) ?? 0
+            }
+            return try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM telemetry") ?? 0
+        }
+    }
+
+    public func recordSecurityEvent(_ event: SecurityEvent) async throws {
+        try await write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO security_events (at, kind, identity, source, correlation_id, detail)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    event.at.millis, event.kind, event.identity, event.source, event.correlationID, event.detail,
+                ])
+        }
+    }
+
+    public func securityEvents(limit: Int) async throws -> [SecurityEvent] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM security_events ORDER BY id DESC LIMIT ?", arguments: [limit]).map {
+                row in
+                SecurityEvent(
+                    id: row["id"], at: Date(millis: row["at"]), kind: row["kind"], identity: row["identity"],
+                    source: row["source"], correlationID: row["correlation_id"], detail: row["detail"])
+            }
+        }
+    }
+
+    public func close() async throws {
+        try pool.close()
+    }
+
+    private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do { return try await pool.write(body) } catch let error as StoreError { throw error } catch {
+            throw StoreError(.unavailable, "write failed: \(error)")
+        }
+    }
+
+    private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do { return try await pool.read(body) } catch let error as StoreError { throw error } catch {
+            throw StoreError(.unavailable, "read failed: \(error)")
+        }
+    }
+}
+
+/// Group commit for telemetry: callers queue their message; whoever finds no batch in flight starts one on GRDB's
+/// serial writer queue, and each finished batch starts the next with everything queued meanwhile. One transaction
+/// (one fsync) serves a whole batch, and every caller is resumed only after its batch committed.
+final class GroupCommitter: Sendable {
+    private struct State {
+        var queued: [(NewTelemetry, CheckedContinuation<Int64, any Error>)] = []
+        var writing = false
+    }
+
+    private let pool: DatabasePool
+    private let state = Mutex(State())
+    /// Bounds one transaction so a burst cannot build an unbounded batch.
+    private let maximumBatch = 512
+
+    init(pool: DatabasePool) { self.pool = pool }
+
+    func append(_ message: NewTelemetry) async throws -> Int64 {
+        try await withCheckedThrowingContinuation { continuation in
+            let start = state.withLock { state -> Bool in
+                state.queued.append((message, continuation))
+                if state.writing { return false }
+                state.writing = true
+                return true
+            }
+            if start { writeNextBatch() }
+        }
+    }
+
+    private func writeNextBatch() {
+        let batch = state.withLock { state -> [(NewTelemetry, CheckedContinuation<Int64, any Error>)] in
+            let count = min(state.queued.count, maximumBatch)
+            let batch = Array(state.queued.prefix(count))
+            state.queued.removeFirst(count)
+            if batch.isEmpty { state.writing = false }
+            return batch
+        }
+        guard !batch.isEmpty else { return }
+        let messages = batch.map(\.0)
+        pool.asyncWrite(
+            { db -> [Int64] in
+                let statement = try db.cachedStatement(
+                    sql: "INSERT INTO telemetry (device_id, received_at, correlation_id, body) VALUES (?, ?, ?, ?)")
+                var ids: [Int64] = []
+                ids.reserveCapacity(messages.count)
+                for message in messages {
+                    try statement.execute(arguments: [
+                        message.deviceID.rawValue, message.receivedAt.millis, message.correlationID, Data(message.body),
+                    ])
+                    ids.append(db.lastInsertedRowID)
+                }
+                return ids
+            },
+            completion: { _, result in
+                switch result {
+                case .success(let ids):
+                    for (index, entry) in batch.enumerated() { entry.1.resume(returning: ids[index]) }
+                case .failure(let error):
+                    let failure = StoreError(.unavailable, "telemetry batch failed: \(error)")
+                    for entry in batch { entry.1.resume(throwing: failure) }
+                }
+                self.writeNextBatch()
+            })
+    }
+}
+
+extension Date {
+    var millis: Int64 { Int64((timeIntervalSince1970 * 1000).rounded()) }
+    init(millis: Int64) { self.init(timeIntervalSince1970: Double(millis) / 1000) }
+}
