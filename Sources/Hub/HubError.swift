@@ -14,6 +14,8 @@ public struct HubError: Error, HTTPResponseError {
     public let detail: String
     /// Kind of security event to record, or nil when the refusal is not security-relevant.
     public let event: String?
+    /// The peer's identity URI when it was established before the refusal (for the security event).
+    public var identity: String?
 
     public init(_ status: HTTPResponse.Status, _ code: String, message: String? = nil, detail: String, event: String?) {
         self.status = status

@@ -26,12 +26,12 @@ struct ErrorReportingMiddleware: RouterMiddleware {
                 metadata: [
                     "status": .stringConvertible(error.status.code), "code": .string(error.code),
                     "detail": .string(error.detail), "path": .string(request.uri.path),
-                    "peer": .string(context.peer?.identity.uri ?? "-"),
+                    "peer": .string(error.identity ?? "-"),
                 ])
             if let kind = error.event {
                 try? await store.recordSecurityEvent(
                     SecurityEvent(
-                        at: Date(), kind: kind, identity: context.peer?.identity.uri,
+                        at: Date(), kind: kind, identity: error.identity,
                         source: context.channel.remoteAddress?.ipAddress, correlationID: context.correlationID.rawValue,
                         detail: "\(request.method) \(request.uri.path): \(error.detail)"))
             }
@@ -70,10 +70,16 @@ struct PeerIdentityMiddleware: RouterMiddleware {
         var context = context
         context.peer = peer
         context.logger[metadataKey: "peer"] = .string(peer.identity.uri)
-        if revocations.contains(peer.serialHex) {
-            throw HubError.forbidden("certificate \(peer.serialHex) was revoked", event: "revoked-certificate-used")
+        do {
+            if revocations.contains(peer.serialHex) {
+                throw HubError.forbidden("certificate \(peer.serialHex) was revoked", event: "revoked-certificate-used")
+            }
+            return try await next(request, context)
+        } catch var error as HubError {
+            // The outer middleware sees the context from before the peer was known: carry it on the error.
+            error.identity = error.identity ?? peer.identity.uri
+            throw error
         }
-        return try await next(request, context)
     }
 }
 

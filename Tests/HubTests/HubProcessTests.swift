@@ -1,0 +1,199 @@
+import Core
+import Foundation
+import HubClient
+import Store
+import Synchronization
+import Testing
+
+/// Tests of the real `bulwark` binary: start-up refusals, signals, and durability across SIGKILL.
+@Suite(.serialized) struct HubProcessTests {
+    /// `BULWARK_BIN`, or the debug build next to this package (scripts/test builds it first).
+    static var binary: String {
+        get throws {
+            if let path = ProcessInfo.processInfo.environment["BULWARK_BIN"] { return path }
+            let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent()
+            let path = root.appendingPathComponent(".build/debug/bulwark").path
+            guard FileManager.default.isExecutableFile(atPath: path) else {
+                throw ClientError("no bulwark binary at \(path): run `swift build` first or set BULWARK_BIN")
+            }
+            return path
+        }
+    }
+
+    @Test func refusesADatabaseURLWithAPasswordWithoutEchoingIt() throws {
+        let directory = try temporaryDirectory("refuse-url")
+        let result = try run(
+            try Self.binary, ["serve", "--data", directory],
+            environment: ["BULWARK_DATABASE_URL": "postgres://bulwark:s3cr3t-pw@db.internal/bulwark"], timeout: 20)
+        #expect(result.status == 78)
+        #expect(result.stderr.contains("database.passwordFile"))
+        #expect(!result.stderr.contains("s3cr3t-pw") && !result.stdout.contains("s3cr3t-pw"))
+    }
+
+    @Test func refusesAConfigFileWhoseDatabaseURLHoldsAPassword() throws {
+        let directory = try temporaryDirectory("refuse-file")
+        let config = directory + "/hub.json"
+        try #"{"database":{"url":"postgres://u:hunter2@127.0.0.1/db"}}"#.write(
+            toFile: config, atomically: true, encoding: .utf8)
+        let result = try run(try Self.binary, ["serve", "--data", directory + "/data", "--config", config], timeout: 20)
+        #expect(result.status == 78)
+        #expect(result.stderr.contains("BULWARK_DATABASE_PASSWORD_FILE"))
+        #expect(!result.stderr.contains("hunter2"))
+    }
+
+    @Test func refusesAKeyFileReadableByOthersAndSaysHowToFixIt() async throws {
+        let directory = try temporaryDirectory("refuse-mode")
+        let hub = try HubProcess(binary: try Self.binary, directory: directory)
+        _ = try await hub.waitForPorts()
+        hub.terminate()
+        #expect(hub.wait() == 0)
+        chmod(directory + "/ca.key", 0o644)
+        let result = try run(try Self.binary, ["serve", "--data", directory], timeout: 20)
+        #expect(result.status == 78)
+        #expect(result.stderr.contains("chmod 600 \(directory)/ca.key"))
+        chmod(directory + "/ca.key", 0o600)
+        chmod(directory + "/operators/admin.key", 0o640)
+        let operatorKey = try run(try Self.binary, ["serve", "--data", directory], timeout: 20)
+        #expect(operatorKey.status == 78)
+        #expect(operatorKey.stderr.contains("operators/admin.key"))
+    }
+
+    @Test func sigtermStopsCleanly() async throws {
+        let directory = try temporaryDirectory("sigterm")
+        let hub = try HubProcess(binary: try Self.binary, directory: directory)
+        _ = try await hub.waitForPorts()
+        hub.terminate()
+        #expect(hub.wait() == 0)
+        #expect(hub.log.contains("hub stopped"))
+    }
+
+    @Test func sigkillLosesNoAcknowledgedTelemetry() async throws {
+        let directory = try temporaryDirectory("sigkill")
+        let hub = try HubProcess(binary: try Self.binary, directory: directory)
+        let ports = try await hub.waitForPorts()
+        let operatorCredentials = try ClientCredentials(
+            certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
+            caFile: directory + "/ca.crt")
+        let device = try await enroll("durable-1", operatorPort: ports.operator, operatorCredentials, directory)
+
+        // 8 keep-alive connections post as fast as they can; the hub is killed while they are in flight.
+        let progress = Progress()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for connectionIndex in 0..<8 {
+                group.addTask {
+                    try? await HTTPSClient.withConnection(
+                        host: "127.0.0.1", port: ports.device, tls: try device.tlsConfiguration()
+                    ) { connection in
+                        var sequence = 0
+                        while !progress.stop.load(ordering: .relaxed) && sequence < 5_000 {
+                            sequence += 1
+                            let body = Array(#"{"c":\#(connectionIndex),"n":\#(sequence)}"#.utf8)
+                            let result = try await connection.send(
+                                method: "POST", path: "/v1/telemetry", headers: [("Content-Type", "application/json")],
+                                body: body)
+                            guard result.status == 202, let id = jsonObject(result)["id"] as? Int else { return }
+                            progress.acknowledged.withLock { $0.append(id) }
+                        }
+                    }
+                }
+            }
+            group.addTask {
+                // Kill once a few hundred messages were acknowledged (bounded to 20 s).
+                let start = ContinuousClock.now
+                while progress.acknowledged.withLock({ $0.count }) < 300 && ContinuousClock.now - start < .seconds(20) {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                hub.kill()
+                progress.stop.store(true, ordering: .relaxed)
+            }
+            try await group.waitForAll()
+        }
+        _ = hub.wait()
+        let acked = progress.acknowledged.withLock { $0 }
+        #expect(acked.count >= 300)
+
+        let store = try SQLiteHubStore(path: directory + "/bulwark.sqlite")
+        let stored = Set(try await store.telemetry(of: try DeviceID("durable-1"), limit: 1_000_000).map { Int($0.id) })
+        let lost = Set(acked).subtracting(stored)
+        #expect(lost.isEmpty, "\(lost.count) acknowledged messages lost")
+        try await store.close()
+    }
+
+    func enroll(
+        _ id: String, operatorPort: Int, _ credentials: ClientCredentials, _ directory: String
+    ) async throws -> ClientCredentials {
+        let key = try run("/usr/bin/env", ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout"]).stdout
+        let keyFile = directory + "/\(id).key"
+        try key.write(toFile: keyFile, atomically: true, encoding: .utf8)
+        let csr = try run("/usr/bin/env", ["openssl", "req", "-new", "-key", keyFile, "-subj", "/CN=\(id)"]).stdout
+        let result = try await HTTPSClient.request(
+            host: "127.0.0.1", port: operatorPort, tls: try credentials.tlsConfiguration(), method: "POST",
+            path: "/v1/devices", headers: [("Content-Type", "application/json")],
+            body: [UInt8](try JSONSerialization.data(withJSONObject: ["id": id, "csr": csr])))
+        let pem = try #require(jsonObject(result)["certificate"] as? String)
+        return ClientCredentials(certificatePEM: Array(pem.utf8), keyPEM: Array(key.utf8), caPEM: credentials.caPEM)
+    }
+}
+
+/// Shared between the sending tasks and the killer task.
+final class Progress: Sendable {
+    let acknowledged = Mutex<[Int]>([])
+    let stop = Atomic<Bool>(false)
+}
+
+/// `bulwark serve` as a child process on ephemeral ports; its log goes to a file we read for the ports.
+final class HubProcess: Sendable {
+    let process: Process
+    let logFile: String
+
+    init(binary: String, directory: String) throws {
+        logFile = directory + ".log"
+        FileManager.default.createFile(atPath: logFile, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["serve", "--data", directory]
+        process.environment = ProcessInfo.processInfo.environment.merging([
+            "BULWARK_DEVICE_PORT": "0", "BULWARK_OPERATOR_PORT": "0",
+        ]) { $1 }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
+        process.standardError = handle
+        process.standardOutput = handle
+        try process.run()
+        self.process = process
+    }
+
+    var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
+
+    /// Reads `listening address=127.0.0.1:PORT listener=NAME` lines (bounded to 30 s).
+    func waitForPorts() async throws -> (device: Int, operator: Int) {
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .seconds(30) {
+            var ports: [String: Int] = [:]
+            for line in log.split(separator: "\n") where line.contains("[Hub] listening") {
+                let fields = line.split(separator: " ")
+                guard let address = fields.first(where: { $0.hasPrefix("address=") }),
+                    let listener = fields.first(where: { $0.hasPrefix("listener=") }),
+                    let port = Int(address.split(separator: ":").last ?? "")
+                else { continue }
+                ports[String(listener.dropFirst("listener=".count))] = port
+            }
+            if let device = ports["device"], let operatorPort = ports["operator"] { return (device, operatorPort) }
+            guard process.isRunning else { throw ClientError("hub exited: \(log)") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        kill()
+        throw ClientError("hub did not start within 30 s: \(log)")
+    }
+
+    func terminate() { process.terminate() }
+
+    func kill() {
+        if process.isRunning { _ = Foundation.kill(process.processIdentifier, SIGKILL) }
+    }
+
+    func wait() -> Int32 {
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}

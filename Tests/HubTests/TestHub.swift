@@ -1,0 +1,187 @@
+import Core
+import Crypto
+import Foundation
+import Hub
+import HubClient
+import Logging
+import NIOSSL
+import PKI
+import Store
+import X509
+
+/// A hub running in this process on ephemeral loopback ports, with a fresh data directory.
+final class TestHub: Sendable {
+    let server: HubServer
+    let directory: String
+    let devicePort: Int
+    let operatorPort: Int
+    private let runTask: Task<Void, any Error>
+
+    static func start(maxBodyBytes: Int = 64 * 1024) async throws -> TestHub {
+        let directory = try temporaryDirectory("hub")
+        var configuration = HubConfiguration(dataDirectory: directory)
+        configuration.device.port = 0
+        configuration.operatorAPI.port = 0
+        configuration.maxBodyBytes = maxBodyBytes
+        let server = try await HubServer.make(
+            configuration: configuration, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            gracefulShutdownSignals: [])
+        let task = Task { try await server.run() }
+        let ports = await server.listeningPorts()
+        return TestHub(server: server, directory: directory, ports: ports, task: task)
+    }
+
+    private init(server: HubServer, directory: String, ports: (device: Int, operator: Int), task: Task<Void, any Error>) {
+        self.server = server
+        self.directory = directory
+        self.devicePort = ports.device
+        self.operatorPort = ports.operator
+        self.runTask = task
+    }
+
+    func stop() async throws {
+        await server.shutdown()
+        try await runTask.value
+    }
+
+    var caPEM: [UInt8] { Array(server.credentials.authority.certificate.pem.utf8) }
+
+    var operatorCredentials: ClientCredentials {
+        get throws {
+            try ClientCredentials(
+                certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
+                caFile: directory + "/ca.crt")
+        }
+    }
+
+    func operatorRequest(_ method: String, _ path: String, json: [String: Any]? = nil) async throws -> HTTPResult {
+        let body = try json.map { [UInt8](try JSONSerialization.data(withJSONObject: $0)) } ?? []
+        return try await HTTPSClient.request(
+            host: "127.0.0.1", port: operatorPort, tls: try operatorCredentials.tlsConfiguration(), method: method,
+            path: path, headers: [("Content-Type", "application/json")], body: body)
+    }
+
+    /// Enrolls a device through the operator API, as `bulwark device enroll` does, and writes its key and
+    /// certificate into the data directory for real clients (curl, openssl).
+    func enroll(_ id: String) async throws -> TestDevice {
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName(id) }, privateKey: Certificate.PrivateKey(key),
+            attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
+        let result = try await operatorRequest(
+            "POST", "/v1/devices", json: ["id": id, "csr": try csr.serializeAsPEM().pemString])
+        guard result.status == 201,
+            let object = try JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any],
+            let pem = object["certificate"] as? String
+        else { throw ClientError("enroll \(id) failed: \(result.status) \(result.bodyText)") }
+        return try TestDevice(id: id, keyPEM: key.pemRepresentation, certificatePEM: pem, caPEM: caPEM, directory: directory)
+    }
+
+    /// A certificate signed by the hub CA with whatever validity and identity a test needs (not recorded).
+    func issue(_ identity: Identity, now: Date, days: Int) throws -> TestDevice {
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName("x") }, privateKey: Certificate.PrivateKey(key),
+            attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
+        let certificate = try server.credentials.authority.issueClientCertificate(
+            for: identity, csr: csr, now: now, days: days)
+        return try TestDevice(
+            id: "issued-\(UUID().uuidString.prefix(8))", keyPEM: key.pemRepresentation, certificatePEM: certificate.pem,
+            caPEM: caPEM, directory: directory)
+    }
+
+    func securityEvents() async throws -> [SecurityEvent] { try await server.store.securityEvents(limit: 1000) }
+}
+
+/// A client identity with its files on disk.
+struct TestDevice: Sendable {
+    let id: String
+    let credentials: ClientCredentials
+    let keyFile: String
+    let certificateFile: String
+    let caFile: String
+
+    init(id: String, keyPEM: String, certificatePEM: String, caPEM: [UInt8], directory: String) throws {
+        self.id = id
+        credentials = ClientCredentials(
+            certificatePEM: Array(certificatePEM.utf8), keyPEM: Array(keyPEM.utf8), caPEM: caPEM)
+        keyFile = "\(directory)/\(id)-client.key"
+        certificateFile = "\(directory)/\(id)-client.crt"
+        caFile = "\(directory)/ca.crt"
+        try? FileManager.default.removeItem(atPath: keyFile)
+        try SecretFiles.create(keyFile, contents: keyPEM)
+        try certificatePEM.write(toFile: certificateFile, atomically: true, encoding: .utf8)
+    }
+
+    /// A self-contained CA that is not the hub's, and a device certificate from it that claims `id`.
+    static func foreign(id: String, directory: String) throws -> TestDevice {
+        let ca = try CertificateAuthority.create(commonName: "Bulwark hub CA", now: Date())
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName(id) }, privateKey: Certificate.PrivateKey(key),
+            attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
+        let certificate = try ca.issueClientCertificate(
+            for: .device(try DeviceID(id)), csr: csr, now: Date(), days: 30)
+        let hubCA = try Array(String(contentsOfFile: directory + "/ca.crt", encoding: .utf8).utf8)
+        return try TestDevice(
+            id: "foreign-\(id)", keyPEM: key.pemRepresentation, certificatePEM: certificate.pem, caPEM: hubCA,
+            directory: directory)
+    }
+
+    func request(
+        port: Int, _ method: String, _ path: String, body: [UInt8] = [],
+        headers: [(String, String)] = [("Content-Type", "application/json")], tls: TLSConfiguration? = nil
+    ) async throws -> HTTPResult {
+        try await HTTPSClient.request(
+            host: "127.0.0.1", port: port, tls: try tls ?? credentials.tlsConfiguration(), method: method, path: path,
+            headers: headers, body: body)
+    }
+}
+
+func temporaryDirectory(_ name: String) throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-\(name)-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+func jsonObject(_ result: HTTPResult) -> [String: Any] {
+    (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any] ?? [:]
+}
+
+/// Runs a program to completion (bounded by `timeout`) and returns its exit status and output.
+@discardableResult
+func run(
+    _ executable: String, _ arguments: [String], stdin: String? = nil, environment: [String: String]? = nil,
+    timeout: TimeInterval = 30
+) throws -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if let environment {
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = input
+    try process.run()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try? input.fileHandleForWriting.close()
+    let deadline = DispatchTime.now() + timeout
+    let killer = DispatchWorkItem { if process.isRunning { process.terminate() } }
+    DispatchQueue.global().asyncAfter(deadline: deadline, execute: killer)
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    killer.cancel()
+    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+}
+
+/// The path of a program on PATH, or nil.
+func which(_ name: String) -> String? {
+    for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+        let path = "\(directory)/\(name)"
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return nil
+}

@@ -1,0 +1,101 @@
+import Core
+import Foundation
+import Store
+import Testing
+
+/// One table of behaviour, run against every backend.
+@Suite struct HubStoreTests {
+    enum Backend: String, CaseIterable, CustomTestStringConvertible {
+        case memory, sqlite
+        var testDescription: String { rawValue }
+    }
+
+    static func open(_ backend: Backend) throws -> (any HubStore, String) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-store-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        switch backend {
+        case .memory: return (InMemoryHubStore(), directory)
+        case .sqlite: return (try SQLiteHubStore(path: directory + "/test.sqlite"), directory)
+        }
+    }
+
+    static func certificate(_ serial: String, device: DeviceID?) -> CertificateRecord {
+        CertificateRecord(
+            serialHex: serial, subject: device.map { "urn:bulwark:device:\($0)" } ?? "urn:bulwark:operator:x",
+            deviceID: device, spkiSHA256Hex: String(repeating: "ab", count: 32), notBefore: Date(timeIntervalSince1970: 1000),
+            notAfter: Date(timeIntervalSince1970: 2000), der: [1, 2, 3])
+    }
+
+    @Test(arguments: Backend.allCases)
+    func enrollRevokeAndReEnroll(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        let a = try DeviceID("a")
+        try await store.enroll(device: a, certificate: Self.certificate("01", device: a), at: Date())
+        #expect(try await store.device(a)?.status == .active)
+        #expect(try await store.revoke(device: a, at: Date()) == ["01"])
+        #expect(try await store.device(a)?.status == .revoked)
+        #expect(try await store.revokedSerials() == ["01"])
+        try await store.enroll(device: a, certificate: Self.certificate("02", device: a), at: Date())
+        #expect(try await store.device(a)?.status == .active)
+        #expect(try await store.revokedSerials() == ["01"], "a new certificate does not un-revoke the old one")
+        #expect(try await store.certificates(of: a).map(\.serialHex).sorted() == ["01", "02"])
+        try await store.close()
+    }
+
+    @Test(arguments: Backend.allCases)
+    func revokingAnUnknownDeviceIsNotFound(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        await #expect(throws: StoreError(.notFound, "")) { try await store.revoke(device: try DeviceID("nope"), at: Date()) }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func duplicateSerialIsAConflict(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        try await store.addCertificate(Self.certificate("aa", device: nil))
+        await #expect(throws: (any Error).self) { try await store.addCertificate(Self.certificate("aa", device: nil)) }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func telemetryIsKeptPerDevice(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        let a = try DeviceID("a"), b = try DeviceID("b")
+        for device in [a, b] {
+            try await store.enroll(device: device, certificate: Self.certificate(device.rawValue, device: device), at: Date())
+        }
+        // Many concurrent appends: group commit must give each its own id and lose none.
+        let ids = try await withThrowingTaskGroup(of: Int64.self) { group in
+            for i in 0..<200 {
+                group.addTask {
+                    try await store.appendTelemetry(
+                        NewTelemetry(deviceID: i % 2 == 0 ? a : b, receivedAt: Date(), correlationID: "c\(i)", body: Array("{\"i\":\(i)}".utf8)))
+                }
+            }
+            return try await group.reduce(into: Set<Int64>()) { $0.insert($1) }
+        }
+        #expect(ids.count == 200)
+        #expect(try await store.telemetryCount(of: a) == 100)
+        #expect(try await store.telemetryCount(of: nil) == 200)
+        #expect(try await store.telemetry(of: b, limit: 500).allSatisfy { $0.deviceID == b })
+    }
+
+    @Test(arguments: Backend.allCases)
+    func securityEventsNewestFirst(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        for kind in ["one", "two", "three"] {
+            try await store.recordSecurityEvent(SecurityEvent(at: Date(), kind: kind, detail: "d"))
+        }
+        #expect(try await store.securityEvents(limit: 2).map(\.kind) == ["three", "two"])
+    }
+
+    @Test func sqliteKeepsEverythingAcrossReopen() async throws {
+        let (store, directory) = try Self.open(.sqlite)
+        let a = try DeviceID("a")
+        try await store.enroll(device: a, certificate: Self.certificate("01", device: a), at: Date())
+        let id = try await store.appendTelemetry(NewTelemetry(deviceID: a, receivedAt: Date(), correlationID: "x", body: [123, 125]))
+        try await store.close()
+        let reopened = try SQLiteHubStore(path: directory + "/test.sqlite")
+        #expect(try await reopened.telemetry(of: a, limit: 10).map(\.id) == [id])
+        #expect(try await reopened.telemetry(of: a, limit: 10).first?.body == [123, 125])
+        try await reopened.close()
+    }
+}
