@@ -1,1 +1,169 @@
-@main struct Bench { static func main() {} }
+import ArgumentParser
+import Crypto
+import Foundation
+import Hub
+import HubClient
+import Hummingbird
+import HummingbirdTLS
+import Logging
+import NIOSSL
+import PKI
+import ServiceLifecycle
+import X509
+
+@main
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bulwark-bench",
+        abstract: "Benchmarks and a mutual-TLS load generator for Bulwark.",
+        subcommands: [Telemetry.self, Load.self])
+}
+
+/// 200 bytes of JSON, like a small sensor reading.
+let telemetryBody: [UInt8] = {
+    var text = #"{"temperature":21.5,"humidity":40.25,"battery":3.71,"rssi":-67,"firmware":"1.4.2","uptime":86400,"#
+    text += #""note":""#
+    text += String(repeating: "x", count: 200 - text.utf8.count - 2) + #""}"#
+    return Array(text.utf8)
+}()
+
+struct Telemetry: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "POST /v1/telemetry on the real hub vs a bare Hummingbird mTLS handler, same load generator.")
+    @Option(help: "Concurrent keep-alive connections.") var connections = 50
+    @Option(help: "Seconds of load per target.") var seconds = 10
+    @Option(help: "Seconds of warm-up per target (not counted).") var warmup = 2
+
+    func run() async throws {
+        precondition(telemetryBody.count == 200)
+        let logger = Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-bench-\(UUID())").path
+        var configuration = HubConfiguration(dataDirectory: directory)
+        configuration.device.port = 0
+        configuration.operatorAPI.port = 0
+        let hub = try await HubServer.make(configuration: configuration, logger: logger, gracefulShutdownSignals: [])
+        let hubTask = Task { try await hub.run() }
+        let ports = await hub.listeningPorts()
+        let device = try await enrollDevice(directory: directory, operatorPort: ports.operator, ca: hub.credentials)
+        let tls = try device.tlsConfiguration()
+
+        let (bare, barePort) = try await startBareServer(credentials: hub.credentials, logger: logger)
+
+        print(
+            "bulwark-bench telemetry: \(connections) connections, \(seconds) s per target after \(warmup) s warm-up, "
+                + "200-byte JSON, TLS 1.3 mutual TLS, keep-alive, loopback")
+        var results: [(String, LoadGenerator.Result)] = []
+        for (name, port) in [("bulwark hub: POST /v1/telemetry (SQLite, durable)", ports.device), ("bare Hummingbird mTLS handler (stores nothing)", barePort)] {
+            _ = await load(port: port, tls: tls, seconds: warmup)
+            results.append((name, await load(port: port, tls: tls, seconds: seconds)))
+        }
+        print(
+            "target".padding(toLength: 50, withPad: " ", startingAt: 0) + "   req/s      p50 ms   p99 ms   requests  errors")
+        for (name, result) in results {
+            print(
+                name.padding(toLength: 50, withPad: " ", startingAt: 0)
+                    + String(
+                        format: "%8.0f   %8.2f %8.2f %10d %7d", result.requestsPerSecond, result.percentile(50),
+                        result.percentile(99), result.successes, result.failures))
+        }
+        print(String(format: "ratio hub / bare: %.2f", results[0].1.requestsPerSecond / results[1].1.requestsPerSecond))
+        let stored = try await hub.store.telemetryCount(of: nil)
+        print("telemetry rows stored by the hub: \(stored)")
+
+        await bare.triggerGracefulShutdown()
+        await hub.shutdown()
+        try await hubTask.value
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    func load(port: Int, tls: TLSConfiguration, seconds: Int) async -> LoadGenerator.Result {
+        await LoadGenerator.run(
+            host: "127.0.0.1", port: port, tls: tls, connections: connections, duration: .seconds(seconds),
+            path: "/v1/telemetry", headers: [("Content-Type", "application/json")], body: telemetryBody,
+            expectedStatus: 202)
+    }
+
+    func enrollDevice(directory: String, operatorPort: Int, ca: HubCredentials) async throws -> ClientCredentials {
+        let operatorCredentials = try ClientCredentials(
+            certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
+            caFile: directory + "/ca.crt")
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName("bench-1") },
+            privateKey: Certificate.PrivateKey(key), attributes: CertificateSigningRequest.Attributes(),
+            signatureAlgorithm: .ecdsaWithSHA256)
+        let result = try await HTTPSClient.request(
+            host: "127.0.0.1", port: operatorPort, tls: try operatorCredentials.tlsConfiguration(), method: "POST",
+            path: "/v1/devices", headers: [("Content-Type", "application/json")],
+            body: [UInt8](
+                try JSONSerialization.data(withJSONObject: ["id": "bench-1", "csr": try csr.serializeAsPEM().pemString])
+            ))
+        guard let object = try JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any],
+            let pem = object["certificate"] as? String
+        else { throw ClientError("enrolling the bench device failed: \(result.status)") }
+        return ClientCredentials(
+            certificatePEM: Array(pem.utf8), keyPEM: Array(key.pemRepresentation.utf8),
+            caPEM: Array(ca.authority.certificate.pem.utf8))
+    }
+
+    /// The baseline: Hummingbird with TLS 1.3 and a required client certificate (verified by BoringSSL against the
+    /// same CA), a handler that reads the body and answers 202. No identity, no validation, no storage.
+    func startBareServer(credentials: HubCredentials, logger: Logger) async throws -> (ServiceGroup, Int) {
+        var tls = TLSConfiguration.makeServerConfigurationWithMTLS(
+            certificateChain: [
+                .certificate(try NIOSSLCertificate(bytes: credentials.serverCertificate.derBytes, format: .der))
+            ],
+            privateKey: .privateKey(
+                try NIOSSLPrivateKey(bytes: Array(credentials.serverKey.pemRepresentation.utf8), format: .pem)),
+            trustRoots: .certificates([
+                try NIOSSLCertificate(bytes: credentials.authority.certificate.derBytes, format: .der)
+            ]))
+        tls.minimumTLSVersion = .tlsv13
+        let router = Router()
+        router.post("/v1/telemetry") { request, _ -> Response in
+            var request = request
+            _ = try await request.collectBody(upTo: 64 * 1024)
+            return Response(status: .accepted, body: .init(byteBuffer: ByteBuffer(string: #"{"id":1}"#)))
+        }
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let app = Application(
+            router: router, server: try .tls(.http1(), tlsConfiguration: tls),
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: logger))
+        Task { try await group.run() }
+        var port = 0
+        for await bound in ports {
+            port = bound
+            break
+        }
+        return (group, port)
+    }
+}
+
+struct Load: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send 200-byte telemetry to any hub with a device certificate and report req/s and latency.")
+    @Option(help: "Hub device API, e.g. https://127.0.0.1:8443") var hub = "https://127.0.0.1:8443"
+    @Option(help: "Device certificate (PEM).") var cert: String
+    @Option(help: "Device key (PEM).") var key: String
+    @Option(help: "Hub CA certificate (PEM).") var cacert: String
+    @Option var connections = 50
+    @Option var seconds = 10
+
+    func run() async throws {
+        guard let url = URLComponents(string: hub), let host = url.host else { throw ValidationError("bad --hub") }
+        guard (1...1000).contains(connections), (1...600).contains(seconds) else {
+            throw ValidationError("connections must be 1-1000 and seconds 1-600")
+        }
+        let credentials = try ClientCredentials(certificateFile: cert, keyFile: key, caFile: cacert)
+        let result = await LoadGenerator.run(
+            host: host, port: url.port ?? 8443, tls: try credentials.tlsConfiguration(), connections: connections,
+            duration: .seconds(seconds), path: "/v1/telemetry", headers: [("Content-Type", "application/json")],
+            body: telemetryBody, expectedStatus: 202)
+        print(
+            String(
+                format: "%.0f req/s, p50 %.2f ms, p99 %.2f ms, %d ok, %d errors", result.requestsPerSecond,
+                result.percentile(50), result.percentile(99), result.successes, result.failures))
+    }
+}
