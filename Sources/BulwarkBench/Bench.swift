@@ -53,12 +53,16 @@ struct Telemetry: AsyncParsableCommand {
             "bulwark-bench telemetry: \(connections) connections, \(seconds) s per target after \(warmup) s warm-up, "
                 + "200-byte JSON, TLS 1.3 mutual TLS, keep-alive, loopback")
         var results: [(String, LoadGenerator.Result)] = []
-        for (name, port) in [("bulwark hub: POST /v1/telemetry (SQLite, durable)", ports.device), ("bare Hummingbird mTLS handler (stores nothing)", barePort)] {
+        for (name, port) in [
+            ("bulwark hub: POST /v1/telemetry (SQLite, durable)", ports.device),
+            ("bare Hummingbird mTLS handler (stores nothing)", barePort),
+        ] {
             _ = await load(port: port, tls: tls, seconds: warmup)
             results.append((name, await load(port: port, tls: tls, seconds: seconds)))
         }
         print(
-            "target".padding(toLength: 50, withPad: " ", startingAt: 0) + "   req/s      p50 ms   p99 ms   requests  errors")
+            "target".padding(toLength: 50, withPad: " ", startingAt: 0)
+                + "   req/s      p50 ms   p99 ms   requests  errors")
         for (name, result) in results {
             print(
                 name.padding(toLength: 50, withPad: " ", startingAt: 0)

@@ -11,8 +11,10 @@ struct OperatorConnection: ParsableArguments {
     @Option(help: "Directory with <name>.crt, <name>.key and ca.crt (env BULWARK_CREDENTIALS).")
     var credentials: String?
 
-    @Option(name: .customLong("as"), help: "Operator name inside the credentials directory (env BULWARK_OPERATOR). Default admin")
-    var as_: String?
+    @Option(
+        name: .customLong("as"),
+        help: "Operator name inside the credentials directory (env BULWARK_OPERATOR). Default admin")
+    var operatorName: String?
 
     @Option(help: "Operator certificate file (env BULWARK_CERT); overrides --credentials.")
     var cert: String?
@@ -29,7 +31,7 @@ struct OperatorConnection: ParsableArguments {
         guard let components = URLComponents(string: url), components.scheme == "https", let host = components.host
         else { throw CleanExit.message("bulwark: --hub must be an https:// URL", code: 64) }
         let directory = credentials ?? environment["BULWARK_CREDENTIALS"] ?? "./bulwark-data/operators"
-        let name = as_ ?? environment["BULWARK_OPERATOR"] ?? "admin"
+        let name = operatorName ?? environment["BULWARK_OPERATOR"] ?? "admin"
         let credentials: ClientCredentials
         do {
             credentials = try ClientCredentials(

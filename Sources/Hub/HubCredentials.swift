@@ -1,6 +1,6 @@
+import Core
 public import Crypto
 public import Foundation
-import Core
 public import PKI
 import Store
 public import X509

@@ -5,9 +5,9 @@ public import Logging
 import NIOCore
 import PKI
 public import ServiceLifecycle
-public import UnixSignals
 public import Store
 import Synchronization
+public import UnixSignals
 
 /// The running hub: the device listener and the operator listener, each a Hummingbird application with mutual TLS,
 /// in one `ServiceGroup`. On SIGINT/SIGTERM in-flight requests finish, then the store is closed.

@@ -51,7 +51,9 @@ enum HubTLS {
                 let subject = leaf.bulwarkIdentity?.uri ?? "unknown"
                 logger.warning(
                     "TLS client certificate refused",
-                    metadata: ["subject": .string(subject), "serial": .string(leaf.serialHex), "reason": .string(reason)])
+                    metadata: [
+                        "subject": .string(subject), "serial": .string(leaf.serialHex), "reason": .string(reason),
+                    ])
                 try? await store.recordSecurityEvent(
                     SecurityEvent(
                         at: Date(), kind: "tls-client-refused", identity: subject,

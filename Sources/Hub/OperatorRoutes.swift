@@ -106,7 +106,8 @@ struct OperatorRoutes {
         }
         let serials: [String]
         do { serials = try await store.revoke(device: deviceID, at: Date()) } catch let error as StoreError
-        where error.code == .notFound {
+            where error.code == .notFound
+        {
             throw HubError(.notFound, "not-found", message: "no device \(deviceID)", detail: "revoke", event: nil)
         }
         revocations.insert(serials)

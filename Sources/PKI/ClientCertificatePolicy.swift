@@ -19,7 +19,8 @@ public struct ClientCertificatePolicy: VerifierPolicy {
         self.isRevoked = isRevoked
     }
 
-    public mutating func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) async -> PolicyEvaluationResult {
+    public mutating func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) async -> PolicyEvaluationResult
+    {
         let leaf = chain.leaf
         guard let eku = try? leaf.extensions.extendedKeyUsage, eku.contains(.clientAuth) else {
             return .failsToMeetPolicy(reason: "leaf lacks EKU clientAuth")

@@ -105,7 +105,8 @@ public final class SQLiteHubStore: HubStore {
 
     public func device(_ id: DeviceID) async throws -> DeviceRecord? {
         try await read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM devices WHERE id = ?", arguments: [id.rawValue]).flatMap(Self.device)
+            try Row.fetchOne(db, sql: "SELECT * FROM devices WHERE id = ?", arguments: [id.rawValue]).flatMap(
+                Self.device)
         }
     }
 
@@ -125,7 +126,8 @@ public final class SQLiteHubStore: HubStore {
     public func certificates(of device: DeviceID) async throws -> [CertificateRecord] {
         try await read { db in
             try Row.fetchAll(
-                db, sql: "SELECT * FROM certificates WHERE device_id = ? ORDER BY not_before", arguments: [device.rawValue]
+                db, sql: "SELECT * FROM certificates WHERE device_id = ? ORDER BY not_before",
+                arguments: [device.rawValue]
             ).map { row in
                 CertificateRecord(
                     serialHex: row["serial"], subject: row["subject"], deviceID: device,
@@ -201,7 +203,8 @@ public final class SQLiteHubStore: HubStore {
 
     public func securityEvents(limit: Int) async throws -> [SecurityEvent] {
         try await read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM security_events ORDER BY id DESC LIMIT ?", arguments: [limit]).map {
+            try Row.fetchAll(db, sql: "SELECT * FROM security_events ORDER BY id DESC LIMIT ?", arguments: [limit]).map
+            {
                 row in
                 SecurityEvent(
                     id: row["id"], at: Date(millis: row["at"]), kind: row["kind"], identity: row["identity"],

@@ -24,7 +24,8 @@ import Testing
     }
 
     @Test func correlationIDsAreRandomHex() {
-        let a = CorrelationID(), b = CorrelationID()
+        let a = CorrelationID()
+        let b = CorrelationID()
         #expect(a != b)
         #expect(a.rawValue.count == 24)
         #expect(a.rawValue.allSatisfy { $0.isHexDigit })

@@ -71,13 +71,23 @@ import Testing
         let cases: [(String, [UInt8], [(String, String)], Int, String)] = [
             ("malformed JSON", Array(#"{"t":"#.utf8), [("Content-Type", "application/json")], 400, "malformed"),
             ("not an object", Array("[1,2]".utf8), [("Content-Type", "application/json")], 400, "malformed"),
-            ("invalid UTF-8", [0x7B, 0x22, 0xFF, 0x22, 0x3A, 0x31, 0x7D], [("Content-Type", "application/json")], 400, "malformed"),
-            ("wrong content type", Array(#"{"t":1}"#.utf8), [("Content-Type", "text/plain")], 415, "unsupported-media-type"),
+            (
+                "invalid UTF-8", [0x7B, 0x22, 0xFF, 0x22, 0x3A, 0x31, 0x7D], [("Content-Type", "application/json")],
+                400, "malformed"
+            ),
+            (
+                "wrong content type", Array(#"{"t":1}"#.utf8), [("Content-Type", "text/plain")], 415,
+                "unsupported-media-type"
+            ),
             ("no content type", Array(#"{"t":1}"#.utf8), [], 415, "unsupported-media-type"),
-            ("over the limit", Array(repeating: 0x20, count: 64 * 1024 + 1), [("Content-Type", "application/json")], 413, "payload-too-large"),
+            (
+                "over the limit", Array(repeating: 0x20, count: 64 * 1024 + 1), [("Content-Type", "application/json")],
+                413, "payload-too-large"
+            ),
         ]
         for (name, body, headers, status, code) in cases {
-            let result = try await device.request(port: hub.devicePort, "POST", "/v1/telemetry", body: body, headers: headers)
+            let result = try await device.request(
+                port: hub.devicePort, "POST", "/v1/telemetry", body: body, headers: headers)
             #expect(result.status == status, "\(name)")
             #expect(jsonObject(result)["error"] as? String == code, "\(name)")
             #expect(jsonObject(result)["correlationId"] is String, "\(name)")
@@ -85,7 +95,8 @@ import Testing
         let invalid = try await hub.securityEvents().filter { $0.kind == "invalid-message" }
         #expect(invalid.count == cases.count)
         #expect(invalid.allSatisfy { $0.identity == "urn:bulwark:device:sensor-3" && !$0.detail.isEmpty })
-        let still = try await device.request(port: hub.devicePort, "POST", "/v1/telemetry", body: Array(#"{"t":2}"#.utf8))
+        let still = try await device.request(
+            port: hub.devicePort, "POST", "/v1/telemetry", body: Array(#"{"t":2}"#.utf8))
         #expect(still.status == 202)
         #expect(try await hub.server.store.telemetryCount(of: try DeviceID("sensor-3")) == 1)
         try await hub.stop()
@@ -106,7 +117,8 @@ import Testing
             [
                 "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", device.caFile, "--cert",
                 device.certificateFile, "--key", device.keyFile, "-H", "Content-Type: application/json", "-H",
-                "Transfer-Encoding: chunked", "--data-binary", "@\(big)", "https://127.0.0.1:\(hub.devicePort)/v1/telemetry",
+                "Transfer-Encoding: chunked", "--data-binary", "@\(big)",
+                "https://127.0.0.1:\(hub.devicePort)/v1/telemetry",
             ])
         // curl may see the 413 or, when the hub closes mid-upload, a reset: either way nothing was stored.
         #expect(result.stdout == "413" || result.status != 0, "got \(result.stdout) \(result.stderr)")

@@ -36,7 +36,8 @@ import Testing
         let config = directory + "/hub.json"
         try #"{"database":{"url":"postgres://u:hunter2@127.0.0.1/db"}}"#.write(
             toFile: config, atomically: true, encoding: .utf8)
-        let result = try run(try Self.binary, ["serve", "--data", directory + "/data", "--config", config], timeout: 20)
+        let result = try run(
+            try Self.binary, ["serve", "--data", directory + "/data", "--config", config], timeout: 20)
         #expect(result.status == 78)
         #expect(result.stderr.contains("BULWARK_DATABASE_PASSWORD_FILE"))
         #expect(!result.stderr.contains("hunter2"))

@@ -68,7 +68,8 @@ import Testing
                 .stdout
         }
         #expect(try curlStatus(["--cert", device.certificateFile, "--key", device.keyFile]) == "200")
-        #expect(try curlStatus(["--cert", device.certificateFile, "--key", device.keyFile, "--tls-max", "1.2"]) == "000")
+        #expect(
+            try curlStatus(["--cert", device.certificateFile, "--key", device.keyFile, "--tls-max", "1.2"]) == "000")
         #expect(try curlStatus([]) == "000")
         #expect(try curlStatus(["--cert", foreign.certificateFile, "--key", foreign.keyFile]) == "000")
         #expect(try curlStatus(["--cert", expired.certificateFile, "--key", expired.keyFile]) == "000")

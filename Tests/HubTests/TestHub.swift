@@ -31,7 +31,8 @@ final class TestHub: Sendable {
         return TestHub(server: server, directory: directory, ports: ports, task: task)
     }
 
-    private init(server: HubServer, directory: String, ports: (device: Int, operator: Int), task: Task<Void, any Error>) {
+    private init(server: HubServer, directory: String, ports: (device: Int, operator: Int), task: Task<Void, any Error>)
+    {
         self.server = server
         self.directory = directory
         self.devicePort = ports.device
@@ -74,7 +75,8 @@ final class TestHub: Sendable {
             let object = try JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any],
             let pem = object["certificate"] as? String
         else { throw ClientError("enroll \(id) failed: \(result.status) \(result.bodyText)") }
-        return try TestDevice(id: id, keyPEM: key.pemRepresentation, certificatePEM: pem, caPEM: caPEM, directory: directory)
+        return try TestDevice(
+            id: id, keyPEM: key.pemRepresentation, certificatePEM: pem, caPEM: caPEM, directory: directory)
     }
 
     /// A certificate signed by the hub CA with whatever validity and identity a test needs (not recorded).
@@ -139,7 +141,8 @@ struct TestDevice: Sendable {
 }
 
 func temporaryDirectory(_ name: String) throws -> String {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-\(name)-\(UUID().uuidString)").path
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-\(name)-\(UUID().uuidString)")
+        .path
     try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     return path
 }
@@ -160,7 +163,9 @@ func run(
     if let environment {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     }
-    let out = Pipe(), err = Pipe(), input = Pipe()
+    let out = Pipe()
+    let err = Pipe()
+    let input = Pipe()
     process.standardOutput = out
     process.standardError = err
     process.standardInput = input

@@ -28,9 +28,11 @@ import X509
         #expect(certificate.bulwarkIdentity == device)
         #expect(try certificate.extensions.basicConstraints == .notCertificateAuthority)
         #expect(try certificate.extensions.extendedKeyUsage == ExtendedKeyUsage([.clientAuth]))
-        #expect(try certificate.extensions.subjectAlternativeNames == SubjectAlternativeNames([
-            .uniformResourceIdentifier("urn:bulwark:device:sensor-1")
-        ]))
+        #expect(
+            try certificate.extensions.subjectAlternativeNames
+                == SubjectAlternativeNames([
+                    .uniformResourceIdentifier("urn:bulwark:device:sensor-1")
+                ]))
         #expect(ca.certificate.publicKey.isValidSignature(certificate.signature, for: certificate))
     }
 
@@ -78,7 +80,8 @@ import X509
     func refusesValidityOutsideOneTo397Days(_ days: Int) throws {
         let ca = try CertificateAuthority.create(commonName: "test CA", now: now)
         #expect(throws: PKIError(.invalidRequest, "")) {
-            try ca.issueClientCertificate(for: device, csr: try csr(key: P256.Signing.PrivateKey()), now: now, days: days)
+            try ca.issueClientCertificate(
+                for: device, csr: try csr(key: P256.Signing.PrivateKey()), now: now, days: days)
         }
     }
 

@@ -22,7 +22,8 @@ import Testing
     static func certificate(_ serial: String, device: DeviceID?) -> CertificateRecord {
         CertificateRecord(
             serialHex: serial, subject: device.map { "urn:bulwark:device:\($0)" } ?? "urn:bulwark:operator:x",
-            deviceID: device, spkiSHA256Hex: String(repeating: "ab", count: 32), notBefore: Date(timeIntervalSince1970: 1000),
+            deviceID: device, spkiSHA256Hex: String(repeating: "ab", count: 32),
+            notBefore: Date(timeIntervalSince1970: 1000),
             notAfter: Date(timeIntervalSince1970: 2000), der: [1, 2, 3])
     }
 
@@ -45,7 +46,9 @@ import Testing
     @Test(arguments: Backend.allCases)
     func revokingAnUnknownDeviceIsNotFound(_ backend: Backend) async throws {
         let (store, _) = try Self.open(backend)
-        await #expect(throws: StoreError(.notFound, "")) { try await store.revoke(device: try DeviceID("nope"), at: Date()) }
+        await #expect(throws: StoreError(.notFound, "")) {
+            try await store.revoke(device: try DeviceID("nope"), at: Date())
+        }
     }
 
     @Test(arguments: Backend.allCases)
@@ -58,16 +61,20 @@ import Testing
     @Test(arguments: Backend.allCases)
     func telemetryIsKeptPerDevice(_ backend: Backend) async throws {
         let (store, _) = try Self.open(backend)
-        let a = try DeviceID("a"), b = try DeviceID("b")
+        let a = try DeviceID("a")
+        let b = try DeviceID("b")
         for device in [a, b] {
-            try await store.enroll(device: device, certificate: Self.certificate(device.rawValue, device: device), at: Date())
+            try await store.enroll(
+                device: device, certificate: Self.certificate(device.rawValue, device: device), at: Date())
         }
         // Many concurrent appends: group commit must give each its own id and lose none.
         let ids = try await withThrowingTaskGroup(of: Int64.self) { group in
             for i in 0..<200 {
                 group.addTask {
                     try await store.appendTelemetry(
-                        NewTelemetry(deviceID: i % 2 == 0 ? a : b, receivedAt: Date(), correlationID: "c\(i)", body: Array("{\"i\":\(i)}".utf8)))
+                        NewTelemetry(
+                            deviceID: i % 2 == 0 ? a : b, receivedAt: Date(), correlationID: "c\(i)",
+                            body: Array("{\"i\":\(i)}".utf8)))
                 }
             }
             return try await group.reduce(into: Set<Int64>()) { $0.insert($1) }
@@ -91,7 +98,8 @@ import Testing
         let (store, directory) = try Self.open(.sqlite)
         let a = try DeviceID("a")
         try await store.enroll(device: a, certificate: Self.certificate("01", device: a), at: Date())
-        let id = try await store.appendTelemetry(NewTelemetry(deviceID: a, receivedAt: Date(), correlationID: "x", body: [123, 125]))
+        let id = try await store.appendTelemetry(
+            NewTelemetry(deviceID: a, receivedAt: Date(), correlationID: "x", body: [123, 125]))
         try await store.close()
         let reopened = try SQLiteHubStore(path: directory + "/test.sqlite")
         #expect(try await reopened.telemetry(of: a, limit: 10).map(\.id) == [id])
