@@ -19,9 +19,15 @@ struct DeviceCommand: AsyncParsableCommand {
             guard let csrData = FileManager.default.contents(atPath: csr) else {
                 throw CleanExit.message("bulwark: cannot read the CSR file \(csr)", code: 66)
             }
+            let csrText = String(decoding: csrData, as: UTF8.self)
+            // A key passed by mistake must never leave this machine.
+            guard !csrText.contains("PRIVATE KEY"), csrText.contains("-----BEGIN CERTIFICATE REQUEST-----") else {
+                throw CleanExit.message(
+                    "bulwark: \(csr) is not a PEM certificate signing request (nothing was sent); make one with "
+                        + "`openssl req -new -key DEVICE.key -subj /CN=ID -out DEVICE.csr`", code: 65)
+            }
             let (_, object) = try await connection.request(
-                method: "POST", path: "/v1/devices",
-                json: ["id": id, "csr": String(decoding: csrData, as: UTF8.self), "days": days])
+                method: "POST", path: "/v1/devices", json: ["id": id, "csr": csrText, "days": days])
             guard let response = object as? [String: Any], let pem = response["certificate"] as? String else {
                 throw CleanExit.message("bulwark: the hub's answer has no certificate", code: 1)
             }

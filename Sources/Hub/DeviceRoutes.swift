@@ -34,8 +34,8 @@ struct DeviceRoutes {
         let id = try await store.appendTelemetry(
             NewTelemetry(
                 deviceID: deviceID, receivedAt: Date(), correlationID: context.correlationID.rawValue, body: body))
-        return try JSONResponse.make(
-            .accepted, ["id": Int(id), "correlationId": context.correlationID.rawValue] as [String: any Sendable])
+        // Both values are generated here (an integer and hex digits): no escaping is needed.
+        return JSONResponse.make(.accepted, text: #"{"correlationId":"\#(context.correlationID.rawValue)","id":\#(id)}"#)
     }
 
     /// The caller's own record; nothing about any other device.
@@ -84,6 +84,13 @@ enum JSONResponse {
         headers[.contentType] = "application/json"
         headers[.cacheControl] = "no-store"
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    static func make(_ status: HTTPResponse.Status, text: String) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        headers[.cacheControl] = "no-store"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
     }
 
     static func timestamp(_ date: Date) -> String { date.formatted(.iso8601) }

@@ -86,18 +86,25 @@ struct PeerIdentityMiddleware: RouterMiddleware {
 /// Parsing a certificate costs microseconds, and a keep-alive connection presents the same one on every request:
 /// remember the identity per certificate (bounded; cleared when full).
 final class PeerCertificateCache: Sendable {
-    private let entries = Mutex<[[UInt8]: PeerCertificate]>([:])
+    /// The DER bytes as a dictionary key, hashed in bulk (hashing `[UInt8]` element by element is slow).
+    struct Key: Hashable {
+        let der: [UInt8]
+        func hash(into hasher: inout Hasher) { der.withUnsafeBytes { hasher.combine(bytes: $0) } }
+    }
+
+    private let entries = Mutex<[Key: PeerCertificate]>([:])
     private let capacity = 50_000
 
     func peer(forDER der: [UInt8]) -> PeerCertificate? {
-        if let hit = entries.withLock({ $0[der] }) { return hit }
+        let key = Key(der: der)
+        if let hit = entries.withLock({ $0[key] }) { return hit }
         guard let certificate = try? Certificate(derEncoded: der), let identity = certificate.bulwarkIdentity else {
             return nil
         }
         let peer = PeerCertificate(identity: identity, serialHex: certificate.serialHex)
         entries.withLock {
             if $0.count >= capacity { $0.removeAll(keepingCapacity: true) }
-            $0[der] = peer
+            $0[key] = peer
         }
         return peer
     }

@@ -1,0 +1,62 @@
+import Foundation
+import HubClient
+import Testing
+
+/// The operator CLI as a user runs it, against the real binary.
+@Suite(.serialized) struct CLITests {
+    @Test func operatorCommandsEndToEnd() async throws {
+        let binary = try HubProcessTests.binary
+        let directory = try temporaryDirectory("cli")
+        let hub = try HubProcess(binary: binary, directory: directory)
+        defer {
+            hub.terminate()
+            _ = hub.wait()
+        }
+        let ports = try await hub.waitForPorts()
+        let environment = [
+            "BULWARK_HUB": "https://127.0.0.1:\(ports.operator)", "BULWARK_CREDENTIALS": directory + "/operators",
+        ]
+        func bulwark(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+            try run(binary, arguments, environment: environment, timeout: 30)
+        }
+
+        let work = try temporaryDirectory("cli-work")
+        try run("/usr/bin/env", ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + "/d.key"])
+        try run("/usr/bin/env", ["openssl", "req", "-new", "-key", work + "/d.key", "-subj", "/CN=d", "-out", work + "/d.csr"])
+
+        let enrolled = try bulwark(["device", "enroll", "--id", "cli-1", "--csr", work + "/d.csr", "--out", work + "/d.crt"])
+        #expect(enrolled.status == 0, "\(enrolled.stderr)")
+        #expect(enrolled.stdout.contains("enrolled cli-1"))
+        let x509 = try run("/usr/bin/env", ["openssl", "x509", "-in", work + "/d.crt", "-noout", "-text"]).stdout
+        #expect(x509.contains("URI:urn:bulwark:device:cli-1"))
+        #expect(x509.contains("TLS Web Client Authentication"))
+        #expect(x509.contains("CA:FALSE"))
+
+        #expect(try bulwark(["device", "list"]).stdout.contains("cli-1\tactive"))
+        #expect(try bulwark(["device", "show", "cli-1"]).stdout.contains("\"spkiSha256\""))
+
+        let added = try bulwark(["operator", "add", "bob", "--out", work + "/bob"])
+        #expect(added.status == 0, "\(added.stderr)")
+        var keyInfo = stat()
+        #expect(stat(work + "/bob/bob.key", &keyInfo) == 0 && keyInfo.st_mode & 0o077 == 0, "bob.key is 0600")
+        let asBob = try run(
+            binary, ["device", "revoke", "cli-1", "--credentials", work + "/bob", "--as", "bob"],
+            environment: ["BULWARK_HUB": "https://127.0.0.1:\(ports.operator)"])
+        #expect(asBob.status == 0, "\(asBob.stderr)")
+        #expect(try bulwark(["device", "list"]).stdout.contains("cli-1\trevoked"))
+        #expect(try bulwark(["events", "--limit", "5"]).stdout.contains("\"kind\":\"device-revoked\""))
+
+        let unknown = try bulwark(["device", "revoke", "nope"])
+        #expect(unknown.status != 0)
+        #expect(unknown.stderr.contains("404") && unknown.stderr.contains("correlation id"))
+        let keyAsCSR = try bulwark(["device", "enroll", "--id", "x", "--csr", work + "/d.key"])
+        #expect(keyAsCSR.status == 65)
+        #expect(keyAsCSR.stderr.contains("nothing was sent"))
+        #expect(!keyAsCSR.stderr.contains("PRIVATE KEY"), "a key passed by mistake is never echoed")
+        try "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".write(
+            toFile: work + "/bad.csr", atomically: true, encoding: .utf8)
+        let badCSR = try bulwark(["device", "enroll", "--id", "x", "--csr", work + "/bad.csr"])
+        #expect(badCSR.status == 1)
+        #expect(badCSR.stderr.contains("bad-csr"))
+    }
+}
