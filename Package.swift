@@ -52,6 +52,11 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),
+        // Pure: Noise XKpsk3 pairing handshake, its suites, and the pairing state machines.
+        .target(
+            name: "Pairing",
+            dependencies: ["Core", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         // Store protocols, in-memory twins, SQLite (GRDB) backend, migrations.
         .target(
             name: "Store",
@@ -121,6 +126,11 @@ let package = Package(
         .testTarget(
             name: "TUFTests",
             dependencies: ["TUF", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        .testTarget(
+            name: "PairingTests",
+            dependencies: ["Pairing", .product(name: "Crypto", package: "swift-crypto")],
+            resources: [.copy("Fixtures")]
         ),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Core"]),
         .testTarget(

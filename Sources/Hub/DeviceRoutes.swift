@@ -35,7 +35,8 @@ struct DeviceRoutes {
             NewTelemetry(
                 deviceID: deviceID, receivedAt: Date(), correlationID: context.correlationID.rawValue, body: body))
         // Both values are generated here (an integer and hex digits): no escaping is needed.
-        return JSONResponse.make(.accepted, text: #"{"correlationId":"\#(context.correlationID.rawValue)","id":\#(id)}"#)
+        return JSONResponse.make(
+            .accepted, text: #"{"correlationId":"\#(context.correlationID.rawValue)","id":\#(id)}"#)
     }
 
     /// The caller's own record; nothing about any other device.

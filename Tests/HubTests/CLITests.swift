@@ -21,10 +21,15 @@ import Testing
         }
 
         let work = try temporaryDirectory("cli-work")
-        try run("/usr/bin/env", ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + "/d.key"])
-        try run("/usr/bin/env", ["openssl", "req", "-new", "-key", work + "/d.key", "-subj", "/CN=d", "-out", work + "/d.csr"])
+        try run(
+            "/usr/bin/env", ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + "/d.key"])
+        try run(
+            "/usr/bin/env",
+            ["openssl", "req", "-new", "-key", work + "/d.key", "-subj", "/CN=d", "-out", work + "/d.csr"])
 
-        let enrolled = try bulwark(["device", "enroll", "--id", "cli-1", "--csr", work + "/d.csr", "--out", work + "/d.crt"])
+        let enrolled = try bulwark([
+            "device", "enroll", "--id", "cli-1", "--csr", work + "/d.csr", "--out", work + "/d.crt",
+        ])
         #expect(enrolled.status == 0, "\(enrolled.stderr)")
         #expect(enrolled.stdout.contains("enrolled cli-1"))
         let x509 = try run("/usr/bin/env", ["openssl", "x509", "-in", work + "/d.crt", "-noout", "-text"]).stdout
