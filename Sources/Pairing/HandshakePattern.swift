@@ -18,12 +18,12 @@ public struct HandshakePattern: Sendable {
     ///       -> e, es
     ///       <- e, ee
     ///       -> s, se, psk
-    public static let XKpsk3 = HandshakePattern(
+    public static let xkpsk3 = HandshakePattern(
         name: "XKpsk3", initiatorPreMessage: [], responderPreMessage: [.s],
         messages: [[.e, .es], [.e, .ee], [.s, .se, .psk]])
 
     /// Noise §7.5 XK (no PSK).
-    public static let XK = HandshakePattern(
+    public static let xk = HandshakePattern(
         name: "XK", initiatorPreMessage: [], responderPreMessage: [.s], messages: [[.e, .es], [.e, .ee], [.s, .se]])
 
     var usesPSK: Bool { messages.contains { $0.contains(.psk) } }

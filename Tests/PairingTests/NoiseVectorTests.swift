@@ -9,32 +9,38 @@ import Testing
             let payload: String
             let ciphertext: String
         }
-        let protocol_name: String
-        let init_prologue: String
-        let init_psks: [String]?
-        let init_static: String
-        let init_ephemeral: String
-        let init_remote_static: String
-        let resp_prologue: String
-        let resp_psks: [String]?
-        let resp_static: String
-        let resp_ephemeral: String
-        let handshake_hash: String
+        let protocolName: String
+        let initPrologue: String
+        let initPsks: [String]?
+        let initStatic: String
+        let initEphemeral: String
+        let initRemoteStatic: String
+        let respPrologue: String
+        let respPsks: [String]?
+        let respStatic: String
+        let respEphemeral: String
+        let handshakeHash: String
         let messages: [Message]
-        var testDescription: String { protocol_name }
+        var testDescription: String { protocolName }
+    }
+
+    static var decoder: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return decoder
     }
 
     static let vectors: [Vector] = {
         struct File: Decodable { let vectors: [Vector] }
         guard let url = Bundle.module.url(forResource: "cacophony-xk", withExtension: "json", subdirectory: "Fixtures"),
-            let data = try? Data(contentsOf: url), let file = try? JSONDecoder().decode(File.self, from: data)
+            let data = try? Data(contentsOf: url), let file = try? Self.decoder.decode(File.self, from: data)
         else { return [] }
         return file.vectors
     }()
 
     @Test func theFixtureHoldsAllFourVectors() {
         #expect(
-            Self.vectors.map(\.protocol_name).sorted() == [
+            Self.vectors.map(\.protocolName).sorted() == [
                 "Noise_XK_25519_AESGCM_SHA256", "Noise_XK_25519_ChaChaPoly_SHA256",
                 "Noise_XKpsk3_25519_AESGCM_SHA256", "Noise_XKpsk3_25519_ChaChaPoly_SHA256",
             ])
@@ -42,20 +48,20 @@ import Testing
 
     @Test(arguments: vectors)
     func reproducesEveryMessageAndTheHandshakeHash(_ vector: Vector) throws {
-        let pattern: HandshakePattern = vector.protocol_name.contains("XKpsk3") ? .XKpsk3 : .XK
-        let cipher: NoiseCipher = vector.protocol_name.contains("AESGCM") ? .aesGCM : .chaChaPoly
-        let initiatorEphemeral = try NoiseDH.x25519.keyPair(privateKey: hex(vector.init_ephemeral))
-        let responderEphemeral = try NoiseDH.x25519.keyPair(privateKey: hex(vector.resp_ephemeral))
+        let pattern: HandshakePattern = vector.protocolName.contains("XKpsk3") ? .xkpsk3 : .xk
+        let cipher: NoiseCipher = vector.protocolName.contains("AESGCM") ? .aesGCM : .chaChaPoly
+        let initiatorEphemeral = try NoiseDH.x25519.keyPair(privateKey: hex(vector.initEphemeral))
+        let responderEphemeral = try NoiseDH.x25519.keyPair(privateKey: hex(vector.respEphemeral))
         var initiator = try HandshakeState(
-            pattern: pattern, dh: .x25519, cipher: cipher, initiator: true, prologue: hex(vector.init_prologue),
-            staticKeyPair: try NoiseDH.x25519.keyPair(privateKey: hex(vector.init_static)),
-            remoteStaticKey: hex(vector.init_remote_static), psks: (vector.init_psks ?? []).map(hex),
+            pattern: pattern, dh: .x25519, cipher: cipher, initiator: true, prologue: hex(vector.initPrologue),
+            staticKeyPair: try NoiseDH.x25519.keyPair(privateKey: hex(vector.initStatic)),
+            remoteStaticKey: hex(vector.initRemoteStatic), psks: (vector.initPsks ?? []).map(hex),
             ephemeral: { initiatorEphemeral })
         var responder = try HandshakeState(
-            pattern: pattern, dh: .x25519, cipher: cipher, initiator: false, prologue: hex(vector.resp_prologue),
-            staticKeyPair: try NoiseDH.x25519.keyPair(privateKey: hex(vector.resp_static)),
-            psks: (vector.resp_psks ?? []).map(hex), ephemeral: { responderEphemeral })
-        #expect(initiator.protocolName == vector.protocol_name)
+            pattern: pattern, dh: .x25519, cipher: cipher, initiator: false, prologue: hex(vector.respPrologue),
+            staticKeyPair: try NoiseDH.x25519.keyPair(privateKey: hex(vector.respStatic)),
+            psks: (vector.respPsks ?? []).map(hex), ephemeral: { responderEphemeral })
+        #expect(initiator.protocolName == vector.protocolName)
 
         var initiatorTransport: TransportState?
         var responderTransport: TransportState?
@@ -72,11 +78,11 @@ import Testing
                     payload = try initiator.readMessage(ciphertext)
                 }
                 if initiator.isComplete {
-                    #expect(initiator.handshakeHash == hex(vector.handshake_hash))
-                    #expect(responder.handshakeHash == hex(vector.handshake_hash))
+                    #expect(initiator.handshakeHash == hex(vector.handshakeHash))
+                    #expect(responder.handshakeHash == hex(vector.handshakeHash))
                     #expect(
                         responder.remoteStaticKey
-                            == (try NoiseDH.x25519.keyPair(privateKey: hex(vector.init_static))).publicKey)
+                            == (try NoiseDH.x25519.keyPair(privateKey: hex(vector.initStatic))).publicKey)
                     initiatorTransport = try initiator.transport()
                     responderTransport = try responder.transport()
                 }
