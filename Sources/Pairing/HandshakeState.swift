@@ -145,6 +145,13 @@ public struct HandshakeState: Sendable {
         symmetric.mixKey(try dh.dh(local, remote))
     }
 
+    /// A secret for use beside the transport (e.g. a key-confirmation MAC), derived from the final chaining key with
+    /// a label, so it is independent of the Split() keys: HKDF(ck, label, 2)[1].
+    public func exportKey(label: String) throws(NoiseError) -> [UInt8] {
+        guard isComplete else { throw NoiseError(.wrongState, "handshake not complete") }
+        return symmetric.exportKey(label: Array(label.utf8))
+    }
+
     /// Split() after the last handshake message: the transport cipher states for this party.
     public func transport() throws(NoiseError) -> TransportState {
         guard isComplete else { throw NoiseError(.wrongState, "handshake not complete") }

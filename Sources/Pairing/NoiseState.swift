@@ -96,6 +96,8 @@ struct SymmetricState: Sendable {
         return plaintext
     }
 
+    func exportKey(label: [UInt8]) -> [UInt8] { Self.hkdf(chainingKey, label, outputs: 2)[1] }
+
     /// Split(): the initiator-to-responder and responder-to-initiator cipher states.
     func split() -> (CipherState, CipherState) {
         let outputs = Self.hkdf(chainingKey, [], outputs: 2)
