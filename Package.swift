@@ -55,7 +55,11 @@ let package = Package(
         // Pure: Noise XKpsk3 pairing handshake, its suites, and the pairing state machines.
         .target(
             name: "Pairing",
-            dependencies: ["Core", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: [
+                "Core", .product(name: "Crypto", package: "swift-crypto"),
+                // Only for the frame codec (ByteBuffer and the decoder protocols), as the MQTT codec will.
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         // Store protocols, in-memory twins, SQLite (GRDB) backend, migrations.
         .target(
@@ -66,7 +70,8 @@ let package = Package(
         .target(
             name: "Hub",
             dependencies: [
-                "Core", "PKI", "Gateway", "Store",
+                "Core", "PKI", "Gateway", "Store", "Pairing",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -83,19 +88,20 @@ let package = Package(
         .target(
             name: "HubClient",
             dependencies: [
-                "Core", "PKI",
+                "Core", "PKI", "Pairing",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .executableTarget(
             name: "CLI",
             dependencies: [
-                "Core", "PKI", "Hub", "HubClient", "Store",
+                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -136,7 +142,7 @@ let package = Package(
         .testTarget(
             name: "HubTests",
             dependencies: [
-                "Hub", "HubClient", "PKI", "Store", "Core",
+                "Hub", "HubClient", "PKI", "Store", "Core", "Pairing",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -8,7 +8,10 @@ struct Bulwark: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bulwark",
         abstract: "Bulwark: the IoT security hub, its device agent and its operator CLI.",
-        subcommands: [Serve.self, DeviceCommand.self, OperatorCommand.self, EventsCommand.self]
+        subcommands: [
+            Serve.self, DeviceCommand.self, OperatorCommand.self, PairCommand.self, AgentCommand.self,
+            EventsCommand.self,
+        ]
     )
 }
 

@@ -16,6 +16,13 @@ public struct HubConfiguration: Sendable, Equatable {
     public var dataDirectory: String
     public var device = Listener(host: "127.0.0.1", port: 8443)
     public var operatorAPI = Listener(host: "127.0.0.1", port: 8444)
+    /// The pairing listener (Noise over TCP; no TLS needed).
+    public var pairing = Listener(host: "127.0.0.1", port: 8445)
+    /// How long a pairing claim stays valid.
+    public var claimLifetimeSeconds = 600
+    /// Failed pairings per device before lock-out, and the first lock-out (doubling with each further failure).
+    public var pairingFreeAttempts = 5
+    public var pairingLockoutSeconds = 30.0
     /// `sqlite:PATH` (default `sqlite:<data>/bulwark.sqlite`) or, later, `postgres://user@host/db`.
     public var databaseURL: String?
     public var databasePasswordFile: String?
@@ -53,6 +60,11 @@ public struct HubConfiguration: Sendable, Equatable {
         config.device.port = reader.int(forKey: "device.port", default: config.device.port)
         config.operatorAPI.host = reader.string(forKey: "operator.host", default: config.operatorAPI.host)
         config.operatorAPI.port = reader.int(forKey: "operator.port", default: config.operatorAPI.port)
+        config.pairing.host = reader.string(forKey: "pairing.host", default: config.pairing.host)
+        config.pairing.port = reader.int(forKey: "pairing.port", default: config.pairing.port)
+        config.claimLifetimeSeconds = reader.int(forKey: "pairing.claimLifetimeSeconds", default: 600)
+        config.pairingFreeAttempts = reader.int(forKey: "pairing.freeAttempts", default: 5)
+        config.pairingLockoutSeconds = reader.double(forKey: "pairing.lockoutSeconds", default: 30)
         config.databaseURL = reader.string(forKey: "database.url")
         config.databasePasswordFile = reader.string(forKey: "database.passwordFile")
         config.maxBodyBytes = reader.int(forKey: "telemetry.maxBodyBytes", default: config.maxBodyBytes)
@@ -74,10 +86,16 @@ public struct HubConfiguration: Sendable, Equatable {
                     "database.url: only the embedded store (sqlite:PATH) is available in this version")
             }
         }
-        for (name, listener) in [("device", device), ("operator", operatorAPI)] {
+        for (name, listener) in [("device", device), ("operator", operatorAPI), ("pairing", pairing)] {
             guard (0...65535).contains(listener.port) else {
                 throw HubStartupError("\(name).port must be between 0 and 65535")
             }
+        }
+        guard (1...100).contains(pairingFreeAttempts), (0.1...86400).contains(pairingLockoutSeconds) else {
+            throw HubStartupError("pairing.freeAttempts must be 1-100 and pairing.lockoutSeconds 0.1-86400")
+        }
+        guard (10...86400).contains(claimLifetimeSeconds) else {
+            throw HubStartupError("pairing.claimLifetimeSeconds must be between 10 and 86400")
         }
         guard (1024...(16 * 1024 * 1024)).contains(maxBodyBytes) else {
             throw HubStartupError("telemetry.maxBodyBytes must be between 1024 and 16777216")

@@ -2,13 +2,16 @@ import Core
 public import Crypto
 public import Foundation
 public import PKI
+public import Pairing
 import Store
 public import X509
 
 /// The hub's key material in the data directory:
 ///
 ///     ca.crt  ca.key            the hub certificate authority (P-256)
-///     hub.crt hub.key           the TLS server certificate of both listeners
+///     hub.crt hub.key           the TLS server certificate of both listeners (the key is kept across renewals)
+///     hub-backup.key            a TLS key not in use, pinned by devices as the backup
+///     hub-pair-*.key            the Noise static keys for pairing (P-256 and X25519)
 ///     operators/admin.{crt,key} the first operator credential, plus operators/ca.crt
 ///
 /// Key files are created 0600 and every `*.key` below the data directory is checked at each start.
@@ -16,6 +19,10 @@ public struct HubCredentials: Sendable {
     public let authority: CertificateAuthority
     public let serverCertificate: Certificate
     public let serverKey: P256.Signing.PrivateKey
+    /// A key not in use, whose pin devices also hold, so the hub can move to it without bricking the fleet.
+    public let backupKey: P256.Signing.PrivateKey
+    /// The hub's Noise static keys for pairing, per suite.
+    public let pairingKeys: [PairingLabel.Suite: NoiseKeyPair]
 
     public static let firstOperator = "admin"
 
@@ -39,24 +46,65 @@ public struct HubCredentials: Sendable {
                 store: store, now: now)
         }
 
-        let serverKeyPath = dataDirectory + "/hub.key"
+        // The TLS key is kept across certificate renewals: devices pin it (with a backup key not in use).
+        let serverKey = try loadOrCreateSigningKey(dataDirectory + "/hub.key")
+        let backupKey = try loadOrCreateSigningKey(dataDirectory + "/hub-backup.key")
         let serverCertPath = dataDirectory + "/hub.crt"
-        if FileManager.default.fileExists(atPath: serverKeyPath),
-            let key = try? P256.Signing.PrivateKey(pemRepresentation: try SecretFiles.read(serverKeyPath)),
-            let certificate = try? Certificate(pemEncoded: String(contentsOfFile: serverCertPath, encoding: .utf8)),
-            certificate.publicKey == Certificate.PublicKey(key.publicKey),
-            certificate.notValidAfter.timeIntervalSince(now) > 30 * 86400
+        var certificate = try? Certificate(pemEncoded: String(contentsOfFile: serverCertPath, encoding: .utf8))
+        if let current = certificate,
+            current.publicKey != Certificate.PublicKey(serverKey.publicKey)
+                || current.notValidAfter.timeIntervalSince(now) < 30 * 86400
         {
-            return HubCredentials(authority: authority, serverCertificate: certificate, serverKey: key)
+            certificate = nil
+        }
+        if certificate == nil {
+            let issued = try authority.issueServerCertificate(
+                publicKey: serverKey.publicKey, dnsNames: ["localhost"] + hubNames, ipAddresses: [[127, 0, 0, 1]],
+                now: now)
+            try SecretFiles.writePublic(serverCertPath, contents: issued.pem)
+            try await store.addCertificate(record(issued, deviceID: nil))
+            certificate = issued
+        }
+        var pairingKeys: [PairingLabel.Suite: NoiseKeyPair] = [:]
+        for suite in PairingLabel.Suite.allCases {
+            pairingKeys[suite] = try loadOrCreateNoiseKey(
+                dataDirectory + "/hub-pair-\(suite.dh.rawValue.lowercased()).key", suite.dh)
+        }
+        guard let certificate else { throw HubStartupError("cannot issue the hub certificate") }
+        return HubCredentials(
+            authority: authority, serverCertificate: certificate, serverKey: serverKey, backupKey: backupKey,
+            pairingKeys: pairingKeys)
+    }
+
+    /// `pin-sha256` values (SHA-256 of the SPKI) of the key in use and of the backup key, in that order.
+    public var pins: [[UInt8]] {
+        [serverKey.publicKey, backupKey.publicKey].map { Array(SHA256.hash(data: $0.derRepresentation)) }
+    }
+
+    static func loadOrCreateSigningKey(_ path: String) throws -> P256.Signing.PrivateKey {
+        if FileManager.default.fileExists(atPath: path) {
+            guard let key = try? P256.Signing.PrivateKey(pemRepresentation: try SecretFiles.read(path)) else {
+                throw HubStartupError("\(path) is not a P-256 private key")
+            }
+            return key
         }
         let key = P256.Signing.PrivateKey()
-        let certificate = try authority.issueServerCertificate(
-            publicKey: key.publicKey, dnsNames: ["localhost"] + hubNames, ipAddresses: [[127, 0, 0, 1]], now: now)
-        try? FileManager.default.removeItem(atPath: serverKeyPath)
-        try SecretFiles.create(serverKeyPath, contents: key.pemRepresentation)
-        try SecretFiles.writePublic(serverCertPath, contents: certificate.pem)
-        try await store.addCertificate(record(certificate, deviceID: nil))
-        return HubCredentials(authority: authority, serverCertificate: certificate, serverKey: key)
+        try SecretFiles.create(path, contents: key.pemRepresentation)
+        return key
+    }
+
+    /// A Noise static key for pairing, stored as base64 of the raw private key (0600).
+    static func loadOrCreateNoiseKey(_ path: String, _ dh: NoiseDH) throws -> NoiseKeyPair {
+        if FileManager.default.fileExists(atPath: path) {
+            let text = try SecretFiles.read(path).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard let raw = Data(base64Encoded: text), let pair = try? dh.keyPair(privateKey: [UInt8](raw)) else {
+                throw HubStartupError("\(path) is not a \(dh.rawValue) private key")
+            }
+            return pair
+        }
+        let pair = dh.generateKeyPair()
+        try SecretFiles.create(path, contents: Data(pair.privateKey).base64EncodedString() + "\n")
+        return pair
     }
 
     static func loadAuthority(_ dataDirectory: String) throws -> CertificateAuthority {

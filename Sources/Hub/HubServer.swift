@@ -81,11 +81,26 @@ public final class HubServer: Sendable {
         let device = try application(name: "device", listener: configuration.device, role: .device) {
             DeviceRoutes(store: store, maxBodyBytes: configuration.maxBodyBytes).register(on: $0)
         }
+        let claims = PairingClaims(
+            lifetime: TimeInterval(configuration.claimLifetimeSeconds),
+            policy: .init(
+                freeAttempts: configuration.pairingFreeAttempts, baseLockout: configuration.pairingLockoutSeconds,
+                maximumLockout: max(3600, configuration.pairingLockoutSeconds)))
         let operatorApp = try application(name: "operator", listener: configuration.operatorAPI, role: .operator) {
-            OperatorRoutes(store: store, authority: credentials.authority, revocations: revocations).register(on: $0)
+            OperatorRoutes(store: store, authority: credentials.authority, revocations: revocations, claims: claims)
+                .register(on: $0)
         }
+        let pairing = PairingListener(
+            host: configuration.pairing.host, port: configuration.pairing.port, credentials: credentials,
+            claims: claims, store: store, revocations: revocations,
+            logger: {
+                var pairingLogger = logger
+                pairingLogger[metadataKey: "listener"] = "pairing"
+                return pairingLogger
+            }(), onBound: { portsContinuation.yield(("pairing", $0)) })
         group = ServiceGroup(
-            configuration: .init(services: [device, operatorApp], gracefulShutdownSignals: signals, logger: logger))
+            configuration: .init(
+                services: [device, operatorApp, pairing], gracefulShutdownSignals: signals, logger: logger))
     }
 
     /// Runs until a shutdown signal (or `shutdown()`); closes the store after the listeners stopped.
@@ -100,17 +115,25 @@ public final class HubServer: Sendable {
         logger.info("hub stopped")
     }
 
-    /// Waits until both listeners are bound and returns their ports (useful with port 0).
-    public func listeningPorts() async -> (device: Int, operator: Int) {
+    /// Waits until every listener is bound and returns the ports (useful with port 0).
+    public func listeningPorts() async -> HubPorts {
         var seen: [String: Int] = [:]
         for await (name, port) in ports {
             seen[name] = port
-            if let device = seen["device"], let operatorPort = seen["operator"] { return (device, operatorPort) }
+            if let device = seen["device"], let operatorPort = seen["operator"], let pairing = seen["pairing"] {
+                return HubPorts(device: device, operator: operatorPort, pairing: pairing)
+            }
         }
-        return (seen["device"] ?? 0, seen["operator"] ?? 0)
+        return HubPorts(device: seen["device"] ?? 0, operator: seen["operator"] ?? 0, pairing: seen["pairing"] ?? 0)
     }
 
     public func shutdown() async {
         await group.triggerGracefulShutdown()
     }
+}
+
+public struct HubPorts: Sendable {
+    public let device: Int
+    public let `operator`: Int
+    public let pairing: Int
 }

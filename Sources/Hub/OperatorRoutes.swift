@@ -6,6 +6,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import PKI
+import Pairing
 import Store
 import X509
 
@@ -14,6 +15,7 @@ struct OperatorRoutes {
     let store: any HubStore
     let authority: CertificateAuthority
     let revocations: RevocationList
+    let claims: PairingClaims
 
     func register(on router: Router<HubRequestContext>) {
         router.post("/v1/devices") { request, context in try await enroll(request, context) }
@@ -22,6 +24,7 @@ struct OperatorRoutes {
         router.post("/v1/devices/:id/revoke") { _, context in try await revoke(context) }
         router.post("/v1/operators") { request, context in try await addOperator(request, context) }
         router.get("/v1/security-events") { request, _ in try await securityEvents(request) }
+        router.post("/v1/pairing/claims") { request, context in try await claim(request, context) }
     }
 
     private func requireOperator(_ context: HubRequestContext) throws -> OperatorName {
@@ -135,6 +138,30 @@ struct OperatorRoutes {
                 correlationID: context.correlationID.rawValue, detail: "by \(by), serial \(certificate.serialHex)"))
         return try JSONResponse.make(
             .created, ["name": name.rawValue, "serial": certificate.serialHex, "certificate": certificate.pem])
+    }
+
+    /// The operator entered a device's label: the hub will pair with that device (once, until the claim expires).
+    func claim(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        let by = try requireOperator(context)
+        let object = try await jsonObject(request)
+        guard let text = object["label"] as? String else { throw Self.invalid("label is required") }
+        let label: PairingLabel
+        do { label = try PairingLabel(text: text) } catch {
+            throw HubError(
+                .badRequest, "bad-label", message: error.detail, detail: "claim: \(error)",
+                event: "pairing-claim-refused")
+        }
+        let expires = await claims.add(label, now: Date())
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "pairing-claimed", identity: Identity.device(label.deviceID).uri,
+                correlationID: context.correlationID.rawValue, detail: "by \(by), suite \(label.suite.name)"))
+        return try JSONResponse.make(
+            .created,
+            [
+                "deviceId": label.deviceID.rawValue, "suite": label.suite.name,
+                "expiresAt": JSONResponse.timestamp(expires),
+            ])
     }
 
     func securityEvents(_ request: Request) async throws -> Response {

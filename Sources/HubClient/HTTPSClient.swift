@@ -1,8 +1,10 @@
+import Crypto
 import Foundation
 public import NIOCore
 import NIOHTTP1
 public import NIOPosix
 public import NIOSSL
+import X509
 
 /// Credentials a client presents: its certificate chain and key (PEM), and the CA that must have signed the
 /// server's certificate.
@@ -42,6 +44,39 @@ public struct ClientCredentials: Sendable {
     }
 }
 
+/// How a device that paired checks the hub: the certificate must chain to the hub CA it received, *and* the SHA-256
+/// of the leaf's SubjectPublicKeyInfo must be one of the pins it received (RFC 7469 `pin-sha256` semantics). A hub
+/// presenting another key is refused even when its certificate chains to the CA.
+public struct PinnedServer: Sendable {
+    public var caCertificateDER: [UInt8]
+    public var pins: [[UInt8]]
+
+    public init(caCertificateDER: [UInt8], pins: [[UInt8]]) {
+        self.caCertificateDER = caCertificateDER
+        self.pins = pins
+    }
+
+    /// Replaces BoringSSL's verification, so it does both checks itself.
+    func verify(_ certificates: [NIOSSLCertificate], _ promise: EventLoopPromise<NIOSSLVerificationResult>) {
+        let ders = certificates.compactMap { try? $0.toDERBytes() }
+        let spki = try? certificates.first?.extractPublicKey().toSPKIBytes()
+        let pins = self.pins
+        let caDER = caCertificateDER
+        promise.completeWithTask {
+            guard let spki, pins.contains(Array(SHA256.hash(data: spki))) else { return .failed }
+            guard let leafDER = ders.first, let leaf = try? Certificate(derEncoded: leafDER),
+                let ca = try? Certificate(derEncoded: caDER)
+            else { return .failed }
+            var verifier = Verifier(rootCertificates: CertificateStore([ca])) { RFC5280Policy() }
+            let intermediates = CertificateStore(ders.dropFirst().compactMap { try? Certificate(derEncoded: $0) })
+            guard case .validCertificate = await verifier.validate(leaf: leaf, intermediates: intermediates) else {
+                return .failed
+            }
+            return .certificateVerified
+        }
+    }
+}
+
 public struct ClientError: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
@@ -64,7 +99,7 @@ public enum HTTPSClient {
     /// Connects, runs `body` with the open connection, then closes it.
     public static func withConnection<Result: Sendable>(
         host: String, port: Int, serverName: String? = "localhost", tls: TLSConfiguration,
-        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        pinned: PinnedServer? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         _ body: (HTTPConnection) async throws -> Result
     ) async throws -> Result {
         let context = try NIOSSLContext(configuration: tls)
@@ -73,8 +108,15 @@ public enum HTTPSClient {
             .connectTimeout(.seconds(10))
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        NIOSSLClientHandler(context: context, serverHostname: serverName))
+                    if let pinned {
+                        try channel.pipeline.syncOperations.addHandler(
+                            NIOSSLClientHandler(
+                                context: context, serverHostname: serverName,
+                                customVerificationCallback: { pinned.verify($0, $1) }))
+                    } else {
+                        try channel.pipeline.syncOperations.addHandler(
+                            NIOSSLClientHandler(context: context, serverHostname: serverName))
+                    }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
                         wrappingChannelSynchronously: channel)
@@ -89,10 +131,10 @@ public enum HTTPSClient {
 
     /// One request on a new connection.
     public static func request(
-        host: String, port: Int, tls: TLSConfiguration, method: String, path: String,
+        host: String, port: Int, tls: TLSConfiguration, pinned: PinnedServer? = nil, method: String, path: String,
         headers: [(String, String)] = [], body: [UInt8] = []
     ) async throws -> HTTPResult {
-        try await withConnection(host: host, port: port, tls: tls) { connection in
+        try await withConnection(host: host, port: port, tls: tls, pinned: pinned) { connection in
             try await connection.send(method: method, path: path, headers: headers, body: body)
         }
     }

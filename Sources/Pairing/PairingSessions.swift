@@ -13,8 +13,8 @@ public struct HubPairingSession: Sendable {
         /// Issue a certificate for this device from the CSR, whose key must equal `operationalKey` (x963), then call
         /// `issued(_:)`.
         case issueCertificate(DeviceID, operationalKey: [UInt8], csrDER: [UInt8])
-        /// The device confirmed: it is paired and may be activated.
-        case paired(DeviceID)
+        /// The device confirmed: activate it, then send `acknowledgement` (encrypted) so it knows.
+        case paired(DeviceID, acknowledgement: [UInt8])
     }
 
     enum State {
@@ -108,8 +108,12 @@ public struct HubPairingSession: Sendable {
                     fields[0].1, authenticating: Array(SHA256.hash(data: transcript)),
                     using: SymmetricKey(data: confirmKey))
             else { throw fail("confirmation MAC does not match", code: .badConfirmation) }
+            guard var transport, let acknowledgement = try? transport.encrypt(PairingWire.fields([(1, [1])])) else {
+                throw fail("cannot acknowledge")
+            }
+            self.transport = transport
             state = .done
-            return .paired(deviceID)
+            return .paired(deviceID, acknowledgement: acknowledgement)
         default:
             throw fail("unexpected message")
         }
@@ -157,12 +161,16 @@ public struct DevicePairingSession: Sendable {
         case send([UInt8])
         /// Make a fresh operational P-256 key and a PKCS#10 CSR signed by it, then call `csrReady(...)`.
         case makeCSR
-        /// Paired: store these (key files 0600) and then send the confirmation frame.
-        case paired(PairingCredentials, confirmation: [UInt8])
+        /// Send the confirmation frame and wait for the hub's acknowledgement.
+        case confirm([UInt8])
+        /// The hub activated the device: store these credentials (key files 0600).
+        case paired(PairingCredentials)
     }
 
     enum State {
-        case awaitingHubHello, awaitingMessage1, awaitingMessage3, awaitingCSR, awaitingCredentials, done, failed
+        case awaitingHubHello, awaitingMessage1, awaitingMessage3, awaitingCSR, awaitingCredentials,
+            awaitingAcknowledgement, done,
+            failed
     }
 
     private let label: PairingLabel
@@ -172,6 +180,7 @@ public struct DevicePairingSession: Sendable {
     private var transport: TransportState?
     private var confirmKey: [UInt8] = []
     private var transcript: [UInt8] = []
+    private var credentials: PairingCredentials?
 
     /// `label` is this device's own label (its id, suite and secret); `identityKey` its static identity key.
     public init(label: PairingLabel, identityKey: NoiseKeyPair) throws(PairingError) {
@@ -235,8 +244,15 @@ public struct DevicePairingSession: Sendable {
                 throw fail("cannot confirm")
             }
             self.transport = transport
+            self.credentials = credentials
+            state = .awaitingAcknowledgement
+            return .confirm(confirmation)
+        case .awaitingAcknowledgement:
+            guard let plaintext = try? transport?.decrypt(frame), plaintext == PairingWire.fields([(1, [1])]),
+                let credentials
+            else { throw fail("no valid acknowledgement", code: .handshakeFailed) }
             state = .done
-            return .paired(credentials, confirmation: confirmation)
+            return .paired(credentials)
         default:
             throw fail("unexpected message")
         }

@@ -21,5 +21,9 @@ public protocol HubStore: Sendable {
     func telemetryCount(of device: DeviceID?) async throws -> Int
     func recordSecurityEvent(_ event: SecurityEvent) async throws
     func securityEvents(limit: Int) async throws -> [SecurityEvent]
+    /// The identity resolving key given to a device at pairing (a secret: never logged or returned by the API).
+    func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws
+    /// Every active device's IRK, to build the rotating-identifier resolver.
+    func identityResolvingKeys() async throws -> [(DeviceID, [UInt8])]
     func close() async throws
 }

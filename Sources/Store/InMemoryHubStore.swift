@@ -7,6 +7,7 @@ public actor InMemoryHubStore: HubStore {
     private var certificateRecords: [String: CertificateRecord] = [:]
     private var telemetryRecords: [TelemetryRecord] = []
     private var events: [SecurityEvent] = []
+    private var irks: [DeviceID: [UInt8]] = [:]
 
     public init() {}
 
@@ -84,6 +85,15 @@ public actor InMemoryHubStore: HubStore {
     }
 
     public func securityEvents(limit: Int) async throws -> [SecurityEvent] { Array(events.suffix(limit).reversed()) }
+
+    public func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws {
+        guard deviceRecords[device] != nil else { throw StoreError(.notFound, "no such device") }
+        irks[device] = irk
+    }
+
+    public func identityResolvingKeys() async throws -> [(DeviceID, [UInt8])] {
+        irks.filter { deviceRecords[$0.key]?.status == .active }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
 
     public func close() async throws {}
 }

@@ -72,6 +72,15 @@ public final class SQLiteHubStore: HubStore {
                     );
                     """)
         }
+        migrator.registerMigration("v2: device secrets") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE device_secrets (
+                        device_id TEXT PRIMARY KEY NOT NULL REFERENCES devices(id),
+                        irk BLOB NOT NULL
+                    );
+                    """)
+        }
         return migrator
     }
 
@@ -209,6 +218,34 @@ public final class SQLiteHubStore: HubStore {
                 SecurityEvent(
                     id: row["id"], at: Date(millis: row["at"]), kind: row["kind"], identity: row["identity"],
                     source: row["source"], correlationID: row["correlation_id"], detail: row["detail"])
+            }
+        }
+    }
+
+    public func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws {
+        try await write { db in
+            guard try Row.fetchOne(db, sql: "SELECT id FROM devices WHERE id = ?", arguments: [device.rawValue]) != nil
+            else { throw StoreError(.notFound, "no such device") }
+            try db.execute(
+                sql: """
+                    INSERT INTO device_secrets (device_id, irk) VALUES (?, ?)
+                    ON CONFLICT(device_id) DO UPDATE SET irk = excluded.irk
+                    """,
+                arguments: [device.rawValue, Data(irk)])
+        }
+    }
+
+    public func identityResolvingKeys() async throws -> [(DeviceID, [UInt8])] {
+        try await read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT s.device_id, s.irk FROM device_secrets s JOIN devices d ON d.id = s.device_id
+                    WHERE d.status = 'active' ORDER BY s.device_id
+                    """
+            ).compactMap { row in
+                guard let id = try? DeviceID(row["device_id"] as String) else { return nil }
+                return (id, [UInt8](row["irk"] as Data))
             }
         }
     }

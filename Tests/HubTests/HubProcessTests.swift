@@ -155,7 +155,7 @@ final class HubProcess: Sendable {
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["serve", "--data", directory]
         process.environment = ProcessInfo.processInfo.environment.merging([
-            "BULWARK_DEVICE_PORT": "0", "BULWARK_OPERATOR_PORT": "0",
+            "BULWARK_DEVICE_PORT": "0", "BULWARK_OPERATOR_PORT": "0", "BULWARK_PAIRING_PORT": "0",
         ]) { $1 }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
         process.standardError = handle
@@ -167,7 +167,7 @@ final class HubProcess: Sendable {
     var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
 
     /// Reads `listening address=127.0.0.1:PORT listener=NAME` lines (bounded to 30 s).
-    func waitForPorts() async throws -> (device: Int, operator: Int) {
+    func waitForPorts() async throws -> (device: Int, operator: Int, pairing: Int) {
         let start = ContinuousClock.now
         while ContinuousClock.now - start < .seconds(30) {
             var ports: [String: Int] = [:]
@@ -179,7 +179,9 @@ final class HubProcess: Sendable {
                 else { continue }
                 ports[String(listener.dropFirst("listener=".count))] = port
             }
-            if let device = ports["device"], let operatorPort = ports["operator"] { return (device, operatorPort) }
+            if let device = ports["device"], let operatorPort = ports["operator"], let pairing = ports["pairing"] {
+                return (device, operatorPort, pairing)
+            }
             guard process.isRunning else { throw ClientError("hub exited: \(log)") }
             try await Task.sleep(for: .milliseconds(50))
         }

@@ -15,14 +15,19 @@ final class TestHub: Sendable {
     let directory: String
     let devicePort: Int
     let operatorPort: Int
+    let pairingPort: Int
     private let runTask: Task<Void, any Error>
 
-    static func start(maxBodyBytes: Int = 64 * 1024) async throws -> TestHub {
+    static func start(
+        maxBodyBytes: Int = 64 * 1024, configure: (inout HubConfiguration) -> Void = { _ in }
+    ) async throws -> TestHub {
         let directory = try temporaryDirectory("hub")
         var configuration = HubConfiguration(dataDirectory: directory)
         configuration.device.port = 0
         configuration.operatorAPI.port = 0
+        configuration.pairing.port = 0
         configuration.maxBodyBytes = maxBodyBytes
+        configure(&configuration)
         let server = try await HubServer.make(
             configuration: configuration, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
             gracefulShutdownSignals: [])
@@ -31,18 +36,19 @@ final class TestHub: Sendable {
         return TestHub(server: server, directory: directory, ports: ports, task: task)
     }
 
-    private init(server: HubServer, directory: String, ports: (device: Int, operator: Int), task: Task<Void, any Error>)
-    {
+    private init(server: HubServer, directory: String, ports: HubPorts, task: Task<Void, any Error>) {
         self.server = server
         self.directory = directory
         self.devicePort = ports.device
         self.operatorPort = ports.operator
+        self.pairingPort = ports.pairing
         self.runTask = task
     }
 
     func stop() async throws {
         await server.shutdown()
         try await runTask.value
+        try? FileManager.default.removeItem(atPath: directory)
     }
 
     var caPEM: [UInt8] { Array(server.credentials.authority.certificate.pem.utf8) }

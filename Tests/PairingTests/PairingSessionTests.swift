@@ -62,8 +62,12 @@ import Testing
                         throw PairingError(.protocolViolation, "")
                     }
                     frame = next
-                case .paired(let id):
-                    paired = (id, deviceCredentials ?? credentials)
+                case .paired(let id, let acknowledgement):
+                    guard case .paired(let received) = try agent.received(acknowledgement) else {
+                        throw PairingError(.protocolViolation, "no acknowledgement")
+                    }
+                    deviceCredentials = received
+                    paired = (id, received)
                     continue
                 }
             } else {
@@ -74,9 +78,10 @@ import Testing
                         throw PairingError(.protocolViolation, "")
                     }
                     frame = next
-                case .paired(let received, let confirmation):
-                    deviceCredentials = received
+                case .confirm(let confirmation):
                     frame = confirmation
+                case .paired:
+                    throw PairingError(.protocolViolation, "paired before the acknowledgement")
                 }
             }
             toHub.toggle()

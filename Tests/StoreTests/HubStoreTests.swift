@@ -94,6 +94,23 @@ import Testing
         #expect(try await store.securityEvents(limit: 2).map(\.kind) == ["three", "two"])
     }
 
+    @Test(arguments: Backend.allCases)
+    func identityResolvingKeysOfActiveDevicesOnly(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        let a = try DeviceID("a")
+        let b = try DeviceID("b")
+        await #expect(throws: StoreError(.notFound, "")) { try await store.setIdentityResolvingKey([1], for: a) }
+        for device in [a, b] {
+            try await store.enroll(
+                device: device, certificate: Self.certificate(device.rawValue, device: device), at: Date())
+            try await store.setIdentityResolvingKey([UInt8](repeating: 7, count: 16), for: device)
+        }
+        _ = try await store.revoke(device: b, at: Date())
+        let keys = try await store.identityResolvingKeys()
+        #expect(keys.map(\.0) == [a])
+        #expect(keys.first?.1 == [UInt8](repeating: 7, count: 16))
+    }
+
     @Test func sqliteKeepsEverythingAcrossReopen() async throws {
         let (store, directory) = try Self.open(.sqlite)
         let a = try DeviceID("a")

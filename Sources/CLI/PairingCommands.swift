@@ -1,0 +1,214 @@
+import ArgumentParser
+import Core
+import Crypto
+import Foundation
+import Hub
+import HubClient
+import Pairing
+import X509
+
+extension DeviceCommand {
+    struct Label: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Factory step: make a device identity key, a 128-bit setup secret and the pairing label.")
+        @Option(help: "Device id (at most 32 of A-Z a-z 0-9 . _ -).") var id: String
+        @Option(help: "Directory for identity.key, label.txt (both 0600) and label.png.") var out: String
+        @Option(help: "p256 (default, FIPS-approved primitives) or 25519.") var suite = "p256"
+
+        func run() async throws {
+            let chosen: PairingLabel.Suite
+            switch suite {
+            case "p256": chosen = .p256AESGCMSHA256
+            case "25519": chosen = .x25519AESGCMSHA256
+            default: throw ValidationError("--suite must be p256 or 25519")
+            }
+            let identity = chosen.dh.generateKeyPair()
+            let secret = SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) }
+            let label: PairingLabel
+            do {
+                label = try PairingLabel(
+                    suite: chosen, deviceID: try DeviceID(id), publicKey: identity.publicKey, setupSecret: secret)
+            } catch {
+                throw CleanExit.message("bulwark: \(error)", code: 65)
+            }
+            do {
+                try SecretFiles.makePrivateDirectory(out)
+                try SecretFiles.create(
+                    "\(out)/identity.key", contents: "\(suite)\n\(Data(identity.privateKey).base64EncodedString())\n")
+                try SecretFiles.create("\(out)/label.txt", contents: label.text + "\n")
+            } catch let error as HubStartupError {
+                throw CleanExit.message("bulwark: \(error)", code: 73)
+            }
+            var qr = ""
+            if let qrencode = findProgram("qrencode") {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: qrencode)
+                process.arguments = ["-l", "M", "-o", "\(out)/label.png", label.text]
+                try process.run()
+                process.waitUntilExit()
+                if process.terminationStatus == 0 { qr = " and \(out)/label.png" }
+            }
+            print("device \(id): label in \(out)/label.txt\(qr) (\(label.text.count) characters)")
+            print(label.text)
+        }
+    }
+}
+
+struct PairCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pair", abstract: "Pair devices with their labels.", subcommands: [Claim.self])
+
+    struct Claim: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Enter a device's label: the hub will pair with that device once, within the claim's lifetime.")
+        @OptionGroup var connection: OperatorConnection
+        @Argument(help: "The label text (BWK1:...), or @FILE to read it from a file.") var label: String
+
+        func run() async throws {
+            var text = label
+            if label.hasPrefix("@") {
+                guard let data = FileManager.default.contents(atPath: String(label.dropFirst())) else {
+                    throw CleanExit.message("bulwark: cannot read \(label.dropFirst())", code: 66)
+                }
+                text = String(decoding: data, as: UTF8.self)
+            }
+            let (_, object) = try await connection.request(
+                method: "POST", path: "/v1/pairing/claims",
+                json: ["label": text.trimmingCharacters(in: .whitespacesAndNewlines)])
+            let response = object as? [String: Any] ?? [:]
+            print(
+                "claimed \(response["deviceId"] as? String ?? "?") (\(response["suite"] as? String ?? "?")), "
+                    + "pair before \(response["expiresAt"] as? String ?? "?")")
+        }
+    }
+}
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent", abstract: "The device side.", subcommands: [Pair.self, Send.self, RID.self])
+
+    struct Pair: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Pair with a hub that claimed this device's label, and store every trust anchor it gives.")
+        @Option(help: "The hub's pairing address HOST:PORT.") var hub = "127.0.0.1:8445"
+        @Option(help: "Directory with identity.key and label.txt (from `bulwark device label`).") var labelDir: String
+        @Option(help: "Where to keep the credentials (default LABEL-DIR/state).") var state: String?
+        @Flag(help: "Forget an earlier pairing first (a factory reset: back to the commissioning window).")
+        var reset = false
+
+        func run() async throws {
+            let stateDirectory = state ?? "\(labelDir)/state"
+            if reset { try? FileManager.default.removeItem(atPath: stateDirectory) }
+            if FileManager.default.fileExists(atPath: "\(stateDirectory)/paired") {
+                throw CleanExit.message(
+                    "bulwark: this device is already paired (one owner); it accepts pairing only after a reset "
+                        + "(--reset)", code: 75)
+            }
+            let (label, identity) = try loadLabel(labelDir)
+            let parts = hub.split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("--hub must be HOST:PORT") }
+            let result: PairingClient.Result
+            do {
+                result = try await PairingClient.pair(
+                    host: String(parts[0]), port: port, label: label, identityKey: identity)
+            } catch {
+                throw CleanExit.message("bulwark: pairing failed: \(error)", code: 1)
+            }
+            do {
+                try SecretFiles.makePrivateDirectory(stateDirectory)
+                try? FileManager.default.removeItem(atPath: "\(stateDirectory)/device.key")
+                try? FileManager.default.removeItem(atPath: "\(stateDirectory)/irk")
+                try SecretFiles.create(
+                    "\(stateDirectory)/device.key", contents: result.operationalKey.pemRepresentation)
+                try SecretFiles.create(
+                    "\(stateDirectory)/irk", contents: Data(result.credentials.irk).base64EncodedString() + "\n")
+                try SecretFiles.writePublic(
+                    "\(stateDirectory)/device.crt",
+                    contents: try Certificate(derEncoded: result.credentials.certificateDER).pem)
+                try SecretFiles.writePublic(
+                    "\(stateDirectory)/ca.crt",
+                    contents: try Certificate(derEncoded: result.credentials.caCertificateDER).pem)
+                try SecretFiles.writePublic(
+                    "\(stateDirectory)/pins",
+                    contents: result.credentials.pins.map { Data($0).base64EncodedString() }.joined(separator: "\n")
+                        + "\n")
+                try SecretFiles.writePublic("\(stateDirectory)/paired", contents: "hub \(hub)\n")
+            } catch let error as HubStartupError {
+                throw CleanExit.message("bulwark: \(error)", code: 73)
+            }
+            print(
+                "paired \(label.deviceID) with \(hub): certificate, CA, \(result.credentials.pins.count) pins in \(stateDirectory)"
+            )
+        }
+    }
+
+    struct Send: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Send one telemetry message with the paired certificate, checking the hub against its pins.")
+        @Option(help: "Credentials directory written by `bulwark agent pair`.") var state: String
+        @Option(help: "The hub's device API.") var hub = "https://127.0.0.1:8443"
+        @Option(help: "A JSON object.") var body = #"{"hello":"world"}"#
+
+        func run() async throws {
+            guard let url = URLComponents(string: hub), url.scheme == "https", let host = url.host else {
+                throw ValidationError("--hub must be an https:// URL")
+            }
+            let credentials = try ClientCredentials(
+                certificateFile: "\(state)/device.crt", keyFile: "\(state)/device.key", caFile: "\(state)/ca.crt")
+            let pins = try String(contentsOfFile: "\(state)/pins", encoding: .utf8).split(separator: "\n")
+                .compactMap { Data(base64Encoded: String($0)).map { [UInt8]($0) } }
+            let ca = try Certificate(pemEncoded: String(decoding: credentials.caPEM, as: UTF8.self))
+            let result: HTTPResult
+            do {
+                result = try await HTTPSClient.request(
+                    host: host, port: url.port ?? 443, tls: try credentials.tlsConfiguration(),
+                    pinned: PinnedServer(caCertificateDER: ca.derBytes, pins: pins), method: "POST",
+                    path: "/v1/telemetry", headers: [("Content-Type", "application/json")], body: Array(body.utf8))
+            } catch {
+                throw CleanExit.message(
+                    "bulwark: cannot reach the hub at \(hub) (TLS or pin check failed): \(error)", code: 69)
+            }
+            print("\(result.status) \(result.bodyText)")
+            if result.status != 202 { throw ExitCode(1) }
+        }
+    }
+
+    struct RID: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rid", abstract: "Print this device's rotating identifier for the current 15-minute epoch.")
+        @Option(help: "Credentials directory written by `bulwark agent pair`.") var state: String
+        func run() async throws {
+            let text = try String(contentsOfFile: "\(state)/irk", encoding: .utf8)
+            guard let irk = Data(base64Encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+                throw CleanExit.message("bulwark: \(state)/irk is not valid", code: 65)
+            }
+            let epoch = RotatingIdentifier.epoch(unixSeconds: Int64(Date().timeIntervalSince1970))
+            print(RotatingIdentifier.text(RotatingIdentifier.rid(irk: [UInt8](irk), epoch: epoch)))
+        }
+    }
+}
+
+func loadLabel(_ directory: String) throws -> (PairingLabel, NoiseKeyPair) {
+    do {
+        let keyLines = try SecretFiles.read("\(directory)/identity.key").split(separator: "\n")
+        let label = try PairingLabel(text: try SecretFiles.read("\(directory)/label.txt"))
+        guard keyLines.count == 2, let raw = Data(base64Encoded: String(keyLines[1])) else {
+            throw CleanExit.message("bulwark: \(directory)/identity.key is not valid", code: 65)
+        }
+        return (label, try label.suite.dh.keyPair(privateKey: [UInt8](raw)))
+    } catch let error as HubStartupError {
+        throw CleanExit.message("bulwark: \(error)", code: 66)
+    } catch let error as PairingError {
+        throw CleanExit.message("bulwark: \(error)", code: 65)
+    } catch let error as NoiseError {
+        throw CleanExit.message("bulwark: \(error)", code: 65)
+    }
+}
+
+func findProgram(_ name: String) -> String? {
+    for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+        let path = "\(directory)/\(name)"
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return nil
+}
