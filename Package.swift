@@ -143,6 +143,9 @@ let package = Package(
             name: "HubTests",
             dependencies: [
                 "Hub", "HubClient", "PKI", "Store", "Core", "Pairing",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -166,7 +166,9 @@ struct PairingListener: Service {
             }
         } catch {
             let device = session.pairingDeviceID
-            if let device { await claims.failed(device, now: Date()) }
+            // Attempts refused because of a lock-out do not extend it: hammering the port must not keep the real
+            // device locked out for ever.
+            if let device, (error as? PairingError)?.code != .lockedOut { await claims.failed(device, now: Date()) }
             if let certificate = issued {
                 // Issued but never confirmed: the certificate must not work.
                 revocations.insert([certificate.serialHex])

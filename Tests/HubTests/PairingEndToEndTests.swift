@@ -1,0 +1,154 @@
+import Core
+import Crypto
+import Foundation
+import Hub
+import HubClient
+import Hummingbird
+import HummingbirdTLS
+import Logging
+import NIOSSL
+import PKI
+import Pairing
+import ServiceLifecycle
+import Store
+import Testing
+import X509
+
+/// Pairing as a user does it from the README, with the real binary for the device and operator sides.
+@Suite(.serialized) struct PairingEndToEndTests {
+    struct CLI {
+        let binary: String
+        let hub: TestHub
+        func run(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+            try HubTests.run(
+                binary, arguments,
+                environment: [
+                    "BULWARK_HUB": "https://127.0.0.1:\(hub.operatorPort)",
+                    "BULWARK_CREDENTIALS": hub.directory + "/operators",
+                ], timeout: 30)
+        }
+    }
+
+    @Test func labelClaimPairAndSendWithPinnedTrust() async throws {
+        let hub = try await TestHub.start()
+        let cli = CLI(binary: try HubProcessTests.binary, hub: hub)
+        let work = try temporaryDirectory("pair")
+        let labelled = try cli.run(["device", "label", "--id", "cam-1", "--out", work + "/cam-1"])
+        #expect(labelled.status == 0, "\(labelled.stderr)")
+        var info = stat()
+        for file in ["identity.key", "label.txt"] {
+            #expect(stat("\(work)/cam-1/\(file)", &info) == 0 && info.st_mode & 0o077 == 0, "\(file) is 0600")
+        }
+        if which("qrencode") != nil { #expect(FileManager.default.fileExists(atPath: work + "/cam-1/label.png")) }
+
+        #expect(try cli.run(["pair", "claim", "@\(work)/cam-1/label.txt"]).status == 0)
+        let paired = try cli.run([
+            "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-1",
+        ])
+        #expect(paired.status == 0, "\(paired.stderr)")
+        for file in ["device.key", "irk"] {
+            #expect(stat("\(work)/cam-1/state/\(file)", &info) == 0 && info.st_mode & 0o077 == 0, "\(file) is 0600")
+        }
+        let pins = try String(contentsOfFile: work + "/cam-1/state/pins", encoding: .utf8).split(separator: "\n")
+        #expect(pins.count == 2, "the pin in use and a backup pin")
+        #expect(pins.first.map(String.init) == Data(hub.server.credentials.pins[0]).base64EncodedString())
+
+        let sent = try cli.run([
+            "agent", "send", "--state", work + "/cam-1/state", "--hub", "https://127.0.0.1:\(hub.devicePort)",
+        ])
+        #expect(sent.status == 0, "\(sent.stderr)")
+        #expect(sent.stdout.hasPrefix("202"))
+        let device = try DeviceID("cam-1")
+        #expect(try await hub.server.store.telemetryCount(of: device) == 1)
+        #expect(try await hub.server.store.identityResolvingKeys().map(\.0) == [device])
+        #expect(try await hub.securityEvents().contains { $0.kind == "device-paired" })
+
+        // One owner: the device refuses to pair again; after a reset the used claim is gone.
+        #expect(
+            try cli.run(["agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-1"])
+                .status == 75)
+        let again = try cli.run([
+            "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-1", "--reset",
+        ])
+        #expect(again.status == 1, "the claim was used once")
+        try await hub.stop()
+    }
+
+    @Test func aHubPresentingAnotherKeyIsRefusedByThePinEvenWithAValidChain() async throws {
+        let hub = try await TestHub.start()
+        let cli = CLI(binary: try HubProcessTests.binary, hub: hub)
+        let work = try temporaryDirectory("pin")
+        #expect(try cli.run(["device", "label", "--id", "cam-2", "--out", work + "/cam-2"]).status == 0)
+        #expect(try cli.run(["pair", "claim", "@\(work)/cam-2/label.txt"]).status == 0)
+        #expect(
+            try cli.run(["agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-2"])
+                .status == 0)
+
+        // An impostor hub with a certificate from the very same CA (say, a stolen CA key) but another key.
+        let impostorKey = P256.Signing.PrivateKey()
+        let certificate = try hub.server.credentials.authority.issueServerCertificate(
+            publicKey: impostorKey.publicKey, dnsNames: ["localhost"], ipAddresses: [[127, 0, 0, 1]], now: Date())
+        let (impostor, port) = try await Self.startTLSServer(
+            certificate: certificate, key: impostorKey, ca: hub.server.credentials.authority.certificate)
+        let refused = try cli.run([
+            "agent", "send", "--state", work + "/cam-2/state", "--hub", "https://127.0.0.1:\(port)",
+        ])
+        #expect(refused.status == 69, "\(refused.stdout) \(refused.stderr)")
+        #expect(refused.stderr.contains("pin check"))
+        let accepted = try cli.run([
+            "agent", "send", "--state", work + "/cam-2/state", "--hub", "https://127.0.0.1:\(hub.devicePort)",
+        ])
+        #expect(accepted.status == 0, "\(accepted.stderr)")
+        await impostor.triggerGracefulShutdown()
+        try await hub.stop()
+    }
+
+    @Test func repeatedFailuresLockTheDeviceOutUntilTheLockOutEnds() async throws {
+        let hub = try await TestHub.start {
+            $0.pairingFreeAttempts = 2
+            $0.pairingLockoutSeconds = 2
+        }
+        let cli = CLI(binary: try HubProcessTests.binary, hub: hub)
+        let work = try temporaryDirectory("lockout")
+        #expect(try cli.run(["device", "label", "--id", "cam-3", "--out", work + "/real"]).status == 0)
+        // An impostor with the same id but its own key and secret (it never saw the real label).
+        #expect(try cli.run(["device", "label", "--id", "cam-3", "--out", work + "/impostor"]).status == 0)
+        #expect(try cli.run(["pair", "claim", "@\(work)/real/label.txt"]).status == 0)
+        let pairImpostor = [
+            "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/impostor",
+        ]
+        let pairReal = ["agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/real"]
+        #expect(try cli.run(pairImpostor).status == 1)
+        #expect(try cli.run(pairImpostor).status == 1)
+        #expect(try cli.run(pairReal).status == 1, "locked out after two failures, even for the real device")
+        #expect(try cli.run(pairReal).status == 1, "attempts during the lock-out do not extend it")
+        try await Task.sleep(for: .milliseconds(2_300))
+        let afterwards = try cli.run(pairReal)
+        #expect(afterwards.status == 0, "pairing works again after the lock-out: \(afterwards.stderr)")
+        let failures = try await hub.securityEvents().filter { $0.kind == "pairing-failed" }
+        #expect(failures.count == 4)
+        #expect(failures.contains { $0.detail.contains("lockedOut") })
+        try await hub.stop()
+    }
+
+    static func startTLSServer(
+        certificate: Certificate, key: P256.Signing.PrivateKey, ca: Certificate
+    ) async throws -> (ServiceGroup, Int) {
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: [.certificate(try NIOSSLCertificate(bytes: certificate.derBytes, format: .der))],
+            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(key.pemRepresentation.utf8), format: .pem)))
+        tls.minimumTLSVersion = .tlsv13
+        let router = Router()
+        router.post("/v1/telemetry") { _, _ in Response(status: .accepted) }
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let logger = Logger(label: "impostor", factory: { _ in SwiftLogNoOpLogHandler() })
+        let app = Application(
+            router: router, server: try .tls(.http1(), tlsConfiguration: tls),
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: logger))
+        Task { try await group.run() }
+        for await port in ports { return (group, port) }
+        return (group, 0)
+    }
+}
