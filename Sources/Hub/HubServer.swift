@@ -81,18 +81,20 @@ public final class HubServer: Sendable {
         let device = try application(name: "device", listener: configuration.device, role: .device) {
             DeviceRoutes(store: store, maxBodyBytes: configuration.maxBodyBytes).register(on: $0)
         }
+        let rids = RIDDirectory(store: store, logger: logger)
         let claims = PairingClaims(
             lifetime: TimeInterval(configuration.claimLifetimeSeconds),
             policy: .init(
                 freeAttempts: configuration.pairingFreeAttempts, baseLockout: configuration.pairingLockoutSeconds,
                 maximumLockout: max(3600, configuration.pairingLockoutSeconds)))
         let operatorApp = try application(name: "operator", listener: configuration.operatorAPI, role: .operator) {
-            OperatorRoutes(store: store, authority: credentials.authority, revocations: revocations, claims: claims)
-                .register(on: $0)
+            OperatorRoutes(
+                store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids
+            ).register(on: $0)
         }
         let pairing = PairingListener(
             host: configuration.pairing.host, port: configuration.pairing.port, credentials: credentials,
-            claims: claims, store: store, revocations: revocations,
+            claims: claims, store: store, revocations: revocations, rids: rids,
             logger: {
                 var pairingLogger = logger
                 pairingLogger[metadataKey: "listener"] = "pairing"
@@ -100,7 +102,7 @@ public final class HubServer: Sendable {
             }(), onBound: { portsContinuation.yield(("pairing", $0)) })
         group = ServiceGroup(
             configuration: .init(
-                services: [device, operatorApp, pairing], gracefulShutdownSignals: signals, logger: logger))
+                services: [device, operatorApp, pairing, rids], gracefulShutdownSignals: signals, logger: logger))
     }
 
     /// Runs until a shutdown signal (or `shutdown()`); closes the store after the listeners stopped.

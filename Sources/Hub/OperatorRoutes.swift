@@ -16,6 +16,7 @@ struct OperatorRoutes {
     let authority: CertificateAuthority
     let revocations: RevocationList
     let claims: PairingClaims
+    let rids: RIDDirectory
 
     func register(on router: Router<HubRequestContext>) {
         router.post("/v1/devices") { request, context in try await enroll(request, context) }
@@ -25,6 +26,7 @@ struct OperatorRoutes {
         router.post("/v1/operators") { request, context in try await addOperator(request, context) }
         router.get("/v1/security-events") { request, _ in try await securityEvents(request) }
         router.post("/v1/pairing/claims") { request, context in try await claim(request, context) }
+        router.get("/v1/rids/:rid") { _, context in try resolveRID(context) }
     }
 
     private func requireOperator(_ context: HubRequestContext) throws -> OperatorName {
@@ -162,6 +164,17 @@ struct OperatorRoutes {
                 "deviceId": label.deviceID.rawValue, "suite": label.suite.name,
                 "expiresAt": JSONResponse.timestamp(expires),
             ])
+    }
+
+    /// Which device announced itself with this rotating identifier (previous, current or next epoch)?
+    func resolveRID(_ context: HubRequestContext) throws -> Response {
+        guard let text = context.parameters.get("rid"), let rid = RotatingIdentifier.parse(text) else {
+            throw Self.invalid("a RID is 16 base32 characters")
+        }
+        guard let device = rids.resolve(rid) else {
+            throw HubError(.notFound, "not-found", message: "no device has that RID now", detail: "rid", event: nil)
+        }
+        return try JSONResponse.make(.ok, ["rid": text.lowercased(), "deviceId": device.rawValue])
     }
 
     func securityEvents(_ request: Request) async throws -> Response {

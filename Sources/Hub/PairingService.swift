@@ -63,6 +63,7 @@ struct PairingListener: Service {
     let claims: PairingClaims
     let store: any HubStore
     let revocations: RevocationList
+    let rids: RIDDirectory
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
     /// A pairing must finish within this time; a stalled peer is disconnected.
@@ -152,6 +153,7 @@ struct PairingListener: Service {
                             device: device, certificate: HubCredentials.record(certificate, deviceID: device),
                             at: Date())
                         try await store.setIdentityResolvingKey(irk, for: device)
+                        try? await rids.rebuild()
                         await claims.succeeded(device)
                         try? await store.recordSecurityEvent(
                             SecurityEvent(

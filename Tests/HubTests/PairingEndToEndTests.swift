@@ -63,6 +63,14 @@ import X509
         #expect(try await hub.server.store.identityResolvingKeys().map(\.0) == [device])
         #expect(try await hub.securityEvents().contains { $0.kind == "device-paired" })
 
+        // The device announces itself by its rotating identifier; the hub resolves it.
+        let rid = try cli.run(["agent", "rid", "--state", work + "/cam-1/state"]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(rid.count == 16)
+        let resolved = try await hub.operatorRequest("GET", "/v1/rids/\(rid)")
+        #expect(jsonObject(resolved)["deviceId"] as? String == "cam-1")
+        #expect(try await hub.operatorRequest("GET", "/v1/rids/aaaaaaaaaaaaaaaa").status == 404)
+
         // One owner: the device refuses to pair again; after a reset the used claim is gone.
         #expect(
             try cli.run(["agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-1"])

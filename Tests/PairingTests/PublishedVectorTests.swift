@@ -69,6 +69,36 @@ import Testing
         ]
     }
 
+    static let ridPath = path.deletingLastPathComponent().appendingPathComponent("rid.json")
+
+    /// RID = Trunc80(HMAC-SHA256(IRK, "bulwark-rid/1" ‖ epoch as 8 bytes big-endian)), epoch = ⌊unix / 900⌋.
+    static func generateRIDs() -> [String: Any] {
+        let irks = [[UInt8](0..<16), key("irk").prefix(16).map { $0 }]
+        var cases: [[String: Any]] = []
+        for irk in irks {
+            for unix: Int64 in [0, 899, 900, 1_764_000_000, 4_102_444_800] {
+                let epoch = RotatingIdentifier.epoch(unixSeconds: unix)
+                let rid = RotatingIdentifier.rid(irk: irk, epoch: epoch)
+                cases.append([
+                    "irk": hexString(irk), "unix_seconds": unix, "epoch": epoch, "rid": hexString(rid),
+                    "rid_text": RotatingIdentifier.text(rid),
+                ])
+            }
+        }
+        return [
+            "definition": "RID = Trunc80(HMAC-SHA256(IRK, \"bulwark-rid/1\" || epoch as 8-byte big-endian)); "
+                + "epoch = floor(unix_seconds / 900); rid_text = lower-case RFC 4648 base32 of the 10 bytes",
+            "vectors": cases,
+        ]
+    }
+
+    @Test func thePublishedRIDVectorsMatch() throws {
+        let generated = try JSONSerialization.data(
+            withJSONObject: Self.generateRIDs(), options: [.prettyPrinted, .sortedKeys])
+        if ProcessInfo.processInfo.environment["REGENERATE_VECTORS"] == "1" { try generated.write(to: Self.ridPath) }
+        #expect(try Data(contentsOf: Self.ridPath) == generated, "vectors/rid.json differs from the implementation")
+    }
+
     @Test func thePublishedP256VectorMatches() throws {
         let generated = try JSONSerialization.data(
             withJSONObject: ["vectors": [try Self.generate()]], options: [.prettyPrinted, .sortedKeys])
