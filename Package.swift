@@ -111,7 +111,7 @@ let package = Package(
         .executableTarget(
             name: "BulwarkBench",
             dependencies: [
-                "Core", "PKI", "Hub", "HubClient", "Store",
+                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -153,7 +153,7 @@ struct PairingListener: Service {
                             device: device, certificate: HubCredentials.record(certificate, deviceID: device),
                             at: Date())
                         try await store.setIdentityResolvingKey(irk, for: device)
-                        try? await rids.rebuild()
+                        rids.insert(device, irk: irk)
                         await claims.succeeded(device)
                         try? await store.recordSecurityEvent(
                             SecurityEvent(

@@ -29,6 +29,8 @@ final class RIDDirectory: Service {
 
     func resolve(_ rid: [UInt8]) -> DeviceID? { resolver.withLock { $0.resolve(rid) } }
 
+    func insert(_ device: DeviceID, irk: [UInt8]) { resolver.withLock { $0.insert(device, irk: irk) } }
+
     /// Rebuilds at start and then at every epoch boundary until shutdown.
     func run() async throws {
         try await rebuild()

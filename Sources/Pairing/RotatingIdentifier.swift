@@ -64,6 +64,13 @@ public struct RIDResolver: Sendable {
         self.table = table
     }
 
+    /// Adds one device (a new pairing) without rebuilding: 3 HMACs.
+    public mutating func insert(_ device: DeviceID, irk: [UInt8]) {
+        for e in [epoch &- 1, epoch, epoch &+ 1] {
+            if let key = Key(RotatingIdentifier.rid(irk: irk, epoch: e)) { table[key] = device }
+        }
+    }
+
     public func resolve(_ rid: [UInt8]) -> DeviceID? {
         guard let key = Key(rid) else { return nil }
         return table[key]

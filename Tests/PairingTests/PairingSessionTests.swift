@@ -220,6 +220,17 @@ import Testing
         #expect(resolver.resolve(RotatingIdentifier.rid(irk: [UInt8](repeating: 1, count: 16), epoch: epoch)) == nil)
     }
 
+    @Test func insertingADeviceMatchesARebuild() throws {
+        let a = try DeviceID("a"), b = try DeviceID("b")
+        let irkA = [UInt8](repeating: 1, count: 16), irkB = [UInt8](repeating: 2, count: 16)
+        var resolver = RIDResolver(devices: [(a, irk: irkA)], epoch: 500)
+        resolver.insert(b, irk: irkB)
+        for e: UInt64 in [499, 500, 501] {
+            #expect(resolver.resolve(RotatingIdentifier.rid(irk: irkB, epoch: e)) == b)
+            #expect(resolver.resolve(RotatingIdentifier.rid(irk: irkA, epoch: e)) == a)
+        }
+    }
+
     @Test func twoEpochsShareNothingVisible() {
         let irk = Array(SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) })
         let a = RotatingIdentifier.rid(irk: irk, epoch: 100)

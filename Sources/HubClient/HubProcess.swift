@@ -1,0 +1,65 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `bulwark serve` as a child process on ephemeral ports; its log goes to a file we read for the ports.
+public final class HubProcess: Sendable {
+    let process: Process
+    public let logFile: String
+
+    public init(binary: String, directory: String, environment: [String: String] = [:]) throws {
+        logFile = directory + ".log"
+        FileManager.default.createFile(atPath: logFile, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["serve", "--data", directory]
+        process.environment = ProcessInfo.processInfo.environment.merging([
+            "BULWARK_DEVICE_PORT": "0", "BULWARK_OPERATOR_PORT": "0", "BULWARK_PAIRING_PORT": "0",
+        ]) { $1 }.merging(environment) { $1 }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
+        process.standardError = handle
+        process.standardOutput = handle
+        try process.run()
+        self.process = process
+    }
+
+    public var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
+
+    /// Reads `listening address=127.0.0.1:PORT listener=NAME` lines (bounded to 30 s).
+    public func waitForPorts() async throws -> (device: Int, operator: Int, pairing: Int) {
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .seconds(30) {
+            var ports: [String: Int] = [:]
+            for line in log.split(separator: "\n") where line.contains("[Hub] listening") {
+                let fields = line.split(separator: " ")
+                guard let address = fields.first(where: { $0.hasPrefix("address=") }),
+                    let listener = fields.first(where: { $0.hasPrefix("listener=") }),
+                    let port = Int(address.split(separator: ":").last ?? "")
+                else { continue }
+                ports[String(listener.dropFirst("listener=".count))] = port
+            }
+            if let device = ports["device"], let operatorPort = ports["operator"], let pairing = ports["pairing"] {
+                return (device, operatorPort, pairing)
+            }
+            guard process.isRunning else { throw ClientError("hub exited: \(log)") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        kill()
+        throw ClientError("hub did not start within 30 s: \(log)")
+    }
+
+    public var processIdentifier: Int32 { process.processIdentifier }
+
+    public func terminate() { process.terminate() }
+
+    public func kill() {
+        if process.isRunning { _ = Foundation.kill(process.processIdentifier, SIGKILL) }
+    }
+
+    public func wait() -> Int32 {
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}
