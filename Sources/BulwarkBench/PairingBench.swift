@@ -6,7 +6,7 @@ import HubClient
 import Pairing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Complete pairings per second against the real hub binary (handshake + CSR + certificate + activation), the
@@ -24,9 +24,12 @@ struct PairingBenchmark: AsyncParsableCommand {
             throw ValidationError("count must be 1-20000 and concurrency 1-256")
         }
         let chosen: PairingLabel.Suite = suite == "25519" ? .x25519AESGCMSHA256 : .p256AESGCMSHA256
-        let binary = bulwark ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let binary =
+            bulwark
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
             .appendingPathComponent("bulwark").path
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-pairbench-\(UUID())").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-pairbench-\(UUID())")
+            .path
         let hub = try HubProcess(binary: binary, directory: directory)
         defer {
             hub.terminate()
@@ -76,7 +79,8 @@ struct PairingBenchmark: AsyncParsableCommand {
                 next += 1
                 group.addTask {
                     do {
-                        _ = try await PairingClient.pair(host: "127.0.0.1", port: port, label: label, identityKey: identity)
+                        _ = try await PairingClient.pair(
+                            host: "127.0.0.1", port: port, label: label, identityKey: identity)
                         return 0
                     } catch {
                         return 1
@@ -98,7 +102,10 @@ struct PairingBenchmark: AsyncParsableCommand {
             "bulwark-bench pairing: \(count) pairings (\(chosen.name)), \(concurrency) in flight, real hub binary on "
                 + "loopback, SQLite store")
         print(String(format: "pairings per second:        %.0f", Double(succeeded) / seconds))
-        print(String(format: "hub CPU per pairing:        %.2f ms", (cpuAfter - cpuBefore) * 1000 / Double(max(1, succeeded))))
+        print(
+            String(
+                format: "hub CPU per pairing:        %.2f ms", (cpuAfter - cpuBefore) * 1000 / Double(max(1, succeeded))
+            ))
         print("failed pairings:            \(failures)")
 
         // RID resolution: a table for 10,000 devices, then one batch of 10,000 lookups.

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `bulwark serve` as a child process on ephemeral ports; its log goes to a file we read for the ports.

@@ -16,51 +16,51 @@ import Testing
         let environment = [
             "BULWARK_HUB": "https://127.0.0.1:\(ports.operator)", "BULWARK_CREDENTIALS": directory + "/operators",
         ]
-        func bulwark(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-            try run(binary, arguments, environment: environment, timeout: 30)
+        func bulwark(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await run(binary, arguments, environment: environment, timeout: 30)
         }
 
         let work = try temporaryDirectory("cli-work")
-        try run(
+        try await run(
             "/usr/bin/env", ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", work + "/d.key"])
-        try run(
+        try await run(
             "/usr/bin/env",
             ["openssl", "req", "-new", "-key", work + "/d.key", "-subj", "/CN=d", "-out", work + "/d.csr"])
 
-        let enrolled = try bulwark([
+        let enrolled = try await bulwark([
             "device", "enroll", "--id", "cli-1", "--csr", work + "/d.csr", "--out", work + "/d.crt",
         ])
         #expect(enrolled.status == 0, "\(enrolled.stderr)")
         #expect(enrolled.stdout.contains("enrolled cli-1"))
-        let x509 = try run("/usr/bin/env", ["openssl", "x509", "-in", work + "/d.crt", "-noout", "-text"]).stdout
+        let x509 = try await run("/usr/bin/env", ["openssl", "x509", "-in", work + "/d.crt", "-noout", "-text"]).stdout
         #expect(x509.contains("URI:urn:bulwark:device:cli-1"))
         #expect(x509.contains("TLS Web Client Authentication"))
         #expect(x509.contains("CA:FALSE"))
 
-        #expect(try bulwark(["device", "list"]).stdout.contains("cli-1\tactive"))
-        #expect(try bulwark(["device", "show", "cli-1"]).stdout.contains("\"spkiSha256\""))
+        #expect(try await bulwark(["device", "list"]).stdout.contains("cli-1\tactive"))
+        #expect(try await bulwark(["device", "show", "cli-1"]).stdout.contains("\"spkiSha256\""))
 
-        let added = try bulwark(["operator", "add", "bob", "--out", work + "/bob"])
+        let added = try await bulwark(["operator", "add", "bob", "--out", work + "/bob"])
         #expect(added.status == 0, "\(added.stderr)")
         var keyInfo = stat()
         #expect(stat(work + "/bob/bob.key", &keyInfo) == 0 && keyInfo.st_mode & 0o077 == 0, "bob.key is 0600")
-        let asBob = try run(
+        let asBob = try await run(
             binary, ["device", "revoke", "cli-1", "--credentials", work + "/bob", "--as", "bob"],
             environment: ["BULWARK_HUB": "https://127.0.0.1:\(ports.operator)"])
         #expect(asBob.status == 0, "\(asBob.stderr)")
-        #expect(try bulwark(["device", "list"]).stdout.contains("cli-1\trevoked"))
-        #expect(try bulwark(["events", "--limit", "5"]).stdout.contains("\"kind\":\"device-revoked\""))
+        #expect(try await bulwark(["device", "list"]).stdout.contains("cli-1\trevoked"))
+        #expect(try await bulwark(["events", "--limit", "5"]).stdout.contains("\"kind\":\"device-revoked\""))
 
-        let unknown = try bulwark(["device", "revoke", "nope"])
+        let unknown = try await bulwark(["device", "revoke", "nope"])
         #expect(unknown.status != 0)
         #expect(unknown.stderr.contains("404") && unknown.stderr.contains("correlation id"))
-        let keyAsCSR = try bulwark(["device", "enroll", "--id", "x", "--csr", work + "/d.key"])
+        let keyAsCSR = try await bulwark(["device", "enroll", "--id", "x", "--csr", work + "/d.key"])
         #expect(keyAsCSR.status == 65)
         #expect(keyAsCSR.stderr.contains("nothing was sent"))
         #expect(!keyAsCSR.stderr.contains("PRIVATE KEY"), "a key passed by mistake is never echoed")
         try "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".write(
             toFile: work + "/bad.csr", atomically: true, encoding: .utf8)
-        let badCSR = try bulwark(["device", "enroll", "--id", "x", "--csr", work + "/bad.csr"])
+        let badCSR = try await bulwark(["device", "enroll", "--id", "x", "--csr", work + "/bad.csr"])
         #expect(badCSR.status == 1)
         #expect(badCSR.stderr.contains("bad-csr"))
     }

@@ -112,7 +112,7 @@ import Testing
         let big = hub.directory + "/big.json"
         // 8 MiB of JSON-ish bytes, sent chunked (no Content-Length), so only the streaming check can stop it.
         try Data(repeating: 0x20, count: 8 * 1024 * 1024).write(to: URL(fileURLWithPath: big))
-        let result = try run(
+        let result = try await run(
             curl,
             [
                 "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", device.caFile, "--cert",

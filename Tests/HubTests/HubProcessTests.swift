@@ -21,9 +21,9 @@ import Testing
         }
     }
 
-    @Test func refusesADatabaseURLWithAPasswordWithoutEchoingIt() throws {
+    @Test func refusesADatabaseURLWithAPasswordWithoutEchoingIt() async throws {
         let directory = try temporaryDirectory("refuse-url")
-        let result = try run(
+        let result = try await run(
             try Self.binary, ["serve", "--data", directory],
             environment: ["BULWARK_DATABASE_URL": "postgres://bulwark:s3cr3t-pw@db.internal/bulwark"], timeout: 20)
         #expect(result.status == 78)
@@ -31,12 +31,12 @@ import Testing
         #expect(!result.stderr.contains("s3cr3t-pw") && !result.stdout.contains("s3cr3t-pw"))
     }
 
-    @Test func refusesAConfigFileWhoseDatabaseURLHoldsAPassword() throws {
+    @Test func refusesAConfigFileWhoseDatabaseURLHoldsAPassword() async throws {
         let directory = try temporaryDirectory("refuse-file")
         let config = directory + "/hub.json"
         try #"{"database":{"url":"postgres://u:hunter2@127.0.0.1/db"}}"#.write(
             toFile: config, atomically: true, encoding: .utf8)
-        let result = try run(
+        let result = try await run(
             try Self.binary, ["serve", "--data", directory + "/data", "--config", config], timeout: 20)
         #expect(result.status == 78)
         #expect(result.stderr.contains("BULWARK_DATABASE_PASSWORD_FILE"))
@@ -50,12 +50,12 @@ import Testing
         hub.terminate()
         #expect(hub.wait() == 0)
         chmod(directory + "/ca.key", 0o644)
-        let result = try run(try Self.binary, ["serve", "--data", directory], timeout: 20)
+        let result = try await run(try Self.binary, ["serve", "--data", directory], timeout: 20)
         #expect(result.status == 78)
         #expect(result.stderr.contains("chmod 600 \(directory)/ca.key"))
         chmod(directory + "/ca.key", 0o600)
         chmod(directory + "/operators/admin.key", 0o640)
-        let operatorKey = try run(try Self.binary, ["serve", "--data", directory], timeout: 20)
+        let operatorKey = try await run(try Self.binary, ["serve", "--data", directory], timeout: 20)
         #expect(operatorKey.status == 78)
         #expect(operatorKey.stderr.contains("operators/admin.key"))
     }
@@ -124,10 +124,12 @@ import Testing
     func enroll(
         _ id: String, operatorPort: Int, _ credentials: ClientCredentials, _ directory: String
     ) async throws -> ClientCredentials {
-        let key = try run("/usr/bin/env", ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout"]).stdout
+        let key = try await run("/usr/bin/env", ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout"])
+            .stdout
         let keyFile = directory + "/\(id).key"
         try key.write(toFile: keyFile, atomically: true, encoding: .utf8)
-        let csr = try run("/usr/bin/env", ["openssl", "req", "-new", "-key", keyFile, "-subj", "/CN=\(id)"]).stdout
+        let csr = try await run("/usr/bin/env", ["openssl", "req", "-new", "-key", keyFile, "-subj", "/CN=\(id)"])
+            .stdout
         let result = try await HTTPSClient.request(
             host: "127.0.0.1", port: operatorPort, tls: try credentials.tlsConfiguration(), method: "POST",
             path: "/v1/devices", headers: [("Content-Type", "application/json")],

@@ -63,36 +63,39 @@ import Testing
         let foreign = try TestDevice.foreign(id: "sensor-2", directory: hub.directory)
         let expired = try hub.issue(.device(try DeviceID("sensor-2")), now: Date() - 10 * 86400, days: 1)
         let url = "https://127.0.0.1:\(hub.devicePort)/v1/device"
-        func curlStatus(_ extra: [String]) throws -> String {
-            try run(curl, ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", device.caFile] + extra + [url])
-                .stdout
+        func curlStatus(_ extra: [String]) async throws -> String {
+            try await run(
+                curl, ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", device.caFile] + extra + [url]
+            )
+            .stdout
         }
-        #expect(try curlStatus(["--cert", device.certificateFile, "--key", device.keyFile]) == "200")
+        #expect(try await curlStatus(["--cert", device.certificateFile, "--key", device.keyFile]) == "200")
         #expect(
-            try curlStatus(["--cert", device.certificateFile, "--key", device.keyFile, "--tls-max", "1.2"]) == "000")
-        #expect(try curlStatus([]) == "000")
-        #expect(try curlStatus(["--cert", foreign.certificateFile, "--key", foreign.keyFile]) == "000")
-        #expect(try curlStatus(["--cert", expired.certificateFile, "--key", expired.keyFile]) == "000")
+            try await curlStatus(["--cert", device.certificateFile, "--key", device.keyFile, "--tls-max", "1.2"])
+                == "000")
+        #expect(try await curlStatus([]) == "000")
+        #expect(try await curlStatus(["--cert", foreign.certificateFile, "--key", foreign.keyFile]) == "000")
+        #expect(try await curlStatus(["--cert", expired.certificateFile, "--key", expired.keyFile]) == "000")
 
         let request = "GET /v1/device HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        func sClient(_ extra: [String]) throws -> String {
-            let result = try run(
+        func sClient(_ extra: [String]) async throws -> String {
+            let result = try await run(
                 openssl,
                 ["s_client", "-connect", "127.0.0.1:\(hub.devicePort)", "-CAfile", device.caFile, "-quiet", "-ign_eof"]
                     + extra, stdin: request, timeout: 15)
             return result.stdout + result.stderr
         }
-        let good = try sClient(["-cert", device.certificateFile, "-key", device.keyFile])
+        let good = try await sClient(["-cert", device.certificateFile, "-key", device.keyFile])
         #expect(good.contains("HTTP/1.1 200"))
-        let tls12 = try sClient(["-cert", device.certificateFile, "-key", device.keyFile, "-tls1_2"])
+        let tls12 = try await sClient(["-cert", device.certificateFile, "-key", device.keyFile, "-tls1_2"])
         #expect(!tls12.contains("HTTP/1.1"))
         #expect(tls12.contains("alert protocol version") || tls12.contains("no protocols available"))
-        let noCertificate = try sClient([])
+        let noCertificate = try await sClient([])
         #expect(!noCertificate.contains("HTTP/1.1"))
         #expect(noCertificate.contains("certificate required"))
-        let foreignResult = try sClient(["-cert", foreign.certificateFile, "-key", foreign.keyFile])
+        let foreignResult = try await sClient(["-cert", foreign.certificateFile, "-key", foreign.keyFile])
         #expect(!foreignResult.contains("HTTP/1.1"))
-        let expiredResult = try sClient(["-cert", expired.certificateFile, "-key", expired.keyFile])
+        let expiredResult = try await sClient(["-cert", expired.certificateFile, "-key", expired.keyFile])
         #expect(!expiredResult.contains("HTTP/1.1"))
         try await hub.stop()
     }

@@ -19,8 +19,8 @@ import X509
     struct CLI {
         let binary: String
         let hub: TestHub
-        func run(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-            try HubTests.run(
+        func run(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await HubTests.run(
                 binary, arguments,
                 environment: [
                     "BULWARK_HUB": "https://127.0.0.1:\(hub.operatorPort)",
@@ -33,7 +33,7 @@ import X509
         let hub = try await TestHub.start()
         let cli = CLI(binary: try HubProcessTests.binary, hub: hub)
         let work = try temporaryDirectory("pair")
-        let labelled = try cli.run(["device", "label", "--id", "cam-1", "--out", work + "/cam-1"])
+        let labelled = try await cli.run(["device", "label", "--id", "cam-1", "--out", work + "/cam-1"])
         #expect(labelled.status == 0, "\(labelled.stderr)")
         var info = stat()
         for file in ["identity.key", "label.txt"] {
@@ -41,8 +41,8 @@ import X509
         }
         if which("qrencode") != nil { #expect(FileManager.default.fileExists(atPath: work + "/cam-1/label.png")) }
 
-        #expect(try cli.run(["pair", "claim", "@\(work)/cam-1/label.txt"]).status == 0)
-        let paired = try cli.run([
+        #expect(try await cli.run(["pair", "claim", "@\(work)/cam-1/label.txt"]).status == 0)
+        let paired = try await cli.run([
             "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-1",
         ])
         #expect(paired.status == 0, "\(paired.stderr)")
@@ -53,7 +53,7 @@ import X509
         #expect(pins.count == 2, "the pin in use and a backup pin")
         #expect(pins.first.map(String.init) == Data(hub.server.credentials.pins[0]).base64EncodedString())
 
-        let sent = try cli.run([
+        let sent = try await cli.run([
             "agent", "send", "--state", work + "/cam-1/state", "--hub", "https://127.0.0.1:\(hub.devicePort)",
         ])
         #expect(sent.status == 0, "\(sent.stderr)")
@@ -64,7 +64,7 @@ import X509
         #expect(try await hub.securityEvents().contains { $0.kind == "device-paired" })
 
         // The device announces itself by its rotating identifier; the hub resolves it.
-        let rid = try cli.run(["agent", "rid", "--state", work + "/cam-1/state"]).stdout
+        let rid = try await cli.run(["agent", "rid", "--state", work + "/cam-1/state"]).stdout
             .trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(rid.count == 16)
         let resolved = try await hub.operatorRequest("GET", "/v1/rids/\(rid)")
@@ -73,9 +73,11 @@ import X509
 
         // One owner: the device refuses to pair again; after a reset the used claim is gone.
         #expect(
-            try cli.run(["agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-1"])
-                .status == 75)
-        let again = try cli.run([
+            try await cli.run([
+                "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-1",
+            ])
+            .status == 75)
+        let again = try await cli.run([
             "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-1", "--reset",
         ])
         #expect(again.status == 1, "the claim was used once")
@@ -86,11 +88,13 @@ import X509
         let hub = try await TestHub.start()
         let cli = CLI(binary: try HubProcessTests.binary, hub: hub)
         let work = try temporaryDirectory("pin")
-        #expect(try cli.run(["device", "label", "--id", "cam-2", "--out", work + "/cam-2"]).status == 0)
-        #expect(try cli.run(["pair", "claim", "@\(work)/cam-2/label.txt"]).status == 0)
+        #expect(try await cli.run(["device", "label", "--id", "cam-2", "--out", work + "/cam-2"]).status == 0)
+        #expect(try await cli.run(["pair", "claim", "@\(work)/cam-2/label.txt"]).status == 0)
         #expect(
-            try cli.run(["agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-2"])
-                .status == 0)
+            try await cli.run([
+                "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-2",
+            ])
+            .status == 0)
 
         // An impostor hub with a certificate from the very same CA (say, a stolen CA key) but another key.
         let impostorKey = P256.Signing.PrivateKey()
@@ -98,12 +102,12 @@ import X509
             publicKey: impostorKey.publicKey, dnsNames: ["localhost"], ipAddresses: [[127, 0, 0, 1]], now: Date())
         let (impostor, port) = try await Self.startTLSServer(
             certificate: certificate, key: impostorKey, ca: hub.server.credentials.authority.certificate)
-        let refused = try cli.run([
+        let refused = try await cli.run([
             "agent", "send", "--state", work + "/cam-2/state", "--hub", "https://127.0.0.1:\(port)",
         ])
         #expect(refused.status == 69, "\(refused.stdout) \(refused.stderr)")
         #expect(refused.stderr.contains("pin check"))
-        let accepted = try cli.run([
+        let accepted = try await cli.run([
             "agent", "send", "--state", work + "/cam-2/state", "--hub", "https://127.0.0.1:\(hub.devicePort)",
         ])
         #expect(accepted.status == 0, "\(accepted.stderr)")
@@ -118,20 +122,20 @@ import X509
         }
         let cli = CLI(binary: try HubProcessTests.binary, hub: hub)
         let work = try temporaryDirectory("lockout")
-        #expect(try cli.run(["device", "label", "--id", "cam-3", "--out", work + "/real"]).status == 0)
+        #expect(try await cli.run(["device", "label", "--id", "cam-3", "--out", work + "/real"]).status == 0)
         // An impostor with the same id but its own key and secret (it never saw the real label).
-        #expect(try cli.run(["device", "label", "--id", "cam-3", "--out", work + "/impostor"]).status == 0)
-        #expect(try cli.run(["pair", "claim", "@\(work)/real/label.txt"]).status == 0)
+        #expect(try await cli.run(["device", "label", "--id", "cam-3", "--out", work + "/impostor"]).status == 0)
+        #expect(try await cli.run(["pair", "claim", "@\(work)/real/label.txt"]).status == 0)
         let pairImpostor = [
             "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/impostor",
         ]
         let pairReal = ["agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/real"]
-        #expect(try cli.run(pairImpostor).status == 1)
-        #expect(try cli.run(pairImpostor).status == 1)
-        #expect(try cli.run(pairReal).status == 1, "locked out after two failures, even for the real device")
-        #expect(try cli.run(pairReal).status == 1, "attempts during the lock-out do not extend it")
+        #expect(try await cli.run(pairImpostor).status == 1)
+        #expect(try await cli.run(pairImpostor).status == 1)
+        #expect(try await cli.run(pairReal).status == 1, "locked out after two failures, even for the real device")
+        #expect(try await cli.run(pairReal).status == 1, "attempts during the lock-out do not extend it")
         try await Task.sleep(for: .milliseconds(2_300))
-        let afterwards = try cli.run(pairReal)
+        let afterwards = try await cli.run(pairReal)
         #expect(afterwards.status == 0, "pairing works again after the lock-out: \(afterwards.stderr)")
         let failures = try await hub.securityEvents().filter { $0.kind == "pairing-failed" }
         #expect(failures.count == 4)

@@ -7,6 +7,7 @@ import Logging
 import NIOSSL
 import PKI
 import Store
+import Synchronization
 import X509
 
 /// A hub running in this process on ephemeral loopback ports, with a fresh data directory.
@@ -158,10 +159,30 @@ func jsonObject(_ result: HTTPResult) -> [String: Any] {
 }
 
 /// Runs a program to completion (bounded by `timeout`) and returns its exit status and output.
+///
+/// The waiting happens on a dispatch thread, never on Swift's cooperative pool: with two cores the pool has two
+/// threads, and a test blocking one while the in-process hub needs the other would deadlock.
 @discardableResult
 func run(
     _ executable: String, _ arguments: [String], stdin: String? = nil, environment: [String: String]? = nil,
     timeout: TimeInterval = 30
+) async throws -> (status: Int32, stdout: String, stderr: String) {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async {
+            do {
+                continuation.resume(
+                    returning: try runBlocking(
+                        executable, arguments, stdin: stdin, environment: environment, timeout: timeout))
+            } catch {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+}
+
+private func runBlocking(
+    _ executable: String, _ arguments: [String], stdin: String?, environment: [String: String]?,
+    timeout: TimeInterval
 ) throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
@@ -178,14 +199,25 @@ func run(
     try process.run()
     if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
     try? input.fileHandleForWriting.close()
-    let deadline = DispatchTime.now() + timeout
     let killer = DispatchWorkItem { if process.isRunning { process.terminate() } }
-    DispatchQueue.global().asyncAfter(deadline: deadline, execute: killer)
+    DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
+    // Read both pipes concurrently so a full stderr pipe cannot block the child.
+    let stderrData = Mutex(Data())
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async {
+        let data = err.fileHandleForReading.readDataToEndOfFile()
+        stderrData.withLock { $0 = data }
+        group.leave()
+    }
     let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
     process.waitUntilExit()
     killer.cancel()
-    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+    return (
+        process.terminationStatus, String(decoding: stdout, as: UTF8.self),
+        stderrData.withLock { String(decoding: $0, as: UTF8.self) }
+    )
 }
 
 /// The path of a program on PATH, or nil.

@@ -221,8 +221,10 @@ import Testing
     }
 
     @Test func insertingADeviceMatchesARebuild() throws {
-        let a = try DeviceID("a"), b = try DeviceID("b")
-        let irkA = [UInt8](repeating: 1, count: 16), irkB = [UInt8](repeating: 2, count: 16)
+        let a = try DeviceID("a")
+        let b = try DeviceID("b")
+        let irkA = [UInt8](repeating: 1, count: 16)
+        let irkB = [UInt8](repeating: 2, count: 16)
         var resolver = RIDResolver(devices: [(a, irk: irkA)], epoch: 500)
         resolver.insert(b, irk: irkB)
         for e: UInt64 in [499, 500, 501] {
