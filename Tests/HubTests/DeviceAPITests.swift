@@ -68,6 +68,7 @@ import Testing
     @Test func badBodiesGetAGeneric4xxAndASecurityEventAndTheHubKeepsServing() async throws {
         let hub = try await TestHub.start()
         let device = try await hub.enroll("sensor-3")
+        let json = [("Content-Type", "application/json")]
         let cases: [(String, [UInt8], [(String, String)], Int, String)] = [
             ("malformed JSON", Array(#"{"t":"#.utf8), [("Content-Type", "application/json")], 400, "malformed"),
             ("not an object", Array("[1,2]".utf8), [("Content-Type", "application/json")], 400, "malformed"),
@@ -80,6 +81,13 @@ import Testing
                 "unsupported-media-type"
             ),
             ("no content type", Array(#"{"t":1}"#.utf8), [], 415, "unsupported-media-type"),
+            // Deep nesting within the size limit must not exhaust the parser's stack.
+            ("60,000 nested arrays", [UInt8](repeating: UInt8(ascii: "["), count: 60_000), json, 400, "malformed"),
+            (
+                "10,000 nested objects",
+                Array(String(repeating: #"{"a":"#, count: 10_000).utf8) + [0x31]
+                    + [UInt8](repeating: UInt8(ascii: "}"), count: 10_000), json, 400, "malformed"
+            ),
             (
                 "over the limit", Array(repeating: 0x20, count: 64 * 1024 + 1), [("Content-Type", "application/json")],
                 413, "payload-too-large"
