@@ -61,6 +61,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // Pure: MQTT 3.1.1 and 5.0 packets, codec and topic matching (NIOCore only for ByteBuffer and decoders).
+        .target(name: "MQTT", dependencies: ["Core", .product(name: "NIOCore", package: "swift-nio")]),
         // Store protocols, in-memory twins, SQLite (GRDB) backend, migrations.
         .target(
             name: "Store",
@@ -137,6 +139,10 @@ let package = Package(
             name: "PairingTests",
             dependencies: ["Pairing", .product(name: "Crypto", package: "swift-crypto")],
             resources: [.copy("Fixtures")]
+        ),
+        .testTarget(
+            name: "MQTTTests",
+            dependencies: ["MQTT", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Core"]),
         .testTarget(

@@ -1,0 +1,356 @@
+import NIOCore
+
+/// Which properties a packet may carry (MQTT 5.0 §2.2.2.2, table of property identifiers).
+struct AllowedProperties: Sendable {
+    let identifiers: Set<UInt8>
+    static let connect = AllowedProperties(identifiers: [0x11, 0x21, 0x27, 0x22, 0x19, 0x17, 0x26, 0x15, 0x16])
+    static let will = AllowedProperties(identifiers: [0x18, 0x01, 0x02, 0x03, 0x08, 0x09, 0x26])
+    static let publish = AllowedProperties(identifiers: [0x01, 0x02, 0x23, 0x08, 0x09, 0x26, 0x0B, 0x03])
+    static let acknowledgement = AllowedProperties(identifiers: [0x1F, 0x26])
+    static let subscribe = AllowedProperties(identifiers: [0x0B, 0x26])
+    static let unsubscribe = AllowedProperties(identifiers: [0x26])
+    static let disconnect = AllowedProperties(identifiers: [0x11, 0x1F, 0x26, 0x1C])
+    static let auth = AllowedProperties(identifiers: [0x15, 0x16, 0x1F, 0x26])
+    /// Every identifier MQTT 5.0 defines.
+    static let defined: Set<UInt8> = [
+        0x01, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x11, 0x12, 0x13, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1A, 0x1C, 0x1F, 0x21,
+        0x22,
+        0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2A,
+    ]
+    static let connack = AllowedProperties(identifiers: [
+        0x11, 0x21, 0x24, 0x25, 0x27, 0x12, 0x22, 0x1F, 0x26, 0x28, 0x29, 0x2A, 0x13, 0x1A, 0x1C, 0x15, 0x16,
+    ])
+}
+
+extension ByteBuffer {
+    /// §1.5.5 Variable Byte Integer.
+    mutating func readVariableByteInteger() throws(MQTTError) -> Int {
+        var value = 0
+        var multiplier = 1
+        for index in 0..<4 {
+            guard let byte = readInteger(as: UInt8.self) else { throw MQTTError.malformed("truncated integer") }
+            value += Int(byte & 0x7F) * multiplier
+            if byte & 0x80 == 0 {
+                // Canonical form: no superfluous continuation bytes (§1.5.5 uses the minimum number of bytes).
+                guard index == 0 || byte != 0 else { throw MQTTError.malformed("non-minimal variable byte integer") }
+                return value
+            }
+            multiplier *= 128
+        }
+        throw MQTTError.malformed("variable byte integer longer than 4 bytes")
+    }
+
+    mutating func writeVariableByteInteger(_ value: Int) {
+        var value = value
+        repeat {
+            var byte = UInt8(value % 128)
+            value /= 128
+            if value > 0 { byte |= 0x80 }
+            writeInteger(byte)
+        } while value > 0
+    }
+
+    mutating func readBinary() throws(MQTTError) -> [UInt8] {
+        guard let length = readInteger(as: UInt16.self), let bytes = readBytes(length: Int(length)) else {
+            throw MQTTError.malformed("truncated length-prefixed field")
+        }
+        return bytes
+    }
+
+    /// §1.5.4 UTF-8 Encoded String: well-formed UTF-8 (no surrogates, no overlongs), no U+0000.
+    mutating func readMQTTString() throws(MQTTError) -> String {
+        let bytes = try readBinary()
+        guard !bytes.contains(0), let text = String(validating: bytes, as: UTF8.self) else {
+            throw MQTTError.malformed("string is not well-formed UTF-8 or contains U+0000")
+        }
+        return text
+    }
+
+    mutating func writeMQTTString(_ text: String) { writeBinary(Array(text.utf8)) }
+
+    mutating func writeBinary(_ bytes: [UInt8]) {
+        writeInteger(UInt16(truncatingIfNeeded: bytes.count))
+        writeBytes(bytes)
+    }
+
+    /// §2.2.1: a packet identifier is non-zero.
+    mutating func readPacketID() throws(MQTTError) -> UInt16 {
+        guard let id = readInteger(as: UInt16.self) else { throw MQTTError.malformed("missing packet identifier") }
+        guard id != 0 else { throw MQTTError(.protocolError, "packet identifier 0") }
+        return id
+    }
+
+    /// Acknowledgements and DISCONNECT in MQTT 5 may stop after the packet id / before the reason code (§3.4.2.1).
+    mutating func readOptionalReason(v5: Bool, allowed: AllowedProperties) throws(MQTTError) -> (UInt8, Properties) {
+        guard v5, let reason = readInteger(as: UInt8.self) else { return (0, Properties()) }
+        guard readableBytes > 0 else { return (reason, Properties()) }
+        return (reason, try readProperties(allowed: allowed))
+    }
+
+    mutating func readConnect() throws(MQTTError) -> ConnectPacket {
+        guard try readMQTTString() == "MQTT" else { throw MQTTError(.protocolError, "protocol name is not MQTT") }
+        guard let level = readInteger(as: UInt8.self) else { throw MQTTError.malformed("truncated CONNECT") }
+        guard let version = ProtocolVersion(rawValue: level) else {
+            throw MQTTError(.unsupportedProtocolVersion, "protocol level \(level)")
+        }
+        guard let flags = readInteger(as: UInt8.self), let keepAlive = readInteger(as: UInt16.self) else {
+            throw MQTTError.malformed("truncated CONNECT")
+        }
+        guard flags & 0x01 == 0 else { throw MQTTError.malformed("reserved CONNECT flag set") }  // §3.1.2-3
+        let willFlag = flags & 0x04 != 0
+        guard let willQoS = QoS(rawValue: (flags >> 3) & 0x03) else { throw MQTTError.malformed("will QoS 3") }
+        let willRetain = flags & 0x20 != 0
+        guard willFlag || (willQoS == .atMostOnce && !willRetain) else {
+            throw MQTTError.malformed("will QoS or retain without a will")  // §3.1.2-13, -15
+        }
+        let hasPassword = flags & 0x40 != 0
+        let hasUsername = flags & 0x80 != 0
+        guard version == .v5 || hasUsername || !hasPassword else {
+            throw MQTTError.malformed("password without user name")  // 3.1.1 §3.1.2-22
+        }
+        let properties = version == .v5 ? try readProperties(allowed: .connect) : Properties()
+        let clientID = try readMQTTString()
+        var will: Will?
+        if willFlag {
+            let willProperties = version == .v5 ? try readProperties(allowed: .will) : Properties()
+            guard let topic = try? TopicName(try readMQTTString()) else {
+                throw MQTTError(.topicNameInvalid, "will topic is invalid")
+            }
+            will = Will(
+                topic: topic, payload: try readBinary(), qos: willQoS, retain: willRetain, properties: willProperties)
+        }
+        let username = hasUsername ? try readMQTTString() : nil
+        let password = hasPassword ? try readBinary() : nil
+        return ConnectPacket(
+            version: version, clientID: clientID, cleanStart: flags & 0x02 != 0, keepAlive: keepAlive, will: will,
+            username: username, password: password, properties: properties)
+    }
+
+    /// §2.2.2 properties: a length, then identifier/value pairs. Unknown identifiers, identifiers the packet may
+    /// not carry, and repeated single-valued properties are refused.
+    mutating func readProperties(allowed: AllowedProperties) throws(MQTTError) -> Properties {
+        let length = try readVariableByteInteger()
+        guard var slice = readSlice(length: length) else { throw MQTTError.malformed("truncated properties") }
+        var properties = Properties()
+        var seen = Set<UInt8>()
+        while slice.readableBytes > 0 {
+            let identifierValue = try slice.readVariableByteInteger()
+            guard identifierValue < 0x80, AllowedProperties.defined.contains(UInt8(identifierValue)) else {
+                throw MQTTError.malformed("unknown property")
+            }
+            let identifier = UInt8(identifierValue)
+            guard allowed.identifiers.contains(identifier) else {
+                throw MQTTError(.protocolError, "property 0x\(String(identifier, radix: 16)) not allowed here")
+            }
+            if identifier != 0x26 && identifier != 0x0B {
+                guard seen.insert(identifier).inserted else { throw MQTTError(.protocolError, "repeated property") }
+            }
+            func byte() throws(MQTTError) -> UInt8 {
+                guard let v = slice.readInteger(as: UInt8.self) else { throw MQTTError.malformed("truncated property") }
+                return v
+            }
+            func two() throws(MQTTError) -> UInt16 {
+                guard let v = slice.readInteger(as: UInt16.self) else {
+                    throw MQTTError.malformed("truncated property")
+                }
+                return v
+            }
+            func four() throws(MQTTError) -> UInt32 {
+                guard let v = slice.readInteger(as: UInt32.self) else {
+                    throw MQTTError.malformed("truncated property")
+                }
+                return v
+            }
+            switch identifier {
+            case 0x01: properties.payloadFormatIndicator = try byte()
+            case 0x02: properties.messageExpiryInterval = try four()
+            case 0x03: properties.contentType = try slice.readMQTTString()
+            case 0x11: properties.sessionExpiryInterval = try four()
+            case 0x12: properties.assignedClientIdentifier = try slice.readMQTTString()
+            case 0x13: properties.serverKeepAlive = try two()
+            case 0x18: properties.willDelayInterval = try four()
+            case 0x1F: properties.reasonString = try slice.readMQTTString()
+            case 0x21:
+                let value = try two()
+                guard value > 0 else { throw MQTTError(.protocolError, "receive maximum 0") }  // §3.1.2.11.3
+                properties.receiveMaximum = value
+            case 0x22: properties.topicAliasMaximum = try two()
+            case 0x23:
+                let value = try two()
+                guard value > 0 else { throw MQTTError(.protocolError, "topic alias 0") }
+                properties.topicAlias = value
+            case 0x24: properties.maximumQoS = try byte()
+            case 0x25: properties.retainAvailable = try byte()
+            case 0x26: properties.userProperties.append((try slice.readMQTTString(), try slice.readMQTTString()))
+            case 0x27:
+                let value = try four()
+                guard value > 0 else { throw MQTTError(.protocolError, "maximum packet size 0") }
+                properties.maximumPacketSize = value
+            case 0x08, 0x15, 0x1A, 0x1C:
+                properties.other.append((identifier, Array((try slice.readMQTTString()).utf8)))
+            case 0x09, 0x16: properties.other.append((identifier, try slice.readBinary()))
+            case 0x0B:
+                let value = try slice.readVariableByteInteger()
+                guard value > 0 else { throw MQTTError(.protocolError, "subscription identifier 0") }
+                var encoded = ByteBuffer()
+                encoded.writeVariableByteInteger(value)
+                properties.other.append((identifier, encoded.readBytes(length: encoded.readableBytes) ?? []))
+            case 0x17, 0x19, 0x28, 0x29, 0x2A: properties.other.append((identifier, [try byte()]))
+            default: throw MQTTError.malformed("unknown property")
+            }
+        }
+        return properties
+    }
+
+    mutating func writeProperties(_ properties: Properties) {
+        var body = ByteBuffer()
+        func byte(_ id: UInt8, _ value: UInt8?) {
+            if let value {
+                body.writeInteger(id)
+                body.writeInteger(value)
+            }
+        }
+        func two(_ id: UInt8, _ value: UInt16?) {
+            if let value {
+                body.writeInteger(id)
+                body.writeInteger(value)
+            }
+        }
+        func four(_ id: UInt8, _ value: UInt32?) {
+            if let value {
+                body.writeInteger(id)
+                body.writeInteger(value)
+            }
+        }
+        func string(_ id: UInt8, _ value: String?) {
+            if let value {
+                body.writeInteger(id)
+                body.writeMQTTString(value)
+            }
+        }
+        byte(0x01, properties.payloadFormatIndicator)
+        four(0x02, properties.messageExpiryInterval)
+        string(0x03, properties.contentType)
+        four(0x11, properties.sessionExpiryInterval)
+        string(0x12, properties.assignedClientIdentifier)
+        two(0x13, properties.serverKeepAlive)
+        four(0x18, properties.willDelayInterval)
+        string(0x1F, properties.reasonString)
+        two(0x21, properties.receiveMaximum)
+        two(0x22, properties.topicAliasMaximum)
+        two(0x23, properties.topicAlias)
+        byte(0x24, properties.maximumQoS)
+        byte(0x25, properties.retainAvailable)
+        four(0x27, properties.maximumPacketSize)
+        for (name, value) in properties.userProperties {
+            body.writeInteger(UInt8(0x26))
+            body.writeMQTTString(name)
+            body.writeMQTTString(value)
+        }
+        for (id, raw) in properties.other {
+            body.writeInteger(id)
+            switch id {
+            case 0x08, 0x15, 0x1A, 0x1C, 0x09, 0x16: body.writeBinary(raw)
+            default: body.writeBytes(raw)
+            }
+        }
+        writeVariableByteInteger(body.readableBytes)
+        writeBuffer(&body)
+    }
+}
+
+extension Packet {
+    /// Writes the fixed header and the packet (§2.1).
+    public func encode(into out: inout ByteBuffer, version: ProtocolVersion) {
+        let v5 = version == .v5
+        var body = ByteBuffer()
+        let header: UInt8
+        switch self {
+        case .connect(let c):
+            header = 0x10
+            body.writeMQTTString("MQTT")
+            body.writeInteger(c.version.rawValue)
+            var flags: UInt8 = c.cleanStart ? 0x02 : 0
+            if let will = c.will {
+                flags |= 0x04 | (will.qos.rawValue << 3) | (will.retain ? 0x20 : 0)
+            }
+            if c.password != nil { flags |= 0x40 }
+            if c.username != nil { flags |= 0x80 }
+            body.writeInteger(flags)
+            body.writeInteger(c.keepAlive)
+            if c.version == .v5 { body.writeProperties(c.properties) }
+            body.writeMQTTString(c.clientID)
+            if let will = c.will {
+                if c.version == .v5 { body.writeProperties(will.properties) }
+                body.writeMQTTString(will.topic.rawValue)
+                body.writeBinary(will.payload)
+            }
+            if let username = c.username { body.writeMQTTString(username) }
+            if let password = c.password { body.writeBinary(password) }
+        case .connack(let sessionPresent, let reasonCode, let properties):
+            header = 0x20
+            body.writeInteger(UInt8(sessionPresent ? 1 : 0))
+            body.writeInteger(reasonCode)
+            if v5 { body.writeProperties(properties) }
+        case .publish(let p):
+            header = 0x30 | (p.duplicate ? 0x08 : 0) | (p.qos.rawValue << 1) | (p.retain ? 0x01 : 0)
+            body.writeMQTTString(p.topic.rawValue)
+            if let id = p.packetID, p.qos != .atMostOnce { body.writeInteger(id) }
+            if v5 { body.writeProperties(p.properties) }
+            body.writeBytes(p.payload)
+        case .puback(let id, let reasonCode, let properties):
+            header = 0x40
+            body.writeInteger(id)
+            if v5 && (reasonCode != 0 || !properties.isEmpty) {
+                body.writeInteger(reasonCode)
+                if !properties.isEmpty { body.writeProperties(properties) }
+            }
+        case .pubrec(let id):
+            header = 0x50
+            body.writeInteger(id)
+        case .pubrel(let id):
+            header = 0x62
+            body.writeInteger(id)
+        case .pubcomp(let id):
+            header = 0x70
+            body.writeInteger(id)
+        case .subscribe(let id, let subscriptions, let properties):
+            header = 0x82
+            body.writeInteger(id)
+            if v5 { body.writeProperties(properties) }
+            for s in subscriptions {
+                body.writeMQTTString(s.filter.rawValue)
+                var options = s.qos.rawValue
+                if v5 {
+                    options |= (s.noLocal ? 0x04 : 0) | (s.retainAsPublished ? 0x08 : 0) | (s.retainHandling << 4)
+                }
+                body.writeInteger(options)
+            }
+        case .suback(let id, let codes, let properties), .unsuback(let id, let codes, let properties):
+            if case .suback = self { header = 0x90 } else { header = 0xB0 }
+            body.writeInteger(id)
+            if v5 { body.writeProperties(properties) }
+            if v5 || header == 0x90 { body.writeBytes(codes) }
+        case .unsubscribe(let id, let filters, let properties):
+            header = 0xA2
+            body.writeInteger(id)
+            if v5 { body.writeProperties(properties) }
+            for filter in filters { body.writeMQTTString(filter.rawValue) }
+        case .pingreq: header = 0xC0
+        case .pingresp: header = 0xD0
+        case .disconnect(let reasonCode, let properties):
+            header = 0xE0
+            if v5 && (reasonCode != 0 || !properties.isEmpty) {
+                body.writeInteger(reasonCode)
+                if !properties.isEmpty { body.writeProperties(properties) }
+            }
+        case .auth(let reasonCode, let properties):
+            header = 0xF0
+            body.writeInteger(reasonCode)
+            body.writeProperties(properties)
+        }
+        out.writeInteger(header)
+        out.writeVariableByteInteger(body.readableBytes)
+        out.writeBuffer(&body)
+    }
+}

@@ -1,0 +1,34 @@
+/// Why a packet was refused. `reasonCode` is the MQTT 5 reason code to send in a DISCONNECT before closing
+/// (MQTT 5.0 §3.14.2.1); MQTT 3.1.1 connections are simply closed (§4.8). `detail` is for operators' logs.
+public struct MQTTError: Error, Equatable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        case malformedPacket, protocolError, packetTooLarge, unsupportedProtocolVersion, topicNameInvalid,
+            topicFilterInvalid, qosNotSupported
+    }
+
+    public let code: Code
+    public let detail: String
+
+    public init(_ code: Code, _ detail: String) {
+        self.code = code
+        self.detail = detail
+    }
+
+    /// MQTT 5.0 §2.4 reason codes.
+    public var reasonCode: UInt8 {
+        switch code {
+        case .malformedPacket: 0x81
+        case .protocolError: 0x82
+        case .packetTooLarge: 0x95
+        case .unsupportedProtocolVersion: 0x84
+        case .topicNameInvalid: 0x90
+        case .topicFilterInvalid: 0x8F
+        case .qosNotSupported: 0x9B
+        }
+    }
+
+    public static func == (lhs: MQTTError, rhs: MQTTError) -> Bool { lhs.code == rhs.code }
+    public var description: String { "\(code.rawValue): \(detail)" }
+
+    static func malformed(_ detail: String) -> MQTTError { MQTTError(.malformedPacket, detail) }
+}

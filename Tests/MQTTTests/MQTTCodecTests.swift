@@ -1,0 +1,135 @@
+import MQTT
+import NIOCore
+import Testing
+
+func bytes(_ packet: Packet, _ version: ProtocolVersion) -> [UInt8] {
+    var buffer = ByteBuffer()
+    packet.encode(into: &buffer, version: version)
+    return Array(buffer.readableBytesView)
+}
+
+/// Feeds `input` to a decoder in chunks of `chunk` bytes, as a socket would, and returns every packet.
+func decodeAll(_ decoder: inout MQTTDecoder, _ input: [UInt8], chunk: Int = Int.max) throws -> [Packet] {
+    var buffer = ByteBuffer()
+    var packets: [Packet] = []
+    var offset = 0
+    while offset < input.count {
+        let end = min(input.count, offset + chunk)
+        buffer.writeBytes(input[offset..<end])
+        offset = end
+        while let packet = try decoder.decode(buffer: &buffer) { packets.append(packet) }
+    }
+    return packets
+}
+
+func connect(_ version: ProtocolVersion, clientID: String = "c1") -> [UInt8] {
+    bytes(.connect(ConnectPacket(version: version, clientID: clientID)), version)
+}
+
+@Suite struct MQTTCodecTests {
+    static func samplePackets(_ version: ProtocolVersion) throws -> [Packet] {
+        var properties = Properties()
+        if version == .v5 {
+            properties.userProperties = [("counter", "41")]
+            properties.messageExpiryInterval = 60
+        }
+        var connectProperties = Properties()
+        if version == .v5 {
+            connectProperties.sessionExpiryInterval = 3600
+            connectProperties.receiveMaximum = 20
+            connectProperties.maximumPacketSize = 65536
+        }
+        return [
+            .connect(
+                ConnectPacket(
+                    version: version, clientID: "sensor-1", cleanStart: false, keepAlive: 30,
+                    will: Will(
+                        topic: try TopicName("devices/sensor-1/status"), payload: Array("gone".utf8), qos: .atLeastOnce,
+                        retain: true),
+                    username: "u", password: [1, 2, 3], properties: connectProperties)),
+            .publish(
+                PublishPacket(
+                    topic: try TopicName("devices/sensor-1/telemetry"), payload: Array(#"{"t":21}"#.utf8),
+                    qos: .atLeastOnce,
+                    retain: true, packetID: 7, properties: properties)),
+            .publish(PublishPacket(topic: try TopicName("a/b"), payload: [], qos: .atMostOnce)),
+            .puback(packetID: 7, reasonCode: 0, properties: Properties()),
+            .subscribe(
+                packetID: 9,
+                subscriptions: [
+                    Subscription(filter: try TopicFilter("devices/+/telemetry"), qos: .atLeastOnce),
+                    Subscription(filter: try TopicFilter("devices/#"), qos: .atMostOnce),
+                ], properties: Properties()),
+            .unsubscribe(packetID: 10, filters: [try TopicFilter("devices/#")], properties: Properties()),
+            .pingreq,
+            .disconnect(reasonCode: 0, properties: Properties()),
+        ]
+    }
+
+    @Test(arguments: [ProtocolVersion.v311, .v5], [1, 2, 3, 7, 64, Int.max])
+    func clientPacketsRoundTripAtEveryChunkSize(_ version: ProtocolVersion, _ chunk: Int) throws {
+        let packets = try Self.samplePackets(version)
+        var decoder = MQTTDecoder(role: .server)
+        let decoded = try decodeAll(&decoder, packets.flatMap { bytes($0, version) }, chunk: chunk)
+        #expect(decoded == packets)
+        #expect(decoder.version == version)
+    }
+
+    @Test(arguments: [ProtocolVersion.v311, .v5])
+    func serverPacketsRoundTrip(_ version: ProtocolVersion) throws {
+        var properties = Properties()
+        if version == .v5 {
+            properties.assignedClientIdentifier = "auto-1"
+            properties.topicAliasMaximum = 0
+        }
+        let packets: [Packet] = [
+            .connack(sessionPresent: true, reasonCode: 0, properties: properties),
+            .suback(packetID: 9, reasonCodes: [1, version == .v5 ? 0x87 : 0x80], properties: Properties()),
+            .pingresp,
+            .publish(
+                PublishPacket(
+                    topic: try TopicName("devices/x/commands/reboot"), payload: [1], qos: .atLeastOnce, packetID: 3)),
+        ]
+        var decoder = MQTTDecoder(role: .client, version: version)
+        #expect(try decodeAll(&decoder, packets.flatMap { bytes($0, version) }, chunk: 1) == packets)
+    }
+
+    @Test func refusesAnAnnouncedPacketOverTheLimitBeforeBuffering() throws {
+        var decoder = MQTTDecoder(role: .server, maximumPacketSize: 1024)
+        // Fixed header announcing 10 MB; only the header has arrived.
+        var buffer = ByteBuffer(bytes: [0x10, 0x80, 0xAD, 0xE2, 0x04])
+        #expect(throws: MQTTError(.packetTooLarge, "")) { try decoder.decode(buffer: &buffer) }
+    }
+
+    @Test func waitsForTheRestOfAPacket() throws {
+        var decoder = MQTTDecoder(role: .server)
+        let packet = connect(.v5)
+        var buffer = ByteBuffer(bytes: packet.dropLast())
+        #expect(try decoder.decode(buffer: &buffer) == nil)
+        buffer.writeBytes(packet.suffix(1))
+        #expect(try decoder.decode(buffer: &buffer) != nil)
+    }
+}
+
+@Suite struct TopicTests {
+    @Test(arguments: [
+        ("devices/+/telemetry", "devices/a/telemetry", true), ("devices/+/telemetry", "devices/a/b/telemetry", false),
+        ("devices/#", "devices", true), ("devices/#", "devices/a/b", true), ("#", "a/b/c", true),
+        ("+", "a", true), ("+", "a/b", false), ("+/+", "/a", true), ("a/b", "a/b", true), ("a/b", "a/c", false),
+        ("#", "$SYS/x", false), ("+/x", "$SYS/x", false), ("$SYS/#", "$SYS/x", true), ("a/+", "a/", true),
+        ("devices/+/#", "devices/d1", true),
+    ])
+    func matchesLikeTheSpecification(_ filter: String, _ topic: String, _ expected: Bool) throws {
+        #expect(try TopicFilter(filter).matches(try TopicName(topic)) == expected)
+    }
+
+    @Test(arguments: ["a/#/b", "a#", "a/b#", "a+/b", "+a", "", "a\u{0}b"])
+    func refusesInvalidFilters(_ filter: String) {
+        #expect(throws: MQTTError.self) { try TopicFilter(filter) }
+    }
+
+    @Test(arguments: ["a/+", "#", "", "a/#", "a\u{0}"])
+    func refusesInvalidTopicNames(_ name: String) {
+        #expect(throws: MQTTError.self) { try TopicName(name) }
+    }
+}
