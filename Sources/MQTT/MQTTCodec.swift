@@ -155,6 +155,8 @@ public struct MQTTDecoder: NIOSingleStepByteToMessageDecoder {
             let id = try body.readPacketID()
             let properties = v5 ? try body.readProperties(allowed: .acknowledgement) : Properties()
             let codes = body.readBytes(length: body.readableBytes) ?? []
+            // 3.1.1 §3.11: an UNSUBACK is the packet identifier and nothing else.
+            guard v5 || type == 9 || codes.isEmpty else { throw MQTTError.malformed("payload in a 3.1.1 UNSUBACK") }
             return type == 9
                 ? .suback(packetID: id, reasonCodes: codes, properties: properties)
                 : .unsuback(packetID: id, reasonCodes: codes, properties: properties)

@@ -101,6 +101,13 @@ func connect(_ version: ProtocolVersion, clientID: String = "c1") -> [UInt8] {
         #expect(throws: MQTTError(.packetTooLarge, "")) { try decoder.decode(buffer: &buffer) }
     }
 
+    /// Found by the fuzzer: 3.1.1 UNSUBACK is a packet identifier only (§3.11); extra bytes are malformed.
+    @Test func refusesA311UnsubackWithAPayload() {
+        var decoder = MQTTDecoder(role: .client, version: .v311)
+        var buffer = ByteBuffer(bytes: [0xB0, 0x04, 0x01, 0x00, 0x01, 0x80])
+        #expect(throws: MQTTError(.malformedPacket, "")) { try decoder.decode(buffer: &buffer) }
+    }
+
     @Test func waitsForTheRestOfAPacket() throws {
         var decoder = MQTTDecoder(role: .server)
         let packet = connect(.v5)
