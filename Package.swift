@@ -72,7 +72,7 @@ let package = Package(
         .target(
             name: "Hub",
             dependencies: [
-                "Core", "PKI", "Gateway", "Store", "Pairing",
+                "Core", "PKI", "Gateway", "Store", "Pairing", "MQTT",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),

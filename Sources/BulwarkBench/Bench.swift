@@ -41,6 +41,8 @@ struct Telemetry: AsyncParsableCommand {
         var configuration = HubConfiguration(dataDirectory: directory)
         configuration.device.port = 0
         configuration.operatorAPI.port = 0
+        configuration.pairing.port = 0
+        configuration.mqtt.port = 0
         let hub = try await HubServer.make(configuration: configuration, logger: logger, gracefulShutdownSignals: [])
         let hubTask = Task { try await hub.run() }
         let ports = await hub.listeningPorts()

@@ -18,6 +18,8 @@ public struct HubConfiguration: Sendable, Equatable {
     public var operatorAPI = Listener(host: "127.0.0.1", port: 8444)
     /// The pairing listener (Noise over TCP; no TLS needed).
     public var pairing = Listener(host: "127.0.0.1", port: 8445)
+    /// The MQTT listener (TLS 1.3, device certificate required).
+    public var mqtt = Listener(host: "127.0.0.1", port: 8883)
     /// How long a pairing claim stays valid.
     public var claimLifetimeSeconds = 600
     /// Failed pairings per device before lock-out, and the first lock-out (doubling with each further failure).
@@ -60,6 +62,8 @@ public struct HubConfiguration: Sendable, Equatable {
         config.device.port = reader.int(forKey: "device.port", default: config.device.port)
         config.operatorAPI.host = reader.string(forKey: "operator.host", default: config.operatorAPI.host)
         config.operatorAPI.port = reader.int(forKey: "operator.port", default: config.operatorAPI.port)
+        config.mqtt.host = reader.string(forKey: "mqtt.host", default: config.mqtt.host)
+        config.mqtt.port = reader.int(forKey: "mqtt.port", default: config.mqtt.port)
         config.pairing.host = reader.string(forKey: "pairing.host", default: config.pairing.host)
         config.pairing.port = reader.int(forKey: "pairing.port", default: config.pairing.port)
         config.claimLifetimeSeconds = reader.int(forKey: "pairing.claimLifetimeSeconds", default: 600)
@@ -86,7 +90,7 @@ public struct HubConfiguration: Sendable, Equatable {
                     "database.url: only the embedded store (sqlite:PATH) is available in this version")
             }
         }
-        for (name, listener) in [("device", device), ("operator", operatorAPI), ("pairing", pairing)] {
+        for (name, listener) in [("device", device), ("operator", operatorAPI), ("pairing", pairing), ("mqtt", mqtt)] {
             guard (0...65535).contains(listener.port) else {
                 throw HubStartupError("\(name).port must be between 0 and 65535")
             }

@@ -100,9 +100,17 @@ public final class HubServer: Sendable {
                 pairingLogger[metadataKey: "listener"] = "pairing"
                 return pairingLogger
             }(), onBound: { portsContinuation.yield(("pairing", $0)) })
+        let mqtt = MQTTListener(
+            host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
+            revocations: revocations, store: store, rids: rids, broker: MQTTBroker(),
+            logger: {
+                var mqttLogger = logger
+                mqttLogger[metadataKey: "listener"] = "mqtt"
+                return mqttLogger
+            }(), onBound: { portsContinuation.yield(("mqtt", $0)) })
         group = ServiceGroup(
             configuration: .init(
-                services: [device, operatorApp, pairing, rids], gracefulShutdownSignals: signals, logger: logger))
+                services: [device, operatorApp, pairing, rids, mqtt], gracefulShutdownSignals: signals, logger: logger))
     }
 
     /// Runs until a shutdown signal (or `shutdown()`); closes the store after the listeners stopped.
@@ -122,11 +130,15 @@ public final class HubServer: Sendable {
         var seen: [String: Int] = [:]
         for await (name, port) in ports {
             seen[name] = port
-            if let device = seen["device"], let operatorPort = seen["operator"], let pairing = seen["pairing"] {
-                return HubPorts(device: device, operator: operatorPort, pairing: pairing)
+            if let device = seen["device"], let operatorPort = seen["operator"], let pairing = seen["pairing"],
+                let mqtt = seen["mqtt"]
+            {
+                return HubPorts(device: device, operator: operatorPort, pairing: pairing, mqtt: mqtt)
             }
         }
-        return HubPorts(device: seen["device"] ?? 0, operator: seen["operator"] ?? 0, pairing: seen["pairing"] ?? 0)
+        return HubPorts(
+            device: seen["device"] ?? 0, operator: seen["operator"] ?? 0, pairing: seen["pairing"] ?? 0,
+            mqtt: seen["mqtt"] ?? 0)
     }
 
     public func shutdown() async {
@@ -138,4 +150,5 @@ public struct HubPorts: Sendable {
     public let device: Int
     public let `operator`: Int
     public let pairing: Int
+    public let mqtt: Int
 }

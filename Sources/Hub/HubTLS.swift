@@ -17,6 +17,17 @@ enum HubTLS {
         credentials: HubCredentials, role: ClientCertificatePolicy.Role, revocations: RevocationList,
         store: any HubStore, logger: Logger
     ) throws -> TLSChannelConfiguration {
+        let (tls, verify) = try serverConfiguration(
+            credentials: credentials, role: role, revocations: revocations, store: store, logger: logger)
+        return TLSChannelConfiguration(tlsConfiguration: tls, customVerificationCallback: verify)
+    }
+
+    /// The TLS configuration and the verification callback, for listeners built directly on NIO (MQTT).
+    static func serverConfiguration(
+        credentials: HubCredentials, role: ClientCertificatePolicy.Role, revocations: RevocationList,
+        store: any HubStore, logger: Logger, applicationProtocols: [String] = ["http/1.1"]
+    ) throws -> (TLSConfiguration, @Sendable ([NIOSSLCertificate], EventLoopPromise<NIOSSLVerificationResult>) -> Void)
+    {
         let caCertificate = credentials.authority.certificate
         var tls = TLSConfiguration.makeServerConfigurationWithMTLS(
             certificateChain: [
@@ -28,9 +39,9 @@ enum HubTLS {
         tls.minimumTLSVersion = .tlsv13
         tls.maximumTLSVersion = .tlsv13
         tls.certificateVerification = .noHostnameVerification
-        tls.applicationProtocols = ["http/1.1"]
+        tls.applicationProtocols = applicationProtocols
 
-        return TLSChannelConfiguration(tlsConfiguration: tls) { certificates in
+        let verify: @Sendable ([NIOSSLCertificate]) async -> NIOSSLVerificationResult = { certificates in
             let ders = certificates.compactMap { try? $0.toDERBytes() }
             guard let leafDER = ders.first, let leaf = try? Certificate(derEncoded: leafDER) else {
                 return .failed
@@ -61,5 +72,9 @@ enum HubTLS {
                 return .failed
             }
         }
+        return (
+            tls,
+            { certificates, promise in promise.completeWithTask { await verify(certificates) } }
+        )
     }
 }

@@ -17,6 +17,7 @@ public final class HubProcess: Sendable {
         process.arguments = ["serve", "--data", directory]
         process.environment = ProcessInfo.processInfo.environment.merging([
             "BULWARK_DEVICE_PORT": "0", "BULWARK_OPERATOR_PORT": "0", "BULWARK_PAIRING_PORT": "0",
+            "BULWARK_MQTT_PORT": "0",
         ]) { $1 }.merging(environment) { $1 }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
         process.standardError = handle

@@ -17,6 +17,7 @@ final class TestHub: Sendable {
     let devicePort: Int
     let operatorPort: Int
     let pairingPort: Int
+    let mqttPort: Int
     private let runTask: Task<Void, any Error>
 
     static func start(
@@ -27,6 +28,7 @@ final class TestHub: Sendable {
         configuration.device.port = 0
         configuration.operatorAPI.port = 0
         configuration.pairing.port = 0
+        configuration.mqtt.port = 0
         configuration.maxBodyBytes = maxBodyBytes
         configure(&configuration)
         let server = try await HubServer.make(
@@ -43,6 +45,7 @@ final class TestHub: Sendable {
         self.devicePort = ports.device
         self.operatorPort = ports.operator
         self.pairingPort = ports.pairing
+        self.mqttPort = ports.mqtt
         self.runTask = task
     }
 

@@ -1,0 +1,70 @@
+import Core
+import Foundation
+import Testing
+
+/// The MQTT listener with real clients (Debian's mosquitto-clients), MQTT 3.1.1 and 5.
+@Suite(.serialized) struct MQTTListenerTests {
+    @Test func mosquittoClientsPublishAndSubscribeOnlyUnderTheirOwnTopics() async throws {
+        guard let pub = which("mosquitto_pub"), let sub = which("mosquitto_sub") else {
+            Issue.record("mosquitto-clients are required (scripts/test installs them)")
+            return
+        }
+        let hub = try await TestHub.start()
+        let a = try await hub.enroll("mq-a")
+        _ = try await hub.enroll("mq-b")
+        let common = [
+            "--cafile", a.caFile, "-h", "127.0.0.1", "-p", "\(hub.mqttPort)", "--cert", a.certificateFile, "--key",
+            a.keyFile,
+        ]
+
+        // A subscriber on its own topics receives its own QoS 1 publish.
+        async let received = run(
+            sub, common + ["-i", "mq-a", "-V", "mqttv5", "-t", "devices/mq-a/#", "-C", "1", "-W", "10", "-v"])
+        try await Task.sleep(for: .milliseconds(700))
+        for version in ["mqttv311", "mqttv5"] {
+            let result = try await run(
+                pub,
+                common + ["-i", "mq-a", "-V", version, "-q", "1", "-t", "devices/mq-a/telemetry", "-m", #"{"t":1}"#])
+            #expect(result.status == 0, "\(version): \(result.stderr)")
+        }
+        #expect(try await received.stdout.contains(#"devices/mq-a/telemetry {"t":1}"#))
+        #expect(
+            try await hub.server.store.telemetryCount(of: try DeviceID("mq-a")) == 2, "QoS 1 is stored before PUBACK")
+
+        // Another device's topics: publish refused (MQTT 5 PUBACK 0x87; 3.1.1 disconnect), subscribe refused (SUBACK failure).
+        let other5 = try await run(
+            pub, common + ["-i", "mq-a", "-V", "mqttv5", "-q", "1", "-t", "devices/mq-b/telemetry", "-m", "{}"])
+        #expect(other5.stderr.contains("Not authorized"))
+        let otherSub = try await run(
+            sub, common + ["-i", "mq-a", "-V", "mqttv311", "-t", "devices/mq-b/#", "-C", "1", "-W", "3"])
+        #expect(otherSub.stderr.contains("denied"))
+        // A client id naming another device is refused at CONNECT.
+        let stolenID = try await run(
+            pub, common + ["-i", "mq-b", "-V", "mqttv5", "-q", "1", "-t", "devices/mq-a/t", "-m", "{}"])
+        #expect(stolenID.status != 0)
+        #expect(stolenID.stderr.contains("Client Identifier not valid"))
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("mq-b")) == 0)
+
+        let kinds = Set(try await hub.securityEvents().map(\.kind))
+        #expect(kinds.isSuperset(of: ["mqtt-publish-refused", "mqtt-subscribe-refused", "mqtt-client-id-refused"]))
+
+        // No client certificate and a foreign CA are refused at the handshake.
+        let anonymous = try await run(
+            pub,
+            [
+                "--cafile", a.caFile, "-h", "127.0.0.1", "-p", "\(hub.mqttPort)", "-i", "x", "-t", "devices/x/t", "-m",
+                "{}",
+            ])
+        #expect(anonymous.status != 0)
+        let foreign = try TestDevice.foreign(id: "mq-a", directory: hub.directory)
+        let foreignResult = try await run(
+            pub,
+            [
+                "--cafile", a.caFile, "-h", "127.0.0.1", "-p", "\(hub.mqttPort)", "--cert", foreign.certificateFile,
+                "--key", foreign.keyFile, "-i", "mq-a", "-t", "devices/mq-a/t", "-m", "{}",
+            ])
+        #expect(foreignResult.status != 0)
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("mq-a")) == 2)
+        try await hub.stop()
+    }
+}
