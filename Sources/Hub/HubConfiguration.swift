@@ -80,7 +80,12 @@ public struct HubConfiguration: Sendable, Equatable {
 
     public func validate() throws {
         if let url = databaseURL {
-            if let components = URLComponents(string: url), components.password != nil {
+            let secretParameters: Set<String> = ["password", "passwd", "pwd", "sslpassword", "pass"]
+            if let components = URLComponents(string: url),
+                components.password != nil
+                    || (components.queryItems ?? []).contains(where: { secretParameters.contains($0.name.lowercased()) }
+                    )
+            {
                 throw HubStartupError(
                     "database.url must not contain a password; put the password in a file with mode 0600 and name it "
                         + "in database.passwordFile (environment: BULWARK_DATABASE_PASSWORD_FILE)")

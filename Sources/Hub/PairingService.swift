@@ -20,6 +20,8 @@ actor PairingClaims {
     }
 
     private var claims: [DeviceID: Claim] = [:]
+    /// Devices whose claim a pairing session holds right now: one session per claim at a time.
+    private var inUse: Set<DeviceID> = []
     private var limiter: AttemptLimiter
     let lifetime: TimeInterval
 
@@ -43,15 +45,23 @@ actor PairingClaims {
         guard let claim = claims[device], claim.expires > now else {
             throw PairingError(.noClaim, "no pending claim")
         }
+        guard inUse.insert(device).inserted else {
+            throw PairingError(.noClaim, "the claim is in use by another session")
+        }
         return claim.label
     }
 
     func succeeded(_ device: DeviceID) {
         claims[device] = nil
+        inUse.remove(device)
         limiter.recordSuccess(device)
     }
 
-    func failed(_ device: DeviceID, now: Date) { limiter.recordFailure(device, now: now.timeIntervalSince1970) }
+    /// A session that held the claim failed: release it and count the failure (unless `counted` is false).
+    func failed(_ device: DeviceID, now: Date, counted: Bool = true, heldClaim: Bool) {
+        if heldClaim { inUse.remove(device) }
+        if counted { limiter.recordFailure(device, now: now.timeIntervalSince1970) }
+    }
 }
 
 /// The pairing listener: a TCP port speaking the pairing protocol (Noise XKpsk3 inside 2-byte frames). It needs no
@@ -123,6 +133,7 @@ struct PairingListener: Service {
         var session = HubPairingSession(hubStaticKeys: credentials.pairingKeys)
         var issued: Certificate?
         var irk: [UInt8] = []
+        var heldClaim = false
         let source = connection.channel.remoteAddress?.ipAddress
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -137,7 +148,9 @@ struct PairingListener: Service {
                         }
                         action = try session.received(next)
                     case .lookUpClaim(let device, _):
-                        action = try session.claimFound(try await claims.claim(for: device, now: Date()))
+                        let label = try await claims.claim(for: device, now: Date())
+                        heldClaim = true
+                        action = try session.claimFound(label)
                     case .issueCertificate(let device, let operationalKey, let csrDER):
                         let certificate = try issue(device, operationalKey: operationalKey, csrDER: csrDER)
                         issued = certificate
@@ -170,7 +183,11 @@ struct PairingListener: Service {
             let device = session.pairingDeviceID
             // Attempts refused because of a lock-out do not extend it: hammering the port must not keep the real
             // device locked out for ever.
-            if let device, (error as? PairingError)?.code != .lockedOut { await claims.failed(device, now: Date()) }
+            if let device {
+                let code = (error as? PairingError)?.code
+                let counted = code != .lockedOut && !(code == .noClaim && !heldClaim)
+                await claims.failed(device, now: Date(), counted: counted, heldClaim: heldClaim)
+            }
             if let certificate = issued {
                 // Issued but never confirmed: the certificate must not work.
                 revocations.insert([certificate.serialHex])

@@ -43,6 +43,20 @@ import Testing
         #expect(!result.stderr.contains("hunter2"))
     }
 
+    @Test(arguments: [
+        "postgres://bulwark@db.internal/bulwark?password=s3cr3t-pw",
+        "postgresql://db.internal/bulwark?sslmode=require&PASSWORD=s3cr3t-pw",
+        "postgres://:s3cr3t-pw@db.internal/bulwark",
+    ])
+    func refusesPasswordsAnywhereInTheDatabaseURL(_ url: String) async throws {
+        let directory = try temporaryDirectory("refuse-url-forms")
+        let result = try await run(
+            try Self.binary, ["serve", "--data", directory], environment: ["BULWARK_DATABASE_URL": url], timeout: 20)
+        #expect(result.status == 78)
+        #expect(result.stderr.contains("database.passwordFile"))
+        #expect(!result.stderr.contains("s3cr3t-pw"))
+    }
+
     @Test func refusesAKeyFileReadableByOthersAndSaysHowToFixIt() async throws {
         let directory = try temporaryDirectory("refuse-mode")
         let hub = try HubProcess(binary: try Self.binary, directory: directory)

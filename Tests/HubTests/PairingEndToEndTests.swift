@@ -143,6 +143,27 @@ import X509
         try await hub.stop()
     }
 
+    @Test func aClaimIsUsedOnceEvenByConcurrentSessions() async throws {
+        let hub = try await TestHub.start()
+        let identity = NoiseDH.p256.generateKeyPair()
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("race-1"), publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 3, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        let successes = await withTaskGroup(of: Int.self) { group in
+            for _ in 0..<8 {
+                group.addTask {
+                    (try? await PairingClient.pair(
+                        host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity)) == nil ? 0 : 1
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(successes == 1)
+        #expect(try await hub.server.store.certificates(of: try DeviceID("race-1")).count == 1)
+        try await hub.stop()
+    }
+
     static func startTLSServer(
         certificate: Certificate, key: P256.Signing.PrivateKey, ca: Certificate
     ) async throws -> (ServiceGroup, Int) {
