@@ -84,7 +84,16 @@ import Testing
     }
 
     @Test func sigkillLosesNoAcknowledgedTelemetry() async throws {
-        let directory = try temporaryDirectory("sigkill")
+        try await streamThenStop(signal: SIGKILL, expectCleanExit: false)
+    }
+
+    /// SIGTERM while requests are in flight: they finish, the store closes, and every 202 is in the database.
+    @Test func sigtermMidStreamFinishesInFlightRequestsAndLosesNothing() async throws {
+        try await streamThenStop(signal: SIGTERM, expectCleanExit: true)
+    }
+
+    func streamThenStop(signal: Int32, expectCleanExit: Bool) async throws {
+        let directory = try temporaryDirectory("stop-\(signal)")
         let hub = try HubProcess(binary: try Self.binary, directory: directory)
         let ports = try await hub.waitForPorts()
         let operatorCredentials = try ClientCredentials(
@@ -92,7 +101,7 @@ import Testing
             caFile: directory + "/ca.crt")
         let device = try await enroll("durable-1", operatorPort: ports.operator, operatorCredentials, directory)
 
-        // 8 keep-alive connections post as fast as they can; the hub is killed while they are in flight.
+        // 8 keep-alive connections post as fast as they can; the hub is signalled while they are in flight.
         let progress = Progress()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for connectionIndex in 0..<8 {
@@ -114,17 +123,24 @@ import Testing
                 }
             }
             group.addTask {
-                // Kill once a few hundred messages were acknowledged (bounded to 20 s).
+                // Signal once a few hundred messages were acknowledged (bounded to 20 s).
                 let start = ContinuousClock.now
                 while progress.acknowledged.withLock({ $0.count }) < 300 && ContinuousClock.now - start < .seconds(20) {
                     try await Task.sleep(for: .milliseconds(20))
                 }
-                hub.kill()
+                _ = Foundation.kill(hub.processIdentifier, signal)
+                if signal == SIGKILL { progress.stop.store(true, ordering: .relaxed) }
+                // After SIGTERM the clients keep going until the hub closes their connections.
+                try await Task.sleep(for: .seconds(2))
                 progress.stop.store(true, ordering: .relaxed)
             }
             try await group.waitForAll()
         }
-        _ = hub.wait()
+        let status = hub.wait()
+        if expectCleanExit {
+            #expect(status == 0, "graceful shutdown exits 0")
+            #expect(hub.log.contains("hub stopped"))
+        }
         let acked = progress.acknowledged.withLock { $0 }
         #expect(acked.count >= 300)
 
