@@ -90,7 +90,7 @@ let package = Package(
         .target(
             name: "HubClient",
             dependencies: [
-                "Core", "PKI", "Pairing",
+                "Core", "PKI", "Pairing", "MQTT",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -29,7 +29,14 @@ public final class HubProcess: Sendable {
     public var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
 
     /// Reads `listening address=127.0.0.1:PORT listener=NAME` lines (bounded to 30 s).
-    public func waitForPorts() async throws -> (device: Int, operator: Int, pairing: Int) {
+    public struct Ports: Sendable {
+        public let device: Int
+        public let `operator`: Int
+        public let pairing: Int
+        public let mqtt: Int
+    }
+
+    public func waitForPorts() async throws -> Ports {
         let start = ContinuousClock.now
         while ContinuousClock.now - start < .seconds(30) {
             var ports: [String: Int] = [:]
@@ -41,8 +48,10 @@ public final class HubProcess: Sendable {
                 else { continue }
                 ports[String(listener.dropFirst("listener=".count))] = port
             }
-            if let device = ports["device"], let operatorPort = ports["operator"], let pairing = ports["pairing"] {
-                return (device, operatorPort, pairing)
+            if let device = ports["device"], let operatorPort = ports["operator"], let pairing = ports["pairing"],
+                let mqtt = ports["mqtt"]
+            {
+                return Ports(device: device, operator: operatorPort, pairing: pairing, mqtt: mqtt)
             }
             guard process.isRunning else { throw ClientError("hub exited: \(log)") }
             try await Task.sleep(for: .milliseconds(50))

@@ -1,5 +1,8 @@
 import Core
 import Foundation
+import HubClient
+import MQTT
+import Store
 import Testing
 
 /// The MQTT listener with real clients (Debian's mosquitto-clients), MQTT 3.1.1 and 5.
@@ -66,5 +69,62 @@ import Testing
         #expect(foreignResult.status != 0)
         #expect(try await hub.server.store.telemetryCount(of: try DeviceID("mq-a")) == 2)
         try await hub.stop()
+    }
+
+    /// MQTT issue acceptance: SIGKILL of the hub during a QoS 1 stream; every PUBACKed message is in the store.
+    @Test func sigkillDuringAQoS1StreamLosesNoAcknowledgedMessage() async throws {
+        let directory = try temporaryDirectory("mqtt-kill")
+        let hub = try HubProcess(binary: try HubProcessTests.binary, directory: directory)
+        let ports = try await hub.waitForPorts()
+        let operatorCredentials = try ClientCredentials(
+            certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
+            caFile: directory + "/ca.crt")
+        let device = try await HubProcessTests().enroll(
+            "mq-kill", operatorPort: ports.operator, operatorCredentials, directory)
+        let progress = Progress()
+        let topic = try TopicName("devices/mq-kill/telemetry")
+        await withTaskGroup(of: Void.self) { group in
+            for connectionIndex in 0..<8 {
+                group.addTask {
+                    _ = try? await MQTTClientConnection.withConnection(
+                        host: "127.0.0.1", port: ports.mqtt, tls: try device.tlsConfiguration(), clientID: "mq-kill"
+                    ) { connection, reason in
+                        guard reason == 0 else { return }
+                        var sequence = 0
+                        while !progress.stop.load(ordering: .relaxed) && sequence < 5_000 {
+                            sequence += 1
+                            let payload = Array(#"{"c":\#(connectionIndex),"n":\#(sequence)}"#.utf8)
+                            guard try await connection.publishAcknowledged(topic: topic, payload: payload) == 0 else {
+                                return
+                            }
+                            progress.acknowledged.withLock { $0.append(connectionIndex * 100_000 + sequence) }
+                        }
+                    }
+                }
+            }
+            group.addTask {
+                let start = ContinuousClock.now
+                while progress.acknowledged.withLock({ $0.count }) < 300 && ContinuousClock.now - start < .seconds(20) {
+                    try? await Task.sleep(for: .milliseconds(20))
+                }
+                hub.kill()
+                progress.stop.store(true, ordering: .relaxed)
+            }
+        }
+        _ = hub.wait()
+        let acked = progress.acknowledged.withLock { $0 }
+        #expect(acked.count >= 300)
+        let store = try SQLiteHubStore(path: directory + "/bulwark.sqlite")
+        var stored = Set<Int>()
+        for record in try await store.telemetry(of: try DeviceID("mq-kill"), limit: 1_000_000) {
+            if let object = try? JSONSerialization.jsonObject(with: Data(record.body)) as? [String: Int],
+                let c = object["c"], let n = object["n"]
+            {
+                stored.insert(c * 100_000 + n)
+            }
+        }
+        let lost = Set(acked).subtracting(stored)
+        #expect(lost.isEmpty, "\(lost.count) PUBACKed messages lost")
+        try await store.close()
     }
 }
