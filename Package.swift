@@ -113,7 +113,7 @@ let package = Package(
         .executableTarget(
             name: "BulwarkBench",
             dependencies: [
-                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing",
+                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
