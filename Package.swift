@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-http-structured-headers.git", from: "1.7.0"),
     ],
     targets: [
         // Pure: validated identifiers and error values. Imports nothing.
@@ -41,7 +42,10 @@ let package = Package(
         // Pure: the admission pipeline shared by HTTP and MQTT.
         .target(
             name: "Gateway",
-            dependencies: ["Core", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: [
+                "Core", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "RawStructuredFieldValues", package: "swift-http-structured-headers"),
+            ]
         ),
         // Pure: The Update Framework metadata, canonical JSON, verification.
         .target(

@@ -1,0 +1,238 @@
+public import Crypto
+import RawStructuredFieldValues
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+/// The parts of an HTTP request that RFC 9421 HTTP Message Signatures cover in Bulwark's profile.
+public struct SignedRequest: Sendable {
+    public var method: String
+    public var path: String
+    public var signatureInput: String?
+    public var signature: String?
+    public var contentDigest: String?
+
+    public init(method: String, path: String, signatureInput: String?, signature: String?, contentDigest: String?) {
+        self.method = method
+        self.path = path
+        self.signatureInput = signatureInput
+        self.signature = signature
+        self.contentDigest = contentDigest
+    }
+}
+
+/// A signature that verified: what the replay check needs.
+public struct VerifiedSignature: Sendable, Equatable {
+    public let created: Int64
+    public let nonce: String
+}
+
+/// Why a signed request was refused (for the log and audit record; the client sees one generic problem).
+public struct SignatureFailure: Error, Equatable, CustomStringConvertible {
+    public enum Kind: String, Sendable {
+        case missing = "no signature"
+        case malformed = "malformed signature fields"
+        case unsupported = "unsupported signature parameters or components"
+        case digestMismatch = "content-digest does not match the body"
+        case stale = "created outside the allowed clock skew"
+        case badSignature = "signature does not verify with the certificate's key"
+    }
+    public let kind: Kind
+    public let detail: String
+    init(_ kind: Kind, _ detail: String = "") {
+        self.kind = kind
+        self.detail = detail
+    }
+    public var description: String { detail.isEmpty ? kind.rawValue : "\(kind.rawValue): \(detail)" }
+}
+
+/// Bulwark's profile of RFC 9421 (HTTP Message Signatures) with RFC 9530 `Content-Digest`.
+///
+/// Every device request carries one signature (any label) whose covered components are exactly `"@method"`,
+/// `"@path"` and `"content-digest"` (§2.2.1, §2.2.6, §2.1), with the parameters `created` (required, within
+/// `maxSkew` of the hub's clock), `nonce` (required, 16–128 characters of `[A-Za-z0-9+/=_-]`), and optionally
+/// `keyid`, `alg` (only `ecdsa-p256-sha256`, §3.3.4) and `expires`. The key is always the one in the client
+/// certificate: `keyid` is never used to choose it. The signature base is built as §2.5 describes; the signature is
+/// ECDSA P-256 with SHA-256 in the raw `r ‖ s` form of §3.3.4.
+public struct MessageSignatureProfile: Sendable {
+    public static let algorithm = "ecdsa-p256-sha256"
+    static let components = ["@method", "@path", "content-digest"]
+    public var maxSkewSeconds: Int64
+
+    public init(maxSkewSeconds: Int64 = 60) { self.maxSkewSeconds = maxSkewSeconds }
+
+    /// Verifies the digest of `body` and the signature of `request` with `key` at `now` (Unix seconds).
+    public func verify(
+        _ request: SignedRequest, body: [UInt8], key: P256.Signing.PublicKey, now: Int64
+    ) throws(SignatureFailure) -> VerifiedSignature {
+        guard let inputField = request.signatureInput, let signatureField = request.signature,
+            let digestField = request.contentDigest
+        else { throw SignatureFailure(.missing) }
+        try Self.checkDigest(digestField, body: body)
+
+        // §4.1 Signature-Input and §4.2 Signature are structured dictionaries (RFC 8941 §3.2).
+        var inputParser = StructuredFieldValueParser(Array(inputField.utf8))
+        var signatureParser = StructuredFieldValueParser(Array(signatureField.utf8))
+        guard let inputs = try? inputParser.parseDictionaryFieldValue(),
+            let signatures = try? signatureParser.parseDictionaryFieldValue()
+        else { throw SignatureFailure(.malformed, "not structured dictionaries") }
+        guard inputs.count == 1, signatures.count == 1 else {
+            throw SignatureFailure(.unsupported, "exactly one signature expected")
+        }
+        let (label, inputValue) = inputs[inputs.startIndex]
+        guard case .innerList(let input) = inputValue, case .item(let signatureItem)? = signatures[label],
+            case .undecodedByteSequence(let encoded) = signatureItem.rfc9651BareItem,
+            let signatureBytes = Data(base64Encoded: encoded)
+        else { throw SignatureFailure(.malformed, "signature label or value") }
+
+        var covered: [String] = []
+        for item in input.bareInnerList {
+            guard case .string(let name) = item.rfc9651BareItem, item.rfc9651Parameters.count == 0 else {
+                throw SignatureFailure(.unsupported, "component identifiers must be plain strings")
+            }
+            covered.append(name)
+        }
+        guard covered.count == Self.components.count, Set(covered) == Set(Self.components) else {
+            throw SignatureFailure(.unsupported, "covered components must be @method, @path, content-digest")
+        }
+
+        var created: Int64?
+        var nonce: String?
+        var expires: Int64?
+        var parameters = ""
+        for (name, value) in input.rfc9651Parameters {
+            switch (name, value) {
+            case ("created", .integer(let value)):
+                created = value
+                parameters += ";created=\(value)"
+            case ("expires", .integer(let value)):
+                expires = value
+                parameters += ";expires=\(value)"
+            case ("nonce", .string(let value)) where Self.isSafeToken(value):
+                nonce = value
+                parameters += ";nonce=\"\(value)\""
+            case ("keyid", .string(let value)) where Self.isSafeToken(value, minimum: 1):
+                parameters += ";keyid=\"\(value)\""
+            case ("alg", .string(let value)) where value == Self.algorithm:
+                parameters += ";alg=\"\(value)\""
+            default:
+                throw SignatureFailure(.unsupported, "parameter \(Self.printable(name))")
+            }
+        }
+        guard let created, let nonce else { throw SignatureFailure(.unsupported, "created and nonce are required") }
+        guard abs(now - created) <= maxSkewSeconds else {
+            throw SignatureFailure(.stale, "created \(created), now \(now)")
+        }
+        if let expires, expires < now { throw SignatureFailure(.stale, "expired at \(expires)") }
+
+        let base = Self.signatureBase(
+            covered: covered, parameters: parameters, method: request.method, path: request.path,
+            contentDigest: digestField)
+        guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: signatureBytes),
+            key.isValidSignature(signature, for: SHA256.hash(data: base))
+        else { throw SignatureFailure(.badSignature) }
+        return VerifiedSignature(created: created, nonce: nonce)
+    }
+
+    /// RFC 9421 §2.5: one line per covered component in the order listed, then `"@signature-params"`.
+    static func signatureBase(
+        covered: [String], parameters: String, method: String, path: String, contentDigest: String
+    ) -> [UInt8] {
+        var lines: [String] = []
+        for name in covered {
+            switch name {
+            case "@method": lines.append("\"@method\": \(method)")
+            case "@path": lines.append("\"@path\": \(path.isEmpty ? "/" : path)")
+            default: lines.append("\"content-digest\": \(Self.trim(contentDigest))")
+            }
+        }
+        let list = "(" + covered.map { "\"\($0)\"" }.joined(separator: " ") + ")"
+        lines.append("\"@signature-params\": \(list)\(parameters)")
+        return Array(lines.joined(separator: "\n").utf8)
+    }
+
+    /// RFC 9530 §2: a dictionary of algorithm → digest. `sha-256` and `sha-512` are checked; at least one must be
+    /// present, and every one present must match.
+    static func checkDigest(_ field: String, body: [UInt8]) throws(SignatureFailure) {
+        var parser = StructuredFieldValueParser(Array(field.utf8))
+        guard let digests = try? parser.parseDictionaryFieldValue() else {
+            throw SignatureFailure(.malformed, "content-digest")
+        }
+        var checked = 0
+        for (algorithm, value) in digests {
+            guard case .item(let item) = value, case .undecodedByteSequence(let encoded) = item.rfc9651BareItem,
+                let expected = Data(base64Encoded: encoded)
+            else { throw SignatureFailure(.malformed, "content-digest value") }
+            let actual: [UInt8]
+            switch algorithm {
+            case "sha-256": actual = Array(SHA256.hash(data: body))
+            case "sha-512": actual = Array(SHA512.hash(data: body))
+            default: continue  // §2: unknown algorithms are ignored
+            }
+            // Digests are public values, but a constant-time comparison costs nothing here.
+            guard actual.count == expected.count,
+                zip(actual, expected).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0
+            else { throw SignatureFailure(.digestMismatch) }
+            checked += 1
+        }
+        guard checked > 0 else { throw SignatureFailure(.unsupported, "no sha-256 or sha-512 digest") }
+    }
+
+    static func isSafeToken(_ text: String, minimum: Int = 16) -> Bool {
+        (minimum...128).contains(text.utf8.count)
+            && text.utf8.allSatisfy {
+                switch $0 {
+                case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                    UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "+"), UInt8(ascii: "/"), UInt8(ascii: "="),
+                    UInt8(ascii: "_"), UInt8(ascii: "-"):
+                    true
+                default: false
+                }
+            }
+    }
+
+    static func trim(_ text: String) -> String {
+        var view = Substring(text)
+        while view.first == " " || view.first == "\t" { view = view.dropFirst() }
+        while view.last == " " || view.last == "\t" { view = view.dropLast() }
+        return String(view)
+    }
+
+    static func printable(_ text: String) -> String {
+        String(text.unicodeScalars.prefix(32).map { $0.isASCII && $0.value >= 0x20 ? Character($0) : "?" })
+    }
+}
+
+/// The device side of the profile: signs a request with the device's certificate key.
+public struct MessageSigner: Sendable {
+    let key: P256.Signing.PrivateKey
+    public let label: String
+
+    public init(key: P256.Signing.PrivateKey, label: String = "bulwark") {
+        self.key = key
+        self.label = label
+    }
+
+    /// The `Content-Digest`, `Signature-Input` and `Signature` header fields for one request. `nonce` defaults to
+    /// 16 random bytes in base64 (from the system's CSPRNG through swift-crypto).
+    public func sign(
+        method: String, path: String, body: [UInt8], created: Int64, nonce: String? = nil
+    ) throws -> [(name: String, value: String)] {
+        let nonce = nonce ?? Data(SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) }).base64EncodedString()
+        let digest = "sha-256=:\(Data(SHA256.hash(data: body)).base64EncodedString()):"
+        let parameters = ";created=\(created);nonce=\"\(nonce)\";alg=\"\(MessageSignatureProfile.algorithm)\""
+        let covered = MessageSignatureProfile.components
+        let base = MessageSignatureProfile.signatureBase(
+            covered: covered, parameters: parameters, method: method, path: path, contentDigest: digest)
+        let signature = try key.signature(for: SHA256.hash(data: base)).rawRepresentation
+        let list = "(" + covered.map { "\"\($0)\"" }.joined(separator: " ") + ")"
+        return [
+            ("Content-Digest", digest),
+            ("Signature-Input", "\(label)=\(list)\(parameters)"),
+            ("Signature", "\(label)=:\(signature.base64EncodedString()):"),
+        ]
+    }
+}

@@ -1,0 +1,364 @@
+public import Core
+public import Crypto
+import Synchronization
+
+/// Configuration of the gateway pipeline. Defaults suit a sensor fleet; the hub reads them from its configuration.
+public struct GatewayPolicy: Sendable {
+    /// New connections per source address, checked before any TLS work.
+    public var connectionsPerSource = RateLimit(rate: 20, burst: 40)
+    /// Messages per source address (many devices behind one NAT share it).
+    public var messagesPerSource = RateLimit(rate: 1000, burst: 2000)
+    /// Messages per device, all routes together.
+    public var messagesPerDevice = RateLimit(rate: 10, burst: 20)
+    /// Messages per device and route (or topic class).
+    public var messagesPerRoute = RateLimit(rate: 10, burst: 20)
+    public var maxBodyBytes = 64 * 1024
+    public var json = StrictJSON()
+    public var signatures = MessageSignatureProfile()
+    public var quarantine = QuarantinePolicy()
+    /// Routes (or topic classes) a device may send to.
+    public var deviceRoutes: Set<String> = ["telemetry", "device", "events", "state"]
+    /// The message type used when a message names none.
+    public var defaultMessageType = "telemetry"
+    /// Refuse message types that have no registered schema (the default type is always allowed).
+    public var requireSchema = false
+
+    public init() {}
+}
+
+/// Time as the pipeline sees it: a monotonic clock for rate limits and the wall clock for signatures, nonces and
+/// quarantines (which must mean the same after a restart).
+public struct GatewayTime: Sendable {
+    public var monotonicNanos: Int64
+    public var unixSeconds: Int64
+    public init(monotonicNanos: Int64, unixSeconds: Int64) {
+        self.monotonicNanos = monotonicNanos
+        self.unixSeconds = unixSeconds
+    }
+}
+
+/// How a message reached the gateway, with what that protocol adds for replay protection.
+public enum Transport: Sendable {
+    /// An HTTP request, signed per RFC 9421 (or not, which is refused), and the certificate's public key.
+    case http(SignedRequest, key: P256.Signing.PublicKey?)
+    /// An MQTT PUBLISH, with the device's counter when it sent one.
+    case mqtt(counter: UInt64?)
+}
+
+/// One message as the I/O layer hands it over. `identity` comes from the client certificate, never the message.
+public struct InboundMessage: Sendable {
+    public var identity: Identity
+    public var route: String
+    public var source: String
+    public var contentType: String?
+    public var messageType: String?
+    public var body: [UInt8]
+    public var transport: Transport
+
+    public init(
+        identity: Identity, route: String, source: String, contentType: String?, messageType: String?,
+        body: [UInt8], transport: Transport
+    ) {
+        self.identity = identity
+        self.route = route
+        self.source = source
+        self.contentType = contentType
+        self.messageType = messageType
+        self.body = body
+        self.transport = transport
+    }
+}
+
+/// The pipeline's stages, in order (the first, connection limiting, runs before TLS in `admitConnection`).
+public enum Stage: String, Sendable, CaseIterable {
+    case connection, identity, quarantine, authorization
+    case rateLimit = "rate-limit"
+    case size, json, schema, replay
+}
+
+/// A refusal: the problem for the client, the detail for operators, and what the hub should record.
+public struct Refusal: Error, Sendable, CustomStringConvertible {
+    public let problem: Problem
+    public let stage: Stage
+    /// Operator-only detail: which field, which limit. Never sent to the client; never contains the body.
+    public let detail: String
+    public var retryAfterSeconds: Int?
+    /// The limit that tripped (for the RateLimit-Policy / RateLimit headers).
+    public var limit: (name: String, limit: RateLimit)?
+    /// The audit record kind to append, or nil when this refusal need not be recorded individually (repeated rate
+    /// limit trips within a minute are counted, not each written: a flood must not become a disk flood).
+    public var auditKind: String?
+    /// Set when this refusal put the device in quarantine (until then, Unix seconds).
+    public var quarantinedUntil: Int64?
+
+    public var description: String { "\(stage.rawValue): \(problem.slug): \(detail)" }
+}
+
+/// What an admitted message carries on to the store.
+public struct Admitted: Sendable {
+    public let device: DeviceID
+    public let messageType: String
+    public let value: JSONValue
+    /// The nonce to persist with the message, and when it may be forgotten.
+    public let nonce: (value: String, expiresAt: Int64)?
+    /// The counter window to persist with the message.
+    public let counterWindow: CounterWindow?
+}
+
+/// The one admission pipeline for every device-facing protocol (HTTP now, MQTT too). Pure: it decides, the hub does
+/// the I/O. Each stage is a method so the benchmark can time it; `admit` runs them in the documented order:
+/// identity → quarantine → authorization → rate limits → size and content type → strict JSON → schema → replay.
+public final class GatewayPipeline: Sendable {
+    public let policy: GatewayPolicy
+    public let connectionLimiter: RateLimiterTable<String>
+    public let sourceLimiter: RateLimiterTable<String>
+    public let deviceLimiter: RateLimiterTable<DeviceID>
+    public let routeLimiter: RateLimiterTable<RouteKey>
+    public let nonces: NonceLedger
+    public let counters = CounterWindows()
+    public let quarantine: QuarantineBook
+    private let schemas = Mutex<[String: JSONSchema]>([:])
+
+    public struct RouteKey: Hashable, Sendable {
+        let device: DeviceID
+        let route: String
+    }
+
+    public init(policy: GatewayPolicy = GatewayPolicy()) {
+        self.policy = policy
+        connectionLimiter = RateLimiterTable(limit: policy.connectionsPerSource)
+        sourceLimiter = RateLimiterTable(limit: policy.messagesPerSource)
+        deviceLimiter = RateLimiterTable(limit: policy.messagesPerDevice)
+        routeLimiter = RateLimiterTable(limit: policy.messagesPerRoute)
+        nonces = NonceLedger(retentionSeconds: 2 * policy.signatures.maxSkewSeconds + 1)
+        quarantine = QuarantineBook(policy: policy.quarantine)
+    }
+
+    // MARK: Schemas
+
+    public func setSchema(_ schema: JSONSchema, for messageType: String) {
+        schemas.withLock { $0[messageType] = schema }
+    }
+
+    public func schema(for messageType: String) -> JSONSchema? { schemas.withLock { $0[messageType] } }
+
+    /// Message type names: 1–64 characters of `[a-z0-9._-]`, so they can double as topic levels.
+    public static func isValidMessageType(_ name: String) -> Bool {
+        (1...64).contains(name.utf8.count)
+            && name.utf8.allSatisfy {
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0)
+                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+                    || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
+            }
+    }
+
+    // MARK: Stage 1: connections
+
+    /// Runs when a TCP connection is accepted, before the TLS handshake: per-source connection rate.
+    public func admitConnection(source: String, now: GatewayTime) -> Refusal? {
+        if case .deny(let wait) = connectionLimiter.decide(source, now: now.monotonicNanos) {
+            return Refusal(
+                problem: .tooManyRequests, stage: .connection,
+                detail: "connection rate from \(source) over \(policy.connectionsPerSource)",
+                retryAfterSeconds: Self.seconds(wait), limit: ("connections", policy.connectionsPerSource),
+                auditKind: nil)
+        }
+        return nil
+    }
+
+    // MARK: The message stages
+
+    public func admit(_ message: InboundMessage, now: GatewayTime) -> Result<Admitted, Refusal> {
+        do {
+            let device = try checkIdentity(message)
+            try checkQuarantine(device, now: now)
+            try checkAuthorization(device, message)
+            try checkRateLimits(device, message, now: now)
+            try checkSizeAndType(device, message, now: now)
+            let value = try parse(device, message, now: now)
+            let messageType = try checkSchema(device, message, value, now: now)
+            let (nonce, window) = try checkReplay(device, message, now: now)
+            return .success(
+                Admitted(device: device, messageType: messageType, value: value, nonce: nonce, counterWindow: window))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    public func checkIdentity(_ message: InboundMessage) throws(Refusal) -> DeviceID {
+        guard let device = message.identity.deviceID else {
+            throw Refusal(
+                problem: .forbidden, stage: .identity, detail: "\(message.identity) is not a device",
+                auditKind: "access-denied")
+        }
+        return device
+    }
+
+    /// A quarantined device gets the generic 403 and no further work (not even an audit record per request).
+    public func checkQuarantine(_ device: DeviceID, now: GatewayTime) throws(Refusal) {
+        if quarantine.isQuarantined(device, now: now.unixSeconds) {
+            throw Refusal(problem: .forbidden, stage: .quarantine, detail: "device is quarantined", auditKind: nil)
+        }
+    }
+
+    public func checkAuthorization(_ device: DeviceID, _ message: InboundMessage) throws(Refusal) {
+        guard policy.deviceRoutes.contains(message.route) else {
+            throw Refusal(
+                problem: .forbidden, stage: .authorization, detail: "route \(message.route) is not open to devices",
+                auditKind: "access-denied")
+        }
+    }
+
+    public func checkRateLimits(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) {
+        let checks: [(String, RateLimit, () -> RateDecision)] = [
+            (
+                "source", policy.messagesPerSource,
+                { self.sourceLimiter.decide(message.source, now: now.monotonicNanos) }
+            ),
+            ("device", policy.messagesPerDevice, { self.deviceLimiter.decide(device, now: now.monotonicNanos) }),
+            (
+                "route", policy.messagesPerRoute,
+                { self.routeLimiter.decide(RouteKey(device: device, route: message.route), now: now.monotonicNanos) }
+            ),
+        ]
+        for (name, limit, decide) in checks {
+            if case .deny(let wait) = decide() {
+                var refusal = offence(
+                    .rateLimited, device, now: now, problem: .tooManyRequests, stage: .rateLimit,
+                    detail: "\(name) limit \(limit) exceeded")
+                refusal.retryAfterSeconds = Self.seconds(wait)
+                refusal.limit = (name, limit)
+                throw refusal
+            }
+        }
+    }
+
+    public func checkSizeAndType(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) {
+        guard message.body.count <= policy.maxBodyBytes else {
+            throw offence(
+                .invalidMessage, device, now: now, problem: .payloadTooLarge, stage: .size,
+                detail: "body of \(message.body.count) bytes exceeds \(policy.maxBodyBytes)")
+        }
+        if case .http = message.transport {
+            guard let contentType = message.contentType, Self.isJSON(contentType) else {
+                throw offence(
+                    .invalidMessage, device, now: now, problem: .unsupportedMediaType, stage: .size,
+                    detail: "content type \(MessageSignatureProfile.printable(message.contentType ?? "none"))")
+            }
+        }
+    }
+
+    public func parse(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) -> JSONValue {
+        let value: JSONValue
+        do { value = try policy.json.parse(message.body) } catch {
+            throw offence(
+                .invalidMessage, device, now: now, problem: .invalidMessage, stage: .json,
+                detail: "strict JSON: \(error)")
+        }
+        guard case .object = value else {
+            throw offence(
+                .invalidMessage, device, now: now, problem: .invalidMessage, stage: .json,
+                detail: "top level is \(value.typeName), not object")
+        }
+        return value
+    }
+
+    /// Chooses the schema by message type (a header on HTTP, the topic on MQTT) and validates.
+    public func checkSchema(
+        _ device: DeviceID, _ message: InboundMessage, _ value: JSONValue, now: GatewayTime
+    ) throws(Refusal) -> String {
+        let messageType = message.messageType ?? policy.defaultMessageType
+        guard Self.isValidMessageType(messageType) else {
+            throw offence(
+                .invalidMessage, device, now: now, problem: .invalidMessage, stage: .schema,
+                detail: "message type name is not valid")
+        }
+        guard let schema = schema(for: messageType) else {
+            if policy.requireSchema || messageType != policy.defaultMessageType {
+                throw offence(
+                    .invalidMessage, device, now: now, problem: .invalidMessage, stage: .schema,
+                    detail: "no schema registered for message type \(messageType)")
+            }
+            return messageType
+        }
+        if let violation = schema.validate(value) {
+            throw offence(
+                .invalidMessage, device, now: now, problem: .invalidMessage, stage: .schema,
+                detail: "\(messageType): \(violation)")
+        }
+        return messageType
+    }
+
+    /// HTTP: the RFC 9421 signature with the certificate's key, then the nonce. MQTT: the counter window, when the
+    /// device sent a counter.
+    public func checkReplay(
+        _ device: DeviceID, _ message: InboundMessage, now: GatewayTime
+    ) throws(Refusal) -> ((value: String, expiresAt: Int64)?, CounterWindow?) {
+        switch message.transport {
+        case .http(let request, let key):
+            guard let key else {
+                throw Refusal(
+                    problem: .forbidden, stage: .replay, detail: "certificate key is not P-256",
+                    auditKind: "bad-signature")
+            }
+            let verified: VerifiedSignature
+            do {
+                verified = try policy.signatures.verify(request, body: message.body, key: key, now: now.unixSeconds)
+            } catch {
+                let kind: Offence =
+                    error.kind == .badSignature || error.kind == .digestMismatch ? .badSignature : .replay
+                throw offence(kind, device, now: now, problem: .unauthenticated, stage: .replay, detail: "\(error)")
+            }
+            switch nonces.claim(device: device, nonce: verified.nonce, now: now.unixSeconds) {
+            case .fresh(let expiresAt): return ((verified.nonce, expiresAt), nil)
+            case .replayed:
+                throw offence(
+                    .replay, device, now: now, problem: .unauthenticated, stage: .replay,
+                    detail: "nonce reused within the window")
+            case .full:
+                throw offence(
+                    .rateLimited, device, now: now, problem: .tooManyRequests, stage: .replay,
+                    detail: "nonce ledger full for this device")
+            }
+        case .mqtt(let counter):
+            guard let counter else { return (nil, nil) }
+            let (decision, window) = counters.accept(device: device, counter: counter)
+            guard decision == .accepted else {
+                throw offence(
+                    .replay, device, now: now, problem: .unauthenticated, stage: .replay,
+                    detail:
+                        "counter \(counter) \(decision == .replayed ? "replayed" : "too old") (highest \(window.highest))"
+                )
+            }
+            return (nil, window)
+        }
+    }
+
+    /// Counts an offence toward quarantine and builds the refusal. Repeated rate-limit trips in one minute are
+    /// audited once; other offences are bounded by their (lower) quarantine thresholds.
+    func offence(
+        _ kind: Offence, _ device: DeviceID, now: GatewayTime, problem: Problem, stage: Stage, detail: String
+    ) -> Refusal {
+        let record = quarantine.record(kind, device: device, now: now.unixSeconds)
+        let audit = kind != .rateLimited || record.countThisMinute == 1 || record.quarantinedUntil != nil
+        return Refusal(
+            problem: problem, stage: stage, detail: detail, auditKind: audit ? kind.rawValue : nil,
+            quarantinedUntil: record.quarantinedUntil)
+    }
+
+    /// Lifts a device's quarantine and its rate-limit state (`bulwark device release`).
+    @discardableResult
+    public func release(_ device: DeviceID) -> Bool {
+        deviceLimiter.reset(device)
+        return quarantine.release(device)
+    }
+
+    static func isJSON(_ contentType: String) -> Bool {
+        let mediaType = contentType.split(separator: ";", maxSplits: 1).first.map {
+            MessageSignatureProfile.trim(String($0)).lowercased()
+        }
+        return mediaType == "application/json"
+    }
+
+    static func seconds(_ nanos: Int64) -> Int { max(1, Int((nanos + 999_999_999) / 1_000_000_000)) }
+}

@@ -1,0 +1,90 @@
+public import Core
+import Synchronization
+
+/// What a device did wrong, counted toward quarantine.
+public enum Offence: String, Sendable, CaseIterable {
+    case rateLimited = "rate-limited"
+    case invalidMessage = "invalid-message"
+    case replay = "replay"
+    case badSignature = "bad-signature"
+}
+
+/// Thresholds per minute and how long a quarantine lasts.
+public struct QuarantinePolicy: Sendable, Equatable {
+    public var thresholds: [Offence: Int]
+    public var durationSeconds: Int64
+
+    public init(
+        thresholds: [Offence: Int] = [.rateLimited: 100, .invalidMessage: 20, .replay: 5, .badSignature: 5],
+        durationSeconds: Int64 = 900
+    ) {
+        self.thresholds = thresholds
+        self.durationSeconds = durationSeconds
+    }
+}
+
+/// Offence counts per device in fixed one-minute windows, and the devices in quarantine.
+public final class QuarantineBook: Sendable {
+    public struct Record: Sendable {
+        /// How many of this offence the device committed in the current minute (1 for the first).
+        public let countThisMinute: Int
+        /// Set when this offence crossed the threshold: the quarantine ends then (Unix seconds).
+        public let quarantinedUntil: Int64?
+    }
+    struct Tally {
+        var minute: Int64
+        var counts: [Offence: Int]
+    }
+    struct State {
+        var tallies: [DeviceID: Tally] = [:]
+        var until: [DeviceID: Int64] = [:]
+    }
+    public let policy: QuarantinePolicy
+    private let state = Mutex(State())
+
+    public init(policy: QuarantinePolicy) { self.policy = policy }
+
+    public func isQuarantined(_ device: DeviceID, now: Int64) -> Bool {
+        state.withLock { state in
+            guard let until = state.until[device] else { return false }
+            if until > now { return true }
+            state.until[device] = nil
+            return false
+        }
+    }
+
+    public func record(_ offence: Offence, device: DeviceID, now: Int64) -> Record {
+        state.withLock { state in
+            let minute = now / 60
+            if state.tallies.count > 100_000 { state.tallies = state.tallies.filter { $0.value.minute == minute } }
+            var tally = state.tallies[device] ?? Tally(minute: minute, counts: [:])
+            if tally.minute != minute { tally = Tally(minute: minute, counts: [:]) }
+            tally.counts[offence, default: 0] += 1
+            let count = tally.counts[offence]!
+            state.tallies[device] = tally
+            guard let threshold = policy.thresholds[offence], count >= threshold, (state.until[device] ?? 0) <= now
+            else { return Record(countThisMinute: count, quarantinedUntil: nil) }
+            let until = now + policy.durationSeconds
+            state.until[device] = until
+            return Record(countThisMinute: count, quarantinedUntil: until)
+        }
+    }
+
+    /// Lifts a quarantine (operator act) and forgets the device's offences this minute.
+    @discardableResult
+    public func release(_ device: DeviceID) -> Bool {
+        state.withLock { state in
+            state.tallies[device] = nil
+            return state.until.removeValue(forKey: device) != nil
+        }
+    }
+
+    /// Restores quarantines persisted before a restart.
+    public func load(_ entries: [(DeviceID, Int64)], now: Int64) {
+        state.withLock { state in for (device, until) in entries where until > now { state.until[device] = until } }
+    }
+
+    public func quarantined(now: Int64) -> [(DeviceID, Int64)] {
+        state.withLock { state in state.until.filter { $0.value > now }.map { ($0.key, $0.value) } }
+    }
+}

@@ -1,0 +1,152 @@
+public import Core
+import Synchronization
+
+/// Nonces seen within the replay window, per device, bounded in memory.
+///
+/// A signature is accepted only while `created` is within ±skew of now, so a nonce first seen at time t can be
+/// replayed successfully only until t + 2·skew: it is kept exactly that long (`retention`). Entries expire in
+/// insertion order, so expiry is a FIFO walk: O(1) amortised per request. Both the whole ledger and each device
+/// are capped; a device that fills its share is refused (fail closed) rather than old nonces being forgotten early.
+/// The hub persists each admitted nonce with the message it came with, and `load` restores them after a restart.
+public final class NonceLedger: Sendable {
+    public enum Decision: Sendable, Equatable {
+        case fresh(expiresAt: Int64)
+        case replayed
+        case full
+    }
+    struct Key: Hashable {
+        let device: DeviceID
+        let nonce: String
+    }
+    struct State {
+        var expiry: [Key: Int64] = [:]
+        var order: [Key] = []
+        var head = 0
+        var perDevice: [DeviceID: Int] = [:]
+    }
+    public let retention: Int64
+    public let capacity: Int
+    public let perDeviceCapacity: Int
+    private let state = Mutex(State())
+
+    public init(retentionSeconds: Int64, capacity: Int = 1_000_000, perDeviceCapacity: Int = 10_000) {
+        retention = retentionSeconds
+        self.capacity = capacity
+        self.perDeviceCapacity = perDeviceCapacity
+    }
+
+    /// Claims `nonce` for `device` at `now` (Unix seconds): fresh once, `replayed` every later time until it expires.
+    public func claim(device: DeviceID, nonce: String, now: Int64) -> Decision {
+        let key = Key(device: device, nonce: nonce)
+        return state.withLock { state in
+            Self.expire(&state, now: now)
+            if state.expiry[key] != nil { return .replayed }
+            guard state.expiry.count < capacity, state.perDevice[device, default: 0] < perDeviceCapacity else {
+                return .full
+            }
+            let expiresAt = now + retention
+            Self.insert(&state, key, expiresAt)
+            return .fresh(expiresAt: expiresAt)
+        }
+    }
+
+    /// Gives a claimed nonce back (the message it came with could not be stored, so nothing was acknowledged).
+    public func release(device: DeviceID, nonce: String) {
+        state.withLock { state in
+            if state.expiry.removeValue(forKey: Key(device: device, nonce: nonce)) != nil {
+                state.perDevice[device, default: 1] -= 1
+            }
+        }
+    }
+
+    /// Restores nonces persisted before a restart (those already expired are skipped).
+    public func load(_ entries: [(device: DeviceID, nonce: String, expiresAt: Int64)], now: Int64) {
+        state.withLock { state in
+            for entry in entries.sorted(by: { $0.expiresAt < $1.expiresAt }) where entry.expiresAt > now {
+                let key = Key(device: entry.device, nonce: entry.nonce)
+                if state.expiry[key] == nil { Self.insert(&state, key, entry.expiresAt) }
+            }
+        }
+    }
+
+    public var count: Int { state.withLock { $0.expiry.count } }
+
+    private static func insert(_ state: inout State, _ key: Key, _ expiresAt: Int64) {
+        state.expiry[key] = expiresAt
+        state.order.append(key)
+        state.perDevice[key.device, default: 0] += 1
+    }
+
+    private static func expire(_ state: inout State, now: Int64) {
+        while state.head < state.order.count {
+            let key = state.order[state.head]
+            if let expiresAt = state.expiry[key] {
+                guard expiresAt <= now else { break }
+                state.expiry[key] = nil
+                let left = state.perDevice[key.device, default: 1] - 1
+                state.perDevice[key.device] = left > 0 ? left : nil
+            }
+            state.head += 1
+        }
+        if state.head > 1024, state.head * 2 > state.order.count {
+            state.order.removeFirst(state.head)
+            state.head = 0
+        }
+    }
+}
+
+/// An anti-replay sliding window over a per-device monotonic counter (as IPsec ESP, RFC 4303 §3.4.3, and OSCORE,
+/// RFC 8613 §7.4): the highest counter seen and a 64-bit map of which of the 64 counters below it were seen.
+/// Counters start at 1. Anything at or below `highest − 64` is too old; anything seen before is a replay.
+public struct CounterWindow: Sendable, Equatable {
+    public static let width: UInt64 = 64
+    public private(set) var highest: UInt64
+    public private(set) var seen: UInt64
+
+    public init(highest: UInt64 = 0, seen: UInt64 = 0) {
+        self.highest = highest
+        self.seen = seen
+    }
+
+    public enum Decision: Sendable, Equatable { case accepted, replayed, tooOld }
+
+    public mutating func accept(_ counter: UInt64) -> Decision {
+        guard counter > 0 else { return .tooOld }
+        if counter > highest {
+            let shift = counter - highest
+            seen = shift >= Self.width ? 1 : (seen << shift) | 1
+            highest = counter
+            return .accepted
+        }
+        let offset = highest - counter
+        guard offset < Self.width else { return .tooOld }
+        let bit: UInt64 = 1 << offset
+        guard seen & bit == 0 else { return .replayed }
+        seen |= bit
+        return .accepted
+    }
+}
+
+/// The counter windows of all devices. The hub stores a device's window with each message it admits (in the same
+/// transaction), and loads them at start, so a restart never reopens counters already used.
+public final class CounterWindows: Sendable {
+    private let windows = Mutex<[DeviceID: CounterWindow]>([:])
+
+    public init() {}
+
+    /// Checks and records `counter`; returns the decision and, when accepted, the window to persist.
+    public func accept(device: DeviceID, counter: UInt64) -> (CounterWindow.Decision, CounterWindow) {
+        windows.withLock { windows in
+            var window = windows[device] ?? CounterWindow()
+            let decision = window.accept(counter)
+            if decision == .accepted { windows[device] = window }
+            return (decision, window)
+        }
+    }
+
+    public func load(_ entries: [(DeviceID, CounterWindow)]) {
+        windows.withLock { windows in for (device, window) in entries { windows[device] = window } }
+    }
+
+    public func window(of device: DeviceID) -> CounterWindow? { windows.withLock { $0[device] } }
+}

@@ -1,0 +1,224 @@
+import Core
+import Crypto
+import Foundation
+import Testing
+
+@testable import Gateway
+
+@Suite struct ReplayTests {
+    @Test func counterWindow() {
+        var window = CounterWindow()
+        #expect(window.accept(0) == .tooOld)
+        #expect(window.accept(1) == .accepted)
+        #expect(window.accept(1) == .replayed)
+        #expect(window.accept(5) == .accepted)
+        #expect(window.accept(3) == .accepted)  // out of order inside the window
+        #expect(window.accept(3) == .replayed)
+        #expect(window.accept(200) == .accepted)
+        #expect(window.accept(136) == .tooOld)  // 200 − 64 is outside
+        #expect(window.accept(137) == .accepted)  // 200 − 63 is the oldest inside
+        #expect(window.accept(5) == .tooOld)
+        // A restart restores the same window: old counters stay closed.
+        var restored = CounterWindow(highest: window.highest, seen: window.seen)
+        #expect(restored.accept(200) == .replayed)
+        #expect(restored.accept(137) == .replayed)
+        #expect(restored.accept(136) == .tooOld)
+        #expect(restored.accept(UInt64.max) == .accepted)
+        #expect(restored.accept(UInt64.max) == .replayed)
+    }
+
+    @Test func nonceLedger() throws {
+        let device = try DeviceID("d1")
+        let other = try DeviceID("d2")
+        let ledger = NonceLedger(retentionSeconds: 121, capacity: 100, perDeviceCapacity: 3)
+        #expect(ledger.claim(device: device, nonce: "a", now: 1000) == .fresh(expiresAt: 1121))
+        #expect(ledger.claim(device: device, nonce: "a", now: 1100) == .replayed)
+        #expect(ledger.claim(device: other, nonce: "a", now: 1100) == .fresh(expiresAt: 1221))  // per device
+        #expect(ledger.claim(device: device, nonce: "b", now: 1100) == .fresh(expiresAt: 1221))
+        #expect(ledger.claim(device: device, nonce: "c", now: 1100) == .fresh(expiresAt: 1221))
+        #expect(ledger.claim(device: device, nonce: "d", now: 1100) == .full)  // this device's share is used
+        #expect(ledger.claim(device: device, nonce: "a", now: 1121) == .fresh(expiresAt: 1242))  // expired, then new
+        // A restart: the persisted entries come back.
+        let restarted = NonceLedger(retentionSeconds: 121)
+        restarted.load([(device, "b", 1221), (device, "old", 900)], now: 1150)
+        #expect(restarted.claim(device: device, nonce: "b", now: 1150) == .replayed)
+        #expect(restarted.count == 1)
+    }
+
+    @Test func quarantine() throws {
+        let device = try DeviceID("d1")
+        let book = QuarantineBook(policy: QuarantinePolicy(thresholds: [.replay: 3], durationSeconds: 600))
+        #expect(book.record(.replay, device: device, now: 60).quarantinedUntil == nil)
+        #expect(book.record(.replay, device: device, now: 61).quarantinedUntil == nil)
+        #expect(book.record(.replay, device: device, now: 62).quarantinedUntil == 662)
+        #expect(book.isQuarantined(device, now: 661))
+        #expect(!book.isQuarantined(device, now: 662))
+        // Offences in different minutes do not add up.
+        #expect(book.record(.replay, device: device, now: 1000).countThisMinute == 1)
+        _ = book.record(.replay, device: device, now: 1001)
+        _ = book.record(.replay, device: device, now: 1002)
+        #expect(book.isQuarantined(device, now: 1003))
+        #expect(book.release(device))
+        #expect(!book.isQuarantined(device, now: 1003))
+    }
+}
+
+@Suite struct PipelineTests {
+    let key = P256.Signing.PrivateKey()
+
+    func pipeline(_ configure: (inout GatewayPolicy) -> Void = { _ in }) throws -> GatewayPipeline {
+        var policy = GatewayPolicy()
+        configure(&policy)
+        let pipeline = GatewayPipeline(policy: policy)
+        pipeline.setSchema(try JSONSchema(bytes: try fixture("telemetry.schema.json")), for: "telemetry")
+        return pipeline
+    }
+
+    func message(
+        _ body: [UInt8], device: String = "d1", at: GatewayTime, nonce: String? = nil,
+        key: P256.Signing.PrivateKey? = nil
+    ) throws -> InboundMessage {
+        let headers = try MessageSigner(key: key ?? self.key).sign(
+            method: "POST", path: "/v1/telemetry", body: body, created: at.unixSeconds, nonce: nonce)
+        func field(_ name: String) -> String? { headers.first { $0.name == name }?.value }
+        return InboundMessage(
+            identity: .device(try DeviceID(device)), route: "telemetry", source: "192.0.2.1",
+            contentType: "application/json", messageType: nil, body: body,
+            transport: .http(
+                SignedRequest(
+                    method: "POST", path: "/v1/telemetry", signatureInput: field("Signature-Input"),
+                    signature: field("Signature"), contentDigest: field("Content-Digest")),
+                key: self.key.publicKey))
+    }
+
+    /// The adversarial corpus against the pipeline directly (the same manifest runs against the live endpoint in
+    /// HubTests): every body is refused at its stage with its status, and the controls pass.
+    @Test func adversarialCorpus() throws {
+        let cases = try CorpusCase.all()
+        #expect(cases.filter { $0.status != 202 }.count >= 50)
+        let gateway = try pipeline { $0.messagesPerDevice = RateLimit(rate: 1000, burst: 1000) }
+        for (index, entry) in cases.enumerated() {
+            let at = time(Double(index) * 0.001)
+            // Each case from its own device, so quarantine thresholds do not mix the cases up.
+            let result = gateway.admit(try message(try entry.body(), device: "c\(index)", at: at), now: at)
+            switch result {
+            case .success:
+                #expect(entry.status == 202, "\(entry.name) was admitted")
+            case .failure(let refusal):
+                #expect(refusal.problem.status == entry.status, "\(entry.name): \(refusal)")
+                #expect(refusal.stage.rawValue == entry.stage, "\(entry.name): \(refusal)")
+                #expect(refusal.auditKind != nil, "\(entry.name) leaves no audit record")
+                #expect(!refusal.detail.isEmpty)
+            }
+        }
+    }
+
+    @Test func floodingDeviceIsLimitedThenQuarantinedWhileAnotherIsUntouched() throws {
+        let gateway = try pipeline {
+            $0.messagesPerDevice = RateLimit(rate: 10, burst: 20)
+            $0.messagesPerRoute = RateLimit(rate: 10, burst: 20)
+            $0.quarantine = QuarantinePolicy(thresholds: [.rateLimited: 50], durationSeconds: 300)
+        }
+        let body = Array(#"{"temperature":1}"#.utf8)
+        var flooderAdmitted = 0
+        var flooderRefused: [Refusal] = []
+        var normalRefused = 0
+        // Two seconds: the flooder sends at 100/s (10× its rate), the other device at 10/s.
+        for tick in 0..<200 {
+            let at = time(Double(tick) * 0.01)
+            switch gateway.admit(try message(body, device: "flooder", at: at), now: at) {
+            case .success: flooderAdmitted += 1
+            case .failure(let refusal): flooderRefused.append(refusal)
+            }
+            if tick % 10 == 0, case .failure = gateway.admit(try message(body, device: "normal", at: at), now: at) {
+                normalRefused += 1
+            }
+        }
+        #expect(normalRefused == 0)
+        #expect(flooderAdmitted >= 20 && flooderAdmitted <= 42, "burst 20 plus 10/s for 2 s")
+        let first = try #require(flooderRefused.first)
+        #expect(first.problem == .tooManyRequests)
+        #expect(first.retryAfterSeconds == 1)
+        #expect(first.auditKind == "rate-limited")
+        #expect(flooderRefused.dropFirst().first?.auditKind == nil, "repeated trips are counted, not each audited")
+        let quarantining = try #require(flooderRefused.first { $0.quarantinedUntil != nil })
+        #expect(quarantining.auditKind == "rate-limited")
+        // In quarantine: the generic 403, no audit record, no further work.
+        let later = time(2.5)
+        guard case .failure(let refusal) = gateway.admit(try message(body, device: "flooder", at: later), now: later)
+        else { throw TestFailure("quarantined device admitted") }
+        #expect(refusal.problem == .forbidden && refusal.stage == .quarantine && refusal.auditKind == nil)
+        #expect(gateway.release(try DeviceID("flooder")))
+        let released = time(3)
+        guard case .success = gateway.admit(try message(body, device: "flooder", at: released), now: released) else {
+            throw TestFailure("released device refused")
+        }
+    }
+
+    @Test func replayedAndForeignSignaturesAreRefused() throws {
+        let gateway = try pipeline()
+        let body = Array(#"{"temperature":1}"#.utf8)
+        let at = time(0)
+        let captured = try message(body, at: at, nonce: "captured-nonce-0001")
+        guard case .success(let admitted) = gateway.admit(captured, now: at) else { throw TestFailure("refused") }
+        #expect(admitted.nonce?.value == "captured-nonce-0001")
+        // The same request again, one second later.
+        guard case .failure(let replay) = gateway.admit(captured, now: time(1)) else { throw TestFailure("replayed") }
+        #expect(replay.problem == .unauthenticated && replay.stage == .replay && replay.auditKind == "replay")
+        // Signed by another key than the certificate's.
+        let foreign = try message(body, at: at, key: P256.Signing.PrivateKey())
+        guard case .failure(let bad) = gateway.admit(foreign, now: at) else { throw TestFailure("foreign key") }
+        #expect(bad.auditKind == "bad-signature")
+        // Unsigned.
+        var unsigned = try message(body, at: at)
+        unsigned.transport = .http(
+            SignedRequest(
+                method: "POST", path: "/v1/telemetry", signatureInput: nil, signature: nil, contentDigest: nil),
+            key: key.publicKey)
+        guard case .failure(let missing) = gateway.admit(unsigned, now: at) else { throw TestFailure("unsigned") }
+        #expect(missing.problem == .unauthenticated)
+    }
+
+    @Test func mqttCounterWindow() throws {
+        let gateway = try pipeline()
+        let at = time(0)
+        func publish(_ counter: UInt64?) -> Result<Admitted, Refusal> {
+            gateway.admit(
+                InboundMessage(
+                    identity: .device(try! DeviceID("m1")), route: "telemetry", source: "192.0.2.9",
+                    contentType: nil, messageType: "telemetry", body: Array(#"{"temperature":2}"#.utf8),
+                    transport: .mqtt(counter: counter)), now: at)
+        }
+        guard case .success(let first) = publish(7) else { throw TestFailure("refused") }
+        #expect(first.counterWindow?.highest == 7)
+        guard case .failure(let replay) = publish(7) else { throw TestFailure("replayed counter admitted") }
+        #expect(replay.stage == .replay)
+        guard case .success = publish(nil) else { throw TestFailure("no counter refused") }
+    }
+
+    @Test func operatorsAndUnknownRoutesAreNotDevices() throws {
+        let gateway = try pipeline()
+        let at = time(0)
+        var fromOperator = try message(Array(#"{"temperature":1}"#.utf8), at: at)
+        fromOperator.identity = .operator(try OperatorName("admin"))
+        guard case .failure(let refusal) = gateway.admit(fromOperator, now: at) else { throw TestFailure("admitted") }
+        #expect(refusal.problem == .forbidden && refusal.stage == .identity)
+        var elsewhere = try message(Array(#"{"temperature":1}"#.utf8), at: at)
+        elsewhere.route = "admin"
+        guard case .failure(let denied) = gateway.admit(elsewhere, now: at) else { throw TestFailure("admitted") }
+        #expect(denied.stage == .authorization)
+    }
+
+    @Test func connectionRatePerSource() {
+        let gateway = GatewayPipeline()
+        var refused = 0
+        for _ in 0..<100 where gateway.admitConnection(source: "198.51.100.7", now: time(0)) != nil { refused += 1 }
+        #expect(refused == 60)  // burst 40
+        #expect(gateway.admitConnection(source: "198.51.100.8", now: time(0)) == nil)
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

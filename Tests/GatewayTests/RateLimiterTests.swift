@@ -1,0 +1,56 @@
+import Testing
+
+@testable import Gateway
+
+@Suite struct RateLimiterTests {
+    @Test func burstThenRefusedThenRefilled() {
+        let table = RateLimiterTable<String>(limit: RateLimit(rate: 10, burst: 5))
+        for expected in (0..<5).reversed() {
+            #expect(table.decide("a", now: 0) == .admit(remaining: expected))
+        }
+        // The sixth at the same instant waits one interval (100 ms).
+        #expect(table.decide("a", now: 0) == .deny(retryAfterNanos: 100_000_000))
+        // Another key is unaffected.
+        #expect(table.decide("b", now: 0) == .admit(remaining: 4))
+        // After 100 ms exactly one more is allowed.
+        #expect(table.decide("a", now: 100_000_000) == .admit(remaining: 0))
+        #expect(table.decide("a", now: 100_000_000) != .admit(remaining: 0))
+        // After a full window the whole burst is back.
+        #expect(table.decide("a", now: 2_000_000_000) == .admit(remaining: 4))
+    }
+
+    @Test func sustainedRateIsHeld() {
+        let table = RateLimiterTable<String>(limit: RateLimit(rate: 100, burst: 1))
+        var admitted = 0
+        // 10× the rate for one second: 100 admitted (plus the first).
+        for step in 0..<1000 {
+            if case .admit = table.decide("d", now: Int64(step) * 1_000_000) { admitted += 1 }
+        }
+        #expect(admitted == 100)
+    }
+
+    @Test func evictingIdleKeysLosesNothing() {
+        let table = RateLimiterTable<Int>(limit: RateLimit(rate: 1, burst: 2))
+        for key in 0..<100 { _ = table.decide(key, now: 0) }
+        #expect(table.count == 100)
+        table.evictIdle(now: 500_000_000)
+        #expect(table.count == 100)  // still inside their interval
+        table.evictIdle(now: 1_000_000_000)
+        #expect(table.count == 0)
+        // An evicted key starts with its full burst, which is what it had earned anyway.
+        #expect(table.decide(1, now: 1_000_000_000) == .admit(remaining: 1))
+    }
+
+    @Test func fullTableFailsClosedForNewKeys() {
+        let table = RateLimiterTable<Int>(limit: RateLimit(rate: 1, burst: 1), capacity: 10)
+        for key in 0..<10 { #expect(table.decide(key, now: 0) == .admit(remaining: 0)) }
+        guard case .deny = table.decide(99, now: 0) else {
+            Issue.record("a new key was admitted into a full table")
+            return
+        }
+        #expect(table.overflowed == 1)
+        // Once the old keys are idle they are swept and the newcomer gets in.
+        #expect(table.decide(99, now: 2_000_000_000) == .admit(remaining: 0))
+        #expect(table.count == 1)
+    }
+}

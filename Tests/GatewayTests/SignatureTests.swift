@@ -1,0 +1,113 @@
+import Crypto
+import Foundation
+import Testing
+
+@testable import Gateway
+
+@Suite struct SignatureTests {
+    let key = P256.Signing.PrivateKey()
+    let profile = MessageSignatureProfile(maxSkewSeconds: 60)
+    let body = Array(#"{"temperature":21.5}"#.utf8)
+    let now: Int64 = 1_796_000_000
+
+    func request(_ headers: [(name: String, value: String)], method: String = "POST", path: String = "/v1/telemetry")
+        -> SignedRequest
+    {
+        func field(_ name: String) -> String? { headers.first { $0.name == name }?.value }
+        return SignedRequest(
+            method: method, path: path, signatureInput: field("Signature-Input"), signature: field("Signature"),
+            contentDigest: field("Content-Digest"))
+    }
+
+    func signed(created: Int64? = nil, nonce: String = "n0nce-0123456789abcdef") throws -> SignedRequest {
+        request(
+            try MessageSigner(key: key).sign(
+                method: "POST", path: "/v1/telemetry", body: body, created: created ?? now, nonce: nonce))
+    }
+
+    func failure(_ request: SignedRequest, body: [UInt8]? = nil, key: P256.Signing.PublicKey? = nil)
+        -> SignatureFailure.Kind?
+    {
+        do {
+            _ = try profile.verify(request, body: body ?? self.body, key: key ?? self.key.publicKey, now: now)
+            return nil
+        } catch { return error.kind }
+    }
+
+    @Test func roundTrip() throws {
+        let verified = try profile.verify(try signed(), body: body, key: key.publicKey, now: now)
+        #expect(verified == VerifiedSignature(created: now, nonce: "n0nce-0123456789abcdef"))
+    }
+
+    @Test func attacksAreRefused() throws {
+        let good = try signed()
+        // Tampered body (digest no longer matches).
+        #expect(failure(good, body: Array(#"{"temperature":99.5}"#.utf8)) == .digestMismatch)
+        // Body and digest both replaced: the signature covers the digest.
+        var swapped = good
+        swapped.contentDigest = "sha-256=:\(Data(SHA256.hash(data: [1, 2, 3])).base64EncodedString()):"
+        #expect(failure(swapped, body: [1, 2, 3]) == .badSignature)
+        // Another device's key.
+        #expect(failure(good, key: P256.Signing.PrivateKey().publicKey) == .badSignature)
+        // Method or path changed.
+        var retargeted = good
+        retargeted.path = "/v1/device"
+        #expect(failure(retargeted) == .badSignature)
+        retargeted = good
+        retargeted.method = "PUT"
+        #expect(failure(retargeted) == .badSignature)
+        // Ten minutes old, or from the future.
+        #expect(failure(try signed(created: now - 600)) == .stale)
+        #expect(failure(try signed(created: now + 600)) == .stale)
+        // Missing pieces.
+        var missing = good
+        missing.signature = nil
+        #expect(failure(missing) == .missing)
+        missing = good
+        missing.contentDigest = nil
+        #expect(failure(missing) == .missing)
+    }
+
+    @Test func profileIsEnforced() throws {
+        let good = try signed()
+        func with(input: String) -> SignedRequest {
+            var r = good
+            r.signatureInput = input
+            return r
+        }
+        let list = #"("@method" "@path" "content-digest")"#
+        #expect(
+            failure(with(input: #"bulwark=("@method" "@path");created=\#(now);nonce="n0nce-0123456789abcdef""#))
+                == .unsupported)
+        #expect(failure(with(input: #"bulwark=\#(list);nonce="n0nce-0123456789abcdef""#)) == .unsupported)
+        #expect(failure(with(input: #"bulwark=\#(list);created=\#(now)"#)) == .unsupported)
+        #expect(failure(with(input: #"bulwark=\#(list);created=\#(now);nonce="short""#)) == .unsupported)
+        #expect(
+            failure(with(input: #"bulwark=\#(list);created=\#(now);nonce="n0nce-0123456789abcdef";alg="hmac-sha256""#))
+                == .unsupported)
+        #expect(failure(with(input: #"other=\#(list);created=\#(now);nonce="n0nce-0123456789abcdef""#)) == .malformed)
+        #expect(failure(with(input: "bulwark=(((")) == .malformed)
+        // Changing any signed parameter breaks the signature.
+        #expect(
+            failure(
+                with(
+                    input:
+                        #"bulwark=\#(list);created=\#(now - 1);nonce="n0nce-0123456789abcdef";alg="ecdsa-p256-sha256""#)
+            ) == .badSignature)
+        // A DER signature instead of raw r‖s is refused.
+        var der = good
+        let derSignature = try key.signature(for: Data("x".utf8)).derRepresentation.base64EncodedString()
+        der.signature = "bulwark=:\(derSignature):"
+        #expect(failure(der) == .badSignature)
+    }
+
+    /// RFC 9530 Appendix: the sha-256 digest of `{"hello": "world"}` (with the space), as the RFC gives it.
+    @Test func contentDigestKnownAnswer() throws {
+        try MessageSignatureProfile.checkDigest(
+            "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:", body: Array(#"{"hello": "world"}"#.utf8))
+        #expect(throws: SignatureFailure.self) {
+            try MessageSignatureProfile.checkDigest(
+                "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:", body: Array(#"{"hello":"world"}"#.utf8))
+        }
+    }
+}
