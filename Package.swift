@@ -70,7 +70,10 @@ let package = Package(
         // Store protocols, in-memory twins, SQLite (GRDB) backend, migrations.
         .target(
             name: "Store",
-            dependencies: ["Core", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: [
+                "Core", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
         // Hub wiring: TLS listeners, routes, key files, configuration, services.
         .target(

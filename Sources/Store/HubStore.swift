@@ -19,11 +19,25 @@ public protocol HubStore: Sendable {
     func appendTelemetry(_ message: NewTelemetry) async throws -> Int64
     func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord]
     func telemetryCount(of device: DeviceID?) async throws -> Int
+    /// Appends to the tamper-evident audit log.
     func recordSecurityEvent(_ event: SecurityEvent) async throws
     func securityEvents(limit: Int) async throws -> [SecurityEvent]
     /// The identity resolving key given to a device at pairing (a secret: never logged or returned by the API).
     func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws
     /// Every active device's IRK, to build the rotating-identifier resolver.
     func identityResolvingKeys() async throws -> [(DeviceID, [UInt8])]
+    /// The audit log in order, from the record after `sequence` (hash-chained: see `AuditChain`).
+    func auditRecords(after sequence: Int64, limit: Int) async throws -> [AuditRecord]
+    /// A nonce admitted without a message to carry it (a signed read).
+    func recordNonce(device: DeviceID, nonce: StoredNonce) async throws
+    /// Nonces that may still be replayed at `now` (Unix seconds), to reload the replay check after a restart.
+    func liveNonces(now: Int64) async throws -> [(DeviceID, StoredNonce)]
+    func counterWindows() async throws -> [(DeviceID, StoredCounterWindow)]
+    /// Quarantines until `until` (Unix seconds); nil lifts it.
+    func setQuarantine(_ device: DeviceID, until: Int64?) async throws
+    func quarantines() async throws -> [(DeviceID, Int64)]
+    /// Registers (or replaces) the JSON Schema of a message type; the caller has validated it.
+    func putSchema(name: String, body: [UInt8], at: Date) async throws
+    func schemas() async throws -> [(String, [UInt8])]
     func close() async throws
 }

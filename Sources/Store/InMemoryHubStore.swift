@@ -6,8 +6,12 @@ public actor InMemoryHubStore: HubStore {
     private var deviceRecords: [DeviceID: DeviceRecord] = [:]
     private var certificateRecords: [String: CertificateRecord] = [:]
     private var telemetryRecords: [TelemetryRecord] = []
-    private var events: [SecurityEvent] = []
     private var irks: [DeviceID: [UInt8]] = [:]
+    private var audit: [AuditRecord] = []
+    private var nonceRecords: [DeviceID: [String: Int64]] = [:]
+    private var windows: [DeviceID: StoredCounterWindow] = [:]
+    private var quarantineRecords: [DeviceID: Int64] = [:]
+    private var schemaRecords: [String: [UInt8]] = [:]
 
     public init() {}
 
@@ -66,6 +70,8 @@ public actor InMemoryHubStore: HubStore {
             TelemetryRecord(
                 id: id, deviceID: message.deviceID, receivedAt: message.receivedAt,
                 correlationID: message.correlationID, body: message.body))
+        if let nonce = message.nonce { nonceRecords[message.deviceID, default: [:]][nonce.nonce] = nonce.expiresAt }
+        if let window = message.counterWindow { windows[message.deviceID] = window }
         return id
     }
 
@@ -80,11 +86,47 @@ public actor InMemoryHubStore: HubStore {
 
     public func recordSecurityEvent(_ event: SecurityEvent) async throws {
         var event = event
-        event.id = Int64(events.count + 1)
-        events.append(event)
+        let sequence = Int64(audit.count + 1)
+        event.id = sequence
+        let previous = audit.last?.hash ?? AuditChain.genesis
+        audit.append(
+            AuditRecord(
+                sequence: sequence, event: event, previousHash: previous,
+                hash: AuditChain.hash(sequence: sequence, event: event, previous: previous)))
     }
 
-    public func securityEvents(limit: Int) async throws -> [SecurityEvent] { Array(events.suffix(limit).reversed()) }
+    public func securityEvents(limit: Int) async throws -> [SecurityEvent] {
+        Array(audit.suffix(limit).reversed().map(\.event))
+    }
+
+    public func auditRecords(after sequence: Int64, limit: Int) async throws -> [AuditRecord] {
+        Array(audit.filter { $0.sequence > sequence }.prefix(limit))
+    }
+
+    public func recordNonce(device: DeviceID, nonce: StoredNonce) async throws {
+        // The in-memory ledger is the check; the store only remembers (as SQLite's INSERT OR IGNORE).
+        nonceRecords[device, default: [:]][nonce.nonce] = nonce.expiresAt
+    }
+
+    public func liveNonces(now: Int64) async throws -> [(DeviceID, StoredNonce)] {
+        nonceRecords.flatMap { device, nonces in
+            nonces.filter { $0.value > now }.map { (device, StoredNonce(nonce: $0.key, expiresAt: $0.value)) }
+        }
+    }
+
+    public func counterWindows() async throws -> [(DeviceID, StoredCounterWindow)] {
+        windows.map { ($0.key, $0.value) }
+    }
+
+    public func setQuarantine(_ device: DeviceID, until: Int64?) async throws { quarantineRecords[device] = until }
+
+    public func quarantines() async throws -> [(DeviceID, Int64)] { quarantineRecords.map { ($0.key, $0.value) } }
+
+    public func putSchema(name: String, body: [UInt8], at: Date) async throws { schemaRecords[name] = body }
+
+    public func schemas() async throws -> [(String, [UInt8])] {
+        schemaRecords.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
 
     public func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws {
         guard deviceRecords[device] != nil else { throw StoreError(.notFound, "no such device") }

@@ -50,12 +50,21 @@ public struct NewTelemetry: Sendable {
     public var receivedAt: Date
     public var correlationID: String
     public var body: [UInt8]
+    /// The request nonce to remember (HTTP), stored in the same transaction as the message.
+    public var nonce: StoredNonce?
+    /// The device's counter window after this message (MQTT), stored in the same transaction.
+    public var counterWindow: StoredCounterWindow?
 
-    public init(deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8]) {
+    public init(
+        deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8], nonce: StoredNonce? = nil,
+        counterWindow: StoredCounterWindow? = nil
+    ) {
         self.deviceID = deviceID
         self.receivedAt = receivedAt
         self.correlationID = correlationID
         self.body = body
+        self.nonce = nonce
+        self.counterWindow = counterWindow
     }
 }
 

@@ -81,6 +81,43 @@ public final class SQLiteHubStore: HubStore {
                     );
                     """)
         }
+        migrator.registerMigration("v3: gateway state and the audit chain") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE audit_log (
+                        seq INTEGER PRIMARY KEY NOT NULL,
+                        at INTEGER NOT NULL,
+                        kind TEXT NOT NULL,
+                        identity TEXT,
+                        source TEXT,
+                        correlation_id TEXT,
+                        detail TEXT NOT NULL,
+                        prev_hash BLOB NOT NULL,
+                        hash BLOB NOT NULL
+                    );
+                    CREATE TABLE nonces (
+                        device_id TEXT NOT NULL,
+                        nonce TEXT NOT NULL,
+                        expires_at INTEGER NOT NULL,
+                        PRIMARY KEY (device_id, nonce)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX nonces_expiry ON nonces(expires_at);
+                    CREATE TABLE counter_windows (
+                        device_id TEXT PRIMARY KEY NOT NULL,
+                        highest INTEGER NOT NULL,
+                        seen INTEGER NOT NULL
+                    );
+                    CREATE TABLE quarantines (
+                        device_id TEXT PRIMARY KEY NOT NULL,
+                        until INTEGER NOT NULL
+                    );
+                    CREATE TABLE schemas (
+                        name TEXT PRIMARY KEY NOT NULL,
+                        body BLOB NOT NULL,
+                        updated_at INTEGER NOT NULL
+                    );
+                    """)
+        }
         return migrator
     }
 
@@ -197,27 +234,116 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
+    /// Appends to the hash-chained audit log (the security events of every earlier version live in
+    /// `security_events`, which is kept but no longer written).
     public func recordSecurityEvent(_ event: SecurityEvent) async throws {
         try await write { db in
+            let last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            let sequence: Int64 = (last?["seq"] ?? 0) + 1
+            let previous: [UInt8] = (last?["hash"] as Data?).map { Array($0) } ?? AuditChain.genesis
+            let hash = AuditChain.hash(sequence: sequence, event: event, previous: previous)
             try db.execute(
                 sql: """
-                    INSERT INTO security_events (at, kind, identity, source, correlation_id, detail)
-                    VALUES (?, ?, ?, ?, ?, ?)
+                    INSERT INTO audit_log (seq, at, kind, identity, source, correlation_id, detail, prev_hash, hash)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
-                    event.at.millis, event.kind, event.identity, event.source, event.correlationID, event.detail,
+                    sequence, event.at.millis, event.kind, event.identity, event.source, event.correlationID,
+                    event.detail, Data(previous), Data(hash),
                 ])
         }
     }
 
     public func securityEvents(limit: Int) async throws -> [SecurityEvent] {
         try await read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM security_events ORDER BY id DESC LIMIT ?", arguments: [limit]).map
-            {
-                row in
-                SecurityEvent(
-                    id: row["id"], at: Date(millis: row["at"]), kind: row["kind"], identity: row["identity"],
-                    source: row["source"], correlationID: row["correlation_id"], detail: row["detail"])
+            try Row.fetchAll(db, sql: "SELECT * FROM audit_log ORDER BY seq DESC LIMIT ?", arguments: [limit]).map {
+                Self.auditRecord($0).event
+            }
+        }
+    }
+
+    public func auditRecords(after sequence: Int64, limit: Int) async throws -> [AuditRecord] {
+        try await read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [sequence, limit]
+            ).map(Self.auditRecord)
+        }
+    }
+
+    static func auditRecord(_ row: Row) -> AuditRecord {
+        AuditRecord(
+            sequence: row["seq"],
+            event: SecurityEvent(
+                id: row["seq"], at: Date(millis: row["at"]), kind: row["kind"], identity: row["identity"],
+                source: row["source"], correlationID: row["correlation_id"], detail: row["detail"]),
+            previousHash: Array(row["prev_hash"] as Data), hash: Array(row["hash"] as Data))
+    }
+
+    public func recordNonce(device: DeviceID, nonce: StoredNonce) async throws {
+        try await write { db in
+            try db.execute(
+                sql: "INSERT OR IGNORE INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)",
+                arguments: [device.rawValue, nonce.nonce, nonce.expiresAt])
+        }
+    }
+
+    public func liveNonces(now: Int64) async throws -> [(DeviceID, StoredNonce)] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM nonces WHERE expires_at > ?", arguments: [now]).compactMap { row in
+                guard let device = try? DeviceID(row["device_id"] as String) else { return nil }
+                return (device, StoredNonce(nonce: row["nonce"], expiresAt: row["expires_at"]))
+            }
+        }
+    }
+
+    public func counterWindows() async throws -> [(DeviceID, StoredCounterWindow)] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM counter_windows").compactMap { row in
+                guard let device = try? DeviceID(row["device_id"] as String) else { return nil }
+                return (
+                    device,
+                    StoredCounterWindow(
+                        highest: UInt64(bitPattern: row["highest"]), seen: UInt64(bitPattern: row["seen"]))
+                )
+            }
+        }
+    }
+
+    public func setQuarantine(_ device: DeviceID, until: Int64?) async throws {
+        try await write { db in
+            if let until {
+                try db.execute(
+                    sql: "INSERT INTO quarantines (device_id, until) VALUES (?, ?) "
+                        + "ON CONFLICT(device_id) DO UPDATE SET until = excluded.until",
+                    arguments: [device.rawValue, until])
+            } else {
+                try db.execute(sql: "DELETE FROM quarantines WHERE device_id = ?", arguments: [device.rawValue])
+            }
+        }
+    }
+
+    public func quarantines() async throws -> [(DeviceID, Int64)] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM quarantines").compactMap { row in
+                guard let device = try? DeviceID(row["device_id"] as String) else { return nil }
+                return (device, row["until"])
+            }
+        }
+    }
+
+    public func putSchema(name: String, body: [UInt8], at: Date) async throws {
+        try await write { db in
+            try db.execute(
+                sql: "INSERT INTO schemas (name, body, updated_at) VALUES (?, ?, ?) "
+                    + "ON CONFLICT(name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                arguments: [name, Data(body), at.millis])
+        }
+    }
+
+    public func schemas() async throws -> [(String, [UInt8])] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT name, body FROM schemas ORDER BY name").map {
+                ($0["name"], Array($0["body"] as Data))
             }
         }
     }
@@ -316,6 +442,26 @@ final class GroupCommitter: Sendable {
                         message.deviceID.rawValue, message.receivedAt.millis, message.correlationID, Data(message.body),
                     ])
                     ids.append(db.lastInsertedRowID)
+                    // The replay state travels in the message's own transaction: acknowledged together or not at all.
+                    if let nonce = message.nonce {
+                        try db.cachedStatement(
+                            sql: "INSERT OR IGNORE INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)"
+                        )
+                        .execute(arguments: [message.deviceID.rawValue, nonce.nonce, nonce.expiresAt])
+                    }
+                    if let window = message.counterWindow {
+                        try db.cachedStatement(
+                            sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
+                                + "ON CONFLICT(device_id) DO UPDATE SET highest = excluded.highest, seen = excluded.seen"
+                        ).execute(arguments: [
+                            message.deviceID.rawValue, Int64(bitPattern: window.highest),
+                            Int64(bitPattern: window.seen),
+                        ])
+                    }
+                }
+                if messages.contains(where: { $0.nonce != nil }) {
+                    try db.cachedStatement(sql: "DELETE FROM nonces WHERE expires_at <= ?")
+                        .execute(arguments: [Int64(Date().timeIntervalSince1970)])
                 }
                 return ids
             },
@@ -330,9 +476,4 @@ final class GroupCommitter: Sendable {
                 self.writeNextBatch()
             })
     }
-}
-
-extension Date {
-    var millis: Int64 { Int64((timeIntervalSince1970 * 1000).rounded()) }
-    init(millis: Int64) { self.init(timeIntervalSince1970: Double(millis) / 1000) }
 }
