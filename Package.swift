@@ -97,7 +97,7 @@ let package = Package(
         .target(
             name: "HubClient",
             dependencies: [
-                "Core", "PKI", "Pairing", "MQTT",
+                "Core", "PKI", "Pairing", "MQTT", "Gateway",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -110,7 +110,7 @@ let package = Package(
         .executableTarget(
             name: "CLI",
             dependencies: [
-                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing",
+                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "Gateway",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -120,7 +120,7 @@ let package = Package(
         .executableTarget(
             name: "BulwarkBench",
             dependencies: [
-                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT",
+                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT", "Gateway",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -155,7 +155,7 @@ let package = Package(
         .testTarget(
             name: "HubTests",
             dependencies: [
-                "Hub", "HubClient", "PKI", "Store", "Core", "Pairing",
+                "Hub", "HubClient", "PKI", "Store", "Core", "Pairing", "Gateway",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Crypto
 import Foundation
+import Gateway
 import Hub
 import HubClient
 import Hummingbird
@@ -43,11 +44,19 @@ struct Telemetry: AsyncParsableCommand {
         configuration.operatorAPI.port = 0
         configuration.pairing.port = 0
         configuration.mqtt.port = 0
+        // One device on 50 connections measures throughput, not the per-device limits: lift them.
+        configuration.gateway.deviceRate = 1e6
+        configuration.gateway.deviceBurst = 1_000_000
+        configuration.gateway.routeRate = 1e6
+        configuration.gateway.routeBurst = 1_000_000
+        configuration.gateway.sourceRate = 1e6
+        configuration.gateway.sourceBurst = 1_000_000
         let hub = try await HubServer.make(configuration: configuration, logger: logger, gracefulShutdownSignals: [])
         let hubTask = Task { try await hub.run() }
         let ports = await hub.listeningPorts()
         let device = try await enrollDevice(directory: directory, operatorPort: ports.operator, ca: hub.credentials)
         let tls = try device.tlsConfiguration()
+        let signer = try device.signer()
 
         let (bare, barePort) = try await startBareServer(credentials: hub.credentials, logger: logger)
 
@@ -55,12 +64,12 @@ struct Telemetry: AsyncParsableCommand {
             "bulwark-bench telemetry: \(connections) connections, \(seconds) s per target after \(warmup) s warm-up, "
                 + "200-byte JSON, TLS 1.3 mutual TLS, keep-alive, loopback")
         var results: [(String, LoadGenerator.Result)] = []
-        for (name, port) in [
-            ("bulwark hub: POST /v1/telemetry (SQLite, durable)", ports.device),
-            ("bare Hummingbird mTLS handler (stores nothing)", barePort),
+        for (name, port, signed) in [
+            ("bulwark hub: POST /v1/telemetry (signed, SQLite)", ports.device, true),
+            ("bare Hummingbird mTLS handler (stores nothing)", barePort, false),
         ] {
-            _ = await load(port: port, tls: tls, seconds: warmup)
-            results.append((name, await load(port: port, tls: tls, seconds: seconds)))
+            _ = await load(port: port, tls: tls, seconds: warmup, signer: signed ? signer : nil)
+            results.append((name, await load(port: port, tls: tls, seconds: seconds, signer: signed ? signer : nil)))
         }
         print(
             "target".padding(toLength: 50, withPad: " ", startingAt: 0)
@@ -82,11 +91,11 @@ struct Telemetry: AsyncParsableCommand {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    func load(port: Int, tls: TLSConfiguration, seconds: Int) async -> LoadGenerator.Result {
+    func load(port: Int, tls: TLSConfiguration, seconds: Int, signer: MessageSigner?) async -> LoadGenerator.Result {
         await LoadGenerator.run(
             host: "127.0.0.1", port: port, tls: tls, connections: connections, duration: .seconds(seconds),
             path: "/v1/telemetry", headers: [("Content-Type", "application/json")], body: telemetryBody,
-            expectedStatus: 202)
+            expectedStatus: 202, signer: signer)
     }
 
     func enrollDevice(directory: String, operatorPort: Int, ca: HubCredentials) async throws -> ClientCredentials {
@@ -166,7 +175,7 @@ struct Load: AsyncParsableCommand {
         let result = await LoadGenerator.run(
             host: host, port: url.port ?? 8443, tls: try credentials.tlsConfiguration(), connections: connections,
             duration: .seconds(seconds), path: "/v1/telemetry", headers: [("Content-Type", "application/json")],
-            body: telemetryBody, expectedStatus: 202)
+            body: telemetryBody, expectedStatus: 202, signer: try credentials.signer())
         print(
             String(
                 format: "%.0f req/s, p50 %.2f ms, p99 %.2f ms, %d ok, %d errors", result.requestsPerSecond,

@@ -4,7 +4,9 @@ import Foundation
 struct DeviceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "device", abstract: "Enroll, list, show and revoke devices.",
-        subcommands: [Enroll.self, List.self, Show.self, Revoke.self, Label.self])
+        subcommands: [
+            Enroll.self, List.self, Show.self, Revoke.self, Release.self, Label.self, Send.self, Sign.self,
+        ])
 
     struct Enroll: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

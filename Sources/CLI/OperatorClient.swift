@@ -25,7 +25,9 @@ struct OperatorConnection: ParsableArguments {
     @Option(help: "CA certificate file (env BULWARK_CACERT).")
     var cacert: String?
 
-    func request(method: String, path: String, json: [String: Any]? = nil) async throws -> (Int, Any?) {
+    func request(method: String, path: String, json: [String: Any]? = nil, raw: [UInt8]? = nil) async throws -> (
+        Int, Any?
+    ) {
         let environment = ProcessInfo.processInfo.environment
         let url = hub ?? environment["BULWARK_HUB"] ?? "https://127.0.0.1:8444"
         guard let components = URLComponents(string: url), components.scheme == "https", let host = components.host
@@ -43,12 +45,13 @@ struct OperatorConnection: ParsableArguments {
                 "bulwark: \(error) (pass --credentials DIR or --cert/--key/--cacert, or run from the hub's directory)",
                 code: 66)
         }
-        let body = try json.map { try JSONSerialization.data(withJSONObject: $0) }.map { [UInt8]($0) } ?? []
+        let body = try raw ?? json.map { try JSONSerialization.data(withJSONObject: $0) }.map { [UInt8]($0) } ?? []
         let result: HTTPResult
         do {
             result = try await HTTPSClient.request(
                 host: host, port: components.port ?? 443, tls: try credentials.tlsConfiguration(), method: method,
-                path: path, headers: json == nil ? [] : [("Content-Type", "application/json")], body: body)
+                path: path, headers: json == nil && raw == nil ? [] : [("Content-Type", "application/json")], body: body
+            )
         } catch {
             throw CleanExit.message("bulwark: cannot reach the hub at \(url): \(error)", code: 69)
         }

@@ -163,7 +163,8 @@ struct AgentCommand: AsyncParsableCommand {
                 result = try await HTTPSClient.request(
                     host: host, port: url.port ?? 443, tls: try credentials.tlsConfiguration(),
                     pinned: PinnedServer(caCertificateDER: ca.derBytes, pins: pins), method: "POST",
-                    path: "/v1/telemetry", headers: [("Content-Type", "application/json")], body: Array(body.utf8))
+                    path: "/v1/telemetry", headers: [("Content-Type", "application/json")], body: Array(body.utf8),
+                    signer: try credentials.signer())
             } catch {
                 throw CleanExit.message(
                     "bulwark: cannot reach the hub at \(hub) (TLS or pin check failed): \(error)", code: 69)

@@ -169,11 +169,28 @@ public final class GatewayPipeline: Sendable {
     // MARK: The message stages
 
     public func admit(_ message: InboundMessage, now: GatewayTime) -> Result<Admitted, Refusal> {
+        admitEnvelope(message, now: now).flatMap { admitContent($0, message, now: now) }
+    }
+
+    /// The stages that need no body: identity, quarantine, authorization, rate limits. An HTTP request runs these
+    /// before its body is read, so a quarantined or flooding device costs no body buffering.
+    public func admitEnvelope(_ message: InboundMessage, now: GatewayTime) -> Result<DeviceID, Refusal> {
         do {
             let device = try checkIdentity(message)
             try checkQuarantine(device, now: now)
             try checkAuthorization(device, message)
             try checkRateLimits(device, message, now: now)
+            return .success(device)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// The stages over the body: size and content type, strict JSON, schema, replay.
+    public func admitContent(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) -> Result<
+        Admitted, Refusal
+    > {
+        do {
             try checkSizeAndType(device, message, now: now)
             let value = try parse(device, message, now: now)
             let messageType = try checkSchema(device, message, value, now: now)
@@ -183,6 +200,13 @@ public final class GatewayPipeline: Sendable {
         } catch {
             return .failure(error)
         }
+    }
+
+    /// The size stage for a body refused while it was still arriving (it is never buffered whole).
+    public func oversized(_ device: DeviceID, now: GatewayTime) -> Refusal {
+        offence(
+            .invalidMessage, device, now: now, problem: .payloadTooLarge, stage: .size,
+            detail: "body exceeds \(policy.maxBodyBytes) bytes")
     }
 
     public func checkIdentity(_ message: InboundMessage) throws(Refusal) -> DeviceID {

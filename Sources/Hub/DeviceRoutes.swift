@@ -1,66 +1,108 @@
 import Core
 import Foundation
+import Gateway
 import HTTPTypes
 import Hummingbird
 import NIOCore
 import Store
 
 /// The device API, served on the device listener. The device is always the one named by its client certificate:
-/// nothing in the body, a header or the URL can name another.
+/// nothing in the body, a header or the URL can name another. Every request passes the gateway pipeline; every
+/// request is signed (RFC 9421, see `MessageSignatureProfile`), reads included.
 struct DeviceRoutes {
     let store: any HubStore
+    let gateway: GatewayPipeline
     let maxBodyBytes: Int
+
+    /// The header that names a message's type (its schema); absent means `telemetry`.
+    static let messageTypeField = HTTPField.Name("Bulwark-Message-Type")!
 
     func register(on router: Router<HubRequestContext>) {
         router.post("/v1/telemetry") { request, context in try await telemetry(request, context) }
         router.get("/v1/device") { request, context in try await ownRecord(request, context) }
     }
 
-    /// Stores one telemetry message and answers 202 only once it is durable.
+    func inbound(_ request: Request, _ context: HubRequestContext, route: String) throws -> InboundMessage {
+        guard let peer = context.peer else { throw HubError.forbidden("no peer identity") }
+        func field(_ name: String) -> String? { request.headers[HTTPField.Name(name)!] }
+        return InboundMessage(
+            identity: peer.identity, route: route, source: context.channel.remoteAddress?.ipAddress ?? "unknown",
+            contentType: request.headers[.contentType], messageType: request.headers[Self.messageTypeField], body: [],
+            transport: .http(
+                SignedRequest(
+                    method: request.method.rawValue, path: request.uri.path,
+                    signatureInput: field("Signature-Input"), signature: field("Signature"),
+                    contentDigest: field("Content-Digest")), key: peer.publicKey))
+    }
+
+    /// Stores one message and answers 202 only once it (and its nonce) is durable.
     func telemetry(_ request: Request, _ context: HubRequestContext) async throws -> Response {
-        guard case .device(let deviceID) = context.peer?.identity else { throw HubError.forbidden("not a device") }
-        guard let contentType = request.headers[.contentType], Self.isJSON(contentType) else {
-            throw HubError(
-                .unsupportedMediaType, "unsupported-media-type",
-                detail: "content type \(request.headers[.contentType] ?? "none") is not application/json",
-                event: "invalid-message")
+        var message = try inbound(request, context, route: "telemetry")
+        let identity = message.identity.uri
+        let now = GatewayTime.now()
+        let device: DeviceID
+        switch gateway.admitEnvelope(message, now: now) {
+        case .success(let admitted): device = admitted
+        case .failure(let refusal): throw GatewayError(refusal: refusal, identity: identity)
         }
-        let body = try await Self.collect(request, limit: maxBodyBytes)
-        guard (try? JSONSerialization.jsonObject(with: Data(body))) is [String: Any] else {
-            throw HubError(
-                .badRequest, "malformed", detail: "telemetry body is not a JSON object (\(body.count) bytes)",
-                event: "invalid-message")
+        do { message.body = try await Self.collect(request, limit: maxBodyBytes) } catch is HubError {
+            throw GatewayError(refusal: gateway.oversized(device, now: now), identity: identity)
         }
-        let id = try await store.appendTelemetry(
-            NewTelemetry(
-                deviceID: deviceID, receivedAt: Date(), correlationID: context.correlationID.rawValue, body: body))
+        let admitted: Admitted
+        switch gateway.admitContent(device, message, now: now) {
+        case .success(let value): admitted = value
+        case .failure(let refusal): throw GatewayError(refusal: refusal, identity: identity)
+        }
+        let id: Int64
+        do {
+            id = try await store.appendTelemetry(
+                NewTelemetry(
+                    deviceID: device, receivedAt: Date(), correlationID: context.correlationID.rawValue,
+                    body: message.body,
+                    nonce: admitted.nonce.map { StoredNonce(nonce: $0.value, expiresAt: $0.expiresAt) }))
+        } catch {
+            // Nothing was acknowledged: the device may retry with the same nonce.
+            if let nonce = admitted.nonce { gateway.nonces.release(device: device, nonce: nonce.value) }
+            throw error
+        }
         // Both values are generated here (an integer and hex digits): no escaping is needed.
         return JSONResponse.make(
             .accepted, text: #"{"correlationId":"\#(context.correlationID.rawValue)","id":\#(id)}"#)
     }
 
-    /// The caller's own record; nothing about any other device.
+    /// The caller's own record; nothing about any other device. Signed like every device request (empty body).
     func ownRecord(_ request: Request, _ context: HubRequestContext) async throws -> Response {
-        guard case .device(let deviceID) = context.peer?.identity,
-            let record = try await store.device(deviceID), record.status == .active
+        let message = try inbound(request, context, route: "device")
+        let now = GatewayTime.now()
+        let device: DeviceID
+        switch gateway.admitEnvelope(message, now: now) {
+        case .success(let admitted): device = admitted
+        case .failure(let refusal): throw GatewayError(refusal: refusal, identity: message.identity.uri)
+        }
+        let nonce: (value: String, expiresAt: Int64)?
+        do throws(Refusal) {
+            (nonce, _) = try gateway.checkReplay(device, message, now: now)
+        } catch {
+            throw GatewayError(refusal: error, identity: message.identity.uri)
+        }
+        if let nonce {
+            try await store.recordNonce(
+                device: device, nonce: StoredNonce(nonce: nonce.value, expiresAt: nonce.expiresAt))
+        }
+        guard let record = try await store.device(device), record.status == .active
         else { throw HubError.forbidden("device record missing or not active") }
-        let certificates = try await store.certificates(of: deviceID)
+        let certificates = try await store.certificates(of: device)
         return try JSONResponse.make(
             .ok,
             [
-                "id": deviceID.rawValue,
+                "id": device.rawValue,
                 "status": record.status.rawValue,
                 "createdAt": JSONResponse.timestamp(record.createdAt),
                 "certificates": certificates.map {
                     ["serial": $0.serialHex, "notAfter": JSONResponse.timestamp($0.notAfter)] as [String: any Sendable]
                 },
-                "telemetryCount": try await store.telemetryCount(of: deviceID),
+                "telemetryCount": try await store.telemetryCount(of: device),
             ] as [String: any Sendable])
-    }
-
-    static func isJSON(_ contentType: String) -> Bool {
-        let mediaType = contentType.split(separator: ";", maxSplits: 1)[0].trimmingCharacters(in: .whitespaces)
-        return mediaType.lowercased() == "application/json"
     }
 
     /// Reads the body up to `limit` bytes. A declared or actual length over the limit is refused as soon as it is

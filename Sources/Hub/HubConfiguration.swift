@@ -33,6 +33,8 @@ public struct HubConfiguration: Sendable, Equatable {
     /// Extra DNS names for the hub's TLS certificate (localhost and 127.0.0.1 are always included).
     public var hubNames: [String] = []
     public var logLevel = "info"
+    /// Rate limits, signature clock skew, quarantine thresholds, JSON limits (`gateway.*`).
+    public var gateway = GatewaySettings()
 
     public init(dataDirectory: String) {
         self.dataDirectory = dataDirectory
@@ -74,6 +76,28 @@ public struct HubConfiguration: Sendable, Equatable {
         config.maxBodyBytes = reader.int(forKey: "telemetry.maxBodyBytes", default: config.maxBodyBytes)
         config.hubNames = reader.stringArray(forKey: "hub.names", default: [])
         config.logLevel = reader.string(forKey: "log.level", default: config.logLevel)
+        var gateway = GatewaySettings()
+        gateway.deviceRate = reader.double(forKey: "gateway.deviceRate", default: gateway.deviceRate)
+        gateway.deviceBurst = reader.int(forKey: "gateway.deviceBurst", default: gateway.deviceBurst)
+        gateway.routeRate = reader.double(forKey: "gateway.routeRate", default: gateway.routeRate)
+        gateway.routeBurst = reader.int(forKey: "gateway.routeBurst", default: gateway.routeBurst)
+        gateway.sourceRate = reader.double(forKey: "gateway.sourceRate", default: gateway.sourceRate)
+        gateway.sourceBurst = reader.int(forKey: "gateway.sourceBurst", default: gateway.sourceBurst)
+        gateway.connectionRate = reader.double(forKey: "gateway.connectionRate", default: gateway.connectionRate)
+        gateway.connectionBurst = reader.int(forKey: "gateway.connectionBurst", default: gateway.connectionBurst)
+        gateway.signatureSkewSeconds = reader.int(
+            forKey: "gateway.signatureSkewSeconds", default: gateway.signatureSkewSeconds)
+        gateway.quarantineSeconds = reader.int(forKey: "gateway.quarantineSeconds", default: gateway.quarantineSeconds)
+        gateway.quarantineRateLimited = reader.int(
+            forKey: "gateway.quarantine.rateLimited", default: gateway.quarantineRateLimited)
+        gateway.quarantineInvalid = reader.int(forKey: "gateway.quarantine.invalid", default: gateway.quarantineInvalid)
+        gateway.quarantineReplay = reader.int(forKey: "gateway.quarantine.replay", default: gateway.quarantineReplay)
+        gateway.quarantineBadSignature = reader.int(
+            forKey: "gateway.quarantine.badSignature", default: gateway.quarantineBadSignature)
+        gateway.requireSchema = reader.bool(forKey: "gateway.requireSchema", default: gateway.requireSchema)
+        gateway.jsonMaxDepth = reader.int(forKey: "gateway.jsonMaxDepth", default: gateway.jsonMaxDepth)
+        gateway.jsonMaxMembers = reader.int(forKey: "gateway.jsonMaxMembers", default: gateway.jsonMaxMembers)
+        config.gateway = gateway
         try config.validate()
         return config
     }
@@ -109,6 +133,7 @@ public struct HubConfiguration: Sendable, Equatable {
         guard (1024...(16 * 1024 * 1024)).contains(maxBodyBytes) else {
             throw HubStartupError("telemetry.maxBodyBytes must be between 1024 and 16777216")
         }
+        try gateway.validate()
     }
 
     public var sqlitePath: String {

@@ -1,4 +1,5 @@
 import Core
+import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -11,15 +12,26 @@ import X509
 
 /// Outermost middleware: turns every error into a short generic body with the correlation id, and sends the detail
 /// to the log and (for security-relevant refusals) the security events table.
+///
+/// On the device listener (`problems`) every refusal is an RFC 9457 problem from the fixed catalogue; the operator
+/// listener keeps `{"error","message","correlationId"}`, whose message operators need.
 struct ErrorReportingMiddleware: RouterMiddleware {
     typealias Context = HubRequestContext
     let store: any HubStore
+    var problems = false
+    var recorder: GatewayRecorder?
 
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
         do {
             return try await next(request, context)
+        } catch let error as GatewayError {
+            await recorder?.record(
+                error.refusal, identity: error.identity, source: context.channel.remoteAddress?.ipAddress,
+                correlationID: context.correlationID.rawValue, what: "\(request.method) \(request.uri.path)")
+            return ProblemResponse.make(
+                error.refusal.problem, correlationID: context.correlationID.rawValue, refusal: error.refusal)
         } catch let error as HubError {
             context.logger.notice(
                 "request refused",
@@ -35,15 +47,28 @@ struct ErrorReportingMiddleware: RouterMiddleware {
                         source: context.channel.remoteAddress?.ipAddress, correlationID: context.correlationID.rawValue,
                         detail: "\(request.method) \(request.uri.path): \(error.detail)"))
             }
+            if problems {
+                return ProblemResponse.make(
+                    ProblemResponse.problem(forStatus: error.status.code), correlationID: context.correlationID.rawValue
+                )
+            }
             return HubError.response(
                 status: error.status, code: error.code, message: error.message,
                 correlationID: context.correlationID.rawValue)
         } catch let error as HTTPError {
+            if problems {
+                return ProblemResponse.make(
+                    ProblemResponse.problem(forStatus: error.status.code), correlationID: context.correlationID.rawValue
+                )
+            }
             let code = error.status == .notFound ? "not-found" : error.status.code < 500 ? "bad-request" : "internal"
             return HubError.response(
                 status: error.status, code: code, message: nil, correlationID: context.correlationID.rawValue)
         } catch {
             context.logger.error("request failed", metadata: ["error": .string("\(error)")])
+            if problems {
+                return ProblemResponse.make(.unavailable, correlationID: context.correlationID.rawValue)
+            }
             return HubError.response(
                 status: .serviceUnavailable, code: "unavailable", message: nil,
                 correlationID: context.correlationID.rawValue)
@@ -101,7 +126,9 @@ final class PeerCertificateCache: Sendable {
         guard let certificate = try? Certificate(derEncoded: der), let identity = certificate.bulwarkIdentity else {
             return nil
         }
-        let peer = PeerCertificate(identity: identity, serialHex: certificate.serialHex)
+        let peer = PeerCertificate(
+            identity: identity, serialHex: certificate.serialHex,
+            publicKey: P256.Signing.PublicKey(certificate.publicKey))
         entries.withLock {
             if $0.count >= capacity { $0.removeAll(keepingCapacity: true) }
             $0[key] = peer

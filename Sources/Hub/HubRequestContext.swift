@@ -1,4 +1,5 @@
 public import Core
+public import Crypto
 public import Hummingbird
 public import Logging
 public import NIOCore
@@ -21,8 +22,16 @@ public struct HubRequestContext: RequestContext {
     public var maxUploadSize: Int { 64 * 1024 }
 }
 
-/// What the hub knows about the TLS peer of a request.
-public struct PeerCertificate: Sendable, Hashable {
+/// What the hub knows about the TLS peer of a request: who it is, which certificate, and its key (to check
+/// request signatures with the certificate's key and no other).
+public struct PeerCertificate: Sendable {
     public let identity: Identity
     public let serialHex: String
+    public let publicKey: P256.Signing.PublicKey?
+
+    public init(identity: Identity, serialHex: String, publicKey: P256.Signing.PublicKey? = nil) {
+        self.identity = identity
+        self.serialHex = serialHex
+        self.publicKey = publicKey
+    }
 }

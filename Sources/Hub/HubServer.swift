@@ -1,4 +1,5 @@
 public import Foundation
+public import Gateway
 import Hummingbird
 import HummingbirdTLS
 public import Logging
@@ -16,6 +17,7 @@ public final class HubServer: Sendable {
     public let store: any HubStore
     public let credentials: HubCredentials
     let revocations: RevocationList
+    public let gateway: GatewayPipeline
     private let group: ServiceGroup
     private let logger: Logger
     private let ports: AsyncStream<(String, Int)>
@@ -30,16 +32,19 @@ public final class HubServer: Sendable {
         let store = try store ?? SQLiteHubStore(path: configuration.sqlitePath)
         let credentials = try await HubCredentials.loadOrCreate(
             dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames, store: store, now: Date())
+        let gateway = GatewayPipeline(policy: configuration.gateway.policy(maxBodyBytes: configuration.maxBodyBytes))
+        try await restoreGatewayState(gateway, store: store, logger: logger)
         return try HubServer(
             configuration: configuration, store: store, credentials: credentials,
-            revocations: RevocationList(try await store.revokedSerials()), logger: logger,
+            revocations: RevocationList(try await store.revokedSerials()), gateway: gateway, logger: logger,
             signals: gracefulShutdownSignals)
     }
 
     private init(
         configuration: HubConfiguration, store: any HubStore, credentials: HubCredentials, revocations: RevocationList,
-        logger: Logger, signals: [UnixSignal]
+        gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal]
     ) throws {
+        self.gateway = gateway
         self.configuration = configuration
         self.store = store
         self.credentials = credentials
@@ -54,7 +59,9 @@ public final class HubServer: Sendable {
             routes: (Router<HubRequestContext>) -> Void
         ) throws -> some Service {
             let router = Router(context: HubRequestContext.self)
-            router.add(middleware: ErrorReportingMiddleware(store: store))
+            router.add(
+                middleware: ErrorReportingMiddleware(
+                    store: store, problems: role == .device, recorder: GatewayRecorder(store: store, logger: logger)))
             router.add(middleware: PeerIdentityMiddleware(revocations: revocations, cache: cache))
             routes(router)
             let appLogger = {
@@ -64,11 +71,11 @@ public final class HubServer: Sendable {
             }()
             return Application(
                 router: router,
-                server: try .tls(
-                    .http1(),
-                    configuration: HubTLS.channelConfiguration(
+                server: .gatedTLS(
+                    configuration: try HubTLS.channelConfiguration(
                         credentials: credentials, role: role, revocations: revocations, store: store,
-                        logger: appLogger)),
+                        logger: appLogger),
+                    gateway: gateway),
                 configuration: .init(address: .hostname(listener.host, port: listener.port), serverName: nil),
                 onServerRunning: { channel in
                     let port = channel.localAddress?.port ?? listener.port
@@ -79,7 +86,7 @@ public final class HubServer: Sendable {
         }
 
         let device = try application(name: "device", listener: configuration.device, role: .device) {
-            DeviceRoutes(store: store, maxBodyBytes: configuration.maxBodyBytes).register(on: $0)
+            DeviceRoutes(store: store, gateway: gateway, maxBodyBytes: configuration.maxBodyBytes).register(on: $0)
         }
         let rids = RIDDirectory(store: store, logger: logger)
         let claims = PairingClaims(
@@ -89,7 +96,8 @@ public final class HubServer: Sendable {
                 maximumLockout: max(3600, configuration.pairingLockoutSeconds)))
         let operatorApp = try application(name: "operator", listener: configuration.operatorAPI, role: .operator) {
             OperatorRoutes(
-                store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids
+                store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
+                gateway: gateway
             ).register(on: $0)
         }
         let pairing = PairingListener(

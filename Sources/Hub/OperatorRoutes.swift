@@ -1,6 +1,7 @@
 import Core
 import Crypto
 import Foundation
+import Gateway
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -17,6 +18,7 @@ struct OperatorRoutes {
     let revocations: RevocationList
     let claims: PairingClaims
     let rids: RIDDirectory
+    let gateway: GatewayPipeline
 
     func register(on router: Router<HubRequestContext>) {
         router.post("/v1/devices") { request, context in try await enroll(request, context) }
@@ -27,6 +29,60 @@ struct OperatorRoutes {
         router.get("/v1/security-events") { request, _ in try await securityEvents(request) }
         router.post("/v1/pairing/claims") { request, context in try await claim(request, context) }
         router.get("/v1/rids/:rid") { _, context in try resolveRID(context) }
+        router.post("/v1/devices/:id/release") { _, context in try await release(context) }
+        router.put("/v1/schemas/:name") { request, context in try await putSchema(request, context) }
+        router.get("/v1/schemas") { _, context in try await listSchemas(context) }
+    }
+
+    /// Lifts a device's quarantine (and its rate-limit state), persistently; a security event either way.
+    func release(_ context: HubRequestContext) async throws -> Response {
+        let operatorName = try requireOperator(context)
+        guard let idText = context.parameters.get("id"), let deviceID = try? DeviceID(idText),
+            try await store.device(deviceID) != nil
+        else {
+            throw HubError(
+                .notFound, "not-found", message: "no such device", detail: "release: no such device", event: nil)
+        }
+        let wasQuarantined = gateway.release(deviceID)
+        try await store.setQuarantine(deviceID, until: nil)
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "device-released", identity: Identity.device(deviceID).uri,
+                correlationID: context.correlationID.rawValue,
+                detail: "by \(operatorName)\(wasQuarantined ? "" : " (was not quarantined)")"))
+        return try JSONResponse.make(.ok, ["id": deviceID.rawValue, "wasQuarantined": wasQuarantined])
+    }
+
+    /// Registers the JSON Schema of a message type. A schema outside the supported subset is refused with the
+    /// keyword it uses, never stored half-understood.
+    func putSchema(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        let operatorName = try requireOperator(context)
+        guard let name = context.parameters.get("name"), GatewayPipeline.isValidMessageType(name) else {
+            throw Self.invalid("message type names are 1-64 characters of a-z 0-9 . _ -")
+        }
+        let body = try await DeviceRoutes.collect(request, limit: 256 * 1024)
+        let schema: JSONSchema
+        do { schema = try JSONSchema(bytes: body) } catch { throw Self.invalid("schema refused: \(error)") }
+        try await store.putSchema(name: name, body: body, at: Date())
+        gateway.setSchema(schema, for: name)
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "schema-registered", identity: Identity.operator(operatorName).uri,
+                correlationID: context.correlationID.rawValue, detail: "\(name), \(body.count) bytes"))
+        return try JSONResponse.make(.created, ["name": name, "bytes": body.count])
+    }
+
+    func listSchemas(_ context: HubRequestContext) async throws -> Response {
+        _ = try requireOperator(context)
+        let schemas = try await store.schemas()
+        return try JSONResponse.make(
+            .ok,
+            schemas.map { name, body in
+                [
+                    "name": name, "bytes": body.count,
+                    "sha256": SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined(),
+                ] as [String: any Sendable]
+            })
     }
 
     private func requireOperator(_ context: HubRequestContext) throws -> OperatorName {

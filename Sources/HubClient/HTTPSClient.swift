@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+public import Gateway
 public import NIOCore
 import NIOHTTP1
 public import NIOPosix
@@ -33,6 +34,14 @@ public struct ClientCredentials: Sendable {
     }
 
     /// TLS 1.3 only, with the client certificate, trusting only the given CA.
+    /// The request signer for this credential's key (device keys are P-256).
+    public func signer() throws -> MessageSigner {
+        guard let text = String(bytes: keyPEM, encoding: .utf8) else { throw ClientError("the key is not PEM text") }
+        do { return MessageSigner(key: try P256.Signing.PrivateKey(pemRepresentation: text)) } catch {
+            throw ClientError("the key is not a P-256 private key")
+        }
+    }
+
     public func tlsConfiguration() throws -> TLSConfiguration {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv13
@@ -132,10 +141,10 @@ public enum HTTPSClient {
     /// One request on a new connection.
     public static func request(
         host: String, port: Int, tls: TLSConfiguration, pinned: PinnedServer? = nil, method: String, path: String,
-        headers: [(String, String)] = [], body: [UInt8] = []
+        headers: [(String, String)] = [], body: [UInt8] = [], signer: MessageSigner? = nil
     ) async throws -> HTTPResult {
         try await withConnection(host: host, port: port, tls: tls, pinned: pinned) { connection in
-            try await connection.send(method: method, path: path, headers: headers, body: body)
+            try await connection.send(method: method, path: path, headers: headers, body: body, signer: signer)
         }
     }
 }
@@ -157,9 +166,19 @@ public final class HTTPConnection {
         self.outbound = outbound
     }
 
+    /// Sends one request; with a `signer`, signs it first (RFC 9421 in Bulwark's profile: `Content-Digest`,
+    /// `Signature-Input` and `Signature` over the method, the path without its query, and the body's digest).
     public func send(
-        method: String, path: String, headers: [(String, String)] = [], body: [UInt8] = []
+        method: String, path: String, headers: [(String, String)] = [], body: [UInt8] = [],
+        signer: MessageSigner? = nil
     ) async throws -> HTTPResult {
+        var headers = headers
+        if let signer {
+            let signaturePath = String(path.prefix { $0 != "?" })
+            headers += try signer.sign(
+                method: method, path: signaturePath, body: body, created: Int64(Date().timeIntervalSince1970)
+            ).map { ($0.name, $0.value) }
+        }
         var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path)
         head.headers.add(name: "Host", value: host)
         head.headers.add(name: "Content-Length", value: String(body.count))

@@ -1,4 +1,5 @@
 import Foundation
+public import Gateway
 public import NIOSSL
 
 /// A closed-loop HTTP load generator over mutual TLS: `connections` keep-alive connections, each sending the next
@@ -25,7 +26,7 @@ public enum LoadGenerator {
     public static func run(
         host: String, port: Int, tls: TLSConfiguration, connections: Int, duration: Duration,
         method: String = "POST", path: String, headers: [(String, String)], body: [UInt8],
-        expectedStatus: Int
+        expectedStatus: Int, signer: MessageSigner? = nil
     ) async -> Result {
         precondition((1...10_000).contains(connections), "connections must be between 1 and 10000")
         let clock = ContinuousClock()
@@ -41,7 +42,7 @@ public enum LoadGenerator {
                             while clock.now < deadline {
                                 let sent = clock.now
                                 let response = try await connection.send(
-                                    method: method, path: path, headers: headers, body: body)
+                                    method: method, path: path, headers: headers, body: body, signer: signer)
                                 if response.status == expectedStatus {
                                     let latency = clock.now - sent
                                     result.successes += 1

@@ -43,17 +43,23 @@ import Testing
         ) { connection in
             let body = Array(#"{"t":1}"#.utf8)
             let headers = [("Content-Type", "application/json")]
-            let first = try await connection.send(method: "POST", path: "/v1/telemetry", headers: headers, body: body)
+            let signer = try device.credentials.signer()
+            let first = try await connection.send(
+                method: "POST", path: "/v1/telemetry", headers: headers, body: body, signer: signer)
             let revoke = try await hub.operatorRequest("POST", "/v1/devices/sensor-9/revoke")
             #expect(revoke.status == 200)
-            let second = try await connection.send(method: "POST", path: "/v1/telemetry", headers: headers, body: body)
+            let second = try await connection.send(
+                method: "POST", path: "/v1/telemetry", headers: headers, body: body, signer: signer)
             return (first, second)
         }
         #expect(first.status == 202)
         #expect(second.status == 403)
         let refusal = jsonObject(second)
-        #expect(refusal["error"] as? String == "forbidden")
-        #expect(Set(refusal.keys) == ["error", "correlationId"], "nothing but a generic code and the correlation id")
+        #expect(refusal["type"] as? String == "urn:bulwark:problem:forbidden")
+        #expect(
+            Set(refusal.keys) == ["type", "title", "status", "correlationId"],
+            "an RFC 9457 problem from the catalogue and the correlation id, nothing else")
+        #expect(second.headers.contains { $0.0.lowercased() == "content-type" && $0.1 == "application/problem+json" })
         let correlation = try #require(refusal["correlationId"] as? String)
         let events = try await hub.securityEvents()
         #expect(events.contains { $0.kind == "revoked-certificate-used" && $0.correlationID == correlation })
@@ -70,11 +76,11 @@ import Testing
         let device = try await hub.enroll("sensor-3")
         let json = [("Content-Type", "application/json")]
         let cases: [(String, [UInt8], [(String, String)], Int, String)] = [
-            ("malformed JSON", Array(#"{"t":"#.utf8), [("Content-Type", "application/json")], 400, "malformed"),
-            ("not an object", Array("[1,2]".utf8), [("Content-Type", "application/json")], 400, "malformed"),
+            ("malformed JSON", Array(#"{"t":"#.utf8), [("Content-Type", "application/json")], 400, "invalid-message"),
+            ("not an object", Array("[1,2]".utf8), [("Content-Type", "application/json")], 400, "invalid-message"),
             (
                 "invalid UTF-8", [0x7B, 0x22, 0xFF, 0x22, 0x3A, 0x31, 0x7D], [("Content-Type", "application/json")],
-                400, "malformed"
+                400, "invalid-message"
             ),
             (
                 "wrong content type", Array(#"{"t":1}"#.utf8), [("Content-Type", "text/plain")], 415,
@@ -82,22 +88,25 @@ import Testing
             ),
             ("no content type", Array(#"{"t":1}"#.utf8), [], 415, "unsupported-media-type"),
             // Deep nesting within the size limit must not exhaust the parser's stack.
-            ("60,000 nested arrays", [UInt8](repeating: UInt8(ascii: "["), count: 60_000), json, 400, "malformed"),
+            (
+                "60,000 nested arrays", [UInt8](repeating: UInt8(ascii: "["), count: 60_000), json, 400,
+                "invalid-message"
+            ),
             (
                 "10,000 nested objects",
                 Array(String(repeating: #"{"a":"#, count: 10_000).utf8) + [0x31]
-                    + [UInt8](repeating: UInt8(ascii: "}"), count: 10_000), json, 400, "malformed"
+                    + [UInt8](repeating: UInt8(ascii: "}"), count: 10_000), json, 400, "invalid-message"
             ),
             (
                 "over the limit", Array(repeating: 0x20, count: 64 * 1024 + 1), [("Content-Type", "application/json")],
-                413, "payload-too-large"
+                413, "too-large"
             ),
         ]
         for (name, body, headers, status, code) in cases {
             let result = try await device.request(
                 port: hub.devicePort, "POST", "/v1/telemetry", body: body, headers: headers)
             #expect(result.status == status, "\(name)")
-            #expect(jsonObject(result)["error"] as? String == code, "\(name)")
+            #expect(jsonObject(result)["type"] as? String == "urn:bulwark:problem:\(code)", "\(name)")
             #expect(jsonObject(result)["correlationId"] is String, "\(name)")
         }
         let invalid = try await hub.securityEvents().filter { $0.kind == "invalid-message" }

@@ -69,7 +69,16 @@ import Testing
             )
             .stdout
         }
-        #expect(try await curlStatus(["--cert", device.certificateFile, "--key", device.keyFile]) == "200")
+        let headerFile = hub.directory + "/signature-headers.txt"
+        try (try device.signatureHeaderLines().joined(separator: "\n") + "\n").write(
+            toFile: headerFile, atomically: true, encoding: .utf8)
+        #expect(
+            try await curlStatus(["--cert", device.certificateFile, "--key", device.keyFile, "-H", "@" + headerFile])
+                == "200")
+        // The same signed headers a second time: the nonce was used.
+        #expect(
+            try await curlStatus(["--cert", device.certificateFile, "--key", device.keyFile, "-H", "@" + headerFile])
+                == "401")
         #expect(
             try await curlStatus(["--cert", device.certificateFile, "--key", device.keyFile, "--tls-max", "1.2"])
                 == "000")
@@ -77,7 +86,9 @@ import Testing
         #expect(try await curlStatus(["--cert", foreign.certificateFile, "--key", foreign.keyFile]) == "000")
         #expect(try await curlStatus(["--cert", expired.certificateFile, "--key", expired.keyFile]) == "000")
 
-        let request = "GET /v1/device HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        let request =
+            "GET /v1/device HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            + (try device.signatureHeaderLines().map { $0 + "\r\n" }.joined()) + "\r\n"
         func sClient(_ extra: [String]) async throws -> String {
             let result = try await run(
                 openssl,

@@ -142,11 +142,21 @@ struct TestDevice: Sendable {
 
     func request(
         port: Int, _ method: String, _ path: String, body: [UInt8] = [],
-        headers: [(String, String)] = [("Content-Type", "application/json")], tls: TLSConfiguration? = nil
+        headers: [(String, String)] = [("Content-Type", "application/json")], tls: TLSConfiguration? = nil,
+        signed: Bool = true
     ) async throws -> HTTPResult {
         try await HTTPSClient.request(
             host: "127.0.0.1", port: port, tls: try tls ?? credentials.tlsConfiguration(), method: method, path: path,
-            headers: headers, body: body)
+            headers: headers, body: body, signer: signed ? try credentials.signer() : nil)
+    }
+
+    /// Signature header lines for one request (fresh nonce), for curl `-H @file` and raw `openssl s_client`.
+    func signatureHeaderLines(method: String = "GET", path: String = "/v1/device", body: [UInt8] = []) throws
+        -> [String]
+    {
+        try credentials.signer().sign(
+            method: method, path: path, body: body, created: Int64(Date().timeIntervalSince1970)
+        ).map { "\($0.name): \($0.value)" }
     }
 }
 

@@ -1,0 +1,191 @@
+import Core
+public import Foundation
+public import Gateway
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
+import Logging
+import NIOCore
+import Store
+
+/// The gateway settings of `HubConfiguration` (`gateway.*` keys), turned into a `GatewayPolicy`.
+public struct GatewaySettings: Sendable, Equatable {
+    public var deviceRate = 10.0
+    public var deviceBurst = 20
+    public var routeRate = 10.0
+    public var routeBurst = 20
+    public var sourceRate = 1000.0
+    public var sourceBurst = 2000
+    public var connectionRate = 20.0
+    public var connectionBurst = 40
+    public var signatureSkewSeconds = 60
+    public var quarantineSeconds = 900
+    public var quarantineRateLimited = 100
+    public var quarantineInvalid = 20
+    public var quarantineReplay = 5
+    public var quarantineBadSignature = 5
+    public var requireSchema = false
+    public var jsonMaxDepth = 16
+    public var jsonMaxMembers = 1000
+
+    public init() {}
+
+    func policy(maxBodyBytes: Int) -> GatewayPolicy {
+        var policy = GatewayPolicy()
+        policy.messagesPerDevice = RateLimit(rate: deviceRate, burst: deviceBurst)
+        policy.messagesPerRoute = RateLimit(rate: routeRate, burst: routeBurst)
+        policy.messagesPerSource = RateLimit(rate: sourceRate, burst: sourceBurst)
+        policy.connectionsPerSource = RateLimit(rate: connectionRate, burst: connectionBurst)
+        policy.signatures = MessageSignatureProfile(maxSkewSeconds: Int64(signatureSkewSeconds))
+        policy.quarantine = QuarantinePolicy(
+            thresholds: [
+                .rateLimited: quarantineRateLimited, .invalidMessage: quarantineInvalid, .replay: quarantineReplay,
+                .badSignature: quarantineBadSignature,
+            ], durationSeconds: Int64(quarantineSeconds))
+        policy.requireSchema = requireSchema
+        policy.json = StrictJSON(maxDepth: jsonMaxDepth, maxMembers: jsonMaxMembers)
+        policy.maxBodyBytes = maxBodyBytes
+        return policy
+    }
+
+    func validate() throws {
+        guard deviceRate > 0, routeRate > 0, sourceRate > 0, connectionRate > 0, deviceBurst >= 1, routeBurst >= 1,
+            sourceBurst >= 1, connectionBurst >= 1
+        else { throw HubStartupError("gateway rates must be greater than 0 and bursts at least 1") }
+        guard (1...3600).contains(signatureSkewSeconds) else {
+            throw HubStartupError("gateway.signatureSkewSeconds must be between 1 and 3600")
+        }
+        guard (1...(30 * 86400)).contains(quarantineSeconds),
+            [quarantineRateLimited, quarantineInvalid, quarantineReplay, quarantineBadSignature].allSatisfy({ $0 >= 1 })
+        else { throw HubStartupError("gateway.quarantine* thresholds must be at least 1 and the duration 1 s-30 days") }
+        guard (1...64).contains(jsonMaxDepth), (1...100_000).contains(jsonMaxMembers) else {
+            throw HubStartupError("gateway.jsonMaxDepth must be 1-64 and gateway.jsonMaxMembers 1-100000")
+        }
+    }
+}
+
+extension GatewayTime {
+    /// Monotonic nanoseconds for rate limits, wall-clock seconds for signatures, nonces and quarantines.
+    static func now() -> GatewayTime {
+        GatewayTime(
+            monotonicNanos: Int64(DispatchTime.now().uptimeNanoseconds),
+            unixSeconds: Int64(Date().timeIntervalSince1970))
+    }
+}
+
+/// A refusal by the gateway pipeline, on its way to `ErrorReportingMiddleware`.
+struct GatewayError: Error {
+    let refusal: Refusal
+    let identity: String?
+}
+
+/// Writes what a refusal leaves behind: its audit record (when the pipeline asks for one) and, when it started a
+/// quarantine, the quarantine itself (persisted, so a restart keeps it) with its own audit record. Shared by the
+/// HTTP and MQTT paths.
+struct GatewayRecorder: Sendable {
+    let store: any HubStore
+    let logger: Logger
+
+    func record(_ refusal: Refusal, identity: String?, source: String?, correlationID: String, what: String) async {
+        logger.notice(
+            "gateway refused",
+            metadata: [
+                "stage": .string(refusal.stage.rawValue), "problem": .string(refusal.problem.slug),
+                "detail": .string(refusal.detail), "peer": .string(identity ?? "-"),
+                "correlation_id": .string(correlationID),
+            ])
+        if let kind = refusal.auditKind {
+            try? await store.recordSecurityEvent(
+                SecurityEvent(
+                    at: Date(), kind: kind, identity: identity, source: source, correlationID: correlationID,
+                    detail: "\(what): \(refusal.stage.rawValue): \(refusal.detail)"))
+        }
+        if let until = refusal.quarantinedUntil, let identity, let device = Identity(uri: identity)?.deviceID {
+            try? await store.setQuarantine(device, until: until)
+            try? await store.recordSecurityEvent(
+                SecurityEvent(
+                    at: Date(), kind: "device-quarantined", identity: identity, source: source,
+                    correlationID: correlationID,
+                    detail: "quarantined until \(Date(timeIntervalSince1970: Double(until)).formatted(.iso8601)) "
+                        + "after \(refusal.auditKind ?? refusal.problem.slug)"))
+        }
+    }
+}
+
+enum ProblemResponse {
+    static let contentType = "application/problem+json"
+
+    /// RFC 9457 problem details, plus for 429 `Retry-After` (RFC 9110 §10.2.3) and the `RateLimit-Policy` and
+    /// `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-09 (§2, §3): quota, window and what remains.
+    static func make(_ problem: Problem, correlationID: String, refusal: Refusal? = nil) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = contentType
+        headers[.cacheControl] = "no-store"
+        if let seconds = refusal?.retryAfterSeconds {
+            headers[.retryAfter] = String(seconds)
+            if let (name, limit) = refusal?.limit {
+                headers[HTTPField.Name("RateLimit-Policy")!] =
+                    "\"\(name)\";q=\(limit.burst);w=\(limit.windowSeconds)"
+                headers[HTTPField.Name("RateLimit")!] = "\"\(name)\";r=0;t=\(seconds)"
+            }
+        }
+        return Response(
+            status: HTTPResponse.Status(code: problem.status), headers: headers,
+            body: .init(byteBuffer: ByteBuffer(string: problem.json(correlationID: correlationID))))
+    }
+
+    /// The catalogue entry for a refusal that did not come from the pipeline.
+    static func problem(forStatus status: Int) -> Problem {
+        Problem.catalogue.first { $0.status == status && $0 != .unauthenticated } ?? .unavailable
+    }
+}
+
+/// Stage 1 of the pipeline: per-source connection rate, checked when TCP accepts, before any TLS work is done.
+struct ConnectionGate<Base: ServerChildChannel>: ServerChildChannel {
+    typealias Value = Base.Value
+    let base: Base
+    let gateway: GatewayPipeline
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        let source = channel.remoteAddress?.ipAddress ?? "unknown"
+        if let refusal = gateway.admitConnection(source: source, now: .now()) {
+            logger.debug("connection refused before TLS", metadata: ["detail": .string(refusal.detail)])
+            channel.close(promise: nil)
+            return channel.eventLoop.makeFailedFuture(GatewayError(refusal: refusal, identity: nil))
+        }
+        return base.setup(channel: channel, logger: logger)
+    }
+
+    func handle(value: Value, logger: Logger) async { await base.handle(value: value, logger: logger) }
+}
+
+extension HTTPServerBuilder {
+    /// HTTP/1.1 over TLS with the pipeline's connection gate in front of the TLS handler.
+    static func gatedTLS(configuration: TLSChannelConfiguration, gateway: GatewayPipeline) -> HTTPServerBuilder {
+        HTTPServerBuilder { responder in
+            ConnectionGate(
+                base: try TLSChannel(HTTP1Channel(responder: responder), configuration: configuration),
+                gateway: gateway)
+        }
+    }
+}
+
+extension HubServer {
+    /// Loads what the gateway must remember across restarts: schemas, live nonces, counter windows, quarantines.
+    static func restoreGatewayState(_ gateway: GatewayPipeline, store: any HubStore, logger: Logger) async throws {
+        for (name, body) in try await store.schemas() {
+            do { gateway.setSchema(try JSONSchema(bytes: body), for: name) } catch {
+                logger.error(
+                    "stored schema no longer compiles; messages of this type are refused",
+                    metadata: ["type": .string(name), "error": .string("\(error)")])
+            }
+        }
+        let now = Int64(Date().timeIntervalSince1970)
+        gateway.nonces.load(
+            try await store.liveNonces(now: now).map { ($0.0, $0.1.nonce, $0.1.expiresAt) }, now: now)
+        gateway.counters.load(
+            try await store.counterWindows().map { ($0.0, CounterWindow(highest: $0.1.highest, seen: $0.1.seen)) })
+        gateway.quarantine.load(try await store.quarantines(), now: now)
+    }
+}
