@@ -146,10 +146,12 @@ struct ConnectionGate<Base: ServerChildChannel>: ServerChildChannel {
     typealias Value = Base.Value
     let base: Base
     let gateway: GatewayPipeline
+    /// Each listener has its own budget per source: a device flood from one address does not lock operators out.
+    let listener: String
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let source = channel.remoteAddress?.ipAddress ?? "unknown"
-        if let refusal = gateway.admitConnection(source: source, now: .now()) {
+        if let refusal = gateway.admitConnection(source: "\(listener) \(source)", now: .now()) {
             logger.debug("connection refused before TLS", metadata: ["detail": .string(refusal.detail)])
             channel.close(promise: nil)
             return channel.eventLoop.makeFailedFuture(GatewayError(refusal: refusal, identity: nil))
@@ -162,11 +164,13 @@ struct ConnectionGate<Base: ServerChildChannel>: ServerChildChannel {
 
 extension HTTPServerBuilder {
     /// HTTP/1.1 over TLS with the pipeline's connection gate in front of the TLS handler.
-    static func gatedTLS(configuration: TLSChannelConfiguration, gateway: GatewayPipeline) -> HTTPServerBuilder {
+    static func gatedTLS(
+        configuration: TLSChannelConfiguration, gateway: GatewayPipeline, listener: String
+    ) -> HTTPServerBuilder {
         HTTPServerBuilder { responder in
             ConnectionGate(
                 base: try TLSChannel(HTTP1Channel(responder: responder), configuration: configuration),
-                gateway: gateway)
+                gateway: gateway, listener: listener)
         }
     }
 }

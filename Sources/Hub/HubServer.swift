@@ -75,7 +75,7 @@ public final class HubServer: Sendable {
                     configuration: try HubTLS.channelConfiguration(
                         credentials: credentials, role: role, revocations: revocations, store: store,
                         logger: appLogger),
-                    gateway: gateway),
+                    gateway: gateway, listener: name),
                 configuration: .init(address: .hostname(listener.host, port: listener.port), serverName: nil),
                 onServerRunning: { channel in
                     let port = channel.localAddress?.port ?? listener.port

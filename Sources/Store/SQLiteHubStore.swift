@@ -376,7 +376,9 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
+    /// Checkpoints the WAL into the database file (so the file alone is the whole store), then closes.
     public func close() async throws {
+        _ = try? await pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
         try pool.close()
     }
 

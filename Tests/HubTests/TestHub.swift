@@ -21,9 +21,9 @@ final class TestHub: Sendable {
     private let runTask: Task<Void, any Error>
 
     static func start(
-        maxBodyBytes: Int = 64 * 1024, configure: (inout HubConfiguration) -> Void = { _ in }
+        directory: String? = nil, maxBodyBytes: Int = 64 * 1024, configure: (inout HubConfiguration) -> Void = { _ in }
     ) async throws -> TestHub {
-        let directory = try temporaryDirectory("hub")
+        let directory = try directory ?? temporaryDirectory("hub")
         var configuration = HubConfiguration(dataDirectory: directory)
         configuration.device.port = 0
         configuration.operatorAPI.port = 0
@@ -49,10 +49,10 @@ final class TestHub: Sendable {
         self.runTask = task
     }
 
-    func stop() async throws {
+    func stop(keepData: Bool = false) async throws {
         await server.shutdown()
         try await runTask.value
-        try? FileManager.default.removeItem(atPath: directory)
+        if !keepData { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     var caPEM: [UInt8] { Array(server.credentials.authority.certificate.pem.utf8) }
@@ -65,8 +65,10 @@ final class TestHub: Sendable {
         }
     }
 
-    func operatorRequest(_ method: String, _ path: String, json: [String: Any]? = nil) async throws -> HTTPResult {
-        let body = try json.map { [UInt8](try JSONSerialization.data(withJSONObject: $0)) } ?? []
+    func operatorRequest(
+        _ method: String, _ path: String, json: [String: Any]? = nil, raw: [UInt8]? = nil
+    ) async throws -> HTTPResult {
+        let body = try raw ?? json.map { [UInt8](try JSONSerialization.data(withJSONObject: $0)) } ?? []
         return try await HTTPSClient.request(
             host: "127.0.0.1", port: operatorPort, tls: try operatorCredentials.tlsConfiguration(), method: method,
             path: path, headers: [("Content-Type", "application/json")], body: body)
