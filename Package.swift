@@ -117,10 +117,12 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
             ]
         ),
+        // Counts heap allocations for the benchmark (interposes malloc in the bench executable only).
+        .target(name: "AllocationCounter"),
         .executableTarget(
             name: "BulwarkBench",
             dependencies: [
-                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT", "Gateway",
+                "AllocationCounter", "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT", "Gateway",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -93,10 +93,9 @@ struct MQTTBenchmark: AsyncParsableCommand {
         let broker = Process()
         broker.executableURL = URL(fileURLWithPath: mosquitto)
         broker.arguments = ["-c", directory + "/mosquitto.conf"]
-        try broker.run()
+        try broker.runWithDefaultSignalMask()
         defer {
-            // mosquitto 2.0 answers SIGTERM only when its event loop next wakes; it keeps nothing (persistence false).
-            kill(broker.processIdentifier, SIGKILL)
+            broker.terminate()
             broker.waitUntilExit()
         }
         try await Task.sleep(for: .milliseconds(500))

@@ -135,17 +135,26 @@ public struct JSONSchema: Sendable {
 
     /// The first violation, or nil when `value` is valid. Paths are JSON Pointers (RFC 6901) into the instance.
     public func validate(_ value: JSONValue) -> SchemaViolation? {
-        Self.check(value, root, path: "")
+        Self.check(value, root).map {
+            SchemaViolation(path: $0.path.reversed().map { "/" + $0 }.joined(), keyword: $0.keyword)
+        }
     }
 
-    static func check(_ value: JSONValue, _ node: Node, path: String) -> SchemaViolation? {
+    /// A violation on its way up: the path is collected in reverse, and only when something failed (valid messages
+    /// build no path strings).
+    struct Failure {
+        var path: [String]
+        let keyword: String
+    }
+
+    static func check(_ value: JSONValue, _ node: Node) -> Failure? {
         let rules: Rules
         switch node {
         case .always: return nil
-        case .never: return SchemaViolation(path: path, keyword: "false")
+        case .never: return Failure(path: [], keyword: "false")
         case .rules(let r): rules = r
         }
-        func fail(_ keyword: String) -> SchemaViolation { SchemaViolation(path: path, keyword: keyword) }
+        func fail(_ keyword: String) -> Failure { Failure(path: [], keyword: keyword) }
         if let types = rules.types {
             var matches = types.contains(value.typeName)
             if !matches, types.contains("integer"), case .number(let n, _) = value, n == n.rounded() { matches = true }
@@ -180,19 +189,27 @@ public struct JSONSchema: Sendable {
             if let limit = rules.maxItems, elements.count > limit { return fail("maxItems") }
             if let items = rules.items {
                 for (index, element) in elements.enumerated() {
-                    if let violation = check(element, items, path: path + "/\(index)") { return violation }
+                    if var failure = check(element, items) {
+                        failure.path.append(String(index))
+                        return failure
+                    }
                 }
             }
         case .object(let members):
             for name in rules.required where members[name] == nil { return fail("required") }
             for (name, member) in members {
-                let memberPath = path + "/" + escapePointer(name)
                 if let schema = rules.properties[name] {
-                    if let violation = check(member, schema, path: memberPath) { return violation }
+                    if var failure = check(member, schema) {
+                        failure.path.append(escapePointer(name))
+                        return failure
+                    }
                 } else if let additional = rules.additionalProperties {
-                    if let violation = check(member, additional, path: memberPath) {
-                        return violation.keyword == "false"
-                            ? SchemaViolation(path: memberPath, keyword: "additionalProperties") : violation
+                    if var failure = check(member, additional) {
+                        if failure.keyword == "false", failure.path.isEmpty {
+                            failure = Failure(path: [], keyword: "additionalProperties")
+                        }
+                        failure.path.append(escapePointer(name))
+                        return failure
                     }
                 }
             }

@@ -234,27 +234,27 @@ public final class GatewayPipeline: Sendable {
     }
 
     public func checkRateLimits(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) {
-        let checks: [(String, RateLimit, () -> RateDecision)] = [
-            (
-                "source", policy.messagesPerSource,
-                { self.sourceLimiter.decide(message.source, now: now.monotonicNanos) }
-            ),
-            ("device", policy.messagesPerDevice, { self.deviceLimiter.decide(device, now: now.monotonicNanos) }),
-            (
-                "route", policy.messagesPerRoute,
-                { self.routeLimiter.decide(RouteKey(device: device, route: message.route), now: now.monotonicNanos) }
-            ),
-        ]
-        for (name, limit, decide) in checks {
-            if case .deny(let wait) = decide() {
-                var refusal = offence(
-                    .rateLimited, device, now: now, problem: .tooManyRequests, stage: .rateLimit,
-                    detail: "\(name) limit \(limit) exceeded")
-                refusal.retryAfterSeconds = Self.seconds(wait)
-                refusal.limit = (name, limit)
-                throw refusal
-            }
+        if case .deny(let wait) = sourceLimiter.decide(message.source, now: now.monotonicNanos) {
+            throw rateLimited(device, "source", policy.messagesPerSource, wait, now)
         }
+        if case .deny(let wait) = deviceLimiter.decide(device, now: now.monotonicNanos) {
+            throw rateLimited(device, "device", policy.messagesPerDevice, wait, now)
+        }
+        let routeKey = RouteKey(device: device, route: message.route)
+        if case .deny(let wait) = routeLimiter.decide(routeKey, now: now.monotonicNanos) {
+            throw rateLimited(device, "route", policy.messagesPerRoute, wait, now)
+        }
+    }
+
+    func rateLimited(_ device: DeviceID, _ name: String, _ limit: RateLimit, _ wait: Int64, _ now: GatewayTime)
+        -> Refusal
+    {
+        var refusal = offence(
+            .rateLimited, device, now: now, problem: .tooManyRequests, stage: .rateLimit,
+            detail: "\(name) limit \(limit) exceeded")
+        refusal.retryAfterSeconds = Self.seconds(wait)
+        refusal.limit = (name, limit)
+        return refusal
     }
 
     public func checkSizeAndType(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) {

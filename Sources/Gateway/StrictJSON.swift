@@ -1,5 +1,5 @@
 /// A JSON value accepted by `StrictJSON`: objects have unique member names, numbers are finite doubles.
-public indirect enum JSONValue: Sendable, Equatable {
+public enum JSONValue: Sendable, Equatable {
     case null
     case bool(Bool)
     /// The value, and whether the literal had neither fraction nor exponent.

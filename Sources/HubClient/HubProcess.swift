@@ -22,7 +22,7 @@ public final class HubProcess: Sendable {
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
         process.standardError = handle
         process.standardOutput = handle
-        try process.run()
+        try process.runWithDefaultSignalMask()
         self.process = process
     }
 
@@ -71,5 +71,19 @@ public final class HubProcess: Sendable {
     public func wait() -> Int32 {
         process.waitUntilExit()
         return process.terminationStatus
+    }
+}
+
+extension Process {
+    /// Starts the process with no signal blocked. Swift's worker threads block most signals and a spawned child
+    /// inherits the spawning thread's mask, so a child started from async code would ignore SIGTERM or never see
+    /// its own SIGALRM (mosquitto would not stop; `openssl speed` would never end).
+    public func runWithDefaultSignalMask() throws {
+        var empty = sigset_t()
+        var previous = sigset_t()
+        sigemptyset(&empty)
+        pthread_sigmask(SIG_SETMASK, &empty, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+        try run()
     }
 }
