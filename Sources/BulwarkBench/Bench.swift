@@ -51,6 +51,7 @@ struct Telemetry: AsyncParsableCommand {
         configuration.gateway.routeBurst = 1_000_000
         configuration.gateway.sourceRate = 1e6
         configuration.gateway.sourceBurst = 1_000_000
+        configuration.gateway.connectionBurst = 1000  // all 50 connections open at once
         let hub = try await HubServer.make(configuration: configuration, logger: logger, gracefulShutdownSignals: [])
         let hubTask = Task { try await hub.run() }
         let ports = await hub.listeningPorts()

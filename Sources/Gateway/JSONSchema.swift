@@ -35,6 +35,12 @@ public struct JSONSchema: Sendable {
 
     let root: Node
 
+    /// A schema nothing satisfies: stands in for a stored schema that no longer compiles, so its messages are
+    /// refused rather than accepted unchecked.
+    public static let refuseAll = JSONSchema(root: .never)
+
+    init(root: Node) { self.root = root }
+
     public static let draft202012 = "https://json-schema.org/draft/2020-12/schema"
     static let annotations: Set<String> = ["$schema", "$id", "$comment", "title", "description", "examples", "default"]
     static let typeNames: Set<String> = ["null", "boolean", "object", "array", "number", "string", "integer"]
@@ -97,8 +103,9 @@ public struct JSONSchema: Sendable {
                 case "additionalProperties": rules.additionalProperties = try compile(argument, path: at)
                 case "items": rules.items = try compile(argument, path: at)
                 case "enum":
-                    guard case .array(let values) = argument, !values.isEmpty else {
-                        throw SchemaError("\(at) must be a non-empty array")
+                    // Each check compares against every value: bounded so a schema cannot make validation costly.
+                    guard case .array(let values) = argument, !values.isEmpty, values.count <= 256 else {
+                        throw SchemaError("\(at) must be a non-empty array of at most 256 values")
                     }
                     rules.enumeration = values
                 case "const": rules.constant = argument

@@ -201,8 +201,9 @@ public struct MessageSignatureProfile: Sendable {
         return String(view)
     }
 
-    static func printable(_ text: String) -> String {
-        String(text.unicodeScalars.prefix(32).map { $0.isASCII && $0.value >= 0x20 ? Character($0) : "?" })
+    /// ASCII-printable and short: safe to put attacker-chosen text into a log line or an audit record.
+    public static func printable(_ text: String, limit: Int = 32) -> String {
+        String(text.unicodeScalars.prefix(limit).map { $0.isASCII && $0.value >= 0x20 ? Character($0) : "?" })
     }
 }
 

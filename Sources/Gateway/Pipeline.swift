@@ -130,7 +130,13 @@ public final class GatewayPipeline: Sendable {
         sourceLimiter = RateLimiterTable(limit: policy.messagesPerSource)
         deviceLimiter = RateLimiterTable(limit: policy.messagesPerDevice)
         routeLimiter = RateLimiterTable(limit: policy.messagesPerRoute)
-        nonces = NonceLedger(retentionSeconds: 2 * policy.signatures.maxSkewSeconds + 1)
+        // Each device can hold at most (burst + rate × retention) live nonces, since every one came with an admitted
+        // request; the whole ledger is capped at 4 million entries (about 400 MB at most).
+        let retention = 2 * policy.signatures.maxSkewSeconds + 1
+        let perDevice =
+            policy.messagesPerDevice.burst
+            + Int((policy.messagesPerDevice.rate * Double(retention)).rounded(.up)) + 16
+        nonces = NonceLedger(retentionSeconds: retention, capacity: 4_000_000, perDeviceCapacity: perDevice)
         quarantine = QuarantineBook(policy: policy.quarantine)
     }
 
@@ -233,16 +239,21 @@ public final class GatewayPipeline: Sendable {
         }
     }
 
+    /// The device's own limits first, so a flooding device is stopped before it spends its neighbours' shared
+    /// source budget; a refusal by the source limit is not counted against the device (many devices share a NAT).
     public func checkRateLimits(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) {
-        if case .deny(let wait) = sourceLimiter.decide(message.source, now: now.monotonicNanos) {
-            throw rateLimited(device, "source", policy.messagesPerSource, wait, now)
-        }
         if case .deny(let wait) = deviceLimiter.decide(device, now: now.monotonicNanos) {
             throw rateLimited(device, "device", policy.messagesPerDevice, wait, now)
         }
         let routeKey = RouteKey(device: device, route: message.route)
         if case .deny(let wait) = routeLimiter.decide(routeKey, now: now.monotonicNanos) {
             throw rateLimited(device, "route", policy.messagesPerRoute, wait, now)
+        }
+        if case .deny(let wait) = sourceLimiter.decide(message.source, now: now.monotonicNanos) {
+            throw Refusal(
+                problem: .tooManyRequests, stage: .rateLimit,
+                detail: "source limit \(policy.messagesPerSource) exceeded for \(message.source)",
+                retryAfterSeconds: Self.seconds(wait), limit: ("source", policy.messagesPerSource), auditKind: nil)
         }
     }
 
@@ -308,7 +319,7 @@ public final class GatewayPipeline: Sendable {
         if let violation = schema.validate(value) {
             throw offence(
                 .invalidMessage, device, now: now, problem: .invalidMessage, stage: .schema,
-                detail: "\(messageType): \(violation)")
+                detail: "\(messageType): \(MessageSignatureProfile.printable(violation.description, limit: 160))")
         }
         return messageType
     }
@@ -340,9 +351,10 @@ public final class GatewayPipeline: Sendable {
                     .replay, device, now: now, problem: .unauthenticated, stage: .replay,
                     detail: "nonce reused within the window")
             case .full:
-                throw offence(
-                    .rateLimited, device, now: now, problem: .tooManyRequests, stage: .replay,
-                    detail: "nonce ledger full for this device")
+                // Cannot happen within the device's own rate (see `init`): the hub is over capacity.
+                throw Refusal(
+                    problem: .unavailable, stage: .replay, detail: "nonce ledger full", retryAfterSeconds: 1,
+                    auditKind: "gateway-capacity")
             }
         case .mqtt(let counter):
             guard let counter else { return (nil, nil) }

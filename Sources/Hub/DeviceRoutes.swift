@@ -59,7 +59,8 @@ struct DeviceRoutes {
                 NewTelemetry(
                     deviceID: device, receivedAt: Date(), correlationID: context.correlationID.rawValue,
                     body: message.body,
-                    nonce: admitted.nonce.map { StoredNonce(nonce: $0.value, expiresAt: $0.expiresAt) }))
+                    nonce: admitted.nonce.map { StoredNonce(nonce: $0.value, expiresAt: $0.expiresAt) },
+                    messageType: admitted.messageType))
         } catch {
             // Nothing was acknowledged: the device may retry with the same nonce.
             if let nonce = admitted.nonce { gateway.nonces.release(device: device, nonce: nonce.value) }

@@ -50,9 +50,11 @@ public struct GatewaySettings: Sendable, Equatable {
     }
 
     func validate() throws {
-        guard deviceRate > 0, routeRate > 0, sourceRate > 0, connectionRate > 0, deviceBurst >= 1, routeBurst >= 1,
-            sourceBurst >= 1, connectionBurst >= 1
-        else { throw HubStartupError("gateway rates must be greater than 0 and bursts at least 1") }
+        let rates = [deviceRate, routeRate, sourceRate, connectionRate]
+        let bursts = [deviceBurst, routeBurst, sourceBurst, connectionBurst]
+        guard rates.allSatisfy({ (0.001...1_000_000).contains($0) }),
+            bursts.allSatisfy({ (1...1_000_000).contains($0) })
+        else { throw HubStartupError("gateway rates must be 0.001-1000000 per second and bursts 1-1000000") }
         guard (1...3600).contains(signatureSkewSeconds) else {
             throw HubStartupError("gateway.signatureSkewSeconds must be between 1 and 3600")
         }
@@ -180,6 +182,7 @@ extension HubServer {
     static func restoreGatewayState(_ gateway: GatewayPipeline, store: any HubStore, logger: Logger) async throws {
         for (name, body) in try await store.schemas() {
             do { gateway.setSchema(try JSONSchema(bytes: body), for: name) } catch {
+                gateway.setSchema(.refuseAll, for: name)
                 logger.error(
                     "stored schema no longer compiles; messages of this type are refused",
                     metadata: ["type": .string(name), "error": .string("\(error)")])

@@ -25,7 +25,7 @@ public struct HubError: Error, HTTPResponseError {
         self.event = event
     }
 
-    public static func forbidden(_ detail: String, event: String = "access-denied") -> HubError {
+    public static func forbidden(_ detail: String, event: String? = "access-denied") -> HubError {
         HubError(.forbidden, "forbidden", detail: detail, event: event)
     }
 

@@ -82,6 +82,7 @@ struct PeerIdentityMiddleware: RouterMiddleware {
     typealias Context = HubRequestContext
     let revocations: RevocationList
     let cache: PeerCertificateCache
+    let revokedUse = OncePerWindow()
 
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
@@ -97,13 +98,29 @@ struct PeerIdentityMiddleware: RouterMiddleware {
         context.logger[metadataKey: "peer"] = .string(peer.identity.uri)
         do {
             if revocations.contains(peer.serialHex) {
-                throw HubError.forbidden("certificate \(peer.serialHex) was revoked", event: "revoked-certificate-used")
+                // Audited once per certificate per minute: an open connection hammering with a revoked
+                // certificate must not turn each request into a disk write.
+                let audit = revokedUse.first(peer.serialHex, now: Int64(Date().timeIntervalSince1970) / 60)
+                throw HubError.forbidden(
+                    "certificate \(peer.serialHex) was revoked", event: audit ? "revoked-certificate-used" : nil)
             }
             return try await next(request, context)
         } catch var error as HubError {
             // The outer middleware sees the context from before the peer was known: carry it on the error.
             error.identity = error.identity ?? peer.identity.uri
             throw error
+        }
+    }
+}
+
+/// Remembers which keys were seen in the current window (bounded; cleared when the window changes or it fills).
+final class OncePerWindow: Sendable {
+    private let state = Mutex<(window: Int64, seen: Set<String>)>((0, []))
+
+    func first(_ key: String, now window: Int64) -> Bool {
+        state.withLock { state in
+            if state.window != window || state.seen.count > 10_000 { state = (window, []) }
+            return state.seen.insert(key).inserted
         }
     }
 }

@@ -50,6 +50,8 @@ public struct NewTelemetry: Sendable {
     public var receivedAt: Date
     public var correlationID: String
     public var body: [UInt8]
+    /// The message type whose schema the gateway checked (so consumers know which contract the body meets).
+    public var messageType: String?
     /// The request nonce to remember (HTTP), stored in the same transaction as the message.
     public var nonce: StoredNonce?
     /// The device's counter window after this message (MQTT), stored in the same transaction.
@@ -57,8 +59,9 @@ public struct NewTelemetry: Sendable {
 
     public init(
         deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8], nonce: StoredNonce? = nil,
-        counterWindow: StoredCounterWindow? = nil
+        counterWindow: StoredCounterWindow? = nil, messageType: String? = nil
     ) {
+        self.messageType = messageType
         self.deviceID = deviceID
         self.receivedAt = receivedAt
         self.correlationID = correlationID

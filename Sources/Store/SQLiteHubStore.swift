@@ -116,6 +116,7 @@ public final class SQLiteHubStore: HubStore {
                         body BLOB NOT NULL,
                         updated_at INTEGER NOT NULL
                     );
+                    ALTER TABLE telemetry ADD COLUMN message_type TEXT;
                     """)
         }
         return migrator
@@ -436,12 +437,15 @@ final class GroupCommitter: Sendable {
         pool.asyncWrite(
             { db -> [Int64] in
                 let statement = try db.cachedStatement(
-                    sql: "INSERT INTO telemetry (device_id, received_at, correlation_id, body) VALUES (?, ?, ?, ?)")
+                    sql:
+                        "INSERT INTO telemetry (device_id, received_at, correlation_id, body, message_type) VALUES (?, ?, ?, ?, ?)"
+                )
                 var ids: [Int64] = []
                 ids.reserveCapacity(messages.count)
                 for message in messages {
                     try statement.execute(arguments: [
                         message.deviceID.rawValue, message.receivedAt.millis, message.correlationID, Data(message.body),
+                        message.messageType,
                     ])
                     ids.append(db.lastInsertedRowID)
                     // The replay state travels in the message's own transaction: acknowledged together or not at all.

@@ -209,6 +209,37 @@ import Testing
         #expect(denied.stage == .authorization)
     }
 
+    /// A NAT address over its shared budget is refused without counting against the devices behind it, and a
+    /// flooding device is stopped by its own limit before it spends the shared budget.
+    @Test func sourceLimitIsNotTheDevicesOffence() throws {
+        let gateway = try pipeline {
+            $0.messagesPerSource = RateLimit(rate: 1, burst: 5)
+            $0.quarantine = QuarantinePolicy(thresholds: [.rateLimited: 3], durationSeconds: 60)
+        }
+        let at = time(0)
+        var refusals: [Refusal] = []
+        for index in 0..<20 {
+            if case .failure(let refusal) = gateway.admit(
+                try message(Array(#"{"temperature":1}"#.utf8), device: "nat-\(index)", at: at), now: at)
+            {
+                refusals.append(refusal)
+            }
+        }
+        #expect(refusals.count == 15)
+        #expect(refusals.allSatisfy { $0.limit?.name == "source" && $0.auditKind == nil && $0.quarantinedUntil == nil })
+        #expect(!gateway.quarantine.isQuarantined(try DeviceID("nat-19"), now: at.unixSeconds))
+    }
+
+    @Test func aStoredSchemaThatNoLongerCompilesRefusesEverything() throws {
+        let gateway = try pipeline()
+        gateway.setSchema(.refuseAll, for: "telemetry")
+        let at = time(0)
+        guard
+            case .failure(let refusal) = gateway.admit(try message(Array(#"{"temperature":1}"#.utf8), at: at), now: at)
+        else { throw TestFailure("admitted") }
+        #expect(refusal.stage == .schema)
+    }
+
     @Test func connectionRatePerSource() {
         let gateway = GatewayPipeline()
         var refused = 0
