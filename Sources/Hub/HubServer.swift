@@ -110,7 +110,7 @@ public final class HubServer: Sendable {
             }(), onBound: { portsContinuation.yield(("pairing", $0)) })
         let mqtt = MQTTListener(
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
-            revocations: revocations, store: store, rids: rids, broker: MQTTBroker(),
+            revocations: revocations, store: store, rids: rids, broker: MQTTBroker(), gateway: gateway,
             logger: {
                 var mqttLogger = logger
                 mqttLogger[metadataKey: "listener"] = "mqtt"

@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import Gateway
 import Logging
 import MQTT
 import NIOCore
@@ -26,6 +27,8 @@ struct MQTTListener: Service {
     let store: any HubStore
     let rids: RIDDirectory
     let broker: MQTTBroker
+    /// Its quarantine applies here too: a device quarantined on any interface is refused on all of them.
+    let gateway: GatewayPipeline
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
     /// The TLS handshake plus CONNECT must arrive within this time (MQTT 3.1.1 §3.1.4 lets the server close).
@@ -147,6 +150,13 @@ struct MQTTConnection {
                 .connack(sessionPresent: false, reasonCode: v5 ? 0x85 : 0x02, properties: .init()), version, outbound)
             return
         }
+        // A quarantined device is refused with no further work (MQTT 5.0 §3.2.2.2 0x87 Not authorized;
+        // 3.1.1 §3.2.2.3 0x05 not authorized), as on HTTP.
+        if listener.gateway.quarantine.isQuarantined(device, now: Int64(Date().timeIntervalSince1970)) {
+            try await send(
+                .connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version, outbound)
+            return
+        }
         var properties = Properties()
         if v5 {
             if connect.clientID.isEmpty { properties.assignedClientIdentifier = clientID }
@@ -193,6 +203,11 @@ struct MQTTConnection {
             case .publish(let publish):
                 guard !listener.revocations.contains(serial) else {
                     await refuse("revoked-certificate-used", device, source, "MQTT publish after revocation")
+                    if v5 { try await send(.disconnect(reasonCode: 0x87, properties: .init()), version, outbound) }
+                    return false
+                }
+                guard !listener.gateway.quarantine.isQuarantined(device, now: Int64(Date().timeIntervalSince1970))
+                else {
                     if v5 { try await send(.disconnect(reasonCode: 0x87, properties: .init()), version, outbound) }
                     return false
                 }

@@ -277,4 +277,24 @@ import Testing
         #expect(try await hub.server.store.schemas().isEmpty)
         try await hub.stop()
     }
+
+    /// A device quarantined on HTTP is refused on MQTT too (CONNACK not authorized), and released on both.
+    @Test func quarantineAppliesToMQTTToo() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("both-1")
+        let id = try DeviceID("both-1")
+        let now = Int64(Date().timeIntervalSince1970)
+        for _ in 0..<5 { _ = hub.server.gateway.quarantine.record(.replay, device: id, now: now) }
+        #expect(hub.server.gateway.quarantine.isQuarantined(id, now: now))
+        let refused = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "both-1"
+        ) { _, reason in reason }
+        #expect(refused == 0x05, "3.1.1 CONNACK: not authorized")
+        hub.server.gateway.release(id)
+        let accepted = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "both-1"
+        ) { _, reason in reason }
+        #expect(accepted == 0)
+        try await hub.stop()
+    }
 }
