@@ -85,10 +85,9 @@ struct GatewayBenchmark: AsyncParsableCommand {
         let key = P256.Signing.PrivateKey()
         let signer = MessageSigner(key: key)
         let profile = MessageSignatureProfile(maxSkewSeconds: 60)
-        let requests = try (0..<256).map { index -> SignedRequest in
+        let requests = try (0..<256).map { _ -> SignedRequest in
             let headers = try signer.sign(method: "POST", path: "/v1/telemetry", body: body, created: now.unixSeconds)
             func field(_ name: String) -> String? { headers.first { $0.name == name }?.value }
-            _ = index
             return SignedRequest(
                 method: "POST", path: "/v1/telemetry", signatureInput: field("Signature-Input"),
                 signature: field("Signature"), contentDigest: field("Content-Digest"))

@@ -199,4 +199,4 @@ private func openStore(_ directory: String) throws -> SQLiteHubStore {
     return try SQLiteHubStore(path: path)
 }
 
-private func hexPrefix(_ bytes: [UInt8]) -> String { bytes.prefix(8).map { String(format: "%02x", $0) }.joined() }
+private func hexPrefix(_ bytes: [UInt8]) -> String { AuditChain.hex(bytes.prefix(8)) }

@@ -59,8 +59,8 @@ public final class QuarantineBook: Sendable {
             if state.tallies.count > 100_000 { state.tallies = state.tallies.filter { $0.value.minute == minute } }
             var tally = state.tallies[device] ?? Tally(minute: minute, counts: [:])
             if tally.minute != minute { tally = Tally(minute: minute, counts: [:]) }
-            tally.counts[offence, default: 0] += 1
-            let count = tally.counts[offence]!
+            let count = tally.counts[offence, default: 0] + 1
+            tally.counts[offence] = count
             state.tallies[device] = tally
             guard let threshold = policy.thresholds[offence], count >= threshold, (state.until[device] ?? 0) <= now
             else { return Record(countThisMinute: count, quarantinedUntil: nil) }

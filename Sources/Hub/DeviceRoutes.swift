@@ -16,6 +16,9 @@ struct DeviceRoutes {
 
     /// The header that names a message's type (its schema); absent means `telemetry`.
     static let messageTypeField = HTTPField.Name("Bulwark-Message-Type")!
+    static let signatureInputField = HTTPField.Name("Signature-Input")!
+    static let signatureField = HTTPField.Name("Signature")!
+    static let contentDigestField = HTTPField.Name("Content-Digest")!
 
     func register(on router: Router<HubRequestContext>) {
         router.post("/v1/telemetry") { request, context in try await telemetry(request, context) }
@@ -24,15 +27,15 @@ struct DeviceRoutes {
 
     func inbound(_ request: Request, _ context: HubRequestContext, route: String) throws -> InboundMessage {
         guard let peer = context.peer else { throw HubError.forbidden("no peer identity") }
-        func field(_ name: String) -> String? { request.headers[HTTPField.Name(name)!] }
         return InboundMessage(
             identity: peer.identity, route: route, source: context.channel.remoteAddress?.ipAddress ?? "unknown",
             contentType: request.headers[.contentType], messageType: request.headers[Self.messageTypeField], body: [],
             transport: .http(
                 SignedRequest(
                     method: request.method.rawValue, path: request.uri.path,
-                    signatureInput: field("Signature-Input"), signature: field("Signature"),
-                    contentDigest: field("Content-Digest")), key: peer.publicKey))
+                    signatureInput: request.headers[Self.signatureInputField],
+                    signature: request.headers[Self.signatureField],
+                    contentDigest: request.headers[Self.contentDigestField]), key: peer.publicKey))
     }
 
     /// Stores one message and answers 202 only once it (and its nonce) is durable.

@@ -117,6 +117,8 @@ struct GatewayRecorder: Sendable {
 
 enum ProblemResponse {
     static let contentType = "application/problem+json"
+    static let policyField = HTTPField.Name("RateLimit-Policy")!
+    static let rateLimitField = HTTPField.Name("RateLimit")!
 
     /// RFC 9457 problem details, plus for 429 `Retry-After` (RFC 9110 §10.2.3) and the `RateLimit-Policy` and
     /// `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-09 (§2, §3): quota, window and what remains.
@@ -127,9 +129,8 @@ enum ProblemResponse {
         if let seconds = refusal?.retryAfterSeconds {
             headers[.retryAfter] = String(seconds)
             if let (name, limit) = refusal?.limit {
-                headers[HTTPField.Name("RateLimit-Policy")!] =
-                    "\"\(name)\";q=\(limit.burst);w=\(limit.windowSeconds)"
-                headers[HTTPField.Name("RateLimit")!] = "\"\(name)\";r=0;t=\(seconds)"
+                headers[policyField] = "\"\(name)\";q=\(limit.burst);w=\(limit.windowSeconds)"
+                headers[rateLimitField] = "\"\(name)\";r=0;t=\(seconds)"
             }
         }
         return Response(

@@ -80,7 +80,7 @@ struct OperatorRoutes {
             schemas.map { name, body in
                 [
                     "name": name, "bytes": body.count,
-                    "sha256": SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined(),
+                    "sha256": AuditChain.hex(SHA256.hash(data: body)),
                 ] as [String: any Sendable]
             })
     }
