@@ -33,14 +33,25 @@ struct MQTTBenchmark: AsyncParsableCommand {
             .appendingPathComponent("bulwark").path
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-mqttbench-\(UUID())")
             .path
-        let hub = try HubProcess(binary: binary, directory: directory)
+        // The gateway pipeline runs in full; its limits are raised so that the load is measured, not refused.
+        let unlimited = "1000000"
+        let hub = try HubProcess(
+            binary: binary, directory: directory,
+            environment: [
+                "BULWARK_GATEWAY_DEVICE_RATE": unlimited, "BULWARK_GATEWAY_DEVICE_BURST": unlimited,
+                "BULWARK_GATEWAY_ROUTE_RATE": unlimited, "BULWARK_GATEWAY_ROUTE_BURST": unlimited,
+                "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
+                "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
+                "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited, "BULWARK_MQTT_MAX_CONNECTIONS": unlimited,
+            ])
         defer {
             hub.terminate()
             _ = hub.wait()
         }
         let ports = try await hub.waitForPorts()
 
-        // One device certificate per connection (each publishes under its own topic, as the ACL requires).
+        // One device certificate per connection (each publishes under its own topic, as the ACL requires, and one
+        // client id is one session: a second connection with it takes the session over).
         let operatorCredentials = try ClientCredentials(
             certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
             caFile: directory + "/ca.crt")
@@ -48,7 +59,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
         try await HTTPSClient.withConnection(
             host: "127.0.0.1", port: ports.operator, tls: try operatorCredentials.tlsConfiguration()
         ) { connection in
-            for index in 0..<connections {
+            for index in 0..<max(connections, idle) {
                 let key = P256.Signing.PrivateKey()
                 let csr = try CertificateSigningRequest(
                     version: .v1, subject: try DistinguishedName { CommonName("b\(index)") },

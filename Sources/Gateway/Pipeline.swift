@@ -198,9 +198,10 @@ public final class GatewayPipeline: Sendable {
     > {
         do {
             try checkSizeAndType(device, message, now: now)
-            let value = try parse(device, message, now: now)
+            var value = try parse(device, message, now: now)
+            let counted = try takeCounter(device, message, &value, now: now)
             let messageType = try checkSchema(device, message, value, now: now)
-            let (nonce, window) = try checkReplay(device, message, now: now)
+            let (nonce, window) = try checkReplay(device, counted, now: now)
             return .success(
                 Admitted(device: device, messageType: messageType, value: value, nonce: nonce, counterWindow: window))
         } catch {
@@ -296,6 +297,42 @@ public final class GatewayPipeline: Sendable {
                 detail: "top level is \(value.typeName), not object")
         }
         return value
+    }
+
+    /// The reserved top-level member of an MQTT payload that carries the device's message counter: MQTT 3.1.1 has
+    /// no properties, so this is its envelope field; MQTT 5 devices may use it or the `counter` user property.
+    public static let counterMember = "$counter"
+    /// The MQTT 5 user property (§3.3.2.3.7) that carries the counter.
+    public static let counterProperty = "counter"
+
+    /// MQTT only: moves the counter from the payload's `$counter` member (if any) to the transport, so the schema
+    /// sees the message without it and the replay stage checks it. A counter must be an integer 0…2^53−1; when
+    /// both the property and the member are present they must agree.
+    public func takeCounter(
+        _ device: DeviceID, _ message: InboundMessage, _ value: inout JSONValue, now: GatewayTime
+    ) throws(Refusal) -> InboundMessage {
+        guard case .mqtt(let property) = message.transport, case .object(var members) = value,
+            let member = members.removeValue(forKey: Self.counterMember)
+        else { return message }
+        guard case .number(let number, integerLiteral: true) = member, number >= 0, number <= 9_007_199_254_740_991
+        else { throw malformedCounter(device, now: now) }
+        let counter = UInt64(number)
+        if let property, property != counter {
+            throw offence(
+                .invalidMessage, device, now: now, problem: .invalidMessage, stage: .replay,
+                detail: "counter property and \(Self.counterMember) member differ")
+        }
+        value = .object(members)
+        var counted = message
+        counted.transport = .mqtt(counter: counter)
+        return counted
+    }
+
+    /// A counter that is not an unsigned integer (in the property or the member).
+    public func malformedCounter(_ device: DeviceID, now: GatewayTime) -> Refusal {
+        offence(
+            .invalidMessage, device, now: now, problem: .invalidMessage, stage: .replay,
+            detail: "counter is not an integer 0-2^53-1")
     }
 
     /// Chooses the schema by message type (a header on HTTP, the topic on MQTT) and validates.

@@ -35,6 +35,8 @@ public struct HubConfiguration: Sendable, Equatable {
     public var logLevel = "info"
     /// Rate limits, signature clock skew, quarantine thresholds, JSON limits (`gateway.*`).
     public var gateway = GatewaySettings()
+    /// Broker limits and topic access patterns (`mqtt.*`).
+    public var mqttSettings = MQTTSettings()
 
     public init(dataDirectory: String) {
         self.dataDirectory = dataDirectory
@@ -98,6 +100,23 @@ public struct HubConfiguration: Sendable, Equatable {
         gateway.jsonMaxDepth = reader.int(forKey: "gateway.jsonMaxDepth", default: gateway.jsonMaxDepth)
         gateway.jsonMaxMembers = reader.int(forKey: "gateway.jsonMaxMembers", default: gateway.jsonMaxMembers)
         config.gateway = gateway
+        var mqtt = MQTTSettings()
+        mqtt.maxConnections = reader.int(forKey: "mqtt.maxConnections", default: mqtt.maxConnections)
+        mqtt.maxConnectionsPerSource = reader.int(
+            forKey: "mqtt.maxConnectionsPerSource", default: mqtt.maxConnectionsPerSource)
+        mqtt.connectDeadlineSeconds = reader.double(
+            forKey: "mqtt.connectDeadlineSeconds", default: mqtt.connectDeadlineSeconds)
+        mqtt.maxQueuedMessages = reader.int(forKey: "mqtt.maxQueuedMessages", default: mqtt.maxQueuedMessages)
+        mqtt.maxSessionExpirySeconds = reader.int(
+            forKey: "mqtt.maxSessionExpirySeconds", default: mqtt.maxSessionExpirySeconds)
+        mqtt.maxRetainedMessages = reader.int(forKey: "mqtt.maxRetainedMessages", default: mqtt.maxRetainedMessages)
+        mqtt.receiveMaximum = reader.int(forKey: "mqtt.receiveMaximum", default: mqtt.receiveMaximum)
+        mqtt.topicAliasMaximum = reader.int(forKey: "mqtt.topicAliasMaximum", default: mqtt.topicAliasMaximum)
+        mqtt.devicePublish = reader.stringArray(forKey: "mqtt.devicePublish", default: mqtt.devicePublish)
+        mqtt.deviceSubscribe = reader.stringArray(forKey: "mqtt.deviceSubscribe", default: mqtt.deviceSubscribe)
+        mqtt.fleetPublish = reader.stringArray(forKey: "mqtt.fleetPublish", default: mqtt.fleetPublish)
+        mqtt.fleetSubscribe = reader.stringArray(forKey: "mqtt.fleetSubscribe", default: mqtt.fleetSubscribe)
+        config.mqttSettings = mqtt
         try config.validate()
         return config
     }
@@ -134,6 +153,7 @@ public struct HubConfiguration: Sendable, Equatable {
             throw HubStartupError("telemetry.maxBodyBytes must be between 1024 and 16777216")
         }
         try gateway.validate()
+        try mqttSettings.validate()
     }
 
     public var sqlitePath: String {

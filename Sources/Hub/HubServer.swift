@@ -94,10 +94,13 @@ public final class HubServer: Sendable {
             policy: .init(
                 freeAttempts: configuration.pairingFreeAttempts, baseLockout: configuration.pairingLockoutSeconds,
                 maximumLockout: max(3600, configuration.pairingLockoutSeconds)))
+        let broker = MQTTBroker(
+            maxQueued: configuration.mqttSettings.maxQueuedMessages,
+            maxRetained: configuration.mqttSettings.maxRetainedMessages)
         let operatorApp = try application(name: "operator", listener: configuration.operatorAPI, role: .operator) {
             OperatorRoutes(
                 store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
-                gateway: gateway
+                gateway: gateway, broker: broker
             ).register(on: $0)
         }
         let pairing = PairingListener(
@@ -110,7 +113,8 @@ public final class HubServer: Sendable {
             }(), onBound: { portsContinuation.yield(("pairing", $0)) })
         let mqtt = MQTTListener(
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
-            revocations: revocations, store: store, rids: rids, broker: MQTTBroker(), gateway: gateway,
+            revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,
+            settings: configuration.mqttSettings,
             logger: {
                 var mqttLogger = logger
                 mqttLogger[metadataKey: "listener"] = "mqtt"

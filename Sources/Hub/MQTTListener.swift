@@ -13,12 +13,11 @@ import Store
 import Synchronization
 import X509
 
-/// The MQTT listener: MQTT 3.1.1 and 5.0 over TLS 1.3 with a required device certificate (the same verification as
-/// the device API). Identity is the certificate; a device publishes and subscribes only under `devices/<id>/`.
-/// A QoS 1 PUBLISH is acknowledged only after it is durable in the store.
-///
-/// Not yet here (MQTT issue): retained messages, persistent sessions, QoS 1 redelivery to subscribers, the gateway
-/// pipeline (rate limits, schemas, counters), connection limits per source.
+/// The MQTT listener: MQTT 3.1.1 and 5.0 over TLS 1.3 with a required client certificate (the same verification as
+/// the HTTPS listeners). Identity is the certificate: a device publishes and subscribes within its own topics
+/// (`mqtt.device*` patterns), an operator (or an application holding an operator certificate) reads the fleet and
+/// sends commands (`mqtt.fleet*`). Every device PUBLISH passes the gateway pipeline (rate limits → size → strict
+/// JSON → schema chosen by topic → counter window → store); a QoS 1 PUBLISH is acknowledged only once durable.
 struct MQTTListener: Service {
     let host: String
     let port: Int
@@ -27,26 +26,69 @@ struct MQTTListener: Service {
     let store: any HubStore
     let rids: RIDDirectory
     let broker: MQTTBroker
-    /// Its quarantine applies here too: a device quarantined on any interface is refused on all of them.
     let gateway: GatewayPipeline
+    let settings: MQTTSettings
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
-    /// The TLS handshake plus CONNECT must arrive within this time (MQTT 3.1.1 §3.1.4 lets the server close).
-    let connectDeadline: Duration = .seconds(5)
-    let maximumPacketSize = 64 * 1024 + 1024
+    let connections: ConnectionCounter
+    /// The largest packet accepted: a maximum-size body plus room for the topic and properties. Anything larger is
+    /// refused by the decoder before it is buffered (MQTT 5: DISCONNECT 0x95).
+    let maximumPacketSize: Int
+    let pendingQoS0 = PendingWrites(limit: 1024)
+
+    init(
+        host: String, port: Int, credentials: HubCredentials, revocations: RevocationList, store: any HubStore,
+        rids: RIDDirectory, broker: MQTTBroker, gateway: GatewayPipeline, settings: MQTTSettings, logger: Logger,
+        onBound: @escaping @Sendable (Int) -> Void
+    ) {
+        self.host = host
+        self.port = port
+        self.credentials = credentials
+        self.revocations = revocations
+        self.store = store
+        self.rids = rids
+        self.broker = broker
+        self.gateway = gateway
+        self.settings = settings
+        self.logger = logger
+        self.onBound = onBound
+        self.connections = ConnectionCounter(
+            total: settings.maxConnections, perSource: settings.maxConnectionsPerSource)
+        self.maximumPacketSize = gateway.policy.maxBodyBytes + 4096
+    }
+
+    var recorder: GatewayRecorder { GatewayRecorder(store: store, logger: logger) }
 
     func run() async throws {
         let (tls, verify) = try HubTLS.serverConfiguration(
-            credentials: credentials, role: .device, revocations: revocations, store: store, logger: logger,
+            credentials: credentials, role: .deviceOrOperator, revocations: revocations, store: store, logger: logger,
             applicationProtocols: ["mqtt"])
         let context = try NIOSSLContext(configuration: tls)
         let maximumPacketSize = maximumPacketSize
+        let gateway = gateway
+        let connections = connections
+        let logger = logger
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .bind(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
+            .bind(host: host, port: port) {
+                (channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<Packet, ByteBuffer>> in
+                // Connection limits before any TLS work: the pipeline's per-source connection rate, then the open
+                // connections in all and per source.
+                let source = channel.remoteAddress?.ipAddress ?? "unknown"
+                if let refusal = gateway.admitConnection(source: "mqtt \(source)", now: .now()) {
+                    logger.debug("MQTT connection refused before TLS", metadata: ["detail": .string(refusal.detail)])
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(GatewayError(refusal: refusal, identity: nil))
+                }
+                guard connections.acquire(source) else {
+                    logger.debug("MQTT connection refused: connection limit", metadata: ["source": .string(source)])
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                }
+                channel.closeFuture.whenComplete { _ in connections.release(source) }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         NIOSSLServerHandler(context: context, customVerificationCallback: verify))
                     try channel.pipeline.syncOperations.addHandler(
@@ -73,255 +115,516 @@ struct MQTTListener: Service {
     }
 }
 
+/// Open connections in all and per source address.
+final class ConnectionCounter: Sendable {
+    private let state = Mutex<(total: Int, perSource: [String: Int])>((0, [:]))
+    let total: Int
+    let perSource: Int
+
+    init(total: Int, perSource: Int) {
+        self.total = total
+        self.perSource = perSource
+    }
+
+    func acquire(_ source: String) -> Bool {
+        state.withLock { state in
+            guard state.total < total, state.perSource[source, default: 0] < perSource else { return false }
+            state.total += 1
+            state.perSource[source, default: 0] += 1
+            return true
+        }
+    }
+
+    func release(_ source: String) {
+        state.withLock { state in
+            state.total -= 1
+            let left = state.perSource[source, default: 1] - 1
+            state.perSource[source] = left > 0 ? left : nil
+        }
+    }
+
+    var open: Int { state.withLock { $0.total } }
+}
+
+/// Writes of QoS 0 messages still in flight to the store: QoS 0 is not acknowledged, so the connection does not
+/// wait for its write unless too many are outstanding (then it does, which slows a flooding publisher).
+final class PendingWrites: Sendable {
+    private let count = Atomic<Int>(0)
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    func tryStart() -> Bool {
+        if count.add(1, ordering: .relaxed).newValue <= limit { return true }
+        count.subtract(1, ordering: .relaxed)
+        return false
+    }
+
+    func finish() { count.subtract(1, ordering: .relaxed) }
+}
+
 /// One MQTT connection.
 struct MQTTConnection {
     let listener: MQTTListener
     let channel: NIOAsyncChannel<Packet, ByteBuffer>
+
+    /// Who is connected, from the certificate alone.
+    struct Peer {
+        let identity: Identity
+        let serial: String
+        let source: String?
+        var device: DeviceID? { identity.deviceID }
+        /// The value of `{device}` in topic patterns (operators have none; their patterns use wildcards).
+        var deviceLevel: String { device?.rawValue ?? "" }
+    }
+
+    /// The state of a session's connection that the packet loop changes.
+    struct State {
+        let version: ProtocolVersion
+        let sessionKey: String
+        var aliases: [UInt16: TopicName] = [:]
+        /// Consecutive QoS 0 publishes refused over the rate (MQTT 5: a sustained flood gets DISCONNECT 0x96).
+        var refusedQoS0 = 0
+        var expirySeconds: Int
+        var connectExpiry: Int
+        var v5: Bool { version == .v5 }
+    }
+
+    enum End {
+        case disconnected(withWill: Bool)
+        case closed
+    }
 
     func serve() async {
         let source = channel.channel.remoteAddress?.ipAddress
         do {
             try await channel.executeThenClose { inbound, outbound in
                 var packets = inbound.makeAsyncIterator()
-                // CONNECT within the deadline (the TLS handshake happens while we wait), or the connection closes.
+                // CONNECT within the deadline (the TLS handshake happens while we wait), or the connection closes
+                // (MQTT 3.1.1 §3.1.4 lets the server close a connection that sends no CONNECT).
                 let nioChannel = channel.channel
-                let deadline = nioChannel.eventLoop.scheduleTask(in: .nanoseconds(listener.connectDeadline.nanoseconds))
-                {
+                let deadline = nioChannel.eventLoop.scheduleTask(
+                    in: .nanoseconds(Int64(listener.settings.connectDeadlineSeconds * 1e9))
+                ) {
                     nioChannel.close(promise: nil)
                 }
                 let first = try await packets.next()
                 deadline.cancel()
                 guard case .connect(let connect) = first else { return }
-                guard let peer = try? await peerIdentity(), case .device(let device) = peer.identity,
-                    !listener.revocations.contains(peer.serialHex)
+                guard let peer = try? await peerIdentity(source: source), !listener.revocations.contains(peer.serial)
                 else { return }
-                try await session(
-                    connect: connect, device: device, serial: peer.serialHex, source: source, packets: &packets,
-                    outbound: outbound)
+                _ = outbound  // every write goes through the channel, in order with the broker's deliveries
+                try await session(connect: connect, peer: peer, packets: &packets)
             }
         } catch {
             listener.logger.debug("MQTT connection ended", metadata: ["error": "\(error)"])
         }
     }
 
-    private func peerIdentity() async throws -> PeerCertificate? {
+    private func peerIdentity(source: String?) async throws -> Peer? {
         guard let certificate = try await channel.channel.nioSSL_peerCertificate().get(),
             let x509 = try? Certificate(derEncoded: certificate.toDERBytes()), let identity = x509.bulwarkIdentity
         else { return nil }
-        return PeerCertificate(identity: identity, serialHex: x509.serialHex)
+        return Peer(identity: identity, serial: x509.serialHex, source: source)
     }
 
-    private func send(
-        _ packet: Packet, _ version: ProtocolVersion, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
-    )
-        async throws
-    {
+    private func send(_ packet: Packet, _ version: ProtocolVersion) async throws {
         var buffer = ByteBuffer()
         packet.encode(into: &buffer, version: version)
-        try await outbound.write(buffer)
+        try await channel.channel.writeAndFlush(buffer).get()
     }
 
-    private func refuse(_ kind: String, _ device: DeviceID, _ source: String?, _ detail: String) async {
+    /// A refusal that did not go through the gateway pipeline (topic access, client id): logged and recorded.
+    private func refuse(_ kind: String, _ peer: Peer, _ detail: String) async {
         listener.logger.notice(
-            "MQTT refused", metadata: ["device": .string(device.rawValue), "detail": .string(detail)])
+            "MQTT refused", metadata: ["peer": .string(peer.identity.uri), "detail": .string(detail)])
         try? await listener.store.recordSecurityEvent(
-            SecurityEvent(at: Date(), kind: kind, identity: Identity.device(device).uri, source: source, detail: detail)
-        )
+            SecurityEvent(at: Date(), kind: kind, identity: peer.identity.uri, source: peer.source, detail: detail))
     }
 
     /// The client identifier must name the certificate's device (or be its current RID); an empty one is assigned.
-    private func acceptedClientID(_ requested: String, device: DeviceID) -> String? {
+    /// Operators choose any non-empty identifier; their sessions are keyed by identity too, so they never share
+    /// a device's session.
+    private func acceptedClientID(_ requested: String, peer: Peer) -> String? {
+        guard let device = peer.device else {
+            return requested.isEmpty ? "op-\(CorrelationID().rawValue)" : requested
+        }
         if requested.isEmpty || requested == device.rawValue { return device.rawValue }
         if let rid = RotatingIdentifier.parse(requested), listener.rids.resolve(rid) == device { return requested }
         return nil
     }
 
+    /// The correlation id goes back to MQTT 5 clients as a user property on a refusal (the reason string is left
+    /// out: reason codes only, no detail for the client).
+    private func refusalProperties(_ correlationID: String?) -> Properties {
+        var properties = Properties()
+        if let correlationID { properties.userProperties = [("correlation-id", correlationID)] }
+        return properties
+    }
+
     private func session(
-        connect: ConnectPacket, device: DeviceID, serial: String, source: String?,
-        packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator,
-        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+        connect: ConnectPacket, peer: Peer, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
     ) async throws {
         let version = connect.version
         let v5 = version == .v5
-        guard let clientID = acceptedClientID(connect.clientID, device: device) else {
-            await refuse("mqtt-client-id-refused", device, source, "client id names another device")
+        let settings = listener.settings
+        guard let clientID = acceptedClientID(connect.clientID, peer: peer) else {
+            await refuse("mqtt-client-id-refused", peer, "client id names another device")
             // MQTT 5.0 §3.2.2.2 0x85 Client Identifier not valid; 3.1.1 §3.2.2.3 0x02 identifier rejected.
-            try await send(
-                .connack(sessionPresent: false, reasonCode: v5 ? 0x85 : 0x02, properties: .init()), version, outbound)
+            try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x85 : 0x02, properties: .init()), version)
             return
         }
         // A quarantined device is refused with no further work (MQTT 5.0 §3.2.2.2 0x87 Not authorized;
         // 3.1.1 §3.2.2.3 0x05 not authorized), as on HTTP.
-        if listener.gateway.quarantine.isQuarantined(device, now: Int64(Date().timeIntervalSince1970)) {
-            try await send(
-                .connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version, outbound)
+        if let device = peer.device,
+            listener.gateway.quarantine.isQuarantined(device, now: Int64(Date().timeIntervalSince1970))
+        {
+            try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version)
             return
         }
+        // MQTT 5.0 §3.1.2.11.3: a Receive Maximum of 0 is a protocol error.
+        if v5, connect.properties.receiveMaximum == 0 {
+            try await send(.connack(sessionPresent: false, reasonCode: 0x82, properties: .init()), version)
+            return
+        }
+        // Session expiry: MQTT 5.0 §3.1.2.11.2 (capped by configuration); MQTT 3.1.1 cleanSession = 0 keeps the
+        // session for the configured maximum.
+        let requestedExpiry =
+            v5
+            ? Int(connect.properties.sessionExpiryInterval ?? 0)
+            : (connect.cleanStart ? 0 : settings.maxSessionExpirySeconds)
+        let expiry = min(requestedExpiry, settings.maxSessionExpirySeconds)
+        let sessionKey = "\(peer.identity.uri) \(clientID)"
+        let attached = await listener.broker.attach(
+            key: sessionKey, cleanStart: connect.cleanStart, expirySeconds: expiry,
+            connection: BrokerConnection(
+                channel: channel.channel, version: version,
+                receiveMaximum: min(Int(connect.properties.receiveMaximum ?? 64), 1024),
+                maximumPacketSize: Int(connect.properties.maximumPacketSize ?? UInt32(Int32.max))))
         var properties = Properties()
         if v5 {
             if connect.clientID.isEmpty { properties.assignedClientIdentifier = clientID }
             properties.maximumQoS = 1
-            properties.retainAvailable = 0
-            properties.topicAliasMaximum = 0
-            properties.sessionExpiryInterval = 0
+            properties.topicAliasMaximum = UInt16(settings.topicAliasMaximum)
+            properties.receiveMaximum = UInt16(settings.receiveMaximum)
             properties.maximumPacketSize = UInt32(listener.maximumPacketSize)
+            if expiry != requestedExpiry { properties.sessionExpiryInterval = UInt32(expiry) }
         }
-        try await send(.connack(sessionPresent: false, reasonCode: 0, properties: properties), version, outbound)
+        try await send(
+            .connack(sessionPresent: attached.sessionPresent, reasonCode: 0, properties: properties), version)
+        await listener.broker.resume(key: sessionKey, connectionNumber: attached.connectionNumber)
         // MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection.
         if connect.keepAlive > 0 {
             let timeout = TimeAmount.milliseconds(Int64(connect.keepAlive) * 1500)
             try await channel.channel.pipeline.addHandlers(
                 [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
         }
-        let ownPrefix = "devices/\(device.rawValue)/"
-        let subscriber = await listener.broker.register(channel: channel.channel, version: version)
-        let cleanDisconnect: Bool
+        var state = State(version: version, sessionKey: sessionKey, expirySeconds: expiry, connectExpiry: expiry)
+        let end: End
         do {
-            cleanDisconnect = try await loop(
-                device: device, serial: serial, source: source, version: version, subscriber: subscriber,
-                packets: &packets, outbound: outbound)
+            end = try await loop(peer: peer, state: &state, packets: &packets)
+        } catch let error as MQTTError {
+            // MQTT 5.0 §4.13: a malformed packet or protocol error closes the connection after a DISCONNECT with
+            // the reason code; MQTT 3.1.1 §4.8: the connection is closed.
+            listener.logger.notice(
+                "MQTT packet refused", metadata: ["peer": .string(peer.identity.uri), "detail": .string("\(error)")])
+            if v5 { try? await send(.disconnect(reasonCode: error.reasonCode, properties: .init()), version) }
+            end = .closed
         } catch {
-            cleanDisconnect = false
+            end = .closed
         }
-        await listener.broker.unregister(subscriber)
-        // MQTT 3.1.1 §3.1.2.5: the will is published when the connection ends without a DISCONNECT.
-        if !cleanDisconnect, let will = connect.will, will.topic.rawValue.hasPrefix(ownPrefix) {
-            await listener.broker.publish(will.topic, will.payload, qos: will.qos, from: subscriber)
+        await listener.broker.detach(
+            key: sessionKey, connectionNumber: attached.connectionNumber, expirySeconds: state.expirySeconds)
+        // MQTT 3.1.1 §3.1.2.5 / MQTT 5.0 §3.1.2.5: the will is published when the connection ends without a normal
+        // DISCONNECT (or with reason 0x04). It passes the same checks as any publish.
+        let publishWill: Bool
+        switch end {
+        case .closed: publishWill = true
+        case .disconnected(let withWill): publishWill = withWill
+        }
+        if publishWill, let will = connect.will, !listener.revocations.contains(peer.serial) {
+            let message = PublishPacket(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain)
+            _ = await admitAndDeliver(message, peer: peer, state: &state, respond: false)
         }
     }
 
-    /// Handles packets until the connection ends; true when it ended with a DISCONNECT.
+    /// Handles packets until the connection ends.
     private func loop(
-        device: DeviceID, serial: String, source: String?, version: ProtocolVersion, subscriber: Int,
-        packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator,
-        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
-    ) async throws -> Bool {
-        let v5 = version == .v5
-        let ownPrefix = "devices/\(device.rawValue)/"
+        peer: Peer, state: inout State, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
+    ) async throws -> End {
+        let version = state.version
+        let v5 = state.v5
+        let acl = peer.device == nil ? listener.settings.fleetACL : listener.settings.deviceACL
         while let packet = try await packets.next() {
             switch packet {
-            case .publish(let publish):
-                guard !listener.revocations.contains(serial) else {
-                    await refuse("revoked-certificate-used", device, source, "MQTT publish after revocation")
-                    if v5 { try await send(.disconnect(reasonCode: 0x87, properties: .init()), version, outbound) }
-                    return false
+            case .publish(var publish):
+                // MQTT 5.0 §3.3.2.3.4: Topic Alias within our maximum; an alias alone names a topic set earlier.
+                if v5, let alias = publish.properties.topicAlias {
+                    guard alias >= 1, Int(alias) <= listener.settings.topicAliasMaximum else {
+                        try await send(.disconnect(reasonCode: 0x94, properties: .init()), version)
+                        return .closed
+                    }
+                    if publish.topic.isUnresolvedAlias {
+                        guard let topic = state.aliases[alias] else {
+                            try await send(.disconnect(reasonCode: 0x82, properties: .init()), version)
+                            return .closed
+                        }
+                        publish.topic = topic
+                    } else {
+                        state.aliases[alias] = publish.topic
+                    }
                 }
-                guard !listener.gateway.quarantine.isQuarantined(device, now: Int64(Date().timeIntervalSince1970))
-                else {
-                    if v5 { try await send(.disconnect(reasonCode: 0x87, properties: .init()), version, outbound) }
-                    return false
+                guard !listener.revocations.contains(peer.serial) else {
+                    await refuse("revoked-certificate-used", peer, "MQTT publish after revocation")
+                    if v5 { try await send(.disconnect(reasonCode: 0x87, properties: .init()), version) }
+                    return .closed
                 }
                 guard publish.qos != .exactlyOnce else {
-                    if v5 { try await send(.disconnect(reasonCode: 0x9B, properties: .init()), version, outbound) }
-                    return false
+                    // QoS 2 is not implemented: MQTT 5.0 §3.3.1.2 0x9B QoS not supported (CONNACK said Maximum QoS 1).
+                    if v5 { try await send(.disconnect(reasonCode: 0x9B, properties: .init()), version) }
+                    return .closed
                 }
-                guard publish.topic.rawValue.hasPrefix(ownPrefix) else {
-                    await refuse("mqtt-publish-refused", device, source, "publish outside own topics")
-                    if v5, let id = publish.packetID {
-                        try await send(.puback(packetID: id, reasonCode: 0x87, properties: .init()), version, outbound)
+                guard acl.mayPublish(publish.topic, device: peer.deviceLevel) else {
+                    await refuse("mqtt-publish-refused", peer, "publish outside the identity's topics")
+                    if v5 {
+                        if let id = publish.packetID {
+                            try await send(.puback(packetID: id, reasonCode: 0x87, properties: .init()), version)
+                        }
                         continue
                     }
-                    return false  // 3.1.1 has no negative PUBACK: close (§4.8).
+                    return .closed  // 3.1.1 has no negative PUBACK: close (§4.8).
                 }
-                guard (try? JSONSerialization.jsonObject(with: Data(publish.payload))) is [String: Any] else {
-                    await refuse("invalid-message", device, source, "MQTT payload is not a JSON object")
-                    if v5, let id = publish.packetID {
-                        try await send(.puback(packetID: id, reasonCode: 0x99, properties: .init()), version, outbound)
-                        continue
-                    }
-                    return false
-                }
-                _ = try await listener.store.appendTelemetry(
-                    NewTelemetry(
-                        deviceID: device, receivedAt: Date(), correlationID: CorrelationID().rawValue,
-                        body: publish.payload))
-                if let id = publish.packetID {
-                    try await send(.puback(packetID: id, reasonCode: 0, properties: .init()), version, outbound)
-                }
-                await listener.broker.publish(publish.topic, publish.payload, qos: publish.qos, from: subscriber)
+                if !(await admitAndDeliver(publish, peer: peer, state: &state, respond: true)) { return .closed }
             case .subscribe(let id, let subscriptions, _):
                 var codes: [UInt8] = []
-                var granted: [TopicFilter: QoS] = [:]
+                var granted: [(TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
                 for subscription in subscriptions {
-                    if subscription.filter.rawValue.hasPrefix(ownPrefix) {
+                    if acl.maySubscribe(subscription.filter, device: peer.deviceLevel) {
                         let qos = min(subscription.qos, .atLeastOnce)
-                        granted[subscription.filter] = qos
+                        granted.append(
+                            (
+                                subscription.filter,
+                                SubscriptionOptions(
+                                    qos: qos, noLocal: subscription.noLocal,
+                                    retainAsPublished: subscription.retainAsPublished),
+                                subscription.retainHandling
+                            ))
                         codes.append(qos.rawValue)
                     } else {
-                        await refuse("mqtt-subscribe-refused", device, source, "subscribe outside own topics")
+                        await refuse("mqtt-subscribe-refused", peer, "subscribe outside the identity's topics")
                         codes.append(v5 ? 0x87 : 0x80)
                     }
                 }
-                await listener.broker.subscribe(subscriber, granted)
-                try await send(.suback(packetID: id, reasonCodes: codes, properties: .init()), version, outbound)
+                await listener.broker.subscribe(
+                    key: state.sessionKey, granted,
+                    suback: .suback(packetID: id, reasonCodes: codes, properties: .init()))
             case .unsubscribe(let id, let filters, _):
-                await listener.broker.unsubscribe(subscriber, filters)
+                let existed = await listener.broker.unsubscribe(key: state.sessionKey, filters)
                 try await send(
-                    .unsuback(packetID: id, reasonCodes: filters.map { _ in 0 }, properties: .init()), version, outbound
-                )
+                    .unsuback(packetID: id, reasonCodes: existed.map { $0 || !v5 ? 0 : 0x11 }, properties: .init()),
+                    version)
+            case .puback(let id, _, _):
+                await listener.broker.acknowledge(key: state.sessionKey, packetID: id)
             case .pingreq:
-                try await send(.pingresp, version, outbound)
-            case .disconnect:
-                return true
-            case .puback:
-                continue
+                try await send(.pingresp, version)
+            case .disconnect(let reason, let properties):
+                // MQTT 5.0 §3.14.2.2.2: the expiry may change at DISCONNECT, but not from 0 to non-zero.
+                if let newExpiry = properties.sessionExpiryInterval {
+                    guard state.connectExpiry != 0 || newExpiry == 0 else {
+                        try await send(.disconnect(reasonCode: 0x82, properties: .init()), version)
+                        return .closed
+                    }
+                    state.expirySeconds = min(Int(newExpiry), listener.settings.maxSessionExpirySeconds)
+                }
+                return .disconnected(withWill: reason == 0x04)
             case .pubrec, .pubrel, .pubcomp:
-                if v5 { try await send(.disconnect(reasonCode: 0x9B, properties: .init()), version, outbound) }
-                return false
+                if v5 { try await send(.disconnect(reasonCode: 0x9B, properties: .init()), version) }
+                return .closed
             case .auth:
-                if v5 { try await send(.disconnect(reasonCode: 0x8C, properties: .init()), version, outbound) }
-                return false
+                if v5 { try await send(.disconnect(reasonCode: 0x8C, properties: .init()), version) }
+                return .closed
             default:
-                if v5 { try await send(.disconnect(reasonCode: 0x82, properties: .init()), version, outbound) }
-                return false
+                if v5 { try await send(.disconnect(reasonCode: 0x82, properties: .init()), version) }
+                return .closed
             }
         }
-        return false
-    }
-}
-
-/// In-memory fan-out to subscribed connections (QoS 0 and 1 deliveries; no redelivery yet).
-actor MQTTBroker {
-    struct Subscriber {
-        let channel: any Channel
-        let version: ProtocolVersion
-        var filters: [TopicFilter: QoS] = [:]
-        var nextPacketID: UInt16 = 1
+        return .closed
     }
 
-    private var subscribers: [Int: Subscriber] = [:]
-    private var nextID = 0
-
-    func register(channel: any Channel, version: ProtocolVersion) -> Int {
-        nextID += 1
-        subscribers[nextID] = Subscriber(channel: channel, version: version)
-        return nextID
-    }
-
-    func unregister(_ id: Int) { subscribers[id] = nil }
-
-    func subscribe(_ id: Int, _ filters: [TopicFilter: QoS]) {
-        subscribers[id]?.filters.merge(filters) { $1 }
-    }
-
-    func unsubscribe(_ id: Int, _ filters: [TopicFilter]) {
-        for filter in filters { subscribers[id]?.filters[filter] = nil }
-    }
-
-    func publish(_ topic: TopicName, _ payload: [UInt8], qos: QoS, from publisher: Int) {
-        for (id, subscriber) in subscribers {
-            guard let granted = subscriber.filters.filter({ $0.key.matches(topic) }).values.max() else { continue }
-            let deliveredQoS = min(granted, qos)
-            var packetID: UInt16?
-            if deliveredQoS != .atMostOnce {
-                packetID = subscriber.nextPacketID
-                subscribers[id]?.nextPacketID = subscriber.nextPacketID == UInt16.max ? 1 : subscriber.nextPacketID + 1
+    /// The gateway pipeline for a device publish (an operator's command is checked as strict JSON only), then
+    /// storage and delivery. Returns false when the connection must close.
+    ///
+    /// Answers (MQTT 5.0 §3.4.2.1 lists the PUBACK reason codes): over the rate, QoS 1 gets PUBACK 0x97 Quota
+    /// exceeded (0x96 Message rate too high is a DISCONNECT code, §3.14.2.1) and a sustained QoS 0 flood
+    /// DISCONNECT 0x96; invalid content PUBACK 0x99; a replayed counter 0x87; the quarantine threshold closes the
+    /// connection (DISCONNECT 0x87 or 0x96). MQTT 3.1.1 has no negative acknowledgement: over the rate the message
+    /// is dropped unacknowledged (the client keeps it), other refusals and quarantine close the connection.
+    private func admitAndDeliver(_ publish: PublishPacket, peer: Peer, state: inout State, respond: Bool) async
+        -> Bool
+    {
+        let version = state.version
+        let v5 = state.v5
+        let correlationID = CorrelationID().rawValue
+        guard let device = peer.device else {
+            guard case .object = (try? listener.gateway.policy.json.parse(publish.payload)) ?? .null else {
+                await refuse("invalid-message", peer, "MQTT command payload is not a strict JSON object")
+                if v5, respond, let id = publish.packetID {
+                    try? await send(.puback(packetID: id, reasonCode: 0x99, properties: .init()), version)
+                    return true
+                }
+                return !respond || v5
             }
-            var buffer = ByteBuffer()
-            Packet.publish(PublishPacket(topic: topic, payload: payload, qos: deliveredQoS, packetID: packetID))
-                .encode(into: &buffer, version: subscriber.version)
-            // Non-blocking: a slow subscriber's writes queue in its own channel, never stall the broker.
-            subscriber.channel.writeAndFlush(buffer, promise: nil)
+            await listener.broker.publish(
+                BrokerMessage(topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain),
+                from: state.sessionKey)
+            if respond, let id = publish.packetID {
+                try? await send(.puback(packetID: id, reasonCode: 0, properties: .init()), version)
+            }
+            return true
+        }
+        let now = GatewayTime.now()
+        let (route, messageType) = Self.classify(publish.topic, device: device)
+        // A retained message with an empty payload only removes the topic's retained message (MQTT 3.1.1 §3.3.1.3):
+        // there is no content to validate or store, but it counts against the rate limits like any publish.
+        if publish.retain, publish.payload.isEmpty {
+            let message = InboundMessage(
+                identity: peer.identity, route: route, source: peer.source ?? "unknown", contentType: nil,
+                messageType: messageType, body: [], transport: .mqtt(counter: nil))
+            if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
+                return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
+            }
+            await listener.broker.publish(
+                BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true), from: state.sessionKey
+            )
+            if respond, let id = publish.packetID {
+                try? await send(.puback(packetID: id, reasonCode: 0, properties: .init()), version)
+            }
+            return true
+        }
+        var result: Result<Admitted, Refusal>
+        var counter: UInt64?
+        if let text = publish.properties.userProperties.first(where: { $0.0 == GatewayPipeline.counterProperty })?.1 {
+            counter = UInt64(text)
+        }
+        let message = InboundMessage(
+            identity: peer.identity, route: route, source: peer.source ?? "unknown", contentType: nil,
+            messageType: messageType, body: publish.payload, transport: .mqtt(counter: counter))
+        if counter == nil,
+            publish.properties.userProperties.contains(where: { $0.0 == GatewayPipeline.counterProperty })
+        {
+            result = .failure(listener.gateway.malformedCounter(device, now: now))
+        } else {
+            result = listener.gateway.admit(message, now: now)
+        }
+        switch result {
+        case .success(let admitted):
+            state.refusedQoS0 = 0
+            let record = NewTelemetry(
+                deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
+                counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
+                messageType: admitted.messageType)
+            if publish.qos == .atLeastOnce {
+                do {
+                    _ = try await listener.store.appendTelemetry(record)
+                } catch {
+                    listener.logger.error(
+                        "MQTT message not stored",
+                        metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
+                    if v5, respond, let id = publish.packetID {
+                        try? await send(
+                            .puback(packetID: id, reasonCode: 0x80, properties: refusalProperties(correlationID)),
+                            version)
+                        return true
+                    }
+                    return false
+                }
+                if respond, let id = publish.packetID {
+                    try? await send(.puback(packetID: id, reasonCode: 0, properties: .init()), version)
+                }
+            } else {
+                await storeWithoutWaiting(record)
+            }
+            await listener.broker.publish(
+                BrokerMessage(topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain),
+                from: state.sessionKey)
+            return true
+        case .failure(let refusal):
+            return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
+        }
+    }
+
+    /// Records a refusal and answers it (see `admitAndDeliver`); false when the connection must close.
+    private func refused(
+        _ refusal: Refusal, _ publish: PublishPacket, peer: Peer, state: inout State, respond: Bool,
+        _ correlationID: String
+    ) async -> Bool {
+        let version = state.version
+        let v5 = state.v5
+        await listener.recorder.record(
+            refusal, identity: peer.identity.uri, source: peer.source, correlationID: correlationID,
+            what: "MQTT PUBLISH \(MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120))")
+        guard respond else { return false }
+        let rateLimited = refusal.stage == .rateLimit
+        if refusal.quarantinedUntil != nil || refusal.stage == .quarantine {
+            if v5 {
+                try? await send(
+                    .disconnect(
+                        reasonCode: rateLimited ? 0x96 : 0x87, properties: refusalProperties(correlationID)),
+                    version)
+            }
+            return false
+        }
+        guard v5 else { return rateLimited }  // 3.1.1: drop unacknowledged over the rate; otherwise close.
+        guard let id = publish.packetID else {
+            guard rateLimited else { return true }
+            state.refusedQoS0 += 1
+            if state.refusedQoS0 >= Self.sustainedQoS0Flood {
+                try? await send(
+                    .disconnect(reasonCode: 0x96, properties: refusalProperties(correlationID)), version)
+                return false
+            }
+            return true
+        }
+        let code: UInt8 =
+            switch refusal.stage {
+            case .rateLimit: refusal.problem == .unavailable ? 0x80 : 0x97
+            case .size, .json, .schema: 0x99
+            case .replay: refusal.problem == .invalidMessage ? 0x99 : 0x87
+            default: refusal.problem == .unavailable ? 0x80 : 0x87
+            }
+        try? await send(.puback(packetID: id, reasonCode: code, properties: refusalProperties(correlationID)), version)
+        return true
+    }
+
+    /// Consecutive QoS 0 publishes over the rate after which an MQTT 5 client is disconnected with 0x96.
+    static let sustainedQoS0Flood = 20
+
+    /// Route and message type from the topic: the level after the device id is the route (what the rate limits
+    /// and `deviceRoutes` name: telemetry, events, state…), the next one, if any, the message type whose schema
+    /// applies (`devices/d1/telemetry/env` → route telemetry, schema `env`; `devices/d1/telemetry` → the default).
+    static func classify(_ topic: TopicName, device: DeviceID) -> (route: String, messageType: String?) {
+        guard let index = topic.levels.firstIndex(where: { $0 == device.rawValue }) else { return ("telemetry", nil) }
+        let route = index + 1 < topic.levels.count ? String(topic.levels[index + 1]) : "telemetry"
+        let messageType = index + 2 < topic.levels.count ? String(topic.levels[index + 2]) : nil
+        return (route, messageType)
+    }
+
+    private func storeWithoutWaiting(_ record: NewTelemetry) async {
+        let store = listener.store
+        let logger = listener.logger
+        let pending = listener.pendingQoS0
+        guard pending.tryStart() else {
+            // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
+            do { _ = try await store.appendTelemetry(record) } catch {
+                logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
+            }
+            return
+        }
+        Task {
+            defer { pending.finish() }
+            do { _ = try await store.appendTelemetry(record) } catch {
+                logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
+            }
         }
     }
 }

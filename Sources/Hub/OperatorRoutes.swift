@@ -5,6 +5,7 @@ import Gateway
 import HTTPTypes
 import Hummingbird
 import Logging
+import MQTT
 import NIOCore
 import PKI
 import Pairing
@@ -19,6 +20,7 @@ struct OperatorRoutes {
     let claims: PairingClaims
     let rids: RIDDirectory
     let gateway: GatewayPipeline
+    let broker: MQTTBroker
 
     func register(on router: Router<HubRequestContext>) {
         router.post("/v1/devices") { request, context in try await enroll(request, context) }
@@ -32,6 +34,7 @@ struct OperatorRoutes {
         router.post("/v1/devices/:id/release") { _, context in try await release(context) }
         router.put("/v1/schemas/:name") { request, context in try await putSchema(request, context) }
         router.get("/v1/schemas") { _, context in try await listSchemas(context) }
+        router.post("/v1/devices/:id/commands/:name") { request, context in try await command(request, context) }
     }
 
     /// Lifts a device's quarantine (and its rate-limit state), persistently; a security event either way.
@@ -51,6 +54,34 @@ struct OperatorRoutes {
                 correlationID: context.correlationID.rawValue,
                 detail: "by \(operatorName)\(wasQuarantined ? "" : " (was not quarantined)")"))
         return try JSONResponse.make(.ok, ["id": deviceID.rawValue, "wasQuarantined": wasQuarantined])
+    }
+
+    /// Sends a command to a device over MQTT: `devices/<id>/commands/<name>`, QoS 1, the body as the payload
+    /// (a strict JSON object). It is delivered now if the device is connected and subscribed, or queued in its
+    /// persistent session (bounded by `mqtt.maxQueuedMessages`). Answers 202 with the number of sessions it went to.
+    func command(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        let operatorName = try requireOperator(context)
+        guard let idText = context.parameters.get("id"), let deviceID = try? DeviceID(idText),
+            try await store.device(deviceID) != nil
+        else {
+            throw HubError(
+                .notFound, "not-found", message: "no such device", detail: "command: no such device", event: nil)
+        }
+        guard let name = context.parameters.get("name"), GatewayPipeline.isValidMessageType(name),
+            let topic = try? TopicName("devices/\(deviceID.rawValue)/commands/\(name)")
+        else { throw Self.invalid("command names are 1-64 characters of a-z 0-9 . _ -") }
+        let body = try await DeviceRoutes.collect(request, limit: gateway.policy.maxBodyBytes)
+        guard case .object = (try? gateway.policy.json.parse(body)) ?? .null else {
+            throw Self.invalid("the command body must be a strict JSON object")
+        }
+        let recipients = await broker.publish(
+            BrokerMessage(topic: topic, payload: body, qos: .atLeastOnce, retain: false), from: nil)
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "command-sent", identity: Identity.device(deviceID).uri,
+                correlationID: context.correlationID.rawValue,
+                detail: "\(name) by \(operatorName), \(body.count) bytes, \(recipients) session(s)"))
+        return try JSONResponse.make(.accepted, ["topic": topic.rawValue, "sessions": recipients])
     }
 
     /// Registers the JSON Schema of a message type. A schema outside the supported subset is refused with the

@@ -11,6 +11,9 @@ public final class MQTTClientConnection {
     private var inbound: NIOAsyncChannelInboundStream<Packet>.AsyncIterator
     private let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     private var nextPacketID: UInt16 = 0
+    /// The CONNACK's Session Present flag and properties.
+    public private(set) var sessionPresent = false
+    public private(set) var connackProperties = Properties()
 
     init(
         version: ProtocolVersion, inbound: NIOAsyncChannelInboundStream<Packet>.AsyncIterator,
@@ -24,7 +27,8 @@ public final class MQTTClientConnection {
     /// Connects, sends CONNECT and waits for CONNACK; returns its reason code with the connection.
     public static func withConnection<Result: Sendable>(
         host: String, port: Int, tls: TLSConfiguration, clientID: String, version: ProtocolVersion = .v311,
-        keepAlive: UInt16 = 60, _ body: (MQTTClientConnection, UInt8) async throws -> Result
+        keepAlive: UInt16 = 60, configure: (inout ConnectPacket) -> Void = { _ in },
+        _ body: (MQTTClientConnection, UInt8) async throws -> Result
     ) async throws -> Result {
         let context = try NIOSSLContext(configuration: tls)
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -42,11 +46,14 @@ public final class MQTTClientConnection {
         return try await channel.executeThenClose { inbound, outbound in
             let connection = MQTTClientConnection(
                 version: version, inbound: inbound.makeAsyncIterator(), outbound: outbound)
-            try await connection.send(
-                .connect(ConnectPacket(version: version, clientID: clientID, keepAlive: keepAlive)))
-            guard case .connack(_, let reason, _) = try await connection.next() else {
+            var connect = ConnectPacket(version: version, clientID: clientID, keepAlive: keepAlive)
+            configure(&connect)
+            try await connection.send(.connect(connect))
+            guard case .connack(let present, let reason, let properties) = try await connection.next() else {
                 throw ClientError("no CONNACK")
             }
+            connection.sessionPresent = present
+            connection.connackProperties = properties
             return try await body(connection, reason)
         }
     }
@@ -60,7 +67,13 @@ public final class MQTTClientConnection {
     /// Writes pre-encoded packets in one go (the load generator encodes once).
     public func write(_ buffer: ByteBuffer) async throws { try await outbound.write(buffer) }
 
-    public func next() async throws -> Packet? { try await inbound.next() }
+    /// The next packet from the hub (those set aside while waiting for a PUBACK first).
+    public func next() async throws -> Packet? {
+        if !held.isEmpty { return held.removeFirst() }
+        return try await inbound.next()
+    }
+
+    private var held: [Packet] = []
 
     public func makePacketID() -> UInt16 {
         nextPacketID = nextPacketID == UInt16.max ? 1 : nextPacketID + 1
@@ -68,11 +81,34 @@ public final class MQTTClientConnection {
     }
 
     /// Publishes at QoS 1 and waits for its PUBACK; returns the reason code.
-    public func publishAcknowledged(topic: TopicName, payload: [UInt8]) async throws -> UInt8 {
+    public func publishAcknowledged(
+        topic: TopicName, payload: [UInt8], retain: Bool = false, properties: Properties = .init()
+    ) async throws -> UInt8 {
+        try await publishAcknowledgedWithProperties(
+            topic: topic, payload: payload, retain: retain, properties: properties
+        ).reason
+    }
+
+    /// Publishes at QoS 1 and waits for its PUBACK (or a DISCONNECT, returned as its reason code); returns the
+    /// reason code and the acknowledgement's properties. Other packets that arrive meanwhile are kept for `next()`.
+    public func publishAcknowledgedWithProperties(
+        topic: TopicName, payload: [UInt8], retain: Bool = false, properties: Properties = .init()
+    ) async throws -> (reason: UInt8, properties: Properties) {
         let id = makePacketID()
-        try await send(.publish(PublishPacket(topic: topic, payload: payload, qos: .atLeastOnce, packetID: id)))
-        while let packet = try await next() {
-            if case .puback(let acknowledged, let reason, _) = packet, acknowledged == id { return reason }
+        try await send(
+            .publish(
+                PublishPacket(
+                    topic: topic, payload: payload, qos: .atLeastOnce, retain: retain, packetID: id,
+                    properties: properties)))
+        while let packet = try await inbound.next() {
+            switch packet {
+            case .puback(let acknowledged, let reason, let properties) where acknowledged == id:
+                return (reason, properties)
+            case .disconnect(let reason, let properties):
+                return (reason, properties)
+            default:
+                held.append(packet)
+            }
         }
         throw ClientError("connection closed before PUBACK")
     }

@@ -76,7 +76,12 @@ public struct MQTTDecoder: NIOSingleStepByteToMessageDecoder {
             let topicText = try body.readMQTTString()
             let packetID: UInt16? = qos == .atMostOnce ? nil : try body.readPacketID()
             let properties = v5 ? try body.readProperties(allowed: .publish) : Properties()
-            guard let topic = try? TopicName(topicText) else {
+            let topic: TopicName
+            if topicText.isEmpty, v5, properties.topicAlias != nil {
+                topic = .unresolvedAlias  // MQTT 5.0 §3.3.2.3.4: the alias names the topic
+            } else if let named = try? TopicName(topicText) {
+                topic = named
+            } else {
                 throw MQTTError(.topicNameInvalid, "PUBLISH topic name is invalid")
             }
             return .publish(

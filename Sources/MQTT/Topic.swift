@@ -14,6 +14,17 @@ public struct TopicName: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { rawValue }
+
+    /// The empty topic of an MQTT 5 PUBLISH that carries a Topic Alias instead (§3.3.2.3.4); the receiver must
+    /// replace it with the topic the alias stands for before using it.
+    public static let unresolvedAlias = TopicName(uncheckedEmpty: ())
+
+    private init(uncheckedEmpty: Void) {
+        rawValue = ""
+        levels = []
+    }
+
+    public var isUnresolvedAlias: Bool { rawValue.isEmpty }
 }
 
 /// A topic filter for SUBSCRIBE (MQTT 3.1.1 §4.7.1): `#` only as the whole last level, `+` only as a whole level.
@@ -50,5 +61,72 @@ public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
             index += 1
         }
         return index == topic.levels.count
+    }
+
+    /// True when every topic `other` can match is also matched by this filter (so a subscription to `other` is
+    /// within what this filter allows): `#` covers any rest, `+` covers one level that is not `#`, a name covers
+    /// only itself.
+    public func covers(_ other: TopicFilter) -> Bool {
+        if other.rawValue.hasPrefix("$"), let first = levels.first, first == "+" || first == "#" { return false }
+        var index = 0
+        for level in levels {
+            if level == "#" { return true }
+            guard index < other.levels.count else { return false }
+            let requested = other.levels[index]
+            if requested == "#" { return false }
+            if level == "+" {
+                index += 1
+                continue
+            }
+            if requested == "+" || requested != level { return false }
+            index += 1
+        }
+        return index == other.levels.count
+    }
+}
+
+/// Least-privilege topic access bound to the certificate's identity (MQTT 3.1.1 §5.4.2 leaves authorization to
+/// the server). Patterns are topic filters in which `{device}` stands for the connected device's id; a topic or
+/// filter is allowed when a pattern, after substitution, matches (publish) or covers (subscribe) it.
+public struct TopicACL: Sendable, Equatable {
+    public var publish: [String]
+    public var subscribe: [String]
+
+    public init(publish: [String], subscribe: [String]) {
+        self.publish = publish
+        self.subscribe = subscribe
+    }
+
+    /// Devices: their own tree only.
+    public static let devices = TopicACL(publish: ["devices/{device}/#"], subscribe: ["devices/{device}/#"])
+    /// Operators and applications: read the fleet, send commands.
+    public static let fleet = TopicACL(publish: ["devices/+/commands/#"], subscribe: ["devices/#"])
+
+    /// Every pattern must be a valid filter once `{device}` is replaced, and `{device}` must fill a whole level.
+    public func validate() throws(MQTTError) {
+        for pattern in publish + subscribe {
+            for level in pattern.split(separator: "/", omittingEmptySubsequences: false)
+            where level.contains("{") && level != "{device}" {
+                throw MQTTError(.topicFilterInvalid, "{device} must be a whole topic level in \(pattern)")
+            }
+            _ = try TopicFilter(Self.substitute(pattern, device: "d"))
+        }
+    }
+
+    public func mayPublish(_ topic: TopicName, device: String) -> Bool {
+        filters(publish, device: device).contains { $0.matches(topic) }
+    }
+
+    public func maySubscribe(_ filter: TopicFilter, device: String) -> Bool {
+        filters(subscribe, device: device).contains { $0.covers(filter) }
+    }
+
+    private func filters(_ patterns: [String], device: String) -> [TopicFilter] {
+        patterns.compactMap { try? TopicFilter(Self.substitute($0, device: device)) }
+    }
+
+    static func substitute(_ pattern: String, device: String) -> String {
+        pattern.split(separator: "/", omittingEmptySubsequences: false)
+            .map { $0 == "{device}" ? device : String($0) }.joined(separator: "/")
     }
 }

@@ -8,7 +8,8 @@ public import X509
 /// The leaf must carry EKU clientAuth, must not be a CA, must name exactly one Bulwark identity of the role the
 /// listener serves, and its serial must not be revoked.
 public struct ClientCertificatePolicy: VerifierPolicy {
-    public enum Role: Sendable { case device, `operator` }
+    /// The identities a listener serves; MQTT serves devices and operators (fleet subscribers) on one port.
+    public enum Role: Sendable { case device, `operator`, deviceOrOperator }
 
     public let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = []
     let role: Role
@@ -29,7 +30,7 @@ public struct ClientCertificatePolicy: VerifierPolicy {
             return .failsToMeetPolicy(reason: "leaf is a CA certificate")
         }
         switch (role, leaf.bulwarkIdentity) {
-        case (.device, .device?), (.operator, .operator?): break
+        case (.device, .device?), (.operator, .operator?), (.deviceOrOperator, _?): break
         default: return .failsToMeetPolicy(reason: "leaf does not name an identity of the listener's role")
         }
         if isRevoked(leaf.serialHex) {

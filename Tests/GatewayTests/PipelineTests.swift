@@ -196,6 +196,37 @@ import Testing
         guard case .success = publish(nil) else { throw TestFailure("no counter refused") }
     }
 
+    /// MQTT 3.1.1 carries the counter as the payload's `$counter` member: taken out before the schema (which does
+    /// not allow extra members here), checked by the window; malformed or disagreeing counters are refused.
+    @Test func mqttCounterMember() throws {
+        let gateway = try pipeline()
+        let at = time(0)
+        func publish(_ body: String, property: UInt64? = nil) throws -> Result<Admitted, Refusal> {
+            gateway.admit(
+                InboundMessage(
+                    identity: .device(try DeviceID("m2")), route: "telemetry", source: "192.0.2.9", contentType: nil,
+                    messageType: "telemetry", body: Array(body.utf8), transport: .mqtt(counter: property)), now: at)
+        }
+        guard case .success(let first) = try publish(#"{"$counter":3,"temperature":2}"#) else {
+            throw TestFailure("refused")
+        }
+        #expect(first.counterWindow?.highest == 3)
+        guard case .object(let members) = first.value else { throw TestFailure("not an object") }
+        #expect(members["$counter"] == nil)
+        guard case .failure(let replay) = try publish(#"{"$counter":3,"temperature":2}"#) else {
+            throw TestFailure("replayed member admitted")
+        }
+        #expect(replay.stage == .replay && replay.problem == .unauthenticated)
+        for bad in [#"{"$counter":-1}"#, #"{"$counter":1.5}"#, #"{"$counter":"4"}"#, #"{"$counter":1e300}"#] {
+            guard case .failure(let refusal) = try publish(bad) else { throw TestFailure("\(bad) admitted") }
+            #expect(refusal.problem == .invalidMessage, "\(bad)")
+        }
+        guard case .failure(let disagree) = try publish(#"{"$counter":9,"temperature":2}"#, property: 10) else {
+            throw TestFailure("disagreeing counters admitted")
+        }
+        #expect(disagree.problem == .invalidMessage)
+    }
+
     @Test func operatorsAndUnknownRoutesAreNotDevices() throws {
         let gateway = try pipeline()
         let at = time(0)

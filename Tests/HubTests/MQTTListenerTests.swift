@@ -20,9 +20,15 @@ import Testing
             a.keyFile,
         ]
 
-        // A subscriber on its own topics receives its own QoS 1 publish.
+        // A fleet subscriber (an operator certificate) receives the device's QoS 1 publish. (The device itself
+        // has one session: a second connection with its client id would take the first over.)
         async let received = run(
-            sub, common + ["-i", "mq-a", "-V", "mqttv5", "-t", "devices/mq-a/#", "-C", "1", "-W", "10", "-v"])
+            sub,
+            [
+                "--cafile", a.caFile, "-h", "127.0.0.1", "-p", "\(hub.mqttPort)", "--cert",
+                hub.directory + "/operators/admin.crt", "--key", hub.directory + "/operators/admin.key", "-i", "fleet",
+                "-V", "mqttv5", "-t", "devices/mq-a/#", "-C", "1", "-W", "10", "-v",
+            ])
         try await Task.sleep(for: .milliseconds(700))
         for version in ["mqttv311", "mqttv5"] {
             let result = try await run(
@@ -74,21 +80,33 @@ import Testing
     /// MQTT issue acceptance: SIGKILL of the hub during a QoS 1 stream; every PUBACKed message is in the store.
     @Test func sigkillDuringAQoS1StreamLosesNoAcknowledgedMessage() async throws {
         let directory = try temporaryDirectory("mqtt-kill")
-        let hub = try HubProcess(binary: try HubProcessTests.binary, directory: directory)
+        // The stream is measured, not rate limited; each connection is its own device (one client id, one session).
+        let hub = try HubProcess(
+            binary: try HubProcessTests.binary, directory: directory,
+            environment: [
+                "BULWARK_GATEWAY_DEVICE_RATE": "100000", "BULWARK_GATEWAY_DEVICE_BURST": "100000",
+                "BULWARK_GATEWAY_ROUTE_RATE": "100000", "BULWARK_GATEWAY_ROUTE_BURST": "100000",
+            ])
         let ports = try await hub.waitForPorts()
         let operatorCredentials = try ClientCredentials(
             certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
             caFile: directory + "/ca.crt")
-        let device = try await HubProcessTests().enroll(
-            "mq-kill", operatorPort: ports.operator, operatorCredentials, directory)
+        var devices: [ClientCredentials] = []
+        for index in 0..<8 {
+            devices.append(
+                try await HubProcessTests().enroll(
+                    "mq-kill-\(index)", operatorPort: ports.operator, operatorCredentials, directory))
+        }
+        let enrolled = devices
         let progress = Progress()
-        let topic = try TopicName("devices/mq-kill/telemetry")
         await withTaskGroup(of: Void.self) { group in
             for connectionIndex in 0..<8 {
                 group.addTask {
                     _ = try? await MQTTClientConnection.withConnection(
-                        host: "127.0.0.1", port: ports.mqtt, tls: try device.tlsConfiguration(), clientID: "mq-kill"
+                        host: "127.0.0.1", port: ports.mqtt, tls: try enrolled[connectionIndex].tlsConfiguration(),
+                        clientID: "mq-kill-\(connectionIndex)"
                     ) { connection, reason in
+                        let topic = try TopicName("devices/mq-kill-\(connectionIndex)/telemetry")
                         guard reason == 0 else { return }
                         var sequence = 0
                         while !progress.stop.load(ordering: .relaxed) && sequence < 5_000 {
@@ -116,7 +134,11 @@ import Testing
         #expect(acked.count >= 300)
         let store = try SQLiteHubStore(path: directory + "/bulwark.sqlite")
         var stored = Set<Int>()
-        for record in try await store.telemetry(of: try DeviceID("mq-kill"), limit: 1_000_000) {
+        var records: [TelemetryRecord] = []
+        for index in 0..<8 {
+            records += try await store.telemetry(of: try DeviceID("mq-kill-\(index)"), limit: 1_000_000)
+        }
+        for record in records {
             if let object = try? JSONSerialization.jsonObject(with: Data(record.body)) as? [String: Int],
                 let c = object["c"], let n = object["n"]
             {

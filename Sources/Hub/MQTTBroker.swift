@@ -1,0 +1,262 @@
+import Foundation
+import MQTT
+import NIOCore
+
+/// A message on its way to subscribers (it has already passed the gateway pipeline, or is an operator command).
+struct BrokerMessage: Sendable {
+    let topic: TopicName
+    let payload: [UInt8]
+    let qos: QoS
+    let retain: Bool
+}
+
+/// What a subscription asked for (MQTT 5.0 §3.8.3.1; 3.1.1 has only the QoS).
+struct SubscriptionOptions: Sendable, Equatable {
+    var qos: QoS
+    var noLocal = false
+    var retainAsPublished = false
+}
+
+/// The connection currently attached to a session.
+struct BrokerConnection: Sendable {
+    let channel: any Channel
+    let version: ProtocolVersion
+    /// QoS 1 deliveries the client accepts unacknowledged: its MQTT 5 Receive Maximum (§3.1.2.11.3), capped.
+    let receiveMaximum: Int
+    /// The client's MQTT 5 Maximum Packet Size (§3.1.2.11.4): larger deliveries are dropped for this client.
+    let maximumPacketSize: Int
+}
+
+/// Sessions, subscriptions, retained messages and QoS 1 delivery (MQTT 3.1.1 §3.1.2.4 and §4.3.2, MQTT 5.0 §4.1,
+/// §3.3.1.3, §4.9). State is in memory: sessions and retained messages survive disconnects and session take-over,
+/// not a hub restart (every acknowledged *inbound* message is in the store before its PUBACK; this is delivery
+/// state towards subscribers). Every queue is bounded.
+actor MQTTBroker {
+    final class Session {
+        var filters: [TopicFilter: SubscriptionOptions] = [:]
+        var connection: BrokerConnection?
+        /// False between `attach` and `resume`: nothing may reach the client before its CONNACK (§3.2.0-1 MQTT 5).
+        var ready = false
+        var connectionNumber = 0
+        var expirySeconds = 0
+        var disconnectedAt: ContinuousClock.Instant?
+        /// QoS 1 deliveries sent and not yet acknowledged, in the order sent (redelivered with DUP on resume).
+        var inflight: [(id: UInt16, message: BrokerMessage)] = []
+        var queue = CircularBuffer<BrokerMessage>()
+        var nextPacketID: UInt16 = 0
+    }
+
+    struct Attached: Sendable {
+        let sessionPresent: Bool
+        let connectionNumber: Int
+    }
+
+    let maxQueued: Int
+    let maxRetained: Int
+    private var sessions: [String: Session] = [:]
+    private var retained: [String: BrokerMessage] = [:]
+    private var nextConnection = 0
+    private var lastSweep = ContinuousClock.now
+    /// Deliveries dropped because a queue was full, a subscriber was not keeping up (QoS 0) or a packet was over
+    /// the client's maximum size.
+    private(set) var dropped = 0
+
+    init(maxQueued: Int = 1_000, maxRetained: Int = 100_000) {
+        self.maxQueued = maxQueued
+        self.maxRetained = maxRetained
+    }
+
+    /// Attaches a connection to the session `key` (identity and client id). An existing connection on the same
+    /// session is closed first (MQTT 3.1.1 §3.1.4-2; MQTT 5 with DISCONNECT 0x8E Session taken over). With
+    /// `cleanStart` the old session is discarded; otherwise it resumes: unacknowledged deliveries are sent again
+    /// with DUP set (§4.4), then the queue, once `resume` is called after the CONNACK went out.
+    func attach(key: String, cleanStart: Bool, expirySeconds: Int, connection: BrokerConnection) -> Attached {
+        sweepExpired()
+        if let previous = sessions[key]?.connection {
+            if previous.version == .v5 {
+                Self.write(.disconnect(reasonCode: 0x8E, properties: .init()), previous)
+            }
+            previous.channel.close(promise: nil)
+        }
+        let existing = cleanStart ? nil : sessions[key]
+        let present = existing != nil
+        let session = existing ?? Session()
+        sessions[key] = session
+        nextConnection += 1
+        session.connection = connection
+        session.connectionNumber = nextConnection
+        session.expirySeconds = expirySeconds
+        session.disconnectedAt = nil
+        session.ready = false
+        return Attached(sessionPresent: present, connectionNumber: nextConnection)
+    }
+
+    /// Starts deliveries on a connection whose CONNACK has been sent: unacknowledged ones again (DUP), then the
+    /// queue.
+    func resume(key: String, connectionNumber: Int) {
+        guard let session = sessions[key], session.connectionNumber == connectionNumber,
+            let connection = session.connection
+        else { return }
+        session.ready = true
+        for (id, message) in session.inflight {
+            send(message, id: id, duplicate: true, on: connection)
+        }
+        pump(session)
+    }
+
+    /// Detaches the connection (if it is still the session's); a session with expiry 0 ends now.
+    func detach(key: String, connectionNumber: Int, expirySeconds: Int? = nil) {
+        guard let session = sessions[key], session.connectionNumber == connectionNumber else { return }
+        session.connection = nil
+        session.ready = false
+        if let expirySeconds { session.expirySeconds = expirySeconds }
+        if session.expirySeconds == 0 {
+            sessions[key] = nil
+        } else {
+            session.disconnectedAt = .now
+        }
+    }
+
+    /// Adds subscriptions, writes the SUBACK, then the retained messages they match (MQTT 5.0 §3.3.1.3: Retain
+    /// Handling 0 always, 1 only for a new subscription, 2 never; the RETAIN flag is set on these).
+    func subscribe(
+        key: String, _ subscriptions: [(TopicFilter, SubscriptionOptions, retainHandling: UInt8)], suback: Packet
+    ) {
+        guard let session = sessions[key], let connection = session.connection, session.ready else { return }
+        Self.write(suback, connection)
+        for (filter, options, retainHandling) in subscriptions {
+            let isNew = session.filters[filter] == nil
+            session.filters[filter] = options
+            guard retainHandling == 0 || (retainHandling == 1 && isNew) else { continue }
+            for message in retained.values where filter.matches(message.topic) {
+                deliver(
+                    BrokerMessage(
+                        topic: message.topic, payload: message.payload, qos: min(options.qos, message.qos),
+                        retain: true), to: session)
+            }
+        }
+    }
+
+    /// Removes subscriptions; for each, whether it existed (MQTT 5 UNSUBACK 0x11 otherwise).
+    func unsubscribe(key: String, _ filters: [TopicFilter]) -> [Bool] {
+        guard let session = sessions[key] else { return filters.map { _ in false } }
+        return filters.map { session.filters.removeValue(forKey: $0) != nil }
+    }
+
+    /// Releases a QoS 1 delivery the client acknowledged and sends what was waiting for the window.
+    func acknowledge(key: String, packetID: UInt16) {
+        guard let session = sessions[key], let index = session.inflight.firstIndex(where: { $0.id == packetID })
+        else { return }
+        session.inflight.remove(at: index)
+        pump(session)
+    }
+
+    /// Updates the retained message of the topic (an empty payload removes it, MQTT 3.1.1 §3.3.1.3) and delivers to
+    /// every session with a matching subscription, at the lower of the two QoS levels. Returns the number of
+    /// sessions it went to.
+    @discardableResult
+    func publish(_ message: BrokerMessage, from publisher: String?) -> Int {
+        if message.retain {
+            if message.payload.isEmpty {
+                retained[message.topic.rawValue] = nil
+            } else if retained.count < maxRetained || retained[message.topic.rawValue] != nil {
+                retained[message.topic.rawValue] = message
+            } else {
+                dropped += 1
+            }
+        }
+        var recipients = 0
+        for (key, session) in sessions {
+            var granted: QoS?
+            var retainAsPublished = false
+            var onlyNoLocal = true
+            for (filter, options) in session.filters where filter.matches(message.topic) {
+                granted = max(granted ?? .atMostOnce, options.qos)
+                retainAsPublished = retainAsPublished || options.retainAsPublished
+                onlyNoLocal = onlyNoLocal && options.noLocal
+            }
+            guard let granted, !(onlyNoLocal && key == publisher) else { continue }
+            recipients += 1
+            // §3.3.1.3: RETAIN is cleared on deliveries to established subscriptions unless Retain As Published.
+            deliver(
+                BrokerMessage(
+                    topic: message.topic, payload: message.payload, qos: min(granted, message.qos),
+                    retain: retainAsPublished && message.retain), to: session)
+        }
+        if ContinuousClock.now - lastSweep > .seconds(10) { sweepExpired() }
+        return recipients
+    }
+
+    var sessionCount: Int { sessions.count }
+    var retainedCount: Int { retained.count }
+
+    private func deliver(_ message: BrokerMessage, to session: Session) {
+        if message.qos == .atMostOnce {
+            // QoS 0 is never queued; a subscriber that is not reading loses it rather than growing our memory.
+            guard let connection = session.connection, session.ready, connection.channel.isWritable else {
+                if session.connection != nil { dropped += 1 }
+                return
+            }
+            send(message, id: nil, duplicate: false, on: connection)
+            return
+        }
+        if let connection = session.connection, session.ready, session.inflight.count < connection.receiveMaximum {
+            sendQoS1(message, session, connection)
+        } else if session.queue.count < maxQueued {
+            session.queue.append(message)
+        } else {
+            dropped += 1
+        }
+    }
+
+    private func pump(_ session: Session) {
+        while let connection = session.connection, session.ready, session.inflight.count < connection.receiveMaximum,
+            let message = session.queue.popFirst()
+        {
+            sendQoS1(message, session, connection)
+        }
+    }
+
+    private func sendQoS1(_ message: BrokerMessage, _ session: Session, _ connection: BrokerConnection) {
+        var id = session.nextPacketID
+        repeat {
+            id = id == UInt16.max ? 1 : id + 1
+        } while session.inflight.contains(where: { $0.id == id })
+        session.nextPacketID = id
+        if send(message, id: id, duplicate: false, on: connection) {
+            session.inflight.append((id, message))
+        }
+    }
+
+    @discardableResult
+    private func send(_ message: BrokerMessage, id: UInt16?, duplicate: Bool, on connection: BrokerConnection) -> Bool {
+        var buffer = ByteBuffer()
+        Packet.publish(
+            PublishPacket(
+                topic: message.topic, payload: message.payload, qos: message.qos, retain: message.retain,
+                duplicate: duplicate, packetID: id)
+        ).encode(into: &buffer, version: connection.version)
+        guard buffer.readableBytes <= connection.maximumPacketSize else {
+            dropped += 1
+            return false
+        }
+        connection.channel.writeAndFlush(buffer, promise: nil)
+        return true
+    }
+
+    static func write(_ packet: Packet, _ connection: BrokerConnection) {
+        var buffer = ByteBuffer()
+        packet.encode(into: &buffer, version: connection.version)
+        connection.channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    /// Ends sessions whose client has been away longer than their expiry (MQTT 5.0 §3.1.2.11.2).
+    private func sweepExpired() {
+        let now = ContinuousClock.now
+        lastSweep = now
+        sessions = sessions.filter { _, session in
+            guard let since = session.disconnectedAt else { return true }
+            return now - since < .seconds(session.expirySeconds)
+        }
+    }
+}

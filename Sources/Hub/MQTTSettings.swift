@@ -1,0 +1,58 @@
+import MQTT
+
+/// The broker's limits and topic access (`mqtt.*` keys; `BULWARK_MQTT_MAX_CONNECTIONS` and so on).
+public struct MQTTSettings: Sendable, Equatable {
+    /// Open connections in all, and from one source address (both counted from TCP accept, before TLS).
+    public var maxConnections = 10_000
+    public var maxConnectionsPerSource = 1_000
+    /// The TLS handshake and CONNECT must complete within this time.
+    public var connectDeadlineSeconds = 5.0
+    /// QoS 1 messages kept for one session while its client is away or its receive window is full; more are dropped
+    /// (and counted in the log) rather than growing without bound.
+    public var maxQueuedMessages = 1_000
+    /// Longest session a client may ask to keep (MQTT 5 Session Expiry Interval is capped to it; an MQTT 3.1.1
+    /// `cleanSession = 0` session gets it).
+    public var maxSessionExpirySeconds = 86_400
+    /// Retained messages kept in all (one per topic); a new topic beyond it is not retained.
+    public var maxRetainedMessages = 100_000
+    /// MQTT 5 Receive Maximum the hub announces (QoS 1 publishes a client may have unacknowledged).
+    public var receiveMaximum = 64
+    /// MQTT 5 Topic Alias Maximum the hub announces (aliases a client may use towards the hub).
+    public var topicAliasMaximum = 16
+    /// Topic patterns; `{device}` is the certificate's device id.
+    public var devicePublish = TopicACL.devices.publish
+    public var deviceSubscribe = TopicACL.devices.subscribe
+    /// Operators (and the applications they run with operator certificates) read the fleet and send commands.
+    public var fleetPublish = TopicACL.fleet.publish
+    public var fleetSubscribe = TopicACL.fleet.subscribe
+
+    public init() {}
+
+    var deviceACL: TopicACL { TopicACL(publish: devicePublish, subscribe: deviceSubscribe) }
+    var fleetACL: TopicACL { TopicACL(publish: fleetPublish, subscribe: fleetSubscribe) }
+
+    func validate() throws {
+        guard (1...1_000_000).contains(maxConnections), (1...1_000_000).contains(maxConnectionsPerSource) else {
+            throw HubStartupError("mqtt.maxConnections and mqtt.maxConnectionsPerSource must be 1-1000000")
+        }
+        guard (0.1...60).contains(connectDeadlineSeconds) else {
+            throw HubStartupError("mqtt.connectDeadlineSeconds must be 0.1-60")
+        }
+        guard (0...1_000_000).contains(maxQueuedMessages), (0...(365 * 86_400)).contains(maxSessionExpirySeconds),
+            (0...10_000_000).contains(maxRetainedMessages)
+        else {
+            throw HubStartupError(
+                "mqtt.maxQueuedMessages must be 0-1000000, mqtt.maxSessionExpirySeconds 0-31536000 and "
+                    + "mqtt.maxRetainedMessages 0-10000000")
+        }
+        guard (1...65_535).contains(receiveMaximum), (0...65_535).contains(topicAliasMaximum) else {
+            throw HubStartupError("mqtt.receiveMaximum must be 1-65535 and mqtt.topicAliasMaximum 0-65535")
+        }
+        do {
+            try deviceACL.validate()
+            try fleetACL.validate()
+        } catch {
+            throw HubStartupError("mqtt topic patterns: \(error.detail)")
+        }
+    }
+}

@@ -1,0 +1,346 @@
+import Core
+import Foundation
+import Gateway
+import HubClient
+import MQTT
+import NIOCore
+import NIOPosix
+import Store
+import Testing
+
+/// The MQTT listener as a broker behind the gateway pipeline: each control attacked and shown to refuse, sessions,
+/// retained messages, fleet subscribers and commands, connection limits, and paho-mqtt 2.x as a real peer.
+@Suite(.serialized) struct MQTTBrokerTests {
+    static func connect<R: Sendable>(
+        _ hub: TestHub, _ device: TestDevice, version: ProtocolVersion = .v5, clientID: String? = nil,
+        configure: (inout ConnectPacket) -> Void = { _ in }, _ body: (MQTTClientConnection, UInt8) async throws -> R
+    ) async throws -> R {
+        try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(),
+            clientID: clientID ?? device.id, version: version, configure: configure, body)
+    }
+
+    /// MQTT 5: resume the session if there is one, and keep it 300 s after disconnecting.
+    static func persistent(_ connect: inout ConnectPacket) {
+        connect.cleanStart = false
+        connect.properties.sessionExpiryInterval = 300
+    }
+
+    static func counter(_ value: String) -> Properties {
+        var properties = Properties()
+        properties.userProperties = [("counter", value)]
+        return properties
+    }
+
+    /// Strict JSON, schema chosen by topic, routes, counters (property and `$counter` member): each refused with
+    /// its reason code and a correlation id, recorded with its stage; only admitted messages are stored.
+    @Test func everyPublishPassesTheGatewayPipeline() async throws {
+        let hub = try await TestHub.start {
+            $0.gateway.quarantineInvalid = 100
+            $0.gateway.quarantineReplay = 100
+        }
+        let device = try await hub.enroll("mp-1")
+        let schema = #"{"type":"object","required":["temperature"],"properties":{"temperature":{"type":"number"}}}"#
+        hub.server.gateway.setSchema(try JSONSchema(bytes: Array(schema.utf8)), for: "env")
+        let telemetry = try TopicName("devices/mp-1/telemetry")
+        let env = try TopicName("devices/mp-1/telemetry/env")
+        let body = Array(#"{"t":2}"#.utf8)
+        try await Self.connect(hub, device) { mqtt, reason in
+            #expect(reason == 0)
+            #expect(try await mqtt.publishAcknowledged(topic: telemetry, payload: Array(#"{"t":1}"#.utf8)) == 0)
+            for bad in ["{", #"{"a":1,"a":2}"#, "[1]", #"{"n":1e999}"#] {
+                let refused = try await mqtt.publishAcknowledgedWithProperties(
+                    topic: telemetry, payload: Array(bad.utf8))
+                #expect(refused.reason == 0x99, "\(bad)")
+                #expect(refused.properties.userProperties.first?.0 == "correlation-id")
+            }
+            #expect(
+                try await mqtt.publishAcknowledged(topic: env, payload: Array(#"{"temperature":"hot"}"#.utf8)) == 0x99)
+            #expect(try await mqtt.publishAcknowledged(topic: env, payload: Array(#"{"temperature":21.5}"#.utf8)) == 0)
+            // A message type nobody registered a schema for, and a route that is not open to devices.
+            let unknown = try TopicName("devices/mp-1/telemetry/unknown")
+            #expect(try await mqtt.publishAcknowledged(topic: unknown, payload: Array("{}".utf8)) == 0x99)
+            let commands = try TopicName("devices/mp-1/commands/reboot")
+            #expect(try await mqtt.publishAcknowledged(topic: commands, payload: Array("{}".utf8)) == 0x87)
+            // Counters: the MQTT 5 user property, then the `$counter` member; a replay of either is refused.
+            #expect(
+                try await mqtt.publishAcknowledged(topic: telemetry, payload: body, properties: Self.counter("5")) == 0)
+            #expect(
+                try await mqtt.publishAcknowledged(topic: telemetry, payload: body, properties: Self.counter("5"))
+                    == 0x87)
+            #expect(
+                try await mqtt.publishAcknowledged(topic: telemetry, payload: body, properties: Self.counter("x"))
+                    == 0x99)
+            let counted = Array(#"{"$counter":6,"t":3}"#.utf8)
+            #expect(try await mqtt.publishAcknowledged(topic: telemetry, payload: counted) == 0)
+            #expect(try await mqtt.publishAcknowledged(topic: telemetry, payload: counted) == 0x87)
+            #expect(
+                try await mqtt.publishAcknowledged(topic: telemetry, payload: Array(#"{"$counter":-1}"#.utf8)) == 0x99)
+        }
+        let stored = try await hub.server.store.telemetry(of: try DeviceID("mp-1"), limit: 100)
+        #expect(stored.count == 4, "t:1, env, counter 5, counter 6")
+        let events = try await hub.securityEvents()
+        #expect(events.contains { $0.kind == "invalid-message" && $0.detail.contains("json") })
+        #expect(events.contains { $0.kind == "invalid-message" && $0.detail.contains("schema") })
+        #expect(events.contains { $0.kind == "replay" && $0.detail.contains("counter 5 replayed") })
+        #expect(events.contains { $0.kind == "access-denied" && $0.detail.contains("commands") })
+        // The counter window went to the store with the message: a restart still refuses the replay.
+        try await hub.stop(keepData: true)
+        let restarted = try await TestHub.start(directory: hub.directory)
+        let afterRestart = try await Self.connect(restarted, device) { mqtt, _ in
+            [
+                try await mqtt.publishAcknowledged(topic: telemetry, payload: body, properties: Self.counter("6")),
+                try await mqtt.publishAcknowledged(topic: telemetry, payload: body, properties: Self.counter("7")),
+            ]
+        }
+        #expect(afterRestart == [0x87, 0])
+        try await restarted.stop()
+    }
+
+    /// MQTT 5 over the rate: PUBACK 0x97 Quota exceeded, then at the quarantine threshold DISCONNECT 0x96, and the
+    /// quarantined device is refused at CONNECT. A sustained QoS 0 flood is disconnected with 0x96.
+    @Test func overTheRateMQTT5IsRefusedThenDisconnected() async throws {
+        let hub = try await TestHub.start {
+            $0.gateway.deviceRate = 0.01
+            $0.gateway.deviceBurst = 3
+            $0.gateway.quarantineRateLimited = 4
+        }
+        let device = try await hub.enroll("mp-rate")
+        let topic = try TopicName("devices/mp-rate/telemetry")
+        let codes = try await Self.connect(hub, device) { mqtt, _ in
+            var codes: [UInt8] = []
+            for index in 0..<10 {
+                let (reason, _) = try await mqtt.publishAcknowledgedWithProperties(
+                    topic: topic, payload: Array(#"{"i":\#(index)}"#.utf8))
+                codes.append(reason)
+                if reason == 0x96 { break }
+            }
+            return codes
+        }
+        #expect(codes == [0, 0, 0, 0x97, 0x97, 0x97, 0x96], "\(codes)")
+        let refused = try await Self.connect(hub, device) { _, reason in reason }
+        #expect(refused == 0x87)
+        let kinds = try await hub.securityEvents().map(\.kind)
+        #expect(kinds.contains("device-quarantined"))
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("mp-rate")) == 3)
+
+        // QoS 0: no acknowledgement to refuse, so a sustained flood is disconnected.
+        let flooder = try await hub.enroll("mp-flood")
+        let floodTopic = try TopicName("devices/mp-flood/telemetry")
+        let disconnect = try await Self.connect(hub, flooder) { mqtt, _ in
+            for _ in 0..<40 {
+                try await mqtt.send(.publish(PublishPacket(topic: floodTopic, payload: Array("{}".utf8))))
+            }
+            while let packet = try await mqtt.next() {
+                if case .disconnect(let reason, _) = packet { return reason }
+            }
+            return 0
+        }
+        #expect(disconnect == 0x96)
+        try await hub.stop()
+    }
+
+    /// MQTT 3.1.1 has no negative PUBACK: over the rate a QoS 1 message is left unacknowledged (the client still
+    /// owns it), and at the quarantine threshold the connection is closed.
+    @Test func mqtt311OverTheRateIsUnacknowledgedThenClosed() async throws {
+        let hub = try await TestHub.start {
+            $0.gateway.deviceRate = 0.01
+            $0.gateway.deviceBurst = 3
+            $0.gateway.quarantineRateLimited = 4
+        }
+        let device = try await hub.enroll("mp-311")
+        let topic = try TopicName("devices/mp-311/telemetry")
+        let acknowledged = try await Self.connect(hub, device, version: .v311) { mqtt, _ in
+            for index in 1...10 {
+                try await mqtt.send(
+                    .publish(
+                        PublishPacket(
+                            topic: topic, payload: Array("{}".utf8), qos: .atLeastOnce, packetID: UInt16(index))))
+            }
+            var acknowledged: [UInt16] = []
+            while let packet = try? await mqtt.next() {
+                if case .puback(let id, _, _) = packet { acknowledged.append(id) }
+            }
+            return acknowledged
+        }
+        #expect(acknowledged == [1, 2, 3])
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("mp-311")) == 3)
+        try await hub.stop()
+    }
+
+    /// Retained messages, persistent sessions with a bounded queue, fleet subscribers with operator certificates,
+    /// commands from the operator API, topic aliases and session take-over.
+    @Test func sessionsRetainedFleetAndCommands() async throws {
+        let hub = try await TestHub.start { $0.mqttSettings.maxQueuedMessages = 3 }
+        let device = try await hub.enroll("mb-1")
+        let operatorDevice = try TestDevice(
+            id: "admin", keyPEM: String(contentsOfFile: hub.directory + "/operators/admin.key", encoding: .utf8),
+            certificatePEM: String(contentsOfFile: hub.directory + "/operators/admin.crt", encoding: .utf8),
+            caPEM: hub.caPEM, directory: hub.directory)
+        let state = try TopicName("devices/mb-1/state")
+
+        // The device retains its state; a fleet subscriber (operator certificate) that comes later receives it
+        // with RETAIN set; it may not subscribe outside the fleet patterns.
+        let retainedReply = try await Self.connect(hub, device) { mqtt, _ in
+            try await mqtt.publishAcknowledged(topic: state, payload: Array(#"{"on":true}"#.utf8), retain: true)
+        }
+        #expect(retainedReply == 0)
+        try await Self.connect(hub, operatorDevice, version: .v311, clientID: "dashboard") { mqtt, reason in
+            #expect(reason == 0)
+            try await mqtt.send(
+                .subscribe(
+                    packetID: 1,
+                    subscriptions: [
+                        Subscription(filter: try TopicFilter("devices/+/state"), qos: .atLeastOnce),
+                        Subscription(filter: try TopicFilter("#"), qos: .atLeastOnce),
+                    ], properties: .init()))
+            guard case .suback(1, let codes, _) = try await mqtt.next() else {
+                Issue.record("no SUBACK")
+                return
+            }
+            #expect(codes == [1, 0x80])
+            guard case .publish(let retained) = try await mqtt.next() else {
+                Issue.record("no retained message")
+                return
+            }
+            #expect(retained.topic == state && retained.retain && retained.payload == Array(#"{"on":true}"#.utf8))
+        }
+
+        // A persistent session: subscribe to commands, go away; three commands are queued, the fourth and fifth
+        // are over `maxQueuedMessages`; on resume the session is present and the queued three arrive.
+        try await Self.connect(
+            hub, device,
+            configure: Self.persistent
+        ) { mqtt, _ in
+            #expect(!mqtt.sessionPresent)
+            try await mqtt.send(
+                .subscribe(
+                    packetID: 1,
+                    subscriptions: [
+                        Subscription(filter: try TopicFilter("devices/mb-1/commands/#"), qos: .atLeastOnce)
+                    ],
+                    properties: .init()))
+            guard case .suback(1, [1], _) = try await mqtt.next() else {
+                Issue.record("no SUBACK")
+                return
+            }
+            try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        for index in 1...5 {
+            let sent = try await hub.operatorRequest(
+                "POST", "/v1/devices/mb-1/commands/reboot", json: ["delay": index])
+            #expect(sent.status == 202)
+        }
+        #expect(
+            try await hub.operatorRequest("POST", "/v1/devices/mb-1/commands/reboot", raw: Array("[1]".utf8)).status
+                == 400)
+        #expect(try await hub.operatorRequest("POST", "/v1/devices/nobody/commands/reboot", json: [:]).status == 404)
+        let delivered = try await Self.connect(
+            hub, device,
+            configure: Self.persistent
+        ) { mqtt, _ in
+            #expect(mqtt.sessionPresent)
+            var payloads: [String] = []
+            while payloads.count < 3, let packet = try await mqtt.next() {
+                guard case .publish(let command) = packet, let id = command.packetID else { continue }
+                payloads.append(String(decoding: command.payload, as: UTF8.self))
+                try await mqtt.send(.puback(packetID: id, reasonCode: 0, properties: .init()))
+            }
+            return payloads
+        }
+        #expect(delivered == [#"{"delay":1}"#, #"{"delay":2}"#, #"{"delay":3}"#])
+        #expect(try await hub.securityEvents().contains { $0.kind == "command-sent" })
+
+        // Topic aliases (MQTT 5.0 §3.3.2.3.4): set, then used alone; one over the maximum ends the connection.
+        let aliasEnd = try await Self.connect(hub, device) { mqtt, _ in
+            var properties = Properties()
+            properties.topicAlias = 1
+            #expect(
+                try await mqtt.publishAcknowledged(
+                    topic: try TopicName("devices/mb-1/telemetry"), payload: Array(#"{"a":1}"#.utf8),
+                    properties: properties) == 0)
+            #expect(
+                try await mqtt.publishAcknowledged(
+                    topic: .unresolvedAlias, payload: Array(#"{"a":2}"#.utf8), properties: properties) == 0)
+            properties.topicAlias = 999
+            return try await mqtt.publishAcknowledged(
+                topic: .unresolvedAlias, payload: Array(#"{"a":3}"#.utf8), properties: properties)
+        }
+        #expect(aliasEnd == 0x94)
+        let bodies = try await hub.server.store.telemetry(of: try DeviceID("mb-1"), limit: 100).map {
+            String(decoding: $0.body, as: UTF8.self)
+        }
+        #expect(bodies.contains(#"{"a":2}"#) && !bodies.contains(#"{"a":3}"#))
+
+        // Session take-over (MQTT 5.0 §3.1.4-3): a second connection with the same client id ends the first with
+        // DISCONNECT 0x8E.
+        let takenOver = try await Self.connect(hub, device) { first, _ in
+            try await Self.connect(hub, device) { _, reason in #expect(reason == 0) }
+            while let packet = try await first.next() {
+                if case .disconnect(let reason, _) = packet { return reason }
+            }
+            return 0
+        }
+        #expect(takenOver == 0x8E)
+        try await hub.stop()
+    }
+
+    /// Connection limits before TLS (open connections per source), the CONNECT deadline, and a malformed packet
+    /// answered with its MQTT 5 reason code before the connection closes.
+    @Test func connectionLimitsDeadlineAndMalformedPackets() async throws {
+        let hub = try await TestHub.start {
+            $0.mqttSettings.maxConnectionsPerSource = 3
+            $0.mqttSettings.connectDeadlineSeconds = 0.5
+        }
+        let group = MultiThreadedEventLoopGroup.singleton
+        var held: [any Channel] = []
+        for _ in 0..<3 {
+            held.append(try await ClientBootstrap(group: group).connect(host: "127.0.0.1", port: hub.mqttPort).get())
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        let clock = ContinuousClock()
+        let fourth = try await ClientBootstrap(group: group).connect(host: "127.0.0.1", port: hub.mqttPort).get()
+        let start = clock.now
+        try await fourth.closeFuture.get()
+        #expect(clock.now - start < .milliseconds(400), "the fourth connection from one source is closed at once")
+        // Silent connections (no TLS handshake, no CONNECT) are closed at the deadline.
+        for channel in held { try await channel.closeFuture.get() }
+        #expect(clock.now - start < .seconds(3))
+        try await Task.sleep(for: .milliseconds(100))
+
+        let device = try await hub.enroll("mb-bad")
+        let reason = try await Self.connect(hub, device) { mqtt, _ in
+            // PUBLISH with QoS 3 (MQTT 5.0 §3.3.1.2: malformed).
+            try await mqtt.write(ByteBuffer(bytes: [0x36, 0x05, 0x00, 0x01, 0x61, 0x00, 0x01]))
+            while let packet = try await mqtt.next() {
+                if case .disconnect(let reason, _) = packet { return reason }
+            }
+            return 0
+        }
+        #expect(reason == 0x81)
+        try await hub.stop()
+    }
+
+    /// paho-mqtt 2.x (PyPI) as a real peer: subscribe, QoS 0 and 1, retained, will, persistent sessions resumed,
+    /// MQTT 3.1.1 and 5, TLS 1.3 with client certificates.
+    @Test func pahoMQTTInteroperates() async throws {
+        guard let python = which("python3") else {
+            Issue.record("python3 is required")
+            return
+        }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/mqtt-paho-check.py").path
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("paho-1")
+        let result = try await run(
+            python,
+            [
+                script, "127.0.0.1", "\(hub.mqttPort)", device.caFile, device.id, device.certificateFile,
+                device.keyFile, hub.directory + "/operators/admin.crt", hub.directory + "/operators/admin.key",
+            ], timeout: 120)
+        #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
+        #expect(result.stdout.contains("all paho-mqtt checks passed"), "\(result.stdout)\n\(result.stderr)")
+        try await hub.stop()
+    }
+}
