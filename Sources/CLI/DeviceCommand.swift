@@ -5,7 +5,8 @@ struct DeviceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "device", abstract: "Enroll, list, show and revoke devices.",
         subcommands: [
-            Enroll.self, List.self, Show.self, Revoke.self, Release.self, Label.self, Send.self, Sign.self,
+            Enroll.self, List.self, Show.self, Revoke.self, Release.self, Command.self, Label.self, Send.self,
+            Sign.self,
         ])
 
     struct Enroll: AsyncParsableCommand {

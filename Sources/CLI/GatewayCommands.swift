@@ -18,6 +18,30 @@ extension DeviceCommand {
         }
     }
 
+    struct Command: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Send a command to a device over MQTT (devices/<id>/commands/<name>, QoS 1).",
+            discussion: """
+                Delivered now if the device is connected and subscribed, otherwise queued in its persistent session.
+                Example: bulwark device command sensor-1 reboot --body '{"delay":5}'
+                """)
+        @OptionGroup var connection: OperatorConnection
+        @Argument var id: String
+        @Argument(help: "Command name (1-64 of a-z 0-9 . _ -).") var name: String
+        @Option(help: "The command as a JSON object.") var body = "{}"
+
+        func run() async throws {
+            let (_, object) = try await connection.request(
+                method: "POST", path: "/v1/devices/\(pathSegment(id))/commands/\(pathSegment(name))",
+                raw: Array(body.utf8))
+            let sessions = (object as? [String: Any])?["sessions"] as? Int ?? 0
+            print(
+                sessions > 0
+                    ? "sent \(name) to \(id) (\(sessions) session\(sessions == 1 ? "" : "s"))"
+                    : "\(id) has no session subscribed to its commands; nothing was delivered or queued")
+        }
+    }
+
     /// The options every signed device request needs: the device's certificate and key, and the hub's CA.
     struct DeviceCredentials: ParsableArguments {
         @Option(help: "Device certificate (PEM).") var cert: String

@@ -1,6 +1,7 @@
 import Foundation
 import MQTT
 import NIOCore
+import Synchronization
 
 /// A message on its way to subscribers (it has already passed the gateway pipeline, or is an operator command).
 struct BrokerMessage: Sendable {
@@ -60,6 +61,11 @@ actor MQTTBroker {
     /// Deliveries dropped because a queue was full, a subscriber was not keeping up (QoS 0) or a packet was over
     /// the client's maximum size.
     private(set) var dropped = 0
+    /// Subscriptions across all sessions, readable without entering the actor: a publish that nobody subscribed to
+    /// (and that is not retained) skips the broker entirely.
+    nonisolated let subscriptions = Atomic<Int>(0)
+
+    nonisolated var hasSubscriptions: Bool { subscriptions.load(ordering: .relaxed) > 0 }
 
     init(maxQueued: Int = 1_000, maxRetained: Int = 100_000) {
         self.maxQueued = maxQueued
@@ -78,6 +84,7 @@ actor MQTTBroker {
             }
             previous.channel.close(promise: nil)
         }
+        if cleanStart, let discarded = sessions[key] { forget(discarded) }
         let existing = cleanStart ? nil : sessions[key]
         let present = existing != nil
         let session = existing ?? Session()
@@ -111,6 +118,7 @@ actor MQTTBroker {
         session.ready = false
         if let expirySeconds { session.expirySeconds = expirySeconds }
         if session.expirySeconds == 0 {
+            forget(session)
             sessions[key] = nil
         } else {
             session.disconnectedAt = .now
@@ -127,6 +135,7 @@ actor MQTTBroker {
         for (filter, options, retainHandling) in subscriptions {
             let isNew = session.filters[filter] == nil
             session.filters[filter] = options
+            if isNew { self.subscriptions.add(1, ordering: .relaxed) }
             guard retainHandling == 0 || (retainHandling == 1 && isNew) else { continue }
             for message in retained.values where filter.matches(message.topic) {
                 deliver(
@@ -140,7 +149,11 @@ actor MQTTBroker {
     /// Removes subscriptions; for each, whether it existed (MQTT 5 UNSUBACK 0x11 otherwise).
     func unsubscribe(key: String, _ filters: [TopicFilter]) -> [Bool] {
         guard let session = sessions[key] else { return filters.map { _ in false } }
-        return filters.map { session.filters.removeValue(forKey: $0) != nil }
+        return filters.map {
+            let existed = session.filters.removeValue(forKey: $0) != nil
+            if existed { subscriptions.subtract(1, ordering: .relaxed) }
+            return existed
+        }
     }
 
     /// Releases a QoS 1 delivery the client acknowledged and sends what was waiting for the window.
@@ -255,8 +268,15 @@ actor MQTTBroker {
         let now = ContinuousClock.now
         lastSweep = now
         sessions = sessions.filter { _, session in
-            guard let since = session.disconnectedAt else { return true }
-            return now - since < .seconds(session.expirySeconds)
+            guard let since = session.disconnectedAt, now - since >= .seconds(session.expirySeconds) else {
+                return true
+            }
+            forget(session)
+            return false
         }
+    }
+
+    private func forget(_ session: Session) {
+        subscriptions.subtract(session.filters.count, ordering: .relaxed)
     }
 }

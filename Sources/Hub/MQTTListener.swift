@@ -35,6 +35,7 @@ struct MQTTListener: Service {
     /// refused by the decoder before it is buffered (MQTT 5: DISCONNECT 0x95).
     let maximumPacketSize: Int
     let pendingQoS0 = PendingWrites(limit: 1024)
+    let missingCertificate = OncePerWindow()
 
     init(
         host: String, port: Int, credentials: HubCredentials, revocations: RevocationList, store: any HubStore,
@@ -187,6 +188,8 @@ struct MQTTConnection {
         var refusedQoS0 = 0
         var expirySeconds: Int
         var connectExpiry: Int
+        /// One task per QoS 1 PUBLISH not yet acknowledged, in arrival order (see `acknowledge`).
+        var acknowledgements: [Task<Void, Never>] = []
         var v5: Bool { version == .v5 }
     }
 
@@ -218,6 +221,17 @@ struct MQTTConnection {
             }
         } catch {
             listener.logger.debug("MQTT connection ended", metadata: ["error": "\(error)"])
+            // A certificate that fails verification is recorded by the verification callback; a client that sends
+            // none never reaches it, so its refusal is recorded here (once per source and minute: no disk flood).
+            if "\(error)".contains("PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+                listener.missingCertificate.first(
+                    source ?? "unknown", now: Int64(Date().timeIntervalSince1970) / 60)
+            {
+                try? await listener.store.recordSecurityEvent(
+                    SecurityEvent(
+                        at: Date(), kind: "tls-client-refused", identity: nil, source: source,
+                        detail: "MQTT: no client certificate"))
+            }
         }
     }
 
@@ -231,7 +245,12 @@ struct MQTTConnection {
     private func send(_ packet: Packet, _ version: ProtocolVersion) async throws {
         var buffer = ByteBuffer()
         packet.encode(into: &buffer, version: version)
-        try await channel.channel.writeAndFlush(buffer).get()
+        // Waits only when the peer is not reading (the channel's buffer is over its high-water mark).
+        if channel.channel.isWritable {
+            channel.channel.writeAndFlush(buffer, promise: nil)
+        } else {
+            try await channel.channel.writeAndFlush(buffer).get()
+        }
     }
 
     /// A refusal that did not go through the gateway pipeline (topic access, client id): logged and recorded.
@@ -333,6 +352,9 @@ struct MQTTConnection {
         } catch {
             end = .closed
         }
+        // Acknowledgements still waiting for their store write go out before the connection closes.
+        for acknowledgement in state.acknowledgements { await acknowledgement.value }
+        state.acknowledgements = []
         await listener.broker.detach(
             key: sessionKey, connectionNumber: attached.connectionNumber, expirySeconds: state.expirySeconds)
         // MQTT 3.1.1 §3.1.2.5 / MQTT 5.0 §3.1.2.5: the will is published when the connection ends without a normal
@@ -388,7 +410,7 @@ struct MQTTConnection {
                     await refuse("mqtt-publish-refused", peer, "publish outside the identity's topics")
                     if v5 {
                         if let id = publish.packetID {
-                            try await send(.puback(packetID: id, reasonCode: 0x87, properties: .init()), version)
+                            await acknowledge(id, state: &state, code: 0x87)
                         }
                         continue
                     }
@@ -469,7 +491,7 @@ struct MQTTConnection {
             guard case .object = (try? listener.gateway.policy.json.parse(publish.payload)) ?? .null else {
                 await refuse("invalid-message", peer, "MQTT command payload is not a strict JSON object")
                 if v5, respond, let id = publish.packetID {
-                    try? await send(.puback(packetID: id, reasonCode: 0x99, properties: .init()), version)
+                    await acknowledge(id, state: &state, code: 0x99)
                     return true
                 }
                 return !respond || v5
@@ -478,7 +500,7 @@ struct MQTTConnection {
                 BrokerMessage(topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain),
                 from: state.sessionKey)
             if respond, let id = publish.packetID {
-                try? await send(.puback(packetID: id, reasonCode: 0, properties: .init()), version)
+                await acknowledge(id, state: &state, code: 0)
             }
             return true
         }
@@ -497,7 +519,7 @@ struct MQTTConnection {
                 BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true), from: state.sessionKey
             )
             if respond, let id = publish.packetID {
-                try? await send(.puback(packetID: id, reasonCode: 0, properties: .init()), version)
+                await acknowledge(id, state: &state, code: 0)
             }
             return true
         }
@@ -523,30 +545,34 @@ struct MQTTConnection {
                 deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
                 counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
                 messageType: admitted.messageType)
+            let delivery = BrokerMessage(
+                topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain)
             if publish.qos == .atLeastOnce {
-                do {
-                    _ = try await listener.store.appendTelemetry(record)
-                } catch {
-                    listener.logger.error(
-                        "MQTT message not stored",
-                        metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-                    if v5, respond, let id = publish.packetID {
-                        try? await send(
-                            .puback(packetID: id, reasonCode: 0x80, properties: refusalProperties(correlationID)),
-                            version)
+                let store = listener.store
+                let logger = listener.logger
+                let write = Task {
+                    do {
+                        _ = try await store.appendTelemetry(record)
                         return true
+                    } catch {
+                        logger.error(
+                            "MQTT message not stored",
+                            metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
+                        return false
                     }
-                    return false
                 }
                 if respond, let id = publish.packetID {
-                    try? await send(.puback(packetID: id, reasonCode: 0, properties: .init()), version)
+                    await acknowledge(id, state: &state, after: write, correlationID: correlationID, then: delivery)
+                } else {
+                    // The will: nothing to acknowledge, but it is delivered only once stored.
+                    if await write.value { await listener.broker.publish(delivery, from: state.sessionKey) }
                 }
-            } else {
-                await storeWithoutWaiting(record)
+                return true
             }
-            await listener.broker.publish(
-                BrokerMessage(topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain),
-                from: state.sessionKey)
+            await storeWithoutWaiting(record)
+            if publish.retain || listener.broker.hasSubscriptions {
+                await listener.broker.publish(delivery, from: state.sessionKey)
+            }
             return true
         case .failure(let refusal):
             return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
@@ -592,7 +618,7 @@ struct MQTTConnection {
             case .replay: refusal.problem == .invalidMessage ? 0x99 : 0x87
             default: refusal.problem == .unavailable ? 0x80 : 0x87
             }
-        try? await send(.puback(packetID: id, reasonCode: code, properties: refusalProperties(correlationID)), version)
+        await acknowledge(id, state: &state, code: code, correlationID: correlationID)
         return true
     }
 
@@ -607,6 +633,46 @@ struct MQTTConnection {
         let route = index + 1 < topic.levels.count ? String(topic.levels[index + 1]) : "telemetry"
         let messageType = index + 2 < topic.levels.count ? String(topic.levels[index + 2]) : nil
         return (route, messageType)
+    }
+
+    /// Sends a PUBACK in arrival order (MQTT 3.1.1 §4.6, MQTT 5.0 §4.6: PUBACKs in the order the PUBLISH packets
+    /// were received), after `write` (the message's store transaction) finished: only a durable message is
+    /// acknowledged, yet the loop reads on meanwhile, so one connection's messages share group commits. At most
+    /// `mqtt.receiveMaximum` are outstanding; then the loop waits for the oldest. A failed write is answered 0x80
+    /// with a correlation id (MQTT 5) or closes the connection (3.1.1); a stored message is then delivered.
+    private func acknowledge(
+        _ id: UInt16, state: inout State, after write: Task<Bool, Never>? = nil, code: UInt8 = 0,
+        correlationID: String? = nil, then delivery: BrokerMessage? = nil
+    ) async {
+        if state.acknowledgements.count >= listener.settings.receiveMaximum {
+            await state.acknowledgements.removeFirst().value
+        }
+        let previous = state.acknowledgements.last
+        let nioChannel = channel.channel
+        let version = state.version
+        let broker = listener.broker
+        let sessionKey = state.sessionKey
+        let properties = code == 0 ? Properties() : refusalProperties(correlationID)
+        let failed = refusalProperties(correlationID)
+        state.acknowledgements.append(
+            Task {
+                await previous?.value
+                var reason = code
+                if let write, !(await write.value) {
+                    guard version == .v5 else {
+                        nioChannel.close(promise: nil)
+                        return
+                    }
+                    reason = 0x80
+                }
+                var buffer = ByteBuffer()
+                Packet.puback(packetID: id, reasonCode: reason, properties: reason == code ? properties : failed)
+                    .encode(into: &buffer, version: version)
+                nioChannel.writeAndFlush(buffer, promise: nil)
+                if reason == 0, let delivery, delivery.retain || broker.hasSubscriptions {
+                    await broker.publish(delivery, from: sessionKey)
+                }
+            })
     }
 
     private func storeWithoutWaiting(_ record: NewTelemetry) async {

@@ -65,6 +65,11 @@ import Testing
                 "{}",
             ])
         #expect(anonymous.status != 0)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(
+            try await hub.securityEvents().contains {
+                $0.kind == "tls-client-refused" && $0.detail.contains("no client certificate")
+            })
         let foreign = try TestDevice.foreign(id: "mq-a", directory: hub.directory)
         let foreignResult = try await run(
             pub,
