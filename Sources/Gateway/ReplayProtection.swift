@@ -110,6 +110,11 @@ public struct CounterWindow: Sendable, Equatable {
 
     public enum Decision: Sendable, Equatable { case accepted, replayed, tooOld }
 
+    /// Whether `counter` is marked as seen in the window (a replay, or a redelivery of a message already stored).
+    public func hasSeen(_ counter: UInt64) -> Bool {
+        counter > 0 && counter <= highest && highest - counter < Self.width && seen & (1 << (highest - counter)) != 0
+    }
+
     public mutating func accept(_ counter: UInt64) -> Decision {
         guard counter > 0 else { return .tooOld }
         if counter > highest {

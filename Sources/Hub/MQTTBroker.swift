@@ -105,9 +105,19 @@ actor MQTTBroker {
             let connection = session.connection
         else { return }
         session.ready = true
-        for (id, message) in session.inflight {
-            send(message, id: id, duplicate: true, on: connection)
+        // Redelivered within the new connection's limits: what no longer fits its Receive Maximum goes back to the
+        // front of the queue, what exceeds its Maximum Packet Size is dropped.
+        let unacknowledged = session.inflight
+        session.inflight = []
+        var overflow: [BrokerMessage] = []
+        for (id, message) in unacknowledged {
+            if session.inflight.count < connection.receiveMaximum {
+                if send(message, id: id, duplicate: true, on: connection) { session.inflight.append((id, message)) }
+            } else {
+                overflow.append(message)
+            }
         }
+        for message in overflow.reversed() { session.queue.prepend(message) }
         pump(session)
     }
 
@@ -127,10 +137,15 @@ actor MQTTBroker {
 
     /// Adds subscriptions, writes the SUBACK, then the retained messages they match (MQTT 5.0 §3.3.1.3: Retain
     /// Handling 0 always, 1 only for a new subscription, 2 never; the RETAIN flag is set on these).
+    /// Packets still buffered from a connection that was taken over are ignored (`connectionNumber`).
     func subscribe(
-        key: String, _ subscriptions: [(TopicFilter, SubscriptionOptions, retainHandling: UInt8)], suback: Packet
+        key: String, connectionNumber: Int,
+        _ subscriptions: [(TopicFilter, SubscriptionOptions, retainHandling: UInt8)],
+        suback: Packet
     ) {
-        guard let session = sessions[key], let connection = session.connection, session.ready else { return }
+        guard let session = sessions[key], session.connectionNumber == connectionNumber,
+            let connection = session.connection, session.ready
+        else { return }
         Self.write(suback, connection)
         for (filter, options, retainHandling) in subscriptions {
             let isNew = session.filters[filter] == nil
@@ -147,8 +162,10 @@ actor MQTTBroker {
     }
 
     /// Removes subscriptions; for each, whether it existed (MQTT 5 UNSUBACK 0x11 otherwise).
-    func unsubscribe(key: String, _ filters: [TopicFilter]) -> [Bool] {
-        guard let session = sessions[key] else { return filters.map { _ in false } }
+    func unsubscribe(key: String, connectionNumber: Int, _ filters: [TopicFilter]) -> [Bool] {
+        guard let session = sessions[key], session.connectionNumber == connectionNumber else {
+            return filters.map { _ in false }
+        }
         return filters.map {
             let existed = session.filters.removeValue(forKey: $0) != nil
             if existed { subscriptions.subtract(1, ordering: .relaxed) }
@@ -157,8 +174,9 @@ actor MQTTBroker {
     }
 
     /// Releases a QoS 1 delivery the client acknowledged and sends what was waiting for the window.
-    func acknowledge(key: String, packetID: UInt16) {
-        guard let session = sessions[key], let index = session.inflight.firstIndex(where: { $0.id == packetID })
+    func acknowledge(key: String, connectionNumber: Int, packetID: UInt16) {
+        guard let session = sessions[key], session.connectionNumber == connectionNumber,
+            let index = session.inflight.firstIndex(where: { $0.id == packetID })
         else { return }
         session.inflight.remove(at: index)
         pump(session)

@@ -36,6 +36,8 @@ struct MQTTListener: Service {
     let maximumPacketSize: Int
     let pendingQoS0 = PendingWrites(limit: 1024)
     let missingCertificate = OncePerWindow()
+    /// Topic refusals are recorded once per identity, kind and minute: a device cannot turn them into a disk flood.
+    let refusalsThisMinute = OncePerWindow()
 
     init(
         host: String, port: Int, credentials: HubCredentials, revocations: RevocationList, store: any HubStore,
@@ -73,6 +75,8 @@ struct MQTTListener: Service {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // Dead peers (a NAT that forgot them, keep-alive 0) eventually free their connection slots.
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .bind(host: host, port: port) {
                 (channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<Packet, ByteBuffer>> in
                 // Connection limits before any TLS work: the pipeline's per-source connection rate, then the open
@@ -83,12 +87,12 @@ struct MQTTListener: Service {
                     channel.close(promise: nil)
                     return channel.eventLoop.makeFailedFuture(GatewayError(refusal: refusal, identity: nil))
                 }
-                guard connections.acquire(source) else {
+                guard connections.acquire(source, channel) else {
                     logger.debug("MQTT connection refused: connection limit", metadata: ["source": .string(source)])
                     channel.close(promise: nil)
                     return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
                 }
-                channel.closeFuture.whenComplete { _ in connections.release(source) }
+                channel.closeFuture.whenComplete { _ in connections.release(source, channel) }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         NIOSSLServerHandler(context: context, customVerificationCallback: verify))
@@ -111,14 +115,23 @@ struct MQTTListener: Service {
                 }
             }
         } onGracefulShutdown: {
+            // Stop accepting, then end every connection (a client with keep-alive 0 would otherwise hold the hub
+            // open). Acknowledged messages are already durable; sessions are in memory and end with the process.
             server.channel.close(promise: nil)
+            connections.closeAll()
         }
     }
 }
 
-/// Open connections in all and per source address.
+/// Open connections in all and per source address, and the channels themselves (closed at shutdown).
 final class ConnectionCounter: Sendable {
-    private let state = Mutex<(total: Int, perSource: [String: Int])>((0, [:]))
+    private struct State {
+        var total = 0
+        var perSource: [String: Int] = [:]
+        var channels: [ObjectIdentifier: any Channel] = [:]
+    }
+
+    private let state = Mutex(State())
     let total: Int
     let perSource: Int
 
@@ -127,21 +140,27 @@ final class ConnectionCounter: Sendable {
         self.perSource = perSource
     }
 
-    func acquire(_ source: String) -> Bool {
+    func acquire(_ source: String, _ channel: any Channel) -> Bool {
         state.withLock { state in
             guard state.total < total, state.perSource[source, default: 0] < perSource else { return false }
             state.total += 1
             state.perSource[source, default: 0] += 1
+            state.channels[ObjectIdentifier(channel)] = channel
             return true
         }
     }
 
-    func release(_ source: String) {
+    func release(_ source: String, _ channel: any Channel) {
         state.withLock { state in
             state.total -= 1
             let left = state.perSource[source, default: 1] - 1
             state.perSource[source] = left > 0 ? left : nil
+            state.channels[ObjectIdentifier(channel)] = nil
         }
+    }
+
+    func closeAll() {
+        for channel in state.withLock({ Array($0.channels.values) }) { channel.close(promise: nil) }
     }
 
     var open: Int { state.withLock { $0.total } }
@@ -183,6 +202,7 @@ struct MQTTConnection {
     struct State {
         let version: ProtocolVersion
         let sessionKey: String
+        let connectionNumber: Int
         var aliases: [UInt16: TopicName] = [:]
         /// Consecutive QoS 0 publishes refused over the rate (MQTT 5: a sustained flood gets DISCONNECT 0x96).
         var refusedQoS0 = 0
@@ -254,7 +274,13 @@ struct MQTTConnection {
     }
 
     /// A refusal that did not go through the gateway pipeline (topic access, client id): logged and recorded.
-    private func refuse(_ kind: String, _ peer: Peer, _ detail: String) async {
+    private func refuse(_ kind: String, _ peer: Peer, _ detail: String, oncePerMinute: Bool = false) async {
+        if oncePerMinute,
+            !listener.refusalsThisMinute.first(
+                "\(peer.identity.uri) \(kind)", now: Int64(Date().timeIntervalSince1970) / 60)
+        {
+            return
+        }
         listener.logger.notice(
             "MQTT refused", metadata: ["peer": .string(peer.identity.uri), "detail": .string(detail)])
         try? await listener.store.recordSecurityEvent(
@@ -287,6 +313,11 @@ struct MQTTConnection {
         let version = connect.version
         let v5 = version == .v5
         let settings = listener.settings
+        // MQTT 3.1.1 §3.1.3.1 [MQTT-3.1.3-8]: an empty client id with cleanSession = 0 is refused (0x02).
+        if !v5, connect.clientID.isEmpty, !connect.cleanStart {
+            try await send(.connack(sessionPresent: false, reasonCode: 0x02, properties: .init()), version)
+            return
+        }
         guard let clientID = acceptedClientID(connect.clientID, peer: peer) else {
             await refuse("mqtt-client-id-refused", peer, "client id names another device")
             // MQTT 5.0 §3.2.2.2 0x85 Client Identifier not valid; 3.1.1 §3.2.2.3 0x02 identifier rejected.
@@ -301,6 +332,21 @@ struct MQTTConnection {
             try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version)
             return
         }
+        // The will is a publish like any other: within the identity's topics and at most QoS 1 (CONNACK says so).
+        let acl = peer.device == nil ? settings.fleetACL : settings.deviceACL
+        if let will = connect.will {
+            guard will.qos != .exactlyOnce else {
+                try await send(
+                    .connack(sessionPresent: false, reasonCode: v5 ? 0x9B : 0x05, properties: .init()), version)
+                return
+            }
+            guard acl.mayPublish(will.topic, device: peer.deviceLevel) else {
+                await refuse("mqtt-publish-refused", peer, "will outside the identity's topics")
+                try await send(
+                    .connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version)
+                return
+            }
+        }
         // MQTT 5.0 §3.1.2.11.3: a Receive Maximum of 0 is a protocol error.
         if v5, connect.properties.receiveMaximum == 0 {
             try await send(.connack(sessionPresent: false, reasonCode: 0x82, properties: .init()), version)
@@ -313,7 +359,28 @@ struct MQTTConnection {
             ? Int(connect.properties.sessionExpiryInterval ?? 0)
             : (connect.cleanStart ? 0 : settings.maxSessionExpirySeconds)
         let expiry = min(requestedExpiry, settings.maxSessionExpirySeconds)
-        let sessionKey = "\(peer.identity.uri) \(clientID)"
+        // A device has one session whatever spelling of its id or RID it connects with (a RID changes every
+        // 15 minutes and parses case-insensitively: keyed by it, one device could keep any number of sessions);
+        // an operator has one per client id, keyed by identity so it never shares a device's.
+        let sessionKey = peer.device == nil ? "\(peer.identity.uri) \(clientID)" : peer.identity.uri
+        // MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. Added before the session
+        // is attached, so nothing after the attach can fail without its detach below.
+        if connect.keepAlive > 0 {
+            let timeout = TimeAmount.milliseconds(Int64(connect.keepAlive) * 1500)
+            try await channel.channel.pipeline.addHandlers(
+                [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
+        }
+        // A certificate revoked while connected: checked before each packet and every few seconds, so a
+        // subscriber that only reads (or pings) is cut off too.
+        let revocations = listener.revocations
+        let serial = peer.serial
+        let nioChannel = channel.channel
+        let revocationCheck = nioChannel.eventLoop.scheduleRepeatedTask(
+            initialDelay: .seconds(2), delay: .seconds(2)
+        ) { _ in
+            if revocations.contains(serial) { nioChannel.close(promise: nil) }
+        }
+        defer { revocationCheck.cancel() }
         let attached = await listener.broker.attach(
             key: sessionKey, cleanStart: connect.cleanStart, expirySeconds: expiry,
             connection: BrokerConnection(
@@ -329,18 +396,14 @@ struct MQTTConnection {
             properties.maximumPacketSize = UInt32(listener.maximumPacketSize)
             if expiry != requestedExpiry { properties.sessionExpiryInterval = UInt32(expiry) }
         }
-        try await send(
-            .connack(sessionPresent: attached.sessionPresent, reasonCode: 0, properties: properties), version)
-        await listener.broker.resume(key: sessionKey, connectionNumber: attached.connectionNumber)
-        // MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection.
-        if connect.keepAlive > 0 {
-            let timeout = TimeAmount.milliseconds(Int64(connect.keepAlive) * 1500)
-            try await channel.channel.pipeline.addHandlers(
-                [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
-        }
-        var state = State(version: version, sessionKey: sessionKey, expirySeconds: expiry, connectExpiry: expiry)
+        var state = State(
+            version: version, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
+            expirySeconds: expiry, connectExpiry: requestedExpiry)
         let end: End
         do {
+            try await send(
+                .connack(sessionPresent: attached.sessionPresent, reasonCode: 0, properties: properties), version)
+            await listener.broker.resume(key: sessionKey, connectionNumber: attached.connectionNumber)
             end = try await loop(peer: peer, state: &state, packets: &packets)
         } catch let error as MQTTError {
             // MQTT 5.0 §4.13: a malformed packet or protocol error closes the connection after a DISCONNECT with
@@ -364,7 +427,9 @@ struct MQTTConnection {
         case .closed: publishWill = true
         case .disconnected(let withWill): publishWill = withWill
         }
-        if publishWill, let will = connect.will, !listener.revocations.contains(peer.serial) {
+        if publishWill, let will = connect.will, !listener.revocations.contains(peer.serial),
+            acl.mayPublish(will.topic, device: peer.deviceLevel)
+        {
             let message = PublishPacket(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain)
             _ = await admitAndDeliver(message, peer: peer, state: &state, respond: false)
         }
@@ -378,6 +443,11 @@ struct MQTTConnection {
         let v5 = state.v5
         let acl = peer.device == nil ? listener.settings.fleetACL : listener.settings.deviceACL
         while let packet = try await packets.next() {
+            guard !listener.revocations.contains(peer.serial) else {
+                await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
+                if v5 { try await send(.disconnect(reasonCode: 0x87, properties: .init()), version) }
+                return .closed
+            }
             switch packet {
             case .publish(var publish):
                 // MQTT 5.0 §3.3.2.3.4: Topic Alias within our maximum; an alias alone names a topic set earlier.
@@ -396,18 +466,14 @@ struct MQTTConnection {
                         state.aliases[alias] = publish.topic
                     }
                 }
-                guard !listener.revocations.contains(peer.serial) else {
-                    await refuse("revoked-certificate-used", peer, "MQTT publish after revocation")
-                    if v5 { try await send(.disconnect(reasonCode: 0x87, properties: .init()), version) }
-                    return .closed
-                }
                 guard publish.qos != .exactlyOnce else {
                     // QoS 2 is not implemented: MQTT 5.0 §3.3.1.2 0x9B QoS not supported (CONNACK said Maximum QoS 1).
                     if v5 { try await send(.disconnect(reasonCode: 0x9B, properties: .init()), version) }
                     return .closed
                 }
                 guard acl.mayPublish(publish.topic, device: peer.deviceLevel) else {
-                    await refuse("mqtt-publish-refused", peer, "publish outside the identity's topics")
+                    await refuse(
+                        "mqtt-publish-refused", peer, "publish outside the identity's topics", oncePerMinute: true)
                     if v5 {
                         if let id = publish.packetID {
                             await acknowledge(id, state: &state, code: 0x87)
@@ -419,6 +485,7 @@ struct MQTTConnection {
                 if !(await admitAndDeliver(publish, peer: peer, state: &state, respond: true)) { return .closed }
             case .subscribe(let id, let subscriptions, _):
                 var codes: [UInt8] = []
+                var refused = 0
                 var granted: [(TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
                 for subscription in subscriptions {
                     if acl.maySubscribe(subscription.filter, device: peer.deviceLevel) {
@@ -433,20 +500,28 @@ struct MQTTConnection {
                             ))
                         codes.append(qos.rawValue)
                     } else {
-                        await refuse("mqtt-subscribe-refused", peer, "subscribe outside the identity's topics")
+                        refused += 1
                         codes.append(v5 ? 0x87 : 0x80)
                     }
                 }
+                if refused > 0 {
+                    // One record per SUBSCRIBE packet (it may carry thousands of filters), at most once a minute.
+                    await refuse(
+                        "mqtt-subscribe-refused", peer, "\(refused) filter(s) outside the identity's topics",
+                        oncePerMinute: true)
+                }
                 await listener.broker.subscribe(
-                    key: state.sessionKey, granted,
+                    key: state.sessionKey, connectionNumber: state.connectionNumber, granted,
                     suback: .suback(packetID: id, reasonCodes: codes, properties: .init()))
             case .unsubscribe(let id, let filters, _):
-                let existed = await listener.broker.unsubscribe(key: state.sessionKey, filters)
+                let existed = await listener.broker.unsubscribe(
+                    key: state.sessionKey, connectionNumber: state.connectionNumber, filters)
                 try await send(
                     .unsuback(packetID: id, reasonCodes: existed.map { $0 || !v5 ? 0 : 0x11 }, properties: .init()),
                     version)
             case .puback(let id, _, _):
-                await listener.broker.acknowledge(key: state.sessionKey, packetID: id)
+                await listener.broker.acknowledge(
+                    key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id)
             case .pingreq:
                 try await send(.pingresp, version)
             case .disconnect(let reason, let properties):
@@ -458,7 +533,8 @@ struct MQTTConnection {
                     }
                     state.expirySeconds = min(Int(newExpiry), listener.settings.maxSessionExpirySeconds)
                 }
-                return .disconnected(withWill: reason == 0x04)
+                // MQTT 5.0 §3.14.4: only a normal disconnection (0x00) discards the will; 3.1.1 DISCONNECT always does.
+                return .disconnected(withWill: v5 && reason != 0x00)
             case .pubrec, .pubrel, .pubcomp:
                 if v5 { try await send(.disconnect(reasonCode: 0x9B, properties: .init()), version) }
                 return .closed
@@ -496,16 +572,19 @@ struct MQTTConnection {
                 }
                 return !respond || v5
             }
-            await listener.broker.publish(
+            let recipients = await listener.broker.publish(
                 BrokerMessage(topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain),
                 from: state.sessionKey)
             if respond, let id = publish.packetID {
-                await acknowledge(id, state: &state, code: 0)
+                // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere).
+                await acknowledge(id, state: &state, code: recipients == 0 && v5 ? 0x10 : 0)
             }
             return true
         }
         let now = GatewayTime.now()
-        let (route, messageType) = Self.classify(publish.topic, device: device)
+        let (route, messageType) = Self.classify(
+            publish.topic,
+            deviceLevel: listener.settings.deviceACL.deviceLevel(of: publish.topic, device: device.rawValue))
         // A retained message with an empty payload only removes the topic's retained message (MQTT 3.1.1 §3.3.1.3):
         // there is no content to validate or store, but it counts against the rate limits like any publish.
         if publish.retain, publish.payload.isEmpty {
@@ -515,22 +594,39 @@ struct MQTTConnection {
             if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
                 return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
             }
-            await listener.broker.publish(
-                BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true), from: state.sessionKey
-            )
+            let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
             if respond, let id = publish.packetID {
-                await acknowledge(id, state: &state, code: 0)
+                await acknowledge(id, state: &state, code: 0, then: clear)
+            } else {
+                await deliverInOrder(clear, state: &state)
             }
             return true
         }
         var result: Result<Admitted, Refusal>
         var counter: UInt64?
-        if let text = publish.properties.userProperties.first(where: { $0.0 == GatewayPipeline.counterProperty })?.1 {
-            counter = UInt64(text)
+        if let text = publish.properties.userProperties.first(where: { $0.0 == GatewayPipeline.counterProperty })?.1,
+            (1...16).contains(text.utf8.count), text.utf8.allSatisfy({ (48...57).contains($0) }),
+            let value = UInt64(text), value <= 9_007_199_254_740_991
+        {
+            counter = value
         }
         let message = InboundMessage(
             identity: peer.identity, route: route, source: peer.source ?? "unknown", contentType: nil,
             messageType: messageType, body: publish.payload, transport: .mqtt(counter: counter))
+        // MQTT 3.1.1 §4.4 / MQTT 5.0 §4.4: a QoS 1 PUBLISH resent with DUP after its PUBACK was lost with the
+        // connection. If its counter is already in the window, the message was stored: acknowledge it again, store
+        // nothing twice and count no offence (the rate limits still apply). Without a counter it is stored again
+        // (at least once).
+        if publish.duplicate, respond, let id = publish.packetID,
+            let seen = counter ?? Self.memberCounter(publish.payload, listener.gateway.policy.json),
+            listener.gateway.counters.window(of: device)?.hasSeen(seen) == true
+        {
+            if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
+                return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
+            }
+            await acknowledge(id, state: &state, code: 0)
+            return true
+        }
         if counter == nil,
             publish.properties.userProperties.contains(where: { $0.0 == GatewayPipeline.counterProperty })
         {
@@ -570,9 +666,7 @@ struct MQTTConnection {
                 return true
             }
             await storeWithoutWaiting(record)
-            if publish.retain || listener.broker.hasSubscriptions {
-                await listener.broker.publish(delivery, from: state.sessionKey)
-            }
+            await deliverInOrder(delivery, state: &state)
             return true
         case .failure(let refusal):
             return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
@@ -622,14 +716,23 @@ struct MQTTConnection {
         return true
     }
 
+    /// The `$counter` member of a payload, if it is a strict JSON object with one.
+    static func memberCounter(_ payload: [UInt8], _ json: StrictJSON) -> UInt64? {
+        guard case .object(let members) = (try? json.parse(payload)) ?? .null,
+            case .number(let number, integerLiteral: true) = members[GatewayPipeline.counterMember] ?? .null,
+            number >= 1, number <= 9_007_199_254_740_991
+        else { return nil }
+        return UInt64(number)
+    }
+
     /// Consecutive QoS 0 publishes over the rate after which an MQTT 5 client is disconnected with 0x96.
     static let sustainedQoS0Flood = 20
 
     /// Route and message type from the topic: the level after the device id is the route (what the rate limits
     /// and `deviceRoutes` name: telemetry, events, state…), the next one, if any, the message type whose schema
     /// applies (`devices/d1/telemetry/env` → route telemetry, schema `env`; `devices/d1/telemetry` → the default).
-    static func classify(_ topic: TopicName, device: DeviceID) -> (route: String, messageType: String?) {
-        guard let index = topic.levels.firstIndex(where: { $0 == device.rawValue }) else { return ("telemetry", nil) }
+    static func classify(_ topic: TopicName, deviceLevel: Int?) -> (route: String, messageType: String?) {
+        guard let index = deviceLevel else { return ("telemetry", nil) }
         let route = index + 1 < topic.levels.count ? String(topic.levels[index + 1]) : "telemetry"
         let messageType = index + 2 < topic.levels.count ? String(topic.levels[index + 2]) : nil
         return (route, messageType)
@@ -672,6 +775,26 @@ struct MQTTConnection {
                 if reason == 0, let delivery, delivery.retain || broker.hasSubscriptions {
                     await broker.publish(delivery, from: sessionKey)
                 }
+            })
+    }
+
+    /// Delivers a message that needs no acknowledgement (QoS 0, a retained clear) after the QoS 1 messages that
+    /// arrived before it, so subscribers and the retained store see one connection's publishes in arrival order.
+    private func deliverInOrder(_ delivery: BrokerMessage, state: inout State) async {
+        let broker = listener.broker
+        guard delivery.retain || broker.hasSubscriptions else { return }
+        guard let previous = state.acknowledgements.last else {
+            await broker.publish(delivery, from: state.sessionKey)
+            return
+        }
+        if state.acknowledgements.count >= listener.settings.receiveMaximum {
+            await state.acknowledgements.removeFirst().value
+        }
+        let sessionKey = state.sessionKey
+        state.acknowledgements.append(
+            Task {
+                await previous.value
+                await broker.publish(delivery, from: sessionKey)
             })
     }
 

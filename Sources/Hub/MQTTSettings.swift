@@ -48,6 +48,16 @@ public struct MQTTSettings: Sendable, Equatable {
         guard (1...65_535).contains(receiveMaximum), (0...65_535).contains(topicAliasMaximum) else {
             throw HubStartupError("mqtt.receiveMaximum must be 1-65535 and mqtt.topicAliasMaximum 0-65535")
         }
+        // A device pattern without {device}, or with a wildcard before it, would reach other devices' topics.
+        for pattern in devicePublish + deviceSubscribe {
+            let levels = pattern.split(separator: "/", omittingEmptySubsequences: false)
+            guard let index = levels.firstIndex(of: "{device}"),
+                !levels[..<index].contains(where: { $0 == "+" || $0 == "#" })
+            else {
+                throw HubStartupError(
+                    "mqtt.devicePublish/deviceSubscribe: \(pattern) must contain {device} before any wildcard")
+            }
+        }
         do {
             try deviceACL.validate()
             try fleetACL.validate()

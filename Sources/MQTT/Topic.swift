@@ -117,6 +117,18 @@ public struct TopicACL: Sendable, Equatable {
         filters(publish, device: device).contains { $0.matches(topic) }
     }
 
+    /// The index of the `{device}` level in the first publish pattern that matches `topic` (the levels after it
+    /// name the route and the message type).
+    public func deviceLevel(of topic: TopicName, device: String) -> Int? {
+        for pattern in publish {
+            guard let filter = try? TopicFilter(Self.substitute(pattern, device: device)), filter.matches(topic) else {
+                continue
+            }
+            return pattern.split(separator: "/", omittingEmptySubsequences: false).firstIndex { $0 == "{device}" }
+        }
+        return nil
+    }
+
     public func maySubscribe(_ filter: TopicFilter, device: String) -> Bool {
         filters(subscribe, device: device).contains { $0.covers(filter) }
     }

@@ -123,6 +123,14 @@ public struct StoredCounterWindow: Sendable, Equatable {
         self.highest = highest
         self.seen = seen
     }
+
+    /// The later of two windows of one device (writes may commit out of order; the stored window never goes
+    /// backwards): the higher `highest` wins (the in-memory windows only grow, so it already holds the other's
+    /// marks), equal ones combine their marks.
+    public func merged(with other: StoredCounterWindow?) -> StoredCounterWindow {
+        guard let other, other.highest >= highest else { return self }
+        return other.highest == highest ? StoredCounterWindow(highest: highest, seen: seen | other.seen) : other
+    }
 }
 
 extension Date {

@@ -71,7 +71,10 @@ public actor InMemoryHubStore: HubStore {
                 id: id, deviceID: message.deviceID, receivedAt: message.receivedAt,
                 correlationID: message.correlationID, body: message.body))
         if let nonce = message.nonce { nonceRecords[message.deviceID, default: [:]][nonce.nonce] = nonce.expiresAt }
-        if let window = message.counterWindow { windows[message.deviceID] = window }
+        if let window = message.counterWindow {
+            // Never backwards, as in SQLite: writes of one device may arrive out of order.
+            windows[message.deviceID] = window.merged(with: windows[message.deviceID])
+        }
         return id
     }
 

@@ -456,12 +456,21 @@ final class GroupCommitter: Sendable {
                         .execute(arguments: [message.deviceID.rawValue, nonce.nonce, nonce.expiresAt])
                     }
                     if let window = message.counterWindow {
+                        // Never backwards: concurrent writes of one device may commit out of order.
+                        let stored = try Row.fetchOne(
+                            db.cachedStatement(sql: "SELECT highest, seen FROM counter_windows WHERE device_id = ?"),
+                            arguments: [message.deviceID.rawValue]
+                        ).map {
+                            StoredCounterWindow(
+                                highest: UInt64(bitPattern: $0["highest"]), seen: UInt64(bitPattern: $0["seen"]))
+                        }
+                        let merged = window.merged(with: stored)
                         try db.cachedStatement(
                             sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
                                 + "ON CONFLICT(device_id) DO UPDATE SET highest = excluded.highest, seen = excluded.seen"
                         ).execute(arguments: [
-                            message.deviceID.rawValue, Int64(bitPattern: window.highest),
-                            Int64(bitPattern: window.seen),
+                            message.deviceID.rawValue, Int64(bitPattern: merged.highest),
+                            Int64(bitPattern: merged.seen),
                         ])
                     }
                 }

@@ -20,6 +20,9 @@ import Testing
             clientID: clientID ?? device.id, version: version, configure: configure, body)
     }
 
+    /// The CONNACK reason code, and nothing else.
+    static func reason(_: MQTTClientConnection, _ reason: UInt8) -> UInt8 { reason }
+
     /// MQTT 5: resume the session if there is one, and keep it 300 s after disconnecting.
     static func persistent(_ connect: inout ConnectPacket) {
         connect.cleanStart = false
@@ -319,6 +322,62 @@ import Testing
             return 0
         }
         #expect(reason == 0x81)
+        try await hub.stop()
+    }
+
+    /// What an adversarial review found, attacked: a will aimed at another device's commands, a revoked device that
+    /// only listens, a QoS 1 redelivery whose PUBACK was lost, an empty 3.1.1 client id asking for a session.
+    @Test func willRevocationRedeliveryAndEmptyClientID() async throws {
+        let hub = try await TestHub.start()
+        let attacker = try await hub.enroll("mr-1")
+        _ = try await hub.enroll("mr-2")
+        let foreignWill = Will(
+            topic: try TopicName("devices/mr-2/commands/reboot"), payload: Array("{}".utf8), qos: .atLeastOnce,
+            retain: true)
+        let will = try await Self.connect(hub, attacker, configure: { $0.will = foreignWill }, Self.reason)
+        #expect(will == 0x87, "a will outside the device's topics is refused at CONNECT")
+        #expect(try await hub.securityEvents().contains { $0.detail.contains("will outside") })
+
+        // Redelivery: the same counter again with DUP is acknowledged, not stored twice, not counted as a replay.
+        let topic = try TopicName("devices/mr-1/telemetry")
+        let codes = try await Self.connect(hub, attacker) { mqtt, _ in
+            var codes: [UInt8] = []
+            for duplicate in [false, true] {
+                try await mqtt.send(
+                    .publish(
+                        PublishPacket(
+                            topic: topic, payload: Array(#"{"$counter":41}"#.utf8), qos: .atLeastOnce,
+                            duplicate: duplicate, packetID: 7)))
+                while let packet = try await mqtt.next() {
+                    if case .puback(7, let reason, _) = packet {
+                        codes.append(reason)
+                        break
+                    }
+                }
+            }
+            // Without DUP the same counter is a replay.
+            codes.append(try await mqtt.publishAcknowledged(topic: topic, payload: Array(#"{"$counter":41}"#.utf8)))
+            return codes
+        }
+        #expect(codes == [0, 0, 0x87])
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("mr-1")) == 1)
+
+        // A revoked device that only subscribes (sends nothing) is disconnected within seconds.
+        let clock = ContinuousClock()
+        let elapsed = try await Self.connect(hub, attacker, version: .v311) { mqtt, _ in
+            let start = clock.now
+            let revoked = try await hub.operatorRequest("POST", "/v1/devices/mr-1/revoke")
+            #expect(revoked.status == 200)
+            while (try? await mqtt.next()) != nil {}
+            return clock.now - start
+        }
+        #expect(elapsed < .seconds(5))
+
+        // MQTT 3.1.1 §3.1.3.1: an empty client id with cleanSession = 0 is refused with 0x02.
+        let device = try await hub.enroll("mr-3")
+        let empty = try await Self.connect(
+            hub, device, version: .v311, clientID: "", configure: { $0.cleanStart = false }, Self.reason)
+        #expect(empty == 0x02)
         try await hub.stop()
     }
 

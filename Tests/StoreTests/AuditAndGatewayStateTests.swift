@@ -87,6 +87,12 @@ import Testing
                 deviceID: a, receivedAt: Date(), correlationID: "y", body: [123, 125],
                 counterWindow: StoredCounterWindow(highest: UInt64.max, seen: 1 << 63)))
         #expect(try await store.counterWindows().first?.1 == StoredCounterWindow(highest: UInt64.max, seen: 1 << 63))
+        // A write that commits late (an older window) never moves the stored window backwards.
+        _ = try await store.appendTelemetry(
+            NewTelemetry(
+                deviceID: a, receivedAt: Date(), correlationID: "z", body: [123, 125],
+                counterWindow: StoredCounterWindow(highest: 12, seen: 1)))
+        #expect(try await store.counterWindows().first?.1 == StoredCounterWindow(highest: UInt64.max, seen: 1 << 63))
         try await store.setQuarantine(a, until: 5_000)
         #expect(try await store.quarantines().first?.1 == 5_000)
         try await store.setQuarantine(a, until: nil)
