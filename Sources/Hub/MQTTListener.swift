@@ -410,7 +410,7 @@ struct MQTTConnection {
             // the reason code; MQTT 3.1.1 §4.8: the connection is closed.
             listener.logger.notice(
                 "MQTT packet refused", metadata: ["peer": .string(peer.identity.uri), "detail": .string("\(error)")])
-            if v5 { try? await send(.disconnect(reasonCode: error.reasonCode, properties: .init()), version) }
+            if v5 { await serverDisconnect(error.reasonCode, state: &state) }
             end = .closed
         } catch {
             end = .closed
@@ -445,7 +445,7 @@ struct MQTTConnection {
         while let packet = try await packets.next() {
             guard !listener.revocations.contains(peer.serial) else {
                 await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
-                if v5 { try await send(.disconnect(reasonCode: 0x87, properties: .init()), version) }
+                if v5 { await serverDisconnect(0x87, state: &state) }
                 return .closed
             }
             switch packet {
@@ -453,12 +453,12 @@ struct MQTTConnection {
                 // MQTT 5.0 §3.3.2.3.4: Topic Alias within our maximum; an alias alone names a topic set earlier.
                 if v5, let alias = publish.properties.topicAlias {
                     guard alias >= 1, Int(alias) <= listener.settings.topicAliasMaximum else {
-                        try await send(.disconnect(reasonCode: 0x94, properties: .init()), version)
+                        await serverDisconnect(0x94, state: &state)
                         return .closed
                     }
                     if publish.topic.isUnresolvedAlias {
                         guard let topic = state.aliases[alias] else {
-                            try await send(.disconnect(reasonCode: 0x82, properties: .init()), version)
+                            await serverDisconnect(0x82, state: &state)
                             return .closed
                         }
                         publish.topic = topic
@@ -468,7 +468,7 @@ struct MQTTConnection {
                 }
                 guard publish.qos != .exactlyOnce else {
                     // QoS 2 is not implemented: MQTT 5.0 §3.3.1.2 0x9B QoS not supported (CONNACK said Maximum QoS 1).
-                    if v5 { try await send(.disconnect(reasonCode: 0x9B, properties: .init()), version) }
+                    if v5 { await serverDisconnect(0x9B, state: &state) }
                     return .closed
                 }
                 guard acl.mayPublish(publish.topic, device: peer.deviceLevel) else {
@@ -528,7 +528,7 @@ struct MQTTConnection {
                 // MQTT 5.0 §3.14.2.2.2: the expiry may change at DISCONNECT, but not from 0 to non-zero.
                 if let newExpiry = properties.sessionExpiryInterval {
                     guard state.connectExpiry != 0 || newExpiry == 0 else {
-                        try await send(.disconnect(reasonCode: 0x82, properties: .init()), version)
+                        await serverDisconnect(0x82, state: &state)
                         return .closed
                     }
                     state.expirySeconds = min(Int(newExpiry), listener.settings.maxSessionExpirySeconds)
@@ -536,13 +536,13 @@ struct MQTTConnection {
                 // MQTT 5.0 §3.14.4: only a normal disconnection (0x00) discards the will; 3.1.1 DISCONNECT always does.
                 return .disconnected(withWill: v5 && reason != 0x00)
             case .pubrec, .pubrel, .pubcomp:
-                if v5 { try await send(.disconnect(reasonCode: 0x9B, properties: .init()), version) }
+                if v5 { await serverDisconnect(0x9B, state: &state) }
                 return .closed
             case .auth:
-                if v5 { try await send(.disconnect(reasonCode: 0x8C, properties: .init()), version) }
+                if v5 { await serverDisconnect(0x8C, state: &state) }
                 return .closed
             default:
-                if v5 { try await send(.disconnect(reasonCode: 0x82, properties: .init()), version) }
+                if v5 { await serverDisconnect(0x82, state: &state) }
                 return .closed
             }
         }
@@ -687,10 +687,8 @@ struct MQTTConnection {
         let rateLimited = refusal.stage == .rateLimit
         if refusal.quarantinedUntil != nil || refusal.stage == .quarantine {
             if v5 {
-                try? await send(
-                    .disconnect(
-                        reasonCode: rateLimited ? 0x96 : 0x87, properties: refusalProperties(correlationID)),
-                    version)
+                await serverDisconnect(
+                    rateLimited ? 0x96 : 0x87, refusalProperties(correlationID), state: &state)
             }
             return false
         }
@@ -699,8 +697,7 @@ struct MQTTConnection {
             guard rateLimited else { return true }
             state.refusedQoS0 += 1
             if state.refusedQoS0 >= Self.sustainedQoS0Flood {
-                try? await send(
-                    .disconnect(reasonCode: 0x96, properties: refusalProperties(correlationID)), version)
+                await serverDisconnect(0x96, refusalProperties(correlationID), state: &state)
                 return false
             }
             return true
@@ -776,6 +773,16 @@ struct MQTTConnection {
                     await broker.publish(delivery, from: sessionKey)
                 }
             })
+    }
+
+    /// MQTT 5.0 §3.14.4 [MQTT-3.14.4-1]: after sending DISCONNECT the server sends nothing more. So the pending
+    /// acknowledgements go first and the session stops receiving deliveries, then the DISCONNECT.
+    private func serverDisconnect(_ reason: UInt8, _ properties: Properties = .init(), state: inout State) async {
+        for acknowledgement in state.acknowledgements { await acknowledgement.value }
+        state.acknowledgements = []
+        await listener.broker.detach(
+            key: state.sessionKey, connectionNumber: state.connectionNumber, expirySeconds: state.expirySeconds)
+        try? await send(.disconnect(reasonCode: reason, properties: properties), state.version)
     }
 
     /// Delivers a message that needs no acknowledgement (QoS 0, a retained clear) after the QoS 1 messages that
