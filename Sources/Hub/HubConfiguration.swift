@@ -110,6 +110,8 @@ public struct HubConfiguration: Sendable, Equatable {
         mqtt.maxSessionExpirySeconds = reader.int(
             forKey: "mqtt.maxSessionExpirySeconds", default: mqtt.maxSessionExpirySeconds)
         mqtt.maxRetainedMessages = reader.int(forKey: "mqtt.maxRetainedMessages", default: mqtt.maxRetainedMessages)
+        mqtt.maxRetainedPerClient = reader.int(forKey: "mqtt.maxRetainedPerClient", default: mqtt.maxRetainedPerClient)
+        mqtt.maxRetainedBytes = reader.int(forKey: "mqtt.maxRetainedBytes", default: mqtt.maxRetainedBytes)
         mqtt.receiveMaximum = reader.int(forKey: "mqtt.receiveMaximum", default: mqtt.receiveMaximum)
         mqtt.topicAliasMaximum = reader.int(forKey: "mqtt.topicAliasMaximum", default: mqtt.topicAliasMaximum)
         mqtt.devicePublish = reader.stringArray(forKey: "mqtt.devicePublish", default: mqtt.devicePublish)

@@ -96,7 +96,9 @@ public final class HubServer: Sendable {
                 maximumLockout: max(3600, configuration.pairingLockoutSeconds)))
         let broker = MQTTBroker(
             maxQueued: configuration.mqttSettings.maxQueuedMessages,
-            maxRetained: configuration.mqttSettings.maxRetainedMessages)
+            maxRetained: configuration.mqttSettings.maxRetainedMessages,
+            maxRetainedPerOwner: configuration.mqttSettings.maxRetainedPerClient,
+            maxRetainedBytes: configuration.mqttSettings.maxRetainedBytes)
         let operatorApp = try application(name: "operator", listener: configuration.operatorAPI, role: .operator) {
             OperatorRoutes(
                 store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,

@@ -55,7 +55,13 @@ actor MQTTBroker {
     let maxQueued: Int
     let maxRetained: Int
     private var sessions: [String: Session] = [:]
-    private var retained: [String: BrokerMessage] = [:]
+    private var retained: [String: (message: BrokerMessage, owner: String)] = [:]
+    /// Retained messages per publisher and their bytes in all: one device cannot fill the hub's memory with
+    /// retained messages on topics of its own.
+    private var retainedPerOwner: [String: Int] = [:]
+    private var retainedBytes = 0
+    let maxRetainedPerOwner: Int
+    let maxRetainedBytes: Int
     private var nextConnection = 0
     private var lastSweep = ContinuousClock.now
     /// Deliveries dropped because a queue was full, a subscriber was not keeping up (QoS 0) or a packet was over
@@ -67,9 +73,14 @@ actor MQTTBroker {
 
     nonisolated var hasSubscriptions: Bool { subscriptions.load(ordering: .relaxed) > 0 }
 
-    init(maxQueued: Int = 1_000, maxRetained: Int = 100_000) {
+    init(
+        maxQueued: Int = 1_000, maxRetained: Int = 100_000, maxRetainedPerOwner: Int = 100,
+        maxRetainedBytes: Int = 64 << 20
+    ) {
         self.maxQueued = maxQueued
         self.maxRetained = maxRetained
+        self.maxRetainedPerOwner = maxRetainedPerOwner
+        self.maxRetainedBytes = maxRetainedBytes
     }
 
     /// Attaches a connection to the session `key` (identity and client id). An existing connection on the same
@@ -152,7 +163,7 @@ actor MQTTBroker {
             session.filters[filter] = options
             if isNew { self.subscriptions.add(1, ordering: .relaxed) }
             guard retainHandling == 0 || (retainHandling == 1 && isNew) else { continue }
-            for message in retained.values where filter.matches(message.topic) {
+            for (message, _) in retained.values where filter.matches(message.topic) {
                 deliver(
                     BrokerMessage(
                         topic: message.topic, payload: message.payload, qos: min(options.qos, message.qos),
@@ -187,15 +198,7 @@ actor MQTTBroker {
     /// sessions it went to.
     @discardableResult
     func publish(_ message: BrokerMessage, from publisher: String?) -> Int {
-        if message.retain {
-            if message.payload.isEmpty {
-                retained[message.topic.rawValue] = nil
-            } else if retained.count < maxRetained || retained[message.topic.rawValue] != nil {
-                retained[message.topic.rawValue] = message
-            } else {
-                dropped += 1
-            }
-        }
+        if message.retain { retain(message, owner: publisher ?? "hub") }
         var recipients = 0
         for (key, session) in sessions {
             var granted: QoS?
@@ -220,6 +223,30 @@ actor MQTTBroker {
 
     var sessionCount: Int { sessions.count }
     var retainedCount: Int { retained.count }
+
+    /// Sets or (empty payload) clears the topic's retained message within the limits: in all, per owner (the
+    /// publisher's session) and in bytes. Over a limit the message is still delivered, just not retained.
+    private func retain(_ message: BrokerMessage, owner: String) {
+        let topic = message.topic.rawValue
+        let previous = retained[topic]
+        if let previous {
+            retainedPerOwner[previous.owner, default: 1] -= 1
+            if retainedPerOwner[previous.owner] == 0 { retainedPerOwner[previous.owner] = nil }
+            retainedBytes -= previous.message.payload.count + topic.utf8.count
+            retained[topic] = nil
+        }
+        guard !message.payload.isEmpty else { return }
+        let size = message.payload.count + topic.utf8.count
+        guard retained.count < maxRetained, retainedPerOwner[owner, default: 0] < maxRetainedPerOwner,
+            retainedBytes + size <= maxRetainedBytes
+        else {
+            dropped += 1
+            return
+        }
+        retained[topic] = (message, owner)
+        retainedPerOwner[owner, default: 0] += 1
+        retainedBytes += size
+    }
 
     private func deliver(_ message: BrokerMessage, to session: Session) {
         if message.qos == .atMostOnce {

@@ -15,6 +15,9 @@ public struct MQTTSettings: Sendable, Equatable {
     public var maxSessionExpirySeconds = 86_400
     /// Retained messages kept in all (one per topic); a new topic beyond it is not retained.
     public var maxRetainedMessages = 100_000
+    /// Retained messages one publisher (a device, an operator's client) may hold, and their bytes in all.
+    public var maxRetainedPerClient = 100
+    public var maxRetainedBytes = 64 * 1024 * 1024
     /// MQTT 5 Receive Maximum the hub announces (QoS 1 publishes a client may have unacknowledged).
     public var receiveMaximum = 64
     /// MQTT 5 Topic Alias Maximum the hub announces (aliases a client may use towards the hub).
@@ -39,7 +42,8 @@ public struct MQTTSettings: Sendable, Equatable {
             throw HubStartupError("mqtt.connectDeadlineSeconds must be 0.1-60")
         }
         guard (0...1_000_000).contains(maxQueuedMessages), (0...(365 * 86_400)).contains(maxSessionExpirySeconds),
-            (0...10_000_000).contains(maxRetainedMessages)
+            (0...10_000_000).contains(maxRetainedMessages), (0...1_000_000).contains(maxRetainedPerClient),
+            (0...(16 << 30)).contains(maxRetainedBytes)
         else {
             throw HubStartupError(
                 "mqtt.maxQueuedMessages must be 0-1000000, mqtt.maxSessionExpirySeconds 0-31536000 and "

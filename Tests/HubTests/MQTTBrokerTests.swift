@@ -381,6 +381,42 @@ import Testing
         try await hub.stop()
     }
 
+    /// One device cannot fill the hub's memory with retained messages: past its quota they are delivered, not kept.
+    @Test func retainedMessagesAreBoundedPerPublisher() async throws {
+        let hub = try await TestHub.start { $0.mqttSettings.maxRetainedPerClient = 2 }
+        let device = try await hub.enroll("mq-ret")
+        let codes = try await Self.connect(hub, device) { mqtt, _ in
+            var codes: [UInt8] = []
+            for name in ["events", "state", "telemetry"] {
+                codes.append(
+                    try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/mq-ret/\(name)"), payload: Array("{}".utf8), retain: true))
+            }
+            return codes
+        }
+        #expect(codes == [0, 0, 0])
+        let operatorClient = try TestDevice(
+            id: "admin", keyPEM: String(contentsOfFile: hub.directory + "/operators/admin.key", encoding: .utf8),
+            certificatePEM: String(contentsOfFile: hub.directory + "/operators/admin.crt", encoding: .utf8),
+            caPEM: hub.caPEM, directory: hub.directory)
+        let retained = try await Self.connect(hub, operatorClient, clientID: "reader") { mqtt, _ in
+            try await mqtt.send(
+                .subscribe(
+                    packetID: 1,
+                    subscriptions: [Subscription(filter: try TopicFilter("devices/+/+"), qos: .atMostOnce)],
+                    properties: .init()))
+            var topics: [String] = []
+            try await mqtt.send(.pingreq)
+            while let packet = try await mqtt.next() {
+                if case .publish(let message) = packet { topics.append(message.topic.rawValue) }
+                if case .pingresp = packet { break }
+            }
+            return topics.sorted()
+        }
+        #expect(retained == ["devices/mq-ret/events", "devices/mq-ret/state"])
+        try await hub.stop()
+    }
+
     /// paho-mqtt 2.x (PyPI) as a real peer: subscribe, QoS 0 and 1, retained, will, persistent sessions resumed,
     /// MQTT 3.1.1 and 5, TLS 1.3 with client certificates.
     @Test func pahoMQTTInteroperates() async throws {
