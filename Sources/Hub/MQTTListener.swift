@@ -166,6 +166,33 @@ final class ConnectionCounter: Sendable {
     var open: Int { state.withLock { $0.total } }
 }
 
+/// Writes that many tasks produce for one connection (the PUBACKs of one group commit) go out with one flush: one
+/// TLS write and one system call instead of one per packet. All its state lives on the channel's event loop.
+final class FlushCoalescer: Sendable {
+    let channel: any Channel
+    /// nil or false: no flush queued. (An empty box may be made off the loop.)
+    private let scheduled: NIOLoopBoundBox<Bool?>
+
+    init(_ channel: any Channel) {
+        self.channel = channel
+        scheduled = NIOLoopBoundBox.makeEmptyBox(valueType: Bool.self, eventLoop: channel.eventLoop)
+    }
+
+    func write(_ buffer: ByteBuffer) {
+        let eventLoop = channel.eventLoop
+        eventLoop.execute {
+            self.channel.write(buffer, promise: nil)
+            guard self.scheduled.value != true else { return }
+            self.scheduled.value = true
+            // Runs after every write already queued on the loop: they share this flush.
+            eventLoop.execute {
+                self.scheduled.value = false
+                self.channel.flush()
+            }
+        }
+    }
+}
+
 /// Writes of QoS 0 messages still in flight to the store: QoS 0 is not acknowledged, so the connection does not
 /// wait for its write unless too many are outstanding (then it does, which slows a flooding publisher).
 final class PendingWrites: Sendable {
@@ -203,6 +230,7 @@ struct MQTTConnection {
         let version: ProtocolVersion
         let sessionKey: String
         let connectionNumber: Int
+        let output: FlushCoalescer
         var aliases: [UInt16: TopicName] = [:]
         /// Consecutive QoS 0 publishes refused over the rate (MQTT 5: a sustained flood gets DISCONNECT 0x96).
         var refusedQoS0 = 0
@@ -398,6 +426,7 @@ struct MQTTConnection {
         }
         var state = State(
             version: version, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
+            output: FlushCoalescer(channel.channel),
             expirySeconds: expiry, connectExpiry: requestedExpiry)
         let end: End
         do {
@@ -749,6 +778,7 @@ struct MQTTConnection {
         }
         let previous = state.acknowledgements.last
         let nioChannel = channel.channel
+        let output = state.output
         let version = state.version
         let broker = listener.broker
         let sessionKey = state.sessionKey
@@ -768,7 +798,7 @@ struct MQTTConnection {
                 var buffer = ByteBuffer()
                 Packet.puback(packetID: id, reasonCode: reason, properties: reason == code ? properties : failed)
                     .encode(into: &buffer, version: version)
-                nioChannel.writeAndFlush(buffer, promise: nil)
+                output.write(buffer)
                 if reason == 0, let delivery, delivery.retain || broker.hasSubscriptions {
                     await broker.publish(delivery, from: sessionKey)
                 }
