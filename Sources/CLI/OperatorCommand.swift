@@ -14,6 +14,8 @@ struct OperatorCommand: AsyncParsableCommand {
         @OptionGroup var connection: OperatorConnection
         @Argument(help: "Name of the new operator.") var name: String
         @Option(help: "Directory for <name>.key (0600), <name>.crt and ca.crt.") var out: String?
+        @Flag(help: "An application credential instead: reads the fleet and sends commands over MQTT, no operator API.")
+        var application = false
 
         func run() async throws {
             let directory = out ?? "./\(name)-credentials"
@@ -23,7 +25,7 @@ struct OperatorCommand: AsyncParsableCommand {
                 privateKey: Certificate.PrivateKey(key), attributes: CertificateSigningRequest.Attributes(),
                 signatureAlgorithm: .ecdsaWithSHA256)
             let (_, object) = try await connection.request(
-                method: "POST", path: "/v1/operators",
+                method: "POST", path: application ? "/v1/applications" : "/v1/operators",
                 json: ["name": name, "csr": try csr.serializeAsPEM().pemString])
             guard let pem = (object as? [String: Any])?["certificate"] as? String else {
                 throw CleanExit.message("bulwark: the hub's answer has no certificate", code: 1)
@@ -42,7 +44,10 @@ struct OperatorCommand: AsyncParsableCommand {
             } catch let error as HubStartupError {
                 throw CleanExit.message("bulwark: \(error)", code: 73)
             }
-            print("operator \(name): credentials in \(directory) (use --credentials \(directory) --as \(name))")
+            print(
+                application
+                    ? "application \(name): credentials in \(directory) (MQTT only)"
+                    : "operator \(name): credentials in \(directory) (use --credentials \(directory) --as \(name))")
         }
     }
 }

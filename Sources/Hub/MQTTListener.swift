@@ -64,7 +64,7 @@ struct MQTTListener: Service {
 
     func run() async throws {
         let (tls, verify) = try HubTLS.serverConfiguration(
-            credentials: credentials, role: .deviceOrOperator, revocations: revocations, store: store, logger: logger,
+            credentials: credentials, role: .anyIdentity, revocations: revocations, store: store, logger: logger,
             applicationProtocols: ["mqtt"])
         let context = try NIOSSLContext(configuration: tls)
         let maximumPacketSize = maximumPacketSize

@@ -28,6 +28,8 @@ struct OperatorRoutes {
         router.get("/v1/devices/:id") { _, context in try await show(context) }
         router.post("/v1/devices/:id/revoke") { _, context in try await revoke(context) }
         router.post("/v1/operators") { request, context in try await addOperator(request, context) }
+        router.post("/v1/applications") { request, context in try await addOperator(request, context, application: true)
+        }
         router.get("/v1/security-events") { request, _ in try await securityEvents(request) }
         router.post("/v1/pairing/claims") { request, context in try await claim(request, context) }
         router.get("/v1/rids/:rid") { _, context in try resolveRID(context) }
@@ -212,18 +214,22 @@ struct OperatorRoutes {
     }
 
     /// Issues another operator credential from a CSR made on the new operator's machine.
-    func addOperator(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+    /// Issues an operator credential, or (`application`) an application one: MQTT fleet access only, no operator API.
+    func addOperator(_ request: Request, _ context: HubRequestContext, application: Bool = false) async throws
+        -> Response
+    {
         let by = try requireOperator(context)
         let object = try await jsonObject(request)
         guard let nameText = object["name"] as? String, let name = try? OperatorName(nameText) else {
-            throw Self.invalid(IdentifierError(kind: "operator name").description)
+            throw Self.invalid(IdentifierError(kind: application ? "application name" : "operator name").description)
         }
         guard let csrText = object["csr"] as? String else { throw Self.invalid("csr (PEM text) is required") }
-        let certificate = try issue(for: .operator(name), csrText: csrText, days: 397)
+        let identity: Identity = application ? .application(name) : .operator(name)
+        let certificate = try issue(for: identity, csrText: csrText, days: 397)
         try await store.addCertificate(HubCredentials.record(certificate, deviceID: nil))
         try await store.recordSecurityEvent(
             SecurityEvent(
-                at: Date(), kind: "operator-added", identity: Identity.operator(name).uri,
+                at: Date(), kind: application ? "application-added" : "operator-added", identity: identity.uri,
                 correlationID: context.correlationID.rawValue, detail: "by \(by), serial \(certificate.serialHex)"))
         return try JSONResponse.make(
             .created, ["name": name.rawValue, "serial": certificate.serialHex, "certificate": certificate.pem])

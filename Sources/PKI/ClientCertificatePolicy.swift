@@ -8,8 +8,9 @@ public import X509
 /// The leaf must carry EKU clientAuth, must not be a CA, must name exactly one Bulwark identity of the role the
 /// listener serves, and its serial must not be revoked.
 public struct ClientCertificatePolicy: VerifierPolicy {
-    /// The identities a listener serves; MQTT serves devices and operators (fleet subscribers) on one port.
-    public enum Role: Sendable { case device, `operator`, deviceOrOperator }
+    /// The identities a listener serves; MQTT serves every identity (devices, and operators and applications as
+    /// fleet readers) on one port, each with its own topic access.
+    public enum Role: Sendable { case device, `operator`, anyIdentity }
 
     public let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = []
     let role: Role
@@ -30,7 +31,7 @@ public struct ClientCertificatePolicy: VerifierPolicy {
             return .failsToMeetPolicy(reason: "leaf is a CA certificate")
         }
         switch (role, leaf.bulwarkIdentity) {
-        case (.device, .device?), (.operator, .operator?), (.deviceOrOperator, _?): break
+        case (.device, .device?), (.operator, .operator?), (.anyIdentity, _?): break
         default: return .failsToMeetPolicy(reason: "leaf does not name an identity of the listener's role")
         }
         if isRevoked(leaf.serialHex) {

@@ -1,4 +1,5 @@
 import Core
+import Crypto
 import Foundation
 import Gateway
 import HubClient
@@ -7,6 +8,7 @@ import NIOCore
 import NIOPosix
 import Store
 import Testing
+import X509
 
 /// The MQTT listener as a broker behind the gateway pipeline: each control attacked and shown to refuse, sessions,
 /// retained messages, fleet subscribers and commands, connection limits, and paho-mqtt 2.x as a real peer.
@@ -414,6 +416,56 @@ import Testing
             return topics.sorted()
         }
         #expect(retained == ["devices/mq-ret/events", "devices/mq-ret/state"])
+        try await hub.stop()
+    }
+
+    /// An application credential (`bulwark operator add NAME --application`): reads the fleet and receives device
+    /// messages over MQTT, may not publish telemetry, and cannot use the operator API at all.
+    @Test func applicationsReadTheFleetButHaveNoOperatorRights() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("app-d1")
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName("dashboard") },
+            privateKey: Certificate.PrivateKey(key), attributes: CertificateSigningRequest.Attributes(),
+            signatureAlgorithm: .ecdsaWithSHA256)
+        let issued = try await hub.operatorRequest(
+            "POST", "/v1/applications", json: ["name": "dashboard", "csr": try csr.serializeAsPEM().pemString])
+        #expect(issued.status == 201)
+        let pem = try #require(
+            (try JSONSerialization.jsonObject(with: Data(issued.body)) as? [String: Any])?["certificate"] as? String)
+        let application = try TestDevice(
+            id: "dashboard", keyPEM: key.pemRepresentation, certificatePEM: pem, caPEM: hub.caPEM,
+            directory: hub.directory)
+        #expect(try await hub.securityEvents().contains { $0.kind == "application-added" })
+
+        let received = try await Self.connect(hub, application, clientID: "dash-1") { mqtt, reason in
+            #expect(reason == 0)
+            try await mqtt.send(
+                .subscribe(
+                    packetID: 1, subscriptions: [Subscription(filter: try TopicFilter("devices/#"), qos: .atLeastOnce)],
+                    properties: .init()))
+            guard case .suback(1, [1], _) = try await mqtt.next() else { return "no SUBACK" }
+            let telemetry = try await mqtt.publishAcknowledged(
+                topic: try TopicName("devices/app-d1/telemetry"), payload: Array("{}".utf8))
+            #expect(telemetry == 0x87, "an application is not a device")
+            let sent = try await Self.connect(hub, device) { deviceMQTT, _ in
+                try await deviceMQTT.publishAcknowledged(
+                    topic: try TopicName("devices/app-d1/telemetry"), payload: Array(#"{"t":5}"#.utf8))
+            }
+            #expect(sent == 0)
+            while let packet = try await mqtt.next() {
+                if case .publish(let message) = packet { return String(decoding: message.payload, as: UTF8.self) }
+            }
+            return "nothing"
+        }
+        #expect(received == #"{"t":5}"#)
+        // The operator API refuses the application's certificate at the handshake.
+        await #expect(throws: (any Error).self) {
+            _ = try await HTTPSClient.request(
+                host: "127.0.0.1", port: hub.operatorPort, tls: try application.credentials.tlsConfiguration(),
+                method: "GET", path: "/v1/devices", headers: [], body: [])
+        }
         try await hub.stop()
     }
 
