@@ -11,6 +11,12 @@ let package = Package(
         .executable(name: "bulwark-bench", targets: ["BulwarkBench"]),
         .library(name: "BulwarkCore", targets: ["Core"]),
         .library(name: "BulwarkTUF", targets: ["TUF"]),
+        .library(name: "BulwarkTUFClient", targets: ["TUFClient"]),
+        .library(name: "BulwarkTUFRepository", targets: ["TUFRepository"]),
+        // The client-under-test command line of theupdateframework/tuf-conformance (its CLIENT-CLI.md).
+        .executable(name: "bulwark-tuf-client", targets: ["TUFConformanceClient"]),
+        // bulwark-tuf-client against python-tuf's ngclient over loopback HTTP (BENCH figures in the README).
+        .executable(name: "tuf-bench", targets: ["TUFBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
@@ -47,15 +53,46 @@ let package = Package(
                 .product(name: "RawStructuredFieldValues", package: "swift-http-structured-headers"),
             ]
         ),
-        // Pure: The Update Framework metadata, canonical JSON, verification.
+        // Pure: The Update Framework metadata, canonical JSON, signature verification, the trusted metadata set.
         .target(
             name: "TUF",
             dependencies: [
-                "Core",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),
+        // The TUF client workflow (§5.1-5.7): Updater, NIO HTTP fetcher with byte limits and timeouts, atomic storage.
+        .target(
+            name: "TUFClient",
+            dependencies: [
+                "TUF",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "TUFConformanceClient",
+            dependencies: ["TUF", "TUFClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        // The repository side: RepositoryEditor, Signer (file keys now, an HSM later), the timestamp/snapshot re-signer.
+        .target(
+            name: "TUFRepository",
+            dependencies: [
+                "TUF",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
+        // `bulwark tuf init | add-target | remove-target | delegate | sign | rotate-key | publish | status`.
+        .target(
+            name: "TUFCommands",
+            dependencies: [
+                "TUF", "TUFRepository", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "TUFBench", dependencies: ["TUF", "TUFRepository"]),
         // Pure: Noise XKpsk3 pairing handshake, its suites, and the pairing state machines.
         .target(
             name: "Pairing",
@@ -79,7 +116,7 @@ let package = Package(
         .target(
             name: "Hub",
             dependencies: [
-                "Core", "PKI", "Gateway", "Store", "Pairing", "MQTT",
+                "Core", "PKI", "Gateway", "Store", "Pairing", "MQTT", "TUFRepository",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -110,7 +147,7 @@ let package = Package(
         .executableTarget(
             name: "CLI",
             dependencies: [
-                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "Gateway",
+                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "Gateway", "TUFCommands",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -142,8 +179,16 @@ let package = Package(
         ),
         .testTarget(
             name: "TUFTests",
-            dependencies: ["TUF", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: [
+                "TUF", "TUFClient", "TUFRepository",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
+        // python-tuf (PyPI) reading our repositories and we reading its: scripts/install-deps installs it.
+        .testTarget(name: "TUFInteropTests", dependencies: ["TUF", "TUFClient", "TUFRepository", "TUFCommands"]),
         .testTarget(
             name: "PairingTests",
             dependencies: ["Pairing", .product(name: "Crypto", package: "swift-crypto")],

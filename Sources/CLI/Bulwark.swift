@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hub
 import Logging
+import TUFCommands
 
 @main
 struct Bulwark: AsyncParsableCommand {
@@ -10,7 +11,7 @@ struct Bulwark: AsyncParsableCommand {
         abstract: "Bulwark: the IoT security hub, its device agent and its operator CLI.",
         subcommands: [
             Serve.self, DeviceCommand.self, OperatorCommand.self, PairCommand.self, AgentCommand.self,
-            EventsCommand.self, SchemaCommand.self, AuditCommand.self,
+            EventsCommand.self, SchemaCommand.self, AuditCommand.self, TUFCommand.self,
         ]
     )
 }

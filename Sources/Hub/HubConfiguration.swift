@@ -37,6 +37,13 @@ public struct HubConfiguration: Sendable, Equatable {
     public var gateway = GatewaySettings()
     /// Broker limits and topic access patterns (`mqtt.*`).
     public var mqttSettings = MQTTSettings()
+    /// The TUF repository whose timestamp and snapshot the hub re-signs (`tuf.repository`), the directory holding
+    /// only those online keys (`tuf.onlineKeys`), how often it checks, and how close to expiry a role is re-signed.
+    public var tufRepository: String?
+    public var tufOnlineKeys: String?
+    public var tufResignIntervalSeconds = 3600
+    public var tufTimestampWithinSeconds = 6 * 3600
+    public var tufSnapshotWithinSeconds = 2 * 86400
 
     public init(dataDirectory: String) {
         self.dataDirectory = dataDirectory
@@ -119,6 +126,14 @@ public struct HubConfiguration: Sendable, Equatable {
         mqtt.fleetPublish = reader.stringArray(forKey: "mqtt.fleetPublish", default: mqtt.fleetPublish)
         mqtt.fleetSubscribe = reader.stringArray(forKey: "mqtt.fleetSubscribe", default: mqtt.fleetSubscribe)
         config.mqttSettings = mqtt
+        config.tufRepository = reader.string(forKey: "tuf.repository")
+        config.tufOnlineKeys = reader.string(forKey: "tuf.onlineKeys")
+        config.tufResignIntervalSeconds = reader.int(
+            forKey: "tuf.resignIntervalSeconds", default: config.tufResignIntervalSeconds)
+        config.tufTimestampWithinSeconds = reader.int(
+            forKey: "tuf.timestampWithinSeconds", default: config.tufTimestampWithinSeconds)
+        config.tufSnapshotWithinSeconds = reader.int(
+            forKey: "tuf.snapshotWithinSeconds", default: config.tufSnapshotWithinSeconds)
         try config.validate()
         return config
     }
@@ -156,6 +171,23 @@ public struct HubConfiguration: Sendable, Equatable {
         }
         try gateway.validate()
         try mqttSettings.validate()
+        guard (tufRepository == nil) == (tufOnlineKeys == nil) else {
+            throw HubStartupError("tuf.repository and tuf.onlineKeys go together")
+        }
+        if let repository = tufRepository, let keys = tufOnlineKeys {
+            let repo = URL(fileURLWithPath: repository).standardizedFileURL.path
+            let keyPath = URL(fileURLWithPath: keys).standardizedFileURL.path
+            guard !(keyPath + "/").hasPrefix(repo + "/") else {
+                throw HubStartupError("tuf.onlineKeys must not be inside tuf.repository (it would be published)")
+            }
+        }
+        guard (10...86400).contains(tufResignIntervalSeconds), (60...(30 * 86400)).contains(tufTimestampWithinSeconds),
+            (60...(365 * 86400)).contains(tufSnapshotWithinSeconds)
+        else {
+            throw HubStartupError(
+                "tuf.resignIntervalSeconds must be 10-86400, tuf.timestampWithinSeconds 60-2592000, "
+                    + "tuf.snapshotWithinSeconds 60-31536000")
+        }
     }
 
     public var sqlitePath: String {

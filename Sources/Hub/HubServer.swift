@@ -8,6 +8,7 @@ import PKI
 public import ServiceLifecycle
 public import Store
 import Synchronization
+import TUFRepository
 public import UnixSignals
 
 /// The running hub: the device listener and the operator listener, each a Hummingbird application with mutual TLS,
@@ -122,9 +123,22 @@ public final class HubServer: Sendable {
                 mqttLogger[metadataKey: "listener"] = "mqtt"
                 return mqttLogger
             }(), onBound: { portsContinuation.yield(("mqtt", $0)) })
+        var services: [any Service] = [device, operatorApp, pairing, rids, mqtt]
+        if let repository = configuration.tufRepository, let keys = configuration.tufOnlineKeys {
+            var tufLogger = logger
+            tufLogger[metadataKey: "service"] = "tuf"
+            services.append(
+                TUFResignService(
+                    resigner: Resigner(
+                        directory: repository, keyring: try KeyDirectory(path: keys).keyring(),
+                        interval: .seconds(configuration.tufResignIntervalSeconds),
+                        within: [
+                            "snapshot": Int64(configuration.tufSnapshotWithinSeconds),
+                            "timestamp": Int64(configuration.tufTimestampWithinSeconds),
+                        ]), store: store, logger: tufLogger))
+        }
         group = ServiceGroup(
-            configuration: .init(
-                services: [device, operatorApp, pairing, rids, mqtt], gracefulShutdownSignals: signals, logger: logger))
+            configuration: .init(services: services, gracefulShutdownSignals: signals, logger: logger))
     }
 
     /// Runs until a shutdown signal (or `shutdown()`); closes the store after the listeners stopped.

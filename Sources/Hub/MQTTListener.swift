@@ -178,6 +178,12 @@ final class FlushCoalescer: Sendable {
         scheduled = NIOLoopBoundBox.makeEmptyBox(valueType: Bool.self, eventLoop: channel.eventLoop)
     }
 
+    /// Flushes what was written so far, before the connection closes (a queued flush could come after the close).
+    func flush() async {
+        let channel = channel
+        try? await channel.eventLoop.submit { channel.flush() }.get()
+    }
+
     func write(_ buffer: ByteBuffer) {
         let eventLoop = channel.eventLoop
         eventLoop.execute {
@@ -447,6 +453,7 @@ struct MQTTConnection {
         // Acknowledgements still waiting for their store write go out before the connection closes.
         for acknowledgement in state.acknowledgements { await acknowledgement.value }
         state.acknowledgements = []
+        await state.output.flush()
         await listener.broker.detach(
             key: sessionKey, connectionNumber: attached.connectionNumber, expirySeconds: state.expirySeconds)
         // MQTT 3.1.1 §3.1.2.5 / MQTT 5.0 §3.1.2.5: the will is published when the connection ends without a normal

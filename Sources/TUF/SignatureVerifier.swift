@@ -1,0 +1,138 @@
+import CCryptoBoringSSL
+import Crypto
+import _CryptoExtras
+
+/// Verifies one TUF signature (TUF §4.2, §4.3 KEY formats as securesystemslib defines them):
+///
+/// | keytype                                   | scheme                 | public key        | signature      |
+/// |-------------------------------------------|------------------------|-------------------|----------------|
+/// | `ed25519`                                 | `ed25519`              | 32-byte hex       | 64-byte hex    |
+/// | `ecdsa`, `ecdsa-sha2-nistp256`            | `ecdsa-sha2-nistp256`  | PEM SPKI          | DER hex        |
+/// | `ecdsa`, `ecdsa-sha2-nistp384`            | `ecdsa-sha2-nistp384`  | PEM SPKI          | DER hex        |
+/// | `rsa`                                     | `rsassa-pss-sha256`    | PEM SPKI          | hex, any salt  |
+/// | `rsa`                                     | `rsa-pkcs1v15-sha256`  | PEM SPKI          | hex            |
+public enum SignatureVerifier {
+    /// Returns whether `signature` (hex, as in metadata) is valid for `data` under `key`.
+    /// Throws `unsupportedKey` when the key itself cannot be used; a malformed or wrong
+    /// signature simply returns `false`.
+    public static func isValid(key: Key, signatureHex: String, data: [UInt8]) throws(TUFError) -> Bool {
+        guard let publicValue = key.publicValue else { throw TUFError(.unsupportedKey, "keyval has no public value") }
+        guard let sig = hexDecode(signatureHex) else { return false }
+        switch (key.keytype, key.scheme) {
+        case ("ed25519", "ed25519"):
+            guard let raw = hexDecode(publicValue), raw.count == 32,
+                let pk = try? Curve25519.Signing.PublicKey(rawRepresentation: raw)
+            else { throw TUFError(.unsupportedKey, "invalid ed25519 public key") }
+            return pk.isValidSignature(sig, for: data)
+        case ("ecdsa", "ecdsa-sha2-nistp256"), ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"):
+            let pk: P256.Signing.PublicKey
+            do {
+                pk = try P256.Signing.PublicKey(pemRepresentation: publicValue)
+            } catch {
+                throw TUFError(.unsupportedKey, "invalid P-256 public key")
+            }
+            guard let s = try? P256.Signing.ECDSASignature(derRepresentation: sig) else { return false }
+            return pk.isValidSignature(s, for: data)
+        case ("ecdsa", "ecdsa-sha2-nistp384"), ("ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"):
+            let pk: P384.Signing.PublicKey
+            do {
+                pk = try P384.Signing.PublicKey(pemRepresentation: publicValue)
+            } catch {
+                throw TUFError(.unsupportedKey, "invalid P-384 public key")
+            }
+            guard let s = try? P384.Signing.ECDSASignature(derRepresentation: sig) else { return false }
+            return pk.isValidSignature(s, for: data)
+        case ("rsa", "rsassa-pss-sha256"):
+            let pk = try rsaKey(publicValue)
+            return RSAPSS.verifyAnySaltLength(spkiDER: Array(pk.derRepresentation), message: data, signature: sig)
+        case ("rsa", "rsa-pkcs1v15-sha256"):
+            let pk = try rsaKey(publicValue)
+            return pk.isValidSignature(
+                _RSA.Signing.RSASignature(rawRepresentation: sig),
+                for: data,
+                padding: .insecurePKCS1v1_5
+            )
+        default:
+            throw TUFError(.unsupportedKey, "unsupported keytype/scheme \(key.keytype)/\(key.scheme)")
+        }
+    }
+
+    private static func rsaKey(_ pem: String) throws(TUFError) -> _RSA.Signing.PublicKey {
+        do {
+            return try _RSA.Signing.PublicKey(pemRepresentation: pem)
+        } catch {
+            throw TUFError(.unsupportedKey, "invalid RSA public key")
+        }
+    }
+}
+
+/// RSASSA-PSS verification that accepts any salt length.
+///
+/// swift-crypto's `_RSA.Signing.PublicKey.isValidSignature(_:for:padding: .PSS)` passes the
+/// digest length as the expected salt length, but securesystemslib verifies with
+/// `PSS.AUTO` and signers may use the maximum salt length. BoringSSL's
+/// `RSA_verify_pss_mgf1` with `RSA_PSS_SALTLEN_AUTO` (-2) recovers the salt length from the
+/// signature, which is the same acceptance rule.
+enum RSAPSS {
+    static func verifyAnySaltLength(spkiDER: [UInt8], message: [UInt8], signature: [UInt8]) -> Bool {
+        let digest = Array(SHA256.hash(data: message))
+        defer { CCryptoBoringSSL_ERR_clear_error() }
+        return spkiDER.withUnsafeBufferPointer { der -> Bool in
+            var cursor: UnsafePointer<UInt8>? = der.baseAddress
+            guard let pkey = CCryptoBoringSSL_d2i_PUBKEY(nil, &cursor, der.count) else { return false }
+            defer { CCryptoBoringSSL_EVP_PKEY_free(pkey) }
+            guard let rsa = CCryptoBoringSSL_EVP_PKEY_get0_RSA(pkey) else { return false }
+            return digest.withUnsafeBufferPointer { d in
+                signature.withUnsafeBufferPointer { s in
+                    CCryptoBoringSSL_RSA_verify_pss_mgf1(
+                        rsa,
+                        d.baseAddress,
+                        d.count,
+                        CCryptoBoringSSL_EVP_sha256(),
+                        nil,
+                        -2,
+                        s.baseAddress,
+                        s.count
+                    ) == 1
+                }
+            }
+        }
+    }
+}
+
+/// TUF §5.3.4 / §5.4.2 / §5.5.3 / §5.6.3 threshold check.
+public enum Threshold {
+    /// Counts each distinct trusted keyid at most once: a keyid in `keyids` counts when `keys`
+    /// has its key and `signatures` has a valid signature by it. Keys that cannot be used and
+    /// invalid signatures do not count, so metadata with extra bad signatures still verifies
+    /// when enough good ones are present.
+    public static func verify(
+        signedBytes: [UInt8],
+        signatures: [Signature],
+        keyids: [String],
+        threshold: Int64,
+        keys: [String: Key],
+        role: String
+    ) throws(TUFError) {
+        var sigByKeyid: [[UInt8]: Signature] = [:]
+        for s in signatures {
+            guard sigByKeyid.updateValue(s, forKey: Array(s.keyid.utf8)) == nil else {
+                throw TUFError(.invalidMetadata, "duplicate keyid in signatures")
+            }
+        }
+        var counted = Set<[UInt8]>()
+        for keyid in keyids {
+            let id = Array(keyid.utf8)
+            guard !counted.contains(id), let key = keys[keyid], let sig = sigByKeyid[id] else { continue }
+            if (try? SignatureVerifier.isValid(key: key, signatureHex: sig.sig, data: signedBytes)) == true {
+                counted.insert(id)
+            }
+        }
+        guard counted.count >= threshold else {
+            throw TUFError(
+                .thresholdNotReached,
+                "\(role): \(counted.count) of \(threshold) required signatures are valid"
+            )
+        }
+    }
+}

@@ -1,0 +1,135 @@
+#if canImport(Glibc)
+    import Glibc
+    private let systemRead = Glibc.read
+    private let systemWrite = Glibc.write
+#elseif canImport(Darwin)
+    import Darwin
+    private let systemRead = Darwin.read
+    private let systemWrite = Darwin.write
+#endif
+
+/// Where the client keeps trusted metadata, by file name (`root.json`, `timestamp.json`,
+/// percent-encoded delegated role names). Writes must be atomic: after a crash a reader
+/// sees either the old or the new bytes, never a mix (TUF §5.3.7 and siblings persist
+/// metadata that later runs trust).
+public protocol MetadataStore: Sendable {
+    func load(_ name: String) throws -> [UInt8]?
+    func store(_ name: String, _ data: [UInt8]) throws
+    /// Removes a trusted file; removing a missing file is not an error.
+    func remove(_ name: String) throws
+}
+
+/// Where verified artifacts are kept, by TUF target path.
+public protocol ArtifactStore: Sendable {
+    func load(targetPath: String) throws -> [UInt8]?
+    func store(targetPath: String, _ data: [UInt8]) throws
+}
+
+/// A directory of files written with temp file + fsync + rename + fsync(directory).
+public struct DirectoryStore: MetadataStore, ArtifactStore {
+    public let directory: String
+
+    public init(directory: String) { self.directory = directory }
+
+    public func load(_ name: String) throws -> [UInt8]? {
+        try AtomicFile.read(path: directory + "/" + name)
+    }
+
+    public func store(_ name: String, _ data: [UInt8]) throws {
+        try AtomicFile.write(data, directory: directory, name: name)
+    }
+
+    public func remove(_ name: String) throws {
+        try AtomicFile.remove(directory: directory, name: name)
+    }
+
+    /// Artifacts are stored flat under the percent-encoded target path, as python-tuf does,
+    /// so `a/b.txt` and `a%2Fb.txt` cannot collide with directories or each other.
+    public func load(targetPath: String) throws -> [UInt8]? { try load(percentEncode(targetPath)) }
+
+    public func store(targetPath: String, _ data: [UInt8]) throws { try store(percentEncode(targetPath), data) }
+}
+
+/// POSIX file helpers.
+public enum AtomicFile {
+    public static func read(path: String) throws -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return nil }
+            throw UpdaterError.storage("cannot open \(path) (errno \(errno))")
+        }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { systemRead(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw UpdaterError.storage("cannot read \(path) (errno \(errno))")
+            }
+            if n == 0 { break }
+            out.append(contentsOf: buf[0..<n])
+        }
+        return out
+    }
+
+    /// Unlinks `directory/name` (a missing file is fine) and makes the removal durable.
+    public static func remove(directory: String, name: String) throws {
+        if unlink(directory + "/" + name) != 0, errno != ENOENT {
+            throw UpdaterError.storage("cannot remove \(name) (errno \(errno))")
+        }
+        syncDirectory(directory)
+    }
+
+    static func syncDirectory(_ directory: String) {
+        let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 {
+            _ = fsync(dfd)
+            close(dfd)
+        }
+    }
+
+    /// Writes `data` to `directory/name` atomically: a unique temp file in the same directory,
+    /// fsync, rename over the target, then fsync the directory so the rename is durable.
+    public static func write(_ data: [UInt8], directory: String, name: String) throws {
+        try write(data, directory: directory, name: name, simulateCrashAfter: nil)
+    }
+
+    /// `simulateCrashAfter` (tests only): stop after writing that many bytes to the temp file
+    /// and throw, leaving the temp file behind as a crash would, without renaming.
+    static func write(_ data: [UInt8], directory: String, name: String, simulateCrashAfter: Int?) throws {
+        let target = directory + "/" + name
+        var template = Array((directory + "/.tmp-XXXXXX").utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { buf -> Int32 in
+            guard let base = buf.baseAddress else { return -1 }
+            return mkstemp(base)
+        }
+        guard fd >= 0 else { throw UpdaterError.storage("cannot create temp file in \(directory) (errno \(errno))") }
+        let tempPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        var ok = false
+        defer {
+            if !ok { unlink(tempPath) }
+        }
+        do {
+            defer { close(fd) }
+            var offset = 0
+            let end = simulateCrashAfter.map { Swift.min($0, data.count) } ?? data.count
+            while offset < end {
+                let n = data[offset..<end].withUnsafeBytes { systemWrite(fd, $0.baseAddress, $0.count) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw UpdaterError.storage("cannot write \(tempPath) (errno \(errno))")
+                }
+                offset += n
+            }
+            if simulateCrashAfter != nil {
+                ok = true  // a crash leaves the temp file behind
+                throw UpdaterError.storage("simulated crash during write")
+            }
+            guard fsync(fd) == 0 else { throw UpdaterError.storage("fsync failed (errno \(errno))") }
+        }
+        guard rename(tempPath, target) == 0 else { throw UpdaterError.storage("rename failed (errno \(errno))") }
+        ok = true
+        syncDirectory(directory)
+    }
+}

@@ -1,0 +1,299 @@
+import TUF
+
+/// The TUF client workflow (TUF §5) over a `Fetcher` and local stores.
+///
+/// `TrustedMetadataSet` makes every trust decision; this type fetches, hands bytes to it, and
+/// persists exactly the bytes it accepted. One `Updater` is one update: its reference time is
+/// fixed when it is created (TUF §5.1), so all expiry checks use the same instant.
+public actor Updater {
+    public let config: UpdaterConfig
+    let metadataBaseURL: String
+    let targetBaseURL: String?
+    let fetcher: any Fetcher
+    let metadataStore: any MetadataStore
+    let artifactStore: (any ArtifactStore)?
+    private(set) var trusted: TrustedMetadataSet
+    private var refreshed = false
+
+    /// TUF §5.1: record the update start time; TUF §5.2: load the trusted root from local storage.
+    public init(
+        metadataBaseURL: String,
+        metadataStore: any MetadataStore,
+        fetcher: any Fetcher,
+        targetBaseURL: String? = nil,
+        artifactStore: (any ArtifactStore)? = nil,
+        referenceTime: Timestamp8601,
+        config: UpdaterConfig = UpdaterConfig()
+    ) throws {
+        self.metadataBaseURL = Updater.withTrailingSlash(metadataBaseURL)
+        self.targetBaseURL = targetBaseURL.map(Updater.withTrailingSlash)
+        self.fetcher = fetcher
+        self.metadataStore = metadataStore
+        self.artifactStore = artifactStore
+        self.config = config
+        guard let rootBytes = try metadataStore.load("root.json") else {
+            throw UpdaterError.storage("no trusted root.json")
+        }
+        do {
+            trusted = try TrustedMetadataSet(rootBytes: rootBytes, referenceTime: referenceTime)
+        } catch {
+            throw UpdaterError.metadata(error)
+        }
+    }
+
+    static func withTrailingSlash(_ s: String) -> String { s.hasSuffix("/") ? s : s + "/" }
+
+    /// The verified metadata so far (for callers that want to inspect it).
+    public var trustedSet: TrustedMetadataSet { trusted }
+
+    /// TUF §5.3–§5.6 for the top-level roles: root, timestamp, snapshot, targets, in that order.
+    public func refresh() async throws {
+        try await loadRoot()
+        try await loadTimestamp()
+        try await loadSnapshot()
+        _ = try await loadTargets(role: "targets", delegator: "root")
+        refreshed = true
+    }
+
+    // MARK: - Root
+
+    /// TUF §5.3 root update.
+    /// - §5.3.1–§5.3.2: starting from the trusted version N,
+    /// - §5.3.3: try `N+1.root.json`, at most `rootMaxLength` bytes; stop when the repository has
+    ///   no such file (403/404) or after `maxRootRotations` versions (python-tuf's default, 256).
+    /// - §5.3.4–§5.3.7: `TrustedMetadataSet.updateRoot` checks signatures by old and new root
+    ///   (each keyid counted once), the exact version N+1, and makes it the trusted root;
+    ///   intermediate expiry does not matter (§5.3.6).
+    /// - §5.3.8: persist each accepted root byte for byte, before fetching the next.
+    /// - §5.3.9: repeat.
+    /// - §5.3.10: the final root must not be expired at the fixed start time (freeze attack).
+    /// - §5.3.11: if timestamp or snapshot keys changed, delete the trusted timestamp and
+    ///   snapshot files (fast-forward attack recovery).
+    /// - §5.3.12: consistent snapshots are read from the final trusted root where they are used.
+    func loadRoot() async throws {
+        let initial = trusted.root.signed
+        let lower = initial.common.version + 1
+        let upper = lower + Int64(config.maxRootRotations)
+        var next = lower
+        while next < upper {
+            let data: [UInt8]
+            do {
+                data = try await download(role: "root", maxBytes: config.rootMaxLength, version: next)
+            } catch UpdaterError.httpStatus(let status, _) where status == 403 || status == 404 {
+                break
+            }
+            do {
+                try trusted.updateRoot(data)
+            } catch {
+                throw UpdaterError.metadata(error)
+            }
+            try persist(role: "root", data)
+            next += 1
+        }
+        do {
+            try trusted.checkFinalRoot()
+        } catch {
+            throw UpdaterError.metadata(error)
+        }
+        let final = trusted.root.signed
+        if Updater.keysChanged("timestamp", initial, final) || Updater.keysChanged("snapshot", initial, final) {
+            try metadataStore.remove("timestamp.json")
+            try metadataStore.remove("snapshot.json")
+        }
+    }
+
+    /// Whether `role`'s keyids or threshold differ between two roots (TUF §5.3.11).
+    static func keysChanged(_ role: String, _ a: Root, _ b: Root) -> Bool {
+        guard let ra = a.roles[role], let rb = b.roles[role] else { return true }
+        return Set(ra.keyids) != Set(rb.keyids) || ra.threshold != rb.threshold
+    }
+
+    // MARK: - Timestamp
+
+    /// TUF §5.4 timestamp update.
+    /// - The local timestamp is loaded first (if it verifies) as the rollback reference for §5.4.3.
+    /// - §5.4.1: fetch `timestamp.json` (never versioned) up to `timestampMaxLength` bytes.
+    /// - §5.4.2–§5.4.4: verified by `TrustedMetadataSet.updateTimestamp`.
+    /// - An unchanged version keeps the stored copy and is not an error.
+    /// - §5.4.5: persist.
+    func loadTimestamp() async throws {
+        if let local = try metadataStore.load("timestamp.json") {
+            _ = try? trusted.updateTimestamp(local)
+        }
+        let data = try await download(role: "timestamp", maxBytes: config.timestampMaxLength, version: nil)
+        do {
+            try trusted.updateTimestamp(data)
+        } catch  where error.code == .equalVersion {
+            return
+        } catch {
+            throw UpdaterError.metadata(error)
+        }
+        try persist(role: "timestamp", data)
+    }
+
+    // MARK: - Snapshot
+
+    /// TUF §5.5 snapshot update.
+    /// - A local snapshot that is still final for the new timestamp is used without a download.
+    /// - §5.5.1: otherwise fetch `VERSION.snapshot.json` when consistent snapshots are on
+    ///   (else `snapshot.json`), bounded by the length in timestamp or `snapshotMaxLength`.
+    /// - §5.5.2–§5.5.6: verified by `TrustedMetadataSet.updateSnapshot`.
+    /// - §5.5.7: persist.
+    func loadSnapshot() async throws {
+        if let local = try metadataStore.load("snapshot.json") {
+            do {
+                try trusted.updateSnapshot(local, trusted: true)
+                return
+            } catch {
+                // Not final for this timestamp: fall through to the remote snapshot.
+            }
+        }
+        guard let meta = trusted.timestamp?.signed.snapshotMeta else {
+            throw UpdaterError.metadata(TUFError(.workflowOrder, "timestamp not loaded"))
+        }
+        let maxBytes = meta.length.map { Int(clamping: $0) } ?? config.snapshotMaxLength
+        let version = trusted.root.signed.consistentSnapshot ? meta.version : nil
+        let data = try await download(role: "snapshot", maxBytes: maxBytes, version: version)
+        do {
+            try trusted.updateSnapshot(data)
+        } catch {
+            throw UpdaterError.metadata(error)
+        }
+        try persist(role: "snapshot", data)
+    }
+
+    // MARK: - Targets
+
+    /// TUF §5.6 (top-level targets) and §5.6.7.2 (delegated roles) for one role.
+    /// - A role already loaded in this update is not fetched again; if it is now reached through
+    ///   a different delegator it is re-verified against that delegator's keys.
+    /// - A valid local copy that matches the snapshot entry is used without a download.
+    /// - §5.6.1: otherwise fetch `VERSION.ROLE.json` (consistent snapshots) or `ROLE.json`,
+    ///   bounded by the snapshot's length or `targetsMaxLength`; role names are percent-encoded.
+    /// - §5.6.2–§5.6.5: verified by `TrustedMetadataSet.updateDelegatedTargets`.
+    /// - §5.6.6: persist.
+    func loadTargets(role: String, delegator: String) async throws -> Targets {
+        if trusted.targetsRole(role) != nil {
+            do {
+                return try trusted.reverify(role: role, delegator: delegator).signed
+            } catch {
+                throw UpdaterError.metadata(error)
+            }
+        }
+        if let local = try metadataStore.load(percentEncode(role) + ".json"),
+            let verified = try? trusted.updateDelegatedTargets(local, role: role, delegator: delegator)
+        {
+            return verified.signed
+        }
+        guard let meta = trusted.snapshot?.signed.meta[role + ".json"] else {
+            throw UpdaterError.metadata(TUFError(.repository, "role \(role) is delegated but not in snapshot"))
+        }
+        let maxBytes = meta.length.map { Int(clamping: $0) } ?? config.targetsMaxLength
+        let version = trusted.root.signed.consistentSnapshot ? meta.version : nil
+        let data = try await download(role: role, maxBytes: maxBytes, version: version)
+        let verified: Verified<Targets>
+        do {
+            verified = try trusted.updateDelegatedTargets(data, role: role, delegator: delegator)
+        } catch {
+            throw UpdaterError.metadata(error)
+        }
+        try persist(role: role, data)
+        return verified.signed
+    }
+
+    /// TUF §5.6.7: find the trusted entry for `targetPath`.
+    ///
+    /// Pre-order depth-first search from top-level targets (TUF §5.6.7.1): a role's own
+    /// targets are checked before its delegations; delegations are tried in listed order;
+    /// a matching terminating delegation abandons the remaining branches (§5.6.7.2.1). A visited
+    /// set prevents cycles (§5.6.7.1). The search stops once more than `maxDelegations` roles
+    /// have been visited, i.e. top-level targets plus at most `maxDelegations` delegated roles,
+    /// as in python-tuf (default 32).
+    /// Runs `refresh()` first if it has not run (TUF §5.7: metadata must be current).
+    public func targetInfo(for targetPath: String) async throws -> TargetFile? {
+        if !refreshed { try await refresh() }
+        var stack: [(role: String, delegator: String)] = [("targets", "root")]
+        var visited = Set<[UInt8]>()
+        while !stack.isEmpty, visited.count <= config.maxDelegations {
+            let (role, delegator) = stack.removeLast()
+            let key = Array(role.utf8)
+            if visited.contains(key) { continue }
+            let targets = try await loadTargets(role: role, delegator: delegator)
+            if let found = targets.target(targetPath) { return found }
+            visited.insert(key)
+            guard let delegations = targets.delegations else { continue }
+            var children: [(role: String, delegator: String)] = []
+            for child in delegations.rolesFor(targetPath: targetPath) {
+                children.append((child.name, role))
+                if child.terminating {
+                    stack.removeAll()
+                    break
+                }
+            }
+            stack.append(contentsOf: children.reversed())
+        }
+        return nil
+    }
+
+    // MARK: - Artifacts
+
+    /// The locally cached artifact for `target`, if it matches the trusted length and every hash
+    /// (so a verified artifact is not downloaded again).
+    public func cachedTarget(_ target: TargetFile) throws -> [UInt8]? {
+        guard let store = artifactStore, let data = try store.load(targetPath: target.path) else { return nil }
+        return (try? target.verifyLengthAndHashes(data)) == nil ? nil : data
+    }
+
+    /// TUF §5.7.3: download an artifact, at most `length` bytes, and check it against the
+    /// trusted length and every listed hash before storing it. With consistent snapshots the
+    /// file is fetched as `dir/HASH.name` using the first listed hash (TUF §5.7.3).
+    @discardableResult
+    public func downloadTarget(_ target: TargetFile) async throws -> [UInt8] {
+        guard let base = targetBaseURL else { throw UpdaterError.usage("no target base URL") }
+        var path = target.path
+        if trusted.root.signed.consistentSnapshot, config.prefixTargetsWithHash, let first = target.hashes.first {
+            if let slash = path.lastIndex(of: "/") {
+                path = String(path[...slash]) + first.digest + "." + String(path[path.index(after: slash)...])
+            } else {
+                path = first.digest + "." + path
+            }
+        }
+        let data = try await fetcher.fetch(
+            base + Updater.encodePathForURL(path),
+            maxBytes: Int(clamping: target.length)
+        )
+        do {
+            try target.verifyLengthAndHashes(data)
+        } catch {
+            throw UpdaterError.metadata(error)
+        }
+        if let store = artifactStore { try store.store(targetPath: target.path, data) }
+        return data
+    }
+
+    /// Target paths go into the URL as they are (as python-tuf does), except bytes that cannot
+    /// appear in an HTTP request line: controls, space, `?`, `#` and non-ASCII.
+    static func encodePathForURL(_ path: String) -> String {
+        var out = ""
+        for b in path.utf8 {
+            if b <= 0x20 || b >= 0x7F || b == UInt8(ascii: "?") || b == UInt8(ascii: "#") {
+                out += "%" + String(b, radix: 16, uppercase: true).leftPadded(to: 2)
+            } else {
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            }
+        }
+        return out
+    }
+
+    // MARK: - I/O helpers
+
+    private func download(role: String, maxBytes: Int, version: Int64?) async throws -> [UInt8] {
+        let name = percentEncode(role)
+        let file = version.map { "\($0).\(name).json" } ?? "\(name).json"
+        return try await fetcher.fetch(metadataBaseURL + file, maxBytes: maxBytes)
+    }
+
+    private func persist(role: String, _ data: [UInt8]) throws {
+        try metadataStore.store(percentEncode(role) + ".json", data)
+    }
+}

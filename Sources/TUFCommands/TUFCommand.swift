@@ -1,0 +1,332 @@
+import ArgumentParser
+import Foundation
+import TUF
+import TUFRepository
+
+/// `tuf`: create and maintain a TUF repository (TUF §4, §6). Mounted by the main CLI as
+/// `bulwark tuf …`. Edits are staged in `REPO/staged/` until `tuf publish` signs them and
+/// writes `REPO/metadata/` and `REPO/targets/`.
+public struct TUFCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "tuf",
+        abstract: "Create and maintain a TUF repository.",
+        discussion: """
+            Edits (add-target, remove-target, delegate, rotate-key) are staged in REPO/staged;
+            'publish' signs them with the keys in --keys and writes REPO/metadata and REPO/targets.
+            Private keys live in --keys (NAME.pem, mode 0600), outside the repository.
+            """,
+        subcommands: [
+            Init.self, AddTarget.self, RemoveTarget.self, Delegate.self, Sign.self, RotateKey.self, Publish.self,
+            Status.self,
+        ]
+    )
+
+    public init() {}
+}
+
+/// Options every subcommand takes.
+struct RepoOptions: ParsableArguments {
+    @Option(name: .long, help: "Repository directory (holds metadata/, targets/, staged/)")
+    var repo: String
+
+    @Option(name: .long, help: "Private key directory (NAME.pem files, kept outside --repo)")
+    var keys: String?
+
+    func keyDirectory() throws -> KeyDirectory {
+        guard let keys else { throw RepositoryError(.usage, "--keys is required") }
+        let repoPath = URL(fileURLWithPath: repo).standardizedFileURL.path
+        let keysPath = URL(fileURLWithPath: keys).standardizedFileURL.path
+        guard keysPath != repoPath, !keysPath.hasPrefix(repoPath + "/") else {
+            throw RepositoryError(.usage, "--keys must not be inside --repo")
+        }
+        return KeyDirectory(path: keys)
+    }
+
+    func open() throws -> RepositoryEditor { try RepositoryEditor.open(at: repo) }
+}
+
+extension KeyType: ExpressibleByArgument {
+    public init?(argument: String) {
+        switch argument {
+        case "ecdsa", "ecdsa-sha2-nistp256", "p256": self = .ecdsaP256
+        case "ed25519": self = .ed25519
+        case "rsa", "rsassa-pss-sha256": self = .rsaPSS
+        default: return nil
+        }
+    }
+}
+
+/// Runs `body`, turning errors into one short line on stderr and exit status 1.
+func report(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let e as RepositoryError {
+        throw CleanExit.failure(e.reason)
+    } catch let e as ExitCode {
+        throw e
+    } catch {
+        throw CleanExit.failure("\(error)")
+    }
+}
+
+enum CleanExit {
+    static func failure(_ message: String) -> ExitCode {
+        FileHandle.standardError.write(Data(("error: " + message + "\n").utf8))
+        return ExitCode.failure
+    }
+}
+
+extension TUFCommand {
+    struct Init: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create keys and version 1 of every top-level role, and publish it."
+        )
+        @OptionGroup var options: RepoOptions
+        @Option(help: "Key type: ecdsa (P-256, default), ed25519 or rsa (RSA-PSS 3072)") var keyType: KeyType =
+            .ecdsaP256
+        @Option(help: "Number of root keys") var rootKeys: Int = 3
+        @Option(help: "Root signature threshold") var rootThreshold: Int = 2
+        @Flag(help: "Disable consistent snapshots") var noConsistentSnapshot = false
+
+        func run() async throws {
+            try await report {
+                let dir = try options.keyDirectory()
+                guard rootKeys >= 1, rootThreshold >= 1, rootThreshold <= rootKeys else {
+                    throw RepositoryError(.usage, "need 1 <= --root-threshold <= --root-keys")
+                }
+                var ring = Keyring()
+                var rootSpec = RoleKeySpec(keys: [], threshold: rootThreshold)
+                for i in 1...rootKeys {
+                    let s = try dir.loadOrGenerate(name: "root-\(i)", type: keyType)
+                    rootSpec.keys.append(s.publicKey)
+                    ring.add(s)
+                }
+                var specs: [String: RoleKeySpec] = [:]
+                for role in ["timestamp", "snapshot", "targets"] {
+                    let s = try dir.loadOrGenerate(name: role, type: keyType)
+                    specs[role] = RoleKeySpec(keys: [s.publicKey])
+                    ring.add(s)
+                }
+                var editor = try RepositoryEditor.create(
+                    at: options.repo,
+                    root: rootSpec,
+                    timestamp: specs["timestamp"] ?? rootSpec,
+                    snapshot: specs["snapshot"] ?? rootSpec,
+                    targets: specs["targets"] ?? rootSpec,
+                    consistentSnapshot: !noConsistentSnapshot
+                )
+                try await editor.publish(keyring: ring)
+                print("initialized \(options.repo) (root \(rootThreshold) of \(rootKeys), \(keyType.rawValue) keys)")
+            }
+        }
+    }
+
+    struct AddTarget: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "add-target",
+            abstract: "Stage a target: hash the file and list it in the responsible role."
+        )
+        @OptionGroup var options: RepoOptions
+        @Option(help: "Target path in the repository (default: the file name)") var name: String?
+        @Option(help: "Role to list it in (default: follow delegations)") var role: String?
+        @Flag(help: "Also list a SHA-512 hash") var sha512 = false
+        @Argument(help: "File to add") var file: String
+
+        func run() async throws {
+            try await report {
+                var editor = try options.open()
+                guard let data = FileManager.default.contents(atPath: file) else {
+                    throw RepositoryError(.io, "cannot read \(file)")
+                }
+                let path = name ?? URL(fileURLWithPath: file).lastPathComponent
+                let listed = try editor.addTarget(path: path, contents: Array(data), role: role, sha512: sha512)
+                try editor.save()
+                print("staged \(path) in \(listed)")
+            }
+        }
+    }
+
+    struct RemoveTarget: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "remove-target", abstract: "Stage a removal.")
+        @OptionGroup var options: RepoOptions
+        @Option(help: "Role that lists it (default: follow delegations)") var role: String?
+        @Argument(help: "Target path") var path: String
+
+        func run() async throws {
+            try await report {
+                var editor = try options.open()
+                let from = try editor.removeTarget(path: path, role: role)
+                try editor.save()
+                print("staged removal of \(path) from \(from)")
+            }
+        }
+    }
+
+    struct Delegate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Stage a delegation: by path patterns, classic hashed bins, or succinct hashed bins."
+        )
+        @OptionGroup var options: RepoOptions
+        @Option(help: "Delegating role") var from: String = "targets"
+        @Option(help: "Delegated role name (name prefix for bins)") var role: String
+        @Option(parsing: .upToNextOption, help: "Path patterns (shell-style)") var paths: [String] = []
+        @Option(help: "Classic hashed bins: number of bins (power of two)") var hashBins: Int?
+        @Option(help: "Succinct hashed bins (TAP 15): bit length") var succinctBits: Int?
+        @Option(help: "Key name in --keys (created if missing; default: the role name)") var key: String?
+        @Option(help: "Key type for a new key") var keyType: KeyType = .ecdsaP256
+        @Flag(help: "Terminating delegation") var terminating = false
+
+        func run() async throws {
+            try await report {
+                let modes = [!paths.isEmpty, hashBins != nil, succinctBits != nil].filter { $0 }.count
+                guard modes == 1 else {
+                    throw RepositoryError(.usage, "give exactly one of --paths, --hash-bins, --succinct-bits")
+                }
+                let dir = try options.keyDirectory()
+                var editor = try options.open()
+                let signer = try dir.loadOrGenerate(name: key ?? role, type: keyType)
+                let spec = RoleKeySpec(keys: [signer.publicKey])
+                if let hashBins {
+                    let names = try editor.delegateHashedBins(
+                        from: from,
+                        namePrefix: role,
+                        binCount: hashBins,
+                        keys: spec
+                    )
+                    print("staged \(names.count) hashed bins \(names.first ?? "")…\(names.last ?? "")")
+                } else if let succinctBits {
+                    let names = try editor.delegateSuccinctBins(
+                        from: from,
+                        namePrefix: role,
+                        bitLength: succinctBits,
+                        keys: spec
+                    )
+                    print("staged \(names.count) succinct bins \(names.first ?? "")…\(names.last ?? "")")
+                } else {
+                    try editor.delegate(from: from, to: role, paths: paths, keys: spec, terminating: terminating)
+                    print("staged delegation \(from) -> \(role)")
+                }
+                try editor.save()
+            }
+        }
+    }
+
+    struct Sign: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add signatures to a staged role (e.g. offline root keys)."
+        )
+        @OptionGroup var options: RepoOptions
+        @Option(help: "Role to sign") var role: String
+        @Option(name: .customLong("key"), help: "Key name(s) in --keys (default: every authorized key there)")
+        var keyNames: [String] = []
+
+        func run() async throws {
+            try await report {
+                let dir = try options.keyDirectory()
+                var editor = try options.open()
+                guard editor.stagedRoles.contains(role) else {
+                    throw RepositoryError(.usage, "\(role) has no staged changes to sign")
+                }
+                let signers: [any Signer] =
+                    keyNames.isEmpty
+                    ? Array(try dir.keyring().signers.values) : try keyNames.map { try dir.load(name: $0) }
+                let n = try await editor.sign(role: role, with: signers)
+                try editor.save()
+                print("added \(n) signature(s) to \(role)")
+            }
+        }
+    }
+
+    struct RotateKey: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rotate-key",
+            abstract: "Stage a key rotation for a role (new keys and/or removed key ids)."
+        )
+        @OptionGroup var options: RepoOptions
+        @Option(help: "Role whose keys change (name prefix for succinct bins)") var role: String
+        @Option(name: .customLong("add"), help: "Key name in --keys to add (created if missing)")
+        var add: [String] = []
+        @Option(name: .customLong("remove"), help: "Key id to remove") var remove: [String] = []
+        @Option(help: "New threshold") var threshold: Int?
+        @Option(help: "Key type for new keys") var keyType: KeyType = .ecdsaP256
+
+        func run() async throws {
+            try await report {
+                let dir = try options.keyDirectory()
+                var editor = try options.open()
+                let keys = try add.map { try dir.loadOrGenerate(name: $0, type: keyType).publicKey }
+                try editor.rotateKeys(role: role, add: keys, remove: remove, threshold: threshold)
+                try editor.save()
+                print("staged key rotation for \(role); new keyids: \(keys.map(KeyID.of).joined(separator: " "))")
+            }
+        }
+    }
+
+    struct Publish: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Sign staged roles, update snapshot and timestamp, and write the repository."
+        )
+        @OptionGroup var options: RepoOptions
+        @Option(help: "Also re-sign timestamp and snapshot if they expire within this many hours")
+        var resignWithinHours: Int?
+
+        func run() async throws {
+            try await report {
+                let dir = try options.keyDirectory()
+                var editor = try options.open()
+                let ring = try dir.keyring()
+                if let hours = resignWithinHours {
+                    for role in ["snapshot", "timestamp"] {
+                        _ = try await editor.resignIfExpiring(role: role, within: Int64(hours) * 3600, keyring: ring)
+                    }
+                }
+                let published = try await editor.publish(keyring: ring)
+                print(published.isEmpty ? "nothing to publish" : "published " + published.joined(separator: ", "))
+            }
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show roles, versions, expiry and signatures.")
+        @OptionGroup var options: RepoOptions
+
+        func run() async throws {
+            try await report {
+                let editor = try options.open()
+                print("consistent_snapshot: \(editor.consistentSnapshot)")
+                let rows = editor.status()
+                let shown = rows.count > 40 ? Array(rows.prefix(40)) : rows
+                for r in shown {
+                    let mark = r.staged ? " (staged)" : ""
+                    print("\(r.name)\tv\(r.version)\texpires \(r.expires)\tsigs \(r.signatures)/\(r.threshold)\(mark)")
+                }
+                if rows.count > shown.count { print("… \(rows.count - shown.count) more roles") }
+            }
+        }
+    }
+}
+
+extension TUFCommand {
+    /// Parses `arguments` and runs the subcommand without exiting; failures are thrown
+    /// (`ExitCode.failure` after printing `error: …` for repository errors).
+    public static func invoke(_ arguments: [String]) async throws {
+        var command = try parseAsRoot(arguments)
+        if var async = command as? any AsyncParsableCommand {
+            try await async.run()
+        } else {
+            try command.run()
+        }
+    }
+
+    /// Parses `arguments` (default: the process arguments) and runs the subcommand, then exits:
+    /// status 0 on success, 1 with a one-line `error: …` on failure. Use this instead of
+    /// `main()`, which on Linux may pick ArgumentParser's synchronous entry point.
+    public static func runAndExit(_ arguments: [String]? = nil) async -> Never {
+        do {
+            try await invoke(arguments ?? Array(CommandLine.arguments.dropFirst()))
+            exit(withError: nil)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}

@@ -1,0 +1,170 @@
+import Foundation
+import TUF
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Small POSIX file helpers for the repository side.
+enum Files {
+    static func read(_ path: String) throws(RepositoryError) -> [UInt8]? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw RepositoryError(.io, "cannot read \(path)")
+        }
+        return Array(data)
+    }
+
+    static func makeDirectory(_ path: String, mode: Int = 0o755) throws(RepositoryError) {
+        do {
+            try FileManager.default.createDirectory(
+                atPath: path,
+                withIntermediateDirectories: true,
+                attributes: [.posixPermissions: mode]
+            )
+        } catch {
+            throw RepositoryError(.io, "cannot create directory \(path)")
+        }
+    }
+
+    /// Writes `data` to `path` atomically: unique temp file in the same directory, fsync,
+    /// `rename` over the target, fsync of the directory. A reader (the HTTP server) sees the
+    /// old or the new file, never a partial one. `mode` applies to the new file.
+    static func writeAtomically(_ data: [UInt8], to path: String, mode: mode_t = 0o644) throws(RepositoryError) {
+        let directory = (path as NSString).deletingLastPathComponent
+        var template = Array((directory + "/.tmp-XXXXXX").utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { buf -> Int32 in
+            guard let base = buf.baseAddress else { return -1 }
+            return mkstemp(base)
+        }
+        guard fd >= 0 else { throw RepositoryError(.io, "cannot create a temp file in \(directory)") }
+        let tempPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        var ok = false
+        defer {
+            if !ok { unlink(tempPath) }
+        }
+        var offset = 0
+        var failed = fchmod(fd, mode) != 0
+        while !failed, offset < data.count {
+            let n = data[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                failed = true
+            } else {
+                offset += n
+            }
+        }
+        if !failed, fsync(fd) != 0 { failed = true }
+        close(fd)
+        guard !failed else { throw RepositoryError(.io, "cannot write \(path)") }
+        guard rename(tempPath, path) == 0 else { throw RepositoryError(.io, "cannot rename into \(path)") }
+        ok = true
+        let dfd = open(directory, O_RDONLY | O_DIRECTORY)
+        if dfd >= 0 {
+            _ = fsync(dfd)
+            close(dfd)
+        }
+    }
+
+    static func remove(_ path: String) {
+        unlink(path)
+    }
+
+    /// Python's `urllib.parse.quote(s, safe="")`, which python-tuf and our client use for role
+    /// names in metadata file names.
+    static func quote(_ s: String) -> String {
+        var out = ""
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "-"),
+                UInt8(ascii: "~"):
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            default:
+                let hex = String(b, radix: 16, uppercase: true)
+                out += "%" + (hex.count < 2 ? "0" + hex : hex)
+            }
+        }
+        return out
+    }
+}
+
+/// Formats and reads TUF `expires` values (TUF §4.3: "YYYY-MM-DDTHH:MM:SSZ", UTC).
+public enum ExpiryDate {
+    /// Seconds since the Unix epoch, now.
+    public static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+    /// `YYYY-MM-DDTHH:MM:SSZ` for `seconds` since the epoch (Howard Hinnant's civil-from-days).
+    public static func format(_ seconds: Int64) -> String {
+        let days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
+        let rem = seconds - days * 86400
+        let z = days + 719468
+        let era = (z >= 0 ? z : z - 146096) / 146097
+        let doe = z - era * 146097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        return "\(y)-\(two(m))-\(two(d))T\(two(rem / 3600)):\(two(rem % 3600 / 60)):\(two(rem % 60))Z"
+    }
+}
+
+/// Compact RFC 8259 JSON for metadata files: keys sorted like canonical JSON, but control
+/// characters escaped (canonical JSON leaves them raw, which strict JSON parsers refuse; PEM
+/// public keys contain newlines). Signatures cover the canonical form of `signed`, not these bytes.
+enum JSONWriter {
+    static func encode(_ value: JSONValue) throws(RepositoryError) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(4096)
+        try write(value, &out)
+        return out
+    }
+
+    private static func write(_ value: JSONValue, _ out: inout [UInt8]) throws(RepositoryError) {
+        switch value {
+        case .null: out += Array("null".utf8)
+        case .bool(let b): out += Array((b ? "true" : "false").utf8)
+        case .integer(let i): out += Array(String(i).utf8)
+        case .float: throw RepositoryError(.repository, "floats are not allowed in metadata")
+        case .string(let s): string(s, &out)
+        case .array(let a):
+            out.append(UInt8(ascii: "["))
+            for (i, v) in a.enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                try write(v, &out)
+            }
+            out.append(UInt8(ascii: "]"))
+        case .object(let o):
+            out.append(UInt8(ascii: "{"))
+            for (i, m) in o.members.sorted(by: { CanonicalJSON.scalarOrder($0.key, $1.key) }).enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                string(m.key, &out)
+                out.append(UInt8(ascii: ":"))
+                try write(m.value, &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        }
+    }
+
+    private static func string(_ s: String, _ out: inout [UInt8]) {
+        let hex = Array("0123456789abcdef".utf8)
+        out.append(UInt8(ascii: "\""))
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), b]
+            case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), b]
+            case 0x0A: out += [UInt8(ascii: "\\"), UInt8(ascii: "n")]
+            case 0x0D: out += [UInt8(ascii: "\\"), UInt8(ascii: "r")]
+            case 0x09: out += [UInt8(ascii: "\\"), UInt8(ascii: "t")]
+            case 0..<0x20: out += Array("\\u00".utf8) + [hex[Int(b >> 4)], hex[Int(b & 0xF)]]
+            default: out.append(b)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+}

@@ -1,0 +1,229 @@
+import TUF
+import Testing
+
+@testable import TUFClient
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+@Suite struct UpdaterTests {
+    let m = TestRepository.metadataURL
+
+    @Test func refreshesAndPersistsBytesAsReceived() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        let updater = try makeUpdater(repo, dir: dir)
+        try await updater.refresh()
+        for role in ["timestamp", "snapshot", "targets"] {
+            let served = repo.fetcher.files.withLock {
+                $0[m + (role == "timestamp" ? "timestamp.json" : "1.\(role).json")]
+            }
+            #expect(try AtomicFile.read(path: "\(dir)/\(role).json") == served)
+        }
+        #expect(
+            repo.fetcher.requestedURLs == [
+                m + "2.root.json", m + "timestamp.json", m + "1.snapshot.json", m + "1.targets.json",
+            ]
+        )
+    }
+
+    @Test func appliesAByteLimitToEveryRole() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        var config = UpdaterConfig()
+        config.rootMaxLength = 1111
+        config.timestampMaxLength = 2222
+        config.targetsMaxLength = 3333
+        let updater = try makeUpdater(repo, dir: dir, config: config)
+        try await updater.refresh()
+        let limits = Dictionary(
+            uniqueKeysWithValues: repo.fetcher.requests.withLock { $0.map { ($0.url, $0.maxBytes) } }
+        )
+        #expect(limits[m + "2.root.json"] == 1111)
+        #expect(limits[m + "timestamp.json"] == 2222)
+        // Snapshot length is listed in timestamp: that exact length is the limit.
+        let snapshotLength = repo.fetcher.files.withLock { $0[m + "1.snapshot.json"]?.count }
+        #expect(limits[m + "1.snapshot.json"] == snapshotLength)
+        #expect(limits[m + "1.targets.json"] == 3333)
+    }
+
+    @Test func oversizedTimestampFailsTheRefresh() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        var config = UpdaterConfig()
+        config.timestampMaxLength = 100
+        let updater = try makeUpdater(repo, dir: dir, config: config)
+        await #expect(throws: UpdaterError.self) { try await updater.refresh() }
+        #expect(trustedVersion(dir, "timestamp") == nil)
+    }
+
+    @Test func targetDownloadIsBoundedByLengthAndCheckedAgainstHashes() async throws {
+        let repo = TestRepository()
+        let content = Array("artifact".utf8)
+        repo.roles["targets"]?.targets["dir/file.txt"] = content
+        repo.bump(["targets"])
+        let dir = try makeClientDirectory(repo)
+        let updater = try makeUpdater(repo, dir: dir, artifacts: DirectoryStore(directory: dir))
+        let info = try need(try await updater.targetInfo(for: "dir/file.txt"))
+        let url = "\(TestRepository.targetsURL)dir/\(sha256Hex(content)).file.txt"
+        // Serve more bytes than listed: the fetch limit is the listed length.
+        repo.fetcher.put(url, content + [0x21])
+        await #expect(throws: UpdaterError.self) { try await updater.downloadTarget(info) }
+        #expect(repo.fetcher.requests.withLock { $0.last?.maxBytes } == content.count)
+        // Same length, different content: the hash check refuses it.
+        repo.fetcher.put(url, Array("ARTIFACT".utf8))
+        await #expect(throws: UpdaterError.self) { try await updater.downloadTarget(info) }
+        #expect(try await updater.cachedTarget(info) == nil)
+        repo.fetcher.put(url, content)
+        #expect(try await updater.downloadTarget(info) == content)
+        // Cached and verified: no second download needed.
+        #expect(try await updater.cachedTarget(info) == content)
+    }
+
+    @Test func rootRotationIsCapped() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        for _ in 2...10 {
+            repo.rootVersion += 1
+            repo.publish()
+        }
+        var config = UpdaterConfig()
+        config.maxRootRotations = 3
+        let updater = try makeUpdater(repo, dir: dir, config: config)
+        try await updater.refresh()
+        #expect(trustedVersion(dir, "root") == 4)
+        #expect(!repo.fetcher.requestedURLs.contains(m + "5.root.json"))
+        #expect(UpdaterConfig().maxRootRotations == 256)
+    }
+
+    @Test func delegationSearchVisitsAtMostMaxDelegationsRoles() async throws {
+        let repo = TestRepository()
+        var parent = "targets"
+        for i in 0..<40 {
+            let child = "d\(i)"
+            repo.addDelegation(from: parent, to: child)
+            parent = child
+        }
+        repo.roles[parent]?.targets["deep.txt"] = Array("deep".utf8)
+        repo.bump(["targets"])
+        let dir = try makeClientDirectory(repo)
+        var config = UpdaterConfig()
+        config.maxDelegations = 5
+        let updater = try makeUpdater(repo, dir: dir, config: config)
+        #expect(try await updater.targetInfo(for: "deep.txt") == nil)
+        let delegatedFetches = repo.fetcher.requestedURLs.filter { $0.contains(".d") }
+        #expect(delegatedFetches.count <= 5)
+    }
+
+    @Test func delegationSearchIsPreorderAndHonoursTerminating() async throws {
+        let repo = TestRepository()
+        repo.addDelegation(from: "targets", to: "a", paths: ["*.txt"], terminating: true)
+        repo.addDelegation(from: "targets", to: "b", paths: ["*"])
+        repo.roles["b"]?.targets["x.txt"] = Array("b".utf8)
+        repo.roles["b"]?.targets["x.bin"] = Array("b".utf8)
+        repo.bump(["targets"])
+        let dir = try makeClientDirectory(repo)
+        let updater = try makeUpdater(repo, dir: dir)
+        // "a" is terminating for *.txt and does not list it: "b" must not be consulted.
+        #expect(try await updater.targetInfo(for: "x.txt") == nil)
+        #expect(try await updater.targetInfo(for: "x.bin") != nil)
+    }
+
+    @Test func delegationCyclesTerminate() async throws {
+        let repo = TestRepository()
+        repo.addDelegation(from: "targets", to: "a")
+        repo.addDelegation(from: "a", to: "b")
+        repo.addDelegation(from: "b", to: "a")
+        repo.bump(["targets"])
+        let dir = try makeClientDirectory(repo)
+        let updater = try makeUpdater(repo, dir: dir)
+        #expect(try await updater.targetInfo(for: "missing") == nil)
+    }
+
+    @Test func rollbackOfTimestampIsRefused() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        repo.bump()
+        repo.bump()
+        try await makeUpdater(repo, dir: dir).refresh()
+        repo.timestampVersion = 1
+        repo.publish()
+        await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir).refresh() }
+        #expect(trustedVersion(dir, "timestamp") == 3)
+    }
+
+    @Test func freezeAttackIsRefusedAtTheReferenceTime() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        let late = Timestamp8601(secondsSinceEpoch: 4_200_000_000)  // after 2099
+        await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir, now: late).refresh() }
+    }
+
+    @Test func fastForwardRecoveryAfterTimestampKeyRotation() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        repo.timestampVersion = 100
+        repo.publish()
+        try await makeUpdater(repo, dir: dir).refresh()
+        #expect(trustedVersion(dir, "timestamp") == 100)
+        // The repository recovers: new timestamp key in root v2, timestamp version back to 1.
+        repo.timestampSigner = TestSigner()
+        repo.rootVersion = 2
+        repo.timestampVersion = 1
+        repo.publish()
+        try await makeUpdater(repo, dir: dir).refresh()
+        #expect(trustedVersion(dir, "timestamp") == 1)
+    }
+
+    @Test func expiredFinalRootStopsBeforeTimestamp() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        repo.expires = "2020-01-01T00:00:00Z"
+        repo.rootVersion = 2
+        repo.publish()
+        await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir).refresh() }
+        #expect(trustedVersion(dir, "root") == 2)
+        #expect(!repo.fetcher.requestedURLs.contains(m + "timestamp.json"))
+    }
+
+    /// A store that crashes while writing one file: the temp file is left half written and the
+    /// rename never happens, as after a power loss.
+    struct CrashingStore: MetadataStore {
+        let directory: String
+        let crashOn: String
+
+        func load(_ name: String) throws -> [UInt8]? { try AtomicFile.read(path: directory + "/" + name) }
+
+        func store(_ name: String, _ data: [UInt8]) throws {
+            try AtomicFile.write(
+                data,
+                directory: directory,
+                name: name,
+                simulateCrashAfter: name == crashOn ? data.count / 2 : nil
+            )
+        }
+
+        func remove(_ name: String) throws { try AtomicFile.remove(directory: directory, name: name) }
+    }
+
+    @Test(arguments: ["root.json", "timestamp.json", "snapshot.json", "targets.json"])
+    func crashDuringMetadataWriteLeavesUsableTrustedState(_ crashOn: String) async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        try await makeUpdater(repo, dir: dir).refresh()
+        repo.rootVersion += 1
+        repo.bump(["targets"])
+        let crashing = CrashingStore(directory: dir, crashOn: crashOn)
+        await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir, store: crashing).refresh() }
+        // Every trusted file is whole: it parses and the next run starts from it and succeeds.
+        for role in ["root", "timestamp", "snapshot", "targets"] {
+            #expect(trustedVersion(dir, role) != nil, "\(role) unreadable after crash")
+        }
+        try await makeUpdater(repo, dir: dir).refresh()
+        #expect(trustedVersion(dir, "root") == 2)
+        #expect(trustedVersion(dir, "targets") == 2)
+    }
+}
