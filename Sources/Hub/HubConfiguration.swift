@@ -188,6 +188,14 @@ public struct HubConfiguration: Sendable, Equatable {
                 "tuf.resignIntervalSeconds must be 10-86400, tuf.timestampWithinSeconds 60-2592000, "
                     + "tuf.snapshotWithinSeconds 60-31536000")
         }
+        // A role must be looked at at least twice within its re-signing window, or it can expire between two passes.
+        guard tufTimestampWithinSeconds >= 2 * tufResignIntervalSeconds,
+            tufSnapshotWithinSeconds >= 2 * tufResignIntervalSeconds
+        else {
+            throw HubStartupError(
+                "tuf.timestampWithinSeconds and tuf.snapshotWithinSeconds must be at least twice tuf.resignIntervalSeconds"
+            )
+        }
     }
 
     public var sqlitePath: String {

@@ -8,6 +8,7 @@ import PKI
 public import ServiceLifecycle
 public import Store
 import Synchronization
+import TUF
 import TUFRepository
 public import UnixSignals
 
@@ -130,7 +131,8 @@ public final class HubServer: Sendable {
             services.append(
                 TUFResignService(
                     resigner: Resigner(
-                        directory: repository, keyring: try KeyDirectory(path: keys).keyring(),
+                        directory: repository,
+                        keyring: try Self.onlineKeyring(repository: repository, keys: keys),
                         interval: .seconds(configuration.tufResignIntervalSeconds),
                         within: [
                             "snapshot": Int64(configuration.tufSnapshotWithinSeconds),
@@ -139,6 +141,23 @@ public final class HubServer: Sendable {
         }
         group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: signals, logger: logger))
+    }
+
+    /// The keys of `tuf.onlineKeys`, which must all be keys the published root authorizes for timestamp or snapshot:
+    /// a root or targets key left there would make an internet-facing hub an offline-role signer.
+    static func onlineKeyring(repository: String, keys: String) throws -> Keyring {
+        let ring = try KeyDirectory(path: keys).keyring()
+        guard let bytes = FileManager.default.contents(atPath: repository + "/metadata/root.json"),
+            let root = try? Metadata<Root>.parse(Array(bytes))
+        else { throw HubStartupError("tuf.repository has no readable metadata/root.json") }
+        let online = Set(["timestamp", "snapshot"].flatMap { root.signed.roles[$0]?.keyids ?? [] })
+        let foreign = ring.signers.keys.filter { !online.contains($0) }
+        guard foreign.isEmpty, !ring.signers.isEmpty else {
+            throw HubStartupError(
+                "tuf.onlineKeys must hold only the timestamp and snapshot keys of the published root "
+                    + "(\(foreign.count) other key(s) found)")
+        }
+        return ring
     }
 
     /// Runs until a shutdown signal (or `shutdown()`); closes the store after the listeners stopped.

@@ -151,7 +151,9 @@ public actor Updater {
         guard let meta = trusted.timestamp?.signed.snapshotMeta else {
             throw UpdaterError.metadata(TUFError(.workflowOrder, "timestamp not loaded"))
         }
-        let maxBytes = meta.length.map { Int(clamping: $0) } ?? config.snapshotMaxLength
+        // The listed length, but never more than the configured cap: a stolen online (timestamp) key must not be
+        // able to make a device buffer gigabytes.
+        let maxBytes = min(meta.length.map { Int(clamping: $0) } ?? config.snapshotMaxLength, config.snapshotMaxLength)
         let version = trusted.root.signed.consistentSnapshot ? meta.version : nil
         let data = try await download(role: "snapshot", maxBytes: maxBytes, version: version)
         do {
@@ -188,7 +190,7 @@ public actor Updater {
         guard let meta = trusted.snapshot?.signed.meta[role + ".json"] else {
             throw UpdaterError.metadata(TUFError(.repository, "role \(role) is delegated but not in snapshot"))
         }
-        let maxBytes = meta.length.map { Int(clamping: $0) } ?? config.targetsMaxLength
+        let maxBytes = min(meta.length.map { Int(clamping: $0) } ?? config.targetsMaxLength, config.targetsMaxLength)
         let version = trusted.root.signed.consistentSnapshot ? meta.version : nil
         let data = try await download(role: role, maxBytes: maxBytes, version: version)
         let verified: Verified<Targets>

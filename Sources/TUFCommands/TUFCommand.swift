@@ -273,6 +273,8 @@ extension TUFCommand {
         func run() async throws {
             try await report {
                 let dir = try options.keyDirectory()
+                let lock = try RepositoryLock(directory: options.repo)
+                defer { lock.release() }
                 var editor = try options.open()
                 let ring = try dir.keyring()
                 if let hours = resignWithinHours {

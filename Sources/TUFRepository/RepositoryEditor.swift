@@ -223,6 +223,8 @@ public struct RepositoryEditor: Sendable {
     /// The root last published: a new root must also be signed by its threshold (TUF §5.3.4).
     var publishedRoot: JSONObject?
     var routes: [String: Route] = [:]
+    /// Opened without the staged edits (the re-signer): `publish` then leaves `staged/` alone.
+    var ignoresStaged = false
 
     public var metadataDirectory: String { directory + "/metadata" }
     public var targetsDirectory: String { directory + "/targets" }
@@ -278,13 +280,16 @@ public struct RepositoryEditor: Sendable {
         return editor
     }
 
-    /// Opens a repository: the published metadata, with staged edits on top.
+    /// Opens a repository: the published metadata, with staged edits on top (unless `includeStaged` is false:
+    /// the unattended re-signer must never publish what an operator staged and has not published).
     public static func open(
         at directory: String,
         expiry: ExpiryPolicy = ExpiryPolicy(),
-        clock: @escaping @Sendable () -> Int64 = ExpiryDate.now
+        clock: @escaping @Sendable () -> Int64 = ExpiryDate.now,
+        includeStaged: Bool = true
     ) throws(RepositoryError) -> RepositoryEditor {
         var editor = RepositoryEditor(directory: directory, expiry: expiry, clock: clock)
+        editor.ignoresStaged = !includeStaged
         if let bytes = try Files.read(editor.metadataDirectory + "/root.json") {
             editor.publishedRoot = try RoleState(envelope: bytes, dirty: false, file: "root.json").signed
         }
@@ -295,7 +300,7 @@ public struct RepositoryEditor: Sendable {
             guard seen.insert(name).inserted else { continue }
             let file = Files.quote(name) + ".json"
             let state: RoleState
-            if let staged = try Files.read(editor.stagedDirectory + "/" + file) {
+            if includeStaged, let staged = try Files.read(editor.stagedDirectory + "/" + file) {
                 state = try RoleState(envelope: staged, dirty: true, file: "staged/" + file)
             } else if let published = try Files.read(editor.metadataDirectory + "/" + file) {
                 state = try RoleState(envelope: published, dirty: false, file: file)
@@ -901,7 +906,7 @@ public struct RepositoryEditor: Sendable {
         }
         for name in roleNames {
             roles[name]?.dirty = false
-            Files.remove(stagedDirectory + "/" + Files.quote(name) + ".json")
+            if !ignoresStaged { Files.remove(stagedDirectory + "/" + Files.quote(name) + ".json") }
         }
         return published
     }

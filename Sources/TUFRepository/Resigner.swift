@@ -32,7 +32,11 @@ public struct Resigner: Sendable {
     /// One pass. Returns the roles re-signed.
     @discardableResult
     public func tick() async throws -> [String] {
-        var editor = try RepositoryEditor.open(at: directory, expiry: expiry, clock: clock)
+        // One writer at a time (an operator's `bulwark tuf publish` takes the same lock), and only the published
+        // metadata: staged edits wait for their operator.
+        let lock = try RepositoryLock(directory: directory)
+        defer { lock.release() }
+        var editor = try RepositoryEditor.open(at: directory, expiry: expiry, clock: clock, includeStaged: false)
         var done: [String] = []
         for role in ["snapshot", "timestamp"] {
             guard let seconds = within[role] else { continue }

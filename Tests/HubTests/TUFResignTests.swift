@@ -25,6 +25,24 @@ import Testing
             return (object?["signed"] as? [String: Any])?["version"] as? Int ?? -1
         }
         #expect(try version("timestamp.json") == 1)
+        // An operator stages a target and has not published it (its targets key is offline): the hub must not.
+        try "firmware".write(toFile: base + "/fw.bin", atomically: true, encoding: .utf8)
+        let staged = try await run(binary, ["tuf", "add-target", "--repo", repository, base + "/fw.bin"])
+        #expect(staged.status == 0, "\(staged.stderr)")
+
+        // A key that is not an online key in the hub's directory is refused at start-up.
+        let careless = base + "/careless"
+        try FileManager.default.createDirectory(
+            atPath: careless, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        for name in ["timestamp", "snapshot", "targets"] {
+            try FileManager.default.copyItem(atPath: "\(allKeys)/\(name).pem", toPath: "\(careless)/\(name).pem")
+        }
+        await #expect(throws: HubStartupError.self) {
+            _ = try await TestHub.start {
+                $0.tufRepository = repository
+                $0.tufOnlineKeys = careless
+            }
+        }
 
         let hub = try await TestHub.start {
             $0.tufRepository = repository
@@ -42,6 +60,8 @@ import Testing
         #expect(detail.contains("timestamp") && detail.contains("snapshot"), "\(detail)")
         #expect(try version("timestamp.json") >= 2, "snapshot re-signing publishes a timestamp too")
         #expect(try version("2.snapshot.json") == 2)
+        #expect(try version("targets.json") == 1, "the staged target was not published by the hub")
+        #expect(FileManager.default.fileExists(atPath: repository + "/staged/targets.json"))
         try await hub.stop()
 
         // The keys may not sit inside the published repository.
