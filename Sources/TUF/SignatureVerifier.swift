@@ -121,11 +121,17 @@ public enum Threshold {
             }
         }
         var counted = Set<[UInt8]>()
+        // TUF §4.3: each key contributes one signature. Keyids are not recomputed, so the same key listed under two
+        // keyids would count twice: count key material (type and public value without whitespace) once too.
+        var countedKeys = Set<String>()
         for keyid in keyids {
             let id = Array(keyid.utf8)
             guard !counted.contains(id), let key = keys[keyid], let sig = sigByKeyid[id] else { continue }
+            let material = key.keytype + " " + String((key.publicValue ?? keyid).filter { !$0.isWhitespace })
+            guard !countedKeys.contains(material) else { continue }
             if (try? SignatureVerifier.isValid(key: key, signatureHex: sig.sig, data: signedBytes)) == true {
                 counted.insert(id)
+                countedKeys.insert(material)
             }
         }
         guard counted.count >= threshold else {

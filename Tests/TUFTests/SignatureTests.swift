@@ -129,6 +129,18 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
                 role: "t"
             )
         }
+        // The same key under a second keyid (a delegator's "2 of 2" held by one key) still counts once.
+        let alias = "alias-" + a.keyid
+        #expect(throws: TUFError(.thresholdNotReached, "")) {
+            try Threshold.verify(
+                signedBytes: data,
+                signatures: sigs + [try signature(alias, a.sign(data))],
+                keyids: [a.keyid, alias],
+                threshold: 2,
+                keys: keys.merging([alias: keys[a.keyid]!]) { first, _ in first },
+                role: "t"
+            )
+        }
         // Duplicate keyids in signatures are refused outright.
         #expect(throws: TUFError(.invalidMetadata, "")) {
             try Threshold.verify(
