@@ -50,6 +50,22 @@ import Testing
         #expect(limits[m + "1.targets.json"] == 3333)
     }
 
+    /// A length listed by metadata signed with an online key never raises the configured cap: a stolen timestamp key
+    /// cannot make a device buffer gigabytes.
+    @Test func aListedLengthNeverRaisesTheConfiguredCap() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        var config = UpdaterConfig()
+        config.snapshotMaxLength = 100
+        let updater = try makeUpdater(repo, dir: dir, config: config)
+        await #expect(throws: UpdaterError.self) { try await updater.refresh() }
+        let limits = Dictionary(
+            uniqueKeysWithValues: repo.fetcher.requests.withLock { $0.map { ($0.url, $0.maxBytes) } }
+        )
+        #expect(limits[m + "1.snapshot.json"] == 100)
+        #expect(trustedVersion(dir, "snapshot") == nil)
+    }
+
     @Test func oversizedTimestampFailsTheRefresh() async throws {
         let repo = TestRepository()
         let dir = try makeClientDirectory(repo)
