@@ -109,8 +109,8 @@ struct PairingBenchmark: AsyncParsableCommand {
         print("failed pairings:            \(failures)")
 
         // RID resolution: a table for 10,000 devices, then one batch of 10,000 lookups.
-        let irks = (0..<10_000).map { index in
-            (try! DeviceID("d\(index)"), irk: SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) })
+        let irks = try (0..<10_000).map { index in
+            (try DeviceID("d\(index)"), irk: SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) })
         }
         let epoch = RotatingIdentifier.epoch(unixSeconds: Int64(Date().timeIntervalSince1970))
         let buildStart = clock.now

@@ -237,6 +237,8 @@ struct MQTTConnection {
         let sessionKey: String
         let connectionNumber: Int
         let output: FlushCoalescer
+        /// The identity's topic patterns, bound once for the connection.
+        let acl: BoundTopicACL
         var aliases: [UInt16: TopicName] = [:]
         /// Consecutive QoS 0 publishes refused over the rate (MQTT 5: a sustained flood gets DISCONNECT 0x96).
         var refusedQoS0 = 0
@@ -367,14 +369,14 @@ struct MQTTConnection {
             return
         }
         // The will is a publish like any other: within the identity's topics and at most QoS 1 (CONNACK says so).
-        let acl = peer.device == nil ? settings.fleetACL : settings.deviceACL
+        let acl = (peer.device == nil ? settings.fleetACL : settings.deviceACL).bound(to: peer.deviceLevel)
         if let will = connect.will {
             guard will.qos != .exactlyOnce else {
                 try await send(
                     .connack(sessionPresent: false, reasonCode: v5 ? 0x9B : 0x05, properties: .init()), version)
                 return
             }
-            guard acl.mayPublish(will.topic, device: peer.deviceLevel) else {
+            guard acl.mayPublish(will.topic) else {
                 await refuse("mqtt-publish-refused", peer, "will outside the identity's topics")
                 try await send(
                     .connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version)
@@ -432,7 +434,7 @@ struct MQTTConnection {
         }
         var state = State(
             version: version, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
-            output: FlushCoalescer(channel.channel),
+            output: FlushCoalescer(channel.channel), acl: acl,
             expirySeconds: expiry, connectExpiry: requestedExpiry)
         let end: End
         do {
@@ -464,7 +466,7 @@ struct MQTTConnection {
         case .disconnected(let withWill): publishWill = withWill
         }
         if publishWill, let will = connect.will, !listener.revocations.contains(peer.serial),
-            acl.mayPublish(will.topic, device: peer.deviceLevel)
+            acl.mayPublish(will.topic)
         {
             let message = PublishPacket(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain)
             _ = await admitAndDeliver(message, peer: peer, state: &state, respond: false)
@@ -477,7 +479,7 @@ struct MQTTConnection {
     ) async throws -> End {
         let version = state.version
         let v5 = state.v5
-        let acl = peer.device == nil ? listener.settings.fleetACL : listener.settings.deviceACL
+        let acl = state.acl
         while let packet = try await packets.next() {
             guard !listener.revocations.contains(peer.serial) else {
                 await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
@@ -507,7 +509,7 @@ struct MQTTConnection {
                     if v5 { await serverDisconnect(0x9B, state: &state) }
                     return .closed
                 }
-                guard acl.mayPublish(publish.topic, device: peer.deviceLevel) else {
+                guard acl.mayPublish(publish.topic) else {
                     await refuse(
                         "mqtt-publish-refused", peer, "publish outside the identity's topics", oncePerMinute: true)
                     if v5 {
@@ -524,7 +526,7 @@ struct MQTTConnection {
                 var refused = 0
                 var granted: [(TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
                 for subscription in subscriptions {
-                    if acl.maySubscribe(subscription.filter, device: peer.deviceLevel) {
+                    if acl.maySubscribe(subscription.filter) {
                         let qos = min(subscription.qos, .atLeastOnce)
                         granted.append(
                             (
@@ -620,7 +622,7 @@ struct MQTTConnection {
         let now = GatewayTime.now()
         let (route, messageType) = Self.classify(
             publish.topic,
-            deviceLevel: listener.settings.deviceACL.deviceLevel(of: publish.topic, device: device.rawValue))
+            deviceLevel: state.acl.deviceLevel(of: publish.topic))
         // A retained message with an empty payload only removes the topic's retained message (MQTT 3.1.1 §3.3.1.3):
         // there is no content to validate or store, but it counts against the rate limits like any publish.
         if publish.retain, publish.payload.isEmpty {

@@ -42,12 +42,7 @@ struct OperatorRoutes {
     /// Lifts a device's quarantine (and its rate-limit state), persistently; a security event either way.
     func release(_ context: HubRequestContext) async throws -> Response {
         let operatorName = try requireOperator(context)
-        guard let idText = context.parameters.get("id"), let deviceID = try? DeviceID(idText),
-            try await store.device(deviceID) != nil
-        else {
-            throw HubError(
-                .notFound, "not-found", message: "no such device", detail: "release: no such device", event: nil)
-        }
+        let deviceID = try await enrolledDevice(context, for: "release")
         let wasQuarantined = gateway.release(deviceID)
         try await store.setQuarantine(deviceID, until: nil)
         try await store.recordSecurityEvent(
@@ -63,12 +58,7 @@ struct OperatorRoutes {
     /// persistent session (bounded by `mqtt.maxQueuedMessages`). Answers 202 with the number of sessions it went to.
     func command(_ request: Request, _ context: HubRequestContext) async throws -> Response {
         let operatorName = try requireOperator(context)
-        guard let idText = context.parameters.get("id"), let deviceID = try? DeviceID(idText),
-            try await store.device(deviceID) != nil
-        else {
-            throw HubError(
-                .notFound, "not-found", message: "no such device", detail: "command: no such device", event: nil)
-        }
+        let deviceID = try await enrolledDevice(context, for: "command")
         guard let name = context.parameters.get("name"), GatewayPipeline.isValidMessageType(name),
             let topic = try? TopicName("devices/\(deviceID.rawValue)/commands/\(name)")
         else { throw Self.invalid("command names are 1-64 characters of a-z 0-9 . _ -") }
@@ -116,6 +106,17 @@ struct OperatorRoutes {
                     "sha256": AuditChain.hex(SHA256.hash(data: body)),
                 ] as [String: any Sendable]
             })
+    }
+
+    /// The enrolled device named by the `:id` path parameter, or 404.
+    private func enrolledDevice(_ context: HubRequestContext, for action: String) async throws -> DeviceID {
+        guard let idText = context.parameters.get("id"), let deviceID = try? DeviceID(idText),
+            try await store.device(deviceID) != nil
+        else {
+            throw HubError(
+                .notFound, "not-found", message: "no such device", detail: "\(action): no such device", event: nil)
+        }
+        return deviceID
     }
 
     private func requireOperator(_ context: HubRequestContext) throws -> OperatorName {

@@ -113,32 +113,45 @@ public struct TopicACL: Sendable, Equatable {
         }
     }
 
-    public func mayPublish(_ topic: TopicName, device: String) -> Bool {
-        filters(publish, device: device).contains { $0.matches(topic) }
+    /// The patterns with `{device}` filled in, parsed once per connection rather than on every packet.
+    public func bound(to device: String) -> BoundTopicACL {
+        BoundTopicACL(
+            publish: publish.compactMap { pattern in
+                (try? TopicFilter(Self.substitute(pattern, device: device))).map {
+                    (
+                        $0,
+                        pattern.split(separator: "/", omittingEmptySubsequences: false).firstIndex { $0 == "{device}" }
+                    )
+                }
+            },
+            subscribe: subscribe.compactMap { try? TopicFilter(Self.substitute($0, device: device)) })
     }
 
-    /// The index of the `{device}` level in the first publish pattern that matches `topic` (the levels after it
-    /// name the route and the message type).
-    public func deviceLevel(of topic: TopicName, device: String) -> Int? {
-        for pattern in publish {
-            guard let filter = try? TopicFilter(Self.substitute(pattern, device: device)), filter.matches(topic) else {
-                continue
-            }
-            return pattern.split(separator: "/", omittingEmptySubsequences: false).firstIndex { $0 == "{device}" }
-        }
-        return nil
-    }
+    public func mayPublish(_ topic: TopicName, device: String) -> Bool { bound(to: device).mayPublish(topic) }
 
     public func maySubscribe(_ filter: TopicFilter, device: String) -> Bool {
-        filters(subscribe, device: device).contains { $0.covers(filter) }
-    }
-
-    private func filters(_ patterns: [String], device: String) -> [TopicFilter] {
-        patterns.compactMap { try? TopicFilter(Self.substitute($0, device: device)) }
+        bound(to: device).maySubscribe(filter)
     }
 
     static func substitute(_ pattern: String, device: String) -> String {
         pattern.split(separator: "/", omittingEmptySubsequences: false)
             .map { $0 == "{device}" ? device : String($0) }.joined(separator: "/")
+    }
+}
+
+/// A `TopicACL` bound to one identity.
+public struct BoundTopicACL: Sendable {
+    /// Each publish filter with the index of its `{device}` level, if it has one.
+    let publish: [(filter: TopicFilter, deviceLevel: Int?)]
+    let subscribe: [TopicFilter]
+
+    public func mayPublish(_ topic: TopicName) -> Bool { publish.contains { $0.filter.matches(topic) } }
+
+    public func maySubscribe(_ filter: TopicFilter) -> Bool { subscribe.contains { $0.covers(filter) } }
+
+    /// The index of the `{device}` level in the first publish pattern that matches `topic` (the levels after it
+    /// name the route and the message type).
+    public func deviceLevel(of topic: TopicName) -> Int? {
+        publish.first { $0.filter.matches(topic) }?.deviceLevel ?? nil
     }
 }

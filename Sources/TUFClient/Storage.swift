@@ -1,3 +1,5 @@
+import TUF
+
 #if canImport(Glibc)
     import Glibc
     private let systemRead = Glibc.read

@@ -72,23 +72,8 @@ enum Files {
         unlink(path)
     }
 
-    /// Python's `urllib.parse.quote(s, safe="")`, which python-tuf and our client use for role
-    /// names in metadata file names.
-    static func quote(_ s: String) -> String {
-        var out = ""
-        for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "-"),
-                UInt8(ascii: "~"):
-                out.unicodeScalars.append(Unicode.Scalar(b))
-            default:
-                let hex = String(b, radix: 16, uppercase: true)
-                out += "%" + (hex.count < 2 ? "0" + hex : hex)
-            }
-        }
-        return out
-    }
+    /// Role names in metadata file names, encoded as python-tuf and our client do (`percentEncode`).
+    static func quote(_ s: String) -> String { percentEncode(s) }
 }
 
 /// Formats and reads TUF `expires` values (TUF §4.3: "YYYY-MM-DDTHH:MM:SSZ", UTC).

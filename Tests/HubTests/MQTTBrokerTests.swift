@@ -178,10 +178,7 @@ import X509
     @Test func sessionsRetainedFleetAndCommands() async throws {
         let hub = try await TestHub.start { $0.mqttSettings.maxQueuedMessages = 3 }
         let device = try await hub.enroll("mb-1")
-        let operatorDevice = try TestDevice(
-            id: "admin", keyPEM: String(contentsOfFile: hub.directory + "/operators/admin.key", encoding: .utf8),
-            certificatePEM: String(contentsOfFile: hub.directory + "/operators/admin.crt", encoding: .utf8),
-            caPEM: hub.caPEM, directory: hub.directory)
+        let operatorDevice = try hub.operatorClient()
         let state = try TopicName("devices/mb-1/state")
 
         // The device retains its state; a fleet subscriber (operator certificate) that comes later receives it
@@ -397,10 +394,7 @@ import X509
             return codes
         }
         #expect(codes == [0, 0, 0])
-        let operatorClient = try TestDevice(
-            id: "admin", keyPEM: String(contentsOfFile: hub.directory + "/operators/admin.key", encoding: .utf8),
-            certificatePEM: String(contentsOfFile: hub.directory + "/operators/admin.crt", encoding: .utf8),
-            caPEM: hub.caPEM, directory: hub.directory)
+        let operatorClient = try hub.operatorClient()
         let retained = try await Self.connect(hub, operatorClient, clientID: "reader") { mqtt, _ in
             try await mqtt.send(
                 .subscribe(

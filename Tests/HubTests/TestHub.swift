@@ -65,6 +65,14 @@ final class TestHub: Sendable {
         }
     }
 
+    /// The bootstrap operator's credential as a client identity (MQTT fleet reader, real clients' files).
+    func operatorClient() throws -> TestDevice {
+        try TestDevice(
+            id: "admin", keyPEM: String(contentsOfFile: directory + "/operators/admin.key", encoding: .utf8),
+            certificatePEM: String(contentsOfFile: directory + "/operators/admin.crt", encoding: .utf8),
+            caPEM: caPEM, directory: directory)
+    }
+
     func operatorRequest(
         _ method: String, _ path: String, json: [String: Any]? = nil, raw: [UInt8]? = nil
     ) async throws -> HTTPResult {
