@@ -30,7 +30,7 @@ public struct Delegations: Sendable, Equatable {
                 guard names.insert(Array(r.name.utf8)).inserted else {
                     throw TUFError(.invalidMetadata, "duplicate delegated role name")
                 }
-                guard !Root.topLevelRoles.contains(r.name) else {
+                guard !Self.isTopLevelName(r.name) else {
                     throw TUFError(.invalidMetadata, "delegated role uses a top-level role name")
                 }
                 list.append(r)
@@ -42,6 +42,15 @@ public struct Delegations: Sendable, Equatable {
             succinctRoles = try SuccinctRoles(json: json.object("succinct_roles"))
         }
         unrecognized = json.removing(["keys", "roles", "succinct_roles"])
+    }
+
+    /// Whether a delegated role's name would name a top-level role's file on a case-insensitive file system (macOS,
+    /// Windows): `Root`, `TIMESTAMP`, `ſnapshot` (U+017F folds to `s`), `targets.` (Windows drops trailing dots and
+    /// spaces). Such a delegation could overwrite the client's trusted root or timestamp, so it is refused.
+    public static func isTopLevelName(_ name: String) -> Bool {
+        var folded = Substring(name.uppercased().lowercased())
+        while let last = folded.last, last == "." || last == " " { folded = folded.dropLast() }
+        return Root.topLevelRoles.contains(String(folded))
     }
 
     public var jsonValue: JSONValue {

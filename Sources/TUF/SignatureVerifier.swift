@@ -57,6 +57,30 @@ public enum SignatureVerifier {
         }
     }
 
+    /// The key itself, whatever its spelling: raw Ed25519 bytes, or the SubjectPublicKeyInfo DER of an ECDSA or RSA
+    /// key, tagged with the algorithm family (`ecdsa` and `ecdsa-sha2-nistp256` name one family). Hex in either case
+    /// and PEM with any line wrapping give the same value, so one key listed twice in other spellings is one key
+    /// (TUF §4.3: each key contributes one signature toward a threshold). Nil when the key cannot be used.
+    public static func material(of key: Key) -> [UInt8]? {
+        guard let publicValue = key.publicValue else { return nil }
+        switch (key.keytype, key.scheme) {
+        case ("ed25519", "ed25519"):
+            guard let raw = hexDecode(publicValue), raw.count == 32 else { return nil }
+            return Array("ed25519:".utf8) + raw
+        case ("ecdsa", "ecdsa-sha2-nistp256"), ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"):
+            guard let pk = try? P256.Signing.PublicKey(pemRepresentation: publicValue) else { return nil }
+            return Array("ecdsa:".utf8) + Array(pk.derRepresentation)
+        case ("ecdsa", "ecdsa-sha2-nistp384"), ("ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"):
+            guard let pk = try? P384.Signing.PublicKey(pemRepresentation: publicValue) else { return nil }
+            return Array("ecdsa:".utf8) + Array(pk.derRepresentation)
+        case ("rsa", "rsassa-pss-sha256"), ("rsa", "rsa-pkcs1v15-sha256"):
+            guard let pk = try? _RSA.Signing.PublicKey(pemRepresentation: publicValue) else { return nil }
+            return Array("rsa:".utf8) + Array(pk.derRepresentation)
+        default:
+            return nil
+        }
+    }
+
     private static func rsaKey(_ pem: String) throws(TUFError) -> _RSA.Signing.PublicKey {
         do {
             return try _RSA.Signing.PublicKey(pemRepresentation: pem)
@@ -122,12 +146,14 @@ public enum Threshold {
         }
         var counted = Set<[UInt8]>()
         // TUF §4.3: each key contributes one signature. Keyids are not recomputed, so the same key listed under two
-        // keyids would count twice: count key material (type and public value without whitespace) once too.
-        var countedKeys = Set<String>()
+        // keyids (in the same or another spelling: hex case, keytype alias, PEM wrapping) would count twice: count
+        // the parsed key material once too.
+        var countedKeys = Set<[UInt8]>()
         for keyid in keyids {
             let id = Array(keyid.utf8)
-            guard !counted.contains(id), let key = keys[keyid], let sig = sigByKeyid[id] else { continue }
-            let material = key.keytype + " " + String((key.publicValue ?? keyid).filter { !$0.isWhitespace })
+            guard !counted.contains(id), let key = keys[keyid], let sig = sigByKeyid[id],
+                let material = SignatureVerifier.material(of: key)
+            else { continue }
             guard !countedKeys.contains(material) else { continue }
             if (try? SignatureVerifier.isValid(key: key, signatureHex: sig.sig, data: signedBytes)) == true {
                 counted.insert(id)

@@ -535,7 +535,7 @@ public struct RepositoryEditor: Sendable {
 
     mutating func newTargetsRole(_ name: String) throws(RepositoryError) {
         guard roles[name] == nil else { throw RepositoryError(.usage, "role \(name) already exists") }
-        guard !Root.topLevelRoles.contains(name) else {
+        guard !Delegations.isTopLevelName(name) else {
             throw RepositoryError(.usage, "\(name) is a top-level role name")
         }
         var t = common("targets", version: 1, role: name)
@@ -637,7 +637,7 @@ public struct RepositoryEditor: Sendable {
         var keysObject = d["keys"]?.objectValue ?? JSONObject()
         for k in keys.keys { keysObject.set(KeyID.of(k), k.jsonValue) }
         for e in entries {
-            guard roles[e.name] == nil, !Root.topLevelRoles.contains(e.name) else {
+            guard roles[e.name] == nil, !Delegations.isTopLevelName(e.name) else {
                 throw RepositoryError(.usage, "role \(e.name) already exists")
             }
             var r = RepositoryEditor.roleJSON(keys).objectValue ?? JSONObject()

@@ -1,4 +1,5 @@
 import Crypto
+import Foundation
 import TUF
 import Testing
 import _CryptoExtras
@@ -180,5 +181,124 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
         #expect(throws: TUFError(.invalidMetadata, "")) {
             try Metadata<Root>.parse(envelope(.object(root), [repo.rootSigner]))
         }
+    }
+}
+
+/// TUF §4.3: one key contributes one signature, however its KEY object spells it. A root listing one key twice in two
+/// spellings with threshold 2, signed once, must not verify (white-box review finding 3).
+@Suite struct KeySpellingTests {
+    let data = Array("signed bytes".utf8)
+
+    func verify(_ first: Key, _ second: Key, _ signatures: [Signature], threshold: Int64 = 2) throws {
+        try Threshold.verify(
+            signedBytes: data, signatures: signatures, keyids: ["k1", "k2"], threshold: threshold,
+            keys: ["k1": first, "k2": second], role: "timestamp")
+    }
+
+    @Test func ed25519HexInUpperAndLowerCaseIsOneKey() throws {
+        let sk = Curve25519.Signing.PrivateKey()
+        let hex = hexEncode(sk.publicKey.rawRepresentation)
+        let lower = try key("ed25519", "ed25519", hex)
+        let upper = try key("ed25519", "ed25519", hex.uppercased())
+        let sig = hexEncode(try sk.signature(for: data))
+        let signatures = [Signature(keyid: "k1", sig: sig), Signature(keyid: "k2", sig: sig)]
+        #expect(try SignatureVerifier.isValid(key: upper, signatureHex: sig, data: data), "both spellings verify")
+        #expect(throws: TUFError(.thresholdNotReached, "")) { try verify(lower, upper, signatures) }
+        try verify(lower, upper, signatures, threshold: 1)
+        // Two different keys, each signing, still reach 2.
+        let other = Curve25519.Signing.PrivateKey()
+        try verify(
+            lower, try key("ed25519", "ed25519", hexEncode(other.publicKey.rawRepresentation)),
+            [Signature(keyid: "k1", sig: sig), Signature(keyid: "k2", sig: hexEncode(try other.signature(for: data)))])
+    }
+
+    @Test func ecdsaKeytypeAliasesAreOneKey() throws {
+        let sk = P256.Signing.PrivateKey()
+        let pem = sk.publicKey.pemRepresentation
+        let signatures = [
+            Signature(keyid: "k1", sig: hexEncode(try sk.signature(for: data).derRepresentation)),
+            Signature(keyid: "k2", sig: hexEncode(try sk.signature(for: data).derRepresentation)),
+        ]
+        #expect(throws: TUFError(.thresholdNotReached, "")) {
+            try verify(
+                try key("ecdsa", "ecdsa-sha2-nistp256", pem),
+                try key("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256", pem),
+                signatures)
+        }
+    }
+
+    @Test func pemWithOtherLineBreaksIsOneKey() throws {
+        let sk = P256.Signing.PrivateKey()
+        let pem = sk.publicKey.pemRepresentation
+        // The same SPKI with CRLF line ends, blank lines and no final newline.
+        let body = Array(sk.publicKey.derRepresentation.base64EncodedString())
+        let lines = stride(from: 0, to: body.count, by: 64).map { String(body[$0..<min($0 + 64, body.count)]) }
+        let rewrapped = (["-----BEGIN PUBLIC KEY-----"] + lines + ["-----END PUBLIC KEY-----"]).joined(
+            separator: "\r\n\r\n")
+        #expect(rewrapped != pem)
+        let second = try key("ecdsa", "ecdsa-sha2-nistp256", rewrapped)
+        let signatures = [
+            Signature(keyid: "k1", sig: hexEncode(try sk.signature(for: data).derRepresentation)),
+            Signature(keyid: "k2", sig: hexEncode(try sk.signature(for: data).derRepresentation)),
+        ]
+        #expect(try SignatureVerifier.isValid(key: second, signatureHex: signatures[1].sig, data: data))
+        #expect(throws: TUFError(.thresholdNotReached, "")) {
+            try verify(try key("ecdsa", "ecdsa-sha2-nistp256", pem), second, signatures)
+        }
+        #expect(
+            SignatureVerifier.material(of: try key("ecdsa", "ecdsa-sha2-nistp256", pem))
+                == SignatureVerifier.material(of: second))
+    }
+
+    /// An Ed25519 key spelled as PEM (securesystemslib writes hex) is not a usable key: it never counts, so it cannot
+    /// stand in as a second spelling of a key that signed.
+    @Test func ed25519SpelledAsPEMNeverCounts() throws {
+        let sk = Curve25519.Signing.PrivateKey()
+        let hex = try key("ed25519", "ed25519", hexEncode(sk.publicKey.rawRepresentation))
+        let der =
+            [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00] + sk.publicKey.rawRepresentation
+        let pem = "-----BEGIN PUBLIC KEY-----\n\(Data(der).base64EncodedString())\n-----END PUBLIC KEY-----\n"
+        let spelledAsPEM = try key("ed25519", "ed25519", pem)
+        #expect(SignatureVerifier.material(of: spelledAsPEM) == nil)
+        let sig = hexEncode(try sk.signature(for: data))
+        #expect(throws: TUFError(.thresholdNotReached, "")) {
+            try verify(hex, spelledAsPEM, [Signature(keyid: "k1", sig: sig), Signature(keyid: "k2", sig: sig)])
+        }
+    }
+
+    /// On a case-insensitive file system `Root.json` is `root.json`: a delegated role with such a name could
+    /// overwrite the client's trusted root or timestamp (white-box review finding 8).
+    @Test(arguments: ["Root", "ROOT", "Timestamp", "sNaPsHoT", "Targets", "\u{17F}napshot", "root.", "timestamp "])
+    func delegatedNamesThatFoldToTopLevelNamesAreRefused(_ name: String) throws {
+        #expect(Delegations.isTopLevelName(name))
+        let json = obj([
+            "keys": obj([:]),
+            "roles": .array([
+                obj([
+                    "name": .string(name), "keyids": .array([]), "threshold": .integer(1), "terminating": .bool(false),
+                    "paths": .array([.string("*")]),
+                ])
+            ]),
+        ])
+        let targets = obj([
+            "_type": .string("targets"), "spec_version": .string("1.0.31"), "version": .integer(1),
+            "expires": .string("2030-01-01T00:00:00Z"), "targets": obj([:]), "delegations": json,
+        ])
+        #expect(throws: TUFError(.invalidMetadata, "")) {
+            try Metadata<Targets>.parse(envelope(targets, [TestSigner()]))
+        }
+        // The control: the same delegation under an ordinary name parses.
+        var fine = try need(targets.objectValue)
+        var delegations = try need(json.objectValue)
+        var role = try need(delegations["roles"]?.arrayValue?.first?.objectValue)
+        role.set("name", .string("bins"))
+        delegations.set("roles", .array([.object(role)]))
+        fine.set("delegations", .object(delegations))
+        _ = try Metadata<Targets>.parse(envelope(.object(fine), [TestSigner()]))
+    }
+
+    @Test(arguments: ["bins", "roots", "my-root", "timestamps"])
+    func otherNamesAreFine(_ name: String) {
+        #expect(!Delegations.isTopLevelName(name))
     }
 }
