@@ -30,7 +30,7 @@ public struct CertificateAuthority: Sendable {
             let publicKey = Certificate.PublicKey(key.publicKey)
             let certificate = try Certificate(
                 version: .v3,
-                serialNumber: Certificate.SerialNumber(),
+                serialNumber: .positive20Octets(),
                 publicKey: publicKey,
                 notValidBefore: now.addingTimeInterval(-300),
                 notValidAfter: now.addingTimeInterval(Double(years) * 365 * 86400),
@@ -122,7 +122,7 @@ public struct CertificateAuthority: Sendable {
             let caKeyID = try certificate.extensions.subjectKeyIdentifier?.keyIdentifier
             return try Certificate(
                 version: .v3,
-                serialNumber: Certificate.SerialNumber(),
+                serialNumber: .positive20Octets(),
                 publicKey: publicKey,
                 notValidBefore: now.addingTimeInterval(-300),
                 notValidAfter: now.addingTimeInterval(Double(days) * 86400),
@@ -144,6 +144,18 @@ public struct CertificateAuthority: Sendable {
         } catch {
             throw PKIError(.issuance, "issuing a certificate failed: \(error)")
         }
+    }
+}
+
+extension Certificate.SerialNumber {
+    /// RFC 5280 §4.1.2.2: a positive serial of at most 20 octets. Twenty random bytes with the top bit set gain a
+    /// leading zero octet in DER (21 octets, which some device TLS stacks refuse), so the top bit is cleared and the
+    /// next one set: always exactly 20 octets, 158 random bits (CA/Browser Forum asks for at least 64).
+    public static func positive20Octets() -> Certificate.SerialNumber {
+        var generator = SystemRandomNumberGenerator()
+        var bytes = (0..<20).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        bytes[0] = (bytes[0] & 0x3F) | 0x40
+        return Certificate.SerialNumber(bytes: bytes)
     }
 }
 
