@@ -86,11 +86,13 @@ struct GatewayBenchmark: AsyncParsableCommand {
         let signer = MessageSigner(key: key)
         let profile = MessageSignatureProfile(maxSkewSeconds: 60)
         let requests = try (0..<256).map { _ -> SignedRequest in
-            let headers = try signer.sign(method: "POST", path: "/v1/telemetry", body: body, created: now.unixSeconds)
+            let headers = try signer.sign(
+                method: "POST", path: "/v1/telemetry", body: body, created: now.unixSeconds,
+                contentType: "application/json")
             func field(_ name: String) -> String? { headers.first { $0.name == name }?.value }
             return SignedRequest(
                 method: "POST", path: "/v1/telemetry", signatureInput: field("Signature-Input"),
-                signature: field("Signature"), contentDigest: field("Content-Digest"))
+                signature: field("Signature"), contentDigest: field("Content-Digest"), contentType: "application/json")
         }
         let clock = ContinuousClock()
         let start = clock.now

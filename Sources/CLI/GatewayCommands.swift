@@ -80,7 +80,8 @@ extension DeviceCommand {
             var headers: [(String, String)] = body == nil ? [] : [("Content-Type", "application/json")]
             if let type { headers.append(("Bulwark-Message-Type", type)) }
             headers += try signer.sign(
-                method: method, path: path, body: bytes, created: Int64(Date().timeIntervalSince1970)
+                method: method, path: path, body: bytes, created: Int64(Date().timeIntervalSince1970),
+                contentType: body == nil ? nil : "application/json", messageType: type
             ).map { ($0.name, $0.value) }
             do {
                 try await HTTPSClient.withConnection(
@@ -110,13 +111,17 @@ extension DeviceCommand {
             discussion: """
                 bulwark device sign --key sensor-1.key --data body.json --out headers.txt
                 curl --cert sensor-1.crt --key sensor-1.key --cacert bulwark-data/ca.crt -H @headers.txt \\
-                     -H 'Content-Type: application/json' --data-binary @body.json https://127.0.0.1:8443/v1/telemetry
-                Each signature carries a fresh nonce and the current time: use it once, within a minute.
+                     --data-binary @body.json https://127.0.0.1:8443/v1/telemetry
+                Each signature carries a fresh nonce and the current time: use it once, within a minute. The file also
+                holds the Content-Type (and Bulwark-Message-Type) lines, which the signature covers: send them as they
+                are.
                 """)
         @Option(help: "Device private key (PEM, P-256).") var key: String
         @Option(help: "The body file (omit for a GET).") var data: String?
         @Option(help: "HTTP method.") var method: String?
         @Option(help: "Request path.") var path: String?
+        @Option(help: "Content-Type of the body (signed).") var contentType = "application/json"
+        @Option(help: "Message type (Bulwark-Message-Type, signed); default telemetry.") var type: String?
         @Option(help: "Where to write the header lines (default: standard output).") var out: String?
 
         func run() async throws {
@@ -125,10 +130,14 @@ extension DeviceCommand {
             let credentials = ClientCredentials(certificatePEM: [], keyPEM: Array(keyText.utf8), caPEM: [])
             let method = method ?? (data == nil ? "GET" : "POST")
             let path = path ?? (data == nil ? "/v1/device" : "/v1/telemetry")
-            let lines =
-                try credentials.signer().sign(
-                    method: method, path: path, body: body, created: Int64(Date().timeIntervalSince1970)
-                ).map { "\($0.name): \($0.value)" }.joined(separator: "\n") + "\n"
+            let contentType = data == nil ? nil : contentType
+            var fields: [(name: String, value: String)] = []
+            if let contentType { fields.append(("Content-Type", contentType)) }
+            if let type { fields.append(("Bulwark-Message-Type", type)) }
+            fields += try credentials.signer().sign(
+                method: method, path: path, body: body, created: Int64(Date().timeIntervalSince1970),
+                contentType: contentType, messageType: type)
+            let lines = fields.map { "\($0.name): \($0.value)" }.joined(separator: "\n") + "\n"
             if let out {
                 try lines.write(toFile: out, atomically: true, encoding: .utf8)
             } else {

@@ -14,13 +14,22 @@ public struct SignedRequest: Sendable {
     public var signatureInput: String?
     public var signature: String?
     public var contentDigest: String?
+    /// The request's `Content-Type` and `Bulwark-Message-Type` field values (all lines of each, joined with ", " as
+    /// RFC 9421 §2.1 combines them), or nil when the request has none. Whichever is present must be signed.
+    public var contentType: String?
+    public var messageType: String?
 
-    public init(method: String, path: String, signatureInput: String?, signature: String?, contentDigest: String?) {
+    public init(
+        method: String, path: String, signatureInput: String?, signature: String?, contentDigest: String?,
+        contentType: String? = nil, messageType: String? = nil
+    ) {
         self.method = method
         self.path = path
         self.signatureInput = signatureInput
         self.signature = signature
         self.contentDigest = contentDigest
+        self.contentType = contentType
+        self.messageType = messageType
     }
 }
 
@@ -52,7 +61,9 @@ public struct SignatureFailure: Error, Equatable, CustomStringConvertible {
 /// Bulwark's profile of RFC 9421 (HTTP Message Signatures) with RFC 9530 `Content-Digest`.
 ///
 /// Every device request carries one signature (any label) whose covered components are exactly `"@method"`,
-/// `"@path"` and `"content-digest"` (§2.2.1, §2.2.6, §2.1), with the parameters `created` (required, within
+/// `"@path"` and `"content-digest"` (§2.2.1, §2.2.6, §2.1), plus `"content-type"` and `"bulwark-message-type"`
+/// whenever the request carries those fields (§2.1: a field that decides how the hub stores the message must not be
+/// changeable by whoever holds a captured request), with the parameters `created` (required, within
 /// `maxSkew` of the hub's clock), `nonce` (required, 16–128 characters of `[A-Za-z0-9+/=_-]`), and optionally
 /// `keyid`, `alg` (only `ecdsa-p256-sha256`, §3.3.4) and `expires`. The key is always the one in the client
 /// certificate: `keyid` is never used to choose it. The signature base is built as §2.5 describes; the signature is
@@ -60,6 +71,14 @@ public struct SignatureFailure: Error, Equatable, CustomStringConvertible {
 public struct MessageSignatureProfile: Sendable {
     public static let algorithm = "ecdsa-p256-sha256"
     static let components = ["@method", "@path", "content-digest"]
+    static let contentTypeComponent = "content-type"
+    static let messageTypeComponent = "bulwark-message-type"
+
+    /// The covered components a request with these fields must sign (in the order the signer lists them).
+    static func requiredComponents(contentType: String?, messageType: String?) -> [String] {
+        components + (contentType == nil ? [] : [contentTypeComponent])
+            + (messageType == nil ? [] : [messageTypeComponent])
+    }
     public var maxSkewSeconds: Int64
 
     public init(maxSkewSeconds: Int64 = 60) { self.maxSkewSeconds = maxSkewSeconds }
@@ -95,8 +114,9 @@ public struct MessageSignatureProfile: Sendable {
             }
             covered.append(name)
         }
-        guard covered.count == Self.components.count, Set(covered) == Set(Self.components) else {
-            throw SignatureFailure(.unsupported, "covered components must be @method, @path, content-digest")
+        let required = Self.requiredComponents(contentType: request.contentType, messageType: request.messageType)
+        guard covered.count == required.count, Set(covered) == Set(required) else {
+            throw SignatureFailure(.unsupported, "covered components must be \(required.joined(separator: ", "))")
         }
 
         var created: Int64?
@@ -130,7 +150,7 @@ public struct MessageSignatureProfile: Sendable {
 
         let base = Self.signatureBase(
             covered: covered, parameters: parameters, method: request.method, path: request.path,
-            contentDigest: digestField)
+            contentDigest: digestField, contentType: request.contentType, messageType: request.messageType)
         guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: signatureBytes),
             key.isValidSignature(signature, for: SHA256.hash(data: base))
         else { throw SignatureFailure(.badSignature) }
@@ -139,13 +159,16 @@ public struct MessageSignatureProfile: Sendable {
 
     /// RFC 9421 §2.5: one line per covered component in the order listed, then `"@signature-params"`.
     static func signatureBase(
-        covered: [String], parameters: String, method: String, path: String, contentDigest: String
+        covered: [String], parameters: String, method: String, path: String, contentDigest: String,
+        contentType: String?, messageType: String?
     ) -> [UInt8] {
         var lines: [String] = []
         for name in covered {
             switch name {
             case "@method": lines.append("\"@method\": \(method)")
             case "@path": lines.append("\"@path\": \(path.isEmpty ? "/" : path)")
+            case contentTypeComponent: lines.append("\"content-type\": \(Self.trim(contentType ?? ""))")
+            case messageTypeComponent: lines.append("\"bulwark-message-type\": \(Self.trim(messageType ?? ""))")
             default: lines.append("\"content-digest\": \(Self.trim(contentDigest))")
             }
         }
@@ -218,16 +241,20 @@ public struct MessageSigner: Sendable {
     }
 
     /// The `Content-Digest`, `Signature-Input` and `Signature` header fields for one request. `nonce` defaults to
-    /// 16 random bytes in base64 (from the system's CSPRNG through swift-crypto).
+    /// 16 random bytes in base64 (from the system's CSPRNG through swift-crypto). `contentType` and `messageType`
+    /// are the values of the request's `Content-Type` and `Bulwark-Message-Type` fields, which the signature must
+    /// cover whenever the request carries them.
     public func sign(
-        method: String, path: String, body: [UInt8], created: Int64, nonce: String? = nil
+        method: String, path: String, body: [UInt8], created: Int64, nonce: String? = nil,
+        contentType: String? = nil, messageType: String? = nil
     ) throws -> [(name: String, value: String)] {
         let nonce = nonce ?? Data(SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) }).base64EncodedString()
         let digest = "sha-256=:\(Data(SHA256.hash(data: body)).base64EncodedString()):"
         let parameters = ";created=\(created);nonce=\"\(nonce)\";alg=\"\(MessageSignatureProfile.algorithm)\""
-        let covered = MessageSignatureProfile.components
+        let covered = MessageSignatureProfile.requiredComponents(contentType: contentType, messageType: messageType)
         let base = MessageSignatureProfile.signatureBase(
-            covered: covered, parameters: parameters, method: method, path: path, contentDigest: digest)
+            covered: covered, parameters: parameters, method: method, path: path, contentDigest: digest,
+            contentType: contentType, messageType: messageType)
         let signature = try key.signature(for: SHA256.hash(data: base)).rawRepresentation
         let list = "(" + covered.map { "\"\($0)\"" }.joined(separator: " ") + ")"
         return [

@@ -103,6 +103,8 @@ public struct Admitted: Sendable {
     public let nonce: (value: String, expiresAt: Int64)?
     /// The counter window to persist with the message.
     public let counterWindow: CounterWindow?
+    /// The MQTT counter this message claimed in the window (to give back if it cannot be stored).
+    public var counter: UInt64? = nil
 }
 
 /// The one admission pipeline for every device-facing protocol (HTTP now, MQTT too). Pure: it decides, the hub does
@@ -202,8 +204,10 @@ public final class GatewayPipeline: Sendable {
             let counted = try takeCounter(device, message, &value, now: now)
             let messageType = try checkSchema(device, message, value, now: now)
             let (nonce, window) = try checkReplay(device, counted, now: now)
-            return .success(
-                Admitted(device: device, messageType: messageType, value: value, nonce: nonce, counterWindow: window))
+            var admitted = Admitted(
+                device: device, messageType: messageType, value: value, nonce: nonce, counterWindow: window)
+            if case .mqtt(let counter) = counted.transport, window != nil { admitted.counter = counter }
+            return .success(admitted)
         } catch {
             return .failure(error)
         }

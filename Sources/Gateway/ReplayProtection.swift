@@ -115,6 +115,14 @@ public struct CounterWindow: Sendable, Equatable {
         counter > 0 && counter <= highest && highest - counter < Self.width && seen & (1 << (highest - counter)) != 0
     }
 
+    /// Marks `counter` as not seen again: its message was admitted but could not be stored, so nothing was
+    /// acknowledged and the device's resend must be accepted. `highest` stays where it is (later counters may have
+    /// been accepted meanwhile); the counter is simply open again within the window.
+    public mutating func forget(_ counter: UInt64) {
+        guard counter > 0, counter <= highest, highest - counter < Self.width else { return }
+        seen &= ~(1 << (highest - counter))
+    }
+
     public mutating func accept(_ counter: UInt64) -> Decision {
         guard counter > 0 else { return .tooOld }
         if counter > highest {
@@ -147,6 +155,11 @@ public final class CounterWindows: Sendable {
             if decision == .accepted { windows[device] = window }
             return (decision, window)
         }
+    }
+
+    /// Gives an accepted counter back (its message could not be stored), as `NonceLedger.release` does for HTTP.
+    public func release(device: DeviceID, counter: UInt64) {
+        windows.withLock { windows in windows[device]?.forget(counter) }
     }
 
     public func load(_ entries: [(DeviceID, CounterWindow)]) {

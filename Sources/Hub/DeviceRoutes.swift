@@ -27,15 +27,24 @@ struct DeviceRoutes {
 
     func inbound(_ request: Request, _ context: HubRequestContext, route: String) throws -> InboundMessage {
         guard let peer = context.peer else { throw HubError.forbidden("no peer identity") }
+        // Every line of a field, combined as RFC 9421 §2.1 does: what the signature covers is what the stages see.
+        let contentType = Self.combined(request.headers, .contentType)
+        let messageType = Self.combined(request.headers, Self.messageTypeField)
         return InboundMessage(
             identity: peer.identity, route: route, source: context.channel.remoteAddress?.ipAddress ?? "unknown",
-            contentType: request.headers[.contentType], messageType: request.headers[Self.messageTypeField], body: [],
+            contentType: contentType, messageType: messageType, body: [],
             transport: .http(
                 SignedRequest(
                     method: request.method.rawValue, path: request.uri.path,
                     signatureInput: request.headers[Self.signatureInputField],
                     signature: request.headers[Self.signatureField],
-                    contentDigest: request.headers[Self.contentDigestField]), key: peer.publicKey))
+                    contentDigest: request.headers[Self.contentDigestField], contentType: contentType,
+                    messageType: messageType), key: peer.publicKey))
+    }
+
+    static func combined(_ fields: HTTPFields, _ name: HTTPField.Name) -> String? {
+        let values = fields[values: name]
+        return values.isEmpty ? nil : values.joined(separator: ", ")
     }
 
     /// Stores one message and answers 202 only once it (and its nonce) is durable.
@@ -49,10 +58,13 @@ struct DeviceRoutes {
         case .failure(let refusal): throw GatewayError(refusal: refusal, identity: identity)
         }
         do { message.body = try await Self.collect(request, limit: maxBodyBytes) } catch is HubError {
-            throw GatewayError(refusal: gateway.oversized(device, now: now), identity: identity)
+            throw GatewayError(refusal: gateway.oversized(device, now: GatewayTime.now()), identity: identity)
         }
+        // The replay stage reads the clock only now that the whole body is here: a copy of a captured request whose
+        // head is sent at once and whose body trickles in later must meet the `created` window and the nonce ledger
+        // as they are when it completes, not as they were when its head arrived (README, "Replay").
         let admitted: Admitted
-        switch gateway.admitContent(device, message, now: now) {
+        switch gateway.admitContent(device, message, now: GatewayTime.now()) {
         case .success(let value): admitted = value
         case .failure(let refusal): throw GatewayError(refusal: refusal, identity: identity)
         }

@@ -25,6 +25,8 @@ public struct HubConfiguration: Sendable, Equatable {
     /// Failed pairings per device before lock-out, and the first lock-out (doubling with each further failure).
     public var pairingFreeAttempts = 5
     public var pairingLockoutSeconds = 30.0
+    /// Connection caps and the hello deadline of the pairing listener (`pairing.*`).
+    public var pairingSettings = PairingSettings()
     /// `sqlite:PATH` (default `sqlite:<data>/bulwark.sqlite`) or, later, `postgres://user@host/db`.
     public var databaseURL: String?
     public var databasePasswordFile: String?
@@ -80,6 +82,12 @@ public struct HubConfiguration: Sendable, Equatable {
         config.claimLifetimeSeconds = reader.int(forKey: "pairing.claimLifetimeSeconds", default: 600)
         config.pairingFreeAttempts = reader.int(forKey: "pairing.freeAttempts", default: 5)
         config.pairingLockoutSeconds = reader.double(forKey: "pairing.lockoutSeconds", default: 30)
+        config.pairingSettings.maxConnections = reader.int(
+            forKey: "pairing.maxConnections", default: config.pairingSettings.maxConnections)
+        config.pairingSettings.maxConnectionsPerSource = reader.int(
+            forKey: "pairing.maxConnectionsPerSource", default: config.pairingSettings.maxConnectionsPerSource)
+        config.pairingSettings.helloSeconds = reader.double(
+            forKey: "pairing.helloSeconds", default: config.pairingSettings.helloSeconds)
         config.databaseURL = reader.string(forKey: "database.url")
         config.databasePasswordFile = reader.string(forKey: "database.passwordFile")
         config.maxBodyBytes = reader.int(forKey: "telemetry.maxBodyBytes", default: config.maxBodyBytes)
@@ -171,6 +179,7 @@ public struct HubConfiguration: Sendable, Equatable {
         }
         try gateway.validate()
         try mqttSettings.validate()
+        try pairingSettings.validate()
         guard (tufRepository == nil) == (tufOnlineKeys == nil) else {
             throw HubStartupError("tuf.repository and tuf.onlineKeys go together")
         }

@@ -12,6 +12,10 @@ import TUF
 import TUFRepository
 public import UnixSignals
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The running hub: the device listener and the operator listener, each a Hummingbird application with mutual TLS,
 /// in one `ServiceGroup`. On SIGINT/SIGTERM in-flight requests finish, then the store is closed.
 public final class HubServer: Sendable {
@@ -19,6 +23,8 @@ public final class HubServer: Sendable {
     public let store: any HubStore
     public let credentials: HubCredentials
     let revocations: RevocationList
+    /// The serials refused at every handshake and request (tests look at it).
+    public var revocationList: RevocationList { revocations }
     public let gateway: GatewayPipeline
     private let group: ServiceGroup
     private let logger: Logger
@@ -30,8 +36,10 @@ public final class HubServer: Sendable {
         gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]
     ) async throws -> HubServer {
         try configuration.validate()
-        try SecretFiles.makePrivateDirectory(configuration.dataDirectory)
-        let store = try store ?? SQLiteHubStore(path: configuration.sqlitePath)
+        if let notice = try SecretFiles.makePrivateDirectory(configuration.dataDirectory) {
+            logger.warning("data directory tightened", metadata: ["detail": .string(notice)])
+        }
+        let store = try store ?? Self.openSQLite(configuration.sqlitePath)
         let credentials = try await HubCredentials.loadOrCreate(
             dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames, store: store, now: Date())
         let gateway = GatewayPipeline(policy: configuration.gateway.policy(maxBodyBytes: configuration.maxBodyBytes))
@@ -40,6 +48,14 @@ public final class HubServer: Sendable {
             configuration: configuration, store: store, credentials: credentials,
             revocations: RevocationList(try await store.revokedSerials()), gateway: gateway, logger: logger,
             signals: gracefulShutdownSignals)
+    }
+
+    /// Opens the embedded store with its files private to this user (README, "Data directory").
+    static func openSQLite(_ path: String) throws -> SQLiteHubStore {
+        try SecretFiles.prepareStoreFile(path)
+        let previous = umask(0o077)
+        defer { umask(previous) }
+        return try SQLiteHubStore(path: path)
     }
 
     private init(
@@ -110,6 +126,7 @@ public final class HubServer: Sendable {
         let pairing = PairingListener(
             host: configuration.pairing.host, port: configuration.pairing.port, credentials: credentials,
             claims: claims, store: store, revocations: revocations, rids: rids,
+            settings: configuration.pairingSettings,
             logger: {
                 var pairingLogger = logger
                 pairingLogger[metadataKey: "listener"] = "pairing"

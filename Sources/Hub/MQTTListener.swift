@@ -681,6 +681,13 @@ struct MQTTConnection {
                 messageType: admitted.messageType)
             let delivery = BrokerMessage(
                 topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain)
+            // A message that is not stored gives its counter back: nothing was acknowledged (PUBACK 0x80, or the
+            // connection closes on 3.1.1), so the device's resend must be stored, not refused or waved through as a
+            // duplicate (as HTTP gives its nonce back).
+            let counters = listener.gateway.counters
+            let release: @Sendable () -> Void = {
+                if let counter = admitted.counter { counters.release(device: device, counter: counter) }
+            }
             if publish.qos == .atLeastOnce {
                 let store = listener.store
                 let logger = listener.logger
@@ -689,6 +696,7 @@ struct MQTTConnection {
                         _ = try await store.appendTelemetry(record)
                         return true
                     } catch {
+                        release()
                         logger.error(
                             "MQTT message not stored",
                             metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
@@ -703,7 +711,7 @@ struct MQTTConnection {
                 }
                 return true
             }
-            await storeWithoutWaiting(record)
+            await storeWithoutWaiting(record, release: release)
             await deliverInOrder(delivery, state: &state)
             return true
         case .failure(let refusal):
@@ -844,13 +852,14 @@ struct MQTTConnection {
             })
     }
 
-    private func storeWithoutWaiting(_ record: NewTelemetry) async {
+    private func storeWithoutWaiting(_ record: NewTelemetry, release: @escaping @Sendable () -> Void) async {
         let store = listener.store
         let logger = listener.logger
         let pending = listener.pendingQoS0
         guard pending.tryStart() else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
             do { _ = try await store.appendTelemetry(record) } catch {
+                release()
                 logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
             }
             return
@@ -858,6 +867,7 @@ struct MQTTConnection {
         Task {
             defer { pending.finish() }
             do { _ = try await store.appendTelemetry(record) } catch {
+                release()
                 logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
             }
         }

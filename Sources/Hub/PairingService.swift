@@ -22,12 +22,17 @@ actor PairingClaims {
     private var claims: [DeviceID: Claim] = [:]
     /// Devices whose claim a pairing session holds right now: one session per claim at a time.
     private var inUse: Set<DeviceID> = []
-    private var limiter: AttemptLimiter
+    /// Failures after the peer proved the device's identity key (a wrong label secret): per device.
+    private var limiter: AttemptLimiter<DeviceID>
     let lifetime: TimeInterval
+    /// Failures before any proof (anyone can send a hello naming any device): per source address, so a stranger
+    /// locks out only itself.
+    let sources: SourceLockout
 
-    init(lifetime: TimeInterval = 600, policy: AttemptLimiter.Policy = .init()) {
+    init(lifetime: TimeInterval = 600, policy: LockoutPolicy = .init()) {
         self.lifetime = lifetime
         limiter = AttemptLimiter(policy: policy)
+        sources = SourceLockout(policy: policy)
     }
 
     func add(_ label: PairingLabel, now: Date) -> Date {
@@ -57,11 +62,30 @@ actor PairingClaims {
         limiter.recordSuccess(device)
     }
 
-    /// A session that held the claim failed: release it and count the failure (unless `counted` is false).
-    func failed(_ device: DeviceID, now: Date, counted: Bool = true, heldClaim: Bool) {
-        if heldClaim { inUse.remove(device) }
-        if counted { limiter.recordFailure(device, now: now.timeIntervalSince1970) }
+    /// A session failed: release the claim it held and count the failure against the device (only once the peer
+    /// had proved the device's key) or else against its source address.
+    func failed(_ device: DeviceID?, source: String?, now: Date, countedAgainstDevice: Bool, heldClaim: Bool) {
+        if let device, heldClaim { inUse.remove(device) }
+        if let device, countedAgainstDevice {
+            limiter.recordFailure(device, now: now.timeIntervalSince1970)
+        } else if let source {
+            sources.recordFailure(source, now: now.timeIntervalSince1970)
+        }
     }
+}
+
+/// Unauthenticated pairing failures per source address, checked when TCP accepts (synchronously, before the hub
+/// says anything), so it lives behind a lock rather than in the claims actor.
+final class SourceLockout: Sendable {
+    private let limiter: Mutex<AttemptLimiter<String>>
+
+    init(policy: LockoutPolicy) { limiter = Mutex(AttemptLimiter(policy: policy)) }
+
+    func lockedUntil(_ source: String, now: Double) -> Double? {
+        limiter.withLock { $0.lockedUntil(source, now: now) }
+    }
+
+    func recordFailure(_ source: String, now: Double) { limiter.withLock { $0.recordFailure(source, now: now) } }
 }
 
 /// The pairing listener: a TCP port speaking the pairing protocol (Noise XKpsk3 inside 2-byte frames). It needs no
@@ -76,17 +100,56 @@ struct PairingListener: Service {
     let rids: RIDDirectory
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
+    /// Connections held at once, in all and per source address (checked before the hub greets).
+    let connections: ConnectionCounter
+    /// The device's hello must arrive within this time of the hub's: an idle connection is cut early.
+    let helloDeadline: Duration
     /// A pairing must finish within this time; a stalled peer is disconnected.
     let deadline: Duration = .seconds(30)
-    let maximumConnections = 128
+
+    init(
+        host: String, port: Int, credentials: HubCredentials, claims: PairingClaims, store: any HubStore,
+        revocations: RevocationList, rids: RIDDirectory, settings: PairingSettings, logger: Logger,
+        onBound: @escaping @Sendable (Int) -> Void
+    ) {
+        self.host = host
+        self.port = port
+        self.credentials = credentials
+        self.claims = claims
+        self.store = store
+        self.revocations = revocations
+        self.rids = rids
+        self.logger = logger
+        self.onBound = onBound
+        connections = ConnectionCounter(total: settings.maxConnections, perSource: settings.maxConnectionsPerSource)
+        helloDeadline = .milliseconds(Int64(settings.helloSeconds * 1000))
+    }
 
     func run() async throws {
+        let connections = connections
+        let sources = claims.sources
+        let logger = logger
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .bind(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
+            .bind(host: host, port: port) {
+                (channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<[UInt8], [UInt8]>> in
+                // Before the hub says anything: a source locked out by its own failures, or over its share of the
+                // connection slots, is closed at once (a flood from one address cannot deny pairing to others).
+                let source = channel.remoteAddress?.ipAddress ?? "unknown"
+                if sources.lockedUntil(source, now: Date().timeIntervalSince1970) != nil {
+                    logger.debug("pairing connection refused: source locked out", metadata: ["source": "\(source)"])
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                }
+                guard connections.acquire(source, channel) else {
+                    logger.debug("pairing connection refused: connection limit", metadata: ["source": "\(source)"])
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                }
+                channel.closeFuture.whenComplete { _ in connections.release(source, channel) }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(PairingFrameDecoder(), maximumBufferSize: 2 + 65535))
                     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(PairingFrameEncoder()))
@@ -96,32 +159,32 @@ struct PairingListener: Service {
         let boundPort = server.channel.localAddress?.port ?? port
         logger.info("listening", metadata: ["address": .string("\(host):\(boundPort)")])
         onBound(boundPort)
-        let active = ConnectionCount()
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
-                try await server.executeThenClose { connections in
-                    for try await connection in connections {
-                        guard active.value.add(1, ordering: .relaxed).newValue <= maximumConnections else {
-                            active.value.subtract(1, ordering: .relaxed)
-                            try? await connection.channel.close()
-                            continue
-                        }
+                try await server.executeThenClose { accepted in
+                    for try await connection in accepted {
                         group.addTask {
-                            await withDeadline { await self.serve(connection) }
-                            active.value.subtract(1, ordering: .relaxed)
+                            let hello = ConnectionFlag()
+                            await withDeadlines(hello) { await self.serve(connection, hello: hello) }
                         }
                     }
                 }
             }
         } onGracefulShutdown: {
             server.channel.close(promise: nil)
+            connections.closeAll()
         }
     }
 
-    private func withDeadline(_ body: @escaping @Sendable () async -> Void) async {
+    /// Runs `body` until it ends, the device's hello has not come within `helloDeadline`, or `deadline` passes.
+    private func withDeadlines(_ hello: ConnectionFlag, _ body: @escaping @Sendable () async -> Void) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await body() }
-            group.addTask { try? await Task.sleep(for: deadline) }
+            group.addTask {
+                try? await Task.sleep(for: helloDeadline)
+                guard hello.value.load(ordering: .relaxed) else { return }
+                try? await Task.sleep(for: deadline - helloDeadline)
+            }
             await group.next()
             group.cancelAll()
         }
@@ -129,7 +192,7 @@ struct PairingListener: Service {
 
     /// One pairing. Failures are counted per device (lock-out), recorded as security events, and any certificate
     /// issued to the failed session is revoked at once.
-    func serve(_ connection: NIOAsyncChannel<[UInt8], [UInt8]>) async {
+    func serve(_ connection: NIOAsyncChannel<[UInt8], [UInt8]>, hello: ConnectionFlag) async {
         var session = HubPairingSession(hubStaticKeys: credentials.pairingKeys)
         var issued: Certificate?
         var irk: [UInt8] = []
@@ -146,6 +209,7 @@ struct PairingListener: Service {
                         guard let next = try await frames.next() else {
                             throw PairingError(.protocolViolation, "peer closed the connection")
                         }
+                        hello.value.store(true, ordering: .relaxed)
                         action = try session.received(next)
                     case .lookUpClaim(let device, _):
                         let label = try await claims.claim(for: device, now: Date())
@@ -153,6 +217,12 @@ struct PairingListener: Service {
                         action = try session.claimFound(label)
                     case .issueCertificate(let device, let operationalKey, let csrDER):
                         let certificate = try issue(device, operationalKey: operationalKey, csrDER: csrDER)
+                        // Recorded before it leaves, as revoked until the device confirms: a hub that dies between
+                        // here and the confirmation leaves no valid certificate that `device revoke` cannot reach.
+                        revocations.insert([certificate.serialHex])
+                        var pending = HubCredentials.record(certificate, deviceID: nil)
+                        pending.revokedAt = Date()
+                        try await store.addCertificate(pending)
                         issued = certificate
                         irk = Array(SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) })
                         action = try session.issued(
@@ -162,9 +232,8 @@ struct PairingListener: Service {
                                 irk: irk, tufRoot: nil))
                     case .paired(let device, let acknowledgement):
                         guard let certificate = issued else { throw PairingError(.protocolViolation, "no certificate") }
-                        try await store.enroll(
-                            device: device, certificate: HubCredentials.record(certificate, deviceID: device),
-                            at: Date())
+                        try await store.activatePendingCertificate(certificate.serialHex, device: device, at: Date())
+                        revocations.remove(certificate.serialHex)
                         try await store.setIdentityResolvingKey(irk, for: device)
                         rids.insert(device, irk: irk)
                         await claims.succeeded(device)
@@ -182,18 +251,16 @@ struct PairingListener: Service {
         } catch {
             let device = session.pairingDeviceID
             // Attempts refused because of a lock-out do not extend it: hammering the port must not keep the real
-            // device locked out for ever.
-            if let device {
-                let code = (error as? PairingError)?.code
-                let counted = code != .lockedOut && !(code == .noClaim && !heldClaim)
-                await claims.failed(device, now: Date(), counted: counted, heldClaim: heldClaim)
+            // device locked out for ever. Only a peer that proved the device's key counts against the device.
+            let code = (error as? PairingError)?.code
+            if code != .lockedOut {
+                await claims.failed(
+                    device, source: source, now: Date(), countedAgainstDevice: session.deviceKeyProved,
+                    heldClaim: heldClaim)
             }
             if let certificate = issued {
-                // Issued but never confirmed: the certificate must not work.
+                // Issued but never confirmed: it was recorded as revoked before it was sent and stays so.
                 revocations.insert([certificate.serialHex])
-                var record = HubCredentials.record(certificate, deviceID: nil)
-                record.revokedAt = Date()
-                try? await store.addCertificate(record)
             }
             let reason = (error as? PairingError)?.description ?? "connection failed: \(error)"
             logger.notice(
@@ -216,6 +283,6 @@ struct PairingListener: Service {
     }
 }
 
-final class ConnectionCount: Sendable {
-    let value = Atomic<Int>(0)
+final class ConnectionFlag: Sendable {
+    let value = Atomic<Bool>(false)
 }

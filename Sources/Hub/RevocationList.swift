@@ -13,4 +13,7 @@ public final class RevocationList: Sendable {
     public func insert(_ newSerials: some Sequence<String>) {
         serials.withLock { $0.formUnion(newSerials) }
     }
+
+    /// Only for a pairing certificate, recorded revoked until its device confirmed.
+    func remove(_ serial: String) { _ = serials.withLock { $0.remove(serial) } }
 }

@@ -42,18 +42,56 @@ public enum SecretFiles {
         return text
     }
 
-    /// Creates a directory that only its owner may enter (0700), if missing.
-    public static func makePrivateDirectory(_ path: String) throws {
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw HubStartupError("\(path) exists and is not a directory") }
-            return
+    /// Creates a directory that only its owner may enter (0700), if missing. An existing directory that group or
+    /// others may read or enter is tightened to 0700 when this process owns it (the returned notice says so, for the
+    /// log) and refused otherwise: the data directory holds the store, whose identity resolving keys link a device's
+    /// rotating identifiers, and the keys.
+    @discardableResult
+    public static func makePrivateDirectory(_ path: String) throws -> String? {
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFDIR else {
+                throw HubStartupError("\(path) exists and is not a directory")
+            }
+            let mode = info.st_mode & 0o777
+            guard mode & 0o077 != 0 else { return nil }
+            guard info.st_uid == geteuid(), chmod(path, 0o700) == 0 else {
+                throw HubStartupError(
+                    "refusing to start: \(path) is open to group or others (mode \(String(mode, radix: 8))) and "
+                        + "cannot be tightened by this user; run: chmod 700 \(path)")
+            }
+            return "\(path) was open to group or others (mode \(String(mode, radix: 8))); tightened to 700"
         }
         do {
             try FileManager.default.createDirectory(
                 atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         } catch {
             throw HubStartupError("cannot create directory \(path)")
+        }
+        // createDirectory's mode is filtered by the umask: make sure of it.
+        guard chmod(path, 0o700) == 0 else { throw HubStartupError("cannot set mode 700 on \(path)") }
+        return nil
+    }
+
+    /// The SQLite store and its `-wal` and `-shm` files must be private to their owner, as the keys are: refused at
+    /// start otherwise. A missing database file is created empty with mode 0600 first (SQLite gives the `-wal` and
+    /// `-shm` files it makes later the database file's mode).
+    public static func prepareStoreFile(_ path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd >= 0 {
+            close(fd)
+        } else if errno != EEXIST {
+            throw HubStartupError("cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+        for file in [path, path + "-wal", path + "-shm"] {
+            var info = stat()
+            guard stat(file, &info) == 0 else { continue }
+            let mode = info.st_mode & 0o777
+            if mode & 0o077 != 0 {
+                throw HubStartupError(
+                    "refusing to start: \(file) is readable by group or others (mode \(String(mode, radix: 8))); "
+                        + "run: chmod 600 \(file)")
+            }
         }
     }
 

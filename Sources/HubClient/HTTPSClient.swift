@@ -175,8 +175,13 @@ public final class HTTPConnection {
         var headers = headers
         if let signer {
             let signaturePath = String(path.prefix { $0 != "?" })
+            func field(_ name: String) -> String? {
+                let values = headers.filter { $0.0.lowercased() == name }.map(\.1)
+                return values.isEmpty ? nil : values.joined(separator: ", ")
+            }
             headers += try signer.sign(
-                method: method, path: signaturePath, body: body, created: Int64(Date().timeIntervalSince1970)
+                method: method, path: signaturePath, body: body, created: Int64(Date().timeIntervalSince1970),
+                contentType: field("content-type"), messageType: field("bulwark-message-type")
             ).map { ($0.name, $0.value) }
         }
         var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path)

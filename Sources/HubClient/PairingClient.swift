@@ -14,13 +14,19 @@ public enum PairingClient {
         public let operationalKey: P256.Signing.PrivateKey
     }
 
+    /// `localAddress` binds the connection's source address (tests use other loopback addresses, 127.0.0.2, to be
+    /// another source).
     public static func pair(
-        host: String, port: Int, label: PairingLabel, identityKey: NoiseKeyPair, timeout: Duration = .seconds(30)
+        host: String, port: Int, label: PairingLabel, identityKey: NoiseKeyPair, timeout: Duration = .seconds(30),
+        localAddress: String? = nil
     ) async throws -> Result {
         var session = try DevicePairingSession(label: label, identityKey: identityKey)
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(10))
+        if let localAddress { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: localAddress, port: 0)) }
+        let channel =
+            try await bootstrap
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(

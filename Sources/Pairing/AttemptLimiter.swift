@@ -1,20 +1,21 @@
-public import Core
+/// How many failures are free and how long the lock-outs after them last (seconds).
+public struct LockoutPolicy: Sendable {
+    public var freeAttempts: Int
+    public var baseLockout: Double
+    public var maximumLockout: Double
 
-/// Failed pairing attempts per device, with exponential lock-out: after `freeAttempts` failures each further
-/// failure locks the device out for `baseLockout × 2^(failures − freeAttempts)`, at most `maximumLockout`.
-/// A success clears the count. Time is a parameter (seconds on any monotonic clock).
-public struct AttemptLimiter: Sendable {
-    public struct Policy: Sendable {
-        public var freeAttempts: Int
-        public var baseLockout: Double
-        public var maximumLockout: Double
-
-        public init(freeAttempts: Int = 5, baseLockout: Double = 30, maximumLockout: Double = 3600) {
-            self.freeAttempts = freeAttempts
-            self.baseLockout = baseLockout
-            self.maximumLockout = maximumLockout
-        }
+    public init(freeAttempts: Int = 5, baseLockout: Double = 30, maximumLockout: Double = 3600) {
+        self.freeAttempts = freeAttempts
+        self.baseLockout = baseLockout
+        self.maximumLockout = maximumLockout
     }
+}
+
+/// Failed pairing attempts per key (a device id, or a source address), with exponential lock-out: after
+/// `freeAttempts` failures each further failure locks the key out for `baseLockout × 2^(failures − freeAttempts)`,
+/// at most `maximumLockout`. A success clears the count. Time is a parameter (seconds on any monotonic clock).
+public struct AttemptLimiter<Key: Hashable & Sendable>: Sendable {
+    public typealias Policy = LockoutPolicy
 
     struct Entry {
         var failures = 0
@@ -22,19 +23,19 @@ public struct AttemptLimiter: Sendable {
     }
 
     public let policy: Policy
-    private var entries: [DeviceID: Entry] = [:]
+    private var entries: [Key: Entry] = [:]
     /// Entries beyond this many are dropped oldest-unlocked-first by `recordFailure`.
     private let capacity = 100_000
 
     public init(policy: Policy = Policy()) { self.policy = policy }
 
     /// Nil when an attempt may start now, else the time when it may.
-    public func lockedUntil(_ device: DeviceID, now: Double) -> Double? {
+    public func lockedUntil(_ device: Key, now: Double) -> Double? {
         guard let entry = entries[device], entry.lockedUntil > now else { return nil }
         return entry.lockedUntil
     }
 
-    public mutating func recordFailure(_ device: DeviceID, now: Double) {
+    public mutating func recordFailure(_ device: Key, now: Double) {
         if entries.count >= capacity, entries[device] == nil {
             entries = entries.filter { $0.value.lockedUntil > now }
         }
@@ -48,7 +49,7 @@ public struct AttemptLimiter: Sendable {
         entries[device] = entry
     }
 
-    public mutating func recordSuccess(_ device: DeviceID) { entries[device] = nil }
+    public mutating func recordSuccess(_ device: Key) { entries[device] = nil }
 
-    public func failures(_ device: DeviceID) -> Int { entries[device]?.failures ?? 0 }
+    public func failures(_ device: Key) -> Int { entries[device]?.failures ?? 0 }
 }

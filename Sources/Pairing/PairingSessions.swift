@@ -41,6 +41,12 @@ public struct HubPairingSession: Sendable {
 
     public var pairingDeviceID: DeviceID? { deviceID }
 
+    /// Whether the peer has proved it holds the device's identity key: message 2 of XKpsk3 (`e, ee`) decrypted,
+    /// which needs `es`, so the device's static private key (Noise §7.7). Failures before that could come from
+    /// anyone and must not count against the device (its lock-out); failures after it (a wrong label secret: the
+    /// psk enters in message 3) do.
+    public private(set) var deviceKeyProved = false
+
     /// The hub speaks first: its hello lists the suites it offers.
     public mutating func start() throws(PairingError) -> Action {
         guard state == .start else { throw fail("start called twice") }
@@ -65,6 +71,7 @@ public struct HubPairingSession: Sendable {
             do {
                 _ = try handshake?.readMessage(frame)
                 guard var handshake else { throw fail("no handshake") }
+                deviceKeyProved = true
                 let message3 = try handshake.writeMessage()
                 confirmKey = try handshake.exportKey(label: PairingWire.confirmLabel)
                 transport = try handshake.transport()

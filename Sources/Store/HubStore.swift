@@ -7,8 +7,13 @@ public protocol HubStore: Sendable {
     /// Creates the device if it is new (or re-activates a revoked one: an explicit operator act) and records its
     /// certificate, in one transaction.
     func enroll(device: DeviceID, certificate: CertificateRecord, at: Date) async throws
-    /// Records a certificate that belongs to no device (the hub's own, operators').
+    /// Records a certificate that belongs to no device (the hub's own, operators'), or one issued by pairing and
+    /// recorded revoked until the device confirms it.
     func addCertificate(_ certificate: CertificateRecord) async throws
+    /// The device confirmed its pairing: creates or re-activates it, and gives it the certificate recorded as pending
+    /// (no device yet, revoked, its subject the device's identity), clearing that revocation, in one transaction.
+    /// Throws `notFound` when no such pending certificate is recorded.
+    func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws
     func device(_ id: DeviceID) async throws -> DeviceRecord?
     func devices() async throws -> [DeviceRecord]
     func certificates(of device: DeviceID) async throws -> [CertificateRecord]

@@ -36,6 +36,24 @@ public actor InMemoryHubStore: HubStore {
         certificateRecords[certificate.serialHex] = certificate
     }
 
+    public func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws {
+        guard var certificate = certificateRecords[serialHex], certificate.deviceID == nil,
+            certificate.subject == Identity.device(device).uri
+        else {
+            throw StoreError(.notFound, "no pending certificate \(serialHex) for this device")
+        }
+        if var existing = deviceRecords[device] {
+            existing.status = .active
+            existing.revokedAt = nil
+            deviceRecords[device] = existing
+        } else {
+            deviceRecords[device] = DeviceRecord(id: device, status: .active, createdAt: at)
+        }
+        certificate.revokedAt = nil
+        certificate.deviceID = device
+        certificateRecords[serialHex] = certificate
+    }
+
     public func device(_ id: DeviceID) async throws -> DeviceRecord? { deviceRecords[id] }
 
     public func devices() async throws -> [DeviceRecord] { deviceRecords.values.sorted { $0.id < $1.id } }

@@ -138,6 +138,26 @@ public final class SQLiteHubStore: HubStore {
         try await write { db in try Self.insert(certificate, db) }
     }
 
+    public func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws {
+        try await write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO devices (id, status, created_at) VALUES (?, 'active', ?)
+                    ON CONFLICT(id) DO UPDATE SET status = 'active', revoked_at = NULL
+                    """,
+                arguments: [device.rawValue, at.millis])
+            try db.execute(
+                sql: """
+                    UPDATE certificates SET revoked_at = NULL, device_id = ?
+                    WHERE serial = ? AND device_id IS NULL AND subject = ?
+                    """,
+                arguments: [device.rawValue, serialHex, Identity.device(device).uri])
+            guard db.changesCount == 1 else {
+                throw StoreError(.notFound, "no pending certificate \(serialHex) for this device")
+            }
+        }
+    }
+
     private static func insert(_ c: CertificateRecord, _ db: Database) throws {
         try db.execute(
             sql: """

@@ -173,7 +173,8 @@ import Testing
                 headers: [("Content-Type", "application/json")] + headers.map { ($0.name, $0.value) }, signed: false)
         }
         let now = Int64(Date().timeIntervalSince1970)
-        let captured = try signer.sign(method: "POST", path: "/v1/telemetry", body: body, created: now)
+        let captured = try signer.sign(
+            method: "POST", path: "/v1/telemetry", body: body, created: now, contentType: "application/json")
         #expect(try await send(captured).status == 202)
         let replayed = try await send(captured)
         #expect(replayed.status == 401)
@@ -182,12 +183,14 @@ import Testing
         try await hub.stop(keepData: true)
         hub = try await TestHub.start(directory: directory)
         #expect(try await send(captured).status == 401, "the nonce survived the restart")
-        let stale = try signer.sign(method: "POST", path: "/v1/telemetry", body: body, created: now - 600)
+        let stale = try signer.sign(
+            method: "POST", path: "/v1/telemetry", body: body, created: now - 600, contentType: "application/json")
         #expect(try await send(stale).status == 401)
-        let tampered = try signer.sign(method: "POST", path: "/v1/telemetry", body: body, created: now)
+        let tampered = try signer.sign(
+            method: "POST", path: "/v1/telemetry", body: body, created: now, contentType: "application/json")
         #expect(try await send(tampered, body: Array(#"{"temperature":99}"#.utf8)).status == 401)
         let foreign = try other.credentials.signer().sign(
-            method: "POST", path: "/v1/telemetry", body: body, created: now)
+            method: "POST", path: "/v1/telemetry", body: body, created: now, contentType: "application/json")
         #expect(try await send(foreign).status == 401)
         #expect(try await send([]).status == 401, "unsigned")
         #expect(try await hub.server.store.telemetryCount(of: try DeviceID("replay-1")) == 1)

@@ -115,34 +115,6 @@ import X509
         try await hub.stop()
     }
 
-    @Test func repeatedFailuresLockTheDeviceOutUntilTheLockOutEnds() async throws {
-        let hub = try await TestHub.start {
-            $0.pairingFreeAttempts = 2
-            $0.pairingLockoutSeconds = 2
-        }
-        let cli = CLI(binary: try HubProcessTests.binary, hub: hub)
-        let work = try temporaryDirectory("lockout")
-        #expect(try await cli.run(["device", "label", "--id", "cam-3", "--out", work + "/real"]).status == 0)
-        // An impostor with the same id but its own key and secret (it never saw the real label).
-        #expect(try await cli.run(["device", "label", "--id", "cam-3", "--out", work + "/impostor"]).status == 0)
-        #expect(try await cli.run(["pair", "claim", "@\(work)/real/label.txt"]).status == 0)
-        let pairImpostor = [
-            "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/impostor",
-        ]
-        let pairReal = ["agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/real"]
-        #expect(try await cli.run(pairImpostor).status == 1)
-        #expect(try await cli.run(pairImpostor).status == 1)
-        #expect(try await cli.run(pairReal).status == 1, "locked out after two failures, even for the real device")
-        #expect(try await cli.run(pairReal).status == 1, "attempts during the lock-out do not extend it")
-        try await Task.sleep(for: .milliseconds(2_300))
-        let afterwards = try await cli.run(pairReal)
-        #expect(afterwards.status == 0, "pairing works again after the lock-out: \(afterwards.stderr)")
-        let failures = try await hub.securityEvents().filter { $0.kind == "pairing-failed" }
-        #expect(failures.count == 4)
-        #expect(failures.contains { $0.detail.contains("lockedOut") })
-        try await hub.stop()
-    }
-
     @Test func aClaimIsUsedOnceEvenByConcurrentSessions() async throws {
         let hub = try await TestHub.start()
         let identity = NoiseDH.p256.generateKeyPair()

@@ -21,7 +21,8 @@ final class TestHub: Sendable {
     private let runTask: Task<Void, any Error>
 
     static func start(
-        directory: String? = nil, maxBodyBytes: Int = 64 * 1024, configure: (inout HubConfiguration) -> Void = { _ in }
+        directory: String? = nil, maxBodyBytes: Int = 64 * 1024, store: (any HubStore)? = nil,
+        configure: (inout HubConfiguration) -> Void = { _ in }
     ) async throws -> TestHub {
         let directory = try directory ?? temporaryDirectory("hub")
         var configuration = HubConfiguration(dataDirectory: directory)
@@ -32,7 +33,8 @@ final class TestHub: Sendable {
         configuration.maxBodyBytes = maxBodyBytes
         configure(&configuration)
         let server = try await HubServer.make(
-            configuration: configuration, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            configuration: configuration, store: store,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
             gracefulShutdownSignals: [])
         let task = Task { try await server.run() }
         let ports = await server.listeningPorts()

@@ -255,7 +255,7 @@ import Testing
 @Suite struct AttemptLimiterTests {
     @Test func locksOutExponentiallyAfterTheFreeAttemptsAndForgivesOnSuccess() throws {
         let device = try DeviceID("d")
-        var limiter = AttemptLimiter(policy: .init(freeAttempts: 3, baseLockout: 10, maximumLockout: 100))
+        var limiter = AttemptLimiter<DeviceID>(policy: .init(freeAttempts: 3, baseLockout: 10, maximumLockout: 100))
         for _ in 0..<2 { limiter.recordFailure(device, now: 0) }
         #expect(limiter.lockedUntil(device, now: 0) == nil)
         limiter.recordFailure(device, now: 0)

@@ -1,0 +1,333 @@
+import Core
+import Crypto
+import Foundation
+import Gateway
+import Hub
+import HubClient
+import MQTT
+import NIOCore
+import NIOPosix
+import Pairing
+import Store
+import SwiftASN1
+import Testing
+import X509
+
+/// Each finding of the white-box review of the crypto and identity code, attacked over real sockets and refused.
+@Suite(.serialized) struct ReviewFindingsTests {
+    /// Finding 1: the replay stage used the time taken when the request head arrived. A copy of a captured request
+    /// whose head is sent at once and whose body arrives after the original nonce left the ledger was stored twice.
+    @Test func aCopyWhoseBodyArrivesLateIsStillAReplay() async throws {
+        let hub = try await TestHub.start { $0.gateway.signatureSkewSeconds = 1 }
+        let device = try await hub.enroll("slow-1")
+        let body = Array(#"{"temperature":20}"#.utf8)
+        let signed = try device.credentials.signer().sign(
+            method: "POST", path: "/v1/telemetry", body: body, created: Int64(Date().timeIntervalSince1970),
+            contentType: "application/json")
+        let headers = [("Content-Type", "application/json")] + signed.map { ($0.name, $0.value) }
+        func send() async throws -> Int {
+            try await device.request(
+                port: hub.devicePort, "POST", "/v1/telemetry", body: body, headers: headers, signed: false
+            ).status
+        }
+        #expect(try await send() == 202, "the original")
+        #expect(try await send() == 401, "an immediate whole copy")
+
+        let raw = try await RawConnection.open(port: hub.devicePort, tls: try device.credentials.tlsConfiguration())
+        try await raw.send(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nContent-Length: \(body.count)\r\n"
+                + headers.map { "\($0.0): \($0.1)\r\n" }.joined() + "\r\n")
+        // Past the nonce's retention (2 × skew + 1 s = 3 s); another request then expires it from the ledger.
+        try await Task.sleep(for: .milliseconds(3_500))
+        #expect(
+            try await device.request(port: hub.devicePort, "POST", "/v1/telemetry", body: Array(#"{"n":2}"#.utf8))
+                .status == 202)
+        try await raw.send(body)
+        let answer = await raw.wait(until: { $0.contains("\r\n\r\n") })
+        #expect(answer.hasPrefix("HTTP/1.1 401"), "\(answer.prefix(80))")
+        await raw.close()
+        #expect(try await send() == 401, "a whole copy now")
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("slow-1")) == 2)
+        try await hub.stop()
+    }
+
+    /// Finding 7: whoever holds a signed request could change its message type or content type and have it stored
+    /// under another schema. Both fields are covered components now.
+    @Test func theMessageTypeAndContentTypeAreSigned() async throws {
+        let hub = try await TestHub.start()
+        let schema = Array(#"{"type":"object","properties":{"temperature":{"type":"number"}}}"#.utf8)
+        #expect(try await hub.operatorRequest("PUT", "/v1/schemas/env", raw: schema).status == 201)
+        let device = try await hub.enroll("typed-1")
+        let body = Array(#"{"temperature":20}"#.utf8)
+        let signer = try device.credentials.signer()
+        func send(signedType: String?, sentType: String?, signedContentType: String? = "application/json")
+            async throws -> Int
+        {
+            let signed = try signer.sign(
+                method: "POST", path: "/v1/telemetry", body: body, created: Int64(Date().timeIntervalSince1970),
+                contentType: signedContentType, messageType: signedType)
+            var headers = [("Content-Type", "application/json")]
+            if let sentType { headers.append(("Bulwark-Message-Type", sentType)) }
+            return try await device.request(
+                port: hub.devicePort, "POST", "/v1/telemetry", body: body,
+                headers: headers + signed.map { ($0.name, $0.value) }, signed: false
+            ).status
+        }
+        #expect(try await send(signedType: "env", sentType: "env") == 202)
+        #expect(try await send(signedType: nil, sentType: nil) == 202)
+        #expect(try await send(signedType: "telemetry", sentType: "env") == 401, "type changed in transit")
+        #expect(try await send(signedType: nil, sentType: "env") == 401, "type added in transit")
+        #expect(try await send(signedType: "env", sentType: nil) == 401, "type removed in transit")
+        #expect(try await send(signedType: nil, sentType: nil, signedContentType: nil) == 401, "content type unsigned")
+        #expect(
+            try await send(signedType: nil, sentType: nil, signedContentType: "text/plain") == 401,
+            "content type changed in transit")
+        let stored = try await hub.server.store.telemetry(of: try DeviceID("typed-1"), limit: 10)
+        #expect(stored.count == 2)
+        // The built-in client signs both fields.
+        #expect(
+            try await device.request(
+                port: hub.devicePort, "POST", "/v1/telemetry", body: body,
+                headers: [("Content-Type", "application/json"), ("Bulwark-Message-Type", "env")]
+            ).status == 202)
+        try await hub.stop()
+    }
+
+    /// Finding 4: a data directory that already existed open to others stayed so, and the store came out 0644.
+    @Test func theDataDirectoryAndTheStoreArePrivate() async throws {
+        let directory = try temporaryDirectory("modes")
+        #expect(chmod(directory, 0o755) == 0)
+        var hub = try await TestHub.start(directory: directory)
+        #expect(try await hub.enroll("mode-1").id == "mode-1")
+        #expect(Self.mode(directory) == 0o700, "tightened to 0700")
+        for file in ["bulwark.sqlite", "bulwark.sqlite-wal", "bulwark.sqlite-shm"]
+        where FileManager.default.fileExists(atPath: directory + "/" + file) {
+            #expect(Self.mode(directory + "/" + file) & 0o077 == 0, "\(file) is private")
+        }
+        try await hub.stop(keepData: true)
+
+        #expect(chmod(directory + "/bulwark.sqlite", 0o644) == 0)
+        do {
+            hub = try await TestHub.start(directory: directory)
+            Issue.record("a store readable by others was accepted")
+            try await hub.stop()
+        } catch let error as HubStartupError {
+            #expect(error.description.contains("bulwark.sqlite is readable by group or others"))
+            #expect(error.description.contains("chmod 600"))
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    static func mode(_ path: String) -> mode_t {
+        var info = stat()
+        return stat(path, &info) == 0 ? info.st_mode & 0o777 : 0o7777
+    }
+
+    /// Finding 6: the pairing certificate was sent before it was stored; a hub dying before the confirmation left a
+    /// valid certificate nobody could revoke. It is recorded (revoked until confirmed) before it leaves the hub.
+    @Test func aPairingCertificateIsRecordedRevokedBeforeItIsSent() async throws {
+        let hub = try await TestHub.start()
+        let identity = NoiseDH.p256.generateKeyPair()
+        let device = try DeviceID("pend-1")
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: device, publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 7, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+
+        let revokedBefore = try await hub.server.store.revokedSerials()
+        // A device that takes its certificate and never confirms: stop at the confirmation and look at the store.
+        var session = try DevicePairingSession(label: label, identityKey: identity)
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: hub.pairingPort) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(PairingFrameDecoder(), maximumBufferSize: 2 + 65535))
+                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(PairingFrameEncoder()))
+                    return try NIOAsyncChannel<[UInt8], [UInt8]>(wrappingChannelSynchronously: channel)
+                }
+            }
+        let reachedConfirmation = try await channel.executeThenClose { inbound, outbound in
+            var frames = inbound.makeAsyncIterator()
+            while let frame = try await frames.next() {
+                var action = try session.received(frame)
+                if case .makeCSR = action {
+                    let key = P256.Signing.PrivateKey()
+                    let csr = try CertificateSigningRequest(
+                        version: .v1, subject: try DistinguishedName { CommonName("pend-1") },
+                        privateKey: Certificate.PrivateKey(key), attributes: .init(),
+                        signatureAlgorithm: .ecdsaWithSHA256)
+                    var serializer = DER.Serializer()
+                    try serializer.serialize(csr)
+                    action = try session.csrReady(operationalKey: key, csrDER: serializer.serializedBytes)
+                }
+                switch action {
+                case .send(let next): try await outbound.write(next)
+                case .confirm: return true
+                default: return false
+                }
+            }
+            return false
+        }
+        #expect(reachedConfirmation, "the device received its credentials")
+        let pending = try await hub.server.store.revokedSerials().subtracting(revokedBefore)
+        #expect(pending.count == 1, "recorded before it was sent, revoked until the device confirms")
+        #expect(hub.server.revocationList.contains(pending.first ?? "-"))
+        #expect(try await hub.server.store.certificates(of: device).isEmpty)
+        #expect(try await hub.server.store.device(device) == nil)
+
+        // The control: a pairing that confirms leaves one active certificate (and the abandoned one revoked).
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        let paired = try await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity)
+        let certificate = try Certificate(derEncoded: paired.credentials.certificateDER)
+        let after = try await hub.server.store.certificates(of: device)
+        #expect(after.map(\.serialHex) == [certificate.serialHex])
+        #expect(after.first?.revokedAt == nil)
+        #expect(!hub.server.revocationList.contains(certificate.serialHex))
+        #expect(try await hub.server.store.revokedSerials().isSuperset(of: pending), "the abandoned one stays revoked")
+        #expect(try await hub.server.store.device(device)?.status == .active)
+        try await hub.stop()
+    }
+
+    /// Finding 2: failures where the peer proved nothing (a hello naming the device, then garbage) locked the device
+    /// out. They count against the stranger's source address now; the device pairs from its own.
+    @Test func aStrangerCannotLockADeviceOutOfPairing() async throws {
+        let hub = try await TestHub.start {
+            $0.pairingFreeAttempts = 2
+            $0.pairingLockoutSeconds = 60
+        }
+        let identity = NoiseDH.p256.generateKeyPair()
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("cam-9"), publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 9, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        // The stranger knows the device id only: its own key, its own secret.
+        let strangerKey = NoiseDH.p256.generateKeyPair()
+        let stranger = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("cam-9"), publicKey: strangerKey.publicKey,
+            setupSecret: [UInt8](repeating: 1, count: 16))
+        for _ in 0..<6 {
+            let result = try? await PairingClient.pair(
+                host: "127.0.0.1", port: hub.pairingPort, label: stranger, identityKey: strangerKey,
+                timeout: .seconds(5), localAddress: "127.0.0.2")
+            #expect(result == nil)
+        }
+        // The stranger's source is locked out now: closed before the hub says anything.
+        let probe = try await RawConnection.open(port: hub.pairingPort, tls: nil, localAddress: "127.0.0.2")
+        await probe.wait(upTo: .seconds(3))
+        #expect(probe.isClosed && probe.text.isEmpty)
+        await probe.close()
+        // The device pairs, from its own address.
+        let paired = try await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity)
+        #expect(!paired.credentials.certificateDER.isEmpty)
+        try await hub.stop()
+    }
+
+    /// The device's own lock-out still works, for failures after the peer proved the device's key: the right key
+    /// with a wrong label secret (the psk enters in message 3).
+    @Test func wrongSecretsWithTheDeviceKeyLockTheDeviceOut() async throws {
+        let hub = try await TestHub.start {
+            $0.pairingFreeAttempts = 2
+            $0.pairingLockoutSeconds = 2
+        }
+        let identity = NoiseDH.p256.generateKeyPair()
+        let id = try DeviceID("cam-8")
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: id, publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 8, count: 16))
+        let wrongSecret = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: id, publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 3, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        for _ in 0..<2 {
+            let result = try? await PairingClient.pair(
+                host: "127.0.0.1", port: hub.pairingPort, label: wrongSecret, identityKey: identity,
+                timeout: .seconds(5), localAddress: "127.0.0.3")
+            #expect(result == nil)
+        }
+        let locked = try? await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity, timeout: .seconds(5))
+        #expect(locked == nil, "locked out after two failures, even for the real label, from any source")
+        try await Task.sleep(for: .milliseconds(2_300))
+        let paired = try await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity)
+        #expect(!paired.credentials.certificateDER.isEmpty, "pairing works again after the lock-out")
+        let failures = try await hub.securityEvents().filter { $0.kind == "pairing-failed" }
+        #expect(failures.count == 3)
+        #expect(failures.contains { $0.detail.contains("lockedOut") })
+        try await hub.stop()
+    }
+
+    /// Hardening finding 2: 1,000 idle connections to the pairing port held every slot and a legitimate pairing
+    /// failed at once. One source now gets a few slots, an idle one is cut after the hello deadline, and a device
+    /// from another address pairs meanwhile.
+    @Test func aConnectionFloodFromOneSourceDoesNotDenyPairing() async throws {
+        let hub = try await TestHub.start { $0.pairingSettings.helloSeconds = 1 }
+        let identity = NoiseDH.p256.generateKeyPair()
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("cam-7"), publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 7, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        var flood: [RawConnection] = []
+        for _ in 0..<200 {
+            flood.append(try await RawConnection.open(port: hub.pairingPort, tls: nil, localAddress: "127.0.0.2"))
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let greeted = flood.filter { !$0.text.isEmpty && !$0.isClosed }.count
+        #expect(greeted <= PairingSettings().maxConnectionsPerSource, "\(greeted) idle connections held")
+        #expect(flood.filter { $0.isClosed }.count >= 200 - PairingSettings().maxConnectionsPerSource)
+
+        let clock = ContinuousClock()
+        let start = clock.now
+        let paired = try await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity, timeout: .seconds(5))
+        #expect(!paired.credentials.certificateDER.isEmpty)
+        #expect(clock.now - start < .seconds(2), "paired during the flood in \(clock.now - start)")
+        // The idle ones that were greeted are cut after the hello deadline.
+        try await Task.sleep(for: .milliseconds(1_500))
+        #expect(flood.allSatisfy { $0.isClosed })
+        for connection in flood { await connection.close() }
+        try await hub.stop()
+    }
+
+    /// Finding 9 (also the MQTT issue's reliability bug): when the store write of a QoS 1 message failed, its counter
+    /// stayed in the window, so the client's DUP resend was acknowledged although nothing was stored.
+    @Test func aMessageThatWasNotStoredGivesItsCounterBack() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let hub = try await TestHub.start(store: store)
+        let device = try await hub.enroll("ctr-1")
+        let topic = try TopicName("devices/ctr-1/telemetry")
+        let codes = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "ctr-1",
+            version: .v5
+        ) { mqtt, _ in
+            var properties = Properties()
+            properties.userProperties = [("counter", "9")]
+            var codes: [UInt8] = []
+            store.failing.store(true, ordering: .relaxed)
+            for duplicate in [false, true] {
+                if duplicate { store.failing.store(false, ordering: .relaxed) }
+                try await mqtt.send(
+                    .publish(
+                        PublishPacket(
+                            topic: topic, payload: Array(#"{"t":1}"#.utf8), qos: .atLeastOnce, duplicate: duplicate,
+                            packetID: 5, properties: properties)))
+                while let packet = try await mqtt.next() {
+                    if case .puback(5, let reason, _) = packet {
+                        codes.append(reason)
+                        break
+                    }
+                }
+            }
+            codes.append(
+                try await mqtt.publishAcknowledged(
+                    topic: topic, payload: Array(#"{"t":1}"#.utf8), properties: properties)
+            )
+            return codes
+        }
+        #expect(codes == [0x80, 0, 0x87], "not stored → 0x80; the resend is stored; a third copy is a replay")
+        #expect(try await store.telemetryCount(of: try DeviceID("ctr-1")) == 1)
+        try await hub.stop()
+    }
+}

@@ -1,0 +1,133 @@
+import Core
+import Foundation
+import HubClient
+import NIOCore
+import NIOPosix
+import NIOSSL
+import Store
+import Synchronization
+
+/// A store that forwards to a real one and fails `appendTelemetry` while `failing` is set: the store write that does
+/// not happen, for the "never acknowledge what was not stored" tests.
+final class FaultyStore: HubStore {
+    let base: any HubStore
+    let failing = Atomic<Bool>(false)
+
+    init(_ base: any HubStore) { self.base = base }
+
+    func appendTelemetry(_ message: NewTelemetry) async throws -> Int64 {
+        if failing.load(ordering: .relaxed) { throw StoreError(.unavailable, "injected store failure") }
+        return try await base.appendTelemetry(message)
+    }
+
+    func enroll(device: DeviceID, certificate: CertificateRecord, at: Date) async throws {
+        try await base.enroll(device: device, certificate: certificate, at: at)
+    }
+    func addCertificate(_ certificate: CertificateRecord) async throws { try await base.addCertificate(certificate) }
+    func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws {
+        try await base.activatePendingCertificate(serialHex, device: device, at: at)
+    }
+    func device(_ id: DeviceID) async throws -> DeviceRecord? { try await base.device(id) }
+    func devices() async throws -> [DeviceRecord] { try await base.devices() }
+    func certificates(of device: DeviceID) async throws -> [CertificateRecord] {
+        try await base.certificates(of: device)
+    }
+    func revoke(device: DeviceID, at: Date) async throws -> [String] { try await base.revoke(device: device, at: at) }
+    func revokedSerials() async throws -> Set<String> { try await base.revokedSerials() }
+    func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord] {
+        try await base.telemetry(of: device, limit: limit)
+    }
+    func telemetryCount(of device: DeviceID?) async throws -> Int { try await base.telemetryCount(of: device) }
+    func recordSecurityEvent(_ event: SecurityEvent) async throws { try await base.recordSecurityEvent(event) }
+    func securityEvents(limit: Int) async throws -> [SecurityEvent] { try await base.securityEvents(limit: limit) }
+    func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws {
+        try await base.setIdentityResolvingKey(irk, for: device)
+    }
+    func identityResolvingKeys() async throws -> [(DeviceID, [UInt8])] { try await base.identityResolvingKeys() }
+    func auditRecords(after sequence: Int64, limit: Int) async throws -> [AuditRecord] {
+        try await base.auditRecords(after: sequence, limit: limit)
+    }
+    func recordNonce(device: DeviceID, nonce: StoredNonce) async throws {
+        try await base.recordNonce(device: device, nonce: nonce)
+    }
+    func liveNonces(now: Int64) async throws -> [(DeviceID, StoredNonce)] { try await base.liveNonces(now: now) }
+    func counterWindows() async throws -> [(DeviceID, StoredCounterWindow)] { try await base.counterWindows() }
+    func setQuarantine(_ device: DeviceID, until: Int64?) async throws {
+        try await base.setQuarantine(device, until: until)
+    }
+    func quarantines() async throws -> [(DeviceID, Int64)] { try await base.quarantines() }
+    func putSchema(name: String, body: [UInt8], at: Date) async throws {
+        try await base.putSchema(name: name, body: body, at: at)
+    }
+    func schemas() async throws -> [(String, [UInt8])] { try await base.schemas() }
+    func close() async throws { try await base.close() }
+}
+
+/// Raw bytes over TLS (or plain TCP), written in pieces at the times a test chooses, and whatever comes back: for
+/// the slow-body, framing and KeyUpdate attacks that a well-behaved client cannot send.
+final class RawConnection: Sendable {
+    let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+    private final class Inbox: Sendable {
+        let bytes = Mutex<[UInt8]>([])
+        let closed = Atomic<Bool>(false)
+    }
+    private let inbox = Inbox()
+    private let reader: Task<Void, Never>
+
+    static func open(
+        port: Int, tls: TLSConfiguration?, localAddress: String? = nil, host: String = "127.0.0.1"
+    ) async throws -> RawConnection {
+        let context = try tls.map { try NIOSSLContext(configuration: $0) }
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(5))
+        if let localAddress { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: localAddress, port: 0)) }
+        let channel = try await bootstrap.connect(host: host, port: port) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                if let context {
+                    try channel.pipeline.syncOperations.addHandler(
+                        NIOSSLClientHandler(context: context, serverHostname: "localhost"))
+                }
+                return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+            }
+        }
+        return RawConnection(channel)
+    }
+
+    private init(_ channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>) {
+        self.channel = channel
+        let inbox = inbox
+        reader = Task { [channel] in
+            do {
+                for try await buffer in channel.inbound {
+                    inbox.bytes.withLock { $0 += buffer.readableBytesView }
+                }
+            } catch {}
+            inbox.closed.store(true, ordering: .relaxed)
+        }
+    }
+
+    func send(_ text: String) async throws { try await send(Array(text.utf8)) }
+
+    func send(_ bytes: [UInt8]) async throws { try await channel.outbound.write(ByteBuffer(bytes: bytes)) }
+
+    var text: String { inbox.bytes.withLock { String(decoding: $0, as: UTF8.self) } }
+    var isClosed: Bool { inbox.closed.load(ordering: .relaxed) }
+
+    /// Waits until `condition` holds on what arrived (or the peer closed), at most `timeout`.
+    @discardableResult
+    func wait(
+        upTo timeout: Duration = .seconds(5), until condition: @escaping @Sendable (String) -> Bool = { _ in false }
+    ) async -> String {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline, !condition(text), !isClosed {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return text
+    }
+
+    func close() async {
+        try? await channel.channel.close()
+        await reader.value
+    }
+}
