@@ -118,6 +118,8 @@ let package = Package(
             dependencies: [
                 "Core", "PKI", "Gateway", "Store", "Pairing", "MQTT", "TUFRepository",
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -198,7 +200,8 @@ let package = Package(
             name: "MQTTTests",
             dependencies: ["MQTT", .product(name: "NIOCore", package: "swift-nio")]
         ),
-        .testTarget(name: "StoreTests", dependencies: ["Store", "Core"]),
+        .testTarget(
+            name: "StoreTests", dependencies: ["Store", "Core", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "HubTests",
             dependencies: [

@@ -1,8 +1,11 @@
 import ArgumentParser
+import Crypto
 import Foundation
 import Gateway
+import Hub
 import HubClient
 import Store
+import X509
 
 extension DeviceCommand {
     struct Release: AsyncParsableCommand {
@@ -180,26 +183,134 @@ struct SchemaCommand: AsyncParsableCommand {
 
 struct AuditCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "audit", abstract: "Read and verify the hash-chained audit log in the hub's data directory.",
-        subcommands: [Verify.self, Tail.self])
+        commandName: "audit",
+        abstract: "Read, verify and anchor the keyed, hash-chained audit log in the hub's data directory.",
+        subcommands: [Verify.self, Anchor.self, Tail.self])
+
+    /// Where the audit key and the anchors' public key are, for `verify` and `anchor`.
+    struct KeyOptions: ParsableArguments {
+        @Option(help: "The hub's data directory.") var data = "./bulwark-data"
+        @Option(
+            help: ArgumentHelp(
+                "The audit MAC key (default: $BULWARK_AUDIT_KEY_FILE, else DATA/audit.key).", valueName: "file"))
+        var keyFile: String?
+
+        var keyPath: String {
+            keyFile ?? ProcessInfo.processInfo.environment["BULWARK_AUDIT_KEY_FILE"] ?? data + "/audit.key"
+        }
+
+        /// The key, or nil when there is no key file; a key file others can read, or a malformed one, is refused.
+        func loadKey() throws -> AuditKey? {
+            guard FileManager.default.fileExists(atPath: keyPath) else { return nil }
+            do { return try AuditKeyFile.load(keyPath) } catch {
+                throw CleanExit.message("bulwark: \(error)", code: 78)
+            }
+        }
+    }
 
     struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Check the whole chain; names the first edited, deleted, inserted or reordered record.")
-        @Option(help: "The hub's data directory.") var data = "./bulwark-data"
+            abstract: "Check the chain, every record's MAC and each anchor; names the first bad record or anchor.",
+            discussion: """
+                Exit 0: intact, every MAC checked. Exit 1: tampering (an edited, deleted, inserted, reordered or \
+                re-hashed record, a removed MAC, a log truncated behind an anchor, a forged anchor). Exit 2: the \
+                chain and anchors hold but the MACs could not be checked (no audit key: pass --key-file).
+                """)
+        @OptionGroup var keys: KeyOptions
+        @Option(help: "An anchor written by `audit anchor` (repeatable); the log must still reach it.")
+        var anchor: [String] = []
+        @Option(help: "The certificate whose key signs anchors (default: DATA/ca.crt).") var ca: String?
+
         func run() async throws {
-            let store = try openStore(data)
-            var records: [AuditRecord] = []
-            while true {
-                let page = try await store.auditRecords(after: records.last?.sequence ?? 0, limit: 10_000)
-                if page.isEmpty { break }
-                records += page
+            var checkpoints: [AuditAnchor.Checkpoint] = []
+            if !anchor.isEmpty {
+                let signer = try anchorPublicKey(ca ?? keys.data + "/ca.crt")
+                for file in anchor {
+                    guard let bytes = FileManager.default.contents(atPath: file) else {
+                        throw CleanExit.message("bulwark: cannot read the anchor \(file)", code: 66)
+                    }
+                    guard let parsed = try? AuditAnchor(json: Array(bytes)) else {
+                        throw CleanExit.message(
+                            "bulwark: anchor \(file) is NOT valid: not an audit anchor file", code: 1)
+                    }
+                    guard let checkpoint = parsed.verified(by: signer) else {
+                        throw CleanExit.message(
+                            "bulwark: anchor \(file) is NOT valid: its signature is not the hub CA's (forged or altered)",
+                            code: 1)
+                    }
+                    checkpoints.append(checkpoint)
+                }
             }
+            let key = try keys.loadKey()
+            let store = try openStore(keys.data)
+            let records = try await allRecords(store)
             try await store.close()
-            if let failure = AuditChain.verify(records) {
+            let summary: AuditChain.Summary
+            switch AuditChain.verify(records, key: key, anchors: checkpoints) {
+            case .failure(let failure):
                 throw CleanExit.message("bulwark: audit log is NOT intact: \(failure)", code: 1)
+            case .success(let result): summary = result
             }
-            print("audit log intact: \(records.count) records, head \(records.last.map { hexPrefix($0.hash) } ?? "-")")
+            var line =
+                "audit log intact: \(summary.count) records, head \(hexPrefix(summary.head)), \(summary.keyed) keyed"
+            if summary.unkeyed > 0 { line += ", \(summary.unkeyed) unkeyed (before the key existed)" }
+            line +=
+                summary.anchors == 0
+                ? ", no anchor given" : ", \(summary.anchors) anchor\(summary.anchors == 1 ? "" : "s") ok"
+            if !summary.macsChecked && summary.keyed > 0 {
+                print(line + "; MACs NOT checked: no audit key at \(keys.keyPath) (pass --key-file)")
+                throw ExitCode(2)
+            }
+            print(line)
+        }
+    }
+
+    struct Anchor: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a signed checkpoint (count, head hash, time) of the audit log, to ship off this machine.",
+            discussion: """
+                The checkpoint is signed with the hub CA key (DATA/ca.key) after the whole log verified, and an \
+                audit-anchored event is appended. Later, `bulwark audit verify --anchor FILE` refuses a log cut back \
+                behind it or rewritten before it. Keep the anchors where whoever controls this machine cannot reach.
+                """)
+        @OptionGroup var keys: KeyOptions
+        @Option(help: "Where to write the anchor (JSON).") var out: String
+
+        func run() async throws {
+            guard let key = try keys.loadKey() else {
+                throw CleanExit.message(
+                    "bulwark: no audit key at \(keys.keyPath) (pass --key-file): records appended without it would "
+                        + "break the log", code: 66)
+            }
+            let signingKey: P256.Signing.PrivateKey
+            do {
+                signingKey = try P256.Signing.PrivateKey(pemRepresentation: try SecretFiles.read(keys.data + "/ca.key"))
+            } catch {
+                throw CleanExit.message("bulwark: cannot use \(keys.data)/ca.key to sign: \(error)", code: 78)
+            }
+            let store = try openStore(keys.data)
+            try await store.setAuditKey(key)
+            let records = try await allRecords(store)
+            if case .failure(let failure) = AuditChain.verify(records, key: key) {
+                try await store.close()
+                throw CleanExit.message(
+                    "bulwark: refusing to anchor: audit log is NOT intact: \(failure)", code: 1)
+            }
+            let anchor = try AuditAnchor(signing: AuditAnchor.Checkpoint(of: records, at: Date()), with: signingKey)
+            do { try Data(anchor.json).write(to: URL(fileURLWithPath: out), options: .atomic) } catch {
+                try await store.close()
+                throw CleanExit.message("bulwark: cannot write \(out): \(error)", code: 73)
+            }
+            let checkpoint = anchor.unverifiedCheckpoint
+            try await store.recordSecurityEvent(
+                SecurityEvent(
+                    at: Date(), kind: "audit-anchored",
+                    detail: "\(checkpoint.count) records, head \(AuditChain.hex(checkpoint.head)), written to \(out)")
+            )
+            try await store.close()
+            print(
+                "audit anchor written to \(out): \(checkpoint.count) records, head \(hexPrefix(checkpoint.head)); "
+                    + "ship it off this machine")
         }
     }
 
@@ -233,3 +344,20 @@ private func openStore(_ directory: String) throws -> SQLiteHubStore {
 }
 
 private func hexPrefix(_ bytes: [UInt8]) -> String { AuditChain.hex(bytes.prefix(8)) }
+
+private func allRecords(_ store: SQLiteHubStore) async throws -> [AuditRecord] {
+    var records: [AuditRecord] = []
+    while true {
+        let page = try await store.auditRecords(after: records.last?.sequence ?? 0, limit: 10_000)
+        if page.isEmpty { return records }
+        records += page
+    }
+}
+
+/// The public key that signs anchors: the one in the hub CA certificate.
+private func anchorPublicKey(_ certificateFile: String) throws -> P256.Signing.PublicKey {
+    guard let text = try? String(contentsOfFile: certificateFile, encoding: .utf8),
+        let certificate = try? Certificate(pemEncoded: text), let key = P256.Signing.PublicKey(certificate.publicKey)
+    else { throw CleanExit.message("bulwark: \(certificateFile) is not a P-256 certificate", code: 66) }
+    return key
+}

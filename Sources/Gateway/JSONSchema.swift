@@ -15,8 +15,8 @@ public struct JSONSchema: Sendable {
 
     struct Rules: Sendable {
         var types: Set<String>?
-        var properties: [String: Node] = [:]
-        var required: [String] = []
+        var properties: [JSONKey: Node] = [:]
+        var required: [JSONKey] = []
         var additionalProperties: Node?
         var enumeration: [JSONValue]?
         var constant: JSONValue?
@@ -65,6 +65,7 @@ public struct JSONSchema: Sendable {
         case .object(let members):
             var rules = Rules()
             for (keyword, argument) in members {
+                let keyword = keyword.string
                 let at = path + "/" + keyword
                 func number() throws(SchemaError) -> Double {
                     guard case .number(let n, _) = argument else { throw SchemaError("\(at) must be a number") }
@@ -92,13 +93,13 @@ public struct JSONSchema: Sendable {
                 case "properties":
                     guard case .object(let properties) = argument else { throw SchemaError("\(at) must be an object") }
                     for (name, schema) in properties {
-                        rules.properties[name] = try compile(schema, path: at + "/" + name)
+                        rules.properties[name] = try compile(schema, path: at + "/" + name.string)
                     }
                 case "required":
                     guard case .array(let names) = argument else { throw SchemaError("\(at) must be an array") }
                     for name in names {
                         guard case .string(let text) = name else { throw SchemaError("\(at) must hold strings") }
-                        rules.required.append(text)
+                        rules.required.append(JSONKey(text))
                     }
                 case "additionalProperties": rules.additionalProperties = try compile(argument, path: at)
                 case "items": rules.items = try compile(argument, path: at)
@@ -207,7 +208,7 @@ public struct JSONSchema: Sendable {
             for (name, member) in members {
                 if let schema = rules.properties[name] {
                     if var failure = check(member, schema) {
-                        failure.path.append(escapePointer(name))
+                        failure.path.append(escapePointer(name.string))
                         return failure
                     }
                 } else if let additional = rules.additionalProperties {
@@ -215,7 +216,7 @@ public struct JSONSchema: Sendable {
                         if failure.keyword == "false", failure.path.isEmpty {
                             failure = Failure(path: [], keyword: "additionalProperties")
                         }
-                        failure.path.append(escapePointer(name))
+                        failure.path.append(escapePointer(name.string))
                         return failure
                     }
                 }

@@ -92,6 +92,19 @@ public struct Refusal: Error, Sendable, CustomStringConvertible {
     public var quarantinedUntil: Int64?
 
     public var description: String { "\(stage.rawValue): \(problem.slug): \(detail)" }
+
+    public init(
+        problem: Problem, stage: Stage, detail: String, retryAfterSeconds: Int? = nil,
+        limit: (name: String, limit: RateLimit)? = nil, auditKind: String?, quarantinedUntil: Int64? = nil
+    ) {
+        self.problem = problem
+        self.stage = stage
+        self.detail = detail
+        self.retryAfterSeconds = retryAfterSeconds
+        self.limit = limit
+        self.auditKind = auditKind
+        self.quarantinedUntil = quarantinedUntil
+    }
 }
 
 /// What an admitted message carries on to the store.
@@ -213,6 +226,12 @@ public final class GatewayPipeline: Sendable {
         }
     }
 
+    /// A request the HTTP layer could not frame (a malformed chunk, a transfer coding other than chunked): counted
+    /// toward the device's invalid-message quarantine like an invalid body.
+    public func malformedRequest(_ device: DeviceID, problem: Problem, detail: String, now: GatewayTime) -> Refusal {
+        offence(.invalidMessage, device, now: now, problem: problem, stage: .size, detail: detail)
+    }
+
     /// The size stage for a body refused while it was still arriving (it is never buffered whole).
     public func oversized(_ device: DeviceID, now: GatewayTime) -> Refusal {
         offence(
@@ -316,7 +335,7 @@ public final class GatewayPipeline: Sendable {
         _ device: DeviceID, _ message: InboundMessage, _ value: inout JSONValue, now: GatewayTime
     ) throws(Refusal) -> InboundMessage {
         guard case .mqtt(let property) = message.transport, case .object(var members) = value,
-            let member = members.removeValue(forKey: Self.counterMember)
+            let member = members.removeValue(forKey: JSONKey(Self.counterMember))
         else { return message }
         guard case .number(let number, integerLiteral: true) = member, number >= 0, number <= 9_007_199_254_740_991
         else { throw malformedCounter(device, now: now) }

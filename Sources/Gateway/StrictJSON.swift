@@ -6,7 +6,7 @@ public enum JSONValue: Sendable, Equatable {
     case number(Double, integerLiteral: Bool)
     case string(String)
     case array([JSONValue])
-    case object([String: JSONValue])
+    case object([JSONKey: JSONValue])
 
     /// The JSON Schema type name (draft 2020-12 §4.2.1); numbers with a zero fractional part are also "integer".
     public var typeName: String {
@@ -19,6 +19,19 @@ public enum JSONValue: Sendable, Equatable {
         case .object: "object"
         }
     }
+}
+
+/// An object member name, compared and hashed by its UTF-8 bytes. RFC 8259 §8.3 compares names code unit by code
+/// unit; Swift's `String` equality is canonical equivalence, which would make `"é"` and `"e\u{301}"` (or U+00C5 and
+/// U+212B) one name: valid I-JSON refused as a duplicate, and one of the two members silently lost.
+public struct JSONKey: Hashable, Sendable, ExpressibleByStringLiteral, CustomStringConvertible {
+    public let utf8: [UInt8]
+
+    public init(_ text: String) { utf8 = Array(text.utf8) }
+    public init(stringLiteral value: String) { self.init(value) }
+
+    public var string: String { String(decoding: utf8, as: UTF8.self) }
+    public var description: String { string }
 }
 
 /// Why a body is not acceptable JSON: for the log and the audit record, never for the client.
@@ -36,6 +49,7 @@ public struct JSONError: Error, Equatable, CustomStringConvertible {
         case numberOutOfRange = "number out of range"
         case invalidEscape = "invalid escape"
         case controlCharacter = "control character in string"
+        case noncharacter = "noncharacter or surrogate in string"
         case notAnObject = "not an object"
     }
     public let kind: Kind
@@ -44,11 +58,14 @@ public struct JSONError: Error, Equatable, CustomStringConvertible {
 }
 
 /// A strict JSON parser (RFC 8259 grammar with the I-JSON restrictions of RFC 7493 §2): UTF-8 only, no duplicate
-/// member names, no lone surrogates, numbers that fit an IEEE 754 double (integers exactly, so at most 2^53 in
-/// magnitude), nothing after the value. NaN and Infinity are not JSON and fail as unexpected bytes.
+/// member names (compared by their unescaped UTF-8 bytes, §2.3 / RFC 8259 §8.3), no surrogates and no
+/// noncharacters (U+FDD0–U+FDEF and every code point ending in FFFE or FFFF, §2.1) whether raw or escaped, in names
+/// and values; numbers that fit an IEEE 754 double (integers exactly, so at most 2^53 − 1 in magnitude), nothing
+/// after the value. NaN and Infinity are not JSON and fail as unexpected bytes.
 ///
-/// Limits bound the work an attacker can cause: nesting depth, members per object or elements per array, and
-/// string length. Each byte is looked at a bounded number of times, so the work is linear in the input.
+/// Limits bound the work an attacker can cause: nesting depth, members per object or elements per array, string
+/// length (in bytes as sent, escapes included) and number length (characters of the literal). Each byte is looked at
+/// a bounded number of times, so the work is linear in the input.
 public struct StrictJSON: Sendable {
     public var maxDepth: Int
     public var maxMembers: Int
@@ -133,7 +150,7 @@ public struct StrictJSON: Sendable {
         mutating func object(depth: Int) throws(JSONError) -> JSONValue {
             guard depth <= options.maxDepth else { throw fail(.tooDeep) }
             index += 1
-            var members: [String: JSONValue] = [:]
+            var members: [JSONKey: JSONValue] = [:]
             skipWhitespace()
             if try peek() == UInt8(ascii: "}") {
                 index += 1
@@ -143,7 +160,7 @@ public struct StrictJSON: Sendable {
                 skipWhitespace()
                 let keyOffset = index
                 guard try peek() == UInt8(ascii: "\"") else { throw fail(.unexpectedByte) }
-                let key = try string()
+                let key = JSONKey(try string())
                 skipWhitespace()
                 guard try peek() == UInt8(ascii: ":") else { throw fail(.unexpectedByte) }
                 index += 1
@@ -209,7 +226,20 @@ public struct StrictJSON: Sendable {
             let raw = bytes[index..<scan]
             guard let text = String(validating: raw, as: UTF8.self) else { throw fail(.invalidUTF8, at: start) }
             index = scan + 1
-            return escaped ? try unescape(text, at: start) : text
+            let value = escaped ? try unescape(text, at: start) : text
+            // Raw noncharacters are valid UTF-8; escaped ones decode to them: checked once, on the result. Only
+            // strings with a byte that can start one (EF for U+FDD0-U+FFFF, F0-F4 for the planes above) are scanned.
+            if raw.contains(where: { $0 >= 0xEF }) || escaped,
+                value.unicodeScalars.contains(where: Self.isNoncharacter)
+            {
+                throw fail(.noncharacter, at: start)
+            }
+            return value
+        }
+
+        /// Unicode §23.7: U+FDD0...U+FDEF, and the last two code points of every plane (U+xxFFFE, U+xxFFFF).
+        static func isNoncharacter(_ scalar: Unicode.Scalar) -> Bool {
+            (0xFDD0...0xFDEF).contains(scalar.value) || scalar.value & 0xFFFE == 0xFFFE
         }
 
         func unescape(_ text: String, at offset: Int) throws(JSONError) -> String {

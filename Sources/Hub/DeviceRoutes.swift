@@ -4,6 +4,7 @@ import Gateway
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import NIOHTTP1
 import Store
 
 /// The device API, served on the device listener. The device is always the one named by its client certificate:
@@ -59,6 +60,13 @@ struct DeviceRoutes {
         }
         do { message.body = try await Self.collect(request, limit: maxBodyBytes) } catch is HubError {
             throw GatewayError(refusal: gateway.oversized(device, now: GatewayTime.now()), identity: identity)
+        } catch let error as HTTPParserError {
+            // A body the HTTP layer cannot frame (a chunk size that is not hex, or one too large): the client's
+            // fault, a 400 counted toward the device's invalid-message quarantine (RFC 9112 §7.1).
+            throw GatewayError(
+                refusal: gateway.malformedRequest(
+                    device, problem: .badRequest, detail: "HTTP framing: \(error)", now: GatewayTime.now()),
+                identity: identity)
         }
         // The replay stage reads the clock only now that the whole body is here: a copy of a captured request whose
         // head is sent at once and whose body trickles in later must meet the `created` window and the nonce ledger

@@ -7,6 +7,7 @@ import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOHTTP1
 import Store
 
 /// The gateway settings of `HubConfiguration` (`gateway.*` keys), turned into a `GatewayPolicy`.
@@ -28,6 +29,9 @@ public struct GatewaySettings: Sendable, Equatable {
     public var requireSchema = false
     public var jsonMaxDepth = 16
     public var jsonMaxMembers = 1000
+    /// Longest string (name or value) in bytes as sent, escapes included, and longest number literal in characters.
+    public var jsonMaxStringBytes = 16 * 1024
+    public var jsonMaxNumberLength = 40
 
     public init() {}
 
@@ -44,7 +48,9 @@ public struct GatewaySettings: Sendable, Equatable {
                 .badSignature: quarantineBadSignature,
             ], durationSeconds: Int64(quarantineSeconds))
         policy.requireSchema = requireSchema
-        policy.json = StrictJSON(maxDepth: jsonMaxDepth, maxMembers: jsonMaxMembers)
+        policy.json = StrictJSON(
+            maxDepth: jsonMaxDepth, maxMembers: jsonMaxMembers, maxStringBytes: jsonMaxStringBytes,
+            maxNumberLength: jsonMaxNumberLength)
         policy.maxBodyBytes = maxBodyBytes
         return policy
     }
@@ -63,6 +69,10 @@ public struct GatewaySettings: Sendable, Equatable {
         else { throw HubStartupError("gateway.quarantine* thresholds must be at least 1 and the duration 1 s-30 days") }
         guard (1...64).contains(jsonMaxDepth), (1...100_000).contains(jsonMaxMembers) else {
             throw HubStartupError("gateway.jsonMaxDepth must be 1-64 and gateway.jsonMaxMembers 1-100000")
+        }
+        guard (1...(16 * 1024 * 1024)).contains(jsonMaxStringBytes), (1...1000).contains(jsonMaxNumberLength) else {
+            throw HubStartupError(
+                "gateway.jsonMaxStringBytes must be 1-16777216 and gateway.jsonMaxNumberLength 1-1000")
         }
     }
 }
@@ -144,13 +154,18 @@ enum ProblemResponse {
     }
 }
 
-/// Stage 1 of the pipeline: per-source connection rate, checked when TCP accepts, before any TLS work is done.
+/// Stage 1 of the pipeline: per-source connection rate and the open-connection caps (in all and per source),
+/// checked when TCP accepts, before any TLS work is done; then `HTTPGuardHandler` bounds each phase of the
+/// connection and refuses framing the hub does not accept.
 struct ConnectionGate<Base: ServerChildChannel>: ServerChildChannel {
     typealias Value = Base.Value
     let base: Base
     let gateway: GatewayPipeline
     /// Each listener has its own budget per source: a device flood from one address does not lock operators out.
     let listener: String
+    let connections: ConnectionCounter
+    let limits: HTTPLimits
+    let onRefusal: @Sendable (FramingRefusal) -> Void
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let source = channel.remoteAddress?.ipAddress ?? "unknown"
@@ -159,7 +174,22 @@ struct ConnectionGate<Base: ServerChildChannel>: ServerChildChannel {
             channel.close(promise: nil)
             return channel.eventLoop.makeFailedFuture(GatewayError(refusal: refusal, identity: nil))
         }
-        return base.setup(channel: channel, logger: logger)
+        guard connections.acquire(source, channel) else {
+            logger.debug("connection refused before TLS: connection limit", metadata: ["source": .string(source)])
+            channel.close(promise: nil)
+            return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+        }
+        let connections = connections
+        channel.closeFuture.whenComplete { _ in connections.release(source, channel) }
+        let limits = limits
+        let onRefusal = onRefusal
+        return base.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            let decoder = try channel.pipeline.syncOperations.handler(
+                type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            try channel.pipeline.syncOperations.addHandler(
+                HTTPGuardHandler(limits: limits, onRefusal: onRefusal), position: .after(decoder))
+            return value
+        }
     }
 
     func handle(value: Value, logger: Logger) async { await base.handle(value: value, logger: logger) }
@@ -168,12 +198,13 @@ struct ConnectionGate<Base: ServerChildChannel>: ServerChildChannel {
 extension HTTPServerBuilder {
     /// HTTP/1.1 over TLS with the pipeline's connection gate in front of the TLS handler.
     static func gatedTLS(
-        configuration: TLSChannelConfiguration, gateway: GatewayPipeline, listener: String
+        configuration: TLSChannelConfiguration, gateway: GatewayPipeline, listener: String,
+        connections: ConnectionCounter, limits: HTTPLimits, onRefusal: @escaping @Sendable (FramingRefusal) -> Void
     ) -> HTTPServerBuilder {
         HTTPServerBuilder { responder in
             ConnectionGate(
                 base: try TLSChannel(HTTP1Channel(responder: responder), configuration: configuration),
-                gateway: gateway, listener: listener)
+                gateway: gateway, listener: listener, connections: connections, limits: limits, onRefusal: onRefusal)
         }
     }
 }

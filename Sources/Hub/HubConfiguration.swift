@@ -11,6 +11,11 @@ public struct HubConfiguration: Sendable, Equatable {
     public struct Listener: Sendable, Equatable {
         public var host: String
         public var port: Int
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
     }
 
     public var dataDirectory: String
@@ -25,6 +30,8 @@ public struct HubConfiguration: Sendable, Equatable {
     /// Failed pairings per device before lock-out, and the first lock-out (doubling with each further failure).
     public var pairingFreeAttempts = 5
     public var pairingLockoutSeconds = 30.0
+    /// Deadlines and connection caps of the device and operator HTTPS listeners (`http.*`).
+    public var httpLimits = HTTPLimits()
     /// Connection caps and the hello deadline of the pairing listener (`pairing.*`).
     public var pairingSettings = PairingSettings()
     /// `sqlite:PATH` (default `sqlite:<data>/bulwark.sqlite`) or, later, `postgres://user@host/db`.
@@ -46,6 +53,13 @@ public struct HubConfiguration: Sendable, Equatable {
     public var tufResignIntervalSeconds = 3600
     public var tufTimestampWithinSeconds = 6 * 3600
     public var tufSnapshotWithinSeconds = 2 * 86400
+    /// The plain-HTTP listener serving only the CRL, read-only and unauthenticated (`pki.crlAddress`, host:port; off
+    /// when nil), and how long each CRL is valid (`pki.crlValidityDays`). See `crlDistributionPointURL`.
+    public var crlAddress: Listener?
+    public var crlValidityDays = 7
+    /// The audit log's MAC key (`audit.keyFile`, `BULWARK_AUDIT_KEY_FILE`), a 0600 file; default `<data>/audit.key`.
+    /// Keep it off the data disk where possible: whoever holds the database and this key can rewrite the log.
+    public var auditKeyFile: String?
 
     public init(dataDirectory: String) {
         self.dataDirectory = dataDirectory
@@ -82,6 +96,15 @@ public struct HubConfiguration: Sendable, Equatable {
         config.claimLifetimeSeconds = reader.int(forKey: "pairing.claimLifetimeSeconds", default: 600)
         config.pairingFreeAttempts = reader.int(forKey: "pairing.freeAttempts", default: 5)
         config.pairingLockoutSeconds = reader.double(forKey: "pairing.lockoutSeconds", default: 30)
+        var http = HTTPLimits()
+        http.handshakeSeconds = reader.double(forKey: "http.handshakeSeconds", default: http.handshakeSeconds)
+        http.headerSeconds = reader.double(forKey: "http.headerSeconds", default: http.headerSeconds)
+        http.bodySeconds = reader.double(forKey: "http.bodySeconds", default: http.bodySeconds)
+        http.idleSeconds = reader.double(forKey: "http.idleSeconds", default: http.idleSeconds)
+        http.maxConnections = reader.int(forKey: "http.maxConnections", default: http.maxConnections)
+        http.maxConnectionsPerSource = reader.int(
+            forKey: "http.maxConnectionsPerSource", default: http.maxConnectionsPerSource)
+        config.httpLimits = http
         config.pairingSettings.maxConnections = reader.int(
             forKey: "pairing.maxConnections", default: config.pairingSettings.maxConnections)
         config.pairingSettings.maxConnectionsPerSource = reader.int(
@@ -114,6 +137,10 @@ public struct HubConfiguration: Sendable, Equatable {
         gateway.requireSchema = reader.bool(forKey: "gateway.requireSchema", default: gateway.requireSchema)
         gateway.jsonMaxDepth = reader.int(forKey: "gateway.jsonMaxDepth", default: gateway.jsonMaxDepth)
         gateway.jsonMaxMembers = reader.int(forKey: "gateway.jsonMaxMembers", default: gateway.jsonMaxMembers)
+        gateway.jsonMaxStringBytes = reader.int(
+            forKey: "gateway.jsonMaxStringBytes", default: gateway.jsonMaxStringBytes)
+        gateway.jsonMaxNumberLength = reader.int(
+            forKey: "gateway.jsonMaxNumberLength", default: gateway.jsonMaxNumberLength)
         config.gateway = gateway
         var mqtt = MQTTSettings()
         mqtt.maxConnections = reader.int(forKey: "mqtt.maxConnections", default: mqtt.maxConnections)
@@ -129,6 +156,10 @@ public struct HubConfiguration: Sendable, Equatable {
         mqtt.maxRetainedBytes = reader.int(forKey: "mqtt.maxRetainedBytes", default: mqtt.maxRetainedBytes)
         mqtt.receiveMaximum = reader.int(forKey: "mqtt.receiveMaximum", default: mqtt.receiveMaximum)
         mqtt.topicAliasMaximum = reader.int(forKey: "mqtt.topicAliasMaximum", default: mqtt.topicAliasMaximum)
+        mqtt.maxSubscriptionsPerSession = reader.int(
+            forKey: "mqtt.maxSubscriptionsPerSession", default: mqtt.maxSubscriptionsPerSession)
+        mqtt.maxFiltersPerSubscribe = reader.int(
+            forKey: "mqtt.maxFiltersPerSubscribe", default: mqtt.maxFiltersPerSubscribe)
         mqtt.devicePublish = reader.stringArray(forKey: "mqtt.devicePublish", default: mqtt.devicePublish)
         mqtt.deviceSubscribe = reader.stringArray(forKey: "mqtt.deviceSubscribe", default: mqtt.deviceSubscribe)
         mqtt.fleetPublish = reader.stringArray(forKey: "mqtt.fleetPublish", default: mqtt.fleetPublish)
@@ -142,6 +173,9 @@ public struct HubConfiguration: Sendable, Equatable {
             forKey: "tuf.timestampWithinSeconds", default: config.tufTimestampWithinSeconds)
         config.tufSnapshotWithinSeconds = reader.int(
             forKey: "tuf.snapshotWithinSeconds", default: config.tufSnapshotWithinSeconds)
+        config.auditKeyFile = reader.string(forKey: "audit.keyFile")
+        config.crlAddress = try reader.string(forKey: "pki.crlAddress").map(Self.crlListener)
+        config.crlValidityDays = reader.int(forKey: "pki.crlValidityDays", default: config.crlValidityDays)
         try config.validate()
         return config
     }
@@ -180,6 +214,8 @@ public struct HubConfiguration: Sendable, Equatable {
         try gateway.validate()
         try mqttSettings.validate()
         try pairingSettings.validate()
+        try validateCRL()
+        try httpLimits.validate()
         guard (tufRepository == nil) == (tufOnlineKeys == nil) else {
             throw HubStartupError("tuf.repository and tuf.onlineKeys go together")
         }
@@ -206,6 +242,8 @@ public struct HubConfiguration: Sendable, Equatable {
             )
         }
     }
+
+    public var auditKeyPath: String { auditKeyFile ?? dataDirectory + "/audit.key" }
 
     public var sqlitePath: String {
         if let url = databaseURL, url.hasPrefix("sqlite:") { return String(url.dropFirst("sqlite:".count)) }

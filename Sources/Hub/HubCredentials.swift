@@ -27,18 +27,22 @@ public struct HubCredentials: Sendable {
     public static let firstOperator = "admin"
 
     /// Loads the credentials, creating them on first start. Re-issues the server certificate when it has fewer
-    /// than 30 days left.
+    /// than 30 days left, or names another CRL distribution point than `crlDistributionPoints`, which every
+    /// certificate issued from here on names (RFC 5280 §4.2.1.13).
     public static func loadOrCreate(
-        dataDirectory: String, hubNames: [String], store: any HubStore, now: Date
+        dataDirectory: String, hubNames: [String], store: any HubStore, now: Date,
+        crlDistributionPoints: CRLDistributionPoints? = nil
     ) async throws -> HubCredentials {
         try SecretFiles.makePrivateDirectory(dataDirectory)
         try checkKeyFilePermissions(below: dataDirectory)
         let caKeyPath = dataDirectory + "/ca.key"
-        let authority: CertificateAuthority
+        var authority: CertificateAuthority
         if FileManager.default.fileExists(atPath: caKeyPath) {
             authority = try loadAuthority(dataDirectory)
+            authority.crlDistributionPoints = crlDistributionPoints
         } else {
             authority = try CertificateAuthority.create(commonName: "Bulwark hub CA", now: now)
+            authority.crlDistributionPoints = crlDistributionPoints
             try SecretFiles.create(caKeyPath, contents: authority.keyPEM)
             try SecretFiles.writePublic(dataDirectory + "/ca.crt", contents: authority.certificate.pem)
             try await createOperatorCredential(
@@ -54,6 +58,7 @@ public struct HubCredentials: Sendable {
         if let current = certificate,
             current.publicKey != Certificate.PublicKey(serverKey.publicKey)
                 || current.notValidAfter.timeIntervalSince(now) < 30 * 86400
+                || (try? current.extensions.crlDistributionPoints) != crlDistributionPoints
         {
             certificate = nil
         }

@@ -1,9 +1,12 @@
 import Core
 import Crypto
 import Foundation
+import Gateway
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOCore
+import NIOHTTP1
 import NIOSSL
 import PKI
 import Store
@@ -64,6 +67,14 @@ struct ErrorReportingMiddleware: RouterMiddleware {
             let code = error.status == .notFound ? "not-found" : error.status.code < 500 ? "bad-request" : "internal"
             return HubError.response(
                 status: error.status, code: code, message: nil, correlationID: context.correlationID.rawValue)
+        } catch let error as HTTPParserError {
+            // The client's framing, not the hub's failure: a 400 logged at notice (RFC 9112 §6.1, §7.1).
+            context.logger.notice("malformed request", metadata: ["error": .string("\(error)")])
+            return refusal(.badRequest, context)
+        } catch  where Self.clientWentAway(error) {
+            // A client that closed mid-request (no close_notify, reset): nothing to answer, nothing wrong here.
+            context.logger.notice("client closed the connection mid-request", metadata: ["error": .string("\(error)")])
+            return refusal(.badRequest, context)
         } catch {
             context.logger.error("request failed", metadata: ["error": .string("\(error)")])
             if problems {
@@ -73,6 +84,24 @@ struct ErrorReportingMiddleware: RouterMiddleware {
                 status: .serviceUnavailable, code: "unavailable", message: nil,
                 correlationID: context.correlationID.rawValue)
         }
+    }
+}
+
+extension ErrorReportingMiddleware {
+    func refusal(_ problem: Problem, _ context: Context) -> Response {
+        if problems { return ProblemResponse.make(problem, correlationID: context.correlationID.rawValue) }
+        return HubError.response(
+            status: .init(code: problem.status), code: problem.slug, message: nil,
+            correlationID: context.correlationID.rawValue)
+    }
+
+    static func clientWentAway(_ error: any Error) -> Bool {
+        if let error = error as? NIOSSLError, case .uncleanShutdown = error { return true }
+        if let error = error as? ChannelError {
+            return error == .eof || error == .ioOnClosedChannel || error == .alreadyClosed
+                || error == .outputClosed || error == .inputClosed
+        }
+        return error is IOError
     }
 }
 

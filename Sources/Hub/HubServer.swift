@@ -40,14 +40,28 @@ public final class HubServer: Sendable {
             logger.warning("data directory tightened", metadata: ["detail": .string(notice)])
         }
         let store = try store ?? Self.openSQLite(configuration.sqlitePath)
+        // Before anything is audited: every record from now on carries a MAC.
+        try await store.setAuditKey(
+            try AuditKeyFile.loadOrCreate(
+                configuration.auditKeyPath, logLength: try await store.securityEvents(limit: 1).first?.id ?? 0))
         let credentials = try await HubCredentials.loadOrCreate(
-            dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames, store: store, now: Date())
+            dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames, store: store, now: Date(),
+            crlDistributionPoints: try configuration.crlDistributionPoints)
+        let crl = CRLPublisher(
+            authority: credentials.authority, store: store, dataDirectory: configuration.dataDirectory,
+            validityDays: configuration.crlValidityDays,
+            logger: {
+                var crlLogger = logger
+                crlLogger[metadataKey: "service"] = "crl"
+                return crlLogger
+            }())
+        try await crl.publish()
         let gateway = GatewayPipeline(policy: configuration.gateway.policy(maxBodyBytes: configuration.maxBodyBytes))
         try await restoreGatewayState(gateway, store: store, logger: logger)
         return try HubServer(
             configuration: configuration, store: store, credentials: credentials,
             revocations: RevocationList(try await store.revokedSerials()), gateway: gateway, logger: logger,
-            signals: gracefulShutdownSignals)
+            signals: gracefulShutdownSignals, crl: crl)
     }
 
     /// Opens the embedded store with its files private to this user (README, "Data directory").
@@ -60,7 +74,7 @@ public final class HubServer: Sendable {
 
     private init(
         configuration: HubConfiguration, store: any HubStore, credentials: HubCredentials, revocations: RevocationList,
-        gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal]
+        gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal], crl: CRLPublisher
     ) throws {
         self.gateway = gateway
         self.configuration = configuration
@@ -87,13 +101,40 @@ public final class HubServer: Sendable {
                 logger[metadataKey: "listener"] = .string(name)
                 return logger
             }()
+            let limits = configuration.httpLimits
+            let recorder = GatewayRecorder(store: store, logger: appLogger)
+            // A request the guard refused for its framing: logged at notice, audited, and counted toward the
+            // device's invalid-message quarantine when the certificate names a device.
+            let onRefusal: @Sendable (FramingRefusal) -> Void = { refusal in
+                let identity = refusal.peerCertificate.flatMap { cache.peer(forDER: $0)?.identity }
+                Task {
+                    let what = "HTTP framing"
+                    if let device = identity?.deviceID {
+                        await recorder.record(
+                            gateway.malformedRequest(
+                                device, problem: refusal.problem, detail: refusal.detail, now: .now()),
+                            identity: identity?.uri, source: refusal.source, correlationID: refusal.correlationID,
+                            what: what)
+                    } else {
+                        await recorder.record(
+                            Refusal(
+                                problem: refusal.problem, stage: .size, detail: refusal.detail,
+                                auditKind: "invalid-message"),
+                            identity: identity?.uri, source: refusal.source, correlationID: refusal.correlationID,
+                            what: what)
+                    }
+                }
+            }
             return Application(
                 router: router,
                 server: .gatedTLS(
                     configuration: try HubTLS.channelConfiguration(
                         credentials: credentials, role: role, revocations: revocations, store: store,
                         logger: appLogger),
-                    gateway: gateway, listener: name),
+                    gateway: gateway, listener: name,
+                    connections: ConnectionCounter(
+                        total: limits.maxConnections, perSource: limits.maxConnectionsPerSource),
+                    limits: limits, onRefusal: onRefusal),
                 configuration: .init(address: .hostname(listener.host, port: listener.port), serverName: nil),
                 onServerRunning: { channel in
                     let port = channel.localAddress?.port ?? listener.port
@@ -120,7 +161,7 @@ public final class HubServer: Sendable {
         let operatorApp = try application(name: "operator", listener: configuration.operatorAPI, role: .operator) {
             OperatorRoutes(
                 store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
-                gateway: gateway, broker: broker
+                gateway: gateway, broker: broker, crl: crl
             ).register(on: $0)
         }
         let pairing = PairingListener(
@@ -142,6 +183,15 @@ public final class HubServer: Sendable {
                 return mqttLogger
             }(), onBound: { portsContinuation.yield(("mqtt", $0)) })
         var services: [any Service] = [device, operatorApp, pairing, rids, mqtt]
+        services.append(CRLRefreshService(publisher: crl, interval: .seconds(3600), logger: logger))
+        if let address = configuration.crlAddress {
+            var crlLogger = logger
+            crlLogger[metadataKey: "listener"] = "crl"
+            services.append(
+                CRLListener(
+                    host: address.host, port: address.port, publisher: crl, logger: crlLogger,
+                    onBound: { portsContinuation.yield(("crl", $0)) }))
+        }
         if let repository = configuration.tufRepository, let keys = configuration.tufOnlineKeys {
             var tufLogger = logger
             tufLogger[metadataKey: "service"] = "tuf"
@@ -195,14 +245,14 @@ public final class HubServer: Sendable {
         for await (name, port) in ports {
             seen[name] = port
             if let device = seen["device"], let operatorPort = seen["operator"], let pairing = seen["pairing"],
-                let mqtt = seen["mqtt"]
+                let mqtt = seen["mqtt"], configuration.crlAddress == nil || seen["crl"] != nil
             {
-                return HubPorts(device: device, operator: operatorPort, pairing: pairing, mqtt: mqtt)
+                return HubPorts(device: device, operator: operatorPort, pairing: pairing, mqtt: mqtt, crl: seen["crl"])
             }
         }
         return HubPorts(
             device: seen["device"] ?? 0, operator: seen["operator"] ?? 0, pairing: seen["pairing"] ?? 0,
-            mqtt: seen["mqtt"] ?? 0)
+            mqtt: seen["mqtt"] ?? 0, crl: seen["crl"])
     }
 
     public func shutdown() async {
@@ -215,4 +265,6 @@ public struct HubPorts: Sendable {
     public let `operator`: Int
     public let pairing: Int
     public let mqtt: Int
+    /// The plain CRL listener's port, when `pki.crlAddress` is set.
+    public var crl: Int? = nil
 }

@@ -149,16 +149,29 @@ actor MQTTBroker {
     /// Adds subscriptions, writes the SUBACK, then the retained messages they match (MQTT 5.0 §3.3.1.3: Retain
     /// Handling 0 always, 1 only for a new subscription, 2 never; the RETAIN flag is set on these).
     /// Packets still buffered from a connection that was taken over are ignored (`connectionNumber`).
+    /// Adds the granted subscriptions and answers the SUBACK. A new filter beyond `maxSubscriptions` for the session
+    /// is refused with `quotaExceeded` in its place in `codes` (a filter already held is only updated).
     func subscribe(
         key: String, connectionNumber: Int,
-        _ subscriptions: [(TopicFilter, SubscriptionOptions, retainHandling: UInt8)],
-        suback: Packet
+        _ subscriptions: [(index: Int, TopicFilter, SubscriptionOptions, retainHandling: UInt8)],
+        codes: [UInt8], packetID: UInt16, maxSubscriptions: Int, quotaExceeded: UInt8
     ) {
         guard let session = sessions[key], session.connectionNumber == connectionNumber,
             let connection = session.connection, session.ready
         else { return }
-        Self.write(suback, connection)
-        for (filter, options, retainHandling) in subscriptions {
+        var codes = codes
+        var accepted: [(TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
+        for (index, filter, options, retainHandling) in subscriptions {
+            if session.filters[filter] == nil,
+                session.filters.count + accepted.filter({ session.filters[$0.0] == nil }).count >= maxSubscriptions
+            {
+                codes[index] = quotaExceeded
+            } else {
+                accepted.append((filter, options, retainHandling))
+            }
+        }
+        Self.write(.suback(packetID: packetID, reasonCodes: codes, properties: .init()), connection)
+        for (filter, options, retainHandling) in accepted {
             let isNew = session.filters[filter] == nil
             session.filters[filter] = options
             if isNew { self.subscriptions.add(1, ordering: .relaxed) }

@@ -267,7 +267,18 @@ struct MQTTConnection {
                 ) {
                     nioChannel.close(promise: nil)
                 }
-                let first = try await packets.next()
+                let first: Packet?
+                do { first = try await packets.next() } catch let error as MQTTError
+                    where error.code == .unsupportedProtocolVersion
+                {
+                    // MQTT 3.1.1 §3.1.2.2: CONNACK return code 0x01 and close; MQTT 5.0 §3.1.2.2: 0x84 and close.
+                    deadline.cancel()
+                    let level = error.protocolLevel ?? 0
+                    let connack: [UInt8] = level > 5 ? [0x20, 0x03, 0x00, 0x84, 0x00] : [0x20, 0x02, 0x00, 0x01]
+                    listener.logger.notice("MQTT CONNECT refused", metadata: ["detail": .string(error.detail)])
+                    try? await outbound.write(ByteBuffer(bytes: connack))
+                    return
+                }
                 deadline.cancel()
                 guard case .connect(let connect) = first else { return }
                 guard let peer = try? await peerIdentity(source: source), !listener.revocations.contains(peer.serial)
@@ -524,13 +535,15 @@ struct MQTTConnection {
             case .subscribe(let id, let subscriptions, _):
                 var codes: [UInt8] = []
                 var refused = 0
-                var granted: [(TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
-                for subscription in subscriptions {
-                    if acl.maySubscribe(subscription.filter) {
+                var granted: [(index: Int, TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
+                for (index, subscription) in subscriptions.enumerated() {
+                    if index >= listener.settings.maxFiltersPerSubscribe {
+                        codes.append(0x80)  // beyond the filters one SUBSCRIBE may carry
+                    } else if acl.maySubscribe(subscription.filter) {
                         let qos = min(subscription.qos, .atLeastOnce)
                         granted.append(
                             (
-                                subscription.filter,
+                                codes.count, subscription.filter,
                                 SubscriptionOptions(
                                     qos: qos, noLocal: subscription.noLocal,
                                     retainAsPublished: subscription.retainAsPublished),
@@ -548,9 +561,16 @@ struct MQTTConnection {
                         "mqtt-subscribe-refused", peer, "\(refused) filter(s) outside the identity's topics",
                         oncePerMinute: true)
                 }
+                if subscriptions.count > listener.settings.maxFiltersPerSubscribe {
+                    await refuse(
+                        "mqtt-subscribe-refused", peer,
+                        "SUBSCRIBE with \(subscriptions.count) filters (at most \(listener.settings.maxFiltersPerSubscribe))",
+                        oncePerMinute: true)
+                }
                 await listener.broker.subscribe(
-                    key: state.sessionKey, connectionNumber: state.connectionNumber, granted,
-                    suback: .suback(packetID: id, reasonCodes: codes, properties: .init()))
+                    key: state.sessionKey, connectionNumber: state.connectionNumber, granted, codes: codes,
+                    packetID: id, maxSubscriptions: listener.settings.maxSubscriptionsPerSession,
+                    quotaExceeded: v5 ? 0x97 : 0x80)
             case .unsubscribe(let id, let filters, _):
                 let existed = await listener.broker.unsubscribe(
                     key: state.sessionKey, connectionNumber: state.connectionNumber, filters)
@@ -762,7 +782,7 @@ struct MQTTConnection {
     /// The `$counter` member of a payload, if it is a strict JSON object with one.
     static func memberCounter(_ payload: [UInt8], _ json: StrictJSON) -> UInt64? {
         guard case .object(let members) = (try? json.parse(payload)) ?? .null,
-            case .number(let number, integerLiteral: true) = members[GatewayPipeline.counterMember] ?? .null,
+            case .number(let number, integerLiteral: true) = members[JSONKey(GatewayPipeline.counterMember)] ?? .null,
             number >= 1, number <= 9_007_199_254_740_991
         else { return nil }
         return UInt64(number)

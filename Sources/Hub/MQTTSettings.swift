@@ -22,6 +22,11 @@ public struct MQTTSettings: Sendable, Equatable {
     public var receiveMaximum = 64
     /// MQTT 5 Topic Alias Maximum the hub announces (aliases a client may use towards the hub).
     public var topicAliasMaximum = 16
+    /// Subscriptions one session may hold, and filters one SUBSCRIBE may carry: beyond them a filter is refused
+    /// (MQTT 5 SUBACK 0x97 Quota exceeded and 0x80; MQTT 3.1.1 0x80), so one client cannot grow the hub's memory
+    /// and every other client's publish cost without bound.
+    public var maxSubscriptionsPerSession = 100
+    public var maxFiltersPerSubscribe = 32
     /// Topic patterns; `{device}` is the certificate's device id.
     public var devicePublish = TopicACL.devices.publish
     public var deviceSubscribe = TopicACL.devices.subscribe
@@ -48,6 +53,10 @@ public struct MQTTSettings: Sendable, Equatable {
             throw HubStartupError(
                 "mqtt.maxQueuedMessages must be 0-1000000, mqtt.maxSessionExpirySeconds 0-31536000 and "
                     + "mqtt.maxRetainedMessages 0-10000000")
+        }
+        guard (1...100_000).contains(maxSubscriptionsPerSession), (1...10_000).contains(maxFiltersPerSubscribe) else {
+            throw HubStartupError(
+                "mqtt.maxSubscriptionsPerSession must be 1-100000 and mqtt.maxFiltersPerSubscribe 1-10000")
         }
         guard (1...65_535).contains(receiveMaximum), (0...65_535).contains(topicAliasMaximum) else {
             throw HubStartupError("mqtt.receiveMaximum must be 1-65535 and mqtt.topicAliasMaximum 0-65535")

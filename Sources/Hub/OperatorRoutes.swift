@@ -21,8 +21,10 @@ struct OperatorRoutes {
     let rids: RIDDirectory
     let gateway: GatewayPipeline
     let broker: MQTTBroker
+    let crl: CRLPublisher
 
     func register(on router: Router<HubRequestContext>) {
+        router.get("/v1/crl") { _, context in try await currentCRL(context) }
         router.post("/v1/devices") { request, context in try await enroll(request, context) }
         router.get("/v1/devices") { _, _ in try await list() }
         router.get("/v1/devices/:id") { _, context in try await show(context) }
@@ -206,12 +208,26 @@ struct OperatorRoutes {
             throw HubError(.notFound, "not-found", message: "no device \(deviceID)", detail: "revoke", event: nil)
         }
         revocations.insert(serials)
+        await crl.revocationsChanged()
         try await store.recordSecurityEvent(
             SecurityEvent(
                 at: Date(), kind: "device-revoked", identity: Identity.device(deviceID).uri,
                 correlationID: context.correlationID.rawValue,
                 detail: "by \(operatorName), serials \(serials.joined(separator: ","))"))
         return try JSONResponse.make(.ok, ["id": deviceID.rawValue, "revokedSerials": serials])
+    }
+
+    /// The hub CA's current CRL (RFC 5280 §5) in DER, as `application/pkix-crl` (RFC 2585 §4.2). Relying parties
+    /// without an operator certificate fetch it from the plain `pki.crlAddress` listener instead.
+    func currentCRL(_ context: HubRequestContext) async throws -> Response {
+        _ = try requireOperator(context)
+        guard let list = await crl.current else {
+            throw HubError(
+                .serviceUnavailable, "unavailable", message: "no CRL yet", detail: "crl: none published", event: nil)
+        }
+        return Response(
+            status: .ok, headers: [.contentType: "application/pkix-crl", .cacheControl: "no-cache"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: list.derBytes)))
     }
 
     /// Issues another operator credential from a CSR made on the new operator's machine.

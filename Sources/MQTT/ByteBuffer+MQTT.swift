@@ -91,7 +91,9 @@ extension ByteBuffer {
         guard try readMQTTString() == "MQTT" else { throw MQTTError(.protocolError, "protocol name is not MQTT") }
         guard let level = readInteger(as: UInt8.self) else { throw MQTTError.malformed("truncated CONNECT") }
         guard let version = ProtocolVersion(rawValue: level) else {
-            throw MQTTError(.unsupportedProtocolVersion, "protocol level \(level)")
+            var error = MQTTError(.unsupportedProtocolVersion, "protocol level \(level)")
+            error.protocolLevel = level
+            throw error
         }
         guard let flags = readInteger(as: UInt8.self), let keepAlive = readInteger(as: UInt16.self) else {
             throw MQTTError.malformed("truncated CONNECT")
@@ -177,7 +179,8 @@ extension ByteBuffer {
             case 0x22: properties.topicAliasMaximum = try two()
             case 0x23:
                 let value = try two()
-                guard value > 0 else { throw MQTTError(.protocolError, "topic alias 0") }
+                // MQTT 5.0 §3.3.2.3.4: 0 is not a valid alias: 0x94 Topic Alias invalid.
+                guard value > 0 else { throw MQTTError(.topicAliasInvalid, "topic alias 0") }
                 properties.topicAlias = value
             case 0x24: properties.maximumQoS = try byte()
             case 0x25: properties.retainAvailable = try byte()

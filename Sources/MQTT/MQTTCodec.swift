@@ -79,6 +79,9 @@ public struct MQTTDecoder: NIOSingleStepByteToMessageDecoder {
             let topic: TopicName
             if topicText.isEmpty, v5, properties.topicAlias != nil {
                 topic = .unresolvedAlias  // MQTT 5.0 §3.3.2.3.4: the alias names the topic
+            } else if topicText.isEmpty {
+                // MQTT 5.0 §3.3.2.1: a zero-length Topic Name without a Topic Alias is a Protocol Error (0x82).
+                throw MQTTError(.protocolError, "zero-length topic name without a topic alias")
             } else if let named = try? TopicName(topicText) {
                 topic = named
             } else {

@@ -3,11 +3,14 @@
 public struct MQTTError: Error, Equatable, CustomStringConvertible {
     public enum Code: String, Sendable {
         case malformedPacket, protocolError, packetTooLarge, unsupportedProtocolVersion, topicNameInvalid,
-            topicFilterInvalid, qosNotSupported
+            topicFilterInvalid, qosNotSupported, topicAliasInvalid
     }
 
     public let code: Code
     public let detail: String
+    /// For `unsupportedProtocolVersion`: the level the CONNECT named, so the CONNACK can be in a form that client
+    /// reads (MQTT 3.1.1 §3.2.2.3 return code 0x01 below level 5, MQTT 5.0 reason code 0x84 above).
+    public var protocolLevel: UInt8?
 
     public init(_ code: Code, _ detail: String) {
         self.code = code
@@ -24,6 +27,7 @@ public struct MQTTError: Error, Equatable, CustomStringConvertible {
         case .topicNameInvalid: 0x90
         case .topicFilterInvalid: 0x8F
         case .qosNotSupported: 0x9B
+        case .topicAliasInvalid: 0x94
         }
     }
 

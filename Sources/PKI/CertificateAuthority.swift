@@ -9,6 +9,9 @@ public import X509
 public struct CertificateAuthority: Sendable {
     public let certificate: Certificate
     private let key: P256.Signing.PrivateKey
+    /// Where the CA publishes its CRL, written into every certificate it issues (not into its own): RFC 5280
+    /// §4.2.1.13. Passed in by the hub, which knows its listeners; nil issues certificates without the extension.
+    public var crlDistributionPoints: CRLDistributionPoints?
 
     public init(certificate: Certificate, key: P256.Signing.PrivateKey) throws(PKIError) {
         guard certificate.publicKey == Certificate.PublicKey(key.publicKey) else {
@@ -106,6 +109,28 @@ public struct CertificateAuthority: Sendable {
         )
     }
 
+    /// Signs a version 2 CRL (RFC 5280 §5) listing `entries`, with this CA's name as issuer and its key identifier in
+    /// the AuthorityKeyIdentifier (§5.2.1). `number` must exceed that of every CRL issued before (§5.2.3); the caller
+    /// keeps that count, this type keeps no state.
+    public func issueRevocationList(
+        entries: [CertificateRevocationList.Entry], number: UInt64, thisUpdate: Date, nextUpdate: Date
+    ) throws(PKIError) -> CertificateRevocationList {
+        guard nextUpdate > thisUpdate else { throw PKIError(.invalidRequest, "nextUpdate must follow thisUpdate") }
+        let list: [UInt8]
+        do {
+            let tbs = try CertificateRevocationList.tbsCertList(
+                issuer: certificate.subject, thisUpdate: thisUpdate, nextUpdate: nextUpdate, entries: entries,
+                number: number, authorityKeyIdentifier: try certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
+            let signature = Array(try key.signature(for: tbs).derRepresentation)
+            list = try CertificateRevocationList.certificateList(tbs: tbs, signature: signature)
+        } catch let error as PKIError {
+            throw error
+        } catch {
+            throw PKIError(.issuance, "signing the CRL failed: \(error)")
+        }
+        return try CertificateRevocationList(derEncoded: list)
+    }
+
     private func issue(
         publicKey: Certificate.PublicKey,
         commonName: String,
@@ -136,6 +161,7 @@ public struct CertificateAuthority: Sendable {
                     SubjectAlternativeNames(subjectAlternativeNames)
                     SubjectKeyIdentifier(hash: publicKey)
                     if let caKeyID { AuthorityKeyIdentifier(keyIdentifier: caKeyID) }
+                    if let crlDistributionPoints { crlDistributionPoints }
                 },
                 issuerPrivateKey: Certificate.PrivateKey(key)
             )

@@ -7,12 +7,15 @@ public struct AuditRecord: Sendable, Equatable {
     public var event: SecurityEvent
     public var previousHash: [UInt8]
     public var hash: [UInt8]
+    /// HMAC of `hash` under the audit key (`AuditKey`); nil for records written before the key existed.
+    public var mac: [UInt8]?
 
-    public init(sequence: Int64, event: SecurityEvent, previousHash: [UInt8], hash: [UInt8]) {
+    public init(sequence: Int64, event: SecurityEvent, previousHash: [UInt8], hash: [UInt8], mac: [UInt8]? = nil) {
         self.sequence = sequence
         self.event = event
         self.previousHash = previousHash
         self.hash = hash
+        self.mac = mac
     }
 
     /// One JSON line for `bulwark audit tail`.
@@ -24,6 +27,7 @@ public struct AuditRecord: Sendable, Equatable {
         if let identity = event.identity { object["identity"] = identity }
         if let source = event.source { object["source"] = source }
         if let correlation = event.correlationID { object["correlationId"] = correlation }
+        if let mac { object["mac"] = AuditChain.hex(mac) }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
         return String(decoding: data, as: UTF8.self)
     }
@@ -31,8 +35,9 @@ public struct AuditRecord: Sendable, Equatable {
 
 /// The hash chain of the audit log: record n carries SHA-256 of record n−1 and its own hash over a length-prefixed
 /// encoding of every field plus that previous hash. Editing, deleting, inserting or reordering any record breaks
-/// the chain at that record. (Cutting records off the end leaves a valid shorter chain: ship `audit tail --follow`
-/// off the machine to anchor it.)
+/// the chain at that record. Hashes alone are unkeyed: whoever can write the database can edit a record and re-hash
+/// everything after it. So each record also carries a MAC under `AuditKey`, kept outside the database, and cutting
+/// records off the end (which leaves a valid shorter chain) is caught against a signed `AuditAnchor` kept elsewhere.
 public enum AuditChain {
     public static let genesis = [UInt8](repeating: 0, count: 32)
 
@@ -67,27 +72,104 @@ public enum AuditChain {
         public var description: String { "audit record \(sequence): \(reason)" }
     }
 
-    /// Checks a whole log in order: sequence numbers consecutive from 1, each previous hash equal to the hash of the
-    /// record before, each hash recomputed from the record's fields.
+    /// What a successful verification established.
+    public struct Summary: Sendable, Equatable {
+        public var count: Int64
+        public var head: [UInt8]
+        /// Records carrying a MAC; `unkeyed` records before them carry none (written before the key existed).
+        public var keyed: Int64
+        public var unkeyed: Int64
+        /// False when no key was given: the MACs' presence was checked, not their values.
+        public var macsChecked: Bool
+        public var anchors: Int
+    }
+
+    /// Checks the chain only (as `verify(_:key:anchors:)` without a key or anchors).
     public static func verify(_ records: [AuditRecord]) -> Failure? {
+        if case .failure(let failure) = verify(records, key: nil) { return failure }
+        return nil
+    }
+
+    /// Checks a whole log in order: sequence numbers consecutive from 1, each previous hash equal to the hash of the
+    /// record before, each hash recomputed from the record's fields; MACs present on all records but a leading run
+    /// written before the key existed (none from the key's `keyedFrom` on) and, given the key, each one valid; then
+    /// each (already signature-checked) anchor: the log still reaches its count, record `count` still has its head
+    /// hash, and exactly its unkeyed prefix is still unkeyed.
+    public static func verify(
+        _ records: [AuditRecord], key: AuditKey?, anchors: [AuditAnchor.Checkpoint] = []
+    ) -> Result<Summary, Failure> {
         var previous = genesis
         var expected: Int64 = 1
+        var unkeyed: Int64 = 0
         for record in records {
             guard record.sequence == expected else {
-                return Failure(
-                    sequence: record.sequence,
-                    reason: record.sequence > expected
-                        ? "records \(expected)…\(record.sequence - 1) are missing"
-                        : "out of order (expected \(expected))")
+                return .failure(
+                    Failure(
+                        sequence: record.sequence,
+                        reason: record.sequence > expected
+                            ? "records \(expected)…\(record.sequence - 1) are missing"
+                            : "out of order (expected \(expected))"))
             }
             guard record.previousHash == previous else {
-                return Failure(sequence: record.sequence, reason: "does not link to the record before it")
+                return .failure(Failure(sequence: record.sequence, reason: "does not link to the record before it"))
             }
             guard hash(sequence: record.sequence, event: record.event, previous: previous) == record.hash else {
-                return Failure(sequence: record.sequence, reason: "its content does not match its hash")
+                return .failure(Failure(sequence: record.sequence, reason: "its content does not match its hash"))
+            }
+            if let mac = record.mac {
+                if let key, !key.isValid(mac: mac, for: record.hash) {
+                    return .failure(
+                        Failure(
+                            sequence: record.sequence,
+                            reason: "its MAC does not match (edited and re-hashed without the audit key)"))
+                }
+            } else if unkeyed != record.sequence - 1 {
+                return .failure(
+                    Failure(
+                        sequence: record.sequence, reason: "has no MAC after keyed records (its MAC was removed)"))
+            } else if let keyedFrom = key?.keyedFrom, record.sequence >= keyedFrom {
+                return .failure(
+                    Failure(
+                        sequence: record.sequence,
+                        reason: "has no MAC but the audit key protects records from \(keyedFrom) on (MAC removed)"))
+            } else {
+                unkeyed += 1
             }
             previous = record.hash
             expected += 1
+        }
+        for anchor in anchors {
+            if let failure = check(records, unkeyed: unkeyed, against: anchor) { return .failure(failure) }
+        }
+        return .success(
+            Summary(
+                count: Int64(records.count), head: previous, keyed: Int64(records.count) - unkeyed, unkeyed: unkeyed,
+                macsChecked: key != nil, anchors: anchors.count))
+    }
+
+    /// One anchor against a log whose chain already verified.
+    private static func check(
+        _ records: [AuditRecord], unkeyed: Int64, against anchor: AuditAnchor.Checkpoint
+    ) -> Failure? {
+        let at = anchor.at.formatted(.iso8601)
+        guard Int64(records.count) >= anchor.count else {
+            return Failure(
+                sequence: Int64(records.count) + 1,
+                reason: "missing: the log was truncated to \(records.count) records, but the anchor of \(at) "
+                    + "vouches for \(anchor.count)")
+        }
+        guard anchor.count == 0 || records[Int(anchor.count) - 1].hash == anchor.head else {
+            return Failure(
+                sequence: anchor.count,
+                reason: "does not match the head hash of the anchor of \(at) (the log was rewritten before it)")
+        }
+        // Keyed before the anchor: the unkeyed prefix is fixed for good. Not yet keyed: only a longer run may follow.
+        guard anchor.unkeyed == anchor.count ? unkeyed >= anchor.unkeyed : unkeyed == anchor.unkeyed else {
+            return Failure(
+                sequence: min(unkeyed, anchor.unkeyed) + 1,
+                reason: unkeyed > anchor.unkeyed
+                    ? "has no MAC but the anchor of \(at) says it had one (MAC removed)"
+                    : "has a MAC but the anchor of \(at) says it was written before the key existed")
         }
         return nil
     }

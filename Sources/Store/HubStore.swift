@@ -20,12 +20,16 @@ public protocol HubStore: Sendable {
     /// Marks the device and all its certificates revoked; returns the serials revoked. Throws `notFound`.
     func revoke(device: DeviceID, at: Date) async throws -> [String]
     func revokedSerials() async throws -> Set<String>
+    /// Every revoked certificate with its revocation date, in serial order (the hub's CRL).
+    func revokedCertificates() async throws -> [RevokedCertificate]
     /// Returns only once the message is durable: the caller acknowledges it after this returns.
     func appendTelemetry(_ message: NewTelemetry) async throws -> Int64
     func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord]
     func telemetryCount(of device: DeviceID?) async throws -> Int
     /// Appends to the tamper-evident audit log.
     func recordSecurityEvent(_ event: SecurityEvent) async throws
+    /// The key that MACs every audit record appended from now on (kept outside the store; see `AuditKey`).
+    func setAuditKey(_ key: AuditKey) async throws
     func securityEvents(limit: Int) async throws -> [SecurityEvent]
     /// The identity resolving key given to a device at pairing (a secret: never logged or returned by the API).
     func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws

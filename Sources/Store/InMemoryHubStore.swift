@@ -8,6 +8,7 @@ public actor InMemoryHubStore: HubStore {
     private var telemetryRecords: [TelemetryRecord] = []
     private var irks: [DeviceID: [UInt8]] = [:]
     private var audit: [AuditRecord] = []
+    private var auditKey: AuditKey?
     private var nonceRecords: [DeviceID: [String: Int64]] = [:]
     private var windows: [DeviceID: StoredCounterWindow] = [:]
     private var quarantineRecords: [DeviceID: Int64] = [:]
@@ -82,6 +83,15 @@ public actor InMemoryHubStore: HubStore {
         Set(certificateRecords.values.filter { $0.revokedAt != nil }.map(\.serialHex))
     }
 
+    public func revokedCertificates() async throws -> [RevokedCertificate] {
+        certificateRecords.values.compactMap { record in
+            record.revokedAt.map {
+                RevokedCertificate(
+                    serialHex: record.serialHex, revokedAt: $0, notAfter: record.notAfter, deviceID: record.deviceID)
+            }
+        }.sorted { $0.serialHex < $1.serialHex }
+    }
+
     public func appendTelemetry(_ message: NewTelemetry) async throws -> Int64 {
         let id = Int64(telemetryRecords.count + 1)
         telemetryRecords.append(
@@ -105,15 +115,20 @@ public actor InMemoryHubStore: HubStore {
         return telemetryRecords.count { $0.deviceID == device }
     }
 
+    public func setAuditKey(_ key: AuditKey) async throws { auditKey = key }
+
     public func recordSecurityEvent(_ event: SecurityEvent) async throws {
+        if auditKey == nil, audit.last?.mac != nil {
+            throw StoreError(.unavailable, "the audit log is keyed: open the store with the audit key")
+        }
         var event = event
         let sequence = Int64(audit.count + 1)
         event.id = sequence
         let previous = audit.last?.hash ?? AuditChain.genesis
+        let hash = AuditChain.hash(sequence: sequence, event: event, previous: previous)
         audit.append(
             AuditRecord(
-                sequence: sequence, event: event, previousHash: previous,
-                hash: AuditChain.hash(sequence: sequence, event: event, previous: previous)))
+                sequence: sequence, event: event, previousHash: previous, hash: hash, mac: auditKey?.mac(for: hash)))
     }
 
     public func securityEvents(limit: Int) async throws -> [SecurityEvent] {

@@ -45,6 +45,23 @@ public struct CertificateRecord: Sendable, Equatable {
     }
 }
 
+/// A revoked certificate as the CRL lists it (RFC 5280 §5.1.2.6): its serial, when it was revoked, until when it is
+/// valid (an entry may leave the CRL once the certificate has expired), and its device, nil for a certificate issued
+/// by pairing and never confirmed.
+public struct RevokedCertificate: Sendable, Equatable {
+    public var serialHex: String
+    public var revokedAt: Date
+    public var notAfter: Date
+    public var deviceID: DeviceID?
+
+    public init(serialHex: String, revokedAt: Date, notAfter: Date, deviceID: DeviceID?) {
+        self.serialHex = serialHex
+        self.revokedAt = revokedAt
+        self.notAfter = notAfter
+        self.deviceID = deviceID
+    }
+}
+
 public struct NewTelemetry: Sendable {
     public var deviceID: DeviceID
     public var receivedAt: Date
@@ -104,7 +121,7 @@ public struct SecurityEvent: Sendable, Equatable {
 }
 
 public struct StoreError: Error, Equatable, CustomStringConvertible {
-    public enum Code: String, Sendable { case notFound, conflict, unavailable }
+    public enum Code: String, Sendable { case notFound, conflict, unavailable, invalid }
     public let code: Code
     public let detail: String
     public init(_ code: Code, _ detail: String) {

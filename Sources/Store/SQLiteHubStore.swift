@@ -12,6 +12,8 @@ import Synchronization
 public final class SQLiteHubStore: HubStore {
     private let pool: DatabasePool
     private let committer: GroupCommitter
+    /// Keys new audit records (`setAuditKey`); nil until the hub hands it over.
+    private let auditKey = Mutex<AuditKey?>(nil)
 
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     public init(path: String) throws {
@@ -118,6 +120,10 @@ public final class SQLiteHubStore: HubStore {
                     );
                     ALTER TABLE telemetry ADD COLUMN message_type TEXT;
                     """)
+        }
+        migrator.registerMigration("v4: audit MACs") { db in
+            // NULL for the records written before the audit key existed.
+            try db.execute(sql: "ALTER TABLE audit_log ADD COLUMN mac BLOB")
         }
         return migrator
     }
@@ -228,6 +234,23 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
+    public func revokedCertificates() async throws -> [RevokedCertificate] {
+        try await read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT serial, revoked_at, not_after, device_id FROM certificates
+                    WHERE revoked_at IS NOT NULL ORDER BY serial
+                    """
+            ).map { row in
+                RevokedCertificate(
+                    serialHex: row["serial"], revokedAt: Date(millis: row["revoked_at"]),
+                    notAfter: Date(millis: row["not_after"]),
+                    deviceID: (row["device_id"] as String?).flatMap { try? DeviceID($0) })
+            }
+        }
+    }
+
     public func appendTelemetry(_ message: NewTelemetry) async throws -> Int64 {
         try await committer.append(message)
     }
@@ -255,22 +278,31 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
+    public func setAuditKey(_ key: AuditKey) async throws {
+        auditKey.withLock { $0 = key }
+    }
+
     /// Appends to the hash-chained audit log (the security events of every earlier version live in
-    /// `security_events`, which is kept but no longer written).
+    /// `security_events`, which is kept but no longer written), with its MAC once the audit key is set. Without the
+    /// key, a log that already has keyed records is not written to: an unkeyed record after them reads as tampering.
     public func recordSecurityEvent(_ event: SecurityEvent) async throws {
+        let key = auditKey.withLock { $0 }
         try await write { db in
-            let last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            let last = try Row.fetchOne(db, sql: "SELECT seq, hash, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
+            if key == nil, last?["mac"] as Data? != nil {
+                throw StoreError(.unavailable, "the audit log is keyed: open the store with the audit key")
+            }
             let sequence: Int64 = (last?["seq"] ?? 0) + 1
             let previous: [UInt8] = (last?["hash"] as Data?).map { Array($0) } ?? AuditChain.genesis
             let hash = AuditChain.hash(sequence: sequence, event: event, previous: previous)
             try db.execute(
                 sql: """
-                    INSERT INTO audit_log (seq, at, kind, identity, source, correlation_id, detail, prev_hash, hash)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO audit_log (seq, at, kind, identity, source, correlation_id, detail, prev_hash, hash, mac)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     sequence, event.at.millis, event.kind, event.identity, event.source, event.correlationID,
-                    event.detail, Data(previous), Data(hash),
+                    event.detail, Data(previous), Data(hash), key.map { Data($0.mac(for: hash)) },
                 ])
         }
     }
@@ -297,7 +329,8 @@ public final class SQLiteHubStore: HubStore {
             event: SecurityEvent(
                 id: row["seq"], at: Date(millis: row["at"]), kind: row["kind"], identity: row["identity"],
                 source: row["source"], correlationID: row["correlation_id"], detail: row["detail"]),
-            previousHash: Array(row["prev_hash"] as Data), hash: Array(row["hash"] as Data))
+            previousHash: Array(row["prev_hash"] as Data), hash: Array(row["hash"] as Data),
+            mac: (row["mac"] as Data?).map { Array($0) })
     }
 
     public func recordNonce(device: DeviceID, nonce: StoredNonce) async throws {

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import Gateway
@@ -32,6 +33,55 @@ import Testing
     func refuses(_ text: String, _ kind: JSONError.Kind) {
         #expect(throws: JSONError.self) { try parse(text) }
         do { _ = try parse(text) } catch { #expect(error.kind == kind, "\(text): \(error)") }
+    }
+
+    /// RFC 7493 §2.1: no noncharacters, escaped or raw, in names or values (the black-box run's finding 4).
+    @Test(arguments: [
+        #"{"s":"\uFFFF"}"#, #"{"s":"\uFDD0"}"#, #"{"s":"\uFDEF"}"#, #"{"s":"\udbff\udfff"}"#,
+        #"{"s":"\uD83F\uDFFE"}"#, #"{"\uFFFF":1}"#, #"["x\uFFFEy"]"#,
+        // Raw (UTF-8) noncharacters, in a value and in a name.
+        #"{"s":"RAW"}"#.replacingOccurrences(of: "RAW", with: String(UnicodeScalar(0xFFFE)!)),
+        #"{"s":"RAW"}"#.replacingOccurrences(of: "RAW", with: String(UnicodeScalar(0x1FFFF)!)),
+        #"{"RAW":1}"#.replacingOccurrences(of: "RAW", with: String(UnicodeScalar(0xFDD0)!)),
+    ])
+    func refusesNoncharacters(_ text: String) {
+        #expect(throws: JSONError.self) { try parse(text) }
+        do { _ = try parse(text) } catch { #expect(error.kind == .noncharacter, "\(text): \(error)") }
+    }
+
+    @Test func refusesRawNoncharacterBytes() {
+        // EF BF BF is U+FFFF: valid UTF-8, not I-JSON.
+        #expect(throws: JSONError.self) { try parser.parse([0x22, 0xEF, 0xBF, 0xBF, 0x22]) }
+        #expect((try? parser.parse([0x22, 0xEF, 0xBF, 0xBD, 0x22])) != nil, "U+FFFD is a character")
+        #expect((try? parse(#"{"s":"\uFDCF\uFDF0\uFFFD\ud83d\ude00"}"#)) != nil, "the neighbours are characters")
+    }
+
+    /// RFC 8259 §8.3 compares member names code unit by code unit: canonically equivalent but different names are
+    /// two members, not a duplicate, and both are kept.
+    @Test func canonicallyEquivalentNamesAreDistinct() throws {
+        guard case .object(let members) = try parse("{\"\u{E9}\":1,\"e\u{301}\":2}") else {
+            throw JSONError(kind: .notAnObject, offset: 0)
+        }
+        #expect(members.count == 2)
+        #expect(members[JSONKey("\u{E9}")] == .number(1, integerLiteral: true))
+        #expect(members[JSONKey("e\u{301}")] == .number(2, integerLiteral: true))
+        guard case .object(let angstrom) = try parse("{\"\u{C5}\":1,\"\u{212B}\":2}") else {
+            throw JSONError(kind: .notAnObject, offset: 0)
+        }
+        #expect(angstrom.count == 2)
+        // The same name escaped and raw is the same name.
+        #expect(throws: JSONError.self) { try parse(#"{"\u00e9":1,"é":2}"#) }
+    }
+
+    @Test func numberAndStringLimitsAreTheStatedOnes() {
+        let defaults = StrictJSON()
+        #expect(defaults.maxNumberLength == 40 && defaults.maxStringBytes == 16 * 1024)
+        #expect((try? parse("1" + String(repeating: "0", count: 39))) == nil, "40 digits is beyond 2^53")
+        #expect((try? parse("0." + String(repeating: "1", count: 38))) != nil, "a 40-character literal")
+        #expect((try? parse("0." + String(repeating: "1", count: 39))) == nil, "41 characters")
+        let string = String(repeating: "a", count: 16 * 1024)
+        #expect((try? parse("\"\(string)\"")) != nil)
+        #expect((try? parse("\"\(string)a\"")) == nil)
     }
 
     @Test func refusesInvalidUTF8() {

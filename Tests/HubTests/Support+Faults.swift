@@ -34,11 +34,13 @@ final class FaultyStore: HubStore {
     }
     func revoke(device: DeviceID, at: Date) async throws -> [String] { try await base.revoke(device: device, at: at) }
     func revokedSerials() async throws -> Set<String> { try await base.revokedSerials() }
+    func revokedCertificates() async throws -> [RevokedCertificate] { try await base.revokedCertificates() }
     func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord] {
         try await base.telemetry(of: device, limit: limit)
     }
     func telemetryCount(of device: DeviceID?) async throws -> Int { try await base.telemetryCount(of: device) }
     func recordSecurityEvent(_ event: SecurityEvent) async throws { try await base.recordSecurityEvent(event) }
+    func setAuditKey(_ key: AuditKey) async throws { try await base.setAuditKey(key) }
     func securityEvents(limit: Int) async throws -> [SecurityEvent] { try await base.securityEvents(limit: limit) }
     func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws {
         try await base.setIdentityResolvingKey(irk, for: device)
@@ -112,6 +114,7 @@ final class RawConnection: Sendable {
     func send(_ bytes: [UInt8]) async throws { try await channel.outbound.write(ByteBuffer(bytes: bytes)) }
 
     var text: String { inbox.bytes.withLock { String(decoding: $0, as: UTF8.self) } }
+    var bytes: [UInt8] { inbox.bytes.withLock { $0 } }
     var isClosed: Bool { inbox.closed.load(ordering: .relaxed) }
 
     /// Waits until `condition` holds on what arrived (or the peer closed), at most `timeout`.

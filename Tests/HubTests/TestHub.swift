@@ -18,6 +18,8 @@ final class TestHub: Sendable {
     let operatorPort: Int
     let pairingPort: Int
     let mqttPort: Int
+    /// The plain CRL listener's port, when `pki.crlAddress` is set.
+    let crlPort: Int?
     private let runTask: Task<Void, any Error>
 
     static func start(
@@ -48,6 +50,7 @@ final class TestHub: Sendable {
         self.operatorPort = ports.operator
         self.pairingPort = ports.pairing
         self.mqttPort = ports.mqtt
+        self.crlPort = ports.crl
         self.runTask = task
     }
 

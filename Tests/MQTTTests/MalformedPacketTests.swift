@@ -123,7 +123,11 @@ import Testing
             code: .topicNameInvalid),
         Case(
             name: "PUBLISH empty topic", version: .v311, connected: true, bytes: [0x30, 0x02, 0x00, 0x00],
-            code: .topicNameInvalid),
+            code: .protocolError),
+        Case(
+            // MQTT 5.0 §3.3.2.1: zero length without a Topic Alias is a Protocol Error (0x82), not 0x90.
+            name: "v5 PUBLISH empty topic without an alias", version: .v5, connected: true,
+            bytes: [0x30, 0x03, 0x00, 0x00, 0x00], code: .protocolError),
         Case(
             name: "PUBLISH QoS 1 packet id 0", version: .v311, connected: true,
             bytes: [0x32, 0x05, 0x00, 0x01, 0x61, 0x00, 0x00], code: .protocolError),
@@ -182,7 +186,7 @@ import Testing
             bytes: [0x30, 0x05, 0x00, 0x01, 0x61, 0x09, 0x01], code: .malformedPacket),
         Case(
             name: "v5 topic alias 0", version: .v5, connected: true,
-            bytes: [0x30, 0x08, 0x00, 0x01, 0x61, 0x03, 0x23, 0x00, 0x00], code: .protocolError),
+            bytes: [0x30, 0x07, 0x00, 0x01, 0x61, 0x03, 0x23, 0x00, 0x00], code: .topicAliasInvalid),
         Case(
             name: "v5 truncated user property", version: .v5, connected: true,
             bytes: [0x30, 0x07, 0x00, 0x01, 0x61, 0x03, 0x26, 0x00, 0x05], code: .malformedPacket),

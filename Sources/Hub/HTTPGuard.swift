@@ -1,0 +1,188 @@
+import Core
+import Gateway
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import NIOTLS
+
+/// Time bounds of an HTTPS connection (`http.*` keys), and its caps (counted when TCP accepts, before TLS).
+public struct HTTPLimits: Sendable, Equatable {
+    /// The TLS handshake must complete within this time of the accept.
+    public var handshakeSeconds = 5.0
+    /// The first request's head must be complete within this time of the handshake.
+    public var headerSeconds = 10.0
+    /// A request's body must be complete within this time of its head (a body that trickles is cut).
+    public var bodySeconds = 30.0
+    /// A kept-alive connection with no request in progress is closed after this time (the next head must be complete
+    /// by then).
+    public var idleSeconds = 60.0
+    /// Open connections of one listener in all, and from one source address.
+    public var maxConnections = 10_000
+    public var maxConnectionsPerSource = 256
+
+    public init() {}
+
+    func validate() throws {
+        for (name, value) in [
+            ("handshakeSeconds", handshakeSeconds), ("headerSeconds", headerSeconds), ("bodySeconds", bodySeconds),
+            ("idleSeconds", idleSeconds),
+        ] where !(0.1...3600).contains(value) {
+            throw HubStartupError("http.\(name) must be 0.1-3600")
+        }
+        guard (1...1_000_000).contains(maxConnections), (1...1_000_000).contains(maxConnectionsPerSource) else {
+            throw HubStartupError("http.maxConnections and http.maxConnectionsPerSource must be 1-1000000")
+        }
+    }
+}
+
+/// Why the guard refused a request before the router saw it (for the log and the audit record), with the peer's
+/// certificate (DER) when the handshake gave one.
+struct FramingRefusal: Sendable {
+    let problem: Problem
+    let detail: String
+    var correlationID = ""
+    var peerCertificate: [UInt8]?
+    var source: String?
+}
+
+/// Sits between NIOHTTP1's request decoder and Hummingbird's codec, where it still sees the HTTP version and the
+/// `Transfer-Encoding` field (HTTPTypes drops both). It
+/// - bounds each phase of a connection: the TLS handshake, the first request head, a request body, and the idle time
+///   between kept-alive requests (a slow client that stops mid-head or mid-body is closed, not held);
+/// - refuses request framing the hub does not accept, before any route runs (RFC 9112 §6.1): a transfer coding
+///   other than exactly `chunked` (501: `gzip, chunked` would otherwise be stored raw), `Transfer-Encoding` on an
+///   HTTP/1.0 request (400: faulty framing), and `CONNECT` (405, then close: there is nothing to tunnel to).
+/// A refused request gets an RFC 9457 problem and the connection is closed; what follows on it is ignored.
+final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let limits: HTTPLimits
+    private let onRefusal: @Sendable (FramingRefusal) -> Void
+    private var timer: Scheduled<Void>?
+    private var handshakeDone = false
+    private var requestOpen = false
+    private var responseOpen = false
+    private var refused = false
+
+    init(limits: HTTPLimits, onRefusal: @escaping @Sendable (FramingRefusal) -> Void) {
+        self.limits = limits
+        self.onRefusal = onRefusal
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        arm(context, seconds: limits.handshakeSeconds)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { cancelTimer() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        cancelTimer()
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted = event as? TLSUserEvent, !handshakeDone {
+            handshakeDone = true
+            arm(context, seconds: limits.headerSeconds)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refused else { return }
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            if let refusal = Self.check(head) {
+                refuse(context, refusal)
+                return
+            }
+            requestOpen = true
+            responseOpen = true
+            arm(context, seconds: limits.bodySeconds)
+        case .body:
+            break
+        case .end:
+            requestOpen = false
+            if responseOpen { cancelTimer() } else { armIdle(context) }
+        }
+        context.fireChannelRead(data)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // After a refusal the decoder may still complain about the bytes that followed: they are ignored.
+        guard !refused else { return }
+        context.fireErrorCaught(error)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) {
+            responseOpen = false
+            // A response may finish before its request (an early 413): the body deadline keeps running then.
+            if !requestOpen { armIdle(context) }
+        }
+        context.write(data, promise: promise)
+    }
+
+    /// The framing rules, on the head as NIOHTTP1 parsed it.
+    static func check(_ head: HTTPRequestHead) -> FramingRefusal? {
+        if head.method == .CONNECT {
+            return FramingRefusal(problem: .methodNotAllowed, detail: "CONNECT is not served")
+        }
+        let codings = head.headers[canonicalForm: "transfer-encoding"].map { $0.lowercased() }
+        guard !codings.isEmpty else { return nil }
+        if head.version.major == 1, head.version.minor == 0 {
+            return FramingRefusal(problem: .badRequest, detail: "Transfer-Encoding on an HTTP/1.0 request")
+        }
+        guard codings == ["chunked"] else {
+            return FramingRefusal(
+                problem: .notImplemented,
+                detail: "transfer coding \(MessageSignatureProfile.printable(codings.joined(separator: ", ")))")
+        }
+        return nil
+    }
+
+    private func refuse(_ context: ChannelHandlerContext, _ refusal: FramingRefusal) {
+        refused = true
+        cancelTimer()
+        var refusal = refusal
+        refusal.correlationID = CorrelationID().rawValue
+        refusal.peerCertificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()?.toDERBytes()
+        refusal.source = context.channel.remoteAddress?.ipAddress
+        onRefusal(refusal)
+        let body = ByteBuffer(string: refusal.problem.json(correlationID: refusal.correlationID))
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: ProblemResponse.contentType)
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "Connection", value: "close")
+        if refusal.problem == .methodNotAllowed { headers.add(name: "Allow", value: "GET, POST") }
+        let status = HTTPResponseStatus(statusCode: refusal.problem.status)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
+            promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    private func armIdle(_ context: ChannelHandlerContext) { arm(context, seconds: limits.idleSeconds) }
+
+    private func arm(_ context: ChannelHandlerContext, seconds: Double) {
+        cancelTimer()
+        let channel = context.channel
+        timer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9))) {
+            // The deadline of this phase passed: a client that stalls holds no connection for longer.
+            channel.close(promise: nil)
+        }
+    }
+
+    private func cancelTimer() {
+        timer?.cancel()
+        timer = nil
+    }
+}
+
+@available(*, unavailable)
+extension HTTPGuardHandler: Sendable {}

@@ -1,0 +1,313 @@
+import Core
+import Foundation
+import Hub
+import HubClient
+import MQTT
+import NIOCore
+import Store
+import Synchronization
+import Testing
+
+/// What a black-box attack run on every listener found, each sent again over real sockets and refused, with a
+/// legitimate device served meanwhile.
+@Suite(.serialized) struct HardeningTests {
+    static func signedHead(
+        _ device: TestDevice, method: String = "POST", path: String = "/v1/telemetry", body: [UInt8],
+        version: String = "HTTP/1.1", extra: [String]
+    ) throws -> String {
+        let signed = try device.credentials.signer().sign(
+            method: method, path: path, body: body, created: Int64(Date().timeIntervalSince1970),
+            contentType: "application/json")
+        return "\(method) \(path) \(version)\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            + (signed.map { "\($0.name): \($0.value)\r\n" } + extra.map { $0 + "\r\n" }).joined() + "\r\n"
+    }
+
+    /// A legitimate signed request from another device, and how long it took.
+    static func served(_ hub: TestHub, _ device: TestDevice) async throws -> (Int, Duration) {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let status = try await device.request(
+            port: hub.devicePort, "POST", "/v1/telemetry", body: Array(#"{"ok":1}"#.utf8)
+        ).status
+        return (status, clock.now - start)
+    }
+
+    /// Finding 1: idle TCP connections, a handshake never finished, a head that stops half-way and an idle
+    /// keep-alive connection were all held. Each phase has a deadline now, and a source has a connection cap.
+    @Test func slowConnectionsAreCutAndCapped() async throws {
+        let hub = try await TestHub.start {
+            $0.httpLimits.handshakeSeconds = 1
+            $0.httpLimits.headerSeconds = 1
+            $0.httpLimits.idleSeconds = 1
+            $0.httpLimits.maxConnectionsPerSource = 10
+        }
+        let device = try await hub.enroll("slow-a")
+        let witness = try await hub.enroll("slow-b")
+        let tls = try device.credentials.tlsConfiguration()
+
+        // Plain TCP that never starts TLS, from another address: ten are held (the cap), the rest closed at once.
+        var idle: [RawConnection] = []
+        for _ in 0..<30 {
+            idle.append(try await RawConnection.open(port: hub.devicePort, tls: nil, localAddress: "127.0.0.2"))
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(idle.filter { $0.isClosed }.count >= 20, "beyond the per-source cap: closed before TLS")
+        let (status, elapsed) = try await Self.served(hub, witness)
+        #expect(status == 202)
+        #expect(elapsed < .milliseconds(500), "a legitimate device is served meanwhile in \(elapsed)")
+
+        // An mTLS connection whose head stops half-way (the X-Slow attack).
+        let slowHead = try await RawConnection.open(port: hub.devicePort, tls: tls)
+        try await slowHead.send("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        // A kept-alive connection after one complete request.
+        let keptAlive = try await RawConnection.open(port: hub.devicePort, tls: tls)
+        try await keptAlive.send(try Self.signedHead(device, method: "GET", path: "/v1/device", body: [], extra: []))
+        await keptAlive.wait(until: { $0.contains("\r\n\r\n") })
+        #expect(keptAlive.text.hasPrefix("HTTP/1.1 200"))
+
+        try await Task.sleep(for: .milliseconds(1_800))
+        #expect(idle.allSatisfy { $0.isClosed }, "handshake deadline")
+        #expect(slowHead.isClosed, "request-head deadline")
+        #expect(keptAlive.isClosed, "idle keep-alive deadline")
+        for connection in idle + [slowHead, keptAlive] { await connection.close() }
+        try await hub.stop()
+    }
+
+    /// Finding 3: framing errors became 503 with error-level logs; `gzip, chunked` was stored raw; chunked on
+    /// HTTP/1.0 was accepted; CONNECT got a 404 with the connection left open.
+    @Test func badFramingIsTheClientsFault() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("frame-1")
+        let witness = try await hub.enroll("frame-2")
+        let tls = try device.credentials.tlsConfiguration()
+        let body = Array(#"{"chunked":"bad"}"#.utf8)
+
+        func exchange(_ request: String) async throws -> (answer: String, closed: Bool) {
+            let raw = try await RawConnection.open(port: hub.devicePort, tls: tls)
+            try await raw.send(request)
+            let answer = await raw.wait(upTo: .seconds(3), until: { $0.contains("\r\n\r\n") })
+            try await Task.sleep(for: .milliseconds(150))
+            let closed = raw.isClosed
+            await raw.close()
+            return (answer, closed)
+        }
+        let chunked = "Transfer-Encoding: chunked"
+        for size in ["zz", "ffffffffffffffffffff"] {
+            let (answer, _) = try await exchange(
+                try Self.signedHead(device, body: body, extra: [chunked])
+                    + "\(size)\r\n{\"chunked\":\"bad\"}\r\n0\r\n\r\n")
+            #expect(answer.hasPrefix("HTTP/1.1 400"), "chunk size \(size): \(answer.prefix(40))")
+        }
+        for coding in ["identity", "xchunked", "gzip, chunked"] {
+            let (answer, closed) = try await exchange(
+                try Self.signedHead(device, body: body, extra: ["Transfer-Encoding: \(coding)"])
+                    + "11\r\n{\"chunked\":\"bad\"}\r\n0\r\n\r\n")
+            #expect(answer.hasPrefix("HTTP/1.1 501"), "\(coding): \(answer.prefix(40))")
+            #expect(answer.contains("urn:bulwark:problem:not-implemented"))
+            #expect(closed, "\(coding): closed")
+        }
+        let (http10, http10Closed) = try await exchange(
+            try Self.signedHead(device, body: body, version: "HTTP/1.0", extra: [chunked])
+                + "11\r\n{\"chunked\":\"bad\"}\r\n0\r\n\r\n")
+        #expect(http10.hasPrefix("HTTP/1.1 400"), "chunked on HTTP/1.0: \(http10.prefix(40))")
+        #expect(http10Closed)
+        let (connect, connectClosed) = try await exchange("CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n")
+        #expect(connect.hasPrefix("HTTP/1.1 405"), "\(connect.prefix(40))")
+        #expect(connect.lowercased().contains("allow: get, post"))
+        // NIOHTTP1 leaves Content-Length out of any response to CONNECT: the close delimits it (RFC 9112 §6.3).
+        #expect(connectClosed, "405 and close")
+
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("frame-1")) == 0, "nothing stored raw")
+        let events = try await hub.securityEvents().filter { $0.identity == "urn:bulwark:device:frame-1" }
+        #expect(events.filter { $0.kind == "invalidMessage" || $0.kind == "invalid-message" }.count >= 5)
+        let (status, elapsed) = try await Self.served(hub, witness)
+        #expect(status == 202 && elapsed < .milliseconds(500))
+        try await hub.stop()
+    }
+
+    /// Finding 6: RFC 8446 §4.6.3 KeyUpdate on every TLS listener: `openssl s_client` sends KeyUpdate
+    /// (update_requested), the hub answers with its own and keeps serving the connection.
+    @Test func tlsKeyUpdateIsHonouredOnEveryListener() async throws {
+        guard let openssl = which("openssl") else {
+            Issue.record("openssl is required (scripts/test installs it)")
+            return
+        }
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ku-1")
+        let admin = try hub.operatorClient()
+        func sClient(port: Int, client: TestDevice, request: String, expect: String) async throws -> String {
+            try await runStaged(
+                openssl,
+                [
+                    "s_client", "-tls1_3", "-connect", "127.0.0.1:\(port)", "-CAfile", client.caFile, "-cert",
+                    client.certificateFile, "-key", client.keyFile, "-msg",
+                ],
+                steps: [(.milliseconds(700), Array("K\n".utf8)), (.milliseconds(700), Array(request.utf8))],
+                until: expect)
+        }
+        let deviceGet = try Self.signedHead(device, method: "GET", path: "/v1/device", body: [], extra: [])
+        let onDevice = try await sClient(
+            port: hub.devicePort, client: device, request: deviceGet, expect: "HTTP/1.1 200")
+        #expect(onDevice.contains("KeyUpdate"), "the client sent KeyUpdate")
+        #expect(onDevice.contains("<<< TLS 1.3, Handshake [length 0005], KeyUpdate"), "the hub answered it")
+        #expect(onDevice.contains("HTTP/1.1 200"))
+
+        let onOperator = try await sClient(
+            port: hub.operatorPort, client: admin, request: "GET /v1/devices HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            expect: "HTTP/1.1 200")
+        #expect(onOperator.contains("<<< TLS 1.3, Handshake [length 0005], KeyUpdate"))
+        #expect(onOperator.contains("HTTP/1.1 200"))
+
+        // MQTT: CONNECT first, then KeyUpdate, then PINGREQ: the PINGRESP (0xD0 0x00) comes back.
+        var connect = ByteBuffer()
+        Packet.connect(ConnectPacket(version: .v311, clientID: "ku-1")).encode(into: &connect, version: .v311)
+        let mqtt = try await runStaged(
+            openssl,
+            [
+                "s_client", "-tls1_3", "-connect", "127.0.0.1:\(hub.mqttPort)", "-CAfile", device.caFile, "-cert",
+                device.certificateFile, "-key", device.keyFile, "-msg", "-alpn", "mqtt",
+            ],
+            steps: [
+                (.milliseconds(700), Array(connect.readableBytesView)), (.milliseconds(500), Array("K\n".utf8)),
+                (.milliseconds(700), [0xC0, 0x00]),
+            ],
+            until: "<<< TLS 1.3, Handshake [length 0005], KeyUpdate", settle: .milliseconds(800))
+        #expect(mqtt.contains("<<< TLS 1.3, Handshake [length 0005], KeyUpdate"), "the hub answered the KeyUpdate")
+        try await hub.stop()
+    }
+
+    /// Finding 4 on the live endpoint: noncharacters are refused, canonically equivalent member names are two
+    /// members, and the stated limits are the ones applied.
+    @Test func iJSONOnTheLiveEndpoint() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ij-1")
+        func post(_ body: [UInt8]) async throws -> Int {
+            try await device.request(port: hub.devicePort, "POST", "/v1/telemetry", body: body).status
+        }
+        for text in [#"{"s":"\uFFFF"}"#, #"{"s":"\uFDD0"}"#, #"{"s":"\udbff\udfff"}"#, #"{"\uFFFF":1}"#] {
+            #expect(try await post(Array(text.utf8)) == 400, "\(text)")
+        }
+        #expect(try await post(Array(#"{"s":""#.utf8) + [0xEF, 0xBF, 0xBF] + Array(#""}"#.utf8)) == 400, "raw U+FFFF")
+        #expect(try await post(Array("{\"\u{E9}\":1,\"e\u{301}\":2}".utf8)) == 202, "two names, not a duplicate")
+        #expect(try await post(Array("{\"\u{C5}\":1,\"\u{212B}\":2}".utf8)) == 202)
+        let stored = try await hub.server.store.telemetry(of: try DeviceID("ij-1"), limit: 10)
+        #expect(stored.contains { $0.body == Array("{\"\u{E9}\":1,\"e\u{301}\":2}".utf8) }, "stored as sent")
+        #expect(try await post(Array(("{\"n\":0." + String(repeating: "1", count: 38) + "}").utf8)) == 202)
+        #expect(try await post(Array(("{\"n\":0." + String(repeating: "1", count: 39) + "}").utf8)) == 400)
+        try await hub.stop()
+    }
+
+    /// Finding 5: one device subscribed 200,000 filters; protocol levels 3 and 6 got no CONNACK; two reason codes
+    /// were wrong. Another device's QoS 1 round trip stays fast meanwhile.
+    @Test func mqttSubscriptionsAreBoundedAndReasonCodesAreRight() async throws {
+        let hub = try await TestHub.start()
+        let flooder = try await hub.enroll("mqf-1")
+        let witness = try await hub.enroll("mqf-2")
+        let codes = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try flooder.credentials.tlsConfiguration(), clientID: "mqf-1",
+            version: .v5
+        ) { mqtt, _ in
+            var all: [[UInt8]] = []
+            for packet in 0..<5 {
+                let filters = try (0..<2_000).map {
+                    Subscription(filter: try TopicFilter("devices/mqf-1/x/\(packet)/\($0)"), qos: .atMostOnce)
+                }
+                try await mqtt.send(
+                    .subscribe(packetID: UInt16(packet + 1), subscriptions: filters, properties: .init()))
+                while let reply = try await mqtt.next() {
+                    if case .suback(_, let codes, _) = reply {
+                        all.append(codes)
+                        break
+                    }
+                }
+            }
+            return all
+        }
+        let limits = MQTTSettings()
+        #expect(codes.count == 5)
+        #expect(codes[0].prefix(limits.maxFiltersPerSubscribe).allSatisfy { $0 == 0 })
+        #expect(codes[0].dropFirst(limits.maxFiltersPerSubscribe).allSatisfy { $0 == 0x80 }, "beyond one SUBSCRIBE")
+        let granted = codes.flatMap { $0 }.filter { $0 == 0 }.count
+        #expect(granted == limits.maxSubscriptionsPerSession, "at most the session's quota")
+        #expect(codes[4].prefix(limits.maxFiltersPerSubscribe).allSatisfy { $0 == 0x97 }, "0x97 Quota exceeded")
+
+        // The other device's QoS 1 round trip.
+        let clock = ContinuousClock()
+        let start = clock.now
+        let reason = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try witness.credentials.tlsConfiguration(), clientID: "mqf-2",
+            version: .v5
+        ) { mqtt, _ in
+            try await mqtt.publishAcknowledged(
+                topic: try TopicName("devices/mqf-2/telemetry"), payload: Array(#"{"t":1}"#.utf8))
+        }
+        #expect(reason == 0)
+        #expect(clock.now - start < .milliseconds(500))
+
+        // Reason codes on the wire.
+        let tls = try flooder.credentials.tlsConfiguration()
+        func disconnectReason(_ publish: [UInt8]) async throws -> UInt8? {
+            try await MQTTClientConnection.withConnection(
+                host: "127.0.0.1", port: hub.mqttPort, tls: tls, clientID: "mqf-1", version: .v5
+            ) { mqtt, _ in
+                try await mqtt.write(ByteBuffer(bytes: publish))
+                while let packet = try await mqtt.next() {
+                    if case .disconnect(let reason, _) = packet { return reason }
+                }
+                return nil
+            }
+        }
+        #expect(try await disconnectReason([0x30, 0x03, 0x00, 0x00, 0x00]) == 0x82, "empty topic, no alias")
+        #expect(try await disconnectReason([0x30, 0x07, 0x00, 0x01, 0x61, 0x03, 0x23, 0x00, 0x00]) == 0x94, "alias 0")
+        for (level, expected) in [(UInt8(3), [UInt8]([0x20, 0x02, 0x00, 0x01])), (6, [0x20, 0x03, 0x00, 0x84, 0x00])] {
+            let raw = try await RawConnection.open(port: hub.mqttPort, tls: tls)
+            let body: [UInt8] = [0x00, 0x04] + Array("MQTT".utf8) + [level, 0x02, 0x00, 0x3C, 0x00, 0x01, 0x61]
+            try await raw.send([0x10, UInt8(body.count)] + body)
+            await raw.wait(upTo: .seconds(3))
+            #expect(raw.bytes == expected, "protocol level \(level): CONNACK then close")
+            #expect(raw.isClosed)
+            await raw.close()
+        }
+        try await hub.stop()
+    }
+}
+
+/// Runs a program, writing `steps` to its standard input one after another (each after its delay) and keeping
+/// the input open, until its output contains `until` (then `settle` more) or `timeout`; then ends it. For clients
+/// such as `openssl s_client` that act on what arrives between pauses.
+func runStaged(
+    _ executable: String, _ arguments: [String], steps: [(Duration, [UInt8])], until: String,
+    settle: Duration = .milliseconds(300), timeout: Duration = .seconds(15)
+) async throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let input = Pipe()
+    let output = Pipe()
+    process.standardInput = input
+    process.standardOutput = output
+    process.standardError = output
+    let collected = Mutex(Data())
+    output.fileHandleForReading.readabilityHandler = { handle in
+        let data = handle.availableData
+        collected.withLock { $0.append(data) }
+    }
+    try process.run()
+    defer {
+        output.fileHandleForReading.readabilityHandler = nil
+        if process.isRunning { process.terminate() }
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+    func text() -> String { collected.withLock { String(decoding: $0, as: UTF8.self) } }
+    for (delay, data) in steps {
+        try await Task.sleep(for: delay)
+        input.fileHandleForWriting.write(Data(data))
+    }
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline, !text().contains(until), process.isRunning {
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    try await Task.sleep(for: settle)
+    return text()
+}
