@@ -101,6 +101,44 @@ import Testing
         #expect(failure(der) == .badSignature)
     }
 
+    /// Content-Type and Bulwark-Message-Type decide how a message is stored: when a request carries them the
+    /// signature must cover them, so whoever holds a captured request cannot re-type it (review finding 7).
+    @Test func theTypeFieldsMustBeSignedWhenPresent() throws {
+        let signer = MessageSigner(key: key)
+        func request(contentType: String?, messageType: String?, signedContentType: String?, signedType: String?)
+            throws -> SignedRequest
+        {
+            var signed = self.request(
+                try signer.sign(
+                    method: "POST", path: "/v1/telemetry", body: body, created: now, nonce: "n0nce-0123456789abcdef",
+                    contentType: signedContentType, messageType: signedType))
+            signed.contentType = contentType
+            signed.messageType = messageType
+            return signed
+        }
+        let json = "application/json"
+        #expect(
+            failure(try request(contentType: json, messageType: "env", signedContentType: json, signedType: "env"))
+                == nil)
+        #expect(
+            failure(try request(contentType: json, messageType: nil, signedContentType: json, signedType: nil)) == nil)
+        #expect(
+            failure(try request(contentType: json, messageType: "env", signedContentType: json, signedType: "other"))
+                == .badSignature, "type changed")
+        #expect(
+            failure(try request(contentType: "text/plain", messageType: nil, signedContentType: json, signedType: nil))
+                == .badSignature, "content type changed")
+        #expect(
+            failure(try request(contentType: json, messageType: "env", signedContentType: json, signedType: nil))
+                == .unsupported, "type added")
+        #expect(
+            failure(try request(contentType: json, messageType: nil, signedContentType: nil, signedType: nil))
+                == .unsupported, "content type not covered")
+        #expect(
+            failure(try request(contentType: nil, messageType: nil, signedContentType: json, signedType: nil))
+                == .unsupported, "content type removed")
+    }
+
     /// RFC 9530 Appendix: the sha-256 digest of `{"hello": "world"}` (with the space), as the RFC gives it.
     @Test func contentDigestKnownAnswer() throws {
         try MessageSignatureProfile.checkDigest(

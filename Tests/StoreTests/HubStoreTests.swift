@@ -27,6 +27,39 @@ import Testing
             notAfter: Date(timeIntervalSince1970: 2000), der: [1, 2, 3])
     }
 
+    /// A pairing certificate is recorded revoked and device-less before it is sent; the device's confirmation
+    /// activates it with the device in one step. Nothing else can be activated that way.
+    @Test(arguments: Backend.allCases)
+    func aPendingPairingCertificateIsActivatedOnlyForItsDevice(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        let device = try DeviceID("p")
+        var pending = Self.certificate("0a", device: nil)
+        pending.subject = "urn:bulwark:device:p"
+        pending.revokedAt = Date()
+        try await store.addCertificate(pending)
+        #expect(try await store.revokedSerials() == ["0a"])
+        await #expect(throws: StoreError.self) {
+            try await store.activatePendingCertificate("0a", device: try DeviceID("other"), at: Date())
+        }
+        await #expect(throws: StoreError.self) {
+            try await store.activatePendingCertificate("0b", device: device, at: Date())
+        }
+        // An operator certificate (another subject) cannot be turned into a device's.
+        var operatorCertificate = Self.certificate("0c", device: nil)
+        operatorCertificate.revokedAt = Date()
+        try await store.addCertificate(operatorCertificate)
+        await #expect(throws: StoreError.self) {
+            try await store.activatePendingCertificate("0c", device: device, at: Date())
+        }
+        try await store.activatePendingCertificate("0a", device: device, at: Date())
+        #expect(try await store.device(device)?.status == .active)
+        #expect(try await store.certificates(of: device).map(\.serialHex) == ["0a"])
+        #expect(try await store.revokedSerials() == ["0c"])
+        await #expect(throws: StoreError.self, "activated once") {
+            try await store.activatePendingCertificate("0a", device: device, at: Date())
+        }
+    }
+
     @Test(arguments: Backend.allCases)
     func enrollRevokeAndReEnroll(_ backend: Backend) async throws {
         let (store, _) = try Self.open(backend)
