@@ -85,7 +85,8 @@ struct PairCommand: AsyncParsableCommand {
 
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "agent", abstract: "The device side.", subcommands: [Pair.self, Send.self, RID.self])
+        commandName: "agent", abstract: "The device side.",
+        subcommands: [Pair.self, Send.self, Renew.self, RID.self])
 
     struct Pair: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -171,6 +172,61 @@ struct AgentCommand: AsyncParsableCommand {
             }
             print("\(result.status) \(result.bodyText)")
             if result.status != 202 { throw ExitCode(1) }
+        }
+    }
+
+    struct Renew: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Renew the device certificate with a new key (POST /v1/device/certificate, pinned mTLS).",
+            discussion: """
+                Makes a fresh P-256 key and a CSR signed by it, sends it in a request signed with the current key, and
+                replaces device.key and device.crt in the state directory only once the hub answered with the new
+                certificate (each file replaced atomically, the key 0600). The old certificate stays valid until the
+                device first uses the new one, or the hub's grace period ends.
+                """)
+        @Option(help: "Credentials directory written by `bulwark agent pair`.") var state: String
+        @Option(help: "The hub's device API.") var hub = "https://127.0.0.1:8443"
+
+        func run() async throws {
+            guard let url = URLComponents(string: hub), url.scheme == "https", let host = url.host else {
+                throw ValidationError("--hub must be an https:// URL")
+            }
+            let credentials = try ClientCredentials(
+                certificateFile: "\(state)/device.crt", keyFile: "\(state)/device.key", caFile: "\(state)/ca.crt")
+            let pins = try String(contentsOfFile: "\(state)/pins", encoding: .utf8).split(separator: "\n")
+                .compactMap { Data(base64Encoded: String($0)).map { [UInt8]($0) } }
+            let ca = try Certificate(pemEncoded: String(decoding: credentials.caPEM, as: UTF8.self))
+            let current = try Certificate(pemEncoded: String(decoding: credentials.certificatePEM, as: UTF8.self))
+            let key = P256.Signing.PrivateKey()
+            let csr = try CertificateSigningRequest(
+                version: .v1, subject: current.subject, privateKey: Certificate.PrivateKey(key),
+                attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
+            let body = try JSONSerialization.data(withJSONObject: ["csr": try csr.serializeAsPEM().pemString])
+            let result: HTTPResult
+            do {
+                result = try await HTTPSClient.request(
+                    host: host, port: url.port ?? 443, tls: try credentials.tlsConfiguration(),
+                    pinned: PinnedServer(caCertificateDER: ca.derBytes, pins: pins), method: "POST",
+                    path: "/v1/device/certificate", headers: [("Content-Type", "application/json")],
+                    body: Array(body), signer: try credentials.signer())
+            } catch {
+                throw CleanExit.message(
+                    "bulwark: cannot reach the hub at \(hub) (TLS or pin check failed): \(error)", code: 69)
+            }
+            guard result.status == 201,
+                let object = try? JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any],
+                let pem = object["certificate"] as? String, let issued = try? Certificate(pemEncoded: pem),
+                issued.publicKey == Certificate.PublicKey(key.publicKey)
+            else {
+                throw CleanExit.message("bulwark: renewal refused: \(result.status) \(result.bodyText)", code: 1)
+            }
+            do {
+                try SecretFiles.replace("\(state)/device.key", contents: key.pemRepresentation, secret: true)
+                try SecretFiles.replace("\(state)/device.crt", contents: issued.pem, secret: false)
+            } catch let error as HubStartupError {
+                throw CleanExit.message("bulwark: \(error)", code: 73)
+            }
+            print("renewed: serial \(issued.serialHex), valid until \(issued.notValidAfter.formatted(.iso8601))")
         }
     }
 

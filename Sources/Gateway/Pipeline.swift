@@ -17,7 +17,7 @@ public struct GatewayPolicy: Sendable {
     public var signatures = MessageSignatureProfile()
     public var quarantine = QuarantinePolicy()
     /// Routes (or topic classes) a device may send to.
-    public var deviceRoutes: Set<String> = ["telemetry", "device", "events", "state"]
+    public var deviceRoutes: Set<String> = ["telemetry", "device", "events", "state", "certificate"]
     /// The message type used when a message names none.
     public var defaultMessageType = "telemetry"
     /// Refuse message types that have no registered schema (the default type is always allowed).

@@ -5,7 +5,9 @@ import HTTPTypes
 import Hummingbird
 import NIOCore
 import NIOHTTP1
+import PKI
 import Store
+import X509
 
 /// The device API, served on the device listener. The device is always the one named by its client certificate:
 /// nothing in the body, a header or the URL can name another. Every request passes the gateway pipeline; every
@@ -14,6 +16,7 @@ struct DeviceRoutes {
     let store: any HubStore
     let gateway: GatewayPipeline
     let maxBodyBytes: Int
+    let renewal: RenewalSettings
 
     /// The header that names a message's type (its schema); absent means `telemetry`.
     static let messageTypeField = HTTPField.Name("Bulwark-Message-Type")!
@@ -24,6 +27,7 @@ struct DeviceRoutes {
     func register(on router: Router<HubRequestContext>) {
         router.post("/v1/telemetry") { request, context in try await telemetry(request, context) }
         router.get("/v1/device") { request, context in try await ownRecord(request, context) }
+        router.post("/v1/device/certificate") { request, context in try await renew(request, context) }
     }
 
     func inbound(_ request: Request, _ context: HubRequestContext, route: String) throws -> InboundMessage {
@@ -58,16 +62,9 @@ struct DeviceRoutes {
         case .success(let admitted): device = admitted
         case .failure(let refusal): throw GatewayError(refusal: refusal, identity: identity)
         }
-        do { message.body = try await Self.collect(request, limit: maxBodyBytes) } catch is HubError {
-            throw GatewayError(refusal: gateway.oversized(device, now: GatewayTime.now()), identity: identity)
-        } catch let error as HTTPParserError {
-            // A body the HTTP layer cannot frame (a chunk size that is not hex, or one too large): the client's
-            // fault, a 400 counted toward the device's invalid-message quarantine (RFC 9112 §7.1).
-            throw GatewayError(
-                refusal: gateway.malformedRequest(
-                    device, problem: .badRequest, detail: "HTTP framing: \(error)", now: GatewayTime.now()),
-                identity: identity)
-        }
+        // A body the HTTP layer cannot frame (a chunk size that is not hex, or one too large) is the client's fault:
+        // a 400 counted toward the device's invalid-message quarantine (RFC 9112 §7.1).
+        message.body = try await body(of: request, device: device, identity: identity)
         // The replay stage reads the clock only now that the whole body is here: a copy of a captured request whose
         // head is sent at once and whose body trickles in later must meet the `created` window and the nonce ledger
         // as they are when it completes, not as they were when its head arrived (README, "Replay").
@@ -92,6 +89,93 @@ struct DeviceRoutes {
         // Both values are generated here (an integer and hex digits): no escaping is needed.
         return JSONResponse.make(
             .accepted, text: #"{"correlationId":"\#(context.correlationID.rawValue)","id":\#(id)}"#)
+    }
+
+    /// Certificate renewal with a new key: the body is `{"csr": PEM}`, a PKCS#10 request for a *fresh* P-256 (or
+    /// P-384) key signed by that key (RFC 2986 §3, proof of possession), in a request signed by the current
+    /// certificate's key (RFC 9421), so the device proves it holds both. The hub refuses an unknown, revoked or
+    /// quarantined device (the envelope stages), and a key the device already had; it issues a certificate for the
+    /// same identity, records which certificate it replaces, and audits it. The replaced certificate is revoked when
+    /// the device first presents the new one, or at the end of `pki.renewalGraceSeconds` (`CertificateRenewals`).
+    func renew(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        guard let peer = context.peer else { throw HubError.forbidden("no peer identity") }
+        var message = try inbound(request, context, route: "certificate")
+        let identity = message.identity.uri
+        let device: DeviceID
+        switch gateway.admitEnvelope(message, now: GatewayTime.now()) {
+        case .success(let admitted): device = admitted
+        case .failure(let refusal): throw GatewayError(refusal: refusal, identity: identity)
+        }
+        message.body = try await body(of: request, device: device, identity: identity)
+        let now = GatewayTime.now()
+        let value: JSONValue
+        let nonce: (value: String, expiresAt: Int64)?
+        do throws(Refusal) {
+            try gateway.checkSizeAndType(device, message, now: now)
+            value = try gateway.parse(device, message, now: now)
+            (nonce, _) = try gateway.checkReplay(device, message, now: now)
+        } catch {
+            throw GatewayError(refusal: error, identity: identity)
+        }
+        if let nonce {
+            try await store.recordNonce(
+                device: device, nonce: StoredNonce(nonce: nonce.value, expiresAt: nonce.expiresAt))
+        }
+        func refused(_ detail: String) -> GatewayError {
+            GatewayError(
+                refusal: gateway.malformedRequest(device, problem: .invalidMessage, detail: detail, now: now),
+                identity: identity)
+        }
+        guard case .object(let members) = value, members.count == 1, case .string(let pem)? = members["csr"] else {
+            throw refused("renewal: the body must be {\"csr\": PEM}")
+        }
+        guard let record = try await store.device(device), record.status == .active else {
+            throw HubError.forbidden("renewal: device record missing or not active")
+        }
+        let certificate: Certificate
+        do {
+            let csr = try CertificateSigningRequest.parse(Array(pem.utf8))
+            let key = csr.publicKey.spkiSHA256Hex
+            if try await store.certificates(of: device).contains(where: { $0.spkiSHA256Hex == key }) {
+                throw refused("renewal: the CSR's key is one this device already had (a renewal needs a new key)")
+            }
+            certificate = try renewal.authority.issueClientCertificate(
+                for: .device(device), csr: csr, now: Date(), days: renewal.certificateDays)
+        } catch let error as PKIError {
+            throw refused("renewal: \(error)")
+        }
+        let pending = PendingRenewal(
+            newSerialHex: certificate.serialHex, previousSerialHex: peer.serialHex, deviceID: device,
+            graceUntil: Date().addingTimeInterval(renewal.graceSeconds))
+        let superseded = try await store.recordRenewal(
+            certificate: HubCredentials.record(certificate, deviceID: device), renewal: pending)
+        await renewal.renewals.add(pending, superseding: superseded)
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "certificate-renewed", identity: identity,
+                source: context.channel.remoteAddress?.ipAddress, correlationID: context.correlationID.rawValue,
+                detail: "serial \(certificate.serialHex) replaces \(peer.serialHex)"
+                    + (superseded.isEmpty
+                        ? "" : "; unused earlier renewal \(superseded.joined(separator: ", ")) revoked")))
+        return try JSONResponse.make(
+            .created,
+            [
+                "certificate": certificate.pem, "serial": certificate.serialHex,
+                "notAfter": JSONResponse.timestamp(certificate.notValidAfter),
+                "correlationId": context.correlationID.rawValue,
+            ] as [String: any Sendable])
+    }
+
+    /// The body, refused as the gateway's size or framing stage would.
+    func body(of request: Request, device: DeviceID, identity: String) async throws -> [UInt8] {
+        do { return try await Self.collect(request, limit: maxBodyBytes) } catch is HubError {
+            throw GatewayError(refusal: gateway.oversized(device, now: GatewayTime.now()), identity: identity)
+        } catch let error as HTTPParserError {
+            throw GatewayError(
+                refusal: gateway.malformedRequest(
+                    device, problem: .badRequest, detail: "HTTP framing: \(error)", now: GatewayTime.now()),
+                identity: identity)
+        }
     }
 
     /// The caller's own record; nothing about any other device. Signed like every device request (empty body).

@@ -64,7 +64,8 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var timer: Scheduled<Void>?
     private var handshakeDone = false
     private var requestOpen = false
-    private var responseOpen = false
+    /// Requests whose response has not ended yet (more than one when a client pipelines).
+    private var responsesPending = 0
     private var refused = false
 
     init(limits: HTTPLimits, onRefusal: @escaping @Sendable (FramingRefusal) -> Void) {
@@ -100,13 +101,13 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
             requestOpen = true
-            responseOpen = true
+            responsesPending += 1
             arm(context, seconds: limits.bodySeconds)
         case .body:
             break
         case .end:
             requestOpen = false
-            if responseOpen { cancelTimer() } else { armIdle(context) }
+            if responsesPending > 0 { cancelTimer() } else { armIdle(context) }
         }
         context.fireChannelRead(data)
     }
@@ -119,9 +120,9 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         if case .end = unwrapOutboundIn(data) {
-            responseOpen = false
+            responsesPending = max(0, responsesPending - 1)
             // A response may finish before its request (an early 413): the body deadline keeps running then.
-            if !requestOpen { armIdle(context) }
+            if !requestOpen, responsesPending == 0 { armIdle(context) }
         }
         context.write(data, promise: promise)
     }

@@ -30,6 +30,10 @@ public struct HubConfiguration: Sendable, Equatable {
     /// Failed pairings per device before lock-out, and the first lock-out (doubling with each further failure).
     public var pairingFreeAttempts = 5
     public var pairingLockoutSeconds = 30.0
+    /// Lifetime of device certificates issued by renewal, and how long a renewed certificate's predecessor stays
+    /// valid when the device does not use the new one (`pki.deviceCertificateDays`, `pki.renewalGraceSeconds`).
+    public var deviceCertificateDays = 90
+    public var renewalGraceSeconds = 86_400.0
     /// Deadlines and connection caps of the device and operator HTTPS listeners (`http.*`).
     public var httpLimits = HTTPLimits()
     /// Connection caps and the hello deadline of the pairing listener (`pairing.*`).
@@ -96,6 +100,10 @@ public struct HubConfiguration: Sendable, Equatable {
         config.claimLifetimeSeconds = reader.int(forKey: "pairing.claimLifetimeSeconds", default: 600)
         config.pairingFreeAttempts = reader.int(forKey: "pairing.freeAttempts", default: 5)
         config.pairingLockoutSeconds = reader.double(forKey: "pairing.lockoutSeconds", default: 30)
+        config.deviceCertificateDays = reader.int(
+            forKey: "pki.deviceCertificateDays", default: config.deviceCertificateDays)
+        config.renewalGraceSeconds = reader.double(
+            forKey: "pki.renewalGraceSeconds", default: config.renewalGraceSeconds)
         var http = HTTPLimits()
         http.handshakeSeconds = reader.double(forKey: "http.handshakeSeconds", default: http.handshakeSeconds)
         http.headerSeconds = reader.double(forKey: "http.headerSeconds", default: http.headerSeconds)
@@ -216,6 +224,9 @@ public struct HubConfiguration: Sendable, Equatable {
         try pairingSettings.validate()
         try validateCRL()
         try httpLimits.validate()
+        guard (1...397).contains(deviceCertificateDays), (0...(30 * 86_400)).contains(renewalGraceSeconds) else {
+            throw HubStartupError("pki.deviceCertificateDays must be 1-397 and pki.renewalGraceSeconds 0-2592000")
+        }
         guard (tufRepository == nil) == (tufOnlineKeys == nil) else {
             throw HubStartupError("tuf.repository and tuf.onlineKeys go together")
         }

@@ -111,6 +111,7 @@ struct PeerIdentityMiddleware: RouterMiddleware {
     typealias Context = HubRequestContext
     let revocations: RevocationList
     let cache: PeerCertificateCache
+    let renewals: CertificateRenewals
     let revokedUse = OncePerWindow()
 
     func handle(
@@ -133,6 +134,8 @@ struct PeerIdentityMiddleware: RouterMiddleware {
                 throw HubError.forbidden(
                     "certificate \(peer.serialHex) was revoked", event: audit ? "revoked-certificate-used" : nil)
             }
+            // A renewed certificate in use: the one it replaced is revoked now.
+            await renewals.used(peer.serialHex)
             return try await next(request, context)
         } catch var error as HubError {
             // The outer middleware sees the context from before the peer was known: carry it on the error.

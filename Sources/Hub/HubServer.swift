@@ -58,10 +58,12 @@ public final class HubServer: Sendable {
         try await crl.publish()
         let gateway = GatewayPipeline(policy: configuration.gateway.policy(maxBodyBytes: configuration.maxBodyBytes))
         try await restoreGatewayState(gateway, store: store, logger: logger)
+        let revocations = RevocationList(try await store.revokedSerials())
+        let renewals = CertificateRenewals(store: store, revocations: revocations, crl: crl, logger: logger)
+        try await renewals.load()
         return try HubServer(
-            configuration: configuration, store: store, credentials: credentials,
-            revocations: RevocationList(try await store.revokedSerials()), gateway: gateway, logger: logger,
-            signals: gracefulShutdownSignals, crl: crl)
+            configuration: configuration, store: store, credentials: credentials, revocations: revocations,
+            gateway: gateway, logger: logger, signals: gracefulShutdownSignals, crl: crl, renewals: renewals)
     }
 
     /// Opens the embedded store with its files private to this user (README, "Data directory").
@@ -74,7 +76,8 @@ public final class HubServer: Sendable {
 
     private init(
         configuration: HubConfiguration, store: any HubStore, credentials: HubCredentials, revocations: RevocationList,
-        gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal], crl: CRLPublisher
+        gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal], crl: CRLPublisher,
+        renewals: CertificateRenewals
     ) throws {
         self.gateway = gateway
         self.configuration = configuration
@@ -94,7 +97,8 @@ public final class HubServer: Sendable {
             router.add(
                 middleware: ErrorReportingMiddleware(
                     store: store, problems: role == .device, recorder: GatewayRecorder(store: store, logger: logger)))
-            router.add(middleware: PeerIdentityMiddleware(revocations: revocations, cache: cache))
+            router.add(
+                middleware: PeerIdentityMiddleware(revocations: revocations, cache: cache, renewals: renewals))
             routes(router)
             let appLogger = {
                 var logger = logger
@@ -145,7 +149,13 @@ public final class HubServer: Sendable {
         }
 
         let device = try application(name: "device", listener: configuration.device, role: .device) {
-            DeviceRoutes(store: store, gateway: gateway, maxBodyBytes: configuration.maxBodyBytes).register(on: $0)
+            DeviceRoutes(
+                store: store, gateway: gateway, maxBodyBytes: configuration.maxBodyBytes,
+                renewal: RenewalSettings(
+                    authority: credentials.authority, renewals: renewals,
+                    certificateDays: configuration.deviceCertificateDays,
+                    graceSeconds: configuration.renewalGraceSeconds)
+            ).register(on: $0)
         }
         let rids = RIDDirectory(store: store, logger: logger)
         let claims = PairingClaims(
@@ -176,7 +186,7 @@ public final class HubServer: Sendable {
         let mqtt = MQTTListener(
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
             revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,
-            settings: configuration.mqttSettings,
+            settings: configuration.mqttSettings, renewals: renewals,
             logger: {
                 var mqttLogger = logger
                 mqttLogger[metadataKey: "listener"] = "mqtt"
@@ -184,6 +194,10 @@ public final class HubServer: Sendable {
             }(), onBound: { portsContinuation.yield(("mqtt", $0)) })
         var services: [any Service] = [device, operatorApp, pairing, rids, mqtt]
         services.append(CRLRefreshService(publisher: crl, interval: .seconds(3600), logger: logger))
+        services.append(
+            RenewalSweepService(
+                renewals: renewals,
+                interval: .milliseconds(Int64(min(60, max(0.5, configuration.renewalGraceSeconds / 4)) * 1000))))
         if let address = configuration.crlAddress {
             var crlLogger = logger
             crlLogger[metadataKey: "listener"] = "crl"

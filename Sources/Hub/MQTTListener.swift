@@ -28,6 +28,7 @@ struct MQTTListener: Service {
     let broker: MQTTBroker
     let gateway: GatewayPipeline
     let settings: MQTTSettings
+    let renewals: CertificateRenewals
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
     let connections: ConnectionCounter
@@ -41,8 +42,8 @@ struct MQTTListener: Service {
 
     init(
         host: String, port: Int, credentials: HubCredentials, revocations: RevocationList, store: any HubStore,
-        rids: RIDDirectory, broker: MQTTBroker, gateway: GatewayPipeline, settings: MQTTSettings, logger: Logger,
-        onBound: @escaping @Sendable (Int) -> Void
+        rids: RIDDirectory, broker: MQTTBroker, gateway: GatewayPipeline, settings: MQTTSettings,
+        renewals: CertificateRenewals, logger: Logger, onBound: @escaping @Sendable (Int) -> Void
     ) {
         self.host = host
         self.port = port
@@ -53,6 +54,7 @@ struct MQTTListener: Service {
         self.broker = broker
         self.gateway = gateway
         self.settings = settings
+        self.renewals = renewals
         self.logger = logger
         self.onBound = onBound
         self.connections = ConnectionCounter(
@@ -283,6 +285,7 @@ struct MQTTConnection {
                 guard case .connect(let connect) = first else { return }
                 guard let peer = try? await peerIdentity(source: source), !listener.revocations.contains(peer.serial)
                 else { return }
+                await listener.renewals.used(peer.serial)
                 _ = outbound  // every write goes through the channel, in order with the broker's deliveries
                 try await session(connect: connect, peer: peer, packets: &packets)
             }

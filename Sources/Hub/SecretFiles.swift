@@ -95,6 +95,28 @@ public enum SecretFiles {
         }
     }
 
+    /// Replaces `path` atomically: the new contents go to a temporary file beside it (0600 when `secret`, 0644
+    /// otherwise), synced, then renamed over it, so a crash leaves either the old file or the new one.
+    public static func replace(_ path: String, contents: String, secret: Bool) throws {
+        let temporary = path + ".new"
+        unlink(temporary)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, secret ? 0o600 : 0o644)
+        guard fd >= 0 else { throw HubStartupError("cannot create \(temporary): \(String(cString: strerror(errno)))") }
+        let bytes = Array(contents.utf8)
+        var written = 0
+        while written < bytes.count {
+            let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else {
+                close(fd)
+                throw HubStartupError("cannot write \(temporary): \(String(cString: strerror(errno)))")
+            }
+            written += n
+        }
+        guard fsync(fd) == 0, close(fd) == 0, rename(temporary, path) == 0 else {
+            throw HubStartupError("cannot replace \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// Writes a public file (certificates) atomically.
     public static func writePublic(_ path: String, contents: String) throws {
         do { try contents.write(toFile: path, atomically: true, encoding: .utf8) } catch {

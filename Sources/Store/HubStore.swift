@@ -14,6 +14,15 @@ public protocol HubStore: Sendable {
     /// (no device yet, revoked, its subject the device's identity), clearing that revocation, in one transaction.
     /// Throws `notFound` when no such pending certificate is recorded.
     func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws
+    /// A renewal: records the device's new certificate and which certificate it replaces, in one transaction. An
+    /// earlier renewal of the same certificate that was never used (its answer was lost, the device asked again) is
+    /// superseded: its certificate is revoked and its serial returned. Throws `notFound` unless the device is active.
+    func recordRenewal(certificate: CertificateRecord, renewal: PendingRenewal) async throws -> [String]
+    /// Renewals whose previous certificate is not revoked yet.
+    func pendingRenewals() async throws -> [PendingRenewal]
+    /// Revokes the certificate a renewal replaced and forgets the renewal, in one transaction; returns the revoked
+    /// serial, or nil when the renewal was already completed.
+    func completeRenewal(newSerialHex: String, at: Date) async throws -> String?
     func device(_ id: DeviceID) async throws -> DeviceRecord?
     func devices() async throws -> [DeviceRecord]
     func certificates(of device: DeviceID) async throws -> [CertificateRecord]

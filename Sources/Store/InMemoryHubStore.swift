@@ -13,6 +13,7 @@ public actor InMemoryHubStore: HubStore {
     private var windows: [DeviceID: StoredCounterWindow] = [:]
     private var quarantineRecords: [DeviceID: Int64] = [:]
     private var schemaRecords: [String: [UInt8]] = [:]
+    private var renewals: [String: PendingRenewal] = [:]
 
     public init() {}
 
@@ -53,6 +54,37 @@ public actor InMemoryHubStore: HubStore {
         certificate.revokedAt = nil
         certificate.deviceID = device
         certificateRecords[serialHex] = certificate
+    }
+
+    public func recordRenewal(certificate: CertificateRecord, renewal: PendingRenewal) async throws -> [String] {
+        guard deviceRecords[renewal.deviceID]?.status == .active else {
+            throw StoreError(.notFound, "no active device \(renewal.deviceID)")
+        }
+        guard certificateRecords[certificate.serialHex] == nil else {
+            throw StoreError(.conflict, "certificate serial already recorded")
+        }
+        let superseded = renewals.values.filter { $0.previousSerialHex == renewal.previousSerialHex }.map(
+            \.newSerialHex)
+        for serial in superseded {
+            renewals[serial] = nil
+            if certificateRecords[serial]?.revokedAt == nil { certificateRecords[serial]?.revokedAt = Date() }
+        }
+        certificateRecords[certificate.serialHex] = certificate
+        renewals[renewal.newSerialHex] = renewal
+        return superseded.sorted()
+    }
+
+    public func pendingRenewals() async throws -> [PendingRenewal] {
+        renewals.values.sorted { $0.newSerialHex < $1.newSerialHex }
+    }
+
+    public func completeRenewal(newSerialHex: String, at: Date) async throws -> String? {
+        guard let renewal = renewals.removeValue(forKey: newSerialHex) else { return nil }
+        if var previous = certificateRecords[renewal.previousSerialHex], previous.revokedAt == nil {
+            previous.revokedAt = at
+            certificateRecords[renewal.previousSerialHex] = previous
+        }
+        return renewal.previousSerialHex
     }
 
     public func device(_ id: DeviceID) async throws -> DeviceRecord? { deviceRecords[id] }

@@ -19,6 +19,22 @@ public struct DeviceRecord: Sendable, Equatable, Codable {
     }
 }
 
+/// A device certificate renewed (a new key): the previous one is revoked once the device has used the new one, or at
+/// `graceUntil` at the latest.
+public struct PendingRenewal: Sendable, Equatable {
+    public var newSerialHex: String
+    public var previousSerialHex: String
+    public var deviceID: DeviceID
+    public var graceUntil: Date
+
+    public init(newSerialHex: String, previousSerialHex: String, deviceID: DeviceID, graceUntil: Date) {
+        self.newSerialHex = newSerialHex
+        self.previousSerialHex = previousSerialHex
+        self.deviceID = deviceID
+        self.graceUntil = graceUntil
+    }
+}
+
 /// A certificate the hub issued. `subject` is the identity URI; `deviceID` is set for device certificates.
 public struct CertificateRecord: Sendable, Equatable {
     public var serialHex: String

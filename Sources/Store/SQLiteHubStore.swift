@@ -125,6 +125,17 @@ public final class SQLiteHubStore: HubStore {
             // NULL for the records written before the audit key existed.
             try db.execute(sql: "ALTER TABLE audit_log ADD COLUMN mac BLOB")
         }
+        migrator.registerMigration("v5: certificate renewals") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE certificate_renewals (
+                        new_serial TEXT PRIMARY KEY NOT NULL REFERENCES certificates(serial),
+                        previous_serial TEXT NOT NULL,
+                        device_id TEXT NOT NULL REFERENCES devices(id),
+                        grace_until INTEGER NOT NULL
+                    );
+                    """)
+        }
         return migrator
     }
 
@@ -142,6 +153,62 @@ public final class SQLiteHubStore: HubStore {
 
     public func addCertificate(_ certificate: CertificateRecord) async throws {
         try await write { db in try Self.insert(certificate, db) }
+    }
+
+    public func recordRenewal(certificate: CertificateRecord, renewal: PendingRenewal) async throws -> [String] {
+        try await write { db in
+            guard
+                try String.fetchOne(
+                    db, sql: "SELECT status FROM devices WHERE id = ?", arguments: [renewal.deviceID.rawValue])
+                    == "active"
+            else { throw StoreError(.notFound, "no active device \(renewal.deviceID)") }
+            let superseded = try String.fetchAll(
+                db, sql: "SELECT new_serial FROM certificate_renewals WHERE previous_serial = ? ORDER BY new_serial",
+                arguments: [renewal.previousSerialHex])
+            for serial in superseded {
+                try db.execute(
+                    sql: "UPDATE certificates SET revoked_at = ? WHERE serial = ? AND revoked_at IS NULL",
+                    arguments: [Date().millis, serial])
+                try db.execute(sql: "DELETE FROM certificate_renewals WHERE new_serial = ?", arguments: [serial])
+            }
+            try Self.insert(certificate, db)
+            try db.execute(
+                sql: """
+                    INSERT INTO certificate_renewals (new_serial, previous_serial, device_id, grace_until)
+                    VALUES (?, ?, ?, ?)
+                    """,
+                arguments: [
+                    renewal.newSerialHex, renewal.previousSerialHex, renewal.deviceID.rawValue,
+                    renewal.graceUntil.millis,
+                ])
+            return superseded
+        }
+    }
+
+    public func pendingRenewals() async throws -> [PendingRenewal] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM certificate_renewals ORDER BY new_serial").compactMap { row in
+                guard let device = try? DeviceID(row["device_id"] as String) else { return nil }
+                return PendingRenewal(
+                    newSerialHex: row["new_serial"], previousSerialHex: row["previous_serial"], deviceID: device,
+                    graceUntil: Date(millis: row["grace_until"]))
+            }
+        }
+    }
+
+    public func completeRenewal(newSerialHex: String, at: Date) async throws -> String? {
+        try await write { db in
+            guard
+                let previous = try String.fetchOne(
+                    db, sql: "SELECT previous_serial FROM certificate_renewals WHERE new_serial = ?",
+                    arguments: [newSerialHex])
+            else { return nil }
+            try db.execute(
+                sql: "UPDATE certificates SET revoked_at = ? WHERE serial = ? AND revoked_at IS NULL",
+                arguments: [at.millis, previous])
+            try db.execute(sql: "DELETE FROM certificate_renewals WHERE new_serial = ?", arguments: [newSerialHex])
+            return previous
+        }
     }
 
     public func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws {

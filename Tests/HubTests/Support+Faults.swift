@@ -27,6 +27,13 @@ final class FaultyStore: HubStore {
     func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws {
         try await base.activatePendingCertificate(serialHex, device: device, at: at)
     }
+    func recordRenewal(certificate: CertificateRecord, renewal: PendingRenewal) async throws -> [String] {
+        try await base.recordRenewal(certificate: certificate, renewal: renewal)
+    }
+    func pendingRenewals() async throws -> [PendingRenewal] { try await base.pendingRenewals() }
+    func completeRenewal(newSerialHex: String, at: Date) async throws -> String? {
+        try await base.completeRenewal(newSerialHex: newSerialHex, at: at)
+    }
     func device(_ id: DeviceID) async throws -> DeviceRecord? { try await base.device(id) }
     func devices() async throws -> [DeviceRecord] { try await base.devices() }
     func certificates(of device: DeviceID) async throws -> [CertificateRecord] {

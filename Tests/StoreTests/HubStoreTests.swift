@@ -60,6 +60,41 @@ import Testing
         }
     }
 
+    /// A renewal records the new certificate and what it replaces; completing it revokes the old one once; a second
+    /// renewal of the same certificate supersedes (revokes) the first, unused one.
+    @Test(arguments: Backend.allCases)
+    func renewalsSupersedeAndComplete(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        let device = try DeviceID("r")
+        try await store.enroll(device: device, certificate: Self.certificate("01", device: device), at: Date())
+        let grace = Date().addingTimeInterval(60)
+        #expect(
+            try await store.recordRenewal(
+                certificate: Self.certificate("02", device: device),
+                renewal: PendingRenewal(
+                    newSerialHex: "02", previousSerialHex: "01", deviceID: device, graceUntil: grace))
+                == [])
+        #expect(
+            try await store.recordRenewal(
+                certificate: Self.certificate("03", device: device),
+                renewal: PendingRenewal(
+                    newSerialHex: "03", previousSerialHex: "01", deviceID: device, graceUntil: grace))
+                == ["02"])
+        #expect(try await store.revokedSerials() == ["02"])
+        #expect(try await store.pendingRenewals().map(\.newSerialHex) == ["03"])
+        #expect(try await store.completeRenewal(newSerialHex: "03", at: Date()) == "01")
+        #expect(try await store.completeRenewal(newSerialHex: "03", at: Date()) == nil, "once")
+        #expect(try await store.revokedSerials() == ["01", "02"])
+        #expect(try await store.pendingRenewals().isEmpty)
+        _ = try await store.revoke(device: device, at: Date())
+        await #expect(throws: StoreError.self, "a revoked device cannot renew") {
+            try await store.recordRenewal(
+                certificate: Self.certificate("04", device: device),
+                renewal: PendingRenewal(
+                    newSerialHex: "04", previousSerialHex: "03", deviceID: device, graceUntil: grace))
+        }
+    }
+
     @Test(arguments: Backend.allCases)
     func enrollRevokeAndReEnroll(_ backend: Backend) async throws {
         let (store, _) = try Self.open(backend)
