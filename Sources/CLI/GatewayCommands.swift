@@ -257,8 +257,17 @@ struct AuditCommand: AsyncParsableCommand {
             line +=
                 summary.anchors == 0
                 ? ", no anchor given" : ", \(summary.anchors) anchor\(summary.anchors == 1 ? "" : "s") ok"
-            if !summary.macsChecked && summary.keyed > 0 {
+            // Without the key nothing proves the records were not stripped of their MACs and rewritten: never a pass.
+            if !summary.macsChecked {
                 print(line + "; MACs NOT checked: no audit key at \(keys.keyPath) (pass --key-file)")
+                throw ExitCode(2)
+            }
+            // A key that does not say from which record it was in use (one written by hand) cannot tell an old
+            // unkeyed prefix from MACs stripped by someone without the key: only an anchor can, so not a pass.
+            if summary.unkeyed > 0, key?.keyedFrom == nil, summary.anchors == 0 {
+                print(
+                    line + "; the \(summary.unkeyed) unkeyed records cannot be told from stripped ones: this key file "
+                        + "has no keyed-from line; verify with --anchor")
                 throw ExitCode(2)
             }
             print(line)

@@ -2,23 +2,23 @@ import Foundation
 import PKI
 
 extension HubConfiguration {
-    /// The URL every certificate the hub issues names as its CRL distribution point (RFC 5280 §4.2.1.13):
-    /// `http://<pki.crlAddress>/crl` when the plain listener is on (with the first `hub.names` entry in place of an
-    /// address that binds every interface), otherwise `https://<first hub name, or 127.0.0.1>:<operator port>/v1/crl`,
-    /// a name the hub's TLS certificate covers. Plain HTTP is what RFC 5280 §4.2.1.13 expects: the CRL is signed, and
-    /// a relying party must not need a TLS connection (whose certificate it may be checking) to fetch it.
-    public var crlDistributionPointURL: String {
-        if let crl = crlAddress {
-            let host = Self.bindsEveryInterface(crl.host) ? (hubNames.first ?? crl.host) : crl.host
-            return "http://\(Self.urlHost(host)):\(crl.port)/crl"
-        }
-        return "https://\(Self.urlHost(hubNames.first ?? "127.0.0.1")):\(operatorAPI.port)/v1/crl"
+    /// The URL every certificate the hub issues names as its CRL distribution point (RFC 5280 §4.2.1.13), when the
+    /// plain CRL listener is on: `http://<pki.crlAddress>/crl` (with the first `hub.names` entry in place of an address
+    /// that binds every interface). Plain HTTP is what RFC 5280 §4.2.1.13 expects: the CRL is signed, and a relying
+    /// party must not need a TLS connection (whose certificate it may be checking) to fetch it. Without
+    /// `pki.crlAddress` certificates name no distribution point: the operator API's `/v1/crl` needs a client
+    /// certificate, and a relying party that fails hard on an unreachable CRL would refuse every certificate.
+    public var crlDistributionPointURL: String? {
+        guard let crl = crlAddress else { return nil }
+        let host = Self.bindsEveryInterface(crl.host) ? (hubNames.first ?? crl.host) : crl.host
+        return "http://\(Self.urlHost(host)):\(crl.port)/crl"
     }
 
-    var crlDistributionPoints: CRLDistributionPoints {
+    var crlDistributionPoints: CRLDistributionPoints? {
         get throws {
-            do { return try CRLDistributionPoints(uri: crlDistributionPointURL) } catch {
-                throw HubStartupError("the CRL URL \(crlDistributionPointURL) is not usable: \(error.detail)")
+            guard let url = crlDistributionPointURL else { return nil }
+            do { return try CRLDistributionPoints(uri: url) } catch {
+                throw HubStartupError("the CRL URL \(url) is not usable: \(error.detail)")
             }
         }
     }

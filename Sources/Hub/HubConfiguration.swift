@@ -58,7 +58,8 @@ public struct HubConfiguration: Sendable, Equatable {
     public var tufTimestampWithinSeconds = 6 * 3600
     public var tufSnapshotWithinSeconds = 2 * 86400
     /// The plain-HTTP listener serving only the CRL, read-only and unauthenticated (`pki.crlAddress`, host:port; off
-    /// when nil), and how long each CRL is valid (`pki.crlValidityDays`). See `crlDistributionPointURL`.
+    /// when nil; certificates then name no distribution point), and how long each CRL is valid (`pki.crlValidityDays`).
+    /// See `crlDistributionPointURL`.
     public var crlAddress: Listener?
     public var crlValidityDays = 7
     /// The audit log's MAC key (`audit.keyFile`, `BULWARK_AUDIT_KEY_FILE`), a 0600 file; default `<data>/audit.key`.

@@ -101,7 +101,9 @@ extension ErrorReportingMiddleware {
             return error == .eof || error == .ioOnClosedChannel || error == .alreadyClosed
                 || error == .outputClosed || error == .inputClosed
         }
-        return error is IOError
+        // A reset or a broken pipe is the peer's doing; any other I/O error is the hub's and stays an error.
+        if let error = error as? IOError { return [ECONNRESET, EPIPE, ECONNABORTED].contains(error.errnoCode) }
+        return false
     }
 }
 

@@ -36,6 +36,8 @@ struct MQTTListener: Service {
     /// refused by the decoder before it is buffered (MQTT 5: DISCONNECT 0x95).
     let maximumPacketSize: Int
     let pendingQoS0 = PendingWrites(limit: 1024)
+    /// QoS 1 messages with a counter whose store write has not finished: a DUP resend of one waits for the outcome.
+    let counterWrites = CounterWrites()
     let missingCertificate = OncePerWindow()
     /// Topic refusals are recorded once per identity, kind and minute: a device cannot turn them into a disk flood.
     let refusalsThisMinute = OncePerWindow()
@@ -678,8 +680,12 @@ struct MQTTConnection {
         // connection. If its counter is already in the window, the message was stored: acknowledge it again, store
         // nothing twice and count no offence (the rate limits still apply). Without a counter it is stored again
         // (at least once).
+        // The counter is in the window from admission on, before the store write ends: a DUP that arrives meanwhile
+        // waits for that write, and is acknowledged only if it stored the message (if it failed, the counter was
+        // given back and the DUP is admitted and stored like a first copy).
         if publish.duplicate, respond, let id = publish.packetID,
             let seen = counter ?? Self.memberCounter(publish.payload, listener.gateway.policy.json),
+            await listener.counterWrites.outcome(device, seen) ?? true,
             listener.gateway.counters.window(of: device)?.hasSeen(seen) == true
         {
             if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
@@ -714,9 +720,14 @@ struct MQTTConnection {
             if publish.qos == .atLeastOnce {
                 let store = listener.store
                 let logger = listener.logger
+                let writes = listener.counterWrites
+                let counter = admitted.counter
+                if let counter { writes.begin(device, counter) }
                 let write = Task {
+                    defer { if let counter { writes.end(device, counter) } }
                     do {
                         _ = try await store.appendTelemetry(record)
+                        writes.succeeded(device, counter)
                         return true
                     } catch {
                         release()
@@ -893,6 +904,50 @@ struct MQTTConnection {
                 release()
                 logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
             }
+        }
+    }
+}
+
+/// The QoS 1 store writes in progress per (device, counter), and who waits for their outcome.
+final class CounterWrites: Sendable {
+    struct Key: Hashable {
+        let device: DeviceID
+        let counter: UInt64
+    }
+    private struct Entry {
+        var stored = false
+        var waiters: [CheckedContinuation<Bool?, Never>] = []
+    }
+    private let entries = Mutex<[Key: Entry]>([:])
+
+    func begin(_ device: DeviceID, _ counter: UInt64) {
+        entries.withLock { $0[Key(device: device, counter: counter)] = Entry() }
+    }
+
+    func succeeded(_ device: DeviceID, _ counter: UInt64?) {
+        guard let counter else { return }
+        entries.withLock { $0[Key(device: device, counter: counter)]?.stored = true }
+    }
+
+    func end(_ device: DeviceID, _ counter: UInt64) {
+        let (waiters, stored) = entries.withLock { entries -> ([CheckedContinuation<Bool?, Never>], Bool) in
+            guard let entry = entries.removeValue(forKey: Key(device: device, counter: counter)) else {
+                return ([], false)
+            }
+            return (entry.waiters, entry.stored)
+        }
+        for waiter in waiters { waiter.resume(returning: stored) }
+    }
+
+    /// Nil when no write of this counter is in progress; otherwise waits for it and says whether it stored.
+    func outcome(_ device: DeviceID, _ counter: UInt64) async -> Bool? {
+        await withCheckedContinuation { continuation in
+            let waiting = entries.withLock { entries -> Bool in
+                guard entries[Key(device: device, counter: counter)] != nil else { return false }
+                entries[Key(device: device, counter: counter)]?.waiters.append(continuation)
+                return true
+            }
+            if !waiting { continuation.resume(returning: nil) }
         }
     }
 }

@@ -201,6 +201,9 @@ struct OperatorRoutes {
         guard let idText = context.parameters.get("id"), let deviceID = try? DeviceID(idText) else {
             throw Self.invalid(IdentifierError(kind: "device id").description)
         }
+        // A pending claim goes too: a revoked device must not pair back in on a label entered before (a pairing
+        // already under way is refused when it tries to activate: the store compares the times).
+        await claims.drop(deviceID)
         let serials: [String]
         do { serials = try await store.revoke(device: deviceID, at: Date()) } catch let error as StoreError
             where error.code == .notFound

@@ -42,7 +42,9 @@ actor PairingClaims {
         return expires
     }
 
-    /// The claim for a device, if one is pending and the device is not locked out.
+    /// The claim for a device, if one is pending and the device is not locked out. Looking it up does not hold it:
+    /// anyone can send a hello naming the device, so a session holds the claim only once its peer proved the
+    /// device's key (`hold`), and a stranger's silent connection cannot keep the device from pairing.
     func claim(for device: DeviceID, now: Date) throws(PairingError) -> PairingLabel {
         if let until = limiter.lockedUntil(device, now: now.timeIntervalSince1970) {
             throw PairingError(.lockedOut, "locked out for \(Int(until - now.timeIntervalSince1970)) s more")
@@ -50,11 +52,19 @@ actor PairingClaims {
         guard let claim = claims[device], claim.expires > now else {
             throw PairingError(.noClaim, "no pending claim")
         }
-        guard inUse.insert(device).inserted else {
-            throw PairingError(.noClaim, "the claim is in use by another session")
-        }
         return claim.label
     }
+
+    /// The peer proved the device's key: this session holds the claim (one at a time), if it is still pending.
+    func hold(_ device: DeviceID, now: Date) throws(PairingError) {
+        guard let claim = claims[device], claim.expires > now else { throw PairingError(.noClaim, "no pending claim") }
+        guard inUse.insert(device).inserted else {
+            throw PairingError(.claimInUse, "the claim is held by another session of this device")
+        }
+    }
+
+    /// `bulwark device revoke`: a revoked device must not pair back in on a claim made before the revocation.
+    func drop(_ device: DeviceID) { claims[device] = nil }
 
     func succeeded(_ device: DeviceID) {
         claims[device] = nil
@@ -209,17 +219,23 @@ struct PairingListener: Service {
                         guard let next = try await frames.next() else {
                             throw PairingError(.protocolViolation, "peer closed the connection")
                         }
-                        hello.value.store(true, ordering: .relaxed)
                         action = try session.received(next)
+                        if session.deviceKeyProved, !heldClaim, let device = session.pairingDeviceID {
+                            // Message 2 decrypted: the peer holds the device's key. Only now does the session hold
+                            // the claim, and only now is the short deadline lifted (a stranger that says hello and
+                            // then nothing is cut after `pairing.helloSeconds`).
+                            try await claims.hold(device, now: Date())
+                            heldClaim = true
+                            hello.value.store(true, ordering: .relaxed)
+                        }
                     case .lookUpClaim(let device, _):
                         let label = try await claims.claim(for: device, now: Date())
-                        heldClaim = true
                         action = try session.claimFound(label)
                     case .issueCertificate(let device, let operationalKey, let csrDER):
                         let certificate = try issue(device, operationalKey: operationalKey, csrDER: csrDER)
                         // Recorded before it leaves, as revoked until the device confirms: a hub that dies between
                         // here and the confirmation leaves no valid certificate that `device revoke` cannot reach.
-                        revocations.insert([certificate.serialHex])
+                        revocations.insertPending(certificate.serialHex)
                         var pending = HubCredentials.record(certificate, deviceID: nil)
                         pending.revokedAt = Date()
                         try await store.addCertificate(pending)
@@ -232,9 +248,9 @@ struct PairingListener: Service {
                                 irk: irk, tufRoot: nil))
                     case .paired(let device, let acknowledgement):
                         guard let certificate = issued else { throw PairingError(.protocolViolation, "no certificate") }
-                        try await store.activatePendingCertificate(certificate.serialHex, device: device, at: Date())
-                        revocations.remove(certificate.serialHex)
-                        try await store.setIdentityResolvingKey(irk, for: device)
+                        try await store.activatePendingCertificate(
+                            certificate.serialHex, device: device, irk: irk, at: Date())
+                        revocations.removePending(certificate.serialHex)
                         rids.insert(device, irk: irk)
                         await claims.succeeded(device)
                         try? await store.recordSecurityEvent(
@@ -253,15 +269,16 @@ struct PairingListener: Service {
             // Attempts refused because of a lock-out do not extend it: hammering the port must not keep the real
             // device locked out for ever. Only a peer that proved the device's key counts against the device.
             let code = (error as? PairingError)?.code
-            if code != .lockedOut {
+            // A lock-out refusal does not extend the lock-out; a claim held by another session of the same device
+            // (it proved the key) is nobody's offence.
+            if code != .lockedOut, code != .claimInUse {
                 await claims.failed(
                     device, source: source, now: Date(), countedAgainstDevice: session.deviceKeyProved,
                     heldClaim: heldClaim)
             }
-            if let certificate = issued {
-                // Issued but never confirmed: it was recorded as revoked before it was sent and stays so.
-                revocations.insert([certificate.serialHex])
-            }
+            // Issued but never confirmed: it was recorded as revoked before it was sent and stays so. Once activated
+            // (the device, its certificate and its IRK in one transaction) only the acknowledgement can have failed:
+            // the device then keeps nothing, and the certificate is an enrolled device's, revocable like any other.
             let reason = (error as? PairingError)?.description ?? "connection failed: \(error)"
             logger.notice(
                 "pairing failed", metadata: ["device": .string(device?.rawValue ?? "-"), "reason": .string(reason)])

@@ -66,7 +66,7 @@ public struct PinnedServer: Sendable {
     }
 
     /// Replaces BoringSSL's verification, so it does both checks itself.
-    func verify(_ certificates: [NIOSSLCertificate], _ promise: EventLoopPromise<NIOSSLVerificationResult>) {
+    public func verify(_ certificates: [NIOSSLCertificate], _ promise: EventLoopPromise<NIOSSLVerificationResult>) {
         let ders = certificates.compactMap { try? $0.toDERBytes() }
         let spki = try? certificates.first?.extractPublicKey().toSPKIBytes()
         let pins = self.pins

@@ -2,7 +2,7 @@
 public struct PairingError: Error, Equatable, CustomStringConvertible {
     public enum Code: String, Sendable {
         case invalidLabel, protocolViolation, handshakeFailed, badProofOfPossession, badConfirmation, lockedOut,
-            notCommissionable, noClaim, unsupportedSuite
+            notCommissionable, noClaim, unsupportedSuite, claimInUse
     }
 
     public let code: Code

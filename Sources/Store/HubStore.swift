@@ -13,7 +13,9 @@ public protocol HubStore: Sendable {
     /// The device confirmed its pairing: creates or re-activates it, and gives it the certificate recorded as pending
     /// (no device yet, revoked, its subject the device's identity), clearing that revocation, in one transaction.
     /// Throws `notFound` when no such pending certificate is recorded.
-    func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws
+    /// The device's identity resolving key is stored in the same transaction. Refused (`conflict`) when the device
+    /// was revoked after the certificate was marked pending: a revocation during a pairing wins.
+    func activatePendingCertificate(_ serialHex: String, device: DeviceID, irk: [UInt8], at: Date) async throws
     /// A renewal: records the device's new certificate and which certificate it replaces, in one transaction. An
     /// earlier renewal of the same certificate that was never used (its answer was lost, the device asked again) is
     /// superseded: its certificate is revoked and its serial returned. Throws `notFound` unless the device is active.

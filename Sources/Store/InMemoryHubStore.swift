@@ -38,12 +38,20 @@ public actor InMemoryHubStore: HubStore {
         certificateRecords[certificate.serialHex] = certificate
     }
 
-    public func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws {
+    public func activatePendingCertificate(
+        _ serialHex: String, device: DeviceID, irk: [UInt8], at: Date
+    ) async throws {
         guard var certificate = certificateRecords[serialHex], certificate.deviceID == nil,
             certificate.subject == Identity.device(device).uri
         else {
             throw StoreError(.notFound, "no pending certificate \(serialHex) for this device")
         }
+        if let revoked = deviceRecords[device]?.revokedAt, let pendingSince = certificate.revokedAt,
+            revoked > pendingSince
+        {
+            throw StoreError(.conflict, "the device was revoked while it was pairing")
+        }
+        irks[device] = irk
         if var existing = deviceRecords[device] {
             existing.status = .active
             existing.revokedAt = nil

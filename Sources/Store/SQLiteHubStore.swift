@@ -211,8 +211,23 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
-    public func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws {
+    public func activatePendingCertificate(
+        _ serialHex: String, device: DeviceID, irk: [UInt8], at: Date
+    ) async throws {
         try await write { db in
+            guard
+                let pendingSince = try Int64.fetchOne(
+                    db,
+                    sql: "SELECT revoked_at FROM certificates WHERE serial = ? AND device_id IS NULL AND subject = ?",
+                    arguments: [serialHex, Identity.device(device).uri])
+            else { throw StoreError(.notFound, "no pending certificate \(serialHex) for this device") }
+            // A revocation that came while the device was pairing wins over the pairing.
+            if let revoked = try Int64.fetchOne(
+                db, sql: "SELECT revoked_at FROM devices WHERE id = ?", arguments: [device.rawValue]),
+                revoked > pendingSince
+            {
+                throw StoreError(.conflict, "the device was revoked while it was pairing")
+            }
             try db.execute(
                 sql: """
                     INSERT INTO devices (id, status, created_at) VALUES (?, 'active', ?)
@@ -220,14 +235,14 @@ public final class SQLiteHubStore: HubStore {
                     """,
                 arguments: [device.rawValue, at.millis])
             try db.execute(
+                sql: "UPDATE certificates SET revoked_at = NULL, device_id = ? WHERE serial = ?",
+                arguments: [device.rawValue, serialHex])
+            try db.execute(
                 sql: """
-                    UPDATE certificates SET revoked_at = NULL, device_id = ?
-                    WHERE serial = ? AND device_id IS NULL AND subject = ?
+                    INSERT INTO device_secrets (device_id, irk) VALUES (?, ?)
+                    ON CONFLICT(device_id) DO UPDATE SET irk = excluded.irk
                     """,
-                arguments: [device.rawValue, serialHex, Identity.device(device).uri])
-            guard db.changesCount == 1 else {
-                throw StoreError(.notFound, "no pending certificate \(serialHex) for this device")
-            }
+                arguments: [device.rawValue, Data(irk)])
         }
     }
 

@@ -224,6 +224,101 @@ import X509
         try await hub.stop()
     }
 
+    /// The adversarial review's finding: a stranger that sent the device's hello and then nothing held the claim for
+    /// the whole 30 s, and the real device's attempts meanwhile locked its own address out. The claim is held only
+    /// once the device's key is proved, and the silent stranger is cut after the hello deadline.
+    @Test func aSilentStrangerHoldsNeitherTheClaimNorTheDeviceOut() async throws {
+        let hub = try await TestHub.start {
+            $0.pairingFreeAttempts = 2
+            $0.pairingSettings.helloSeconds = 1
+        }
+        let identity = NoiseDH.p256.generateKeyPair()
+        let id = try DeviceID("cam-6")
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: id, publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 6, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        // The stranger's hello, framed (2-byte length): version, suite, id length, id. Then silence.
+        let hello = [UInt8(1), label.suite.rawValue, UInt8(id.rawValue.utf8.count)] + Array(id.rawValue.utf8)
+        var strangers: [RawConnection] = []
+        for _ in 0..<3 {
+            let stranger = try await RawConnection.open(port: hub.pairingPort, tls: nil, localAddress: "127.0.0.2")
+            await stranger.wait(upTo: .milliseconds(500), until: { !$0.isEmpty })
+            try await stranger.send([0, UInt8(hello.count)] + hello)
+            strangers.append(stranger)
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        // The device pairs at once, three times in a row if need be (no attempt counted against its address).
+        let paired = try await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity, timeout: .seconds(5))
+        #expect(!paired.credentials.certificateDER.isEmpty)
+        try await Task.sleep(for: .milliseconds(1_200))
+        #expect(strangers.allSatisfy { $0.isClosed }, "cut after the hello deadline (no proof of the key)")
+        for stranger in strangers { await stranger.close() }
+        try await hub.stop()
+    }
+
+    /// The adversarial review's finding: a device revoked while a claim was pending paired back in on that claim.
+    @Test func aRevokedDeviceCannotPairBackInOnAnEarlierClaim() async throws {
+        let hub = try await TestHub.start()
+        let identity = NoiseDH.p256.generateKeyPair()
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("cam-5"), publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 5, count: 16))
+        let claim = { try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]) }
+        #expect(try await claim().status == 201)
+        _ = try await PairingClient.pair(host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity)
+        #expect(try await claim().status == 201, "a second claim, say by mistake")
+        #expect(try await hub.operatorRequest("POST", "/v1/devices/cam-5/revoke").status == 200)
+        let again = try? await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity, timeout: .seconds(5))
+        #expect(again == nil, "the revocation dropped the claim")
+        #expect(try await hub.server.store.device(try DeviceID("cam-5"))?.status == .revoked)
+        try await hub.stop()
+    }
+
+    /// The adversarial review's finding: a DUP resend that arrived while the original's store write was still under
+    /// way was acknowledged; if that write then failed, the message was lost. The DUP now waits for the outcome.
+    @Test func aDuplicateWaitsForTheOriginalsStoreWrite() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let hub = try await TestHub.start(store: store)
+        let device = try await hub.enroll("dup-1")
+        let topic = try TopicName("devices/dup-1/telemetry")
+        var properties = Properties()
+        properties.userProperties = [("counter", "7")]
+        let tls = try device.credentials.tlsConfiguration()
+        store.delayMilliseconds.store(600, ordering: .relaxed)
+        store.failNext.store(1, ordering: .relaxed)
+        // The first copy: its write is slow and will fail; the connection drops before its PUBACK.
+        try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: tls, clientID: "dup-1", version: .v5
+        ) { mqtt, _ in
+            try await mqtt.send(
+                .publish(
+                    PublishPacket(
+                        topic: topic, payload: Array(#"{"t":7}"#.utf8), qos: .atLeastOnce, packetID: 9,
+                        properties: properties)))
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        // The resend, marked DUP, while the first write is still running.
+        let reason = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: tls, clientID: "dup-1", version: .v5
+        ) { mqtt, _ -> UInt8? in
+            try await mqtt.send(
+                .publish(
+                    PublishPacket(
+                        topic: topic, payload: Array(#"{"t":7}"#.utf8), qos: .atLeastOnce, duplicate: true,
+                        packetID: 9, properties: properties)))
+            while let packet = try await mqtt.next() {
+                if case .puback(9, let reason, _) = packet { return reason }
+            }
+            return nil
+        }
+        #expect(reason == 0)
+        #expect(try await store.telemetryCount(of: try DeviceID("dup-1")) == 1, "acknowledged means stored")
+        try await hub.stop()
+    }
+
     /// The device's own lock-out still works, for failures after the peer proved the device's key: the right key
     /// with a wrong label secret (the psk enters in message 3).
     @Test func wrongSecretsWithTheDeviceKeyLockTheDeviceOut() async throws {

@@ -12,11 +12,19 @@ import Synchronization
 final class FaultyStore: HubStore {
     let base: any HubStore
     let failing = Atomic<Bool>(false)
+    /// Fail this many writes from now on (after `delayMilliseconds`), then work again.
+    let failNext = Atomic<Int>(0)
+    let delayMilliseconds = Atomic<Int>(0)
 
     init(_ base: any HubStore) { self.base = base }
 
     func appendTelemetry(_ message: NewTelemetry) async throws -> Int64 {
+        let delay = delayMilliseconds.load(ordering: .relaxed)
+        if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
         if failing.load(ordering: .relaxed) { throw StoreError(.unavailable, "injected store failure") }
+        if failNext.load(ordering: .relaxed) > 0, failNext.subtract(1, ordering: .relaxed).oldValue > 0 {
+            throw StoreError(.unavailable, "injected store failure")
+        }
         return try await base.appendTelemetry(message)
     }
 
@@ -24,8 +32,8 @@ final class FaultyStore: HubStore {
         try await base.enroll(device: device, certificate: certificate, at: at)
     }
     func addCertificate(_ certificate: CertificateRecord) async throws { try await base.addCertificate(certificate) }
-    func activatePendingCertificate(_ serialHex: String, device: DeviceID, at: Date) async throws {
-        try await base.activatePendingCertificate(serialHex, device: device, at: at)
+    func activatePendingCertificate(_ serialHex: String, device: DeviceID, irk: [UInt8], at: Date) async throws {
+        try await base.activatePendingCertificate(serialHex, device: device, irk: irk, at: at)
     }
     func recordRenewal(certificate: CertificateRecord, renewal: PendingRenewal) async throws -> [String] {
         try await base.recordRenewal(certificate: certificate, renewal: renewal)

@@ -39,24 +39,34 @@ import Testing
         try await store.addCertificate(pending)
         #expect(try await store.revokedSerials() == ["0a"])
         await #expect(throws: StoreError.self) {
-            try await store.activatePendingCertificate("0a", device: try DeviceID("other"), at: Date())
+            try await store.activatePendingCertificate("0a", device: try DeviceID("other"), irk: [1], at: Date())
         }
         await #expect(throws: StoreError.self) {
-            try await store.activatePendingCertificate("0b", device: device, at: Date())
+            try await store.activatePendingCertificate("0b", device: device, irk: [1], at: Date())
         }
         // An operator certificate (another subject) cannot be turned into a device's.
         var operatorCertificate = Self.certificate("0c", device: nil)
         operatorCertificate.revokedAt = Date()
         try await store.addCertificate(operatorCertificate)
         await #expect(throws: StoreError.self) {
-            try await store.activatePendingCertificate("0c", device: device, at: Date())
+            try await store.activatePendingCertificate("0c", device: device, irk: [1], at: Date())
         }
-        try await store.activatePendingCertificate("0a", device: device, at: Date())
+        try await store.activatePendingCertificate("0a", device: device, irk: [1], at: Date())
         #expect(try await store.device(device)?.status == .active)
         #expect(try await store.certificates(of: device).map(\.serialHex) == ["0a"])
         #expect(try await store.revokedSerials() == ["0c"])
+        // A revocation that lands while the device is pairing again wins over that pairing.
+        var again = Self.certificate("0d", device: nil)
+        again.subject = "urn:bulwark:device:p"
+        again.revokedAt = Date().addingTimeInterval(-1)
+        try await store.addCertificate(again)
+        _ = try await store.revoke(device: device, at: Date())
+        await #expect(throws: StoreError.self, "revoked after the pending mark") {
+            try await store.activatePendingCertificate("0d", device: device, irk: [1], at: Date())
+        }
+        #expect(try await store.device(device)?.status == .revoked)
         await #expect(throws: StoreError.self, "activated once") {
-            try await store.activatePendingCertificate("0a", device: device, at: Date())
+            try await store.activatePendingCertificate("0a", device: device, irk: [1], at: Date())
         }
     }
 

@@ -38,7 +38,7 @@ import Testing
         #expect(listed.first?.notAfter == Date(timeIntervalSince1970: 2000))
         #expect(Set(listed.map(\.serialHex)) == (try await store.revokedSerials()))
 
-        try await store.activatePendingCertificate("0d", device: paired, at: t1)
+        try await store.activatePendingCertificate("0d", device: paired, irk: [1], at: t1)
         #expect(try await store.revokedCertificates().map(\.serialHex) == ["0a"])
         try await store.close()
     }
