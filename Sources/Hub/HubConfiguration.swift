@@ -167,6 +167,8 @@ public struct HubConfiguration: Sendable, Equatable {
         mqtt.topicAliasMaximum = reader.int(forKey: "mqtt.topicAliasMaximum", default: mqtt.topicAliasMaximum)
         mqtt.maxSubscriptionsPerSession = reader.int(
             forKey: "mqtt.maxSubscriptionsPerSession", default: mqtt.maxSubscriptionsPerSession)
+        mqtt.maxSessionsPerIdentity = reader.int(
+            forKey: "mqtt.maxSessionsPerIdentity", default: mqtt.maxSessionsPerIdentity)
         mqtt.maxFiltersPerSubscribe = reader.int(
             forKey: "mqtt.maxFiltersPerSubscribe", default: mqtt.maxFiltersPerSubscribe)
         mqtt.devicePublish = reader.stringArray(forKey: "mqtt.devicePublish", default: mqtt.devicePublish)

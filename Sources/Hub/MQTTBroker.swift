@@ -34,6 +34,8 @@ struct BrokerConnection: Sendable {
 /// state towards subscribers). Every queue is bounded.
 actor MQTTBroker {
     final class Session {
+        /// The identity (certificate) that holds the session.
+        var owner = ""
         var filters: [TopicFilter: SubscriptionOptions] = [:]
         var connection: BrokerConnection?
         /// False between `attach` and `resume`: nothing may reach the client before its CONNACK (§3.2.0-1 MQTT 5).
@@ -87,8 +89,14 @@ actor MQTTBroker {
     /// session is closed first (MQTT 3.1.1 §3.1.4-2; MQTT 5 with DISCONNECT 0x8E Session taken over). With
     /// `cleanStart` the old session is discarded; otherwise it resumes: unacknowledged deliveries are sent again
     /// with DUP set (§4.4), then the queue, once `resume` is called after the CONNACK went out.
-    func attach(key: String, cleanStart: Bool, expirySeconds: Int, connection: BrokerConnection) -> Attached {
+    /// Attaches a connection to its session (a new one, or the one it resumes or takes over); nil when `owner`
+    /// already holds `maxPerOwner` other sessions (an operator or application opening client ids without end).
+    func attach(
+        key: String, owner: String, maxPerOwner: Int, cleanStart: Bool, expirySeconds: Int,
+        connection: BrokerConnection
+    ) -> Attached? {
         sweepExpired()
+        if sessions[key] == nil, sessions.values.lazy.filter({ $0.owner == owner }).count >= maxPerOwner { return nil }
         if let previous = sessions[key]?.connection {
             if previous.version == .v5 {
                 Self.write(.disconnect(reasonCode: 0x8E, properties: .init()), previous)
@@ -99,6 +107,7 @@ actor MQTTBroker {
         let existing = cleanStart ? nil : sessions[key]
         let present = existing != nil
         let session = existing ?? Session()
+        session.owner = owner
         sessions[key] = session
         nextConnection += 1
         session.connection = connection

@@ -433,12 +433,22 @@ struct MQTTConnection {
             if revocations.contains(serial) { nioChannel.close(promise: nil) }
         }
         defer { revocationCheck.cancel() }
-        let attached = await listener.broker.attach(
-            key: sessionKey, cleanStart: connect.cleanStart, expirySeconds: expiry,
-            connection: BrokerConnection(
-                channel: channel.channel, version: version,
-                receiveMaximum: min(Int(connect.properties.receiveMaximum ?? 64), 1024),
-                maximumPacketSize: Int(connect.properties.maximumPacketSize ?? UInt32(Int32.max))))
+        guard
+            let attached = await listener.broker.attach(
+                key: sessionKey, owner: peer.identity.uri, maxPerOwner: settings.maxSessionsPerIdentity,
+                cleanStart: connect.cleanStart, expirySeconds: expiry,
+                connection: BrokerConnection(
+                    channel: channel.channel, version: version,
+                    receiveMaximum: min(Int(connect.properties.receiveMaximum ?? 64), 1024),
+                    maximumPacketSize: Int(connect.properties.maximumPacketSize ?? UInt32(Int32.max))))
+        else {
+            // MQTT 5.0 §3.2.2.2 0x97 Quota exceeded; MQTT 3.1.1 has no such code: 0x03 Server unavailable.
+            await refuse(
+                "mqtt-session-refused", peer,
+                "already \(settings.maxSessionsPerIdentity) sessions for this identity", oncePerMinute: true)
+            try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x97 : 0x03, properties: .init()), version)
+            return
+        }
         var properties = Properties()
         if v5 {
             if connect.clientID.isEmpty { properties.assignedClientIdentifier = clientID }

@@ -26,6 +26,9 @@ public struct MQTTSettings: Sendable, Equatable {
     /// (MQTT 5 SUBACK 0x97 Quota exceeded and 0x80; MQTT 3.1.1 0x80), so one client cannot grow the hub's memory
     /// and every other client's publish cost without bound.
     public var maxSubscriptionsPerSession = 100
+    /// Sessions one identity may hold at once (a device has one whatever its client id; an operator or an
+    /// application one per client id): beyond it CONNECT gets 0x97 (MQTT 3.1.1: 0x03).
+    public var maxSessionsPerIdentity = 16
     public var maxFiltersPerSubscribe = 32
     /// Topic patterns; `{device}` is the certificate's device id.
     public var devicePublish = TopicACL.devices.publish
@@ -53,6 +56,9 @@ public struct MQTTSettings: Sendable, Equatable {
             throw HubStartupError(
                 "mqtt.maxQueuedMessages must be 0-1000000, mqtt.maxSessionExpirySeconds 0-31536000 and "
                     + "mqtt.maxRetainedMessages 0-10000000")
+        }
+        guard (1...100_000).contains(maxSessionsPerIdentity) else {
+            throw HubStartupError("mqtt.maxSessionsPerIdentity must be 1-100000")
         }
         guard (1...100_000).contains(maxSubscriptionsPerSession), (1...10_000).contains(maxFiltersPerSubscribe) else {
             throw HubStartupError(

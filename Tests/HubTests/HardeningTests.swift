@@ -244,6 +244,18 @@ import Testing
         #expect(reason == 0)
         #expect(clock.now - start < .milliseconds(500))
 
+        // One identity cannot open sessions without end: an operator's 17th client id is refused, a known one resumes.
+        let admin = try hub.operatorClient()
+        func connectAs(_ clientID: String) async throws -> UInt8 {
+            try await MQTTClientConnection.withConnection(
+                host: "127.0.0.1", port: hub.mqttPort, tls: try admin.credentials.tlsConfiguration(),
+                clientID: clientID, version: .v5, configure: { $0.properties.sessionExpiryInterval = 300 }
+            ) { _, reason in reason }
+        }
+        for index in 0..<limits.maxSessionsPerIdentity { #expect(try await connectAs("app-\(index)") == 0) }
+        #expect(try await connectAs("app-extra") == 0x97, "0x97 Quota exceeded")
+        #expect(try await connectAs("app-3") == 0, "an existing session resumes")
+
         // Reason codes on the wire.
         let tls = try flooder.credentials.tlsConfiguration()
         func disconnectReason(_ publish: [UInt8]) async throws -> UInt8? {
