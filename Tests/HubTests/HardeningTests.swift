@@ -249,8 +249,8 @@ import Testing
         func connectAs(_ clientID: String) async throws -> UInt8 {
             try await MQTTClientConnection.withConnection(
                 host: "127.0.0.1", port: hub.mqttPort, tls: try admin.credentials.tlsConfiguration(),
-                clientID: clientID, version: .v5, configure: { $0.properties.sessionExpiryInterval = 300 }
-            ) { _, reason in reason }
+                clientID: clientID, version: .v5, configure: { $0.properties.sessionExpiryInterval = 300 },
+                { _, reason in reason })
         }
         for index in 0..<limits.maxSessionsPerIdentity { #expect(try await connectAs("app-\(index)") == 0) }
         #expect(try await connectAs("app-extra") == 0x97, "0x97 Quota exceeded")
