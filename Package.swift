@@ -10,6 +10,8 @@ let package = Package(
         .executable(name: "bulwark", targets: ["CLI"]),
         .executable(name: "bulwark-bench", targets: ["BulwarkBench"]),
         .library(name: "BulwarkCore", targets: ["Core"]),
+        // The device side as a library: firmware written in Swift embeds the agent (`Agent(configuration:)`).
+        .library(name: "BulwarkAgent", targets: ["Agent"]),
         .library(name: "BulwarkTUF", targets: ["TUF"]),
         .library(name: "BulwarkTUFClient", targets: ["TUFClient"]),
         .library(name: "BulwarkTUFRepository", targets: ["TUFRepository"]),
@@ -146,11 +148,26 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // The device agent: durable outbox, pinned MQTT 5 session, commands, certificate renewal.
+        .target(
+            name: "Agent",
+            dependencies: [
+                "Core", "PKI", "MQTT", "HubClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "CLI",
             dependencies: [
-                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "Gateway", "TUFCommands",
+                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "Gateway", "TUFCommands", "Agent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
@@ -205,7 +222,7 @@ let package = Package(
         .testTarget(
             name: "HubTests",
             dependencies: [
-                "Hub", "HubClient", "PKI", "Store", "Core", "Pairing", "Gateway",
+                "Hub", "HubClient", "Agent", "PKI", "Store", "Core", "Pairing", "Gateway",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

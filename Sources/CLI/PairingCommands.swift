@@ -1,10 +1,13 @@
+import Agent
 import ArgumentParser
 import Core
 import Crypto
 import Foundation
 import Hub
 import HubClient
+import Logging
 import Pairing
+import ServiceLifecycle
 import X509
 
 extension DeviceCommand {
@@ -86,7 +89,7 @@ struct PairCommand: AsyncParsableCommand {
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agent", abstract: "The device side.",
-        subcommands: [Pair.self, Send.self, Renew.self, RID.self])
+        subcommands: [Pair.self, Run.self, Send.self, Status.self, Renew.self, RID.self])
 
     struct Pair: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -151,6 +154,12 @@ struct AgentCommand: AsyncParsableCommand {
         @Option(help: "A JSON object.") var body = #"{"hello":"world"}"#
 
         func run() async throws {
+            // A running agent takes it (durably, into its outbox) and sends it over its session.
+            if let reply = try await AgentSocketClient.send(Array(body.utf8), stateDirectory: state) {
+                print(reply)
+                if reply != "ok" { throw ExitCode(1) }
+                return
+            }
             guard let url = URLComponents(string: hub), url.scheme == "https", let host = url.host else {
                 throw ValidationError("--hub must be an https:// URL")
             }
@@ -188,45 +197,94 @@ struct AgentCommand: AsyncParsableCommand {
         @Option(help: "The hub's device API.") var hub = "https://127.0.0.1:8443"
 
         func run() async throws {
-            guard let url = URLComponents(string: hub), url.scheme == "https", let host = url.host else {
-                throw ValidationError("--hub must be an https:// URL")
-            }
-            let credentials = try ClientCredentials(
-                certificateFile: "\(state)/device.crt", keyFile: "\(state)/device.key", caFile: "\(state)/ca.crt")
-            let pins = try String(contentsOfFile: "\(state)/pins", encoding: .utf8).split(separator: "\n")
-                .compactMap { Data(base64Encoded: String($0)).map { [UInt8]($0) } }
-            let ca = try Certificate(pemEncoded: String(decoding: credentials.caPEM, as: UTF8.self))
-            let current = try Certificate(pemEncoded: String(decoding: credentials.certificatePEM, as: UTF8.self))
-            let key = P256.Signing.PrivateKey()
-            let csr = try CertificateSigningRequest(
-                version: .v1, subject: current.subject, privateKey: Certificate.PrivateKey(key),
-                attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
-            let body = try JSONSerialization.data(withJSONObject: ["csr": try csr.serializeAsPEM().pemString])
-            let result: HTTPResult
+            let loaded: AgentState
+            do { loaded = try AgentState.load(state) } catch { throw CleanExit.message("bulwark: \(error)", code: 66) }
             do {
-                result = try await HTTPSClient.request(
-                    host: host, port: url.port ?? 443, tls: try credentials.tlsConfiguration(),
-                    pinned: PinnedServer(caCertificateDER: ca.derBytes, pins: pins), method: "POST",
-                    path: "/v1/device/certificate", headers: [("Content-Type", "application/json")],
-                    body: Array(body), signer: try credentials.signer())
-            } catch {
-                throw CleanExit.message(
-                    "bulwark: cannot reach the hub at \(hub) (TLS or pin check failed): \(error)", code: 69)
+                let renewed = try await Renewal.renew(loaded, apiURL: hub)
+                print(
+                    "renewed: serial \(renewed.certificate.serialHex), valid until "
+                        + renewed.certificate.notValidAfter.formatted(.iso8601))
+            } catch let error as AgentError {
+                throw CleanExit.message("bulwark: \(error)", code: error.code == .refusedByHub ? 1 : 69)
             }
-            guard result.status == 201,
-                let object = try? JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any],
-                let pem = object["certificate"] as? String, let issued = try? Certificate(pemEncoded: pem),
-                issued.publicKey == Certificate.PublicKey(key.publicKey)
-            else {
-                throw CleanExit.message("bulwark: renewal refused: \(result.status) \(result.bodyText)", code: 1)
+        }
+    }
+
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the device agent: an MQTT 5 session to the hub, a local socket for telemetry, commands.",
+            discussion: """
+                Keeps a pinned mutual-TLS MQTT 5 session to the hub (reconnecting with back-off and jitter), sends
+                what programs on the device hand it on STATE/agent.sock (one JSON object per line; `bulwark agent
+                send` uses it when the agent runs) from a durable outbox, runs --handler for each operator command
+                (stdin: its body; its exit status is reported on devices/ID/events/command-result), renews the
+                certificate at two thirds of its lifetime, and writes STATE/status.json for `bulwark agent status`.
+                SIGTERM stops it cleanly; nothing it accepted is lost, even to kill -9.
+                """)
+        @Option(help: "Credentials directory written by `bulwark agent pair` (must be 0700).") var state: String
+        @Option(help: "The hub's MQTT listener HOST:PORT.") var mqtt = "127.0.0.1:8883"
+        @Option(help: "The hub's device API (certificate renewal).") var hub = "https://127.0.0.1:8443"
+        @Option(help: "Program run for each command (argument: the command's name; stdin: its body).")
+        var handler: String?
+        @Option(help: "A handler running longer is killed and reported.") var commandTimeout: Double = 30
+        @Option(help: "Outbox bound in bytes (the oldest telemetry is dropped beyond it).") var outboxBytes = 1 << 20
+        @Option(help: "Longest wait between reconnection attempts, in seconds.") var reconnectMax: Double = 60
+
+        func run() async throws {
+            let parts = mqtt.split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("--mqtt must be HOST:PORT") }
+            var configuration = AgentConfiguration(stateDirectory: state)
+            configuration.mqttHost = String(parts[0])
+            configuration.mqttPort = port
+            configuration.apiURL = hub
+            configuration.commandTimeoutSeconds = commandTimeout
+            configuration.outboxBytes = outboxBytes
+            configuration.reconnectMaximumSeconds = reconnectMax
+            let handler = self.handler.map {
+                ProcessCommandHandler(executable: $0, timeoutSeconds: commandTimeout).handler
             }
-            do {
-                try SecretFiles.replace("\(state)/device.key", contents: key.pemRepresentation, secret: true)
-                try SecretFiles.replace("\(state)/device.crt", contents: issued.pem, secret: false)
-            } catch let error as HubStartupError {
-                throw CleanExit.message("bulwark: \(error)", code: 73)
+            let agent: Agent
+            do { agent = try Agent(configuration: configuration, commandHandler: handler) } catch {
+                throw CleanExit.message("bulwark: \(error)", code: error.code == .stateInsecure ? 77 : 66)
             }
-            print("renewed: serial \(issued.serialHex), valid until \(issued.notValidAfter.formatted(.iso8601))")
+            var logger = Logger(label: "bulwark-agent")
+            logger.logLevel = .info
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [AgentService(agent: agent, logger: logger)],
+                    gracefulShutdownSignals: [.sigterm, .sigint],
+                    logger: logger))
+            try await group.run()
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the agent's state: hub, device, certificate expiry, connection, outbox. Exit 0 only when "
+                + "connected and current.")
+        @Option(help: "Credentials directory written by `bulwark agent pair`.") var state: String
+
+        func run() async throws {
+            let loaded: AgentState
+            do { loaded = try AgentState.load(state) } catch { throw CleanExit.message("bulwark: \(error)", code: 66) }
+            let status =
+                FileManager.default.contents(atPath: state + "/status.json")
+                .flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
+            let notAfter = loaded.certificate.notValidAfter
+            let updated = (status["updatedAt"] as? String).flatMap { try? Date($0, strategy: .iso8601) }
+            let fresh = updated.map { Date().timeIntervalSince($0) < 90 } ?? false
+            let connected = status["connection"] as? String == "connected" && fresh
+            print("device        \(loaded.deviceID)")
+            print("hub           \(status["hub"] as? String ?? "-")")
+            print("certificate   serial \(loaded.certificate.serialHex), valid until \(notAfter.formatted(.iso8601))")
+            print(
+                "connection    \(status["connection"] as? String ?? "not running")\(fresh ? "" : " (no recent status)")"
+            )
+            print(
+                "outbox        \(status["outboxDepth"] as? Int ?? 0) waiting, \(status["dropped"] as? Int ?? 0) dropped"
+            )
+            if let error = status["lastError"] as? String { print("last error    \(error)") }
+            guard connected, notAfter > Date() else { throw ExitCode(1) }
         }
     }
 

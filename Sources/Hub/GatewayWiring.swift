@@ -226,5 +226,17 @@ extension HubServer {
         gateway.counters.load(
             try await store.counterWindows().map { ($0.0, CounterWindow(highest: $0.1.highest, seen: $0.1.seen)) })
         gateway.quarantine.load(try await store.quarantines(), now: now)
+        // The agent's own event types, unless an operator registered a schema of that name.
+        for (name, schema) in builtInSchemas where gateway.schema(for: name) == nil {
+            gateway.setSchema(try JSONSchema(bytes: Array(schema.utf8)), for: name)
+        }
     }
+
+    /// `devices/<id>/events/command-result`: what `bulwark agent run` reports after running an operator's command.
+    static let builtInSchemas = [
+        (
+            "command-result",
+            #"{"type":"object","required":["command","exitCode","timedOut"],"additionalProperties":false,"properties":{"command":{"type":"string","maxLength":64},"exitCode":{"type":"integer"},"timedOut":{"type":"boolean"},"output":{"type":"string","maxLength":4096}}}"#
+        )
+    ]
 }

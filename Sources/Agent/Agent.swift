@@ -1,0 +1,488 @@
+public import Core
+import Crypto
+import Foundation
+import HubClient
+public import MQTT
+import NIOCore
+import NIOPosix
+import NIOSSL
+import X509
+
+/// How the agent reaches the hub and behaves (`bulwark agent run --config FILE`, or set in code).
+public struct AgentConfiguration: Sendable {
+    public var stateDirectory: String
+    public var mqttHost = "127.0.0.1"
+    public var mqttPort = 8883
+    /// The device API, for certificate renewal.
+    public var apiURL = "https://127.0.0.1:8443"
+    public var keepAliveSeconds: UInt16 = 60
+    /// Reconnection: exponential back-off from `reconnectInitialSeconds` to `reconnectMaximumSeconds`, each wait
+    /// drawn uniformly from its upper half (jitter, so a fleet does not reconnect in step).
+    public var reconnectInitialSeconds = 0.5
+    public var reconnectMaximumSeconds = 60.0
+    /// The on-disk queue's bound; beyond it the oldest telemetry is dropped (and counted).
+    public var outboxBytes = 1 << 20
+    /// QoS 1 messages sent and not yet acknowledged (at most the hub's Receive Maximum).
+    public var maxInFlight = 16
+    /// A command handler that runs longer is killed and reported as timed out.
+    public var commandTimeoutSeconds = 30.0
+    /// Renew the certificate (with a new key) at this fraction of its lifetime, with ±5 % jitter.
+    public var renewalFraction = 2.0 / 3.0
+    public var renews = true
+
+    public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
+}
+
+/// An operator's command (`devices/<id>/commands/<name>`), and what running it gave.
+public struct AgentCommand: Sendable {
+    public let name: String
+    public let body: [UInt8]
+
+    public init(name: String, body: [UInt8]) {
+        self.name = name
+        self.body = body
+    }
+}
+
+public struct CommandOutcome: Sendable {
+    public var exitCode: Int32
+    public var timedOut: Bool
+    public var output: String
+
+    public init(exitCode: Int32, timedOut: Bool = false, output: String = "") {
+        self.exitCode = exitCode
+        self.timedOut = timedOut
+        self.output = output
+    }
+}
+
+public typealias CommandHandler = @Sendable (AgentCommand) async -> CommandOutcome
+
+/// The device side of Bulwark as one long-running service: it keeps an MQTT 5 session to the hub over mutual TLS 1.3
+/// (the hub checked by chain *and* pin), sends what it is given from a durable outbox with its replay counter (so
+/// a message it accepted reaches the hub exactly once, even across `kill -9`), runs operators' commands and reports
+/// their outcome, and renews its certificate with a new key before it expires.
+///
+/// ```swift
+/// var configuration = AgentConfiguration(stateDirectory: "/var/lib/bulwark")
+/// configuration.mqttHost = "hub.example.net"
+/// let agent = try Agent(configuration: configuration) { command in
+///     CommandOutcome(exitCode: command.name == "reboot" ? 0 : 1)
+/// }
+/// Task { try await agent.run() }
+/// try await agent.send(Array(#"{"temperature":21.5}"#.utf8))
+/// ```
+public actor Agent {
+    public nonisolated let configuration: AgentConfiguration
+    public private(set) var state: AgentState
+    public nonisolated let outbox: Outbox
+    let handler: CommandHandler?
+
+    public enum Connection: String, Sendable { case connecting, connected, disconnected, refused, untrusted }
+    public private(set) var connection = Connection.disconnected
+    public private(set) var lastError: String?
+    public private(set) var delivered = 0
+    public private(set) var refusedByHub = 0
+
+    private var generation = 0
+    private var inFlight: [UInt16: UInt64] = [:]
+    private var attempted: Set<UInt64> = []
+    private var nextPacketID: UInt16 = 1
+    private var holdUntil = ContinuousClock.now
+    private var wakeup: CheckedContinuation<Void, Never>?
+    private var pendingWake = false
+    private var currentChannel: (any Channel)?
+    private var stopping = false
+    private var renewalJitter = 1.0
+
+    public init(configuration: AgentConfiguration, commandHandler: CommandHandler? = nil) throws(AgentError) {
+        self.configuration = configuration
+        state = try AgentState.load(configuration.stateDirectory)
+        outbox = try Outbox(directory: configuration.stateDirectory + "/outbox", maxBytes: configuration.outboxBytes)
+        handler = commandHandler
+        // Whatever a previous run left may have reached the hub already: resend it marked DUP.
+        attempted = Set(outbox.pending.map(\.sequence))
+    }
+
+    /// Accepts one message for the hub (a JSON object; the hub validates it): it is on disk when this returns, and
+    /// is sent as soon as the session allows. `route` is the topic below `devices/<id>/`.
+    public func send(_ body: [UInt8], route: String = "telemetry") throws(AgentError) {
+        guard !stopping else { throw AgentError(.connection, "the agent is stopping") }
+        try outbox.append(kind: route.hasPrefix("events") ? .event : .telemetry, route: route, body: body)
+        wake()
+    }
+
+    /// Keeps the session up until the task is cancelled or `stop()` is called: reconnects with back-off and jitter
+    /// (to the maximum at once when the hub refused the device), and renews the certificate when due.
+    public func run() async throws {
+        var delay = configuration.reconnectInitialSeconds
+        renewalJitter = Double.random(in: 0.95...1.05)
+        while !Task.isCancelled, !stopping {
+            if renewalDue() {
+                do { try await renewIfDue() } catch { lastError = "renewal failed: \(error)" }
+            }
+            do {
+                try await session()
+                delay = configuration.reconnectInitialSeconds
+            } catch let error as AgentError {
+                lastError = error.message
+                switch error.code {
+                case .refusedByHub:
+                    connection = .refused
+                    delay = configuration.reconnectMaximumSeconds
+                case .hubNotTrusted:
+                    connection = .untrusted
+                    delay = min(delay * 2, configuration.reconnectMaximumSeconds)
+                default:
+                    connection = .disconnected
+                    delay = min(delay * 2, configuration.reconnectMaximumSeconds)
+                }
+            } catch {
+                let text = "\(error)"
+                if text.contains("CERTIFICATE_VERIFY_FAILED") {
+                    connection = .untrusted
+                    lastError = "the hub's certificate failed the pin or chain check: not connecting"
+                    delay = min(delay * 2, configuration.reconnectMaximumSeconds)
+                } else if text.contains("ALERT_CERTIFICATE_UNKNOWN") || text.contains("ALERT_CERTIFICATE_REVOKED")
+                    || text.contains("ALERT_CERTIFICATE_EXPIRED")
+                {
+                    // The hub refused this device's certificate (revoked, expired, unknown): back off fully.
+                    connection = .refused
+                    lastError = "the hub refused this device's certificate (\(Self.describe(error)))"
+                    delay = configuration.reconnectMaximumSeconds
+                } else {
+                    connection = .disconnected
+                    lastError = "connection failed: \(Self.describe(error))"
+                    delay = min(delay * 2, configuration.reconnectMaximumSeconds)
+                }
+            }
+            writeStatus()
+            guard !Task.isCancelled, !stopping else { break }
+            let wait = Double.random(in: (delay / 2)...delay)
+            try? await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
+        }
+        connection = .disconnected
+        writeStatus()
+    }
+
+    /// Ends the session cleanly: what is in flight gets a few seconds to be acknowledged (what is not stays in the
+    /// outbox for the next start), then DISCONNECT.
+    public func stop() async {
+        stopping = true
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !inFlight.isEmpty, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        if let channel = currentChannel {
+            var buffer = ByteBuffer()
+            Packet.disconnect(reasonCode: 0, properties: .init()).encode(into: &buffer, version: .v5)
+            try? await channel.writeAndFlush(buffer)
+            try? await channel.close()
+        }
+        wake()
+    }
+
+    // MARK: The session
+
+    private func session() async throws {
+        connection = .connecting
+        generation += 1
+        let myGeneration = generation
+        let state = self.state
+        let configuration = self.configuration
+        let context = try NIOSSLContext(configuration: try state.credentials.tlsConfiguration())
+        let pinned = state.pinned
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .connectTimeout(.seconds(10))
+            .connect(host: configuration.mqttHost, port: configuration.mqttPort) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        NIOSSLClientHandler(
+                            context: context, serverHostname: nil,
+                            customVerificationCallback: { pinned.verify($0, $1) }))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(MQTTDecoder(role: .client, maximumPacketSize: 1 << 20, version: .v5)))
+                    return try NIOAsyncChannel<Packet, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        currentChannel = channel.channel
+        defer { currentChannel = nil }
+        let (commands, commandSink) = AsyncStream.makeStream(
+            of: AgentCommand.self, bufferingPolicy: .bufferingNewest(64))
+        try await channel.executeThenClose { inbound, outbound in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try await self.read(inbound, outbound, generation: myGeneration, commands: commandSink)
+                }
+                group.addTask { try await self.write(outbound, generation: myGeneration) }
+                group.addTask { await self.runCommands(commands) }
+                // The first to end (the connection closed, a refusal) ends the session; the writer may be waiting
+                // for work, so it is woken to see the cancellation.
+                defer {
+                    commandSink.finish()
+                    group.cancelAll()
+                    self.wake()
+                }
+                try await group.next()
+            }
+        }
+    }
+
+    /// CONNECT, CONNACK, the command subscription, then every packet the hub sends.
+    private func read(
+        _ inbound: NIOAsyncChannelInboundStream<Packet>, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+        generation: Int, commands: AsyncStream<AgentCommand>.Continuation
+    ) async throws {
+        var connect = ConnectPacket(
+            version: .v5, clientID: state.deviceID.rawValue, keepAlive: configuration.keepAliveSeconds)
+        connect.cleanStart = false
+        connect.properties.sessionExpiryInterval = 86_400
+        try await outbound.write(Self.encode(.connect(connect)))
+        var packets = inbound.makeAsyncIterator()
+        guard case .connack(_, let reason, _) = try await packets.next() else {
+            throw AgentError(.connection, "the hub closed the connection before CONNACK")
+        }
+        guard reason == 0 else {
+            // 0x87 not authorized (revoked, quarantined), 0x85 client id refused: retrying fast would not help.
+            throw AgentError(
+                .refusedByHub, "the hub refused the connection (CONNACK 0x\(String(reason, radix: 16)))")
+        }
+        let filter = try TopicFilter("devices/\(state.deviceID.rawValue)/commands/#")
+        try await outbound.write(
+            Self.encode(
+                .subscribe(
+                    packetID: 0xFFFF, subscriptions: [Subscription(filter: filter, qos: .atLeastOnce)],
+                    properties: .init())))
+        connected(generation)
+        while let packet = try await packets.next() {
+            switch packet {
+            case .puback(let id, let reason, _):
+                acknowledged(id, reason: reason)
+            case .publish(let publish):
+                if let id = publish.packetID {
+                    try await outbound.write(Self.encode(.puback(packetID: id, reasonCode: 0, properties: .init())))
+                }
+                let prefix = "devices/\(state.deviceID.rawValue)/commands/"
+                if publish.topic.rawValue.hasPrefix(prefix) {
+                    commands.yield(
+                        AgentCommand(
+                            name: String(publish.topic.rawValue.dropFirst(prefix.count)), body: publish.payload))
+                }
+            case .suback(_, let codes, _):
+                if codes.contains(where: { $0 >= 0x80 }) { lastError = "the hub refused the command subscription" }
+            case .disconnect(let reason, _):
+                throw AgentError(
+                    reason == 0x87 || reason == 0x8E ? .refusedByHub : .connection,
+                    "the hub disconnected (0x\(String(reason, radix: 16)))")
+            default:
+                break
+            }
+        }
+        throw AgentError(.connection, "the hub closed the connection")
+    }
+
+    /// Sends what the outbox holds (up to `maxInFlight` unacknowledged), and a PINGREQ when idle.
+    private func write(_ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, generation: Int) async throws {
+        let idle = Duration.milliseconds(Int64(configuration.keepAliveSeconds) * 500)
+        while !Task.isCancelled {
+            if connection == .connected, self.generation == generation, ContinuousClock.now >= holdUntil {
+                for buffer in nextPublishes() { try await outbound.write(buffer) }
+            }
+            if await waitForWork(upTo: idle) == false, connection == .connected, !Task.isCancelled {
+                try await outbound.write(Self.encode(.pingreq))
+                writeStatus()
+                // Renewal due: end this session; the next one starts with the new certificate.
+                if renewalDue() { return }
+            }
+        }
+    }
+
+    private func nextPublishes() -> [ByteBuffer] {
+        let sending = Set(inFlight.values)
+        var buffers: [ByteBuffer] = []
+        for message in outbox.pending where !sending.contains(message.sequence) {
+            guard inFlight.count < configuration.maxInFlight,
+                let topic = try? TopicName("devices/\(state.deviceID.rawValue)/\(message.route)")
+            else { break }
+            let id = makePacketID()
+            inFlight[id] = message.sequence
+            var properties = Properties()
+            properties.userProperties = [("counter", String(message.counter))]
+            buffers.append(
+                Self.encode(
+                    .publish(
+                        PublishPacket(
+                            topic: topic, payload: message.body, qos: .atLeastOnce,
+                            duplicate: attempted.contains(message.sequence), packetID: id, properties: properties))))
+            attempted.insert(message.sequence)
+        }
+        return buffers
+    }
+
+    private func acknowledged(_ id: UInt16, reason: UInt8) {
+        guard let sequence = inFlight.removeValue(forKey: id) else { return }
+        switch reason {
+        case 0x00, 0x10:
+            outbox.remove(sequence)
+            delivered += 1
+        case 0x97, 0x80, 0x83:
+            // Over the rate, or the hub could not store it: keep it and try again a little later.
+            holdUntil = ContinuousClock.now + .seconds(1)
+        default:
+            // Refused for good (0x87 a counter the hub will never take, 0x99 a payload it will never accept): it
+            // cannot be delivered, so it is not retried for ever; recorded in the status.
+            outbox.remove(sequence)
+            refusedByHub += 1
+            lastError = "the hub refused a message (PUBACK 0x\(String(reason, radix: 16)))"
+        }
+        wake()
+    }
+
+    private func connected(_ generation: Int) {
+        guard self.generation == generation else { return }
+        connection = .connected
+        lastError = nil
+        inFlight = [:]
+        writeStatus()
+        wake()
+    }
+
+    private func makePacketID() -> UInt16 {
+        repeat {
+            nextPacketID = nextPacketID >= 0xFFFE ? 1 : nextPacketID + 1
+        } while inFlight[nextPacketID] != nil
+        return nextPacketID
+    }
+
+    // MARK: Commands
+
+    private func runCommands(_ commands: AsyncStream<AgentCommand>) async {
+        for await command in commands {
+            let outcome: CommandOutcome
+            if let handler {
+                outcome = await handler(command)
+            } else {
+                outcome = CommandOutcome(exitCode: 127, output: "no command handler is configured")
+            }
+            var result: [String: Any] = [
+                "command": String(command.name.prefix(64)), "exitCode": Int(outcome.exitCode),
+                "timedOut": outcome.timedOut,
+            ]
+            if !outcome.output.isEmpty { result["output"] = String(outcome.output.prefix(4096)) }
+            if let body = try? JSONSerialization.data(withJSONObject: result, options: [.sortedKeys]) {
+                try? send(Array(body), route: "events/command-result")
+            }
+        }
+    }
+
+    // MARK: Waiting
+
+    private func wake() {
+        if let wakeup {
+            self.wakeup = nil
+            wakeup.resume()
+        } else {
+            pendingWake = true
+        }
+    }
+
+    /// Waits for new work (a message, an acknowledgement, a connection) or `timeout`; false when it timed out.
+    private func waitForWork(upTo timeout: Duration) async -> Bool {
+        if pendingWake {
+            pendingWake = false
+            return true
+        }
+        let woken = WakeFlag()
+        let timer = Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            await self?.timedOut(woken)
+        }
+        await withCheckedContinuation { continuation in wakeup = continuation }
+        timer.cancel()
+        return !woken.timedOut
+    }
+
+    private func timedOut(_ flag: WakeFlag) {
+        guard let wakeup else { return }
+        flag.timedOut = true
+        self.wakeup = nil
+        wakeup.resume()
+    }
+
+    // MARK: Renewal and status
+
+    /// Whether the renewal point of the certificate's lifetime (the configured fraction, with this agent's jitter)
+    /// has passed.
+    func renewalDue(now: Date = Date()) -> Bool {
+        guard configuration.renews else { return false }
+        let notBefore = state.certificate.notValidBefore
+        let lifetime = state.certificate.notValidAfter.timeIntervalSince(notBefore)
+        return now >= notBefore.addingTimeInterval(lifetime * configuration.renewalFraction * renewalJitter)
+    }
+
+    /// Renews the certificate with a new key when it is due.
+    func renewIfDue(now: Date = Date()) async throws {
+        guard renewalDue(now: now) else { return }
+        state = try await Renewal.renew(state, apiURL: configuration.apiURL)
+    }
+
+    /// The certificate is due for renewal: renew now and reconnect with the new one.
+    public func renewNow() async throws {
+        state = try await Renewal.renew(state, apiURL: configuration.apiURL)
+        try? await currentChannel?.close()
+    }
+
+    public var status: AgentStatus {
+        AgentStatus(
+            deviceID: state.deviceID.rawValue, hub: "\(configuration.mqttHost):\(configuration.mqttPort)",
+            connection: connection.rawValue, certificateNotAfter: state.certificate.notValidAfter,
+            outboxDepth: outbox.depth, dropped: outbox.dropped, delivered: delivered, refused: refusedByHub,
+            lastError: lastError, updatedAt: Date())
+    }
+
+    /// `STATE/status.json`, for `bulwark agent status` (replaced atomically; no secret in it).
+    private func writeStatus() {
+        try? Outbox.write(
+            configuration.stateDirectory + "/status.json", status.json, directory: configuration.stateDirectory,
+            mode: 0o644)
+    }
+
+    static func encode(_ packet: Packet) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        packet.encode(into: &buffer, version: .v5)
+        return buffer
+    }
+
+    static func describe(_ error: any Error) -> String { String("\(error)".prefix(200)) }
+}
+
+/// Set by the timer that ended a wait, read by the waiter (both on the agent's executor).
+private final class WakeFlag: @unchecked Sendable {
+    // Only touched inside the agent actor (`timedOut(_:)` and `waitForWork`), so never concurrently.
+    var timedOut = false
+}
+
+/// What `bulwark agent status` prints.
+public struct AgentStatus: Sendable {
+    public var deviceID: String
+    public var hub: String
+    public var connection: String
+    public var certificateNotAfter: Date
+    public var outboxDepth: Int
+    public var dropped: Int
+    public var delivered: Int
+    public var refused: Int
+    public var lastError: String?
+    public var updatedAt: Date
+
+    public var json: [UInt8] {
+        var object: [String: Any] = [
+            "deviceId": deviceID, "hub": hub, "connection": connection,
+            "certificateNotAfter": certificateNotAfter.formatted(.iso8601), "outboxDepth": outboxDepth,
+            "dropped": dropped, "delivered": delivered, "refused": refused,
+            "updatedAt": updatedAt.formatted(.iso8601),
+        ]
+        if let lastError { object["lastError"] = lastError }
+        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
+    }
+}

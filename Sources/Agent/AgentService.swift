@@ -1,0 +1,130 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+public import ServiceLifecycle
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `bulwark agent run`: the agent's session, and a local Unix socket (`STATE/agent.sock`, mode 0600) where the
+/// device's own programs hand it telemetry: one JSON object per line, answered `ok` once the message is on disk (in
+/// the outbox) or `error: …`. SIGTERM stops the socket, lets what is in flight be acknowledged, and ends the session
+/// with DISCONNECT; whatever is still in the outbox is sent at the next start.
+public struct AgentService: Service {
+    public let agent: Agent
+    public let logger: Logger
+
+    public init(agent: Agent, logger: Logger) {
+        self.agent = agent
+        self.logger = logger
+    }
+
+    public static func socketPath(_ stateDirectory: String) -> String { stateDirectory + "/agent.sock" }
+
+    public func run() async throws {
+        let path = Self.socketPath(agent.configuration.stateDirectory)
+        // Created 0600 from the first instant: only this user's programs may hand the agent messages.
+        let previous = umask(0o177)
+        let server: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+        do {
+            server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ByteToMessageHandler(LineDecoder(maximumLength: 256 * 1024)))
+                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+            umask(previous)
+        } catch {
+            umask(previous)
+            throw AgentError(.connection, "cannot listen on \(path): \(error)")
+        }
+        logger.info("agent running", metadata: ["socket": .string(path)])
+        let agent = agent
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask {
+                    try await agent.run()
+                }
+                try await server.executeThenClose { connections in
+                    for try await connection in connections {
+                        group.addTask { await Self.serve(connection, agent: agent) }
+                    }
+                }
+            }
+        } onGracefulShutdown: {
+            server.channel.close(promise: nil)
+            Task { await agent.stop() }
+        }
+        unlink(path)
+    }
+
+    static func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>, agent: Agent) async {
+        try? await connection.executeThenClose { inbound, outbound in
+            for try await line in inbound {
+                let body = Array(line.readableBytesView)
+                let reply: String
+                do {
+                    guard (try? JSONSerialization.jsonObject(with: Data(body))) is [String: Any] else {
+                        throw AgentError(.outbox, "not a JSON object")
+                    }
+                    try await agent.send(body)
+                    reply = "ok\n"
+                } catch {
+                    reply = "error: \(error)\n"
+                }
+                try await outbound.write(ByteBuffer(string: reply))
+            }
+        }
+    }
+}
+
+/// One line (without its `\n`) per message, bounded: a longer line closes the connection.
+struct LineDecoder: ByteToMessageDecoder {
+    typealias InboundOut = ByteBuffer
+    let maximumLength: Int
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
+            if buffer.readableBytes > maximumLength { throw AgentError(.outbox, "line too long") }
+            return .needMoreData
+        }
+        let length = newline - buffer.readerIndex
+        guard var line = buffer.readSlice(length: length) else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: 1)
+        if line.readableBytesView.last == UInt8(ascii: "\r") {
+            line = line.getSlice(at: line.readerIndex, length: length - 1) ?? line
+        }
+        context.fireChannelRead(wrapInboundOut(line))
+        return .continue
+    }
+}
+
+/// Sends one line to a running agent's socket and returns its answer; nil when no agent listens there.
+public enum AgentSocketClient {
+    public static func send(_ body: [UInt8], stateDirectory: String) async throws -> String? {
+        let path = AgentService.socketPath(stateDirectory)
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(unixDomainSocketPath: path) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ByteToMessageHandler(LineDecoder(maximumLength: 4096)))
+                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            return nil  // a socket file left by an agent that is not running
+        }
+        return try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(bytes: body + [UInt8(ascii: "\n")]))
+            for try await line in inbound { return String(buffer: line) }
+            return "error: the agent closed the connection"
+        }
+    }
+}

@@ -1,0 +1,278 @@
+import Agent
+import Core
+import Crypto
+import Foundation
+import Hub
+import HubClient
+import Store
+import Synchronization
+import Testing
+import X509
+
+/// The device agent (`BulwarkAgent`, `bulwark agent run`) against a real hub.
+@Suite(.serialized) struct AgentTests {
+    /// A paired device's state directory (0700) for an enrolled device: key, certificate, CA and the hub's pins.
+    static func stateDirectory(_ hub: TestHub, _ device: TestDevice, pins: [[UInt8]]? = nil) throws -> String {
+        let directory = try temporaryDirectory("agent-state")
+        #expect(chmod(directory, 0o700) == 0)
+        try SecretFiles.create(
+            directory + "/device.key", contents: String(decoding: device.credentials.keyPEM, as: UTF8.self))
+        try String(decoding: device.credentials.certificatePEM, as: UTF8.self).write(
+            toFile: directory + "/device.crt", atomically: true, encoding: .utf8)
+        try String(decoding: hub.caPEM, as: UTF8.self).write(
+            toFile: directory + "/ca.crt", atomically: true, encoding: .utf8)
+        let pinLines = (pins ?? hub.server.credentials.pins).map { Data($0).base64EncodedString() }
+        try (pinLines.joined(separator: "\n") + "\n").write(
+            toFile: directory + "/pins", atomically: true, encoding: .utf8)
+        return directory
+    }
+
+    static func configuration(_ hub: TestHub, _ state: String) -> AgentConfiguration {
+        var configuration = AgentConfiguration(stateDirectory: state)
+        configuration.mqttPort = hub.mqttPort
+        configuration.apiURL = "https://127.0.0.1:\(hub.devicePort)"
+        configuration.reconnectInitialSeconds = 0.1
+        configuration.reconnectMaximumSeconds = 1
+        return configuration
+    }
+
+    /// Waits until `condition` holds (at most `seconds`).
+    static func eventually(_ seconds: Double = 10, _ condition: () async throws -> Bool) async rethrows -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            if try await condition() { return true }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return try await condition()
+    }
+
+    @Test func theAgentDeliversWhatItAcceptsAndReportsCommands() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ag-1")
+        let state = try Self.stateDirectory(hub, device)
+        let received = Mutex<[String]>([])
+        let agent = try Agent(configuration: Self.configuration(hub, state)) { command in
+            received.withLock { $0.append(command.name) }
+            return CommandOutcome(exitCode: 3, output: "rebooting")
+        }
+        let running = Task { try await agent.run() }
+        for n in 0..<20 { try await agent.send(Array(#"{"n":\#(n)}"#.utf8)) }
+        let id = try DeviceID("ag-1")
+        #expect(try await Self.eventually { try await hub.server.store.telemetryCount(of: id) == 20 })
+        #expect(await agent.connection == .connected)
+        let sent = try await hub.operatorRequest("POST", "/v1/devices/ag-1/commands/reboot", json: ["delay": 1])
+        #expect(sent.status == 202)
+        #expect(
+            try await Self.eventually {
+                try await hub.server.store.telemetry(of: id, limit: 50).contains {
+                    String(decoding: $0.body, as: UTF8.self).contains(#""command":"reboot""#)
+                }
+            })
+        #expect(received.withLock { $0 } == ["reboot"])
+        let result = try await hub.server.store.telemetry(of: id, limit: 50).first {
+            String(decoding: $0.body, as: UTF8.self).contains("reboot")
+        }
+        #expect(result.map { String(decoding: $0.body, as: UTF8.self) }?.contains(#""exitCode":3"#) == true)
+        #expect(agent.outbox.depth == 0)
+        let status = try String(contentsOfFile: state + "/status.json", encoding: .utf8)
+        #expect(status.contains(#""connection":"connected""#))
+        await agent.stop()
+        running.cancel()
+        _ = try? await running.value
+        let kinds = try await hub.securityEvents().filter { $0.identity == "urn:bulwark:device:ag-1" }.map(\.kind)
+        #expect(!kinds.contains("replay"))
+        try await hub.stop()
+    }
+
+    /// The README's Swift example, as written there but for the hub's address and port.
+    @Test func theReadmeExampleRuns() async throws {
+        let hub = try await TestHub.start()
+        let state = try Self.stateDirectory(hub, try await hub.enroll("ag-readme"))
+        var configuration = AgentConfiguration(stateDirectory: state)
+        configuration.mqttHost = "127.0.0.1"  // README: "hub.example.net"
+        configuration.mqttPort = hub.mqttPort
+        let agent = try Agent(configuration: configuration) { command in
+            CommandOutcome(exitCode: command.name == "reboot" ? 0 : 1)
+        }
+        let running = Task { try await agent.run() }
+        try await agent.send(Array(#"{"temperature":21.5}"#.utf8))
+        #expect(
+            try await Self.eventually { try await hub.server.store.telemetryCount(of: try DeviceID("ag-readme")) == 1 })
+        await agent.stop()
+        running.cancel()
+        _ = try? await running.value
+        try await hub.stop()
+    }
+
+    /// kill -9 of `bulwark agent run` mid-stream: every message the agent said `ok` to reaches the hub exactly once
+    /// (stored once, no replay refusal), sent after the restart from the on-disk outbox with its counter.
+    @Test func killMinusNineLosesNothingAndStoresEverythingOnce() async throws {
+        let binary = try HubProcessTests.binary
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ag-2")
+        let state = try Self.stateDirectory(hub, device)
+        func start() throws -> Process {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = [
+                "agent", "run", "--state", state, "--mqtt", "127.0.0.1:\(hub.mqttPort)", "--hub",
+                "https://127.0.0.1:\(hub.devicePort)", "--reconnect-max", "1",
+            ]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        func sendAll(_ range: Range<Int>) async throws {
+            for n in range {
+                var reply: String?
+                for _ in 0..<100 where reply == nil {
+                    reply = try? await AgentSocketClient.send(Array(#"{"n":\#(n)}"#.utf8), stateDirectory: state)
+                    if reply == nil { try await Task.sleep(for: .milliseconds(50)) }
+                }
+                #expect(reply == "ok", "message \(n): \(reply ?? "no agent")")
+            }
+        }
+        let first = try start()
+        try await sendAll(0..<40)
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        let second = try start()
+        try await sendAll(40..<60)
+        let id = try DeviceID("ag-2")
+        #expect(try await Self.eventually(15) { try await hub.server.store.telemetryCount(of: id) >= 60 })
+        try await Task.sleep(for: .milliseconds(300))
+        let bodies = try await hub.server.store.telemetry(of: id, limit: 1000).map {
+            String(decoding: $0.body, as: UTF8.self)
+        }
+        #expect(bodies.count == 60, "exactly once")
+        #expect(Set(bodies).count == 60)
+        let kinds = try await hub.securityEvents().filter { $0.identity == "urn:bulwark:device:ag-2" }.map(\.kind)
+        #expect(!kinds.contains("replay"), "a resend after the kill is not refused as a replay")
+        // SIGTERM: a clean stop.
+        kill(second.processIdentifier, SIGTERM)
+        second.waitUntilExit()
+        #expect(second.terminationStatus == 0)
+        #expect(!FileManager.default.fileExists(atPath: state + "/agent.sock"))
+        try await hub.stop()
+    }
+
+    /// A hub whose certificate chains to the CA but whose key is not pinned: the agent does not connect, and says why.
+    @Test func aHubThatIsNotPinnedIsRefused() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ag-3")
+        let state = try Self.stateDirectory(hub, device, pins: [Array(SHA256.hash(data: [1, 2, 3]))])
+        let agent = try Agent(configuration: Self.configuration(hub, state))
+        let running = Task { try await agent.run() }
+        try await agent.send(Array(#"{"n":1}"#.utf8))
+        let untrusted = await Self.eventually(5) { await agent.connection == .untrusted }
+        let why = await agent.lastError ?? "-"
+        #expect(untrusted, "\(why)")
+        #expect(why.contains("pin"))
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("ag-3")) == 0)
+        #expect(agent.outbox.depth == 1, "kept for a hub it can trust")
+        running.cancel()
+        _ = try? await running.value
+        try await hub.stop()
+    }
+
+    /// A revoked device is refused at CONNECT: the agent backs off to its maximum instead of retrying fast.
+    @Test func aRevokedDeviceBacksOff() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ag-4")
+        let state = try Self.stateDirectory(hub, device)
+        #expect(try await hub.operatorRequest("POST", "/v1/devices/ag-4/revoke").status == 200)
+        let agent = try Agent(configuration: Self.configuration(hub, state))
+        let running = Task { try await agent.run() }
+        let refused = await Self.eventually(5) { await agent.connection == .refused }
+        let why = await agent.lastError ?? "-"
+        #expect(refused, "\(why)")
+        running.cancel()
+        _ = try? await running.value
+        try await hub.stop()
+    }
+
+    /// At the renewal point of its certificate's lifetime the agent renews with a new key and reconnects with it;
+    /// the hub then revokes the old one.
+    @Test func theAgentRenewsItsCertificateWhenDue() async throws {
+        let hub = try await TestHub.start()
+        _ = try await hub.enroll("ag-5")
+        // A one-day certificate of which 80 % is gone.
+        let aged = try hub.issue(.device(try DeviceID("ag-5")), now: Date().addingTimeInterval(-0.8 * 86400), days: 1)
+        let oldSerial = try Certificate(pemEncoded: String(decoding: aged.credentials.certificatePEM, as: UTF8.self))
+            .serialHex
+        let state = try Self.stateDirectory(hub, aged)
+        let agent = try Agent(configuration: Self.configuration(hub, state))
+        let running = Task { try await agent.run() }
+        try await agent.send(Array(#"{"n":1}"#.utf8))
+        #expect(try await Self.eventually { try await hub.server.store.telemetryCount(of: try DeviceID("ag-5")) == 1 })
+        #expect(await agent.state.certificate.serialHex != oldSerial)
+        #expect(hub.server.revocationList.contains(oldSerial), "the new certificate was used")
+        let onDisk = try Certificate(pemEncoded: String(contentsOfFile: state + "/device.crt", encoding: .utf8))
+        #expect(onDisk.serialHex != oldSerial)
+        await agent.stop()
+        running.cancel()
+        _ = try? await running.value
+        try await hub.stop()
+    }
+
+    /// Bad state: a clear error naming the file, never a crash; a state directory others can read is refused.
+    @Test func badStateIsRefusedClearly() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ag-6")
+        let state = try Self.stateDirectory(hub, device)
+        #expect(chmod(state, 0o755) == 0)
+        #expect(throws: AgentError(.stateInsecure, "")) { try Agent(configuration: Self.configuration(hub, state)) }
+        #expect(chmod(state, 0o700) == 0)
+        let key = try String(contentsOfFile: state + "/device.key", encoding: .utf8)
+        try FileManager.default.removeItem(atPath: state + "/device.key")
+        try SecretFiles.create(state + "/device.key", contents: String(key.prefix(40)))
+        do {
+            _ = try Agent(configuration: Self.configuration(hub, state))
+            Issue.record("a truncated key was accepted")
+        } catch {
+            #expect(error.code == .stateInvalid)
+            #expect(error.message.contains("device.key") && error.message.contains("pair again"))
+        }
+        try await hub.stop()
+    }
+
+    /// The outbox is bounded: the oldest telemetry goes first and is counted; events stay.
+    @Test func aFullOutboxDropsTheOldestTelemetryNeverEvents() throws {
+        let directory = try temporaryDirectory("outbox")
+        let outbox = try Outbox(directory: directory + "/outbox", maxBytes: 100)
+        try outbox.append(kind: .event, route: "events/command-result", body: Array(repeating: 0x61, count: 40))
+        for _ in 0..<5 {
+            try outbox.append(kind: .telemetry, route: "telemetry", body: Array(repeating: 0x62, count: 20))
+        }
+        #expect(outbox.dropped == 2)
+        #expect(outbox.pending.filter { $0.kind == .event }.count == 1)
+        #expect(outbox.pending.map(\.body.count).reduce(0, +) <= 100)
+        // Reopened (as after kill -9): the same messages, counters above every one issued before.
+        let highest = outbox.pending.map(\.counter).max() ?? 0
+        let reopened = try Outbox(directory: directory + "/outbox", maxBytes: 100)
+        #expect(reopened.pending == outbox.pending)
+        #expect(try reopened.append(kind: .telemetry, route: "telemetry", body: [0x63]).counter > highest)
+    }
+
+    /// A command handler that hangs is killed after the timeout and reported as timed out.
+    @Test func aHangingCommandHandlerIsKilled() async throws {
+        let directory = try temporaryDirectory("handler")
+        let script = directory + "/handler.sh"
+        try "#!/bin/sh\ncat > /dev/null\nexec sleep 30\n".write(toFile: script, atomically: true, encoding: .utf8)
+        #expect(chmod(script, 0o755) == 0)
+        let clock = ContinuousClock()
+        let start = clock.now
+        let outcome = await ProcessCommandHandler(executable: script, timeoutSeconds: 1).run(
+            AgentCommand(name: "hang", body: Array("{}".utf8)))
+        #expect(outcome.timedOut)
+        #expect(clock.now - start < .seconds(5))
+        let ok = try "#!/bin/sh\nread line\necho \"got $line for $1\"\nexit 4\n"
+        try ok.write(toFile: script, atomically: true, encoding: .utf8)
+        #expect(chmod(script, 0o755) == 0)
+        let done = await ProcessCommandHandler(executable: script, timeoutSeconds: 5).run(
+            AgentCommand(name: "echo", body: Array("{\"a\":1}\n".utf8)))
+        #expect(done.exitCode == 4 && !done.timedOut)
+        #expect(done.output.contains(#"got {"a":1} for echo"#))
+    }
+}
