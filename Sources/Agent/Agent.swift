@@ -29,6 +29,10 @@ public struct AgentConfiguration: Sendable {
     /// Renew the certificate (with a new key) at this fraction of its lifetime, with ±5 % jitter.
     public var renewalFraction = 2.0 / 3.0
     public var renews = true
+    /// How often the agent reports the device's connections (`events/connections`); 0 turns it off.
+    public var inventoryIntervalSeconds = 3600.0
+    /// Where the kernel's socket tables are (`/proc`; tests point it at their own files).
+    public var procRoot = "/proc"
 
     public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
 }
@@ -94,6 +98,7 @@ public actor Agent {
     private var currentChannel: (any Channel)?
     private var stopping = false
     private var renewalJitter = 1.0
+    public private(set) var lastInventory: Date?
 
     public init(configuration: AgentConfiguration, commandHandler: CommandHandler? = nil) throws(AgentError) {
         self.configuration = configuration
@@ -117,6 +122,8 @@ public actor Agent {
     public func run() async throws {
         var delay = configuration.reconnectInitialSeconds
         renewalJitter = Double.random(in: 0.95...1.05)
+        let inventory = Task { await self.reportConnections() }
+        defer { inventory.cancel() }
         while !Task.isCancelled, !stopping {
             if renewalDue() {
                 do { try await renewIfDue() } catch { lastError = "renewal failed: \(error)" }
@@ -375,6 +382,25 @@ public actor Agent {
         }
     }
 
+    // MARK: Connection inventory
+
+    /// Every `inventoryIntervalSeconds`, the device's connections and listening sockets go to the hub (through the
+    /// outbox, as any event); the agent's own session to the hub is left out.
+    private func reportConnections() async {
+        let interval = configuration.inventoryIntervalSeconds
+        guard interval > 0 else { return }
+        let own: Set<String> = [
+            "\(configuration.mqttHost) \(configuration.mqttPort)",
+            URLComponents(string: configuration.apiURL).map { "\($0.host ?? "") \($0.port ?? 443)" } ?? "",
+        ]
+        while !Task.isCancelled {
+            let body = ConnectionInventory.report(procRoot: configuration.procRoot, excluding: own)
+            lastInventory = Date()
+            try? send(body, route: "events/connections")
+            try? await Task.sleep(for: .milliseconds(Int64(interval * 1000)))
+        }
+    }
+
     // MARK: Waiting
 
     private func wake() {
@@ -437,7 +463,7 @@ public actor Agent {
             deviceID: state.deviceID.rawValue, hub: "\(configuration.mqttHost):\(configuration.mqttPort)",
             connection: connection.rawValue, certificateNotAfter: state.certificate.notValidAfter,
             outboxDepth: outbox.depth, dropped: outbox.dropped, delivered: delivered, refused: refusedByHub,
-            lastError: lastError, updatedAt: Date())
+            lastError: lastError, lastInventory: lastInventory, updatedAt: Date())
     }
 
     /// `STATE/status.json`, for `bulwark agent status` (replaced atomically; no secret in it).
@@ -473,6 +499,7 @@ public struct AgentStatus: Sendable {
     public var delivered: Int
     public var refused: Int
     public var lastError: String?
+    public var lastInventory: Date?
     public var updatedAt: Date
 
     public var json: [UInt8] {
@@ -483,6 +510,7 @@ public struct AgentStatus: Sendable {
             "updatedAt": updatedAt.formatted(.iso8601),
         ]
         if let lastError { object["lastError"] = lastError }
+        if let lastInventory { object["lastInventory"] = lastInventory.formatted(.iso8601) }
         return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
     }
 }

@@ -5,9 +5,25 @@ struct DeviceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "device", abstract: "Enroll, list, show and revoke devices.",
         subcommands: [
-            Enroll.self, List.self, Show.self, Revoke.self, Release.self, Command.self, Label.self, Send.self,
-            Sign.self,
+            Enroll.self, List.self, Show.self, Revoke.self, Release.self, Command.self, SetClass.self, Label.self,
+            Send.self, Sign.self,
         ])
+
+    struct SetClass: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-class", abstract: "Put a device in a class (its egress policy); --none takes it out.")
+        @OptionGroup var connection: OperatorConnection
+        @Argument var id: String
+        @Argument var deviceClass: String?
+        @Flag(help: "Take the device out of its class.") var none = false
+        func run() async throws {
+            guard (deviceClass == nil) == none else { throw ValidationError("give a CLASS, or --none") }
+            let (_, object) = try await connection.request(
+                method: "PUT", path: "/v1/devices/\(pathSegment(id))/class",
+                json: ["class": deviceClass.map { $0 as Any } ?? NSNull()])
+            print("\(id): class \((object as? [String: Any])?["class"] as? String ?? "none")")
+        }
+    }
 
     struct Enroll: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

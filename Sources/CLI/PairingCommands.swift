@@ -229,6 +229,8 @@ struct AgentCommand: AsyncParsableCommand {
         @Option(help: "A handler running longer is killed and reported.") var commandTimeout: Double = 30
         @Option(help: "Outbox bound in bytes (the oldest telemetry is dropped beyond it).") var outboxBytes = 1 << 20
         @Option(help: "Longest wait between reconnection attempts, in seconds.") var reconnectMax: Double = 60
+        @Option(help: "Seconds between connection reports (events/connections); 0: none.")
+        var inventoryInterval: Double = 3600
 
         func run() async throws {
             let parts = mqtt.split(separator: ":")
@@ -240,6 +242,7 @@ struct AgentCommand: AsyncParsableCommand {
             configuration.commandTimeoutSeconds = commandTimeout
             configuration.outboxBytes = outboxBytes
             configuration.reconnectMaximumSeconds = reconnectMax
+            configuration.inventoryIntervalSeconds = inventoryInterval
             let handler = self.handler.map {
                 ProcessCommandHandler(executable: $0, timeoutSeconds: commandTimeout).handler
             }
@@ -283,6 +286,7 @@ struct AgentCommand: AsyncParsableCommand {
             print(
                 "outbox        \(status["outboxDepth"] as? Int ?? 0) waiting, \(status["dropped"] as? Int ?? 0) dropped"
             )
+            print("inventory     \(status["lastInventory"] as? String ?? "none reported yet")")
             if let error = status["lastError"] as? String { print("last error    \(error)") }
             guard connected, notAfter > Date() else { throw ExitCode(1) }
         }

@@ -232,6 +232,13 @@ public final class GatewayPipeline: Sendable {
         offence(.invalidMessage, device, now: now, problem: problem, stage: .size, detail: detail)
     }
 
+    /// An egress violation the agent's connection report showed: counted toward quarantine only when the policy
+    /// has a threshold for it. Returns when the device was quarantined by it.
+    public func egressViolation(_ device: DeviceID, now: GatewayTime) -> Int64? {
+        guard policy.quarantine.thresholds[.egress] != nil else { return nil }
+        return quarantine.record(.egress, device: device, now: now.unixSeconds).quarantinedUntil
+    }
+
     /// The size stage for a body refused while it was still arriving (it is never buffered whole).
     public func oversized(_ device: DeviceID, now: GatewayTime) -> Refusal {
         offence(

@@ -7,6 +7,8 @@ public enum Offence: String, Sendable, CaseIterable {
     case invalidMessage = "invalid-message"
     case replay = "replay"
     case badSignature = "bad-signature"
+    /// A destination outside the device class's egress policy (counted only when `gateway.quarantine.egress` is set).
+    case egress = "egress-violation"
 }
 
 /// Thresholds per minute and how long a quarantine lasts.

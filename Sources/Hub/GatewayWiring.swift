@@ -26,6 +26,8 @@ public struct GatewaySettings: Sendable, Equatable {
     public var quarantineInvalid = 20
     public var quarantineReplay = 5
     public var quarantineBadSignature = 5
+    /// Egress violations per minute that quarantine a device; nil: they are only reported.
+    public var quarantineEgress: Int?
     public var requireSchema = false
     public var jsonMaxDepth = 16
     public var jsonMaxMembers = 1000
@@ -42,11 +44,12 @@ public struct GatewaySettings: Sendable, Equatable {
         policy.messagesPerSource = RateLimit(rate: sourceRate, burst: sourceBurst)
         policy.connectionsPerSource = RateLimit(rate: connectionRate, burst: connectionBurst)
         policy.signatures = MessageSignatureProfile(maxSkewSeconds: Int64(signatureSkewSeconds))
-        policy.quarantine = QuarantinePolicy(
-            thresholds: [
-                .rateLimited: quarantineRateLimited, .invalidMessage: quarantineInvalid, .replay: quarantineReplay,
-                .badSignature: quarantineBadSignature,
-            ], durationSeconds: Int64(quarantineSeconds))
+        var thresholds: [Offence: Int] = [
+            .rateLimited: quarantineRateLimited, .invalidMessage: quarantineInvalid, .replay: quarantineReplay,
+            .badSignature: quarantineBadSignature,
+        ]
+        if let quarantineEgress { thresholds[.egress] = quarantineEgress }
+        policy.quarantine = QuarantinePolicy(thresholds: thresholds, durationSeconds: Int64(quarantineSeconds))
         policy.requireSchema = requireSchema
         policy.json = StrictJSON(
             maxDepth: jsonMaxDepth, maxMembers: jsonMaxMembers, maxStringBytes: jsonMaxStringBytes,
@@ -65,7 +68,8 @@ public struct GatewaySettings: Sendable, Equatable {
             throw HubStartupError("gateway.signatureSkewSeconds must be between 1 and 3600")
         }
         guard (1...(30 * 86400)).contains(quarantineSeconds),
-            [quarantineRateLimited, quarantineInvalid, quarantineReplay, quarantineBadSignature].allSatisfy({ $0 >= 1 })
+            [quarantineRateLimited, quarantineInvalid, quarantineReplay, quarantineBadSignature, quarantineEgress ?? 1]
+                .allSatisfy({ $0 >= 1 })
         else { throw HubStartupError("gateway.quarantine* thresholds must be at least 1 and the duration 1 s-30 days") }
         guard (1...64).contains(jsonMaxDepth), (1...100_000).contains(jsonMaxMembers) else {
             throw HubStartupError("gateway.jsonMaxDepth must be 1-64 and gateway.jsonMaxMembers 1-100000")
@@ -237,6 +241,10 @@ extension HubServer {
         (
             "command-result",
             #"{"type":"object","required":["command","exitCode","timedOut"],"additionalProperties":false,"properties":{"command":{"type":"string","maxLength":64},"exitCode":{"type":"integer"},"timedOut":{"type":"boolean"},"output":{"type":"string","maxLength":4096}}}"#
-        )
+        ),
+        (
+            EgressMonitor.messageType,
+            #"{"type":"object","required":["established","listening"],"additionalProperties":false,"properties":{"established":{"type":"array","maxItems":256,"items":{"type":"object","required":["proto","address","port"],"additionalProperties":false,"properties":{"proto":{"enum":["tcp","tcp6","udp","udp6"]},"address":{"type":"string","maxLength":45},"port":{"type":"integer","minimum":0,"maximum":65535},"count":{"type":"integer","minimum":1}}}},"listening":{"type":"array","maxItems":256,"items":{"type":"object","required":["proto","address","port"],"additionalProperties":false,"properties":{"proto":{"enum":["tcp","tcp6","udp","udp6"]},"address":{"type":"string","maxLength":45},"port":{"type":"integer","minimum":0,"maximum":65535},"count":{"type":"integer","minimum":1}}}}}}"#
+        ),
     ]
 }

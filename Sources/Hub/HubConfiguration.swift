@@ -143,6 +143,7 @@ public struct HubConfiguration: Sendable, Equatable {
         gateway.quarantineReplay = reader.int(forKey: "gateway.quarantine.replay", default: gateway.quarantineReplay)
         gateway.quarantineBadSignature = reader.int(
             forKey: "gateway.quarantine.badSignature", default: gateway.quarantineBadSignature)
+        gateway.quarantineEgress = reader.int(forKey: "gateway.quarantine.egress")
         gateway.requireSchema = reader.bool(forKey: "gateway.requireSchema", default: gateway.requireSchema)
         gateway.jsonMaxDepth = reader.int(forKey: "gateway.jsonMaxDepth", default: gateway.jsonMaxDepth)
         gateway.jsonMaxMembers = reader.int(forKey: "gateway.jsonMaxMembers", default: gateway.jsonMaxMembers)

@@ -88,6 +88,8 @@ public final class HubServer: Sendable {
         let (ports, portsContinuation) = AsyncStream.makeStream(of: (String, Int).self)
         self.ports = ports
         let cache = PeerCertificateCache()
+        let egress = EgressMonitor(
+            store: store, gateway: gateway, recorder: GatewayRecorder(store: store, logger: logger))
 
         func application(
             name: String, listener: HubConfiguration.Listener, role: ClientCertificatePolicy.Role,
@@ -154,7 +156,7 @@ public final class HubServer: Sendable {
                 renewal: RenewalSettings(
                     authority: credentials.authority, renewals: renewals,
                     certificateDays: configuration.deviceCertificateDays,
-                    graceSeconds: configuration.renewalGraceSeconds)
+                    graceSeconds: configuration.renewalGraceSeconds), egress: egress
             ).register(on: $0)
         }
         let rids = RIDDirectory(store: store, logger: logger)
@@ -186,7 +188,7 @@ public final class HubServer: Sendable {
         let mqtt = MQTTListener(
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
             revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,
-            settings: configuration.mqttSettings, renewals: renewals,
+            settings: configuration.mqttSettings, renewals: renewals, egress: egress,
             logger: {
                 var mqttLogger = logger
                 mqttLogger[metadataKey: "listener"] = "mqtt"

@@ -29,6 +29,7 @@ struct MQTTListener: Service {
     let gateway: GatewayPipeline
     let settings: MQTTSettings
     let renewals: CertificateRenewals
+    let egress: EgressMonitor
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
     let connections: ConnectionCounter
@@ -45,7 +46,8 @@ struct MQTTListener: Service {
     init(
         host: String, port: Int, credentials: HubCredentials, revocations: RevocationList, store: any HubStore,
         rids: RIDDirectory, broker: MQTTBroker, gateway: GatewayPipeline, settings: MQTTSettings,
-        renewals: CertificateRenewals, logger: Logger, onBound: @escaping @Sendable (Int) -> Void
+        renewals: CertificateRenewals, egress: EgressMonitor, logger: Logger,
+        onBound: @escaping @Sendable (Int) -> Void
     ) {
         self.host = host
         self.port = port
@@ -57,6 +59,7 @@ struct MQTTListener: Service {
         self.gateway = gateway
         self.settings = settings
         self.renewals = renewals
+        self.egress = egress
         self.logger = logger
         self.onBound = onBound
         self.connections = ConnectionCounter(
@@ -733,11 +736,13 @@ struct MQTTConnection {
                 let writes = listener.counterWrites
                 let counter = admitted.counter
                 if let counter { writes.begin(device, counter) }
+                let egress = admitted.messageType == EgressMonitor.messageType ? listener.egress : nil
                 let write = Task {
                     defer { if let counter { writes.end(device, counter) } }
                     do {
                         _ = try await store.appendTelemetry(record)
                         writes.succeeded(device, counter)
+                        await egress?.observe(device, body: record.body, correlationID: correlationID)
                         return true
                     } catch {
                         release()

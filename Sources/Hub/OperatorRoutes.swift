@@ -39,6 +39,14 @@ struct OperatorRoutes {
         router.put("/v1/schemas/:name") { request, context in try await putSchema(request, context) }
         router.get("/v1/schemas") { _, context in try await listSchemas(context) }
         router.post("/v1/devices/:id/commands/:name") { request, context in try await command(request, context) }
+        router.put("/v1/devices/:id/class") { request, context in try await setClass(request, context) }
+        router.get("/v1/policies/egress") { _, context in try await egressPolicies(context) }
+        router.post("/v1/policies/egress/:class") { request, context in
+            try await changeEgress(request, context, add: true)
+        }
+        router.post("/v1/policies/egress/:class/remove") { request, context in
+            try await changeEgress(request, context, add: false)
+        }
     }
 
     /// Lifts a device's quarantine (and its rate-limit state), persistently; a security event either way.
@@ -53,6 +61,53 @@ struct OperatorRoutes {
                 correlationID: context.correlationID.rawValue,
                 detail: "by \(operatorName)\(wasQuarantined ? "" : " (was not quarantined)")"))
         return try JSONResponse.make(.ok, ["id": deviceID.rawValue, "wasQuarantined": wasQuarantined])
+    }
+
+    /// Puts a device in a class (its egress policy), `{"class": NAME}`, or out of it, `{"class": null}`.
+    func setClass(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        let operatorName = try requireOperator(context)
+        let deviceID = try await enrolledDevice(context, for: "class")
+        let object = try await jsonObject(request)
+        let name = object["class"] as? String
+        if let name, !GatewayPipeline.isValidMessageType(name) {
+            throw Self.invalid("class names are 1-64 characters of a-z 0-9 . _ -")
+        }
+        guard name != nil || object["class"] is NSNull else { throw Self.invalid("the body is {\"class\": NAME}") }
+        try await store.setDeviceClass(deviceID, class: name)
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "device-class-set", identity: Identity.device(deviceID).uri,
+                correlationID: context.correlationID.rawValue, detail: "\(name ?? "none") by \(operatorName)"))
+        return try JSONResponse.make(.ok, ["id": deviceID.rawValue, "class": name.map { $0 as Any } ?? NSNull()])
+    }
+
+    func egressPolicies(_ context: HubRequestContext) async throws -> Response {
+        _ = try requireOperator(context)
+        return try JSONResponse.make(.ok, try await store.egressRules())
+    }
+
+    /// Adds or removes an egress rule of a class (`{"rule": RULE}`, see `EgressRule`); audited.
+    func changeEgress(_ request: Request, _ context: HubRequestContext, add: Bool) async throws -> Response {
+        let operatorName = try requireOperator(context)
+        guard let name = context.parameters.get("class"), GatewayPipeline.isValidMessageType(name) else {
+            throw Self.invalid("class names are 1-64 characters of a-z 0-9 . _ -")
+        }
+        guard let rule = try await jsonObject(request)["rule"] as? String else {
+            throw Self.invalid("the body is {\"rule\": RULE}")
+        }
+        do { _ = try EgressRule(rule) } catch { throw Self.invalid("rule \(rule): \(error)") }
+        let changed =
+            add
+            ? try await store.addEgressRule(class: name, rule: rule)
+            : try await store.removeEgressRule(class: name, rule: rule)
+        if changed {
+            try await store.recordSecurityEvent(
+                SecurityEvent(
+                    at: Date(), kind: "egress-policy-changed", identity: nil,
+                    correlationID: context.correlationID.rawValue,
+                    detail: "\(add ? "allowed" : "removed") \(rule) for class \(name) by \(operatorName)"))
+        }
+        return try JSONResponse.make(.ok, ["class": name, "rules": try await store.egressRules()[name] ?? []])
     }
 
     /// Sends a command to a device over MQTT: `devices/<id>/commands/<name>`, QoS 1, the body as the payload
@@ -193,6 +248,14 @@ struct OperatorRoutes {
             ] as [String: Any]
         }
         summary["telemetryCount"] = try await store.telemetryCount(of: deviceID)
+        summary["class"] = try await store.deviceClass(deviceID).map { $0 as Any } ?? NSNull()
+        summary["destinations"] = try await store.destinations(of: deviceID).map {
+            [
+                "listening": $0.listening, "proto": $0.proto, "address": $0.address, "port": $0.port,
+                "firstSeen": JSONResponse.timestamp($0.firstSeen), "lastSeen": JSONResponse.timestamp($0.lastSeen),
+                "reports": $0.reports,
+            ] as [String: Any]
+        }
         return try JSONResponse.make(.ok, summary)
     }
 

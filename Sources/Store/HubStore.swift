@@ -25,6 +25,18 @@ public protocol HubStore: Sendable {
     /// Revokes the certificate a renewal replaced and forgets the renewal, in one transaction; returns the revoked
     /// serial, or nil when the renewal was already completed.
     func completeRenewal(newSerialHex: String, at: Date) async throws -> String?
+    /// A device's class (for its egress policy); nil removes it.
+    func setDeviceClass(_ device: DeviceID, class: String?) async throws
+    func deviceClass(_ device: DeviceID) async throws -> String?
+    /// Egress rules per device class; add and remove say whether anything changed.
+    func addEgressRule(class: String, rule: String) async throws -> Bool
+    func removeEgressRule(class: String, rule: String) async throws -> Bool
+    func egressRules() async throws -> [String: [String]]
+    /// Records the destinations of one connection report (at most `DestinationRecord` per device: 1,024 kept).
+    func recordDestinations(
+        _ device: DeviceID, _ seen: [(listening: Bool, proto: String, address: String, port: Int)], at: Date
+    ) async throws
+    func destinations(of device: DeviceID) async throws -> [DestinationRecord]
     func device(_ id: DeviceID) async throws -> DeviceRecord?
     func devices() async throws -> [DeviceRecord]
     func certificates(of device: DeviceID) async throws -> [CertificateRecord]

@@ -14,6 +14,9 @@ public actor InMemoryHubStore: HubStore {
     private var quarantineRecords: [DeviceID: Int64] = [:]
     private var schemaRecords: [String: [UInt8]] = [:]
     private var renewals: [String: PendingRenewal] = [:]
+    private var classes: [DeviceID: String] = [:]
+    private var rules: [String: [String]] = [:]
+    private var seen: [DeviceID: [String: DestinationRecord]] = [:]
 
     public init() {}
 
@@ -93,6 +96,53 @@ public actor InMemoryHubStore: HubStore {
             certificateRecords[renewal.previousSerialHex] = previous
         }
         return renewal.previousSerialHex
+    }
+
+    public func setDeviceClass(_ device: DeviceID, class name: String?) async throws {
+        guard deviceRecords[device] != nil else { throw StoreError(.notFound, "no such device") }
+        classes[device] = name
+    }
+
+    public func deviceClass(_ device: DeviceID) async throws -> String? { classes[device] }
+
+    public func addEgressRule(class name: String, rule: String) async throws -> Bool {
+        guard !(rules[name] ?? []).contains(rule) else { return false }
+        rules[name, default: []].append(rule)
+        return true
+    }
+
+    public func removeEgressRule(class name: String, rule: String) async throws -> Bool {
+        guard let index = rules[name]?.firstIndex(of: rule) else { return false }
+        rules[name]?.remove(at: index)
+        if rules[name]?.isEmpty == true { rules[name] = nil }
+        return true
+    }
+
+    public func egressRules() async throws -> [String: [String]] { rules }
+
+    public func recordDestinations(
+        _ device: DeviceID, _ destinations: [(listening: Bool, proto: String, address: String, port: Int)], at: Date
+    ) async throws {
+        var known = seen[device] ?? [:]
+        for destination in destinations {
+            let key = "\(destination.listening) \(destination.proto) \(destination.address) \(destination.port)"
+            if var record = known[key] {
+                record.lastSeen = at
+                record.reports += 1
+                known[key] = record
+            } else if known.count < 1024 {
+                known[key] = DestinationRecord(
+                    listening: destination.listening, proto: destination.proto, address: destination.address,
+                    port: destination.port, firstSeen: at, lastSeen: at, reports: 1)
+            }
+        }
+        seen[device] = known
+    }
+
+    public func destinations(of device: DeviceID) async throws -> [DestinationRecord] {
+        (seen[device] ?? [:]).values.sorted {
+            ($0.listening ? 1 : 0, $0.address, $0.port) < ($1.listening ? 1 : 0, $1.address, $1.port)
+        }
     }
 
     public func device(_ id: DeviceID) async throws -> DeviceRecord? { deviceRecords[id] }

@@ -35,6 +35,29 @@ public struct PendingRenewal: Sendable, Equatable {
     }
 }
 
+/// A destination a device's agent reported, as the hub keeps it: when first and last seen, in how many reports.
+public struct DestinationRecord: Sendable, Equatable {
+    public var listening: Bool
+    public var proto: String
+    public var address: String
+    public var port: Int
+    public var firstSeen: Date
+    public var lastSeen: Date
+    public var reports: Int
+
+    public init(
+        listening: Bool, proto: String, address: String, port: Int, firstSeen: Date, lastSeen: Date, reports: Int
+    ) {
+        self.listening = listening
+        self.proto = proto
+        self.address = address
+        self.port = port
+        self.firstSeen = firstSeen
+        self.lastSeen = lastSeen
+        self.reports = reports
+    }
+}
+
 /// A certificate the hub issued. `subject` is the identity URI; `deviceID` is set for device certificates.
 public struct CertificateRecord: Sendable, Equatable {
     public var serialHex: String

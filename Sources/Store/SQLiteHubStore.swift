@@ -136,6 +136,31 @@ public final class SQLiteHubStore: HubStore {
                     );
                     """)
         }
+        migrator.registerMigration("v6: connection inventory and egress policy") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE device_classes (
+                        device_id TEXT PRIMARY KEY NOT NULL REFERENCES devices(id),
+                        class TEXT NOT NULL
+                    );
+                    CREATE TABLE egress_rules (
+                        class TEXT NOT NULL,
+                        rule TEXT NOT NULL,
+                        PRIMARY KEY (class, rule)
+                    );
+                    CREATE TABLE device_destinations (
+                        device_id TEXT NOT NULL REFERENCES devices(id),
+                        listening INTEGER NOT NULL,
+                        proto TEXT NOT NULL,
+                        address TEXT NOT NULL,
+                        port INTEGER NOT NULL,
+                        first_seen INTEGER NOT NULL,
+                        last_seen INTEGER NOT NULL,
+                        reports INTEGER NOT NULL,
+                        PRIMARY KEY (device_id, listening, proto, address, port)
+                    );
+                    """)
+        }
         return migrator
     }
 
@@ -153,6 +178,102 @@ public final class SQLiteHubStore: HubStore {
 
     public func addCertificate(_ certificate: CertificateRecord) async throws {
         try await write { db in try Self.insert(certificate, db) }
+    }
+
+    public func setDeviceClass(_ device: DeviceID, class name: String?) async throws {
+        try await write { db in
+            guard try Row.fetchOne(db, sql: "SELECT id FROM devices WHERE id = ?", arguments: [device.rawValue]) != nil
+            else { throw StoreError(.notFound, "no such device") }
+            if let name {
+                try db.execute(
+                    sql: """
+                        INSERT INTO device_classes (device_id, class) VALUES (?, ?)
+                        ON CONFLICT(device_id) DO UPDATE SET class = excluded.class
+                        """,
+                    arguments: [device.rawValue, name])
+            } else {
+                try db.execute(sql: "DELETE FROM device_classes WHERE device_id = ?", arguments: [device.rawValue])
+            }
+        }
+    }
+
+    public func deviceClass(_ device: DeviceID) async throws -> String? {
+        try await read { db in
+            try String.fetchOne(
+                db, sql: "SELECT class FROM device_classes WHERE device_id = ?", arguments: [device.rawValue])
+        }
+    }
+
+    public func addEgressRule(class name: String, rule: String) async throws -> Bool {
+        try await write { db in
+            try db.execute(
+                sql: "INSERT OR IGNORE INTO egress_rules (class, rule) VALUES (?, ?)", arguments: [name, rule])
+            return db.changesCount == 1
+        }
+    }
+
+    public func removeEgressRule(class name: String, rule: String) async throws -> Bool {
+        try await write { db in
+            try db.execute(sql: "DELETE FROM egress_rules WHERE class = ? AND rule = ?", arguments: [name, rule])
+            return db.changesCount == 1
+        }
+    }
+
+    public func egressRules() async throws -> [String: [String]] {
+        try await read { db in
+            var rules: [String: [String]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT class, rule FROM egress_rules ORDER BY class, rowid") {
+                rules[row["class"] as String, default: []].append(row["rule"])
+            }
+            return rules
+        }
+    }
+
+    public func recordDestinations(
+        _ device: DeviceID, _ destinations: [(listening: Bool, proto: String, address: String, port: Int)], at: Date
+    ) async throws {
+        try await write { db in
+            let known =
+                try Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM device_destinations WHERE device_id = ?",
+                    arguments: [device.rawValue]) ?? 0
+            for destination in destinations {
+                let arguments: StatementArguments = [
+                    device.rawValue, destination.listening, destination.proto, destination.address, destination.port,
+                ]
+                try db.execute(
+                    sql: """
+                        UPDATE device_destinations SET last_seen = ?, reports = reports + 1
+                        WHERE device_id = ? AND listening = ? AND proto = ? AND address = ? AND port = ?
+                        """,
+                    arguments: [at.millis] + arguments)
+                if db.changesCount == 0, known < 1024 {
+                    try db.execute(
+                        sql: """
+                            INSERT INTO device_destinations
+                                (device_id, listening, proto, address, port, first_seen, last_seen, reports)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+                            """,
+                        arguments: arguments + [at.millis, at.millis])
+                }
+            }
+        }
+    }
+
+    public func destinations(of device: DeviceID) async throws -> [DestinationRecord] {
+        try await read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM device_destinations WHERE device_id = ? ORDER BY listening, address, port
+                    """, arguments: [device.rawValue]
+            ).map { row in
+                DestinationRecord(
+                    listening: row["listening"], proto: row["proto"], address: row["address"], port: row["port"],
+                    firstSeen: Date(millis: row["first_seen"]), lastSeen: Date(millis: row["last_seen"]),
+                    reports: row["reports"])
+            }
+        }
     }
 
     public func recordRenewal(certificate: CertificateRecord, renewal: PendingRenewal) async throws -> [String] {

@@ -276,3 +276,73 @@ import X509
         #expect(done.output.contains(#"got {"a":1} for echo"#))
     }
 }
+
+/// The connection inventory: `/proc/net` parsed, and the hub's egress policy applied to the agent's reports.
+@Suite(.serialized) struct ConnectionInventoryTests {
+    static let tcp = """
+          sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+           0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+           1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
+           2: 0F02000A:C350 057100CB:01BB 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+           3: 0F02000A:C351 057100CB:01BB 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1
+           4: 0F02000A:C352 076433C6:1F90 01 00000000:00000000 00:00000000 00000000     0        0 5 1 0 20 4 30 10 -1
+           5: 0100007F:C353 0100007F:22B3 01 00000000:00000000 00:00000000 00000000     0        0 6 1 0 20 4 30 10 -1
+        """
+    static let tcp6 = """
+          sl  local_address                         remote_address                        st tx_queue rx_queue
+           0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000
+           1: B80D0120000000000000000001000000:C350 B80D0120000000000000000005000000:01BB 01 00000000:00000000
+           2: 0000000000000000FFFF00000F02000A:C351 0000000000000000FFFF0000057100CB:01BB 01 00000000:00000000
+        """
+
+    @Test func procNetIsParsed() throws {
+        let v4 = ConnectionInventory.parse(Self.tcp, proto: "tcp")
+        #expect(v4.listening.map(\.port) == [22], "the loopback listener is left out")
+        #expect(
+            v4.established.map { "\($0.address):\($0.port)" } == [
+                "203.0.113.5:443", "203.0.113.5:443", "198.51.100.7:8080",
+            ])
+        let v6 = ConnectionInventory.parse(Self.tcp6, proto: "tcp6")
+        #expect(v6.listening.map(\.address) == ["::"])
+        #expect(v6.established.map(\.address) == ["2001:db8::5", "203.0.113.5"], "mapped IPv4 as IPv4")
+    }
+
+    @Test func violationsAreReportedOnceAnHourAndCanQuarantine() async throws {
+        let proc = try temporaryDirectory("proc")
+        try FileManager.default.createDirectory(atPath: proc + "/net", withIntermediateDirectories: true)
+        try Self.tcp.write(toFile: proc + "/net/tcp", atomically: true, encoding: .utf8)
+        let hub = try await TestHub.start { $0.gateway.quarantineEgress = 3 }
+        let device = try await hub.enroll("inv-1")
+        let cli = PairingEndToEndTests.CLI(binary: try HubProcessTests.binary, hub: hub)
+        #expect(try await cli.run(["policy", "egress", "add", "camera", "203.0.113.0/24:443"]).status == 0)
+        #expect(try await cli.run(["policy", "egress", "add", "camera", "listen:22"]).status == 0)
+        #expect(try await cli.run(["policy", "egress", "add", "camera", "hub.example:443"]).status != 0, "no names")
+        #expect(try await cli.run(["device", "set-class", "inv-1", "camera"]).status == 0)
+        let state = try AgentTests.stateDirectory(hub, device)
+        var configuration = AgentTests.configuration(hub, state)
+        configuration.procRoot = proc
+        configuration.inventoryIntervalSeconds = 0.3
+        let agent = try Agent(configuration: configuration)
+        let running = Task { try await agent.run() }
+        let id = try DeviceID("inv-1")
+        #expect(
+            try await AgentTests.eventually {
+                try await hub.server.store.destinations(of: id).first { $0.port == 8080 }?.reports ?? 0 >= 3
+            })
+        let shown = jsonObject(try await hub.operatorRequest("GET", "/v1/devices/inv-1"))
+        #expect(shown["class"] as? String == "camera")
+        let destinations = shown["destinations"] as? [[String: Any]] ?? []
+        #expect(
+            Set(destinations.map { "\($0["address"] ?? ""):\($0["port"] ?? "")" }) == [
+                "203.0.113.5:443", "198.51.100.7:8080", "0.0.0.0:22",
+            ])
+        let violations = try await hub.securityEvents().filter { $0.kind == "egress-violation" }
+        #expect(violations.count == 1, "once per destination and hour")
+        #expect(violations.first?.detail.contains("198.51.100.7:8080") == true)
+        #expect(hub.server.gateway.quarantine.isQuarantined(id, now: Int64(Date().timeIntervalSince1970)))
+        await agent.stop()
+        running.cancel()
+        _ = try? await running.value
+        try await hub.stop()
+    }
+}

@@ -42,6 +42,25 @@ final class FaultyStore: HubStore {
     func completeRenewal(newSerialHex: String, at: Date) async throws -> String? {
         try await base.completeRenewal(newSerialHex: newSerialHex, at: at)
     }
+    func setDeviceClass(_ device: DeviceID, class name: String?) async throws {
+        try await base.setDeviceClass(device, class: name)
+    }
+    func deviceClass(_ device: DeviceID) async throws -> String? { try await base.deviceClass(device) }
+    func addEgressRule(class name: String, rule: String) async throws -> Bool {
+        try await base.addEgressRule(class: name, rule: rule)
+    }
+    func removeEgressRule(class name: String, rule: String) async throws -> Bool {
+        try await base.removeEgressRule(class: name, rule: rule)
+    }
+    func egressRules() async throws -> [String: [String]] { try await base.egressRules() }
+    func recordDestinations(
+        _ device: DeviceID, _ seen: [(listening: Bool, proto: String, address: String, port: Int)], at: Date
+    ) async throws {
+        try await base.recordDestinations(device, seen, at: at)
+    }
+    func destinations(of device: DeviceID) async throws -> [DestinationRecord] {
+        try await base.destinations(of: device)
+    }
     func device(_ id: DeviceID) async throws -> DeviceRecord? { try await base.device(id) }
     func devices() async throws -> [DeviceRecord] { try await base.devices() }
     func certificates(of device: DeviceID) async throws -> [CertificateRecord] {

@@ -106,6 +106,32 @@ import Testing
     }
 
     @Test(arguments: Backend.allCases)
+    func classesRulesAndDestinations(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        let device = try DeviceID("e")
+        await #expect(throws: StoreError.self) { try await store.setDeviceClass(device, class: "camera") }
+        try await store.enroll(device: device, certificate: Self.certificate("01", device: device), at: Date())
+        try await store.setDeviceClass(device, class: "camera")
+        #expect(try await store.deviceClass(device) == "camera")
+        #expect(try await store.addEgressRule(class: "camera", rule: "10.0.0.0/8"))
+        #expect(try await !store.addEgressRule(class: "camera", rule: "10.0.0.0/8"), "once")
+        #expect(try await store.addEgressRule(class: "camera", rule: "listen:22"))
+        #expect(try await store.egressRules() == ["camera": ["10.0.0.0/8", "listen:22"]])
+        #expect(try await store.removeEgressRule(class: "camera", rule: "10.0.0.0/8"))
+        #expect(try await !store.removeEgressRule(class: "camera", rule: "10.0.0.0/8"))
+        let t0 = Date(timeIntervalSince1970: 1_800_000_000)
+        try await store.recordDestinations(
+            device, [(false, "tcp", "203.0.113.5", 443), (true, "tcp", "0.0.0.0", 22)], at: t0)
+        try await store.recordDestinations(device, [(false, "tcp", "203.0.113.5", 443)], at: t0 + 60)
+        let seen = try await store.destinations(of: device)
+        #expect(seen.count == 2)
+        let web = try #require(seen.first { !$0.listening })
+        #expect(web.reports == 2 && web.firstSeen == t0 && web.lastSeen == t0 + 60)
+        try await store.setDeviceClass(device, class: nil)
+        #expect(try await store.deviceClass(device) == nil)
+    }
+
+    @Test(arguments: Backend.allCases)
     func enrollRevokeAndReEnroll(_ backend: Backend) async throws {
         let (store, _) = try Self.open(backend)
         let a = try DeviceID("a")
