@@ -12,12 +12,15 @@ public struct GatewayPolicy: Sendable {
     public var messagesPerDevice = RateLimit(rate: 10, burst: 20)
     /// Messages per device and route (or topic class).
     public var messagesPerRoute = RateLimit(rate: 10, burst: 20)
+    /// Routes with a limit of their own instead of `messagesPerRoute`: update downloads come in bursts (a TUF refresh,
+    /// then the target, resumed by ranges).
+    public var routeLimits: [String: RateLimit] = ["updates": RateLimit(rate: 20, burst: 60)]
     public var maxBodyBytes = 64 * 1024
     public var json = StrictJSON()
     public var signatures = MessageSignatureProfile()
     public var quarantine = QuarantinePolicy()
     /// Routes (or topic classes) a device may send to.
-    public var deviceRoutes: Set<String> = ["telemetry", "device", "events", "state", "certificate"]
+    public var deviceRoutes: Set<String> = ["telemetry", "device", "events", "state", "certificate", "updates"]
     /// The message type used when a message names none.
     public var defaultMessageType = "telemetry"
     /// Refuse message types that have no registered schema (the default type is always allowed).
@@ -129,6 +132,7 @@ public final class GatewayPipeline: Sendable {
     public let sourceLimiter: RateLimiterTable<String>
     public let deviceLimiter: RateLimiterTable<DeviceID>
     public let routeLimiter: RateLimiterTable<RouteKey>
+    let ownRouteLimiters: [String: RateLimiterTable<DeviceID>]
     public let nonces: NonceLedger
     public let counters = CounterWindows()
     public let quarantine: QuarantineBook
@@ -145,6 +149,7 @@ public final class GatewayPipeline: Sendable {
         sourceLimiter = RateLimiterTable(limit: policy.messagesPerSource)
         deviceLimiter = RateLimiterTable(limit: policy.messagesPerDevice)
         routeLimiter = RateLimiterTable(limit: policy.messagesPerRoute)
+        ownRouteLimiters = policy.routeLimits.mapValues { RateLimiterTable(limit: $0) }
         // Each device can hold at most (burst + rate × retention) live nonces, since every one came with an admitted
         // request; the whole ledger is capped at 4 million entries (about 400 MB at most).
         let retention = 2 * policy.signatures.maxSkewSeconds + 1
@@ -276,8 +281,13 @@ public final class GatewayPipeline: Sendable {
         if case .deny(let wait) = deviceLimiter.decide(device, now: now.monotonicNanos) {
             throw rateLimited(device, "device", policy.messagesPerDevice, wait, now)
         }
-        let routeKey = RouteKey(device: device, route: message.route)
-        if case .deny(let wait) = routeLimiter.decide(routeKey, now: now.monotonicNanos) {
+        if let own = ownRouteLimiters[message.route], let limit = policy.routeLimits[message.route] {
+            if case .deny(let wait) = own.decide(device, now: now.monotonicNanos) {
+                throw rateLimited(device, "route", limit, wait, now)
+            }
+        } else if case .deny(let wait) = routeLimiter.decide(
+            RouteKey(device: device, route: message.route), now: now.monotonicNanos)
+        {
             throw rateLimited(device, "route", policy.messagesPerRoute, wait, now)
         }
         if case .deny(let wait) = sourceLimiter.decide(message.source, now: now.monotonicNanos) {

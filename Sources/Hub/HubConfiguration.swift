@@ -34,6 +34,9 @@ public struct HubConfiguration: Sendable, Equatable {
     /// valid when the device does not use the new one (`pki.deviceCertificateDays`, `pki.renewalGraceSeconds`).
     public var deviceCertificateDays = 90
     public var renewalGraceSeconds = 86_400.0
+    /// Update downloads in progress at once, in all and per device (`updates.maxDownloads*`).
+    public var maxDownloads = 256
+    public var maxDownloadsPerDevice = 2
     /// Deadlines and connection caps of the device and operator HTTPS listeners (`http.*`).
     public var httpLimits = HTTPLimits()
     /// Connection caps and the hello deadline of the pairing listener (`pairing.*`).
@@ -105,6 +108,9 @@ public struct HubConfiguration: Sendable, Equatable {
             forKey: "pki.deviceCertificateDays", default: config.deviceCertificateDays)
         config.renewalGraceSeconds = reader.double(
             forKey: "pki.renewalGraceSeconds", default: config.renewalGraceSeconds)
+        config.maxDownloads = reader.int(forKey: "updates.maxDownloads", default: config.maxDownloads)
+        config.maxDownloadsPerDevice = reader.int(
+            forKey: "updates.maxDownloadsPerDevice", default: config.maxDownloadsPerDevice)
         var http = HTTPLimits()
         http.handshakeSeconds = reader.double(forKey: "http.handshakeSeconds", default: http.handshakeSeconds)
         http.headerSeconds = reader.double(forKey: "http.headerSeconds", default: http.headerSeconds)
@@ -228,6 +234,9 @@ public struct HubConfiguration: Sendable, Equatable {
         try pairingSettings.validate()
         try validateCRL()
         try httpLimits.validate()
+        guard (1...100_000).contains(maxDownloads), (1...100).contains(maxDownloadsPerDevice) else {
+            throw HubStartupError("updates.maxDownloads must be 1-100000 and updates.maxDownloadsPerDevice 1-100")
+        }
         guard (1...397).contains(deviceCertificateDays), (0...(30 * 86_400)).contains(renewalGraceSeconds) else {
             throw HubStartupError("pki.deviceCertificateDays must be 1-397 and pki.renewalGraceSeconds 0-2592000")
         }

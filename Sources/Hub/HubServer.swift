@@ -158,6 +158,13 @@ public final class HubServer: Sendable {
                     certificateDays: configuration.deviceCertificateDays,
                     graceSeconds: configuration.renewalGraceSeconds), egress: egress
             ).register(on: $0)
+            if let repository = configuration.tufRepository {
+                UpdateRoutes(
+                    repository: repository, gateway: gateway,
+                    downloads: DownloadSlots(
+                        total: configuration.maxDownloads, perDevice: configuration.maxDownloadsPerDevice)
+                ).register(on: $0)
+            }
         }
         let rids = RIDDirectory(store: store, logger: logger)
         let claims = PairingClaims(

@@ -1,0 +1,191 @@
+import Core
+import Foundation
+import Gateway
+import HTTPTypes
+import Hummingbird
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The update repository, served read-only to authenticated devices on the device listener:
+/// `GET /v1/updates/metadata/<file>` and `GET /v1/updates/targets/<path>` from the published repository
+/// (`tuf.repository`: `metadata/`, `targets/`; never `staged/`). Each request passes the gateway's identity,
+/// quarantine and rate-limit stages (route `updates`, with its own larger limit, `gateway.updatesRate`); the content
+/// needs no request signature (it is signed TUF metadata and hashed artifacts, and nothing is written). Paths are
+/// refused unless every segment is a plain name (no `..`, `.`, empty or percent-encoded segment, no absolute path)
+/// and every component on disk is a directory or a regular file, never a symbolic link. Targets stream from disk in
+/// chunks (the hub never holds an artifact in memory), with `ETag` and single-range `Range`/`If-Range`
+/// (RFC 9110 §13.1.5, §14). Downloads in progress are bounded per device and in all (`updates.maxDownloads*`).
+struct UpdateRoutes {
+    let repository: String
+    let gateway: GatewayPipeline
+    let downloads: DownloadSlots
+    let fileIO = FileIO()
+
+    func register(on router: Router<HubRequestContext>) {
+        router.get("/v1/updates/metadata/:file") { request, context in
+            try await serve(request, context, directory: "metadata", path: context.parameters.get("file") ?? "")
+        }
+        router.get("/v1/updates/targets/**") { request, context in
+            try await serve(
+                request, context, directory: "targets", path: context.parameters.getCatchAll().joined(separator: "/"))
+        }
+    }
+
+    func serve(_ request: Request, _ context: HubRequestContext, directory: String, path: String) async throws
+        -> Response
+    {
+        guard let peer = context.peer else { throw HubError.forbidden("no peer identity") }
+        let message = InboundMessage(
+            identity: peer.identity, route: "updates", source: context.channel.remoteAddress?.ipAddress ?? "unknown",
+            contentType: nil, messageType: nil, body: [],
+            transport: .http(
+                SignedRequest(
+                    method: "GET", path: request.uri.path, signatureInput: nil, signature: nil,
+                    contentDigest: nil), key: nil))
+        let device: DeviceID
+        switch gateway.admitEnvelope(message, now: GatewayTime.now()) {
+        case .success(let admitted): device = admitted
+        case .failure(let refusal): throw GatewayError(refusal: refusal, identity: peer.identity.uri)
+        }
+        guard let file = Self.resolve(repository + "/" + directory, path) else {
+            throw HubError(
+                .notFound, "not-found",
+                detail:
+                    "updates: \(directory)/\(MessageSignatureProfile.printable(path, limit: 120)) is not a published file",
+                event: nil)
+        }
+        let etag = "\"\(file.size)-\(file.modified)\""
+        var headers = HTTPFields()
+        headers[.eTag] = etag
+        headers[.acceptRanges] = "bytes"
+        headers[.cacheControl] = "no-cache"
+        headers[.contentType] = directory == "metadata" ? "application/json" : "application/octet-stream"
+        // If-Range (RFC 9110 §13.1.5): the range applies only while the representation is the one named.
+        var range: ClosedRange<Int>? = nil
+        if let rangeField = request.headers[.range], request.headers[.ifRange].map({ $0 == etag }) ?? true {
+            switch Self.parseRange(rangeField, size: file.size) {
+            case .none: break
+            case .unsatisfiable:
+                headers[.contentRange] = "bytes */\(file.size)"
+                return Response(status: .rangeNotSatisfiable, headers: headers)
+            case .some(let bounds): range = bounds
+            }
+        }
+        guard downloads.acquire(device) else {
+            headers[.retryAfter] = "5"
+            throw HubError(.tooManyRequests, "busy", detail: "updates: too many downloads in progress", event: nil)
+        }
+        let slots = downloads
+        let body: ResponseBody
+        do {
+            body =
+                file.size == 0
+                ? ResponseBody()
+                : try await fileIO.loadFile(path: file.path, range: range ?? 0...(file.size - 1), context: context)
+        } catch {
+            slots.release(device)
+            throw error
+        }
+        let released = ResponseBody(contentLength: body.contentLength) { writer in
+            defer { slots.release(device) }
+            try await body.write(writer)
+        }
+        if let range {
+            headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound)/\(file.size)"
+            return Response(status: .partialContent, headers: headers, body: released)
+        }
+        return Response(status: .ok, headers: headers, body: released)
+    }
+
+    struct File {
+        let path: String
+        let size: Int
+        let modified: Int64
+    }
+
+    /// The regular file at `path` below `root`, or nil when any segment is not a plain name or any component is not
+    /// a directory (or, last, a regular file): a symbolic link anywhere is refused.
+    static func resolve(_ root: String, _ path: String) -> File? {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard !segments.isEmpty, segments.count <= 16,
+            segments.allSatisfy({ segment in
+                !segment.isEmpty && segment != "." && segment != ".." && !segment.hasPrefix(".")
+                    && !segment.contains("%") && !segment.contains("\\") && segment.utf8.count <= 255
+                    && segment.unicodeScalars.allSatisfy { $0.value > 0x20 && $0.value != 0x7F }
+            })
+        else { return nil }
+        var current = root
+        var info = stat()
+        guard lstat(current, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else { return nil }
+        for (index, segment) in segments.enumerated() {
+            current += "/" + segment
+            guard lstat(current, &info) == 0 else { return nil }
+            let kind = info.st_mode & S_IFMT
+            if index == segments.count - 1 {
+                guard kind == S_IFREG else { return nil }
+            } else {
+                guard kind == S_IFDIR else { return nil }
+            }
+        }
+        return File(
+            path: current, size: Int(info.st_size),
+            modified: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec))
+    }
+
+    enum RangeRequest: Equatable {
+        case none
+        case unsatisfiable
+        case some(ClosedRange<Int>)
+    }
+
+    /// RFC 9110 §14.1.2, one range: `bytes=a-b`, `bytes=a-`, `bytes=-n`. Anything else is ignored (the whole file,
+    /// as §14.2 allows), a range that starts past the end is unsatisfiable.
+    static func parseRange(_ field: String, size: Int) -> RangeRequest {
+        guard field.hasPrefix("bytes="), !field.contains(",") else { return .none }
+        let spec = field.dropFirst("bytes=".count).trimmingCharacters(in: .whitespaces)
+        let parts = spec.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts.count == 2 else { return .none }
+        if parts[0].isEmpty {
+            guard let suffix = Int(parts[1]), suffix > 0 else { return .none }
+            guard size > 0 else { return .unsatisfiable }
+            return .some(max(0, size - suffix)...(size - 1))
+        }
+        guard let start = Int(parts[0]), start >= 0 else { return .none }
+        guard start < size else { return .unsatisfiable }
+        if parts[1].isEmpty { return .some(start...(size - 1)) }
+        guard let end = Int(parts[1]), end >= start else { return .none }
+        return .some(start...min(end, size - 1))
+    }
+}
+
+/// Downloads in progress, per device and in all.
+final class DownloadSlots: Sendable {
+    private let state = Mutex<(total: Int, perDevice: [DeviceID: Int])>((0, [:]))
+    let total: Int
+    let perDevice: Int
+
+    init(total: Int, perDevice: Int) {
+        self.total = total
+        self.perDevice = perDevice
+    }
+
+    func acquire(_ device: DeviceID) -> Bool {
+        state.withLock { state in
+            guard state.total < total, state.perDevice[device, default: 0] < perDevice else { return false }
+            state.total += 1
+            state.perDevice[device, default: 0] += 1
+            return true
+        }
+    }
+
+    func release(_ device: DeviceID) {
+        state.withLock { state in
+            state.total -= 1
+            let left = state.perDevice[device, default: 1] - 1
+            state.perDevice[device] = left > 0 ? left : nil
+        }
+    }
+}

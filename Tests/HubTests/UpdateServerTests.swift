@@ -1,0 +1,107 @@
+import Core
+import Foundation
+import Testing
+
+@testable import Hub
+
+/// The hub serves the published update repository, read-only, to authenticated devices (through the gateway's
+/// identity, quarantine and rate-limit stages), with ranges, and nothing else.
+@Suite(.serialized) struct UpdateServerTests {
+    @Test func devicesReadThePublishedRepositoryAndNothingElse() async throws {
+        guard let curl = which("curl") else {
+            Issue.record("curl is required (scripts/test installs it)")
+            return
+        }
+        let binary = try HubProcessTests.binary
+        let base = try temporaryDirectory("updates")
+        let repository = base + "/repo"
+        let keys = base + "/keys"
+        #expect(try await run(binary, ["tuf", "init", "--repo", repository, "--keys", keys]).status == 0)
+        let firmware = Array((0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        try Data(firmware).write(to: URL(fileURLWithPath: base + "/fw.bin"))
+        #expect(try await run(binary, ["tuf", "add-target", "--repo", repository, base + "/fw.bin"]).status == 0)
+        let published = try await run(binary, ["tuf", "publish", "--repo", repository, "--keys", keys])
+        #expect(published.status == 0, "\(published.stderr)")
+        // A staged edit (never served), a secret beside the repository, a link pointing at it.
+        try "{}".write(toFile: repository + "/staged/targets.json", atomically: true, encoding: .utf8)
+        try "secret".write(toFile: base + "/secret.txt", atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(
+            atPath: repository + "/targets/link.bin", withDestinationPath: base + "/secret.txt")
+        let online = base + "/online"
+        try FileManager.default.createDirectory(
+            atPath: online, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        for role in ["timestamp", "snapshot"] {
+            try FileManager.default.copyItem(atPath: "\(keys)/\(role).pem", toPath: "\(online)/\(role).pem")
+        }
+        let hub = try await TestHub.start {
+            $0.tufRepository = repository
+            $0.tufOnlineKeys = online
+        }
+        let device = try await hub.enroll("upd-1")
+        let url = "https://127.0.0.1:\(hub.devicePort)/v1/updates"
+        func fetch(_ path: String, _ extra: [String] = []) async throws -> (
+            status: String, body: String, headers: String
+        ) {
+            let headerFile = base + "/headers-\(UUID().uuidString)"
+            let result = try await run(
+                curl,
+                [
+                    "-sS", "--path-as-is", "-o", "-", "-D", headerFile, "-w", "\n%{http_code}", "--cacert",
+                    device.caFile, "--cert", device.certificateFile, "--key", device.keyFile,
+                ] + extra + [url + path])
+            let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            let headers = (try? String(contentsOfFile: headerFile, encoding: .utf8)) ?? ""
+            return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"), headers)
+        }
+        let timestamp = try await fetch("/metadata/timestamp.json")
+        #expect(timestamp.status == "200")
+        #expect(timestamp.body.contains(#""_type":"timestamp""#))
+        #expect(try await fetch("/metadata/1.root.json").status == "200")
+        let targetName = try #require(
+            try FileManager.default.contentsOfDirectory(atPath: repository + "/targets").first {
+                $0.hasSuffix(".fw.bin")
+            })
+        let whole = try await fetch("/targets/" + targetName)
+        #expect(whole.status == "200")
+        let etag =
+            whole.headers.split(separator: "\r\n").first { $0.lowercased().hasPrefix("etag:") }
+            .map { String($0.dropFirst(5)).trimmingCharacters(in: .whitespaces) } ?? "-"
+        // A range, and If-Range with the current and a stale ETag.
+        let part = try await fetch("/targets/" + targetName, ["-H", "Range: bytes=100-199"])
+        #expect(part.status == "206")
+        #expect(part.headers.lowercased().contains("content-range: bytes 100-199/300000"))
+        #expect(
+            try await fetch("/targets/" + targetName, ["-H", "Range: bytes=100-199", "-H", "If-Range: \(etag)"]).status
+                == "206")
+        #expect(
+            try await fetch("/targets/" + targetName, ["-H", "Range: bytes=100-199", "-H", "If-Range: \"stale\""])
+                .status == "200")
+        #expect(try await fetch("/targets/" + targetName, ["-H", "Range: bytes=400000-"]).status == "416")
+        // Nothing but published files.
+        for path in [
+            "/metadata/../staged/targets.json", "/metadata/%2e%2e%2fstaged%2ftargets.json", "/targets/link.bin",
+            "/targets/../../secret.txt", "/targets/.tmp", "/targets//etc/passwd", "/metadata/missing.json",
+        ] {
+            let refused = try await fetch(path)
+            #expect(refused.status == "404", "\(path): \(refused.status)")
+            #expect(!refused.body.contains("secret") && !refused.body.contains("{}"))
+        }
+        // A quarantined device gets nothing.
+        hub.server.gateway.quarantine.load(
+            [(try DeviceID("upd-1"), Int64(Date().timeIntervalSince1970) + 600)],
+            now: Int64(Date().timeIntervalSince1970))
+        #expect(try await fetch("/metadata/timestamp.json").status == "403")
+        try await hub.stop()
+    }
+
+    @Test func rangesAreParsedByTheLetter() {
+        #expect(UpdateRoutes.parseRange("bytes=0-9", size: 100) == .some(0...9))
+        #expect(UpdateRoutes.parseRange("bytes=90-", size: 100) == .some(90...99))
+        #expect(UpdateRoutes.parseRange("bytes=-10", size: 100) == .some(90...99))
+        #expect(UpdateRoutes.parseRange("bytes=50-500", size: 100) == .some(50...99))
+        #expect(UpdateRoutes.parseRange("bytes=100-", size: 100) == .unsatisfiable)
+        #expect(UpdateRoutes.parseRange("bytes=5-1", size: 100) == .none)
+        #expect(UpdateRoutes.parseRange("bytes=0-1,5-6", size: 100) == .none, "several ranges: the whole file")
+        #expect(UpdateRoutes.parseRange("items=0-1", size: 100) == .none)
+    }
+}
