@@ -11,7 +11,8 @@ struct Bulwark: AsyncParsableCommand {
         abstract: "Bulwark: the IoT security hub, its device agent and its operator CLI.",
         subcommands: [
             Serve.self, DeviceCommand.self, OperatorCommand.self, PairCommand.self, AgentCommand.self,
-            EventsCommand.self, SchemaCommand.self, AuditCommand.self, PolicyCommand.self, TUFCommand.self,
+            EventsCommand.self, SchemaCommand.self, AuditCommand.self, PolicyCommand.self, UpdatesCommand.self,
+            TUFCommand.self,
         ]
     )
 }

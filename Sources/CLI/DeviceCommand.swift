@@ -5,9 +5,21 @@ struct DeviceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "device", abstract: "Enroll, list, show and revoke devices.",
         subcommands: [
-            Enroll.self, List.self, Show.self, Revoke.self, Release.self, Command.self, SetClass.self, Label.self,
-            Send.self, Sign.self,
+            Enroll.self, List.self, Show.self, Revoke.self, Release.self, Command.self, SetClass.self, Assign.self,
+            Label.self, Send.self, Sign.self,
         ])
+
+    struct Assign: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Assign a target (a signed release) to one device (--none removes it).")
+        @OptionGroup var connection: OperatorConnection
+        @Argument var id: String
+        @Argument var target: String?
+        @Flag(help: "Remove the device's own assignment.") var none = false
+        func run() async throws {
+            try await assign(connection, path: "/v1/devices/\(pathSegment(id))/assignment", target: target, none: none)
+        }
+    }
 
     struct SetClass: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -162,7 +162,8 @@ public final class HubServer: Sendable {
                 UpdateRoutes(
                     repository: repository, gateway: gateway,
                     downloads: DownloadSlots(
-                        total: configuration.maxDownloads, perDevice: configuration.maxDownloadsPerDevice)
+                        total: configuration.maxDownloads, perDevice: configuration.maxDownloadsPerDevice),
+                    assignments: UpdateAssignments(store: store, repository: repository)
                 ).register(on: $0)
             }
         }
@@ -180,7 +181,8 @@ public final class HubServer: Sendable {
         let operatorApp = try application(name: "operator", listener: configuration.operatorAPI, role: .operator) {
             OperatorRoutes(
                 store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
-                gateway: gateway, broker: broker, crl: crl
+                gateway: gateway, broker: broker, crl: crl,
+                assignments: configuration.tufRepository.map { UpdateAssignments(store: store, repository: $0) }
             ).register(on: $0)
         }
         let pairing = PairingListener(

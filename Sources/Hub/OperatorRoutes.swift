@@ -22,8 +22,22 @@ struct OperatorRoutes {
     let gateway: GatewayPipeline
     let broker: MQTTBroker
     let crl: CRLPublisher
+    let assignments: UpdateAssignments?
 
     func register(on router: Router<HubRequestContext>) {
+        router.put("/v1/devices/:id/assignment") { request, context in
+            let device = try await enrolledDevice(context, for: "assignment")
+            return try await assign(request, context, scope: .device(device), name: "device \(device.rawValue)")
+        }
+        router.put("/v1/updates/classes/:class/assignment") { request, context in
+            guard let name = context.parameters.get("class"), GatewayPipeline.isValidMessageType(name) else {
+                throw Self.invalid("class names are 1-64 characters of a-z 0-9 . _ -")
+            }
+            return try await assign(request, context, scope: .deviceClass(name), name: "class \(name)")
+        }
+        router.put("/v1/updates/default") { request, context in
+            try await assign(request, context, scope: .fleet, name: "the fleet")
+        }
         router.get("/v1/crl") { _, context in try await currentCRL(context) }
         router.post("/v1/devices") { request, context in try await enroll(request, context) }
         router.get("/v1/devices") { _, _ in try await list() }
@@ -61,6 +75,31 @@ struct OperatorRoutes {
                 correlationID: context.correlationID.rawValue,
                 detail: "by \(operatorName)\(wasQuarantined ? "" : " (was not quarantined)")"))
         return try JSONResponse.make(.ok, ["id": deviceID.rawValue, "wasQuarantined": wasQuarantined])
+    }
+
+    /// Assigns a target to a device, a class or the fleet (`{"target": PATH}`, or `{"target": null}` to remove it). The
+    /// target must be listed in the published, signed targets metadata: the hub chooses among releases, never adds one.
+    func assign(_ request: Request, _ context: HubRequestContext, scope: AssignmentScope, name: String) async throws
+        -> Response
+    {
+        let operatorName = try requireOperator(context)
+        guard let assignments else {
+            throw HubError(
+                .conflict, "no-repository", message: "no update repository is configured (tuf.repository)",
+                detail: "assign", event: nil)
+        }
+        let object = try await jsonObject(request)
+        let target = object["target"] as? String
+        guard target != nil || object["target"] is NSNull else { throw Self.invalid("the body is {\"target\": PATH}") }
+        if let target, assignments.published(target) == nil {
+            throw Self.invalid("\(target) is not a target in the published targets metadata")
+        }
+        try await store.setAssignment(scope, target: target)
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "update-assigned", identity: nil, correlationID: context.correlationID.rawValue,
+                detail: "\(target ?? "no target") for \(name) by \(operatorName)"))
+        return try JSONResponse.make(.ok, ["scope": name, "target": target.map { $0 as Any } ?? NSNull()])
     }
 
     /// Puts a device in a class (its egress policy), `{"class": NAME}`, or out of it, `{"class": null}`.

@@ -22,9 +22,14 @@ struct UpdateRoutes {
     let repository: String
     let gateway: GatewayPipeline
     let downloads: DownloadSlots
+    let assignments: UpdateAssignments
     let fileIO = FileIO()
 
     func register(on router: Router<HubRequestContext>) {
+        router.get("/v1/updates/assignment") { request, context in
+            let device = try admit(request, context)
+            return JSONResponse.make(.ok, text: try assignments.answer(try await assignments.resolve(device)))
+        }
         router.get("/v1/updates/metadata/:file") { request, context in
             try await serve(request, context, directory: "metadata", path: context.parameters.get("file") ?? "")
         }
@@ -34,22 +39,26 @@ struct UpdateRoutes {
         }
     }
 
-    func serve(_ request: Request, _ context: HubRequestContext, directory: String, path: String) async throws
-        -> Response
-    {
+    /// The gateway's identity, quarantine, authorization and rate-limit stages for route `updates`.
+    func admit(_ request: Request, _ context: HubRequestContext) throws -> DeviceID {
         guard let peer = context.peer else { throw HubError.forbidden("no peer identity") }
         let message = InboundMessage(
             identity: peer.identity, route: "updates", source: context.channel.remoteAddress?.ipAddress ?? "unknown",
             contentType: nil, messageType: nil, body: [],
             transport: .http(
                 SignedRequest(
-                    method: "GET", path: request.uri.path, signatureInput: nil, signature: nil,
-                    contentDigest: nil), key: nil))
-        let device: DeviceID
+                    method: "GET", path: request.uri.path, signatureInput: nil, signature: nil, contentDigest: nil),
+                key: nil))
         switch gateway.admitEnvelope(message, now: GatewayTime.now()) {
-        case .success(let admitted): device = admitted
+        case .success(let admitted): return admitted
         case .failure(let refusal): throw GatewayError(refusal: refusal, identity: peer.identity.uri)
         }
+    }
+
+    func serve(_ request: Request, _ context: HubRequestContext, directory: String, path: String) async throws
+        -> Response
+    {
+        let device = try admit(request, context)
         guard let file = Self.resolve(repository + "/" + directory, path) else {
             throw HubError(
                 .notFound, "not-found",

@@ -25,6 +25,9 @@ public protocol HubStore: Sendable {
     /// Revokes the certificate a renewal replaced and forgets the renewal, in one transaction; returns the revoked
     /// serial, or nil when the renewal was already completed.
     func completeRenewal(newSerialHex: String, at: Date) async throws -> String?
+    /// The target (a path in the signed targets metadata) a scope should run; nil removes the assignment.
+    func setAssignment(_ scope: AssignmentScope, target: String?) async throws
+    func assignment(_ scope: AssignmentScope) async throws -> String?
     /// A device's class (for its egress policy); nil removes it.
     func setDeviceClass(_ device: DeviceID, class: String?) async throws
     func deviceClass(_ device: DeviceID) async throws -> String?

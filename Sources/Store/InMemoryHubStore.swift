@@ -15,6 +15,7 @@ public actor InMemoryHubStore: HubStore {
     private var schemaRecords: [String: [UInt8]] = [:]
     private var renewals: [String: PendingRenewal] = [:]
     private var classes: [DeviceID: String] = [:]
+    private var assignments: [String: String] = [:]
     private var rules: [String: [String]] = [:]
     private var seen: [DeviceID: [String: DestinationRecord]] = [:]
 
@@ -97,6 +98,15 @@ public actor InMemoryHubStore: HubStore {
         }
         return renewal.previousSerialHex
     }
+
+    public func setAssignment(_ scope: AssignmentScope, target: String?) async throws {
+        if case .device(let device) = scope, deviceRecords[device] == nil {
+            throw StoreError(.notFound, "no such device")
+        }
+        assignments[scope.key] = target
+    }
+
+    public func assignment(_ scope: AssignmentScope) async throws -> String? { assignments[scope.key] }
 
     public func setDeviceClass(_ device: DeviceID, class name: String?) async throws {
         guard deviceRecords[device] != nil else { throw StoreError(.notFound, "no such device") }

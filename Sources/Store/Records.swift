@@ -35,6 +35,21 @@ public struct PendingRenewal: Sendable, Equatable {
     }
 }
 
+/// Who an update assignment is for: one device, a device class, or the whole fleet (the default).
+public enum AssignmentScope: Sendable, Hashable {
+    case device(DeviceID)
+    case deviceClass(String)
+    case fleet
+
+    var key: String {
+        switch self {
+        case .device(let id): "device:\(id.rawValue)"
+        case .deviceClass(let name): "class:\(name)"
+        case .fleet: "fleet"
+        }
+    }
+}
+
 /// A destination a device's agent reported, as the hub keeps it: when first and last seen, in how many reports.
 public struct DestinationRecord: Sendable, Equatable {
     public var listening: Bool

@@ -161,6 +161,10 @@ public final class SQLiteHubStore: HubStore {
                     );
                     """)
         }
+        migrator.registerMigration("v7: update assignments") { db in
+            try db.execute(
+                sql: "CREATE TABLE update_assignments (scope TEXT PRIMARY KEY NOT NULL, target TEXT NOT NULL)")
+        }
         return migrator
     }
 
@@ -178,6 +182,33 @@ public final class SQLiteHubStore: HubStore {
 
     public func addCertificate(_ certificate: CertificateRecord) async throws {
         try await write { db in try Self.insert(certificate, db) }
+    }
+
+    public func setAssignment(_ scope: AssignmentScope, target: String?) async throws {
+        try await write { db in
+            if case .device(let device) = scope,
+                try Row.fetchOne(db, sql: "SELECT id FROM devices WHERE id = ?", arguments: [device.rawValue]) == nil
+            {
+                throw StoreError(.notFound, "no such device")
+            }
+            if let target {
+                try db.execute(
+                    sql: """
+                        INSERT INTO update_assignments (scope, target) VALUES (?, ?)
+                        ON CONFLICT(scope) DO UPDATE SET target = excluded.target
+                        """,
+                    arguments: [scope.key, target])
+            } else {
+                try db.execute(sql: "DELETE FROM update_assignments WHERE scope = ?", arguments: [scope.key])
+            }
+        }
+    }
+
+    public func assignment(_ scope: AssignmentScope) async throws -> String? {
+        try await read { db in
+            try String.fetchOne(
+                db, sql: "SELECT target FROM update_assignments WHERE scope = ?", arguments: [scope.key])
+        }
     }
 
     public func setDeviceClass(_ device: DeviceID, class name: String?) async throws {

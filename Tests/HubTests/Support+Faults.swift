@@ -42,6 +42,10 @@ final class FaultyStore: HubStore {
     func completeRenewal(newSerialHex: String, at: Date) async throws -> String? {
         try await base.completeRenewal(newSerialHex: newSerialHex, at: at)
     }
+    func setAssignment(_ scope: AssignmentScope, target: String?) async throws {
+        try await base.setAssignment(scope, target: target)
+    }
+    func assignment(_ scope: AssignmentScope) async throws -> String? { try await base.assignment(scope) }
     func setDeviceClass(_ device: DeviceID, class name: String?) async throws {
         try await base.setDeviceClass(device, class: name)
     }

@@ -86,6 +86,28 @@ import Testing
             #expect(refused.status == "404", "\(path): \(refused.status)")
             #expect(!refused.body.contains("secret") && !refused.body.contains("{}"))
         }
+        // The director half: none, then the fleet default, a class's, the device's own; unknown targets refused.
+        func assignment() async throws -> [String: Any] {
+            let result = try await device.request(port: hub.devicePort, "GET", "/v1/updates/assignment", signed: false)
+            #expect(result.status == 200)
+            return jsonObject(result)
+        }
+        #expect(try await assignment()["target"] is NSNull)
+        let cli = PairingEndToEndTests.CLI(binary: binary, hub: hub)
+        #expect(try await cli.run(["updates", "default", "fw.bin"]).status == 0)
+        let fleet = try await assignment()
+        #expect(fleet["target"] as? String == "fw.bin" && fleet["scope"] as? String == "fleet")
+        #expect((fleet["file"] as? [String: Any])?["length"] as? Int == 300_000, "the signed length")
+        #expect(try await cli.run(["updates", "default", "not-released.bin"]).status != 0, "not in signed metadata")
+        #expect(try await cli.run(["device", "set-class", "upd-1", "camera"]).status == 0)
+        #expect(try await cli.run(["updates", "assign-class", "camera", "fw.bin"]).status == 0)
+        #expect(try await assignment()["scope"] as? String == "class")
+        #expect(try await cli.run(["device", "assign", "upd-1", "fw.bin"]).status == 0)
+        #expect(try await assignment()["scope"] as? String == "device")
+        #expect(try await cli.run(["device", "assign", "upd-1", "--none"]).status == 0)
+        #expect(try await assignment()["scope"] as? String == "class")
+        #expect(try await hub.securityEvents().filter { $0.kind == "update-assigned" }.count == 4)
+
         // A quarantined device gets nothing.
         hub.server.gateway.quarantine.load(
             [(try DeviceID("upd-1"), Int64(Date().timeIntervalSince1970) + 600)],

@@ -1,0 +1,50 @@
+import Core
+import Foundation
+import Store
+import TUF
+
+/// The director half of updates (Uptane's split, DESIGN.md): which signed release a device should run. A device's
+/// own assignment wins, then its class's, then the fleet default. The hub only chooses among targets that the
+/// published, signed targets metadata lists: an assignment cannot introduce bytes, and the agent installs nothing
+/// its own TUF client has not verified.
+struct UpdateAssignments: Sendable {
+    let store: any HubStore
+    let repository: String
+
+    struct Resolved: Sendable {
+        let target: String
+        let scope: String
+        let file: TargetFile?
+    }
+
+    func resolve(_ device: DeviceID) async throws -> Resolved? {
+        let deviceClass = try await store.deviceClass(device) ?? EgressMonitor.defaultClass
+        for (scope, name) in [
+            (AssignmentScope.device(device), "device"), (.deviceClass(deviceClass), "class"), (.fleet, "fleet"),
+        ] {
+            if let target = try await store.assignment(scope) {
+                return Resolved(target: target, scope: name, file: published(target))
+            }
+        }
+        return nil
+    }
+
+    /// The target's entry in the published top-level targets metadata (`metadata/targets.json`), or nil.
+    func published(_ path: String) -> TargetFile? {
+        guard let bytes = FileManager.default.contents(atPath: repository + "/metadata/targets.json"),
+            let metadata = try? Metadata<Targets>.parse(Array(bytes))
+        else { return nil }
+        return metadata.signed.targets[path]
+    }
+
+    /// The answer to `GET /v1/updates/assignment`: `{"target": null}` or the target with its signed length, hashes
+    /// and custom fields (for the agent to compare with what its own TUF client verifies).
+    func answer(_ resolved: Resolved?) throws -> String {
+        guard let resolved else { return #"{"target":null}"# }
+        var object = JSONObject()
+        object.set("target", .string(resolved.target))
+        object.set("scope", .string(resolved.scope))
+        if let file = resolved.file { object.set("file", file.jsonValue) }
+        return String(decoding: try CanonicalJSON.encode(.object(object)), as: UTF8.self)
+    }
+}
