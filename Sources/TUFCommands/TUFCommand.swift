@@ -130,6 +130,11 @@ extension TUFCommand {
         @Option(help: "Target path in the repository (default: the file name)") var name: String?
         @Option(help: "Role to list it in (default: follow delegations)") var role: String?
         @Flag(help: "Also list a SHA-512 hash") var sha512 = false
+        @Option(
+            help: ArgumentHelp(
+                "Security version (anti-rollback): an agent refuses a target below its floor, and raises the floor "
+                    + "only when an install of it is committed. Stored in the target's custom fields."))
+        var securityVersion: Int?
         @Argument(help: "File to add") var file: String
 
         func run() async throws {
@@ -138,8 +143,17 @@ extension TUFCommand {
                 guard let data = FileManager.default.contents(atPath: file) else {
                     throw RepositoryError(.io, "cannot read \(file)")
                 }
+                if let securityVersion, !(0...Int(Int32.max)).contains(securityVersion) {
+                    throw RepositoryError(.usage, "--security-version must be 0-2147483647")
+                }
+                let custom = securityVersion.map { version -> JSONValue in
+                    var object = JSONObject()
+                    object.set("securityVersion", .integer(Int64(version)))
+                    return .object(object)
+                }
                 let path = name ?? URL(fileURLWithPath: file).lastPathComponent
-                let listed = try editor.addTarget(path: path, contents: Array(data), role: role, sha512: sha512)
+                let listed = try editor.addTarget(
+                    path: path, contents: Array(data), role: role, sha512: sha512, custom: custom)
                 try editor.save()
                 print("staged \(path) in \(listed)")
             }

@@ -19,7 +19,13 @@ import Testing
         #expect(try await run(binary, ["tuf", "init", "--repo", repository, "--keys", keys]).status == 0)
         let firmware = Array((0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
         try Data(firmware).write(to: URL(fileURLWithPath: base + "/fw.bin"))
-        #expect(try await run(binary, ["tuf", "add-target", "--repo", repository, base + "/fw.bin"]).status == 0)
+        let refusedVersion = try await run(
+            binary, ["tuf", "add-target", "--repo", repository, "--security-version", "-1", base + "/fw.bin"])
+        #expect(refusedVersion.status != 0)
+        #expect(
+            try await run(
+                binary, ["tuf", "add-target", "--repo", repository, "--security-version", "3", base + "/fw.bin"]
+            ).status == 0)
         let published = try await run(binary, ["tuf", "publish", "--repo", repository, "--keys", keys])
         #expect(published.status == 0, "\(published.stderr)")
         // A staged edit (never served), a secret beside the repository, a link pointing at it.
@@ -98,6 +104,8 @@ import Testing
         let fleet = try await assignment()
         #expect(fleet["target"] as? String == "fw.bin" && fleet["scope"] as? String == "fleet")
         #expect((fleet["file"] as? [String: Any])?["length"] as? Int == 300_000, "the signed length")
+        let custom = (fleet["file"] as? [String: Any])?["custom"] as? [String: Any]
+        #expect(custom?["securityVersion"] as? Int == 3, "the anti-rollback security version, signed")
         #expect(try await cli.run(["updates", "default", "not-released.bin"]).status != 0, "not in signed metadata")
         #expect(try await cli.run(["device", "set-class", "upd-1", "camera"]).status == 0)
         #expect(try await cli.run(["updates", "assign-class", "camera", "fw.bin"]).status == 0)
