@@ -136,6 +136,12 @@ struct AgentCommand: AsyncParsableCommand {
                     "\(stateDirectory)/pins",
                     contents: result.credentials.pins.map { Data($0).base64EncodedString() }.joined(separator: "\n")
                         + "\n")
+                if let root = result.credentials.tufRoot {
+                    // The update repository's root: the trust anchor of the device's TUF client (TUF §5.2).
+                    try SecretFiles.makePrivateDirectory("\(stateDirectory)/trust")
+                    try SecretFiles.writePublic(
+                        "\(stateDirectory)/trust/root.json", contents: String(decoding: root, as: UTF8.self))
+                }
                 try SecretFiles.writePublic("\(stateDirectory)/paired", contents: "hub \(hub)\n")
             } catch let error as HubStartupError {
                 throw CleanExit.message("bulwark: \(error)", code: 73)

@@ -185,7 +185,7 @@ public final class HubServer: Sendable {
                 assignments: configuration.tufRepository.map { UpdateAssignments(store: store, repository: $0) }
             ).register(on: $0)
         }
-        let pairing = PairingListener(
+        var pairing = PairingListener(
             host: configuration.pairing.host, port: configuration.pairing.port, credentials: credentials,
             claims: claims, store: store, revocations: revocations, rids: rids,
             settings: configuration.pairingSettings,
@@ -194,6 +194,7 @@ public final class HubServer: Sendable {
                 pairingLogger[metadataKey: "listener"] = "pairing"
                 return pairingLogger
             }(), onBound: { portsContinuation.yield(("pairing", $0)) })
+        pairing.tufRepository = configuration.tufRepository
         let mqtt = MQTTListener(
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
             revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,

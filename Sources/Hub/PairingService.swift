@@ -108,6 +108,9 @@ struct PairingListener: Service {
     let store: any HubStore
     let revocations: RevocationList
     let rids: RIDDirectory
+    /// The update repository (`tuf.repository`): its current root goes to every device at pairing, the trust anchor
+    /// of its update client.
+    var tufRepository: String?
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
     /// Connections held at once, in all and per source address (checked before the hub greets).
@@ -245,7 +248,7 @@ struct PairingListener: Service {
                             PairingCredentials(
                                 certificateDER: certificate.derBytes,
                                 caCertificateDER: credentials.authority.certificate.derBytes, pins: credentials.pins,
-                                irk: irk, tufRoot: nil))
+                                irk: irk, tufRoot: currentTUFRoot()))
                     case .paired(let device, let acknowledgement):
                         guard let certificate = issued else { throw PairingError(.protocolViolation, "no certificate") }
                         try await store.activatePendingCertificate(
@@ -288,6 +291,15 @@ struct PairingListener: Service {
                     source: source,
                     detail: reason))
         }
+    }
+
+    /// The published `metadata/root.json` (the newest root), or nil without a repository. Its signatures are the
+    /// device's to check from then on; what the hub hands over here travels inside the authenticated Noise channel.
+    func currentTUFRoot() -> [UInt8]? {
+        guard let tufRepository, let data = FileManager.default.contents(atPath: tufRepository + "/metadata/root.json"),
+            data.count <= 48 * 1024
+        else { return nil }
+        return Array(data)
     }
 
     /// The CSR must be signed by the key the device bound to the handshake; the hub decides every extension.

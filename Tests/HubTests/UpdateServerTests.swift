@@ -116,6 +116,18 @@ import Testing
         #expect(try await assignment()["scope"] as? String == "class")
         #expect(try await hub.securityEvents().filter { $0.kind == "update-assigned" }.count == 4)
 
+        // Pairing hands the device the repository's current root (its TUF trust anchor), inside the Noise channel.
+        let work = try temporaryDirectory("pair-root")
+        #expect(try await cli.run(["device", "label", "--id", "cam-u", "--out", work + "/cam-u"]).status == 0)
+        #expect(try await cli.run(["pair", "claim", "@\(work)/cam-u/label.txt"]).status == 0)
+        let paired = try await cli.run([
+            "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-u",
+        ])
+        #expect(paired.status == 0, "\(paired.stderr)")
+        #expect(
+            FileManager.default.contents(atPath: work + "/cam-u/state/trust/root.json")
+                == FileManager.default.contents(atPath: repository + "/metadata/root.json"))
+
         // A quarantined device gets nothing.
         hub.server.gateway.quarantine.load(
             [(try DeviceID("upd-1"), Int64(Date().timeIntervalSince1970) + 600)],
