@@ -14,7 +14,10 @@ public struct GatewayPolicy: Sendable {
     public var messagesPerRoute = RateLimit(rate: 10, burst: 20)
     /// Routes with a limit of their own instead of `messagesPerRoute`: update downloads come in bursts (a TUF refresh,
     /// then the target, resumed by ranges).
-    public var routeLimits: [String: RateLimit] = ["updates": RateLimit(rate: 20, burst: 60)]
+    /// Renewals are rare (each re-signs the CRL when it supersedes one): three at once, then one every ten minutes.
+    public var routeLimits: [String: RateLimit] = [
+        "updates": RateLimit(rate: 20, burst: 60), "certificate": RateLimit(rate: 1.0 / 600, burst: 3),
+    ]
     public var maxBodyBytes = 64 * 1024
     public var json = StrictJSON()
     public var signatures = MessageSignatureProfile()

@@ -77,6 +77,7 @@ final class CertificateRenewals: Sendable {
 struct RenewalSettings: Sendable {
     let authority: CertificateAuthority
     let renewals: CertificateRenewals
+    let revocations: RevocationList
     let certificateDays: Int
     let graceSeconds: Double
 }

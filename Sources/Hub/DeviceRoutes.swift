@@ -148,11 +148,20 @@ struct DeviceRoutes {
         } catch let error as PKIError {
             throw refused("renewal: \(error)")
         }
+        // Revoked while the body was arriving (its first renewal was used meanwhile): no second live certificate.
+        guard !renewal.revocations.contains(peer.serialHex) else {
+            throw HubError.forbidden("renewal: the certificate being renewed was revoked meanwhile")
+        }
         let pending = PendingRenewal(
             newSerialHex: certificate.serialHex, previousSerialHex: peer.serialHex, deviceID: device,
             graceUntil: Date().addingTimeInterval(renewal.graceSeconds))
-        let superseded = try await store.recordRenewal(
-            certificate: HubCredentials.record(certificate, deviceID: device), renewal: pending)
+        let superseded: [String]
+        do {
+            superseded = try await store.recordRenewal(
+                certificate: HubCredentials.record(certificate, deviceID: device), renewal: pending)
+        } catch let error as StoreError where error.code == .conflict || error.code == .notFound {
+            throw HubError.forbidden("renewal: \(error)")
+        }
         await renewal.renewals.add(pending, superseding: superseded)
         try await store.recordSecurityEvent(
             SecurityEvent(

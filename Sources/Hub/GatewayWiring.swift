@@ -29,6 +29,10 @@ public struct GatewaySettings: Sendable, Equatable {
     /// Egress violations per minute that quarantine a device; nil: they are only reported.
     public var quarantineEgress: Int?
     public var requireSchema = false
+    /// Certificate renewals per device: a burst, then one per interval (`gateway.renewalBurst`,
+    /// `gateway.renewalIntervalSeconds`).
+    public var renewalBurst = 3
+    public var renewalIntervalSeconds = 600.0
     public var jsonMaxDepth = 16
     public var jsonMaxMembers = 1000
     /// Longest string (name or value) in bytes as sent, escapes included, and longest number literal in characters.
@@ -50,6 +54,7 @@ public struct GatewaySettings: Sendable, Equatable {
         ]
         if let quarantineEgress { thresholds[.egress] = quarantineEgress }
         policy.quarantine = QuarantinePolicy(thresholds: thresholds, durationSeconds: Int64(quarantineSeconds))
+        policy.routeLimits["certificate"] = RateLimit(rate: 1 / renewalIntervalSeconds, burst: renewalBurst)
         policy.requireSchema = requireSchema
         policy.json = StrictJSON(
             maxDepth: jsonMaxDepth, maxMembers: jsonMaxMembers, maxStringBytes: jsonMaxStringBytes,
@@ -71,6 +76,9 @@ public struct GatewaySettings: Sendable, Equatable {
             [quarantineRateLimited, quarantineInvalid, quarantineReplay, quarantineBadSignature, quarantineEgress ?? 1]
                 .allSatisfy({ $0 >= 1 })
         else { throw HubStartupError("gateway.quarantine* thresholds must be at least 1 and the duration 1 s-30 days") }
+        guard (1...100).contains(renewalBurst), (1...(30 * 86400)).contains(renewalIntervalSeconds) else {
+            throw HubStartupError("gateway.renewalBurst must be 1-100 and gateway.renewalIntervalSeconds 1-2592000")
+        }
         guard (1...64).contains(jsonMaxDepth), (1...100_000).contains(jsonMaxMembers) else {
             throw HubStartupError("gateway.jsonMaxDepth must be 1-64 and gateway.jsonMaxMembers 1-100000")
         }

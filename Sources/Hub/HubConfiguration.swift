@@ -150,6 +150,9 @@ public struct HubConfiguration: Sendable, Equatable {
         gateway.quarantineBadSignature = reader.int(
             forKey: "gateway.quarantine.badSignature", default: gateway.quarantineBadSignature)
         gateway.quarantineEgress = reader.int(forKey: "gateway.quarantine.egress")
+        gateway.renewalBurst = reader.int(forKey: "gateway.renewalBurst", default: gateway.renewalBurst)
+        gateway.renewalIntervalSeconds = reader.double(
+            forKey: "gateway.renewalIntervalSeconds", default: gateway.renewalIntervalSeconds)
         gateway.requireSchema = reader.bool(forKey: "gateway.requireSchema", default: gateway.requireSchema)
         gateway.jsonMaxDepth = reader.int(forKey: "gateway.jsonMaxDepth", default: gateway.jsonMaxDepth)
         gateway.jsonMaxMembers = reader.int(forKey: "gateway.jsonMaxMembers", default: gateway.jsonMaxMembers)

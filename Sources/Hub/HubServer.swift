@@ -154,7 +154,7 @@ public final class HubServer: Sendable {
             DeviceRoutes(
                 store: store, gateway: gateway, maxBodyBytes: configuration.maxBodyBytes,
                 renewal: RenewalSettings(
-                    authority: credentials.authority, renewals: renewals,
+                    authority: credentials.authority, renewals: renewals, revocations: revocations,
                     certificateDays: configuration.deviceCertificateDays,
                     graceSeconds: configuration.renewalGraceSeconds), egress: egress
             ).register(on: $0)

@@ -75,6 +75,9 @@ public actor InMemoryHubStore: HubStore {
         guard certificateRecords[certificate.serialHex] == nil else {
             throw StoreError(.conflict, "certificate serial already recorded")
         }
+        guard let predecessor = certificateRecords[renewal.previousSerialHex], predecessor.deviceID == renewal.deviceID,
+            predecessor.revokedAt == nil
+        else { throw StoreError(.conflict, "the certificate being renewed is revoked or unknown") }
         let superseded = renewals.values.filter { $0.previousSerialHex == renewal.previousSerialHex }.map(
             \.newSerialHex)
         for serial in superseded {

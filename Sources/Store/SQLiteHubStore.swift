@@ -314,6 +314,14 @@ public final class SQLiteHubStore: HubStore {
                     db, sql: "SELECT status FROM devices WHERE id = ?", arguments: [renewal.deviceID.rawValue])
                     == "active"
             else { throw StoreError(.notFound, "no active device \(renewal.deviceID)") }
+            // The certificate being replaced must still be valid: a renewal that was under way when the device's
+            // first renewal was used (and its predecessor revoked) must not mint a second live certificate.
+            guard
+                let predecessor = try Row.fetchOne(
+                    db, sql: "SELECT revoked_at FROM certificates WHERE serial = ? AND device_id = ?",
+                    arguments: [renewal.previousSerialHex, renewal.deviceID.rawValue]),
+                (predecessor["revoked_at"] as Int64?) == nil
+            else { throw StoreError(.conflict, "the certificate being renewed is revoked or unknown") }
             let superseded = try String.fetchAll(
                 db, sql: "SELECT new_serial FROM certificate_renewals WHERE previous_serial = ? ORDER BY new_serial",
                 arguments: [renewal.previousSerialHex])

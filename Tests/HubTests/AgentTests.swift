@@ -4,6 +4,7 @@ import Crypto
 import Foundation
 import Hub
 import HubClient
+import PKI
 import Store
 import Synchronization
 import Testing
@@ -33,6 +34,7 @@ import X509
         configuration.apiURL = "https://127.0.0.1:\(hub.devicePort)"
         configuration.reconnectInitialSeconds = 0.1
         configuration.reconnectMaximumSeconds = 1
+        configuration.inventoryIntervalSeconds = 0  // counted messages only (ConnectionInventoryTests covers reports)
         return configuration
     }
 
@@ -96,8 +98,13 @@ import X509
         }
         let running = Task { try await agent.run() }
         try await agent.send(Array(#"{"temperature":21.5}"#.utf8))
+        // The telemetry, and the connection report the agent sends at start (its default inventory interval).
         #expect(
-            try await Self.eventually { try await hub.server.store.telemetryCount(of: try DeviceID("ag-readme")) == 1 })
+            try await Self.eventually {
+                try await hub.server.store.telemetry(of: try DeviceID("ag-readme"), limit: 10).contains {
+                    String(decoding: $0.body, as: UTF8.self).contains("temperature")
+                }
+            })
         await agent.stop()
         running.cancel()
         _ = try? await running.value
@@ -116,7 +123,7 @@ import X509
             process.executableURL = URL(fileURLWithPath: binary)
             process.arguments = [
                 "agent", "run", "--state", state, "--mqtt", "127.0.0.1:\(hub.mqttPort)", "--hub",
-                "https://127.0.0.1:\(hub.devicePort)", "--reconnect-max", "1",
+                "https://127.0.0.1:\(hub.devicePort)", "--reconnect-max", "1", "--inventory-interval", "0",
             ]
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
@@ -199,8 +206,15 @@ import X509
         _ = try await hub.enroll("ag-5")
         // A one-day certificate of which 80 % is gone.
         let aged = try hub.issue(.device(try DeviceID("ag-5")), now: Date().addingTimeInterval(-0.8 * 86400), days: 1)
-        let oldSerial = try Certificate(pemEncoded: String(decoding: aged.credentials.certificatePEM, as: UTF8.self))
-            .serialHex
+        let agedCertificate = try Certificate(
+            pemEncoded: String(decoding: aged.credentials.certificatePEM, as: UTF8.self))
+        let oldSerial = agedCertificate.serialHex
+        // Recorded as the hub records every device certificate it issues (renewal replaces only known ones).
+        try await hub.server.store.addCertificate(
+            CertificateRecord(
+                serialHex: oldSerial, subject: "urn:bulwark:device:ag-5", deviceID: try DeviceID("ag-5"),
+                spkiSHA256Hex: agedCertificate.publicKey.spkiSHA256Hex, notBefore: agedCertificate.notValidBefore,
+                notAfter: agedCertificate.notValidAfter, der: agedCertificate.derBytes))
         let state = try Self.stateDirectory(hub, aged)
         let agent = try Agent(configuration: Self.configuration(hub, state))
         let running = Task { try await agent.run() }

@@ -66,7 +66,7 @@ import X509
     }
 
     @Test func renewalsThatReuseAKeyOrAreMalformedAreRefused() async throws {
-        let hub = try await TestHub.start()
+        let hub = try await TestHub.start { $0.gateway.renewalBurst = 20 }
         let device = try await hub.enroll("rn-2")
         let currentKey = try P256.Signing.PrivateKey(
             pemRepresentation: String(decoding: device.credentials.keyPEM, as: UTF8.self))
@@ -129,6 +129,49 @@ import X509
         #expect(hub.server.revocationList.contains(oldSerial), "grace ended")
         #expect(!(await Self.served(hub, device)))
         #expect(await Self.served(hub, kept))
+        try await hub.stop()
+    }
+
+    /// Each superseding renewal revokes a certificate and re-signs the CRL: the route has its own limit, three at once
+    /// (a lost answer or two), then one every ten minutes.
+    @Test func renewalsHaveTheirOwnRateLimit() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("rn-7")
+        for _ in 0..<3 { #expect(try await Self.renew(hub, device, key: P256.Signing.PrivateKey()).status == 201) }
+        #expect(try await Self.renew(hub, device, key: P256.Signing.PrivateKey()).status == 429)
+        try await hub.stop()
+    }
+
+    /// The adversarial review's finding: a renewal whose body was held back until the device's first renewal had been
+    /// used (and its predecessor revoked) minted a second live certificate. It is refused now.
+    @Test func aRenewalHeldBackPastTheRevocationOfItsCertificateIsRefused() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("rn-6")
+        let first = try await Self.renew(hub, device, key: P256.Signing.PrivateKey())
+        let renewed = try #require(first.device)
+        // The second renewal's head goes now, signed by the old key; its body waits.
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName("rn-6") },
+            privateKey: Certificate.PrivateKey(key),
+            attributes: .init(), signatureAlgorithm: .ecdsaWithSHA256)
+        let body = try Array(JSONSerialization.data(withJSONObject: ["csr": csr.serializeAsPEM().pemString]))
+        let signed = try device.credentials.signer().sign(
+            method: "POST", path: "/v1/device/certificate", body: body, created: Int64(Date().timeIntervalSince1970),
+            contentType: "application/json")
+        let raw = try await RawConnection.open(port: hub.devicePort, tls: try device.credentials.tlsConfiguration())
+        try await raw.send(
+            "POST /v1/device/certificate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                + "Content-Length: \(body.count)\r\n" + signed.map { "\($0.name): \($0.value)\r\n" }.joined() + "\r\n")
+        try await Task.sleep(for: .milliseconds(200))
+        // The first renewal is used: the old certificate is revoked.
+        #expect(await Self.served(hub, renewed))
+        try await raw.send(body)
+        let answer = await raw.wait(until: { $0.contains("\r\n\r\n") })
+        #expect(answer.hasPrefix("HTTP/1.1 403"), "\(answer.prefix(60))")
+        await raw.close()
+        #expect(
+            try await hub.server.store.certificates(of: try DeviceID("rn-6")).filter { $0.revokedAt == nil }.count == 1)
         try await hub.stop()
     }
 
