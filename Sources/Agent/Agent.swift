@@ -24,6 +24,9 @@ public struct AgentConfiguration: Sendable {
     public var outboxBytes = 1 << 20
     /// QoS 1 messages sent and not yet acknowledged (at most the hub's Receive Maximum).
     public var maxInFlight = 16
+    /// The largest message the agent accepts (the hub's default body limit; a larger one could never be delivered
+    /// and would block the outbox).
+    public var maxMessageBytes = 64 * 1024
     /// A command handler that runs longer is killed and reported as timed out.
     public var commandTimeoutSeconds = 30.0
     /// Renew the certificate (with a new key) at this fraction of its lifetime, with ±5 % jitter.
@@ -91,6 +94,9 @@ public actor Agent {
     private var generation = 0
     private var inFlight: [UInt16: UInt64] = [:]
     private var attempted: Set<UInt64> = []
+    /// Messages a previous run left in the outbox (sent before newer ones), and one the hub asked to retry.
+    private var backlog: Set<UInt64> = []
+    private var retrySequence: UInt64?
     private var nextPacketID: UInt16 = 1
     private var holdUntil = ContinuousClock.now
     private var wakeup: CheckedContinuation<Void, Never>?
@@ -107,12 +113,17 @@ public actor Agent {
         handler = commandHandler
         // Whatever a previous run left may have reached the hub already: resend it marked DUP.
         attempted = Set(outbox.pending.map(\.sequence))
+        backlog = attempted
     }
 
     /// Accepts one message for the hub (a JSON object; the hub validates it): it is on disk when this returns, and
     /// is sent as soon as the session allows. `route` is the topic below `devices/<id>/`.
     public func send(_ body: [UInt8], route: String = "telemetry") throws(AgentError) {
         guard !stopping else { throw AgentError(.connection, "the agent is stopping") }
+        guard body.count <= configuration.maxMessageBytes else {
+            throw AgentError(
+                .outbox, "message of \(body.count) bytes is over the \(configuration.maxMessageBytes)-byte limit")
+        }
         try outbox.append(kind: route.hasPrefix("events") ? .event : .telemetry, route: route, body: body)
         wake()
     }
@@ -307,7 +318,18 @@ public actor Agent {
     private func nextPublishes() -> [ByteBuffer] {
         let sending = Set(inFlight.values)
         var buffers: [ByteBuffer] = []
-        for message in outbox.pending where !sending.contains(message.sequence) {
+        var pending = outbox.pending
+        // A message the hub asked to retry goes alone until it is acknowledged, and what a previous run left goes
+        // before anything newer: newer counters accepted first could push it out of the hub's 64-wide window.
+        if let retry = retrySequence {
+            pending = pending.filter { $0.sequence == retry }
+            if pending.isEmpty { retrySequence = nil }
+        } else if pending.contains(where: { backlog.contains($0.sequence) }) {
+            pending = pending.filter { backlog.contains($0.sequence) }
+        } else {
+            backlog = []
+        }
+        for message in pending where !sending.contains(message.sequence) {
             guard inFlight.count < configuration.maxInFlight,
                 let topic = try? TopicName("devices/\(state.deviceID.rawValue)/\(message.route)")
             else { break }
@@ -331,10 +353,18 @@ public actor Agent {
         switch reason {
         case 0x00, 0x10:
             outbox.remove(sequence)
+            backlog.remove(sequence)
+            if retrySequence == sequence { retrySequence = nil }
             delivered += 1
         case 0x97, 0x80, 0x83:
-            // Over the rate, or the hub could not store it: keep it and try again a little later.
+            // Over the rate, or the hub could not store it: keep it and try it again, alone, a little later.
             holdUntil = ContinuousClock.now + .seconds(1)
+            retrySequence = min(retrySequence ?? sequence, sequence)
+        case 0x95:
+            // Too large for the hub: it never will be delivered.
+            outbox.remove(sequence)
+            refusedByHub += 1
+            lastError = "the hub refused a message as too large (0x95)"
         default:
             // Refused for good (0x87 a counter the hub will never take, 0x99 a payload it will never accept): it
             // cannot be delivered, so it is not retried for ever; recorded in the status.
@@ -366,7 +396,10 @@ public actor Agent {
     private func runCommands(_ commands: AsyncStream<AgentCommand>) async {
         for await command in commands {
             let outcome: CommandOutcome
-            if let handler {
+            if !Self.isCommandName(command.name) {
+                // The name becomes an argument of the handler program: only a plain name, never an option or a path.
+                outcome = CommandOutcome(exitCode: 2, output: "refused: not a command name")
+            } else if let handler {
                 outcome = await handler(command)
             } else {
                 outcome = CommandOutcome(exitCode: 127, output: "no command handler is configured")
@@ -480,6 +513,19 @@ public actor Agent {
     }
 
     static func describe(_ error: any Error) -> String { String("\(error)".prefix(200)) }
+
+    /// `[a-z0-9][a-z0-9._-]{0,63}`: what the hub's command route accepts, starting with a letter or digit.
+    static func isCommandName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard (1...64).contains(bytes.count), let first = bytes.first,
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first)
+        else { return false }
+        return bytes.allSatisfy {
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+                || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
+        }
+    }
 }
 
 /// Set by the timer that ended a wait, read by the waiter (both on the agent's executor).

@@ -57,6 +57,7 @@ public struct AgentState: Sendable {
 
     public static func load(_ directory: String) throws(AgentError) -> AgentState {
         try checkPrivate(directory, what: "the state directory", fix: "chmod 700")
+        try finishReplacement(directory)
         let keyFile = directory + "/device.key"
         try checkPrivate(keyFile, what: "the device key", fix: "chmod 600")
         let keyPEM = try read(keyFile)
@@ -93,6 +94,34 @@ public struct AgentState: Sendable {
             credentials: ClientCredentials(
                 certificatePEM: Array(certificatePEM.utf8), keyPEM: Array(keyPEM.utf8), caPEM: Array(caPEM.utf8)),
             pinned: PinnedServer(caCertificateDER: ca.derBytes, pins: pins))
+    }
+
+    /// A renewal writes `device.key.new` and `device.crt.new`, then renames both. If both are there and belong
+    /// together, the renames are (re)done; a lone or mismatched `.new` file (a crash while writing them) is removed.
+    static func finishReplacement(_ directory: String) throws(AgentError) {
+        let key = directory + "/device.key"
+        let certificate = directory + "/device.crt"
+        let keyExists = FileManager.default.fileExists(atPath: key + ".new")
+        let certificateExists = FileManager.default.fileExists(atPath: certificate + ".new")
+        guard keyExists || certificateExists else { return }
+        // The pair as it will be once the renames are done (a crash may have come between the two renames).
+        let keyPath = keyExists ? key + ".new" : key
+        let certificatePath = certificateExists ? certificate + ".new" : certificate
+        if let keyText = try? String(contentsOfFile: keyPath, encoding: .utf8),
+            let newKey = try? P256.Signing.PrivateKey(pemRepresentation: keyText),
+            let certificateText = try? String(contentsOfFile: certificatePath, encoding: .utf8),
+            let issued = try? Certificate(pemEncoded: certificateText),
+            issued.publicKey == Certificate.PublicKey(newKey.publicKey)
+        {
+            guard !keyExists || rename(key + ".new", key) == 0,
+                !certificateExists || rename(certificate + ".new", certificate) == 0
+            else {
+                throw AgentError(.stateInvalid, "cannot put the renewed key and certificate in place in \(directory)")
+            }
+            return
+        }
+        unlink(key + ".new")
+        unlink(certificate + ".new")
     }
 
     static func read(_ path: String) throws(AgentError) -> String {

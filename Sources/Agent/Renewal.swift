@@ -40,8 +40,13 @@ public enum Renewal {
                 result.status == 403 ? .refusedByHub : .connection,
                 "renewal refused: \(result.status) \(String(result.bodyText.prefix(200)))")
         }
-        try Outbox.write(state.keyFile, Array(key.pemRepresentation.utf8), directory: state.directory, mode: 0o600)
-        try Outbox.write(state.certificateFile, Array(issued.pem.utf8), directory: state.directory, mode: 0o644)
+        // Both new files are written in full first, then renamed; a crash in between leaves a `.new` pair that the
+        // next load finishes (AgentState.load), never a key and a certificate that do not belong together.
+        try Outbox.write(
+            state.keyFile + ".new", Array(key.pemRepresentation.utf8), directory: state.directory, mode: 0o600)
+        try Outbox.write(
+            state.certificateFile + ".new", Array(issued.pem.utf8), directory: state.directory, mode: 0o644)
+        try AgentState.finishReplacement(state.directory)
         return try AgentState.load(state.directory)
     }
 }

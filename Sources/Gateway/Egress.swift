@@ -120,6 +120,9 @@ public struct EgressRule: Sendable, Hashable, CustomStringConvertible {
         return destinations.filter { destination in !rules.contains { $0.allows(destination) } }
     }
 
+    /// Whether `text` is an IPv4 or IPv6 address literal.
+    public static func isAddress(_ text: String) -> Bool { parseAddress(text) != nil }
+
     /// IPv4 (4 bytes) or IPv6 (16 bytes) from its text, through inet_pton (RFC 4291 §2.2 forms).
     static func parseAddress(_ text: String) -> [UInt8]? {
         var v4 = in_addr()

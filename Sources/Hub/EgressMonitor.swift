@@ -25,19 +25,22 @@ struct EgressMonitor: Sendable {
                 device, destinations.map { ($0.listening, $0.proto, $0.address, $0.port) }, at: Date())
             let deviceClass = try await store.deviceClass(device) ?? Self.defaultClass
             let rules = (try await store.egressRules()[deviceClass] ?? []).compactMap { try? EgressRule($0) }
-            let hour = Int64(Date().timeIntervalSince1970) / 3600
-            for violation in EgressRule.violations(destinations, rules: rules) {
-                let until = gateway.egressViolation(device, now: .now())
-                let firstThisHour = reported.first("\(device.rawValue) \(violation)", now: hour)
-                guard firstThisHour || until != nil else { continue }
-                await recorder.record(
-                    Refusal(
-                        problem: .forbidden, stage: .authorization,
-                        detail: "\(violation) is outside the egress policy of class \(deviceClass)",
-                        auditKind: firstThisHour ? "egress-violation" : nil, quarantinedUntil: until),
-                    identity: Identity.device(device).uri, source: nil, correlationID: correlationID,
-                    what: "connection report")
-            }
+            let violations = EgressRule.violations(destinations, rules: rules)
+            guard !violations.isEmpty else { return }
+            // One offence per report, and one audit record per device and hour (naming the first destinations and
+            // the count): a device cannot turn its reports into an audit flood.
+            let until = gateway.egressViolation(device, now: .now())
+            let firstThisHour = reported.first(device.rawValue, now: Int64(Date().timeIntervalSince1970) / 3600)
+            guard firstThisHour || until != nil else { return }
+            let named = violations.prefix(8).map(\.description).joined(separator: ", ")
+            await recorder.record(
+                Refusal(
+                    problem: .forbidden, stage: .authorization,
+                    detail: "\(violations.count) destination(s) outside the egress policy of class \(deviceClass): "
+                        + named + (violations.count > 8 ? ", …" : ""),
+                    auditKind: firstThisHour ? "egress-violation" : nil, quarantinedUntil: until),
+                identity: Identity.device(device).uri, source: nil, correlationID: correlationID,
+                what: "connection report")
         } catch {
             recorder.logger.error(
                 "connection report not recorded",
@@ -51,8 +54,9 @@ struct EgressMonitor: Sendable {
         var destinations: [Destination] = []
         for (key, listening) in [("established", false), ("listening", true)] {
             for entry in object[key] as? [[String: Any]] ?? [] {
+                // Addresses are IP literals (what the kernel holds); anything else is not recorded.
                 guard let proto = entry["proto"] as? String, let address = entry["address"] as? String,
-                    let port = entry["port"] as? Int
+                    let port = entry["port"] as? Int, EgressRule.isAddress(address)
                 else { continue }
                 destinations.append(Destination(listening: listening, proto: proto, address: address, port: port))
             }

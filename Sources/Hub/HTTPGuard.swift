@@ -119,6 +119,11 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .body = unwrapOutboundIn(data), !requestOpen {
+            // A response in progress must keep moving: a client that stops reading (a download it never takes)
+            // would otherwise hold the connection and its download slot for ever.
+            arm(context, seconds: limits.bodySeconds)
+        }
         if case .end = unwrapOutboundIn(data) {
             responsesPending = max(0, responsesPending - 1)
             // A response may finish before its request (an early 413): the body deadline keeps running then.

@@ -71,6 +71,19 @@ import X509
                 }
             })
         #expect(received.withLock { $0 } == ["reboot"])
+        // A name that would be an option to the handler program is refused by the agent (exit 2, not run).
+        #expect(try await hub.operatorRequest("POST", "/v1/devices/ag-1/commands/-rf", json: [:]).status == 202)
+        #expect(
+            try await Self.eventually {
+                try await hub.server.store.telemetry(of: id, limit: 50).contains {
+                    String(decoding: $0.body, as: UTF8.self).contains(#""command":"-rf","exitCode":2"#)
+                }
+            })
+        #expect(received.withLock { $0 } == ["reboot"], "the handler never saw it")
+        // A message the hub could never take is refused at once, not queued to block the outbox.
+        await #expect(throws: AgentError.self) {
+            try await agent.send(Array(("{\"x\":\"" + String(repeating: "a", count: 70_000) + "\"}").utf8))
+        }
         let result = try await hub.server.store.telemetry(of: id, limit: 50).first {
             String(decoding: $0.body, as: UTF8.self).contains("reboot")
         }
@@ -230,6 +243,29 @@ import X509
         try await hub.stop()
     }
 
+    /// A renewal crashed between its two renames: the next start finishes it (or drops a half-written pair).
+    @Test func aRenewalInterruptedBetweenItsRenamesIsFinished() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ag-7")
+        let state = try Self.stateDirectory(hub, device)
+        let renewed = try await CertificateRenewalTests.renew(hub, device, key: P256.Signing.PrivateKey())
+        let fresh = try #require(renewed.device)
+        // The key was renamed, the certificate not yet.
+        try FileManager.default.removeItem(atPath: state + "/device.key")
+        try SecretFiles.create(
+            state + "/device.key", contents: String(decoding: fresh.credentials.keyPEM, as: UTF8.self))
+        try String(decoding: fresh.credentials.certificatePEM, as: UTF8.self).write(
+            toFile: state + "/device.crt.new", atomically: true, encoding: .utf8)
+        let loaded = try AgentState.load(state)
+        #expect(loaded.certificate.serialHex == renewed.serial)
+        #expect(!FileManager.default.fileExists(atPath: state + "/device.crt.new"))
+        // A lone half-written `.new` key is dropped, the working pair kept.
+        try "-----BEGIN".write(toFile: state + "/device.key.new", atomically: true, encoding: .utf8)
+        #expect(try AgentState.load(state).certificate.serialHex == renewed.serial)
+        #expect(!FileManager.default.fileExists(atPath: state + "/device.key.new"))
+        try await hub.stop()
+    }
+
     /// Bad state: a clear error naming the file, never a crash; a state directory others can read is refused.
     @Test func badStateIsRefusedClearly() async throws {
         let hub = try await TestHub.start()
@@ -339,19 +375,28 @@ import X509
         let agent = try Agent(configuration: configuration)
         let running = Task { try await agent.run() }
         let id = try DeviceID("inv-1")
+        // A report naming many destinations (and a non-address): one audit record, the non-address dropped.
+        let many = (0..<100).map { #"{"proto":"tcp","address":"192.0.2.\#($0)","port":9}"# }.joined(separator: ",")
+        let flood = #"{"established":[\#(many),{"proto":"tcp","address":"not-an-ip","port":1}],"listening":[]}"#
+        try await agent.send(Array(flood.utf8), route: "events/connections")
         #expect(
             try await AgentTests.eventually {
-                try await hub.server.store.destinations(of: id).first { $0.port == 8080 }?.reports ?? 0 >= 3
+                try await hub.server.store.destinations(of: id).first { $0.port == 8080 }?.reports ?? 0 >= 2
             })
         let shown = jsonObject(try await hub.operatorRequest("GET", "/v1/devices/inv-1"))
         #expect(shown["class"] as? String == "camera")
         let destinations = shown["destinations"] as? [[String: Any]] ?? []
         #expect(
-            Set(destinations.map { "\($0["address"] ?? ""):\($0["port"] ?? "")" }) == [
+            Set(destinations.map { "\($0["address"] ?? ""):\($0["port"] ?? "")" }).isSuperset(of: [
                 "203.0.113.5:443", "198.51.100.7:8080", "0.0.0.0:22",
-            ])
+            ]))
+        #expect(
+            try await AgentTests.eventually {
+                try await hub.server.store.destinations(of: id).filter { $0.address.hasPrefix("192.0.2.") }.count == 100
+            })
+        #expect(try await hub.server.store.destinations(of: id).allSatisfy { $0.address != "not-an-ip" })
         let violations = try await hub.securityEvents().filter { $0.kind == "egress-violation" }
-        #expect(violations.count == 1, "once per destination and hour")
+        #expect(violations.count == 1, "once per device and hour, however many destinations")
         #expect(violations.first?.detail.contains("198.51.100.7:8080") == true)
         #expect(hub.server.gateway.quarantine.isQuarantined(id, now: Int64(Date().timeIntervalSince1970)))
         await agent.stop()
