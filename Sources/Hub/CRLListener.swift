@@ -33,12 +33,9 @@ struct CRLListener: Service {
                     NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
                 > in
                 let source = channel.remoteAddress?.ipAddress ?? "unknown"
-                guard connections.acquire(source, channel) else {
-                    logger.debug("CRL connection refused: connection limit", metadata: ["source": "\(source)"])
-                    channel.close(promise: nil)
-                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                if let refused = connections.admit(channel, source: source, logger: logger, listener: "CRL") {
+                    return channel.eventLoop.makeFailedFuture(refused)
                 }
-                channel.closeFuture.whenComplete { _ in connections.release(source, channel) }
                 return channel.eventLoop.makeCompletedFuture {
                     // NIOHTTP1 parses the request (and answers 400 to one it cannot parse, then closes).
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(

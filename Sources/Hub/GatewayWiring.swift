@@ -186,13 +186,9 @@ struct ConnectionGate<Base: ServerChildChannel>: ServerChildChannel {
             channel.close(promise: nil)
             return channel.eventLoop.makeFailedFuture(GatewayError(refusal: refusal, identity: nil))
         }
-        guard connections.acquire(source, channel) else {
-            logger.debug("connection refused before TLS: connection limit", metadata: ["source": .string(source)])
-            channel.close(promise: nil)
-            return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+        if let refused = connections.admit(channel, source: source, logger: logger, listener: listener) {
+            return channel.eventLoop.makeFailedFuture(refused)
         }
-        let connections = connections
-        channel.closeFuture.whenComplete { _ in connections.release(source, channel) }
         let limits = limits
         let onRefusal = onRefusal
         return base.setup(channel: channel, logger: logger).flatMapThrowing { value in

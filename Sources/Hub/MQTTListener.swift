@@ -94,12 +94,9 @@ struct MQTTListener: Service {
                     channel.close(promise: nil)
                     return channel.eventLoop.makeFailedFuture(GatewayError(refusal: refusal, identity: nil))
                 }
-                guard connections.acquire(source, channel) else {
-                    logger.debug("MQTT connection refused: connection limit", metadata: ["source": .string(source)])
-                    channel.close(promise: nil)
-                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                if let refused = connections.admit(channel, source: source, logger: logger, listener: "MQTT") {
+                    return channel.eventLoop.makeFailedFuture(refused)
                 }
-                channel.closeFuture.whenComplete { _ in connections.release(source, channel) }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         NIOSSLServerHandler(context: context, customVerificationCallback: verify))
@@ -145,6 +142,18 @@ final class ConnectionCounter: Sendable {
     init(total: Int, perSource: Int) {
         self.total = total
         self.perSource = perSource
+    }
+
+    /// Takes a slot for a channel just accepted, given back when it closes; or closes it at once (before any TLS
+    /// work) and returns the error its channel initializer fails with.
+    func admit(_ channel: any Channel, source: String, logger: Logger, listener: String) -> (any Error)? {
+        guard acquire(source, channel) else {
+            logger.debug("\(listener) connection refused: connection limit", metadata: ["source": .string(source)])
+            channel.close(promise: nil)
+            return ChannelError.ioOnClosedChannel
+        }
+        channel.closeFuture.whenComplete { _ in self.release(source, channel) }
+        return nil
     }
 
     func acquire(_ source: String, _ channel: any Channel) -> Bool {

@@ -156,12 +156,9 @@ struct PairingListener: Service {
                     channel.close(promise: nil)
                     return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
                 }
-                guard connections.acquire(source, channel) else {
-                    logger.debug("pairing connection refused: connection limit", metadata: ["source": "\(source)"])
-                    channel.close(promise: nil)
-                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                if let refused = connections.admit(channel, source: source, logger: logger, listener: "pairing") {
+                    return channel.eventLoop.makeFailedFuture(refused)
                 }
-                channel.closeFuture.whenComplete { _ in connections.release(source, channel) }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(PairingFrameDecoder(), maximumBufferSize: 2 + 65535))
