@@ -61,6 +61,16 @@ public struct ProcessCommandHandler: Sendable {
         output.fileHandleForReading.readabilityHandler = { collected.append($0.availableData) }
         process.waitUntilExit()
         output.fileHandleForReading.readabilityHandler = nil
+        // What the program wrote just before it exited may not have reached the handler yet: take it now, without
+        // waiting for an end of file that a child it left behind could hold off.
+        let fd = output.fileHandleForReading.fileDescriptor
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { break }
+            collected.append(Data(chunk[0..<n]))
+        }
         term.cancel()
         killer.cancel()
         return CommandOutcome(
