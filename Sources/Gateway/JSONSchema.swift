@@ -237,16 +237,18 @@ public struct JSONSchema: Sendable {
         }
     }
 
+    /// RFC 6901 §3, per Unicode scalar: a `/` or `~` followed by a combining mark is one `Character` in Swift, and
+    /// comparing whole characters left it unescaped (found by JSONSchemaFuzz).
     static func escapePointer(_ name: String) -> String {
-        var escaped = ""
-        for character in name {
-            switch character {
-            case "~": escaped += "~0"
-            case "/": escaped += "~1"
-            default: escaped.append(character)
+        var escaped = String.UnicodeScalarView()
+        for scalar in name.unicodeScalars {
+            switch scalar {
+            case "~": escaped.append(contentsOf: "~0".unicodeScalars)
+            case "/": escaped.append(contentsOf: "~1".unicodeScalars)
+            default: escaped.append(scalar)
             }
         }
-        return escaped
+        return String(escaped)
     }
 }
 
