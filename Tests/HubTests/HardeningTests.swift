@@ -36,9 +36,10 @@ import Testing
     /// keep-alive connection were all held. Each phase has a deadline now, and a source has a connection cap.
     @Test func slowConnectionsAreCutAndCapped() async throws {
         let hub = try await TestHub.start {
-            $0.httpLimits.handshakeSeconds = 1
-            $0.httpLimits.headerSeconds = 1
-            $0.httpLimits.idleSeconds = 1
+            // Two seconds: short, yet long enough for this test's own steps on a loaded run.
+            $0.httpLimits.handshakeSeconds = 2
+            $0.httpLimits.headerSeconds = 2
+            $0.httpLimits.idleSeconds = 2
             $0.httpLimits.maxConnectionsPerSource = 10
         }
         let device = try await hub.enroll("slow-a")
@@ -65,7 +66,7 @@ import Testing
         await keptAlive.wait(until: { $0.contains("\r\n\r\n") })
         #expect(keptAlive.text.hasPrefix("HTTP/1.1 200"))
 
-        try await Task.sleep(for: .milliseconds(1_800))
+        try await Task.sleep(for: .milliseconds(3_000))
         #expect(idle.allSatisfy { $0.isClosed }, "handshake deadline")
         #expect(slowHead.isClosed, "request-head deadline")
         #expect(keptAlive.isClosed, "idle keep-alive deadline")
