@@ -118,7 +118,7 @@ let package = Package(
         .target(
             name: "Hub",
             dependencies: [
-                "Core", "PKI", "Gateway", "Store", "Pairing", "MQTT", "TUFRepository",
+                "Core", "PKI", "Gateway", "Store", "Pairing", "MQTT", "TUF", "TUFRepository", "HubClient",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -152,7 +152,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Core", "PKI", "MQTT", "HubClient",
+                "Core", "PKI", "MQTT", "HubClient", "TUF", "TUFClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -222,7 +222,7 @@ let package = Package(
         .testTarget(
             name: "HubTests",
             dependencies: [
-                "Hub", "HubClient", "Agent", "PKI", "Store", "Core", "Pairing", "Gateway",
+                "Hub", "HubClient", "Agent", "PKI", "Store", "Core", "Pairing", "Gateway", "TUFRepository",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -34,6 +34,9 @@ public struct AgentConfiguration: Sendable {
     public var renews = true
     /// How often the agent reports the device's connections (`events/connections`); 0 turns it off.
     public var inventoryIntervalSeconds = 3600.0
+    /// How often the agent refreshes the update repository's metadata and, through it, the hub's pin set
+    /// (`bulwark/pins.json`), with ±10 % jitter; 0 turns it off. Only when the device holds a TUF root.
+    public var trustRefreshSeconds = 6 * 3600.0
     /// Where the kernel's socket tables are (`/proc`; tests point it at their own files).
     public var procRoot = "/proc"
 
@@ -104,7 +107,15 @@ public actor Agent {
     private var currentChannel: (any Channel)?
     private var stopping = false
     private var renewalJitter = 1.0
+    /// After a failed renewal, the next attempt waits (5 s doubling to an hour, jittered), until the certificate
+    /// expires: the hub's renewal route has its own rate limit, and a fleet must not hammer it.
+    private var renewalFailures = 0
+    private var nextRenewalAttempt: Date?
     public private(set) var lastInventory: Date?
+    public private(set) var trustRootVersion: Int?
+    public private(set) var lastTrustRefresh: Date?
+    /// Why the last trust refresh failed or its pin set was refused (kept apart from the connection's error).
+    public private(set) var trustError: String?
 
     public init(configuration: AgentConfiguration, commandHandler: CommandHandler? = nil) throws(AgentError) {
         self.configuration = configuration
@@ -134,10 +145,14 @@ public actor Agent {
         var delay = configuration.reconnectInitialSeconds
         renewalJitter = Double.random(in: 0.95...1.05)
         let inventory = Task { await self.reportConnections() }
-        defer { inventory.cancel() }
+        let trust = Task { await self.keepTrustCurrent() }
+        defer {
+            inventory.cancel()
+            trust.cancel()
+        }
         while !Task.isCancelled, !stopping {
             if renewalDue() {
-                do { try await renewIfDue() } catch { lastError = "renewal failed: \(error)" }
+                do { try await renewIfDue() } catch { renewalFailed(error) }
             }
             do {
                 try await session()
@@ -303,14 +318,19 @@ public actor Agent {
     private func write(_ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, generation: Int) async throws {
         let idle = Duration.milliseconds(Int64(configuration.keepAliveSeconds) * 500)
         while !Task.isCancelled {
+            // Renewal due: end this session; the next one starts with the new certificate.
+            if renewalDue() { return }
             if connection == .connected, self.generation == generation, ContinuousClock.now >= holdUntil {
                 for buffer in nextPublishes() { try await outbound.write(buffer) }
             }
-            if await waitForWork(upTo: idle) == false, connection == .connected, !Task.isCancelled {
+            // Idle: a PING at half the keep-alive, and no later than the renewal point.
+            let untilRenewal = renewalPoint().map { max(0.05, $0.timeIntervalSinceNow) } ?? .infinity
+            let wait =
+                untilRenewal < Double(configuration.keepAliveSeconds) / 2
+                ? Duration.milliseconds(Int64(untilRenewal * 1000) + 1) : idle
+            if await waitForWork(upTo: wait) == false, connection == .connected, !Task.isCancelled {
                 try await outbound.write(Self.encode(.pingreq))
                 writeStatus()
-                // Renewal due: end this session; the next one starts with the new certificate.
-                if renewalDue() { return }
             }
         }
     }
@@ -434,6 +454,46 @@ public actor Agent {
         }
     }
 
+    // MARK: Trust anchors
+
+    /// While connected, every `trustRefreshSeconds` (jittered): TUF refresh and the pin set (`TrustRefresh`). A new
+    /// pin set is used from the next connection on; the session in progress goes on.
+    private func keepTrustCurrent() async {
+        let interval = configuration.trustRefreshSeconds
+        guard interval > 0, TrustRefresh.available(state) else { return }
+        while !Task.isCancelled {
+            guard connection == .connected else {
+                try? await Task.sleep(for: .milliseconds(250))
+                continue
+            }
+            await refreshTrust()
+            let wait = interval * Double.random(in: 0.9...1.1)
+            try? await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
+        }
+    }
+
+    /// One trust refresh now (also `bulwark agent status` shows its outcome).
+    public func refreshTrust() async {
+        let snapshot = state
+        do {
+            let outcome = try await TrustRefresh.refresh(snapshot, apiURL: configuration.apiURL)
+            trustRootVersion = outcome.rootVersion
+            lastTrustRefresh = Date()
+            switch outcome.decision {
+            case .accept?:
+                state = try AgentState.load(configuration.stateDirectory)
+                trustError = nil
+            case .refuse(let reason)?:
+                trustError = reason
+            case .unchanged?, nil:
+                trustError = nil
+            }
+        } catch {
+            trustError = "trust refresh failed: \(Self.describe(error))"
+        }
+        writeStatus()
+    }
+
     // MARK: Waiting
 
     private func wake() {
@@ -473,16 +533,33 @@ public actor Agent {
     /// Whether the renewal point of the certificate's lifetime (the configured fraction, with this agent's jitter)
     /// has passed.
     func renewalDue(now: Date = Date()) -> Bool {
-        guard configuration.renews else { return false }
+        guard let point = renewalPoint() else { return false }
+        return now >= point
+    }
+
+    /// When the certificate is to be renewed: the configured fraction of its lifetime (with this agent's jitter), or
+    /// the next attempt after a failure.
+    func renewalPoint() -> Date? {
+        guard configuration.renews else { return nil }
         let notBefore = state.certificate.notValidBefore
         let lifetime = state.certificate.notValidAfter.timeIntervalSince(notBefore)
-        return now >= notBefore.addingTimeInterval(lifetime * configuration.renewalFraction * renewalJitter)
+        let point = notBefore.addingTimeInterval(lifetime * configuration.renewalFraction * renewalJitter)
+        return max(point, nextRenewalAttempt ?? .distantPast)
     }
 
     /// Renews the certificate with a new key when it is due.
     func renewIfDue(now: Date = Date()) async throws {
         guard renewalDue(now: now) else { return }
         state = try await Renewal.renew(state, apiURL: configuration.apiURL)
+        renewalFailures = 0
+        nextRenewalAttempt = nil
+    }
+
+    private func renewalFailed(_ error: any Error) {
+        lastError = "renewal failed: \(error)"
+        renewalFailures += 1
+        let wait = min(3600, 5 * pow(2, Double(min(renewalFailures - 1, 12)))) * Double.random(in: 0.75...1.25)
+        nextRenewalAttempt = Date().addingTimeInterval(wait)
     }
 
     /// The certificate is due for renewal: renew now and reconnect with the new one.
@@ -491,12 +568,20 @@ public actor Agent {
         try? await currentChannel?.close()
     }
 
+    /// Ends the session in progress; the agent connects again at once (after a network change, or to take a new pin
+    /// set or certificate into use now).
+    public func reconnect() async {
+        try? await currentChannel?.close()
+    }
+
     public var status: AgentStatus {
         AgentStatus(
             deviceID: state.deviceID.rawValue, hub: "\(configuration.mqttHost):\(configuration.mqttPort)",
             connection: connection.rawValue, certificateNotAfter: state.certificate.notValidAfter,
             outboxDepth: outbox.depth, dropped: outbox.dropped, delivered: delivered, refused: refusedByHub,
-            lastError: lastError, lastInventory: lastInventory, updatedAt: Date())
+            lastError: lastError, lastInventory: lastInventory, pinSetVersion: state.pinSetVersion,
+            trustRootVersion: trustRootVersion, lastTrustRefresh: lastTrustRefresh, trustError: trustError,
+            updatedAt: Date())
     }
 
     /// `STATE/status.json`, for `bulwark agent status` (replaced atomically; no secret in it).
@@ -546,17 +631,24 @@ public struct AgentStatus: Sendable {
     public var refused: Int
     public var lastError: String?
     public var lastInventory: Date?
+    public var pinSetVersion: Int
+    public var trustRootVersion: Int?
+    public var lastTrustRefresh: Date?
+    public var trustError: String?
     public var updatedAt: Date
 
     public var json: [UInt8] {
         var object: [String: Any] = [
             "deviceId": deviceID, "hub": hub, "connection": connection,
             "certificateNotAfter": certificateNotAfter.formatted(.iso8601), "outboxDepth": outboxDepth,
-            "dropped": dropped, "delivered": delivered, "refused": refused,
+            "dropped": dropped, "delivered": delivered, "refused": refused, "pinSetVersion": pinSetVersion,
             "updatedAt": updatedAt.formatted(.iso8601),
         ]
         if let lastError { object["lastError"] = lastError }
         if let lastInventory { object["lastInventory"] = lastInventory.formatted(.iso8601) }
+        if let trustRootVersion { object["trustRootVersion"] = trustRootVersion }
+        if let lastTrustRefresh { object["lastTrustRefresh"] = lastTrustRefresh.formatted(.iso8601) }
+        if let trustError { object["trustError"] = trustError }
         return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
     }
 }

@@ -43,6 +43,8 @@ public struct AgentError: Error, Equatable, CustomStringConvertible {
 ///     device.key  the operational P-256 key (0600)        device.crt  its certificate, issued by the hub
 ///     ca.crt      the hub CA                             pins        base64 SHA-256 SPKI pins of the hub, one a line
 ///     irk         the identity resolving key (0600)      paired      marks a paired device (one owner)
+///     pins.version  the version of the published pin set the pins came from (absent: as given at pairing)
+///     trust/      the update repository's TUF metadata, from root.json given at pairing (TrustRefresh)
 ///
 /// The directory itself must be 0700: it holds the device's keys.
 public struct AgentState: Sendable {
@@ -51,6 +53,8 @@ public struct AgentState: Sendable {
     public let certificate: Certificate
     public let credentials: ClientCredentials
     public let pinned: PinnedServer
+    /// The version of the published pin set in use (`bulwark/pins.json`); 0 for the pins given at pairing.
+    public let pinSetVersion: Int
 
     public var keyFile: String { directory + "/device.key" }
     public var certificateFile: String { directory + "/device.crt" }
@@ -89,11 +93,21 @@ public struct AgentState: Sendable {
         guard !pins.isEmpty, pins.count == pinLines.count, pins.allSatisfy({ $0.count == 32 }) else {
             throw AgentError(.stateInvalid, "\(directory)/pins does not hold SHA-256 pins: pair again")
         }
+        var pinSetVersion = 0
+        if let text = try? String(contentsOfFile: directory + "/pins.version", encoding: .utf8) {
+            guard let version = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)), version >= 0 else {
+                throw AgentError(
+                    .stateInvalid,
+                    "\(directory)/pins.version is not a version number: remove it (the next refresh "
+                        + "writes it again)")
+            }
+            pinSetVersion = version
+        }
         return AgentState(
             directory: directory, deviceID: deviceID, certificate: certificate,
             credentials: ClientCredentials(
                 certificatePEM: Array(certificatePEM.utf8), keyPEM: Array(keyPEM.utf8), caPEM: Array(caPEM.utf8)),
-            pinned: PinnedServer(caCertificateDER: ca.derBytes, pins: pins))
+            pinned: PinnedServer(caCertificateDER: ca.derBytes, pins: pins), pinSetVersion: pinSetVersion)
     }
 
     /// A renewal writes `device.key.new` and `device.crt.new`, then renames both. If both are there and belong

@@ -10,7 +10,7 @@ struct Bulwark: AsyncParsableCommand {
         commandName: "bulwark",
         abstract: "Bulwark: the IoT security hub, its device agent and its operator CLI.",
         subcommands: [
-            Serve.self, DeviceCommand.self, OperatorCommand.self, PairCommand.self, AgentCommand.self,
+            Serve.self, HubCommand.self, DeviceCommand.self, OperatorCommand.self, PairCommand.self, AgentCommand.self,
             EventsCommand.self, SchemaCommand.self, AuditCommand.self, PolicyCommand.self, UpdatesCommand.self,
             TUFCommand.self,
         ]

@@ -237,6 +237,8 @@ struct AgentCommand: AsyncParsableCommand {
         @Option(help: "Longest wait between reconnection attempts, in seconds.") var reconnectMax: Double = 60
         @Option(help: "Seconds between connection reports (events/connections); 0: none.")
         var inventoryInterval: Double = 3600
+        @Option(help: "Seconds between refreshes of the update metadata and the hub's pin set through TUF; 0: none.")
+        var trustRefresh: Double = 6 * 3600
 
         func run() async throws {
             let parts = mqtt.split(separator: ":")
@@ -249,6 +251,7 @@ struct AgentCommand: AsyncParsableCommand {
             configuration.outboxBytes = outboxBytes
             configuration.reconnectMaximumSeconds = reconnectMax
             configuration.inventoryIntervalSeconds = inventoryInterval
+            configuration.trustRefreshSeconds = trustRefresh
             let handler = self.handler.map {
                 ProcessCommandHandler(executable: $0, timeoutSeconds: commandTimeout).handler
             }
@@ -292,9 +295,21 @@ struct AgentCommand: AsyncParsableCommand {
             print(
                 "outbox        \(status["outboxDepth"] as? Int ?? 0) waiting, \(status["dropped"] as? Int ?? 0) dropped"
             )
+            print(
+                "pins          \(loaded.pinned.pins.count) pins, "
+                    + (loaded.pinSetVersion == 0
+                        ? "as given at pairing" : "published set version \(loaded.pinSetVersion)"))
+            let trust =
+                TrustRefresh.available(loaded)
+                ? (status["trustRootVersion"] as? Int).map {
+                    "TUF root version \($0), refreshed \(status["lastTrustRefresh"] as? String ?? "-")"
+                } ?? "TUF root from pairing, not refreshed yet"
+                : "no TUF root (the hub had no update repository at pairing)"
+            print("trust         \(trust)")
+            if let error = status["trustError"] as? String { print("trust error   \(error)") }
             print("inventory     \(status["lastInventory"] as? String ?? "none reported yet")")
             if let error = status["lastError"] as? String { print("last error    \(error)") }
-            guard connected, notAfter > Date() else { throw ExitCode(1) }
+            guard connected, notAfter > Date(), status["trustError"] == nil else { throw ExitCode(1) }
         }
     }
 

@@ -78,7 +78,7 @@ struct RenewalSettings: Sendable {
     let authority: CertificateAuthority
     let renewals: CertificateRenewals
     let revocations: RevocationList
-    let certificateDays: Int
+    let certificateLifetime: TimeInterval
     let graceSeconds: Double
 }
 

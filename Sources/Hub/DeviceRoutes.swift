@@ -144,7 +144,7 @@ struct DeviceRoutes {
                 throw refused("renewal: the CSR's key is one this device already had (a renewal needs a new key)")
             }
             certificate = try renewal.authority.issueClientCertificate(
-                for: .device(device), csr: csr, now: Date(), days: renewal.certificateDays)
+                for: .device(device), csr: csr, now: Date(), lifetime: renewal.certificateLifetime)
         } catch let error as PKIError {
             throw refused("renewal: \(error)")
         }

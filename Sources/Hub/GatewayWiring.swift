@@ -8,6 +8,7 @@ import HummingbirdTLS
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Store
 
 /// The gateway settings of `HubConfiguration` (`gateway.*` keys), turned into a `GatewayPolicy`.
@@ -206,12 +207,14 @@ struct ConnectionGate<Base: ServerChildChannel>: ServerChildChannel {
 extension HTTPServerBuilder {
     /// HTTP/1.1 over TLS with the pipeline's connection gate in front of the TLS handler.
     static func gatedTLS(
-        configuration: TLSChannelConfiguration, gateway: GatewayPipeline, listener: String,
+        contexts: TLSContextSource,
+        verify: @escaping @Sendable ([NIOSSLCertificate], EventLoopPromise<NIOSSLVerificationResult>) -> Void,
+        gateway: GatewayPipeline, listener: String,
         connections: ConnectionCounter, limits: HTTPLimits, onRefusal: @escaping @Sendable (FramingRefusal) -> Void
     ) -> HTTPServerBuilder {
         HTTPServerBuilder { responder in
             ConnectionGate(
-                base: try TLSChannel(HTTP1Channel(responder: responder), configuration: configuration),
+                base: RotatingTLSChannel(base: HTTP1Channel(responder: responder), contexts: contexts, verify: verify),
                 gateway: gateway, listener: listener, connections: connections, limits: limits, onRefusal: onRefusal)
         }
     }

@@ -14,7 +14,7 @@ extension HubConfiguration {
         return "http://\(Self.urlHost(host)):\(crl.port)/crl"
     }
 
-    var crlDistributionPoints: CRLDistributionPoints? {
+    public var crlDistributionPoints: CRLDistributionPoints? {
         get throws {
             guard let url = crlDistributionPointURL else { return nil }
             do { return try CRLDistributionPoints(uri: url) } catch {
@@ -48,7 +48,7 @@ extension HubConfiguration {
         _ = try crlDistributionPoints
     }
 
-    private static func bindsEveryInterface(_ host: String) -> Bool {
+    public static func bindsEveryInterface(_ host: String) -> Bool {
         ["0.0.0.0", "::"].contains(host)
     }
 

@@ -33,7 +33,17 @@ public struct HubConfiguration: Sendable, Equatable {
     /// Lifetime of device certificates issued by renewal, and how long a renewed certificate's predecessor stays
     /// valid when the device does not use the new one (`pki.deviceCertificateDays`, `pki.renewalGraceSeconds`).
     public var deviceCertificateDays = 90
+    /// A lifetime in seconds instead of days (`pki.deviceCertificateSeconds`, 60 s to 397 days), for fleets that
+    /// want short-lived device certificates.
+    public var deviceCertificateSeconds: Double?
     public var renewalGraceSeconds = 86_400.0
+
+    /// The lifetime of every device certificate the hub issues (pairing and renewal).
+    public var deviceCertificateLifetime: TimeInterval {
+        deviceCertificateSeconds ?? Double(deviceCertificateDays) * 86400
+    }
+    /// How often the hub looks for a rotated TLS key in the data directory (`bulwark hub rotate-tls-key`).
+    public var tlsKeyCheckSeconds = 5.0
     /// Update downloads in progress at once, in all and per device (`updates.maxDownloads*`).
     public var maxDownloads = 256
     public var maxDownloadsPerDevice = 2
@@ -108,6 +118,8 @@ public struct HubConfiguration: Sendable, Equatable {
             forKey: "pki.deviceCertificateDays", default: config.deviceCertificateDays)
         config.renewalGraceSeconds = reader.double(
             forKey: "pki.renewalGraceSeconds", default: config.renewalGraceSeconds)
+        config.deviceCertificateSeconds = reader.double(forKey: "pki.deviceCertificateSeconds")
+        config.tlsKeyCheckSeconds = reader.double(forKey: "tls.keyCheckSeconds", default: config.tlsKeyCheckSeconds)
         config.maxDownloads = reader.int(forKey: "updates.maxDownloads", default: config.maxDownloads)
         config.maxDownloadsPerDevice = reader.int(
             forKey: "updates.maxDownloadsPerDevice", default: config.maxDownloadsPerDevice)
@@ -242,6 +254,12 @@ public struct HubConfiguration: Sendable, Equatable {
         }
         guard (1...397).contains(deviceCertificateDays), (0...(30 * 86_400)).contains(renewalGraceSeconds) else {
             throw HubStartupError("pki.deviceCertificateDays must be 1-397 and pki.renewalGraceSeconds 0-2592000")
+        }
+        if let seconds = deviceCertificateSeconds, !(60...(397 * 86400)).contains(seconds) {
+            throw HubStartupError("pki.deviceCertificateSeconds must be 60-34300800")
+        }
+        guard (0.05...3600).contains(tlsKeyCheckSeconds) else {
+            throw HubStartupError("tls.keyCheckSeconds must be 0.05-3600")
         }
         guard (tufRepository == nil) == (tufOnlineKeys == nil) else {
             throw HubStartupError("tuf.repository and tuf.onlineKeys go together")

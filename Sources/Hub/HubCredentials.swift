@@ -11,16 +11,17 @@ public import X509
 ///     ca.crt  ca.key            the hub certificate authority (P-256)
 ///     hub.crt hub.key           the TLS server certificate of both listeners (the key is kept across renewals)
 ///     hub-backup.key            a TLS key not in use, pinned by devices as the backup
+///     hub-next.key              during a key rotation only: the key that becomes the backup
 ///     hub-pair-*.key            the Noise static keys for pairing (P-256 and X25519)
 ///     operators/admin.{crt,key} the first operator credential, plus operators/ca.crt
 ///
 /// Key files are created 0600 and every `*.key` below the data directory is checked at each start.
 public struct HubCredentials: Sendable {
     public let authority: CertificateAuthority
-    public let serverCertificate: Certificate
-    public let serverKey: P256.Signing.PrivateKey
-    /// A key not in use, whose pin devices also hold, so the hub can move to it without bricking the fleet.
-    public let backupKey: P256.Signing.PrivateKey
+    /// The TLS key and certificate presented now (replaced, without a restart, by a key rotation).
+    public let identity: ServerIdentity
+    public var serverCertificate: Certificate { identity.current.certificate }
+    public var serverKey: P256.Signing.PrivateKey { identity.current.key }
     /// The hub's Noise static keys for pairing, per suite.
     public let pairingKeys: [PairingLabel.Suite: NoiseKeyPair]
 
@@ -51,6 +52,7 @@ public struct HubCredentials: Sendable {
         }
 
         // The TLS key is kept across certificate renewals: devices pin it (with a backup key not in use).
+        TLSKeyFiles(dataDirectory).finishRotation()
         let serverKey = try loadOrCreateSigningKey(dataDirectory + "/hub.key")
         let backupKey = try loadOrCreateSigningKey(dataDirectory + "/hub-backup.key")
         let serverCertPath = dataDirectory + "/hub.crt"
@@ -77,14 +79,13 @@ public struct HubCredentials: Sendable {
         }
         guard let certificate else { throw HubStartupError("cannot issue the hub certificate") }
         return HubCredentials(
-            authority: authority, serverCertificate: certificate, serverKey: serverKey, backupKey: backupKey,
+            authority: authority,
+            identity: ServerIdentity(certificate: certificate, key: serverKey, backup: backupKey.publicKey),
             pairingKeys: pairingKeys)
     }
 
     /// `pin-sha256` values (SHA-256 of the SPKI) of the key in use and of the backup key, in that order.
-    public var pins: [[UInt8]] {
-        [serverKey.publicKey, backupKey.publicKey].map { Array(SHA256.hash(data: $0.derRepresentation)) }
-    }
+    public var pins: [[UInt8]] { identity.current.pins }
 
     static func loadOrCreateSigningKey(_ path: String) throws -> P256.Signing.PrivateKey {
         if FileManager.default.fileExists(atPath: path) {

@@ -131,13 +131,12 @@ public final class HubServer: Sendable {
                     }
                 }
             }
+            let (contexts, verify) = try HubTLS.serverContexts(
+                credentials: credentials, role: role, revocations: revocations, store: store, logger: appLogger)
             return Application(
                 router: router,
                 server: .gatedTLS(
-                    configuration: try HubTLS.channelConfiguration(
-                        credentials: credentials, role: role, revocations: revocations, store: store,
-                        logger: appLogger),
-                    gateway: gateway, listener: name,
+                    contexts: contexts, verify: verify, gateway: gateway, listener: name,
                     connections: ConnectionCounter(
                         total: limits.maxConnections, perSource: limits.maxConnectionsPerSource),
                     limits: limits, onRefusal: onRefusal),
@@ -155,7 +154,7 @@ public final class HubServer: Sendable {
                 store: store, gateway: gateway, maxBodyBytes: configuration.maxBodyBytes,
                 renewal: RenewalSettings(
                     authority: credentials.authority, renewals: renewals, revocations: revocations,
-                    certificateDays: configuration.deviceCertificateDays,
+                    certificateLifetime: configuration.deviceCertificateLifetime,
                     graceSeconds: configuration.renewalGraceSeconds), egress: egress
             ).register(on: $0)
             if let repository = configuration.tufRepository {
@@ -195,6 +194,7 @@ public final class HubServer: Sendable {
                 return pairingLogger
             }(), onBound: { portsContinuation.yield(("pairing", $0)) })
         pairing.tufRepository = configuration.tufRepository
+        pairing.certificateLifetime = configuration.deviceCertificateLifetime
         let mqtt = MQTTListener(
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
             revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,
@@ -205,6 +205,13 @@ public final class HubServer: Sendable {
                 return mqttLogger
             }(), onBound: { portsContinuation.yield(("mqtt", $0)) })
         var services: [any Service] = [device, operatorApp, pairing, rids, mqtt]
+        var tlsLogger = logger
+        tlsLogger[metadataKey: "service"] = "tls"
+        services.append(
+            TLSKeyWatcher(
+                files: TLSKeyFiles(configuration.dataDirectory), authority: credentials.authority,
+                identity: credentials.identity, store: store,
+                interval: .milliseconds(Int64(configuration.tlsKeyCheckSeconds * 1000)), logger: tlsLogger))
         services.append(CRLRefreshService(publisher: crl, interval: .seconds(3600), logger: logger))
         services.append(
             RenewalSweepService(

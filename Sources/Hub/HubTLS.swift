@@ -1,7 +1,7 @@
 import Core
 import Crypto
 import Foundation
-import HummingbirdTLS
+import HummingbirdCore
 import Logging
 import NIOCore
 public import NIOSSL
@@ -13,34 +13,43 @@ import X509
 /// a callback that runs swift-certificates' RFC 5280 path validation against the hub CA alone, plus
 /// `ClientCertificatePolicy` (EKU clientAuth, not a CA, the listener's role, not revoked).
 enum HubTLS {
-    static func channelConfiguration(
-        credentials: HubCredentials, role: ClientCertificatePolicy.Role, revocations: RevocationList,
-        store: any HubStore, logger: Logger
-    ) throws -> TLSChannelConfiguration {
-        let (tls, verify) = try serverConfiguration(
-            credentials: credentials, role: role, revocations: revocations, store: store, logger: logger)
-        return TLSChannelConfiguration(tlsConfiguration: tls, customVerificationCallback: verify)
-    }
-
-    /// The TLS configuration and the verification callback, for listeners built directly on NIO (MQTT).
-    static func serverConfiguration(
+    /// The listener's TLS contexts (rebuilt when the key rotates) and its client-certificate check.
+    static func serverContexts(
         credentials: HubCredentials, role: ClientCertificatePolicy.Role, revocations: RevocationList,
         store: any HubStore, logger: Logger, applicationProtocols: [String] = ["http/1.1"]
-    ) throws -> (TLSConfiguration, @Sendable ([NIOSSLCertificate], EventLoopPromise<NIOSSLVerificationResult>) -> Void)
+    ) throws -> (TLSContextSource, @Sendable ([NIOSSLCertificate], EventLoopPromise<NIOSSLVerificationResult>) -> Void)
     {
         let caCertificate = credentials.authority.certificate
+        let source = try TLSContextSource(identity: credentials.identity, logger: logger) { keys in
+            try NIOSSLContext(
+                configuration: configuration(keys: keys, ca: caCertificate, applicationProtocols: applicationProtocols))
+        }
+        return (
+            source,
+            verification(
+                caCertificate: caCertificate, role: role, revocations: revocations, store: store, logger: logger)
+        )
+    }
+
+    static func configuration(keys: ServerIdentity.Keys, ca: Certificate, applicationProtocols: [String]) throws
+        -> TLSConfiguration
+    {
         var tls = TLSConfiguration.makeServerConfigurationWithMTLS(
-            certificateChain: [
-                .certificate(try NIOSSLCertificate(bytes: credentials.serverCertificate.derBytes, format: .der))
-            ],
+            certificateChain: [.certificate(try NIOSSLCertificate(bytes: keys.certificate.derBytes, format: .der))],
             privateKey: .privateKey(
-                try NIOSSLPrivateKey(bytes: Array(credentials.serverKey.pemRepresentation.utf8), format: .pem)),
-            trustRoots: .certificates([try NIOSSLCertificate(bytes: caCertificate.derBytes, format: .der)]))
+                try NIOSSLPrivateKey(bytes: Array(keys.key.pemRepresentation.utf8), format: .pem)),
+            trustRoots: .certificates([try NIOSSLCertificate(bytes: ca.derBytes, format: .der)]))
         tls.minimumTLSVersion = .tlsv13
         tls.maximumTLSVersion = .tlsv13
         tls.certificateVerification = .noHostnameVerification
         tls.applicationProtocols = applicationProtocols
+        return tls
+    }
 
+    static func verification(
+        caCertificate: Certificate, role: ClientCertificatePolicy.Role, revocations: RevocationList,
+        store: any HubStore, logger: Logger
+    ) -> @Sendable ([NIOSSLCertificate], EventLoopPromise<NIOSSLVerificationResult>) -> Void {
         let verify: @Sendable ([NIOSSLCertificate]) async -> NIOSSLVerificationResult = { certificates in
             let ders = certificates.compactMap { try? $0.toDERBytes() }
             guard let leafDER = ders.first, let leaf = try? Certificate(derEncoded: leafDER) else {
@@ -72,9 +81,24 @@ enum HubTLS {
                 return .failed
             }
         }
-        return (
-            tls,
-            { certificates, promise in promise.completeWithTask { await verify(certificates) } }
-        )
+        return { certificates, promise in promise.completeWithTask { await verify(certificates) } }
     }
+}
+
+/// HummingbirdTLS's `TLSChannel`, with the context taken per connection from the listener's `TLSContextSource`, so a
+/// rotated key is presented from the next connection on.
+struct RotatingTLSChannel<Base: ServerChildChannel>: ServerChildChannel {
+    typealias Value = Base.Value
+    let base: Base
+    let contexts: TLSContextSource
+    let verify: @Sendable ([NIOSSLCertificate], EventLoopPromise<NIOSSLVerificationResult>) -> Void
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(
+                NIOSSLServerHandler(context: contexts.context, customVerificationCallback: verify))
+        }.flatMap { base.setup(channel: channel, logger: logger) }
+    }
+
+    func handle(value: Value, logger: Logger) async { await base.handle(value: value, logger: logger) }
 }

@@ -70,10 +70,9 @@ struct MQTTListener: Service {
     var recorder: GatewayRecorder { GatewayRecorder(store: store, logger: logger) }
 
     func run() async throws {
-        let (tls, verify) = try HubTLS.serverConfiguration(
+        let (contexts, verify) = try HubTLS.serverContexts(
             credentials: credentials, role: .anyIdentity, revocations: revocations, store: store, logger: logger,
             applicationProtocols: ["mqtt"])
-        let context = try NIOSSLContext(configuration: tls)
         let maximumPacketSize = maximumPacketSize
         let gateway = gateway
         let connections = connections
@@ -99,7 +98,7 @@ struct MQTTListener: Service {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        NIOSSLServerHandler(context: context, customVerificationCallback: verify))
+                        NIOSSLServerHandler(context: contexts.context, customVerificationCallback: verify))
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(
                             MQTTDecoder(role: .server, maximumPacketSize: maximumPacketSize),

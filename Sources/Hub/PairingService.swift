@@ -111,6 +111,8 @@ struct PairingListener: Service {
     /// The update repository (`tuf.repository`): its current root goes to every device at pairing, the trust anchor
     /// of its update client.
     var tufRepository: String?
+    /// The lifetime of the certificate a paired device gets (`pki.deviceCertificateDays` or `…Seconds`).
+    var certificateLifetime: TimeInterval = 90 * 86400
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
     /// Connections held at once, in all and per source address (checked before the hub greets).
@@ -244,7 +246,8 @@ struct PairingListener: Service {
                         action = try session.issued(
                             PairingCredentials(
                                 certificateDER: certificate.derBytes,
-                                caCertificateDER: credentials.authority.certificate.derBytes, pins: credentials.pins,
+                                caCertificateDER: credentials.authority.certificate.derBytes,
+                                pins: credentials.identity.current.pins,
                                 irk: irk, tufRoot: currentTUFRoot()))
                     case .paired(let device, let acknowledgement):
                         guard let certificate = issued else { throw PairingError(.protocolViolation, "no certificate") }
@@ -305,7 +308,8 @@ struct PairingListener: Service {
         guard let key = try? P256.Signing.PublicKey(x963Representation: operationalKey),
             csr.publicKey == Certificate.PublicKey(key)
         else { throw PairingError(.badProofOfPossession, "CSR key differs from the key bound to the handshake") }
-        return try credentials.authority.issueClientCertificate(for: .device(device), csr: csr, now: Date(), days: 90)
+        return try credentials.authority.issueClientCertificate(
+            for: .device(device), csr: csr, now: Date(), lifetime: certificateLifetime)
     }
 }
 

@@ -74,7 +74,7 @@ public struct CertificateAuthority: Sendable {
             extendedKeyUsage: .serverAuth,
             subjectAlternativeNames: names,
             now: now,
-            days: days
+            lifetime: Double(days) * 86400
         )
     }
 
@@ -90,14 +90,28 @@ public struct CertificateAuthority: Sendable {
         now: Date,
         days: Int
     ) throws(PKIError) -> Certificate {
+        guard (1...397).contains(days) else {
+            throw PKIError(.invalidRequest, "validity must be between 1 and 397 days")
+        }
+        return try issueClientCertificate(for: identity, csr: csr, now: now, lifetime: Double(days) * 86400)
+    }
+
+    /// As `issueClientCertificate(for:csr:now:days:)`, for a lifetime in seconds (60 s to 397 days): short-lived
+    /// device certificates, renewed by the agent at two thirds of their life.
+    public func issueClientCertificate(
+        for identity: Identity,
+        csr: CertificateSigningRequest,
+        now: Date,
+        lifetime: TimeInterval
+    ) throws(PKIError) -> Certificate {
         guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
             throw PKIError(.badCSRSignature, "CSR signature does not verify with the CSR's own public key")
         }
         guard P256.Signing.PublicKey(csr.publicKey) != nil || P384.Signing.PublicKey(csr.publicKey) != nil else {
             throw PKIError(.unsupportedKey, "CSR key must be ECDSA P-256 or P-384")
         }
-        guard (1...397).contains(days) else {
-            throw PKIError(.invalidRequest, "validity must be between 1 and 397 days")
+        guard (60...(397 * 86400)).contains(lifetime) else {
+            throw PKIError(.invalidRequest, "validity must be between 60 seconds and 397 days")
         }
         return try issue(
             publicKey: csr.publicKey,
@@ -105,7 +119,7 @@ public struct CertificateAuthority: Sendable {
             extendedKeyUsage: .clientAuth,
             subjectAlternativeNames: [.uniformResourceIdentifier(identity.uri)],
             now: now,
-            days: days
+            lifetime: lifetime
         )
     }
 
@@ -137,7 +151,7 @@ public struct CertificateAuthority: Sendable {
         extendedKeyUsage: ExtendedKeyUsage.Usage,
         subjectAlternativeNames: [GeneralName],
         now: Date,
-        days: Int
+        lifetime: TimeInterval
     ) throws(PKIError) -> Certificate {
         do {
             let subject = try DistinguishedName {
@@ -149,8 +163,10 @@ public struct CertificateAuthority: Sendable {
                 version: .v3,
                 serialNumber: .positive20Octets(),
                 publicKey: publicKey,
-                notValidBefore: now.addingTimeInterval(-300),
-                notValidAfter: now.addingTimeInterval(Double(days) * 86400),
+                // Back-dated for clocks running behind, by at most a tenth of the lifetime (a short-lived
+                // certificate's renewal point is computed from notBefore).
+                notValidBefore: now.addingTimeInterval(-min(300, lifetime / 10)),
+                notValidAfter: now.addingTimeInterval(lifetime),
                 issuer: certificate.subject,
                 subject: subject,
                 signatureAlgorithm: .ecdsaWithSHA256,

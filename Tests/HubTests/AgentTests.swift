@@ -243,6 +243,57 @@ import X509
         try await hub.stop()
     }
 
+    /// A one-minute certificate through three renewals while the device sends every 250 ms: every message stored
+    /// once, no gap in delivery longer than a few seconds, each predecessor revoked once its successor was used.
+    @Test func aMinuteLongCertificateRenewsThreeTimesWhileTelemetryFlows() async throws {
+        let hub = try await TestHub.start {
+            $0.deviceCertificateSeconds = 60
+            $0.renewalGraceSeconds = 30
+        }
+        let id = try DeviceID("ag-minute")
+        _ = try await hub.enroll(id.rawValue)
+        let first = try hub.issue(.device(id), now: Date(), lifetime: 60)
+        let certificate = try Certificate(
+            pemEncoded: String(decoding: first.credentials.certificatePEM, as: UTF8.self))
+        try await hub.server.store.addCertificate(
+            CertificateRecord(
+                serialHex: certificate.serialHex, subject: Identity.device(id).uri, deviceID: id,
+                spkiSHA256Hex: certificate.publicKey.spkiSHA256Hex, notBefore: certificate.notValidBefore,
+                notAfter: certificate.notValidAfter, der: certificate.derBytes))
+        let state = try Self.stateDirectory(hub, first)
+        let agent = try Agent(configuration: Self.configuration(hub, state))
+        let running = Task { try await agent.run() }
+        var serials = [certificate.serialHex]
+        var sent = 0
+        let deadline = ContinuousClock.now + .seconds(150)
+        while serials.count < 4, ContinuousClock.now < deadline {
+            try await agent.send(Array(#"{"n":\#(sent)}"#.utf8))
+            sent += 1
+            try await Task.sleep(for: .milliseconds(250))
+            let serial = await agent.state.certificate.serialHex
+            if serial != serials.last { serials.append(serial) }
+        }
+        #expect(serials.count == 4, "three renewals: \(serials)")
+        #expect(try await Self.eventually(20) { try await hub.server.store.telemetryCount(of: id) == sent })
+        let received = try await hub.server.store.telemetry(of: id, limit: 10_000).map(\.receivedAt).sorted()
+        let gap = zip(received, received.dropFirst()).map { $1.timeIntervalSince($0) }.max() ?? 0
+        #expect(gap < 5, "longest pause in delivery: \(gap) s")
+        // Each certificate before the last was used by its successor, so it is revoked.
+        #expect(
+            try await Self.eventually(10) { serials.dropLast().allSatisfy { hub.server.revocationList.contains($0) } })
+        #expect(!hub.server.revocationList.contains(serials[3]))
+        let renewed = try await hub.securityEvents().filter {
+            $0.kind == "certificate-renewed" && $0.identity == Identity.device(id).uri
+        }
+        #expect(renewed.count == 3)
+        await agent.stop()
+        running.cancel()
+        _ = try? await running.value
+        let kinds = try await hub.securityEvents().filter { $0.identity == Identity.device(id).uri }.map(\.kind)
+        #expect(!kinds.contains("replay"))
+        try await hub.stop()
+    }
+
     /// A renewal crashed between its two renames: the next start finishes it (or drops a half-written pair).
     @Test func aRenewalInterruptedBetweenItsRenamesIsFinished() async throws {
         let hub = try await TestHub.start()

@@ -106,12 +106,17 @@ final class TestHub: Sendable {
 
     /// A certificate signed by the hub CA with whatever validity and identity a test needs (not recorded).
     func issue(_ identity: Identity, now: Date, days: Int) throws -> TestDevice {
+        try issue(identity, now: now, lifetime: Double(days) * 86400)
+    }
+
+    /// As `issue(_:now:days:)`, for a lifetime in seconds.
+    func issue(_ identity: Identity, now: Date, lifetime: TimeInterval) throws -> TestDevice {
         let key = P256.Signing.PrivateKey()
         let csr = try CertificateSigningRequest(
             version: .v1, subject: try DistinguishedName { CommonName("x") }, privateKey: Certificate.PrivateKey(key),
             attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
         let certificate = try server.credentials.authority.issueClientCertificate(
-            for: identity, csr: csr, now: now, days: days)
+            for: identity, csr: csr, now: now, lifetime: lifetime)
         return try TestDevice(
             id: "issued-\(UUID().uuidString.prefix(8))", keyPEM: key.pemRepresentation, certificatePEM: certificate.pem,
             caPEM: caPEM, directory: directory)

@@ -1,0 +1,92 @@
+import ArgumentParser
+import Foundation
+import Hub
+import HubClient
+import TUFRepository
+
+/// `bulwark hub`: the hub's own keys, run on the hub's machine (they read and write its data directory).
+struct HubCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hub", abstract: "The hub's TLS keys and the pin set devices follow.",
+        subcommands: [PublishPins.self, RotateTLSKey.self])
+
+    struct Options: ParsableArguments {
+        @Option(help: "Data directory (keys, certificates, the SQLite store).") var data: String?
+        @Option(help: "JSON configuration file; BULWARK_* environment variables override it.") var config: String?
+        @Option(help: "The update repository (default: tuf.repository of the configuration).") var repo: String?
+        @Option(
+            help: ArgumentHelp(
+                "Key directory of `bulwark tuf` (NAME.pem) holding the targets key and the snapshot and timestamp "
+                    + "keys; repeat to combine directories."))
+        var keys: [String] = []
+
+        func load() async throws -> (HubConfiguration, String, Keyring) {
+            let configuration: HubConfiguration
+            do { configuration = try await HubConfiguration.load(dataDirectory: data, configFile: config) } catch {
+                throw CleanExit.message("bulwark: \(error)", code: 78)
+            }
+            guard let repository = repo ?? configuration.tufRepository else {
+                throw CleanExit.message(
+                    "bulwark: no update repository: pass --repo or set tuf.repository (the pin set is a TUF target)",
+                    code: 64)
+            }
+            guard !keys.isEmpty else { throw CleanExit.message("bulwark: --keys is required", code: 64) }
+            var ring = Keyring()
+            for directory in keys {
+                do {
+                    for signer in try KeyDirectory(path: directory).keyring().signers.values { ring.add(signer) }
+                } catch { throw CleanExit.message("bulwark: \(error)", code: 66) }
+            }
+            return (configuration, repository, ring)
+        }
+    }
+
+    struct PublishPins: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "publish-pins",
+            abstract: "Publish the hub's current pins (key in use, backup) as the TUF target bulwark/pins.json.")
+        @OptionGroup var options: Options
+
+        func run() async throws {
+            let (configuration, repository, keyring) = try await options.load()
+            do {
+                let credentials = try TLSKeyRotation.currentPins(dataDirectory: configuration.dataDirectory)
+                let version = try await TLSKeyRotation.publish(credentials, repository: repository, keyring: keyring)
+                print("published pin set version \(version): \(credentials.map { Data($0).base64EncodedString() })")
+            } catch { throw CleanExit.message("bulwark: \(error)", code: 1) }
+        }
+    }
+
+    struct RotateTLSKey: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rotate-tls-key",
+            abstract: "Move the hub to its backup TLS key, with a new backup, without stranding a device.",
+            discussion: """
+                With A the key in use and B the backup: makes C, publishes the pin set {A, B, C} through TUF, makes B
+                the key in use (a new certificate) and C the backup (a running hub switches within
+                tls.keyCheckSeconds), waits until the hub presents B, then publishes {B, C}. Devices refresh the pin
+                set through TUF over their pinned connection; each set shares a key with the one before.
+                """)
+        @OptionGroup var options: Options
+        @Option(help: "Seconds to wait for the running hub to present the new key.") var wait = 60
+
+        func run() async throws {
+            let (configuration, repository, keyring) = try await options.load()
+            let host =
+                HubConfiguration.bindsEveryInterface(configuration.device.host)
+                ? "127.0.0.1" : configuration.device.host
+            let port = configuration.device.port
+            do {
+                let result = try await TLSKeyRotation.rotate(
+                    dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames,
+                    crlDistributionPoints: try configuration.crlDistributionPoints, repository: repository,
+                    keyring: keyring, wait: .seconds(wait),
+                    presentedPin: { await TLSKeyRotation.presentedPin(host: host, port: port) })
+                print(
+                    "rotated: retired \(Data(result.previousPin).base64EncodedString()); now "
+                        + "\(result.pins.map { Data($0).base64EncodedString() }.joined(separator: " ")) "
+                        + "(pin set versions \(result.versions.map(String.init).joined(separator: ", ")))")
+            } catch { throw CleanExit.message("bulwark: \(error)", code: 1) }
+        }
+    }
+}

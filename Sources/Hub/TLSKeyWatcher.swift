@@ -1,0 +1,55 @@
+import Foundation
+import Logging
+import PKI
+import ServiceLifecycle
+import Store
+
+/// Notices a key rotation in the data directory (`bulwark hub rotate-tls-key` replaces `hub.key`, `hub.crt`,
+/// `hub-backup.key`) and swaps the new key in for new connections, without a restart. Only a complete, consistent
+/// set is taken (the certificate for the key, from the hub CA, valid now; a backup distinct from it); a half-written
+/// rotation is left until it is complete. Each swap is logged and audited (`tls-key-rotated`, with the pins, which are
+/// public), and the new certificate recorded in the store.
+struct TLSKeyWatcher: Service {
+    let files: TLSKeyFiles
+    let authority: CertificateAuthority
+    let identity: ServerIdentity
+    let store: any HubStore
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        var seen = files.fingerprint()
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            if Task.isShuttingDownGracefully { break }
+            let now = files.fingerprint()
+            guard now != seen else { continue }
+            if await check() { seen = now }
+        }
+    }
+
+    /// Loads the files and swaps them in when they are complete; false when they are not (looked at again later).
+    @discardableResult
+    func check(now: Date = Date()) async -> Bool {
+        guard let (certificate, key, backup) = files.load(authority: authority, now: now) else {
+            logger.debug("TLS key files incomplete or inconsistent; keeping the key in use")
+            return false
+        }
+        let previous = identity.current
+        guard identity.replace(certificate: certificate, key: key, backup: backup) else { return true }
+        let pins = identity.current.pins.map { Data($0).base64EncodedString() }
+        logger.notice(
+            "TLS key switched for new connections",
+            metadata: [
+                "previous": .string(Data(previous.pins[0]).base64EncodedString()), "active": .string(pins[0]),
+                "backup": .string(pins[1]), "serial": .string(certificate.serialHex),
+            ])
+        try? await store.addCertificate(HubCredentials.record(certificate, deviceID: nil))
+        try? await store.recordSecurityEvent(
+            SecurityEvent(
+                at: now, kind: "tls-key-rotated", identity: nil,
+                detail: "active \(pins[0]), backup \(pins[1]), previous \(Data(previous.pins[0]).base64EncodedString())"
+            ))
+        return true
+    }
+}

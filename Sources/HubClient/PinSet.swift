@@ -1,0 +1,91 @@
+import Foundation
+import Gateway
+
+/// The hub's TLS key pins as the hub publishes them: a TUF target `bulwark/pins.json`, signed by the targets role,
+/// so a device takes a new pin set only with the repository's threshold signatures and TUF's rollback and freeze
+/// protection (TUF §5.6, §5.7), never from the network alone.
+///
+///     {"pins":["<base64 SHA-256 of the SubjectPublicKeyInfo>", ...],"version":N}
+///
+/// The first pin is the key the hub presents; the others are keys it may move to (RFC 7469 §4.3 asks for at least
+/// one backup pin). `version` grows with every publication.
+public struct PinSet: Sendable, Equatable {
+    public static let targetPath = "bulwark/pins.json"
+    /// The active key, the backup and the retiring key of a rotation fit; more would only widen what is trusted.
+    public static let maximumPins = 8
+
+    public var version: Int
+    public var pins: [[UInt8]]
+
+    public init(version: Int, pins: [[UInt8]]) {
+        self.version = version
+        self.pins = pins
+    }
+
+    /// Parses a published pin set strictly: exactly the two members, a version in 1...2^31-1, 1...8 distinct SHA-256
+    /// pins in base64.
+    public init(json: [UInt8]) throws(PinSetError) {
+        guard json.count <= 4096, case .object(let object)? = try? StrictJSON().parse(json),
+            Set(object.keys) == ["pins", "version"]
+        else { throw PinSetError("not a pin set document (an object with pins and version only)") }
+        guard case .number(let number, integerLiteral: true)? = object["version"],
+            (1...Double(Int32.max)).contains(number)
+        else { throw PinSetError("the pin set version must be an integer from 1") }
+        guard case .array(let values)? = object["pins"], (1...Self.maximumPins).contains(values.count) else {
+            throw PinSetError("a pin set holds 1 to \(Self.maximumPins) pins")
+        }
+        let texts = values.compactMap { value -> String? in
+            if case .string(let text) = value { return text }
+            return nil
+        }
+        guard texts.count == values.count else { throw PinSetError("a pin is the base64 of a SHA-256 digest") }
+        var pins: [[UInt8]] = []
+        for text in texts {
+            guard let raw = Data(base64Encoded: text), raw.count == 32 else {
+                throw PinSetError("a pin is the base64 of a SHA-256 digest")
+            }
+            guard !pins.contains([UInt8](raw)) else { throw PinSetError("a pin is listed twice") }
+            pins.append([UInt8](raw))
+        }
+        self.init(version: Int(number), pins: pins)
+    }
+
+    /// The document as the hub publishes it (members sorted, no white space).
+    public var json: [UInt8] {
+        let list = pins.map { "\"" + Data($0).base64EncodedString() + "\"" }.joined(separator: ",")
+        return Array("{\"pins\":[\(list)],\"version\":\(version)}".utf8)
+    }
+
+    /// What a device does with a pin set that TUF verified.
+    public enum Decision: Sendable, Equatable {
+        /// Take it: it is newer and keeps continuity with what the device trusts now.
+        case accept
+        /// The device already holds this version.
+        case unchanged
+        /// Keep the current pins; the reason is for the device's status and log.
+        case refuse(String)
+    }
+
+    /// The device's rule for a pin set that passed TUF: only a newer version, and only one that still contains the pin
+    /// of the key the hub presents now or a pin of the current set. So even a targets key in the wrong hands cannot
+    /// move a device to keys unrelated to the ones it trusts in one step.
+    public static func evaluate(
+        _ candidate: PinSet, currentPins: [[UInt8]], currentVersion: Int, presented: [UInt8]?
+    ) -> Decision {
+        if candidate.version == currentVersion, Set(candidate.pins) == Set(currentPins) { return .unchanged }
+        guard candidate.version > currentVersion else {
+            return .refuse(
+                "pin set version \(candidate.version) is not newer than the one held (\(currentVersion))")
+        }
+        let known = Set(currentPins + (presented.map { [$0] } ?? []))
+        guard candidate.pins.contains(where: { known.contains($0) }) else {
+            return .refuse("pin set version \(candidate.version) shares no key with the pins held: refused")
+        }
+        return .accept
+    }
+}
+
+public struct PinSetError: Error, Equatable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,271 @@
+import Agent
+import Core
+import Crypto
+import Foundation
+import HubClient
+import TUFRepository
+import Testing
+
+@testable import Hub
+
+/// The hub's pin set travels through TUF (`bulwark/pins.json`, signed by the targets role); a key rotation publishes
+/// it before the switch, and agents follow without one stranded. A pin set that is tampered with, signed by the wrong
+/// key, rolled back, or signed but unrelated to the pins held is refused.
+@Suite(.serialized) struct PinRotationTests {
+    /// An update repository (`bulwark tuf init`) and the hub's online-keys directory beside it.
+    struct Repository {
+        let base: String
+        var path: String { base + "/repo" }
+        var keys: String { base + "/keys" }
+        var online: String { base + "/online" }
+        var keyring: Keyring { get throws { try KeyDirectory(path: keys).keyring() } }
+
+        static func make(_ name: String = "pins") async throws -> Repository {
+            let repository = Repository(base: try temporaryDirectory(name))
+            let created = try await run(
+                try HubProcessTests.binary, ["tuf", "init", "--repo", repository.path, "--keys", repository.keys])
+            #expect(created.status == 0, "\(created.stderr)")
+            try FileManager.default.createDirectory(
+                atPath: repository.online, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+            for role in ["timestamp", "snapshot"] {
+                try FileManager.default.copyItem(
+                    atPath: "\(repository.keys)/\(role).pem", toPath: "\(repository.online)/\(role).pem")
+            }
+            return repository
+        }
+    }
+
+    static func hub(_ repository: Repository) async throws -> TestHub {
+        try await TestHub.start {
+            $0.tufRepository = repository.path
+            $0.tufOnlineKeys = repository.online
+            $0.tlsKeyCheckSeconds = 0.1
+            // Every simulated agent connects from 127.0.0.1.
+            $0.gateway.connectionRate = 100_000
+            $0.gateway.connectionBurst = 100_000
+        }
+    }
+
+    /// A device's state as `bulwark agent pair` leaves it when the hub has an update repository.
+    static func agent(_ hub: TestHub, _ repository: Repository, _ name: String, refresh: Double) async throws -> Agent {
+        let state = try AgentTests.stateDirectory(hub, try await hub.enroll(name))
+        try FileManager.default.createDirectory(atPath: state + "/trust", withIntermediateDirectories: false)
+        try FileManager.default.copyItem(
+            atPath: repository.path + "/metadata/root.json", toPath: state + "/trust/root.json")
+        var configuration = AgentTests.configuration(hub, state)
+        configuration.trustRefreshSeconds = refresh
+        configuration.renews = false
+        return try Agent(configuration: configuration)
+    }
+
+    static func presented(_ hub: TestHub) async -> [UInt8]? {
+        await TLSKeyRotation.presentedPin(host: "127.0.0.1", port: hub.devicePort)
+    }
+
+    @Test func aHundredAgentsFollowTwoKeyRotationsAndNoneIsStranded() async throws {
+        let repository = try await Repository.make()
+        let hub = try await Self.hub(repository)
+        let keyring = try repository.keyring
+        #expect(
+            try await TLSKeyRotation.publish(hub.server.credentials.pins, repository: repository.path, keyring: keyring)
+                == 1)
+        var agents: [Agent] = []
+        var runs: [Task<Void, any Error>] = []
+        for index in 0..<100 {
+            let agent = try await Self.agent(hub, repository, String(format: "rot-%03d", index), refresh: 5)
+            agents.append(agent)
+            runs.append(Task { try await agent.run() })
+        }
+        func all(_ condition: @escaping (Agent) async -> Bool) async -> Bool {
+            for agent in agents where await !condition(agent) { return false }
+            return true
+        }
+        #expect(
+            await AgentTests.eventually(90) {
+                await all {
+                    let state = await $0.state
+                    return await $0.connection == .connected && state.pinSetVersion == 1
+                }
+            })
+        var active = hub.server.credentials.pins[0]
+        for round in 1...2 {
+            let started = ContinuousClock.now
+            let result = try await TLSKeyRotation.rotate(
+                dataDirectory: hub.directory, hubNames: [], crlDistributionPoints: nil, repository: repository.path,
+                keyring: keyring, wait: .seconds(30), presentedPin: { await Self.presented(hub) })
+            #expect(result.previousPin == active)
+            #expect(result.versions == [2 * round, 2 * round + 1])
+            #expect(await Self.presented(hub) == result.pins[0], "the hub presents the former backup key")
+            active = result.pins[0]
+            let followed = await AgentTests.eventually(90) {
+                await all {
+                    let state = await $0.state
+                    return Set(state.pinned.pins) == Set(result.pins) && state.pinSetVersion == 2 * round + 1
+                }
+            }
+            #expect(followed, "every agent holds the new pin set")
+            // Every agent drops its session and connects again, to the new key: none is stranded.
+            for agent in agents { await agent.reconnect() }
+            #expect(await AgentTests.eventually(90) { await all { await $0.connection == .connected } })
+            print("rotation \(round): 100 agents followed and reconnected in \(ContinuousClock.now - started)")
+            for agent in agents { #expect(await agent.trustError == nil) }
+        }
+        // And they still deliver.
+        for agent in agents { try await agent.send(Array(#"{"after":"rotation"}"#.utf8)) }
+        #expect(await AgentTests.eventually(60) { await all { await $0.delivered >= 1 } })
+        let rotated = try await hub.securityEvents().filter { $0.kind == "tls-key-rotated" }
+        #expect(rotated.count == 2)
+        for agent in agents { await agent.stop() }
+        for task in runs { task.cancel() }
+        try await hub.stop()
+        try? FileManager.default.removeItem(atPath: repository.base)
+    }
+
+    @Test func anAttackersPinSetIsRefused() async throws {
+        let repository = try await Repository.make()
+        let hub = try await Self.hub(repository)
+        let keyring = try repository.keyring
+        let pins = hub.server.credentials.pins
+        try await TLSKeyRotation.publish(pins, repository: repository.path, keyring: keyring)
+        let agent = try await Self.agent(hub, repository, "pin-victim", refresh: 0)
+        let running = Task { try await agent.run() }
+        #expect(await AgentTests.eventually(30) { await agent.connection == .connected })
+        await agent.refreshTrust()
+        #expect(await agent.state.pinSetVersion == 1)
+        #expect(await agent.trustError == nil)
+        let attacker = PinSetTests.pin(0xEE)
+        let metadata = repository.path + "/metadata"
+        let saved = repository.base + "/metadata-v1"
+        try FileManager.default.copyItem(atPath: metadata, toPath: saved)
+
+        func expectUnchanged(_ what: String, _ reason: String) async {
+            let state = await agent.state
+            #expect(state.pinSetVersion == 1, "\(what)")
+            #expect(state.pinned.pins == pins, "\(what)")
+            let error = await agent.trustError ?? ""
+            #expect(error.contains(reason), "\(what): \(error)")
+            let onDisk = try? AgentState.load(state.directory)
+            #expect(onDisk?.pinned.pins == pins, "\(what)")
+        }
+
+        // 1. Signed through TUF but sharing no key with the pins held (a stolen targets key alone).
+        try await TLSKeyRotation.publish([attacker], repository: repository.path, keyring: keyring)
+        await agent.refreshTrust()
+        await expectUnchanged("unrelated set", "shares no key")
+
+        // 2. The target's bytes replaced on the server (no signature covers them): length or hash mismatch.
+        try await TLSKeyRotation.publish([attacker, pins[0]], repository: repository.path, keyring: keyring)
+        let published = try #require(
+            try FileManager.default.contentsOfDirectory(atPath: repository.path + "/targets/bulwark").first {
+                (try? PinSet(
+                    json: Array(Data(contentsOf: URL(fileURLWithPath: repository.path + "/targets/bulwark/" + $0)))))?
+                    .version == 3
+            })
+        try Data(PinSet(version: 3, pins: [attacker, pins[0], pins[1]]).json).write(
+            to: URL(fileURLWithPath: repository.path + "/targets/bulwark/" + published))
+        await agent.refreshTrust()
+        await expectUnchanged("tampered target", "trust refresh failed")
+
+        // 3. Metadata signed by keys the device's root does not trust (an attacker's own repository).
+        let real = repository.base + "/metadata-real"
+        try FileManager.default.copyItem(atPath: metadata, toPath: real)
+        let foreign = try await Repository.make("pins-attacker")
+        for _ in 0..<6 {
+            try await TLSKeyRotation.publish(
+                [attacker, pins[0]], repository: foreign.path, keyring: try foreign.keyring)
+        }
+        try FileManager.default.removeItem(atPath: metadata)
+        try FileManager.default.copyItem(atPath: foreign.path + "/metadata", toPath: metadata)
+        await agent.refreshTrust()
+        await expectUnchanged("wrong signing keys", "trust refresh failed")
+
+        // 4. The repository rolled back to the metadata of version 1 (older timestamp, snapshot and targets).
+        try FileManager.default.removeItem(atPath: metadata)
+        try FileManager.default.copyItem(atPath: saved, toPath: metadata)
+        await agent.refreshTrust()
+        await expectUnchanged("rolled back", "trust refresh failed")
+
+        // The real repository again: a proper pin set that keeps continuity is taken (the refusals were not blanket).
+        try FileManager.default.removeItem(atPath: metadata)
+        try FileManager.default.copyItem(atPath: real, toPath: metadata)
+        let next = PinSetTests.pin(0x42)
+        let version = try await TLSKeyRotation.publish(
+            [pins[0], pins[1], next], repository: repository.path, keyring: keyring)
+        await agent.refreshTrust()
+        #expect(await agent.trustError == nil)
+        #expect(await agent.state.pinSetVersion == version)
+        #expect(await agent.state.pinned.pins == [pins[0], pins[1], next])
+        await agent.stop()
+        running.cancel()
+        try await hub.stop()
+        try? FileManager.default.removeItem(atPath: repository.base)
+        try? FileManager.default.removeItem(atPath: foreign.base)
+    }
+
+    /// The operator's commands, as a separate process beside the running hub.
+    @Test func theCommandsRotateARunningHub() async throws {
+        let binary = try HubProcessTests.binary
+        let repository = try await Repository.make()
+        let hub = try await Self.hub(repository)
+        var environment = ProcessInfo.processInfo.environment
+        environment["BULWARK_DEVICE_PORT"] = String(hub.devicePort)
+        let common = ["--data", hub.directory, "--repo", repository.path]
+        let missingKeys = try await run(binary, ["hub", "publish-pins"] + common, environment: environment)
+        #expect(missingKeys.status != 0)
+        #expect(missingKeys.stderr.contains("--keys is required"))
+        let noHub = try await run(
+            binary,
+            [
+                "hub", "publish-pins", "--data", try temporaryDirectory("nohub"), "--repo", repository.path,
+                "--keys", repository.keys,
+            ], environment: environment)
+        #expect(noHub.status != 0)
+        #expect(noHub.stderr.contains("holds no hub keys"), "\(noHub.stderr)")
+        let published = try await run(
+            binary, ["hub", "publish-pins"] + common + ["--keys", repository.keys], environment: environment)
+        #expect(published.status == 0, "\(published.stderr)")
+        #expect(published.stdout.contains("version 1"))
+        // Someone else's staged edit is not this command's to publish.
+        #expect(
+            try await run(binary, ["tuf", "remove-target", "--repo", repository.path, PinSet.targetPath]).status == 0)
+        let staged = try await run(
+            binary, ["hub", "rotate-tls-key"] + common + ["--keys", repository.keys], environment: environment)
+        #expect(staged.status != 0)
+        #expect(staged.stderr.contains("staged edits"), "\(staged.stderr)")
+        #expect(await Self.presented(hub) == hub.server.credentials.pins[0], "nothing changed")
+        try FileManager.default.removeItem(atPath: repository.path + "/staged")
+        let backup = hub.server.credentials.pins[1]
+        let rotated = try await run(
+            binary, ["hub", "rotate-tls-key"] + common + ["--keys", repository.keys, "--wait", "20"],
+            environment: environment)
+        #expect(rotated.status == 0, "\(rotated.stderr)")
+        #expect(rotated.stdout.contains("pin set versions 2, 3"), "\(rotated.stdout)")
+        #expect(await Self.presented(hub) == backup)
+        #expect(hub.server.credentials.pins[0] == backup)
+        for file in ["hub.key", "hub-backup.key"] {
+            var info = stat()
+            #expect(stat(hub.directory + "/" + file, &info) == 0 && info.st_mode & 0o077 == 0, "\(file) stays private")
+        }
+        #expect(!FileManager.default.fileExists(atPath: hub.directory + "/hub-next.key"))
+        try await hub.stop()
+        try? FileManager.default.removeItem(atPath: repository.base)
+    }
+
+    /// A rotation that died between its renames (the backup moved to `hub.key`, `hub-next.key` not yet the backup,
+    /// the certificate not yet replaced) is finished at the next start: the hub presents the new key with the new
+    /// backup, never a key without a certificate or a fresh backup nobody pinned.
+    @Test func aRotationInterruptedByACrashIsFinishedAtStart() async throws {
+        let first = try await TestHub.start()
+        let directory = first.directory
+        let (a, b) = (first.server.credentials.pins[0], first.server.credentials.pins[1])
+        try await first.stop(keepData: true)
+        let next = P256.Signing.PrivateKey()
+        try SecretFiles.create(directory + "/hub-next.key", contents: next.pemRepresentation)
+        #expect(rename(directory + "/hub-backup.key", directory + "/hub.key") == 0)
+        let second = try await TestHub.start(directory: directory)
+        #expect(second.server.credentials.pins == [b, ServerIdentity.pin(next.publicKey)])
+        #expect(await Self.presented(second) == b)
+        #expect(await Self.presented(second) != a)
+        try await second.stop()
+    }
+}
