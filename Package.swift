@@ -178,7 +178,8 @@ let package = Package(
         .executableTarget(
             name: "BulwarkBench",
             dependencies: [
-                "AllocationCounter", "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT", "Gateway",
+                "AllocationCounter", "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT", "Gateway", "Agent",
+                "TUFRepository",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -103,6 +103,10 @@ public actor Agent {
     private var nextPacketID: UInt16 = 1
     private var holdUntil = ContinuousClock.now
     private var wakeup: CheckedContinuation<Void, Never>?
+    /// The flag of the wait in progress: only its own timer may end it.
+    private var currentWait: WakeFlag?
+    /// How many times the writer has waited (a test checks that an idle agent does not spin).
+    private(set) var writerWaits = 0
     private var pendingWake = false
     private var currentChannel: (any Channel)?
     private var stopping = false
@@ -323,12 +327,21 @@ public actor Agent {
             if connection == .connected, self.generation == generation, ContinuousClock.now >= holdUntil {
                 for buffer in nextPublishes() { try await outbound.write(buffer) }
             }
-            // Idle: a PING at half the keep-alive, and no later than the renewal point.
-            let untilRenewal = renewalPoint().map { max(0.05, $0.timeIntervalSinceNow) } ?? .infinity
-            let wait =
-                untilRenewal < Double(configuration.keepAliveSeconds) / 2
-                ? Duration.milliseconds(Int64(untilRenewal * 1000) + 1) : idle
-            if await waitForWork(upTo: wait) == false, connection == .connected, !Task.isCancelled {
+            // Idle: a PING at half the keep-alive; sooner when a held-back message may go again or the renewal
+            // point comes (nothing else wakes the writer for those).
+            var wait = idle
+            var pingDue = true
+            if let point = renewalPoint(), point.timeIntervalSinceNow * 1000 < Double(idle.components.seconds * 1000) {
+                wait = .milliseconds(Int64(max(0.05, point.timeIntervalSinceNow) * 1000) + 1)
+                pingDue = false
+            }
+            let now = ContinuousClock.now
+            if holdUntil > now, holdUntil - now < wait, !outbox.pending.isEmpty {
+                wait = holdUntil - now + .milliseconds(1)
+                pingDue = false
+            }
+            writerWaits += 1
+            if await waitForWork(upTo: wait) == false, pingDue, connection == .connected, !Task.isCancelled {
                 try await outbound.write(Self.encode(.pingreq))
                 writeStatus()
             }
@@ -512,17 +525,21 @@ public actor Agent {
             return true
         }
         let woken = WakeFlag()
+        currentWait = woken
         let timer = Task { [weak self] in
-            try? await Task.sleep(for: timeout)
+            // A cancelled timer (the wait ended with work) must not fire: it would end the *next* wait early, and
+            // that one's cancelled timer the one after, a chain that spins (seen as 100 % CPU when idle).
+            do { try await Task.sleep(for: timeout) } catch { return }
             await self?.timedOut(woken)
         }
         await withCheckedContinuation { continuation in wakeup = continuation }
+        currentWait = nil
         timer.cancel()
         return !woken.timedOut
     }
 
     private func timedOut(_ flag: WakeFlag) {
-        guard let wakeup else { return }
+        guard let wakeup, flag === currentWait else { return }
         flag.timedOut = true
         self.wakeup = nil
         wakeup.resume()
@@ -539,7 +556,7 @@ public actor Agent {
 
     /// When the certificate is to be renewed: the configured fraction of its lifetime (with this agent's jitter), or
     /// the next attempt after a failure.
-    func renewalPoint() -> Date? {
+    public func renewalPoint() -> Date? {
         guard configuration.renews else { return nil }
         let notBefore = state.certificate.notValidBefore
         let lifetime = state.certificate.notValidAfter.timeIntervalSince(notBefore)

@@ -17,7 +17,10 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bulwark-bench",
         abstract: "Benchmarks and a mutual-TLS load generator for Bulwark.",
-        subcommands: [Telemetry.self, PairingBenchmark.self, MQTTBenchmark.self, GatewayBenchmark.self, Load.self])
+        subcommands: [
+            Telemetry.self, PairingBenchmark.self, MQTTBenchmark.self, GatewayBenchmark.self, AgentBenchmark.self,
+            Load.self,
+        ])
 }
 
 /// 200 bytes of JSON, like a small sensor reading.

@@ -52,36 +52,9 @@ struct MQTTBenchmark: AsyncParsableCommand {
 
         // One device certificate per connection (each publishes under its own topic, as the ACL requires, and one
         // client id is one session: a second connection with it takes the session over).
-        let operatorCredentials = try ClientCredentials(
-            certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
-            caFile: directory + "/ca.crt")
-        var devices: [ClientCredentials] = []
-        try await HTTPSClient.withConnection(
-            host: "127.0.0.1", port: ports.operator, tls: try operatorCredentials.tlsConfiguration()
-        ) { connection in
-            for index in 0..<max(connections, idle) {
-                let key = P256.Signing.PrivateKey()
-                let csr = try CertificateSigningRequest(
-                    version: .v1, subject: try DistinguishedName { CommonName("b\(index)") },
-                    privateKey: Certificate.PrivateKey(key), attributes: CertificateSigningRequest.Attributes(),
-                    signatureAlgorithm: .ecdsaWithSHA256)
-                let body = try JSONSerialization.data(withJSONObject: [
-                    "id": "b\(index)", "csr": try csr.serializeAsPEM().pemString,
-                ])
-                let result = try await connection.send(
-                    method: "POST", path: "/v1/devices", headers: [("Content-Type", "application/json")],
-                    body: [UInt8](body))
-                guard
-                    let pem = (try JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any])?[
-                        "certificate"]
-                        as? String
-                else { throw ClientError("enroll failed: \(result.status)") }
-                devices.append(
-                    ClientCredentials(
-                        certificatePEM: Array(pem.utf8), keyPEM: Array(key.pemRepresentation.utf8),
-                        caPEM: operatorCredentials.caPEM))
-            }
-        }
+        let devices = try await enrollDevices(
+            count: max(connections, idle), prefix: "b", operatorPort: ports.operator, directory: directory
+        ).map(\.credentials)
 
         // mosquitto with the hub's CA and server certificate: TLS 1.3, client certificate required.
         let mosquittoPort = Self.freePort()
@@ -246,4 +219,43 @@ struct MQTTBenchmark: AsyncParsableCommand {
         else { return 0 }
         return Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
     }
+}
+
+/// Enrols `count` devices `PREFIX0`, `PREFIX1`, … through the operator API of the hub whose data directory is
+/// `directory` (the first operator's credential is there), each with its own P-256 key.
+func enrollDevices(count: Int, prefix: String, operatorPort: Int, directory: String) async throws -> [(
+    id: String, credentials: ClientCredentials
+)] {
+    let operatorCredentials = try ClientCredentials(
+        certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
+        caFile: directory + "/ca.crt")
+    var devices: [(id: String, credentials: ClientCredentials)] = []
+    try await HTTPSClient.withConnection(
+        host: "127.0.0.1", port: operatorPort, tls: try operatorCredentials.tlsConfiguration()
+    ) { connection in
+        for index in 0..<count {
+            let id = "\(prefix)\(index)"
+            let key = P256.Signing.PrivateKey()
+            let csr = try CertificateSigningRequest(
+                version: .v1, subject: try DistinguishedName { CommonName(id) },
+                privateKey: Certificate.PrivateKey(key), attributes: CertificateSigningRequest.Attributes(),
+                signatureAlgorithm: .ecdsaWithSHA256)
+            let body = try JSONSerialization.data(withJSONObject: ["id": id, "csr": try csr.serializeAsPEM().pemString])
+            let result = try await connection.send(
+                method: "POST", path: "/v1/devices", headers: [("Content-Type", "application/json")],
+                body: [UInt8](body))
+            guard
+                let pem = (try JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any])?["certificate"]
+                    as? String
+            else { throw ClientError("enroll failed: \(result.status)") }
+            devices.append(
+                (
+                    id,
+                    ClientCredentials(
+                        certificatePEM: Array(pem.utf8), keyPEM: Array(key.pemRepresentation.utf8),
+                        caPEM: operatorCredentials.caPEM)
+                ))
+        }
+    }
+    return devices
 }

@@ -1,4 +1,3 @@
-import Agent
 import Core
 import Crypto
 import Foundation
@@ -9,6 +8,8 @@ import Store
 import Synchronization
 import Testing
 import X509
+
+@testable import Agent
 
 /// The device agent (`BulwarkAgent`, `bulwark agent run`) against a real hub.
 @Suite(.serialized) struct AgentTests {
@@ -240,6 +241,25 @@ import X509
         await agent.stop()
         running.cancel()
         _ = try? await running.value
+        try await hub.stop()
+    }
+
+    /// Connected and idle, the agent's writer sleeps until the next PING: a woken wait must not leave a timer that
+    /// ends the next one early (that chain once made an idle agent use a whole core).
+    @Test func anIdleAgentSleeps() async throws {
+        let hub = try await TestHub.start()
+        let state = try Self.stateDirectory(hub, try await hub.enroll("ag-idle"))
+        let agent = try Agent(configuration: Self.configuration(hub, state))
+        let running = Task { try await agent.run() }
+        #expect(await Self.eventually { await agent.connection == .connected })
+        for n in 0..<5 { try await agent.send(Array(#"{"n":\#(n)}"#.utf8)) }
+        #expect(await Self.eventually { await agent.delivered == 5 })
+        let before = await agent.writerWaits
+        try await Task.sleep(for: .seconds(2))
+        let waits = await agent.writerWaits - before
+        #expect(waits <= 2, "the writer waited \(waits) times in 2 idle seconds")
+        await agent.stop()
+        running.cancel()
         try await hub.stop()
     }
 
