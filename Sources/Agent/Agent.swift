@@ -103,6 +103,7 @@ public actor Agent {
     private var nextPacketID: UInt16 = 1
     private var holdUntil = ContinuousClock.now
     private var wakeup: CheckedContinuation<Void, Never>?
+    private var maintaining = false
     /// The flag of the wait in progress: only its own timer may end it.
     private var currentWait: WakeFlag?
     /// How many times the writer has waited (a test checks that an idle agent does not spin).
@@ -487,6 +488,8 @@ public actor Agent {
 
     /// One trust refresh now (also `bulwark agent status` shows its outcome).
     public func refreshTrust() async {
+        await beginMaintenance()
+        defer { maintaining = false }
         let snapshot = state
         do {
             let outcome = try await TrustRefresh.refresh(snapshot, apiURL: configuration.apiURL)
@@ -567,9 +570,18 @@ public actor Agent {
     /// Renews the certificate with a new key when it is due.
     func renewIfDue(now: Date = Date()) async throws {
         guard renewalDue(now: now) else { return }
+        await beginMaintenance()
+        defer { maintaining = false }
         state = try await Renewal.renew(state, apiURL: configuration.apiURL)
         renewalFailures = 0
         nextRenewalAttempt = nil
+    }
+
+    /// Renewal and the trust refresh both replace files in the state directory and reload it: one at a time, so
+    /// neither reloads the other's half-written files nor overwrites the other's result with a stale copy.
+    private func beginMaintenance() async {
+        while maintaining { try? await Task.sleep(for: .milliseconds(20)) }
+        maintaining = true
     }
 
     private func renewalFailed(_ error: any Error) {
@@ -581,6 +593,8 @@ public actor Agent {
 
     /// The certificate is due for renewal: renew now and reconnect with the new one.
     public func renewNow() async throws {
+        await beginMaintenance()
+        defer { maintaining = false }
         state = try await Renewal.renew(state, apiURL: configuration.apiURL)
         try? await currentChannel?.close()
     }

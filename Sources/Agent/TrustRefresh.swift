@@ -10,8 +10,8 @@ import TUFClient
 /// Keeps the hub's pins current through the update repository's signed metadata (never "just trust the network"):
 /// the TUF client, starting from the root the device received at pairing (`STATE/trust/root.json`), refreshes over
 /// the pinned mutual-TLS connection (TUF §5.3–§5.6: thresholds, rollback and freeze protection), looks up the target
-/// `bulwark/pins.json` and checks its length and hashes (§5.7); the agent then applies `PinSet.evaluate`: a newer
-/// version only, sharing a key with the pins held (or with the key the hub presents now).
+/// `bulwark/pins.json` in the top-level targets role and checks its length and hashes (§5.7); the agent then applies
+/// `PinSet.evaluate`: a newer version only, holding the key the hub presents, adding at most one new key.
 ///
 /// State: `trust/` holds the TUF metadata the client trusts; `pins` the pins in use, one base64 line each, and
 /// `pins.version` the version of the published set they came from (absent: the set given at pairing).
@@ -66,16 +66,20 @@ public enum TrustRefresh {
         }
         try await updater.refresh()
         let rootVersion = Int(await updater.trustedSet.root.signed.common.version)
-        guard let target = try await updater.targetInfo(for: PinSet.targetPath) else {
+        // Only the top-level targets role speaks for the hub's pins: a delegated role (hashed bins match every
+        // path) never does, even when the top level does not list the file.
+        guard let target = await updater.trustedSet.targets?.signed.target(PinSet.targetPath) else {
             return Outcome(rootVersion: rootVersion)
         }
         let candidate: PinSet
         do { candidate = try PinSet(json: try await updater.downloadTarget(target)) } catch let error as PinSetError {
             return Outcome(rootVersion: rootVersion, decision: .refuse("the published pin set is invalid: \(error)"))
         }
+        guard let presentedPin = presented.withLock({ $0 }) else {
+            throw AgentError(.hubNotTrusted, "the hub's key was not seen on the connection the pin set came over")
+        }
         let decision = PinSet.evaluate(
-            candidate, currentPins: state.pinned.pins, currentVersion: state.pinSetVersion,
-            presented: presented.withLock { $0 })
+            candidate, currentPins: state.pinned.pins, currentVersion: state.pinSetVersion, presented: presentedPin)
         if decision == .accept { try store(candidate, in: state.directory) }
         return Outcome(rootVersion: rootVersion, pinSet: candidate, decision: decision)
     }

@@ -63,8 +63,7 @@ struct AgentBenchmark: AsyncParsableCommand {
         }
         let ports = try await hub.waitForPorts()
         let keyring = try KeyDirectory(path: keys).keyring()
-        try await TLSKeyRotation.publish(
-            try TLSKeyRotation.currentPins(dataDirectory: data), repository: repository, keyring: keyring)
+        _ = try await TLSKeyRotation.publishCurrent(dataDirectory: data, repository: repository, keyring: keyring)
         let count = max(agents, rotationAgents) + 1
         print("bulwark-bench agent: enrolling \(count) devices …")
         let devices = try await enrollDevices(count: count, prefix: "ag", operatorPort: ports.operator, directory: data)
@@ -179,7 +178,7 @@ struct AgentBenchmark: AsyncParsableCommand {
         let rotationStart = ContinuousClock.now
         let result = try await TLSKeyRotation.rotate(
             dataDirectory: data, hubNames: [], crlDistributionPoints: nil, repository: repository, keyring: keyring,
-            wait: .seconds(60),
+            wait: .seconds(60), settle: 0,
             presentedPin: { await TLSKeyRotation.presentedPin(host: "127.0.0.1", port: ports.device) })
         let commandTime = ContinuousClock.now - rotationStart
         let followed = try await Self.eventually(300) {

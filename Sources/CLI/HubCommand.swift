@@ -50,9 +50,11 @@ struct HubCommand: AsyncParsableCommand {
         func run() async throws {
             let (configuration, repository, keyring) = try await options.load()
             do {
-                let credentials = try TLSKeyRotation.currentPins(dataDirectory: configuration.dataDirectory)
-                let version = try await TLSKeyRotation.publish(credentials, repository: repository, keyring: keyring)
-                print("published pin set version \(version): \(credentials.map { Data($0).base64EncodedString() })")
+                let (version, pins) = try await TLSKeyRotation.publishCurrent(
+                    dataDirectory: configuration.dataDirectory, repository: repository, keyring: keyring)
+                print(
+                    "published pin set version \(version): "
+                        + pins.map { Data($0).base64EncodedString() }.joined(separator: " "))
             } catch { throw CleanExit.message("bulwark: \(error)", code: 1) }
         }
     }
@@ -65,10 +67,21 @@ struct HubCommand: AsyncParsableCommand {
                 With A the key in use and B the backup: makes C, publishes the pin set {A, B, C} through TUF, makes B
                 the key in use (a new certificate) and C the backup (a running hub switches within
                 tls.keyCheckSeconds), waits until the hub presents B, then publishes {B, C}. Devices refresh the pin
-                set through TUF over their pinned connection; each set shares a key with the one before.
+                set through TUF over their pinned connection. Progress is kept in DATA/hub-rotation.json: after a
+                failure, run the command again and it resumes. A new rotation waits --settle seconds after the last.
                 """)
         @OptionGroup var options: Options
-        @Option(help: "Seconds to wait for the running hub to present the new key.") var wait = 60
+        @Option(
+            help:
+                "Seconds to wait for the running hub to present the new key (default: 60, or 3 × tls.keyCheckSeconds).")
+        var wait: Int?
+        @Option(
+            help: ArgumentHelp(
+                "Seconds the last rotation's final pin set must have been published before another rotation starts, so "
+                    + "that devices (refreshing every 6 hours) hold it."))
+        var settle = 86_400
+        @Flag(help: "The hub is stopped: publish the final set without waiting for it to present the new key.")
+        var noHub = false
 
         func run() async throws {
             let (configuration, repository, keyring) = try await options.load()
@@ -80,7 +93,9 @@ struct HubCommand: AsyncParsableCommand {
                 let result = try await TLSKeyRotation.rotate(
                     dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames,
                     crlDistributionPoints: try configuration.crlDistributionPoints, repository: repository,
-                    keyring: keyring, wait: .seconds(wait),
+                    keyring: keyring,
+                    wait: .seconds(wait ?? max(60, Int(configuration.tlsKeyCheckSeconds * 3) + 10)),
+                    settle: TimeInterval(settle), hubRunning: !noHub,
                     presentedPin: { await TLSKeyRotation.presentedPin(host: host, port: port) })
                 print(
                     "rotated: retired \(Data(result.previousPin).base64EncodedString()); now "

@@ -72,6 +72,30 @@ struct TLSKeyFiles {
         return (issued, key, backupKey.publicKey)
     }
 
+    var journal: String { directory + "/hub-rotation.json" }
+
+    /// One key operation at a time on this data directory (`flock`, released with the returned lock).
+    func lock() throws -> RepositoryLock {
+        do { return try RepositoryLock(directory: directory, name: "tls.lock") } catch {
+            throw HubStartupError("cannot lock \(directory) for a key operation: \(error)")
+        }
+    }
+
+    func certificateMatches(_ key: P256.Signing.PrivateKey) -> Bool {
+        guard let text = try? String(contentsOfFile: certificate, encoding: .utf8),
+            let issued = try? Certificate(pemEncoded: text)
+        else { return false }
+        return issued.publicKey == Certificate.PublicKey(key.publicKey)
+    }
+
+    /// Makes the renames durable before the final pin set is published.
+    func syncDirectory() {
+        let descriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard descriptor >= 0 else { return }
+        fsync(descriptor)
+        close(descriptor)
+    }
+
     /// A file's identity and change time, to notice a replacement cheaply.
     func fingerprint() -> [Int] {
         [active, certificate, backup].flatMap { path -> [Int] in
@@ -102,8 +126,12 @@ public enum TLSKeyRotation {
 
     /// Publishes `pins` as the next version of `bulwark/pins.json`, signed by the targets role (and a new snapshot
     /// and timestamp) with `keyring`. Refused when other edits are staged: they are not this command's to publish.
+    /// The version is above both the repository's and the hub's own record (`DATA/pins.version`), so a repository
+    /// rebuilt or a target removed by hand never makes devices refuse every later set as older.
     @discardableResult
-    public static func publish(_ pins: [[UInt8]], repository: String, keyring: Keyring) async throws -> Int {
+    public static func publish(
+        _ pins: [[UInt8]], repository: String, keyring: Keyring, dataDirectory: String
+    ) async throws -> Int {
         let lock = try RepositoryLock(directory: repository)
         defer { lock.release() }
         var editor = try RepositoryEditor.open(at: repository)
@@ -112,7 +140,10 @@ public enum TLSKeyRotation {
                 "\(repository) has staged edits (\(editor.stagedRoles.joined(separator: ", "))): publish or discard "
                     + "them first")
         }
-        let version = (currentVersion(editor) ?? 0) + 1
+        let recorded = (try? String(contentsOfFile: dataDirectory + "/pins.version", encoding: .utf8)).flatMap {
+            Int($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        let version = max(currentVersion(editor) ?? 0, recorded ?? 0) + 1
         var custom = JSONObject()
         custom.set("pinSetVersion", .integer(Int64(version)))
         try editor.addTarget(
@@ -120,10 +151,25 @@ public enum TLSKeyRotation {
             custom: .object(custom))
         do { try await editor.publish(keyring: keyring) } catch {
             throw HubStartupError(
-                "cannot publish the pin set: \(error) (do --keys hold the targets, snapshot and "
-                    + "timestamp keys?)")
+                "cannot publish the pin set: \(error) (do --keys hold the targets, snapshot and timestamp keys?)")
         }
+        try SecretFiles.replace(dataDirectory + "/pins.version", contents: "\(version)\n", secret: false)
         return version
+    }
+
+    /// `bulwark hub publish-pins`: the current set {key in use, backup}, unless a rotation is unfinished.
+    public static func publishCurrent(dataDirectory: String, repository: String, keyring: Keyring) async throws -> (
+        version: Int, pins: [[UInt8]]
+    ) {
+        let files = TLSKeyFiles(dataDirectory)
+        try files.requireHub()
+        let lock = try files.lock()
+        defer { lock.release() }
+        if let journal = RotationJournal.load(files), journal.stage != .done {
+            throw HubStartupError("a key rotation is unfinished: run bulwark hub rotate-tls-key to finish it")
+        }
+        let pins = try currentPins(dataDirectory: dataDirectory)
+        return (try await publish(pins, repository: repository, keyring: keyring, dataDirectory: dataDirectory), pins)
     }
 
     /// The pins of the key in use and of the backup key, from the data directory.
@@ -144,46 +190,125 @@ public enum TLSKeyRotation {
         return Int(version)
     }
 
-    /// Rotates the hub's TLS key as described above. `presentedPin` asks the running hub which key it presents
-    /// (nil: no hub answers); the final publication waits up to `wait` for it to present the new key.
+    /// Rotates the hub's TLS key as described above, under a lock on the data directory, with its progress in
+    /// `DATA/hub-rotation.json`: run again after a failure (the hub did not switch in time, a crash), it resumes
+    /// where it stopped instead of starting another rotation. A new rotation is refused until the last one's final
+    /// set has been published for `settle` seconds (devices refresh every few hours; a second rotation before they
+    /// hold the first one's set would strand those that hold only its predecessor). `presentedPin` asks the running
+    /// hub which key it presents; the final set is published only once it answers with the new key, or at once
+    /// when `hubRunning` is false (the hub is stopped and presents the new key when it starts).
     public static func rotate(
         dataDirectory: String, hubNames: [String], crlDistributionPoints: CRLDistributionPoints?,
-        repository: String, keyring: Keyring, wait: Duration, now: Date = Date(),
-        presentedPin: @Sendable () async -> [UInt8]?
+        repository: String, keyring: Keyring, wait: Duration, settle: TimeInterval, hubRunning: Bool = true,
+        now: Date = Date(), presentedPin: @Sendable () async -> [UInt8]?
     ) async throws -> Result {
         let files = TLSKeyFiles(dataDirectory)
         try files.requireHub()
+        let lock = try files.lock()
+        defer { lock.release() }
         files.finishRotation()
-        var authority = try HubCredentials.loadAuthority(dataDirectory)
-        authority.crlDistributionPoints = crlDistributionPoints
-        let active = try HubCredentials.loadOrCreateSigningKey(files.active)
-        let backup = try HubCredentials.loadOrCreateSigningKey(files.backup)
-        // An earlier rotation stopped after step 1: its new key was published, so it is the one to use.
-        let next = try HubCredentials.loadOrCreateSigningKey(files.next)
-        let (a, b, c) = (
-            ServerIdentity.pin(active.publicKey), ServerIdentity.pin(backup.publicKey),
-            ServerIdentity.pin(next.publicKey)
-        )
-        let first = try await publish([a, b, c], repository: repository, keyring: keyring)
+        var journal: RotationJournal
+        var versions: [Int] = []
+        if let unfinished = RotationJournal.load(files), unfinished.stage != .done {
+            journal = unfinished
+        } else {
+            if let last = RotationJournal.load(files), let completed = last.completedAt,
+                now.timeIntervalSince(completed) < settle
+            {
+                throw HubStartupError(
+                    "the last rotation finished at \(completed.formatted(.iso8601)); devices may not hold its pin set "
+                        + "yet: rotate again after \(completed.addingTimeInterval(settle).formatted(.iso8601)) "
+                        + "(--settle)")
+            }
+            // A `hub-next.key` left by a run that stopped before publishing is as good as a new one.
+            let active = try HubCredentials.loadOrCreateSigningKey(files.active)
+            let backup = try HubCredentials.loadOrCreateSigningKey(files.backup)
+            let next = try HubCredentials.loadOrCreateSigningKey(files.next)
+            journal = RotationJournal(
+                previous: ServerIdentity.pin(active.publicKey), active: ServerIdentity.pin(backup.publicKey),
+                backup: ServerIdentity.pin(next.publicKey), stage: .published, completedAt: nil)
+            versions.append(
+                try await publish(
+                    [journal.previous, journal.active, journal.backup], repository: repository, keyring: keyring,
+                    dataDirectory: dataDirectory))
+            try journal.save(files)
+        }
+        if journal.stage == .published {
+            try switchKeys(files, journal, hubNames: hubNames, crlDistributionPoints: crlDistributionPoints, now: now)
+            journal.stage = .switched
+            try journal.save(files)
+        }
+        if hubRunning {
+            let deadline = ContinuousClock.now + wait
+            var presented = await presentedPin()
+            while presented != journal.active, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+                presented = await presentedPin()
+            }
+            guard presented == journal.active else {
+                throw HubStartupError(
+                    (presented == nil ? "no hub answered" : "the hub still presents another key")
+                        + " after \(wait); the set that keeps the previous key stays published. Run the command again "
+                        + "to finish (it resumes), or with --no-hub if the hub is stopped")
+            }
+        }
+        versions.append(
+            try await publish(
+                [journal.active, journal.backup], repository: repository, keyring: keyring,
+                dataDirectory: dataDirectory))
+        journal.stage = .done
+        journal.completedAt = now
+        try journal.save(files)
+        return Result(previousPin: journal.previous, pins: [journal.active, journal.backup], versions: versions)
+    }
 
-        let issued = try authority.issueServerCertificate(
-            publicKey: backup.publicKey, dnsNames: ["localhost"] + hubNames, ipAddresses: [[127, 0, 0, 1]], now: now)
-        try SecretFiles.writePublic(files.nextCertificate, contents: issued.pem)
+    /// B (the backup) becomes the key in use with a new certificate and C (`hub-next.key`) the backup: the
+    /// certificate is written and synced first, then three renames, then the directory is synced. Already done (a
+    /// resumed run) when `hub.key` is B.
+    static func switchKeys(
+        _ files: TLSKeyFiles, _ journal: RotationJournal, hubNames: [String],
+        crlDistributionPoints: CRLDistributionPoints?, now: Date
+    ) throws {
+        let active = try HubCredentials.loadOrCreateSigningKey(files.active)
+        if ServerIdentity.pin(active.publicKey) == journal.active {
+            // Switched already; a certificate that does not match (a crash before its rename) is issued again.
+            guard files.certificateMatches(active) else {
+                try issueCertificate(
+                    for: active, files, hubNames: hubNames, crlDistributionPoints: crlDistributionPoints, now: now)
+                guard rename(files.nextCertificate, files.certificate) == 0 else {
+                    throw HubStartupError("cannot put the new TLS certificate in place in \(files.directory)")
+                }
+                return
+            }
+            return
+        }
+        let backup = try HubCredentials.loadOrCreateSigningKey(files.backup)
+        let next = try HubCredentials.loadOrCreateSigningKey(files.next)
+        guard ServerIdentity.pin(active.publicKey) == journal.previous,
+            ServerIdentity.pin(backup.publicKey) == journal.active,
+            ServerIdentity.pin(next.publicKey) == journal.backup
+        else {
+            throw HubStartupError(
+                "the TLS keys in \(files.directory) are not the ones this rotation published (hub-rotation.json); "
+                    + "restore them or remove hub-rotation.json after checking which keys devices pin")
+        }
+        try issueCertificate(
+            for: backup, files, hubNames: hubNames, crlDistributionPoints: crlDistributionPoints, now: now)
         guard rename(files.backup, files.active) == 0, rename(files.next, files.backup) == 0,
             rename(files.nextCertificate, files.certificate) == 0
-        else { throw HubStartupError("cannot put the new TLS key in place in \(dataDirectory)") }
+        else { throw HubStartupError("cannot put the new TLS key in place in \(files.directory)") }
+        files.syncDirectory()
+    }
 
-        let deadline = ContinuousClock.now + wait
-        while let presented = await presentedPin(), presented != b, ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(200))
-        }
-        if let presented = await presentedPin(), presented != b {
-            throw HubStartupError(
-                "the running hub still presents the previous key after \(wait); the pin set with it stays published "
-                    + "(version \(first)); run the command again once the hub has the new key")
-        }
-        let second = try await publish([b, c], repository: repository, keyring: keyring)
-        return Result(previousPin: a, pins: [b, c], versions: [first, second])
+    static func issueCertificate(
+        for key: P256.Signing.PrivateKey, _ files: TLSKeyFiles, hubNames: [String],
+        crlDistributionPoints: CRLDistributionPoints?, now: Date
+    ) throws {
+        var authority = try HubCredentials.loadAuthority(files.directory)
+        authority.crlDistributionPoints = crlDistributionPoints
+        let issued = try authority.issueServerCertificate(
+            publicKey: key.publicKey, dnsNames: ["localhost"] + hubNames, ipAddresses: [[127, 0, 0, 1]], now: now)
+        try SecretFiles.replace(files.nextCertificate, contents: issued.pem, secret: false)
     }
 
     /// The pin of the key a hub listener presents (nil when nothing answers): a TLS handshake that reads the
@@ -226,5 +351,39 @@ public enum TLSKeyRotation {
         timeout.cancel()
         try? await channel.close()
         return pin ?? nil
+    }
+}
+
+/// `DATA/hub-rotation.json`: where a key rotation stands, so that running the command again resumes it.
+struct RotationJournal: Equatable {
+    enum Stage: String { case published, switched, done }
+    var previous: [UInt8]
+    var active: [UInt8]
+    var backup: [UInt8]
+    var stage: Stage
+    var completedAt: Date?
+
+    static func load(_ files: TLSKeyFiles) -> RotationJournal? {
+        guard let data = FileManager.default.contents(atPath: files.journal),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let previous = (object["previous"] as? String).flatMap({ Data(base64Encoded: $0) }),
+            let active = (object["active"] as? String).flatMap({ Data(base64Encoded: $0) }),
+            let backup = (object["backup"] as? String).flatMap({ Data(base64Encoded: $0) }),
+            let stage = (object["stage"] as? String).flatMap(Stage.init(rawValue:))
+        else { return nil }
+        let completed = (object["completedAt"] as? Double).map { Date(timeIntervalSince1970: $0) }
+        return RotationJournal(
+            previous: [UInt8](previous), active: [UInt8](active), backup: [UInt8](backup), stage: stage,
+            completedAt: completed)
+    }
+
+    func save(_ files: TLSKeyFiles) throws {
+        var object: [String: Any] = [
+            "previous": Data(previous).base64EncodedString(), "active": Data(active).base64EncodedString(),
+            "backup": Data(backup).base64EncodedString(), "stage": stage.rawValue,
+        ]
+        if let completedAt { object["completedAt"] = completedAt.timeIntervalSince1970 }
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        try SecretFiles.replace(files.journal, contents: String(decoding: data, as: UTF8.self), secret: false)
     }
 }

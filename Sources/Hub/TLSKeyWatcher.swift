@@ -19,23 +19,49 @@ struct TLSKeyWatcher: Service {
 
     func run() async throws {
         var seen = files.fingerprint()
+        var failures = 0
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
             if Task.isShuttingDownGracefully { break }
             let now = files.fingerprint()
             guard now != seen else { continue }
-            if await check() { seen = now }
+            if await check() {
+                seen = now
+                failures = 0
+            } else {
+                failures += 1
+                if failures == 20 {
+                    logger.warning(
+                        .init(
+                            stringLiteral: "the TLS key files changed but do not make a usable set (unreadable, or a "
+                                + "certificate that is not for the key); still presenting the previous key"))
+                }
+            }
         }
     }
 
     /// Loads the files and swaps them in when they are complete; false when they are not (looked at again later).
     @discardableResult
     func check(now: Date = Date()) async -> Bool {
-        guard let (certificate, key, backup) = files.load(authority: authority, now: now) else {
+        let before = files.fingerprint()
+        guard let (certificate, key, backup) = files.load(authority: authority, now: now),
+            files.fingerprint() == before  // not read across a rename in progress
+        else {
             logger.debug("TLS key files incomplete or inconsistent; keeping the key in use")
             return false
         }
         let previous = identity.current
+        // Only a key devices already pin: the one in use (a new certificate) or the backup (a rotation).
+        guard
+            [previous.key.publicKey, previous.backup].map(ServerIdentity.pin).contains(
+                ServerIdentity.pin(key.publicKey))
+        else {
+            logger.error(
+                .init(
+                    stringLiteral: "refusing to switch to a TLS key that devices do not pin (neither the key in use "
+                        + "nor the backup); use bulwark hub rotate-tls-key, or restart the hub to force it"))
+            return true
+        }
         guard identity.replace(certificate: certificate, key: key, backup: backup) else { return true }
         let pins = identity.current.pins.map { Data($0).base64EncodedString() }
         logger.notice(

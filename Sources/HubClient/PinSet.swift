@@ -66,20 +66,25 @@ public struct PinSet: Sendable, Equatable {
         case refuse(String)
     }
 
-    /// The device's rule for a pin set that passed TUF: only a newer version, and only one that still contains the pin
-    /// of the key the hub presents now or a pin of the current set. So even a targets key in the wrong hands cannot
-    /// move a device to keys unrelated to the ones it trusts in one step.
+    /// The device's rule for a pin set that passed TUF: a newer version only; it must contain the key the hub
+    /// presents on the pinned connection it came over (so the hub does not drop the key it proves it holds), and it
+    /// may add at most one key the device does not pin yet. A rotation needs no more ({A,B} → {A,B,C} → {B,C}); so
+    /// whoever holds the repository's keys still cannot swap a device's pins for unrelated ones in one step, and a
+    /// key they add is of no use without a certificate from the hub CA, which the device checks as well.
     public static func evaluate(
-        _ candidate: PinSet, currentPins: [[UInt8]], currentVersion: Int, presented: [UInt8]?
+        _ candidate: PinSet, currentPins: [[UInt8]], currentVersion: Int, presented: [UInt8]
     ) -> Decision {
         if candidate.version == currentVersion, Set(candidate.pins) == Set(currentPins) { return .unchanged }
         guard candidate.version > currentVersion else {
             return .refuse(
                 "pin set version \(candidate.version) is not newer than the one held (\(currentVersion))")
         }
-        let known = Set(currentPins + (presented.map { [$0] } ?? []))
-        guard candidate.pins.contains(where: { known.contains($0) }) else {
-            return .refuse("pin set version \(candidate.version) shares no key with the pins held: refused")
+        guard candidate.pins.contains(presented) else {
+            return .refuse("pin set version \(candidate.version) leaves out the key the hub presents: refused")
+        }
+        let added = candidate.pins.filter { !currentPins.contains($0) }.count
+        guard added <= 1 else {
+            return .refuse("pin set version \(candidate.version) adds \(added) keys at once (at most one): refused")
         }
         return .accept
     }

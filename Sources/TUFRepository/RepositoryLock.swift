@@ -10,8 +10,8 @@ public final class RepositoryLock: Sendable {
     private let descriptor: Int32
 
     /// Blocks until the lock is held.
-    public init(directory: String) throws(RepositoryError) {
-        let fd = open(directory + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+    public init(directory: String, name: String = ".lock") throws(RepositoryError) {
+        let fd = open(directory + "/" + name, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw RepositoryError(.io, "cannot open the repository lock in \(directory)") }
         while flock(fd, LOCK_EX) != 0 {
             guard errno == EINTR else {

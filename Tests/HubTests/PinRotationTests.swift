@@ -43,6 +43,11 @@ import Testing
             // Every simulated agent connects from 127.0.0.1.
             $0.gateway.connectionRate = 100_000
             $0.gateway.connectionBurst = 100_000
+            // The tests refresh far more often than devices do (hourly): the updates route's limit is not under test.
+            $0.gateway.routeRate = 1000
+            $0.gateway.routeBurst = 1000
+            $0.gateway.deviceRate = 1000
+            $0.gateway.deviceBurst = 1000
         }
     }
 
@@ -67,7 +72,9 @@ import Testing
         let hub = try await Self.hub(repository)
         let keyring = try repository.keyring
         #expect(
-            try await TLSKeyRotation.publish(hub.server.credentials.pins, repository: repository.path, keyring: keyring)
+            try await TLSKeyRotation.publishCurrent(
+                dataDirectory: hub.directory, repository: repository.path, keyring: keyring
+            ).version
                 == 1)
         var agents: [Agent] = []
         var runs: [Task<Void, any Error>] = []
@@ -92,7 +99,7 @@ import Testing
             let started = ContinuousClock.now
             let result = try await TLSKeyRotation.rotate(
                 dataDirectory: hub.directory, hubNames: [], crlDistributionPoints: nil, repository: repository.path,
-                keyring: keyring, wait: .seconds(30), presentedPin: { await Self.presented(hub) })
+                keyring: keyring, wait: .seconds(30), settle: 0, presentedPin: { await Self.presented(hub) })
             #expect(result.previousPin == active)
             #expect(result.versions == [2 * round, 2 * round + 1])
             #expect(await Self.presented(hub) == result.pins[0], "the hub presents the former backup key")
@@ -126,7 +133,8 @@ import Testing
         let hub = try await Self.hub(repository)
         let keyring = try repository.keyring
         let pins = hub.server.credentials.pins
-        try await TLSKeyRotation.publish(pins, repository: repository.path, keyring: keyring)
+        try await TLSKeyRotation.publish(
+            pins, repository: repository.path, keyring: keyring, dataDirectory: hub.directory)
         let agent = try await Self.agent(hub, repository, "pin-victim", refresh: 0)
         let running = Task { try await agent.run() }
         #expect(await AgentTests.eventually(30) { await agent.connection == .connected })
@@ -149,22 +157,36 @@ import Testing
         }
 
         // 1. Signed through TUF but sharing no key with the pins held (a stolen targets key alone).
-        try await TLSKeyRotation.publish([attacker], repository: repository.path, keyring: keyring)
+        try await TLSKeyRotation.publish(
+            [attacker], repository: repository.path, keyring: keyring, dataDirectory: hub.directory)
         await agent.refreshTrust()
-        await expectUnchanged("unrelated set", "shares no key")
+        await expectUnchanged("unrelated set", "leaves out the key the hub presents")
+        let directory = await agent.state.directory
+        let refused = try await run(try HubProcessTests.binary, ["agent", "status", "--state", directory])
+        #expect(refused.status == 1, "not current while a pin set is refused")
+        #expect(refused.stdout.contains("published set version 1"), "\(refused.stdout)")
+        #expect(refused.stdout.contains("trust error"), "\(refused.stdout)")
+        // 1b. Signed, keeps the presented key, but adds two unknown keys at once.
+        try await TLSKeyRotation.publish(
+            [pins[0], attacker, PinSetTests.pin(0xEF)], repository: repository.path, keyring: keyring,
+            dataDirectory: hub.directory)
+        await agent.refreshTrust()
+        await expectUnchanged("two new keys", "adds 2 keys at once")
 
         // 2. The target's bytes replaced on the server (no signature covers them): length or hash mismatch.
-        try await TLSKeyRotation.publish([attacker, pins[0]], repository: repository.path, keyring: keyring)
+        try await TLSKeyRotation.publish(
+            [attacker, pins[0]], repository: repository.path, keyring: keyring, dataDirectory: hub.directory)
         let published = try #require(
             try FileManager.default.contentsOfDirectory(atPath: repository.path + "/targets/bulwark").first {
                 (try? PinSet(
                     json: Array(Data(contentsOf: URL(fileURLWithPath: repository.path + "/targets/bulwark/" + $0)))))?
-                    .version == 3
+                    .version == 4
             })
-        try Data(PinSet(version: 3, pins: [attacker, pins[0], pins[1]]).json).write(
+        // Same length, other bytes: only the hash can tell.
+        try Data(PinSet(version: 4, pins: [PinSetTests.pin(0xDD), pins[0]]).json).write(
             to: URL(fileURLWithPath: repository.path + "/targets/bulwark/" + published))
         await agent.refreshTrust()
-        await expectUnchanged("tampered target", "trust refresh failed")
+        await expectUnchanged("tampered target", "lengthOrHashMismatch")
 
         // 3. Metadata signed by keys the device's root does not trust (an attacker's own repository).
         let real = repository.base + "/metadata-real"
@@ -172,29 +194,34 @@ import Testing
         let foreign = try await Repository.make("pins-attacker")
         for _ in 0..<6 {
             try await TLSKeyRotation.publish(
-                [attacker, pins[0]], repository: foreign.path, keyring: try foreign.keyring)
+                [attacker, pins[0]], repository: foreign.path, keyring: try foreign.keyring, dataDirectory: foreign.base
+            )
         }
         try FileManager.default.removeItem(atPath: metadata)
         try FileManager.default.copyItem(atPath: foreign.path + "/metadata", toPath: metadata)
         await agent.refreshTrust()
-        await expectUnchanged("wrong signing keys", "trust refresh failed")
+        await expectUnchanged("wrong signing keys", "thresholdNotReached")
 
         // 4. The repository rolled back to the metadata of version 1 (older timestamp, snapshot and targets).
         try FileManager.default.removeItem(atPath: metadata)
         try FileManager.default.copyItem(atPath: saved, toPath: metadata)
         await agent.refreshTrust()
-        await expectUnchanged("rolled back", "trust refresh failed")
+        await expectUnchanged("rolled back", "badVersion")
 
         // The real repository again: a proper pin set that keeps continuity is taken (the refusals were not blanket).
         try FileManager.default.removeItem(atPath: metadata)
         try FileManager.default.copyItem(atPath: real, toPath: metadata)
         let next = PinSetTests.pin(0x42)
         let version = try await TLSKeyRotation.publish(
-            [pins[0], pins[1], next], repository: repository.path, keyring: keyring)
+            [pins[0], pins[1], next], repository: repository.path, keyring: keyring, dataDirectory: hub.directory)
         await agent.refreshTrust()
         #expect(await agent.trustError == nil)
         #expect(await agent.state.pinSetVersion == version)
         #expect(await agent.state.pinned.pins == [pins[0], pins[1], next])
+        let current = try await run(try HubProcessTests.binary, ["agent", "status", "--state", directory])
+        #expect(current.status == 0, "\(current.stdout)")
+        #expect(current.stdout.contains("3 pins, published set version \(version)"), "\(current.stdout)")
+        #expect(current.stdout.contains("TUF root version 1"), "\(current.stdout)")
         await agent.stop()
         running.cancel()
         try await hub.stop()
@@ -267,5 +294,52 @@ import Testing
         #expect(await Self.presented(second) == b)
         #expect(await Self.presented(second) != a)
         try await second.stop()
+    }
+
+    /// A rotation whose hub did not switch in time stops with the set that keeps the old key published; run again, it
+    /// resumes (publishes the final set) rather than starting a second rotation, and a new rotation waits for the
+    /// settle interval.
+    @Test func anUnfinishedRotationResumesAndANewOneWaits() async throws {
+        let repository = try await Repository.make()
+        let slow = try await TestHub.start {
+            $0.tufRepository = repository.path
+            $0.tufOnlineKeys = repository.online
+            $0.tlsKeyCheckSeconds = 3600  // this hub will not notice the switch
+        }
+        let directory = slow.directory
+        let keyring = try repository.keyring
+        let (a, b) = (slow.server.credentials.pins[0], slow.server.credentials.pins[1])
+        func rotate(_ hub: TestHub) async throws -> TLSKeyRotation.Result {
+            try await TLSKeyRotation.rotate(
+                dataDirectory: directory, hubNames: [], crlDistributionPoints: nil, repository: repository.path,
+                keyring: keyring, wait: .seconds(1), settle: 3600, presentedPin: { await Self.presented(hub) })
+        }
+        await #expect(throws: HubStartupError.self) { try await rotate(slow) }
+        #expect(await Self.presented(slow) == a)
+        let published = try PinSet(
+            json: Array(
+                try Data(
+                    contentsOf: URL(fileURLWithPath: repository.path + "/targets/bulwark").appendingPathComponent(
+                        try #require(
+                            try FileManager.default.contentsOfDirectory(atPath: repository.path + "/targets/bulwark")
+                                .first)))))
+        #expect(published.pins.count == 3 && published.pins.contains(a), "the set that keeps A stays published")
+        try await slow.stop(keepData: true)
+        // The hub restarts and presents B; the command, run again, only finishes.
+        let hub = try await TestHub.start(directory: directory) {
+            $0.tufRepository = repository.path
+            $0.tufOnlineKeys = repository.online
+        }
+        #expect(await Self.presented(hub) == b)
+        let resumed = try await rotate(hub)
+        #expect(resumed.previousPin == a)
+        #expect(resumed.pins[0] == b)
+        #expect(resumed.versions == [2], "only the final set was published")
+        #expect(hub.server.credentials.pins == resumed.pins)
+        // Another rotation at once is refused: devices may not hold {B, C} yet.
+        await #expect(throws: HubStartupError.self) { try await rotate(hub) }
+        #expect(await Self.presented(hub) == b)
+        try await hub.stop()
+        try? FileManager.default.removeItem(atPath: repository.base)
     }
 }

@@ -24,41 +24,33 @@ struct PinSetTests {
         #expect(throws: PinSetError.self) { try PinSet(json: PinSet(version: 1, pins: nine).json) }
     }
 
-    @Test func aNewerSetSharingAKeyIsAccepted() {
-        #expect(
-            PinSet.evaluate(.init(version: 2, pins: [a, b, c]), currentPins: [a, b], currentVersion: 1, presented: a)
-                == .accept)
-        // The rotation's second step: {B, C} after {A, B, C}, and straight after {A, B} (a device that missed one).
-        #expect(
-            PinSet.evaluate(.init(version: 3, pins: [b, c]), currentPins: [a, b, c], currentVersion: 2, presented: b)
-                == .accept)
-        #expect(
-            PinSet.evaluate(.init(version: 3, pins: [b, c]), currentPins: [a, b], currentVersion: 0, presented: a)
-                == .accept)
-        #expect(
-            PinSet.evaluate(.init(version: 3, pins: [b, c]), currentPins: [b, c], currentVersion: 3, presented: b)
-                == .unchanged)
+    let y = pin(8)
+
+    func decide(_ version: Int, _ pins: [[UInt8]], held: [[UInt8]], _ heldVersion: Int, presented: [UInt8])
+        -> PinSet.Decision
+    {
+        PinSet.evaluate(
+            .init(version: version, pins: pins), currentPins: held, currentVersion: heldVersion, presented: presented)
+    }
+
+    @Test func theRotationsStepsAreAccepted() {
+        // Before the switch {A,B,C}; after it {B,C}; a device that missed the first step goes straight to {B,C}.
+        #expect(decide(2, [a, b, c], held: [a, b], 1, presented: a) == .accept)
+        #expect(decide(3, [b, c], held: [a, b, c], 2, presented: b) == .accept)
+        #expect(decide(3, [b, c], held: [a, b], 0, presented: b) == .accept)
+        #expect(decide(3, [b, c], held: [b, c], 3, presented: b) == .unchanged)
     }
 
     @Test func anOlderOrUnrelatedSetIsRefused() {
-        // Older (a rollback that TUF did not catch, e.g. a re-signed old document) and equal-but-different.
-        #expect(
-            PinSet.evaluate(.init(version: 2, pins: [a, b]), currentPins: [b, c], currentVersion: 3, presented: b)
-                != .accept)
-        #expect(
-            PinSet.evaluate(.init(version: 3, pins: [a, b]), currentPins: [b, c], currentVersion: 3, presented: b)
-                != .accept)
-        // A signed set that shares nothing with the pins held or the key presented: a stolen targets key alone
-        // cannot move devices to the attacker's key.
-        #expect(
-            PinSet.evaluate(.init(version: 9, pins: [x]), currentPins: [a, b], currentVersion: 1, presented: a)
-                != .accept)
-        #expect(
-            PinSet.evaluate(.init(version: 9, pins: [x, c]), currentPins: [a, b], currentVersion: 1, presented: nil)
-                != .accept)
-        // The presented key alone is enough continuity (the hub moved to a key the device pins).
-        #expect(
-            PinSet.evaluate(.init(version: 9, pins: [x, c]), currentPins: [a, b], currentVersion: 1, presented: c)
-                == .accept)
+        // Older (a rollback TUF did not catch, e.g. an old document re-signed), or the same version with other pins.
+        #expect(decide(2, [a, b], held: [b, c], 3, presented: b) != .accept)
+        #expect(decide(3, [a, b], held: [b, c], 3, presented: b) != .accept)
+        // Leaving out the key the hub presents: {B,C} published while the hub still presents A would strand devices
+        // that took it, and an attacker's set {X} shares nothing at all.
+        #expect(decide(3, [b, c], held: [a, b], 1, presented: a) != .accept)
+        #expect(decide(9, [x], held: [a, b], 1, presented: a) != .accept)
+        // More than one new key at a step.
+        #expect(decide(9, [a, x, y], held: [a, b], 1, presented: a) != .accept)
+        #expect(decide(9, [a, b, x, y], held: [a, b], 1, presented: a) != .accept)
     }
 }
