@@ -94,22 +94,29 @@ import Testing
         let flooder = try await hub.enroll("flooder")
         let normal = try await hub.enroll("steady")
         let body = Array(#"{"temperature":20}"#.utf8)
-        let (flooderStatuses, firstRefusal) = try await HTTPSClient.withConnection(
+        let (flooderStatuses, firstRefusal, floodSeconds) = try await HTTPSClient.withConnection(
             host: "127.0.0.1", port: hub.devicePort, tls: try flooder.credentials.tlsConfiguration()
         ) { connection in
             var statuses: [Int] = []
             var firstRefusal: HTTPResult?
+            var floodSeconds = 0.0
             let signer = try flooder.credentials.signer()
+            let started = ContinuousClock.now
             // 50 requests per second for 2 s: ten times the device's rate.
             for _ in 0..<100 {
                 let result = try await connection.send(
                     method: "POST", path: "/v1/telemetry", headers: [("Content-Type", "application/json")], body: body,
                     signer: signer)
                 statuses.append(result.status)
-                if result.status == 429, firstRefusal == nil { firstRefusal = result }
+                if result.status == 429, firstRefusal == nil {
+                    firstRefusal = result
+                    floodSeconds =
+                        Double((ContinuousClock.now - started).components.attoseconds) / 1e18
+                        + Double((ContinuousClock.now - started).components.seconds)
+                }
                 try await Task.sleep(for: .milliseconds(20))
             }
-            return (statuses, firstRefusal)
+            return (statuses, firstRefusal, floodSeconds)
         }
         let normalStatuses = try await HTTPSClient.withConnection(
             host: "127.0.0.1", port: hub.devicePort, tls: try normal.credentials.tlsConfiguration()
@@ -127,7 +134,10 @@ import Testing
         }
         #expect(normalStatuses.allSatisfy { $0 == 202 }, "\(normalStatuses)")
         let admitted = flooderStatuses.prefix { $0 == 202 }.count
-        #expect((10...12).contains(admitted), "the burst, then refusals: \(flooderStatuses)")
+        // The burst, plus what the rate (5/s) refilled while the flood ran: a loaded run sends more slowly.
+        #expect(
+            (10...(12 + Int(5 * floodSeconds))).contains(admitted),
+            "the burst, then refusals after \(floodSeconds) s: \(flooderStatuses)")
         let refusal = try #require(firstRefusal)
         func header(_ name: String) -> String? { refusal.headers.first { $0.0.lowercased() == name }?.1 }
         #expect(header("retry-after") == "1")
