@@ -570,6 +570,11 @@ public actor Agent {
     /// Renews the certificate with a new key when it is due.
     func renewIfDue(now: Date = Date()) async throws {
         guard renewalDue(now: now) else { return }
+        try await renew()
+    }
+
+    /// One renewal, never beside a trust refresh; a success clears the back-off.
+    private func renew() async throws {
         await beginMaintenance()
         defer { maintaining = false }
         state = try await Renewal.renew(state, apiURL: configuration.apiURL)
@@ -593,9 +598,7 @@ public actor Agent {
 
     /// The certificate is due for renewal: renew now and reconnect with the new one.
     public func renewNow() async throws {
-        await beginMaintenance()
-        defer { maintaining = false }
-        state = try await Renewal.renew(state, apiURL: configuration.apiURL)
+        try await renew()
         try? await currentChannel?.close()
     }
 

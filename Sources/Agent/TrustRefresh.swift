@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import HubClient
 import NIOCore
@@ -48,8 +47,7 @@ public enum TrustRefresh {
                     NIOSSLClientHandler(
                         context: context, serverHostname: nil,
                         customVerificationCallback: { certificates, promise in
-                            let spki = try? certificates.first?.extractPublicKey().toSPKIBytes()
-                            presented.withLock { $0 = spki.map { Array(SHA256.hash(data: $0)) } }
+                            presented.withLock { $0 = PinnedServer.pin(of: certificates.first) }
                             pinned.verify(certificates, promise)
                         }))
             })

@@ -110,9 +110,9 @@ struct AgentBenchmark: AsyncParsableCommand {
         let started = ContinuousClock.now
         try await Task.sleep(for: .seconds(idleSeconds))
         let elapsed = ContinuousClock.now - started
-        let cpu = (PairingBenchmark.cpuSeconds(pid: pid) - cpuBefore) / Self.seconds(elapsed) * 100
+        let cpu = (PairingBenchmark.cpuSeconds(pid: pid) - cpuBefore) / elapsed.seconds * 100
         let rss = MQTTBenchmark.rssKiB(pid) / 1024
-        let peak = Self.statusKiB(pid, "VmHWM:") / 1024
+        let peak = procStatusKiB(pid, "VmHWM:") / 1024
         print(
             String(
                 format: "agent process, connected and idle for %d s: RSS %.1f MiB (peak %.1f MiB), CPU %.3f %%",
@@ -153,7 +153,7 @@ struct AgentBenchmark: AsyncParsableCommand {
             "\(agents) agents: \(allConnected ? "all connected" : "NOT all connected")"
                 + String(
                     format: " in %.1f s; hub RSS %.1f → %.1f MiB, hub CPU while they idle %.2f %%",
-                    Self.seconds(connectTime), hubRSSBefore, hubRSS, hubCPU))
+                    connectTime.seconds, hubRSSBefore, hubRSS, hubCPU))
         print(
             String(
                 format:
@@ -197,10 +197,10 @@ struct AgentBenchmark: AsyncParsableCommand {
         print(
             String(
                 format: "key rotation, %d agents refreshing every %.0f s: command %.1f s; all holding the new pin set "
-                    + "%.1f s after it started", rotationAgents, trustRefresh, Self.seconds(commandTime),
-                Self.seconds(followTime))
+                    + "%.1f s after it started", rotationAgents, trustRefresh, commandTime.seconds,
+                followTime.seconds)
                 + (followed ? "" : " (NOT ALL)")
-                + String(format: "; all reconnected to the new key at %.1f s", Self.seconds(reconnectTime))
+                + String(format: "; all reconnected to the new key at %.1f s", reconnectTime.seconds)
                 + (reconnected ? "" : " (NOT ALL)") + "; stranded: \(stranded)")
         for agent in running { await agent.stop() }
         for task in tasks { task.cancel() }
@@ -239,16 +239,5 @@ struct AgentBenchmark: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(200))
         }
         return try await condition()
-    }
-
-    static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-    }
-
-    static func statusKiB(_ pid: Int32, _ field: String) -> Double {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-            let line = text.split(separator: "\n").first(where: { $0.hasPrefix(field) })
-        else { return 0 }
-        return Double(line.split(separator: " ").dropFirst().first ?? "") ?? 0
     }
 }

@@ -58,7 +58,11 @@ struct Telemetry: AsyncParsableCommand {
         let hub = try await HubServer.make(configuration: configuration, logger: logger, gracefulShutdownSignals: [])
         let hubTask = Task { try await hub.run() }
         let ports = await hub.listeningPorts()
-        let device = try await enrollDevice(directory: directory, operatorPort: ports.operator, ca: hub.credentials)
+        guard
+            let device = try await enrollDevices(
+                count: 1, prefix: "bench-", operatorPort: ports.operator, directory: directory
+            ).first?.credentials
+        else { throw ClientError("enrolling the bench device failed") }
         let tls = try device.tlsConfiguration()
         let signer = try device.signer()
 
@@ -100,29 +104,6 @@ struct Telemetry: AsyncParsableCommand {
             host: "127.0.0.1", port: port, tls: tls, connections: connections, duration: .seconds(seconds),
             path: "/v1/telemetry", headers: [("Content-Type", "application/json")], body: telemetryBody,
             expectedStatus: 202, signer: signer)
-    }
-
-    func enrollDevice(directory: String, operatorPort: Int, ca: HubCredentials) async throws -> ClientCredentials {
-        let operatorCredentials = try ClientCredentials(
-            certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
-            caFile: directory + "/ca.crt")
-        let key = P256.Signing.PrivateKey()
-        let csr = try CertificateSigningRequest(
-            version: .v1, subject: try DistinguishedName { CommonName("bench-1") },
-            privateKey: Certificate.PrivateKey(key), attributes: CertificateSigningRequest.Attributes(),
-            signatureAlgorithm: .ecdsaWithSHA256)
-        let result = try await HTTPSClient.request(
-            host: "127.0.0.1", port: operatorPort, tls: try operatorCredentials.tlsConfiguration(), method: "POST",
-            path: "/v1/devices", headers: [("Content-Type", "application/json")],
-            body: [UInt8](
-                try JSONSerialization.data(withJSONObject: ["id": "bench-1", "csr": try csr.serializeAsPEM().pemString])
-            ))
-        guard let object = try JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any],
-            let pem = object["certificate"] as? String
-        else { throw ClientError("enrolling the bench device failed: \(result.status)") }
-        return ClientCredentials(
-            certificatePEM: Array(pem.utf8), keyPEM: Array(key.pemRepresentation.utf8),
-            caPEM: Array(ca.authority.certificate.pem.utf8))
     }
 
     /// The baseline: Hummingbird with TLS 1.3 and a required client certificate (verified by BoringSSL against the
@@ -185,4 +166,17 @@ struct Load: AsyncParsableCommand {
                 format: "%.0f req/s, p50 %.2f ms, p99 %.2f ms, %d ok, %d errors", result.requestsPerSecond,
                 result.percentile(50), result.percentile(99), result.successes, result.failures))
     }
+}
+
+extension Duration {
+    /// The duration in seconds, for rates and percentages.
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`), 0 when the process is gone.
+func procStatusKiB(_ pid: Int32, _ field: String) -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+        let line = text.split(separator: "\n").first(where: { $0.hasPrefix(field) })
+    else { return 0 }
+    return Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
 }

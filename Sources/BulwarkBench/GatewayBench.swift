@@ -105,7 +105,7 @@ struct GatewayBenchmark: AsyncParsableCommand {
         }
         let elapsed = clock.now - start
         let perSecond =
-            Double(verified) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            Double(verified) / elapsed.seconds
         let opensslRate = try opensslVerifyRate()
         emit(String(format: "signed-request verifications/s, one core:  %.0f", perSecond))
         if let opensslRate {

@@ -137,7 +137,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
             }
             let elapsed = ContinuousClock.now - start
             setup.append(
-                Double(count) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
+                Double(count) / elapsed.seconds)
         }
         emit(Self.row("connections set up per second", setup[0], setup[1], "%.0f"))
 
@@ -213,12 +213,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
 
     static func cpuSeconds(_ pid: Int32) -> Double { PairingBenchmark.cpuSeconds(pid: pid) }
 
-    static func rssKiB(_ pid: Int32) -> Double {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
-        else { return 0 }
-        return Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
-    }
+    static func rssKiB(_ pid: Int32) -> Double { procStatusKiB(pid, "VmRSS:") }
 }
 
 /// Enrols `count` devices `PREFIX0`, `PREFIX1`, … through the operator API of the hub whose data directory is

@@ -96,7 +96,7 @@ struct PairingBenchmark: AsyncParsableCommand {
         }
         let elapsed = clock.now - start
         let cpuAfter = Self.cpuSeconds(pid: hub.processIdentifier)
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = elapsed.seconds
         let succeeded = count - failures
         print(
             "bulwark-bench pairing: \(count) pairings (\(chosen.name)), \(concurrency) in flight, real hub binary on "

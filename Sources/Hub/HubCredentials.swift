@@ -52,10 +52,11 @@ public struct HubCredentials: Sendable {
         }
 
         // The TLS key is kept across certificate renewals: devices pin it (with a backup key not in use).
-        TLSKeyFiles(dataDirectory).finishRotation()
-        let serverKey = try loadOrCreateSigningKey(dataDirectory + "/hub.key")
-        let backupKey = try loadOrCreateSigningKey(dataDirectory + "/hub-backup.key")
-        let serverCertPath = dataDirectory + "/hub.crt"
+        let files = TLSKeyFiles(dataDirectory)
+        files.finishRotation()
+        let serverKey = try loadOrCreateSigningKey(files.active)
+        let backupKey = try loadOrCreateSigningKey(files.backup)
+        let serverCertPath = files.certificate
         var certificate = try? Certificate(pemEncoded: String(contentsOfFile: serverCertPath, encoding: .utf8))
         if let current = certificate,
             current.publicKey != Certificate.PublicKey(serverKey.publicKey)

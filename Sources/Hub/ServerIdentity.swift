@@ -1,5 +1,6 @@
 public import Crypto
 import Foundation
+import HubClient
 import Logging
 import NIOSSL
 import Synchronization
@@ -41,7 +42,7 @@ public final class ServerIdentity: Sendable {
     }
 
     /// RFC 7469 §2.4: the SHA-256 of the DER SubjectPublicKeyInfo.
-    public static func pin(_ key: P256.Signing.PublicKey) -> [UInt8] { Array(SHA256.hash(data: key.derRepresentation)) }
+    public static func pin(_ key: P256.Signing.PublicKey) -> [UInt8] { PinnedServer.pin(spki: key.derRepresentation) }
 }
 
 /// One listener's TLS context, rebuilt from `ServerIdentity` when the key or certificate changed.

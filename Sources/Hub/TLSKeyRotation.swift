@@ -272,13 +272,12 @@ public enum TLSKeyRotation {
         let active = try HubCredentials.loadOrCreateSigningKey(files.active)
         if ServerIdentity.pin(active.publicKey) == journal.active {
             // Switched already; a certificate that does not match (a crash before its rename) is issued again.
-            guard files.certificateMatches(active) else {
+            if !files.certificateMatches(active) {
                 try issueCertificate(
                     for: active, files, hubNames: hubNames, crlDistributionPoints: crlDistributionPoints, now: now)
                 guard rename(files.nextCertificate, files.certificate) == 0 else {
                     throw HubStartupError("cannot put the new TLS certificate in place in \(files.directory)")
                 }
-                return
             }
             return
         }
@@ -336,8 +335,7 @@ public enum TLSKeyRotation {
                     NIOSSLClientHandler(
                         context: context, serverHostname: nil,
                         customVerificationCallback: { certificates, verification in
-                            let spki = try? certificates.first?.extractPublicKey().toSPKIBytes()
-                            complete(spki.map { Array(SHA256.hash(data: $0)) })
+                            complete(PinnedServer.pin(of: certificates.first))
                             verification.succeed(.failed)
                         }))
             }

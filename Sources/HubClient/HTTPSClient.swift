@@ -65,14 +65,22 @@ public struct PinnedServer: Sendable {
         self.pins = pins
     }
 
+    /// RFC 7469 §2.4 `pin-sha256`: the SHA-256 of a DER SubjectPublicKeyInfo.
+    public static func pin(spki: some DataProtocol) -> [UInt8] { Array(SHA256.hash(data: spki)) }
+
+    /// The pin of the key a certificate (a peer's leaf) carries.
+    public static func pin(of certificate: NIOSSLCertificate?) -> [UInt8]? {
+        (try? certificate?.extractPublicKey().toSPKIBytes()).map { pin(spki: $0) }
+    }
+
     /// Replaces BoringSSL's verification, so it does both checks itself.
     public func verify(_ certificates: [NIOSSLCertificate], _ promise: EventLoopPromise<NIOSSLVerificationResult>) {
         let ders = certificates.compactMap { try? $0.toDERBytes() }
-        let spki = try? certificates.first?.extractPublicKey().toSPKIBytes()
+        let presented = Self.pin(of: certificates.first)
         let pins = self.pins
         let caDER = caCertificateDER
         promise.completeWithTask {
-            guard let spki, pins.contains(Array(SHA256.hash(data: spki))) else { return .failed }
+            guard let presented, pins.contains(presented) else { return .failed }
             guard let leafDER = ders.first, let leaf = try? Certificate(derEncoded: leafDER),
                 let ca = try? Certificate(derEncoded: caDER)
             else { return .failed }
