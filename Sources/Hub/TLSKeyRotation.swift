@@ -29,11 +29,17 @@ struct TLSKeyFiles {
     var next: String { directory + "/hub-next.key" }
     var nextCertificate: String { directory + "/hub.crt.next" }
 
-    /// The CLI works on a data directory the hub has initialised (it never makes a hub's first keys).
+    /// The CLI works on a data directory the hub has initialised (it never makes a hub's first keys), as the user
+    /// that owns it: keys written by another user (root) would be unreadable to the hub, which would keep its old key
+    /// and then fail to start.
     func requireHub() throws {
         guard FileManager.default.fileExists(atPath: active),
             FileManager.default.fileExists(atPath: directory + "/ca.key")
         else { throw HubStartupError("\(directory) holds no hub keys: start the hub once first (bulwark serve)") }
+        var info = stat()
+        guard stat(directory, &info) == 0, info.st_uid == geteuid() else {
+            throw HubStartupError("run this as the user that owns \(directory) (the hub's user)")
+        }
     }
 
     /// Completes a switch a crash interrupted: the backup key moved to `hub.key` but `hub-next.key` not yet to

@@ -314,6 +314,26 @@ import X509
         try await hub.stop()
     }
 
+    /// A renewal that fails (the device API unreachable) is retried with back-off, not at reconnect speed; the session
+    /// goes on with the certificate that is still valid.
+    @Test func aFailedRenewalBacksOff() async throws {
+        let hub = try await TestHub.start()
+        _ = try await hub.enroll("ag-backoff")
+        let aged = try hub.issue(
+            .device(try DeviceID("ag-backoff")), now: Date().addingTimeInterval(-0.8 * 86400), days: 1)
+        var configuration = Self.configuration(hub, try Self.stateDirectory(hub, aged))
+        configuration.apiURL = "https://127.0.0.1:1"  // nothing listens there
+        let agent = try Agent(configuration: configuration)
+        let running = Task { try await agent.run() }
+        #expect(await Self.eventually { await agent.connection == .connected })
+        let next = try #require(await agent.renewalPoint())
+        #expect(next.timeIntervalSinceNow > 3, "the next attempt waits (5 s, jittered), it does not spin")
+        await agent.stop()
+        running.cancel()
+        _ = try? await running.value
+        try await hub.stop()
+    }
+
     /// A renewal crashed between its two renames: the next start finishes it (or drops a half-written pair).
     @Test func aRenewalInterruptedBetweenItsRenamesIsFinished() async throws {
         let hub = try await TestHub.start()

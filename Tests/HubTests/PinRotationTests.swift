@@ -342,4 +342,44 @@ import Testing
         try await hub.stop()
         try? FileManager.default.removeItem(atPath: repository.base)
     }
+
+    /// The running hub switches only to a key devices pin: a key put in `hub.key` by hand (with a valid certificate
+    /// from the hub CA) is refused, and so is a certificate that is not for the key; it keeps presenting A.
+    @Test func theWatcherTakesOnlyAPinnedKeyAndAConsistentSet() async throws {
+        let hub = try await TestHub.start { $0.tlsKeyCheckSeconds = 0.1 }
+        let a = hub.server.credentials.pins[0]
+        let files = TLSKeyFiles(hub.directory)
+        let foreign = P256.Signing.PrivateKey()
+        let certificate = try hub.server.credentials.authority.issueServerCertificate(
+            publicKey: foreign.publicKey, dnsNames: ["localhost"], ipAddresses: [[127, 0, 0, 1]], now: Date())
+        // A certificate for another key beside the current key: inconsistent, not taken.
+        try SecretFiles.replace(files.certificate, contents: certificate.pem, secret: false)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(await Self.presented(hub) == a)
+        // The key and its certificate together, but a key no device pins: refused, and said so in the log.
+        try SecretFiles.replace(files.active, contents: foreign.pemRepresentation, secret: true)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(await Self.presented(hub) == a)
+        #expect(hub.server.credentials.pins[0] == a)
+        #expect(try await hub.securityEvents().filter { $0.kind == "tls-key-rotated" }.isEmpty)
+        try await hub.stop()
+    }
+
+    /// Key operations run as the user that owns the data directory: keys written by another user (root) would be
+    /// unreadable to the hub.
+    @Test func theCommandsRefuseADataDirectoryOwnedBySomeoneElse() async throws {
+        guard geteuid() == 0 else { return }  // only root can hand the directory to another user
+        let repository = try await Repository.make()
+        let hub = try await TestHub.start()
+        let directory = hub.directory
+        try await hub.stop(keepData: true)
+        #expect(chown(directory, 65534, 65534) == 0)
+        await #expect(throws: HubStartupError.self) {
+            try await TLSKeyRotation.publishCurrent(
+                dataDirectory: directory, repository: repository.path, keyring: try repository.keyring)
+        }
+        #expect(!FileManager.default.fileExists(atPath: directory + "/pins.version"), "nothing was written")
+        try? FileManager.default.removeItem(atPath: directory)
+        try? FileManager.default.removeItem(atPath: repository.base)
+    }
 }
