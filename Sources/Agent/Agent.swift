@@ -39,6 +39,8 @@ public struct AgentConfiguration: Sendable {
     public var trustRefreshSeconds = 6 * 3600.0
     /// Where the kernel's socket tables are (`/proc`; tests point it at their own files).
     public var procRoot = "/proc"
+    /// Updates: the check interval, the payload, the health gate (`DeviceUpdater`).
+    public var updates = UpdateSettings()
 
     public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
 }
@@ -86,6 +88,11 @@ public actor Agent {
     public nonisolated let configuration: AgentConfiguration
     public private(set) var state: AgentState
     public nonisolated let outbox: Outbox
+    /// Keeps the device current: checks, installs into the inactive slot, trials, commits or rolls back, and runs
+    /// the payload.
+    public nonisolated let updater: DeviceUpdater
+    /// The TUF refreshes of the pin set and of updates write `STATE/trust` one at a time.
+    nonisolated let trustLock = AsyncLock()
     let handler: CommandHandler?
 
     public enum Connection: String, Sendable { case connecting, connected, disconnected, refused, untrusted }
@@ -126,6 +133,11 @@ public actor Agent {
         self.configuration = configuration
         state = try AgentState.load(configuration.stateDirectory)
         outbox = try Outbox(directory: configuration.stateDirectory + "/outbox", maxBytes: configuration.outboxBytes)
+        do {
+            updater = try DeviceUpdater(stateDirectory: configuration.stateDirectory, settings: configuration.updates)
+        } catch {
+            throw AgentError(.stateInvalid, "\(error)")
+        }
         handler = commandHandler
         // Whatever a previous run left may have reached the hub already: resend it marked DUP.
         attempted = Set(outbox.pending.map(\.sequence))
@@ -151,9 +163,11 @@ public actor Agent {
         renewalJitter = Double.random(in: 0.95...1.05)
         let inventory = Task { await self.reportConnections() }
         let trust = Task { await self.keepTrustCurrent() }
+        let updates = Task { await self.keepUpdated() }
         defer {
             inventory.cancel()
             trust.cancel()
+            updates.cancel()
         }
         while !Task.isCancelled, !stopping {
             if renewalDue() {
@@ -201,6 +215,7 @@ public actor Agent {
         }
         connection = .disconnected
         writeStatus()
+        await updater.stop()
     }
 
     /// Ends the session cleanly: what is in flight gets a few seconds to be acknowledged (what is not stays in the
@@ -215,6 +230,7 @@ public actor Agent {
             try? await channel.writeAndFlush(buffer)
             try? await channel.close()
         }
+        await updater.stop()
         wake()
     }
 
@@ -433,6 +449,10 @@ public actor Agent {
             if !Self.isCommandName(command.name) {
                 // The name becomes an argument of the handler program: only a plain name, never an option or a path.
                 outcome = CommandOutcome(exitCode: 2, output: "refused: not a command name")
+            } else if command.name == "update-now" {
+                // The agent's own command: the check runs beside the session; its steps go out as update events.
+                Task { _ = await self.checkForUpdates() }
+                outcome = CommandOutcome(exitCode: 0, output: "update check started")
             } else if let handler {
                 outcome = await handler(command)
             } else {
@@ -492,7 +512,8 @@ public actor Agent {
         defer { maintaining = false }
         let snapshot = state
         do {
-            let outcome = try await TrustRefresh.refresh(snapshot, apiURL: configuration.apiURL)
+            let apiURL = configuration.apiURL
+            let outcome = try await trustLock.run { try await TrustRefresh.refresh(snapshot, apiURL: apiURL) }
             trustRootVersion = outcome.rootVersion
             lastTrustRefresh = Date()
             switch outcome.decision {
@@ -508,6 +529,43 @@ public actor Agent {
             trustError = "trust refresh failed: \(Self.describe(error))"
         }
         writeStatus()
+    }
+
+    // MARK: Updates
+
+    /// At start (after the boot record's decision: the payload, or a trial resumed or rolled back), then every
+    /// `updates.intervalSeconds` ±20 %: an update check.
+    private func keepUpdated() async {
+        await updater.start(
+            reporter: { [weak self] body in try? await self?.send(body, route: "events/update") },
+            hub: { [weak self] in await self?.hubReachable() ?? false })
+        let interval = configuration.updates.intervalSeconds
+        guard TrustRefresh.available(state), interval > 0 else { return }
+        while !Task.isCancelled, !stopping {
+            _ = await checkForUpdates()
+            guard interval > 0 else { return }
+            try? await Task.sleep(for: .milliseconds(Int64(interval * Double.random(in: 0.8...1.2) * 1000)))
+        }
+    }
+
+    /// One update check now (the `update-now` command, `bulwark agent update-now`); returns its outcome.
+    public func checkForUpdates(progress: (@Sendable (Int64, Int64) -> Void)? = nil) async -> String {
+        let outcome = await updater.check(
+            state: state, apiURL: configuration.apiURL, trustLock: trustLock,
+            hub: { [weak self] in await self?.hubReachable() ?? false }, progress: progress)
+        writeStatus()
+        return outcome
+    }
+
+    /// Whether the hub answers over a pinned mutual-TLS connection now (part of a trial's health gate).
+    func hubReachable() async -> Bool {
+        let state = self.state
+        let apiURL = configuration.apiURL
+        let answered = try? await HubLink.open(state, apiURL: apiURL) { link in
+            _ = try await link.assignment()
+            return true
+        }
+        return answered ?? false
     }
 
     // MARK: Waiting

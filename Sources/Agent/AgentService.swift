@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 public import ServiceLifecycle
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -66,6 +67,10 @@ public struct AgentService: Service {
         try? await connection.executeThenClose { inbound, outbound in
             for try await line in inbound {
                 let body = Array(line.readableBytesView)
+                if body == Array(Self.updateNow.utf8) {
+                    try await updateNow(agent: agent, outbound: outbound)
+                    continue
+                }
                 let reply: String
                 do {
                     guard (try? JSONSerialization.jsonObject(with: Data(body))) is [String: Any] else {
@@ -79,6 +84,31 @@ public struct AgentService: Service {
                 try await outbound.write(ByteBuffer(string: reply))
             }
         }
+    }
+}
+
+extension AgentService {
+    /// The control line that asks for an update check now (telemetry lines are JSON objects and start with `{`).
+    public static let updateNow = "!update-now"
+
+    /// Runs a check and streams `progress RECEIVED TOTAL` lines (at most one per percent), then `done OUTCOME`.
+    static func updateNow(agent: Agent, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async throws {
+        let (lines, sink) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(256))
+        let last = Mutex<Int64>(-1)
+        let writer = Task {
+            for await line in lines { try? await outbound.write(ByteBuffer(string: line)) }
+        }
+        let outcome = await agent.checkForUpdates { received, total in
+            let percent = total > 0 ? received * 100 / total : 100
+            let fresh = last.withLock { seen in
+                defer { seen = percent }
+                return seen != percent
+            }
+            if fresh { sink.yield("progress \(received) \(total)\n") }
+        }
+        sink.yield("done \(outcome)\n")
+        sink.finish()
+        await writer.value
     }
 }
 
@@ -124,6 +154,40 @@ public enum AgentSocketClient {
         return try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(ByteBuffer(bytes: body + [UInt8(ascii: "\n")]))
             for try await line in inbound { return String(buffer: line) }
+            return "error: the agent closed the connection"
+        }
+    }
+
+    /// Asks a running agent for an update check now; `onProgress` sees the bytes received as they come. Returns the
+    /// check's outcome, or nil when no agent listens.
+    public static func updateNow(stateDirectory: String, onProgress: (Int64, Int64) -> Void) async throws -> String? {
+        let path = AgentService.socketPath(stateDirectory)
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(unixDomainSocketPath: path) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ByteToMessageHandler(LineDecoder(maximumLength: 4096)))
+                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            return nil
+        }
+        return try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(string: AgentService.updateNow + "\n"))
+            for try await buffer in inbound {
+                let line = String(buffer: buffer)
+                if line.hasPrefix("done ") { return String(line.dropFirst(5)) }
+                let fields = line.split(separator: " ")
+                if fields.count == 3, fields[0] == "progress", let received = Int64(fields[1]),
+                    let total = Int64(fields[2])
+                {
+                    onProgress(received, total)
+                }
+            }
             return "error: the agent closed the connection"
         }
     }

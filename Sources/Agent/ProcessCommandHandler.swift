@@ -12,6 +12,8 @@ public struct ProcessCommandHandler: Sendable {
     public let executable: String
     public let arguments: [String]
     public let timeoutSeconds: Double
+    /// Whether the command's name is appended to the arguments (a health probe runs without it).
+    public var appendsName = true
 
     public init(executable: String, arguments: [String] = [], timeoutSeconds: Double) {
         self.executable = executable
@@ -34,7 +36,7 @@ public struct ProcessCommandHandler: Sendable {
     private func runBlocking(_ command: AgentCommand) -> CommandOutcome {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments + [command.name]
+        process.arguments = arguments + (appendsName ? [command.name] : [])
         process.environment = ProcessInfo.processInfo.environment.merging(["BULWARK_COMMAND": command.name]) { $1 }
         let input = Pipe()
         let output = Pipe()

@@ -89,7 +89,7 @@ struct PairCommand: AsyncParsableCommand {
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agent", abstract: "The device side.",
-        subcommands: [Pair.self, Run.self, Send.self, Status.self, Renew.self, RID.self])
+        subcommands: [Pair.self, Run.self, Send.self, Status.self, UpdateNow.self, Renew.self, RID.self])
 
     struct Pair: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -216,60 +216,6 @@ struct AgentCommand: AsyncParsableCommand {
         }
     }
 
-    struct Run: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Run the device agent: an MQTT 5 session to the hub, a local socket for telemetry, commands.",
-            discussion: """
-                Keeps a pinned mutual-TLS MQTT 5 session to the hub (reconnecting with back-off and jitter), sends
-                what programs on the device hand it on STATE/agent.sock (one JSON object per line; `bulwark agent
-                send` uses it when the agent runs) from a durable outbox, runs --handler for each operator command
-                (stdin: its body; its exit status is reported on devices/ID/events/command-result), renews the
-                certificate at two thirds of its lifetime, and writes STATE/status.json for `bulwark agent status`.
-                SIGTERM stops it cleanly; nothing it accepted is lost, even to kill -9.
-                """)
-        @Option(help: "Credentials directory written by `bulwark agent pair` (must be 0700).") var state: String
-        @Option(help: "The hub's MQTT listener HOST:PORT.") var mqtt = "127.0.0.1:8883"
-        @Option(help: "The hub's device API (certificate renewal).") var hub = "https://127.0.0.1:8443"
-        @Option(help: "Program run for each command (argument: the command's name; stdin: its body).")
-        var handler: String?
-        @Option(help: "A handler running longer is killed and reported.") var commandTimeout: Double = 30
-        @Option(help: "Outbox bound in bytes (the oldest telemetry is dropped beyond it).") var outboxBytes = 1 << 20
-        @Option(help: "Longest wait between reconnection attempts, in seconds.") var reconnectMax: Double = 60
-        @Option(help: "Seconds between connection reports (events/connections); 0: none.")
-        var inventoryInterval: Double = 3600
-        @Option(help: "Seconds between refreshes of the update metadata and the hub's pin set through TUF; 0: none.")
-        var trustRefresh: Double = 6 * 3600
-
-        func run() async throws {
-            let parts = mqtt.split(separator: ":")
-            guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("--mqtt must be HOST:PORT") }
-            var configuration = AgentConfiguration(stateDirectory: state)
-            configuration.mqttHost = String(parts[0])
-            configuration.mqttPort = port
-            configuration.apiURL = hub
-            configuration.commandTimeoutSeconds = commandTimeout
-            configuration.outboxBytes = outboxBytes
-            configuration.reconnectMaximumSeconds = reconnectMax
-            configuration.inventoryIntervalSeconds = inventoryInterval
-            configuration.trustRefreshSeconds = trustRefresh
-            let handler = self.handler.map {
-                ProcessCommandHandler(executable: $0, timeoutSeconds: commandTimeout).handler
-            }
-            let agent: Agent
-            do { agent = try Agent(configuration: configuration, commandHandler: handler) } catch {
-                throw CleanExit.message("bulwark: \(error)", code: error.code == .stateInsecure ? 77 : 66)
-            }
-            var logger = Logger(label: "bulwark-agent")
-            logger.logLevel = .info
-            let group = ServiceGroup(
-                configuration: .init(
-                    services: [AgentService(agent: agent, logger: logger)],
-                    gracefulShutdownSignals: [.sigterm, .sigint],
-                    logger: logger))
-            try await group.run()
-        }
-    }
-
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Show the agent's state: hub, device, certificate expiry, connection, outbox. Exit 0 only when "
@@ -308,6 +254,20 @@ struct AgentCommand: AsyncParsableCommand {
             print("trust         \(trust)")
             if let error = status["trustError"] as? String { print("trust error   \(error)") }
             print("inventory     \(status["lastInventory"] as? String ?? "none reported yet")")
+            let update =
+                FileManager.default.contents(atPath: state + "/update.json")
+                .flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
+            if let active = update["active"] as? String {
+                print(
+                    "slot          \(active): \(update["activeVersion"] as? String ?? "?"), floor \(update["floor"] as? Int ?? 0)"
+                        + ((update["payloadRunning"] as? Bool) == true ? ", payload running" : ""))
+            } else {
+                print("slot          nothing installed yet, floor \(update["floor"] as? Int ?? 0)")
+            }
+            if let trial = update["trial"] as? String {
+                print("trial         \(trial): \(update["trialVersion"] as? String ?? "?")")
+            }
+            if let outcome = update["lastOutcome"] as? String { print("update        \(outcome)") }
             if let error = status["lastError"] as? String { print("last error    \(error)") }
             guard connected, notAfter > Date(), status["trustError"] == nil else { throw ExitCode(1) }
         }

@@ -17,7 +17,7 @@ struct DeviceRoutes {
     let gateway: GatewayPipeline
     let maxBodyBytes: Int
     let renewal: RenewalSettings
-    let egress: EgressMonitor
+    let events: DeviceEvents
 
     /// The header that names a message's type (its schema); absent means `telemetry`.
     static let messageTypeField = HTTPField.Name("Bulwark-Message-Type")!
@@ -87,8 +87,10 @@ struct DeviceRoutes {
             if let nonce = admitted.nonce { gateway.nonces.release(device: device, nonce: nonce.value) }
             throw error
         }
-        if admitted.messageType == EgressMonitor.messageType {
-            await egress.observe(device, body: message.body, correlationID: context.correlationID.rawValue)
+        if DeviceEvents.observed(admitted.messageType) {
+            await events.observe(
+                device, messageType: admitted.messageType, body: message.body,
+                correlationID: context.correlationID.rawValue)
         }
         // Both values are generated here (an integer and hex digits): no escaping is needed.
         return JSONResponse.make(

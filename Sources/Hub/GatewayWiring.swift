@@ -245,6 +245,7 @@ extension HubServer {
 
     /// `devices/<id>/events/command-result`: what `bulwark agent run` reports after running an operator's command.
     static let builtInSchemas = [
+        (UpdateReports.messageType, UpdateReports.schema),
         (
             "command-result",
             #"{"type":"object","required":["command","exitCode","timedOut"],"additionalProperties":false,"properties":{"command":{"type":"string","maxLength":64},"exitCode":{"type":"integer"},"timedOut":{"type":"boolean"},"output":{"type":"string","maxLength":4096}}}"#

@@ -88,8 +88,10 @@ public final class HubServer: Sendable {
         let (ports, portsContinuation) = AsyncStream.makeStream(of: (String, Int).self)
         self.ports = ports
         let cache = PeerCertificateCache()
-        let egress = EgressMonitor(
-            store: store, gateway: gateway, recorder: GatewayRecorder(store: store, logger: logger))
+        let events = DeviceEvents(
+            egress: EgressMonitor(
+                store: store, gateway: gateway, recorder: GatewayRecorder(store: store, logger: logger)),
+            updates: UpdateReports(store: store, logger: logger))
 
         func application(
             name: String, listener: HubConfiguration.Listener, role: ClientCertificatePolicy.Role,
@@ -155,7 +157,7 @@ public final class HubServer: Sendable {
                 renewal: RenewalSettings(
                     authority: credentials.authority, renewals: renewals, revocations: revocations,
                     certificateLifetime: configuration.deviceCertificateLifetime,
-                    graceSeconds: configuration.renewalGraceSeconds), egress: egress
+                    graceSeconds: configuration.renewalGraceSeconds), events: events
             ).register(on: $0)
             if let repository = configuration.tufRepository {
                 UpdateRoutes(
@@ -198,7 +200,7 @@ public final class HubServer: Sendable {
         let mqtt = MQTTListener(
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
             revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,
-            settings: configuration.mqttSettings, renewals: renewals, egress: egress,
+            settings: configuration.mqttSettings, renewals: renewals, events: events,
             logger: {
                 var mqttLogger = logger
                 mqttLogger[metadataKey: "listener"] = "mqtt"

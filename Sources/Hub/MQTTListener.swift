@@ -29,7 +29,7 @@ struct MQTTListener: Service {
     let gateway: GatewayPipeline
     let settings: MQTTSettings
     let renewals: CertificateRenewals
-    let egress: EgressMonitor
+    let events: DeviceEvents
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
     let connections: ConnectionCounter
@@ -46,7 +46,7 @@ struct MQTTListener: Service {
     init(
         host: String, port: Int, credentials: HubCredentials, revocations: RevocationList, store: any HubStore,
         rids: RIDDirectory, broker: MQTTBroker, gateway: GatewayPipeline, settings: MQTTSettings,
-        renewals: CertificateRenewals, egress: EgressMonitor, logger: Logger,
+        renewals: CertificateRenewals, events: DeviceEvents, logger: Logger,
         onBound: @escaping @Sendable (Int) -> Void
     ) {
         self.host = host
@@ -59,7 +59,7 @@ struct MQTTListener: Service {
         self.gateway = gateway
         self.settings = settings
         self.renewals = renewals
-        self.egress = egress
+        self.events = events
         self.logger = logger
         self.onBound = onBound
         self.connections = ConnectionCounter(
@@ -744,13 +744,15 @@ struct MQTTConnection {
                 let writes = listener.counterWrites
                 let counter = admitted.counter
                 if let counter { writes.begin(device, counter) }
-                let egress = admitted.messageType == EgressMonitor.messageType ? listener.egress : nil
+                let events = DeviceEvents.observed(admitted.messageType) ? listener.events : nil
+                let messageType = admitted.messageType
                 let write = Task {
                     defer { if let counter { writes.end(device, counter) } }
                     do {
                         _ = try await store.appendTelemetry(record)
                         writes.succeeded(device, counter)
-                        await egress?.observe(device, body: record.body, correlationID: correlationID)
+                        await events?.observe(
+                            device, messageType: messageType, body: record.body, correlationID: correlationID)
                         return true
                     } catch {
                         release()

@@ -39,6 +39,7 @@ struct OperatorRoutes {
             try await assign(request, context, scope: .fleet, name: "the fleet")
         }
         router.get("/v1/crl") { _, context in try await currentCRL(context) }
+        router.get("/v1/updates/status") { _, _ in try await updateStatus() }
         router.post("/v1/devices") { request, context in try await enroll(request, context) }
         router.get("/v1/devices") { _, _ in try await list() }
         router.get("/v1/devices/:id") { _, context in try await show(context) }
@@ -295,7 +296,46 @@ struct OperatorRoutes {
                 "reports": $0.reports,
             ] as [String: Any]
         }
+        if let update = try await store.updateState(of: deviceID) { summary["update"] = Self.json(update) }
         return try JSONResponse.make(.ok, summary)
+    }
+
+    static func json(_ update: DeviceUpdateState) -> [String: Any] {
+        var object: [String: Any] = [
+            "floor": update.floor, "lastStep": update.lastStep, "updatedAt": JSONResponse.timestamp(update.updatedAt),
+        ]
+        if let installed = update.installedTarget { object["installed"] = installed }
+        if let version = update.installedVersion { object["installedVersion"] = version }
+        if let slot = update.slot { object["slot"] = slot }
+        if let target = update.stepTarget { object["stepTarget"] = target }
+        if let reason = update.reason { object["reason"] = reason }
+        return object
+    }
+
+    /// `GET /v1/updates/status`: per target, the devices that run it, are trying it, and failed or rolled it back;
+    /// and every device's state.
+    func updateStatus() async throws -> Response {
+        let states = try await store.updateStates()
+        var targets: [String: [String: Int]] = [:]
+        func count(_ target: String?, _ key: String) {
+            guard let target else { return }
+            targets[target, default: ["running": 0, "trial": 0, "refused": 0, "rolledBack": 0]][key, default: 0] += 1
+        }
+        for state in states {
+            count(state.installedTarget, "running")
+            switch state.lastStep {
+            case "downloading", "installed", "trial": count(state.stepTarget, "trial")
+            case "refused": count(state.stepTarget ?? "(none)", "refused")
+            case "rolled-back": count(state.stepTarget, "rolledBack")
+            default: break
+            }
+        }
+        return try JSONResponse.make(
+            .ok,
+            [
+                "targets": targets.keys.sorted().map { ["target": $0].merging(targets[$0] ?? [:]) { a, _ in a } },
+                "devices": states.map { ["device": $0.deviceID.rawValue].merging(Self.json($0)) { a, _ in a } },
+            ] as [String: Any])
     }
 
     func revoke(_ context: HubRequestContext) async throws -> Response {

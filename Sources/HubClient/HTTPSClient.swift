@@ -141,7 +141,8 @@ public enum HTTPSClient {
             }
         return try await channel.executeThenClose { inbound, outbound in
             let connection = HTTPConnection(
-                host: serverName ?? host, inbound: inbound.makeAsyncIterator(), outbound: outbound)
+                host: serverName ?? host, inbound: inbound.makeAsyncIterator(), outbound: outbound,
+                channel: channel.channel)
             return try await body(connection)
         }
     }
@@ -162,16 +163,24 @@ public final class HTTPConnection {
     private let host: String
     private var inbound: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
     private let outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+    private let channel: any Channel
     /// Responses larger than this are refused (the hub's are small).
     public var maximumResponseBytes = 4 * 1024 * 1024
 
     init(
         host: String, inbound: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator,
-        outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+        outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>, channel: any Channel
     ) {
         self.host = host
         self.inbound = inbound
         self.outbound = outbound
+        self.channel = channel
+    }
+
+    /// Closes the connection (from any task): a request waiting on it ends with an error. For timeouts.
+    public nonisolated var closer: @Sendable () -> Void {
+        let channel = channel
+        return { channel.close(promise: nil) }
     }
 
     /// Sends one request; with a `signer`, signs it first (RFC 9421 in Bulwark's profile: `Content-Digest`,
@@ -212,6 +221,31 @@ public final class HTTPConnection {
                 result.body.append(contentsOf: buffer.readableBytesView)
             case .end:
                 return result
+            }
+        }
+        throw ClientError("connection closed before the response was complete")
+    }
+
+    /// A GET whose body is handed to `onBody` as it arrives, for downloads that must never be held in memory: the
+    /// next part is read only when `onBody` has returned (the channel's back-pressure bounds what is buffered).
+    /// `onHead` sees the status and headers first and may throw to refuse the response. After a throw the
+    /// connection is in an unknown state: close it.
+    public func stream(
+        path: String, headers: [(String, String)] = [],
+        onHead: (Int, [(String, String)]) throws -> Void, onBody: (ByteBuffer) async throws -> Void
+    ) async throws {
+        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path)
+        head.headers.add(name: "Host", value: host)
+        for (name, value) in headers { head.headers.add(name: name, value: value) }
+        try await outbound.write(contentsOf: [.head(head), .end(nil)])
+        while let part = try await inbound.next() {
+            switch part {
+            case .head(let responseHead):
+                try onHead(Int(responseHead.status.code), responseHead.headers.map { ($0.name, $0.value) })
+            case .body(let buffer):
+                try await onBody(buffer)
+            case .end:
+                return
             }
         }
         throw ClientError("connection closed before the response was complete")

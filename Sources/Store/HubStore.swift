@@ -40,6 +40,10 @@ public protocol HubStore: Sendable {
         _ device: DeviceID, _ seen: [(listening: Bool, proto: String, address: String, port: Int)], at: Date
     ) async throws
     func destinations(of device: DeviceID) async throws -> [DestinationRecord]
+    /// Replaces the device's update state with its latest report.
+    func recordUpdateState(_ state: DeviceUpdateState) async throws
+    func updateState(of device: DeviceID) async throws -> DeviceUpdateState?
+    func updateStates() async throws -> [DeviceUpdateState]
     func device(_ id: DeviceID) async throws -> DeviceRecord?
     func devices() async throws -> [DeviceRecord]
     func certificates(of device: DeviceID) async throws -> [CertificateRecord]

@@ -18,6 +18,7 @@ public actor InMemoryHubStore: HubStore {
     private var assignments: [String: String] = [:]
     private var rules: [String: [String]] = [:]
     private var seen: [DeviceID: [String: DestinationRecord]] = [:]
+    private var updates: [DeviceID: DeviceUpdateState] = [:]
 
     public init() {}
 
@@ -156,6 +157,14 @@ public actor InMemoryHubStore: HubStore {
         (seen[device] ?? [:]).values.sorted {
             ($0.listening ? 1 : 0, $0.address, $0.port) < ($1.listening ? 1 : 0, $1.address, $1.port)
         }
+    }
+
+    public func recordUpdateState(_ state: DeviceUpdateState) async throws { updates[state.deviceID] = state }
+
+    public func updateState(of device: DeviceID) async throws -> DeviceUpdateState? { updates[device] }
+
+    public func updateStates() async throws -> [DeviceUpdateState] {
+        updates.values.sorted { $0.deviceID < $1.deviceID }
     }
 
     public func device(_ id: DeviceID) async throws -> DeviceRecord? { deviceRecords[id] }

@@ -151,6 +151,37 @@ public struct TelemetryRecord: Sendable, Equatable {
 }
 
 /// A refusal or an operator action worth an operator's attention. `detail` holds what the client never sees.
+/// What a device last reported about its updates (`devices/<id>/events/update`): the release it runs (committed),
+/// its slot and anti-rollback floor, and the last step with the release it concerned and why.
+public struct DeviceUpdateState: Sendable, Equatable {
+    public var deviceID: DeviceID
+    /// The committed release's target path and version (nil before the first commit).
+    public var installedTarget: String?
+    public var installedVersion: String?
+    public var slot: String?
+    public var floor: Int
+    /// `checking`, `downloading`, `installed`, `trial`, `committed`, `rolled-back`, `refused`, `slot-tampered`.
+    public var lastStep: String
+    public var stepTarget: String?
+    public var reason: String?
+    public var updatedAt: Date
+
+    public init(
+        deviceID: DeviceID, installedTarget: String?, installedVersion: String?, slot: String?, floor: Int,
+        lastStep: String, stepTarget: String?, reason: String?, updatedAt: Date
+    ) {
+        self.deviceID = deviceID
+        self.installedTarget = installedTarget
+        self.installedVersion = installedVersion
+        self.slot = slot
+        self.floor = floor
+        self.lastStep = lastStep
+        self.stepTarget = stepTarget
+        self.reason = reason
+        self.updatedAt = updatedAt
+    }
+}
+
 public struct SecurityEvent: Sendable, Equatable {
     public var id: Int64?
     public var at: Date

@@ -165,6 +165,16 @@ public final class SQLiteHubStore: HubStore {
             try db.execute(
                 sql: "CREATE TABLE update_assignments (scope TEXT PRIMARY KEY NOT NULL, target TEXT NOT NULL)")
         }
+        migrator.registerMigration("v8: device update states") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE device_updates (
+                        device_id TEXT PRIMARY KEY NOT NULL,
+                        installed_target TEXT, installed_version TEXT, slot TEXT, floor INTEGER NOT NULL,
+                        last_step TEXT NOT NULL, step_target TEXT, reason TEXT, updated_at INTEGER NOT NULL
+                    );
+                    """)
+        }
         return migrator
     }
 
@@ -289,6 +299,43 @@ public final class SQLiteHubStore: HubStore {
                 }
             }
         }
+    }
+
+    public func recordUpdateState(_ state: DeviceUpdateState) async throws {
+        try await write { db in
+            try db.execute(
+                sql: """
+                    INSERT OR REPLACE INTO device_updates
+                        (device_id, installed_target, installed_version, slot, floor, last_step, step_target, reason,
+                         updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    state.deviceID.rawValue, state.installedTarget, state.installedVersion, state.slot, state.floor,
+                    state.lastStep, state.stepTarget, state.reason, state.updatedAt.millis,
+                ])
+        }
+    }
+
+    public func updateState(of device: DeviceID) async throws -> DeviceUpdateState? {
+        try await read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM device_updates WHERE device_id = ?", arguments: [device.rawValue])
+                .flatMap(Self.updateState)
+        }
+    }
+
+    public func updateStates() async throws -> [DeviceUpdateState] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM device_updates ORDER BY device_id").compactMap(Self.updateState)
+        }
+    }
+
+    static func updateState(_ row: Row) -> DeviceUpdateState? {
+        guard let device = try? DeviceID(row["device_id"] as String) else { return nil }
+        return DeviceUpdateState(
+            deviceID: device, installedTarget: row["installed_target"], installedVersion: row["installed_version"],
+            slot: row["slot"], floor: row["floor"], lastStep: row["last_step"], stepTarget: row["step_target"],
+            reason: row["reason"], updatedAt: Date(millis: row["updated_at"]))
     }
 
     public func destinations(of device: DeviceID) async throws -> [DestinationRecord] {

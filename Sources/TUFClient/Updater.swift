@@ -275,7 +275,7 @@ public actor Updater {
 
     /// Target paths go into the URL as they are (as python-tuf does), except bytes that cannot
     /// appear in an HTTP request line: controls, space, `?`, `#` and non-ASCII.
-    static func encodePathForURL(_ path: String) -> String {
+    public static func encodePathForURL(_ path: String) -> String {
         var out = ""
         for b in path.utf8 {
             if b <= 0x20 || b >= 0x7F || b == UInt8(ascii: "?") || b == UInt8(ascii: "#") {

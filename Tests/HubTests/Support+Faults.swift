@@ -65,6 +65,11 @@ final class FaultyStore: HubStore {
     func destinations(of device: DeviceID) async throws -> [DestinationRecord] {
         try await base.destinations(of: device)
     }
+    func recordUpdateState(_ state: DeviceUpdateState) async throws { try await base.recordUpdateState(state) }
+    func updateState(of device: DeviceID) async throws -> DeviceUpdateState? {
+        try await base.updateState(of: device)
+    }
+    func updateStates() async throws -> [DeviceUpdateState] { try await base.updateStates() }
     func device(_ id: DeviceID) async throws -> DeviceRecord? { try await base.device(id) }
     func devices() async throws -> [DeviceRecord] { try await base.devices() }
     func certificates(of device: DeviceID) async throws -> [CertificateRecord] {

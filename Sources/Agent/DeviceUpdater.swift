@@ -1,0 +1,577 @@
+import Foundation
+import TUF
+import TUFClient
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// How the agent keeps its device current (`agent.*` in the agent's configuration; `bulwark agent run` options).
+public struct UpdateSettings: Sendable {
+    /// Seconds between update checks, each drawn ±20 % (so a fleet does not check in step); 0: only on `update-now`.
+    public var intervalSeconds = 3600.0
+    /// The device application: a command line whose `{slot}` is replaced by the slot's directory, e.g.
+    /// `["{slot}/bin/app"]`. Empty: the agent installs releases but runs nothing (and the gate has no payload).
+    public var payload: [String] = []
+    /// When the agent runs as root, the payload runs as this user.
+    public var payloadUser: String?
+    /// The payload's health probe (exit 0 = healthy; `{slot}` is the trial slot's directory, so the probe can ship
+    /// with the release), run `healthProbes` times during a trial, each within `healthTimeoutSeconds`,
+    /// `healthIntervalSeconds` apart. Empty: each probe checks that the payload runs.
+    public var healthCommand: [String] = []
+    public var healthTimeoutSeconds = 10.0
+    public var healthProbes = 3
+    public var healthIntervalSeconds = 2.0
+    /// The whole gate must pass within this many seconds of the switch.
+    public var healthWindowSeconds = 120.0
+    /// Starts a trial gets (the first included) before an agent restart during it counts as a failure.
+    public var trialAttempts = 2
+    /// Where the slots and the boot record live (default `STATE/slots`).
+    public var slotsDirectory: String?
+    /// A payload that dies outside a trial is started again after this wait, doubling to the maximum.
+    public var restartInitialSeconds = 1.0
+    public var restartMaximumSeconds = 30.0
+    /// A download that receives nothing for this long is abandoned (slow-retrieval attack); it resumes at the next
+    /// check.
+    public var stallSeconds = 60.0
+
+    public init() {}
+}
+
+/// The device half of secure update: checks, downloads, installs into the inactive slot, runs the trial with its
+/// health gate, commits or rolls back, keeps the payload running, and reports every step to the hub
+/// (`devices/<id>/events/update`). The rules (`UpdateDecision`, `BootRecord`, `HealthGate`) are pure; this actor
+/// applies them to files, processes and connections.
+///
+/// Trust: the TUF client (TUF §5.3–§5.7) refreshes from `STATE/trust` over the pinned mutual-TLS connection; the
+/// hub's assignment only names a target, which must be in the signed targets metadata; the artifact is checked
+/// against the signed length and every signed hash before a byte of it is installed; the anti-rollback floor
+/// (`STATE/trust/floor`) is raised only when a release is committed (MCUboot's rule: never at first boot).
+public actor DeviceUpdater {
+    public nonisolated let settings: UpdateSettings
+    public nonisolated let stateDirectory: String
+    nonisolated let slots: DirectorySlotStore
+    public private(set) var record: BootRecord
+    public private(set) var floor: Int
+    /// The last step reported, and the last outcome of a check or trial (for `agent status`).
+    public private(set) var lastStep: String?
+    public private(set) var lastOutcome: String?
+    public private(set) var lastCheck: Date?
+    /// Bytes fetched from the hub by the last download (a resumed download fetches only what was missing).
+    public private(set) var lastFetchedBytes: Int64 = 0
+    public private(set) var protection: String?
+
+    private var payload: PayloadProcess?
+    private var payloadGeneration = 0
+    private var restartDelay: Double
+    private var restartTask: Task<Void, Never>?
+    private var trialExit: Int32?
+    private var checking = false
+    private var stopped = false
+    private var lastReported: String?
+    private var reporter: (@Sendable ([UInt8]) async -> Void)?
+
+    public init(stateDirectory: String, settings: UpdateSettings) throws {
+        self.settings = settings
+        self.stateDirectory = stateDirectory
+        slots = DirectorySlotStore(
+            root: settings.slotsDirectory ?? stateDirectory + "/slots", manifests: stateDirectory + "/trust")
+        record = try slots.bootRecord()
+        floor = Self.readFloor(stateDirectory + "/trust/floor")
+        restartDelay = settings.restartInitialSeconds
+    }
+
+    nonisolated var trustDirectory: String { stateDirectory + "/trust" }
+    nonisolated var floorFile: String { trustDirectory + "/floor" }
+    nonisolated var pidFile: String { stateDirectory + "/payload.pid" }
+
+    static func readFloor(_ path: String) -> Int {
+        (try? String(contentsOfFile: path, encoding: .utf8)).flatMap {
+            Int($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        } ?? 0
+    }
+
+    // MARK: Start
+
+    /// What a boot does: the boot record decides (a trial resumed with one attempt fewer, or rolled back when none
+    /// is left), the decision is persisted before anything runs, then the payload starts and any trial's gate runs.
+    public func start(reporter: @escaping @Sendable ([UInt8]) async -> Void, hub: @escaping @Sendable () async -> Bool)
+        async
+    {
+        self.reporter = reporter
+        PayloadProcess.stopLeftover(pidFile: pidFile, slotsRoot: slots.root)
+        // A floor the last commit could not write (killed between the two files) is derived again.
+        if let active = record.active, let committed = record.release(in: active), committed.securityVersion > floor {
+            raiseFloor(to: committed.securityVersion)
+        }
+        let decision = record.atStart()
+        do { try slots.write(record) } catch {
+            lastOutcome = "cannot write the boot record: \(error)"
+            return
+        }
+        switch decision {
+        case .nothing:
+            return
+        case .runActive(let slot):
+            await startPayload(slot)
+        case .resumeTrial(let slot):
+            await runTrial(slot, hub: hub)
+        case .rollBack(let trial, let to, let reason):
+            await report("rolled-back", release: record.release(in: trial), slot: trial, reason: reason)
+            lastOutcome = "rolled back: \(reason)"
+            if let to { await startPayload(to) }
+        }
+    }
+
+    /// Stops the payload (SIGTERM, then SIGKILL) and any pending restart.
+    public func stop() async {
+        stopped = true
+        restartTask?.cancel()
+        payloadGeneration += 1
+        await payload?.stop()
+        payload = nil
+        unlink(pidFile)
+    }
+
+    // MARK: The check
+
+    /// One update check: TUF refresh, assignment, and when a new release is due, download, install, trial. Returns
+    /// a one-line outcome. `progress` receives `downloading n/N` as the bytes arrive.
+    public func check(
+        state: AgentState, apiURL: String, trustLock: AsyncLock, hub: @escaping @Sendable () async -> Bool,
+        progress: (@Sendable (Int64, Int64) -> Void)? = nil
+    ) async -> String {
+        guard !checking else { return "busy: a check is under way" }
+        guard record.trial == nil else { return "busy: a trial is under way" }
+        guard FileManager.default.fileExists(atPath: trustDirectory + "/root.json") else {
+            return "no TUF root: the hub had no update repository when this device paired"
+        }
+        checking = true
+        defer { checking = false }
+        lastCheck = Date()
+        do {
+            try slots.ensureDirectories()
+            let planned = try await Self.plan(
+                state: state, apiURL: apiURL, trustLock: trustLock, trustDirectory: trustDirectory, record: record,
+                floor: floor, slotsRoot: slots.root, stallSeconds: settings.stallSeconds,
+                starting: { release, slot in
+                    await self.report("downloading", release: release, slot: slot, progress: (0, release.length))
+                }, progress: progress)
+            lastFetchedBytes = planned.fetched
+            switch planned.decision {
+            case .nothing:
+                return outcome("no release is assigned to this device")
+            case .current(let release):
+                return outcome("current: \(release.name) in slot \(self.record.active?.rawValue ?? "?")")
+            case .busy:
+                return "busy: a trial is under way"
+            case .refuse(let reason):
+                await reportOnce("refused", reason: reason)
+                return outcome("refused: \(reason)")
+            case .install(let release, let slot):
+                return await install(release, into: slot, hub: hub)
+            }
+        } catch let error as UpdateError where error.refused {
+            await reportOnce("refused", reason: error.description)
+            return outcome("refused: \(error)")
+        } catch let error as UpdaterError {
+            if case .metadata = error {
+                // Rolled-back, frozen (expired), or badly signed metadata: the device keeps what it runs.
+                let reason = "the update metadata was refused: \(error)"
+                await reportOnce("refused", reason: reason)
+                return outcome("refused: \(reason)")
+            }
+            return outcome("check failed: \(String("\(error)".prefix(200)))")
+        } catch {
+            return outcome("check failed: \(String("\(error)".prefix(200)))")
+        }
+    }
+
+    struct Planned: Sendable {
+        var decision: UpdateDecision
+        var fetched: Int64
+    }
+
+    /// Over one pinned connection: the verified assignment, the decision, and when it is an install, the download
+    /// (streamed to `ROOT/<slot>.part`, abandoned when it stalls).
+    nonisolated static func plan(
+        state: AgentState, apiURL: String, trustLock: AsyncLock, trustDirectory: String, record: BootRecord,
+        floor: Int, slotsRoot: String, stallSeconds: Double,
+        starting: @escaping @Sendable (Release, Slot) async -> Void,
+        progress: (@Sendable (Int64, Int64) -> Void)?
+    ) async throws -> Planned {
+        try await HubLink.open(state, apiURL: apiURL) { link in
+            let (assigned, verified, urlPath) = try await trustLock.run {
+                try await verifiedAssignment(link, state: state, trustDirectory: trustDirectory)
+            }
+            let decision = UpdateDecision.decide(assigned: assigned, verified: verified, record: record, floor: floor)
+            guard case .install(let release, let slot) = decision, let urlPath else {
+                return Planned(decision: decision, fetched: 0)
+            }
+            await starting(release, slot)
+            let download = TargetDownload(
+                release: release, urlPath: urlPath, file: "\(slotsRoot)/\(slot.rawValue).part")
+            let watchdog = Watchdog(seconds: stallSeconds, onStall: link.connection.closer)
+            let outcome = try await watchdog.run {
+                try await download.run(link) { received, total in
+                    watchdog.touch()
+                    progress?(received, total)
+                }
+            }
+            return Planned(decision: decision, fetched: outcome.fetched)
+        }
+    }
+
+    private func outcome(_ text: String) -> String {
+        lastOutcome = text
+        writeStatus()
+        return text
+    }
+
+    /// `STATE/update.json`, for `bulwark agent status` (replaced atomically).
+    public var statusJSON: [UInt8] {
+        var object: [String: Any] = ["floor": floor, "payloadRunning": payloadRunning]
+        if let active = record.active {
+            object["active"] = active.rawValue
+            if let release = record.release(in: active) { object["activeVersion"] = release.name }
+        }
+        if let trial = record.trial {
+            object["trial"] = trial.rawValue
+            if let release = record.release(in: trial) { object["trialVersion"] = release.name }
+        }
+        if let lastStep { object["lastStep"] = lastStep }
+        if let lastOutcome { object["lastOutcome"] = lastOutcome }
+        if let lastCheck { object["lastCheck"] = lastCheck.formatted(.iso8601) }
+        if let protection { object["protection"] = protection }
+        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
+    }
+
+    private func writeStatus() {
+        try? Outbox.write(stateDirectory + "/update.json", statusJSON, directory: stateDirectory, mode: 0o644)
+    }
+
+    /// TUF refresh over the link, then the hub's assignment, then the assigned target as *this device's* TUF client
+    /// finds it (delegations followed, TUF §5.6.7).
+    static func verifiedAssignment(_ link: HubLink, state: AgentState, trustDirectory: String) async throws
+        -> (String?, Release?, String?)
+    {
+        let updater = try Updater(
+            metadataBaseURL: "https://hub/v1/updates/metadata/",
+            metadataStore: DirectoryStore(directory: trustDirectory),
+            fetcher: LinkFetcher(link: link),
+            referenceTime: Timestamp8601(secondsSinceEpoch: Int64(Date().timeIntervalSince1970)))
+        try await updater.refresh()
+        guard let assigned = try await link.assignment() else { return (nil, nil, nil) }
+        guard let target = try await updater.targetInfo(for: assigned) else { return (assigned, nil, nil) }
+        guard let release = Release(target) else {
+            throw UpdateError(
+                "the signed entry of \(UpdateDecision.printable(assigned)) lists no usable hash or an invalid "
+                    + "security version", refused: true)
+        }
+        let consistent = await updater.trustedSet.root.signed.consistentSnapshot
+        return (assigned, release, TargetDownload.urlPath(target, consistentSnapshot: consistent))
+    }
+
+    // MARK: Install and trial
+
+    private func install(_ release: Release, into slot: Slot, hub: @escaping @Sendable () async -> Bool) async -> String
+    {
+        let part = "\(slots.root)/\(slot.rawValue).part"
+        do {
+            try slots.clear(slot)
+            protection = try slots.install(slot, from: part)
+            try slots.verify(slot)
+        } catch {
+            // What did not install cleanly is not tried: the slot is cleared again at the next install.
+            TargetDownload(release: release, urlPath: "", file: part).discard()
+            let reason = "cannot install \(release.name) into slot \(slot.rawValue): \(error)"
+            await report("refused", release: release, slot: slot, reason: reason)
+            return outcome("refused: \(reason)")
+        }
+        TargetDownload(release: release, urlPath: "", file: part).discard()
+        await report("installed", release: release, slot: slot, reason: protection)
+        record.beginTrial(slot, release: release, attempts: settings.trialAttempts)
+        do { try slots.write(record) } catch {
+            record.rollBack()
+            return outcome("cannot write the boot record: \(error)")
+        }
+        return await runTrial(slot, hub: hub)
+    }
+
+    /// The trial: the new payload runs and the gate decides. Pass: commit (and raise the floor). Anything else:
+    /// roll back to the committed slot, verified before it starts.
+    @discardableResult
+    private func runTrial(_ slot: Slot, hub: @escaping @Sendable () async -> Bool) async -> String {
+        let release = record.release(in: slot)
+        await report("trial", release: release, slot: slot)
+        trialExit = nil
+        var gate = HealthGate(requiredProbes: settings.healthProbes, windowSeconds: settings.healthWindowSeconds)
+        let started = ContinuousClock.now
+        func elapsed() -> Double {
+            let duration = ContinuousClock.now - started
+            return Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        }
+        if settings.payload.isEmpty {
+            // Nothing to run: the gate is the hub being reachable, and probes only when a command is configured.
+        } else if let failure = await startPayload(slot, trial: true) {
+            return await rollBack(slot, reason: failure)
+        }
+        let reached = ReachedFlag()
+        let window = settings.healthWindowSeconds
+        let hubCheck = Task {
+            let deadline = ContinuousClock.now + .milliseconds(Int64(window * 1000))
+            while !Task.isCancelled, ContinuousClock.now < deadline {
+                if await hub() {
+                    reached.set()
+                    return
+                }
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+        defer { hubCheck.cancel() }
+        var nextProbe = elapsed() + settings.healthIntervalSeconds
+        while gate.verdict == .pending, !stopped {
+            if let status = trialExit { _ = gate.payloadExited(status: status, at: elapsed()) }
+            if reached.value, !gate.hubReached { _ = gate.reachedHub(at: elapsed()) }
+            if gate.verdict == .pending, elapsed() >= nextProbe, gate.passes < gate.requiredProbes {
+                let (code, timedOut) = await probe(slot)
+                if let status = trialExit {
+                    _ = gate.payloadExited(status: status, at: elapsed())
+                } else {
+                    _ = gate.probe(exitCode: code, timedOut: timedOut, at: elapsed())
+                }
+                nextProbe = elapsed() + settings.healthIntervalSeconds
+            }
+            if gate.verdict == .pending {
+                _ = gate.tick(at: elapsed())
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        if stopped { return outcome("stopped during the trial of \(release?.name ?? "slot \(slot.rawValue)")") }
+        switch gate.verdict {
+        case .passed:
+            guard let committed = record.commit() else { return outcome("no trial to commit") }
+            do { try slots.write(record) } catch { return outcome("cannot write the boot record: \(error)") }
+            if committed.securityVersion > floor { raiseFloor(to: committed.securityVersion) }
+            restartDelay = settings.restartInitialSeconds
+            await report("committed", release: committed, slot: slot)
+            return outcome("committed: \(committed.name) in slot \(slot.rawValue)")
+        case .failed(let reason):
+            return await rollBack(slot, reason: reason)
+        case .pending:
+            return await rollBack(slot, reason: "the health gate did not finish")
+        }
+    }
+
+    private func rollBack(_ slot: Slot, reason: String) async -> String {
+        let release = record.release(in: slot)
+        payloadGeneration += 1
+        await payload?.stop()
+        payload = nil
+        record.rollBack()
+        do { try slots.write(record) } catch { return outcome("cannot write the boot record: \(error)") }
+        await report("rolled-back", release: release, slot: slot, reason: reason)
+        if let active = record.active { await startPayload(active) }
+        return outcome("rolled back \(release?.name ?? "slot \(slot.rawValue)"): \(reason)")
+    }
+
+    /// One health probe: the configured command (exit 0 within the timeout), or, without one, the payload running.
+    private func probe(_ slot: Slot) async -> (Int32, Bool) {
+        let command = settings.healthCommand.map {
+            $0.replacingOccurrences(of: "{slot}", with: slots.directory(of: slot))
+        }
+        guard let executable = command.first else {
+            return (payload?.isRunning == true || settings.payload.isEmpty ? 0 : 1, false)
+        }
+        var handler = ProcessCommandHandler(
+            executable: executable, arguments: Array(command.dropFirst()),
+            timeoutSeconds: settings.healthTimeoutSeconds)
+        handler.appendsName = false
+        let outcome = await handler.run(AgentCommand(name: "health", body: []))
+        return (outcome.exitCode, outcome.timedOut)
+    }
+
+    private func raiseFloor(to value: Int) {
+        do {
+            try Outbox.write(floorFile, Array("\(value)\n".utf8), directory: trustDirectory, mode: 0o600)
+            floor = value
+        } catch {
+            lastOutcome = "cannot raise the floor to \(value): \(error)"
+        }
+    }
+
+    // MARK: The payload
+
+    /// Starts the payload from `slot` after checking the slot against its manifest. A tampered slot is reported
+    /// (`slot-tampered`); outside a trial the agent then falls back to the other slot when it verifies and is not
+    /// below the floor, or runs nothing. Returns why it did not start, or nil.
+    @discardableResult
+    private func startPayload(_ slot: Slot, trial: Bool = false) async -> String? {
+        guard !settings.payload.isEmpty, !stopped else { return nil }
+        payloadGeneration += 1
+        await payload?.stop()
+        payload = nil
+        do { try slots.verify(slot) } catch {
+            let reason = "\(error)"
+            await report("slot-tampered", release: record.release(in: slot), slot: slot, reason: reason)
+            if trial { return reason }
+            let other = slot.other
+            if record.active == slot, let fallback = record.release(in: other), fallback.securityVersion >= floor,
+                !record.rejected.contains(fallback.identity), (try? slots.verify(other)) != nil
+            {
+                record.active = other
+                try? slots.write(record)
+                await report(
+                    "rolled-back", release: fallback, slot: other,
+                    reason: "fell back from tampered slot \(slot.rawValue)")
+                return await startPayload(other)
+            }
+            lastOutcome = "payload stopped: \(reason)"
+            return reason
+        }
+        let generation = payloadGeneration
+        do {
+            payload = try PayloadProcess.launch(
+                command: settings.payload, slot: slot, directory: slots.directory(of: slot), user: settings.payloadUser,
+                pidFile: pidFile
+            ) { status in
+                Task { await self.payloadExited(generation: generation, status: status) }
+            }
+        } catch {
+            lastOutcome = "\(error)"
+            return "\(error)"
+        }
+        return nil
+    }
+
+    private func payloadExited(generation: Int, status: Int32) {
+        guard generation == payloadGeneration, !stopped else { return }
+        payload = nil
+        if record.trial != nil {
+            trialExit = status
+            return
+        }
+        // Outside a trial: start it again (verified again) after a growing wait.
+        guard let active = record.active else { return }
+        let wait = restartDelay
+        restartDelay = min(restartDelay * 2, settings.restartMaximumSeconds)
+        restartTask = Task {
+            try? await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
+            guard !Task.isCancelled else { return }
+            await self.restartIfIdle(generation: generation, slot: active)
+        }
+    }
+
+    private func restartIfIdle(generation: Int, slot: Slot) async {
+        guard generation == payloadGeneration, payload == nil, record.trial == nil, !stopped else { return }
+        await startPayload(record.active ?? slot)
+    }
+
+    public var payloadRunning: Bool { payload?.isRunning == true }
+    public var payloadPID: Int32? { payload?.pid }
+
+    // MARK: Reports
+
+    /// `devices/<id>/events/update`: `{"step", "target", "version", "slot", "floor", "reason", "received", "total"}`.
+    private func report(
+        _ step: String, release: Release? = nil, slot: Slot? = nil, reason: String? = nil,
+        progress: (Int64, Int64)? = nil
+    ) async {
+        lastStep = step
+        var object: [String: Any] = ["step": step, "floor": floor]
+        if let release {
+            object["target"] = String(release.path.prefix(255))
+            object["version"] = String(release.name.prefix(64))
+            object["securityVersion"] = release.securityVersion
+        }
+        if let slot { object["slot"] = slot.rawValue }
+        if let reason { object["reason"] = String(reason.prefix(512)) }
+        if let progress {
+            object["received"] = progress.0
+            object["total"] = progress.1
+        }
+        if let active = record.active {
+            object["active"] = active.rawValue
+            if let installed = record.release(in: active) {
+                object["installed"] = String(installed.path.prefix(255))
+                object["installedVersion"] = String(installed.name.prefix(64))
+            }
+        }
+        writeStatus()
+        guard let body = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+        await reporter?(Array(body))
+    }
+
+    /// A refusal is reported once, not at every check while it lasts.
+    private func reportOnce(_ step: String, reason: String) async {
+        guard lastReported != reason else { return }
+        lastReported = reason
+        await report(step, reason: reason)
+    }
+}
+
+/// A lock for async code: the agent's TUF refreshes (pins, updates) write the same `STATE/trust` one at a time.
+public actor AsyncLock {
+    private var busy = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    public init() {}
+
+    public func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+        if busy {
+            await withCheckedContinuation { waiters.append($0) }
+        } else {
+            busy = true
+        }
+        defer {
+            if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
+        }
+        return try await body()
+    }
+}
+
+/// Abandons an operation that makes no progress for `seconds` (each `touch()` restarts the clock).
+final class Watchdog: @unchecked Sendable {
+    // Guarded by `lock`; touched from the download's reads, read by the timer task.
+    private let lock = NSLock()
+    private var last = ContinuousClock.now
+    let seconds: Double
+    let onStall: @Sendable () -> Void
+
+    init(seconds: Double, onStall: @escaping @Sendable () -> Void) {
+        self.seconds = seconds
+        self.onStall = onStall
+    }
+
+    func touch() { lock.withLock { last = ContinuousClock.now } }
+
+    func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .milliseconds(250))
+                    let idle = ContinuousClock.now - self.lock.withLock { self.last }
+                    if idle > .milliseconds(Int64(self.seconds * 1000)) {
+                        // Closing the connection ends the read the download waits on.
+                        self.onStall()
+                        return nil
+                    }
+                }
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                throw UpdateError("the download stalled for \(Int(seconds)) s; it resumes at the next check")
+            }
+            return value
+        }
+    }
+}
+
+/// Set once the hub answered during a trial.
+private final class ReachedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var flag = false
+    func set() { lock.withLock { flag = true } }
+    var value: Bool { lock.withLock { flag } }
+}

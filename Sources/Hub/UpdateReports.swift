@@ -1,0 +1,69 @@
+import Core
+import Foundation
+import Logging
+import Store
+
+/// The device events the hub acts on besides storing them: connection reports (`EgressMonitor`) and update reports
+/// (`UpdateReports`), by message type.
+struct DeviceEvents: Sendable {
+    let egress: EgressMonitor
+    let updates: UpdateReports
+
+    static func observed(_ messageType: String?) -> Bool {
+        messageType == EgressMonitor.messageType || messageType == UpdateReports.messageType
+    }
+
+    func observe(_ device: DeviceID, messageType: String?, body: [UInt8], correlationID: String) async {
+        switch messageType {
+        case EgressMonitor.messageType?: await egress.observe(device, body: body, correlationID: correlationID)
+        case UpdateReports.messageType?: await updates.observe(device, body: body, correlationID: correlationID)
+        default: break
+        }
+    }
+}
+
+/// What the hub does with an agent's update report (`devices/<id>/events/update`, validated by the built-in schema
+/// `update`): it keeps the device's update state (the committed release, slot, floor, the last step and why) for
+/// `bulwark device show` and `bulwark updates status`, and audits every outcome (`update-committed`,
+/// `update-rolled-back`, `update-refused`, `slot-tampered`).
+struct UpdateReports: Sendable {
+    static let messageType = "update"
+    static let steps = [
+        "checking", "downloading", "installed", "trial", "committed", "rolled-back", "refused", "slot-tampered",
+    ]
+    static let audited = ["committed", "rolled-back", "refused", "slot-tampered"]
+    let store: any HubStore
+    let logger: Logger
+
+    func observe(_ device: DeviceID, body: [UInt8], correlationID: String) async {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+            let step = object["step"] as? String
+        else { return }
+        let target = object["target"] as? String
+        let reason = object["reason"] as? String
+        let state = DeviceUpdateState(
+            deviceID: device, installedTarget: object["installed"] as? String,
+            installedVersion: object["installedVersion"] as? String, slot: object["active"] as? String,
+            floor: object["floor"] as? Int ?? 0, lastStep: step, stepTarget: target, reason: reason, updatedAt: Date())
+        do {
+            try await store.recordUpdateState(state)
+            if Self.audited.contains(step) {
+                let kind = step == "slot-tampered" ? step : "update-\(step)"
+                let what = [target.map { "\($0)" }, (object["version"] as? String).map { "(\($0))" }].compactMap { $0 }
+                    .joined(separator: " ")
+                try await store.recordSecurityEvent(
+                    SecurityEvent(
+                        at: Date(), kind: kind, identity: Identity.device(device).uri, correlationID: correlationID,
+                        detail: "\(step)\(what.isEmpty ? "" : " " + what)\(reason.map { ": \($0)" } ?? "")"))
+            }
+        } catch {
+            logger.error(
+                "update report not recorded",
+                metadata: ["device": .string(device.rawValue), "error": .string("\(error)")])
+        }
+    }
+
+    /// `update`: the built-in schema of the agent's update reports.
+    static let schema =
+        #"{"type":"object","required":["step","floor"],"additionalProperties":false,"properties":{"step":{"enum":["checking","downloading","installed","trial","committed","rolled-back","refused","slot-tampered"]},"floor":{"type":"integer","minimum":0},"target":{"type":"string","maxLength":255},"version":{"type":"string","maxLength":64},"securityVersion":{"type":"integer","minimum":0},"slot":{"enum":["a","b"]},"active":{"enum":["a","b"]},"installed":{"type":"string","maxLength":255},"installedVersion":{"type":"string","maxLength":64},"reason":{"type":"string","maxLength":512},"received":{"type":"integer","minimum":0},"total":{"type":"integer","minimum":0}}}"#
+}

@@ -1,0 +1,317 @@
+import Core
+import Crypto
+import Foundation
+import HubClient
+import Store
+import Testing
+
+@testable import Agent
+@testable import Hub
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Updates that install themselves, attacked: a hub with a `bulwark tuf` repository, an agent that checks, downloads,
+/// installs into the inactive slot, runs the payload's health gate, commits or rolls back, and reports; and every
+/// way a release can be bad (unsigned, altered, endless, below the floor, failing, crashing, hanging, tampered with)
+/// ends with nothing installed and the device on its good version.
+@Suite(.serialized) struct UpdateAgentTests {
+    typealias Repository = PinRotationTests.Repository
+
+    /// A release of the test payload: `bin/app` (records its pid and slot in the marker file given as its argument,
+    /// then runs until told to stop, or exits at once when `crashes`), `bin/health` (exit 0, exit 1, or hang), and
+    /// `bulk` (filler, so downloads take more than one read). Published with `bulwark tuf add-target` + `publish`.
+    enum Health: String {
+        case healthy = "exit 0"
+        case failing = "exit 1"
+        case hanging = "sleep 30"
+    }
+
+    @discardableResult
+    static func publish(
+        _ repository: Repository, _ name: String, security: Int, health: Health = .healthy, crashes: Bool = false,
+        bulk: Int = 64 * 1024
+    ) async throws -> [UInt8] {
+        let tree = repository.base + "/build-\(name)"
+        try FileManager.default.createDirectory(atPath: tree + "/bin", withIntermediateDirectories: true)
+        let app =
+            crashes
+            ? "#!/bin/sh\nexit 3\n"
+            : """
+            #!/bin/sh
+            echo "$$ $BULWARK_SLOT \(name)" > "$1"
+            trap 'exit 0' TERM
+            while :; do sleep 0.1; done
+
+            """
+        try app.write(toFile: tree + "/bin/app", atomically: true, encoding: .utf8)
+        try "#!/bin/sh\n\(health.rawValue)\n".write(toFile: tree + "/bin/health", atomically: true, encoding: .utf8)
+        chmod(tree + "/bin/app", 0o755)
+        chmod(tree + "/bin/health", 0o755)
+        var generator = SystemRandomNumberGenerator()
+        try Data((0..<bulk).map { _ in UInt8.random(in: 0...255, using: &generator) }).write(
+            to: URL(fileURLWithPath: tree + "/bulk"))
+        let archive = repository.base + "/\(name).tar"
+        let tar = try await run("/usr/bin/tar", ["--format=ustar", "-cf", archive, "-C", tree, "."])
+        #expect(tar.status == 0, "\(tar.stderr)")
+        let binary = try HubProcessTests.binary
+        let added = try await run(
+            binary,
+            ["tuf", "add-target", "--repo", repository.path, "--security-version", "\(security)", archive])
+        #expect(added.status == 0, "\(added.stderr)")
+        let published = try await run(binary, ["tuf", "publish", "--repo", repository.path, "--keys", repository.keys])
+        #expect(published.status == 0, "\(published.stderr)")
+        return Array(try Data(contentsOf: URL(fileURLWithPath: archive)))
+    }
+
+    /// A paired device's state with the repository's root, and an agent that runs the payload from its slots.
+    static func agent(
+        _ hub: TestHub, _ repository: Repository, _ name: String, pins: [[UInt8]]? = nil,
+        configure: (inout UpdateSettings) -> Void = { _ in }
+    ) async throws -> (Agent, state: String, marker: String) {
+        let state = try AgentTests.stateDirectory(hub, try await hub.enroll(name), pins: pins)
+        try FileManager.default.createDirectory(atPath: state + "/trust", withIntermediateDirectories: false)
+        chmod(state + "/trust", 0o700)
+        try FileManager.default.copyItem(
+            atPath: repository.path + "/metadata/root.json", toPath: state + "/trust/root.json")
+        let marker = try temporaryDirectory("marker") + "/running"
+        var configuration = AgentTests.configuration(hub, state)
+        configuration.trustRefreshSeconds = 0
+        configuration.renews = false
+        var updates = UpdateSettings()
+        updates.intervalSeconds = 0
+        updates.payload = ["{slot}/bin/app", marker]
+        updates.healthCommand = ["{slot}/bin/health"]
+        updates.healthIntervalSeconds = 0.2
+        updates.healthTimeoutSeconds = 1
+        updates.healthWindowSeconds = 20
+        updates.restartInitialSeconds = 0.1
+        configure(&updates)
+        configuration.updates = updates
+        return (try Agent(configuration: configuration), state, marker)
+    }
+
+    static func hub(_ repository: Repository) async throws -> TestHub { try await PinRotationTests.hub(repository) }
+
+    static func assign(_ hub: TestHub, _ target: String?) async throws {
+        try await hub.server.store.setAssignment(.fleet, target: target)
+    }
+
+    /// The payload's marker: its pid, slot and release.
+    static func running(_ marker: String) -> (pid: Int32, slot: String, release: String)? {
+        guard let text = try? String(contentsOfFile: marker, encoding: .utf8) else { return nil }
+        let fields = text.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        guard fields.count == 3, let pid = Int32(fields[0]), kill(pid, 0) == 0 else { return nil }
+        return (pid, fields[1], fields[2])
+    }
+
+    static func events(_ hub: TestHub, _ kind: String) async throws -> [SecurityEvent] {
+        try await hub.securityEvents().filter { $0.kind == kind }
+    }
+
+    /// Lets the test's temporary directories be removed (committed slots are immutable when the tests run as root).
+    static func release(_ state: String) {
+        for slot in ["a", "b"] { DirectorySlotStore.makeMutable(state + "/slots/" + slot) }
+    }
+
+    @Test func releasesCommitRollBackAndAreRefusedAndTheHubShowsIt() async throws {
+        let repository = try await Repository.make("updates")
+        let hub = try await Self.hub(repository)
+        let (agent, state, marker) = try await Self.agent(hub, repository, "upd-e2e")
+        defer { Self.release(state) }
+        let running = Task { try await agent.run() }
+        defer { running.cancel() }
+        #expect(await AgentTests.eventually(20) { await agent.connection == .connected })
+        let device = try DeviceID("upd-e2e")
+
+        #expect(await agent.checkForUpdates() == "no release is assigned to this device")
+
+        // v2: committed, the floor raised to its security version at commit, the payload running from slot a.
+        try await Self.publish(repository, "app-v2", security: 2)
+        try await Self.assign(hub, "app-v2.tar")
+        let committed = await agent.checkForUpdates()
+        #expect(committed == "committed: app-v2.tar in slot a", "\(committed)")
+        #expect(await agent.updater.floor == 2)
+        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
+        #expect(Self.running(marker)?.slot == "a")
+        #expect(await agent.checkForUpdates() == "current: app-v2.tar in slot a")
+        #expect(
+            try await AgentTests.eventually(10) {
+                let update = try await hub.server.store.updateState(of: device)
+                return update?.installedTarget == "app-v2.tar" && update?.lastStep == "committed"
+                    && update?.floor == 2 && update?.slot == "a"
+            })
+        #expect(try await !Self.events(hub, "update-committed").isEmpty)
+
+        // v3 fails its probe: rolled back to v2 (started again from slot a), the floor unchanged.
+        try await Self.publish(repository, "app-v3", security: 3, health: .failing)
+        try await Self.assign(hub, "app-v3.tar")
+        let failed = await agent.checkForUpdates()
+        #expect(failed.hasPrefix("rolled back app-v3.tar: the health probe failed (exit status 1)"), "\(failed)")
+        #expect(await agent.updater.floor == 2)
+        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
+        #expect(await agent.updater.record.active == .a)
+        // …and is not tried again: nothing is downloaded.
+        let again = await agent.checkForUpdates()
+        #expect(again.contains("rolled back on this device before"), "\(again)")
+        #expect(await agent.updater.lastFetchedBytes == 0)
+
+        // A downgrade below the floor, signed and assigned: refused.
+        try await Self.publish(repository, "app-v1", security: 1)
+        try await Self.assign(hub, "app-v1.tar")
+        let downgrade = await agent.checkForUpdates()
+        #expect(downgrade.contains("below this device's floor 2"), "\(downgrade)")
+        // An assignment naming a target that is not in signed metadata: refused, nothing fetched.
+        try await Self.assign(hub, "unsigned.tar")
+        let unsigned = await agent.checkForUpdates()
+        #expect(unsigned.contains("not in the signed targets metadata"), "\(unsigned)")
+
+        // A payload that crashes at start, and one whose probe hangs: rolled back.
+        try await Self.publish(repository, "app-v4", security: 4, crashes: true)
+        try await Self.assign(hub, "app-v4.tar")
+        let crashed = await agent.checkForUpdates()
+        #expect(crashed.contains("the payload exited during its trial (status 3)"), "\(crashed)")
+        try await Self.publish(repository, "app-v5", security: 5, health: .hanging)
+        try await Self.assign(hub, "app-v5.tar")
+        let hung = await agent.checkForUpdates()
+        #expect(hung.contains("the health probe did not answer in time"), "\(hung)")
+        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
+        #expect(await agent.updater.floor == 2)
+
+        // The operator's view: the device on v2, the last step a rollback of v5; every outcome audited.
+        #expect(
+            try await AgentTests.eventually(10) {
+                let update = try await hub.server.store.updateState(of: device)
+                return update?.installedTarget == "app-v2.tar" && update?.lastStep == "rolled-back"
+                    && update?.stepTarget == "app-v5.tar"
+            })
+        let status = try await hub.operatorRequest("GET", "/v1/updates/status")
+        #expect(status.status == 200)
+        let summary = try JSONSerialization.jsonObject(with: Data(status.body)) as? [String: Any]
+        let targets = summary?["targets"] as? [[String: Any]] ?? []
+        #expect(targets.first { $0["target"] as? String == "app-v2.tar" }?["running"] as? Int == 1)
+        #expect(targets.first { $0["target"] as? String == "app-v5.tar" }?["rolledBack"] as? Int == 1)
+        #expect(try await Self.events(hub, "update-rolled-back").count >= 3)
+        #expect(try await !Self.events(hub, "update-refused").isEmpty)
+        let shown = try await hub.operatorRequest("GET", "/v1/devices/upd-e2e")
+        #expect(shown.bodyText.contains(#""installed":"app-v2.tar""#), "\(shown.bodyText)")
+
+        // The active slot edited on disk: found before the payload's next start, reported; the other slot holds a
+        // release that rolled back, so the agent does not fall back to it: the payload stops.
+        guard let pid = Self.running(marker)?.pid else {
+            Issue.record("the payload is not running")
+            return
+        }
+        DirectorySlotStore.makeMutable(state + "/slots/a")
+        chmod(state + "/slots/a/bin/app", 0o755)
+        try "#!/bin/sh\necho pwned\nsleep 100\n".write(
+            toFile: state + "/slots/a/bin/app", atomically: false, encoding: .utf8)
+        kill(pid, SIGKILL)
+        #expect(await AgentTests.eventually(10) { await agent.updater.lastStep == "slot-tampered" })
+        #expect(try await AgentTests.eventually(10) { try await !Self.events(hub, "slot-tampered").isEmpty })
+        try? await Task.sleep(for: .milliseconds(500))
+        #expect(await !agent.updater.payloadRunning)
+        await agent.stop()
+    }
+
+    @Test func alteredEndlessAndRolledBackDownloadsAreRefusedAndAResumeFetchesOnlyWhatIsMissing() async throws {
+        let repository = try await Repository.make("downloads")
+        let hub = try await Self.hub(repository)
+        let (agent, state, marker) = try await Self.agent(hub, repository, "upd-dl")
+        defer { Self.release(state) }
+        let running = Task { try await agent.run() }
+        defer { running.cancel() }
+
+        // v2 (1 MiB), half of it already on disk from an interrupted download: only the rest is fetched.
+        let v2 = try await Self.publish(repository, "big-v2", security: 2, bulk: 1 << 20)
+        try await Self.assign(hub, "big-v2.tar")
+        let digest = SHA256.hash(data: v2).map { String(format: "%02x", $0) }.joined()
+        try FileManager.default.createDirectory(atPath: state + "/slots", withIntermediateDirectories: true)
+        try Data(v2.prefix(v2.count / 2)).write(to: URL(fileURLWithPath: state + "/slots/a.part"))
+        try #"{"identity":"\#(digest)"}"#.write(toFile: state + "/slots/a.part.json", atomically: true, encoding: .utf8)
+        let resumed = await agent.checkForUpdates()
+        #expect(resumed == "committed: big-v2.tar in slot a", "\(resumed)")
+        #expect(await agent.updater.lastFetchedBytes == Int64(v2.count - v2.count / 2))
+        #expect(!FileManager.default.fileExists(atPath: state + "/slots/a.part"))
+        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "big-v2" })
+
+        // What the device trusts now, kept to replay it later.
+        let oldTimestamp = try Data(contentsOf: URL(fileURLWithPath: repository.path + "/metadata/timestamp.json"))
+
+        // v3 altered on the hub's disk after signing (same length): refused, nothing installed, the partial removed.
+        let v3 = try await Self.publish(repository, "big-v3", security: 3, bulk: 1 << 20)
+        try await Self.assign(hub, "big-v3.tar")
+        let v3Digest = SHA256.hash(data: v3).map { String(format: "%02x", $0) }.joined()
+        let served = repository.path + "/targets/\(v3Digest).big-v3.tar"
+        #expect(FileManager.default.fileExists(atPath: served))
+        var altered = v3
+        altered[altered.count - 600] ^= 0xFF
+        try Data(altered).write(to: URL(fileURLWithPath: served))
+        let tampered = await agent.checkForUpdates()
+        #expect(tampered.contains("does not match its signed hashes"), "\(tampered)")
+        #expect(!FileManager.default.fileExists(atPath: state + "/slots/b.part"))
+        let record = await agent.updater.record
+        #expect(record.active == .a && record.trial == nil)
+
+        // The same target served with endless data after it: refused at its signed length.
+        try Data(v3 + [UInt8](repeating: 0x41, count: 256 * 1024)).write(to: URL(fileURLWithPath: served))
+        let endless = await agent.checkForUpdates()
+        #expect(endless.contains("longer than its signed length"), "\(endless)")
+        #expect(!FileManager.default.fileExists(atPath: state + "/slots/b.part"))
+
+        // A hub serving an older timestamp than the device has seen (rollback): refused, the device keeps v2.
+        let newTimestamp = try Data(contentsOf: URL(fileURLWithPath: repository.path + "/metadata/timestamp.json"))
+        try oldTimestamp.write(to: URL(fileURLWithPath: repository.path + "/metadata/timestamp.json"))
+        let rolledBack = await agent.checkForUpdates()
+        #expect(rolledBack.contains("the update metadata was refused"), "\(rolledBack)")
+        try newTimestamp.write(to: URL(fileURLWithPath: repository.path + "/metadata/timestamp.json"))
+        #expect(Self.running(marker)?.release == "big-v2")
+
+        // With the right bytes back, v3 installs (the refusals left nothing behind that blocks it).
+        try Data(v3).write(to: URL(fileURLWithPath: served))
+        let fixed = await agent.checkForUpdates()
+        #expect(fixed == "committed: big-v3.tar in slot b", "\(fixed)")
+        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "big-v3" })
+        #expect(await agent.updater.floor == 3)
+        await agent.stop()
+    }
+
+    @Test func nothingIsFetchedFromAnUnpinnedHubAndARootRotatedTwiceIsFollowed() async throws {
+        let repository = try await Repository.make("roots")
+        let hub = try await Self.hub(repository)
+        try await Self.publish(repository, "app-v2", security: 2)
+        try await Self.assign(hub, "app-v2.tar")
+
+        // The hub presents a key this device does not pin: the check fails before a byte of metadata.
+        let (stranger, strangerState, _) = try await Self.agent(
+            hub, repository, "upd-pin", pins: [Array(repeating: 7, count: 32)])
+        let refused = await stranger.checkForUpdates()
+        #expect(refused.hasPrefix("check failed"), "\(refused)")
+        #expect(!FileManager.default.fileExists(atPath: strangerState + "/trust/timestamp.json"))
+        #expect(!FileManager.default.fileExists(atPath: strangerState + "/slots/a.part"))
+
+        // The device paired at root version 1; the repository rotates its root keys twice.
+        let (agent, state, marker) = try await Self.agent(hub, repository, "upd-root")
+        defer { Self.release(state) }
+        let binary = try HubProcessTests.binary
+        for key in ["root-rotated-1", "root-rotated-2"] {
+            let rotated = try await run(
+                binary,
+                [
+                    "tuf", "rotate-key", "--repo", repository.path, "--keys", repository.keys, "--role", "root",
+                    "--add", key,
+                ])
+            #expect(rotated.status == 0, "\(rotated.stderr)")
+            let published = try await run(
+                binary, ["tuf", "publish", "--repo", repository.path, "--keys", repository.keys])
+            #expect(published.status == 0, "\(published.stderr)")
+        }
+        let committed = await agent.checkForUpdates()
+        #expect(committed == "committed: app-v2.tar in slot a", "\(committed)")
+        let root = try String(contentsOfFile: state + "/trust/root.json", encoding: .utf8)
+        #expect(root.contains(#""version":3"#))
+        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
+        await agent.stop()
+    }
+}
