@@ -118,7 +118,7 @@ public actor DeviceUpdater {
             await runTrial(slot, hub: hub)
         case .rollBack(let trial, let to, let reason):
             await report("rolled-back", release: record.release(in: trial), slot: trial, reason: reason)
-            lastOutcome = "rolled back: \(reason)"
+            _ = outcome("rolled back: \(reason)")
             if let to { await startPayload(to) }
         }
     }
@@ -230,7 +230,9 @@ public actor DeviceUpdater {
 
     /// `STATE/update.json`, for `bulwark agent status` (replaced atomically).
     public var statusJSON: [UInt8] {
-        var object: [String: Any] = ["floor": floor, "payloadRunning": payloadRunning]
+        var object: [String: Any] = [
+            "floor": floor, "payloadRunning": payloadRunning, "lastFetchedBytes": lastFetchedBytes,
+        ]
         if let active = record.active {
             object["active"] = active.rawValue
             if let release = record.release(in: active) { object["activeVersion"] = release.name }

@@ -212,7 +212,8 @@ struct AgentConfigFile {
 
     func number(_ key: String) throws -> Double? {
         guard let value = values[key] else { return nil }
-        guard !(value is Bool), let number = value as? NSNumber else {
+        // JSON true/false arrive as NSNumber too (objCType "c"; `is Bool` also holds for 0 and 1).
+        guard let number = value as? NSNumber, String(cString: number.objCType) != "c" else {
             throw ValidationError("\(path): \(key) must be a number")
         }
         return number.doubleValue

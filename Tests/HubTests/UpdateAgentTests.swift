@@ -26,6 +26,7 @@ import Testing
         case healthy = "exit 0"
         case failing = "exit 1"
         case hanging = "sleep 30"
+        case slow = "sleep 1; exit 0"
     }
 
     @discardableResult
@@ -49,9 +50,9 @@ import Testing
         try "#!/bin/sh\n\(health.rawValue)\n".write(toFile: tree + "/bin/health", atomically: true, encoding: .utf8)
         chmod(tree + "/bin/app", 0o755)
         chmod(tree + "/bin/health", 0o755)
-        var generator = SystemRandomNumberGenerator()
-        try Data((0..<bulk).map { _ in UInt8.random(in: 0...255, using: &generator) }).write(
-            to: URL(fileURLWithPath: tree + "/bulk"))
+        let random = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/urandom"))
+        try (try random.read(upToCount: bulk) ?? Data()).write(to: URL(fileURLWithPath: tree + "/bulk"))
+        try random.close()
         let archive = repository.base + "/\(name).tar"
         let tar = try await run("/usr/bin/tar", ["--format=ustar", "-cf", archive, "-C", tree, "."])
         #expect(tar.status == 0, "\(tar.stderr)")
