@@ -1,4 +1,6 @@
 import Foundation
+public import Logging
+import Synchronization
 import TUF
 import TUFClient
 
@@ -34,6 +36,11 @@ public struct UpdateSettings: Sendable {
     /// A download that receives nothing for this long is abandoned (slow-retrieval attack); it resumes at the next
     /// check.
     public var stallSeconds = 60.0
+    /// The TUF refresh and the assignment must complete within this many seconds.
+    public var requestTimeoutSeconds = 30.0
+    /// The clock TUF's expiry checks use (TUF §5.1: the update's start time); tests move it forward to see frozen
+    /// metadata refused.
+    public var clock: @Sendable () -> Date = { Date() }
 
     public init() {}
 }
@@ -60,6 +67,8 @@ public actor DeviceUpdater {
     /// Bytes fetched from the hub by the last download (a resumed download fetches only what was missing).
     public private(set) var lastFetchedBytes: Int64 = 0
     public private(set) var protection: String?
+    /// Where progress and outcomes are logged (`bulwark agent run` logs to standard error).
+    public nonisolated let logger = Logger(label: "bulwark-agent")
 
     private var payload: PayloadProcess?
     private var payloadGeneration = 0
@@ -70,6 +79,7 @@ public actor DeviceUpdater {
     private var stopped = false
     private var lastReported: String?
     private var reporter: (@Sendable ([UInt8]) async -> Void)?
+    private var sequence = 0
 
     public init(stateDirectory: String, settings: UpdateSettings) throws {
         self.settings = settings
@@ -77,18 +87,29 @@ public actor DeviceUpdater {
         slots = DirectorySlotStore(
             root: settings.slotsDirectory ?? stateDirectory + "/slots", manifests: stateDirectory + "/trust")
         record = try slots.bootRecord()
-        floor = Self.readFloor(stateDirectory + "/trust/floor")
+        floor = try Self.readFloor(stateDirectory + "/trust/floor")
         restartDelay = settings.restartInitialSeconds
+        sequence = Self.readSequence(stateDirectory + "/update.json")
     }
 
     nonisolated var trustDirectory: String { stateDirectory + "/trust" }
     nonisolated var floorFile: String { trustDirectory + "/floor" }
     nonisolated var pidFile: String { stateDirectory + "/payload.pid" }
 
-    static func readFloor(_ path: String) -> Int {
-        (try? String(contentsOfFile: path, encoding: .utf8)).flatMap {
-            Int($0.trimmingCharacters(in: .whitespacesAndNewlines))
-        } ?? 0
+    /// The anti-rollback floor; 0 when none was ever raised. A file that is there but unreadable is an error, never
+    /// a floor of 0 (that would reopen every downgrade).
+    static func readFloor(_ path: String) throws -> Int {
+        guard FileManager.default.fileExists(atPath: path) else { return 0 }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+            let value = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)), value >= 0
+        else { throw UpdateError("\(path) is not a valid anti-rollback floor: restore it (it is never lowered)") }
+        return value
+    }
+
+    /// The last report's sequence number (reports carry it so the hub never lets an older one overwrite a newer).
+    static func readSequence(_ path: String) -> Int {
+        (FileManager.default.contents(atPath: path).flatMap { try? JSONSerialization.jsonObject(with: $0) }
+            as? [String: Any])?["sequence"] as? Int ?? 0
     }
 
     // MARK: Start
@@ -104,10 +125,16 @@ public actor DeviceUpdater {
         if let active = record.active, let committed = record.release(in: active), committed.securityVersion > floor {
             raiseFloor(to: committed.securityVersion)
         }
+        let before = record
         let decision = record.atStart()
-        do { try slots.write(record) } catch {
-            lastOutcome = "cannot write the boot record: \(error)"
-            return
+        if record != before {
+            do { try slots.write(record) } catch {
+                // A trial must not run again without the attempt it uses being on disk: run the committed slot.
+                record = before
+                _ = outcome("cannot write the boot record: \(error)")
+                if let active = record.active { await startPayload(active) }
+                return
+            }
         }
         switch decision {
         case .nothing:
@@ -151,17 +178,33 @@ public actor DeviceUpdater {
         lastCheck = Date()
         do {
             try slots.ensureDirectories()
+            let logger = self.logger
+            let tenths = Mutex<Int64>(-1)
             let planned = try await Self.plan(
                 state: state, apiURL: apiURL, trustLock: trustLock, trustDirectory: trustDirectory, record: record,
-                floor: floor, slotsRoot: slots.root, stallSeconds: settings.stallSeconds,
+                floor: floor, slotsRoot: slots.root, settings: settings,
                 starting: { release, slot in
+                    await self.report("checking", release: release, slot: slot)
                     await self.report("downloading", release: release, slot: slot, progress: (0, release.length))
-                }, progress: progress)
+                },
+                progress: { received, total in
+                    progress?(received, total)
+                    // In the log: every tenth of the download.
+                    let tenth = total > 0 ? received * 10 / total : 10
+                    if tenths.withLock({ seen in
+                        defer { seen = max(seen, tenth) }
+                        return tenth > seen
+                    }) {
+                        logger.info("update: downloading \(received)/\(total)")
+                    }
+                })
             lastFetchedBytes = planned.fetched
             switch planned.decision {
             case .nothing:
+                lastReported = nil
                 return outcome("no release is assigned to this device")
             case .current(let release):
+                lastReported = nil
                 return outcome("current: \(release.name) in slot \(self.record.active?.rawValue ?? "?")")
             case .busy:
                 return "busy: a trial is under way"
@@ -169,6 +212,12 @@ public actor DeviceUpdater {
                 await reportOnce("refused", reason: reason)
                 return outcome("refused: \(reason)")
             case .install(let release, let slot):
+                // The slots may have changed while the download ran (a payload restart fell back to the other
+                // slot): install only into the slot that is still the inactive one, with no trial under way.
+                guard record.trial == nil, slot == record.inactive else {
+                    return outcome("busy: the slots changed during the download; the next check installs")
+                }
+                lastReported = nil
                 return await install(release, into: slot, hub: hub)
             }
         } catch let error as UpdateError where error.refused {
@@ -196,26 +245,32 @@ public actor DeviceUpdater {
     /// (streamed to `ROOT/<slot>.part`, abandoned when it stalls).
     nonisolated static func plan(
         state: AgentState, apiURL: String, trustLock: AsyncLock, trustDirectory: String, record: BootRecord,
-        floor: Int, slotsRoot: String, stallSeconds: Double,
+        floor: Int, slotsRoot: String, settings: UpdateSettings,
         starting: @escaping @Sendable (Release, Slot) async -> Void,
-        progress: (@Sendable (Int64, Int64) -> Void)?
+        progress: @escaping @Sendable (Int64, Int64) -> Void
     ) async throws -> Planned {
         try await HubLink.open(state, apiURL: apiURL) { link in
+            // The metadata and the assignment within `requestTimeoutSeconds` (slow-retrieval attack, TUF §5): a hub
+            // that stalls never holds the trust directory for long.
             let (assigned, verified, urlPath) = try await trustLock.run {
-                try await verifiedAssignment(link, state: state, trustDirectory: trustDirectory)
+                try await Watchdog(seconds: settings.requestTimeoutSeconds, onStall: link.connection.closer).run {
+                    try await verifiedAssignment(
+                        link, state: state, trustDirectory: trustDirectory, now: settings.clock())
+                }
             }
             let decision = UpdateDecision.decide(assigned: assigned, verified: verified, record: record, floor: floor)
             guard case .install(let release, let slot) = decision, let urlPath else {
                 return Planned(decision: decision, fetched: 0)
             }
-            await starting(release, slot)
             let download = TargetDownload(
                 release: release, urlPath: urlPath, file: "\(slotsRoot)/\(slot.rawValue).part")
-            let watchdog = Watchdog(seconds: stallSeconds, onStall: link.connection.closer)
+            try download.requireSpace(in: slotsRoot)
+            await starting(release, slot)
+            let watchdog = Watchdog(seconds: settings.stallSeconds, onStall: link.connection.closer)
             let outcome = try await watchdog.run {
                 try await download.run(link) { received, total in
                     watchdog.touch()
-                    progress?(received, total)
+                    progress(received, total)
                 }
             }
             return Planned(decision: decision, fetched: outcome.fetched)
@@ -232,6 +287,7 @@ public actor DeviceUpdater {
     public var statusJSON: [UInt8] {
         var object: [String: Any] = [
             "floor": floor, "payloadRunning": payloadRunning, "lastFetchedBytes": lastFetchedBytes,
+            "sequence": sequence,
         ]
         if let active = record.active {
             object["active"] = active.rawValue
@@ -254,14 +310,14 @@ public actor DeviceUpdater {
 
     /// TUF refresh over the link, then the hub's assignment, then the assigned target as *this device's* TUF client
     /// finds it (delegations followed, TUF §5.6.7).
-    static func verifiedAssignment(_ link: HubLink, state: AgentState, trustDirectory: String) async throws
+    static func verifiedAssignment(_ link: HubLink, state: AgentState, trustDirectory: String, now: Date) async throws
         -> (String?, Release?, String?)
     {
         let updater = try Updater(
             metadataBaseURL: "https://hub/v1/updates/metadata/",
             metadataStore: DirectoryStore(directory: trustDirectory),
             fetcher: LinkFetcher(link: link),
-            referenceTime: Timestamp8601(secondsSinceEpoch: Int64(Date().timeIntervalSince1970)))
+            referenceTime: Timestamp8601(secondsSinceEpoch: Int64(now.timeIntervalSince1970)))
         try await updater.refresh()
         guard let assigned = try await link.assignment() else { return (nil, nil, nil) }
         guard let target = try await updater.targetInfo(for: assigned) else { return (assigned, nil, nil) }
@@ -279,24 +335,39 @@ public actor DeviceUpdater {
     private func install(_ release: Release, into slot: Slot, hub: @escaping @Sendable () async -> Bool) async -> String
     {
         let part = "\(slots.root)/\(slot.rawValue).part"
+        let download = TargetDownload(release: release, urlPath: "", file: part)
         do {
+            // The slot's old release is forgotten before its files go: a slot is never named for what it no longer
+            // holds (a fallback could otherwise start an unchecked release under an old name).
+            if record.releases[slot.rawValue] != nil {
+                record.releases[slot.rawValue] = nil
+                try slots.write(record)
+            }
             try slots.clear(slot)
-            protection = try slots.install(slot, from: part)
+            // The archive is hashed again as it is extracted, from the one descriptor it is read through: what is
+            // installed is exactly what matched the signed hashes.
+            protection = try slots.install(slot, from: part, verifying: release)
             try slots.verify(slot)
         } catch {
-            // What did not install cleanly is not tried: the slot is cleared again at the next install.
-            TargetDownload(release: release, urlPath: "", file: part).discard()
+            // A signed release that cannot be installed here will not install next time either: not retried.
+            download.discard()
+            try? slots.clear(slot)
+            record.reject(release.identity)
+            try? slots.write(record)
             let reason = "cannot install \(release.name) into slot \(slot.rawValue): \(error)"
-            await report("refused", release: release, slot: slot, reason: reason)
+            await reportOnce("refused", reason: reason, release: release, slot: slot)
             return outcome("refused: \(reason)")
         }
-        TargetDownload(release: release, urlPath: "", file: part).discard()
-        await report("installed", release: release, slot: slot, reason: protection)
         record.beginTrial(slot, release: release, attempts: settings.trialAttempts)
         do { try slots.write(record) } catch {
-            record.rollBack()
+            // Never started: back to no trial, and not held against the release.
+            record.trial = nil
+            record.attemptsLeft = 0
             return outcome("cannot write the boot record: \(error)")
         }
+        // Removed only now: a kill before this point finds the verified download and installs it again.
+        download.discard()
+        await report("installed", release: release, slot: slot, reason: protection)
         return await runTrial(slot, hub: hub)
     }
 
@@ -367,11 +438,18 @@ public actor DeviceUpdater {
 
     private func rollBack(_ slot: Slot, reason: String) async -> String {
         let release = record.release(in: slot)
+        // The decision is on disk before the failed payload is stopped (which may take its grace period): a kill in
+        // between must not give the failed release another attempt.
+        record.rollBack()
+        let written: Error?
+        do {
+            try slots.write(record)
+            written = nil
+        } catch { written = error }
         payloadGeneration += 1
         await payload?.stop()
         payload = nil
-        record.rollBack()
-        do { try slots.write(record) } catch { return outcome("cannot write the boot record: \(error)") }
+        if let written { _ = outcome("cannot write the boot record: \(written)") }
         await report("rolled-back", release: release, slot: slot, reason: reason)
         if let active = record.active { await startPayload(active) }
         return outcome("rolled back \(release?.name ?? "slot \(slot.rawValue)"): \(reason)")
@@ -382,12 +460,14 @@ public actor DeviceUpdater {
         let command = settings.healthCommand.map {
             $0.replacingOccurrences(of: "{slot}", with: slots.directory(of: slot))
         }
-        guard let executable = command.first else {
+        guard command.first != nil else {
             return (payload?.isRunning == true || settings.payload.isEmpty ? 0 : 1, false)
         }
+        // The probe ships with the release: it runs with the payload's privileges, never the agent's.
+        guard let argv = try? PayloadProcess.privileges(command, user: settings.payloadUser), let program = argv.first
+        else { return (127, false) }
         var handler = ProcessCommandHandler(
-            executable: executable, arguments: Array(command.dropFirst()),
-            timeoutSeconds: settings.healthTimeoutSeconds)
+            executable: program, arguments: Array(argv.dropFirst()), timeoutSeconds: settings.healthTimeoutSeconds)
         handler.appendsName = false
         let outcome = await handler.run(AgentCommand(name: "health", body: []))
         return (outcome.exitCode, outcome.timedOut)
@@ -411,8 +491,11 @@ public actor DeviceUpdater {
     private func startPayload(_ slot: Slot, trial: Bool = false) async -> String? {
         guard !settings.payload.isEmpty, !stopped else { return nil }
         payloadGeneration += 1
+        let starting = payloadGeneration
         await payload?.stop()
         payload = nil
+        // While the old payload stopped, the agent may have been stopped or another start begun: that one wins.
+        guard !stopped, starting == payloadGeneration else { return nil }
         do { try slots.verify(slot) } catch {
             let reason = "\(error)"
             await report("slot-tampered", release: record.release(in: slot), slot: slot, reason: reason)
@@ -428,7 +511,12 @@ public actor DeviceUpdater {
                     reason: "fell back from tampered slot \(slot.rawValue)")
                 return await startPayload(other)
             }
-            lastOutcome = "payload stopped: \(reason)"
+            // Nothing trustworthy is committed any more: the next check installs the assigned release as a trial.
+            if record.active == slot {
+                record.active = nil
+                try? slots.write(record)
+            }
+            _ = outcome("payload stopped: \(reason)")
             return reason
         }
         let generation = payloadGeneration
@@ -440,7 +528,9 @@ public actor DeviceUpdater {
                 Task { await self.payloadExited(generation: generation, status: status) }
             }
         } catch {
-            lastOutcome = "\(error)"
+            _ = outcome("\(error)")
+            // Outside a trial a failed start (EAGAIN, ENOMEM) is tried again, as a payload that died.
+            if !trial { payloadExited(generation: generation, status: -1) }
             return "\(error)"
         }
         return nil
@@ -480,7 +570,9 @@ public actor DeviceUpdater {
         progress: (Int64, Int64)? = nil
     ) async {
         lastStep = step
-        var object: [String: Any] = ["step": step, "floor": floor]
+        // Monotonic, and above any number an earlier run used even if `update.json` was lost: milliseconds.
+        sequence = max(sequence + 1, Int(Date().timeIntervalSince1970 * 1000))
+        var object: [String: Any] = ["step": step, "floor": floor, "sequence": sequence]
         if let release {
             object["target"] = String(release.path.prefix(255))
             object["version"] = String(release.name.prefix(64))
@@ -505,10 +597,10 @@ public actor DeviceUpdater {
     }
 
     /// A refusal is reported once, not at every check while it lasts.
-    private func reportOnce(_ step: String, reason: String) async {
+    private func reportOnce(_ step: String, reason: String, release: Release? = nil, slot: Slot? = nil) async {
         guard lastReported != reason else { return }
         lastReported = reason
-        await report(step, reason: reason)
+        await report(step, release: release, slot: slot, reason: reason)
     }
 }
 

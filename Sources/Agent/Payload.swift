@@ -24,21 +24,31 @@ final class PayloadProcess: @unchecked Sendable {
 
     var isRunning: Bool { process.isRunning }
 
+    /// `argv` run as `user` when the agent is root (util-linux `setpriv`: real and effective ids, groups), as is
+    /// otherwise.
+    static func privileges(_ argv: [String], user: String?) throws -> [String] {
+        guard !argv.isEmpty else { throw UpdateError("agent.payload is empty") }
+        guard let user, geteuid() == 0 else { return argv }
+        guard let entry = getpwnam(user) else { throw UpdateError("agent.payloadUser \(user) does not exist") }
+        guard let setpriv = DirectorySlotStore.executable(["/usr/bin/setpriv", "/bin/setpriv"]) else {
+            throw UpdateError("agent.payloadUser needs setpriv (util-linux), which is not installed")
+        }
+        return [setpriv, "--reuid=\(entry.pointee.pw_uid)", "--regid=\(entry.pointee.pw_gid)", "--init-groups", "--"]
+            + argv
+    }
+
+    /// Signals the payload's process group when it leads one (it does when started through `setsid`), else it.
+    private func signal(_ number: Int32) {
+        if getpgid(pid) == pid { kill(-pid, number) } else { kill(pid, number) }
+    }
+
     static func launch(
         command: [String], slot: Slot, directory: String, user: String?, pidFile: String,
         onExit: @escaping @Sendable (Int32) -> Void
     ) throws -> PayloadProcess {
-        var argv = command.map { $0.replacingOccurrences(of: "{slot}", with: directory) }
-        guard !argv.isEmpty else { throw UpdateError("agent.payload is empty") }
-        if let user, geteuid() == 0 {
-            guard let entry = getpwnam(user) else { throw UpdateError("agent.payloadUser \(user) does not exist") }
-            guard let setpriv = DirectorySlotStore.executable(["/usr/bin/setpriv", "/bin/setpriv"]) else {
-                throw UpdateError("agent.payloadUser needs setpriv (util-linux), which is not installed")
-            }
-            argv =
-                [setpriv, "--reuid=\(entry.pointee.pw_uid)", "--regid=\(entry.pointee.pw_gid)", "--init-groups", "--"]
-                + argv
-        }
+        let argv = try privileges(command.map { $0.replacingOccurrences(of: "{slot}", with: directory) }, user: user)
+        // Foundation starts the child in its own process group (pgid = pid; `setpriv` execs in place), so stopping the
+        // group stops whatever the payload started too.
         let process = Process()
         process.executableURL = URL(fileURLWithPath: argv[0])
         process.arguments = Array(argv.dropFirst())
@@ -61,11 +71,14 @@ final class PayloadProcess: @unchecked Sendable {
     /// SIGTERM, then SIGKILL after `grace` seconds.
     func stop(grace: Double = 5) async {
         guard process.isRunning else { return }
-        kill(pid, SIGTERM)
+        signal(SIGTERM)
         let deadline = Date().addingTimeInterval(grace)
         while process.isRunning, Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
-        if process.isRunning { kill(pid, SIGKILL) }
-        while process.isRunning { try? await Task.sleep(for: .milliseconds(10)) }
+        if process.isRunning { signal(SIGKILL) }
+        let reaped = Date().addingTimeInterval(5)
+        while process.isRunning, Date() < reaped { try? await Task.sleep(for: .milliseconds(10)) }
+        // What it started and left behind goes with it.
+        if getpgid(pid) == pid || errno == ESRCH { kill(-pid, SIGKILL) }
     }
 
     /// Stops a payload a previous run of the agent left (its pid in `pidFile`, its command line under `slotsRoot`).
@@ -74,11 +87,12 @@ final class PayloadProcess: @unchecked Sendable {
             let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1
         else { return }
         defer { unlink(pidFile) }
-        guard let cmdline = FileManager.default.contents(atPath: "\(procRoot)/\(pid)/cmdline"),
-            String(decoding: cmdline, as: UTF8.self).contains(slotsRoot)
-                || (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(procRoot)/\(pid)/cwd"))?
-                    .hasPrefix(slotsRoot) == true
+        // Only a process still running in a slot directory (its working directory) is ours: a pid reused after a
+        // reboot by anything else is left alone.
+        guard
+            let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(procRoot)/\(pid)/cwd"),
+            cwd == slotsRoot + "/a" || cwd == slotsRoot + "/b"
         else { return }
-        kill(pid, SIGKILL)
+        if getpgid(pid) == pid { kill(-pid, SIGKILL) } else { kill(pid, SIGKILL) }
     }
 }

@@ -16,9 +16,9 @@ public protocol SlotStore: Sendable {
     func write(_ record: BootRecord) throws
     /// Makes `slot` empty and writable, ready for `install`.
     func clear(_ slot: Slot) throws
-    /// Writes the verified artifact at `artifact` into `slot`, records the hash of every file it holds, and makes
-    /// the slot read-only. Returns how write protection went (e.g. whether files were made immutable).
-    func install(_ slot: Slot, from artifact: String) throws -> String
+    /// Writes the verified artifact at `artifact` into `slot` (hashing it again as it is read: it must still match
+    /// `release`), records the hash of every file it holds, and makes the slot read-only. Returns how write protection went (e.g. whether files were made immutable).
+    func install(_ slot: Slot, from artifact: String, verifying release: Release) throws -> String
     /// Checks that `slot` holds exactly what was installed (every file's hash, no file added or removed).
     func verify(_ slot: Slot) throws
     /// The directory of `slot` (what `{slot}` names in the payload command).
@@ -92,9 +92,9 @@ public struct DirectorySlotStore: SlotStore {
         }
     }
 
-    public func install(_ slot: Slot, from artifact: String) throws -> String {
+    public func install(_ slot: Slot, from artifact: String, verifying release: Release) throws -> String {
         let target = directory(of: slot)
-        let entries = try UstarReader.extract(artifact, into: target, maximumFiles: maximumFiles)
+        let entries = try UstarReader.extract(artifact, into: target, maximumFiles: maximumFiles, verifying: release)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         try Outbox.write(
@@ -227,16 +227,34 @@ struct SlotEntry: Codable, Equatable {
 /// headers with a checksum, octal fields, the `ustar\0` magic, and only regular files (`0`, or NUL) and directories
 /// (`5`). It reads the archive from disk block by block and writes each file as it goes.
 enum UstarReader {
-    static func extract(_ archive: String, into root: String, maximumFiles: Int) throws -> [SlotEntry] {
+    /// Extracts `archive` into `root`. With `release`, every byte read (to the end of the file) is hashed as it is
+    /// read, and the extraction fails unless the length and every hash match the signed ones: what is installed is
+    /// exactly what was verified, even if the file changed on disk in between.
+    static func extract(_ archive: String, into root: String, maximumFiles: Int, verifying release: Release? = nil)
+        throws -> [SlotEntry]
+    {
         let fd = open(archive, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SlotError("cannot read \(archive)") }
         defer { close(fd) }
+        let input = ArchiveInput(fd: fd, release: release)
+        let entries = try extract(input, into: root, maximumFiles: maximumFiles)
+        if let release {
+            var rest = [UInt8](repeating: 0, count: 64 * 1024)
+            while try input.read(&rest, count: 0, upTo: rest.count) {}
+            guard input.total == release.length, input.hasher?.matches(release) == true else {
+                throw SlotError("the archive no longer matches its signed length and hashes")
+            }
+        }
+        return entries
+    }
+
+    private static func extract(_ input: ArchiveInput, into root: String, maximumFiles: Int) throws -> [SlotEntry] {
         var entries: [SlotEntry] = []
         var seen = Set<String>()
         var header = [UInt8](repeating: 0, count: 512)
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
-            guard try readFully(fd, &header, count: 512) else {
+            guard try input.read(&header, count: 512) else {
                 throw SlotError("the archive ends without its end-of-archive blocks")
             }
             if header.allSatisfy({ $0 == 0 }) { break }
@@ -262,7 +280,7 @@ enum UstarReader {
                 defer { close(out) }
                 while left > 0 {
                     let chunk = Int(min(Int64(buffer.count), left))
-                    guard try readFully(fd, &buffer, count: chunk) else {
+                    guard try input.read(&buffer, count: chunk) else {
                         throw SlotError("the archive ends inside \(parsed.path)")
                     }
                     try buffer.withUnsafeBytes { bytes in
@@ -282,7 +300,7 @@ enum UstarReader {
             }
             // The data is padded to a whole block.
             let padding = Int((512 - parsed.size % 512) % 512)
-            if padding > 0, try !readFully(fd, &buffer, count: padding) {
+            if padding > 0, try !input.read(&buffer, count: padding) {
                 throw SlotError("the archive ends inside \(parsed.path)")
             }
             entries.append(
@@ -359,20 +377,38 @@ enum UstarReader {
         return value
     }
 
-    /// Reads exactly `count` bytes; false at a clean end of file before the first byte.
-    static func readFully(_ fd: Int32, _ buffer: inout [UInt8], count: Int) throws -> Bool {
+}
+
+/// The archive as it is read: every byte counted and, when verifying, hashed.
+final class ArchiveInput {
+    let fd: Int32
+    var hasher: ReleaseHasher?
+    var total: Int64 = 0
+
+    init(fd: Int32, release: Release?) {
+        self.fd = fd
+        hasher = release.map(ReleaseHasher.init)
+    }
+
+    /// Reads exactly `count` bytes; false at a clean end of file before the first byte. With `upTo`, reads what
+    /// one call gives (at most that many), false at the end of the file.
+    func read(_ buffer: inout [UInt8], count: Int, upTo: Int? = nil) throws -> Bool {
+        let wanted = upTo ?? count
         var got = 0
-        while got < count {
+        while got < wanted {
             let n = buffer.withUnsafeMutableBytes { bytes -> Int in
                 guard let base = bytes.baseAddress else { return -1 }
-                return read(fd, base + got, count - got)
+                return Glibc.read(fd, base + got, wanted - got)
             }
             guard n >= 0 else { throw SlotError("cannot read the archive") }
             if n == 0 {
                 if got == 0 { return false }
                 throw SlotError("the archive is truncated")
             }
+            buffer.withUnsafeBytes { hasher?.update(UnsafeRawBufferPointer(rebasing: $0[got..<(got + n)])) }
+            total += Int64(n)
             got += n
+            if upTo != nil { return true }
         }
         return true
     }

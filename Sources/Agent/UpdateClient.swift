@@ -68,6 +68,7 @@ struct LinkFetcher: Fetcher {
     func fetch(_ url: String, maxBytes: Int) async throws -> [UInt8] {
         var status = 0
         var body: [UInt8] = []
+        var errorBytes = 0
         try await link.connection.stream(
             path: Self.path(of: url),
             onHead: { code, headers in
@@ -81,7 +82,12 @@ struct LinkFetcher: Fetcher {
                 }
             },
             onBody: { buffer in
-                guard (200..<300).contains(status) else { return }
+                guard (200..<300).contains(status) else {
+                    // An error's body is not read for ever either.
+                    errorBytes += buffer.readableBytes
+                    if errorBytes > 64 * 1024 { throw UpdaterError.tooLarge(limit: 64 * 1024, url: url) }
+                    return
+                }
                 guard body.count + buffer.readableBytes <= maxBytes else {
                     throw UpdaterError.tooLarge(limit: maxBytes, url: url)
                 }
@@ -164,7 +170,7 @@ struct TargetDownload {
         guard fd >= 0 else { throw UpdateError("cannot write \(file): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var hasher = ReleaseHasher(release)
-        var offset = try rehash(fd, into: &hasher)
+        var offset = try rehash(fd, into: &hasher, progress: progress)
         let resumedFrom = offset
         if offset > release.length {
             // More on disk than the release has: not ours to trust; start again.
@@ -235,6 +241,21 @@ struct TargetDownload {
         return Outcome(fetched: fetched, resumedFrom: resumedFrom)
     }
 
+    /// Refuses to start a download the file system cannot hold: what is still to be fetched, plus the slot it is
+    /// extracted into (at most its own size).
+    func requireSpace(in directory: String) throws {
+        var info = statvfs()
+        guard statvfs(directory, &info) == 0 else { return }
+        let available = Int64(info.f_bavail) * Int64(info.f_frsize)
+        var existing = stat()
+        let onDisk = stat(file, &existing) == 0 ? Int64(existing.st_size) : 0
+        let needed = max(0, release.length - onDisk) + release.length
+        guard available >= needed else {
+            throw UpdateError(
+                "not enough space for \(release.path): \(needed) bytes needed, \(available) available in \(directory)")
+        }
+    }
+
     /// Removes the partial file and its record.
     func discard() {
         unlink(file)
@@ -254,7 +275,9 @@ struct TargetDownload {
     }
 
     /// Hashes what is on disk and leaves the file offset at its end.
-    private func rehash(_ fd: Int32, into hasher: inout ReleaseHasher) throws -> Int64 {
+    private func rehash(_ fd: Int32, into hasher: inout ReleaseHasher, progress: (Int64, Int64) -> Void) throws
+        -> Int64
+    {
         var buffer = [UInt8](repeating: 0, count: 256 * 1024)
         var total: Int64 = 0
         while true {
@@ -263,6 +286,8 @@ struct TargetDownload {
             if n == 0 { break }
             buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             total += Int64(n)
+            // Progress (which also tells the stall watchdog that work goes on) every 8 MiB re-hashed.
+            if total % (8 << 20) < Int64(n) { progress(total, release.length) }
             if total > release.length { break }
         }
         return total

@@ -115,6 +115,13 @@ public struct BootRecord: Sendable, Equatable, Codable {
         attemptsLeft = max(0, attempts - 1)
     }
 
+    /// Remembers a release that failed here (at most 16 are kept, the oldest forgotten first).
+    public mutating func reject(_ identity: String) {
+        guard !rejected.contains(identity) else { return }
+        rejected.append(identity)
+        if rejected.count > 16 { rejected.removeFirst(rejected.count - 16) }
+    }
+
     /// The health gate passed: the trial slot becomes the committed one. Returns the release committed.
     @discardableResult
     public mutating func commit() -> Release? {
@@ -130,10 +137,7 @@ public struct BootRecord: Sendable, Equatable, Codable {
     /// The trial failed: the committed slot stays, the release is remembered as rejected.
     public mutating func rollBack() {
         guard let trial else { return }
-        if let identity = release(in: trial)?.identity, !rejected.contains(identity) {
-            rejected.append(identity)
-            if rejected.count > 16 { rejected.removeFirst(rejected.count - 16) }
-        }
+        if let identity = release(in: trial)?.identity { reject(identity) }
         self.trial = nil
         attemptsLeft = 0
     }

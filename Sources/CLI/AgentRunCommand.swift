@@ -100,6 +100,16 @@ extension AgentCommand {
                         + "agent.healthIntervalSeconds 0-3600, agent.healthWindowSeconds 1-86400, "
                         + "agent.trialAttempts 1-10")
             }
+            if updates.payloadUser != nil, geteuid() == 0 {
+                // The payload user cannot pass through the 0700 state directory: its slots must live elsewhere.
+                let root = (updates.slotsDirectory ?? state + "/slots") as NSString
+                let stateRoot = (state as NSString).standardizingPath
+                if root.standardizingPath.hasPrefix(stateRoot + "/") {
+                    throw ValidationError(
+                        "agent.payloadUser needs agent.slotsDirectory outside the state directory (which is 0700), "
+                            + "e.g. /var/lib/bulwark-slots")
+                }
+            }
             if updates.payloadUser != nil, geteuid() != 0 {
                 FileHandle.standardError.write(
                     Data("bulwark: agent.payloadUser is ignored: the agent is not root\n".utf8))

@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import Gateway
 import Logging
 import Store
 
@@ -34,22 +35,31 @@ struct UpdateReports: Sendable {
     static let audited = ["committed", "rolled-back", "refused", "slot-tampered"]
     let store: any HubStore
     let logger: Logger
+    let audited = OncePerWindow()
 
     func observe(_ device: DeviceID, body: [UInt8], correlationID: String) async {
         guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
             let step = object["step"] as? String
         else { return }
-        let target = object["target"] as? String
-        let reason = object["reason"] as? String
+        // What a device says is shown to operators and written to the audit log: printable ASCII only, so a report
+        // cannot forge audit lines or drive an operator's terminal.
+        func text(_ key: String, _ limit: Int) -> String? {
+            (object[key] as? String).map { MessageSignatureProfile.printable($0, limit: limit) }
+        }
+        let target = text("target", 255)
+        let reason = text("reason", 512)
         let state = DeviceUpdateState(
-            deviceID: device, installedTarget: object["installed"] as? String,
-            installedVersion: object["installedVersion"] as? String, slot: object["active"] as? String,
-            floor: object["floor"] as? Int ?? 0, lastStep: step, stepTarget: target, reason: reason, updatedAt: Date())
+            deviceID: device, installedTarget: text("installed", 255), installedVersion: text("installedVersion", 64),
+            slot: object["active"] as? String, floor: object["floor"] as? Int ?? 0, lastStep: step, stepTarget: target,
+            reason: reason, sequence: (object["sequence"] as? NSNumber)?.int64Value ?? 0, updatedAt: Date())
         do {
             try await store.recordUpdateState(state)
-            if Self.audited.contains(step) {
+            // One audit record per device, step, target and reason an hour: a device repeating a report (or a
+            // compromised one) cannot flood the log.
+            let key = "\(device.rawValue) \(step) \(target ?? "") \(reason ?? "")"
+            if Self.audited.contains(step), audited.first(key, now: Int64(Date().timeIntervalSince1970) / 3600) {
                 let kind = step == "slot-tampered" ? step : "update-\(step)"
-                let what = [target.map { "\($0)" }, (object["version"] as? String).map { "(\($0))" }].compactMap { $0 }
+                let what = [target, text("version", 64).map { "(\($0))" }].compactMap { $0 }
                     .joined(separator: " ")
                 try await store.recordSecurityEvent(
                     SecurityEvent(
@@ -65,5 +75,5 @@ struct UpdateReports: Sendable {
 
     /// `update`: the built-in schema of the agent's update reports.
     static let schema =
-        #"{"type":"object","required":["step","floor"],"additionalProperties":false,"properties":{"step":{"enum":["checking","downloading","installed","trial","committed","rolled-back","refused","slot-tampered"]},"floor":{"type":"integer","minimum":0},"target":{"type":"string","maxLength":255},"version":{"type":"string","maxLength":64},"securityVersion":{"type":"integer","minimum":0},"slot":{"enum":["a","b"]},"active":{"enum":["a","b"]},"installed":{"type":"string","maxLength":255},"installedVersion":{"type":"string","maxLength":64},"reason":{"type":"string","maxLength":512},"received":{"type":"integer","minimum":0},"total":{"type":"integer","minimum":0}}}"#
+        #"{"type":"object","required":["step","floor"],"additionalProperties":false,"properties":{"step":{"enum":["checking","downloading","installed","trial","committed","rolled-back","refused","slot-tampered"]},"floor":{"type":"integer","minimum":0},"target":{"type":"string","maxLength":255},"version":{"type":"string","maxLength":64},"securityVersion":{"type":"integer","minimum":0},"slot":{"enum":["a","b"]},"active":{"enum":["a","b"]},"installed":{"type":"string","maxLength":255},"installedVersion":{"type":"string","maxLength":64},"reason":{"type":"string","maxLength":512},"received":{"type":"integer","minimum":0},"total":{"type":"integer","minimum":0},"sequence":{"type":"integer","minimum":0}}}"#
 }

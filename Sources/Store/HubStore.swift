@@ -40,7 +40,8 @@ public protocol HubStore: Sendable {
         _ device: DeviceID, _ seen: [(listening: Bool, proto: String, address: String, port: Int)], at: Date
     ) async throws
     func destinations(of device: DeviceID) async throws -> [DestinationRecord]
-    /// Replaces the device's update state with its latest report.
+    /// Replaces the device's update state with its latest report, unless the stored one has a higher or equal
+    /// sequence (a late or resent report never overwrites a newer one).
     func recordUpdateState(_ state: DeviceUpdateState) async throws
     func updateState(of device: DeviceID) async throws -> DeviceUpdateState?
     func updateStates() async throws -> [DeviceUpdateState]

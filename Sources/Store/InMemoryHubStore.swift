@@ -159,7 +159,10 @@ public actor InMemoryHubStore: HubStore {
         }
     }
 
-    public func recordUpdateState(_ state: DeviceUpdateState) async throws { updates[state.deviceID] = state }
+    public func recordUpdateState(_ state: DeviceUpdateState) async throws {
+        if let stored = updates[state.deviceID], stored.sequence >= state.sequence { return }
+        updates[state.deviceID] = state
+    }
 
     public func updateState(of device: DeviceID) async throws -> DeviceUpdateState? { updates[device] }
 

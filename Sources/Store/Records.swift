@@ -164,12 +164,15 @@ public struct DeviceUpdateState: Sendable, Equatable {
     public var lastStep: String
     public var stepTarget: String?
     public var reason: String?
+    /// The device's report sequence: an older report (resent, or stored late) never overwrites a newer one.
+    public var sequence: Int64
     public var updatedAt: Date
 
     public init(
         deviceID: DeviceID, installedTarget: String?, installedVersion: String?, slot: String?, floor: Int,
-        lastStep: String, stepTarget: String?, reason: String?, updatedAt: Date
+        lastStep: String, stepTarget: String?, reason: String?, sequence: Int64 = 0, updatedAt: Date
     ) {
+        self.sequence = sequence
         self.deviceID = deviceID
         self.installedTarget = installedTarget
         self.installedVersion = installedVersion

@@ -171,7 +171,8 @@ public final class SQLiteHubStore: HubStore {
                     CREATE TABLE device_updates (
                         device_id TEXT PRIMARY KEY NOT NULL,
                         installed_target TEXT, installed_version TEXT, slot TEXT, floor INTEGER NOT NULL,
-                        last_step TEXT NOT NULL, step_target TEXT, reason TEXT, updated_at INTEGER NOT NULL
+                        last_step TEXT NOT NULL, step_target TEXT, reason TEXT, sequence INTEGER NOT NULL,
+                        updated_at INTEGER NOT NULL
                     );
                     """)
         }
@@ -305,14 +306,20 @@ public final class SQLiteHubStore: HubStore {
         try await write { db in
             try db.execute(
                 sql: """
-                    INSERT OR REPLACE INTO device_updates
+                    INSERT INTO device_updates
                         (device_id, installed_target, installed_version, slot, floor, last_step, step_target, reason,
-                         updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                         sequence, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (device_id) DO UPDATE SET
+                        installed_target = excluded.installed_target, installed_version = excluded.installed_version,
+                        slot = excluded.slot, floor = excluded.floor, last_step = excluded.last_step,
+                        step_target = excluded.step_target, reason = excluded.reason, sequence = excluded.sequence,
+                        updated_at = excluded.updated_at
+                    WHERE excluded.sequence > device_updates.sequence
                     """,
                 arguments: [
                     state.deviceID.rawValue, state.installedTarget, state.installedVersion, state.slot, state.floor,
-                    state.lastStep, state.stepTarget, state.reason, state.updatedAt.millis,
+                    state.lastStep, state.stepTarget, state.reason, state.sequence, state.updatedAt.millis,
                 ])
         }
     }
@@ -335,7 +342,7 @@ public final class SQLiteHubStore: HubStore {
         return DeviceUpdateState(
             deviceID: device, installedTarget: row["installed_target"], installedVersion: row["installed_version"],
             slot: row["slot"], floor: row["floor"], lastStep: row["last_step"], stepTarget: row["step_target"],
-            reason: row["reason"], updatedAt: Date(millis: row["updated_at"]))
+            reason: row["reason"], sequence: row["sequence"], updatedAt: Date(millis: row["updated_at"]))
     }
 
     public func destinations(of device: DeviceID) async throws -> [DestinationRecord] {

@@ -278,6 +278,101 @@ import Testing
         await agent.stop()
     }
 
+    /// What a device reports is data, not text to trust: control characters never reach the audit log or an
+    /// operator's terminal, and a repeated report is audited once.
+    @Test func hostileUpdateReportsAreSanitizedAndAuditedOnce() async throws {
+        let repository = try await Repository.make("reports")
+        let hub = try await Self.hub(repository)
+        let (agent, state, _) = try await Self.agent(hub, repository, "upd-hostile")
+        defer { Self.release(state) }
+        let running = Task { try await agent.run() }
+        defer { running.cancel() }
+        for sequence in 1...3 {
+            try await agent.send(
+                Array(
+                    #"{"step":"refused","floor":0,"target":"x\u001b[2J.tar","reason":"forged\nkind=update-committed","sequence":\#(sequence)}"#
+                        .utf8), route: "events/update")
+        }
+        let device = try DeviceID("upd-hostile")
+        #expect(
+            try await AgentTests.eventually(10) { try await hub.server.store.updateState(of: device)?.sequence == 3 })
+        let stored = try await hub.server.store.updateState(of: device)
+        #expect(stored?.stepTarget == "x?[2J.tar" && stored?.reason == "forged?kind=update-committed")
+        let audited = try await Self.events(hub, "update-refused")
+        #expect(audited.count == 1, "\(audited.map(\.detail))")
+        #expect(audited.allSatisfy { !$0.detail.contains("\n") && !$0.detail.contains("\u{1B}") })
+        // A report outside the schema (an unknown step) is refused by the gateway, never stored.
+        try await agent.send(Array(#"{"step":"owned","floor":0,"sequence":9}"#.utf8), route: "events/update")
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(try await hub.server.store.updateState(of: device)?.sequence == 3)
+        await agent.stop()
+    }
+
+    /// The committed slot edited on disk while the other slot holds an earlier good release at the floor: the agent
+    /// falls back to it, and the next check installs the assigned release again.
+    @Test func aTamperedSlotFallsBackToTheOtherGoodOneAndIsReinstalled() async throws {
+        let repository = try await Repository.make("fallback")
+        let hub = try await Self.hub(repository)
+        let (agent, state, marker) = try await Self.agent(hub, repository, "upd-fallback")
+        defer { Self.release(state) }
+        try await Self.publish(repository, "app-v2", security: 2)
+        try await Self.assign(hub, "app-v2.tar")
+        #expect(await agent.checkForUpdates() == "committed: app-v2.tar in slot a")
+        try await Self.publish(repository, "app-v3", security: 2)
+        try await Self.assign(hub, "app-v3.tar")
+        #expect(await agent.checkForUpdates() == "committed: app-v3.tar in slot b")
+        guard let pid = Self.running(marker)?.pid, Self.running(marker)?.release == "app-v3" else {
+            Issue.record("v3 is not running")
+            return
+        }
+        DirectorySlotStore.makeMutable(state + "/slots/b")
+        try "#!/bin/sh\nexit 0 # always healthy\n".write(
+            toFile: state + "/slots/b/bin/health", atomically: false, encoding: .utf8)
+        kill(pid, SIGKILL)
+        #expect(await AgentTests.eventually(10) { Self.running(marker)?.release == "app-v2" })
+        #expect(await agent.updater.record.active == .a)
+        let again = await agent.checkForUpdates()
+        #expect(again == "committed: app-v3.tar in slot b", "\(again)")
+        #expect(await AgentTests.eventually(10) { Self.running(marker)?.release == "app-v3" })
+        await agent.stop()
+    }
+
+    /// As root, the payload and its probe run as an unprivileged user, from slots outside the 0700 state directory.
+    @Test(.enabled(if: geteuid() == 0, "dropping privileges needs root"))
+    func thePayloadAndItsProbeRunUnprivileged() async throws {
+        guard let nobody = getpwnam("nobody")?.pointee.pw_uid else {
+            Issue.record("no user nobody")
+            return
+        }
+        let repository = try await Repository.make("privileges")
+        let hub = try await Self.hub(repository)
+        let slots = try temporaryDirectory("slots-root")
+        chmod(slots, 0o755)
+        let (agent, state, marker) = try await Self.agent(hub, repository, "upd-user") {
+            $0.payloadUser = "nobody"
+            $0.slotsDirectory = slots + "/slots"
+        }
+        defer { Self.release(slots) }
+        chmod((marker as NSString).deletingLastPathComponent, 0o777)
+        try await Self.publish(repository, "app-v2", security: 2)
+        try await Self.assign(hub, "app-v2.tar")
+        let committed = await agent.checkForUpdates()
+        #expect(committed == "committed: app-v2.tar in slot a", "\(committed)")
+        guard let pid = Self.running(marker)?.pid else {
+            Issue.record("the payload is not running")
+            return
+        }
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let uid = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }?.split(whereSeparator: \.isWhitespace)
+        #expect(uid?.dropFirst().allSatisfy { $0 == "\(nobody)" } == true, "real, effective, saved uid: \(uid ?? [])")
+        // What the payload's user can reach: neither the agent's state nor its trust anchors.
+        let write = try await run(
+            "/usr/bin/setpriv",
+            ["--reuid=\(nobody)", "--regid=65534", "--init-groups", "--", "/usr/bin/touch", state + "/trust/floor"])
+        #expect(write.status != 0)
+        await agent.stop()
+    }
+
     @Test func nothingIsFetchedFromAnUnpinnedHubAndARootRotatedTwiceIsFollowed() async throws {
         let repository = try await Repository.make("roots")
         let hub = try await Self.hub(repository)
@@ -314,5 +409,20 @@ import Testing
         #expect(root.contains(#""version":3"#))
         #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
         await agent.stop()
+
+        // A month later by the device's clock, the repository's timestamp has expired (frozen metadata, TUF
+        // §5.3.10): refused and reported, and the device keeps running what it runs.
+        var configuration = AgentTests.configuration(hub, state)
+        configuration.trustRefreshSeconds = 0
+        configuration.renews = false
+        configuration.updates = await agent.updater.settings
+        configuration.updates.clock = { Date().addingTimeInterval(30 * 86_400) }
+        let later = try Agent(configuration: configuration)
+        await later.updater.start(reporter: { _ in }, hub: { true })
+        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
+        let frozen = await later.checkForUpdates()
+        #expect(frozen.contains("the update metadata was refused") && frozen.contains("expired"), "\(frozen)")
+        #expect(Self.running(marker)?.release == "app-v2")
+        await later.stop()
     }
 }

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Testing
 
@@ -219,7 +220,18 @@ struct UpdateRulesTests {
                 Self.entry("data.txt", data: Array("v1".utf8)),
             ])
         ).write(to: URL(fileURLWithPath: base + "/a.tar"))
-        let protection = try store.install(.a, from: base + "/a.tar")
+        let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: base + "/a.tar")))
+        let signed = Release(
+            path: "a.tar", length: Int64(bytes.count),
+            hashes: ["sha256": SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()])
+        // The archive no longer matches what was verified (changed on disk in between): nothing is kept.
+        var other = signed
+        other.hashes["sha256"] = String(repeating: "0", count: 64)
+        #expect(throws: SlotError("the archive no longer matches its signed length and hashes")) {
+            _ = try store.install(.a, from: base + "/a.tar", verifying: other)
+        }
+        try store.clear(.a)
+        let protection = try store.install(.a, from: base + "/a.tar", verifying: signed)
         #expect(protection.hasPrefix("read-only"))
         try store.verify(.a)
         func mode(_ path: String) throws -> Int {

@@ -189,6 +189,27 @@ import Testing
         #expect(try await store.telemetry(of: b, limit: 500).allSatisfy { $0.deviceID == b })
     }
 
+    /// A device's update state is its newest report: one stored late (or resent) never overwrites a newer one.
+    @Test(arguments: Backend.allCases)
+    func anUpdateStateIsNeverOverwrittenByAnOlderReport(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        let device = try DeviceID("u")
+        func report(_ step: String, _ sequence: Int64, installed: String?) -> DeviceUpdateState {
+            DeviceUpdateState(
+                deviceID: device, installedTarget: installed, installedVersion: installed, slot: "a", floor: 2,
+                lastStep: step, stepTarget: "v2.tar", reason: nil, sequence: sequence, updatedAt: Date())
+        }
+        #expect(try await store.updateState(of: device) == nil)
+        try await store.recordUpdateState(report("trial", 10, installed: nil))
+        try await store.recordUpdateState(report("committed", 12, installed: "v2.tar"))
+        try await store.recordUpdateState(report("trial", 11, installed: nil))
+        try await store.recordUpdateState(report("trial", 12, installed: nil))
+        let stored = try await store.updateState(of: device)
+        #expect(stored?.lastStep == "committed" && stored?.installedTarget == "v2.tar" && stored?.sequence == 12)
+        try await store.recordUpdateState(report("checking", 13, installed: "v2.tar"))
+        #expect(try await store.updateStates().map(\.lastStep) == ["checking"])
+    }
+
     @Test(arguments: Backend.allCases)
     func securityEventsNewestFirst(_ backend: Backend) async throws {
         let (store, _) = try Self.open(backend)
