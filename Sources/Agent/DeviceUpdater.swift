@@ -669,3 +669,27 @@ private final class ReachedFlag: @unchecked Sendable {
     func set() { lock.withLock { flag = true } }
     var value: Bool { lock.withLock { flag } }
 }
+
+extension DeviceUpdater {
+    /// `count` update checks that find nothing new (the TUF refresh: the next root, the timestamp; then the
+    /// assignment), over one kept-alive connection or each over a new one (a full mutual-TLS handshake). For
+    /// `bulwark-bench updates`, which measures what they cost the hub.
+    public static func checksThatChangeNothing(state: AgentState, apiURL: String, count: Int, keepAlive: Bool)
+        async throws
+    {
+        let trust = state.directory + "/trust"
+        if keepAlive {
+            try await HubLink.open(state, apiURL: apiURL) { link in
+                for _ in 0..<count {
+                    _ = try await verifiedAssignment(link, state: state, trustDirectory: trust, now: Date())
+                }
+            }
+        } else {
+            for _ in 0..<count {
+                try await HubLink.open(state, apiURL: apiURL) { link in
+                    _ = try await verifiedAssignment(link, state: state, trustDirectory: trust, now: Date())
+                }
+            }
+        }
+    }
+}

@@ -34,6 +34,10 @@ public struct GatewaySettings: Sendable, Equatable {
     /// `gateway.renewalIntervalSeconds`).
     public var renewalBurst = 3
     public var renewalIntervalSeconds = 600.0
+    /// Update requests per device (`gateway.updatesRate`, `gateway.updatesBurst`): their own, larger limit, since a
+    /// check is a burst (TUF metadata, the assignment) and a download is resumed by ranges.
+    public var updatesRate = 20.0
+    public var updatesBurst = 60
     public var jsonMaxDepth = 16
     public var jsonMaxMembers = 1000
     /// Longest string (name or value) in bytes as sent, escapes included, and longest number literal in characters.
@@ -56,6 +60,7 @@ public struct GatewaySettings: Sendable, Equatable {
         if let quarantineEgress { thresholds[.egress] = quarantineEgress }
         policy.quarantine = QuarantinePolicy(thresholds: thresholds, durationSeconds: Int64(quarantineSeconds))
         policy.routeLimits["certificate"] = RateLimit(rate: 1 / renewalIntervalSeconds, burst: renewalBurst)
+        policy.routeLimits["updates"] = RateLimit(rate: updatesRate, burst: updatesBurst)
         policy.requireSchema = requireSchema
         policy.json = StrictJSON(
             maxDepth: jsonMaxDepth, maxMembers: jsonMaxMembers, maxStringBytes: jsonMaxStringBytes,
@@ -65,8 +70,8 @@ public struct GatewaySettings: Sendable, Equatable {
     }
 
     func validate() throws {
-        let rates = [deviceRate, routeRate, sourceRate, connectionRate]
-        let bursts = [deviceBurst, routeBurst, sourceBurst, connectionBurst]
+        let rates = [deviceRate, routeRate, sourceRate, connectionRate, updatesRate]
+        let bursts = [deviceBurst, routeBurst, sourceBurst, connectionBurst, updatesBurst]
         guard rates.allSatisfy({ (0.001...1_000_000).contains($0) }),
             bursts.allSatisfy({ (1...1_000_000).contains($0) })
         else { throw HubStartupError("gateway rates must be 0.001-1000000 per second and bursts 1-1000000") }

@@ -148,6 +148,8 @@ public struct HubConfiguration: Sendable, Equatable {
         gateway.deviceBurst = reader.int(forKey: "gateway.deviceBurst", default: gateway.deviceBurst)
         gateway.routeRate = reader.double(forKey: "gateway.routeRate", default: gateway.routeRate)
         gateway.routeBurst = reader.int(forKey: "gateway.routeBurst", default: gateway.routeBurst)
+        gateway.updatesRate = reader.double(forKey: "gateway.updatesRate", default: gateway.updatesRate)
+        gateway.updatesBurst = reader.int(forKey: "gateway.updatesBurst", default: gateway.updatesBurst)
         gateway.sourceRate = reader.double(forKey: "gateway.sourceRate", default: gateway.sourceRate)
         gateway.sourceBurst = reader.int(forKey: "gateway.sourceBurst", default: gateway.sourceBurst)
         gateway.connectionRate = reader.double(forKey: "gateway.connectionRate", default: gateway.connectionRate)
