@@ -335,6 +335,30 @@ import Testing
         #expect(again == "committed: app-v3.tar in slot b", "\(again)")
         #expect(await AgentTests.eventually(10) { Self.running(marker)?.release == "app-v3" })
         await agent.stop()
+
+        // A kill -9 in the middle of an install leaves a half-written inactive slot (no manifest, the boot record
+        // unchanged): the restarted agent runs the committed slot, and the next install replaces the debris.
+        DirectorySlotStore.makeMutable(state + "/slots/a")
+        try FileManager.default.removeItem(atPath: state + "/slots/a")
+        try FileManager.default.createDirectory(atPath: state + "/slots/a/bin", withIntermediateDirectories: true)
+        try "half".write(toFile: state + "/slots/a/bin/app", atomically: false, encoding: .utf8)
+        unlink(state + "/trust/slot-a.manifest")
+        let restarted = try Agent(configuration: await Self.configuration(of: agent))
+        await restarted.updater.start(reporter: { _ in }, hub: { true })
+        #expect(await AgentTests.eventually(10) { Self.running(marker)?.release == "app-v3" })
+        #expect(await restarted.updater.record.active == .b)
+        try await Self.publish(repository, "app-v4", security: 2)
+        try await Self.assign(hub, "app-v4.tar")
+        let replaced = await restarted.checkForUpdates()
+        #expect(replaced == "committed: app-v4.tar in slot a", "\(replaced)")
+        await restarted.stop()
+    }
+
+    /// The configuration an agent was made with (to start it again on the same state, as after a restart).
+    static func configuration(of agent: Agent) async -> AgentConfiguration {
+        var configuration = agent.configuration
+        configuration.updates = agent.updater.settings
+        return configuration
     }
 
     /// As root, the payload and its probe run as an unprivileged user, from slots outside the 0700 state directory.
