@@ -1,6 +1,7 @@
 import Core
 import Foundation
 import Store
+import Synchronization
 import TUF
 
 /// The director half of updates (Uptane's split, DESIGN.md): which signed release a device should run. A device's
@@ -10,6 +11,7 @@ import TUF
 struct UpdateAssignments: Sendable {
     let store: any HubStore
     let repository: String
+    let parsed = ParsedTargets()
 
     struct Resolved: Sendable {
         let target: String
@@ -29,12 +31,10 @@ struct UpdateAssignments: Sendable {
         return nil
     }
 
-    /// The target's entry in the published top-level targets metadata (`metadata/targets.json`), or nil.
+    /// The target's entry in the published top-level targets metadata (`metadata/targets.json`), or nil. The parsed
+    /// metadata is kept while the file keeps its inode, size and modification time.
     func published(_ path: String) -> TargetFile? {
-        guard let bytes = FileManager.default.contents(atPath: repository + "/metadata/targets.json"),
-            let metadata = try? Metadata<Targets>.parse(Array(bytes))
-        else { return nil }
-        return metadata.signed.targets[path]
+        parsed.targets(repository + "/metadata/targets.json")?.targets[path]
     }
 
     /// The answer to `GET /v1/updates/assignment`: `{"target": null}` or the target with its signed length, hashes
@@ -46,5 +46,24 @@ struct UpdateAssignments: Sendable {
         object.set("scope", .string(resolved.scope))
         if let file = resolved.file { object.set("file", file.jsonValue) }
         return String(decoding: try CanonicalJSON.encode(.object(object)), as: UTF8.self)
+    }
+}
+
+/// The published top-level targets metadata, parsed once per version of the file (inode, size, modification time).
+final class ParsedTargets: Sendable {
+    private let cached = Mutex<(key: [Int64], targets: Targets)?>(nil)
+
+    func targets(_ path: String) -> Targets? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        let key = [
+            Int64(info.st_ino), Int64(info.st_size), Int64(info.st_mtim.tv_sec), Int64(info.st_mtim.tv_nsec),
+        ]
+        if let hit = cached.withLock({ $0 }), hit.key == key { return hit.targets }
+        guard let bytes = FileManager.default.contents(atPath: path),
+            let metadata = try? Metadata<Targets>.parse(Array(bytes))
+        else { return nil }
+        cached.withLock { $0 = (key, metadata.signed) }
+        return metadata.signed
     }
 }

@@ -24,6 +24,7 @@ struct UpdateRoutes {
     let downloads: DownloadSlots
     let assignments: UpdateAssignments
     let fileIO = FileIO()
+    let smallFiles = SmallFileCache()
 
     func register(on router: Router<HubRequestContext>) {
         router.get("/v1/updates/assignment") { request, context in
@@ -60,6 +61,12 @@ struct UpdateRoutes {
     {
         let device = try admit(request, context)
         guard let file = Self.resolve(repository + "/" + directory, path) else {
+            // The next root version not existing is how every TUF refresh ends (§5.3.3): the normal answer, not
+            // worth a log line per device and check.
+            if directory == "metadata", Self.isVersionedRoot(path) {
+                return ProblemResponse.make(
+                    ProblemResponse.problem(forStatus: 404), correlationID: context.correlationID.rawValue)
+            }
             throw HubError(
                 .notFound, "not-found",
                 detail:
@@ -82,6 +89,16 @@ struct UpdateRoutes {
                 return Response(status: .rangeNotSatisfiable, headers: headers)
             case .some(let bounds): range = bounds
             }
+        }
+        // Metadata is small and asked for at every check: served from memory (checked against the file's inode, size
+        // and modification time, so a rename by `tuf publish` or the re-signer is seen at once).
+        if directory == "metadata", let bytes = smallFiles.bytes(of: file) {
+            let served = range.map { bytes.getSlice(at: $0.lowerBound, length: $0.count) ?? bytes } ?? bytes
+            if let range {
+                headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound)/\(file.size)"
+                return Response(status: .partialContent, headers: headers, body: ResponseBody(byteBuffer: served))
+            }
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: served))
         }
         guard downloads.acquire(device) else {
             headers[.retryAfter] = "5"
@@ -113,6 +130,14 @@ struct UpdateRoutes {
         let path: String
         let size: Int
         let modified: Int64
+        var inode: UInt64 = 0
+    }
+
+    /// `N.root.json`: a versioned root (TUF §5.3.3 asks for the next one until there is none).
+    static func isVersionedRoot(_ path: String) -> Bool {
+        guard path.hasSuffix(".root.json") else { return false }
+        let version = path.dropLast(".root.json".count)
+        return !version.isEmpty && version.count <= 19 && version.allSatisfy(\.isASCII) && version.allSatisfy(\.isNumber)
     }
 
     /// The regular file at `path` below `root`, or nil when any segment is not a plain name or any component is not
@@ -141,7 +166,8 @@ struct UpdateRoutes {
         }
         return File(
             path: current, size: Int(info.st_size),
-            modified: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec))
+            modified: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec),
+            inode: UInt64(info.st_ino))
     }
 
     enum RangeRequest: Equatable {
@@ -167,6 +193,54 @@ struct UpdateRoutes {
         if parts[1].isEmpty { return .some(start...(size - 1)) }
         guard let end = Int(parts[1]), end >= start else { return .none }
         return .some(start...min(end, size - 1))
+    }
+}
+
+/// Small files (the repository's metadata) kept in memory: an entry is used only while the file on disk has the same
+/// inode, size and modification time (nanoseconds). Bounded in entries and in file size.
+final class SmallFileCache: Sendable {
+    struct Entry {
+        let inode: UInt64
+        let size: Int
+        let modified: Int64
+        let bytes: ByteBuffer
+    }
+    private let entries = Mutex<[String: Entry]>([:])
+    let maximumFileBytes = 256 * 1024
+    let maximumEntries = 256
+
+    /// The file's bytes, from memory or read now (never through a link: the path was resolved without one, and
+    /// the file is opened with O_NOFOLLOW); nil for a file too large to keep, or one that changed while read.
+    func bytes(of file: UpdateRoutes.File) -> ByteBuffer? {
+        guard file.size <= maximumFileBytes else { return nil }
+        if let entry = entries.withLock({ $0[file.path] }), entry.inode == file.inode, entry.size == file.size,
+            entry.modified == file.modified
+        {
+            return entry.bytes
+        }
+        let fd = open(file.path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, UInt64(info.st_ino) == file.inode, Int(info.st_size) == file.size else {
+            return nil
+        }
+        var bytes = [UInt8](repeating: 0, count: file.size)
+        var got = 0
+        while got < file.size {
+            let n = bytes.withUnsafeMutableBytes { buffer -> Int in
+                guard let base = buffer.baseAddress else { return -1 }
+                return read(fd, base + got, file.size - got)
+            }
+            guard n > 0 else { return nil }
+            got += n
+        }
+        let buffer = ByteBuffer(bytes: bytes)
+        entries.withLock {
+            if $0.count >= maximumEntries { $0.removeAll() }
+            $0[file.path] = Entry(inode: file.inode, size: file.size, modified: file.modified, bytes: buffer)
+        }
+        return buffer
     }
 }
 

@@ -136,6 +136,23 @@ import Testing
         try await hub.stop()
     }
 
+    /// Metadata served from memory is never stale: a file replaced (renamed over, same size, same second) is read again.
+    @Test func metadataFromMemoryFollowsTheFileOnDisk() throws {
+        let directory = try temporaryDirectory("small-files")
+        let cache = SmallFileCache()
+        func serve() -> String? {
+            UpdateRoutes.resolve(directory, "timestamp.json").flatMap { cache.bytes(of: $0) }.map { String(buffer: $0) }
+        }
+        try #"{"version":1}"#.write(toFile: directory + "/timestamp.json", atomically: true, encoding: .utf8)
+        #expect(serve() == #"{"version":1}"#)
+        #expect(serve() == #"{"version":1}"#)
+        try #"{"version":2}"#.write(toFile: directory + "/timestamp.json", atomically: true, encoding: .utf8)
+        #expect(serve() == #"{"version":2}"#)
+        #expect(UpdateRoutes.isVersionedRoot("2.root.json") && UpdateRoutes.isVersionedRoot("10.root.json"))
+        #expect(!UpdateRoutes.isVersionedRoot("root.json") && !UpdateRoutes.isVersionedRoot("x.root.json"))
+        #expect(!UpdateRoutes.isVersionedRoot(".root.json") && !UpdateRoutes.isVersionedRoot("١.root.json"))
+    }
+
     @Test func rangesAreParsedByTheLetter() {
         #expect(UpdateRoutes.parseRange("bytes=0-9", size: 100) == .some(0...9))
         #expect(UpdateRoutes.parseRange("bytes=90-", size: 100) == .some(90...99))
