@@ -20,15 +20,10 @@ struct UpdateAssignments: Sendable {
     }
 
     func resolve(_ device: DeviceID) async throws -> Resolved? {
-        let deviceClass = try await store.deviceClass(device) ?? EgressMonitor.defaultClass
-        for (scope, name) in [
-            (AssignmentScope.device(device), "device"), (.deviceClass(deviceClass), "class"), (.fleet, "fleet"),
-        ] {
-            if let target = try await store.assignment(scope) {
-                return Resolved(target: target, scope: name, file: published(target))
-            }
-        }
-        return nil
+        guard
+            let (scope, target) = try await store.effectiveAssignment(device, defaultClass: EgressMonitor.defaultClass)
+        else { return nil }
+        return Resolved(target: target, scope: scope, file: published(target))
     }
 
     /// The target's entry in the published top-level targets metadata (`metadata/targets.json`), or nil. The parsed

@@ -137,7 +137,8 @@ struct UpdateRoutes {
     static func isVersionedRoot(_ path: String) -> Bool {
         guard path.hasSuffix(".root.json") else { return false }
         let version = path.dropLast(".root.json".count)
-        return !version.isEmpty && version.count <= 19 && version.allSatisfy(\.isASCII) && version.allSatisfy(\.isNumber)
+        return !version.isEmpty && version.count <= 19 && version.allSatisfy(\.isASCII)
+            && version.allSatisfy(\.isNumber)
     }
 
     /// The regular file at `path` below `root`, or nil when any segment is not a plain name or any component is not

@@ -28,6 +28,9 @@ public protocol HubStore: Sendable {
     /// The target (a path in the signed targets metadata) a scope should run; nil removes the assignment.
     func setAssignment(_ scope: AssignmentScope, target: String?) async throws
     func assignment(_ scope: AssignmentScope) async throws -> String?
+    /// The assignment that applies to a device, in one read: its own, else its class's (`defaultClass` when it has
+    /// none), else the fleet's. Returns the scope that won (`device`, `class`, `fleet`) and the target.
+    func effectiveAssignment(_ device: DeviceID, defaultClass: String) async throws -> (scope: String, target: String)?
     /// A device's class (for its egress policy); nil removes it.
     func setDeviceClass(_ device: DeviceID, class: String?) async throws
     func deviceClass(_ device: DeviceID) async throws -> String?

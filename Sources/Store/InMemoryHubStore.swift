@@ -112,6 +112,16 @@ public actor InMemoryHubStore: HubStore {
 
     public func assignment(_ scope: AssignmentScope) async throws -> String? { assignments[scope.key] }
 
+    public func effectiveAssignment(_ device: DeviceID, defaultClass: String) async throws -> (
+        scope: String, target: String
+    )? {
+        let scopes: [(AssignmentScope, String)] = [
+            (.device(device), "device"), (.deviceClass(classes[device] ?? defaultClass), "class"), (.fleet, "fleet"),
+        ]
+        for (scope, name) in scopes { if let target = assignments[scope.key] { return (name, target) } }
+        return nil
+    }
+
     public func setDeviceClass(_ device: DeviceID, class name: String?) async throws {
         guard deviceRecords[device] != nil else { throw StoreError(.notFound, "no such device") }
         classes[device] = name

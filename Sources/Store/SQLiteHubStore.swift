@@ -222,6 +222,25 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
+    public func effectiveAssignment(_ device: DeviceID, defaultClass: String) async throws -> (
+        scope: String, target: String
+    )? {
+        let rows = try await read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT scope, target FROM update_assignments
+                    WHERE scope IN (?, 'class:' || COALESCE(
+                        (SELECT class FROM device_classes WHERE device_id = ?), ?), 'fleet')
+                    """, arguments: ["device:" + device.rawValue, device.rawValue, defaultClass]
+            ).map { (scope: $0["scope"] as String, target: $0["target"] as String) }
+        }
+        for (prefix, name) in [("device:", "device"), ("class:", "class"), ("fleet", "fleet")] {
+            if let row = rows.first(where: { $0.scope.hasPrefix(prefix) }) { return (name, row.target) }
+        }
+        return nil
+    }
+
     public func setDeviceClass(_ device: DeviceID, class name: String?) async throws {
         try await write { db in
             guard try Row.fetchOne(db, sql: "SELECT id FROM devices WHERE id = ?", arguments: [device.rawValue]) != nil

@@ -46,6 +46,8 @@ final class FaultyStore: HubStore {
         try await base.setAssignment(scope, target: target)
     }
     func assignment(_ scope: AssignmentScope) async throws -> String? { try await base.assignment(scope) }
+    func effectiveAssignment(_ device: DeviceID, defaultClass: String) async throws -> (scope: String, target: String)?
+    { try await base.effectiveAssignment(device, defaultClass: defaultClass) }
     func setDeviceClass(_ device: DeviceID, class name: String?) async throws {
         try await base.setDeviceClass(device, class: name)
     }

@@ -189,6 +189,29 @@ import Testing
         #expect(try await store.telemetry(of: b, limit: 500).allSatisfy { $0.deviceID == b })
     }
 
+    /// The assignment that applies: the device's own, else its class's (or the default class's), else the fleet's.
+    @Test(arguments: Backend.allCases)
+    func theEffectiveAssignmentIsDeviceThenClassThenFleet(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        let device = try DeviceID("d")
+        try await store.enroll(device: device, certificate: Self.certificate("0d", device: device), at: Date())
+        #expect(try await store.effectiveAssignment(device, defaultClass: "default") == nil)
+        try await store.setAssignment(.fleet, target: "f.tar")
+        #expect(try await store.effectiveAssignment(device, defaultClass: "default")?.target == "f.tar")
+        try await store.setAssignment(.deviceClass("default"), target: "default.tar")
+        #expect(try await store.effectiveAssignment(device, defaultClass: "default")?.scope == "class")
+        try await store.setAssignment(.deviceClass("camera"), target: "camera.tar")
+        try await store.setDeviceClass(device, class: "camera")
+        #expect(try await store.effectiveAssignment(device, defaultClass: "default")?.target == "camera.tar")
+        try await store.setAssignment(.device(device), target: "mine.tar")
+        let own = try await store.effectiveAssignment(device, defaultClass: "default")
+        #expect(own?.scope == "device" && own?.target == "mine.tar")
+        // Another device's assignment, or a class it is not in, never applies.
+        let other = try DeviceID("e")
+        try await store.enroll(device: other, certificate: Self.certificate("0e", device: other), at: Date())
+        #expect(try await store.effectiveAssignment(other, defaultClass: "default")?.target == "default.tar")
+    }
+
     /// A device's update state is its newest report: one stored late (or resent) never overwrites a newer one.
     @Test(arguments: Backend.allCases)
     func anUpdateStateIsNeverOverwrittenByAnOlderReport(_ backend: Backend) async throws {
