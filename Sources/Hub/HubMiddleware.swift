@@ -115,14 +115,25 @@ struct PeerIdentityMiddleware: RouterMiddleware {
     let cache: PeerCertificateCache
     let renewals: CertificateRenewals
     let revokedUse = OncePerWindow()
+    let connections = ConnectionPeers()
+
+    /// The peer of a connection: read from the TLS handler (a hop to the channel's event loop) on its first request,
+    /// then remembered for the connection's life (a keep-alive connection presents one certificate). Revocation is
+    /// still checked on every request.
+    func connectionPeer(_ channel: any Channel) async throws -> PeerCertificate? {
+        if let known = connections.peer(of: channel) { return known }
+        guard let certificate = try? await channel.nioSSL_peerCertificate().get(),
+            let der = try? certificate.toDERBytes(),
+            let peer = cache.peer(forDER: der)
+        else { return nil }
+        connections.remember(peer, for: channel)
+        return peer
+    }
 
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
-        guard let certificate = try? await context.channel.nioSSL_peerCertificate().get(),
-            let der = try? certificate.toDERBytes(),
-            let peer = cache.peer(forDER: der)
-        else {
+        guard let peer = try await connectionPeer(context.channel) else {
             throw HubError.forbidden("no usable client certificate on the connection")
         }
         var context = context
@@ -145,6 +156,22 @@ struct PeerIdentityMiddleware: RouterMiddleware {
             throw error
         }
     }
+}
+
+/// The peer of each open connection, forgotten when it closes.
+final class ConnectionPeers: Sendable {
+    private let peers = Mutex<[ObjectIdentifier: PeerCertificate]>([:])
+
+    func peer(of channel: any Channel) -> PeerCertificate? { peers.withLock { $0[ObjectIdentifier(channel)] } }
+
+    func remember(_ peer: PeerCertificate, for channel: any Channel) {
+        let key = ObjectIdentifier(channel)
+        guard channel.isActive else { return }
+        peers.withLock { $0[key] = peer }
+        channel.closeFuture.whenComplete { _ in self.peers.withLock { _ = $0.removeValue(forKey: key) } }
+    }
+
+    var count: Int { peers.withLock { $0.count } }
 }
 
 /// Remembers which keys were seen in the current window (bounded; cleared when the window changes or it fills).
