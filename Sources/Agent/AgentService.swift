@@ -26,8 +26,9 @@ public struct AgentService: Service {
 
     public func run() async throws {
         let path = Self.socketPath(agent.configuration.stateDirectory)
-        // Created 0600 from the first instant: only this user's programs may hand the agent messages.
-        let previous = umask(0o177)
+        // The socket lives in the state directory, which is 0700 (checked at load): no other user can reach it from the
+        // first instant. It is made 0600 too. (Not through umask: that is process-wide, and the agent is a library
+        // that shares its process with threads creating files of their own.)
         let server: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
         do {
             server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -38,11 +39,10 @@ public struct AgentService: Service {
                         return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                     }
                 }
-            umask(previous)
         } catch {
-            umask(previous)
             throw AgentError(.connection, "cannot listen on \(path): \(error)")
         }
+        chmod(path, 0o600)
         logger.info("agent running", metadata: ["socket": .string(path)])
         let agent = agent
         try await withGracefulShutdownHandler {

@@ -352,8 +352,11 @@ public actor DeviceUpdater {
             // A signed release that cannot be installed here will not install next time either: not retried.
             download.discard()
             try? slots.clear(slot)
-            record.reject(release.identity)
-            try? slots.write(record)
+            // Only when the signed artifact itself is unusable; a full disk or a read error may pass next time.
+            if (error as? SlotError)?.permanent == true {
+                record.reject(release.identity)
+                try? slots.write(record)
+            }
             let reason = "cannot install \(release.name) into slot \(slot.rawValue): \(error)"
             await reportOnce("refused", reason: reason, release: release, slot: slot)
             return outcome("refused: \(reason)")
@@ -495,26 +498,43 @@ public actor DeviceUpdater {
         await payload?.stop()
         payload = nil
         // While the old payload stopped, the agent may have been stopped or another start begun: that one wins.
-        guard !stopped, starting == payloadGeneration else { return nil }
-        do { try slots.verify(slot) } catch {
-            let reason = "\(error)"
-            await report("slot-tampered", release: record.release(in: slot), slot: slot, reason: reason)
-            if trial { return reason }
+        guard !stopped, starting == payloadGeneration else { return trial ? "the trial's start was overtaken" : nil }
+        // A slot whose release is below the floor never runs outside a trial either (a boot record edited behind
+        // the agent's back is as good as a tampered slot).
+        let belowFloor = record.release(in: slot).map { $0.securityVersion < floor } ?? false
+        let verified: String?
+        do {
+            try slots.verify(slot)
+            verified = belowFloor ? "slot \(slot.rawValue) holds a release below the floor \(floor)" : nil
+        } catch { verified = "\(error)" }
+        if let reason = verified {
+            if trial {
+                await report("slot-tampered", release: record.release(in: slot), slot: slot, reason: reason)
+                return reason
+            }
+            // Decided before any await (a check may install and start a trial meanwhile): the other slot is a
+            // fallback only when it holds a release that was committed here (not on trial, never rejected), at or
+            // above the floor, and verifies.
             let other = slot.other
-            if record.active == slot, let fallback = record.release(in: other), fallback.securityVersion >= floor,
-                !record.rejected.contains(fallback.identity), (try? slots.verify(other)) != nil
+            var fallback: Release?
+            if record.active == slot, record.trial == nil, let candidate = record.release(in: other),
+                candidate.securityVersion >= floor, !record.rejected.contains(candidate.identity),
+                (try? slots.verify(other)) != nil
             {
+                fallback = candidate
                 record.active = other
-                try? slots.write(record)
+            } else if record.active == slot {
+                // Nothing trustworthy is committed any more: the next check installs the assigned release.
+                record.active = nil
+            }
+            try? slots.write(record)
+            await report("slot-tampered", release: record.release(in: slot), slot: slot, reason: reason)
+            if let fallback {
                 await report(
                     "rolled-back", release: fallback, slot: other,
                     reason: "fell back from tampered slot \(slot.rawValue)")
+                guard record.active == other, record.trial == nil else { return reason }
                 return await startPayload(other)
-            }
-            // Nothing trustworthy is committed any more: the next check installs the assigned release as a trial.
-            if record.active == slot {
-                record.active = nil
-                try? slots.write(record)
             }
             _ = outcome("payload stopped: \(reason)")
             return reason

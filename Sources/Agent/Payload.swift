@@ -24,6 +24,16 @@ final class PayloadProcess: @unchecked Sendable {
 
     var isRunning: Bool { process.isRunning }
 
+    /// When a process started, in clock ticks since boot (`/proc/PID/stat` field 22, after the parenthesised name).
+    static func startTime(_ pid: Int32, procRoot: String = "/proc") -> UInt64? {
+        guard let stat = try? String(contentsOfFile: "\(procRoot)/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
+        let rest = stat[stat.index(after: close)...].split(separator: " ")
+        // Fields 3… follow the name: field 22 is the 20th of them.
+        return rest.count > 19 ? UInt64(rest[19]) : nil
+    }
+
     /// `argv` run as `user` when the agent is root (util-linux `setpriv`: real and effective ids, groups), as is
     /// otherwise.
     static func privileges(_ argv: [String], user: String?) throws -> [String] {
@@ -63,8 +73,11 @@ final class PayloadProcess: @unchecked Sendable {
             throw UpdateError("cannot start the payload \(argv[0]): \(error.localizedDescription)")
         }
         let payload = PayloadProcess(process: process, slot: slot)
+        // The pid with its start time (`/proc/PID/stat` field 22): after a kill -9 of the agent, the next start stops
+        // exactly this process (and its group), wherever it moved its working directory, and never a reused pid.
         try? Outbox.write(
-            pidFile, Array("\(payload.pid)\n".utf8), directory: (pidFile as NSString).deletingLastPathComponent)
+            pidFile, Array("\(payload.pid) \(Self.startTime(payload.pid) ?? 0)\n".utf8),
+            directory: (pidFile as NSString).deletingLastPathComponent)
         return payload
     }
 
@@ -78,20 +91,17 @@ final class PayloadProcess: @unchecked Sendable {
         let reaped = Date().addingTimeInterval(5)
         while process.isRunning, Date() < reaped { try? await Task.sleep(for: .milliseconds(10)) }
         // What it started and left behind goes with it.
-        if getpgid(pid) == pid || errno == ESRCH { kill(-pid, SIGKILL) }
+        let group = getpgid(pid)
+        if group == pid || (group == -1 && errno == ESRCH) { kill(-pid, SIGKILL) }
     }
 
     /// Stops a payload a previous run of the agent left (its pid in `pidFile`, its command line under `slotsRoot`).
     static func stopLeftover(pidFile: String, slotsRoot: String, procRoot: String = "/proc") {
-        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
-            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1
-        else { return }
+        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8) else { return }
         defer { unlink(pidFile) }
-        // Only a process still running in a slot directory (its working directory) is ours: a pid reused after a
-        // reboot by anything else is left alone.
-        guard
-            let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(procRoot)/\(pid)/cwd"),
-            cwd == slotsRoot + "/a" || cwd == slotsRoot + "/b"
+        let fields = text.split(whereSeparator: \.isWhitespace)
+        guard fields.count == 2, let pid = Int32(fields[0]), pid > 1, let started = UInt64(fields[1]), started > 0,
+            startTime(pid, procRoot: procRoot) == started
         else { return }
         if getpgid(pid) == pid { kill(-pid, SIGKILL) } else { kill(pid, SIGKILL) }
     }

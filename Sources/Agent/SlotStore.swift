@@ -28,7 +28,14 @@ public protocol SlotStore: Sendable {
 /// Why a slot could not be installed or verified.
 public struct SlotError: Error, CustomStringConvertible, Equatable {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// The artifact itself is unusable (its format, its contents): installing it again would fail again. Otherwise
+    /// (a full disk, a read error) it may work next time.
+    public let permanent: Bool
+    public init(_ description: String, permanent: Bool = false) {
+        self.description = description
+        self.permanent = permanent
+    }
+    public static func == (a: SlotError, b: SlotError) -> Bool { a.description == b.description }
 }
 
 /// Slots as directories: `ROOT/a`, `ROOT/b`, the boot record `ROOT/boot` (JSON, replaced atomically). Each slot's
@@ -69,10 +76,24 @@ public struct DirectorySlotStore: SlotStore {
         try Outbox.write(bootFile, Array(try encoder.encode(record)), directory: root, mode: 0o644)
     }
 
+    /// Creates the slots root (0755) and the manifests directory (0700), and refuses either when it belongs to
+    /// another user or others may write it: the boot record in the root decides what runs, so the payload's user
+    /// must never be able to replace it.
     func ensureDirectories() throws {
         for (path, mode) in [(root, mode_t(0o755)), (manifests, mode_t(0o700))] {
-            if mkdir(path, mode) != 0, errno != EEXIST {
+            if mkdir(path, mode) == 0 {
+                chmod(path, mode)  // whatever the umask
+            } else if errno != EEXIST {
                 throw SlotError("cannot create \(path): \(String(cString: strerror(errno)))")
+            }
+            var info = stat()
+            guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+                throw SlotError("\(path) is not a directory")
+            }
+            guard info.st_uid == geteuid(), info.st_mode & 0o022 == 0 else {
+                throw SlotError(
+                    "\(path) must belong to the agent's user and not be writable by group or others "
+                        + "(chown and chmod go-w it)")
             }
         }
     }
@@ -90,6 +111,7 @@ public struct DirectorySlotStore: SlotStore {
         guard mkdir(path, 0o755) == 0 else {
             throw SlotError("cannot create \(path): \(String(cString: strerror(errno)))")
         }
+        chmod(path, 0o755)
     }
 
     public func install(_ slot: Slot, from artifact: String, verifying release: Release) throws -> String {
@@ -237,14 +259,22 @@ enum UstarReader {
         guard fd >= 0 else { throw SlotError("cannot read \(archive)") }
         defer { close(fd) }
         let input = ArchiveInput(fd: fd, release: release)
-        let entries = try extract(input, into: root, maximumFiles: maximumFiles)
-        if let release {
+        func matchesSigned() throws -> Bool {
+            guard let release else { return true }
             var rest = [UInt8](repeating: 0, count: 64 * 1024)
             while try input.read(&rest, count: 0, upTo: rest.count) {}
-            guard input.total == release.length, input.hasher?.matches(release) == true else {
+            return input.total == release.length && input.hasher?.matches(release) == true
+        }
+        let entries: [SlotEntry]
+        do { entries = try extract(input, into: root, maximumFiles: maximumFiles) } catch let error as SlotError {
+            // A format error in the bytes that were signed will recur (permanent); in bytes that changed on disk
+            // after they were verified, it will not.
+            guard error.permanent, try matchesSigned() else {
                 throw SlotError("the archive no longer matches its signed length and hashes")
             }
+            throw error
         }
+        guard try matchesSigned() else { throw SlotError("the archive no longer matches its signed length and hashes") }
         return entries
     }
 
@@ -255,14 +285,16 @@ enum UstarReader {
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             guard try input.read(&header, count: 512) else {
-                throw SlotError("the archive ends without its end-of-archive blocks")
+                throw SlotError("the archive ends without its end-of-archive blocks", permanent: true)
             }
             if header.allSatisfy({ $0 == 0 }) { break }
             guard let parsed = try parseHeader(header) else { continue }
             guard entries.count < maximumFiles else {
-                throw SlotError("the archive holds more than \(maximumFiles) files")
+                throw SlotError("the archive holds more than \(maximumFiles) files", permanent: true)
             }
-            guard seen.insert(parsed.path).inserted else { throw SlotError("the archive lists \(parsed.path) twice") }
+            guard seen.insert(parsed.path).inserted else {
+                throw SlotError("the archive lists \(parsed.path) twice", permanent: true)
+            }
             let absolute = root + "/" + parsed.path
             if parsed.directory {
                 guard mkdir(absolute, 0o755) == 0 || errno == EEXIST else {
@@ -281,7 +313,7 @@ enum UstarReader {
                 while left > 0 {
                     let chunk = Int(min(Int64(buffer.count), left))
                     guard try input.read(&buffer, count: chunk) else {
-                        throw SlotError("the archive ends inside \(parsed.path)")
+                        throw SlotError("the archive ends inside \(parsed.path)", permanent: true)
                     }
                     try buffer.withUnsafeBytes { bytes in
                         let slice = UnsafeRawBufferPointer(rebasing: bytes[0..<chunk])
@@ -301,7 +333,7 @@ enum UstarReader {
             // The data is padded to a whole block.
             let padding = Int((512 - parsed.size % 512) % 512)
             if padding > 0, try !input.read(&buffer, count: padding) {
-                throw SlotError("the archive ends inside \(parsed.path)")
+                throw SlotError("the archive ends inside \(parsed.path)", permanent: true)
             }
             entries.append(
                 SlotEntry(
@@ -320,20 +352,20 @@ enum UstarReader {
 
     /// The entry a header describes; nil for the archive's root directory (`./`), which is the slot itself.
     static func parseHeader(_ header: [UInt8]) throws -> Header? {
-        guard header.count == 512 else { throw SlotError("short archive header") }
+        guard header.count == 512 else { throw SlotError("short archive header", permanent: true) }
         // The checksum: the sum of the header's bytes with the checksum field read as spaces.
         let stored = try octal(header[148..<156], "checksum")
         var sum: Int64 = 0
         for (index, byte) in header.enumerated() { sum += (148..<156).contains(index) ? 32 : Int64(byte) }
-        guard sum == stored else { throw SlotError("an archive header's checksum does not match") }
+        guard sum == stored else { throw SlotError("an archive header's checksum does not match", permanent: true) }
         guard Array(header[257..<263]) == Array("ustar\0".utf8) else {
-            throw SlotError("the artifact is not a POSIX ustar archive (tar --format=ustar)")
+            throw SlotError("the artifact is not a POSIX ustar archive (tar --format=ustar)", permanent: true)
         }
         let type = header[156]
         guard type == 0 || type == UInt8(ascii: "0") || type == UInt8(ascii: "5") else {
             throw SlotError(
                 "the archive holds an entry of type \(String(UnicodeScalar(type))) (only files and directories are "
-                    + "installed: no links, devices or extension headers)")
+                    + "installed: no links, devices or extension headers)", permanent: true)
         }
         func text(_ range: Range<Int>) -> [UInt8] { Array(header[range].prefix { $0 != 0 }) }
         let prefix = text(345..<500)
@@ -344,10 +376,10 @@ enum UstarReader {
         while raw.starts(with: Array("./".utf8)) { raw.removeFirst(2) }
         if directory, raw.isEmpty || raw == [UInt8(ascii: ".")] { return nil }
         guard let path = String(validating: raw, as: UTF8.self), isSafe(path) else {
-            throw SlotError("the archive holds an unsafe path")
+            throw SlotError("the archive holds an unsafe path", permanent: true)
         }
         let size = try octal(header[124..<136], "size")
-        guard !directory || size == 0 else { throw SlotError("a directory entry has data") }
+        guard !directory || size == 0 else { throw SlotError("a directory entry has data", permanent: true) }
         return Header(path: path, directory: directory, mode: try octal(header[100..<108], "mode"), size: size)
     }
 
@@ -368,12 +400,12 @@ enum UstarReader {
                 if digits > 0 { break } else { continue }
             }
             guard (UInt8(ascii: "0")...UInt8(ascii: "7")).contains(byte), digits < 12 else {
-                throw SlotError("an archive header's \(name) field is not octal")
+                throw SlotError("an archive header's \(name) field is not octal", permanent: true)
             }
             value = value * 8 + Int64(byte - UInt8(ascii: "0"))
             digits += 1
         }
-        guard digits > 0 else { throw SlotError("an archive header's \(name) field is empty") }
+        guard digits > 0 else { throw SlotError("an archive header's \(name) field is empty", permanent: true) }
         return value
     }
 
@@ -403,7 +435,7 @@ final class ArchiveInput {
             guard n >= 0 else { throw SlotError("cannot read the archive") }
             if n == 0 {
                 if got == 0 { return false }
-                throw SlotError("the archive is truncated")
+                throw SlotError("the archive is truncated", permanent: true)
             }
             buffer.withUnsafeBytes { hasher?.update(UnsafeRawBufferPointer(rebasing: $0[got..<(got + n)])) }
             total += Int64(n)

@@ -267,6 +267,11 @@ struct UpdateRulesTests {
         #expect(throws: SlotError("slot a: data.txt is missing")) { try store.verify(.a) }
         // A slot never installed by the agent has no manifest: it does not verify.
         #expect(throws: SlotError.self) { try store.verify(.b) }
+        // A slots directory others may write (where the payload's user could replace the boot record) is refused.
+        let open = DirectorySlotStore(root: base + "/open-slots", manifests: base + "/trust")
+        try FileManager.default.createDirectory(atPath: base + "/open-slots", withIntermediateDirectories: false)
+        chmod(base + "/open-slots", 0o777)
+        #expect(throws: SlotError.self) { _ = try open.bootRecord() }
         // Clearing undoes the protection.
         try store.clear(.a)
         #expect(try FileManager.default.contentsOfDirectory(atPath: base + "/slots/a").isEmpty)
