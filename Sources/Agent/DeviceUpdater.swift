@@ -168,6 +168,9 @@ public actor DeviceUpdater {
         state: AgentState, apiURL: String, trustLock: AsyncLock, hub: @escaping @Sendable () async -> Bool,
         progress: (@Sendable (Int64, Int64) -> Void)? = nil
     ) async -> String {
+        // A check under way (the periodic one, when `update-now` comes): wait for it, then check again, so the caller
+        // sees a check that started after it asked.
+        while checking, !stopped { try? await Task.sleep(for: .milliseconds(100)) }
         guard !checking else { return "busy: a check is under way" }
         guard record.trial == nil else { return "busy: a trial is under way" }
         guard FileManager.default.fileExists(atPath: trustDirectory + "/root.json") else {

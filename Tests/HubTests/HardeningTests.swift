@@ -55,7 +55,8 @@ import Testing
         #expect(idle.filter { $0.isClosed }.count >= 20, "beyond the per-source cap: closed before TLS")
         let (status, elapsed) = try await Self.served(hub, witness)
         #expect(status == 202)
-        #expect(elapsed < .milliseconds(500), "a legitimate device is served meanwhile in \(elapsed)")
+        // Well before the 2-s handshake deadline the held connections wait for (with slack for a loaded test run).
+        #expect(elapsed < .milliseconds(1500), "a legitimate device is served meanwhile in \(elapsed)")
 
         // An mTLS connection whose head stops half-way (the X-Slow attack).
         let slowHead = try await RawConnection.open(port: hub.devicePort, tls: tls)
