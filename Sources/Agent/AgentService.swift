@@ -135,22 +135,23 @@ struct LineDecoder: ByteToMessageDecoder {
 
 /// Sends one line to a running agent's socket and returns its answer; nil when no agent listens there.
 public enum AgentSocketClient {
-    public static func send(_ body: [UInt8], stateDirectory: String) async throws -> String? {
+    /// A line-framed connection to the agent's socket; nil when no agent listens (no socket file, or one left by an
+    /// agent that is not running).
+    static func connect(_ stateDirectory: String) async -> NIOAsyncChannel<ByteBuffer, ByteBuffer>? {
         let path = AgentService.socketPath(stateDirectory)
         guard FileManager.default.fileExists(atPath: path) else { return nil }
-        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
-        do {
-            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connect(unixDomainSocketPath: path) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            ByteToMessageHandler(LineDecoder(maximumLength: 4096)))
-                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                    }
+        return try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(unixDomainSocketPath: path) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(LineDecoder(maximumLength: 4096)))
+                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
-        } catch {
-            return nil  // a socket file left by an agent that is not running
-        }
+            }
+    }
+
+    public static func send(_ body: [UInt8], stateDirectory: String) async throws -> String? {
+        guard let channel = await connect(stateDirectory) else { return nil }
         return try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(ByteBuffer(bytes: body + [UInt8(ascii: "\n")]))
             for try await line in inbound { return String(buffer: line) }
@@ -161,21 +162,7 @@ public enum AgentSocketClient {
     /// Asks a running agent for an update check now; `onProgress` sees the bytes received as they come. Returns the
     /// check's outcome, or nil when no agent listens.
     public static func updateNow(stateDirectory: String, onProgress: (Int64, Int64) -> Void) async throws -> String? {
-        let path = AgentService.socketPath(stateDirectory)
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
-        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
-        do {
-            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connect(unixDomainSocketPath: path) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            ByteToMessageHandler(LineDecoder(maximumLength: 4096)))
-                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                    }
-                }
-        } catch {
-            return nil
-        }
+        guard let channel = await connect(stateDirectory) else { return nil }
         return try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(ByteBuffer(string: AgentService.updateNow + "\n"))
             for try await buffer in inbound {

@@ -35,28 +35,9 @@ struct AgentBenchmark: AsyncParsableCommand {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-agentbench-\(UUID())").path
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: base) }
-        let repository = base + "/repo"
-        let keys = base + "/keys"
-        let online = base + "/online"
-        try Self.run(binary, ["tuf", "init", "--repo", repository, "--keys", keys])
-        try FileManager.default.createDirectory(
-            atPath: online, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
-        for role in ["timestamp", "snapshot"] {
-            try FileManager.default.copyItem(atPath: "\(keys)/\(role).pem", toPath: "\(online)/\(role).pem")
-        }
-        let unlimited = "1000000"
-        let data = base + "/hub"
-        let hub = try HubProcess(
-            binary: binary, directory: data,
-            environment: [
-                "BULWARK_TUF_REPOSITORY": repository, "BULWARK_TUF_ONLINE_KEYS": online,
-                "BULWARK_TLS_KEY_CHECK_SECONDS": "0.5",
-                // Every simulated agent connects from 127.0.0.1: the per-source limits would refuse them.
-                "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
-                "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
-                "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited,
-                "BULWARK_HTTP_MAX_CONNECTIONS_PER_SOURCE": unlimited,
-            ])
+        let benchHub = try BenchHub.start(
+            binary: binary, base: base, environment: ["BULWARK_TLS_KEY_CHECK_SECONDS": "0.5"])
+        let (hub, repository, keys, data) = (benchHub.hub, benchHub.repository, benchHub.keys, benchHub.data)
         defer {
             hub.terminate()
             _ = hub.wait()
@@ -239,5 +220,38 @@ struct AgentBenchmark: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(200))
         }
         return try await condition()
+    }
+}
+
+/// A `bulwark serve` process for the benchmarks: a `bulwark tuf` repository whose timestamp and snapshot keys it
+/// holds online, and the per-source limits lifted (every simulated device connects from 127.0.0.1).
+struct BenchHub {
+    let hub: HubProcess
+    let repository: String
+    let keys: String
+    let data: String
+
+    static func start(binary: String, base: String, environment: [String: String] = [:]) throws -> BenchHub {
+        let repository = base + "/repo"
+        let keys = base + "/keys"
+        let online = base + "/online"
+        try AgentBenchmark.run(binary, ["tuf", "init", "--repo", repository, "--keys", keys])
+        try FileManager.default.createDirectory(
+            atPath: online, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        for role in ["timestamp", "snapshot"] {
+            try FileManager.default.copyItem(atPath: "\(keys)/\(role).pem", toPath: "\(online)/\(role).pem")
+        }
+        let unlimited = "1000000"
+        let data = base + "/hub"
+        var settings = [
+            "BULWARK_TUF_REPOSITORY": repository, "BULWARK_TUF_ONLINE_KEYS": online,
+            "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
+            "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
+            "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited,
+            "BULWARK_HTTP_MAX_CONNECTIONS_PER_SOURCE": unlimited,
+        ]
+        settings.merge(environment) { $1 }
+        let hub = try HubProcess(binary: binary, directory: data, environment: settings)
+        return BenchHub(hub: hub, repository: repository, keys: keys, data: data)
     }
 }

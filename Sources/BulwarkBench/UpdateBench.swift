@@ -41,29 +41,15 @@ struct UpdateBenchmark: AsyncParsableCommand {
             }
             try? FileManager.default.removeItem(atPath: base)
         }
-        let repository = base + "/repo"
-        let keys = base + "/keys"
-        let online = base + "/online"
-        try AgentBenchmark.run(binary, ["tuf", "init", "--repo", repository, "--keys", keys])
-        try FileManager.default.createDirectory(
-            atPath: online, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
-        for role in ["timestamp", "snapshot"] {
-            try FileManager.default.copyItem(atPath: "\(keys)/\(role).pem", toPath: "\(online)/\(role).pem")
-        }
+        // One simulated device makes every check: the per-device limits are not under test here.
         let unlimited = "1000000"
-        let data = base + "/hub"
-        let hub = try HubProcess(
-            binary: binary, directory: data,
+        let started = try BenchHub.start(
+            binary: binary, base: base,
             environment: [
-                "BULWARK_TUF_REPOSITORY": repository, "BULWARK_TUF_ONLINE_KEYS": online,
-                // One simulated device makes every check: the per-device limits are not under test here.
-                "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
-                "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
                 "BULWARK_GATEWAY_DEVICE_RATE": unlimited, "BULWARK_GATEWAY_DEVICE_BURST": unlimited,
                 "BULWARK_GATEWAY_UPDATES_RATE": unlimited, "BULWARK_GATEWAY_UPDATES_BURST": unlimited,
-                "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited,
-                "BULWARK_HTTP_MAX_CONNECTIONS_PER_SOURCE": unlimited,
             ])
+        let (hub, repository, keys, data) = (started.hub, started.repository, started.keys, started.data)
         defer {
             hub.terminate()
             _ = hub.wait()
