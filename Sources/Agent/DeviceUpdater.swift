@@ -316,13 +316,18 @@ public actor DeviceUpdater {
     static func verifiedAssignment(_ link: HubLink, state: AgentState, trustDirectory: String, now: Date) async throws
         -> (String?, Release?, String?)
     {
+        // One request when nothing changed (the next-root answer, the timestamp, the assignment); the TUF client
+        // verifies all of it as if fetched file by file, and fetches whatever else changed.
+        let check = try await link.check()
         let updater = try Updater(
             metadataBaseURL: "https://hub/v1/updates/metadata/",
             metadataStore: DirectoryStore(directory: trustDirectory),
-            fetcher: LinkFetcher(link: link),
+            fetcher: LinkFetcher(link: link, check: check),
             referenceTime: Timestamp8601(secondsSinceEpoch: Int64(now.timeIntervalSince1970)))
         try await updater.refresh()
-        guard let assigned = try await link.assignment() else { return (nil, nil, nil) }
+        let assigned: String?
+        if let check { assigned = check.assigned } else { assigned = try await link.assignment() }
+        guard let assigned else { return (nil, nil, nil) }
         guard let target = try await updater.targetInfo(for: assigned) else { return (assigned, nil, nil) }
         guard let release = Release(target) else {
             throw UpdateError(

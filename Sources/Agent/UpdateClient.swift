@@ -53,9 +53,35 @@ final class HubLink: @unchecked Sendable {
         else {
             throw UpdateError("the hub did not answer the assignment request (HTTP \(result.status))")
         }
-        guard let target = object["target"], !(target is NSNull) else { return nil }
+        return try Self.target(object)
+    }
+
+    static func target(_ assignment: [String: Any]) throws -> String? {
+        guard let target = assignment["target"], !(target is NSNull) else { return nil }
         guard let path = target as? String else { throw UpdateError("the hub's assignment is malformed") }
         return path
+    }
+
+    /// What `GET /v1/updates/check` answers: the highest root version published, the timestamp metadata's bytes
+    /// (verified by the TUF client like any fetched file), and the assignment.
+    struct Check: Sendable {
+        let latestRoot: Int64
+        let timestamp: [UInt8]
+        let assigned: String?
+    }
+
+    /// One request for a check that finds nothing new; nil from a hub without the route (then the metadata and the
+    /// assignment are fetched one by one).
+    func check() async throws -> Check? {
+        let result = try await connection.send(method: "GET", path: "/v1/updates/check")
+        if result.status == 404 { return nil }
+        guard result.status == 200,
+            let object = try? JSONSerialization.jsonObject(with: Data(result.body)) as? [String: Any],
+            let root = (object["root"] as? NSNumber)?.int64Value, root >= 1,
+            let encoded = object["timestamp"] as? String, let timestamp = Data(base64Encoded: encoded),
+            let assignment = object["assignment"] as? [String: Any]
+        else { throw UpdateError("the hub did not answer the update check (HTTP \(result.status))") }
+        return Check(latestRoot: root, timestamp: Array(timestamp), assigned: try Self.target(assignment))
     }
 }
 
@@ -64,13 +90,33 @@ final class HubLink: @unchecked Sendable {
 /// for TUF §5.3.3's "no newer root").
 struct LinkFetcher: Fetcher {
     let link: HubLink
+    /// The answer of `GET /v1/updates/check`, when the hub gave one: `timestamp.json` comes from it, and a root
+    /// version above the one it names is not found (as the 404 the same server would have answered).
+    var check: HubLink.Check?
 
     func fetch(_ url: String, maxBytes: Int) async throws -> [UInt8] {
+        let path = Self.path(of: url)
+        if let check {
+            let name = path.split(separator: "/").last.map(String.init) ?? ""
+            if name == "timestamp.json" {
+                guard check.timestamp.count <= maxBytes else { throw UpdaterError.tooLarge(limit: maxBytes, url: url) }
+                return check.timestamp
+            }
+            if name.hasSuffix(".root.json"), let version = Int64(name.dropLast(".root.json".count)),
+                version > check.latestRoot
+            {
+                throw UpdaterError.httpStatus(404, url: url)
+            }
+        }
+        return try await network(url, path: path, maxBytes: maxBytes)
+    }
+
+    private func network(_ url: String, path: String, maxBytes: Int) async throws -> [UInt8] {
         var status = 0
         var body: [UInt8] = []
         var errorBytes = 0
         try await link.connection.stream(
-            path: Self.path(of: url),
+            path: path,
             onHead: { code, headers in
                 status = code
                 if (200..<300).contains(code),

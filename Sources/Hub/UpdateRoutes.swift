@@ -25,11 +25,16 @@ struct UpdateRoutes {
     let assignments: UpdateAssignments
     let fileIO = FileIO()
     let smallFiles = SmallFileCache()
+    let rootVersions = RootVersions()
 
     func register(on router: Router<HubRequestContext>) {
         router.get("/v1/updates/assignment") { request, context in
             let device = try admit(request, context)
             return JSONResponse.make(.ok, text: try assignments.answer(try await assignments.resolve(device)))
+        }
+        router.get("/v1/updates/check") { request, context in
+            let device = try admit(request, context)
+            return try await check(device, context)
         }
         router.get("/v1/updates/metadata/:file") { request, context in
             try await serve(request, context, directory: "metadata", path: context.parameters.get("file") ?? "")
@@ -38,6 +43,26 @@ struct UpdateRoutes {
             try await serve(
                 request, context, directory: "targets", path: context.parameters.getCatchAll().joined(separator: "/"))
         }
+    }
+
+    /// `GET /v1/updates/check`: what an update check that finds nothing new needs, in one request instead of three:
+    /// `{"root": N, "timestamp": BASE64, "assignment": {…}}`, with N the highest root version published, the
+    /// published `timestamp.json` byte for byte, and the assignment as `GET /v1/updates/assignment` answers it.
+    /// The device's TUF client verifies the timestamp as if it had fetched it (TUF §5.4), and treats versions above
+    /// N as not found (§5.3.3): a hint that is exactly as (un)trusted as the 404 it replaces, since the same server
+    /// answers both. Everything else (a newer root, snapshot, targets) is still fetched file by file.
+    func check(_ device: DeviceID, _ context: HubRequestContext) async throws -> Response {
+        let metadata = repository + "/metadata"
+        guard let file = Self.resolve(metadata, "timestamp.json"), let timestamp = smallFiles.bytes(of: file),
+            let root = rootVersions.latest(metadata)
+        else {
+            throw HubError(.notFound, "not-found", detail: "updates: no published repository", event: nil)
+        }
+        let assignment = try assignments.answer(try await assignments.resolve(device))
+        let encoded = Data(timestamp.readableBytesView).base64EncodedString()
+        // Every part is generated here: an integer, base64 and canonical JSON.
+        return JSONResponse.make(
+            .ok, text: #"{"assignment":\#(assignment),"root":\#(root),"timestamp":"\#(encoded)"}"#)
     }
 
     /// The gateway's identity, quarantine, authorization and rate-limit stages for route `updates`.
@@ -242,6 +267,28 @@ final class SmallFileCache: Sendable {
             $0[file.path] = Entry(inode: file.inode, size: file.size, modified: file.modified, bytes: buffer)
         }
         return buffer
+    }
+}
+
+/// The highest `N.root.json` in the metadata directory, listed again only when the directory changes (its
+/// modification time, which every file added or renamed into it moves).
+final class RootVersions: Sendable {
+    private let cached = Mutex<(modified: Int64, inode: UInt64, latest: Int)?>(nil)
+
+    func latest(_ directory: String) -> Int? {
+        var info = stat()
+        guard stat(directory, &info) == 0 else { return nil }
+        let modified = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+        let inode = UInt64(info.st_ino)
+        if let hit = cached.withLock({ $0 }), hit.modified == modified, hit.inode == inode { return hit.latest }
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return nil }
+        let latest = names.compactMap { name -> Int? in
+            guard UpdateRoutes.isVersionedRoot(name) else { return nil }
+            return Int(name.dropLast(".root.json".count))
+        }.max()
+        guard let latest else { return nil }
+        cached.withLock { $0 = (modified, inode, latest) }
+        return latest
     }
 }
 

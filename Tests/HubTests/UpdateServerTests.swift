@@ -107,6 +107,15 @@ import Testing
         let custom = (fleet["file"] as? [String: Any])?["custom"] as? [String: Any]
         #expect(custom?["securityVersion"] as? Int == 3, "the anti-rollback security version, signed")
         #expect(try await cli.run(["updates", "default", "not-released.bin"]).status != 0, "not in signed metadata")
+        // The one-request check: the highest root, the published timestamp byte for byte, the same assignment.
+        let checked = try await fetch("/check")
+        #expect(checked.status == "200")
+        let check = try JSONSerialization.jsonObject(with: Data(checked.body.utf8)) as? [String: Any]
+        #expect(check?["root"] as? Int == 1)
+        #expect(
+            (check?["timestamp"] as? String).flatMap { Data(base64Encoded: $0) }
+                == FileManager.default.contents(atPath: repository + "/metadata/timestamp.json"))
+        #expect((check?["assignment"] as? [String: Any])?["target"] as? String == "fw.bin")
         #expect(try await cli.run(["device", "set-class", "upd-1", "camera"]).status == 0)
         #expect(try await cli.run(["updates", "assign-class", "camera", "fw.bin"]).status == 0)
         #expect(try await assignment()["scope"] as? String == "class")
