@@ -699,7 +699,7 @@ private final class ReachedFlag: @unchecked Sendable {
 }
 
 extension DeviceUpdater {
-    /// `count` update checks that find nothing new (the TUF refresh: the next root, the timestamp; then the
+    /// `count` update checks that find nothing new (one `GET /v1/updates/check`: the next root, the timestamp, the
     /// assignment), over one kept-alive connection or each over a new one (a full mutual-TLS handshake). For
     /// `bulwark-bench updates`, which measures what they cost the hub.
     public static func checksThatChangeNothing(state: AgentState, apiURL: String, count: Int, keepAlive: Bool)

@@ -108,7 +108,8 @@ struct UpdateBenchmark: AsyncParsableCommand {
             let perCheck = (PairingBenchmark.cpuSeconds(pid: hub.processIdentifier) - before) / Double(checks) * 1000
             print(
                 String(
-                    format: "update check, nothing new (next root, timestamp, assignment), %@: hub CPU %.2f ms per "
+                    format:
+                        "update check, nothing new (GET /v1/updates/check: next root, timestamp, assignment), %@: hub CPU %.2f ms per "
                         + "check, %.1f checks/s from one client",
                     keepAlive ? "kept-alive connection" : "new mTLS connection each", perCheck,
                     Double(checks) / elapsed.seconds))

@@ -226,13 +226,14 @@ public final class SQLiteHubStore: HubStore {
         scope: String, target: String
     )? {
         let rows = try await read { db in
+            // Asked at every update check: the statement is prepared once per connection, not per check.
             try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT scope, target FROM update_assignments
-                    WHERE scope IN (?, 'class:' || COALESCE(
-                        (SELECT class FROM device_classes WHERE device_id = ?), ?), 'fleet')
-                    """, arguments: ["device:" + device.rawValue, device.rawValue, defaultClass]
+                db.cachedStatement(
+                    sql: """
+                        SELECT scope, target FROM update_assignments
+                        WHERE scope IN (?, 'class:' || COALESCE(
+                            (SELECT class FROM device_classes WHERE device_id = ?), ?), 'fleet')
+                        """), arguments: ["device:" + device.rawValue, device.rawValue, defaultClass]
             ).map { (scope: $0["scope"] as String, target: $0["target"] as String) }
         }
         for (prefix, name) in [("device:", "device"), ("class:", "class"), ("fleet", "fleet")] {
