@@ -13,9 +13,7 @@ import X509
 /// with a certificate for the new key.
 public enum Renewal {
     public static func renew(_ state: AgentState, apiURL: String) async throws -> AgentState {
-        guard let url = URLComponents(string: apiURL), url.scheme == "https", let host = url.host else {
-            throw AgentError(.connection, "the device API must be an https:// URL, not \(apiURL)")
-        }
+        let (host, port) = try HubLink.endpoint(apiURL)
         let key = P256.Signing.PrivateKey()
         let csr = try CertificateSigningRequest(
             version: .v1, subject: state.certificate.subject, privateKey: Certificate.PrivateKey(key),
@@ -24,7 +22,7 @@ public enum Renewal {
         let result: HTTPResult
         do {
             result = try await HTTPSClient.request(
-                host: host, port: url.port ?? 443, tls: try state.credentials.tlsConfiguration(),
+                host: host, port: port, tls: try state.credentials.tlsConfiguration(),
                 pinned: state.pinned, method: "POST", path: "/v1/device/certificate",
                 headers: [("Content-Type", "application/json")], body: Array(body),
                 signer: try state.credentials.signer())

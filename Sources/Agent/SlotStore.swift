@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import TUF
 
 #if canImport(Glibc)
     import Glibc
@@ -187,7 +188,7 @@ public struct DirectorySlotStore: SlotStore {
             if n == 0 { break }
             buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hexEncode(hasher.finalize())
     }
 
     /// Files 0444 (0555 when executable), directories 0555, deepest first; then `chattr +i` when root.
@@ -338,7 +339,7 @@ enum UstarReader {
             entries.append(
                 SlotEntry(
                     path: parsed.path, directory: false, executable: parsed.mode & 0o111 != 0,
-                    sha256: hasher.finalize().map { String(format: "%02x", $0) }.joined()))
+                    sha256: hexEncode(hasher.finalize())))
         }
         return entries
     }

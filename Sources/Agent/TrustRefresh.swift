@@ -33,9 +33,7 @@ public enum TrustRefresh {
     /// One refresh: TUF metadata, then the pin set. An accepted pin set is written to the state directory (the
     /// caller reloads the state to use it from the next connection on).
     public static func refresh(_ state: AgentState, apiURL: String, now: Date = Date()) async throws -> Outcome {
-        guard let url = URLComponents(string: apiURL), url.scheme == "https", url.host != nil else {
-            throw AgentError(.connection, "the device API must be an https:// URL, not \(apiURL)")
-        }
+        _ = try HubLink.endpoint(apiURL)  // an https:// URL with a host, or a clear error
         let base = apiURL.hasSuffix("/") ? String(apiURL.dropLast()) : apiURL
         let context = try NIOSSLContext(configuration: try state.credentials.tlsConfiguration())
         let pinned = state.pinned

@@ -171,11 +171,10 @@ struct ReleaseHasher {
 
     /// Whether every listed digest matches (each compared in full; the digests are public values).
     func matches(_ release: Release) -> Bool {
-        func hex(_ digest: some Sequence<UInt8>) -> String { digest.map { String(format: "%02x", $0) }.joined() }
         var ok = true
-        if let sha256 { ok = ok && hex(sha256.finalize()) == release.hashes["sha256"] }
-        if let sha384 { ok = ok && hex(sha384.finalize()) == release.hashes["sha384"] }
-        if let sha512 { ok = ok && hex(sha512.finalize()) == release.hashes["sha512"] }
+        if let sha256 { ok = ok && hexEncode(sha256.finalize()) == release.hashes["sha256"] }
+        if let sha384 { ok = ok && hexEncode(sha384.finalize()) == release.hashes["sha384"] }
+        if let sha512 { ok = ok && hexEncode(sha512.finalize()) == release.hashes["sha512"] }
         return ok
     }
 }
@@ -358,14 +357,6 @@ struct TargetDownload {
     /// The URL path of a target: hash-prefixed (`dir/HASH.name`, with the first hash listed) when the repository
     /// uses consistent snapshots (TUF §5.7.3), as the TUF client itself asks for it.
     static func urlPath(_ target: TargetFile, consistentSnapshot: Bool) -> String {
-        var path = target.path
-        if consistentSnapshot, let first = target.hashes.first {
-            if let slash = path.lastIndex(of: "/") {
-                path = String(path[...slash]) + first.digest + "." + String(path[path.index(after: slash)...])
-            } else {
-                path = first.digest + "." + path
-            }
-        }
-        return "/v1/updates/targets/" + Updater.encodePathForURL(path)
+        "/v1/updates/targets/" + Updater.downloadPath(target, hashPrefixed: consistentSnapshot)
     }
 }

@@ -252,16 +252,10 @@ public actor Updater {
     @discardableResult
     public func downloadTarget(_ target: TargetFile) async throws -> [UInt8] {
         guard let base = targetBaseURL else { throw UpdaterError.usage("no target base URL") }
-        var path = target.path
-        if trusted.root.signed.consistentSnapshot, config.prefixTargetsWithHash, let first = target.hashes.first {
-            if let slash = path.lastIndex(of: "/") {
-                path = String(path[...slash]) + first.digest + "." + String(path[path.index(after: slash)...])
-            } else {
-                path = first.digest + "." + path
-            }
-        }
+        let path = Updater.downloadPath(
+            target, hashPrefixed: trusted.root.signed.consistentSnapshot && config.prefixTargetsWithHash)
         let data = try await fetcher.fetch(
-            base + Updater.encodePathForURL(path),
+            base + path,
             maxBytes: Int(clamping: target.length)
         )
         do {
@@ -275,6 +269,20 @@ public actor Updater {
 
     /// Target paths go into the URL as they are (as python-tuf does), except bytes that cannot
     /// appear in an HTTP request line: controls, space, `?`, `#` and non-ASCII.
+    /// The URL path of a target below the targets base: `dir/HASH.name` with the first listed hash when the
+    /// repository uses consistent snapshots (TUF §5.7.3), encoded for a request line.
+    public static func downloadPath(_ target: TargetFile, hashPrefixed: Bool) -> String {
+        var path = target.path
+        if hashPrefixed, let first = target.hashes.first {
+            if let slash = path.lastIndex(of: "/") {
+                path = String(path[...slash]) + first.digest + "." + String(path[path.index(after: slash)...])
+            } else {
+                path = first.digest + "." + path
+            }
+        }
+        return encodePathForURL(path)
+    }
+
     public static func encodePathForURL(_ path: String) -> String {
         var out = ""
         for b in path.utf8 {
