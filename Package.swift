@@ -9,6 +9,8 @@ let package = Package(
     products: [
         .executable(name: "bulwark", targets: ["CLI"]),
         .executable(name: "bulwark-bench", targets: ["BulwarkBench"]),
+        // Loaded by the HSM tests as a PKCS#11 module (never by Bulwark itself).
+        .library(name: "BulwarkPKCS11Fault", type: .dynamic, targets: ["PKCS11FaultModule"]),
         .library(name: "BulwarkCore", targets: ["Core"]),
         // The device side as a library: firmware written in Swift embeds the agent (`Agent(configuration:)`).
         .library(name: "BulwarkAgent", targets: ["Agent"]),
@@ -173,6 +175,14 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
             ]
         ),
+        // PKCS#11 (RFC 7512 URIs, keys on a token, ECDSA through C_Sign) over a vendored pkcs11.h and dlopen.
+        .target(name: "CPKCS11", linkerSettings: [.linkedLibrary("dl")]),
+        .target(
+            name: "PKCS11",
+            dependencies: ["CPKCS11", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        // A PKCS#11 module for the tests only: forwards to SoftHSM2 and plays an unplugged token on demand.
+        .target(name: "PKCS11FaultModule", linkerSettings: [.linkedLibrary("dl")]),
         // Counts heap allocations for the benchmark (interposes malloc in the bench executable only).
         .target(name: "AllocationCounter"),
         .executableTarget(
@@ -191,6 +201,8 @@ let package = Package(
             ]
         ),
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
+        .testTarget(
+            name: "PKCS11Tests", dependencies: ["PKCS11", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "PKITests", dependencies: ["PKI", .product(name: "X509", package: "swift-certificates")]),
         .testTarget(
             name: "GatewayTests",
