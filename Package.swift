@@ -43,7 +43,7 @@ let package = Package(
         .target(
             name: "PKI",
             dependencies: [
-                "Core",
+                "Core", "PKCS11",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -84,7 +84,7 @@ let package = Package(
         .target(
             name: "TUFRepository",
             dependencies: [
-                "TUF",
+                "TUF", "PKCS11",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
@@ -93,7 +93,7 @@ let package = Package(
         .target(
             name: "TUFCommands",
             dependencies: [
-                "TUF", "TUFRepository", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "TUF", "TUFRepository", "PKCS11", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(name: "TUFBench", dependencies: ["TUF", "TUFRepository"]),
@@ -167,7 +167,7 @@ let package = Package(
         .executableTarget(
             name: "CLI",
             dependencies: [
-                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "Gateway", "TUFCommands", "Agent",
+                "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "Gateway", "TUFCommands", "Agent", "PKCS11",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

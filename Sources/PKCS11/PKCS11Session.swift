@@ -120,14 +120,16 @@ final class PKCS11Session: Sendable {
             let publicTemplate: [Attribute] = [
                 Self.ulong(CKA_CLASS, CK_ULONG(CKO_PUBLIC_KEY)), Self.bool(CKA_TOKEN, true),
                 Self.bool(CKA_PRIVATE, false),
-                Self.bool(CKA_VERIFY, true), Self.bytes(CKA_EC_PARAMS, curve.parameters),
+                Self.bool(CKA_VERIFY, true), Self.bool(CKA_ENCRYPT, false), Self.bool(CKA_WRAP, false),
+                Self.bytes(CKA_EC_PARAMS, curve.parameters),
                 Self.bytes(CKA_LABEL, Array(name.utf8)), Self.bytes(CKA_ID, id),
             ]
             let privateTemplate: [Attribute] = [
                 Self.ulong(CKA_CLASS, CK_ULONG(CKO_PRIVATE_KEY)), Self.bool(CKA_TOKEN, true),
                 Self.bool(CKA_PRIVATE, true),
                 Self.bool(CKA_SIGN, true), Self.bool(CKA_SENSITIVE, true), Self.bool(CKA_EXTRACTABLE, false),
-                Self.bool(CKA_DERIVE, false), Self.bytes(CKA_LABEL, Array(name.utf8)), Self.bytes(CKA_ID, id),
+                Self.bool(CKA_DERIVE, false), Self.bool(CKA_DECRYPT, false), Self.bool(CKA_UNWRAP, false),
+                Self.bytes(CKA_LABEL, Array(name.utf8)), Self.bytes(CKA_ID, id),
             ]
             var mechanism = CK_MECHANISM(
                 mechanism: CK_MECHANISM_TYPE(CKM_EC_KEY_PAIR_GEN), pParameter: nil, ulParameterLen: 0)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PKCS11
 import TUF
 import TUFRepository
 
@@ -13,7 +14,11 @@ public struct TUFCommand: AsyncParsableCommand {
         discussion: """
             Edits (add-target, remove-target, delegate, rotate-key) are staged in REPO/staged;
             'publish' signs them with the keys in --keys and writes REPO/metadata and REPO/targets.
-            Private keys live in --keys (NAME.pem, mode 0600), outside the repository.
+            Private keys live in --keys (NAME.pem, mode 0600), outside the repository, or on a PKCS#11 token:
+            wherever a command takes a key, a URI (RFC 7512) such as
+            pkcs11:token=release;object=targets-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/pin
+            names a key made with `bulwark hsm keygen`; --keys then remembers it as NAME.uri. The PIN comes from
+            pin-source or BULWARK_PKCS11_PIN, never from the command line.
             """,
         subcommands: [
             Init.self, AddTarget.self, RemoveTarget.self, Delegate.self, Sign.self, RotateKey.self, Publish.self,
@@ -86,6 +91,10 @@ extension TUFCommand {
             .ecdsaP256
         @Option(help: "Number of root keys") var rootKeys: Int = 3
         @Option(help: "Root signature threshold") var rootThreshold: Int = 2
+        @Option(
+            name: .customLong("key"),
+            help: "ROLE=pkcs11:URI: that role's key on a token (ROLE: root-1…root-N, timestamp, snapshot, targets)")
+        var tokenKeys: [String] = []
         @Flag(help: "Disable consistent snapshots") var noConsistentSnapshot = false
 
         func run() async throws {
@@ -94,16 +103,36 @@ extension TUFCommand {
                 guard rootKeys >= 1, rootThreshold >= 1, rootThreshold <= rootKeys else {
                     throw RepositoryError(.usage, "need 1 <= --root-threshold <= --root-keys")
                 }
+                var onToken: [String: String] = [:]
+                for entry in tokenKeys {
+                    let parts = entry.split(separator: "=", maxSplits: 1)
+                    guard parts.count == 2, PKCS11URI.isURI(String(parts[1])) else {
+                        throw RepositoryError(.usage, "--key takes ROLE=pkcs11:URI")
+                    }
+                    let role = String(parts[0])
+                    let known = ["timestamp", "snapshot", "targets"] + (1...max(rootKeys, 1)).map { "root-\($0)" }
+                    guard known.contains(role) else {
+                        throw RepositoryError(.usage, "--key: \(role) is not one of \(known.joined(separator: ", "))")
+                    }
+                    onToken[role] = String(parts[1])
+                }
+                func key(_ role: String) throws -> any Signer {
+                    if let uri = onToken[role] {
+                        let signer = try dir.signer(nameOrURI: uri)
+                        return signer
+                    }
+                    return try dir.loadOrGenerate(name: role, type: keyType)
+                }
                 var ring = Keyring()
                 var rootSpec = RoleKeySpec(keys: [], threshold: rootThreshold)
                 for i in 1...rootKeys {
-                    let s = try dir.loadOrGenerate(name: "root-\(i)", type: keyType)
+                    let s = try key("root-\(i)")
                     rootSpec.keys.append(s.publicKey)
                     ring.add(s)
                 }
                 var specs: [String: RoleKeySpec] = [:]
                 for role in ["timestamp", "snapshot", "targets"] {
-                    let s = try dir.loadOrGenerate(name: role, type: keyType)
+                    let s = try key(role)
                     specs[role] = RoleKeySpec(keys: [s.publicKey])
                     ring.add(s)
                 }
@@ -186,7 +215,8 @@ extension TUFCommand {
         @Option(parsing: .upToNextOption, help: "Path patterns (shell-style)") var paths: [String] = []
         @Option(help: "Classic hashed bins: number of bins (power of two)") var hashBins: Int?
         @Option(help: "Succinct hashed bins (TAP 15): bit length") var succinctBits: Int?
-        @Option(help: "Key name in --keys (created if missing; default: the role name)") var key: String?
+        @Option(help: "Key name in --keys (created if missing; default: the role name), or a pkcs11: URI")
+        var key: String?
         @Option(help: "Key type for a new key") var keyType: KeyType = .ecdsaP256
         @Flag(help: "Terminating delegation") var terminating = false
 
@@ -231,7 +261,9 @@ extension TUFCommand {
         )
         @OptionGroup var options: RepoOptions
         @Option(help: "Role to sign") var role: String
-        @Option(name: .customLong("key"), help: "Key name(s) in --keys (default: every authorized key there)")
+        @Option(
+            name: .customLong("key"),
+            help: "Key name(s) in --keys or pkcs11: URIs (default: every authorized key in --keys)")
         var keyNames: [String] = []
 
         func run() async throws {
@@ -243,7 +275,7 @@ extension TUFCommand {
                 }
                 let signers: [any Signer] =
                     keyNames.isEmpty
-                    ? Array(try dir.keyring().signers.values) : try keyNames.map { try dir.load(name: $0) }
+                    ? Array(try dir.keyring().signers.values) : try keyNames.map { try dir.signer(nameOrURI: $0) }
                 let n = try await editor.sign(role: role, with: signers)
                 try editor.save()
                 print("added \(n) signature(s) to \(role)")
@@ -258,7 +290,7 @@ extension TUFCommand {
         )
         @OptionGroup var options: RepoOptions
         @Option(help: "Role whose keys change (name prefix for succinct bins)") var role: String
-        @Option(name: .customLong("add"), help: "Key name in --keys to add (created if missing)")
+        @Option(name: .customLong("add"), help: "Key name in --keys to add (created if missing), or a pkcs11: URI")
         var add: [String] = []
         @Option(name: .customLong("remove"), help: "Key id to remove") var remove: [String] = []
         @Option(help: "New threshold") var threshold: Int?

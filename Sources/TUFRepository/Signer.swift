@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import PKCS11
 import TUF
 import _CryptoExtras
 
@@ -140,6 +141,55 @@ public struct FileSigner: Signer {
     }
 }
 
+/// A signer whose private key stays on a PKCS#11 token (an HSM; SoftHSM2 in the tests), addressed by an RFC 7512 URI.
+/// ECDSA P-256 (`ecdsa-sha2-nistp256`) or P-384 (`ecdsa-sha2-nistp384`), DER signatures as securesystemslib writes
+/// them (TUF §4.2, §4.3). Each signature is checked against the public key before it is returned.
+public struct PKCS11Signer: Signer {
+    public let key: PKCS11PrivateKey
+    public let publicKey: Key
+    /// The key's name in a key directory (its `object` label when opened from a URI).
+    public let name: String
+
+    public init(key: PKCS11PrivateKey, name: String) throws(RepositoryError) {
+        self.key = key
+        self.name = name
+        let scheme = key.curve == .p256 ? "ecdsa-sha2-nistp256" : "ecdsa-sha2-nistp384"
+        let pem: String
+        switch key.curve {
+        case .p256:
+            guard let k = try? P256.Signing.PublicKey(x963Representation: key.publicKeyX963) else {
+                throw RepositoryError(.key, "key \(name): the token's public key is not a P-256 point")
+            }
+            pem = k.pemRepresentation
+        case .p384:
+            guard let k = try? P384.Signing.PublicKey(x963Representation: key.publicKeyX963) else {
+                throw RepositoryError(.key, "key \(name): the token's public key is not a P-384 point")
+            }
+            pem = k.pemRepresentation
+        }
+        var keyval = JSONObject()
+        keyval.set("public", .string(pem + "\n"))
+        var o = JSONObject()
+        o.set("keytype", .string("ecdsa"))
+        o.set("scheme", .string(scheme))
+        o.set("keyval", .object(keyval))
+        do { publicKey = try Key(json: o) } catch {
+            throw RepositoryError(.key, "cannot build the public key of \(name)")
+        }
+    }
+
+    /// Opens the token key a URI names.
+    public init(uri: String, name: String? = nil) throws(RepositoryError) {
+        let key: PKCS11PrivateKey
+        do { key = try PKCS11PrivateKey.open(uri) } catch { throw RepositoryError(.key, error.message) }
+        try self.init(key: key, name: name ?? key.uri.object ?? "pkcs11")
+    }
+
+    public func sign(_ message: [UInt8]) async throws -> [UInt8] {
+        do { return try key.signatureDER(for: message) } catch { throw RepositoryError(.key, error.message) }
+    }
+}
+
 /// Signers by key id.
 public struct Keyring: Sendable {
     public private(set) var signers: [String: any Signer] = [:]
@@ -153,7 +203,9 @@ public struct Keyring: Sendable {
     public subscript(keyid: String) -> (any Signer)? { signers[keyid] }
 }
 
-/// A directory of private keys, `NAME.pem`, each mode 0600, the directory 0700.
+/// A directory of private keys, `NAME.pem`, each mode 0600, the directory 0700; or references to keys on a PKCS#11
+/// token, `NAME.uri` (one RFC 7512 URI, no PIN in it), which `bulwark tuf` writes when given a `pkcs11:` URI for a key.
+/// Every command and the hub's re-signer find both kinds by name.
 ///
 /// Keep it outside the published repository: nothing under it is ever served.
 public struct KeyDirectory: Sendable {
@@ -162,6 +214,7 @@ public struct KeyDirectory: Sendable {
     public init(path: String) { self.path = path }
 
     func file(_ name: String) -> String { path + "/" + name + ".pem" }
+    func uriFile(_ name: String) -> String { path + "/" + name + ".uri" }
 
     static func validName(_ name: String) -> Bool {
         !name.isEmpty && name.utf8.count <= 128
@@ -212,21 +265,74 @@ public struct KeyDirectory: Sendable {
         return try FileSigner(pem: String(decoding: bytes, as: UTF8.self), name: name)
     }
 
-    /// Loads the named key, or generates it when it does not exist yet.
-    public func loadOrGenerate(name: String, type: KeyType) throws(RepositoryError) -> FileSigner {
-        FileManager.default.fileExists(atPath: file(name)) ? try load(name: name) : try generate(name: name, type: type)
+    /// The named key: `NAME.uri` (a token key) or `NAME.pem`.
+    public func signer(name: String) throws(RepositoryError) -> any Signer {
+        guard KeyDirectory.validName(name) else { throw RepositoryError(.usage, "invalid key name '\(name)'") }
+        if FileManager.default.fileExists(atPath: uriFile(name)) {
+            guard let bytes = try Files.read(uriFile(name)) else {
+                throw RepositoryError(.key, "cannot read key \(name)")
+            }
+            let uri = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            return try PKCS11Signer(uri: uri, name: name)
+        }
+        return try load(name: name)
     }
 
-    /// Names of the keys present.
+    /// A key given as a name in this directory or as a `pkcs11:` URI. A URI is remembered as `NAME.uri` (NAME: its
+    /// `object` label) so that later commands, `publish` and the hub find the key by name; a different key already
+    /// under that name is refused.
+    public func signer(nameOrURI text: String) throws(RepositoryError) -> any Signer {
+        guard PKCS11URI.isURI(text) else { return try signer(name: text) }
+        let uri: PKCS11URI
+        do { uri = try PKCS11URI(text) } catch { throw RepositoryError(.usage, error.message) }
+        guard let name = uri.object, KeyDirectory.validName(name) else {
+            throw RepositoryError(.usage, "a token key's URI needs object=NAME (letters, digits, - _ .)")
+        }
+        let signer = try PKCS11Signer(uri: text, name: name)
+        let canonical = uri.description + "\n"
+        if let existing = try Files.read(uriFile(name)) {
+            guard existing == Array(canonical.utf8) else {
+                throw RepositoryError(.usage, "key \(name) already refers to another token key in \(path)")
+            }
+            return signer
+        }
+        guard !FileManager.default.fileExists(atPath: file(name)) else {
+            throw RepositoryError(.usage, "key \(name) already exists as a file key in \(path)")
+        }
+        try Files.makeDirectory(path, mode: 0o700)
+        let fd = open(uriFile(name), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw RepositoryError(.io, "cannot write \(uriFile(name))") }
+        let bytes = Array(canonical.utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == bytes.count, synced else {
+            unlink(uriFile(name))
+            throw RepositoryError(.io, "cannot write \(uriFile(name))")
+        }
+        return signer
+    }
+
+    /// Loads the named key, or generates it when it does not exist yet; `nameOrURI` may be a `pkcs11:` URI.
+    public func loadOrGenerate(name nameOrURI: String, type: KeyType) throws(RepositoryError) -> any Signer {
+        if PKCS11URI.isURI(nameOrURI) || FileManager.default.fileExists(atPath: uriFile(nameOrURI)) {
+            return try signer(nameOrURI: nameOrURI)
+        }
+        return FileManager.default.fileExists(atPath: file(nameOrURI))
+            ? try load(name: nameOrURI) : try generate(name: nameOrURI, type: type)
+    }
+
+    /// Names of the keys present (files and token references).
     public func names() -> [String] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
-        return entries.filter { $0.hasSuffix(".pem") }.map { String($0.dropLast(4)) }.sorted()
+        let files = entries.filter { $0.hasSuffix(".pem") || $0.hasSuffix(".uri") }.map { String($0.dropLast(4)) }
+        return Array(Set(files)).sorted()
     }
 
     /// Every key in the directory as a keyring.
     public func keyring() throws(RepositoryError) -> Keyring {
         var ring = Keyring()
-        for name in names() { ring.add(try load(name: name)) }
+        for name in names() { ring.add(try signer(name: name)) }
         return ring
     }
 }

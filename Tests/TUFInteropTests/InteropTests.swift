@@ -129,6 +129,83 @@ import Testing
         #expect(usage.status == 1)
     }
 
+    /// Every top-level role signed on a PKCS#11 token (SoftHSM2; targets on P-384), through `bulwark hsm keygen` and
+    /// `bulwark tuf … --key ROLE=pkcs11:…`: python-tuf's ngclient verifies the signatures and downloads a target.
+    @Test func pythonNgclientVerifiesMetadataSignedOnAToken() async throws {
+        guard Self.pythonTUF() != nil else { return }
+        let binary =
+            ProcessInfo.processInfo.environment["BULWARK_BIN"] ?? (Self.packageRoot + "/.build/debug/bulwark")
+        let base = Proc.tempDirectory("hsmrepo")
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        try FileManager.default.createDirectory(atPath: base + "/tokens", withIntermediateDirectories: true)
+        try "directories.tokendir = \(base)/tokens\nobjectstore.backend = file\n".write(
+            toFile: base + "/softhsm2.conf", atomically: true, encoding: .utf8)
+        let environment = ["SOFTHSM2_CONF": base + "/softhsm2.conf"]
+        let made = Proc.run(
+            "/usr/bin/softhsm2-util",
+            ["--init-token", "--free", "--label", "release", "--pin", "1234", "--so-pin", "5678"],
+            environment: environment)
+        try #require(made.status == 0, "softhsm2-util (scripts/install-deps installs softhsm2): \(made.stderr)")
+        let pin = base + "/pin"
+        FileManager.default.createFile(
+            atPath: pin, contents: Data("1234\n".utf8), attributes: [.posixPermissions: 0o600])
+        func uri(_ object: String) -> String {
+            "pkcs11:token=release;object=\(object)?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:\(pin)"
+        }
+        for (object, curve) in [
+            ("root-1", "p256"), ("targets-1", "p384"), ("snapshot-1", "p256"), ("timestamp-1", "p256"),
+        ] {
+            let r = Proc.run(binary, ["hsm", "keygen", uri(object), "--curve", curve], environment: environment)
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(r.stdout.contains("extractable: false"))
+        }
+        let repo = base + "/repo"
+        let keys = base + "/keys"
+        let artifact = base + "/firmware.bin"
+        try Data((0..<5000).map { UInt8($0 % 253) }).write(to: URL(fileURLWithPath: artifact))
+        let steps: [[String]] = [
+            [
+                "tuf", "init", "--repo", repo, "--keys", keys, "--root-keys", "1", "--root-threshold", "1", "--key",
+                "root-1=" + uri("root-1"), "--key", "targets=" + uri("targets-1"), "--key",
+                "snapshot=" + uri("snapshot-1"), "--key", "timestamp=" + uri("timestamp-1"),
+            ],
+            ["tuf", "add-target", "--repo", repo, "--name", "fw/firmware.bin", artifact],
+            ["tuf", "publish", "--repo", repo, "--keys", keys],
+        ]
+        for step in steps {
+            let r = Proc.run(binary, step, environment: environment)
+            try #require(r.status == 0, "\(step[1]): \(r.stderr)")
+        }
+        // Only references to the token's keys are on disk; no private key file anywhere.
+        let entries = try FileManager.default.contentsOfDirectory(atPath: keys).sorted()
+        #expect(entries == ["root-1.uri", "snapshot-1.uri", "targets-1.uri", "timestamp-1.uri"])
+        let root = try String(contentsOfFile: repo + "/metadata/1.root.json", encoding: .utf8)
+        #expect(root.contains("ecdsa-sha2-nistp384") && root.contains("ecdsa-sha2-nistp256"))
+
+        let server = try HTTPServer(directory: repo)
+        defer { server.stop() }
+        let client = Proc.tempDirectory("pyhsmclient")
+        let r = Proc.run(
+            "/usr/bin/env",
+            [
+                "python3", Self.scripts + "/ngclient_fetch.py", server.url + "/metadata/", server.url + "/targets/",
+                client, "fw/firmware.bin", "--init", repo + "/metadata/1.root.json",
+            ])
+        #expect(r.status == 0, "python-tuf refused the token-signed metadata: \(r.stderr)")
+        #expect(r.stdout.contains("\"length\": 5000"), "\(r.stdout)")
+
+        // A wrong PIN at signing time: one line, the PIN not echoed, nothing published.
+        try "4444\n".write(toFile: pin, atomically: true, encoding: .utf8)
+        chmod(pin, 0o600)
+        _ = Proc.run(binary, ["tuf", "add-target", "--repo", repo, "--name", "fw/other.bin", artifact])
+        let refused = Proc.run(binary, ["tuf", "publish", "--repo", repo, "--keys", keys], environment: environment)
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("PIN") && !refused.stderr.contains("4444"), "\(refused.stderr)")
+        #expect(refused.stderr.split(separator: "\n").count == 1)
+        #expect(!FileManager.default.fileExists(atPath: repo + "/metadata/3.targets.json"))
+        #expect(FileManager.default.fileExists(atPath: repo + "/metadata/2.targets.json"))
+    }
+
     func cli(_ args: [String]) async throws { try await TUFCommand.invoke(args) }
 }
 
@@ -140,10 +217,13 @@ enum Proc {
         let stderr: String
     }
 
-    static func run(_ executable: String, _ args: [String]) -> Result {
+    static func run(_ executable: String, _ args: [String], environment: [String: String] = [:]) -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = args
+        if !environment.isEmpty {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let out = Pipe()
         let err = Pipe()
         p.standardOutput = out
