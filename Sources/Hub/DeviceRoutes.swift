@@ -147,6 +147,8 @@ struct DeviceRoutes {
             }
             certificate = try renewal.authority.issueClientCertificate(
                 for: .device(device), csr: csr, now: Date(), lifetime: renewal.certificateLifetime)
+        } catch let error as PKIError where error.code == .keyUnavailable {
+            throw HubError.caUnavailable("renewal of \(device): \(error)")
         } catch let error as PKIError {
             throw refused("renewal: \(error)")
         }

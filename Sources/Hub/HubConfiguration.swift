@@ -67,6 +67,9 @@ public struct HubConfiguration: Sendable, Equatable {
     /// only those online keys (`tuf.onlineKeys`), how often it checks, and how close to expiry a role is re-signed.
     public var tufRepository: String?
     public var tufOnlineKeys: String?
+    /// The CA key on a PKCS#11 token (`ca.key`, a `pkcs11:` URI made with `bulwark hsm keygen`); nil keeps it in
+    /// `DATA/ca.key`. The PIN comes from the URI's pin-source or BULWARK_PKCS11_PIN, never from this file.
+    public var caKeyURI: String?
     public var tufResignIntervalSeconds = 3600
     public var tufTimestampWithinSeconds = 6 * 3600
     public var tufSnapshotWithinSeconds = 2 * 86400
@@ -202,6 +205,7 @@ public struct HubConfiguration: Sendable, Equatable {
         config.mqttSettings = mqtt
         config.tufRepository = reader.string(forKey: "tuf.repository")
         config.tufOnlineKeys = reader.string(forKey: "tuf.onlineKeys")
+        config.caKeyURI = reader.string(forKey: "ca.key")
         config.tufResignIntervalSeconds = reader.int(
             forKey: "tuf.resignIntervalSeconds", default: config.tufResignIntervalSeconds)
         config.tufTimestampWithinSeconds = reader.int(

@@ -1,6 +1,7 @@
 import Core
 public import Crypto
 public import Foundation
+public import PKCS11
 public import PKI
 public import Pairing
 import Store
@@ -9,6 +10,7 @@ public import X509
 /// The hub's key material in the data directory:
 ///
 ///     ca.crt  ca.key            the hub certificate authority (P-256)
+///     ca.key.uri                instead of ca.key: the CA key on a PKCS#11 token (`ca.key` in the configuration)
 ///     hub.crt hub.key           the TLS server certificate of both listeners (the key is kept across renewals)
 ///     hub-backup.key            a TLS key not in use, pinned by devices as the backup
 ///     hub-next.key              during a key rotation only: the key that becomes the backup
@@ -32,19 +34,45 @@ public struct HubCredentials: Sendable {
     /// certificate issued from here on names (RFC 5280 §4.2.1.13).
     public static func loadOrCreate(
         dataDirectory: String, hubNames: [String], store: any HubStore, now: Date,
-        crlDistributionPoints: CRLDistributionPoints? = nil
+        crlDistributionPoints: CRLDistributionPoints? = nil, caKeyURI: String? = nil
     ) async throws -> HubCredentials {
         try SecretFiles.makePrivateDirectory(dataDirectory)
         try checkKeyFilePermissions(below: dataDirectory)
         let caKeyPath = dataDirectory + "/ca.key"
+        let caURIPath = dataDirectory + "/ca.key.uri"
+        if let caKeyURI {
+            // The token key replaces the file: a hub that has a CA key file keeps it (moving a CA is a migration).
+            guard !FileManager.default.fileExists(atPath: caKeyPath) else {
+                throw HubStartupError(
+                    "ca.key names a PKCS#11 key but \(caKeyPath) holds a CA key file: a hub's CA stays where it was "
+                        + "made (start a new data directory to put the CA on the token)")
+            }
+            let canonical: String
+            do { canonical = try PKCS11URI(caKeyURI).description } catch { throw HubStartupError("ca.key: \(error)") }
+            if let existing = try? String(contentsOfFile: caURIPath, encoding: .utf8) {
+                guard existing.trimmingCharacters(in: .whitespacesAndNewlines) == canonical else {
+                    throw HubStartupError(
+                        "ca.key names another token key than the one this hub's CA was made with (\(caURIPath))")
+                }
+            } else if FileManager.default.fileExists(atPath: dataDirectory + "/ca.crt") {
+                throw HubStartupError("\(dataDirectory)/ca.crt exists without a CA key: restore ca.key or ca.key.uri")
+            }
+        }
         var authority: CertificateAuthority
-        if FileManager.default.fileExists(atPath: caKeyPath) {
+        if FileManager.default.fileExists(atPath: caKeyPath) || FileManager.default.fileExists(atPath: caURIPath) {
             authority = try loadAuthority(dataDirectory)
             authority.crlDistributionPoints = crlDistributionPoints
         } else {
-            authority = try CertificateAuthority.create(commonName: "Bulwark hub CA", now: now)
+            if let caKeyURI {
+                let key: PKCS11PrivateKey
+                do { key = try PKCS11PrivateKey.open(caKeyURI) } catch { throw HubStartupError("ca.key: \(error)") }
+                authority = try CertificateAuthority.create(commonName: "Bulwark hub CA", now: now, tokenKey: key)
+                try SecretFiles.writePublic(caURIPath, contents: key.uri.description + "\n")
+            } else {
+                authority = try CertificateAuthority.create(commonName: "Bulwark hub CA", now: now)
+                try SecretFiles.create(caKeyPath, contents: authority.keyPEM)
+            }
             authority.crlDistributionPoints = crlDistributionPoints
-            try SecretFiles.create(caKeyPath, contents: authority.keyPEM)
             try SecretFiles.writePublic(dataDirectory + "/ca.crt", contents: authority.certificate.pem)
             try await createOperatorCredential(
                 name: try OperatorName(firstOperator), directory: dataDirectory + "/operators", authority: authority,
@@ -115,6 +143,20 @@ public struct HubCredentials: Sendable {
     }
 
     static func loadAuthority(_ dataDirectory: String) throws -> CertificateAuthority {
+        if let uri = try? String(contentsOfFile: dataDirectory + "/ca.key.uri", encoding: .utf8) {
+            let key: PKCS11PrivateKey
+            do {
+                key = try PKCS11PrivateKey.open(uri.trimmingCharacters(in: .whitespacesAndNewlines))
+            } catch {
+                throw HubStartupError("the CA key (\(dataDirectory)/ca.key.uri): \(error)")
+            }
+            guard let text = try? String(contentsOfFile: dataDirectory + "/ca.crt", encoding: .utf8),
+                let certificate = try? Certificate(pemEncoded: text)
+            else { throw HubStartupError("\(dataDirectory)/ca.crt is missing or not a certificate") }
+            do { return try CertificateAuthority(certificate: certificate, tokenKey: key) } catch {
+                throw HubStartupError("\(dataDirectory)/ca.crt does not belong to the token key in ca.key.uri")
+            }
+        }
         let keyText = try SecretFiles.read(dataDirectory + "/ca.key")
         guard let key = try? P256.Signing.PrivateKey(pemRepresentation: keyText) else {
             throw HubStartupError("\(dataDirectory)/ca.key is not a P-256 private key")

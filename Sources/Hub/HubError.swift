@@ -25,6 +25,13 @@ public struct HubError: Error, HTTPResponseError {
         self.event = event
     }
 
+    /// The CA key (on a PKCS#11 token) did not sign: 503, audited as `ca-unavailable`, the token's reason in the log.
+    public static func caUnavailable(_ detail: String) -> HubError {
+        HubError(
+            .serviceUnavailable, "ca-unavailable", message: "the certificate authority is unavailable; try again later",
+            detail: detail, event: "ca-unavailable")
+    }
+
     public static func forbidden(_ detail: String, event: String? = "access-denied") -> HubError {
         HubError(.forbidden, "forbidden", detail: detail, event: event)
     }

@@ -46,7 +46,7 @@ public final class HubServer: Sendable {
                 configuration.auditKeyPath, logLength: try await store.securityEvents(limit: 1).first?.id ?? 0))
         let credentials = try await HubCredentials.loadOrCreate(
             dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames, store: store, now: Date(),
-            crlDistributionPoints: try configuration.crlDistributionPoints)
+            crlDistributionPoints: try configuration.crlDistributionPoints, caKeyURI: configuration.caKeyURI)
         let crl = CRLPublisher(
             authority: credentials.authority, store: store, dataDirectory: configuration.dataDirectory,
             validityDays: configuration.crlValidityDays,

@@ -262,6 +262,8 @@ struct OperatorRoutes {
         do {
             let csr = try CertificateSigningRequest.parse(Array(csrText.utf8))
             return try authority.issueClientCertificate(for: identity, csr: csr, now: Date(), days: days)
+        } catch  where error.code == .keyUnavailable {
+            throw HubError.caUnavailable("\(identity): \(error)")
         } catch {
             throw HubError(
                 .badRequest, "bad-csr", message: error.detail, detail: "\(identity): \(error)", event: "csr-refused")

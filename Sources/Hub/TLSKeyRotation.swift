@@ -35,6 +35,7 @@ struct TLSKeyFiles {
     func requireHub() throws {
         guard FileManager.default.fileExists(atPath: active),
             FileManager.default.fileExists(atPath: directory + "/ca.key")
+                || FileManager.default.fileExists(atPath: directory + "/ca.key.uri")
         else { throw HubStartupError("\(directory) holds no hub keys: start the hub once first (bulwark serve)") }
         var info = stat()
         guard stat(directory, &info) == 0, info.st_uid == geteuid() else {

@@ -55,6 +55,8 @@ final class PKCS11Session: Sendable {
 
     func publicKey(_ uri: PKCS11URI) throws(PKCS11Error) -> (PKCS11Curve, [UInt8]) {
         try withSession { handle, label throws(PKCS11Error) in
+            // The private key first: that is the one that signs, and the one a missing-key error should name.
+            _ = try self.one(handle, uri, class: CKO_PRIVATE_KEY, label: label)
             let object = try self.one(handle, uri, class: CKO_PUBLIC_KEY, label: label)
             let values = Self.read(self.module, handle, object, [CKA_EC_PARAMS, CKA_EC_POINT])
             guard let parameters = values[0], let curve = PKCS11Curve(parameters: parameters) else {
@@ -65,8 +67,6 @@ final class PKCS11Session: Sendable {
                 throw PKCS11Error(
                     .object, "PKCS#11: the public key \(Self.describe(uri)) on token \(label) is unreadable")
             }
-            // The private key must be there too: a lone public key cannot sign.
-            _ = try self.one(handle, uri, class: CKO_PRIVATE_KEY, label: label)
             return (curve, point)
         }
     }

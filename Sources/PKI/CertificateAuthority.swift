@@ -1,6 +1,7 @@
 import Core
 public import Crypto
 import Foundation
+public import PKCS11
 import SwiftASN1
 public import X509
 
@@ -8,29 +9,92 @@ public import X509
 /// and operator certificates. Every extension of an issued certificate is decided here, never copied from a CSR.
 public struct CertificateAuthority: Sendable {
     public let certificate: Certificate
-    private let key: P256.Signing.PrivateKey
+    private let key: SigningKey
     /// Where the CA publishes its CRL, written into every certificate it issues (not into its own): RFC 5280
     /// §4.2.1.13. Passed in by the hub, which knows its listeners; nil issues certificates without the extension.
     public var crlDistributionPoints: CRLDistributionPoints?
 
+    /// The CA's private key: a PKCS#8 file's P-256 key, or a P-256/P-384 key on a PKCS#11 token that never leaves it.
+    enum SigningKey: Sendable {
+        case file(P256.Signing.PrivateKey)
+        case token(PKCS11PrivateKey)
+
+        var publicKey: Certificate.PublicKey? {
+            switch self {
+            case .file(let key): return Certificate.PublicKey(key.publicKey)
+            case .token(let key): return try? Certificate.PublicKey(derEncoded: key.publicKeySPKI)
+            }
+        }
+
+        var certificateKey: Certificate.PrivateKey {
+            switch self {
+            case .file(let key): return Certificate.PrivateKey(key)
+            case .token(let key): return Certificate.PrivateKey(TokenCertificateKey(key: key))
+            }
+        }
+
+        var signatureAlgorithm: Certificate.SignatureAlgorithm {
+            switch self {
+            case .file: return .ecdsaWithSHA256
+            case .token(let key): return key.curve == .p256 ? .ecdsaWithSHA256 : .ecdsaWithSHA384
+            }
+        }
+
+        func signatureDER(_ bytes: [UInt8]) throws -> [UInt8] {
+            switch self {
+            case .file(let key): return Array(try key.signature(for: bytes).derRepresentation)
+            case .token(let key): return try key.signatureDER(for: bytes)
+            }
+        }
+    }
+
     public init(certificate: Certificate, key: P256.Signing.PrivateKey) throws(PKIError) {
-        guard certificate.publicKey == Certificate.PublicKey(key.publicKey) else {
+        try self.init(certificate: certificate, signingKey: .file(key))
+    }
+
+    /// A CA whose key is on a PKCS#11 token: certificates and CRLs are signed through `C_Sign`.
+    public init(certificate: Certificate, tokenKey: PKCS11PrivateKey) throws(PKIError) {
+        try self.init(certificate: certificate, signingKey: .token(tokenKey))
+    }
+
+    init(certificate: Certificate, signingKey: SigningKey) throws(PKIError) {
+        guard certificate.publicKey == signingKey.publicKey else {
             throw PKIError(.keyMismatch, "CA certificate does not match the CA key")
         }
         self.certificate = certificate
-        self.key = key
+        self.key = signingKey
+    }
+
+    /// True when the CA key lives on a token.
+    public var keyOnToken: Bool {
+        if case .token = key { return true }
+        return false
     }
 
     /// Creates a new self-signed CA valid for `years`: basicConstraints CA with path length 0 (it signs leaves only),
     /// keyUsage keyCertSign and cRLSign, both critical (RFC 5280 §4.2.1.9, §4.2.1.3).
     public static func create(commonName: String, now: Date, years: Int = 10) throws(PKIError) -> CertificateAuthority {
-        let key = P256.Signing.PrivateKey()
+        try create(commonName: commonName, now: now, years: years, signingKey: .file(P256.Signing.PrivateKey()))
+    }
+
+    /// As `create`, with a key made beforehand on a PKCS#11 token (`bulwark hsm keygen`).
+    public static func create(
+        commonName: String, now: Date, years: Int = 10, tokenKey: PKCS11PrivateKey
+    ) throws(PKIError) -> CertificateAuthority {
+        try create(commonName: commonName, now: now, years: years, signingKey: .token(tokenKey))
+    }
+
+    static func create(
+        commonName: String, now: Date, years: Int, signingKey key: SigningKey
+    ) throws(PKIError) -> CertificateAuthority {
         do {
             let name = try DistinguishedName {
                 OrganizationName("Bulwark")
                 CommonName(commonName)
             }
-            let publicKey = Certificate.PublicKey(key.publicKey)
+            guard let publicKey = key.publicKey else {
+                throw PKIError(.unsupportedKey, "the CA key's public key is not P-256 or P-384")
+            }
             let certificate = try Certificate(
                 version: .v3,
                 serialNumber: .positive20Octets(),
@@ -39,15 +103,15 @@ public struct CertificateAuthority: Sendable {
                 notValidAfter: now.addingTimeInterval(Double(years) * 365 * 86400),
                 issuer: name,
                 subject: name,
-                signatureAlgorithm: .ecdsaWithSHA256,
+                signatureAlgorithm: key.signatureAlgorithm,
                 extensions: try Certificate.Extensions {
                     Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
                     Critical(KeyUsage(keyCertSign: true, cRLSign: true))
                     SubjectKeyIdentifier(hash: publicKey)
                 },
-                issuerPrivateKey: Certificate.PrivateKey(key)
+                issuerPrivateKey: key.certificateKey
             )
-            return try CertificateAuthority(certificate: certificate, key: key)
+            return try CertificateAuthority(certificate: certificate, signingKey: key)
         } catch let error as PKIError {
             throw error
         } catch {
@@ -55,8 +119,12 @@ public struct CertificateAuthority: Sendable {
         }
     }
 
-    /// PEM of the CA private key (PKCS#8). Only for writing the key file with mode 0600.
-    public var keyPEM: String { key.pemRepresentation }
+    /// PEM of the CA private key (PKCS#8). Only for writing the key file with mode 0600; empty for a token key, which
+    /// cannot leave the token.
+    public var keyPEM: String {
+        if case .file(let key) = key { return key.pemRepresentation }
+        return ""
+    }
 
     /// Issues the hub's TLS server certificate for the given DNS names and IP addresses (serverAuth only).
     public func issueServerCertificate(
@@ -135,10 +203,12 @@ public struct CertificateAuthority: Sendable {
             let tbs = try CertificateRevocationList.tbsCertList(
                 issuer: certificate.subject, thisUpdate: thisUpdate, nextUpdate: nextUpdate, entries: entries,
                 number: number, authorityKeyIdentifier: try certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
-            let signature = Array(try key.signature(for: tbs).derRepresentation)
+            let signature = try key.signatureDER(tbs)
             list = try CertificateRevocationList.certificateList(tbs: tbs, signature: signature)
         } catch let error as PKIError {
             throw error
+        } catch let error as PKCS11Error {
+            throw PKIError(.keyUnavailable, "the CA key did not sign the CRL: \(error)")
         } catch {
             throw PKIError(.issuance, "signing the CRL failed: \(error)")
         }
@@ -169,7 +239,7 @@ public struct CertificateAuthority: Sendable {
                 notValidAfter: now.addingTimeInterval(lifetime),
                 issuer: certificate.subject,
                 subject: subject,
-                signatureAlgorithm: .ecdsaWithSHA256,
+                signatureAlgorithm: key.signatureAlgorithm,
                 extensions: try Certificate.Extensions {
                     Critical(BasicConstraints.notCertificateAuthority)
                     Critical(KeyUsage(digitalSignature: true))
@@ -179,14 +249,63 @@ public struct CertificateAuthority: Sendable {
                     if let caKeyID { AuthorityKeyIdentifier(keyIdentifier: caKeyID) }
                     if let crlDistributionPoints { crlDistributionPoints }
                 },
-                issuerPrivateKey: Certificate.PrivateKey(key)
+                issuerPrivateKey: key.certificateKey
             )
         } catch let error as PKIError {
             throw error
+        } catch let error as PKCS11Error {
+            throw PKIError(.keyUnavailable, "the CA key did not sign: \(error)")
         } catch {
             throw PKIError(.issuance, "issuing a certificate failed: \(error)")
         }
     }
+}
+
+/// A token-held key as swift-certificates' custom private key: certificates are signed through PKCS#11 `C_Sign`
+/// (ECDSA with SHA-256 on P-256, SHA-384 on P-384). It cannot be serialised: the key never leaves the token.
+struct TokenCertificateKey: CustomPrivateKey {
+    let key: PKCS11PrivateKey
+
+    var publicKey: Certificate.PublicKey {
+        // Checked when the CA was made (its certificate matches this key), so this cannot fail in practice.
+        (try? Certificate.PublicKey(derEncoded: key.publicKeySPKI))
+            ?? Certificate.PublicKey(P256.Signing.PrivateKey().publicKey)
+    }
+
+    var defaultSignatureAlgorithm: Certificate.SignatureAlgorithm {
+        key.curve == .p256 ? .ecdsaWithSHA256 : .ecdsaWithSHA384
+    }
+
+    var supportedSignatureAlgorithms: [Certificate.SignatureAlgorithm] { [defaultSignatureAlgorithm] }
+
+    func signSynchronously(
+        bytes: some DataProtocol, signatureAlgorithm: Certificate.SignatureAlgorithm
+    ) throws -> Certificate.Signature {
+        guard signatureAlgorithm == defaultSignatureAlgorithm else {
+            throw PKIError(.unsupportedKey, "the token key signs with \(defaultSignatureAlgorithm) only")
+        }
+        let der = try key.signatureDER(for: Array(bytes))
+        return try Certificate.Signature(
+            signatureAlgorithm: signatureAlgorithm, signatureBytes: ASN1BitString(bytes: ArraySlice(der)))
+    }
+
+    static var defaultPEMDiscriminator: String { "PRIVATE KEY" }
+
+    func serialize(into coder: inout DER.Serializer) throws {
+        throw PKIError(.unsupportedKey, "a key on a PKCS#11 token cannot be exported")
+    }
+
+    init(key: PKCS11PrivateKey) { self.key = key }
+
+    init(derEncoded rootNode: ASN1Node) throws {
+        throw PKIError(.unsupportedKey, "a key on a PKCS#11 token cannot be imported")
+    }
+
+    static func == (lhs: TokenCertificateKey, rhs: TokenCertificateKey) -> Bool {
+        lhs.key.publicKeyX963 == rhs.key.publicKeyX963
+    }
+
+    func hash(into hasher: inout Hasher) { hasher.combine(key.publicKeyX963) }
 }
 
 extension Certificate.SerialNumber {

@@ -2,6 +2,8 @@
 public struct PKIError: Error, Equatable, CustomStringConvertible {
     public enum Code: String, Sendable {
         case badCSRSignature, unsupportedKey, invalidRequest, issuance, keyMismatch, malformed, noIdentity
+        /// The CA key's token did not sign (unplugged, reset, login refused): nothing was issued; retry later.
+        case keyUnavailable
     }
 
     public let code: Code
