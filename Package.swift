@@ -189,7 +189,7 @@ let package = Package(
             name: "BulwarkBench",
             dependencies: [
                 "AllocationCounter", "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT", "Gateway", "Agent",
-                "TUFRepository",
+                "TUFRepository", "PKCS11",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

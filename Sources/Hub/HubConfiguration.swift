@@ -1,4 +1,5 @@
 import Configuration
+public import Core
 public import Foundation
 import SystemPackage
 
@@ -70,6 +71,9 @@ public struct HubConfiguration: Sendable, Equatable {
     /// The CA key on a PKCS#11 token (`ca.key`, a `pkcs11:` URI made with `bulwark hsm keygen`); nil keeps it in
     /// `DATA/ca.key`. The PIN comes from the URI's pin-source or BULWARK_PKCS11_PIN, never from this file.
     public var caKeyURI: String?
+    /// `crypto.profile`: `standard`, or `fips` for FIPS-approved algorithms only on every listener, in pairing and in
+    /// TUF (see `CryptoProfile`).
+    public var cryptoProfile = CryptoProfile.standard
     public var tufResignIntervalSeconds = 3600
     public var tufTimestampWithinSeconds = 6 * 3600
     public var tufSnapshotWithinSeconds = 2 * 86400
@@ -206,6 +210,11 @@ public struct HubConfiguration: Sendable, Equatable {
         config.tufRepository = reader.string(forKey: "tuf.repository")
         config.tufOnlineKeys = reader.string(forKey: "tuf.onlineKeys")
         config.caKeyURI = reader.string(forKey: "ca.key")
+        if let profile = reader.string(forKey: "crypto.profile") {
+            do { config.cryptoProfile = try CryptoProfile(parsing: profile) } catch {
+                throw HubStartupError(error.description)
+            }
+        }
         config.tufResignIntervalSeconds = reader.int(
             forKey: "tuf.resignIntervalSeconds", default: config.tufResignIntervalSeconds)
         config.tufTimestampWithinSeconds = reader.int(

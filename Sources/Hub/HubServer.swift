@@ -134,7 +134,8 @@ public final class HubServer: Sendable {
                 }
             }
             let (contexts, verify) = try HubTLS.serverContexts(
-                credentials: credentials, role: role, revocations: revocations, store: store, logger: appLogger)
+                credentials: credentials, role: role, revocations: revocations, store: store, logger: appLogger,
+                profile: configuration.cryptoProfile)
             return Application(
                 router: router,
                 server: .gatedTLS(
@@ -183,7 +184,8 @@ public final class HubServer: Sendable {
             OperatorRoutes(
                 store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
                 gateway: gateway, broker: broker, crl: crl,
-                assignments: configuration.tufRepository.map { UpdateAssignments(store: store, repository: $0) }
+                assignments: configuration.tufRepository.map { UpdateAssignments(store: store, repository: $0) },
+                cryptoProfile: configuration.cryptoProfile
             ).register(on: $0)
         }
         var pairing = PairingListener(
@@ -201,6 +203,7 @@ public final class HubServer: Sendable {
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
             revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,
             settings: configuration.mqttSettings, renewals: renewals, events: events,
+            cryptoProfile: configuration.cryptoProfile,
             logger: {
                 var mqttLogger = logger
                 mqttLogger[metadataKey: "listener"] = "mqtt"

@@ -1,6 +1,7 @@
 import Core
 import Crypto
 import Foundation
+import HubClient
 import HummingbirdCore
 import Logging
 import NIOCore
@@ -16,13 +17,15 @@ enum HubTLS {
     /// The listener's TLS contexts (rebuilt when the key rotates) and its client-certificate check.
     static func serverContexts(
         credentials: HubCredentials, role: ClientCertificatePolicy.Role, revocations: RevocationList,
-        store: any HubStore, logger: Logger, applicationProtocols: [String] = ["http/1.1"]
+        store: any HubStore, logger: Logger, applicationProtocols: [String] = ["http/1.1"],
+        profile: CryptoProfile = .standard
     ) throws -> (TLSContextSource, @Sendable ([NIOSSLCertificate], EventLoopPromise<NIOSSLVerificationResult>) -> Void)
     {
         let caCertificate = credentials.authority.certificate
         let source = try TLSContextSource(identity: credentials.identity, logger: logger) { keys in
-            try NIOSSLContext(
-                configuration: configuration(keys: keys, ca: caCertificate, applicationProtocols: applicationProtocols))
+            try TLSProfile.makeContext(
+                configuration(keys: keys, ca: caCertificate, applicationProtocols: applicationProtocols),
+                profile: profile)
         }
         return (
             source,

@@ -20,6 +20,7 @@ import X509
 /// JSON → schema chosen by topic → counter window → store); a QoS 1 PUBLISH is acknowledged only once durable.
 struct MQTTListener: Service {
     let host: String
+    let cryptoProfile: CryptoProfile
     let port: Int
     let credentials: HubCredentials
     let revocations: RevocationList
@@ -46,9 +47,10 @@ struct MQTTListener: Service {
     init(
         host: String, port: Int, credentials: HubCredentials, revocations: RevocationList, store: any HubStore,
         rids: RIDDirectory, broker: MQTTBroker, gateway: GatewayPipeline, settings: MQTTSettings,
-        renewals: CertificateRenewals, events: DeviceEvents, logger: Logger,
+        renewals: CertificateRenewals, events: DeviceEvents, cryptoProfile: CryptoProfile = .standard, logger: Logger,
         onBound: @escaping @Sendable (Int) -> Void
     ) {
+        self.cryptoProfile = cryptoProfile
         self.host = host
         self.port = port
         self.credentials = credentials
@@ -72,7 +74,7 @@ struct MQTTListener: Service {
     func run() async throws {
         let (contexts, verify) = try HubTLS.serverContexts(
             credentials: credentials, role: .anyIdentity, revocations: revocations, store: store, logger: logger,
-            applicationProtocols: ["mqtt"])
+            applicationProtocols: ["mqtt"], profile: cryptoProfile)
         let maximumPacketSize = maximumPacketSize
         let gateway = gateway
         let connections = connections

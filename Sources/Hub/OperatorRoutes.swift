@@ -23,6 +23,8 @@ struct OperatorRoutes {
     let broker: MQTTBroker
     let crl: CRLPublisher
     let assignments: UpdateAssignments?
+    /// `fips` refuses a label whose pairing suite is not approved (X25519, ChaCha20-Poly1305) at claim.
+    var cryptoProfile = CryptoProfile.standard
 
     func register(on router: Router<HubRequestContext>) {
         router.put("/v1/devices/:id/assignment") { request, context in
@@ -408,6 +410,14 @@ struct OperatorRoutes {
         do { label = try PairingLabel(text: text) } catch {
             throw HubError(
                 .badRequest, "bad-label", message: error.detail, detail: "claim: \(error)",
+                event: "pairing-claim-refused")
+        }
+        guard cryptoProfile.allowsPairingSuite(label.suite.name) else {
+            throw HubError(
+                .badRequest, "suite-not-approved",
+                message: "the label's pairing suite \(label.suite.name) is not allowed by crypto.profile fips "
+                    + "(P256_AESGCM_SHA256 only)",
+                detail: "claim of \(label.deviceID): suite \(label.suite.name) outside the FIPS profile",
                 event: "pairing-claim-refused")
         }
         let expires = await claims.add(label, now: Date())

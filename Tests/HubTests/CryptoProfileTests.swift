@@ -1,0 +1,73 @@
+import Core
+import Foundation
+import Hub
+import Pairing
+import Testing
+
+/// `crypto.profile: fips`, attacked from the outside with OpenSSL: on every TLS listener a client offering only
+/// ChaCha20-Poly1305, or only X25519, gets no connection; AES-GCM on P-256/P-384 works. The same offers succeed on a
+/// standard hub, so the refusals are the profile's doing. A 25519 pairing label is refused at claim, with the reason.
+@Suite(.serialized) struct CryptoProfileTests {
+    /// `openssl s_client` with the operator's certificate (a full mutual-TLS handshake); what it negotiated.
+    static func handshake(port: Int, hub: TestHub, _ options: [String]) async throws -> String {
+        let result = try await run(
+            "/usr/bin/env",
+            [
+                "openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-tls1_3", "-cert",
+                hub.directory + "/operators/admin.crt", "-key", hub.directory + "/operators/admin.key", "-CAfile",
+                hub.directory + "/ca.crt",
+            ] + options, stdin: "", timeout: 20)
+        return result.stdout + result.stderr
+    }
+
+    static func negotiated(_ output: String) -> String? {
+        guard let line = output.split(separator: "\n").first(where: { $0.contains("Cipher is ") }) else { return nil }
+        let cipher = line.components(separatedBy: "Cipher is ").last
+        return cipher == "(NONE)" ? nil : cipher
+    }
+
+    @Test func fipsListenersRefuseChaChaAndX25519AndAcceptAESGCMOnNISTCurves() async throws {
+        let hub = try await TestHub.start { $0.cryptoProfile = .fips }
+        for (name, port) in [("device", hub.devicePort), ("operator", hub.operatorPort), ("mqtt", hub.mqttPort)] {
+            let chacha = try await Self.handshake(
+                port: port, hub: hub, ["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"])
+            #expect(Self.negotiated(chacha) == nil, "\(name) accepted ChaCha20: \(chacha)")
+            let x25519 = try await Self.handshake(port: port, hub: hub, ["-groups", "X25519"])
+            #expect(Self.negotiated(x25519) == nil, "\(name) accepted X25519: \(x25519)")
+            let approved = try await Self.handshake(
+                port: port, hub: hub, ["-ciphersuites", "TLS_AES_256_GCM_SHA384", "-groups", "P-384"])
+            #expect(Self.negotiated(approved) == "TLS_AES_256_GCM_SHA384", "\(name): \(approved)")
+            let p256 = try await Self.handshake(
+                port: port, hub: hub, ["-ciphersuites", "TLS_AES_128_GCM_SHA256", "-groups", "P-256"])
+            #expect(Self.negotiated(p256) == "TLS_AES_128_GCM_SHA256", "\(name): \(p256)")
+        }
+        try await hub.stop()
+    }
+
+    @Test func standardListenersAcceptWhatFipsRefuses() async throws {
+        let hub = try await TestHub.start()
+        let chacha = try await Self.handshake(
+            port: hub.devicePort, hub: hub, ["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256", "-groups", "X25519"])
+        #expect(Self.negotiated(chacha) == "TLS_CHACHA20_POLY1305_SHA256", "\(chacha)")
+        try await hub.stop()
+    }
+
+    @Test func fipsRefusesA25519LabelAtClaimAndSaysWhy() async throws {
+        let hub = try await TestHub.start { $0.cryptoProfile = .fips }
+        let x25519 = NoiseDH.x25519.generateKeyPair()
+        let refusedLabel = try PairingLabel(
+            suite: .x25519AESGCMSHA256, deviceID: try DeviceID("fips-25519"), publicKey: x25519.publicKey,
+            setupSecret: [UInt8](repeating: 3, count: 16))
+        let refused = try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": refusedLabel.text])
+        #expect(refused.status == 400)
+        #expect(refused.bodyText.contains("suite-not-approved") && refused.bodyText.contains("25519_AESGCM_SHA256"))
+        #expect(try await hub.securityEvents().contains { $0.kind == "pairing-claim-refused" })
+
+        let p256 = NoiseDH.p256.generateKeyPair()
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("fips-p256"), publicKey: p256.publicKey,
+            setupSecret: [UInt8](repeating: 4, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        try await hub.stop()
+    }
+}
