@@ -11,6 +11,9 @@ import X509
 /// How the agent reaches the hub and behaves (`bulwark agent run --config FILE`, or set in code).
 public struct AgentConfiguration: Sendable {
     public var stateDirectory: String
+    /// `crypto.profile`: `fips` restricts TLS to AES-GCM on P-256/P-384 and the update repository's keys to FIPS
+    /// 186-5 algorithms (`KeyPolicy.fips`).
+    public var cryptoProfile = CryptoProfile.standard
     public var mqttHost = "127.0.0.1"
     public var mqttPort = 8883
     /// The device API, for certificate renewal.
@@ -131,7 +134,7 @@ public actor Agent {
 
     public init(configuration: AgentConfiguration, commandHandler: CommandHandler? = nil) throws(AgentError) {
         self.configuration = configuration
-        state = try AgentState.load(configuration.stateDirectory)
+        state = try AgentState.load(configuration.stateDirectory, profile: configuration.cryptoProfile)
         outbox = try Outbox(directory: configuration.stateDirectory + "/outbox", maxBytes: configuration.outboxBytes)
         do {
             updater = try DeviceUpdater(stateDirectory: configuration.stateDirectory, settings: configuration.updates)
@@ -242,7 +245,7 @@ public actor Agent {
         let myGeneration = generation
         let state = self.state
         let configuration = self.configuration
-        let context = try NIOSSLContext(configuration: try state.credentials.tlsConfiguration())
+        let context = try state.credentials.tlsContext()
         let pinned = state.pinned
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -518,7 +521,7 @@ public actor Agent {
             lastTrustRefresh = Date()
             switch outcome.decision {
             case .accept?:
-                state = try AgentState.load(configuration.stateDirectory)
+                state = try AgentState.load(configuration.stateDirectory, profile: configuration.cryptoProfile)
                 trustError = nil
             case .refuse(let reason)?:
                 trustError = reason

@@ -3,6 +3,7 @@ public import Crypto
 import Foundation
 public import HubClient
 import PKI
+public import TUFClient
 public import X509
 
 #if canImport(Glibc)
@@ -59,7 +60,14 @@ public struct AgentState: Sendable {
     public var keyFile: String { directory + "/device.key" }
     public var certificateFile: String { directory + "/device.crt" }
 
-    public static func load(_ directory: String) throws(AgentError) -> AgentState {
+    /// The TUF client's settings under this device's profile (`KeyPolicy.fips` under `crypto.profile: fips`).
+    public var updaterConfig: UpdaterConfig {
+        var config = UpdaterConfig()
+        config.keyPolicy = credentials.profile == .fips ? .fips : .any
+        return config
+    }
+
+    public static func load(_ directory: String, profile: CryptoProfile = .standard) throws(AgentError) -> AgentState {
         try checkPrivate(directory, what: "the state directory", fix: "chmod 700")
         try finishReplacement(directory)
         let keyFile = directory + "/device.key"
@@ -103,10 +111,12 @@ public struct AgentState: Sendable {
             }
             pinSetVersion = version
         }
+        var credentials = ClientCredentials(
+            certificatePEM: Array(certificatePEM.utf8), keyPEM: Array(keyPEM.utf8), caPEM: Array(caPEM.utf8))
+        credentials.profile = profile
         return AgentState(
             directory: directory, deviceID: deviceID, certificate: certificate,
-            credentials: ClientCredentials(
-                certificatePEM: Array(certificatePEM.utf8), keyPEM: Array(keyPEM.utf8), caPEM: Array(caPEM.utf8)),
+            credentials: credentials,
             pinned: PinnedServer(caCertificateDER: ca.derBytes, pins: pins), pinSetVersion: pinSetVersion)
     }
 

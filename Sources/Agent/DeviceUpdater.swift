@@ -323,7 +323,8 @@ public actor DeviceUpdater {
             metadataBaseURL: "https://hub/v1/updates/metadata/",
             metadataStore: DirectoryStore(directory: trustDirectory),
             fetcher: LinkFetcher(link: link, check: check),
-            referenceTime: Timestamp8601(secondsSinceEpoch: Int64(now.timeIntervalSince1970)))
+            referenceTime: Timestamp8601(secondsSinceEpoch: Int64(now.timeIntervalSince1970)),
+            config: state.updaterConfig)
         try await updater.refresh()
         let assigned: String?
         if let check { assigned = check.assigned } else { assigned = try await link.assignment() }

@@ -25,7 +25,7 @@ public enum Renewal {
                 host: host, port: port, tls: try state.credentials.tlsConfiguration(),
                 pinned: state.pinned, method: "POST", path: "/v1/device/certificate",
                 headers: [("Content-Type", "application/json")], body: Array(body),
-                signer: try state.credentials.signer())
+                signer: try state.credentials.signer(), profile: state.credentials.profile)
         } catch {
             throw AgentError(.connection, "cannot reach the hub at \(apiURL) (TLS or pin check failed): \(error)")
         }
@@ -45,6 +45,6 @@ public enum Renewal {
         try Outbox.write(
             state.certificateFile + ".new", Array(issued.pem.utf8), directory: state.directory, mode: 0o644)
         try AgentState.finishReplacement(state.directory)
-        return try AgentState.load(state.directory)
+        return try AgentState.load(state.directory, profile: state.credentials.profile)
     }
 }

@@ -35,7 +35,7 @@ public enum TrustRefresh {
     public static func refresh(_ state: AgentState, apiURL: String, now: Date = Date()) async throws -> Outcome {
         _ = try HubLink.endpoint(apiURL)  // an https:// URL with a host, or a clear error
         let base = apiURL.hasSuffix("/") ? String(apiURL.dropLast()) : apiURL
-        let context = try NIOSSLContext(configuration: try state.credentials.tlsConfiguration())
+        let context = try state.credentials.tlsContext()
         let pinned = state.pinned
         let presented = Mutex<[UInt8]?>(nil)
         let fetcher = HTTPFetcher(
@@ -55,7 +55,8 @@ public enum TrustRefresh {
                 metadataBaseURL: base + "/v1/updates/metadata/",
                 metadataStore: DirectoryStore(directory: trustDirectory(state)),
                 fetcher: fetcher, targetBaseURL: base + "/v1/updates/targets/",
-                referenceTime: Timestamp8601(secondsSinceEpoch: Int64(now.timeIntervalSince1970)))
+                referenceTime: Timestamp8601(secondsSinceEpoch: Int64(now.timeIntervalSince1970)),
+                config: state.updaterConfig)
         } catch {
             throw AgentError(
                 .stateInvalid, "\(trustDirectory(state))/root.json is not a TUF root the client can use: pair again")

@@ -34,7 +34,8 @@ final class HubLink: @unchecked Sendable {
     ) async throws -> Result {
         let (host, port) = try endpoint(apiURL)
         return try await HTTPSClient.withConnection(
-            host: host, port: port, tls: try state.credentials.tlsConfiguration(), pinned: state.pinned
+            host: host, port: port, tls: try state.credentials.tlsConfiguration(), pinned: state.pinned,
+            profile: state.credentials.profile
         ) { connection in try await body(HubLink(connection)) }
     }
 

@@ -1,5 +1,6 @@
 import Agent
 import ArgumentParser
+import Core
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -26,7 +27,7 @@ extension AgentCommand {
                 only when the health gate passes (--health three times, the payload still running, the hub
                 reachable); otherwise it rolls back. Steps are reported on devices/ID/events/update.
 
-                --config FILE: a JSON object with the keys mqtt, hub, handler, commandTimeoutSeconds, outboxBytes,
+                --config FILE: a JSON object with the keys crypto.profile, mqtt, hub, handler, commandTimeoutSeconds, outboxBytes,
                 reconnectMaxSeconds, inventoryIntervalSeconds, trustRefreshSeconds and agent.updateIntervalSeconds,
                 agent.payload, agent.payloadUser, agent.healthCommand, agent.healthTimeoutSeconds,
                 agent.healthIntervalSeconds, agent.healthWindowSeconds, agent.trialAttempts, agent.slotsDirectory
@@ -55,10 +56,18 @@ extension AgentCommand {
         @Option(help: "The payload's health probe (exit 0 = healthy).") var health: String?
         @Option(help: "Seconds a health probe may take (default 10).") var healthTimeout: Double?
         @Option(help: "Where the slots and boot record live (default STATE/slots).") var slots: String?
+        @Option(help: "standard, or fips: TLS AES-GCM on P-256/P-384 only, FIPS 186-5 TUF keys only.")
+        var cryptoProfile: String?
 
         func run() async throws {
             let file = try AgentConfigFile(path: config)
             var configuration = AgentConfiguration(stateDirectory: state)
+            do {
+                configuration.cryptoProfile = try CryptoProfile(
+                    parsing: try cryptoProfile ?? file.string("crypto.profile") ?? "standard")
+            } catch let error as CryptoProfileError {
+                throw ValidationError(error.description)
+            }
             let mqtt = try self.mqtt ?? file.string("mqtt") ?? "127.0.0.1:8883"
             let parts = mqtt.split(separator: ":")
             guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("mqtt must be HOST:PORT") }
@@ -176,7 +185,7 @@ extension AgentCommand {
 /// ignored.
 struct AgentConfigFile {
     static let known: Set<String> = [
-        "mqtt", "hub", "handler", "commandTimeoutSeconds", "outboxBytes", "reconnectMaxSeconds",
+        "mqtt", "hub", "handler", "commandTimeoutSeconds", "outboxBytes", "reconnectMaxSeconds", "crypto.profile",
         "inventoryIntervalSeconds", "trustRefreshSeconds", "agent.updateIntervalSeconds", "agent.payload",
         "agent.payloadUser", "agent.healthCommand", "agent.healthTimeoutSeconds", "agent.healthIntervalSeconds",
         "agent.healthWindowSeconds", "agent.trialAttempts", "agent.slotsDirectory",

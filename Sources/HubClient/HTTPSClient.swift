@@ -1,3 +1,4 @@
+public import Core
 import Crypto
 import Foundation
 public import Gateway
@@ -13,6 +14,8 @@ public struct ClientCredentials: Sendable {
     public var certificatePEM: [UInt8]
     public var keyPEM: [UInt8]
     public var caPEM: [UInt8]
+    /// `crypto.profile`: `fips` restricts the TLS handshake (`TLSProfile`).
+    public var profile = CryptoProfile.standard
 
     public init(certificatePEM: [UInt8], keyPEM: [UInt8], caPEM: [UInt8]) {
         self.certificatePEM = certificatePEM
@@ -49,7 +52,13 @@ public struct ClientCredentials: Sendable {
         tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: keyPEM, format: .pem))
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(caPEM))
         tls.applicationProtocols = ["http/1.1"]
+        TLSProfile.configure(&tls, profile: profile)
         return tls
+    }
+
+    /// A TLS context for `tlsConfiguration()` under the profile (in `fips`, BoringSSL's compliance policy on it).
+    public func tlsContext() throws -> NIOSSLContext {
+        try TLSProfile.makeContext(try tlsConfiguration(), profile: profile)
     }
 }
 
@@ -117,9 +126,9 @@ public enum HTTPSClient {
     public static func withConnection<Result: Sendable>(
         host: String, port: Int, serverName: String? = "localhost", tls: TLSConfiguration,
         pinned: PinnedServer? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        _ body: (HTTPConnection) async throws -> Result
+        profile: CryptoProfile = .standard, _ body: (HTTPConnection) async throws -> Result
     ) async throws -> Result {
-        let context = try NIOSSLContext(configuration: tls)
+        let context = try TLSProfile.makeContext(tls, profile: profile)
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(10))
@@ -150,9 +159,10 @@ public enum HTTPSClient {
     /// One request on a new connection.
     public static func request(
         host: String, port: Int, tls: TLSConfiguration, pinned: PinnedServer? = nil, method: String, path: String,
-        headers: [(String, String)] = [], body: [UInt8] = [], signer: MessageSigner? = nil
+        headers: [(String, String)] = [], body: [UInt8] = [], signer: MessageSigner? = nil,
+        profile: CryptoProfile = .standard
     ) async throws -> HTTPResult {
-        try await withConnection(host: host, port: port, tls: tls, pinned: pinned) { connection in
+        try await withConnection(host: host, port: port, tls: tls, pinned: pinned, profile: profile) { connection in
             try await connection.send(method: method, path: path, headers: headers, body: body, signer: signer)
         }
     }

@@ -136,7 +136,8 @@ public enum Threshold {
         keyids: [String],
         threshold: Int64,
         keys: [String: Key],
-        role: String
+        role: String,
+        policy: KeyPolicy = .any
     ) throws(TUFError) {
         var sigByKeyid: [[UInt8]: Signature] = [:]
         for s in signatures {
@@ -149,11 +150,16 @@ public enum Threshold {
         // keyids (in the same or another spelling: hex case, keytype alias, PEM wrapping) would count twice: count
         // the parsed key material once too.
         var countedKeys = Set<[UInt8]>()
+        var excluded = 0
         for keyid in keyids {
             let id = Array(keyid.utf8)
             guard !counted.contains(id), let key = keys[keyid], let sig = sigByKeyid[id],
                 let material = SignatureVerifier.material(of: key)
             else { continue }
+            guard policy.allows(key) else {
+                excluded += 1
+                continue
+            }
             guard !countedKeys.contains(material) else { continue }
             if (try? SignatureVerifier.isValid(key: key, signatureHex: sig.sig, data: signedBytes)) == true {
                 counted.insert(id)
@@ -164,6 +170,7 @@ public enum Threshold {
             throw TUFError(
                 .thresholdNotReached,
                 "\(role): \(counted.count) of \(threshold) required signatures are valid"
+                    + (excluded > 0 ? " (\(excluded) by keys outside \(policy.name) not counted)" : "")
             )
         }
     }

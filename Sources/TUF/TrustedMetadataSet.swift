@@ -16,6 +16,8 @@ public struct Verified<Role: SignedRole>: Sendable {
 /// which the update began"), so every freeze check in one update uses the same instant.
 public struct TrustedMetadataSet: Sendable {
     public let referenceTime: Timestamp8601
+    /// Which keys count towards thresholds (`KeyPolicy.fips` under `crypto.profile: fips`).
+    public let keyPolicy: KeyPolicy
     public private(set) var root: Verified<Root>
     public private(set) var timestamp: Verified<Timestamp>?
     public private(set) var snapshot: Verified<Snapshot>?
@@ -23,10 +25,13 @@ public struct TrustedMetadataSet: Sendable {
 
     /// TUF §5.2: load the trusted root. It must be signed by a threshold of its own root keys.
     /// Expiry is not checked here: an expired local root may still be updated (TUF §5.3).
-    public init(rootBytes: some Collection<UInt8>, referenceTime: Timestamp8601) throws(TUFError) {
+    public init(
+        rootBytes: some Collection<UInt8>, referenceTime: Timestamp8601, keyPolicy: KeyPolicy = .any
+    ) throws(TUFError) {
         self.referenceTime = referenceTime
+        self.keyPolicy = keyPolicy
         let md = try Metadata<Root>.parse(rootBytes)
-        try TrustedMetadataSet.verifyRoot(md, by: md.signed)
+        try TrustedMetadataSet.verifyRoot(md, by: md.signed, policy: keyPolicy)
         root = Verified(unchecked: md)
     }
 
@@ -39,7 +44,7 @@ public struct TrustedMetadataSet: Sendable {
     /// The delegator through which a loaded targets role was verified.
     public func delegator(of name: String) -> String? { targetRoles[Array(name.utf8)]?.delegator }
 
-    static func verifyRoot(_ md: Metadata<Root>, by trusted: Root) throws(TUFError) {
+    static func verifyRoot(_ md: Metadata<Root>, by trusted: Root, policy: KeyPolicy) throws(TUFError) {
         guard let role = trusted.roles["root"] else { throw TUFError(.invalidMetadata, "root role missing") }
         try Threshold.verify(
             signedBytes: md.signedBytes,
@@ -47,11 +52,12 @@ public struct TrustedMetadataSet: Sendable {
             keyids: role.keyids,
             threshold: role.threshold,
             keys: trusted.keys,
-            role: "root"
+            role: "root",
+            policy: policy
         )
     }
 
-    static func verify<R>(_ md: Metadata<R>, role name: String, by root: Root) throws(TUFError) {
+    static func verify<R>(_ md: Metadata<R>, role name: String, by root: Root, policy: KeyPolicy) throws(TUFError) {
         guard let role = root.roles[name] else { throw TUFError(.invalidMetadata, "\(name) role missing") }
         try Threshold.verify(
             signedBytes: md.signedBytes,
@@ -59,7 +65,8 @@ public struct TrustedMetadataSet: Sendable {
             keyids: role.keyids,
             threshold: role.threshold,
             keys: root.keys,
-            role: name
+            role: name,
+            policy: policy
         )
     }
 
@@ -73,11 +80,11 @@ public struct TrustedMetadataSet: Sendable {
     public mutating func updateRoot(_ bytes: some Collection<UInt8>) throws(TUFError) -> Verified<Root> {
         guard timestamp == nil else { throw TUFError(.workflowOrder, "cannot update root after timestamp") }
         let md = try Metadata<Root>.parse(bytes)
-        try TrustedMetadataSet.verifyRoot(md, by: root.signed)
+        try TrustedMetadataSet.verifyRoot(md, by: root.signed, policy: keyPolicy)
         guard md.signed.common.version == root.signed.common.version + 1 else {
             throw TUFError(.badVersion, "expected root version \(root.signed.common.version + 1)")
         }
-        try TrustedMetadataSet.verifyRoot(md, by: md.signed)
+        try TrustedMetadataSet.verifyRoot(md, by: md.signed, policy: keyPolicy)
         root = Verified(unchecked: md)
         return root
     }
@@ -99,7 +106,7 @@ public struct TrustedMetadataSet: Sendable {
         guard snapshot == nil else { throw TUFError(.workflowOrder, "cannot update timestamp after snapshot") }
         try checkFinalRoot()
         let md = try Metadata<Timestamp>.parse(bytes)
-        try TrustedMetadataSet.verify(md, role: "timestamp", by: root.signed)
+        try TrustedMetadataSet.verify(md, role: "timestamp", by: root.signed, policy: keyPolicy)
         if let old = timestamp?.signed {
             if md.signed.common.version < old.common.version {
                 throw TUFError(.badVersion, "timestamp version rolled back")
@@ -144,7 +151,7 @@ public struct TrustedMetadataSet: Sendable {
         let data = Array(bytes)
         if !trusted { try timestamp.signed.snapshotMeta.verifyLengthAndHashes(data) }
         let md = try Metadata<Snapshot>.parse(data)
-        try TrustedMetadataSet.verify(md, role: "snapshot", by: root.signed)
+        try TrustedMetadataSet.verify(md, role: "snapshot", by: root.signed, policy: keyPolicy)
         if let old = snapshot?.signed {
             for (name, info) in old.meta {
                 guard let new = md.signed.meta[name] else {
@@ -218,7 +225,7 @@ public struct TrustedMetadataSet: Sendable {
     private func verifyDelegation(_ md: Metadata<Targets>, role: String, delegator: String) throws(TUFError) {
         if delegator == "root" {
             guard role == "targets" else { throw TUFError(.repository, "root delegates only to targets") }
-            try TrustedMetadataSet.verify(md, role: "targets", by: root.signed)
+            try TrustedMetadataSet.verify(md, role: "targets", by: root.signed, policy: keyPolicy)
             return
         }
         guard let parent = targetsRole(delegator)?.signed else {
@@ -233,7 +240,8 @@ public struct TrustedMetadataSet: Sendable {
             keyids: keys.keyids,
             threshold: keys.threshold,
             keys: delegations.keys,
-            role: role
+            role: role,
+            policy: keyPolicy
         )
     }
 }

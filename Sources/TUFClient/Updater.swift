@@ -35,7 +35,8 @@ public actor Updater {
             throw UpdaterError.storage("no trusted root.json")
         }
         do {
-            trusted = try TrustedMetadataSet(rootBytes: rootBytes, referenceTime: referenceTime)
+            trusted = try TrustedMetadataSet(
+                rootBytes: rootBytes, referenceTime: referenceTime, keyPolicy: config.keyPolicy)
         } catch {
             throw UpdaterError.metadata(error)
         }

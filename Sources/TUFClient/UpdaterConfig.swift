@@ -1,3 +1,5 @@
+public import TUF
+
 /// Limits for one update. Defaults are python-tuf's `UpdaterConfig` defaults.
 public struct UpdaterConfig: Sendable {
     /// TUF §5.3.3: cap on root versions fetched in one update. python-tuf's default is 256
@@ -13,6 +15,8 @@ public struct UpdaterConfig: Sendable {
     public var targetsMaxLength = 5_000_000
     /// TUF §5.7.3 with consistent snapshots: fetch artifacts as `dir/HASH.name`.
     public var prefixTargetsWithHash = true
+    /// Which keys count towards thresholds: `.fips` under `crypto.profile: fips`.
+    public var keyPolicy = KeyPolicy.any
 
     public init() {}
 }

@@ -37,6 +37,20 @@ struct RepoOptions: ParsableArguments {
     @Option(name: .long, help: "Private key directory (NAME.pem files, kept outside --repo)")
     var keys: String?
 
+    @Option(
+        name: .long,
+        help: "standard, or fips: only FIPS 186-5 keys sign or count (default: BULWARK_CRYPTO_PROFILE, else standard)")
+    var cryptoProfile: String?
+
+    func keyPolicy() throws -> KeyPolicy {
+        let text = cryptoProfile ?? ProcessInfo.processInfo.environment["BULWARK_CRYPTO_PROFILE"] ?? "standard"
+        switch text {
+        case "standard": return .any
+        case "fips": return .fips
+        default: throw RepositoryError(.usage, "--crypto-profile must be standard or fips")
+        }
+    }
+
     func keyDirectory() throws -> KeyDirectory {
         guard let keys else { throw RepositoryError(.usage, "--keys is required") }
         let repoPath = URL(fileURLWithPath: repo).standardizedFileURL.path
@@ -47,7 +61,11 @@ struct RepoOptions: ParsableArguments {
         return KeyDirectory(path: keys)
     }
 
-    func open() throws -> RepositoryEditor { try RepositoryEditor.open(at: repo) }
+    func open() throws -> RepositoryEditor {
+        var editor = try RepositoryEditor.open(at: repo)
+        editor.keyPolicy = try keyPolicy()
+        return editor
+    }
 }
 
 extension KeyType: ExpressibleByArgument {
@@ -144,6 +162,7 @@ extension TUFCommand {
                     targets: specs["targets"] ?? rootSpec,
                     consistentSnapshot: !noConsistentSnapshot
                 )
+                editor.keyPolicy = try options.keyPolicy()
                 try await editor.publish(keyring: ring)
                 print("initialized \(options.repo) (root \(rootThreshold) of \(rootKeys), \(keyType.rawValue) keys)")
             }

@@ -225,6 +225,9 @@ public struct RepositoryEditor: Sendable {
     var routes: [String: Route] = [:]
     /// Opened without the staged edits (the re-signer): `publish` then leaves `staged/` alone.
     var ignoresStaged = false
+    /// `crypto.profile`: under `.fips`, `sign` and `publish` refuse a signing key outside FIPS 186-5 and a repository
+    /// that lists one, and thresholds count only keys inside it.
+    public var keyPolicy = KeyPolicy.any
 
     public var metadataDirectory: String { directory + "/metadata" }
     public var targetsDirectory: String { directory + "/targets" }
@@ -789,6 +792,7 @@ public struct RepositoryEditor: Sendable {
     @discardableResult
     public mutating func sign(role: String, with signers: [any Signer]) async throws -> Int {
         guard let st = roles[role] else { throw RepositoryError(.usage, "no role named \(role)") }
+        try checkPolicy(signers)
         let message = try st.canonicalSigned()
         var allowed = Set(try authorization(of: role).keyids)
         if role == "root", let old = publishedRoot, st.dirty {
@@ -828,7 +832,8 @@ public struct RepositoryEditor: Sendable {
                     keyids: c.keyids,
                     threshold: Int64(c.threshold),
                     keys: keys,
-                    role: role
+                    role: role,
+                    policy: keyPolicy
                 )
             } catch {
                 throw RepositoryError(.threshold, "\(error.reason); sign it with more keys (tuf sign --role \(role))")
@@ -842,8 +847,39 @@ public struct RepositoryEditor: Sendable {
     /// roles, snapshot, root, and timestamp last, so a client never sees a timestamp pointing
     /// at files that are not there yet. Nothing is written if any check fails.
     /// Returns the names of the roles published.
+    /// Keys the repository lists (root's, and every delegation's) that `policy` does not allow, as "KEYID (SCHEME)".
+    public func keys(outside policy: KeyPolicy) -> [String] {
+        var outside: Set<String> = []
+        for name in roleNames {
+            guard let signed = roles[name]?.signed else { continue }
+            let listed =
+                name == "root" ? signed["keys"]?.objectValue : signed["delegations"]?.objectValue?["keys"]?.objectValue
+            for member in listed?.members ?? [] {
+                guard let object = member.value.objectValue, let key = try? Key(json: object) else {
+                    outside.insert("\(member.key) (unreadable)")
+                    continue
+                }
+                if !policy.allows(key) { outside.insert("\(member.key.prefix(16)) (\(key.scheme))") }
+            }
+        }
+        return outside.sorted()
+    }
+
+    /// Under a policy other than `.any`: every signer and every listed key must be inside it.
+    func checkPolicy(_ signers: [any Signer]) throws(RepositoryError) {
+        guard keyPolicy != .any else { return }
+        for signer in signers where !keyPolicy.allows(signer.publicKey) {
+            throw RepositoryError(
+                .key, "key \(signer.keyid.prefix(16)) (\(signer.publicKey.scheme)) is outside \(keyPolicy.name)")
+        }
+        if let first = keys(outside: keyPolicy).first {
+            throw RepositoryError(.key, "the repository lists key \(first), outside \(keyPolicy.name)")
+        }
+    }
+
     @discardableResult
     public mutating func publish(keyring: Keyring) async throws -> [String] {
+        try checkPolicy(Array(keyring.signers.values))
         let targetsRoles = roleNames.filter { roles[$0]?.targets != nil }
         let dirtyTargets = targetsRoles.filter { roles[$0]?.dirty == true }
         if !dirtyTargets.isEmpty || roles["snapshot"]?.dirty == true {

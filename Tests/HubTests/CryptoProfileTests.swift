@@ -1,3 +1,4 @@
+import Agent
 import Core
 import Foundation
 import Hub
@@ -49,6 +50,27 @@ import Testing
         let chacha = try await Self.handshake(
             port: hub.devicePort, hub: hub, ["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256", "-groups", "X25519"])
         #expect(Self.negotiated(chacha) == "TLS_CHACHA20_POLY1305_SHA256", "\(chacha)")
+        try await hub.stop()
+    }
+
+    /// A fips agent (its TLS contexts under the same policy, its TUF client under `KeyPolicy.fips`) works with a fips
+    /// hub: connected over MQTT, telemetry stored.
+    @Test func aFipsAgentWorksWithAFipsHub() async throws {
+        let hub = try await TestHub.start { $0.cryptoProfile = .fips }
+        let state = try AgentTests.stateDirectory(hub, try await hub.enroll("fips-agent"))
+        var configuration = AgentTests.configuration(hub, state)
+        configuration.cryptoProfile = .fips
+        let agent = try Agent(configuration: configuration)
+        #expect(try AgentState.load(state, profile: .fips).updaterConfig.keyPolicy == .fips)
+        let task = Task { try await agent.run() }
+        #expect(await AgentTests.eventually(15) { await agent.connection == .connected })
+        try await agent.send(Array(#"{"t":1}"#.utf8))
+        #expect(
+            try await AgentTests.eventually(15) {
+                try await hub.server.store.telemetry(of: try DeviceID("fips-agent"), limit: 10).count == 1
+            })
+        await agent.stop()
+        _ = await task.result
         try await hub.stop()
     }
 
