@@ -25,6 +25,11 @@ extension DeviceCommand {
             case "25519": chosen = .x25519AESGCMSHA256
             default: throw ValidationError("--suite must be p256 or 25519")
             }
+            let profile = ProcessInfo.processInfo.environment["BULWARK_CRYPTO_PROFILE"] ?? "standard"
+            if profile == "fips", chosen != .p256AESGCMSHA256 {
+                throw ValidationError(
+                    "BULWARK_CRYPTO_PROFILE=fips: the pairing suite must be p256 (X25519 is not approved)")
+            }
             let identity = chosen.dh.generateKeyPair()
             let secret = SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) }
             let label: PairingLabel

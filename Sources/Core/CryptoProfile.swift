@@ -27,7 +27,7 @@ public enum CryptoProfile: String, Sendable, CaseIterable {
     /// TLS key-exchange groups (RFC 8446 §4.2.7; SP 800-52r2 §3.3.1.3: P-256 and P-384).
     public var tlsGroups: [String] {
         switch self {
-        case .standard: return ["X25519", "P-256", "P-384"]
+        case .standard: return ["X25519MLKEM768", "X25519", "P-256", "P-384"]
         case .fips: return ["P-256", "P-384"]
         }
     }

@@ -1,3 +1,4 @@
+import Core
 public import Foundation
 public import Gateway
 import Hummingbird
@@ -237,7 +238,8 @@ public final class HubServer: Sendable {
                 TUFResignService(
                     resigner: Resigner(
                         directory: repository,
-                        keyring: try Self.onlineKeyring(repository: repository, keys: keys),
+                        keyring: try Self.onlineKeyring(
+                            repository: repository, keys: keys, profile: configuration.cryptoProfile),
                         interval: .seconds(configuration.tufResignIntervalSeconds),
                         within: [
                             "snapshot": Int64(configuration.tufSnapshotWithinSeconds),
@@ -250,8 +252,13 @@ public final class HubServer: Sendable {
 
     /// The keys of `tuf.onlineKeys`, which must all be keys the published root authorizes for timestamp or snapshot:
     /// a root or targets key left there would make an internet-facing hub an offline-role signer.
-    static func onlineKeyring(repository: String, keys: String) throws -> Keyring {
+    static func onlineKeyring(repository: String, keys: String, profile: CryptoProfile = .standard) throws -> Keyring {
         let ring = try KeyDirectory(path: keys).keyring()
+        if profile == .fips, let outside = ring.signers.values.first(where: { !KeyPolicy.fips.allows($0.publicKey) }) {
+            throw HubStartupError(
+                "tuf.onlineKeys: key \(outside.keyid.prefix(16)) (\(outside.publicKey.scheme)) is outside crypto.profile "
+                    + "fips (ECDSA P-256/P-384, RSA-PSS of 3072 bits or more, Ed25519)")
+        }
         guard let bytes = FileManager.default.contents(atPath: repository + "/metadata/root.json"),
             let root = try? Metadata<Root>.parse(Array(bytes))
         else { throw HubStartupError("tuf.repository has no readable metadata/root.json") }

@@ -12,11 +12,15 @@ public import NIOSSL
 /// a `fips` context fails (it never silently runs without the policy), and the tests that offer ChaCha20 and X25519
 /// with `openssl s_client` catch it.
 public enum TLSProfile {
-    /// Sets what `TLSConfiguration` can express: TLS 1.3 only, and in `fips` the groups and signature algorithms.
+    /// Sets what `TLSConfiguration` can express: TLS 1.3 only, the profile's groups (`CryptoProfile.tlsGroups`, the
+    /// list `bulwark crypto report` prints), and in `fips` the signature algorithms.
     public static func configure(_ tls: inout TLSConfiguration, profile: CryptoProfile) {
         tls.minimumTLSVersion = .tlsv13
+        let curves: [String: NIOTLSCurve] = [
+            "X25519MLKEM768": .x25519_MLKEM768, "X25519": .x25519, "P-256": .secp256r1, "P-384": .secp384r1,
+        ]
+        tls.curves = profile.tlsGroups.compactMap { curves[$0] }
         guard profile == .fips else { return }
-        tls.curves = [.secp256r1, .secp384r1]
         let signatures: [SignatureAlgorithm] = [
             .ecdsaSecp256R1Sha256, .ecdsaSecp384R1Sha384, .rsaPssRsaeSha256, .rsaPssRsaeSha384, .rsaPssRsaeSha512,
         ]

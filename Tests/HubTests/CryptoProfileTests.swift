@@ -93,3 +93,32 @@ import Testing
         try await hub.stop()
     }
 }
+
+/// `bulwark crypto report` from the outside: what a fips hub lists is all approved; a standard hub lists ChaCha20 and
+/// X25519 as not approved; under fips the CLI refuses to make a 25519 label.
+@Suite struct CryptoReportTests {
+    @Test func theReportListsEveryListenerAndMarksWhatIsNotApproved() async throws {
+        let binary = try HubProcessTests.binary
+        let base = try temporaryDirectory("crypto-report")
+        try #"{"crypto":{"profile":"fips"}}"#.write(toFile: base + "/fips.json", atomically: true, encoding: .utf8)
+        let fips = try await run(
+            binary, ["crypto", "report", "--data", base + "/data", "--config", base + "/fips.json"])
+        #expect(fips.status == 0, "\(fips.stderr)")
+        #expect(fips.stdout.hasPrefix("profile fips") && fips.stdout.contains("not a validated module"))
+        for listener in ["listener device", "listener operator", "listener mqtt", "listener pairing"] {
+            #expect(fips.stdout.contains(listener))
+        }
+        #expect(!fips.stdout.contains("NOT approved"), "\(fips.stdout)")
+        #expect(!fips.stdout.contains("CHACHA") && !fips.stdout.contains("X25519"))
+
+        let standard = try await run(binary, ["crypto", "report", "--data", base + "/data"])
+        #expect(standard.status == 0)
+        #expect(standard.stdout.contains("NOT approved  cipher suite TLS_CHACHA20_POLY1305_SHA256"))
+        #expect(standard.stdout.contains("NOT approved  key exchange X25519"))
+
+        let label = try await run(
+            binary, ["device", "label", "--id", "d-1", "--out", base + "/label", "--suite", "25519"],
+            environment: ["BULWARK_CRYPTO_PROFILE": "fips"])
+        #expect(label.status != 0 && label.stderr.contains("not approved"), "\(label.stderr)")
+    }
+}
