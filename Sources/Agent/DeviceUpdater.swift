@@ -15,6 +15,9 @@ public struct UpdateSettings: Sendable {
     /// The device application: a command line whose `{slot}` is replaced by the slot's directory, e.g.
     /// `["{slot}/bin/app"]`. Empty: the agent installs releases but runs nothing (and the gate has no payload).
     public var payload: [String] = []
+    /// Where releases are installed: nil for `DirectorySlotStore` under `slotsDirectory`; another `SlotStore` plugs a
+    /// real bootloader in (RAUC, U-Boot), or a test double.
+    public var slotStore: (any SlotStore)?
     /// When the agent runs as root, the payload runs as this user.
     public var payloadUser: String?
     /// The payload's health probe (exit 0 = healthy; `{slot}` is the trial slot's directory, so the probe can ship
@@ -57,7 +60,7 @@ public struct UpdateSettings: Sendable {
 public actor DeviceUpdater {
     public nonisolated let settings: UpdateSettings
     public nonisolated let stateDirectory: String
-    nonisolated let slots: DirectorySlotStore
+    nonisolated let slots: any SlotStore
     public private(set) var record: BootRecord
     public private(set) var floor: Int
     /// The last step reported, and the last outcome of a check or trial (for `agent status`).
@@ -84,8 +87,10 @@ public actor DeviceUpdater {
     public init(stateDirectory: String, settings: UpdateSettings) throws {
         self.settings = settings
         self.stateDirectory = stateDirectory
-        slots = DirectorySlotStore(
-            root: settings.slotsDirectory ?? stateDirectory + "/slots", manifests: stateDirectory + "/trust")
+        slots =
+            settings.slotStore
+            ?? DirectorySlotStore(
+                root: settings.slotsDirectory ?? stateDirectory + "/slots", manifests: stateDirectory + "/trust")
         record = try slots.bootRecord()
         floor = try Self.readFloor(stateDirectory + "/trust/floor")
         restartDelay = settings.restartInitialSeconds

@@ -24,6 +24,10 @@ public protocol SlotStore: Sendable {
     func verify(_ slot: Slot) throws
     /// The directory of `slot` (what `{slot}` names in the payload command).
     func directory(of slot: Slot) -> String
+    /// Where downloads in progress are kept (`ROOT/<slot>.part`) and the payload's leftover check looks.
+    var root: String { get }
+    /// Creates what the store needs on disk, and refuses a layout another user could change.
+    func ensureDirectories() throws
 }
 
 /// Why a slot could not be installed or verified.
@@ -80,7 +84,7 @@ public struct DirectorySlotStore: SlotStore {
     /// Creates the slots root (0755) and the manifests directory (0700), and refuses either when it belongs to
     /// another user or others may write it: the boot record in the root decides what runs, so the payload's user
     /// must never be able to replace it.
-    func ensureDirectories() throws {
+    public func ensureDirectories() throws {
         for (path, mode) in [(root, mode_t(0o755)), (manifests, mode_t(0o700))] {
             if mkdir(path, mode) == 0 {
                 chmod(path, mode)  // whatever the umask

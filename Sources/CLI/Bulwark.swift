@@ -12,7 +12,7 @@ struct Bulwark: AsyncParsableCommand {
         subcommands: [
             Serve.self, HubCommand.self, DeviceCommand.self, OperatorCommand.self, PairCommand.self, AgentCommand.self,
             EventsCommand.self, SchemaCommand.self, AuditCommand.self, PolicyCommand.self, UpdatesCommand.self,
-            TUFCommand.self, HSMCommand.self, CryptoCommand.self,
+            TUFCommand.self, HSMCommand.self, CryptoCommand.self, RolloutCommand.self,
         ]
     )
 }

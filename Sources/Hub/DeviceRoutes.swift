@@ -87,6 +87,7 @@ struct DeviceRoutes {
             if let nonce = admitted.nonce { gateway.nonces.release(device: device, nonce: nonce.value) }
             throw error
         }
+        events.signals.telemetry(device)
         if DeviceEvents.observed(admitted.messageType) {
             await events.observe(
                 device, messageType: admitted.messageType, body: message.body,

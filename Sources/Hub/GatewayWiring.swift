@@ -116,6 +116,8 @@ struct GatewayError: Error {
 struct GatewayRecorder: Sendable {
     let store: any HubStore
     let logger: Logger
+    /// Counts refusals per device for staged rollouts (a device whose refusals jump after an update).
+    var signals: DeviceSignals?
 
     func record(_ refusal: Refusal, identity: String?, source: String?, correlationID: String, what: String) async {
         logger.notice(
@@ -125,6 +127,7 @@ struct GatewayRecorder: Sendable {
                 "detail": .string(refusal.detail), "peer": .string(identity ?? "-"),
                 "correlation_id": .string(correlationID),
             ])
+        if let signals, let identity, let device = Identity(uri: identity)?.deviceID { signals.refusal(device) }
         if let kind = refusal.auditKind {
             try? await store.recordSecurityEvent(
                 SecurityEvent(

@@ -74,6 +74,8 @@ public struct HubConfiguration: Sendable, Equatable {
     /// `crypto.profile`: `standard`, or `fips` for FIPS-approved algorithms only on every listener, in pairing and in
     /// TUF (see `CryptoProfile`).
     public var cryptoProfile = CryptoProfile.standard
+    /// How often a staged rollout's current stage is evaluated (`rollout.evaluateSeconds`).
+    public var rolloutEvaluateSeconds = 10.0
     public var tufResignIntervalSeconds = 3600
     public var tufTimestampWithinSeconds = 6 * 3600
     public var tufSnapshotWithinSeconds = 2 * 86400
@@ -210,6 +212,8 @@ public struct HubConfiguration: Sendable, Equatable {
         config.tufRepository = reader.string(forKey: "tuf.repository")
         config.tufOnlineKeys = reader.string(forKey: "tuf.onlineKeys")
         config.caKeyURI = reader.string(forKey: "ca.key")
+        config.rolloutEvaluateSeconds = reader.double(
+            forKey: "rollout.evaluateSeconds", default: config.rolloutEvaluateSeconds)
         if let profile = reader.string(forKey: "crypto.profile") {
             do { config.cryptoProfile = try CryptoProfile(parsing: profile) } catch {
                 throw HubStartupError(error.description)

@@ -62,9 +62,22 @@ public final class HubServer: Sendable {
         let revocations = RevocationList(try await store.revokedSerials())
         let renewals = CertificateRenewals(store: store, revocations: revocations, crl: crl, logger: logger)
         try await renewals.load()
+        let deviceSignals = DeviceSignals()
+        var rollouts: RolloutController?
+        if let repository = configuration.tufRepository {
+            var rolloutLogger = logger
+            rolloutLogger[metadataKey: "service"] = "rollouts"
+            let controller = RolloutController(
+                store: store, signals: deviceSignals,
+                assignments: UpdateAssignments(store: store, repository: repository),
+                logger: rolloutLogger)
+            try await controller.load()
+            rollouts = controller
+        }
         return try HubServer(
             configuration: configuration, store: store, credentials: credentials, revocations: revocations,
-            gateway: gateway, logger: logger, signals: gracefulShutdownSignals, crl: crl, renewals: renewals)
+            gateway: gateway, logger: logger, signals: gracefulShutdownSignals, crl: crl, renewals: renewals,
+            deviceSignals: deviceSignals, rollouts: rollouts)
     }
 
     /// Opens the embedded store with its files private to this user (README, "Data directory").
@@ -78,7 +91,7 @@ public final class HubServer: Sendable {
     private init(
         configuration: HubConfiguration, store: any HubStore, credentials: HubCredentials, revocations: RevocationList,
         gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal], crl: CRLPublisher,
-        renewals: CertificateRenewals
+        renewals: CertificateRenewals, deviceSignals: DeviceSignals, rollouts: RolloutController?
     ) throws {
         self.gateway = gateway
         self.configuration = configuration
@@ -91,8 +104,14 @@ public final class HubServer: Sendable {
         let cache = PeerCertificateCache()
         let events = DeviceEvents(
             egress: EgressMonitor(
-                store: store, gateway: gateway, recorder: GatewayRecorder(store: store, logger: logger)),
-            updates: UpdateReports(store: store, logger: logger))
+                store: store, gateway: gateway,
+                recorder: GatewayRecorder(store: store, logger: logger, signals: deviceSignals)),
+            updates: UpdateReports(store: store, logger: logger), signals: deviceSignals)
+        func assignments(_ repository: String) -> UpdateAssignments {
+            var assignments = UpdateAssignments(store: store, repository: repository)
+            assignments.rollouts = rollouts
+            return assignments
+        }
 
         func application(
             name: String, listener: HubConfiguration.Listener, role: ClientCertificatePolicy.Role,
@@ -101,7 +120,8 @@ public final class HubServer: Sendable {
             let router = Router(context: HubRequestContext.self)
             router.add(
                 middleware: ErrorReportingMiddleware(
-                    store: store, problems: role == .device, recorder: GatewayRecorder(store: store, logger: logger)))
+                    store: store, problems: role == .device,
+                    recorder: GatewayRecorder(store: store, logger: logger, signals: deviceSignals)))
             router.add(
                 middleware: PeerIdentityMiddleware(revocations: revocations, cache: cache, renewals: renewals))
             routes(router)
@@ -111,7 +131,7 @@ public final class HubServer: Sendable {
                 return logger
             }()
             let limits = configuration.httpLimits
-            let recorder = GatewayRecorder(store: store, logger: appLogger)
+            let recorder = GatewayRecorder(store: store, logger: appLogger, signals: deviceSignals)
             // A request the guard refused for its framing: logged at notice, audited, and counted toward the
             // device's invalid-message quarantine when the certificate names a device.
             let onRefusal: @Sendable (FramingRefusal) -> Void = { refusal in
@@ -166,7 +186,7 @@ public final class HubServer: Sendable {
                     repository: repository, gateway: gateway,
                     downloads: DownloadSlots(
                         total: configuration.maxDownloads, perDevice: configuration.maxDownloadsPerDevice),
-                    assignments: UpdateAssignments(store: store, repository: repository)
+                    assignments: assignments(repository)
                 ).register(on: $0)
             }
         }
@@ -185,8 +205,8 @@ public final class HubServer: Sendable {
             OperatorRoutes(
                 store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
                 gateway: gateway, broker: broker, crl: crl,
-                assignments: configuration.tufRepository.map { UpdateAssignments(store: store, repository: $0) },
-                cryptoProfile: configuration.cryptoProfile
+                assignments: configuration.tufRepository.map(assignments), cryptoProfile: configuration.cryptoProfile,
+                rollouts: rollouts
             ).register(on: $0)
         }
         var pairing = PairingListener(
@@ -245,6 +265,11 @@ public final class HubServer: Sendable {
                             "snapshot": Int64(configuration.tufSnapshotWithinSeconds),
                             "timestamp": Int64(configuration.tufTimestampWithinSeconds),
                         ]), store: store, logger: tufLogger))
+        }
+        if let rollouts {
+            services.append(
+                RolloutService(
+                    controller: rollouts, interval: .milliseconds(Int64(configuration.rolloutEvaluateSeconds * 1000))))
         }
         group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: signals, logger: logger))

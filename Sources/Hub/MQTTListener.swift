@@ -69,7 +69,7 @@ struct MQTTListener: Service {
         self.maximumPacketSize = gateway.policy.maxBodyBytes + 4096
     }
 
-    var recorder: GatewayRecorder { GatewayRecorder(store: store, logger: logger) }
+    var recorder: GatewayRecorder { GatewayRecorder(store: store, logger: logger, signals: events.signals) }
 
     func run() async throws {
         let (contexts, verify) = try HubTLS.serverContexts(
@@ -747,11 +747,13 @@ struct MQTTConnection {
                 let counter = admitted.counter
                 if let counter { writes.begin(device, counter) }
                 let events = DeviceEvents.observed(admitted.messageType) ? listener.events : nil
+                let signals = listener.events.signals
                 let messageType = admitted.messageType
                 let write = Task {
                     defer { if let counter { writes.end(device, counter) } }
                     do {
                         _ = try await store.appendTelemetry(record)
+                        signals.telemetry(device)
                         writes.succeeded(device, counter)
                         await events?.observe(
                             device, messageType: messageType, body: record.body, correlationID: correlationID)
@@ -917,9 +919,13 @@ struct MQTTConnection {
         let store = listener.store
         let logger = listener.logger
         let pending = listener.pendingQoS0
+        let signals = listener.events.signals
         guard pending.tryStart() else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
-            do { _ = try await store.appendTelemetry(record) } catch {
+            do {
+                _ = try await store.appendTelemetry(record)
+                signals.telemetry(record.deviceID)
+            } catch {
                 release()
                 logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
             }
@@ -927,7 +933,10 @@ struct MQTTConnection {
         }
         Task {
             defer { pending.finish() }
-            do { _ = try await store.appendTelemetry(record) } catch {
+            do {
+                _ = try await store.appendTelemetry(record)
+                signals.telemetry(record.deviceID)
+            } catch {
                 release()
                 logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
             }

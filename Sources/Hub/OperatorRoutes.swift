@@ -25,6 +25,8 @@ struct OperatorRoutes {
     let assignments: UpdateAssignments?
     /// `fips` refuses a label whose pairing suite is not approved (X25519, ChaCha20-Poly1305) at claim.
     var cryptoProfile = CryptoProfile.standard
+    /// Staged rollouts (present when an update repository is configured).
+    var rollouts: RolloutController?
 
     func register(on router: Router<HubRequestContext>) {
         router.put("/v1/devices/:id/assignment") { request, context in
@@ -42,6 +44,9 @@ struct OperatorRoutes {
         }
         router.get("/v1/crl") { _, context in try await currentCRL(context) }
         router.get("/v1/updates/status") { _, _ in try await updateStatus() }
+        router.post("/v1/rollouts") { request, context in try await startRollout(request, context) }
+        router.get("/v1/rollouts/current") { _, _ in try await rolloutStatus() }
+        router.post("/v1/rollouts/current/:action") { _, context in try await changeRollout(context) }
         router.post("/v1/devices") { request, context in try await enroll(request, context) }
         router.get("/v1/devices") { _, _ in try await list() }
         router.get("/v1/devices/:id") { _, context in try await show(context) }
@@ -318,6 +323,75 @@ struct OperatorRoutes {
 
     /// `GET /v1/updates/status`: per target, the devices that run it, are trying it, and failed or rolled it back;
     /// and every device's state.
+    private func rolloutController() throws -> RolloutController {
+        guard let rollouts else {
+            throw HubError(
+                .conflict, "no-repository", message: "no update repository is configured (tuf.repository)",
+                detail: "rollout", event: nil)
+        }
+        return rollouts
+    }
+
+    /// `{"target": PATH, "stages": [1, 10, 50, 100], "soakSeconds": 600, "maxFailureRate": 5}`.
+    func startRollout(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        let by = try requireOperator(context)
+        let controller = try rolloutController()
+        let object = try await jsonObject(request)
+        guard let target = object["target"] as? String, let stages = object["stages"] as? [Int],
+            let soak = (object["soakSeconds"] as? NSNumber)?.doubleValue,
+            let rate = (object["maxFailureRate"] as? NSNumber)?.doubleValue
+        else { throw Self.invalid("the body is {target, stages: [percent…], soakSeconds, maxFailureRate}") }
+        let (rollout, note) = try await controller.start(
+            target: target, stages: stages, soakSeconds: soak, maxFailureRate: rate, by: by.rawValue,
+            correlationID: context.correlationID.rawValue)
+        var body = Self.json(rollout)
+        if let note { body["note"] = note }
+        return try JSONResponse.make(.created, body)
+    }
+
+    func rolloutStatus() async throws -> Response {
+        let controller = try rolloutController()
+        guard let rollout = controller.current.withLock({ $0 }) else {
+            throw HubError(.notFound, "not-found", message: "no rollout was started", detail: "rollout", event: nil)
+        }
+        let now = Date().timeIntervalSince1970
+        var body = Self.json(rollout)
+        if rollout.state == .running || rollout.state == .paused {
+            let cohort = try await controller.cohort(of: rollout, now: now)
+            body["cohort"] = cohort.count
+            body["committed"] = cohort.filter { $0.0.step == "committed" }.count
+            body["failures"] = cohort.compactMap { facts, why in
+                why.map { ["device": facts.device.rawValue, "why": $0] }
+            }
+            body["soakRemainingSeconds"] = max(0, rollout.soakSeconds - (now - rollout.stageStartedAt))
+        }
+        return try JSONResponse.make(.ok, body)
+    }
+
+    func changeRollout(_ context: HubRequestContext) async throws -> Response {
+        let by = try requireOperator(context)
+        let controller = try rolloutController()
+        guard let action = context.parameters.get("action"), ["pause", "resume", "abort"].contains(action) else {
+            throw Self.invalid("the action is pause, resume or abort")
+        }
+        let rollout = try await controller.change(
+            action, by: by.rawValue, correlationID: context.correlationID.rawValue)
+        return try JSONResponse.make(.ok, Self.json(rollout))
+    }
+
+    static func json(_ rollout: Rollout) -> [String: Any] {
+        var body: [String: Any] = [
+            "id": rollout.id, "target": rollout.target, "stages": rollout.stages, "soakSeconds": rollout.soakSeconds,
+            "maxFailureRate": rollout.maxFailureRate, "state": rollout.state.rawValue, "stage": rollout.stage + 1,
+            "share": Double(rollout.share) / 100,
+            "startedAt": JSONResponse.timestamp(Date(timeIntervalSince1970: rollout.startedAt)),
+            "stageStartedAt": JSONResponse.timestamp(Date(timeIntervalSince1970: rollout.stageStartedAt)),
+        ]
+        body["previous"] = rollout.previous ?? NSNull()
+        body["reason"] = rollout.reason ?? NSNull()
+        return body
+    }
+
     func updateStatus() async throws -> Response {
         let states = try await store.updateStates()
         var targets: [String: [String: Int]] = [:]

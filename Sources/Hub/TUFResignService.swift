@@ -33,3 +33,13 @@ struct TUFResignService: Service {
         }
     }
 }
+
+/// Evaluates the staged rollout every `interval` (`rollout.evaluateSeconds`) until the hub stops.
+struct RolloutService: Service {
+    let controller: RolloutController
+    let interval: Duration
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown { await controller.run(interval: interval) }
+    }
+}

@@ -12,6 +12,8 @@ struct UpdateAssignments: Sendable {
     let store: any HubStore
     let repository: String
     let parsed = ParsedTargets()
+    /// A staged rollout running on top of the assignments (nil: none configured).
+    var rollouts: RolloutController?
 
     struct Resolved: Sendable {
         let target: String
@@ -20,9 +22,9 @@ struct UpdateAssignments: Sendable {
     }
 
     func resolve(_ device: DeviceID) async throws -> Resolved? {
-        guard
-            let (scope, target) = try await store.effectiveAssignment(device, defaultClass: EgressMonitor.defaultClass)
-        else { return nil }
+        var assigned = try await store.effectiveAssignment(device, defaultClass: EgressMonitor.defaultClass)
+        if let rollouts { assigned = try await rollouts.resolve(device, base: assigned) }
+        guard let (scope, target) = assigned else { return nil }
         return Resolved(target: target, scope: scope, file: published(target))
     }
 

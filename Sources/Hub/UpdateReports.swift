@@ -9,6 +9,8 @@ import Store
 struct DeviceEvents: Sendable {
     let egress: EgressMonitor
     let updates: UpdateReports
+    /// When each device's telemetry arrived and when it was refused (for staged rollouts).
+    var signals = DeviceSignals()
 
     static func observed(_ messageType: String?) -> Bool {
         messageType == EgressMonitor.messageType || messageType == UpdateReports.messageType

@@ -48,6 +48,10 @@ public protocol HubStore: Sendable {
     func recordUpdateState(_ state: DeviceUpdateState) async throws
     func updateState(of device: DeviceID) async throws -> DeviceUpdateState?
     func updateStates() async throws -> [DeviceUpdateState]
+    /// Stores a staged rollout (inserted or replaced by its id).
+    func saveRollout(_ rollout: Rollout) async throws
+    /// The rollout started last, whatever its state; nil when there was none.
+    func latestRollout() async throws -> Rollout?
     func device(_ id: DeviceID) async throws -> DeviceRecord?
     func devices() async throws -> [DeviceRecord]
     func certificates(of device: DeviceID) async throws -> [CertificateRecord]

@@ -19,6 +19,7 @@ public actor InMemoryHubStore: HubStore {
     private var rules: [String: [String]] = [:]
     private var seen: [DeviceID: [String: DestinationRecord]] = [:]
     private var updates: [DeviceID: DeviceUpdateState] = [:]
+    private var rollouts: [String: Rollout] = [:]
 
     public init() {}
 
@@ -178,6 +179,12 @@ public actor InMemoryHubStore: HubStore {
 
     public func updateStates() async throws -> [DeviceUpdateState] {
         updates.values.sorted { $0.deviceID < $1.deviceID }
+    }
+
+    public func saveRollout(_ rollout: Rollout) async throws { rollouts[rollout.id] = rollout }
+
+    public func latestRollout() async throws -> Rollout? {
+        rollouts.values.max { ($0.startedAt, $0.id) < ($1.startedAt, $1.id) }
     }
 
     public func device(_ id: DeviceID) async throws -> DeviceRecord? { deviceRecords[id] }

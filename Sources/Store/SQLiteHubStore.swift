@@ -176,6 +176,16 @@ public final class SQLiteHubStore: HubStore {
                     );
                     """)
         }
+        migrator.registerMigration("v9: staged rollouts") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE rollouts (
+                        id TEXT PRIMARY KEY NOT NULL, target TEXT NOT NULL, previous TEXT, stages TEXT NOT NULL,
+                        soak_seconds REAL NOT NULL, max_failure_rate REAL NOT NULL, state TEXT NOT NULL,
+                        stage INTEGER NOT NULL, started_at REAL NOT NULL, stage_started_at REAL NOT NULL, reason TEXT
+                    );
+                    """)
+        }
         return migrator
     }
 
@@ -348,6 +358,45 @@ public final class SQLiteHubStore: HubStore {
         try await read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM device_updates WHERE device_id = ?", arguments: [device.rawValue])
                 .flatMap(Self.updateState)
+        }
+    }
+
+    public func saveRollout(_ rollout: Rollout) async throws {
+        try await write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO rollouts (id, target, previous, stages, soak_seconds, max_failure_rate, state, stage,
+                                          started_at, stage_started_at, reason)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(id) DO UPDATE SET state = excluded.state, stage = excluded.stage,
+                        stage_started_at = excluded.stage_started_at, reason = excluded.reason
+                    """,
+                arguments: [
+                    rollout.id, rollout.target, rollout.previous,
+                    rollout.stages.map(String.init).joined(separator: ","),
+                    rollout.soakSeconds, rollout.maxFailureRate, rollout.state.rawValue, rollout.stage,
+                    rollout.startedAt, rollout.stageStartedAt, rollout.reason,
+                ])
+        }
+    }
+
+    public func latestRollout() async throws -> Rollout? {
+        try await read { db in
+            guard
+                let row = try Row.fetchOne(db, sql: "SELECT * FROM rollouts ORDER BY started_at DESC, id DESC LIMIT 1")
+            else { return nil }
+            let stages = (row["stages"] as String).split(separator: ",").compactMap { Int($0) }
+            guard
+                var rollout = try? Rollout(
+                    id: row["id"], target: row["target"], previous: row["previous"], stages: stages,
+                    soakSeconds: row["soak_seconds"], maxFailureRate: row["max_failure_rate"], now: row["started_at"]),
+                let state = Rollout.State(rawValue: row["state"])
+            else { throw StoreError(.invalid, "the rollouts table holds an unreadable rollout") }
+            rollout.state = state
+            rollout.stage = min(max(0, row["stage"]), stages.count - 1)
+            rollout.stageStartedAt = row["stage_started_at"]
+            rollout.reason = row["reason"]
+            return rollout
         }
     }
 

@@ -72,6 +72,8 @@ final class FaultyStore: HubStore {
         try await base.updateState(of: device)
     }
     func updateStates() async throws -> [DeviceUpdateState] { try await base.updateStates() }
+    func saveRollout(_ rollout: Rollout) async throws { try await base.saveRollout(rollout) }
+    func latestRollout() async throws -> Rollout? { try await base.latestRollout() }
     func device(_ id: DeviceID) async throws -> DeviceRecord? { try await base.device(id) }
     func devices() async throws -> [DeviceRecord] { try await base.devices() }
     func certificates(of device: DeviceID) async throws -> [CertificateRecord] {
