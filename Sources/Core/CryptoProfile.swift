@@ -39,27 +39,6 @@ public enum CryptoProfile: String, Sendable, CaseIterable {
         case .fips: return name == "P256_AESGCM_SHA256"
         }
     }
-
-    /// Whether a TUF key (TUF §4.3 keytype/scheme) may sign or count towards a threshold: in `fips`, ECDSA P-256 and
-    /// P-384, RSASSA-PSS with a modulus of at least 3072 bits, and Ed25519 (FIPS 186-5 §5, §6, §7.8).
-    public func allowsTUFKey(keytype: String, scheme: String, rsaModulusBits: Int?) -> Bool {
-        guard self == .fips else { return true }
-        switch (keytype, scheme) {
-        case ("ecdsa", "ecdsa-sha2-nistp256"), ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"),
-            ("ecdsa", "ecdsa-sha2-nistp384"), ("ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"),
-            ("ed25519", "ed25519"):
-            return true
-        case ("rsa", "rsassa-pss-sha256"), ("rsa", "rsassa-pss-sha384"), ("rsa", "rsassa-pss-sha512"):
-            return (rsaModulusBits ?? 0) >= 3072
-        default:
-            return false
-        }
-    }
-
-    /// Hash algorithms of TUF HASHES objects (TUF §4.4) and everything else hashed: SHA-2 (FIPS 180-4).
-    public func allowsHash(_ name: String) -> Bool {
-        ["sha256", "sha384", "sha512"].contains(name) || self == .standard && name == "sha512_256"
-    }
 }
 
 /// A profile that cannot be parsed or applied: one line naming the setting.

@@ -144,6 +144,13 @@ public struct HubCredentials: Sendable {
 
     static func loadAuthority(_ dataDirectory: String) throws -> CertificateAuthority {
         if let uri = try? String(contentsOfFile: dataDirectory + "/ca.key.uri", encoding: .utf8) {
+            // It names the module the hub loads (dlopen): only the hub's user may change it.
+            var info = stat()
+            guard stat(dataDirectory + "/ca.key.uri", &info) == 0, info.st_uid == geteuid(), info.st_mode & 0o022 == 0
+            else {
+                throw HubStartupError(
+                    "\(dataDirectory)/ca.key.uri must belong to the hub's user and not be writable by group or others")
+            }
             let key: PKCS11PrivateKey
             do {
                 key = try PKCS11PrivateKey.open(uri.trimmingCharacters(in: .whitespacesAndNewlines))

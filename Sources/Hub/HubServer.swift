@@ -1,10 +1,12 @@
 import Core
+import Crypto
 public import Foundation
 public import Gateway
 import Hummingbird
 import HummingbirdTLS
 public import Logging
 import NIOCore
+import PKCS11
 import PKI
 public import ServiceLifecycle
 public import Store
@@ -62,6 +64,12 @@ public final class HubServer: Sendable {
         let revocations = RevocationList(try await store.revokedSerials())
         let renewals = CertificateRenewals(store: store, revocations: revocations, crl: crl, logger: logger)
         try await renewals.load()
+        if let key = credentials.authority.tokenKey, let repository = configuration.tufRepository,
+            let bytes = FileManager.default.contents(atPath: repository + "/metadata/root.json"),
+            let root = try? Metadata<Root>.parse(Array(bytes))
+        {
+            try refuseOfflineKeys(onTokensOf: [key], root: root.signed)
+        }
         let deviceSignals = DeviceSignals()
         var rollouts: RolloutController?
         if let repository = configuration.tufRepository {
@@ -294,7 +302,36 @@ public final class HubServer: Sendable {
                 "tuf.onlineKeys must hold only the timestamp and snapshot keys of the published root "
                     + "(\(foreign.count) other key(s) found)")
         }
+        try refuseOfflineKeys(
+            onTokensOf: ring.signers.values.compactMap { ($0 as? PKCS11Signer)?.key }, root: root.signed)
         return ring
+    }
+
+    /// Whoever holds a token's PIN can sign with every key on it: a token the hub logs into (for its online keys or
+    /// its CA) must not also hold a root, targets or delegated-targets key of the published repository, or the
+    /// internet-facing hub could sign as an offline role. Such keys belong on another token, with another PIN.
+    static func refuseOfflineKeys(onTokensOf keys: [PKCS11PrivateKey], root: Root) throws {
+        guard !keys.isEmpty else { return }
+        var offline: [[UInt8]: String] = [:]
+        for role in ["root", "targets"] {
+            for keyid in root.roles[role]?.keyids ?? [] {
+                guard let key = root.keys[keyid], let pem = key.publicValue else { continue }
+                if let p256 = try? P256.Signing.PublicKey(pemRepresentation: pem) {
+                    offline[Array(p256.x963Representation)] = role
+                } else if let p384 = try? P384.Signing.PublicKey(pemRepresentation: pem) {
+                    offline[Array(p384.x963Representation)] = role
+                }
+            }
+        }
+        for key in keys {
+            let onToken: [[UInt8]]
+            do { onToken = try key.publicKeysOnToken() } catch { throw HubStartupError("\(error)") }
+            if let role = onToken.lazy.compactMap({ offline[$0] }).first {
+                throw HubStartupError(
+                    "the token \(key.uri.token ?? "-") the hub logs into also holds a \(role) key of the published root: "
+                        + "the hub could sign as \(role). Keep offline roles on another token (another PIN)")
+            }
+        }
     }
 
     /// Runs until a shutdown signal (or `shutdown()`); closes the store after the listeners stopped.

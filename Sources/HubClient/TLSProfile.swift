@@ -41,6 +41,12 @@ public enum TLSProfile {
         guard SSL_CTX_set_compliance_policy(pointer, ssl_compliance_policy_fips_202205) == 1 else {
             throw CryptoProfileError("crypto.profile fips: BoringSSL refused its FIPS compliance policy")
         }
+        // The policy sets TLS 1.2 as the minimum: put TLS 1.3 only back (a TLS 1.2 handshake would send the client
+        // certificate, which names the device, in the clear), and make sure it holds.
+        let tls13 = UInt16(TLS1_3_VERSION)
+        guard SSL_CTX_set_min_proto_version(pointer, tls13) == 1, SSL_CTX_set_max_proto_version(pointer, tls13) == 1,
+            SSL_CTX_get_min_proto_version(pointer) == tls13, SSL_CTX_get_max_proto_version(pointer) == tls13
+        else { throw CryptoProfileError("crypto.profile fips: cannot keep TLS 1.3 only under the FIPS policy") }
         return context
     }
 

@@ -235,6 +235,12 @@ public final class PKCS11PrivateKey: Sendable {
         }
     }
 
+    /// The public keys (uncompressed points) of every key on this key's token: whoever holds this key's PIN can sign
+    /// with all of them, so the hub refuses to run with a token that also holds an offline role's key.
+    public func publicKeysOnToken() throws(PKCS11Error) -> [[UInt8]] {
+        try session.publicKeys()
+    }
+
     /// The private key's `CKA_SENSITIVE`, `CKA_EXTRACTABLE`, `CKA_ALWAYS_SENSITIVE` and `CKA_NEVER_EXTRACTABLE`.
     public func attributes() throws(PKCS11Error) -> PKCS11KeyAttributes {
         try session.attributes(uri)

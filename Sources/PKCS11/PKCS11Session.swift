@@ -1,4 +1,5 @@
 import CPKCS11
+import Crypto
 import Synchronization
 
 #if canImport(Glibc)
@@ -15,6 +16,12 @@ final class PKCS11Session: Sendable {
     private struct State {
         var handle: CK_SESSION_HANDLE?
         var tokenLabel = ""
+        /// The serial of the token first opened: a later reopen (after an unplug) logs in only to that token, never
+        /// to another one that carries the same label.
+        var tokenSerial: String?
+        /// SHA-256 of a PIN the token refused: not tried again (a token locks after a few wrong PINs) until the PIN
+        /// source holds another one.
+        var refusedPIN: [UInt8]?
     }
 
     private let state = Mutex(State())
@@ -28,7 +35,12 @@ final class PKCS11Session: Sendable {
     /// The module path a URI names, or `BULWARK_PKCS11_MODULE`.
     static func modulePath(_ uri: PKCS11URI) throws(PKCS11Error) -> String {
         if let path = uri.modulePath { return path }
-        if let path = getenv("BULWARK_PKCS11_MODULE").map({ String(cString: $0) }), !path.isEmpty { return path }
+        if let path = getenv("BULWARK_PKCS11_MODULE").map({ String(cString: $0) }), !path.isEmpty {
+            guard path.hasPrefix("/") else {
+                throw PKCS11Error(.usage, "BULWARK_PKCS11_MODULE must be an absolute path")
+            }
+            return path
+        }
         throw PKCS11Error(
             .usage, "PKCS#11 URI: no module: add ?module-path=/path/to/module.so or set BULWARK_PKCS11_MODULE")
     }
@@ -55,8 +67,20 @@ final class PKCS11Session: Sendable {
 
     func publicKey(_ uri: PKCS11URI) throws(PKCS11Error) -> (PKCS11Curve, [UInt8]) {
         try withSession { handle, label throws(PKCS11Error) in
-            // The private key first: that is the one that signs, and the one a missing-key error should name.
-            _ = try self.one(handle, uri, class: CKO_PRIVATE_KEY, label: label)
+            // The private key first: that is the one that signs, and the one a missing-key error should name. It must
+            // be one that cannot leave the token (made by `bulwark hsm keygen`, or by a tool that set the same).
+            let privateKey = try self.one(handle, uri, class: CKO_PRIVATE_KEY, label: label)
+            let flags = Self.read(self.module, handle, privateKey, [CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_SIGN])
+            let sensitive = flags[0]?.first.map { $0 != 0 } ?? false
+            let extractable = flags[1]?.first.map { $0 != 0 } ?? true
+            let signs = flags[2]?.first.map { $0 != 0 } ?? false
+            guard sensitive, !extractable, signs else {
+                throw PKCS11Error(
+                    .object,
+                    "PKCS#11: the key \(Self.describe(uri)) on token \(label) is "
+                        + (signs ? "extractable or not sensitive" : "not a signing key")
+                        + ": use a key made by bulwark hsm keygen (sensitive, never extractable)")
+            }
             let object = try self.one(handle, uri, class: CKO_PUBLIC_KEY, label: label)
             let values = Self.read(self.module, handle, object, [CKA_EC_PARAMS, CKA_EC_POINT])
             guard let parameters = values[0], let curve = PKCS11Curve(parameters: parameters) else {
@@ -87,6 +111,15 @@ final class PKCS11Session: Sendable {
                 throw self.module.failure(.operation, "signing with \(Self.describe(uri)) on token \(label) failed", rv)
             }
             return Array(signature.prefix(size))
+        }
+    }
+
+    /// The uncompressed points of every EC public key object on the token.
+    func publicKeys() throws(PKCS11Error) -> [[UInt8]] {
+        try withSession { handle, _ throws(PKCS11Error) in
+            try Self.find(self.module, handle, [Self.ulong(CKA_CLASS, CK_ULONG(CKO_PUBLIC_KEY))]).compactMap {
+                Self.read(self.module, handle, $0, [CKA_EC_POINT])[0].flatMap(Self.uncompressedPoint)
+            }
         }
     }
 
@@ -185,17 +218,27 @@ final class PKCS11Session: Sendable {
     }
 
     private func open(_ state: inout State) throws(PKCS11Error) -> CK_SESSION_HANDLE {
-        let (slot, info) = try findToken()
+        let (slot, info) = try findToken(serial: state.tokenSerial)
+        // The PIN first: nothing to close when it cannot be read.
+        var pin = try readPIN()
+        defer { for index in pin.indices { pin[index] = 0 } }
+        let digest = Array(SHA256.hash(data: pin))
+        if let refused = state.refusedPIN, refused == digest {
+            throw PKCS11Error(
+                .login,
+                "PKCS#11: the PIN for token \(info.label) was refused before and is not tried again (the token would "
+                    + "lock): put the right PIN in the PIN source",
+                returnValue: 0xA0)
+        }
         var handle: CK_SESSION_HANDLE = 0
         var rv = module.f.C_OpenSession(slot, CK_FLAGS(CKF_SERIAL_SESSION | CKF_RW_SESSION), nil, nil, &handle)
         guard rv == CK_RV(CKR_OK) else {
             throw module.failure(.token, "cannot open a session on token \(info.label)", rv)
         }
-        var pin = try readPIN()
-        defer { for index in pin.indices { pin[index] = 0 } }
         rv = module.f.C_Login(handle, CK_USER_TYPE(CKU_USER), &pin, CK_ULONG(pin.count))
         guard rv == CK_RV(CKR_OK) || rv == CK_RV(CKR_USER_ALREADY_LOGGED_IN) else {
             _ = module.f.C_CloseSession(handle)
+            if [0xA0, 0xA4, 0xA3].contains(UInt(rv)) { state.refusedPIN = digest }
             switch UInt(rv) {
             case 0xA0:
                 throw PKCS11Error(
@@ -211,16 +254,18 @@ final class PKCS11Session: Sendable {
         }
         state.handle = handle
         state.tokenLabel = info.label
+        state.tokenSerial = info.serial
+        state.refusedPIN = nil
         return handle
     }
 
     /// The one present token matching the URI's token attributes.
-    private func findToken() throws(PKCS11Error) -> (CK_SLOT_ID, PKCS11TokenInfo) {
+    private func findToken(serial pinned: String?) throws(PKCS11Error) -> (CK_SLOT_ID, PKCS11TokenInfo) {
         var matches: [(CK_SLOT_ID, PKCS11TokenInfo)] = []
         for slot in try module.slots() {
             guard let info = try? module.tokenInfo(slot), info.initialized else { continue }
             if let token = selector.token, info.label != token { continue }
-            if let serial = selector.serial, info.serial != serial { continue }
+            if let serial = selector.serial ?? pinned, info.serial != serial { continue }
             if let manufacturer = selector.manufacturer, info.manufacturer != manufacturer { continue }
             if let model = selector.model, info.model != model { continue }
             if let slotID = selector.slotID, info.slot != slotID { continue }

@@ -3,9 +3,11 @@
 ///     pkcs11:token=release;object=targets-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/pin
 ///
 /// Path attributes (RFC 7512 §2.3) select the token (`token`, `manufacturer`, `serial`, `model`, `slot-id`) and the
-/// object (`object` = `CKA_LABEL`, `id` = `CKA_ID`, `type`); each may appear once. Query attributes: `module-path`
-/// (the module to load; `BULWARK_PKCS11_MODULE` when absent) and `pin-source` (a `file:` URI). `pin-value` is
-/// refused: a PIN in a URI ends up on command lines, in configuration and in shell history.
+/// object (`object` = `CKA_LABEL`, `id` = `CKA_ID`, `type=private`); each may appear once. Query attributes:
+/// `module-path` (the module to load, an absolute path; `BULWARK_PKCS11_MODULE` when absent) and `pin-source` (a
+/// `file:` URI). Anything else is refused rather than ignored, since an ignored selector would widen the match:
+/// `module-name`, the `library-*` and `slot-*` attributes, control characters in a value. `pin-value` is refused too:
+/// a PIN in a URI ends up on command lines, in configuration and in shell history.
 /// Values are percent-decoded (RFC 7512 §2.3, RFC 3986 §2.1). This is a pure value: nothing is loaded here.
 public struct PKCS11URI: Sendable, Hashable, CustomStringConvertible {
     public var token: String?
@@ -47,8 +49,8 @@ public struct PKCS11URI: Sendable, Hashable, CustomStringConvertible {
             case "id": id = try Self.decode(value, name)
             case "type":
                 let kind = try Self.text(value, name)
-                guard ["private", "public", "cert", "secret-key", "data"].contains(kind) else {
-                    throw PKCS11Error(.usage, "PKCS#11 URI: type must be private, public, cert, secret-key or data")
+                guard kind == "private" else {
+                    throw PKCS11Error(.usage, "PKCS#11 URI: type names a signing key here: private (or leave it out)")
                 }
                 type = kind
             case "slot-id":
@@ -56,9 +58,6 @@ public struct PKCS11URI: Sendable, Hashable, CustomStringConvertible {
                     throw PKCS11Error(.usage, "PKCS#11 URI: slot-id must be a decimal number")
                 }
                 slotID = slot
-            case "library-manufacturer", "library-description", "library-version", "slot-description",
-                "slot-manufacturer":
-                break  // Describe the module or slot; the module is named by module-path, the token by the above.
             default:
                 throw PKCS11Error(.usage, "PKCS#11 URI: unknown path attribute \(name)")
             }
@@ -69,8 +68,12 @@ public struct PKCS11URI: Sendable, Hashable, CustomStringConvertible {
                 throw PKCS11Error(.usage, "PKCS#11 URI: the attribute \(name) appears twice (RFC 7512 §2.4)")
             }
             switch name {
-            case "module-path": modulePath = try Self.text(value, name)
-            case "module-name": break  // modulePath (or BULWARK_PKCS11_MODULE) decides.
+            case "module-path":
+                let path = try Self.text(value, name)
+                guard path.hasPrefix("/") else {
+                    throw PKCS11Error(.usage, "PKCS#11 URI: module-path must be an absolute path")
+                }
+                modulePath = path
             case "pin-source":
                 let source = try Self.text(value, name)
                 if source.hasPrefix("file:") {
@@ -145,8 +148,10 @@ public struct PKCS11URI: Sendable, Hashable, CustomStringConvertible {
 
     static func text(_ value: Substring, _ name: String) throws(PKCS11Error) -> String {
         let bytes = try decode(value, name)
-        guard let text = String(validating: bytes, as: UTF8.self), !text.isEmpty else {
-            throw PKCS11Error(.usage, "PKCS#11 URI: \(name) must be non-empty UTF-8")
+        guard let text = String(validating: bytes, as: UTF8.self), !text.isEmpty,
+            !bytes.contains(where: { $0 < 0x20 || $0 == 0x7F })
+        else {
+            throw PKCS11Error(.usage, "PKCS#11 URI: \(name) must be non-empty UTF-8 without control characters")
         }
         return text
     }

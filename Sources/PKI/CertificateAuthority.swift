@@ -58,6 +58,10 @@ public struct CertificateAuthority: Sendable {
     }
 
     init(certificate: Certificate, signingKey: SigningKey) throws(PKIError) {
+        // The CA signs with ECDSA P-256 and SHA-256 only: its CRLs name ecdsa-with-SHA256 (RFC 5280 §5.1.1.2).
+        if case .token(let key) = signingKey, key.curve != .p256 {
+            throw PKIError(.unsupportedKey, "the CA key must be a P-256 key (bulwark hsm keygen --curve p256)")
+        }
         guard certificate.publicKey == signingKey.publicKey else {
             throw PKIError(.keyMismatch, "CA certificate does not match the CA key")
         }
@@ -65,10 +69,10 @@ public struct CertificateAuthority: Sendable {
         self.key = signingKey
     }
 
-    /// True when the CA key lives on a token.
-    public var keyOnToken: Bool {
-        if case .token = key { return true }
-        return false
+    /// The CA's key when it lives on a token.
+    public var tokenKey: PKCS11PrivateKey? {
+        if case .token(let key) = key { return key }
+        return nil
     }
 
     /// Creates a new self-signed CA valid for `years`: basicConstraints CA with path length 0 (it signs leaves only),
@@ -87,6 +91,9 @@ public struct CertificateAuthority: Sendable {
     static func create(
         commonName: String, now: Date, years: Int, signingKey key: SigningKey
     ) throws(PKIError) -> CertificateAuthority {
+        if case .token(let token) = key, token.curve != .p256 {
+            throw PKIError(.unsupportedKey, "the CA key must be a P-256 key (bulwark hsm keygen --curve p256)")
+        }
         do {
             let name = try DistinguishedName {
                 OrganizationName("Bulwark")

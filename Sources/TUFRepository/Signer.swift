@@ -269,6 +269,12 @@ public struct KeyDirectory: Sendable {
     public func signer(name: String) throws(RepositoryError) -> any Signer {
         guard KeyDirectory.validName(name) else { throw RepositoryError(.usage, "invalid key name '\(name)'") }
         if FileManager.default.fileExists(atPath: uriFile(name)) {
+            // The URI names the module the process loads (dlopen): only its owner may change it.
+            var info = stat()
+            guard stat(uriFile(name), &info) == 0, info.st_uid == geteuid(), info.st_mode & 0o022 == 0 else {
+                throw RepositoryError(
+                    .key, "\(uriFile(name)) must belong to this user and not be writable by group or others")
+            }
             guard let bytes = try Files.read(uriFile(name)) else {
                 throw RepositoryError(.key, "cannot read key \(name)")
             }

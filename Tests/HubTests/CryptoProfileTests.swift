@@ -14,10 +14,10 @@ import Testing
         let result = try await run(
             "/usr/bin/env",
             [
-                "openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-tls1_3", "-cert",
+                "openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-cert",
                 hub.directory + "/operators/admin.crt", "-key", hub.directory + "/operators/admin.key", "-CAfile",
                 hub.directory + "/ca.crt",
-            ] + options, stdin: "", timeout: 20)
+            ] + (options.contains("-tls1_2") ? options : ["-tls1_3"] + options), stdin: "", timeout: 20)
         return result.stdout + result.stderr
     }
 
@@ -35,6 +35,10 @@ import Testing
             #expect(Self.negotiated(chacha) == nil, "\(name) accepted ChaCha20: \(chacha)")
             let x25519 = try await Self.handshake(port: port, hub: hub, ["-groups", "X25519"])
             #expect(Self.negotiated(x25519) == nil, "\(name) accepted X25519: \(x25519)")
+            // BoringSSL's FIPS policy allows TLS 1.2 by itself: the hub keeps TLS 1.3 only.
+            let tls12 = try await Self.handshake(
+                port: port, hub: hub, ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"])
+            #expect(Self.negotiated(tls12) == nil, "\(name) accepted TLS 1.2: \(tls12)")
             let approved = try await Self.handshake(
                 port: port, hub: hub, ["-ciphersuites", "TLS_AES_256_GCM_SHA384", "-groups", "P-384"])
             #expect(Self.negotiated(approved) == "TLS_AES_256_GCM_SHA384", "\(name): \(approved)")
@@ -50,6 +54,8 @@ import Testing
         let chacha = try await Self.handshake(
             port: hub.devicePort, hub: hub, ["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256", "-groups", "X25519"])
         #expect(Self.negotiated(chacha) == "TLS_CHACHA20_POLY1305_SHA256", "\(chacha)")
+        let tls12 = try await Self.handshake(port: hub.devicePort, hub: hub, ["-tls1_2"])
+        #expect(Self.negotiated(tls12) == nil, "TLS 1.2 accepted: \(tls12)")
         try await hub.stop()
     }
 

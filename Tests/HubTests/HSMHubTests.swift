@@ -168,6 +168,50 @@ import Testing
         }
     }
 
+    /// A token the hub logs into (for its online keys) that also holds the targets key: the hub could sign as the
+    /// targets role, so it refuses to start and says why.
+    @Test func aTokenThatAlsoHoldsAnOfflineRoleKeyIsRefused() async throws {
+        let binary = try HubProcessTests.binary
+        let softhsm = "/usr/lib/softhsm/libsofthsm2.so"
+        let base = try temporaryDirectory("hsm-offline")
+        try FileManager.default.createDirectory(atPath: base + "/tokens", withIntermediateDirectories: true)
+        try "directories.tokendir = \(base)/tokens\nobjectstore.backend = file\n".write(
+            toFile: base + "/softhsm2.conf", atomically: true, encoding: .utf8)
+        let environment = ["SOFTHSM2_CONF": base + "/softhsm2.conf", "BULWARK_PKCS11_PIN": "1234"]
+        let token = try await run(
+            "/usr/bin/softhsm2-util",
+            ["--init-token", "--free", "--label", "one", "--pin", "1234", "--so-pin", "5678"],
+            environment: environment)
+        try #require(token.status == 0, "\(token.stderr)")
+        func uri(_ object: String) -> String { "pkcs11:token=one;object=\(object)?module-path=\(softhsm)" }
+        for object in ["targets-1", "timestamp-1", "snapshot-1"] {
+            let made = try await run(binary, ["hsm", "keygen", uri(object)], environment: environment)
+            try #require(made.status == 0, "\(made.stderr)")
+        }
+        let repository = base + "/repo"
+        let keys = base + "/keys"
+        let created = try await run(
+            binary,
+            [
+                "tuf", "init", "--repo", repository, "--keys", keys, "--key", "targets=" + uri("targets-1"), "--key",
+                "timestamp=" + uri("timestamp-1"), "--key", "snapshot=" + uri("snapshot-1"),
+            ], environment: environment)
+        try #require(created.status == 0, "\(created.stderr)")
+        let online = base + "/online"
+        try FileManager.default.createDirectory(
+            atPath: online, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        for name in ["timestamp-1", "snapshot-1"] {
+            try FileManager.default.copyItem(atPath: "\(keys)/\(name).uri", toPath: "\(online)/\(name).uri")
+        }
+        let serve = try await run(
+            binary, ["serve", "--data", base + "/data"],
+            environment: environment.merging([
+                "BULWARK_TUF_REPOSITORY": repository, "BULWARK_TUF_ONLINE_KEYS": online,
+            ]) { $1 }, timeout: 20)
+        #expect(serve.status != 0)
+        #expect(serve.stderr.contains("also holds a targets key"), "\(serve.stderr)")
+    }
+
     func enrollRequest(
         _ id: String, operatorPort: Int, _ credentials: ClientCredentials, _ directory: String
     ) async throws -> HTTPResult {

@@ -38,8 +38,13 @@ import Testing
         ("pkcs11:token=%zz", "bad percent-encoding"),
         ("pkcs11:token", "without a value"),
         ("pkcs11:token=a?pin-source=relative/pin", "absolute path"),
-        ("pkcs11:type=door", "type must be"),
+        ("pkcs11:type=door", "type names a signing key"),
         ("pkcs11:token=", "non-empty"),
+        ("pkcs11:token=a%00b", "control characters"),
+        ("pkcs11:token=a?module-name=softhsm2", "unknown query attribute"),
+        ("pkcs11:token=a;slot-description=x", "unknown path attribute"),
+        ("pkcs11:token=a?module-path=libsofthsm2.so", "absolute path"),
+        ("pkcs11:token=a;type=public", "type names a signing key"),
     ])
     func refusesMalformedURIs(text: String, reason: String) {
         #expect {
@@ -124,6 +129,10 @@ import Testing
         _ = FileManager.default.createFile(
             atPath: open, contents: Data("4321\n".utf8), attributes: [.posixPermissions: 0o644])
         let third = try SoftHSM.token("errors-open")
+        // The same wrong PIN is not tried again (a token locks after a few): refused without a login.
+        let again = try #require(throws: PKCS11Error.self) { try PKCS11PrivateKey.open(wrong) }
+        #expect(again.description.contains("not tried again"), "\(again)")
+
         let exposed = try #require(throws: PKCS11Error.self) {
             try PKCS11PrivateKey.open(
                 "pkcs11:token=\(third.label);object=k?module-path=\(SoftHSM.module)&pin-source=file:\(open)")
