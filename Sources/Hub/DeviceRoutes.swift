@@ -87,7 +87,8 @@ struct DeviceRoutes {
             if let nonce = admitted.nonce { gateway.nonces.release(device: device, nonce: nonce.value) }
             throw error
         }
-        events.signals.telemetry(device)
+        // The device's own telemetry (not its update and connection reports): what a rollout watches for silence.
+        if !DeviceEvents.observed(admitted.messageType) { events.signals.telemetry(device) }
         if DeviceEvents.observed(admitted.messageType) {
             await events.observe(
                 device, messageType: admitted.messageType, body: message.body,

@@ -753,7 +753,7 @@ struct MQTTConnection {
                     defer { if let counter { writes.end(device, counter) } }
                     do {
                         _ = try await store.appendTelemetry(record)
-                        signals.telemetry(device)
+                        if events == nil { signals.telemetry(device) }
                         writes.succeeded(device, counter)
                         await events?.observe(
                             device, messageType: messageType, body: record.body, correlationID: correlationID)
@@ -924,7 +924,7 @@ struct MQTTConnection {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
             do {
                 _ = try await store.appendTelemetry(record)
-                signals.telemetry(record.deviceID)
+                if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
             } catch {
                 release()
                 logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
@@ -935,7 +935,7 @@ struct MQTTConnection {
             defer { pending.finish() }
             do {
                 _ = try await store.appendTelemetry(record)
-                signals.telemetry(record.deviceID)
+                if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
             } catch {
                 release()
                 logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])

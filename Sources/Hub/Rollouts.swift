@@ -5,8 +5,8 @@ import Store
 import Synchronization
 import TUF
 
-/// What the hub sees of each device that the device does not report itself: when its telemetry arrived and when the
-/// gateway refused it. Kept in memory (a restart starts afresh), bounded per device; read by staged rollouts.
+/// What the hub sees of each device that the device does not report itself: when its telemetry arrived (its own
+/// messages, not its update and connection reports) and when the gateway refused it. Kept in memory (a restart starts afresh), bounded per device; read by staged rollouts.
 final class DeviceSignals: Sendable {
     struct Seen: Sendable {
         var firstTelemetry: Double?
