@@ -154,14 +154,11 @@ actor RolloutController {
     func cohort(of rollout: Rollout, now: Double) async throws -> [(RolloutDeviceFacts, String?)] {
         let states = Dictionary(
             try await store.updateStates().map { ($0.deviceID, $0) }, uniquingKeysWith: { a, _ in a })
+        // A device's own or its class's assignment wins over the rollout: it is not in the cohort.
+        let own = try await store.devicesWithOwnAssignment(defaultClass: EgressMonitor.defaultClass)
         var result: [(RolloutDeviceFacts, String?)] = []
-        for record in try await store.devices() where record.status == .active && rollout.includes(record.id) {
-            // A device's own or its class's assignment wins over the rollout: it is not in the cohort.
-            if let scope = try await store.effectiveAssignment(record.id, defaultClass: EgressMonitor.defaultClass)?
-                .scope, scope != "fleet"
-            {
-                continue
-            }
+        for record in try await store.devices()
+        where record.status == .active && !own.contains(record.id) && rollout.includes(record.id) {
             let state = states[record.id]
             var step: String?
             if let state, state.stepTarget == rollout.target || state.installedTarget == rollout.target {

@@ -31,6 +31,9 @@ public protocol HubStore: Sendable {
     /// The assignment that applies to a device, in one read: its own, else its class's (`defaultClass` when it has
     /// none), else the fleet's. Returns the scope that won (`device`, `class`, `fleet`) and the target.
     func effectiveAssignment(_ device: DeviceID, defaultClass: String) async throws -> (scope: String, target: String)?
+    /// The devices whose own assignment or whose class's (`defaultClass` when they have none) applies, in one read:
+    /// a staged rollout leaves them alone.
+    func devicesWithOwnAssignment(defaultClass: String) async throws -> Set<DeviceID>
     /// A device's class (for its egress policy); nil removes it.
     func setDeviceClass(_ device: DeviceID, class: String?) async throws
     func deviceClass(_ device: DeviceID) async throws -> String?

@@ -183,6 +183,14 @@ public actor InMemoryHubStore: HubStore {
 
     public func saveRollout(_ rollout: Rollout) async throws { rollouts[rollout.id] = rollout }
 
+    public func devicesWithOwnAssignment(defaultClass: String) async throws -> Set<DeviceID> {
+        Set(
+            deviceRecords.keys.filter { device in
+                assignments[AssignmentScope.device(device).key] != nil
+                    || assignments[AssignmentScope.deviceClass(classes[device] ?? defaultClass).key] != nil
+            })
+    }
+
     public func latestRollout() async throws -> Rollout? {
         rollouts.values.max { ($0.startedAt, $0.id) < ($1.startedAt, $1.id) }
     }

@@ -252,6 +252,23 @@ public final class SQLiteHubStore: HubStore {
         return nil
     }
 
+    public func devicesWithOwnAssignment(defaultClass: String) async throws -> Set<DeviceID> {
+        try await read { db in
+            guard
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM update_assignments WHERE scope != 'fleet'") ?? 0 > 0
+            else { return [] }
+            let ids = try String.fetchAll(
+                db,
+                sql: """
+                    SELECT d.id FROM devices d
+                    WHERE EXISTS (SELECT 1 FROM update_assignments WHERE scope = 'device:' || d.id)
+                       OR EXISTS (SELECT 1 FROM update_assignments WHERE scope = 'class:' || COALESCE(
+                            (SELECT class FROM device_classes WHERE device_id = d.id), ?))
+                    """, arguments: [defaultClass])
+            return Set(ids.compactMap { try? DeviceID($0) })
+        }
+    }
+
     public func setDeviceClass(_ device: DeviceID, class name: String?) async throws {
         try await write { db in
             guard try Row.fetchOne(db, sql: "SELECT id FROM devices WHERE id = ?", arguments: [device.rawValue]) != nil

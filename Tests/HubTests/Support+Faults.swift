@@ -74,6 +74,9 @@ final class FaultyStore: HubStore {
     func updateStates() async throws -> [DeviceUpdateState] { try await base.updateStates() }
     func saveRollout(_ rollout: Rollout) async throws { try await base.saveRollout(rollout) }
     func latestRollout() async throws -> Rollout? { try await base.latestRollout() }
+    func devicesWithOwnAssignment(defaultClass: String) async throws -> Set<DeviceID> {
+        try await base.devicesWithOwnAssignment(defaultClass: defaultClass)
+    }
     func device(_ id: DeviceID) async throws -> DeviceRecord? { try await base.device(id) }
     func devices() async throws -> [DeviceRecord] { try await base.devices() }
     func certificates(of device: DeviceID) async throws -> [CertificateRecord] {

@@ -212,6 +212,41 @@ import Testing
         #expect(try await store.effectiveAssignment(other, defaultClass: "default")?.target == "default.tar")
     }
 
+    /// What a staged rollout leaves alone: devices with their own assignment or their class's (the default class's
+    /// when they have none), the same rule as `effectiveAssignment`; and rollouts kept across a reopen.
+    @Test(arguments: Backend.allCases)
+    func devicesWithTheirOwnAssignmentAndRollouts(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        var ids: [DeviceID] = []
+        for (index, name) in ["a", "b", "c", "d"].enumerated() {
+            let device = try DeviceID(name)
+            try await store.enroll(
+                device: device, certificate: Self.certificate("1\(index)", device: device), at: Date())
+            ids.append(device)
+        }
+        try await store.setAssignment(.fleet, target: "f.tar")
+        #expect(try await store.devicesWithOwnAssignment(defaultClass: "default").isEmpty)
+        try await store.setAssignment(.device(ids[0]), target: "mine.tar")
+        try await store.setAssignment(.deviceClass("camera"), target: "camera.tar")
+        try await store.setDeviceClass(ids[1], class: "camera")
+        try await store.setDeviceClass(ids[2], class: "sensor")
+        #expect(try await store.devicesWithOwnAssignment(defaultClass: "default") == [ids[0], ids[1]])
+        try await store.setAssignment(.deviceClass("default"), target: "default.tar")
+        #expect(try await store.devicesWithOwnAssignment(defaultClass: "default") == [ids[0], ids[1], ids[3]])
+
+        var rollout = try Rollout(
+            id: "r1", target: "v2.tar", previous: "f.tar", stages: [10, 100], soakSeconds: 60, maxFailureRate: 5,
+            now: 100)
+        try await store.saveRollout(rollout)
+        rollout.apply(.pause(reason: "stage 1: 1 of 1 devices failed"), now: 130)
+        try await store.saveRollout(rollout)
+        #expect(try await store.latestRollout() == rollout)
+        let later = try Rollout(
+            id: "r2", target: "v3.tar", previous: nil, stages: [100], soakSeconds: 60, maxFailureRate: 5, now: 200)
+        try await store.saveRollout(later)
+        #expect(try await store.latestRollout()?.id == "r2")
+    }
+
     /// A device's update state is its newest report: one stored late (or resent) never overwrites a newer one.
     @Test(arguments: Backend.allCases)
     func anUpdateStateIsNeverOverwrittenByAnOlderReport(_ backend: Backend) async throws {
