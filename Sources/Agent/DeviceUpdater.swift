@@ -81,6 +81,9 @@ public actor DeviceUpdater {
     private var checking = false
     private var stopped = false
     private var lastReported: String?
+    /// The release this agent last reported rolled back: the refusal of that same release at the next checks says
+    /// nothing new and would hide the rollback from the hub (`lastStep`), so it is not reported.
+    private var lastRolledBack: String?
     private var reporter: (@Sendable ([UInt8]) async -> Void)?
     private var sequence = 0
 
@@ -217,7 +220,12 @@ public actor DeviceUpdater {
             case .busy:
                 return "busy: a trial is under way"
             case .refuse(let reason):
-                await reportOnce("refused", reason: reason)
+                if lastStep == "rolled-back", let release = planned.release, lastRolledBack == release.identity,
+                    record.rejected.contains(release.identity)
+                {
+                    return outcome("refused: \(reason)")
+                }
+                await reportOnce("refused", reason: reason, release: planned.release)
                 return outcome("refused: \(reason)")
             case .install(let release, let slot):
                 // The slots may have changed while the download ran (a payload restart fell back to the other
@@ -247,6 +255,8 @@ public actor DeviceUpdater {
     struct Planned: Sendable {
         var decision: UpdateDecision
         var fetched: Int64
+        /// The assigned release as this device's TUF client verified it (nil: none, or not verified).
+        var release: Release? = nil
     }
 
     /// Over one pinned connection: the verified assignment, the decision, and when it is an install, the download
@@ -268,7 +278,7 @@ public actor DeviceUpdater {
             }
             let decision = UpdateDecision.decide(assigned: assigned, verified: verified, record: record, floor: floor)
             guard case .install(let release, let slot) = decision, let urlPath else {
-                return Planned(decision: decision, fetched: 0)
+                return Planned(decision: decision, fetched: 0, release: verified)
             }
             let download = TargetDownload(
                 release: release, urlPath: urlPath, file: "\(slotsRoot)/\(slot.rawValue).part")
@@ -604,6 +614,7 @@ public actor DeviceUpdater {
         progress: (Int64, Int64)? = nil
     ) async {
         lastStep = step
+        if step == "rolled-back" { lastRolledBack = release?.identity }
         // Monotonic, and above any number an earlier run used even if `update.json` was lost: milliseconds.
         sequence = max(sequence + 1, Int(Date().timeIntervalSince1970 * 1000))
         var object: [String: Any] = ["step": step, "floor": floor, "sequence": sequence]

@@ -206,10 +206,19 @@ struct AgentCommand: AsyncParsableCommand {
                 """)
         @Option(help: "Credentials directory written by `bulwark agent pair`.") var state: String
         @Option(help: "The hub's device API.") var hub = "https://127.0.0.1:8443"
+        @Option(help: "standard or fips (default: BULWARK_CRYPTO_PROFILE, else standard).") var cryptoProfile: String?
 
         func run() async throws {
+            let profile: CryptoProfile
+            do {
+                profile = try CryptoProfile(
+                    parsing: cryptoProfile ?? ProcessInfo.processInfo.environment["BULWARK_CRYPTO_PROFILE"]
+                        ?? "standard")
+            } catch { throw ValidationError(error.description) }
             let loaded: AgentState
-            do { loaded = try AgentState.load(state) } catch { throw CleanExit.message("bulwark: \(error)", code: 66) }
+            do { loaded = try AgentState.load(state, profile: profile) } catch {
+                throw CleanExit.message("bulwark: \(error)", code: 66)
+            }
             do {
                 let renewed = try await Renewal.renew(loaded, apiURL: hub)
                 print(

@@ -50,6 +50,8 @@ struct RolloutCommand: AsyncParsableCommand {
         @Option(help: "How long each stage runs before it may advance (10m, 1h, 90s).") var soak = "10m"
         @Option(help: "A stage pauses the rollout when more than this percentage of its cohort failed.")
         var maxFailureRate = 5.0
+        @Option(help: "A stage advances only once this percentage of its cohort committed or failed (default 90).")
+        var minReported = 90.0
 
         func run() async throws {
             let parsed = stages.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
@@ -61,6 +63,7 @@ struct RolloutCommand: AsyncParsableCommand {
                 method: "POST", path: "/v1/rollouts",
                 json: [
                     "target": target, "stages": parsed, "soakSeconds": soakSeconds, "maxFailureRate": maxFailureRate,
+                    "minReported": minReported,
                 ])
             if let note = (object as? [String: Any])?["note"] as? String { print("note: \(note)") }
             print(RolloutCommand.describe(object))

@@ -21,6 +21,10 @@ public struct Rollout: Sendable, Equatable {
     public var soakSeconds: Double
     /// A stage fails when more than this percentage of its cohort failed.
     public var maxFailureRate: Double
+    /// A stage advances only when at least this percentage of its cohort reported an outcome for the target
+    /// (committed, or failed): a stage nobody has tried yet proves nothing, whatever its soak time (hawkBit's success
+    /// threshold). 100 waits for every device, so an offline device holds the rollout until an operator acts.
+    public var minimumReported: Double
     public var state: State
     /// The index of the current stage in `stages`.
     public var stage: Int
@@ -31,7 +35,7 @@ public struct Rollout: Sendable, Equatable {
 
     public init(
         id: String, target: String, previous: String?, stages: [Int], soakSeconds: Double, maxFailureRate: Double,
-        now: Double
+        minimumReported: Double = 90, now: Double
     ) throws(RolloutError) {
         guard !stages.isEmpty, stages.last == 100, stages.allSatisfy({ (1...100).contains($0) }),
             zip(stages, stages.dropFirst()).allSatisfy({ $0 < $1 })
@@ -42,6 +46,10 @@ public struct Rollout: Sendable, Equatable {
         guard maxFailureRate >= 0, maxFailureRate <= 100 else {
             throw RolloutError("the maximum failure rate is a percentage (0-100)")
         }
+        guard minimumReported >= 0, minimumReported <= 100 else {
+            throw RolloutError("the share of the cohort that must have reported is a percentage (0-100)")
+        }
+        self.minimumReported = minimumReported
         self.id = id
         self.target = target
         self.previous = previous
@@ -157,6 +165,8 @@ extension Rollout {
                     + (failures.count > 3 ? "; …" : ""))
         }
         guard now - stageStartedAt >= soakSeconds else { return .hold }
+        let reported = cohort.filter { $0.step == "committed" || failure($0, now: now) != nil }.count
+        guard cohort.isEmpty || Double(reported) * 100 >= minimumReported * Double(cohort.count) else { return .hold }
         return stage + 1 < stages.count ? .advance(to: stage + 1) : .complete
     }
 

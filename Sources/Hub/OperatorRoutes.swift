@@ -332,7 +332,7 @@ struct OperatorRoutes {
         return rollouts
     }
 
-    /// `{"target": PATH, "stages": [1, 10, 50, 100], "soakSeconds": 600, "maxFailureRate": 5}`.
+    /// `{"target": PATH, "stages": [1, 10, 50, 100], "soakSeconds": 600, "maxFailureRate": 5, "minReported": 90}`.
     func startRollout(_ request: Request, _ context: HubRequestContext) async throws -> Response {
         let by = try requireOperator(context)
         let controller = try rolloutController()
@@ -341,9 +341,10 @@ struct OperatorRoutes {
             let soak = (object["soakSeconds"] as? NSNumber)?.doubleValue,
             let rate = (object["maxFailureRate"] as? NSNumber)?.doubleValue
         else { throw Self.invalid("the body is {target, stages: [percent…], soakSeconds, maxFailureRate}") }
+        let reported = (object["minReported"] as? NSNumber)?.doubleValue ?? 90
         let (rollout, note) = try await controller.start(
-            target: target, stages: stages, soakSeconds: soak, maxFailureRate: rate, by: by.rawValue,
-            correlationID: context.correlationID.rawValue)
+            target: target, stages: stages, soakSeconds: soak, maxFailureRate: rate, minimumReported: reported,
+            by: by.rawValue, correlationID: context.correlationID.rawValue)
         var body = Self.json(rollout)
         if let note { body["note"] = note }
         return try JSONResponse.make(.created, body)
@@ -359,7 +360,7 @@ struct OperatorRoutes {
         if rollout.state == .running || rollout.state == .paused {
             let cohort = try await controller.cohort(of: rollout, now: now)
             body["cohort"] = cohort.count
-            body["committed"] = cohort.filter { $0.0.step == "committed" }.count
+            body["committed"] = cohort.filter { $0.0.step == "committed" && $0.1 == nil }.count
             body["failures"] = cohort.compactMap { facts, why in
                 why.map { ["device": facts.device.rawValue, "why": $0] }
             }
@@ -382,7 +383,8 @@ struct OperatorRoutes {
     static func json(_ rollout: Rollout) -> [String: Any] {
         var body: [String: Any] = [
             "id": rollout.id, "target": rollout.target, "stages": rollout.stages, "soakSeconds": rollout.soakSeconds,
-            "maxFailureRate": rollout.maxFailureRate, "state": rollout.state.rawValue, "stage": rollout.stage + 1,
+            "maxFailureRate": rollout.maxFailureRate, "minReported": rollout.minimumReported,
+            "state": rollout.state.rawValue, "stage": rollout.stage + 1,
             "share": Double(rollout.share) / 100,
             "startedAt": JSONResponse.timestamp(Date(timeIntervalSince1970: rollout.startedAt)),
             "stageStartedAt": JSONResponse.timestamp(Date(timeIntervalSince1970: rollout.stageStartedAt)),

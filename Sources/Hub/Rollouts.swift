@@ -75,7 +75,8 @@ actor RolloutController {
 
     /// Starts a rollout; returns it with a note for the operator when an abort could not take every device back.
     func start(
-        target: String, stages: [Int], soakSeconds: Double, maxFailureRate: Double, by: String, correlationID: String
+        target: String, stages: [Int], soakSeconds: Double, maxFailureRate: Double, minimumReported: Double,
+        by: String, correlationID: String
     ) async throws -> (Rollout, note: String?) {
         if let running = current.withLock({ $0 }), running.state == .running || running.state == .paused {
             throw HubError(
@@ -97,7 +98,7 @@ actor RolloutController {
         do {
             rollout = try Rollout(
                 id: id, target: target, previous: previous, stages: stages, soakSeconds: soakSeconds,
-                maxFailureRate: maxFailureRate, now: now)
+                maxFailureRate: maxFailureRate, minimumReported: minimumReported, now: now)
         } catch {
             throw HubError(
                 .badRequest, "invalid-request", message: error.description, detail: "rollout start", event: nil)

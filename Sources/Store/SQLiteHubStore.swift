@@ -186,6 +186,9 @@ public final class SQLiteHubStore: HubStore {
                     );
                     """)
         }
+        migrator.registerMigration("v10: rollouts wait for a share of the cohort") { db in
+            try db.execute(sql: "ALTER TABLE rollouts ADD COLUMN min_reported REAL NOT NULL DEFAULT 90")
+        }
         return migrator
     }
 
@@ -383,8 +386,8 @@ public final class SQLiteHubStore: HubStore {
             try db.execute(
                 sql: """
                     INSERT INTO rollouts (id, target, previous, stages, soak_seconds, max_failure_rate, state, stage,
-                                          started_at, stage_started_at, reason)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                          started_at, stage_started_at, reason, min_reported)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     ON CONFLICT(id) DO UPDATE SET state = excluded.state, stage = excluded.stage,
                         stage_started_at = excluded.stage_started_at, reason = excluded.reason
                     """,
@@ -392,7 +395,7 @@ public final class SQLiteHubStore: HubStore {
                     rollout.id, rollout.target, rollout.previous,
                     rollout.stages.map(String.init).joined(separator: ","),
                     rollout.soakSeconds, rollout.maxFailureRate, rollout.state.rawValue, rollout.stage,
-                    rollout.startedAt, rollout.stageStartedAt, rollout.reason,
+                    rollout.startedAt, rollout.stageStartedAt, rollout.reason, rollout.minimumReported,
                 ])
         }
     }
@@ -406,7 +409,8 @@ public final class SQLiteHubStore: HubStore {
             guard
                 var rollout = try? Rollout(
                     id: row["id"], target: row["target"], previous: row["previous"], stages: stages,
-                    soakSeconds: row["soak_seconds"], maxFailureRate: row["max_failure_rate"], now: row["started_at"]),
+                    soakSeconds: row["soak_seconds"], maxFailureRate: row["max_failure_rate"],
+                    minimumReported: row["min_reported"], now: row["started_at"]),
                 let state = Rollout.State(rawValue: row["state"])
             else { throw StoreError(.invalid, "the rollouts table holds an unreadable rollout") }
             rollout.state = state

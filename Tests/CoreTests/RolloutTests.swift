@@ -91,6 +91,24 @@ import Testing
         #expect(rollout.failure(facts, now: 2010) != nil)
     }
 
+    /// A stage nobody has tried proves nothing: after its soak it waits until the required share of its cohort
+    /// committed or failed.
+    @Test func aStageWaitsForItsCohortToReport() throws {
+        var rollout = try Rollout(
+            id: "r", target: "t", previous: nil, stages: [50, 100], soakSeconds: 10, maxFailureRate: 50,
+            minimumReported: 100, now: 0)
+        var cohort = try (0..<4).map { RolloutDeviceFacts(device: try DeviceID("w\($0)"), step: nil) }
+        cohort[0].step = "committed"
+        cohort[1].step = "committed"
+        cohort[2].step = "rolled-back"
+        #expect(rollout.evaluate(cohort: cohort, now: 100) == .hold, "one device has not reported")
+        cohort[3].step = "committed"
+        #expect(rollout.evaluate(cohort: cohort, now: 100) == .advance(to: 1))
+        rollout.minimumReported = 75
+        cohort[3].step = "downloading"
+        #expect(rollout.evaluate(cohort: cohort, now: 100) == .advance(to: 1), "3 of 4 is enough at 75 %")
+    }
+
     @Test func aPausedRolloutHoldsAndAnEmptyCohortFailsNothing() throws {
         var rollout = try Self.rollout(soak: 10)
         #expect(rollout.evaluate(cohort: [], now: 1011) == .advance(to: 1))
