@@ -140,7 +140,7 @@ let package = Package(
         .target(
             name: "HubClient",
             dependencies: [
-                "Core", "PKI", "Pairing", "MQTT", "Gateway",
+                "Core", "PKI", "Pairing", "MQTT", "Gateway", "CTLSPolicy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -181,6 +181,8 @@ let package = Package(
             name: "PKCS11",
             dependencies: ["CPKCS11", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        // BoringSSL's FIPS compliance policy on a swift-nio-ssl context, in C (see its header).
+        .target(name: "CTLSPolicy", dependencies: [.product(name: "NIOSSL", package: "swift-nio-ssl")]),
         // A PKCS#11 module for the tests only: forwards to SoftHSM2 and plays an unplugged token on demand.
         .target(name: "PKCS11FaultModule", linkerSettings: [.linkedLibrary("dl")]),
         // Counts heap allocations for the benchmark (interposes malloc in the bench executable only).

@@ -30,7 +30,7 @@ struct HSMBenchmark: AsyncParsableCommand {
         try util.run()
         util.waitUntilExit()
         guard util.terminationStatus == 0 else { throw ValidationError("softhsm2-util --init-token failed") }
-        FileManager.default.createFile(
+        _ = FileManager.default.createFile(
             atPath: base + "/pin", contents: Data("1234\n".utf8), attributes: [.posixPermissions: 0o600])
         let token = try PKCS11PrivateKey.generate(
             PKCS11URI("pkcs11:token=bench;object=k?module-path=\(module)&pin-source=file:\(base)/pin"), curve: .p256)

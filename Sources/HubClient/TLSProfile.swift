@@ -1,4 +1,4 @@
-import CNIOBoringSSL
+import CTLSPolicy
 public import Core
 public import NIOSSL
 
@@ -38,15 +38,11 @@ public enum TLSProfile {
             throw CryptoProfileError(
                 "crypto.profile fips: this swift-nio-ssl does not let the TLS 1.3 cipher suites be restricted")
         }
-        guard SSL_CTX_set_compliance_policy(pointer, ssl_compliance_policy_fips_202205) == 1 else {
-            throw CryptoProfileError("crypto.profile fips: BoringSSL refused its FIPS compliance policy")
+        switch bulwark_tls_fips_policy(UnsafeMutableRawPointer(pointer)) {
+        case 0: break
+        case 1: throw CryptoProfileError("crypto.profile fips: BoringSSL refused its FIPS compliance policy")
+        default: throw CryptoProfileError("crypto.profile fips: cannot keep TLS 1.3 only under the FIPS policy")
         }
-        // The policy sets TLS 1.2 as the minimum: put TLS 1.3 only back (a TLS 1.2 handshake would send the client
-        // certificate, which names the device, in the clear), and make sure it holds.
-        let tls13 = UInt16(TLS1_3_VERSION)
-        guard SSL_CTX_set_min_proto_version(pointer, tls13) == 1, SSL_CTX_set_max_proto_version(pointer, tls13) == 1,
-            SSL_CTX_get_min_proto_version(pointer) == tls13, SSL_CTX_get_max_proto_version(pointer) == tls13
-        else { throw CryptoProfileError("crypto.profile fips: cannot keep TLS 1.3 only under the FIPS policy") }
         return context
     }
 
