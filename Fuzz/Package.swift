@@ -2,7 +2,7 @@
 import PackageDescription
 
 // libFuzzer targets, kept out of the main package: a fuzz executable has no `main` of its own, so a normal
-// `swift build` of the main package could not link it. Sources/{MQTT,Core,Gateway,TUF,Pairing,PKI} are symbolic
+// `swift build` of the main package could not link it. Sources/{MQTT,Core,Gateway,TUF,Pairing,PKI,PKCS11,CPKCS11} are symbolic
 // links to the real modules; their dependencies match ../Package.swift. See README.md and ../scripts/fuzz.
 //
 //   cd Fuzz && swift build --sanitize=fuzzer
@@ -29,10 +29,12 @@ let package = Package(
         .target(name: "Core", path: "Sources/Core"),
         .target(
             name: "MQTT", dependencies: ["Core", .product(name: "NIOCore", package: "swift-nio")], path: "Sources/MQTT"),
+        .target(name: "CPKCS11", path: "Sources/CPKCS11", linkerSettings: [.linkedLibrary("dl")]),
+        .target(name: "PKCS11", dependencies: ["CPKCS11", crypto], path: "Sources/PKCS11"),
         .target(
             name: "PKI",
             dependencies: [
-                "Core", .product(name: "X509", package: "swift-certificates"),
+                "Core", "PKCS11", .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"), crypto,
             ],
             path: "Sources/PKI"
