@@ -28,10 +28,7 @@ struct AgentBenchmark: AsyncParsableCommand {
         guard (10...3600).contains(idleSeconds), (1...5000).contains(agents), (1...1000).contains(rotationAgents) else {
             throw ValidationError("idle-seconds 10-3600, agents 1-5000, rotation-agents 1-1000")
         }
-        let binary =
-            bulwark
-            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("bulwark").path
+        let binary = benchBinary(bulwark)
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-agentbench-\(UUID())").path
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: base) }
@@ -225,7 +222,20 @@ struct AgentBenchmark: AsyncParsableCommand {
 
 /// A `bulwark serve` process for the benchmarks: a `bulwark tuf` repository whose timestamp and snapshot keys it
 /// holds online, and the per-source limits lifted (every simulated device connects from 127.0.0.1).
+/// The bulwark binary a benchmark runs: `--bulwark`, or the one next to bulwark-bench.
+func benchBinary(_ option: String?) -> String {
+    option
+        ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("bulwark")
+        .path
+}
+
 struct BenchHub {
+    /// One simulated device makes every update check: its rate limits are not what the benchmark measures.
+    static let unlimitedUpdates: [String: String] = [
+        "BULWARK_GATEWAY_DEVICE_RATE": "1000000", "BULWARK_GATEWAY_DEVICE_BURST": "1000000",
+        "BULWARK_GATEWAY_UPDATES_RATE": "1000000", "BULWARK_GATEWAY_UPDATES_BURST": "1000000",
+    ]
+
     let hub: HubProcess
     let repository: String
     let keys: String

@@ -27,10 +27,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
         guard (1...500).contains(connections), (1...120).contains(seconds), (1...5000).contains(idle),
             (1...5000).contains(connects)
         else { throw ValidationError("connections 1-500, seconds 1-120, idle and connects 1-5000") }
-        let binary =
-            bulwark
-            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("bulwark").path
+        let binary = benchBinary(bulwark)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-mqttbench-\(UUID())")
             .path
         // The gateway pipeline runs in full; its limits are raised so that the load is measured, not refused.

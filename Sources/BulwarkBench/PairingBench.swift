@@ -24,10 +24,7 @@ struct PairingBenchmark: AsyncParsableCommand {
             throw ValidationError("count must be 1-20000 and concurrency 1-256")
         }
         let chosen: PairingLabel.Suite = suite == "25519" ? .x25519AESGCMSHA256 : .p256AESGCMSHA256
-        let binary =
-            bulwark
-            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("bulwark").path
+        let binary = benchBinary(bulwark)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-pairbench-\(UUID())")
             .path
         let hub = try HubProcess(binary: binary, directory: directory)

@@ -19,21 +19,15 @@ struct RolloutBenchmark: AsyncParsableCommand {
         guard (10...100_000).contains(devices), (10...100_000).contains(checks), evaluate >= 0.1, idle >= 5 else {
             throw ValidationError("devices 10-100000, checks 10-100000, evaluate ≥ 0.1, idle ≥ 5")
         }
-        let binary =
-            bulwark
-            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("bulwark").path
+        let binary = benchBinary(bulwark)
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-rolloutbench-\(UUID())").path
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: base) }
-        let unlimited = "1000000"
         let started = try BenchHub.start(
             binary: binary, base: base,
-            environment: [
-                "BULWARK_GATEWAY_DEVICE_RATE": unlimited, "BULWARK_GATEWAY_DEVICE_BURST": unlimited,
-                "BULWARK_GATEWAY_UPDATES_RATE": unlimited, "BULWARK_GATEWAY_UPDATES_BURST": unlimited,
-                "BULWARK_ROLLOUT_EVALUATE_SECONDS": String(evaluate),
-            ])
+            environment: BenchHub.unlimitedUpdates.merging(["BULWARK_ROLLOUT_EVALUATE_SECONDS": String(evaluate)]) {
+                $1
+            })
         let (hub, repository, keys, data) = (started.hub, started.repository, started.keys, started.data)
         defer {
             hub.terminate()

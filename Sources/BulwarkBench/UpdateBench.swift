@@ -29,10 +29,7 @@ struct UpdateBenchmark: AsyncParsableCommand {
         guard (10...100_000).contains(checks), (1...4096).contains(targetMiB), (1...1000).contains(agents),
             (0.5...3600).contains(interval)
         else { throw ValidationError("checks 10-100000, target-mib 1-4096, agents 1-1000, interval 0.5-3600") }
-        let binary =
-            bulwark
-            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("bulwark").path
+        let binary = benchBinary(bulwark)
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-updatebench-\(UUID())").path
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
         defer {
@@ -41,14 +38,7 @@ struct UpdateBenchmark: AsyncParsableCommand {
             }
             try? FileManager.default.removeItem(atPath: base)
         }
-        // One simulated device makes every check: the per-device limits are not under test here.
-        let unlimited = "1000000"
-        let started = try BenchHub.start(
-            binary: binary, base: base,
-            environment: [
-                "BULWARK_GATEWAY_DEVICE_RATE": unlimited, "BULWARK_GATEWAY_DEVICE_BURST": unlimited,
-                "BULWARK_GATEWAY_UPDATES_RATE": unlimited, "BULWARK_GATEWAY_UPDATES_BURST": unlimited,
-            ])
+        let started = try BenchHub.start(binary: binary, base: base, environment: BenchHub.unlimitedUpdates)
         let (hub, repository, keys, data) = (started.hub, started.repository, started.keys, started.data)
         defer {
             hub.terminate()

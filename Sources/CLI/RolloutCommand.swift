@@ -42,6 +42,12 @@ struct RolloutCommand: AsyncParsableCommand {
         return line
     }
 
+    /// `pause`, `resume` or `abort` the current rollout, and show it.
+    static func act(_ action: String, _ connection: OperatorConnection) async throws {
+        let (_, object) = try await connection.request(method: "POST", path: "/v1/rollouts/current/\(action)")
+        print(describe(object))
+    }
+
     struct Start: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Start rolling a published target out.")
         @OptionGroup var connection: OperatorConnection
@@ -89,28 +95,19 @@ struct RolloutCommand: AsyncParsableCommand {
     struct Pause: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Pause the rollout (the current cohort keeps it).")
         @OptionGroup var connection: OperatorConnection
-        func run() async throws {
-            let (_, object) = try await connection.request(method: "POST", path: "/v1/rollouts/current/pause")
-            print(RolloutCommand.describe(object))
-        }
+        func run() async throws { try await RolloutCommand.act("pause", connection) }
     }
 
     struct Resume: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Resume a paused rollout (its stage soaks again).")
         @OptionGroup var connection: OperatorConnection
-        func run() async throws {
-            let (_, object) = try await connection.request(method: "POST", path: "/v1/rollouts/current/resume")
-            print(RolloutCommand.describe(object))
-        }
+        func run() async throws { try await RolloutCommand.act("resume", connection) }
     }
 
     struct Abort: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Abort: the cohort goes back to the previous target, except devices whose floor forbids it.")
         @OptionGroup var connection: OperatorConnection
-        func run() async throws {
-            let (_, object) = try await connection.request(method: "POST", path: "/v1/rollouts/current/abort")
-            print(RolloutCommand.describe(object))
-        }
+        func run() async throws { try await RolloutCommand.act("abort", connection) }
     }
 }

@@ -16,19 +16,10 @@ import Testing
         try #require(FileManager.default.fileExists(atPath: fault), "swift build makes \(fault)")
         let softhsm = "/usr/lib/softhsm/libsofthsm2.so"
         let base = try temporaryDirectory("hsm-hub")
-        try FileManager.default.createDirectory(atPath: base + "/tokens", withIntermediateDirectories: true)
-        try "directories.tokendir = \(base)/tokens\nobjectstore.backend = file\n".write(
-            toFile: base + "/softhsm2.conf", atomically: true, encoding: .utf8)
         let marker = base + "/unplugged"
-        let environment = [
-            "SOFTHSM2_CONF": base + "/softhsm2.conf", "BULWARK_P11_FAULT_MODULE": softhsm,
-            "BULWARK_P11_FAULT_FILE": marker,
-        ]
-        let token = try await run(
-            "/usr/bin/softhsm2-util",
-            ["--init-token", "--free", "--label", "hub", "--pin", "1234", "--so-pin", "5678"],
-            environment: environment)
-        try #require(token.status == 0, "softhsm2-util (scripts/install-deps installs softhsm2): \(token.stderr)")
+        let environment = try await Self.token("hub", in: base).merging([
+            "BULWARK_P11_FAULT_MODULE": softhsm, "BULWARK_P11_FAULT_FILE": marker,
+        ]) { $1 }
         let pin = base + "/pin"
         _ = FileManager.default.createFile(
             atPath: pin, contents: Data("1234\n".utf8), attributes: [.posixPermissions: 0o600])
@@ -126,15 +117,7 @@ import Testing
         let binary = try HubProcessTests.binary
         let softhsm = "/usr/lib/softhsm/libsofthsm2.so"
         let base = try temporaryDirectory("hsm-errors")
-        try FileManager.default.createDirectory(atPath: base + "/tokens", withIntermediateDirectories: true)
-        try "directories.tokendir = \(base)/tokens\nobjectstore.backend = file\n".write(
-            toFile: base + "/softhsm2.conf", atomically: true, encoding: .utf8)
-        let environment = ["SOFTHSM2_CONF": base + "/softhsm2.conf"]
-        let token = try await run(
-            "/usr/bin/softhsm2-util",
-            ["--init-token", "--free", "--label", "hub", "--pin", "1234", "--so-pin", "5678"],
-            environment: environment)
-        try #require(token.status == 0, "\(token.stderr)")
+        let environment = try await Self.token("hub", in: base)
         let made = try await run(
             binary, ["hsm", "keygen", "pkcs11:token=hub;object=ca?module-path=\(softhsm)"],
             environment: environment.merging(["BULWARK_PKCS11_PIN": "1234"]) { $1 })
@@ -174,15 +157,7 @@ import Testing
         let binary = try HubProcessTests.binary
         let softhsm = "/usr/lib/softhsm/libsofthsm2.so"
         let base = try temporaryDirectory("hsm-offline")
-        try FileManager.default.createDirectory(atPath: base + "/tokens", withIntermediateDirectories: true)
-        try "directories.tokendir = \(base)/tokens\nobjectstore.backend = file\n".write(
-            toFile: base + "/softhsm2.conf", atomically: true, encoding: .utf8)
-        let environment = ["SOFTHSM2_CONF": base + "/softhsm2.conf", "BULWARK_PKCS11_PIN": "1234"]
-        let token = try await run(
-            "/usr/bin/softhsm2-util",
-            ["--init-token", "--free", "--label", "one", "--pin", "1234", "--so-pin", "5678"],
-            environment: environment)
-        try #require(token.status == 0, "\(token.stderr)")
+        let environment = try await Self.token("one", in: base).merging(["BULWARK_PKCS11_PIN": "1234"]) { $1 }
         func uri(_ object: String) -> String { "pkcs11:token=one;object=\(object)?module-path=\(softhsm)" }
         for object in ["targets-1", "timestamp-1", "snapshot-1"] {
             let made = try await run(binary, ["hsm", "keygen", uri(object)], environment: environment)
@@ -210,6 +185,21 @@ import Testing
             ]) { $1 }, timeout: 20)
         #expect(serve.status != 0)
         #expect(serve.stderr.contains("also holds a targets key"), "\(serve.stderr)")
+    }
+
+    /// A SoftHSM2 token directory of its own under `base` with one token (`label`, PIN 1234), for child processes;
+    /// returns their environment (`SOFTHSM2_CONF`).
+    static func token(_ label: String, in base: String) async throws -> [String: String] {
+        try FileManager.default.createDirectory(atPath: base + "/tokens", withIntermediateDirectories: true)
+        try "directories.tokendir = \(base)/tokens\nobjectstore.backend = file\n".write(
+            toFile: base + "/softhsm2.conf", atomically: true, encoding: .utf8)
+        let environment = ["SOFTHSM2_CONF": base + "/softhsm2.conf"]
+        let made = try await run(
+            "/usr/bin/softhsm2-util",
+            ["--init-token", "--free", "--label", label, "--pin", "1234", "--so-pin", "5678"],
+            environment: environment)
+        try #require(made.status == 0, "softhsm2-util (scripts/install-deps installs softhsm2): \(made.stderr)")
+        return environment
     }
 
     func enrollRequest(
