@@ -306,16 +306,7 @@ public struct KeyDirectory: Sendable {
             throw RepositoryError(.usage, "key \(name) already exists as a file key in \(path)")
         }
         try Files.makeDirectory(path, mode: 0o700)
-        let fd = open(uriFile(name), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw RepositoryError(.io, "cannot write \(uriFile(name))") }
-        let bytes = Array(canonical.utf8)
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        let synced = fsync(fd) == 0
-        close(fd)
-        guard written == bytes.count, synced else {
-            unlink(uriFile(name))
-            throw RepositoryError(.io, "cannot write \(uriFile(name))")
-        }
+        try Files.writeAtomically(Array(canonical.utf8), to: uriFile(name), mode: 0o600)
         return signer
     }
 
