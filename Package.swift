@@ -35,6 +35,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-http-structured-headers.git", from: "1.7.0"),
+        // Reads osv.dev's per-ecosystem advisory exports (all.zip) in `bulwark advisories import`.
+        .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.20"),
     ],
     targets: [
         // Pure: validated identifiers and error values. Imports nothing.
@@ -97,6 +99,9 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "TUFBench", dependencies: ["TUF", "TUFRepository"]),
+        // Pure: the vulnerability gate's rules: version order per ecosystem, package URLs, CVSS v3.1, OSV records,
+        // CycloneDX SBOM and VEX, and the gate's decision over them.
+        .target(name: "Advisories", dependencies: ["TUF", .product(name: "Crypto", package: "swift-crypto")]),
         // Pure: Noise XKpsk3 pairing handshake, its suites, and the pairing state machines.
         .target(
             name: "Pairing",
@@ -112,7 +117,7 @@ let package = Package(
         .target(
             name: "Store",
             dependencies: [
-                "Core", .product(name: "GRDB", package: "GRDB.swift"),
+                "Core", "Advisories", .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
@@ -121,6 +126,7 @@ let package = Package(
             name: "Hub",
             dependencies: [
                 "Core", "PKI", "Gateway", "Store", "Pairing", "MQTT", "TUF", "TUFRepository", "HubClient", "PKCS11",
+                "Advisories",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -168,7 +174,9 @@ let package = Package(
             name: "CLI",
             dependencies: [
                 "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "Gateway", "TUFCommands", "Agent", "PKCS11",
+                "Advisories", "TUF", "TUFRepository",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ZIPFoundation", package: "ZIPFoundation"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -191,7 +199,7 @@ let package = Package(
             name: "BulwarkBench",
             dependencies: [
                 "AllocationCounter", "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT", "Gateway", "Agent",
-                "TUFRepository", "PKCS11",
+                "TUFRepository", "PKCS11", "Advisories",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -203,6 +211,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
+        .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "TUF"]),
         .testTarget(
             name: "PKCS11Tests", dependencies: ["PKCS11", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "PKITests", dependencies: ["PKI", .product(name: "X509", package: "swift-certificates")]),
@@ -233,11 +242,13 @@ let package = Package(
             dependencies: ["MQTT", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
-            name: "StoreTests", dependencies: ["Store", "Core", .product(name: "Crypto", package: "swift-crypto")]),
+            name: "StoreTests",
+            dependencies: ["Store", "Core", "Advisories", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "HubTests",
             dependencies: [
                 "Hub", "HubClient", "Agent", "PKI", "Store", "Core", "Pairing", "Gateway", "TUFRepository",
+                "Advisories",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

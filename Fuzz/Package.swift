@@ -2,7 +2,7 @@
 import PackageDescription
 
 // libFuzzer targets, kept out of the main package: a fuzz executable has no `main` of its own, so a normal
-// `swift build` of the main package could not link it. Sources/{MQTT,Core,Gateway,TUF,Pairing,PKI,PKCS11,CPKCS11} are symbolic
+// `swift build` of the main package could not link it. Sources/{MQTT,Core,Gateway,TUF,Pairing,PKI,PKCS11,CPKCS11,Advisories} are symbolic
 // links to the real modules; their dependencies match ../Package.swift. See README.md and ../scripts/fuzz.
 //
 //   cd Fuzz && swift build --sanitize=fuzzer
@@ -57,6 +57,7 @@ let package = Package(
             dependencies: ["Core", crypto, .product(name: "NIOCore", package: "swift-nio")],
             path: "Sources/Pairing"
         ),
+        .target(name: "Advisories", dependencies: ["TUF", crypto], path: "Sources/Advisories"),
 
         // Shared by the fuzz entry points.
         .target(name: "FuzzSupport", dependencies: [crypto]),
@@ -78,5 +79,6 @@ let package = Package(
         fuzzTarget("PairingLabelFuzz", ["FuzzSupport", "Pairing", "Core", crypto]),
         fuzzTarget("PairingMessageFuzz", ["FuzzSupport", "Pairing", "Core", crypto]),
         fuzzTarget("NoiseFrameFuzz", ["FuzzSupport", "Pairing", .product(name: "NIOCore", package: "swift-nio")]),
+        fuzzTarget("AdvisoriesFuzz", ["FuzzSupport", "Advisories"]),
     ]
 )

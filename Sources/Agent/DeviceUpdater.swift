@@ -12,6 +12,9 @@ import TUFClient
 public struct UpdateSettings: Sendable {
     /// Seconds between update checks, each drawn ±20 % (so a fleet does not check in step); 0: only on `update-now`.
     public var intervalSeconds = 3600.0
+    /// `updates.requireGate`: refuse a release published without the vulnerability gate's evidence (the SBOM's and the
+    /// gate report's SHA-256 in its signed TUF custom).
+    public var requireGate = false
     /// The device application: a command line whose `{slot}` is replaced by the slot's directory, e.g.
     /// `["{slot}/bin/app"]`. Empty: the agent installs releases but runs nothing (and the gate has no payload).
     public var payload: [String] = []
@@ -276,7 +279,9 @@ public actor DeviceUpdater {
                         link, state: state, trustDirectory: trustDirectory, now: settings.clock())
                 }
             }
-            let decision = UpdateDecision.decide(assigned: assigned, verified: verified, record: record, floor: floor)
+            let decision = UpdateDecision.decide(
+                assigned: assigned, verified: verified, record: record, floor: floor,
+                requireGate: settings.requireGate)
             guard case .install(let release, let slot) = decision, let urlPath else {
                 return Planned(decision: decision, fetched: 0, release: verified)
             }

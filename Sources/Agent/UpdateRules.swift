@@ -10,15 +10,27 @@ public struct Release: Sendable, Equatable, Codable {
     public var hashes: [String: String]
     public var securityVersion: Int
     public var version: String?
+    /// The SHA-256 of the vulnerability gate's report and of the SBOM it checked (`bulwark release publish` signs
+    /// them into the target's `custom`); nil for a target added without the gate.
+    public var gateReport: String?
+    public var sbom: String?
 
-    public init(path: String, length: Int64, hashes: [String: String], securityVersion: Int = 0, version: String? = nil)
-    {
+    public init(
+        path: String, length: Int64, hashes: [String: String], securityVersion: Int = 0, version: String? = nil,
+        gateReport: String? = nil, sbom: String? = nil
+    ) {
         self.path = path
         self.length = length
         self.hashes = hashes
         self.securityVersion = securityVersion
         self.version = version
+        self.gateReport = gateReport
+        self.sbom = sbom
     }
+
+    /// Whether the target carries the gate's evidence: the SBOM's and the report's SHA-256, the security version
+    /// and the waivers used (an array, maybe empty), all inside signed targets metadata.
+    public var passedGate: Bool { gateReport != nil && sbom != nil }
 
     /// From a target the TUF client found in trusted targets metadata. Nil when it lists no hash the agent can
     /// compute as the bytes arrive (SHA-256, SHA-384, SHA-512) or a security version that is not a non-negative
@@ -35,9 +47,22 @@ public struct Release: Sendable, Equatable, Codable {
             guard let integer = value.integerValue, (0...Int64(Int32.max)).contains(integer) else { return nil }
             securityVersion = Int(integer)
         }
+        var gateReport: String?
+        var sbom: String?
+        if let gate = custom?["gate"]?.objectValue, let digest = gate["sha256"]?.stringValue,
+            Self.isSHA256(digest), gate["waivers"]?.arrayValue != nil, custom?["securityVersion"] != nil,
+            let sbomDigest = custom?["sbom"]?.objectValue?["sha256"]?.stringValue, Self.isSHA256(sbomDigest)
+        {
+            gateReport = digest
+            sbom = sbomDigest
+        }
         self.init(
             path: target.path, length: target.length, hashes: hashes, securityVersion: securityVersion,
-            version: custom?["version"]?.stringValue)
+            version: custom?["version"]?.stringValue, gateReport: gateReport, sbom: sbom)
+    }
+
+    static func isSHA256(_ text: String) -> Bool {
+        text.utf8.count == 64 && text.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
     }
 
     /// What identifies the bytes: the strongest hash listed.
@@ -160,7 +185,12 @@ public enum UpdateDecision: Sendable, Equatable {
     /// among signed releases, never introduces bytes); a security version below the floor is refused (also when the
     /// hub assigns it: MCUboot's anti-rollback counter); a release that rolled back here is not retried; the one
     /// committed is current.
-    public static func decide(assigned: String?, verified: Release?, record: BootRecord, floor: Int) -> UpdateDecision {
+    ///
+    /// With `requireGate`, a release that does not carry the vulnerability gate's evidence in its signed `custom`
+    /// (`bulwark release publish`) is refused too.
+    public static func decide(
+        assigned: String?, verified: Release?, record: BootRecord, floor: Int, requireGate: Bool = false
+    ) -> UpdateDecision {
         guard let assigned else { return .nothing }
         guard let release = verified, release.path == assigned else {
             return .refuse("the assigned target \(printable(assigned)) is not in the signed targets metadata")
@@ -171,6 +201,11 @@ public enum UpdateDecision: Sendable, Equatable {
             return .current(committed)
         }
         if record.trial != nil { return .busy }
+        if requireGate, !release.passedGate {
+            return .refuse(
+                "\(printable(release.name)) was not published through the vulnerability gate (no SBOM and gate report "
+                    + "in its signed custom fields), and this device requires it")
+        }
         guard release.securityVersion >= floor else {
             return .refuse(
                 "\(printable(release.name)) has security version \(release.securityVersion), below this device's floor "

@@ -19,7 +19,8 @@ struct Bench: AsyncParsableCommand {
         abstract: "Benchmarks and a mutual-TLS load generator for Bulwark.",
         subcommands: [
             Telemetry.self, PairingBenchmark.self, MQTTBenchmark.self, GatewayBenchmark.self, AgentBenchmark.self,
-            UpdateBenchmark.self, HSMBenchmark.self, RolloutBenchmark.self, Load.self,
+            UpdateBenchmark.self, HSMBenchmark.self, RolloutBenchmark.self, AdvisoriesBenchmark.self,
+            AdvisoriesMatch.self, Load.self,
         ])
 }
 

@@ -30,7 +30,8 @@ extension AgentCommand {
                 --config FILE: a JSON object with the keys crypto.profile, mqtt, hub, handler, commandTimeoutSeconds, outboxBytes,
                 reconnectMaxSeconds, inventoryIntervalSeconds, trustRefreshSeconds and agent.updateIntervalSeconds,
                 agent.payload, agent.payloadUser, agent.healthCommand, agent.healthTimeoutSeconds,
-                agent.healthIntervalSeconds, agent.healthWindowSeconds, agent.trialAttempts, agent.slotsDirectory
+                agent.healthIntervalSeconds, agent.healthWindowSeconds, agent.trialAttempts, agent.slotsDirectory,
+                updates.requireGate
                 (commands as a string split at spaces, or an array of arguments). Options on the command line win.
                 SIGTERM stops it cleanly; nothing it accepted is lost, even to kill -9.
                 """)
@@ -58,6 +59,8 @@ extension AgentCommand {
         @Option(help: "Where the slots and boot record live (default STATE/slots).") var slots: String?
         @Option(help: "standard, or fips: TLS AES-GCM on P-256/P-384 only, FIPS 186-5 TUF keys only.")
         var cryptoProfile: String?
+        @Flag(help: "Refuse releases not published through the vulnerability gate (config: updates.requireGate).")
+        var requireGate = false
 
         func run() async throws {
             let file = try AgentConfigFile(path: config)
@@ -92,6 +95,7 @@ extension AgentCommand {
                 ?? updates.intervalSeconds
             updates.payload = try payload.map(AgentConfigFile.split) ?? file.command("agent.payload") ?? []
             updates.payloadUser = try payloadUser ?? file.string("agent.payloadUser")
+            updates.requireGate = try requireGate || (file.bool("updates.requireGate") ?? false)
             updates.healthCommand = try health.map(AgentConfigFile.split) ?? file.command("agent.healthCommand") ?? []
             updates.healthTimeoutSeconds =
                 try healthTimeout ?? file.number("agent.healthTimeoutSeconds") ?? updates.healthTimeoutSeconds
@@ -188,7 +192,7 @@ struct AgentConfigFile {
         "mqtt", "hub", "handler", "commandTimeoutSeconds", "outboxBytes", "reconnectMaxSeconds", "crypto.profile",
         "inventoryIntervalSeconds", "trustRefreshSeconds", "agent.updateIntervalSeconds", "agent.payload",
         "agent.payloadUser", "agent.healthCommand", "agent.healthTimeoutSeconds", "agent.healthIntervalSeconds",
-        "agent.healthWindowSeconds", "agent.trialAttempts", "agent.slotsDirectory",
+        "agent.healthWindowSeconds", "agent.trialAttempts", "agent.slotsDirectory", "updates.requireGate",
     ]
     let values: [String: Any]
     let path: String
@@ -236,6 +240,14 @@ struct AgentConfigFile {
             throw ValidationError("\(path): \(key) must be a number")
         }
         return number.doubleValue
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let value = values[key] else { return nil }
+        guard let number = value as? NSNumber, String(cString: number.objCType) == "c" else {
+            throw ValidationError("\(path): \(key) must be true or false")
+        }
+        return number.boolValue
     }
 
     func command(_ key: String) throws -> [String]? {

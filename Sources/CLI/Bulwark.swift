@@ -12,7 +12,8 @@ struct Bulwark: AsyncParsableCommand {
         subcommands: [
             Serve.self, HubCommand.self, DeviceCommand.self, OperatorCommand.self, PairCommand.self, AgentCommand.self,
             EventsCommand.self, SchemaCommand.self, AuditCommand.self, PolicyCommand.self, UpdatesCommand.self,
-            TUFCommand.self, HSMCommand.self, CryptoCommand.self, RolloutCommand.self,
+            TUFCommand.self, HSMCommand.self, CryptoCommand.self, RolloutCommand.self, ReleaseCommand.self,
+            AdvisoriesCommand.self,
         ]
     )
 }

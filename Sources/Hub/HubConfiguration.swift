@@ -1,3 +1,4 @@
+public import Advisories
 import Configuration
 public import Core
 public import Foundation
@@ -76,6 +77,11 @@ public struct HubConfiguration: Sendable, Equatable {
     public var cryptoProfile = CryptoProfile.standard
     /// How often a staged rollout's current stage is evaluated (`rollout.evaluateSeconds`).
     public var rolloutEvaluateSeconds = 10.0
+    /// The vulnerability gate blocks a release with an unwaived advisory rated at or above this
+    /// (`release.blockSeverity`: low, medium, high or critical; default high).
+    public var releaseBlockSeverity = Severity.high
+    /// The imported OSV advisories (`advisories.database`; default `<data>/advisories.db`).
+    public var advisoriesDatabase: String?
     public var tufResignIntervalSeconds = 3600
     public var tufTimestampWithinSeconds = 6 * 3600
     public var tufSnapshotWithinSeconds = 2 * 86400
@@ -214,6 +220,13 @@ public struct HubConfiguration: Sendable, Equatable {
         config.caKeyURI = reader.string(forKey: "ca.key")
         config.rolloutEvaluateSeconds = reader.double(
             forKey: "rollout.evaluateSeconds", default: config.rolloutEvaluateSeconds)
+        if let text = reader.string(forKey: "release.blockSeverity") {
+            guard let severity = Severity(label: text), severity != .none else {
+                throw HubStartupError("release.blockSeverity must be low, medium, high or critical")
+            }
+            config.releaseBlockSeverity = severity
+        }
+        config.advisoriesDatabase = reader.string(forKey: "advisories.database")
         if let profile = reader.string(forKey: "crypto.profile") {
             do { config.cryptoProfile = try CryptoProfile(parsing: profile) } catch {
                 throw HubStartupError(error.description)

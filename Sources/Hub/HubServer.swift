@@ -214,7 +214,11 @@ public final class HubServer: Sendable {
                 store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
                 gateway: gateway, broker: broker, crl: crl,
                 assignments: configuration.tufRepository.map(assignments), cryptoProfile: configuration.cryptoProfile,
-                rollouts: rollouts
+                rollouts: rollouts,
+                releaseGate: ReleaseGate(
+                    store: store,
+                    databasePath: configuration.advisoriesDatabase ?? configuration.dataDirectory + "/advisories.db",
+                    blockSeverity: configuration.releaseBlockSeverity)
             ).register(on: $0)
         }
         var pairing = PairingListener(

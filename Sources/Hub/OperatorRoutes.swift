@@ -1,3 +1,4 @@
+import Advisories
 import Core
 import Crypto
 import Foundation
@@ -10,6 +11,7 @@ import NIOCore
 import PKI
 import Pairing
 import Store
+import TUF
 import X509
 
 /// The operator API, served on the operator listener to certificates with the operator role only.
@@ -27,6 +29,8 @@ struct OperatorRoutes {
     var cryptoProfile = CryptoProfile.standard
     /// Staged rollouts (present when an update repository is configured).
     var rollouts: RolloutController?
+    /// The vulnerability gate and its waivers.
+    var releaseGate: ReleaseGate?
 
     func register(on router: Router<HubRequestContext>) {
         router.put("/v1/devices/:id/assignment") { request, context in
@@ -43,6 +47,11 @@ struct OperatorRoutes {
             try await assign(request, context, scope: .fleet, name: "the fleet")
         }
         router.get("/v1/crl") { _, context in try await currentCRL(context) }
+        router.post("/v1/releases/gate") { request, context in try await gateRelease(request, context) }
+        router.get("/v1/releases") { _, context in try await listReleases(context) }
+        router.post("/v1/advisories/waivers") { request, context in try await waive(request, context) }
+        router.get("/v1/advisories/waivers") { _, context in try await listWaivers(context) }
+        router.post("/v1/advisories/rescan") { _, context in try await rescan(context) }
         router.get("/v1/updates/status") { _, _ in try await updateStatus() }
         router.post("/v1/rollouts") { request, context in try await startRollout(request, context) }
         router.get("/v1/rollouts/current") { _, _ in try await rolloutStatus() }
@@ -348,6 +357,139 @@ struct OperatorRoutes {
         var body = Self.json(rollout)
         if let note { body["note"] = note }
         return try JSONResponse.make(.created, body)
+    }
+
+    func gate() throws -> ReleaseGate {
+        guard let releaseGate else {
+            throw HubError(.conflict, "no-gate", message: "the vulnerability gate is off", detail: "gate", event: nil)
+        }
+        return releaseGate
+    }
+
+    /// `{target, sha256, version, securityVersion, sbom: BASE64, vex: BASE64?}` → the gate's decision and report
+    /// (the canonical JSON text whose SHA-256 the release's TUF custom carries). 200 either way: `blocked` says.
+    func gateRelease(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        let by = try requireOperator(context)
+        let gate = try gate()
+        let body = try await DeviceRoutes.collect(request, limit: ReleaseGate.maximumBodyBytes)
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+            let target = object["target"] as? String, !target.isEmpty, target.utf8.count <= 1024,
+            let sha256 = object["sha256"] as? String, sha256.utf8.count == 64, hexDecode(sha256) != nil,
+            let version = object["version"] as? String, !version.isEmpty, version.utf8.count <= 256,
+            let securityVersion = (object["securityVersion"] as? NSNumber)?.intValue,
+            (0...Int(Int32.max)).contains(securityVersion),
+            let sbomText = object["sbom"] as? String, let sbom = Data(base64Encoded: sbomText)
+        else {
+            throw Self.invalid(
+                "the body is {target, sha256 (hex), version, securityVersion (0-2147483647), sbom (base64), vex?}")
+        }
+        var vex: [UInt8]?
+        if let vexText = object["vex"] as? String {
+            guard let data = Data(base64Encoded: vexText) else { throw Self.invalid("vex must be base64") }
+            vex = Array(data)
+        }
+        let (record, report, summary) = try await gate.gate(
+            .init(
+                target: target, sha256: sha256.lowercased(), version: version, securityVersion: securityVersion,
+                sbom: Array(sbom), vex: vex),
+            by: by.rawValue, correlationID: context.correlationID.rawValue, now: Date())
+        return try JSONResponse.make(
+            .ok,
+            [
+                "blocked": record.blocked, "report": String(decoding: record.report, as: UTF8.self),
+                "reportSHA256": record.reportSHA256, "sbomSHA256": report.sbomSHA256,
+                "findings": report.findings.map(Self.json), "advisories": summary.records,
+                "waivers": report.waiversUsed.map { ["advisory": $0.advisory, "purl": $0.purl, "until": $0.until] },
+            ])
+    }
+
+    func listReleases(_ context: HubRequestContext) async throws -> Response {
+        _ = try requireOperator(context)
+        return try JSONResponse.make(
+            .ok,
+            try await store.releases().map {
+                [
+                    "target": $0.target, "sha256": $0.sha256, "version": $0.version,
+                    "securityVersion": $0.securityVersion, "blocked": $0.blocked, "reportSHA256": $0.reportSHA256,
+                    "at": Int64($0.at.timeIntervalSince1970), "by": $0.by,
+                ]
+            })
+    }
+
+    /// `{advisory, purl, reason, until}` (until: seconds since 1970, in the future, at most a year ahead): an
+    /// operator's waiver, audited with their name and reason.
+    func waive(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        let by = try requireOperator(context)
+        _ = try gate()
+        let object = try await jsonObject(request)
+        let now = Int64(Date().timeIntervalSince1970)
+        guard let advisory = object["advisory"] as? String, (1...128).contains(advisory.utf8.count),
+            advisory.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }),
+            let purl = object["purl"] as? String, let reason = object["reason"] as? String,
+            let until = (object["until"] as? NSNumber)?.int64Value
+        else { throw Self.invalid("the body is {advisory, purl, reason, until}") }
+        guard (try? PackageURL(parsing: purl)) != nil else { throw Self.invalid("purl is not a package URL") }
+        guard !reason.trimmingCharacters(in: .whitespaces).isEmpty, reason.utf8.count <= 1024 else {
+            throw Self.invalid("a waiver needs a reason (at most 1024 bytes)")
+        }
+        guard until > now, until <= now + 366 * 86400 else {
+            throw Self.invalid("until must be in the future and at most a year ahead")
+        }
+        let waiver = Waiver(advisory: advisory, purl: purl, reason: reason, until: until, by: by.rawValue)
+        try await store.addWaiver(waiver)
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "advisory-waived", identity: nil, correlationID: context.correlationID.rawValue,
+                detail: "\(advisory) for \(purl) until \(Date(timeIntervalSince1970: TimeInterval(until))) by "
+                    + "\(by.rawValue): \(reason)"))
+        return try JSONResponse.make(
+            .created, ["advisory": advisory, "purl": purl, "reason": reason, "until": until, "by": by.rawValue])
+    }
+
+    func listWaivers(_ context: HubRequestContext) async throws -> Response {
+        _ = try requireOperator(context)
+        let now = Int64(Date().timeIntervalSince1970)
+        return try JSONResponse.make(
+            .ok,
+            try await store.waivers().map {
+                [
+                    "advisory": $0.advisory, "purl": $0.purl, "reason": $0.reason, "until": $0.until, "by": $0.by,
+                    "active": $0.until > now,
+                ]
+            })
+    }
+
+    /// Re-matches every released SBOM; `deployedBlocking` is true when a device runs a release that would now be
+    /// blocked.
+    func rescan(_ context: HubRequestContext) async throws -> Response {
+        let by = try requireOperator(context)
+        let (results, summary) = try await gate().rescan(
+            by: by.rawValue, correlationID: context.correlationID.rawValue, now: Date())
+        return try JSONResponse.make(
+            .ok,
+            [
+                "advisories": summary.records, "deployedBlocking": results.contains { $0.deployedBlocking },
+                "releases": results.map { result in
+                    [
+                        "target": result.release.target, "version": result.release.version,
+                        "blocked": result.report.blocked, "deployedBlocking": result.deployedBlocking,
+                        "devices": result.devices.map(\.rawValue),
+                        "findings": result.report.findings.map(Self.json),
+                    ] as [String: Any]
+                },
+            ])
+    }
+
+    static func json(_ finding: GateReport.Finding) -> [String: Any] {
+        var object: [String: Any] = [
+            "advisory": finding.advisory, "aliases": finding.aliases, "purl": finding.purl,
+            "severity": finding.severity, "fixed": finding.fixed, "blocking": finding.blocking,
+        ]
+        if let score = finding.score { object["score"] = score }
+        if let waivedBy = finding.waivedBy { object["waivedBy"] = waivedBy }
+        if let summary = finding.summary { object["summary"] = summary }
+        if finding.versionUnordered { object["versionUnordered"] = true }
+        return object
     }
 
     func rolloutStatus() async throws -> Response {

@@ -1,3 +1,4 @@
+public import Advisories
 public import Core
 public import Foundation
 
@@ -55,6 +56,13 @@ public protocol HubStore: Sendable {
     func saveRollout(_ rollout: Rollout) async throws
     /// The rollout started last, whatever its state; nil when there was none.
     func latestRollout() async throws -> Rollout?
+    /// Records a vulnerability waiver (kept after it expires: the gate reports say which ones they used).
+    func addWaiver(_ waiver: Waiver) async throws
+    func waivers() async throws -> [Waiver]
+    /// Records a gated release, replacing an earlier gate run of the same target bytes.
+    func recordRelease(_ release: ReleaseRecord) async throws
+    /// Every gated release, oldest first.
+    func releases() async throws -> [ReleaseRecord]
     func device(_ id: DeviceID) async throws -> DeviceRecord?
     func devices() async throws -> [DeviceRecord]
     func certificates(of device: DeviceID) async throws -> [CertificateRecord]

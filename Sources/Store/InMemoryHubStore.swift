@@ -1,3 +1,4 @@
+public import Advisories
 public import Core
 public import Foundation
 
@@ -20,6 +21,8 @@ public actor InMemoryHubStore: HubStore {
     private var seen: [DeviceID: [String: DestinationRecord]] = [:]
     private var updates: [DeviceID: DeviceUpdateState] = [:]
     private var rollouts: [String: Rollout] = [:]
+    private var waiverList: [Waiver] = []
+    private var releaseList: [ReleaseRecord] = []
 
     public init() {}
 
@@ -182,6 +185,15 @@ public actor InMemoryHubStore: HubStore {
     }
 
     public func saveRollout(_ rollout: Rollout) async throws { rollouts[rollout.id] = rollout }
+
+    public func addWaiver(_ waiver: Waiver) async throws { waiverList.append(waiver) }
+    public func waivers() async throws -> [Waiver] { waiverList }
+
+    public func recordRelease(_ release: ReleaseRecord) async throws {
+        releaseList.removeAll { $0.target == release.target && $0.sha256 == release.sha256 }
+        releaseList.append(release)
+    }
+    public func releases() async throws -> [ReleaseRecord] { releaseList }
 
     public func devicesWithOwnAssignment(defaultClass: String) async throws -> Set<DeviceID> {
         Set(

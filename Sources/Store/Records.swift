@@ -219,3 +219,38 @@ public struct StoreError: Error, Equatable, CustomStringConvertible {
     public static func == (lhs: StoreError, rhs: StoreError) -> Bool { lhs.code == rhs.code }
     public var description: String { "\(code.rawValue): \(detail)" }
 }
+
+/// A release that went through the vulnerability gate (`POST /v1/releases/gate`): the target it will be published
+/// as, its SBOM and VEX as submitted, and the gate's report (canonical JSON). `advisories rescan` re-matches these.
+public struct ReleaseRecord: Sendable, Equatable {
+    /// The TUF target path and the SHA-256 of its bytes: what devices report running.
+    public var target: String
+    public var sha256: String
+    public var version: String
+    public var securityVersion: Int
+    public var sbom: [UInt8]
+    public var vex: [UInt8]?
+    public var report: [UInt8]
+    public var reportSHA256: String
+    public var blocked: Bool
+    public var at: Date
+    /// The operator who submitted it.
+    public var by: String
+
+    public init(
+        target: String, sha256: String, version: String, securityVersion: Int, sbom: [UInt8], vex: [UInt8]?,
+        report: [UInt8], reportSHA256: String, blocked: Bool, at: Date, by: String
+    ) {
+        self.target = target
+        self.sha256 = sha256
+        self.version = version
+        self.securityVersion = securityVersion
+        self.sbom = sbom
+        self.vex = vex
+        self.report = report
+        self.reportSHA256 = reportSHA256
+        self.blocked = blocked
+        self.at = at
+        self.by = by
+    }
+}

@@ -1,3 +1,4 @@
+public import Advisories
 public import Core
 public import Foundation
 import GRDB
@@ -188,6 +189,21 @@ public final class SQLiteHubStore: HubStore {
         }
         migrator.registerMigration("v10: rollouts wait for a share of the cohort") { db in
             try db.execute(sql: "ALTER TABLE rollouts ADD COLUMN min_reported REAL NOT NULL DEFAULT 90")
+        }
+        migrator.registerMigration("v11: the vulnerability gate's waivers and releases") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE waivers (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT, advisory TEXT NOT NULL, purl TEXT NOT NULL,
+                        reason TEXT NOT NULL, until INTEGER NOT NULL, by TEXT NOT NULL
+                    );
+                    CREATE TABLE releases (
+                        target TEXT NOT NULL, sha256 TEXT NOT NULL, version TEXT NOT NULL,
+                        security_version INTEGER NOT NULL, sbom BLOB NOT NULL, vex BLOB, report BLOB NOT NULL,
+                        report_sha256 TEXT NOT NULL, blocked INTEGER NOT NULL, at INTEGER NOT NULL, by TEXT NOT NULL,
+                        seq INTEGER NOT NULL, PRIMARY KEY (target, sha256)
+                    );
+                    """)
         }
         return migrator
     }
@@ -397,6 +413,53 @@ public final class SQLiteHubStore: HubStore {
                     rollout.soakSeconds, rollout.maxFailureRate, rollout.state.rawValue, rollout.stage,
                     rollout.startedAt, rollout.stageStartedAt, rollout.reason, rollout.minimumReported,
                 ])
+        }
+    }
+
+    public func addWaiver(_ waiver: Waiver) async throws {
+        try await write { db in
+            try db.execute(
+                sql: "INSERT INTO waivers (advisory, purl, reason, until, by) VALUES (?, ?, ?, ?, ?)",
+                arguments: [waiver.advisory, waiver.purl, waiver.reason, waiver.until, waiver.by])
+        }
+    }
+
+    public func waivers() async throws -> [Waiver] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM waivers ORDER BY id").map {
+                Waiver(
+                    advisory: $0["advisory"], purl: $0["purl"], reason: $0["reason"], until: $0["until"], by: $0["by"])
+            }
+        }
+    }
+
+    public func recordRelease(_ release: ReleaseRecord) async throws {
+        try await write { db in
+            let seq = (try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM releases") ?? 0) + 1
+            try db.execute(
+                sql: """
+                    INSERT OR REPLACE INTO releases (target, sha256, version, security_version, sbom, vex, report,
+                                                     report_sha256, blocked, at, by, seq)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    release.target, release.sha256, release.version, release.securityVersion, Data(release.sbom),
+                    release.vex.map { Data($0) }, Data(release.report), release.reportSHA256, release.blocked,
+                    release.at.millis, release.by, seq,
+                ])
+        }
+    }
+
+    public func releases() async throws -> [ReleaseRecord] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM releases ORDER BY seq").map { row in
+                ReleaseRecord(
+                    target: row["target"], sha256: row["sha256"], version: row["version"],
+                    securityVersion: row["security_version"], sbom: Array(row["sbom"] as Data),
+                    vex: (row["vex"] as Data?).map { Array($0) }, report: Array(row["report"] as Data),
+                    reportSHA256: row["report_sha256"], blocked: row["blocked"], at: Date(millis: row["at"]),
+                    by: row["by"])
+            }
         }
     }
 

@@ -1,3 +1,4 @@
+import Advisories
 import Core
 import Foundation
 import HubClient
@@ -74,6 +75,10 @@ final class FaultyStore: HubStore {
     func updateStates() async throws -> [DeviceUpdateState] { try await base.updateStates() }
     func saveRollout(_ rollout: Rollout) async throws { try await base.saveRollout(rollout) }
     func latestRollout() async throws -> Rollout? { try await base.latestRollout() }
+    func addWaiver(_ waiver: Waiver) async throws { try await base.addWaiver(waiver) }
+    func waivers() async throws -> [Waiver] { try await base.waivers() }
+    func recordRelease(_ release: ReleaseRecord) async throws { try await base.recordRelease(release) }
+    func releases() async throws -> [ReleaseRecord] { try await base.releases() }
     func devicesWithOwnAssignment(defaultClass: String) async throws -> Set<DeviceID> {
         try await base.devicesWithOwnAssignment(defaultClass: defaultClass)
     }

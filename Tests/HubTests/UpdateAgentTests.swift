@@ -34,6 +34,22 @@ import Testing
         _ repository: Repository, _ name: String, security: Int, health: Health = .healthy, crashes: Bool = false,
         bulk: Int = 64 * 1024
     ) async throws -> [UInt8] {
+        let archive = try await build(repository, name, health: health, crashes: crashes, bulk: bulk)
+        let binary = try HubProcessTests.binary
+        let added = try await run(
+            binary,
+            ["tuf", "add-target", "--repo", repository.path, "--security-version", "\(security)", archive])
+        #expect(added.status == 0, "\(added.stderr)")
+        let published = try await run(binary, ["tuf", "publish", "--repo", repository.path, "--keys", repository.keys])
+        #expect(published.status == 0, "\(published.stderr)")
+        return Array(try Data(contentsOf: URL(fileURLWithPath: archive)))
+    }
+
+    /// The test payload's release archive (see `publish`), built in the repository's base directory.
+    static func build(
+        _ repository: Repository, _ name: String, health: Health = .healthy, crashes: Bool = false,
+        bulk: Int = 64 * 1024
+    ) async throws -> String {
         let tree = repository.base + "/build-\(name)"
         try FileManager.default.createDirectory(atPath: tree + "/bin", withIntermediateDirectories: true)
         let app =
@@ -56,14 +72,7 @@ import Testing
         let archive = repository.base + "/\(name).tar"
         let tar = try await run("/usr/bin/tar", ["--format=ustar", "-cf", archive, "-C", tree, "."])
         #expect(tar.status == 0, "\(tar.stderr)")
-        let binary = try HubProcessTests.binary
-        let added = try await run(
-            binary,
-            ["tuf", "add-target", "--repo", repository.path, "--security-version", "\(security)", archive])
-        #expect(added.status == 0, "\(added.stderr)")
-        let published = try await run(binary, ["tuf", "publish", "--repo", repository.path, "--keys", repository.keys])
-        #expect(published.status == 0, "\(published.stderr)")
-        return Array(try Data(contentsOf: URL(fileURLWithPath: archive)))
+        return archive
     }
 
     /// A paired device's state with the repository's root, and an agent that runs the payload from its slots.

@@ -13,6 +13,29 @@ struct UpdateRulesTests {
             securityVersion: security, version: name)
     }
 
+    /// `updates.requireGate`: a release without the vulnerability gate's evidence in its signed custom is refused;
+    /// one with it installs; without the setting both install.
+    @Test func aDeviceThatRequiresTheGateRefusesAnUngatedRelease() {
+        let record = BootRecord()
+        let plain = Self.release("v2", security: 2)
+        var gated = Self.release("v3", security: 3)
+        gated.gateReport = String(repeating: "1", count: 64)
+        gated.sbom = String(repeating: "2", count: 64)
+        guard
+            case .refuse(let reason) = UpdateDecision.decide(
+                assigned: "v2.tar", verified: plain, record: record, floor: 0, requireGate: true)
+        else {
+            Issue.record("an ungated release was not refused")
+            return
+        }
+        #expect(reason.contains("not published through the vulnerability gate"))
+        #expect(
+            UpdateDecision.decide(assigned: "v3.tar", verified: gated, record: record, floor: 0, requireGate: true)
+                == .install(gated, .a))
+        #expect(
+            UpdateDecision.decide(assigned: "v2.tar", verified: plain, record: record, floor: 0) == .install(plain, .a))
+    }
+
     @Test func aCheckInstallsOnlyASignedNewReleaseAtOrAboveTheFloor() {
         var record = BootRecord()
         let v2 = Self.release("v2", security: 2)
