@@ -4,6 +4,8 @@
 public struct SBOM: Sendable {
     public var specVersion: String
     public var serialNumber: String?
+    /// The BOM's `version` (1 when absent): BOM-Links name it.
+    public var bomVersion: Int64
     /// `metadata.component` as `name@version`, when given (what the SBOM describes).
     public var subject: String?
     public var components: [Component]
@@ -29,20 +31,21 @@ public struct SBOM: Sendable {
         try Self.header(root, versions: Self.specVersions)
         specVersion = try root.requiredString("specVersion")
         serialNumber = try root.optionalString("serialNumber")
+        bomVersion = try root.member("version")?.value.integerValue ?? 1
         if let component = try root.member("metadata")?.member("component") {
             let name = try component.optionalString("name")
             let version = try component.optionalString("version")
             subject = name.map { name in version.map { "\(name)@\($0)" } ?? name }
         }
         var components: [Component] = []
-        var pending = try root.optionalArray("components")
-        while !pending.isEmpty {
-            let node = pending.removeFirst()
-            components.append(try Self.component(node))
-            guard components.count <= Self.maximumComponents else {
+        // Depth first in document order, with a stack (linear however flat or deep the tree is).
+        var pending = Array(try root.optionalArray("components").reversed())
+        while let node = pending.popLast() {
+            guard components.count < Self.maximumComponents else {
                 throw node.fail("more than \(Self.maximumComponents) components")
             }
-            pending.insert(contentsOf: try node.optionalArray("components"), at: 0)
+            components.append(try Self.component(node))
+            pending.append(contentsOf: try node.optionalArray("components").reversed())
         }
         guard !components.isEmpty else {
             throw DocumentError("/components", "the SBOM lists no components: there is nothing to check")
@@ -83,23 +86,27 @@ public struct SBOM: Sendable {
             pointer: node.pointer)
     }
 
-    /// The component a VEX `affects[].ref` names: its `bom-ref`, a BOM-Link (`urn:cdx:SERIAL/VERSION#bom-ref`, of
-    /// this SBOM when it has a serial number), or its package URL.
-    public func components(named reference: String) -> [Component] {
+    /// The indices of the components a VEX `affects[].ref` names: its `bom-ref`; a BOM-Link
+    /// (`urn:cdx:SERIAL/VERSION#bom-ref`, CycloneDX 1.5 §BOM-Link) to this very SBOM, its serial number and version
+    /// both checked (an SBOM without a serial number cannot be linked to); or its package URL *with* a version
+    /// (a statement about "lodash" is not a statement about every lodash).
+    public func componentIndices(named reference: String) -> [Int] {
         var ref = reference
-        if reference.hasPrefix("urn:cdx:"), let hash = reference.firstIndex(of: "#") {
+        if reference.hasPrefix("urn:cdx:") {
+            guard let serialNumber, let hash = reference.firstIndex(of: "#") else { return [] }
             let document = reference[reference.index(reference.startIndex, offsetBy: 8)..<hash]
-            if let serialNumber, let slash = document.firstIndex(of: "/"),
-                "urn:uuid:" + document[..<slash] != serialNumber && String(document[..<slash]) != serialNumber
-            {
-                return []
-            }
+            guard let slash = document.lastIndex(of: "/"),
+                Int64(document[document.index(after: slash)...]) == bomVersion
+            else { return [] }
+            let serial = String(document[..<slash])
+            guard "urn:uuid:" + serial == serialNumber || serial == serialNumber else { return [] }
             ref = String(reference[reference.index(after: hash)...])
+            return components.indices.filter { components[$0].bomRef == ref }
         }
-        let byRef = components.filter { $0.bomRef == ref }
+        let byRef = components.indices.filter { components[$0].bomRef == ref }
         if !byRef.isEmpty { return byRef }
-        guard let purl = try? PackageURL(parsing: ref) else { return [] }
-        return components.filter { $0.purl.matches(purl) }
+        guard let purl = try? PackageURL(parsing: ref), purl.version != nil else { return [] }
+        return components.indices.filter { components[$0].purl.matches(purl) }
     }
 }
 
@@ -110,7 +117,10 @@ public struct VEXStatement: Sendable, Equatable {
     public var state: String?
     public var justification: String?
     public var detail: String?
+    /// `affects[].ref`, each with the versions its `versions[]` lists as unaffected (nil: every version the ref
+    /// names).
     public var affects: [String]
+    public var affectedVersions: [[String]?]
     public var pointer: String
 
     /// The justifications CycloneDX 1.5/1.6 define; anything else is refused.
@@ -140,7 +150,37 @@ public struct VEXStatement: Sendable, Equatable {
             self.justification = justification
         }
         detail = try analysis?.optionalString("detail")
-        affects = try node.optionalArray("affects").map { node throws(DocumentError) in try node.requiredString("ref") }
+        var refs: [String] = []
+        var versions: [[String]?] = []
+        for entry in try node.optionalArray("affects") {
+            refs.append(try entry.requiredString("ref"))
+            if let list = try entry.member("versions") {
+                var unaffected: [String] = []
+                for item in try list.array() {
+                    let status = try item.optionalString("status")
+                    guard status == nil || status == "unaffected" else { continue }
+                    if let version = try item.optionalString("version") { unaffected.append(version) }
+                }
+                versions.append(unaffected)
+            } else {
+                versions.append(nil)
+            }
+        }
+        affects = refs
+        affectedVersions = versions
+    }
+
+    /// The components of `sbom` this statement waives its advisory for (empty unless `waives`).
+    public func waivedIndices(in sbom: SBOM) -> Set<Int> {
+        guard waives else { return [] }
+        var out = Set<Int>()
+        for (ref, versions) in zip(affects, affectedVersions) {
+            for index in sbom.componentIndices(named: ref) {
+                if let versions, !versions.contains(sbom.components[index].version) { continue }
+                out.insert(index)
+            }
+        }
+        return out
     }
 
     /// Whether this statement waives its advisory for the components it names.

@@ -77,25 +77,61 @@ public struct GateReport: Sendable {
     public var components: Int
     public var blockSeverity: Severity
     public var findings: [Finding]
+    /// Components whose package URL names no ecosystem Bulwark has advisories for (`pkg:generic`, `pkg:rpm`, …),
+    /// by purl, at most `maximumListed` of them; `uncheckedCount` counts them all.
+    public var unchecked: [String]
+    public var uncheckedCount: Int
+    /// Whether unchecked components block (`release.blockUnchecked`).
+    public var blockUnchecked: Bool
+    /// More findings than `maximumFindings`: the rest were not rated, and the release is blocked.
+    public var truncated: Bool
     /// The waivers the decision used (those that waived a finding at or above the threshold).
     public var waiversUsed: [Waiver]
     public var vexUsed: [VEXStatement]
     public var at: Int64
-    public var blocked: Bool { findings.contains { $0.blocking } }
+
+    public static let maximumFindings = 10_000
+    public static let maximumListed = 1_000
+
+    /// Components checked against advisories.
+    public var checked: Int { components - uncheckedCount }
+
+    /// Blocked by a finding at or above the threshold that nothing waived; by a report cut short; by an SBOM of
+    /// which nothing could be checked (a gate over nothing proves nothing); or, with `blockUnchecked`, by any
+    /// component that could not be.
+    public var blocked: Bool {
+        findings.contains { $0.blocking } || truncated || checked == 0 || (blockUnchecked && uncheckedCount > 0)
+    }
 
     /// Runs the gate. An advisory of unknown severity counts as at the threshold: a product that cannot tell how bad
-    /// a known vulnerability is does not ship it unless someone waives it.
+    /// a known vulnerability is does not ship it unless someone waives it. Components with the same package URL are
+    /// matched once.
     public static func evaluate(
         sbom: SBOM, sbomBytes: [UInt8], vex: [VEXStatement] = [], advisories: some AdvisorySource, waivers: [Waiver],
-        blockSeverity: Severity, now: Int64
+        blockSeverity: Severity, blockUnchecked: Bool = false, now: Int64
     ) throws -> GateReport {
         var findings: [Finding] = []
         var used: [Waiver] = []
         var usedVEX: [VEXStatement] = []
-        let statements = (sbom.statements + vex).filter(\.waives)
+        var truncated = false
+        var unchecked: [String] = []
+        var uncheckedCount = 0
+        // Which advisory ids each waiving VEX statement covers, for which components (resolved once).
+        var vexWaived: [(statement: VEXStatement, components: Set<Int>)] = []
+        for statement in sbom.statements + vex where statement.waives {
+            let indices = statement.waivedIndices(in: sbom)
+            if !indices.isEmpty { vexWaived.append((statement, indices)) }
+        }
         var cache: [String: [OSVRecord]] = [:]
-        for component in sbom.components {
-            guard let package = component.purl.osvPackage else { continue }
+        var seen = Set<String>()
+        components: for (index, component) in sbom.components.enumerated() {
+            let purl = component.purl.description
+            guard seen.insert(purl).inserted else { continue }
+            guard let package = component.purl.osvPackage else {
+                uncheckedCount += 1
+                if unchecked.count < maximumListed { unchecked.append(purl) }
+                continue
+            }
             let key = package.ecosystem.osvName + "\u{0}" + package.name
             let records: [OSVRecord]
             if let cached = cache[key] {
@@ -104,49 +140,65 @@ public struct GateReport: Sendable {
                 records = try advisories.records(ecosystem: package.ecosystem, name: package.name)
                 cache[key] = records
             }
+            let release = component.purl.debianRelease
             for record in records where record.withdrawn == nil {
-                var hit = false
+                var matched: [OSVRecord.Affected] = []
                 var unordered = false
                 var fixed: [String] = []
                 for entry in record.affected
-                where entry.ecosystem == package.ecosystem && entry.name == package.name {
+                where entry.ecosystem == package.ecosystem && entry.name == package.name
+                    && Self.sameRelease(entry.ecosystemName, release)
+                {
                     switch entry.affects(component.version) {
-                    case true?: hit = true
+                    case true?: matched.append(entry)
                     case nil:
-                        hit = true
+                        matched.append(entry)
                         unordered = true
                     case false?: break
                     }
                     fixed += record.fixes(for: entry)
                 }
-                guard hit else { continue }
-                let rating = record.severity.rating
-                let atThreshold = rating.map { $0 >= blockSeverity } ?? true
+                guard !matched.isEmpty else { continue }
+                guard findings.count < maximumFindings else {
+                    truncated = true
+                    break components
+                }
+                let assessment = record.assessment(for: matched)
+                let atThreshold = assessment.rating.map { $0 >= blockSeverity } ?? true
                 var waivedBy: String?
                 if let waiver = waivers.first(where: { $0.covers(record, component, now: now) }) {
                     waivedBy = "waiver"
                     if atThreshold, !used.contains(waiver) { used.append(waiver) }
-                } else if let statement = statements.first(where: { statement in
-                    (statement.id == record.id || record.aliases.contains(statement.id))
-                        && statement.affects.contains { sbom.components(named: $0).contains(component) }
+                } else if let waived = vexWaived.first(where: { entry in
+                    (entry.statement.id == record.id || record.aliases.contains(entry.statement.id))
+                        && entry.components.contains(index)
                 }) {
                     waivedBy = "vex"
-                    if atThreshold, !usedVEX.contains(statement) { usedVEX.append(statement) }
+                    if atThreshold, !usedVEX.contains(waived.statement) { usedVEX.append(waived.statement) }
                 }
                 findings.append(
                     Finding(
-                        advisory: record.id, aliases: record.aliases, summary: record.summary,
-                        purl: component.purl.description, component: component.pointer,
-                        severity: rating?.label ?? "unknown", score: record.severity.score.map(Self.oneDecimal),
-                        severitySource: record.severity.source, fixed: fixed, versionUnordered: unordered,
-                        waivedBy: waivedBy, blocking: atThreshold && waivedBy == nil))
+                        advisory: record.id, aliases: record.aliases, summary: record.summary, purl: purl,
+                        component: component.pointer, severity: assessment.rating?.label ?? "unknown",
+                        score: assessment.score.map(Self.oneDecimal), severitySource: assessment.source,
+                        fixed: fixed, versionUnordered: unordered, waivedBy: waivedBy,
+                        blocking: atThreshold && waivedBy == nil))
             }
         }
         findings.sort { ($0.blocking ? 0 : 1, $0.advisory, $0.purl) < ($1.blocking ? 0 : 1, $1.advisory, $1.purl) }
         return GateReport(
             subject: sbom.subject, sbomSHA256: hexEncode(SHA256.hash(data: sbomBytes)),
-            components: sbom.components.count, blockSeverity: blockSeverity, findings: findings, waiversUsed: used,
+            components: sbom.components.count, blockSeverity: blockSeverity, findings: findings, unchecked: unchecked,
+            uncheckedCount: uncheckedCount, blockUnchecked: blockUnchecked, truncated: truncated, waiversUsed: used,
             vexUsed: usedVEX, at: now)
+    }
+
+    /// An OSV entry for one Debian release ("Debian:12") applies to a component of that release only; an entry
+    /// or a component that names no release applies across them.
+    static func sameRelease(_ ecosystemName: String, _ release: String?) -> Bool {
+        guard let release, let colon = ecosystemName.firstIndex(of: ":") else { return true }
+        return ecosystemName[ecosystemName.index(after: colon)...].split(separator: ".").first.map(String.init)
+            == release
     }
 
     static func oneDecimal(_ score: Double) -> String {
@@ -166,6 +218,11 @@ public struct GateReport: Sendable {
         root.set("blockSeverity", .string(blockSeverity.label))
         root.set("blocked", .bool(blocked))
         root.set("at", .integer(at))
+        root.set("checked", .integer(Int64(checked)))
+        root.set("unchecked", .array(unchecked.map(JSONValue.string)))
+        root.set("uncheckedCount", .integer(Int64(uncheckedCount)))
+        root.set("blockUnchecked", .bool(blockUnchecked))
+        if truncated { root.set("truncated", .bool(true)) }
         root.set("findings", .array(findings.map(\.json)))
         root.set("waivers", .array(waiversUsed.map(\.json)))
         root.set(

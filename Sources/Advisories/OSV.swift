@@ -12,7 +12,8 @@ public struct OSVRecord: Sendable, Equatable {
     public var aliases: [String]
     public var summary: String?
     public var affected: [Affected]
-    /// The record's severity: a CVSS v3 vector's base score where there is one, else `database_specific.severity`.
+    /// The record's own severity: its CVSS v3 vector's base score, else its `database_specific.severity` (see
+    /// `assessment(for:)` for a finding's, which also reads the matched package's).
     public var severity: Assessment
 
     /// OSV §affected: one package and the versions of it the advisory covers.
@@ -25,6 +26,9 @@ public struct OSVRecord: Sendable, Equatable {
         public var name: String
         public var ranges: [Range]
         public var versions: [String]
+        /// This package's own severity (OSV 1.6 `affected[].severity`, or its `database_specific.severity`), used
+        /// when the record gives no CVSS vector of its own.
+        public var severity: Assessment?
     }
 
     /// OSV §affected[].ranges[]: events over one version order.
@@ -71,35 +75,52 @@ public struct OSVRecord: Sendable, Equatable {
         aliases = try root.optionalArray("aliases").map { node throws(DocumentError) in try node.string() }
         summary = try root.optionalString("summary")
         var affected: [Affected] = []
-        var vector: (score: Double, rating: Severity)?
-        var label: Severity?
-        for severity in try root.optionalArray("severity") {
-            if let found = try Self.cvss(severity) { vector = vector ?? found }
-        }
         for node in try root.optionalArray("affected") {
-            let entry = try Self.affected(node)
-            affected.append(entry)
-            // OSV 1.6 allows a severity per affected package; the record's severity still comes first.
-            for severity in try node.optionalArray("severity") {
-                if let found = try Self.cvss(severity) { vector = vector ?? found }
+            // An entry without a package describes only GIT commits (OSV §affected): nothing Bulwark matches.
+            if try node.member("package") == nil {
+                let kinds = try node.optionalArray("ranges").map { range throws(DocumentError) in
+                    try range.member("type")?.value.stringValue
+                }
+                guard !kinds.isEmpty, kinds.allSatisfy({ $0 == "GIT" }) else {
+                    throw DocumentError(node.pointer + "/package", "is required")
+                }
+                continue
             }
-            if label == nil, let text = try node.member("database_specific")?.member("severity")?.value.stringValue {
-                label = Severity(label: text)
-            }
+            affected.append(try Self.affected(node))
         }
         self.affected = affected
-        if let text = try root.member("database_specific")?.member("severity")?.value.stringValue,
+        severity =
+            try Self.assessment(root) ?? Assessment(score: nil, rating: nil, source: "unknown")
+    }
+
+    /// The severity a `severity[]` array (a CVSS v3 vector) or a `database_specific.severity` label gives; nil when
+    /// neither says anything Bulwark can read.
+    static func assessment(_ node: Node) throws(DocumentError) -> Assessment? {
+        for severity in try node.optionalArray("severity") {
+            if let found = try cvss(severity) {
+                return Assessment(score: found.score, rating: found.rating, source: "cvss-v3")
+            }
+        }
+        if let text = try node.member("database_specific")?.member("severity")?.value.stringValue,
             let rating = Severity(label: text)
         {
-            label = rating
+            return Assessment(score: nil, rating: rating, source: "database_specific")
         }
-        if let vector {
-            severity = Assessment(score: vector.score, rating: vector.rating, source: "cvss-v3")
-        } else if let label {
-            severity = Assessment(score: nil, rating: label, source: "database_specific")
-        } else {
-            severity = Assessment(score: nil, rating: nil, source: "unknown")
+        return nil
+    }
+
+    /// A finding's severity: the record's CVSS v3 vector; else the most severe vector among the matched packages'
+    /// own entries; else the record's label; else the most severe label among them. A package's severity is never
+    /// borrowed from another package's entry.
+    public func assessment(for matched: [Affected]) -> Assessment {
+        let own = matched.compactMap(\.severity)
+        if severity.source == "cvss-v3" { return severity }
+        if let worst = own.filter({ $0.source == "cvss-v3" }).max(by: { ($0.score ?? 0) < ($1.score ?? 0) }) {
+            return worst
         }
+        if severity.rating != nil { return severity }
+        if let worst = own.max(by: { ($0.rating ?? .none) < ($1.rating ?? .none) }) { return worst }
+        return severity
     }
 
     /// A `severity[]` entry: a `CVSS_V3` vector is scored (CVSS v3.1 §7.1); other types (CVSS_V2, CVSS_V4, Ubuntu)
@@ -155,7 +176,8 @@ public struct OSVRecord: Sendable, Equatable {
         }
         let versions = try node.optionalArray("versions").map { node throws(DocumentError) in try node.string() }
         return Affected(
-            ecosystemName: ecosystemName, ecosystem: ecosystem, name: name, ranges: ranges, versions: versions)
+            ecosystemName: ecosystemName, ecosystem: ecosystem, name: name, ranges: ranges, versions: versions,
+            severity: try assessment(node))
     }
 }
 
@@ -163,7 +185,18 @@ extension OSVRecord.Affected {
     /// Whether `version` of this package is affected (OSV schema §"Evaluation"): listed in `versions`, or inside a
     /// SEMVER or ECOSYSTEM range. nil when the version cannot be ordered in this ecosystem while a range needs it:
     /// the caller treats that as affected (a version Bulwark cannot place is not a safe one).
+    ///
+    /// A PyPI version with a local segment (`2.0.0+cu118`, a local build of 2.0.0) is affected when either it or its
+    /// public version is: PEP 440 orders it after 2.0.0, which would let it slip past `last_affected: 2.0.0`.
     public func affects(_ version: String) -> Bool? {
+        let direct = evaluate(version)
+        guard ecosystem == .pypi, let plus = version.firstIndex(of: "+") else { return direct }
+        let base = evaluate(String(version[..<plus]))
+        if direct == true || base == true { return true }
+        return direct == nil || base == nil ? nil : false
+    }
+
+    func evaluate(_ version: String) -> Bool? {
         guard let ecosystem else { return false }
         if versions.contains(version) { return true }
         if versions.contains(where: { VersionOrder.compare($0, version, in: ecosystem) == 0 }) { return true }

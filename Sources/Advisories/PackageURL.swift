@@ -139,33 +139,53 @@ public struct PackageURL: Hashable, Sendable, CustomStringConvertible {
         return out
     }
 
-    /// The OSV ecosystem and package name for this purl, or nil when Bulwark cannot match it: pypi → PyPI with the
-    /// PEP 503-normalized name; npm → "@scope/name" or "name"; golang → "namespace/name"; cargo → crates.io name;
-    /// maven → "group:artifact"; deb (any distribution namespace) → Debian name; swift → SwiftURL
-    /// "namespace/name" (pkg:swift/github.com/apple/swift-nio → "github.com/apple/swift-nio").
+    /// The OSV ecosystem and package name for this purl, normalised as the ecosystem compares names
+    /// (`Ecosystem.normalizedName`), or nil when Bulwark cannot match it: pypi → PyPI; npm → "@scope/name" or
+    /// "name"; golang → "namespace/name"; cargo → crates.io; maven → "group:artifact"; deb of the `debian` namespace
+    /// → Debian, by its *source* package (the `upstream` qualifier, which OSV's Debian records name, else the
+    /// binary name); swift → SwiftURL "namespace/name" (pkg:swift/github.com/apple/swift-nio → github.com/apple/
+    /// swift-nio). Other Debian-based distributions (ubuntu) have advisories of their own: not matched here.
     public var osvPackage: (ecosystem: Ecosystem, name: String)? {
+        let package: (Ecosystem, String)
         switch type {
         case "pypi":
-            return (.pypi, Ecosystem.pypi.normalizedName(name))
+            package = (.pypi, name)
         case "npm":
-            guard let namespace else { return (.npm, name) }
-            return (.npm, (namespace.hasPrefix("@") ? namespace : "@" + namespace) + "/" + name)
+            guard let namespace else { return (.npm, Ecosystem.npm.normalizedName(name)) }
+            package = (.npm, (namespace.hasPrefix("@") ? namespace : "@" + namespace) + "/" + name)
         case "golang":
-            guard let namespace else { return (.go, name) }
-            return (.go, namespace + "/" + name)
+            package = (.go, namespace.map { $0 + "/" + name } ?? name)
         case "cargo":
-            return (.cratesIO, name)
+            package = (.cratesIO, name)
         case "maven":
             guard let namespace else { return nil }
-            return (.maven, namespace + ":" + name)
+            package = (.maven, namespace + ":" + name)
         case "deb":
-            return (.debian, name)
+            guard namespace?.lowercased() == "debian" else { return nil }
+            let source = qualifiers["upstream"].map { String($0.split(separator: "@", maxSplits: 1).first ?? "") }
+            package = (.debian, source.flatMap { $0.isEmpty ? nil : $0 } ?? name)
         case "swift":
             guard let namespace else { return nil }
-            return (.swiftURL, namespace + "/" + name)
+            package = (.swiftURL, namespace + "/" + name)
         default:
             return nil
         }
+        return (package.0, package.0.normalizedName(package.1))
+    }
+
+    /// The Debian release a deb purl names (`distro=debian-12` or `distro=bookworm`), as OSV's ecosystem suffix
+    /// ("12"); nil when it names none.
+    public var debianRelease: String? {
+        guard type == "deb", let distro = qualifiers["distro"]?.lowercased() else { return nil }
+        let codenames = [
+            "buster": "10", "bullseye": "11", "bookworm": "12", "trixie": "13", "forky": "14", "duke": "15",
+        ]
+        if let number = codenames[distro] { return number }
+        if distro.hasPrefix("debian-") {
+            let version = distro.dropFirst(7)
+            return version.split(separator: ".").first.map(String.init)
+        }
+        return nil
     }
 
     /// PURL-SPECIFICATION.rst §Rules for each purl component, `type`: ASCII letters, digits, ".", "+" and "-",

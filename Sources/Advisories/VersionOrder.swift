@@ -53,8 +53,22 @@ public enum Ecosystem: Hashable, Sendable {
     /// The package name as OSV and this ecosystem compare it: PyPI names are normalized per PEP 503 §Normalized
     /// names (lowercase, runs of "-", "_" and "." become one "-"); others are unchanged (Maven "group:artifact",
     /// npm "@scope/name", Go module path).
+    ///
+    /// Go module paths and npm names are compared case-insensitively: the purl spec lowercases them and SBOM tools
+    /// follow it, while OSV records keep the registry's spelling (`github.com/BurntSushi/toml`, `JSONStream`).
+    /// SwiftURL names drop a scheme, a trailing `.git` and case, as URLs of one repository differ in them.
     public func normalizedName(_ name: String) -> String {
-        guard self == .pypi else { return name }
+        switch self {
+        case .go, .npm: return name.lowercased()
+        case .swiftURL:
+            var url = name.lowercased()
+            for scheme in ["https://", "http://"] where url.hasPrefix(scheme) { url.removeFirst(scheme.count) }
+            if url.hasSuffix(".git") { url.removeLast(4) }
+            while url.hasSuffix("/") { url.removeLast() }
+            return url
+        case .pypi: break
+        default: return name
+        }
         var out = ""
         var inSeparatorRun = false
         for character in name.lowercased() {

@@ -28,8 +28,10 @@ struct AdvisoriesCommand: AsyncParsableCommand {
         @Flag(help: "Import the valid records and report the malformed ones (default: refuse the whole import).")
         var skipInvalid = false
 
-        /// One record file may not be larger than this (osv.dev's largest are a few hundred KiB).
+        /// One record file may not be larger than this (osv.dev's largest are a few hundred KiB), nor all of them
+        /// together larger than the second (osv.dev's whole export is under 2 GiB uncompressed).
         static let maximumRecordBytes = 8 * 1024 * 1024
+        static let maximumTotalBytes = 4 * 1024 * 1024 * 1024
 
         func run() async throws {
             var isDirectory: ObjCBool = false
@@ -63,7 +65,8 @@ struct AdvisoriesCommand: AsyncParsableCommand {
             do { opened = try AdvisoryDatabase(path: path) } catch {
                 throw CleanExit.message("bulwark: \(error)", code: 73)
             }
-            let result = try opened.importRecords(records, at: Date())
+            let result = try opened.importRecords(
+                records, at: Date(), source: URL(fileURLWithPath: source).lastPathComponent, skipped: invalid.count)
             let summary = try opened.summary()
             print(
                 "imported \(records.count) records from \(source): \(result.added) new, \(result.replaced) updated, "
@@ -101,16 +104,21 @@ struct AdvisoriesCommand: AsyncParsableCommand {
                 throw CleanExit.message("bulwark: \(path) is neither a directory nor a readable ZIP", code: 65)
             }
             struct TooLarge: Error {}
+            var total = 0
             for entry in archive where entry.type == .file && entry.path.hasSuffix(".json") {
                 var bytes: [UInt8] = []
                 do {
                     _ = try archive.extract(entry, skipCRC32: false) { chunk in
-                        guard bytes.count + chunk.count <= maximumRecordBytes else { throw TooLarge() }
+                        guard bytes.count + chunk.count <= maximumRecordBytes,
+                            total + bytes.count + chunk.count <= maximumTotalBytes
+                        else { throw TooLarge() }
                         bytes.append(contentsOf: chunk)
                     }
+                    total += bytes.count
                 } catch is TooLarge {
                     throw CleanExit.message(
-                        "bulwark: \(path): \(entry.path) inflates beyond \(maximumRecordBytes) bytes", code: 65)
+                        "bulwark: \(path): \(entry.path) inflates beyond \(maximumRecordBytes) bytes (or the archive "
+                            + "beyond \(maximumTotalBytes))", code: 65)
                 } catch {
                     throw CleanExit.message("bulwark: \(path): \(entry.path) cannot be read: \(error)", code: 65)
                 }
@@ -126,7 +134,7 @@ struct AdvisoriesCommand: AsyncParsableCommand {
         @Argument(help: "The OSV id (or an alias such as a CVE id).") var advisory: String
         @Option(help: "The package URL; without @version it covers every version.") var purl: String
         @Option(help: "Why (kept in the audit log and every gate report that uses it).") var reason: String
-        @Option(help: "Until when: YYYY-MM-DD (UTC midnight) or an RFC 3339 time, at most a year ahead.")
+        @Option(help: "Until when: YYYY-MM-DD (to the end of that day, UTC) or an RFC 3339 time, at most a year ahead.")
         var until: String
 
         func run() async throws {
@@ -147,7 +155,8 @@ struct AdvisoriesCommand: AsyncParsableCommand {
             if let date = internet.date(from: text) { return date }
             let day = ISO8601DateFormatter()
             day.formatOptions = [.withFullDate]
-            return day.date(from: text)
+            // A day is waived to its end: the next midnight, exclusive.
+            return day.date(from: text)?.addingTimeInterval(86400)
         }
     }
 
@@ -182,6 +191,14 @@ struct AdvisoriesCommand: AsyncParsableCommand {
                         "\(name): \(advisories.joined(separator: ", ")) on \(devices.count) devices"
                             + (devices.isEmpty ? "" : ": " + devices.prefix(50).joined(separator: " ")))
                 }
+            }
+            for target in result["ungated"] as? [[String: Any]] ?? [] {
+                let devices = target["devices"] as? [String] ?? []
+                let version = target["version"] as? String ?? ""
+                print(
+                    "\(target["target"] ?? "?")\(version.isEmpty ? "" : " " + version): never passed the gate, on "
+                        + "\(devices.count) devices"
+                        + (devices.isEmpty ? "" : ": " + devices.prefix(50).joined(separator: " ")))
             }
             if result["deployedBlocking"] as? Bool == true {
                 throw CleanExit.message(

@@ -21,8 +21,9 @@ struct ReleaseCommand: AsyncParsableCommand {
                 against its OSV advisories and blocks at or above its release.blockSeverity, unless a waiver
                 (`bulwark advisories waive`) or a VEX statement (not_affected with a justification) covers it. A
                 blocked release is not staged (exit 1, the findings on stderr). A passed one is published with
-                custom {securityVersion, version, sbom: {sha256}, gate: {sha256, blockSeverity, waivers}}; an agent
-                with updates.requireGate refuses targets without them. Other staged edits are published with it.
+                custom {securityVersion, version, sbom: {sha256}, gate: {sha256, blockSeverity, waivers, vex}}; an
+                agent with updates.requireGate refuses targets without them. A repository with other staged edits
+                is refused (they did not pass the gate).
                   bulwark release publish fw-2.1.tar --name fw.tar --version 2.1.0 --security-version 3 \\
                     --sbom sbom.cdx.json --repo ./repo --keys ./keys
                 """)
@@ -61,6 +62,18 @@ struct ReleaseCommand: AsyncParsableCommand {
                 }
                 vexBytes = bytes
             }
+            // The release is published alone: edits staged by hand (`tuf add-target`) would be signed with it, and
+            // they did not pass the gate.
+            do {
+                let staged = try RepositoryEditor.open(at: repo).stagedRoles
+                guard staged.isEmpty else {
+                    throw CleanExit.message(
+                        "bulwark: \(repo) has staged edits (\(staged.joined(separator: ", "))) that did not pass the "
+                            + "gate; publish or discard them first", code: 1)
+                }
+            } catch let error as RepositoryError {
+                throw CleanExit.message("bulwark: \(error.reason)", code: 1)
+            }
             let sha256 = hexEncode(SHA256.hash(data: contents))
             var body: [String: Any] = [
                 "target": name, "sha256": sha256, "version": version, "securityVersion": securityVersion,
@@ -76,6 +89,14 @@ struct ReleaseCommand: AsyncParsableCommand {
             else { throw CleanExit.message("bulwark: the hub's gate answer is malformed", code: 76) }
             if let reportOut { try Data(report.utf8).write(to: URL(fileURLWithPath: reportOut)) }
             let findings = result["findings"] as? [[String: Any]] ?? []
+            // The report is what the signature will vouch for: it must be about these bytes and this release.
+            let parsed = (try? JSONParser.parse(Array(report.utf8)))?.objectValue
+            guard let parsed, parsed["blocked"]?.boolValue == blocked, parsed["target"]?.stringValue == name,
+                parsed["targetSHA256"]?.stringValue == sha256, parsed["version"]?.stringValue == version,
+                parsed["securityVersion"]?.integerValue == Int64(securityVersion),
+                parsed["sbomSHA256"]?.stringValue == sbomSHA256
+            else { throw CleanExit.message("bulwark: the hub's gate report is not about this release", code: 76) }
+            let unchecked = result["uncheckedCount"] as? Int ?? 0
             if blocked {
                 var lines = ["bulwark: \(name) \(version) is blocked by the vulnerability gate (nothing was staged):"]
                 for finding in findings where finding["blocking"] as? Bool == true {
@@ -84,6 +105,12 @@ struct ReleaseCommand: AsyncParsableCommand {
                         "  \(finding["advisory"] ?? "?") \(finding["severity"] ?? "?")"
                             + "\(finding["score"].map { " \($0)" } ?? "") in \(finding["purl"] ?? "?")"
                             + (fixed.isEmpty ? "" : " (fixed in \(fixed))"))
+                }
+                if result["truncated"] as? Bool == true { lines.append("  more findings than the gate rates") }
+                if result["checked"] as? Int == 0 {
+                    lines.append("  no component could be checked (no purl names an ecosystem with advisories)")
+                } else if unchecked > 0 {
+                    lines.append("  \(unchecked) components could not be checked (release.blockUnchecked)")
                 }
                 lines.append("  waive with `bulwark advisories waive ID --purl P --reason TEXT --until DATE`")
                 throw CleanExit.message(lines.joined(separator: "\n"), code: 1)
@@ -104,9 +131,20 @@ struct ReleaseCommand: AsyncParsableCommand {
             var sbomEntry = JSONObject()
             sbomEntry.set("sha256", .string(sbomSHA256))
             custom.set("sbom", .object(sbomEntry))
+            let vex = (result["vex"] as? [[String: Any]] ?? []).compactMap { statement -> JSONValue? in
+                guard let advisory = statement["advisory"] as? String,
+                    let justification = statement["justification"] as? String
+                else { return nil }
+                var entry = JSONObject()
+                entry.set("advisory", .string(advisory))
+                entry.set("justification", .string(justification))
+                return .object(entry)
+            }
             var gate = JSONObject()
             gate.set("sha256", .string(reportSHA256))
+            gate.set("blockSeverity", .string(result["blockSeverity"] as? String ?? ""))
             gate.set("waivers", .array(waivers))
+            gate.set("vex", .array(vex))
             custom.set("gate", .object(gate))
             do {
                 let lock = try RepositoryLock(directory: repo)
@@ -118,8 +156,9 @@ struct ReleaseCommand: AsyncParsableCommand {
                 try editor.save()
                 let published = try await editor.publish(keyring: try KeyDirectory(path: keys).keyring())
                 print(
-                    "gate passed (\(findings.count) findings, \(waivers.count) waivers; report \(reportSHA256)); "
-                        + "\(name) \(version) listed in \(listed); published \(published.joined(separator: ", "))")
+                    "gate passed (\(findings.count) findings, \(waivers.count) waivers, \(vex.count) VEX statements, "
+                        + "\(unchecked) components unchecked; report \(reportSHA256)); \(name) \(version) listed in "
+                        + "\(listed); published \(published.joined(separator: ", "))")
             } catch let error as RepositoryError {
                 throw CleanExit.message("bulwark: \(error.reason)", code: 1)
             }

@@ -82,6 +82,13 @@ public struct HubConfiguration: Sendable, Equatable {
     public var releaseBlockSeverity = Severity.high
     /// The imported OSV advisories (`advisories.database`; default `<data>/advisories.db`).
     public var advisoriesDatabase: String?
+    /// `release.blockUnchecked`: a component whose package URL names no ecosystem with advisories (`pkg:generic`,
+    /// `pkg:rpm`) blocks the release (default false: listed in the report; an SBOM with nothing checkable always
+    /// blocks).
+    public var releaseBlockUnchecked = false
+    /// `release.requireGate`: the hub assigns (and rolls out) only targets whose signed custom carries the report of
+    /// a gate run that passed for those very bytes (default false).
+    public var releaseRequireGate = false
     public var tufResignIntervalSeconds = 3600
     public var tufTimestampWithinSeconds = 6 * 3600
     public var tufSnapshotWithinSeconds = 2 * 86400
@@ -227,6 +234,8 @@ public struct HubConfiguration: Sendable, Equatable {
             config.releaseBlockSeverity = severity
         }
         config.advisoriesDatabase = reader.string(forKey: "advisories.database")
+        config.releaseBlockUnchecked = reader.bool(forKey: "release.blockUnchecked", default: false)
+        config.releaseRequireGate = reader.bool(forKey: "release.requireGate", default: false)
         if let profile = reader.string(forKey: "crypto.profile") {
             do { config.cryptoProfile = try CryptoProfile(parsing: profile) } catch {
                 throw HubStartupError(error.description)

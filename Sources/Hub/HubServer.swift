@@ -218,7 +218,11 @@ public final class HubServer: Sendable {
                 releaseGate: ReleaseGate(
                     store: store,
                     databasePath: configuration.advisoriesDatabase ?? configuration.dataDirectory + "/advisories.db",
-                    blockSeverity: configuration.releaseBlockSeverity)
+                    blockSeverity: configuration.releaseBlockSeverity,
+                    blockUnchecked: configuration.releaseBlockUnchecked, requireGate: configuration.releaseRequireGate,
+                    publishedTargets: configuration.tufRepository.map(assignments).map { assignments in
+                        { assignments.publishedTargets() }
+                    })
             ).register(on: $0)
         }
         var pairing = PairingListener(

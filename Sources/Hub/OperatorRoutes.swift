@@ -108,8 +108,11 @@ struct OperatorRoutes {
         let object = try await jsonObject(request)
         let target = object["target"] as? String
         guard target != nil || object["target"] is NSNull else { throw Self.invalid("the body is {\"target\": PATH}") }
-        if let target, assignments.published(target) == nil {
-            throw Self.invalid("\(target) is not a target in the published targets metadata")
+        if let target {
+            guard let file = assignments.published(target) else {
+                throw Self.invalid("\(target) is not a target in the published targets metadata")
+            }
+            if let refusal = try await releaseGate?.refusal(file) { throw Self.ungated(refusal) }
         }
         try await store.setAssignment(scope, target: target)
         try await store.recordSecurityEvent(
@@ -241,6 +244,10 @@ struct OperatorRoutes {
         HubError(.badRequest, "invalid-request", message: message, detail: message, event: nil)
     }
 
+    private static func ungated(_ message: String) -> HubError {
+        HubError(.conflict, "ungated-release", message: message, detail: message, event: nil)
+    }
+
     private func jsonObject(_ request: Request) async throws -> [String: Any] {
         let body = try await DeviceRoutes.collect(request, limit: 64 * 1024)
         guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else {
@@ -346,6 +353,11 @@ struct OperatorRoutes {
         let by = try requireOperator(context)
         let controller = try rolloutController()
         let object = try await jsonObject(request)
+        if let target = object["target"] as? String, let file = assignments?.published(target),
+            let refusal = try await releaseGate?.refusal(file)
+        {
+            throw Self.ungated(refusal)
+        }
         guard let target = object["target"] as? String, let stages = object["stages"] as? [Int],
             let soak = (object["soakSeconds"] as? NSNumber)?.doubleValue,
             let rate = (object["maxFailureRate"] as? NSNumber)?.doubleValue
@@ -372,17 +384,24 @@ struct OperatorRoutes {
         let by = try requireOperator(context)
         let gate = try gate()
         let body = try await DeviceRoutes.collect(request, limit: ReleaseGate.maximumBodyBytes)
+        // Target paths and versions as agents report them (at most 255 characters, no control characters), so a
+        // rescan can find the devices running a release.
+        let reportable = { (text: String) in
+            (1...255).contains(text.utf8.count) && !text.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }
+        }
         guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-            let target = object["target"] as? String, !target.isEmpty, target.utf8.count <= 1024,
+            let target = object["target"] as? String, reportable(target),
             let sha256 = object["sha256"] as? String, sha256.utf8.count == 64, hexDecode(sha256) != nil,
-            let version = object["version"] as? String, !version.isEmpty, version.utf8.count <= 256,
-            let securityVersion = (object["securityVersion"] as? NSNumber)?.intValue,
-            (0...Int(Int32.max)).contains(securityVersion),
+            let version = object["version"] as? String, reportable(version),
+            let number = object["securityVersion"] as? NSNumber, Self.isInteger(number),
+            (0...Int64(Int32.max)).contains(number.int64Value),
             let sbomText = object["sbom"] as? String, let sbom = Data(base64Encoded: sbomText)
         else {
             throw Self.invalid(
-                "the body is {target, sha256 (hex), version, securityVersion (0-2147483647), sbom (base64), vex?}")
+                "the body is {target, sha256 (hex), version, securityVersion (0-2147483647), sbom (base64), vex?}; "
+                    + "target and version are 1-255 bytes without control characters")
         }
+        let securityVersion = Int(number.int64Value)
         var vex: [UInt8]?
         if let vexText = object["vex"] as? String {
             guard let data = Data(base64Encoded: vexText) else { throw Self.invalid("vex must be base64") }
@@ -399,8 +418,17 @@ struct OperatorRoutes {
                 "blocked": record.blocked, "report": String(decoding: record.report, as: UTF8.self),
                 "reportSHA256": record.reportSHA256, "sbomSHA256": report.sbomSHA256,
                 "findings": report.findings.map(Self.json), "advisories": summary.records,
+                "blockSeverity": report.blockSeverity.label, "checked": report.checked,
+                "unchecked": report.unchecked, "uncheckedCount": report.uncheckedCount, "truncated": report.truncated,
                 "waivers": report.waiversUsed.map { ["advisory": $0.advisory, "purl": $0.purl, "until": $0.until] },
+                "vex": report.vexUsed.map { ["advisory": $0.id, "justification": $0.justification ?? ""] },
             ])
+    }
+
+    /// A JSON number that is an integer (not `true`, not `1.5`).
+    static func isInteger(_ number: NSNumber) -> Bool {
+        let type = String(cString: number.objCType)
+        return type != "c" && type != "d" && type != "f" && Double(number.int64Value) == number.doubleValue
     }
 
     func listReleases(_ context: HubRequestContext) async throws -> Response {
@@ -463,18 +491,26 @@ struct OperatorRoutes {
     /// blocked.
     func rescan(_ context: HubRequestContext) async throws -> Response {
         let by = try requireOperator(context)
-        let (results, summary) = try await gate().rescan(
+        let (results, ungated, summary) = try await gate().rescan(
             by: by.rawValue, correlationID: context.correlationID.rawValue, now: Date())
         return try JSONResponse.make(
             .ok,
             [
-                "advisories": summary.records, "deployedBlocking": results.contains { $0.deployedBlocking },
+                "advisories": summary.records,
+                "deployedBlocking": results.contains { $0.deployedBlocking }
+                    || ungated.contains { !$0.devices.isEmpty },
                 "releases": results.map { result in
                     [
                         "target": result.release.target, "version": result.release.version,
-                        "blocked": result.report.blocked, "deployedBlocking": result.deployedBlocking,
-                        "devices": result.devices.map(\.rawValue),
-                        "findings": result.report.findings.map(Self.json),
+                        "blocked": result.blocked, "deployedBlocking": result.deployedBlocking,
+                        "devices": result.devices.map(\.rawValue), "sbomUnreadable": result.report == nil,
+                        "findings": result.report?.findings.map(Self.json) ?? [],
+                    ] as [String: Any]
+                },
+                "ungated": ungated.map { target in
+                    [
+                        "target": target.target, "version": target.version ?? "",
+                        "devices": target.devices.map(\.rawValue),
                     ] as [String: Any]
                 },
             ])

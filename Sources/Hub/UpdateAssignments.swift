@@ -34,6 +34,11 @@ struct UpdateAssignments: Sendable {
         parsed.targets(repository + "/metadata/targets.json")?.targets[path]
     }
 
+    /// Every target the published top-level targets metadata lists.
+    func publishedTargets() -> [TargetFile] {
+        Array(parsed.targets(repository + "/metadata/targets.json")?.targets.values ?? [:].values)
+    }
+
     /// The answer to `GET /v1/updates/assignment`: `{"target": null}` or the target with its signed length, hashes
     /// and custom fields (for the agent to compare with what its own TUF client verifies).
     func answer(_ resolved: Resolved?) throws -> String {

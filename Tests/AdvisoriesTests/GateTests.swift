@@ -243,3 +243,117 @@ import Testing
         #expect(low.findings.filter(\.blocking).count == 3)
     }
 }
+
+/// The review's attacks on the gate: what it cannot check, names spelled differently on each side, Debian's source
+/// packages and releases, severity borrowed from another package, VEX statements broader than they say, duplicated
+/// components, and local builds of an affected version.
+@Suite struct GateScopeTests {
+    typealias Source = GateTests.Source
+
+    static func evaluate(
+        _ components: [String], records: [String], vex: String? = nil, blockUnchecked: Bool = false
+    ) throws -> GateReport {
+        let list = components.map { purl -> String in
+            let parsed = try? PackageURL(parsing: purl)
+            return
+                #"{"type":"library","bom-ref":"\#(purl)","name":"x","version":"\#(parsed?.version ?? "1")","purl":"\#(purl)"}"#
+        }
+        let text = """
+            {"bomFormat":"CycloneDX","specVersion":"1.6","serialNumber":"urn:uuid:11111111-2222-3333-4444-555555555555",
+             "version":3,"components":[\(list.joined(separator: ","))]\(vex.map { ",\"vulnerabilities\":" + $0 } ?? "")}
+            """
+        let sbom = try SBOM(json: Array(text.utf8))
+        return try GateReport.evaluate(
+            sbom: sbom, sbomBytes: Array(text.utf8),
+            advisories: Source(records: records.map { try OSVRecord(json: Array($0.utf8)) }),
+            waivers: [], blockSeverity: .high, blockUnchecked: blockUnchecked, now: 1_800_000_000)
+    }
+
+    static let critical = #""severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}]"#
+
+    @Test func componentsNoEcosystemCoversAreListedAndAnSBOMOfOnlyThoseBlocks() throws {
+        let nothing = try Self.evaluate(["pkg:generic/busybox@1.36.1", "pkg:rpm/fedora/curl@8.0"], records: [])
+        #expect(nothing.blocked && nothing.checked == 0 && nothing.uncheckedCount == 2)
+        let mixed = try Self.evaluate(["pkg:generic/busybox@1.36.1", "pkg:npm/a@1.0.0"], records: [])
+        #expect(!mixed.blocked && mixed.unchecked == ["pkg:generic/busybox@1.36.1"])
+        #expect(
+            try Self.evaluate(["pkg:generic/busybox@1.36.1", "pkg:npm/a@1.0.0"], records: [], blockUnchecked: true)
+                .blocked)
+    }
+
+    @Test func namesMatchAsEachEcosystemComparesThem() throws {
+        let go =
+            #"{"id":"GO-1","modified":"2026-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"Go","name":"github.com/BurntSushi/toml"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"1.3.0"}]}]}],"#
+            + Self.critical + "}"
+        #expect(try Self.evaluate(["pkg:golang/github.com/burntsushi/toml@v1.2.0"], records: [go]).blocked)
+        let npm =
+            #"{"id":"NPM-1","modified":"2026-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"JSONStream"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0"},{"fixed":"2.0.0"}]}]}],"#
+            + Self.critical + "}"
+        #expect(try Self.evaluate(["pkg:npm/jsonstream@1.3.5"], records: [npm]).blocked)
+    }
+
+    @Test func debianMatchesBySourcePackageAndRelease() throws {
+        let dsa = """
+            {"id":"DSA-9","modified":"2026-01-01T00:00:00Z","affected":[
+             {"package":{"ecosystem":"Debian:11","name":"openssl"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"}]}]},
+             {"package":{"ecosystem":"Debian:12","name":"openssl"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"3.0.11-1~deb12u2"}]}]}],
+             \(Self.critical)}
+            """
+        let fixed12 = "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?upstream=openssl&distro=debian-12"
+        #expect(!(try Self.evaluate([fixed12], records: [dsa]).blocked), "fixed in 12; the entry for 11 is not 12's")
+        let old12 = "pkg:deb/debian/libssl3@3.0.9-1?upstream=openssl&distro=bookworm"
+        #expect(try Self.evaluate([old12], records: [dsa]).findings.first?.blocking == true, "by its source package")
+        let eleven = "pkg:deb/debian/libssl1.1@1.1.1w-0+deb11u1?upstream=openssl&distro=debian-11"
+        #expect(try Self.evaluate([eleven], records: [dsa]).blocked)
+        let unknownRelease = "pkg:deb/debian/openssl@3.0.11-1~deb12u2"
+        #expect(try Self.evaluate([unknownRelease], records: [dsa]).blocked, "no release named: every entry applies")
+    }
+
+    @Test func aPackageIsRatedByItsOwnEntryNotAnothers() throws {
+        let record = """
+            {"id":"GHSA-two","modified":"2026-01-01T00:00:00Z","affected":[
+             {"package":{"ecosystem":"npm","name":"b"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0"}]}],
+              "severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:N/AC:H/PR:N/UI:N/S:U/C:L/I:N/A:N"}]},
+             {"package":{"ecosystem":"npm","name":"a"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0"}]}],
+              "severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}]}]}
+            """
+        let a = try Self.evaluate(["pkg:npm/a@1.0.0"], records: [record])
+        #expect(a.findings.first?.severity == "critical" && a.blocked)
+        let b = try Self.evaluate(["pkg:npm/b@1.0.0"], records: [record])
+        #expect(b.findings.first?.severity == "low" && !b.blocked)
+    }
+
+    @Test func vexWaivesOnlyWhatItNames() throws {
+        let record =
+            #"{"id":"GHSA-v","modified":"2026-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"a"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0"}]}]}],"#
+            + Self.critical + "}"
+        func statement(_ ref: String, versions: String = "") -> String {
+            #"[{"id":"GHSA-v","analysis":{"state":"not_affected","justification":"code_not_present"},"affects":[{"ref":"\#(ref)"\#(versions)}]}]"#
+        }
+        let components = ["pkg:npm/a@1.0.0"]
+        #expect(!(try Self.evaluate(components, records: [record], vex: statement("pkg:npm/a@1.0.0")).blocked))
+        #expect(try Self.evaluate(components, records: [record], vex: statement("pkg:npm/a")).blocked, "no version")
+        let link = "urn:cdx:11111111-2222-3333-4444-555555555555/3#pkg:npm/a@1.0.0"
+        #expect(!(try Self.evaluate(components, records: [record], vex: statement(link)).blocked))
+        let otherVersion = "urn:cdx:11111111-2222-3333-4444-555555555555/2#pkg:npm/a@1.0.0"
+        #expect(try Self.evaluate(components, records: [record], vex: statement(otherVersion)).blocked)
+        let otherSerial = "urn:cdx:99999999-2222-3333-4444-555555555555/3#pkg:npm/a@1.0.0"
+        #expect(try Self.evaluate(components, records: [record], vex: statement(otherSerial)).blocked)
+        let listed = statement("pkg:npm/a@1.0.0", versions: #","versions":[{"version":"0.9.0","status":"unaffected"}]"#)
+        #expect(try Self.evaluate(components, records: [record], vex: listed).blocked, "1.0.0 is not listed")
+    }
+
+    @Test func duplicateComponentsAreMatchedOnceAndLocalBuildsOfAnAffectedVersionAreAffected() throws {
+        let record =
+            #"{"id":"PYSEC-l","modified":"2026-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"PyPI","name":"torch"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"last_affected":"2.0.0"}]}]}],"#
+            + Self.critical + "}"
+        let many = Array(repeating: "pkg:pypi/torch@2.0.0%2Bcu118", count: 20_000)
+        let report = try Self.evaluate(many, records: [record])
+        #expect(report.findings.count == 1 && report.blocked, "a local build of 2.0.0 is 2.0.0")
+        #expect(!(try Self.evaluate(["pkg:pypi/torch@2.0.1"], records: [record]).blocked))
+        // A GIT-only entry has no package: accepted, matches nothing.
+        let git =
+            #"{"id":"OSV-g","modified":"2026-01-01T00:00:00Z","affected":[{"ranges":[{"type":"GIT","repo":"https://x","events":[{"introduced":"0"}]}]}]}"#
+        #expect(try OSVRecord(json: Array(git.utf8)).affected.isEmpty)
+    }
+}

@@ -55,9 +55,11 @@ import Testing
         #expect(purl.version == "v1.9.0")
         #expect(purl.osvPackage?.ecosystem == .go)
         #expect(purl.osvPackage?.name == "github.com/gin-gonic/gin")
-        // Go module paths are case-sensitive and stay as written.
+        // Go module paths keep their case in the purl, and compare case-insensitively with OSV's spelling.
         let azure = try PackageURL(parsing: "pkg:golang/github.com/Azure/azure-sdk-for-go@v68.0.0%2Bincompatible")
-        #expect(azure.osvPackage?.name == "github.com/Azure/azure-sdk-for-go")
+        #expect(azure.namespace == "github.com/Azure")
+        #expect(azure.osvPackage?.name == "github.com/azure/azure-sdk-for-go")
+        #expect(Ecosystem.go.normalizedName("github.com/BurntSushi/toml") == "github.com/burntsushi/toml")
         #expect(azure.version == "v68.0.0+incompatible")
         #expect(azure.description == "pkg:golang/github.com/Azure/azure-sdk-for-go@v68.0.0%2Bincompatible")
     }
@@ -80,7 +82,15 @@ import Testing
         #expect(purl.description == "pkg:deb/debian/openssl@3.0.11-1~deb12u2?arch=amd64&distro=debian-12")
         #expect(purl.osvPackage?.ecosystem == .debian)
         #expect(purl.osvPackage?.name == "openssl")
-        #expect((try PackageURL(parsing: "pkg:deb/ubuntu/openssl@3.0.2-0ubuntu1")).osvPackage?.ecosystem == .debian)
+        #expect(purl.debianRelease == "12")
+        // Ubuntu has advisories of its own: not matched against Debian's.
+        #expect((try PackageURL(parsing: "pkg:deb/ubuntu/openssl@3.0.2-0ubuntu1")).osvPackage == nil)
+        // OSV's Debian records name source packages: a binary package is matched by its upstream (source).
+        let binary = try PackageURL(parsing: "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?upstream=openssl&distro=bookworm")
+        #expect(binary.osvPackage?.name == "openssl")
+        #expect(binary.debianRelease == "12")
+        let sourceVersion = try PackageURL(parsing: "pkg:deb/debian/libc6@2.36-9?upstream=glibc%402.36-9")
+        #expect(sourceVersion.osvPackage?.name == "glibc")
     }
 
     @Test func parsesCargoCrate() throws {

@@ -60,12 +60,16 @@ private let allEcosystems: [Ecosystem] = [.semver, .pypi, .npm, .go, .cratesIO, 
         #expect(Ecosystem.pypi.normalizedName("FrIeNdLy-._.-bArD") == "friendly-bard")
     }
 
-    @Test func leavesOtherNamesUnchanged() {
+    @Test func foldsCaseWhereTheRegistryDoesAndLeavesOtherNamesUnchanged() {
         #expect(
             Ecosystem.maven.normalizedName("org.apache.logging.log4j:log4j-core")
                 == "org.apache.logging.log4j:log4j-core")
-        #expect(Ecosystem.npm.normalizedName("@Angular/Core_X") == "@Angular/Core_X")
-        #expect(Ecosystem.go.normalizedName("github.com/Azure/azure-sdk-for-go") == "github.com/Azure/azure-sdk-for-go")
+        #expect(Ecosystem.cratesIO.normalizedName("Serde_Json") == "Serde_Json")
+        // The purl spec lowercases npm and Go names; OSV keeps the registry's spelling: compared case-folded.
+        #expect(Ecosystem.npm.normalizedName("@Angular/Core_X") == "@angular/core_x")
+        #expect(Ecosystem.go.normalizedName("github.com/Azure/azure-sdk-for-go") == "github.com/azure/azure-sdk-for-go")
+        #expect(
+            Ecosystem.swiftURL.normalizedName("https://github.com/Apple/swift-nio.git") == "github.com/apple/swift-nio")
     }
 }
 

@@ -35,7 +35,9 @@ import Testing
         }
     }
 
-    static func hub(_ repository: Repository) async throws -> TestHub {
+    static func hub(
+        _ repository: Repository, configure: @escaping (inout HubConfiguration) -> Void = { _ in }
+    ) async throws -> TestHub {
         try await TestHub.start {
             $0.tufRepository = repository.path
             $0.tufOnlineKeys = repository.online
@@ -48,6 +50,7 @@ import Testing
             $0.gateway.routeBurst = 1000
             $0.gateway.deviceRate = 1000
             $0.gateway.deviceBurst = 1000
+            configure(&$0)
         }
     }
 

@@ -61,7 +61,7 @@ import Testing
 
     @Test func aReleaseIsBlockedWaivedPublishedRequiredAndRescanned() async throws {
         let repository = try await Repository.make("gate")
-        let hub = try await PinRotationTests.hub(repository)
+        let hub = try await PinRotationTests.hub(repository) { $0.releaseRequireGate = true }
         let cli = PairingEndToEndTests.CLI(binary: try HubProcessTests.binary, hub: hub)
         let work = try temporaryDirectory("gate-work")
         try Self.sbom.write(toFile: work + "/sbom.json", atomically: true, encoding: .utf8)
@@ -157,8 +157,22 @@ import Testing
             report?["targetSHA256"]?.stringValue
                 == hexEncode(SHA256.hash(data: try Data(contentsOf: URL(fileURLWithPath: gated)))))
 
-        // A release added without the gate: an agent that requires the gate refuses it and takes the gated one.
-        try await UpdateAgentTests.publish(repository, "plain-v3", security: 3)
+        // A release added without the gate. Staged by hand, it stops `release publish` (which would sign it too).
+        let plain = try await UpdateAgentTests.build(repository, "plain-v3")
+        let staged = try await cli.run([
+            "tuf", "add-target", "--repo", repository.path, "--security-version", "3", plain,
+        ])
+        #expect(staged.status == 0, "\(staged.stderr)")
+        let mixed = try await cli.run(publish)
+        #expect(mixed.status == 1 && mixed.stderr.contains("has staged edits (targets"), "\(mixed.stderr)")
+        let signed = try await cli.run(["tuf", "publish", "--repo", repository.path, "--keys", repository.keys])
+        #expect(signed.status == 0, "\(signed.stderr)")
+        // The hub (release.requireGate) will not assign it; an agent that requires the gate refuses it anyway.
+        let assignPlain = try await cli.run(["updates", "default", "plain-v3.tar"])
+        #expect(
+            assignPlain.status == 1 && assignPlain.stderr.contains("was not published through the vulnerability gate"),
+            "\(assignPlain.stderr)")
+        #expect(try await cli.run(["updates", "default", "gated-v2.tar"]).status == 0)
         let (agent, state, marker) = try await UpdateAgentTests.agent(hub, repository, "gate-dev") {
             $0.requireGate = true
         }
@@ -183,6 +197,7 @@ import Testing
         let clear = try await cli.run(["advisories", "rescan"])
         #expect(clear.status == 0, "\(clear.stderr)")
         #expect(clear.stdout.contains("gated-v2.tar 2.0.0: clear (1 devices)"), "\(clear.stdout)")
+        #expect(clear.stdout.contains("plain-v3.tar: never passed the gate, on 0 devices"), "\(clear.stdout)")
         let zipped = work + "/zip"
         try FileManager.default.createDirectory(atPath: zipped, withIntermediateDirectories: true)
         try Self.osv(
