@@ -167,13 +167,13 @@ public final class AdvisoryDatabase: AdvisorySource, Sendable {
     }
 
     private func records(_ db: Database, ecosystem: Ecosystem, name: String) throws -> [OSVRecord] {
-        let rows = try Row.fetchAll(
-            db,
+        // Prepared once per connection (a gate asks this for every component).
+        let statement = try db.cachedStatement(
             sql: """
                 SELECT records.id, records.body FROM affected JOIN records ON records.id = affected.id
                 WHERE affected.ecosystem = ? AND affected.name = ? AND records.withdrawn = 0
-                """,
-            arguments: [ecosystem.osvName, name])
+                """)
+        let rows = try Row.fetchAll(statement, arguments: [ecosystem.osvName, name])
         return try rows.map { row in
             let id: String = row["id"]
             if let record = parsed.withLock({ $0[id] }) { return record }
