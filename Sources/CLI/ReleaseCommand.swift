@@ -65,7 +65,7 @@ struct ReleaseCommand: AsyncParsableCommand {
             // The release is published alone: edits staged by hand (`tuf add-target`) would be signed with it, and
             // they did not pass the gate.
             do {
-                let staged = try RepositoryEditor.open(at: repo).stagedRoles
+                let staged = try FileRepository(directory: repo).open().stagedRoles
                 guard staged.isEmpty else {
                     throw CleanExit.message(
                         "bulwark: \(repo) has staged edits (\(staged.joined(separator: ", "))) that did not pass the "
@@ -149,12 +149,13 @@ struct ReleaseCommand: AsyncParsableCommand {
             do {
                 let lock = try RepositoryLock(directory: repo)
                 defer { lock.release() }
-                var editor = try RepositoryEditor.open(at: repo)
+                let repository = FileRepository(directory: repo)
+                var editor = try repository.open()
                 editor.keyPolicy =
                     ProcessInfo.processInfo.environment["BULWARK_CRYPTO_PROFILE"] == "fips" ? .fips : .any
                 let listed = try editor.addTarget(path: name, contents: contents, role: role, custom: .object(custom))
-                try editor.save()
-                let published = try await editor.publish(keyring: try KeyDirectory(path: keys).keyring())
+                let published = try await repository.publish(
+                    &editor, keyring: try KeyDirectory(path: keys).keyring())
                 print(
                     "gate passed (\(findings.count) findings, \(waivers.count) waivers, \(vex.count) VEX statements, "
                         + "\(unchecked) components unchecked; report \(reportSHA256)); \(name) \(version) listed in "

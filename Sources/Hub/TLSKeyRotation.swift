@@ -141,7 +141,8 @@ public enum TLSKeyRotation {
     ) async throws -> Int {
         let lock = try RepositoryLock(directory: repository)
         defer { lock.release() }
-        var editor = try RepositoryEditor.open(at: repository)
+        let files = FileRepository(directory: repository)
+        var editor = try files.open()
         guard editor.stagedRoles.isEmpty else {
             throw HubStartupError(
                 "\(repository) has staged edits (\(editor.stagedRoles.joined(separator: ", "))): publish or discard "
@@ -156,7 +157,7 @@ public enum TLSKeyRotation {
         try editor.addTarget(
             path: PinSet.targetPath, contents: PinSet(version: version, pins: pins).json, role: "targets",
             custom: .object(custom))
-        do { try await editor.publish(keyring: keyring) } catch {
+        do { try await files.publish(&editor, keyring: keyring) } catch {
             throw HubStartupError(
                 "cannot publish the pin set: \(error) (do --keys hold the targets, snapshot and timestamp keys?)")
         }

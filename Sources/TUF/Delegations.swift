@@ -9,7 +9,8 @@ public struct Delegations: Sendable, Equatable {
     public let succinctRoles: SuccinctRoles?
     public let unrecognized: JSONObject
 
-    init(json: JSONObject) throws(TUFError) {
+    /// Parses a `delegations` object (TUF §4.5), refusing what the client would refuse.
+    public init(json: JSONObject) throws(TUFError) {
         let keysObject = try json.object("keys")
         keys = try parseKeys(keysObject)
         keyOrder = keysObject.keys
@@ -62,6 +63,9 @@ public struct Delegations: Sendable, Equatable {
             unrecognized
         )
     }
+
+    /// The names of every delegated role: the listed roles, or every succinct bin.
+    public var delegatedRoleNames: [String] { roles?.map(\.name) ?? succinctRoles?.roleNames ?? [] }
 
     /// TUF §5.6.7.2: the delegated roles trusted for `targetPath`, in order, with whether each
     /// is terminating. Succinct hashed bins always yield one terminating role (TAP 15).
@@ -182,8 +186,22 @@ public struct SuccinctRoles: Sendable, Equatable {
     }
 
     func name(bin: UInt64) -> String {
+        Self.name(prefix: namePrefix, suffixWidth: suffixWidth, bin: bin)
+    }
+
+    static func name(prefix: String, suffixWidth: Int, bin: UInt64) -> String {
         let hex = String(bin, radix: 16)
-        return "\(namePrefix)-\(String(repeating: "0", count: max(0, suffixWidth - hex.count)))\(hex)"
+        return "\(prefix)-\(String(repeating: "0", count: max(0, suffixWidth - hex.count)))\(hex)"
+    }
+
+    /// Every bin's name, in bin order (TAP 15: prefix, dash, fixed-width lowercase hex).
+    public var roleNames: [String] { Self.roleNames(bitLength: bitLength, namePrefix: namePrefix) }
+
+    /// The bin names a `succinct_roles` with this bit length and prefix stands for.
+    public static func roleNames(bitLength: Int, namePrefix: String) -> [String] {
+        let count = UInt64(1) << UInt64(bitLength)
+        let width = String(count - 1, radix: 16).count
+        return (0..<count).map { name(prefix: namePrefix, suffixWidth: width, bin: $0) }
     }
 
     /// TAP 15: whether `roleName` is one of the bins (prefix, dash, fixed-width hex in range).

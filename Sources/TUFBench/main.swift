@@ -117,8 +117,8 @@ func spawnMeasured(_ argv: [String], stdoutFile: String) -> Run? {
 
 func makeRepository(_ dir: String, kind: String, keys: [FileSigner]) async throws -> String {
     let spec = RoleKeySpec(keys: [keys[0].publicKey])
-    var editor = try RepositoryEditor.create(
-        at: dir,
+    let repository = FileRepository(directory: dir)
+    var editor = try repository.create(
         root: RoleKeySpec(keys: [keys[0].publicKey]),
         timestamp: RoleKeySpec(keys: [keys[1].publicKey]),
         snapshot: RoleKeySpec(keys: [keys[2].publicKey]),
@@ -146,7 +146,7 @@ func makeRepository(_ dir: String, kind: String, keys: [FileSigner]) async throw
         )
     }
     try editor.addTarget(path: downloaded, contents: (0..<16384).map { UInt8(truncatingIfNeeded: $0 &* 31) })
-    try await editor.publish(keyring: Keyring(keys))
+    try await repository.publish(&editor, keyring: Keyring(keys))
     return downloaded
 }
 

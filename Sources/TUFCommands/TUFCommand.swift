@@ -61,8 +61,10 @@ struct RepoOptions: ParsableArguments {
         return KeyDirectory(path: keys)
     }
 
+    var repository: FileRepository { FileRepository(directory: repo) }
+
     func open() throws -> RepositoryEditor {
-        var editor = try RepositoryEditor.open(at: repo)
+        var editor = try repository.open()
         editor.keyPolicy = try keyPolicy()
         return editor
     }
@@ -154,8 +156,7 @@ extension TUFCommand {
                     specs[role] = RoleKeySpec(keys: [s.publicKey])
                     ring.add(s)
                 }
-                var editor = try RepositoryEditor.create(
-                    at: options.repo,
+                var editor = try options.repository.create(
                     root: rootSpec,
                     timestamp: specs["timestamp"] ?? rootSpec,
                     snapshot: specs["snapshot"] ?? rootSpec,
@@ -163,7 +164,7 @@ extension TUFCommand {
                     consistentSnapshot: !noConsistentSnapshot
                 )
                 editor.keyPolicy = try options.keyPolicy()
-                try await editor.publish(keyring: ring)
+                try await options.repository.publish(&editor, keyring: ring)
                 print("initialized \(options.repo) (root \(rootThreshold) of \(rootKeys), \(keyType.rawValue) keys)")
             }
         }
@@ -202,7 +203,7 @@ extension TUFCommand {
                 let path = name ?? URL(fileURLWithPath: file).lastPathComponent
                 let listed = try editor.addTarget(
                     path: path, contents: Array(data), role: role, sha512: sha512, custom: custom)
-                try editor.save()
+                try options.repository.save(&editor)
                 print("staged \(path) in \(listed)")
             }
         }
@@ -218,7 +219,7 @@ extension TUFCommand {
             try await report {
                 var editor = try options.open()
                 let from = try editor.removeTarget(path: path, role: role)
-                try editor.save()
+                try options.repository.save(&editor)
                 print("staged removal of \(path) from \(from)")
             }
         }
@@ -269,7 +270,7 @@ extension TUFCommand {
                     try editor.delegate(from: from, to: role, paths: paths, keys: spec, terminating: terminating)
                     print("staged delegation \(from) -> \(role)")
                 }
-                try editor.save()
+                try options.repository.save(&editor)
             }
         }
     }
@@ -296,7 +297,7 @@ extension TUFCommand {
                     keyNames.isEmpty
                     ? Array(try dir.keyring().signers.values) : try keyNames.map { try dir.signer(nameOrURI: $0) }
                 let n = try await editor.sign(role: role, with: signers)
-                try editor.save()
+                try options.repository.save(&editor)
                 print("added \(n) signature(s) to \(role)")
             }
         }
@@ -321,7 +322,7 @@ extension TUFCommand {
                 var editor = try options.open()
                 let keys = try add.map { try dir.loadOrGenerate(name: $0, type: keyType).publicKey }
                 try editor.rotateKeys(role: role, add: keys, remove: remove, threshold: threshold)
-                try editor.save()
+                try options.repository.save(&editor)
                 print("staged key rotation for \(role); new keyids: \(keys.map(KeyID.of).joined(separator: " "))")
             }
         }
@@ -344,10 +345,11 @@ extension TUFCommand {
                 let ring = try dir.keyring()
                 if let hours = resignWithinHours {
                     for role in ["snapshot", "timestamp"] {
-                        _ = try await editor.resignIfExpiring(role: role, within: Int64(hours) * 3600, keyring: ring)
+                        _ = try await options.repository.resignIfExpiring(
+                            &editor, role: role, within: Int64(hours) * 3600, keyring: ring)
                     }
                 }
-                let published = try await editor.publish(keyring: ring)
+                let published = try await options.repository.publish(&editor, keyring: ring)
                 print(published.isEmpty ? "nothing to publish" : "published " + published.joined(separator: ", "))
             }
         }

@@ -1,4 +1,3 @@
-import Foundation
 import TUF
 
 /// How long each role's metadata stays valid after it is signed (TUF §4.3 `expires`).
@@ -68,6 +67,22 @@ struct RoleState: Sendable {
         return o
     }
 
+    /// Parses the role as TUF's typed metadata (TUF §4.3-§4.6): what our client, like python-tuf, accepts.
+    func checkTyped(_ name: String) throws(RepositoryError) {
+        let object = fullSigned
+        do throws(TUFError) {
+            switch signed["_type"]?.stringValue {
+            case "root": _ = try Root(json: object)
+            case "targets": _ = try Targets(json: object)
+            case "snapshot": _ = try Snapshot(json: object)
+            case "timestamp": _ = try Timestamp(json: object)
+            default: throw TUFError(.invalidMetadata, "unknown _type")
+            }
+        } catch {
+            throw RepositoryError(.repository, "\(name) is not metadata TUF clients accept: \(error.reason)")
+        }
+    }
+
     func canonicalSigned() throws(RepositoryError) -> [UInt8] {
         do {
             return try CanonicalJSON.encode(.object(fullSigned))
@@ -122,83 +137,9 @@ struct RoleState: Sendable {
     }
 }
 
-/// How a targets role delegates, parsed once for routing targets (TUF §4.5 `delegations`).
-enum Route: Sendable {
-    struct Entry: Sendable {
-        let name: String
-        let paths: [String]?
-        let prefixes: [String]?
-        let terminating: Bool
-    }
-
-    case none
-    case roles([Entry])
-    /// TAP 15 succinct hashed bins.
-    case succinct(bitLength: Int, namePrefix: String)
-
-    init(_ signed: JSONObject) {
-        guard let d = signed["delegations"]?.objectValue else {
-            self = .none
-            return
-        }
-        if let s = d["succinct_roles"]?.objectValue, let bits = s["bit_length"]?.integerValue,
-            let prefix = s["name_prefix"]?.stringValue
-        {
-            self = .succinct(bitLength: Int(bits), namePrefix: prefix)
-            return
-        }
-        var entries: [Entry] = []
-        for r in d["roles"]?.arrayValue ?? [] {
-            guard let o = r.objectValue, let name = o["name"]?.stringValue else { continue }
-            entries.append(
-                Entry(
-                    name: name,
-                    paths: o["paths"]?.arrayValue?.compactMap(\.stringValue),
-                    prefixes: o["path_hash_prefixes"]?.arrayValue?.compactMap(\.stringValue),
-                    terminating: o["terminating"]?.boolValue ?? false
-                )
-            )
-        }
-        self = .roles(entries)
-    }
-
-    /// Names of every delegated role.
-    var names: [String] {
-        switch self {
-        case .none: return []
-        case .roles(let e): return e.map(\.name)
-        case .succinct(let bits, let prefix): return (0..<(1 << bits)).map { Route.binName(prefix, bits, $0) }
-        }
-    }
-
-    /// TAP 15 bin name: prefix, dash, bin number in fixed-width lowercase hex.
-    static func binName(_ prefix: String, _ bits: Int, _ bin: Int) -> String {
-        let width = String((1 << bits) - 1, radix: 16).count
-        let hex = String(bin, radix: 16)
-        return prefix + "-" + String(repeating: "0", count: max(0, width - hex.count)) + hex
-    }
-
-    /// The first delegated role trusted for `path` (TUF §5.6.7.2 order), if any.
-    func first(for path: String, digest: String) -> String? {
-        switch self {
-        case .none: return nil
-        case .succinct(let bits, let prefix):
-            // TAP 15: the bin is the first `bit_length` bits of SHA-256(path).
-            guard let first = UInt32(digest.prefix(8), radix: 16) else { return nil }
-            return Route.binName(prefix, bits, Int(first >> UInt32(32 - bits)))
-        case .roles(let entries):
-            for e in entries {
-                if let paths = e.paths, paths.contains(where: { PathPattern.matches(pattern: $0, path: path) }) {
-                    return e.name
-                }
-                if let prefixes = e.prefixes, prefixes.contains(where: { digest.hasPrefix($0) }) { return e.name }
-            }
-            return nil
-        }
-    }
-}
-
-/// Creates and edits a TUF repository (TUF §4, §6), laid out as python-tuf and our `Updater`
+/// Creates and edits a TUF repository (TUF §4, §6) in memory, without touching a file: reading goes through the
+/// `read` function `load` is given, and `publish` and `stage` return a `RepositoryPlan` (file name → bytes, in
+/// write order) that `FileRepository` writes. The layout the plan follows is the one python-tuf and our `Updater`
 /// expect:
 ///
 /// ```
@@ -212,39 +153,38 @@ enum Route: Sendable {
 ///
 /// Edits change metadata in memory and mark the role staged: the first edit after a publish
 /// bumps the version and resets `expires` (TUF §4.3, §4.5). `publish` signs what is staged,
-/// updates snapshot (TUF §4.4) and timestamp (TUF §4.6), checks every threshold, and writes
-/// the files atomically, timestamp last. Role names are percent-encoded in file names.
+/// updates snapshot (TUF §4.4) and timestamp (TUF §4.6), checks every threshold, and plans
+/// the files, timestamp last. Role names are percent-encoded in file names.
+///
+/// Every role the editor loads, and every role it signs, is parsed as TUF's typed metadata (`Root`, `Targets`,
+/// `Snapshot`, `Timestamp`) first: it never signs what our own client, or python-tuf, would refuse. Delegations are
+/// routed by `TUF.Delegations`, the same code the client trusts targets with.
 public struct RepositoryEditor: Sendable {
-    public let directory: String
     public var expiry: ExpiryPolicy
     /// The clock, in seconds since the epoch (tests move it).
     public var clock: @Sendable () -> Int64
     var roles: [String: RoleState] = [:]
     /// The root last published: a new root must also be signed by its threshold (TUF §5.3.4).
     var publishedRoot: JSONObject?
-    var routes: [String: Route] = [:]
+    /// Each targets role's parsed `delegations` (nil: it delegates nothing), dropped when they change.
+    var delegationCache: [String: Delegations?] = [:]
+    /// Artifacts added since the last plan: written before any metadata that lists them.
+    var pendingArtifacts: [(path: String, bytes: [UInt8])] = []
     /// Opened without the staged edits (the re-signer): `publish` then leaves `staged/` alone.
     var ignoresStaged = false
     /// `crypto.profile`: under `.fips`, `sign` and `publish` refuse a signing key outside FIPS 186-5 and a repository
     /// that lists one, and thresholds count only keys inside it.
     public var keyPolicy = KeyPolicy.any
 
-    public var metadataDirectory: String { directory + "/metadata" }
-    public var targetsDirectory: String { directory + "/targets" }
-    var stagedDirectory: String { directory + "/staged" }
-
-    init(directory: String, expiry: ExpiryPolicy, clock: @escaping @Sendable () -> Int64) {
-        self.directory = directory
+    init(expiry: ExpiryPolicy, clock: @escaping @Sendable () -> Int64) {
         self.expiry = expiry
         self.clock = clock
     }
 
     // MARK: - Create and open
 
-    /// Creates version 1 of every top-level role in memory (nothing is written until
-    /// `publish` or `save`). Refuses a directory that already holds a repository.
+    /// Creates version 1 of every top-level role in memory (nothing is planned until `publish` or `stage`).
     public static func create(
-        at directory: String,
         root: RoleKeySpec,
         timestamp: RoleKeySpec,
         snapshot: RoleKeySpec,
@@ -253,12 +193,7 @@ public struct RepositoryEditor: Sendable {
         expiry: ExpiryPolicy = ExpiryPolicy(),
         clock: @escaping @Sendable () -> Int64 = ExpiryDate.now
     ) throws(RepositoryError) -> RepositoryEditor {
-        var editor = RepositoryEditor(directory: directory, expiry: expiry, clock: clock)
-        if FileManager.default.fileExists(atPath: editor.metadataDirectory + "/root.json")
-            || FileManager.default.fileExists(atPath: editor.stagedDirectory + "/root.json")
-        {
-            throw RepositoryError(.usage, "a repository already exists in \(directory)")
-        }
+        var editor = RepositoryEditor(expiry: expiry, clock: clock)
         var keys = JSONObject()
         var rolesObject = JSONObject()
         for (name, spec) in [("root", root), ("timestamp", timestamp), ("snapshot", snapshot), ("targets", targets)] {
@@ -283,17 +218,20 @@ public struct RepositoryEditor: Sendable {
         return editor
     }
 
-    /// Opens a repository: the published metadata, with staged edits on top (unless `includeStaged` is false:
-    /// the unattended re-signer must never publish what an operator staged and has not published).
-    public static func open(
-        at directory: String,
+    /// Loads a repository through `read` (a path relative to the repository, such as `metadata/root.json` or
+    /// `staged/targets.json`, to its bytes, or nil when there is no such file): the published metadata, with staged
+    /// edits on top (unless `includeStaged` is false: the unattended re-signer must never publish what an operator
+    /// staged and has not published). Every role is parsed as typed TUF metadata, and delegated roles are found
+    /// through each targets role's `Delegations`.
+    public static func load(
         expiry: ExpiryPolicy = ExpiryPolicy(),
         clock: @escaping @Sendable () -> Int64 = ExpiryDate.now,
-        includeStaged: Bool = true
+        includeStaged: Bool = true,
+        read: (String) throws(RepositoryError) -> [UInt8]?
     ) throws(RepositoryError) -> RepositoryEditor {
-        var editor = RepositoryEditor(directory: directory, expiry: expiry, clock: clock)
+        var editor = RepositoryEditor(expiry: expiry, clock: clock)
         editor.ignoresStaged = !includeStaged
-        if let bytes = try Files.read(editor.metadataDirectory + "/root.json") {
+        if let bytes = try read("metadata/root.json") {
             editor.publishedRoot = try RoleState(envelope: bytes, dirty: false, file: "root.json").signed
         }
         var queue = ["root", "timestamp", "snapshot", "targets"]
@@ -303,15 +241,16 @@ public struct RepositoryEditor: Sendable {
             guard seen.insert(name).inserted else { continue }
             let file = Files.quote(name) + ".json"
             let state: RoleState
-            if includeStaged, let staged = try Files.read(editor.stagedDirectory + "/" + file) {
+            if includeStaged, let staged = try read("staged/" + file) {
                 state = try RoleState(envelope: staged, dirty: true, file: "staged/" + file)
-            } else if let published = try Files.read(editor.metadataDirectory + "/" + file) {
+            } else if let published = try read("metadata/" + file) {
                 state = try RoleState(envelope: published, dirty: false, file: file)
             } else {
-                throw RepositoryError(.repository, "no metadata for role \(name) in \(directory)")
+                throw RepositoryError(.repository, "no metadata for role \(name)")
             }
+            try state.checkTyped(name)
             editor.roles[name] = state
-            if state.signed["_type"]?.stringValue == "targets" { queue += Route(state.signed).names }
+            if state.targets != nil { queue += try editor.delegations(of: name)?.delegatedRoleNames ?? [] }
         }
         return editor
     }
@@ -416,20 +355,29 @@ public struct RepositoryEditor: Sendable {
         try touch(role)
     }
 
-    mutating func route(_ role: String) -> Route {
-        if let r = routes[role] { return r }
-        let r = roles[role].map { Route($0.signed) } ?? .none
-        routes[role] = r
-        return r
+    /// A targets role's delegations as TUF's client reads them (TUF §4.5), parsed once until they change; nil when
+    /// it delegates nothing. Delegations the client would refuse are refused here too.
+    mutating func delegations(of role: String) throws(RepositoryError) -> Delegations? {
+        if let cached = delegationCache[role] { return cached }
+        var parsed: Delegations?
+        if let object = roles[role]?.signed["delegations"]?.objectValue {
+            do { parsed = try Delegations(json: object) } catch {
+                throw RepositoryError(.repository, "\(role) has delegations TUF clients refuse: \(error.reason)")
+            }
+        }
+        delegationCache[role] = .some(parsed)
+        return parsed
     }
 
-    /// The role that should list `path`: follow delegations from top-level targets to the first
-    /// matching delegated role at each level, down to a role that delegates it no further.
-    mutating func responsibleRole(for path: String) -> String {
-        let digest = hexEncode(Hashing.digest("sha256", Array(path.utf8)) ?? [])
+    /// The role that should list `path`: follow delegations from top-level targets to the first delegated role
+    /// trusted for it at each level (TUF §5.6.7.2, through `Delegations.rolesFor`, the client's own routing), down
+    /// to a role that delegates it no further.
+    mutating func responsibleRole(for path: String) throws(RepositoryError) -> String {
         var role = "targets"
         var depth = 0
-        while depth < 32, let next = route(role).first(for: path, digest: digest), roles[next] != nil {
+        while depth < 32, let next = try delegations(of: role)?.rolesFor(targetPath: path).first?.name,
+            roles[next] != nil
+        {
             role = next
             depth += 1
         }
@@ -463,7 +411,7 @@ public struct RepositoryEditor: Sendable {
         if sha512 { hashes.append(("sha512", hexEncode(Hashing.digest("sha512", contents) ?? []))) }
         let listed = try addTarget(
             path: path, length: Int64(contents.count), hashes: hashes, role: role, custom: custom)
-        try storeArtifact(path: path, contents: contents, hashes: hashes.map(\.1))
+        storeArtifact(path: path, contents: contents, hashes: hashes.map(\.1))
         return listed
     }
 
@@ -479,7 +427,8 @@ public struct RepositoryEditor: Sendable {
     ) throws(RepositoryError) -> String {
         try RepositoryEditor.checkTargetPath(path)
         guard length >= 0, !hashes.isEmpty else { throw RepositoryError(.usage, "a target needs a length and hashes") }
-        let name = role ?? responsibleRole(for: path)
+        let name: String
+        if let role { name = role } else { name = try responsibleRole(for: path) }
         guard roles[name]?.targets != nil else { throw RepositoryError(.usage, "\(name) is not a targets role") }
         var entry = JSONObject()
         entry.set("length", .integer(length))
@@ -492,20 +441,21 @@ public struct RepositoryEditor: Sendable {
         return name
     }
 
-    func storeArtifact(path: String, contents: [UInt8], hashes: [String]) throws(RepositoryError) {
+    /// Plans the artifact under `targets/`, hash-prefixed when consistent snapshots are on (TUF §5.7.3).
+    mutating func storeArtifact(path: String, contents: [UInt8], hashes: [String]) {
         let dirPart = path.split(separator: "/").dropLast().joined(separator: "/")
         let base = String(path.split(separator: "/").last ?? "")
-        let dir = dirPart.isEmpty ? targetsDirectory : targetsDirectory + "/" + dirPart
-        try Files.makeDirectory(dir)
+        let dir = dirPart.isEmpty ? "targets" : "targets/" + dirPart
         let names = consistentSnapshot ? hashes.map { "\($0).\(base)" } : [base]
-        for n in names { try Files.writeAtomically(contents, to: dir + "/" + n) }
+        for n in names { pendingArtifacts.append((dir + "/" + n, contents)) }
     }
 
     /// Removes a target entry (the artifact files stay, so clients mid-update still find them).
     /// Returns the role it was removed from.
     @discardableResult
     public mutating func removeTarget(path: String, role: String? = nil) throws(RepositoryError) -> String {
-        let name = role ?? responsibleRole(for: path)
+        let name: String
+        if let role { name = role } else { name = try responsibleRole(for: path) }
         guard let t = roles[name]?.targets, t[path] != nil else {
             throw RepositoryError(.usage, "target '\(path)' is not listed by \(name)")
         }
@@ -533,7 +483,7 @@ public struct RepositoryEditor: Sendable {
     mutating func setDelegations(of role: String, _ d: JSONObject) throws(RepositoryError) {
         try touch(role)
         try withRole(role) { st throws(RepositoryError) in st.signed.set("delegations", .object(d)) }
-        routes[role] = nil
+        delegationCache[role] = nil
     }
 
     mutating func newTargetsRole(_ name: String) throws(RepositoryError) {
@@ -618,7 +568,7 @@ public struct RepositoryEditor: Sendable {
         s.set("bit_length", .integer(Int64(bitLength)))
         s.set("name_prefix", .string(namePrefix))
         d.set("succinct_roles", .object(s))
-        let names = Route.succinct(bitLength: bitLength, namePrefix: namePrefix).names
+        let names = SuccinctRoles.roleNames(bitLength: bitLength, namePrefix: namePrefix)
         for n in names where roles[n] != nil { throw RepositoryError(.usage, "role \(n) already exists") }
         try setDelegations(of: delegator, d)
         for n in names { try newTargetsRole(n) }
@@ -662,15 +612,13 @@ public struct RepositoryEditor: Sendable {
     func delegator(of role: String) -> String? {
         if Root.topLevelRoles.contains(role) { return "root" }
         for (name, st) in roles where st.targets != nil {
-            guard let d = st.signed["delegations"]?.objectValue else { continue }
-            if let s = d["succinct_roles"]?.objectValue, let prefix = s["name_prefix"]?.stringValue,
-                prefix == role || Route(st.signed).names.contains(role)
-            {
+            guard let object = st.signed["delegations"]?.objectValue,
+                let d = delegationCache[name] ?? (try? Delegations(json: object))
+            else { continue }
+            if let succinct = d.succinctRoles, succinct.namePrefix == role || succinct.isDelegatedRole(role) {
                 return name
             }
-            for r in d["roles"]?.arrayValue ?? [] where r.objectValue?["name"]?.stringValue == role {
-                return name
-            }
+            if d.roles?.contains(where: { $0.name == role }) == true { return name }
         }
         return nil
     }
@@ -761,7 +709,7 @@ public struct RepositoryEditor: Sendable {
             var d = parent["delegations"]?.objectValue ?? JSONObject()
             if let s = d["succinct_roles"]?.objectValue {
                 d.set("succinct_roles", .object(updated(s)))
-                affected = Route(parent).names
+                affected = try delegations(of: delegator)?.succinctRoles?.roleNames ?? []
             } else {
                 let list = (d["roles"]?.arrayValue ?? []).map { v -> JSONValue in
                     guard let o = v.objectValue, o["name"]?.stringValue == role else { return v }
@@ -780,7 +728,7 @@ public struct RepositoryEditor: Sendable {
             parent.set("delegations", .object(d))
         }
         try withRole(delegator) { st throws(RepositoryError) in st.signed = parent }
-        routes[delegator] = nil
+        delegationCache[delegator] = nil
         for r in affected where r != "root" { try touch(r) }
     }
 
@@ -793,6 +741,7 @@ public struct RepositoryEditor: Sendable {
     public mutating func sign(role: String, with signers: [any Signer]) async throws -> Int {
         guard let st = roles[role] else { throw RepositoryError(.usage, "no role named \(role)") }
         try checkPolicy(signers)
+        try st.checkTyped(role)
         let message = try st.canonicalSigned()
         var allowed = Set(try authorization(of: role).keyids)
         if role == "root", let old = publishedRoot, st.dirty {
@@ -843,10 +792,10 @@ public struct RepositoryEditor: Sendable {
 
     /// Signs every staged role with the authorized keys found in `keyring`, refreshes snapshot
     /// (TUF §4.4: versions of all targets roles) and timestamp (TUF §4.6: version, length and
-    /// SHA-256 of snapshot), checks all thresholds, then writes the files atomically: targets
+    /// SHA-256 of snapshot), checks all thresholds, then plans the files: artifacts, targets
     /// roles, snapshot, root, and timestamp last, so a client never sees a timestamp pointing
-    /// at files that are not there yet. Nothing is written if any check fails.
-    /// Returns the names of the roles published.
+    /// at files that are not there yet (`FileRepository` writes each atomically, in order).
+    /// Nothing is planned if any check fails; the editor then keeps its staged state.
     /// Keys the repository lists (root's, and every delegation's) that `policy` does not allow, as "KEYID (SCHEME)".
     public func keys(outside policy: KeyPolicy) -> [String] {
         var outside: Set<String> = []
@@ -877,8 +826,7 @@ public struct RepositoryEditor: Sendable {
         }
     }
 
-    @discardableResult
-    public mutating func publish(keyring: Keyring) async throws -> [String] {
+    public mutating func publish(keyring: Keyring) async throws -> RepositoryPlan {
         try checkPolicy(Array(keyring.signers.values))
         let targetsRoles = roleNames.filter { roles[$0]?.targets != nil }
         let dirtyTargets = targetsRoles.filter { roles[$0]?.dirty == true }
@@ -916,63 +864,67 @@ public struct RepositoryEditor: Sendable {
             try await sign(role: "timestamp", with: signers)
             try verifySignatures(role: "timestamp")
         }
-        // Every check passed: write.
-        try Files.makeDirectory(metadataDirectory)
-        try Files.makeDirectory(targetsDirectory)
+        // Every check passed: plan the writes.
         let consistent = consistentSnapshot
-        var published: [String] = []
+        var plan = RepositoryPlan()
+        for artifact in pendingArtifacts { plan.steps.append(.write(path: artifact.path, bytes: artifact.bytes)) }
         for name in dirtyTargets + ["snapshot"] where roles[name]?.dirty == true {
             guard let st = roles[name] else { continue }
             let bytes = name == "snapshot" ? try snapshotBytes ?? st.envelope() : try st.envelope()
             let file = Files.quote(name) + ".json"
-            if consistent { try Files.writeAtomically(bytes, to: "\(metadataDirectory)/\(st.version).\(file)") }
-            try Files.writeAtomically(bytes, to: "\(metadataDirectory)/\(file)")
-            published.append(name)
+            if consistent { plan.steps.append(.write(path: "metadata/\(st.version).\(file)", bytes: bytes)) }
+            plan.steps.append(.write(path: "metadata/\(file)", bytes: bytes))
+            plan.published.append(name)
         }
         if let st = roles["root"], st.dirty {
             let bytes = try st.envelope()
-            try Files.writeAtomically(bytes, to: "\(metadataDirectory)/\(st.version).root.json")
-            try Files.writeAtomically(bytes, to: "\(metadataDirectory)/root.json")
+            plan.steps.append(.write(path: "metadata/\(st.version).root.json", bytes: bytes))
+            plan.steps.append(.write(path: "metadata/root.json", bytes: bytes))
             publishedRoot = st.signed
-            published.append("root")
+            plan.published.append("root")
         }
         if let st = roles["timestamp"], st.dirty {
-            try Files.writeAtomically(try st.envelope(), to: "\(metadataDirectory)/timestamp.json")
-            published.append("timestamp")
+            plan.steps.append(.write(path: "metadata/timestamp.json", bytes: try st.envelope()))
+            plan.published.append("timestamp")
         }
         for name in roleNames {
             roles[name]?.dirty = false
-            if !ignoresStaged { Files.remove(stagedDirectory + "/" + Files.quote(name) + ".json") }
+            if !ignoresStaged { plan.steps.append(.remove(path: "staged/" + Files.quote(name) + ".json")) }
         }
-        return published
+        pendingArtifacts = []
+        return plan
     }
 
-    /// Writes staged edits to `staged/` (not served), so the next `open` continues from them.
-    public func save() throws(RepositoryError) {
-        try Files.makeDirectory(stagedDirectory, mode: 0o700)
+    /// Plans the staged edits into `staged/` (not served), so the next `load` continues from them, with the
+    /// artifacts added since the last plan.
+    public mutating func stage() throws(RepositoryError) -> RepositoryPlan {
+        var plan = RepositoryPlan()
+        for artifact in pendingArtifacts { plan.steps.append(.write(path: artifact.path, bytes: artifact.bytes)) }
         for name in roleNames {
-            let path = stagedDirectory + "/" + Files.quote(name) + ".json"
+            let path = "staged/" + Files.quote(name) + ".json"
             if let st = roles[name], st.dirty {
-                try Files.writeAtomically(try st.envelope(), to: path)
+                plan.steps.append(.write(path: path, bytes: try st.envelope()))
             } else {
-                Files.remove(path)
+                plan.steps.append(.remove(path: path))
             }
         }
+        pendingArtifacts = []
+        return plan
     }
 
     /// Re-signs `role` with a new version and expiry when its current metadata expires within
     /// `seconds` (or already has), then publishes. Meant for the online roles, timestamp and
     /// snapshot (TUF §4.4, §4.6: short expiry against freeze attacks); re-signing snapshot also
-    /// re-signs timestamp. Staged edits of other roles are published too. Returns whether it
-    /// re-signed.
-    @discardableResult
-    public mutating func resignIfExpiring(role: String, within seconds: Int64, keyring: Keyring) async throws -> Bool {
+    /// re-signs timestamp. Staged edits of other roles are published too. Returns the plan, or
+    /// nil when the role is not close to expiry.
+    public mutating func resignIfExpiring(
+        role: String, within seconds: Int64, keyring: Keyring
+    ) async throws -> RepositoryPlan? {
         guard let st = roles[role] else { throw RepositoryError(.usage, "no role named \(role)") }
         let expires = (try? Timestamp8601(parsing: st.expires).secondsSinceEpoch) ?? 0
-        guard expires - clock() <= seconds else { return false }
+        guard expires - clock() <= seconds else { return nil }
         try touch(role)
-        try await publish(keyring: keyring)
-        return true
+        return try await publish(keyring: keyring)
     }
 }
 

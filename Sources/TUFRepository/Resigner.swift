@@ -36,11 +36,14 @@ public struct Resigner: Sendable {
         // metadata: staged edits wait for their operator.
         let lock = try RepositoryLock(directory: directory)
         defer { lock.release() }
-        var editor = try RepositoryEditor.open(at: directory, expiry: expiry, clock: clock, includeStaged: false)
+        let repository = FileRepository(directory: directory)
+        var editor = try repository.open(expiry: expiry, clock: clock, includeStaged: false)
         var done: [String] = []
         for role in ["snapshot", "timestamp"] {
             guard let seconds = within[role] else { continue }
-            if try await editor.resignIfExpiring(role: role, within: seconds, keyring: keyring) { done.append(role) }
+            if try await repository.resignIfExpiring(&editor, role: role, within: seconds, keyring: keyring) {
+                done.append(role)
+            }
         }
         return done
     }

@@ -293,7 +293,8 @@ import X509
     @Test func connectionLimitsDeadlineAndMalformedPackets() async throws {
         let hub = try await TestHub.start {
             $0.mqttSettings.maxConnectionsPerSource = 3
-            $0.mqttSettings.connectDeadlineSeconds = 0.5
+            // Long enough that "closed at once" and "closed at the deadline" stay apart on a loaded machine.
+            $0.mqttSettings.connectDeadlineSeconds = 2.5
         }
         let group = MultiThreadedEventLoopGroup.singleton
         var held: [any Channel] = []
@@ -305,10 +306,10 @@ import X509
         let fourth = try await ClientBootstrap(group: group).connect(host: "127.0.0.1", port: hub.mqttPort).get()
         let start = clock.now
         try await fourth.closeFuture.get()
-        #expect(clock.now - start < .milliseconds(400), "the fourth connection from one source is closed at once")
-        // Silent connections (no TLS handshake, no CONNECT) are closed at the deadline.
+        #expect(clock.now - start < .milliseconds(1500), "the fourth connection from one source is closed at once")
+        // Silent connections (no TLS handshake, no CONNECT) are closed at the deadline, not before.
         for channel in held { try await channel.closeFuture.get() }
-        #expect(clock.now - start < .seconds(3))
+        #expect(clock.now - start > .milliseconds(1500) && clock.now - start < .seconds(8))
         try await Task.sleep(for: .milliseconds(100))
 
         let device = try await hub.enroll("mb-bad")

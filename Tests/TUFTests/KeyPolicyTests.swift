@@ -32,9 +32,9 @@ import _CryptoExtras
         let dir = makeTempDirectory("fips")
         let short = try Self.rsa2048("short")
         let spec = RoleKeySpec(keys: [short.publicKey])
-        var editor = try RepositoryEditor.create(
-            at: dir, root: spec, timestamp: spec, snapshot: spec, targets: spec)
-        try await editor.publish(keyring: Keyring([short]))
+        var editor = try FileRepository(directory: dir).create(
+            root: spec, timestamp: spec, snapshot: spec, targets: spec)
+        try await FileRepository(directory: dir).publish(&editor, keyring: Keyring([short]))
         let root = try #require(FileManager.default.contents(atPath: dir + "/metadata/1.root.json"))
         let now = Timestamp8601(secondsSinceEpoch: Int64(Date().timeIntervalSince1970))
 
@@ -46,16 +46,16 @@ import _CryptoExtras
         #expect(refused.reason.contains("outside the FIPS profile"), "\(refused.reason)")
 
         // The repository tools: a fips editor refuses to sign or publish with it, or on top of it.
-        var fips = try RepositoryEditor.open(at: dir)
+        var fips = try FileRepository(directory: dir).open()
         fips.keyPolicy = .fips
         try fips.addTarget(path: "a.txt", contents: Array("a".utf8))
         let signing = try await #require(throws: RepositoryError.self) {
-            try await fips.publish(keyring: Keyring([short]))
+            try await FileRepository(directory: dir).publish(&fips, keyring: Keyring([short]))
         }
         #expect(signing.reason.contains("outside the FIPS profile"))
         let good = try FileSigner.generate(name: "good", type: .ecdsaP256)
         let listed = try await #require(throws: RepositoryError.self) {
-            try await fips.publish(keyring: Keyring([good]))
+            try await FileRepository(directory: dir).publish(&fips, keyring: Keyring([good]))
         }
         #expect(listed.reason.contains("lists key"), "\(listed.reason)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/metadata/2.targets.json"))

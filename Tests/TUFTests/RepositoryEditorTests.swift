@@ -11,7 +11,7 @@ import Testing
         let keys = try TestKeys()
         let clock = TestClock()
         var editor = try makeEditor(dir, keys: keys, clock: clock)
-        try await editor.publish(keyring: keys.keyring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: keys.keyring)
         let client = try makeClient(for: dir)
         let server = RepositoryServer(dir)
 
@@ -19,10 +19,10 @@ import Testing
         let newRoot = try FileSigner.generate(name: "root-4", type: .ed25519)
         try editor.rotateKeys(role: "root", add: [newRoot.publicKey], remove: [keys.root[0].keyid])
         var ring = Keyring([keys.root[1], keys.root[2], newRoot, keys.timestamp, keys.snapshot, keys.targets])
-        try await editor.publish(keyring: ring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: ring)
         // v3: threshold up to 3 of 3.
         try editor.rotateKeys(role: "root", threshold: 3)
-        try await editor.publish(keyring: ring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: ring)
         #expect(editor.version(of: "root") == 3)
 
         server.sync()
@@ -35,7 +35,9 @@ import Testing
         // current keys it fails the old threshold (3): publish refuses and writes nothing.
         try editor.rotateKeys(role: "root", threshold: 2)
         ring = Keyring([keys.root[1], newRoot, keys.timestamp, keys.snapshot, keys.targets])
-        await #expect(throws: RepositoryError(.threshold, "")) { try await editor.publish(keyring: ring) }
+        await #expect(throws: RepositoryError(.threshold, "")) {
+            try await FileRepository(directory: dir).publish(&editor, keyring: ring)
+        }
         #expect(!FileManager.default.fileExists(atPath: dir + "/metadata/4.root.json"))
     }
 
@@ -43,15 +45,17 @@ import Testing
         let dir = makeTempDirectory()
         let keys = try TestKeys()
         var editor = try makeEditor(dir, keys: keys)
-        try await editor.publish(keyring: keys.keyring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: keys.keyring)
         let new = try (1...3).map { try FileSigner.generate(name: "n\($0)", type: .ecdsaP256) }
         try editor.rotateKeys(role: "root", add: new.map(\.publicKey), remove: keys.root.map(\.keyid))
         // Only one old key is available: the old root's threshold (2) is not met.
         let ring = Keyring(new + [keys.root[0], keys.timestamp, keys.snapshot, keys.targets])
-        await #expect(throws: RepositoryError(.threshold, "")) { try await editor.publish(keyring: ring) }
+        await #expect(throws: RepositoryError(.threshold, "")) {
+            try await FileRepository(directory: dir).publish(&editor, keyring: ring)
+        }
         // Another holder of an old key signs the staged root (tuf sign); now it publishes.
         try await editor.sign(role: "root", with: [keys.root[1]])
-        try await editor.publish(keyring: ring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: ring)
         #expect(editor.version(of: "root") == 2)
         // The client accepts the rotation.
         let client = try makeClient(for: dir)
@@ -71,7 +75,7 @@ import Testing
         try editor.addTarget(path: "d/one.txt", contents: Array("one".utf8))
         var ring = keys.keyring
         ring.add(delegatedKey)
-        try await editor.publish(keyring: ring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: ring)
         let client = try makeClient(for: dir)
         let server = RepositoryServer(dir)
         try await makeUpdater(server: server, client: client, at: clock.timestamp).refresh()
@@ -87,14 +91,14 @@ import Testing
         try editor.rotateKeys(role: role, add: [replacement.publicKey], remove: [old.keyid])
         try editor.addTarget(path: "d/two.txt", contents: Array("two".utf8))
         ring.add(replacement)
-        try await editor.publish(keyring: ring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: ring)
 
         server.sync()
         let updater = try makeUpdater(server: server, client: client, at: clock.timestamp)
         let info = try #require(try await updater.targetInfo(for: "d/two.txt"))
         #expect(try await updater.downloadTarget(info) == Array("two".utf8))
         // The old key is gone from the delegating metadata.
-        let published = try RepositoryEditor.open(at: dir)
+        let published = try FileRepository(directory: dir).open()
         #expect(!published.status().isEmpty)
         let md = try Metadata<Root>.parse(
             Array(try #require(FileManager.default.contents(atPath: dir + "/metadata/root.json"))))
@@ -130,7 +134,7 @@ import Testing
         }
         var ring = keys.keyring
         ring.add(binKey)
-        try await editor.publish(keyring: ring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: ring)
         #expect(Set(listedIn.values).isSubset(of: Set(names)))
         #expect(editor.targets(of: "targets").isEmpty)
 
@@ -151,13 +155,17 @@ import Testing
         let keys = try TestKeys(rootCount: 1)
         let clock = TestClock()
         var editor = try makeEditor(dir, keys: keys, rootThreshold: 1, clock: clock)
-        try await editor.publish(keyring: keys.keyring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: keys.keyring)
         let client = try makeClient(for: dir)
         let server = RepositoryServer(dir)
 
-        #expect(try await editor.resignIfExpiring(role: "timestamp", within: 6 * 3600, keyring: keys.keyring) == false)
+        #expect(
+            try await FileRepository(directory: dir).resignIfExpiring(
+                &editor, role: "timestamp", within: 6 * 3600, keyring: keys.keyring) == false)
         clock.advance(20 * 3600)  // timestamp (1 day) now expires within 6 h
-        #expect(try await editor.resignIfExpiring(role: "timestamp", within: 6 * 3600, keyring: keys.keyring))
+        #expect(
+            try await FileRepository(directory: dir).resignIfExpiring(
+                &editor, role: "timestamp", within: 6 * 3600, keyring: keys.keyring))
         #expect(editor.version(of: "timestamp") == 2)
         #expect(editor.version(of: "snapshot") == 1)
 
@@ -171,7 +179,7 @@ import Testing
             clock: clock.reader
         )
         #expect(try await resigner.tick() == ["snapshot"])
-        let reopened = try RepositoryEditor.open(at: dir)
+        let reopened = try FileRepository(directory: dir).open()
         #expect(reopened.version(of: "snapshot") == 2)
         #expect(reopened.version(of: "timestamp") == 3)
 
@@ -186,9 +194,9 @@ import Testing
         let keys = try TestKeys(rootCount: 1)
         var editor = try makeEditor(dir, keys: keys, rootThreshold: 1)
         try editor.addTarget(path: "dir/a.txt", contents: Array("a".utf8), sha512: true)
-        try await editor.publish(keyring: keys.keyring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: keys.keyring)
         try editor.addTarget(path: "b.txt", contents: Array("b".utf8))
-        try await editor.publish(keyring: keys.keyring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: keys.keyring)
         let files = Set(try FileManager.default.contentsOfDirectory(atPath: dir + "/metadata"))
         for f in [
             "1.root.json", "root.json", "timestamp.json", "1.snapshot.json", "2.snapshot.json",
@@ -211,7 +219,7 @@ import Testing
         let plain = makeTempDirectory()
         var p = try makeEditor(plain, keys: keys, rootThreshold: 1, consistent: false)
         try p.addTarget(path: "a.txt", contents: a)
-        try await p.publish(keyring: keys.keyring)
+        try await FileRepository(directory: plain).publish(&p, keyring: keys.keyring)
         #expect(FileManager.default.fileExists(atPath: "\(plain)/targets/a.txt"))
         #expect(FileManager.default.fileExists(atPath: "\(plain)/metadata/snapshot.json"))
         #expect(!FileManager.default.fileExists(atPath: "\(plain)/metadata/1.snapshot.json"))
@@ -225,20 +233,21 @@ import Testing
         let dir = makeTempDirectory()
         let keys = try TestKeys(rootCount: 1)
         var editor = try makeEditor(dir, keys: keys, rootThreshold: 1)
-        try await editor.publish(keyring: keys.keyring)
+        try await FileRepository(directory: dir).publish(&editor, keyring: keys.keyring)
         try editor.addTarget(path: "x.txt", contents: Array("x".utf8))
-        try editor.save()
-        var reopened = try RepositoryEditor.open(at: dir)
+        try FileRepository(directory: dir).save(&editor)
+        var reopened = try FileRepository(directory: dir).open()
         #expect(reopened.stagedRoles == ["targets"])
         #expect(reopened.version(of: "targets") == 2)
         // Missing the targets key: nothing is written.
         let before = try FileManager.default.contentsOfDirectory(atPath: dir + "/metadata").sorted()
         await #expect(throws: RepositoryError(.threshold, "")) {
-            try await reopened.publish(keyring: Keyring([keys.root[0], keys.timestamp, keys.snapshot]))
+            try await FileRepository(directory: dir).publish(
+                &reopened, keyring: Keyring([keys.root[0], keys.timestamp, keys.snapshot]))
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/metadata").sorted() == before)
-        try await reopened.publish(keyring: keys.keyring)
-        #expect(try RepositoryEditor.open(at: dir).stagedRoles.isEmpty)
+        try await FileRepository(directory: dir).publish(&reopened, keyring: keys.keyring)
+        #expect(try FileRepository(directory: dir).open().stagedRoles.isEmpty)
         #expect(throws: RepositoryError(.usage, "")) { try reopened.addTarget(path: "../etc/passwd", contents: []) }
         #expect(throws: RepositoryError(.usage, "")) { try reopened.removeTarget(path: "nope.txt") }
     }
@@ -265,6 +274,42 @@ import Testing
             #expect(!error.description.contains("PRIVATE"))
         }
         #expect(throws: RepositoryError(.usage, "")) { try dir.generate(name: "../escape", type: type) }
+    }
+
+    /// The editor is pure: `publish` returns what to write, in order (artifacts, targets roles, snapshot, root,
+    /// timestamp last), and `FileRepository` writes exactly that, never outside the repository.
+    @Test func publishReturnsThePlanInWriteOrderAndFileRepositoryAppliesIt() async throws {
+        let keys = try TestKeys()
+        let spec = { (key: FileSigner) in RoleKeySpec(keys: [key.publicKey]) }
+        var editor = try RepositoryEditor.create(
+            root: RoleKeySpec(keys: keys.root.map(\.publicKey), threshold: 2), timestamp: spec(keys.timestamp),
+            snapshot: spec(keys.snapshot), targets: spec(keys.targets))
+        try editor.delegateSuccinctBins(bitLength: 1, keys: spec(keys.targets))
+        let a = Array("artifact".utf8)
+        let listed = try editor.addTarget(path: "fw/a.bin", contents: a)
+        #expect(listed.hasPrefix("bin-"), "routed by TUF's own succinct bins")
+        let sha256 = hexEncode(Hashing.digest("sha256", a) ?? [])
+        let plan = try await editor.publish(keyring: keys.keyring)
+        #expect(plan.written.first == "targets/fw/\(sha256).a.bin", "artifacts before the metadata listing them")
+        #expect(plan.written.last == "metadata/timestamp.json", "timestamp last")
+        let order = [
+            "metadata/1.targets.json", "metadata/1.\(listed).json", "metadata/1.snapshot.json",
+            "metadata/1.root.json",
+        ].map { plan.written.firstIndex(of: $0) ?? -1 }
+        #expect(!order.contains(-1) && order.last ?? 0 < plan.written.count - 1, "\(plan.written)")
+        #expect(plan.published.last == "timestamp")
+        #expect(editor.stagedRoles.isEmpty)
+
+        let dir = makeTempDirectory()
+        try FileRepository(directory: dir).apply(plan)
+        let client = try makeClient(for: dir)
+        let updater = try makeUpdater(server: RepositoryServer(dir), client: client, at: TestClock().timestamp)
+        let info = try #require(try await updater.targetInfo(for: "fw/a.bin"))
+        #expect(try await updater.downloadTarget(info) == a)
+
+        var escape = RepositoryPlan()
+        escape.steps = [.write(path: "metadata/../../escaped", bytes: [1])]
+        #expect(throws: RepositoryError(.repository, "")) { try FileRepository(directory: dir).apply(escape) }
     }
 
     @Test func expiresFormat() {

@@ -96,8 +96,7 @@ func makeEditor(
     consistent: Bool = true,
     clock: TestClock = TestClock()
 ) throws -> RepositoryEditor {
-    try RepositoryEditor.create(
-        at: dir,
+    try FileRepository(directory: dir).create(
         root: RoleKeySpec(keys: keys.root.map(\.publicKey), threshold: rootThreshold),
         timestamp: RoleKeySpec(keys: [keys.timestamp.publicKey]),
         snapshot: RoleKeySpec(keys: [keys.snapshot.publicKey]),
