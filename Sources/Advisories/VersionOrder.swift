@@ -51,8 +51,8 @@ public enum Ecosystem: Hashable, Sendable {
     }
 
     /// The package name as OSV and this ecosystem compare it: PyPI names are normalized per PEP 503 §Normalized
-    /// names (lowercase, runs of "-", "_" and "." become one "-"); others are unchanged (Maven "group:artifact",
-    /// npm "@scope/name", Go module path).
+    /// names (lowercase, runs of "-", "_" and "." become one "-"); Maven "group:artifact" and crates.io names are
+    /// unchanged.
     ///
     /// Go module paths and npm names are compared case-insensitively: the purl spec lowercases them and SBOM tools
     /// follow it, while OSV records keep the registry's spelling (`github.com/BurntSushi/toml`, `JSONStream`).
@@ -506,6 +506,10 @@ extension VersionOrder {
     /// Maven's `ComparableVersion` (maven-artifact 3.x, as described in the POM reference §Version Order
     /// Specification): items are split on ".", "-" and digit/letter transitions; each "-" and each transition opens a
     /// nested list; trailing null items (0, "", empty lists) are trimmed from every list.
+    ///
+    /// This is the classic algorithm, which osv.dev's own Maven ordering (`maven.py`) follows, so ranges evaluate
+    /// here as osv.dev evaluates them. maven-artifact 3.8+ differs for a qualifier after a dot: it reads `1.0.RC1`
+    /// like `1.0-RC1` (equal), where this order (and osv.dev) puts `1.0.RC1` after it.
     private enum MavenVersion {
         enum Item {
             case integer(Number)

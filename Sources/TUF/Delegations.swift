@@ -77,6 +77,24 @@ public struct Delegations: Sendable, Equatable {
         return []
     }
 
+    /// The first delegated role trusted for `targetPath` (TUF §5.6.7.2 order), as `rolesFor(targetPath:).first`, with
+    /// the path's SHA-256 computed once and the search stopped at the first match (a repository editor routes every
+    /// target it adds through this; with 65,536 hashed bins, `rolesFor` would hash the path for each).
+    public func firstRole(for targetPath: String) -> String? {
+        if let succinctRoles { return succinctRoles.roleName(for: targetPath) }
+        var digest: String?
+        for role in roles ?? [] {
+            if let paths = role.paths {
+                if paths.contains(where: { PathPattern.matches(pattern: $0, path: targetPath) }) { return role.name }
+            } else if let prefixes = role.pathHashPrefixes {
+                let hex = digest ?? hexEncode(SHA256.hash(data: Array(targetPath.utf8)))
+                digest = hex
+                if prefixes.contains(where: { hex.utf8.starts(with: $0.utf8) }) { return role.name }
+            }
+        }
+        return nil
+    }
+
     /// The keys and threshold this delegator gives role `name`, or `nil` if it does not delegate to it.
     public func roleKeys(for name: String) -> (keyids: [String], threshold: Int64)? {
         if let roles {

@@ -64,12 +64,17 @@ public struct FileRepository: Sendable {
             consistentSnapshot: consistentSnapshot, expiry: expiry, clock: clock)
     }
 
-    /// Runs a plan: each write atomically, in order (`staged/` is owner-only: it is not served); each removal.
+    /// Runs a plan: each write atomically, in order (`staged/` is owner-only: it is not served); each removal. A
+    /// versioned root (`metadata/N.root.json`) already written with other bytes is never replaced: clients may hold
+    /// it, and a plan made for another repository must not overwrite this one's history.
     public func apply(_ plan: RepositoryPlan) throws(RepositoryError) {
         for step in plan.steps {
             switch step {
             case .write(let path, let bytes):
                 let full = try resolve(path)
+                if Self.isVersionedRoot(path), let existing = try Files.read(full), existing != bytes {
+                    throw RepositoryError(.repository, "\(path) exists with other contents; refusing to replace it")
+                }
                 let parent = String(full[..<(full.lastIndex(of: "/") ?? full.endIndex)])
                 if path.hasPrefix("staged/") {
                     try Files.makeDirectory(parent, mode: 0o700)
@@ -83,16 +88,29 @@ public struct FileRepository: Sendable {
         }
     }
 
-    /// Writes the editor's staged edits (and the artifacts added since its last plan).
-    public func save(_ editor: inout RepositoryEditor) throws(RepositoryError) {
-        try apply(try editor.stage())
+    static func isVersionedRoot(_ path: String) -> Bool {
+        guard path.hasPrefix("metadata/"), path.hasSuffix(".root.json") else { return false }
+        let number = path.dropFirst("metadata/".count).dropLast(".root.json".count)
+        return !number.isEmpty && number.allSatisfy(\.isASCII) && number.allSatisfy(\.isNumber)
     }
 
-    /// Signs and publishes (see `RepositoryEditor.publish`); returns the roles published.
+    /// Writes the editor's staged edits (and the artifacts added since its last plan). The editor changes only when
+    /// every write succeeded, so a failed save can be retried.
+    public func save(_ editor: inout RepositoryEditor) throws(RepositoryError) {
+        var next = editor
+        try apply(try next.stage())
+        editor = next
+    }
+
+    /// Signs and publishes (see `RepositoryEditor.publish`); returns the roles published. The editor records the
+    /// publish only when every file was written: after a failure it still holds the staged state, and a retry plans
+    /// the same files again.
     @discardableResult
     public func publish(_ editor: inout RepositoryEditor, keyring: Keyring) async throws -> [String] {
-        let plan = try await editor.publish(keyring: keyring)
+        var next = editor
+        let plan = try await next.publish(keyring: keyring)
         try apply(plan)
+        editor = next
         return plan.published
     }
 
@@ -101,10 +119,12 @@ public struct FileRepository: Sendable {
     public func resignIfExpiring(
         _ editor: inout RepositoryEditor, role: String, within seconds: Int64, keyring: Keyring
     ) async throws -> Bool {
-        guard let plan = try await editor.resignIfExpiring(role: role, within: seconds, keyring: keyring) else {
+        var next = editor
+        guard let plan = try await next.resignIfExpiring(role: role, within: seconds, keyring: keyring) else {
             return false
         }
         try apply(plan)
+        editor = next
         return true
     }
 

@@ -67,11 +67,16 @@ struct RoleState: Sendable {
         return o
     }
 
-    /// Parses the role as TUF's typed metadata (TUF §4.3-§4.6): what our client, like python-tuf, accepts.
+    /// Parses the role as TUF's typed metadata (TUF §4.3-§4.6), of the type its name calls for (a top-level role's
+    /// own, `targets` for a delegated one): what our client, like python-tuf, accepts.
     func checkTyped(_ name: String) throws(RepositoryError) {
         let object = fullSigned
+        let expected = Root.topLevelRoles.contains(name) ? name : "targets"
         do throws(TUFError) {
-            switch signed["_type"]?.stringValue {
+            guard signed["_type"]?.stringValue == expected else {
+                throw TUFError(.wrongType, "_type is not \(expected)")
+            }
+            switch expected {
             case "root": _ = try Root(json: object)
             case "targets": _ = try Targets(json: object)
             case "snapshot": _ = try Snapshot(json: object)
@@ -156,9 +161,10 @@ struct RoleState: Sendable {
 /// updates snapshot (TUF §4.4) and timestamp (TUF §4.6), checks every threshold, and plans
 /// the files, timestamp last. Role names are percent-encoded in file names.
 ///
-/// Every role the editor loads, and every role it signs, is parsed as TUF's typed metadata (`Root`, `Targets`,
-/// `Snapshot`, `Timestamp`) first: it never signs what our own client, or python-tuf, would refuse. Delegations are
-/// routed by `TUF.Delegations`, the same code the client trusts targets with.
+/// Every role the editor signs or stages is parsed as TUF's typed metadata (`Root`, `Targets`, `Snapshot`,
+/// `Timestamp`, of the type its name calls for) first: it never signs what our own client, or python-tuf, would
+/// refuse. (Loading does not: the re-signer must keep the timestamp fresh on a repository an older version wrote.)
+/// Delegations are routed by `TUF.Delegations`, the same code the client trusts targets with.
 public struct RepositoryEditor: Sendable {
     public var expiry: ExpiryPolicy
     /// The clock, in seconds since the epoch (tests move it).
@@ -248,7 +254,6 @@ public struct RepositoryEditor: Sendable {
             } else {
                 throw RepositoryError(.repository, "no metadata for role \(name)")
             }
-            try state.checkTyped(name)
             editor.roles[name] = state
             if state.targets != nil { queue += try editor.delegations(of: name)?.delegatedRoleNames ?? [] }
         }
@@ -375,9 +380,7 @@ public struct RepositoryEditor: Sendable {
     mutating func responsibleRole(for path: String) throws(RepositoryError) -> String {
         var role = "targets"
         var depth = 0
-        while depth < 32, let next = try delegations(of: role)?.rolesFor(targetPath: path).first?.name,
-            roles[next] != nil
-        {
+        while depth < 32, let next = try delegations(of: role)?.firstRole(for: path), roles[next] != nil {
             role = next
             depth += 1
         }
@@ -790,12 +793,6 @@ public struct RepositoryEditor: Sendable {
         }
     }
 
-    /// Signs every staged role with the authorized keys found in `keyring`, refreshes snapshot
-    /// (TUF §4.4: versions of all targets roles) and timestamp (TUF §4.6: version, length and
-    /// SHA-256 of snapshot), checks all thresholds, then plans the files: artifacts, targets
-    /// roles, snapshot, root, and timestamp last, so a client never sees a timestamp pointing
-    /// at files that are not there yet (`FileRepository` writes each atomically, in order).
-    /// Nothing is planned if any check fails; the editor then keeps its staged state.
     /// Keys the repository lists (root's, and every delegation's) that `policy` does not allow, as "KEYID (SCHEME)".
     public func keys(outside policy: KeyPolicy) -> [String] {
         var outside: Set<String> = []
@@ -826,6 +823,13 @@ public struct RepositoryEditor: Sendable {
         }
     }
 
+    /// Signs every staged role with the authorized keys found in `keyring`, refreshes snapshot
+    /// (TUF §4.4: versions of all targets roles) and timestamp (TUF §4.6: version, length and
+    /// SHA-256 of snapshot), checks all thresholds, then plans the files: artifacts, targets
+    /// roles, snapshot, root, and timestamp last, so a client never sees a timestamp pointing
+    /// at files that are not there yet (`FileRepository` writes each atomically, in order).
+    /// Nothing is planned if any check fails. The editor then records the publish as done:
+    /// `FileRepository.publish` applies the plan to a copy and keeps it only when every write succeeded.
     public mutating func publish(keyring: Keyring) async throws -> RepositoryPlan {
         try checkPolicy(Array(keyring.signers.values))
         let targetsRoles = roleNames.filter { roles[$0]?.targets != nil }
@@ -896,8 +900,14 @@ public struct RepositoryEditor: Sendable {
     }
 
     /// Plans the staged edits into `staged/` (not served), so the next `load` continues from them, with the
-    /// artifacts added since the last plan.
+    /// artifacts added since the last plan. Each staged role is checked as typed metadata first: an edit clients
+    /// would refuse (two target paths equal under Unicode equivalence, say) is refused here, not left on disk for
+    /// every later command to trip over. An editor loaded without the staged edits cannot stage (it would erase them).
     public mutating func stage() throws(RepositoryError) -> RepositoryPlan {
+        guard !ignoresStaged else {
+            throw RepositoryError(.usage, "this editor was opened without the staged edits and cannot stage")
+        }
+        for name in roleNames where roles[name]?.dirty == true { try roles[name]?.checkTyped(name) }
         var plan = RepositoryPlan()
         for artifact in pendingArtifacts { plan.steps.append(.write(path: artifact.path, bytes: artifact.bytes)) }
         for name in roleNames {

@@ -312,6 +312,60 @@ import Testing
         #expect(throws: RepositoryError(.repository, "")) { try FileRepository(directory: dir).apply(escape) }
     }
 
+    /// What the editor's review found: a failed write leaves the editor able to retry; an edit clients would refuse
+    /// is refused before it is staged; a role of the wrong type is never signed; a plan for another repository cannot
+    /// rewrite this one's root history.
+    @Test func failuresLeaveNothingHalfDone() async throws {
+        let dir = makeTempDirectory()
+        let keys = try TestKeys()
+        let repository = FileRepository(directory: dir)
+        var editor = try makeEditor(dir, keys: keys)
+        try await repository.publish(&editor, keyring: keys.keyring)
+
+        // The artifact cannot be written (a file where targets/fw should be a directory): publish fails, and a
+        // retry once the obstacle is gone writes the artifact and the metadata.
+        try editor.addTarget(path: "fw/a.bin", contents: Array("a".utf8))
+        try FileManager.default.createDirectory(atPath: dir + "/targets", withIntermediateDirectories: true)
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/targets/fw"))
+        await #expect(throws: RepositoryError.self) { try await repository.publish(&editor, keyring: keys.keyring) }
+        #expect(editor.stagedRoles.contains("targets"), "still staged after the failed write")
+        try FileManager.default.removeItem(atPath: dir + "/targets/fw")
+        try await repository.publish(&editor, keyring: keys.keyring)
+        let client = try makeClient(for: dir)
+        let updater = try makeUpdater(server: RepositoryServer(dir), client: client, at: TestClock().timestamp)
+        let info = try #require(try await updater.targetInfo(for: "fw/a.bin"))
+        #expect(try await updater.downloadTarget(info) == Array("a".utf8))
+
+        // Two paths equal under Unicode equivalence (NFC and NFD "é"): clients refuse such targets metadata.
+        try editor.addTarget(path: "caf\u{E9}.txt", contents: [1])
+        try editor.addTarget(path: "cafe\u{301}.txt", contents: [2])
+        #expect(throws: RepositoryError.self) { try repository.save(&editor) }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/staged/targets.json"))
+        await #expect(throws: RepositoryError.self) { try await repository.publish(&editor, keyring: keys.keyring) }
+
+        // A plan that would rewrite the repository's first root (another repository's, say) is refused.
+        var root = RepositoryPlan()
+        root.steps = [.write(path: "metadata/1.root.json", bytes: Array("{}".utf8))]
+        #expect(throws: RepositoryError.self) { try repository.apply(root) }
+    }
+
+    @Test func aRoleOfTheWrongTypeIsNotSigned() async throws {
+        let dir = makeTempDirectory()
+        let keys = try TestKeys()
+        var editor = try makeEditor(dir, keys: keys)
+        try await FileRepository(directory: dir).publish(&editor, keyring: keys.keyring)
+        // A timestamp.json whose _type says snapshot (as a broken or hostile writer might leave it).
+        let path = dir + "/metadata/timestamp.json"
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        try text.replacingOccurrences(of: "\"_type\":\"timestamp\"", with: "\"_type\":\"snapshot\"")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        var reopened = try FileRepository(directory: dir).open()
+        try reopened.bumpVersion(role: "timestamp")
+        await #expect(throws: RepositoryError.self) {
+            try await FileRepository(directory: dir).publish(&reopened, keyring: keys.keyring)
+        }
+    }
+
     @Test func expiresFormat() {
         #expect(ExpiryDate.format(0) == "1970-01-01T00:00:00Z")
         #expect(ExpiryDate.format(951_782_400) == "2000-02-29T00:00:00Z")
