@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hub
 import HubClient
+import TUF
 import TUFRepository
 
 /// `bulwark hub`: the hub's own keys, run on the hub's machine (they read and write its data directory).
@@ -51,7 +52,8 @@ struct HubCommand: AsyncParsableCommand {
             let (configuration, repository, keyring) = try await options.load()
             do {
                 let (version, pins) = try await TLSKeyRotation.publishCurrent(
-                    dataDirectory: configuration.dataDirectory, repository: repository, keyring: keyring)
+                    dataDirectory: configuration.dataDirectory, repository: repository, keyring: keyring,
+                    keyPolicy: configuration.cryptoProfile == .fips ? .fips : .any)
                 print(
                     "published pin set version \(version): "
                         + pins.map { Data($0).base64EncodedString() }.joined(separator: " "))
@@ -96,6 +98,7 @@ struct HubCommand: AsyncParsableCommand {
                     keyring: keyring,
                     wait: .seconds(wait ?? max(60, Int(configuration.tlsKeyCheckSeconds * 3) + 10)),
                     settle: TimeInterval(settle), hubRunning: !noHub,
+                    keyPolicy: configuration.cryptoProfile == .fips ? .fips : .any,
                     presentedPin: { await TLSKeyRotation.presentedPin(host: host, port: port) })
                 print(
                     "rotated: retired \(Data(result.previousPin).base64EncodedString()); now "

@@ -7,7 +7,7 @@ import NIOPosix
 import NIOSSL
 import PKI
 import Synchronization
-import TUF
+public import TUF
 public import TUFRepository
 import X509
 
@@ -137,12 +137,14 @@ public enum TLSKeyRotation {
     /// rebuilt or a target removed by hand never makes devices refuse every later set as older.
     @discardableResult
     public static func publish(
-        _ pins: [[UInt8]], repository: String, keyring: Keyring, dataDirectory: String
+        _ pins: [[UInt8]], repository: String, keyring: Keyring, dataDirectory: String, keyPolicy: KeyPolicy = .any
     ) async throws -> Int {
         let lock = try RepositoryLock(directory: repository)
         defer { lock.release() }
         let files = FileRepository(directory: repository)
         var editor = try files.open()
+        // Under `crypto.profile: fips`, the pin set is signed only by FIPS 186-5 keys, like every other publish.
+        editor.keyPolicy = keyPolicy
         guard editor.stagedRoles.isEmpty else {
             throw HubStartupError(
                 "\(repository) has staged edits (\(editor.stagedRoles.joined(separator: ", "))): publish or discard "
@@ -166,9 +168,9 @@ public enum TLSKeyRotation {
     }
 
     /// `bulwark hub publish-pins`: the current set {key in use, backup}, unless a rotation is unfinished.
-    public static func publishCurrent(dataDirectory: String, repository: String, keyring: Keyring) async throws -> (
-        version: Int, pins: [[UInt8]]
-    ) {
+    public static func publishCurrent(
+        dataDirectory: String, repository: String, keyring: Keyring, keyPolicy: KeyPolicy = .any
+    ) async throws -> (version: Int, pins: [[UInt8]]) {
         let files = TLSKeyFiles(dataDirectory)
         try files.requireHub()
         let lock = try files.lock()
@@ -177,7 +179,11 @@ public enum TLSKeyRotation {
             throw HubStartupError("a key rotation is unfinished: run bulwark hub rotate-tls-key to finish it")
         }
         let pins = try currentPins(dataDirectory: dataDirectory)
-        return (try await publish(pins, repository: repository, keyring: keyring, dataDirectory: dataDirectory), pins)
+        return (
+            try await publish(
+                pins, repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy),
+            pins
+        )
     }
 
     /// The pins of the key in use and of the backup key, from the data directory.
@@ -208,7 +214,7 @@ public enum TLSKeyRotation {
     public static func rotate(
         dataDirectory: String, hubNames: [String], crlDistributionPoints: CRLDistributionPoints?,
         repository: String, keyring: Keyring, wait: Duration, settle: TimeInterval, hubRunning: Bool = true,
-        now: Date = Date(), presentedPin: @Sendable () async -> [UInt8]?
+        now: Date = Date(), keyPolicy: KeyPolicy = .any, presentedPin: @Sendable () async -> [UInt8]?
     ) async throws -> Result {
         let files = TLSKeyFiles(dataDirectory)
         try files.requireHub()
@@ -238,7 +244,7 @@ public enum TLSKeyRotation {
             versions.append(
                 try await publish(
                     [journal.previous, journal.active, journal.backup], repository: repository, keyring: keyring,
-                    dataDirectory: dataDirectory))
+                    dataDirectory: dataDirectory, keyPolicy: keyPolicy))
             try journal.save(files)
         }
         if journal.stage == .published {
@@ -263,7 +269,7 @@ public enum TLSKeyRotation {
         versions.append(
             try await publish(
                 [journal.active, journal.backup], repository: repository, keyring: keyring,
-                dataDirectory: dataDirectory))
+                dataDirectory: dataDirectory, keyPolicy: keyPolicy))
         journal.stage = .done
         journal.completedAt = now
         try journal.save(files)

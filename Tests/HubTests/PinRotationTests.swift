@@ -131,6 +131,33 @@ import Testing
         try? FileManager.default.removeItem(atPath: repository.base)
     }
 
+    /// Under `crypto.profile: fips` the pin set is published like any other release: a repository whose keys are
+    /// outside FIPS 186-5 (RSA-PSS with 2048 bits) does not sign it.
+    @Test func aFipsHubPublishesPinSetsOnlyWithFipsKeys() async throws {
+        let base = try temporaryDirectory("pins-rsa")
+        let generated = try await run(
+            try #require(which("openssl")),
+            ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", base + "/short.pem"])
+        #expect(generated.status == 0, "\(generated.stderr)")
+        let short = try FileSigner(pem: try String(contentsOfFile: base + "/short.pem", encoding: .utf8), name: "short")
+        let spec = RoleKeySpec(keys: [short.publicKey])
+        let repository = FileRepository(directory: base + "/repo")
+        var editor = try repository.create(root: spec, timestamp: spec, snapshot: spec, targets: spec)
+        try await repository.publish(&editor, keyring: Keyring([short]))
+        let pins = [PinSetTests.pin(1), PinSetTests.pin(2)]
+        do {
+            try await TLSKeyRotation.publish(
+                pins, repository: repository.directory, keyring: Keyring([short]), dataDirectory: base,
+                keyPolicy: .fips)
+            Issue.record("a pin set was signed with a 2048-bit RSA key under the FIPS profile")
+        } catch {
+            #expect("\(error)".contains("is outside the FIPS profile"), "\(error)")
+        }
+        #expect(
+            try await TLSKeyRotation.publish(
+                pins, repository: repository.directory, keyring: Keyring([short]), dataDirectory: base) == 1)
+    }
+
     @Test func anAttackersPinSetIsRefused() async throws {
         let repository = try await Repository.make()
         let hub = try await Self.hub(repository)
