@@ -139,14 +139,28 @@ public struct OSVRecord: Sendable, Equatable {
     private static func affected(_ node: Node) throws(DocumentError) -> Affected {
         var ecosystemName: String
         var name: String
-        if let package = try node.member("package") {
+        var ecosystem: Ecosystem?
+        let package = try node.required("package")
+        if try package.member("ecosystem") == nil, try package.member("name") == nil,
+            let purlNode = try package.member("purl")
+        {
+            // A package named by its purl alone (OSV §affected[].package: `ecosystem` and `name`, or `purl`).
+            let purl: PackageURL
+            do { purl = try PackageURL(parsing: try purlNode.string()) } catch {
+                throw purlNode.fail("not a package URL: \(error)")
+            }
+            guard let mapped = purl.osvPackage else {
+                throw purlNode.fail("names no ecosystem Bulwark orders versions for")
+            }
+            (ecosystem, name) = (mapped.ecosystem, mapped.name)
+            ecosystemName = mapped.ecosystem.osvName
+            if let release = purl.debianRelease { ecosystemName += ":" + release }
+        } else {
             ecosystemName = try package.requiredString("ecosystem")
             name = try package.requiredString("name")
-        } else {
-            throw DocumentError(node.pointer + "/package", "is required")
+            ecosystem = Ecosystem(osvName: ecosystemName)
+            if let ecosystem { name = ecosystem.normalizedName(name) }
         }
-        let ecosystem = Ecosystem(osvName: ecosystemName)
-        if let ecosystem { name = ecosystem.normalizedName(name) }
         var ranges: [Range] = []
         for range in try node.optionalArray("ranges") {
             let typeNode = try range.required("type")

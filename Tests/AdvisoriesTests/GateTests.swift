@@ -357,3 +357,20 @@ import Testing
         #expect(try OSVRecord(json: Array(git.utf8)).affected.isEmpty)
     }
 }
+
+/// OSV §affected[].package names a package by ecosystem and name, or by its purl alone.
+@Suite struct OSVPackageTests {
+    @Test func aPackageNamedByItsPurlAloneIsMatched() throws {
+        let record =
+            #"{"id":"GHSA-p","modified":"2026-01-01T00:00:00Z","affected":[{"package":{"purl":"pkg:pypi/Requests_Lib"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"2.0"}]}]}],"severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}]}"#
+        let parsed = try OSVRecord(json: Array(record.utf8))
+        #expect(parsed.affected.first?.ecosystem == .pypi && parsed.affected.first?.name == "requests-lib")
+        #expect(try GateScopeTests.evaluate(["pkg:pypi/requests-lib@1.0"], records: [record]).blocked)
+        let unmapped = #"{"id":"X","modified":"t","affected":[{"package":{"purl":"pkg:generic/x"}}]}"#
+        #expect(throws: DocumentError.self) { try OSVRecord(json: Array(unmapped.utf8)) }
+        let neither = #"{"id":"X","modified":"t","affected":[{"package":{}}]}"#
+        #expect(throws: DocumentError("/affected/0/package/ecosystem", "is required")) {
+            try OSVRecord(json: Array(neither.utf8))
+        }
+    }
+}
