@@ -71,7 +71,10 @@ public struct Delegations: Sendable, Equatable {
     /// is terminating. Succinct hashed bins always yield one terminating role (TAP 15).
     public func rolesFor(targetPath: String) -> [(name: String, terminating: Bool)] {
         if let roles {
-            return roles.filter { $0.isDelegated(targetPath: targetPath) }.map { ($0.name, $0.terminating) }
+            var digest: String?
+            return roles.filter { $0.isDelegated(targetPath: targetPath, digest: &digest) }.map {
+                ($0.name, $0.terminating)
+            }
         }
         if let succinctRoles { return [(succinctRoles.roleName(for: targetPath), true)] }
         return []
@@ -83,16 +86,7 @@ public struct Delegations: Sendable, Equatable {
     public func firstRole(for targetPath: String) -> String? {
         if let succinctRoles { return succinctRoles.roleName(for: targetPath) }
         var digest: String?
-        for role in roles ?? [] {
-            if let paths = role.paths {
-                if paths.contains(where: { PathPattern.matches(pattern: $0, path: targetPath) }) { return role.name }
-            } else if let prefixes = role.pathHashPrefixes {
-                let hex = digest ?? hexEncode(SHA256.hash(data: Array(targetPath.utf8)))
-                digest = hex
-                if prefixes.contains(where: { hex.utf8.starts(with: $0.utf8) }) { return role.name }
-            }
-        }
-        return nil
+        return roles?.first { $0.isDelegated(targetPath: targetPath, digest: &digest) }?.name
     }
 
     /// The keys and threshold this delegator gives role `name`, or `nil` if it does not delegate to it.
@@ -149,12 +143,20 @@ public struct DelegatedRole: Sendable, Equatable {
     /// matched per `/`-separated segment, so `*` never crosses a directory) or by the SHA-256 hex
     /// prefix of the path (`path_hash_prefixes`).
     public func isDelegated(targetPath: String) -> Bool {
+        var digest: String?
+        return isDelegated(targetPath: targetPath, digest: &digest)
+    }
+
+    /// As `isDelegated(targetPath:)`, with the path's SHA-256 hex computed at most once across the roles of one
+    /// delegation (`digest` starts nil and is filled by the first role that needs it).
+    func isDelegated(targetPath: String, digest: inout String?) -> Bool {
         if let paths {
             return paths.contains { PathPattern.matches(pattern: $0, path: targetPath) }
         }
         if let pathHashPrefixes {
-            let digest = hexEncode(SHA256.hash(data: Array(targetPath.utf8)))
-            return pathHashPrefixes.contains { digest.utf8.starts(with: $0.utf8) }
+            let hex = digest ?? hexEncode(SHA256.hash(data: Array(targetPath.utf8)))
+            digest = hex
+            return pathHashPrefixes.contains { hex.utf8.starts(with: $0.utf8) }
         }
         return false
     }

@@ -35,21 +35,41 @@ struct Options {
         let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         client = me.deletingLastPathComponent().path + "/bulwark-tuf-client"
         var args = Array(CommandLine.arguments.dropFirst())
-        while args.count >= 2 {
-            let (k, v) = (args[0], args[1])
+        if args.contains("--help") || args.contains("-h") {
+            print(Self.usage)
+            exit(0)
+        }
+        while let k = args.first {
+            guard args.count >= 2 else { fail("\(k) needs a value\n\(Self.usage)") }
+            let v = args[1]
             args.removeFirst(2)
             switch k {
-            case "--reps": reps = max(1, Int(v) ?? 5)
+            case "--reps":
+                guard let n = Int(v), (1...1000).contains(n) else { fail("--reps must be 1-1000") }
+                reps = n
             case "--work": work = v
             case "--client": client = v
             case "--script": script = v
             case "--python":
                 python = v
                 pythonArgs = []
-            default: fail("unknown option \(k)")
+            default: fail("unknown option \(k)\n\(Self.usage)")
             }
         }
     }
+
+    static let usage = """
+        usage: tuf-bench [--reps N] [--work DIR] [--client PATH] [--script PATH] [--python PATH]
+
+        bulwark-tuf-client against python-tuf's ngclient over loopback HTTP: three repositories (1,000 flat
+        targets; 100,000 in 256 hashed bins; 100,000 in 256 succinct bins), cold and warm, whole-process time and
+        peak RSS of each client, side by side.
+          --reps N       repetitions per measurement (default 5)
+          --work DIR     where the repositories go (default a temporary directory)
+          --client PATH  the Bulwark client (default bulwark-tuf-client next to this binary)
+          --script PATH  the python-tuf driver (default scripts/tuf/ngclient_fetch.py)
+          --python PATH  the Python interpreter (default python3 on PATH)
+        """
 }
 
 /// The http.server child, killed by pid on every exit path.
