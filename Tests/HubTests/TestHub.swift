@@ -33,13 +33,6 @@ final class TestHub: Sendable {
         configuration.pairing.port = 0
         configuration.mqtt.port = 0
         configuration.maxBodyBytes = maxBodyBytes
-        // The per-phase deadlines (TLS handshake, headers, CONNECT, pairing hello) are for hostile clients; on a
-        // loaded test machine a CLI process can take seconds to finish its handshake. Tests of the deadlines set
-        // their own (HardeningTests, MQTTBrokerTests, ReviewFindingsTests); everyone else gets room.
-        configuration.httpLimits.handshakeSeconds = 30
-        configuration.httpLimits.headerSeconds = 30
-        configuration.mqttSettings.connectDeadlineSeconds = 30
-        configuration.pairingSettings.helloSeconds = 30
         configure(&configuration)
         let server = try await HubServer.make(
             configuration: configuration, store: store,
