@@ -35,10 +35,9 @@ public struct Waiver: Sendable, Equatable {
         self.by = by
     }
 
-    func covers(_ record: OSVRecord, _ component: SBOM.Component, now: Int64) -> Bool {
-        guard now < until, advisory == record.id || record.aliases.contains(advisory),
-            let pattern = try? PackageURL(parsing: purl)
-        else { return false }
+    /// Whether this waiver, its purl parsed once as `pattern`, covers `record` for `component` at `now`.
+    func covers(_ record: OSVRecord, _ component: SBOM.Component, pattern: PackageURL, now: Int64) -> Bool {
+        guard now < until, advisory == record.id || record.aliases.contains(advisory) else { return false }
         return component.purl.matches(pattern)
     }
 }
@@ -116,6 +115,8 @@ public struct GateReport: Sendable {
         var truncated = false
         var unchecked: [String] = []
         var uncheckedCount = 0
+        // Waivers with their purls parsed once (a waiver whose purl does not parse covers nothing).
+        let patterns = waivers.compactMap { waiver in (try? PackageURL(parsing: waiver.purl)).map { (waiver, $0) } }
         // Which advisory ids each waiving VEX statement covers, for which components (resolved once).
         var vexWaived: [(statement: VEXStatement, components: Set<Int>)] = []
         for statement in sbom.statements + vex where statement.waives {
@@ -166,7 +167,9 @@ public struct GateReport: Sendable {
                 let assessment = record.assessment(for: matched)
                 let atThreshold = assessment.rating.map { $0 >= blockSeverity } ?? true
                 var waivedBy: String?
-                if let waiver = waivers.first(where: { $0.covers(record, component, now: now) }) {
+                if let waiver = patterns.first(where: {
+                    $0.0.covers(record, component, pattern: $0.1, now: now)
+                })?.0 {
                     waivedBy = "waiver"
                     if atThreshold, !used.contains(waiver) { used.append(waiver) }
                 } else if let waived = vexWaived.first(where: { entry in

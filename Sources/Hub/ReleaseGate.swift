@@ -2,6 +2,7 @@ import Advisories
 import Core
 import Crypto
 import Foundation
+import Gateway
 import Hummingbird
 import Logging
 import Store
@@ -50,13 +51,9 @@ struct ReleaseGate {
         var vex: [UInt8]?
     }
 
-    /// Text from an operator's request as it goes into an audit record: control characters replaced, bounded.
-    static func printable(_ text: String, limit: Int = 256) -> String {
-        String(
-            String.UnicodeScalarView(
-                text.unicodeScalars.prefix(limit).map { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) ? "?" : $0 }
-            ))
-    }
+    /// Text from an operator's request as it goes into an audit record: the gateway's own sanitiser
+    /// (ASCII-printable, bounded), with room for a target path.
+    static func printable(_ text: String) -> String { MessageSignatureProfile.printable(text, limit: 256) }
 
     /// Runs the gate over a submission and records the release, passed or blocked, with an audit record. A blocked
     /// run does not replace a passed record of the same bytes (published releases stay known to rescans); it is

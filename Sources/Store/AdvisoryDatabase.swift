@@ -36,15 +36,7 @@ public final class AdvisoryDatabase: AdvisorySource, Sendable {
     }
 
     public init(path: String) throws {
-        var configuration = Configuration()
-        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
-        configuration.busyMode = .timeout(5)
-        do {
-            pool = try DatabasePool(path: path, configuration: configuration)
-            try Self.migrator.migrate(pool)
-        } catch {
-            throw StoreError(.unavailable, "cannot open the advisory database \(path): \(error)")
-        }
+        pool = try SQLiteHubStore.openPool(path: path, migrator: Self.migrator, what: "the advisory database \(path)")
     }
 
     static var migrator: DatabaseMigrator {

@@ -18,6 +18,13 @@ public final class SQLiteHubStore: HubStore {
 
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     public init(path: String) throws {
+        pool = try Self.openPool(path: path, migrator: Self.migrator, what: "the SQLite store")
+        committer = GroupCommitter(pool: pool)
+    }
+
+    /// A WAL pool with `synchronous = FULL` (a committed transaction survives a kill and a power loss), foreign
+    /// keys on and a 5-s busy timeout, migrated: how every SQLite file of the hub is opened.
+    static func openPool(path: String, migrator: DatabaseMigrator, what: String) throws -> DatabasePool {
         var configuration = Configuration()
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
@@ -25,12 +32,12 @@ public final class SQLiteHubStore: HubStore {
         }
         configuration.busyMode = .timeout(5)
         do {
-            pool = try DatabasePool(path: path, configuration: configuration)
-            try Self.migrator.migrate(pool)
+            let pool = try DatabasePool(path: path, configuration: configuration)
+            try migrator.migrate(pool)
+            return pool
         } catch {
-            throw StoreError(.unavailable, "cannot open the SQLite store: \(error)")
+            throw StoreError(.unavailable, "cannot open \(what): \(error)")
         }
-        committer = GroupCommitter(pool: pool)
     }
 
     /// Versioned schema. Migrations are append-only: a released migration is never edited.
