@@ -134,8 +134,11 @@ final class FakeSlotStore: SlotStore {
         for state in states where !model.includes(state.deviceID) {
             #expect(state.installedTarget != "app-v2.tar" && state.stepTarget != "app-v2.tar", "\(state)")
         }
+        // The stages before the paused one advanced only once their whole cohort reported, so their healthy devices
+        // committed. (The rollout id is random, and with it the cohorts: when the very first stage holds only a
+        // failing device, nobody has committed yet.)
         let committed = states.filter { $0.installedTarget == "app-v2.tar" }.count
-        #expect(committed > 0)
+        if expectedStage > 0 { #expect(committed > 0) }
         #expect(
             states.filter { $0.lastStep == "rolled-back" && $0.stepTarget == "app-v2.tar" }.allSatisfy {
                 failing.contains(Int($0.deviceID.rawValue.dropFirst(3)) ?? -1)
