@@ -37,6 +37,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-structured-headers.git", from: "1.7.0"),
         // Reads osv.dev's per-ecosystem advisory exports (all.zip) in `bulwark advisories import`.
         .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.20"),
+        // The hub's /metrics in the Prometheus text format (a registry per hub: several hubs share a test process).
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // Pure: validated identifiers and error values. Imports nothing.
@@ -140,6 +142,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         // A small HTTP/1.1 client over mutual TLS (operator CLI, device commands, load generator).

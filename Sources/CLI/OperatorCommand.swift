@@ -16,6 +16,12 @@ struct OperatorCommand: AsyncParsableCommand {
         @Option(help: "Directory for <name>.key (0600), <name>.crt and ca.crt.") var out: String?
         @Flag(help: "An application credential instead: reads the fleet and sends commands over MQTT, no operator API.")
         var application = false
+        @Flag(help: "A monitoring credential instead (Prometheus): reads GET /metrics on the operator listener only.")
+        var monitor = false
+
+        func validate() throws {
+            if application && monitor { throw ValidationError("--application and --monitor exclude each other") }
+        }
 
         func run() async throws {
             let directory = out ?? "./\(name)-credentials"
@@ -25,7 +31,7 @@ struct OperatorCommand: AsyncParsableCommand {
                 privateKey: Certificate.PrivateKey(key), attributes: CertificateSigningRequest.Attributes(),
                 signatureAlgorithm: .ecdsaWithSHA256)
             let (_, object) = try await connection.request(
-                method: "POST", path: application ? "/v1/applications" : "/v1/operators",
+                method: "POST", path: application ? "/v1/applications" : monitor ? "/v1/monitors" : "/v1/operators",
                 json: ["name": name, "csr": try csr.serializeAsPEM().pemString])
             guard let pem = (object as? [String: Any])?["certificate"] as? String else {
                 throw CleanExit.message("bulwark: the hub's answer has no certificate", code: 1)
@@ -47,7 +53,9 @@ struct OperatorCommand: AsyncParsableCommand {
             print(
                 application
                     ? "application \(name): credentials in \(directory) (MQTT only)"
-                    : "operator \(name): credentials in \(directory) (use --credentials \(directory) --as \(name))")
+                    : monitor
+                        ? "monitor \(name): credentials in \(directory) (GET /metrics on the operator listener only)"
+                        : "operator \(name): credentials in \(directory) (use --credentials \(directory) --as \(name))")
         }
     }
 }

@@ -118,6 +118,9 @@ struct GatewayRecorder: Sendable {
     let logger: Logger
     /// Counts refusals per device for staged rollouts (a device whose refusals jump after an update).
     var signals: DeviceSignals?
+    /// Counts refusals per interface, stage and problem (`/metrics`).
+    var metrics: HubMetrics?
+    var interface = HubMetrics.Interface.http
 
     func record(_ refusal: Refusal, identity: String?, source: String?, correlationID: String, what: String) async {
         logger.notice(
@@ -127,6 +130,7 @@ struct GatewayRecorder: Sendable {
                 "detail": .string(refusal.detail), "peer": .string(identity ?? "-"),
                 "correlation_id": .string(correlationID),
             ])
+        metrics?.refused(interface, refusal)
         if let signals, let identity, let device = Identity(uri: identity)?.deviceID { signals.refusal(device) }
         if let kind = refusal.auditKind {
             try? await store.recordSecurityEvent(
@@ -218,11 +222,13 @@ extension HTTPServerBuilder {
         contexts: TLSContextSource,
         verify: @escaping @Sendable ([NIOSSLCertificate], EventLoopPromise<NIOSSLVerificationResult>) -> Void,
         gateway: GatewayPipeline, listener: String,
-        connections: ConnectionCounter, limits: HTTPLimits, onRefusal: @escaping @Sendable (FramingRefusal) -> Void
+        connections: ConnectionCounter, limits: HTTPLimits, onRefusal: @escaping @Sendable (FramingRefusal) -> Void,
+        observer: (HubMetrics, HubMetrics.Listener)? = nil
     ) -> HTTPServerBuilder {
         HTTPServerBuilder { responder in
             ConnectionGate(
-                base: RotatingTLSChannel(base: HTTP1Channel(responder: responder), contexts: contexts, verify: verify),
+                base: RotatingTLSChannel(
+                    base: HTTP1Channel(responder: responder), contexts: contexts, verify: verify, observer: observer),
                 gateway: gateway, listener: listener, connections: connections, limits: limits, onRefusal: onRefusal)
         }
     }

@@ -23,12 +23,16 @@ struct ErrorReportingMiddleware: RouterMiddleware {
     let store: any HubStore
     var problems = false
     var recorder: GatewayRecorder?
+    /// On the device listener: counts the requests that passed the pipeline (`/metrics`).
+    var metrics: HubMetrics?
 
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
         do {
-            return try await next(request, context)
+            let response = try await next(request, context)
+            if let metrics, response.status.code < 400 { metrics.admitted(.http) }
+            return response
         } catch let error as GatewayError {
             await recorder?.record(
                 error.refusal, identity: error.identity, source: context.channel.remoteAddress?.ipAddress,

@@ -42,7 +42,8 @@ public final class HubServer: Sendable {
         if let notice = try SecretFiles.makePrivateDirectory(configuration.dataDirectory) {
             logger.warning("data directory tightened", metadata: ["detail": .string(notice)])
         }
-        let store = try store ?? Self.openSQLite(configuration.sqlitePath)
+        let metrics = HubMetrics()
+        let store = try store ?? Self.openSQLite(configuration.sqlitePath, onCommit: metrics.storeCommitted)
         // Before anything is audited: every record from now on carries a MAC.
         try await store.setAuditKey(
             try AuditKeyFile.loadOrCreate(
@@ -85,21 +86,24 @@ public final class HubServer: Sendable {
         return try HubServer(
             configuration: configuration, store: store, credentials: credentials, revocations: revocations,
             gateway: gateway, logger: logger, signals: gracefulShutdownSignals, crl: crl, renewals: renewals,
-            deviceSignals: deviceSignals, rollouts: rollouts)
+            deviceSignals: deviceSignals, rollouts: rollouts, metrics: metrics)
     }
 
     /// Opens the embedded store with its files private to this user (README, "Data directory").
-    static func openSQLite(_ path: String) throws -> SQLiteHubStore {
+    static func openSQLite(_ path: String, onCommit: (@Sendable (Int, Duration) -> Void)? = nil) throws
+        -> SQLiteHubStore
+    {
         try SecretFiles.prepareStoreFile(path)
         let previous = umask(0o077)
         defer { umask(previous) }
-        return try SQLiteHubStore(path: path)
+        return try SQLiteHubStore(path: path, onCommit: onCommit)
     }
 
     private init(
         configuration: HubConfiguration, store: any HubStore, credentials: HubCredentials, revocations: RevocationList,
         gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal], crl: CRLPublisher,
-        renewals: CertificateRenewals, deviceSignals: DeviceSignals, rollouts: RolloutController?
+        renewals: CertificateRenewals, deviceSignals: DeviceSignals, rollouts: RolloutController?,
+        metrics: HubMetrics
     ) throws {
         self.gateway = gateway
         self.configuration = configuration
@@ -121,15 +125,22 @@ public final class HubServer: Sendable {
             return assignments
         }
 
+        let limits = configuration.httpLimits
+        var openConnections: [(HubMetrics.Listener, ConnectionCounter)] = []
         func application(
-            name: String, listener: HubConfiguration.Listener, role: ClientCertificatePolicy.Role,
+            name: HubMetrics.Listener, listener: HubConfiguration.Listener, role: ClientCertificatePolicy.Role,
             routes: (Router<HubRequestContext>) -> Void
         ) throws -> some Service {
+            let name = name.rawValue
+            let connections = ConnectionCounter(total: limits.maxConnections, perSource: limits.maxConnectionsPerSource)
+            openConnections.append((HubMetrics.Listener(rawValue: name) ?? .device, connections))
             let router = Router(context: HubRequestContext.self)
             router.add(
                 middleware: ErrorReportingMiddleware(
                     store: store, problems: role == .device,
-                    recorder: GatewayRecorder(store: store, logger: logger, signals: deviceSignals)))
+                    recorder: GatewayRecorder(
+                        store: store, logger: logger, signals: deviceSignals, metrics: metrics, interface: .http),
+                    metrics: role == .device ? metrics : nil))
             router.add(
                 middleware: PeerIdentityMiddleware(revocations: revocations, cache: cache, renewals: renewals))
             routes(router)
@@ -138,8 +149,8 @@ public final class HubServer: Sendable {
                 logger[metadataKey: "listener"] = .string(name)
                 return logger
             }()
-            let limits = configuration.httpLimits
-            let recorder = GatewayRecorder(store: store, logger: appLogger, signals: deviceSignals)
+            let recorder = GatewayRecorder(
+                store: store, logger: appLogger, signals: deviceSignals, metrics: metrics, interface: .http)
             // A request the guard refused for its framing: logged at notice, audited, and counted toward the
             // device's invalid-message quarantine when the certificate names a device.
             let onRefusal: @Sendable (FramingRefusal) -> Void = { refusal in
@@ -168,10 +179,9 @@ public final class HubServer: Sendable {
             return Application(
                 router: router,
                 server: .gatedTLS(
-                    contexts: contexts, verify: verify, gateway: gateway, listener: name,
-                    connections: ConnectionCounter(
-                        total: limits.maxConnections, perSource: limits.maxConnectionsPerSource),
-                    limits: limits, onRefusal: onRefusal),
+                    contexts: contexts, verify: verify, gateway: gateway, listener: name, connections: connections,
+                    limits: limits, onRefusal: onRefusal,
+                    observer: HubMetrics.Listener(rawValue: name).map { (metrics, $0) }),
                 configuration: .init(address: .hostname(listener.host, port: listener.port), serverName: nil),
                 onServerRunning: { channel in
                     let port = channel.localAddress?.port ?? listener.port
@@ -181,7 +191,7 @@ public final class HubServer: Sendable {
                 logger: appLogger)
         }
 
-        let device = try application(name: "device", listener: configuration.device, role: .device) {
+        let device = try application(name: .device, listener: configuration.device, role: .device) {
             DeviceRoutes(
                 store: store, gateway: gateway, maxBodyBytes: configuration.maxBodyBytes,
                 renewal: RenewalSettings(
@@ -203,13 +213,14 @@ public final class HubServer: Sendable {
             lifetime: TimeInterval(configuration.claimLifetimeSeconds),
             policy: .init(
                 freeAttempts: configuration.pairingFreeAttempts, baseLockout: configuration.pairingLockoutSeconds,
-                maximumLockout: max(3600, configuration.pairingLockoutSeconds)))
+                maximumLockout: max(3600, configuration.pairingLockoutSeconds)), metrics: metrics)
         let broker = MQTTBroker(
             maxQueued: configuration.mqttSettings.maxQueuedMessages,
             maxRetained: configuration.mqttSettings.maxRetainedMessages,
             maxRetainedPerOwner: configuration.mqttSettings.maxRetainedPerClient,
             maxRetainedBytes: configuration.mqttSettings.maxRetainedBytes)
-        let operatorApp = try application(name: "operator", listener: configuration.operatorAPI, role: .operator) {
+        let operatorApp = try application(name: .operator, listener: configuration.operatorAPI, role: .operator) {
+            MonitorGate.register(on: $0, metrics: metrics)
             OperatorRoutes(
                 store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
                 gateway: gateway, broker: broker, crl: crl,
@@ -240,12 +251,20 @@ public final class HubServer: Sendable {
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
             revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,
             settings: configuration.mqttSettings, renewals: renewals, events: events,
-            cryptoProfile: configuration.cryptoProfile,
+            cryptoProfile: configuration.cryptoProfile, metrics: metrics,
             logger: {
                 var mqttLogger = logger
                 mqttLogger[metadataKey: "listener"] = "mqtt"
                 return mqttLogger
             }(), onBound: { portsContinuation.yield(("mqtt", $0)) })
+        metrics.attach {
+            $0.connections =
+                openConnections + [(.mqtt, mqtt.connections), (.pairing, pairing.connections)]
+            $0.broker = broker
+            $0.claims = claims
+            $0.store = store
+            $0.updates = configuration.tufRepository != nil
+        }
         var services: [any Service] = [device, operatorApp, pairing, rids, mqtt]
         var tlsLogger = logger
         tlsLogger[metadataKey: "service"] = "tls"

@@ -95,11 +95,16 @@ struct RotatingTLSChannel<Base: ServerChildChannel>: ServerChildChannel {
     let base: Base
     let contexts: TLSContextSource
     let verify: @Sendable ([NIOSSLCertificate], EventLoopPromise<NIOSSLVerificationResult>) -> Void
+    /// Counts failed handshakes on this listener.
+    var observer: (HubMetrics, HubMetrics.Listener)?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.addHandler(
                 NIOSSLServerHandler(context: contexts.context, customVerificationCallback: verify))
+            if let (metrics, listener) = observer {
+                try channel.pipeline.syncOperations.addHandler(HandshakeObserver(metrics: metrics, listener: listener))
+            }
         }.flatMap { base.setup(channel: channel, logger: logger) }
     }
 

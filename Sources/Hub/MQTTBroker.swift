@@ -246,6 +246,23 @@ actor MQTTBroker {
     var sessionCount: Int { sessions.count }
     var retainedCount: Int { retained.count }
 
+    /// Fleet-wide figures for `/metrics`: sessions (connected or kept for a reconnect), QoS 1 messages sent and not
+    /// yet acknowledged, messages queued for sessions, retained messages and their bytes, and messages dropped
+    /// because a queue was full.
+    var statistics:
+        (sessions: Int, connected: Int, inflight: Int, queued: Int, retained: Int, retainedBytes: Int, dropped: Int)
+    {
+        var connected = 0
+        var inflight = 0
+        var queued = 0
+        for session in sessions.values {
+            if session.connection != nil { connected += 1 }
+            inflight += session.inflight.count
+            queued += session.queue.count
+        }
+        return (sessions.count, connected, inflight, queued, retained.count, retainedBytes, dropped)
+    }
+
     /// Sets or (empty payload) clears the topic's retained message within the limits: in all, per owner (the
     /// publisher's session) and in bytes. Over a limit the message is still delivered, just not retained.
     private func retain(_ message: BrokerMessage, owner: String) {

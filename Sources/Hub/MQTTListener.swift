@@ -34,6 +34,8 @@ struct MQTTListener: Service {
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
     let connections: ConnectionCounter
+    /// Admissions, refusals and failed handshakes (`/metrics`); nil in tests that build a listener alone.
+    let metrics: HubMetrics?
     /// The largest packet accepted: a maximum-size body plus room for the topic and properties. Anything larger is
     /// refused by the decoder before it is buffered (MQTT 5: DISCONNECT 0x95).
     let maximumPacketSize: Int
@@ -47,9 +49,10 @@ struct MQTTListener: Service {
     init(
         host: String, port: Int, credentials: HubCredentials, revocations: RevocationList, store: any HubStore,
         rids: RIDDirectory, broker: MQTTBroker, gateway: GatewayPipeline, settings: MQTTSettings,
-        renewals: CertificateRenewals, events: DeviceEvents, cryptoProfile: CryptoProfile = .standard, logger: Logger,
-        onBound: @escaping @Sendable (Int) -> Void
+        renewals: CertificateRenewals, events: DeviceEvents, cryptoProfile: CryptoProfile = .standard,
+        metrics: HubMetrics? = nil, logger: Logger, onBound: @escaping @Sendable (Int) -> Void
     ) {
+        self.metrics = metrics
         self.cryptoProfile = cryptoProfile
         self.host = host
         self.port = port
@@ -69,7 +72,9 @@ struct MQTTListener: Service {
         self.maximumPacketSize = gateway.policy.maxBodyBytes + 4096
     }
 
-    var recorder: GatewayRecorder { GatewayRecorder(store: store, logger: logger, signals: events.signals) }
+    var recorder: GatewayRecorder {
+        GatewayRecorder(store: store, logger: logger, signals: events.signals, metrics: metrics, interface: .mqtt)
+    }
 
     func run() async throws {
         let (contexts, verify) = try HubTLS.serverContexts(
@@ -78,6 +83,7 @@ struct MQTTListener: Service {
         let maximumPacketSize = maximumPacketSize
         let gateway = gateway
         let connections = connections
+        let metrics = metrics
         let logger = logger
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
@@ -101,6 +107,10 @@ struct MQTTListener: Service {
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         NIOSSLServerHandler(context: contexts.context, customVerificationCallback: verify))
+                    if let metrics {
+                        try channel.pipeline.syncOperations.addHandler(
+                            HandshakeObserver(metrics: metrics, listener: .mqtt))
+                    }
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(
                             MQTTDecoder(role: .server, maximumPacketSize: maximumPacketSize),
@@ -714,6 +724,7 @@ struct MQTTConnection {
             if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
                 return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
             }
+            listener.metrics?.admitted(.mqtt)
             await acknowledge(id, state: &state, code: 0)
             return true
         }
@@ -726,6 +737,7 @@ struct MQTTConnection {
         }
         switch result {
         case .success(let admitted):
+            listener.metrics?.admitted(.mqtt)
             state.refusedQoS0 = 0
             let record = NewTelemetry(
                 deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,

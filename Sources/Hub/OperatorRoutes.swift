@@ -61,8 +61,10 @@ struct OperatorRoutes {
         router.get("/v1/devices/:id") { _, context in try await show(context) }
         router.post("/v1/devices/:id/revoke") { _, context in try await revoke(context) }
         router.post("/v1/operators") { request, context in try await addOperator(request, context) }
-        router.post("/v1/applications") { request, context in try await addOperator(request, context, application: true)
+        router.post("/v1/applications") { request, context in
+            try await addOperator(request, context, role: .application)
         }
+        router.post("/v1/monitors") { request, context in try await addOperator(request, context, role: .monitor) }
         router.get("/v1/security-events") { request, _ in try await securityEvents(request) }
         router.post("/v1/pairing/claims") { request, context in try await claim(request, context) }
         router.get("/v1/rids/:rid") { _, context in try resolveRID(context) }
@@ -633,23 +635,31 @@ struct OperatorRoutes {
             body: ResponseBody(byteBuffer: ByteBuffer(bytes: list.derBytes)))
     }
 
-    /// Issues another operator credential from a CSR made on the new operator's machine.
-    /// Issues an operator credential, or (`application`) an application one: MQTT fleet access only, no operator API.
-    func addOperator(_ request: Request, _ context: HubRequestContext, application: Bool = false) async throws
+    /// The credentials an operator issues from a CSR made on the new holder's machine.
+    enum CredentialRole: String { case `operator`, application, monitor }
+
+    /// Issues an operator credential; an application one (MQTT fleet access only, no operator API); or a monitor
+    /// one (`GET /metrics` on the operator listener only).
+    func addOperator(_ request: Request, _ context: HubRequestContext, role: CredentialRole = .operator) async throws
         -> Response
     {
         let by = try requireOperator(context)
         let object = try await jsonObject(request)
         guard let nameText = object["name"] as? String, let name = try? OperatorName(nameText) else {
-            throw Self.invalid(IdentifierError(kind: application ? "application name" : "operator name").description)
+            throw Self.invalid(IdentifierError(kind: "\(role.rawValue) name").description)
         }
         guard let csrText = object["csr"] as? String else { throw Self.invalid("csr (PEM text) is required") }
-        let identity: Identity = application ? .application(name) : .operator(name)
+        let identity: Identity =
+            switch role {
+            case .operator: .operator(name)
+            case .application: .application(name)
+            case .monitor: .monitor(name)
+            }
         let certificate = try issue(for: identity, csrText: csrText, days: 397)
         try await store.addCertificate(HubCredentials.record(certificate, deviceID: nil))
         try await store.recordSecurityEvent(
             SecurityEvent(
-                at: Date(), kind: application ? "application-added" : "operator-added", identity: identity.uri,
+                at: Date(), kind: "\(role.rawValue)-added", identity: identity.uri,
                 correlationID: context.correlationID.rawValue, detail: "by \(by), serial \(certificate.serialHex)"))
         return try JSONResponse.make(
             .created, ["name": name.rawValue, "serial": certificate.serialHex, "certificate": certificate.pem])

@@ -29,7 +29,11 @@ actor PairingClaims {
     /// locks out only itself.
     let sources: SourceLockout
 
-    init(lifetime: TimeInterval = 600, policy: LockoutPolicy = .init()) {
+    /// Counts pairings, failures and lock-outs (nil in tests that build claims alone).
+    let metrics: HubMetrics?
+
+    init(lifetime: TimeInterval = 600, policy: LockoutPolicy = .init(), metrics: HubMetrics? = nil) {
+        self.metrics = metrics
         self.lifetime = lifetime
         limiter = AttemptLimiter(policy: policy)
         sources = SourceLockout(policy: policy)
@@ -47,6 +51,7 @@ actor PairingClaims {
     /// device's key (`hold`), and a stranger's silent connection cannot keep the device from pairing.
     func claim(for device: DeviceID, now: Date) throws(PairingError) -> PairingLabel {
         if let until = limiter.lockedUntil(device, now: now.timeIntervalSince1970) {
+            metrics?.pairing(.lockedOut)
             throw PairingError(.lockedOut, "locked out for \(Int(until - now.timeIntervalSince1970)) s more")
         }
         guard let claim = claims[device], claim.expires > now else {
@@ -66,7 +71,11 @@ actor PairingClaims {
     /// `bulwark device revoke`: a revoked device must not pair back in on a claim made before the revocation.
     func drop(_ device: DeviceID) { claims[device] = nil }
 
+    /// Claims not yet used or expired (for `/metrics`).
+    func openClaims(now: Date) -> Int { claims.values.filter { $0.expires > now }.count }
+
     func succeeded(_ device: DeviceID) {
+        metrics?.pairing(.paired)
         claims[device] = nil
         inUse.remove(device)
         limiter.recordSuccess(device)
@@ -75,6 +84,7 @@ actor PairingClaims {
     /// A session failed: release the claim it held and count the failure against the device (only once the peer
     /// had proved the device's key) or else against its source address.
     func failed(_ device: DeviceID?, source: String?, now: Date, countedAgainstDevice: Bool, heldClaim: Bool) {
+        metrics?.pairing(.failed)
         if let device, heldClaim { inUse.remove(device) }
         if let device, countedAgainstDevice {
             limiter.recordFailure(device, now: now.timeIntervalSince1970)
@@ -143,6 +153,7 @@ struct PairingListener: Service {
     func run() async throws {
         let connections = connections
         let sources = claims.sources
+        let metrics = claims.metrics
         let logger = logger
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
@@ -154,6 +165,7 @@ struct PairingListener: Service {
                 // connection slots, is closed at once (a flood from one address cannot deny pairing to others).
                 let source = channel.remoteAddress?.ipAddress ?? "unknown"
                 if sources.lockedUntil(source, now: Date().timeIntervalSince1970) != nil {
+                    metrics?.pairing(.lockedOut)
                     logger.debug("pairing connection refused: source locked out", metadata: ["source": "\(source)"])
                     channel.close(promise: nil)
                     return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)

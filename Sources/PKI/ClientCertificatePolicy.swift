@@ -8,8 +8,9 @@ public import X509
 /// The leaf must carry EKU clientAuth, must not be a CA, must name exactly one Bulwark identity of the role the
 /// listener serves, and its serial must not be revoked.
 public struct ClientCertificatePolicy: VerifierPolicy {
-    /// The identities a listener serves; MQTT serves every identity (devices, and operators and applications as
-    /// fleet readers) on one port, each with its own topic access.
+    /// The identities a listener serves. The operator listener serves operators, and monitors (which reach only
+    /// `GET /metrics` there); MQTT serves devices, and operators and applications as fleet readers, on one port, each
+    /// with its own topic access. A monitor certificate is refused on MQTT and the device listener at the handshake.
     public enum Role: Sendable { case device, `operator`, anyIdentity }
 
     public let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = []
@@ -31,7 +32,9 @@ public struct ClientCertificatePolicy: VerifierPolicy {
             return .failsToMeetPolicy(reason: "leaf is a CA certificate")
         }
         switch (role, leaf.bulwarkIdentity) {
-        case (.device, .device?), (.operator, .operator?), (.anyIdentity, _?): break
+        case (.device, .device?), (.operator, .operator?), (.operator, .monitor?), (.anyIdentity, .device?),
+            (.anyIdentity, .operator?), (.anyIdentity, .application?):
+            break
         default: return .failsToMeetPolicy(reason: "leaf does not name an identity of the listener's role")
         }
         if isRevoked(leaf.serialHex) {

@@ -80,6 +80,8 @@ public protocol HubStore: Sendable {
     /// The key that MACs every audit record appended from now on (kept outside the store; see `AuditKey`).
     func setAuditKey(_ key: AuditKey) async throws
     func securityEvents(limit: Int) async throws -> [SecurityEvent]
+    /// Fleet-wide counts for monitoring (`/metrics`), in one read: no device id leaves in it.
+    func fleetSummary(now: Date, expiringBefore: Date) async throws -> FleetSummary
     /// The identity resolving key given to a device at pairing (a secret: never logged or returned by the API).
     func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws
     /// Every active device's IRK, to build the rotating-identifier resolver.

@@ -180,6 +180,21 @@ public actor InMemoryHubStore: HubStore {
 
     public func updateState(of device: DeviceID) async throws -> DeviceUpdateState? { updates[device] }
 
+    public func fleetSummary(now: Date, expiringBefore: Date) async throws -> FleetSummary {
+        var summary = FleetSummary()
+        summary.activeDevices = deviceRecords.values.filter { $0.status == .active }.count
+        summary.revokedDevices = deviceRecords.count - summary.activeDevices
+        summary.certificatesExpiring =
+            certificateRecords.values.filter { record in
+                guard let device = record.deviceID, deviceRecords[device]?.status == .active, record.revokedAt == nil
+                else { return false }
+                return record.notAfter > now && record.notAfter <= expiringBefore
+            }.count
+        summary.auditRecords = audit.last?.sequence ?? 0
+        for state in updates.values { summary.updateSteps[state.lastStep, default: 0] += 1 }
+        return summary
+    }
+
     public func updateStates() async throws -> [DeviceUpdateState] {
         updates.values.sorted { $0.deviceID < $1.deviceID }
     }

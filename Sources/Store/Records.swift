@@ -153,6 +153,20 @@ public struct TelemetryRecord: Sendable, Equatable {
 /// A refusal or an operator action worth an operator's attention. `detail` holds what the client never sees.
 /// What a device last reported about its updates (`devices/<id>/events/update`): the release it runs (committed),
 /// its slot and anti-rollback floor, and the last step with the release it concerned and why.
+/// Fleet-wide counts for monitoring: what `/metrics` reports from the store at each scrape.
+public struct FleetSummary: Sendable, Equatable {
+    public var activeDevices = 0
+    public var revokedDevices = 0
+    /// Unrevoked certificates of active devices that are still valid at `now` and end before `expiringBefore`.
+    public var certificatesExpiring = 0
+    /// Records in the audit log (its head's sequence number).
+    public var auditRecords: Int64 = 0
+    /// Devices per last reported update step (`committed`, `rolled-back`, …).
+    public var updateSteps: [String: Int] = [:]
+
+    public init() {}
+}
+
 public struct DeviceUpdateState: Sendable, Equatable {
     public var deviceID: DeviceID
     /// The committed release's target path and version (nil before the first commit).

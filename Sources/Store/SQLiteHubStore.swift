@@ -16,10 +16,11 @@ public final class SQLiteHubStore: HubStore {
     /// Keys new audit records (`setAuditKey`); nil until the hub hands it over.
     private let auditKey = Mutex<AuditKey?>(nil)
 
-    /// Opens (creating if needed) the database at `path` and runs pending migrations.
-    public init(path: String) throws {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations. `onCommit` hears of each
+    /// telemetry group commit that succeeded: how many messages it wrote and how long it took (for `/metrics`).
+    public init(path: String, onCommit: (@Sendable (_ messages: Int, _ duration: Duration) -> Void)? = nil) throws {
         pool = try Self.openPool(path: path, migrator: Self.migrator, what: "the SQLite store")
-        committer = GroupCommitter(pool: pool)
+        committer = GroupCommitter(pool: pool, onCommit: onCommit)
     }
 
     /// A WAL pool with `synchronous = FULL` (a committed transaction survives a kill and a power loss), foreign
@@ -210,6 +211,13 @@ public final class SQLiteHubStore: HubStore {
                         report_sha256 TEXT NOT NULL, blocked INTEGER NOT NULL, at INTEGER NOT NULL, by TEXT NOT NULL,
                         seq INTEGER NOT NULL, PRIMARY KEY (target, sha256)
                     );
+                    """)
+        }
+        migrator.registerMigration("v12: certificate expiry index for monitoring") { db in
+            try db.execute(
+                sql: """
+                    CREATE INDEX certificates_expiry ON certificates(not_after)
+                    WHERE revoked_at IS NULL AND device_id IS NOT NULL
                     """)
         }
         return migrator
@@ -488,6 +496,33 @@ public final class SQLiteHubStore: HubStore {
             rollout.stageStartedAt = row["stage_started_at"]
             rollout.reason = row["reason"]
             return rollout
+        }
+    }
+
+    public func fleetSummary(now: Date, expiringBefore: Date) async throws -> FleetSummary {
+        try await read { db in
+            var summary = FleetSummary()
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT
+                        (SELECT COUNT(*) FROM devices WHERE status = 'active') AS active,
+                        (SELECT COUNT(*) FROM devices WHERE status = 'revoked') AS revoked,
+                        (SELECT COUNT(*) FROM certificates c JOIN devices d ON d.id = c.device_id
+                            WHERE c.revoked_at IS NULL AND c.device_id IS NOT NULL AND d.status = 'active'
+                            AND c.not_after > ? AND c.not_after <= ?) AS expiring,
+                        (SELECT COALESCE(MAX(seq), 0) FROM audit_log) AS audit
+                    """, arguments: [now.millis, expiringBefore.millis])
+            summary.activeDevices = row?["active"] ?? 0
+            summary.revokedDevices = row?["revoked"] ?? 0
+            summary.certificatesExpiring = row?["expiring"] ?? 0
+            summary.auditRecords = row?["audit"] ?? 0
+            for step in try Row.fetchAll(
+                db, sql: "SELECT last_step, COUNT(*) AS n FROM device_updates GROUP BY last_step")
+            {
+                summary.updateSteps[step["last_step"]] = step["n"]
+            }
+            return summary
         }
     }
 
@@ -919,7 +954,12 @@ final class GroupCommitter: Sendable {
     /// Bounds one transaction so a burst cannot build an unbounded batch.
     private let maximumBatch = 512
 
-    init(pool: DatabasePool) { self.pool = pool }
+    private let onCommit: (@Sendable (Int, Duration) -> Void)?
+
+    init(pool: DatabasePool, onCommit: (@Sendable (Int, Duration) -> Void)? = nil) {
+        self.pool = pool
+        self.onCommit = onCommit
+    }
 
     func append(_ message: NewTelemetry) async throws -> Int64 {
         try await withCheckedThrowingContinuation { continuation in
@@ -943,6 +983,7 @@ final class GroupCommitter: Sendable {
         }
         guard !batch.isEmpty else { return }
         let messages = batch.map(\.0)
+        let started = ContinuousClock.now
         pool.asyncWrite(
             { db -> [Int64] in
                 let statement = try db.cachedStatement(
@@ -992,6 +1033,7 @@ final class GroupCommitter: Sendable {
             completion: { _, result in
                 switch result {
                 case .success(let ids):
+                    self.onCommit?(batch.count, ContinuousClock.now - started)
                     for (index, entry) in batch.enumerated() { entry.1.resume(returning: ids[index]) }
                 case .failure(let error):
                     let failure = StoreError(.unavailable, "telemetry batch failed: \(error)")

@@ -51,6 +51,24 @@ import Testing
         #expect(try await bulwark(["device", "list"]).stdout.contains("cli-1\trevoked"))
         #expect(try await bulwark(["events", "--limit", "5"]).stdout.contains("\"kind\":\"device-revoked\""))
 
+        // A monitoring credential: curl with it reads /metrics and nothing else.
+        let monitor = try await bulwark(["operator", "add", "prom", "--monitor", "--out", work + "/prom"])
+        #expect(monitor.status == 0, "\(monitor.stderr)")
+        #expect(monitor.stdout.contains("monitor prom"))
+        func curl(_ path: String) async throws -> String {
+            try await run(
+                "/usr/bin/env",
+                [
+                    "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", work + "/prom/ca.crt", "--cert",
+                    work + "/prom/prom.crt", "--key", work + "/prom/prom.key",
+                    "https://localhost:\(ports.operator)\(path)",
+                ]
+            ).stdout
+        }
+        #expect(try await curl("/metrics") == "200")
+        #expect(try await curl("/v1/devices") == "403")
+        #expect(try await bulwark(["operator", "add", "x", "--monitor", "--application"]).status == 64)
+
         let unknown = try await bulwark(["device", "revoke", "nope"])
         #expect(unknown.status != 0)
         #expect(unknown.stderr.contains("404") && unknown.stderr.contains("correlation id"))

@@ -97,6 +97,9 @@ final class FaultyStore: HubStore {
     func recordSecurityEvent(_ event: SecurityEvent) async throws { try await base.recordSecurityEvent(event) }
     func setAuditKey(_ key: AuditKey) async throws { try await base.setAuditKey(key) }
     func securityEvents(limit: Int) async throws -> [SecurityEvent] { try await base.securityEvents(limit: limit) }
+    func fleetSummary(now: Date, expiringBefore: Date) async throws -> FleetSummary {
+        try await base.fleetSummary(now: now, expiringBefore: expiringBefore)
+    }
     func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws {
         try await base.setIdentityResolvingKey(irk, for: device)
     }

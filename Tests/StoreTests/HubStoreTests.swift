@@ -307,3 +307,42 @@ import Testing
         try await reopened.close()
     }
 }
+
+extension HubStoreTests {
+    /// The monitoring counts: devices per status, unrevoked certificates of active devices ending inside the window
+    /// (not those already expired, revoked, device-less or of a revoked device), the audit head, update steps.
+    @Test(arguments: Backend.allCases)
+    func theFleetSummaryCountsWhatMonitoringReads(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        let now = Date(timeIntervalSince1970: 1_000_000)
+        func certificate(_ serial: String, _ device: DeviceID?, endsIn seconds: TimeInterval) -> CertificateRecord {
+            var record = Self.certificate(serial, device: device)
+            record.notBefore = now.addingTimeInterval(-86400)
+            record.notAfter = now.addingTimeInterval(seconds)
+            return record
+        }
+        let (a, b, c) = (try DeviceID("fa"), try DeviceID("fb"), try DeviceID("fc"))
+        try await store.enroll(device: a, certificate: certificate("01", a, endsIn: 3600), at: now)
+        try await store.enroll(device: b, certificate: certificate("02", b, endsIn: 30 * 86400), at: now)
+        try await store.enroll(device: c, certificate: certificate("03", c, endsIn: 3600), at: now)
+        _ = try await store.revoke(device: c, at: now)
+        try await store.addCertificate(certificate("04", nil, endsIn: 3600))
+        try await store.addCertificate(certificate("05", a, endsIn: -10))
+        var summary = try await store.fleetSummary(now: now, expiringBefore: now.addingTimeInterval(7 * 86400))
+        #expect(summary.activeDevices == 2)
+        #expect(summary.revokedDevices == 1)
+        #expect(summary.certificatesExpiring == 1, "only fa's live certificate ends within the window")
+        #expect(summary.updateSteps.isEmpty)
+        try await store.recordSecurityEvent(SecurityEvent(at: now, kind: "x", identity: nil, detail: "one"))
+        try await store.recordSecurityEvent(SecurityEvent(at: now, kind: "x", identity: nil, detail: "two"))
+        for (device, step) in [(a, "committed"), (b, "rolled-back")] {
+            try await store.recordUpdateState(
+                DeviceUpdateState(
+                    deviceID: device, installedTarget: nil, installedVersion: nil, slot: nil, floor: 0, lastStep: step,
+                    stepTarget: nil, reason: nil, sequence: 1, updatedAt: now))
+        }
+        summary = try await store.fleetSummary(now: now, expiringBefore: now.addingTimeInterval(7 * 86400))
+        #expect(summary.auditRecords == 2)
+        #expect(summary.updateSteps == ["committed": 1, "rolled-back": 1])
+    }
+}

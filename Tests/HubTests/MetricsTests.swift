@@ -1,0 +1,273 @@
+import Core
+import Crypto
+import Foundation
+import Hub
+import HubClient
+import MQTT
+import NIOPosix
+import Pairing
+import Testing
+import X509
+
+/// `/metrics`: a monitor certificate reads it and nothing else; it counts what the hub did with bounded labels only;
+/// promtool accepts it; a real Prometheus server scrapes it over mutual TLS.
+@Suite(.serialized) struct MetricsTests {
+    /// A monitor credential issued through the operator API, as `bulwark operator add NAME --monitor` does.
+    static func monitor(_ hub: TestHub, name: String = "prometheus") async throws -> TestDevice {
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName(name) }, privateKey: Certificate.PrivateKey(key),
+            attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
+        let issued = try await hub.operatorRequest(
+            "POST", "/v1/monitors", json: ["name": name, "csr": try csr.serializeAsPEM().pemString])
+        #expect(issued.status == 201)
+        let pem = try #require(jsonObject(issued)["certificate"] as? String)
+        return try TestDevice(
+            id: name, keyPEM: key.pemRepresentation, certificatePEM: pem, caPEM: hub.caPEM, directory: hub.directory)
+    }
+
+    static func get(_ hub: TestHub, _ client: TestDevice, _ path: String, method: String = "GET") async throws
+        -> HTTPResult
+    {
+        try await client.request(port: hub.operatorPort, method, path, headers: [], signed: false)
+    }
+
+    /// The value of one series in the text format (`name{labels} value`), or nil.
+    static func value(_ text: String, _ series: String) -> Double? {
+        for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.dropFirst(series.count + 1))
+        }
+        return nil
+    }
+
+    @Test func aMonitorReadsMetricsAndNothingElse() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("metrics-d1")
+        let monitor = try await Self.monitor(hub)
+        #expect(try await hub.securityEvents().contains { $0.kind == "monitor-added" })
+
+        let scraped = try await Self.get(hub, monitor, "/metrics")
+        #expect(scraped.status == 200)
+        #expect(scraped.header("Content-Type") == "text/plain; version=0.0.4; charset=utf-8")
+        #expect(scraped.bodyText.contains("# HELP bulwark_gateway_admitted_total "))
+        #expect(Self.value(scraped.bodyText, #"bulwark_devices{status="active"}"#) == 1)
+
+        // Everything else on the operator listener is refused to a monitor, whatever the path or method: 403, not
+        // 404, so it learns no route.
+        for (method, path) in [
+            ("GET", "/v1/devices"), ("POST", "/v1/devices"), ("GET", "/v1/crl"), ("GET", "/metrics/"),
+            ("GET", "/Metrics"), ("POST", "/metrics"), ("DELETE", "/metrics"), ("GET", "/v1/no-such-route"),
+            ("POST", "/v1/devices/metrics-d1/revoke"),
+        ] {
+            let result = try await Self.get(hub, monitor, path, method: method)
+            #expect(result.status == 403, "\(method) \(path) answered \(result.status)")
+        }
+        #expect(try await hub.server.store.device(try DeviceID("metrics-d1"))?.status == .active)
+        // An operator's certificate is refused on /metrics: a scraper's credential is not an operator's.
+        #expect(try await hub.operatorRequest("GET", "/metrics").status == 403)
+        // Device and application certificates are refused at the operator listener's handshake, and a monitor's at
+        // the device listener's and the MQTT listener's.
+        await #expect(throws: (any Error).self) { _ = try await Self.get(hub, device, "/metrics") }
+        await #expect(throws: (any Error).self) {
+            _ = try await monitor.request(port: hub.devicePort, "GET", "/v1/device", signed: false)
+        }
+        await #expect(throws: (any Error).self) {
+            try await MQTTClientConnection.withConnection(
+                host: "127.0.0.1", port: hub.mqttPort, tls: try monitor.credentials.tlsConfiguration(),
+                clientID: "scraper", version: .v5
+            ) { _, _ in }
+        }
+        let application = try hub.issue(.application(try OperatorName("dash")), now: Date(), days: 1)
+        await #expect(throws: (any Error).self) { _ = try await Self.get(hub, application, "/metrics") }
+        // The monitor's refusals are audited under its identity.
+        let denied = try await hub.securityEvents().filter {
+            $0.kind == "access-denied" && $0.identity == "urn:bulwark:monitor:prometheus"
+        }
+        #expect(denied.count >= 9)
+        try await hub.stop()
+    }
+
+    /// The counters move with what happens: admissions, refusals per stage, failed handshakes, pairing claims,
+    /// commits, expiring certificates; label values stay within fixed sets (no device id, topic or address).
+    @Test func metricsCountWhatHappenedWithBoundedLabels() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("metrics-d2")
+        let monitor = try await Self.monitor(hub)
+        // A certificate that ends within 7 days is counted as expiring.
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName("short") },
+            privateKey: Certificate.PrivateKey(key),
+            attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
+        #expect(
+            try await hub.operatorRequest(
+                "POST", "/v1/devices",
+                json: ["id": "metrics-short", "csr": try csr.serializeAsPEM().pemString, "days": 3]
+            ).status == 201)
+
+        // HTTP: one message admitted, then the same signed request replayed.
+        let body = Array(#"{"temperature":21}"#.utf8)
+        let signed = try device.credentials.signer().sign(
+            method: "POST", path: "/v1/telemetry", body: body, created: Int64(Date().timeIntervalSince1970),
+            contentType: "application/json")
+        for expected in [202, 401] {
+            let result = try await device.request(
+                port: hub.devicePort, "POST", "/v1/telemetry", body: body,
+                headers: [("Content-Type", "application/json")] + signed.map { ($0.name, $0.value) }, signed: false)
+            #expect(result.status == expected)
+        }
+        // MQTT: one message admitted, one that is not JSON.
+        let codes = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
+            [
+                try await mqtt.publishAcknowledged(
+                    topic: try TopicName("devices/metrics-d2/telemetry"), payload: Array(#"{"t":1}"#.utf8)),
+                try await mqtt.publishAcknowledged(
+                    topic: try TopicName("devices/metrics-d2/telemetry"), payload: Array("not json".utf8)),
+            ]
+        }
+        #expect(codes == [0, 0x99])
+        // A certificate from another CA: a failed handshake on the device listener.
+        let foreign = try TestDevice.foreign(id: "metrics-x", directory: hub.directory)
+        _ = try? await foreign.request(port: hub.devicePort, "GET", "/v1/device")
+        // A pairing claim waiting for its device.
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("metrics-pair"),
+            publicKey: NoiseDH.p256.generateKeyPair().publicKey, setupSecret: [UInt8](repeating: 4, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+
+        var text = ""
+        let settled = try await AgentTests.eventually(10) {
+            text = try await Self.get(hub, monitor, "/metrics").bodyText
+            return Self.value(text, #"bulwark_tls_handshake_failures_total{listener="device",reason="certificate"}"#)
+                == 1
+        }
+        #expect(settled, "\(text)")
+        #expect(Self.value(text, #"bulwark_gateway_admitted_total{interface="http"}"#).map { $0 >= 1 } == true)
+        #expect(Self.value(text, #"bulwark_gateway_admitted_total{interface="mqtt"}"#) == 1)
+        #expect(
+            Self.value(
+                text, #"bulwark_gateway_refusals_total{interface="http",stage="replay",problem="signature-required"}"#)
+                == 1)
+        #expect(
+            Self.value(
+                text, #"bulwark_gateway_refusals_total{interface="mqtt",stage="json",problem="invalid-message"}"#)
+                == 1)
+        #expect(Self.value(text, #"bulwark_devices{status="active"}"#) == 2)
+        #expect(Self.value(text, "bulwark_device_certificates_expiring") == 1)
+        #expect(Self.value(text, "bulwark_pairing_claims_open") == 1)
+        #expect(Self.value(text, "bulwark_store_commit_batch_messages_count").map { $0 >= 2 } == true)
+        #expect(Self.value(text, "bulwark_audit_records").map { $0 >= 3 } == true)
+        #expect(Self.value(text, "bulwark_store_up") == 1)
+        #expect(Self.value(text, #"bulwark_connections_open{listener="operator"}"#).map { $0 >= 1 } == true)
+
+        // Bounded labels: every label value is from a fixed set; no device id, topic, address or name leaks.
+        let allowed: Set<String> = Set(
+            [
+                "http", "mqtt", "device", "operator", "pairing", "certificate", "protocol", "incomplete", "paired",
+                "failed", "locked-out", "active", "revoked", "other", "+Inf",
+            ]
+                + [
+                    "connection", "identity", "quarantine", "authorization", "rate-limit", "size", "json", "schema",
+                    "replay",
+                ]
+                + [
+                    "forbidden", "signature-required", "rate-limited", "too-large", "unsupported-media-type",
+                    "invalid-message", "bad-request", "not-found", "conflict", "unavailable", "method-not-allowed",
+                    "not-implemented",
+                ])
+        let labelValue = try Regex(#"[a-z_]+="([^"]*)""#)
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            for match in line.matches(of: labelValue) {
+                let value = String(match.output[1].substring ?? "")
+                #expect(
+                    allowed.contains(value) || Double(value) != nil, "unbounded label value \(value) in \(line)")
+            }
+        }
+        for secret in ["metrics-d2", "metrics-short", "metrics-pair", "127.0.0.1", "prometheus", "devices/"] {
+            #expect(!text.contains(secret), "\(secret) appears in /metrics")
+        }
+
+        // promtool (Prometheus's own linter) accepts the exposition.
+        let promtool = try #require(which("promtool"), "promtool is required (Debian prometheus)")
+        let checked = try await run(promtool, ["check", "metrics"], stdin: text)
+        #expect(checked.status == 0, "\(checked.stdout) \(checked.stderr)")
+        try await hub.stop()
+    }
+
+    /// A real Prometheus server, started on 127.0.0.1, scrapes the hub over mutual TLS with the monitor
+    /// certificate, and its query API returns the refusal a replay caused.
+    @Test func prometheusScrapesTheHubOverMutualTLS() async throws {
+        let prometheus = try #require(which("prometheus"), "prometheus is required (Debian prometheus)")
+        let curl = try #require(which("curl"))
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("metrics-prom")
+        let monitor = try await Self.monitor(hub)
+        let directory = try temporaryDirectory("prometheus")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = try await CRLTests.freePort()
+        let configuration = """
+            global:
+              scrape_interval: 1s
+              scrape_timeout: 1s
+            scrape_configs:
+              - job_name: bulwark
+                scheme: https
+                static_configs:
+                  - targets: ["127.0.0.1:\(hub.operatorPort)"]
+                tls_config:
+                  ca_file: \(monitor.caFile)
+                  cert_file: \(monitor.certificateFile)
+                  key_file: \(monitor.keyFile)
+                  server_name: localhost
+                  min_version: TLS13
+            """
+        try configuration.write(toFile: directory + "/prometheus.yml", atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: prometheus)
+        process.arguments = [
+            "--config.file=\(directory)/prometheus.yml", "--storage.tsdb.path=\(directory)/data",
+            "--web.listen-address=127.0.0.1:\(port)",
+        ]
+        let log = try #require(FileHandle(forWritingAtPath: "/dev/null"))
+        process.standardOutput = log
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+        defer {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        func query(_ expression: String) async throws -> String {
+            try await run(
+                curl,
+                [
+                    "-s", "--max-time", "5", "-G", "http://127.0.0.1:\(port)/api/v1/query", "--data-urlencode",
+                    "query=\(expression)",
+                ]
+            ).stdout
+        }
+        // The target is up (Prometheus completed the mutual-TLS scrape) …
+        var answer = ""
+        let up = try await AgentTests.eventually(30) {
+            answer = try await query(#"up{job="bulwark"}"#)
+            return answer.contains(#","1"]"#)
+        }
+        #expect(up, "Prometheus never scraped the hub: \(answer)")
+        // … then a replay, which the next scrapes report.
+        let body = Array(#"{"t":2}"#.utf8)
+        let signed = try device.credentials.signer().sign(
+            method: "POST", path: "/v1/telemetry", body: body, created: Int64(Date().timeIntervalSince1970),
+            contentType: "application/json")
+        for _ in 0..<2 {
+            _ = try await device.request(
+                port: hub.devicePort, "POST", "/v1/telemetry", body: body,
+                headers: [("Content-Type", "application/json")] + signed.map { ($0.name, $0.value) }, signed: false)
+        }
+        let expression = #"bulwark_gateway_refusals_total{stage="replay"}"#
+        let counted = try await AgentTests.eventually(30) {
+            answer = try await query(expression)
+            return answer.contains(#","1"]"#)
+        }
+        #expect(counted, "\(answer)")
+        try await hub.stop()
+    }
+}
