@@ -6,7 +6,22 @@ import X509
 
 struct OperatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "operator", abstract: "Manage operator credentials.", subcommands: [Add.self])
+        commandName: "operator", abstract: "Manage operator, application and monitor credentials.",
+        subcommands: [Add.self, Revoke.self])
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke an operator, application or monitor certificate by its serial (at once, and in the CRL).")
+        @OptionGroup var connection: OperatorConnection
+        @Argument(help: "The certificate's serial (hex), as `operator add` printed it.") var serial: String
+
+        func run() async throws {
+            let (_, object) = try await connection.request(
+                method: "POST", path: "/v1/certificates/\(serial)/revoke", json: [:])
+            let identity = (object as? [String: Any])?["identity"] as? String ?? "?"
+            print("revoked \(serial) (\(identity))")
+        }
+    }
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -33,6 +48,7 @@ struct OperatorCommand: AsyncParsableCommand {
             let (_, object) = try await connection.request(
                 method: "POST", path: application ? "/v1/applications" : monitor ? "/v1/monitors" : "/v1/operators",
                 json: ["name": name, "csr": try csr.serializeAsPEM().pemString])
+            let serial = (object as? [String: Any])?["serial"] as? String ?? "?"
             guard let pem = (object as? [String: Any])?["certificate"] as? String else {
                 throw CleanExit.message("bulwark: the hub's answer has no certificate", code: 1)
             }
@@ -52,10 +68,12 @@ struct OperatorCommand: AsyncParsableCommand {
             }
             print(
                 application
-                    ? "application \(name): credentials in \(directory) (MQTT only)"
+                    ? "application \(name): credentials in \(directory) (MQTT only), serial \(serial)"
                     : monitor
-                        ? "monitor \(name): credentials in \(directory) (GET /metrics on the operator listener only)"
-                        : "operator \(name): credentials in \(directory) (use --credentials \(directory) --as \(name))")
+                        ? "monitor \(name): credentials in \(directory) (GET /metrics on the operator listener only), "
+                            + "serial \(serial)"
+                        : "operator \(name): credentials in \(directory) (use --credentials \(directory) --as \(name)), "
+                            + "serial \(serial)")
         }
     }
 }

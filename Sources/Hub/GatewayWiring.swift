@@ -191,10 +191,13 @@ struct ConnectionGate<Base: ServerChildChannel>: ServerChildChannel {
     let connections: ConnectionCounter
     let limits: HTTPLimits
     let onRefusal: @Sendable (FramingRefusal) -> Void
+    /// Counts connections refused by their source's rate (`/metrics`).
+    var metrics: HubMetrics?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let source = channel.remoteAddress?.ipAddress ?? "unknown"
         if let refusal = gateway.admitConnection(source: "\(listener) \(source)", now: .now()) {
+            metrics?.refused(.http, refusal)
             logger.debug("connection refused before TLS", metadata: ["detail": .string(refusal.detail)])
             channel.close(promise: nil)
             return channel.eventLoop.makeFailedFuture(GatewayError(refusal: refusal, identity: nil))
@@ -229,7 +232,8 @@ extension HTTPServerBuilder {
             ConnectionGate(
                 base: RotatingTLSChannel(
                     base: HTTP1Channel(responder: responder), contexts: contexts, verify: verify, observer: observer),
-                gateway: gateway, listener: listener, connections: connections, limits: limits, onRefusal: onRefusal)
+                gateway: gateway, listener: listener, connections: connections, limits: limits, onRefusal: onRefusal,
+                metrics: observer?.0)
         }
     }
 }

@@ -45,6 +45,7 @@ public final class HubMetrics: Sendable {
 
     let registry = PrometheusCollectorRegistry()
     private let sources = Mutex(Sources())
+    private let droppedSeen = Mutex(0)
     private let admittedCounters: [Interface: Counter]
     private let commitDuration: DurationHistogram
     private let commitBatch: ValueHistogram
@@ -82,7 +83,7 @@ public final class HubMetrics: Sendable {
     private static let devices = name("devices", "", "Enrolled devices per status.")
     private static let expiring = name(
         "device_certificates_expiring", "",
-        "Unrevoked certificates of active devices that end within 7 days (still valid now).")
+        "Active devices whose newest unrevoked certificate ends within 7 days (still valid now).")
     private static let auditRecords = name("audit", "records", "Records in the tamper-evident audit log.")
     private static let updates = name("update_devices", "", "Devices per last reported update step.")
     private static let mqttSessions = name(
@@ -94,7 +95,7 @@ public final class HubMetrics: Sendable {
     private static let mqttRetained = name("mqtt_retained", "messages", "Retained messages.")
     private static let mqttRetainedBytes = name("mqtt_retained", "bytes", "Bytes of retained messages and topics.")
     private static let mqttDropped = name(
-        "mqtt_dropped", "messages", "Messages dropped because a session's queue was full, since the hub started.")
+        "mqtt_dropped_messages", "total", "Messages dropped because a session's queue was full.")
 
     public init() {
         var counters: [Interface: Counter] = [:]
@@ -174,7 +175,12 @@ public final class HubMetrics: Sendable {
             gauge(Self.mqttQueued).set(to: Double(figures.queued))
             gauge(Self.mqttRetained).set(to: Double(figures.retained))
             gauge(Self.mqttRetainedBytes).set(to: Double(figures.retainedBytes))
-            gauge(Self.mqttDropped).set(to: Double(figures.dropped))
+            // The broker's count only grows: the counter takes the difference since the last scrape.
+            let added = droppedSeen.withLock { seen in
+                defer { seen = max(seen, figures.dropped) }
+                return max(0, figures.dropped - seen)
+            }
+            registry.makeCounter(descriptor: Self.mqttDropped.descriptor).increment(by: Int64(added))
         }
         if let claims = sources.claims {
             gauge(Self.claimsOpen).set(to: Double(await claims.openClaims(now: now)))

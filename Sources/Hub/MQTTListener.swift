@@ -97,6 +97,7 @@ struct MQTTListener: Service {
                 // connections in all and per source.
                 let source = channel.remoteAddress?.ipAddress ?? "unknown"
                 if let refusal = gateway.admitConnection(source: "mqtt \(source)", now: .now()) {
+                    metrics?.refused(.mqtt, refusal)
                     logger.debug("MQTT connection refused before TLS", metadata: ["detail": .string(refusal.detail)])
                     channel.close(promise: nil)
                     return channel.eventLoop.makeFailedFuture(GatewayError(refusal: refusal, identity: nil))

@@ -65,6 +65,7 @@ struct OperatorRoutes {
             try await addOperator(request, context, role: .application)
         }
         router.post("/v1/monitors") { request, context in try await addOperator(request, context, role: .monitor) }
+        router.post("/v1/certificates/:serial/revoke") { _, context in try await revokeCredential(context) }
         router.get("/v1/security-events") { request, _ in try await securityEvents(request) }
         router.post("/v1/pairing/claims") { request, context in try await claim(request, context) }
         router.get("/v1/rids/:rid") { _, context in try resolveRID(context) }
@@ -620,6 +621,43 @@ struct OperatorRoutes {
                 correlationID: context.correlationID.rawValue,
                 detail: "by \(operatorName), serials \(serials.joined(separator: ","))"))
         return try JSONResponse.make(.ok, ["id": deviceID.rawValue, "revokedSerials": serials])
+    }
+
+    /// Revokes an operator, application or monitor certificate by its serial (a device's go with `revoke`): at once
+    /// on every listener (handshakes and open keep-alive connections), in the next CRL, audited. The hub's own
+    /// certificates and the certificate making the request are refused: neither can be taken away by mistake here.
+    func revokeCredential(_ context: HubRequestContext) async throws -> Response {
+        let operatorName = try requireOperator(context)
+        guard let serial = context.parameters.get("serial")?.lowercased(),
+            (1...40).contains(serial.count), serial.allSatisfy(\.isHexDigit)
+        else { throw Self.invalid("a serial is 1-40 hexadecimal digits") }
+        guard let record = try await store.certificate(serialHex: serial) else {
+            throw HubError(.notFound, "not-found", message: "no certificate \(serial)", detail: "revoke", event: nil)
+        }
+        guard record.deviceID == nil, let identity = Identity(uri: record.subject), identity.deviceID == nil else {
+            throw HubError(
+                .conflict, "not-a-credential",
+                message: "certificate \(serial) is not an operator, application or monitor credential "
+                    + "(devices: bulwark device revoke ID)", detail: "revoke \(serial)", event: nil)
+        }
+        guard serial != context.peer?.serialHex else {
+            throw HubError(
+                .conflict, "own-certificate", message: "the certificate making this request cannot revoke itself",
+                detail: "revoke \(serial)", event: nil)
+        }
+        let revoked = try await store.revokeCertificate(serialHex: serial, at: Date())
+        revocations.insert([serial])
+        await crl.revocationsChanged()
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "credential-revoked", identity: identity.uri,
+                correlationID: context.correlationID.rawValue, detail: "by \(operatorName), serial \(serial)"))
+        return try JSONResponse.make(
+            .ok,
+            [
+                "serial": serial, "identity": identity.uri,
+                "revokedAt": JSONResponse.timestamp(revoked.revokedAt ?? Date()),
+            ])
     }
 
     /// The hub CA's current CRL (RFC 5280 §5) in DER, as `application/pkix-crl` (RFC 2585 §4.2). Relying parties

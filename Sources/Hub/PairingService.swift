@@ -84,7 +84,6 @@ actor PairingClaims {
     /// A session failed: release the claim it held and count the failure against the device (only once the peer
     /// had proved the device's key) or else against its source address.
     func failed(_ device: DeviceID?, source: String?, now: Date, countedAgainstDevice: Bool, heldClaim: Bool) {
-        metrics?.pairing(.failed)
         if let device, heldClaim { inUse.remove(device) }
         if let device, countedAgainstDevice {
             limiter.recordFailure(device, now: now.timeIntervalSince1970)
@@ -221,6 +220,8 @@ struct PairingListener: Service {
         var issued: Certificate?
         var irk: [UInt8] = []
         var heldClaim = false
+        /// The device is paired (activated) even if its acknowledgement is then lost: not a failed attempt.
+        var paired = false
         let source = connection.channel.remoteAddress?.ipAddress
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -268,6 +269,7 @@ struct PairingListener: Service {
                         revocations.removePending(certificate.serialHex)
                         rids.insert(device, irk: irk)
                         await claims.succeeded(device)
+                        paired = true
                         try? await store.recordSecurityEvent(
                             SecurityEvent(
                                 at: Date(), kind: "device-paired", identity: Identity.device(device).uri,
@@ -286,6 +288,7 @@ struct PairingListener: Service {
             let code = (error as? PairingError)?.code
             // A lock-out refusal does not extend the lock-out; a claim held by another session of the same device
             // (it proved the key) is nobody's offence.
+            if !paired, code != .lockedOut { claims.metrics?.pairing(.failed) }
             if code != .lockedOut, code != .claimInUse {
                 await claims.failed(
                     device, source: source, now: Date(), countedAgainstDevice: session.deviceKeyProved,

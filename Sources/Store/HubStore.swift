@@ -66,6 +66,9 @@ public protocol HubStore: Sendable {
     func device(_ id: DeviceID) async throws -> DeviceRecord?
     func devices() async throws -> [DeviceRecord]
     func certificates(of device: DeviceID) async throws -> [CertificateRecord]
+    func certificate(serialHex: String) async throws -> CertificateRecord?
+    /// Revokes one certificate (an earlier revocation date is kept); returns it. Throws `notFound`.
+    func revokeCertificate(serialHex: String, at: Date) async throws -> CertificateRecord
     /// Marks the device and all its certificates revoked; returns the serials revoked. Throws `notFound`.
     func revoke(device: DeviceID, at: Date) async throws -> [String]
     func revokedSerials() async throws -> Set<String>
@@ -82,6 +85,10 @@ public protocol HubStore: Sendable {
     func securityEvents(limit: Int) async throws -> [SecurityEvent]
     /// Fleet-wide counts for monitoring (`/metrics`), in one read: no device id leaves in it.
     func fleetSummary(now: Date, expiringBefore: Date) async throws -> FleetSummary
+    /// One page of the dashboard's fleet overview: devices matching the query, sorted, with how many match in all.
+    func devicePage(_ query: DeviceQuery) async throws -> (total: Int, devices: [DeviceOverview])
+    /// The newest audit records about one identity (its URI), newest first.
+    func securityEvents(identity: String, limit: Int) async throws -> [SecurityEvent]
     /// The identity resolving key given to a device at pairing (a secret: never logged or returned by the API).
     func setIdentityResolvingKey(_ irk: [UInt8], for device: DeviceID) async throws
     /// Every active device's IRK, to build the rotating-identifier resolver.

@@ -180,16 +180,63 @@ public actor InMemoryHubStore: HubStore {
 
     public func updateState(of device: DeviceID) async throws -> DeviceUpdateState? { updates[device] }
 
+    public func devicePage(_ query: DeviceQuery) async throws -> (total: Int, devices: [DeviceOverview]) {
+        var rows: [DeviceOverview] = []
+        let search = (query.search ?? "").lowercased()
+        var lastSeen: [DeviceID: Date] = [:]
+        for record in telemetryRecords {
+            lastSeen[record.deviceID] = max(lastSeen[record.deviceID] ?? .distantPast, record.receivedAt)
+        }
+        for record in deviceRecords.values {
+            if !search.isEmpty, !record.id.rawValue.lowercased().contains(search) { continue }
+            if let status = query.status, record.status != status { continue }
+            var row = DeviceOverview(id: record.id, status: record.status)
+            row.deviceClass = classes[record.id]
+            row.installedVersion = updates[record.id]?.installedVersion
+            row.lastStep = updates[record.id]?.lastStep
+            row.quarantinedUntil = quarantineRecords[record.id]
+            row.certificateNotAfter =
+                certificateRecords.values.filter { $0.deviceID == record.id && $0.revokedAt == nil }.map(\.notAfter)
+                .max()
+            row.lastSeen = lastSeen[record.id]
+            rows.append(row)
+        }
+        // Missing values sort first ascending (as SQLite orders NULLs), ties by id.
+        func key(_ row: DeviceOverview) -> Double? {
+            switch query.sort {
+            case .id: nil
+            case .status: row.status == .active ? 0 : 1
+            case .lastSeen: row.lastSeen?.timeIntervalSince1970
+            case .expiry: row.certificateNotAfter?.timeIntervalSince1970
+            }
+        }
+        rows.sort { a, b in
+            let (ka, kb) = (key(a), key(b))
+            if ka != kb {
+                let ascending = (ka ?? -.infinity) < (kb ?? -.infinity)
+                return query.descending ? !ascending : ascending
+            }
+            return query.descending && query.sort == .id ? a.id > b.id : a.id < b.id
+        }
+        let page = rows.dropFirst(max(0, query.offset)).prefix(max(0, query.limit))
+        return (rows.count, Array(page))
+    }
+
+    public func securityEvents(identity: String, limit: Int) async throws -> [SecurityEvent] {
+        Array(audit.reversed().lazy.filter { $0.event.identity == identity }.prefix(limit).map(\.event))
+    }
+
     public func fleetSummary(now: Date, expiringBefore: Date) async throws -> FleetSummary {
         var summary = FleetSummary()
         summary.activeDevices = deviceRecords.values.filter { $0.status == .active }.count
         summary.revokedDevices = deviceRecords.count - summary.activeDevices
-        summary.certificatesExpiring =
-            certificateRecords.values.filter { record in
-                guard let device = record.deviceID, deviceRecords[device]?.status == .active, record.revokedAt == nil
-                else { return false }
-                return record.notAfter > now && record.notAfter <= expiringBefore
-            }.count
+        var latest: [DeviceID: Date] = [:]
+        for record in certificateRecords.values {
+            guard let device = record.deviceID, deviceRecords[device]?.status == .active, record.revokedAt == nil
+            else { continue }
+            latest[device] = max(latest[device] ?? .distantPast, record.notAfter)
+        }
+        summary.certificatesExpiring = latest.values.filter { $0 > now && $0 <= expiringBefore }.count
         summary.auditRecords = audit.last?.sequence ?? 0
         for state in updates.values { summary.updateSteps[state.lastStep, default: 0] += 1 }
         return summary
@@ -228,6 +275,15 @@ public actor InMemoryHubStore: HubStore {
 
     public func certificates(of device: DeviceID) async throws -> [CertificateRecord] {
         certificateRecords.values.filter { $0.deviceID == device }.sorted { $0.notBefore < $1.notBefore }
+    }
+
+    public func certificate(serialHex: String) async throws -> CertificateRecord? { certificateRecords[serialHex] }
+
+    public func revokeCertificate(serialHex: String, at: Date) async throws -> CertificateRecord {
+        guard var record = certificateRecords[serialHex] else { throw StoreError(.notFound, "no such certificate") }
+        record.revokedAt = record.revokedAt ?? at
+        certificateRecords[serialHex] = record
+        return record
     }
 
     public func revoke(device: DeviceID, at: Date) async throws -> [String] {

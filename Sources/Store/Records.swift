@@ -153,11 +153,45 @@ public struct TelemetryRecord: Sendable, Equatable {
 /// A refusal or an operator action worth an operator's attention. `detail` holds what the client never sees.
 /// What a device last reported about its updates (`devices/<id>/events/update`): the release it runs (committed),
 /// its slot and anti-rollback floor, and the last step with the release it concerned and why.
+/// What the fleet overview asks for: a filter, an order and a page.
+public struct DeviceQuery: Sendable, Equatable {
+    public enum Sort: String, Sendable, CaseIterable { case id, status, lastSeen, expiry }
+    /// Devices whose id contains this text (case-insensitive); nil or empty: all.
+    public var search: String?
+    public var status: DeviceStatus?
+    public var sort = Sort.id
+    public var descending = false
+    public var offset = 0
+    public var limit = 50
+
+    public init() {}
+}
+
+/// One row of the fleet overview. The last time the hub stored a message from the device stands for "last seen".
+public struct DeviceOverview: Sendable, Equatable {
+    public var id: DeviceID
+    public var status: DeviceStatus
+    public var deviceClass: String?
+    public var installedVersion: String?
+    public var lastStep: String?
+    /// Unix seconds; nil when not quarantined (the caller compares with now).
+    public var quarantinedUntil: Int64?
+    /// The latest end of the device's unrevoked certificates.
+    public var certificateNotAfter: Date?
+    public var lastSeen: Date?
+
+    public init(id: DeviceID, status: DeviceStatus) {
+        self.id = id
+        self.status = status
+    }
+}
+
 /// Fleet-wide counts for monitoring: what `/metrics` reports from the store at each scrape.
 public struct FleetSummary: Sendable, Equatable {
     public var activeDevices = 0
     public var revokedDevices = 0
-    /// Unrevoked certificates of active devices that are still valid at `now` and end before `expiringBefore`.
+    /// Active devices whose newest unrevoked certificate is still valid at `now` and ends before `expiringBefore`
+    /// (a certificate replaced by a renewal, in its grace period, does not count).
     public var certificatesExpiring = 0
     /// Records in the audit log (its head's sequence number).
     public var auditRecords: Int64 = 0

@@ -220,6 +220,9 @@ public final class SQLiteHubStore: HubStore {
                     WHERE revoked_at IS NULL AND device_id IS NOT NULL
                     """)
         }
+        migrator.registerMigration("v13: the dashboard's per-identity audit view") { db in
+            try db.execute(sql: "CREATE INDEX audit_log_identity ON audit_log(identity, seq)")
+        }
         return migrator
     }
 
@@ -499,6 +502,73 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
+    public func devicePage(_ query: DeviceQuery) async throws -> (total: Int, devices: [DeviceOverview]) {
+        try await read { db in
+            var conditions: [String] = []
+            var arguments: [any DatabaseValueConvertible] = []
+            if let search = query.search, !search.isEmpty {
+                // LIKE with its wildcards escaped: the text is matched literally.
+                let escaped = search.lowercased().replacingOccurrences(of: "\\", with: "\\\\")
+                    .replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_")
+                conditions.append("lower(d.id) LIKE ? ESCAPE '\\'")
+                arguments.append("%" + escaped + "%")
+            }
+            if let status = query.status {
+                conditions.append("d.status = ?")
+                arguments.append(status.rawValue)
+            }
+            let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+            let total =
+                try Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM devices d \(filter)", arguments: StatementArguments(arguments)) ?? 0
+            let direction = query.descending ? "DESC" : "ASC"
+            let order =
+                switch query.sort {
+                case .id: "d.id \(direction)"
+                case .status: "d.status \(direction), d.id"
+                case .lastSeen: "last_seen \(direction), d.id"
+                case .expiry: "not_after \(direction), d.id"
+                }
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT d.id, d.status, c.class, u.installed_version, u.last_step, q.until,
+                        (SELECT MAX(not_after) FROM certificates WHERE device_id = d.id AND revoked_at IS NULL)
+                            AS not_after,
+                        (SELECT received_at FROM telemetry WHERE device_id = d.id ORDER BY id DESC LIMIT 1)
+                            AS last_seen
+                    FROM devices d
+                    LEFT JOIN device_classes c ON c.device_id = d.id
+                    LEFT JOIN device_updates u ON u.device_id = d.id
+                    LEFT JOIN quarantines q ON q.device_id = d.id
+                    \(filter) ORDER BY \(order) LIMIT ? OFFSET ?
+                    """, arguments: StatementArguments(arguments + [max(0, query.limit), max(0, query.offset)]))
+            let devices = rows.compactMap { row -> DeviceOverview? in
+                guard let id = try? DeviceID(row["id"] as String),
+                    let status = DeviceStatus(rawValue: row["status"] as String)
+                else { return nil }
+                var overview = DeviceOverview(id: id, status: status)
+                overview.deviceClass = row["class"]
+                overview.installedVersion = row["installed_version"]
+                overview.lastStep = row["last_step"]
+                overview.quarantinedUntil = row["until"]
+                overview.certificateNotAfter = (row["not_after"] as Int64?).map(Date.init(millis:))
+                overview.lastSeen = (row["last_seen"] as Int64?).map(Date.init(millis:))
+                return overview
+            }
+            return (total, devices)
+        }
+    }
+
+    public func securityEvents(identity: String, limit: Int) async throws -> [SecurityEvent] {
+        try await read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM audit_log WHERE identity = ? ORDER BY seq DESC LIMIT ?",
+                arguments: [identity, limit]
+            ).map { Self.auditRecord($0).event }
+        }
+    }
+
     public func fleetSummary(now: Date, expiringBefore: Date) async throws -> FleetSummary {
         try await read { db in
             var summary = FleetSummary()
@@ -508,9 +578,10 @@ public final class SQLiteHubStore: HubStore {
                     SELECT
                         (SELECT COUNT(*) FROM devices WHERE status = 'active') AS active,
                         (SELECT COUNT(*) FROM devices WHERE status = 'revoked') AS revoked,
-                        (SELECT COUNT(*) FROM certificates c JOIN devices d ON d.id = c.device_id
+                        (SELECT COUNT(*) FROM (
+                            SELECT MAX(c.not_after) AS latest FROM certificates c JOIN devices d ON d.id = c.device_id
                             WHERE c.revoked_at IS NULL AND c.device_id IS NOT NULL AND d.status = 'active'
-                            AND c.not_after > ? AND c.not_after <= ?) AS expiring,
+                            GROUP BY c.device_id) WHERE latest > ? AND latest <= ?) AS expiring,
                         (SELECT COALESCE(MAX(seq), 0) FROM audit_log) AS audit
                     """, arguments: [now.millis, expiringBefore.millis])
             summary.activeDevices = row?["active"] ?? 0
@@ -692,14 +763,36 @@ public final class SQLiteHubStore: HubStore {
             try Row.fetchAll(
                 db, sql: "SELECT * FROM certificates WHERE device_id = ? ORDER BY not_before",
                 arguments: [device.rawValue]
-            ).map { row in
-                CertificateRecord(
-                    serialHex: row["serial"], subject: row["subject"], deviceID: device,
-                    spkiSHA256Hex: row["spki_sha256"], notBefore: Date(millis: row["not_before"]),
-                    notAfter: Date(millis: row["not_after"]),
-                    revokedAt: (row["revoked_at"] as Int64?).map(Date.init(millis:)),
-                    der: [UInt8](row["der"] as Data))
-            }
+            ).map(Self.certificateRecord)
+        }
+    }
+
+    static func certificateRecord(_ row: Row) -> CertificateRecord {
+        CertificateRecord(
+            serialHex: row["serial"], subject: row["subject"],
+            deviceID: (row["device_id"] as String?).flatMap { try? DeviceID($0) },
+            spkiSHA256Hex: row["spki_sha256"], notBefore: Date(millis: row["not_before"]),
+            notAfter: Date(millis: row["not_after"]), revokedAt: (row["revoked_at"] as Int64?).map(Date.init(millis:)),
+            der: [UInt8](row["der"] as Data))
+    }
+
+    public func certificate(serialHex: String) async throws -> CertificateRecord? {
+        try await read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM certificates WHERE serial = ?", arguments: [serialHex])
+                .map(Self.certificateRecord)
+        }
+    }
+
+    public func revokeCertificate(serialHex: String, at: Date) async throws -> CertificateRecord {
+        try await write { db in
+            try db.execute(
+                sql: "UPDATE certificates SET revoked_at = COALESCE(revoked_at, ?) WHERE serial = ?",
+                arguments: [at.millis, serialHex])
+            guard
+                let row = try Row.fetchOne(
+                    db, sql: "SELECT * FROM certificates WHERE serial = ?", arguments: [serialHex])
+            else { throw StoreError(.notFound, "no such certificate") }
+            return Self.certificateRecord(row)
         }
     }
 

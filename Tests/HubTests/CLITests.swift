@@ -67,6 +67,12 @@ import Testing
         }
         #expect(try await curl("/metrics") == "200")
         #expect(try await curl("/v1/devices") == "403")
+        let serial = try #require(monitor.stdout.split(separator: " ").last).trimmingCharacters(
+            in: .whitespacesAndNewlines)
+        let revoked = try await bulwark(["operator", "revoke", serial])
+        #expect(revoked.status == 0, "\(revoked.stderr)")
+        #expect(revoked.stdout.contains("urn:bulwark:monitor:prom"))
+        #expect(try await curl("/metrics") != "200", "a revoked monitor reads nothing")
         #expect(try await bulwark(["operator", "add", "x", "--monitor", "--application"]).status == 64)
 
         let unknown = try await bulwark(["device", "revoke", "nope"])

@@ -5,6 +5,7 @@ import Hub
 import HubClient
 import MQTT
 import NIOPosix
+import PKI
 import Pairing
 import Testing
 import X509
@@ -63,8 +64,11 @@ import X509
             #expect(result.status == 403, "\(method) \(path) answered \(result.status)")
         }
         #expect(try await hub.server.store.device(try DeviceID("metrics-d1"))?.status == .active)
-        // An operator's certificate is refused on /metrics: a scraper's credential is not an operator's.
-        #expect(try await hub.operatorRequest("GET", "/metrics").status == 403)
+        // An operator's certificate is refused on /metrics, however spelt: a scraper's credential is not an
+        // operator's.
+        for path in ["/metrics", "//metrics", "/metrics/", "/metrics//", "/metrics?x=1"] {
+            #expect(try await hub.operatorRequest("GET", path).status == 403, "\(path)")
+        }
         // Device and application certificates are refused at the operator listener's handshake, and a monitor's at
         // the device listener's and the MQTT listener's.
         await #expect(throws: (any Error).self) { _ = try await Self.get(hub, device, "/metrics") }
@@ -79,11 +83,29 @@ import X509
         }
         let application = try hub.issue(.application(try OperatorName("dash")), now: Date(), days: 1)
         await #expect(throws: (any Error).self) { _ = try await Self.get(hub, application, "/metrics") }
-        // The monitor's refusals are audited under its identity.
+        // The monitor's refusals are audited under its identity, once a minute (not one record per request).
         let denied = try await hub.securityEvents().filter {
             $0.kind == "access-denied" && $0.identity == "urn:bulwark:monitor:prometheus"
         }
-        #expect(denied.count >= 9)
+        #expect(denied.count == 1)
+
+        // Revoking the monitor's certificate ends its access at once; a device's certificate and the operator's own
+        // are not revoked this way.
+        let serial = try #require(
+            try await hub.server.store.securityEvents(limit: 100).first { $0.kind == "monitor-added" }?.detail
+                .split(separator: " ").last.map(String.init))
+        let own = try Certificate(
+            pemEncoded: String(contentsOfFile: hub.directory + "/operators/admin.crt", encoding: .utf8)
+        ).serialHex
+        let deviceSerial = try #require(try await hub.server.store.certificates(of: try DeviceID("metrics-d1")).first)
+            .serialHex
+        #expect(try await hub.operatorRequest("POST", "/v1/certificates/\(deviceSerial)/revoke").status == 409)
+        #expect(try await hub.operatorRequest("POST", "/v1/certificates/\(own)/revoke").status == 409)
+        #expect(try await hub.operatorRequest("POST", "/v1/certificates/abcdef/revoke").status == 404)
+        #expect(try await hub.operatorRequest("POST", "/v1/certificates/\(serial)/revoke").status == 200)
+        #expect(try await hub.securityEvents().contains { $0.kind == "credential-revoked" })
+        let afterRevocation = try? await Self.get(hub, monitor, "/metrics")
+        #expect(afterRevocation == nil || afterRevocation?.status == 403)
         try await hub.stop()
     }
 

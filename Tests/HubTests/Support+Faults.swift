@@ -97,6 +97,18 @@ final class FaultyStore: HubStore {
     func recordSecurityEvent(_ event: SecurityEvent) async throws { try await base.recordSecurityEvent(event) }
     func setAuditKey(_ key: AuditKey) async throws { try await base.setAuditKey(key) }
     func securityEvents(limit: Int) async throws -> [SecurityEvent] { try await base.securityEvents(limit: limit) }
+    func certificate(serialHex: String) async throws -> CertificateRecord? {
+        try await base.certificate(serialHex: serialHex)
+    }
+    func revokeCertificate(serialHex: String, at: Date) async throws -> CertificateRecord {
+        try await base.revokeCertificate(serialHex: serialHex, at: at)
+    }
+    func devicePage(_ query: DeviceQuery) async throws -> (total: Int, devices: [DeviceOverview]) {
+        try await base.devicePage(query)
+    }
+    func securityEvents(identity: String, limit: Int) async throws -> [SecurityEvent] {
+        try await base.securityEvents(identity: identity, limit: limit)
+    }
     func fleetSummary(now: Date, expiringBefore: Date) async throws -> FleetSummary {
         try await base.fleetSummary(now: now, expiringBefore: expiringBefore)
     }

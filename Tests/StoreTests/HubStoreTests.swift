@@ -328,8 +328,14 @@ extension HubStoreTests {
         _ = try await store.revoke(device: c, at: now)
         try await store.addCertificate(certificate("04", nil, endsIn: 3600))
         try await store.addCertificate(certificate("05", a, endsIn: -10))
+        // A certificate left valid on a revoked device, and a renewed device whose old certificate is in its grace
+        // period: neither is expiring.
+        try await store.addCertificate(certificate("06", c, endsIn: 3600))
+        let d = try DeviceID("fd")
+        try await store.enroll(device: d, certificate: certificate("07", d, endsIn: 3600), at: now)
+        try await store.addCertificate(certificate("08", d, endsIn: 90 * 86400))
         var summary = try await store.fleetSummary(now: now, expiringBefore: now.addingTimeInterval(7 * 86400))
-        #expect(summary.activeDevices == 2)
+        #expect(summary.activeDevices == 3)
         #expect(summary.revokedDevices == 1)
         #expect(summary.certificatesExpiring == 1, "only fa's live certificate ends within the window")
         #expect(summary.updateSteps.isEmpty)
@@ -344,5 +350,65 @@ extension HubStoreTests {
         summary = try await store.fleetSummary(now: now, expiringBefore: now.addingTimeInterval(7 * 86400))
         #expect(summary.auditRecords == 2)
         #expect(summary.updateSteps == ["committed": 1, "rolled-back": 1])
+    }
+}
+
+extension HubStoreTests {
+    /// The fleet overview's page: search (literal, case-insensitive: `%` and `_` are not wildcards), status filter,
+    /// each sort in both directions (missing values first ascending, ties by id), offset and limit, the total.
+    @Test(arguments: Backend.allCases)
+    func theDevicePageFiltersSortsAndPages(_ backend: Backend) async throws {
+        let (store, _) = try Self.open(backend)
+        let now = Date(timeIntervalSince1970: 1_000_000)
+        let ids = try ["dev-a", "dev-b", "dev-c", "other_1", "other-2"].map { try DeviceID($0) }
+        for (index, id) in ids.enumerated() {
+            var record = Self.certificate(String(format: "%02x", index + 1), device: id)
+            record.notAfter = now.addingTimeInterval(Double(10 - index) * 86400)
+            try await store.enroll(device: id, certificate: record, at: now)
+        }
+        _ = try await store.revoke(device: ids[1], at: now)
+        try await store.setDeviceClass(ids[0], class: "meters")
+        try await store.setQuarantine(ids[2], until: 2_000_000)
+        for (id, seconds) in [(ids[2], 10.0), (ids[0], 20.0), (ids[2], 30.0)] {
+            _ = try await store.appendTelemetry(
+                NewTelemetry(deviceID: id, receivedAt: now.addingTimeInterval(seconds), correlationID: "c", body: [1]))
+        }
+        func page(_ configure: (inout DeviceQuery) -> Void) async throws -> (Int, [String]) {
+            var query = DeviceQuery()
+            configure(&query)
+            let (total, devices) = try await store.devicePage(query)
+            return (total, devices.map(\.id.rawValue))
+        }
+        #expect(try await page { _ in } == (5, ["dev-a", "dev-b", "dev-c", "other-2", "other_1"]))
+        #expect(try await page { $0.search = "DEV" } == (3, ["dev-a", "dev-b", "dev-c"]))
+        #expect(try await page { $0.search = "r_" } == (1, ["other_1"]), "_ is matched literally")
+        #expect(try await page { $0.search = "%" } == (0, []), "% is matched literally")
+        #expect(try await page { $0.status = .revoked } == (1, ["dev-b"]))
+        #expect(
+            try await page {
+                $0.sort = .lastSeen
+                $0.descending = true
+                $0.limit = 2
+            } == (5, ["dev-c", "dev-a"]))
+        #expect(try await page { $0.sort = .lastSeen } == (5, ["dev-b", "other-2", "other_1", "dev-a", "dev-c"]))
+        #expect(
+            try await page {
+                $0.sort = .expiry
+                $0.offset = 1
+                $0.limit = 2
+            } == (5, ["other-2", "other_1"]))
+        #expect(
+            try await page {
+                $0.sort = .id
+                $0.descending = true
+                $0.limit = 1
+            } == (5, ["other_1"]))
+        let first = try #require(try await store.devicePage(DeviceQuery()).devices.first)
+        #expect(first.deviceClass == "meters")
+        #expect(first.lastSeen == now.addingTimeInterval(20))
+        #expect(first.certificateNotAfter == now.addingTimeInterval(10 * 86400))
+        let third = try await store.devicePage(DeviceQuery()).devices[2]
+        #expect(third.quarantinedUntil == 2_000_000)
+        #expect(try await store.devicePage(DeviceQuery()).devices[1].certificateNotAfter == nil, "revoked")
     }
 }
