@@ -39,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.20"),
         // The hub's /metrics in the Prometheus text format (a registry per hub: several hubs share a test process).
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        // The operator dashboard's server-rendered pages (HTML-escaping templates compiled into the binary).
+        .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
     ],
     targets: [
         // Pure: validated identifiers and error values. Imports nothing.
@@ -143,6 +145,7 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Mustache", package: "swift-mustache"),
             ]
         ),
         // A small HTTP/1.1 client over mutual TLS (operator CLI, device commands, load generator).

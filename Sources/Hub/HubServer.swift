@@ -45,9 +45,9 @@ public final class HubServer: Sendable {
         let metrics = HubMetrics()
         let store = try store ?? Self.openSQLite(configuration.sqlitePath, onCommit: metrics.storeCommitted)
         // Before anything is audited: every record from now on carries a MAC.
-        try await store.setAuditKey(
-            try AuditKeyFile.loadOrCreate(
-                configuration.auditKeyPath, logLength: try await store.securityEvents(limit: 1).first?.id ?? 0))
+        let auditKey = try AuditKeyFile.loadOrCreate(
+            configuration.auditKeyPath, logLength: try await store.securityEvents(limit: 1).first?.id ?? 0)
+        try await store.setAuditKey(auditKey)
         let credentials = try await HubCredentials.loadOrCreate(
             dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames, store: store, now: Date(),
             crlDistributionPoints: try configuration.crlDistributionPoints, caKeyURI: configuration.caKeyURI)
@@ -86,7 +86,7 @@ public final class HubServer: Sendable {
         return try HubServer(
             configuration: configuration, store: store, credentials: credentials, revocations: revocations,
             gateway: gateway, logger: logger, signals: gracefulShutdownSignals, crl: crl, renewals: renewals,
-            deviceSignals: deviceSignals, rollouts: rollouts, metrics: metrics)
+            deviceSignals: deviceSignals, rollouts: rollouts, metrics: metrics, auditKey: auditKey)
     }
 
     /// Opens the embedded store with its files private to this user (README, "Data directory").
@@ -103,7 +103,7 @@ public final class HubServer: Sendable {
         configuration: HubConfiguration, store: any HubStore, credentials: HubCredentials, revocations: RevocationList,
         gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal], crl: CRLPublisher,
         renewals: CertificateRenewals, deviceSignals: DeviceSignals, rollouts: RolloutController?,
-        metrics: HubMetrics
+        metrics: HubMetrics, auditKey: AuditKey?
     ) throws {
         self.gateway = gateway
         self.configuration = configuration
@@ -219,22 +219,26 @@ public final class HubServer: Sendable {
             maxRetained: configuration.mqttSettings.maxRetainedMessages,
             maxRetainedPerOwner: configuration.mqttSettings.maxRetainedPerClient,
             maxRetainedBytes: configuration.mqttSettings.maxRetainedBytes)
+        let operatorRoutes = OperatorRoutes(
+            store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
+            gateway: gateway, broker: broker, crl: crl,
+            assignments: configuration.tufRepository.map(assignments), cryptoProfile: configuration.cryptoProfile,
+            rollouts: rollouts,
+            releaseGate: ReleaseGate(
+                store: store,
+                databasePath: configuration.advisoriesDatabase ?? configuration.dataDirectory + "/advisories.db",
+                blockSeverity: configuration.releaseBlockSeverity,
+                blockUnchecked: configuration.releaseBlockUnchecked, requireGate: configuration.releaseRequireGate,
+                publishedTargets: configuration.tufRepository.map(assignments).map { assignments in
+                    { assignments.publishedTargets() }
+                }))
+        let dashboard = try Dashboard(
+            routes: operatorRoutes, claims: claims, auditKey: auditKey,
+            updatesConfigured: configuration.tufRepository != nil)
         let operatorApp = try application(name: .operator, listener: configuration.operatorAPI, role: .operator) {
             MonitorGate.register(on: $0, metrics: metrics)
-            OperatorRoutes(
-                store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
-                gateway: gateway, broker: broker, crl: crl,
-                assignments: configuration.tufRepository.map(assignments), cryptoProfile: configuration.cryptoProfile,
-                rollouts: rollouts,
-                releaseGate: ReleaseGate(
-                    store: store,
-                    databasePath: configuration.advisoriesDatabase ?? configuration.dataDirectory + "/advisories.db",
-                    blockSeverity: configuration.releaseBlockSeverity,
-                    blockUnchecked: configuration.releaseBlockUnchecked, requireGate: configuration.releaseRequireGate,
-                    publishedTargets: configuration.tufRepository.map(assignments).map { assignments in
-                        { assignments.publishedTargets() }
-                    })
-            ).register(on: $0)
+            operatorRoutes.register(on: $0)
+            dashboard.register(on: $0)
         }
         var pairing = PairingListener(
             host: configuration.pairing.host, port: configuration.pairing.port, credentials: credentials,

@@ -71,6 +71,12 @@ actor PairingClaims {
     /// `bulwark device revoke`: a revoked device must not pair back in on a claim made before the revocation.
     func drop(_ device: DeviceID) { claims[device] = nil }
 
+    /// Claims not yet used or expired, soonest to expire first (the dashboard).
+    func pending(now: Date) -> [(device: DeviceID, suite: String, expires: Date)] {
+        claims.filter { $0.value.expires > now }.map { ($0.key, $0.value.label.suite.name, $0.value.expires) }
+            .sorted { $0.expires < $1.expires }
+    }
+
     /// Claims not yet used or expired (for `/metrics`).
     func openClaims(now: Date) -> Int { claims.values.filter { $0.expires > now }.count }
 

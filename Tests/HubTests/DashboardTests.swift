@@ -1,0 +1,172 @@
+import Core
+import Crypto
+import Foundation
+import Hub
+import HubClient
+import MQTT
+import Testing
+import X509
+
+/// The operator dashboard: escaped pages with a strict CSP, same-origin JSON actions only, operators only; and the
+/// whole of it in a real browser (Chromium through Playwright).
+@Suite(.serialized) struct DashboardTests {
+    static let payload = #"{"note":"<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">"}"#
+    static let scriptPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("scripts/dashboard-check.py").path
+
+    /// A device that sent the XSS payload as an accepted message (HTTP) and as a refused MQTT message type.
+    static func hostileDevice(_ hub: TestHub, _ id: String) async throws -> TestDevice {
+        let device = try await hub.enroll(id)
+        let sent = try await device.request(port: hub.devicePort, "POST", "/v1/telemetry", body: Array(payload.utf8))
+        #expect(sent.status == 202)
+        let code = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
+            try await mqtt.publishAcknowledged(
+                topic: try TopicName("devices/\(id)/telemetry/<script>window.__xss=3<"), payload: Array("{}".utf8))
+        }
+        #expect(code != 0)
+        return device
+    }
+
+    static func operatorGet(_ hub: TestHub, _ path: String) async throws -> HTTPResult {
+        try await hub.operatorRequest("GET", path)
+    }
+
+    @Test func pagesAreEscapedAndCarryAStrictPolicy() async throws {
+        let hub = try await TestHub.start()
+        _ = try await Self.hostileDevice(hub, "ui-d1")
+        for path in ["/ui", "/ui/devices/ui-d1", "/ui/events", "/ui/audit", "/ui/claims", "/ui/rollouts"] {
+            let page = try await Self.operatorGet(hub, path)
+            #expect(page.status == 200, "\(path)")
+            #expect(page.header("Content-Type") == "text/html; charset=utf-8", "\(path)")
+            let csp = page.header("Content-Security-Policy") ?? ""
+            #expect(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "\(path)")
+            #expect(!csp.contains("unsafe-inline"), "\(path)")
+            #expect(page.header("X-Content-Type-Options") == "nosniff", "\(path)")
+            #expect(!page.bodyText.contains("<script>window"), "\(path) carries the payload unescaped")
+            #expect(!page.bodyText.contains("<img src=x"), "\(path) carries the payload unescaped")
+            #expect(!page.bodyText.contains("<script>\n") && !page.bodyText.contains("onclick="), "\(path)")
+        }
+        let device = try await Self.operatorGet(hub, "/ui/devices/ui-d1").bodyText
+        #expect(device.contains("&lt;script&gt;window.__xss=1&lt;/script&gt;"), "the message is shown, as text")
+        #expect(device.contains("&lt;script&gt;window.__xss=3"), "the refused topic is in the audit records")
+        #expect(try await Self.operatorGet(hub, "/ui/audit").bodyText.contains("intact (hashes and MACs checked)"))
+        #expect(try await Self.operatorGet(hub, "/ui/devices/nope").status == 404)
+        // Pagination and filters are the store's: the overview shows one page and how many match.
+        let filtered = try await Self.operatorGet(hub, "/ui?q=UI-D&status=active&sort=lastSeen&desc=1").bodyText
+        #expect(filtered.contains(#"<span id="total">1</span>"#))
+        #expect(try await Self.operatorGet(hub, "/ui?q=zzz").bodyText.contains(#"<span id="total">0</span>"#))
+        // No template can write a value unescaped.
+        let assets = try String(
+            contentsOfFile: URL(fileURLWithPath: Self.scriptPath).deletingLastPathComponent()
+                .deletingLastPathComponent().appendingPathComponent("Sources/Hub/DashboardAssets.swift").path,
+            encoding: .utf8)
+        #expect(!assets.contains("{{{") && !assets.contains("{{&"))
+        try await hub.stop()
+    }
+
+    /// Actions are POSTs with a JSON body from this origin only: a cross-site form, a request without Fetch Metadata
+    /// or Origin, another origin and a form body are all refused; a monitor gets no dashboard.
+    @Test func actionsAreSameOriginJSONOnly() async throws {
+        let hub = try await TestHub.start()
+        _ = try await hub.enroll("ui-d2")
+        func post(_ headers: [(String, String)], body: String = "{}") async throws -> Int {
+            try await HTTPSClient.request(
+                host: "localhost", port: hub.operatorPort, tls: try hub.operatorCredentials.tlsConfiguration(),
+                method: "POST", path: "/ui/actions/devices/ui-d2/revoke", headers: headers, body: Array(body.utf8)
+            ).status
+        }
+        let json = ("Content-Type", "application/json")
+        #expect(try await post([json]) == 403, "no Sec-Fetch-Site, no Origin")
+        #expect(try await post([json, ("Sec-Fetch-Site", "cross-site")]) == 403)
+        #expect(try await post([json, ("Sec-Fetch-Site", "same-site")]) == 403)
+        #expect(try await post([json, ("Origin", "https://evil.example")]) == 403)
+        #expect(
+            try await post(
+                [("Content-Type", "application/x-www-form-urlencoded"), ("Sec-Fetch-Site", "same-origin")], body: "a=b")
+                == 415)
+        #expect(try await hub.server.store.device(try DeviceID("ui-d2"))?.status == .active)
+        #expect(try await hub.securityEvents().contains { $0.kind == "dashboard-cross-site-refused" })
+        #expect(try await post([json, ("Sec-Fetch-Site", "same-origin")]) == 200)
+        #expect(try await hub.server.store.device(try DeviceID("ui-d2"))?.status == .revoked)
+        #expect(
+            try await hub.securityEvents().contains { $0.kind == "device-revoked" && $0.detail.contains("by admin") })
+        let monitor = try await MetricsTests.monitor(hub)
+        #expect(try await MetricsTests.get(hub, monitor, "/ui").status == 403)
+        try await hub.stop()
+    }
+
+    /// Live events as server-sent events: a record written after the stream opened arrives as a `record` event.
+    @Test func liveEventsStream() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ui-d3")
+        let curl = try #require(which("curl"))
+        let directory = hub.directory
+        let head = try await hub.server.store.securityEvents(limit: 1).first?.id ?? 0
+        async let streamed = run(
+            curl,
+            [
+                "-s", "-N", "--max-time", "3", "--cacert", directory + "/ca.crt", "--cert",
+                directory + "/operators/admin.crt", "--key", directory + "/operators/admin.key",
+                "https://localhost:\(hub.operatorPort)/ui/events/stream?after=\(head)",
+            ], timeout: 10)
+        try await Task.sleep(for: .milliseconds(800))
+        let signed = try device.credentials.signer().sign(
+            method: "POST", path: "/v1/telemetry", body: [123, 125], created: Int64(Date().timeIntervalSince1970),
+            contentType: "application/json")
+        for _ in 0..<2 {
+            _ = try await device.request(
+                port: hub.devicePort, "POST", "/v1/telemetry", body: [123, 125],
+                headers: [("Content-Type", "application/json")] + signed.map { ($0.name, $0.value) }, signed: false)
+        }
+        let output = try await streamed.stdout
+        #expect(output.contains("event: record"), "\(output)")
+        #expect(output.contains("urn:bulwark:device:ui-d3"), "\(output)")
+        try await hub.stop()
+    }
+
+    /// The dashboard in Chromium (Playwright): no certificate, no page; the overview lists a device; its injected
+    /// scripts do not run; a replay appears in the live events within 2 s; revoking through the UI (with its
+    /// confirmation) makes the device's next request fail.
+    @Test func theDashboardWorksInARealBrowser() async throws {
+        let python = try #require(which("python3"))
+        #expect(FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "Debian chromium is required")
+        let hub = try await TestHub.start()
+        let device = try await Self.hostileDevice(hub, "ui-browser")
+        // A captured signed request, sent once now; the browser test replays it.
+        let body = Array(#"{"t":1}"#.utf8)
+        let signed = try device.credentials.signer().sign(
+            method: "POST", path: "/v1/telemetry", body: body, created: Int64(Date().timeIntervalSince1970),
+            contentType: "application/json")
+        let work = try temporaryDirectory("dashboard")
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        try (signed.map { "\($0.name): \($0.value)" } + ["Content-Type: application/json"]).joined(separator: "\n")
+            .write(toFile: work + "/headers", atomically: true, encoding: .utf8)
+        try Data(body).write(to: URL(fileURLWithPath: work + "/body"))
+        let replay =
+            "curl -s -o /dev/null -w '%{http_code}' --cacert \(device.caFile) --cert \(device.certificateFile) "
+            + "--key \(device.keyFile) -H @\(work)/headers --data-binary @\(work)/body "
+            + "https://localhost:\(hub.devicePort)/v1/telemetry"
+        #expect(try await run("/bin/sh", ["-c", replay]).stdout == "202")
+
+        let result = try await run(
+            python,
+            [
+                Self.scriptPath, "https://localhost:\(hub.operatorPort)", hub.directory + "/ca.crt",
+                hub.directory + "/operators/admin.crt", hub.directory + "/operators/admin.key", "ui-browser", replay,
+                work,
+            ], timeout: 120)
+        #expect(result.status == 0, "\(result.stdout) \(result.stderr)")
+        #expect(result.stdout.contains(#""deviceStatus": "revoked""#), "\(result.stdout)")
+        #expect(FileManager.default.fileExists(atPath: work + "/overview.png"))
+        // The device's next request fails: its certificate was revoked through the UI.
+        let after = try? await device.request(port: hub.devicePort, "GET", "/v1/device")
+        #expect(after == nil || after?.status == 403)
+        if let keep = ProcessInfo.processInfo.environment["BULWARK_DASHBOARD_SCREENSHOTS"] {
+            for name in ["overview.png", "device.png"] {
+                try? FileManager.default.removeItem(atPath: keep + "/" + name)
+                try FileManager.default.copyItem(atPath: work + "/" + name, toPath: keep + "/" + name)
+            }
+        }
+        try await hub.stop()
+    }
+}
