@@ -123,38 +123,38 @@ struct AgentCommand: AsyncParsableCommand {
             } catch {
                 throw CleanExit.message("bulwark: pairing failed: \(error)", code: 1)
             }
-            do {
-                try SecretFiles.makePrivateDirectory(stateDirectory)
-                try? FileManager.default.removeItem(atPath: "\(stateDirectory)/device.key")
-                try? FileManager.default.removeItem(atPath: "\(stateDirectory)/irk")
-                try SecretFiles.create(
-                    "\(stateDirectory)/device.key", contents: result.operationalKey.pemRepresentation)
-                try SecretFiles.create(
-                    "\(stateDirectory)/irk", contents: Data(result.credentials.irk).base64EncodedString() + "\n")
-                try SecretFiles.writePublic(
-                    "\(stateDirectory)/device.crt",
-                    contents: try Certificate(derEncoded: result.credentials.certificateDER).pem)
-                try SecretFiles.writePublic(
-                    "\(stateDirectory)/ca.crt",
-                    contents: try Certificate(derEncoded: result.credentials.caCertificateDER).pem)
-                try SecretFiles.writePublic(
-                    "\(stateDirectory)/pins",
-                    contents: result.credentials.pins.map { Data($0).base64EncodedString() }.joined(separator: "\n")
-                        + "\n")
-                if let root = result.credentials.tufRoot {
-                    // The update repository's root: the trust anchor of the device's TUF client (TUF §5.2).
-                    try SecretFiles.makePrivateDirectory("\(stateDirectory)/trust")
-                    try SecretFiles.writePublic(
-                        "\(stateDirectory)/trust/root.json", contents: String(decoding: root, as: UTF8.self))
-                }
-                try SecretFiles.writePublic("\(stateDirectory)/paired", contents: "hub \(hub)\n")
-            } catch let error as HubStartupError {
+            do { try AgentCommand.store(result, in: stateDirectory, hub: hub) } catch let error as HubStartupError {
                 throw CleanExit.message("bulwark: \(error)", code: 73)
             }
             print(
                 "paired \(label.deviceID) with \(hub): certificate, CA, \(result.credentials.pins.count) pins in \(stateDirectory)"
             )
         }
+    }
+
+    /// Writes what pairing gave into the agent's state directory (0700; the key and the IRK 0600).
+    static func store(_ result: PairingClient.Result, in stateDirectory: String, hub: String) throws {
+        try SecretFiles.makePrivateDirectory(stateDirectory)
+        try? FileManager.default.removeItem(atPath: "\(stateDirectory)/device.key")
+        try? FileManager.default.removeItem(atPath: "\(stateDirectory)/irk")
+        try SecretFiles.create("\(stateDirectory)/device.key", contents: result.operationalKey.pemRepresentation)
+        try SecretFiles.create(
+            "\(stateDirectory)/irk", contents: Data(result.credentials.irk).base64EncodedString() + "\n")
+        try SecretFiles.writePublic(
+            "\(stateDirectory)/device.crt", contents: try Certificate(derEncoded: result.credentials.certificateDER).pem
+        )
+        try SecretFiles.writePublic(
+            "\(stateDirectory)/ca.crt", contents: try Certificate(derEncoded: result.credentials.caCertificateDER).pem)
+        try SecretFiles.writePublic(
+            "\(stateDirectory)/pins",
+            contents: result.credentials.pins.map { Data($0).base64EncodedString() }.joined(separator: "\n") + "\n")
+        if let root = result.credentials.tufRoot {
+            // The update repository's root: the trust anchor of the device's TUF client (TUF §5.2).
+            try SecretFiles.makePrivateDirectory("\(stateDirectory)/trust")
+            try SecretFiles.writePublic(
+                "\(stateDirectory)/trust/root.json", contents: String(decoding: root, as: UTF8.self))
+        }
+        try SecretFiles.writePublic("\(stateDirectory)/paired", contents: "hub \(hub)\n")
     }
 
     struct Send: AsyncParsableCommand {

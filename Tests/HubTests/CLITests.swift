@@ -89,3 +89,24 @@ import Testing
         #expect(badCSR.stderr.contains("bad-csr"))
     }
 }
+
+extension CLITests {
+    /// `bulwark demo`: a hub, paired agents, a misbehaving device refused then quarantined, a command, the
+    /// dashboard's address with a PKCS#12 bundle; it stops on its own (or Ctrl-C) and removes its directory.
+    @Test func theDemoShowsTheWholeSystemAndCleansUp() async throws {
+        let binary = try HubProcessTests.binary
+        let result = try await run(binary, ["demo", "--devices", "3", "--seconds", "4"], timeout: 90)
+        #expect(result.status == 0, "\(result.stdout) \(result.stderr)")
+        let out = result.stdout
+        for expected in [
+            "paired 3 devices", "3 agents connected", "refused 429", "then 401", "a 70 KB message: 413",
+            "quarantined: every request now 403", "demo-01 ran the command \"blink\"", "/ui", "operator.p12",
+            "removed",
+        ] {
+            #expect(out.contains(expected), "missing \(expected) in \(out)")
+        }
+        let directory = try #require(
+            out.split(separator: "\n").last?.split(separator: " ").first { $0.hasPrefix("/") }.map(String.init))
+        #expect(!FileManager.default.fileExists(atPath: directory), "\(directory) was left behind")
+    }
+}
