@@ -8,9 +8,16 @@ whose page carries XSS payloads; REPLAY-COMMAND a shell command that replays a c
 device; SCREENSHOTS a directory for overview.png and device.png. Prints one JSON object with what it saw; exits 1
 when a check failed. It never downloads a browser: it uses /usr/bin/chromium.
 """
+import functools
+import http.server
 import json
+import os
+import shutil
+import socketserver
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 from playwright.sync_api import sync_playwright
@@ -79,6 +86,34 @@ def main():
                 check(False, "the replay never appeared in the live events")
             check(page.evaluate("window.__xss === undefined"), "an injected script ran on the events page")
 
+            # A page on another origin (a local server on another port) tries to revoke the device with a form post
+            # and to claim a label with a no-cors fetch: the browser sends the operator's certificate with both, and
+            # the hub must refuse both.
+            attack = tempfile.mkdtemp()
+            with open(os.path.join(attack, "attack.html"), "w") as page_file:
+                page_file.write(
+                    '<!doctype html><html><body><form id="f" method="post" action="%s/v1/devices/%s/revoke"></form>'
+                    '<script>fetch("%s/v1/pairing/claims", {method: "POST", mode: "no-cors", credentials: "include",'
+                    ' headers: {"Content-Type": "text/plain"}, body: \'{"label":"x"}\'})'
+                    '.finally(function () { document.getElementById("f").submit(); });</script></body></html>'
+                    % (url, device, url))
+
+            class Quiet(http.server.SimpleHTTPRequestHandler):
+                def log_message(self, *args):
+                    pass
+
+            server = socketserver.TCPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=attack))
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            try:
+                page.goto("http://127.0.0.1:%d/attack.html" % server.server_address[1])
+                page.wait_for_timeout(2000)
+                seen["crossSiteAnswer"] = page.locator("body").inner_text()[:160]
+            finally:
+                server.shutdown()
+                shutil.rmtree(attack, ignore_errors=True)
+            page.goto(url + "/ui/devices/" + device)
+            check(page.locator("#device-status").inner_text() == "active", "a cross-site page revoked the device")
+
             # Revoke through the UI, with its confirmation step.
             page.goto(url + "/ui/devices/" + device)
             page.click("button[data-action=revoke]")
@@ -90,7 +125,7 @@ def main():
             seen["deviceStatus"] = page.locator("#device-status").inner_text()
             check(seen["deviceStatus"] == "revoked", "the device page does not say revoked")
 
-            # A cross-site page cannot use the operator's certificate to revoke: the hub refuses the request.
+            # A form-encoded POST (what an HTML form sends) is refused even from the dashboard's own origin.
             cross = page.evaluate(
                 """async () => {
                     const r = await fetch('/ui/actions/devices/x/revoke', {method: 'POST', body: 'a=b',

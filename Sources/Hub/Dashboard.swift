@@ -6,6 +6,7 @@ import Mustache
 import NIOCore
 import ServiceLifecycle
 import Store
+import Synchronization
 
 /// The operator dashboard, on the operator listener under `/ui`.
 ///
@@ -25,6 +26,7 @@ struct Dashboard {
     let auditKey: AuditKey?
     let updatesConfigured: Bool
     let library: MustacheLibrary
+    let streams = StreamSlots(total: 64, perPeer: 4)
 
     static let contentSecurityPolicy =
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -200,28 +202,42 @@ struct Dashboard {
             ["head": recent.first?.id ?? 0, "events": recent.map(Self.eventValues)])
     }
 
-    /// Server-sent events (HTML Living Standard §9.2): each new audit record as a `record` event (JSON, put into the
-    /// page as text), polled from the store every 250 ms; at most 50 a second go out, the rest are counted in a
-    /// `dropped` event, so a flood of refusals never makes the browser (or this stream) the bottleneck. The stream
-    /// ends after 10 minutes (the browser reconnects) and when the hub shuts down.
+    /// Server-sent events (HTML Living Standard §9.2): each new audit record as a `record` event with its sequence
+    /// number as the event id (a reconnecting `EventSource` sends it back as `Last-Event-ID` and resumes after it),
+    /// its JSON put into the page as text. The store is polled every 250 ms; at most 50 records a second go out and
+    /// the rest are counted in a `dropped` event, so a flood of refusals never makes the browser (or this stream) the
+    /// bottleneck; a comment every 15 s keeps a quiet stream inside the listener's write deadline. A stream ends
+    /// when its connection closes, its certificate is revoked, the hub shuts down, or after 10 minutes (the browser
+    /// reconnects). At most 4 streams per certificate and 64 in all.
     func stream(_ request: Request, _ context: HubRequestContext) async throws -> Response {
         try Self.requireOperator(context)
         let store = routes.store
-        var after = request.uri.queryParameters.get("after", as: Int64.self) ?? 0
+        let revocations = routes.revocations
+        let serial = context.peer?.serialHex ?? ""
+        let channel = context.channel
+        let streams = streams
+        let resume = Self.lastEventID.flatMap { request.headers[$0] }.flatMap { Int64($0) }
+        var after = resume ?? request.uri.queryParameters.get("after", as: Int64.self) ?? 0
         if after <= 0 { after = try await store.securityEvents(limit: 1).first?.id ?? 0 }
         let start = after
-        let headers: HTTPFields = [
-            .contentType: "text/event-stream; charset=utf-8", .cacheControl: "no-store",
-        ]
         return Response(
-            status: .ok, headers: headers,
+            status: .ok, headers: [.contentType: "text/event-stream; charset=utf-8", .cacheControl: "no-store"],
             body: ResponseBody { writer in
+                guard streams.acquire(serial) else {
+                    try await writer.write(ByteBuffer(string: ": too many streams\nretry: 10000\n\n"))
+                    try await writer.finish(nil)
+                    return
+                }
+                defer { streams.release(serial) }
                 var last = start
                 let end = ContinuousClock.now + .seconds(600)
                 var budget = 50
                 var window = ContinuousClock.now
+                var lastWrite = ContinuousClock.now
                 try await writer.write(ByteBuffer(string: "retry: 1000\n\n"))
-                while ContinuousClock.now < end, !Task.isCancelled, !Task.isShuttingDownGracefully {
+                while ContinuousClock.now < end, channel.isActive, !revocations.contains(serial), !Task.isCancelled,
+                    !Task.isShuttingDownGracefully
+                {
                     let records = try await store.auditRecords(after: last, limit: 500)
                     if ContinuousClock.now - window >= .seconds(1) {
                         window = ContinuousClock.now
@@ -236,15 +252,21 @@ struct Dashboard {
                             continue
                         }
                         budget -= 1
-                        chunk += "event: record\ndata: \(Self.eventJSON(record.event))\n\n"
+                        chunk += "id: \(record.sequence)\nevent: record\ndata: \(Self.eventJSON(record.event))\n\n"
                     }
-                    if dropped > 0 { chunk += "event: dropped\ndata: {\"count\":\(dropped)}\n\n" }
-                    if !chunk.isEmpty { try await writer.write(ByteBuffer(string: chunk)) }
+                    if dropped > 0 { chunk += "id: \(last)\nevent: dropped\ndata: {\"count\":\(dropped)}\n\n" }
+                    if chunk.isEmpty, ContinuousClock.now - lastWrite >= .seconds(15) { chunk = ": ping\n\n" }
+                    if !chunk.isEmpty {
+                        try await writer.write(ByteBuffer(string: chunk))
+                        lastWrite = ContinuousClock.now
+                    }
                     try await Task.sleep(for: .milliseconds(250))
                 }
                 try await writer.finish(nil)
             })
     }
+
+    static let lastEventID = HTTPField.Name("Last-Event-ID")
 
     /// One record as a JSON object (JSONSerialization escapes every string; the browser reads it as text).
     static func eventJSON(_ event: SecurityEvent) -> String {
@@ -300,7 +322,7 @@ struct Dashboard {
         try Self.requireOperator(context)
         let latest = try await routes.store.latestRollout()
         let fields = latest.map { OperatorRoutes.json($0) }?.sorted { $0.key < $1.key }.map {
-            ["name": $0.key, "value": "\($0.value)"]
+            ["name": $0.key, "value": $0.value is NSNull ? "" : "\($0.value)"]
         }
         return try page("rollouts", context, title: "Rollouts", ["fields": fields ?? [], "updates": updatesConfigured])
     }
@@ -312,7 +334,37 @@ struct Dashboard {
     }
 }
 
-/// Security headers on every dashboard response, and the cross-site check on every state-changing request.
+/// Live-event streams held open, in all and per certificate.
+final class StreamSlots: Sendable {
+    private let state = Mutex<(total: Int, perPeer: [String: Int])>((0, [:]))
+    let total: Int
+    let perPeer: Int
+
+    init(total: Int, perPeer: Int) {
+        self.total = total
+        self.perPeer = perPeer
+    }
+
+    func acquire(_ peer: String) -> Bool {
+        state.withLock { state in
+            guard state.total < total, state.perPeer[peer, default: 0] < perPeer else { return false }
+            state.total += 1
+            state.perPeer[peer, default: 0] += 1
+            return true
+        }
+    }
+
+    func release(_ peer: String) {
+        state.withLock { state in
+            state.total -= 1
+            let left = state.perPeer[peer, default: 1] - 1
+            state.perPeer[peer] = left > 0 ? left : nil
+        }
+    }
+}
+
+/// Security headers on every dashboard response; `/ui/actions/…` take POST with a JSON body only. (Which site a
+/// request comes from is checked for the whole listener by `CrossSiteGuard`.)
 struct DashboardGuard: RouterMiddleware {
     typealias Context = HubRequestContext
 
@@ -320,13 +372,24 @@ struct DashboardGuard: RouterMiddleware {
         ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY"),
         ("Cross-Origin-Opener-Policy", "same-origin"), ("Cross-Origin-Resource-Policy", "same-origin"),
     ].compactMap { name, value in HTTPField.Name(name).map { ($0, value) } }
-    static let fetchSite = HTTPField.Name("Sec-Fetch-Site")
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
         async throws -> Response
     {
         if request.method != .get, request.method != .head {
-            try Self.checkSameOrigin(request)
+            guard request.method == .post else { throw HubError.forbidden("dashboard actions are POST requests") }
+            // Only the dashboard's own script calls these: a request must show it comes from this origin (Fetch
+            // Metadata, or from a browser without it an Origin naming this listener), not merely not from another.
+            let site = CrossSiteGuard.site.flatMap { request.headers[$0] }
+            let origin = request.headers[.origin]
+            let sameOrigin =
+                if let site { site == "same-origin" } else { origin == "https://" + (request.head.authority ?? "") }
+            guard sameOrigin else {
+                throw HubError.forbidden(
+                    "dashboard action without same-origin evidence (Sec-Fetch-Site \(site ?? "-"), "
+                        + "Origin \(origin ?? "-"))", event: nil)
+            }
+            try CrossSiteGuard.requireJSON(request)
         }
         var response = try await next(request, context)
         response.headers[.contentSecurityPolicy] = Dashboard.contentSecurityPolicy
@@ -334,27 +397,59 @@ struct DashboardGuard: RouterMiddleware {
         if response.headers[.cacheControl] == nil { response.headers[.cacheControl] = "no-store" }
         return response
     }
+}
 
-    /// Fetch Metadata (W3C, `Sec-Fetch-Site`): only `same-origin` may change state. A browser that sends no
-    /// `Sec-Fetch-Site` must send an `Origin` naming this host. A request with neither is no browser's and is
-    /// refused too (scripts use the operator API, not `/ui`). The body must be JSON: an HTML form cannot send it.
-    static func checkSameOrigin(_ request: Request) throws {
-        guard request.method == .post else { throw HubError.forbidden("dashboard actions are POST requests") }
-        let site = fetchSite.flatMap { request.headers[$0] }
-        let origin = request.headers[.origin]
-        let host = request.head.authority ?? ""
-        let sameOrigin: Bool =
-            if let site { site == "same-origin" } else { origin.map { $0 == "https://" + host } ?? false }
-        guard sameOrigin else {
-            throw HubError.forbidden(
-                "cross-site dashboard action refused (Sec-Fetch-Site \(site ?? "-"), Origin \(origin ?? "-"))",
-                event: "dashboard-cross-site-refused")
+/// The operator listener's defence against cross-site requests, for every route (the dashboard's and the operator
+/// API's): once a browser holds an operator certificate, any page it visits could otherwise make it send requests
+/// to the hub with that certificate.
+///
+/// Fetch Metadata (W3C, `Sec-Fetch-Site`) and `Origin` (RFC 6454 §7) decide: a request whose `Sec-Fetch-Site` is
+/// present and not `same-origin`, or whose `Origin` is present and not this listener's own, is refused, except a
+/// top-level navigation (`GET`, `Sec-Fetch-Mode: navigate`, `Sec-Fetch-Dest: document`; a link to a dashboard page)
+/// and a request the user typed (`Sec-Fetch-Site: none`). Clients that are no browser (the CLI, curl, Prometheus)
+/// send neither field and pass. Refusals are audited once per certificate and minute.
+struct CrossSiteGuard: RouterMiddleware {
+    typealias Context = HubRequestContext
+
+    static let site = HTTPField.Name("Sec-Fetch-Site")
+    static let mode = HTTPField.Name("Sec-Fetch-Mode")
+    static let destination = HTTPField.Name("Sec-Fetch-Dest")
+    let audited = OncePerWindow()
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+        async throws -> Response
+    {
+        if let refusal = Self.refusal(request) {
+            let key = context.peer?.serialHex ?? "-"
+            let first = audited.first(key, now: Int64(Date().timeIntervalSince1970) / 60)
+            throw HubError.forbidden(refusal, event: first ? "cross-site-request-refused" : nil)
         }
+        return try await next(request, context)
+    }
+
+    static func refusal(_ request: Request) -> String? {
+        let site = Self.site.flatMap { request.headers[$0] }
+        let origin = request.headers[.origin]
+        let navigation =
+            request.method == .get && mode.flatMap { request.headers[$0] } == "navigate"
+            && destination.flatMap { request.headers[$0] } == "document"
+        if let site, site != "same-origin", !(site == "none" && request.method == .get), !navigation {
+            return "cross-site \(request.method) \(request.uri.path) refused (Sec-Fetch-Site \(site))"
+        }
+        if let origin, origin != "https://" + (request.head.authority ?? ""), !navigation {
+            return "cross-origin \(request.method) \(request.uri.path) refused (Origin \(origin))"
+        }
+        return nil
+    }
+
+    /// A state change carries a JSON body, which an HTML form cannot send (it can send `text/plain`, which is
+    /// refused here whatever it contains).
+    static func requireJSON(_ request: Request) throws {
         let type = request.headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces)
         guard type?.lowercased() == "application/json" else {
             throw HubError(
-                .unsupportedMediaType, "unsupported-media-type", message: "dashboard actions take a JSON body",
-                detail: "dashboard action with Content-Type \(type ?? "-")", event: nil)
+                .unsupportedMediaType, "unsupported-media-type", message: "the body must be application/json",
+                detail: "\(request.method) \(request.uri.path) with Content-Type \(type ?? "-")", event: nil)
         }
     }
 }

@@ -76,7 +76,7 @@ enum DashboardAssets {
         <table id="certificates"><thead><tr><th>Serial</th><th>Valid from</th><th>Valid until</th><th>Revoked</th></tr></thead><tbody>
         {{#certificates}}<tr><td>{{serial}}</td><td>{{notBefore}}</td><td>{{notAfter}}</td><td>{{revoked}}</td></tr>
         {{/certificates}}</tbody></table>
-        <h2>Refusals and events by kind</h2>
+        <h2>Refusals and events by kind (its newest 200 audit records)</h2>
         <table id="kinds"><thead><tr><th>Kind</th><th>Records</th></tr></thead><tbody>
         {{#kinds}}<tr><td>{{kind}}</td><td>{{count}}</td></tr>
         {{/kinds}}</tbody></table>

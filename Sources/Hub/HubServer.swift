@@ -236,6 +236,7 @@ public final class HubServer: Sendable {
             routes: operatorRoutes, claims: claims, auditKey: auditKey,
             updatesConfigured: configuration.tufRepository != nil)
         let operatorApp = try application(name: .operator, listener: configuration.operatorAPI, role: .operator) {
+            $0.add(middleware: CrossSiteGuard())
             MonitorGate.register(on: $0, metrics: metrics)
             operatorRoutes.register(on: $0)
             dashboard.register(on: $0)

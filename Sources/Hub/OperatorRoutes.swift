@@ -181,6 +181,7 @@ struct OperatorRoutes {
         guard let name = context.parameters.get("name"), GatewayPipeline.isValidMessageType(name),
             let topic = try? TopicName("devices/\(deviceID.rawValue)/commands/\(name)")
         else { throw Self.invalid("command names are 1-64 characters of a-z 0-9 . _ -") }
+        try CrossSiteGuard.requireJSON(request)
         let body = try await DeviceRoutes.collect(request, limit: gateway.policy.maxBodyBytes)
         guard case .object = (try? gateway.policy.json.parse(body)) ?? .null else {
             throw Self.invalid("the command body must be a strict JSON object")
@@ -202,6 +203,7 @@ struct OperatorRoutes {
         guard let name = context.parameters.get("name"), GatewayPipeline.isValidMessageType(name) else {
             throw Self.invalid("message type names are 1-64 characters of a-z 0-9 . _ -")
         }
+        try CrossSiteGuard.requireJSON(request)
         let body = try await DeviceRoutes.collect(request, limit: 256 * 1024)
         let schema: JSONSchema
         do { schema = try JSONSchema(bytes: body) } catch { throw Self.invalid("schema refused: \(error)") }
@@ -252,6 +254,7 @@ struct OperatorRoutes {
     }
 
     private func jsonObject(_ request: Request) async throws -> [String: Any] {
+        try CrossSiteGuard.requireJSON(request)
         let body = try await DeviceRoutes.collect(request, limit: 64 * 1024)
         guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else {
             throw Self.invalid("body must be a JSON object")
@@ -386,6 +389,7 @@ struct OperatorRoutes {
     func gateRelease(_ request: Request, _ context: HubRequestContext) async throws -> Response {
         let by = try requireOperator(context)
         let gate = try gate()
+        try CrossSiteGuard.requireJSON(request)
         let body = try await DeviceRoutes.collect(request, limit: ReleaseGate.maximumBodyBytes)
         // Target paths and versions as agents report them (at most 255 characters, no control characters), so a
         // rescan can find the devices running a release.

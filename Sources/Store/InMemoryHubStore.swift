@@ -184,9 +184,8 @@ public actor InMemoryHubStore: HubStore {
         var rows: [DeviceOverview] = []
         let search = (query.search ?? "").lowercased()
         var lastSeen: [DeviceID: Date] = [:]
-        for record in telemetryRecords {
-            lastSeen[record.deviceID] = max(lastSeen[record.deviceID] ?? .distantPast, record.receivedAt)
-        }
+        // As the SQLite store: the time of the device's newest stored message (highest id).
+        for record in telemetryRecords { lastSeen[record.deviceID] = record.receivedAt }
         for record in deviceRecords.values {
             if !search.isEmpty, !record.id.rawValue.lowercased().contains(search) { continue }
             if let status = query.status, record.status != status { continue }

@@ -60,7 +60,7 @@ import X509
             contentsOfFile: URL(fileURLWithPath: Self.scriptPath).deletingLastPathComponent()
                 .deletingLastPathComponent().appendingPathComponent("Sources/Hub/DashboardAssets.swift").path,
             encoding: .utf8)
-        #expect(!assets.contains("{{{") && !assets.contains("{{&"))
+        for unescaped in ["{{{", "{{&", "{{%", "{{="] { #expect(!assets.contains(unescaped), "\(unescaped)") }
         try await hub.stop()
     }
 
@@ -80,18 +80,53 @@ import X509
         #expect(try await post([json, ("Sec-Fetch-Site", "cross-site")]) == 403)
         #expect(try await post([json, ("Sec-Fetch-Site", "same-site")]) == 403)
         #expect(try await post([json, ("Origin", "https://evil.example")]) == 403)
+        #expect(try await post([json, ("Origin", "null")]) == 403)
+        #expect(try await post([json, ("Origin", "https://localhost:1")]) == 403, "another port is another origin")
         #expect(
             try await post(
                 [("Content-Type", "application/x-www-form-urlencoded"), ("Sec-Fetch-Site", "same-origin")], body: "a=b")
                 == 415)
         #expect(try await hub.server.store.device(try DeviceID("ui-d2"))?.status == .active)
-        #expect(try await hub.securityEvents().contains { $0.kind == "dashboard-cross-site-refused" })
+        #expect(try await hub.securityEvents().contains { $0.kind == "cross-site-request-refused" })
+        // The operator API on the same listener is guarded the same way: a cross-site form or no-cors fetch cannot
+        // revoke, claim or command, and a text/plain body is not JSON whatever it holds.
+        func api(_ method: String, _ path: String, _ headers: [(String, String)], body: String = "") async throws
+            -> Int
+        {
+            try await HTTPSClient.request(
+                host: "localhost", port: hub.operatorPort, tls: try hub.operatorCredentials.tlsConfiguration(),
+                method: method, path: path, headers: headers, body: Array(body.utf8)
+            ).status
+        }
+        let crossSite = [
+            ("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document"),
+        ]
+        #expect(try await api("POST", "/v1/devices/ui-d2/revoke", crossSite) == 403)
+        #expect(try await api("POST", "/v1/devices/ui-d2/revoke", [("Origin", "https://evil.example")]) == 403)
+        let label = #"{"label":"x"}"#
+        #expect(try await api("POST", "/v1/pairing/claims", [("Content-Type", "text/plain")], body: label) == 415)
+        #expect(
+            try await api(
+                "POST", "/v1/devices/ui-d2/commands/x", [("Content-Type", "text/plain")], body: label) == 415)
+        // A cross-site page cannot make the hub do work by loading dashboard URLs as images; a link (a top-level
+        // navigation) to a page still works.
+        let image = try await api(
+            "GET", "/ui/audit",
+            [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "no-cors"), ("Sec-Fetch-Dest", "image")])
+        #expect(image == 403)
+        #expect(try await api("GET", "/ui", crossSite) == 200)
+        #expect(try await hub.server.store.device(try DeviceID("ui-d2"))?.status == .active)
+        // This client sends `Host: localhost` (a browser adds the port): its origin is https://localhost.
+        #expect(try await post([json, ("Origin", "https://localhost")]) == 200, "Origin only")
+        #expect(try await hub.server.store.device(try DeviceID("ui-d2"))?.status == .revoked)
+        _ = try await hub.enroll("ui-d2")
         #expect(try await post([json, ("Sec-Fetch-Site", "same-origin")]) == 200)
         #expect(try await hub.server.store.device(try DeviceID("ui-d2"))?.status == .revoked)
         #expect(
             try await hub.securityEvents().contains { $0.kind == "device-revoked" && $0.detail.contains("by admin") })
         let monitor = try await MetricsTests.monitor(hub)
         #expect(try await MetricsTests.get(hub, monitor, "/ui").status == 403)
+        #expect(try await MetricsTests.get(hub, monitor, "/ui/events/stream").status == 403)
         try await hub.stop()
     }
 
