@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import Gateway
 import HTTPTypes
 import Hummingbird
 import Mustache
@@ -152,7 +153,11 @@ struct Dashboard {
         let store = routes.store
         let events = try await store.securityEvents(identity: Identity.device(id).uri, limit: 200)
         var kinds: [String: Int] = [:]
-        for event in events { kinds[event.kind, default: 0] += 1 }
+        var stages: [String: Int] = [:]
+        for event in events {
+            kinds[event.kind, default: 0] += 1
+            if let stage = Self.stage(of: event.detail) { stages[stage, default: 0] += 1 }
+        }
         let quarantine = try await store.quarantines().first { $0.0 == id }.flatMap { device, until in
             Double(until) > Date().timeIntervalSince1970
                 ? Self.time(Date(timeIntervalSince1970: Double(until))) : nil
@@ -171,6 +176,9 @@ struct Dashboard {
                     ]
                 },
                 "kinds": kinds.sorted { $0.key < $1.key }.map { ["kind": $0.key, "count": $0.value] },
+                "stages": Stage.allCases.compactMap { stage in
+                    stages[stage.rawValue].map { ["stage": stage.rawValue, "count": $0] }
+                },
                 "messages": try await store.telemetry(of: id, limit: 20).map {
                     [
                         "at": Self.time($0.receivedAt), "correlationID": $0.correlationID,
@@ -185,6 +193,11 @@ struct Dashboard {
                 },
                 "events": events.prefix(50).map(Self.eventValues),
             ])
+    }
+
+    /// The pipeline stage a refusal's audit record names (`WHAT: STAGE: DETAIL`, as `GatewayRecorder` writes it).
+    static func stage(of detail: String) -> String? {
+        detail.components(separatedBy: ": ").first { Stage(rawValue: $0) != nil }
     }
 
     static func eventValues(_ event: SecurityEvent) -> [String: Any] {

@@ -76,7 +76,11 @@ enum DashboardAssets {
         <table id="certificates"><thead><tr><th>Serial</th><th>Valid from</th><th>Valid until</th><th>Revoked</th></tr></thead><tbody>
         {{#certificates}}<tr><td>{{serial}}</td><td>{{notBefore}}</td><td>{{notAfter}}</td><td>{{revoked}}</td></tr>
         {{/certificates}}</tbody></table>
-        <h2>Refusals and events by kind (its newest 200 audit records)</h2>
+        <h2>Refusals by pipeline stage (its newest 200 audit records)</h2>
+            <table id="stages"><thead><tr><th>Stage</th><th>Refusals</th></tr></thead><tbody>
+            {{#stages}}<tr><td>{{stage}}</td><td>{{count}}</td></tr>
+            {{/stages}}</tbody></table>
+            <h2>Audit records by kind (its newest 200)</h2>
         <table id="kinds"><thead><tr><th>Kind</th><th>Records</th></tr></thead><tbody>
         {{#kinds}}<tr><td>{{kind}}</td><td>{{count}}</td></tr>
         {{/kinds}}</tbody></table>

@@ -4,6 +4,7 @@ import Foundation
 import Hub
 import HubClient
 import MQTT
+import Pairing
 import Testing
 import X509
 
@@ -14,9 +15,24 @@ import X509
     static let scriptPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("scripts/dashboard-check.py").path
 
+    /// A device paired as a real one is: its label claimed by the operator, then the pairing protocol.
+    static func paired(_ hub: TestHub, _ id: String) async throws -> TestDevice {
+        let identity = NoiseDH.p256.generateKeyPair()
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID(id), publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 7, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        let result = try await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity)
+        return try TestDevice(
+            id: id, keyPEM: result.operationalKey.pemRepresentation,
+            certificatePEM: try Certificate(derEncoded: result.credentials.certificateDER).pem, caPEM: hub.caPEM,
+            directory: hub.directory)
+    }
+
     /// A device that sent the XSS payload as an accepted message (HTTP) and as a refused MQTT message type.
-    static func hostileDevice(_ hub: TestHub, _ id: String) async throws -> TestDevice {
-        let device = try await hub.enroll(id)
+    static func hostileDevice(_ hub: TestHub, _ id: String, pair: Bool = false) async throws -> TestDevice {
+        let device = pair ? try await paired(hub, id) : try await hub.enroll(id)
         let sent = try await device.request(port: hub.devicePort, "POST", "/v1/telemetry", body: Array(payload.utf8))
         #expect(sent.status == 202)
         let code = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
@@ -49,6 +65,7 @@ import X509
         let device = try await Self.operatorGet(hub, "/ui/devices/ui-d1").bodyText
         #expect(device.contains("&lt;script&gt;window.__xss=1&lt;/script&gt;"), "the message is shown, as text")
         #expect(device.contains("&lt;script&gt;window.__xss=3"), "the refused topic is in the audit records")
+        #expect(device.contains("<tr><td>schema</td><td>1</td></tr>"), "refusals by pipeline stage")
         #expect(try await Self.operatorGet(hub, "/ui/audit").bodyText.contains("intact (hashes and MACs checked)"))
         #expect(try await Self.operatorGet(hub, "/ui/devices/nope").status == 404)
         // Pagination and filters are the store's: the overview shows one page and how many match.
@@ -166,7 +183,7 @@ import X509
         let python = try #require(which("python3"))
         #expect(FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "Debian chromium is required")
         let hub = try await TestHub.start()
-        let device = try await Self.hostileDevice(hub, "ui-browser")
+        let device = try await Self.hostileDevice(hub, "ui-browser", pair: true)
         // A captured signed request, sent once now; the browser test replays it.
         let body = Array(#"{"t":1}"#.utf8)
         let signed = try device.credentials.signer().sign(
