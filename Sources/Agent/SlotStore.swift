@@ -212,7 +212,7 @@ public struct DirectorySlotStore: SlotStore {
     }
 
     /// Undoes `protect` so the slot can be replaced.
-    static func makeMutable(_ root: String) {
+    public static func makeMutable(_ root: String) {
         if geteuid() == 0, let chattr = executable(["/usr/bin/chattr", "/bin/chattr"]) {
             _ = runQuietly(chattr, ["-R", "-i", root])
         }

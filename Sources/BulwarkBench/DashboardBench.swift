@@ -48,6 +48,8 @@ struct DashboardBenchmark: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: base) }
         var environment = BenchHub.unlimitedUpdates
         environment["BULWARK_GATEWAY_QUARANTINE_INVALID"] = "100000000"
+        environment["BULWARK_GATEWAY_ROUTE_RATE"] = "1000000"
+        environment["BULWARK_GATEWAY_ROUTE_BURST"] = "1000000"
         environment["BULWARK_MQTT_MAX_CONNECTIONS"] = "100000"
         let benchHub = try BenchHub.start(binary: binary, base: base, environment: environment)
         let hub = benchHub.hub
@@ -105,9 +107,13 @@ struct DashboardBenchmark: AsyncParsableCommand {
         emit("bulwark-bench dashboard: connecting \(connected) devices over MQTT …")
         let (ready, readyContinuation) = AsyncStream.makeStream(of: Bool.self)
         let holders = Array(enrolled.prefix(connected))
+        // In batches of 200: ten thousand TLS handshakes at once on two cores would pass the connect deadline.
+        let (batches, batchContinuation) = AsyncStream.makeStream(of: Int.self)
         let holder = Task {
             await withTaskGroup(of: Void.self) { group in
-                for device in holders {
+                var next = batches.makeAsyncIterator()
+                for (index, device) in holders.enumerated() {
+                    if index > 0, index % 200 == 0 { _ = await next.next() }
                     group.addTask {
                         var held = false
                         _ = try? await MQTTClientConnection.withConnection(
@@ -130,9 +136,11 @@ struct DashboardBenchmark: AsyncParsableCommand {
             for await success in ready {
                 settled += 1
                 if !success { failed += 1 }
+                if settled % 200 == 0 { batchContinuation.yield(settled) }
                 if settled == connected { break }
             }
         }
+        batchContinuation.finish()
         try await HTTPSClient.withConnection(
             host: "127.0.0.1", port: ports.operator, tls: try monitor.tlsConfiguration()
         ) { connection in
@@ -168,32 +176,43 @@ struct DashboardBenchmark: AsyncParsableCommand {
             let start = ContinuousClock.now
             let perConnection = Double(rate) / Double(flooders.count)
             let seconds = floodSeconds
-            let sent = await withTaskGroup(of: Int.self) { group in
+            let results = await withTaskGroup(of: (Int, String).self) { group in
                 for device in flooders {
                     group.addTask {
                         var count = 0
-                        _ = try? await MQTTClientConnection.withConnection(
-                            host: "127.0.0.1", port: ports.mqtt, tls: try device.credentials.tlsConfiguration(),
-                            clientID: device.id, version: .v5
-                        ) { mqtt, reason in
-                            guard reason == 0 else { return }
-                            let topic = try TopicName("devices/\(device.id)/telemetry")
-                            let begin = ContinuousClock.now
-                            while ContinuousClock.now - begin < .seconds(seconds) {
-                                count += 1
-                                guard
-                                    try await mqtt.publishAcknowledged(topic: topic, payload: Array("not json".utf8))
-                                        == 0x99
-                                else { return }
-                                let due = begin + .milliseconds(Int64(Double(count) * 1000 / perConnection))
-                                if due > ContinuousClock.now { try await Task.sleep(until: due) }
+                        var stop = "time"
+                        do {
+                            try await MQTTClientConnection.withConnection(
+                                host: "127.0.0.1", port: ports.mqtt, tls: try device.credentials.tlsConfiguration(),
+                                clientID: device.id, version: .v5
+                            ) { mqtt, reason in
+                                guard reason == 0 else {
+                                    stop = String(format: "CONNACK 0x%02x", reason)
+                                    return
+                                }
+                                let topic = try TopicName("devices/\(device.id)/telemetry")
+                                let begin = ContinuousClock.now
+                                while ContinuousClock.now - begin < .seconds(seconds) {
+                                    count += 1
+                                    let code = try await mqtt.publishAcknowledged(
+                                        topic: topic, payload: Array("not json".utf8))
+                                    guard code == 0x99 else {
+                                        stop = String(format: "PUBACK 0x%02x", code)
+                                        return
+                                    }
+                                    let due = begin + .milliseconds(Int64(Double(count) * 1000 / perConnection))
+                                    if due > ContinuousClock.now { try await Task.sleep(until: due) }
+                                }
                             }
-                        }
-                        return count
+                        } catch { stop = "error: \(error)" }
+                        return (count, stop)
                     }
                 }
-                return await group.reduce(0, +)
+                return await group.reduce(into: [(Int, String)]()) { $0.append($1) }
             }
+            let sent = results.map(\.0).reduce(0, +)
+            let stops = Dictionary(grouping: results.map(\.1), by: { $0 }).mapValues(\.count)
+            if Set(stops.keys) != ["time"] { emit("  (flood connections ended by: \(stops))") }
             let elapsed = (ContinuousClock.now - start).seconds
             try await Task.sleep(for: .seconds(1))
             let cpu = (PairingBenchmark.cpuSeconds(pid: hub.processIdentifier) - cpuBefore) / elapsed * 100

@@ -20,7 +20,9 @@ struct DemoCommand: AsyncParsableCommand {
             device, claims it as an operator would and pairs the device (Noise XKpsk3); runs one device agent per
             device (MQTT 5 over mutual TLS 1.3, the hub pinned) streaming telemetry; runs one misbehaving device
             (a flood, a replayed request, malformed and oversized messages: refused, then quarantined); sends a
-            command to one device. It prints what happens and the dashboard's address, with the operator
+            command to one device; publishes a release through TUF that every agent installs into its inactive
+            slot, runs and commits once its health gate passes, except one device whose health probe fails and
+            which rolls back. It prints what happens and the dashboard's address, with the operator
             certificate exported as PKCS#12 to import in a browser. Ctrl-C (or --seconds) stops everything and
             removes the directory.
             """)
@@ -38,11 +40,29 @@ struct DemoCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // The demo tells its own story on stdout: the libraries' logs (the agents' update steps) stay quiet.
+        LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-demo-\(UUID().uuidString)")
             .path
         try SecretFiles.makePrivateDirectory(base)
-        defer { try? FileManager.default.removeItem(atPath: base) }
+        defer {
+            // Committed slots are made immutable (chattr +i as root): undone before the directory goes.
+            if let devices = FileManager.default.enumerator(atPath: base + "/devices") {
+                for case let path as String in devices where path.hasSuffix("/slots/a") || path.hasSuffix("/slots/b") {
+                    DirectorySlotStore.makeMutable(base + "/devices/" + path)
+                }
+            }
+            try? FileManager.default.removeItem(atPath: base)
+        }
+        // The update repository (TUF): offline root and targets keys here, the timestamp and snapshot keys online.
+        try Demo.bulwark(["tuf", "init", "--repo", base + "/repo", "--keys", base + "/keys"])
+        try SecretFiles.makePrivateDirectory(base + "/online")
+        for role in ["timestamp", "snapshot"] {
+            try FileManager.default.copyItem(atPath: "\(base)/keys/\(role).pem", toPath: "\(base)/online/\(role).pem")
+        }
         var configuration = HubConfiguration(dataDirectory: base + "/hub")
+        configuration.tufRepository = base + "/repo"
+        configuration.tufOnlineKeys = base + "/online"
         configuration.device.port = 0
         configuration.operatorAPI.port = 0
         configuration.pairing.port = 0
@@ -70,6 +90,7 @@ struct DemoCommand: AsyncParsableCommand {
                 Self.say("\(agents.count) agents connected over MQTT 5 (mutual TLS 1.3, the hub's key pinned)")
                 try await demo.misbehave()
                 try await demo.command(agents[0])
+                try await demo.release(agents)
                 try demo.exportOperator()
                 try await Self.waitForStop(seconds)
                 Self.say("stopping")
@@ -130,6 +151,13 @@ struct Demo: Sendable {
             configuration.inventoryIntervalSeconds = 0
             configuration.trustRefreshSeconds = 0
             configuration.updates.intervalSeconds = 0
+            configuration.updates.payload = ["{slot}/bin/app"]
+            // demo-02's own health probe fails (say, its sensor is broken): it will roll the release back.
+            configuration.updates.healthCommand = index == 2 ? ["/bin/sh", "-c", "exit 1"] : ["{slot}/bin/health"]
+            configuration.updates.healthIntervalSeconds = 0.5
+            configuration.updates.healthWindowSeconds = 3
+            configuration.updates.trialAttempts = 1
+            configuration.updates.restartInitialSeconds = 0.2
             let name = id.rawValue
             agents.append(
                 try Agent(
@@ -145,6 +173,59 @@ struct Demo: Sendable {
             "paired \(count) devices from their labels (claimed by the operator, Noise XKpsk3 on P-256): each holds a "
                 + "certificate for its id, the hub's pins and an identity resolving key")
         return agents
+    }
+
+    /// Runs this binary (`/proc/self/exe`) with `arguments`, as an operator would run `bulwark`.
+    static func bulwark(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        let errors = Pipe()
+        process.standardError = errors
+        try process.run()
+        let detail = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw DemoError(
+                "bulwark \(arguments.prefix(2).joined(separator: " ")) failed: \(String(decoding: detail, as: UTF8.self))")
+        }
+    }
+
+    /// A release through TUF to the whole fleet: each agent installs it into its inactive slot, runs it and commits
+    /// it once its health gate passes; demo-02's probe fails and it rolls back to what it ran before (nothing).
+    func release(_ agents: [Agent]) async throws {
+        let tree = base + "/build"
+        try FileManager.default.createDirectory(atPath: tree + "/bin", withIntermediateDirectories: true)
+        try "#!/bin/sh\nexec sleep 86400\n".write(
+            toFile: tree + "/bin/app", atomically: true, encoding: .utf8)
+        try "#!/bin/sh\nexit 0\n".write(toFile: tree + "/bin/health", atomically: true, encoding: .utf8)
+        chmod(tree + "/bin/app", 0o755)
+        chmod(tree + "/bin/health", 0o755)
+        let archive = base + "/sensor-app-1.0.tar"
+        let tar = Process()
+        tar.executableURL = URL(fileURLWithPath: "/usr/bin/tar")
+        tar.arguments = ["--format=ustar", "-cf", archive, "-C", tree, "."]
+        try tar.run()
+        tar.waitUntilExit()
+        try Self.bulwark(["tuf", "add-target", "--repo", base + "/repo", "--security-version", "1", archive])
+        try Self.bulwark(["tuf", "publish", "--repo", base + "/repo", "--keys", base + "/keys"])
+        let assigned = try await operatorRequest("PUT", "/v1/updates/default", ["target": "sensor-app-1.0.tar"])
+        DemoCommand.say(
+            "release sensor-app-1.0.tar signed into the TUF repository and assigned to the fleet: \(assigned.status)")
+        let outcomes = await withTaskGroup(of: (String, String).self) { group in
+            for agent in agents {
+                group.addTask { (await agent.status.deviceID, await agent.checkForUpdates()) }
+            }
+            return await group.reduce(into: [(String, String)]()) { $0.append($1) }
+        }
+        let committed = outcomes.filter { $0.1.hasPrefix("committed") }.count
+        DemoCommand.say(
+            "  \(committed) of \(agents.count) devices verified it through TUF, installed it into their inactive slot, "
+                + "ran it and committed it once their health gate passed")
+        for (device, outcome) in outcomes.sorted(by: { $0.0 < $1.0 }) where !outcome.hasPrefix("committed") {
+            DemoCommand.say("  \(device): \(outcome)")
+        }
     }
 
     func waitConnected(_ agents: [Agent]) async throws -> Bool {
