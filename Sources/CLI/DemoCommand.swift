@@ -188,7 +188,8 @@ struct Demo: Sendable {
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
             throw DemoError(
-                "bulwark \(arguments.prefix(2).joined(separator: " ")) failed: \(String(decoding: detail, as: UTF8.self))")
+                "bulwark \(arguments.prefix(2).joined(separator: " ")) failed: \(String(decoding: detail, as: UTF8.self))"
+            )
         }
     }
 

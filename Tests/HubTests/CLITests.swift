@@ -101,6 +101,7 @@ extension CLITests {
         for expected in [
             "paired 3 devices", "3 agents connected", "refused 429", "then 401", "a 70 KB message: 413",
             "quarantined: every request now 403", "demo-01 ran the command \"blink\"", "/ui", "operator.p12",
+            "2 of 3 devices verified it through TUF", "demo-02: rolled back sensor-app-1.0.tar",
             "removed",
         ] {
             #expect(out.contains(expected), "missing \(expected) in \(out)")
