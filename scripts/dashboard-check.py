@@ -119,7 +119,11 @@ def main():
             page.click("button[data-action=revoke]")
             check(page.locator("#confirm").is_visible(), "no confirmation step before revoking")
             page.click("#confirm-yes")
-            page.wait_for_function("document.getElementById('status').textContent.startsWith('Revoked')", timeout=5000)
+            try:
+                page.wait_for_function(
+                    "document.getElementById('status').textContent.startsWith('Revoked')", timeout=15000)
+            except Exception:
+                check(False, "revoking through the UI did not say so")
             seen["status"] = page.locator("#status").inner_text()
             page.goto(url + "/ui/devices/" + device)
             seen["deviceStatus"] = page.locator("#device-status").inner_text()

@@ -7,6 +7,7 @@ import Hub
 import HubClient
 import Logging
 import Pairing
+import Synchronization
 import UnixSignals
 import X509
 
@@ -44,16 +45,11 @@ struct DemoCommand: AsyncParsableCommand {
         LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-demo-\(UUID().uuidString)")
             .path
+        // Signals are trapped from the start: Ctrl-C at any step takes the one way out below (a signal that killed
+        // the process would leave the directory, with the CA's and the repository's keys, behind).
+        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
         try SecretFiles.makePrivateDirectory(base)
-        defer {
-            // Committed slots are made immutable (chattr +i as root): undone before the directory goes.
-            if let devices = FileManager.default.enumerator(atPath: base + "/devices") {
-                for case let path as String in devices where path.hasSuffix("/slots/a") || path.hasSuffix("/slots/b") {
-                    DirectorySlotStore.makeMutable(base + "/devices/" + path)
-                }
-            }
-            try? FileManager.default.removeItem(atPath: base)
-        }
+        defer { Self.remove(base) }
         // The update repository (TUF): offline root and targets keys here, the timestamp and snapshot keys online.
         try Demo.bulwark(["tuf", "init", "--repo", base + "/repo", "--keys", base + "/keys"])
         try SecretFiles.makePrivateDirectory(base + "/online")
@@ -79,41 +75,68 @@ struct DemoCommand: AsyncParsableCommand {
             certificateFile: base + "/hub/operators/admin.crt", keyFile: base + "/hub/operators/admin.key",
             caFile: base + "/hub/ca.crt")
         let demo = Demo(base: base, ports: ports, operatorCredentials: operatorCredentials)
+        let started = StartedAgents()
+        let devices = devices
+        let seconds = seconds
+        var failure: (any Error)?
         do {
-            let agents = try await demo.pairAndConnect(devices)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for agent in agents { group.addTask { try await agent.run() } }
-                group.addTask { try await demo.streamTelemetry(agents) }
-                guard try await demo.waitConnected(agents) else {
-                    throw CleanExit.message("bulwark: the simulated devices did not connect", code: 1)
+            // Whichever ends first: the demo (after --seconds) or a signal, at any step.
+            try await withThrowingTaskGroup(of: Void.self) { outer in
+                outer.addTask {
+                    for await _ in signals { return }
                 }
-                Self.say("\(agents.count) agents connected over MQTT 5 (mutual TLS 1.3, the hub's key pinned)")
-                try await demo.misbehave()
-                try await demo.command(agents[0])
-                try await demo.release(agents)
-                try demo.exportOperator()
-                try await Self.waitForStop(seconds)
-                Self.say("stopping")
-                for agent in agents { await agent.stop() }
-                group.cancelAll()
+                outer.addTask {
+                    let agents = try await demo.pairAndConnect(devices)
+                    started.set(agents)
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for agent in agents { group.addTask { try await agent.run() } }
+                        group.addTask { try await demo.streamTelemetry(agents) }
+                        guard try await demo.waitConnected(agents) else {
+                            throw DemoError("the simulated devices did not connect")
+                        }
+                        Self.say("\(agents.count) agents connected over MQTT 5 (mutual TLS 1.3, the hub's key pinned)")
+                        try await demo.misbehave()
+                        try await demo.command(agents[0])
+                        try await demo.release(agents)
+                        try demo.exportOperator()
+                        if let seconds {
+                            try await Task.sleep(for: .seconds(seconds))
+                        } else {
+                            while true { try await Task.sleep(for: .seconds(3600)) }
+                        }
+                        group.cancelAll()
+                    }
+                }
+                _ = try await outer.next()
+                outer.cancelAll()
             }
-        } catch is CancellationError {}
+        } catch is CancellationError {
+        } catch {
+            failure = error
+        }
+        // One way out, however the demo ended: agents (and their payloads) stopped, the hub shut down, the
+        // directory (keys included) removed.
+        Self.say("stopping")
+        await withTaskGroup(of: Void.self) { group in
+            for agent in started.agents { group.addTask { await agent.stop() } }
+        }
         await server.shutdown()
         try? await hub.value
-        Self.say("stopped; \(base) removed")
+        Self.remove(base)
+        Self.say(
+            FileManager.default.fileExists(atPath: base)
+                ? "stopped; could not remove \(base)" : "stopped; \(base) removed")
+        if let failure { throw CleanExit.message("bulwark: demo failed: \(failure)", code: 1) }
     }
 
-    /// Until `seconds` pass, or SIGINT/SIGTERM.
-    static func waitForStop(_ seconds: Int?) async throws {
-        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                for await _ in signals { return }
+    /// Removes the demo's directory; committed slots are made immutable (chattr +i as root): undone first.
+    static func remove(_ base: String) {
+        if let devices = FileManager.default.enumerator(atPath: base + "/devices") {
+            for case let path as String in devices where path.hasSuffix("/slots/a") || path.hasSuffix("/slots/b") {
+                DirectorySlotStore.makeMutable(base + "/devices/" + path)
             }
-            if let seconds { group.addTask { try await Task.sleep(for: .seconds(seconds)) } }
-            _ = try await group.next()
-            group.cancelAll()
         }
+        try? FileManager.default.removeItem(atPath: base)
     }
 }
 
@@ -209,9 +232,11 @@ struct Demo: Sendable {
         tar.arguments = ["--format=ustar", "-cf", archive, "-C", tree, "."]
         try tar.run()
         tar.waitUntilExit()
+        guard tar.terminationStatus == 0 else { throw DemoError("tar could not make the release archive") }
         try Self.bulwark(["tuf", "add-target", "--repo", base + "/repo", "--security-version", "1", archive])
         try Self.bulwark(["tuf", "publish", "--repo", base + "/repo", "--keys", base + "/keys"])
         let assigned = try await operatorRequest("PUT", "/v1/updates/default", ["target": "sensor-app-1.0.tar"])
+        guard assigned.status == 200 else { throw DemoError("assigning the release failed: \(assigned.status)") }
         DemoCommand.say(
             "release sensor-app-1.0.tar signed into the TUF repository and assigned to the fleet: \(assigned.status)")
         let outcomes = await withTaskGroup(of: (String, String).self) { group in
@@ -354,14 +379,21 @@ struct Demo: Sendable {
         DemoCommand.say("dashboard: https://localhost:\(ports.operator)/ui")
         if exported {
             DemoCommand.say(
-                "  import \(bundle) in your browser (password in \(passwordFile)) and trust \(base)/hub/ca.crt; "
-                    + "the certificate is the login")
+                "  import \(bundle) into a throwaway browser profile (password in \(passwordFile)) and trust "
+                    + "\(base)/hub/ca.crt there only (a demo CA); the certificate is the login")
         } else {
             DemoCommand.say(
                 "  present \(base)/hub/operators/admin.crt and .key (no openssl found to make a PKCS#12 bundle)")
         }
         DemoCommand.say("Ctrl-C stops the demo and removes \(base)")
     }
+}
+
+/// The agents once paired, for the way out (whatever step the demo was at).
+final class StartedAgents: Sendable {
+    private let list = Mutex<[Agent]>([])
+    var agents: [Agent] { list.withLock { $0 } }
+    func set(_ agents: [Agent]) { list.withLock { $0 = agents } }
 }
 
 struct DemoError: Error, CustomStringConvertible {

@@ -28,6 +28,8 @@ struct Dashboard {
     let updatesConfigured: Bool
     let library: MustacheLibrary
     let streams = StreamSlots(total: 64, perPeer: 4)
+    /// The audit page verifies the whole log: one verification at a time, however many tabs (or links) ask.
+    let verifications = StreamSlots(total: 1, perPeer: 1)
 
     static let contentSecurityPolicy =
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -294,6 +296,12 @@ struct Dashboard {
     /// The chain verified now, with the hub's audit key (as `bulwark audit verify` does).
     func audit(_ context: HubRequestContext) async throws -> Response {
         try Self.requireOperator(context)
+        guard verifications.acquire("") else {
+            throw HubError(
+                .serviceUnavailable, "busy", message: "the audit log is being verified; reload in a moment",
+                detail: "audit page: a verification is already running", event: nil)
+        }
+        defer { verifications.release("") }
         var records: [AuditRecord] = []
         while true {
             let next = try await routes.store.auditRecords(after: records.last?.sequence ?? 0, limit: 10_000)

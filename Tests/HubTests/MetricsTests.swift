@@ -83,11 +83,12 @@ import X509
         }
         let application = try hub.issue(.application(try OperatorName("dash")), now: Date(), days: 1)
         await #expect(throws: (any Error).self) { _ = try await Self.get(hub, application, "/metrics") }
-        // The monitor's refusals are audited under its identity, once a minute (not one record per request).
+        // The monitor's refusals are audited under its identity, once a (calendar) minute, not one record per
+        // request: one, or two when the requests straddled a minute.
         let denied = try await hub.securityEvents().filter {
             $0.kind == "access-denied" && $0.identity == "urn:bulwark:monitor:prometheus"
         }
-        #expect(denied.count == 1)
+        #expect((1...2).contains(denied.count), "\(denied.count)")
 
         // Revoking the monitor's certificate ends its access at once; a device's certificate and the operator's own
         // are not revoked this way.
