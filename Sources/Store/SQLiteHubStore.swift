@@ -556,7 +556,9 @@ public final class SQLiteHubStore: HubStore {
                 switch query.sort {
                 case .id: "d.id"
                 case .status: "d.status"
-                case .lastSeen: lastMessage
+                // The newest message's id orders as its receipt time does (ids grow as messages are stored) and is
+                // read from the (device_id, id) index alone, without touching the table.
+                case .lastSeen: "(SELECT MAX(id) FROM telemetry WHERE device_id = d.id)"
                 case .expiry: "d.cert_not_after"
                 }
             // The page's devices first (only the sort key is computed for every device), then the rest of their
