@@ -184,12 +184,8 @@ public actor InMemoryHubStore: HubStore {
         var rows: [DeviceOverview] = []
         let search = (query.search ?? "").lowercased()
         var lastSeen: [DeviceID: Date] = [:]
-        var newest: [DeviceID: Int64] = [:]
-        // As the SQLite store: the time of the device's newest stored message (highest id), which also orders it.
-        for record in telemetryRecords {
-            lastSeen[record.deviceID] = record.receivedAt
-            newest[record.deviceID] = record.id
-        }
+        // As the SQLite store: the time of the device's newest stored message.
+        for record in telemetryRecords { lastSeen[record.deviceID] = record.receivedAt }
         for record in deviceRecords.values {
             if !search.isEmpty, !record.id.rawValue.lowercased().contains(search) { continue }
             if let status = query.status, record.status != status { continue }
@@ -209,7 +205,7 @@ public actor InMemoryHubStore: HubStore {
             switch query.sort {
             case .id: nil
             case .status: row.status == .active ? 0 : 1
-            case .lastSeen: newest[row.id].map(Double.init)
+            case .lastSeen: row.lastSeen?.timeIntervalSince1970
             case .expiry: row.certificateNotAfter?.timeIntervalSince1970
             }
         }
