@@ -243,7 +243,7 @@ struct AuditCommand: AsyncParsableCommand {
             }
             let key = try keys.loadKey()
             let store = try openStore(keys.data)
-            let records = try await allRecords(store)
+            let records = try await store.allAuditRecords()
             try await store.close()
             let summary: AuditChain.Summary
             switch AuditChain.verify(records, key: key, anchors: checkpoints) {
@@ -299,7 +299,7 @@ struct AuditCommand: AsyncParsableCommand {
             }
             let store = try openStore(keys.data)
             try await store.setAuditKey(key)
-            let records = try await allRecords(store)
+            let records = try await store.allAuditRecords()
             if case .failure(let failure) = AuditChain.verify(records, key: key) {
                 try await store.close()
                 throw CleanExit.message(
@@ -353,15 +353,6 @@ private func openStore(_ directory: String) throws -> SQLiteHubStore {
 }
 
 private func hexPrefix(_ bytes: [UInt8]) -> String { AuditChain.hex(bytes.prefix(8)) }
-
-private func allRecords(_ store: SQLiteHubStore) async throws -> [AuditRecord] {
-    var records: [AuditRecord] = []
-    while true {
-        let page = try await store.auditRecords(after: records.last?.sequence ?? 0, limit: 10_000)
-        if page.isEmpty { return records }
-        records += page
-    }
-}
 
 /// The public key that signs anchors: the one in the hub CA certificate.
 private func anchorPublicKey(_ certificateFile: String) throws -> P256.Signing.PublicKey {

@@ -27,9 +27,9 @@ struct Dashboard {
     let auditKey: AuditKey?
     let updatesConfigured: Bool
     let library: MustacheLibrary
-    let streams = StreamSlots(total: 64, perPeer: 4)
+    let streams = Slots<String>(total: 64, perHolder: 4)
     /// The audit page verifies the whole log: one verification at a time, however many tabs (or links) ask.
-    let verifications = StreamSlots(total: 1, perPeer: 1)
+    let verifications = Slots<String>(total: 1, perHolder: 1)
 
     static let contentSecurityPolicy =
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -285,11 +285,8 @@ struct Dashboard {
 
     /// One record as a JSON object (JSONSerialization escapes every string; the browser reads it as text).
     static func eventJSON(_ event: SecurityEvent) -> String {
-        let object: [String: Any] = [
-            "id": event.id ?? 0, "at": time(event.at), "kind": event.kind, "identity": event.identity ?? "",
-            "detail": event.detail,
-        ]
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        let data =
+            (try? JSONSerialization.data(withJSONObject: eventValues(event), options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)
     }
 
@@ -302,12 +299,7 @@ struct Dashboard {
                 detail: "audit page: a verification is already running", event: nil)
         }
         defer { verifications.release("") }
-        var records: [AuditRecord] = []
-        while true {
-            let next = try await routes.store.auditRecords(after: records.last?.sequence ?? 0, limit: 10_000)
-            records += next
-            if next.count < 10_000 { break }
-        }
+        let records = try await routes.store.allAuditRecords()
         var values: [String: Any] = [:]
         switch AuditChain.verify(records, key: auditKey) {
         case .success(let summary):
@@ -351,35 +343,6 @@ struct Dashboard {
     static func requireOperator(_ context: HubRequestContext) throws {
         guard case .operator = context.peer?.identity else {
             throw HubError.forbidden("the dashboard is for operators")
-        }
-    }
-}
-
-/// Live-event streams held open, in all and per certificate.
-final class StreamSlots: Sendable {
-    private let state = Mutex<(total: Int, perPeer: [String: Int])>((0, [:]))
-    let total: Int
-    let perPeer: Int
-
-    init(total: Int, perPeer: Int) {
-        self.total = total
-        self.perPeer = perPeer
-    }
-
-    func acquire(_ peer: String) -> Bool {
-        state.withLock { state in
-            guard state.total < total, state.perPeer[peer, default: 0] < perPeer else { return false }
-            state.total += 1
-            state.perPeer[peer, default: 0] += 1
-            return true
-        }
-    }
-
-    func release(_ peer: String) {
-        state.withLock { state in
-            state.total -= 1
-            let left = state.perPeer[peer, default: 1] - 1
-            state.perPeer[peer] = left > 0 ? left : nil
         }
     }
 }

@@ -203,7 +203,7 @@ public final class HubServer: Sendable {
                 UpdateRoutes(
                     repository: repository, gateway: gateway,
                     downloads: DownloadSlots(
-                        total: configuration.maxDownloads, perDevice: configuration.maxDownloadsPerDevice),
+                        total: configuration.maxDownloads, perHolder: configuration.maxDownloadsPerDevice),
                     assignments: assignments(repository)
                 ).register(on: $0)
             }

@@ -292,31 +292,34 @@ final class RootVersions: Sendable {
     }
 }
 
-/// Downloads in progress, per device and in all.
-final class DownloadSlots: Sendable {
-    private let state = Mutex<(total: Int, perDevice: [DeviceID: Int])>((0, [:]))
+/// Work in progress (downloads, live-event streams, audit verifications), bounded per holder and in all.
+final class Slots<Holder: Hashable & Sendable>: Sendable {
+    private let state = Mutex<(total: Int, perHolder: [Holder: Int])>((0, [:]))
     let total: Int
-    let perDevice: Int
+    let perHolder: Int
 
-    init(total: Int, perDevice: Int) {
+    init(total: Int, perHolder: Int) {
         self.total = total
-        self.perDevice = perDevice
+        self.perHolder = perHolder
     }
 
-    func acquire(_ device: DeviceID) -> Bool {
+    func acquire(_ holder: Holder) -> Bool {
         state.withLock { state in
-            guard state.total < total, state.perDevice[device, default: 0] < perDevice else { return false }
+            guard state.total < total, state.perHolder[holder, default: 0] < perHolder else { return false }
             state.total += 1
-            state.perDevice[device, default: 0] += 1
+            state.perHolder[holder, default: 0] += 1
             return true
         }
     }
 
-    func release(_ device: DeviceID) {
+    func release(_ holder: Holder) {
         state.withLock { state in
             state.total -= 1
-            let left = state.perDevice[device, default: 1] - 1
-            state.perDevice[device] = left > 0 ? left : nil
+            let left = state.perHolder[holder, default: 1] - 1
+            state.perHolder[holder] = left > 0 ? left : nil
         }
     }
 }
+
+/// Downloads in progress, per device and in all.
+typealias DownloadSlots = Slots<DeviceID>

@@ -108,3 +108,15 @@ public protocol HubStore: Sendable {
     func schemas() async throws -> [(String, [UInt8])]
     func close() async throws
 }
+
+extension HubStore {
+    /// The whole audit log in order, read in pages (for `AuditChain.verify`).
+    public func allAuditRecords() async throws -> [AuditRecord] {
+        var records: [AuditRecord] = []
+        while true {
+            let page = try await auditRecords(after: records.last?.sequence ?? 0, limit: 10_000)
+            if page.isEmpty { return records }
+            records += page
+        }
+    }
+}

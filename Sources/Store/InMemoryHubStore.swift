@@ -184,8 +184,14 @@ public actor InMemoryHubStore: HubStore {
         var rows: [DeviceOverview] = []
         let search = (query.search ?? "").lowercased()
         var lastSeen: [DeviceID: Date] = [:]
-        // As the SQLite store: the time of the device's newest stored message.
+        // As the SQLite store: the time of the device's newest stored message, and its newest live certificate's
+        // end (each gathered in one pass, not per device).
         for record in telemetryRecords { lastSeen[record.deviceID] = record.receivedAt }
+        var certificateEnd: [DeviceID: Date] = [:]
+        for record in certificateRecords.values where record.revokedAt == nil {
+            guard let device = record.deviceID else { continue }
+            certificateEnd[device] = max(certificateEnd[device] ?? .distantPast, record.notAfter)
+        }
         for record in deviceRecords.values {
             if !search.isEmpty, !record.id.rawValue.lowercased().contains(search) { continue }
             if let status = query.status, record.status != status { continue }
@@ -194,9 +200,7 @@ public actor InMemoryHubStore: HubStore {
             row.installedVersion = updates[record.id]?.installedVersion
             row.lastStep = updates[record.id]?.lastStep
             row.quarantinedUntil = quarantineRecords[record.id]
-            row.certificateNotAfter =
-                certificateRecords.values.filter { $0.deviceID == record.id && $0.revokedAt == nil }.map(\.notAfter)
-                .max()
+            row.certificateNotAfter = certificateEnd[record.id]
             row.lastSeen = lastSeen[record.id]
             rows.append(row)
         }

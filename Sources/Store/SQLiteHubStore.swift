@@ -266,6 +266,10 @@ public final class SQLiteHubStore: HubStore {
                     END;
                     """)
         }
+        migrator.registerMigration("v16: the v12 expiry index is unused since v14") { db in
+            // Expiry is read from devices.cert_not_after (v14): the partial index on certificates only cost writes.
+            try db.execute(sql: "DROP INDEX certificates_expiry")
+        }
         return migrator
     }
 
