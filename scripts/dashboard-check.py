@@ -125,7 +125,14 @@ def main():
             except Exception:
                 check(False, "revoking through the UI did not say so")
             seen["status"] = page.locator("#status").inner_text()
-            page.goto(url + "/ui/devices/" + device)
+            # The page reloads itself 300 ms after an action succeeds; a navigation of ours that meets that reload
+            # is aborted (net::ERR_ABORTED on a loaded run), so let it land first and retry once if they still meet.
+            page.wait_for_timeout(1000)
+            try:
+                page.goto(url + "/ui/devices/" + device)
+            except Exception:
+                page.wait_for_timeout(1000)
+                page.goto(url + "/ui/devices/" + device)
             seen["deviceStatus"] = page.locator("#device-status").inner_text()
             check(seen["deviceStatus"] == "revoked", "the device page does not say revoked")
 

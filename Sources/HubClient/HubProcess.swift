@@ -72,6 +72,21 @@ public final class HubProcess: Sendable {
         process.waitUntilExit()
         return process.terminationStatus
     }
+
+    /// Waits for the exit without blocking a thread of the concurrency pool (a hub stopping after SIGTERM can take
+    /// seconds, and the pool has as many threads as cores).
+    public func exitStatus() async -> Int32 { await process.exitStatus() }
+}
+
+extension Process {
+    /// The termination status, awaited by polling: `waitUntilExit` would hold a thread of the concurrency pool.
+    public func exitStatus() async -> Int32 {
+        while isRunning {
+            guard (try? await Task.sleep(for: .milliseconds(10))) != nil else { break }
+        }
+        waitUntilExit()
+        return terminationStatus
+    }
 }
 
 extension Process {

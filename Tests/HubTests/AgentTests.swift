@@ -158,7 +158,7 @@ import X509
         let first = try start()
         try await sendAll(0..<40)
         kill(first.processIdentifier, SIGKILL)
-        first.waitUntilExit()
+        _ = await first.exitStatus()
         let second = try start()
         try await sendAll(40..<60)
         let id = try DeviceID("ag-2")
@@ -173,7 +173,7 @@ import X509
         #expect(!kinds.contains("replay"), "a resend after the kill is not refused as a replay")
         // SIGTERM: a clean stop.
         kill(second.processIdentifier, SIGTERM)
-        second.waitUntilExit()
+        _ = await second.exitStatus()
         #expect(second.terminationStatus == 0)
         #expect(!FileManager.default.fileExists(atPath: state + "/agent.sock"))
         try await hub.stop()

@@ -157,11 +157,12 @@ import X509
         async let streamed = run(
             curl,
             [
-                "-s", "-N", "--max-time", "3", "--cacert", directory + "/ca.crt", "--cert",
+                "-s", "-N", "--max-time", "8", "--cacert", directory + "/ca.crt", "--cert",
                 directory + "/operators/admin.crt", "--key", directory + "/operators/admin.key",
                 "https://localhost:\(hub.operatorPort)/ui/events/stream?after=\(head)",
-            ], timeout: 10)
-        try await Task.sleep(for: .milliseconds(800))
+            ], timeout: 20)
+        // The stream polls the store every 250 ms; on a loaded run its connection can take a second or two.
+        try await Task.sleep(for: .milliseconds(1500))
         let signed = try device.credentials.signer().sign(
             method: "POST", path: "/v1/telemetry", body: [123, 125], created: Int64(Date().timeIntervalSince1970),
             contentType: "application/json")

@@ -36,10 +36,10 @@ import Testing
     /// keep-alive connection were all held. Each phase has a deadline now, and a source has a connection cap.
     @Test func slowConnectionsAreCutAndCapped() async throws {
         let hub = try await TestHub.start {
-            // Two seconds: short, yet long enough for this test's own steps on a loaded run.
-            $0.httpLimits.handshakeSeconds = 2
-            $0.httpLimits.headerSeconds = 2
-            $0.httpLimits.idleSeconds = 2
+            // Five seconds: short, yet long enough for this test's own steps on a loaded run (one core, every suite).
+            $0.httpLimits.handshakeSeconds = 5
+            $0.httpLimits.headerSeconds = 5
+            $0.httpLimits.idleSeconds = 5
             $0.httpLimits.maxConnectionsPerSource = 10
         }
         let device = try await hub.enroll("slow-a")
@@ -55,8 +55,9 @@ import Testing
         #expect(idle.filter { $0.isClosed }.count >= 20, "beyond the per-source cap: closed before TLS")
         let (status, elapsed) = try await Self.served(hub, witness)
         #expect(status == 202)
-        // Well before the 2-s handshake deadline the held connections wait for (with slack for a loaded test run).
-        #expect(elapsed < .milliseconds(1500), "a legitimate device is served meanwhile in \(elapsed)")
+        // Well before the 5-s handshake deadline the held connections wait for (with slack for a loaded test run:
+        // 1.56 s on one core with every suite running).
+        #expect(elapsed < .milliseconds(3500), "a legitimate device is served meanwhile in \(elapsed)")
 
         // An mTLS connection whose head stops half-way (the X-Slow attack).
         let slowHead = try await RawConnection.open(port: hub.devicePort, tls: tls)
@@ -67,7 +68,7 @@ import Testing
         await keptAlive.wait(until: { $0.contains("\r\n\r\n") })
         #expect(keptAlive.text.hasPrefix("HTTP/1.1 200"))
 
-        try await Task.sleep(for: .milliseconds(3_000))
+        try await Task.sleep(for: .milliseconds(6_500))
         #expect(idle.allSatisfy { $0.isClosed }, "handshake deadline")
         #expect(slowHead.isClosed, "request-head deadline")
         #expect(keptAlive.isClosed, "idle keep-alive deadline")
@@ -245,8 +246,9 @@ import Testing
                 topic: try TopicName("devices/mqf-2/telemetry"), payload: Array(#"{"t":1}"#.utf8))
         }
         #expect(reason == 0)
-        // Not held up behind the flood; the bound leaves room for a loaded run (a fresh-clone run took 1.05 s).
-        #expect(clock.now - start < .milliseconds(2000))
+        // Not held up behind the flood (10,000 filters); the bound leaves room for a loaded run (a fresh-clone run took
+        // 1.05 s, one core with every suite running 2.55 s).
+        #expect(clock.now - start < .milliseconds(5000))
 
         // One identity cannot open sessions without end: an operator's 17th client id is refused, a known one resumes.
         let admin = try hub.operatorClient()

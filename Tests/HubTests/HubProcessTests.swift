@@ -62,7 +62,7 @@ import Testing
         let hub = try HubProcess(binary: try Self.binary, directory: directory)
         _ = try await hub.waitForPorts()
         hub.terminate()
-        #expect(hub.wait() == 0)
+        #expect(await hub.exitStatus() == 0)
         chmod(directory + "/ca.key", 0o644)
         let result = try await run(try Self.binary, ["serve", "--data", directory], timeout: 20)
         #expect(result.status == 78)
@@ -79,7 +79,7 @@ import Testing
         let hub = try HubProcess(binary: try Self.binary, directory: directory)
         _ = try await hub.waitForPorts()
         hub.terminate()
-        #expect(hub.wait() == 0)
+        #expect(await hub.exitStatus() == 0)
         #expect(hub.log.contains("hub stopped"))
     }
 
@@ -142,7 +142,7 @@ import Testing
             }
             try await group.waitForAll()
         }
-        let status = hub.wait()
+        let status = await hub.exitStatus()
         if expectCleanExit {
             #expect(status == 0, "graceful shutdown exits 0")
             #expect(hub.log.contains("hub stopped"))

@@ -134,7 +134,7 @@ import Testing
                 progress.stop.store(true, ordering: .relaxed)
             }
         }
-        _ = hub.wait()
+        _ = await hub.exitStatus()
         let acked = progress.acknowledged.withLock { $0 }
         #expect(acked.count >= 300)
         let store = try SQLiteHubStore(path: directory + "/bulwark.sqlite")

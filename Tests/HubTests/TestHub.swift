@@ -33,6 +33,13 @@ final class TestHub: Sendable {
         configuration.pairing.port = 0
         configuration.mqtt.port = 0
         configuration.maxBodyBytes = maxBodyBytes
+        // The phase deadlines are a defence against held connections, tested where a test sets them. Elsewhere they
+        // are generous: a whole suite in one process on two loaded cores can take seconds to finish a handshake, and
+        // a cut connection there fails a test about something else.
+        configuration.httpLimits.handshakeSeconds = 30
+        configuration.httpLimits.headerSeconds = 30
+        configuration.pairingSettings.helloSeconds = 30
+        configuration.mqttSettings.connectDeadlineSeconds = 30
         configure(&configuration)
         let server = try await HubServer.make(
             configuration: configuration, store: store,

@@ -42,18 +42,24 @@ import Testing
             self.process = process
         }
 
-        func kill9() {
+        func kill9() async {
             guard let process else { return }
             kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            _ = await process.exitStatus()
         }
 
         /// SIGTERM: the agent stops its payload and exits 0.
-        func stop() -> Int32? {
+        func stop() async -> Int32? {
             guard let process, process.isRunning else { return nil }
             kill(process.processIdentifier, SIGTERM)
+            return await process.exitStatus()
+        }
+
+        /// `stop()` for a `defer`, which cannot await: it holds a thread until the agent has gone.
+        func stopBlocking() {
+            guard let process, process.isRunning else { return }
+            kill(process.processIdentifier, SIGTERM)
             process.waitUntilExit()
-            return process.terminationStatus
         }
 
         var update: [String: Any] {
@@ -100,7 +106,7 @@ import Testing
         }
         defer {
             for agent in agents {
-                _ = agent.stop()
+                agent.stopBlocking()
                 UpdateAgentTests.release(agent.state)
             }
         }
@@ -153,7 +159,7 @@ import Testing
 
         // SIGTERM: the agent stops its payload and exits cleanly.
         let payload = UpdateAgentTests.running(agents[1].marker)?.pid
-        #expect(agents[1].stop() == 0)
+        #expect(await agents[1].stop() == 0)
         if let payload { #expect(await AgentTests.eventually(5) { kill(payload, 0) != 0 }) }
         try await hub.stop()
     }
@@ -168,7 +174,7 @@ import Testing
             atPath: repository.path + "/metadata/root.json", toPath: state + "/trust/root.json")
         let agent = try Self.configure(hub, state: state, interval: 1)
         defer {
-            _ = agent.stop()
+            agent.stopBlocking()
             UpdateAgentTests.release(state)
         }
 
@@ -182,7 +188,7 @@ import Testing
             let size =
                 (try? FileManager.default.attributesOfItem(atPath: state + "/slots/a.part")[.size] as? Int64) ?? 0
             if size >= Int64(v2.count / 3) {
-                agent.kill9()
+                await agent.kill9()
                 onDisk =
                     (try? FileManager.default.attributesOfItem(atPath: state + "/slots/a.part")[.size] as? Int64) ?? 0
                 break
@@ -204,7 +210,7 @@ import Testing
         #expect(await AgentTests.eventually(60) { agent.update["trial"] as? String == "b" })
         #expect(await AgentTests.eventually(10) { UpdateAgentTests.running(agent.marker)?.release == "app-v3" })
         let orphan = UpdateAgentTests.running(agent.marker)?.pid
-        agent.kill9()
+        await agent.kill9()
         try agent.start()
         #expect(await AgentTests.eventually(60) { agent.update["activeVersion"] as? String == "app-v3.tar" })
         if let orphan { #expect(kill(orphan, 0) != 0, "the payload the killed agent left was stopped") }
@@ -212,14 +218,14 @@ import Testing
         #expect(agent.update["floor"] as? Int == 3)
 
         // v4 with one attempt only: killed during its trial, the restart rolls back to v3.
-        _ = agent.stop()
+        _ = await agent.stop()
         let single = try Self.configure(hub, state: state, interval: 1, attempts: 1)
-        defer { _ = single.stop() }
+        defer { single.stopBlocking() }
         try await UpdateAgentTests.publish(repository, "app-v4", security: 4, health: .slow)
         try await hub.server.store.setAssignment(.fleet, target: "app-v4.tar")
         try single.start()
         #expect(await AgentTests.eventually(60) { single.update["trial"] as? String == "a" })
-        single.kill9()
+        await single.kill9()
         try single.start()
         // (The check that follows the start then refuses v4 as rolled back before: the audit log keeps both.)
         #expect(
