@@ -56,10 +56,13 @@ let package = Package(
             ]
         ),
         // Pure: the admission pipeline shared by HTTP and MQTT.
+        // Pure, no Foundation: the one strict JSON parser (I-JSON for messages, TUF's profile for metadata), the value
+        // type and canonical JSON.
+        .target(name: "JSON"),
         .target(
             name: "Gateway",
             dependencies: [
-                "Core", .product(name: "Crypto", package: "swift-crypto"),
+                "Core", "JSON", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "RawStructuredFieldValues", package: "swift-http-structured-headers"),
             ]
         ),
@@ -67,7 +70,7 @@ let package = Package(
         .target(
             name: "TUF",
             dependencies: [
-                .product(name: "Crypto", package: "swift-crypto"),
+                "JSON", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),
@@ -90,7 +93,7 @@ let package = Package(
         .target(
             name: "TUFRepository",
             dependencies: [
-                "TUF", "PKCS11",
+                "TUF", "JSON", "PKCS11",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
@@ -99,13 +102,14 @@ let package = Package(
         .target(
             name: "TUFCommands",
             dependencies: [
-                "TUF", "TUFRepository", "PKCS11", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "TUF", "TUFRepository", "JSON", "PKCS11",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(name: "TUFBench", dependencies: ["TUF", "TUFRepository"]),
         // Pure: the vulnerability gate's rules: version order per ecosystem, package URLs, CVSS v3.1, OSV records,
         // CycloneDX SBOM and VEX, and the gate's decision over them.
-        .target(name: "Advisories", dependencies: ["TUF", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "Advisories", dependencies: ["TUF", "JSON", .product(name: "Crypto", package: "swift-crypto")]),
         // Pure: Noise XKpsk3 pairing handshake, its suites, and the pairing state machines.
         .target(
             name: "Pairing",
@@ -130,7 +134,7 @@ let package = Package(
             name: "Hub",
             dependencies: [
                 "Core", "PKI", "Gateway", "Store", "Pairing", "MQTT", "TUF", "TUFRepository", "HubClient", "PKCS11",
-                "Advisories",
+                "Advisories", "JSON",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -152,7 +156,7 @@ let package = Package(
         .target(
             name: "HubClient",
             dependencies: [
-                "Core", "PKI", "Pairing", "MQTT", "Gateway", "CTLSPolicy",
+                "Core", "PKI", "Pairing", "MQTT", "Gateway", "JSON", "CTLSPolicy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -180,7 +184,7 @@ let package = Package(
             name: "CLI",
             dependencies: [
                 "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "Gateway", "TUFCommands", "Agent", "PKCS11",
-                "Advisories", "TUF", "TUFRepository",
+                "Advisories", "TUF", "TUFRepository", "JSON",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ZIPFoundation", package: "ZIPFoundation"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -206,7 +210,7 @@ let package = Package(
             name: "BulwarkBench",
             dependencies: [
                 "AllocationCounter", "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT", "Gateway", "Agent",
-                "TUFRepository", "PKCS11", "Advisories",
+                "TUFRepository", "PKCS11", "Advisories", "JSON",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -218,19 +222,20 @@ let package = Package(
             ]
         ),
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
+        .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "TUF"]),
         .testTarget(
             name: "PKCS11Tests", dependencies: ["PKCS11", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "PKITests", dependencies: ["PKI", .product(name: "X509", package: "swift-certificates")]),
         .testTarget(
             name: "GatewayTests",
-            dependencies: ["Gateway", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Gateway", "JSON", .product(name: "Crypto", package: "swift-crypto")],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(
             name: "TUFTests",
             dependencies: [
-                "TUF", "TUFClient", "TUFRepository",
+                "TUF", "JSON", "TUFClient", "TUFRepository",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -255,7 +260,7 @@ let package = Package(
             name: "HubTests",
             dependencies: [
                 "Hub", "HubClient", "Agent", "PKI", "Store", "Core", "Pairing", "Gateway", "TUFRepository",
-                "Advisories",
+                "Advisories", "JSON",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -2,7 +2,7 @@
 import PackageDescription
 
 // libFuzzer targets, kept out of the main package: a fuzz executable has no `main` of its own, so a normal
-// `swift build` of the main package could not link it. Sources/{MQTT,Core,Gateway,TUF,Pairing,PKI,PKCS11,CPKCS11,Advisories} are symbolic
+// `swift build` of the main package could not link it. Sources/{MQTT,Core,JSON,Gateway,TUF,Pairing,PKI,PKCS11,CPKCS11,Advisories} are symbolic
 // links to the real modules; their dependencies match ../Package.swift. See README.md and ../scripts/fuzz.
 //
 //   cd Fuzz && swift build --sanitize=fuzzer
@@ -27,6 +27,7 @@ let package = Package(
     targets: [
         // The modules under test, with the dependencies ../Package.swift gives them.
         .target(name: "Core", path: "Sources/Core"),
+        .target(name: "JSON", path: "Sources/JSON"),
         .target(
             name: "MQTT", dependencies: ["Core", .product(name: "NIOCore", package: "swift-nio")], path: "Sources/MQTT"),
         .target(name: "CPKCS11", path: "Sources/CPKCS11", linkerSettings: [.linkedLibrary("dl")]),
@@ -42,14 +43,14 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "Core", crypto,
+                "Core", "JSON", crypto,
                 .product(name: "RawStructuredFieldValues", package: "swift-http-structured-headers"),
             ],
             path: "Sources/Gateway"
         ),
         .target(
             name: "TUF",
-            dependencies: [crypto, .product(name: "_CryptoExtras", package: "swift-crypto")],
+            dependencies: ["JSON", crypto, .product(name: "_CryptoExtras", package: "swift-crypto")],
             path: "Sources/TUF"
         ),
         .target(
@@ -57,19 +58,18 @@ let package = Package(
             dependencies: ["Core", crypto, .product(name: "NIOCore", package: "swift-nio")],
             path: "Sources/Pairing"
         ),
-        .target(name: "Advisories", dependencies: ["TUF", crypto], path: "Sources/Advisories"),
+        .target(name: "Advisories", dependencies: ["TUF", "JSON", crypto], path: "Sources/Advisories"),
 
         // Shared by the fuzz entry points.
         .target(name: "FuzzSupport", dependencies: [crypto]),
-        .target(name: "GatewayFuzzSupport", dependencies: ["FuzzSupport", "Gateway"]),
 
         // The fuzz entry points; scripts/fuzz runs each on corpus/<name> (see README.md).
         fuzzTarget("MQTTDecoderFuzz", ["MQTT", .product(name: "NIOCore", package: "swift-nio")]),
-        fuzzTarget("StrictJSONFuzz", ["FuzzSupport", "GatewayFuzzSupport", "Gateway", "TUF"]),
-        fuzzTarget("TUFJSONFuzz", ["FuzzSupport", "TUF"]),
-        fuzzTarget("JSONSchemaFuzz", ["FuzzSupport", "GatewayFuzzSupport", "Gateway"]),
+        fuzzTarget("StrictJSONFuzz", ["FuzzSupport", "JSON"]),
+        fuzzTarget("TUFJSONFuzz", ["FuzzSupport", "TUF", "JSON"]),
+        fuzzTarget("JSONSchemaFuzz", ["FuzzSupport", "Gateway", "JSON"]),
         fuzzTarget("SignatureFieldsFuzz", ["FuzzSupport", "Gateway", crypto]),
-        fuzzTarget("TUFMetadataFuzz", ["FuzzSupport", "TUF", crypto]),
+        fuzzTarget("TUFMetadataFuzz", ["FuzzSupport", "TUF", "JSON", crypto]),
         fuzzTarget(
             "CSRFuzz",
             [
@@ -79,6 +79,6 @@ let package = Package(
         fuzzTarget("PairingLabelFuzz", ["FuzzSupport", "Pairing", "Core", crypto]),
         fuzzTarget("PairingMessageFuzz", ["FuzzSupport", "Pairing", "Core", crypto]),
         fuzzTarget("NoiseFrameFuzz", ["FuzzSupport", "Pairing", .product(name: "NIOCore", package: "swift-nio")]),
-        fuzzTarget("AdvisoriesFuzz", ["FuzzSupport", "Advisories"]),
+        fuzzTarget("AdvisoriesFuzz", ["FuzzSupport", "Advisories", "JSON"]),
     ]
 )

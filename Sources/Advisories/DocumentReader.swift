@@ -1,3 +1,4 @@
+import JSON
 public import TUF
 
 /// A problem in an SBOM, a VEX document or an OSV record, located by its JSON pointer (RFC 6901), so the author can
@@ -23,7 +24,7 @@ struct Node {
     /// Parses a whole document (the parser's strict rules: no duplicate keys, no trailing data, bounded depth).
     static func document(_ bytes: [UInt8]) throws(DocumentError) -> Node {
         do {
-            return Node(value: try JSONParser.parse(bytes), pointer: "")
+            return Node(value: try TUFJSON.parse(bytes), pointer: "")
         } catch {
             throw DocumentError("", "not JSON: \(error.reason)")
         }

@@ -1,5 +1,6 @@
-public import Crypto
-public import TUF
+import Crypto
+public import JSON
+import TUF
 
 extension PackageURL {
     /// Whether this component's package URL is the package `pattern` names: same type, namespace and name (as the

@@ -1,4 +1,4 @@
-public import TUF
+import TUF
 
 /// One advisory in the Open Source Vulnerability format (OSV schema 1.6, https://ossf.github.io/osv-schema/), as
 /// osv.dev exports it per ecosystem. Only what matching needs is kept; unknown fields are ignored, as the schema

@@ -37,7 +37,7 @@ struct GatewayBenchmark: AsyncParsableCommand {
             identity: .device(device), route: "telemetry", source: "192.0.2.1", contentType: "application/json",
             messageType: "telemetry", body: body, transport: .mqtt(counter: nil))
         let now = GatewayTime(monotonicNanos: 1_000_000_000, unixSeconds: Int64(Date().timeIntervalSince1970))
-        let value = try pipeline.policy.json.parse(body)
+        let document = try pipeline.policy.json.parse(body)
 
         emit(
             "bulwark-bench gateway: 200-byte JSON telemetry, \(iterations) iterations per stage, one thread "
@@ -51,7 +51,7 @@ struct GatewayBenchmark: AsyncParsableCommand {
             ("rate limits (source, device, route)", { try pipeline.checkRateLimits(device, message, now: now) }),
             ("size and content type", { try pipeline.checkSizeAndType(device, message, now: now) }),
             ("strict JSON parse", { _ = try pipeline.parse(device, message, now: now) }),
-            ("schema (11 keywords)", { _ = try pipeline.checkSchema(device, message, value, now: now) }),
+            ("schema (11 keywords)", { _ = try pipeline.checkSchema(device, message, document, now: now) }),
         ]
         for (name, stage) in stages {
             let (ns, allocations) = try measure(stage)
@@ -116,46 +116,23 @@ struct GatewayBenchmark: AsyncParsableCommand {
         }
     }
 
-    /// Median of three runs of `iterations` calls: nanoseconds and allocations per call.
     func measure(_ body: () throws -> Void) throws -> (Double, Double) {
-        for _ in 0..<min(10_000, iterations) { try body() }
-        var samples: [(Double, Double)] = []
-        for _ in 0..<3 {
-            let allocationsBefore = bulwark_allocation_count()
-            let start = DispatchTime.now().uptimeNanoseconds
-            for _ in 0..<iterations { try body() }
-            let ns = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(iterations)
-            samples.append((ns, Double(bulwark_allocation_count() - allocationsBefore) / Double(iterations)))
-        }
-        return samples.sorted { $0.0 < $1.0 }[1]
+        try medianOfThree(iterations: iterations, body)
     }
 
     func opensslVerifyRate() throws -> Double? {
         guard FileManager.default.isExecutableFile(atPath: openssl) else { return nil }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: openssl)
-        process.arguments = ["speed", "-seconds", String(seconds), "ecdsap256"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.runWithDefaultSignalMask()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        let output = try UpdateBenchmark.capture(openssl, ["speed", "-seconds", String(seconds), "ecdsap256"])
         // "256 bits ecdsa (nistp256)   0.0000s   0.0001s  47960.0  16420.0": the last number is verify/s.
-        let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last { $0.contains("nistp256") }
+        let line = output.split(separator: "\n").last { $0.contains("nistp256") }
         return line.flatMap { $0.split(separator: " ").last.flatMap { Double($0) } }
     }
 
-    func row(_ name: String, _ ns: Double, _ allocations: Double) -> String {
-        name.padding(toLength: 40, withPad: " ", startingAt: 0) + String(format: "%10.0f", ns)
-            + (allocations.isNaN ? "" : String(format: "   %10.1f", allocations))
-    }
+    func row(_ name: String, _ ns: Double, _ allocations: Double) -> String { benchRow(name, ns, allocations) }
 
     func emit(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
 
-    static let telemetry =
-        #"{"temperature":21.5,"humidity":40.25,"battery":3.71,"count":12,"at":"2026-11-30T12:00:00Z","status":"ok","unit":"C","readings":[1,2,3],"firmware":"1.4.2","tags":{"room":"kitchen"},"pad":""#
-        .padding(toLength: 198, withPad: "x", startingAt: 0) + #""}"#
+    static let telemetry = telemetry200
 
     static let schema = """
         {"type":"object","properties":{"temperature":{"type":"number","minimum":-50,"maximum":150},
@@ -166,4 +143,28 @@ struct GatewayBenchmark: AsyncParsableCommand {
         "firmware":{"type":"string","maxLength":32},"tags":{"type":"object","additionalProperties":{"type":"string"}},
         "pad":{"type":"string"}},"required":["temperature"],"additionalProperties":false}
         """
+}
+
+/// The 200-byte telemetry message of the gateway and JSON benchmarks.
+let telemetry200 =
+    #"{"temperature":21.5,"humidity":40.25,"battery":3.71,"count":12,"at":"2026-11-30T12:00:00Z","status":"ok","unit":"C","readings":[1,2,3],"firmware":"1.4.2","tags":{"room":"kitchen"},"pad":""#
+    .padding(toLength: 198, withPad: "x", startingAt: 0) + #""}"#
+
+/// Median of three runs of `iterations` calls (after a warm-up): nanoseconds and heap allocations per call.
+func medianOfThree(iterations: Int, _ body: () throws -> Void) throws -> (Double, Double) {
+    for _ in 0..<min(10_000, iterations) { try body() }
+    var samples: [(Double, Double)] = []
+    for _ in 0..<3 {
+        let allocationsBefore = bulwark_allocation_count()
+        let start = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<iterations { try body() }
+        let ns = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(iterations)
+        samples.append((ns, Double(bulwark_allocation_count() - allocationsBefore) / Double(iterations)))
+    }
+    return samples.sorted { $0.0 < $1.0 }[1]
+}
+
+func benchRow(_ name: String, _ ns: Double, _ allocations: Double) -> String {
+    name.padding(toLength: 40, withPad: " ", startingAt: 0) + String(format: "%10.0f", ns)
+        + (allocations.isNaN ? "" : String(format: "   %10.1f", allocations))
 }

@@ -2,6 +2,7 @@ import Advisories
 import ArgumentParser
 import Crypto
 import Foundation
+import JSON
 import TUF
 import TUFRepository
 
@@ -90,7 +91,7 @@ struct ReleaseCommand: AsyncParsableCommand {
             if let reportOut { try Data(report.utf8).write(to: URL(fileURLWithPath: reportOut)) }
             let findings = result["findings"] as? [[String: Any]] ?? []
             // The report is what the signature will vouch for: it must be about these bytes and this release.
-            let parsed = (try? JSONParser.parse(Array(report.utf8)))?.objectValue
+            let parsed = (try? TUFJSON.parse(Array(report.utf8)))?.objectValue
             guard let parsed, parsed["blocked"]?.boolValue == blocked, parsed["target"]?.stringValue == name,
                 parsed["targetSHA256"]?.stringValue == sha256, parsed["version"]?.stringValue == version,
                 parsed["securityVersion"]?.integerValue == Int64(securityVersion),

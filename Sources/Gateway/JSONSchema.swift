@@ -1,3 +1,5 @@
+import JSON
+
 /// A JSON Schema in the subset of draft 2020-12 that the gateway enforces.
 ///
 /// Supported (Validation vocabulary §6 and Core §10.3): `type`, `properties`, `required`, `additionalProperties`,
@@ -6,40 +8,60 @@
 /// `format: "date-time"` (RFC 3339 §5.6, asserted, not only annotated). The annotations `$schema` (2020-12 only),
 /// `$id`, `$comment`, `title`, `description`, `examples` and `default` are accepted and ignored. Any other keyword
 /// is refused when the schema is registered: a schema the gateway would silently half-enforce is worse than none.
+///
+/// A schema is compiled into flat tables of plain values (no strings, dictionaries or reference counting on the way),
+/// and a message is checked by walking the parser's tape over its bytes: nothing is built, and a string is decoded
+/// only when it has an escape.
 public struct JSONSchema: Sendable {
-    indirect enum Node: Sendable {
-        case always
-        case never
-        case rules(Rules)
-    }
-
-    struct Rules: Sendable {
-        var types: Set<String>?
-        var properties: [JSONKey: Node] = [:]
-        var required: [JSONKey] = []
-        var additionalProperties: Node?
-        var enumeration: [JSONValue]?
-        var constant: JSONValue?
-        var minimum: Double?
-        var maximum: Double?
-        var exclusiveMinimum: Double?
-        var exclusiveMaximum: Double?
-        var multipleOf: Double?
-        var minLength: Int?
-        var maxLength: Int?
-        var minItems: Int?
-        var maxItems: Int?
-        var items: Node?
+    /// One schema object (or `true`/`false`), its rules as plain values; absent numeric rules are NaN or -1.
+    struct Node: Sendable {
+        enum Kind: Sendable { case always, never, rules }
+        var kind: Kind = .rules
+        /// Bit `JSONKind.rawValue` per allowed type (`boolean` sets both bits), `integerBit` for "integer"; 0: any.
+        var types: UInt16 = 0
+        var minimum = Double.nan
+        var maximum = Double.nan
+        var exclusiveMinimum = Double.nan
+        var exclusiveMaximum = Double.nan
+        var multipleOf = Double.nan
+        var minLength = -1
+        var maxLength = -1
+        var minItems = -1
+        var maxItems = -1
         var dateTime = false
+        var items = -1
+        var additionalProperties = -1
+        /// Ranges into `Program.properties` (sorted by name), `Program.required` and `Program.values`.
+        var properties = 0..<0
+        var required = 0..<0
+        var enumeration = 0..<0
+        var constant = -1
     }
 
-    let root: Node
+    static let integerBit: UInt16 = 1 << 8
+
+    /// A property: its name in `Program.names`, and the node of its schema.
+    struct Property: Sendable {
+        var name: Range<Int>
+        var node: Int
+    }
+
+    /// The compiled tables; node 0 is the root.
+    struct Program: Sendable {
+        var nodes: [Node] = []
+        var names: [UInt8] = []
+        var properties: [Property] = []
+        var required: [Range<Int>] = []
+        var values: [JSONValue] = []
+    }
+
+    let program: Program
 
     /// A schema nothing satisfies: stands in for a stored schema that no longer compiles, so its messages are
     /// refused rather than accepted unchecked.
-    public static let refuseAll = JSONSchema(root: .never)
+    public static let refuseAll = JSONSchema(program: Program(nodes: [Node(kind: .never)]))
 
-    init(root: Node) { self.root = root }
+    init(program: Program) { self.program = program }
 
     public static let draft202012 = "https://json-schema.org/draft/2020-12/schema"
     static let annotations: Set<String> = ["$schema", "$id", "$comment", "title", "description", "examples", "default"]
@@ -47,104 +69,165 @@ public struct JSONSchema: Sendable {
 
     /// Compiles a schema document, refusing anything outside the subset with a message that names the keyword.
     public init(_ document: JSONValue) throws(SchemaError) {
-        root = try Self.compile(document, path: "")
+        var program = Program()
+        _ = try Self.compile(document, path: "", into: &program)
+        self.program = program
     }
 
     public init(bytes: [UInt8]) throws(SchemaError) {
         let document: JSONValue
-        do { document = try StrictJSON(maxDepth: 32).parse(bytes) } catch {
+        do { document = try StrictJSON(maxDepth: 32).value(bytes) } catch {
             throw SchemaError("the schema is not strict JSON: \(error)")
         }
         try self.init(document)
     }
 
-    static func compile(_ value: JSONValue, path: String) throws(SchemaError) -> Node {
+    /// Appends the node for `value` (and, after it, the nodes of its subschemas); returns its index.
+    static func compile(_ value: JSONValue, path: String, into program: inout Program) throws(SchemaError) -> Int {
+        let index = program.nodes.count
         switch value {
-        case .bool(true): return .always
-        case .bool(false): return .never
-        case .object(let members):
-            var rules = Rules()
-            for (keyword, argument) in members {
-                let keyword = keyword.string
-                let at = path + "/" + keyword
-                func number() throws(SchemaError) -> Double {
-                    guard case .number(let n, _) = argument else { throw SchemaError("\(at) must be a number") }
-                    return n
-                }
-                func count() throws(SchemaError) -> Int {
-                    guard case .number(let n, _) = argument, n >= 0, n == n.rounded(), n <= 1e9 else {
-                        throw SchemaError("\(at) must be a non-negative integer")
-                    }
-                    return Int(n)
-                }
-                switch keyword {
-                case "type":
-                    let names: [JSONValue]
-                    if case .array(let list) = argument { names = list } else { names = [argument] }
-                    var types = Set<String>()
-                    for name in names {
-                        guard case .string(let text) = name, typeNames.contains(text) else {
-                            throw SchemaError("\(at) names an unknown type")
-                        }
-                        types.insert(text)
-                    }
-                    guard !types.isEmpty else { throw SchemaError("\(at) is empty") }
-                    rules.types = types
-                case "properties":
-                    guard case .object(let properties) = argument else { throw SchemaError("\(at) must be an object") }
-                    for (name, schema) in properties {
-                        rules.properties[name] = try compile(schema, path: at + "/" + name.string)
-                    }
-                case "required":
-                    guard case .array(let names) = argument else { throw SchemaError("\(at) must be an array") }
-                    for name in names {
-                        guard case .string(let text) = name else { throw SchemaError("\(at) must hold strings") }
-                        rules.required.append(JSONKey(text))
-                    }
-                case "additionalProperties": rules.additionalProperties = try compile(argument, path: at)
-                case "items": rules.items = try compile(argument, path: at)
-                case "enum":
-                    // Each check compares against every value: bounded so a schema cannot make validation costly.
-                    guard case .array(let values) = argument, !values.isEmpty, values.count <= 256 else {
-                        throw SchemaError("\(at) must be a non-empty array of at most 256 values")
-                    }
-                    rules.enumeration = values
-                case "const": rules.constant = argument
-                case "minimum": rules.minimum = try number()
-                case "maximum": rules.maximum = try number()
-                case "exclusiveMinimum": rules.exclusiveMinimum = try number()
-                case "exclusiveMaximum": rules.exclusiveMaximum = try number()
-                case "multipleOf":
-                    let divisor = try number()
-                    guard divisor > 0 else { throw SchemaError("\(at) must be greater than 0") }
-                    rules.multipleOf = divisor
-                case "minLength": rules.minLength = try count()
-                case "maxLength": rules.maxLength = try count()
-                case "minItems": rules.minItems = try count()
-                case "maxItems": rules.maxItems = try count()
-                case "format":
-                    guard case .string("date-time") = argument else {
-                        throw SchemaError("\(at): only format \"date-time\" is supported")
-                    }
-                    rules.dateTime = true
-                case "$schema":
-                    guard case .string(let uri) = argument, uri == draft202012 || uri == draft202012 + "#" else {
-                        throw SchemaError("\(at): only draft 2020-12 is supported")
-                    }
-                case _ where annotations.contains(keyword): continue
-                default: throw SchemaError("unsupported keyword \(at)")
-                }
+        case .bool(true):
+            program.nodes.append(Node(kind: .always))
+            return index
+        case .bool(false):
+            program.nodes.append(Node(kind: .never))
+            return index
+        case .object: break
+        default: throw SchemaError("\(path.isEmpty ? "the schema" : path) must be an object or a boolean")
+        }
+        guard case .object(let members) = value else { return index }
+        program.nodes.append(Node())
+        var rules = Node()
+        var properties: [(name: [UInt8], schema: JSONValue, path: String)] = []
+        var items: (JSONValue, String)?
+        var additional: (JSONValue, String)?
+        for (keyword, argument) in members.members {
+            let at = path + "/" + keyword
+            func number() throws(SchemaError) -> Double {
+                guard let n = argument.doubleValue, n.isFinite else { throw SchemaError("\(at) must be a number") }
+                return n
             }
-            return .rules(rules)
-        default:
-            throw SchemaError("\(path.isEmpty ? "the schema" : path) must be an object or a boolean")
+            func count() throws(SchemaError) -> Int {
+                guard let n = argument.doubleValue, n >= 0, n == n.rounded(), n <= 1e9 else {
+                    throw SchemaError("\(at) must be a non-negative integer")
+                }
+                return Int(n)
+            }
+            switch keyword {
+            case "type":
+                let names: [JSONValue]
+                if case .array(let list) = argument { names = list } else { names = [argument] }
+                var types: UInt16 = 0
+                for name in names {
+                    guard case .string(let text) = name, typeNames.contains(text) else {
+                        throw SchemaError("\(at) names an unknown type")
+                    }
+                    types |= Self.typeBits(text)
+                }
+                guard types != 0 else { throw SchemaError("\(at) is empty") }
+                rules.types = types
+            case "properties":
+                guard case .object(let list) = argument else { throw SchemaError("\(at) must be an object") }
+                for (name, schema) in list.members { properties.append((Array(name.utf8), schema, at + "/" + name)) }
+            case "required":
+                guard case .array(let names) = argument else { throw SchemaError("\(at) must be an array") }
+                let start = program.required.count
+                for name in names {
+                    guard case .string(let text) = name else { throw SchemaError("\(at) must hold strings") }
+                    program.required.append(program.names.count..<program.names.count + text.utf8.count)
+                    program.names.append(contentsOf: text.utf8)
+                }
+                rules.required = start..<program.required.count
+            case "additionalProperties": additional = (argument, at)
+            case "items": items = (argument, at)
+            case "enum":
+                // Each check compares against every value: bounded so a schema cannot make validation costly.
+                guard case .array(let values) = argument, !values.isEmpty, values.count <= 256 else {
+                    throw SchemaError("\(at) must be a non-empty array of at most 256 values")
+                }
+                rules.enumeration = program.values.count..<program.values.count + values.count
+                program.values.append(contentsOf: values)
+            case "const":
+                rules.constant = program.values.count
+                program.values.append(argument)
+            case "minimum": rules.minimum = try number()
+            case "maximum": rules.maximum = try number()
+            case "exclusiveMinimum": rules.exclusiveMinimum = try number()
+            case "exclusiveMaximum": rules.exclusiveMaximum = try number()
+            case "multipleOf":
+                let divisor = try number()
+                guard divisor > 0 else { throw SchemaError("\(at) must be greater than 0") }
+                rules.multipleOf = divisor
+            case "minLength": rules.minLength = try count()
+            case "maxLength": rules.maxLength = try count()
+            case "minItems": rules.minItems = try count()
+            case "maxItems": rules.maxItems = try count()
+            case "format":
+                guard case .string("date-time") = argument else {
+                    throw SchemaError("\(at): only format \"date-time\" is supported")
+                }
+                rules.dateTime = true
+            case "$schema":
+                guard case .string(let uri) = argument, uri == draft202012 || uri == draft202012 + "#" else {
+                    throw SchemaError("\(at): only draft 2020-12 is supported")
+                }
+            case _ where annotations.contains(keyword): continue
+            default: throw SchemaError("unsupported keyword \(at)")
+            }
+        }
+        // Subschemas after this node, each appending its own nodes.
+        if let (schema, at) = items { rules.items = try compile(schema, path: at, into: &program) }
+        if let (schema, at) = additional { rules.additionalProperties = try compile(schema, path: at, into: &program) }
+        var compiled: [Property] = []
+        for property in properties.sorted(by: { $0.name.lexicographicallyPrecedes($1.name) }) {
+            let node = try compile(property.schema, path: property.path, into: &program)
+            let name = program.names.count..<program.names.count + property.name.count
+            program.names.append(contentsOf: property.name)
+            compiled.append(Property(name: name, node: node))
+        }
+        rules.properties = program.properties.count..<program.properties.count + compiled.count
+        program.properties.append(contentsOf: compiled)
+        program.nodes[index] = rules
+        return index
+    }
+
+    static func typeBits(_ name: String) -> UInt16 {
+        switch name {
+        case "null": 1 << JSONKind.null.rawValue
+        case "boolean": 1 << JSONKind.true.rawValue | 1 << JSONKind.false.rawValue
+        case "number": 1 << JSONKind.number.rawValue
+        case "string": 1 << JSONKind.string.rawValue
+        case "array": 1 << JSONKind.array.rawValue
+        case "object": 1 << JSONKind.object.rawValue
+        default: integerBit
         }
     }
 
-    /// The first violation, or nil when `value` is valid. Paths are JSON Pointers (RFC 6901) into the instance.
+    /// The first violation, or nil when the document's root is valid. Paths are JSON Pointers (RFC 6901) into the
+    /// instance. `skipping` is a member of the root object the schema does not see (the MQTT `$counter` field).
+    public func validate(_ document: JSONDocument, skipping: JSONElement? = nil) -> SchemaViolation? {
+        document.withTape { tape in
+            program.nodes.withUnsafeBufferPointer { nodes in
+                program.properties.withUnsafeBufferPointer { properties in
+                    program.names.withUnsafeBufferPointer { names in
+                        program.required.withUnsafeBufferPointer { required in
+                            let walk = Walk(
+                                tape: tape, nodes: nodes, properties: properties, names: names, required: required,
+                                values: program.values, skipping: skipping.map { $0.index - 1 } ?? -1)
+                            return walk.check(0, node: 0).map {
+                                SchemaViolation(path: $0.path.reversed().map { "/" + $0 }.joined(), keyword: $0.keyword)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `validate` on a value (schemas in tests and tools; the gateway validates documents).
     public func validate(_ value: JSONValue) -> SchemaViolation? {
-        Self.check(value, root).map {
-            SchemaViolation(path: $0.path.reversed().map { "/" + $0 }.joined(), keyword: $0.keyword)
+        do { return validate(try StrictJSON.tuf.parse(value.serialized())) } catch {
+            return SchemaViolation(path: "", keyword: "type")
         }
     }
 
@@ -155,85 +238,175 @@ public struct JSONSchema: Sendable {
         let keyword: String
     }
 
-    static func check(_ value: JSONValue, _ node: Node) -> Failure? {
-        let rules: Rules
-        switch node {
-        case .always: return nil
-        case .never: return Failure(path: [], keyword: "false")
-        case .rules(let r): rules = r
-        }
-        func fail(_ keyword: String) -> Failure { Failure(path: [], keyword: keyword) }
-        if let types = rules.types {
-            var matches = types.contains(value.typeName)
-            if !matches, types.contains("integer"), case .number(let n, _) = value, n == n.rounded() { matches = true }
-            guard matches else { return fail("type") }
-        }
-        if let constant = rules.constant, !equal(value, constant) { return fail("const") }
-        if let enumeration = rules.enumeration, !enumeration.contains(where: { equal(value, $0) }) {
-            return fail("enum")
-        }
-        switch value {
-        case .number(let n, _):
-            if let limit = rules.minimum, n < limit { return fail("minimum") }
-            if let limit = rules.maximum, n > limit { return fail("maximum") }
-            if let limit = rules.exclusiveMinimum, n <= limit { return fail("exclusiveMinimum") }
-            if let limit = rules.exclusiveMaximum, n >= limit { return fail("exclusiveMaximum") }
-            if let divisor = rules.multipleOf {
-                let quotient = n / divisor
-                guard quotient.isFinite, abs(quotient - quotient.rounded()) <= 1e-9 * max(1, abs(quotient)) else {
-                    return fail("multipleOf")
-                }
-            }
-        case .string(let text):
-            if rules.minLength != nil || rules.maxLength != nil {
-                // §6.3.1: length counts code points (Unicode scalars), not bytes or grapheme clusters.
-                let length = text.unicodeScalars.count
-                if let limit = rules.minLength, length < limit { return fail("minLength") }
-                if let limit = rules.maxLength, length > limit { return fail("maxLength") }
-            }
-            if rules.dateTime, !RFC3339.isDateTime(text) { return fail("format") }
-        case .array(let elements):
-            if let limit = rules.minItems, elements.count < limit { return fail("minItems") }
-            if let limit = rules.maxItems, elements.count > limit { return fail("maxItems") }
-            if let items = rules.items {
-                for (index, element) in elements.enumerated() {
-                    if var failure = check(element, items) {
-                        failure.path.append(String(index))
-                        return failure
-                    }
-                }
-            }
-        case .object(let members):
-            for name in rules.required where members[name] == nil { return fail("required") }
-            for (name, member) in members {
-                if let schema = rules.properties[name] {
-                    if var failure = check(member, schema) {
-                        failure.path.append(escapePointer(name.string))
-                        return failure
-                    }
-                } else if let additional = rules.additionalProperties {
-                    if var failure = check(member, additional) {
-                        if failure.keyword == "false", failure.path.isEmpty {
-                            failure = Failure(path: [], keyword: "additionalProperties")
-                        }
-                        failure.path.append(escapePointer(name.string))
-                        return failure
-                    }
-                }
-            }
-        case .null, .bool: break
-        }
-        return nil
-    }
+    /// One validation: the instance's tape and the schema's tables, as pointers.
+    struct Walk {
+        let tape: JSONTape
+        let nodes: UnsafeBufferPointer<Node>
+        let properties: UnsafeBufferPointer<Property>
+        let names: UnsafeBufferPointer<UInt8>
+        let required: UnsafeBufferPointer<Range<Int>>
+        let values: [JSONValue]
+        /// The tape index of the root member name the schema does not see, or -1.
+        let skipping: Int
 
-    /// JSON Schema equality (§4.2.2): numbers compare by value, objects ignore member order.
-    static func equal(_ a: JSONValue, _ b: JSONValue) -> Bool {
-        switch (a, b) {
-        case (.number(let x, _), .number(let y, _)): x == y
-        case (.array(let x), .array(let y)): x.count == y.count && zip(x, y).allSatisfy { equal($0, $1) }
-        case (.object(let x), .object(let y)):
-            x.count == y.count && x.allSatisfy { key, value in y[key].map { equal(value, $0) } ?? false }
-        default: a == b
+        func name(_ range: Range<Int>) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: names[range]) }
+
+        func check(_ element: Int, node index: Int) -> Failure? {
+            let rules = nodes[index]
+            switch rules.kind {
+            case .always: return nil
+            case .never: return Failure(path: [], keyword: "false")
+            case .rules: break
+            }
+            func fail(_ keyword: String) -> Failure { Failure(path: [], keyword: keyword) }
+            let kind = tape.kind(element)
+            if rules.types != 0, rules.types & (1 << kind.rawValue) == 0 {
+                var integer = false
+                if rules.types & JSONSchema.integerBit != 0, kind == .number {
+                    integer = tape.isIntegerLiteral(element) || tape.double(element).map { $0 == $0.rounded() } == true
+                }
+                guard integer else { return fail("type") }
+            }
+            if rules.constant >= 0, !equal(element, values[rules.constant]) { return fail("const") }
+            if !rules.enumeration.isEmpty, !rules.enumeration.contains(where: { equal(element, values[$0]) }) {
+                return fail("enum")
+            }
+            switch kind {
+            case .number:
+                guard
+                    !rules.minimum.isNaN || !rules.maximum.isNaN || !rules.exclusiveMinimum.isNaN
+                        || !rules.exclusiveMaximum.isNaN || !rules.multipleOf.isNaN,
+                    let n = tape.double(element)
+                else { break }
+                if n < rules.minimum { return fail("minimum") }
+                if n > rules.maximum { return fail("maximum") }
+                if n <= rules.exclusiveMinimum { return fail("exclusiveMinimum") }
+                if n >= rules.exclusiveMaximum { return fail("exclusiveMaximum") }
+                if !rules.multipleOf.isNaN {
+                    let quotient = n / rules.multipleOf
+                    guard quotient.isFinite, abs(quotient - quotient.rounded()) <= 1e-9 * max(1, abs(quotient)) else {
+                        return fail("multipleOf")
+                    }
+                }
+            case .string:
+                guard rules.minLength >= 0 || rules.maxLength >= 0 || rules.dateTime else { break }
+                let failure: Failure? = tape.unescaped(element) { bytes in
+                    if rules.minLength >= 0 || rules.maxLength >= 0 {
+                        // §6.3.1: length counts code points (Unicode scalars), not bytes or grapheme clusters.
+                        var length = 0
+                        for byte in bytes where byte & 0xC0 != 0x80 { length += 1 }
+                        if rules.minLength >= 0, length < rules.minLength { return fail("minLength") }
+                        if rules.maxLength >= 0, length > rules.maxLength { return fail("maxLength") }
+                    }
+                    if rules.dateTime, !RFC3339.isDateTime(bytes) { return fail("format") }
+                    return nil
+                }
+                if let failure { return failure }
+            case .array:
+                let count = tape.count(element)
+                if rules.minItems >= 0, count < rules.minItems { return fail("minItems") }
+                if rules.maxItems >= 0, count > rules.maxItems { return fail("maxItems") }
+                if rules.items >= 0 {
+                    var item = element + 1
+                    for position in 0..<count {
+                        if var failure = check(item, node: rules.items) {
+                            failure.path.append(String(position))
+                            return failure
+                        }
+                        item = tape.next(item)
+                    }
+                }
+            case .object:
+                return object(element, rules)
+            case .null, .true, .false: break
+            }
+            return nil
+        }
+
+        /// `required` first (a missing name is reported before a failing member), then each member in document
+        /// order against its property's schema or `additionalProperties`.
+        func object(_ element: Int, _ rules: Node) -> Failure? {
+            let count = tape.count(element)
+            for requirement in rules.required {
+                let wanted = name(required[requirement])
+                var key = element + 1
+                var found = false
+                for _ in 0..<count {
+                    if key != skipping, nameEquals(key, wanted) {
+                        found = true
+                        break
+                    }
+                    key = tape.next(key + 1)
+                }
+                if !found { return Failure(path: [], keyword: "required") }
+            }
+            guard !rules.properties.isEmpty || rules.additionalProperties >= 0 else { return nil }
+            var key = element + 1
+            for _ in 0..<count {
+                defer { key = tape.next(key + 1) }
+                if key == skipping { continue }
+                let schema = tape.unescaped(key) { property($0, in: rules.properties) }
+                let node = schema ?? rules.additionalProperties
+                guard node >= 0, var failure = check(key + 1, node: node) else { continue }
+                if schema == nil, failure.keyword == "false", failure.path.isEmpty {
+                    failure = Failure(path: [], keyword: "additionalProperties")
+                }
+                failure.path.append(
+                    JSONSchema.escapePointer(tape.unescaped(key) { String(decoding: $0, as: UTF8.self) }))
+                return failure
+            }
+            return nil
+        }
+
+        /// The node of the property named `bytes` (binary search over the sorted names), or nil.
+        func property(_ bytes: UnsafeBufferPointer<UInt8>, in range: Range<Int>) -> Int? {
+            var low = range.lowerBound
+            var high = range.upperBound
+            while low < high {
+                let middle = (low + high) / 2
+                let order = compareBytes(name(properties[middle].name), bytes)
+                if order == 0 { return properties[middle].node }
+                if order < 0 { low = middle + 1 } else { high = middle }
+            }
+            return nil
+        }
+
+        func nameEquals(_ key: Int, _ wanted: UnsafeBufferPointer<UInt8>) -> Bool {
+            if !tape.hasEscape(key) { return compareBytes(tape.raw(key), wanted) == 0 }
+            return tape.unescaped(key) { compareBytes($0, wanted) == 0 }
+        }
+
+        /// JSON Schema equality (§4.2.2) of an instance value and a schema value: numbers compare by value, strings
+        /// by their unescaped bytes, objects ignore member order.
+        func equal(_ element: Int, _ value: JSONValue) -> Bool {
+            switch (tape.kind(element), value) {
+            case (.null, .null): return true
+            case (.true, .bool(true)), (.false, .bool(false)): return true
+            case (.number, .integer), (.number, .float):
+                guard let x = tape.double(element), let y = value.doubleValue else { return false }
+                return x == y
+            case (.string, .string(var text)):
+                return text.withUTF8 { expected in tape.unescaped(element) { compareBytes($0, expected) == 0 } }
+            case (.array, .array(let values)):
+                guard tape.count(element) == values.count else { return false }
+                var item = element + 1
+                for expected in values {
+                    guard equal(item, expected) else { return false }
+                    item = tape.next(item)
+                }
+                return true
+            case (.object, .object(let object)):
+                guard tape.count(element) == object.count else { return false }
+                var key = element + 1
+                for _ in 0..<tape.count(element) {
+                    guard let expected = tape.unescaped(key, { object[String(decoding: $0, as: UTF8.self)] }),
+                        equal(key + 1, expected)
+                    else { return false }
+                    key = tape.next(key + 1)
+                }
+                return true
+            default: return false
+            }
         }
     }
 
@@ -252,6 +425,13 @@ public struct JSONSchema: Sendable {
     }
 }
 
+/// Byte order of two names (negative, zero, positive): the first differing byte, then the length.
+func compareBytes(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Int {
+    let common = min(a.count, b.count)
+    for k in 0..<common where a[k] != b[k] { return a[k] < b[k] ? -1 : 1 }
+    return a.count - b.count
+}
+
 /// A schema that cannot be registered, with the reason (safe to show to the operator who sent it).
 public struct SchemaError: Error, Equatable, CustomStringConvertible {
     public let description: String
@@ -267,8 +447,9 @@ public struct SchemaViolation: Sendable, Equatable, CustomStringConvertible {
 
 /// RFC 3339 §5.6 `date-time`: `full-date "T" full-time`, with `T`/`Z` in either case (§5.6 note) and the leap second.
 enum RFC3339 {
-    static func isDateTime(_ text: String) -> Bool {
-        let b = Array(text.utf8)
+    static func isDateTime(_ text: String) -> Bool { Array(text.utf8).withUnsafeBufferPointer { isDateTime($0) } }
+
+    static func isDateTime(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
         guard b.count >= 20 else { return false }
         func digits(_ start: Int, _ count: Int) -> Int? {
             guard start + count <= b.count else { return nil }

@@ -1,5 +1,6 @@
 public import Core
 public import Crypto
+import JSON
 import Synchronization
 
 /// Configuration of the gateway pipeline. Defaults suit a sensor fleet; the hub reads them from its configuration.
@@ -117,7 +118,8 @@ public struct Refusal: Error, Sendable, CustomStringConvertible {
 public struct Admitted: Sendable {
     public let device: DeviceID
     public let messageType: String
-    public let value: JSONValue
+    /// The body as the parser read it (a tape over the bytes).
+    public let document: JSONDocument
     /// The nonce to persist with the message, and when it may be forgotten.
     public let nonce: (value: String, expiresAt: Int64)?
     /// The counter window to persist with the message.
@@ -221,12 +223,12 @@ public final class GatewayPipeline: Sendable {
     > {
         do {
             try checkSizeAndType(device, message, now: now)
-            var value = try parse(device, message, now: now)
-            let counted = try takeCounter(device, message, &value, now: now)
-            let messageType = try checkSchema(device, message, value, now: now)
+            let document = try parse(device, message, now: now)
+            let (counted, counterMember) = try takeCounter(device, message, document, now: now)
+            let messageType = try checkSchema(device, message, document, skipping: counterMember, now: now)
             let (nonce, window) = try checkReplay(device, counted, now: now)
             var admitted = Admitted(
-                device: device, messageType: messageType, value: value, nonce: nonce, counterWindow: window)
+                device: device, messageType: messageType, document: document, nonce: nonce, counterWindow: window)
             if case .mqtt(let counter) = counted.transport, window != nil { admitted.counter = counter }
             return .success(admitted)
         } catch {
@@ -327,19 +329,19 @@ public final class GatewayPipeline: Sendable {
         }
     }
 
-    public func parse(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) -> JSONValue {
-        let value: JSONValue
-        do { value = try policy.json.parse(message.body) } catch {
+    public func parse(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) -> JSONDocument {
+        let document: JSONDocument
+        do { document = try policy.json.parse(message.body) } catch {
             throw offence(
                 .invalidMessage, device, now: now, problem: .invalidMessage, stage: .json,
                 detail: "strict JSON: \(error)")
         }
-        guard case .object = value else {
+        guard document.kind(document.root) == .object else {
             throw offence(
                 .invalidMessage, device, now: now, problem: .invalidMessage, stage: .json,
-                detail: "top level is \(value.typeName), not object")
+                detail: "top level is \(document.kind(document.root).typeName), not object")
         }
-        return value
+        return document
     }
 
     /// The reserved top-level member of an MQTT payload that carries the device's message counter: MQTT 3.1.1 has
@@ -348,27 +350,25 @@ public final class GatewayPipeline: Sendable {
     /// The MQTT 5 user property (§3.3.2.3.7) that carries the counter.
     public static let counterProperty = "counter"
 
-    /// MQTT only: moves the counter from the payload's `$counter` member (if any) to the transport, so the schema
-    /// sees the message without it and the replay stage checks it. A counter must be an integer 0…2^53−1; when
+    /// MQTT only: moves the counter from the payload's `$counter` member (if any) to the transport, and returns that
+    /// member so the schema check skips it (the schema sees the message without it; the replay stage checks it). A counter must be an integer 0…2^53−1; when
     /// both the property and the member are present they must agree.
     public func takeCounter(
-        _ device: DeviceID, _ message: InboundMessage, _ value: inout JSONValue, now: GatewayTime
-    ) throws(Refusal) -> InboundMessage {
-        guard case .mqtt(let property) = message.transport, case .object(var members) = value,
-            let member = members.removeValue(forKey: JSONKey(Self.counterMember))
-        else { return message }
-        guard case .number(let number, integerLiteral: true) = member, number >= 0, number <= 9_007_199_254_740_991
-        else { throw malformedCounter(device, now: now) }
+        _ device: DeviceID, _ message: InboundMessage, _ document: JSONDocument, now: GatewayTime
+    ) throws(Refusal) -> (InboundMessage, JSONElement?) {
+        guard case .mqtt(let property) = message.transport,
+            let member = document.member(Self.counterMember, of: document.root)
+        else { return (message, nil) }
+        guard let number = document.int64(member), number >= 0 else { throw malformedCounter(device, now: now) }
         let counter = UInt64(number)
         if let property, property != counter {
             throw offence(
                 .invalidMessage, device, now: now, problem: .invalidMessage, stage: .replay,
                 detail: "counter property and \(Self.counterMember) member differ")
         }
-        value = .object(members)
         var counted = message
         counted.transport = .mqtt(counter: counter)
-        return counted
+        return (counted, member)
     }
 
     /// A counter that is not an unsigned integer (in the property or the member).
@@ -380,7 +380,8 @@ public final class GatewayPipeline: Sendable {
 
     /// Chooses the schema by message type (a header on HTTP, the topic on MQTT) and validates.
     public func checkSchema(
-        _ device: DeviceID, _ message: InboundMessage, _ value: JSONValue, now: GatewayTime
+        _ device: DeviceID, _ message: InboundMessage, _ document: JSONDocument, skipping: JSONElement? = nil,
+        now: GatewayTime
     ) throws(Refusal) -> String {
         let messageType = message.messageType ?? policy.defaultMessageType
         guard Self.isValidMessageType(messageType) else {
@@ -396,7 +397,7 @@ public final class GatewayPipeline: Sendable {
             }
             return messageType
         }
-        if let violation = schema.validate(value) {
+        if let violation = schema.validate(document, skipping: skipping) {
             throw offence(
                 .invalidMessage, device, now: now, problem: .invalidMessage, stage: .schema,
                 detail: "\(messageType): \(MessageSignatureProfile.printable(violation.description, limit: 160))")

@@ -146,6 +146,16 @@ enum DashboardAssets {
         (function () {
           const status = document.getElementById('status');
           function say(text) { if (status) { status.textContent = text; } }
+          // An action that reloads the page keeps its outcome on screen across the reload (this tab only).
+          function sayThenReload(text) {
+            try { sessionStorage.setItem('bulwark-status', text); } catch (e) { }
+            say(text);
+            setTimeout(function () { location.reload(); }, 300);
+          }
+          try {
+            const kept = sessionStorage.getItem('bulwark-status');
+            if (kept) { sessionStorage.removeItem('bulwark-status'); say(kept); }
+          } catch (e) { }
 
           async function post(url, body) {
             const response = await fetch(url, {
@@ -173,8 +183,9 @@ enum DashboardAssets {
             if (action === 'revoke') {
               confirmThen('Revoke device ' + device + '? Its certificates stop working at once.', async function () {
                 const result = await post('/ui/actions/devices/' + encodeURIComponent(device) + '/revoke');
-                say(result.ok ? 'Revoked ' + device + '.' : 'Refused (' + result.status + '): ' + (result.answer.message || ''));
-                if (result.ok) { setTimeout(function () { location.reload(); }, 300); }
+                if (result.ok) { sayThenReload('Revoked ' + device + '.'); } else {
+                  say('Refused (' + result.status + '): ' + (result.answer.message || ''));
+                }
               });
             } else if (action === 'release') {
               confirmThen('Release device ' + device + ' from quarantine?', async function () {
@@ -185,8 +196,9 @@ enum DashboardAssets {
               const label = document.getElementById('claim-label').value.trim();
               confirmThen('Claim this label? The hub will pair with that device once.', async function () {
                 const result = await post('/ui/actions/claims', { label: label });
-                say(result.ok ? 'Claimed ' + result.answer.deviceId + '.' : 'Refused (' + result.status + '): ' + (result.answer.message || ''));
-                if (result.ok) { setTimeout(function () { location.reload(); }, 300); }
+                if (result.ok) { sayThenReload('Claimed ' + result.answer.deviceId + '.'); } else {
+                  say('Refused (' + result.status + '): ' + (result.answer.message || ''));
+                }
               });
             }
           }

@@ -3,6 +3,7 @@ import Foundation
 import Gateway
 import HTTPTypes
 import Hummingbird
+import JSON
 import NIOCore
 import NIOHTTP1
 import PKI
@@ -116,11 +117,11 @@ struct DeviceRoutes {
         }
         message.body = try await body(of: request, device: device, identity: identity)
         let now = GatewayTime.now()
-        let value: JSONValue
+        let document: JSONDocument
         let nonce: (value: String, expiresAt: Int64)?
         do throws(Refusal) {
             try gateway.checkSizeAndType(device, message, now: now)
-            value = try gateway.parse(device, message, now: now)
+            document = try gateway.parse(device, message, now: now)
             (nonce, _) = try gateway.checkReplay(device, message, now: now)
         } catch {
             throw GatewayError(refusal: error, identity: identity)
@@ -134,7 +135,9 @@ struct DeviceRoutes {
                 refusal: gateway.malformedRequest(device, problem: .invalidMessage, detail: detail, now: now),
                 identity: identity)
         }
-        guard case .object(let members) = value, members.count == 1, case .string(let pem)? = members["csr"] else {
+        guard document.count(document.root) == 1, let csr = document.member("csr", of: document.root),
+            let pem = document.string(csr)
+        else {
             throw refused("renewal: the body must be {\"csr\": PEM}")
         }
         guard let record = try await store.device(device), record.status == .active else {

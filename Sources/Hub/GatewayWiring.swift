@@ -5,6 +5,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
+import JSON
 import Logging
 import NIOCore
 import NIOHTTP1

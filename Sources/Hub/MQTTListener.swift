@@ -1,6 +1,7 @@
 import Core
 import Foundation
 import Gateway
+import JSON
 import Logging
 import MQTT
 import NIOCore
@@ -661,7 +662,7 @@ struct MQTTConnection {
         let v5 = state.v5
         let correlationID = CorrelationID().rawValue
         guard let device = peer.device else {
-            guard case .object = (try? listener.gateway.policy.json.parse(publish.payload)) ?? .null else {
+            guard (try? listener.gateway.policy.json.parse(publish.payload))?.isObject == true else {
                 await refuse("invalid-message", peer, "MQTT command payload is not a strict JSON object")
                 if v5, respond, let id = publish.packetID {
                     await acknowledge(id, state: &state, code: 0x99)
@@ -837,9 +838,9 @@ struct MQTTConnection {
 
     /// The `$counter` member of a payload, if it is a strict JSON object with one.
     static func memberCounter(_ payload: [UInt8], _ json: StrictJSON) -> UInt64? {
-        guard case .object(let members) = (try? json.parse(payload)) ?? .null,
-            case .number(let number, integerLiteral: true) = members[JSONKey(GatewayPipeline.counterMember)] ?? .null,
-            number >= 1, number <= 9_007_199_254_740_991
+        guard let document = try? json.parse(payload),
+            let member = document.member(GatewayPipeline.counterMember, of: document.root),
+            let number = document.int64(member), number >= 1
         else { return nil }
         return UInt64(number)
     }

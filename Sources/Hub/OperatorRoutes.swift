@@ -5,6 +5,7 @@ import Foundation
 import Gateway
 import HTTPTypes
 import Hummingbird
+import JSON
 import Logging
 import MQTT
 import NIOCore
@@ -183,7 +184,7 @@ struct OperatorRoutes {
         else { throw Self.invalid("command names are 1-64 characters of a-z 0-9 . _ -") }
         try CrossSiteGuard.requireJSON(request)
         let body = try await DeviceRoutes.collect(request, limit: gateway.policy.maxBodyBytes)
-        guard case .object = (try? gateway.policy.json.parse(body)) ?? .null else {
+        guard (try? gateway.policy.json.parse(body))?.isObject == true else {
             throw Self.invalid("the command body must be a strict JSON object")
         }
         let recipients = await broker.publish(

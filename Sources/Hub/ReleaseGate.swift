@@ -4,6 +4,7 @@ import Crypto
 import Foundation
 import Gateway
 import Hummingbird
+import JSON
 import Logging
 import Store
 import TUF

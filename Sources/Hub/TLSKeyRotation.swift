@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 public import HubClient
+import JSON
 import Logging
 import NIOCore
 import NIOPosix

@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import JSON
 import Store
 import Synchronization
 import TUF

@@ -1,5 +1,6 @@
 import Foundation
 import Gateway
+import JSON
 
 /// The hub's TLS key pins as the hub publishes them: a TUF target `bulwark/pins.json`, signed by the targets role,
 /// so a device takes a new pin set only with the repository's threshold signatures and TUF's rollback and freeze
@@ -25,12 +26,12 @@ public struct PinSet: Sendable, Equatable {
     /// Parses a published pin set strictly: exactly the two members, a version in 1...2^31-1, 1...8 distinct SHA-256
     /// pins in base64.
     public init(json: [UInt8]) throws(PinSetError) {
-        guard json.count <= 4096, case .object(let object)? = try? StrictJSON().parse(json),
+        guard json.count <= 4096, case .object(let object)? = try? StrictJSON().value(json),
             Set(object.keys) == ["pins", "version"]
         else { throw PinSetError("not a pin set document (an object with pins and version only)") }
-        guard case .number(let number, integerLiteral: true)? = object["version"],
-            (1...Double(Int32.max)).contains(number)
-        else { throw PinSetError("the pin set version must be an integer from 1") }
+        guard case .integer(let number)? = object["version"], (1...Int64(Int32.max)).contains(number) else {
+            throw PinSetError("the pin set version must be an integer from 1")
+        }
         guard case .array(let values)? = object["pins"], (1...Self.maximumPins).contains(values.count) else {
             throw PinSetError("a pin set holds 1 to \(Self.maximumPins) pins")
         }

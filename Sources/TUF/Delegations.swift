@@ -1,4 +1,5 @@
 import Crypto
+import JSON
 
 /// TUF §4.5 `delegations`: keys plus either ordered `roles` or TAP 15 `succinct_roles`.
 public struct Delegations: Sendable, Equatable {

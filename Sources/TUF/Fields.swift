@@ -1,3 +1,5 @@
+import JSON
+
 /// Typed field access on decoded JSON, throwing `invalidMetadata` with the field name.
 extension JSONObject {
     func required(_ key: String) throws(TUFError) -> JSONValue {

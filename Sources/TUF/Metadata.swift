@@ -1,3 +1,5 @@
+import JSON
+
 /// TUF §4.2: the envelope `{"signed": ..., "signatures": [...]}`.
 ///
 /// Keeps the exact bytes received (`raw`, so storage is byte for byte) next to the canonical
@@ -17,11 +19,11 @@ public struct Metadata<Role: SignedRole>: Sendable {
     /// and refuses content that cannot be canonicalized.
     public static func parse(_ bytes: some Collection<UInt8>) throws(TUFError) -> Metadata<Role> {
         let raw = Array(bytes)
-        guard let top = try JSONParser.parse(raw).objectValue else {
+        guard let top = try TUFJSON.parse(raw).objectValue else {
             throw TUFError(.invalidMetadata, "metadata must be a JSON object")
         }
         let signedObject = try top.object("signed")
-        let signedBytes = try CanonicalJSON.encode(.object(signedObject))
+        let signedBytes = try TUFJSON.canonical(.object(signedObject))
         let type = try signedObject.string("_type")
         guard type == Role.type else { throw TUFError(.wrongType, "expected _type '\(Role.type)', got another type") }
         var signatures: [Signature] = []

@@ -1,3 +1,5 @@
+import JSON
+
 /// TUF §4.3 root metadata.
 public struct Root: SignedRole, Equatable {
     public static let type = "root"

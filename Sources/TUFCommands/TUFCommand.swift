@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import JSON
 import PKCS11
 import TUF
 import TUFRepository

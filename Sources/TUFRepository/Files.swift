@@ -1,4 +1,5 @@
 import Foundation
+import JSON
 import TUF
 
 #if canImport(Glibc)
@@ -104,52 +105,7 @@ public enum ExpiryDate {
 /// public keys contain newlines). Signatures cover the canonical form of `signed`, not these bytes.
 enum JSONWriter {
     static func encode(_ value: JSONValue) throws(RepositoryError) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(4096)
-        try write(value, &out)
-        return out
-    }
-
-    private static func write(_ value: JSONValue, _ out: inout [UInt8]) throws(RepositoryError) {
-        switch value {
-        case .null: out += Array("null".utf8)
-        case .bool(let b): out += Array((b ? "true" : "false").utf8)
-        case .integer(let i): out += Array(String(i).utf8)
-        case .float: throw RepositoryError(.repository, "floats are not allowed in metadata")
-        case .string(let s): string(s, &out)
-        case .array(let a):
-            out.append(UInt8(ascii: "["))
-            for (i, v) in a.enumerated() {
-                if i > 0 { out.append(UInt8(ascii: ",")) }
-                try write(v, &out)
-            }
-            out.append(UInt8(ascii: "]"))
-        case .object(let o):
-            out.append(UInt8(ascii: "{"))
-            for (i, m) in o.members.sorted(by: { CanonicalJSON.scalarOrder($0.key, $1.key) }).enumerated() {
-                if i > 0 { out.append(UInt8(ascii: ",")) }
-                string(m.key, &out)
-                out.append(UInt8(ascii: ":"))
-                try write(m.value, &out)
-            }
-            out.append(UInt8(ascii: "}"))
-        }
-    }
-
-    private static func string(_ s: String, _ out: inout [UInt8]) {
-        let hex = Array("0123456789abcdef".utf8)
-        out.append(UInt8(ascii: "\""))
-        for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), b]
-            case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), b]
-            case 0x0A: out += [UInt8(ascii: "\\"), UInt8(ascii: "n")]
-            case 0x0D: out += [UInt8(ascii: "\\"), UInt8(ascii: "r")]
-            case 0x09: out += [UInt8(ascii: "\\"), UInt8(ascii: "t")]
-            case 0..<0x20: out += Array("\\u00".utf8) + [hex[Int(b >> 4)], hex[Int(b & 0xF)]]
-            default: out.append(b)
-            }
-        }
-        out.append(UInt8(ascii: "\""))
+        guard !value.containsFloat else { throw RepositoryError(.repository, "floats are not allowed in metadata") }
+        return value.serialized(sortingKeys: true)
     }
 }

@@ -1,3 +1,4 @@
+import JSON
 import TUF
 
 /// How long each role's metadata stays valid after it is signed (TUF §4.3 `expires`).
@@ -90,7 +91,7 @@ struct RoleState: Sendable {
 
     func canonicalSigned() throws(RepositoryError) -> [UInt8] {
         do {
-            return try CanonicalJSON.encode(.object(fullSigned))
+            return try TUFJSON.canonical(.object(fullSigned))
         } catch {
             throw RepositoryError(.repository, "metadata cannot be canonicalized: \(error.reason)")
         }
@@ -128,7 +129,7 @@ struct RoleState: Sendable {
     }
 
     init(envelope bytes: [UInt8], dirty: Bool, file: String) throws(RepositoryError) {
-        guard let top = try? JSONParser.parse(bytes).objectValue, let signed = top["signed"]?.objectValue,
+        guard let top = try? TUFJSON.parse(bytes).objectValue, let signed = top["signed"]?.objectValue,
             let sigs = top["signatures"]?.arrayValue
         else { throw RepositoryError(.repository, "\(file) is not TUF metadata") }
         var list: [(keyid: String, sig: String)] = []

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import JSON
 import PKCS11
 import TUF
 import _CryptoExtras

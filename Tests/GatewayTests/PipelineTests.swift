@@ -207,12 +207,20 @@ import Testing
                     identity: .device(try DeviceID("m2")), route: "telemetry", source: "192.0.2.9", contentType: nil,
                     messageType: "telemetry", body: Array(body.utf8), transport: .mqtt(counter: property)), now: at)
         }
+        // The schema sees the message without its envelope member: a schema that allows nothing else admits it.
+        gateway.setSchema(
+            try JSONSchema(
+                bytes: Array(#"{"properties":{"temperature":{"type":"number"}},"additionalProperties":false}"#.utf8)),
+            for: "telemetry")
         guard case .success(let first) = try publish(#"{"$counter":3,"temperature":2}"#) else {
             throw TestFailure("refused")
         }
         #expect(first.counterWindow?.highest == 3)
-        guard case .object(let members) = first.value else { throw TestFailure("not an object") }
-        #expect(members["$counter"] == nil)
+        #expect(first.document.member("$counter", of: first.document.root) != nil, "the body is stored as sent")
+        guard case .failure(let extra) = try publish(#"{"$counter":4,"temperature":2,"x":1}"#) else {
+            throw TestFailure("a member the schema does not allow was admitted")
+        }
+        #expect(extra.stage == .schema)
         guard case .failure(let replay) = try publish(#"{"$counter":3,"temperature":2}"#) else {
             throw TestFailure("replayed member admitted")
         }

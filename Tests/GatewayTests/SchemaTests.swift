@@ -1,10 +1,11 @@
+import JSON
 import Testing
 
 @testable import Gateway
 
 @Suite struct SchemaTests {
     func schema(_ text: String) throws -> JSONSchema { try JSONSchema(bytes: Array(text.utf8)) }
-    func value(_ text: String) throws -> JSONValue { try StrictJSON().parse(Array(text.utf8)) }
+    func value(_ text: String) throws -> JSONDocument { try StrictJSON().parse(Array(text.utf8)) }
 
     @Test(arguments: [
         #"{"pattern":"^a"}"#, #"{"oneOf":[{"type":"string"}]}"#, ##"{"$ref":"#/x"}"##, #"{"format":"email"}"#,

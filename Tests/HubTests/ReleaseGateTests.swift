@@ -135,7 +135,7 @@ import Testing
         #expect(passed.status == 0, "\(passed.stderr)")
         #expect(passed.stdout.contains("gate passed"), "\(passed.stdout)")
 
-        let targets = try JSONParser.parse(
+        let targets = try TUFJSON.parse(
             Array(try Data(contentsOf: URL(fileURLWithPath: repository.path + "/metadata/targets.json"))))
         let custom = try #require(
             targets.objectValue?["signed"]?.objectValue?["targets"]?.objectValue?["gated-v2.tar"]?.objectValue?[
@@ -150,7 +150,7 @@ import Testing
         #expect(
             custom["gate"]?.objectValue?["waivers"]?.arrayValue?.first?.objectValue?["advisory"]?.stringValue
                 == "CVE-2099-0001")
-        let report = try JSONParser.parse(reportBytes).objectValue
+        let report = try TUFJSON.parse(reportBytes).objectValue
         #expect(report?["blocked"]?.boolValue == false)
         #expect(report?["sbomSHA256"]?.stringValue == sbomDigest)
         #expect(

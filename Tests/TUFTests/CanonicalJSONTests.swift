@@ -1,9 +1,10 @@
+import JSON
 import TUF
 import Testing
 
 @Suite struct CanonicalJSONTests {
     func canonical(_ s: String) throws -> String {
-        String(decoding: try CanonicalJSON.encode(try JSONParser.parse(Array(s.utf8))), as: UTF8.self)
+        String(decoding: try TUFJSON.canonical(try TUFJSON.parse(Array(s.utf8))), as: UTF8.self)
     }
 
     @Test func sortsKeysAndDropsWhitespace() throws {
@@ -24,7 +25,7 @@ import Testing
 
     @Test func knownAnswerFromSecureSystemsLib() throws {
         let expected = try need(hexDecode(Vectors.canonicalHex))
-        #expect(try CanonicalJSON.encode(try JSONParser.parse(Array(Vectors.canonicalInput.utf8))) == expected)
+        #expect(try CanonicalJSON.encode(try TUFJSON.parse(Array(Vectors.canonicalInput.utf8))) == expected)
     }
 
     @Test func refusesFloats() {
@@ -49,26 +50,26 @@ import Testing
         #""\x""#, "nul", "[1] 2", "9223372036854775808",
     ])
     func refusesInvalidJSON(_ text: String) {
-        #expect(throws: TUFError(.malformedJSON, "")) { try JSONParser.parse(Array(text.utf8)) }
+        #expect(throws: TUFError(.malformedJSON, "")) { try TUFJSON.parse(Array(text.utf8)) }
     }
 
     @Test func refusesInvalidUTF8() {
-        #expect(throws: TUFError(.malformedJSON, "")) { try JSONParser.parse([0x22, 0xC3, 0x28, 0x22]) }
+        #expect(throws: TUFError(.malformedJSON, "")) { try TUFJSON.parse([0x22, 0xC3, 0x28, 0x22]) }
     }
 
     @Test func keepsCanonicallyEquivalentKeysApart() throws {
-        let v = try JSONParser.parse(Array(#"{"\u00e9":1,"e\u0301":2}"#.utf8))
+        let v = try TUFJSON.parse(Array(#"{"\u00e9":1,"e\u0301":2}"#.utf8))
         #expect(v.objectValue?.count == 2)
     }
 
     @Test func boundsNesting() {
         let deep = String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000)
-        #expect(throws: TUFError(.malformedJSON, "")) { try JSONParser.parse(Array(deep.utf8)) }
+        #expect(throws: TUFError(.malformedJSON, "")) { try TUFJSON.parse(Array(deep.utf8)) }
     }
 
     @Test func distinguishesIntegersAndFloats() throws {
-        #expect(try JSONParser.parse(Array("3".utf8)) == .integer(3))
-        #expect(try JSONParser.parse(Array("3.0".utf8)) == .float("3.0"))
-        #expect(try JSONParser.parse(Array("\"\\ud83d\\ude00\"".utf8)) == .string("\u{1F600}"))
+        #expect(try TUFJSON.parse(Array("3".utf8)) == .integer(3))
+        #expect(try TUFJSON.parse(Array("3.0".utf8)) == .float("3.0"))
+        #expect(try TUFJSON.parse(Array("\"\\ud83d\\ude00\"".utf8)) == .string("\u{1F600}"))
     }
 }

@@ -1,6 +1,6 @@
 import FuzzSupport
 import Gateway
-import GatewayFuzzSupport
+import JSON
 
 /// JSON Schema compilation (`JSONSchema(bytes:)`, as when an operator registers a schema) and validation of a
 /// document against it. Input: schema bytes, a NUL byte, instance bytes (NUL cannot occur in JSON text).
@@ -12,11 +12,11 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let parts = FuzzSupport.fields(input[...], separator: 0, maxFields: 2)
     let schemaBytes = Array(parts[0])
     guard let schema = try? JSONSchema(bytes: schemaBytes) else { return 0 }
-    guard let schemaValue = try? StrictJSON(maxDepth: 32).parse(schemaBytes) else {
+    guard let schemaValue = try? StrictJSON(maxDepth: 32).value(schemaBytes) else {
         FuzzSupport.violated("a schema compiled from bytes that are not strict JSON")
     }
     let rewritten: JSONSchema
-    do { rewritten = try JSONSchema(bytes: JSONWriter.write(schemaValue)) } catch {
+    do { rewritten = try JSONSchema(bytes: schemaValue.serialized()) } catch {
         FuzzSupport.violated("the schema written out again does not compile: \(error)")
     }
     guard parts.count == 2, let instance = try? StrictJSON().parse(Array(parts[1])) else { return 0 }
@@ -27,7 +27,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         FuzzSupport.violated("the rewritten schema judges the instance differently")
     }
     if let violation = verdict {
-        guard resolve(violation.path, in: instance) else {
+        guard resolve(violation.path, in: instance.value(instance.root)) else {
             FuzzSupport.violated("violation path \(violation.path) does not resolve in the instance")
         }
     }
@@ -57,7 +57,7 @@ func resolve(_ pointer: String, in document: JSONValue) -> Bool {
         }
         switch current {
         case .object(let members):
-            guard let next = members[JSONKey(String(token))] else { return false }
+            guard let next = members[String(token)] else { return false }
             current = next
         case .array(let elements):
             guard let index = Int(String(token)), elements.indices.contains(index) else { return false }

@@ -1,20 +1,22 @@
 import FuzzSupport
+import JSON
 import TUF
 
-/// `TUF.JSONParser` and `CanonicalJSON`. Invariants: canonical JSON of an accepted value (without floats, which
-/// canonical JSON refuses, and without control characters, which it writes raw as securesystemslib does) parses
-/// back to an equal value, and encoding that value again gives the same bytes (canonical output is stable).
+/// The TUF profile of the strict JSON parser (`TUFJSON.parse`) and `CanonicalJSON`. Invariants: canonical JSON of
+/// an accepted value (without floats, which canonical JSON refuses, and without control characters, which it
+/// writes raw as securesystemslib does) parses back to an equal value, and encoding that value again gives the
+/// same bytes (canonical output is stable).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let input = FuzzSupport.bytes(data, size)
-    guard let value = try? JSONParser.parse(input) else { return 0 }
+    guard let value = try? TUFJSON.parse(input) else { return 0 }
     let canonical: [UInt8]
     do { canonical = try CanonicalJSON.encode(value) } catch {
-        guard containsFloat(value) else { FuzzSupport.violated("canonical encoding refused a float-free value") }
+        guard value.containsFloat else { FuzzSupport.violated("canonical encoding refused a float-free value") }
         return 0
     }
-    guard !containsFloat(value) else { FuzzSupport.violated("canonical encoding accepted a float") }
-    guard let again = try? JSONParser.parse(canonical) else {
+    guard !value.containsFloat else { FuzzSupport.violated("canonical encoding accepted a float") }
+    guard let again = try? TUFJSON.parse(canonical) else {
         guard containsControlCharacter(value) else {
             FuzzSupport.violated("canonical JSON does not re-parse: \(String(decoding: canonical, as: UTF8.self))")
         }
@@ -26,15 +28,6 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     }
     // The parser's own output must also parse to itself when written out in document order.
     return 0
-}
-
-func containsFloat(_ value: JSONValue) -> Bool {
-    switch value {
-    case .float: true
-    case .array(let a): a.contains(where: containsFloat)
-    case .object(let o): o.members.contains { containsFloat($0.value) }
-    default: false
-    }
 }
 
 func containsControlCharacter(_ value: JSONValue) -> Bool {

@@ -1,5 +1,6 @@
 import Crypto
 import FuzzSupport
+import JSON
 import TUF
 
 /// TUF metadata parsing and the `TrustedMetadataSet` update path (TUF §5.2-§5.6).
@@ -187,7 +188,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let operation = Int(op & 7)
     var bytes = Array(input.dropFirst())
     if op & 8 != 0 {
-        guard let signed = try? JSONParser.parse(bytes), let wrapped = envelope(signed, signersForOperation[operation])
+        guard let signed = try? TUFJSON.parse(bytes), let wrapped = envelope(signed, signersForOperation[operation])
         else { return 0 }
         bytes = wrapped
     }
@@ -293,7 +294,7 @@ func roundTrip<R: SignedRole>(_ role: R.Type, _ bytes: [UInt8]) {
     guard !first.contains(where: { $0 < 0x20 }) else { return }
     let again: R
     do {
-        guard let object = try JSONParser.parse(first).objectValue else { FuzzSupport.violated("not an object") }
+        guard let object = try TUFJSON.parse(first).objectValue else { FuzzSupport.violated("not an object") }
         again = try R(json: object)
     } catch {
         FuzzSupport.violated("a \(R.type) role written out does not parse again: \(error)")

@@ -1,4 +1,5 @@
 import Crypto
+import JSON
 import Synchronization
 import TUF
 
@@ -263,7 +264,7 @@ func makeUpdater(
 
 func trustedVersion(_ dir: String, _ role: String) -> Int64? {
     guard let data = try? AtomicFile.read(path: "\(dir)/\(role).json"),
-        let top = try? JSONParser.parse(data).objectValue,
+        let top = try? TUFJSON.parse(data).objectValue,
         let signed = top["signed"]?.objectValue
     else { return nil }
     return signed["version"]?.integerValue

@@ -7,19 +7,19 @@
 /// - Only integers are allowed: floats make the value un-signable.
 /// - No whitespace.
 public enum CanonicalJSON {
-    public static func encode(_ value: JSONValue) throws(TUFError) -> [UInt8] {
+    public static func encode(_ value: JSONValue) throws(JSONError) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(1024)
         try write(value, into: &out)
         return out
     }
 
-    private static func write(_ value: JSONValue, into out: inout [UInt8]) throws(TUFError) {
+    private static func write(_ value: JSONValue, into out: inout [UInt8]) throws(JSONError) {
         switch value {
         case .null: out.append(contentsOf: Array("null".utf8))
         case .bool(let b): out.append(contentsOf: Array((b ? "true" : "false").utf8))
         case .integer(let i): out.append(contentsOf: Array(String(i).utf8))
-        case .float: throw TUFError(.notCanonicalizable, "floats are not allowed in canonical JSON")
+        case .float: throw JSONError(kind: .notCanonicalizable, offset: out.count)
         case .string(let s): writeString(s, into: &out)
         case .array(let a):
             out.append(UInt8(ascii: "["))
