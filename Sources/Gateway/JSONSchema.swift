@@ -31,7 +31,8 @@ public struct JSONSchema: Sendable {
         var dateTime = false
         var items = -1
         var additionalProperties = -1
-        /// Ranges into `Program.properties` (sorted by name), `Program.required` and `Program.values`.
+        /// Ranges into `Program.properties` (sorted by name), `Program.required` (sorted, unique) and
+        /// `Program.values`.
         var properties = 0..<0
         var required = 0..<0
         var enumeration = 0..<0
@@ -46,22 +47,41 @@ public struct JSONSchema: Sendable {
         var node: Int
     }
 
-    /// The compiled tables; node 0 is the root.
+    /// The tables while a schema is compiled; node 0 is the root.
     struct Program: Sendable {
         var nodes: [Node] = []
         var names: [UInt8] = []
         var properties: [Property] = []
         var required: [Range<Int>] = []
         var values: [JSONValue] = []
+        /// Per value: where its UTF-8 bytes are in `names` when it is a string (compared with no reference counting).
+        var strings: [Range<Int>?] = []
+
+        mutating func append(_ value: JSONValue) {
+            values.append(value)
+            guard case .string(let text) = value else {
+                strings.append(nil)
+                return
+            }
+            strings.append(names.count..<names.count + text.utf8.count)
+            names.append(contentsOf: text.utf8)
+        }
     }
 
-    let program: Program
+    /// The compiled tables, shared (one reference to count when a schema is looked up per message).
+    final class Tables: Sendable {
+        let program: Program
+        init(_ program: Program) { self.program = program }
+    }
+
+    let tables: Tables
+    var program: Program { tables.program }
 
     /// A schema nothing satisfies: stands in for a stored schema that no longer compiles, so its messages are
     /// refused rather than accepted unchecked.
     public static let refuseAll = JSONSchema(program: Program(nodes: [Node(kind: .never)]))
 
-    init(program: Program) { self.program = program }
+    init(program: Program) { self.tables = Tables(program) }
 
     public static let draft202012 = "https://json-schema.org/draft/2020-12/schema"
     static let annotations: Set<String> = ["$schema", "$id", "$comment", "title", "description", "examples", "default"]
@@ -71,7 +91,7 @@ public struct JSONSchema: Sendable {
     public init(_ document: JSONValue) throws(SchemaError) {
         var program = Program()
         _ = try Self.compile(document, path: "", into: &program)
-        self.program = program
+        self.tables = Tables(program)
     }
 
     public init(bytes: [UInt8]) throws(SchemaError) {
@@ -131,11 +151,17 @@ public struct JSONSchema: Sendable {
                 for (name, schema) in list.members { properties.append((Array(name.utf8), schema, at + "/" + name)) }
             case "required":
                 guard case .array(let names) = argument else { throw SchemaError("\(at) must be an array") }
-                let start = program.required.count
+                var sorted: [[UInt8]] = []
                 for name in names {
                     guard case .string(let text) = name else { throw SchemaError("\(at) must hold strings") }
-                    program.required.append(program.names.count..<program.names.count + text.utf8.count)
-                    program.names.append(contentsOf: text.utf8)
+                    sorted.append(Array(text.utf8))
+                }
+                // Sorted and without repeats, for a binary search with each member's name.
+                sorted.sort(by: Self.nameOrder)
+                let start = program.required.count
+                for (index, name) in sorted.enumerated() where index == 0 || sorted[index - 1] != name {
+                    program.required.append(program.names.count..<program.names.count + name.count)
+                    program.names.append(contentsOf: name)
                 }
                 rules.required = start..<program.required.count
             case "additionalProperties": additional = (argument, at)
@@ -146,10 +172,10 @@ public struct JSONSchema: Sendable {
                     throw SchemaError("\(at) must be a non-empty array of at most 256 values")
                 }
                 rules.enumeration = program.values.count..<program.values.count + values.count
-                program.values.append(contentsOf: values)
+                for value in values { program.append(value) }
             case "const":
                 rules.constant = program.values.count
-                program.values.append(argument)
+                program.append(argument)
             case "minimum": rules.minimum = try number()
             case "maximum": rules.maximum = try number()
             case "exclusiveMinimum": rules.exclusiveMinimum = try number()
@@ -179,7 +205,7 @@ public struct JSONSchema: Sendable {
         if let (schema, at) = items { rules.items = try compile(schema, path: at, into: &program) }
         if let (schema, at) = additional { rules.additionalProperties = try compile(schema, path: at, into: &program) }
         var compiled: [Property] = []
-        for property in properties.sorted(by: { $0.name.lexicographicallyPrecedes($1.name) }) {
+        for property in properties.sorted(by: { Self.nameOrder($0.name, $1.name) }) {
             let node = try compile(property.schema, path: property.path, into: &program)
             let name = program.names.count..<program.names.count + property.name.count
             program.names.append(contentsOf: property.name)
@@ -189,6 +215,11 @@ public struct JSONSchema: Sendable {
         program.properties.append(contentsOf: compiled)
         program.nodes[index] = rules
         return index
+    }
+
+    /// The order of the binary searches: shorter names first, then by bytes (a length decides most comparisons).
+    static func nameOrder(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        a.count != b.count ? a.count < b.count : a.lexicographicallyPrecedes(b)
     }
 
     static func typeBits(_ name: String) -> UInt16 {
@@ -206,16 +237,21 @@ public struct JSONSchema: Sendable {
     /// The first violation, or nil when the document's root is valid. Paths are JSON Pointers (RFC 6901) into the
     /// instance. `skipping` is a member of the root object the schema does not see (the MQTT `$counter` field).
     public func validate(_ document: JSONDocument, skipping: JSONElement? = nil) -> SchemaViolation? {
-        document.withTape { tape in
+        let program = tables.program
+        return document.withTape { tape in
             program.nodes.withUnsafeBufferPointer { nodes in
                 program.properties.withUnsafeBufferPointer { properties in
                     program.names.withUnsafeBufferPointer { names in
                         program.required.withUnsafeBufferPointer { required in
-                            let walk = Walk(
-                                tape: tape, nodes: nodes, properties: properties, names: names, required: required,
-                                values: program.values, skipping: skipping.map { $0.index - 1 } ?? -1)
-                            return walk.check(0, node: 0).map {
-                                SchemaViolation(path: $0.path.reversed().map { "/" + $0 }.joined(), keyword: $0.keyword)
+                            program.strings.withUnsafeBufferPointer { strings in
+                                let walk = Walk(
+                                    tape: tape, nodes: nodes, properties: properties, names: names, required: required,
+                                    strings: strings, values: program.values,
+                                    skipping: skipping.map { $0.index - 1 } ?? -1)
+                                return walk.check(0, node: 0).map {
+                                    SchemaViolation(
+                                        path: $0.path.reversed().map { "/" + $0 }.joined(), keyword: $0.keyword)
+                                }
                             }
                         }
                     }
@@ -245,6 +281,7 @@ public struct JSONSchema: Sendable {
         let properties: UnsafeBufferPointer<Property>
         let names: UnsafeBufferPointer<UInt8>
         let required: UnsafeBufferPointer<Range<Int>>
+        let strings: UnsafeBufferPointer<Range<Int>?>
         let values: [JSONValue]
         /// The tape index of the root member name the schema does not see, or -1.
         let skipping: Int
@@ -252,64 +289,69 @@ public struct JSONSchema: Sendable {
         func name(_ range: Range<Int>) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: names[range]) }
 
         func check(_ element: Int, node index: Int) -> Failure? {
-            let rules = nodes[index]
-            switch rules.kind {
+            // Read in place: a node is a few cache lines, and a copy per value showed in the profile.
+            guard let base = nodes.baseAddress else { return nil }
+            let rules = base + index
+            switch rules.pointee.kind {
             case .always: return nil
             case .never: return Failure(path: [], keyword: "false")
             case .rules: break
             }
             func fail(_ keyword: String) -> Failure { Failure(path: [], keyword: keyword) }
             let kind = tape.kind(element)
-            if rules.types != 0, rules.types & (1 << kind.rawValue) == 0 {
+            if rules.pointee.types != 0, rules.pointee.types & (1 << kind.rawValue) == 0 {
                 var integer = false
-                if rules.types & JSONSchema.integerBit != 0, kind == .number {
+                if rules.pointee.types & JSONSchema.integerBit != 0, kind == .number {
                     integer = tape.isIntegerLiteral(element) || tape.double(element).map { $0 == $0.rounded() } == true
                 }
                 guard integer else { return fail("type") }
             }
-            if rules.constant >= 0, !equal(element, values[rules.constant]) { return fail("const") }
-            if !rules.enumeration.isEmpty, !rules.enumeration.contains(where: { equal(element, values[$0]) }) {
-                return fail("enum")
+            if rules.pointee.constant >= 0, !matches(element, rules.pointee.constant..<rules.pointee.constant + 1) {
+                return fail("const")
             }
+            if !rules.pointee.enumeration.isEmpty, !matches(element, rules.pointee.enumeration) { return fail("enum") }
             switch kind {
             case .number:
                 guard
-                    !rules.minimum.isNaN || !rules.maximum.isNaN || !rules.exclusiveMinimum.isNaN
-                        || !rules.exclusiveMaximum.isNaN || !rules.multipleOf.isNaN,
+                    !rules.pointee.minimum.isNaN || !rules.pointee.maximum.isNaN
+                        || !rules.pointee.exclusiveMinimum.isNaN
+                        || !rules.pointee.exclusiveMaximum.isNaN || !rules.pointee.multipleOf.isNaN,
                     let n = tape.double(element)
                 else { break }
-                if n < rules.minimum { return fail("minimum") }
-                if n > rules.maximum { return fail("maximum") }
-                if n <= rules.exclusiveMinimum { return fail("exclusiveMinimum") }
-                if n >= rules.exclusiveMaximum { return fail("exclusiveMaximum") }
-                if !rules.multipleOf.isNaN {
-                    let quotient = n / rules.multipleOf
+                if n < rules.pointee.minimum { return fail("minimum") }
+                if n > rules.pointee.maximum { return fail("maximum") }
+                if n <= rules.pointee.exclusiveMinimum { return fail("exclusiveMinimum") }
+                if n >= rules.pointee.exclusiveMaximum { return fail("exclusiveMaximum") }
+                if !rules.pointee.multipleOf.isNaN {
+                    let quotient = n / rules.pointee.multipleOf
                     guard quotient.isFinite, abs(quotient - quotient.rounded()) <= 1e-9 * max(1, abs(quotient)) else {
                         return fail("multipleOf")
                     }
                 }
             case .string:
-                guard rules.minLength >= 0 || rules.maxLength >= 0 || rules.dateTime else { break }
+                guard rules.pointee.minLength >= 0 || rules.pointee.maxLength >= 0 || rules.pointee.dateTime else {
+                    break
+                }
                 let failure: Failure? = tape.unescaped(element) { bytes in
-                    if rules.minLength >= 0 || rules.maxLength >= 0 {
+                    if rules.pointee.minLength >= 0 || rules.pointee.maxLength >= 0 {
                         // §6.3.1: length counts code points (Unicode scalars), not bytes or grapheme clusters.
                         var length = 0
                         for byte in bytes where byte & 0xC0 != 0x80 { length += 1 }
-                        if rules.minLength >= 0, length < rules.minLength { return fail("minLength") }
-                        if rules.maxLength >= 0, length > rules.maxLength { return fail("maxLength") }
+                        if rules.pointee.minLength >= 0, length < rules.pointee.minLength { return fail("minLength") }
+                        if rules.pointee.maxLength >= 0, length > rules.pointee.maxLength { return fail("maxLength") }
                     }
-                    if rules.dateTime, !RFC3339.isDateTime(bytes) { return fail("format") }
+                    if rules.pointee.dateTime, !RFC3339.isDateTime(bytes) { return fail("format") }
                     return nil
                 }
                 if let failure { return failure }
             case .array:
                 let count = tape.count(element)
-                if rules.minItems >= 0, count < rules.minItems { return fail("minItems") }
-                if rules.maxItems >= 0, count > rules.maxItems { return fail("maxItems") }
-                if rules.items >= 0 {
+                if rules.pointee.minItems >= 0, count < rules.pointee.minItems { return fail("minItems") }
+                if rules.pointee.maxItems >= 0, count > rules.pointee.maxItems { return fail("maxItems") }
+                if rules.pointee.items >= 0 {
                     var item = element + 1
                     for position in 0..<count {
-                        if var failure = check(item, node: rules.items) {
+                        if var failure = check(item, node: rules.pointee.items) {
                             failure.path.append(String(position))
                             return failure
                         }
@@ -325,35 +367,51 @@ public struct JSONSchema: Sendable {
 
         /// `required` first (a missing name is reported before a failing member), then each member in document
         /// order against its property's schema or `additionalProperties`.
-        func object(_ element: Int, _ rules: Node) -> Failure? {
-            let count = tape.count(element)
-            for requirement in rules.required {
-                let wanted = name(required[requirement])
-                var key = element + 1
-                var found = false
-                for _ in 0..<count {
-                    if key != skipping, nameEquals(key, wanted) {
-                        found = true
-                        break
-                    }
-                    key = tape.next(key + 1)
-                }
-                if !found { return Failure(path: [], keyword: "required") }
-            }
-            guard !rules.properties.isEmpty || rules.additionalProperties >= 0 else { return nil }
+        /// One pass over the members, each name decoded at most once: it marks the required names it sees (binary
+        /// search in the sorted list) and checks the member against its property's schema or
+        /// `additionalProperties`. A missing required name is reported before a failing member.
+        func object(_ element: Int, _ rules: UnsafePointer<Node>) -> Failure? {
+            let requiredCount = rules.pointee.required.count
+            guard requiredCount > 0 || !rules.pointee.properties.isEmpty || rules.pointee.additionalProperties >= 0
+            else { return nil }
+            // Bits for the first 64 required names, an array beyond (a schema with that many is rare).
+            var seen: UInt64 = 0
+            var seenBeyond = requiredCount > 64 ? [Bool](repeating: false, count: requiredCount - 64) : []
+            var firstFailure: Failure?
             var key = element + 1
-            for _ in 0..<count {
+            for _ in 0..<tape.count(element) {
                 defer { key = tape.next(key + 1) }
                 if key == skipping { continue }
-                let schema = tape.unescaped(key) { property($0, in: rules.properties) }
-                let node = schema ?? rules.additionalProperties
-                guard node >= 0, var failure = check(key + 1, node: node) else { continue }
-                if schema == nil, failure.keyword == "false", failure.path.isEmpty {
-                    failure = Failure(path: [], keyword: "additionalProperties")
+                tape.unescaped(key) { name in
+                    if requiredCount > 0, let found = index(of: name, in: rules.pointee.required) {
+                        if found < 64 { seen |= 1 << UInt64(found) } else { seenBeyond[found - 64] = true }
+                    }
+                    guard firstFailure == nil else { return }
+                    let schema = property(name, in: rules.pointee.properties)
+                    let node = schema ?? rules.pointee.additionalProperties
+                    guard node >= 0, var failure = check(key + 1, node: node) else { return }
+                    if schema == nil, failure.keyword == "false", failure.path.isEmpty {
+                        failure = Failure(path: [], keyword: "additionalProperties")
+                    }
+                    failure.path.append(JSONSchema.escapePointer(String(decoding: name, as: UTF8.self)))
+                    firstFailure = failure
                 }
-                failure.path.append(
-                    JSONSchema.escapePointer(tape.unescaped(key) { String(decoding: $0, as: UTF8.self) }))
-                return failure
+                if firstFailure != nil, requiredCount == 0 { break }
+            }
+            let all: UInt64 = requiredCount >= 64 ? .max : (1 << UInt64(requiredCount)) - 1
+            if seen != all || seenBeyond.contains(false) { return Failure(path: [], keyword: "required") }
+            return firstFailure
+        }
+
+        /// The position of `bytes` in a sorted range of required names, or nil.
+        func index(of bytes: UnsafeBufferPointer<UInt8>, in range: Range<Int>) -> Int? {
+            var low = range.lowerBound
+            var high = range.upperBound
+            while low < high {
+                let middle = (low + high) / 2
+                let order = compareBytes(name(required[middle]), bytes)
+                if order == 0 { return middle - range.lowerBound }
+                if order < 0 { low = middle + 1 } else { high = middle }
             }
             return nil
         }
@@ -371,9 +429,18 @@ public struct JSONSchema: Sendable {
             return nil
         }
 
-        func nameEquals(_ key: Int, _ wanted: UnsafeBufferPointer<UInt8>) -> Bool {
-            if !tape.hasEscape(key) { return compareBytes(tape.raw(key), wanted) == 0 }
-            return tape.unescaped(key) { compareBytes($0, wanted) == 0 }
+        /// Whether the instance value equals one of `values[range]` (`const` is a range of one). A string is decoded
+        /// once, not once per value.
+        func matches(_ element: Int, _ range: Range<Int>) -> Bool {
+            guard tape.kind(element) == .string else { return range.contains { equal(element, values[$0]) } }
+            return tape.unescaped(element) { bytes in
+                range.contains { index in strings[index].map { compareBytes(name($0), bytes) == 0 } ?? false }
+            }
+        }
+
+        /// Members of an object, without the root member the schema does not see.
+        func memberCount(_ element: Int) -> Int {
+            tape.count(element) - (element == 0 && skipping >= 0 ? 1 : 0)
         }
 
         /// JSON Schema equality (§4.2.2) of an instance value and a schema value: numbers compare by value, strings
@@ -396,13 +463,14 @@ public struct JSONSchema: Sendable {
                 }
                 return true
             case (.object, .object(let object)):
-                guard tape.count(element) == object.count else { return false }
+                guard memberCount(element) == object.count else { return false }
                 var key = element + 1
                 for _ in 0..<tape.count(element) {
+                    defer { key = tape.next(key + 1) }
+                    if key == skipping { continue }
                     guard let expected = tape.unescaped(key, { object[String(decoding: $0, as: UTF8.self)] }),
                         equal(key + 1, expected)
                     else { return false }
-                    key = tape.next(key + 1)
                 }
                 return true
             default: return false
@@ -425,11 +493,11 @@ public struct JSONSchema: Sendable {
     }
 }
 
-/// Byte order of two names (negative, zero, positive): the first differing byte, then the length.
+/// `JSONSchema.nameOrder` of two names (negative, zero, positive): the length, then the first differing byte.
 func compareBytes(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Int {
-    let common = min(a.count, b.count)
-    for k in 0..<common where a[k] != b[k] { return a[k] < b[k] ? -1 : 1 }
-    return a.count - b.count
+    if a.count != b.count { return a.count - b.count }
+    for k in 0..<a.count where a[k] != b[k] { return a[k] < b[k] ? -1 : 1 }
+    return 0
 }
 
 /// A schema that cannot be registered, with the reason (safe to show to the operator who sent it).

@@ -61,6 +61,9 @@ public struct InboundMessage: Sendable {
     public var messageType: String?
     public var body: [UInt8]
     public var transport: Transport
+    /// The device's interned key (`GatewayPipeline.deviceKeys`), set once per connection when the certificate names
+    /// a device; nil makes the pipeline intern the id itself (a `String` hash).
+    public var deviceKey: DeviceKey?
 
     public init(
         identity: Identity, route: String, source: String, contentType: String?, messageType: String?,
@@ -135,26 +138,30 @@ public final class GatewayPipeline: Sendable {
     public let policy: GatewayPolicy
     public let connectionLimiter: RateLimiterTable<String>
     public let sourceLimiter: RateLimiterTable<String>
-    public let deviceLimiter: RateLimiterTable<DeviceID>
-    public let routeLimiter: RateLimiterTable<RouteKey>
-    let ownRouteLimiters: [String: RateLimiterTable<DeviceID>]
+    /// Devices interned to dense keys, so the per-device limits index arrays.
+    public let deviceKeys = DeviceKeys()
+    public let deviceLimiter: DenseRateTable
+    /// Device × route: slot `key × (routes.count + 1) + route index` (the last index for a route not listed).
+    public let routeLimiter: DenseRateTable
+    /// The routes rate limits and authorization know, in a fixed order (compared, not hashed: there are a few).
+    let routes: [String]
+    /// Per route index: whether devices may use it, and its own limit when it has one (replacing the shared one).
+    let routeOpen: [Bool]
+    let ownRouteLimiters: [DenseRateTable?]
     public let nonces: NonceLedger
     public let counters = CounterWindows()
     public let quarantine: QuarantineBook
     private let schemas = Mutex<[String: JSONSchema]>([:])
 
-    public struct RouteKey: Hashable, Sendable {
-        let device: DeviceID
-        let route: String
-    }
-
     public init(policy: GatewayPolicy = GatewayPolicy()) {
         self.policy = policy
         connectionLimiter = RateLimiterTable(limit: policy.connectionsPerSource)
         sourceLimiter = RateLimiterTable(limit: policy.messagesPerSource)
-        deviceLimiter = RateLimiterTable(limit: policy.messagesPerDevice)
-        routeLimiter = RateLimiterTable(limit: policy.messagesPerRoute)
-        ownRouteLimiters = policy.routeLimits.mapValues { RateLimiterTable(limit: $0) }
+        deviceLimiter = DenseRateTable(limit: policy.messagesPerDevice)
+        routeLimiter = DenseRateTable(limit: policy.messagesPerRoute)
+        routes = policy.deviceRoutes.union(policy.routeLimits.keys).sorted()
+        routeOpen = routes.map { policy.deviceRoutes.contains($0) } + [false]
+        ownRouteLimiters = routes.map { policy.routeLimits[$0].map(DenseRateTable.init(limit:)) } + [nil]
         // Each device can hold at most (burst + rate × retention) live nonces, since every one came with an admitted
         // request; the whole ledger is capped at 4 million entries (about 400 MB at most).
         let retention = 2 * policy.signatures.maxSkewSeconds + 1
@@ -273,7 +280,7 @@ public final class GatewayPipeline: Sendable {
     }
 
     public func checkAuthorization(_ device: DeviceID, _ message: InboundMessage) throws(Refusal) {
-        guard policy.deviceRoutes.contains(message.route) else {
+        guard routeOpen[routeIndex(message.route)] else {
             throw Refusal(
                 problem: .forbidden, stage: .authorization, detail: "route \(message.route) is not open to devices",
                 auditKind: "access-denied")
@@ -283,15 +290,17 @@ public final class GatewayPipeline: Sendable {
     /// The device's own limits first, so a flooding device is stopped before it spends its neighbours' shared
     /// source budget; a refusal by the source limit is not counted against the device (many devices share a NAT).
     public func checkRateLimits(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) {
-        if case .deny(let wait) = deviceLimiter.decide(device, now: now.monotonicNanos) {
+        let key = Int(deviceKey(device, message).rawValue)
+        if case .deny(let wait) = deviceLimiter.decide(key, now: now.monotonicNanos) {
             throw rateLimited(device, "device", policy.messagesPerDevice, wait, now)
         }
-        if let own = ownRouteLimiters[message.route], let limit = policy.routeLimits[message.route] {
-            if case .deny(let wait) = own.decide(device, now: now.monotonicNanos) {
-                throw rateLimited(device, "route", limit, wait, now)
+        let route = routeIndex(message.route)
+        if let own = ownRouteLimiters[route] {
+            if case .deny(let wait) = own.decide(key, now: now.monotonicNanos) {
+                throw rateLimited(device, "route", own.limit, wait, now)
             }
         } else if case .deny(let wait) = routeLimiter.decide(
-            RouteKey(device: device, route: message.route), now: now.monotonicNanos)
+            key * (routes.count + 1) + route, now: now.monotonicNanos)
         {
             throw rateLimited(device, "route", policy.messagesPerRoute, wait, now)
         }
@@ -301,6 +310,17 @@ public final class GatewayPipeline: Sendable {
                 detail: "source limit \(policy.messagesPerSource) exceeded for \(message.source)",
                 retryAfterSeconds: Self.seconds(wait), limit: ("source", policy.messagesPerSource), auditKind: nil)
         }
+    }
+
+    /// The message's interned key when the hub set it for this device, else the device's key from the table.
+    func deviceKey(_ device: DeviceID, _ message: InboundMessage) -> DeviceKey {
+        message.deviceKey ?? deviceKeys.key(for: device)
+    }
+
+    /// The route's position in `routes`, or `routes.count` for a route not listed.
+    func routeIndex(_ route: String) -> Int {
+        for (index, known) in routes.enumerated() where known == route { return index }
+        return routes.count
     }
 
     func rateLimited(_ device: DeviceID, _ name: String, _ limit: RateLimit, _ wait: Int64, _ now: GatewayTime)
@@ -359,7 +379,9 @@ public final class GatewayPipeline: Sendable {
         guard case .mqtt(let property) = message.transport,
             let member = document.member(Self.counterMember, of: document.root)
         else { return (message, nil) }
-        guard let number = document.int64(member), number >= 0 else { throw malformedCounter(device, now: now) }
+        guard let number = document.int64(member), number >= 0, number <= 9_007_199_254_740_991 else {
+            throw malformedCounter(device, now: now)
+        }
         let counter = UInt64(number)
         if let property, property != counter {
             throw offence(
@@ -466,7 +488,7 @@ public final class GatewayPipeline: Sendable {
     /// Lifts a device's quarantine and its rate-limit state (`bulwark device release`).
     @discardableResult
     public func release(_ device: DeviceID) -> Bool {
-        deviceLimiter.reset(device)
+        deviceLimiter.reset(Int(deviceKeys.key(for: device).rawValue))
         return quarantine.release(device)
     }
 

@@ -48,7 +48,8 @@ public final class QuarantineBook: Sendable {
 
     public func isQuarantined(_ device: DeviceID, now: Int64) -> Bool {
         state.withLock { state in
-            guard let until = state.until[device] else { return false }
+            // The common case, no device in quarantine, hashes nothing.
+            guard !state.until.isEmpty, let until = state.until[device] else { return false }
             if until > now { return true }
             state.until[device] = nil
             return false

@@ -90,3 +90,37 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
     /// Forgets `key` (an operator release lifts its limits too).
     public func reset(_ key: Key) { _ = state.withLock { $0.tat.removeValue(forKey: key) } }
 }
+
+/// GCRA state for keys that are small dense integers (interned devices, or device × route): an array of theoretical
+/// arrival times indexed by the key, so a decision is one lock, one load and one store, and no hashing. Memory is
+/// 8 bytes per slot up to the highest key seen (interned keys are dense, so about 8 bytes per device).
+public final class DenseRateTable: Sendable {
+    public let limit: RateLimit
+    private let tats = Mutex<[Int64]>([])
+
+    public init(limit: RateLimit) { self.limit = limit }
+
+    public func decide(_ slot: Int, now: Int64) -> RateDecision {
+        let interval = limit.interval
+        let tolerance = limit.tolerance
+        return tats.withLock { tats in
+            if slot >= tats.count {
+                tats.append(contentsOf: repeatElement(Int64.min, count: max(slot + 1, tats.count * 2) - tats.count))
+            }
+            let start = max(tats[slot], now)
+            if start - tolerance > now { return .deny(retryAfterNanos: start - tolerance - now) }
+            let next = start + interval
+            tats[slot] = next
+            let remaining = (now + tolerance - next + interval) / interval
+            return .admit(remaining: Int(max(0, remaining)))
+        }
+    }
+
+    /// Forgets `slot` (an operator release lifts its limits too).
+    public func reset(_ slot: Int) {
+        tats.withLock { if slot < $0.count { $0[slot] = Int64.min } }
+    }
+
+    /// Bytes of state (for the memory figure).
+    public var bytes: Int { tats.withLock { $0.capacity * MemoryLayout<Int64>.stride } }
+}

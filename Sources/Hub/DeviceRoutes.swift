@@ -37,7 +37,7 @@ struct DeviceRoutes {
         // Every line of a field, combined as RFC 9421 §2.1 does: what the signature covers is what the stages see.
         let contentType = Self.combined(request.headers, .contentType)
         let messageType = Self.combined(request.headers, Self.messageTypeField)
-        return InboundMessage(
+        var message = InboundMessage(
             identity: peer.identity, route: route, source: context.channel.remoteAddress?.ipAddress ?? "unknown",
             contentType: contentType, messageType: messageType, body: [],
             transport: .http(
@@ -47,6 +47,8 @@ struct DeviceRoutes {
                     signature: request.headers[Self.signatureField],
                     contentDigest: request.headers[Self.contentDigestField], contentType: contentType,
                     messageType: messageType), key: peer.publicKey))
+        message.deviceKey = peer.deviceKey
+        return message
     }
 
     static func combined(_ fields: HTTPFields, _ name: HTTPField.Name) -> String? {

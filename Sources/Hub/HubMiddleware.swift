@@ -201,6 +201,10 @@ final class PeerCertificateCache: Sendable {
 
     private let entries = Mutex<[Key: PeerCertificate]>([:])
     private let capacity = 50_000
+    /// A device's id is interned here, once per certificate, for the gateway's rate limits.
+    private let deviceKeys: DeviceKeys
+
+    init(deviceKeys: DeviceKeys) { self.deviceKeys = deviceKeys }
 
     func peer(forDER der: [UInt8]) -> PeerCertificate? {
         let key = Key(der: der)
@@ -210,7 +214,8 @@ final class PeerCertificateCache: Sendable {
         }
         let peer = PeerCertificate(
             identity: identity, serialHex: certificate.serialHex,
-            publicKey: P256.Signing.PublicKey(certificate.publicKey))
+            publicKey: P256.Signing.PublicKey(certificate.publicKey),
+            deviceKey: identity.deviceID.map(deviceKeys.key(for:)))
         entries.withLock {
             if $0.count >= capacity { $0.removeAll(keepingCapacity: true) }
             $0[key] = peer

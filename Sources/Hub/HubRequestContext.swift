@@ -1,5 +1,6 @@
 public import Core
 public import Crypto
+public import Gateway
 public import Hummingbird
 public import Logging
 public import NIOCore
@@ -28,10 +29,15 @@ public struct PeerCertificate: Sendable {
     public let identity: Identity
     public let serialHex: String
     public let publicKey: P256.Signing.PublicKey?
+    /// The device's interned key in the hub's gateway (devices only).
+    public let deviceKey: DeviceKey?
 
-    public init(identity: Identity, serialHex: String, publicKey: P256.Signing.PublicKey? = nil) {
+    public init(
+        identity: Identity, serialHex: String, publicKey: P256.Signing.PublicKey? = nil, deviceKey: DeviceKey? = nil
+    ) {
         self.identity = identity
         self.serialHex = serialHex
         self.publicKey = publicKey
+        self.deviceKey = deviceKey
     }
 }

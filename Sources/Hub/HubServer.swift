@@ -113,7 +113,7 @@ public final class HubServer: Sendable {
         self.logger = logger
         let (ports, portsContinuation) = AsyncStream.makeStream(of: (String, Int).self)
         self.ports = ports
-        let cache = PeerCertificateCache()
+        let cache = PeerCertificateCache(deviceKeys: gateway.deviceKeys)
         let events = DeviceEvents(
             egress: EgressMonitor(
                 store: store, gateway: gateway,

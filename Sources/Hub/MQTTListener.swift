@@ -255,6 +255,8 @@ struct MQTTConnection {
         let identity: Identity
         let serial: String
         let source: String?
+        /// The device's interned key in the gateway, once for the connection.
+        var deviceKey: DeviceKey?
         var device: DeviceID? { identity.deviceID }
         /// The value of `{device}` in topic patterns (operators have none; their patterns use wildcards).
         var deviceLevel: String { device?.rawValue ?? "" }
@@ -336,7 +338,9 @@ struct MQTTConnection {
         guard let certificate = try await channel.channel.nioSSL_peerCertificate().get(),
             let x509 = try? Certificate(derEncoded: certificate.toDERBytes()), let identity = x509.bulwarkIdentity
         else { return nil }
-        return Peer(identity: identity, serial: x509.serialHex, source: source)
+        return Peer(
+            identity: identity, serial: x509.serialHex, source: source,
+            deviceKey: identity.deviceID.map(listener.gateway.deviceKeys.key(for:)))
     }
 
     private func send(_ packet: Packet, _ version: ProtocolVersion) async throws {
@@ -686,9 +690,10 @@ struct MQTTConnection {
         // A retained message with an empty payload only removes the topic's retained message (MQTT 3.1.1 §3.3.1.3):
         // there is no content to validate or store, but it counts against the rate limits like any publish.
         if publish.retain, publish.payload.isEmpty {
-            let message = InboundMessage(
+            var message = InboundMessage(
                 identity: peer.identity, route: route, source: peer.source ?? "unknown", contentType: nil,
                 messageType: messageType, body: [], transport: .mqtt(counter: nil))
+            message.deviceKey = peer.deviceKey
             if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
                 return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
             }
@@ -708,9 +713,10 @@ struct MQTTConnection {
         {
             counter = value
         }
-        let message = InboundMessage(
+        var message = InboundMessage(
             identity: peer.identity, route: route, source: peer.source ?? "unknown", contentType: nil,
             messageType: messageType, body: publish.payload, transport: .mqtt(counter: counter))
+        message.deviceKey = peer.deviceKey
         // MQTT 3.1.1 §4.4 / MQTT 5.0 §4.4: a QoS 1 PUBLISH resent with DUP after its PUBACK was lost with the
         // connection. If its counter is already in the window, the message was stored: acknowledge it again, store
         // nothing twice and count no offence (the rate limits still apply). Without a counter it is stored again
@@ -840,7 +846,7 @@ struct MQTTConnection {
     static func memberCounter(_ payload: [UInt8], _ json: StrictJSON) -> UInt64? {
         guard let document = try? json.parse(payload),
             let member = document.member(GatewayPipeline.counterMember, of: document.root),
-            let number = document.int64(member), number >= 1
+            let number = document.int64(member), number >= 1, number <= 9_007_199_254_740_991
         else { return nil }
         return UInt64(number)
     }

@@ -68,13 +68,14 @@ struct UpdateRoutes {
     /// The gateway's identity, quarantine, authorization and rate-limit stages for route `updates`.
     func admit(_ request: Request, _ context: HubRequestContext) throws -> DeviceID {
         guard let peer = context.peer else { throw HubError.forbidden("no peer identity") }
-        let message = InboundMessage(
+        var message = InboundMessage(
             identity: peer.identity, route: "updates", source: context.channel.remoteAddress?.ipAddress ?? "unknown",
             contentType: nil, messageType: nil, body: [],
             transport: .http(
                 SignedRequest(
                     method: "GET", path: request.uri.path, signatureInput: nil, signature: nil, contentDigest: nil),
                 key: nil))
+        message.deviceKey = peer.deviceKey
         switch gateway.admitEnvelope(message, now: GatewayTime.now()) {
         case .success(let admitted): return admitted
         case .failure(let refusal): throw GatewayError(refusal: refusal, identity: peer.identity.uri)

@@ -190,9 +190,12 @@ func fastDouble(_ literal: UnsafeBufferPointer<UInt8>) -> Double? {
     var digits = 0
     var scale = 0
     var seenPoint = false
+    var seenDigit = false
+    guard k < literal.count else { return nil }
     while k < literal.count {
         let byte = literal[k]
         if isDigit(byte) {
+            seenDigit = true
             if mantissa == 0, byte == 0x30 {
                 if seenPoint { scale -= 1 }
             } else {
@@ -210,6 +213,8 @@ func fastDouble(_ literal: UnsafeBufferPointer<UInt8>) -> Double? {
     }
     if k < literal.count {
         // The exponent: e or E, a sign, digits (at most a few: the parser bounds the literal's length only in I-JSON).
+        // Anything else is not a literal the parser wrote: the standard library decides (and refuses it).
+        guard literal[k] == UInt8(ascii: "e") || literal[k] == UInt8(ascii: "E") else { return nil }
         k += 1
         var negativeExponent = false
         if k < literal.count, literal[k] == UInt8(ascii: "+") || literal[k] == UInt8(ascii: "-") {
@@ -217,13 +222,16 @@ func fastDouble(_ literal: UnsafeBufferPointer<UInt8>) -> Double? {
             k += 1
         }
         var exponent = 0
+        guard k < literal.count else { return nil }
         while k < literal.count {
+            guard isDigit(literal[k]) else { return nil }
             exponent = exponent * 10 + Int(literal[k] - 0x30)
             guard exponent < 1000 else { return nil }
             k += 1
         }
         scale += negativeExponent ? -exponent : exponent
     }
+    guard seenDigit else { return nil }
     let value: Double
     if mantissa == 0 {
         value = 0

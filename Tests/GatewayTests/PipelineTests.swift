@@ -221,6 +221,11 @@ import Testing
             throw TestFailure("a member the schema does not allow was admitted")
         }
         #expect(extra.stage == .schema)
+        // Nor does a `const` of the whole message see it (the review's finding on the tape walk).
+        gateway.setSchema(try JSONSchema(bytes: Array(#"{"const":{"temperature":2}}"#.utf8)), for: "telemetry")
+        guard case .success = try publish(#"{"$counter":5,"temperature":2}"#) else {
+            throw TestFailure("a const root refused the envelope member")
+        }
         guard case .failure(let replay) = try publish(#"{"$counter":3,"temperature":2}"#) else {
             throw TestFailure("replayed member admitted")
         }

@@ -1,3 +1,4 @@
+import Core
 import Testing
 
 @testable import Gateway
@@ -17,6 +18,31 @@ import Testing
         #expect(table.decide("a", now: 100_000_000) != .admit(remaining: 0))
         // After a full window the whole burst is back.
         #expect(table.decide("a", now: 2_000_000_000) == .admit(remaining: 4))
+    }
+
+    /// The dense table (interned keys) decides exactly as the hashed one, on slots far apart and after a reset.
+    @Test func denseTableDecidesLikeTheHashedOne() {
+        let limit = RateLimit(rate: 10, burst: 5)
+        let dense = DenseRateTable(limit: limit)
+        let hashed = RateLimiterTable<Int>(limit: limit)
+        for step in 0..<400 {
+            let slot = [0, 7, 100_000][step % 3]
+            let now = Int64(step) * 7_000_000
+            #expect(dense.decide(slot, now: now) == hashed.decide(slot, now: now), "step \(step)")
+        }
+        for _ in 0..<5 { _ = dense.decide(3, now: 0) }
+        #expect(dense.decide(3, now: 0) == .deny(retryAfterNanos: 100_000_000))
+        dense.reset(3)
+        #expect(dense.decide(3, now: 0) == .admit(remaining: 4))
+    }
+
+    /// Interned keys are dense, stable, and name their device.
+    @Test func devicesAreInternedOnce() throws {
+        let keys = DeviceKeys()
+        let a = try DeviceID("a")
+        let b = try DeviceID("b")
+        #expect(keys.key(for: a).rawValue == 0 && keys.key(for: b).rawValue == 1 && keys.key(for: a).rawValue == 0)
+        #expect(keys.device(of: keys.key(for: b)) == b && keys.count == 2)
     }
 
     @Test func sustainedRateIsHeld() {

@@ -42,6 +42,28 @@ import Testing
         #expect(c.validate(try value(#"{"a":[1,{"b":false}]}"#)) != nil)
     }
 
+    /// Required names are found in one pass however many there are (beyond the 64 kept as bits), escaped or not;
+    /// an escaped instance string equals its `enum` value.
+    @Test func manyRequiredNamesAndEscapedStrings() throws {
+        let names = (0..<70).map { "n\($0)" }
+        let s = try schema(#"{"required":[\#(names.map { "\"\($0)\"" }.joined(separator: ","))]}"#)
+        let all = "{" + names.map { "\"\($0)\":1" }.joined(separator: ",") + "}"
+        #expect(s.validate(try value(all)) == nil)
+        let escaped = all.replacingOccurrences(of: #""n69""#, with: #""\u006e69""#)
+        #expect(s.validate(try value(escaped)) == nil)
+        let missing = all.replacingOccurrences(of: #""n67":1,"#, with: "")
+        #expect(s.validate(try value(missing)) == SchemaViolation(path: "", keyword: "required"))
+        let e = try schema(#"{"enum":["é","x"],"type":"string"}"#)
+        #expect(e.validate(try value(#""\u00e9""#)) == nil)
+        #expect(e.validate(try value(#""e\u0301""#)) == SchemaViolation(path: "", keyword: "enum"))
+    }
+
+    /// Only the parser makes floats; a literal it would never write is nil, not a crash.
+    @Test func aFloatThatIsNoLiteralIsNoNumber() {
+        for literal in ["1x!", "1e.", ".", "1e", "-", "e5"] { #expect(JSONValue.float(literal).doubleValue == nil) }
+        #expect(JSONValue.float("-0.0").doubleValue == 0 && JSONValue.float("2.5e2").doubleValue == 250)
+    }
+
     @Test(arguments: [
         ("1985-04-12T23:20:50.52Z", true), ("1996-12-19T16:39:57-08:00", true), ("1990-12-31T23:59:60Z", true),
         ("2024-02-29t00:00:00z", true), ("2023-02-29T00:00:00Z", false), ("1990-12-31T24:00:00Z", false),
