@@ -119,12 +119,19 @@ def main():
             page.click("button[data-action=revoke]")
             check(page.locator("#confirm").is_visible(), "no confirmation step before revoking")
             page.click("#confirm-yes")
-            try:
-                page.wait_for_function(
-                    "document.getElementById('status').textContent.startsWith('Revoked')", timeout=15000)
-            except Exception:
-                check(False, "revoking through the UI did not say so")
-            seen["status"] = page.locator("#status").inner_text()
+            # The page says so, then reloads itself and says it again (the outcome is kept across the reload): poll,
+            # as a navigation in between ends any single wait.
+            said = ""
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not said.startswith("Revoked"):
+                try:
+                    said = page.evaluate("(document.getElementById('status') || {}).textContent || ''")
+                except Exception:
+                    pass
+                if not said.startswith("Revoked"):
+                    time.sleep(0.1)
+            check(said.startswith("Revoked"), "revoking through the UI did not say so")
+            seen["status"] = said
             # The page reloads itself 300 ms after an action succeeds; a navigation of ours that meets that reload
             # is aborted (net::ERR_ABORTED on a loaded run), so let it land first and retry once if they still meet.
             page.wait_for_timeout(1000)

@@ -95,8 +95,9 @@ final class PayloadProcess: @unchecked Sendable {
         if group == pid || (group == -1 && errno == ESRCH) { kill(-pid, SIGKILL) }
     }
 
-    /// Stops a payload a previous run of the agent left (its pid in `pidFile`, its command line under `slotsRoot`).
-    static func stopLeftover(pidFile: String, slotsRoot: String, procRoot: String = "/proc") {
+    /// Stops a payload a previous run of the agent left (its pid in `pidFile`, its command line under `slotsRoot`),
+    /// and waits (up to 5 s) until it is gone or a zombie, so the payload started next never runs beside it.
+    static func stopLeftover(pidFile: String, slotsRoot: String, procRoot: String = "/proc") async {
         guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8) else { return }
         defer { unlink(pidFile) }
         let fields = text.split(whereSeparator: \.isWhitespace)
@@ -104,5 +105,19 @@ final class PayloadProcess: @unchecked Sendable {
             startTime(pid, procRoot: procRoot) == started
         else { return }
         if getpgid(pid) == pid { kill(-pid, SIGKILL) } else { kill(pid, SIGKILL) }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline, isRunning(pid, started: started, procRoot: procRoot) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// Whether `pid` is still the process that started at `started` and has not exited (a zombie has: it only
+    /// waits for its new parent to reap it).
+    static func isRunning(_ pid: Int32, started: UInt64, procRoot: String = "/proc") -> Bool {
+        guard startTime(pid, procRoot: procRoot) == started,
+            let stat = try? String(contentsOfFile: "\(procRoot)/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
     }
 }
