@@ -39,6 +39,7 @@ struct GatewayBenchmark: AsyncParsableCommand {
                 messageType: "telemetry", body: body, transport: .mqtt(counter: nil))
             // As the hub does: the device is interned once, when its connection's certificate is read.
             message.deviceKey = pipeline.deviceKeys.key(for: device)
+            message.sourceAddress = SourceAddress(ipv4: 0xC000_0201)
             return message
         }()
         let now = GatewayTime(monotonicNanos: 1_000_000_000, unixSeconds: Int64(Date().timeIntervalSince1970))

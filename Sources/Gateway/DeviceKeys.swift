@@ -35,3 +35,31 @@ public final class DeviceKeys: Sendable {
 
     public var count: Int { state.withLock { $0.ids.count } }
 }
+
+/// A source address as a fixed-width key (IPv4 as `::ffff:a.b.c.d`), so the per-source limit hashes 16 bytes
+/// instead of the address's text on every message.
+public struct SourceAddress: Hashable, Sendable {
+    public let high: UInt64
+    public let low: UInt64
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    /// An IPv4 address (host byte order).
+    public init(ipv4: UInt32) { self.init(high: 0, low: 0x0000_FFFF_0000_0000 | UInt64(ipv4)) }
+
+    /// From the address's text, when no socket address is at hand (tests, and `unknown`): two seeded 64-bit digests
+    /// of it, the top bit set (what the hub keys from sockets are IPv4-mapped or device-facing unicast IPv6).
+    public init(text: String) {
+        var first = Hasher()
+        first.combine(text)
+        var second = Hasher()
+        second.combine(1 as UInt8)
+        second.combine(text)
+        self.init(
+            high: UInt64(UInt(bitPattern: first.finalize())) | 1 << 63, low: UInt64(UInt(bitPattern: second.finalize()))
+        )
+    }
+}

@@ -64,6 +64,9 @@ public struct InboundMessage: Sendable {
     /// The device's interned key (`GatewayPipeline.deviceKeys`), set once per connection when the certificate names
     /// a device; nil makes the pipeline intern the id itself (a `String` hash).
     public var deviceKey: DeviceKey?
+    /// `source` as a fixed-width key, set by the hub from the socket address; nil makes the pipeline derive it from
+    /// the text.
+    public var sourceAddress: SourceAddress?
 
     public init(
         identity: Identity, route: String, source: String, contentType: String?, messageType: String?,
@@ -137,7 +140,7 @@ public struct Admitted: Sendable {
 public final class GatewayPipeline: Sendable {
     public let policy: GatewayPolicy
     public let connectionLimiter: RateLimiterTable<String>
-    public let sourceLimiter: RateLimiterTable<String>
+    public let sourceLimiter: RateLimiterTable<SourceAddress>
     /// Devices interned to dense keys, so the per-device limits index arrays.
     public let deviceKeys = DeviceKeys()
     public let deviceLimiter: DenseRateTable
@@ -304,7 +307,8 @@ public final class GatewayPipeline: Sendable {
         {
             throw rateLimited(device, "route", policy.messagesPerRoute, wait, now)
         }
-        if case .deny(let wait) = sourceLimiter.decide(message.source, now: now.monotonicNanos) {
+        let source = message.sourceAddress ?? SourceAddress(text: message.source)
+        if case .deny(let wait) = sourceLimiter.decide(source, now: now.monotonicNanos) {
             throw Refusal(
                 problem: .tooManyRequests, stage: .rateLimit,
                 detail: "source limit \(policy.messagesPerSource) exceeded for \(message.source)",

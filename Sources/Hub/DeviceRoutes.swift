@@ -48,6 +48,7 @@ struct DeviceRoutes {
                     contentDigest: request.headers[Self.contentDigestField], contentType: contentType,
                     messageType: messageType), key: peer.publicKey))
         message.deviceKey = peer.deviceKey
+        message.sourceAddress = SourceAddress(context.channel.remoteAddress)
         return message
     }
 

@@ -275,3 +275,18 @@ extension HubServer {
         ),
     ]
 }
+
+extension SourceAddress {
+    /// The key of a socket's peer address (nil for a Unix socket or none).
+    init?(_ address: SocketAddress?) {
+        switch address {
+        case .v4(let v4): self.init(ipv4: UInt32(bigEndian: v4.address.sin_addr.s_addr))
+        case .v6(let v6):
+            let bytes = withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+            guard bytes.count == 16 else { return nil }
+            func word(_ offset: Int) -> UInt64 { bytes[offset..<offset + 8].reduce(0) { $0 << 8 | UInt64($1) } }
+            self.init(high: word(0), low: word(8))
+        default: return nil
+        }
+    }
+}

@@ -255,8 +255,9 @@ struct MQTTConnection {
         let identity: Identity
         let serial: String
         let source: String?
-        /// The device's interned key in the gateway, once for the connection.
+        /// The device's interned key in the gateway, and the source as a key, once for the connection.
         var deviceKey: DeviceKey?
+        var sourceAddress: SourceAddress?
         var device: DeviceID? { identity.deviceID }
         /// The value of `{device}` in topic patterns (operators have none; their patterns use wildcards).
         var deviceLevel: String { device?.rawValue ?? "" }
@@ -340,7 +341,8 @@ struct MQTTConnection {
         else { return nil }
         return Peer(
             identity: identity, serial: x509.serialHex, source: source,
-            deviceKey: identity.deviceID.map(listener.gateway.deviceKeys.key(for:)))
+            deviceKey: identity.deviceID.map(listener.gateway.deviceKeys.key(for:)),
+            sourceAddress: SourceAddress(channel.channel.remoteAddress))
     }
 
     private func send(_ packet: Packet, _ version: ProtocolVersion) async throws {
@@ -694,6 +696,7 @@ struct MQTTConnection {
                 identity: peer.identity, route: route, source: peer.source ?? "unknown", contentType: nil,
                 messageType: messageType, body: [], transport: .mqtt(counter: nil))
             message.deviceKey = peer.deviceKey
+            message.sourceAddress = peer.sourceAddress
             if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
                 return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
             }
@@ -717,6 +720,7 @@ struct MQTTConnection {
             identity: peer.identity, route: route, source: peer.source ?? "unknown", contentType: nil,
             messageType: messageType, body: publish.payload, transport: .mqtt(counter: counter))
         message.deviceKey = peer.deviceKey
+        message.sourceAddress = peer.sourceAddress
         // MQTT 3.1.1 §4.4 / MQTT 5.0 §4.4: a QoS 1 PUBLISH resent with DUP after its PUBACK was lost with the
         // connection. If its counter is already in the window, the message was stored: acknowledge it again, store
         // nothing twice and count no offence (the rate limits still apply). Without a counter it is stored again

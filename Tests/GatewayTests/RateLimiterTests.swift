@@ -45,6 +45,13 @@ import Testing
         #expect(keys.device(of: keys.key(for: b)) == b && keys.count == 2)
     }
 
+    /// Source keys: IPv4 mapped into IPv6 space, text digests stable and distinct.
+    @Test func sourceAddressesAreFixedWidthKeys() {
+        #expect(SourceAddress(ipv4: 0x7F00_0001) == SourceAddress(high: 0, low: 0x0000_FFFF_7F00_0001))
+        #expect(SourceAddress(text: "192.0.2.1") == SourceAddress(text: "192.0.2.1"))
+        #expect(SourceAddress(text: "192.0.2.1") != SourceAddress(text: "192.0.2.2"))
+    }
+
     @Test func sustainedRateIsHeld() {
         let table = RateLimiterTable<String>(limit: RateLimit(rate: 100, burst: 1))
         var admitted = 0
