@@ -131,7 +131,7 @@ public actor DeviceUpdater {
         async
     {
         self.reporter = reporter
-        await PayloadProcess.stopLeftover(pidFile: pidFile, slotsRoot: slots.root)
+        PayloadProcess.stopLeftover(pidFile: pidFile, slotsRoot: slots.root)
         // A floor the last commit could not write (killed between the two files) is derived again.
         if let active = record.active, let committed = record.release(in: active), committed.securityVersion > floor {
             raiseFloor(to: committed.securityVersion)

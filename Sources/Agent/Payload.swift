@@ -95,20 +95,21 @@ final class PayloadProcess: @unchecked Sendable {
         if group == pid || (group == -1 && errno == ESRCH) { kill(-pid, SIGKILL) }
     }
 
-    /// Stops a payload a previous run of the agent left (its pid in `pidFile`, its command line under `slotsRoot`),
-    /// and waits (up to 5 s) until it is gone or a zombie, so the payload started next never runs beside it.
-    static func stopLeftover(pidFile: String, slotsRoot: String, procRoot: String = "/proc") async {
+    /// Stops a payload a previous run of the agent left (its pid and start time in `pidFile`: a reused pid is never
+    /// signalled), and waits until it is gone or a zombie, so the payload started next never runs beside it. The wait
+    /// blocks (up to 5 s, normally milliseconds) on purpose: it runs before the updater's boot decision, and an
+    /// `await` here would let another request into the updater first.
+    static func stopLeftover(pidFile: String, slotsRoot: String, procRoot: String = "/proc") {
         guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8) else { return }
         defer { unlink(pidFile) }
         let fields = text.split(whereSeparator: \.isWhitespace)
         guard fields.count == 2, let pid = Int32(fields[0]), pid > 1, let started = UInt64(fields[1]), started > 0,
             startTime(pid, procRoot: procRoot) == started
         else { return }
-        if getpgid(pid) == pid { kill(-pid, SIGKILL) } else { kill(pid, SIGKILL) }
+        let sent = getpgid(pid) == pid ? kill(-pid, SIGKILL) : kill(pid, SIGKILL)
+        guard sent == 0 else { return }  // gone already, or not ours to signal: nothing to wait for
         let deadline = ContinuousClock.now + .seconds(5)
-        while ContinuousClock.now < deadline, isRunning(pid, started: started, procRoot: procRoot) {
-            try? await Task.sleep(for: .milliseconds(10))
-        }
+        while ContinuousClock.now < deadline, isRunning(pid, started: started, procRoot: procRoot) { usleep(10_000) }
     }
 
     /// Whether `pid` is still the process that started at `started` and has not exited (a zombie has: it only

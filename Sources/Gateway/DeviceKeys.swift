@@ -50,8 +50,9 @@ public struct SourceAddress: Hashable, Sendable {
     /// An IPv4 address (host byte order).
     public init(ipv4: UInt32) { self.init(high: 0, low: 0x0000_FFFF_0000_0000 | UInt64(ipv4)) }
 
-    /// From the address's text, when no socket address is at hand (tests, and `unknown`): two seeded 64-bit digests
-    /// of it, the top bit set (what the hub keys from sockets are IPv4-mapped or device-facing unicast IPv6).
+    /// From the address's text, when no socket address is at hand (tests, and `unknown`): two 64-bit digests of it
+    /// with the process's random seed (Hasher), the top bit set. A real address could in principle share the key, as
+    /// any 128-bit digest could; no one can aim for it without the seed.
     public init(text: String) {
         var first = Hasher()
         first.combine(text)

@@ -144,13 +144,17 @@ public final class GatewayPipeline: Sendable {
     /// Devices interned to dense keys, so the per-device limits index arrays.
     public let deviceKeys = DeviceKeys()
     public let deviceLimiter: DenseRateTable
-    /// Device × route: slot `key × (routes.count + 1) + route index` (the last index for a route not listed).
+    /// Device × route, for the routes without their own limit: slot `key × sharedRoutes + sharedSlot[route]` (the
+    /// last shared slot for a route not listed).
     public let routeLimiter: DenseRateTable
     /// The routes rate limits and authorization know, in a fixed order (compared, not hashed: there are a few).
     let routes: [String]
     /// Per route index: whether devices may use it, and its own limit when it has one (replacing the shared one).
     let routeOpen: [Bool]
     let ownRouteLimiters: [DenseRateTable?]
+    /// Per route index: its slot in the shared device × route table (nil when it has its own limit).
+    let sharedSlot: [Int?]
+    let sharedRoutes: Int
     public let nonces: NonceLedger
     public let counters = CounterWindows()
     public let quarantine: QuarantineBook
@@ -165,6 +169,14 @@ public final class GatewayPipeline: Sendable {
         routes = policy.deviceRoutes.union(policy.routeLimits.keys).sorted()
         routeOpen = routes.map { policy.deviceRoutes.contains($0) } + [false]
         ownRouteLimiters = routes.map { policy.routeLimits[$0].map(DenseRateTable.init(limit:)) } + [nil]
+        var slots: [Int?] = []
+        var shared = 0
+        for own in ownRouteLimiters {
+            slots.append(own == nil ? shared : nil)
+            if own == nil { shared += 1 }
+        }
+        sharedSlot = slots
+        sharedRoutes = shared
         // Each device can hold at most (burst + rate × retention) live nonces, since every one came with an admitted
         // request; the whole ledger is capped at 4 million entries (about 400 MB at most).
         let retention = 2 * policy.signatures.maxSkewSeconds + 1
@@ -302,8 +314,8 @@ public final class GatewayPipeline: Sendable {
             if case .deny(let wait) = own.decide(key, now: now.monotonicNanos) {
                 throw rateLimited(device, "route", own.limit, wait, now)
             }
-        } else if case .deny(let wait) = routeLimiter.decide(
-            key * (routes.count + 1) + route, now: now.monotonicNanos)
+        } else if let slot = sharedSlot[route],
+            case .deny(let wait) = routeLimiter.decide(key * sharedRoutes + slot, now: now.monotonicNanos)
         {
             throw rateLimited(device, "route", policy.messagesPerRoute, wait, now)
         }
@@ -318,7 +330,9 @@ public final class GatewayPipeline: Sendable {
 
     /// The message's interned key when the hub set it for this device, else the device's key from the table.
     func deviceKey(_ device: DeviceID, _ message: InboundMessage) -> DeviceKey {
-        message.deviceKey ?? deviceKeys.key(for: device)
+        guard let key = message.deviceKey else { return deviceKeys.key(for: device) }
+        assert(deviceKeys.device(of: key) == device, "a message carries another device's key")
+        return key
     }
 
     /// The route's position in `routes`, or `routes.count` for a route not listed.

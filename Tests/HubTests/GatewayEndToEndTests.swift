@@ -103,12 +103,16 @@ import Testing
             var floodSeconds = 0.0
             let signer = try flooder.credentials.signer()
             let started = ContinuousClock.now
-            // Up to 50 requests per second for 2 s: fifty times the device's rate.
-            for _ in 0..<100 {
+            // Up to 50 requests per second (fifty times the device's rate) until ten in a row are refused as
+            // quarantined. A loaded run sends more slowly, so more are admitted by the refill and the quarantine
+            // threshold (40 refusals) comes later: the flood goes on until it does (at most 400 requests).
+            var quarantinedInARow = 0
+            for _ in 0..<400 where quarantinedInARow < 10 {
                 let result = try await connection.send(
                     method: "POST", path: "/v1/telemetry", headers: [("Content-Type", "application/json")], body: body,
                     signer: signer)
                 statuses.append(result.status)
+                quarantinedInARow = result.status == 403 ? quarantinedInARow + 1 : 0
                 if result.status == 429, firstRefusal == nil {
                     firstRefusal = result
                     floodSeconds =
@@ -146,6 +150,11 @@ import Testing
         #expect(header("ratelimit") == #""device";r=0;t=1"#)
         #expect(jsonObject(refusal)["type"] as? String == "urn:bulwark:problem:rate-limited")
         #expect(flooderStatuses.suffix(10).allSatisfy { $0 == 403 }, "quarantined: \(flooderStatuses)")
+        // Once quarantined, every request is refused as such: nothing slips through between refusals.
+        let quarantinedFrom = flooderStatuses.firstIndex(of: 403) ?? flooderStatuses.count
+        #expect(flooderStatuses[quarantinedFrom...].allSatisfy { $0 == 403 }, "\(flooderStatuses)")
+        // Quarantined at the 40th refusal of a minute (a flood that straddles a minute starts counting again).
+        #expect((40..<80).contains(flooderStatuses.filter { $0 == 429 }.count), "\(flooderStatuses)")
         let events = try await hub.securityEvents()
         // One record for the first trip of each minute (the 2-s flood can straddle a minute boundary) and one for the
         // trip that quarantined: never one per refused request.
