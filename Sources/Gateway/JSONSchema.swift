@@ -405,25 +405,22 @@ public struct JSONSchema: Sendable {
 
         /// The position of `bytes` in a sorted range of required names, or nil.
         func index(of bytes: UnsafeBufferPointer<UInt8>, in range: Range<Int>) -> Int? {
-            var low = range.lowerBound
-            var high = range.upperBound
-            while low < high {
-                let middle = (low + high) / 2
-                let order = compareBytes(name(required[middle]), bytes)
-                if order == 0 { return middle - range.lowerBound }
-                if order < 0 { low = middle + 1 } else { high = middle }
-            }
-            return nil
+            search(bytes, in: range) { required[$0] }.map { $0 - range.lowerBound }
         }
 
-        /// The node of the property named `bytes` (binary search over the sorted names), or nil.
+        /// The node of the property named `bytes`, or nil.
         func property(_ bytes: UnsafeBufferPointer<UInt8>, in range: Range<Int>) -> Int? {
+            search(bytes, in: range) { properties[$0].name }.map { properties[$0].node }
+        }
+
+        /// Binary search over names sorted by `JSONSchema.nameOrder` (`nameAt` gives each one's place in `names`).
+        func search(_ bytes: UnsafeBufferPointer<UInt8>, in range: Range<Int>, nameAt: (Int) -> Range<Int>) -> Int? {
             var low = range.lowerBound
             var high = range.upperBound
             while low < high {
                 let middle = (low + high) / 2
-                let order = compareBytes(name(properties[middle].name), bytes)
-                if order == 0 { return properties[middle].node }
+                let order = compareBytes(name(nameAt(middle)), bytes)
+                if order == 0 { return middle }
                 if order < 0 { low = middle + 1 } else { high = middle }
             }
             return nil
