@@ -37,9 +37,20 @@ public struct JSONDocument: Sendable {
     /// The value of the member named `name` (compared by unescaped bytes), when `element` is an object that has it.
     public func member(_ name: String, of element: JSONElement) -> JSONElement? {
         var name = name
-        return name.withUTF8 { bytes in
-            for (key, value) in members(element) where keyEquals(key, bytes) { return value }
-            return nil
+        return name.withUTF8 { wanted in
+            withTape { tape in
+                guard tape.kind(element.index) == .object else { return nil }
+                var key = element.index + 1
+                for _ in 0..<tape.count(element.index) {
+                    // Names without an escape are compared where they lie; the others decoded.
+                    let equal =
+                        tape.hasEscape(key)
+                        ? tape.unescaped(key) { memEqual($0, wanted) } : memEqual(tape.raw(key), wanted)
+                    if equal { return JSONElement(index: key + 1) }
+                    key = tape.next(key + 1)
+                }
+                return nil
+            }
         }
     }
 
