@@ -328,8 +328,9 @@ import X509
     @Test func wrongSecretsWithTheDeviceKeyLockTheDeviceOut() async throws {
         let hub = try await TestHub.start {
             $0.pairingFreeAttempts = 2
-            // Long enough that a loaded run (the whole suite on 2 cores) still tries within it.
-            $0.pairingLockoutSeconds = 6
+            // Long enough that a loaded run (the whole suite on 2 cores) still tries within it: an attempt there has
+            // taken more than 5 s to be refused.
+            $0.pairingLockoutSeconds = 15
         }
         let identity = NoiseDH.p256.generateKeyPair()
         let id = try DeviceID("cam-8")
@@ -347,9 +348,9 @@ import X509
             #expect(result == nil)
         }
         let locked = try? await PairingClient.pair(
-            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity, timeout: .seconds(5))
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity, timeout: .seconds(12))
         #expect(locked == nil, "locked out after two failures, even for the real label, from any source")
-        try await Task.sleep(for: .milliseconds(6_300))
+        try await Task.sleep(for: .milliseconds(15_300))
         let paired = try await PairingClient.pair(
             host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity)
         #expect(!paired.credentials.certificateDER.isEmpty, "pairing works again after the lock-out")
