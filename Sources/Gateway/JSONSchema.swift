@@ -260,13 +260,6 @@ public struct JSONSchema: Sendable {
         }
     }
 
-    /// `validate` on a value (schemas in tests and tools; the gateway validates documents).
-    public func validate(_ value: JSONValue) -> SchemaViolation? {
-        do { return validate(try StrictJSON.tuf.parse(value.serialized())) } catch {
-            return SchemaViolation(path: "", keyword: "type")
-        }
-    }
-
     /// A violation on its way up: the path is collected in reverse, and only when something failed (valid messages
     /// build no path strings).
     struct Failure {

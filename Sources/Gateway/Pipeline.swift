@@ -144,17 +144,24 @@ public final class GatewayPipeline: Sendable {
     /// Devices interned to dense keys, so the per-device limits index arrays.
     public let deviceKeys = DeviceKeys()
     public let deviceLimiter: DenseRateTable
-    /// Device × route, for the routes without their own limit: slot `key × sharedRoutes + sharedSlot[route]` (the
-    /// last shared slot for a route not listed).
+    /// Device × route, for the routes without their own limit: slot `key × sharedRoutes + slot of the route`.
     public let routeLimiter: DenseRateTable
     /// The routes rate limits and authorization know, in a fixed order (compared, not hashed: there are a few).
     let routes: [String]
-    /// Per route index: whether devices may use it, and its own limit when it has one (replacing the shared one).
-    let routeOpen: [Bool]
-    let ownRouteLimiters: [DenseRateTable?]
-    /// Per route index: its slot in the shared device × route table (nil when it has its own limit).
-    let sharedSlot: [Int?]
+    /// Per position in `routes`, plus one last for a route not listed: whether devices may use it, and its limit.
+    let routeRules: [RouteRules]
     let sharedRoutes: Int
+
+    struct RouteRules: Sendable {
+        enum Limit: Sendable {
+            /// The route's own limit, replacing the shared one.
+            case own(DenseRateTable)
+            /// Its slot in the shared device × route table.
+            case shared(slot: Int)
+        }
+        let open: Bool
+        let limit: Limit
+    }
     public let nonces: NonceLedger
     public let counters = CounterWindows()
     public let quarantine: QuarantineBook
@@ -167,15 +174,18 @@ public final class GatewayPipeline: Sendable {
         deviceLimiter = DenseRateTable(limit: policy.messagesPerDevice)
         routeLimiter = DenseRateTable(limit: policy.messagesPerRoute)
         routes = policy.deviceRoutes.union(policy.routeLimits.keys).sorted()
-        routeOpen = routes.map { policy.deviceRoutes.contains($0) } + [false]
-        ownRouteLimiters = routes.map { policy.routeLimits[$0].map(DenseRateTable.init(limit:)) } + [nil]
-        var slots: [Int?] = []
+        var rules: [RouteRules] = []
         var shared = 0
-        for own in ownRouteLimiters {
-            slots.append(own == nil ? shared : nil)
-            if own == nil { shared += 1 }
+        for route in routes + [nil] {
+            let open = route.map { policy.deviceRoutes.contains($0) } ?? false
+            if let route, let own = policy.routeLimits[route] {
+                rules.append(RouteRules(open: open, limit: .own(DenseRateTable(limit: own))))
+            } else {
+                rules.append(RouteRules(open: open, limit: .shared(slot: shared)))
+                shared += 1
+            }
         }
-        sharedSlot = slots
+        routeRules = rules
         sharedRoutes = shared
         // Each device can hold at most (burst + rate × retention) live nonces, since every one came with an admitted
         // request; the whole ledger is capped at 4 million entries (about 400 MB at most).
@@ -295,7 +305,7 @@ public final class GatewayPipeline: Sendable {
     }
 
     public func checkAuthorization(_ device: DeviceID, _ message: InboundMessage) throws(Refusal) {
-        guard routeOpen[routeIndex(message.route)] else {
+        guard routeRules[routeIndex(message.route)].open else {
             throw Refusal(
                 problem: .forbidden, stage: .authorization, detail: "route \(message.route) is not open to devices",
                 auditKind: "access-denied")
@@ -309,15 +319,15 @@ public final class GatewayPipeline: Sendable {
         if case .deny(let wait) = deviceLimiter.decide(key, now: now.monotonicNanos) {
             throw rateLimited(device, "device", policy.messagesPerDevice, wait, now)
         }
-        let route = routeIndex(message.route)
-        if let own = ownRouteLimiters[route] {
+        switch routeRules[routeIndex(message.route)].limit {
+        case .own(let own):
             if case .deny(let wait) = own.decide(key, now: now.monotonicNanos) {
                 throw rateLimited(device, "route", own.limit, wait, now)
             }
-        } else if let slot = sharedSlot[route],
-            case .deny(let wait) = routeLimiter.decide(key * sharedRoutes + slot, now: now.monotonicNanos)
-        {
-            throw rateLimited(device, "route", policy.messagesPerRoute, wait, now)
+        case .shared(let slot):
+            if case .deny(let wait) = routeLimiter.decide(key * sharedRoutes + slot, now: now.monotonicNanos) {
+                throw rateLimited(device, "route", policy.messagesPerRoute, wait, now)
+            }
         }
         let source = message.sourceAddress ?? SourceAddress(text: message.source)
         if case .deny(let wait) = sourceLimiter.decide(source, now: now.monotonicNanos) {
@@ -389,7 +399,8 @@ public final class GatewayPipeline: Sendable {
     public static let counterProperty = "counter"
 
     /// MQTT only: moves the counter from the payload's `$counter` member (if any) to the transport, and returns that
-    /// member so the schema check skips it (the schema sees the message without it; the replay stage checks it). A counter must be an integer 0…2^53−1; when
+    /// member so the schema check skips it (the schema sees the message without it; the replay stage checks it). A
+    /// counter must be an integer 0…2^53−1; when
     /// both the property and the member are present they must agree.
     public func takeCounter(
         _ device: DeviceID, _ message: InboundMessage, _ document: JSONDocument, now: GatewayTime

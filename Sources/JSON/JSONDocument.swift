@@ -42,11 +42,8 @@ public struct JSONDocument: Sendable {
                 guard tape.kind(element.index) == .object else { return nil }
                 var key = element.index + 1
                 for _ in 0..<tape.count(element.index) {
-                    // Names without an escape are compared where they lie; the others decoded.
-                    let equal =
-                        tape.hasEscape(key)
-                        ? tape.unescaped(key) { memEqual($0, wanted) } : memEqual(tape.raw(key), wanted)
-                    if equal { return JSONElement(index: key + 1) }
+                    // Compared where the name lies unless it has an escape.
+                    if tape.unescaped(key, { memEqual($0, wanted) }) { return JSONElement(index: key + 1) }
                     key = tape.next(key + 1)
                 }
                 return nil
@@ -54,34 +51,9 @@ public struct JSONDocument: Sendable {
         }
     }
 
-    /// Whether a string's unescaped bytes equal `bytes`.
-    public func keyEquals(_ key: JSONElement, _ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-        let node = tape[key.index]
-        return self.bytes.withUnsafeBufferPointer { input in
-            let raw = UnsafeBufferPointer(rebasing: input[Int(node.start)..<Int(node.end)])
-            if !node.flag { return memEqual(raw, bytes) }
-            var unescaper = Unescaper(raw)
-            var k = 0
-            while let byte = unescaper.next() {
-                guard k < bytes.count, bytes[k] == byte else { return false }
-                k += 1
-            }
-            return k == bytes.count
-        }
-    }
-
     /// Calls `body` with a string's unescaped UTF-8 bytes (in place when it has no escape).
     public func withUnescapedBytes<R>(_ element: JSONElement, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
-        let node = tape[element.index]
-        return bytes.withUnsafeBufferPointer { input in
-            let raw = UnsafeBufferPointer(rebasing: input[Int(node.start)..<Int(node.end)])
-            if !node.flag { return body(raw) }
-            var decoded: [UInt8] = []
-            decoded.reserveCapacity(raw.count)
-            var unescaper = Unescaper(raw)
-            while let byte = unescaper.next() { decoded.append(byte) }
-            return decoded.withUnsafeBufferPointer(body)
-        }
+        withTape { $0.unescaped(element.index, body) }
     }
 
     /// A string's value (decoded), or nil for anything else.
@@ -96,12 +68,6 @@ public struct JSONDocument: Sendable {
         case .false: false
         default: nil
         }
-    }
-
-    /// Whether a number's literal had neither fraction nor exponent.
-    public func isIntegerLiteral(_ element: JSONElement) -> Bool {
-        let node = tape[element.index]
-        return node.kind == .number && node.flag
     }
 
     /// An integer literal's value (the parser checked its range), or nil for anything else.
@@ -122,14 +88,7 @@ public struct JSONDocument: Sendable {
     }
 
     /// A number's value as a double (correctly rounded), or nil for anything else.
-    public func double(_ element: JSONElement) -> Double? {
-        let node = tape[element.index]
-        guard node.kind == .number else { return nil }
-        return bytes.withUnsafeBufferPointer { input in
-            let literal = UnsafeBufferPointer(rebasing: input[Int(node.start)..<Int(node.end)])
-            return fastDouble(literal) ?? Double(String(decoding: literal, as: UTF8.self))
-        }
-    }
+    public func double(_ element: JSONElement) -> Double? { withTape { $0.double(element.index) } }
 
     /// A number's literal as written.
     public func literal(_ element: JSONElement) -> String {
