@@ -270,3 +270,38 @@ public struct JSONTape {
         return decoded.withUnsafeBufferPointer(body)
     }
 }
+
+/// A fixed list of member names, kept as bytes, for reading an object's members in one pass
+/// (`JSONDocument.forEachMember(of:matching:_:)`).
+public struct JSONNames: Sendable {
+    let names: [[UInt8]]
+
+    public init(_ names: [String]) { self.names = names.map { Array($0.utf8) } }
+
+    /// The position in the list of the name `bytes` spell, compared by bytes.
+    func position(of bytes: UnsafeBufferPointer<UInt8>) -> Int? {
+        for (i, name) in names.enumerated() where name.count == bytes.count {
+            if name.withUnsafeBufferPointer({ memEqual($0, bytes) }) { return i }
+        }
+        return nil
+    }
+}
+
+extension JSONDocument {
+    /// Calls `body` for each member of an object, in document order, with the position of its name in `names` (nil
+    /// for a name not listed), its name and its value: one pass over the members, names compared where they lie.
+    /// Nothing is called for a value that is not an object.
+    public func forEachMember<E: Error>(
+        of element: JSONElement,
+        matching names: JSONNames,
+        _ body: (Int?, JSONElement, JSONElement) throws(E) -> Void
+    ) throws(E) {
+        guard tape[element.index].kind == .object else { return }
+        var key = element.index + 1
+        for _ in 0..<Int(tape[element.index].count) {
+            let position = withUnescapedBytes(JSONElement(index: key)) { names.position(of: $0) }
+            try body(position, JSONElement(index: key), JSONElement(index: key + 1))
+            key = Int(tape[key + 1].next)
+        }
+    }
+}
