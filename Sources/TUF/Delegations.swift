@@ -11,7 +11,9 @@ public struct Delegations: Sendable, Equatable {
     public let unrecognized: JSONObject
 
     /// Parses a `delegations` object (TUF §4.5), refusing what the client would refuse.
-    public init(json: JSONObject) throws(TUFError) {
+    public init(json: JSONObject) throws(TUFError) { try self.init(json: ObjectNode(json)) }
+
+    init(json: ObjectNode) throws(TUFError) {
         let keysObject = try json.object("keys")
         keys = try parseKeys(keysObject)
         keyOrder = keysObject.keys
@@ -113,9 +115,9 @@ public struct DelegatedRole: Sendable, Equatable {
     public let pathHashPrefixes: [String]?
     public let unrecognized: JSONObject
 
-    init(json: JSONObject) throws(TUFError) {
+    init(json: ObjectNode) throws(TUFError) {
         name = try json.string("name")
-        let role = try RoleKeys(json: json.removing(["name", "terminating", "paths", "path_hash_prefixes"]))
+        let role = try RoleKeys(keysOf: json)
         keyids = role.keyids
         threshold = role.threshold
         terminating = try json.bool("terminating")
@@ -171,8 +173,8 @@ public struct SuccinctRoles: Sendable, Equatable {
     public let namePrefix: String
     public let unrecognized: JSONObject
 
-    init(json: JSONObject) throws(TUFError) {
-        let role = try RoleKeys(json: json.removing(["bit_length", "name_prefix"]))
+    init(json: ObjectNode) throws(TUFError) {
+        let role = try RoleKeys(keysOf: json)
         keyids = role.keyids
         threshold = role.threshold
         let bits = try json.integer("bit_length")

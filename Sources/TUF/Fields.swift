@@ -1,8 +1,77 @@
 import JSON
 
-/// Typed field access on decoded JSON, throwing `invalidMetadata` with the field name.
-extension JSONObject {
-    func required(_ key: String) throws(TUFError) -> JSONValue {
+/// A value of a parsed metadata document, read where it lies: the role types decode their fields from these, so
+/// nothing but the fields themselves is built (no `JSONValue` tree for a 100,000-target file).
+struct Node {
+    let document: JSONDocument
+    let element: JSONElement
+
+    var stringValue: String? { document.string(element) }
+    var integerValue: Int64? { document.int64(element) }
+    var boolValue: Bool? { document.bool(element) }
+    var objectValue: ObjectNode? {
+        document.kind(element) == .object ? ObjectNode(document: document, element: element) : nil
+    }
+    var arrayValue: [Node]? {
+        document.kind(element) == .array
+            ? document.elements(element).map { Node(document: document, element: $0) } : nil
+    }
+    /// The value built, for what is kept as it was sent (unrecognized fields, key values).
+    var value: JSONValue { document.value(element) }
+}
+
+/// An object of a parsed metadata document, with typed field access that throws `invalidMetadata` naming the field.
+struct ObjectNode {
+    let document: JSONDocument
+    let element: JSONElement
+
+    /// Parses bytes the caller already holds as a value (the repository side builds `JSONObject`s): serialized and
+    /// read back with the TUF profile, so one decoder serves both.
+    init(_ object: JSONObject) throws(TUFError) {
+        let bytes = Array(JSONValue.object(object).serialized(sortingKeys: false))
+        do { document = try StrictJSON.tuf.parse(bytes) } catch { throw TUFError(error) }
+        element = document.root
+    }
+
+    init(document: JSONDocument, element: JSONElement) {
+        self.document = document
+        self.element = element
+    }
+
+    var count: Int { document.count(element) }
+
+    subscript(key: String) -> Node? {
+        document.member(key, of: element).map { Node(document: document, element: $0) }
+    }
+
+    /// Members in document order, names decoded.
+    var members: [(key: String, value: Node)] {
+        var out: [(key: String, value: Node)] = []
+        out.reserveCapacity(count)
+        for (name, value) in document.members(element) {
+            out.append((document.string(name) ?? "", Node(document: document, element: value)))
+        }
+        return out
+    }
+
+    /// The whole object built as a value.
+    var built: JSONObject { removing([]) }
+
+    var keys: [String] { document.members(element).map { document.string($0.key) ?? "" } }
+
+    /// The members whose names are not in `known`, built as values (kept for round trips); empty, with nothing
+    /// allocated, when every member is known.
+    func removing(_ known: [String]) -> JSONObject { removing(JSONNames(known)) }
+
+    func removing(_ known: JSONNames) -> JSONObject {
+        var out = JSONObject()
+        document.forEachMember(of: element, matching: known) { position, name, value in
+            if position == nil { out.set(document.string(name) ?? "", document.value(value)) }
+        }
+        return out
+    }
+
+    func required(_ key: String) throws(TUFError) -> Node {
         guard let v = self[key] else { throw TUFError(.invalidMetadata, "missing field '\(key)'") }
         return v
     }
@@ -28,14 +97,14 @@ extension JSONObject {
         return b
     }
 
-    func object(_ key: String) throws(TUFError) -> JSONObject {
+    func object(_ key: String) throws(TUFError) -> ObjectNode {
         guard let o = try required(key).objectValue else {
             throw TUFError(.invalidMetadata, "'\(key)' must be an object")
         }
         return o
     }
 
-    func array(_ key: String) throws(TUFError) -> [JSONValue] {
+    func array(_ key: String) throws(TUFError) -> [Node] {
         guard let a = try required(key).arrayValue else {
             throw TUFError(.invalidMetadata, "'\(key)' must be an array")
         }
@@ -53,12 +122,21 @@ extension JSONObject {
 
     /// Parses a `HASHES` object (TUF §4.4): algorithm name to lowercase hex digest.
     func hashes(_ key: String) throws(TUFError) -> [(algorithm: String, digest: String)] {
-        let o = try object(key)
-        guard o.count > 0 else { throw TUFError(.invalidMetadata, "'\(key)' must not be empty") }
+        try Self.hashes(document, try required(key).element, key)
+    }
+
+    static func hashes(
+        _ document: JSONDocument, _ element: JSONElement, _ key: String
+    ) throws(TUFError) -> [(algorithm: String, digest: String)] {
+        guard document.kind(element) == .object else { throw TUFError(.invalidMetadata, "'\(key)' must be an object") }
+        guard document.count(element) > 0 else { throw TUFError(.invalidMetadata, "'\(key)' must not be empty") }
         var out: [(String, String)] = []
-        for m in o.members {
-            guard let s = m.value.stringValue else { throw TUFError(.invalidMetadata, "hash values must be strings") }
-            out.append((m.key, s))
+        out.reserveCapacity(document.count(element))
+        for (name, value) in document.members(element) {
+            guard let s = document.string(value) else {
+                throw TUFError(.invalidMetadata, "hash values must be strings")
+            }
+            out.append((document.string(name) ?? "", s))
         }
         return out
     }

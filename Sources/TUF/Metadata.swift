@@ -17,13 +17,18 @@ public struct Metadata<Role: SignedRole>: Sendable {
     /// Decodes metadata of role type `Role`; checks `_type` (TUF §4.3–§4.6),
     /// refuses duplicate signature keyids (TUF §4.2: "the keyid MUST be unique"),
     /// and refuses content that cannot be canonicalized.
+    ///
+    /// One parse, read in place: the canonical bytes of `signed` are written from the parsed document (not from a
+    /// rebuilt value), and the role's fields are decoded from it.
     public static func parse(_ bytes: some Collection<UInt8>) throws(TUFError) -> Metadata<Role> {
         let raw = Array(bytes)
-        guard let top = try TUFJSON.parse(raw).objectValue else {
-            throw TUFError(.invalidMetadata, "metadata must be a JSON object")
-        }
+        let document: JSONDocument
+        do { document = try StrictJSON.tuf.parse(raw) } catch { throw TUFError(error) }
+        guard document.isObject else { throw TUFError(.invalidMetadata, "metadata must be a JSON object") }
+        let top = ObjectNode(document: document, element: document.root)
         let signedObject = try top.object("signed")
-        let signedBytes = try TUFJSON.canonical(.object(signedObject))
+        let signedBytes: [UInt8]
+        do { signedBytes = try CanonicalJSON.encode(document, signedObject.element) } catch { throw TUFError(error) }
         let type = try signedObject.string("_type")
         guard type == Role.type else { throw TUFError(.wrongType, "expected _type '\(Role.type)', got another type") }
         var signatures: [Signature] = []
@@ -36,7 +41,7 @@ public struct Metadata<Role: SignedRole>: Sendable {
             }
             signatures.append(s)
         }
-        let role = try Role(json: signedObject)
+        let role = try Role(document: document, element: signedObject.element)
         return Metadata(
             signed: role,
             signatures: signatures,
@@ -66,7 +71,7 @@ public struct Signature: Sendable, Equatable {
         self.unrecognized = JSONObject()
     }
 
-    init(json: JSONObject) throws(TUFError) {
+    init(json: ObjectNode) throws(TUFError) {
         keyid = try json.string("keyid")
         sig = try json.string("sig")
         unrecognized = json.removing(["keyid", "sig"])
@@ -79,7 +84,8 @@ public struct Signature: Sendable, Equatable {
 public protocol SignedRole: Sendable {
     static var type: String { get }
     var common: SignedCommon { get }
-    init(json: JSONObject) throws(TUFError)
+    /// Decodes the `signed` portion at `element` of a parsed document.
+    init(document: JSONDocument, element: JSONElement) throws(TUFError)
     var jsonValue: JSONValue { get }
 }
 
@@ -93,7 +99,7 @@ public struct SignedCommon: Sendable, Equatable {
 
     static let keys = ["_type", "spec_version", "version", "expires"]
 
-    init(json: JSONObject) throws(TUFError) {
+    init(json: ObjectNode) throws(TUFError) {
         type = try json.string("_type")
         specVersion = try json.string("spec_version")
         let parts = specVersion.split(separator: ".", omittingEmptySubsequences: false)
@@ -126,10 +132,12 @@ public struct Key: Sendable, Equatable {
     public let keyval: JSONObject
     public let unrecognized: JSONObject
 
-    public init(json: JSONObject) throws(TUFError) {
+    public init(json: JSONObject) throws(TUFError) { try self.init(json: ObjectNode(json)) }
+
+    init(json: ObjectNode) throws(TUFError) {
         keytype = try json.string("keytype")
         scheme = try json.string("scheme")
-        keyval = try json.object("keyval")
+        keyval = try json.object("keyval").built
         unrecognized = json.removing(["keytype", "scheme", "keyval"])
     }
 
@@ -147,13 +155,18 @@ public struct RoleKeys: Sendable, Equatable {
     public let threshold: Int64
     public let unrecognized: JSONObject
 
-    init(json: JSONObject) throws(TUFError) {
+    init(json: ObjectNode) throws(TUFError) {
+        try self.init(keysOf: json, unrecognized: json.removing(["keyids", "threshold"]))
+    }
+
+    /// Only `keyids` and `threshold`, from an object that also holds other fields (a delegated role).
+    init(keysOf json: ObjectNode, unrecognized: JSONObject = JSONObject()) throws(TUFError) {
         keyids = try json.stringArray("keyids")
         threshold = try json.integer("threshold")
         guard threshold >= 1 else { throw TUFError(.invalidMetadata, "threshold must be at least 1") }
         // A keyid listed twice could otherwise be counted twice toward the threshold.
         guard Set(keyids).count == keyids.count else { throw TUFError(.invalidMetadata, "duplicate keyids in role") }
-        unrecognized = json.removing(["keyids", "threshold"])
+        self.unrecognized = unrecognized
     }
 
     var fields: [(String, JSONValue?)] {
@@ -163,7 +176,7 @@ public struct RoleKeys: Sendable, Equatable {
     public var jsonValue: JSONValue { merged(fields, unrecognized) }
 }
 
-func parseKeys(_ o: JSONObject) throws(TUFError) -> [String: Key] {
+func parseKeys(_ o: ObjectNode) throws(TUFError) -> [String: Key] {
     var keys: [String: Key] = [:]
     for m in o.members {
         guard let ko = m.value.objectValue else { throw TUFError(.invalidMetadata, "key must be an object") }

@@ -12,7 +12,13 @@ public struct Root: SignedRole, Equatable {
     let roleOrder: [String]
     public let unrecognized: JSONObject
 
-    public init(json: JSONObject) throws(TUFError) {
+    public init(json: JSONObject) throws(TUFError) { try self.init(json: ObjectNode(json)) }
+
+    public init(document: JSONDocument, element: JSONElement) throws(TUFError) {
+        try self.init(json: ObjectNode(document: document, element: element))
+    }
+
+    init(json: ObjectNode) throws(TUFError) {
         common = try SignedCommon(json: json)
         // TUF §4.3: consistent_snapshot is required; python-tuf tolerates its absence as false.
         consistentSnapshot = try json["consistent_snapshot"] == nil ? false : json.bool("consistent_snapshot")
@@ -54,13 +60,15 @@ public struct MetaFile: Sendable, Equatable {
     public let hashes: [(algorithm: String, digest: String)]?
     public let unrecognized: JSONObject
 
-    init(json: JSONObject) throws(TUFError) {
+    static let fieldNames = JSONNames(["version", "length", "hashes"])
+
+    init(json: ObjectNode) throws(TUFError) {
         version = try json.integer("version")
         guard version > 0 else { throw TUFError(.invalidMetadata, "meta version must be positive") }
         length = try json["length"] == nil ? nil : json.integer("length")
         if let length, length < 0 { throw TUFError(.invalidMetadata, "length must not be negative") }
         hashes = try json["hashes"] == nil ? nil : json.hashes("hashes")
-        unrecognized = json.removing(["version", "length", "hashes"])
+        unrecognized = json.removing(Self.fieldNames)
     }
 
     public static func == (a: MetaFile, b: MetaFile) -> Bool {
@@ -94,7 +102,13 @@ public struct Timestamp: SignedRole, Equatable {
     public let snapshotMeta: MetaFile
     public let unrecognized: JSONObject
 
-    public init(json: JSONObject) throws(TUFError) {
+    public init(json: JSONObject) throws(TUFError) { try self.init(json: ObjectNode(json)) }
+
+    public init(document: JSONDocument, element: JSONElement) throws(TUFError) {
+        try self.init(json: ObjectNode(document: document, element: element))
+    }
+
+    init(json: ObjectNode) throws(TUFError) {
         common = try SignedCommon(json: json)
         let meta = try json.object("meta")
         guard meta.count == 1, let s = meta["snapshot.json"]?.objectValue else {
@@ -119,16 +133,22 @@ public struct Snapshot: SignedRole, Equatable {
     let metaOrder: [String]
     public let unrecognized: JSONObject
 
-    public init(json: JSONObject) throws(TUFError) {
+    public init(json: JSONObject) throws(TUFError) { try self.init(json: ObjectNode(json)) }
+
+    public init(document: JSONDocument, element: JSONElement) throws(TUFError) {
+        try self.init(json: ObjectNode(document: document, element: element))
+    }
+
+    init(json: ObjectNode) throws(TUFError) {
         common = try SignedCommon(json: json)
         let metaObject = try json.object("meta")
         var meta: [String: MetaFile] = [:]
+        meta.reserveCapacity(metaObject.count)
         for m in metaObject.members {
             guard let o = m.value.objectValue else { throw TUFError(.invalidMetadata, "meta entry must be an object") }
-            guard meta[m.key] == nil else {
+            guard meta.updateValue(try MetaFile(json: o), forKey: m.key) == nil else {
                 throw TUFError(.invalidMetadata, "meta names collide under Unicode equivalence")
             }
-            meta[m.key] = try MetaFile(json: o)
         }
         self.meta = meta
         metaOrder = metaObject.keys
@@ -149,12 +169,31 @@ public struct TargetFile: Sendable, Equatable {
     public let hashes: [(algorithm: String, digest: String)]
     public let unrecognized: JSONObject
 
-    init(path: String, json: JSONObject) throws(TUFError) {
+    static let fieldNames = JSONNames(["length", "hashes"])
+
+    /// One pass over the entry's members (a targets file holds thousands of these).
+    init(path: String, json: ObjectNode) throws(TUFError) {
         self.path = path
-        length = try json.integer("length")
+        let document = json.document
+        var lengthElement: JSONElement?
+        var hashesElement: JSONElement?
+        var others = false
+        document.forEachMember(of: json.element, matching: Self.fieldNames) { position, _, value in
+            switch position {
+            case 0: lengthElement = value
+            case 1: hashesElement = value
+            default: others = true
+            }
+        }
+        guard let lengthElement else { throw TUFError(.invalidMetadata, "missing field 'length'") }
+        guard let length = document.int64(lengthElement) else {
+            throw TUFError(.invalidMetadata, "'length' must be an integer")
+        }
         guard length >= 0 else { throw TUFError(.invalidMetadata, "length must not be negative") }
-        hashes = try json.hashes("hashes")
-        unrecognized = json.removing(["length", "hashes"])
+        self.length = length
+        guard let hashesElement else { throw TUFError(.invalidMetadata, "missing field 'hashes'") }
+        hashes = try ObjectNode.hashes(document, hashesElement, "hashes")
+        unrecognized = others ? json.removing(Self.fieldNames) : JSONObject()
     }
 
     public static func == (a: TargetFile, b: TargetFile) -> Bool { a.path == b.path && a.jsonValue == b.jsonValue }
@@ -181,16 +220,25 @@ public struct Targets: SignedRole, Equatable {
     public let delegations: Delegations?
     public let unrecognized: JSONObject
 
-    public init(json: JSONObject) throws(TUFError) {
+    public init(json: JSONObject) throws(TUFError) { try self.init(json: ObjectNode(json)) }
+
+    public init(document: JSONDocument, element: JSONElement) throws(TUFError) {
+        try self.init(json: ObjectNode(document: document, element: element))
+    }
+
+    init(json: ObjectNode) throws(TUFError) {
         common = try SignedCommon(json: json)
         let targetsObject = try json.object("targets")
         var targets: [String: TargetFile] = [:]
-        for m in targetsObject.members {
-            guard let o = m.value.objectValue else { throw TUFError(.invalidMetadata, "target must be an object") }
-            guard targets[m.key] == nil else {
+        targets.reserveCapacity(targetsObject.count)
+        let document = targetsObject.document
+        for (name, value) in document.members(targetsObject.element) {
+            guard document.kind(value) == .object else { throw TUFError(.invalidMetadata, "target must be an object") }
+            let path = document.string(name) ?? ""
+            let target = try TargetFile(path: path, json: ObjectNode(document: document, element: value))
+            guard targets.updateValue(target, forKey: path) == nil else {
                 throw TUFError(.invalidMetadata, "target paths collide under Unicode equivalence")
             }
-            targets[m.key] = try TargetFile(path: m.key, json: o)
         }
         self.targets = targets
         targetOrder = targetsObject.keys

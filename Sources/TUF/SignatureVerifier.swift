@@ -25,21 +25,11 @@ public enum SignatureVerifier {
             else { throw TUFError(.unsupportedKey, "invalid ed25519 public key") }
             return pk.isValidSignature(sig, for: data)
         case ("ecdsa", "ecdsa-sha2-nistp256"), ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"):
-            let pk: P256.Signing.PublicKey
-            do {
-                pk = try P256.Signing.PublicKey(pemRepresentation: publicValue)
-            } catch {
-                throw TUFError(.unsupportedKey, "invalid P-256 public key")
-            }
+            guard let pk = p256Key(publicValue) else { throw TUFError(.unsupportedKey, "invalid P-256 public key") }
             guard let s = try? P256.Signing.ECDSASignature(derRepresentation: sig) else { return false }
             return pk.isValidSignature(s, for: data)
         case ("ecdsa", "ecdsa-sha2-nistp384"), ("ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"):
-            let pk: P384.Signing.PublicKey
-            do {
-                pk = try P384.Signing.PublicKey(pemRepresentation: publicValue)
-            } catch {
-                throw TUFError(.unsupportedKey, "invalid P-384 public key")
-            }
+            guard let pk = p384Key(publicValue) else { throw TUFError(.unsupportedKey, "invalid P-384 public key") }
             guard let s = try? P384.Signing.ECDSASignature(derRepresentation: sig) else { return false }
             return pk.isValidSignature(s, for: data)
         case ("rsa", "rsassa-pss-sha256"):
@@ -68,10 +58,10 @@ public enum SignatureVerifier {
             guard let raw = hexDecode(publicValue), raw.count == 32 else { return nil }
             return Array("ed25519:".utf8) + raw
         case ("ecdsa", "ecdsa-sha2-nistp256"), ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"):
-            guard let pk = try? P256.Signing.PublicKey(pemRepresentation: publicValue) else { return nil }
+            guard let pk = p256Key(publicValue) else { return nil }
             return Array("ecdsa:".utf8) + Array(pk.derRepresentation)
         case ("ecdsa", "ecdsa-sha2-nistp384"), ("ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"):
-            guard let pk = try? P384.Signing.PublicKey(pemRepresentation: publicValue) else { return nil }
+            guard let pk = p384Key(publicValue) else { return nil }
             return Array("ecdsa:".utf8) + Array(pk.derRepresentation)
         case ("rsa", "rsassa-pss-sha256"), ("rsa", "rsa-pkcs1v15-sha256"):
             guard let pk = try? _RSA.Signing.PublicKey(pemRepresentation: publicValue) else { return nil }
@@ -79,6 +69,62 @@ public enum SignatureVerifier {
         default:
             return nil
         }
+    }
+
+    /// The SubjectPublicKeyInfo prefixes of a named-curve ECDSA key with an uncompressed point (RFC 5480 §2): what
+    /// securesystemslib and every signer here write. Such a key is read from its point directly; anything else goes
+    /// through swift-crypto's general PEM and DER reader.
+    static let p256Prefix: [UInt8] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01, 0x06, 0x08, 0x2A, 0x86, 0x48,
+        0xCE, 0x3D, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ]
+    static let p384Prefix: [UInt8] = [
+        0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01, 0x06, 0x05, 0x2B, 0x81, 0x04,
+        0x00, 0x22, 0x03, 0x62, 0x00,
+    ]
+
+    static func p256Key(_ pem: String) -> P256.Signing.PublicKey? {
+        if let point = namedCurvePoint(pem, prefix: p256Prefix, pointBytes: 65),
+            let key = try? P256.Signing.PublicKey(x963Representation: point)
+        {
+            return key
+        }
+        return try? P256.Signing.PublicKey(pemRepresentation: pem)
+    }
+
+    static func p384Key(_ pem: String) -> P384.Signing.PublicKey? {
+        if let point = namedCurvePoint(pem, prefix: p384Prefix, pointBytes: 97),
+            let key = try? P384.Signing.PublicKey(x963Representation: point)
+        {
+            return key
+        }
+        return try? P384.Signing.PublicKey(pemRepresentation: pem)
+    }
+
+    /// The uncompressed point of a `PUBLIC KEY` PEM block (RFC 7468 §13) whose DER is `prefix` followed by the point;
+    /// nil for anything else. The base64 is decoded by BoringSSL; the point is checked on the curve by the caller's
+    /// `x963Representation` initializer.
+    static func namedCurvePoint(_ pem: String, prefix: [UInt8], pointBytes: Int) -> ArraySlice<UInt8>? {
+        let begin = "-----BEGIN PUBLIC KEY-----"
+        let end = "-----END PUBLIC KEY-----"
+        var text = Array(pem.utf8)[...]
+        while let last = text.last, last == 0x0A || last == 0x0D || last == 0x20 { text = text.dropLast() }
+        guard text.starts(with: begin.utf8), text.reversed().starts(with: end.utf8.reversed()),
+            text.count > begin.utf8.count + end.utf8.count
+        else { return nil }
+        let base64 = text.dropFirst(begin.utf8.count).dropLast(end.utf8.count).filter { $0 != 0x0A && $0 != 0x0D }
+        var capacity = 0
+        guard CCryptoBoringSSL_EVP_DecodedLength(&capacity, base64.count) == 1, capacity <= 512 else { return nil }
+        var der = [UInt8](repeating: 0, count: capacity)
+        var length = 0
+        let decoded = base64.withUnsafeBufferPointer { input in
+            der.withUnsafeMutableBufferPointer { out in
+                CCryptoBoringSSL_EVP_DecodeBase64(out.baseAddress, &length, out.count, input.baseAddress, input.count)
+            }
+        }
+        guard decoded == 1, length == prefix.count + pointBytes, der.starts(with: prefix), der[prefix.count] == 0x04
+        else { return nil }
+        return der[prefix.count..<length]
     }
 
     private static func rsaKey(_ pem: String) throws(TUFError) -> _RSA.Signing.PublicKey {
