@@ -87,7 +87,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "TUFConformanceClient",
-            dependencies: ["TUF", "TUFClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TUF", "TUFClient"]
         ),
         // The repository side: RepositoryEditor, Signer (file keys now, an HSM later), the timestamp/snapshot re-signer.
         .target(

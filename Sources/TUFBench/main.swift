@@ -30,6 +30,7 @@ struct Options {
     var script = FileManager.default.currentDirectoryPath + "/scripts/tuf/ngclient_fetch.py"
     var python = "/usr/bin/env"
     var pythonArgs = ["python3"]
+    var keep = false
 
     init() {
         let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
@@ -38,6 +39,10 @@ struct Options {
         if args.contains("--help") || args.contains("-h") {
             print(Self.usage)
             exit(0)
+        }
+        if let i = args.firstIndex(of: "--keep") {
+            keep = true
+            args.remove(at: i)
         }
         while let k = args.first {
             guard args.count >= 2 else { fail("\(k) needs a value\n\(Self.usage)") }
@@ -59,7 +64,7 @@ struct Options {
     }
 
     static let usage = """
-        usage: tuf-bench [--reps N] [--work DIR] [--client PATH] [--script PATH] [--python PATH]
+        usage: tuf-bench [--reps N] [--work DIR] [--client PATH] [--script PATH] [--python PATH] [--keep]
 
         bulwark-tuf-client against python-tuf's ngclient over loopback HTTP: three repositories (1,000 flat
         targets; 100,000 in 256 hashed bins; 100,000 in 256 succinct bins), cold and warm, whole-process time and
@@ -69,6 +74,7 @@ struct Options {
           --client PATH  the Bulwark client (default bulwark-tuf-client next to this binary)
           --script PATH  the python-tuf driver (default scripts/tuf/ngclient_fetch.py)
           --python PATH  the Python interpreter (default python3 on PATH)
+          --keep         leave the work directory (repositories under www/, client directories) for profiling
         """
 }
 
@@ -294,4 +300,8 @@ for kind in ["flat", "bins", "succinct"] {
 kill(server.pid, SIGKILL)
 var status: Int32 = 0
 waitpid(server.pid, &status, 0)
-try? FileManager.default.removeItem(atPath: options.work)
+if options.keep {
+    FileHandle.standardError.write(Data("kept \(options.work)\n".utf8))
+} else {
+    try? FileManager.default.removeItem(atPath: options.work)
+}

@@ -71,18 +71,28 @@ public struct HTTPFetcher: Fetcher {
             + connectTimeout.components.attoseconds / 1_000_000_000_000_000
         let secure = target.secure ? secureChannel : nil
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
-        do {
-            channel = try await ClientBootstrap(group: group)
-                .connectTimeout(.milliseconds(connectMillis))
-                .connect(host: target.host, port: target.port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try secure?(channel, target.host)
-                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
-                            wrappingChannelSynchronously: channel
-                        )
-                    }
+        let initializer:
+            @Sendable (any Channel) -> EventLoopFuture<
+                NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+            > = { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try secure?(channel, target.host)
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                        wrappingChannelSynchronously: channel
+                    )
                 }
+            }
+        do {
+            let bootstrap = ClientBootstrap(group: group).connectTimeout(.milliseconds(connectMillis))
+            // An address literal is connected to as it is: resolving it would start the resolver's thread pool
+            // (getaddrinfo runs off the event loop), a cost every short-lived client process would pay.
+            if let address = try? SocketAddress(ipAddress: target.host, port: target.port) {
+                channel = try await bootstrap.connect(to: address, channelInitializer: initializer)
+            } else {
+                channel = try await bootstrap.connect(
+                    host: target.host, port: target.port, channelInitializer: initializer)
+            }
         } catch {
             throw UpdaterError.transport("cannot connect to \(target.host):\(target.port)")
         }

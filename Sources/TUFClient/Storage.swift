@@ -61,16 +61,26 @@ public enum AtomicFile {
             throw UpdaterError.storage("cannot open \(path) (errno \(errno))")
         }
         defer { close(fd) }
+        // Read into one buffer of the file's size (plus one byte, to see the end in the same call); a file that grows
+        // meanwhile is read on in 64 KiB steps.
+        var status = stat()
+        let expected = fstat(fd, &status) == 0 ? max(0, Int(status.st_size)) : 0
         var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
+        out.reserveCapacity(expected + 1)
+        var step = expected + 1
         while true {
-            let n = buf.withUnsafeMutableBytes { systemRead(fd, $0.baseAddress, $0.count) }
+            let before = out.count
+            var failure: Int32 = 0
+            out.append(contentsOf: repeatElement(0, count: step))
+            let n = out.withUnsafeMutableBytes { systemRead(fd, $0.baseAddress.map { $0 + before }, step) }
+            if n < 0 { failure = errno }
+            out.removeLast(step - max(n, 0))
             if n < 0 {
-                if errno == EINTR { continue }
-                throw UpdaterError.storage("cannot read \(path) (errno \(errno))")
+                if failure == EINTR { continue }
+                throw UpdaterError.storage("cannot read \(path) (errno \(failure))")
             }
             if n == 0 { break }
-            out.append(contentsOf: buf[0..<n])
+            step = 65536
         }
         return out
     }

@@ -1,4 +1,3 @@
-import ArgumentParser
 import TUF
 import TUFClient
 
@@ -9,20 +8,80 @@ import TUFClient
 #endif
 
 /// The client-under-test CLI of tuf-conformance (CLIENT-CLI.md): `init`, `refresh`,
-/// `download`; options may appear in any order; exit status is 0 on success, 1 otherwise.
-struct ConformanceCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bulwark-tuf-client",
-        abstract: "TUF client for the tuf-conformance suite"
-    )
+/// `download`; options may appear in any order, as `--name value` or `--name=value`; exit status is 0 on success,
+/// 1 otherwise.
+///
+/// The command line is read by hand: a client run for every refresh should not start by loading an argument
+/// parsing library that walks its options by reflection (it was a fifth of the process's CPU time).
+struct ConformanceCommand {
+    var metadataDir: String?
+    var metadataUrl: String?
+    var targetName: [String] = []
+    var targetBaseUrl: String?
+    var targetDir: String?
+    var timing = false
+    var command: [String] = []
 
-    @Option(help: "Directory of trusted metadata") var metadataDir: String
-    @Option(help: "Base URL of repository metadata") var metadataUrl: String?
-    @Option(help: "Target path to download (repeatable, processed in order)") var targetName: [String] = []
-    @Option(help: "Base URL of repository targets") var targetBaseUrl: String?
-    @Option(help: "Directory for downloaded artifacts") var targetDir: String?
-    @Flag(help: .hidden) var timing = false
-    @Argument(help: "init <TRUSTED_ROOT> | refresh | download") var command: [String]
+    static let usage = """
+        usage: bulwark-tuf-client --metadata-dir DIR [--metadata-url URL] [--target-name PATH ...]
+                                  [--target-base-url URL] [--target-dir DIR] (init TRUSTED_ROOT | refresh | download)
+
+        TUF client for the tuf-conformance suite (CLIENT-CLI.md).
+          --metadata-dir DIR      directory of trusted metadata
+          --metadata-url URL      base URL of repository metadata
+          --target-name PATH      target path to download (repeatable, processed in order)
+          --target-base-url URL   base URL of repository targets
+          --target-dir DIR        directory for downloaded artifacts
+        """
+
+    enum Parsed {
+        case run(ConformanceCommand)
+        case help
+    }
+
+    static func parse(_ arguments: [String]) throws(UpdaterError) -> Parsed {
+        var cmd = ConformanceCommand()
+        var i = 0
+        while i < arguments.count {
+            let argument = arguments[i]
+            i += 1
+            if argument == "--help" || argument == "-h" { return .help }
+            if argument == "--timing" {
+                cmd.timing = true
+                continue
+            }
+            guard argument.hasPrefix("--") else {
+                cmd.command.append(argument)
+                continue
+            }
+            var name = argument
+            var value: String?
+            if let equals = argument.firstIndex(of: "=") {
+                name = String(argument[..<equals])
+                value = String(argument[argument.index(after: equals)...])
+            }
+            guard
+                ["--metadata-dir", "--metadata-url", "--target-name", "--target-base-url", "--target-dir"]
+                    .contains(name)
+            else { throw UpdaterError.usage("unknown option \(name)") }
+            if value == nil {
+                guard i < arguments.count else { throw UpdaterError.usage("\(name) needs a value") }
+                value = arguments[i]
+                i += 1
+            }
+            let v = value ?? ""
+            switch name {
+            case "--metadata-dir": cmd.metadataDir = v
+            case "--metadata-url": cmd.metadataUrl = v
+            case "--target-name": cmd.targetName.append(v)
+            case "--target-base-url": cmd.targetBaseUrl = v
+            default: cmd.targetDir = v
+            }
+        }
+        guard cmd.metadataDir != nil else { throw UpdaterError.usage("--metadata-dir is required") }
+        guard !cmd.command.isEmpty else { throw UpdaterError.usage("missing command") }
+        return .run(cmd)
+    }
 }
 
 @main
@@ -30,16 +89,15 @@ enum ConformanceClient {
     static func main() async {
         let cmd: ConformanceCommand
         do {
-            cmd = try ConformanceCommand.parse(Array(CommandLine.arguments.dropFirst()))
-        } catch {
-            // Help and version requests succeed; every other parse problem is exit status 1.
-            let success = ConformanceCommand.exitCode(for: error) == .success
-            if success {
-                print(ConformanceCommand.fullMessage(for: error))
-            } else {
-                log(ConformanceCommand.message(for: error))
+            switch try ConformanceCommand.parse(Array(CommandLine.arguments.dropFirst())) {
+            case .help:
+                print(ConformanceCommand.usage)
+                exit(0)
+            case .run(let parsed): cmd = parsed
             }
-            exit(success ? 0 : 1)
+        } catch {
+            log("error: \(error)\n\(ConformanceCommand.usage)")
+            exit(1)
         }
         do {
             let start = monotonicSeconds()
@@ -62,7 +120,7 @@ enum ConformanceClient {
 
     static func run(_ cmd: ConformanceCommand) async throws {
         guard let verb = cmd.command.first else { throw UpdaterError.usage("missing command") }
-        let store = DirectoryStore(directory: cmd.metadataDir)
+        let store = DirectoryStore(directory: cmd.metadataDir ?? "")
         switch verb {
         case "init":
             guard cmd.command.count == 2 else { throw UpdaterError.usage("usage: init <TRUSTED_ROOT>") }
@@ -72,11 +130,11 @@ enum ConformanceClient {
                 throw UpdaterError.storage("cannot read trusted root")
             }
             try store.store("root.json", bytes)
-            log("initialized \(cmd.metadataDir)")
+            log("initialized \(store.directory)")
         case "refresh":
             let updater = try makeUpdater(cmd, store: store)
             try await updater.refresh()
-            log("refreshed \(cmd.metadataDir)")
+            log("refreshed \(store.directory)")
         case "download":
             guard !cmd.targetName.isEmpty else { throw UpdaterError.usage("--target-name is required") }
             guard let targetDir = cmd.targetDir else { throw UpdaterError.usage("--target-dir is required") }
@@ -109,7 +167,7 @@ enum ConformanceClient {
         return try Updater(
             metadataBaseURL: url,
             metadataStore: store,
-            fetcher: HTTPFetcher(),
+            fetcher: SocketFetcher(),
             targetBaseURL: cmd.targetBaseUrl,
             artifactStore: artifacts,
             referenceTime: currentTime()

@@ -13,6 +13,21 @@ enum Misbehaviour: Sendable {
     case ok(String)
     case closeDelimited(String)  // no Content-Length: the body ends when the server closes
     case status(Int)
+    case chunked([String])  // Transfer-Encoding: chunked, one chunk per string
+}
+
+/// Both fetchers must pass every test: the NIO one the agent uses and the socket one of the command-line client.
+enum FetcherKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case nio, socket
+
+    func make(timeout: Duration) -> any Fetcher {
+        switch self {
+        case .nio: HTTPFetcher(timeout: timeout)
+        case .socket: SocketFetcher(timeout: timeout)
+        }
+    }
+
+    var testDescription: String { rawValue }
 }
 
 final class MisbehavingHandler: ChannelInboundHandler, Sendable {
@@ -51,6 +66,13 @@ final class MisbehavingHandler: ChannelInboundHandler, Sendable {
             channel.writeAndFlush(
                 channel.allocator.buffer(string: "HTTP/1.1 \(code) Nope\r\nContent-Length: 4\r\n\r\nnope")
             ).whenComplete { _ in channel.close(promise: nil) }
+        case .chunked(let chunks):
+            var text = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            for c in chunks { text += String(c.utf8.count, radix: 16) + ";ext=1\r\n" + c + "\r\n" }
+            text += "0\r\nTrailer-Field: x\r\n\r\n"
+            channel.writeAndFlush(channel.allocator.buffer(string: text)).whenComplete { _ in
+                channel.close(promise: nil)
+            }
         case .ok(let body):
             channel.writeAndFlush(
                 channel.allocator.buffer(string: "HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
@@ -73,19 +95,20 @@ func withServer(_ mode: Misbehaviour, _ body: (String) async throws -> Void) asy
 }
 
 @Suite struct HTTPFetcherTests {
-    @Test func fetchesABody() async throws {
+    @Test(arguments: FetcherKind.allCases)
+    func fetchesABody(_ kind: FetcherKind) async throws {
         try await withServer(.ok("hello")) { url in
-            let got = try await HTTPFetcher(timeout: .seconds(5)).fetch(url, maxBytes: 100)
+            let got = try await kind.make(timeout: .seconds(5)).fetch(url, maxBytes: 100)
             #expect(got == Array("hello".utf8))
         }
     }
 
-    @Test(arguments: [Misbehaviour.silent, .drip])
-    func slowRetrievalTimesOut(_ mode: Misbehaviour) async throws {
+    @Test(arguments: [Misbehaviour.silent, .drip], FetcherKind.allCases)
+    func slowRetrievalTimesOut(_ mode: Misbehaviour, _ kind: FetcherKind) async throws {
         try await withServer(mode) { url in
             let start = ContinuousClock.now
             do {
-                _ = try await HTTPFetcher(timeout: .milliseconds(500)).fetch(url, maxBytes: 1_000_000)
+                _ = try await kind.make(timeout: .milliseconds(500)).fetch(url, maxBytes: 1_000_000)
                 Issue.record("slow server did not time out")
             } catch UpdaterError.timeout {
                 // The drip alone would take 83 minutes; 20 s leaves room for a machine busy with the whole suite.
@@ -94,25 +117,28 @@ func withServer(_ mode: Misbehaviour, _ body: (String) async throws -> Void) asy
         }
     }
 
-    @Test func endlessDataIsCutAtTheLimit() async throws {
+    @Test(arguments: FetcherKind.allCases)
+    func endlessDataIsCutAtTheLimit(_ kind: FetcherKind) async throws {
         try await withServer(.endless) { url in
             await #expect(throws: UpdaterError.self) {
-                _ = try await HTTPFetcher(timeout: .seconds(10)).fetch(url, maxBytes: 200_000)
+                _ = try await kind.make(timeout: .seconds(10)).fetch(url, maxBytes: 200_000)
             }
         }
     }
 
-    @Test func closeDelimitedBodyIsRead() async throws {
+    @Test(arguments: FetcherKind.allCases)
+    func closeDelimitedBodyIsRead(_ kind: FetcherKind) async throws {
         try await withServer(.closeDelimited("until close")) { url in
-            let got = try await HTTPFetcher(timeout: .seconds(5)).fetch(url, maxBytes: 100)
+            let got = try await kind.make(timeout: .seconds(5)).fetch(url, maxBytes: 100)
             #expect(got == Array("until close".utf8))
         }
     }
 
-    @Test func notFoundIsAStatusError() async throws {
+    @Test(arguments: FetcherKind.allCases)
+    func notFoundIsAStatusError(_ kind: FetcherKind) async throws {
         try await withServer(.status(404)) { url in
             do {
-                _ = try await HTTPFetcher(timeout: .seconds(5)).fetch(url, maxBytes: 100)
+                _ = try await kind.make(timeout: .seconds(5)).fetch(url, maxBytes: 100)
                 Issue.record("404 accepted")
             } catch UpdaterError.httpStatus(let code, _) {
                 #expect(code == 404)
@@ -120,21 +146,52 @@ func withServer(_ mode: Misbehaviour, _ body: (String) async throws -> Void) asy
         }
     }
 
-    @Test func declaredOversizeIsRefusedUpFront() async throws {
+    @Test(arguments: FetcherKind.allCases)
+    func declaredOversizeIsRefusedUpFront(_ kind: FetcherKind) async throws {
         try await withServer(.declaresHugeLength) { url in
             await #expect(throws: UpdaterError.self) {
-                _ = try await HTTPFetcher(timeout: .seconds(5)).fetch(url, maxBytes: 1000)
+                _ = try await kind.make(timeout: .seconds(5)).fetch(url, maxBytes: 1000)
             }
         }
     }
 
-    @Test func bodyAtExactlyTheLimitIsAccepted() async throws {
+    @Test(arguments: FetcherKind.allCases)
+    func bodyAtExactlyTheLimitIsAccepted(_ kind: FetcherKind) async throws {
         try await withServer(.ok("12345")) { url in
-            let got = try await HTTPFetcher(timeout: .seconds(5)).fetch(url, maxBytes: 5)
+            let got = try await kind.make(timeout: .seconds(5)).fetch(url, maxBytes: 5)
             #expect(got.count == 5)
             await #expect(throws: UpdaterError.self) {
-                _ = try await HTTPFetcher(timeout: .seconds(5)).fetch(url, maxBytes: 4)
+                _ = try await kind.make(timeout: .seconds(5)).fetch(url, maxBytes: 4)
             }
         }
+    }
+
+    @Test(arguments: FetcherKind.allCases)
+    func chunkedBodyIsDecodedAndBounded(_ kind: FetcherKind) async throws {
+        try await withServer(.chunked(["hel", "lo ", "world"])) { url in
+            let got = try await kind.make(timeout: .seconds(5)).fetch(url, maxBytes: 11)
+            #expect(got == Array("hello world".utf8))
+            await #expect(throws: UpdaterError.self) {
+                _ = try await kind.make(timeout: .seconds(5)).fetch(url, maxBytes: 10)
+            }
+        }
+    }
+
+    @Test func socketFetcherRefusesHTTPS() async {
+        await #expect(throws: UpdaterError.self) {
+            _ = try await SocketFetcher().fetch("https://127.0.0.1:1/x", maxBytes: 10)
+        }
+    }
+
+    @Test func socketFetcherReportsARefusedConnection() async throws {
+        // A port that was just free: bind, note, close.
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try need(server.localAddress?.port)
+        try await server.close()
+        do {
+            _ = try await SocketFetcher(timeout: .seconds(5)).fetch("http://127.0.0.1:\(port)/x", maxBytes: 10)
+            Issue.record("connected to a closed port")
+        } catch UpdaterError.transport {}
     }
 }

@@ -243,3 +243,18 @@ import Testing
         #expect(trustedVersion(dir, "targets") == 2)
     }
 }
+
+@Suite struct AtomicFileTests {
+    @Test(arguments: [0, 1, 65535, 65536, 65537, 300_000])
+    func readsBackWhatWasWritten(_ size: Int) throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        try AtomicFile.write(bytes, directory: dir, name: "blob")
+        #expect(try AtomicFile.read(path: dir + "/blob") == bytes)
+        #expect(try AtomicFile.read(path: dir + "/missing") == nil)
+        try AtomicFile.remove(directory: dir, name: "blob")
+        #expect(try AtomicFile.read(path: dir + "/blob") == nil)
+    }
+}
