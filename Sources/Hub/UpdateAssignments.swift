@@ -32,7 +32,7 @@ struct UpdateAssignments: Sendable {
     /// The target's entry in the published top-level targets metadata (`metadata/targets.json`), or nil. The parsed
     /// metadata is kept while the file keeps its inode, size and modification time.
     func published(_ path: String) -> TargetFile? {
-        parsed.targets(repository + "/metadata/targets.json")?.targets[path]
+        parsed.targets(repository + "/metadata/targets.json")?.target(path)
     }
 
     /// Every target the published top-level targets metadata lists.

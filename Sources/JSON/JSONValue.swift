@@ -64,15 +64,18 @@ public indirect enum JSONValue: Sendable, Equatable {
 
 /// A JSON object: members in document order, keys unique by Unicode scalar values.
 ///
-/// An index by UTF-8 bytes keeps lookups and duplicate detection O(1), so a large `targets`
-/// or `meta` object cannot make parsing quadratic.
+/// Small objects (most are) are searched member by member, comparing UTF-8 bytes; past `indexedFrom` members an
+/// index by UTF-8 bytes keeps lookups and duplicate detection O(1), so a large `targets` or `meta` object cannot make
+/// building quadratic.
 public struct JSONObject: Sendable, Equatable {
     public private(set) var members: [(key: String, value: JSONValue)]
-    private var index: [[UInt8]: Int]
+    private var index: [[UInt8]: Int]?
+
+    static let indexedFrom = 16
 
     public init() {
         self.members = []
-        self.index = [:]
+        self.index = nil
     }
 
     /// Builds an object; throws when two keys have the same scalar values.
@@ -85,35 +88,47 @@ public struct JSONObject: Sendable, Equatable {
     public var keys: [String] { members.map(\.key) }
 
     public subscript(key: String) -> JSONValue? {
-        guard let i = index[Array(key.utf8)] else { return nil }
-        return members[i].value
+        position(of: key).map { members[$0].value }
+    }
+
+    /// Where the member named `key` (by UTF-8 bytes) is.
+    private func position(of key: String) -> Int? {
+        if let index { return index[Array(key.utf8)] }
+        return members.firstIndex { $0.key.utf8.elementsEqual(key.utf8) }
+    }
+
+    private mutating func add(_ key: String, _ value: JSONValue) {
+        members.append((key, value))
+        if index != nil {
+            index?[Array(key.utf8)] = members.count - 1
+        } else if members.count > Self.indexedFrom {
+            var built: [[UInt8]: Int] = [:]
+            built.reserveCapacity(members.count * 2)
+            for (i, m) in members.enumerated() { built[Array(m.key.utf8)] = i }
+            index = built
+        }
     }
 
     /// Appends a member; duplicate keys are refused (RFC 8259 §4 leaves them undefined,
     /// and an attacker could otherwise make two parsers disagree on signed content).
     public mutating func append(_ key: String, _ value: JSONValue) throws(JSONError) {
-        let k = Array(key.utf8)
-        guard index[k] == nil else { throw JSONError(kind: .duplicateKey, offset: 0) }
-        index[k] = members.count
-        members.append((key, value))
+        guard position(of: key) == nil else { throw JSONError(kind: .duplicateKey, offset: 0) }
+        add(key, value)
     }
 
     /// Sets or replaces a member.
     public mutating func set(_ key: String, _ value: JSONValue) {
-        let k = Array(key.utf8)
-        if let i = index[k] {
+        if let i = position(of: key) {
             members[i].value = value
         } else {
-            index[k] = members.count
-            members.append((key, value))
+            add(key, value)
         }
     }
 
     /// Members whose keys are not in `known`, in document order (round-trip of unknown fields).
     public func removing(_ known: [String]) -> JSONObject {
-        let drop = Set(known.map { Array($0.utf8) })
         var o = JSONObject()
-        for m in members where !drop.contains(Array(m.key.utf8)) { o.set(m.key, m.value) }
+        for m in members where !known.contains(where: { $0.utf8.elementsEqual(m.key.utf8) }) { o.set(m.key, m.value) }
         return o
     }
 

@@ -32,13 +32,14 @@ public struct Metadata<Role: SignedRole>: Sendable {
         let type = try signedObject.string("_type")
         guard type == Role.type else { throw TUFError(.wrongType, "expected _type '\(Role.type)', got another type") }
         var signatures: [Signature] = []
-        var seen = Set<String>()
+        var seen = Set<String>()  // only past a few signatures: a short list is searched
         for v in try top.array("signatures") {
             guard let o = v.objectValue else { throw TUFError(.invalidMetadata, "signature must be an object") }
             let s = try Signature(json: o)
-            guard seen.insert(s.keyid).inserted else {
-                throw TUFError(.invalidMetadata, "duplicate keyid in signatures")
-            }
+            if signatures.count == 8 { seen = Set(signatures.map(\.keyid)) }
+            let duplicate =
+                signatures.count < 8 ? signatures.contains { $0.keyid == s.keyid } : !seen.insert(s.keyid).inserted
+            guard !duplicate else { throw TUFError(.invalidMetadata, "duplicate keyid in signatures") }
             signatures.append(s)
         }
         let role = try Role(document: document, element: signedObject.element)

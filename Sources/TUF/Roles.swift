@@ -171,14 +171,24 @@ public struct TargetFile: Sendable, Equatable {
 
     static let fieldNames = JSONNames(["length", "hashes"])
 
-    /// One pass over the entry's members (a targets file holds thousands of these).
     init(path: String, json: ObjectNode) throws(TUFError) {
         self.path = path
-        let document = json.document
+        let entry = try Self.check(json.document, json.element)
+        length = entry.length
+        hashes = try ObjectNode.hashes(json.document, entry.hashes, "hashes")
+        unrecognized = entry.others ? json.removing(Self.fieldNames) : JSONObject()
+    }
+
+    /// Checks a TARGETS entry where it lies, building nothing: one pass over its members (a targets file holds
+    /// thousands), then `length` (an integer, not negative) and `hashes` (a non-empty object of strings).
+    static func check(
+        _ document: JSONDocument, _ element: JSONElement
+    ) throws(TUFError) -> (length: Int64, hashes: JSONElement, others: Bool) {
+        guard document.kind(element) == .object else { throw TUFError(.invalidMetadata, "target must be an object") }
         var lengthElement: JSONElement?
         var hashesElement: JSONElement?
         var others = false
-        document.forEachMember(of: json.element, matching: Self.fieldNames) { position, _, value in
+        document.forEachMember(of: element, matching: Self.fieldNames) { position, _, value in
             switch position {
             case 0: lengthElement = value
             case 1: hashesElement = value
@@ -190,10 +200,15 @@ public struct TargetFile: Sendable, Equatable {
             throw TUFError(.invalidMetadata, "'length' must be an integer")
         }
         guard length >= 0 else { throw TUFError(.invalidMetadata, "length must not be negative") }
-        self.length = length
         guard let hashesElement else { throw TUFError(.invalidMetadata, "missing field 'hashes'") }
-        hashes = try ObjectNode.hashes(document, hashesElement, "hashes")
-        unrecognized = others ? json.removing(Self.fieldNames) : JSONObject()
+        guard document.kind(hashesElement) == .object else {
+            throw TUFError(.invalidMetadata, "'hashes' must be an object")
+        }
+        guard document.count(hashesElement) > 0 else { throw TUFError(.invalidMetadata, "'hashes' must not be empty") }
+        for (_, value) in document.members(hashesElement) where document.kind(value) != .string {
+            throw TUFError(.invalidMetadata, "hash values must be strings")
+        }
+        return (length, hashesElement, others)
     }
 
     public static func == (a: TargetFile, b: TargetFile) -> Bool { a.path == b.path && a.jsonValue == b.jsonValue }
@@ -211,12 +226,59 @@ public struct TargetFile: Sendable, Equatable {
     }
 }
 
+/// The TARGETS object of a targets role as parsed: every entry is checked when the role is read, and built only when
+/// asked for. A client looks up one path in a file of thousands; building them all was most of reading the file.
+struct TargetTable: Sendable {
+    let document: JSONDocument
+    let element: JSONElement
+
+    init(_ object: ObjectNode) throws(TUFError) {
+        document = object.document
+        element = object.element
+        var ascii = true
+        for (name, value) in document.members(element) {
+            _ = try TargetFile.check(document, value)
+            if ascii { ascii = document.withUnescapedBytes(name) { $0.allSatisfy { $0 < 0x80 } } }
+        }
+        // The parser refused paths with the same bytes. Two different paths can still be one Swift `String` (NFC and
+        // NFD "é", "K" and KELVIN SIGN) when one is not ASCII; such a file is refused, as the editor refuses to write
+        // it, so no map keyed by `String` can confuse them.
+        if !ascii {
+            var seen = Set<String>()
+            for path in paths where !seen.insert(path).inserted {
+                throw TUFError(.invalidMetadata, "target paths collide under Unicode equivalence")
+            }
+        }
+    }
+
+    var paths: [String] { document.members(element).map { document.string($0.key) ?? "" } }
+
+    /// The entry for exactly these bytes (target paths are not Unicode-normalized).
+    func target(_ path: String) -> TargetFile? {
+        guard let value = document.member(path, of: element) else { return nil }
+        return try? TargetFile(path: path, json: ObjectNode(document: document, element: value))
+    }
+
+    /// Every entry, built.
+    var all: [String: TargetFile] {
+        var out: [String: TargetFile] = [:]
+        out.reserveCapacity(document.count(element))
+        for (name, value) in document.members(element) {
+            let path = document.string(name) ?? ""
+            out[path] = try? TargetFile(path: path, json: ObjectNode(document: document, element: value))
+        }
+        return out
+    }
+}
+
 /// TUF §4.5 targets metadata (top-level or delegated).
 public struct Targets: SignedRole, Equatable {
     public static let type = "targets"
     public let common: SignedCommon
-    public let targets: [String: TargetFile]
-    let targetOrder: [String]
+    let table: TargetTable
+    /// Every target entry, built on each call (a client looks one up with `target(_:)`).
+    public var targets: [String: TargetFile] { table.all }
+    var targetOrder: [String] { table.paths }
     public let delegations: Delegations?
     public let unrecognized: JSONObject
 
@@ -228,33 +290,23 @@ public struct Targets: SignedRole, Equatable {
 
     init(json: ObjectNode) throws(TUFError) {
         common = try SignedCommon(json: json)
-        let targetsObject = try json.object("targets")
-        var targets: [String: TargetFile] = [:]
-        targets.reserveCapacity(targetsObject.count)
-        let document = targetsObject.document
-        for (name, value) in document.members(targetsObject.element) {
-            guard document.kind(value) == .object else { throw TUFError(.invalidMetadata, "target must be an object") }
-            let path = document.string(name) ?? ""
-            let target = try TargetFile(path: path, json: ObjectNode(document: document, element: value))
-            guard targets.updateValue(target, forKey: path) == nil else {
-                throw TUFError(.invalidMetadata, "target paths collide under Unicode equivalence")
-            }
-        }
-        self.targets = targets
-        targetOrder = targetsObject.keys
+        table = try TargetTable(json.object("targets"))
         delegations = try json["delegations"] == nil ? nil : Delegations(json: json.object("delegations"))
         unrecognized = json.removing(SignedCommon.keys + ["targets", "delegations"])
     }
 
     /// Looks a target up by exact scalar values (target paths are not Unicode-normalized).
-    public func target(_ path: String) -> TargetFile? {
-        guard let t = targets[path], t.path.utf8.elementsEqual(path.utf8) else { return nil }
-        return t
-    }
+    public func target(_ path: String) -> TargetFile? { table.target(path) }
 
     public var jsonValue: JSONValue {
         var o = JSONObject()
+        let targets = table.all
         for k in targetOrder { if let t = targets[k] { o.set(k, t.jsonValue) } }
         return merged(common.fields + [("targets", .object(o)), ("delegations", delegations?.jsonValue)], unrecognized)
+    }
+
+    public static func == (a: Targets, b: Targets) -> Bool {
+        a.common == b.common && a.targetOrder == b.targetOrder && a.targets == b.targets
+            && a.delegations == b.delegations && a.unrecognized == b.unrecognized
     }
 }
