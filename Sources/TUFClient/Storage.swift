@@ -1,3 +1,4 @@
+import Synchronization
 import TUF
 
 #if canImport(Glibc)
@@ -19,30 +20,58 @@ public protocol MetadataStore: Sendable {
     func store(_ name: String, _ data: [UInt8]) throws
     /// Removes a trusted file; removing a missing file is not an error.
     func remove(_ name: String) throws
+    /// Makes the writes and removals so far durable, for a store that leaves part of that to the end of an update
+    /// (the `Updater` calls it when a refresh, a lookup or a download ends).
+    func flush() throws
 }
 
 /// Where verified artifacts are kept, by TUF target path.
 public protocol ArtifactStore: Sendable {
     func load(targetPath: String) throws -> [UInt8]?
     func store(targetPath: String, _ data: [UInt8]) throws
+    func flush() throws
+}
+
+extension MetadataStore {
+    public func flush() throws {}
+}
+
+extension ArtifactStore {
+    public func flush() throws {}
 }
 
 /// A directory of files written with temp file + fsync + rename + fsync(directory).
+///
+/// With `defersDirectorySync`, each file is still written whole and fsynced before it is renamed into place (a crash
+/// leaves the old bytes or the new, never a torn file), but the directory is fsynced once, by `flush()`, for all the
+/// renames of one update instead of once per file. A crash before the flush may lose the newest renames: the client
+/// then starts from the metadata it trusted before (as if the update had not run) and fetches it again.
 public struct DirectoryStore: MetadataStore, ArtifactStore {
     public let directory: String
+    public let defersDirectorySync: Bool
+    private let renamed = PendingSync()
 
-    public init(directory: String) { self.directory = directory }
+    public init(directory: String, defersDirectorySync: Bool = false) {
+        self.directory = directory
+        self.defersDirectorySync = defersDirectorySync
+    }
 
     public func load(_ name: String) throws -> [UInt8]? {
         try AtomicFile.read(path: directory + "/" + name)
     }
 
     public func store(_ name: String, _ data: [UInt8]) throws {
-        try AtomicFile.write(data, directory: directory, name: name)
+        try AtomicFile.write(data, directory: directory, name: name, syncingDirectory: !defersDirectorySync)
+        if defersDirectorySync { renamed.mark() }
     }
 
     public func remove(_ name: String) throws {
-        try AtomicFile.remove(directory: directory, name: name)
+        try AtomicFile.remove(directory: directory, name: name, syncingDirectory: !defersDirectorySync)
+        if defersDirectorySync { renamed.mark() }
+    }
+
+    public func flush() throws {
+        if renamed.take() { AtomicFile.syncDirectory(directory) }
     }
 
     /// Artifacts are stored flat under the percent-encoded target path, as python-tuf does,
@@ -85,12 +114,12 @@ public enum AtomicFile {
         return out
     }
 
-    /// Unlinks `directory/name` (a missing file is fine) and makes the removal durable.
-    public static func remove(directory: String, name: String) throws {
+    /// Unlinks `directory/name` (a missing file is fine) and makes the removal durable (unless the caller will).
+    public static func remove(directory: String, name: String, syncingDirectory: Bool = true) throws {
         if unlink(directory + "/" + name) != 0, errno != ENOENT {
             throw UpdaterError.storage("cannot remove \(name) (errno \(errno))")
         }
-        syncDirectory(directory)
+        if syncingDirectory { syncDirectory(directory) }
     }
 
     static func syncDirectory(_ directory: String) {
@@ -103,13 +132,16 @@ public enum AtomicFile {
 
     /// Writes `data` to `directory/name` atomically: a unique temp file in the same directory,
     /// fsync, rename over the target, then fsync the directory so the rename is durable.
-    public static func write(_ data: [UInt8], directory: String, name: String) throws {
-        try write(data, directory: directory, name: name, simulateCrashAfter: nil)
+    /// With `syncingDirectory` false the rename is left for the caller to make durable (`syncDirectory`).
+    public static func write(_ data: [UInt8], directory: String, name: String, syncingDirectory: Bool = true) throws {
+        try write(data, directory: directory, name: name, simulateCrashAfter: nil, syncingDirectory: syncingDirectory)
     }
 
     /// `simulateCrashAfter` (tests only): stop after writing that many bytes to the temp file
     /// and throw, leaving the temp file behind as a crash would, without renaming.
-    static func write(_ data: [UInt8], directory: String, name: String, simulateCrashAfter: Int?) throws {
+    static func write(
+        _ data: [UInt8], directory: String, name: String, simulateCrashAfter: Int?, syncingDirectory: Bool = true
+    ) throws {
         let target = directory + "/" + name
         var template = Array((directory + "/.tmp-XXXXXX").utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { buf -> Int32 in
@@ -142,6 +174,21 @@ public enum AtomicFile {
         }
         guard rename(tempPath, target) == 0 else { throw UpdaterError.storage("rename failed (errno \(errno))") }
         ok = true
-        syncDirectory(directory)
+        if syncingDirectory { syncDirectory(directory) }
+    }
+}
+
+/// Whether a rename awaits a directory fsync.
+final class PendingSync: Sendable {
+    private let pending = Mutex(false)
+
+    func mark() { pending.withLock { $0 = true } }
+
+    /// Whether a rename was pending; clears it.
+    func take() -> Bool {
+        pending.withLock { state in
+            defer { state = false }
+            return state
+        }
     }
 }

@@ -49,6 +49,8 @@ public actor Updater {
 
     /// TUF §5.3–§5.6 for the top-level roles: root, timestamp, snapshot, targets, in that order.
     public func refresh() async throws {
+        // What was accepted stays accepted, also when a later step fails (TUF §5.4.5 and siblings persist as they go).
+        defer { try? metadataStore.flush() }
         try await loadRoot()
         try await loadTimestamp()
         try await loadSnapshot()
@@ -214,6 +216,7 @@ public actor Updater {
     /// as in python-tuf (default 32).
     /// Runs `refresh()` first if it has not run (TUF §5.7: metadata must be current).
     public func targetInfo(for targetPath: String) async throws -> TargetFile? {
+        defer { try? metadataStore.flush() }
         if !refreshed { try await refresh() }
         var stack: [(role: String, delegator: String)] = [("targets", "root")]
         var visited = Set<[UInt8]>()
@@ -264,7 +267,10 @@ public actor Updater {
         } catch {
             throw UpdaterError.metadata(error)
         }
-        if let store = artifactStore { try store.store(targetPath: target.path, data) }
+        if let store = artifactStore {
+            try store.store(targetPath: target.path, data)
+            try store.flush()
+        }
         return data
     }
 

@@ -123,7 +123,8 @@ enum ConformanceClient {
     /// Runs one command; returns the updater it used, if any, for the caller to keep until the process exits.
     static func run(_ cmd: ConformanceCommand) async throws -> Updater? {
         guard let verb = cmd.command.first else { throw UpdaterError.usage("missing command") }
-        let store = DirectoryStore(directory: cmd.metadataDir ?? "")
+        // One directory fsync per update, not one per file (see `DirectoryStore.defersDirectorySync`).
+        let store = DirectoryStore(directory: cmd.metadataDir ?? "", defersDirectorySync: true)
         switch verb {
         case "init":
             guard cmd.command.count == 2 else { throw UpdaterError.usage("usage: init <TRUSTED_ROOT>") }
@@ -133,6 +134,7 @@ enum ConformanceClient {
                 throw UpdaterError.storage("cannot read trusted root")
             }
             try store.store("root.json", bytes)
+            try store.flush()
             log("initialized \(store.directory)")
             return nil
         case "refresh":
@@ -144,7 +146,8 @@ enum ConformanceClient {
             guard !cmd.targetName.isEmpty else { throw UpdaterError.usage("--target-name is required") }
             guard let targetDir = cmd.targetDir else { throw UpdaterError.usage("--target-dir is required") }
             guard cmd.targetBaseUrl != nil else { throw UpdaterError.usage("--target-base-url is required") }
-            let updater = try makeUpdater(cmd, store: store, artifacts: DirectoryStore(directory: targetDir))
+            let artifacts = DirectoryStore(directory: targetDir, defersDirectorySync: true)
+            let updater = try makeUpdater(cmd, store: store, artifacts: artifacts)
             for name in cmd.targetName {
                 guard let info = try await updater.targetInfo(for: name) else {
                     throw UpdaterError.targetNotFound(name)

@@ -1,3 +1,4 @@
+import Synchronization
 import TUF
 import Testing
 
@@ -256,5 +257,51 @@ import Testing
         #expect(try AtomicFile.read(path: dir + "/missing") == nil)
         try AtomicFile.remove(directory: dir, name: "blob")
         #expect(try AtomicFile.read(path: dir + "/blob") == nil)
+    }
+}
+
+/// The directory fsync an update defers is done when the update ends, also when it fails.
+@Suite struct DeferredDirectorySyncTests {
+    final class Recording: MetadataStore, @unchecked Sendable {
+        let inner: DirectoryStore
+        let events = Mutex<[String]>([])
+
+        init(_ directory: String) { inner = DirectoryStore(directory: directory, defersDirectorySync: true) }
+
+        func load(_ name: String) throws -> [UInt8]? { try inner.load(name) }
+        func store(_ name: String, _ data: [UInt8]) throws {
+            try inner.store(name, data)
+            events.withLock { $0.append("store " + name) }
+        }
+        func remove(_ name: String) throws {
+            try inner.remove(name)
+            events.withLock { $0.append("remove " + name) }
+        }
+        func flush() throws {
+            try inner.flush()
+            events.withLock { $0.append("flush") }
+        }
+    }
+
+    @Test func anUpdateEndsWithTheFlushWhetherItSucceedsOrFails() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        let store = Recording(dir)
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
+        let first = store.events.withLock { $0 }
+        #expect(first.filter { $0.hasPrefix("store") }.count == 3, "\(first)")  // timestamp, snapshot, targets
+        #expect(first.last == "flush", "\(first)")
+        #expect(try AtomicFile.read(path: dir + "/targets.json") != nil)
+
+        // A new timestamp and a snapshot that no longer matches it: the timestamp is kept, the refresh fails, and
+        // the timestamp's rename is still made durable.
+        store.events.withLock { $0 = [] }
+        repo.bump(["targets"])
+        repo.fetcher.put(
+            TestRepository.metadataURL + "\(repo.snapshotVersion).snapshot.json", Array("{}".utf8))
+        await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir, store: store).refresh() }
+        let second = store.events.withLock { $0 }
+        #expect(second.first == "store timestamp.json", "\(second)")
+        #expect(second.last == "flush", "\(second)")
     }
 }
