@@ -58,9 +58,16 @@ public enum SignatureVerifier {
             guard let raw = hexDecode(publicValue), raw.count == 32 else { return nil }
             return Array("ed25519:".utf8) + raw
         case ("ecdsa", "ecdsa-sha2-nistp256"), ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"):
+            // The canonical SPKI as it was sent (whether the point is on the curve is `isValid`'s to find out).
+            if let point = namedCurvePoint(publicValue, prefix: p256Prefix, pointBytes: 65) {
+                return Array("ecdsa:".utf8) + p256Prefix + point
+            }
             guard let pk = p256Key(publicValue) else { return nil }
             return Array("ecdsa:".utf8) + Array(pk.derRepresentation)
         case ("ecdsa", "ecdsa-sha2-nistp384"), ("ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"):
+            if let point = namedCurvePoint(publicValue, prefix: p384Prefix, pointBytes: 97) {
+                return Array("ecdsa:".utf8) + p384Prefix + point
+            }
             guard let pk = p384Key(publicValue) else { return nil }
             return Array("ecdsa:".utf8) + Array(pk.derRepresentation)
         case ("rsa", "rsassa-pss-sha256"), ("rsa", "rsa-pkcs1v15-sha256"):

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import JSON
 import Testing
 
 @testable import TUF
@@ -44,5 +45,27 @@ import Testing
     func malformedPEMIsRefused(_ pem: String) {
         #expect(SignatureVerifier.p256Key(pem) == nil)
         #expect(SignatureVerifier.p384Key(pem) == nil)
+    }
+}
+
+extension ECDSAKeyReadingTests {
+    /// The short way's key material (what makes two spellings of one key count once) is the DER swift-crypto writes.
+    @Test func keyMaterialIsTheCanonicalDER() throws {
+        for _ in 0..<10 {
+            let p256 = P256.Signing.PrivateKey().publicKey
+            let p384 = P384.Signing.PrivateKey().publicKey
+            let cases = [
+                ("ecdsa-sha2-nistp256", p256.pemRepresentation, p256.derRepresentation),
+                ("ecdsa-sha2-nistp384", p384.pemRepresentation, p384.derRepresentation),
+            ]
+            for (scheme, pem, der) in cases {
+                let key = try Key(
+                    json: JSONObject(members: [
+                        ("keytype", .string("ecdsa")), ("scheme", .string(scheme)),
+                        ("keyval", .object(try JSONObject(members: [("public", .string(pem))]))),
+                    ]))
+                #expect(SignatureVerifier.material(of: key) == Array("ecdsa:".utf8) + Array(der))
+            }
+        }
     }
 }
