@@ -63,7 +63,6 @@ let package = Package(
             name: "Gateway",
             dependencies: [
                 "Core", "JSON", .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "RawStructuredFieldValues", package: "swift-http-structured-headers"),
             ]
         ),
         // Pure: The Update Framework metadata, canonical JSON, signature verification, the trusted metadata set.
@@ -229,7 +228,11 @@ let package = Package(
         .testTarget(name: "PKITests", dependencies: ["PKI", .product(name: "X509", package: "swift-certificates")]),
         .testTarget(
             name: "GatewayTests",
-            dependencies: ["Gateway", "JSON", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "Gateway", "JSON", .product(name: "Crypto", package: "swift-crypto"),
+                // The oracle for Gateway's own RFC 9651 parser.
+                .product(name: "RawStructuredFieldValues", package: "swift-http-structured-headers"),
+            ],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(

@@ -1,11 +1,4 @@
 public import Crypto
-import RawStructuredFieldValues
-
-#if canImport(FoundationEssentials)
-    import FoundationEssentials
-#else
-    import Foundation
-#endif
 
 /// The parts of an HTTP request that RFC 9421 HTTP Message Signatures cover in Bulwark's profile.
 public struct SignedRequest: Sendable {
@@ -92,24 +85,28 @@ public struct MessageSignatureProfile: Sendable {
         else { throw SignatureFailure(.missing) }
         try Self.checkDigest(digestField, body: body)
 
-        // §4.1 Signature-Input and §4.2 Signature are structured dictionaries (RFC 8941 §3.2).
-        var inputParser = StructuredFieldValueParser(Array(inputField.utf8))
-        var signatureParser = StructuredFieldValueParser(Array(signatureField.utf8))
-        guard let inputs = try? inputParser.parseDictionaryFieldValue(),
-            let signatures = try? signatureParser.parseDictionaryFieldValue()
-        else { throw SignatureFailure(.malformed, "not structured dictionaries") }
+        // §4.1 Signature-Input and §4.2 Signature are structured dictionaries (RFC 9651 §3.2).
+        let inputs: [(key: String, value: StructuredField.Member)]
+        let signatures: [(key: String, value: StructuredField.Member)]
+        do {
+            inputs = try StructuredField.dictionary(inputField)
+            signatures = try StructuredField.dictionary(signatureField)
+        } catch {
+            throw SignatureFailure(.malformed, "not structured dictionaries")
+        }
         guard inputs.count == 1, signatures.count == 1 else {
             throw SignatureFailure(.unsupported, "exactly one signature expected")
         }
-        let (label, inputValue) = inputs[inputs.startIndex]
-        guard case .innerList(let input) = inputValue, case .item(let signatureItem)? = signatures[label],
-            case .undecodedByteSequence(let encoded) = signatureItem.rfc9651BareItem,
-            let signatureBytes = Data(base64Encoded: encoded)
+        let label = inputs[0].key
+        guard case .innerList(let items, let inputParameters) = inputs[0].value, signatures[0].key == label,
+            case .item(let signatureItem) = signatures[0].value,
+            case .byteSequence(let encoded) = signatureItem.value,
+            let signatureBytes = base64Decode(encoded)
         else { throw SignatureFailure(.malformed, "signature label or value") }
 
         var covered: [String] = []
-        for item in input.bareInnerList {
-            guard case .string(let name) = item.rfc9651BareItem, item.rfc9651Parameters.count == 0 else {
+        for item in items {
+            guard case .string(let name) = item.value, item.parameters.isEmpty else {
                 throw SignatureFailure(.unsupported, "component identifiers must be plain strings")
             }
             covered.append(name)
@@ -123,7 +120,7 @@ public struct MessageSignatureProfile: Sendable {
         var nonce: String?
         var expires: Int64?
         var parameters = ""
-        for (name, value) in input.rfc9651Parameters {
+        for (name, value) in inputParameters {
             switch (name, value) {
             case ("created", .integer(let value)):
                 created = value
@@ -180,14 +177,14 @@ public struct MessageSignatureProfile: Sendable {
     /// RFC 9530 §2: a dictionary of algorithm → digest. `sha-256` and `sha-512` are checked; at least one must be
     /// present, and every one present must match.
     static func checkDigest(_ field: String, body: [UInt8]) throws(SignatureFailure) {
-        var parser = StructuredFieldValueParser(Array(field.utf8))
-        guard let digests = try? parser.parseDictionaryFieldValue() else {
+        let digests: [(key: String, value: StructuredField.Member)]
+        do { digests = try StructuredField.dictionary(field) } catch {
             throw SignatureFailure(.malformed, "content-digest")
         }
         var checked = 0
         for (algorithm, value) in digests {
-            guard case .item(let item) = value, case .undecodedByteSequence(let encoded) = item.rfc9651BareItem,
-                let expected = Data(base64Encoded: encoded)
+            guard case .item(let item) = value, case .byteSequence(let encoded) = item.value,
+                let expected = base64Decode(encoded)
             else { throw SignatureFailure(.malformed, "content-digest value") }
             let actual: [UInt8]
             switch algorithm {
@@ -248,8 +245,8 @@ public struct MessageSigner: Sendable {
         method: String, path: String, body: [UInt8], created: Int64, nonce: String? = nil,
         contentType: String? = nil, messageType: String? = nil
     ) throws -> [(name: String, value: String)] {
-        let nonce = nonce ?? Data(SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) }).base64EncodedString()
-        let digest = "sha-256=:\(Data(SHA256.hash(data: body)).base64EncodedString()):"
+        let nonce = nonce ?? SymmetricKey(size: .bits128).withUnsafeBytes { base64Encode($0) }
+        let digest = "sha-256=:\(base64Encode(Array(SHA256.hash(data: body)))):"
         let parameters = ";created=\(created);nonce=\"\(nonce)\";alg=\"\(MessageSignatureProfile.algorithm)\""
         let covered = MessageSignatureProfile.requiredComponents(contentType: contentType, messageType: messageType)
         let base = MessageSignatureProfile.signatureBase(
@@ -260,7 +257,7 @@ public struct MessageSigner: Sendable {
         return [
             ("Content-Digest", digest),
             ("Signature-Input", "\(label)=\(list)\(parameters)"),
-            ("Signature", "\(label)=:\(signature.base64EncodedString()):"),
+            ("Signature", "\(label)=:\(base64Encode(signature)):"),
         ]
     }
 }
