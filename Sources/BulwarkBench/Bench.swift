@@ -72,25 +72,41 @@ struct Telemetry: AsyncParsableCommand {
         print(
             "bulwark-bench telemetry: \(connections) connections, \(seconds) s per target after \(warmup) s warm-up, "
                 + "200-byte JSON, TLS 1.3 mutual TLS, keep-alive, loopback")
-        var results: [(String, LoadGenerator.Result)] = []
-        for (name, port, signed) in [
-            ("bulwark hub: POST /v1/telemetry (signed, SQLite)", ports.device, true),
-            ("bare Hummingbird mTLS handler (stores nothing)", barePort, false),
+        var results: [(String, LoadGenerator.Result, Double)] = []
+        for (name, port, signed, session) in [
+            ("bulwark hub: signed ecdsa-p256-sha256, SQLite", ports.device, true, false),
+            ("bulwark hub: signed hmac-sha256 session, SQLite", ports.device, true, true),
+            ("bare Hummingbird mTLS handler (stores nothing)", barePort, false, false),
         ] {
-            _ = await load(port: port, tls: tls, seconds: warmup, signer: signed ? signer : nil)
-            results.append((name, await load(port: port, tls: tls, seconds: seconds, signer: signed ? signer : nil)))
+            _ = await load(port: port, tls: tls, seconds: warmup, signer: signed ? signer : nil, session: session)
+            let before = processCPUSeconds()
+            let result = await load(
+                port: port, tls: tls, seconds: seconds, signer: signed ? signer : nil, session: session)
+            results.append((name, result, (processCPUSeconds() - before) / Double(max(1, result.successes)) * 1e6))
         }
         print(
             "target".padding(toLength: 50, withPad: " ", startingAt: 0)
-                + "   req/s      p50 ms   p99 ms   requests  errors")
-        for (name, result) in results {
+                + "   req/s      p50 ms   p99 ms   requests  errors  CPU µs/req")
+        for (name, result, cpu) in results {
             print(
                 name.padding(toLength: 50, withPad: " ", startingAt: 0)
                     + String(
-                        format: "%8.0f   %8.2f %8.2f %10d %7d", result.requestsPerSecond, result.percentile(50),
-                        result.percentile(99), result.successes, result.failures))
+                        format: "%8.0f   %8.2f %8.2f %10d %7d %11.0f", result.requestsPerSecond, result.percentile(50),
+                        result.percentile(99), result.successes, result.failures, cpu))
         }
-        print(String(format: "ratio hub / bare: %.2f", results[0].1.requestsPerSecond / results[1].1.requestsPerSecond))
+        let bareRate = results[2].1.requestsPerSecond
+        print(
+            String(
+                format: "ratio hub / bare: ecdsa %.2f, hmac session %.2f", results[0].1.requestsPerSecond / bareRate,
+                results[1].1.requestsPerSecond / bareRate))
+        print(
+            String(
+                format: "CPU per request is the whole process (hub and load generator, 2 cores): ecdsa adds %.0f µs "
+                    + "over the bare handler, hmac %.0f µs",
+                results[0].2 - results[2].2, results[1].2 - results[2].2))
+        if let verify = opensslVerifyMicroseconds() {
+            print(String(format: "openssl speed ecdsap256, same run: %.0f µs per verify, one core", verify))
+        }
         let stored = try await hub.store.telemetryCount(of: nil)
         print("telemetry rows stored by the hub: \(stored)")
 
@@ -100,11 +116,39 @@ struct Telemetry: AsyncParsableCommand {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    func load(port: Int, tls: TLSConfiguration, seconds: Int, signer: MessageSigner?) async -> LoadGenerator.Result {
+    func load(
+        port: Int, tls: TLSConfiguration, seconds: Int, signer: MessageSigner?, session: Bool
+    ) async -> LoadGenerator.Result {
         await LoadGenerator.run(
             host: "127.0.0.1", port: port, tls: tls, connections: connections, duration: .seconds(seconds),
             path: "/v1/telemetry", headers: [("Content-Type", "application/json")], body: telemetryBody,
-            expectedStatus: 202, signer: signer)
+            expectedStatus: 202, signer: signer, session: session)
+    }
+
+    /// User + system CPU of this process so far (getrusage).
+    func processCPUSeconds() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+            + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    }
+
+    /// `openssl speed -seconds 2 ecdsap256`: microseconds per verification, or nil without openssl.
+    func opensslVerifyMicroseconds() -> Double? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["openssl", "speed", "-seconds", "2", "ecdsap256"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return nil }
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        // The summary line: " 256 bits ecdsa (nistp256)   0.0000s   0.0001s  40000.0  12000.0" (sign/s, verify/s).
+        guard let line = output.split(separator: "\n").last(where: { $0.contains("nistp256") && $0.contains("bits") }),
+            let verifies = line.split(separator: " ").last.flatMap({ Double($0) }), verifies > 0
+        else { return nil }
+        return 1e6 / verifies
     }
 
     /// The baseline: Hummingbird with TLS 1.3 and a required client certificate (verified by BoringSSL against the

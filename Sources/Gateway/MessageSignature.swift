@@ -11,11 +11,15 @@ public struct SignedRequest: Sendable {
     /// RFC 9421 §2.1 combines them), or nil when the request has none. Whichever is present must be signed.
     public var contentType: String?
     public var messageType: String?
+    /// The HMAC key the hub issued on the connection this request arrived on, if any: what an `hmac-sha256`
+    /// signature is checked with. Never chosen by the request (its `keyid` must name it).
+    public var session: SessionKey?
 
     public init(
         method: String, path: String, signatureInput: String?, signature: String?, contentDigest: String?,
-        contentType: String? = nil, messageType: String? = nil
+        contentType: String? = nil, messageType: String? = nil, session: SessionKey? = nil
     ) {
+        self.session = session
         self.method = method
         self.path = path
         self.signatureInput = signatureInput
@@ -24,6 +28,35 @@ public struct SignedRequest: Sendable {
         self.contentType = contentType
         self.messageType = messageType
     }
+}
+
+/// A per-connection HMAC key (RFC 9421 §3.3.3, `hmac-sha256`): the hub issues it to a device, over the device's
+/// mutual-TLS connection, in answer to an ECDSA-signed request (`POST /v1/device/session`), and checks `hmac-sha256`
+/// signatures of later requests on that connection with it. One ECDSA verification then covers a keep-alive
+/// connection. It lives only in the hub's memory and ends with the connection or at `expiresAt`; it is never
+/// valid on another connection, so a copy of it (or of a signed request) is no use without the device's TLS key.
+public struct SessionKey: Sendable {
+    /// The `keyid` requests name it by (random, not secret).
+    public let id: String
+    public let key: SymmetricKey
+    /// Unix seconds.
+    public let expiresAt: Int64
+
+    public init(id: String, key: SymmetricKey, expiresAt: Int64) {
+        self.id = id
+        self.key = key
+        self.expiresAt = expiresAt
+    }
+
+    /// A fresh key (256 bits from the system's CSPRNG through swift-crypto) and id (128 bits).
+    public static func generate(now: Int64, lifetimeSeconds: Int64) -> SessionKey {
+        SessionKey(
+            id: SymmetricKey(size: .bits128).withUnsafeBytes { base64Encode($0) }, key: SymmetricKey(size: .bits256),
+            expiresAt: now + lifetimeSeconds)
+    }
+
+    /// The key as sent to the device, once (base64).
+    public var encodedKey: String { key.withUnsafeBytes { base64Encode($0) } }
 }
 
 /// A signature that verified: what the replay check needs.
@@ -41,6 +74,7 @@ public struct SignatureFailure: Error, Equatable, CustomStringConvertible {
         case digestMismatch = "content-digest does not match the body"
         case stale = "created outside the allowed clock skew"
         case badSignature = "signature does not verify with the certificate's key"
+        case noSession = "hmac-sha256 without this connection's session key"
     }
     public let kind: Kind
     public let detail: String
@@ -58,11 +92,15 @@ public struct SignatureFailure: Error, Equatable, CustomStringConvertible {
 /// whenever the request carries those fields (§2.1: a field that decides how the hub stores the message must not be
 /// changeable by whoever holds a captured request), with the parameters `created` (required, within
 /// `maxSkew` of the hub's clock), `nonce` (required, 16–128 characters of `[A-Za-z0-9+/=_-]`), and optionally
-/// `keyid`, `alg` (only `ecdsa-p256-sha256`, §3.3.4) and `expires`. The key is always the one in the client
-/// certificate: `keyid` is never used to choose it. The signature base is built as §2.5 describes; the signature is
-/// ECDSA P-256 with SHA-256 in the raw `r ‖ s` form of §3.3.4.
+/// `keyid`, `alg` and `expires`. The signature base is built as §2.5 describes. Two algorithms:
+/// - `ecdsa-p256-sha256` (§3.3.4, the default when `alg` is absent): ECDSA P-256 with SHA-256 in the raw `r ‖ s` form,
+///   always with the key of the client certificate (`keyid` never chooses it);
+/// - `hmac-sha256` (§3.3.3): HMAC-SHA256 with the `SessionKey` the hub issued on this very connection, which `keyid`
+///   must name and `alg` must state; compared in constant time. Everything else (components, `created`, `nonce`,
+///   the nonce ledger) is the same, so a replayed request is refused the same way.
 public struct MessageSignatureProfile: Sendable {
     public static let algorithm = "ecdsa-p256-sha256"
+    public static let hmacAlgorithm = "hmac-sha256"
     static let components = ["@method", "@path", "content-digest"]
     static let contentTypeComponent = "content-type"
     static let messageTypeComponent = "bulwark-message-type"
@@ -119,6 +157,8 @@ public struct MessageSignatureProfile: Sendable {
         var created: Int64?
         var nonce: String?
         var expires: Int64?
+        var keyid: String?
+        var hmac = false
         var parameters = ""
         for (name, value) in inputParameters {
             switch (name, value) {
@@ -132,8 +172,10 @@ public struct MessageSignatureProfile: Sendable {
                 nonce = value
                 parameters += ";nonce=\"\(value)\""
             case ("keyid", .string(let value)) where Self.isSafeToken(value, minimum: 1):
+                keyid = value
                 parameters += ";keyid=\"\(value)\""
-            case ("alg", .string(let value)) where value == Self.algorithm:
+            case ("alg", .string(let value)) where value == Self.algorithm || value == Self.hmacAlgorithm:
+                hmac = value == Self.hmacAlgorithm
                 parameters += ";alg=\"\(value)\""
             default:
                 throw SignatureFailure(.unsupported, "parameter \(Self.printable(name))")
@@ -148,9 +190,20 @@ public struct MessageSignatureProfile: Sendable {
         let base = Self.signatureBase(
             covered: covered, parameters: parameters, method: request.method, path: request.path,
             contentDigest: digestField, contentType: request.contentType, messageType: request.messageType)
-        guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: signatureBytes),
-            key.isValidSignature(signature, for: SHA256.hash(data: base))
-        else { throw SignatureFailure(.badSignature) }
+        if hmac {
+            guard let session = request.session, let keyid, keyid == session.id else {
+                throw SignatureFailure(.noSession, "keyid \(Self.printable(keyid ?? ""))")
+            }
+            guard now < session.expiresAt else { throw SignatureFailure(.stale, "session key expired") }
+            guard HMAC<SHA256>.isValidAuthenticationCode(signatureBytes, authenticating: base, using: session.key)
+            else {
+                throw SignatureFailure(.badSignature, "hmac-sha256")
+            }
+        } else {
+            guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: signatureBytes),
+                key.isValidSignature(signature, for: SHA256.hash(data: base))
+            else { throw SignatureFailure(.badSignature) }
+        }
         return VerifiedSignature(created: created, nonce: nonce)
     }
 
@@ -227,13 +280,24 @@ public struct MessageSignatureProfile: Sendable {
     }
 }
 
-/// The device side of the profile: signs a request with the device's certificate key.
+/// The device side of the profile: signs a request with the device's certificate key, or with the session key the
+/// hub issued on the connection (`hmac-sha256`).
 public struct MessageSigner: Sendable {
-    let key: P256.Signing.PrivateKey
+    enum Algorithm: Sendable {
+        case ecdsa(P256.Signing.PrivateKey)
+        case hmac(SessionKey)
+    }
+    let algorithm: Algorithm
     public let label: String
 
     public init(key: P256.Signing.PrivateKey, label: String = "bulwark") {
-        self.key = key
+        algorithm = .ecdsa(key)
+        self.label = label
+    }
+
+    /// Signs with a session key: only on the connection the hub issued it on.
+    public init(session: SessionKey, label: String = "bulwark") {
+        algorithm = .hmac(session)
         self.label = label
     }
 
@@ -247,12 +311,23 @@ public struct MessageSigner: Sendable {
     ) throws -> [(name: String, value: String)] {
         let nonce = nonce ?? SymmetricKey(size: .bits128).withUnsafeBytes { base64Encode($0) }
         let digest = "sha-256=:\(base64Encode(Array(SHA256.hash(data: body)))):"
-        let parameters = ";created=\(created);nonce=\"\(nonce)\";alg=\"\(MessageSignatureProfile.algorithm)\""
+        let parameters: String
+        switch algorithm {
+        case .ecdsa:
+            parameters = ";created=\(created);nonce=\"\(nonce)\";alg=\"\(MessageSignatureProfile.algorithm)\""
+        case .hmac(let session):
+            parameters =
+                ";created=\(created);nonce=\"\(nonce)\";keyid=\"\(session.id)\";alg=\"\(MessageSignatureProfile.hmacAlgorithm)\""
+        }
         let covered = MessageSignatureProfile.requiredComponents(contentType: contentType, messageType: messageType)
         let base = MessageSignatureProfile.signatureBase(
             covered: covered, parameters: parameters, method: method, path: path, contentDigest: digest,
             contentType: contentType, messageType: messageType)
-        let signature = try key.signature(for: SHA256.hash(data: base)).rawRepresentation
+        let signature: [UInt8]
+        switch algorithm {
+        case .ecdsa(let key): signature = Array(try key.signature(for: SHA256.hash(data: base)).rawRepresentation)
+        case .hmac(let session): signature = Array(HMAC<SHA256>.authenticationCode(for: base, using: session.key))
+        }
         let list = "(" + covered.map { "\"\($0)\"" }.joined(separator: " ") + ")"
         return [
             ("Content-Digest", digest),

@@ -24,7 +24,9 @@ public struct GatewayPolicy: Sendable {
     public var signatures = MessageSignatureProfile()
     public var quarantine = QuarantinePolicy()
     /// Routes (or topic classes) a device may send to.
-    public var deviceRoutes: Set<String> = ["telemetry", "device", "events", "state", "certificate", "updates"]
+    public var deviceRoutes: Set<String> = [
+        "telemetry", "device", "events", "state", "certificate", "updates", "session",
+    ]
     /// The message type used when a message names none.
     public var defaultMessageType = "telemetry"
     /// Refuse message types that have no registered schema (the default type is always allowed).
@@ -473,7 +475,8 @@ public final class GatewayPipeline: Sendable {
                 verified = try policy.signatures.verify(request, body: message.body, key: key, now: now.unixSeconds)
             } catch {
                 let kind: Offence =
-                    error.kind == .badSignature || error.kind == .digestMismatch ? .badSignature : .replay
+                    error.kind == .badSignature || error.kind == .digestMismatch || error.kind == .noSession
+                    ? .badSignature : .replay
                 throw offence(kind, device, now: now, problem: .unauthenticated, stage: .replay, detail: "\(error)")
             }
             switch nonces.claim(device: device, nonce: verified.nonce, now: now.unixSeconds) {

@@ -19,6 +19,7 @@ struct DeviceRoutes {
     let maxBodyBytes: Int
     let renewal: RenewalSettings
     let events: DeviceEvents
+    let sessions: SessionKeys
 
     /// The header that names a message's type (its schema); absent means `telemetry`.
     static let messageTypeField = HTTPField.Name("Bulwark-Message-Type")!
@@ -30,6 +31,7 @@ struct DeviceRoutes {
         router.post("/v1/telemetry") { request, context in try await telemetry(request, context) }
         router.get("/v1/device") { request, context in try await ownRecord(request, context) }
         router.post("/v1/device/certificate") { request, context in try await renew(request, context) }
+        router.post("/v1/device/session") { request, context in try await session(request, context) }
     }
 
     func inbound(_ request: Request, _ context: HubRequestContext, route: String) throws -> InboundMessage {
@@ -46,7 +48,10 @@ struct DeviceRoutes {
                     signatureInput: request.headers[Self.signatureInputField],
                     signature: request.headers[Self.signatureField],
                     contentDigest: request.headers[Self.contentDigestField], contentType: contentType,
-                    messageType: messageType), key: peer.publicKey))
+                    messageType: messageType,
+                    // The session route itself takes ECDSA only: a session key never begets the next one.
+                    session: route == "session" ? nil : sessions.key(on: context.channel, device: peer.identity.uri)),
+                key: peer.publicKey))
         message.deviceKey = peer.deviceKey
         message.sourceAddress = SourceAddress(context.channel.remoteAddress)
         return message
@@ -188,6 +193,59 @@ struct DeviceRoutes {
                 "certificate": certificate.pem, "serial": certificate.serialHex,
                 "notAfter": JSONResponse.timestamp(certificate.notValidAfter),
                 "correlationId": context.correlationID.rawValue,
+            ] as [String: any Sendable])
+    }
+
+    /// An HMAC session key for this connection (`SessionKey`): the request is signed with the certificate's key
+    /// (ECDSA, RFC 9421) like any other, its body is `{}`, and its nonce is recorded before the key is handed out. The
+    /// answer carries the key once, over the mutual-TLS connection it is bound to; issuing is audited
+    /// (`session-key-issued`). Later requests on the connection may be signed `hmac-sha256` with `keyid` set to the
+    /// answer's `keyId`.
+    func session(_ request: Request, _ context: HubRequestContext) async throws -> Response {
+        guard sessions.lifetimeSeconds > 0 else {
+            throw HubError(
+                .notFound, "not-found", detail: "session keys are off (gateway.sessionKeySeconds 0)", event: nil)
+        }
+        let message = try inbound(request, context, route: "session")
+        var body = message
+        let identity = message.identity.uri
+        let device: DeviceID
+        switch gateway.admitEnvelope(message, now: GatewayTime.now()) {
+        case .success(let admitted): device = admitted
+        case .failure(let refusal): throw GatewayError(refusal: refusal, identity: identity)
+        }
+        body.body = try await self.body(of: request, device: device, identity: identity)
+        let now = GatewayTime.now()
+        let document: JSONDocument
+        let nonce: (value: String, expiresAt: Int64)?
+        do throws(Refusal) {
+            try gateway.checkSizeAndType(device, body, now: now)
+            document = try gateway.parse(device, body, now: now)
+            (nonce, _) = try gateway.checkReplay(device, body, now: now)
+        } catch {
+            throw GatewayError(refusal: error, identity: identity)
+        }
+        guard document.isObject, document.count(document.root) == 0 else {
+            throw GatewayError(
+                refusal: gateway.malformedRequest(
+                    device, problem: .invalidMessage, detail: "session: the body must be {}", now: now),
+                identity: identity)
+        }
+        if let nonce {
+            try await store.recordNonce(
+                device: device, nonce: StoredNonce(nonce: nonce.value, expiresAt: nonce.expiresAt))
+        }
+        let key = sessions.issue(device: identity, on: context.channel, now: now.unixSeconds)
+        try await store.recordSecurityEvent(
+            SecurityEvent(
+                at: Date(), kind: "session-key-issued", identity: identity,
+                source: context.channel.remoteAddress?.ipAddress, correlationID: context.correlationID.rawValue,
+                detail: "keyid \(key.id), expires \(key.expiresAt)"))
+        return try JSONResponse.make(
+            .created,
+            [
+                "keyId": key.id, "key": key.encodedKey, "alg": MessageSignatureProfile.hmacAlgorithm,
+                "expiresAt": Int(key.expiresAt), "correlationId": context.correlationID.rawValue,
             ] as [String: any Sendable])
     }
 

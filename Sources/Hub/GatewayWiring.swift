@@ -44,6 +44,9 @@ public struct GatewaySettings: Sendable, Equatable {
     /// Longest string (name or value) in bytes as sent, escapes included, and longest number literal in characters.
     public var jsonMaxStringBytes = 16 * 1024
     public var jsonMaxNumberLength = 40
+    /// Seconds an HMAC session key lives (`gateway.sessionKeySeconds`, `POST /v1/device/session`); 0: not offered, so
+    /// every request needs its own ECDSA signature.
+    public var sessionKeySeconds = 3600
 
     public init() {}
 
@@ -85,6 +88,9 @@ public struct GatewaySettings: Sendable, Equatable {
         else { throw HubStartupError("gateway.quarantine* thresholds must be at least 1 and the duration 1 s-30 days") }
         guard (1...100).contains(renewalBurst), (1...(30 * 86400)).contains(renewalIntervalSeconds) else {
             throw HubStartupError("gateway.renewalBurst must be 1-100 and gateway.renewalIntervalSeconds 1-2592000")
+        }
+        guard (0...86400).contains(sessionKeySeconds) else {
+            throw HubStartupError("gateway.sessionKeySeconds must be 0 (off) to 86400")
         }
         guard (1...64).contains(jsonMaxDepth), (1...100_000).contains(jsonMaxMembers) else {
             throw HubStartupError("gateway.jsonMaxDepth must be 1-64 and gateway.jsonMaxMembers 1-100000")

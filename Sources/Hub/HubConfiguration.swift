@@ -190,6 +190,7 @@ public struct HubConfiguration: Sendable, Equatable {
         gateway.renewalIntervalSeconds = reader.double(
             forKey: "gateway.renewalIntervalSeconds", default: gateway.renewalIntervalSeconds)
         gateway.requireSchema = reader.bool(forKey: "gateway.requireSchema", default: gateway.requireSchema)
+        gateway.sessionKeySeconds = reader.int(forKey: "gateway.sessionKeySeconds", default: gateway.sessionKeySeconds)
         gateway.jsonMaxDepth = reader.int(forKey: "gateway.jsonMaxDepth", default: gateway.jsonMaxDepth)
         gateway.jsonMaxMembers = reader.int(forKey: "gateway.jsonMaxMembers", default: gateway.jsonMaxMembers)
         gateway.jsonMaxStringBytes = reader.int(

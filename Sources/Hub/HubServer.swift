@@ -114,6 +114,7 @@ public final class HubServer: Sendable {
         let (ports, portsContinuation) = AsyncStream.makeStream(of: (String, Int).self)
         self.ports = ports
         let cache = PeerCertificateCache(deviceKeys: gateway.deviceKeys)
+        let sessions = SessionKeys(lifetimeSeconds: Int64(configuration.gateway.sessionKeySeconds))
         let events = DeviceEvents(
             egress: EgressMonitor(
                 store: store, gateway: gateway,
@@ -197,7 +198,8 @@ public final class HubServer: Sendable {
                 renewal: RenewalSettings(
                     authority: credentials.authority, renewals: renewals, revocations: revocations,
                     certificateLifetime: configuration.deviceCertificateLifetime,
-                    graceSeconds: configuration.renewalGraceSeconds), events: events
+                    graceSeconds: configuration.renewalGraceSeconds), events: events,
+                sessions: sessions
             ).register(on: $0)
             if let repository = configuration.tufRepository {
                 UpdateRoutes(

@@ -236,6 +236,23 @@ public final class HTTPConnection {
         throw ClientError("connection closed before the response was complete")
     }
 
+    /// Asks the hub for an HMAC session key for this connection (`POST /v1/device/session`, signed with `signer`'s
+    /// certificate key) and returns a signer that uses it: later requests on this connection then cost the hub an
+    /// HMAC instead of an ECDSA verification. The key is valid on this connection only.
+    public func openSession(signer: MessageSigner) async throws -> MessageSigner {
+        let answer = try await send(
+            method: "POST", path: "/v1/device/session", headers: [("Content-Type", "application/json")],
+            body: Array("{}".utf8), signer: signer)
+        guard answer.status == 201,
+            let object = try? JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any],
+            let id = object["keyId"] as? String, let encoded = object["key"] as? String,
+            let key = Data(base64Encoded: encoded), key.count == 32,
+            let expiresAt = (object["expiresAt"] as? NSNumber)?.int64Value
+        else { throw ClientError("the hub did not issue a session key (HTTP \(answer.status))") }
+        return MessageSigner(
+            session: SessionKey(id: id, key: SymmetricKey(data: key), expiresAt: expiresAt), label: signer.label)
+    }
+
     /// A GET whose body is handed to `onBody` as it arrives, for downloads that must never be held in memory: the
     /// next part is read only when `onBody` has returned (the channel's back-pressure bounds what is buffered).
     /// `onHead` sees the status and headers first and may throw to refuse the response. After a throw the

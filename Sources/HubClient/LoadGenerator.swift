@@ -26,7 +26,7 @@ public enum LoadGenerator {
     public static func run(
         host: String, port: Int, tls: TLSConfiguration, connections: Int, duration: Duration,
         method: String = "POST", path: String, headers: [(String, String)], body: [UInt8],
-        expectedStatus: Int, signer: MessageSigner? = nil
+        expectedStatus: Int, signer: MessageSigner? = nil, session: Bool = false
     ) async -> Result {
         precondition((1...10_000).contains(connections), "connections must be between 1 and 10000")
         let clock = ContinuousClock()
@@ -39,6 +39,9 @@ public enum LoadGenerator {
                     result.latencies.reserveCapacity(16_384)
                     do {
                         try await HTTPSClient.withConnection(host: host, port: port, tls: tls) { connection in
+                            // One ECDSA-signed request per connection for its session key, then HMAC (`session`).
+                            var signer = signer
+                            if session, let ecdsa = signer { signer = try await connection.openSession(signer: ecdsa) }
                             while clock.now < deadline {
                                 let sent = clock.now
                                 let response = try await connection.send(

@@ -83,8 +83,13 @@ import Testing
         #expect(failure(with(input: #"bulwark=\#(list);created=\#(now)"#)) == .unsupported)
         #expect(failure(with(input: #"bulwark=\#(list);created=\#(now);nonce="short""#)) == .unsupported)
         #expect(
-            failure(with(input: #"bulwark=\#(list);created=\#(now);nonce="n0nce-0123456789abcdef";alg="hmac-sha256""#))
+            failure(
+                with(input: #"bulwark=\#(list);created=\#(now);nonce="n0nce-0123456789abcdef";alg="rsa-pss-sha512""#))
                 == .unsupported)
+        // hmac-sha256 is known, but this request's connection has no session key.
+        #expect(
+            failure(with(input: #"bulwark=\#(list);created=\#(now);nonce="n0nce-0123456789abcdef";alg="hmac-sha256""#))
+                == .noSession)
         #expect(failure(with(input: #"other=\#(list);created=\#(now);nonce="n0nce-0123456789abcdef""#)) == .malformed)
         #expect(failure(with(input: "bulwark=(((")) == .malformed)
         // Changing any signed parameter breaks the signature.
@@ -147,5 +152,48 @@ import Testing
             try MessageSignatureProfile.checkDigest(
                 "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:", body: Array(#"{"hello":"world"}"#.utf8))
         }
+    }
+
+    /// RFC 9421 §3.3.3 `hmac-sha256` with the connection's session key: the same checks, and the key is the
+    /// connection's, never one the request names.
+    @Test func hmacSessionSignatures() throws {
+        let session = SessionKey(id: "session-1", key: SymmetricKey(size: .bits256), expiresAt: now + 60)
+        func hmacRequest(_ signer: MessageSigner, connection: SessionKey?, nonce: String = "n0nce-0123456789abcdef")
+            throws -> SignedRequest
+        {
+            var r = request(
+                try signer.sign(method: "POST", path: "/v1/telemetry", body: body, created: now, nonce: nonce))
+            r.session = connection
+            return r
+        }
+        let signer = MessageSigner(session: session)
+        let good = try hmacRequest(signer, connection: session)
+        #expect(try profile.verify(good, body: body, key: key.publicKey, now: now).nonce == "n0nce-0123456789abcdef")
+        #expect(good.signatureInput?.contains(#"alg="hmac-sha256""#) == true)
+        #expect(good.signatureInput?.contains(#"keyid="session-1""#) == true)
+
+        // No session on this connection, or another one: refused whatever the keyid says.
+        #expect(failure(try hmacRequest(signer, connection: nil)) == .noSession)
+        let other = SessionKey(id: "session-2", key: SymmetricKey(size: .bits256), expiresAt: now + 60)
+        #expect(failure(try hmacRequest(signer, connection: other)) == .noSession)
+        // The right keyid, another key.
+        let forged = SessionKey(id: "session-1", key: SymmetricKey(size: .bits256), expiresAt: now + 60)
+        #expect(failure(try hmacRequest(MessageSigner(session: forged), connection: session)) == .badSignature)
+        // A body changed under the signature.
+        #expect(failure(good, body: Array(#"{"temperature":99}"#.utf8)) == .digestMismatch)
+        // Expired key.
+        let expired = SessionKey(id: "session-1", key: session.key, expiresAt: now)
+        #expect(failure(try hmacRequest(MessageSigner(session: expired), connection: expired)) == .stale)
+        // An ECDSA signature relabelled hmac-sha256 does not pass, nor an HMAC relabelled ECDSA.
+        var relabelled = try signed()
+        relabelled.signatureInput = relabelled.signatureInput?.replacingOccurrences(
+            of: "ecdsa-p256-sha256", with: "hmac-sha256"
+        )
+        relabelled.session = session
+        #expect(failure(relabelled) != nil)
+        var downgraded = good
+        downgraded.signatureInput = good.signatureInput?.replacingOccurrences(
+            of: "hmac-sha256", with: "ecdsa-p256-sha256")
+        #expect(failure(downgraded) == .badSignature)
     }
 }
