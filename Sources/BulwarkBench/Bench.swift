@@ -133,17 +133,11 @@ struct Telemetry: AsyncParsableCommand {
             + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
     }
 
-    /// `openssl speed -seconds 2 ecdsap256`: microseconds per verification, or nil without openssl.
+    /// `openssl speed -seconds 2 ecdsap256`: microseconds per verification, or nil without openssl. Started with the
+    /// default signal mask: openssl times its loops with SIGALRM, which the hub's threads block.
     func opensslVerifyMicroseconds() -> Double? {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["openssl", "speed", "-seconds", "2", "ecdsap256"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return nil }
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        guard let output = try? UpdateBenchmark.capture("/usr/bin/openssl", ["speed", "-seconds", "2", "ecdsap256"])
+        else { return nil }
         // The summary line: " 256 bits ecdsa (nistp256)   0.0000s   0.0001s  40000.0  12000.0" (sign/s, verify/s).
         guard let line = output.split(separator: "\n").last(where: { $0.contains("nistp256") && $0.contains("bits") }),
             let verifies = line.split(separator: " ").last.flatMap({ Double($0) }), verifies > 0

@@ -207,24 +207,50 @@ public struct MessageSignatureProfile: Sendable {
         return VerifiedSignature(created: created, nonce: nonce)
     }
 
-    /// RFC 9421 §2.5: one line per covered component in the order listed, then `"@signature-params"`.
+    /// RFC 9421 §2.5: one line per covered component in the order listed, then `"@signature-params"`. Written as
+    /// bytes into one buffer (it is built twice per request: by the signer and by the hub).
     static func signatureBase(
         covered: [String], parameters: String, method: String, path: String, contentDigest: String,
         contentType: String?, messageType: String?
     ) -> [UInt8] {
-        var lines: [String] = []
+        var out: [UInt8] = []
+        out.reserveCapacity(
+            256 + path.utf8.count + contentDigest.utf8.count + parameters.utf8.count + (contentType?.utf8.count ?? 0)
+                + (messageType?.utf8.count ?? 0))
+        func line(_ name: String, _ value: Substring.UTF8View) {
+            out.append(UInt8(ascii: "\""))
+            out.append(contentsOf: name.utf8)
+            out.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":"), 0x20])
+            out.append(contentsOf: value)
+            out.append(0x0A)
+        }
         for name in covered {
             switch name {
-            case "@method": lines.append("\"@method\": \(method)")
-            case "@path": lines.append("\"@path\": \(path.isEmpty ? "/" : path)")
-            case contentTypeComponent: lines.append("\"content-type\": \(Self.trim(contentType ?? ""))")
-            case messageTypeComponent: lines.append("\"bulwark-message-type\": \(Self.trim(messageType ?? ""))")
-            default: lines.append("\"content-digest\": \(Self.trim(contentDigest))")
+            case "@method": line(name, Substring(method).utf8)
+            case "@path": line(name, Substring(path.isEmpty ? "/" : path).utf8)
+            case contentTypeComponent: line(name, trimmed(contentType ?? ""))
+            case messageTypeComponent: line(name, trimmed(messageType ?? ""))
+            default: line("content-digest", trimmed(contentDigest))
             }
         }
-        let list = "(" + covered.map { "\"\($0)\"" }.joined(separator: " ") + ")"
-        lines.append("\"@signature-params\": \(list)\(parameters)")
-        return Array(lines.joined(separator: "\n").utf8)
+        out.append(contentsOf: #""@signature-params": ("#.utf8)
+        for (i, name) in covered.enumerated() {
+            if i > 0 { out.append(0x20) }
+            out.append(UInt8(ascii: "\""))
+            out.append(contentsOf: name.utf8)
+            out.append(UInt8(ascii: "\""))
+        }
+        out.append(UInt8(ascii: ")"))
+        out.append(contentsOf: parameters.utf8)
+        return out
+    }
+
+    /// A field value without leading and trailing spaces and tabs (RFC 9421 §2.1), as a view: nothing is copied.
+    static func trimmed(_ text: String) -> Substring.UTF8View {
+        var view = Substring(text).utf8
+        while let first = view.first, first == 0x20 || first == 0x09 { view = view.dropFirst() }
+        while let last = view.last, last == 0x20 || last == 0x09 { view = view.dropLast() }
+        return view
     }
 
     /// RFC 9530 §2: a dictionary of algorithm → digest. `sha-256` and `sha-512` are checked; at least one must be
@@ -265,13 +291,6 @@ public struct MessageSignatureProfile: Sendable {
                 default: false
                 }
             }
-    }
-
-    static func trim(_ text: String) -> String {
-        var view = Substring(text)
-        while view.first == " " || view.first == "\t" { view = view.dropFirst() }
-        while view.last == " " || view.last == "\t" { view = view.dropLast() }
-        return String(view)
     }
 
     /// ASCII-printable and short: safe to put attacker-chosen text into a log line or an audit record.

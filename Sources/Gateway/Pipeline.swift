@@ -524,11 +524,20 @@ public final class GatewayPipeline: Sendable {
         return quarantine.release(device)
     }
 
+    /// Whether the media type (before any parameter, without surrounding whitespace) is `application/json`, compared
+    /// ASCII case-insensitively (RFC 9110 §8.3.1), on the bytes: no string is built per request.
     static func isJSON(_ contentType: String) -> Bool {
-        let mediaType = contentType.split(separator: ";", maxSplits: 1).first.map {
-            MessageSignatureProfile.trim(String($0)).lowercased()
+        let wanted = Array("application/json".utf8)
+        var utf8 = contentType.utf8[...]
+        if let semicolon = utf8.firstIndex(of: UInt8(ascii: ";")) { utf8 = utf8[..<semicolon] }
+        while let first = utf8.first, first == 0x20 || first == 0x09 { utf8 = utf8.dropFirst() }
+        while let last = utf8.last, last == 0x20 || last == 0x09 { utf8 = utf8.dropLast() }
+        guard utf8.count == wanted.count else { return false }
+        for (byte, expected) in zip(utf8, wanted) {
+            let lower = (0x41...0x5A).contains(byte) ? byte | 0x20 : byte
+            guard lower == expected else { return false }
         }
-        return mediaType == "application/json"
+        return true
     }
 
     static func seconds(_ nanos: Int64) -> Int { max(1, Int((nanos + 999_999_999) / 1_000_000_000)) }

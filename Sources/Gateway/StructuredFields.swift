@@ -293,60 +293,72 @@ private func isTChar(_ c: UInt8) -> Bool {
 /// Base64 (RFC 4648 §4) with padding, as RFC 9651 §4.2.7 byte sequences carry it; nil for anything else, including
 /// bits left over in the last character (so one value has one spelling).
 func base64Decode(_ text: String) -> [UInt8]? {
-    let input = Array(text.utf8)
-    guard input.count % 4 == 0 else { return nil }
-    var out: [UInt8] = []
-    out.reserveCapacity(input.count / 4 * 3)
-    var k = 0
-    while k < input.count {
-        var quad: UInt32 = 0
-        var padding = 0
-        for j in 0..<4 {
-            let c = input[k + j]
-            let value: UInt32
-            switch c {
-            case 0x41...0x5A: value = UInt32(c - 0x41)
-            case 0x61...0x7A: value = UInt32(c - 0x61 + 26)
-            case 0x30...0x39: value = UInt32(c - 0x30 + 52)
-            case UInt8(ascii: "+"): value = 62
-            case UInt8(ascii: "/"): value = 63
-            case UInt8(ascii: "="):
-                // Padding only at the end of the last quantum, and at most two.
-                guard k + 4 == input.count, j >= 2 else { return nil }
-                padding += 1
-                value = 0
-            default: return nil
+    var text = text
+    return text.withUTF8 { input -> [UInt8]? in
+        guard input.count % 4 == 0 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(input.count / 4 * 3)
+        var k = 0
+        while k < input.count {
+            var quad: UInt32 = 0
+            var padding = 0
+            for j in 0..<4 {
+                let c = input[k + j]
+                let value = base64Value(c)
+                if c == UInt8(ascii: "=") {
+                    // Padding only at the end of the last quantum, and at most two.
+                    guard k + 4 == input.count, j >= 2 else { return nil }
+                    padding += 1
+                } else {
+                    guard value < 64, padding == 0 else { return nil }
+                }
+                quad = quad << 6 | UInt32(value & 63)
             }
-            if padding > 0, c != UInt8(ascii: "=") { return nil }
-            quad = quad << 6 | value
+            // Canonical: the bits under the padding are zero.
+            if padding == 1, quad & 0xFF != 0 { return nil }
+            if padding == 2, quad & 0xFFFF != 0 { return nil }
+            out.append(UInt8(truncatingIfNeeded: quad >> 16))
+            if padding < 2 { out.append(UInt8(truncatingIfNeeded: quad >> 8)) }
+            if padding < 1 { out.append(UInt8(truncatingIfNeeded: quad)) }
+            k += 4
         }
-        let bytes = [UInt8(quad >> 16 & 0xFF), UInt8(quad >> 8 & 0xFF), UInt8(quad & 0xFF)]
-        // Canonical: the bits under the padding are zero.
-        if padding == 1, bytes[2] != 0 { return nil }
-        if padding == 2, bytes[1] != 0 || bytes[2] != 0 { return nil }
-        out.append(contentsOf: bytes[0..<(3 - padding)])
-        k += 4
+        return out
     }
-    return out
 }
+
+/// A base64 character's value; 64 for "=", 255 for anything else.
+@inline(__always) private func base64Value(_ c: UInt8) -> UInt8 {
+    switch c {
+    case 0x41...0x5A: return c - 0x41
+    case 0x61...0x7A: return c - 0x61 + 26
+    case 0x30...0x39: return c - 0x30 + 52
+    case UInt8(ascii: "+"): return 62
+    case UInt8(ascii: "/"): return 63
+    case UInt8(ascii: "="): return 64
+    default: return 255
+    }
+}
+
+private let base64Alphabet: [UInt8] = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 
 /// Base64 (RFC 4648 §4) with padding.
 func base64Encode(_ bytes: some Collection<UInt8>) -> String {
-    let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
     let input = Array(bytes)
     var out: [UInt8] = []
     out.reserveCapacity((input.count + 2) / 3 * 4)
-    var k = 0
-    while k < input.count {
-        let n = min(3, input.count - k)
-        var quad = UInt32(input[k]) << 16
-        if n > 1 { quad |= UInt32(input[k + 1]) << 8 }
-        if n > 2 { quad |= UInt32(input[k + 2]) }
-        out.append(alphabet[Int(quad >> 18 & 63)])
-        out.append(alphabet[Int(quad >> 12 & 63)])
-        out.append(n > 1 ? alphabet[Int(quad >> 6 & 63)] : UInt8(ascii: "="))
-        out.append(n > 2 ? alphabet[Int(quad & 63)] : UInt8(ascii: "="))
-        k += 3
+    base64Alphabet.withUnsafeBufferPointer { alphabet in
+        var k = 0
+        while k < input.count {
+            let n = min(3, input.count - k)
+            var quad = UInt32(input[k]) << 16
+            if n > 1 { quad |= UInt32(input[k + 1]) << 8 }
+            if n > 2 { quad |= UInt32(input[k + 2]) }
+            out.append(alphabet[Int(quad >> 18 & 63)])
+            out.append(alphabet[Int(quad >> 12 & 63)])
+            out.append(n > 1 ? alphabet[Int(quad >> 6 & 63)] : UInt8(ascii: "="))
+            out.append(n > 2 ? alphabet[Int(quad & 63)] : UInt8(ascii: "="))
+            k += 3
+        }
     }
     return String(decoding: out, as: UTF8.self)
 }
