@@ -63,6 +63,8 @@ public struct SessionKey: Sendable {
 public struct VerifiedSignature: Sendable, Equatable {
     public let created: Int64
     public let nonce: String
+    /// Signed with the connection's session key (`hmac-sha256`) rather than the certificate's.
+    public var session = false
 }
 
 /// Why a signed request was refused (for the log and audit record; the client sees one generic problem).
@@ -204,7 +206,7 @@ public struct MessageSignatureProfile: Sendable {
                 key.isValidSignature(signature, for: SHA256.hash(data: base))
             else { throw SignatureFailure(.badSignature) }
         }
-        return VerifiedSignature(created: created, nonce: nonce)
+        return VerifiedSignature(created: created, nonce: nonce, session: hmac)
     }
 
     /// RFC 9421 §2.5: one line per covered component in the order listed, then `"@signature-params"`. Written as

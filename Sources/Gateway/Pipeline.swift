@@ -128,7 +128,8 @@ public struct Admitted: Sendable {
     public let messageType: String
     /// The body as the parser read it (a tape over the bytes).
     public let document: JSONDocument
-    /// The nonce to persist with the message, and when it may be forgotten.
+    /// The nonce to persist with the message, and when it may be forgotten (nil for a session-signed request: see
+    /// `checkReplay`).
     public let nonce: (value: String, expiresAt: Int64)?
     /// The counter window to persist with the message.
     public let counterWindow: CounterWindow?
@@ -480,7 +481,10 @@ public final class GatewayPipeline: Sendable {
                 throw offence(kind, device, now: now, problem: .unauthenticated, stage: .replay, detail: "\(error)")
             }
             switch nonces.claim(device: device, nonce: verified.nonce, now: now.unixSeconds) {
-            case .fresh(let expiresAt): return ((verified.nonce, expiresAt), nil)
+            // A session-signed request's nonce is kept in memory only: its key lives only in this process's memory
+            // and dies with the connection, so after a restart no copy of the request can verify again, and writing
+            // a random key into the nonce index for every request would only cost the store.
+            case .fresh(let expiresAt): return (verified.session ? nil : (verified.nonce, expiresAt), nil)
             case .replayed:
                 throw offence(
                     .replay, device, now: now, problem: .unauthenticated, stage: .replay,

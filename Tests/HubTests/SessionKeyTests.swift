@@ -66,6 +66,11 @@ import Testing
             return session
         }
         #expect(try await hub.server.store.telemetryCount(of: try DeviceID("sensor-s1")) == 3)
+        // Only the session request's (ECDSA) nonce is durable: a session-signed request can never verify after a
+        // restart (its key is gone), so its nonce lives in memory only.
+        let durable = try await hub.server.store.liveNonces(now: Int64(Date().timeIntervalSince1970))
+        #expect(durable.count == 1, "\(durable.map(\.1.nonce))")
+        #expect(!durable.contains { $0.1.nonce == "replayed-nonce-0001" })
 
         // The same key on a new connection of the same device: that connection has no session.
         let elsewhere = try await HTTPSClient.withConnection(host: "127.0.0.1", port: hub.devicePort, tls: tls) {
