@@ -301,6 +301,9 @@ public struct MessageSignatureProfile: Sendable {
     }
 }
 
+/// Signing was asked of a session key past its `expiresAt`.
+public struct SessionKeyExpired: Error, Equatable {}
+
 /// The device side of the profile: signs a request with the device's certificate key, or with the session key the
 /// hub issued on the connection (`hmac-sha256`).
 public struct MessageSigner: Sendable {
@@ -330,6 +333,8 @@ public struct MessageSigner: Sendable {
         method: String, path: String, body: [UInt8], created: Int64, nonce: String? = nil,
         contentType: String? = nil, messageType: String? = nil
     ) throws -> [(name: String, value: String)] {
+        // The hub counts a signature with an expired session key as an offence: ask for a new key instead.
+        if case .hmac(let session) = algorithm, created >= session.expiresAt { throw SessionKeyExpired() }
         let nonce = nonce ?? SymmetricKey(size: .bits128).withUnsafeBytes { base64Encode($0) }
         let digest = "sha-256=:\(base64Encode(Array(SHA256.hash(data: body)))):"
         let parameters: String

@@ -123,14 +123,24 @@ public struct Refusal: Error, Sendable, CustomStringConvertible {
 }
 
 /// What an admitted message carries on to the store.
+/// A nonce the ledger accepted for a request, and until when it is kept.
+public struct ClaimedNonce: Sendable {
+    public let value: String
+    public let expiresAt: Int64
+    /// Whether the store must keep it with the message. Not for a session-signed request: its key lives only in this
+    /// process's memory and dies with the connection, so after a restart no copy of the request can verify again,
+    /// and writing a random key into the nonce index for every request would only cost the store.
+    public let durable: Bool
+}
+
 public struct Admitted: Sendable {
     public let device: DeviceID
     public let messageType: String
     /// The body as the parser read it (a tape over the bytes).
     public let document: JSONDocument
-    /// The nonce to persist with the message, and when it may be forgotten (nil for a session-signed request: see
-    /// `checkReplay`).
-    public let nonce: (value: String, expiresAt: Int64)?
+    /// The nonce the ledger accepted (to persist with the message when `durable`, and to give back if the message
+    /// cannot be stored).
+    public let nonce: ClaimedNonce?
     /// The counter window to persist with the message.
     public let counterWindow: CounterWindow?
     /// The MQTT counter this message claimed in the window (to give back if it cannot be stored).
@@ -463,7 +473,7 @@ public final class GatewayPipeline: Sendable {
     /// device sent a counter.
     public func checkReplay(
         _ device: DeviceID, _ message: InboundMessage, now: GatewayTime
-    ) throws(Refusal) -> ((value: String, expiresAt: Int64)?, CounterWindow?) {
+    ) throws(Refusal) -> (ClaimedNonce?, CounterWindow?) {
         switch message.transport {
         case .http(let request, let key):
             guard let key else {
@@ -481,10 +491,8 @@ public final class GatewayPipeline: Sendable {
                 throw offence(kind, device, now: now, problem: .unauthenticated, stage: .replay, detail: "\(error)")
             }
             switch nonces.claim(device: device, nonce: verified.nonce, now: now.unixSeconds) {
-            // A session-signed request's nonce is kept in memory only: its key lives only in this process's memory
-            // and dies with the connection, so after a restart no copy of the request can verify again, and writing
-            // a random key into the nonce index for every request would only cost the store.
-            case .fresh(let expiresAt): return (verified.session ? nil : (verified.nonce, expiresAt), nil)
+            case .fresh(let expiresAt):
+                return (ClaimedNonce(value: verified.nonce, expiresAt: expiresAt, durable: !verified.session), nil)
             case .replayed:
                 throw offence(
                     .replay, device, now: now, problem: .unauthenticated, stage: .replay,

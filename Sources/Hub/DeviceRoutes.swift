@@ -26,6 +26,8 @@ struct DeviceRoutes {
     static let signatureInputField = HTTPField.Name("Signature-Input")!
     static let signatureField = HTTPField.Name("Signature")!
     static let contentDigestField = HTTPField.Name("Content-Digest")!
+    /// The routes an `hmac-sha256` session signature is accepted on.
+    static let sessionRoutes: Set<String> = ["telemetry", "device"]
 
     func register(on router: Router<HubRequestContext>) {
         router.post("/v1/telemetry") { request, context in try await telemetry(request, context) }
@@ -49,8 +51,10 @@ struct DeviceRoutes {
                     signature: request.headers[Self.signatureField],
                     contentDigest: request.headers[Self.contentDigestField], contentType: contentType,
                     messageType: messageType,
-                    // The session route itself takes ECDSA only: a session key never begets the next one.
-                    session: route == "session" ? nil : sessions.key(on: context.channel, device: peer.identity.uri)),
+                    // Only where a session key may stand in for the certificate's key: never for the next session key
+                    // nor for a new certificate (each must be signed by the device's own key).
+                    session: Self.sessionRoutes.contains(route)
+                        ? sessions.key(on: context.channel, device: peer.identity.uri) : nil),
                 key: peer.publicKey))
         message.deviceKey = peer.deviceKey
         message.sourceAddress = SourceAddress(context.channel.remoteAddress)
@@ -89,7 +93,9 @@ struct DeviceRoutes {
                 NewTelemetry(
                     deviceID: device, receivedAt: Date(), correlationID: context.correlationID.rawValue,
                     body: message.body,
-                    nonce: admitted.nonce.map { StoredNonce(nonce: $0.value, expiresAt: $0.expiresAt) },
+                    nonce: admitted.nonce.flatMap {
+                        $0.durable ? StoredNonce(nonce: $0.value, expiresAt: $0.expiresAt) : nil
+                    },
                     messageType: admitted.messageType))
         } catch {
             // Nothing was acknowledged: the device may retry with the same nonce.
@@ -116,28 +122,7 @@ struct DeviceRoutes {
     /// the device first presents the new one, or at the end of `pki.renewalGraceSeconds` (`CertificateRenewals`).
     func renew(_ request: Request, _ context: HubRequestContext) async throws -> Response {
         guard let peer = context.peer else { throw HubError.forbidden("no peer identity") }
-        var message = try inbound(request, context, route: "certificate")
-        let identity = message.identity.uri
-        let device: DeviceID
-        switch gateway.admitEnvelope(message, now: GatewayTime.now()) {
-        case .success(let admitted): device = admitted
-        case .failure(let refusal): throw GatewayError(refusal: refusal, identity: identity)
-        }
-        message.body = try await body(of: request, device: device, identity: identity)
-        let now = GatewayTime.now()
-        let document: JSONDocument
-        let nonce: (value: String, expiresAt: Int64)?
-        do throws(Refusal) {
-            try gateway.checkSizeAndType(device, message, now: now)
-            document = try gateway.parse(device, message, now: now)
-            (nonce, _) = try gateway.checkReplay(device, message, now: now)
-        } catch {
-            throw GatewayError(refusal: error, identity: identity)
-        }
-        if let nonce {
-            try await store.recordNonce(
-                device: device, nonce: StoredNonce(nonce: nonce.value, expiresAt: nonce.expiresAt))
-        }
+        let (device, identity, document, now) = try await admitSignedJSON(request, context, route: "certificate")
         func refused(_ detail: String) -> GatewayError {
             GatewayError(
                 refusal: gateway.malformedRequest(device, problem: .invalidMessage, detail: detail, now: now),
@@ -206,36 +191,16 @@ struct DeviceRoutes {
             throw HubError(
                 .notFound, "not-found", detail: "session keys are off (gateway.sessionKeySeconds 0)", event: nil)
         }
-        let message = try inbound(request, context, route: "session")
-        var body = message
-        let identity = message.identity.uri
-        let device: DeviceID
-        switch gateway.admitEnvelope(message, now: GatewayTime.now()) {
-        case .success(let admitted): device = admitted
-        case .failure(let refusal): throw GatewayError(refusal: refusal, identity: identity)
-        }
-        body.body = try await self.body(of: request, device: device, identity: identity)
-        let now = GatewayTime.now()
-        let document: JSONDocument
-        let nonce: (value: String, expiresAt: Int64)?
-        do throws(Refusal) {
-            try gateway.checkSizeAndType(device, body, now: now)
-            document = try gateway.parse(device, body, now: now)
-            (nonce, _) = try gateway.checkReplay(device, body, now: now)
-        } catch {
-            throw GatewayError(refusal: error, identity: identity)
-        }
+        let (device, identity, document, now) = try await admitSignedJSON(request, context, route: "session")
         guard document.isObject, document.count(document.root) == 0 else {
             throw GatewayError(
                 refusal: gateway.malformedRequest(
                     device, problem: .invalidMessage, detail: "session: the body must be {}", now: now),
                 identity: identity)
         }
-        if let nonce {
-            try await store.recordNonce(
-                device: device, nonce: StoredNonce(nonce: nonce.value, expiresAt: nonce.expiresAt))
+        guard let key = sessions.issue(device: identity, on: context.channel, now: now.unixSeconds) else {
+            throw HubError(.serviceUnavailable, "unavailable", detail: "session: the connection closed", event: nil)
         }
-        let key = sessions.issue(device: identity, on: context.channel, now: now.unixSeconds)
         try await store.recordSecurityEvent(
             SecurityEvent(
                 at: Date(), kind: "session-key-issued", identity: identity,
@@ -247,6 +212,37 @@ struct DeviceRoutes {
                 "keyId": key.id, "key": key.encodedKey, "alg": MessageSignatureProfile.hmacAlgorithm,
                 "expiresAt": Int(key.expiresAt), "correlationId": context.correlationID.rawValue,
             ] as [String: any Sendable])
+    }
+
+    /// The whole pipeline for a signed JSON request whose body the route interprets itself (no schema, no message
+    /// store): the envelope stages, the body, size and type, strict JSON, the signature and nonce; the nonce is made
+    /// durable before the route acts on the request.
+    func admitSignedJSON(
+        _ request: Request, _ context: HubRequestContext, route: String
+    ) async throws -> (device: DeviceID, identity: String, document: JSONDocument, now: GatewayTime) {
+        var message = try inbound(request, context, route: route)
+        let identity = message.identity.uri
+        let device: DeviceID
+        switch gateway.admitEnvelope(message, now: GatewayTime.now()) {
+        case .success(let admitted): device = admitted
+        case .failure(let refusal): throw GatewayError(refusal: refusal, identity: identity)
+        }
+        message.body = try await body(of: request, device: device, identity: identity)
+        let now = GatewayTime.now()
+        let document: JSONDocument
+        let nonce: ClaimedNonce?
+        do throws(Refusal) {
+            try gateway.checkSizeAndType(device, message, now: now)
+            document = try gateway.parse(device, message, now: now)
+            (nonce, _) = try gateway.checkReplay(device, message, now: now)
+        } catch {
+            throw GatewayError(refusal: error, identity: identity)
+        }
+        if let nonce, nonce.durable {
+            try await store.recordNonce(
+                device: device, nonce: StoredNonce(nonce: nonce.value, expiresAt: nonce.expiresAt))
+        }
+        return (device, identity, document, now)
     }
 
     /// The body, refused as the gateway's size or framing stage would.
@@ -270,13 +266,13 @@ struct DeviceRoutes {
         case .success(let admitted): device = admitted
         case .failure(let refusal): throw GatewayError(refusal: refusal, identity: message.identity.uri)
         }
-        let nonce: (value: String, expiresAt: Int64)?
+        let nonce: ClaimedNonce?
         do throws(Refusal) {
             (nonce, _) = try gateway.checkReplay(device, message, now: now)
         } catch {
             throw GatewayError(refusal: error, identity: message.identity.uri)
         }
-        if let nonce {
+        if let nonce, nonce.durable {
             try await store.recordNonce(
                 device: device, nonce: StoredNonce(nonce: nonce.value, expiresAt: nonce.expiresAt))
         }

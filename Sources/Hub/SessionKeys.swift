@@ -17,8 +17,10 @@ final class SessionKeys: Sendable {
 
     init(lifetimeSeconds: Int64) { self.lifetimeSeconds = lifetimeSeconds }
 
-    /// Issues a fresh key for `device` on `channel`, replacing any earlier one there.
-    func issue(device: String, on channel: any Channel, now: Int64) -> SessionKey {
+    /// Issues a fresh key for `device` on `channel`, replacing any earlier one there; nil when the connection has
+    /// closed meanwhile (no key outlives its connection).
+    func issue(device: String, on channel: any Channel, now: Int64) -> SessionKey? {
+        guard channel.isActive else { return nil }
         let key = SessionKey.generate(now: now, lifetimeSeconds: lifetimeSeconds)
         let id = ObjectIdentifier(channel)
         let first = entries.withLock { entries in
@@ -26,8 +28,10 @@ final class SessionKeys: Sendable {
             return entries[id] == nil
         }
         if first {
+            // The callback holds the channel, so its identifier cannot be reused by another connection before the
+            // entry is gone (also when the channel closed between the check above and this registration).
             channel.closeFuture.whenComplete { [weak self] _ in
-                _ = self?.entries.withLock { $0.removeValue(forKey: id) }
+                withExtendedLifetime(channel) { _ = self?.entries.withLock { $0.removeValue(forKey: id) } }
             }
         }
         return key

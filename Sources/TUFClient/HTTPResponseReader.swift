@@ -259,6 +259,8 @@ struct HTTPResponseReader {
                 guard name.allSatisfy(isTokenByte) else { throw .malformed("bad header name") }
                 let value = trimmed(line[(colon + 1)...])
                 if equalsIgnoringCase(name, "transfer-encoding") {
+                    // One line, one coding: chunked applied twice (or split over lines) is refused (RFC 9112 §6.1).
+                    guard !transferEncoding else { throw .malformed("more than one Transfer-Encoding") }
                     transferEncoding = true
                     // Only chunked is understood; it must be the final coding (RFC 9112 §6.1), and nothing is
                     // decoded beyond it.

@@ -89,6 +89,11 @@ public struct SocketFetcher: Fetcher {
                 close(fd)
                 continue
             }
+            #if canImport(Darwin)
+                // No MSG_NOSIGNAL there: a reset connection must fail the write, not kill the process.
+                var one: Int32 = 1
+                _ = setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, socklen_t(MemoryLayout<Int32>.size))
+            #endif
             if systemConnect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 { return fd }
             guard errno == EINPROGRESS else {
                 close(fd)

@@ -181,9 +181,16 @@ import Testing
         #expect(failure(try hmacRequest(MessageSigner(session: forged), connection: session)) == .badSignature)
         // A body changed under the signature.
         #expect(failure(good, body: Array(#"{"temperature":99}"#.utf8)) == .digestMismatch)
-        // Expired key.
-        let expired = SessionKey(id: "session-1", key: session.key, expiresAt: now)
-        #expect(failure(try hmacRequest(MessageSigner(session: expired), connection: expired)) == .stale)
+        // A key that expired after the request was signed (the signer itself refuses an expired key).
+        let shortLived = SessionKey(id: "session-1", key: session.key, expiresAt: now + 5)
+        let late = try hmacRequest(MessageSigner(session: shortLived), connection: shortLived)
+        #expect(throws: SignatureFailure(.stale, "session key expired")) {
+            try profile.verify(late, body: body, key: key.publicKey, now: now + 10)
+        }
+        #expect(throws: SessionKeyExpired()) {
+            try MessageSigner(session: shortLived).sign(
+                method: "POST", path: "/v1/telemetry", body: body, created: now + 5)
+        }
         // An ECDSA signature relabelled hmac-sha256 does not pass, nor an HMAC relabelled ECDSA.
         var relabelled = try signed()
         relabelled.signatureInput = relabelled.signatureInput?.replacingOccurrences(

@@ -1,10 +1,11 @@
 import Core
 import Crypto
 import Foundation
-import Gateway
 import HubClient
 import Store
 import Testing
+
+@testable import Gateway
 
 /// `hmac-sha256` session keys (`POST /v1/device/session`): one ECDSA-signed request buys a key for one connection;
 /// every attack on a signed request is refused the same way with it, and the key is worth nothing anywhere else.
@@ -63,6 +64,11 @@ import Testing
             let again = try await connection.send(
                 method: "POST", path: "/v1/device/session", headers: json, body: Array("{}".utf8), signer: session)
             #expect(again.status == 401)
+            // Nor a new certificate: renewal must be signed by the certificate's own key.
+            let renewal = try await connection.send(
+                method: "POST", path: "/v1/device/certificate", headers: json,
+                body: Array(#"{"csr":"not checked: the signature is refused first"}"#.utf8), signer: session)
+            #expect(renewal.status == 401)
             return session
         }
         #expect(try await hub.server.store.telemetryCount(of: try DeviceID("sensor-s1")) == 3)
@@ -112,7 +118,11 @@ import Testing
             var session = try await connection.openSession(signer: try device.credentials.signer())
             #expect(try await telemetry(connection, session).status == 202)
             try await Task.sleep(for: .seconds(3))
-            let expired = try await telemetry(connection, session).status
+            // The signer refuses its expired key; one that lies about the expiry is refused by the hub.
+            await #expect(throws: SessionKeyExpired.self) { try await telemetry(connection, session) }
+            let (id, key) = try sessionIDAndKey(session)
+            let lying = MessageSigner(session: SessionKey(id: id, key: key, expiresAt: .max))
+            let expired = try await telemetry(connection, lying).status
             session = try await connection.openSession(signer: try device.credentials.signer())
             #expect(try await telemetry(connection, session).status == 202, "a new key on the same connection")
             #expect(try await hub.operatorRequest("POST", "/v1/devices/sensor-s4/revoke").status == 200)
@@ -130,6 +140,12 @@ import Testing
             port: hub.devicePort, "POST", "/v1/device/session", body: Array("{}".utf8), headers: json)
         #expect(answer.status == 404)
         try await hub.stop()
+    }
+
+    /// A session signer's keyid and key (read back through a signature it makes: the key is not exposed).
+    func sessionIDAndKey(_ signer: MessageSigner) throws -> (String, SymmetricKey) {
+        guard case .hmac(let session) = signer.algorithm else { throw ClientError("not a session signer") }
+        return (session.id, session.key)
     }
 
     /// The keyid a session signer puts in its signatures.

@@ -124,3 +124,11 @@ import Testing
                 == .failure(.malformed("chunk size line too long")))
     }
 }
+
+extension HTTPResponseReaderTests {
+    @Test func chunkedTwiceIsRefused() {
+        let text =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        #expect(read(text) == .failure(.malformed("more than one Transfer-Encoding")))
+    }
+}
