@@ -384,7 +384,8 @@ import X509
         let paired = try await PairingClient.pair(
             host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity, timeout: .seconds(5))
         #expect(!paired.credentials.certificateDER.isEmpty)
-        #expect(clock.now - start < .seconds(2), "paired during the flood in \(clock.now - start)")
+        // Well inside the client's 5-s timeout (a loaded machine needs some of it for the handshake and the ECDH).
+        #expect(clock.now - start < .seconds(4), "paired during the flood in \(clock.now - start)")
         // The idle ones that were greeted are cut after the hello deadline.
         try await Task.sleep(for: .milliseconds(1_500))
         #expect(flood.allSatisfy { $0.isClosed })
