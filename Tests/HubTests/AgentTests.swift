@@ -300,7 +300,9 @@ import X509
         #expect(try await Self.eventually(20) { try await hub.server.store.telemetryCount(of: id) == sent })
         let received = try await hub.server.store.telemetry(of: id, limit: 10_000).map(\.receivedAt).sorted()
         let gap = zip(received, received.dropFirst()).map { $1.timeIntervalSince($0) }.max() ?? 0
-        #expect(gap < 5, "longest pause in delivery: \(gap) s")
+        // A renewal reconnects with the new certificate: a pause of a second or two, stretched on a loaded machine
+        // (5.8 s once in a loaded CI run), never the 60-s lifetime or the back-off's maximum.
+        #expect(gap < 10, "longest pause in delivery: \(gap) s")
         // Each certificate before the last was used by its successor, so it is revoked.
         #expect(
             try await Self.eventually(10) { serials.dropLast().allSatisfy { hub.server.revocationList.contains($0) } })

@@ -110,14 +110,15 @@ import Testing
     }
 
     @Test func anExpiredSessionKeyIsRefusedAndRevocationStillBites() async throws {
-        let hub = try await TestHub.start { $0.gateway.sessionKeySeconds = 2 }
+        // Six seconds: long enough for a loaded machine to use the key once before it expires.
+        let hub = try await TestHub.start { $0.gateway.sessionKeySeconds = 6 }
         let device = try await hub.enroll("sensor-s4")
         let (expired, revoked) = try await HTTPSClient.withConnection(
             host: "127.0.0.1", port: hub.devicePort, tls: try device.credentials.tlsConfiguration()
         ) { connection in
             var session = try await connection.openSession(signer: try device.credentials.signer())
             #expect(try await telemetry(connection, session).status == 202)
-            try await Task.sleep(for: .seconds(3))
+            try await Task.sleep(for: .seconds(7))
             // The signer refuses its expired key; one that lies about the expiry is refused by the hub.
             await #expect(throws: SessionKeyExpired.self) { try await telemetry(connection, session) }
             let (id, key) = try sessionIDAndKey(session)
