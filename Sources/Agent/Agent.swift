@@ -6,6 +6,7 @@ public import MQTT
 import NIOCore
 import NIOPosix
 import NIOSSL
+import Synchronization
 import X509
 
 /// How the agent reaches the hub and behaves (`bulwark agent run --config FILE`, or set in code).
@@ -88,6 +89,8 @@ public typealias CommandHandler = @Sendable (AgentCommand) async -> CommandOutco
 /// try await agent.send(Array(#"{"temperature":21.5}"#.utf8))
 /// ```
 public actor Agent {
+    /// Whether the last connection attempt's pin check failed (set on the event loop, read after the attempt).
+    private let pinCheckFailed = PinCheckFlag()
     public nonisolated let configuration: AgentConfiguration
     public private(set) var state: AgentState
     public nonisolated let outbox: Outbox
@@ -194,7 +197,7 @@ public actor Agent {
                 }
             } catch {
                 let text = "\(error)"
-                if text.contains("CERTIFICATE_VERIFY_FAILED") {
+                if text.contains("CERTIFICATE_VERIFY_FAILED") || pinCheckFailed.isSet {
                     connection = .untrusted
                     lastError = "the hub's certificate failed the pin or chain check: not connecting"
                     delay = min(delay * 2, configuration.reconnectMaximumSeconds)
@@ -247,6 +250,8 @@ public actor Agent {
         let configuration = self.configuration
         let context = try state.credentials.tlsContext()
         let pinned = state.pinned
+        let pinCheck = pinCheckFailed
+        pinCheck.reset()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -256,7 +261,17 @@ public actor Agent {
                     try channel.pipeline.syncOperations.addHandler(
                         NIOSSLClientHandler(
                             context: context, serverHostname: nil,
-                            customVerificationCallback: { pinned.verify($0, $1) }))
+                            customVerificationCallback: { certificates, promise in
+                                // Remembered: a write racing the failed handshake can surface first as "I/O on
+                                // closed channel", and the agent must still say the hub is not trusted.
+                                let checked = promise.futureResult.eventLoop.makePromise(
+                                    of: NIOSSLVerificationResult.self)
+                                checked.futureResult.whenComplete { result in
+                                    if case .success(.failed) = result { pinCheck.set() }
+                                    promise.completeWith(result)
+                                }
+                                pinned.verify(certificates, checked)
+                            }))
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(MQTTDecoder(role: .client, maximumPacketSize: 1 << 20, version: .v5)))
                     return try NIOAsyncChannel<Packet, ByteBuffer>(wrappingChannelSynchronously: channel)
@@ -746,4 +761,12 @@ public struct AgentStatus: Sendable {
         if let trustError { object["trustError"] = trustError }
         return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
     }
+}
+
+/// A flag the TLS verification callback sets on the event loop and the agent reads after the attempt.
+final class PinCheckFlag: Sendable {
+    private let state = Mutex(false)
+    func set() { state.withLock { $0 = true } }
+    func reset() { state.withLock { $0 = false } }
+    var isSet: Bool { state.withLock { $0 } }
 }
