@@ -294,8 +294,9 @@ func roundTrip<R: SignedRole>(_ role: R.Type, _ bytes: [UInt8]) {
     guard !first.contains(where: { $0 < 0x20 }) else { return }
     let again: R
     do {
-        guard let object = try TUFJSON.parse(first).objectValue else { FuzzSupport.violated("not an object") }
-        again = try R(json: object)
+        let document = try StrictJSON.tuf.parse(first)
+        guard document.isObject else { FuzzSupport.violated("not an object") }
+        again = try R(document: document, element: document.root)
     } catch {
         FuzzSupport.violated("a \(R.type) role written out does not parse again: \(error)")
     }
