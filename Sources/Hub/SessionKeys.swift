@@ -45,6 +45,4 @@ final class SessionKeys: Sendable {
             return entry.key
         }
     }
-
-    var count: Int { entries.withLock { $0.count } }
 }

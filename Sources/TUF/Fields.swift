@@ -16,8 +16,6 @@ struct Node {
         document.kind(element) == .array
             ? document.elements(element).map { Node(document: document, element: $0) } : nil
     }
-    /// The value built, for what is kept as it was sent (unrecognized fields, key values).
-    var value: JSONValue { document.value(element) }
 }
 
 /// An object of a parsed metadata document, with typed field access that throws `invalidMetadata` naming the field.
