@@ -137,6 +137,9 @@ struct DashboardBenchmark: AsyncParsableCommand {
             }
         }
         batchContinuation.finish()
+        // The last connections' messages are still being committed: the scrapes measure the connected fleet at rest
+        // (Prometheus scrapes every 15 s or so, not during a reconnection storm).
+        try await Task.sleep(for: .seconds(5))
         try await HTTPSClient.withConnection(
             host: "127.0.0.1", port: ports.operator, tls: try monitor.tlsConfiguration()
         ) { connection in

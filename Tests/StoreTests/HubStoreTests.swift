@@ -407,6 +407,29 @@ extension HubStoreTests {
         #expect(first.deviceClass == "meters")
         #expect(first.lastSeen == now.addingTimeInterval(20))
         #expect(first.certificateNotAfter == now.addingTimeInterval(10 * 86400))
+        // Every window of every order is the same slice of the whole list (a page past the middle is read from the
+        // other end and reversed).
+        for sort in [DeviceQuery.Sort.id, .status, .lastSeen, .expiry] {
+            for descending in [false, true] {
+                let all = try await page {
+                    $0.sort = sort
+                    $0.descending = descending
+                }.1
+                #expect(all.count == 5)
+                for offset in 0...6 {
+                    for limit in 0...6 {
+                        let window = try await page {
+                            $0.sort = sort
+                            $0.descending = descending
+                            $0.offset = offset
+                            $0.limit = limit
+                        }
+                        let expected = Array(all.dropFirst(offset).prefix(limit))
+                        #expect(window == (5, expected), "\(sort) descending \(descending) \(offset)+\(limit)")
+                    }
+                }
+            }
+        }
         let third = try await store.devicePage(DeviceQuery()).devices[2]
         #expect(third.quarantinedUntil == 2_000_000)
         #expect(try await store.devicePage(DeviceQuery()).devices[1].certificateNotAfter == nil, "revoked")
