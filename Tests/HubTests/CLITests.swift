@@ -91,23 +91,70 @@ import Testing
 }
 
 extension CLITests {
-    /// `bulwark demo`: a hub, paired agents, a misbehaving device refused then quarantined, a command, the
-    /// dashboard's address with a PKCS#12 bundle; it stops on its own (or Ctrl-C) and removes its directory.
+    /// `bulwark demo`: a hub, paired agents, a misbehaving device refused then quarantined, a command, a release
+    /// with one rollback, the dashboard's address with a PKCS#12 bundle that opens it; Ctrl-C (SIGINT) stops
+    /// everything and removes the directory with the demo's keys.
     @Test func theDemoShowsTheWholeSystemAndCleansUp() async throws {
         let binary = try HubProcessTests.binary
-        let result = try await run(binary, ["demo", "--devices", "3", "--seconds", "4"], timeout: 90)
-        #expect(result.status == 0, "\(result.stdout) \(result.stderr)")
-        let out = result.stdout
+        let work = try temporaryDirectory("demo")
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let logFile = work + "/demo.log"
+        FileManager.default.createFile(atPath: logFile, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["demo", "--devices", "3", "--seconds", "600"]
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
+        process.standardError = FileHandle.nullDevice
+        try process.runWithDefaultSignalMask()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        func output() -> String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
+        let deadline = ContinuousClock.now + .seconds(180)
+        while !output().contains("Ctrl-C stops the demo"), process.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let ready = output()
+        let lines = ready.split(separator: "\n")
+        let base = try #require(
+            lines.first { $0.contains("Ctrl-C stops the demo") }?.split(separator: " ").last.map(String.init),
+            "\(ready)")
+        let port = try #require(
+            lines.first { $0.contains("dashboard: https://localhost:") }?.split(separator: ":").last?
+                .split(separator: "/").first.flatMap { Int($0) }, "\(ready)")
+        // The bundle opens with the password the demo wrote, and the dashboard answers to the certificate in it.
+        let password = try String(contentsOfFile: base + "/operator.p12.password", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let curl = try #require(which("curl"))
+        let page = try await run(
+            curl,
+            [
+                "-s", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", base + "/hub/ca.crt",
+                "--cert-type", "P12", "--cert", base + "/operator.p12:" + password,
+                "https://localhost:\(port)/ui",
+            ], timeout: 30)
+        #expect(page.stdout == "200", "\(page)")
+        let without = try await run(
+            curl,
+            [
+                "-s", "--max-time", "20", "-o", "/dev/null", "--cacert", base + "/hub/ca.crt",
+                "https://localhost:\(port)/ui",
+            ],
+            timeout: 30)
+        #expect(without.status != 0, "no certificate, no dashboard")
+        // Ctrl-C: the one way out stops the agents and the hub and removes the directory.
+        kill(process.processIdentifier, SIGINT)
+        let stopBy = ContinuousClock.now + .seconds(60)
+        while process.isRunning, ContinuousClock.now < stopBy { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(!process.isRunning, "the demo did not stop on SIGINT")
+        if !process.isRunning { #expect(process.terminationStatus == 0) }
+        let out = output()
         for expected in [
             "paired 3 devices", "3 agents connected", "refused 429", "then 401", "a 70 KB message: 413",
-            "quarantined: every request now 403", "demo-01 ran the command \"blink\"", "/ui", "operator.p12",
-            "2 of 3 devices verified it through TUF", "demo-02: rolled back sensor-app-1.0.tar",
-            "removed",
+            "quarantined: every request now 403", "demo-01 ran the command \"blink\"", "operator.p12",
+            "2 of 3 devices verified it through TUF", "demo-02: rolled back sensor-app-1.0.tar", "stopping",
+            "stopped; \(base) removed",
         ] {
             #expect(out.contains(expected), "missing \(expected) in \(out)")
         }
-        let directory = try #require(
-            out.split(separator: "\n").last?.split(separator: " ").first { $0.hasPrefix("/") }.map(String.init))
-        #expect(!FileManager.default.fileExists(atPath: directory), "\(directory) was left behind")
+        #expect(!FileManager.default.fileExists(atPath: base), "\(base) was left behind")
     }
 }

@@ -5,6 +5,7 @@ import Hub
 import HubClient
 import MQTT
 import Pairing
+import Store
 import Testing
 import X509
 
@@ -50,6 +51,29 @@ import X509
     @Test func pagesAreEscapedAndCarryAStrictPolicy() async throws {
         let hub = try await TestHub.start()
         _ = try await Self.hostileDevice(hub, "ui-d1")
+        // Through pairing: a hostile label pasted into the claim form, and a device pairing without a claim.
+        let hostileLabel = #"{"label":"BWK1<script>window.__xss=5</script>"}"#
+        let claimed = try await HTTPSClient.request(
+            host: "localhost", port: hub.operatorPort, tls: try hub.operatorCredentials.tlsConfiguration(),
+            method: "POST", path: "/ui/actions/claims",
+            headers: [("Content-Type", "application/json"), ("Sec-Fetch-Site", "same-origin")],
+            body: Array(hostileLabel.utf8))
+        #expect(claimed.status == 400)
+        #expect(!claimed.bodyText.contains("<script>"))
+        let stranger = NoiseDH.p256.generateKeyPair()
+        let unclaimed = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("ui-unclaimed"), publicKey: stranger.publicKey,
+            setupSecret: [UInt8](repeating: 1, count: 16))
+        await #expect(throws: (any Error).self) {
+            _ = try await PairingClient.pair(
+                host: "127.0.0.1", port: hub.pairingPort, label: unclaimed, identityKey: stranger)
+        }
+        // The hub records the failed session after the client gave up.
+        _ = try await AgentTests.eventually(15) {
+            try await hub.securityEvents().contains { $0.kind == "pairing-failed" }
+        }
+        let events = try await Self.operatorGet(hub, "/ui/events").bodyText
+        #expect(events.contains("pairing-claim-refused") && events.contains("pairing-failed"), "\(events)")
         for path in ["/ui", "/ui/devices/ui-d1", "/ui/events", "/ui/audit", "/ui/claims", "/ui/rollouts"] {
             let page = try await Self.operatorGet(hub, path)
             #expect(page.status == 200, "\(path)")
@@ -141,6 +165,42 @@ import X509
         #expect(try await hub.server.store.device(try DeviceID("ui-d2"))?.status == .revoked)
         #expect(
             try await hub.securityEvents().contains { $0.kind == "device-revoked" && $0.detail.contains("by admin") })
+        // The two other actions, release and claim: refused cross-site, done and audited same-origin.
+        func action(_ path: String, _ headers: [(String, String)], body: String = "{}") async throws -> HTTPResult {
+            try await HTTPSClient.request(
+                host: "localhost", port: hub.operatorPort, tls: try hub.operatorCredentials.tlsConfiguration(),
+                method: "POST", path: path, headers: [json] + headers, body: Array(body.utf8))
+        }
+        _ = try await hub.enroll("ui-d4")
+        try await hub.server.store.setQuarantine(
+            try DeviceID("ui-d4"), until: Int64(Date().timeIntervalSince1970) + 3600)
+        #expect(try await action("/ui/actions/devices/ui-d4/release", [("Sec-Fetch-Site", "cross-site")]).status == 403)
+        #expect(
+            try await hub.server.store.devicePage(DeviceQuery()).devices.first { $0.id.rawValue == "ui-d4" }?
+                .quarantinedUntil != nil)
+        #expect(
+            try await action("/ui/actions/devices/ui-d4/release", [("Sec-Fetch-Site", "same-origin")]).status == 200)
+        #expect(
+            try await hub.server.store.devicePage(DeviceQuery()).devices.first { $0.id.rawValue == "ui-d4" }?
+                .quarantinedUntil == nil)
+        #expect(
+            try await hub.securityEvents().contains {
+                $0.kind == "device-released" && $0.detail.hasPrefix("by admin")
+                    && $0.identity == "urn:bulwark:device:ui-d4"
+            })
+        let validLabel = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("ui-d5"),
+            publicKey: NoiseDH.p256.generateKeyPair().publicKey, setupSecret: [UInt8](repeating: 3, count: 16))
+        let claim = #"{"label":"\#(validLabel.text)"}"#
+        #expect(try await action("/ui/actions/claims", [("Origin", "https://evil.example")], body: claim).status == 403)
+        #expect(!(try await Self.operatorGet(hub, "/ui/claims").bodyText.contains("ui-d5")))
+        #expect(try await action("/ui/actions/claims", [("Sec-Fetch-Site", "same-origin")], body: claim).status == 201)
+        #expect(try await Self.operatorGet(hub, "/ui/claims").bodyText.contains("ui-d5"))
+        #expect(
+            try await hub.securityEvents().contains {
+                $0.kind == "pairing-claimed" && $0.detail.hasPrefix("by admin")
+                    && $0.identity == "urn:bulwark:device:ui-d5"
+            })
         let monitor = try await MetricsTests.monitor(hub)
         #expect(try await MetricsTests.get(hub, monitor, "/ui").status == 403)
         #expect(try await MetricsTests.get(hub, monitor, "/ui/events/stream").status == 403)
@@ -174,6 +234,53 @@ import X509
         let output = try await streamed.stdout
         #expect(output.contains("event: record"), "\(output)")
         #expect(output.contains("urn:bulwark:device:ui-d3"), "\(output)")
+        try await hub.stop()
+    }
+
+    /// A flood is sampled: at most 50 records a second reach the stream, and the rest arrive as one `dropped` event
+    /// whose count and id account for every record (nothing skipped silently, nothing counted twice).
+    @Test func liveEventsAreSampledUnderAFlood() async throws {
+        let hub = try await TestHub.start()
+        try await hub.server.store.recordSecurityEvent(SecurityEvent(at: Date(), kind: "test_flood", detail: "first"))
+        // The stream starts after this record (`after=0` would mean "from now").
+        let head = try #require(try await hub.server.store.securityEvents(limit: 1).first?.id)
+        for index in 0..<130 {
+            try await hub.server.store.recordSecurityEvent(
+                SecurityEvent(at: Date(), kind: "test_flood", identity: "urn:bulwark:device:flood", detail: "\(index)"))
+        }
+        let curl = try #require(which("curl"))
+        let output = try await run(
+            curl,
+            [
+                "-s", "-N", "--max-time", "3", "--cacert", hub.directory + "/ca.crt", "--cert",
+                hub.directory + "/operators/admin.crt", "--key", hub.directory + "/operators/admin.key",
+                "https://localhost:\(hub.operatorPort)/ui/events/stream?after=\(head)",
+            ], timeout: 20
+        ).stdout
+        var ids: [Int64] = []
+        var records = 0
+        var dropped: [Int64] = []
+        var recordsBeforeDrop = 0
+        for event in output.components(separatedBy: "\n\n") {
+            let lines = event.split(separator: "\n")
+            guard let id = lines.first(where: { $0.hasPrefix("id: ") }).flatMap({ Int64($0.dropFirst(4)) }) else {
+                continue
+            }
+            ids.append(id)
+            if lines.contains("event: record") {
+                records += 1
+                if dropped.isEmpty { recordsBeforeDrop += 1 }
+            } else if lines.contains("event: dropped"), let data = lines.first(where: { $0.hasPrefix("data: ") }) {
+                let count = data.split(separator: ":").last.flatMap { Int64($0.dropLast()) } ?? -1
+                dropped.append(count)
+            }
+        }
+        #expect(recordsBeforeDrop == 50, "\(output.prefix(2000))")
+        #expect(dropped.first ?? 0 >= 80, "\(dropped)")
+        #expect(ids == ids.sorted() && Set(ids).count == ids.count, "ids rise: \(ids)")
+        let last = try #require(ids.last)
+        #expect(last >= head + 130)
+        #expect(Int64(records) + dropped.reduce(0, +) == last - head, "every record is shown or counted once")
         try await hub.stop()
     }
 

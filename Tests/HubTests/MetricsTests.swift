@@ -7,6 +7,7 @@ import MQTT
 import NIOPosix
 import PKI
 import Pairing
+import Store
 import Testing
 import X509
 
@@ -141,14 +142,33 @@ import X509
         }
         // MQTT: one message admitted, one that is not JSON.
         let codes = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
-            [
+            let codes = [
                 try await mqtt.publishAcknowledged(
                     topic: try TopicName("devices/metrics-d2/telemetry"), payload: Array(#"{"t":1}"#.utf8)),
                 try await mqtt.publishAcknowledged(
                     topic: try TopicName("devices/metrics-d2/telemetry"), payload: Array("not json".utf8)),
             ]
+            // The broker's gauges while this session is connected.
+            let during = try await Self.get(hub, monitor, "/metrics").bodyText
+            #expect(Self.value(during, "bulwark_mqtt_sessions_connected") == 1, "\(during)")
+            #expect(Self.value(during, "bulwark_mqtt_sessions").map { $0 >= 1 } == true)
+            #expect(Self.value(during, #"bulwark_connections_open{listener="mqtt"}"#) == 1)
+            for idle in [
+                "bulwark_mqtt_inflight_messages", "bulwark_mqtt_queued_messages", "bulwark_mqtt_retained_messages",
+                "bulwark_mqtt_retained_bytes", "bulwark_mqtt_dropped_messages_total",
+            ] {
+                #expect(Self.value(during, idle) == 0, "\(idle)")
+            }
+            return codes
         }
         #expect(codes == [0, 0x99])
+        // A device pairing without a claim: a failed pairing.
+        let stranger = NoiseDH.p256.generateKeyPair()
+        let unclaimed = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("metrics-unclaimed"), publicKey: stranger.publicKey,
+            setupSecret: [UInt8](repeating: 5, count: 16))
+        _ = try? await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: unclaimed, identityKey: stranger)
         // A certificate from another CA: a failed handshake on the device listener.
         let foreign = try TestDevice.foreign(id: "metrics-x", directory: hub.directory)
         _ = try? await foreign.request(port: hub.devicePort, "GET", "/v1/device")
@@ -162,7 +182,7 @@ import X509
         let settled = try await AgentTests.eventually(10) {
             text = try await Self.get(hub, monitor, "/metrics").bodyText
             return Self.value(text, #"bulwark_tls_handshake_failures_total{listener="device",reason="certificate"}"#)
-                == 1
+                == 1 && Self.value(text, #"bulwark_pairings_total{outcome="failed"}"#) == 1
         }
         #expect(settled, "\(text)")
         #expect(Self.value(text, #"bulwark_gateway_admitted_total{interface="http"}"#).map { $0 >= 1 } == true)
@@ -179,6 +199,9 @@ import X509
         #expect(Self.value(text, "bulwark_device_certificates_expiring") == 1)
         #expect(Self.value(text, "bulwark_pairing_claims_open") == 1)
         #expect(Self.value(text, "bulwark_store_commit_batch_messages_count").map { $0 >= 2 } == true)
+        #expect(Self.value(text, "bulwark_store_commit_duration_seconds_count").map { $0 >= 2 } == true)
+        #expect(Self.value(text, #"bulwark_pairings_total{outcome="paired"}"#) == 0)
+        #expect(Self.value(text, #"bulwark_pairings_total{outcome="locked-out"}"#) == 0)
         #expect(Self.value(text, "bulwark_audit_records").map { $0 >= 3 } == true)
         #expect(Self.value(text, "bulwark_store_up") == 1)
         #expect(Self.value(text, #"bulwark_connections_open{listener="operator"}"#).map { $0 >= 1 } == true)
@@ -219,6 +242,31 @@ import X509
 
     /// A real Prometheus server, started on 127.0.0.1, scrapes the hub over mutual TLS with the monitor
     /// certificate, and its query API returns the refusal a replay caused.
+    /// With an update repository, devices are counted per last reported update step (a fixed set; anything else is
+    /// `other`, so a device cannot invent a label value), and promtool accepts the family.
+    @Test func updateStepsAreCountedWithBoundedLabels() async throws {
+        let repository = try await PinRotationTests.Repository.make("metrics-updates")
+        defer { try? FileManager.default.removeItem(atPath: repository.base) }
+        let hub = try await PinRotationTests.hub(repository)
+        let monitor = try await Self.monitor(hub)
+        for (name, step) in [("metrics-u1", "committed"), ("metrics-u2", "committed"), ("metrics-u3", "<made-up>")] {
+            _ = try await hub.enroll(name)
+            try await hub.server.store.recordUpdateState(
+                DeviceUpdateState(
+                    deviceID: try DeviceID(name), installedTarget: nil, installedVersion: nil, slot: nil, floor: 0,
+                    lastStep: step, stepTarget: nil, reason: nil, sequence: 1, updatedAt: Date()))
+        }
+        let text = try await Self.get(hub, monitor, "/metrics").bodyText
+        #expect(Self.value(text, #"bulwark_update_devices{step="committed"}"#) == 2, "\(text)")
+        #expect(Self.value(text, #"bulwark_update_devices{step="other"}"#) == 1)
+        #expect(Self.value(text, #"bulwark_update_devices{step="rolled-back"}"#) == 0)
+        #expect(!text.contains("made-up"))
+        let promtool = try #require(which("promtool"), "promtool is required (Debian prometheus)")
+        let checked = try await run(promtool, ["check", "metrics"], stdin: text)
+        #expect(checked.status == 0, "\(checked.stdout) \(checked.stderr)")
+        try await hub.stop()
+    }
+
     @Test func prometheusScrapesTheHubOverMutualTLS() async throws {
         let prometheus = try #require(which("prometheus"), "prometheus is required (Debian prometheus)")
         let curl = try #require(which("curl"))
