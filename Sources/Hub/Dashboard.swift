@@ -233,7 +233,10 @@ struct Dashboard {
         let streams = streams
         let resume = Self.lastEventID.flatMap { request.headers[$0] }.flatMap { Int64($0) }
         var after = resume ?? request.uri.queryParameters.get("after", as: Int64.self) ?? 0
-        if after <= 0 { after = try await store.securityEvents(limit: 1).first?.id ?? 0 }
+        let head = try await store.securityEvents(limit: 1).first?.id ?? 0
+        // Nothing asked (or nonsense): from now. An id beyond the log (a restored database) resumes from its head,
+        // so what is written next is shown or counted rather than skipped up to the old id.
+        if after <= 0 || after > head { after = head }
         let start = after
         return Response(
             status: .ok, headers: [.contentType: "text/event-stream; charset=utf-8", .cacheControl: "no-store"],

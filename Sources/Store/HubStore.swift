@@ -82,6 +82,9 @@ public protocol HubStore: Sendable {
     func recordSecurityEvent(_ event: SecurityEvent) async throws
     /// The key that MACs every audit record appended from now on (kept outside the store; see `AuditKey`).
     func setAuditKey(_ key: AuditKey) async throws
+    /// The newest `limit` audit records, newest first. Each event's `id` is its sequence number in the audit log:
+    /// 1, 2, 3, … with no gaps (the chain's verification refuses a gap), which the dashboard's live events rely on
+    /// to count the records it does not show.
     func securityEvents(limit: Int) async throws -> [SecurityEvent]
     /// Fleet-wide counts for monitoring (`/metrics`), in one read: no device id leaves in it.
     func fleetSummary(now: Date, expiringBefore: Date) async throws -> FleetSummary

@@ -106,7 +106,13 @@ extension CLITests {
         process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
         process.standardError = FileHandle.nullDevice
         try process.runWithDefaultSignalMask()
-        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        defer {
+            // On a failed expectation: Ctrl-C first, so the demo still removes its keys; SIGKILL only if it hangs.
+            if process.isRunning { kill(process.processIdentifier, SIGINT) }
+            let end = Date().addingTimeInterval(30)
+            while process.isRunning, Date() < end { usleep(100_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
         func output() -> String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
         let deadline = ContinuousClock.now + .seconds(180)
         while !output().contains("Ctrl-C stops the demo"), process.isRunning, ContinuousClock.now < deadline {

@@ -252,7 +252,7 @@ import X509
         let output = try await run(
             curl,
             [
-                "-s", "-N", "--max-time", "3", "--cacert", hub.directory + "/ca.crt", "--cert",
+                "-s", "-N", "--max-time", "6", "--cacert", hub.directory + "/ca.crt", "--cert",
                 hub.directory + "/operators/admin.crt", "--key", hub.directory + "/operators/admin.key",
                 "https://localhost:\(hub.operatorPort)/ui/events/stream?after=\(head)",
             ], timeout: 20

@@ -240,8 +240,6 @@ import X509
         try await hub.stop()
     }
 
-    /// A real Prometheus server, started on 127.0.0.1, scrapes the hub over mutual TLS with the monitor
-    /// certificate, and its query API returns the refusal a replay caused.
     /// With an update repository, devices are counted per last reported update step (a fixed set; anything else is
     /// `other`, so a device cannot invent a label value), and promtool accepts the family.
     @Test func updateStepsAreCountedWithBoundedLabels() async throws {
@@ -267,6 +265,8 @@ import X509
         try await hub.stop()
     }
 
+    /// A real Prometheus server, started on 127.0.0.1, scrapes the hub over mutual TLS with the monitor
+    /// certificate, and its query API returns the refusal a replay caused.
     @Test func prometheusScrapesTheHubOverMutualTLS() async throws {
         let prometheus = try #require(which("prometheus"), "prometheus is required (Debian prometheus)")
         let curl = try #require(which("curl"))

@@ -407,25 +407,34 @@ extension HubStoreTests {
         #expect(first.deviceClass == "meters")
         #expect(first.lastSeen == now.addingTimeInterval(20))
         #expect(first.certificateNotAfter == now.addingTimeInterval(10 * 86400))
-        // Every window of every order is the same slice of the whole list (a page past the middle is read from the
-        // other end and reversed).
-        for sort in [DeviceQuery.Sort.id, .status, .lastSeen, .expiry] {
-            for descending in [false, true] {
-                let all = try await page {
-                    $0.sort = sort
-                    $0.descending = descending
-                }.1
-                #expect(all.count == 5)
-                for offset in 0...6 {
-                    for limit in 0...6 {
-                        let window = try await page {
-                            $0.sort = sort
-                            $0.descending = descending
-                            $0.offset = offset
-                            $0.limit = limit
+        // Every window of every order, filtered or not, is the same slice of the whole list (a page past the middle
+        // is read from the other end and reversed).
+        let filters: [(search: String?, status: DeviceStatus?)] = [
+            (nil, nil), ("dev", nil), (nil, .active), ("r", .active),
+        ]
+        for filter in filters {
+            for sort in [DeviceQuery.Sort.id, .status, .lastSeen, .expiry] {
+                for descending in [false, true] {
+                    let (total, all) = try await page {
+                        $0.search = filter.search
+                        $0.status = filter.status
+                        $0.sort = sort
+                        $0.descending = descending
+                    }
+                    #expect(all.count == total && total > 0)
+                    for offset in 0...(total + 1) {
+                        for limit in 0...(total + 1) {
+                            let window = try await page {
+                                $0.search = filter.search
+                                $0.status = filter.status
+                                $0.sort = sort
+                                $0.descending = descending
+                                $0.offset = offset
+                                $0.limit = limit
+                            }
+                            let expected = Array(all.dropFirst(offset).prefix(limit))
+                            #expect(window == (total, expected), "\(filter) \(sort) \(descending) \(offset)+\(limit)")
                         }
-                        let expected = Array(all.dropFirst(offset).prefix(limit))
-                        #expect(window == (5, expected), "\(sort) descending \(descending) \(offset)+\(limit)")
                     }
                 }
             }
@@ -433,5 +442,10 @@ extension HubStoreTests {
         let third = try await store.devicePage(DeviceQuery()).devices[2]
         #expect(third.quarantinedUntil == 2_000_000)
         #expect(try await store.devicePage(DeviceQuery()).devices[1].certificateNotAfter == nil, "revoked")
+        // Ids keep their case; the search ignores it either way.
+        let mixed = try DeviceID("Mixed-Case")
+        try await store.enroll(device: mixed, certificate: Self.certificate("0a", device: mixed), at: now)
+        #expect(try await page { $0.search = "mixed-c" } == (1, ["Mixed-Case"]))
+        #expect(try await page { $0.search = "XED-CA" } == (1, ["Mixed-Case"]))
     }
 }
