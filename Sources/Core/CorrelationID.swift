@@ -3,20 +3,22 @@
 public struct CorrelationID: Hashable, Sendable, CustomStringConvertible {
     public let rawValue: String
 
-    /// 96 random bits from the system generator, as 24 lowercase hex digits.
+    /// 96 random bits from the system generator, as 24 lowercase hex digits (every request and MQTT message gets
+    /// one: the digits are written in place).
     public init() {
         var generator = SystemRandomNumberGenerator()
         let high = generator.next() as UInt64
         let low = generator.next() as UInt32
-        self.rawValue = hex(high, width: 16) + hex(UInt64(low), width: 8)
+        self.rawValue = String(unsafeUninitializedCapacity: 24) { digits in
+            let alphabet: StaticString = "0123456789abcdef"
+            let table = alphabet.utf8Start
+            for index in 0..<16 { digits[index] = table[Int((high >> (60 - 4 * UInt64(index))) & 0xf)] }
+            for index in 0..<8 { digits[16 + index] = table[Int((low >> (28 - 4 * UInt32(index))) & 0xf)] }
+            return 24
+        }
     }
 
     public init(rawValue: String) { self.rawValue = rawValue }
 
     public var description: String { rawValue }
-}
-
-func hex(_ value: UInt64, width: Int) -> String {
-    let digits = String(value, radix: 16)
-    return String(repeating: "0", count: max(0, width - digits.count)) + digits
 }

@@ -41,11 +41,22 @@ public struct SessionKey: Sendable {
     public let key: SymmetricKey
     /// Unix seconds.
     public let expiresAt: Int64
+    /// HMAC's state after the key's inner and outer pads (RFC 2104 §2), computed once: each message copies it
+    /// instead of deriving the pads from the key again.
+    let keyed: HMAC<SHA256>
 
     public init(id: String, key: SymmetricKey, expiresAt: Int64) {
         self.id = id
         self.key = key
         self.expiresAt = expiresAt
+        self.keyed = HMAC<SHA256>(key: key)
+    }
+
+    /// HMAC-SHA256 of `message` with this key.
+    func authenticationCode(_ message: [UInt8]) -> HMAC<SHA256>.MAC {
+        var mac = keyed
+        mac.update(data: message)
+        return mac.finalize()
     }
 
     /// A fresh key (256 bits from the system's CSPRNG through swift-crypto) and id (128 bits).
@@ -197,8 +208,8 @@ public struct MessageSignatureProfile: Sendable {
                 throw SignatureFailure(.noSession, "keyid \(Self.printable(keyid ?? ""))")
             }
             guard now < session.expiresAt else { throw SignatureFailure(.stale, "session key expired") }
-            guard HMAC<SHA256>.isValidAuthenticationCode(signatureBytes, authenticating: base, using: session.key)
-            else {
+            // `==` between a MAC and bytes is swift-crypto's constant-time comparison (`safeCompare`).
+            guard session.authenticationCode(base) == signatureBytes else {
                 throw SignatureFailure(.badSignature, "hmac-sha256")
             }
         } else {
@@ -352,7 +363,7 @@ public struct MessageSigner: Sendable {
         let signature: [UInt8]
         switch algorithm {
         case .ecdsa(let key): signature = Array(try key.signature(for: SHA256.hash(data: base)).rawRepresentation)
-        case .hmac(let session): signature = Array(HMAC<SHA256>.authenticationCode(for: base, using: session.key))
+        case .hmac(let session): signature = Array(session.authenticationCode(base))
         }
         let list = "(" + covered.map { "\"\($0)\"" }.joined(separator: " ") + ")"
         return [

@@ -61,7 +61,13 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let limits: HTTPLimits
     private let onRefusal: @Sendable (FramingRefusal) -> Void
-    private var timer: Scheduled<Void>?
+    /// When the current phase must have ended (nil: none runs, a response is being written).
+    private var deadline: NIODeadline?
+    /// One check scheduled at a time, never more than `granularity` ahead: every phase lasts at least that long, so
+    /// a new deadline is never earlier than the scheduled check, and a request moves its deadline without touching
+    /// the event loop's timer heap (scheduling and cancelling a task per phase was 3 % of a signed request's CPU).
+    private var check: Scheduled<Void>?
+    private let granularity: TimeAmount
     private var handshakeDone = false
     private var requestOpen = false
     /// Requests whose response has not ended yet (more than one when a client pipelines).
@@ -71,16 +77,17 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     init(limits: HTTPLimits, onRefusal: @escaping @Sendable (FramingRefusal) -> Void) {
         self.limits = limits
         self.onRefusal = onRefusal
+        self.granularity = .nanoseconds(Int64(min(limits.headerSeconds, limits.bodySeconds, limits.idleSeconds) * 1e9))
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         arm(context, seconds: limits.handshakeSeconds)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) { cancelTimer() }
+    func handlerRemoved(context: ChannelHandlerContext) { stopChecking() }
 
     func channelInactive(context: ChannelHandlerContext) {
-        cancelTimer()
+        stopChecking()
         context.fireChannelInactive()
     }
 
@@ -107,7 +114,7 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
             break
         case .end:
             requestOpen = false
-            if responsesPending > 0 { cancelTimer() } else { armIdle(context) }
+            if responsesPending > 0 { deadline = nil } else { armIdle(context) }
         }
         context.fireChannelRead(data)
     }
@@ -152,7 +159,7 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func refuse(_ context: ChannelHandlerContext, _ refusal: FramingRefusal) {
         refused = true
-        cancelTimer()
+        stopChecking()
         var refusal = refusal
         refusal.correlationID = CorrelationID().rawValue
         refusal.peerCertificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()?.toDERBytes()
@@ -176,17 +183,32 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func armIdle(_ context: ChannelHandlerContext) { arm(context, seconds: limits.idleSeconds) }
 
     private func arm(_ context: ChannelHandlerContext, seconds: Double) {
-        cancelTimer()
-        let channel = context.channel
-        timer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9))) {
-            // The deadline of this phase passed: a client that stalls holds no connection for longer.
-            channel.close(promise: nil)
+        let now = NIODeadline.now()
+        let due = now + .nanoseconds(Int64(seconds * 1e9))
+        deadline = due
+        if check == nil { schedule(context, at: min(due, now + granularity)) }
+    }
+
+    private func schedule(_ context: ChannelHandlerContext, at time: NIODeadline) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        check = context.eventLoop.scheduleTask(deadline: time) {
+            let (handler, context) = loopBound.value
+            handler.check = nil
+            guard let deadline = handler.deadline else { return }
+            let now = NIODeadline.now()
+            if now >= deadline {
+                // The deadline of this phase passed: a client that stalls holds no connection for longer.
+                context.channel.close(promise: nil)
+            } else {
+                handler.schedule(context, at: min(deadline, now + handler.granularity))
+            }
         }
     }
 
-    private func cancelTimer() {
-        timer?.cancel()
-        timer = nil
+    private func stopChecking() {
+        deadline = nil
+        check?.cancel()
+        check = nil
     }
 }
 

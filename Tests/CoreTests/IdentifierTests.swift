@@ -24,10 +24,16 @@ import Testing
     }
 
     @Test func correlationIDsAreRandomHex() {
-        let a = CorrelationID()
-        let b = CorrelationID()
-        #expect(a != b)
-        #expect(a.rawValue.count == 24)
-        #expect(a.rawValue.allSatisfy { $0.isHexDigit })
+        let ids = (0..<4096).map { _ in CorrelationID().rawValue }
+        #expect(Set(ids).count == ids.count)
+        #expect(
+            ids.allSatisfy {
+                $0.utf8.count == 24 && $0.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+            })
+        // Every digit position takes all 16 values: no half of the 96 bits is left zero or fixed.
+        for position in 0..<24 {
+            let seen = Set(ids.map { $0.utf8[$0.utf8.index($0.utf8.startIndex, offsetBy: position)] })
+            #expect(seen.count == 16, "position \(position)")
+        }
     }
 }

@@ -76,6 +76,40 @@ import Testing
         try await hub.stop()
     }
 
+    /// A body that trickles is cut at the body deadline, after an idle phase that allowed far longer: the guard
+    /// checks its deadlines lazily, and a shorter phase after a longer one must still end on time.
+    @Test func aTricklingBodyIsCutAtItsDeadline() async throws {
+        let hub = try await TestHub.start {
+            $0.httpLimits.handshakeSeconds = 30
+            $0.httpLimits.headerSeconds = 30
+            $0.httpLimits.idleSeconds = 30
+            $0.httpLimits.bodySeconds = 2
+        }
+        let device = try await hub.enroll("trickle")
+        let connection = try await RawConnection.open(
+            port: hub.devicePort, tls: try device.credentials.tlsConfiguration())
+        try await connection.send(try Self.signedHead(device, method: "GET", path: "/v1/device", body: [], extra: []))
+        await connection.wait(until: { $0.contains("\r\n\r\n") })
+        #expect(connection.text.hasPrefix("HTTP/1.1 200"))
+        // The connection is now idle (30 s); a signed request's head, then its body a byte at a time.
+        let body = Array(#"{"temperature":21,"note":"a body that never ends"}"#.utf8)
+        let start = ContinuousClock.now
+        try await connection.send(
+            try Self.signedHead(device, body: body, extra: ["Content-Length: \(body.count)"]) + "{")
+        var sent = 1
+        while !connection.isClosed, ContinuousClock.now - start < .seconds(20), sent < body.count - 1 {
+            try await Task.sleep(for: .milliseconds(250))
+            try? await connection.send([body[sent]])
+            sent += 1
+        }
+        let elapsed = ContinuousClock.now - start
+        #expect(connection.isClosed, "the body deadline did not cut the connection")
+        #expect(elapsed >= .milliseconds(1900) && elapsed < .seconds(8), "cut after \(elapsed)")
+        #expect(!connection.text.contains("HTTP/1.1 202"), "the incomplete message was not accepted")
+        await connection.close()
+        try await hub.stop()
+    }
+
     /// Finding 3: framing errors became 503 with error-level logs; `gzip, chunked` was stored raw; chunked on
     /// HTTP/1.0 was accepted; CONNECT got a 404 with the connection left open.
     @Test func badFramingIsTheClientsFault() async throws {
