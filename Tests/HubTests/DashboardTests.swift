@@ -105,6 +105,70 @@ import X509
         try await hub.stop()
     }
 
+    /// The pages show what the store holds: the overview's columns (last seen, class, installed version,
+    /// quarantine, an expiry within 7 days marked), the device page's destinations, the claims and the audit
+    /// chain's head; and an audit log changed behind the hub's back reads "NOT intact".
+    @Test func pagesShowWhatTheStoreHoldsAndATamperedLog() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ui-d6")
+        let id = try DeviceID("ui-d6")
+        let store = hub.server.store
+        #expect(
+            try await device.request(port: hub.devicePort, "POST", "/v1/telemetry", body: Array(#"{"t":1}"#.utf8))
+                .status == 202)
+        try await store.setDeviceClass(id, class: "meters")
+        try await store.setQuarantine(id, until: Int64(Date().timeIntervalSince1970) + 3600)
+        try await store.recordUpdateState(
+            DeviceUpdateState(
+                deviceID: id, installedTarget: "app-2.1.tar", installedVersion: "2.1", slot: "b", floor: 0,
+                lastStep: "committed", stepTarget: nil, reason: nil, sequence: 1, updatedAt: Date()))
+        try await store.recordDestinations(
+            id, [(listening: false, proto: "tcp", address: "203.0.113.7", port: 8883)], at: Date())
+        let row = try #require(
+            try await Self.operatorGet(hub, "/ui?q=ui-d6").bodyText.split(separator: "\n").first {
+                $0.contains(#"data-device="ui-d6""#)
+            })
+        let cells = row.components(separatedBy: "<td").dropFirst().map { String($0) }
+        #expect(cells.count == 7, "\(row)")
+        if cells.count == 7 {
+            #expect(cells[1].contains(">active<"))
+            #expect(
+                cells[2].contains(String(Calendar.current.component(.year, from: Date()))), "last seen: \(cells[2])")
+            #expect(cells[3].contains(">meters<") && cells[4].contains(">2.1<"))
+            #expect(cells[5].contains(">until "), "quarantine: \(cells[5])")
+            #expect(!cells[6].contains("expiring"), "a 90-day certificate is not marked")
+        }
+        let page = try await Self.operatorGet(hub, "/ui/devices/ui-d6").bodyText
+        #expect(page.contains("<td>outbound</td><td>tcp</td><td>203.0.113.7</td><td>8883</td>"))
+        #expect(page.contains("quarantined until") && page.contains("class meters"))
+        // A certificate ending within 7 days is marked.
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName("short") },
+            privateKey: Certificate.PrivateKey(key),
+            attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
+        #expect(
+            try await hub.operatorRequest(
+                "POST", "/v1/devices", json: ["id": "ui-short", "csr": try csr.serializeAsPEM().pemString, "days": 3]
+            ).status == 201)
+        #expect(try await Self.operatorGet(hub, "/ui?q=ui-short").bodyText.contains(#"class="expiring""#))
+        // The audit page: intact with its head, then a record changed in the database file.
+        let intact = try await Self.operatorGet(hub, "/ui/audit").bodyText
+        #expect(intact.contains("intact (hashes and MACs checked)"))
+        let head = try #require(try await store.allAuditRecords().last).hash.map { String(format: "%02x", $0) }
+            .joined()
+        #expect(intact.contains(head), "the chain's head is shown")
+        let sqlite = try #require(which("sqlite3"))
+        let tampered = try await run(
+            sqlite,
+            [hub.directory + "/bulwark.sqlite", "UPDATE audit_log SET detail = 'nothing happened' WHERE seq = 2"])
+        #expect(tampered.status == 0, "\(tampered.stderr)")
+        let broken = try await Self.operatorGet(hub, "/ui/audit").bodyText
+        #expect(broken.contains("NOT intact"), "\(broken)")
+        #expect(!broken.contains(head))
+        try await hub.stop()
+    }
+
     /// Actions are POSTs with a JSON body from this origin only: a cross-site form, a request without Fetch Metadata
     /// or Origin, another origin and a form body are all refused; a monitor gets no dashboard.
     @Test func actionsAreSameOriginJSONOnly() async throws {
