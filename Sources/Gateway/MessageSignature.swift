@@ -118,10 +118,26 @@ public struct MessageSignatureProfile: Sendable {
     static let contentTypeComponent = "content-type"
     static let messageTypeComponent = "bulwark-message-type"
 
+    /// The four possible sets (without or with each optional field), built once: each request picks one.
+    private static let componentSets = [
+        components, components + [contentTypeComponent], components + [messageTypeComponent],
+        components + [contentTypeComponent, messageTypeComponent],
+    ]
+    /// Each set as the inner list of `Signature-Input` (§4.1): `("@method" "@path" …)`.
+    private static let componentLists = componentSets.map { "(" + $0.map { "\"\($0)\"" }.joined(separator: " ") + ")" }
+
+    private static func variant(contentType: String?, messageType: String?) -> Int {
+        (contentType == nil ? 0 : 1) + (messageType == nil ? 0 : 2)
+    }
+
     /// The covered components a request with these fields must sign (in the order the signer lists them).
     static func requiredComponents(contentType: String?, messageType: String?) -> [String] {
-        components + (contentType == nil ? [] : [contentTypeComponent])
-            + (messageType == nil ? [] : [messageTypeComponent])
+        componentSets[variant(contentType: contentType, messageType: messageType)]
+    }
+
+    /// The same, as the signer writes them in `Signature-Input`.
+    static func componentList(contentType: String?, messageType: String?) -> String {
+        componentLists[variant(contentType: contentType, messageType: messageType)]
     }
     public var maxSkewSeconds: Int64
 
@@ -163,7 +179,8 @@ public struct MessageSignatureProfile: Sendable {
             covered.append(name)
         }
         let required = Self.requiredComponents(contentType: request.contentType, messageType: request.messageType)
-        guard covered.count == required.count, Set(covered) == Set(required) else {
+        // The same components in any order: as many, and each required one present (the required are distinct).
+        guard covered.count == required.count, required.allSatisfy(covered.contains) else {
             throw SignatureFailure(.unsupported, "covered components must be \(required.joined(separator: ", "))")
         }
 
@@ -365,7 +382,7 @@ public struct MessageSigner: Sendable {
         case .ecdsa(let key): signature = Array(try key.signature(for: SHA256.hash(data: base)).rawRepresentation)
         case .hmac(let session): signature = Array(session.authenticationCode(base))
         }
-        let list = "(" + covered.map { "\"\($0)\"" }.joined(separator: " ") + ")"
+        let list = MessageSignatureProfile.componentList(contentType: contentType, messageType: messageType)
         return [
             ("Content-Digest", digest),
             ("Signature-Input", "\(label)=\(list)\(parameters)"),

@@ -38,18 +38,17 @@ struct DeviceRoutes {
 
     func inbound(_ request: Request, _ context: HubRequestContext, route: String) throws -> InboundMessage {
         guard let peer = context.peer else { throw HubError.forbidden("no peer identity") }
-        // Every line of a field, combined as RFC 9421 §2.1 does: what the signature covers is what the stages see.
-        let contentType = Self.combined(request.headers, .contentType)
-        let messageType = Self.combined(request.headers, Self.messageTypeField)
+        let fields = Self.signedFields(request.headers)
+        let contentType = fields.contentType
+        let messageType = fields.messageType
         var message = InboundMessage(
             identity: peer.identity, route: route, source: context.channel.remoteAddress?.ipAddress ?? "unknown",
             contentType: contentType, messageType: messageType, body: [],
             transport: .http(
                 SignedRequest(
                     method: request.method.rawValue, path: request.uri.path,
-                    signatureInput: request.headers[Self.signatureInputField],
-                    signature: request.headers[Self.signatureField],
-                    contentDigest: request.headers[Self.contentDigestField], contentType: contentType,
+                    signatureInput: fields.signatureInput, signature: fields.signature,
+                    contentDigest: fields.contentDigest, contentType: contentType,
                     messageType: messageType,
                     // Only where a session key may stand in for the certificate's key: never for the next session key
                     // nor for a new certificate (each must be signed by the device's own key).
@@ -61,9 +60,31 @@ struct DeviceRoutes {
         return message
     }
 
-    static func combined(_ fields: HTTPFields, _ name: HTTPField.Name) -> String? {
-        let values = fields[values: name]
-        return values.isEmpty ? nil : values.joined(separator: ", ")
+    /// The fields the signature profile reads.
+    struct SignedFields: Equatable {
+        var contentType: String?
+        var messageType: String?
+        var signatureInput: String?
+        var signature: String?
+        var contentDigest: String?
+    }
+
+    /// Every line of each field combined as RFC 9421 §2.1 (and RFC 9110 §5.3) does, `, ` between them: what the
+    /// signature covers is what the stages see. One pass over the fields; a field on one line is not copied.
+    static func signedFields(_ fields: HTTPFields) -> SignedFields {
+        var result = SignedFields()
+        func add(_ slot: inout String?, _ value: String) { slot = slot.map { $0 + ", " + value } ?? value }
+        for field in fields {
+            switch field.name {
+            case .contentType: add(&result.contentType, field.value)
+            case messageTypeField: add(&result.messageType, field.value)
+            case signatureInputField: add(&result.signatureInput, field.value)
+            case signatureField: add(&result.signature, field.value)
+            case contentDigestField: add(&result.contentDigest, field.value)
+            default: continue
+            }
+        }
+        return result
     }
 
     /// Stores one message and answers 202 only once it (and its nonce) is durable.
