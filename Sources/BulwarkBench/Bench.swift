@@ -40,9 +40,12 @@ struct Telemetry: AsyncParsableCommand {
     @Option(help: "Concurrent keep-alive connections.") var connections = 50
     @Option(help: "Seconds of load per target.") var seconds = 10
     @Option(help: "Seconds of warm-up per target (not counted).") var warmup = 2
+    @Option(help: "The three targets in turn this many times (the machine's speed drifts: read the median ratio).")
+    var rounds = 1
 
     func run() async throws {
         precondition(telemetryBody.count == 200)
+        guard (1...20).contains(rounds) else { throw ValidationError("--rounds must be 1-20") }
         let logger = Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-bench-\(UUID())").path
         var configuration = HubConfiguration(dataDirectory: directory)
@@ -86,51 +89,71 @@ struct Telemetry: AsyncParsableCommand {
         print(
             "bulwark-bench telemetry: \(connections) connections, \(seconds) s per target after \(warmup) s warm-up, "
                 + "200-byte JSON, TLS 1.3 mutual TLS, keep-alive, loopback")
-        var results: [(String, LoadGenerator.Result, Double)] = []
-        var commitLines: [String] = []
-        for (name, port, signed, session) in [
-            ("bulwark hub: signed ecdsa-p256-sha256, SQLite", ports.device, true, false),
-            ("bulwark hub: signed hmac-sha256 session, SQLite", ports.device, true, true),
-            ("bare Hummingbird mTLS handler (stores nothing)", barePort, false, false),
-        ] {
-            _ = await load(port: port, tls: tls, seconds: warmup, signer: signed ? signer : nil, session: session)
-            let before = processCPUSeconds()
-            let committedBefore = commits.withLock { $0 }
-            let result = await load(
-                port: port, tls: tls, seconds: seconds, signer: signed ? signer : nil, session: session)
-            results.append((name, result, (processCPUSeconds() - before) / Double(max(1, result.successes)) * 1e6))
-            let committed = commits.withLock { $0 }
-            let count = committed.count - committedBefore.count
-            if count > 0 {
-                commitLines.append(
-                    "\(name): \(count) group commits, "
-                        + String(
-                            format: "%.1f messages and %.2f ms each",
-                            Double(committed.messages - committedBefore.messages) / Double(count),
-                            (committed.seconds - committedBefore.seconds) / Double(count) * 1000))
+        var ratios: [(ecdsa: Double, hmac: Double)] = []
+        for round in 1...rounds {
+            if rounds > 1 { print("round \(round) of \(rounds)") }
+            var results: [(String, LoadGenerator.Result, Double)] = []
+            var commitLines: [String] = []
+            for (name, port, signed, session) in [
+                ("bulwark hub: signed ecdsa-p256-sha256, SQLite", ports.device, true, false),
+                ("bulwark hub: signed hmac-sha256 session, SQLite", ports.device, true, true),
+                ("bare Hummingbird mTLS handler (stores nothing)", barePort, false, false),
+            ] {
+                _ = await load(port: port, tls: tls, seconds: warmup, signer: signed ? signer : nil, session: session)
+                let before = processCPUSeconds()
+                let committedBefore = commits.withLock { $0 }
+                let result = await load(
+                    port: port, tls: tls, seconds: seconds, signer: signed ? signer : nil, session: session)
+                results.append((name, result, (processCPUSeconds() - before) / Double(max(1, result.successes)) * 1e6))
+                let committed = commits.withLock { $0 }
+                let count = committed.count - committedBefore.count
+                if count > 0 {
+                    commitLines.append(
+                        "\(name): \(count) group commits, "
+                            + String(
+                                format: "%.1f messages and %.2f ms each",
+                                Double(committed.messages - committedBefore.messages) / Double(count),
+                                (committed.seconds - committedBefore.seconds) / Double(count) * 1000))
+                }
             }
-        }
-        print(
-            "target".padding(toLength: 50, withPad: " ", startingAt: 0)
-                + "   req/s      p50 ms   p99 ms   requests  errors  CPU µs/req")
-        for (name, result, cpu) in results {
             print(
-                name.padding(toLength: 50, withPad: " ", startingAt: 0)
-                    + String(
-                        format: "%8.0f   %8.2f %8.2f %10d %7d %11.0f", result.requestsPerSecond, result.percentile(50),
-                        result.percentile(99), result.successes, result.failures, cpu))
+                "target".padding(toLength: 50, withPad: " ", startingAt: 0)
+                    + "   req/s      p50 ms   p99 ms   requests  errors  CPU µs/req")
+            for (name, result, cpu) in results {
+                print(
+                    name.padding(toLength: 50, withPad: " ", startingAt: 0)
+                        + String(
+                            format: "%8.0f   %8.2f %8.2f %10d %7d %11.0f", result.requestsPerSecond,
+                            result.percentile(50),
+                            result.percentile(99), result.successes, result.failures, cpu))
+            }
+            let bareRate = results[2].1.requestsPerSecond
+            print(
+                String(
+                    format: "ratio hub / bare: ecdsa %.2f, hmac session %.2f",
+                    results[0].1.requestsPerSecond / bareRate,
+                    results[1].1.requestsPerSecond / bareRate))
+            print(
+                String(
+                    format:
+                        "CPU per request is the whole process (hub and load generator, 2 cores): ecdsa adds %.0f µs "
+                        + "over the bare handler, hmac %.0f µs",
+                    results[0].2 - results[2].2, results[1].2 - results[2].2))
+            for line in commitLines { print(line) }
+            ratios.append((results[0].1.requestsPerSecond / bareRate, results[1].1.requestsPerSecond / bareRate))
         }
-        let bareRate = results[2].1.requestsPerSecond
-        print(
-            String(
-                format: "ratio hub / bare: ecdsa %.2f, hmac session %.2f", results[0].1.requestsPerSecond / bareRate,
-                results[1].1.requestsPerSecond / bareRate))
-        print(
-            String(
-                format: "CPU per request is the whole process (hub and load generator, 2 cores): ecdsa adds %.0f µs "
-                    + "over the bare handler, hmac %.0f µs",
-                results[0].2 - results[2].2, results[1].2 - results[2].2))
-        for line in commitLines { print(line) }
+        if rounds > 1 {
+            func median(_ values: [Double]) -> Double {
+                let sorted = values.sorted()
+                return (sorted[(sorted.count - 1) / 2] + sorted[sorted.count / 2]) / 2
+            }
+            print(
+                String(
+                    format: "median ratio hub / bare over %d rounds: ecdsa %.2f, hmac session %.2f", rounds,
+                    median(ratios.map(\.ecdsa)), median(ratios.map(\.hmac)))
+                    + " (hmac per round: " + ratios.map { String(format: "%.2f", $0.hmac) }.joined(separator: " ") + ")"
+            )
+        }
         if let verify = opensslVerifyMicroseconds() {
             print(String(format: "openssl speed ecdsap256, same run: %.0f µs per verify, one core", verify))
         }
