@@ -107,7 +107,7 @@ public actor Agent {
     public private(set) var delivered = 0
     public private(set) var refusedByHub = 0
 
-    private var generation = 0
+    private(set) var generation = 0
     private var inFlight: [UInt16: UInt64] = [:]
     private var attempted: Set<UInt64> = []
     /// Messages a previous run left in the outbox (sent before newer ones), and one the hub asked to retry.
@@ -115,6 +115,9 @@ public actor Agent {
     private var retrySequence: UInt64?
     private var nextPacketID: UInt16 = 1
     private var holdUntil = ContinuousClock.now
+    /// The keep-alive of the current connection: the configured one, or the hub's Server Keep Alive (MQTT 5.0
+    /// §3.2.2.3.14: the client must use it instead).
+    private(set) var keepAlive: UInt16 = 0
     private var wakeup: CheckedContinuation<Void, Never>?
     private var maintaining = false
     /// The flag of the wait in progress: only its own timer may end it.
@@ -311,9 +314,10 @@ public actor Agent {
         connect.properties.sessionExpiryInterval = 86_400
         try await outbound.write(Self.encode(.connect(connect)))
         var packets = inbound.makeAsyncIterator()
-        guard case .connack(_, let reason, _) = try await packets.next() else {
+        guard case .connack(_, let reason, let properties) = try await packets.next() else {
             throw AgentError(.connection, "the hub closed the connection before CONNACK")
         }
+        keepAlive = properties.serverKeepAlive ?? configuration.keepAliveSeconds
         guard reason == 0 else {
             // 0x87 not authorized (revoked, quarantined), 0x85 client id refused: retrying fast would not help.
             throw AgentError(
@@ -355,8 +359,11 @@ public actor Agent {
 
     /// Sends what the outbox holds (up to `maxInFlight` unacknowledged), and a PINGREQ when idle.
     private func write(_ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, generation: Int) async throws {
-        let idle = Duration.milliseconds(Int64(configuration.keepAliveSeconds) * 500)
         while !Task.isCancelled {
+            // A PING at half the keep-alive (until CONNACK, the configured one; then the one the hub set; with
+            // none at all, every 30 s rather than a writer that never waits).
+            let seconds = keepAlive != 0 ? keepAlive : configuration.keepAliveSeconds
+            let idle = Duration.milliseconds(Int64(seconds == 0 ? 60 : seconds) * 500)
             // Renewal due: end this session; the next one starts with the new certificate.
             if renewalDue() { return }
             if connection == .connected, self.generation == generation, ContinuousClock.now >= holdUntil {

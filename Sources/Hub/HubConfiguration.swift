@@ -212,6 +212,7 @@ public struct HubConfiguration: Sendable, Equatable {
         mqtt.maxRetainedBytes = reader.int(forKey: "mqtt.maxRetainedBytes", default: mqtt.maxRetainedBytes)
         mqtt.receiveMaximum = reader.int(forKey: "mqtt.receiveMaximum", default: mqtt.receiveMaximum)
         mqtt.topicAliasMaximum = reader.int(forKey: "mqtt.topicAliasMaximum", default: mqtt.topicAliasMaximum)
+        mqtt.maxKeepAliveSeconds = reader.int(forKey: "mqtt.maxKeepAliveSeconds", default: mqtt.maxKeepAliveSeconds)
         mqtt.maxSubscriptionsPerSession = reader.int(
             forKey: "mqtt.maxSubscriptionsPerSession", default: mqtt.maxSubscriptionsPerSession)
         mqtt.maxSessionsPerIdentity = reader.int(

@@ -447,9 +447,11 @@ struct MQTTConnection {
         // an operator has one per client id, keyed by identity so it never shares a device's.
         let sessionKey = peer.device == nil ? "\(peer.identity.uri) \(clientID)" : peer.identity.uri
         // MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. Added before the session
-        // is attached, so nothing after the attach can fail without its detach below.
-        if connect.keepAlive > 0 {
-            let timeout = TimeAmount.milliseconds(Int64(connect.keepAlive) * 1500)
+        // is attached, so nothing after the attach can fail without its detach below. None or more than
+        // `mqtt.maxKeepAliveSeconds` asked: the maximum (MQTT 5 announces it in CONNACK below).
+        let keepAlive = Self.keepAlive(asked: connect.keepAlive, maximum: settings.maxKeepAliveSeconds)
+        if keepAlive > 0 {
+            let timeout = TimeAmount.milliseconds(Int64(keepAlive) * 1500)
             try await channel.channel.pipeline.addHandlers(
                 [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
         }
@@ -488,6 +490,8 @@ struct MQTTConnection {
             properties.receiveMaximum = UInt16(settings.receiveMaximum)
             properties.maximumPacketSize = UInt32(listener.maximumPacketSize)
             if expiry != requestedExpiry { properties.sessionExpiryInterval = UInt32(expiry) }
+            // §3.2.2.3.14 Server Keep Alive: sent only when it differs from what the client asked.
+            if keepAlive != connect.keepAlive { properties.serverKeepAlive = keepAlive }
         }
         var state = State(
             version: version, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
@@ -857,6 +861,13 @@ struct MQTTConnection {
 
     /// Consecutive QoS 0 publishes over the rate after which an MQTT 5 client is disconnected with 0x96.
     static let sustainedQoS0Flood = 20
+
+    /// The keep-alive a connection is held to (seconds; 0: none): what the client asked, unless it asked for none or
+    /// for more than `maximum` (when `maximum` is not 0).
+    static func keepAlive(asked: UInt16, maximum: Int) -> UInt16 {
+        guard maximum > 0, asked == 0 || Int(asked) > maximum else { return asked }
+        return UInt16(clamping: maximum)
+    }
 
     /// Route and message type from the topic: the level after the device id is the route (what the rate limits
     /// and `deviceRoutes` name: telemetry, events, state…), the next one, if any, the message type whose schema

@@ -22,6 +22,12 @@ public struct MQTTSettings: Sendable, Equatable {
     public var receiveMaximum = 64
     /// MQTT 5 Topic Alias Maximum the hub announces (aliases a client may use towards the hub).
     public var topicAliasMaximum = 16
+    /// The longest keep-alive the hub allows. A client asking for none (0) or a longer one gets this instead: MQTT 5
+    /// announces it as Server Keep Alive in CONNACK (§3.2.2.3.14, which the client must then use), and an MQTT
+    /// 3.1.1 client is held to it too (§3.1.2.10 lets the server close an inactive client whatever it asked). No
+    /// packet within 1.5 × the keep-alive closes the connection, so a silent connection cannot be held for ever.
+    /// 0 lets each client choose (and 0 from a client then means never).
+    public var maxKeepAliveSeconds = 1200
     /// Subscriptions one session may hold, and filters one SUBSCRIBE may carry: beyond them a filter is refused
     /// (MQTT 5 SUBACK 0x97 Quota exceeded and 0x80; MQTT 3.1.1 0x80), so one client cannot grow the hub's memory
     /// and every other client's publish cost without bound.
@@ -66,6 +72,9 @@ public struct MQTTSettings: Sendable, Equatable {
         }
         guard (1...65_535).contains(receiveMaximum), (0...65_535).contains(topicAliasMaximum) else {
             throw HubStartupError("mqtt.receiveMaximum must be 1-65535 and mqtt.topicAliasMaximum 0-65535")
+        }
+        guard (0...65_535).contains(maxKeepAliveSeconds) else {
+            throw HubStartupError("mqtt.maxKeepAliveSeconds must be 0-65535")
         }
         // A device pattern without {device}, or with a wildcard before it, would reach other devices' topics.
         for pattern in devicePublish + deviceSubscribe {

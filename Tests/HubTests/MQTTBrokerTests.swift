@@ -288,6 +288,56 @@ import X509
         try await hub.stop()
     }
 
+    /// MQTT 5.0 §3.2.2.3.14 Server Keep Alive: a client asking for no keep-alive, or a longer one than
+    /// `mqtt.maxKeepAliveSeconds`, gets the maximum in CONNACK and is closed after 1.5 × it without a packet; a
+    /// shorter one is kept as asked (and not announced); a client that pings in time stays; an MQTT 3.1.1 client is
+    /// held to the maximum too. A silent connection with valid credentials cannot be held for ever.
+    @Test func theHubBoundsKeepAlive() async throws {
+        let hub = try await TestHub.start { $0.mqttSettings.maxKeepAliveSeconds = 2 }
+        let device = try await hub.enroll("ka-1")
+        /// Connects asking `keepAlive`, pings every `ping` seconds for `pingFor` seconds, then stays silent; returns
+        /// the announced Server Keep Alive and the seconds from the last packet sent to the close.
+        func silentUntilClosed(_ version: ProtocolVersion, keepAlive: UInt16, ping: Double = 0, pingFor: Double = 0)
+            async throws -> (announced: UInt16?, closedAfter: Double)
+        {
+            try await MQTTClientConnection.withConnection(
+                host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(),
+                clientID: "ka-1", version: version, keepAlive: keepAlive
+            ) { mqtt, reason in
+                #expect(reason == 0)
+                let begin = ContinuousClock.now
+                var silent = begin
+                while ping > 0, ContinuousClock.now - begin < .milliseconds(Int64(pingFor * 1000)) {
+                    try await mqtt.send(.pingreq)
+                    silent = ContinuousClock.now
+                    #expect(try await mqtt.next() == .pingresp, "still connected while it pings")
+                    try await Task.sleep(for: .milliseconds(Int64(ping * 1000)))
+                }
+                do { while try await mqtt.next() != nil {} } catch {}
+                let elapsed = ContinuousClock.now - silent
+                return (
+                    mqtt.connackProperties.serverKeepAlive,
+                    Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                )
+            }
+        }
+        let none = try await silentUntilClosed(.v5, keepAlive: 0)
+        #expect(none.announced == 2)
+        #expect(none.closedAfter > 2.5 && none.closedAfter < 10, "closed after \(none.closedAfter) s")
+        let long = try await silentUntilClosed(.v5, keepAlive: 600)
+        #expect(long.announced == 2)
+        #expect(long.closedAfter > 2.5 && long.closedAfter < 10, "closed after \(long.closedAfter) s")
+        let short = try await silentUntilClosed(.v5, keepAlive: 1)
+        #expect(short.announced == nil, "a keep-alive within the maximum is not announced")
+        #expect(short.closedAfter > 1.2 && short.closedAfter < 8, "closed after \(short.closedAfter) s")
+        let pinging = try await silentUntilClosed(.v5, keepAlive: 0, ping: 1, pingFor: 5)
+        #expect(pinging.closedAfter > 2.5, "pinging for 5 s kept it; then closed after \(pinging.closedAfter) s")
+        let old = try await silentUntilClosed(.v311, keepAlive: 0)
+        #expect(old.announced == nil, "MQTT 3.1.1 has no Server Keep Alive")
+        #expect(old.closedAfter > 2.5 && old.closedAfter < 10, "closed after \(old.closedAfter) s")
+        try await hub.stop()
+    }
+
     /// Connection limits before TLS (open connections per source), the CONNECT deadline, and a malformed packet
     /// answered with its MQTT 5 reason code before the connection closes.
     @Test func connectionLimitsDeadlineAndMalformedPackets() async throws {
