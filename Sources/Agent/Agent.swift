@@ -118,6 +118,9 @@ public actor Agent {
     /// The keep-alive of the current connection: the configured one, or the hub's Server Keep Alive (MQTT 5.0
     /// §3.2.2.3.14: the client must use it instead).
     private(set) var keepAlive: UInt16 = 0
+    /// QoS 1 publishes the hub accepts unacknowledged (its Receive Maximum, MQTT 5.0 §3.3.4): more is a protocol
+    /// error it disconnects for.
+    private var hubReceiveMaximum = Int(UInt16.max)
     private var wakeup: CheckedContinuation<Void, Never>?
     private var maintaining = false
     /// The flag of the wait in progress: only its own timer may end it.
@@ -318,6 +321,7 @@ public actor Agent {
             throw AgentError(.connection, "the hub closed the connection before CONNACK")
         }
         keepAlive = properties.serverKeepAlive ?? configuration.keepAliveSeconds
+        hubReceiveMaximum = Int(properties.receiveMaximum ?? UInt16.max)
         guard reason == 0 else {
             // 0x87 not authorized (revoked, quarantined), 0x85 client id refused: retrying fast would not help.
             throw AgentError(
@@ -405,7 +409,7 @@ public actor Agent {
             backlog = []
         }
         for message in pending where !sending.contains(message.sequence) {
-            guard inFlight.count < configuration.maxInFlight,
+            guard inFlight.count < min(configuration.maxInFlight, hubReceiveMaximum),
                 let topic = try? TopicName("devices/\(state.deviceID.rawValue)/\(message.route)")
             else { break }
             let id = makePacketID()

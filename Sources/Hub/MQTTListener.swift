@@ -278,6 +278,9 @@ struct MQTTConnection {
         var connectExpiry: Int
         /// One task per QoS 1 PUBLISH not yet acknowledged, in arrival order (see `acknowledge`).
         var acknowledgements: [Task<Void, Never>] = []
+        /// QoS 1 PUBLISH packets received whose PUBACK has not been sent: at most the Receive Maximum the hub
+        /// announced (MQTT 5.0 §3.3.4).
+        let unacknowledged = UnacknowledgedPublishes()
         var v5: Bool { version == .v5 }
     }
 
@@ -568,6 +571,17 @@ struct MQTTConnection {
                 guard publish.qos != .exactlyOnce else {
                     // QoS 2 is not implemented: MQTT 5.0 §3.3.1.2 0x9B QoS not supported (CONNACK said Maximum QoS 1).
                     if v5 { await serverDisconnect(0x9B, state: &state) }
+                    return .closed
+                }
+                // MQTT 5.0 §3.3.4: more QoS 1 publishes awaiting their PUBACK than the Receive Maximum the hub
+                // announced is a protocol error: DISCONNECT 0x93. (MQTT 3.1.1 has no such limit: its publishes wait.)
+                if publish.qos == .atLeastOnce, state.unacknowledged.received() > listener.settings.receiveMaximum,
+                    v5
+                {
+                    await refuse(
+                        "mqtt-protocol-error", peer, "more QoS 1 publishes unacknowledged than the Receive Maximum",
+                        oncePerMinute: true)
+                    await serverDisconnect(0x93, state: &state)
                     return .closed
                 }
                 guard acl.mayPublish(publish.topic) else {
@@ -899,6 +913,7 @@ struct MQTTConnection {
         let sessionKey = state.sessionKey
         let properties = code == 0 ? Properties() : refusalProperties(correlationID)
         let failed = refusalProperties(correlationID)
+        let unacknowledged = state.unacknowledged
         state.acknowledgements.append(
             Task {
                 await previous?.value
@@ -910,6 +925,8 @@ struct MQTTConnection {
                     }
                     reason = 0x80
                 }
+                // Counted off before the PUBACK leaves: the client may send its next publish as soon as it has it.
+                unacknowledged.acknowledged()
                 var buffer = ByteBuffer()
                 Packet.puback(packetID: id, reasonCode: reason, properties: reason == code ? properties : failed)
                     .encode(into: &buffer, version: version)
@@ -977,6 +994,17 @@ struct MQTTConnection {
             }
         }
     }
+}
+
+/// QoS 1 PUBLISH packets of one connection received and not yet acknowledged (the read loop counts them in, the
+/// acknowledgement tasks count them off).
+final class UnacknowledgedPublishes: Sendable {
+    private let count = Atomic(0)
+
+    /// One more received; returns how many are now unacknowledged.
+    func received() -> Int { count.add(1, ordering: .relaxed).newValue }
+
+    func acknowledged() { count.subtract(1, ordering: .relaxed) }
 }
 
 /// The QoS 1 store writes in progress per (device, counter), and who waits for their outcome.

@@ -1,4 +1,6 @@
+import Core
 import Foundation
+import Store
 import Testing
 
 @testable import Agent
@@ -7,7 +9,8 @@ import Testing
 /// instead of the one it asked for), so a hub's shorter maximum never cuts an idle agent off.
 @Suite(.serialized) struct AgentKeepAliveTests {
     @Test func theAgentPingsAtTheHubsServerKeepAlive() async throws {
-        let hub = try await TestHub.start { $0.mqttSettings.maxKeepAliveSeconds = 2 }
+        // 5 s: the agent pings every 2.5 s and a connection is cut after 7.5 s of silence (room for a loaded run).
+        let hub = try await TestHub.start { $0.mqttSettings.maxKeepAliveSeconds = 5 }
         let device = try await hub.enroll("ka-agent")
         var configuration = AgentTests.configuration(hub, try AgentTests.stateDirectory(hub, device))
         configuration.keepAliveSeconds = 60
@@ -15,12 +18,36 @@ import Testing
         let running = Task { try await agent.run() }
         #expect(await AgentTests.eventually { await agent.connection == .connected })
         let generation = await agent.generation
-        // 3.5 × the hub's keep-alive of silence but for the agent's pings: a connection held to 60 s would be cut
-        // after 3 s and reconnected.
-        try await Task.sleep(for: .seconds(7))
-        #expect(await agent.keepAlive == 2)
+        // Twice the hub's cut-off but for the agent's pings: an agent pinging every 30 s (its own 60-s keep-alive)
+        // would have been cut after 7.5 s and reconnected.
+        try await Task.sleep(for: .seconds(16))
+        #expect(await agent.keepAlive == 5)
         #expect(await agent.connection == .connected)
         #expect(await agent.generation == generation, "the connection was never cut for silence")
+        await agent.stop()
+        running.cancel()
+        _ = try? await running.value
+        try await hub.stop()
+    }
+
+    /// The agent keeps no more publishes unacknowledged than the hub's Receive Maximum (MQTT 5.0 §3.3.4), whatever
+    /// its own `maxInFlight`: more would be a protocol error the hub disconnects for (0x93).
+    @Test func theAgentKeepsWithinTheHubsReceiveMaximum() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        store.delayMilliseconds.store(50, ordering: .relaxed)
+        let hub = try await TestHub.start(store: store) { $0.mqttSettings.receiveMaximum = 2 }
+        let device = try await hub.enroll("rm-agent")
+        var configuration = AgentTests.configuration(hub, try AgentTests.stateDirectory(hub, device))
+        configuration.maxInFlight = 16
+        let agent = try Agent(configuration: configuration)
+        let running = Task { try await agent.run() }
+        #expect(await AgentTests.eventually { await agent.connection == .connected })
+        let generation = await agent.generation
+        for n in 0..<20 { try await agent.send(Array(#"{"n":\#(n)}"#.utf8)) }
+        let id = try DeviceID("rm-agent")
+        #expect(try await AgentTests.eventually(20) { try await store.telemetryCount(of: id) == 20 })
+        #expect(await agent.generation == generation, "never disconnected")
+        #expect(try await !hub.securityEvents().contains { $0.kind == "mqtt-protocol-error" })
         await agent.stop()
         running.cancel()
         _ = try? await running.value

@@ -293,16 +293,18 @@ import X509
     /// shorter one is kept as asked (and not announced); a client that pings in time stays; an MQTT 3.1.1 client is
     /// held to the maximum too. A silent connection with valid credentials cannot be held for ever.
     @Test func theHubBoundsKeepAlive() async throws {
-        let hub = try await TestHub.start { $0.mqttSettings.maxKeepAliveSeconds = 2 }
-        let device = try await hub.enroll("ka-1")
-        /// Connects asking `keepAlive`, pings every `ping` seconds for `pingFor` seconds, then stays silent; returns
-        /// the announced Server Keep Alive and the seconds from the last packet sent to the close.
-        func silentUntilClosed(_ version: ProtocolVersion, keepAlive: UInt16, ping: Double = 0, pingFor: Double = 0)
-            async throws -> (announced: UInt16?, closedAfter: Double)
-        {
-            try await MQTTClientConnection.withConnection(
+        // 3 s: a client pinging every second keeps 3.5 s of slack on a loaded machine.
+        let hub = try await TestHub.start { $0.mqttSettings.maxKeepAliveSeconds = 3 }
+        /// Connects (as its own device) asking `keepAlive`, pings every `ping` seconds for `pingFor` seconds, then
+        /// stays silent; returns the announced Server Keep Alive and the seconds from the last packet sent to the
+        /// close.
+        @Sendable func silentUntilClosed(
+            _ name: String, _ version: ProtocolVersion, keepAlive: UInt16, ping: Double = 0, pingFor: Double = 0
+        ) async throws -> (announced: UInt16?, closedAfter: Double) {
+            let device = try await hub.enroll(name)
+            return try await MQTTClientConnection.withConnection(
                 host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(),
-                clientID: "ka-1", version: version, keepAlive: keepAlive
+                clientID: name, version: version, keepAlive: keepAlive
             ) { mqtt, reason in
                 #expect(reason == 0)
                 let begin = ContinuousClock.now
@@ -321,20 +323,66 @@ import X509
                 )
             }
         }
-        let none = try await silentUntilClosed(.v5, keepAlive: 0)
-        #expect(none.announced == 2)
-        #expect(none.closedAfter > 2.5 && none.closedAfter < 10, "closed after \(none.closedAfter) s")
-        let long = try await silentUntilClosed(.v5, keepAlive: 600)
-        #expect(long.announced == 2)
-        #expect(long.closedAfter > 2.5 && long.closedAfter < 10, "closed after \(long.closedAfter) s")
-        let short = try await silentUntilClosed(.v5, keepAlive: 1)
-        #expect(short.announced == nil, "a keep-alive within the maximum is not announced")
-        #expect(short.closedAfter > 1.2 && short.closedAfter < 8, "closed after \(short.closedAfter) s")
-        let pinging = try await silentUntilClosed(.v5, keepAlive: 0, ping: 1, pingFor: 5)
-        #expect(pinging.closedAfter > 2.5, "pinging for 5 s kept it; then closed after \(pinging.closedAfter) s")
-        let old = try await silentUntilClosed(.v311, keepAlive: 0)
-        #expect(old.announced == nil, "MQTT 3.1.1 has no Server Keep Alive")
-        #expect(old.closedAfter > 2.5 && old.closedAfter < 10, "closed after \(old.closedAfter) s")
+        // All at once, each its own device and session.
+        async let none = silentUntilClosed("ka-none", .v5, keepAlive: 0)
+        async let long = silentUntilClosed("ka-long", .v5, keepAlive: 600)
+        async let short = silentUntilClosed("ka-short", .v5, keepAlive: 1)
+        async let pinging = silentUntilClosed("ka-ping", .v5, keepAlive: 0, ping: 1, pingFor: 6)
+        async let old = silentUntilClosed("ka-311", .v311, keepAlive: 0)
+        let (noneResult, longResult, shortResult) = try await (none, long, short)
+        let (pingingResult, oldResult) = try await (pinging, old)
+        #expect(noneResult.announced == 3)
+        #expect(noneResult.closedAfter > 4 && noneResult.closedAfter < 15, "closed after \(noneResult.closedAfter) s")
+        #expect(longResult.announced == 3)
+        #expect(longResult.closedAfter > 4 && longResult.closedAfter < 15, "closed after \(longResult.closedAfter) s")
+        #expect(shortResult.announced == nil, "a keep-alive within the maximum is not announced")
+        #expect(
+            shortResult.closedAfter > 1.2 && shortResult.closedAfter < 12, "closed after \(shortResult.closedAfter) s")
+        #expect(
+            pingingResult.closedAfter > 4, "pinging for 6 s kept it, then \(pingingResult.closedAfter) s of silence")
+        #expect(oldResult.announced == nil, "MQTT 3.1.1 has no Server Keep Alive")
+        #expect(oldResult.closedAfter > 4 && oldResult.closedAfter < 15, "closed after \(oldResult.closedAfter) s")
+        try await hub.stop()
+    }
+
+    /// MQTT 5.0 §3.3.4: a client with more QoS 1 publishes awaiting their PUBACK than the Receive Maximum the hub
+    /// announced gets DISCONNECT 0x93; within it, it is served (and the agent keeps within what the hub announces).
+    @Test func aClientOverTheReceiveMaximumIsDisconnected() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        // Slow commits keep PUBACKs outstanding long enough for the client to run ahead of them.
+        store.delayMilliseconds.store(300, ordering: .relaxed)
+        let hub = try await TestHub.start(store: store) { $0.mqttSettings.receiveMaximum = 2 }
+        let device = try await hub.enroll("rm-1")
+        let topic = try TopicName("devices/rm-1/telemetry")
+        let (within, over) = try await Self.connect(hub, device) { mqtt, reason -> ([UInt8], UInt8?) in
+            #expect(reason == 0 && mqtt.connackProperties.receiveMaximum == 2)
+            func publish(_ id: UInt16) async throws {
+                try await mqtt.send(
+                    .publish(
+                        PublishPacket(topic: topic, payload: Array(#"{"t":1}"#.utf8), qos: .atLeastOnce, packetID: id)))
+            }
+            var codes: [UInt8] = []
+            for round in 0..<2 {
+                for id in [UInt16(2 * round + 1), UInt16(2 * round + 2)] { try await publish(id) }
+                while codes.count < 2 * (round + 1), let packet = try await mqtt.next() {
+                    if case .puback(_, let code, _) = packet { codes.append(code) }
+                }
+            }
+            for id in UInt16(10)...12 { try await publish(id) }
+            var disconnect: UInt8?
+            do {
+                while let packet = try await mqtt.next() {
+                    if case .disconnect(let code, _) = packet {
+                        disconnect = code
+                        break
+                    }
+                }
+            } catch {}
+            return (codes, disconnect)
+        }
+        #expect(within == [0, 0, 0, 0], "two at a time: every one acknowledged")
+        #expect(over == 0x93, "three unacknowledged: Receive Maximum exceeded")
+        #expect(try await hub.securityEvents().contains { $0.kind == "mqtt-protocol-error" })
         try await hub.stop()
     }
 
