@@ -281,6 +281,9 @@ struct MQTTConnection {
         /// QoS 1 PUBLISH packets received whose PUBACK has not been sent: at most the Receive Maximum the hub
         /// announced (MQTT 5.0 §3.3.4).
         let unacknowledged = UnacknowledgedPublishes()
+        /// MQTT 5.0 §3.1.2.11.7: a client that sets Request Problem Information to 0 gets no Reason String or User
+        /// Properties on any packet but PUBLISH, CONNACK and DISCONNECT (so no correlation id on a PUBACK).
+        var problemInformation = true
         var v5: Bool { version == .v5 }
     }
 
@@ -500,6 +503,7 @@ struct MQTTConnection {
             version: version, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
             output: FlushCoalescer(channel.channel), acl: acl,
             expirySeconds: expiry, connectExpiry: requestedExpiry)
+        state.problemInformation = !connect.properties.other.contains { $0.0 == 0x17 && $0.1 == [0] }
         let end: End
         do {
             try await send(
@@ -911,8 +915,8 @@ struct MQTTConnection {
         let version = state.version
         let broker = listener.broker
         let sessionKey = state.sessionKey
-        let properties = code == 0 ? Properties() : refusalProperties(correlationID)
-        let failed = refusalProperties(correlationID)
+        let failed = state.problemInformation ? refusalProperties(correlationID) : Properties()
+        let properties = code == 0 ? Properties() : failed
         let unacknowledged = state.unacknowledged
         state.acknowledgements.append(
             Task {

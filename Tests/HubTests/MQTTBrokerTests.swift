@@ -345,6 +345,36 @@ import X509
         try await hub.stop()
     }
 
+    /// MQTT 5.0 §3.1.2.11.7: a refused publish's PUBACK carries the correlation id as a User Property, unless the
+    /// client set Request Problem Information to 0 (then nothing but the reason code).
+    @Test func requestProblemInformationIsHonoured() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("rpi-1")
+        let topic = try TopicName("devices/rpi-1/telemetry")
+        for wants in [true, false] {
+            let request: (inout ConnectPacket) -> Void = { if !wants { $0.properties.other.append((0x17, [0])) } }
+            let properties = try await Self.connect(hub, device, configure: request) { mqtt, reason -> Properties? in
+                #expect(reason == 0)
+                try await mqtt.send(
+                    .publish(
+                        PublishPacket(topic: topic, payload: Array("not json".utf8), qos: .atLeastOnce, packetID: 7)))
+                while let packet = try await mqtt.next() {
+                    if case .puback(7, let code, let properties) = packet {
+                        #expect(code == 0x99)
+                        return properties
+                    }
+                }
+                return nil
+            }
+            let correlation = properties?.userProperties.first { $0.0 == "correlation-id" }
+            #expect((correlation != nil) == wants, "Request Problem Information \(wants ? 1 : 0)")
+            if !wants {
+                #expect(properties?.userProperties.isEmpty == true && properties?.reasonString == nil)
+            }
+        }
+        try await hub.stop()
+    }
+
     /// MQTT 5.0 §3.3.4: a client with more QoS 1 publishes awaiting their PUBACK than the Receive Maximum the hub
     /// announced gets DISCONNECT 0x93; within it, it is served (and the agent keeps within what the hub announces).
     @Test func aClientOverTheReceiveMaximumIsDisconnected() async throws {
