@@ -61,8 +61,11 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let limits: HTTPLimits
     private let onRefusal: @Sendable (FramingRefusal) -> Void
-    /// When the current phase must have ended (nil: none runs, a response is being written).
+    /// When the current phase of the client's request must have ended (nil: none runs).
     private var deadline: NIODeadline?
+    /// When the response being written must next have moved (nil: none is being written). Apart from `deadline`,
+    /// so a client that pipelines a request while not reading a download cannot lift the download's deadline.
+    private var responseDeadline: NIODeadline?
     /// One check scheduled at a time, never more than `granularity` ahead: every phase lasts at least that long, so
     /// a new deadline is never earlier than the scheduled check, and a request moves its deadline without touching
     /// the event loop's timer heap (scheduling and cancelling a task per phase was 3 % of a signed request's CPU).
@@ -126,10 +129,17 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .body = unwrapOutboundIn(data), !requestOpen {
+        switch (unwrapOutboundIn(data), refused) {
+        case (.head, false), (.body, false):
             // A response in progress must keep moving: a client that stops reading (a download it never takes)
             // would otherwise hold the connection and its download slot for ever.
-            arm(context, seconds: limits.bodySeconds)
+            let now = context.eventLoop.now
+            responseDeadline = now + .nanoseconds(Int64(limits.bodySeconds * 1e9))
+            if check == nil, let due = responseDeadline { schedule(context, at: min(due, now + granularity)) }
+        case (.end, _):
+            responseDeadline = nil
+        case (_, true):
+            break
         }
         if case .end = unwrapOutboundIn(data) {
             responsesPending = max(0, responsesPending - 1)
@@ -159,7 +169,12 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func refuse(_ context: ChannelHandlerContext, _ refusal: FramingRefusal) {
         refused = true
-        stopChecking()
+        // One last deadline that nothing moves: the refusal must be taken by then (a client that does not read it
+        // would otherwise hold the connection until its write drained, that is for ever).
+        let now = context.eventLoop.now
+        deadline = now + .nanoseconds(Int64(limits.bodySeconds * 1e9))
+        responseDeadline = nil
+        if check == nil, let due = deadline { schedule(context, at: min(due, now + granularity)) }
         var refusal = refusal
         refusal.correlationID = CorrelationID().rawValue
         refusal.peerCertificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()?.toDERBytes()
@@ -183,7 +198,8 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func armIdle(_ context: ChannelHandlerContext) { arm(context, seconds: limits.idleSeconds) }
 
     private func arm(_ context: ChannelHandlerContext, seconds: Double) {
-        let now = NIODeadline.now()
+        guard !refused else { return }
+        let now = context.eventLoop.now
         let due = now + .nanoseconds(Int64(seconds * 1e9))
         deadline = due
         if check == nil { schedule(context, at: min(due, now + granularity)) }
@@ -194,8 +210,8 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         check = context.eventLoop.scheduleTask(deadline: time) {
             let (handler, context) = loopBound.value
             handler.check = nil
-            guard let deadline = handler.deadline else { return }
-            let now = NIODeadline.now()
+            guard let deadline = [handler.deadline, handler.responseDeadline].compactMap({ $0 }).min() else { return }
+            let now = context.eventLoop.now
             if now >= deadline {
                 // The deadline of this phase passed: a client that stalls holds no connection for longer.
                 context.channel.close(promise: nil)
@@ -207,6 +223,7 @@ final class HTTPGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func stopChecking() {
         deadline = nil
+        responseDeadline = nil
         check?.cancel()
         check = nil
     }

@@ -579,8 +579,8 @@ struct MQTTConnection {
                 }
                 // MQTT 5.0 §3.3.4: more QoS 1 publishes awaiting their PUBACK than the Receive Maximum the hub
                 // announced is a protocol error: DISCONNECT 0x93. (MQTT 3.1.1 has no such limit: its publishes wait.)
-                if publish.qos == .atLeastOnce, state.unacknowledged.received() > listener.settings.receiveMaximum,
-                    v5
+                if v5, publish.qos == .atLeastOnce,
+                    state.unacknowledged.received() > listener.settings.receiveMaximum
                 {
                     await refuse(
                         "mqtt-protocol-error", peer, "more QoS 1 publishes unacknowledged than the Receive Maximum",
@@ -930,7 +930,7 @@ struct MQTTConnection {
                     reason = 0x80
                 }
                 // Counted off before the PUBACK leaves: the client may send its next publish as soon as it has it.
-                unacknowledged.acknowledged()
+                if version == .v5 { unacknowledged.acknowledged() }
                 var buffer = ByteBuffer()
                 Packet.puback(packetID: id, reasonCode: reason, properties: reason == code ? properties : failed)
                     .encode(into: &buffer, version: version)

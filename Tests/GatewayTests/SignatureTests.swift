@@ -34,6 +34,24 @@ import Testing
         } catch { return error.kind }
     }
 
+    /// The session key's precomputed HMAC state (its pads derived once) gives RFC 4231's answer, and the same
+    /// answer as swift-crypto's one-shot HMAC for every message when one key serves many (the state is copied per
+    /// message, never changed).
+    @Test func sessionKeyHMACMatchesRFC4231AndTheOneShotHMAC() {
+        let session = SessionKey(id: "k", key: SymmetricKey(data: Array("Jefe".utf8)), expiresAt: 0)
+        let vector = session.authenticationCode(Array("what do ya want for nothing?".utf8))
+        #expect(
+            vector.map { String(format: "%02x", $0) }.joined()
+                == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", "RFC 4231 test case 2")
+        let random = SessionKey.generate(now: 0, lifetimeSeconds: 60)
+        for length in [0, 1, 55, 56, 63, 64, 65, 200, 1000] {
+            let message = (0..<length).map { _ in UInt8.random(in: 0...255) }
+            #expect(
+                Array(random.authenticationCode(message))
+                    == Array(HMAC<SHA256>.authenticationCode(for: message, using: random.key)), "\(length) bytes")
+        }
+    }
+
     @Test func roundTrip() throws {
         let verified = try profile.verify(try signed(), body: body, key: key.publicKey, now: now)
         #expect(verified == VerifiedSignature(created: now, nonce: "n0nce-0123456789abcdef"))
