@@ -142,15 +142,7 @@ import X509
         #expect(page.contains("<td>outbound</td><td>tcp</td><td>203.0.113.7</td><td>8883</td>"))
         #expect(page.contains("quarantined until") && page.contains("class meters"))
         // A certificate ending within 7 days is marked.
-        let key = P256.Signing.PrivateKey()
-        let csr = try CertificateSigningRequest(
-            version: .v1, subject: try DistinguishedName { CommonName("short") },
-            privateKey: Certificate.PrivateKey(key),
-            attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
-        #expect(
-            try await hub.operatorRequest(
-                "POST", "/v1/devices", json: ["id": "ui-short", "csr": try csr.serializeAsPEM().pemString, "days": 3]
-            ).status == 201)
+        #expect(try await MetricsTests.enrollShortLived(hub, "ui-short") == 201)
         #expect(try await Self.operatorGet(hub, "/ui?q=ui-short").bodyText.contains(#"class="expiring""#))
         // The audit page: intact with its head, then a record changed in the database file.
         let intact = try await Self.operatorGet(hub, "/ui/audit").bodyText

@@ -35,6 +35,18 @@ import X509
     }
 
     /// The value of one series in the text format (`name{labels} value`), or nil.
+    /// Enrols `id` through the operator API with a certificate of 3 days (within the 7 days that count as
+    /// expiring); returns the status.
+    static func enrollShortLived(_ hub: TestHub, _ id: String) async throws -> Int {
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName("short") },
+            privateKey: Certificate.PrivateKey(P256.Signing.PrivateKey()),
+            attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
+        return try await hub.operatorRequest(
+            "POST", "/v1/devices", json: ["id": id, "csr": try csr.serializeAsPEM().pemString, "days": 3]
+        ).status
+    }
+
     static func value(_ text: String, _ series: String) -> Double? {
         for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
             return Double(line.dropFirst(series.count + 1))
@@ -118,16 +130,7 @@ import X509
         let device = try await hub.enroll("metrics-d2")
         let monitor = try await Self.monitor(hub)
         // A certificate that ends within 7 days is counted as expiring.
-        let key = P256.Signing.PrivateKey()
-        let csr = try CertificateSigningRequest(
-            version: .v1, subject: try DistinguishedName { CommonName("short") },
-            privateKey: Certificate.PrivateKey(key),
-            attributes: CertificateSigningRequest.Attributes(), signatureAlgorithm: .ecdsaWithSHA256)
-        #expect(
-            try await hub.operatorRequest(
-                "POST", "/v1/devices",
-                json: ["id": "metrics-short", "csr": try csr.serializeAsPEM().pemString, "days": 3]
-            ).status == 201)
+        #expect(try await Self.enrollShortLived(hub, "metrics-short") == 201)
 
         // HTTP: one message admitted, then the same signed request replayed.
         let body = Array(#"{"temperature":21}"#.utf8)
