@@ -363,6 +363,8 @@ public actor Agent {
 
     /// Sends what the outbox holds (up to `maxInFlight` unacknowledged), and a PINGREQ when idle.
     private func write(_ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, generation: Int) async throws {
+        // When this connection last carried a packet from the agent: the hub counts silence from there.
+        var lastSent = ContinuousClock.now
         while !Task.isCancelled {
             // A PING at half the keep-alive (until CONNACK, the configured one; then the one the hub set; with
             // none at all, every 30 s rather than a writer that never waits).
@@ -371,7 +373,9 @@ public actor Agent {
             // Renewal due: end this session; the next one starts with the new certificate.
             if renewalDue() { return }
             if connection == .connected, self.generation == generation, ContinuousClock.now >= holdUntil {
-                for buffer in nextPublishes() { try await outbound.write(buffer) }
+                let buffers = nextPublishes()
+                for buffer in buffers { try await outbound.write(buffer) }
+                if !buffers.isEmpty { lastSent = .now }
             }
             // Idle: a PING at half the keep-alive; sooner when a held-back message may go again or the renewal
             // point comes (nothing else wakes the writer for those).
@@ -386,9 +390,16 @@ public actor Agent {
                 wait = holdUntil - now + .milliseconds(1)
                 pingDue = false
             }
+            // The ping is due half a keep-alive after the last packet sent, however often the writer is woken with
+            // nothing to send meanwhile (acknowledgements of a burst trickling in from a slow hub did that).
+            if pingDue, connection == .connected, lastSent + idle - now < wait {
+                wait = max(lastSent + idle - now, .milliseconds(1))
+            }
             writerWaits += 1
-            if await waitForWork(upTo: wait) == false, pingDue, connection == .connected, !Task.isCancelled {
+            _ = await waitForWork(upTo: wait)
+            if pingDue, connection == .connected, !Task.isCancelled, ContinuousClock.now - lastSent >= idle {
                 try await outbound.write(Self.encode(.pingreq))
+                lastSent = .now
                 writeStatus()
             }
         }

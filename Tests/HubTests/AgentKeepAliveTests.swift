@@ -30,6 +30,31 @@ import Testing
         try await hub.stop()
     }
 
+    /// A burst whose acknowledgements trickle in from a slow hub wakes the agent's writer again and again with
+    /// nothing to send: it still pings half a keep-alive after the last packet it sent (it used to wait for a quiet
+    /// half keep-alive that never came, and the hub cut it off for silence).
+    @Test func aTrickleOfAcknowledgementsDoesNotStopThePings() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        // Twelve acknowledgements 0.8 s apart: 9.6 s without a quiet 2 s, against a hub that cuts after 6 s.
+        store.serialDelayMilliseconds.store(800, ordering: .relaxed)
+        let hub = try await TestHub.start(store: store) { $0.mqttSettings.maxKeepAliveSeconds = 4 }
+        let device = try await hub.enroll("ka-trickle")
+        var configuration = AgentTests.configuration(hub, try AgentTests.stateDirectory(hub, device))
+        configuration.maxInFlight = 16
+        let agent = try Agent(configuration: configuration)
+        let running = Task { try await agent.run() }
+        #expect(await AgentTests.eventually { await agent.connection == .connected })
+        let generation = await agent.generation
+        for n in 0..<12 { try await agent.send(Array(#"{"n":\#(n)}"#.utf8)) }
+        let id = try DeviceID("ka-trickle")
+        #expect(try await AgentTests.eventually(30) { try await store.telemetryCount(of: id) == 12 })
+        #expect(await agent.generation == generation, "never cut off for silence")
+        await agent.stop()
+        running.cancel()
+        _ = try? await running.value
+        try await hub.stop()
+    }
+
     /// The agent keeps no more publishes unacknowledged than the hub's Receive Maximum (MQTT 5.0 §3.3.4), whatever
     /// its own `maxInFlight`: more would be a protocol error the hub disconnects for (0x93).
     @Test func theAgentKeepsWithinTheHubsReceiveMaximum() async throws {

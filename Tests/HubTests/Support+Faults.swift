@@ -16,12 +16,28 @@ final class FaultyStore: HubStore {
     /// Fail this many writes from now on (after `delayMilliseconds`), then work again.
     let failNext = Atomic<Int>(0)
     let delayMilliseconds = Atomic<Int>(0)
+    /// Each write waits for the one before it and then this long: acknowledgements trickle in one at a time.
+    let serialDelayMilliseconds = Atomic<Int>(0)
+    private let lastWrite = Mutex<Task<Void, Never>?>(nil)
 
     init(_ base: any HubStore) { self.base = base }
 
     func appendTelemetry(_ message: NewTelemetry) async throws -> Int64 {
         let delay = delayMilliseconds.load(ordering: .relaxed)
         if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
+        let serial = serialDelayMilliseconds.load(ordering: .relaxed)
+        if serial > 0 {
+            let turn = lastWrite.withLock { last -> Task<Void, Never> in
+                let previous = last
+                let turn = Task {
+                    await previous?.value
+                    try? await Task.sleep(for: .milliseconds(serial))
+                }
+                last = turn
+                return turn
+            }
+            await turn.value
+        }
         if failing.load(ordering: .relaxed) { throw StoreError(.unavailable, "injected store failure") }
         if failNext.load(ordering: .relaxed) > 0, failNext.subtract(1, ordering: .relaxed).oldValue > 0 {
             throw StoreError(.unavailable, "injected store failure")
