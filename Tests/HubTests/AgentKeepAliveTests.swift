@@ -8,25 +8,36 @@ import Testing
 /// The agent uses the keep-alive the hub sets (MQTT 5.0 §3.2.2.3.14 Server Keep Alive: the client must use it
 /// instead of the one it asked for), so a hub's shorter maximum never cuts an idle agent off.
 @Suite(.serialized) struct AgentKeepAliveTests {
-    @Test func theAgentPingsAtTheHubsServerKeepAlive() async throws {
-        // 5 s: the agent pings every 2.5 s and a connection is cut after 7.5 s of silence (room for a loaded run).
-        let hub = try await TestHub.start { $0.mqttSettings.maxKeepAliveSeconds = 5 }
-        let device = try await hub.enroll("ka-agent")
+    /// Runs an agent for a freshly enrolled device against `hub` until `body` returns; `body` gets the agent and the
+    /// generation of its first connection.
+    static func withAgent(
+        _ hub: TestHub, _ name: String, maxInFlight: Int? = nil, keepAlive: UInt16? = nil,
+        _ body: (Agent, Int) async throws -> Void
+    ) async throws {
+        let device = try await hub.enroll(name)
         var configuration = AgentTests.configuration(hub, try AgentTests.stateDirectory(hub, device))
-        configuration.keepAliveSeconds = 60
+        if let maxInFlight { configuration.maxInFlight = maxInFlight }
+        if let keepAlive { configuration.keepAliveSeconds = keepAlive }
         let agent = try Agent(configuration: configuration)
         let running = Task { try await agent.run() }
         #expect(await AgentTests.eventually { await agent.connection == .connected })
-        let generation = await agent.generation
-        // Twice the hub's cut-off but for the agent's pings: an agent pinging every 30 s (its own 60-s keep-alive)
-        // would have been cut after 7.5 s and reconnected.
-        try await Task.sleep(for: .seconds(16))
-        #expect(await agent.keepAlive == 5)
-        #expect(await agent.connection == .connected)
-        #expect(await agent.generation == generation, "the connection was never cut for silence")
+        try await body(agent, await agent.generation)
         await agent.stop()
         running.cancel()
         _ = try? await running.value
+    }
+
+    @Test func theAgentPingsAtTheHubsServerKeepAlive() async throws {
+        // 5 s: the agent pings every 2.5 s and a connection is cut after 7.5 s of silence (room for a loaded run).
+        let hub = try await TestHub.start { $0.mqttSettings.maxKeepAliveSeconds = 5 }
+        try await Self.withAgent(hub, "ka-agent", keepAlive: 60) { agent, generation in
+            // Twice the hub's cut-off but for the agent's pings: an agent pinging every 30 s (its own 60-s keep-alive)
+            // would have been cut after 7.5 s and reconnected.
+            try await Task.sleep(for: .seconds(16))
+            #expect(await agent.keepAlive == 5)
+            #expect(await agent.connection == .connected)
+            #expect(await agent.generation == generation, "the connection was never cut for silence")
+        }
         try await hub.stop()
     }
 
@@ -38,20 +49,12 @@ import Testing
         // Twelve acknowledgements 0.8 s apart: 9.6 s without a quiet 2 s, against a hub that cuts after 6 s.
         store.serialDelayMilliseconds.store(800, ordering: .relaxed)
         let hub = try await TestHub.start(store: store) { $0.mqttSettings.maxKeepAliveSeconds = 4 }
-        let device = try await hub.enroll("ka-trickle")
-        var configuration = AgentTests.configuration(hub, try AgentTests.stateDirectory(hub, device))
-        configuration.maxInFlight = 16
-        let agent = try Agent(configuration: configuration)
-        let running = Task { try await agent.run() }
-        #expect(await AgentTests.eventually { await agent.connection == .connected })
-        let generation = await agent.generation
-        for n in 0..<12 { try await agent.send(Array(#"{"n":\#(n)}"#.utf8)) }
-        let id = try DeviceID("ka-trickle")
-        #expect(try await AgentTests.eventually(30) { try await store.telemetryCount(of: id) == 12 })
-        #expect(await agent.generation == generation, "never cut off for silence")
-        await agent.stop()
-        running.cancel()
-        _ = try? await running.value
+        try await Self.withAgent(hub, "ka-trickle", maxInFlight: 16) { agent, generation in
+            for n in 0..<12 { try await agent.send(Array(#"{"n":\#(n)}"#.utf8)) }
+            let id = try DeviceID("ka-trickle")
+            #expect(try await AgentTests.eventually(30) { try await store.telemetryCount(of: id) == 12 })
+            #expect(await agent.generation == generation, "never cut off for silence")
+        }
         try await hub.stop()
     }
 
@@ -61,21 +64,13 @@ import Testing
         let store = FaultyStore(InMemoryHubStore())
         store.delayMilliseconds.store(50, ordering: .relaxed)
         let hub = try await TestHub.start(store: store) { $0.mqttSettings.receiveMaximum = 2 }
-        let device = try await hub.enroll("rm-agent")
-        var configuration = AgentTests.configuration(hub, try AgentTests.stateDirectory(hub, device))
-        configuration.maxInFlight = 16
-        let agent = try Agent(configuration: configuration)
-        let running = Task { try await agent.run() }
-        #expect(await AgentTests.eventually { await agent.connection == .connected })
-        let generation = await agent.generation
-        for n in 0..<20 { try await agent.send(Array(#"{"n":\#(n)}"#.utf8)) }
-        let id = try DeviceID("rm-agent")
-        #expect(try await AgentTests.eventually(20) { try await store.telemetryCount(of: id) == 20 })
-        #expect(await agent.generation == generation, "never disconnected")
-        #expect(try await !hub.securityEvents().contains { $0.kind == "mqtt-protocol-error" })
-        await agent.stop()
-        running.cancel()
-        _ = try? await running.value
+        try await Self.withAgent(hub, "rm-agent", maxInFlight: 16) { agent, generation in
+            for n in 0..<20 { try await agent.send(Array(#"{"n":\#(n)}"#.utf8)) }
+            let id = try DeviceID("rm-agent")
+            #expect(try await AgentTests.eventually(20) { try await store.telemetryCount(of: id) == 20 })
+            #expect(await agent.generation == generation, "never disconnected")
+            #expect(try await !hub.securityEvents().contains { $0.kind == "mqtt-protocol-error" })
+        }
         try await hub.stop()
     }
 }
