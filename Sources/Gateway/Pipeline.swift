@@ -63,6 +63,11 @@ public struct InboundMessage: Sendable {
     public var messageType: String?
     public var body: [UInt8]
     public var transport: Transport
+    /// What the payload must be (MQTT: the `mqtt.payloads` rule its topic matched; HTTP: always JSON).
+    public var payload = PayloadCheck.json
+    /// The sender declared the payload UTF-8 text (an MQTT 5 Payload Format Indicator of 1, §3.3.2.3.2): it is
+    /// checked as such whatever the format.
+    public var declaredText = false
     /// The device's interned key (`GatewayPipeline.deviceKeys`), set once per connection when the certificate names
     /// a device; nil makes the pipeline intern the id itself (a `String` hash).
     public var deviceKey: DeviceKey?
@@ -88,7 +93,7 @@ public struct InboundMessage: Sendable {
 public enum Stage: String, Sendable, CaseIterable {
     case connection, identity, quarantine, authorization
     case rateLimit = "rate-limit"
-    case size, json, schema, replay
+    case size, format, json, schema, replay
 }
 
 /// A refusal: the problem for the client, the detail for operators, and what the hub should record.
@@ -136,8 +141,8 @@ public struct ClaimedNonce: Sendable {
 public struct Admitted: Sendable {
     public let device: DeviceID
     public let messageType: String
-    /// The body as the parser read it (a tape over the bytes).
-    public let document: JSONDocument
+    /// The body as the parser read it (a tape over the bytes); nil for a `utf8` or `binary` payload.
+    public let document: JSONDocument?
     /// The nonce the ledger accepted (to persist with the message when `durable`, and to give back if the message
     /// cannot be stored).
     public let nonce: ClaimedNonce?
@@ -262,15 +267,29 @@ public final class GatewayPipeline: Sendable {
         }
     }
 
-    /// The stages over the body: size and content type, strict JSON, schema, replay.
+    /// The stages over the body: size and content type, the payload's format (text), strict JSON, schema, replay.
+    /// A `utf8` or `binary` payload (an `mqtt.payloads` rule) has no JSON or schema stage: its message type is
+    /// only checked as a name, and its counter can only come from the transport.
     public func admitContent(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) -> Result<
         Admitted, Refusal
     > {
         do {
             try checkSizeAndType(device, message, now: now)
-            let document = try parse(device, message, now: now)
-            let (counted, counterMember) = try takeCounter(device, message, document, now: now)
-            let messageType = try checkSchema(device, message, document, skipping: counterMember, now: now)
+            try checkFormat(device, message, now: now)
+            let document: JSONDocument?
+            let counted: InboundMessage
+            let messageType: String
+            if message.payload.format == .json {
+                let parsed = try parse(device, message, now: now)
+                let (withCounter, counterMember) = try takeCounter(device, message, parsed, now: now)
+                messageType = try checkSchema(device, message, parsed, skipping: counterMember, now: now)
+                document = parsed
+                counted = withCounter
+            } else {
+                messageType = try checkMessageType(device, message, now: now)
+                document = nil
+                counted = message
+            }
             let (nonce, window) = try checkReplay(device, counted, now: now)
             var admitted = Admitted(
                 device: device, messageType: messageType, document: document, nonce: nonce, counterWindow: window)
@@ -376,10 +395,11 @@ public final class GatewayPipeline: Sendable {
     }
 
     public func checkSizeAndType(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) {
-        guard message.body.count <= policy.maxBodyBytes else {
+        let limit = message.payload.maxBytes ?? policy.maxBodyBytes
+        guard message.body.count <= limit else {
             throw offence(
                 .invalidMessage, device, now: now, problem: .payloadTooLarge, stage: .size,
-                detail: "body of \(message.body.count) bytes exceeds \(policy.maxBodyBytes)")
+                detail: "body of \(message.body.count) bytes exceeds \(limit)")
         }
         if case .http = message.transport {
             guard let contentType = message.contentType, Self.isJSON(contentType) else {
@@ -388,6 +408,49 @@ public final class GatewayPipeline: Sendable {
                     detail: "content type \(MessageSignatureProfile.printable(message.contentType ?? "none"))")
             }
         }
+    }
+
+    /// The format stage: a `utf8` payload, or one its sender declared text (MQTT 5.0 §3.3.2.3.2: the receiver may
+    /// check it and answers 0x99 when it is not), must be well-formed UTF-8; a content type the sender gave (MQTT 5.0
+    /// §3.3.2.3.9) must be on the policy's allow-list when it has one. A JSON payload's UTF-8 is the parser's work.
+    public func checkFormat(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) {
+        if let violation = Self.formatViolation(
+            message.body, contentType: message.contentType, declaredText: message.declaredText, check: message.payload)
+        {
+            throw offence(
+                .invalidMessage, device, now: now, problem: violation.problem, stage: .format,
+                detail: violation.detail)
+        }
+    }
+
+    /// The format stage's rule alone, for a payload that is not a device's (an operator's or an application's
+    /// publish): nil when it passes. JSON is not parsed here.
+    public static func formatViolation(
+        _ body: [UInt8], contentType: String?, declaredText: Bool, check: PayloadCheck
+    ) -> (problem: Problem, detail: String)? {
+        if check.format != .json, check.format == .utf8 || declaredText, !UTF8Text.isValid(body) {
+            return (.invalidMessage, "payload is not well-formed UTF-8")
+        }
+        if let contentType, !check.allows(contentType: contentType) {
+            return (
+                .unsupportedMediaType,
+                "content type \(MessageSignatureProfile.printable(contentType, limit: 80)) is not allowed here"
+            )
+        }
+        return nil
+    }
+
+    /// The message type of a payload without a schema (`utf8`, `binary`): only its name is checked.
+    public func checkMessageType(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal)
+        -> String
+    {
+        let messageType = message.messageType ?? policy.defaultMessageType
+        guard Self.isValidMessageType(messageType) else {
+            throw offence(
+                .invalidMessage, device, now: now, problem: .invalidMessage, stage: .schema,
+                detail: "message type name is not valid")
+        }
+        return messageType
     }
 
     public func parse(_ device: DeviceID, _ message: InboundMessage, now: GatewayTime) throws(Refusal) -> JSONDocument {

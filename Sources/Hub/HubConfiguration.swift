@@ -117,7 +117,7 @@ public struct HubConfiguration: Sendable, Equatable {
                 throw HubStartupError("configuration file \(configFile) does not exist")
             }
             do {
-                providers.append(try await FileProvider<JSONSnapshot>(filePath: FilePath(configFile)))
+                providers.append(try await FileProvider<HubFileSnapshot>(filePath: FilePath(configFile)))
             } catch {
                 throw HubStartupError("configuration file \(configFile) is not valid JSON")
             }
@@ -223,6 +223,11 @@ public struct HubConfiguration: Sendable, Equatable {
         mqtt.deviceSubscribe = reader.stringArray(forKey: "mqtt.deviceSubscribe", default: mqtt.deviceSubscribe)
         mqtt.fleetPublish = reader.stringArray(forKey: "mqtt.fleetPublish", default: mqtt.fleetPublish)
         mqtt.fleetSubscribe = reader.stringArray(forKey: "mqtt.fleetSubscribe", default: mqtt.fleetSubscribe)
+        if let payloads = try PayloadRulesConfiguration.load(
+            file: configFile, environment: reader.string(forKey: "mqtt.payloads"))
+        {
+            mqtt.payloads = payloads
+        }
         config.mqttSettings = mqtt
         config.tufRepository = reader.string(forKey: "tuf.repository")
         config.tufOnlineKeys = reader.string(forKey: "tuf.onlineKeys")

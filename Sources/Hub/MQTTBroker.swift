@@ -9,6 +9,52 @@ struct BrokerMessage: Sendable {
     let payload: [UInt8]
     let qos: QoS
     let retain: Bool
+    /// What goes on to subscribers (MQTT 5.0 §3.3.2.3): Payload Format Indicator, Content Type, Response Topic,
+    /// Correlation Data and the User Properties in their order [MQTT-3.3.2-17, 3.3.2-18]; in one subscriber's copy
+    /// also its Subscription Identifiers. Never the publisher's Topic Alias, which names a topic on its connection.
+    var properties = Properties()
+    /// When the message expires (its Message Expiry Interval from arrival, §3.3.2.3.3); nil: never.
+    var expiresAt: ContinuousClock.Instant?
+    /// The shared subscription (its whole `$share/…` filter) this copy was given to one member of.
+    var sharedGroup: String?
+
+    init(
+        topic: TopicName, payload: [UInt8], qos: QoS, retain: Bool, properties: Properties = .init(),
+        expiresAt: ContinuousClock.Instant? = nil
+    ) {
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties
+        self.expiresAt = expiresAt
+    }
+
+    /// A received PUBLISH (or will) as it goes on: the properties a subscriber receives, the expiry from now.
+    init(_ publish: PublishPacket, now: ContinuousClock.Instant = .now) {
+        let received = publish.properties
+        var forwarded = Properties()
+        forwarded.payloadFormatIndicator = received.payloadFormatIndicator
+        forwarded.contentType = received.contentType
+        forwarded.userProperties = received.userProperties
+        // Response Topic (0x08) and Correlation Data (0x09), as received.
+        forwarded.other = received.other.filter { $0.0 == 0x08 || $0.0 == 0x09 }
+        self.init(
+            topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain,
+            properties: forwarded,
+            expiresAt: received.messageExpiryInterval.map { now + .seconds(Int64($0)) })
+    }
+
+    /// One subscriber's copy: its QoS, RETAIN flag and Subscription Identifiers.
+    func copy(qos: QoS, retain: Bool, identifiers: [Int], sharedGroup: String? = nil) -> BrokerMessage {
+        var copy = BrokerMessage(
+            topic: topic, payload: payload, qos: qos, retain: retain, properties: properties, expiresAt: expiresAt)
+        copy.properties.subscriptionIdentifiers = identifiers
+        copy.sharedGroup = sharedGroup
+        return copy
+    }
+
+    func expired(at now: ContinuousClock.Instant) -> Bool { expiresAt.map { $0 <= now } ?? false }
 }
 
 /// What a subscription asked for (MQTT 5.0 §3.8.3.1; 3.1.1 has only the QoS).
@@ -16,6 +62,10 @@ struct SubscriptionOptions: Sendable, Equatable {
     var qos: QoS
     var noLocal = false
     var retainAsPublished = false
+    /// MQTT 5.0 §3.8.2.1.2: echoed in every PUBLISH this subscription matches.
+    var identifier: Int?
+    /// Set for a shared subscription (`$share/GROUP/FILTER`): the filter that matches, and the group.
+    var share: SharedFilter?
 }
 
 /// The connection currently attached to a session.
@@ -66,6 +116,8 @@ actor MQTTBroker {
     let maxRetainedBytes: Int
     private var nextConnection = 0
     private var lastSweep = ContinuousClock.now
+    /// Per shared subscription (its whole filter), the position of the member that had the last message.
+    private var shareTurn: [String: Int] = [:]
     /// Deliveries dropped because a queue was full, a subscriber was not keeping up (QoS 0) or a packet was over
     /// the client's maximum size.
     private(set) var dropped = 0
@@ -132,7 +184,9 @@ actor MQTTBroker {
         var overflow: [BrokerMessage] = []
         for (id, message) in unacknowledged {
             if session.inflight.count < connection.receiveMaximum {
-                if send(message, id: id, duplicate: true, on: connection) { session.inflight.append((id, message)) }
+                if send(message, id: id, duplicate: true, on: connection, started: true) {
+                    session.inflight.append((id, message))
+                }
             } else {
                 overflow.append(message)
             }
@@ -146,6 +200,7 @@ actor MQTTBroker {
         guard let session = sessions[key], session.connectionNumber == connectionNumber else { return }
         session.connection = nil
         session.ready = false
+        handOverShared(from: key, session)
         if let expirySeconds { session.expirySeconds = expirySeconds }
         if session.expirySeconds == 0 {
             forget(session)
@@ -184,12 +239,14 @@ actor MQTTBroker {
             let isNew = session.filters[filter] == nil
             session.filters[filter] = options
             if isNew { self.subscriptions.add(1, ordering: .relaxed) }
-            guard retainHandling == 0 || (retainHandling == 1 && isNew) else { continue }
-            for (message, _) in retained.values where filter.matches(message.topic) {
+            // §3.3.1.3 and §4.8.2: no retained messages for a shared subscription.
+            guard options.share == nil, retainHandling == 0 || (retainHandling == 1 && isNew) else { continue }
+            let now = ContinuousClock.now
+            for (message, _) in retained.values where filter.matches(message.topic) && !message.expired(at: now) {
                 deliver(
-                    BrokerMessage(
-                        topic: message.topic, payload: message.payload, qos: min(options.qos, message.qos),
-                        retain: true), to: session)
+                    message.copy(
+                        qos: min(options.qos, message.qos), retain: true,
+                        identifiers: options.identifier.map { [$0] } ?? []), to: session)
             }
         }
     }
@@ -218,29 +275,103 @@ actor MQTTBroker {
     /// Updates the retained message of the topic (an empty payload removes it, MQTT 3.1.1 §3.3.1.3) and delivers to
     /// every session with a matching subscription, at the lower of the two QoS levels. Returns the number of
     /// sessions it went to.
+    ///
+    /// A session whose subscriptions overlap gets one copy (MQTT 5.0 §3.3.4 lets the server choose; MQTT 3.1.1
+    /// §3.3.5 asks for the maximum QoS), at the highest QoS granted, carrying the Subscription Identifiers of all
+    /// the matching subscriptions [MQTT-3.3.4-4]. A No Local subscription never matches its own session's publish
+    /// [MQTT-3.8.3-3]. Each shared subscription (§4.8.2) that matches gives the message to one of its sessions, in
+    /// turn, preferring a connected one.
     @discardableResult
     func publish(_ message: BrokerMessage, from publisher: String?) -> Int {
         if message.retain { retain(message, owner: publisher ?? "hub") }
         var recipients = 0
+        var groups: [String: [(key: String, session: Session, options: SubscriptionOptions)]] = [:]
         for (key, session) in sessions {
             var granted: QoS?
             var retainAsPublished = false
-            var onlyNoLocal = true
-            for (filter, options) in session.filters where filter.matches(message.topic) {
+            var identifiers: [Int] = []
+            for (filter, options) in session.filters {
+                if let share = options.share {
+                    if share.filter.matches(message.topic) {
+                        groups[filter.rawValue, default: []].append((key, session, options))
+                    }
+                    continue
+                }
+                guard filter.matches(message.topic), !(options.noLocal && key == publisher) else { continue }
                 granted = max(granted ?? .atMostOnce, options.qos)
                 retainAsPublished = retainAsPublished || options.retainAsPublished
-                onlyNoLocal = onlyNoLocal && options.noLocal
+                if let identifier = options.identifier { identifiers.append(identifier) }
             }
-            guard let granted, !(onlyNoLocal && key == publisher) else { continue }
+            guard let granted else { continue }
             recipients += 1
             // §3.3.1.3: RETAIN is cleared on deliveries to established subscriptions unless Retain As Published.
             deliver(
-                BrokerMessage(
-                    topic: message.topic, payload: message.payload, qos: min(granted, message.qos),
-                    retain: retainAsPublished && message.retain), to: session)
+                message.copy(
+                    qos: min(granted, message.qos), retain: retainAsPublished && message.retain,
+                    identifiers: identifiers.sorted()), to: session)
+        }
+        for (group, members) in groups {
+            guard let chosen = chooseMember(of: group, members) else { continue }
+            recipients += 1
+            deliver(
+                message.copy(
+                    qos: min(chosen.options.qos, message.qos),
+                    retain: chosen.options.retainAsPublished && message.retain,
+                    identifiers: chosen.options.identifier.map { [$0] } ?? [], sharedGroup: group), to: chosen.session)
         }
         if ContinuousClock.now - lastSweep > .seconds(10) { sweepExpired() }
         return recipients
+    }
+
+    /// The next member of a shared subscription in turn (members in a fixed order, by session key), the first
+    /// connected one from there; when none is connected, the next one (its queue keeps the message).
+    private func chooseMember(
+        of group: String, _ members: [(key: String, session: Session, options: SubscriptionOptions)]
+    ) -> (key: String, session: Session, options: SubscriptionOptions)? {
+        guard !members.isEmpty else { return nil }
+        let ordered = members.sorted { $0.key < $1.key }
+        let start = (shareTurn[group] ?? -1) + 1
+        for offset in 0..<ordered.count {
+            let index = (start + offset) % ordered.count
+            if ordered[index].session.connection != nil, ordered[index].session.ready {
+                shareTurn[group] = index
+                return ordered[index]
+            }
+        }
+        shareTurn[group] = start % ordered.count
+        return ordered[start % ordered.count]
+    }
+
+    /// A member of shared subscriptions whose connection ended: the messages it was given through them and has not
+    /// acknowledged (sent or queued) go to another connected member of the same group, if there is one (§4.8.2:
+    /// rather than waiting for this client to come back).
+    private func handOverShared(from key: String, _ session: Session) {
+        let unacknowledged = session.inflight.map(\.message) + Array(session.queue)
+        guard unacknowledged.contains(where: { $0.sharedGroup != nil }) else { return }
+        var handedOver = Set<Int>()
+        for (index, message) in unacknowledged.enumerated() {
+            guard let group = message.sharedGroup, let filter = try? TopicFilter(group) else { continue }
+            let others = sessions.compactMap {
+                otherKey, other -> (key: String, session: Session, options: SubscriptionOptions)? in
+                guard otherKey != key, other.connection != nil, other.ready, let options = other.filters[filter] else {
+                    return nil
+                }
+                return (otherKey, other, options)
+            }
+            guard let chosen = chooseMember(of: group, others) else { continue }
+            handedOver.insert(index)
+            deliver(
+                message.copy(
+                    qos: min(chosen.options.qos, message.qos), retain: message.retain,
+                    identifiers: chosen.options.identifier.map { [$0] } ?? [], sharedGroup: group), to: chosen.session)
+        }
+        let inflightCount = session.inflight.count
+        session.inflight = session.inflight.enumerated().filter { !handedOver.contains($0.offset) }.map(\.element)
+        var queue = CircularBuffer<BrokerMessage>()
+        for (offset, message) in session.queue.enumerated() where !handedOver.contains(inflightCount + offset) {
+            queue.append(message)
+        }
+        session.queue = queue
     }
 
     var sessionCount: Int { sessions.count }
@@ -267,13 +398,7 @@ actor MQTTBroker {
     /// publisher's session) and in bytes. Over a limit the message is still delivered, just not retained.
     private func retain(_ message: BrokerMessage, owner: String) {
         let topic = message.topic.rawValue
-        let previous = retained[topic]
-        if let previous {
-            retainedPerOwner[previous.owner, default: 1] -= 1
-            if retainedPerOwner[previous.owner] == 0 { retainedPerOwner[previous.owner] = nil }
-            retainedBytes -= previous.message.payload.count + topic.utf8.count
-            retained[topic] = nil
-        }
+        removeRetained(topic)
         guard !message.payload.isEmpty else { return }
         let size = message.payload.count + topic.utf8.count
         guard retained.count < maxRetained, retainedPerOwner[owner, default: 0] < maxRetainedPerOwner,
@@ -285,6 +410,13 @@ actor MQTTBroker {
         retained[topic] = (message, owner)
         retainedPerOwner[owner, default: 0] += 1
         retainedBytes += size
+    }
+
+    private func removeRetained(_ topic: String) {
+        guard let previous = retained.removeValue(forKey: topic) else { return }
+        retainedPerOwner[previous.owner, default: 1] -= 1
+        if retainedPerOwner[previous.owner] == 0 { retainedPerOwner[previous.owner] = nil }
+        retainedBytes -= previous.message.payload.count + topic.utf8.count
     }
 
     private func deliver(_ message: BrokerMessage, to session: Session) {
@@ -325,13 +457,29 @@ actor MQTTBroker {
         }
     }
 
+    /// Writes one PUBLISH, unless the message has expired before its delivery started (§3.3.2.3.3 [MQTT-3.3.2-5]:
+    /// the copy is deleted) or is larger than the client accepts (§3.1.2.11.4 [MQTT-3.1.2-25]); both are counted as
+    /// dropped. The Message Expiry Interval sent is what remains of it [MQTT-3.3.2-6]; a delivery already `started`
+    /// (resent after a reconnect) keeps going with at least one second.
     @discardableResult
-    private func send(_ message: BrokerMessage, id: UInt16?, duplicate: Bool, on connection: BrokerConnection) -> Bool {
+    private func send(
+        _ message: BrokerMessage, id: UInt16?, duplicate: Bool, on connection: BrokerConnection, started: Bool = false
+    ) -> Bool {
+        var properties = message.properties
+        if let expiresAt = message.expiresAt {
+            let remaining = expiresAt - ContinuousClock.now
+            guard started || remaining > .zero else {
+                dropped += 1
+                return false
+            }
+            let seconds = remaining.components.seconds + (remaining.components.attoseconds > 0 ? 1 : 0)
+            properties.messageExpiryInterval = UInt32(clamping: max(1, seconds))
+        }
         var buffer = ByteBuffer()
         Packet.publish(
             PublishPacket(
                 topic: message.topic, payload: message.payload, qos: message.qos, retain: message.retain,
-                duplicate: duplicate, packetID: id)
+                duplicate: duplicate, packetID: id, properties: properties)
         ).encode(into: &buffer, version: connection.version)
         guard buffer.readableBytes <= connection.maximumPacketSize else {
             dropped += 1
@@ -351,6 +499,8 @@ actor MQTTBroker {
     private func sweepExpired() {
         let now = ContinuousClock.now
         lastSweep = now
+        // A retained message past its Message Expiry Interval is no longer retained (§3.3.2.3.3).
+        for (topic, entry) in retained where entry.message.expired(at: now) { removeRetained(topic) }
         sessions = sessions.filter { _, session in
             guard let since = session.disconnectedAt, now - since >= .seconds(session.expirySeconds) else {
                 return true

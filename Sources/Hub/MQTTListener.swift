@@ -70,7 +70,7 @@ struct MQTTListener: Service {
         self.onBound = onBound
         self.connections = ConnectionCounter(
             total: settings.maxConnections, perSource: settings.maxConnectionsPerSource)
-        self.maximumPacketSize = gateway.policy.maxBodyBytes + 4096
+        self.maximumPacketSize = settings.largestPayload(maxBodyBytes: gateway.policy.maxBodyBytes) + 4096
     }
 
     var recorder: GatewayRecorder {
@@ -271,6 +271,8 @@ struct MQTTConnection {
         let output: FlushCoalescer
         /// The identity's topic patterns, bound once for the connection.
         let acl: BoundTopicACL
+        /// The identity's payload rules (`mqtt.payloads`), bound once for the connection.
+        let payloads: BoundPayloadRules
         var aliases: [UInt16: TopicName] = [:]
         /// Consecutive QoS 0 publishes refused over the rate (MQTT 5: a sustained flood gets DISCONNECT 0x96).
         var refusedQoS0 = 0
@@ -502,6 +504,7 @@ struct MQTTConnection {
         var state = State(
             version: version, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
             output: FlushCoalescer(channel.channel), acl: acl,
+            payloads: settings.payloads.bound(to: peer.identity),
             expirySeconds: expiry, connectExpiry: requestedExpiry)
         state.problemInformation = !connect.properties.other.contains { $0.0 == 0x17 && $0.1 == [0] }
         let end: End
@@ -536,7 +539,9 @@ struct MQTTConnection {
         if publishWill, let will = connect.will, !listener.revocations.contains(peer.serial),
             acl.mayPublish(will.topic)
         {
-            let message = PublishPacket(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain)
+            let message = PublishPacket(
+                topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
+                properties: will.properties)
             _ = await admitAndDeliver(message, peer: peer, state: &state, respond: false)
         }
     }
@@ -600,21 +605,24 @@ struct MQTTConnection {
                     return .closed  // 3.1.1 has no negative PUBACK: close (§4.8).
                 }
                 if !(await admitAndDeliver(publish, peer: peer, state: &state, respond: true)) { return .closed }
-            case .subscribe(let id, let subscriptions, _):
+            case .subscribe(let id, let subscriptions, let properties):
                 var codes: [UInt8] = []
                 var refused = 0
                 var granted: [(index: Int, TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
                 for (index, subscription) in subscriptions.enumerated() {
+                    // The decoder refused a malformed shared subscription; access is checked on its inner filter.
+                    let share = try? SharedFilter.parse(subscription.filter)
                     if index >= listener.settings.maxFiltersPerSubscribe {
                         codes.append(0x80)  // beyond the filters one SUBSCRIBE may carry
-                    } else if acl.maySubscribe(subscription.filter) {
+                    } else if acl.maySubscribe(share?.filter ?? subscription.filter) {
                         let qos = min(subscription.qos, .atLeastOnce)
                         granted.append(
                             (
                                 codes.count, subscription.filter,
                                 SubscriptionOptions(
                                     qos: qos, noLocal: subscription.noLocal,
-                                    retainAsPublished: subscription.retainAsPublished),
+                                    retainAsPublished: subscription.retainAsPublished,
+                                    identifier: properties.subscriptionIdentifiers.first, share: share),
                                 subscription.retainHandling
                             ))
                         codes.append(qos.rawValue)
@@ -689,18 +697,28 @@ struct MQTTConnection {
         let version = state.version
         let v5 = state.v5
         let correlationID = CorrelationID().rawValue
+        let check = state.payloads.check(for: publish.topic)
         guard let device = peer.device else {
-            guard (try? listener.gateway.policy.json.parse(publish.payload))?.isObject == true else {
-                await refuse("invalid-message", peer, "MQTT command payload is not a strict JSON object")
+            // An operator's or application's publish: the topic's payload rule, without a schema (JSON: a strict
+            // JSON object).
+            let violation =
+                GatewayPipeline.formatViolation(
+                    publish.payload, contentType: publish.properties.contentType,
+                    declaredText: publish.properties.payloadFormatIndicator == 1, check: check)?.detail
+                ?? (publish.payload.count > (check.maxBytes ?? listener.gateway.policy.maxBodyBytes)
+                    ? "payload of \(publish.payload.count) bytes over the limit" : nil)
+                ?? (check.format == .json
+                    && (try? listener.gateway.policy.json.parse(publish.payload))?.isObject != true
+                    ? "payload is not a strict JSON object" : nil)
+            if let violation {
+                await refuse("invalid-message", peer, "MQTT PUBLISH to \(publish.topic): \(violation)")
                 if v5, respond, let id = publish.packetID {
                     await acknowledge(id, state: &state, code: 0x99)
                     return true
                 }
                 return !respond || v5
             }
-            let recipients = await listener.broker.publish(
-                BrokerMessage(topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain),
-                from: state.sessionKey)
+            let recipients = await listener.broker.publish(BrokerMessage(publish), from: state.sessionKey)
             if respond, let id = publish.packetID {
                 // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere).
                 await acknowledge(id, state: &state, code: recipients == 0 && v5 ? 0x10 : 0)
@@ -739,10 +757,13 @@ struct MQTTConnection {
             counter = value
         }
         var message = InboundMessage(
-            identity: peer.identity, route: route, source: peer.source ?? "unknown", contentType: nil,
-            messageType: messageType, body: publish.payload, transport: .mqtt(counter: counter))
+            identity: peer.identity, route: route, source: peer.source ?? "unknown",
+            contentType: publish.properties.contentType, messageType: messageType, body: publish.payload,
+            transport: .mqtt(counter: counter))
         message.deviceKey = peer.deviceKey
         message.sourceAddress = peer.sourceAddress
+        message.payload = check
+        message.declaredText = publish.properties.payloadFormatIndicator == 1
         // MQTT 3.1.1 §4.4 / MQTT 5.0 §4.4: a QoS 1 PUBLISH resent with DUP after its PUBACK was lost with the
         // connection. If its counter is already in the window, the message was stored: acknowledge it again, store
         // nothing twice and count no offence (the rate limits still apply). Without a counter it is stored again
@@ -751,7 +772,8 @@ struct MQTTConnection {
         // waits for that write, and is acknowledged only if it stored the message (if it failed, the counter was
         // given back and the DUP is admitted and stored like a first copy).
         if publish.duplicate, respond, let id = publish.packetID,
-            let seen = counter ?? Self.memberCounter(publish.payload, listener.gateway.policy.json),
+            let seen = counter
+                ?? (check.format == .json ? Self.memberCounter(publish.payload, listener.gateway.policy.json) : nil),
             await listener.counterWrites.outcome(device, seen) ?? true,
             listener.gateway.counters.window(of: device)?.hasSeen(seen) == true
         {
@@ -777,8 +799,7 @@ struct MQTTConnection {
                 deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
                 counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
                 messageType: admitted.messageType)
-            let delivery = BrokerMessage(
-                topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain)
+            let delivery = BrokerMessage(publish)
             // A message that is not stored gives its counter back: nothing was acknowledged (PUBACK 0x80, or the
             // connection closes on 3.1.1), so the device's resend must be stored, not refused or waved through as a
             // duplicate (as HTTP gives its nonce back).
@@ -792,7 +813,9 @@ struct MQTTConnection {
                 let writes = listener.counterWrites
                 let counter = admitted.counter
                 if let counter { writes.begin(device, counter) }
-                let events = DeviceEvents.observed(admitted.messageType) ? listener.events : nil
+                // Only a JSON message can be a report the hub reads (connections, update progress).
+                let events =
+                    check.format == .json && DeviceEvents.observed(admitted.messageType) ? listener.events : nil
                 let signals = listener.events.signals
                 let messageType = admitted.messageType
                 let write = Task {
@@ -860,7 +883,7 @@ struct MQTTConnection {
         let code: UInt8 =
             switch refusal.stage {
             case .rateLimit: refusal.problem == .unavailable ? 0x80 : 0x97
-            case .size, .json, .schema: 0x99
+            case .size, .format, .json, .schema: 0x99
             case .replay: refusal.problem == .invalidMessage ? 0x99 : 0x87
             default: refusal.problem == .unavailable ? 0x80 : 0x87
             }

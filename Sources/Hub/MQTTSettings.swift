@@ -42,8 +42,16 @@ public struct MQTTSettings: Sendable, Equatable {
     /// Operators (and the applications they run with operator certificates) read the fleet and send commands.
     public var fleetPublish = TopicACL.fleet.publish
     public var fleetSubscribe = TopicACL.fleet.subscribe
+    /// What payloads must be, per topic and kind of identity (`mqtt.payloads`; first match wins, no match: strict
+    /// JSON). Empty: JSON everywhere, devices' messages against their schema.
+    public var payloads = PayloadRules()
 
     public init() {}
+
+    /// The largest payload any rule allows beyond `maxBodyBytes` (the listener's packet limit must fit it).
+    func largestPayload(maxBodyBytes: Int) -> Int {
+        payloads.rules.reduce(maxBodyBytes) { max($0, $1.check.maxBytes ?? 0) }
+    }
 
     var deviceACL: TopicACL { TopicACL(publish: devicePublish, subscribe: deviceSubscribe) }
     var fleetACL: TopicACL { TopicACL(publish: fleetPublish, subscribe: fleetSubscribe) }
@@ -86,9 +94,15 @@ public struct MQTTSettings: Sendable, Equatable {
                     "mqtt.devicePublish/deviceSubscribe: \(pattern) must contain {device} before any wildcard")
             }
         }
-        do {
+        do throws(MQTTError) {
             try deviceACL.validate()
             try fleetACL.validate()
+            for rule in payloads.rules {
+                try rule.validate()
+                if let maxBytes = rule.check.maxBytes, !(1...(16 << 20)).contains(maxBytes) {
+                    throw MQTTError(.protocolError, "mqtt.payloads maxBytes must be 1-16777216")
+                }
+            }
         } catch {
             throw HubStartupError("mqtt topic patterns: \(error.detail)")
         }

@@ -164,7 +164,11 @@ extension ByteBuffer {
                 return v
             }
             switch identifier {
-            case 0x01: properties.payloadFormatIndicator = try byte()
+            case 0x01:
+                // §3.3.2.3.2: 0 (unspecified bytes) or 1 (UTF-8 text).
+                let value = try byte()
+                guard value <= 1 else { throw MQTTError(.protocolError, "payload format indicator \(value)") }
+                properties.payloadFormatIndicator = value
             case 0x02: properties.messageExpiryInterval = try four()
             case 0x03: properties.contentType = try slice.readMQTTString()
             case 0x11: properties.sessionExpiryInterval = try four()
@@ -189,16 +193,25 @@ extension ByteBuffer {
                 let value = try four()
                 guard value > 0 else { throw MQTTError(.protocolError, "maximum packet size 0") }
                 properties.maximumPacketSize = value
-            case 0x08, 0x15, 0x1A, 0x1C:
+            case 0x08:
+                // §3.3.2.3.5 [MQTT-3.3.2-14]: a Response Topic is a topic name, without wildcards.
+                let topic = try slice.readMQTTString()
+                guard (try? TopicName(topic)) != nil else { throw MQTTError(.protocolError, "response topic") }
+                properties.other.append((identifier, Array(topic.utf8)))
+            case 0x15, 0x1A, 0x1C:
                 properties.other.append((identifier, Array((try slice.readMQTTString()).utf8)))
             case 0x09, 0x16: properties.other.append((identifier, try slice.readBinary()))
             case 0x0B:
                 let value = try slice.readVariableByteInteger()
                 guard value > 0 else { throw MQTTError(.protocolError, "subscription identifier 0") }
-                var encoded = ByteBuffer()
-                encoded.writeVariableByteInteger(value)
-                properties.other.append((identifier, encoded.readBytes(length: encoded.readableBytes) ?? []))
-            case 0x17, 0x19, 0x28, 0x29, 0x2A: properties.other.append((identifier, [try byte()]))
+                properties.subscriptionIdentifiers.append(value)
+            case 0x17, 0x19, 0x28, 0x29, 0x2A:
+                // §3.1.2.11.6-7, §3.2.2.3.11-13: these flags are 0 or 1; anything else is a Protocol Error.
+                let value = try byte()
+                guard value <= 1 else {
+                    throw MQTTError(.protocolError, "property 0x\(String(identifier, radix: 16)) is not 0 or 1")
+                }
+                properties.other.append((identifier, [value]))
             default: throw MQTTError.malformed("unknown property")
             }
         }
@@ -249,6 +262,10 @@ extension ByteBuffer {
             body.writeInteger(UInt8(0x26))
             body.writeMQTTString(name)
             body.writeMQTTString(value)
+        }
+        for identifier in properties.subscriptionIdentifiers {
+            body.writeInteger(UInt8(0x0B))
+            body.writeVariableByteInteger(identifier)
         }
         for (id, raw) in properties.other {
             body.writeInteger(id)

@@ -76,6 +76,10 @@ public struct MQTTDecoder: NIOSingleStepByteToMessageDecoder {
             let topicText = try body.readMQTTString()
             let packetID: UInt16? = qos == .atMostOnce ? nil : try body.readPacketID()
             let properties = v5 ? try body.readProperties(allowed: .publish) : Properties()
+            // §3.3.4 [MQTT-3.3.4-6]: a PUBLISH from a client carries no Subscription Identifier.
+            guard role == .client || properties.subscriptionIdentifiers.isEmpty else {
+                throw MQTTError(.protocolError, "subscription identifier in a PUBLISH from a client")
+            }
             let topic: TopicName
             if topicText.isEmpty, v5, properties.topicAlias != nil {
                 topic = .unresolvedAlias  // MQTT 5.0 §3.3.2.3.4: the alias names the topic
@@ -105,6 +109,10 @@ public struct MQTTDecoder: NIOSingleStepByteToMessageDecoder {
             try requireFlags(0x02)
             let id = try body.readPacketID()
             let properties = v5 ? try body.readProperties(allowed: .subscribe) : Properties()
+            // §3.8.2.1.2: at most one Subscription Identifier.
+            guard properties.subscriptionIdentifiers.count <= 1 else {
+                throw MQTTError(.protocolError, "more than one subscription identifier")
+            }
             var subscriptions: [Subscription] = []
             while body.readableBytes > 0 {
                 let text = try body.readMQTTString()
@@ -120,6 +128,10 @@ public struct MQTTDecoder: NIOSingleStepByteToMessageDecoder {
                 }
                 var subscription = Subscription(filter: filter, qos: qos)
                 subscription.noLocal = options & 0x04 != 0
+                // §4.8.2 and §3.8.3.1 [MQTT-3.8.3-4]: a shared subscription is well formed and has no No Local.
+                if try SharedFilter.parse(filter) != nil, subscription.noLocal {
+                    throw MQTTError(.protocolError, "No Local on a shared subscription")
+                }
                 subscription.retainAsPublished = options & 0x08 != 0
                 subscription.retainHandling = (options >> 4) & 0x03
                 subscriptions.append(subscription)

@@ -30,6 +30,9 @@ public struct Properties: Sendable, Equatable {
     public var contentType: String?
     public var willDelayInterval: UInt32?
     public var userProperties: [(String, String)] = []
+    /// §3.8.2.1.2 in SUBSCRIBE (at most one, 1–268,435,455); §3.3.4 in a PUBLISH to a client (one per matching
+    /// subscription that has one).
+    public var subscriptionIdentifiers: [Int] = []
     /// Properties Bulwark does not interpret, as (identifier, raw value bytes).
     public var other: [(UInt8, [UInt8])] = []
 
@@ -47,6 +50,7 @@ public struct Properties: Sendable, Equatable {
             && lhs.payloadFormatIndicator == rhs.payloadFormatIndicator && lhs.contentType == rhs.contentType
             && lhs.willDelayInterval == rhs.willDelayInterval
             && lhs.userProperties.elementsEqual(rhs.userProperties, by: ==)
+            && lhs.subscriptionIdentifiers == rhs.subscriptionIdentifiers
             && lhs.other.elementsEqual(rhs.other, by: ==)
     }
 }

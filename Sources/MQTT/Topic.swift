@@ -155,3 +155,29 @@ public struct BoundTopicACL: Sendable {
         publish.first { $0.filter.matches(topic) }?.deviceLevel ?? nil
     }
 }
+
+/// A shared subscription (MQTT 5.0 §4.8.2): `$share/{ShareName}/{Topic Filter}`. Each message that matches the
+/// filter goes to one session of those subscribed with the same share name and filter, not to all of them.
+public struct SharedFilter: Hashable, Sendable {
+    public let group: String
+    public let filter: TopicFilter
+
+    /// nil when `filter` is an ordinary filter; an error when it starts with `$share/` but is not a valid shared
+    /// subscription [MQTT-4.8.2-1, 4.8.2-2]: the share name must be at least one character without `/`, `+` or `#`,
+    /// followed by `/` and a topic filter.
+    public static func parse(_ filter: TopicFilter) throws(MQTTError) -> SharedFilter? {
+        guard filter.rawValue.hasPrefix("$share/") else { return nil }
+        let rest = filter.rawValue.dropFirst("$share/".count)
+        guard let slash = rest.firstIndex(of: "/") else {
+            throw MQTTError(.protocolError, "shared subscription without a topic filter")
+        }
+        let group = rest[..<slash]
+        guard !group.isEmpty, !group.contains("+"), !group.contains("#") else {
+            throw MQTTError(.protocolError, "shared subscription share name is empty or has a wildcard")
+        }
+        guard let inner = try? TopicFilter(String(rest[rest.index(after: slash)...])) else {
+            throw MQTTError(.protocolError, "shared subscription topic filter is invalid")
+        }
+        return SharedFilter(group: String(group), filter: inner)
+    }
+}

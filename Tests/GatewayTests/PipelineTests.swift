@@ -216,7 +216,8 @@ import Testing
             throw TestFailure("refused")
         }
         #expect(first.counterWindow?.highest == 3)
-        #expect(first.document.member("$counter", of: first.document.root) != nil, "the body is stored as sent")
+        let document = try #require(first.document)
+        #expect(document.member("$counter", of: document.root) != nil, "the body is stored as sent")
         guard case .failure(let extra) = try publish(#"{"$counter":4,"temperature":2,"x":1}"#) else {
             throw TestFailure("a member the schema does not allow was admitted")
         }

@@ -140,3 +140,34 @@ func connect(_ version: ProtocolVersion, clientID: String = "c1") -> [UInt8] {
         #expect(throws: MQTTError.self) { try TopicName(name) }
     }
 }
+
+/// Subscription identifiers and shared subscription filters (MQTT 5.0 §3.3.4, §3.8.2.1.2, §4.8.2).
+@Suite struct SubscriptionFeatureCodecTests {
+    @Test func subscriptionIdentifiersRoundTripToAClient() throws {
+        var properties = Properties()
+        properties.subscriptionIdentifiers = [1, 300, 268_435_455]
+        properties.other = [(0x08, Array("replies/a".utf8)), (0x09, [0, 1, 2])]
+        let publish = Packet.publish(
+            PublishPacket(
+                topic: try TopicName("a"), payload: [1], qos: .atLeastOnce, packetID: 7, properties: properties))
+        var decoder = MQTTDecoder(role: .client, version: .v5)
+        #expect(try decodeAll(&decoder, bytes(publish, .v5)) == [publish])
+        // The same packet from a client is refused: only the server sends subscription identifiers.
+        var server = MQTTDecoder(role: .server)
+        _ = try decodeAll(&server, connect(.v5))
+        #expect(throws: MQTTError(.protocolError, "")) { try decodeAll(&server, bytes(publish, .v5)) }
+    }
+
+    @Test func sharedFiltersParse() throws {
+        let shared = try #require(try SharedFilter.parse(try TopicFilter("$share/workers/devices/+/telemetry")))
+        let inner = try TopicFilter("devices/+/telemetry")
+        #expect(shared.group == "workers" && shared.filter == inner)
+        let everything = try TopicFilter("#")
+        #expect(try SharedFilter.parse(try TopicFilter("$share/g/#"))?.filter == everything)
+        #expect(try SharedFilter.parse(try TopicFilter("devices/#")) == nil)
+        #expect(try SharedFilter.parse(try TopicFilter("$share")) == nil, "no slash: an ordinary filter")
+        for bad in ["$share//a", "$share/+/a", "$share/#", "$share/g", "$share/g/"] {
+            #expect(throws: MQTTError.self, "\(bad)") { try SharedFilter.parse(try TopicFilter(bad)) }
+        }
+    }
+}

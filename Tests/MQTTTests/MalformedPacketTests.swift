@@ -25,6 +25,21 @@ import Testing
 
     static let clientID: [UInt8] = [0, 2, 0x63, 0x31]  // "c1"
 
+    /// A packet with a one-byte remaining length (bodies here are under 128 bytes).
+    static func packet(_ header: UInt8, _ body: [UInt8]) -> [UInt8] { [header, UInt8(body.count)] + body }
+
+    /// An MQTT 5 PUBLISH at QoS 0 to `a` with these properties.
+    static func publish5(_ properties: [UInt8]) -> [UInt8] {
+        packet(0x30, [0x00, 0x01, 0x61, UInt8(properties.count)] + properties + Array("{}".utf8))
+    }
+
+    /// A SUBSCRIBE (packet id 1) of one filter, with MQTT 5 properties when `properties` is given.
+    static func subscribe(_ filter: String, options: UInt8 = 0x01, properties: [UInt8]? = nil) -> [UInt8] {
+        let text = Array(filter.utf8)
+        let props = properties.map { [UInt8($0.count)] + $0 } ?? []
+        return packet(0x82, [0x00, 0x01] + props + [0x00, UInt8(text.count)] + text + [options])
+    }
+
     static let cases: [Case] = [
         // Fixed header and remaining length
         Case(
@@ -211,6 +226,49 @@ import Testing
         Case(
             name: "v5 property identifier over 127", version: .v5, connected: true,
             bytes: [0x30, 0x07, 0x00, 0x01, 0x61, 0x03, 0x80, 0x01, 0x00], code: .malformedPacket),
+        // MQTT 5 message properties and subscription identifiers (§3.3.2.3, §3.8.2.1.2, §3.3.4)
+        Case(
+            name: "v5 payload format indicator 2", version: .v5, connected: true, bytes: publish5([0x01, 0x02]),
+            code: .protocolError),
+        Case(
+            name: "v5 subscription identifier in a PUBLISH from a client", version: .v5, connected: true,
+            bytes: publish5([0x0B, 0x01]), code: .protocolError),
+        Case(
+            name: "v5 response topic with a wildcard", version: .v5, connected: true,
+            bytes: publish5([0x08, 0x00, 0x03, 0x61, 0x2F, 0x23]), code: .protocolError),
+        Case(
+            name: "v5 response topic twice", version: .v5, connected: true,
+            bytes: publish5([0x08, 0x00, 0x01, 0x61, 0x08, 0x00, 0x01, 0x62]), code: .protocolError),
+        Case(
+            name: "v5 SUBSCRIBE subscription identifier 0", version: .v5, connected: true,
+            bytes: subscribe("a", properties: [0x0B, 0x00]), code: .protocolError),
+        Case(
+            name: "v5 SUBSCRIBE two subscription identifiers", version: .v5, connected: true,
+            bytes: subscribe("a", properties: [0x0B, 0x01, 0x0B, 0x02]), code: .protocolError),
+        Case(
+            name: "v5 CONNECT request problem information 2", version: .v5, connected: false,
+            bytes: packet(
+                0x10, [0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x05, 0x02, 0x00, 0x3C, 0x02, 0x17, 0x02] + clientID),
+            code: .protocolError),
+        // Shared subscriptions (§4.8.2 [MQTT-4.8.2-1, 4.8.2-2], §3.8.3.1 [MQTT-3.8.3-4])
+        Case(
+            name: "shared subscription without a share name", version: .v5, connected: true,
+            bytes: subscribe("$share//a", properties: []), code: .protocolError),
+        Case(
+            name: "shared subscription with a wildcard share name", version: .v311, connected: true,
+            bytes: subscribe("$share/+/a"), code: .protocolError),
+        Case(
+            name: "shared subscription with # as the share name", version: .v311, connected: true,
+            bytes: subscribe("$share/#"), code: .protocolError),
+        Case(
+            name: "shared subscription without a filter", version: .v5, connected: true,
+            bytes: subscribe("$share/g/", properties: []), code: .protocolError),
+        Case(
+            name: "shared subscription with No Local", version: .v5, connected: true,
+            bytes: subscribe("$share/g/a", options: 0x05, properties: []), code: .protocolError),
+        Case(
+            name: "shared subscription with a share name holding +", version: .v5, connected: true,
+            bytes: subscribe("$share/g+/a", properties: []), code: .topicFilterInvalid),
     ]
 
     @Test func thereAreAtLeastFortyCases() { #expect(Self.cases.count >= 40) }

@@ -1,0 +1,212 @@
+import Core
+import Foundation
+import HubClient
+import MQTT
+import Testing
+
+/// MQTT 5 features over real TLS connections: message properties forwarded (request/response works), Message
+/// Expiry honoured in queues and for retained messages, Subscription Identifiers echoed, overlapping subscriptions
+/// delivered once, shared subscriptions in turn and handed over when a member leaves.
+@Suite(.serialized) struct MQTTFeatureTests {
+    static func subscribe(
+        _ mqtt: MQTTClientConnection, _ filters: [String], qos: QoS = .atLeastOnce, identifier: Int? = nil
+    ) async throws -> [UInt8] {
+        var properties = Properties()
+        if let identifier { properties.subscriptionIdentifiers = [identifier] }
+        let id = mqtt.makePacketID()
+        try await mqtt.send(
+            .subscribe(
+                packetID: id, subscriptions: try filters.map { Subscription(filter: try TopicFilter($0), qos: qos) },
+                properties: properties))
+        guard case .suback(id, let codes, _) = try await mqtt.next() else { throw ClientError("no SUBACK") }
+        return codes
+    }
+
+    /// The next PUBLISH, acknowledged when it is QoS 1 and `acknowledge` is set.
+    static func received(_ mqtt: MQTTClientConnection, acknowledge: Bool = true) async throws -> PublishPacket {
+        while let packet = try await mqtt.next() {
+            guard case .publish(let publish) = packet else { continue }
+            if acknowledge, let id = publish.packetID {
+                try await mqtt.send(.puback(packetID: id, reasonCode: 0, properties: .init()))
+            }
+            return publish
+        }
+        throw ClientError("connection closed")
+    }
+
+    static func persistent(_ connect: inout ConnectPacket) {
+        connect.cleanStart = false
+        connect.properties.sessionExpiryInterval = 300
+    }
+
+    @Test func propertiesAreForwardedAndIdentifiersEchoed() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("pf-1")
+        let operatorClient = try hub.operatorClient()
+        var request = Properties()
+        request.userProperties = [("a", "1"), ("b", "2"), ("a", "3")]
+        request.contentType = "application/json"
+        request.payloadFormatIndicator = 1
+        request.messageExpiryInterval = 60
+        request.other = [(0x08, Array("devices/pf-1/commands/reply".utf8)), (0x09, [0xC0, 0xFF, 0xEE])]
+        try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "app") { fleet, _ async throws in
+            // Two overlapping subscriptions with identifiers, one 3.1.1-style overlap below.
+            #expect(try await Self.subscribe(fleet, ["devices/+/telemetry"], identifier: 7) == [1])
+            #expect(try await Self.subscribe(fleet, ["devices/pf-1/#"], identifier: 9) == [1])
+            try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws in
+                #expect(try await Self.subscribe(mqtt, ["devices/pf-1/commands/#"], identifier: 3) == [1])
+                // Request: the device asks, naming where the answer goes and what correlates it.
+                #expect(
+                    try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/pf-1/telemetry"), payload: Array(#"{"q":1}"#.utf8),
+                        properties: request) == 0)
+                let asked = try await Self.received(fleet)
+                #expect(asked.topic.rawValue == "devices/pf-1/telemetry")
+                #expect(asked.properties.userProperties.map { "\($0.0)=\($0.1)" } == ["a=1", "b=2", "a=3"])
+                #expect(asked.properties.contentType == "application/json")
+                #expect(asked.properties.payloadFormatIndicator == 1)
+                #expect((58...60).contains(asked.properties.messageExpiryInterval ?? 0))
+                #expect(asked.properties.subscriptionIdentifiers == [7, 9], "one copy carrying both identifiers")
+                #expect(asked.properties.topicAlias == nil)
+                let responseTopic = try #require(asked.properties.other.first { $0.0 == 0x08 }.map { $0.1 })
+                let correlation = try #require(asked.properties.other.first { $0.0 == 0x09 }.map { $0.1 })
+                #expect(correlation == [0xC0, 0xFF, 0xEE])
+                // Response: the application answers on the response topic with the correlation data.
+                var response = Properties()
+                response.other = [(0x09, correlation)]
+                #expect(
+                    try await fleet.publishAcknowledged(
+                        topic: try TopicName(String(decoding: responseTopic, as: UTF8.self)),
+                        payload: Array(#"{"a":42}"#.utf8), properties: response) == 0)
+                let answer = try await Self.received(mqtt)
+                #expect(answer.properties.other.first { $0.0 == 0x09 }?.1 == [0xC0, 0xFF, 0xEE])
+                #expect(answer.properties.subscriptionIdentifiers == [3])
+                #expect(answer.properties.messageExpiryInterval == nil, "the response had no expiry")
+            }
+        }
+        // MQTT 3.1.1: overlapping subscriptions at QoS 0 and 1 give one copy, at QoS 1.
+        try await MQTTBrokerTests.connect(hub, operatorClient, version: .v311, clientID: "legacy") {
+            fleet, _ async throws in
+            #expect(try await Self.subscribe(fleet, ["devices/#"], qos: .atMostOnce) == [0])
+            #expect(try await Self.subscribe(fleet, ["devices/pf-1/telemetry"]) == [1])
+            let telemetry = try TopicName("devices/pf-1/telemetry")
+            let replies = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ -> [UInt8] in
+                [
+                    try await mqtt.publishAcknowledged(topic: telemetry, payload: Array(#"{"q":2}"#.utf8)),
+                    try await mqtt.publishAcknowledged(topic: telemetry, payload: Array(#"{"q":3}"#.utf8)),
+                ]
+            }
+            #expect(replies == [0, 0])
+            let first = try await Self.received(fleet)
+            let second = try await Self.received(fleet)
+            #expect(first.qos == .atLeastOnce && second.qos == .atLeastOnce)
+            #expect(first.payload == Array(#"{"q":2}"#.utf8) && second.payload == Array(#"{"q":3}"#.utf8))
+        }
+        try await hub.stop()
+    }
+
+    /// §3.3.2.3.3: a queued message whose expiry passed is not delivered, one still alive carries what remains of
+    /// its interval; an expired retained message is no longer sent to new subscribers.
+    @Test(.timeLimit(.minutes(1))) func expiredMessagesAreNotDelivered() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("pf-2")
+        let other = try await hub.enroll("pf-3")
+        let operatorClient = try hub.operatorClient()
+        func expiring(_ seconds: UInt32) -> Properties {
+            var properties = Properties()
+            properties.messageExpiryInterval = seconds
+            return properties
+        }
+        try await MQTTBrokerTests.connect(hub, device, configure: Self.persistent) { mqtt, _ async throws in
+            #expect(try await Self.subscribe(mqtt, ["devices/pf-2/commands/#"]) == [1])
+            // Retained state that expires in a second.
+            #expect(
+                try await mqtt.publishAcknowledged(
+                    topic: try TopicName("devices/pf-2/state"), payload: Array(#"{"on":1}"#.utf8), retain: true,
+                    properties: expiring(1)) == 0)
+            try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+        }
+        try await MQTTBrokerTests.connect(hub, other) { mqtt, _ async throws in
+            #expect(
+                try await mqtt.publishAcknowledged(
+                    topic: try TopicName("devices/pf-3/state"), payload: Array(#"{"on":2}"#.utf8), retain: true) == 0)
+        }
+        try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "ops") { fleet, _ async throws in
+            #expect(
+                try await fleet.publishAcknowledged(
+                    topic: try TopicName("devices/pf-2/commands/a"), payload: Array(#"{"n":1}"#.utf8),
+                    properties: expiring(1)) == 0)
+            #expect(
+                try await fleet.publishAcknowledged(
+                    topic: try TopicName("devices/pf-2/commands/b"), payload: Array(#"{"n":2}"#.utf8),
+                    properties: expiring(100)) == 0)
+        }
+        try await Task.sleep(for: .milliseconds(2200))
+        try await MQTTBrokerTests.connect(hub, device, configure: Self.persistent) { mqtt, _ async throws in
+            #expect(mqtt.sessionPresent)
+            let delivered = try await Self.received(mqtt)
+            #expect(delivered.topic.rawValue == "devices/pf-2/commands/b", "the expired command was dropped")
+            #expect((95...98).contains(delivered.properties.messageExpiryInterval ?? 0))
+        }
+        try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "ops") { fleet, _ async throws in
+            #expect(try await Self.subscribe(fleet, ["devices/+/state"]) == [1])
+            let retained = try await Self.received(fleet)
+            #expect(retained.topic.rawValue == "devices/pf-3/state", "the expired retained message is gone")
+            #expect(retained.retain)
+        }
+        try await hub.stop()
+    }
+
+    /// §4.8.2: members of `$share/workers/…` receive the messages in turn, one copy each; a member that leaves
+    /// with a message unacknowledged has it handed to another; a shared subscription gets no retained messages.
+    @Test(.timeLimit(.minutes(1))) func sharedSubscriptionsShareTheWork() async throws {
+        let hub = try await TestHub.start {
+            $0.gateway.deviceBurst = 100
+            $0.gateway.routeBurst = 100
+        }
+        let device = try await hub.enroll("pf-4")
+        let operatorClient = try hub.operatorClient()
+        let topic = try TopicName("devices/pf-4/telemetry")
+        let shared = "$share/workers/devices/+/telemetry"
+        try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws in
+            #expect(
+                try await mqtt.publishAcknowledged(
+                    topic: try TopicName("devices/pf-4/state"), payload: Array("{}".utf8), retain: true) == 0)
+        }
+        try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "w1") { w1, _ async throws in
+            #expect(try await Self.subscribe(w1, [shared, "$share/workers/devices/+/state"], identifier: 1) == [1, 1])
+            try await MQTTBrokerTests.connect(hub, operatorClient, version: .v311, clientID: "w2") {
+                w2, _ async throws in
+                #expect(try await Self.subscribe(w2, [shared]) == [1])
+                try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws in
+                    for n in 1...6 {
+                        #expect(
+                            try await mqtt.publishAcknowledged(topic: topic, payload: Array(#"{"n":\#(n)}"#.utf8))
+                                == 0)
+                    }
+                    var first: [String] = []
+                    var second: [String] = []
+                    for _ in 1...3 {
+                        let one = try await Self.received(w1)
+                        #expect(one.properties.subscriptionIdentifiers == [1])
+                        #expect(one.topic == topic, "no retained message on a shared subscription")
+                        first.append(String(decoding: one.payload, as: UTF8.self))
+                        second.append(String(decoding: try await Self.received(w2).payload, as: UTF8.self))
+                    }
+                    #expect(Set(first + second).count == 6, "each message went to exactly one member")
+                    #expect(Set(first).isDisjoint(with: second))
+                    // w1 takes the next message and leaves without acknowledging it: w2 gets it.
+                    #expect(try await mqtt.publishAcknowledged(topic: topic, payload: Array(#"{"n":7}"#.utf8)) == 0)
+                    #expect(try await mqtt.publishAcknowledged(topic: topic, payload: Array(#"{"n":8}"#.utf8)) == 0)
+                    let taken = try await Self.received(w1, acknowledge: false)
+                    let other = try await Self.received(w2)
+                    #expect(Set([taken.payload, other.payload]) == [Array(#"{"n":7}"#.utf8), Array(#"{"n":8}"#.utf8)])
+                    try await w1.send(.disconnect(reasonCode: 0, properties: .init()))
+                    let handedOver = try await Self.received(w2)
+                    #expect(handedOver.payload == taken.payload)
+                }
+            }
+        }
+        try await hub.stop()
+    }
+}
