@@ -76,6 +76,9 @@ struct BrokerConnection: Sendable {
     let receiveMaximum: Int
     /// The client's MQTT 5 Maximum Packet Size (§3.1.2.11.4): larger deliveries are dropped for this client.
     let maximumPacketSize: Int
+    /// Topic aliases the hub may use towards this client: its MQTT 5 Topic Alias Maximum (§3.1.2.11.5), capped
+    /// (`MQTTBroker.maxOutboundAliases`); 0 for none and for MQTT 3.1.1.
+    var topicAliasMaximum = 0
 }
 
 /// Sessions, subscriptions, retained messages and QoS 1 delivery (MQTT 3.1.1 §3.1.2.4 and §4.3.2, MQTT 5.0 §4.1,
@@ -97,7 +100,12 @@ actor MQTTBroker {
         var inflight: [(id: UInt16, message: BrokerMessage)] = []
         var queue = CircularBuffer<BrokerMessage>()
         var nextPacketID: UInt16 = 0
+        /// Topic aliases given to the connected client (§3.3.2.3.4), topic → alias; they end with the connection.
+        var aliases: [String: UInt16] = [:]
     }
+
+    /// At most this many topic aliases per connection towards a client, whatever it allows (each holds a topic).
+    static let maxOutboundAliases = 256
 
     struct Attached: Sendable {
         let sessionPresent: Bool
@@ -167,6 +175,7 @@ actor MQTTBroker {
         session.expirySeconds = expirySeconds
         session.disconnectedAt = nil
         session.ready = false
+        session.aliases = [:]
         return Attached(sessionPresent: present, connectionNumber: nextConnection)
     }
 
@@ -184,7 +193,7 @@ actor MQTTBroker {
         var overflow: [BrokerMessage] = []
         for (id, message) in unacknowledged {
             if session.inflight.count < connection.receiveMaximum {
-                if send(message, id: id, duplicate: true, on: connection, started: true) {
+                if send(message, id: id, duplicate: true, on: connection, in: session, started: true) {
                     session.inflight.append((id, message))
                 }
             } else {
@@ -193,6 +202,12 @@ actor MQTTBroker {
         }
         for message in overflow.reversed() { session.queue.prepend(message) }
         pump(session)
+    }
+
+    /// Whether another connection has taken up the session since `connectionNumber` (or started it anew): a delayed
+    /// will of the earlier connection is then not published (MQTT 5.0 §3.1.3.2.2 [MQTT-3.1.3-9]).
+    func superseded(key: String, connectionNumber: Int) -> Bool {
+        sessions[key].map { $0.connectionNumber != connectionNumber } ?? false
     }
 
     /// Detaches the connection (if it is still the session's); a session with expiry 0 ends now.
@@ -426,7 +441,7 @@ actor MQTTBroker {
                 if session.connection != nil { dropped += 1 }
                 return
             }
-            send(message, id: nil, duplicate: false, on: connection)
+            send(message, id: nil, duplicate: false, on: connection, in: session)
             return
         }
         if let connection = session.connection, session.ready, session.inflight.count < connection.receiveMaximum {
@@ -452,7 +467,7 @@ actor MQTTBroker {
             id = id == UInt16.max ? 1 : id + 1
         } while session.inflight.contains(where: { $0.id == id })
         session.nextPacketID = id
-        if send(message, id: id, duplicate: false, on: connection) {
+        if send(message, id: id, duplicate: false, on: connection, in: session) {
             session.inflight.append((id, message))
         }
     }
@@ -461,9 +476,14 @@ actor MQTTBroker {
     /// the copy is deleted) or is larger than the client accepts (§3.1.2.11.4 [MQTT-3.1.2-25]); both are counted as
     /// dropped. The Message Expiry Interval sent is what remains of it [MQTT-3.3.2-6]; a delivery already `started`
     /// (resent after a reconnect) keeps going with at least one second.
+    ///
+    /// To a client that allows topic aliases, the first PUBLISH of a topic carries the topic and a new alias, later
+    /// ones the alias alone (§3.3.2.3.4), until the client's maximum is reached; an alias is kept only once the
+    /// packet that set it was written.
     @discardableResult
     private func send(
-        _ message: BrokerMessage, id: UInt16?, duplicate: Bool, on connection: BrokerConnection, started: Bool = false
+        _ message: BrokerMessage, id: UInt16?, duplicate: Bool, on connection: BrokerConnection, in session: Session,
+        started: Bool = false
     ) -> Bool {
         var properties = message.properties
         if let expiresAt = message.expiresAt {
@@ -475,16 +495,28 @@ actor MQTTBroker {
             let seconds = remaining.components.seconds + (remaining.components.attoseconds > 0 ? 1 : 0)
             properties.messageExpiryInterval = UInt32(clamping: max(1, seconds))
         }
+        var topic = message.topic
+        var newAlias: UInt16?
+        if connection.topicAliasMaximum > 0 {
+            if let alias = session.aliases[message.topic.rawValue] {
+                properties.topicAlias = alias
+                topic = .unresolvedAlias
+            } else if session.aliases.count < connection.topicAliasMaximum {
+                newAlias = UInt16(session.aliases.count + 1)
+                properties.topicAlias = newAlias
+            }
+        }
         var buffer = ByteBuffer()
         Packet.publish(
             PublishPacket(
-                topic: message.topic, payload: message.payload, qos: message.qos, retain: message.retain,
+                topic: topic, payload: message.payload, qos: message.qos, retain: message.retain,
                 duplicate: duplicate, packetID: id, properties: properties)
         ).encode(into: &buffer, version: connection.version)
         guard buffer.readableBytes <= connection.maximumPacketSize else {
             dropped += 1
             return false
         }
+        if let newAlias { session.aliases[message.topic.rawValue] = newAlias }
         connection.channel.writeAndFlush(buffer, promise: nil)
         return true
     }

@@ -297,7 +297,7 @@ struct MQTTConnection {
     func serve() async {
         let source = channel.channel.remoteAddress?.ipAddress
         do {
-            try await channel.executeThenClose { inbound, outbound in
+            let delayedWill = try await channel.executeThenClose { inbound, outbound -> DelayedWill? in
                 var packets = inbound.makeAsyncIterator()
                 // CONNECT within the deadline (the TLS handshake happens while we wait), or the connection closes
                 // (MQTT 3.1.1 §3.1.4 lets the server close a connection that sends no CONNECT).
@@ -317,16 +317,17 @@ struct MQTTConnection {
                     let connack: [UInt8] = level > 5 ? [0x20, 0x03, 0x00, 0x84, 0x00] : [0x20, 0x02, 0x00, 0x01]
                     listener.logger.notice("MQTT CONNECT refused", metadata: ["detail": .string(error.detail)])
                     try? await outbound.write(ByteBuffer(bytes: connack))
-                    return
+                    return nil
                 }
                 deadline.cancel()
-                guard case .connect(let connect) = first else { return }
+                guard case .connect(let connect) = first else { return nil }
                 guard let peer = try? await peerIdentity(source: source), !listener.revocations.contains(peer.serial)
-                else { return }
+                else { return nil }
                 await listener.renewals.used(peer.serial)
                 _ = outbound  // every write goes through the channel, in order with the broker's deliveries
-                try await session(connect: connect, peer: peer, packets: &packets)
+                return try await session(connect: connect, peer: peer, packets: &packets)
             }
+            if let delayedWill { await publish(delayedWill) }
         } catch {
             listener.logger.debug("MQTT connection ended", metadata: ["error": "\(error)"])
             // A certificate that fails verification is recorded by the verification callback; a client that sends
@@ -400,20 +401,20 @@ struct MQTTConnection {
 
     private func session(
         connect: ConnectPacket, peer: Peer, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
-    ) async throws {
+    ) async throws -> DelayedWill? {
         let version = connect.version
         let v5 = version == .v5
         let settings = listener.settings
         // MQTT 3.1.1 §3.1.3.1 [MQTT-3.1.3-8]: an empty client id with cleanSession = 0 is refused (0x02).
         if !v5, connect.clientID.isEmpty, !connect.cleanStart {
             try await send(.connack(sessionPresent: false, reasonCode: 0x02, properties: .init()), version)
-            return
+            return nil
         }
         guard let clientID = acceptedClientID(connect.clientID, peer: peer) else {
             await refuse("mqtt-client-id-refused", peer, "client id names another device")
             // MQTT 5.0 §3.2.2.2 0x85 Client Identifier not valid; 3.1.1 §3.2.2.3 0x02 identifier rejected.
             try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x85 : 0x02, properties: .init()), version)
-            return
+            return nil
         }
         // A quarantined device is refused with no further work (MQTT 5.0 §3.2.2.2 0x87 Not authorized;
         // 3.1.1 §3.2.2.3 0x05 not authorized), as on HTTP.
@@ -421,7 +422,7 @@ struct MQTTConnection {
             listener.gateway.quarantine.isQuarantined(device, now: Int64(Date().timeIntervalSince1970))
         {
             try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version)
-            return
+            return nil
         }
         // The will is a publish like any other: within the identity's topics and at most QoS 1 (CONNACK says so).
         let acl = (peer.device == nil ? settings.fleetACL : settings.deviceACL).bound(to: peer.deviceLevel)
@@ -429,19 +430,19 @@ struct MQTTConnection {
             guard will.qos != .exactlyOnce else {
                 try await send(
                     .connack(sessionPresent: false, reasonCode: v5 ? 0x9B : 0x05, properties: .init()), version)
-                return
+                return nil
             }
             guard acl.mayPublish(will.topic) else {
                 await refuse("mqtt-publish-refused", peer, "will outside the identity's topics")
                 try await send(
                     .connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version)
-                return
+                return nil
             }
         }
         // MQTT 5.0 §3.1.2.11.3: a Receive Maximum of 0 is a protocol error.
         if v5, connect.properties.receiveMaximum == 0 {
             try await send(.connack(sessionPresent: false, reasonCode: 0x82, properties: .init()), version)
-            return
+            return nil
         }
         // Session expiry: MQTT 5.0 §3.1.2.11.2 (capped by configuration); MQTT 3.1.1 cleanSession = 0 keeps the
         // session for the configured maximum.
@@ -474,21 +475,25 @@ struct MQTTConnection {
             if revocations.contains(serial) { nioChannel.close(promise: nil) }
         }
         defer { revocationCheck.cancel() }
+        var brokerConnection = BrokerConnection(
+            channel: channel.channel, version: version,
+            receiveMaximum: min(Int(connect.properties.receiveMaximum ?? 64), 1024),
+            maximumPacketSize: Int(connect.properties.maximumPacketSize ?? UInt32(Int32.max)))
+        if v5 {
+            brokerConnection.topicAliasMaximum = min(
+                Int(connect.properties.topicAliasMaximum ?? 0), MQTTBroker.maxOutboundAliases)
+        }
         guard
             let attached = await listener.broker.attach(
                 key: sessionKey, owner: peer.identity.uri, maxPerOwner: settings.maxSessionsPerIdentity,
-                cleanStart: connect.cleanStart, expirySeconds: expiry,
-                connection: BrokerConnection(
-                    channel: channel.channel, version: version,
-                    receiveMaximum: min(Int(connect.properties.receiveMaximum ?? 64), 1024),
-                    maximumPacketSize: Int(connect.properties.maximumPacketSize ?? UInt32(Int32.max))))
+                cleanStart: connect.cleanStart, expirySeconds: expiry, connection: brokerConnection)
         else {
             // MQTT 5.0 §3.2.2.2 0x97 Quota exceeded; MQTT 3.1.1 has no such code: 0x03 Server unavailable.
             await refuse(
                 "mqtt-session-refused", peer,
                 "already \(settings.maxSessionsPerIdentity) sessions for this identity", oncePerMinute: true)
             try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x97 : 0x03, properties: .init()), version)
-            return
+            return nil
         }
         var properties = Properties()
         if v5 {
@@ -500,6 +505,14 @@ struct MQTTConnection {
             if expiry != requestedExpiry { properties.sessionExpiryInterval = UInt32(expiry) }
             // §3.2.2.3.14 Server Keep Alive: sent only when it differs from what the client asked.
             if keepAlive != connect.keepAlive { properties.serverKeepAlive = keepAlive }
+            // §3.1.2.11.6 / §3.2.2.3.15: a client that asks for Response Information gets the base of the response
+            // topics it can use: for a device, a topic under its commands that it may subscribe to and the fleet
+            // may publish to. Operators and applications get none: devices publish only within their own topics.
+            if connect.properties.other.contains(where: { $0.0 == 0x19 && $0.1 == [1] }),
+                let base = Self.responseInformation(peer: peer, acl: acl, settings: settings)
+            {
+                properties.other.append((0x1A, Array(base.utf8)))
+            }
         }
         var state = State(
             version: version, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
@@ -536,14 +549,42 @@ struct MQTTConnection {
         case .closed: publishWill = true
         case .disconnected(let withWill): publishWill = withWill
         }
-        if publishWill, let will = connect.will, !listener.revocations.contains(peer.serial),
+        guard publishWill, let will = connect.will, !listener.revocations.contains(peer.serial),
             acl.mayPublish(will.topic)
-        {
-            let message = PublishPacket(
-                topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
-                properties: will.properties)
-            _ = await admitAndDeliver(message, peer: peer, state: &state, respond: false)
+        else { return nil }
+        let message = PublishPacket(
+            topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties)
+        // MQTT 5.0 §3.1.3.2.2: a Will Delay Interval holds the will back until it passes or the session ends,
+        // whichever is first; it is published after the connection is closed (`serve`).
+        let delay = v5 ? min(Int(will.properties.willDelayInterval ?? 0), state.expirySeconds) : 0
+        guard delay == 0 else {
+            return DelayedWill(
+                message: message, peer: peer, state: state, seconds: delay, connectionNumber: attached.connectionNumber)
         }
+        _ = await admitAndDeliver(message, peer: peer, state: &state, respond: false)
+        return nil
+    }
+
+    /// A will to publish once its delay has passed, unless a new connection took up the session meanwhile.
+    struct DelayedWill {
+        let message: PublishPacket
+        let peer: Peer
+        var state: State
+        let seconds: Int
+        let connectionNumber: Int
+    }
+
+    /// Waits out a will's delay (the connection is closed by then, its slot given back) and publishes it if no new
+    /// connection took up the session [MQTT-3.1.3-9] and the certificate was not revoked meanwhile. At a hub
+    /// shutdown the wait is cancelled and the will is not published: the session ends with the process.
+    private func publish(_ will: DelayedWill) async {
+        var will = will
+        do { try await Task.sleep(for: .seconds(will.seconds)) } catch { return }
+        guard
+            !(await listener.broker.superseded(key: will.state.sessionKey, connectionNumber: will.connectionNumber)),
+            !listener.revocations.contains(will.peer.serial)
+        else { return }
+        _ = await admitAndDeliver(will.message, peer: will.peer, state: &will.state, respond: false)
     }
 
     /// Handles packets until the connection ends.
@@ -898,6 +939,16 @@ struct MQTTConnection {
             let number = document.int64(member), number >= 1, number <= 9_007_199_254_740_991
         else { return nil }
         return UInt64(number)
+    }
+
+    /// `devices/<id>/commands/response` when the device may subscribe below it and the fleet may publish there.
+    static func responseInformation(peer: Peer, acl: BoundTopicACL, settings: MQTTSettings) -> String? {
+        guard let device = peer.device else { return nil }
+        let base = "devices/\(device.rawValue)/commands/response"
+        guard let below = try? TopicFilter(base + "/#"), let reply = try? TopicName(base + "/r"),
+            acl.maySubscribe(below), settings.fleetACL.bound(to: "").mayPublish(reply)
+        else { return nil }
+        return base
     }
 
     /// Consecutive QoS 0 publishes over the rate after which an MQTT 5 client is disconnected with 0x96.

@@ -209,4 +209,104 @@ import Testing
         }
         try await hub.stop()
     }
+
+    /// §3.1.3.2.2: a will with a delay is published once the delay has passed, not at all when the client comes
+    /// back in time, and when the session ends first, then.
+    @Test(.timeLimit(.minutes(1))) func willDelayIntervalIsHonoured() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("wd-1")
+        let operatorClient = try hub.operatorClient()
+        let state = try TopicName("devices/wd-1/state")
+        func withWill(delay: UInt32, expiry: UInt32) -> (inout ConnectPacket) -> Void {
+            { connect in
+                var properties = Properties()
+                properties.willDelayInterval = delay
+                connect.will = Will(
+                    topic: state, payload: Array(#"{"gone":\#(delay)}"#.utf8), qos: .atLeastOnce, retain: false,
+                    properties: properties)
+                connect.cleanStart = false
+                connect.properties.sessionExpiryInterval = expiry
+            }
+        }
+        try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "watch") { fleet, _ async throws in
+            #expect(try await Self.subscribe(fleet, ["devices/+/state"]) == [1])
+            // Gone without DISCONNECT, not back: the will after its 2 s delay.
+            try await MQTTBrokerTests.connect(hub, device, configure: withWill(delay: 2, expiry: 300)) { _, _ in }
+            let left = ContinuousClock.now
+            let will = try await Self.received(fleet)
+            #expect(will.payload == Array(#"{"gone":2}"#.utf8))
+            #expect(ContinuousClock.now - left >= .milliseconds(1800), "published before its delay")
+            // Gone, then back within the delay: no will (the next message on the topic is the device's own).
+            try await MQTTBrokerTests.connect(hub, device, configure: withWill(delay: 2, expiry: 300)) { _, _ in }
+            try await Task.sleep(for: .milliseconds(300))
+            try await MQTTBrokerTests.connect(hub, device, configure: MQTTBrokerTests.persistent) {
+                mqtt, _ async throws in
+                try await Task.sleep(for: .milliseconds(2500))
+                #expect(try await mqtt.publishAcknowledged(topic: state, payload: Array(#"{"back":1}"#.utf8)) == 0)
+                try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+            }
+            #expect(try await Self.received(fleet).payload == Array(#"{"back":1}"#.utf8))
+            // A delay longer than the session: the will when the session ends (1 s).
+            try await MQTTBrokerTests.connect(hub, device, configure: withWill(delay: 100, expiry: 1)) { _, _ in }
+            let ended = ContinuousClock.now
+            #expect(try await Self.received(fleet).payload == Array(#"{"gone":100}"#.utf8))
+            #expect(ContinuousClock.now - ended < .seconds(10))
+        }
+        try await hub.stop()
+    }
+
+    /// Outbound topic aliases to a client that allows them (§3.3.2.3.4), Response Information to a device that asks
+    /// (§3.2.2.3.15), and an inbound alias that does not outlive its connection.
+    @Test func topicAliasesAndResponseInformation() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("ta-1")
+        let operatorClient = try hub.operatorClient()
+        let telemetry = try TopicName("devices/ta-1/telemetry")
+        let askResponseInformation: (inout ConnectPacket) -> Void = { $0.properties.other = [(0x19, [1])] }
+        let aliasesAndResponseInformation: (inout ConnectPacket) -> Void = {
+            $0.properties.topicAliasMaximum = 2
+            $0.properties.other = [(0x19, [1])]
+        }
+        try await MQTTBrokerTests.connect(hub, device, configure: aliasesAndResponseInformation) {
+            mqtt, _ async throws in
+            #expect(
+                mqtt.connackProperties.other.first { $0.0 == 0x1A }?.1
+                    == Array("devices/ta-1/commands/response".utf8))
+            #expect(try await Self.subscribe(mqtt, ["devices/ta-1/commands/#"]) == [1])
+            // The inbound alias the device sets here is gone on its next connection (below).
+            var alias = Properties()
+            alias.topicAlias = 1
+            #expect(
+                try await mqtt.publishAcknowledged(topic: telemetry, payload: Array("{}".utf8), properties: alias) == 0)
+            try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "ops") { fleet, _ async throws in
+                for name in ["a", "b", "c", "a", "b"] {
+                    #expect(
+                        try await fleet.publishAcknowledged(
+                            topic: try TopicName("devices/ta-1/commands/\(name)"), payload: Array("{}".utf8)) == 0)
+                }
+            }
+            var seen: [String] = []
+            for _ in 1...5 {
+                let publish = try await Self.received(mqtt)
+                seen.append("\(publish.topic.rawValue)|\(publish.properties.topicAlias.map(String.init) ?? "-")")
+            }
+            #expect(
+                seen == [
+                    "devices/ta-1/commands/a|1", "devices/ta-1/commands/b|2", "devices/ta-1/commands/c|-", "|1", "|2",
+                ])
+        }
+        // No Response Information for an operator; an alias from an earlier connection is a protocol error.
+        try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "ops", configure: askResponseInformation) {
+            mqtt, _ async throws in
+            #expect(!mqtt.connackProperties.other.contains { $0.0 == 0x1A })
+        }
+        let reused = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> UInt8 in
+            var alias = Properties()
+            alias.topicAlias = 1
+            return try await mqtt.publishAcknowledged(
+                topic: .unresolvedAlias, payload: Array("{}".utf8), properties: alias)
+        }
+        #expect(reused == 0x82)
+        try await hub.stop()
+    }
 }
