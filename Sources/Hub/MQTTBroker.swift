@@ -96,8 +96,17 @@ actor MQTTBroker {
         var connectionNumber = 0
         var expirySeconds = 0
         var disconnectedAt: ContinuousClock.Instant?
-        /// QoS 1 deliveries sent and not yet acknowledged, in the order sent (redelivered with DUP on resume).
-        var inflight: [(id: UInt16, message: BrokerMessage)] = []
+        /// QoS 1 and 2 deliveries sent and not yet complete, in the order sent (redelivered with DUP on resume, or
+        /// their PUBREL sent again).
+        var inflight: [Inflight] = []
+        /// QoS 2 packet ids received from the client, stored and answered with PUBREC, whose PUBREL has not come
+        /// (§4.3.3 [MQTT-4.3.3-9]: a PUBLISH with one of them is a copy, stored and delivered once). They belong to
+        /// the session: a PUBREL may come on the next connection.
+        var receivedQoS2 = Set<UInt16>()
+        /// A connection that was taken over and is still finishing its store writes (its QoS 2 ids are not all in
+        /// `receivedQoS2` yet), and who waits for it.
+        var draining: Int?
+        var drained: [CheckedContinuation<Void, Never>] = []
         var queue = CircularBuffer<BrokerMessage>()
         var nextPacketID: UInt16 = 0
         /// Topic aliases given to the connected client (§3.3.2.3.4), topic → alias; they end with the connection.
@@ -106,6 +115,13 @@ actor MQTTBroker {
 
     /// At most this many topic aliases per connection towards a client, whatever it allows (each holds a topic).
     static let maxOutboundAliases = 256
+
+    /// A delivery in flight: QoS 1 until PUBACK; QoS 2 until PUBREC (then `released`: PUBREL sent) and PUBCOMP.
+    struct Inflight {
+        let id: UInt16
+        let message: BrokerMessage
+        var released = false
+    }
 
     struct Attached: Sendable {
         let sessionPresent: Bool
@@ -157,11 +173,12 @@ actor MQTTBroker {
     ) -> Attached? {
         sweepExpired()
         if sessions[key] == nil, sessions.values.lazy.filter({ $0.owner == owner }).count >= maxPerOwner { return nil }
-        if let previous = sessions[key]?.connection {
+        if let session = sessions[key], let previous = session.connection {
             if previous.version == .v5 {
                 Self.write(.disconnect(reasonCode: 0x8E, properties: .init()), previous)
             }
             previous.channel.close(promise: nil)
+            session.draining = session.connectionNumber
         }
         if cleanStart, let discarded = sessions[key] { forget(discarded) }
         let existing = cleanStart ? nil : sessions[key]
@@ -188,16 +205,22 @@ actor MQTTBroker {
         session.ready = true
         // Redelivered within the new connection's limits: what no longer fits its Receive Maximum goes back to the
         // front of the queue, what exceeds its Maximum Packet Size is dropped.
+        // A QoS 2 delivery whose PUBREL was sent gets its PUBREL again (§4.4 [MQTT-4.4.0-1]): the client has the
+        // message, so it stays in flight whatever the window.
         let unacknowledged = session.inflight
-        session.inflight = []
+        session.inflight = unacknowledged.filter(\.released)
+        for delivery in session.inflight {
+            Self.write(.pubrel(packetID: delivery.id, reasonCode: 0, properties: .init()), connection)
+        }
         var overflow: [BrokerMessage] = []
-        for (id, message) in unacknowledged {
+        for delivery in unacknowledged where !delivery.released {
             if session.inflight.count < connection.receiveMaximum {
-                if send(message, id: id, duplicate: true, on: connection, in: session, started: true) {
-                    session.inflight.append((id, message))
+                if send(delivery.message, id: delivery.id, duplicate: true, on: connection, in: session, started: true)
+                {
+                    session.inflight.append(Inflight(id: delivery.id, message: delivery.message))
                 }
             } else {
-                overflow.append(message)
+                overflow.append(delivery.message)
             }
         }
         for message in overflow.reversed() { session.queue.prepend(message) }
@@ -212,7 +235,13 @@ actor MQTTBroker {
 
     /// Detaches the connection (if it is still the session's); a session with expiry 0 ends now.
     func detach(key: String, connectionNumber: Int, expirySeconds: Int? = nil) {
-        guard let session = sessions[key], session.connectionNumber == connectionNumber else { return }
+        guard let session = sessions[key] else { return }
+        if session.draining == connectionNumber {
+            session.draining = nil
+            for waiter in session.drained { waiter.resume() }
+            session.drained = []
+        }
+        guard session.connectionNumber == connectionNumber else { return }
         session.connection = nil
         session.ready = false
         handOverShared(from: key, session)
@@ -278,13 +307,64 @@ actor MQTTBroker {
         }
     }
 
-    /// Releases a QoS 1 delivery the client acknowledged and sends what was waiting for the window.
-    func acknowledge(key: String, connectionNumber: Int, packetID: UInt16) {
+    /// Ends a delivery the client completed, a QoS 1 one with PUBACK or a QoS 2 one with PUBCOMP after its PUBREL,
+    /// and sends what was waiting for the window. An id in flight for no delivery is ignored; false when the packet
+    /// does not fit the delivery (a PUBACK for QoS 2, a PUBCOMP before PUBREL): a protocol error.
+    func acknowledge(key: String, connectionNumber: Int, packetID: UInt16, qos: QoS = .atLeastOnce) -> Bool {
         guard let session = sessions[key], session.connectionNumber == connectionNumber,
             let index = session.inflight.firstIndex(where: { $0.id == packetID })
-        else { return }
+        else { return true }
+        let delivery = session.inflight[index]
+        guard delivery.message.qos == qos, qos == .atLeastOnce || delivery.released else { return false }
         session.inflight.remove(at: index)
         pump(session)
+        return true
+    }
+
+    /// A PUBREC from the client (§4.3.3, §3.5.2.1): below 0x80 the client has the message and the PUBREL goes
+    /// out; from 0x80 the delivery ends there. An unknown id gets PUBREL 0x92 Packet Identifier not found (MQTT 5;
+    /// a plain PUBREL on 3.1.1). False for a PUBREC to a QoS 1 delivery: a protocol error.
+    func received(key: String, connectionNumber: Int, packetID: UInt16, reasonCode: UInt8) -> Bool {
+        guard let session = sessions[key], session.connectionNumber == connectionNumber,
+            let connection = session.connection
+        else { return true }
+        guard let index = session.inflight.firstIndex(where: { $0.id == packetID }) else {
+            let code: UInt8 = connection.version == .v5 ? 0x92 : 0
+            Self.write(.pubrel(packetID: packetID, reasonCode: code, properties: .init()), connection)
+            return true
+        }
+        guard session.inflight[index].message.qos == .exactlyOnce else { return false }
+        if reasonCode >= 0x80 {
+            session.inflight.remove(at: index)
+            pump(session)
+            return true
+        }
+        session.inflight[index].released = true
+        Self.write(.pubrel(packetID: packetID, reasonCode: 0, properties: .init()), connection)
+        return true
+    }
+
+    /// Whether a QoS 2 PUBLISH from the client is a copy of one already stored (answer PUBREC again, store and
+    /// deliver nothing). When a taken-over connection is still finishing its writes, waits for it first.
+    func isStoredQoS2(key: String, packetID: UInt16) async -> Bool {
+        guard let session = sessions[key] else { return false }
+        while session.draining != nil {
+            await withCheckedContinuation { session.drained.append($0) }
+        }
+        return session.receivedQoS2.contains(packetID)
+    }
+
+    /// A QoS 2 message from the client is stored; its PUBREC is about to go out.
+    func storedQoS2(key: String, connectionNumber: Int, packetID: UInt16) {
+        guard let session = sessions[key],
+            session.connectionNumber == connectionNumber || session.draining == connectionNumber
+        else { return }
+        session.receivedQoS2.insert(packetID)
+    }
+
+    /// A PUBREL from the client: the id is free again. False when it was not held (PUBCOMP 0x92 on MQTT 5).
+    func releaseQoS2(key: String, packetID: UInt16) -> Bool {
+        sessions[key]?.receivedQoS2.remove(packetID) != nil
     }
 
     /// Updates the retained message of the topic (an empty payload removes it, MQTT 3.1.1 §3.3.1.3) and delivers to
@@ -445,7 +525,7 @@ actor MQTTBroker {
             return
         }
         if let connection = session.connection, session.ready, session.inflight.count < connection.receiveMaximum {
-            sendQoS1(message, session, connection)
+            sendAcknowledged(message, session, connection)
         } else if session.queue.count < maxQueued {
             session.queue.append(message)
         } else {
@@ -457,18 +537,18 @@ actor MQTTBroker {
         while let connection = session.connection, session.ready, session.inflight.count < connection.receiveMaximum,
             let message = session.queue.popFirst()
         {
-            sendQoS1(message, session, connection)
+            sendAcknowledged(message, session, connection)
         }
     }
 
-    private func sendQoS1(_ message: BrokerMessage, _ session: Session, _ connection: BrokerConnection) {
+    private func sendAcknowledged(_ message: BrokerMessage, _ session: Session, _ connection: BrokerConnection) {
         var id = session.nextPacketID
         repeat {
             id = id == UInt16.max ? 1 : id + 1
         } while session.inflight.contains(where: { $0.id == id })
         session.nextPacketID = id
         if send(message, id: id, duplicate: false, on: connection, in: session) {
-            session.inflight.append((id, message))
+            session.inflight.append(Inflight(id: id, message: message))
         }
     }
 
@@ -544,5 +624,8 @@ actor MQTTBroker {
 
     private func forget(_ session: Session) {
         subscriptions.subtract(session.filters.count, ordering: .relaxed)
+        for waiter in session.drained { waiter.resume() }
+        session.drained = []
+        session.draining = nil
     }
 }

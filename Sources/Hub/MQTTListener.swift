@@ -424,14 +424,9 @@ struct MQTTConnection {
             try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version)
             return nil
         }
-        // The will is a publish like any other: within the identity's topics and at most QoS 1 (CONNACK says so).
+        // The will is a publish like any other: within the identity's topics.
         let acl = (peer.device == nil ? settings.fleetACL : settings.deviceACL).bound(to: peer.deviceLevel)
         if let will = connect.will {
-            guard will.qos != .exactlyOnce else {
-                try await send(
-                    .connack(sessionPresent: false, reasonCode: v5 ? 0x9B : 0x05, properties: .init()), version)
-                return nil
-            }
             guard acl.mayPublish(will.topic) else {
                 await refuse("mqtt-publish-refused", peer, "will outside the identity's topics")
                 try await send(
@@ -498,7 +493,6 @@ struct MQTTConnection {
         var properties = Properties()
         if v5 {
             if connect.clientID.isEmpty { properties.assignedClientIdentifier = clientID }
-            properties.maximumQoS = 1
             properties.topicAliasMaximum = UInt16(settings.topicAliasMaximum)
             properties.receiveMaximum = UInt16(settings.receiveMaximum)
             properties.maximumPacketSize = UInt32(listener.maximumPacketSize)
@@ -618,15 +612,13 @@ struct MQTTConnection {
                         state.aliases[alias] = publish.topic
                     }
                 }
-                guard publish.qos != .exactlyOnce else {
-                    // QoS 2 is not implemented: MQTT 5.0 §3.3.1.2 0x9B QoS not supported (CONNACK said Maximum QoS 1).
-                    if v5 { await serverDisconnect(0x9B, state: &state) }
-                    return .closed
-                }
-                // MQTT 5.0 §3.3.4: more QoS 1 publishes awaiting their PUBACK than the Receive Maximum the hub
-                // announced is a protocol error: DISCONNECT 0x93. (MQTT 3.1.1 has no such limit: its publishes wait.)
-                if v5, publish.qos == .atLeastOnce,
-                    state.unacknowledged.received() > listener.settings.receiveMaximum
+                // MQTT 5.0 §3.3.4, §4.9: more QoS 1 and 2 publishes awaiting their PUBACK or PUBCOMP than the Receive
+                // Maximum the hub announced is a protocol error: DISCONNECT 0x93. (MQTT 3.1.1 has no such limit: its
+                // publishes wait.)
+                if v5, let id = publish.packetID,
+                    (publish.qos == .exactlyOnce
+                        ? state.unacknowledged.received(qos2: id) : state.unacknowledged.received())
+                        > listener.settings.receiveMaximum
                 {
                     await refuse(
                         "mqtt-protocol-error", peer, "more QoS 1 publishes unacknowledged than the Receive Maximum",
@@ -639,11 +631,19 @@ struct MQTTConnection {
                         "mqtt-publish-refused", peer, "publish outside the identity's topics", oncePerMinute: true)
                     if v5 {
                         if let id = publish.packetID {
-                            await acknowledge(id, state: &state, code: 0x87)
+                            await acknowledge(id, qos: publish.qos, state: &state, code: 0x87)
                         }
                         continue
                     }
                     return .closed  // 3.1.1 has no negative PUBACK: close (§4.8).
+                }
+                // §4.3.3 [MQTT-4.3.3-9]: a QoS 2 PUBLISH whose id is stored and awaits its PUBREL is a copy (a resend
+                // after a reconnect): PUBREC again, nothing stored or delivered twice.
+                if publish.qos == .exactlyOnce, let id = publish.packetID,
+                    await listener.broker.isStoredQoS2(key: state.sessionKey, packetID: id)
+                {
+                    await acknowledge(id, qos: .exactlyOnce, state: &state, code: 0)
+                    continue
                 }
                 if !(await admitAndDeliver(publish, peer: peer, state: &state, respond: true)) { return .closed }
             case .subscribe(let id, let subscriptions, let properties):
@@ -656,7 +656,7 @@ struct MQTTConnection {
                     if index >= listener.settings.maxFiltersPerSubscribe {
                         codes.append(0x80)  // beyond the filters one SUBSCRIBE may carry
                     } else if acl.maySubscribe(share?.filter ?? subscription.filter) {
-                        let qos = min(subscription.qos, .atLeastOnce)
+                        let qos = subscription.qos
                         granted.append(
                             (
                                 codes.count, subscription.filter,
@@ -694,9 +694,35 @@ struct MQTTConnection {
                 try await send(
                     .unsuback(packetID: id, reasonCodes: existed.map { $0 || !v5 ? 0 : 0x11 }, properties: .init()),
                     version)
-            case .puback(let id, _, _):
-                await listener.broker.acknowledge(
-                    key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id)
+            case .puback(let id, _, _), .pubcomp(let id, _, _):
+                // A PUBACK for a QoS 2 delivery, or a PUBCOMP for one not yet released, is a protocol error.
+                let qos: QoS = if case .puback = packet { .atLeastOnce } else { .exactlyOnce }
+                guard
+                    await listener.broker.acknowledge(
+                        key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, qos: qos)
+                else {
+                    await refuse("mqtt-protocol-error", peer, "acknowledgement of the wrong kind", oncePerMinute: true)
+                    if v5 { await serverDisconnect(0x82, state: &state) }
+                    return .closed
+                }
+            case .pubrec(let id, let reason, _):
+                guard
+                    await listener.broker.received(
+                        key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id,
+                        reasonCode: reason)
+                else {
+                    await refuse("mqtt-protocol-error", peer, "PUBREC to a QoS 1 delivery", oncePerMinute: true)
+                    if v5 { await serverDisconnect(0x82, state: &state) }
+                    return .closed
+                }
+            case .pubrel(let id, _, _):
+                // §3.6.4: PUBCOMP; 0x92 Packet Identifier not found when the id was not held (MQTT 5).
+                let held = await listener.broker.releaseQoS2(key: state.sessionKey, packetID: id)
+                state.unacknowledged.completed(qos2: id)
+                let completion = Packet.pubcomp(packetID: id, reasonCode: held || !v5 ? 0 : 0x92, properties: .init())
+                var buffer = ByteBuffer()
+                completion.encode(into: &buffer, version: version)
+                state.output.write(buffer)
             case .pingreq:
                 try await send(.pingresp, version)
             case .disconnect(let reason, let properties):
@@ -710,9 +736,6 @@ struct MQTTConnection {
                 }
                 // MQTT 5.0 §3.14.4: only a normal disconnection (0x00) discards the will; 3.1.1 DISCONNECT always does.
                 return .disconnected(withWill: v5 && reason != 0x00)
-            case .pubrec, .pubrel, .pubcomp:
-                if v5 { await serverDisconnect(0x9B, state: &state) }
-                return .closed
             case .auth:
                 if v5 { await serverDisconnect(0x8C, state: &state) }
                 return .closed
@@ -754,7 +777,7 @@ struct MQTTConnection {
             if let violation {
                 await refuse("invalid-message", peer, "MQTT PUBLISH to \(publish.topic): \(violation)")
                 if v5, respond, let id = publish.packetID {
-                    await acknowledge(id, state: &state, code: 0x99)
+                    await acknowledge(id, qos: publish.qos, state: &state, code: 0x99)
                     return true
                 }
                 return !respond || v5
@@ -762,7 +785,7 @@ struct MQTTConnection {
             let recipients = await listener.broker.publish(BrokerMessage(publish), from: state.sessionKey)
             if respond, let id = publish.packetID {
                 // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere).
-                await acknowledge(id, state: &state, code: recipients == 0 && v5 ? 0x10 : 0)
+                await acknowledge(id, qos: publish.qos, state: &state, code: recipients == 0 && v5 ? 0x10 : 0)
             }
             return true
         }
@@ -783,7 +806,7 @@ struct MQTTConnection {
             }
             let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
             if respond, let id = publish.packetID {
-                await acknowledge(id, state: &state, code: 0, then: clear)
+                await acknowledge(id, qos: publish.qos, state: &state, code: 0, then: clear)
             } else {
                 await deliverInOrder(clear, state: &state)
             }
@@ -822,7 +845,7 @@ struct MQTTConnection {
                 return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
             }
             listener.metrics?.admitted(.mqtt)
-            await acknowledge(id, state: &state, code: 0)
+            await acknowledge(id, qos: publish.qos, state: &state, code: 0)
             return true
         }
         if counter == nil,
@@ -848,7 +871,7 @@ struct MQTTConnection {
             let release: @Sendable () -> Void = {
                 if let counter = admitted.counter { counters.release(device: device, counter: counter) }
             }
-            if publish.qos == .atLeastOnce {
+            if publish.qos != .atMostOnce {
                 let store = listener.store
                 let logger = listener.logger
                 let writes = listener.counterWrites
@@ -877,7 +900,8 @@ struct MQTTConnection {
                     }
                 }
                 if respond, let id = publish.packetID {
-                    await acknowledge(id, state: &state, after: write, correlationID: correlationID, then: delivery)
+                    await acknowledge(
+                        id, qos: publish.qos, state: &state, after: write, correlationID: correlationID, then: delivery)
                 } else {
                     // The will: nothing to acknowledge, but it is delivered only once stored.
                     if await write.value { await listener.broker.publish(delivery, from: state.sessionKey) }
@@ -928,7 +952,7 @@ struct MQTTConnection {
             case .replay: refusal.problem == .invalidMessage ? 0x99 : 0x87
             default: refusal.problem == .unavailable ? 0x80 : 0x87
             }
-        await acknowledge(id, state: &state, code: code, correlationID: correlationID)
+        await acknowledge(id, qos: publish.qos, state: &state, code: code, correlationID: correlationID)
         return true
     }
 
@@ -976,8 +1000,12 @@ struct MQTTConnection {
     /// acknowledged, yet the loop reads on meanwhile, so one connection's messages share group commits. At most
     /// `mqtt.receiveMaximum` are outstanding; then the loop waits for the oldest. A failed write is answered 0x80
     /// with a correlation id (MQTT 5) or closes the connection (3.1.1); a stored message is then delivered.
+    ///
+    /// QoS 2 (§4.3.3) is answered with PUBREC instead: a success code first records the id with the session (a
+    /// copy of the PUBLISH is then answered without being stored again), and the message stays counted against the
+    /// Receive Maximum until its PUBCOMP; a failure code (0x80 and above) ends it there.
     private func acknowledge(
-        _ id: UInt16, state: inout State, after write: Task<Bool, Never>? = nil, code: UInt8 = 0,
+        _ id: UInt16, qos: QoS, state: inout State, after write: Task<Bool, Never>? = nil, code: UInt8 = 0,
         correlationID: String? = nil, then delivery: BrokerMessage? = nil
     ) async {
         if state.acknowledgements.count >= listener.settings.receiveMaximum {
@@ -992,6 +1020,7 @@ struct MQTTConnection {
         let failed = state.problemInformation ? refusalProperties(correlationID) : Properties()
         let properties = code == 0 ? Properties() : failed
         let unacknowledged = state.unacknowledged
+        let connectionNumber = state.connectionNumber
         state.acknowledgements.append(
             Task {
                 await previous?.value
@@ -1003,11 +1032,22 @@ struct MQTTConnection {
                     }
                     reason = 0x80
                 }
-                // Counted off before the PUBACK leaves: the client may send its next publish as soon as it has it.
-                if version == .v5 { unacknowledged.acknowledged() }
+                let answerProperties = reason == code ? properties : failed
+                let answer: Packet
+                if qos == .exactlyOnce {
+                    if reason < 0x80 {
+                        await broker.storedQoS2(key: sessionKey, connectionNumber: connectionNumber, packetID: id)
+                    } else {
+                        unacknowledged.completed(qos2: id)
+                    }
+                    answer = .pubrec(packetID: id, reasonCode: reason, properties: answerProperties)
+                } else {
+                    // Counted off before the PUBACK leaves: the client may send its next publish once it has it.
+                    if version == .v5 { unacknowledged.acknowledged() }
+                    answer = .puback(packetID: id, reasonCode: reason, properties: answerProperties)
+                }
                 var buffer = ByteBuffer()
-                Packet.puback(packetID: id, reasonCode: reason, properties: reason == code ? properties : failed)
-                    .encode(into: &buffer, version: version)
+                answer.encode(into: &buffer, version: version)
                 output.write(buffer)
                 if reason == 0, let delivery, delivery.retain || broker.hasSubscriptions {
                     await broker.publish(delivery, from: sessionKey)
@@ -1074,15 +1114,28 @@ struct MQTTConnection {
     }
 }
 
-/// QoS 1 PUBLISH packets of one connection received and not yet acknowledged (the read loop counts them in, the
-/// acknowledgement tasks count them off).
+/// QoS 1 and 2 PUBLISH packets of one connection received and not yet complete (MQTT 5.0 §4.9: the client's send
+/// quota comes back with PUBACK, PUBCOMP, or PUBREC with a failure code). The read loop counts them in, the
+/// acknowledgement tasks and PUBREL count them off. A QoS 2 id is counted once however often its PUBLISH comes.
 final class UnacknowledgedPublishes: Sendable {
     private let count = Atomic(0)
+    private let qos2 = Mutex(Set<UInt16>())
 
     /// One more received; returns how many are now unacknowledged.
     func received() -> Int { count.add(1, ordering: .relaxed).newValue }
 
     func acknowledged() { count.subtract(1, ordering: .relaxed) }
+
+    /// A QoS 2 PUBLISH received; returns how many are now unacknowledged.
+    func received(qos2 id: UInt16) -> Int {
+        guard qos2.withLock({ $0.insert(id).inserted }) else { return count.load(ordering: .relaxed) }
+        return received()
+    }
+
+    /// A QoS 2 message ended (PUBCOMP sent, or PUBREC with a failure code), if this connection counted it.
+    func completed(qos2 id: UInt16) {
+        if qos2.withLock({ $0.remove(id) != nil }) { acknowledged() }
+    }
 }
 
 /// The QoS 1 store writes in progress per (device, counter), and who waits for their outcome.

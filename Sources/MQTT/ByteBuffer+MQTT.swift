@@ -318,22 +318,20 @@ extension Packet {
             if let id = p.packetID, p.qos != .atMostOnce { body.writeInteger(id) }
             if v5 { body.writeProperties(p.properties) }
             body.writeBytes(p.payload)
-        case .puback(let id, let reasonCode, let properties):
-            header = 0x40
+        case .puback(let id, let reasonCode, let properties), .pubrec(let id, let reasonCode, let properties),
+            .pubrel(let id, let reasonCode, let properties), .pubcomp(let id, let reasonCode, let properties):
+            switch self {
+            case .puback: header = 0x40
+            case .pubrec: header = 0x50
+            case .pubrel: header = 0x62
+            default: header = 0x70
+            }
             body.writeInteger(id)
+            // §3.4.2.1: the reason code and properties may be left out when the code is 0 and there are none.
             if v5 && (reasonCode != 0 || !properties.isEmpty) {
                 body.writeInteger(reasonCode)
                 if !properties.isEmpty { body.writeProperties(properties) }
             }
-        case .pubrec(let id):
-            header = 0x50
-            body.writeInteger(id)
-        case .pubrel(let id):
-            header = 0x62
-            body.writeInteger(id)
-        case .pubcomp(let id):
-            header = 0x70
-            body.writeInteger(id)
         case .subscribe(let id, let subscriptions, let properties):
             header = 0x82
             body.writeInteger(id)

@@ -103,8 +103,12 @@ public struct MQTTDecoder: NIOSingleStepByteToMessageDecoder {
         case (5, _), (6, _), (7, _):
             try requireFlags(type == 6 ? 0x02 : 0)
             let id = try body.readPacketID()
-            _ = try body.readOptionalReason(v5: v5, allowed: .acknowledgement)
-            return type == 5 ? .pubrec(packetID: id) : type == 6 ? .pubrel(packetID: id) : .pubcomp(packetID: id)
+            let (reason, properties) = try body.readOptionalReason(v5: v5, allowed: .acknowledgement)
+            switch type {
+            case 5: return .pubrec(packetID: id, reasonCode: reason, properties: properties)
+            case 6: return .pubrel(packetID: id, reasonCode: reason, properties: properties)
+            default: return .pubcomp(packetID: id, reasonCode: reason, properties: properties)
+            }
         case (8, .server):
             try requireFlags(0x02)
             let id = try body.readPacketID()
