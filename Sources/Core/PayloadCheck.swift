@@ -22,7 +22,7 @@ public struct PayloadCheck: Sendable, Equatable {
     public init(format: PayloadFormat, maxBytes: Int? = nil, contentTypes: [String]? = nil) {
         self.format = format
         self.maxBytes = maxBytes
-        self.contentTypes = contentTypes?.map { $0.lowercased() }
+        self.contentTypes = contentTypes?.map(Self.asciiLowercased)
     }
 
     /// Today's behaviour, and what a topic no rule matches gets.
@@ -32,8 +32,13 @@ public struct PayloadCheck: Sendable, Equatable {
     public func allows(contentType: String) -> Bool {
         guard let contentTypes else { return true }
         let mediaType = contentType.split(separator: ";", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        let trimmed = mediaType.trimmingASCIIWhitespace().lowercased()
-        return contentTypes.contains(trimmed)
+        return contentTypes.contains(Self.asciiLowercased(String(mediaType.trimmingASCIIWhitespace())))
+    }
+
+    /// A–Z to a–z only (RFC 9110 §8.3.1 media types are ASCII; Unicode case folding would make U+212A KELVIN SIGN
+    /// match `k`).
+    static func asciiLowercased(_ text: String) -> String {
+        String(decoding: text.utf8.map { (0x41...0x5A).contains($0) ? $0 | 0x20 : $0 }, as: UTF8.self)
     }
 }
 

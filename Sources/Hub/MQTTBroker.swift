@@ -103,10 +103,20 @@ actor MQTTBroker {
         /// (§4.3.3 [MQTT-4.3.3-9]: a PUBLISH with one of them is a copy, stored and delivered once). They belong to
         /// the session: a PUBREL may come on the next connection.
         var receivedQoS2 = Set<UInt16>()
-        /// A connection that was taken over and is still finishing its store writes (its QoS 2 ids are not all in
-        /// `receivedQoS2` yet), and who waits for it.
-        var draining: Int?
+        /// Connections that were taken over and are still finishing their store writes (their QoS 2 ids are not
+        /// all in `receivedQoS2` yet), and who waits for them (a connection waits only for older ones).
+        var draining = Set<Int>()
         var drained: [CheckedContinuation<Void, Never>] = []
+        /// The will of the connection that ended last, waiting out its Will Delay Interval (§3.1.3.2.2): resumed with
+        /// true when it is due or the session ends, false when a new connection takes up the session.
+        var pendingWill: (connectionNumber: Int, waiter: CheckedContinuation<Bool, Never>, timer: Task<Void, Never>)?
+
+        func endPendingWill(publish: Bool) {
+            guard let pending = pendingWill else { return }
+            pendingWill = nil
+            pending.timer.cancel()
+            pending.waiter.resume(returning: publish)
+        }
         var queue = CircularBuffer<BrokerMessage>()
         var nextPacketID: UInt16 = 0
         /// Topic aliases given to the connected client (§3.3.2.3.4), topic → alias; they end with the connection.
@@ -115,6 +125,21 @@ actor MQTTBroker {
 
     /// At most this many topic aliases per connection towards a client, whatever it allows (each holds a topic).
     static let maxOutboundAliases = 256
+
+    /// What a QoS 2 PUBLISH from a client is to its session.
+    enum QoS2Arrival: Sendable {
+        /// Not held: store it (then `storedQoS2`).
+        case new
+        /// A copy of one stored whose PUBREL has not come: PUBREC again, nothing stored or delivered.
+        case copy
+        /// The session already holds `maxQoS2PerSession` ids awaiting PUBREL: refused (quota).
+        case full
+    }
+
+    /// What a PUBREC from a client is to its session.
+    enum PubrecOutcome: Sendable {
+        case released, unknown, protocolError
+    }
 
     /// A delivery in flight: QoS 1 until PUBACK; QoS 2 until PUBREC (then `released`: PUBREL sent) and PUBCOMP.
     struct Inflight {
@@ -178,8 +203,11 @@ actor MQTTBroker {
                 Self.write(.disconnect(reasonCode: 0x8E, properties: .init()), previous)
             }
             previous.channel.close(promise: nil)
-            session.draining = session.connectionNumber
+            session.draining.insert(session.connectionNumber)
         }
+        // A will still waiting out its delay: a new connection to the session means it is not sent
+        // [MQTT-3.1.3-9]; a clean start ends that session, which sends it (§3.1.3.2.2, via `forget`).
+        if !cleanStart, let session = sessions[key] { session.endPendingWill(publish: false) }
         if cleanStart, let discarded = sessions[key] { forget(discarded) }
         let existing = cleanStart ? nil : sessions[key]
         let present = existing != nil
@@ -227,17 +255,10 @@ actor MQTTBroker {
         pump(session)
     }
 
-    /// Whether another connection has taken up the session since `connectionNumber` (or started it anew): a delayed
-    /// will of the earlier connection is then not published (MQTT 5.0 §3.1.3.2.2 [MQTT-3.1.3-9]).
-    func superseded(key: String, connectionNumber: Int) -> Bool {
-        sessions[key].map { $0.connectionNumber != connectionNumber } ?? false
-    }
-
     /// Detaches the connection (if it is still the session's); a session with expiry 0 ends now.
     func detach(key: String, connectionNumber: Int, expirySeconds: Int? = nil) {
         guard let session = sessions[key] else { return }
-        if session.draining == connectionNumber {
-            session.draining = nil
+        if session.draining.remove(connectionNumber) != nil {
             for waiter in session.drained { waiter.resume() }
             session.drained = []
         }
@@ -301,9 +322,10 @@ actor MQTTBroker {
             return filters.map { _ in false }
         }
         return filters.map {
-            let existed = session.filters.removeValue(forKey: $0) != nil
-            if existed { subscriptions.subtract(1, ordering: .relaxed) }
-            return existed
+            guard let options = session.filters.removeValue(forKey: $0) else { return false }
+            subscriptions.subtract(1, ordering: .relaxed)
+            if options.share != nil { releaseShareTurn($0.rawValue, leaving: session) }
+            return true
         }
     }
 
@@ -322,44 +344,74 @@ actor MQTTBroker {
     }
 
     /// A PUBREC from the client (§4.3.3, §3.5.2.1): below 0x80 the client has the message and the PUBREL goes
-    /// out; from 0x80 the delivery ends there. An unknown id gets PUBREL 0x92 Packet Identifier not found (MQTT 5;
-    /// a plain PUBREL on 3.1.1). False for a PUBREC to a QoS 1 delivery: a protocol error.
-    func received(key: String, connectionNumber: Int, packetID: UInt16, reasonCode: UInt8) -> Bool {
+    /// out; from 0x80 the delivery ends there. `unknown`: the caller answers PUBREL 0x92 Packet Identifier not
+    /// found (MQTT 5; a plain PUBREL on 3.1.1), waiting for a client that does not read. A PUBREC to a QoS 1
+    /// delivery is a protocol error.
+    func received(key: String, connectionNumber: Int, packetID: UInt16, reasonCode: UInt8) -> PubrecOutcome {
         guard let session = sessions[key], session.connectionNumber == connectionNumber,
             let connection = session.connection
-        else { return true }
-        guard let index = session.inflight.firstIndex(where: { $0.id == packetID }) else {
-            let code: UInt8 = connection.version == .v5 ? 0x92 : 0
-            Self.write(.pubrel(packetID: packetID, reasonCode: code, properties: .init()), connection)
-            return true
-        }
-        guard session.inflight[index].message.qos == .exactlyOnce else { return false }
+        else { return .released }
+        guard let index = session.inflight.firstIndex(where: { $0.id == packetID }) else { return .unknown }
+        guard session.inflight[index].message.qos == .exactlyOnce else { return .protocolError }
         if reasonCode >= 0x80 {
             session.inflight.remove(at: index)
             pump(session)
-            return true
+            return .released
         }
         session.inflight[index].released = true
         Self.write(.pubrel(packetID: packetID, reasonCode: 0, properties: .init()), connection)
-        return true
+        return .released
     }
 
-    /// Whether a QoS 2 PUBLISH from the client is a copy of one already stored (answer PUBREC again, store and
-    /// deliver nothing). When a taken-over connection is still finishing its writes, waits for it first.
-    func isStoredQoS2(key: String, packetID: UInt16) async -> Bool {
-        guard let session = sessions[key] else { return false }
-        while session.draining != nil {
+    /// What a QoS 2 PUBLISH with `packetID` on connection `connectionNumber` is to the session. While an older
+    /// connection that was taken over is still finishing its store writes, waits for it first, so a copy resent
+    /// after the take-over sees the original's outcome; a connection never waits for itself or a newer one.
+    func arrivedQoS2(key: String, connectionNumber: Int, packetID: UInt16, limit: Int) async -> QoS2Arrival {
+        guard let session = sessions[key] else { return .new }
+        while session.draining.contains(where: { $0 < connectionNumber }) {
             await withCheckedContinuation { session.drained.append($0) }
         }
-        return session.receivedQoS2.contains(packetID)
+        if session.receivedQoS2.contains(packetID) { return .copy }
+        return session.receivedQoS2.count >= limit ? .full : .new
     }
 
     /// A QoS 2 message from the client is stored; its PUBREC is about to go out.
     func storedQoS2(key: String, connectionNumber: Int, packetID: UInt16) {
         guard let session = sessions[key],
-            session.connectionNumber == connectionNumber || session.draining == connectionNumber
+            session.connectionNumber == connectionNumber || session.draining.contains(connectionNumber)
         else { return }
         session.receivedQoS2.insert(packetID)
+    }
+
+    /// Waits out a will's delay for connection `connectionNumber`, which has ended: true when the will is due (the
+    /// delay passed or the session ended), false when a new connection took up the session first or the waiting
+    /// task is cancelled (a hub shutdown). One will waits per session: a newer connection's replaces it.
+    func willDue(key: String, connectionNumber: Int, seconds: Int) async -> Bool {
+        guard let session = sessions[key] else { return true }  // the session has ended: due now
+        guard session.connectionNumber == connectionNumber, session.connection == nil else { return false }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { waiter in
+                session.endPendingWill(publish: false)
+                let timer = Task {
+                    try? await Task.sleep(for: .seconds(seconds))
+                    guard !Task.isCancelled else { return }
+                    await self.willTimerFired(key: key, connectionNumber: connectionNumber)
+                }
+                session.pendingWill = (connectionNumber, waiter, timer)
+            }
+        } onCancel: {
+            Task { await self.cancelWill(key: key, connectionNumber: connectionNumber) }
+        }
+    }
+
+    private func willTimerFired(key: String, connectionNumber: Int) {
+        guard let session = sessions[key], session.pendingWill?.connectionNumber == connectionNumber else { return }
+        session.endPendingWill(publish: true)
+    }
+
+    private func cancelWill(key: String, connectionNumber: Int) {
+        guard let session = sessions[key], session.pendingWill?.connectionNumber == connectionNumber else { return }
+        session.endPendingWill(publish: false)
     }
 
     /// A PUBREL from the client: the id is free again. False when it was not held (PUBCOMP 0x92 on MQTT 5).
@@ -441,6 +493,10 @@ actor MQTTBroker {
     /// acknowledged (sent or queued) go to another connected member of the same group, if there is one (§4.8.2:
     /// rather than waiting for this client to come back).
     private func handOverShared(from key: String, _ session: Session) {
+        // QoS 2 deliveries in flight stay: §4.8.2 [MQTT-4.8.2-4, 4.8.2-5], they are completed to this client only.
+        let inflight = session.inflight.filter { $0.message.qos == .exactlyOnce }
+        session.inflight.removeAll { $0.message.qos == .exactlyOnce }
+        defer { session.inflight = inflight + session.inflight }
         let unacknowledged = session.inflight.map(\.message) + Array(session.queue)
         guard unacknowledged.contains(where: { $0.sharedGroup != nil }) else { return }
         var handedOver = Set<Int>()
@@ -626,6 +682,19 @@ actor MQTTBroker {
         subscriptions.subtract(session.filters.count, ordering: .relaxed)
         for waiter in session.drained { waiter.resume() }
         session.drained = []
-        session.draining = nil
+        session.draining = []
+        // The session ends: a will waiting out its delay is due now (§3.1.3.2.2).
+        session.endPendingWill(publish: true)
+        for (filter, options) in session.filters where options.share != nil {
+            releaseShareTurn(filter.rawValue, leaving: session)
+        }
+    }
+
+    /// Forgets a shared subscription's turn once no other session holds it (the table holds only live groups).
+    private func releaseShareTurn(_ group: String, leaving session: Session) {
+        guard let filter = try? TopicFilter(group),
+            !sessions.values.contains(where: { $0 !== session && $0.filters[filter] != nil })
+        else { return }
+        shareTurn[group] = nil
     }
 }

@@ -427,7 +427,7 @@ struct MQTTConnection {
         // The will is a publish like any other: within the identity's topics.
         let acl = (peer.device == nil ? settings.fleetACL : settings.deviceACL).bound(to: peer.deviceLevel)
         if let will = connect.will {
-            guard acl.mayPublish(will.topic) else {
+            guard acl.mayPublish(will.topic), Self.responseTopicAllowed(will.properties, peer: peer, acl: acl) else {
                 await refuse("mqtt-publish-refused", peer, "will outside the identity's topics")
                 try await send(
                     .connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version)
@@ -569,13 +569,14 @@ struct MQTTConnection {
     }
 
     /// Waits out a will's delay (the connection is closed by then, its slot given back) and publishes it if no new
-    /// connection took up the session [MQTT-3.1.3-9] and the certificate was not revoked meanwhile. At a hub
-    /// shutdown the wait is cancelled and the will is not published: the session ends with the process.
+    /// connection took up the session [MQTT-3.1.3-9] and the certificate was not revoked meanwhile. The broker holds
+    /// one waiting will per session (a newer one replaces it), so reconnecting in a loop cannot pile them up. At a
+    /// hub shutdown the wait is cancelled and the will is not published: the session ends with the process.
     private func publish(_ will: DelayedWill) async {
         var will = will
-        do { try await Task.sleep(for: .seconds(will.seconds)) } catch { return }
         guard
-            !(await listener.broker.superseded(key: will.state.sessionKey, connectionNumber: will.connectionNumber)),
+            await listener.broker.willDue(
+                key: will.state.sessionKey, connectionNumber: will.connectionNumber, seconds: will.seconds),
             !listener.revocations.contains(will.peer.serial)
         else { return }
         _ = await admitAndDeliver(will.message, peer: will.peer, state: &will.state, respond: false)
@@ -621,14 +622,17 @@ struct MQTTConnection {
                         > listener.settings.receiveMaximum
                 {
                     await refuse(
-                        "mqtt-protocol-error", peer, "more QoS 1 publishes unacknowledged than the Receive Maximum",
+                        "mqtt-protocol-error", peer,
+                        "more QoS 1 and 2 publishes unacknowledged than the Receive Maximum",
                         oncePerMinute: true)
                     await serverDisconnect(0x93, state: &state)
                     return .closed
                 }
-                guard acl.mayPublish(publish.topic) else {
+                guard acl.mayPublish(publish.topic), Self.responseTopicAllowed(publish.properties, peer: peer, acl: acl)
+                else {
                     await refuse(
-                        "mqtt-publish-refused", peer, "publish outside the identity's topics", oncePerMinute: true)
+                        "mqtt-publish-refused", peer, "publish (or its response topic) outside the identity's topics",
+                        oncePerMinute: true)
                     if v5 {
                         if let id = publish.packetID {
                             await acknowledge(id, qos: publish.qos, state: &state, code: 0x87)
@@ -639,11 +643,25 @@ struct MQTTConnection {
                 }
                 // §4.3.3 [MQTT-4.3.3-9]: a QoS 2 PUBLISH whose id is stored and awaits its PUBREL is a copy (a resend
                 // after a reconnect): PUBREC again, nothing stored or delivered twice.
-                if publish.qos == .exactlyOnce, let id = publish.packetID,
-                    await listener.broker.isStoredQoS2(key: state.sessionKey, packetID: id)
-                {
-                    await acknowledge(id, qos: .exactlyOnce, state: &state, code: 0)
-                    continue
+                // Ids held per session are bounded (a client that never sends PUBREL, over many connections):
+                // beyond the limit PUBREC 0x97 Quota exceeded (MQTT 5) or the connection closes (3.1.1).
+                if publish.qos == .exactlyOnce, let id = publish.packetID {
+                    switch await listener.broker.arrivedQoS2(
+                        key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id,
+                        limit: listener.settings.maxQoS2HeldPerSession)
+                    {
+                    case .new: break
+                    case .copy:
+                        await acknowledge(id, qos: .exactlyOnce, state: &state, code: 0)
+                        continue
+                    case .full:
+                        await refuse(
+                            "mqtt-quota-exceeded", peer, "QoS 2 packet ids awaiting PUBREL over the limit",
+                            oncePerMinute: true)
+                        guard v5 else { return .closed }
+                        await acknowledge(id, qos: .exactlyOnce, state: &state, code: 0x97)
+                        continue
+                    }
                 }
                 if !(await admitAndDeliver(publish, peer: peer, state: &state, respond: true)) { return .closed }
             case .subscribe(let id, let subscriptions, let properties):
@@ -706,23 +724,26 @@ struct MQTTConnection {
                     return .closed
                 }
             case .pubrec(let id, let reason, _):
-                guard
-                    await listener.broker.received(
-                        key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id,
-                        reasonCode: reason)
-                else {
+                switch await listener.broker.received(
+                    key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, reasonCode: reason)
+                {
+                case .released: break
+                case .unknown:
+                    // §4.3.3: PUBREL 0x92 Packet Identifier not found (3.1.1: a plain PUBREL); written with
+                    // back-pressure, so a client that floods these and never reads cannot grow the hub's buffers.
+                    try await send(.pubrel(packetID: id, reasonCode: v5 ? 0x92 : 0, properties: .init()), version)
+                case .protocolError:
                     await refuse("mqtt-protocol-error", peer, "PUBREC to a QoS 1 delivery", oncePerMinute: true)
                     if v5 { await serverDisconnect(0x82, state: &state) }
                     return .closed
                 }
             case .pubrel(let id, _, _):
-                // §3.6.4: PUBCOMP; 0x92 Packet Identifier not found when the id was not held (MQTT 5).
+                // §3.6.4: PUBCOMP; 0x92 Packet Identifier not found when the id was not held (MQTT 5). Written
+                // after the acknowledgements already queued, with back-pressure.
                 let held = await listener.broker.releaseQoS2(key: state.sessionKey, packetID: id)
                 state.unacknowledged.completed(qos2: id)
-                let completion = Packet.pubcomp(packetID: id, reasonCode: held || !v5 ? 0 : 0x92, properties: .init())
-                var buffer = ByteBuffer()
-                completion.encode(into: &buffer, version: version)
-                state.output.write(buffer)
+                await state.output.flush()
+                try await send(.pubcomp(packetID: id, reasonCode: held || !v5 ? 0 : 0x92, properties: .init()), version)
             case .pingreq:
                 try await send(.pingresp, version)
             case .disconnect(let reason, let properties):
@@ -775,7 +796,10 @@ struct MQTTConnection {
                     && (try? listener.gateway.policy.json.parse(publish.payload))?.isObject != true
                     ? "payload is not a strict JSON object" : nil)
             if let violation {
-                await refuse("invalid-message", peer, "MQTT PUBLISH to \(publish.topic): \(violation)")
+                await refuse(
+                    "invalid-message", peer,
+                    "MQTT PUBLISH to \(MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120)): \(violation)",
+                    oncePerMinute: true)
                 if v5, respond, let id = publish.packetID {
                     await acknowledge(id, qos: publish.qos, state: &state, code: 0x99)
                     return true
@@ -963,6 +987,15 @@ struct MQTTConnection {
             let number = document.int64(member), number >= 1, number <= 9_007_199_254_740_991
         else { return nil }
         return UInt64(number)
+    }
+
+    /// A device may name as Response Topic (§3.3.2.3.5) only a topic it may itself subscribe to: otherwise it could
+    /// have an application answer, with the fleet's rights, on another device's command topics (a confused deputy).
+    /// Operators and applications may name any.
+    static func responseTopicAllowed(_ properties: Properties, peer: Peer, acl: BoundTopicACL) -> Bool {
+        guard peer.device != nil, let entry = properties.other.first(where: { $0.0 == 0x08 }) else { return true }
+        guard let filter = try? TopicFilter(String(decoding: entry.1, as: UTF8.self)) else { return false }
+        return acl.maySubscribe(filter)
     }
 
     /// `devices/<id>/commands/response` when the device may subscribe below it and the fleet may publish there.

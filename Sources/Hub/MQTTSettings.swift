@@ -48,6 +48,10 @@ public struct MQTTSettings: Sendable, Equatable {
 
     public init() {}
 
+    /// QoS 2 packet ids one session may hold awaiting their PUBREL (a compliant client holds at most its Receive
+    /// Maximum per connection; this bounds one that never sends PUBREL, over any number of connections).
+    var maxQoS2HeldPerSession: Int { max(1024, 2 * receiveMaximum) }
+
     /// The largest payload any rule allows beyond `maxBodyBytes` (the listener's packet limit must fit it).
     func largestPayload(maxBodyBytes: Int) -> Int {
         payloads.rules.reduce(maxBodyBytes) { max($0, $1.check.maxBytes ?? 0) }

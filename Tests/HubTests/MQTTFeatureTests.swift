@@ -49,12 +49,19 @@ import Testing
         request.payloadFormatIndicator = 1
         request.messageExpiryInterval = 60
         request.other = [(0x08, Array("devices/pf-1/commands/reply".utf8)), (0x09, [0xC0, 0xFF, 0xEE])]
+        // A device may not name another device's topic as its Response Topic (an application would answer there).
+        var foreignReply = Properties()
+        foreignReply.other = [(0x08, Array("devices/pf-9/commands/reboot".utf8))]
         try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "app") { fleet, _ async throws in
             // Two overlapping subscriptions with identifiers, one 3.1.1-style overlap below.
             #expect(try await Self.subscribe(fleet, ["devices/+/telemetry"], identifier: 7) == [1])
             #expect(try await Self.subscribe(fleet, ["devices/pf-1/#"], identifier: 9) == [1])
             try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws in
                 #expect(try await Self.subscribe(mqtt, ["devices/pf-1/commands/#"], identifier: 3) == [1])
+                #expect(
+                    try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/pf-1/telemetry"), payload: Array("{}".utf8),
+                        properties: foreignReply) == 0x87)
                 // Request: the device asks, naming where the answer goes and what correlates it.
                 #expect(
                     try await mqtt.publishAcknowledged(
@@ -150,9 +157,20 @@ import Testing
         }
         try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "ops") { fleet, _ async throws in
             #expect(try await Self.subscribe(fleet, ["devices/+/state"]) == [1])
-            let retained = try await Self.received(fleet)
-            #expect(retained.topic.rawValue == "devices/pf-3/state", "the expired retained message is gone")
-            #expect(retained.retain)
+            // Every retained message arrives before a new publish that follows the SUBSCRIBE: count them.
+            let marker = try await MQTTBrokerTests.connect(hub, other) { mqtt, _ async throws -> UInt8 in
+                try await mqtt.publishAcknowledged(
+                    topic: try TopicName("devices/pf-3/state"), payload: Array(#"{"marker":1}"#.utf8))
+            }
+            #expect(marker == 0)
+            var retained: [String] = []
+            while true {
+                let next = try await Self.received(fleet)
+                if next.payload == Array(#"{"marker":1}"#.utf8) { break }
+                #expect(next.retain)
+                retained.append(next.topic.rawValue)
+            }
+            #expect(retained == ["devices/pf-3/state"], "the expired retained message is gone")
         }
         try await hub.stop()
     }

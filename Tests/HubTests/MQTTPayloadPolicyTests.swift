@@ -130,12 +130,21 @@ import Testing
                     topic: try TopicName("devices/pp-2/commands/x"), payload: [0xFF],
                     properties: Self.properties(text: true))
                 #expect(refused == 0x99, "declared text that is not")
+                #expect(
+                    try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/pp-2/commands/after"), payload: [0x01]) == 0)
             }
-            guard case .publish(let command) = try await subscriber.next() else {
-                Issue.record("no command")
-                return
+            // The refused command never reached the device: the firmware, then the command after it.
+            var delivered: [String] = []
+            for _ in 1...2 {
+                guard case .publish(let command) = try await subscriber.next() else {
+                    Issue.record("no command")
+                    return
+                }
+                delivered.append(command.topic.rawValue)
+                if command.topic.rawValue.hasSuffix("firmware") { #expect(command.payload == firmware) }
             }
-            #expect(command.payload == firmware)
+            #expect(delivered == ["devices/pp-2/commands/firmware", "devices/pp-2/commands/after"])
         }
         try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
             // The device's own publish to a commands topic is not open to it; a text flag of 2 is malformed.

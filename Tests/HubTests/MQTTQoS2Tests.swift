@@ -243,4 +243,78 @@ import Testing
         #expect(try await hub.server.store.telemetryCount(of: try DeviceID("q2-5")) == 2)
         try await hub.stop()
     }
+
+    /// A session taken over while its connection's QoS 2 write is still in progress (the store is slow): the copy
+    /// resent on the new connection waits for that write and is not stored again, also when a third connection
+    /// took over the second meanwhile (connections wait only for older ones, so none waits for itself).
+    @Test(.timeLimit(.minutes(1))) func aTakeOverDuringAQoS2WriteStoresTheMessageOnce() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let hub = try await TestHub.start(store: store)
+        let device = try await hub.enroll("q2-6")
+        let telemetry = try TopicName("devices/q2-6/telemetry")
+        for (id, takeOvers) in [(UInt16(5), 1), (UInt16(6), 2)] {
+            store.delayMilliseconds.store(1500, ordering: .relaxed)
+            try await MQTTBrokerTests.connect(hub, device, configure: MQTTFeatureTests.persistent) {
+                first, _ async throws in
+                try await first.send(Self.publish2(id, telemetry, #"{"n":\#(id)}"#))
+                try await Task.sleep(for: .milliseconds(100))
+                // Taken over (and over again) before the write ends; the last connection resends the PUBLISH.
+                for _ in 1..<takeOvers {
+                    try await MQTTBrokerTests.connect(hub, device, configure: MQTTFeatureTests.persistent) { _, _ in }
+                }
+                store.delayMilliseconds.store(0, ordering: .relaxed)
+                try await MQTTBrokerTests.connect(hub, device, configure: MQTTFeatureTests.persistent) {
+                    last, _ async throws in
+                    try await last.send(Self.publish2(id, telemetry, #"{"n":\#(id)}"#, duplicate: true))
+                    guard case .pubrec(id, 0, _) = try await Self.answer(last) else { throw ClientError("no PUBREC") }
+                    try await last.send(.pubrel(packetID: id, reasonCode: 0, properties: .init()))
+                    guard case .pubcomp(id, 0, _) = try await Self.answer(last) else { throw ClientError("no PUBCOMP") }
+                }
+            }
+        }
+        // Past the slow writes of the first connections: had a copy been stored too, it would be counted now.
+        try await Task.sleep(for: .seconds(2))
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("q2-6")) == 2, "each message stored once")
+        try await hub.stop()
+    }
+
+    /// §4.8.2 [MQTT-4.8.2-4]: a QoS 2 message given to a shared-subscription member is completed with that member
+    /// only: it is not handed to another when the member leaves, and it is resent to it when it comes back.
+    @Test(.timeLimit(.minutes(1))) func aSharedQoS2DeliveryStaysWithItsMember() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("q2-7")
+        let operatorClient = try hub.operatorClient()
+        let telemetry = try TopicName("devices/q2-7/telemetry")
+        let shared = "$share/g/devices/+/telemetry"
+        let publish: @Sendable (String) async throws -> Void = { payload in
+            let code = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> UInt8 in
+                try await Self.publishExactlyOnce(mqtt, telemetry, payload)
+            }
+            #expect(code == 0)
+        }
+        var kept: PublishPacket?
+        try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "w2") { w2, _ async throws in
+            #expect(try await MQTTFeatureTests.subscribe(w2, [shared], qos: .exactlyOnce) == [2])
+            try await MQTTBrokerTests.connect(
+                hub, operatorClient, clientID: "w1", configure: MQTTFeatureTests.persistent
+            ) { w1, _ async throws in
+                #expect(try await MQTTFeatureTests.subscribe(w1, [shared], qos: .exactlyOnce) == [2])
+                try await publish(#"{"n":1}"#)
+                try await publish(#"{"n":2}"#)
+                kept = try await MQTTFeatureTests.received(w1, acknowledge: false)
+                let other = try await MQTTFeatureTests.received(w2, acknowledge: false)
+                try await w2.send(.pubrec(packetID: try #require(other.packetID), reasonCode: 0, properties: .init()))
+                // w1 leaves without PUBREC.
+            }
+            try await publish(#"{"n":3}"#)
+            let next = try await MQTTFeatureTests.received(w2, acknowledge: false)
+            #expect(next.payload == Array(#"{"n":3}"#.utf8), "w1's QoS 2 message was not handed to w2")
+        }
+        try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "w1", configure: MQTTFeatureTests.persistent) {
+            w1, _ async throws in
+            let again = try await MQTTFeatureTests.received(w1, acknowledge: false)
+            #expect(again.duplicate && again.payload == kept?.payload)
+        }
+        try await hub.stop()
+    }
 }
