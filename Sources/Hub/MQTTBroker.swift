@@ -395,7 +395,7 @@ actor MQTTBroker {
                 let timer = Task {
                     try? await Task.sleep(for: .seconds(seconds))
                     guard !Task.isCancelled else { return }
-                    await self.willTimerFired(key: key, connectionNumber: connectionNumber)
+                    self.willTimerFired(key: key, connectionNumber: connectionNumber)
                 }
                 session.pendingWill = (connectionNumber, waiter, timer)
             }

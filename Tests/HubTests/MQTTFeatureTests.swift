@@ -114,7 +114,7 @@ import Testing
 
     /// §3.3.2.3.3: a queued message whose expiry passed is not delivered, one still alive carries what remains of
     /// its interval; an expired retained message is no longer sent to new subscribers.
-    @Test(.timeLimit(.minutes(1))) func expiredMessagesAreNotDelivered() async throws {
+    @Test(.timeLimit(.minutes(3))) func expiredMessagesAreNotDelivered() async throws {
         let hub = try await TestHub.start()
         let device = try await hub.enroll("pf-2")
         let other = try await hub.enroll("pf-3")
@@ -177,7 +177,7 @@ import Testing
 
     /// §4.8.2: members of `$share/workers/…` receive the messages in turn, one copy each; a member that leaves
     /// with a message unacknowledged has it handed to another; a shared subscription gets no retained messages.
-    @Test(.timeLimit(.minutes(1))) func sharedSubscriptionsShareTheWork() async throws {
+    @Test(.timeLimit(.minutes(3))) func sharedSubscriptionsShareTheWork() async throws {
         let hub = try await TestHub.start {
             $0.gateway.deviceBurst = 100
             $0.gateway.routeBurst = 100
@@ -230,7 +230,7 @@ import Testing
 
     /// §3.1.3.2.2: a will with a delay is published once the delay has passed, not at all when the client comes
     /// back in time, and when the session ends first, then.
-    @Test(.timeLimit(.minutes(1))) func willDelayIntervalIsHonoured() async throws {
+    @Test(.timeLimit(.minutes(3))) func willDelayIntervalIsHonoured() async throws {
         let hub = try await TestHub.start()
         let device = try await hub.enroll("wd-1")
         let operatorClient = try hub.operatorClient()

@@ -37,7 +37,7 @@ import Testing
         throw ClientError("connection closed")
     }
 
-    @Test(.timeLimit(.minutes(1))) func aDeviceMessageIsStoredAndDeliveredExactlyOnce() async throws {
+    @Test(.timeLimit(.minutes(3))) func aDeviceMessageIsStoredAndDeliveredExactlyOnce() async throws {
         let hub = try await TestHub.start()
         let device = try await hub.enroll("q2-1")
         let operatorClient = try hub.operatorClient()
@@ -96,7 +96,7 @@ import Testing
 
     /// §4.4: a subscriber that left after PUBREC gets the PUBREL again (not the message); one that left before it
     /// gets the PUBLISH again with DUP.
-    @Test(.timeLimit(.minutes(1))) func aSubscriberResumesItsQoS2Flows() async throws {
+    @Test(.timeLimit(.minutes(3))) func aSubscriberResumesItsQoS2Flows() async throws {
         let hub = try await TestHub.start()
         let device = try await hub.enroll("q2-2")
         let operatorClient = try hub.operatorClient()
@@ -140,7 +140,7 @@ import Testing
     /// The QoS 2 flows out of order: a PUBREC to a QoS 1 delivery, a PUBCOMP before the PUBREL, a PUBACK for a
     /// QoS 2 delivery (each a protocol error, DISCONNECT 0x82), a PUBREC for an unknown id (PUBREL 0x92); QoS 2
     /// publishes without PUBREL count against the Receive Maximum (0x93).
-    @Test(.timeLimit(.minutes(1))) func flowsOutOfOrderAreRefused() async throws {
+    @Test(.timeLimit(.minutes(3))) func flowsOutOfOrderAreRefused() async throws {
         let hub = try await TestHub.start {
             $0.mqttSettings.receiveMaximum = 2
             $0.gateway.deviceBurst = 100
@@ -192,7 +192,7 @@ import Testing
     }
 
     /// A store that fails: PUBREC 0x80 and no id kept, so the client's new attempt is stored (once).
-    @Test(.timeLimit(.minutes(1))) func aMessageThatIsNotStoredGetsAFailedPUBREC() async throws {
+    @Test(.timeLimit(.minutes(3))) func aMessageThatIsNotStoredGetsAFailedPUBREC() async throws {
         let store = FaultyStore(InMemoryHubStore())
         let hub = try await TestHub.start(store: store)
         let device = try await hub.enroll("q2-4")
@@ -211,7 +211,7 @@ import Testing
     }
 
     /// Debian's mosquitto_pub and mosquitto_sub at QoS 2, MQTT 3.1.1 and 5.
-    @Test(.timeLimit(.minutes(1))) func mosquittoClientsAtQoS2() async throws {
+    @Test(.timeLimit(.minutes(3))) func mosquittoClientsAtQoS2() async throws {
         guard let pub = which("mosquitto_pub"), let sub = which("mosquitto_sub") else {
             Issue.record("mosquitto-clients are required (scripts/test installs them)")
             return
@@ -247,7 +247,7 @@ import Testing
     /// A session taken over while its connection's QoS 2 write is still in progress (the store is slow): the copy
     /// resent on the new connection waits for that write and is not stored again, also when a third connection
     /// took over the second meanwhile (connections wait only for older ones, so none waits for itself).
-    @Test(.timeLimit(.minutes(1))) func aTakeOverDuringAQoS2WriteStoresTheMessageOnce() async throws {
+    @Test(.timeLimit(.minutes(3))) func aTakeOverDuringAQoS2WriteStoresTheMessageOnce() async throws {
         let store = FaultyStore(InMemoryHubStore())
         let hub = try await TestHub.start(store: store)
         let device = try await hub.enroll("q2-6")
@@ -280,7 +280,7 @@ import Testing
 
     /// §4.8.2 [MQTT-4.8.2-4]: a QoS 2 message given to a shared-subscription member is completed with that member
     /// only: it is not handed to another when the member leaves, and it is resent to it when it comes back.
-    @Test(.timeLimit(.minutes(1))) func aSharedQoS2DeliveryStaysWithItsMember() async throws {
+    @Test(.timeLimit(.minutes(3))) func aSharedQoS2DeliveryStaysWithItsMember() async throws {
         let hub = try await TestHub.start()
         let device = try await hub.enroll("q2-7")
         let operatorClient = try hub.operatorClient()

@@ -281,8 +281,8 @@ import X509
         let port = try await CRLTests.freePort()
         let configuration = """
             global:
-              scrape_interval: 1s
-              scrape_timeout: 1s
+              scrape_interval: 3s
+              scrape_timeout: 3s
             scrape_configs:
               - job_name: bulwark
                 scheme: https
@@ -321,7 +321,9 @@ import X509
         }
         // The target is up (Prometheus completed the mutual-TLS scrape) …
         var answer = ""
-        let up = try await AgentTests.eventually(30) {
+        // A scrape of the debug-build hub can take over a second while the whole suite loads both cores: the
+        // timeout is 3 s and the wait a minute (alone, the first scrape succeeds within a few seconds).
+        let up = try await AgentTests.eventually(60) {
             answer = try await query(#"up{job="bulwark"}"#)
             return answer.contains(#","1"]"#)
         }
@@ -337,7 +339,7 @@ import X509
                 headers: [("Content-Type", "application/json")] + signed.map { ($0.name, $0.value) }, signed: false)
         }
         let expression = #"bulwark_gateway_refusals_total{stage="replay"}"#
-        let counted = try await AgentTests.eventually(30) {
+        let counted = try await AgentTests.eventually(60) {
             answer = try await query(expression)
             return answer.contains(#","1"]"#)
         }
