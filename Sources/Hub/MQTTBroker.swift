@@ -16,7 +16,7 @@ struct BrokerMessage: Sendable {
     /// When the message expires (its Message Expiry Interval from arrival, §3.3.2.3.3); nil: never.
     var expiresAt: ContinuousClock.Instant?
     /// The shared subscription (its whole `$share/…` filter) this copy was given to one member of.
-    var sharedGroup: String?
+    var sharedGroup: TopicFilter?
 
     init(
         topic: TopicName, payload: [UInt8], qos: QoS, retain: Bool, properties: Properties = .init(),
@@ -46,7 +46,7 @@ struct BrokerMessage: Sendable {
     }
 
     /// One subscriber's copy: its QoS, RETAIN flag and Subscription Identifiers.
-    func copy(qos: QoS, retain: Bool, identifiers: [Int], sharedGroup: String? = nil) -> BrokerMessage {
+    func copy(qos: QoS, retain: Bool, identifiers: [Int], sharedGroup: TopicFilter? = nil) -> BrokerMessage {
         var copy = BrokerMessage(
             topic: topic, payload: payload, qos: qos, retain: retain, properties: properties, expiresAt: expiresAt)
         copy.properties.subscriptionIdentifiers = identifiers
@@ -166,7 +166,7 @@ actor MQTTBroker {
     private var nextConnection = 0
     private var lastSweep = ContinuousClock.now
     /// Per shared subscription (its whole filter), the position of the member that had the last message.
-    private var shareTurn: [String: Int] = [:]
+    private var shareTurn: [TopicFilter: Int] = [:]
     /// Deliveries dropped because a queue was full, a subscriber was not keeping up (QoS 0) or a packet was over
     /// the client's maximum size.
     private(set) var dropped = 0
@@ -324,7 +324,7 @@ actor MQTTBroker {
         return filters.map {
             guard let options = session.filters.removeValue(forKey: $0) else { return false }
             subscriptions.subtract(1, ordering: .relaxed)
-            if options.share != nil { releaseShareTurn($0.rawValue, leaving: session) }
+            if options.share != nil { releaseShareTurn($0, leaving: session) }
             return true
         }
     }
@@ -432,7 +432,7 @@ actor MQTTBroker {
     func publish(_ message: BrokerMessage, from publisher: String?) -> Int {
         if message.retain { retain(message, owner: publisher ?? "hub") }
         var recipients = 0
-        var groups: [String: [(key: String, session: Session, options: SubscriptionOptions)]] = [:]
+        var groups: [TopicFilter: [(key: String, session: Session, options: SubscriptionOptions)]] = [:]
         for (key, session) in sessions {
             var granted: QoS?
             var retainAsPublished = false
@@ -440,7 +440,7 @@ actor MQTTBroker {
             for (filter, options) in session.filters {
                 if let share = options.share {
                     if share.filter.matches(message.topic) {
-                        groups[filter.rawValue, default: []].append((key, session, options))
+                        groups[filter, default: []].append((key, session, options))
                     }
                     continue
                 }
@@ -473,7 +473,7 @@ actor MQTTBroker {
     /// The next member of a shared subscription in turn (members in a fixed order, by session key), the first
     /// connected one from there; when none is connected, the next one (its queue keeps the message).
     private func chooseMember(
-        of group: String, _ members: [(key: String, session: Session, options: SubscriptionOptions)]
+        of group: TopicFilter, _ members: [(key: String, session: Session, options: SubscriptionOptions)]
     ) -> (key: String, session: Session, options: SubscriptionOptions)? {
         guard !members.isEmpty else { return nil }
         let ordered = members.sorted { $0.key < $1.key }
@@ -501,10 +501,10 @@ actor MQTTBroker {
         guard unacknowledged.contains(where: { $0.sharedGroup != nil }) else { return }
         var handedOver = Set<Int>()
         for (index, message) in unacknowledged.enumerated() {
-            guard let group = message.sharedGroup, let filter = try? TopicFilter(group) else { continue }
+            guard let group = message.sharedGroup else { continue }
             let others = sessions.compactMap {
                 otherKey, other -> (key: String, session: Session, options: SubscriptionOptions)? in
-                guard otherKey != key, other.connection != nil, other.ready, let options = other.filters[filter] else {
+                guard otherKey != key, other.connection != nil, other.ready, let options = other.filters[group] else {
                     return nil
                 }
                 return (otherKey, other, options)
@@ -686,14 +686,13 @@ actor MQTTBroker {
         // The session ends: a will waiting out its delay is due now (§3.1.3.2.2).
         session.endPendingWill(publish: true)
         for (filter, options) in session.filters where options.share != nil {
-            releaseShareTurn(filter.rawValue, leaving: session)
+            releaseShareTurn(filter, leaving: session)
         }
     }
 
     /// Forgets a shared subscription's turn once no other session holds it (the table holds only live groups).
-    private func releaseShareTurn(_ group: String, leaving session: Session) {
-        guard let filter = try? TopicFilter(group),
-            !sessions.values.contains(where: { $0 !== session && $0.filters[filter] != nil })
+    private func releaseShareTurn(_ group: TopicFilter, leaving session: Session) {
+        guard !sessions.values.contains(where: { $0 !== session && $0.filters[group] != nil })
         else { return }
         shareTurn[group] = nil
     }
