@@ -59,27 +59,59 @@ final class PayloadProcess: @unchecked Sendable {
         let argv = try privileges(command.map { $0.replacingOccurrences(of: "{slot}", with: directory) }, user: user)
         // Foundation starts the child in its own process group (pgid = pid; `setpriv` execs in place), so stopping the
         // group stops whatever the payload started too.
+        //
+        // The child waits at a gate (`/bin/sh` reading one line from a socket) until its pid is on disk, then execs
+        // the payload in place (same pid, same start time). An agent killed between the start and the write closes
+        // its end, and the child exits without running the payload: a payload never runs without its pid recorded,
+        // so the next start always finds and stops what a killed agent left.
+        let gate = DirectorySlotStore.executable(["/bin/sh"])
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: argv[0])
-        process.arguments = Array(argv.dropFirst())
+        if let gate {
+            process.executableURL = URL(fileURLWithPath: gate)
+            process.arguments = ["-c", Self.gateScript, "bulwark-payload"] + argv
+        } else {
+            process.executableURL = URL(fileURLWithPath: argv[0])
+            process.arguments = Array(argv.dropFirst())
+        }
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
         var environment = ProcessInfo.processInfo.environment
         environment["BULWARK_SLOT"] = slot.rawValue
         environment["BULWARK_SLOT_DIR"] = directory
         process.environment = environment
-        process.standardInput = FileHandle.nullDevice
+        // A socket pair rather than a pipe: the agent's write cannot raise SIGPIPE (MSG_NOSIGNAL), and both ends are
+        // close-on-exec, so no other child keeps the gate open.
+        var ends: [Int32] = [-1, -1]
+        if gate != nil, socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) != 0 {
+            throw UpdateError("cannot start the payload \(argv[0]): \(String(cString: strerror(errno)))")
+        }
+        let opener = ends[0]
+        process.standardInput =
+            gate == nil ? FileHandle.nullDevice : FileHandle(fileDescriptor: ends[1], closeOnDealloc: false)
         process.terminationHandler = { finished in onExit(finished.terminationStatus) }
         do { try process.run() } catch {
+            if gate != nil {
+                close(opener)
+                close(ends[1])
+            }
             throw UpdateError("cannot start the payload \(argv[0]): \(error.localizedDescription)")
         }
+        if gate != nil { close(ends[1]) }
         let payload = PayloadProcess(process: process, slot: slot)
         // The pid with its start time (`/proc/PID/stat` field 22): after a kill -9 of the agent, the next start stops
         // exactly this process (and its group), wherever it moved its working directory, and never a reused pid.
         try? Outbox.write(
             pidFile, Array("\(payload.pid) \(Self.startTime(payload.pid) ?? 0)\n".utf8),
             directory: (pidFile as NSString).deletingLastPathComponent)
+        if gate != nil {
+            _ = "start\n".withCString { send(opener, $0, 6, Int32(MSG_NOSIGNAL)) }
+            close(opener)
+        }
         return payload
     }
+
+    /// The gate: one line `start` on stdin, or exit 125 without running the payload (end of file: the agent died
+    /// before the payload's pid was on disk); then the payload, with stdin from /dev/null, in place of the shell.
+    static let gateScript = #"read -r go && [ "$go" = start ] || exit 125; exec "$@" </dev/null"#
 
     /// SIGTERM, then SIGKILL after `grace` seconds.
     func stop(grace: Double = 5) async {
