@@ -135,6 +135,11 @@ public actor Agent {
     /// expires: the hub's renewal route has its own rate limit, and a fleet must not hammer it.
     private var renewalFailures = 0
     private var nextRenewalAttempt: Date?
+    /// A renewal is under way (behind the live session, or before connecting): never two at once.
+    private var renewing = false
+    /// A renewal made during the session succeeded: the session ends cleanly and the next one starts at once with the
+    /// new certificate (no back-off: nothing failed).
+    private var switchingCertificate = false
     public private(set) var lastInventory: Date?
     public private(set) var trustRootVersion: Int?
     public private(set) var lastTrustRefresh: Date?
@@ -188,6 +193,10 @@ public actor Agent {
             do {
                 try await session()
                 delay = configuration.reconnectInitialSeconds
+                if switchingCertificate {
+                    switchingCertificate = false
+                    continue
+                }
             } catch let error as AgentError {
                 lastError = error.message
                 switch error.code {
@@ -253,6 +262,8 @@ public actor Agent {
         generation += 1
         let myGeneration = generation
         let state = self.state
+        // This session starts with the newest certificate: a switch asked for before now is done.
+        switchingCertificate = false
         let configuration = self.configuration
         let context = try state.credentials.tlsContext()
         let pinned = state.pinned
@@ -370,8 +381,16 @@ public actor Agent {
             // none at all, every 30 s rather than a writer that never waits).
             let seconds = keepAlive != 0 ? keepAlive : configuration.keepAliveSeconds
             let idle = Duration.milliseconds(Int64(seconds == 0 ? 60 : seconds) * 500)
-            // Renewal due: end this session; the next one starts with the new certificate.
-            if renewalDue() { return }
+            // Renewal due: renewed behind this session, which keeps carrying messages meanwhile; once the new
+            // certificate is on disk, the session ends cleanly and the next one starts with it at once.
+            if renewalDue(), !renewing {
+                renewing = true
+                Task { await self.renewBehindSession() }
+            }
+            if switchingCertificate {
+                await endForCertificateSwitch(outbound)
+                return
+            }
             if connection == .connected, self.generation == generation, ContinuousClock.now >= holdUntil {
                 let buffers = nextPublishes()
                 for buffer in buffers { try await outbound.write(buffer) }
@@ -381,7 +400,9 @@ public actor Agent {
             // point comes (nothing else wakes the writer for those).
             var wait = idle
             var pingDue = true
-            if let point = renewalPoint(), point.timeIntervalSinceNow * 1000 < Double(idle.components.seconds * 1000) {
+            if !renewing, let point = renewalPoint(),
+                point.timeIntervalSinceNow * 1000 < Double(idle.components.seconds * 1000)
+            {
                 wait = .milliseconds(Int64(max(0.05, point.timeIntervalSinceNow) * 1000) + 1)
                 pingDue = false
             }
@@ -665,10 +686,37 @@ public actor Agent {
         return max(point, nextRenewalAttempt ?? .distantPast)
     }
 
-    /// Renews the certificate with a new key when it is due.
+    /// Renews the certificate with a new key when it is due (after a renewal already under way has ended).
     func renewIfDue(now: Date = Date()) async throws {
+        while renewing { try? await Task.sleep(for: .milliseconds(20)) }
         guard renewalDue(now: now) else { return }
+        renewing = true
+        defer { renewing = false }
         try await renew()
+    }
+
+    /// The renewal started by the session's writer: on success the session switches to the new certificate; on
+    /// failure it goes on with the old one, still valid, and the next attempt backs off.
+    private func renewBehindSession() async {
+        defer { renewing = false }
+        do {
+            try await renew()
+            switchingCertificate = true
+        } catch {
+            renewalFailed(error)
+        }
+        wake()
+    }
+
+    /// Ends the session for a new certificate: no new publish goes out, those in flight get a moment to be
+    /// acknowledged (what is not stays in the outbox and is resent, marked DUP, on the next connection), then a
+    /// normal DISCONNECT (MQTT 5.0 §3.14.2.1, 0x00: the hub discards the will).
+    private func endForCertificateSwitch(_ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async {
+        let deadline = ContinuousClock.now + .seconds(2)
+        while !inFlight.isEmpty, ContinuousClock.now < deadline, !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        try? await outbound.write(Self.encode(.disconnect(reasonCode: 0, properties: .init())))
     }
 
     /// One renewal, never beside a trust refresh; a success clears the back-off.
@@ -696,8 +744,12 @@ public actor Agent {
 
     /// The certificate is due for renewal: renew now and reconnect with the new one.
     public func renewNow() async throws {
+        while renewing { try? await Task.sleep(for: .milliseconds(20)) }
+        renewing = true
+        defer { renewing = false }
         try await renew()
-        try? await currentChannel?.close()
+        switchingCertificate = true
+        wake()
     }
 
     /// Ends the session in progress; the agent connects again at once (after a network change, or to take a new pin
