@@ -247,7 +247,7 @@ public actor Agent {
         while !inFlight.isEmpty, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
         if let channel = currentChannel {
             var buffer = ByteBuffer()
-            Packet.disconnect(reasonCode: 0, properties: .init()).encode(into: &buffer, version: .v5)
+            Packet.disconnect(reasonCode: .normalDisconnection, properties: .init()).encode(into: &buffer, version: .v5)
             try? await channel.writeAndFlush(buffer)
             try? await channel.close()
         }
@@ -333,10 +333,9 @@ public actor Agent {
         }
         keepAlive = properties.serverKeepAlive ?? configuration.keepAliveSeconds
         hubReceiveMaximum = Int(properties.receiveMaximum ?? UInt16.max)
-        guard reason == 0 else {
+        guard reason == .success else {
             // 0x87 not authorized (revoked, quarantined), 0x85 client id refused: retrying fast would not help.
-            throw AgentError(
-                .refusedByHub, "the hub refused the connection (CONNACK 0x\(String(reason, radix: 16)))")
+            throw AgentError(.refusedByHub, "the hub refused the connection (CONNACK \(reason))")
         }
         let filter = try TopicFilter("devices/\(state.deviceID.rawValue)/commands/#")
         try await outbound.write(
@@ -351,7 +350,8 @@ public actor Agent {
                 acknowledged(id, reason: reason)
             case .publish(let publish):
                 if let id = publish.packetID {
-                    try await outbound.write(Self.encode(.puback(packetID: id, reasonCode: 0, properties: .init())))
+                    try await outbound.write(
+                        Self.encode(.puback(packetID: id, reasonCode: .success, properties: .init())))
                 }
                 let prefix = "devices/\(state.deviceID.rawValue)/commands/"
                 if publish.topic.rawValue.hasPrefix(prefix) {
@@ -360,11 +360,11 @@ public actor Agent {
                             name: String(publish.topic.rawValue.dropFirst(prefix.count)), body: publish.payload))
                 }
             case .suback(_, let codes, _):
-                if codes.contains(where: { $0 >= 0x80 }) { lastError = "the hub refused the command subscription" }
+                if codes.contains(where: \.isFailure) { lastError = "the hub refused the command subscription" }
             case .disconnect(let reason, _):
                 throw AgentError(
-                    reason == 0x87 || reason == 0x8E ? .refusedByHub : .connection,
-                    "the hub disconnected (0x\(String(reason, radix: 16)))")
+                    reason == .notAuthorized || reason == .sessionTakenOver ? .refusedByHub : .connection,
+                    "the hub disconnected (\(reason))")
             default:
                 break
             }
@@ -459,19 +459,19 @@ public actor Agent {
         return buffers
     }
 
-    private func acknowledged(_ id: UInt16, reason: UInt8) {
+    private func acknowledged(_ id: UInt16, reason: ReasonCode) {
         guard let sequence = inFlight.removeValue(forKey: id) else { return }
         switch reason {
-        case 0x00, 0x10:
+        case .success, .noMatchingSubscribers:
             outbox.remove(sequence)
             backlog.remove(sequence)
             if retrySequence == sequence { retrySequence = nil }
             delivered += 1
-        case 0x97, 0x80, 0x83:
+        case .quotaExceeded, .unspecifiedError, .implementationSpecificError:
             // Over the rate, or the hub could not store it: keep it and try it again, alone, a little later.
             holdUntil = ContinuousClock.now + .seconds(1)
             retrySequence = min(retrySequence ?? sequence, sequence)
-        case 0x95:
+        case .packetTooLarge:
             // Too large for the hub: it never will be delivered.
             outbox.remove(sequence)
             refusedByHub += 1
@@ -481,7 +481,7 @@ public actor Agent {
             // cannot be delivered, so it is not retried for ever; recorded in the status.
             outbox.remove(sequence)
             refusedByHub += 1
-            lastError = "the hub refused a message (PUBACK 0x\(String(reason, radix: 16)))"
+            lastError = "the hub refused a message (PUBACK \(reason))"
         }
         wake()
     }
@@ -716,7 +716,7 @@ public actor Agent {
         while !inFlight.isEmpty, ContinuousClock.now < deadline, !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(10))
         }
-        try? await outbound.write(Self.encode(.disconnect(reasonCode: 0, properties: .init())))
+        try? await outbound.write(Self.encode(.disconnect(reasonCode: .normalDisconnection, properties: .init())))
     }
 
     /// One renewal, never beside a trust refresh; a success clears the back-off.

@@ -224,8 +224,8 @@ struct DashboardBenchmark: AsyncParsableCommand {
                                 host: "127.0.0.1", port: ports.mqtt, tls: try device.credentials.tlsConfiguration(),
                                 clientID: device.id, version: .v5
                             ) { mqtt, reason in
-                                guard reason == 0 else {
-                                    stop = String(format: "CONNACK 0x%02x", reason)
+                                guard reason == .success else {
+                                    stop = "CONNACK \(reason)"
                                     return
                                 }
                                 let topic = try TopicName("devices/\(device.id)/telemetry")
@@ -234,8 +234,8 @@ struct DashboardBenchmark: AsyncParsableCommand {
                                     count += 1
                                     let code = try await mqtt.publishAcknowledged(
                                         topic: topic, payload: Array("not json".utf8))
-                                    guard code == 0x99 else {
-                                        stop = String(format: "PUBACK 0x%02x", code)
+                                    guard code == .payloadFormatInvalid else {
+                                        stop = "PUBACK \(code)"
                                         return
                                     }
                                     let due = begin + .milliseconds(Int64(Double(count) * 1000 / perConnection))

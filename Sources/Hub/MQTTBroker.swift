@@ -37,8 +37,10 @@ struct BrokerMessage: Sendable {
         forwarded.payloadFormatIndicator = received.payloadFormatIndicator
         forwarded.contentType = received.contentType
         forwarded.userProperties = received.userProperties
-        // Response Topic (0x08) and Correlation Data (0x09), as received.
-        forwarded.other = received.other.filter { $0.0 == 0x08 || $0.0 == 0x09 }
+        // Response Topic and Correlation Data, as received.
+        forwarded.other = received.other.filter {
+            $0.0 == PropertyIdentifier.responseTopic || $0.0 == PropertyIdentifier.correlationData
+        }
         self.init(
             topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain,
             properties: forwarded,
@@ -200,7 +202,7 @@ actor MQTTBroker {
         if sessions[key] == nil, sessions.values.lazy.filter({ $0.owner == owner }).count >= maxPerOwner { return nil }
         if let session = sessions[key], let previous = session.connection {
             if previous.version == .v5 {
-                Self.write(.disconnect(reasonCode: 0x8E, properties: .init()), previous)
+                Self.write(.disconnect(reasonCode: .sessionTakenOver, properties: .init()), previous)
             }
             previous.channel.close(promise: nil)
             session.draining.insert(session.connectionNumber)
@@ -283,7 +285,7 @@ actor MQTTBroker {
     func subscribe(
         key: String, connectionNumber: Int,
         _ subscriptions: [(index: Int, TopicFilter, SubscriptionOptions, retainHandling: UInt8)],
-        codes: [UInt8], packetID: UInt16, maxSubscriptions: Int, quotaExceeded: UInt8
+        codes: [ReasonCode], packetID: UInt16, maxSubscriptions: Int, quotaExceeded: ReasonCode
     ) {
         guard let session = sessions[key], session.connectionNumber == connectionNumber,
             let connection = session.connection, session.ready
@@ -347,19 +349,19 @@ actor MQTTBroker {
     /// out; from 0x80 the delivery ends there. `unknown`: the caller answers PUBREL 0x92 Packet Identifier not
     /// found (MQTT 5; a plain PUBREL on 3.1.1), waiting for a client that does not read. A PUBREC to a QoS 1
     /// delivery is a protocol error.
-    func received(key: String, connectionNumber: Int, packetID: UInt16, reasonCode: UInt8) -> PubrecOutcome {
+    func received(key: String, connectionNumber: Int, packetID: UInt16, reasonCode: ReasonCode) -> PubrecOutcome {
         guard let session = sessions[key], session.connectionNumber == connectionNumber,
             let connection = session.connection
         else { return .released }
         guard let index = session.inflight.firstIndex(where: { $0.id == packetID }) else { return .unknown }
         guard session.inflight[index].message.qos == .exactlyOnce else { return .protocolError }
-        if reasonCode >= 0x80 {
+        if reasonCode.isFailure {
             session.inflight.remove(at: index)
             pump(session)
             return .released
         }
         session.inflight[index].released = true
-        Self.write(.pubrel(packetID: packetID, reasonCode: 0, properties: .init()), connection)
+        Self.write(.pubrel(packetID: packetID, reasonCode: .success, properties: .init()), connection)
         return .released
     }
 

@@ -265,7 +265,8 @@ struct MQTTConnection {
 
     /// The state of a session's connection that the packet loop changes.
     struct State {
-        let version: ProtocolVersion
+        /// The protocol's rules for this connection (topic aliases, Receive Maximum, expiry, refusals).
+        var rules: ServerSession
         let sessionKey: String
         let connectionNumber: Int
         let output: FlushCoalescer
@@ -273,20 +274,17 @@ struct MQTTConnection {
         let acl: BoundTopicACL
         /// The identity's payload rules (`mqtt.payloads`), bound once for the connection.
         let payloads: BoundPayloadRules
-        var aliases: [UInt16: TopicName] = [:]
-        /// Consecutive QoS 0 publishes refused over the rate (MQTT 5: a sustained flood gets DISCONNECT 0x96).
-        var refusedQoS0 = 0
-        var expirySeconds: Int
-        var connectExpiry: Int
         /// One task per QoS 1 PUBLISH not yet acknowledged, in arrival order (see `acknowledge`).
         var acknowledgements: [Task<Void, Never>] = []
         /// QoS 1 PUBLISH packets received whose PUBACK has not been sent: at most the Receive Maximum the hub
         /// announced (MQTT 5.0 §3.3.4).
         let unacknowledged = UnacknowledgedPublishes()
+        var version: ProtocolVersion { rules.version }
+        var v5: Bool { rules.v5 }
+        var expirySeconds: Int { rules.expirySeconds }
         /// MQTT 5.0 §3.1.2.11.7: a client that sets Request Problem Information to 0 gets no Reason String or User
         /// Properties on any packet but PUBLISH, CONNACK and DISCONNECT (so no correlation id on a PUBACK).
-        var problemInformation = true
-        var v5: Bool { version == .v5 }
+        var problemInformation: Bool { rules.problemInformation }
     }
 
     enum End {
@@ -314,9 +312,11 @@ struct MQTTConnection {
                     // MQTT 3.1.1 §3.1.2.2: CONNACK return code 0x01 and close; MQTT 5.0 §3.1.2.2: 0x84 and close.
                     deadline.cancel()
                     let level = error.protocolLevel ?? 0
-                    let connack: [UInt8] = level > 5 ? [0x20, 0x03, 0x00, 0x84, 0x00] : [0x20, 0x02, 0x00, 0x01]
+                    let form: ProtocolVersion = level > 5 ? .v5 : .v311
+                    var connack = ByteBuffer()
+                    ServerSession.refusal(.unsupportedProtocolVersion, form).encode(into: &connack, version: form)
                     listener.logger.notice("MQTT CONNECT refused", metadata: ["detail": .string(error.detail)])
-                    try? await outbound.write(ByteBuffer(bytes: connack))
+                    try? await outbound.write(connack)
                     return nil
                 }
                 deadline.cancel()
@@ -399,29 +399,39 @@ struct MQTTConnection {
         return properties
     }
 
+    /// The connection's MQTT rules (CONNECT negotiation, then each packet), from the hub's configuration.
+    var limits: ServerSession.Limits {
+        let settings = listener.settings
+        return ServerSession.Limits(
+            topicAliasMaximum: settings.topicAliasMaximum, receiveMaximum: settings.receiveMaximum,
+            maximumPacketSize: listener.maximumPacketSize, maxSessionExpirySeconds: settings.maxSessionExpirySeconds,
+            maxKeepAliveSeconds: settings.maxKeepAliveSeconds, maxOutboundAliases: MQTTBroker.maxOutboundAliases,
+            maxOutboundInFlight: 1024, sustainedQoS0Flood: Self.sustainedQoS0Flood)
+    }
+
     private func session(
         connect: ConnectPacket, peer: Peer, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
     ) async throws -> DelayedWill? {
         let version = connect.version
-        let v5 = version == .v5
         let settings = listener.settings
-        // MQTT 3.1.1 §3.1.3.1 [MQTT-3.1.3-8]: an empty client id with cleanSession = 0 is refused (0x02).
-        if !v5, connect.clientID.isEmpty, !connect.cleanStart {
-            try await send(.connack(sessionPresent: false, reasonCode: 0x02, properties: .init()), version)
+        let rules: ServerSession
+        switch ServerSession.connectReceived(connect, limits: limits) {
+        case .refuse(let connack):
+            try await send(connack, version)
             return nil
+        case .accept(let accepted):
+            rules = accepted
         }
         guard let clientID = acceptedClientID(connect.clientID, peer: peer) else {
             await refuse("mqtt-client-id-refused", peer, "client id names another device")
-            // MQTT 5.0 §3.2.2.2 0x85 Client Identifier not valid; 3.1.1 §3.2.2.3 0x02 identifier rejected.
-            try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x85 : 0x02, properties: .init()), version)
+            try await send(rules.refusal(.clientIdentifierNotValid), version)
             return nil
         }
-        // A quarantined device is refused with no further work (MQTT 5.0 §3.2.2.2 0x87 Not authorized;
-        // 3.1.1 §3.2.2.3 0x05 not authorized), as on HTTP.
+        // A quarantined device is refused with no further work (Not authorized), as on HTTP.
         if let device = peer.device,
             listener.gateway.quarantine.isQuarantined(device, now: Int64(Date().timeIntervalSince1970))
         {
-            try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version)
+            try await send(rules.refusal(.notAuthorized), version)
             return nil
         }
         // The will is a publish like any other: within the identity's topics.
@@ -429,33 +439,18 @@ struct MQTTConnection {
         if let will = connect.will {
             guard acl.mayPublish(will.topic), Self.responseTopicAllowed(will.properties, peer: peer, acl: acl) else {
                 await refuse("mqtt-publish-refused", peer, "will outside the identity's topics")
-                try await send(
-                    .connack(sessionPresent: false, reasonCode: v5 ? 0x87 : 0x05, properties: .init()), version)
+                try await send(rules.refusal(.notAuthorized), version)
                 return nil
             }
         }
-        // MQTT 5.0 §3.1.2.11.3: a Receive Maximum of 0 is a protocol error.
-        if v5, connect.properties.receiveMaximum == 0 {
-            try await send(.connack(sessionPresent: false, reasonCode: 0x82, properties: .init()), version)
-            return nil
-        }
-        // Session expiry: MQTT 5.0 §3.1.2.11.2 (capped by configuration); MQTT 3.1.1 cleanSession = 0 keeps the
-        // session for the configured maximum.
-        let requestedExpiry =
-            v5
-            ? Int(connect.properties.sessionExpiryInterval ?? 0)
-            : (connect.cleanStart ? 0 : settings.maxSessionExpirySeconds)
-        let expiry = min(requestedExpiry, settings.maxSessionExpirySeconds)
         // A device has one session whatever spelling of its id or RID it connects with (a RID changes every
         // 15 minutes and parses case-insensitively: keyed by it, one device could keep any number of sessions);
         // an operator has one per client id, keyed by identity so it never shares a device's.
         let sessionKey = peer.device == nil ? "\(peer.identity.uri) \(clientID)" : peer.identity.uri
         // MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. Added before the session
-        // is attached, so nothing after the attach can fail without its detach below. None or more than
-        // `mqtt.maxKeepAliveSeconds` asked: the maximum (MQTT 5 announces it in CONNACK below).
-        let keepAlive = Self.keepAlive(asked: connect.keepAlive, maximum: settings.maxKeepAliveSeconds)
-        if keepAlive > 0 {
-            let timeout = TimeAmount.milliseconds(Int64(keepAlive) * 1500)
+        // is attached, so nothing after the attach can fail without its detach below.
+        if rules.keepAlive > 0 {
+            let timeout = TimeAmount.milliseconds(Int64(rules.keepAlive) * 1500)
             try await channel.channel.pipeline.addHandlers(
                 [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
         }
@@ -471,53 +466,33 @@ struct MQTTConnection {
         }
         defer { revocationCheck.cancel() }
         var brokerConnection = BrokerConnection(
-            channel: channel.channel, version: version,
-            receiveMaximum: min(Int(connect.properties.receiveMaximum ?? 64), 1024),
-            maximumPacketSize: Int(connect.properties.maximumPacketSize ?? UInt32(Int32.max)))
-        if v5 {
-            brokerConnection.topicAliasMaximum = min(
-                Int(connect.properties.topicAliasMaximum ?? 0), MQTTBroker.maxOutboundAliases)
-        }
+            channel: channel.channel, version: version, receiveMaximum: rules.clientReceiveMaximum,
+            maximumPacketSize: rules.clientMaximumPacketSize)
+        brokerConnection.topicAliasMaximum = rules.clientTopicAliasMaximum
         guard
             let attached = await listener.broker.attach(
                 key: sessionKey, owner: peer.identity.uri, maxPerOwner: settings.maxSessionsPerIdentity,
-                cleanStart: connect.cleanStart, expirySeconds: expiry, connection: brokerConnection)
+                cleanStart: connect.cleanStart, expirySeconds: rules.expirySeconds, connection: brokerConnection)
         else {
-            // MQTT 5.0 §3.2.2.2 0x97 Quota exceeded; MQTT 3.1.1 has no such code: 0x03 Server unavailable.
+            // MQTT 5.0 0x97 Quota exceeded; MQTT 3.1.1 has no such code: 0x03 Server unavailable.
             await refuse(
                 "mqtt-session-refused", peer,
                 "already \(settings.maxSessionsPerIdentity) sessions for this identity", oncePerMinute: true)
-            try await send(.connack(sessionPresent: false, reasonCode: v5 ? 0x97 : 0x03, properties: .init()), version)
+            try await send(rules.refusal(.quotaExceeded), version)
             return nil
         }
-        var properties = Properties()
-        if v5 {
-            if connect.clientID.isEmpty { properties.assignedClientIdentifier = clientID }
-            properties.topicAliasMaximum = UInt16(settings.topicAliasMaximum)
-            properties.receiveMaximum = UInt16(settings.receiveMaximum)
-            properties.maximumPacketSize = UInt32(listener.maximumPacketSize)
-            if expiry != requestedExpiry { properties.sessionExpiryInterval = UInt32(expiry) }
-            // §3.2.2.3.14 Server Keep Alive: sent only when it differs from what the client asked.
-            if keepAlive != connect.keepAlive { properties.serverKeepAlive = keepAlive }
-            // §3.1.2.11.6 / §3.2.2.3.15: a client that asks for Response Information gets the base of the response
-            // topics it can use: for a device, a topic under its commands that it may subscribe to and the fleet
-            // may publish to. Operators and applications get none: devices publish only within their own topics.
-            if connect.properties.other.contains(where: { $0.0 == 0x19 && $0.1 == [1] }),
-                let base = Self.responseInformation(peer: peer, acl: acl, settings: settings)
-            {
-                properties.other.append((0x1A, Array(base.utf8)))
-            }
-        }
+        // A device that asks for Response Information gets the base of the response topics it can use: a topic
+        // under its commands that it may subscribe to and the fleet may publish to. Operators and applications get
+        // none: devices publish only within their own topics.
+        let connack = rules.connack(
+            sessionPresent: attached.sessionPresent, assignedClientID: connect.clientID.isEmpty ? clientID : nil,
+            responseInformation: Self.responseInformation(peer: peer, acl: acl, settings: settings))
         var state = State(
-            version: version, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
-            output: FlushCoalescer(channel.channel), acl: acl,
-            payloads: settings.payloads.bound(to: peer.identity),
-            expirySeconds: expiry, connectExpiry: requestedExpiry)
-        state.problemInformation = !connect.properties.other.contains { $0.0 == 0x17 && $0.1 == [0] }
+            rules: rules, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
+            output: FlushCoalescer(channel.channel), acl: acl, payloads: settings.payloads.bound(to: peer.identity))
         let end: End
         do {
-            try await send(
-                .connack(sessionPresent: attached.sessionPresent, reasonCode: 0, properties: properties), version)
+            try await send(connack, version)
             await listener.broker.resume(key: sessionKey, connectionNumber: attached.connectionNumber)
             end = try await loop(peer: peer, state: &state, packets: &packets)
         } catch let error as MQTTError {
@@ -525,7 +500,7 @@ struct MQTTConnection {
             // the reason code; MQTT 3.1.1 §4.8: the connection is closed.
             listener.logger.notice(
                 "MQTT packet refused", metadata: ["peer": .string(peer.identity.uri), "detail": .string("\(error)")])
-            if v5 { await serverDisconnect(error.reasonCode, state: &state) }
+            if state.v5 { await serverDisconnect(error.reasonCode, state: &state) }
             end = .closed
         } catch {
             end = .closed
@@ -550,7 +525,7 @@ struct MQTTConnection {
             topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties)
         // MQTT 5.0 §3.1.3.2.2: a Will Delay Interval holds the will back until it passes or the session ends,
         // whichever is first; it is published after the connection is closed (`serve`).
-        let delay = v5 ? min(Int(will.properties.willDelayInterval ?? 0), state.expirySeconds) : 0
+        let delay = state.v5 ? min(Int(will.properties.willDelayInterval ?? 0), state.expirySeconds) : 0
         guard delay == 0 else {
             return DelayedWill(
                 message: message, peer: peer, state: state, seconds: delay, connectionNumber: attached.connectionNumber)
@@ -582,64 +557,40 @@ struct MQTTConnection {
         _ = await admitAndDeliver(will.message, peer: will.peer, state: &will.state, respond: false)
     }
 
-    /// Handles packets until the connection ends.
+    /// Handles packets until the connection ends: the session rules (`ServerSession`) say what each packet asks
+    /// for; the identity's rights, the broker and the gateway pipeline decide the rest.
     private func loop(
         peer: Peer, state: inout State, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
     ) async throws -> End {
         let version = state.version
-        let v5 = state.v5
         let acl = state.acl
+        let unacknowledged = state.unacknowledged
         while let packet = try await packets.next() {
             guard !listener.revocations.contains(peer.serial) else {
                 await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
-                if v5 { await serverDisconnect(0x87, state: &state) }
-                return .closed
+                return await close(state.rules.closing(.notAuthorized), peer: peer, state: &state)
             }
-            switch packet {
-            case .publish(var publish):
-                // MQTT 5.0 §3.3.2.3.4: Topic Alias within our maximum; an alias alone names a topic set earlier.
-                if v5, let alias = publish.properties.topicAlias {
-                    guard alias >= 1, Int(alias) <= listener.settings.topicAliasMaximum else {
-                        await serverDisconnect(0x94, state: &state)
-                        return .closed
-                    }
-                    if publish.topic.isUnresolvedAlias {
-                        guard let topic = state.aliases[alias] else {
-                            await serverDisconnect(0x82, state: &state)
-                            return .closed
-                        }
-                        publish.topic = topic
-                    } else {
-                        state.aliases[alias] = publish.topic
-                    }
-                }
-                // MQTT 5.0 §3.3.4, §4.9: more QoS 1 and 2 publishes awaiting their PUBACK or PUBCOMP than the Receive
-                // Maximum the hub announced is a protocol error: DISCONNECT 0x93. (MQTT 3.1.1 has no such limit: its
-                // publishes wait.)
-                if v5, let id = publish.packetID,
-                    (publish.qos == .exactlyOnce
-                        ? state.unacknowledged.received(qos2: id) : state.unacknowledged.received())
-                        > listener.settings.receiveMaximum
-                {
-                    await refuse(
-                        "mqtt-protocol-error", peer,
-                        "more QoS 1 and 2 publishes unacknowledged than the Receive Maximum",
-                        oncePerMinute: true)
-                    await serverDisconnect(0x93, state: &state)
-                    return .closed
-                }
+            let action = state.rules.packetReceived(packet) { publish in
+                publish.qos == .exactlyOnce
+                    ? unacknowledged.received(qos2: publish.packetID ?? 0) : unacknowledged.received()
+            }
+            switch action {
+            case .publish(let publish):
                 guard acl.mayPublish(publish.topic), Self.responseTopicAllowed(publish.properties, peer: peer, acl: acl)
                 else {
                     await refuse(
                         "mqtt-publish-refused", peer, "publish (or its response topic) outside the identity's topics",
                         oncePerMinute: true)
-                    if v5 {
+                    switch state.rules.publishRefused(.notAuthorized, qos: publish.qos) {
+                    case .acknowledge(let code):
                         if let id = publish.packetID {
-                            await acknowledge(id, qos: publish.qos, state: &state, code: 0x87)
+                            await acknowledge(id, qos: publish.qos, state: &state, code: code)
                         }
                         continue
+                    case .drop: continue
+                    case .close(let code):
+                        return await close(.close(disconnect: code, detail: nil), peer: peer, state: &state)
                     }
-                    return .closed  // 3.1.1 has no negative PUBACK: close (§4.8).
                 }
                 // §4.3.3 [MQTT-4.3.3-9]: a QoS 2 PUBLISH whose id is stored and awaits its PUBREL is a copy (a resend
                 // after a reconnect): PUBREC again, nothing stored or delivered twice.
@@ -652,27 +603,27 @@ struct MQTTConnection {
                     {
                     case .new: break
                     case .copy:
-                        await acknowledge(id, qos: .exactlyOnce, state: &state, code: 0)
+                        await acknowledge(id, qos: .exactlyOnce, state: &state, code: .success)
                         continue
                     case .full:
                         await refuse(
                             "mqtt-quota-exceeded", peer, "QoS 2 packet ids awaiting PUBREL over the limit",
                             oncePerMinute: true)
-                        guard v5 else { return .closed }
-                        await acknowledge(id, qos: .exactlyOnce, state: &state, code: 0x97)
+                        guard state.v5 else { return .closed }
+                        await acknowledge(id, qos: .exactlyOnce, state: &state, code: .quotaExceeded)
                         continue
                     }
                 }
                 if !(await admitAndDeliver(publish, peer: peer, state: &state, respond: true)) { return .closed }
             case .subscribe(let id, let subscriptions, let properties):
-                var codes: [UInt8] = []
+                var codes: [ReasonCode] = []
                 var refused = 0
                 var granted: [(index: Int, TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
                 for (index, subscription) in subscriptions.enumerated() {
                     // The decoder refused a malformed shared subscription; access is checked on its inner filter.
                     let share = try? SharedFilter.parse(subscription.filter)
                     if index >= listener.settings.maxFiltersPerSubscribe {
-                        codes.append(0x80)  // beyond the filters one SUBSCRIBE may carry
+                        codes.append(.unspecifiedError)  // beyond the filters one SUBSCRIBE may carry
                     } else if acl.maySubscribe(share?.filter ?? subscription.filter) {
                         let qos = subscription.qos
                         granted.append(
@@ -684,10 +635,10 @@ struct MQTTConnection {
                                     identifier: properties.subscriptionIdentifiers.first, share: share),
                                 subscription.retainHandling
                             ))
-                        codes.append(qos.rawValue)
+                        codes.append(ReasonCode(rawValue: qos.rawValue))
                     } else {
                         refused += 1
-                        codes.append(v5 ? 0x87 : 0x80)
+                        codes.append(state.rules.subscribeRefused(.notAuthorized))
                     }
                 }
                 if refused > 0 {
@@ -705,66 +656,57 @@ struct MQTTConnection {
                 await listener.broker.subscribe(
                     key: state.sessionKey, connectionNumber: state.connectionNumber, granted, codes: codes,
                     packetID: id, maxSubscriptions: listener.settings.maxSubscriptionsPerSession,
-                    quotaExceeded: v5 ? 0x97 : 0x80)
-            case .unsubscribe(let id, let filters, _):
+                    quotaExceeded: state.rules.subscribeRefused(.quotaExceeded))
+            case .unsubscribe(let id, let filters):
                 let existed = await listener.broker.unsubscribe(
                     key: state.sessionKey, connectionNumber: state.connectionNumber, filters)
-                try await send(
-                    .unsuback(packetID: id, reasonCodes: existed.map { $0 || !v5 ? 0 : 0x11 }, properties: .init()),
-                    version)
-            case .puback(let id, _, _), .pubcomp(let id, _, _):
+                try await send(state.rules.unsuback(id, existed: existed), version)
+            case .acknowledged(let id, let qos):
                 // A PUBACK for a QoS 2 delivery, or a PUBCOMP for one not yet released, is a protocol error.
-                let qos: QoS = if case .puback = packet { .atLeastOnce } else { .exactlyOnce }
                 guard
                     await listener.broker.acknowledge(
                         key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, qos: qos)
                 else {
-                    await refuse("mqtt-protocol-error", peer, "acknowledgement of the wrong kind", oncePerMinute: true)
-                    if v5 { await serverDisconnect(0x82, state: &state) }
-                    return .closed
+                    return await close(
+                        state.rules.closing(.protocolError, "acknowledgement of the wrong kind"), peer: peer,
+                        state: &state)
                 }
-            case .pubrec(let id, let reason, _):
+            case .deliveryReceived(let id, let reason):
                 switch await listener.broker.received(
                     key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, reasonCode: reason)
                 {
                 case .released: break
                 case .unknown:
-                    // §4.3.3: PUBREL 0x92 Packet Identifier not found (3.1.1: a plain PUBREL); written with
-                    // back-pressure, so a client that floods these and never reads cannot grow the hub's buffers.
-                    try await send(.pubrel(packetID: id, reasonCode: v5 ? 0x92 : 0, properties: .init()), version)
+                    // Written with back-pressure, so a client that floods these and never reads cannot grow the
+                    // hub's buffers.
+                    try await send(state.rules.pubrelUnknown(id), version)
                 case .protocolError:
-                    await refuse("mqtt-protocol-error", peer, "PUBREC to a QoS 1 delivery", oncePerMinute: true)
-                    if v5 { await serverDisconnect(0x82, state: &state) }
-                    return .closed
+                    return await close(
+                        state.rules.closing(.protocolError, "PUBREC to a QoS 1 delivery"), peer: peer, state: &state)
                 }
-            case .pubrel(let id, _, _):
-                // §3.6.4: PUBCOMP; 0x92 Packet Identifier not found when the id was not held (MQTT 5). Written
-                // after the acknowledgements already queued, with back-pressure.
+            case .released(let id):
+                // PUBCOMP, written after the acknowledgements already queued, with back-pressure.
                 let held = await listener.broker.releaseQoS2(key: state.sessionKey, packetID: id)
-                state.unacknowledged.completed(qos2: id)
+                unacknowledged.completed(qos2: id)
                 await state.output.flush()
-                try await send(.pubcomp(packetID: id, reasonCode: held || !v5 ? 0 : 0x92, properties: .init()), version)
-            case .pingreq:
-                try await send(.pingresp, version)
-            case .disconnect(let reason, let properties):
-                // MQTT 5.0 §3.14.2.2.2: the expiry may change at DISCONNECT, but not from 0 to non-zero.
-                if let newExpiry = properties.sessionExpiryInterval {
-                    guard state.connectExpiry != 0 || newExpiry == 0 else {
-                        await serverDisconnect(0x82, state: &state)
-                        return .closed
-                    }
-                    state.expirySeconds = min(Int(newExpiry), listener.settings.maxSessionExpirySeconds)
-                }
-                // MQTT 5.0 §3.14.4: only a normal disconnection (0x00) discards the will; 3.1.1 DISCONNECT always does.
-                return .disconnected(withWill: v5 && reason != 0x00)
-            case .auth:
-                if v5 { await serverDisconnect(0x8C, state: &state) }
-                return .closed
-            default:
-                if v5 { await serverDisconnect(0x82, state: &state) }
-                return .closed
+                try await send(state.rules.pubcomp(id, held: held), version)
+            case .reply(let answer):
+                try await send(answer, version)
+            case .ended(let publishWill):
+                return .disconnected(withWill: publishWill)
+            case .close:
+                return await close(action, peer: peer, state: &state)
             }
         }
+        return .closed
+    }
+
+    /// Ends the connection as the session rules said: the client's fault is recorded (at most once a minute), MQTT 5
+    /// gets its DISCONNECT.
+    private func close(_ action: ServerSession.Action, peer: Peer, state: inout State) async -> End {
+        guard case .close(let code, let detail) = action else { return .closed }
+        if let detail { await refuse("mqtt-protocol-error", peer, detail, oncePerMinute: true) }
+        if let code { await serverDisconnect(code, state: &state) }
         return .closed
     }
 
@@ -800,16 +742,23 @@ struct MQTTConnection {
                     "invalid-message", peer,
                     "MQTT PUBLISH to \(MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120)): \(violation)",
                     oncePerMinute: true)
-                if v5, respond, let id = publish.packetID {
-                    await acknowledge(id, qos: publish.qos, state: &state, code: 0x99)
+                guard respond else { return true }
+                switch state.rules.publishRefused(.invalidContent, qos: publish.qos) {
+                case .acknowledge(let code):
+                    if let id = publish.packetID { await acknowledge(id, qos: publish.qos, state: &state, code: code) }
                     return true
+                case .drop: return true
+                case .close(let code):
+                    if let code { await serverDisconnect(code, state: &state) }
+                    return false
                 }
-                return !respond || v5
             }
             let recipients = await listener.broker.publish(BrokerMessage(publish), from: state.sessionKey)
             if respond, let id = publish.packetID {
                 // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere).
-                await acknowledge(id, qos: publish.qos, state: &state, code: recipients == 0 && v5 ? 0x10 : 0)
+                await acknowledge(
+                    id, qos: publish.qos, state: &state, code: recipients == 0 && v5 ? .noMatchingSubscribers : .success
+                )
             }
             return true
         }
@@ -830,7 +779,7 @@ struct MQTTConnection {
             }
             let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
             if respond, let id = publish.packetID {
-                await acknowledge(id, qos: publish.qos, state: &state, code: 0, then: clear)
+                await acknowledge(id, qos: publish.qos, state: &state, code: .success, then: clear)
             } else {
                 await deliverInOrder(clear, state: &state)
             }
@@ -869,7 +818,7 @@ struct MQTTConnection {
                 return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
             }
             listener.metrics?.admitted(.mqtt)
-            await acknowledge(id, qos: publish.qos, state: &state, code: 0)
+            await acknowledge(id, qos: publish.qos, state: &state, code: .success)
             return true
         }
         if counter == nil,
@@ -882,7 +831,7 @@ struct MQTTConnection {
         switch result {
         case .success(let admitted):
             listener.metrics?.admitted(.mqtt)
-            state.refusedQoS0 = 0
+            state.rules.publishAdmitted()
             let record = NewTelemetry(
                 deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
                 counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
@@ -945,39 +894,33 @@ struct MQTTConnection {
         _ refusal: Refusal, _ publish: PublishPacket, peer: Peer, state: inout State, respond: Bool,
         _ correlationID: String
     ) async -> Bool {
-        let version = state.version
-        let v5 = state.v5
         await listener.recorder.record(
             refusal, identity: peer.identity.uri, source: peer.source, correlationID: correlationID,
             what: "MQTT PUBLISH \(MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120))")
         guard respond else { return false }
-        let rateLimited = refusal.stage == .rateLimit
-        if refusal.quarantinedUntil != nil || refusal.stage == .quarantine {
-            if v5 {
-                await serverDisconnect(
-                    rateLimited ? 0x96 : 0x87, refusalProperties(correlationID), state: &state)
+        let reason: ServerSession.PublishRefusal =
+            if refusal.quarantinedUntil != nil || refusal.stage == .quarantine {
+                .quarantined(overRate: refusal.stage == .rateLimit)
+            } else {
+                switch refusal.stage {
+                case .rateLimit: refusal.problem == .unavailable ? .unavailable : .overRate
+                case .size, .format, .json, .schema: .invalidContent
+                case .replay: refusal.problem == .invalidMessage ? .invalidContent : .notAuthorized
+                default: refusal.problem == .unavailable ? .unavailable : .notAuthorized
+                }
             }
-            return false
-        }
-        guard v5 else { return rateLimited }  // 3.1.1: drop unacknowledged over the rate; otherwise close.
-        guard let id = publish.packetID else {
-            guard rateLimited else { return true }
-            state.refusedQoS0 += 1
-            if state.refusedQoS0 >= Self.sustainedQoS0Flood {
-                await serverDisconnect(0x96, refusalProperties(correlationID), state: &state)
-                return false
+        switch state.rules.publishRefused(reason, qos: publish.qos) {
+        case .acknowledge(let code):
+            if let id = publish.packetID {
+                await acknowledge(id, qos: publish.qos, state: &state, code: code, correlationID: correlationID)
             }
             return true
+        case .drop:
+            return true
+        case .close(let code):
+            if let code { await serverDisconnect(code, refusalProperties(correlationID), state: &state) }
+            return false
         }
-        let code: UInt8 =
-            switch refusal.stage {
-            case .rateLimit: refusal.problem == .unavailable ? 0x80 : 0x97
-            case .size, .format, .json, .schema: 0x99
-            case .replay: refusal.problem == .invalidMessage ? 0x99 : 0x87
-            default: refusal.problem == .unavailable ? 0x80 : 0x87
-            }
-        await acknowledge(id, qos: publish.qos, state: &state, code: code, correlationID: correlationID)
-        return true
     }
 
     /// The `$counter` member of a payload, if it is a strict JSON object with one.
@@ -993,8 +936,8 @@ struct MQTTConnection {
     /// have an application answer, with the fleet's rights, on another device's command topics (a confused deputy).
     /// Operators and applications may name any.
     static func responseTopicAllowed(_ properties: Properties, peer: Peer, acl: BoundTopicACL) -> Bool {
-        guard peer.device != nil, let entry = properties.other.first(where: { $0.0 == 0x08 }) else { return true }
-        guard let filter = try? TopicFilter(String(decoding: entry.1, as: UTF8.self)) else { return false }
+        guard peer.device != nil, let topic = properties.responseTopic else { return true }
+        guard let filter = try? TopicFilter(topic) else { return false }
         return acl.maySubscribe(filter)
     }
 
@@ -1010,13 +953,6 @@ struct MQTTConnection {
 
     /// Consecutive QoS 0 publishes over the rate after which an MQTT 5 client is disconnected with 0x96.
     static let sustainedQoS0Flood = 20
-
-    /// The keep-alive a connection is held to (seconds; 0: none): what the client asked, unless it asked for none or
-    /// for more than `maximum` (when `maximum` is not 0).
-    static func keepAlive(asked: UInt16, maximum: Int) -> UInt16 {
-        guard maximum > 0, asked == 0 || Int(asked) > maximum else { return asked }
-        return UInt16(clamping: maximum)
-    }
 
     /// Route and message type from the topic: the level after the device id is the route (what the rate limits
     /// and `deviceRoutes` name: telemetry, events, state…), the next one, if any, the message type whose schema
@@ -1038,7 +974,7 @@ struct MQTTConnection {
     /// copy of the PUBLISH is then answered without being stored again), and the message stays counted against the
     /// Receive Maximum until its PUBCOMP; a failure code (0x80 and above) ends it there.
     private func acknowledge(
-        _ id: UInt16, qos: QoS, state: inout State, after write: Task<Bool, Never>? = nil, code: UInt8 = 0,
+        _ id: UInt16, qos: QoS, state: inout State, after write: Task<Bool, Never>? = nil, code: ReasonCode = .success,
         correlationID: String? = nil, then delivery: BrokerMessage? = nil
     ) async {
         if state.acknowledgements.count >= listener.settings.receiveMaximum {
@@ -1051,7 +987,7 @@ struct MQTTConnection {
         let broker = listener.broker
         let sessionKey = state.sessionKey
         let failed = state.problemInformation ? refusalProperties(correlationID) : Properties()
-        let properties = code == 0 ? Properties() : failed
+        let properties = code == .success ? Properties() : failed
         let unacknowledged = state.unacknowledged
         let connectionNumber = state.connectionNumber
         state.acknowledgements.append(
@@ -1063,12 +999,12 @@ struct MQTTConnection {
                         nioChannel.close(promise: nil)
                         return
                     }
-                    reason = 0x80
+                    reason = .unspecifiedError
                 }
                 let answerProperties = reason == code ? properties : failed
                 let answer: Packet
                 if qos == .exactlyOnce {
-                    if reason < 0x80 {
+                    if !reason.isFailure {
                         await broker.storedQoS2(key: sessionKey, connectionNumber: connectionNumber, packetID: id)
                     } else {
                         unacknowledged.completed(qos2: id)
@@ -1082,7 +1018,7 @@ struct MQTTConnection {
                 var buffer = ByteBuffer()
                 answer.encode(into: &buffer, version: version)
                 output.write(buffer)
-                if reason == 0, let delivery, delivery.retain || broker.hasSubscriptions {
+                if reason == .success, let delivery, delivery.retain || broker.hasSubscriptions {
                     await broker.publish(delivery, from: sessionKey)
                 }
             })
@@ -1090,7 +1026,7 @@ struct MQTTConnection {
 
     /// MQTT 5.0 §3.14.4 [MQTT-3.14.4-1]: after sending DISCONNECT the server sends nothing more. So the pending
     /// acknowledgements go first and the session stops receiving deliveries, then the DISCONNECT.
-    private func serverDisconnect(_ reason: UInt8, _ properties: Properties = .init(), state: inout State) async {
+    private func serverDisconnect(_ reason: ReasonCode, _ properties: Properties = .init(), state: inout State) async {
         for acknowledgement in state.acknowledgements { await acknowledgement.value }
         state.acknowledgements = []
         await listener.broker.detach(

@@ -28,7 +28,7 @@ public final class MQTTClientConnection {
     public static func withConnection<Result: Sendable>(
         host: String, port: Int, tls: TLSConfiguration, clientID: String, version: ProtocolVersion = .v311,
         keepAlive: UInt16 = 60, configure: (inout ConnectPacket) -> Void = { _ in },
-        _ body: (MQTTClientConnection, UInt8) async throws -> Result
+        _ body: (MQTTClientConnection, ReasonCode) async throws -> Result
     ) async throws -> Result {
         let context = try NIOSSLContext(configuration: tls)
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -83,7 +83,7 @@ public final class MQTTClientConnection {
     /// Publishes at QoS 1 and waits for its PUBACK; returns the reason code.
     public func publishAcknowledged(
         topic: TopicName, payload: [UInt8], retain: Bool = false, properties: Properties = .init()
-    ) async throws -> UInt8 {
+    ) async throws -> ReasonCode {
         try await publishAcknowledgedWithProperties(
             topic: topic, payload: payload, retain: retain, properties: properties
         ).reason
@@ -93,7 +93,7 @@ public final class MQTTClientConnection {
     /// reason code and the acknowledgement's properties. Other packets that arrive meanwhile are kept for `next()`.
     public func publishAcknowledgedWithProperties(
         topic: TopicName, payload: [UInt8], retain: Bool = false, properties: Properties = .init()
-    ) async throws -> (reason: UInt8, properties: Properties) {
+    ) async throws -> (reason: ReasonCode, properties: Properties) {
         let id = makePacketID()
         try await send(
             .publish(

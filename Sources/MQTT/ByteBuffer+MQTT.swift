@@ -81,8 +81,11 @@ extension ByteBuffer {
     }
 
     /// Acknowledgements and DISCONNECT in MQTT 5 may stop after the packet id / before the reason code (§3.4.2.1).
-    mutating func readOptionalReason(v5: Bool, allowed: AllowedProperties) throws(MQTTError) -> (UInt8, Properties) {
-        guard v5, let reason = readInteger(as: UInt8.self) else { return (0, Properties()) }
+    mutating func readOptionalReason(v5: Bool, allowed: AllowedProperties) throws(MQTTError) -> (
+        ReasonCode, Properties
+    ) {
+        guard v5, let byte = readInteger(as: UInt8.self) else { return (.success, Properties()) }
+        let reason = ReasonCode(rawValue: byte)
         guard readableBytes > 0 else { return (reason, Properties()) }
         return (reason, try readProperties(allowed: allowed))
     }
@@ -310,7 +313,7 @@ extension Packet {
         case .connack(let sessionPresent, let reasonCode, let properties):
             header = 0x20
             body.writeInteger(UInt8(sessionPresent ? 1 : 0))
-            body.writeInteger(reasonCode)
+            body.writeInteger(reasonCode.rawValue)
             if v5 { body.writeProperties(properties) }
         case .publish(let p):
             header = 0x30 | (p.duplicate ? 0x08 : 0) | (p.qos.rawValue << 1) | (p.retain ? 0x01 : 0)
@@ -328,8 +331,8 @@ extension Packet {
             }
             body.writeInteger(id)
             // §3.4.2.1: the reason code and properties may be left out when the code is 0 and there are none.
-            if v5 && (reasonCode != 0 || !properties.isEmpty) {
-                body.writeInteger(reasonCode)
+            if v5 && (reasonCode != .success || !properties.isEmpty) {
+                body.writeInteger(reasonCode.rawValue)
                 if !properties.isEmpty { body.writeProperties(properties) }
             }
         case .subscribe(let id, let subscriptions, let properties):
@@ -348,7 +351,7 @@ extension Packet {
             if case .suback = self { header = 0x90 } else { header = 0xB0 }
             body.writeInteger(id)
             if v5 { body.writeProperties(properties) }
-            if v5 || header == 0x90 { body.writeBytes(codes) }
+            if v5 || header == 0x90 { body.writeBytes(codes.map(\.rawValue)) }
         case .unsubscribe(let id, let filters, let properties):
             header = 0xA2
             body.writeInteger(id)
@@ -358,13 +361,13 @@ extension Packet {
         case .pingresp: header = 0xD0
         case .disconnect(let reasonCode, let properties):
             header = 0xE0
-            if v5 && (reasonCode != 0 || !properties.isEmpty) {
-                body.writeInteger(reasonCode)
+            if v5 && (reasonCode != .success || !properties.isEmpty) {
+                body.writeInteger(reasonCode.rawValue)
                 if !properties.isEmpty { body.writeProperties(properties) }
             }
         case .auth(let reasonCode, let properties):
             header = 0xF0
-            body.writeInteger(reasonCode)
+            body.writeInteger(reasonCode.rawValue)
             body.writeProperties(properties)
         }
         out.writeInteger(header)

@@ -173,12 +173,13 @@ public struct MQTTDecoder: NIOSingleStepByteToMessageDecoder {
                 let reason = body.readInteger(as: UInt8.self)
             else { throw MQTTError.malformed("CONNACK header") }
             let properties = v5 ? try body.readProperties(allowed: .connack) : Properties()
-            return .connack(sessionPresent: acknowledgeFlags == 1, reasonCode: reason, properties: properties)
+            return .connack(
+                sessionPresent: acknowledgeFlags == 1, reasonCode: ReasonCode(rawValue: reason), properties: properties)
         case (9, .client), (11, .client):
             try requireFlags(0)
             let id = try body.readPacketID()
             let properties = v5 ? try body.readProperties(allowed: .acknowledgement) : Properties()
-            let codes = body.readBytes(length: body.readableBytes) ?? []
+            let codes = (body.readBytes(length: body.readableBytes) ?? []).map(ReasonCode.init(rawValue:))
             // 3.1.1 §3.11: an UNSUBACK is the packet identifier and nothing else.
             guard v5 || type == 9 || codes.isEmpty else { throw MQTTError.malformed("payload in a 3.1.1 UNSUBACK") }
             return type == 9

@@ -18,16 +18,16 @@ public struct MQTTError: Error, Equatable, CustomStringConvertible {
     }
 
     /// MQTT 5.0 §2.4 reason codes.
-    public var reasonCode: UInt8 {
+    public var reasonCode: ReasonCode {
         switch code {
-        case .malformedPacket: 0x81
-        case .protocolError: 0x82
-        case .packetTooLarge: 0x95
-        case .unsupportedProtocolVersion: 0x84
-        case .topicNameInvalid: 0x90
-        case .topicFilterInvalid: 0x8F
-        case .qosNotSupported: 0x9B
-        case .topicAliasInvalid: 0x94
+        case .malformedPacket: .malformedPacket
+        case .protocolError: .protocolError
+        case .packetTooLarge: .packetTooLarge
+        case .unsupportedProtocolVersion: .unsupportedProtocolVersion
+        case .topicNameInvalid: .topicNameInvalid
+        case .topicFilterInvalid: .topicFilterInvalid
+        case .qosNotSupported: .qosNotSupported
+        case .topicAliasInvalid: .topicAliasInvalid
         }
     }
 

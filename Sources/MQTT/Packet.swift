@@ -137,19 +137,19 @@ public struct Subscription: Sendable, Equatable {
 /// The control packets (MQTT 3.1.1 §2.2.1, MQTT 5.0 §2.1.2).
 public enum Packet: Sendable, Equatable {
     case connect(ConnectPacket)
-    case connack(sessionPresent: Bool, reasonCode: UInt8, properties: Properties)
+    case connack(sessionPresent: Bool, reasonCode: ReasonCode, properties: Properties)
     case publish(PublishPacket)
-    case puback(packetID: UInt16, reasonCode: UInt8, properties: Properties)
+    case puback(packetID: UInt16, reasonCode: ReasonCode, properties: Properties)
     /// The QoS 2 flow (§4.3.3): PUBLISH → PUBREC → PUBREL → PUBCOMP. MQTT 3.1.1 has no reason code (0 here).
-    case pubrec(packetID: UInt16, reasonCode: UInt8, properties: Properties)
-    case pubrel(packetID: UInt16, reasonCode: UInt8, properties: Properties)
-    case pubcomp(packetID: UInt16, reasonCode: UInt8, properties: Properties)
+    case pubrec(packetID: UInt16, reasonCode: ReasonCode, properties: Properties)
+    case pubrel(packetID: UInt16, reasonCode: ReasonCode, properties: Properties)
+    case pubcomp(packetID: UInt16, reasonCode: ReasonCode, properties: Properties)
     case subscribe(packetID: UInt16, subscriptions: [Subscription], properties: Properties)
-    case suback(packetID: UInt16, reasonCodes: [UInt8], properties: Properties)
+    case suback(packetID: UInt16, reasonCodes: [ReasonCode], properties: Properties)
     case unsubscribe(packetID: UInt16, filters: [TopicFilter], properties: Properties)
-    case unsuback(packetID: UInt16, reasonCodes: [UInt8], properties: Properties)
+    case unsuback(packetID: UInt16, reasonCodes: [ReasonCode], properties: Properties)
     case pingreq
     case pingresp
-    case disconnect(reasonCode: UInt8, properties: Properties)
-    case auth(reasonCode: UInt8, properties: Properties)
+    case disconnect(reasonCode: ReasonCode, properties: Properties)
+    case auth(reasonCode: ReasonCode, properties: Properties)
 }

@@ -246,7 +246,7 @@ import Testing
             host: "127.0.0.1", port: hub.mqttPort, tls: try flooder.credentials.tlsConfiguration(), clientID: "mqf-1",
             version: .v5
         ) { mqtt, _ in
-            var all: [[UInt8]] = []
+            var all: [[ReasonCode]] = []
             for packet in 0..<5 {
                 let filters = try (0..<2_000).map {
                     Subscription(filter: try TopicFilter("devices/mqf-1/x/\(packet)/\($0)"), qos: .atMostOnce)
@@ -287,7 +287,7 @@ import Testing
 
         // One identity cannot open sessions without end: an operator's 17th client id is refused, a known one resumes.
         let admin = try hub.operatorClient()
-        func connectAs(_ clientID: String) async throws -> UInt8 {
+        func connectAs(_ clientID: String) async throws -> ReasonCode {
             try await MQTTClientConnection.withConnection(
                 host: "127.0.0.1", port: hub.mqttPort, tls: try admin.credentials.tlsConfiguration(),
                 clientID: clientID, version: .v5, configure: { $0.properties.sessionExpiryInterval = 300 },
@@ -299,7 +299,7 @@ import Testing
 
         // Reason codes on the wire.
         let tls = try flooder.credentials.tlsConfiguration()
-        func disconnectReason(_ publish: [UInt8]) async throws -> UInt8? {
+        func disconnectReason(_ publish: [UInt8]) async throws -> ReasonCode? {
             try await MQTTClientConnection.withConnection(
                 host: "127.0.0.1", port: hub.mqttPort, tls: tls, clientID: "mqf-1", version: .v5
             ) { mqtt, _ in

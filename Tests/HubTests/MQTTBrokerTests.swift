@@ -15,7 +15,8 @@ import X509
 @Suite(.serialized) struct MQTTBrokerTests {
     static func connect<R: Sendable>(
         _ hub: TestHub, _ device: TestDevice, version: ProtocolVersion = .v5, clientID: String? = nil,
-        configure: (inout ConnectPacket) -> Void = { _ in }, _ body: (MQTTClientConnection, UInt8) async throws -> R
+        configure: (inout ConnectPacket) -> Void = { _ in },
+        _ body: (MQTTClientConnection, ReasonCode) async throws -> R
     ) async throws -> R {
         try await MQTTClientConnection.withConnection(
             host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(),
@@ -23,7 +24,7 @@ import X509
     }
 
     /// The CONNACK reason code, and nothing else.
-    static func reason(_: MQTTClientConnection, _ reason: UInt8) -> UInt8 { reason }
+    static func reason(_: MQTTClientConnection, _ reason: ReasonCode) -> ReasonCode { reason }
 
     /// MQTT 5: resume the session if there is one, and keep it 300 s after disconnecting.
     static func persistent(_ connect: inout ConnectPacket) {
@@ -113,7 +114,7 @@ import X509
         let device = try await hub.enroll("mp-rate")
         let topic = try TopicName("devices/mp-rate/telemetry")
         let codes = try await Self.connect(hub, device) { mqtt, _ in
-            var codes: [UInt8] = []
+            var codes: [ReasonCode] = []
             for index in 0..<10 {
                 let (reason, _) = try await mqtt.publishAcknowledgedWithProperties(
                     topic: topic, payload: Array(#"{"i":\#(index)}"#.utf8))
@@ -387,14 +388,14 @@ import X509
         let hub = try await TestHub.start(store: store) { $0.mqttSettings.receiveMaximum = 2 }
         let device = try await hub.enroll("rm-1")
         let topic = try TopicName("devices/rm-1/telemetry")
-        let (within, over) = try await Self.connect(hub, device) { mqtt, reason -> ([UInt8], UInt8?) in
+        let (within, over) = try await Self.connect(hub, device) { mqtt, reason -> ([ReasonCode], ReasonCode?) in
             #expect(reason == 0 && mqtt.connackProperties.receiveMaximum == 2)
             func publish(_ id: UInt16) async throws {
                 try await mqtt.send(
                     .publish(
                         PublishPacket(topic: topic, payload: Array(#"{"t":1}"#.utf8), qos: .atLeastOnce, packetID: id)))
             }
-            var codes: [UInt8] = []
+            var codes: [ReasonCode] = []
             for round in 0..<2 {
                 for id in [UInt16(2 * round + 1), UInt16(2 * round + 2)] { try await publish(id) }
                 while codes.count < 2 * (round + 1), let packet = try await mqtt.next() {
@@ -409,7 +410,7 @@ import X509
                 ).encode(into: &burst, version: .v5)
             }
             try await mqtt.write(burst)
-            var disconnect: UInt8?
+            var disconnect: ReasonCode?
             do {
                 while let packet = try await mqtt.next() {
                     if case .disconnect(let code, _) = packet {
@@ -479,7 +480,7 @@ import X509
         // Redelivery: the same counter again with DUP is acknowledged, not stored twice, not counted as a replay.
         let topic = try TopicName("devices/mr-1/telemetry")
         let codes = try await Self.connect(hub, attacker) { mqtt, _ in
-            var codes: [UInt8] = []
+            var codes: [ReasonCode] = []
             for duplicate in [false, true] {
                 try await mqtt.send(
                     .publish(
@@ -524,7 +525,7 @@ import X509
         let hub = try await TestHub.start { $0.mqttSettings.maxRetainedPerClient = 2 }
         let device = try await hub.enroll("mq-ret")
         let codes = try await Self.connect(hub, device) { mqtt, _ in
-            var codes: [UInt8] = []
+            var codes: [ReasonCode] = []
             for name in ["events", "state", "telemetry"] {
                 codes.append(
                     try await mqtt.publishAcknowledged(

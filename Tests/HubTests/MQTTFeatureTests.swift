@@ -10,7 +10,7 @@ import Testing
 @Suite(.serialized) struct MQTTFeatureTests {
     static func subscribe(
         _ mqtt: MQTTClientConnection, _ filters: [String], qos: QoS = .atLeastOnce, identifier: Int? = nil
-    ) async throws -> [UInt8] {
+    ) async throws -> [ReasonCode] {
         var properties = Properties()
         if let identifier { properties.subscriptionIdentifiers = [identifier] }
         let id = mqtt.makePacketID()
@@ -97,7 +97,7 @@ import Testing
             #expect(try await Self.subscribe(fleet, ["devices/#"], qos: .atMostOnce) == [0])
             #expect(try await Self.subscribe(fleet, ["devices/pf-1/telemetry"]) == [1])
             let telemetry = try TopicName("devices/pf-1/telemetry")
-            let replies = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ -> [UInt8] in
+            let replies = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ -> [ReasonCode] in
                 [
                     try await mqtt.publishAcknowledged(topic: telemetry, payload: Array(#"{"q":2}"#.utf8)),
                     try await mqtt.publishAcknowledged(topic: telemetry, payload: Array(#"{"q":3}"#.utf8)),
@@ -158,7 +158,7 @@ import Testing
         try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "ops") { fleet, _ async throws in
             #expect(try await Self.subscribe(fleet, ["devices/+/state"]) == [1])
             // Every retained message arrives before a new publish that follows the SUBSCRIBE: count them.
-            let marker = try await MQTTBrokerTests.connect(hub, other) { mqtt, _ async throws -> UInt8 in
+            let marker = try await MQTTBrokerTests.connect(hub, other) { mqtt, _ async throws -> ReasonCode in
                 try await mqtt.publishAcknowledged(
                     topic: try TopicName("devices/pf-3/state"), payload: Array(#"{"marker":1}"#.utf8))
             }
@@ -318,7 +318,7 @@ import Testing
             mqtt, _ async throws in
             #expect(!mqtt.connackProperties.other.contains { $0.0 == 0x1A })
         }
-        let reused = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> UInt8 in
+        let reused = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> ReasonCode in
             var alias = Properties()
             alias.topicAlias = 1
             return try await mqtt.publishAcknowledged(

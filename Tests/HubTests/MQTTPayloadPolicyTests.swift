@@ -50,7 +50,7 @@ import Testing
         let codes = try await MQTTBrokerTests.connect(hub, device) { mqtt, reason in
             #expect(reason == 0)
             #expect(mqtt.connackProperties.maximumPacketSize ?? 0 >= 100_000, "the packet limit fits the rule")
-            var codes: [String: UInt8] = [:]
+            var codes: [String: ReasonCode] = [:]
             func publish(_ name: String, _ topic: TopicName, _ payload: [UInt8], _ properties: Properties = .init())
                 async throws
             {
@@ -80,7 +80,7 @@ import Testing
             try await publish("not json", telemetry, Array("hello".utf8))
             return codes
         }
-        let expected: [String: UInt8] = [
+        let expected: [String: ReasonCode] = [
             "binary": 0, "binary large": 0, "binary over the limit": 0x99, "binary png": 0, "binary html": 0x99,
             "declared text, not text": 0x99, "declared text": 0, "declared bytes": 0, "counted": 0,
             "counter replayed": 0x87, "text": 0, "overlong": 0x99, "surrogate": 0x99, "truncated": 0x99,

@@ -17,7 +17,7 @@ import Testing
 
     /// The whole QoS 2 flow from the publisher's side; returns the PUBREC's reason code.
     static func publishExactlyOnce(_ mqtt: MQTTClientConnection, _ topic: TopicName, _ payload: String) async throws
-        -> UInt8
+        -> ReasonCode
     {
         let id = mqtt.makePacketID()
         try await mqtt.send(publish2(id, topic, payload))
@@ -86,7 +86,7 @@ import Testing
             }
             // Nothing else arrives: the next delivery is a new message.
             #expect(
-                try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> UInt8 in
+                try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> ReasonCode in
                     try await mqtt.publishAcknowledged(topic: telemetry, payload: Array(#"{"n":7}"#.utf8))
                 } == 0)
             #expect(try await MQTTFeatureTests.received(fleet).payload == Array(#"{"n":7}"#.utf8))
@@ -106,7 +106,7 @@ import Testing
         {
             fleet, _ async throws in
             #expect(try await MQTTFeatureTests.subscribe(fleet, ["devices/+/telemetry"], qos: .exactlyOnce) == [2])
-            let codes = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> [UInt8] in
+            let codes = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> [ReasonCode] in
                 [
                     try await Self.publishExactlyOnce(mqtt, telemetry, #"{"n":1}"#),
                     try await Self.publishExactlyOnce(mqtt, telemetry, #"{"n":2}"#),
@@ -154,7 +154,7 @@ import Testing
         func misreply(qos: QoS, _ reply: @escaping @Sendable (UInt16) -> Packet) async throws -> Packet {
             try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "bad") { fleet, _ async throws -> Packet in
                 _ = try await MQTTFeatureTests.subscribe(fleet, ["devices/+/telemetry"], qos: qos)
-                _ = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> UInt8 in
+                _ = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> ReasonCode in
                     try await Self.publishExactlyOnce(mqtt, telemetry, "{}")
                 }
                 let delivery = try await MQTTFeatureTests.received(fleet, acknowledge: false)
@@ -287,7 +287,7 @@ import Testing
         let telemetry = try TopicName("devices/q2-7/telemetry")
         let shared = "$share/g/devices/+/telemetry"
         let publish: @Sendable (String) async throws -> Void = { payload in
-            let code = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> UInt8 in
+            let code = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws -> ReasonCode in
                 try await Self.publishExactlyOnce(mqtt, telemetry, payload)
             }
             #expect(code == 0)

@@ -308,7 +308,7 @@ import X509
         // The resend, marked DUP, while the first write is still running.
         let reason = try await MQTTClientConnection.withConnection(
             host: "127.0.0.1", port: hub.mqttPort, tls: tls, clientID: "dup-1", version: .v5
-        ) { mqtt, _ -> UInt8? in
+        ) { mqtt, _ -> ReasonCode? in
             try await mqtt.send(
                 .publish(
                     PublishPacket(
@@ -407,7 +407,7 @@ import X509
         ) { mqtt, _ in
             var properties = Properties()
             properties.userProperties = [("counter", "9")]
-            var codes: [UInt8] = []
+            var codes: [ReasonCode] = []
             store.failing.store(true, ordering: .relaxed)
             for duplicate in [false, true] {
                 if duplicate { store.failing.store(false, ordering: .relaxed) }
