@@ -140,6 +140,12 @@ public actor Agent {
     /// A renewal made during the session succeeded: the session ends cleanly and the next one starts at once with the
     /// new certificate (no back-off: nothing failed).
     private var switchingCertificate = false
+    /// The renewed credentials (already on disk), taken into use by the next session. Until then every connection
+    /// keeps the old certificate: the hub revokes it the first time it sees the new one, so no request (a trust
+    /// refresh, an update check, a trial's health probe) may show the new one while the old session still runs.
+    /// `maintaining` stays held meanwhile, so a trust refresh cannot reload the state under it.
+    private var pendingState: AgentState?
+    private var renewalTask: Task<Void, Never>?
     public private(set) var lastInventory: Date?
     public private(set) var trustRootVersion: Int?
     public private(set) var lastTrustRefresh: Date?
@@ -185,11 +191,14 @@ public actor Agent {
             inventory.cancel()
             trust.cancel()
             updates.cancel()
+            renewalTask?.cancel()
+            adoptPendingState()
         }
         while !Task.isCancelled, !stopping {
             if renewalDue() {
                 do { try await renewIfDue() } catch { renewalFailed(error) }
             }
+            guard !Task.isCancelled, !stopping else { break }
             do {
                 try await session()
                 delay = configuration.reconnectInitialSeconds
@@ -261,9 +270,10 @@ public actor Agent {
         connection = .connecting
         generation += 1
         let myGeneration = generation
-        let state = self.state
         // This session starts with the newest certificate: a switch asked for before now is done.
+        adoptPendingState()
         switchingCertificate = false
+        let state = self.state
         let configuration = self.configuration
         let context = try state.credentials.tlsContext()
         let pinned = state.pinned
@@ -385,7 +395,7 @@ public actor Agent {
             // certificate is on disk, the session ends cleanly and the next one starts with it at once.
             if renewalDue(), !renewing {
                 renewing = true
-                Task { await self.renewBehindSession() }
+                renewalTask = Task { await self.renewBehindSession() }
             }
             if switchingCertificate {
                 await endForCertificateSwitch(outbound)
@@ -680,8 +690,9 @@ public actor Agent {
     /// the next attempt after a failure.
     public func renewalPoint() -> Date? {
         guard configuration.renews else { return nil }
-        let notBefore = state.certificate.notValidBefore
-        let lifetime = state.certificate.notValidAfter.timeIntervalSince(notBefore)
+        let certificate = (pendingState ?? state).certificate
+        let notBefore = certificate.notValidBefore
+        let lifetime = certificate.notValidAfter.timeIntervalSince(notBefore)
         let point = notBefore.addingTimeInterval(lifetime * configuration.renewalFraction * renewalJitter)
         return max(point, nextRenewalAttempt ?? .distantPast)
     }
@@ -693,6 +704,7 @@ public actor Agent {
         renewing = true
         defer { renewing = false }
         try await renew()
+        adoptPendingState()  // no session is running: the next one starts with it
     }
 
     /// The renewal started by the session's writer: on success the session switches to the new certificate; on
@@ -708,6 +720,14 @@ public actor Agent {
         wake()
     }
 
+    /// Takes renewed credentials into use (`maintaining`, held since the renewal, is released).
+    private func adoptPendingState() {
+        guard let pending = pendingState else { return }
+        state = pending
+        pendingState = nil
+        maintaining = false
+    }
+
     /// Ends the session for a new certificate: no new publish goes out, those in flight get a moment to be
     /// acknowledged (what is not stays in the outbox and is resent, marked DUP, on the next connection), then a
     /// normal DISCONNECT (MQTT 5.0 §3.14.2.1, 0x00: the hub discards the will).
@@ -719,11 +739,16 @@ public actor Agent {
         try? await outbound.write(Self.encode(.disconnect(reasonCode: .normalDisconnection, properties: .init())))
     }
 
-    /// One renewal, never beside a trust refresh; a success clears the back-off.
+    /// One renewal, never beside a trust refresh; a success clears the back-off. The new credentials wait in
+    /// `pendingState` (with `maintaining` held) until `adoptPendingState`.
     private func renew() async throws {
         await beginMaintenance()
-        defer { maintaining = false }
-        state = try await Renewal.renew(state, apiURL: configuration.apiURL)
+        do {
+            pendingState = try await Renewal.renew(state, apiURL: configuration.apiURL)
+        } catch {
+            maintaining = false
+            throw error
+        }
         renewalFailures = 0
         nextRenewalAttempt = nil
     }
@@ -748,8 +773,12 @@ public actor Agent {
         renewing = true
         defer { renewing = false }
         try await renew()
-        switchingCertificate = true
-        wake()
+        if currentChannel != nil {
+            switchingCertificate = true
+            wake()
+        } else {
+            adoptPendingState()
+        }
     }
 
     /// Ends the session in progress; the agent connects again at once (after a network change, or to take a new pin
@@ -761,7 +790,7 @@ public actor Agent {
     public var status: AgentStatus {
         AgentStatus(
             deviceID: state.deviceID.rawValue, hub: "\(configuration.mqttHost):\(configuration.mqttPort)",
-            connection: connection.rawValue, certificateNotAfter: state.certificate.notValidAfter,
+            connection: connection.rawValue, certificateNotAfter: (pendingState ?? state).certificate.notValidAfter,
             outboxDepth: outbox.depth, dropped: outbox.dropped, delivered: delivered, refused: refusedByHub,
             lastError: lastError, lastInventory: lastInventory, pinSetVersion: state.pinSetVersion,
             trustRootVersion: trustRootVersion, lastTrustRefresh: lastTrustRefresh, trustError: trustError,

@@ -56,7 +56,17 @@ final class PayloadProcess: @unchecked Sendable {
         command: [String], slot: Slot, directory: String, user: String?, pidFile: String,
         onExit: @escaping @Sendable (Int32) -> Void
     ) throws -> PayloadProcess {
-        let argv = try privileges(command.map { $0.replacingOccurrences(of: "{slot}", with: directory) }, user: user)
+        var command = command.map { $0.replacingOccurrences(of: "{slot}", with: directory) }
+        // The program as the agent names it (relative to the agent's working directory, not looked up in PATH), and
+        // one it cannot run is refused here, with its name, rather than by the shell of the gate.
+        if let program = command.first {
+            let path = URL(fileURLWithPath: program).path
+            guard access(path, X_OK) == 0 else {
+                throw UpdateError("cannot start the payload \(program): \(String(cString: strerror(errno)))")
+            }
+            command[0] = path
+        }
+        let argv = try privileges(command, user: user)
         // Foundation starts the child in its own process group (pgid = pid; `setpriv` execs in place), so stopping the
         // group stops whatever the payload started too.
         //
@@ -99,12 +109,26 @@ final class PayloadProcess: @unchecked Sendable {
         let payload = PayloadProcess(process: process, slot: slot)
         // The pid with its start time (`/proc/PID/stat` field 22): after a kill -9 of the agent, the next start stops
         // exactly this process (and its group), wherever it moved its working directory, and never a reused pid.
-        try? Outbox.write(
-            pidFile, Array("\(payload.pid) \(Self.startTime(payload.pid) ?? 0)\n".utf8),
-            directory: (pidFile as NSString).deletingLastPathComponent)
+        do {
+            try Outbox.write(
+                pidFile, Array("\(payload.pid) \(Self.startTime(payload.pid) ?? 0)\n".utf8),
+                directory: (pidFile as NSString).deletingLastPathComponent)
+        } catch {
+            // Unrecorded, it must not run: the gate closes unopened and the child exits 125.
+            if gate != nil { close(opener) }
+            throw UpdateError("cannot start the payload \(argv[0]): \(error.message)")
+        }
         if gate != nil {
-            _ = "start\n".withCString { send(opener, $0, 6, Int32(MSG_NOSIGNAL)) }
+            var sent = -1
+            repeat {
+                sent = "start\n".withCString { send(opener, $0, 6, Int32(MSG_NOSIGNAL)) }
+            } while sent < 0
+                && errno == EINTR
             close(opener)
+            guard sent == 6 else {
+                kill(payload.pid, SIGKILL)
+                throw UpdateError("cannot start the payload \(argv[0]): the gate could not be opened")
+            }
         }
         return payload
     }

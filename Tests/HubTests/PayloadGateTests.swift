@@ -29,6 +29,30 @@ import Testing
         #expect(recorded.count == 2 && UInt64(recorded[1].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0)
     }
 
+    /// A program the agent cannot run is refused by name before anything starts; a pid file that cannot be written
+    /// keeps the payload from running at all.
+    @Test func anUnrunnableOrUnrecordablePayloadDoesNotRun() async throws {
+        let directory = try temporaryDirectory("gate")
+        #expect(throws: UpdateError.self) {
+            try PayloadProcess.launch(
+                command: [directory + "/missing"], slot: .a, directory: directory, user: nil,
+                pidFile: directory + "/payload.pid"
+            ) { _ in }
+        }
+        #expect(!FileManager.default.fileExists(atPath: directory + "/payload.pid"))
+        let marker = directory + "/ran"
+        let exited = AsyncStream.makeStream(of: Int32.self)
+        #expect(throws: UpdateError.self) {
+            try PayloadProcess.launch(
+                command: ["/usr/bin/touch", marker], slot: .a, directory: directory, user: nil,
+                pidFile: directory + "/no-such-directory/payload.pid"
+            ) { status in exited.continuation.yield(status) }
+        }
+        var statuses = exited.stream.makeAsyncIterator()
+        #expect(await statuses.next() == 125, "the gate closed unopened")
+        #expect(!FileManager.default.fileExists(atPath: marker), "the payload did not run")
+    }
+
     /// The agent dies after the start and before the pid is written (its end of the gate closes unopened): the
     /// payload never runs, so nothing is left running that the next start could not find.
     @Test func aPayloadWhoseAgentDiedBeforeRecordingItNeverRuns() async throws {
