@@ -414,24 +414,17 @@ struct MQTTConnection {
     ) async throws -> DelayedWill? {
         let version = connect.version
         let settings = listener.settings
-        let rules: ServerSession
-        switch ServerSession.connectReceived(connect, limits: limits) {
-        case .refuse(let connack):
-            try await send(connack, version)
-            return nil
-        case .accept(let accepted):
-            rules = accepted
-        }
+        // The identity's checks first (each refusal recorded), then the protocol's.
         guard let clientID = acceptedClientID(connect.clientID, peer: peer) else {
             await refuse("mqtt-client-id-refused", peer, "client id names another device")
-            try await send(rules.refusal(.clientIdentifierNotValid), version)
+            try await send(ServerSession.refusal(.clientIdentifierNotValid, version), version)
             return nil
         }
         // A quarantined device is refused with no further work (Not authorized), as on HTTP.
         if let device = peer.device,
             listener.gateway.quarantine.isQuarantined(device, now: Int64(Date().timeIntervalSince1970))
         {
-            try await send(rules.refusal(.notAuthorized), version)
+            try await send(ServerSession.refusal(.notAuthorized, version), version)
             return nil
         }
         // The will is a publish like any other: within the identity's topics.
@@ -439,9 +432,17 @@ struct MQTTConnection {
         if let will = connect.will {
             guard acl.mayPublish(will.topic), Self.responseTopicAllowed(will.properties, peer: peer, acl: acl) else {
                 await refuse("mqtt-publish-refused", peer, "will outside the identity's topics")
-                try await send(rules.refusal(.notAuthorized), version)
+                try await send(ServerSession.refusal(.notAuthorized, version), version)
                 return nil
             }
+        }
+        let rules: ServerSession
+        switch ServerSession.connectReceived(connect, limits: limits) {
+        case .refuse(let connack):
+            try await send(connack, version)
+            return nil
+        case .accept(let accepted):
+            rules = accepted
         }
         // A device has one session whatever spelling of its id or RID it connects with (a RID changes every
         // 15 minutes and parses case-insensitively: keyed by it, one device could keep any number of sessions);

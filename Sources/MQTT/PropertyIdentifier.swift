@@ -2,6 +2,7 @@
 public enum PropertyIdentifier {
     public static let responseTopic: UInt8 = 0x08
     public static let correlationData: UInt8 = 0x09
+    public static let authenticationMethod: UInt8 = 0x15
     public static let requestProblemInformation: UInt8 = 0x17
     public static let requestResponseInformation: UInt8 = 0x19
     public static let responseInformation: UInt8 = 0x1A

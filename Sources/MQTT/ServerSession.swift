@@ -86,6 +86,11 @@ public struct ServerSession: Sendable, Equatable {
         if v5, connect.properties.receiveMaximum == 0 {
             return .refuse(refusal(.protocolError, connect.version))
         }
+        // MQTT 5.0 §4.12 [MQTT-4.12.0-1]: the server supports no extended authentication (identity comes from the
+        // client certificate), so a CONNECT that names an Authentication Method gets 0x8C and the connection closes.
+        if v5, connect.properties.raw(PropertyIdentifier.authenticationMethod) != nil {
+            return .refuse(refusal(.badAuthenticationMethod, connect.version))
+        }
         return .accept(ServerSession(connect, limits: limits))
     }
 

@@ -51,6 +51,14 @@ import Testing
         #expect(
             ServerSession.connectReceived(Self.connect { $0.properties.receiveMaximum = 0 }, limits: Self.limits)
                 == .refuse(.connack(sessionPresent: false, reasonCode: .protocolError, properties: .init())))
+        // §4.12: no extended authentication: a CONNECT naming a method is refused with 0x8C.
+        #expect(
+            ServerSession.connectReceived(
+                Self.connect {
+                    $0.properties.other.append((PropertyIdentifier.authenticationMethod, Array("SCRAM".utf8)))
+                },
+                limits: Self.limits)
+                == .refuse(.connack(sessionPresent: false, reasonCode: .badAuthenticationMethod, properties: .init())))
         // The server's own refusals, in each version's words (3.1.1 §3.2.2.3 has only 0x01-0x05).
         let table: [(ReasonCode, v5: ReasonCode, v311: ReasonCode)] = [
             (.clientIdentifierNotValid, 0x85, 0x02), (.notAuthorized, 0x87, 0x05), (.quotaExceeded, 0x97, 0x03),
