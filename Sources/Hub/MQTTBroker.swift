@@ -59,17 +59,6 @@ struct BrokerMessage: Sendable {
     func expired(at now: ContinuousClock.Instant) -> Bool { expiresAt.map { $0 <= now } ?? false }
 }
 
-/// What a subscription asked for (MQTT 5.0 §3.8.3.1; 3.1.1 has only the QoS).
-struct SubscriptionOptions: Sendable, Equatable {
-    var qos: QoS
-    var noLocal = false
-    var retainAsPublished = false
-    /// MQTT 5.0 §3.8.2.1.2: echoed in every PUBLISH this subscription matches.
-    var identifier: Int?
-    /// Set for a shared subscription (`$share/GROUP/FILTER`): the filter that matches, and the group.
-    var share: SharedFilter?
-}
-
 /// The connection currently attached to a session.
 struct BrokerConnection: Sendable {
     let channel: any Channel
@@ -121,6 +110,8 @@ actor MQTTBroker {
         }
         var queue = CircularBuffer<BrokerMessage>()
         var nextPacketID: UInt16 = 0
+        /// A connection is attached and its CONNACK has gone out.
+        var isReady: Bool { connection != nil && ready }
         /// Topic aliases given to the connected client (§3.3.2.3.4), topic → alias; they end with the connection.
         var aliases: [String: UInt16] = [:]
     }
@@ -167,8 +158,8 @@ actor MQTTBroker {
     let maxRetainedBytes: Int
     private var nextConnection = 0
     private var lastSweep = ContinuousClock.now
-    /// Per shared subscription (its whole filter), the position of the member that had the last message.
-    private var shareTurn: [TopicFilter: Int] = [:]
+    /// Who receives each message (subscription matching, shared-subscription turns): a pure value, applied here.
+    private var router = MessageRouter()
     /// Deliveries dropped because a queue was full, a subscriber was not keeping up (QoS 0) or a packet was over
     /// the client's maximum size.
     private(set) var dropped = 0
@@ -240,7 +231,7 @@ actor MQTTBroker {
         let unacknowledged = session.inflight
         session.inflight = unacknowledged.filter(\.released)
         for delivery in session.inflight {
-            Self.write(.pubrel(packetID: delivery.id, reasonCode: 0, properties: .init()), connection)
+            Self.write(.pubrel(packetID: delivery.id, reasonCode: .success, properties: .init()), connection)
         }
         var overflow: [BrokerMessage] = []
         for delivery in unacknowledged where !delivery.released {
@@ -433,62 +424,20 @@ actor MQTTBroker {
     @discardableResult
     func publish(_ message: BrokerMessage, from publisher: String?) -> Int {
         if message.retain { retain(message, owner: publisher ?? "hub") }
-        var recipients = 0
-        var groups: [TopicFilter: [(key: String, session: Session, options: SubscriptionOptions)]] = [:]
-        for (key, session) in sessions {
-            var granted: QoS?
-            var retainAsPublished = false
-            var identifiers: [Int] = []
-            for (filter, options) in session.filters {
-                if let share = options.share {
-                    if share.filter.matches(message.topic) {
-                        groups[filter, default: []].append((key, session, options))
-                    }
-                    continue
-                }
-                guard filter.matches(message.topic), !(options.noLocal && key == publisher) else { continue }
-                granted = max(granted ?? .atMostOnce, options.qos)
-                retainAsPublished = retainAsPublished || options.retainAsPublished
-                if let identifier = options.identifier { identifiers.append(identifier) }
-            }
-            guard let granted else { continue }
-            recipients += 1
-            // §3.3.1.3: RETAIN is cleared on deliveries to established subscriptions unless Retain As Published.
+        let deliveries = router.route(
+            topic: message.topic, qos: message.qos, retain: message.retain, publisher: publisher,
+            subscribers: sessions.lazy.map {
+                MessageRouter.Subscriber(key: $0.key, filters: $0.value.filters, connected: $0.value.isReady)
+            })
+        for delivery in deliveries {
+            guard let session = sessions[delivery.key] else { continue }
             deliver(
                 message.copy(
-                    qos: min(granted, message.qos), retain: retainAsPublished && message.retain,
-                    identifiers: identifiers.sorted()), to: session)
-        }
-        for (group, members) in groups {
-            guard let chosen = chooseMember(of: group, members) else { continue }
-            recipients += 1
-            deliver(
-                message.copy(
-                    qos: min(chosen.options.qos, message.qos),
-                    retain: chosen.options.retainAsPublished && message.retain,
-                    identifiers: chosen.options.identifier.map { [$0] } ?? [], sharedGroup: group), to: chosen.session)
+                    qos: delivery.qos, retain: delivery.retain, identifiers: delivery.identifiers,
+                    sharedGroup: delivery.sharedGroup), to: session)
         }
         if ContinuousClock.now - lastSweep > .seconds(10) { sweepExpired() }
-        return recipients
-    }
-
-    /// The next member of a shared subscription in turn (members in a fixed order, by session key), the first
-    /// connected one from there; when none is connected, the next one (its queue keeps the message).
-    private func chooseMember(
-        of group: TopicFilter, _ members: [(key: String, session: Session, options: SubscriptionOptions)]
-    ) -> (key: String, session: Session, options: SubscriptionOptions)? {
-        guard !members.isEmpty else { return nil }
-        let ordered = members.sorted { $0.key < $1.key }
-        let start = (shareTurn[group] ?? -1) + 1
-        for offset in 0..<ordered.count {
-            let index = (start + offset) % ordered.count
-            if ordered[index].session.connection != nil, ordered[index].session.ready {
-                shareTurn[group] = index
-                return ordered[index]
-            }
-        }
-        shareTurn[group] = start % ordered.count
-        return ordered[start % ordered.count]
+        return deliveries.count
     }
 
     /// A member of shared subscriptions whose connection ended: the messages it was given through them and has not
@@ -505,18 +454,18 @@ actor MQTTBroker {
         for (index, message) in unacknowledged.enumerated() {
             guard let group = message.sharedGroup else { continue }
             let others = sessions.compactMap {
-                otherKey, other -> (key: String, session: Session, options: SubscriptionOptions)? in
-                guard otherKey != key, other.connection != nil, other.ready, let options = other.filters[group] else {
-                    return nil
-                }
-                return (otherKey, other, options)
+                otherKey, other -> (key: String, options: SubscriptionOptions, connected: Bool)? in
+                guard otherKey != key, other.isReady, let options = other.filters[group] else { return nil }
+                return (otherKey, options, true)
             }
-            guard let chosen = chooseMember(of: group, others) else { continue }
+            guard let chosen = router.chooseMember(of: group, others), let target = sessions[chosen.key] else {
+                continue
+            }
             handedOver.insert(index)
             deliver(
                 message.copy(
                     qos: min(chosen.options.qos, message.qos), retain: message.retain,
-                    identifiers: chosen.options.identifier.map { [$0] } ?? [], sharedGroup: group), to: chosen.session)
+                    identifiers: chosen.options.identifier.map { [$0] } ?? [], sharedGroup: group), to: target)
         }
         let inflightCount = session.inflight.count
         session.inflight = session.inflight.enumerated().filter { !handedOver.contains($0.offset) }.map(\.element)
@@ -696,6 +645,6 @@ actor MQTTBroker {
     private func releaseShareTurn(_ group: TopicFilter, leaving session: Session) {
         guard !sessions.values.contains(where: { $0 !== session && $0.filters[group] != nil })
         else { return }
-        shareTurn[group] = nil
+        router.forget(group)
     }
 }
