@@ -114,8 +114,9 @@ import X509
     /// A device that asked twice (the first answer lost) holds only the second new certificate; the old one is
     /// revoked when the grace period ends even if the new one was never used.
     @Test func aRepeatedRenewalSupersedesTheUnusedOneAndGraceEnds() async throws {
-        // Six seconds of grace: both renewals and the checks below must fit in it on a loaded machine.
-        let hub = try await TestHub.start { $0.renewalGraceSeconds = 6 }
+        // Ten seconds of grace: both renewals and the checks below must fit in it on a loaded machine (six did not,
+        // once, with a compiler running beside the suite).
+        let hub = try await TestHub.start { $0.renewalGraceSeconds = 10 }
         let device = try await hub.enroll("rn-5")
         let oldSerial = try Certificate(pemEncoded: String(decoding: device.credentials.certificatePEM, as: UTF8.self))
             .serialHex
@@ -126,7 +127,7 @@ import X509
         #expect(hub.server.revocationList.contains(try #require(first.serial)), "the unused first renewal")
         #expect(!(await Self.served(hub, lost)))
         #expect(await Self.served(hub, device), "the old one still works within the grace period")
-        #expect(await AgentTests.eventually(15) { hub.server.revocationList.contains(oldSerial) }, "grace ended")
+        #expect(await AgentTests.eventually(25) { hub.server.revocationList.contains(oldSerial) }, "grace ended")
         #expect(!(await Self.served(hub, device)))
         #expect(await Self.served(hub, kept))
         try await hub.stop()

@@ -282,8 +282,8 @@ import Testing
         }
         #expect(reason == 0)
         // Not held up behind the flood (10,000 filters); the bound leaves room for a loaded run (a fresh-clone run took
-        // 1.05 s, one core with every suite running 2.55 s).
-        #expect(clock.now - start < .milliseconds(5000))
+        // 1.05 s, one core with every suite running 2.55 s, with a compiler beside the suite 5.4 s).
+        #expect(clock.now - start < .milliseconds(10_000))
 
         // One identity cannot open sessions without end: an operator's 17th client id is refused, a known one resumes.
         let admin = try hub.operatorClient()
