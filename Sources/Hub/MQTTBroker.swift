@@ -3,61 +3,8 @@ import MQTT
 import NIOCore
 import Synchronization
 
-/// A message on its way to subscribers (it has already passed the gateway pipeline, or is an operator command).
-struct BrokerMessage: Sendable {
-    let topic: TopicName
-    let payload: [UInt8]
-    let qos: QoS
-    let retain: Bool
-    /// What goes on to subscribers (MQTT 5.0 §3.3.2.3): Payload Format Indicator, Content Type, Response Topic,
-    /// Correlation Data and the User Properties in their order [MQTT-3.3.2-17, 3.3.2-18]; in one subscriber's copy
-    /// also its Subscription Identifiers. Never the publisher's Topic Alias, which names a topic on its connection.
-    var properties = Properties()
-    /// When the message expires (its Message Expiry Interval from arrival, §3.3.2.3.3); nil: never.
-    var expiresAt: ContinuousClock.Instant?
-    /// The shared subscription (its whole `$share/…` filter) this copy was given to one member of.
-    var sharedGroup: TopicFilter?
-
-    init(
-        topic: TopicName, payload: [UInt8], qos: QoS, retain: Bool, properties: Properties = .init(),
-        expiresAt: ContinuousClock.Instant? = nil
-    ) {
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.retain = retain
-        self.properties = properties
-        self.expiresAt = expiresAt
-    }
-
-    /// A received PUBLISH (or will) as it goes on: the properties a subscriber receives, the expiry from now.
-    init(_ publish: PublishPacket, now: ContinuousClock.Instant = .now) {
-        let received = publish.properties
-        var forwarded = Properties()
-        forwarded.payloadFormatIndicator = received.payloadFormatIndicator
-        forwarded.contentType = received.contentType
-        forwarded.userProperties = received.userProperties
-        // Response Topic and Correlation Data, as received.
-        forwarded.other = received.other.filter {
-            $0.0 == PropertyIdentifier.responseTopic || $0.0 == PropertyIdentifier.correlationData
-        }
-        self.init(
-            topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain,
-            properties: forwarded,
-            expiresAt: received.messageExpiryInterval.map { now + .seconds(Int64($0)) })
-    }
-
-    /// One subscriber's copy: its QoS, RETAIN flag and Subscription Identifiers.
-    func copy(qos: QoS, retain: Bool, identifiers: [Int], sharedGroup: TopicFilter? = nil) -> BrokerMessage {
-        var copy = BrokerMessage(
-            topic: topic, payload: payload, qos: qos, retain: retain, properties: properties, expiresAt: expiresAt)
-        copy.properties.subscriptionIdentifiers = identifiers
-        copy.sharedGroup = sharedGroup
-        return copy
-    }
-
-    func expired(at now: ContinuousClock.Instant) -> Bool { expiresAt.map { $0 <= now } ?? false }
-}
+/// The broker's name for a message on its way to subscribers.
+typealias BrokerMessage = OutboundMessage
 
 /// The connection currently attached to a session.
 struct BrokerConnection: Sendable {
@@ -87,9 +34,9 @@ actor MQTTBroker {
         var connectionNumber = 0
         var expirySeconds = 0
         var disconnectedAt: ContinuousClock.Instant?
-        /// QoS 1 and 2 deliveries sent and not yet complete, in the order sent (redelivered with DUP on resume, or
-        /// their PUBREL sent again).
-        var inflight: [Inflight] = []
+        /// What is sent to the client: in flight (redelivered with DUP on resume, or their PUBREL sent again) and
+        /// queued, with packet ids and outbound topic aliases.
+        var window: DeliveryWindow
         /// QoS 2 packet ids received from the client, stored and answered with PUBREC, whose PUBREL has not come
         /// (§4.3.3 [MQTT-4.3.3-9]: a PUBLISH with one of them is a copy, stored and delivered once). They belong to
         /// the session: a PUBREL may come on the next connection.
@@ -108,12 +55,19 @@ actor MQTTBroker {
             pending.timer.cancel()
             pending.waiter.resume(returning: publish)
         }
-        var queue = CircularBuffer<BrokerMessage>()
-        var nextPacketID: UInt16 = 0
         /// A connection is attached and its CONNACK has gone out.
         var isReady: Bool { connection != nil && ready }
-        /// Topic aliases given to the connected client (§3.3.2.3.4), topic → alias; they end with the connection.
-        var aliases: [String: UInt16] = [:]
+
+        init(maxQueued: Int) { window = DeliveryWindow(maxQueued: maxQueued) }
+
+        /// What the attached connection accepts, for the window.
+        var link: DeliveryWindow.Link? {
+            connection.map {
+                DeliveryWindow.Link(
+                    version: $0.version, receiveMaximum: $0.receiveMaximum, maximumPacketSize: $0.maximumPacketSize,
+                    topicAliasMaximum: $0.topicAliasMaximum, ready: ready, writable: $0.channel.isWritable)
+            }
+        }
     }
 
     /// At most this many topic aliases per connection towards a client, whatever it allows (each holds a topic).
@@ -130,16 +84,7 @@ actor MQTTBroker {
     }
 
     /// What a PUBREC from a client is to its session.
-    enum PubrecOutcome: Sendable {
-        case released, unknown, protocolError
-    }
-
-    /// A delivery in flight: QoS 1 until PUBACK; QoS 2 until PUBREC (then `released`: PUBREL sent) and PUBCOMP.
-    struct Inflight {
-        let id: UInt16
-        let message: BrokerMessage
-        var released = false
-    }
+    typealias PubrecOutcome = DeliveryWindow.PubrecOutcome
 
     struct Attached: Sendable {
         let sessionPresent: Bool
@@ -204,7 +149,7 @@ actor MQTTBroker {
         if cleanStart, let discarded = sessions[key] { forget(discarded) }
         let existing = cleanStart ? nil : sessions[key]
         let present = existing != nil
-        let session = existing ?? Session()
+        let session = existing ?? Session(maxQueued: maxQueued)
         session.owner = owner
         sessions[key] = session
         nextConnection += 1
@@ -213,7 +158,7 @@ actor MQTTBroker {
         session.expirySeconds = expirySeconds
         session.disconnectedAt = nil
         session.ready = false
-        session.aliases = [:]
+        session.window.attached()
         return Attached(sessionPresent: present, connectionNumber: nextConnection)
     }
 
@@ -224,28 +169,8 @@ actor MQTTBroker {
             let connection = session.connection
         else { return }
         session.ready = true
-        // Redelivered within the new connection's limits: what no longer fits its Receive Maximum goes back to the
-        // front of the queue, what exceeds its Maximum Packet Size is dropped.
-        // A QoS 2 delivery whose PUBREL was sent gets its PUBREL again (§4.4 [MQTT-4.4.0-1]): the client has the
-        // message, so it stays in flight whatever the window.
-        let unacknowledged = session.inflight
-        session.inflight = unacknowledged.filter(\.released)
-        for delivery in session.inflight {
-            Self.write(.pubrel(packetID: delivery.id, reasonCode: .success, properties: .init()), connection)
-        }
-        var overflow: [BrokerMessage] = []
-        for delivery in unacknowledged where !delivery.released {
-            if session.inflight.count < connection.receiveMaximum {
-                if send(delivery.message, id: delivery.id, duplicate: true, on: connection, in: session, started: true)
-                {
-                    session.inflight.append(Inflight(id: delivery.id, message: delivery.message))
-                }
-            } else {
-                overflow.append(delivery.message)
-            }
-        }
-        for message in overflow.reversed() { session.queue.prepend(message) }
-        pump(session)
+        guard let link = session.link else { return }
+        apply(session.window.resume(link: link, now: .now), to: connection)
     }
 
     /// Detaches the connection (if it is still the session's); a session with expiry 0 ends now.
@@ -326,14 +251,10 @@ actor MQTTBroker {
     /// and sends what was waiting for the window. An id in flight for no delivery is ignored; false when the packet
     /// does not fit the delivery (a PUBACK for QoS 2, a PUBCOMP before PUBREL): a protocol error.
     func acknowledge(key: String, connectionNumber: Int, packetID: UInt16, qos: QoS = .atLeastOnce) -> Bool {
-        guard let session = sessions[key], session.connectionNumber == connectionNumber,
-            let index = session.inflight.firstIndex(where: { $0.id == packetID })
-        else { return true }
-        let delivery = session.inflight[index]
-        guard delivery.message.qos == qos, qos == .atLeastOnce || delivery.released else { return false }
-        session.inflight.remove(at: index)
-        pump(session)
-        return true
+        guard let session = sessions[key], session.connectionNumber == connectionNumber else { return true }
+        let (valid, output) = session.window.acknowledge(packetID, qos: qos, link: session.link, now: .now)
+        apply(output, to: session.connection)
+        return valid
     }
 
     /// A PUBREC from the client (§4.3.3, §3.5.2.1): below 0x80 the client has the message and the PUBREL goes
@@ -342,18 +263,11 @@ actor MQTTBroker {
     /// delivery is a protocol error.
     func received(key: String, connectionNumber: Int, packetID: UInt16, reasonCode: ReasonCode) -> PubrecOutcome {
         guard let session = sessions[key], session.connectionNumber == connectionNumber,
-            let connection = session.connection
+            let connection = session.connection, let link = session.link
         else { return .released }
-        guard let index = session.inflight.firstIndex(where: { $0.id == packetID }) else { return .unknown }
-        guard session.inflight[index].message.qos == .exactlyOnce else { return .protocolError }
-        if reasonCode.isFailure {
-            session.inflight.remove(at: index)
-            pump(session)
-            return .released
-        }
-        session.inflight[index].released = true
-        Self.write(.pubrel(packetID: packetID, reasonCode: .success, properties: .init()), connection)
-        return .released
+        let (outcome, output) = session.window.received(packetID, reasonCode: reasonCode, link: link, now: .now)
+        apply(output, to: connection)
+        return outcome
     }
 
     /// What a QoS 2 PUBLISH with `packetID` on connection `connectionNumber` is to the session. While an older
@@ -445,13 +359,8 @@ actor MQTTBroker {
     /// rather than waiting for this client to come back).
     private func handOverShared(from key: String, _ session: Session) {
         // QoS 2 deliveries in flight stay: §4.8.2 [MQTT-4.8.2-4, 4.8.2-5], they are completed to this client only.
-        let inflight = session.inflight.filter { $0.message.qos == .exactlyOnce }
-        session.inflight.removeAll { $0.message.qos == .exactlyOnce }
-        defer { session.inflight = inflight + session.inflight }
-        let unacknowledged = session.inflight.map(\.message) + Array(session.queue)
-        guard unacknowledged.contains(where: { $0.sharedGroup != nil }) else { return }
         var handedOver = Set<Int>()
-        for (index, message) in unacknowledged.enumerated() {
+        for (position, message) in session.window.sharedUnacknowledged() {
             guard let group = message.sharedGroup else { continue }
             let others = sessions.compactMap {
                 otherKey, other -> (key: String, options: SubscriptionOptions, connected: Bool)? in
@@ -461,19 +370,13 @@ actor MQTTBroker {
             guard let chosen = router.chooseMember(of: group, others), let target = sessions[chosen.key] else {
                 continue
             }
-            handedOver.insert(index)
+            handedOver.insert(position)
             deliver(
                 message.copy(
                     qos: min(chosen.options.qos, message.qos), retain: message.retain,
                     identifiers: chosen.options.identifier.map { [$0] } ?? [], sharedGroup: group), to: target)
         }
-        let inflightCount = session.inflight.count
-        session.inflight = session.inflight.enumerated().filter { !handedOver.contains($0.offset) }.map(\.element)
-        var queue = CircularBuffer<BrokerMessage>()
-        for (offset, message) in session.queue.enumerated() where !handedOver.contains(inflightCount + offset) {
-            queue.append(message)
-        }
-        session.queue = queue
+        session.window.remove(handedOver: handedOver)
     }
 
     var sessionCount: Int { sessions.count }
@@ -490,8 +393,8 @@ actor MQTTBroker {
         var queued = 0
         for session in sessions.values {
             if session.connection != nil { connected += 1 }
-            inflight += session.inflight.count
-            queued += session.queue.count
+            inflight += session.window.inflight.count
+            queued += session.window.queue.count
         }
         return (sessions.count, connected, inflight, queued, retained.count, retainedBytes, dropped)
     }
@@ -522,90 +425,15 @@ actor MQTTBroker {
     }
 
     private func deliver(_ message: BrokerMessage, to session: Session) {
-        if message.qos == .atMostOnce {
-            // QoS 0 is never queued; a subscriber that is not reading loses it rather than growing our memory.
-            guard let connection = session.connection, session.ready, connection.channel.isWritable else {
-                if session.connection != nil { dropped += 1 }
-                return
-            }
-            send(message, id: nil, duplicate: false, on: connection, in: session)
-            return
-        }
-        if let connection = session.connection, session.ready, session.inflight.count < connection.receiveMaximum {
-            sendAcknowledged(message, session, connection)
-        } else if session.queue.count < maxQueued {
-            session.queue.append(message)
-        } else {
-            dropped += 1
-        }
+        apply(session.window.deliver(message, link: session.link, now: .now), to: session.connection)
     }
 
-    private func pump(_ session: Session) {
-        while let connection = session.connection, session.ready, session.inflight.count < connection.receiveMaximum,
-            let message = session.queue.popFirst()
-        {
-            sendAcknowledged(message, session, connection)
-        }
-    }
-
-    private func sendAcknowledged(_ message: BrokerMessage, _ session: Session, _ connection: BrokerConnection) {
-        var id = session.nextPacketID
-        repeat {
-            id = id == UInt16.max ? 1 : id + 1
-        } while session.inflight.contains(where: { $0.id == id })
-        session.nextPacketID = id
-        if send(message, id: id, duplicate: false, on: connection, in: session) {
-            session.inflight.append(Inflight(id: id, message: message))
-        }
-    }
-
-    /// Writes one PUBLISH, unless the message has expired before its delivery started (§3.3.2.3.3 [MQTT-3.3.2-5]:
-    /// the copy is deleted) or is larger than the client accepts (§3.1.2.11.4 [MQTT-3.1.2-25]); both are counted as
-    /// dropped. The Message Expiry Interval sent is what remains of it [MQTT-3.3.2-6]; a delivery already `started`
-    /// (resent after a reconnect) keeps going with at least one second.
-    ///
-    /// To a client that allows topic aliases, the first PUBLISH of a topic carries the topic and a new alias, later
-    /// ones the alias alone (§3.3.2.3.4), until the client's maximum is reached; an alias is kept only once the
-    /// packet that set it was written.
-    @discardableResult
-    private func send(
-        _ message: BrokerMessage, id: UInt16?, duplicate: Bool, on connection: BrokerConnection, in session: Session,
-        started: Bool = false
-    ) -> Bool {
-        var properties = message.properties
-        if let expiresAt = message.expiresAt {
-            let remaining = expiresAt - ContinuousClock.now
-            guard started || remaining > .zero else {
-                dropped += 1
-                return false
-            }
-            let seconds = remaining.components.seconds + (remaining.components.attoseconds > 0 ? 1 : 0)
-            properties.messageExpiryInterval = UInt32(clamping: max(1, seconds))
-        }
-        var topic = message.topic
-        var newAlias: UInt16?
-        if connection.topicAliasMaximum > 0 {
-            if let alias = session.aliases[message.topic.rawValue] {
-                properties.topicAlias = alias
-                topic = .unresolvedAlias
-            } else if session.aliases.count < connection.topicAliasMaximum {
-                newAlias = UInt16(session.aliases.count + 1)
-                properties.topicAlias = newAlias
-            }
-        }
-        var buffer = ByteBuffer()
-        Packet.publish(
-            PublishPacket(
-                topic: topic, payload: message.payload, qos: message.qos, retain: message.retain,
-                duplicate: duplicate, packetID: id, properties: properties)
-        ).encode(into: &buffer, version: connection.version)
-        guard buffer.readableBytes <= connection.maximumPacketSize else {
-            dropped += 1
-            return false
-        }
-        if let newAlias { session.aliases[message.topic.rawValue] = newAlias }
-        connection.channel.writeAndFlush(buffer, promise: nil)
-        return true
+    /// Writes what the window produced, in order, and counts what it dropped.
+    private func apply(_ output: DeliveryWindow.Output, to connection: BrokerConnection?) {
+        dropped += output.dropped
+        guard let connection, !output.writes.isEmpty else { return }
+        for buffer in output.writes { connection.channel.write(buffer, promise: nil) }
+        connection.channel.flush()
     }
 
     static func write(_ packet: Packet, _ connection: BrokerConnection) {

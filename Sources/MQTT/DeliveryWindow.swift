@@ -1,0 +1,258 @@
+import NIOCore
+
+/// What the server sends one session's client, as a value: QoS 0 now or never, QoS 1 and 2 within the client's
+/// Receive Maximum (MQTT 5.0 §4.9) and the rest queued (bounded), packet ids, the QoS 2 flow towards the client
+/// (§4.3.3: PUBLISH, PUBREC, PUBREL, PUBCOMP), redelivery on a resumed session (§4.4), Message Expiry
+/// (§3.3.2.3.3), the client's Maximum Packet Size (§3.1.2.11.4) and outbound Topic Aliases (§3.3.2.3.4). It writes
+/// nothing: each step returns the encoded packets to write, in order, and what it dropped; the broker writes them.
+public struct DeliveryWindow: Sendable {
+    /// What the connection attached to the session accepts.
+    public struct Link: Sendable, Equatable {
+        public var version: ProtocolVersion
+        /// QoS 1 and 2 deliveries the client accepts unacknowledged (its Receive Maximum, capped).
+        public var receiveMaximum: Int
+        public var maximumPacketSize: Int
+        /// Topic aliases the server may set towards this client (0: none).
+        public var topicAliasMaximum: Int
+        /// The CONNACK has gone out (nothing may reach the client before it, MQTT 5.0 §3.2.0-1).
+        public var ready: Bool
+        /// The socket takes more now: a QoS 0 message to a client that does not read is dropped, not buffered.
+        public var writable: Bool
+
+        public init(
+            version: ProtocolVersion, receiveMaximum: Int, maximumPacketSize: Int, topicAliasMaximum: Int, ready: Bool,
+            writable: Bool
+        ) {
+            self.version = version
+            self.receiveMaximum = receiveMaximum
+            self.maximumPacketSize = maximumPacketSize
+            self.topicAliasMaximum = topicAliasMaximum
+            self.ready = ready
+            self.writable = writable
+        }
+    }
+
+    /// A delivery in flight: QoS 1 until PUBACK; QoS 2 until PUBREC (then `released`: PUBREL sent) and PUBCOMP.
+    public struct Inflight: Sendable {
+        public let id: UInt16
+        public let message: OutboundMessage
+        public var released = false
+    }
+
+    /// The packets to write, in order, and how many copies were dropped (a full queue, an expired message, one
+    /// larger than the client accepts, QoS 0 to a client that is not reading).
+    public struct Output: Sendable {
+        public var writes: [ByteBuffer] = []
+        public var dropped = 0
+
+        mutating func append(_ other: Output) {
+            writes += other.writes
+            dropped += other.dropped
+        }
+    }
+
+    /// What a PUBREC from the client is to the window.
+    public enum PubrecOutcome: Sendable, Equatable {
+        /// Handled (PUBREL sent, or the delivery ended on a failure code).
+        case released
+        /// No delivery has this id: the caller answers PUBREL 0x92 (MQTT 5; a plain PUBREL on 3.1.1).
+        case unknown
+        /// A PUBREC to a QoS 1 delivery.
+        case protocolError
+    }
+
+    public let maxQueued: Int
+    public private(set) var inflight: [Inflight] = []
+    public private(set) var queue = CircularBuffer<OutboundMessage>()
+    private var nextPacketID: UInt16 = 0
+    /// Topic aliases given to the connected client, topic → alias; they end with the connection.
+    private var aliases: [String: UInt16] = [:]
+
+    public init(maxQueued: Int) { self.maxQueued = maxQueued }
+
+    /// A new connection takes up the session: the aliases of the last one are gone (§3.3.2.3.4 [MQTT-3.3.2-7]).
+    public mutating func attached() { aliases = [:] }
+
+    /// One message for the client (`link` nil: none is connected).
+    public mutating func deliver(_ message: OutboundMessage, link: Link?, now: ContinuousClock.Instant) -> Output {
+        var output = Output()
+        if message.qos == .atMostOnce {
+            // QoS 0 is never queued; a subscriber that is not reading loses it rather than growing the server.
+            guard let link, link.ready, link.writable else {
+                if link != nil { output.dropped += 1 }
+                return output
+            }
+            if let packet = encode(message, id: nil, duplicate: false, link: link, now: now) {
+                output.writes.append(packet)
+            } else {
+                output.dropped += 1
+            }
+            return output
+        }
+        if let link, link.ready, inflight.count < link.receiveMaximum {
+            output.append(sendAcknowledged(message, link: link, now: now))
+        } else if queue.count < maxQueued {
+            queue.append(message)
+        } else {
+            output.dropped += 1
+        }
+        return output
+    }
+
+    /// Sends queued messages while the window has room.
+    public mutating func pump(link: Link?, now: ContinuousClock.Instant) -> Output {
+        var output = Output()
+        while let link, link.ready, inflight.count < link.receiveMaximum, let message = queue.popFirst() {
+            output.append(sendAcknowledged(message, link: link, now: now))
+        }
+        return output
+    }
+
+    /// A resumed session (its CONNACK sent): QoS 2 deliveries whose PUBREL was sent get it again (§4.4
+    /// [MQTT-4.4.0-1]: the client has the message, so they stay in flight whatever the window); the others are sent
+    /// again with DUP within the new connection's Receive Maximum, what no longer fits goes back to the front of the
+    /// queue, and what exceeds its Maximum Packet Size is dropped. Then the queue.
+    public mutating func resume(link: Link, now: ContinuousClock.Instant) -> Output {
+        var output = Output()
+        let unacknowledged = inflight
+        inflight = unacknowledged.filter(\.released)
+        for delivery in inflight {
+            output.writes.append(
+                Self.encode(.pubrel(packetID: delivery.id, reasonCode: .success, properties: .init()), link.version))
+        }
+        var overflow: [OutboundMessage] = []
+        for delivery in unacknowledged where !delivery.released {
+            if inflight.count < link.receiveMaximum {
+                if let packet = encode(
+                    delivery.message, id: delivery.id, duplicate: true, link: link, now: now, started: true)
+                {
+                    output.writes.append(packet)
+                    inflight.append(Inflight(id: delivery.id, message: delivery.message))
+                } else {
+                    output.dropped += 1
+                }
+            } else {
+                overflow.append(delivery.message)
+            }
+        }
+        for message in overflow.reversed() { queue.prepend(message) }
+        output.append(pump(link: link, now: now))
+        return output
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2, after its PUBREL) from the client: the delivery ends and what waited for
+    /// the window goes out. An id in flight for no delivery is ignored; `valid` is false when the packet does not fit
+    /// the delivery (a PUBACK for QoS 2, a PUBCOMP before PUBREL): a protocol error.
+    public mutating func acknowledge(
+        _ id: UInt16, qos: QoS, link: Link?, now: ContinuousClock.Instant
+    ) -> (valid: Bool, output: Output) {
+        guard let index = inflight.firstIndex(where: { $0.id == id }) else { return (true, Output()) }
+        let delivery = inflight[index]
+        guard delivery.message.qos == qos, qos == .atLeastOnce || delivery.released else { return (false, Output()) }
+        inflight.remove(at: index)
+        return (true, pump(link: link, now: now))
+    }
+
+    /// A PUBREC from the client (§4.3.3, §3.5.2.1): below 0x80 the client has the message and the PUBREL goes
+    /// out; from 0x80 the delivery ends there.
+    public mutating func received(
+        _ id: UInt16, reasonCode: ReasonCode, link: Link, now: ContinuousClock.Instant
+    ) -> (outcome: PubrecOutcome, output: Output) {
+        guard let index = inflight.firstIndex(where: { $0.id == id }) else { return (.unknown, Output()) }
+        guard inflight[index].message.qos == .exactlyOnce else { return (.protocolError, Output()) }
+        if reasonCode.isFailure {
+            inflight.remove(at: index)
+            return (.released, pump(link: link, now: now))
+        }
+        inflight[index].released = true
+        var output = Output()
+        output.writes.append(
+            Self.encode(.pubrel(packetID: id, reasonCode: .success, properties: .init()), link.version))
+        return (.released, output)
+    }
+
+    /// Messages given through a shared subscription that the client has not acknowledged (sent or queued), by
+    /// position, for the broker to hand to another member (§4.8.2). QoS 2 deliveries in flight are not among them:
+    /// they are completed to this client only [MQTT-4.8.2-4, 4.8.2-5].
+    public func sharedUnacknowledged() -> [(position: Int, message: OutboundMessage)] {
+        let movable = inflight.filter { $0.message.qos != .exactlyOnce }.map(\.message) + Array(queue)
+        return movable.enumerated().compactMap { $0.element.sharedGroup == nil ? nil : ($0.offset, $0.element) }
+    }
+
+    /// Removes the messages handed over (positions from `sharedUnacknowledged`).
+    public mutating func remove(handedOver positions: Set<Int>) {
+        guard !positions.isEmpty else { return }
+        let kept = inflight.filter { $0.message.qos == .exactlyOnce }
+        let movable = inflight.filter { $0.message.qos != .exactlyOnce }
+        inflight = kept + movable.enumerated().filter { !positions.contains($0.offset) }.map(\.element)
+        var remaining = CircularBuffer<OutboundMessage>()
+        for (offset, message) in queue.enumerated() where !positions.contains(movable.count + offset) {
+            remaining.append(message)
+        }
+        queue = remaining
+    }
+
+    // MARK: Packets
+
+    private mutating func sendAcknowledged(
+        _ message: OutboundMessage, link: Link, now: ContinuousClock.Instant
+    ) -> Output {
+        var id = nextPacketID
+        repeat {
+            id = id == UInt16.max ? 1 : id + 1
+        } while inflight.contains(where: { $0.id == id })
+        nextPacketID = id
+        var output = Output()
+        if let packet = encode(message, id: id, duplicate: false, link: link, now: now) {
+            output.writes.append(packet)
+            inflight.append(Inflight(id: id, message: message))
+        } else {
+            output.dropped += 1
+        }
+        return output
+    }
+
+    /// One PUBLISH, or nil when the message expired before its delivery started (§3.3.2.3.3 [MQTT-3.3.2-5]: the copy
+    /// is deleted) or is larger than the client accepts (§3.1.2.11.4 [MQTT-3.1.2-25]). The Message Expiry Interval
+    /// sent is what remains of it [MQTT-3.3.2-6]; a delivery already `started` (resent after a reconnect) keeps
+    /// going with at least one second. To a client that allows topic aliases, the first PUBLISH of a topic carries
+    /// the topic and a new alias, later ones the alias alone, until the client's maximum; an alias is kept only once
+    /// the packet that sets it is going out.
+    private mutating func encode(
+        _ message: OutboundMessage, id: UInt16?, duplicate: Bool, link: Link, now: ContinuousClock.Instant,
+        started: Bool = false
+    ) -> ByteBuffer? {
+        var properties = message.properties
+        if let expiresAt = message.expiresAt {
+            let remaining = expiresAt - now
+            guard started || remaining > .zero else { return nil }
+            let seconds = remaining.components.seconds + (remaining.components.attoseconds > 0 ? 1 : 0)
+            properties.messageExpiryInterval = UInt32(clamping: max(1, seconds))
+        }
+        var topic = message.topic
+        var newAlias: UInt16?
+        if link.topicAliasMaximum > 0 {
+            if let alias = aliases[message.topic.rawValue] {
+                properties.topicAlias = alias
+                topic = .unresolvedAlias
+            } else if aliases.count < link.topicAliasMaximum {
+                newAlias = UInt16(aliases.count + 1)
+                properties.topicAlias = newAlias
+            }
+        }
+        let buffer = Self.encode(
+            .publish(
+                PublishPacket(
+                    topic: topic, payload: message.payload, qos: message.qos, retain: message.retain,
+                    duplicate: duplicate, packetID: id, properties: properties)), link.version)
+        guard buffer.readableBytes <= link.maximumPacketSize else { return nil }
+        if let newAlias { aliases[message.topic.rawValue] = newAlias }
+        return buffer
+    }
+
+    static func encode(_ packet: Packet, _ version: ProtocolVersion) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        packet.encode(into: &buffer, version: version)
+        return buffer
+    }
+}

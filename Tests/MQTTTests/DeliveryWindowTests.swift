@@ -1,0 +1,173 @@
+import MQTT
+import NIOCore
+import Testing
+
+/// What the server sends one client, without a broker or a socket: the Receive Maximum window and the queue, QoS 2
+/// towards the client, redelivery on resume, expiry, the client's packet size and outbound topic aliases.
+@Suite struct DeliveryWindowTests {
+    static func link(
+        _ version: ProtocolVersion = .v5, receiveMaximum: Int = 2, maximumPacketSize: Int = 1 << 20,
+        aliases: Int = 0, ready: Bool = true, writable: Bool = true
+    ) -> DeliveryWindow.Link {
+        DeliveryWindow.Link(
+            version: version, receiveMaximum: receiveMaximum, maximumPacketSize: maximumPacketSize,
+            topicAliasMaximum: aliases, ready: ready, writable: writable)
+    }
+
+    static func message(
+        _ topic: String = "t/x", qos: QoS = .atLeastOnce, payload: Int = 4,
+        expiresAt: ContinuousClock.Instant? = nil
+    ) throws -> OutboundMessage {
+        OutboundMessage(
+            topic: try TopicName(topic), payload: Array(repeating: 0x61, count: payload), qos: qos, retain: false,
+            expiresAt: expiresAt)
+    }
+
+    /// The packets an output writes, decoded as a client reads them.
+    static func packets(_ output: DeliveryWindow.Output, _ version: ProtocolVersion = .v5) throws -> [Packet] {
+        var decoder = MQTTDecoder(role: .client, maximumPacketSize: 1 << 20, version: version)
+        var packets: [Packet] = []
+        for var buffer in output.writes {
+            while let packet = try decoder.decode(buffer: &buffer) { packets.append(packet) }
+        }
+        return packets
+    }
+
+    static func publishes(_ output: DeliveryWindow.Output) throws -> [PublishPacket] {
+        try packets(output).compactMap { if case .publish(let p) = $0 { return p } else { return nil } }
+    }
+
+    let now = ContinuousClock.now
+
+    @Test func theReceiveMaximumHoldsBackTheRestInABoundedQueue() throws {
+        var window = DeliveryWindow(maxQueued: 2)
+        let link = Self.link(receiveMaximum: 2)
+        var sent: [UInt16] = []
+        var dropped = 0
+        for _ in 0..<5 {
+            let output = window.deliver(try Self.message(), link: link, now: now)
+            sent += try Self.publishes(output).compactMap(\.packetID)
+            dropped += output.dropped
+        }
+        #expect(sent == [1, 2] && window.queue.count == 2 && window.inflight.count == 2)
+        #expect(dropped == 1, "the fifth: the queue is full")
+        // A PUBACK frees a slot: the oldest queued goes out with a fresh id.
+        let (valid, output) = window.acknowledge(1, qos: .atLeastOnce, link: link, now: now)
+        #expect(valid)
+        #expect(try Self.publishes(output).map(\.packetID) == [3])
+        // An unknown id is ignored; a PUBCOMP for a QoS 1 delivery is a protocol error.
+        #expect(window.acknowledge(99, qos: .atLeastOnce, link: link, now: now).valid)
+        #expect(!window.acknowledge(2, qos: .exactlyOnce, link: link, now: now).valid)
+        // Offline: queued, nothing written.
+        var offline = DeliveryWindow(maxQueued: 10)
+        #expect(offline.deliver(try Self.message(), link: nil, now: now).writes.isEmpty)
+        #expect(offline.queue.count == 1)
+    }
+
+    @Test func qos0IsNeverQueuedAndDroppedForAClientNotReading() throws {
+        var window = DeliveryWindow(maxQueued: 10)
+        #expect(window.deliver(try Self.message(qos: .atMostOnce), link: nil, now: now).dropped == 0)
+        #expect(
+            window.deliver(try Self.message(qos: .atMostOnce), link: Self.link(writable: false), now: now).dropped == 1)
+        #expect(
+            window.deliver(try Self.message(qos: .atMostOnce), link: Self.link(ready: false), now: now).dropped == 1)
+        let sent = try Self.publishes(window.deliver(try Self.message(qos: .atMostOnce), link: Self.link(), now: now))
+        #expect(sent.count == 1 && sent[0].packetID == nil)
+        #expect(window.queue.isEmpty && window.inflight.isEmpty)
+    }
+
+    @Test func qos2TowardsTheClient() throws {
+        var window = DeliveryWindow(maxQueued: 10)
+        let link = Self.link()
+        _ = window.deliver(try Self.message(qos: .exactlyOnce), link: link, now: now)
+        // PUBCOMP before PUBREL: protocol error; PUBREC: PUBREL goes out.
+        #expect(!window.acknowledge(1, qos: .exactlyOnce, link: link, now: now).valid)
+        let (outcome, output) = window.received(1, reasonCode: .success, link: link, now: now)
+        #expect(outcome == .released)
+        #expect(try Self.packets(output) == [.pubrel(packetID: 1, reasonCode: .success, properties: .init())])
+        #expect(window.acknowledge(1, qos: .exactlyOnce, link: link, now: now).valid && window.inflight.isEmpty)
+        // A PUBREC for an unknown id, or to a QoS 1 delivery.
+        #expect(window.received(7, reasonCode: .success, link: link, now: now).outcome == .unknown)
+        _ = window.deliver(try Self.message(qos: .atLeastOnce), link: link, now: now)
+        #expect(window.received(2, reasonCode: .success, link: link, now: now).outcome == .protocolError)
+        // A PUBREC with a failure code ends the delivery.
+        _ = window.deliver(try Self.message(qos: .exactlyOnce), link: link, now: now)
+        #expect(window.received(3, reasonCode: .unspecifiedError, link: link, now: now).outcome == .released)
+        #expect(window.inflight.map(\.id) == [2])
+    }
+
+    @Test func aResumedSessionGetsItsDeliveriesAgain() throws {
+        var window = DeliveryWindow(maxQueued: 10)
+        let first = Self.link(receiveMaximum: 3)
+        for qos in [QoS.exactlyOnce, .atLeastOnce, .atLeastOnce] {
+            _ = window.deliver(try Self.message(qos: qos), link: first, now: now)
+        }
+        _ = window.received(1, reasonCode: .success, link: first, now: now)  // id 1 released: PUBREL sent
+        // The new connection accepts one unacknowledged delivery.
+        window.attached()
+        let output = window.resume(link: Self.link(receiveMaximum: 1), now: now)
+        let packets = try Self.packets(output)
+        #expect(packets.first == .pubrel(packetID: 1, reasonCode: .success, properties: .init()))
+        #expect(try Self.publishes(output).isEmpty, "the released one fills the window; the rest wait")
+        #expect(window.queue.count == 2)
+        let (_, next) = window.acknowledge(1, qos: .exactlyOnce, link: Self.link(receiveMaximum: 1), now: now)
+        let resent = try Self.publishes(next)
+        #expect(resent.count == 1 && resent[0].packetID != nil)
+        // With room, unacknowledged deliveries go again marked DUP under their ids.
+        var again = DeliveryWindow(maxQueued: 10)
+        _ = again.deliver(try Self.message(), link: first, now: now)
+        let redelivered = try Self.publishes(again.resume(link: first, now: now))
+        #expect(redelivered.map(\.duplicate) == [true] && redelivered.map(\.packetID) == [1])
+    }
+
+    @Test func expiryPacketSizeAndTopicAliases() throws {
+        var window = DeliveryWindow(maxQueued: 10)
+        // Expired before delivery: dropped; otherwise the remaining interval goes with it.
+        #expect(
+            window.deliver(try Self.message(expiresAt: now - .seconds(1)), link: Self.link(), now: now).dropped == 1)
+        let fresh = try Self.publishes(
+            window.deliver(try Self.message(expiresAt: now + .milliseconds(2500)), link: Self.link(), now: now))
+        #expect(fresh.first?.properties.messageExpiryInterval == 3)
+        // Larger than the client accepts: dropped for it.
+        #expect(
+            window.deliver(
+                try Self.message(qos: .atMostOnce, payload: 200), link: Self.link(maximumPacketSize: 100), now: now
+            ).dropped == 1)
+        // Aliases: the topic once with a new alias, then the alias alone; none past the client's maximum.
+        var aliased = DeliveryWindow(maxQueued: 10)
+        let link = Self.link(aliases: 1)
+        var seen: [(String, UInt16?)] = []
+        for topic in ["a/1", "a/1", "a/2"] {
+            for p in try Self.publishes(
+                aliased.deliver(try Self.message(topic, qos: .atMostOnce), link: link, now: now))
+            {
+                seen.append((p.topic.rawValue, p.properties.topicAlias))
+            }
+        }
+        #expect(seen.map(\.0) == ["a/1", "", "a/2"])
+        #expect(seen.map(\.1) == [1, 1, nil])
+        // A new connection starts without them.
+        aliased.attached()
+        let after = try Self.publishes(aliased.deliver(try Self.message("a/1", qos: .atMostOnce), link: link, now: now))
+        #expect(after.first?.topic.rawValue == "a/1")
+    }
+
+    @Test func sharedMessagesNotYetAcknowledgedCanBeHandedOver() throws {
+        var window = DeliveryWindow(maxQueued: 10)
+        let group = try TopicFilter("$share/g/t/#")
+        var shared = try Self.message()
+        shared.sharedGroup = group
+        var sharedTwo = try Self.message(qos: .exactlyOnce)
+        sharedTwo.sharedGroup = group
+        let link = Self.link(receiveMaximum: 2)
+        _ = window.deliver(sharedTwo, link: link, now: now)  // QoS 2 in flight: stays with this client
+        _ = window.deliver(shared, link: link, now: now)  // in flight
+        _ = window.deliver(try Self.message(), link: link, now: now)  // queued, not shared
+        _ = window.deliver(shared, link: link, now: now)  // queued, shared
+        let candidates = window.sharedUnacknowledged()
+        #expect(candidates.map(\.position) == [0, 2])
+        window.remove(handedOver: [0, 2])
+        #expect(window.inflight.map(\.message.qos) == [.exactlyOnce])
+        #expect(window.queue.count == 1 && window.queue.first?.sharedGroup == nil)
+    }
+}
