@@ -94,11 +94,8 @@ actor MQTTBroker {
     let maxQueued: Int
     let maxRetained: Int
     private var sessions: [String: Session] = [:]
-    private var retained: [String: (message: BrokerMessage, owner: String)] = [:]
-    /// Retained messages per publisher and their bytes in all: one device cannot fill the hub's memory with
-    /// retained messages on topics of its own.
-    private var retainedPerOwner: [String: Int] = [:]
-    private var retainedBytes = 0
+    /// One per topic, bounded in all, per publisher and in bytes: a pure value.
+    private var retained: RetainedMessages
     let maxRetainedPerOwner: Int
     let maxRetainedBytes: Int
     private var nextConnection = 0
@@ -122,6 +119,8 @@ actor MQTTBroker {
         self.maxRetained = maxRetained
         self.maxRetainedPerOwner = maxRetainedPerOwner
         self.maxRetainedBytes = maxRetainedBytes
+        retained = RetainedMessages(
+            maxMessages: maxRetained, maxPerOwner: maxRetainedPerOwner, maxBytes: maxRetainedBytes)
     }
 
     /// Attaches a connection to the session `key` (identity and client id). An existing connection on the same
@@ -225,7 +224,7 @@ actor MQTTBroker {
             // §3.3.1.3 and §4.8.2: no retained messages for a shared subscription.
             guard options.share == nil, retainHandling == 0 || (retainHandling == 1 && isNew) else { continue }
             let now = ContinuousClock.now
-            for (message, _) in retained.values where filter.matches(message.topic) && !message.expired(at: now) {
+            for message in retained.matching(filter, now: now) {
                 deliver(
                     message.copy(
                         qos: min(options.qos, message.qos), retain: true,
@@ -396,32 +395,13 @@ actor MQTTBroker {
             inflight += session.window.inflight.count
             queued += session.window.queue.count
         }
-        return (sessions.count, connected, inflight, queued, retained.count, retainedBytes, dropped)
+        return (sessions.count, connected, inflight, queued, retained.count, retained.bytes, dropped)
     }
 
     /// Sets or (empty payload) clears the topic's retained message within the limits: in all, per owner (the
     /// publisher's session) and in bytes. Over a limit the message is still delivered, just not retained.
     private func retain(_ message: BrokerMessage, owner: String) {
-        let topic = message.topic.rawValue
-        removeRetained(topic)
-        guard !message.payload.isEmpty else { return }
-        let size = message.payload.count + topic.utf8.count
-        guard retained.count < maxRetained, retainedPerOwner[owner, default: 0] < maxRetainedPerOwner,
-            retainedBytes + size <= maxRetainedBytes
-        else {
-            dropped += 1
-            return
-        }
-        retained[topic] = (message, owner)
-        retainedPerOwner[owner, default: 0] += 1
-        retainedBytes += size
-    }
-
-    private func removeRetained(_ topic: String) {
-        guard let previous = retained.removeValue(forKey: topic) else { return }
-        retainedPerOwner[previous.owner, default: 1] -= 1
-        if retainedPerOwner[previous.owner] == 0 { retainedPerOwner[previous.owner] = nil }
-        retainedBytes -= previous.message.payload.count + topic.utf8.count
+        if !retained.retain(message, owner: owner) { dropped += 1 }
     }
 
     private func deliver(_ message: BrokerMessage, to session: Session) {
@@ -447,7 +427,7 @@ actor MQTTBroker {
         let now = ContinuousClock.now
         lastSweep = now
         // A retained message past its Message Expiry Interval is no longer retained (§3.3.2.3.3).
-        for (topic, entry) in retained where entry.message.expired(at: now) { removeRetained(topic) }
+        retained.removeExpired(now: now)
         sessions = sessions.filter { _, session in
             guard let since = session.disconnectedAt, now - since >= .seconds(session.expirySeconds) else {
                 return true

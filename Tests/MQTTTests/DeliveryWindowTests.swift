@@ -171,3 +171,37 @@ import Testing
         #expect(window.queue.count == 1 && window.queue.first?.sharedGroup == nil)
     }
 }
+
+/// Retained messages within their bounds, without a broker.
+@Suite struct RetainedMessagesTests {
+    static func message(_ topic: String, _ payload: String, expiresAt: ContinuousClock.Instant? = nil) throws
+        -> OutboundMessage
+    {
+        OutboundMessage(
+            topic: try TopicName(topic), payload: Array(payload.utf8), qos: .atLeastOnce, retain: true,
+            expiresAt: expiresAt)
+    }
+
+    @Test func oneMessagePerTopicWithinEachBound() throws {
+        let now = ContinuousClock.now
+        var retained = RetainedMessages(maxMessages: 3, maxPerOwner: 2, maxBytes: 40)
+        #expect(try retained.retain(Self.message("a/1", "x"), owner: "d1"))
+        #expect(try retained.retain(Self.message("a/1", "yy"), owner: "d1"), "replaces, not a second")
+        #expect(retained.count == 1 && retained.bytes == 5)
+        #expect(try retained.retain(Self.message("a/2", "z"), owner: "d1"))
+        #expect(try !retained.retain(Self.message("a/3", "z"), owner: "d1"), "over the publisher's bound")
+        #expect(try retained.retain(Self.message("b/1", "z"), owner: "d2"))
+        #expect(try !retained.retain(Self.message("b/2", "z"), owner: "d3"), "over the bound in all")
+        // An empty payload clears the topic and frees its owner's place.
+        #expect(try retained.retain(Self.message("a/2", ""), owner: "d1"))
+        #expect(retained.count == 2)
+        #expect(try !retained.retain(Self.message("c/1", String(repeating: "p", count: 40)), owner: "d4"), "bytes")
+        #expect(try retained.retain(Self.message("a/3", "z"), owner: "d1"))
+        #expect(try retained.matching(TopicFilter("a/#"), now: now).map(\.topic.rawValue).sorted() == ["a/1", "a/3"])
+        // Expired messages are neither matched nor kept.
+        #expect(try retained.retain(Self.message("a/1", "old", expiresAt: now - .seconds(1)), owner: "d1"))
+        #expect(try retained.matching(TopicFilter("a/1"), now: now).isEmpty)
+        retained.removeExpired(now: now)
+        #expect(retained.count == 2 && retained.bytes == 4 + 4)
+    }
+}

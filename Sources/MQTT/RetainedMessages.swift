@@ -1,0 +1,53 @@
+/// The retained messages (MQTT 5.0 §3.3.1.3, MQTT 3.1.1 §3.3.1.3), one per topic, as a value, within three bounds:
+/// in all, per publisher and in bytes (payload + topic), so one client cannot fill the server's memory with retained
+/// messages on topics of its own. Over a bound a message is still delivered, just not retained.
+public struct RetainedMessages: Sendable {
+    public let maxMessages: Int
+    public let maxPerOwner: Int
+    public let maxBytes: Int
+    private var messages: [String: (message: OutboundMessage, owner: String)] = [:]
+    private var perOwner: [String: Int] = [:]
+    public private(set) var bytes = 0
+
+    public init(maxMessages: Int, maxPerOwner: Int, maxBytes: Int) {
+        self.maxMessages = maxMessages
+        self.maxPerOwner = maxPerOwner
+        self.maxBytes = maxBytes
+    }
+
+    public var count: Int { messages.count }
+
+    /// Sets the topic's retained message, or clears it (an empty payload). False when a bound kept it from being
+    /// retained (the topic's previous one is gone all the same: it was replaced).
+    @discardableResult
+    public mutating func retain(_ message: OutboundMessage, owner: String) -> Bool {
+        let topic = message.topic.rawValue
+        remove(topic)
+        guard !message.payload.isEmpty else { return true }
+        let size = message.payload.count + topic.utf8.count
+        guard messages.count < maxMessages, perOwner[owner, default: 0] < maxPerOwner, bytes + size <= maxBytes else {
+            return false
+        }
+        messages[topic] = (message, owner)
+        perOwner[owner, default: 0] += 1
+        bytes += size
+        return true
+    }
+
+    /// The retained messages a new subscription to `filter` receives (those not expired at `now`).
+    public func matching(_ filter: TopicFilter, now: ContinuousClock.Instant) -> [OutboundMessage] {
+        messages.values.lazy.map(\.message).filter { filter.matches($0.topic) && !$0.expired(at: now) }
+    }
+
+    /// Drops the messages whose Message Expiry Interval has passed (§3.3.2.3.3): they are no longer retained.
+    public mutating func removeExpired(now: ContinuousClock.Instant) {
+        for (topic, entry) in messages where entry.message.expired(at: now) { remove(topic) }
+    }
+
+    private mutating func remove(_ topic: String) {
+        guard let previous = messages.removeValue(forKey: topic) else { return }
+        perOwner[previous.owner, default: 1] -= 1
+        if perOwner[previous.owner] == 0 { perOwner[previous.owner] = nil }
+        bytes -= previous.message.payload.count + topic.utf8.count
+    }
+}
