@@ -146,6 +146,10 @@ public actor Agent {
     /// `maintaining` stays held meanwhile, so a trust refresh cannot reload the state under it.
     private var pendingState: AgentState?
     private var renewalTask: Task<Void, Never>?
+    /// `run()` is keeping sessions up (a renewal that ends after it stopped takes its result into use at once).
+    private var running = false
+    /// A session is being set up or is up (from its first step, before the socket exists).
+    private var sessionActive = false
     public private(set) var lastInventory: Date?
     public private(set) var trustRootVersion: Int?
     public private(set) var lastTrustRefresh: Date?
@@ -192,9 +196,13 @@ public actor Agent {
             trust.cancel()
             updates.cancel()
             renewalTask?.cancel()
+            running = false
             adoptPendingState()
         }
+        running = true
         while !Task.isCancelled, !stopping {
+            // No session runs here: a renewal made behind the last one is taken into use now.
+            adoptPendingState()
             if renewalDue() {
                 do { try await renewIfDue() } catch { renewalFailed(error) }
             }
@@ -243,6 +251,9 @@ public actor Agent {
             let wait = Double.random(in: (delay / 2)...delay)
             try? await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
         }
+        // A renewal still under way ends (its request is not cancellable) before `maintaining` can be released.
+        renewalTask?.cancel()
+        await renewalTask?.value
         connection = .disconnected
         writeStatus()
         await updater.stop()
@@ -270,6 +281,8 @@ public actor Agent {
         connection = .connecting
         generation += 1
         let myGeneration = generation
+        sessionActive = true
+        defer { sessionActive = false }
         // This session starts with the newest certificate: a switch asked for before now is done.
         adoptPendingState()
         switchingCertificate = false
@@ -393,7 +406,7 @@ public actor Agent {
             let idle = Duration.milliseconds(Int64(seconds == 0 ? 60 : seconds) * 500)
             // Renewal due: renewed behind this session, which keeps carrying messages meanwhile; once the new
             // certificate is on disk, the session ends cleanly and the next one starts with it at once.
-            if renewalDue(), !renewing {
+            if !switchingCertificate, pendingState == nil, renewalDue(), !renewing {
                 renewing = true
                 renewalTask = Task { await self.renewBehindSession() }
             }
@@ -579,7 +592,7 @@ public actor Agent {
 
     /// One trust refresh now (also `bulwark agent status` shows its outcome).
     public func refreshTrust() async {
-        await beginMaintenance()
+        guard await beginMaintenance() else { return }
         defer { maintaining = false }
         let snapshot = state
         do {
@@ -713,7 +726,11 @@ public actor Agent {
         defer { renewing = false }
         do {
             try await renew()
-            switchingCertificate = true
+            if running, sessionActive {
+                switchingCertificate = true
+            } else {
+                adoptPendingState()
+            }
         } catch {
             renewalFailed(error)
         }
@@ -742,7 +759,7 @@ public actor Agent {
     /// One renewal, never beside a trust refresh; a success clears the back-off. The new credentials wait in
     /// `pendingState` (with `maintaining` held) until `adoptPendingState`.
     private func renew() async throws {
-        await beginMaintenance()
+        guard await beginMaintenance() else { throw CancellationError() }
         do {
             pendingState = try await Renewal.renew(state, apiURL: configuration.apiURL)
         } catch {
@@ -755,9 +772,14 @@ public actor Agent {
 
     /// Renewal and the trust refresh both replace files in the state directory and reload it: one at a time, so
     /// neither reloads the other's half-written files nor overwrites the other's result with a stale copy.
-    private func beginMaintenance() async {
-        while maintaining { try? await Task.sleep(for: .milliseconds(20)) }
+    /// False (and nothing held) when the waiting task was cancelled.
+    private func beginMaintenance() async -> Bool {
+        while maintaining {
+            guard !Task.isCancelled else { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
         maintaining = true
+        return true
     }
 
     private func renewalFailed(_ error: any Error) {
@@ -773,7 +795,7 @@ public actor Agent {
         renewing = true
         defer { renewing = false }
         try await renew()
-        if currentChannel != nil {
+        if running, sessionActive {
             switchingCertificate = true
             wake()
         } else {

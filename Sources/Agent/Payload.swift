@@ -114,7 +114,9 @@ final class PayloadProcess: @unchecked Sendable {
                 pidFile, Array("\(payload.pid) \(Self.startTime(payload.pid) ?? 0)\n".utf8),
                 directory: (pidFile as NSString).deletingLastPathComponent)
         } catch {
-            // Unrecorded, it must not run: the gate closes unopened and the child exits 125.
+            // Unrecorded, it must not run: the gate closes unopened and the child exits 125. The start failed, so
+            // that exit is not reported as the payload's too.
+            process.terminationHandler = nil
             if gate != nil { close(opener) }
             throw UpdateError("cannot start the payload \(argv[0]): \(error.message)")
         }
@@ -126,6 +128,7 @@ final class PayloadProcess: @unchecked Sendable {
                 && errno == EINTR
             close(opener)
             guard sent == 6 else {
+                process.terminationHandler = nil
                 kill(payload.pid, SIGKILL)
                 throw UpdateError("cannot start the payload \(argv[0]): the gate could not be opened")
             }
