@@ -393,7 +393,7 @@ actor MQTTBroker {
         for session in sessions.values {
             if session.connection != nil { connected += 1 }
             inflight += session.window.inflight.count
-            queued += session.window.queue.count
+            queued += session.window.waiting
         }
         return (sessions.count, connected, inflight, queued, retained.count, retained.bytes, dropped)
     }

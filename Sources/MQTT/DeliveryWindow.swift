@@ -63,7 +63,13 @@ public struct DeliveryWindow: Sendable {
 
     public let maxQueued: Int
     public private(set) var inflight: [Inflight] = []
+    /// Deliveries a resumed session could not resend at once (the new connection's Receive Maximum is smaller):
+    /// they keep their packet ids and go, marked DUP, before anything queued (§4.4 [MQTT-4.4.0-1]).
+    public private(set) var held: [Inflight] = []
     public private(set) var queue = CircularBuffer<OutboundMessage>()
+
+    /// Messages waiting for the window: held back on resume, then queued.
+    public var waiting: Int { held.count + queue.count }
     private var nextPacketID: UInt16 = 0
     /// Topic aliases given to the connected client, topic → alias; they end with the connection.
     private var aliases: [String: UInt16] = [:]
@@ -102,6 +108,17 @@ public struct DeliveryWindow: Sendable {
     /// Sends queued messages while the window has room.
     public mutating func pump(link: Link?, now: ContinuousClock.Instant) -> Output {
         var output = Output()
+        while let link, link.ready, inflight.count < link.receiveMaximum, !held.isEmpty {
+            let delivery = held.removeFirst()
+            if let packet = encode(
+                delivery.message, id: delivery.id, duplicate: true, link: link, now: now, started: true)
+            {
+                output.writes.append(packet)
+                inflight.append(Inflight(id: delivery.id, message: delivery.message))
+            } else {
+                output.dropped += 1
+            }
+        }
         while let link, link.ready, inflight.count < link.receiveMaximum, let message = queue.popFirst() {
             output.append(sendAcknowledged(message, link: link, now: now))
         }
@@ -110,17 +127,17 @@ public struct DeliveryWindow: Sendable {
 
     /// A resumed session (its CONNACK sent): QoS 2 deliveries whose PUBREL was sent get it again (§4.4
     /// [MQTT-4.4.0-1]: the client has the message, so they stay in flight whatever the window); the others are sent
-    /// again with DUP within the new connection's Receive Maximum, what no longer fits goes back to the front of the
-    /// queue, and what exceeds its Maximum Packet Size is dropped. Then the queue.
+    /// again with DUP under their packet ids within the new connection's Receive Maximum, what no longer fits is held
+    /// (with its id) until there is room, and what exceeds its Maximum Packet Size is dropped. Then the queue.
     public mutating func resume(link: Link, now: ContinuousClock.Instant) -> Output {
         var output = Output()
-        let unacknowledged = inflight
+        let unacknowledged = inflight + held
+        held = []
         inflight = unacknowledged.filter(\.released)
         for delivery in inflight {
             output.writes.append(
                 Self.encode(.pubrel(packetID: delivery.id, reasonCode: .success, properties: .init()), link.version))
         }
-        var overflow: [OutboundMessage] = []
         for delivery in unacknowledged where !delivery.released {
             if inflight.count < link.receiveMaximum {
                 if let packet = encode(
@@ -132,10 +149,9 @@ public struct DeliveryWindow: Sendable {
                     output.dropped += 1
                 }
             } else {
-                overflow.append(delivery.message)
+                held.append(Inflight(id: delivery.id, message: delivery.message))
             }
         }
-        for message in overflow.reversed() { queue.prepend(message) }
         output.append(pump(link: link, now: now))
         return output
     }
@@ -146,7 +162,11 @@ public struct DeliveryWindow: Sendable {
     public mutating func acknowledge(
         _ id: UInt16, qos: QoS, link: Link?, now: ContinuousClock.Instant
     ) -> (valid: Bool, output: Output) {
-        guard let index = inflight.firstIndex(where: { $0.id == id }) else { return (true, Output()) }
+        guard let index = inflight.firstIndex(where: { $0.id == id }) else {
+            // A QoS 1 delivery held back on resume that the client had from the last connection: done.
+            if qos == .atLeastOnce { held.removeAll { $0.id == id && $0.message.qos == .atLeastOnce } }
+            return (true, Output())
+        }
         let delivery = inflight[index]
         guard delivery.message.qos == qos, qos == .atLeastOnce || delivery.released else { return (false, Output()) }
         inflight.remove(at: index)
@@ -175,19 +195,29 @@ public struct DeliveryWindow: Sendable {
     /// position, for the broker to hand to another member (§4.8.2). QoS 2 deliveries in flight are not among them:
     /// they are completed to this client only [MQTT-4.8.2-4, 4.8.2-5].
     public func sharedUnacknowledged() -> [(position: Int, message: OutboundMessage)] {
-        let movable = inflight.filter { $0.message.qos != .exactlyOnce }.map(\.message) + Array(queue)
+        let movable =
+            (inflight + held).filter { $0.message.qos != .exactlyOnce }.map(\.message) + Array(queue)
         return movable.enumerated().compactMap { $0.element.sharedGroup == nil ? nil : ($0.offset, $0.element) }
     }
 
-    /// Removes the messages handed over (positions from `sharedUnacknowledged`).
+    /// Removes the messages handed over (positions from `sharedUnacknowledged`), the rest keeping their order.
     public mutating func remove(handedOver positions: Set<Int>) {
         guard !positions.isEmpty else { return }
-        let kept = inflight.filter { $0.message.qos == .exactlyOnce }
-        let movable = inflight.filter { $0.message.qos != .exactlyOnce }
-        inflight = kept + movable.enumerated().filter { !positions.contains($0.offset) }.map(\.element)
+        var position = 0
+        inflight = inflight.filter { delivery in
+            guard delivery.message.qos != .exactlyOnce else { return true }
+            defer { position += 1 }
+            return !positions.contains(position)
+        }
+        held = held.filter { delivery in
+            guard delivery.message.qos != .exactlyOnce else { return true }
+            defer { position += 1 }
+            return !positions.contains(position)
+        }
         var remaining = CircularBuffer<OutboundMessage>()
-        for (offset, message) in queue.enumerated() where !positions.contains(movable.count + offset) {
-            remaining.append(message)
+        for message in queue {
+            if !positions.contains(position) { remaining.append(message) }
+            position += 1
         }
         queue = remaining
     }
@@ -200,7 +230,7 @@ public struct DeliveryWindow: Sendable {
         var id = nextPacketID
         repeat {
             id = id == UInt16.max ? 1 : id + 1
-        } while inflight.contains(where: { $0.id == id })
+        } while inflight.contains(where: { $0.id == id }) || held.contains(where: { $0.id == id })
         nextPacketID = id
         var output = Output()
         if let packet = encode(message, id: id, duplicate: false, link: link, now: now) {

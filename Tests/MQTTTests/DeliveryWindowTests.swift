@@ -109,10 +109,17 @@ import Testing
         let packets = try Self.packets(output)
         #expect(packets.first == .pubrel(packetID: 1, reasonCode: .success, properties: .init()))
         #expect(try Self.publishes(output).isEmpty, "the released one fills the window; the rest wait")
-        #expect(window.queue.count == 2)
-        let (_, next) = window.acknowledge(1, qos: .exactlyOnce, link: Self.link(receiveMaximum: 1), now: now)
-        let resent = try Self.publishes(next)
-        #expect(resent.count == 1 && resent[0].packetID != nil)
+        #expect(window.waiting == 2 && window.queue.isEmpty, "held with their ids, not queued as new")
+        // A new message meanwhile waits behind them and never takes their ids.
+        _ = window.deliver(try Self.message(), link: Self.link(receiveMaximum: 1), now: now)
+        var resent: [PublishPacket] = []
+        for id: UInt16 in [1, 2, 3] {
+            let qos: QoS = id == 1 ? .exactlyOnce : .atLeastOnce
+            let (_, next) = window.acknowledge(id, qos: qos, link: Self.link(receiveMaximum: 1), now: now)
+            resent += try Self.publishes(next)
+        }
+        #expect(resent.map(\.packetID) == [2, 3, 4], "§4.4: resent under their original ids, then the new one")
+        #expect(resent.map(\.duplicate) == [true, true, false])
         // With room, unacknowledged deliveries go again marked DUP under their ids.
         var again = DeliveryWindow(maxQueued: 10)
         _ = again.deliver(try Self.message(), link: first, now: now)
@@ -169,6 +176,14 @@ import Testing
         window.remove(handedOver: [0, 2])
         #expect(window.inflight.map(\.message.qos) == [.exactlyOnce])
         #expect(window.queue.count == 1 && window.queue.first?.sharedGroup == nil)
+        // What stays keeps its order (a QoS 2 delivery does not move ahead of an older QoS 1 one).
+        var ordered = DeliveryWindow(maxQueued: 10)
+        let three = Self.link(receiveMaximum: 3)
+        _ = ordered.deliver(try Self.message(), link: three, now: now)
+        _ = ordered.deliver(shared, link: three, now: now)
+        _ = ordered.deliver(sharedTwo, link: three, now: now)
+        ordered.remove(handedOver: [1])
+        #expect(ordered.inflight.map(\.id) == [1, 3])
     }
 }
 
