@@ -361,14 +361,15 @@ actor MQTTBroker {
         var handedOver = Set<Int>()
         for (position, message) in session.window.sharedUnacknowledged() {
             guard let group = message.sharedGroup else { continue }
-            let others = sessions.compactMap {
+            // Every member, as `route` sees them (so the turn keeps its meaning); the one leaving is not connected.
+            let members = sessions.compactMap {
                 otherKey, other -> (key: String, options: SubscriptionOptions, connected: Bool)? in
-                guard otherKey != key, other.isReady, let options = other.filters[group] else { return nil }
-                return (otherKey, options, true)
+                guard let options = other.filters[group] else { return nil }
+                return (otherKey, options, otherKey != key && other.isReady)
             }
-            guard let chosen = router.chooseMember(of: group, others), let target = sessions[chosen.key] else {
-                continue
-            }
+            guard members.contains(where: \.connected), let chosen = router.chooseMember(of: group, members),
+                chosen.key != key, let target = sessions[chosen.key]
+            else { continue }
             handedOver.insert(position)
             deliver(
                 message.copy(
@@ -428,13 +429,14 @@ actor MQTTBroker {
         lastSweep = now
         // A retained message past its Message Expiry Interval is no longer retained (§3.3.2.3.3).
         retained.removeExpired(now: now)
-        sessions = sessions.filter { _, session in
-            guard let since = session.disconnectedAt, now - since >= .seconds(session.expirySeconds) else {
-                return true
-            }
-            forget(session)
-            return false
+        let expired = sessions.filter { _, session in
+            guard let since = session.disconnectedAt else { return false }
+            return now - since >= .seconds(session.expirySeconds)
         }
+        // Removed first, then forgotten: two members of one shared subscription expiring together each see the
+        // group as gone, and its turn is released.
+        for key in expired.keys { sessions[key] = nil }
+        for session in expired.values { forget(session) }
     }
 
     private func forget(_ session: Session) {
