@@ -383,10 +383,11 @@ import X509
         let clock = ContinuousClock()
         let start = clock.now
         let paired = try await PairingClient.pair(
-            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity, timeout: .seconds(5))
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity, timeout: .seconds(10))
         #expect(!paired.credentials.certificateDER.isEmpty)
-        // Well inside the client's 5-s timeout (a loaded machine needs some of it for the handshake and the ECDH).
-        #expect(clock.now - start < .seconds(4), "paired during the flood in \(clock.now - start)")
+        // Inside the client's timeout (well under a second when quiet; 5.2 s once with a compiler beside the suite,
+        // the handshake and the ECDH sharing two cores with 200 connections being cut).
+        #expect(clock.now - start < .seconds(8), "paired during the flood in \(clock.now - start)")
         // The idle ones that were greeted are cut after the hello deadline.
         try await Task.sleep(for: .milliseconds(1_500))
         #expect(flood.allSatisfy { $0.isClosed })
