@@ -717,7 +717,7 @@ public actor Agent {
         renewing = true
         defer { renewing = false }
         try await renew()
-        adoptPendingState()  // no session is running: the next one starts with it
+        useRenewedCredentials()
     }
 
     /// The renewal started by the session's writer: on success the session switches to the new certificate; on
@@ -726,15 +726,22 @@ public actor Agent {
         defer { renewing = false }
         do {
             try await renew()
-            if running, sessionActive {
-                switchingCertificate = true
-            } else {
-                adoptPendingState()
-            }
+            useRenewedCredentials()
         } catch {
             renewalFailed(error)
+            wake()
         }
-        wake()
+    }
+
+    /// Renewed credentials go into use: the running session ends cleanly and the next one starts with them, or, with
+    /// no session running, at once.
+    private func useRenewedCredentials() {
+        if running, sessionActive {
+            switchingCertificate = true
+            wake()
+        } else {
+            adoptPendingState()
+        }
     }
 
     /// Takes renewed credentials into use (`maintaining`, held since the renewal, is released).
@@ -795,12 +802,7 @@ public actor Agent {
         renewing = true
         defer { renewing = false }
         try await renew()
-        if running, sessionActive {
-            switchingCertificate = true
-            wake()
-        } else {
-            adoptPendingState()
-        }
+        useRenewedCredentials()
     }
 
     /// Ends the session in progress; the agent connects again at once (after a network change, or to take a new pin

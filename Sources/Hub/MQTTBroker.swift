@@ -92,12 +92,9 @@ actor MQTTBroker {
     }
 
     let maxQueued: Int
-    let maxRetained: Int
     private var sessions: [String: Session] = [:]
     /// One per topic, bounded in all, per publisher and in bytes: a pure value.
     private var retained: RetainedMessages
-    let maxRetainedPerOwner: Int
-    let maxRetainedBytes: Int
     private var nextConnection = 0
     private var lastSweep = ContinuousClock.now
     /// Who receives each message (subscription matching, shared-subscription turns): a pure value, applied here.
@@ -116,9 +113,6 @@ actor MQTTBroker {
         maxRetainedBytes: Int = 64 << 20
     ) {
         self.maxQueued = maxQueued
-        self.maxRetained = maxRetained
-        self.maxRetainedPerOwner = maxRetainedPerOwner
-        self.maxRetainedBytes = maxRetainedBytes
         retained = RetainedMessages(
             maxMessages: maxRetained, maxPerOwner: maxRetainedPerOwner, maxBytes: maxRetainedBytes)
     }

@@ -96,7 +96,7 @@ public struct DeliveryWindow: Sendable {
             return output
         }
         if let link, link.ready, inflight.count < link.receiveMaximum {
-            output.append(sendAcknowledged(message, link: link, now: now))
+            send(message, id: nextFreeID(), resent: false, link: link, now: now, into: &output)
         } else if queue.count < maxQueued {
             queue.append(message)
         } else {
@@ -110,17 +110,10 @@ public struct DeliveryWindow: Sendable {
         var output = Output()
         while let link, link.ready, inflight.count < link.receiveMaximum, !held.isEmpty {
             let delivery = held.removeFirst()
-            if let packet = encode(
-                delivery.message, id: delivery.id, duplicate: true, link: link, now: now, started: true)
-            {
-                output.writes.append(packet)
-                inflight.append(Inflight(id: delivery.id, message: delivery.message))
-            } else {
-                output.dropped += 1
-            }
+            send(delivery.message, id: delivery.id, resent: true, link: link, now: now, into: &output)
         }
         while let link, link.ready, inflight.count < link.receiveMaximum, let message = queue.popFirst() {
-            output.append(sendAcknowledged(message, link: link, now: now))
+            send(message, id: nextFreeID(), resent: false, link: link, now: now, into: &output)
         }
         return output
     }
@@ -132,26 +125,13 @@ public struct DeliveryWindow: Sendable {
     public mutating func resume(link: Link, now: ContinuousClock.Instant) -> Output {
         var output = Output()
         let unacknowledged = inflight + held
-        held = []
         inflight = unacknowledged.filter(\.released)
+        held = unacknowledged.filter { !$0.released }
         for delivery in inflight {
             output.writes.append(
                 Self.encode(.pubrel(packetID: delivery.id, reasonCode: .success, properties: .init()), link.version))
         }
-        for delivery in unacknowledged where !delivery.released {
-            if inflight.count < link.receiveMaximum {
-                if let packet = encode(
-                    delivery.message, id: delivery.id, duplicate: true, link: link, now: now, started: true)
-                {
-                    output.writes.append(packet)
-                    inflight.append(Inflight(id: delivery.id, message: delivery.message))
-                } else {
-                    output.dropped += 1
-                }
-            } else {
-                held.append(Inflight(id: delivery.id, message: delivery.message))
-            }
-        }
+        // The rest go again, in order, under their ids, as far as the window allows (`pump` sends `held` first).
         output.append(pump(link: link, now: now))
         return output
     }
@@ -224,22 +204,28 @@ public struct DeliveryWindow: Sendable {
 
     // MARK: Packets
 
-    private mutating func sendAcknowledged(
-        _ message: OutboundMessage, link: Link, now: ContinuousClock.Instant
-    ) -> Output {
+    /// The next packet id no delivery in flight or held holds.
+    private mutating func nextFreeID() -> UInt16 {
         var id = nextPacketID
         repeat {
             id = id == UInt16.max ? 1 : id + 1
         } while inflight.contains(where: { $0.id == id }) || held.contains(where: { $0.id == id })
         nextPacketID = id
-        var output = Output()
-        if let packet = encode(message, id: id, duplicate: false, link: link, now: now) {
-            output.writes.append(packet)
-            inflight.append(Inflight(id: id, message: message))
-        } else {
+        return id
+    }
+
+    /// A QoS 1 or 2 PUBLISH under `id`, then in flight; a delivery `resent` after a reconnect is marked DUP and keeps
+    /// going even if it has expired meanwhile (see `encode`).
+    private mutating func send(
+        _ message: OutboundMessage, id: UInt16, resent: Bool, link: Link, now: ContinuousClock.Instant,
+        into output: inout Output
+    ) {
+        guard let packet = encode(message, id: id, duplicate: resent, link: link, now: now, started: resent) else {
             output.dropped += 1
+            return
         }
-        return output
+        output.writes.append(packet)
+        inflight.append(Inflight(id: id, message: message))
     }
 
     /// One PUBLISH, or nil when the message expired before its delivery started (§3.3.2.3.3 [MQTT-3.3.2-5]: the copy
