@@ -455,17 +455,11 @@ struct MQTTConnection {
             try await channel.channel.pipeline.addHandlers(
                 [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
         }
-        // A certificate revoked while connected: checked before each packet and every few seconds, so a
-        // subscriber that only reads (or pings) is cut off too.
-        let revocations = listener.revocations
-        let serial = peer.serial
+        // A certificate revoked while connected: checked before each packet, and the connection is closed the
+        // moment the serial is revoked, so a subscriber that only reads (or pings) is cut off too.
         let nioChannel = channel.channel
-        let revocationCheck = nioChannel.eventLoop.scheduleRepeatedTask(
-            initialDelay: .seconds(2), delay: .seconds(2)
-        ) { _ in
-            if revocations.contains(serial) { nioChannel.close(promise: nil) }
-        }
-        defer { revocationCheck.cancel() }
+        let revocationWatch = listener.revocations.watch(peer.serial) { nioChannel.close(promise: nil) }
+        defer { listener.revocations.unwatch(peer.serial, revocationWatch) }
         var brokerConnection = BrokerConnection(
             channel: channel.channel, version: version, receiveMaximum: rules.clientReceiveMaximum,
             maximumPacketSize: rules.clientMaximumPacketSize)

@@ -8,6 +8,7 @@ import NIOCore
 import NIOPosix
 import PKI
 import Store
+import Synchronization
 import Testing
 import X509
 
@@ -249,5 +250,21 @@ import X509
             try await HubConfiguration.load(
                 dataDirectory: "/tmp/x", configFile: nil, environment: ["BULWARK_PKI_CRL_VALIDITY_DAYS": "0"])
         }
+    }
+
+    /// Watchers fire once, when their serial is revoked (at once if it already is), and never after `unwatch`.
+    @Test func revocationWatchersFireOnceForTheirSerial() {
+        let list = RevocationList(["old"])
+        let fired = Mutex<[String]>([])
+        _ = list.watch("old") { fired.withLock { $0.append("old") } }
+        let kept = list.watch("a") { fired.withLock { $0.append("a") } }
+        let dropped = list.watch("b") { fired.withLock { $0.append("b") } }
+        list.unwatch("b", dropped)
+        list.insert(["c"])
+        #expect(fired.withLock { $0 } == ["old"])
+        list.insert(["a", "b"])
+        list.insert(["a"])
+        #expect(fired.withLock { $0 } == ["old", "a"])
+        list.unwatch("a", kept)
     }
 }

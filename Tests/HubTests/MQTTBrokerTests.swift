@@ -501,16 +501,17 @@ import X509
         #expect(codes == [0, 0, 0x87])
         #expect(try await hub.server.store.telemetryCount(of: try DeviceID("mr-1")) == 1)
 
-        // A revoked device that only subscribes (sends nothing) is disconnected within seconds.
+        // A revoked device that only subscribes (sends nothing) is disconnected as soon as the revocation is
+        // answered (timed from the hub's answer, so a slow operator request under load is not counted).
         let clock = ContinuousClock()
         let elapsed = try await Self.connect(hub, attacker, version: .v311) { mqtt, _ in
-            let start = clock.now
             let revoked = try await hub.operatorRequest("POST", "/v1/devices/mr-1/revoke")
+            let answered = clock.now
             #expect(revoked.status == 200)
             while (try? await mqtt.next()) != nil {}
-            return clock.now - start
+            return clock.now - answered
         }
-        #expect(elapsed < .seconds(5))
+        #expect(elapsed < .seconds(2), "closed \(elapsed) after the revocation was answered")
 
         // MQTT 3.1.1 §3.1.3.1: an empty client id with cleanSession = 0 is refused with 0x02.
         let device = try await hub.enroll("mr-3")
