@@ -34,6 +34,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-http-structured-headers.git", from: "1.7.0"),
         // Reads osv.dev's per-ecosystem advisory exports (all.zip) in `bulwark advisories import`.
         .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.20"),
@@ -128,12 +129,20 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // The PostgreSQL backend of `HubStore`, for several hub nodes on one database.
+        .target(
+            name: "PostgresStore",
+            dependencies: [
+                "Core", "Store", .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Hub wiring: TLS listeners, routes, key files, configuration, services.
         .target(
             name: "Hub",
             dependencies: [
                 "Core", "PKI", "Gateway", "Store", "Pairing", "MQTT", "TUF", "TUFRepository", "HubClient", "PKCS11",
-                "Advisories", "JSON",
+                "Advisories", "JSON", "PostgresStore",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -203,13 +212,19 @@ let package = Package(
         .target(name: "CTLSPolicy", dependencies: [.product(name: "NIOSSL", package: "swift-nio-ssl")]),
         // A PKCS#11 module for the tests only: forwards to SoftHSM2 and plays an unplugged token on demand.
         .target(name: "PKCS11FaultModule", linkerSettings: [.linkedLibrary("dl")]),
+        // The tests' PostgreSQL server (scripts/postgres) and a fresh database per store.
+        .target(
+            name: "PostgresTestSupport",
+            dependencies: ["PostgresStore", "Store", .product(name: "PostgresNIO", package: "postgres-nio")],
+            path: "Tests/Support/PostgresTestSupport"
+        ),
         // Counts heap allocations for the benchmark (interposes malloc in the bench executable only).
         .target(name: "AllocationCounter"),
         .executableTarget(
             name: "BulwarkBench",
             dependencies: [
                 "AllocationCounter", "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT", "Gateway", "Agent",
-                "TUFRepository", "PKCS11", "Advisories", "JSON",
+                "TUFRepository", "PKCS11", "Advisories", "JSON", "PostgresStore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -258,12 +273,15 @@ let package = Package(
         ),
         .testTarget(
             name: "StoreTests",
-            dependencies: ["Store", "Core", "Advisories", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: [
+                "Store", "PostgresStore", "PostgresTestSupport", "Core", "Advisories",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         .testTarget(
             name: "HubTests",
             dependencies: [
                 "Hub", "HubClient", "Agent", "PKI", "Store", "Core", "Pairing", "Gateway", "TUFRepository",
-                "Advisories", "JSON",
+                "Advisories", "JSON", "PostgresStore", "PostgresTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -2,6 +2,8 @@ public import Advisories
 import Configuration
 public import Core
 public import Foundation
+public import PostgresStore
+import Store
 import SystemPackage
 
 /// The hub's settings: a JSON file (`--config FILE`) with `BULWARK_*` environment variables overriding it
@@ -53,9 +55,12 @@ public struct HubConfiguration: Sendable, Equatable {
     public var httpLimits = HTTPLimits()
     /// Connection caps and the hello deadline of the pairing listener (`pairing.*`).
     public var pairingSettings = PairingSettings()
-    /// `sqlite:PATH` (default `sqlite:<data>/bulwark.sqlite`) or, later, `postgres://user@host/db`.
+    /// `sqlite:PATH` (default `sqlite:<data>/bulwark.sqlite`) or `postgres://USER@HOST:PORT/DB?sslmode=verify-full`
+    /// (see `PostgresLocation`), its password in `database.passwordFile` and the CA of its TLS certificate in
+    /// `database.caFile`.
     public var databaseURL: String?
     public var databasePasswordFile: String?
+    public var databaseCAFile: String?
     /// Largest telemetry body accepted; larger ones are refused with 413 before they are read whole.
     public var maxBodyBytes = 64 * 1024
     /// Extra DNS names for the hub's TLS certificate (localhost and 127.0.0.1 are always included).
@@ -162,6 +167,7 @@ public struct HubConfiguration: Sendable, Equatable {
             forKey: "pairing.helloSeconds", default: config.pairingSettings.helloSeconds)
         config.databaseURL = reader.string(forKey: "database.url")
         config.databasePasswordFile = reader.string(forKey: "database.passwordFile")
+        config.databaseCAFile = reader.string(forKey: "database.caFile")
         config.maxBodyBytes = reader.int(forKey: "telemetry.maxBodyBytes", default: config.maxBodyBytes)
         config.hubNames = reader.stringArray(forKey: "hub.names", default: [])
         config.logLevel = reader.string(forKey: "log.level", default: config.logLevel)
@@ -273,9 +279,9 @@ public struct HubConfiguration: Sendable, Equatable {
                     "database.url must not contain a password; put the password in a file with mode 0600 and name it "
                         + "in database.passwordFile (environment: BULWARK_DATABASE_PASSWORD_FILE)")
             }
-            guard url.hasPrefix("sqlite:") else {
+            guard try url.hasPrefix("sqlite:") || postgresLocation() != nil else {
                 throw HubStartupError(
-                    "database.url: only the embedded store (sqlite:PATH) is available in this version")
+                    "database.url must read sqlite:PATH or postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full")
             }
         }
         for (name, listener) in [("device", device), ("operator", operatorAPI), ("pairing", pairing), ("mqtt", mqtt)] {
@@ -337,6 +343,16 @@ public struct HubConfiguration: Sendable, Equatable {
     }
 
     public var auditKeyPath: String { auditKeyFile ?? dataDirectory + "/audit.key" }
+
+    /// The PostgreSQL store named by `database.url`, nil for the embedded one.
+    public func postgresLocation() throws -> PostgresLocation? {
+        guard let url = databaseURL, url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") else { return nil }
+        do {
+            return try PostgresLocation(url: url, passwordFile: databasePasswordFile, caFile: databaseCAFile)
+        } catch let error as StoreError {
+            throw HubStartupError(error.detail)
+        }
+    }
 
     public var sqlitePath: String {
         if let url = databaseURL, url.hasPrefix("sqlite:") { return String(url.dropFirst("sqlite:".count)) }

@@ -8,6 +8,7 @@ public import Logging
 import NIOCore
 import PKCS11
 import PKI
+import PostgresStore
 public import ServiceLifecycle
 public import Store
 import Synchronization
@@ -43,7 +44,21 @@ public final class HubServer: Sendable {
             logger.warning("data directory tightened", metadata: ["detail": .string(notice)])
         }
         let metrics = HubMetrics()
-        let store = try store ?? Self.openSQLite(configuration.sqlitePath, onCommit: metrics.storeCommitted)
+        let opened: any HubStore
+        if let store {
+            opened = store
+        } else if let location = try configuration.postgresLocation() {
+            do {
+                opened = try await PostgresHubStore(
+                    location: location, logger: logger,
+                    onCommit: metrics.storeCommitted)
+            } catch let error as StoreError {
+                throw HubStartupError(error.detail)
+            }
+        } else {
+            opened = try Self.openSQLite(configuration.sqlitePath, onCommit: metrics.storeCommitted)
+        }
+        let store = opened
         // Before anything is audited: every record from now on carries a MAC.
         let auditKey = try AuditKeyFile.loadOrCreate(
             configuration.auditKeyPath, logLength: try await store.securityEvents(limit: 1).first?.id ?? 0)

@@ -148,6 +148,14 @@ public struct TelemetryRecord: Sendable, Equatable {
     public var receivedAt: Date
     public var correlationID: String
     public var body: [UInt8]
+
+    public init(id: Int64, deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8]) {
+        self.id = id
+        self.deviceID = deviceID
+        self.receivedAt = receivedAt
+        self.correlationID = correlationID
+        self.body = body
+    }
 }
 
 /// A refusal or an operator action worth an operator's attention. `detail` holds what the client never sees.

@@ -1,6 +1,8 @@
 import Core
 import Foundation
 import HubClient
+import PostgresStore
+import PostgresTestSupport
 import Store
 import Synchronization
 import Testing
@@ -87,12 +89,63 @@ import Testing
         try await streamThenStop(signal: SIGKILL, expectCleanExit: false)
     }
 
+    /// The same on PostgreSQL (`database.url` with TLS verify-full, the password in a file): a 202 is a committed
+    /// transaction in PostgreSQL, so kill -9 of the hub loses none.
+    @Test func sigkillOnPostgreSQLLosesNoAcknowledgedTelemetry() async throws {
+        try await streamThenStop(signal: SIGKILL, expectCleanExit: false, database: try await Self.postgres())
+    }
+
+    /// A hub whose database refuses it (a wrong password, a server certificate from another CA) does not start,
+    /// says why in one line, and never prints the password.
+    @Test func aHubThatPostgreSQLRefusesSaysWhyAndStops() async throws {
+        let (location, environment) = try await Self.postgres()
+        let directory = try temporaryDirectory("pg-refused")
+        let password = "wrong-\(UUID())"
+        try password.write(toFile: directory + "/pw", atomically: true, encoding: .utf8)
+        var wrongPassword = environment
+        wrongPassword["BULWARK_DATABASE_PASSWORD_FILE"] = directory + "/pw"
+        let refused = try await run(
+            try Self.binary, ["serve", "--data", directory + "/a"], environment: wrongPassword, timeout: 30)
+        #expect(refused.status == 78, "\(refused.stderr)")
+        #expect(refused.stderr.contains("PostgreSQL at \(location.host):\(location.port)"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("28P01"), "\(refused.stderr)")
+        #expect(!(refused.stderr + refused.stdout).contains(password))
+
+        let otherCA = try await run(
+            "/usr/bin/env",
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days",
+                "1", "-subj", "/CN=Another CA", "-keyout", directory + "/other.key", "-out", directory + "/other.crt",
+            ])
+        #expect(otherCA.status == 0)
+        var wrongCA = environment
+        wrongCA["BULWARK_DATABASE_CA_FILE"] = directory + "/other.crt"
+        let untrusted = try await run(
+            try Self.binary, ["serve", "--data", directory + "/a"], environment: wrongCA, timeout: 30)
+        #expect(untrusted.status == 78, "\(untrusted.stderr)")
+        #expect(untrusted.stderr.lowercased().contains("certificate"), "\(untrusted.stderr)")
+    }
+
+    /// A fresh database on the tests' PostgreSQL server, and the hub's settings that name it.
+    static func postgres() async throws -> (PostgresLocation, [String: String]) {
+        let location = try await PostgresTestServer.freshDatabase()
+        var environment = [
+            "BULWARK_DATABASE_URL":
+                "postgres://\(location.user)@\(location.host):\(location.port)/\(location.database)?sslmode=verify-full"
+        ]
+        environment["BULWARK_DATABASE_PASSWORD_FILE"] = location.passwordFile
+        environment["BULWARK_DATABASE_CA_FILE"] = location.caFile
+        return (location, environment)
+    }
+
     /// SIGTERM while requests are in flight: they finish, the store closes, and every 202 is in the database.
     @Test func sigtermMidStreamFinishesInFlightRequestsAndLosesNothing() async throws {
         try await streamThenStop(signal: SIGTERM, expectCleanExit: true)
     }
 
-    func streamThenStop(signal: Int32, expectCleanExit: Bool) async throws {
+    func streamThenStop(
+        signal: Int32, expectCleanExit: Bool, database: (PostgresLocation, [String: String])? = nil
+    ) async throws {
         let directory = try temporaryDirectory("stop-\(signal)")
         // One device streams as fast as it can: lift its rate limits (they have their own tests).
         let hub = try HubProcess(
@@ -100,7 +153,7 @@ import Testing
             environment: [
                 "BULWARK_GATEWAY_DEVICE_RATE": "1000000", "BULWARK_GATEWAY_DEVICE_BURST": "1000000",
                 "BULWARK_GATEWAY_ROUTE_RATE": "1000000", "BULWARK_GATEWAY_ROUTE_BURST": "1000000",
-            ])
+            ].merging(database?.1 ?? [:]) { $1 })
         let ports = try await hub.waitForPorts()
         let operatorCredentials = try ClientCredentials(
             certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
@@ -150,7 +203,13 @@ import Testing
         let acked = progress.acknowledged.withLock { $0 }
         #expect(acked.count >= 300)
 
-        let store = try SQLiteHubStore(path: directory + "/bulwark.sqlite")
+        let store: any HubStore =
+            if let location = database?.0 {
+                try await PostgresHubStore(location: location)
+            } else {
+                try SQLiteHubStore(path: directory + "/bulwark.sqlite")
+            }
+        #expect(database == nil || !FileManager.default.fileExists(atPath: directory + "/bulwark.sqlite"))
         let stored = Set(try await store.telemetry(of: try DeviceID("durable-1"), limit: 1_000_000).map { Int($0.id) })
         let lost = Set(acked).subtracting(stored)
         #expect(lost.isEmpty, "\(lost.count) acknowledged messages lost")

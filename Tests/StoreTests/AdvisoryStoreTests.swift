@@ -57,7 +57,7 @@ import Testing
 
     @Test(arguments: HubStoreTests.Backend.allCases)
     func waiversAndReleasesAreKept(_ backend: HubStoreTests.Backend) async throws {
-        let (store, _) = try HubStoreTests.open(backend)
+        let (store, _) = try await HubStoreTests.open(backend)
         let waiver = Waiver(
             advisory: "GHSA-1", purl: "pkg:npm/a", reason: "not reachable", until: 2_000_000_000, by: "ops")
         try await store.addWaiver(waiver)

@@ -18,7 +18,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func theAuditLogIsAnUnbrokenChain(_ backend: Backend) async throws {
-        let (store, _) = try HubStoreTests.open(backend)
+        let (store, _) = try await HubStoreTests.open(backend)
         try await fill(store)
         let records = try await store.auditRecords(after: 0, limit: 100)
         #expect(records.map(\.sequence) == [1, 2, 3, 4, 5])
@@ -28,7 +28,7 @@ import Testing
     }
 
     @Test func everyKindOfTamperingNamesTheFirstBadRecord() async throws {
-        let (store, _) = try HubStoreTests.open(.memory)
+        let (store, _) = try await HubStoreTests.open(.memory)
         try await fill(store)
         let records = try await store.auditRecords(after: 0, limit: 100)
         var edited = records
@@ -53,7 +53,7 @@ import Testing
 
     /// One byte changed in the database file itself (not through SQL) is found and named.
     @Test func aByteChangedInTheSQLiteFileIsFound() async throws {
-        let (store, directory) = try HubStoreTests.open(.sqlite)
+        let (store, directory) = try await HubStoreTests.open(.sqlite)
         try await fill(store)
         try await store.close()
         let path = directory + "/test.sqlite"
@@ -70,7 +70,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func replayStateQuarantinesAndSchemasPersist(_ backend: Backend) async throws {
-        let (store, _) = try HubStoreTests.open(backend)
+        let (store, _) = try await HubStoreTests.open(backend)
         let a = try DeviceID("a")
         let now = Int64(Date().timeIntervalSince1970)
         try await store.enroll(device: a, certificate: HubStoreTests.certificate("01", device: a), at: Date())

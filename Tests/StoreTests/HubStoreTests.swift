@@ -1,21 +1,23 @@
 import Core
 import Foundation
+import PostgresTestSupport
 import Store
 import Testing
 
 /// One table of behaviour, run against every backend.
 @Suite struct HubStoreTests {
     enum Backend: String, CaseIterable, CustomTestStringConvertible {
-        case memory, sqlite
+        case memory, sqlite, postgres
         var testDescription: String { rawValue }
     }
 
-    static func open(_ backend: Backend) throws -> (any HubStore, String) {
+    static func open(_ backend: Backend) async throws -> (any HubStore, String) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-store-\(UUID())").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         switch backend {
         case .memory: return (InMemoryHubStore(), directory)
         case .sqlite: return (try SQLiteHubStore(path: directory + "/test.sqlite"), directory)
+        case .postgres: return (try await PostgresTestServer.freshStore(), directory)
         }
     }
 
@@ -31,7 +33,7 @@ import Testing
     /// activates it with the device in one step. Nothing else can be activated that way.
     @Test(arguments: Backend.allCases)
     func aPendingPairingCertificateIsActivatedOnlyForItsDevice(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         let device = try DeviceID("p")
         var pending = Self.certificate("0a", device: nil)
         pending.subject = "urn:bulwark:device:p"
@@ -74,7 +76,7 @@ import Testing
     /// renewal of the same certificate supersedes (revokes) the first, unused one.
     @Test(arguments: Backend.allCases)
     func renewalsSupersedeAndComplete(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         let device = try DeviceID("r")
         try await store.enroll(device: device, certificate: Self.certificate("01", device: device), at: Date())
         let grace = Date().addingTimeInterval(60)
@@ -107,7 +109,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func classesRulesAndDestinations(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         let device = try DeviceID("e")
         await #expect(throws: StoreError.self) { try await store.setDeviceClass(device, class: "camera") }
         try await store.enroll(device: device, certificate: Self.certificate("01", device: device), at: Date())
@@ -133,7 +135,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func enrollRevokeAndReEnroll(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         let a = try DeviceID("a")
         try await store.enroll(device: a, certificate: Self.certificate("01", device: a), at: Date())
         #expect(try await store.device(a)?.status == .active)
@@ -149,7 +151,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func revokingAnUnknownDeviceIsNotFound(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         await #expect(throws: StoreError(.notFound, "")) {
             try await store.revoke(device: try DeviceID("nope"), at: Date())
         }
@@ -157,14 +159,14 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func duplicateSerialIsAConflict(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         try await store.addCertificate(Self.certificate("aa", device: nil))
         await #expect(throws: (any Error).self) { try await store.addCertificate(Self.certificate("aa", device: nil)) }
     }
 
     @Test(arguments: Backend.allCases)
     func telemetryIsKeptPerDevice(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         let a = try DeviceID("a")
         let b = try DeviceID("b")
         for device in [a, b] {
@@ -192,7 +194,7 @@ import Testing
     /// The assignment that applies: the device's own, else its class's (or the default class's), else the fleet's.
     @Test(arguments: Backend.allCases)
     func theEffectiveAssignmentIsDeviceThenClassThenFleet(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         let device = try DeviceID("d")
         try await store.enroll(device: device, certificate: Self.certificate("0d", device: device), at: Date())
         #expect(try await store.effectiveAssignment(device, defaultClass: "default") == nil)
@@ -216,7 +218,7 @@ import Testing
     /// when they have none), the same rule as `effectiveAssignment`; and rollouts kept across a reopen.
     @Test(arguments: Backend.allCases)
     func devicesWithTheirOwnAssignmentAndRollouts(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         var ids: [DeviceID] = []
         for (index, name) in ["a", "b", "c", "d"].enumerated() {
             let device = try DeviceID(name)
@@ -250,7 +252,7 @@ import Testing
     /// A device's update state is its newest report: one stored late (or resent) never overwrites a newer one.
     @Test(arguments: Backend.allCases)
     func anUpdateStateIsNeverOverwrittenByAnOlderReport(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         let device = try DeviceID("u")
         func report(_ step: String, _ sequence: Int64, installed: String?) -> DeviceUpdateState {
             DeviceUpdateState(
@@ -270,7 +272,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func securityEventsNewestFirst(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         for kind in ["one", "two", "three"] {
             try await store.recordSecurityEvent(SecurityEvent(at: Date(), kind: kind, detail: "d"))
         }
@@ -279,7 +281,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func identityResolvingKeysOfActiveDevicesOnly(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         let a = try DeviceID("a")
         let b = try DeviceID("b")
         await #expect(throws: StoreError(.notFound, "")) { try await store.setIdentityResolvingKey([1], for: a) }
@@ -295,7 +297,7 @@ import Testing
     }
 
     @Test func sqliteKeepsEverythingAcrossReopen() async throws {
-        let (store, directory) = try Self.open(.sqlite)
+        let (store, directory) = try await Self.open(.sqlite)
         let a = try DeviceID("a")
         try await store.enroll(device: a, certificate: Self.certificate("01", device: a), at: Date())
         let id = try await store.appendTelemetry(
@@ -313,7 +315,7 @@ extension HubStoreTests {
     /// (not those already expired, revoked, device-less or of a revoked device), the audit head, update steps.
     @Test(arguments: Backend.allCases)
     func theFleetSummaryCountsWhatMonitoringReads(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         let now = Date(timeIntervalSince1970: 1_000_000)
         func certificate(_ serial: String, _ device: DeviceID?, endsIn seconds: TimeInterval) -> CertificateRecord {
             var record = Self.certificate(serial, device: device)
@@ -358,7 +360,7 @@ extension HubStoreTests {
     /// each sort in both directions (missing values first ascending, ties by id), offset and limit, the total.
     @Test(arguments: Backend.allCases)
     func theDevicePageFiltersSortsAndPages(_ backend: Backend) async throws {
-        let (store, _) = try Self.open(backend)
+        let (store, _) = try await Self.open(backend)
         let now = Date(timeIntervalSince1970: 1_000_000)
         let ids = try ["dev-a", "dev-b", "dev-c", "other_1", "other-2"].map { try DeviceID($0) }
         for (index, id) in ids.enumerated() {

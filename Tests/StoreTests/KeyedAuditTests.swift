@@ -43,7 +43,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func bothBackendsWriteMACsThatVerify(_ backend: Backend) async throws {
-        let (store, _) = try HubStoreTests.open(backend)
+        let (store, _) = try await HubStoreTests.open(backend)
         try await store.setAuditKey(try Self.key(keyedFrom: 1))
         for index in 1...5 { try await store.recordSecurityEvent(Self.event(index)) }
         let records = try await store.auditRecords(after: 0, limit: 100)
@@ -105,7 +105,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func recordsFromBeforeTheKeyAreAnUnkeyedPrefix(_ backend: Backend) async throws {
-        let (store, _) = try HubStoreTests.open(backend)
+        let (store, _) = try await HubStoreTests.open(backend)
         for index in 1...2 { try await store.recordSecurityEvent(Self.event(index)) }
         try await store.setAuditKey(try Self.key(keyedFrom: 3))
         for index in 3...5 { try await store.recordSecurityEvent(Self.event(index)) }
@@ -118,7 +118,7 @@ import Testing
     /// A store opened without the key (a tool, an old binary) refuses to append to a keyed log: its record would
     /// read as tampering.
     @Test func aKeyedLogIsNotAppendedToWithoutTheKey() async throws {
-        let (store, directory) = try HubStoreTests.open(.sqlite)
+        let (store, directory) = try await HubStoreTests.open(.sqlite)
         try await store.setAuditKey(try Self.key())
         try await store.recordSecurityEvent(Self.event(1))
         try await store.close()

@@ -9,7 +9,7 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func listsEachRevokedCertificateWithItsFirstRevocationDate(_ backend: Backend) async throws {
-        let (store, _) = try HubStoreTests.open(backend)
+        let (store, _) = try await HubStoreTests.open(backend)
         let a = try DeviceID("a")
         let b = try DeviceID("b")
         let paired = try DeviceID("p")

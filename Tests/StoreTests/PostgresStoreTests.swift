@@ -1,0 +1,143 @@
+import Core
+import Foundation
+import PostgresStore
+import PostgresTestSupport
+import Store
+import Testing
+
+/// The PostgreSQL backend's own concerns: where it is (the URL's rules), TLS to the server, migrations. Its behaviour
+/// as a `HubStore` is the shared table of `HubStoreTests`.
+@Suite struct PostgresStoreTests {
+    @Test(arguments: [
+        ("postgres://bulwark:pw@db.example/hub", "password"),
+        ("postgres://db.example/hub", "no user"),
+        ("postgres://bulwark@db.example", "no database"),
+        ("postgres://bulwark@db.example/hub?sslmode=require", "verify-full"),
+        ("postgres://bulwark@db.example/hub?sslmode=prefer", "verify-full"),
+        ("postgres://bulwark@db.example/hub?sslmode=disable", "loopback"),
+        ("postgres://bulwark@db.example/hub?password=pw", "unknown parameter"),
+        ("mysql://bulwark@db.example/hub", "postgres://"),
+    ])
+    func refusesURLsThatWouldLeakOrTrustBlindly(_ url: String, _ why: String) {
+        #expect {
+            _ = try PostgresLocation(url: url, passwordFile: nil, caFile: nil)
+        } throws: { error in
+            "\(error)".contains(why) && !"\(error)".contains(":pw")
+        }
+    }
+
+    @Test func readsTheURLsItAccepts() throws {
+        let full = try PostgresLocation(url: "postgres://hub@db.example:6543/fleet", passwordFile: nil, caFile: nil)
+        #expect(full.host == "db.example" && full.port == 6543 && full.user == "hub" && full.database == "fleet")
+        #expect(full.verifyTLS)
+        let local = try PostgresLocation(
+            url: "postgresql://hub@127.0.0.1/fleet?sslmode=disable", passwordFile: nil, caFile: nil)
+        #expect(!local.verifyTLS && local.port == 5432)
+    }
+
+    /// verify-full means it: a server whose certificate another CA signed is refused, and so is a wrong password;
+    /// neither error carries the password.
+    @Test func aServerFromAnotherCAOrAWrongPasswordIsRefused() async throws {
+        let location = try await PostgresTestServer.freshDatabase()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-pgca-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let otherCA = Process()
+        otherCA.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        otherCA.arguments = [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", "/CN=Another CA", "-keyout", directory + "/other.key", "-out", directory + "/other.crt",
+        ]
+        otherCA.standardError = FileHandle.nullDevice
+        try otherCA.run()
+        otherCA.waitUntilExit()
+        var wrongCA = location
+        wrongCA.caFile = directory + "/other.crt"
+        await #expect(throws: StoreError.self) {
+            try await PostgresHubStore(location: wrongCA)
+        }
+
+        let password = "not-the-password-\(UUID())"
+        try password.write(toFile: directory + "/password", atomically: true, encoding: .utf8)
+        var wrongPassword = location
+        wrongPassword.passwordFile = directory + "/password"
+        do {
+            _ = try await PostgresHubStore(location: wrongPassword)
+            Issue.record("a wrong password was accepted")
+        } catch {
+            #expect(!"\(error)".contains(password))
+            #expect("\(error)".contains("28P01"), "PostgreSQL's 'invalid password' is named: \(error)")
+        }
+    }
+
+    /// Nodes opening one database at once apply each migration once (under the advisory lock), and a database from
+    /// a newer hub is refused rather than written with an older schema's assumptions.
+    @Test func migrationsRunOnceAndANewerSchemaIsRefused() async throws {
+        let location = try await PostgresTestServer.freshDatabase()
+        let stores = try await withThrowingTaskGroup(of: PostgresHubStore.self) { group in
+            for _ in 0..<4 {
+                group.addTask { try await PostgresHubStore(location: location) }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        for store in stores {
+            #expect(try await store.schemaVersion() == PostgresHubStore.latestSchemaVersion)
+        }
+        try await PostgresTestServer.execute(
+            "INSERT INTO bulwark_migrations (version, name) VALUES (999, 'from the future')", on: location)
+        for store in stores { try await store.close() }
+        await #expect {
+            try await PostgresHubStore(location: location)
+        } throws: { error in
+            "\(error)".contains("newer than this hub")
+        }
+    }
+
+    /// Two stores on one database (two hub nodes) writing at once: the audit log stays one chain without gaps, and
+    /// telemetry batches that touch the same devices in opposite orders neither deadlock nor move a counter window
+    /// backwards.
+    @Test func twoNodesWritingAtOnceKeepOneChainAndOneWindow() async throws {
+        let location = try await PostgresTestServer.freshDatabase()
+        let nodes = [
+            try await PostgresHubStore(location: location), try await PostgresHubStore(location: location),
+        ]
+        let devices = try ["n-a", "n-b", "n-c"].map { try DeviceID($0) }
+        for (index, device) in devices.enumerated() {
+            try await nodes[0].enroll(
+                device: device, certificate: HubStoreTests.certificate("c\(index)", device: device), at: Date())
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, node) in nodes.enumerated() {
+                for writer in 0..<8 {
+                    group.addTask {
+                        for n in 0..<10 {
+                            try await node.recordSecurityEvent(
+                                SecurityEvent(at: Date(), kind: "test", detail: "node \(index) writer \(writer) #\(n)"))
+                        }
+                    }
+                    group.addTask {
+                        // Each node sends the devices in its own order; counters grow per writer.
+                        let order = index == 0 ? devices : devices.reversed()
+                        for n in 1...10 {
+                            for device in order {
+                                let counter = UInt64(writer * 10 + n)
+                                _ = try await node.appendTelemetry(
+                                    NewTelemetry(
+                                        deviceID: device, receivedAt: Date(), correlationID: "c", body: [1],
+                                        counterWindow: StoredCounterWindow(highest: counter, seen: 1)))
+                            }
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let records = try await nodes[1].allAuditRecords()
+        #expect(records.count == 160)
+        #expect(records.map(\.sequence) == Array(1...160))
+        #expect(AuditChain.verify(records) == nil)
+        #expect(try await nodes[0].telemetryCount(of: nil) == 2 * 8 * 10 * 3)
+        let windows = try await nodes[1].counterWindows()
+        #expect(windows.count == 3 && windows.allSatisfy { $0.1.highest == 80 }, "\(windows)")
+        for node in nodes { try await node.close() }
+    }
+}
