@@ -249,12 +249,7 @@ extension HubServer {
     /// Loads what the gateway must remember across restarts: schemas, live nonces, counter windows, quarantines.
     static func restoreGatewayState(_ gateway: GatewayPipeline, store: any HubStore, logger: Logger) async throws {
         for (name, body) in try await store.schemas() {
-            do { gateway.setSchema(try JSONSchema(bytes: body), for: name) } catch {
-                gateway.setSchema(.refuseAll, for: name)
-                logger.error(
-                    "stored schema no longer compiles; messages of this type are refused",
-                    metadata: ["type": .string(name), "error": .string("\(error)")])
-            }
+            applySchema(name: name, body: body, to: gateway, logger: logger)
         }
         let now = Int64(Date().timeIntervalSince1970)
         gateway.nonces.load(
@@ -265,6 +260,16 @@ extension HubServer {
         // The agent's own event types, unless an operator registered a schema of that name.
         for (name, schema) in builtInSchemas where gateway.schema(for: name) == nil {
             gateway.setSchema(try JSONSchema(bytes: Array(schema.utf8)), for: name)
+        }
+    }
+
+    /// Sets a stored schema on the gateway; one that no longer compiles refuses its messages (and says so).
+    static func applySchema(name: String, body: [UInt8], to gateway: GatewayPipeline, logger: Logger) {
+        do { gateway.setSchema(try JSONSchema(bytes: body), for: name) } catch {
+            gateway.setSchema(.refuseAll, for: name)
+            logger.error(
+                "stored schema no longer compiles; messages of this type are refused",
+                metadata: ["type": .string(name), "error": .string("\(error)")])
         }
     }
 

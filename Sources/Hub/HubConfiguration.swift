@@ -61,6 +61,9 @@ public struct HubConfiguration: Sendable, Equatable {
     public var databaseURL: String?
     public var databasePasswordFile: String?
     public var databaseCAFile: String?
+    /// How often a node reads the changes other nodes recorded, in case a notification was missed
+    /// (`cluster.reconcileSeconds`; notifications normally bring them within milliseconds).
+    public var clusterReconcileSeconds = 5.0
     /// Largest telemetry body accepted; larger ones are refused with 413 before they are read whole.
     public var maxBodyBytes = 64 * 1024
     /// Extra DNS names for the hub's TLS certificate (localhost and 127.0.0.1 are always included).
@@ -168,6 +171,8 @@ public struct HubConfiguration: Sendable, Equatable {
         config.databaseURL = reader.string(forKey: "database.url")
         config.databasePasswordFile = reader.string(forKey: "database.passwordFile")
         config.databaseCAFile = reader.string(forKey: "database.caFile")
+        config.clusterReconcileSeconds = reader.double(
+            forKey: "cluster.reconcileSeconds", default: config.clusterReconcileSeconds)
         config.maxBodyBytes = reader.int(forKey: "telemetry.maxBodyBytes", default: config.maxBodyBytes)
         config.hubNames = reader.stringArray(forKey: "hub.names", default: [])
         config.logLevel = reader.string(forKey: "log.level", default: config.logLevel)
@@ -291,6 +296,9 @@ public struct HubConfiguration: Sendable, Equatable {
         }
         guard (1...100).contains(pairingFreeAttempts), (0.1...86400).contains(pairingLockoutSeconds) else {
             throw HubStartupError("pairing.freeAttempts must be 1-100 and pairing.lockoutSeconds 0.1-86400")
+        }
+        guard (0.05...3600).contains(clusterReconcileSeconds) else {
+            throw HubStartupError("cluster.reconcileSeconds must be between 0.05 and 3600")
         }
         guard (10...86400).contains(claimLifetimeSeconds) else {
             throw HubStartupError("pairing.claimLifetimeSeconds must be between 10 and 86400")

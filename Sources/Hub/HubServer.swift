@@ -76,6 +76,8 @@ public final class HubServer: Sendable {
             }())
         try await crl.publish()
         let gateway = GatewayPipeline(policy: configuration.gateway.policy(maxBodyBytes: configuration.maxBodyBytes))
+        // Other nodes' changes are followed from here: read first, so none made while the state loads is skipped.
+        let clusterPosition = try await store.latestClusterEvent()
         try await restoreGatewayState(gateway, store: store, logger: logger)
         let revocations = RevocationList(try await store.revokedSerials())
         let renewals = CertificateRenewals(store: store, revocations: revocations, crl: crl, logger: logger)
@@ -101,7 +103,8 @@ public final class HubServer: Sendable {
         return try HubServer(
             configuration: configuration, store: store, credentials: credentials, revocations: revocations,
             gateway: gateway, logger: logger, signals: gracefulShutdownSignals, crl: crl, renewals: renewals,
-            deviceSignals: deviceSignals, rollouts: rollouts, metrics: metrics, auditKey: auditKey)
+            deviceSignals: deviceSignals, rollouts: rollouts, metrics: metrics, auditKey: auditKey,
+            clusterPosition: clusterPosition)
     }
 
     /// Opens the embedded store with its files private to this user (README, "Data directory").
@@ -118,7 +121,7 @@ public final class HubServer: Sendable {
         configuration: HubConfiguration, store: any HubStore, credentials: HubCredentials, revocations: RevocationList,
         gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal], crl: CRLPublisher,
         renewals: CertificateRenewals, deviceSignals: DeviceSignals, rollouts: RolloutController?,
-        metrics: HubMetrics, auditKey: AuditKey?
+        metrics: HubMetrics, auditKey: AuditKey?, clusterPosition: Int64
     ) throws {
         self.gateway = gateway
         self.configuration = configuration
@@ -323,6 +326,10 @@ public final class HubServer: Sendable {
                             "timestamp": Int64(configuration.tufTimestampWithinSeconds),
                         ]), store: store, logger: tufLogger))
         }
+        services.append(
+            ClusterSync(
+                store: store, revocations: revocations, gateway: gateway, crl: crl, position: clusterPosition,
+                interval: .milliseconds(Int64(configuration.clusterReconcileSeconds * 1000)), logger: logger))
         if let rollouts {
             services.append(
                 RolloutService(

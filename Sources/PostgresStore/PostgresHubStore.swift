@@ -241,7 +241,21 @@ public final class PostgresHubStore: HubStore {
                 FOR EACH ROW EXECUTE FUNCTION bulwark_telemetry_last_seen()
                 """,
             ]
-        )
+        ),
+        (
+            2, "changes every node applies (ClusterEvent)",
+            [
+                """
+                CREATE TABLE cluster_events (
+                    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    kind TEXT NOT NULL CHECK (kind IN ('revoked', 'quarantined', 'released', 'schema')),
+                    subject TEXT NOT NULL,
+                    until BIGINT,
+                    at BIGINT NOT NULL
+                )
+                """
+            ]
+        ),
     ]
 
     /// The advisory lock keys (one 64-bit namespace per purpose).
@@ -288,6 +302,77 @@ public final class PostgresHubStore: HubStore {
         try await read { client in
             try await Self.one(client.query("SELECT MAX(version) FROM bulwark_migrations"), Int?.self) ?? 0
         } ?? 0
+    }
+
+    // MARK: Changes every node applies
+
+    /// The channel of `NOTIFY`: a wake-up only; the events themselves are read from `cluster_events` by id.
+    static let eventChannel = "bulwark_events"
+
+    /// Records a change for the other nodes in the caller's transaction (so it is seen exactly when the change is)
+    /// and wakes them once it commits. Keeps the newest 100,000 events: a node further behind than that reloads.
+    private static func recordEvent(
+        _ kind: String, _ subject: String, until: Int64? = nil, _ connection: PostgresConnection
+    ) async throws {
+        let id = try await one(
+            connection.query(
+                """
+                INSERT INTO cluster_events (kind, subject, until, at)
+                VALUES (\(kind), \(subject), \(until), \(Date().millis)) RETURNING id
+                """, logger: quiet), Int64.self)
+        if let id {
+            try await connection.query("DELETE FROM cluster_events WHERE id <= \(id - 100_000)", logger: quiet)
+        }
+        try await connection.query("SELECT pg_notify(\(eventChannel), '')", logger: quiet)
+    }
+
+    public func clusterEvents(after id: Int64) async throws -> [ClusterEvent] {
+        try await read { client in
+            var events: [ClusterEvent] = []
+            for try await (id, kind, subject, until) in try await client.query(
+                "SELECT id, kind, subject, until FROM cluster_events WHERE id > \(id) ORDER BY id LIMIT 10000"
+            ).decode((Int64, String, String, Int64?).self) {
+                let change: ClusterEvent.Change? =
+                    switch kind {
+                    case "revoked": .revoked(subject.split(separator: ",").map(String.init))
+                    case "quarantined": (try? DeviceID(subject)).map { .quarantined($0, until: until ?? 0) }
+                    case "released": (try? DeviceID(subject)).map { .released($0) }
+                    case "schema": .schema(subject)
+                    default: nil
+                    }
+                if let change { events.append(ClusterEvent(id: id, change: change)) }
+            }
+            return events
+        }
+    }
+
+    public func latestClusterEvent() async throws -> Int64 {
+        try await read { client in
+            try await Self.one(client.query("SELECT COALESCE(MAX(id), 0) FROM cluster_events"), Int64.self) ?? 0
+        }
+    }
+
+    /// One pooled connection LISTENs for as long as the stream is iterated; after a lost connection it listens
+    /// again a second later (and yields, so the node reads whatever it may have missed).
+    public func clusterNotifications() -> AsyncStream<Void> {
+        let client = client
+        return AsyncStream { continuation in
+            let listening = Task {
+                while !Task.isCancelled {
+                    do {
+                        try await client.withConnection { connection in
+                            try await connection.listen(on: Self.eventChannel) { notifications in
+                                continuation.yield()
+                                for try await _ in notifications { continuation.yield() }
+                            }
+                        }
+                    } catch {}
+                    try? await Task.sleep(for: .seconds(1))
+                }
+                continuation.finish()
+            }
+            continuation.onTermination = { _ in listening.cancel() }
+        }
     }
 
     // MARK: Devices and certificates
@@ -392,6 +477,9 @@ public final class PostgresHubStore: HubStore {
                 try await connection.query(
                     "DELETE FROM certificate_renewals WHERE new_serial = \(serial)", logger: Self.quiet)
             }
+            if !superseded.isEmpty {
+                try await Self.recordEvent("revoked", superseded.joined(separator: ","), connection)
+            }
             try await Self.insert(certificate, connection)
             try await connection.query(
                 """
@@ -430,6 +518,7 @@ public final class PostgresHubStore: HubStore {
             try await connection.query(
                 "UPDATE certificates SET revoked_at = \(at.millis) WHERE serial = \(previous) AND revoked_at IS NULL",
                 logger: Self.quiet)
+            try await Self.recordEvent("revoked", previous, connection)
             return previous
         }
     }
@@ -504,6 +593,7 @@ public final class PostgresHubStore: HubStore {
                         "\(unescaped: Self.certificateColumns) WHERE serial = \(serialHex)", logger: Self.quiet)
                 ).first
             else { throw StoreError(.notFound, "no such certificate") }
+            try await Self.recordEvent("revoked", serialHex, connection)
             return record
         }
     }
@@ -523,10 +613,12 @@ public final class PostgresHubStore: HubStore {
                 UPDATE certificates SET revoked_at = \(at.millis) WHERE device_id = \(device.rawValue)
                 AND revoked_at IS NULL
                 """, logger: Self.quiet)
-            return try await Self.all(
+            let serials = try await Self.all(
                 connection.query(
                     "SELECT serial FROM certificates WHERE device_id = \(device.rawValue) ORDER BY serial",
                     logger: Self.quiet), String.self)
+            if !serials.isEmpty { try await Self.recordEvent("revoked", serials.joined(separator: ","), connection) }
+            return serials
         }
     }
 
@@ -1001,9 +1093,11 @@ public final class PostgresHubStore: HubStore {
                     INSERT INTO quarantines (device_id, until) VALUES (\(device.rawValue), \(until))
                     ON CONFLICT (device_id) DO UPDATE SET until = excluded.until
                     """, logger: Self.quiet)
+                try await Self.recordEvent("quarantined", device.rawValue, until: until, connection)
             } else {
                 try await connection.query(
                     "DELETE FROM quarantines WHERE device_id = \(device.rawValue)", logger: Self.quiet)
+                try await Self.recordEvent("released", device.rawValue, connection)
             }
         }
     }
@@ -1028,6 +1122,7 @@ public final class PostgresHubStore: HubStore {
                 INSERT INTO schemas (name, body, updated_at) VALUES (\(name), \(ByteBuffer(bytes: body)), \(at.millis))
                 ON CONFLICT (name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at
                 """, logger: Self.quiet)
+            try await Self.recordEvent("schema", name, connection)
         }
     }
 

@@ -110,9 +110,38 @@ public protocol HubStore: Sendable {
     func putSchema(name: String, body: [UInt8], at: Date) async throws
     func schemas() async throws -> [(String, [UInt8])]
     func close() async throws
+    /// Changes recorded by any node after `id`, oldest first, for `ClusterSync` (see `ClusterEvent`).
+    func clusterEvents(after id: Int64) async throws -> [ClusterEvent]
+    func latestClusterEvent() async throws -> Int64
+    func clusterNotifications() -> AsyncStream<Void>
+}
+
+/// A change one hub node made that every other node on the same database must apply to what it holds in memory
+/// (the revocation list, the gateway's quarantines and schemas). Recorded in the change's own transaction.
+public struct ClusterEvent: Sendable, Equatable {
+    public enum Change: Sendable, Equatable {
+        case revoked([String])
+        case quarantined(DeviceID, until: Int64)
+        case released(DeviceID)
+        case schema(String)
+    }
+    public var id: Int64
+    public var change: Change
+    public init(id: Int64, change: Change) {
+        self.id = id
+        self.change = change
+    }
 }
 
 extension HubStore {
+    /// Events after `id`, oldest first (a single-node backend records none).
+    public func clusterEvents(after id: Int64) async throws -> [ClusterEvent] { [] }
+    /// The newest event's id (0 when none): where a node starting now begins to follow.
+    public func latestClusterEvent() async throws -> Int64 { 0 }
+    /// Yields when another node may have recorded events (PostgreSQL: LISTEN/NOTIFY). A single node never does; the
+    /// stream ends when the store closes.
+    public func clusterNotifications() -> AsyncStream<Void> { AsyncStream { _ in } }
+
     /// The whole audit log in order, read in pages (for `AuditChain.verify`).
     public func allAuditRecords() async throws -> [AuditRecord] {
         var records: [AuditRecord] = []

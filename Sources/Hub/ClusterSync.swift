@@ -1,0 +1,106 @@
+import Foundation
+import Gateway
+import Logging
+import ServiceLifecycle
+import Store
+
+/// Applies the changes other hub nodes record (`ClusterEvent`: revocations, quarantines and releases, schemas) to what
+/// this node holds in memory, so they bite here too: a revoked device's open MQTT connection is closed the moment
+/// its serial reaches the revocation list (its watcher), and the gateway refuses a quarantined device at its next
+/// message.
+///
+/// Woken by the store's notifications (LISTEN/NOTIFY on PostgreSQL) and, should one be missed, every
+/// `cluster.reconcileSeconds`: the events are read from the database by id, so a missed wake-up only delays them.
+/// A node applies its own events again; every change is idempotent. A single-node store records none.
+actor ClusterSync: Service {
+    private let store: any HubStore
+    private let revocations: RevocationList
+    private let gateway: GatewayPipeline
+    private let crl: CRLPublisher
+    private let interval: Duration
+    private let logger: Logger
+    /// The last event applied: read before the gateway's state was restored, so nothing between is skipped.
+    private var position: Int64
+    private var syncing = false
+    private var again = false
+
+    init(
+        store: any HubStore, revocations: RevocationList, gateway: GatewayPipeline, crl: CRLPublisher,
+        position: Int64, interval: Duration, logger: Logger
+    ) {
+        self.store = store
+        self.revocations = revocations
+        self.gateway = gateway
+        self.crl = crl
+        self.position = position
+        self.interval = interval
+        self.logger = logger
+    }
+
+    func run() async throws {
+        let store = store
+        let interval = interval
+        try await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await _ in store.clusterNotifications() { await self.sync() }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        do { try await Task.sleep(for: interval) } catch { return }
+                        await self.sync()
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads and applies every event after `position`; a call while one runs makes that one read again.
+    func sync() async {
+        if syncing {
+            again = true
+            return
+        }
+        syncing = true
+        defer { syncing = false }
+        repeat {
+            again = false
+            do {
+                let events = try await store.clusterEvents(after: position)
+                if !events.isEmpty {
+                    try await apply(events)
+                    position = events[events.count - 1].id
+                    again = true  // read until nothing is left (a page holds at most 10,000)
+                }
+            } catch {
+                logger.warning("cluster events not applied; retried", metadata: ["error": .string("\(error)")])
+                return
+            }
+        } while again
+    }
+
+    private func apply(_ events: [ClusterEvent]) async throws {
+        let now = Int64(Date().timeIntervalSince1970)
+        var revoked = false
+        var schemas = false
+        for event in events {
+            switch event.change {
+            case .revoked(let serials):
+                revocations.insert(serials)
+                revoked = true
+            case .quarantined(let device, let until):
+                gateway.quarantine.load([(device, until)], now: now)
+            case .released(let device):
+                _ = gateway.release(device)
+            case .schema:
+                schemas = true
+            }
+        }
+        if revoked { await crl.revocationsChanged() }
+        if schemas {
+            for (name, body) in try await store.schemas() {
+                HubServer.applySchema(name: name, body: body, to: gateway, logger: logger)
+            }
+        }
+    }
+}
