@@ -306,6 +306,12 @@ public final class GatewayPipeline: Sendable {
         offence(.invalidMessage, device, now: now, problem: problem, stage: .size, detail: detail)
     }
 
+    /// A message whose nonce or counter the store refused as already stored: another hub node admitted it first
+    /// (each node's replay check is in memory; the database is the one check they share). Counted as a replay.
+    public func replayedElsewhere(_ device: DeviceID, detail: String, now: GatewayTime) -> Refusal {
+        offence(.replay, device, now: now, problem: .unauthenticated, stage: .replay, detail: detail)
+    }
+
     /// An egress violation the agent's connection report showed: counted toward quarantine only when the policy
     /// has a threshold for it. Returns when the device was quarantined by it.
     public func egressViolation(_ device: DeviceID, now: GatewayTime) -> Int64? {

@@ -118,6 +118,12 @@ struct DeviceRoutes {
                         $0.durable ? StoredNonce(nonce: $0.value, expiresAt: $0.expiresAt) : nil
                     },
                     messageType: admitted.messageType))
+        } catch let error as StoreError where error.code == .replayed {
+            // Another hub node stored this nonce first: a replay across nodes (the nonce stays taken here too).
+            throw GatewayError(
+                refusal: gateway.replayedElsewhere(
+                    device, detail: "nonce already stored (by another hub node)", now: GatewayTime.now()),
+                identity: identity)
         } catch {
             // Nothing was acknowledged: the device may retry with the same nonce.
             if let nonce = admitted.nonce { gateway.nonces.release(device: device, nonce: nonce.value) }
@@ -260,10 +266,22 @@ struct DeviceRoutes {
             throw GatewayError(refusal: error, identity: identity)
         }
         if let nonce, nonce.durable {
-            try await store.recordNonce(
-                device: device, nonce: StoredNonce(nonce: nonce.value, expiresAt: nonce.expiresAt))
+            try await recordNonce(nonce, device: device, identity: identity)
         }
         return (device, identity, document, now)
+    }
+
+    /// Stores the nonce of a signed request that carries no message; one another hub node stored first is a replay.
+    func recordNonce(_ nonce: ClaimedNonce, device: DeviceID, identity: String) async throws {
+        do {
+            try await store.recordNonce(
+                device: device, nonce: StoredNonce(nonce: nonce.value, expiresAt: nonce.expiresAt))
+        } catch let error as StoreError where error.code == .replayed {
+            throw GatewayError(
+                refusal: gateway.replayedElsewhere(
+                    device, detail: "nonce already stored (by another hub node)", now: GatewayTime.now()),
+                identity: identity)
+        }
     }
 
     /// The body, refused as the gateway's size or framing stage would.
@@ -294,8 +312,7 @@ struct DeviceRoutes {
             throw GatewayError(refusal: error, identity: message.identity.uri)
         }
         if let nonce, nonce.durable {
-            try await store.recordNonce(
-                device: device, nonce: StoredNonce(nonce: nonce.value, expiresAt: nonce.expiresAt))
+            try await recordNonce(nonce, device: device, identity: message.identity.uri)
         }
         guard let record = try await store.device(device), record.status == .active
         else { throw HubError.forbidden("device record missing or not active") }

@@ -59,9 +59,27 @@ public final class HubServer: Sendable {
             opened = try Self.openSQLite(configuration.sqlitePath, onCommit: metrics.storeCommitted)
         }
         let store = opened
-        // Before anything is audited: every record from now on carries a MAC.
-        let auditKey = try AuditKeyFile.loadOrCreate(
-            configuration.auditKeyPath, logLength: try await store.securityEvents(limit: 1).first?.id ?? 0)
+        // Before anything is audited: every record from now on carries a MAC. A log (shared with other hub nodes)
+        // whose newest record carries a MAC under another key is refused: this node's records would not verify.
+        let logLength = try await store.securityEvents(limit: 1).first?.id ?? 0
+        let newest = try await store.auditRecords(after: max(0, logLength - 1), limit: 1).first
+        let keyFileExists = FileManager.default.fileExists(atPath: configuration.auditKeyPath)
+        let recordedFingerprint = try await store.auditKeyFingerprint(proposing: nil)
+        if !keyFileExists, newest?.mac != nil || recordedFingerprint != nil {
+            throw HubStartupError(
+                "the audit log is keyed and \(configuration.auditKeyPath) is missing: copy the audit key of the node "
+                    + "that keyed it (another hub node on this database) or set audit.keyFile")
+        }
+        let auditKey = try AuditKeyFile.loadOrCreate(configuration.auditKeyPath, logLength: logLength)
+        let agreed = try await store.auditKeyFingerprint(proposing: auditKey.fingerprint)
+        let newestDoesNotVerify = newest.map { record in
+            record.mac.map { !auditKey.isValid(mac: $0, for: record.hash) } ?? false
+        }
+        if newestDoesNotVerify == true || agreed.map({ $0 != auditKey.fingerprint }) == true {
+            throw HubStartupError(
+                "\(configuration.auditKeyPath) is not the key of this audit log (its newest record's MAC, or the key "
+                    + "the other hub nodes on this database recorded, does not match): every node needs the same key")
+        }
         try await store.setAuditKey(auditKey)
         let credentials = try await HubCredentials.loadOrCreate(
             dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames, store: store, now: Date(),

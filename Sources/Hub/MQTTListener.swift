@@ -830,7 +830,7 @@ struct MQTTConnection {
             let record = NewTelemetry(
                 deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
                 counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
-                messageType: admitted.messageType)
+                counter: admitted.counter, messageType: admitted.messageType)
             let delivery = BrokerMessage(publish)
             // A message that is not stored gives its counter back: nothing was acknowledged (PUBACK 0x80, or the
             // connection closes on 3.1.1), so the device's resend must be stored, not refused or waved through as a
@@ -850,7 +850,11 @@ struct MQTTConnection {
                     check.format == .json && DeviceEvents.observed(admitted.messageType) ? listener.events : nil
                 let signals = listener.events.signals
                 let messageType = admitted.messageType
-                let write = Task {
+                let gateway = listener.gateway
+                let recorder = listener.recorder
+                let duplicate = publish.duplicate
+                let topic = MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120)
+                let write = Task { () -> StoreWrite in
                     defer { if let counter { writes.end(device, counter) } }
                     do {
                         _ = try await store.appendTelemetry(record)
@@ -858,13 +862,24 @@ struct MQTTConnection {
                         writes.succeeded(device, counter)
                         await events?.observe(
                             device, messageType: messageType, body: record.body, correlationID: correlationID)
-                        return true
+                        return .stored
+                    } catch let error as StoreError where error.code == .replayed {
+                        // Another hub node stored this counter first. Its resend (DUP, after a PUBACK lost with a
+                        // node) is acknowledged and neither stored nor delivered again; anything else is a replay.
+                        if duplicate { return .storedElsewhere }
+                        let refusal = gateway.replayedElsewhere(
+                            device, detail: "counter \(counter ?? 0) already stored (by another hub node)",
+                            now: GatewayTime.now())
+                        await recorder.record(
+                            refusal, identity: peer.identity.uri, source: peer.source, correlationID: correlationID,
+                            what: "MQTT PUBLISH \(topic)")
+                        return .replayed
                     } catch {
                         release()
                         logger.error(
                             "MQTT message not stored",
                             metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-                        return false
+                        return .failed
                     }
                 }
                 if respond, let id = publish.packetID {
@@ -872,7 +887,7 @@ struct MQTTConnection {
                         id, qos: publish.qos, state: &state, after: write, correlationID: correlationID, then: delivery)
                 } else {
                     // The will: nothing to acknowledge, but it is delivered only once stored.
-                    if await write.value { await listener.broker.publish(delivery, from: state.sessionKey) }
+                    if await write.value == .stored { await listener.broker.publish(delivery, from: state.sessionKey) }
                 }
                 return true
             }
@@ -969,7 +984,8 @@ struct MQTTConnection {
     /// copy of the PUBLISH is then answered without being stored again), and the message stays counted against the
     /// Receive Maximum until its PUBCOMP; a failure code (0x80 and above) ends it there.
     private func acknowledge(
-        _ id: UInt16, qos: QoS, state: inout State, after write: Task<Bool, Never>? = nil, code: ReasonCode = .success,
+        _ id: UInt16, qos: QoS, state: inout State, after write: Task<StoreWrite, Never>? = nil,
+        code: ReasonCode = .success,
         correlationID: String? = nil, then delivery: BrokerMessage? = nil
     ) async {
         if state.acknowledgements.count >= listener.settings.receiveMaximum {
@@ -989,12 +1005,16 @@ struct MQTTConnection {
             Task {
                 await previous?.value
                 var reason = code
-                if let write, !(await write.value) {
+                var deliver = true
+                switch await write?.value {
+                case nil, .stored: break
+                case .storedElsewhere: deliver = false
+                case .replayed, .failed:
                     guard version == .v5 else {
                         nioChannel.close(promise: nil)
                         return
                     }
-                    reason = .unspecifiedError
+                    reason = await write?.value == .replayed ? .notAuthorized : .unspecifiedError
                 }
                 let answerProperties = reason == code ? properties : failed
                 let answer: Packet
@@ -1013,7 +1033,7 @@ struct MQTTConnection {
                 var buffer = ByteBuffer()
                 answer.encode(into: &buffer, version: version)
                 output.write(buffer)
-                if reason == .success, let delivery, delivery.retain || broker.hasSubscriptions {
+                if reason == .success, deliver, let delivery, delivery.retain || broker.hasSubscriptions {
                     await broker.publish(delivery, from: sessionKey)
                 }
             })
@@ -1100,6 +1120,18 @@ final class UnacknowledgedPublishes: Sendable {
     func completed(qos2 id: UInt16) {
         if qos2.withLock({ $0.remove(id) != nil }) { acknowledged() }
     }
+}
+
+/// What became of a QoS 1 or 2 message's store write, which its PUBACK or PUBREC answers.
+enum StoreWrite: Sendable, Equatable {
+    /// Stored: acknowledged, then delivered.
+    case stored
+    /// A DUP resend of a message another hub node stored: acknowledged, not stored or delivered again.
+    case storedElsewhere
+    /// Its counter was already stored by another node: refused (0x87), audited, counted as a replay.
+    case replayed
+    /// Not stored: 0x80 (MQTT 5) or the connection closes (3.1.1); the device resends.
+    case failed
 }
 
 /// The QoS 1 store writes in progress per (device, counter), and who waits for their outcome.

@@ -18,6 +18,7 @@ final class PostgresGroupCommitter: Sendable {
     private struct State {
         var queued: [(NewTelemetry, Waiter)] = []
         var writing = false
+        var lastPurge = ContinuousClock.now
     }
 
     private let client: PostgresClient
@@ -55,9 +56,26 @@ final class PostgresGroupCommitter: Sendable {
             if batch.isEmpty { return }
             let started = ContinuousClock.now
             do {
-                let ids = try await write(batch.map(\.0))
+                let messages = batch.map(\.0)
+                var attempt = 1
+                var written: [Int64?]?
+                while written == nil {
+                    do { written = try await write(messages) } catch
+                        where attempt < 3 && PostgresHubStore.isRetryable(error)
+                    {
+                        attempt += 1  // a deadlock victim or serialisation failure: rolled back, run again
+                    }
+                }
+                let ids = written ?? []
+                await purgeExpiredNonces(if: messages.contains { $0.nonce != nil })
                 onCommit?(batch.count, ContinuousClock.now - started)
-                for (index, entry) in batch.enumerated() { entry.1.resume(returning: ids[index]) }
+                for (index, entry) in batch.enumerated() {
+                    if let id = ids[index] {
+                        entry.1.resume(returning: id)
+                    } else {
+                        entry.1.resume(throwing: StoreError(.replayed, "nonce or counter already stored"))
+                    }
+                }
             } catch {
                 let failure = PostgresHubStore.storeError(error, "telemetry batch failed")
                 for entry in batch { entry.1.resume(throwing: failure) }
@@ -65,18 +83,54 @@ final class PostgresGroupCommitter: Sendable {
         }
     }
 
-    /// Writes one batch in one transaction; returns each message's id, in the batch's order.
-    private func write(_ messages: [NewTelemetry]) async throws -> [Int64] {
+    /// Deletes expired nonces at most once a minute, outside any batch (nodes' batches would otherwise all wait on
+    /// the same rows). A failure only leaves them for the next time.
+    private func purgeExpiredNonces(if wrote: Bool) async {
+        guard wrote else { return }
+        let due = state.withLock { state in
+            guard ContinuousClock.now - state.lastPurge >= .seconds(60) else { return false }
+            state.lastPurge = ContinuousClock.now
+            return true
+        }
+        guard due else { return }
+        _ = try? await client.query(
+            "DELETE FROM nonces WHERE expires_at <= \(Int64(Date().timeIntervalSince1970))",
+            logger: PostgresHubStore.quiet)
+    }
+
+    /// Writes one batch in one transaction; returns each message's id, in the batch's order, nil for a message refused
+    /// as a replay (its counter already in the device's stored window, or its nonce already stored and live).
+    private func write(_ messages: [NewTelemetry]) async throws -> [Int64?] {
         let quiet = PostgresHubStore.quiet
         // Device order (stable: one device's messages stay in arrival order).
         let order = messages.indices.sorted {
             (messages[$0].deviceID.rawValue, $0) < (messages[$1].deviceID.rawValue, $1)
         }
         return try await client.withTransaction(logger: quiet) { connection in
-            var ids = [Int64](repeating: 0, count: messages.count)
+            var ids = [Int64?](repeating: nil, count: messages.count)
+            let now = Int64(Date().timeIntervalSince1970)
             for index in order {
                 let message = messages[index]
                 let device = message.deviceID.rawValue
+                // The replay check of the database, for writers on other nodes: the counter accepted into the stored
+                // window under its row lock, the nonce inserted unless a live one is there.
+                var accepted: StoredCounterWindow?
+                if let counter = message.counter {
+                    accepted = try await Self.lockedWindow(device, connection).accepting(counter)
+                    if accepted == nil { continue }
+                }
+                if let nonce = message.nonce {
+                    let inserted = try await PostgresHubStore.one(
+                        connection.query(
+                            """
+                            INSERT INTO nonces (device_id, nonce, expires_at) VALUES (\(device), \(nonce.nonce),
+                                \(nonce.expiresAt))
+                            ON CONFLICT (device_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
+                            WHERE nonces.expires_at <= \(now)
+                            RETURNING 1
+                            """, logger: quiet), Int32.self)
+                    if inserted == nil { continue }
+                }
                 guard
                     let id = try await PostgresHubStore.one(
                         connection.query(
@@ -88,45 +142,46 @@ final class PostgresGroupCommitter: Sendable {
                             """, logger: quiet), Int64.self)
                 else { throw StoreError(.unavailable, "the telemetry insert returned no id") }
                 ids[index] = id
-                // The replay state travels in the message's own transaction: acknowledged together or not at all.
-                if let nonce = message.nonce {
+                if let accepted {
                     try await connection.query(
                         """
-                        INSERT INTO nonces (device_id, nonce, expires_at) VALUES (\(device), \(nonce.nonce),
-                            \(nonce.expiresAt)) ON CONFLICT DO NOTHING
+                        UPDATE counter_windows SET highest = \(Int64(bitPattern: accepted.highest)),
+                            seen = \(Int64(bitPattern: accepted.seen)) WHERE device_id = \(device)
                         """, logger: quiet)
                 }
             }
-            // One window per device (the batch's own windows merged first), never moved backwards: another node
-            // may have stored a later one.
+            // Windows given without a counter: one per device (the batch's own merged first), never moved backwards.
             var windows: [String: StoredCounterWindow] = [:]
-            for message in messages {
+            for (index, message) in messages.enumerated() where ids[index] != nil && message.counter == nil {
                 guard let window = message.counterWindow else { continue }
                 windows[message.deviceID.rawValue] = window.merged(with: windows[message.deviceID.rawValue])
             }
             for (device, window) in windows.sorted(by: { $0.key < $1.key }) {
-                try await connection.query(
-                    "INSERT INTO counter_windows (device_id, highest, seen) VALUES (\(device), 0, 0) ON CONFLICT DO NOTHING",
-                    logger: quiet)
-                var stored: StoredCounterWindow?
-                for try await (highest, seen) in try await connection.query(
-                    "SELECT highest, seen FROM counter_windows WHERE device_id = \(device) FOR UPDATE", logger: quiet
-                ).decode((Int64, Int64).self) {
-                    stored = StoredCounterWindow(highest: UInt64(bitPattern: highest), seen: UInt64(bitPattern: seen))
-                }
-                let merged = window.merged(with: stored)
+                let merged = window.merged(with: try await Self.lockedWindow(device, connection))
                 try await connection.query(
                     """
                     UPDATE counter_windows SET highest = \(Int64(bitPattern: merged.highest)),
                         seen = \(Int64(bitPattern: merged.seen)) WHERE device_id = \(device)
                     """, logger: quiet)
             }
-            if messages.contains(where: { $0.nonce != nil }) {
-                try await connection.query(
-                    "DELETE FROM nonces WHERE expires_at <= \(Int64(Date().timeIntervalSince1970))", logger: quiet)
-            }
             return ids
         }
+    }
+}
+
+extension PostgresGroupCommitter {
+    /// The device's stored counter window, its row created if missing and locked for the rest of the transaction.
+    static func lockedWindow(_ device: String, _ connection: PostgresConnection) async throws -> StoredCounterWindow {
+        let quiet = PostgresHubStore.quiet
+        try await connection.query(
+            "INSERT INTO counter_windows (device_id, highest, seen) VALUES (\(device), 0, 0) ON CONFLICT DO NOTHING",
+            logger: quiet)
+        for try await (highest, seen) in try await connection.query(
+            "SELECT highest, seen FROM counter_windows WHERE device_id = \(device) FOR UPDATE", logger: quiet
+        ).decode((Int64, Int64).self) {
+            return StoredCounterWindow(highest: UInt64(bitPattern: highest), seen: UInt64(bitPattern: seen))
+        }
+        return StoredCounterWindow(highest: 0, seen: 0)
     }
 }
 

@@ -231,7 +231,8 @@ public final class PostgresHubStore: HubStore {
                 """
                 CREATE FUNCTION bulwark_telemetry_last_seen() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
-                    UPDATE devices SET last_seen = NEW.received_at WHERE id = NEW.device_id;
+                    UPDATE devices SET last_seen = GREATEST(COALESCE(last_seen, 0), NEW.received_at)
+                    WHERE id = NEW.device_id;
                     RETURN NULL;
                 END
                 $$
@@ -256,6 +257,10 @@ public final class PostgresHubStore: HubStore {
                 """
             ]
         ),
+        (
+            3, "settings every node must agree on (the audit key's fingerprint)",
+            ["CREATE TABLE hub_settings (name TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL)"]
+        ),
     ]
 
     /// The advisory lock keys (one 64-bit namespace per purpose).
@@ -264,9 +269,22 @@ public final class PostgresHubStore: HubStore {
         case audit = 0x6275_6c77_0002
     }
 
+    /// Takes a transaction-scoped advisory lock. Waiting for it is bounded not by `lock_timeout` (a busy node may
+    /// queue for it longer) but by `idle_in_transaction_session_timeout`, which ends a holder that stopped answering.
+    static func advisoryLock(_ lock: Lock, _ connection: PostgresConnection) async throws {
+        try await connection.query("SET LOCAL lock_timeout = 0", logger: quiet)
+        try await drain(connection.query("SELECT pg_advisory_xact_lock(\(lock.rawValue))", logger: quiet))
+    }
+
+    /// Reads a statement's rows to the end. A statement that returns rows reports a failure only there: one left
+    /// unread would show up as "current transaction is aborted" on the next statement instead.
+    static func drain(_ rows: PostgresRowSequence) async throws {
+        for try await _ in rows {}
+    }
+
     static func migrate(_ client: PostgresClient) async throws {
         try await client.withTransaction(logger: quiet) { connection in
-            try await connection.query("SELECT pg_advisory_xact_lock(\(Lock.migrations.rawValue))", logger: quiet)
+            try await advisoryLock(.migrations, connection)
             try await connection.query(
                 """
                 CREATE TABLE IF NOT EXISTS bulwark_migrations (
@@ -323,7 +341,23 @@ public final class PostgresHubStore: HubStore {
         if let id {
             try await connection.query("DELETE FROM cluster_events WHERE id <= \(id - 100_000)", logger: quiet)
         }
-        try await connection.query("SELECT pg_notify(\(eventChannel), '')", logger: quiet)
+        try await drain(connection.query("SELECT pg_notify(\(eventChannel), '')", logger: quiet))
+    }
+
+    public func auditKeyFingerprint(proposing: [UInt8]?) async throws -> [UInt8]? {
+        try await write { connection in
+            if let proposing {
+                try await connection.query(
+                    """
+                    INSERT INTO hub_settings (name, value) VALUES ('audit-key', \(ByteBuffer(bytes: proposing)))
+                    ON CONFLICT DO NOTHING
+                    """, logger: Self.quiet)
+            }
+            return try await Self.one(
+                connection.query("SELECT value FROM hub_settings WHERE name = 'audit-key'", logger: Self.quiet),
+                ByteBuffer.self
+            ).map { Array($0.readableBytesView) }
+        }
     }
 
     public func clusterEvents(after id: Int64) async throws -> [ClusterEvent] {
@@ -399,6 +433,19 @@ public final class PostgresHubStore: HubStore {
             VALUES (\(c.serialHex), \(c.subject), \(c.deviceID?.rawValue), \(c.spkiSHA256Hex), \(c.notBefore.millis),
                     \(c.notAfter.millis), \(c.revokedAt?.millis), \(ByteBuffer(bytes: c.der)))
             """, logger: quiet)
+    }
+
+    /// Locks the row of the device a certificate belongs to (if any). Every transaction that changes a device's
+    /// certificates locks the device first, so two of them never wait on each other in a cycle (a certificate's
+    /// trigger updates its device's row).
+    private static func lockDeviceOfCertificate(_ serial: String, _ connection: PostgresConnection) async throws {
+        if let device = try await one(
+            connection.query("SELECT device_id FROM certificates WHERE serial = \(serial)", logger: quiet), String?.self
+        ),
+            let device, let id = try? DeviceID(device)
+        {
+            _ = try await lockDevice(id, connection)
+        }
     }
 
     /// Locks the device's row for the rest of the transaction; returns its status, nil when there is no such device.
@@ -509,6 +556,7 @@ public final class PostgresHubStore: HubStore {
 
     public func completeRenewal(newSerialHex: String, at: Date) async throws -> String? {
         try await write { connection in
+            try await Self.lockDeviceOfCertificate(newSerialHex, connection)
             guard
                 let previous = try await Self.one(
                     connection.query(
@@ -584,6 +632,7 @@ public final class PostgresHubStore: HubStore {
 
     public func revokeCertificate(serialHex: String, at: Date) async throws -> CertificateRecord {
         try await write { connection in
+            try await Self.lockDeviceOfCertificate(serialHex, connection)
             try await connection.query(
                 "UPDATE certificates SET revoked_at = COALESCE(revoked_at, \(at.millis)) WHERE serial = \(serialHex)",
                 logger: Self.quiet)
@@ -797,7 +846,9 @@ public final class PostgresHubStore: HubStore {
     ) async throws {
         try await write { connection in
             // The device row's lock serialises reports of one device, so the 1,024 cap holds across nodes.
-            guard try await Self.lockDevice(device, connection) != nil else { return }
+            guard try await Self.lockDevice(device, connection) != nil else {
+                throw StoreError(.notFound, "no such device")
+            }
             let known =
                 try await Self.one(
                     connection.query(
@@ -1045,13 +1096,19 @@ public final class PostgresHubStore: HubStore {
         }
     }
 
+    /// Refused with `replayed` when the nonce is stored and live: another node took it first.
     public func recordNonce(device: DeviceID, nonce: StoredNonce) async throws {
         try await write { connection in
-            try await connection.query(
-                """
-                INSERT INTO nonces (device_id, nonce, expires_at) VALUES (\(device.rawValue), \(nonce.nonce),
-                    \(nonce.expiresAt)) ON CONFLICT DO NOTHING
-                """, logger: Self.quiet)
+            let inserted = try await Self.one(
+                connection.query(
+                    """
+                    INSERT INTO nonces (device_id, nonce, expires_at) VALUES (\(device.rawValue), \(nonce.nonce),
+                        \(nonce.expiresAt))
+                    ON CONFLICT (device_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
+                    WHERE nonces.expires_at <= \(Int64(Date().timeIntervalSince1970))
+                    RETURNING 1
+                    """, logger: Self.quiet), Int32.self)
+            if inserted == nil { throw StoreError(.replayed, "nonce already stored") }
         }
     }
 
@@ -1150,7 +1207,7 @@ public final class PostgresHubStore: HubStore {
     public func recordSecurityEvent(_ event: SecurityEvent) async throws {
         let key = auditKey.withLock { $0 }
         try await write { connection in
-            try await connection.query("SELECT pg_advisory_xact_lock(\(Lock.audit.rawValue))", logger: Self.quiet)
+            try await Self.advisoryLock(.audit, connection)
             var last: (seq: Int64, hash: [UInt8], keyed: Bool)?
             for try await (seq, hash, mac) in try await connection.query(
                 "SELECT seq, hash, mac FROM audit_log ORDER BY seq DESC LIMIT 1", logger: Self.quiet
@@ -1221,9 +1278,9 @@ public final class PostgresHubStore: HubStore {
     // MARK: Monitoring and the dashboard
 
     public func fleetSummary(now: Date, expiringBefore: Date) async throws -> FleetSummary {
-        try await read { client in
+        try await snapshot { connection in
             var summary = FleetSummary()
-            for try await (expiring, audit) in try await client.query(
+            for try await (expiring, audit) in try await connection.query(
                 """
                 SELECT
                     (SELECT COUNT(*) FROM devices WHERE status = 'active'
@@ -1234,13 +1291,13 @@ public final class PostgresHubStore: HubStore {
                 summary.certificatesExpiring = expiring
                 summary.auditRecords = audit
             }
-            for try await (status, count) in try await client.query(
+            for try await (status, count) in try await connection.query(
                 "SELECT status, COUNT(*) FROM devices GROUP BY status"
             ).decode((String, Int).self) {
                 if status == "active" { summary.activeDevices = count }
                 if status == "revoked" { summary.revokedDevices = count }
             }
-            for try await (step, count) in try await client.query(
+            for try await (step, count) in try await connection.query(
                 "SELECT last_step, COUNT(*) FROM device_updates GROUP BY last_step"
             ).decode((String, Int).self) {
                 summary.updateSteps[step] = count
@@ -1254,7 +1311,7 @@ public final class PostgresHubStore: HubStore {
         var binds = PostgresBindings()
         if let search = query.search, !search.isEmpty {
             // The text is matched literally (its LIKE wildcards escaped), ignoring ASCII case as SQLite's LIKE does.
-            let escaped = search.replacingOccurrences(of: "\\", with: "\\\\")
+            let escaped = search.lowercased().replacingOccurrences(of: "\\", with: "\\\\")
                 .replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_")
             binds.append("%" + escaped + "%")
             conditions.append("d.id ILIKE $\(binds.count) ESCAPE '\\'")
@@ -1265,10 +1322,10 @@ public final class PostgresHubStore: HubStore {
         }
         let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let countBinds = binds
-        return try await read { client in
+        return try await snapshot { connection in
             let total =
                 try await Self.one(
-                    client.query(
+                    connection.query(
                         PostgresQuery(unsafeSQL: "SELECT COUNT(*) FROM devices d \(filter)", binds: countBinds)),
                     Int.self) ?? 0
             // A page past the middle is read from the other end and reversed, as in SQLite. NULLs sort first in
@@ -1306,7 +1363,7 @@ public final class PostgresHubStore: HubStore {
                 """
             var devices: [DeviceOverview] = []
             for try await (id, status, deviceClass, version, step, until, notAfter, lastSeen)
-                in try await client
+                in try await connection
                 .query(PostgresQuery(unsafeSQL: sql, binds: pageBinds))
                 .decode((String, String, String?, String?, String?, Int64?, Int64?, Int64?).self)
             {
@@ -1334,12 +1391,41 @@ public final class PostgresHubStore: HubStore {
 
     static let quiet = Logger(label: "bulwark.store.postgres.query", factory: { _ in SwiftLogNoOpLogHandler() })
 
+    /// One transaction; run again (up to three times in all) when PostgreSQL chose it as a deadlock victim or
+    /// could not serialise it: nothing of it was committed.
     @discardableResult
     private func write<T: Sendable>(_ body: (PostgresConnection) async throws -> sending T) async throws -> T {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                return try await client.withTransaction(logger: Self.quiet, body)
+            } catch {
+                if attempt < 3, Self.isRetryable(error) { continue }
+                throw Self.storeError(error, "write failed")
+            }
+        }
+    }
+
+    /// A deadlock (40P01) or serialisation failure (40001): the transaction was rolled back and may run again.
+    static func isRetryable(_ error: any Error) -> Bool {
+        if let error = error as? PostgresTransactionError {
+            return [error.closureError, error.beginError, error.commitError].contains { $0.map(isRetryable) ?? false }
+        }
+        guard let error = error as? PSQLError, let state = error.serverInfo?[.sqlState] else { return false }
+        return state == "40P01" || state == "40001"
+    }
+
+    /// Reads in one snapshot (repeatable read, read only): a count and the page it counts agree.
+    private func snapshot<T: Sendable>(_ body: (PostgresConnection) async throws -> sending T) async throws -> T {
         do {
-            return try await client.withTransaction(logger: Self.quiet, body)
+            return try await client.withTransaction(logger: Self.quiet) { connection in
+                try await connection.query(
+                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", logger: Self.quiet)
+                return try await body(connection)
+            }
         } catch {
-            throw Self.storeError(error, "write failed")
+            throw Self.storeError(error, "read failed")
         }
     }
 
@@ -1368,14 +1454,22 @@ public final class PostgresHubStore: HubStore {
     }
 
     static func one<T: PostgresDecodable & Sendable>(_ rows: PostgresRowSequence, _: T.Type) async throws -> T? {
-        for try await value in rows.decode(T.self) { return value }
-        return nil
+        var first: T?
+        for try await value in rows.decode(T.self) where first == nil { first = value }  // read to the end (`drain`)
+        return first
     }
 
     static func all<T: PostgresDecodable & Sendable>(_ rows: PostgresRowSequence, _: T.Type) async throws -> [T] {
         var values: [T] = []
         for try await value in rows.decode(T.self) { values.append(value) }
         return values
+    }
+}
+
+extension PostgresConnection {
+    /// A query without a logger of its own (the store's queries log nothing: their binds may be secrets).
+    fileprivate func query(_ query: PostgresQuery) async throws -> PostgresRowSequence {
+        try await self.query(query, logger: PostgresHubStore.quiet)
     }
 }
 

@@ -7,9 +7,14 @@ import Store
 ///
 /// The URL reads `postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full`. A password in the URL is refused (it
 /// would sit in the configuration file and in process listings): it is read from `passwordFile`, whose first line is
-/// the password. `sslmode=verify-full` (the default) speaks TLS 1.2 or later and checks the server's certificate and
-/// name against `caFile` (or the system's roots without one); `sslmode=disable` is accepted for a loopback address
-/// only. No other mode is offered: `require` and `prefer` would accept any server that answers.
+/// the password. `sslmode=verify-full` (the default) speaks TLS 1.2 or later and checks the server's certificate
+/// against `caFile` (required) and its name or IP address against the URL's host; `sslmode=disable` is accepted for a
+/// loopback address only. No other mode is offered: `require` and `prefer` would accept any server that answers.
+///
+/// Every session is opened with the settings the store's guarantees rest on, whatever the server's defaults:
+/// `synchronous_commit = on` (an acknowledged message is on disk), read committed isolation (the advisory-lock
+/// serialisation of the audit chain relies on it), and timeouts so that a node cut off while holding a lock, or a
+/// stuck statement, frees the others within seconds instead of hours.
 public struct PostgresLocation: Sendable, Equatable {
     public var host: String
     public var port: Int
@@ -42,7 +47,13 @@ public struct PostgresLocation: Sendable, Equatable {
         }
         let loopback = ["127.0.0.1", "::1", "[::1]", "localhost"].contains(host)
         switch mode {
-        case "verify-full": verifyTLS = true
+        case "verify-full":
+            // The server's certificate must come from the CA given: with the system's public roots, NIOSSL also
+            // accepts a certificate for the IP address the name resolved to, so whoever controls DNS could answer.
+            guard caFile != nil else {
+                throw StoreError(.invalid, "database.caFile is required with sslmode=verify-full (the database's CA)")
+            }
+            verifyTLS = true
         case "disable" where loopback: verifyTLS = false
         case "disable": throw StoreError(.invalid, "database.url: sslmode=disable is accepted for a loopback host only")
         default: throw StoreError(.invalid, "database.url: sslmode must be verify-full (or disable on loopback)")
@@ -68,6 +79,7 @@ public struct PostgresLocation: Sendable, Equatable {
             host: host, port: port, username: user, password: try password(), database: database,
             tls: try tlsConfiguration().map { .require($0) } ?? .disable)
         configuration.options.connectTimeout = .seconds(5)
+        configuration.options.additionalStartupParameters = Self.sessionSettings
         return configuration
     }
 
@@ -78,8 +90,15 @@ public struct PostgresLocation: Sendable, Equatable {
             host: host, port: port, username: user, password: try password(), database: database,
             tls: try tlsConfiguration().map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable)
         configuration.options.connectTimeout = .seconds(5)
+        configuration.options.additionalStartupParameters = Self.sessionSettings
         return configuration
     }
+
+    /// Sent in the startup message of every connection (PostgreSQL applies them as per-session settings).
+    static let sessionSettings = [
+        ("synchronous_commit", "on"), ("default_transaction_isolation", "read committed"),
+        ("idle_in_transaction_session_timeout", "30s"), ("lock_timeout", "10s"), ("statement_timeout", "60s"),
+    ]
 
     private func password() throws -> String? {
         guard let passwordFile else { return nil }

@@ -1,3 +1,4 @@
+public import Core
 import Crypto
 public import Foundation
 
@@ -209,6 +210,14 @@ public struct StoredCounterWindow: Sendable, Equatable {
     /// The later of two windows of one device (writes may commit out of order; the stored window never goes
     /// backwards): the higher `highest` wins (the in-memory windows only grow, so it already holds the other's
     /// marks), equal ones combine their marks.
+    /// This window with `counter` accepted, or nil when the window already holds it or it is too old for it
+    /// (`CounterWindow.accept`).
+    public func accepting(_ counter: UInt64) -> StoredCounterWindow? {
+        var window = CounterWindow(highest: highest, seen: seen)
+        guard window.accept(counter) == .accepted else { return nil }
+        return StoredCounterWindow(highest: window.highest, seen: window.seen)
+    }
+
     public func merged(with other: StoredCounterWindow?) -> StoredCounterWindow {
         guard let other, other.highest >= highest else { return self }
         return other.highest == highest ? StoredCounterWindow(highest: highest, seen: seen | other.seen) : other

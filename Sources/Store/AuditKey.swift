@@ -57,6 +57,9 @@ public struct AuditKey: Sendable, CustomStringConvertible {
         Array(HMAC<SHA256>.authenticationCode(for: Self.macLabel + hash, using: key))
     }
 
+    /// Names the key without revealing it (a MAC of a fixed label): hub nodes sharing one store compare these.
+    public var fingerprint: [UInt8] { mac(for: Array("bulwark audit key fingerprint".utf8)) }
+
     /// Constant-time comparison (swift-crypto's `isValidAuthenticationCode`).
     public func isValid(mac: [UInt8], for hash: [UInt8]) -> Bool {
         HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: Self.macLabel + hash, using: key)

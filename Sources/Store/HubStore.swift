@@ -114,6 +114,10 @@ public protocol HubStore: Sendable {
     func clusterEvents(after id: Int64) async throws -> [ClusterEvent]
     func latestClusterEvent() async throws -> Int64
     func clusterNotifications() -> AsyncStream<Void>
+    /// The fingerprint of the audit key the hub nodes sharing this store use: records `proposing` when none is
+    /// recorded yet, returns what is recorded (nil when nothing is and nothing was proposed). A single-node store
+    /// records none and returns `proposing`.
+    func auditKeyFingerprint(proposing: [UInt8]?) async throws -> [UInt8]?
 }
 
 /// A change one hub node made that every other node on the same database must apply to what it holds in memory
@@ -141,6 +145,7 @@ extension HubStore {
     /// Yields when another node may have recorded events (PostgreSQL: LISTEN/NOTIFY). A single node never does; the
     /// stream ends when the store closes.
     public func clusterNotifications() -> AsyncStream<Void> { AsyncStream { _ in } }
+    public func auditKeyFingerprint(proposing: [UInt8]?) async throws -> [UInt8]? { proposing }
 
     /// The whole audit log in order, read in pages (for `AuditChain.verify`).
     public func allAuditRecords() async throws -> [AuditRecord] {

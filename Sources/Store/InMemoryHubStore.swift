@@ -319,13 +319,26 @@ public actor InMemoryHubStore: HubStore {
     }
 
     public func appendTelemetry(_ message: NewTelemetry) async throws -> Int64 {
+        let now = Int64(Date().timeIntervalSince1970)
+        if let nonce = message.nonce, let expires = nonceRecords[message.deviceID]?[nonce.nonce], expires > now {
+            throw StoreError(.replayed, "nonce already stored")
+        }
+        var accepted: StoredCounterWindow?
+        if let counter = message.counter {
+            guard
+                let window = (windows[message.deviceID] ?? StoredCounterWindow(highest: 0, seen: 0)).accepting(counter)
+            else { throw StoreError(.replayed, "counter \(counter) already stored or too old") }
+            accepted = window
+        }
         let id = Int64(telemetryRecords.count + 1)
         telemetryRecords.append(
             TelemetryRecord(
                 id: id, deviceID: message.deviceID, receivedAt: message.receivedAt,
                 correlationID: message.correlationID, body: message.body))
         if let nonce = message.nonce { nonceRecords[message.deviceID, default: [:]][nonce.nonce] = nonce.expiresAt }
-        if let window = message.counterWindow {
+        if let accepted {
+            windows[message.deviceID] = accepted
+        } else if let window = message.counterWindow {
             // Never backwards, as in SQLite: writes of one device may arrive out of order.
             windows[message.deviceID] = window.merged(with: windows[message.deviceID])
         }
@@ -366,7 +379,9 @@ public actor InMemoryHubStore: HubStore {
     }
 
     public func recordNonce(device: DeviceID, nonce: StoredNonce) async throws {
-        // The in-memory ledger is the check; the store only remembers (as SQLite's INSERT OR IGNORE).
+        if let expires = nonceRecords[device]?[nonce.nonce], expires > Int64(Date().timeIntervalSince1970) {
+            throw StoreError(.replayed, "nonce already stored")
+        }
         nonceRecords[device, default: [:]][nonce.nonce] = nonce.expiresAt
     }
 

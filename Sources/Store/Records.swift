@@ -127,11 +127,17 @@ public struct NewTelemetry: Sendable {
     public var nonce: StoredNonce?
     /// The device's counter window after this message (MQTT), stored in the same transaction.
     public var counterWindow: StoredCounterWindow?
+    /// The message's MQTT counter. With it, the store accepts the counter into the device's stored window in the
+    /// message's transaction (and stores that window): a counter the stored window already holds, or one too old
+    /// for it, is refused with `replayed` and nothing is stored. This is what refuses, across hub nodes, a message
+    /// replayed to a node whose in-memory window has not seen it; `counterWindow` is then not used.
+    public var counter: UInt64?
 
     public init(
         deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8], nonce: StoredNonce? = nil,
-        counterWindow: StoredCounterWindow? = nil, messageType: String? = nil
+        counterWindow: StoredCounterWindow? = nil, counter: UInt64? = nil, messageType: String? = nil
     ) {
+        self.counter = counter
         self.messageType = messageType
         self.deviceID = deviceID
         self.receivedAt = receivedAt
@@ -265,7 +271,9 @@ public struct SecurityEvent: Sendable, Equatable {
 }
 
 public struct StoreError: Error, Equatable, CustomStringConvertible {
-    public enum Code: String, Sendable { case notFound, conflict, unavailable, invalid }
+    /// `replayed`: the message's nonce or counter is already stored (another hub node took it first); nothing was
+    /// stored.
+    public enum Code: String, Sendable { case notFound, conflict, unavailable, invalid, replayed }
     public let code: Code
     public let detail: String
     public init(_ code: Code, _ detail: String) {

@@ -988,8 +988,13 @@ public final class SQLiteHubStore: HubStore {
     public func recordNonce(device: DeviceID, nonce: StoredNonce) async throws {
         try await write { db in
             try db.execute(
-                sql: "INSERT OR IGNORE INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)",
-                arguments: [device.rawValue, nonce.nonce, nonce.expiresAt])
+                sql: """
+                    INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)
+                    ON CONFLICT (device_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
+                    WHERE nonces.expires_at <= ?
+                    """,
+                arguments: [device.rawValue, nonce.nonce, nonce.expiresAt, Int64(Date().timeIntervalSince1970)])
+            if db.changesCount == 0 { throw StoreError(.replayed, "nonce already stored") }
         }
     }
 
@@ -1146,27 +1151,61 @@ final class GroupCommitter: Sendable {
         let messages = batch.map(\.0)
         let started = ContinuousClock.now
         pool.asyncWrite(
-            { db -> [Int64] in
+            { db -> [Int64?] in
                 let statement = try db.cachedStatement(
                     sql:
                         "INSERT INTO telemetry (device_id, received_at, correlation_id, body, message_type) VALUES (?, ?, ?, ?, ?)"
                 )
-                var ids: [Int64] = []
+                let now = Int64(Date().timeIntervalSince1970)
+                var ids: [Int64?] = []
                 ids.reserveCapacity(messages.count)
                 for message in messages {
+                    // The replay state travels in the message's own transaction: acknowledged together or not at all.
+                    // A counter the stored window holds, or a live nonce already stored, is a replay (another writer
+                    // took it first): that message alone is refused, nothing of it stored.
+                    var accepted: StoredCounterWindow?
+                    if let counter = message.counter {
+                        let stored = try Row.fetchOne(
+                            db.cachedStatement(sql: "SELECT highest, seen FROM counter_windows WHERE device_id = ?"),
+                            arguments: [message.deviceID.rawValue]
+                        ).map {
+                            StoredCounterWindow(
+                                highest: UInt64(bitPattern: $0["highest"]), seen: UInt64(bitPattern: $0["seen"]))
+                        }
+                        accepted = (stored ?? StoredCounterWindow(highest: 0, seen: 0)).accepting(counter)
+                        if accepted == nil {
+                            ids.append(nil)
+                            continue
+                        }
+                    }
+                    if let nonce = message.nonce {
+                        try db.cachedStatement(
+                            sql: """
+                                INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)
+                                ON CONFLICT (device_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
+                                WHERE nonces.expires_at <= ?
+                                """
+                        )
+                        .execute(arguments: [message.deviceID.rawValue, nonce.nonce, nonce.expiresAt, now])
+                        if db.changesCount == 0 {
+                            ids.append(nil)
+                            continue
+                        }
+                    }
                     try statement.execute(arguments: [
                         message.deviceID.rawValue, message.receivedAt.millis, message.correlationID, Data(message.body),
                         message.messageType,
                     ])
                     ids.append(db.lastInsertedRowID)
-                    // The replay state travels in the message's own transaction: acknowledged together or not at all.
-                    if let nonce = message.nonce {
+                    if let accepted {
                         try db.cachedStatement(
-                            sql: "INSERT OR IGNORE INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)"
-                        )
-                        .execute(arguments: [message.deviceID.rawValue, nonce.nonce, nonce.expiresAt])
-                    }
-                    if let window = message.counterWindow {
+                            sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
+                                + "ON CONFLICT(device_id) DO UPDATE SET highest = excluded.highest, seen = excluded.seen"
+                        ).execute(arguments: [
+                            message.deviceID.rawValue, Int64(bitPattern: accepted.highest),
+                            Int64(bitPattern: accepted.seen),
+                        ])
+                    } else if let window = message.counterWindow {
                         // Never backwards: concurrent writes of one device may commit out of order.
                         let stored = try Row.fetchOne(
                             db.cachedStatement(sql: "SELECT highest, seen FROM counter_windows WHERE device_id = ?"),
@@ -1195,7 +1234,13 @@ final class GroupCommitter: Sendable {
                 switch result {
                 case .success(let ids):
                     self.onCommit?(batch.count, ContinuousClock.now - started)
-                    for (index, entry) in batch.enumerated() { entry.1.resume(returning: ids[index]) }
+                    for (index, entry) in batch.enumerated() {
+                        if let id = ids[index] {
+                            entry.1.resume(returning: id)
+                        } else {
+                            entry.1.resume(throwing: StoreError(.replayed, "nonce or counter already stored"))
+                        }
+                    }
                 case .failure(let error):
                     let failure = StoreError(.unavailable, "telemetry batch failed: \(error)")
                     for entry in batch { entry.1.resume(throwing: failure) }

@@ -77,4 +77,80 @@ import Testing
         try await two.stop()
         try await one.stop()
     }
+
+    /// Each node's replay check is in memory; the database is the check they share. A signed request accepted by
+    /// node 1 and replayed to node 2 is refused there, and so is an MQTT message whose counter node 1 stored, unless
+    /// it is the DUP resend of that message (a PUBACK lost with a node): acknowledged, stored once.
+    @Test func aMessageReplayedToAnotherNodeIsRefused() async throws {
+        let (one, two) = try await Self.twoNodes()
+        let device = try await one.enroll("cl-r")
+        let id = try DeviceID("cl-r")
+        let body = Array(#"{"temperature":21}"#.utf8)
+        let captured = try device.credentials.signer().sign(
+            method: "POST", path: "/v1/telemetry", body: body, created: Int64(Date().timeIntervalSince1970),
+            contentType: "application/json")
+        func send(to hub: TestHub) async throws -> HTTPResult {
+            try await device.request(
+                port: hub.devicePort, "POST", "/v1/telemetry", body: body,
+                headers: [("Content-Type", "application/json")] + captured.map { ($0.name, $0.value) }, signed: false)
+        }
+        #expect(try await send(to: one).status == 202)
+        let replayed = try await send(to: two)
+        #expect(replayed.status == 401, "\(replayed.status) \(String(decoding: replayed.body, as: UTF8.self))")
+        #expect(try await one.server.store.telemetryCount(of: id) == 1)
+
+        let topic = try TopicName("devices/cl-r/telemetry")
+        func payload(_ counter: Int) -> [UInt8] { Array(#"{"$counter":\#(counter),"temperature":20}"#.utf8) }
+        let first = try await MQTTBrokerTests.connect(one, device) { mqtt, _ in
+            [
+                try await mqtt.publishAcknowledged(topic: topic, payload: payload(7)),
+                try await mqtt.publishAcknowledged(topic: topic, payload: payload(8)),
+            ]
+        }
+        #expect(first == [0, 0])
+        let (resent, again) = try await MQTTBrokerTests.connect(two, device) { mqtt, _ in
+            try await mqtt.send(
+                .publish(
+                    PublishPacket(topic: topic, payload: payload(7), qos: .atLeastOnce, duplicate: true, packetID: 99)))
+            var resent = ReasonCode(0xFF)
+            while let packet = try await mqtt.next() {
+                if case .puback(99, let reason, _) = packet {
+                    resent = reason
+                    break
+                }
+            }
+            return (resent, try await mqtt.publishAcknowledged(topic: topic, payload: payload(8)))
+        }
+        #expect(resent == 0, "the DUP resend of a message node 1 stored is acknowledged")
+        #expect(again == 0x87, "a counter node 1 stored is a replay on node 2")
+        #expect(try await one.server.store.telemetryCount(of: id) == 3)
+        let kinds = try await two.server.store.securityEvents(identity: "urn:bulwark:device:cl-r", limit: 20).map(
+            \.kind)
+        #expect(kinds.filter { $0 == "replay" }.count == 2, "\(kinds)")
+        try await two.stop()
+        try await one.stop()
+    }
+
+    /// A node started on the database with its own data directory would key audit records with a key of its own,
+    /// which the other nodes' records do not verify under: it refuses to start and says what to copy. So does a node
+    /// whose audit key is not the log's.
+    @Test func aNodeWithoutTheLogsAuditKeyRefusesToStart() async throws {
+        let location = try await PostgresTestServer.freshDatabase()
+        let first = try await TestHub.start(store: try await PostgresHubStore(location: location))
+        await #expect {
+            _ = try await TestHub.start(store: try await PostgresHubStore(location: location))
+        } throws: { error in
+            "\(error)".contains("audit key")
+        }
+        let other = try temporaryDirectory("node-foreign-key")
+        try AuditKey.generate(keyedFrom: 1).fileText.write(
+            toFile: other + "/audit.key", atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: other + "/audit.key")
+        await #expect {
+            _ = try await TestHub.start(directory: other, store: try await PostgresHubStore(location: location))
+        } throws: { error in
+            "\(error)".contains("is not the key of this audit log")
+        }
+        try await first.stop()
+    }
 }

@@ -153,7 +153,15 @@ import Testing
         }
         chmod(directory + "/audit.key", 0o600)
 
+        // A keyed log whose key is not where `audit.keyFile` points: refused (a new key there would leave records
+        // under two keys, and the log unverifiable); moved there, the key is used.
         let outside = try temporaryDirectory("audit-key-file") + "/hub-audit.key"
+        await #expect {
+            try await TestHub.start(directory: directory) { $0.auditKeyFile = outside }
+        } throws: { error in
+            "\(error)".contains("\(outside) is missing")
+        }
+        try FileManager.default.moveItem(atPath: directory + "/audit.key", toPath: outside)
         let configured = try await TestHub.start(directory: directory) { $0.auditKeyFile = outside }
         try await configured.stop(keepData: true)
         #expect(stat(outside, &info) == 0 && info.st_mode & 0o777 == 0o600)

@@ -296,6 +296,48 @@ import Testing
         #expect(keys.first?.1 == [UInt8](repeating: 7, count: 16))
     }
 
+    /// The store is the replay check hub nodes share: a message whose live nonce, or whose counter, is already
+    /// stored is refused with `replayed` and nothing of it is kept (another node admitted it first); an expired nonce
+    /// may be used again, and an earlier counter inside the window is still accepted.
+    @Test(arguments: Backend.allCases)
+    func aStoredNonceOrCounterIsRefusedAsAReplay(_ backend: Backend) async throws {
+        let (store, _) = try await Self.open(backend)
+        let device = try DeviceID("rp")
+        try await store.enroll(device: device, certificate: Self.certificate("rp1", device: device), at: Date())
+        let now = Int64(Date().timeIntervalSince1970)
+        func message(nonce: String? = nil, expires: Int64 = now + 300, counter: UInt64? = nil) -> NewTelemetry {
+            NewTelemetry(
+                deviceID: device, receivedAt: Date(), correlationID: "c", body: [1],
+                nonce: nonce.map { StoredNonce(nonce: $0, expiresAt: expires) }, counter: counter)
+        }
+        func refused(_ message: NewTelemetry) async -> Bool {
+            do {
+                _ = try await store.appendTelemetry(message)
+                return false
+            } catch { return (error as? StoreError)?.code == .replayed }
+        }
+        _ = try await store.appendTelemetry(message(nonce: "n1"))
+        #expect(await refused(message(nonce: "n1")))
+        try await store.recordNonce(device: device, nonce: StoredNonce(nonce: "n2", expiresAt: now + 300))
+        #expect(await refused(message(nonce: "n2")))
+        await #expect(throws: StoreError(.replayed, "")) {
+            try await store.recordNonce(device: device, nonce: StoredNonce(nonce: "n1", expiresAt: now + 300))
+        }
+        try await store.recordNonce(device: device, nonce: StoredNonce(nonce: "old", expiresAt: now - 5))
+        _ = try await store.appendTelemetry(message(nonce: "old"))  // expired: free again
+
+        _ = try await store.appendTelemetry(message(counter: 100))
+        #expect(await refused(message(counter: 100)))
+        _ = try await store.appendTelemetry(message(counter: 90))
+        #expect(await refused(message(counter: 90)))
+        #expect(await refused(message(counter: 30)), "below the window")
+        _ = try await store.appendTelemetry(message(counter: 101))
+        #expect(try await store.telemetryCount(of: device) == 5)
+        let window = try #require(try await store.counterWindows().first { $0.0 == device }?.1)
+        #expect(window.highest == 101 && window.seen == 0b11 | (1 << 11))
+        try await store.close()
+    }
+
     @Test func sqliteKeepsEverythingAcrossReopen() async throws {
         let (store, directory) = try await Self.open(.sqlite)
         let a = try DeviceID("a")
