@@ -64,6 +64,9 @@ public struct HubConfiguration: Sendable, Equatable {
     /// How often a node reads the changes other nodes recorded, in case a notification was missed
     /// (`cluster.reconcileSeconds`; notifications normally bring them within milliseconds).
     public var clusterReconcileSeconds = 5.0
+    /// How far this node's clock may be from the database server's before it refuses to start
+    /// (`cluster.maxClockSkewSeconds`; signed requests allow `gateway.signatureSkewSeconds`, 60 s by default).
+    public var clusterMaxClockSkewSeconds = 30.0
     /// Largest telemetry body accepted; larger ones are refused with 413 before they are read whole.
     public var maxBodyBytes = 64 * 1024
     /// Extra DNS names for the hub's TLS certificate (localhost and 127.0.0.1 are always included).
@@ -173,6 +176,8 @@ public struct HubConfiguration: Sendable, Equatable {
         config.databaseCAFile = reader.string(forKey: "database.caFile")
         config.clusterReconcileSeconds = reader.double(
             forKey: "cluster.reconcileSeconds", default: config.clusterReconcileSeconds)
+        config.clusterMaxClockSkewSeconds = reader.double(
+            forKey: "cluster.maxClockSkewSeconds", default: config.clusterMaxClockSkewSeconds)
         config.maxBodyBytes = reader.int(forKey: "telemetry.maxBodyBytes", default: config.maxBodyBytes)
         config.hubNames = reader.stringArray(forKey: "hub.names", default: [])
         config.logLevel = reader.string(forKey: "log.level", default: config.logLevel)

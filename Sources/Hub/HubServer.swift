@@ -59,19 +59,20 @@ public final class HubServer: Sendable {
             opened = try Self.openSQLite(configuration.sqlitePath, onCommit: metrics.storeCommitted)
         }
         let store = opened
+        try await checkClock(store: store, now: Date(), limit: configuration.clusterMaxClockSkewSeconds)
         // Before anything is audited: every record from now on carries a MAC. A log (shared with other hub nodes)
         // whose newest record carries a MAC under another key is refused: this node's records would not verify.
         let logLength = try await store.securityEvents(limit: 1).first?.id ?? 0
         let newest = try await store.auditRecords(after: max(0, logLength - 1), limit: 1).first
         let keyFileExists = FileManager.default.fileExists(atPath: configuration.auditKeyPath)
-        let recordedFingerprint = try await store.auditKeyFingerprint(proposing: nil)
+        let recordedFingerprint = try await store.agreedSetting("audit-key", proposing: nil)
         if !keyFileExists, newest?.mac != nil || recordedFingerprint != nil {
             throw HubStartupError(
                 "the audit log is keyed and \(configuration.auditKeyPath) is missing: copy the audit key of the node "
                     + "that keyed it (another hub node on this database) or set audit.keyFile")
         }
         let auditKey = try AuditKeyFile.loadOrCreate(configuration.auditKeyPath, logLength: logLength)
-        let agreed = try await store.auditKeyFingerprint(proposing: auditKey.fingerprint)
+        let agreed = try await store.agreedSetting("audit-key", proposing: auditKey.fingerprint)
         let newestDoesNotVerify = newest.map { record in
             record.mac.map { !auditKey.isValid(mac: $0, for: record.hash) } ?? false
         }
@@ -81,9 +82,23 @@ public final class HubServer: Sendable {
                     + "the other hub nodes on this database recorded, does not match): every node needs the same key")
         }
         try await store.setAuditKey(auditKey)
+        // Hub nodes on one database are one hub: one CA. A node that would make a CA of its own is refused.
+        if try await store.agreedSetting("ca-certificate", proposing: nil) != nil,
+            !FileManager.default.fileExists(atPath: configuration.dataDirectory + "/ca.crt")
+        {
+            throw HubStartupError(
+                "the database belongs to hub nodes with a CA this data directory does not have: start this node from "
+                    + "a copy of another node's CA (ca.crt and its key), not with a CA of its own")
+        }
         let credentials = try await HubCredentials.loadOrCreate(
             dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames, store: store, now: Date(),
             crlDistributionPoints: try configuration.crlDistributionPoints, caKeyURI: configuration.caKeyURI)
+        let caFingerprint = Array(SHA256.hash(data: credentials.authority.certificate.derBytes))
+        guard try await store.agreedSetting("ca-certificate", proposing: caFingerprint) == caFingerprint else {
+            throw HubStartupError(
+                "this node's CA (\(configuration.dataDirectory)/ca.crt) is not the CA of the other hub nodes on this "
+                    + "database: devices enrolled by them would not be trusted here, nor ours there")
+        }
         let crl = CRLPublisher(
             authority: credentials.authority, store: store, dataDirectory: configuration.dataDirectory,
             validityDays: configuration.crlValidityDays,
@@ -123,6 +138,19 @@ public final class HubServer: Sendable {
             gateway: gateway, logger: logger, signals: gracefulShutdownSignals, crl: crl, renewals: renewals,
             deviceSignals: deviceSignals, rollouts: rollouts, metrics: metrics, auditKey: auditKey,
             clusterPosition: clusterPosition)
+    }
+
+    /// Refuses to serve on a clock more than `limit` seconds off the database server's (several nodes): signatures'
+    /// `created` windows, nonce expiry and certificate validity all read it. An embedded store has no other clock.
+    public static func checkClock(store: any HubStore, now: Date, limit: Double) async throws {
+        guard let databaseTime = try await store.databaseTime() else { return }
+        let skew = now.timeIntervalSince(databaseTime)
+        guard abs(skew) <= limit else {
+            throw HubStartupError(
+                "this machine's clock is \(Int(skew.rounded())) s off the database server's (more than "
+                    + "cluster.maxClockSkewSeconds = \(Int(limit))): signatures, nonces and certificate expiry depend "
+                    + "on time. Set the clock (NTP) and start again")
+        }
     }
 
     /// Opens the embedded store with its files private to this user (README, "Data directory").

@@ -344,19 +344,27 @@ public final class PostgresHubStore: HubStore {
         try await drain(connection.query("SELECT pg_notify(\(eventChannel), '')", logger: quiet))
     }
 
-    public func auditKeyFingerprint(proposing: [UInt8]?) async throws -> [UInt8]? {
+    public func agreedSetting(_ name: String, proposing: [UInt8]?) async throws -> [UInt8]? {
         try await write { connection in
             if let proposing {
                 try await connection.query(
                     """
-                    INSERT INTO hub_settings (name, value) VALUES ('audit-key', \(ByteBuffer(bytes: proposing)))
+                    INSERT INTO hub_settings (name, value) VALUES (\(name), \(ByteBuffer(bytes: proposing)))
                     ON CONFLICT DO NOTHING
                     """, logger: Self.quiet)
             }
             return try await Self.one(
-                connection.query("SELECT value FROM hub_settings WHERE name = 'audit-key'", logger: Self.quiet),
+                connection.query("SELECT value FROM hub_settings WHERE name = \(name)", logger: Self.quiet),
                 ByteBuffer.self
             ).map { Array($0.readableBytesView) }
+        }
+    }
+
+    public func databaseTime() async throws -> Date? {
+        try await read { client in
+            try await Self.one(
+                client.query("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"), Int64.self
+            ).map(Date.init(millis:))
         }
     }
 

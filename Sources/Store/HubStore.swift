@@ -114,10 +114,12 @@ public protocol HubStore: Sendable {
     func clusterEvents(after id: Int64) async throws -> [ClusterEvent]
     func latestClusterEvent() async throws -> Int64
     func clusterNotifications() -> AsyncStream<Void>
-    /// The fingerprint of the audit key the hub nodes sharing this store use: records `proposing` when none is
-    /// recorded yet, returns what is recorded (nil when nothing is and nothing was proposed). A single-node store
-    /// records none and returns `proposing`.
-    func auditKeyFingerprint(proposing: [UInt8]?) async throws -> [UInt8]?
+    /// A value every hub node sharing this store must agree on (`audit-key`: the audit key's fingerprint,
+    /// `ca-certificate`: the SHA-256 of the CA certificate): records `proposing` when none is recorded yet and returns
+    /// what is recorded (nil when nothing is and nothing was proposed). A single-node store returns `proposing`.
+    func agreedSetting(_ name: String, proposing: [UInt8]?) async throws -> [UInt8]?
+    /// The database server's clock, for nodes to check their own against (nil for an embedded store).
+    func databaseTime() async throws -> Date?
 }
 
 /// A change one hub node made that every other node on the same database must apply to what it holds in memory
@@ -145,7 +147,8 @@ extension HubStore {
     /// Yields when another node may have recorded events (PostgreSQL: LISTEN/NOTIFY). A single node never does; the
     /// stream ends when the store closes.
     public func clusterNotifications() -> AsyncStream<Void> { AsyncStream { _ in } }
-    public func auditKeyFingerprint(proposing: [UInt8]?) async throws -> [UInt8]? { proposing }
+    public func agreedSetting(_ name: String, proposing: [UInt8]?) async throws -> [UInt8]? { proposing }
+    public func databaseTime() async throws -> Date? { nil }
 
     /// The whole audit log in order, read in pages (for `AuditChain.verify`).
     public func allAuditRecords() async throws -> [AuditRecord] {

@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import Hub
 import HubClient
 import MQTT
 import PostgresStore
@@ -152,5 +153,49 @@ import Testing
             "\(error)".contains("is not the key of this audit log")
         }
         try await first.stop()
+    }
+
+    /// Nodes on one database are one hub with one CA: a node without the CA, or with a CA of its own, refuses to
+    /// start (devices enrolled by one would not be trusted by the other).
+    @Test func aNodeWithAnotherCARefusesToStart() async throws {
+        let location = try await PostgresTestServer.freshDatabase()
+        let first = try await TestHub.start(store: try await PostgresHubStore(location: location))
+        let bare = try temporaryDirectory("node-no-ca")
+        try FileManager.default.copyItem(atPath: first.directory + "/audit.key", toPath: bare + "/audit.key")
+        await #expect {
+            _ = try await TestHub.start(directory: bare, store: try await PostgresHubStore(location: location))
+        } throws: { error in
+            "\(error)".contains("a CA this data directory does not have")
+        }
+        #expect(!FileManager.default.fileExists(atPath: bare + "/ca.key"), "no CA of its own was made")
+
+        let foreign = try await TestHub.start()  // another hub, another CA
+        try await foreign.stop(keepData: true)
+        try FileManager.default.removeItem(atPath: foreign.directory + "/audit.key")
+        try FileManager.default.copyItem(
+            atPath: first.directory + "/audit.key", toPath: foreign.directory + "/audit.key")
+        await #expect {
+            _ = try await TestHub.start(
+                directory: foreign.directory, store: try await PostgresHubStore(location: location))
+        } throws: { error in
+            "\(error)".contains("is not the CA of the other hub nodes")
+        }
+        try await first.stop()
+    }
+
+    /// A node whose clock is minutes off the database server's refuses to start and says why; one on time starts.
+    @Test func aNodeWhoseClockIsOffRefusesToServe() async throws {
+        let store = try await PostgresHubStore(location: try await PostgresTestServer.freshDatabase())
+        try await HubServer.checkClock(store: store, now: Date(), limit: 30)
+        for offset in [300.0, -300.0] {
+            await #expect {
+                try await HubServer.checkClock(store: store, now: Date() + offset, limit: 30)
+            } throws: { error in
+                "\(error)".contains("clock is \(Int(offset)) s off")
+                    || "\(error)".contains("clock is \(Int(offset) + 1) s off")
+                    || "\(error)".contains("clock is \(Int(offset) - 1) s off")
+            }
+        }
+        try await store.close()
     }
 }
