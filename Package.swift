@@ -143,6 +143,7 @@ let package = Package(
             dependencies: [
                 "Core", "PKI", "Gateway", "Store", "Pairing", "MQTT", "TUF", "TUFRepository", "HubClient", "PKCS11",
                 "Advisories", "JSON", "PostgresStore",
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),

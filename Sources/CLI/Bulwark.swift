@@ -13,7 +13,7 @@ struct Bulwark: AsyncParsableCommand {
             Serve.self, HubCommand.self, DeviceCommand.self, OperatorCommand.self, PairCommand.self, AgentCommand.self,
             EventsCommand.self, SchemaCommand.self, AuditCommand.self, PolicyCommand.self, UpdatesCommand.self,
             TUFCommand.self, HSMCommand.self, CryptoCommand.self, RolloutCommand.self, ReleaseCommand.self,
-            AdvisoriesCommand.self, DemoCommand.self,
+            AdvisoriesCommand.self, DemoCommand.self, NodeCommand.self,
         ]
     )
 }

@@ -122,4 +122,18 @@ public final class CounterWindows: Sendable {
     }
 
     public func window(of device: DeviceID) -> CounterWindow? { windows.withLock { $0[device] } }
+
+    /// Takes up a window stored by another hub node when it is ahead of this node's: the higher `highest` wins,
+    /// equal ones combine their marks (a device that moved here from another node).
+    public func takeUp(device: DeviceID, _ stored: CounterWindow) {
+        windows.withLock { windows in
+            guard let current = windows[device], current.highest >= stored.highest else {
+                windows[device] = stored
+                return
+            }
+            if current.highest == stored.highest {
+                windows[device] = CounterWindow(highest: current.highest, seen: current.seen | stored.seen)
+            }
+        }
+    }
 }

@@ -88,6 +88,8 @@ actor ClusterSync: Service {
             case .revoked(let serials):
                 revocations.insert(serials)
                 revoked = true
+            case .activated(let serial):
+                revocations.activated(serial)
             case .quarantined(let device, let until):
                 gateway.quarantine.load([(device, until)], now: now)
             case .released(let device):

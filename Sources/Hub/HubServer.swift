@@ -72,11 +72,15 @@ public final class HubServer: Sendable {
                     + "that keyed it (another hub node on this database) or set audit.keyFile")
         }
         let auditKey = try AuditKeyFile.loadOrCreate(configuration.auditKeyPath, logLength: logLength)
-        let agreed = try await store.agreedSetting("audit-key", proposing: auditKey.fingerprint)
-        let newestDoesNotVerify = newest.map { record in
-            record.mac.map { !auditKey.isValid(mac: $0, for: record.hash) } ?? false
-        }
-        if newestDoesNotVerify == true || agreed.map({ $0 != auditKey.fingerprint }) == true {
+        // The log's newest MAC is checked before the fingerprint is proposed: a node with the wrong key must not
+        // record its fingerprint first and lock the right ones out.
+        let newestVerifies = newest.map { record in record.mac.map { auditKey.isValid(mac: $0, for: record.hash) } }
+        let agreed =
+            newestVerifies == .some(.some(false))
+            ? nil : try await store.agreedSetting("audit-key", proposing: auditKey.fingerprint)
+        if newestVerifies == .some(.some(false)) || agreed.map({ $0 != auditKey.fingerprint }) == true {
+            // A key this start created is not left behind to fail every later start.
+            if !keyFileExists { try? FileManager.default.removeItem(atPath: configuration.auditKeyPath) }
             throw HubStartupError(
                 "\(configuration.auditKeyPath) is not the key of this audit log (its newest record's MAC, or the key "
                     + "the other hub nodes on this database recorded, does not match): every node needs the same key")

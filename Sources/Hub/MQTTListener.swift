@@ -427,6 +427,10 @@ struct MQTTConnection {
             try await send(ServerSession.refusal(.notAuthorized, version), version)
             return nil
         }
+        // A device that was connected to another hub node: its counter window as that node left it in the store.
+        if let device = peer.device, let stored = try? await listener.store.counterWindow(of: device) {
+            listener.gateway.counters.takeUp(device: device, CounterWindow(highest: stored.highest, seen: stored.seen))
+        }
         // The will is a publish like any other: within the identity's topics.
         let acl = (peer.device == nil ? settings.fleetACL : settings.deviceACL).bound(to: peer.deviceLevel)
         if let will = connect.will {
@@ -891,7 +895,9 @@ struct MQTTConnection {
                 }
                 return true
             }
-            await storeWithoutWaiting(record, release: release)
+            await storeWithoutWaiting(
+                record, release: release, peer: peer,
+                what: "MQTT PUBLISH \(MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120))")
             await deliverInOrder(delivery, state: &state)
             return true
         case .failure(let refusal):
@@ -1069,31 +1075,40 @@ struct MQTTConnection {
             })
     }
 
-    private func storeWithoutWaiting(_ record: NewTelemetry, release: @escaping @Sendable () -> Void) async {
+    private func storeWithoutWaiting(
+        _ record: NewTelemetry, release: @escaping @Sendable () -> Void, peer: Peer, what: String
+    ) async {
         let store = listener.store
         let logger = listener.logger
         let pending = listener.pendingQoS0
         let signals = listener.events.signals
-        guard pending.tryStart() else {
-            // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
+        let gateway = listener.gateway
+        let recorder = listener.recorder
+        @Sendable func write() async {
             do {
                 _ = try await store.appendTelemetry(record)
                 if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
+            } catch let error as StoreError where error.code == .replayed {
+                // Another hub node stored this counter first: a replay (the counter stays taken here too).
+                let refusal = gateway.replayedElsewhere(
+                    record.deviceID, detail: "counter \(record.counter ?? 0) already stored (by another hub node)",
+                    now: GatewayTime.now())
+                await recorder.record(
+                    refusal, identity: peer.identity.uri, source: peer.source, correlationID: record.correlationID,
+                    what: what)
             } catch {
                 release()
                 logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
             }
+        }
+        guard pending.tryStart() else {
+            // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
+            await write()
             return
         }
         Task {
             defer { pending.finish() }
-            do {
-                _ = try await store.appendTelemetry(record)
-                if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
-            } catch {
-                release()
-                logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
-            }
+            await write()
         }
     }
 }

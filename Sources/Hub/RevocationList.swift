@@ -57,6 +57,15 @@ public final class RevocationList: Sendable {
         }
     }
 
+    /// A pending pairing certificate another hub node activated: this node may have loaded it with the revoked
+    /// ones (the store keeps it revoked until the confirmation), so both marks go.
+    func activated(_ serial: String) {
+        serials.withLock { serials in
+            serials.pending.remove(serial)
+            serials.revoked.remove(serial)
+        }
+    }
+
     func insertPending(_ serial: String) { _ = serials.withLock { $0.pending.insert(serial) } }
     func removePending(_ serial: String) { _ = serials.withLock { $0.pending.remove(serial) } }
 }

@@ -67,7 +67,6 @@ final class PostgresGroupCommitter: Sendable {
                     }
                 }
                 let ids = written ?? []
-                await purgeExpiredNonces(if: messages.contains { $0.nonce != nil })
                 onCommit?(batch.count, ContinuousClock.now - started)
                 for (index, entry) in batch.enumerated() {
                     if let id = ids[index] {
@@ -76,6 +75,8 @@ final class PostgresGroupCommitter: Sendable {
                         entry.1.resume(throwing: StoreError(.replayed, "nonce or counter already stored"))
                     }
                 }
+                // After the callers were answered: their acknowledgements never wait for it.
+                await purgeExpiredNonces(if: messages.contains { $0.nonce != nil })
             } catch {
                 let failure = PostgresHubStore.storeError(error, "telemetry batch failed")
                 for entry in batch { entry.1.resume(throwing: failure) }
@@ -176,12 +177,13 @@ extension PostgresGroupCommitter {
         try await connection.query(
             "INSERT INTO counter_windows (device_id, highest, seen) VALUES (\(device), 0, 0) ON CONFLICT DO NOTHING",
             logger: quiet)
+        var window = StoredCounterWindow(highest: 0, seen: 0)
         for try await (highest, seen) in try await connection.query(
             "SELECT highest, seen FROM counter_windows WHERE device_id = \(device) FOR UPDATE", logger: quiet
         ).decode((Int64, Int64).self) {
-            return StoredCounterWindow(highest: UInt64(bitPattern: highest), seen: UInt64(bitPattern: seen))
+            window = StoredCounterWindow(highest: UInt64(bitPattern: highest), seen: UInt64(bitPattern: seen))
         }
-        return StoredCounterWindow(highest: 0, seen: 0)
+        return window
     }
 }
 

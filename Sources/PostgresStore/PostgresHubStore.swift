@@ -261,12 +261,23 @@ public final class PostgresHubStore: HubStore {
             3, "settings every node must agree on (the audit key's fingerprint)",
             ["CREATE TABLE hub_settings (name TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL)"]
         ),
+        (
+            4, "pairing activations are cluster events",
+            [
+                "ALTER TABLE cluster_events DROP CONSTRAINT cluster_events_kind_check",
+                """
+                ALTER TABLE cluster_events ADD CONSTRAINT cluster_events_kind_check
+                CHECK (kind IN ('revoked', 'activated', 'quarantined', 'released', 'schema'))
+                """,
+            ]
+        ),
     ]
 
     /// The advisory lock keys (one 64-bit namespace per purpose).
     enum Lock: Int64 {
         case migrations = 0x6275_6c77_0001
         case audit = 0x6275_6c77_0002
+        case events = 0x6275_6c77_0003
     }
 
     /// Takes a transaction-scoped advisory lock. Waiting for it is bounded not by `lock_timeout` (a busy node may
@@ -328,17 +339,22 @@ public final class PostgresHubStore: HubStore {
     static let eventChannel = "bulwark_events"
 
     /// Records a change for the other nodes in the caller's transaction (so it is seen exactly when the change is)
-    /// and wakes them once it commits. Keeps the newest 100,000 events: a node further behind than that reloads.
+    /// and wakes them once it commits. Keeps about the newest 100,000 events (a node that far behind has been down
+    /// long: its restart loads the state whole).
+    ///
+    /// The events lock is taken before the id is drawn and held to the commit, so ids commit in order: a node that
+    /// read up to id N never sees an id below N commit later (it would skip that event for good).
     private static func recordEvent(
         _ kind: String, _ subject: String, until: Int64? = nil, _ connection: PostgresConnection
     ) async throws {
+        try await advisoryLock(.events, connection)
         let id = try await one(
             connection.query(
                 """
                 INSERT INTO cluster_events (kind, subject, until, at)
                 VALUES (\(kind), \(subject), \(until), \(Date().millis)) RETURNING id
                 """, logger: quiet), Int64.self)
-        if let id {
+        if let id, id % 1000 == 0 {
             try await connection.query("DELETE FROM cluster_events WHERE id <= \(id - 100_000)", logger: quiet)
         }
         try await drain(connection.query("SELECT pg_notify(\(eventChannel), '')", logger: quiet))
@@ -360,6 +376,18 @@ public final class PostgresHubStore: HubStore {
         }
     }
 
+    public func counterWindow(of device: DeviceID) async throws -> StoredCounterWindow? {
+        try await read { client in
+            var window: StoredCounterWindow?
+            for try await (highest, seen) in try await client.query(
+                "SELECT highest, seen FROM counter_windows WHERE device_id = \(device.rawValue)"
+            ).decode((Int64, Int64).self) {
+                window = StoredCounterWindow(highest: UInt64(bitPattern: highest), seen: UInt64(bitPattern: seen))
+            }
+            return window
+        }
+    }
+
     public func databaseTime() async throws -> Date? {
         try await read { client in
             try await Self.one(
@@ -377,6 +405,7 @@ public final class PostgresHubStore: HubStore {
                 let change: ClusterEvent.Change? =
                     switch kind {
                     case "revoked": .revoked(subject.split(separator: ",").map(String.init))
+                    case "activated": .activated(subject)
                     case "quarantined": (try? DeviceID(subject)).map { .quarantined($0, until: until ?? 0) }
                     case "released": (try? DeviceID(subject)).map { .released($0) }
                     case "schema": .schema(subject)
@@ -491,6 +520,8 @@ public final class PostgresHubStore: HubStore {
             try await connection.query(
                 "UPDATE certificates SET revoked_at = NULL, device_id = \(device.rawValue) WHERE serial = \(serialHex)",
                 logger: Self.quiet)
+            // Nodes that loaded this pending certificate as revoked (they started while it was pending) lift it.
+            try await Self.recordEvent("activated", serialHex, connection)
             try await Self.putIRK(irk, device, connection)
         }
     }

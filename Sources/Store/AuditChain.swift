@@ -207,17 +207,22 @@ public struct StoredCounterWindow: Sendable, Equatable {
         self.seen = seen
     }
 
+    /// This window with `counter` marked, or nil when the window already holds it (a message stored before: a
+    /// replay). A counter too old for the window is not refused here: the admitting node's own window checked it,
+    /// and writes of one device may reach the store out of order (counter 5 after counter 70), so "too old" in the
+    /// store does not mean "seen". The window is then returned as it is.
+    public func accepting(_ counter: UInt64) -> StoredCounterWindow? {
+        var window = CounterWindow(highest: highest, seen: seen)
+        switch window.accept(counter) {
+        case .accepted: return StoredCounterWindow(highest: window.highest, seen: window.seen)
+        case .replayed: return nil
+        case .tooOld: return counter > 0 ? self : nil
+        }
+    }
+
     /// The later of two windows of one device (writes may commit out of order; the stored window never goes
     /// backwards): the higher `highest` wins (the in-memory windows only grow, so it already holds the other's
     /// marks), equal ones combine their marks.
-    /// This window with `counter` accepted, or nil when the window already holds it or it is too old for it
-    /// (`CounterWindow.accept`).
-    public func accepting(_ counter: UInt64) -> StoredCounterWindow? {
-        var window = CounterWindow(highest: highest, seen: seen)
-        guard window.accept(counter) == .accepted else { return nil }
-        return StoredCounterWindow(highest: window.highest, seen: window.seen)
-    }
-
     public func merged(with other: StoredCounterWindow?) -> StoredCounterWindow {
         guard let other, other.highest >= highest else { return self }
         return other.highest == highest ? StoredCounterWindow(highest: highest, seen: seen | other.seen) : other

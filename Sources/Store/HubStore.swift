@@ -118,6 +118,9 @@ public protocol HubStore: Sendable {
     /// `ca-certificate`: the SHA-256 of the CA certificate): records `proposing` when none is recorded yet and returns
     /// what is recorded (nil when nothing is and nothing was proposed). A single-node store returns `proposing`.
     func agreedSetting(_ name: String, proposing: [UInt8]?) async throws -> [UInt8]?
+    /// The device's stored counter window, where other nodes may have moved it (nil for a single-node store, whose
+    /// node's own window in memory is ahead of it). A node takes it up when the device connects.
+    func counterWindow(of device: DeviceID) async throws -> StoredCounterWindow?
     /// The database server's clock, for nodes to check their own against (nil for an embedded store).
     func databaseTime() async throws -> Date?
 }
@@ -127,6 +130,9 @@ public protocol HubStore: Sendable {
 public struct ClusterEvent: Sendable, Equatable {
     public enum Change: Sendable, Equatable {
         case revoked([String])
+        /// A pairing certificate the device confirmed: no longer refused as pending (nodes that started while it was
+        /// pending loaded it with the revoked ones).
+        case activated(String)
         case quarantined(DeviceID, until: Int64)
         case released(DeviceID)
         case schema(String)
@@ -149,6 +155,7 @@ extension HubStore {
     public func clusterNotifications() -> AsyncStream<Void> { AsyncStream { _ in } }
     public func agreedSetting(_ name: String, proposing: [UInt8]?) async throws -> [UInt8]? { proposing }
     public func databaseTime() async throws -> Date? { nil }
+    public func counterWindow(of device: DeviceID) async throws -> StoredCounterWindow? { nil }
 
     /// The whole audit log in order, read in pages (for `AuditChain.verify`).
     public func allAuditRecords() async throws -> [AuditRecord] {

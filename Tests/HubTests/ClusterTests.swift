@@ -11,14 +11,19 @@ import Testing
 /// Two hub nodes on one PostgreSQL database (the second started from a copy of the first's data directory: the same
 /// CA, TLS key and audit key). What an operator does on one node bites on the other within a second.
 @Suite(.serialized) struct ClusterTests {
+    /// Node 2 joins from an encrypted bundle of node 1's files (`bulwark node bundle` / `node join`).
     static func twoNodes() async throws -> (TestHub, TestHub) {
         let location = try await PostgresTestServer.freshDatabase()
-        let first = try await TestHub.start(store: try await PostgresHubStore(location: location))
-        let copy = try temporaryDirectory("node-2")
-        for item in try FileManager.default.contentsOfDirectory(atPath: first.directory) {
-            try FileManager.default.copyItem(atPath: first.directory + "/" + item, toPath: copy + "/" + item)
-        }
-        let second = try await TestHub.start(directory: copy, store: try await PostgresHubStore(location: location))
+        return try await twoNodes(
+            joining: try await TestHub.start(store: try await PostgresHubStore(location: location)), location: location)
+    }
+
+    static func twoNodes(joining first: TestHub, location: PostgresLocation) async throws -> (TestHub, TestHub) {
+        let passphrase = "correct horse battery staple"
+        let bundle = try NodeBundle.seal(try NodeBundle.files(in: first.directory), passphrase: passphrase)
+        let joined = try temporaryDirectory("node-2") + "/data"
+        try NodeBundle.install(try NodeBundle.open(bundle, passphrase: passphrase), into: joined)
+        let second = try await TestHub.start(directory: joined, store: try await PostgresHubStore(location: location))
         return (first, second)
     }
 
@@ -152,6 +157,9 @@ import Testing
         } throws: { error in
             "\(error)".contains("is not the key of this audit log")
         }
+        // The refused node recorded nothing that locks out the right key: a node with it starts.
+        let (_, right) = try await Self.twoNodes(joining: first, location: location)
+        try await right.stop()
         try await first.stop()
     }
 
@@ -197,5 +205,39 @@ import Testing
             }
         }
         try await store.close()
+    }
+}
+
+/// The node bundle: what it carries, and what it refuses.
+@Suite struct NodeBundleTests {
+    @Test func aBundleOpensOnlyWithItsPassphraseAndUnchanged() async throws {
+        let hub = try await TestHub.start()
+        try await hub.stop(keepData: true)
+        let files = try NodeBundle.files(in: hub.directory)
+        #expect(Set(files.keys).isSuperset(of: ["ca.crt", "ca.key", "audit.key", "hub.key", "hub.crt"]))
+        #expect(files["operators/admin.key"] == nil, "an operator's own key never travels")
+        let bundle = try NodeBundle.seal(files, passphrase: "a long enough passphrase")
+        let text = String(decoding: bundle, as: UTF8.self)
+        #expect(!text.contains("PRIVATE KEY") && !text.contains(files["audit.key"] ?? "-"), "the keys are encrypted")
+        #expect(try NodeBundle.open(bundle, passphrase: "a long enough passphrase") == files)
+        #expect(throws: NodeBundle.Failure.self) { try NodeBundle.open(bundle, passphrase: "another passphrase!") }
+        var changed = bundle
+        let sealedStart = try #require(text.range(of: "\"sealed\":\"")).upperBound.utf16Offset(in: text)
+        changed[sealedStart + 20] =
+            changed[sealedStart + 20] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
+        #expect(throws: NodeBundle.Failure.self) {
+            try NodeBundle.open(changed, passphrase: "a long enough passphrase")
+        }
+        #expect(throws: NodeBundle.Failure.self) { try NodeBundle.seal(files, passphrase: "short") }
+        // A node's own CA is never replaced; a bundle with other files is refused.
+        #expect(throws: NodeBundle.Failure.self) { try NodeBundle.install(files, into: hub.directory) }
+        let target = try temporaryDirectory("join") + "/node"
+        #expect(throws: NodeBundle.Failure.self) {
+            try NodeBundle.install(files.merging(["../evil": "x"]) { a, _ in a }, into: target)
+        }
+        try NodeBundle.install(files, into: target)
+        var info = stat()
+        #expect(stat(target + "/ca.key", &info) == 0 && info.st_mode & 0o777 == 0o600)
+        #expect(stat(target, &info) == 0 && info.st_mode & 0o777 == 0o700)
     }
 }

@@ -126,6 +126,40 @@ import Testing
         #expect(untrusted.stderr.lowercased().contains("certificate"), "\(untrusted.stderr)")
     }
 
+    /// `bulwark node bundle` and `node join`: the commands a second node is made with.
+    @Test func nodeBundleAndJoinMakeASecondNodesDataDirectory() async throws {
+        let hub = try await TestHub.start()
+        try await hub.stop(keepData: true)
+        let work = try temporaryDirectory("node-cli")
+        try "a passphrase for the bundle\n".write(toFile: work + "/pass", atomically: true, encoding: .utf8)
+        let bundled = try await run(
+            try Self.binary,
+            [
+                "node", "bundle", "--data", hub.directory, "--out", work + "/node.bundle", "--passphrase-file",
+                work + "/pass",
+            ])
+        #expect(bundled.status == 0, "\(bundled.stderr)")
+        let joined = try await run(
+            try Self.binary,
+            [
+                "node", "join", "--data", work + "/node2", "--from", work + "/node.bundle", "--passphrase-file",
+                work + "/pass",
+            ])
+        #expect(joined.status == 0, "\(joined.stderr)")
+        #expect(
+            FileManager.default.contents(atPath: work + "/node2/ca.key")
+                == FileManager.default.contents(atPath: hub.directory + "/ca.key"))
+        try "the wrong passphrase\n".write(toFile: work + "/wrong", atomically: true, encoding: .utf8)
+        let refused = try await run(
+            try Self.binary,
+            [
+                "node", "join", "--data", work + "/node3", "--from", work + "/node.bundle", "--passphrase-file",
+                work + "/wrong",
+            ])
+        #expect(refused.status == 1 && refused.stderr.contains("wrong passphrase"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: work + "/node3/ca.key"))
+    }
+
     /// A fresh database on the tests' PostgreSQL server, and the hub's settings that name it.
     static func postgres() async throws -> (PostgresLocation, [String: String]) {
         let location = try await PostgresTestServer.freshDatabase()

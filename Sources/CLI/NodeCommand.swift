@@ -1,0 +1,74 @@
+import ArgumentParser
+import Foundation
+import Hub
+
+/// `bulwark node`: more hub nodes on one PostgreSQL database. The first node is an ordinary `bulwark serve` with
+/// `database.url`; `bundle` packs what another node needs (encrypted), and `join` unpacks it into an empty data
+/// directory. The nodes share the CA, the audit key, the TLS identity and the pairing keys (NodeBundle).
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node", abstract: "Add hub nodes on the same PostgreSQL database.",
+        subcommands: [Bundle.self, Join.self])
+
+    struct Bundle: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Pack this node's CA, audit, TLS and pairing keys into a passphrase-encrypted bundle.")
+        @Option(help: "This node's data directory.") var data: String
+        @Option(help: "The audit key, when audit.keyFile keeps it outside the data directory.") var auditKeyFile:
+            String?
+        @Option(help: "Where to write the bundle (created 0600).") var out: String
+        @Option(help: "A file whose first line is the passphrase (12 characters or more).") var passphraseFile: String
+
+        func run() async throws {
+            do {
+                let bundle = try NodeBundle.seal(
+                    try NodeBundle.files(in: data, auditKeyPath: auditKeyFile),
+                    passphrase: try passphrase(passphraseFile))
+                try SecretFiles.create(out, contents: String(decoding: bundle, as: UTF8.self))
+                print("bundle written to \(out): give it and its passphrase to the new node by separate ways")
+            } catch { throw CleanExit.message("bulwark: \(error)", code: 1) }
+        }
+    }
+
+    struct Join: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make an empty data directory a node of an existing hub, from a bundle or a node's directory.")
+        @Option(help: "The new node's data directory (empty or missing).") var data: String
+        @Option(help: "A bundle made by `bulwark node bundle`, or an existing node's data directory.") var from: String
+        @Option(help: "The bundle's passphrase file (with a bundle).") var passphraseFile: String?
+
+        func run() async throws {
+            do {
+                var isDirectory: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: from, isDirectory: &isDirectory) else {
+                    throw CleanExit.message("bulwark: no bundle or data directory at \(from)", code: 66)
+                }
+                let files: [String: String]
+                if isDirectory.boolValue {
+                    files = try NodeBundle.files(in: from)
+                } else {
+                    guard let passphraseFile else {
+                        throw CleanExit.message("bulwark: --passphrase-file is required with a bundle", code: 64)
+                    }
+                    guard let bytes = FileManager.default.contents(atPath: from) else {
+                        throw CleanExit.message("bulwark: cannot read \(from)", code: 66)
+                    }
+                    files = try NodeBundle.open(Array(bytes), passphrase: try passphrase(passphraseFile))
+                }
+                try NodeBundle.install(files, into: data)
+                print(
+                    "\(data) is a node of the hub: start it with `bulwark serve --data \(data)` and the same "
+                        + "database.url, database.passwordFile and database.caFile as the other nodes")
+            } catch let exit as CleanExit { throw exit } catch {
+                throw CleanExit.message("bulwark: \(error)", code: 1)
+            }
+        }
+    }
+}
+
+private func passphrase(_ file: String) throws -> String {
+    guard let text = try? String(contentsOfFile: file, encoding: .utf8),
+        let line = text.split(whereSeparator: \.isNewline).first
+    else { throw NodeBundle.Failure("cannot read the passphrase file \(file)") }
+    return String(line)
+}
