@@ -1369,23 +1369,14 @@ public final class PostgresHubStore: HubStore {
                     Int.self) ?? 0
             // A page past the middle is read from the other end and reversed, as in SQLite. NULLs sort first in
             // ascending order, as in SQLite, so both backends page alike.
-            let offset = max(0, query.offset)
-            let limit = max(0, min(query.limit, total - offset))
-            guard limit > 0 else { return (total, []) }
-            let fromEnd = offset > total - offset - limit
-            let descending = query.descending != fromEnd
-            let direction = descending ? "DESC NULLS LAST" : "ASC NULLS FIRST"
+            guard let plan = DevicePagePlan(query, total: total) else { return (total, []) }
+            let fromEnd = plan.fromEnd
+            let direction = plan.descending ? "DESC NULLS LAST" : "ASC NULLS FIRST"
             let tieDirection = query.sort == .id ? direction : (fromEnd ? "DESC" : "ASC")
-            let key =
-                switch query.sort {
-                case .id: "d.id"
-                case .status: "d.status"
-                case .lastSeen: "d.last_seen"
-                case .expiry: "d.cert_not_after"
-                }
+            let key = plan.sortColumn
             var pageBinds = countBinds
-            pageBinds.append(limit)
-            pageBinds.append(fromEnd ? total - offset - limit : offset)
+            pageBinds.append(plan.limit)
+            pageBinds.append(plan.offset)
             let sql = """
                 WITH page AS (
                     SELECT d.id, d.status, d.cert_not_after, d.last_seen, \(key) AS sort_key FROM devices d \(filter)

@@ -167,6 +167,39 @@ public struct TelemetryRecord: Sendable, Equatable {
 /// A refusal or an operator action worth an operator's attention. `detail` holds what the client never sees.
 /// What a device last reported about its updates (`devices/<id>/events/update`): the release it runs (committed),
 /// its slot and anti-rollback floor, and the last step with the release it concerned and why.
+/// How a backend reads one page of the fleet overview, the same for SQLite and PostgreSQL: a page past the middle is
+/// read from the other end, in the opposite order, and reversed (a database keeps offset + limit rows while it
+/// sorts, so the last page would cost a sort of every device). The order is total (ties by id), so the reversal is
+/// exact.
+public struct DevicePagePlan: Sendable, Equatable {
+    public let limit: Int
+    /// The offset to read from, counted from whichever end `fromEnd` says.
+    public let offset: Int
+    public let fromEnd: Bool
+    /// The order to read in (the query's, flipped when reading from the end).
+    public let descending: Bool
+    /// The devices column the query sorts by.
+    public let sortColumn: String
+
+    /// Nil when the page is empty.
+    public init?(_ query: DeviceQuery, total: Int) {
+        let offset = max(0, query.offset)
+        let limit = max(0, min(query.limit, total - offset))
+        guard limit > 0 else { return nil }
+        fromEnd = offset > total - offset - limit
+        descending = query.descending != fromEnd
+        self.limit = limit
+        self.offset = fromEnd ? total - offset - limit : offset
+        sortColumn =
+            switch query.sort {
+            case .id: "d.id"
+            case .status: "d.status"
+            case .lastSeen: "d.last_seen"
+            case .expiry: "d.cert_not_after"
+            }
+    }
+}
+
 /// What the fleet overview asks for: a filter, an order and a page.
 public struct DeviceQuery: Sendable, Equatable {
     public enum Sort: String, Sendable, CaseIterable { case id, status, lastSeen, expiry }

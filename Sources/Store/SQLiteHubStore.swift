@@ -577,24 +577,13 @@ public final class SQLiteHubStore: HubStore {
             let total =
                 try Int.fetchOne(
                     db, sql: "SELECT COUNT(*) FROM devices d \(filter)", arguments: StatementArguments(arguments)) ?? 0
-            // A page past the middle is read from the other end, in the opposite order, and reversed: SQLite keeps
-            // offset + limit rows while it sorts, so the last of 200 pages sorted by last seen cost a sort of all
-            // 10,000 devices (15 ms) and now costs the same as the first. The order is total (ties by id), so the
-            // reversal is exact.
-            let offset = max(0, query.offset)
-            let limit = max(0, min(query.limit, total - offset))
-            guard limit > 0 else { return (total, []) }
-            let fromEnd = offset > total - offset - limit
-            let descending = query.descending != fromEnd
-            let direction = descending ? "DESC" : "ASC"
+            // Read from the nearer end (`DevicePagePlan`): the last of 200 pages sorted by last seen cost a sort of
+            // all 10,000 devices (15 ms) and now costs the same as the first.
+            guard let plan = DevicePagePlan(query, total: total) else { return (total, []) }
+            let fromEnd = plan.fromEnd
+            let direction = plan.descending ? "DESC" : "ASC"
             let tieDirection = query.sort == .id ? direction : (fromEnd ? "DESC" : "ASC")
-            let key =
-                switch query.sort {
-                case .id: "d.id"
-                case .status: "d.status"
-                case .lastSeen: "d.last_seen"
-                case .expiry: "d.cert_not_after"
-                }
+            let key = plan.sortColumn
             // The page's devices first (only the sort key is computed for every device), then the rest of their
             // columns for those rows alone.
             let rows = try Row.fetchAll(
@@ -612,7 +601,7 @@ public final class SQLiteHubStore: HubStore {
                     LEFT JOIN quarantines q ON q.device_id = d.id
                     ORDER BY d.sort_key \(direction), d.id \(tieDirection)
                     """,
-                arguments: StatementArguments(arguments + [limit, fromEnd ? total - offset - limit : offset]))
+                arguments: StatementArguments(arguments + [plan.limit, plan.offset]))
             let devices = (fromEnd ? rows.reversed() : rows).compactMap { row -> DeviceOverview? in
                 guard let id = try? DeviceID(row["id"] as String),
                     let status = DeviceStatus(rawValue: row["status"] as String)
@@ -1139,6 +1128,15 @@ final class GroupCommitter: Sendable {
         }
     }
 
+    private static func storedWindow(_ device: DeviceID, _ db: Database) throws -> StoredCounterWindow? {
+        try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT highest, seen FROM counter_windows WHERE device_id = ?"),
+            arguments: [device.rawValue]
+        ).map {
+            StoredCounterWindow(highest: UInt64(bitPattern: $0["highest"]), seen: UInt64(bitPattern: $0["seen"]))
+        }
+    }
+
     private func writeNextBatch() {
         let batch = state.withLock { state -> [(NewTelemetry, CheckedContinuation<Int64, any Error>)] in
             let count = min(state.queued.count, maximumBatch)
@@ -1165,13 +1163,7 @@ final class GroupCommitter: Sendable {
                     // took it first): that message alone is refused, nothing of it stored.
                     var accepted: StoredCounterWindow?
                     if let counter = message.counter {
-                        let stored = try Row.fetchOne(
-                            db.cachedStatement(sql: "SELECT highest, seen FROM counter_windows WHERE device_id = ?"),
-                            arguments: [message.deviceID.rawValue]
-                        ).map {
-                            StoredCounterWindow(
-                                highest: UInt64(bitPattern: $0["highest"]), seen: UInt64(bitPattern: $0["seen"]))
-                        }
+                        let stored = try Self.storedWindow(message.deviceID, db)
                         accepted = (stored ?? StoredCounterWindow(highest: 0, seen: 0)).accepting(counter)
                         if accepted == nil {
                             ids.append(nil)
@@ -1207,13 +1199,7 @@ final class GroupCommitter: Sendable {
                         ])
                     } else if let window = message.counterWindow {
                         // Never backwards: concurrent writes of one device may commit out of order.
-                        let stored = try Row.fetchOne(
-                            db.cachedStatement(sql: "SELECT highest, seen FROM counter_windows WHERE device_id = ?"),
-                            arguments: [message.deviceID.rawValue]
-                        ).map {
-                            StoredCounterWindow(
-                                highest: UInt64(bitPattern: $0["highest"]), seen: UInt64(bitPattern: $0["seen"]))
-                        }
+                        let stored = try Self.storedWindow(message.deviceID, db)
                         let merged = window.merged(with: stored)
                         try db.cachedStatement(
                             sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
