@@ -193,7 +193,7 @@ let package = Package(
             name: "CLI",
             dependencies: [
                 "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "Gateway", "TUFCommands", "Agent", "PKCS11",
-                "Advisories", "TUF", "TUFRepository", "JSON",
+                "Advisories", "TUF", "TUFRepository", "JSON", "PostgresStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ZIPFoundation", package: "ZIPFoundation"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -4,6 +4,7 @@ import Foundation
 import Gateway
 import Hub
 import HubClient
+import PostgresStore
 import Store
 import X509
 
@@ -190,6 +191,8 @@ struct AuditCommand: AsyncParsableCommand {
     /// Where the audit key and the anchors' public key are, for `verify` and `anchor`.
     struct KeyOptions: ParsableArguments {
         @Option(help: "The hub's data directory.") var data = "./bulwark-data"
+        @Option(help: "The hub's JSON configuration (for a PostgreSQL store: database.url and its files).")
+        var config: String?
         @Option(
             help: ArgumentHelp(
                 "The audit MAC key (default: $BULWARK_AUDIT_KEY_FILE, else DATA/audit.key).", valueName: "file"))
@@ -242,7 +245,7 @@ struct AuditCommand: AsyncParsableCommand {
                 }
             }
             let key = try keys.loadKey()
-            let store = try openStore(keys.data)
+            let store = try await openStore(keys.data, config: keys.config)
             let records = try await store.allAuditRecords()
             try await store.close()
             let summary: AuditChain.Summary
@@ -297,7 +300,7 @@ struct AuditCommand: AsyncParsableCommand {
             } catch {
                 throw CleanExit.message("bulwark: cannot use \(keys.data)/ca.key to sign: \(error)", code: 78)
             }
-            let store = try openStore(keys.data)
+            let store = try await openStore(keys.data, config: keys.config)
             try await store.setAuditKey(key)
             let records = try await store.allAuditRecords()
             if case .failure(let failure) = AuditChain.verify(records, key: key) {
@@ -326,10 +329,12 @@ struct AuditCommand: AsyncParsableCommand {
     struct Tail: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print audit records as JSON lines.")
         @Option(help: "The hub's data directory.") var data = "./bulwark-data"
+        @Option(help: "The hub's JSON configuration (for a PostgreSQL store: database.url and its files).")
+        var config: String?
         @Option(help: "How many of the newest records to start with.") var lines = 20
         @Flag(help: "Keep printing new records as they are appended.") var follow = false
         func run() async throws {
-            let store = try openStore(data)
+            let store = try await openStore(data, config: config)
             let newest = try await store.securityEvents(limit: 1).first?.id ?? 0
             var after = max(0, newest - Int64(lines))
             repeat {
@@ -344,8 +349,19 @@ struct AuditCommand: AsyncParsableCommand {
     }
 }
 
-private func openStore(_ directory: String) throws -> SQLiteHubStore {
-    let path = directory + "/bulwark.sqlite"
+/// The hub's store as its configuration names it (`--config` and `BULWARK_*`, as `bulwark serve` reads them): the
+/// PostgreSQL database of a cluster, or the data directory's SQLite file.
+private func openStore(_ directory: String, config: String?) async throws -> any HubStore {
+    let configuration: HubConfiguration
+    do { configuration = try await HubConfiguration.load(dataDirectory: directory, configFile: config) } catch {
+        throw CleanExit.message("bulwark: \(error)", code: 78)
+    }
+    if let location = try configuration.postgresLocation() {
+        do { return try await PostgresHubStore(location: location) } catch {
+            throw CleanExit.message("bulwark: \(error)", code: 69)
+        }
+    }
+    let path = configuration.sqlitePath
     guard FileManager.default.fileExists(atPath: path) else {
         throw CleanExit.message("bulwark: no store at \(path) (pass --data DIR)", code: 66)
     }

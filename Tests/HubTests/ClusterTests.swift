@@ -12,10 +12,22 @@ import Testing
 /// CA, TLS key and audit key). What an operator does on one node bites on the other within a second.
 @Suite(.serialized) struct ClusterTests {
     /// Node 2 joins from an encrypted bundle of node 1's files (`bulwark node bundle` / `node join`).
-    static func twoNodes() async throws -> (TestHub, TestHub) {
+    static func twoNodes() async throws -> (TestHub, TestHub, PostgresLocation) {
         let location = try await PostgresTestServer.freshDatabase()
-        return try await twoNodes(
+        let (first, second) = try await twoNodes(
             joining: try await TestHub.start(store: try await PostgresHubStore(location: location)), location: location)
+        return (first, second, location)
+    }
+
+    /// The hub's settings (`BULWARK_DATABASE_*`) that name the database at `location`.
+    static func environment(of location: PostgresLocation) -> [String: String] {
+        var environment = [
+            "BULWARK_DATABASE_URL":
+                "postgres://\(location.user)@\(location.host):\(location.port)/\(location.database)?sslmode=verify-full"
+        ]
+        environment["BULWARK_DATABASE_PASSWORD_FILE"] = location.passwordFile
+        environment["BULWARK_DATABASE_CA_FILE"] = location.caFile
+        return environment
     }
 
     static func twoNodes(joining first: TestHub, location: PostgresLocation) async throws -> (TestHub, TestHub) {
@@ -39,7 +51,7 @@ import Testing
     }
 
     @Test func revocationQuarantineReleaseAndSchemasOnOneNodeBiteOnTheOther() async throws {
-        let (one, two) = try await Self.twoNodes()
+        let (one, two, location) = try await Self.twoNodes()
         let device = try await one.enroll("cl-1")
         let id = try DeviceID("cl-1")
 
@@ -77,6 +89,13 @@ import Testing
             return clock.now - answered
         }
         #expect(closedAfter < .seconds(1), "node 2 closed the revoked device's connection after \(closedAfter)")
+
+        // Both nodes wrote to one audit chain; `bulwark audit verify` reads it from PostgreSQL and checks every MAC.
+        let verified = try await run(
+            try HubProcessTests.binary, ["audit", "verify", "--data", one.directory],
+            environment: Self.environment(of: location), timeout: 60)
+        #expect(verified.status == 0, "\(verified.stdout)\(verified.stderr)")
+        #expect(verified.stdout.contains("intact"), "\(verified.stdout)")
         for certificate in try await two.server.store.certificates(of: id) {
             #expect(two.server.revocationList.contains(certificate.serialHex))
         }
@@ -88,7 +107,7 @@ import Testing
     /// node 1 and replayed to node 2 is refused there, and so is an MQTT message whose counter node 1 stored, unless
     /// it is the DUP resend of that message (a PUBACK lost with a node): acknowledged, stored once.
     @Test func aMessageReplayedToAnotherNodeIsRefused() async throws {
-        let (one, two) = try await Self.twoNodes()
+        let (one, two, _) = try await Self.twoNodes()
         let device = try await one.enroll("cl-r")
         let id = try DeviceID("cl-r")
         let body = Array(#"{"temperature":21}"#.utf8)
