@@ -107,66 +107,75 @@ final class PostgresGroupCommitter: Sendable {
         let order = messages.indices.sorted {
             (messages[$0].deviceID.rawValue, $0) < (messages[$1].deviceID.rawValue, $1)
         }
-        return try await client.withTransaction(logger: quiet) { connection in
-            var ids = [Int64?](repeating: nil, count: messages.count)
-            let now = Int64(Date().timeIntervalSince1970)
-            for index in order {
-                let message = messages[index]
-                let device = message.deviceID.rawValue
-                // The replay check of the database, for writers on other nodes: the counter accepted into the stored
-                // window under its row lock, the nonce inserted unless a live one is there.
-                var accepted: StoredCounterWindow?
-                if let counter = message.counter {
-                    accepted = try await Self.lockedWindow(device, connection).accepting(counter)
-                    if accepted == nil { continue }
-                }
-                if let nonce = message.nonce {
-                    let inserted = try await PostgresHubStore.one(
-                        connection.query(
-                            """
-                            INSERT INTO nonces (device_id, nonce, expires_at) VALUES (\(device), \(nonce.nonce),
-                                \(nonce.expiresAt))
-                            ON CONFLICT (device_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
-                            WHERE nonces.expires_at <= \(now)
-                            RETURNING 1
-                            """, logger: quiet), Int32.self)
-                    if inserted == nil { continue }
-                }
-                guard
-                    let id = try await PostgresHubStore.one(
-                        connection.query(
-                            """
-                            INSERT INTO telemetry (device_id, received_at, correlation_id, body, message_type)
-                            VALUES (\(device), \(message.receivedAt.timeIntervalSince1970Millis),
-                                    \(message.correlationID), \(ByteBuffer(bytes: message.body)), \(message.messageType))
-                            RETURNING id
-                            """, logger: quiet), Int64.self)
-                else { throw StoreError(.unavailable, "the telemetry insert returned no id") }
-                ids[index] = id
-                if let accepted {
-                    try await connection.query(
+        return try await PostgresHubStore.leased(client) { connection in
+            try await connection.withTransaction(logger: quiet) { connection in
+                try await Self.write(messages, order, connection)
+            }
+        }
+    }
+
+    private static func write(_ messages: [NewTelemetry], _ order: [Int], _ connection: PostgresConnection) async throws
+        -> [Int64?]
+    {
+        let quiet = PostgresHubStore.quiet
+        var ids = [Int64?](repeating: nil, count: messages.count)
+        let now = Int64(Date().timeIntervalSince1970)
+        for index in order {
+            let message = messages[index]
+            let device = message.deviceID.rawValue
+            // The replay check of the database, for writers on other nodes: the counter accepted into the stored
+            // window under its row lock, the nonce inserted unless a live one is there.
+            var accepted: StoredCounterWindow?
+            if let counter = message.counter {
+                accepted = try await Self.lockedWindow(device, connection).accepting(counter)
+                if accepted == nil { continue }
+            }
+            if let nonce = message.nonce {
+                let inserted = try await PostgresHubStore.one(
+                    connection.query(
                         """
-                        UPDATE counter_windows SET highest = \(Int64(bitPattern: accepted.highest)),
-                            seen = \(Int64(bitPattern: accepted.seen)) WHERE device_id = \(device)
-                        """, logger: quiet)
-                }
+                        INSERT INTO nonces (device_id, nonce, expires_at) VALUES (\(device), \(nonce.nonce),
+                            \(nonce.expiresAt))
+                        ON CONFLICT (device_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
+                        WHERE nonces.expires_at <= \(now)
+                        RETURNING 1
+                        """, logger: quiet), Int32.self)
+                if inserted == nil { continue }
             }
-            // Windows given without a counter: one per device (the batch's own merged first), never moved backwards.
-            var windows: [String: StoredCounterWindow] = [:]
-            for (index, message) in messages.enumerated() where ids[index] != nil && message.counter == nil {
-                guard let window = message.counterWindow else { continue }
-                windows[message.deviceID.rawValue] = window.merged(with: windows[message.deviceID.rawValue])
-            }
-            for (device, window) in windows.sorted(by: { $0.key < $1.key }) {
-                let merged = window.merged(with: try await Self.lockedWindow(device, connection))
+            guard
+                let id = try await PostgresHubStore.one(
+                    connection.query(
+                        """
+                        INSERT INTO telemetry (device_id, received_at, correlation_id, body, message_type)
+                        VALUES (\(device), \(message.receivedAt.timeIntervalSince1970Millis),
+                                \(message.correlationID), \(ByteBuffer(bytes: message.body)), \(message.messageType))
+                        RETURNING id
+                        """, logger: quiet), Int64.self)
+            else { throw StoreError(.unavailable, "the telemetry insert returned no id") }
+            ids[index] = id
+            if let accepted {
                 try await connection.query(
                     """
-                    UPDATE counter_windows SET highest = \(Int64(bitPattern: merged.highest)),
-                        seen = \(Int64(bitPattern: merged.seen)) WHERE device_id = \(device)
+                    UPDATE counter_windows SET highest = \(Int64(bitPattern: accepted.highest)),
+                        seen = \(Int64(bitPattern: accepted.seen)) WHERE device_id = \(device)
                     """, logger: quiet)
             }
-            return ids
         }
+        // Windows given without a counter: one per device (the batch's own merged first), never moved backwards.
+        var windows: [String: StoredCounterWindow] = [:]
+        for (index, message) in messages.enumerated() where ids[index] != nil && message.counter == nil {
+            guard let window = message.counterWindow else { continue }
+            windows[message.deviceID.rawValue] = window.merged(with: windows[message.deviceID.rawValue])
+        }
+        for (device, window) in windows.sorted(by: { $0.key < $1.key }) {
+            let merged = window.merged(with: try await Self.lockedWindow(device, connection))
+            try await connection.query(
+                """
+                UPDATE counter_windows SET highest = \(Int64(bitPattern: merged.highest)),
+                    seen = \(Int64(bitPattern: merged.seen)) WHERE device_id = \(device)
+                """, logger: quiet)
+        }
+        return ids
     }
 }
 

@@ -1424,12 +1424,16 @@ public final class PostgresHubStore: HubStore {
     /// One transaction; run again (up to three times in all) when PostgreSQL chose it as a deadlock victim or
     /// could not serialise it: nothing of it was committed.
     @discardableResult
-    private func write<T: Sendable>(_ body: (PostgresConnection) async throws -> sending T) async throws -> T {
+    private func write<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws
+        -> T
+    {
         var attempt = 0
         while true {
             attempt += 1
             do {
-                return try await client.withTransaction(logger: Self.quiet, body)
+                return try await Self.leased(client) { connection in
+                    try await connection.withTransaction(logger: Self.quiet) { try await body($0) }
+                }
             } catch {
                 if attempt < 3, Self.isRetryable(error) { continue }
                 throw Self.storeError(error, "write failed")
@@ -1447,20 +1451,72 @@ public final class PostgresHubStore: HubStore {
     }
 
     /// Reads in one snapshot (repeatable read, read only): a count and the page it counts agree.
-    private func snapshot<T: Sendable>(_ body: (PostgresConnection) async throws -> sending T) async throws -> T {
+    private func snapshot<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws
+        -> T
+    {
         do {
-            return try await client.withTransaction(logger: Self.quiet) { connection in
-                try await connection.query(
-                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", logger: Self.quiet)
-                return try await body(connection)
+            return try await Self.leased(client) { connection in
+                try await connection.withTransaction(logger: Self.quiet) { connection in
+                    try await connection.query(
+                        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", logger: Self.quiet)
+                    return try await body(connection)
+                }
             }
         } catch {
             throw Self.storeError(error, "read failed")
         }
     }
 
-    private func read<T: Sendable>(_ body: (PostgresClient) async throws -> T) async throws -> T {
-        do { return try await body(client) } catch { throw Self.storeError(error, "read failed") }
+    /// A read through the pool, given up after `leaseTimeout` (a read is never ambiguous: nothing was written).
+    private func read<T: Sendable>(_ body: @escaping @Sendable (PostgresClient) async throws -> T) async throws -> T {
+        let client = client
+        do {
+            return try await withThrowingTaskGroup(of: T?.self) { group in
+                group.addTask { try await body(client) }
+                group.addTask {
+                    try await Task.sleep(for: Self.leaseTimeout)
+                    throw StoreError(.unavailable, "PostgreSQL did not answer within \(Self.leaseTimeout)")
+                }
+                defer { group.cancelAll() }
+                while let result = try await group.next() {
+                    if let value = result { return value }
+                }
+                throw StoreError(.unavailable, "read ended without a result")
+            }
+        } catch { throw Self.storeError(error, "read failed") }
+    }
+
+    /// How long a caller waits for a pooled connection. With PostgreSQL down the pool keeps trying (with back-off)
+    /// for a minute or more; a device gets its 503 (or PUBACK 0x80) within this instead.
+    static let leaseTimeout = Duration.seconds(5)
+
+    /// Runs `body` on a pooled connection, or gives up with `unavailable` when none is had within `leaseTimeout`.
+    /// Only the wait for a connection is bounded here: once `body` runs, PostgreSQL's own timeouts bound it, and it
+    /// is never cut off mid-transaction (a commit whose answer was cut off would leave its outcome unknown).
+    static func leased<T: Sendable>(
+        _ client: PostgresClient, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let started = LeaseFlag()
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await client.withConnection { connection in
+                    started.set()
+                    return try await body(connection)
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: leaseTimeout)
+                if !started.isSet {
+                    throw StoreError(.unavailable, "no connection to PostgreSQL within \(leaseTimeout)")
+                }
+                return nil  // the body runs: wait for it
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let value = result { return value }
+            }
+            throw StoreError(.unavailable, "the database call ended without a result")
+        }
     }
 
     /// A store error that names what PostgreSQL said (its SQLSTATE and message), never the query's values: a bind
@@ -1494,6 +1550,13 @@ public final class PostgresHubStore: HubStore {
         for try await value in rows.decode(T.self) { values.append(value) }
         return values
     }
+}
+
+/// Whether a leased connection's work has begun (set once, from the pool's task).
+final class LeaseFlag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }
 
 extension PostgresConnection {

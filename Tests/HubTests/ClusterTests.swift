@@ -260,3 +260,53 @@ import Testing
         #expect(stat(target, &info) == 0 && info.st_mode & 0o777 == 0o700)
     }
 }
+
+/// What a hub does when PostgreSQL goes away under it, with a real server stopped and started again.
+@Suite(.serialized) struct DatabaseOutageTests {
+    @Test func aStoppedDatabaseGets503NothingIsAcknowledgedAndTheHubRecovers() async throws {
+        let (directory, location) = try PostgresTestServer.privateServer()
+        defer {
+            _ = PostgresTestServer.stop(directory)
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        let hub = try await TestHub.start(store: try await PostgresHubStore(location: location))
+        let device = try await hub.enroll("outage-1")
+        func send(_ n: Int) async throws -> HTTPResult {
+            try await device.request(port: hub.devicePort, "POST", "/v1/telemetry", body: Array(#"{"n":\#(n)}"#.utf8))
+        }
+        #expect(try await send(1).status == 202)
+
+        #expect(PostgresTestServer.stop(directory))
+        let refusedAt = ContinuousClock.now
+        let refused = try await send(2)
+        let answeredAfter = ContinuousClock.now - refusedAt
+        print("503 after \(answeredAfter)")
+        #expect(answeredAfter < .seconds(15), "the pool's own retries would take a minute or more")
+        #expect(refused.status == 503, "\(refused.status) \(String(decoding: refused.body, as: UTF8.self))")
+        #expect(refused.header("Content-Type")?.hasPrefix("application/problem+json") == true)
+        let mqtt = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
+            try await mqtt.publishAcknowledged(
+                topic: try TopicName("devices/outage-1/telemetry"), payload: Array(#"{"n":3}"#.utf8))
+        }
+        #expect(mqtt == 0x80, "a PUBLISH that was not stored is not acknowledged as stored")
+
+        // The database returns: the hub, still up, stores again without a restart.
+        #expect(PostgresTestServer.resume(directory))
+        let clock = ContinuousClock()
+        let start = clock.now
+        var status = 0
+        while clock.now - start < .seconds(30) {
+            status = try await send(4).status
+            if status == 202 { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(status == 202, "the hub did not recover within 30 s")
+        print("recovered \(clock.now - start) after the database returned")
+        let stored = try await hub.server.store.telemetry(of: try DeviceID("outage-1"), limit: 10).map {
+            String(decoding: $0.body, as: UTF8.self)
+        }
+        #expect(!stored.contains(#"{"n":2}"#) && !stored.contains(#"{"n":3}"#))
+        #expect(stored.contains(#"{"n":1}"#) && stored.contains(#"{"n":4}"#))
+        try await hub.stop()
+    }
+}

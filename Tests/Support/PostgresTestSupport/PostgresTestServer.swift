@@ -66,21 +66,44 @@ public enum PostgresTestServer {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("scripts/postgres")
 
-    private static func startOwnServer() throws -> [String: String] {
+    /// A server of the caller's own (a fault test stops and resumes it): stop it with `stop(_:)` when done.
+    public static func privateServer() throws -> (directory: String, location: PostgresLocation) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-pg-\(UUID())").path
+        let values = try start(directory)
+        guard let url = values["BULWARK_TEST_POSTGRES_URL"] else {
+            throw StoreError(.unavailable, "scripts/postgres wrote no URL")
+        }
+        let location = try PostgresLocation(
+            url: url, passwordFile: values["BULWARK_TEST_POSTGRES_PASSWORD_FILE"],
+            caFile: values["BULWARK_TEST_POSTGRES_CA_FILE"])
+        return (directory, location)
+    }
+
+    /// Stops a server (`scripts/postgres stop`, by the pid in its postmaster.pid).
+    public static func stop(_ directory: String) -> Bool { runScript(["stop", directory]) == 0 }
+    /// Starts a stopped server again on its port.
+    public static func resume(_ directory: String) -> Bool { runScript(["resume", directory]) == 0 }
+
+    private static func start(_ directory: String) throws -> [String: String] {
         guard runScript(["start", directory]) == 0,
             let env = FileManager.default.contents(atPath: directory + "/env")
         else { throw StoreError(.unavailable, "scripts/postgres start failed (is PostgreSQL installed?)") }
+        var values: [String: String] = [:]
+        for line in String(decoding: env, as: UTF8.self).split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1)
+            if parts.count == 2 { values[String(parts[0])] = String(parts[1]) }
+        }
+        return values
+    }
+
+    private static func startOwnServer() throws -> [String: String] {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-pg-\(UUID())").path
+        let values = try start(directory)
         ownDirectory = directory
         atexit {
             guard let directory = PostgresTestServer.ownDirectory else { return }
             _ = PostgresTestServer.runScript(["stop", directory])
             try? FileManager.default.removeItem(atPath: directory)
-        }
-        var values: [String: String] = [:]
-        for line in String(decoding: env, as: UTF8.self).split(separator: "\n") {
-            let parts = line.split(separator: "=", maxSplits: 1)
-            if parts.count == 2 { values[String(parts[0])] = String(parts[1]) }
         }
         return values
     }
