@@ -14,7 +14,7 @@ import X509
 
 /// Hardening finding 8: revocations are published as a CRL signed by the hub CA, at the URL every issued certificate
 /// names, and real relying parties (openssl, curl) act on it.
-@Suite(.serialized) struct CRLTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct CRLTests {
     /// A loopback port free now (the CRL URL goes into certificates before the listener binds, so it cannot be 0).
     static func freePort() async throws -> Int {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
