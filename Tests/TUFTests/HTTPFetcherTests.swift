@@ -1,3 +1,4 @@
+import Glibc
 import NIOCore
 import NIOPosix
 import Testing
@@ -184,11 +185,22 @@ func withServer(_ mode: Misbehaviour, _ body: (String) async throws -> Void) asy
     }
 
     @Test func socketFetcherReportsARefusedConnection() async throws {
-        // A port that was just free: bind, note, close.
-        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: 0).get()
-        let port = try need(server.localAddress?.port)
-        try await server.close()
+        // A port bound but not listening, held for the whole test: connections to it are refused, and no other
+        // test's server can take it meanwhile (a port closed before the fetch was once taken by one that hung).
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(holder >= 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(holder, $0, length) == 0 && getsockname(holder, $0, &length) == 0
+            }
+        }
+        #expect(bound)
+        let port = Int(UInt16(bigEndian: address.sin_port))
         do {
             _ = try await SocketFetcher(timeout: .seconds(5)).fetch("http://127.0.0.1:\(port)/x", maxBytes: 10)
             Issue.record("connected to a closed port")
