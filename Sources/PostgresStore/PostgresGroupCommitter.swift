@@ -94,9 +94,11 @@ final class PostgresGroupCommitter: Sendable {
             return true
         }
         guard due else { return }
-        _ = try? await client.query(
-            "DELETE FROM nonces WHERE expires_at <= \(Int64(Date().timeIntervalSince1970))",
-            logger: PostgresHubStore.quiet)
+        let now = Int64(Date().timeIntervalSince1970)
+        _ = try? await PostgresHubStore.leased(client) { connection in
+            try await PostgresHubStore.drain(
+                connection.query("DELETE FROM nonces WHERE expires_at <= \(now)", logger: PostgresHubStore.quiet))
+        }
     }
 
     /// Writes one batch in one transaction; returns each message's id, in the batch's order, nil for a message refused

@@ -20,6 +20,7 @@ public final class PostgresHubStore: HubStore {
     private let running: Task<Void, Never>
     private let committer: PostgresGroupCommitter
     private let auditKey = Mutex<AuditKey?>(nil)
+    private let logger: Logger
 
     /// Connects, runs pending migrations and returns once the schema is current. `onCommit` hears of each telemetry
     /// group commit that succeeded (how many messages and how long it took), as in `SQLiteHubStore`.
@@ -38,6 +39,7 @@ public final class PostgresHubStore: HubStore {
         }
         let client = PostgresClient(configuration: try location.clientConfiguration(), backgroundLogger: logger)
         self.client = client
+        self.logger = logger
         running = Task { await client.run() }
         committer = PostgresGroupCommitter(client: client, onCommit: onCommit)
         do {
@@ -1414,9 +1416,15 @@ public final class PostgresHubStore: HubStore {
     // MARK: Plumbing
 
     /// Stops the connection pool (waits for it to close its connections).
+    /// Stops the pool and waits for it, at most 10 s: a pool that does not end (seen under load, with postgres-nio
+    /// 1.33) must not hold a stopping hub for ever; its connections are closed either way.
     public func close() async throws {
         running.cancel()
-        await running.value
+        let running = running
+        let (outcome, _) = Outcome.start { await running.value }
+        if await outcome.wait(.seconds(10)) == nil {
+            logger.warning("the PostgreSQL pool did not stop within 10 s; left to stop alone")
+        }
     }
 
     static let quiet = Logger(label: "bulwark.store.postgres.query", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -1470,53 +1478,46 @@ public final class PostgresHubStore: HubStore {
     /// A read through the pool, given up after `leaseTimeout` (a read is never ambiguous: nothing was written).
     private func read<T: Sendable>(_ body: @escaping @Sendable (PostgresClient) async throws -> T) async throws -> T {
         let client = client
-        do {
-            return try await withThrowingTaskGroup(of: T?.self) { group in
-                group.addTask { try await body(client) }
-                group.addTask {
-                    try await Task.sleep(for: Self.leaseTimeout)
-                    throw StoreError(.unavailable, "PostgreSQL did not answer within \(Self.leaseTimeout)")
-                }
-                defer { group.cancelAll() }
-                while let result = try await group.next() {
-                    if let value = result { return value }
-                }
-                throw StoreError(.unavailable, "read ended without a result")
-            }
-        } catch { throw Self.storeError(error, "read failed") }
+        let (outcome, task) = Outcome.start { try await body(client) }
+        guard let result = await outcome.wait(Self.leaseTimeout) else {
+            task.cancel()
+            throw StoreError(.unavailable, "read failed: PostgreSQL did not answer within \(Self.leaseTimeout)")
+        }
+        do { return try result.get() } catch { throw Self.storeError(error, "read failed") }
     }
 
     /// How long a caller waits for a pooled connection. With PostgreSQL down the pool keeps trying (with back-off)
     /// for a minute or more; a device gets its 503 (or PUBACK 0x80) within this instead.
     static let leaseTimeout = Duration.seconds(5)
 
+    /// How long a caller waits for the answer to work that began on a connection: beyond PostgreSQL's own bounds
+    /// (`statement_timeout` 60 s, `idle_in_transaction_session_timeout` 30 s), so only a driver that lost the answer
+    /// reaches it.
+    static let answerTimeout = Duration.seconds(120)
+
     /// Runs `body` on a pooled connection, or gives up with `unavailable` when none is had within `leaseTimeout`.
-    /// Only the wait for a connection is bounded here: once `body` runs, PostgreSQL's own timeouts bound it, and it
-    /// is never cut off mid-transaction (a commit whose answer was cut off would leave its outcome unknown).
+    /// Only the wait for a connection is bounded by it: once `body` runs, PostgreSQL's own timeouts bound it, and it
+    /// is not abandoned mid-transaction (a commit whose answer was cut off would leave its outcome unknown) unless
+    /// no answer came within `answerTimeout`. Work never starts after its caller was told it would not.
     static func leased<T: Sendable>(
         _ client: PostgresClient, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
-        let started = LeaseFlag()
-        return try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask {
-                try await client.withConnection { connection in
-                    started.set()
-                    return try await body(connection)
-                }
+        let flag = LeaseFlag()
+        let (outcome, task) = Outcome.start {
+            try await client.withConnection { connection in
+                guard flag.start() else { throw CancellationError() }
+                return try await body(connection)
             }
-            group.addTask {
-                try await Task.sleep(for: leaseTimeout)
-                if !started.isSet {
-                    throw StoreError(.unavailable, "no connection to PostgreSQL within \(leaseTimeout)")
-                }
-                return nil  // the body runs: wait for it
-            }
-            defer { group.cancelAll() }
-            while let result = try await group.next() {
-                if let value = result { return value }
-            }
-            throw StoreError(.unavailable, "the database call ended without a result")
         }
+        if let result = await outcome.wait(leaseTimeout) { return try result.get() }
+        if flag.abandon() {
+            task.cancel()
+            throw StoreError(.unavailable, "no connection to PostgreSQL within \(leaseTimeout)")
+        }
+        if let result = await outcome.wait(answerTimeout - leaseTimeout) { return try result.get() }
+        task.cancel()
+        throw StoreError(
+            .unavailable, "PostgreSQL did not answer within \(answerTimeout): the outcome of the call is unknown")
     }
 
     /// A store error that names what PostgreSQL said (its SQLSTATE and message), never the query's values: a bind
@@ -1550,13 +1551,6 @@ public final class PostgresHubStore: HubStore {
         for try await value in rows.decode(T.self) { values.append(value) }
         return values
     }
-}
-
-/// Whether a leased connection's work has begun (set once, from the pool's task).
-final class LeaseFlag: Sendable {
-    private let value = Mutex(false)
-    func set() { value.withLock { $0 = true } }
-    var isSet: Bool { value.withLock { $0 } }
 }
 
 extension PostgresConnection {

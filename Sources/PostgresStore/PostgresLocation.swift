@@ -85,7 +85,7 @@ public struct PostgresLocation: Sendable, Equatable {
 
     /// One connection's configuration, same server and checks (the store's first connection, which reports why the
     /// server cannot be reached instead of retrying as the pool does).
-    func connectionConfiguration() throws -> PostgresConnection.Configuration {
+    public func connectionConfiguration() throws -> PostgresConnection.Configuration {
         var configuration = PostgresConnection.Configuration(
             host: host, port: port, username: user, password: try password(), database: database,
             tls: try tlsConfiguration().map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable)

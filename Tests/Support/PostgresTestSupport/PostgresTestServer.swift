@@ -1,5 +1,6 @@
 public import Foundation
 import Glibc
+import Logging
 import PostgresNIO
 public import PostgresStore
 import Store
@@ -38,14 +39,19 @@ public enum PostgresTestServer {
         try await execute("CREATE DATABASE \(name)", on: location)
     }
 
-    /// Runs one statement on the database at `location`, behind the store's back (as another program could).
+    /// Runs one statement on the database at `location`, behind the store's back (as another program could), on a
+    /// connection of its own: no pool to start and stop.
     public static func execute(_ sql: String, on location: PostgresLocation) async throws {
-        let client = PostgresClient(configuration: try location.clientConfiguration())
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await client.run() }
-            defer { group.cancelAll() }
-            try await client.query(PostgresQuery(unsafeSQL: sql))
+        let connection = try await PostgresConnection.connect(
+            configuration: try location.connectionConfiguration(), id: 1,
+            logger: Logger(label: "bulwark.test.postgres", factory: { _ in SwiftLogNoOpLogHandler() }))
+        do {
+            try await connection.query(PostgresQuery(unsafeSQL: sql), logger: Logger(label: "bulwark.test.postgres"))
+        } catch {
+            try? await connection.close()
+            throw error
         }
+        try await connection.close()
     }
 
     nonisolated(unsafe) private static var ownDirectory: String?
