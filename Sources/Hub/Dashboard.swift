@@ -328,7 +328,7 @@ struct Dashboard {
 
     func claimsPage(_ context: HubRequestContext) async throws -> Response {
         try Self.requireOperator(context)
-        let pending = await claims.pending(now: Date())
+        let pending = try await claims.pending(now: Date())
         return try page(
             "claims", context, title: "Pairing claims",
             [

@@ -183,7 +183,7 @@ public final class HubMetrics: Sendable {
             registry.makeCounter(descriptor: Self.mqttDropped.descriptor).increment(by: Int64(added))
         }
         if let claims = sources.claims {
-            gauge(Self.claimsOpen).set(to: Double(await claims.openClaims(now: now)))
+            if let open = try? await claims.openClaims(now: now) { gauge(Self.claimsOpen).set(to: Double(open)) }
         }
         if let store = sources.store {
             do {

@@ -171,7 +171,7 @@ public final class HubServer: Sendable {
         configuration: HubConfiguration, store: any HubStore, credentials: HubCredentials, revocations: RevocationList,
         gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal], crl: CRLPublisher,
         renewals: CertificateRenewals, deviceSignals: DeviceSignals, rollouts: RolloutController?,
-        metrics: HubMetrics, auditKey: AuditKey?, clusterPosition: Int64
+        metrics: HubMetrics, auditKey: AuditKey, clusterPosition: Int64
     ) throws {
         self.gateway = gateway
         self.configuration = configuration
@@ -280,7 +280,7 @@ public final class HubServer: Sendable {
         }
         let rids = RIDDirectory(store: store, logger: logger)
         let claims = PairingClaims(
-            lifetime: TimeInterval(configuration.claimLifetimeSeconds),
+            store: store, auditKey: auditKey, lifetime: TimeInterval(configuration.claimLifetimeSeconds),
             policy: .init(
                 freeAttempts: configuration.pairingFreeAttempts, baseLockout: configuration.pairingLockoutSeconds,
                 maximumLockout: max(3600, configuration.pairingLockoutSeconds)), metrics: metrics)

@@ -611,7 +611,7 @@ struct OperatorRoutes {
         }
         // A pending claim goes too: a revoked device must not pair back in on a label entered before (a pairing
         // already under way is refused when it tries to activate: the store compares the times).
-        await claims.drop(deviceID)
+        try await claims.drop(deviceID)
         let serials: [String]
         do { serials = try await store.revoke(device: deviceID, at: Date()) } catch let error as StoreError
             where error.code == .notFound
@@ -727,7 +727,7 @@ struct OperatorRoutes {
                 detail: "claim of \(label.deviceID): suite \(label.suite.name) outside the FIPS profile",
                 event: "pairing-claim-refused")
         }
-        let expires = await claims.add(label, now: Date())
+        let expires = try await claims.add(label, now: Date())
         try await store.recordSecurityEvent(
             SecurityEvent(
                 at: Date(), kind: "pairing-claimed", identity: Identity.device(label.deviceID).uri,

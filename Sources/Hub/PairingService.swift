@@ -11,91 +11,124 @@ import Store
 import Synchronization
 import X509
 
-/// Pending claims and failed attempts. A claim names a label the operator entered; it expires (default 10
-/// minutes) and is consumed by the first successful pairing.
-actor PairingClaims {
-    struct Claim {
-        let label: PairingLabel
-        let expires: Date
-    }
-
-    private var claims: [DeviceID: Claim] = [:]
-    /// Devices whose claim a pairing session holds right now: one session per claim at a time.
-    private var inUse: Set<DeviceID> = []
-    /// Failures after the peer proved the device's identity key (a wrong label secret): per device.
-    private var limiter: AttemptLimiter<DeviceID>
+/// Pending claims and failed attempts, kept in the store so that every hub node sees them at once: a claim entered
+/// on one node is used on another, once, and a device's lock-out counts its failures on all of them (a restart
+/// forgets neither). A claim expires (default 10 minutes) and is consumed by the first successful pairing.
+///
+/// A label holds the device's setup secret, so it is sealed before it is stored: AES-GCM (the device id as its
+/// associated data, so a sealed label moved to another device's row does not open) under a key each node derives
+/// from the audit key, which every node holds and the database never does.
+struct PairingClaims: Sendable {
+    let store: any HubStore
+    private let sealing: SymmetricKey
     let lifetime: TimeInterval
+    /// Failures after the peer proved the device's identity key (a wrong label secret): per device, in the store.
+    let policy: LockoutPolicy
+    /// How long a session's hold on a claim lasts at most: twice the pairing deadline, so a node that dies in the
+    /// middle of a pairing frees the claim for another session after it.
+    static let holdTime: TimeInterval = 60
     /// Failures before any proof (anyone can send a hello naming any device): per source address, so a stranger
-    /// locks out only itself.
+    /// locks out only itself. Kept per node: it guards the node's accept loop, and it guesses no secret.
     let sources: SourceLockout
 
-    /// Counts pairings, failures and lock-outs (nil in tests that build claims alone).
+    /// Counts pairings, failures and lock-outs.
     let metrics: HubMetrics?
 
-    init(lifetime: TimeInterval = 600, policy: LockoutPolicy = .init(), metrics: HubMetrics? = nil) {
+    init(
+        store: any HubStore, auditKey: AuditKey, lifetime: TimeInterval = 600, policy: LockoutPolicy = .init(),
+        metrics: HubMetrics? = nil
+    ) {
+        self.store = store
+        sealing = auditKey.derivedKey(for: "pairing claims")
         self.metrics = metrics
         self.lifetime = lifetime
-        limiter = AttemptLimiter(policy: policy)
+        self.policy = policy
         sources = SourceLockout(policy: policy)
     }
 
-    func add(_ label: PairingLabel, now: Date) -> Date {
-        claims = claims.filter { $0.value.expires > now }
+    /// Records the operator's claim (replacing the device's earlier one); returns when it expires.
+    func add(_ label: PairingLabel, now: Date) async throws -> Date {
         let expires = now.addingTimeInterval(lifetime)
-        claims[label.deviceID] = Claim(label: label, expires: expires)
+        let sealed = try AES.GCM.seal(
+            Array(label.text.utf8), using: sealing, authenticating: Array(label.deviceID.rawValue.utf8))
+        guard let combined = sealed.combined else { throw PairingError(.invalidLabel, "the label could not be sealed") }
+        try await store.putClaim(
+            StoredClaim(
+                device: label.deviceID, suite: label.suite.name, sealedLabel: Array(combined), expires: expires))
         return expires
     }
 
     /// The claim for a device, if one is pending and the device is not locked out. Looking it up does not hold it:
     /// anyone can send a hello naming the device, so a session holds the claim only once its peer proved the
     /// device's key (`hold`), and a stranger's silent connection cannot keep the device from pairing.
-    func claim(for device: DeviceID, now: Date) throws(PairingError) -> PairingLabel {
-        if let until = limiter.lockedUntil(device, now: now.timeIntervalSince1970) {
+    func claim(for device: DeviceID, now: Date) async throws -> PairingLabel {
+        try await refuseIfLockedOut(device, now: now)
+        guard let claim = try await store.claim(of: device, at: now) else {
+            throw PairingError(.noClaim, "no pending claim")
+        }
+        guard let box = try? AES.GCM.SealedBox(combined: claim.sealedLabel),
+            let text = try? AES.GCM.open(box, using: sealing, authenticating: Array(device.rawValue.utf8)),
+            let label = try? PairingLabel(text: String(decoding: text, as: UTF8.self)), label.deviceID == device
+        else { throw PairingError(.noClaim, "the stored claim does not open with this node's key") }
+        return label
+    }
+
+    private func refuseIfLockedOut(_ device: DeviceID, now: Date) async throws {
+        if let failures = try await store.pairingFailures(of: device),
+            let until = policy.lockedUntil(failures: failures.count, lastFailure: failures.last.timeIntervalSince1970),
+            until > now.timeIntervalSince1970
+        {
             metrics?.pairing(.lockedOut)
             throw PairingError(.lockedOut, "locked out for \(Int(until - now.timeIntervalSince1970)) s more")
         }
-        guard let claim = claims[device], claim.expires > now else {
-            throw PairingError(.noClaim, "no pending claim")
-        }
-        return claim.label
     }
 
-    /// The peer proved the device's key: this session holds the claim (one at a time), if it is still pending.
-    func hold(_ device: DeviceID, now: Date) throws(PairingError) {
-        guard let claim = claims[device], claim.expires > now else { throw PairingError(.noClaim, "no pending claim") }
-        guard inUse.insert(device).inserted else {
+    /// The peer proved the device's key: this session (`holder`) holds the claim, one session at a time on all
+    /// nodes, if it is still pending and the device is not locked out. The lock-out is read again once the claim is
+    /// held: a failed session counts its failure before it releases the claim (`failed`), so a session that got the
+    /// claim after it sees that failure, on whichever node it runs.
+    func hold(_ device: DeviceID, holder: String, now: Date) async throws {
+        guard try await store.holdClaim(of: device, holder: holder, until: now + Self.holdTime, at: now) else {
+            guard try await store.claim(of: device, at: now) != nil else {
+                throw PairingError(.noClaim, "no pending claim")
+            }
             throw PairingError(.claimInUse, "the claim is held by another session of this device")
+        }
+        do { try await refuseIfLockedOut(device, now: now) } catch {
+            try? await store.releaseClaim(of: device, holder: holder)
+            throw error
         }
     }
 
     /// `bulwark device revoke`: a revoked device must not pair back in on a claim made before the revocation.
-    func drop(_ device: DeviceID) { claims[device] = nil }
+    func drop(_ device: DeviceID) async throws { try await store.removeClaim(of: device, paired: false) }
 
     /// Claims not yet used or expired, soonest to expire first (the dashboard).
-    func pending(now: Date) -> [(device: DeviceID, suite: String, expires: Date)] {
-        claims.filter { $0.value.expires > now }.map { ($0.key, $0.value.label.suite.name, $0.value.expires) }
-            .sorted { $0.expires < $1.expires }
+    func pending(now: Date) async throws -> [(device: DeviceID, suite: String, expires: Date)] {
+        try await store.pendingClaims(at: now).map { ($0.device, $0.suite, $0.expires) }
     }
 
     /// Claims not yet used or expired (for `/metrics`).
-    func openClaims(now: Date) -> Int { claims.values.filter { $0.expires > now }.count }
+    func openClaims(now: Date) async throws -> Int { try await store.pendingClaims(at: now).count }
 
-    func succeeded(_ device: DeviceID) {
+    /// The device paired: its claim is used up and its failures are forgotten, in one transaction.
+    func succeeded(_ device: DeviceID) async throws {
         metrics?.pairing(.paired)
-        claims[device] = nil
-        inUse.remove(device)
-        limiter.recordSuccess(device)
+        try await store.removeClaim(of: device, paired: true)
     }
 
-    /// A session failed: release the claim it held and count the failure against the device (only once the peer
-    /// had proved the device's key) or else against its source address.
-    func failed(_ device: DeviceID?, source: String?, now: Date, countedAgainstDevice: Bool, heldClaim: Bool) {
-        if let device, heldClaim { inUse.remove(device) }
+    /// A session failed: count the failure against the device (only once the peer had proved the device's key) or
+    /// else against its source address, and then release the claim it held (in that order: see `hold`). A claim
+    /// whose release fails is free again when its hold lapses.
+    func failed(
+        _ device: DeviceID?, holder: String, source: String?, now: Date, countedAgainstDevice: Bool, heldClaim: Bool
+    ) async throws {
         if let device, countedAgainstDevice {
-            limiter.recordFailure(device, now: now.timeIntervalSince1970)
+            _ = try await store.recordPairingFailure(of: device, at: now)
         } else if let source {
             sources.recordFailure(source, now: now.timeIntervalSince1970)
         }
+        if let device, heldClaim { try await store.releaseClaim(of: device, holder: holder) }
     }
 }
 
@@ -226,80 +259,105 @@ struct PairingListener: Service {
         var issued: Certificate?
         var irk: [UInt8] = []
         var heldClaim = false
+        let holder = UUID().uuidString
         /// The device is paired (activated) even if its acknowledgement is then lost: not a failed attempt.
         var paired = false
         let source = connection.channel.remoteAddress?.ipAddress
+        var counted = false
+        /// Counts a failed session once: against the device if its peer proved the device's key, else against its
+        /// source. Called before the connection closes, so the peer learns of a failure only once it is counted (on
+        /// every node): no attempt on another node slips in between.
+        func count(_ error: any Error) async {
+            guard !counted else { return }
+            counted = true
+            // Attempts refused because of a lock-out do not extend it: hammering the port must not keep the real
+            // device locked out for ever. A claim held by another session of the same device (it proved the key) is
+            // nobody's offence, and a device that paired (only its acknowledgement was lost) failed nothing.
+            let code = (error as? PairingError)?.code
+            guard !paired, code != .lockedOut else { return }
+            claims.metrics?.pairing(.failed)
+            guard code != .claimInUse else { return }
+            do {
+                try await claims.failed(
+                    session.pairingDeviceID, holder: holder, source: source, now: Date(),
+                    countedAgainstDevice: session.deviceKeyProved, heldClaim: heldClaim)
+            } catch {
+                logger.warning("a failed pairing was not counted", metadata: ["error": .string("\(error)")])
+            }
+        }
         do {
             try await connection.executeThenClose { inbound, outbound in
-                var frames = inbound.makeAsyncIterator()
-                var action = try session.start()
-                while true {
-                    switch action {
-                    case .send(let frame):
-                        try await outbound.write(frame)
-                        guard let next = try await frames.next() else {
-                            throw PairingError(.protocolViolation, "peer closed the connection")
+                do {
+                    var frames = inbound.makeAsyncIterator()
+                    var action = try session.start()
+                    while true {
+                        switch action {
+                        case .send(let frame):
+                            try await outbound.write(frame)
+                            guard let next = try await frames.next() else {
+                                throw PairingError(.protocolViolation, "peer closed the connection")
+                            }
+                            action = try session.received(next)
+                            if session.deviceKeyProved, !heldClaim, let device = session.pairingDeviceID {
+                                // Message 2 decrypted: the peer holds the device's key. Only now does the session hold
+                                // the claim, and only now is the short deadline lifted (a stranger that says hello and
+                                // then nothing is cut after `pairing.helloSeconds`).
+                                try await claims.hold(device, holder: holder, now: Date())
+                                heldClaim = true
+                                hello.value.store(true, ordering: .relaxed)
+                            }
+                        case .lookUpClaim(let device, _):
+                            let label = try await claims.claim(for: device, now: Date())
+                            action = try session.claimFound(label)
+                        case .issueCertificate(let device, let operationalKey, let csrDER):
+                            let certificate = try issue(device, operationalKey: operationalKey, csrDER: csrDER)
+                            // Recorded before it leaves, as revoked until the device confirms: a hub that dies between
+                            // here and the confirmation leaves no valid certificate that `device revoke` cannot reach.
+                            revocations.insertPending(certificate.serialHex)
+                            var pending = HubCredentials.record(certificate, deviceID: nil)
+                            pending.revokedAt = Date()
+                            try await store.addCertificate(pending)
+                            issued = certificate
+                            irk = Array(SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) })
+                            action = try session.issued(
+                                PairingCredentials(
+                                    certificateDER: certificate.derBytes,
+                                    caCertificateDER: credentials.authority.certificate.derBytes,
+                                    pins: credentials.identity.current.pins,
+                                    irk: irk, tufRoot: currentTUFRoot()))
+                        case .paired(let device, let acknowledgement):
+                            guard let certificate = issued else {
+                                throw PairingError(.protocolViolation, "no certificate")
+                            }
+                            try await store.activatePendingCertificate(
+                                certificate.serialHex, device: device, irk: irk, at: Date())
+                            revocations.removePending(certificate.serialHex)
+                            rids.insert(device, irk: irk)
+                            paired = true
+                            do { try await claims.succeeded(device) } catch {
+                                // Paired all the same (the device is active): the claim lapses at its expiry.
+                                logger.warning(
+                                    "a used claim was not removed",
+                                    metadata: ["device": .string(device.rawValue), "error": .string("\(error)")])
+                            }
+                            try? await store.recordSecurityEvent(
+                                SecurityEvent(
+                                    at: Date(), kind: "device-paired", identity: Identity.device(device).uri,
+                                    source: source,
+                                    detail: "serial \(certificate.serialHex)"))
+                            logger.info("device paired", metadata: ["device": .string(device.rawValue)])
+                            try await outbound.write(acknowledgement)
+                            return
                         }
-                        action = try session.received(next)
-                        if session.deviceKeyProved, !heldClaim, let device = session.pairingDeviceID {
-                            // Message 2 decrypted: the peer holds the device's key. Only now does the session hold
-                            // the claim, and only now is the short deadline lifted (a stranger that says hello and
-                            // then nothing is cut after `pairing.helloSeconds`).
-                            try await claims.hold(device, now: Date())
-                            heldClaim = true
-                            hello.value.store(true, ordering: .relaxed)
-                        }
-                    case .lookUpClaim(let device, _):
-                        let label = try await claims.claim(for: device, now: Date())
-                        action = try session.claimFound(label)
-                    case .issueCertificate(let device, let operationalKey, let csrDER):
-                        let certificate = try issue(device, operationalKey: operationalKey, csrDER: csrDER)
-                        // Recorded before it leaves, as revoked until the device confirms: a hub that dies between
-                        // here and the confirmation leaves no valid certificate that `device revoke` cannot reach.
-                        revocations.insertPending(certificate.serialHex)
-                        var pending = HubCredentials.record(certificate, deviceID: nil)
-                        pending.revokedAt = Date()
-                        try await store.addCertificate(pending)
-                        issued = certificate
-                        irk = Array(SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) })
-                        action = try session.issued(
-                            PairingCredentials(
-                                certificateDER: certificate.derBytes,
-                                caCertificateDER: credentials.authority.certificate.derBytes,
-                                pins: credentials.identity.current.pins,
-                                irk: irk, tufRoot: currentTUFRoot()))
-                    case .paired(let device, let acknowledgement):
-                        guard let certificate = issued else { throw PairingError(.protocolViolation, "no certificate") }
-                        try await store.activatePendingCertificate(
-                            certificate.serialHex, device: device, irk: irk, at: Date())
-                        revocations.removePending(certificate.serialHex)
-                        rids.insert(device, irk: irk)
-                        await claims.succeeded(device)
-                        paired = true
-                        try? await store.recordSecurityEvent(
-                            SecurityEvent(
-                                at: Date(), kind: "device-paired", identity: Identity.device(device).uri,
-                                source: source,
-                                detail: "serial \(certificate.serialHex)"))
-                        logger.info("device paired", metadata: ["device": .string(device.rawValue)])
-                        try await outbound.write(acknowledgement)
-                        return
                     }
+                } catch {
+                    await count(error)
+                    throw error
                 }
             }
         } catch {
             let device = session.pairingDeviceID
-            // Attempts refused because of a lock-out do not extend it: hammering the port must not keep the real
-            // device locked out for ever. Only a peer that proved the device's key counts against the device.
-            let code = (error as? PairingError)?.code
-            // A lock-out refusal does not extend the lock-out; a claim held by another session of the same device
-            // (it proved the key) is nobody's offence.
-            if !paired, code != .lockedOut { claims.metrics?.pairing(.failed) }
-            if code != .lockedOut, code != .claimInUse {
-                await claims.failed(
-                    device, source: source, now: Date(), countedAgainstDevice: session.deviceKeyProved,
-                    heldClaim: heldClaim)
-            }
+            await count(error)
             // Issued but never confirmed: it was recorded as revoked before it was sent and stays so. Once activated
             // (the device, its certificate and its IRK in one transaction) only the acknowledgement can have failed:
             // the device then keeps nothing, and the certificate is an enrolled device's, revocable like any other.

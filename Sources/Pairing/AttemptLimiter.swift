@@ -9,6 +9,15 @@ public struct LockoutPolicy: Sendable {
         self.baseLockout = baseLockout
         self.maximumLockout = maximumLockout
     }
+
+    /// When a key with `failures` failures, the last at `lastFailure`, may try again: nil while failures are free,
+    /// else `lastFailure + baseLockout × 2^(failures − freeAttempts)`, the lock-out at most `maximumLockout`. The one
+    /// rule for the per-source limiter below and the per-device count kept in the store (shared by hub nodes).
+    public func lockedUntil(failures: Int, lastFailure: Double) -> Double? {
+        let excess = failures - freeAttempts
+        guard excess >= 0 else { return nil }
+        return lastFailure + min(maximumLockout, baseLockout * Double(1 << min(excess, 30)))
+    }
 }
 
 /// Failed pairing attempts per key (a device id, or a source address), with exponential lock-out: after
@@ -41,11 +50,7 @@ public struct AttemptLimiter<Key: Hashable & Sendable>: Sendable {
         }
         var entry = entries[device] ?? Entry()
         entry.failures += 1
-        let excess = entry.failures - policy.freeAttempts
-        if excess >= 0 {
-            let lockout = min(policy.maximumLockout, policy.baseLockout * Double(1 << min(excess, 30)))
-            entry.lockedUntil = now + lockout
-        }
+        if let until = policy.lockedUntil(failures: entry.failures, lastFailure: now) { entry.lockedUntil = until }
         entries[device] = entry
     }
 

@@ -273,6 +273,22 @@ public final class PostgresHubStore: HubStore {
                 """,
             ]
         ),
+        (
+            5, "pairing claims and lock-outs, shared by every node",
+            [
+                """
+                CREATE TABLE pairing_claims (
+                    device_id TEXT COLLATE "C" PRIMARY KEY, suite TEXT NOT NULL, sealed BYTEA NOT NULL,
+                    expires_at BIGINT NOT NULL, holder TEXT, held_until BIGINT
+                )
+                """,
+                """
+                CREATE TABLE pairing_failures (
+                    device_id TEXT COLLATE "C" PRIMARY KEY, failures INTEGER NOT NULL, last_at BIGINT NOT NULL
+                )
+                """,
+            ]
+        ),
     ]
 
     /// The advisory lock keys (one 64-bit namespace per purpose).
@@ -1210,6 +1226,119 @@ public final class PostgresHubStore: HubStore {
                 quarantines.append((device, until))
             }
             return quarantines
+        }
+    }
+
+    // MARK: Pairing claims and lock-outs
+
+    public func putClaim(_ claim: StoredClaim) async throws {
+        try await write { connection in
+            try await connection.query("DELETE FROM pairing_claims WHERE expires_at <= \(Date().millis)")
+            try await connection.query(
+                """
+                INSERT INTO pairing_claims (device_id, suite, sealed, expires_at)
+                VALUES (\(claim.device.rawValue), \(claim.suite), \(ByteBuffer(bytes: claim.sealedLabel)),
+                        \(claim.expires.millis))
+                ON CONFLICT (device_id) DO UPDATE SET suite = excluded.suite, sealed = excluded.sealed,
+                    expires_at = excluded.expires_at, holder = NULL, held_until = NULL
+                """)
+        }
+    }
+
+    public func claim(of device: DeviceID, at: Date) async throws -> StoredClaim? {
+        try await read { client in
+            try await Self.claims(
+                client.query(
+                    """
+                    SELECT device_id, suite, sealed, expires_at FROM pairing_claims
+                    WHERE device_id = \(device.rawValue) AND expires_at > \(at.millis)
+                    """, logger: Self.quiet)
+            ).first
+        }
+    }
+
+    private static func claims(_ rows: PostgresRowSequence) async throws -> [StoredClaim] {
+        var claims: [StoredClaim] = []
+        for try await (device, suite, sealed, expires) in rows.decode((String, String, ByteBuffer, Int64).self) {
+            claims.append(
+                StoredClaim(
+                    device: try DeviceID(device), suite: suite, sealedLabel: Array(sealed.readableBytesView),
+                    expires: Date(millis: expires)))
+        }
+        return claims
+    }
+
+    public func holdClaim(of device: DeviceID, holder: String, until: Date, at: Date) async throws -> Bool {
+        try await write { connection in
+            try await Self.one(
+                connection.query(
+                    """
+                    UPDATE pairing_claims SET holder = \(holder), held_until = \(until.millis)
+                    WHERE device_id = \(device.rawValue) AND expires_at > \(at.millis)
+                      AND (held_until IS NULL OR held_until <= \(at.millis))
+                    RETURNING device_id
+                    """), String.self) != nil
+        }
+    }
+
+    public func releaseClaim(of device: DeviceID, holder: String) async throws {
+        try await write { connection in
+            try await connection.query(
+                """
+                UPDATE pairing_claims SET holder = NULL, held_until = NULL
+                WHERE device_id = \(device.rawValue) AND holder = \(holder)
+                """)
+        }
+    }
+
+    public func removeClaim(of device: DeviceID, paired: Bool) async throws {
+        try await write { connection in
+            try await connection.query("DELETE FROM pairing_claims WHERE device_id = \(device.rawValue)")
+            if paired {
+                try await connection.query("DELETE FROM pairing_failures WHERE device_id = \(device.rawValue)")
+            }
+        }
+    }
+
+    public func pendingClaims(at: Date) async throws -> [StoredClaim] {
+        try await read { client in
+            try await Self.claims(
+                client.query(
+                    """
+                    SELECT device_id, suite, sealed, expires_at FROM pairing_claims WHERE expires_at > \(at.millis)
+                    ORDER BY expires_at, device_id
+                    """, logger: Self.quiet))
+        }
+    }
+
+    public func recordPairingFailure(of device: DeviceID, at: Date) async throws -> PairingFailures {
+        try await write { connection in
+            var counted: PairingFailures?
+            for try await (failures, last) in try await connection.query(
+                """
+                INSERT INTO pairing_failures (device_id, failures, last_at) VALUES (\(device.rawValue), 1, \(at.millis))
+                ON CONFLICT (device_id) DO UPDATE
+                    SET failures = pairing_failures.failures + 1, last_at = excluded.last_at
+                RETURNING failures, last_at
+                """
+            ).decode((Int32, Int64).self) {
+                counted = PairingFailures(count: Int(failures), last: Date(millis: last))
+            }
+            guard let counted else { throw StoreError(.unavailable, "the failure count was not returned") }
+            return counted
+        }
+    }
+
+    public func pairingFailures(of device: DeviceID) async throws -> PairingFailures? {
+        try await read { client in
+            var found: PairingFailures?
+            for try await (failures, last) in try await client.query(
+                "SELECT failures, last_at FROM pairing_failures WHERE device_id = \(device.rawValue)",
+                logger: Self.quiet
+            ).decode((Int32, Int64).self) {
+                found = PairingFailures(count: Int(failures), last: Date(millis: last))
+            }
+            return found
         }
     }
 

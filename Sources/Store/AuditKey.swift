@@ -1,4 +1,4 @@
-import Crypto
+public import Crypto
 public import Foundation
 
 /// The secret that keys the audit chain. Kept outside the database (`audit.key`, 0600; later the HSM), so an
@@ -55,6 +55,13 @@ public struct AuditKey: Sendable, CustomStringConvertible {
     /// The MAC of the record whose chain hash is `hash`.
     public func mac(for hash: [UInt8]) -> [UInt8] {
         Array(HMAC<SHA256>.authenticationCode(for: Self.macLabel + hash, using: key))
+    }
+
+    /// A key for another purpose, derived from this one (HKDF-SHA256, RFC 5869, with `purpose` as its info): every
+    /// hub node holds the audit key, so each derives the same key, and the database never holds it.
+    public func derivedKey(for purpose: String) -> SymmetricKey {
+        HKDF<SHA256>.deriveKey(
+            inputKeyMaterial: key, info: Array("bulwark derived key/1: \(purpose)".utf8), outputByteCount: 32)
     }
 
     /// Names the key without revealing it (a MAC of a fixed label): hub nodes sharing one store compare these.

@@ -110,6 +110,26 @@ public protocol HubStore: Sendable {
     func putSchema(name: String, body: [UInt8], at: Date) async throws
     func schemas() async throws -> [(String, [UInt8])]
     func close() async throws
+
+    // Pairing claims and lock-outs, shared by every hub node: a claim entered on one is used on another, once.
+
+    /// Records a claim, replacing the device's earlier one (and any session's hold on it); expired claims go.
+    func putClaim(_ claim: StoredClaim) async throws
+    /// The device's claim, unless it has expired at `at`.
+    func claim(of device: DeviceID, at: Date) async throws -> StoredClaim?
+    /// A pairing session (`holder`) takes the device's pending claim until `until`: one session at a time, on any
+    /// node. False when there is no pending claim, or another session's hold has not lapsed at `at`.
+    func holdClaim(of device: DeviceID, holder: String, until: Date, at: Date) async throws -> Bool
+    /// The session ended without pairing: the claim is free again (only `holder`'s own hold is released).
+    func releaseClaim(of device: DeviceID, holder: String) async throws
+    /// The claim is gone: used by a pairing (`paired`, which also forgets the device's failed attempts, in the same
+    /// transaction) or withdrawn by a revocation.
+    func removeClaim(of device: DeviceID, paired: Bool) async throws
+    /// Claims pending at `at`, soonest to expire first.
+    func pendingClaims(at: Date) async throws -> [StoredClaim]
+    /// Counts a failed attempt against the device; returns its failures so far, this one included.
+    func recordPairingFailure(of device: DeviceID, at: Date) async throws -> PairingFailures
+    func pairingFailures(of device: DeviceID) async throws -> PairingFailures?
     /// Changes recorded by any node after `id`, oldest first, for `ClusterSync` (see `ClusterEvent`).
     func clusterEvents(after id: Int64) async throws -> [ClusterEvent]
     func latestClusterEvent() async throws -> Int64

@@ -23,6 +23,8 @@ public actor InMemoryHubStore: HubStore {
     private var rollouts: [String: Rollout] = [:]
     private var waiverList: [Waiver] = []
     private var releaseList: [ReleaseRecord] = []
+    private var claims: [DeviceID: (claim: StoredClaim, holder: String?, heldUntil: Date?)] = [:]
+    private var failures: [DeviceID: PairingFailures] = [:]
 
     public init() {}
 
@@ -415,4 +417,43 @@ public actor InMemoryHubStore: HubStore {
     }
 
     public func close() async throws {}
+
+    public func putClaim(_ claim: StoredClaim) async throws {
+        claims = claims.filter { $0.value.claim.expires > Date() }
+        claims[claim.device] = (claim, nil, nil)
+    }
+
+    public func claim(of device: DeviceID, at: Date) async throws -> StoredClaim? {
+        claims[device].flatMap { $0.claim.expires > at ? $0.claim : nil }
+    }
+
+    public func holdClaim(of device: DeviceID, holder: String, until: Date, at: Date) async throws -> Bool {
+        guard let entry = claims[device], entry.claim.expires > at, entry.heldUntil.map({ $0 <= at }) ?? true else {
+            return false
+        }
+        claims[device] = (entry.claim, holder, until)
+        return true
+    }
+
+    public func releaseClaim(of device: DeviceID, holder: String) async throws {
+        guard let entry = claims[device], entry.holder == holder else { return }
+        claims[device] = (entry.claim, nil, nil)
+    }
+
+    public func removeClaim(of device: DeviceID, paired: Bool) async throws {
+        claims[device] = nil
+        if paired { failures[device] = nil }
+    }
+
+    public func pendingClaims(at: Date) async throws -> [StoredClaim] {
+        claims.values.map(\.claim).filter { $0.expires > at }.sorted { $0.expires < $1.expires }
+    }
+
+    public func recordPairingFailure(of device: DeviceID, at: Date) async throws -> PairingFailures {
+        let counted = PairingFailures(count: (failures[device]?.count ?? 0) + 1, last: at)
+        failures[device] = counted
+        return counted
+    }
+
+    public func pairingFailures(of device: DeviceID) async throws -> PairingFailures? { failures[device] }
 }

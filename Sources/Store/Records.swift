@@ -351,3 +351,31 @@ public struct ReleaseRecord: Sendable, Equatable {
         self.by = by
     }
 }
+
+/// A pending pairing claim: the operator entered the device's label and it waits for the device, on whichever hub
+/// node it reaches. The label (it holds the setup secret) is sealed by the hub before it is stored.
+public struct StoredClaim: Sendable, Equatable {
+    public var device: DeviceID
+    /// The pairing suite's name (the dashboard shows it without unsealing the label).
+    public var suite: String
+    public var sealedLabel: [UInt8]
+    public var expires: Date
+
+    public init(device: DeviceID, suite: String, sealedLabel: [UInt8], expires: Date) {
+        self.device = device
+        self.suite = suite
+        self.sealedLabel = sealedLabel
+        self.expires = expires
+    }
+}
+
+/// A device's failed pairing attempts (each after the peer proved the device's key), counted on every node.
+public struct PairingFailures: Sendable, Equatable {
+    public var count: Int
+    public var last: Date
+
+    public init(count: Int, last: Date) {
+        self.count = count
+        self.last = last
+    }
+}

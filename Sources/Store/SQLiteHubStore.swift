@@ -276,6 +276,23 @@ public final class SQLiteHubStore: HubStore {
             // index changes only when a device is enrolled, revoked or given a certificate, never per message.
             try db.execute(sql: "CREATE INDEX devices_status_expiry ON devices(status, cert_not_after)")
         }
+        migrator.registerMigration("v18: pairing claims and lock-outs in the store") { db in
+            // Kept in memory until now: a restart forgot the claims and every lock-out. The label is sealed by the
+            // hub (AES-GCM under a key derived from the audit key): the file never holds a setup secret.
+            try db.execute(
+                sql: """
+                    CREATE TABLE pairing_claims (
+                        device_id TEXT PRIMARY KEY, suite TEXT NOT NULL, sealed BLOB NOT NULL,
+                        expires_at INTEGER NOT NULL, holder TEXT, held_until INTEGER
+                    )
+                    """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE pairing_failures (
+                        device_id TEXT PRIMARY KEY, failures INTEGER NOT NULL, last_at INTEGER NOT NULL
+                    )
+                    """)
+        }
         return migrator
     }
 
@@ -1028,6 +1045,97 @@ public final class SQLiteHubStore: HubStore {
                 guard let device = try? DeviceID(row["device_id"] as String) else { return nil }
                 return (device, row["until"])
             }
+        }
+    }
+
+    // MARK: Pairing claims and lock-outs
+
+    public func putClaim(_ claim: StoredClaim) async throws {
+        try await write { db in
+            try db.execute(sql: "DELETE FROM pairing_claims WHERE expires_at <= ?", arguments: [Date().millis])
+            try db.execute(
+                sql: """
+                    INSERT INTO pairing_claims (device_id, suite, sealed, expires_at) VALUES (?, ?, ?, ?)
+                    ON CONFLICT(device_id) DO UPDATE SET suite = excluded.suite, sealed = excluded.sealed,
+                        expires_at = excluded.expires_at, holder = NULL, held_until = NULL
+                    """,
+                arguments: [claim.device.rawValue, claim.suite, Data(claim.sealedLabel), claim.expires.millis])
+        }
+    }
+
+    public func claim(of device: DeviceID, at: Date) async throws -> StoredClaim? {
+        try await read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT * FROM pairing_claims WHERE device_id = ? AND expires_at > ?",
+                arguments: [device.rawValue, at.millis]
+            ).map(Self.claim)
+        }
+    }
+
+    private static func claim(_ row: Row) throws -> StoredClaim {
+        StoredClaim(
+            device: try DeviceID(row["device_id"] as String), suite: row["suite"],
+            sealedLabel: Array(row["sealed"] as Data), expires: Date(millis: row["expires_at"]))
+    }
+
+    public func holdClaim(of device: DeviceID, holder: String, until: Date, at: Date) async throws -> Bool {
+        try await write { db in
+            try db.execute(
+                sql: """
+                    UPDATE pairing_claims SET holder = ?, held_until = ?
+                    WHERE device_id = ? AND expires_at > ? AND (held_until IS NULL OR held_until <= ?)
+                    """,
+                arguments: [holder, until.millis, device.rawValue, at.millis, at.millis])
+            return db.changesCount == 1
+        }
+    }
+
+    public func releaseClaim(of device: DeviceID, holder: String) async throws {
+        try await write { db in
+            try db.execute(
+                sql: "UPDATE pairing_claims SET holder = NULL, held_until = NULL WHERE device_id = ? AND holder = ?",
+                arguments: [device.rawValue, holder])
+        }
+    }
+
+    public func removeClaim(of device: DeviceID, paired: Bool) async throws {
+        try await write { db in
+            try db.execute(sql: "DELETE FROM pairing_claims WHERE device_id = ?", arguments: [device.rawValue])
+            if paired {
+                try db.execute(sql: "DELETE FROM pairing_failures WHERE device_id = ?", arguments: [device.rawValue])
+            }
+        }
+    }
+
+    public func pendingClaims(at: Date) async throws -> [StoredClaim] {
+        try await read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM pairing_claims WHERE expires_at > ? ORDER BY expires_at, device_id",
+                arguments: [at.millis]
+            ).map(Self.claim)
+        }
+    }
+
+    public func recordPairingFailure(of device: DeviceID, at: Date) async throws -> PairingFailures {
+        try await write { db in
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    INSERT INTO pairing_failures (device_id, failures, last_at) VALUES (?, 1, ?)
+                    ON CONFLICT(device_id) DO UPDATE SET failures = failures + 1, last_at = excluded.last_at
+                    RETURNING failures, last_at
+                    """, arguments: [device.rawValue, at.millis])
+            guard let row else { throw StoreError(.unavailable, "the failure count was not returned") }
+            return PairingFailures(count: row["failures"], last: Date(millis: row["last_at"]))
+        }
+    }
+
+    public func pairingFailures(of device: DeviceID) async throws -> PairingFailures? {
+        try await read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT failures, last_at FROM pairing_failures WHERE device_id = ?",
+                arguments: [device.rawValue]
+            ).map { PairingFailures(count: $0["failures"], last: Date(millis: $0["last_at"])) }
         }
     }
 

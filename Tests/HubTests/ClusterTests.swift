@@ -3,6 +3,7 @@ import Foundation
 import Hub
 import HubClient
 import MQTT
+import Pairing
 import PostgresStore
 import PostgresTestSupport
 import Store
@@ -12,10 +13,14 @@ import Testing
 /// CA, TLS key and audit key). What an operator does on one node bites on the other within a second.
 @Suite(.serialized) struct ClusterTests {
     /// Node 2 joins from an encrypted bundle of node 1's files (`bulwark node bundle` / `node join`).
-    static func twoNodes() async throws -> (TestHub, TestHub, PostgresLocation) {
+    static func twoNodes(
+        configure: @escaping (inout HubConfiguration) -> Void = { _ in }
+    ) async throws -> (TestHub, TestHub, PostgresLocation) {
         let location = try await PostgresTestServer.freshDatabase()
         let (first, second) = try await twoNodes(
-            joining: try await TestHub.start(store: try await PostgresHubStore(location: location)), location: location)
+            joining: try await TestHub.start(
+                store: try await PostgresHubStore(location: location), configure: configure),
+            location: location, configure: configure)
         return (first, second, location)
     }
 
@@ -30,12 +35,15 @@ import Testing
         return environment
     }
 
-    static func twoNodes(joining first: TestHub, location: PostgresLocation) async throws -> (TestHub, TestHub) {
+    static func twoNodes(
+        joining first: TestHub, location: PostgresLocation, configure: (inout HubConfiguration) -> Void = { _ in }
+    ) async throws -> (TestHub, TestHub) {
         let passphrase = "correct horse battery staple"
         let bundle = try NodeBundle.seal(try NodeBundle.files(in: first.directory), passphrase: passphrase)
         let joined = try temporaryDirectory("node-2") + "/data"
         try NodeBundle.install(try NodeBundle.open(bundle, passphrase: passphrase), into: joined)
-        let second = try await TestHub.start(directory: joined, store: try await PostgresHubStore(location: location))
+        let second = try await TestHub.start(
+            directory: joined, store: try await PostgresHubStore(location: location), configure: configure)
         return (first, second)
     }
 
@@ -208,6 +216,60 @@ import Testing
             "\(error)".contains("is not the CA of the other hub nodes")
         }
         try await first.stop()
+    }
+
+    /// A claim entered on one node is used on the other, once; wrong label secrets tried on one node lock the device
+    /// out on the other; the lock-out ends on both. The database holds no setup secret in the clear.
+    @Test func claimsAndLockOutsHoldAcrossNodes() async throws {
+        let (one, two, location) = try await Self.twoNodes {
+            $0.pairingFreeAttempts = 2
+            $0.pairingLockoutSeconds = 15  // long enough for a loaded run to try within it (see ReviewFindingsTests)
+        }
+        let identity = NoiseDH.p256.generateKeyPair()
+        let id = try DeviceID("cl-pair-1")
+        let secret = [UInt8](repeating: 8, count: 16)
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: id, publicKey: identity.publicKey, setupSecret: secret)
+        let wrongSecret = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: id, publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 3, count: 16))
+        #expect(try await one.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        #expect(try await two.server.store.pendingClaims(at: Date()).map(\.device) == [id], "node 2 sees the claim")
+        let sealed = try #require(try await two.server.store.claim(of: id, at: Date())).sealedLabel
+        #expect(
+            !(0...(sealed.count - secret.count)).contains { Array(sealed[$0..<$0 + secret.count]) == secret }
+                && !String(decoding: sealed, as: UTF8.self).contains(label.text),
+            "the setup secret is sealed in the database")
+
+        for _ in 0..<2 {
+            let result = try? await PairingClient.pair(
+                host: "127.0.0.1", port: one.pairingPort, label: wrongSecret, identityKey: identity,
+                timeout: .seconds(5), localAddress: "127.0.0.3")
+            #expect(result == nil)
+        }
+        // The device learns of a wrong secret first (it cannot open message 3); node 1 counts it once the device
+        // closes the connection.
+        let counted = try await Self.within(5) { try await two.server.store.pairingFailures(of: id)?.count == 2 }
+        #expect(counted != nil, "both failures counted where every node reads them")
+        let locked = try? await PairingClient.pair(
+            host: "127.0.0.1", port: two.pairingPort, label: label, identityKey: identity, timeout: .seconds(12))
+        #expect(locked == nil, "two failures on node 1 lock the device out on node 2")
+        #expect(
+            try await two.securityEvents().contains { $0.kind == "pairing-failed" && $0.detail.contains("lockedOut") })
+
+        try await Task.sleep(for: .milliseconds(15_300))
+        let paired = try await PairingClient.pair(
+            host: "127.0.0.1", port: two.pairingPort, label: label, identityKey: identity)
+        #expect(!paired.credentials.certificateDER.isEmpty, "node 2 pairs on node 1's claim once the lock-out ends")
+        let again = try? await PairingClient.pair(
+            host: "127.0.0.1", port: one.pairingPort, label: label, identityKey: identity, timeout: .seconds(5))
+        #expect(again == nil, "the claim was used: node 1 refuses it")
+        #expect(try await one.server.store.pendingClaims(at: Date()).isEmpty)
+        #expect(try await one.server.store.pairingFailures(of: id) == nil, "a pairing clears the failures")
+        #expect(try await one.server.store.device(id)?.status == .active)
+        _ = location
+        try await two.stop()
+        try await one.stop()
     }
 
     /// A node whose clock is minutes off the database server's refuses to start and says why; one on time starts.

@@ -361,6 +361,43 @@ import X509
         try await hub.stop()
     }
 
+    /// Claims and lock-outs live in the store: a restart of the hub forgets neither (it forgot both while they lived
+    /// in memory: a locked-out attacker restarted the count by crashing the hub, an operator re-entered labels).
+    @Test func aClaimAndALockOutSurviveARestart() async throws {
+        let hub = try await TestHub.start {
+            $0.pairingFreeAttempts = 1
+            $0.pairingLockoutSeconds = 15
+        }
+        let identity = NoiseDH.p256.generateKeyPair()
+        let id = try DeviceID("cam-9")
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: id, publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 9, count: 16))
+        let wrongSecret = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: id, publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 4, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        let wrong = try? await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: wrongSecret, identityKey: identity,
+            timeout: .seconds(5), localAddress: "127.0.0.3")
+        #expect(wrong == nil)
+        try await hub.stop(keepData: true)
+
+        let restarted = try await TestHub.start(directory: hub.directory) {
+            $0.pairingFreeAttempts = 1
+            $0.pairingLockoutSeconds = 15
+        }
+        #expect(try await restarted.server.store.pendingClaims(at: Date()).map(\.device) == [id])
+        let locked = try? await PairingClient.pair(
+            host: "127.0.0.1", port: restarted.pairingPort, label: label, identityKey: identity, timeout: .seconds(10))
+        #expect(locked == nil, "still locked out after the restart")
+        try await Task.sleep(for: .milliseconds(15_300))
+        let paired = try await PairingClient.pair(
+            host: "127.0.0.1", port: restarted.pairingPort, label: label, identityKey: identity)
+        #expect(!paired.credentials.certificateDER.isEmpty, "the claim made before the restart pairs")
+        try await restarted.stop()
+    }
+
     /// Hardening finding 2: 1,000 idle connections to the pairing port held every slot and a legitimate pairing
     /// failed at once. One source now gets a few slots, an idle one is cut after the hello deadline, and a device
     /// from another address pairs meanwhile.

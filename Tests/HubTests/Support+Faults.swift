@@ -149,6 +149,24 @@ final class FaultyStore: HubStore {
     }
     func schemas() async throws -> [(String, [UInt8])] { try await base.schemas() }
     func close() async throws { try await base.close() }
+    func putClaim(_ claim: StoredClaim) async throws { try await base.putClaim(claim) }
+    func claim(of device: DeviceID, at: Date) async throws -> StoredClaim? { try await base.claim(of: device, at: at) }
+    func holdClaim(of device: DeviceID, holder: String, until: Date, at: Date) async throws -> Bool {
+        try await base.holdClaim(of: device, holder: holder, until: until, at: at)
+    }
+    func releaseClaim(of device: DeviceID, holder: String) async throws {
+        try await base.releaseClaim(of: device, holder: holder)
+    }
+    func removeClaim(of device: DeviceID, paired: Bool) async throws {
+        try await base.removeClaim(of: device, paired: paired)
+    }
+    func pendingClaims(at: Date) async throws -> [StoredClaim] { try await base.pendingClaims(at: at) }
+    func recordPairingFailure(of device: DeviceID, at: Date) async throws -> PairingFailures {
+        try await base.recordPairingFailure(of: device, at: at)
+    }
+    func pairingFailures(of device: DeviceID) async throws -> PairingFailures? {
+        try await base.pairingFailures(of: device)
+    }
 }
 
 /// Raw bytes over TLS (or plain TCP), written in pieces at the times a test chooses, and whatever comes back: for

@@ -296,6 +296,53 @@ import Testing
         #expect(keys.first?.1 == [UInt8](repeating: 7, count: 16))
     }
 
+    /// Pairing claims: one per device, a new one replaces the old and frees its hold; one session holds a claim at
+    /// a time (another is refused until the hold is released or lapses, and only the holder releases it); expired
+    /// claims are not pending; a use removes the claim and the device's failures, a withdrawal only the claim.
+    @Test(arguments: Backend.allCases)
+    func pairingClaimsAreHeldOnceAndUsedOnce(_ backend: Backend) async throws {
+        let (store, _) = try await Self.open(backend)
+        let now = Date(timeIntervalSince1970: Double(Int64(Date().timeIntervalSince1970)))
+        let device = try DeviceID("claimed-1")
+        let other = try DeviceID("claimed-2")
+        func claim(_ device: DeviceID, _ sealed: UInt8, expires: Date) -> StoredClaim {
+            StoredClaim(device: device, suite: "P256_AESGCM_SHA256", sealedLabel: [sealed, 2, 3], expires: expires)
+        }
+        try await store.putClaim(claim(device, 1, expires: now + 600))
+        try await store.putClaim(claim(other, 9, expires: now + 60))
+        #expect(try await store.claim(of: device, at: now) == claim(device, 1, expires: now + 600))
+        #expect(try await store.claim(of: device, at: now + 600) == nil, "expired at its expiry")
+        #expect(try await store.pendingClaims(at: now).map(\.device) == [other, device], "soonest first")
+        #expect(try await store.pendingClaims(at: now + 61).map(\.device) == [device])
+
+        #expect(try await store.holdClaim(of: device, holder: "a", until: now + 60, at: now))
+        #expect(!(try await store.holdClaim(of: device, holder: "b", until: now + 70, at: now + 10)), "held by a")
+        try await store.releaseClaim(of: device, holder: "b")  // not b's to release
+        #expect(!(try await store.holdClaim(of: device, holder: "b", until: now + 70, at: now + 10)))
+        #expect(try await store.holdClaim(of: device, holder: "b", until: now + 120, at: now + 60), "a's hold lapsed")
+        try await store.releaseClaim(of: device, holder: "b")
+        #expect(try await store.holdClaim(of: device, holder: "c", until: now + 130, at: now + 70))
+        try await store.putClaim(claim(device, 4, expires: now + 900))
+        #expect(try await store.holdClaim(of: device, holder: "d", until: now + 140, at: now + 80), "a new claim")
+        #expect(try await store.claim(of: device, at: now)?.sealedLabel == [4, 2, 3])
+        #expect(!(try await store.holdClaim(of: try DeviceID("nobody"), holder: "e", until: now + 60, at: now)))
+        #expect(!(try await store.holdClaim(of: other, holder: "e", until: now + 90, at: now + 61)), "expired")
+
+        #expect(try await store.pairingFailures(of: device) == nil)
+        #expect(try await store.recordPairingFailure(of: device, at: now) == PairingFailures(count: 1, last: now))
+        #expect(
+            try await store.recordPairingFailure(of: device, at: now + 5) == PairingFailures(count: 2, last: now + 5))
+        #expect(try await store.pairingFailures(of: device) == PairingFailures(count: 2, last: now + 5))
+        try await store.removeClaim(of: device, paired: false)  // withdrawn: the failures stay
+        #expect(try await store.claim(of: device, at: now) == nil)
+        #expect(try await store.pairingFailures(of: device)?.count == 2)
+        try await store.putClaim(claim(device, 5, expires: now + 600))
+        try await store.removeClaim(of: device, paired: true)  // used: the failures go with it
+        #expect(try await store.claim(of: device, at: now) == nil)
+        #expect(try await store.pairingFailures(of: device) == nil)
+        try await store.close()
+    }
+
     /// The store is the replay check hub nodes share: a message whose live nonce, or whose counter, is already
     /// stored is refused with `replayed` and nothing of it is kept (another node admitted it first); an expired nonce
     /// may be used again, and an earlier counter inside the window is still accepted. A counter below the stored
