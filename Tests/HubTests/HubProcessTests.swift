@@ -1,6 +1,7 @@
 import Core
 import Foundation
 import HubClient
+import MQTT
 import PostgresStore
 import PostgresTestSupport
 import Store
@@ -160,6 +161,127 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: work + "/node3/ca.key"))
     }
 
+    /// Two real `bulwark` processes on one database, the second made with `node bundle` / `node join`. Devices
+    /// stream to node 1 (HTTP and MQTT, each told both nodes' addresses); node 1 is killed with SIGKILL under that
+    /// load; every device goes on through node 2, and every message either node acknowledged is in the database.
+    @Test func killMinusNineOfOneNodeMovesItsDevicesToTheOtherAndLosesNothing() async throws {
+        let (location, database) = try await Self.postgres()
+        let work = try temporaryDirectory("two-nodes")
+        let unlimited = [
+            "BULWARK_GATEWAY_DEVICE_RATE": "1000000", "BULWARK_GATEWAY_DEVICE_BURST": "1000000",
+            "BULWARK_GATEWAY_ROUTE_RATE": "1000000", "BULWARK_GATEWAY_ROUTE_BURST": "1000000",
+        ].merging(database) { $1 }
+        let one = try HubProcess(binary: try Self.binary, directory: work + "/one", environment: unlimited)
+        let onePorts = try await one.waitForPorts()
+        try "a passphrase for the bundle\n".write(toFile: work + "/pass", atomically: true, encoding: .utf8)
+        for arguments in [
+            ["node", "bundle", "--data", work + "/one", "--out", work + "/node.bundle"],
+            ["node", "join", "--data", work + "/two", "--from", work + "/node.bundle"],
+        ] {
+            let result = try await run(try Self.binary, arguments + ["--passphrase-file", work + "/pass"])
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+        let two = try HubProcess(binary: try Self.binary, directory: work + "/two", environment: unlimited)
+        let twoPorts = try await two.waitForPorts()
+        let operatorCredentials = try ClientCredentials(
+            certificateFile: work + "/one/operators/admin.crt", keyFile: work + "/one/operators/admin.key",
+            caFile: work + "/one/ca.crt")
+        var devices: [(String, ClientCredentials)] = []
+        for index in 0..<4 {
+            let id = "moving-\(index)"
+            devices.append((id, try await enroll(id, operatorPort: onePorts.operator, operatorCredentials, work)))
+        }
+
+        let progress = FailoverProgress()
+        let nodes = [(http: onePorts.device, mqtt: onePorts.mqtt), (http: twoPorts.device, mqtt: twoPorts.mqtt)]
+        let deviceCount = devices.count
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, (id, credentials)) in devices.enumerated() {
+                group.addTask {
+                    // Each device starts on node 1 and, when its connection fails, tries the next address.
+                    var node = 0
+                    var sequence = 0
+                    while !progress.stop.load(ordering: .relaxed) {
+                        do {
+                            if index % 2 == 0 {
+                                try await HTTPSClient.withConnection(
+                                    host: "127.0.0.1", port: nodes[node].http, tls: try credentials.tlsConfiguration()
+                                ) { connection in
+                                    while !progress.stop.load(ordering: .relaxed) {
+                                        sequence += 1
+                                        let body = #"{"n":\#(sequence)}"#
+                                        let result = try await connection.send(
+                                            method: "POST", path: "/v1/telemetry",
+                                            headers: [("Content-Type", "application/json")], body: Array(body.utf8),
+                                            signer: try credentials.signer())
+                                        guard result.status == 202 else { throw ClientError("\(result.status)") }
+                                        progress.acked(id, body)
+                                    }
+                                }
+                            } else {
+                                let topic = try TopicName("devices/\(id)/telemetry")
+                                try await MQTTClientConnection.withConnection(
+                                    host: "127.0.0.1", port: nodes[node].mqtt, tls: try credentials.tlsConfiguration(),
+                                    clientID: id, version: .v5
+                                ) { mqtt, reason in
+                                    guard reason == 0 else { throw ClientError("CONNACK \(reason)") }
+                                    while !progress.stop.load(ordering: .relaxed) {
+                                        sequence += 1
+                                        let body = #"{"n":\#(sequence)}"#
+                                        let reason = try await mqtt.publishAcknowledged(
+                                            topic: topic, payload: Array(body.utf8))
+                                        guard reason == 0 else { throw ClientError("PUBACK \(reason)") }
+                                        progress.acked(id, body)
+                                    }
+                                }
+                            }
+                        } catch {
+                            node = (node + 1) % nodes.count
+                            try await Task.sleep(for: .milliseconds(100))
+                        }
+                    }
+                }
+            }
+            group.addTask {
+                // Kill node 1 once it acknowledged a few hundred messages, then let every device send 20 more
+                // through node 2 (each phase bounded to 60 s).
+                let start = ContinuousClock.now
+                func total() -> Int { progress.acknowledged.withLock { $0.values.map(\.all.count).reduce(0, +) } }
+                while total() < 300 && ContinuousClock.now - start < .seconds(60) {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                progress.killed.store(true, ordering: .relaxed)
+                one.kill()
+                let killedAt = ContinuousClock.now
+                while ContinuousClock.now - killedAt < .seconds(60) {
+                    let moved = progress.acknowledged.withLock { $0.values.filter { $0.afterKill >= 20 }.count }
+                    if moved == deviceCount { break }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                progress.stop.store(true, ordering: .relaxed)
+            }
+            try await group.waitForAll()
+        }
+        _ = await one.exitStatus()
+        two.terminate()
+        #expect(await two.exitStatus() == 0)
+        let sent = progress.acknowledged.withLock { $0 }
+        let store = try await PostgresHubStore(location: location)
+        for (id, _) in devices {
+            let acked = sent[id]?.all ?? []
+            #expect(acked.count >= 20 && (sent[id]?.afterKill ?? 0) >= 20, "\(id) went on through node 2")
+            let stored = Set(
+                try await store.telemetry(of: try DeviceID(id), limit: 1_000_000).map {
+                    String(decoding: $0.body, as: UTF8.self)
+                })
+            let lost = acked.subtracting(stored)
+            #expect(lost.isEmpty, "\(id): \(lost.count) of \(acked.count) acknowledged messages lost")
+        }
+        let total = sent.values.map(\.all.count).reduce(0, +)
+        print("acknowledged \(total), after the kill \(sent.values.map(\.afterKill).reduce(0, +))")
+        try await store.close()
+    }
+
     /// A fresh database on the tests' PostgreSQL server, and the hub's settings that name it.
     static func postgres() async throws -> (PostgresLocation, [String: String]) {
         let location = try await PostgresTestServer.freshDatabase()
@@ -265,6 +387,21 @@ import Testing
             body: [UInt8](try JSONSerialization.data(withJSONObject: ["id": id, "csr": csr])))
         let pem = try #require(jsonObject(result)["certificate"] as? String)
         return ClientCredentials(certificatePEM: Array(pem.utf8), keyPEM: Array(key.utf8), caPEM: credentials.caPEM)
+    }
+}
+
+/// Bodies a node acknowledged per device, and how many after node 1 was killed; shared with the killer task.
+final class FailoverProgress: Sendable {
+    let acknowledged = Mutex<[String: (all: Set<String>, afterKill: Int)]>([:])
+    let killed = Atomic<Bool>(false)
+    let stop = Atomic<Bool>(false)
+
+    func acked(_ device: String, _ body: String) {
+        let afterKill = killed.load(ordering: .relaxed)
+        acknowledged.withLock {
+            $0[device, default: ([], 0)].all.insert(body)
+            if afterKill { $0[device, default: ([], 0)].afterKill += 1 }
+        }
     }
 }
 
