@@ -17,6 +17,9 @@ actor ClusterSync: Service {
     private let revocations: RevocationList
     private let gateway: GatewayPipeline
     private let crl: CRLPublisher
+    /// Delivers the MQTT messages other nodes relayed to this node's subscribers (nil: none are delivered here).
+    private let broker: MQTTBroker?
+    private let relay: MessageRelay?
     private let interval: Duration
     private let logger: Logger
     /// The last event applied: read before the gateway's state was restored, so nothing between is skipped.
@@ -26,9 +29,11 @@ actor ClusterSync: Service {
 
     init(
         store: any HubStore, revocations: RevocationList, gateway: GatewayPipeline, crl: CRLPublisher,
-        position: Int64, interval: Duration, logger: Logger
+        broker: MQTTBroker? = nil, relay: MessageRelay? = nil, position: Int64, interval: Duration, logger: Logger
     ) {
         self.store = store
+        self.broker = broker
+        self.relay = relay
         self.revocations = revocations
         self.gateway = gateway
         self.crl = crl
@@ -96,6 +101,14 @@ actor ClusterSync: Service {
                 _ = gateway.release(device)
             case .schema:
                 schemas = true
+            case .message(let relayed):
+                // Another node's message, once (this node delivered its own when it admitted them).
+                guard let broker, let relay, relayed.origin != relay.origin else { continue }
+                guard let message = MessageRelay.message(relayed) else {
+                    logger.warning("a relayed MQTT message does not decode; skipped")
+                    continue
+                }
+                await broker.publish(message, from: relayed.publisher)
             }
         }
         if revoked { await crl.revocationsChanged() }

@@ -289,7 +289,9 @@ public final class HubServer: Sendable {
             maxRetained: configuration.mqttSettings.maxRetainedMessages,
             maxRetainedPerOwner: configuration.mqttSettings.maxRetainedPerClient,
             maxRetainedBytes: configuration.mqttSettings.maxRetainedBytes)
-        let operatorRoutes = OperatorRoutes(
+        // Several nodes on one database hand MQTT messages to each other; this node's id for this run.
+        let relay = store.sharedByNodes ? MessageRelay(origin: UUID().uuidString) : nil
+        var operatorRoutes = OperatorRoutes(
             store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
             gateway: gateway, broker: broker, crl: crl,
             assignments: configuration.tufRepository.map(assignments), cryptoProfile: configuration.cryptoProfile,
@@ -302,6 +304,7 @@ public final class HubServer: Sendable {
                 publishedTargets: configuration.tufRepository.map(assignments).map { assignments in
                     { assignments.publishedTargets() }
                 }))
+        operatorRoutes.relay = relay
         let dashboard = try Dashboard(
             routes: operatorRoutes, claims: claims, auditKey: auditKey,
             updatesConfigured: configuration.tufRepository != nil)
@@ -322,7 +325,7 @@ public final class HubServer: Sendable {
             }(), onBound: { portsContinuation.yield(("pairing", $0)) })
         pairing.tufRepository = configuration.tufRepository
         pairing.certificateLifetime = configuration.deviceCertificateLifetime
-        let mqtt = MQTTListener(
+        var mqtt = MQTTListener(
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
             revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,
             settings: configuration.mqttSettings, renewals: renewals, events: events,
@@ -332,6 +335,7 @@ public final class HubServer: Sendable {
                 mqttLogger[metadataKey: "listener"] = "mqtt"
                 return mqttLogger
             }(), onBound: { portsContinuation.yield(("mqtt", $0)) })
+        mqtt.relay = relay
         metrics.attach {
             $0.connections =
                 openConnections + [(.mqtt, mqtt.connections), (.pairing, pairing.connections)]
@@ -378,7 +382,8 @@ public final class HubServer: Sendable {
         }
         services.append(
             ClusterSync(
-                store: store, revocations: revocations, gateway: gateway, crl: crl, position: clusterPosition,
+                store: store, revocations: revocations, gateway: gateway, crl: crl, broker: broker, relay: relay,
+                position: clusterPosition,
                 interval: .milliseconds(Int64(configuration.clusterReconcileSeconds * 1000)), logger: logger))
         if let rollouts {
             services.append(

@@ -43,6 +43,8 @@ struct MQTTListener: Service {
     let pendingQoS0 = PendingWrites(limit: 1024)
     /// QoS 1 messages with a counter whose store write has not finished: a DUP resend of one waits for the outcome.
     let counterWrites = CounterWrites()
+    /// Hands what this node admits to the other hub nodes (several nodes on one database); nil on one node.
+    var relay: MessageRelay?
     let missingCertificate = OncePerWindow()
     /// Topic refusals are recorded once per identity, kind and minute: a device cannot turn them into a disk flood.
     let refusalsThisMinute = OncePerWindow()
@@ -752,12 +754,28 @@ struct MQTTConnection {
                     return false
                 }
             }
-            let recipients = await listener.broker.publish(BrokerMessage(publish), from: state.sessionKey)
+            let message = BrokerMessage(publish)
+            let recipients = await listener.broker.publish(message, from: state.sessionKey)
+            if let relay = listener.relay {
+                // Acknowledged once every node can read it (its subscribers may be connected to another).
+                do { try await listener.store.relayMessage(relay.relayed(message, publisher: state.sessionKey)) } catch
+                {
+                    listener.logger.error(
+                        "MQTT message not handed to the other hub nodes",
+                        metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
+                    guard respond, let id = publish.packetID else { return true }
+                    // MQTT 5: PUBACK 0x80, the client may send it again; 3.1.1 has no refusal: the connection closes
+                    // and the client sends it again.
+                    guard v5 else { return false }
+                    await acknowledge(id, qos: publish.qos, state: &state, code: .unspecifiedError)
+                    return true
+                }
+            }
             if respond, let id = publish.packetID {
-                // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere).
-                await acknowledge(
-                    id, qos: publish.qos, state: &state, code: recipients == 0 && v5 ? .noMatchingSubscribers : .success
-                )
+                // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere). With
+                // several nodes, another node's sessions may match: success.
+                let none = recipients == 0 && v5 && listener.relay == nil
+                await acknowledge(id, qos: publish.qos, state: &state, code: none ? .noMatchingSubscribers : .success)
             }
             return true
         }
@@ -831,11 +849,13 @@ struct MQTTConnection {
         case .success(let admitted):
             listener.metrics?.admitted(.mqtt)
             state.rules.publishAdmitted()
-            let record = NewTelemetry(
+            var record = NewTelemetry(
                 deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
                 counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
                 counter: admitted.counter, messageType: admitted.messageType)
             let delivery = BrokerMessage(publish)
+            // The other nodes' subscribers get it from the same transaction that stores it.
+            record.relay = listener.relay?.relayed(delivery, publisher: state.sessionKey)
             // A message that is not stored gives its counter back: nothing was acknowledged (PUBACK 0x80, or the
             // connection closes on 3.1.1), so the device's resend must be stored, not refused or waved through as a
             // duplicate (as HTTP gives its nonce back).

@@ -32,6 +32,8 @@ struct OperatorRoutes {
     var rollouts: RolloutController?
     /// The vulnerability gate and its waivers.
     var releaseGate: ReleaseGate?
+    /// Hands commands to the other hub nodes (several nodes on one database), where the device may be connected.
+    var relay: MessageRelay?
 
     func register(on router: Router<HubRequestContext>) {
         router.put("/v1/devices/:id/assignment") { request, context in
@@ -187,8 +189,17 @@ struct OperatorRoutes {
         guard (try? gateway.policy.json.parse(body))?.isObject == true else {
             throw Self.invalid("the command body must be a strict JSON object")
         }
-        let recipients = await broker.publish(
-            BrokerMessage(topic: topic, payload: body, qos: .atLeastOnce, retain: false), from: nil)
+        let message = BrokerMessage(topic: topic, payload: body, qos: .atLeastOnce, retain: false)
+        let recipients = await broker.publish(message, from: nil)
+        if let relay {
+            // The device may be connected to another node: the command is accepted once every node can read it.
+            do { try await store.relayMessage(relay.relayed(message, publisher: nil)) } catch {
+                throw HubError(
+                    .serviceUnavailable, "unavailable",
+                    message: "the command could not be handed to the other hub nodes; try again",
+                    detail: "command \(name) to \(deviceID) not relayed: \(error)", event: nil)
+            }
+        }
         try await store.recordSecurityEvent(
             SecurityEvent(
                 at: Date(), kind: "command-sent", identity: Identity.device(deviceID).uri,

@@ -177,6 +177,13 @@ final class PostgresGroupCommitter: Sendable {
                     seen = \(Int64(bitPattern: merged.seen)) WHERE device_id = \(device)
                 """, logger: quiet)
         }
+        // The stored messages other nodes' subscribers get, last (the events lock is held to the commit), in each
+        // device's arrival order.
+        for index in order where ids[index] != nil {
+            guard let relay = messages[index].relay else { continue }
+            try await PostgresHubStore.recordEvent(
+                "message", relay.origin, publisher: relay.publisher, body: relay.packet, connection)
+        }
         return ids
     }
 }

@@ -289,6 +289,18 @@ public final class PostgresHubStore: HubStore {
                 """,
             ]
         ),
+        (
+            6, "MQTT messages relayed between nodes are cluster events",
+            [
+                "ALTER TABLE cluster_events ADD COLUMN publisher TEXT",
+                "ALTER TABLE cluster_events ADD COLUMN body BYTEA",
+                "ALTER TABLE cluster_events DROP CONSTRAINT cluster_events_kind_check",
+                """
+                ALTER TABLE cluster_events ADD CONSTRAINT cluster_events_kind_check
+                CHECK (kind IN ('revoked', 'activated', 'quarantined', 'released', 'schema', 'message'))
+                """,
+            ]
+        ),
     ]
 
     /// The advisory lock keys (one 64-bit namespace per purpose).
@@ -362,20 +374,36 @@ public final class PostgresHubStore: HubStore {
     ///
     /// The events lock is taken before the id is drawn and held to the commit, so ids commit in order: a node that
     /// read up to id N never sees an id below N commit later (it would skip that event for good).
-    private static func recordEvent(
-        _ kind: String, _ subject: String, until: Int64? = nil, _ connection: PostgresConnection
+    static func recordEvent(
+        _ kind: String, _ subject: String, until: Int64? = nil, publisher: String? = nil, body: [UInt8]? = nil,
+        _ connection: PostgresConnection
     ) async throws {
         try await advisoryLock(.events, connection)
         let id = try await one(
             connection.query(
                 """
-                INSERT INTO cluster_events (kind, subject, until, at)
-                VALUES (\(kind), \(subject), \(until), \(Date().millis)) RETURNING id
+                INSERT INTO cluster_events (kind, subject, until, at, publisher, body)
+                VALUES (\(kind), \(subject), \(until), \(Date().millis), \(publisher), \(body.map { ByteBuffer(bytes: $0) }))
+                RETURNING id
                 """, logger: quiet), Int64.self)
         if let id, id % 1000 == 0 {
-            try await connection.query("DELETE FROM cluster_events WHERE id <= \(id - 100_000)", logger: quiet)
+            // Nodes read the events within seconds; relayed messages (payloads) are kept for the last 10,000.
+            try await connection.query(
+                """
+                DELETE FROM cluster_events
+                WHERE id <= \(id - 100_000) OR (kind = 'message' AND id <= \(id - 10_000))
+                """, logger: quiet)
         }
         try await drain(connection.query("SELECT pg_notify(\(eventChannel), '')", logger: quiet))
+    }
+
+    public var sharedByNodes: Bool { true }
+
+    public func relayMessage(_ message: RelayedMessage) async throws {
+        try await write { connection in
+            try await Self.recordEvent(
+                "message", message.origin, publisher: message.publisher, body: message.packet, connection)
+        }
     }
 
     public func agreedSetting(_ name: String, proposing: [UInt8]?) async throws -> [UInt8]? {
@@ -417,9 +445,12 @@ public final class PostgresHubStore: HubStore {
     public func clusterEvents(after id: Int64) async throws -> [ClusterEvent] {
         try await read { client in
             var events: [ClusterEvent] = []
-            for try await (id, kind, subject, until) in try await client.query(
-                "SELECT id, kind, subject, until FROM cluster_events WHERE id > \(id) ORDER BY id LIMIT 10000"
-            ).decode((Int64, String, String, Int64?).self) {
+            for try await (id, kind, subject, until, publisher, body) in try await client.query(
+                """
+                SELECT id, kind, subject, until, publisher, body FROM cluster_events WHERE id > \(id)
+                ORDER BY id LIMIT 10000
+                """
+            ).decode((Int64, String, String, Int64?, String?, ByteBuffer?).self) {
                 let change: ClusterEvent.Change? =
                     switch kind {
                     case "revoked": .revoked(subject.split(separator: ",").map(String.init))
@@ -427,6 +458,12 @@ public final class PostgresHubStore: HubStore {
                     case "quarantined": (try? DeviceID(subject)).map { .quarantined($0, until: until ?? 0) }
                     case "released": (try? DeviceID(subject)).map { .released($0) }
                     case "schema": .schema(subject)
+                    case "message":
+                        body.map {
+                            .message(
+                                RelayedMessage(
+                                    origin: subject, publisher: publisher, packet: Array($0.readableBytesView)))
+                        }
                     default: nil
                     }
                 if let change { events.append(ClusterEvent(id: id, change: change)) }

@@ -143,6 +143,11 @@ public protocol HubStore: Sendable {
     func counterWindow(of device: DeviceID) async throws -> StoredCounterWindow?
     /// The database server's clock, for nodes to check their own against (nil for an embedded store).
     func databaseTime() async throws -> Date?
+    /// Hands an MQTT message that is not stored (an operator's or application's publish, a will) to the other hub
+    /// nodes. A device's message goes with its telemetry (`NewTelemetry.relay`).
+    func relayMessage(_ message: RelayedMessage) async throws
+    /// Whether other hub nodes share this store (they then hand MQTT messages to each other through it).
+    var sharedByNodes: Bool { get }
 }
 
 /// A change one hub node made that every other node on the same database must apply to what it holds in memory
@@ -156,6 +161,8 @@ public struct ClusterEvent: Sendable, Equatable {
         case quarantined(DeviceID, until: Int64)
         case released(DeviceID)
         case schema(String)
+        /// An MQTT message admitted by a node (`RelayedMessage.origin`), for the subscribers of the others.
+        case message(RelayedMessage)
     }
     public var id: Int64
     public var change: Change
@@ -175,6 +182,9 @@ extension HubStore {
     public func clusterNotifications() -> AsyncStream<Void> { AsyncStream { _ in } }
     public func agreedSetting(_ name: String, proposing: [UInt8]?) async throws -> [UInt8]? { proposing }
     public func databaseTime() async throws -> Date? { nil }
+    /// One node: no other node to hand a message to.
+    public func relayMessage(_ message: RelayedMessage) async throws {}
+    public var sharedByNodes: Bool { false }
     public func counterWindow(of device: DeviceID) async throws -> StoredCounterWindow? { nil }
 
     /// The whole audit log in order, read in pages (for `AuditChain.verify`).

@@ -132,6 +132,9 @@ public struct NewTelemetry: Sendable {
     /// for it, is refused with `replayed` and nothing is stored. This is what refuses, across hub nodes, a message
     /// replayed to a node whose in-memory window has not seen it; `counterWindow` is then not used.
     public var counter: UInt64?
+    /// The MQTT message to hand to the other hub nodes, in the message's own transaction (a store of several nodes:
+    /// a message acknowledged here reaches their subscribers even if this node dies the next moment).
+    public var relay: RelayedMessage?
 
     public init(
         deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8], nonce: StoredNonce? = nil,
@@ -349,6 +352,22 @@ public struct ReleaseRecord: Sendable, Equatable {
         self.blocked = blocked
         self.at = at
         self.by = by
+    }
+}
+
+/// An MQTT message on its way from the node that admitted it to the subscribers of the other nodes.
+public struct RelayedMessage: Sendable, Equatable {
+    /// The node that admitted it (and delivered it to its own subscribers): the others deliver it.
+    public var origin: String
+    /// The publishing session's key (its retained messages are counted per publisher).
+    public var publisher: String?
+    /// The PUBLISH as MQTT 5 encodes it: topic, payload, QoS, RETAIN and the properties subscribers receive.
+    public var packet: [UInt8]
+
+    public init(origin: String, publisher: String?, packet: [UInt8]) {
+        self.origin = origin
+        self.publisher = publisher
+        self.packet = packet
     }
 }
 

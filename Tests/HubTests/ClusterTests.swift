@@ -254,8 +254,10 @@ import Testing
         let locked = try? await PairingClient.pair(
             host: "127.0.0.1", port: two.pairingPort, label: label, identityKey: identity, timeout: .seconds(12))
         #expect(locked == nil, "two failures on node 1 lock the device out on node 2")
-        #expect(
-            try await two.securityEvents().contains { $0.kind == "pairing-failed" && $0.detail.contains("lockedOut") })
+        let refusal = try await Self.within(5) {
+            try await two.securityEvents().contains { $0.kind == "pairing-failed" && $0.detail.contains("lockedOut") }
+        }
+        #expect(refusal != nil, "node 2 recorded the lock-out refusal")
 
         try await Task.sleep(for: .milliseconds(15_300))
         let paired = try await PairingClient.pair(
@@ -268,6 +270,84 @@ import Testing
         #expect(try await one.server.store.pairingFailures(of: id) == nil, "a pairing clears the failures")
         #expect(try await one.server.store.device(id)?.status == .active)
         _ = location
+        try await two.stop()
+        try await one.stop()
+    }
+
+    /// MQTT across nodes: a fleet subscriber on node 2 receives what a device publishes on node 1 (QoS 1, in the
+    /// publisher's order), and a command sent through node 2's operator API reaches the device connected to node 1.
+    /// The subscribers use a 10 s keep-alive and stay silent: a message that never comes ends the wait at 15 s.
+    @Test func mqttMessagesAndCommandsCrossNodes() async throws {
+        let (one, two, _) = try await Self.twoNodes()
+        let device = try await one.enroll("cl-mq")
+        // The operator's key never travels in a node bundle; the test's operator uses it on both nodes.
+        for file in ["admin.key", "admin.crt"] {
+            try? FileManager.default.removeItem(atPath: two.directory + "/operators/" + file)
+            try FileManager.default.copyItem(
+                atPath: one.directory + "/operators/" + file, toPath: two.directory + "/operators/" + file)
+        }
+        let fleetClient = try two.operatorClient()
+        let topic = try TopicName("devices/cl-mq/telemetry")
+        let received = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: two.mqttPort, tls: try fleetClient.credentials.tlsConfiguration(),
+            clientID: "fleet", version: .v5, keepAlive: 10
+        ) { fleet, reason -> [String] in
+            #expect(reason == 0)
+            try await fleet.send(
+                .subscribe(
+                    packetID: 1,
+                    subscriptions: [Subscription(filter: try TopicFilter("devices/+/telemetry"), qos: .atLeastOnce)],
+                    properties: .init()))
+            guard case .suback(1, [1], _) = try await fleet.next() else {
+                Issue.record("no SUBACK")
+                return []
+            }
+            let acknowledged = try await MQTTBrokerTests.connect(one, device) { mqtt, _ in
+                var codes: [ReasonCode] = []
+                for n in 1...20 {
+                    codes.append(try await mqtt.publishAcknowledged(topic: topic, payload: Array(#"{"n":\#(n)}"#.utf8)))
+                }
+                return codes
+            }
+            #expect(acknowledged == Array(repeating: 0, count: 20), "success: another node may have subscribers")
+            var received: [String] = []
+            while received.count < 20, let packet = try await fleet.next() {
+                guard case .publish(let message) = packet else { continue }
+                if let id = message.packetID {
+                    try await fleet.send(.puback(packetID: id, reasonCode: 0, properties: .init()))
+                }
+                #expect(message.topic == topic && message.qos == .atLeastOnce)
+                received.append(String(decoding: message.payload, as: UTF8.self))
+            }
+            return received
+        }
+        #expect(received == (1...20).map { #"{"n":\#($0)}"# }, "each once, in the publisher's order")
+
+        // The device, on node 1, subscribes to its commands; the operator sends one through node 2.
+        let command = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: one.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "cl-mq",
+            version: .v5, keepAlive: 10
+        ) { mqtt, _ -> String? in
+            try await mqtt.send(
+                .subscribe(
+                    packetID: 1,
+                    subscriptions: [
+                        Subscription(filter: try TopicFilter("devices/cl-mq/commands/#"), qos: .atLeastOnce)
+                    ],
+                    properties: .init()))
+            guard case .suback(1, [1], _) = try await mqtt.next() else { return nil }
+            let sent = try await two.operatorRequest("POST", "/v1/devices/cl-mq/commands/reboot", json: ["delay": 5])
+            #expect(sent.status == 202)
+            while let packet = try await mqtt.next() {
+                guard case .publish(let message) = packet else { continue }
+                if let id = message.packetID {
+                    try await mqtt.send(.puback(packetID: id, reasonCode: 0, properties: .init()))
+                }
+                return "\(message.topic.rawValue) \(String(decoding: message.payload, as: UTF8.self))"
+            }
+            return nil
+        }
+        #expect(command == #"devices/cl-mq/commands/reboot {"delay":5}"#)
         try await two.stop()
         try await one.stop()
     }

@@ -149,6 +149,8 @@ final class FaultyStore: HubStore {
     }
     func schemas() async throws -> [(String, [UInt8])] { try await base.schemas() }
     func close() async throws { try await base.close() }
+    func relayMessage(_ message: RelayedMessage) async throws { try await base.relayMessage(message) }
+    var sharedByNodes: Bool { base.sharedByNodes }
     func putClaim(_ claim: StoredClaim) async throws { try await base.putClaim(claim) }
     func claim(of device: DeviceID, at: Date) async throws -> StoredClaim? { try await base.claim(of: device, at: at) }
     func holdClaim(of device: DeviceID, holder: String, until: Date, at: Date) async throws -> Bool {

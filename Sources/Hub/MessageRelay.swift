@@ -1,0 +1,40 @@
+import Foundation
+import MQTT
+import NIOCore
+import Store
+
+/// MQTT between hub nodes on one database: each node delivers what it admits to its own subscribers and hands it
+/// on as a cluster event; the other nodes deliver it when they read the event (`ClusterSync`). Events are read in
+/// the order they committed, so one publisher's messages keep their order on every node, and a device's message
+/// is handed on in the transaction that stores it: once acknowledged it reaches every node's subscribers, even if
+/// its node dies the next moment (at least once; a node that was down meanwhile has no sessions to deliver to).
+struct MessageRelay: Sendable {
+    /// This node, for this run: it does not deliver its own messages a second time.
+    let origin: String
+
+    /// The message as an MQTT 5 PUBLISH: topic, payload, QoS, RETAIN, the properties subscribers get (MQTT 5.0
+    /// §3.3.2.3) and, for one that expires, the time it has left (§3.3.2.3.3).
+    func relayed(_ message: BrokerMessage, publisher: String?, now: ContinuousClock.Instant = .now) -> RelayedMessage {
+        var properties = message.properties
+        properties.subscriptionIdentifiers = []
+        if let expiresAt = message.expiresAt {
+            properties.messageExpiryInterval = UInt32(clamping: max(1, (expiresAt - now).components.seconds))
+        }
+        let publish = PublishPacket(
+            topic: message.topic, payload: message.payload, qos: message.qos, retain: message.retain,
+            packetID: message.qos == .atMostOnce ? nil : 1, properties: properties)
+        var buffer = ByteBuffer()
+        Packet.publish(publish).encode(into: &buffer, version: .v5)
+        return RelayedMessage(origin: origin, publisher: publisher, packet: Array(buffer.readableBytesView))
+    }
+
+    /// A message another node handed on; nil for one that does not decode (it is skipped, never delivered half).
+    static func message(_ relayed: RelayedMessage) -> BrokerMessage? {
+        var buffer = ByteBuffer(bytes: relayed.packet)
+        var decoder = MQTTDecoder(role: .server, maximumPacketSize: 1 << 28, version: .v5)
+        guard case .publish(let publish)? = try? decoder.decode(buffer: &buffer), buffer.readableBytes == 0 else {
+            return nil
+        }
+        return BrokerMessage(publish)
+    }
+}
