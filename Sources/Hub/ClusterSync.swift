@@ -26,6 +26,9 @@ actor ClusterSync: Service {
     private var position: Int64
     private var syncing = false
     private var again = false
+    /// A schema change whose reload failed: reloaded at the next sync (the events are not read again, so the
+    /// messages among them are not delivered twice).
+    private var schemasPending = false
 
     init(
         store: any HubStore, revocations: RevocationList, gateway: GatewayPipeline, crl: CRLPublisher,
@@ -71,11 +74,12 @@ actor ClusterSync: Service {
         repeat {
             again = false
             do {
+                if schemasPending { try await reloadSchemas() }
                 let events = try await store.clusterEvents(after: position)
                 if !events.isEmpty {
-                    try await apply(events)
+                    await apply(events)
                     position = events[events.count - 1].id
-                    again = true  // read until nothing is left (a page holds at most 10,000)
+                    again = true  // read until nothing is left (a page holds at most 500)
                 }
             } catch {
                 logger.warning("cluster events not applied; retried", metadata: ["error": .string("\(error)")])
@@ -84,7 +88,17 @@ actor ClusterSync: Service {
         } while again
     }
 
-    private func apply(_ events: [ClusterEvent]) async throws {
+    private func reloadSchemas() async throws {
+        schemasPending = true
+        for (name, body) in try await store.schemas() {
+            HubServer.applySchema(name: name, body: body, to: gateway, logger: logger)
+        }
+        schemasPending = false
+    }
+
+    /// Applies a page of events. Nothing here throws: a failed schema reload is retried at the next sync, so the
+    /// page is never applied twice (its messages would be delivered twice).
+    private func apply(_ events: [ClusterEvent]) async {
         let now = Int64(Date().timeIntervalSince1970)
         var revoked = false
         var schemas = false
@@ -104,17 +118,15 @@ actor ClusterSync: Service {
             case .message(let relayed):
                 // Another node's message, once (this node delivered its own when it admitted them).
                 guard let broker, let relay, relayed.origin != relay.origin else { continue }
-                guard let message = MessageRelay.message(relayed) else {
-                    logger.warning("a relayed MQTT message does not decode; skipped")
-                    continue
-                }
+                // Skipped when it expired on its way, or (never from a node of this version) does not decode.
+                guard let message = MessageRelay.message(relayed) else { continue }
                 await broker.publish(message, from: relayed.publisher)
             }
         }
         if revoked { await crl.revocationsChanged() }
         if schemas {
-            for (name, body) in try await store.schemas() {
-                HubServer.applySchema(name: name, body: body, to: gateway, logger: logger)
+            do { try await reloadSchemas() } catch {
+                logger.warning("schemas not reloaded; retried", metadata: ["error": .string("\(error)")])
             }
         }
     }

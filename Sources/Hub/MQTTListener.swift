@@ -755,11 +755,11 @@ struct MQTTConnection {
                 }
             }
             let message = BrokerMessage(publish)
-            let recipients = await listener.broker.publish(message, from: state.sessionKey)
             if let relay = listener.relay {
-                // Acknowledged once every node can read it (its subscribers may be connected to another).
-                do { try await listener.store.relayMessage(relay.relayed(message, publisher: state.sessionKey)) } catch
-                {
+                // Handed to the other nodes first (their sessions may match), then delivered here: a publish refused
+                // (PUBACK 0x80, sent again) has reached no one.
+                let relayed = relay.relayed(message, publisher: state.sessionKey)
+                do { try await listener.store.relayMessage(relayed) } catch {
                     listener.logger.error(
                         "MQTT message not handed to the other hub nodes",
                         metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
@@ -771,6 +771,7 @@ struct MQTTConnection {
                     return true
                 }
             }
+            let recipients = await listener.broker.publish(message, from: state.sessionKey)
             if respond, let id = publish.packetID {
                 // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere). With
                 // several nodes, another node's sessions may match: success.
@@ -795,6 +796,18 @@ struct MQTTConnection {
                 return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
             }
             let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
+            if let relay = listener.relay {
+                // The other nodes clear their copy too (nothing is stored: handed on before the acknowledgement).
+                do { try await listener.store.relayMessage(relay.relayed(clear, publisher: state.sessionKey)) } catch {
+                    listener.logger.error(
+                        "MQTT retained clear not handed to the other hub nodes",
+                        metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
+                    guard respond, let id = publish.packetID else { return true }
+                    guard v5 else { return false }
+                    await acknowledge(id, qos: publish.qos, state: &state, code: .unspecifiedError)
+                    return true
+                }
+            }
             if respond, let id = publish.packetID {
                 await acknowledge(id, qos: publish.qos, state: &state, code: .success, then: clear)
             } else {

@@ -28,12 +28,18 @@ struct MessageRelay: Sendable {
         return RelayedMessage(origin: origin, publisher: publisher, packet: Array(buffer.readableBytesView))
     }
 
-    /// A message another node handed on; nil for one that does not decode (it is skipped, never delivered half).
-    static func message(_ relayed: RelayedMessage) -> BrokerMessage? {
+    /// A message another node handed on; nil for one that does not decode (it is skipped, never delivered half) and
+    /// for one that expired on its way (its expiry counts from when the origin handed it on, `at`).
+    static func message(_ relayed: RelayedMessage, now: Date = Date()) -> BrokerMessage? {
         var buffer = ByteBuffer(bytes: relayed.packet)
         var decoder = MQTTDecoder(role: .server, maximumPacketSize: 1 << 28, version: .v5)
-        guard case .publish(let publish)? = try? decoder.decode(buffer: &buffer), buffer.readableBytes == 0 else {
+        guard case .publish(var publish)? = try? decoder.decode(buffer: &buffer), buffer.readableBytes == 0 else {
             return nil
+        }
+        if let interval = publish.properties.messageExpiryInterval, let at = relayed.at {
+            let left = Double(interval) - max(0, now.timeIntervalSince(at))
+            guard left >= 1 else { return nil }
+            publish.properties.messageExpiryInterval = UInt32(left)
         }
         return BrokerMessage(publish)
     }

@@ -190,9 +190,9 @@ struct OperatorRoutes {
             throw Self.invalid("the command body must be a strict JSON object")
         }
         let message = BrokerMessage(topic: topic, payload: body, qos: .atLeastOnce, retain: false)
-        let recipients = await broker.publish(message, from: nil)
         if let relay {
-            // The device may be connected to another node: the command is accepted once every node can read it.
+            // The device may be connected to another node. Handed on first: a command refused here (503, sent
+            // again) has reached no one, on no node.
             do { try await store.relayMessage(relay.relayed(message, publisher: nil)) } catch {
                 throw HubError(
                     .serviceUnavailable, "unavailable",
@@ -200,6 +200,8 @@ struct OperatorRoutes {
                     detail: "command \(name) to \(deviceID) not relayed: \(error)", event: nil)
             }
         }
+        // Sessions on this node (with several nodes, the others deliver it to theirs).
+        let recipients = await broker.publish(message, from: nil)
         try await store.recordSecurityEvent(
             SecurityEvent(
                 at: Date(), kind: "command-sent", identity: Identity.device(deviceID).uri,

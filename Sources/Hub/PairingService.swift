@@ -24,9 +24,11 @@ struct PairingClaims: Sendable {
     let lifetime: TimeInterval
     /// Failures after the peer proved the device's identity key (a wrong label secret): per device, in the store.
     let policy: LockoutPolicy
-    /// How long a session's hold on a claim lasts at most: twice the pairing deadline, so a node that dies in the
-    /// middle of a pairing frees the claim for another session after it.
-    static let holdTime: TimeInterval = 60
+    /// How long a session's hold on a claim lasts at most: the pairing deadline (30 s) plus twice the clock skew
+    /// nodes may have (`cluster.maxClockSkewSeconds`, 30 s) and a margin, so a node that dies in the middle of a
+    /// pairing frees the claim for another session after it. A session whose hold lapsed cannot use the claim
+    /// anyway (`consume` takes only the holder's).
+    static let holdTime: TimeInterval = 120
     /// Failures before any proof (anyone can send a hello naming any device): per source address, so a stranger
     /// locks out only itself. Kept per node: it guards the node's accept loop, and it guesses no secret.
     let sources: SourceLockout
@@ -50,7 +52,8 @@ struct PairingClaims: Sendable {
     func add(_ label: PairingLabel, now: Date) async throws -> Date {
         let expires = now.addingTimeInterval(lifetime)
         let sealed = try AES.GCM.seal(
-            Array(label.text.utf8), using: sealing, authenticating: Array(label.deviceID.rawValue.utf8))
+            Array(label.text.utf8), using: sealing,
+            authenticating: Self.associatedData(label.deviceID, suite: label.suite.name, expires: expires))
         guard let combined = sealed.combined else { throw PairingError(.invalidLabel, "the label could not be sealed") }
         try await store.putClaim(
             StoredClaim(
@@ -67,7 +70,9 @@ struct PairingClaims: Sendable {
             throw PairingError(.noClaim, "no pending claim")
         }
         guard let box = try? AES.GCM.SealedBox(combined: claim.sealedLabel),
-            let text = try? AES.GCM.open(box, using: sealing, authenticating: Array(device.rawValue.utf8)),
+            let text = try? AES.GCM.open(
+                box, using: sealing,
+                authenticating: Self.associatedData(device, suite: claim.suite, expires: claim.expires)),
             let label = try? PairingLabel(text: String(decoding: text, as: UTF8.self)), label.deviceID == device
         else { throw PairingError(.noClaim, "the stored claim does not open with this node's key") }
         return label
@@ -81,6 +86,13 @@ struct PairingClaims: Sendable {
             metrics?.pairing(.lockedOut)
             throw PairingError(.lockedOut, "locked out for \(Int(until - now.timeIntervalSince1970)) s more")
         }
+    }
+
+    /// What a sealed label is bound to: its device, suite and expiry (a row edited in the database, or a sealed label
+    /// moved to another device's row or given a longer life, does not open).
+    static func associatedData(_ device: DeviceID, suite: String, expires: Date) -> [UInt8] {
+        let millis = Int64((expires.timeIntervalSince1970 * 1000).rounded())
+        return Array("bulwark claim/1 \(device.rawValue) \(suite) \(millis)".utf8)
     }
 
     /// The peer proved the device's key: this session (`holder`) holds the claim, one session at a time on all
@@ -101,7 +113,15 @@ struct PairingClaims: Sendable {
     }
 
     /// `bulwark device revoke`: a revoked device must not pair back in on a claim made before the revocation.
-    func drop(_ device: DeviceID) async throws { try await store.removeClaim(of: device, paired: false) }
+    func drop(_ device: DeviceID) async throws { try await store.removeClaim(of: device, holder: nil) }
+
+    /// The session that holds the claim uses it up; refused when it no longer holds it (its hold lapsed and another
+    /// session took the claim, or the claim was withdrawn).
+    func consume(_ device: DeviceID, holder: String) async throws {
+        guard try await store.removeClaim(of: device, holder: holder) else {
+            throw PairingError(.noClaim, "the claim is no longer held by this session")
+        }
+    }
 
     /// Claims not yet used or expired, soonest to expire first (the dashboard).
     func pending(now: Date) async throws -> [(device: DeviceID, suite: String, expires: Date)] {
@@ -111,10 +131,10 @@ struct PairingClaims: Sendable {
     /// Claims not yet used or expired (for `/metrics`).
     func openClaims(now: Date) async throws -> Int { try await store.pendingClaims(at: now).count }
 
-    /// The device paired: its claim is used up and its failures are forgotten, in one transaction.
+    /// The device paired (its claim was used up by `consume`): its failures are forgotten.
     func succeeded(_ device: DeviceID) async throws {
         metrics?.pairing(.paired)
-        try await store.removeClaim(of: device, paired: true)
+        try await store.clearPairingFailures(of: device)
     }
 
     /// A session failed: count the failure against the device (only once the peer had proved the device's key) or
@@ -270,6 +290,8 @@ struct PairingListener: Service {
         func count(_ error: any Error) async {
             guard !counted else { return }
             counted = true
+            // The hub's own trouble (the store did not answer) is not the peer's attempt.
+            if error is StoreError { return }
             // Attempts refused because of a lock-out do not extend it: hammering the port must not keep the real
             // device locked out for ever. A claim held by another session of the same device (it proved the key) is
             // nobody's offence, and a device that paired (only its acknowledgement was lost) failed nothing.
@@ -277,13 +299,20 @@ struct PairingListener: Service {
             guard !paired, code != .lockedOut else { return }
             claims.metrics?.pairing(.failed)
             guard code != .claimInUse else { return }
-            do {
-                try await claims.failed(
-                    session.pairingDeviceID, holder: holder, source: source, now: Date(),
-                    countedAgainstDevice: session.deviceKeyProved, heldClaim: heldClaim)
-            } catch {
-                logger.warning("a failed pairing was not counted", metadata: ["error": .string("\(error)")])
-            }
+            // In a task of its own: a session cut at its deadline is cancelled, and its failure must count all the
+            // same (a peer that stalls after message 3 would otherwise try for free).
+            let claims = claims
+            let logger = logger
+            let (device, proved, held) = (session.pairingDeviceID, session.deviceKeyProved, heldClaim)
+            await Task {
+                do {
+                    try await claims.failed(
+                        device, holder: holder, source: source, now: Date(), countedAgainstDevice: proved,
+                        heldClaim: held)
+                } catch {
+                    logger.warning("a failed pairing was not counted", metadata: ["error": .string("\(error)")])
+                }
+            }.value
         }
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -329,15 +358,19 @@ struct PairingListener: Service {
                             guard let certificate = issued else {
                                 throw PairingError(.protocolViolation, "no certificate")
                             }
+                            // The claim is used up before the device is activated, and only by the session that
+                            // holds it: two sessions never both pair on one claim, on any nodes, and a claim never
+                            // outlives its pairing (if the activation fails now, the operator claims again).
+                            try await claims.consume(device, holder: holder)
+                            heldClaim = false
                             try await store.activatePendingCertificate(
                                 certificate.serialHex, device: device, irk: irk, at: Date())
                             revocations.removePending(certificate.serialHex)
                             rids.insert(device, irk: irk)
                             paired = true
                             do { try await claims.succeeded(device) } catch {
-                                // Paired all the same (the device is active): the claim lapses at its expiry.
                                 logger.warning(
-                                    "a used claim was not removed",
+                                    "the failures of a paired device were not cleared",
                                     metadata: ["device": .string(device.rawValue), "error": .string("\(error)")])
                             }
                             try? await store.recordSecurityEvent(

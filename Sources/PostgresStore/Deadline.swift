@@ -38,22 +38,44 @@ final class Outcome<T: Sendable>: Sendable {
         waiter?.continuation.resume(returning: result)
     }
 
-    /// The result, if it came within `limit`; nil otherwise (the work may still end later: call again to wait more).
+    /// The result, if it came within `limit`; nil otherwise, or as soon as the waiting task is cancelled (the work
+    /// may still end later: call again to wait more). One wait at a time.
     func wait(_ limit: Duration) async -> Result<T, any Error>? {
-        await withCheckedContinuation { continuation in
-            let ready = state.withLock { state -> Result<T, any Error>? in
-                if let result = state.result { return result }
-                state.waits += 1
-                let id = state.waits
-                state.waiter = (id, continuation)
-                state.timer = Task {
-                    try? await Task.sleep(for: limit)
-                    if !Task.isCancelled { self.expire(id) }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let ready = state.withLock { state -> Result<T, any Error>? in
+                    if let result = state.result { return result }
+                    precondition(state.waiter == nil, "one wait at a time")
+                    state.waits += 1
+                    let id = state.waits
+                    state.waiter = (id, continuation)
+                    state.timer = Task {
+                        try? await Task.sleep(for: limit)
+                        if !Task.isCancelled { self.expire(id) }
+                    }
+                    return nil
                 }
-                return nil
+                if let ready {
+                    continuation.resume(returning: ready)
+                } else if Task.isCancelled {
+                    stopWaiting()  // cancelled before the waiter was in place: the handler found none
+                }
             }
-            if let ready { continuation.resume(returning: ready) }
+        } onCancel: {
+            stopWaiting()
         }
+    }
+
+    private func stopWaiting() {
+        let (waiter, timer) = state.withLock { state in
+            defer {
+                state.waiter = nil
+                state.timer = nil
+            }
+            return (state.waiter, state.timer)
+        }
+        timer?.cancel()
+        waiter?.continuation.resume(returning: nil)
     }
 
     private func expire(_ id: Int) {

@@ -387,11 +387,13 @@ public final class PostgresHubStore: HubStore {
                 RETURNING id
                 """, logger: quiet), Int64.self)
         if let id, id % 1000 == 0 {
-            // Nodes read the events within seconds; relayed messages (payloads) are kept for the last 10,000.
+            // Relayed messages (payloads, many) are kept for the last 10,000 ids; every other event for a day, however
+            // many messages went by: a node that fell behind never misses a revocation (one down longer than that
+            // reloads everything when it starts).
             try await connection.query(
                 """
                 DELETE FROM cluster_events
-                WHERE id <= \(id - 100_000) OR (kind = 'message' AND id <= \(id - 10_000))
+                WHERE (kind = 'message' AND id <= \(id - 10_000)) OR at < \(Date().millis - 86_400_000)
                 """, logger: quiet)
         }
         try await drain(connection.query("SELECT pg_notify(\(eventChannel), '')", logger: quiet))
@@ -445,12 +447,12 @@ public final class PostgresHubStore: HubStore {
     public func clusterEvents(after id: Int64) async throws -> [ClusterEvent] {
         try await read { client in
             var events: [ClusterEvent] = []
-            for try await (id, kind, subject, until, publisher, body) in try await client.query(
+            for try await (id, kind, subject, until, publisher, body, at) in try await client.query(
                 """
-                SELECT id, kind, subject, until, publisher, body FROM cluster_events WHERE id > \(id)
-                ORDER BY id LIMIT 10000
+                SELECT id, kind, subject, until, publisher, body, at FROM cluster_events WHERE id > \(id)
+                ORDER BY id LIMIT 500
                 """
-            ).decode((Int64, String, String, Int64?, String?, ByteBuffer?).self) {
+            ).decode((Int64, String, String, Int64?, String?, ByteBuffer?, Int64).self) {
                 let change: ClusterEvent.Change? =
                     switch kind {
                     case "revoked": .revoked(subject.split(separator: ",").map(String.init))
@@ -462,7 +464,8 @@ public final class PostgresHubStore: HubStore {
                         body.map {
                             .message(
                                 RelayedMessage(
-                                    origin: subject, publisher: publisher, packet: Array($0.readableBytesView)))
+                                    origin: subject, publisher: publisher, packet: Array($0.readableBytesView),
+                                    at: Date(millis: at)))
                         }
                     default: nil
                     }
@@ -1328,12 +1331,29 @@ public final class PostgresHubStore: HubStore {
         }
     }
 
-    public func removeClaim(of device: DeviceID, paired: Bool) async throws {
+    @discardableResult public func removeClaim(of device: DeviceID, holder: String?) async throws -> Bool {
         try await write { connection in
-            try await connection.query("DELETE FROM pairing_claims WHERE device_id = \(device.rawValue)")
-            if paired {
-                try await connection.query("DELETE FROM pairing_failures WHERE device_id = \(device.rawValue)")
-            }
+            let removed =
+                if let holder {
+                    try await Self.one(
+                        connection.query(
+                            """
+                            DELETE FROM pairing_claims WHERE device_id = \(device.rawValue) AND holder = \(holder)
+                            RETURNING device_id
+                            """), String.self)
+                } else {
+                    try await Self.one(
+                        connection.query(
+                            "DELETE FROM pairing_claims WHERE device_id = \(device.rawValue) RETURNING device_id"),
+                        String.self)
+                }
+            return removed != nil
+        }
+    }
+
+    public func clearPairingFailures(of device: DeviceID) async throws {
+        try await write { connection in
+            try await connection.query("DELETE FROM pairing_failures WHERE device_id = \(device.rawValue)")
         }
     }
 

@@ -122,9 +122,12 @@ public protocol HubStore: Sendable {
     func holdClaim(of device: DeviceID, holder: String, until: Date, at: Date) async throws -> Bool
     /// The session ended without pairing: the claim is free again (only `holder`'s own hold is released).
     func releaseClaim(of device: DeviceID, holder: String) async throws
-    /// The claim is gone: used by a pairing (`paired`, which also forgets the device's failed attempts, in the same
-    /// transaction) or withdrawn by a revocation.
-    func removeClaim(of device: DeviceID, paired: Bool) async throws
+    /// Removes the device's claim: only `holder`'s, when given (a pairing uses the claim it holds, before it
+    /// activates the device; false when it no longer holds it), else whoever holds it (a revocation withdraws it).
+    /// True when a claim was removed.
+    @discardableResult func removeClaim(of device: DeviceID, holder: String?) async throws -> Bool
+    /// Forgets the device's failed attempts (it paired).
+    func clearPairingFailures(of device: DeviceID) async throws
     /// Claims pending at `at`, soonest to expire first.
     func pendingClaims(at: Date) async throws -> [StoredClaim]
     /// Counts a failed attempt against the device; returns its failures so far, this one included.

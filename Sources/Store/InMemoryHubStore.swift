@@ -440,10 +440,13 @@ public actor InMemoryHubStore: HubStore {
         claims[device] = (entry.claim, nil, nil)
     }
 
-    public func removeClaim(of device: DeviceID, paired: Bool) async throws {
+    @discardableResult public func removeClaim(of device: DeviceID, holder: String?) async throws -> Bool {
+        guard let entry = claims[device], holder == nil || entry.holder == holder else { return false }
         claims[device] = nil
-        if paired { failures[device] = nil }
+        return true
     }
+
+    public func clearPairingFailures(of device: DeviceID) async throws { failures[device] = nil }
 
     public func pendingClaims(at: Date) async throws -> [StoredClaim] {
         claims.values.map(\.claim).filter { $0.expires > at }.sorted { $0.expires < $1.expires }

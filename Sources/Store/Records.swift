@@ -363,11 +363,14 @@ public struct RelayedMessage: Sendable, Equatable {
     public var publisher: String?
     /// The PUBLISH as MQTT 5 encodes it: topic, payload, QoS, RETAIN and the properties subscribers receive.
     public var packet: [UInt8]
+    /// When the origin handed it on (read back from the store): a message's expiry counts from there.
+    public var at: Date?
 
-    public init(origin: String, publisher: String?, packet: [UInt8]) {
+    public init(origin: String, publisher: String?, packet: [UInt8], at: Date? = nil) {
         self.origin = origin
         self.publisher = publisher
         self.packet = packet
+        self.at = at
     }
 }
 

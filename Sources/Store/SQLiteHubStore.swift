@@ -1098,12 +1098,22 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
-    public func removeClaim(of device: DeviceID, paired: Bool) async throws {
+    @discardableResult public func removeClaim(of device: DeviceID, holder: String?) async throws -> Bool {
         try await write { db in
-            try db.execute(sql: "DELETE FROM pairing_claims WHERE device_id = ?", arguments: [device.rawValue])
-            if paired {
-                try db.execute(sql: "DELETE FROM pairing_failures WHERE device_id = ?", arguments: [device.rawValue])
+            if let holder {
+                try db.execute(
+                    sql: "DELETE FROM pairing_claims WHERE device_id = ? AND holder = ?",
+                    arguments: [device.rawValue, holder])
+            } else {
+                try db.execute(sql: "DELETE FROM pairing_claims WHERE device_id = ?", arguments: [device.rawValue])
             }
+            return db.changesCount == 1
+        }
+    }
+
+    public func clearPairingFailures(of device: DeviceID) async throws {
+        try await write { db in
+            try db.execute(sql: "DELETE FROM pairing_failures WHERE device_id = ?", arguments: [device.rawValue])
         }
     }
 

@@ -159,9 +159,10 @@ final class FaultyStore: HubStore {
     func releaseClaim(of device: DeviceID, holder: String) async throws {
         try await base.releaseClaim(of: device, holder: holder)
     }
-    func removeClaim(of device: DeviceID, paired: Bool) async throws {
-        try await base.removeClaim(of: device, paired: paired)
+    func removeClaim(of device: DeviceID, holder: String?) async throws -> Bool {
+        try await base.removeClaim(of: device, holder: holder)
     }
+    func clearPairingFailures(of device: DeviceID) async throws { try await base.clearPairingFailures(of: device) }
     func pendingClaims(at: Date) async throws -> [StoredClaim] { try await base.pendingClaims(at: at) }
     func recordPairingFailure(of device: DeviceID, at: Date) async throws -> PairingFailures {
         try await base.recordPairingFailure(of: device, at: at)

@@ -333,12 +333,18 @@ import Testing
         #expect(
             try await store.recordPairingFailure(of: device, at: now + 5) == PairingFailures(count: 2, last: now + 5))
         #expect(try await store.pairingFailures(of: device) == PairingFailures(count: 2, last: now + 5))
-        try await store.removeClaim(of: device, paired: false)  // withdrawn: the failures stay
+        #expect(try await store.removeClaim(of: device, holder: nil))  // withdrawn, whoever held it
+        #expect(!(try await store.removeClaim(of: device, holder: nil)))
         #expect(try await store.claim(of: device, at: now) == nil)
         #expect(try await store.pairingFailures(of: device)?.count == 2)
         try await store.putClaim(claim(device, 5, expires: now + 600))
-        try await store.removeClaim(of: device, paired: true)  // used: the failures go with it
+        #expect(!(try await store.removeClaim(of: device, holder: "f")), "only its holder uses a claim")
+        #expect(try await store.holdClaim(of: device, holder: "f", until: now + 60, at: now))
+        #expect(!(try await store.removeClaim(of: device, holder: "g")))
+        #expect(try await store.removeClaim(of: device, holder: "f"))
+        #expect(!(try await store.removeClaim(of: device, holder: "f")), "used once")
         #expect(try await store.claim(of: device, at: now) == nil)
+        try await store.clearPairingFailures(of: device)
         #expect(try await store.pairingFailures(of: device) == nil)
         try await store.close()
     }
