@@ -98,6 +98,7 @@ final class PayloadProcess: @unchecked Sendable {
         process.standardInput =
             gate == nil ? FileHandle.nullDevice : FileHandle(fileDescriptor: ends[1], closeOnDealloc: false)
         process.terminationHandler = { finished in onExit(finished.terminationStatus) }
+        Descriptors.closeOnExec()
         do { try process.run() } catch {
             if gate != nil {
                 close(opener)

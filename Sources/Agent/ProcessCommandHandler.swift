@@ -43,6 +43,7 @@ public struct ProcessCommandHandler: Sendable {
         process.standardInput = input
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
+        Descriptors.closeOnExec()
         do { try process.run() } catch {
             return CommandOutcome(exitCode: 127, output: "cannot run \(executable)")
         }

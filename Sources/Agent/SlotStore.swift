@@ -236,6 +236,7 @@ public struct DirectorySlotStore: SlotStore {
         process.arguments = arguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
+        Descriptors.closeOnExec()
         do { try process.run() } catch { return 127 }
         process.waitUntilExit()
         return process.terminationStatus

@@ -236,6 +236,14 @@ private func runBlocking(
     process.standardOutput = out
     process.standardError = err
     process.standardInput = input
+    // Only this child gets these pipes (as its 0-2): a program another test starts meanwhile must not inherit a
+    // write end and keep this reader from ever seeing the end of the output.
+    for end in [
+        out.fileHandleForReading, out.fileHandleForWriting, err.fileHandleForReading, err.fileHandleForWriting,
+        input.fileHandleForReading, input.fileHandleForWriting,
+    ] {
+        _ = fcntl(end.fileDescriptor, F_SETFD, FD_CLOEXEC)
+    }
     try process.run()
     if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
     try? input.fileHandleForWriting.close()
