@@ -16,13 +16,23 @@ final class PayloadProcess: @unchecked Sendable {
     let pid: Int32
     let slot: Slot
 
+    private let started: UInt64?
+
     private init(process: Process, slot: Slot) {
         self.process = process
         self.pid = process.processIdentifier
         self.slot = slot
+        started = Self.startTime(process.processIdentifier)
     }
 
-    var isRunning: Bool { process.isRunning }
+    /// Running until it exits: a zombie has exited, whether or not Foundation reaped it yet. (Foundation reaps on its
+    /// own thread; with many children it lagged by seconds, and each `stop` waited out its grace period for a
+    /// process long dead: 100 agents stopping in one test took minutes.)
+    var isRunning: Bool {
+        guard process.isRunning else { return false }
+        guard let started else { return true }
+        return Self.isRunning(pid, started: started)
+    }
 
     /// When a process started, in clock ticks since boot (`/proc/PID/stat` field 22, after the parenthesised name).
     static func startTime(_ pid: Int32, procRoot: String = "/proc") -> UInt64? {
@@ -143,13 +153,13 @@ final class PayloadProcess: @unchecked Sendable {
 
     /// SIGTERM, then SIGKILL after `grace` seconds.
     func stop(grace: Double = 5) async {
-        guard process.isRunning else { return }
+        guard isRunning else { return }
         signal(SIGTERM)
         let deadline = Date().addingTimeInterval(grace)
-        while process.isRunning, Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
-        if process.isRunning { signal(SIGKILL) }
+        while isRunning, Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        if isRunning { signal(SIGKILL) }
         let reaped = Date().addingTimeInterval(5)
-        while process.isRunning, Date() < reaped { try? await Task.sleep(for: .milliseconds(10)) }
+        while isRunning, Date() < reaped { try? await Task.sleep(for: .milliseconds(10)) }
         // What it started and left behind goes with it.
         let group = getpgid(pid)
         if group == pid || (group == -1 && errno == ESRCH) { kill(-pid, SIGKILL) }
