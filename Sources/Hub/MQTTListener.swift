@@ -755,21 +755,8 @@ struct MQTTConnection {
                 }
             }
             let message = BrokerMessage(publish)
-            if let relay = listener.relay {
-                // Handed to the other nodes first (their sessions may match), then delivered here: a publish refused
-                // (PUBACK 0x80, sent again) has reached no one.
-                let relayed = relay.relayed(message, publisher: state.sessionKey)
-                do { try await listener.store.relayMessage(relayed) } catch {
-                    listener.logger.error(
-                        "MQTT message not handed to the other hub nodes",
-                        metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-                    guard respond, let id = publish.packetID else { return true }
-                    // MQTT 5: PUBACK 0x80, the client may send it again; 3.1.1 has no refusal: the connection closes
-                    // and the client sends it again.
-                    guard v5 else { return false }
-                    await acknowledge(id, qos: publish.qos, state: &state, code: .unspecifiedError)
-                    return true
-                }
+            if let answered = await relayFirst(message, publish, state: &state, respond: respond, correlationID) {
+                return answered
             }
             let recipients = await listener.broker.publish(message, from: state.sessionKey)
             if respond, let id = publish.packetID {
@@ -796,17 +783,9 @@ struct MQTTConnection {
                 return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
             }
             let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
-            if let relay = listener.relay {
-                // The other nodes clear their copy too (nothing is stored: handed on before the acknowledgement).
-                do { try await listener.store.relayMessage(relay.relayed(clear, publisher: state.sessionKey)) } catch {
-                    listener.logger.error(
-                        "MQTT retained clear not handed to the other hub nodes",
-                        metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-                    guard respond, let id = publish.packetID else { return true }
-                    guard v5 else { return false }
-                    await acknowledge(id, qos: publish.qos, state: &state, code: .unspecifiedError)
-                    return true
-                }
+            // The other nodes clear their copy too.
+            if let answered = await relayFirst(clear, publish, state: &state, respond: respond, correlationID) {
+                return answered
             }
             if respond, let id = publish.packetID {
                 await acknowledge(id, qos: publish.qos, state: &state, code: .success, then: clear)
@@ -1076,6 +1055,28 @@ struct MQTTConnection {
                     await broker.publish(delivery, from: sessionKey)
                 }
             })
+    }
+
+    /// Several nodes: hands a message that is not stored (an operator's or application's publish, a retained clear)
+    /// to the other nodes before it is acknowledged or delivered here, so one refused (and sent again) has reached
+    /// no one. Nil when it was handed on (or there is one node); else what `admitAndDeliver` returns: answered with
+    /// PUBACK 0x80 (MQTT 5), or false to close the connection (3.1.1 has no refusal; the client sends it again).
+    private func relayFirst(
+        _ message: BrokerMessage, _ publish: PublishPacket, state: inout State, respond: Bool, _ correlationID: String
+    ) async -> Bool? {
+        guard let relay = listener.relay else { return nil }
+        do {
+            try await listener.store.relayMessage(relay.relayed(message, publisher: state.sessionKey))
+            return nil
+        } catch {
+            listener.logger.error(
+                "MQTT message not handed to the other hub nodes",
+                metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
+            guard respond, let id = publish.packetID else { return true }
+            guard state.v5 else { return false }
+            await acknowledge(id, qos: publish.qos, state: &state, code: .unspecifiedError)
+            return true
+        }
     }
 
     /// MQTT 5.0 §3.14.4 [MQTT-3.14.4-1]: after sending DISCONNECT the server sends nothing more. So the pending

@@ -26,16 +26,8 @@ final class Outcome<T: Sendable>: Sendable {
     }
 
     private func finish(_ result: Result<T, any Error>) {
-        let (waiter, timer) = state.withLock { state in
-            state.result = result
-            defer {
-                state.waiter = nil
-                state.timer = nil
-            }
-            return (state.waiter, state.timer)
-        }
-        timer?.cancel()
-        waiter?.continuation.resume(returning: result)
+        state.withLock { $0.result = result }
+        releaseWaiter(with: result)
     }
 
     /// The result, if it came within `limit`; nil otherwise, or as soon as the waiting task is cancelled (the work
@@ -66,7 +58,10 @@ final class Outcome<T: Sendable>: Sendable {
         }
     }
 
-    private func stopWaiting() {
+    private func stopWaiting() { releaseWaiter(with: nil) }
+
+    /// Resumes the waiter, if any, and stops its timer.
+    private func releaseWaiter(with result: Result<T, any Error>?) {
         let (waiter, timer) = state.withLock { state in
             defer {
                 state.waiter = nil
@@ -75,7 +70,7 @@ final class Outcome<T: Sendable>: Sendable {
             return (state.waiter, state.timer)
         }
         timer?.cancel()
-        waiter?.continuation.resume(returning: nil)
+        waiter?.continuation.resume(returning: result)
     }
 
     private func expire(_ id: Int) {
