@@ -20,6 +20,8 @@ actor ClusterSync: Service {
     /// Delivers the MQTT messages other nodes relayed to this node's subscribers (nil: none are delivered here).
     private let broker: MQTTBroker?
     private let relay: MessageRelay?
+    /// Hands over the MQTT sessions other nodes ask for.
+    private let persistence: MQTTPersistence?
     private let interval: Duration
     private let logger: Logger
     /// The last event applied: read before the gateway's state was restored, so nothing between is skipped.
@@ -32,9 +34,11 @@ actor ClusterSync: Service {
 
     init(
         store: any HubStore, revocations: RevocationList, gateway: GatewayPipeline, crl: CRLPublisher,
-        broker: MQTTBroker? = nil, relay: MessageRelay? = nil, position: Int64, interval: Duration, logger: Logger
+        broker: MQTTBroker? = nil, relay: MessageRelay? = nil, persistence: MQTTPersistence? = nil, position: Int64,
+        interval: Duration, logger: Logger
     ) {
         self.store = store
+        self.persistence = persistence
         self.broker = broker
         self.relay = relay
         self.revocations = revocations
@@ -120,7 +124,9 @@ actor ClusterSync: Service {
                 guard let broker, let relay, relayed.origin != relay.origin else { continue }
                 // Skipped when it expired on its way, or (never from a node of this version) does not decode.
                 guard let message = MessageRelay.message(relayed) else { continue }
-                await broker.publish(message, from: relayed.publisher)
+                await broker.publish(message, from: relayed.publisher, stored: true)
+            case .sessionWanted(let key, let by):
+                await persistence?.handOver(key: key, to: by)
             }
         }
         if revoked { await crl.revocationsChanged() }

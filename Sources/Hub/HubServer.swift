@@ -137,11 +137,22 @@ public final class HubServer: Sendable {
             try await controller.load()
             rollouts = controller
         }
+        let broker = MQTTBroker(
+            maxQueued: configuration.mqttSettings.maxQueuedMessages,
+            maxRetained: configuration.mqttSettings.maxRetainedMessages,
+            maxRetainedPerOwner: configuration.mqttSettings.maxRetainedPerClient,
+            maxRetainedBytes: configuration.mqttSettings.maxRetainedBytes)
+        // This node's id for this run: the sessions it holds and the messages it hands on are recorded with it.
+        var mqttLogger = logger
+        mqttLogger[metadataKey: "service"] = "mqtt-state"
+        let persistence = MQTTPersistence(
+            store: store, broker: broker, holder: UUID().uuidString, logger: mqttLogger)
+        try await persistence.load()
         return try HubServer(
             configuration: configuration, store: store, credentials: credentials, revocations: revocations,
             gateway: gateway, logger: logger, signals: gracefulShutdownSignals, crl: crl, renewals: renewals,
             deviceSignals: deviceSignals, rollouts: rollouts, metrics: metrics, auditKey: auditKey,
-            clusterPosition: clusterPosition)
+            clusterPosition: clusterPosition, broker: broker, persistence: persistence)
     }
 
     /// Refuses to serve on a clock more than `limit` seconds off the database server's (several nodes): signatures'
@@ -171,7 +182,8 @@ public final class HubServer: Sendable {
         configuration: HubConfiguration, store: any HubStore, credentials: HubCredentials, revocations: RevocationList,
         gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal], crl: CRLPublisher,
         renewals: CertificateRenewals, deviceSignals: DeviceSignals, rollouts: RolloutController?,
-        metrics: HubMetrics, auditKey: AuditKey, clusterPosition: Int64
+        metrics: HubMetrics, auditKey: AuditKey, clusterPosition: Int64, broker: MQTTBroker,
+        persistence: MQTTPersistence
     ) throws {
         self.gateway = gateway
         self.configuration = configuration
@@ -284,13 +296,8 @@ public final class HubServer: Sendable {
             policy: .init(
                 freeAttempts: configuration.pairingFreeAttempts, baseLockout: configuration.pairingLockoutSeconds,
                 maximumLockout: max(3600, configuration.pairingLockoutSeconds)), metrics: metrics)
-        let broker = MQTTBroker(
-            maxQueued: configuration.mqttSettings.maxQueuedMessages,
-            maxRetained: configuration.mqttSettings.maxRetainedMessages,
-            maxRetainedPerOwner: configuration.mqttSettings.maxRetainedPerClient,
-            maxRetainedBytes: configuration.mqttSettings.maxRetainedBytes)
-        // Several nodes on one database hand MQTT messages to each other; this node's id for this run.
-        let relay = store.sharedByNodes ? MessageRelay(origin: UUID().uuidString) : nil
+        // Several nodes on one database hand MQTT messages to each other.
+        let relay = store.sharedByNodes ? MessageRelay(origin: persistence.holder) : nil
         var operatorRoutes = OperatorRoutes(
             store: store, authority: credentials.authority, revocations: revocations, claims: claims, rids: rids,
             gateway: gateway, broker: broker, crl: crl,
@@ -336,6 +343,7 @@ public final class HubServer: Sendable {
                 return mqttLogger
             }(), onBound: { portsContinuation.yield(("mqtt", $0)) })
         mqtt.relay = relay
+        mqtt.persistence = persistence
         metrics.attach {
             $0.connections =
                 openConnections + [(.mqtt, mqtt.connections), (.pairing, pairing.connections)]
@@ -344,7 +352,8 @@ public final class HubServer: Sendable {
             $0.store = store
             $0.updates = configuration.tufRepository != nil
         }
-        var services: [any Service] = [device, operatorApp, pairing, rids, mqtt]
+        // Services stop in the reverse order: the MQTT state is saved after the listener has closed its connections.
+        var services: [any Service] = [persistence, device, operatorApp, pairing, rids, mqtt]
         var tlsLogger = logger
         tlsLogger[metadataKey: "service"] = "tls"
         services.append(
@@ -383,7 +392,7 @@ public final class HubServer: Sendable {
         services.append(
             ClusterSync(
                 store: store, revocations: revocations, gateway: gateway, crl: crl, broker: broker, relay: relay,
-                position: clusterPosition,
+                persistence: persistence, position: clusterPosition,
                 interval: .milliseconds(Int64(configuration.clusterReconcileSeconds * 1000)), logger: logger))
         if let rollouts {
             services.append(

@@ -1,6 +1,7 @@
 import Foundation
 import MQTT
 import NIOCore
+import Store
 import Synchronization
 
 /// The broker's name for a message on its way to subscribers.
@@ -20,9 +21,9 @@ struct BrokerConnection: Sendable {
 }
 
 /// Sessions, subscriptions, retained messages and QoS 1 delivery (MQTT 3.1.1 §3.1.2.4 and §4.3.2, MQTT 5.0 §4.1,
-/// §3.3.1.3, §4.9). State is in memory: sessions and retained messages survive disconnects and session take-over,
-/// not a hub restart (every acknowledged *inbound* message is in the store before its PUBACK; this is delivery
-/// state towards subscribers). Every queue is bounded.
+/// §3.3.1.3, §4.9), held in memory and kept in the store by `MQTTPersistence`: every change marks the session (or
+/// the retained topic) to be saved, and `takeChanges` hands the marked ones over as values to write. A session whose
+/// expiry is 0 ends with its connection and is never saved. Every queue is bounded.
 actor MQTTBroker {
     final class Session {
         /// The identity (certificate) that holds the session.
@@ -102,6 +103,11 @@ actor MQTTBroker {
     /// Deliveries dropped because a queue was full, a subscriber was not keeping up (QoS 0) or a packet was over
     /// the client's maximum size.
     private(set) var dropped = 0
+    /// Sessions changed since the last `takeChanges` (saved then, or removed when they ended), and retained topics.
+    private var changedSessions = Set<String>()
+    private var changedRetained: [String: (message: BrokerMessage?, owner: String)] = [:]
+    /// Whether changes are recorded for a store (`MQTTPersistence`); off, nothing is kept for it.
+    var persistent = false
     /// Subscriptions across all sessions, readable without entering the actor: a publish that nobody subscribed to
     /// (and that is not retained) skips the broker entirely.
     nonisolated let subscriptions = Atomic<Int>(0)
@@ -139,7 +145,10 @@ actor MQTTBroker {
         // A will still waiting out its delay: a new connection to the session means it is not sent
         // [MQTT-3.1.3-9]; a clean start ends that session, which sends it (§3.1.3.2.2, via `forget`).
         if !cleanStart, let session = sessions[key] { session.endPendingWill(publish: false) }
-        if cleanStart, let discarded = sessions[key] { forget(discarded) }
+        if cleanStart, let discarded = sessions[key] {
+            sessions[key] = nil
+            forget(discarded)
+        }
         let existing = cleanStart ? nil : sessions[key]
         let present = existing != nil
         let session = existing ?? Session(maxQueued: maxQueued)
@@ -152,6 +161,7 @@ actor MQTTBroker {
         session.disconnectedAt = nil
         session.ready = false
         session.window.attached()
+        changed(key, presence: true)
         return Attached(sessionPresent: present, connectionNumber: nextConnection)
     }
 
@@ -164,6 +174,7 @@ actor MQTTBroker {
         session.ready = true
         guard let link = session.link else { return }
         apply(session.window.resume(link: link, now: .now), to: connection)
+        changed(key)
     }
 
     /// Detaches the connection (if it is still the session's); a session with expiry 0 ends now.
@@ -184,6 +195,7 @@ actor MQTTBroker {
         } else {
             session.disconnectedAt = .now
         }
+        changed(key, presence: true)
     }
 
     /// Adds subscriptions, writes the SUBACK, then the retained messages they match (MQTT 5.0 §3.3.1.3: Retain
@@ -211,6 +223,7 @@ actor MQTTBroker {
             }
         }
         Self.write(.suback(packetID: packetID, reasonCodes: codes, properties: .init()), connection)
+        if !accepted.isEmpty { changed(key) }
         for (filter, options, retainHandling) in accepted {
             let isNew = session.filters[filter] == nil
             session.filters[filter] = options
@@ -232,6 +245,7 @@ actor MQTTBroker {
         guard let session = sessions[key], session.connectionNumber == connectionNumber else {
             return filters.map { _ in false }
         }
+        changed(key)
         return filters.map {
             guard let options = session.filters.removeValue(forKey: $0) else { return false }
             subscriptions.subtract(1, ordering: .relaxed)
@@ -247,6 +261,7 @@ actor MQTTBroker {
         guard let session = sessions[key], session.connectionNumber == connectionNumber else { return true }
         let (valid, output) = session.window.acknowledge(packetID, qos: qos, link: session.link, now: .now)
         apply(output, to: session.connection)
+        changed(key)
         return valid
     }
 
@@ -260,6 +275,7 @@ actor MQTTBroker {
         else { return .released }
         let (outcome, output) = session.window.received(packetID, reasonCode: reasonCode, link: link, now: .now)
         apply(output, to: connection)
+        changed(key)
         return outcome
     }
 
@@ -281,6 +297,7 @@ actor MQTTBroker {
             session.connectionNumber == connectionNumber || session.draining.contains(connectionNumber)
         else { return }
         session.receivedQoS2.insert(packetID)
+        changed(key)
     }
 
     /// Waits out a will's delay for connection `connectionNumber`, which has ended: true when the will is due (the
@@ -316,7 +333,8 @@ actor MQTTBroker {
 
     /// A PUBREL from the client: the id is free again. False when it was not held (PUBCOMP 0x92 on MQTT 5).
     func releaseQoS2(key: String, packetID: UInt16) -> Bool {
-        sessions[key]?.receivedQoS2.remove(packetID) != nil
+        changed(key)
+        return sessions[key]?.receivedQoS2.remove(packetID) != nil
     }
 
     /// Updates the retained message of the topic (an empty payload removes it, MQTT 3.1.1 §3.3.1.3) and delivers to
@@ -328,9 +346,12 @@ actor MQTTBroker {
     /// the matching subscriptions [MQTT-3.3.4-4]. A No Local subscription never matches its own session's publish
     /// [MQTT-3.8.3-3]. Each shared subscription (§4.8.2) that matches gives the message to one of its sessions, in
     /// turn, preferring a connected one.
+    ///
+    /// A message another node relayed (`stored`: its node keeps the retained message in the store) changes the
+    /// retained message here without saving it again.
     @discardableResult
-    func publish(_ message: BrokerMessage, from publisher: String?) -> Int {
-        if message.retain { retain(message, owner: publisher ?? "hub") }
+    func publish(_ message: BrokerMessage, from publisher: String?, stored: Bool = false) -> Int {
+        if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
         let deliveries = router.route(
             topic: message.topic, qos: message.qos, retain: message.retain, publisher: publisher,
             subscribers: sessions.lazy.map {
@@ -342,6 +363,7 @@ actor MQTTBroker {
                 message.copy(
                     qos: delivery.qos, retain: delivery.retain, identifiers: delivery.identifiers,
                     sharedGroup: delivery.sharedGroup), to: session)
+            if delivery.qos != .atMostOnce { changed(delivery.key) }
         }
         if ContinuousClock.now - lastSweep > .seconds(10) { sweepExpired() }
         return deliveries.count
@@ -365,12 +387,125 @@ actor MQTTBroker {
                 chosen.key != key, let target = sessions[chosen.key]
             else { continue }
             handedOver.insert(position)
+            changed(chosen.key)
             deliver(
                 message.copy(
                     qos: min(chosen.options.qos, message.qos), retain: message.retain,
                     identifiers: chosen.options.identifier.map { [$0] } ?? [], sharedGroup: group), to: target)
         }
         session.window.remove(handedOver: handedOver)
+    }
+
+    // MARK: Kept in the store (`MQTTPersistence`)
+
+    /// Changes are recorded for a store from now on; with several nodes, a connected session with expiry 0 is
+    /// recorded too (so a connection to another node takes it over), else only sessions a client may come back to.
+    func setPersistent(sharedByNodes: Bool) {
+        persistent = true
+        keepsConnectedSessions = sharedByNodes
+    }
+    private var keepsConnectedSessions = false
+
+    /// Marks the session to be saved: any change of one a client may come back to; for one with expiry 0 (kept only
+    /// while connected, with several nodes) only its coming and going (`presence`).
+    private func changed(_ key: String, presence: Bool = false) {
+        guard persistent, presence || (sessions[key]?.expirySeconds ?? 0) > 0 else { return }
+        changedSessions.insert(key)
+    }
+
+    /// What changed since the last call, as values to write: each changed session as it stands (nil: it ended, or
+    /// has expiry 0 and is never kept), and each changed retained topic (nil: cleared).
+    func takeChanges(
+        now: ContinuousClock.Instant = .now, wallClock: Date = Date()
+    ) -> (sessions: [String: StoredMQTTSession?], retained: [String: (message: BrokerMessage?, owner: String)]) {
+        var saved: [String: StoredMQTTSession?] = [:]
+        for key in changedSessions { saved[key] = stored(key, now: now, wallClock: wallClock) }
+        changedSessions = []
+        defer { changedRetained = [:] }
+        return (saved, changedRetained)
+    }
+
+    /// The session as the store keeps it; nil when there is none to keep.
+    private func stored(_ key: String, now: ContinuousClock.Instant, wallClock: Date) -> StoredMQTTSession? {
+        guard let session = sessions[key],
+            session.expirySeconds > 0 || (keepsConnectedSessions && session.connection != nil)
+        else { return nil }
+        let snapshot = SessionSnapshot(
+            filters: session.filters, window: session.window.saved, receivedQoS2: session.receivedQoS2)
+        return StoredMQTTSession(
+            key: key, owner: session.owner, expirySeconds: session.expirySeconds,
+            disconnectedAt: session.connection != nil
+                ? nil : wallClock - (now - (session.disconnectedAt ?? now)).timeInterval,
+            state: snapshot.encoded(now: now), savedAt: wallClock)
+    }
+
+    /// Whether this node holds the session in memory.
+    func holds(_ key: String) -> Bool { sessions[key] != nil }
+
+    /// Takes up a session from the store, disconnected (its expiry counting from when its client went away, or from
+    /// the save when it was connected then: its node stopped). False, and nothing changed, when one is held already
+    /// or the saved state does not decode (the caller logs it).
+    @discardableResult
+    func restore(_ stored: StoredMQTTSession, now: ContinuousClock.Instant = .now, wallClock: Date = Date()) -> Bool {
+        guard sessions[stored.key] == nil else { return false }
+        let elapsed = Duration.seconds(max(0, wallClock.timeIntervalSince(stored.savedAt)))
+        guard let snapshot = try? SessionSnapshot(decoding: stored.state, elapsed: elapsed, now: now) else {
+            return false
+        }
+        let session = Session(maxQueued: maxQueued)
+        session.owner = stored.owner
+        session.filters = snapshot.filters
+        session.window = DeliveryWindow(maxQueued: maxQueued, restoring: snapshot.window)
+        session.receivedQoS2 = snapshot.receivedQoS2
+        session.expirySeconds = stored.expirySeconds
+        let away = max(0, wallClock.timeIntervalSince(stored.disconnectedAt ?? stored.savedAt))
+        session.disconnectedAt = now - .milliseconds(Int64(away * 1000))
+        sessions[stored.key] = session
+        subscriptions.add(session.filters.count, ordering: .relaxed)
+        return true
+    }
+
+    /// Hands a session over to another node, whose client connected there: the connection here gets DISCONNECT
+    /// 0x8E Session taken over (MQTT 5; 3.1.1: it is closed, §3.1.4-2) and the session leaves memory as it stands
+    /// (not ended: no will is published). Nil when this node does not hold it.
+    func handOver(_ key: String, now: ContinuousClock.Instant = .now, wallClock: Date = Date()) -> StoredMQTTSession? {
+        guard let session = sessions[key] else { return nil }
+        let saved = stored(key, now: now, wallClock: wallClock).map {
+            var saved = $0
+            saved.disconnectedAt = saved.disconnectedAt ?? wallClock
+            return saved
+        }
+        if let connection = session.connection {
+            if connection.version == .v5 {
+                Self.write(.disconnect(reasonCode: .sessionTakenOver, properties: .init()), connection)
+            }
+            connection.channel.close(promise: nil)
+            session.connection = nil
+        }
+        sessions[key] = nil
+        changedSessions.remove(key)
+        subscriptions.subtract(session.filters.count, ordering: .relaxed)
+        for waiter in session.drained { waiter.resume() }
+        session.drained = []
+        session.endPendingWill(publish: false)
+        for (filter, options) in session.filters where options.share != nil {
+            releaseShareTurn(filter, leaving: session)
+        }
+        return saved
+    }
+
+    /// Every session held, as the store keeps them (a node that stops lets go of them all).
+    func storedSessions(now: ContinuousClock.Instant = .now, wallClock: Date = Date()) -> [String: StoredMQTTSession?] {
+        var all: [String: StoredMQTTSession?] = [:]
+        for key in sessions.keys { all[key] = stored(key, now: now, wallClock: wallClock) }
+        return all
+    }
+
+    /// Takes up retained messages from the store (within the same bounds as any).
+    func restoreRetained(_ messages: [(message: BrokerMessage, owner: String)], now: ContinuousClock.Instant = .now) {
+        for (message, owner) in messages where !message.expired(at: now) {
+            retained.retain(message, owner: owner)
+        }
     }
 
     var sessionCount: Int { sessions.count }
@@ -395,8 +530,13 @@ actor MQTTBroker {
 
     /// Sets or (empty payload) clears the topic's retained message within the limits: in all, per owner (the
     /// publisher's session) and in bytes. Over a limit the message is still delivered, just not retained.
-    private func retain(_ message: BrokerMessage, owner: String) {
-        if !retained.retain(message, owner: owner) { dropped += 1 }
+    private func retain(_ message: BrokerMessage, owner: String, stored: Bool) {
+        let kept = retained.retain(message, owner: owner)
+        if !kept { dropped += 1 }
+        // Replaced or cleared either way: the store follows (a message over a bound is not kept there either).
+        if persistent, !stored {
+            changedRetained[message.topic.rawValue] = (kept && !message.payload.isEmpty ? message : nil, owner)
+        }
     }
 
     private func deliver(_ message: BrokerMessage, to session: Session) {
@@ -429,7 +569,10 @@ actor MQTTBroker {
         }
         // Removed first, then forgotten: two members of one shared subscription expiring together each see the
         // group as gone, and its turn is released.
-        for key in expired.keys { sessions[key] = nil }
+        for key in expired.keys {
+            sessions[key] = nil
+            changed(key, presence: true)
+        }
         for session in expired.values { forget(session) }
     }
 
@@ -451,4 +594,9 @@ actor MQTTBroker {
         else { return }
         router.forget(group)
     }
+}
+
+extension Duration {
+    /// Seconds, as Foundation counts them.
+    var timeInterval: TimeInterval { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

@@ -45,6 +45,8 @@ struct MQTTListener: Service {
     let counterWrites = CounterWrites()
     /// Hands what this node admits to the other hub nodes (several nodes on one database); nil on one node.
     var relay: MessageRelay?
+    /// Keeps sessions in the store and takes up those held by another node (nil: in memory only).
+    var persistence: MQTTPersistence?
     let missingCertificate = OncePerWindow()
     /// Topic refusals are recorded once per identity, kind and minute: a device cannot turn them into a disk flood.
     let refusalsThisMinute = OncePerWindow()
@@ -466,6 +468,18 @@ struct MQTTConnection {
         let nioChannel = channel.channel
         let revocationWatch = listener.revocations.watch(peer.serial) { nioChannel.close(promise: nil) }
         defer { listener.revocations.unwatch(peer.serial, revocationWatch) }
+        // A session stored by another node (or this one's earlier run) is taken up before the connection attaches.
+        if let persistence = listener.persistence {
+            do {
+                try await persistence.prepare(key: sessionKey, cleanStart: connect.cleanStart)
+            } catch {
+                listener.logger.error(
+                    "MQTT session not taken up: the store is unavailable",
+                    metadata: ["peer": .string(peer.identity.uri), "error": .string("\(error)")])
+                try await send(rules.refusal(.serverUnavailable), version)
+                return nil
+            }
+        }
         var brokerConnection = BrokerConnection(
             channel: channel.channel, version: version, receiveMaximum: rules.clientReceiveMaximum,
             maximumPacketSize: rules.clientMaximumPacketSize)
@@ -491,6 +505,8 @@ struct MQTTConnection {
         var state = State(
             rules: rules, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
             output: FlushCoalescer(channel.channel), acl: acl, payloads: settings.payloads.bound(to: peer.identity))
+        // Saved before the CONNACK: another node that this client connects to next finds the session here.
+        await listener.persistence?.flush()
         let end: End
         do {
             try await send(connack, version)
@@ -658,9 +674,12 @@ struct MQTTConnection {
                     key: state.sessionKey, connectionNumber: state.connectionNumber, granted, codes: codes,
                     packetID: id, maxSubscriptions: listener.settings.maxSubscriptionsPerSession,
                     quotaExceeded: state.rules.subscribeRefused(.quotaExceeded))
+                // In the store before the next packet is read (MQTT lets the SUBACK go first, §3.8.4).
+                await listener.persistence?.flush()
             case .unsubscribe(let id, let filters):
                 let existed = await listener.broker.unsubscribe(
                     key: state.sessionKey, connectionNumber: state.connectionNumber, filters)
+                await listener.persistence?.flush()
                 try await send(state.rules.unsuback(id, existed: existed), version)
             case .acknowledged(let id, let qos):
                 // A PUBACK for a QoS 2 delivery, or a PUBCOMP for one not yet released, is a protocol error.
@@ -759,6 +778,7 @@ struct MQTTConnection {
                 return answered
             }
             let recipients = await listener.broker.publish(message, from: state.sessionKey)
+            if message.retain { await listener.persistence?.flush() }
             if respond, let id = publish.packetID {
                 // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere). With
                 // several nodes, another node's sessions may match: success.
@@ -1019,6 +1039,7 @@ struct MQTTConnection {
         let properties = code == .success ? Properties() : failed
         let unacknowledged = state.unacknowledged
         let connectionNumber = state.connectionNumber
+        let persistence = listener.persistence
         state.acknowledgements.append(
             Task {
                 await previous?.value
@@ -1035,6 +1056,14 @@ struct MQTTConnection {
                     reason = await write?.value == .replayed ? .notAuthorized : .unspecifiedError
                 }
                 let answerProperties = reason == code ? properties : failed
+                // A retained message is in the store's retained messages before its acknowledgement: a restart
+                // right after the PUBACK still has it.
+                var published = false
+                if reason == .success, deliver, let delivery, delivery.retain, let persistence {
+                    await broker.publish(delivery, from: sessionKey)
+                    await persistence.flush()
+                    published = true
+                }
                 let answer: Packet
                 if qos == .exactlyOnce {
                     if !reason.isFailure {
@@ -1051,7 +1080,7 @@ struct MQTTConnection {
                 var buffer = ByteBuffer()
                 answer.encode(into: &buffer, version: version)
                 output.write(buffer)
-                if reason == .success, deliver, let delivery, delivery.retain || broker.hasSubscriptions {
+                if !published, reason == .success, deliver, let delivery, delivery.retain || broker.hasSubscriptions {
                     await broker.publish(delivery, from: sessionKey)
                 }
             })

@@ -37,6 +37,37 @@ public struct DeliveryWindow: Sendable {
         public let id: UInt16
         public let message: OutboundMessage
         public var released = false
+
+        public init(id: UInt16, message: OutboundMessage, released: Bool = false) {
+            self.id = id
+            self.message = message
+            self.released = released
+        }
+    }
+
+    /// What a store keeps of the window (`SessionSnapshot`): deliveries not completed, in order, with their packet
+    /// ids (a resumed session sends them again under the same ids, §4.4), then the queue.
+    public struct Saved: Sendable {
+        public var unacknowledged: [Inflight]
+        public var queue: [OutboundMessage]
+        public var nextPacketID: UInt16
+
+        public init(unacknowledged: [Inflight], queue: [OutboundMessage], nextPacketID: UInt16) {
+            self.unacknowledged = unacknowledged
+            self.queue = queue
+            self.nextPacketID = nextPacketID
+        }
+    }
+
+    public var saved: Saved { Saved(unacknowledged: inflight + held, queue: Array(queue), nextPacketID: nextPacketID) }
+
+    /// A window restored from the store: every delivery not completed waits to go again (`resume`), then the queue
+    /// (within `maxQueued`, the oldest kept).
+    public init(maxQueued: Int, restoring saved: Saved) {
+        self.maxQueued = maxQueued
+        held = saved.unacknowledged
+        queue = CircularBuffer(saved.queue.prefix(maxQueued))
+        nextPacketID = saved.nextPacketID
     }
 
     /// The packets to write, in order, and how many copies were dropped (a full queue, an expired message, one

@@ -301,6 +301,28 @@ public final class PostgresHubStore: HubStore {
                 """,
             ]
         ),
+        (
+            7, "MQTT sessions and retained messages, and asking a node to hand a session over",
+            [
+                """
+                CREATE TABLE mqtt_sessions (
+                    session_key TEXT COLLATE "C" PRIMARY KEY, owner TEXT NOT NULL, expiry_seconds BIGINT NOT NULL,
+                    disconnected_at BIGINT, state BYTEA NOT NULL, saved_at BIGINT NOT NULL, holder TEXT
+                )
+                """,
+                """
+                CREATE TABLE mqtt_retained (
+                    topic TEXT COLLATE "C" PRIMARY KEY, owner TEXT NOT NULL, message BYTEA NOT NULL,
+                    saved_at BIGINT NOT NULL
+                )
+                """,
+                "ALTER TABLE cluster_events DROP CONSTRAINT cluster_events_kind_check",
+                """
+                ALTER TABLE cluster_events ADD CONSTRAINT cluster_events_kind_check
+                CHECK (kind IN ('revoked', 'activated', 'quarantined', 'released', 'schema', 'message', 'session'))
+                """,
+            ]
+        ),
     ]
 
     /// The advisory lock keys (one 64-bit namespace per purpose).
@@ -408,6 +430,123 @@ public final class PostgresHubStore: HubStore {
         }
     }
 
+    public func requestMQTTSession(key: String, by holder: String) async throws {
+        try await write { connection in try await Self.recordEvent("session", key, publisher: holder, connection) }
+    }
+
+    // MARK: MQTT sessions and retained messages
+
+    public func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
+        let newHolder: String? = release ? nil : holder
+        return try await write { connection in
+            try await Self.one(
+                connection.query(
+                    """
+                    INSERT INTO mqtt_sessions (session_key, owner, expiry_seconds, disconnected_at, state, saved_at,
+                        holder)
+                    VALUES (\(session.key), \(session.owner), \(Int64(session.expirySeconds)),
+                        \(session.disconnectedAt?.millis), \(ByteBuffer(bytes: session.state)), \(session.savedAt.millis),
+                        \(newHolder))
+                    ON CONFLICT (session_key) DO UPDATE SET owner = excluded.owner,
+                        expiry_seconds = excluded.expiry_seconds, disconnected_at = excluded.disconnected_at,
+                        state = excluded.state, saved_at = excluded.saved_at, holder = excluded.holder
+                    WHERE mqtt_sessions.holder = \(holder)
+                    RETURNING session_key
+                    """, logger: Self.quiet), String.self) != nil
+        }
+    }
+
+    public func removeMQTTSession(key: String, holder: String) async throws {
+        try await write { connection in
+            try await connection.query(
+                "DELETE FROM mqtt_sessions WHERE session_key = \(key) AND (holder IS NULL OR holder = \(holder))",
+                logger: Self.quiet)
+        }
+    }
+
+    public func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?) {
+        try await read { client in
+            var found: (stored: Bool, holder: String?) = (false, nil)
+            for try await holder in try await client.query(
+                "SELECT holder FROM mqtt_sessions WHERE session_key = \(key)", logger: Self.quiet
+            ).decode(String?.self) {
+                found = (true, holder)
+            }
+            return found
+        }
+    }
+
+    public func takeMQTTSession(key: String, holder: String) async throws -> StoredMQTTSession? {
+        try await write { connection in
+            try await Self.mqttSessions(
+                connection.query(
+                    """
+                    UPDATE mqtt_sessions SET holder = \(holder) WHERE session_key = \(key)
+                    RETURNING session_key, owner, expiry_seconds, disconnected_at, state, saved_at
+                    """, logger: Self.quiet)
+            ).first
+        }
+    }
+
+    public func adoptMQTTSessions(holder: String, all: Bool) async throws -> [StoredMQTTSession] {
+        try await write { connection in
+            try await Self.mqttSessions(
+                connection.query(
+                    """
+                    UPDATE mqtt_sessions SET holder = \(holder) WHERE \(all) OR holder IS NULL
+                    RETURNING session_key, owner, expiry_seconds, disconnected_at, state, saved_at
+                    """, logger: Self.quiet)
+            ).sorted { $0.key < $1.key }
+        }
+    }
+
+    private static func mqttSessions(_ rows: PostgresRowSequence) async throws -> [StoredMQTTSession] {
+        var sessions: [StoredMQTTSession] = []
+        for try await (key, owner, expiry, disconnected, state, saved) in rows.decode(
+            (String, String, Int64, Int64?, ByteBuffer, Int64).self)
+        {
+            sessions.append(
+                StoredMQTTSession(
+                    key: key, owner: owner, expirySeconds: Int(expiry),
+                    disconnectedAt: disconnected.map(Date.init(millis:)),
+                    state: Array(state.readableBytesView), savedAt: Date(millis: saved)))
+        }
+        return sessions
+    }
+
+    public func putRetainedMessage(_ message: StoredRetainedMessage) async throws {
+        try await write { connection in
+            try await connection.query(
+                """
+                INSERT INTO mqtt_retained (topic, owner, message, saved_at)
+                VALUES (\(message.topic), \(message.owner), \(ByteBuffer(bytes: message.message)), \(message.savedAt.millis))
+                ON CONFLICT (topic) DO UPDATE SET owner = excluded.owner, message = excluded.message,
+                    saved_at = excluded.saved_at
+                """, logger: Self.quiet)
+        }
+    }
+
+    public func removeRetainedMessage(topic: String) async throws {
+        try await write { connection in
+            try await connection.query("DELETE FROM mqtt_retained WHERE topic = \(topic)", logger: Self.quiet)
+        }
+    }
+
+    public func retainedMessages() async throws -> [StoredRetainedMessage] {
+        try await read { client in
+            var messages: [StoredRetainedMessage] = []
+            for try await (topic, owner, message, saved) in try await client.query(
+                "SELECT topic, owner, message, saved_at FROM mqtt_retained ORDER BY topic", logger: Self.quiet
+            ).decode((String, String, ByteBuffer, Int64).self) {
+                messages.append(
+                    StoredRetainedMessage(
+                        topic: topic, owner: owner, message: Array(message.readableBytesView),
+                        savedAt: Date(millis: saved)))
+            }
+            return messages
+        }
+    }
+
     public func agreedSetting(_ name: String, proposing: [UInt8]?) async throws -> [UInt8]? {
         try await write { connection in
             if let proposing {
@@ -460,6 +599,7 @@ public final class PostgresHubStore: HubStore {
                     case "quarantined": (try? DeviceID(subject)).map { .quarantined($0, until: until ?? 0) }
                     case "released": (try? DeviceID(subject)).map { .released($0) }
                     case "schema": .schema(subject)
+                    case "session": publisher.map { .sessionWanted(key: subject, by: $0) }
                     case "message":
                         body.map {
                             .message(

@@ -151,6 +151,27 @@ public protocol HubStore: Sendable {
     func relayMessage(_ message: RelayedMessage) async throws
     /// Whether other hub nodes share this store (they then hand MQTT messages to each other through it).
     var sharedByNodes: Bool { get }
+
+    // MQTT sessions and retained messages (MQTT 5.0 §4.1, §3.3.1.3): a restart keeps them, another node takes them.
+
+    /// Saves a session that `holder` (a node's run) holds in memory, and with `release` lets go of it (any node may
+    /// then adopt it). False, with nothing written, when another node has taken the session meanwhile.
+    func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool
+    /// Removes a session that ended, unless another node holds it now.
+    func removeMQTTSession(key: String, holder: String) async throws
+    /// Whether the session is stored, and which node holds it (nil: none does).
+    func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?)
+    /// Takes the session for `holder`, whoever held it, and returns it (nil: none is stored).
+    func takeMQTTSession(key: String, holder: String) async throws -> StoredMQTTSession?
+    /// Takes the sessions no node holds, and with `all` every session (one node, starting: the holders recorded are
+    /// its own earlier runs), for `holder`.
+    func adoptMQTTSessions(holder: String, all: Bool) async throws -> [StoredMQTTSession]
+    /// Asks the node holding the session to save and hand it over (a cluster event; a single node holds them all).
+    func requestMQTTSession(key: String, by holder: String) async throws
+    /// Sets the topic's retained message.
+    func putRetainedMessage(_ message: StoredRetainedMessage) async throws
+    func removeRetainedMessage(topic: String) async throws
+    func retainedMessages() async throws -> [StoredRetainedMessage]
 }
 
 /// A change one hub node made that every other node on the same database must apply to what it holds in memory
@@ -166,6 +187,8 @@ public struct ClusterEvent: Sendable, Equatable {
         case schema(String)
         /// An MQTT message admitted by a node (`RelayedMessage.origin`), for the subscribers of the others.
         case message(RelayedMessage)
+        /// A node (`by`) asks whichever node holds an MQTT session to hand it over: its client connected there.
+        case sessionWanted(key: String, by: String)
     }
     public var id: Int64
     public var change: Change
@@ -187,6 +210,7 @@ extension HubStore {
     public func databaseTime() async throws -> Date? { nil }
     /// One node: no other node to hand a message to.
     public func relayMessage(_ message: RelayedMessage) async throws {}
+    public func requestMQTTSession(key: String, by holder: String) async throws {}
     public var sharedByNodes: Bool { false }
     public func counterWindow(of device: DeviceID) async throws -> StoredCounterWindow? { nil }
 

@@ -25,6 +25,8 @@ public actor InMemoryHubStore: HubStore {
     private var releaseList: [ReleaseRecord] = []
     private var claims: [DeviceID: (claim: StoredClaim, holder: String?, heldUntil: Date?)] = [:]
     private var failures: [DeviceID: PairingFailures] = [:]
+    private var mqttSessions: [String: (session: StoredMQTTSession, holder: String?)] = [:]
+    private var retained: [String: StoredRetainedMessage] = [:]
 
     public init() {}
 
@@ -459,4 +461,42 @@ public actor InMemoryHubStore: HubStore {
     }
 
     public func pairingFailures(of device: DeviceID) async throws -> PairingFailures? { failures[device] }
+
+    public func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
+        if let stored = mqttSessions[session.key], stored.holder != holder { return false }
+        mqttSessions[session.key] = (session, release ? nil : holder)
+        return true
+    }
+
+    public func removeMQTTSession(key: String, holder: String) async throws {
+        guard let stored = mqttSessions[key], stored.holder == nil || stored.holder == holder else { return }
+        mqttSessions[key] = nil
+    }
+
+    public func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?) {
+        (mqttSessions[key] != nil, mqttSessions[key]?.holder)
+    }
+
+    public func takeMQTTSession(key: String, holder: String) async throws -> StoredMQTTSession? {
+        guard let stored = mqttSessions[key] else { return nil }
+        mqttSessions[key] = (stored.session, holder)
+        return stored.session
+    }
+
+    public func adoptMQTTSessions(holder: String, all: Bool) async throws -> [StoredMQTTSession] {
+        var adopted: [StoredMQTTSession] = []
+        for (key, stored) in mqttSessions where all || stored.holder == nil {
+            mqttSessions[key] = (stored.session, holder)
+            adopted.append(stored.session)
+        }
+        return adopted.sorted { $0.key < $1.key }
+    }
+
+    public func putRetainedMessage(_ message: StoredRetainedMessage) async throws { retained[message.topic] = message }
+
+    public func removeRetainedMessage(topic: String) async throws { retained[topic] = nil }
+
+    public func retainedMessages() async throws -> [StoredRetainedMessage] {
+        retained.values.sorted { $0.topic < $1.topic }
+    }
 }

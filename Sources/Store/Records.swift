@@ -401,3 +401,48 @@ public struct PairingFailures: Sendable, Equatable {
         self.last = last
     }
 }
+
+/// An MQTT session kept for a client that may come back (MQTT 5.0 §4.1, MQTT 3.1.1 §4.1): in the store so it
+/// survives a restart of the hub and follows its client to another hub node. One node holds it in memory at a time
+/// (`holder`, that node's run); the others ask that node to hand it over (`requestMQTTSession`).
+public struct StoredMQTTSession: Sendable, Equatable {
+    /// The identity and client id (`MQTTBroker`'s session key).
+    public var key: String
+    /// The identity (certificate URI) that holds the session.
+    public var owner: String
+    public var expirySeconds: Int
+    /// When its client went away; nil while one is connected.
+    public var disconnectedAt: Date?
+    /// Subscriptions, unacknowledged and queued deliveries, QoS 2 ids awaiting PUBREL: `MQTT.SessionSnapshot`.
+    public var state: [UInt8]
+    /// When `state` was taken (Message Expiry Intervals count on from it).
+    public var savedAt: Date
+
+    public init(
+        key: String, owner: String, expirySeconds: Int, disconnectedAt: Date?, state: [UInt8], savedAt: Date
+    ) {
+        self.key = key
+        self.owner = owner
+        self.expirySeconds = expirySeconds
+        self.disconnectedAt = disconnectedAt
+        self.state = state
+        self.savedAt = savedAt
+    }
+}
+
+/// A topic's retained message (MQTT 5.0 §3.3.1.3), kept in the store so it survives a restart of every node.
+public struct StoredRetainedMessage: Sendable, Equatable {
+    public var topic: String
+    /// The session that published it (the per-publisher bound counts it).
+    public var owner: String
+    /// The message as `MQTT.OutboundMessage.stored(now:)` encodes it.
+    public var message: [UInt8]
+    public var savedAt: Date
+
+    public init(topic: String, owner: String, message: [UInt8], savedAt: Date) {
+        self.topic = topic
+        self.owner = owner
+        self.message = message
+        self.savedAt = savedAt
+    }
+}

@@ -293,6 +293,22 @@ public final class SQLiteHubStore: HubStore {
                     )
                     """)
         }
+        migrator.registerMigration("v19: MQTT sessions and retained messages") { db in
+            // Kept in memory until now: a restart lost every persistent session and retained message.
+            try db.execute(
+                sql: """
+                    CREATE TABLE mqtt_sessions (
+                        session_key TEXT PRIMARY KEY, owner TEXT NOT NULL, expiry_seconds INTEGER NOT NULL,
+                        disconnected_at INTEGER, state BLOB NOT NULL, saved_at INTEGER NOT NULL, holder TEXT
+                    )
+                    """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE mqtt_retained (
+                        topic TEXT PRIMARY KEY, owner TEXT NOT NULL, message BLOB NOT NULL, saved_at INTEGER NOT NULL
+                    )
+                    """)
+        }
         return migrator
     }
 
@@ -1190,6 +1206,91 @@ public final class SQLiteHubStore: HubStore {
             ).compactMap { row in
                 guard let id = try? DeviceID(row["device_id"] as String) else { return nil }
                 return (id, [UInt8](row["irk"] as Data))
+            }
+        }
+    }
+
+    // MARK: MQTT sessions and retained messages
+
+    public func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
+        try await write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO mqtt_sessions (session_key, owner, expiry_seconds, disconnected_at, state, saved_at,
+                        holder)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(session_key) DO UPDATE SET owner = excluded.owner,
+                        expiry_seconds = excluded.expiry_seconds, disconnected_at = excluded.disconnected_at,
+                        state = excluded.state, saved_at = excluded.saved_at, holder = excluded.holder
+                    WHERE mqtt_sessions.holder = ?
+                    """,
+                arguments: [
+                    session.key, session.owner, session.expirySeconds, session.disconnectedAt?.millis,
+                    Data(session.state), session.savedAt.millis, release ? nil : holder, holder,
+                ])
+            return db.changesCount == 1
+        }
+    }
+
+    public func removeMQTTSession(key: String, holder: String) async throws {
+        try await write { db in
+            try db.execute(
+                sql: "DELETE FROM mqtt_sessions WHERE session_key = ? AND (holder IS NULL OR holder = ?)",
+                arguments: [key, holder])
+        }
+    }
+
+    public func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?) {
+        try await read { db in
+            let row = try Row.fetchOne(
+                db, sql: "SELECT holder FROM mqtt_sessions WHERE session_key = ?", arguments: [key])
+            return (row != nil, row?["holder"])
+        }
+    }
+
+    public func takeMQTTSession(key: String, holder: String) async throws -> StoredMQTTSession? {
+        try await write { db in
+            try Row.fetchOne(
+                db, sql: "UPDATE mqtt_sessions SET holder = ? WHERE session_key = ? RETURNING *",
+                arguments: [holder, key]
+            ).map(Self.mqttSession)
+        }
+    }
+
+    public func adoptMQTTSessions(holder: String, all: Bool) async throws -> [StoredMQTTSession] {
+        try await write { db in
+            try Row.fetchAll(
+                db, sql: "UPDATE mqtt_sessions SET holder = ? WHERE ? OR holder IS NULL RETURNING *",
+                arguments: [holder, all]
+            ).map(Self.mqttSession).sorted { $0.key < $1.key }
+        }
+    }
+
+    private static func mqttSession(_ row: Row) -> StoredMQTTSession {
+        StoredMQTTSession(
+            key: row["session_key"], owner: row["owner"], expirySeconds: row["expiry_seconds"],
+            disconnectedAt: (row["disconnected_at"] as Int64?).map(Date.init(millis:)),
+            state: Array(row["state"] as Data), savedAt: Date(millis: row["saved_at"]))
+    }
+
+    public func putRetainedMessage(_ message: StoredRetainedMessage) async throws {
+        try await write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO mqtt_retained (topic, owner, message, saved_at) VALUES (?, ?, ?, ?)",
+                arguments: [message.topic, message.owner, Data(message.message), message.savedAt.millis])
+        }
+    }
+
+    public func removeRetainedMessage(topic: String) async throws {
+        try await write { db in try db.execute(sql: "DELETE FROM mqtt_retained WHERE topic = ?", arguments: [topic]) }
+    }
+
+    public func retainedMessages() async throws -> [StoredRetainedMessage] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM mqtt_retained ORDER BY topic").map {
+                StoredRetainedMessage(
+                    topic: $0["topic"], owner: $0["owner"], message: Array($0["message"] as Data),
+                    savedAt: Date(millis: $0["saved_at"]))
             }
         }
     }

@@ -442,24 +442,32 @@ import Testing
         }
         let hub = try await TestHub.start(store: try await PostgresHubStore(location: location))
         let device = try await hub.enroll("outage-1")
+        let other = try await hub.enroll("outage-2")
         func send(_ n: Int) async throws -> HTTPResult {
             try await device.request(port: hub.devicePort, "POST", "/v1/telemetry", body: Array(#"{"n":\#(n)}"#.utf8))
         }
         #expect(try await send(1).status == 202)
 
-        #expect(PostgresTestServer.stop(directory))
-        let refusedAt = ContinuousClock.now
-        let refused = try await send(2)
-        let answeredAfter = ContinuousClock.now - refusedAt
-        print("503 after \(answeredAfter)")
-        #expect(answeredAfter < .seconds(15), "the pool's own retries would take a minute or more")
-        #expect(refused.status == 503, "\(refused.status) \(String(decoding: refused.body, as: UTF8.self))")
-        #expect(refused.header("Content-Type")?.hasPrefix("application/problem+json") == true)
-        let mqtt = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
-            try await mqtt.publishAcknowledged(
+        // A connection open when the database goes: its PUBLISH is refused (0x80), not acknowledged. Another
+        // device's new connection is refused (CONNACK 0x88 Server unavailable): a session of its that may be stored
+        // cannot be taken up, and it is not handed an empty one in its place.
+        let (mqtt, connectRefused) = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
+            #expect(PostgresTestServer.stop(directory))
+            let refusedAt = ContinuousClock.now
+            let refused = try await send(2)
+            let answeredAfter = ContinuousClock.now - refusedAt
+            print("503 after \(answeredAfter)")
+            #expect(answeredAfter < .seconds(15), "the pool's own retries would take a minute or more")
+            #expect(refused.status == 503, "\(refused.status) \(String(decoding: refused.body, as: UTF8.self))")
+            #expect(refused.header("Content-Type")?.hasPrefix("application/problem+json") == true)
+            let published = try await mqtt.publishAcknowledged(
                 topic: try TopicName("devices/outage-1/telemetry"), payload: Array(#"{"n":3}"#.utf8))
+            let connected = try await MQTTBrokerTests.connect(
+                hub, other, configure: MQTTBrokerTests.persistent, MQTTBrokerTests.reason)
+            return (published, connected)
         }
         #expect(mqtt == 0x80, "a PUBLISH that was not stored is not acknowledged as stored")
+        #expect(connectRefused == .serverUnavailable)
 
         // The database returns: the hub, still up, stores again without a restart.
         #expect(PostgresTestServer.resume(directory))

@@ -152,6 +152,29 @@ final class FaultyStore: HubStore {
     func relayMessage(_ message: RelayedMessage) async throws { try await base.relayMessage(message) }
     var sharedByNodes: Bool { base.sharedByNodes }
     func putClaim(_ claim: StoredClaim) async throws { try await base.putClaim(claim) }
+    func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
+        try await base.saveMQTTSession(session, holder: holder, release: release)
+    }
+    func removeMQTTSession(key: String, holder: String) async throws {
+        try await base.removeMQTTSession(key: key, holder: holder)
+    }
+    func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?) {
+        try await base.mqttSessionHolder(key: key)
+    }
+    func takeMQTTSession(key: String, holder: String) async throws -> StoredMQTTSession? {
+        try await base.takeMQTTSession(key: key, holder: holder)
+    }
+    func adoptMQTTSessions(holder: String, all: Bool) async throws -> [StoredMQTTSession] {
+        try await base.adoptMQTTSessions(holder: holder, all: all)
+    }
+    func requestMQTTSession(key: String, by holder: String) async throws {
+        try await base.requestMQTTSession(key: key, by: holder)
+    }
+    func putRetainedMessage(_ message: StoredRetainedMessage) async throws {
+        try await base.putRetainedMessage(message)
+    }
+    func removeRetainedMessage(topic: String) async throws { try await base.removeRetainedMessage(topic: topic) }
+    func retainedMessages() async throws -> [StoredRetainedMessage] { try await base.retainedMessages() }
     func claim(of device: DeviceID, at: Date) async throws -> StoredClaim? { try await base.claim(of: device, at: at) }
     func holdClaim(of device: DeviceID, holder: String, until: Date, at: Date) async throws -> Bool {
         try await base.holdClaim(of: device, holder: holder, until: until, at: at)

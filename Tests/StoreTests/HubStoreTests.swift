@@ -299,6 +299,49 @@ import Testing
     /// Pairing claims: one per device, a new one replaces the old and frees its hold; one session holds a claim at
     /// a time (another is refused until the hold is released or lapses, and only the holder releases it); expired
     /// claims are not pending; a use removes the claim and the device's failures, a withdrawal only the claim.
+    /// One node holds an MQTT session at a time: its saves are refused once another node took the session, a released
+    /// session is adopted by the next node to look, and a single node starting adopts its earlier runs' sessions.
+    @Test(arguments: Backend.allCases)
+    func mqttSessionsAreHeldByOneNodeAtATime(_ backend: Backend) async throws {
+        let (store, _) = try await Self.open(backend)
+        let now = Date(timeIntervalSince1970: 1_800_000_000)
+        func session(_ key: String, _ state: UInt8, away: Date? = nil) -> StoredMQTTSession {
+            StoredMQTTSession(
+                key: key, owner: "urn:o", expirySeconds: 3600, disconnectedAt: away, state: [state], savedAt: now)
+        }
+        #expect(try await store.mqttSessionHolder(key: "s1") == (false, nil))
+        #expect(try await store.saveMQTTSession(session("s1", 1), holder: "a", release: false))
+        #expect(try await store.mqttSessionHolder(key: "s1") == (true, "a"))
+        #expect(try await store.saveMQTTSession(session("s1", 2, away: now), holder: "a", release: false))
+        #expect(!(try await store.saveMQTTSession(session("s1", 3), holder: "b", release: false)), "a holds it")
+        #expect(try await store.takeMQTTSession(key: "s1", holder: "b") == session("s1", 2, away: now))
+        #expect(!(try await store.saveMQTTSession(session("s1", 4), holder: "a", release: true)), "b took it")
+        try await store.removeMQTTSession(key: "s1", holder: "a")  // not a's any more
+        #expect(try await store.mqttSessionHolder(key: "s1") == (true, "b"))
+        #expect(try await store.saveMQTTSession(session("s1", 5), holder: "b", release: true))
+        #expect(try await store.mqttSessionHolder(key: "s1") == (true, nil))
+        #expect(try await store.takeMQTTSession(key: "none", holder: "b") == nil)
+        // Released sessions go to the first node to adopt them; `all` takes held ones too (one node's earlier run).
+        #expect(try await store.saveMQTTSession(session("s2", 6), holder: "c", release: false))
+        #expect(try await store.adoptMQTTSessions(holder: "d", all: false) == [session("s1", 5)])
+        #expect(try await store.adoptMQTTSessions(holder: "e", all: false) == [])
+        #expect(try await store.adoptMQTTSessions(holder: "f", all: true).map(\.key) == ["s1", "s2"])
+        try await store.removeMQTTSession(key: "s2", holder: "f")
+        #expect(try await store.mqttSessionHolder(key: "s2") == (false, nil))
+
+        let retained = StoredRetainedMessage(topic: "a/b", owner: "urn:o", message: [1, 2], savedAt: now)
+        try await store.putRetainedMessage(retained)
+        try await store.putRetainedMessage(StoredRetainedMessage(topic: "a", owner: "x", message: [3], savedAt: now))
+        var replaced = retained
+        replaced.message = [9]
+        try await store.putRetainedMessage(replaced)
+        #expect(try await store.retainedMessages().map(\.topic) == ["a", "a/b"])
+        #expect(try await store.retainedMessages().last == replaced)
+        try await store.removeRetainedMessage(topic: "a")
+        #expect(try await store.retainedMessages() == [replaced])
+        try await store.close()
+    }
+
     @Test(arguments: Backend.allCases)
     func pairingClaimsAreHeldOnceAndUsedOnce(_ backend: Backend) async throws {
         let (store, _) = try await Self.open(backend)

@@ -1,0 +1,199 @@
+import Foundation
+import Logging
+import MQTT
+import ServiceLifecycle
+import Store
+
+/// Keeps the broker's persistent sessions and retained messages in the store (MQTT 5.0 §4.1: the session state
+/// and retained messages outlive the connection; here they also outlive the process and move between hub nodes).
+///
+/// - **Saving**: what changed is saved every `interval` (a few hundred milliseconds), in one ordered stream of writes;
+///   a node that stops saves everything and lets go of its sessions. A node killed with -9 loses the delivery state
+///   of its last interval (not the messages: a device's acknowledged message is in the store before its PUBACK).
+/// - **Starting**: a single node takes up every stored session (the holders recorded are its own earlier runs);
+///   a node of several takes up the sessions no node holds.
+/// - **Moving**: one node holds a session at a time. A client that connects to a node that does not hold its
+///   session makes that node ask the holder (a cluster event): the holder sends its connection DISCONNECT 0x8E
+///   Session taken over, saves the session and lets go; the new node then takes it. A holder that does not answer
+///   within `handOverWait` (it died) loses the session to the new node as last saved.
+actor MQTTPersistence: Service {
+    let store: any HubStore
+    let broker: MQTTBroker
+    /// This node's run, as recorded with the sessions it holds.
+    let holder: String
+    let interval: Duration
+    let handOverWait: Duration
+    let logger: Logger
+    /// Changes not written yet (taken from the broker, or a write that failed: retried), newest last.
+    private var pendingSessions: [String: StoredMQTTSession?] = [:]
+    private var pendingRetained: [String: (message: BrokerMessage?, owner: String)] = [:]
+    /// The write in progress: each waits for the one before, so saves reach the store in order.
+    private var lastFlush: Task<Void, Never>?
+
+    init(
+        store: any HubStore, broker: MQTTBroker, holder: String, interval: Duration = .milliseconds(250),
+        handOverWait: Duration = .seconds(3), logger: Logger
+    ) {
+        self.store = store
+        self.broker = broker
+        self.holder = holder
+        self.interval = interval
+        self.handOverWait = handOverWait
+        self.logger = logger
+    }
+
+    /// Takes up the stored sessions and retained messages; called before the MQTT listener accepts a connection.
+    func load() async throws {
+        await broker.setPersistent(sharedByNodes: store.sharedByNodes)
+        let now = ContinuousClock.now
+        let wallClock = Date()
+        var retained: [(message: BrokerMessage, owner: String)] = []
+        for stored in try await store.retainedMessages() {
+            let elapsed = Duration.milliseconds(Int64(max(0, wallClock.timeIntervalSince(stored.savedAt)) * 1000))
+            guard let message = BrokerMessage(stored: stored.message, elapsed: elapsed, now: now) else {
+                logger.warning(
+                    "stored retained message does not decode; skipped", metadata: ["topic": "\(stored.topic)"])
+                continue
+            }
+            retained.append((message, stored.owner))
+        }
+        await broker.restoreRetained(retained, now: now)
+        let sessions = try await store.adoptMQTTSessions(holder: holder, all: !store.sharedByNodes)
+        var restored = 0
+        for session in sessions {
+            if await broker.restore(session, now: now, wallClock: wallClock) {
+                restored += 1
+            } else {
+                logger.warning("stored MQTT session does not decode; skipped", metadata: ["session": "\(session.key)"])
+            }
+        }
+        if restored + retained.count > 0 {
+            logger.info("MQTT state restored", metadata: ["sessions": "\(restored)", "retained": "\(retained.count)"])
+        }
+    }
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do { try await Task.sleep(for: self.interval) } catch { break }
+                await self.flush()
+            }
+        }
+        await flush()
+        await releaseAll()
+    }
+
+    /// Writes what changed, after any write still in progress.
+    func flush() async {
+        let previous = lastFlush
+        let task = Task {
+            await previous?.value
+            await self.write()
+        }
+        lastFlush = task
+        await task.value
+    }
+
+    private func write() async {
+        let changes = await broker.takeChanges()
+        pendingSessions.merge(changes.sessions) { $1 }
+        pendingRetained.merge(changes.retained) { $1 }
+        for (key, session) in pendingSessions {
+            do {
+                if let session {
+                    if !(try await store.saveMQTTSession(session, holder: holder, release: false)) {
+                        // Another node took it meanwhile: the copy here is stale.
+                        _ = await broker.handOver(key)
+                    }
+                } else {
+                    try await store.removeMQTTSession(key: key, holder: holder)
+                }
+                // Only when no newer change came meanwhile.
+                if pendingSessions[key] == session { pendingSessions[key] = nil }
+            } catch {
+                logger.warning("MQTT session not saved; retried", metadata: ["error": "\(error)"])
+                return
+            }
+        }
+        let now = ContinuousClock.now
+        for (topic, change) in pendingRetained {
+            do {
+                if let message = change.message {
+                    try await store.putRetainedMessage(
+                        StoredRetainedMessage(
+                            topic: topic, owner: change.owner, message: message.stored(now: now), savedAt: Date()))
+                } else {
+                    try await store.removeRetainedMessage(topic: topic)
+                }
+                pendingRetained[topic] = nil
+            } catch {
+                logger.warning("retained message not saved; retried", metadata: ["error": "\(error)"])
+                return
+            }
+        }
+    }
+
+    /// The node stops: every session it holds is saved and let go of, for whichever node takes it up.
+    private func releaseAll() async {
+        await lastFlush?.value
+        var released = 0
+        for (key, session) in await broker.storedSessions() {
+            do {
+                if let session {
+                    if try await store.saveMQTTSession(session, holder: holder, release: true) { released += 1 }
+                } else {
+                    try await store.removeMQTTSession(key: key, holder: holder)
+                }
+            } catch {
+                logger.warning("MQTT session not saved at shutdown", metadata: ["error": "\(error)"])
+            }
+        }
+        if released > 0 { logger.info("MQTT sessions saved", metadata: ["sessions": "\(released)"]) }
+    }
+
+    /// Before a connection attaches to session `key`: makes sure the session, if one is stored, is held here (asked
+    /// of the node holding it, then taken); with `cleanStart` the stored one is removed. Throws when the store
+    /// cannot be reached: the connection is refused (Server unavailable), never given an empty session in place
+    /// of the one it has.
+    func prepare(key: String, cleanStart: Bool) async throws {
+        guard store.sharedByNodes, !(await broker.holds(key)) else { return }
+        var (stored, current) = try await store.mqttSessionHolder(key: key)
+        guard stored else { return }
+        if let other = current, other != holder {
+            try await store.requestMQTTSession(key: key, by: holder)
+            let deadline = ContinuousClock.now + handOverWait
+            while ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+                (stored, current) = try await store.mqttSessionHolder(key: key)
+                if !stored || current != other { break }
+            }
+            if current == other {
+                logger.warning(
+                    "MQTT session taken from a node that did not hand it over",
+                    metadata: ["session": "\(key)", "node": "\(other)"])
+            }
+        }
+        guard let session = try await store.takeMQTTSession(key: key, holder: holder) else { return }
+        if cleanStart {
+            try await store.removeMQTTSession(key: key, holder: holder)
+        } else if !(await broker.restore(session)), !(await broker.holds(key)) {
+            logger.warning("stored MQTT session does not decode; a new one starts", metadata: ["session": "\(key)"])
+        }
+    }
+
+    /// Another node (`by`) asks for a session its client connected to: handed over if held here.
+    func handOver(key: String, to by: String) async {
+        guard by != holder, await broker.holds(key) else { return }
+        let session = await broker.handOver(key)
+        pendingSessions[key] = nil
+        do {
+            if let session {
+                _ = try await store.saveMQTTSession(session, holder: holder, release: true)
+            } else {
+                try await store.removeMQTTSession(key: key, holder: holder)
+            }
+        } catch {
+            logger.warning("MQTT session not handed over", metadata: ["session": "\(key)", "error": "\(error)"])
+        }
+    }
+}

@@ -1,0 +1,198 @@
+import Foundation
+import HubClient
+import MQTT
+import PostgresStore
+import PostgresTestSupport
+import Store
+import Testing
+
+@testable import Hub
+
+/// MQTT sessions and retained messages in the store (MQTT 5.0 §4.1, §3.3.1.3, §4.4): they survive a restart of the
+/// hub (SQLite) and of every node (PostgreSQL), and a session follows its client to another node, taking it over.
+@Suite struct MQTTPersistenceTests {
+    static let telemetry = try! TopicFilter("devices/+/telemetry")
+
+    /// Subscribes with Subscription Identifier `identifier` at QoS 1.
+    static func subscribe(_ mqtt: MQTTClientConnection, _ filter: TopicFilter, identifier: Int? = nil) async throws {
+        var properties = Properties()
+        if let identifier { properties.subscriptionIdentifiers = [identifier] }
+        try await mqtt.send(
+            .subscribe(
+                packetID: 1, subscriptions: [Subscription(filter: filter, qos: .atLeastOnce)], properties: properties))
+        guard case .suback(1, [1], _) = try await mqtt.next() else {
+            Issue.record("no SUBACK")
+            return
+        }
+    }
+
+    /// The next PUBLISH (other packets skipped); nil when the connection ends or only other packets come before the
+    /// keep-alive closes it.
+    static func nextPublish(_ mqtt: MQTTClientConnection) async throws -> PublishPacket? {
+        while let packet = try await mqtt.next() {
+            if case .publish(let publish) = packet { return publish }
+        }
+        return nil
+    }
+
+    /// Reads `count` PUBLISH packets, acknowledging each (QoS 1); their payloads as text.
+    static func receive(_ count: Int, _ mqtt: MQTTClientConnection) async throws -> [String] {
+        var payloads: [String] = []
+        while payloads.count < count, let publish = try await nextPublish(mqtt) {
+            payloads.append(String(decoding: publish.payload, as: UTF8.self))
+            if let id = publish.packetID {
+                try await mqtt.send(.puback(packetID: id, reasonCode: 0, properties: .init()))
+            }
+        }
+        return payloads
+    }
+
+    static func fleet<R: Sendable>(
+        _ hub: TestHub, _ client: TestDevice, clientID: String = "fleet", cleanStart: Bool = false,
+        expiry: UInt32 = 600, _ body: (MQTTClientConnection, ReasonCode) async throws -> R
+    ) async throws -> R {
+        try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try client.credentials.tlsConfiguration(), clientID: clientID,
+            version: .v5, keepAlive: 10,
+            configure: {
+                $0.cleanStart = cleanStart
+                $0.properties.sessionExpiryInterval = expiry
+            }, body)
+    }
+
+    static func publish(_ hub: TestHub, _ device: TestDevice, _ bodies: [String], retain: String? = nil) async throws {
+        let codes = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
+            var codes: [ReasonCode] = []
+            for body in bodies {
+                codes.append(
+                    try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/\(device.id)/telemetry"), payload: Array(body.utf8)))
+            }
+            if let retain {
+                codes.append(
+                    try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/\(device.id)/state"), payload: Array(retain.utf8), retain: true))
+            }
+            return codes
+        }
+        #expect(codes.allSatisfy { $0 == 0 }, "\(codes)")
+    }
+
+    /// One hub on SQLite, stopped and started again: a persistent session comes back with its subscription (and
+    /// its identifier), the delivery that was in flight is sent again with DUP under the same packet id (§4.4), the
+    /// messages queued while the client was away follow in order, and a retained message is still retained. A clean
+    /// start removes the stored session for good.
+    @Test func sessionsAndRetainedMessagesSurviveARestart() async throws {
+        let hub = try await TestHub.start()
+        let directory = hub.directory
+        let device = try await hub.enroll("ps-1")
+        let fleetClient = try hub.operatorClient()
+        let inflight = try await Self.fleet(hub, fleetClient, cleanStart: true) { mqtt, reason -> UInt16? in
+            #expect(reason == 0)
+            try await Self.subscribe(mqtt, Self.telemetry, identifier: 7)
+            try await Self.publish(hub, device, [#"{"n":1}"#])
+            // Received, not acknowledged: still in flight when the client goes.
+            let first = try await Self.nextPublish(mqtt)
+            #expect(first?.payload == Array(#"{"n":1}"#.utf8))
+            try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+            return first?.packetID
+        }
+        try await Self.publish(hub, device, [#"{"n":2}"#, #"{"n":3}"#], retain: #"{"on":true}"#)
+        try await hub.stop(keepData: true)
+
+        let again = try await TestHub.start(directory: directory)
+        let resumed = try await Self.fleet(again, fleetClient) { mqtt, reason -> [String] in
+            #expect(reason == 0 && mqtt.sessionPresent)
+            guard let redelivered = try await Self.nextPublish(mqtt) else { return [] }
+            #expect(redelivered.duplicate && redelivered.packetID == inflight && inflight != nil)
+            #expect(redelivered.properties.subscriptionIdentifiers == [7])
+            try await mqtt.send(.puback(packetID: redelivered.packetID ?? 0, reasonCode: 0, properties: .init()))
+            let queued = try await Self.receive(2, mqtt)
+            return [String(decoding: redelivered.payload, as: UTF8.self)] + queued
+        }
+        #expect(resumed == [#"{"n":1}"#, #"{"n":2}"#, #"{"n":3}"#])
+        let retained = try await Self.fleet(again, fleetClient, clientID: "late", cleanStart: true) { mqtt, _ in
+            try await Self.subscribe(mqtt, try TopicFilter("devices/+/state"))
+            return try await Self.nextPublish(mqtt).map { ($0.retain, String(decoding: $0.payload, as: UTF8.self)) }
+        }
+        #expect(retained?.0 == true && retained?.1 == #"{"on":true}"#)
+        try await again.stop(keepData: true)
+
+        // Everything acknowledged: the session comes back empty but subscribed; then a clean start ends it.
+        let third = try await TestHub.start(directory: directory)
+        let next = try await Self.fleet(third, fleetClient) { mqtt, _ -> [String] in
+            #expect(mqtt.sessionPresent)
+            try await Self.publish(third, device, [#"{"n":4}"#])
+            return try await Self.receive(1, mqtt)
+        }
+        #expect(next == [#"{"n":4}"#], "nothing delivered twice, the subscription kept")
+        try await Self.fleet(third, fleetClient, cleanStart: true, expiry: 0) { mqtt, _ in
+            #expect(!mqtt.sessionPresent)
+        }
+        try await third.stop(keepData: true)
+        let fourth = try await TestHub.start(directory: directory)
+        try await Self.fleet(fourth, fleetClient) { mqtt, _ in #expect(!mqtt.sessionPresent, "a clean start ended it") }
+        try await fourth.stop()
+    }
+
+    /// Two nodes on PostgreSQL. A second connection on node 2 takes the session over from node 1 (the first gets
+    /// DISCONNECT 0x8E) and carries on with its subscription; while the client is away node 2 queues; the client
+    /// comes back on node 1, which asks node 2 for the session and receives the queue. Then both nodes stop, one
+    /// starts again: the session and the retained message are there.
+    @Test func aSessionFollowsItsClientToAnotherNode() async throws {
+        let (one, two, location) = try await ClusterTests.twoNodes()
+        let device = try await one.enroll("ps-cl")
+        for file in ["admin.key", "admin.crt"] {
+            try? FileManager.default.removeItem(atPath: two.directory + "/operators/" + file)
+            try FileManager.default.copyItem(
+                atPath: one.directory + "/operators/" + file, toPath: two.directory + "/operators/" + file)
+        }
+        let fleetClient = try one.operatorClient()
+        let takeOver = try await Self.fleet(one, fleetClient, cleanStart: true) { first, _ -> (ReasonCode?, [String]) in
+            try await Self.subscribe(first, Self.telemetry)
+            let moved = try await Self.fleet(two, fleetClient) { second, reason -> [String] in
+                #expect(reason == 0 && second.sessionPresent, "node 2 took the session up")
+                try await Self.publish(one, device, [#"{"n":1}"#])
+                let received = try await Self.receive(1, second)
+                try await second.send(.disconnect(reasonCode: 0, properties: .init()))
+                return received
+            }
+            var reason: ReasonCode?
+            while let packet = try await first.next() {
+                if case .disconnect(let code, _) = packet {
+                    reason = code
+                    break
+                }
+            }
+            return (reason, moved)
+        }
+        #expect(takeOver.0 == .sessionTakenOver)
+        #expect(takeOver.1 == [#"{"n":1}"#])
+        // Away: node 2 holds the session and queues what node 1 admits.
+        try await Self.publish(one, device, [#"{"n":2}"#, #"{"n":3}"#], retain: #"{"on":1}"#)
+        try await Task.sleep(for: .milliseconds(300))
+        let back = try await Self.fleet(one, fleetClient) { mqtt, reason -> [String] in
+            #expect(reason == 0 && mqtt.sessionPresent)
+            return try await Self.receive(2, mqtt)
+        }
+        #expect(back == [#"{"n":2}"#, #"{"n":3}"#])
+        // Away again, then every node stops; one starts again on the same database.
+        try await Self.publish(two, device, [#"{"n":4}"#])
+        try await Task.sleep(for: .milliseconds(300))
+        try await two.stop()
+        try await one.stop(keepData: true)
+        let restarted = try await TestHub.start(
+            directory: one.directory, store: try await PostgresHubStore(location: location))
+        let after = try await Self.fleet(restarted, fleetClient) { mqtt, reason -> [String] in
+            #expect(reason == 0 && mqtt.sessionPresent)
+            return try await Self.receive(1, mqtt)
+        }
+        #expect(after == [#"{"n":4}"#])
+        let retained = try await Self.fleet(restarted, fleetClient, clientID: "late", cleanStart: true) { mqtt, _ in
+            try await Self.subscribe(mqtt, try TopicFilter("devices/+/state"))
+            return try await Self.nextPublish(mqtt).map { String(decoding: $0.payload, as: UTF8.self) }
+        }
+        #expect(retained == #"{"on":1}"#)
+        try await restarted.stop()
+    }
+}
