@@ -124,11 +124,12 @@ actor ClusterSync: Service {
                 guard let broker, let relay, relayed.origin != relay.origin else { continue }
                 // Skipped when it expired on its way, or (never from a node of this version) does not decode.
                 guard let message = MessageRelay.message(relayed) else { continue }
-                await broker.publish(message, from: relayed.publisher, stored: true)
+                await broker.publish(message, from: relayed.publisher, stored: true, position: event.id)
             case .sessionWanted(let key, let by):
                 await persistence?.handOver(key: key, to: by)
             }
         }
+        if let last = events.last { await broker?.advance(to: last.id) }
         if revoked { await crl.revocationsChanged() }
         if schemas {
             do { try await reloadSchemas() } catch {

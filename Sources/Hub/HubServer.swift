@@ -147,6 +147,7 @@ public final class HubServer: Sendable {
         mqttLogger[metadataKey: "service"] = "mqtt-state"
         let persistence = MQTTPersistence(
             store: store, broker: broker, holder: UUID().uuidString, logger: mqttLogger)
+        await broker.advance(to: clusterPosition)
         try await persistence.load()
         return try HubServer(
             configuration: configuration, store: store, credentials: credentials, revocations: revocations,

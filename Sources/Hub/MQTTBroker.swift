@@ -350,7 +350,9 @@ actor MQTTBroker {
     /// A message another node relayed (`stored`: its node keeps the retained message in the store) changes the
     /// retained message here without saving it again.
     @discardableResult
-    func publish(_ message: BrokerMessage, from publisher: String?, stored: Bool = false) -> Int {
+    func publish(_ message: BrokerMessage, from publisher: String?, stored: Bool = false, position: Int64? = nil) -> Int
+    {
+        if let position { relayPosition = max(relayPosition, position) }
         if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
         let deliveries = router.route(
             topic: message.topic, qos: message.qos, retain: message.retain, publisher: publisher,
@@ -431,7 +433,8 @@ actor MQTTBroker {
             session.expirySeconds > 0 || (keepsConnectedSessions && session.connection != nil)
         else { return nil }
         let snapshot = SessionSnapshot(
-            filters: session.filters, window: session.window.saved, receivedQoS2: session.receivedQoS2)
+            filters: session.filters, window: session.window.saved, receivedQoS2: session.receivedQoS2,
+            position: relayPosition)
         return StoredMQTTSession(
             key: key, owner: session.owner, expirySeconds: session.expirySeconds,
             disconnectedAt: session.connection != nil
@@ -442,16 +445,27 @@ actor MQTTBroker {
     /// Whether this node holds the session in memory.
     func holds(_ key: String) -> Bool { sessions[key] != nil }
 
+    /// What `restore` did.
+    enum Restored: Equatable {
+        case restored
+        /// A session with this key is held here already: nothing changed.
+        case held
+        /// This node has routed messages of the log up to this position since the caller read it: the messages up
+        /// to it must be replayed too (read them and call again). Nothing changed.
+        case behind(Int64)
+    }
+
     /// Takes up a session from the store, disconnected (its expiry counting from when its client went away, or from
-    /// the save when it was connected then: its node stopped). False, and nothing changed, when one is held already
-    /// or the saved state does not decode (the caller logs it).
-    @discardableResult
-    func restore(_ stored: StoredMQTTSession, now: ContinuousClock.Instant = .now, wallClock: Date = Date()) -> Bool {
-        guard sessions[stored.key] == nil else { return false }
-        let elapsed = Duration.seconds(max(0, wallClock.timeIntervalSince(stored.savedAt)))
-        guard let snapshot = try? SessionSnapshot(decoding: stored.state, elapsed: elapsed, now: now) else {
-            return false
-        }
+    /// the save when it was connected then: its node stopped), then replays into it the messages of the log that
+    /// its last holder had not routed to it (`replay`: those after `snapshot.position` up to `through`; at least
+    /// once, in log order; not to its shared subscriptions, whose groups had them from another member).
+    func restore(
+        _ stored: StoredMQTTSession, _ snapshot: SessionSnapshot,
+        replay: [(message: BrokerMessage, publisher: String?)] = [], through: Int64 = 0,
+        now: ContinuousClock.Instant = .now, wallClock: Date = Date()
+    ) -> Restored {
+        guard sessions[stored.key] == nil else { return .held }
+        guard relayPosition <= max(through, snapshot.position) else { return .behind(relayPosition) }
         let session = Session(maxQueued: maxQueued)
         session.owner = stored.owner
         session.filters = snapshot.filters
@@ -462,8 +476,27 @@ actor MQTTBroker {
         session.disconnectedAt = now - .milliseconds(Int64(away * 1000))
         sessions[stored.key] = session
         subscriptions.add(session.filters.count, ordering: .relaxed)
-        return true
+        let own = MessageRouter.Subscriber(
+            key: stored.key, filters: session.filters.filter { $0.value.share == nil }, connected: false)
+        for (message, publisher) in replay {
+            for delivery in router.route(
+                topic: message.topic, qos: message.qos, retain: message.retain, publisher: publisher,
+                subscribers: [own])
+            {
+                deliver(
+                    message.copy(qos: delivery.qos, retain: delivery.retain, identifiers: delivery.identifiers),
+                    to: session)
+            }
+        }
+        if !replay.isEmpty { changed(stored.key) }
+        return .restored
     }
+
+    /// Every message of the log up to `position` has been routed here (`ClusterSync`).
+    func advance(to position: Int64) { relayPosition = max(relayPosition, position) }
+
+    /// The last message of the log routed to this node's sessions: saved with each session (`SessionSnapshot`).
+    private(set) var relayPosition: Int64 = 0
 
     /// Hands a session over to another node, whose client connected there: the connection here gets DISCONNECT
     /// 0x8E Session taken over (MQTT 5; 3.1.1: it is closed, §3.1.4-2) and the session leaves memory as it stands

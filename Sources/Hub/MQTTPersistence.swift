@@ -60,13 +60,7 @@ actor MQTTPersistence: Service {
         await broker.restoreRetained(retained, now: now)
         let sessions = try await store.adoptMQTTSessions(holder: holder, all: !store.sharedByNodes)
         var restored = 0
-        for session in sessions {
-            if await broker.restore(session, now: now, wallClock: wallClock) {
-                restored += 1
-            } else {
-                logger.warning("stored MQTT session does not decode; skipped", metadata: ["session": "\(session.key)"])
-            }
-        }
+        for session in sessions where try await takeUp(session) { restored += 1 }
         if restored + retained.count > 0 {
             logger.info("MQTT state restored", metadata: ["sessions": "\(restored)", "retained": "\(retained.count)"])
         }
@@ -176,8 +170,47 @@ actor MQTTPersistence: Service {
         guard let session = try await store.takeMQTTSession(key: key, holder: holder) else { return }
         if cleanStart {
             try await store.removeMQTTSession(key: key, holder: holder)
-        } else if !(await broker.restore(session)), !(await broker.holds(key)) {
-            logger.warning("stored MQTT session does not decode; a new one starts", metadata: ["session": "\(key)"])
+        } else {
+            try await takeUp(session)
+        }
+    }
+
+    /// Restores a stored session into the broker, and (several nodes) replays into it the messages of the log
+    /// after the position its last holder saved: those that node had not routed to it before it let go (or died),
+    /// up to where this node has routed messages itself. False when it does not decode (logged; a new session
+    /// starts in its place) or one is held here already.
+    @discardableResult
+    private func takeUp(_ stored: StoredMQTTSession) async throws -> Bool {
+        let now = ContinuousClock.now
+        let wallClock = Date()
+        let elapsed = Duration.milliseconds(Int64(max(0, wallClock.timeIntervalSince(stored.savedAt)) * 1000))
+        guard let snapshot = try? SessionSnapshot(decoding: stored.state, elapsed: elapsed, now: now) else {
+            logger.warning("stored MQTT session does not decode; skipped", metadata: ["session": "\(stored.key)"])
+            return false
+        }
+        var replay: [(message: BrokerMessage, publisher: String?)] = []
+        var read = snapshot.position
+        var through = store.sharedByNodes ? await broker.relayPosition : 0
+        while true {
+            while read < through {
+                let events = try await store.clusterEvents(after: read)
+                for event in events where event.id <= through {
+                    if case .message(let relayed) = event.change, let message = MessageRelay.message(relayed) {
+                        replay.append((message, relayed.publisher))
+                    }
+                }
+                guard let last = events.last?.id else { break }
+                read = min(last, through)
+            }
+            switch await broker.restore(
+                stored, snapshot, replay: replay, through: through, now: now, wallClock: wallClock)
+            {
+            case .restored: return true
+            case .held: return false
+            case .behind(let position):
+                read = max(read, through)
+                through = position
+            }
         }
     }
 

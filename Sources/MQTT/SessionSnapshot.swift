@@ -11,11 +11,18 @@ public struct SessionSnapshot: Sendable {
     public var filters: [TopicFilter: SubscriptionOptions]
     public var window: DeliveryWindow.Saved
     public var receivedQoS2: Set<UInt16>
+    /// Where the server's message log stood for this session when it was saved: every message up to it was routed
+    /// to the session. A hub node that takes the session over replays the messages after it (see `MQTTPersistence`).
+    public var position: Int64
 
-    public init(filters: [TopicFilter: SubscriptionOptions], window: DeliveryWindow.Saved, receivedQoS2: Set<UInt16>) {
+    public init(
+        filters: [TopicFilter: SubscriptionOptions], window: DeliveryWindow.Saved, receivedQoS2: Set<UInt16>,
+        position: Int64 = 0
+    ) {
         self.filters = filters
         self.window = window
         self.receivedQoS2 = receivedQoS2
+        self.position = position
     }
 
     static let magic: [UInt8] = Array("BQS1".utf8)
@@ -45,6 +52,7 @@ public struct SessionSnapshot: Sendable {
         for message in window.queue { message.write(into: &buffer, now: now) }
         buffer.writeInteger(UInt32(receivedQoS2.count))
         for id in receivedQoS2.sorted() { buffer.writeInteger(id) }
+        buffer.writeInteger(position)
         return Array(buffer.readableBytesView)
     }
 
@@ -86,11 +94,14 @@ public struct SessionSnapshot: Sendable {
             guard let id: UInt16 = buffer.readInteger() else { throw MQTTError.malformed("saved QoS 2 id") }
             received.insert(id)
         }
+        guard let position: Int64 = buffer.readInteger(), position >= 0 else {
+            throw MQTTError.malformed("saved position")
+        }
         guard buffer.readableBytes == 0 else { throw MQTTError.malformed("bytes after the saved session") }
         self.init(
             filters: filters,
             window: DeliveryWindow.Saved(unacknowledged: unacknowledged, queue: queue, nextPacketID: nextPacketID),
-            receivedQoS2: received)
+            receivedQoS2: received, position: position)
     }
 
     /// A count that the remaining bytes could hold (each entry takes at least two).

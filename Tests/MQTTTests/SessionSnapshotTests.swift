@@ -29,7 +29,7 @@ import Testing
                     DeliveryWindow.Inflight(id: 7, message: expiring, released: true),
                     DeliveryWindow.Inflight(id: 8, message: plain),
                 ], queue: [plain, expiring], nextPacketID: 8),
-            receivedQoS2: [5, 65535])
+            receivedQoS2: [5, 65535], position: 1 << 40)
     }
 
     @Test func everyPartComesBackAndExpiryCountsOn() throws {
@@ -39,7 +39,7 @@ import Testing
         // Saved 30 s ago (wall clock): 70 s of the message's 100 are left.
         let restored = try SessionSnapshot(decoding: bytes, elapsed: .seconds(30), now: later)
         #expect(restored.filters == original.filters)
-        #expect(restored.receivedQoS2 == [5, 65535])
+        #expect(restored.receivedQoS2 == [5, 65535] && restored.position == 1 << 40)
         #expect(restored.window.nextPacketID == 8)
         #expect(restored.window.unacknowledged.map(\.id) == [7, 8])
         #expect(restored.window.unacknowledged.map(\.released) == [true, false])
