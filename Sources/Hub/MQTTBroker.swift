@@ -34,6 +34,10 @@ actor MQTTBroker {
         var ready = false
         var connectionNumber = 0
         var expirySeconds = 0
+        /// The store holds (or is about to hold) this session: a change that ends it must remove it there.
+        var saved = false
+        /// Messages of the log up to here were replayed into it when it was taken up (`restore`).
+        var replayedThrough: Int64 = 0
         var disconnectedAt: ContinuousClock.Instant?
         /// What is sent to the client: in flight (redelivered with DUP on resume, or their PUBREL sent again) and
         /// queued, with packet ids and outbound topic aliases.
@@ -135,6 +139,7 @@ actor MQTTBroker {
     ) -> Attached? {
         sweepExpired()
         if sessions[key] == nil, sessions.values.lazy.filter({ $0.owner == owner }).count >= maxPerOwner { return nil }
+        let wasSaved = sessions[key]?.saved ?? false
         if let session = sessions[key], let previous = session.connection {
             if previous.version == .v5 {
                 Self.write(.disconnect(reasonCode: .sessionTakenOver, properties: .init()), previous)
@@ -152,6 +157,8 @@ actor MQTTBroker {
         let existing = cleanStart ? nil : sessions[key]
         let present = existing != nil
         let session = existing ?? Session(maxQueued: maxQueued)
+        // A clean start replaces a session the store keeps: the new one is saved over it, or removes it.
+        session.saved = session.saved || wasSaved
         session.owner = owner
         sessions[key] = session
         nextConnection += 1
@@ -161,7 +168,7 @@ actor MQTTBroker {
         session.disconnectedAt = nil
         session.ready = false
         session.window.attached()
-        changed(key, presence: true)
+        changed(key, session, presence: true)
         return Attached(sessionPresent: present, connectionNumber: nextConnection)
     }
 
@@ -195,7 +202,7 @@ actor MQTTBroker {
         } else {
             session.disconnectedAt = .now
         }
-        changed(key, presence: true)
+        changed(key, session, presence: true)
     }
 
     /// Adds subscriptions, writes the SUBACK, then the retained messages they match (MQTT 5.0 §3.3.1.3: Retain
@@ -354,9 +361,10 @@ actor MQTTBroker {
     {
         if let position { relayPosition = max(relayPosition, position) }
         if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
+        // A session taken up with the log replayed into it past this message has it already.
         let deliveries = router.route(
             topic: message.topic, qos: message.qos, retain: message.retain, publisher: publisher,
-            subscribers: sessions.lazy.map {
+            subscribers: sessions.lazy.filter { position == nil || $0.value.replayedThrough < position! }.map {
                 MessageRouter.Subscriber(key: $0.key, filters: $0.value.filters, connected: $0.value.isReady)
             })
         for delivery in deliveries {
@@ -410,8 +418,10 @@ actor MQTTBroker {
 
     /// Marks the session to be saved: any change of one a client may come back to; for one with expiry 0 (kept only
     /// while connected, with several nodes) only its coming and going (`presence`).
-    private func changed(_ key: String, presence: Bool = false) {
-        guard persistent, presence || (sessions[key]?.expirySeconds ?? 0) > 0 else { return }
+    private func changed(_ key: String, _ session: Session? = nil, presence: Bool = false) {
+        guard persistent, let session = session ?? sessions[key] else { return }
+        // An expiry-0 session that was never saved has nothing in the store to update or remove (one node).
+        guard session.expirySeconds > 0 || (presence && (keepsConnectedSessions || session.saved)) else { return }
         changedSessions.insert(key)
     }
 
@@ -421,7 +431,11 @@ actor MQTTBroker {
         now: ContinuousClock.Instant = .now, wallClock: Date = Date()
     ) -> (sessions: [String: StoredMQTTSession?], retained: [String: (message: BrokerMessage?, owner: String)]) {
         var saved: [String: StoredMQTTSession?] = [:]
-        for key in changedSessions { saved[key] = stored(key, now: now, wallClock: wallClock) }
+        for key in changedSessions {
+            let session = stored(key, now: now, wallClock: wallClock)
+            saved[key] = session
+            sessions[key]?.saved = session != nil
+        }
         changedSessions = []
         defer { changedRetained = [:] }
         return (saved, changedRetained)
@@ -434,7 +448,7 @@ actor MQTTBroker {
         else { return nil }
         let snapshot = SessionSnapshot(
             filters: session.filters, window: session.window.saved, receivedQoS2: session.receivedQoS2,
-            position: relayPosition)
+            position: savedPosition)
         return StoredMQTTSession(
             key: key, owner: session.owner, expirySeconds: session.expirySeconds,
             disconnectedAt: session.connection != nil
@@ -453,6 +467,9 @@ actor MQTTBroker {
         /// This node has routed messages of the log up to this position since the caller read it: the messages up
         /// to it must be replayed too (read them and call again). Nothing changed.
         case behind(Int64)
+        /// A message of this node's own went into the log since `quiet` (or is still on its way to local delivery):
+        /// the caller waits a moment and reads again. Nothing changed.
+        case busy
     }
 
     /// Takes up a session from the store, disconnected (its expiry counting from when its client went away, or from
@@ -461,11 +478,12 @@ actor MQTTBroker {
     /// once, in log order; not to its shared subscriptions, whose groups had them from another member).
     func restore(
         _ stored: StoredMQTTSession, _ snapshot: SessionSnapshot,
-        replay: [(message: BrokerMessage, publisher: String?)] = [], through: Int64 = 0,
+        replay: [(message: BrokerMessage, publisher: String?)] = [], through: Int64 = 0, quiet: Int? = nil,
         now: ContinuousClock.Instant = .now, wallClock: Date = Date()
     ) -> Restored {
         guard sessions[stored.key] == nil else { return .held }
         guard relayPosition <= max(through, snapshot.position) else { return .behind(relayPosition) }
+        if let quiet, quiet != localBegun || !localWrites.isEmpty { return .busy }
         let session = Session(maxQueued: maxQueued)
         session.owner = stored.owner
         session.filters = snapshot.filters
@@ -474,6 +492,8 @@ actor MQTTBroker {
         session.expirySeconds = stored.expirySeconds
         let away = max(0, wallClock.timeIntervalSince(stored.disconnectedAt ?? stored.savedAt))
         session.disconnectedAt = now - .milliseconds(Int64(away * 1000))
+        session.saved = true
+        session.replayedThrough = through
         sessions[stored.key] = session
         subscriptions.add(session.filters.count, ordering: .relaxed)
         let own = MessageRouter.Subscriber(
@@ -495,8 +515,32 @@ actor MQTTBroker {
     /// Every message of the log up to `position` has been routed here (`ClusterSync`).
     func advance(to position: Int64) { relayPosition = max(relayPosition, position) }
 
-    /// The last message of the log routed to this node's sessions: saved with each session (`SessionSnapshot`).
+    /// The last message of the log this node has read (`ClusterSync`) and routed to its sessions.
     private(set) var relayPosition: Int64 = 0
+
+    /// This node's own messages on their way into the log and to its sessions (`LocalWrite`): the position each
+    /// began at. Such a message is skipped by this node's `ClusterSync` (it is delivered here directly), so until
+    /// it is, a session saved now must not count it as routed.
+    private var localWrites: [Int: Int64] = [:]
+    private var localBegun = 0
+
+    /// Where the log stands for a session saved now: every message up to it was routed to this node's sessions.
+    var savedPosition: Int64 { min(relayPosition, localWrites.values.min() ?? .max) }
+
+    /// A message of this node's own is about to go into the log (several nodes; nil otherwise): until the returned
+    /// value is released (after its local delivery, or when it was not delivered) saves do not count past it.
+    func beginLocal() -> LocalWrite? {
+        guard persistent, keepsConnectedSessions else { return nil }
+        localBegun += 1
+        localWrites[localBegun] = relayPosition
+        return LocalWrite(broker: self, id: localBegun)
+    }
+
+    func endLocal(_ id: Int) { localWrites[id] = nil }
+
+    /// Whether no own message is on its way now, and how many have begun (`restore(quiet:)` checks nothing began
+    /// since).
+    var localState: (quiet: Bool, begun: Int) { (localWrites.isEmpty, localBegun) }
 
     /// Hands a session over to another node, whose client connected there: the connection here gets DISCONNECT
     /// 0x8E Session taken over (MQTT 5; 3.1.1: it is closed, §3.1.4-2) and the session leaves memory as it stands
@@ -602,9 +646,9 @@ actor MQTTBroker {
         }
         // Removed first, then forgotten: two members of one shared subscription expiring together each see the
         // group as gone, and its turn is released.
-        for key in expired.keys {
+        for (key, session) in expired {
             sessions[key] = nil
-            changed(key, presence: true)
+            changed(key, session, presence: true)
         }
         for session in expired.values { forget(session) }
     }
@@ -632,4 +676,22 @@ actor MQTTBroker {
 extension Duration {
     /// Seconds, as Foundation counts them.
     var timeInterval: TimeInterval { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+/// One of this node's own messages on its way into the log and to local delivery (`MQTTBroker.beginLocal`): ends
+/// when released, whatever path the message took.
+final class LocalWrite: Sendable {
+    let broker: MQTTBroker
+    let id: Int
+
+    init(broker: MQTTBroker, id: Int) {
+        self.broker = broker
+        self.id = id
+    }
+
+    deinit {
+        let broker = broker
+        let id = id
+        Task { await broker.endLocal(id) }
+    }
 }

@@ -456,6 +456,19 @@ struct MQTTConnection {
         // 15 minutes and parses case-insensitively: keyed by it, one device could keep any number of sessions);
         // an operator has one per client id, keyed by identity so it never shares a device's.
         let sessionKey = peer.device == nil ? "\(peer.identity.uri) \(clientID)" : peer.identity.uri
+        // A session stored by another node (or this one's earlier run) is taken up before the connection attaches,
+        // and before the keep-alive clock starts: the client is not silent while the hub waits for another node.
+        if let persistence = listener.persistence {
+            do {
+                try await persistence.prepare(key: sessionKey, cleanStart: connect.cleanStart)
+            } catch {
+                listener.logger.error(
+                    "MQTT session not taken up: the store is unavailable",
+                    metadata: ["peer": .string(peer.identity.uri), "error": .string("\(error)")])
+                try await send(rules.refusal(.serverUnavailable), version)
+                return nil
+            }
+        }
         // MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. Added before the session
         // is attached, so nothing after the attach can fail without its detach below.
         if rules.keepAlive > 0 {
@@ -468,18 +481,6 @@ struct MQTTConnection {
         let nioChannel = channel.channel
         let revocationWatch = listener.revocations.watch(peer.serial) { nioChannel.close(promise: nil) }
         defer { listener.revocations.unwatch(peer.serial, revocationWatch) }
-        // A session stored by another node (or this one's earlier run) is taken up before the connection attaches.
-        if let persistence = listener.persistence {
-            do {
-                try await persistence.prepare(key: sessionKey, cleanStart: connect.cleanStart)
-            } catch {
-                listener.logger.error(
-                    "MQTT session not taken up: the store is unavailable",
-                    metadata: ["peer": .string(peer.identity.uri), "error": .string("\(error)")])
-                try await send(rules.refusal(.serverUnavailable), version)
-                return nil
-            }
-        }
         var brokerConnection = BrokerConnection(
             channel: channel.channel, version: version, receiveMaximum: rules.clientReceiveMaximum,
             maximumPacketSize: rules.clientMaximumPacketSize)
@@ -774,6 +775,8 @@ struct MQTTConnection {
                 }
             }
             let message = BrokerMessage(publish)
+            let local = listener.relay == nil ? nil : await listener.broker.beginLocal()
+            defer { withExtendedLifetime(local) {} }
             if let answered = await relayFirst(message, publish, state: &state, respond: respond, correlationID) {
                 return answered
             }
@@ -803,14 +806,15 @@ struct MQTTConnection {
                 return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
             }
             let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
+            let local = listener.relay == nil ? nil : await listener.broker.beginLocal()
             // The other nodes clear their copy too.
             if let answered = await relayFirst(clear, publish, state: &state, respond: respond, correlationID) {
                 return answered
             }
             if respond, let id = publish.packetID {
-                await acknowledge(id, qos: publish.qos, state: &state, code: .success, then: clear)
+                await acknowledge(id, qos: publish.qos, state: &state, code: .success, then: clear, local: local)
             } else {
-                await deliverInOrder(clear, state: &state)
+                await deliverInOrder(clear, state: &state, local: local)
             }
             return true
         }
@@ -868,6 +872,7 @@ struct MQTTConnection {
             let delivery = BrokerMessage(publish)
             // The other nodes' subscribers get it from the same transaction that stores it.
             record.relay = listener.relay?.relayed(delivery, publisher: state.sessionKey)
+            let local = record.relay == nil ? nil : await listener.broker.beginLocal()
             // A message that is not stored gives its counter back: nothing was acknowledged (PUBACK 0x80, or the
             // connection closes on 3.1.1), so the device's resend must be stored, not refused or waved through as a
             // duplicate (as HTTP gives its nonce back).
@@ -920,17 +925,19 @@ struct MQTTConnection {
                 }
                 if respond, let id = publish.packetID {
                     await acknowledge(
-                        id, qos: publish.qos, state: &state, after: write, correlationID: correlationID, then: delivery)
+                        id, qos: publish.qos, state: &state, after: write, correlationID: correlationID, then: delivery,
+                        local: local)
                 } else {
                     // The will: nothing to acknowledge, but it is delivered only once stored.
                     if await write.value == .stored { await listener.broker.publish(delivery, from: state.sessionKey) }
+                    withExtendedLifetime(local) {}
                 }
                 return true
             }
             await storeWithoutWaiting(
                 record, release: release, peer: peer,
                 what: "MQTT PUBLISH \(MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120))")
-            await deliverInOrder(delivery, state: &state)
+            await deliverInOrder(delivery, state: &state, local: local)
             return true
         case .failure(let refusal):
             return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
@@ -1024,7 +1031,7 @@ struct MQTTConnection {
     private func acknowledge(
         _ id: UInt16, qos: QoS, state: inout State, after write: Task<StoreWrite, Never>? = nil,
         code: ReasonCode = .success,
-        correlationID: String? = nil, then delivery: BrokerMessage? = nil
+        correlationID: String? = nil, then delivery: BrokerMessage? = nil, local: LocalWrite? = nil
     ) async {
         if state.acknowledgements.count >= listener.settings.receiveMaximum {
             await state.acknowledgements.removeFirst().value
@@ -1083,6 +1090,7 @@ struct MQTTConnection {
                 if !published, reason == .success, deliver, let delivery, delivery.retain || broker.hasSubscriptions {
                     await broker.publish(delivery, from: sessionKey)
                 }
+                withExtendedLifetime(local) {}  // delivered here (or not at all): saves may count past it
             })
     }
 
@@ -1120,7 +1128,8 @@ struct MQTTConnection {
 
     /// Delivers a message that needs no acknowledgement (QoS 0, a retained clear) after the QoS 1 messages that
     /// arrived before it, so subscribers and the retained store see one connection's publishes in arrival order.
-    private func deliverInOrder(_ delivery: BrokerMessage, state: inout State) async {
+    private func deliverInOrder(_ delivery: BrokerMessage, state: inout State, local: LocalWrite? = nil) async {
+        defer { withExtendedLifetime(local) {} }
         let broker = listener.broker
         guard delivery.retain || broker.hasSubscriptions else { return }
         guard let previous = state.acknowledgements.last else {
@@ -1135,6 +1144,7 @@ struct MQTTConnection {
             Task {
                 await previous.value
                 await broker.publish(delivery, from: sessionKey)
+                withExtendedLifetime(local) {}
             })
     }
 

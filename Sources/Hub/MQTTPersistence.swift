@@ -177,8 +177,12 @@ actor MQTTPersistence: Service {
 
     /// Restores a stored session into the broker, and (several nodes) replays into it the messages of the log
     /// after the position its last holder saved: those that node had not routed to it before it let go (or died),
-    /// up to where this node has routed messages itself. False when it does not decode (logged; a new session
-    /// starts in its place) or one is held here already.
+    /// up to the head of the log. Messages this node reads from the log later skip the session up to that point.
+    /// This node's own messages are delivered here directly, not read from the log: the restore waits (up to half a
+    /// second) for a moment when none is on its way, so that each of them is either in the log before the head is
+    /// read or delivered after the session is in memory. Replayed: only what the session's (unshared)
+    /// subscriptions match, at most its queue's length. False when it does not decode (logged; a new session starts
+    /// in its place) or one is held here already.
     @discardableResult
     private func takeUp(_ stored: StoredMQTTSession) async throws -> Bool {
         let now = ContinuousClock.now
@@ -188,28 +192,44 @@ actor MQTTPersistence: Service {
             logger.warning("stored MQTT session does not decode; skipped", metadata: ["session": "\(stored.key)"])
             return false
         }
+        let filters = snapshot.filters.filter { $0.value.share == nil }.keys
+        let limit = broker.maxQueued
         var replay: [(message: BrokerMessage, publisher: String?)] = []
         var read = snapshot.position
-        var through = store.sharedByNodes ? await broker.relayPosition : 0
+        var attempts = 0
         while true {
+            attempts += 1
+            var quiet: Int?
+            var through: Int64 = 0
+            if store.sharedByNodes {
+                let state = await broker.localState
+                if !state.quiet, attempts < 50 {
+                    try await Task.sleep(for: .milliseconds(10))
+                    continue
+                }
+                quiet = state.quiet ? state.begun : nil
+                through = max(try await store.latestClusterEvent(), await broker.relayPosition)
+            }
             while read < through {
                 let events = try await store.clusterEvents(after: read)
-                for event in events where event.id <= through {
-                    if case .message(let relayed) = event.change, let message = MessageRelay.message(relayed) {
+                for event in events where event.id <= through && replay.count < limit {
+                    if case .message(let relayed) = event.change, let message = MessageRelay.message(relayed),
+                        filters.contains(where: { $0.matches(message.topic) })
+                    {
                         replay.append((message, relayed.publisher))
                     }
                 }
                 guard let last = events.last?.id else { break }
                 read = min(last, through)
             }
+            read = max(read, through)
             switch await broker.restore(
-                stored, snapshot, replay: replay, through: through, now: now, wallClock: wallClock)
+                stored, snapshot, replay: replay, through: through, quiet: attempts < 50 ? quiet : nil, now: now,
+                wallClock: wallClock)
             {
             case .restored: return true
             case .held: return false
-            case .behind(let position):
-                read = max(read, through)
-                through = position
+            case .behind, .busy: continue  // the log moved on: read what came (each pass reads further)
             }
         }
     }

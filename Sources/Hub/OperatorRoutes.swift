@@ -190,6 +190,9 @@ struct OperatorRoutes {
             throw Self.invalid("the command body must be a strict JSON object")
         }
         let message = BrokerMessage(topic: topic, payload: body, qos: .atLeastOnce, retain: false)
+        // On its way into the log and to this node's sessions: a session saved meanwhile does not count it as routed.
+        let local = relay == nil ? nil : await broker.beginLocal()
+        defer { withExtendedLifetime(local) {} }
         if let relay {
             // The device may be connected to another node. Handed on first: a command refused here (503, sent
             // again) has reached no one, on no node.

@@ -270,8 +270,9 @@ import Testing
     /// handshake fail); another source would not be affected (its bucket is separate, tested in the pipeline).
     @Test func connectionFloodFromOneSourceIsCutBeforeTLS() async throws {
         let hub = try await TestHub.start {
-            // One new token every 4 s: the three admitted mTLS handshakes of a loaded run cannot earn a fourth.
-            $0.gateway.connectionRate = 0.25
+            // One new token every 10 s: the mTLS handshakes of a loaded run cannot earn a fourth (at one every 4 s,
+            // a full suite on two cores once earned two).
+            $0.gateway.connectionRate = 0.1
             $0.gateway.connectionBurst = 3
         }
         let device = try await hub.enroll("conn-1")
@@ -282,7 +283,7 @@ import Testing
         }
         // enroll used the operator listener; the device listener saw 6 connections: 3 admitted, then refused.
         #expect(outcomes == [true, true, true, false, false, false], "\(outcomes)")
-        try await Task.sleep(for: .milliseconds(4100))
+        try await Task.sleep(for: .milliseconds(10_100))
         #expect(try await device.request(port: hub.devicePort, "GET", "/v1/device").status == 200)
         try await hub.stop()
     }
