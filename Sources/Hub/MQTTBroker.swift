@@ -578,14 +578,19 @@ actor MQTTBroker {
         return all
     }
 
-    /// Takes up retained messages from the store (within the same bounds as any).
-    func restoreRetained(_ messages: [(message: BrokerMessage, owner: String)], now: ContinuousClock.Instant = .now) {
-        for (message, owner) in messages where !message.expired(at: now) {
-            retained.retain(message, owner: owner)
+    /// Takes up retained messages from the store (within the same bounds as any); returns the topics of those not
+    /// kept (expired, or over a bound), for the store to drop too.
+    func restoreRetained(
+        _ messages: [(message: BrokerMessage, owner: String)], now: ContinuousClock.Instant = .now
+    ) -> [String] {
+        messages.compactMap { message, owner in
+            !message.expired(at: now) && retained.retain(message, owner: owner) ? nil : message.topic.rawValue
         }
     }
 
     var sessionCount: Int { sessions.count }
+
+    func sessionCount(of owner: String) -> Int { sessions.values.lazy.filter { $0.owner == owner }.count }
     var retainedCount: Int { retained.count }
 
     /// Fleet-wide figures for `/metrics`: sessions (connected or kept for a reconnect), QoS 1 messages sent and not
@@ -638,8 +643,11 @@ actor MQTTBroker {
     private func sweepExpired() {
         let now = ContinuousClock.now
         lastSweep = now
-        // A retained message past its Message Expiry Interval is no longer retained (§3.3.2.3.3).
-        retained.removeExpired(now: now)
+        // A retained message past its Message Expiry Interval is no longer retained (§3.3.2.3.3), here or in the
+        // store.
+        for (topic, owner) in retained.removeExpired(now: now) where persistent {
+            changedRetained[topic] = (nil, owner)
+        }
         let expired = sessions.filter { _, session in
             guard let since = session.disconnectedAt else { return false }
             return now - since >= .seconds(session.expirySeconds)

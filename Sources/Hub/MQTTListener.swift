@@ -460,7 +460,9 @@ struct MQTTConnection {
         // and before the keep-alive clock starts: the client is not silent while the hub waits for another node.
         if let persistence = listener.persistence {
             do {
-                try await persistence.prepare(key: sessionKey, cleanStart: connect.cleanStart)
+                try await persistence.prepare(
+                    key: sessionKey, owner: peer.identity.uri, maxPerOwner: settings.maxSessionsPerIdentity,
+                    cleanStart: connect.cleanStart)
             } catch {
                 listener.logger.error(
                     "MQTT session not taken up: the store is unavailable",
@@ -1064,7 +1066,8 @@ struct MQTTConnection {
                 }
                 let answerProperties = reason == code ? properties : failed
                 // A retained message is in the store's retained messages before its acknowledgement: a restart
-                // right after the PUBACK still has it.
+                // right after the PUBACK still has it. (Should that write fail, the message itself is stored all the
+                // same: the PUBACK goes out and the retained copy is written again at the next flush, logged.)
                 var published = false
                 if reason == .success, deliver, let delivery, delivery.retain, let persistence {
                     await broker.publish(delivery, from: sessionKey)

@@ -57,7 +57,9 @@ actor MQTTPersistence: Service {
             }
             retained.append((message, stored.owner))
         }
-        await broker.restoreRetained(retained, now: now)
+        for topic in await broker.restoreRetained(retained, now: now) {
+            try await store.removeRetainedMessage(topic: topic)
+        }
         let sessions = try await store.adoptMQTTSessions(holder: holder, all: !store.sharedByNodes)
         var restored = 0
         for session in sessions where try await takeUp(session) { restored += 1 }
@@ -68,17 +70,22 @@ actor MQTTPersistence: Service {
 
     func run() async throws {
         try await cancelWhenGracefulShutdown {
+            var ticks = 0
             while !Task.isCancelled {
                 do { try await Task.sleep(for: self.interval) } catch { break }
                 await self.flush()
+                ticks += 1
+                if self.store.sharedByNodes, ticks % 20 == 0 { await self.adoptReleased() }
             }
         }
         await flush()
         await releaseAll()
     }
 
-    /// Writes what changed, after any write still in progress.
-    func flush() async {
+    /// Writes what changed, after any write still in progress. False when something could not be written (it is
+    /// retried at the next flush; the error is logged).
+    @discardableResult
+    func flush() async -> Bool {
         let previous = lastFlush
         let task = Task {
             await previous?.value
@@ -86,6 +93,7 @@ actor MQTTPersistence: Service {
         }
         lastFlush = task
         await task.value
+        return pendingSessions.isEmpty && pendingRetained.isEmpty
     }
 
     private func write() async {
@@ -95,7 +103,11 @@ actor MQTTPersistence: Service {
         for (key, session) in pendingSessions {
             do {
                 if let session {
-                    if !(try await store.saveMQTTSession(session, holder: holder, release: false)) {
+                    // Handed over to another node since this change was taken: not this node's to write any more.
+                    if await broker.holds(key),
+                        !(try await store.saveMQTTSession(session, holder: holder, release: false)),
+                        case (true, let other?) = try await store.mqttSessionHolder(key: key), other != holder
+                    {
                         // Another node took it meanwhile: the copy here is stale.
                         _ = await broker.handOver(key)
                     }
@@ -145,12 +157,24 @@ actor MQTTPersistence: Service {
         if released > 0 { logger.info("MQTT sessions saved", metadata: ["sessions": "\(released)"]) }
     }
 
+    /// Several nodes: takes up the sessions a node let go of when it stopped (every 20 intervals, 5 s), so a
+    /// session whose client is away keeps queueing its messages while a node is restarted.
+    private func adoptReleased() async {
+        do {
+            for session in try await store.adoptMQTTSessions(holder: holder, all: false) { try await takeUp(session) }
+        } catch {
+            logger.warning("released MQTT sessions not taken up; retried", metadata: ["error": "\(error)"])
+        }
+    }
+
     /// Before a connection attaches to session `key`: makes sure the session, if one is stored, is held here (asked
     /// of the node holding it, then taken); with `cleanStart` the stored one is removed. Throws when the store
     /// cannot be reached: the connection is refused (Server unavailable), never given an empty session in place
     /// of the one it has.
-    func prepare(key: String, cleanStart: Bool) async throws {
+    func prepare(key: String, owner: String, maxPerOwner: Int, cleanStart: Bool) async throws {
         guard store.sharedByNodes, !(await broker.holds(key)) else { return }
+        // An identity at its limit of sessions here takes none over from another node (the attach refuses it).
+        guard await broker.sessionCount(of: owner) < maxPerOwner else { return }
         var (stored, current) = try await store.mqttSessionHolder(key: key)
         guard stored else { return }
         if let other = current, other != holder {

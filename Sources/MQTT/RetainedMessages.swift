@@ -40,8 +40,15 @@ public struct RetainedMessages: Sendable {
     }
 
     /// Drops the messages whose Message Expiry Interval has passed (§3.3.2.3.3): they are no longer retained.
-    public mutating func removeExpired(now: ContinuousClock.Instant) {
-        for (topic, entry) in messages where entry.message.expired(at: now) { remove(topic) }
+    /// Returns their topics and owners.
+    @discardableResult
+    public mutating func removeExpired(now: ContinuousClock.Instant) -> [(topic: String, owner: String)] {
+        var removed: [(topic: String, owner: String)] = []
+        for (topic, entry) in messages where entry.message.expired(at: now) {
+            remove(topic)
+            removed.append((topic, entry.owner))
+        }
+        return removed
     }
 
     private mutating func remove(_ topic: String) {

@@ -1,6 +1,8 @@
 import Foundation
 import HubClient
+import Logging
 import MQTT
+import NIOEmbedded
 import PostgresStore
 import PostgresTestSupport
 import Store
@@ -151,8 +153,11 @@ import Testing
         let fleetClient = try one.operatorClient()
         let takeOver = try await Self.fleet(one, fleetClient, cleanStart: true) { first, _ -> (ReasonCode?, [String]) in
             try await Self.subscribe(first, Self.telemetry)
+            let asked = ContinuousClock.now
             let moved = try await Self.fleet(two, fleetClient) { second, reason -> [String] in
                 #expect(reason == 0 && second.sessionPresent, "node 2 took the session up")
+                let waited = ContinuousClock.now - asked
+                #expect(waited < .seconds(2), "handed over when asked, not after the 3 s wait: \(waited)")
                 try await Self.publish(one, device, [#"{"n":1}"#])
                 let received = try await Self.receive(1, second)
                 try await second.send(.disconnect(reasonCode: 0, properties: .init()))
@@ -172,8 +177,10 @@ import Testing
         // Away: node 2 holds the session and queues what node 1 admits.
         try await Self.publish(one, device, [#"{"n":2}"#, #"{"n":3}"#], retain: #"{"on":1}"#)
         try await Task.sleep(for: .milliseconds(300))
+        let asked = ContinuousClock.now
         let back = try await Self.fleet(one, fleetClient) { mqtt, reason -> [String] in
             #expect(reason == 0 && mqtt.sessionPresent)
+            #expect(ContinuousClock.now - asked < .seconds(2), "handed back when asked")
             return try await Self.receive(2, mqtt)
         }
         #expect(back == [#"{"n":2}"#, #"{"n":3}"#])
@@ -181,7 +188,14 @@ import Testing
         // meanwhile reaches no session in memory; node 1, starting again, takes the session up and replays what
         // came after the position it was saved at. Then the last node stops too.
         try await one.stop(keepData: true)
+        let key = "urn:bulwark:operator:admin fleet"
+        #expect(try await two.server.store.mqttSessionHolder(key: key) == (true, nil), "node 1 let go of it")
         try await Self.publish(two, device, [#"{"n":4}"#])
+        // The running node takes up what a stopped node let go of (every 5 s), and queues for it from then on.
+        let adopted = try await ClusterTests.within(10) {
+            try await two.server.store.mqttSessionHolder(key: key).holder != nil
+        }
+        #expect(adopted != nil, "node 2 never took up the released session")
         try await two.stop()
         let restarted = try await TestHub.start(
             directory: one.directory, store: try await PostgresHubStore(location: location))
@@ -229,5 +243,43 @@ import Testing
         #expect(waited >= .seconds(3) && waited < .seconds(10), "took \(waited)")
         try await two.stop()
         try await one.stop()
+    }
+
+    /// A retained message whose Message Expiry Interval passes leaves the store too: swept by the node holding it,
+    /// and dropped from the store by a node that finds it expired when it starts.
+    @Test func expiredRetainedMessagesLeaveTheStore() async throws {
+        let store = InMemoryHubStore()
+        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        func node(_ name: String) async throws -> (MQTTBroker, MQTTPersistence) {
+            let broker = MQTTBroker()
+            let persistence = MQTTPersistence(store: store, broker: broker, holder: name, logger: logger)
+            try await persistence.load()
+            return (broker, persistence)
+        }
+        func retained(_ topic: String, expiring: Duration) throws -> BrokerMessage {
+            BrokerMessage(
+                topic: try TopicName(topic), payload: [1], qos: .atLeastOnce, retain: true,
+                expiresAt: .now + expiring)
+        }
+        let (broker, persistence) = try await node("a")
+        await broker.publish(try retained("r/short", expiring: .milliseconds(300)), from: "s")
+        await broker.publish(try retained("r/long", expiring: .seconds(600)), from: "s")
+        await persistence.flush()
+        #expect(try await store.retainedMessages().map(\.topic) == ["r/long", "r/short"])
+        try await Task.sleep(for: .milliseconds(400))
+        // A new connection sweeps expired state; the store follows at the next flush.
+        let connection = BrokerConnection(
+            channel: EmbeddedChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
+        _ = await broker.attach(
+            key: "k", owner: "o", maxPerOwner: 10, cleanStart: true, expirySeconds: 0, connection: connection)
+        await persistence.flush()
+        #expect(try await store.retainedMessages().map(\.topic) == ["r/long"])
+
+        await broker.publish(try retained("r/short", expiring: .milliseconds(300)), from: "s")
+        await persistence.flush()
+        try await Task.sleep(for: .milliseconds(400))
+        let (restarted, _) = try await node("b")
+        #expect(await restarted.retainedCount == 1)
+        #expect(try await store.retainedMessages().map(\.topic) == ["r/long"], "dropped at the start")
     }
 }
