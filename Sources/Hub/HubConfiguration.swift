@@ -64,6 +64,9 @@ public struct HubConfiguration: Sendable, Equatable {
     /// How often a node reads the changes other nodes recorded, in case a notification was missed
     /// (`cluster.reconcileSeconds`; notifications normally bring them within milliseconds).
     public var clusterReconcileSeconds = 5.0
+    /// How long a node whose client connected waits for the node holding its MQTT session to hand it over, before
+    /// it takes the session as last saved (`cluster.sessionHandOverSeconds`: the holder may have died).
+    public var clusterSessionHandOverSeconds = 5.0
     /// How far this node's clock may be from the database server's before it refuses to start
     /// (`cluster.maxClockSkewSeconds`; signed requests allow `gateway.signatureSkewSeconds`, 60 s by default).
     public var clusterMaxClockSkewSeconds = 30.0
@@ -176,6 +179,8 @@ public struct HubConfiguration: Sendable, Equatable {
         config.databaseCAFile = reader.string(forKey: "database.caFile")
         config.clusterReconcileSeconds = reader.double(
             forKey: "cluster.reconcileSeconds", default: config.clusterReconcileSeconds)
+        config.clusterSessionHandOverSeconds = reader.double(
+            forKey: "cluster.sessionHandOverSeconds", default: config.clusterSessionHandOverSeconds)
         config.clusterMaxClockSkewSeconds = reader.double(
             forKey: "cluster.maxClockSkewSeconds", default: config.clusterMaxClockSkewSeconds)
         config.maxBodyBytes = reader.int(forKey: "telemetry.maxBodyBytes", default: config.maxBodyBytes)
@@ -304,6 +309,9 @@ public struct HubConfiguration: Sendable, Equatable {
         }
         guard (0.05...3600).contains(clusterReconcileSeconds) else {
             throw HubStartupError("cluster.reconcileSeconds must be between 0.05 and 3600")
+        }
+        guard (0.1...300).contains(clusterSessionHandOverSeconds) else {
+            throw HubStartupError("cluster.sessionHandOverSeconds must be between 0.1 and 300")
         }
         guard (10...86400).contains(claimLifetimeSeconds) else {
             throw HubStartupError("pairing.claimLifetimeSeconds must be between 10 and 86400")

@@ -146,7 +146,8 @@ public final class HubServer: Sendable {
         var mqttLogger = logger
         mqttLogger[metadataKey: "service"] = "mqtt-state"
         let persistence = MQTTPersistence(
-            store: store, broker: broker, holder: UUID().uuidString, logger: mqttLogger)
+            store: store, broker: broker, holder: UUID().uuidString,
+            handOverWait: .milliseconds(Int64(configuration.clusterSessionHandOverSeconds * 1000)), logger: mqttLogger)
         await broker.advance(to: clusterPosition)
         try await persistence.load()
         return try HubServer(

@@ -49,6 +49,21 @@ import Testing
         return payloads
     }
 
+    /// Reads (acknowledging) until a PUBLISH with payload `last` arrives; every payload read, in order.
+    static func receive(until last: String, _ mqtt: MQTTClientConnection) async throws -> [String] {
+        var payloads: [String] = []
+        while payloads.last != last, payloads.count < 100, let payload = try await receive(1, mqtt).first {
+            payloads.append(payload)
+        }
+        return payloads
+    }
+
+    /// Each payload once, where it first came.
+    static func firstOccurrences(_ payloads: [String]) -> [String] {
+        var seen = Set<String>()
+        return payloads.filter { seen.insert($0).inserted }
+    }
+
     static func fleet<R: Sendable>(
         _ hub: TestHub, _ client: TestDevice, clientID: String = "fleet", cleanStart: Bool = false,
         expiry: UInt32 = 600, _ body: (MQTTClientConnection, ReasonCode) async throws -> R
@@ -143,7 +158,9 @@ import Testing
     /// node held the session is replayed into it; after every node stopped, the session and the retained message
     /// are there.
     @Test func aSessionFollowsItsClientToAnotherNode() async throws {
-        let (one, two, location) = try await ClusterTests.twoNodes()
+        // A wait far longer than any hand-over takes, even on a loaded machine: a take-over that came from the wait
+        // running out (not from the holder answering) fails the timing checks below.
+        let (one, two, location) = try await ClusterTests.twoNodes { $0.clusterSessionHandOverSeconds = 60 }
         let device = try await one.enroll("ps-cl")
         for file in ["admin.key", "admin.crt"] {
             try? FileManager.default.removeItem(atPath: two.directory + "/operators/" + file)
@@ -157,7 +174,7 @@ import Testing
             let moved = try await Self.fleet(two, fleetClient) { second, reason -> [String] in
                 #expect(reason == 0 && second.sessionPresent, "node 2 took the session up")
                 let waited = ContinuousClock.now - asked
-                #expect(waited < .seconds(2), "handed over when asked, not after the 3 s wait: \(waited)")
+                #expect(waited < .seconds(30), "handed over when asked, not after the 60 s wait: \(waited)")
                 try await Self.publish(one, device, [#"{"n":1}"#])
                 let received = try await Self.receive(1, second)
                 try await second.send(.disconnect(reasonCode: 0, properties: .init()))
@@ -180,7 +197,7 @@ import Testing
         let asked = ContinuousClock.now
         let back = try await Self.fleet(one, fleetClient) { mqtt, reason -> [String] in
             #expect(reason == 0 && mqtt.sessionPresent)
-            #expect(ContinuousClock.now - asked < .seconds(2), "handed back when asked")
+            #expect(ContinuousClock.now - asked < .seconds(30), "handed back when asked")
             return try await Self.receive(2, mqtt)
         }
         #expect(back == [#"{"n":2}"#, #"{"n":3}"#])
@@ -198,7 +215,8 @@ import Testing
         #expect(adopted != nil, "node 2 never took up the released session")
         try await two.stop()
         let restarted = try await TestHub.start(
-            directory: one.directory, store: try await PostgresHubStore(location: location))
+            directory: one.directory, store: try await PostgresHubStore(location: location)
+        ) { $0.clusterSessionHandOverSeconds = 60 }
         let after = try await Self.fleet(restarted, fleetClient) { mqtt, reason -> [String] in
             #expect(reason == 0 && mqtt.sessionPresent)
             return try await Self.receive(1, mqtt)
@@ -216,7 +234,7 @@ import Testing
     /// connecting elsewhere waits out `handOverWait` (3 s), then gets the session as last saved, plus what was
     /// published after that save, replayed from the log.
     @Test func aSessionHeldByANodeThatIsGoneIsTakenAfterTheWait() async throws {
-        let (one, two, location) = try await ClusterTests.twoNodes()
+        let (one, two, location) = try await ClusterTests.twoNodes { $0.clusterSessionHandOverSeconds = 3 }
         let device = try await one.enroll("ps-gone")
         for file in ["admin.key", "admin.crt"] {
             try? FileManager.default.removeItem(atPath: two.directory + "/operators/" + file)
@@ -236,11 +254,12 @@ import Testing
         let start = clock.now
         let received = try await Self.fleet(two, fleetClient) { mqtt, reason -> [String] in
             #expect(reason == 0 && mqtt.sessionPresent)
-            return try await Self.receive(2, mqtt)
+            return try await Self.receive(until: #"{"n":2}"#, mqtt)
         }
         let waited = clock.now - start
-        #expect(received == [#"{"n":1}"#, #"{"n":2}"#])
-        #expect(waited >= .seconds(3) && waited < .seconds(10), "took \(waited)")
+        // At least once, in order: a message may come twice (the replay starts where the save could vouch for).
+        #expect(Self.firstOccurrences(received) == [#"{"n":1}"#, #"{"n":2}"#], "\(received)")
+        #expect(waited >= .seconds(3) && waited < .seconds(30), "took \(waited)")
         try await two.stop()
         try await one.stop()
     }
