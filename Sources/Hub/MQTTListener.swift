@@ -897,10 +897,13 @@ struct MQTTConnection {
                 let recorder = listener.recorder
                 let duplicate = publish.duplicate
                 let topic = MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120)
+                // Queued now, in the connection's order: with several nodes, the others get one publisher's
+                // messages in the order it sent them, however the tasks below are scheduled.
+                let queued = store.queueTelemetry(record)
                 let write = Task { () -> StoreWrite in
                     defer { if let counter { writes.end(device, counter) } }
                     do {
-                        _ = try await store.appendTelemetry(record)
+                        _ = try await queued.value()
                         if events == nil { signals.telemetry(device) }
                         writes.succeeded(device, counter)
                         await events?.observe(
@@ -1160,9 +1163,11 @@ struct MQTTConnection {
         let signals = listener.events.signals
         let gateway = listener.gateway
         let recorder = listener.recorder
+        // Queued now, in the connection's order (the other nodes get its messages in that order).
+        let queued = store.queueTelemetry(record)
         @Sendable func write() async {
             do {
-                _ = try await store.appendTelemetry(record)
+                _ = try await queued.value()
                 if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
             } catch let error as StoreError where error.code == .replayed {
                 // Another hub node stored this counter first: a replay (the counter stays taken here too).

@@ -14,7 +14,7 @@ import Synchronization
 /// window) are locked in device order, so two batches never wait on each other in a cycle. Messages of one device
 /// keep their arrival order (and so their ids' order).
 final class PostgresGroupCommitter: Sendable {
-    typealias Waiter = CheckedContinuation<Int64, any Error>
+    typealias Waiter = PendingResult<Int64>
     private struct State {
         var queued: [(NewTelemetry, Waiter)] = []
         var writing = false
@@ -33,15 +33,20 @@ final class PostgresGroupCommitter: Sendable {
     }
 
     func append(_ message: NewTelemetry) async throws -> Int64 {
-        try await withCheckedThrowingContinuation { continuation in
-            let start = state.withLock { state -> Bool in
-                state.queued.append((message, continuation))
-                if state.writing { return false }
-                state.writing = true
-                return true
-            }
-            if start { Task { await self.drain() } }
+        try await queue(message).value()
+    }
+
+    /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves.
+    func queue(_ message: NewTelemetry) -> PendingResult<Int64> {
+        let waiter = PendingResult<Int64>()
+        let start = state.withLock { state -> Bool in
+            state.queued.append((message, waiter))
+            if state.writing { return false }
+            state.writing = true
+            return true
         }
+        if start { Task { await self.drain() } }
+        return waiter
     }
 
     private func drain() async {
@@ -70,16 +75,16 @@ final class PostgresGroupCommitter: Sendable {
                 onCommit?(batch.count, ContinuousClock.now - started)
                 for (index, entry) in batch.enumerated() {
                     if let id = ids[index] {
-                        entry.1.resume(returning: id)
+                        entry.1.resolve(.success(id))
                     } else {
-                        entry.1.resume(throwing: StoreError(.replayed, "nonce or counter already stored"))
+                        entry.1.resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
                     }
                 }
                 // After the callers were answered: their acknowledgements never wait for it.
                 await purgeExpiredNonces(if: messages.contains { $0.nonce != nil })
             } catch {
                 let failure = PostgresHubStore.storeError(error, "telemetry batch failed")
-                for entry in batch { entry.1.resume(throwing: failure) }
+                for entry in batch { entry.1.resolve(.failure(failure)) }
             }
         }
     }

@@ -1305,6 +1305,11 @@ public final class PostgresHubStore: HubStore {
         try await committer.append(message)
     }
 
+    public func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite {
+        let pending = committer.queue(message)
+        return TelemetryWrite { try await pending.value() }
+    }
+
     public func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord] {
         try await read { client in
             var records: [TelemetryRecord] = []

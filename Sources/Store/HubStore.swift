@@ -1,6 +1,7 @@
 public import Advisories
 public import Core
 public import Foundation
+import Synchronization
 
 /// Everything the hub keeps. Two backends implement it (in memory, SQLite) and pass the same tests; a PostgreSQL
 /// backend for several hub nodes goes behind the same protocol.
@@ -76,6 +77,10 @@ public protocol HubStore: Sendable {
     func revokedCertificates() async throws -> [RevokedCertificate]
     /// Returns only once the message is durable: the caller acknowledges it after this returns.
     func appendTelemetry(_ message: NewTelemetry) async throws -> Int64
+    /// Queues the message for storage now, in the caller's order, and returns what waits for it to be durable (as
+    /// `appendTelemetry`). One connection's messages are stored, and handed to other nodes, in the order it queued
+    /// them, even when it waits for each in a task of its own.
+    func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite
     func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord]
     func telemetryCount(of device: DeviceID?) async throws -> Int
     /// Appends to the tamper-evident audit log.
@@ -210,6 +215,10 @@ extension HubStore {
     public func databaseTime() async throws -> Date? { nil }
     /// One node: no other node to hand a message to.
     public func relayMessage(_ message: RelayedMessage) async throws {}
+    /// One node: the order messages reach the store in is not seen by any other node.
+    public func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite {
+        TelemetryWrite { try await self.appendTelemetry(message) }
+    }
     public func requestMQTTSession(key: String, by holder: String) async throws {}
     public var sharedByNodes: Bool { false }
     public func counterWindow(of device: DeviceID) async throws -> StoredCounterWindow? { nil }
@@ -221,6 +230,53 @@ extension HubStore {
             let page = try await auditRecords(after: records.last?.sequence ?? 0, limit: 10_000)
             if page.isEmpty { return records }
             records += page
+        }
+    }
+}
+
+/// A telemetry write queued with the store (`HubStore.queueTelemetry`): awaiting it returns the message's id once it
+/// is durable, or throws what `appendTelemetry` would.
+public struct TelemetryWrite: Sendable {
+    private let wait: @Sendable () async throws -> Int64
+
+    public init(_ wait: @escaping @Sendable () async throws -> Int64) { self.wait = wait }
+
+    public func value() async throws -> Int64 { try await wait() }
+}
+
+/// A result one party sets once and another awaits, however their order falls: the bridge between a store's
+/// queue (which answers a batch at a time) and a `TelemetryWrite`.
+public final class PendingResult<Value: Sendable>: Sendable {
+    private enum State {
+        case waiting(CheckedContinuation<Value, any Error>?)
+        case done(Result<Value, any Error>)
+    }
+
+    private let state = Mutex(State.waiting(nil))
+
+    public init() {}
+
+    /// Sets the result (once; later calls are ignored) and resumes whoever waits.
+    public func resolve(_ result: Result<Value, any Error>) {
+        let waiter = state.withLock { state -> CheckedContinuation<Value, any Error>? in
+            guard case .waiting(let waiter) = state else { return nil }
+            state = .done(result)
+            return waiter
+        }
+        waiter?.resume(with: result)
+    }
+
+    /// The result, once it is set. One caller at a time.
+    public func value() async throws -> Value {
+        try await withCheckedThrowingContinuation { continuation in
+            let ready = state.withLock { state -> Result<Value, any Error>? in
+                switch state {
+                case .done(let result): return result
+                case .waiting: state = .waiting(continuation)
+                }
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
         }
     }
 }

@@ -381,6 +381,75 @@ import Testing
         try await one.stop()
     }
 
+    /// A publisher that pipelines QoS 1 messages (many in flight, up to the hub's Receive Maximum) on node 1: a
+    /// subscriber on node 2 gets them in the order they were sent (MQTT 5.0 §4.6), not in the order their store
+    /// writes happened to be scheduled.
+    @Test func pipelinedMessagesReachAnotherNodeInTheirOrder() async throws {
+        let (one, two, _) = try await Self.twoNodes {
+            $0.gateway.deviceRate = 10_000
+            $0.gateway.deviceBurst = 10_000
+            $0.gateway.routeRate = 10_000
+            $0.gateway.routeBurst = 10_000
+        }
+        let device = try await one.enroll("cl-pipe")
+        for file in ["admin.key", "admin.crt"] {
+            try? FileManager.default.removeItem(atPath: two.directory + "/operators/" + file)
+            try FileManager.default.copyItem(
+                atPath: one.directory + "/operators/" + file, toPath: two.directory + "/operators/" + file)
+        }
+        let topic = try TopicName("devices/cl-pipe/telemetry")
+        let count = 400
+        let received = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: two.mqttPort, tls: try two.operatorClient().credentials.tlsConfiguration(),
+            clientID: "fleet-pipe", version: .v5, keepAlive: 10
+        ) { fleet, _ -> [Int] in
+            try await fleet.send(
+                .subscribe(
+                    packetID: 1,
+                    subscriptions: [Subscription(filter: try TopicFilter("devices/+/telemetry"), qos: .atLeastOnce)],
+                    properties: .init()))
+            guard case .suback(1, [1], _) = try await fleet.next() else { return [] }
+            let codes = try await MQTTBrokerTests.connect(one, device) { mqtt, _ -> [ReasonCode] in
+                var codes: [ReasonCode] = []
+                // Windows of 32 PUBLISH packets written back to back, then their PUBACKs.
+                for start in stride(from: 1, through: count, by: 32) {
+                    let window = start...min(count, start + 31)
+                    for n in window {
+                        try await mqtt.send(
+                            .publish(
+                                PublishPacket(
+                                    topic: topic, payload: Array(#"{"n":\#(n)}"#.utf8), qos: .atLeastOnce,
+                                    packetID: UInt16(n))))
+                    }
+                    var answered = 0
+                    while answered < window.count, let packet = try await mqtt.next() {
+                        if case .puback(_, let code, _) = packet {
+                            codes.append(code)
+                            answered += 1
+                        }
+                    }
+                }
+                return codes
+            }
+            #expect(codes.count == count && codes.allSatisfy { $0 == 0 }, "\(Set(codes))")
+            var numbers: [Int] = []
+            while numbers.count < count, let packet = try await fleet.next() {
+                guard case .publish(let message) = packet else { continue }
+                if let id = message.packetID {
+                    try await fleet.send(.puback(packetID: id, reasonCode: 0, properties: .init()))
+                }
+                let text = String(decoding: message.payload, as: UTF8.self)
+                numbers.append(Int(text.dropFirst(5).dropLast()) ?? -1)
+            }
+            return numbers
+        }
+        #expect(
+            received == Array(1...count),
+            "out of order at \(zip(received, 1...).first { $0 != $1 }.map { "\($0)" } ?? "-")")
+        try await two.stop()
+        try await one.stop()
+    }
+
     /// A node whose clock is minutes off the database server's refuses to start and says why; one on time starts.
     @Test func aNodeWhoseClockIsOffRefusesToServe() async throws {
         let store = try await PostgresHubStore(location: try await PostgresTestServer.freshDatabase())

@@ -109,6 +109,38 @@ import Testing
     /// Two stores on one database (two hub nodes) writing at once: the audit log stays one chain without gaps, and
     /// telemetry batches that touch the same devices in opposite orders neither deadlock nor move a counter window
     /// backwards.
+    /// `queueTelemetry` takes its place in the store's queue when it is called, not when it is awaited: messages
+    /// queued in order and awaited in the reverse order (as tasks may be scheduled) are stored, and handed to the
+    /// other nodes, in the order they were queued. (`appendTelemetry` from tasks started in that reverse order would
+    /// store them reversed.)
+    @Test func queuedTelemetryKeepsItsOrderHoweverItIsAwaited() async throws {
+        let store = try await PostgresTestServer.freshStore()
+        let device = try DeviceID("q-1")
+        try await store.enroll(device: device, certificate: HubStoreTests.certificate("q1", device: device), at: Date())
+        let first = try await store.latestClusterEvent()
+        let writes = (1...60).map { n in
+            var message = NewTelemetry(deviceID: device, receivedAt: Date(), correlationID: "c\(n)", body: [UInt8(n)])
+            message.relay = RelayedMessage(origin: "node", publisher: nil, packet: [UInt8(n)])
+            return store.queueTelemetry(message)
+        }
+        let ids = try await withThrowingTaskGroup(of: (Int, Int64).self) { group in
+            for (index, write) in writes.enumerated().reversed() {
+                group.addTask { (index, try await write.value()) }
+                await Task.yield()
+            }
+            var ids = [Int64](repeating: 0, count: writes.count)
+            for try await (index, id) in group { ids[index] = id }
+            return ids
+        }
+        #expect(ids == ids.sorted() && Set(ids).count == 60, "stored in the order queued")
+        let relayed = try await store.clusterEvents(after: first).compactMap { event -> UInt8? in
+            guard case .message(let message) = event.change else { return nil }
+            return message.packet.first
+        }
+        #expect(relayed == Array(1...60), "handed on in the order queued")
+        try await store.close()
+    }
+
     @Test func twoNodesWritingAtOnceKeepOneChainAndOneWindow() async throws {
         let location = try await PostgresTestServer.freshDatabase()
         let nodes = [
