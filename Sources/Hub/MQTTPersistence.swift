@@ -16,6 +16,8 @@ import Store
 ///   session makes that node ask the holder (a cluster event): the holder sends its connection DISCONNECT 0x8E
 ///   Session taken over, saves the session and lets go; the new node then takes it. A holder that does not answer
 ///   within `handOverWait` (it died) loses the session to the new node as last saved.
+/// - **A node that dies**: nodes say they are alive every 5 s; one not heard from for `silence` (30 s) has its
+///   sessions taken up by the others, with the log replayed into them.
 actor MQTTPersistence: Service {
     let store: any HubStore
     let broker: MQTTBroker
@@ -23,6 +25,8 @@ actor MQTTPersistence: Service {
     let holder: String
     let interval: Duration
     let handOverWait: Duration
+    /// A node not heard from for this long has died: its sessions are taken up.
+    let silence: Duration
     let logger: Logger
     /// Changes not written yet (taken from the broker, or a write that failed: retried), newest last.
     private var pendingSessions: [String: StoredMQTTSession?] = [:]
@@ -32,8 +36,9 @@ actor MQTTPersistence: Service {
 
     init(
         store: any HubStore, broker: MQTTBroker, holder: String, interval: Duration = .milliseconds(250),
-        handOverWait: Duration = .seconds(3), logger: Logger
+        handOverWait: Duration = .seconds(5), silence: Duration = .seconds(30), logger: Logger
     ) {
+        self.silence = silence
         self.store = store
         self.broker = broker
         self.holder = holder
@@ -60,7 +65,10 @@ actor MQTTPersistence: Service {
         for topic in await broker.restoreRetained(retained, now: now) {
             try await store.removeRetainedMessage(topic: topic)
         }
-        let sessions = try await store.adoptMQTTSessions(holder: holder, all: !store.sharedByNodes)
+        if store.sharedByNodes { try await store.markAlive(holder: holder, at: wallClock) }
+        let sessions = try await store.adoptMQTTSessions(
+            holder: holder, all: !store.sharedByNodes,
+            silentSince: store.sharedByNodes ? wallClock - silence.timeInterval : nil)
         var restored = 0
         for session in sessions where try await takeUp(session) { restored += 1 }
         if restored + retained.count > 0 {
@@ -157,11 +165,18 @@ actor MQTTPersistence: Service {
         if released > 0 { logger.info("MQTT sessions saved", metadata: ["sessions": "\(released)"]) }
     }
 
-    /// Several nodes: takes up the sessions a node let go of when it stopped (every 20 intervals, 5 s), so a
-    /// session whose client is away keeps queueing its messages while a node is restarted.
+    /// Several nodes: says this node is alive, and takes up the sessions a node let go of when it stopped or held
+    /// when it fell silent for `silence` (died), every 20 intervals (5 s), so someone queues for a client that is
+    /// away while a node restarts or after one dies.
     private func adoptReleased() async {
         do {
-            for session in try await store.adoptMQTTSessions(holder: holder, all: false) { try await takeUp(session) }
+            let now = Date()
+            try await store.markAlive(holder: holder, at: now)
+            for session in try await store.adoptMQTTSessions(
+                holder: holder, all: false, silentSince: now - silence.timeInterval)
+            {
+                try await takeUp(session)
+            }
         } catch {
             logger.warning("released MQTT sessions not taken up; retried", metadata: ["error": "\(error)"])
         }

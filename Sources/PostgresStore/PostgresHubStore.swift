@@ -323,6 +323,10 @@ public final class PostgresHubStore: HubStore {
                 """,
             ]
         ),
+        (
+            8, "hub nodes that say they are alive (the others take up a silent node's MQTT sessions)",
+            ["CREATE TABLE hub_nodes (holder TEXT COLLATE \"C\" PRIMARY KEY, seen_at BIGINT NOT NULL)"]
+        ),
     ]
 
     /// The advisory lock keys (one 64-bit namespace per purpose).
@@ -488,12 +492,28 @@ public final class PostgresHubStore: HubStore {
         }
     }
 
-    public func adoptMQTTSessions(holder: String, all: Bool) async throws -> [StoredMQTTSession] {
+    public func markAlive(holder: String, at: Date) async throws {
         try await write { connection in
+            try await connection.query(
+                """
+                INSERT INTO hub_nodes (holder, seen_at) VALUES (\(holder), \(at.millis))
+                ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at
+                """, logger: Self.quiet)
+            try await connection.query(
+                "DELETE FROM hub_nodes WHERE seen_at < \(at.millis - 86_400_000)", logger: Self.quiet)
+        }
+    }
+
+    public func adoptMQTTSessions(holder: String, all: Bool, silentSince: Date?) async throws -> [StoredMQTTSession] {
+        let silent = silentSince?.millis
+        return try await write { connection in
             try await Self.mqttSessions(
                 connection.query(
                     """
-                    UPDATE mqtt_sessions SET holder = \(holder) WHERE \(all) OR holder IS NULL
+                    UPDATE mqtt_sessions SET holder = \(holder)
+                    WHERE \(all) OR holder IS NULL
+                       OR (\(silent)::BIGINT IS NOT NULL AND holder <> \(holder) AND NOT EXISTS (
+                           SELECT 1 FROM hub_nodes n WHERE n.holder = mqtt_sessions.holder AND n.seen_at >= \(silent)))
                     RETURNING session_key, owner, expiry_seconds, disconnected_at, state, saved_at
                     """, logger: Self.quiet)
             ).sorted { $0.key < $1.key }

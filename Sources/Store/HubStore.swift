@@ -169,8 +169,12 @@ public protocol HubStore: Sendable {
     /// Takes the session for `holder`, whoever held it, and returns it (nil: none is stored).
     func takeMQTTSession(key: String, holder: String) async throws -> StoredMQTTSession?
     /// Takes the sessions no node holds, and with `all` every session (one node, starting: the holders recorded are
-    /// its own earlier runs), for `holder`.
-    func adoptMQTTSessions(holder: String, all: Bool) async throws -> [StoredMQTTSession]
+    /// its own earlier runs), for `holder`. With `silentSince`, also those held by a node that has not said it is
+    /// alive (`markAlive`) since then: it died with them.
+    func adoptMQTTSessions(holder: String, all: Bool, silentSince: Date?) async throws -> [StoredMQTTSession]
+    /// Records that the node `holder` is alive at `at` (several nodes: the others take up the sessions of one
+    /// that falls silent).
+    func markAlive(holder: String, at: Date) async throws
     /// Asks the node holding the session to save and hand it over (a cluster event; a single node holds them all).
     func requestMQTTSession(key: String, by holder: String) async throws
     /// Sets the topic's retained message.

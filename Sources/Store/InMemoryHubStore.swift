@@ -27,6 +27,7 @@ public actor InMemoryHubStore: HubStore {
     private var failures: [DeviceID: PairingFailures] = [:]
     private var mqttSessions: [String: (session: StoredMQTTSession, holder: String?)] = [:]
     private var retained: [String: StoredRetainedMessage] = [:]
+    private var alive: [String: Date] = [:]
 
     public init() {}
 
@@ -483,9 +484,15 @@ public actor InMemoryHubStore: HubStore {
         return stored.session
     }
 
-    public func adoptMQTTSessions(holder: String, all: Bool) async throws -> [StoredMQTTSession] {
+    public func markAlive(holder: String, at: Date) async throws { alive[holder] = at }
+
+    public func adoptMQTTSessions(holder: String, all: Bool, silentSince: Date?) async throws -> [StoredMQTTSession] {
         var adopted: [StoredMQTTSession] = []
-        for (key, stored) in mqttSessions where all || stored.holder == nil {
+        func silent(_ other: String) -> Bool {
+            guard let silentSince, other != holder else { return false }
+            return (alive[other] ?? .distantPast) < silentSince
+        }
+        for (key, stored) in mqttSessions where all || stored.holder == nil || silent(stored.holder ?? "") {
             mqttSessions[key] = (stored.session, holder)
             adopted.append(stored.session)
         }

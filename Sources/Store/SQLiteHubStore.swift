@@ -309,6 +309,9 @@ public final class SQLiteHubStore: HubStore {
                     )
                     """)
         }
+        migrator.registerMigration("v20: hub nodes that say they are alive") { db in
+            try db.execute(sql: "CREATE TABLE hub_nodes (holder TEXT PRIMARY KEY, seen_at INTEGER NOT NULL)")
+        }
         return migrator
     }
 
@@ -1257,11 +1260,26 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
-    public func adoptMQTTSessions(holder: String, all: Bool) async throws -> [StoredMQTTSession] {
+    public func markAlive(holder: String, at: Date) async throws {
+        try await write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO hub_nodes (holder, seen_at) VALUES (?, ?)", arguments: [holder, at.millis])
+            try db.execute(sql: "DELETE FROM hub_nodes WHERE seen_at < ?", arguments: [at.millis - 86_400_000])
+        }
+    }
+
+    public func adoptMQTTSessions(holder: String, all: Bool, silentSince: Date?) async throws -> [StoredMQTTSession] {
         try await write { db in
             try Row.fetchAll(
-                db, sql: "UPDATE mqtt_sessions SET holder = ? WHERE ? OR holder IS NULL RETURNING *",
-                arguments: [holder, all]
+                db,
+                sql: """
+                    UPDATE mqtt_sessions SET holder = ?
+                    WHERE ? OR holder IS NULL
+                       OR (? IS NOT NULL AND holder <> ? AND NOT EXISTS (
+                           SELECT 1 FROM hub_nodes n WHERE n.holder = mqtt_sessions.holder AND n.seen_at >= ?))
+                    RETURNING *
+                    """,
+                arguments: [holder, all, silentSince?.millis, holder, silentSince?.millis]
             ).map(Self.mqttSession).sorted { $0.key < $1.key }
         }
     }
