@@ -471,13 +471,6 @@ struct MQTTConnection {
                 return nil
             }
         }
-        // MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. Added before the session
-        // is attached, so nothing after the attach can fail without its detach below.
-        if rules.keepAlive > 0 {
-            let timeout = TimeAmount.milliseconds(Int64(rules.keepAlive) * 1500)
-            try await channel.channel.pipeline.addHandlers(
-                [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
-        }
         // A certificate revoked while connected: checked before each packet, and the connection is closed the
         // moment the serial is revoked, so a subscriber that only reads (or pings) is cut off too.
         let nioChannel = channel.channel
@@ -512,6 +505,14 @@ struct MQTTConnection {
         await listener.persistence?.flush()
         let end: End
         do {
+            // MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. The clock starts with
+            // the CONNACK: the hub's own work before it (the store, another node) is not the client's silence. A
+            // failure here ends the connection through the detach below.
+            if rules.keepAlive > 0 {
+                let timeout = TimeAmount.milliseconds(Int64(rules.keepAlive) * 1500)
+                try await channel.channel.pipeline.addHandlers(
+                    [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
+            }
             try await send(connack, version)
             await listener.broker.resume(key: sessionKey, connectionNumber: attached.connectionNumber)
             end = try await loop(peer: peer, state: &state, packets: &packets)
