@@ -529,14 +529,33 @@ actor MQTTBroker {
 
     /// A message of this node's own is about to go into the log (several nodes; nil otherwise): until the returned
     /// value is released (after its local delivery, or when it was not delivered) saves do not count past it.
-    func beginLocal() -> LocalWrite? {
+    func beginLocal() async -> LocalWrite? {
         guard persistent, keepsConnectedSessions else { return nil }
+        // A take-up in progress (`freeze`): this message waits, so it is either in the log before the take-up
+        // reads the head, or delivered after the session is in memory.
+        while freezes > 0 { await withCheckedContinuation { frozen.append($0) } }
         localBegun += 1
         localWrites[localBegun] = relayPosition
         return LocalWrite(broker: self, id: localBegun)
     }
 
     func endLocal(_ id: Int) { localWrites[id] = nil }
+
+    /// Take-ups in progress, and the own messages waiting for them to finish (`beginLocal`).
+    private var freezes = 0
+    private var frozen: [CheckedContinuation<Void, Never>] = []
+
+    /// Holds this node's new own messages back while a session is taken up (`MQTTPersistence.takeUp`): those on
+    /// their way finish, no new one starts, until `thaw`.
+    func freeze() { freezes += 1 }
+
+    func thaw() {
+        freezes -= 1
+        guard freezes == 0 else { return }
+        let waiting = frozen
+        frozen = []
+        for waiter in waiting { waiter.resume() }
+    }
 
     /// Whether no own message is on its way now, and how many have begun (`restore(quiet:)` checks nothing began
     /// since).

@@ -65,10 +65,9 @@ actor MQTTPersistence: Service {
         for topic in await broker.restoreRetained(retained, now: now) {
             try await store.removeRetainedMessage(topic: topic)
         }
-        if store.sharedByNodes { try await store.markAlive(holder: holder, at: wallClock) }
+        if store.sharedByNodes { try await store.markAlive(holder: holder) }
         let sessions = try await store.adoptMQTTSessions(
-            holder: holder, all: !store.sharedByNodes,
-            silentSince: store.sharedByNodes ? wallClock - silence.timeInterval : nil)
+            holder: holder, all: !store.sharedByNodes, silentFor: store.sharedByNodes ? silence.timeInterval : nil)
         var restored = 0
         for session in sessions where try await takeUp(session) { restored += 1 }
         if restored + retained.count > 0 {
@@ -77,6 +76,18 @@ actor MQTTPersistence: Service {
     }
 
     func run() async throws {
+        // Several nodes: this node says it is alive every 5 s on a timer of its own, so slow saves or a long
+        // take-up never make it look dead to the others.
+        let heartbeat = Task { [store, holder, logger] in
+            guard store.sharedByNodes else { return }
+            while !Task.isCancelled {
+                do { try await store.markAlive(holder: holder) } catch {
+                    logger.warning("could not say this node is alive", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: .seconds(5))
+            }
+        }
+        defer { heartbeat.cancel() }
         try await cancelWhenGracefulShutdown {
             var ticks = 0
             while !Task.isCancelled {
@@ -170,10 +181,8 @@ actor MQTTPersistence: Service {
     /// away while a node restarts or after one dies.
     private func adoptReleased() async {
         do {
-            let now = Date()
-            try await store.markAlive(holder: holder, at: now)
             for session in try await store.adoptMQTTSessions(
-                holder: holder, all: false, silentSince: now - silence.timeInterval)
+                holder: holder, all: false, silentFor: silence.timeInterval)
             {
                 try await takeUp(session)
             }
@@ -235,41 +244,60 @@ actor MQTTPersistence: Service {
         let limit = broker.maxQueued
         var replay: [(message: BrokerMessage, publisher: String?)] = []
         var read = snapshot.position
-        var attempts = 0
-        while true {
-            attempts += 1
-            var quiet: Int?
-            var through: Int64 = 0
-            if store.sharedByNodes {
-                let state = await broker.localState
-                if !state.quiet, attempts < 50 {
-                    try await Task.sleep(for: .milliseconds(10))
-                    continue
-                }
-                quiet = state.quiet ? state.begun : nil
-                through = max(try await store.latestClusterEvent(), await broker.relayPosition)
+        // Several nodes: this node's own messages wait while the session is taken up, and those on their way
+        // finish first (at most 5 s: a store that slow fails their writes); then every own message is either in
+        // the log up to the head read below, or delivered after the session is in memory.
+        let shared = store.sharedByNodes
+        if shared { await broker.freeze() }
+        var quiet: Int?
+        if shared {
+            let deadline = ContinuousClock.now + .seconds(5)
+            var state = await broker.localState
+            while !state.quiet, ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(5))
+                state = await broker.localState
             }
-            while read < through {
-                let events = try await store.clusterEvents(after: read)
-                for event in events where event.id <= through && replay.count < limit {
-                    if case .message(let relayed) = event.change, let message = MessageRelay.message(relayed),
-                        filters.contains(where: { $0.matches(message.topic) })
-                    {
-                        replay.append((message, relayed.publisher))
+            if state.quiet {
+                quiet = state.begun
+            } else {
+                logger.warning(
+                    "MQTT session taken up while an own message was still on its way (it may miss the session)",
+                    metadata: ["session": "\(stored.key)"])
+            }
+        }
+        do {
+            while true {
+                var through: Int64 = 0
+                if shared { through = max(try await store.latestClusterEvent(), await broker.relayPosition) }
+                while read < through {
+                    let events = try await store.clusterEvents(after: read)
+                    for event in events where event.id <= through && replay.count < limit {
+                        if case .message(let relayed) = event.change, let message = MessageRelay.message(relayed),
+                            filters.contains(where: { $0.matches(message.topic) })
+                        {
+                            replay.append((message, relayed.publisher))
+                        }
                     }
+                    guard let last = events.last?.id else { break }
+                    read = min(last, through)
                 }
-                guard let last = events.last?.id else { break }
-                read = min(last, through)
+                read = max(read, through)
+                switch await broker.restore(
+                    stored, snapshot, replay: replay, through: through, quiet: quiet, now: now, wallClock: wallClock)
+                {
+                case .restored:
+                    if shared { await broker.thaw() }
+                    return true
+                case .held:
+                    if shared { await broker.thaw() }
+                    return false
+                case .behind: continue  // the log moved on (other nodes' messages): read what came
+                case .busy: quiet = nil  // cannot happen while frozen; never loop on it
+                }
             }
-            read = max(read, through)
-            switch await broker.restore(
-                stored, snapshot, replay: replay, through: through, quiet: attempts < 50 ? quiet : nil, now: now,
-                wallClock: wallClock)
-            {
-            case .restored: return true
-            case .held: return false
-            case .behind, .busy: continue  // the log moved on: read what came (each pass reads further)
-            }
+        } catch {
+            if shared { await broker.thaw() }
+            throw error
         }
     }
 

@@ -492,28 +492,37 @@ public final class PostgresHubStore: HubStore {
         }
     }
 
-    public func markAlive(holder: String, at: Date) async throws {
+    // Heartbeats are written and judged by the database server's clock (`clock_timestamp()`), one clock for all.
+
+    public func markAlive(holder: String) async throws {
         try await write { connection in
             try await connection.query(
                 """
-                INSERT INTO hub_nodes (holder, seen_at) VALUES (\(holder), \(at.millis))
+                INSERT INTO hub_nodes (holder, seen_at)
+                VALUES (\(holder), (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT)
                 ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at
                 """, logger: Self.quiet)
             try await connection.query(
-                "DELETE FROM hub_nodes WHERE seen_at < \(at.millis - 86_400_000)", logger: Self.quiet)
+                """
+                DELETE FROM hub_nodes WHERE seen_at < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - 86400000
+                """, logger: Self.quiet)
         }
     }
 
-    public func adoptMQTTSessions(holder: String, all: Bool, silentSince: Date?) async throws -> [StoredMQTTSession] {
-        let silent = silentSince?.millis
+    public func adoptMQTTSessions(holder: String, all: Bool, silentFor: TimeInterval?) async throws
+        -> [StoredMQTTSession]
+    {
+        let silent = silentFor.map { Int64($0 * 1000) }
         return try await write { connection in
             try await Self.mqttSessions(
                 connection.query(
                     """
                     UPDATE mqtt_sessions SET holder = \(holder)
                     WHERE \(all) OR holder IS NULL
-                       OR (\(silent)::BIGINT IS NOT NULL AND holder <> \(holder) AND NOT EXISTS (
-                           SELECT 1 FROM hub_nodes n WHERE n.holder = mqtt_sessions.holder AND n.seen_at >= \(silent)))
+                       OR (\(silent)::BIGINT IS NOT NULL AND holder <> \(holder) AND disconnected_at IS NOT NULL
+                           AND NOT EXISTS (
+                               SELECT 1 FROM hub_nodes n WHERE n.holder = mqtt_sessions.holder
+                                 AND n.seen_at >= (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - \(silent)))
                     RETURNING session_key, owner, expiry_seconds, disconnected_at, state, saved_at
                     """, logger: Self.quiet)
             ).sorted { $0.key < $1.key }

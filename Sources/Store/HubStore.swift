@@ -169,12 +169,13 @@ public protocol HubStore: Sendable {
     /// Takes the session for `holder`, whoever held it, and returns it (nil: none is stored).
     func takeMQTTSession(key: String, holder: String) async throws -> StoredMQTTSession?
     /// Takes the sessions no node holds, and with `all` every session (one node, starting: the holders recorded are
-    /// its own earlier runs), for `holder`. With `silentSince`, also those held by a node that has not said it is
-    /// alive (`markAlive`) since then: it died with them.
-    func adoptMQTTSessions(holder: String, all: Bool, silentSince: Date?) async throws -> [StoredMQTTSession]
-    /// Records that the node `holder` is alive at `at` (several nodes: the others take up the sessions of one
-    /// that falls silent).
-    func markAlive(holder: String, at: Date) async throws
+    /// its own earlier runs), for `holder`. With `silentFor`, also the sessions whose client is away held by a node
+    /// that has not said it is alive (`markAlive`) for that many seconds: it died with them. (A session whose
+    /// client was connected is taken over when the client reconnects.) The store's clock judges, not the nodes'.
+    func adoptMQTTSessions(holder: String, all: Bool, silentFor: TimeInterval?) async throws -> [StoredMQTTSession]
+    /// Records that the node `holder` is alive now (several nodes: the others take up the sessions of one that
+    /// falls silent).
+    func markAlive(holder: String) async throws
     /// Asks the node holding the session to save and hand it over (a cluster event; a single node holds them all).
     func requestMQTTSession(key: String, by holder: String) async throws
     /// Sets the topic's retained message.

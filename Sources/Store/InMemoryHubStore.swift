@@ -484,15 +484,18 @@ public actor InMemoryHubStore: HubStore {
         return stored.session
     }
 
-    public func markAlive(holder: String, at: Date) async throws { alive[holder] = at }
+    public func markAlive(holder: String) async throws { alive[holder] = Date() }
 
-    public func adoptMQTTSessions(holder: String, all: Bool, silentSince: Date?) async throws -> [StoredMQTTSession] {
+    public func adoptMQTTSessions(holder: String, all: Bool, silentFor: TimeInterval?) async throws
+        -> [StoredMQTTSession]
+    {
         var adopted: [StoredMQTTSession] = []
-        func silent(_ other: String) -> Bool {
-            guard let silentSince, other != holder else { return false }
-            return (alive[other] ?? .distantPast) < silentSince
+        func silent(_ stored: (session: StoredMQTTSession, holder: String?)) -> Bool {
+            guard let silentFor, let other = stored.holder, other != holder, stored.session.disconnectedAt != nil
+            else { return false }
+            return (alive[other] ?? .distantPast) < Date() - silentFor
         }
-        for (key, stored) in mqttSessions where all || stored.holder == nil || silent(stored.holder ?? "") {
+        for (key, stored) in mqttSessions where all || stored.holder == nil || silent(stored) {
             mqttSessions[key] = (stored.session, holder)
             adopted.append(stored.session)
         }

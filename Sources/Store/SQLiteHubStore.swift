@@ -1260,22 +1260,26 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
-    public func markAlive(holder: String, at: Date) async throws {
+    public func markAlive(holder: String) async throws {
+        let now = Date().millis
         try await write { db in
             try db.execute(
-                sql: "INSERT OR REPLACE INTO hub_nodes (holder, seen_at) VALUES (?, ?)", arguments: [holder, at.millis])
-            try db.execute(sql: "DELETE FROM hub_nodes WHERE seen_at < ?", arguments: [at.millis - 86_400_000])
+                sql: "INSERT OR REPLACE INTO hub_nodes (holder, seen_at) VALUES (?, ?)", arguments: [holder, now])
+            try db.execute(sql: "DELETE FROM hub_nodes WHERE seen_at < ?", arguments: [now - 86_400_000])
         }
     }
 
-    public func adoptMQTTSessions(holder: String, all: Bool, silentSince: Date?) async throws -> [StoredMQTTSession] {
-        try await write { db in
+    public func adoptMQTTSessions(holder: String, all: Bool, silentFor: TimeInterval?) async throws
+        -> [StoredMQTTSession]
+    {
+        let silentSince = silentFor.map { Date() - $0 }
+        return try await write { db in
             try Row.fetchAll(
                 db,
                 sql: """
                     UPDATE mqtt_sessions SET holder = ?
                     WHERE ? OR holder IS NULL
-                       OR (? IS NOT NULL AND holder <> ? AND NOT EXISTS (
+                       OR (? IS NOT NULL AND holder <> ? AND disconnected_at IS NOT NULL AND NOT EXISTS (
                            SELECT 1 FROM hub_nodes n WHERE n.holder = mqtt_sessions.holder AND n.seen_at >= ?))
                     RETURNING *
                     """,

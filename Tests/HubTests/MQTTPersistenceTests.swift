@@ -319,4 +319,35 @@ import Testing
         #expect(await restarted.retainedCount == 1)
         #expect(try await store.retainedMessages().map(\.topic) == ["r/long"], "dropped at the start")
     }
+
+    /// One of a node's own messages on its way into the log holds back the position saved with sessions (its
+    /// node skips it when reading the log), until it is delivered; and while a session is taken up (`freeze`), no
+    /// new own message starts.
+    @Test func ownMessagesHoldTheSavedPositionAndWaitForATakeUp() async throws {
+        let broker = MQTTBroker()
+        await broker.setPersistent(sharedByNodes: true)
+        await broker.advance(to: 10)
+        var write = await broker.beginLocal()
+        #expect(write != nil)
+        await broker.advance(to: 20)
+        #expect(await broker.savedPosition == 10, "not counted past an own message on its way")
+        write = nil
+        var position: Int64 = 0
+        for _ in 0..<100 where position != 20 {
+            try await Task.sleep(for: .milliseconds(10))
+            position = await broker.savedPosition
+        }
+        #expect(position == 20, "delivered: counted")
+        await broker.freeze()
+        let started = Task { await broker.beginLocal() != nil }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(await broker.localState.begun == 1, "waits while a take-up runs")
+        await broker.thaw()
+        #expect(await started.value)
+        #expect(await broker.localState.begun == 2)
+        // One node: nothing to hold back.
+        let single = MQTTBroker()
+        await single.setPersistent(sharedByNodes: false)
+        #expect(await single.beginLocal() == nil)
+    }
 }

@@ -164,10 +164,10 @@ final class FaultyStore: HubStore {
     func takeMQTTSession(key: String, holder: String) async throws -> StoredMQTTSession? {
         try await base.takeMQTTSession(key: key, holder: holder)
     }
-    func adoptMQTTSessions(holder: String, all: Bool, silentSince: Date?) async throws -> [StoredMQTTSession] {
-        try await base.adoptMQTTSessions(holder: holder, all: all, silentSince: silentSince)
+    func adoptMQTTSessions(holder: String, all: Bool, silentFor: TimeInterval?) async throws -> [StoredMQTTSession] {
+        try await base.adoptMQTTSessions(holder: holder, all: all, silentFor: silentFor)
     }
-    func markAlive(holder: String, at: Date) async throws { try await base.markAlive(holder: holder, at: at) }
+    func markAlive(holder: String) async throws { try await base.markAlive(holder: holder) }
     func requestMQTTSession(key: String, by holder: String) async throws {
         try await base.requestMQTTSession(key: key, by: holder)
     }

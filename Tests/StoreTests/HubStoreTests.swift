@@ -323,22 +323,25 @@ import Testing
         #expect(try await store.takeMQTTSession(key: "none", holder: "b") == nil)
         // Released sessions go to the first node to adopt them; `all` takes held ones too (one node's earlier run).
         #expect(try await store.saveMQTTSession(session("s2", 6), holder: "c", release: false))
-        #expect(try await store.adoptMQTTSessions(holder: "d", all: false, silentSince: nil) == [session("s1", 5)])
-        #expect(try await store.adoptMQTTSessions(holder: "e", all: false, silentSince: nil) == [])
-        #expect(try await store.adoptMQTTSessions(holder: "f", all: true, silentSince: nil).map(\.key) == ["s1", "s2"])
+        #expect(try await store.adoptMQTTSessions(holder: "d", all: false, silentFor: nil) == [session("s1", 5)])
+        #expect(try await store.adoptMQTTSessions(holder: "e", all: false, silentFor: nil) == [])
+        #expect(try await store.adoptMQTTSessions(holder: "f", all: true, silentFor: nil).map(\.key) == ["s1", "s2"])
         try await store.removeMQTTSession(key: "s2", holder: "f")
         #expect(try await store.mqttSessionHolder(key: "s2") == (false, nil))
-        // A node that has fallen silent loses its sessions to one that looks; a node alive keeps them.
-        try await store.markAlive(holder: "f", at: now)
-        try await store.markAlive(holder: "g", at: now - 100)
-        #expect(try await store.saveMQTTSession(session("s3", 7), holder: "g", release: false))
-        #expect(try await store.adoptMQTTSessions(holder: "h", all: false, silentSince: now - 200) == [])
-        #expect(try await store.adoptMQTTSessions(holder: "h", all: false, silentSince: now - 30) == [session("s3", 7)])
-        #expect(try await store.mqttSessionHolder(key: "s3") == (true, "h"))
-        #expect(try await store.mqttSessionHolder(key: "s1") == (true, "f"), "f is alive: s1 stays")
+        // A node that has fallen silent loses the sessions whose client is away to one that looks; a node alive
+        // keeps them, and so does a silent node a session whose client was connected (it reconnects elsewhere).
+        try await store.markAlive(holder: "f")
+        try await store.markAlive(holder: "g")
+        #expect(try await store.saveMQTTSession(session("s3", 7, away: now), holder: "g", release: false))
+        #expect(try await store.saveMQTTSession(session("s4", 8), holder: "h", release: false))
+        #expect(try await store.adoptMQTTSessions(holder: "i", all: false, silentFor: 30) == [], "g is alive")
+        try await store.markAlive(holder: "i")
+        #expect(try await store.saveMQTTSession(session("s5", 9, away: now), holder: "x", release: false))
         #expect(
-            try await store.adoptMQTTSessions(holder: "f", all: false, silentSince: now - 30).map(\.key) == ["s3"],
-            "h never said it was alive")
+            try await store.adoptMQTTSessions(holder: "i", all: false, silentFor: 30) == [session("s5", 9, away: now)])
+        #expect(try await store.mqttSessionHolder(key: "s5") == (true, "i"))
+        #expect(try await store.mqttSessionHolder(key: "s4") == (true, "h"), "its client was connected: it stays")
+        #expect(try await store.mqttSessionHolder(key: "s1") == (true, "f"), "f is alive: s1 stays")
 
         let retained = StoredRetainedMessage(topic: "a/b", owner: "urn:o", message: [1, 2], savedAt: now)
         try await store.putRetainedMessage(retained)
