@@ -308,7 +308,11 @@ actor MQTTPersistence: Service {
         pendingSessions[key] = nil
         do {
             if let session {
-                _ = try await store.saveMQTTSession(session, holder: holder, release: true)
+                // Saved as this node's, then given to the node that asked: never released in between, where a node
+                // looking for released sessions could take it first.
+                if try await store.saveMQTTSession(session, holder: holder, release: false) {
+                    _ = try await store.takeMQTTSession(key: key, holder: by)
+                }
             } else {
                 try await store.removeMQTTSession(key: key, holder: holder)
             }

@@ -268,12 +268,16 @@ import Testing
             try await Self.subscribe(mqtt, Self.telemetry)
             try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
         }
-        try await Task.sleep(for: .milliseconds(500))
-        try await PostgresTestServer.execute(
-            "UPDATE mqtt_sessions SET holder = 'gone' WHERE session_key LIKE '% away'", on: location)
+        // Once the store has it as away (saved after the DISCONNECT), its node "dies".
         let key = "urn:bulwark:operator:admin away"
-        #expect(try await one.server.store.mqttSessionHolder(key: key) == (true, "gone"))
-        let adopted = try await ClusterTests.within(20) {
+        let gone = try await ClusterTests.within(30) {
+            try await PostgresTestServer.execute(
+                "UPDATE mqtt_sessions SET holder = 'gone' WHERE session_key LIKE '% away' AND disconnected_at IS NOT NULL",
+                on: location)
+            return try await one.server.store.mqttSessionHolder(key: key).holder == "gone"
+        }
+        #expect(gone != nil, "the session was never saved as away")
+        let adopted = try await ClusterTests.within(30) {
             let holder = try await one.server.store.mqttSessionHolder(key: key).holder
             return holder != nil && holder != "gone"
         }
