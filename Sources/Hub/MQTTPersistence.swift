@@ -54,7 +54,7 @@ actor MQTTPersistence: Service {
         let wallClock = Date()
         var retained: [(message: BrokerMessage, owner: String)] = []
         for stored in try await store.retainedMessages() {
-            let elapsed = Duration.milliseconds(Int64(max(0, wallClock.timeIntervalSince(stored.savedAt)) * 1000))
+            let elapsed = Self.elapsed(since: stored.savedAt, at: wallClock)
             guard let message = BrokerMessage(stored: stored.message, elapsed: elapsed, now: now) else {
                 logger.warning(
                     "stored retained message does not decode; skipped", metadata: ["topic": "\(stored.topic)"])
@@ -101,10 +101,9 @@ actor MQTTPersistence: Service {
         await releaseAll()
     }
 
-    /// Writes what changed, after any write still in progress. False when something could not be written (it is
-    /// retried at the next flush; the error is logged).
-    @discardableResult
-    func flush() async -> Bool {
+    /// Writes what changed, after any write still in progress (what cannot be written is logged and retried at the
+    /// next flush).
+    func flush() async {
         let previous = lastFlush
         let task = Task {
             await previous?.value
@@ -112,7 +111,6 @@ actor MQTTPersistence: Service {
         }
         lastFlush = task
         await task.value
-        return pendingSessions.isEmpty && pendingRetained.isEmpty
     }
 
     private func write() async {
@@ -235,70 +233,83 @@ actor MQTTPersistence: Service {
     private func takeUp(_ stored: StoredMQTTSession) async throws -> Bool {
         let now = ContinuousClock.now
         let wallClock = Date()
-        let elapsed = Duration.milliseconds(Int64(max(0, wallClock.timeIntervalSince(stored.savedAt)) * 1000))
-        guard let snapshot = try? SessionSnapshot(decoding: stored.state, elapsed: elapsed, now: now) else {
+        guard
+            let snapshot = try? SessionSnapshot(
+                decoding: stored.state, elapsed: Self.elapsed(since: stored.savedAt, at: wallClock), now: now)
+        else {
             logger.warning("stored MQTT session does not decode; skipped", metadata: ["session": "\(stored.key)"])
             return false
         }
-        let filters = snapshot.filters.filter { $0.value.share == nil }.keys
-        let limit = broker.maxQueued
-        var replay: [(message: BrokerMessage, publisher: String?)] = []
-        var read = snapshot.position
+        guard store.sharedByNodes else {
+            return try await restore(stored, snapshot, quiet: nil, now: now, wallClock: wallClock)
+        }
         // Several nodes: this node's own messages wait while the session is taken up, and those on their way
         // finish first (at most 5 s: a store that slow fails their writes); then every own message is either in
         // the log up to the head read below, or delivered after the session is in memory.
-        let shared = store.sharedByNodes
-        if shared { await broker.freeze() }
-        var quiet: Int?
-        if shared {
-            let deadline = ContinuousClock.now + .seconds(5)
-            var state = await broker.localState
-            while !state.quiet, ContinuousClock.now < deadline {
-                try? await Task.sleep(for: .milliseconds(5))
-                state = await broker.localState
-            }
-            if state.quiet {
-                quiet = state.begun
-            } else {
-                logger.warning(
-                    "MQTT session taken up while an own message was still on its way (it may miss the session)",
-                    metadata: ["session": "\(stored.key)"])
-            }
+        await broker.freeze()
+        let deadline = ContinuousClock.now + .seconds(5)
+        var state = await broker.localState
+        while !state.quiet, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+            state = await broker.localState
         }
+        if !state.quiet {
+            logger.warning(
+                "MQTT session taken up while an own message was still on its way (it may miss the session)",
+                metadata: ["session": "\(stored.key)"])
+        }
+        let restored: Result<Bool, any Error>
         do {
-            while true {
-                var through: Int64 = 0
-                if shared { through = max(try await store.latestClusterEvent(), await broker.relayPosition) }
-                while read < through {
-                    let events = try await store.clusterEvents(after: read)
-                    for event in events where event.id <= through && replay.count < limit {
-                        if case .message(let relayed) = event.change, let message = MessageRelay.message(relayed),
-                            filters.contains(where: { $0.matches(message.topic) })
-                        {
-                            replay.append((message, relayed.publisher))
-                        }
-                    }
-                    guard let last = events.last?.id else { break }
-                    read = min(last, through)
-                }
-                read = max(read, through)
-                switch await broker.restore(
-                    stored, snapshot, replay: replay, through: through, quiet: quiet, now: now, wallClock: wallClock)
-                {
-                case .restored:
-                    if shared { await broker.thaw() }
-                    return true
-                case .held:
-                    if shared { await broker.thaw() }
-                    return false
-                case .behind: continue  // the log moved on (other nodes' messages): read what came
-                case .busy: quiet = nil  // cannot happen while frozen; never loop on it
-                }
-            }
+            restored = .success(
+                try await restore(
+                    stored, snapshot, quiet: state.quiet ? state.begun : nil, now: now, wallClock: wallClock))
         } catch {
-            if shared { await broker.thaw() }
-            throw error
+            restored = .failure(error)
         }
+        await broker.thaw()  // whatever the outcome: own messages go on
+        return try restored.get()
+    }
+
+    /// Restores the session with the messages of the log after its saved position replayed into it (only what its
+    /// unshared subscriptions match, at most its queue's length), reading on while the log moves.
+    private func restore(
+        _ stored: StoredMQTTSession, _ snapshot: SessionSnapshot, quiet: Int?, now: ContinuousClock.Instant,
+        wallClock: Date
+    ) async throws -> Bool {
+        let filters = snapshot.filters.filter { $0.value.share == nil }.keys
+        var replay: [(message: BrokerMessage, publisher: String?)] = []
+        var read = snapshot.position
+        var quiet = quiet
+        while true {
+            var through: Int64 = 0
+            if store.sharedByNodes { through = max(try await store.latestClusterEvent(), await broker.relayPosition) }
+            while read < through {
+                let events = try await store.clusterEvents(after: read)
+                for event in events where event.id <= through && replay.count < broker.maxQueued {
+                    if case .message(let relayed) = event.change, let message = MessageRelay.message(relayed),
+                        filters.contains(where: { $0.matches(message.topic) })
+                    {
+                        replay.append((message, relayed.publisher))
+                    }
+                }
+                guard let last = events.last?.id else { break }
+                read = min(last, through)
+            }
+            read = max(read, through)
+            switch await broker.restore(
+                stored, snapshot, replay: replay, through: through, quiet: quiet, now: now, wallClock: wallClock)
+            {
+            case .restored: return true
+            case .held: return false
+            case .behind: continue  // the log moved on (other nodes' messages): read what came
+            case .busy: quiet = nil  // cannot happen while frozen; never loop on it
+            }
+        }
+    }
+
+    /// Wall-clock time from `savedAt` to `now`, never negative: what a stored expiry counts on by.
+    static func elapsed(since savedAt: Date, at now: Date) -> Duration {
+        .milliseconds(Int64(max(0, now.timeIntervalSince(savedAt)) * 1000))
     }
 
     /// Another node (`by`) asks for a session its client connected to: handed over if held here.

@@ -47,6 +47,15 @@ import Testing
         return (first, second)
     }
 
+    /// The operator's key never travels in a node bundle: the test's operator uses node 1's on node 2 too.
+    static func shareOperatorKey(from one: TestHub, to two: TestHub) throws {
+        for file in ["admin.key", "admin.crt"] {
+            try? FileManager.default.removeItem(atPath: two.directory + "/operators/" + file)
+            try FileManager.default.copyItem(
+                atPath: one.directory + "/operators/" + file, toPath: two.directory + "/operators/" + file)
+        }
+    }
+
     /// Polls `condition` every 10 ms for up to `seconds`; returns how long it took to hold, nil if it never did.
     static func within(_ seconds: Double, _ condition: () async throws -> Bool) async throws -> Duration? {
         let clock = ContinuousClock()
@@ -280,12 +289,7 @@ import Testing
     @Test func mqttMessagesAndCommandsCrossNodes() async throws {
         let (one, two, _) = try await Self.twoNodes()
         let device = try await one.enroll("cl-mq")
-        // The operator's key never travels in a node bundle; the test's operator uses it on both nodes.
-        for file in ["admin.key", "admin.crt"] {
-            try? FileManager.default.removeItem(atPath: two.directory + "/operators/" + file)
-            try FileManager.default.copyItem(
-                atPath: one.directory + "/operators/" + file, toPath: two.directory + "/operators/" + file)
-        }
+        try ClusterTests.shareOperatorKey(from: one, to: two)
         let fleetClient = try two.operatorClient()
         let topic = try TopicName("devices/cl-mq/telemetry")
         let received = try await MQTTClientConnection.withConnection(
@@ -392,11 +396,7 @@ import Testing
             $0.gateway.routeBurst = 10_000
         }
         let device = try await one.enroll("cl-pipe")
-        for file in ["admin.key", "admin.crt"] {
-            try? FileManager.default.removeItem(atPath: two.directory + "/operators/" + file)
-            try FileManager.default.copyItem(
-                atPath: one.directory + "/operators/" + file, toPath: two.directory + "/operators/" + file)
-        }
+        try ClusterTests.shareOperatorKey(from: one, to: two)
         let topic = try TopicName("devices/cl-pipe/telemetry")
         let count = 400
         let received = try await MQTTClientConnection.withConnection(

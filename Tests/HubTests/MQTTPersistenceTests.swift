@@ -162,11 +162,7 @@ import Testing
         // running out (not from the holder answering) fails the timing checks below.
         let (one, two, location) = try await ClusterTests.twoNodes { $0.clusterSessionHandOverSeconds = 60 }
         let device = try await one.enroll("ps-cl")
-        for file in ["admin.key", "admin.crt"] {
-            try? FileManager.default.removeItem(atPath: two.directory + "/operators/" + file)
-            try FileManager.default.copyItem(
-                atPath: one.directory + "/operators/" + file, toPath: two.directory + "/operators/" + file)
-        }
+        try ClusterTests.shareOperatorKey(from: one, to: two)
         let fleetClient = try one.operatorClient()
         let takeOver = try await Self.fleet(one, fleetClient, cleanStart: true) { first, _ -> (ReasonCode?, [String]) in
             try await Self.subscribe(first, Self.telemetry)
@@ -236,11 +232,7 @@ import Testing
     @Test func aSessionHeldByANodeThatIsGoneIsTakenAfterTheWait() async throws {
         let (one, two, location) = try await ClusterTests.twoNodes { $0.clusterSessionHandOverSeconds = 3 }
         let device = try await one.enroll("ps-gone")
-        for file in ["admin.key", "admin.crt"] {
-            try? FileManager.default.removeItem(atPath: two.directory + "/operators/" + file)
-            try FileManager.default.copyItem(
-                atPath: one.directory + "/operators/" + file, toPath: two.directory + "/operators/" + file)
-        }
+        try ClusterTests.shareOperatorKey(from: one, to: two)
         let fleetClient = try one.operatorClient()
         try await Self.fleet(one, fleetClient, cleanStart: true) { mqtt, _ in
             try await Self.subscribe(mqtt, Self.telemetry)
