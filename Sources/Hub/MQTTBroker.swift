@@ -141,10 +141,7 @@ actor MQTTBroker {
         if sessions[key] == nil, sessions.values.lazy.filter({ $0.owner == owner }).count >= maxPerOwner { return nil }
         let wasSaved = sessions[key]?.saved ?? false
         if let session = sessions[key], let previous = session.connection {
-            if previous.version == .v5 {
-                Self.write(.disconnect(reasonCode: .sessionTakenOver, properties: .init()), previous)
-            }
-            previous.channel.close(promise: nil)
+            Self.takenOver(previous)
             session.draining.insert(session.connectionNumber)
         }
         // A will still waiting out its delay: a new connection to the session means it is not sent
@@ -572,22 +569,22 @@ actor MQTTBroker {
             return saved
         }
         if let connection = session.connection {
-            if connection.version == .v5 {
-                Self.write(.disconnect(reasonCode: .sessionTakenOver, properties: .init()), connection)
-            }
-            connection.channel.close(promise: nil)
+            Self.takenOver(connection)
             session.connection = nil
         }
         sessions[key] = nil
         changedSessions.remove(key)
-        subscriptions.subtract(session.filters.count, ordering: .relaxed)
-        for waiter in session.drained { waiter.resume() }
-        session.drained = []
-        session.endPendingWill(publish: false)
-        for (filter, options) in session.filters where options.share != nil {
-            releaseShareTurn(filter, leaving: session)
-        }
+        forget(session, ended: false)
         return saved
+    }
+
+    /// A connection whose session another connection takes: DISCONNECT 0x8E Session taken over (MQTT 5.0
+    /// §3.1.4-3), then closed (MQTT 3.1.1 §3.1.4-2: closed only).
+    private static func takenOver(_ connection: BrokerConnection) {
+        if connection.version == .v5 {
+            write(.disconnect(reasonCode: .sessionTakenOver, properties: .init()), connection)
+        }
+        connection.channel.close(promise: nil)
     }
 
     /// Every session held, as the store keeps them (a node that stops lets go of them all).
@@ -680,13 +677,14 @@ actor MQTTBroker {
         for session in expired.values { forget(session) }
     }
 
-    private func forget(_ session: Session) {
+    /// Lets go of a session that left `sessions`: it `ended` (a will waiting out its delay is due now,
+    /// §3.1.3.2.2), or moved to another node (its will is not published here).
+    private func forget(_ session: Session, ended: Bool = true) {
         subscriptions.subtract(session.filters.count, ordering: .relaxed)
         for waiter in session.drained { waiter.resume() }
         session.drained = []
         session.draining = []
-        // The session ends: a will waiting out its delay is due now (§3.1.3.2.2).
-        session.endPendingWill(publish: true)
+        session.endPendingWill(publish: ended)
         for (filter, options) in session.filters where options.share != nil {
             releaseShareTurn(filter, leaving: session)
         }
