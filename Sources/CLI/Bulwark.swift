@@ -1,4 +1,5 @@
 import ArgumentParser
+import Core
 import Foundation
 import Hub
 import Logging
@@ -9,6 +10,7 @@ struct Bulwark: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bulwark",
         abstract: "Bulwark: the IoT security hub, its device agent and its operator CLI.",
+        version: BulwarkVersion.current,
         subcommands: [
             Serve.self, HubCommand.self, DeviceCommand.self, OperatorCommand.self, PairCommand.self, AgentCommand.self,
             EventsCommand.self, SchemaCommand.self, AuditCommand.self, PolicyCommand.self, UpdatesCommand.self,

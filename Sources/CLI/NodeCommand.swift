@@ -8,7 +8,44 @@ import Hub
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node", abstract: "Add hub nodes on the same PostgreSQL database.",
-        subcommands: [Bundle.self, Join.self])
+        subcommands: [List.self, Bundle.self, Join.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The hub's nodes heard from in the last day: up, down (silent for 10 s) or stopped.",
+            discussion: """
+                Each node says it is alive every 5 s, with its name (cluster.nodeName), version and listeners. A run
+                is one line: a node that restarted shows its earlier run as stopped (or down, if it was killed).
+                """)
+        @OptionGroup var connection: OperatorConnection
+        @Flag(help: "Print the hub's JSON answer.") var json = false
+
+        func run() async throws {
+            let (_, object) = try await connection.request(method: "GET", path: "/v1/nodes")
+            if json { return printJSON(object) }
+            let nodes = object as? [[String: Any]] ?? []
+            let rows =
+                [["NAME", "STATUS", "VERSION", "LAST SEEN", "STARTED", "RUN", "ADDRESSES"]]
+                + nodes.map { node in
+                    let silent = node["silentSeconds"] as? Double ?? 0
+                    return [
+                        (node["name"] as? String ?? "?") + (node["thisNode"] as? Bool == true ? " *" : ""),
+                        node["status"] as? String ?? "?", node["version"] as? String ?? "?",
+                        silent < 60 ? String(format: "%.0f s ago", silent) : node["lastSeen"] as? String ?? "?",
+                        node["startedAt"] as? String ?? "?", String((node["id"] as? String ?? "?").prefix(8)),
+                        node["addresses"] as? String ?? "",
+                    ]
+                }
+            let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+            for row in rows {
+                print(
+                    zip(row, widths).enumerated().map { index, cell in
+                        index == row.count - 1 ? cell.0 : cell.0.padding(toLength: cell.1, withPad: " ", startingAt: 0)
+                    }.joined(separator: "  "))
+            }
+            print("(* the node that answered; a node is down after 10 s without a heartbeat)")
+        }
+    }
 
     struct Bundle: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

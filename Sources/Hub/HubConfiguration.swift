@@ -70,6 +70,8 @@ public struct HubConfiguration: Sendable, Equatable {
     /// How far this node's clock may be from the database server's before it refuses to start
     /// (`cluster.maxClockSkewSeconds`; signed requests allow `gateway.signatureSkewSeconds`, 60 s by default).
     public var clusterMaxClockSkewSeconds = 30.0
+    /// The name this node gives itself in `bulwark node list` (`cluster.nodeName`; the host name by default).
+    public var clusterNodeName: String?
     /// Largest telemetry body accepted; larger ones are refused with 413 before they are read whole.
     public var maxBodyBytes = 64 * 1024
     /// Extra DNS names for the hub's TLS certificate (localhost and 127.0.0.1 are always included).
@@ -183,6 +185,7 @@ public struct HubConfiguration: Sendable, Equatable {
             forKey: "cluster.sessionHandOverSeconds", default: config.clusterSessionHandOverSeconds)
         config.clusterMaxClockSkewSeconds = reader.double(
             forKey: "cluster.maxClockSkewSeconds", default: config.clusterMaxClockSkewSeconds)
+        config.clusterNodeName = reader.string(forKey: "cluster.nodeName")
         config.maxBodyBytes = reader.int(forKey: "telemetry.maxBodyBytes", default: config.maxBodyBytes)
         config.hubNames = reader.stringArray(forKey: "hub.names", default: [])
         config.logLevel = reader.string(forKey: "log.level", default: config.logLevel)
@@ -312,6 +315,11 @@ public struct HubConfiguration: Sendable, Equatable {
         }
         guard (0.1...300).contains(clusterSessionHandOverSeconds) else {
             throw HubStartupError("cluster.sessionHandOverSeconds must be between 0.1 and 300")
+        }
+        if let name = clusterNodeName,
+            !(1...64).contains(name.utf8.count) || name.utf8.contains(where: { $0 < 0x21 || $0 > 0x7E })
+        {
+            throw HubStartupError("cluster.nodeName must be 1-64 printable ASCII characters without spaces")
         }
         guard (10...86400).contains(claimLifetimeSeconds) else {
             throw HubStartupError("pairing.claimLifetimeSeconds must be between 10 and 86400")

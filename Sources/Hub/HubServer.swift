@@ -146,7 +146,8 @@ public final class HubServer: Sendable {
         var mqttLogger = logger
         mqttLogger[metadataKey: "service"] = "mqtt-state"
         let persistence = MQTTPersistence(
-            store: store, broker: broker, holder: UUID().uuidString,
+            store: store, broker: broker,
+            node: NodeDescription(name: configuration.clusterNodeName ?? NodeDescription.hostName),
             handOverWait: .milliseconds(Int64(configuration.clusterSessionHandOverSeconds * 1000)), logger: mqttLogger)
         await broker.advance(to: clusterPosition)
         try await persistence.load()
@@ -195,6 +196,11 @@ public final class HubServer: Sendable {
         self.logger = logger
         let (ports, portsContinuation) = AsyncStream.makeStream(of: (String, Int).self)
         self.ports = ports
+        let node = persistence.node
+        let bound: @Sendable (String, String, Int) -> Void = { name, host, port in
+            node.bound(name, host: host, port: port)
+            portsContinuation.yield((name, port))
+        }
         let cache = PeerCertificateCache(deviceKeys: gateway.deviceKeys)
         let sessions = SessionKeys(lifetimeSeconds: Int64(configuration.gateway.sessionKeySeconds))
         let events = DeviceEvents(
@@ -269,7 +275,7 @@ public final class HubServer: Sendable {
                 onServerRunning: { channel in
                     let port = channel.localAddress?.port ?? listener.port
                     appLogger.info("listening", metadata: ["address": .string("\(listener.host):\(port)")])
-                    portsContinuation.yield((name, port))
+                    bound(name, listener.host, port)
                 },
                 logger: appLogger)
         }
@@ -314,6 +320,7 @@ public final class HubServer: Sendable {
                     { assignments.publishedTargets() }
                 }))
         operatorRoutes.relay = relay
+        operatorRoutes.node = node
         let dashboard = try Dashboard(
             routes: operatorRoutes, claims: claims, auditKey: auditKey,
             updatesConfigured: configuration.tufRepository != nil)
@@ -331,7 +338,7 @@ public final class HubServer: Sendable {
                 var pairingLogger = logger
                 pairingLogger[metadataKey: "listener"] = "pairing"
                 return pairingLogger
-            }(), onBound: { portsContinuation.yield(("pairing", $0)) })
+            }(), onBound: { bound("pairing", configuration.pairing.host, $0) })
         pairing.tufRepository = configuration.tufRepository
         pairing.certificateLifetime = configuration.deviceCertificateLifetime
         var mqtt = MQTTListener(
@@ -343,7 +350,7 @@ public final class HubServer: Sendable {
                 var mqttLogger = logger
                 mqttLogger[metadataKey: "listener"] = "mqtt"
                 return mqttLogger
-            }(), onBound: { portsContinuation.yield(("mqtt", $0)) })
+            }(), onBound: { bound("mqtt", configuration.mqtt.host, $0) })
         mqtt.relay = relay
         mqtt.persistence = persistence
         metrics.attach {
@@ -374,7 +381,7 @@ public final class HubServer: Sendable {
             services.append(
                 CRLListener(
                     host: address.host, port: address.port, publisher: crl, logger: crlLogger,
-                    onBound: { portsContinuation.yield(("crl", $0)) }))
+                    onBound: { bound("crl", address.host, $0) }))
         }
         if let repository = configuration.tufRepository, let keys = configuration.tufOnlineKeys {
             var tufLogger = logger

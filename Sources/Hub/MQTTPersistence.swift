@@ -22,7 +22,9 @@ actor MQTTPersistence: Service {
     let store: any HubStore
     let broker: MQTTBroker
     /// This node's run, as recorded with the sessions it holds.
-    let holder: String
+    nonisolated var holder: String { node.holder }
+    /// What this node says of itself when it says it is alive.
+    let node: NodeDescription
     let interval: Duration
     let handOverWait: Duration
     /// A node not heard from for this long has died: its sessions are taken up.
@@ -35,13 +37,13 @@ actor MQTTPersistence: Service {
     private var lastFlush: Task<Void, Never>?
 
     init(
-        store: any HubStore, broker: MQTTBroker, holder: String, interval: Duration = .milliseconds(250),
+        store: any HubStore, broker: MQTTBroker, node: NodeDescription, interval: Duration = .milliseconds(250),
         handOverWait: Duration = .seconds(5), silence: Duration = .seconds(30), logger: Logger
     ) {
         self.silence = silence
         self.store = store
         self.broker = broker
-        self.holder = holder
+        self.node = node
         self.interval = interval
         self.handOverWait = handOverWait
         self.logger = logger
@@ -65,7 +67,7 @@ actor MQTTPersistence: Service {
         for topic in await broker.restoreRetained(retained, now: now) {
             try await store.removeRetainedMessage(topic: topic)
         }
-        if store.sharedByNodes { try await store.markAlive(holder: holder) }
+        try await store.markAlive(node.record)
         let sessions = try await store.adoptMQTTSessions(
             holder: holder, all: !store.sharedByNodes, silentFor: store.sharedByNodes ? silence.timeInterval : nil)
         var restored = 0
@@ -76,12 +78,13 @@ actor MQTTPersistence: Service {
     }
 
     func run() async throws {
-        // Several nodes: this node says it is alive every 5 s on a timer of its own, so slow saves or a long
-        // take-up never make it look dead to the others.
-        let heartbeat = Task { [store, holder, logger] in
-            guard store.sharedByNodes else { return }
+        // This node says it is alive every 5 s on a timer of its own, so slow saves or a long take-up never make it
+        // look dead to the others (`bulwark node list` marks a node down after 10 s of silence). The first beat
+        // after a second, once the listeners are bound, records their addresses.
+        let heartbeat = Task { [store, node, logger] in
+            try? await Task.sleep(for: .seconds(1))
             while !Task.isCancelled {
-                do { try await store.markAlive(holder: holder) } catch {
+                do { try await store.markAlive(node.record) } catch {
                     logger.warning("could not say this node is alive", metadata: ["error": "\(error)"])
                 }
                 try? await Task.sleep(for: .seconds(5))
@@ -99,6 +102,11 @@ actor MQTTPersistence: Service {
         }
         await flush()
         await releaseAll()
+        heartbeat.cancel()
+        _ = await heartbeat.value
+        do { try await store.markStopped(holder: holder) } catch {
+            logger.warning("could not record that this node stopped", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Writes what changed, after any write still in progress (what cannot be written is logged and retried at the

@@ -34,6 +34,8 @@ struct OperatorRoutes {
     var releaseGate: ReleaseGate?
     /// Hands commands to the other hub nodes (several nodes on one database), where the device may be connected.
     var relay: MessageRelay?
+    /// This node's run (`GET /v1/nodes` marks it).
+    var node: NodeDescription?
 
     func register(on router: Router<HubRequestContext>) {
         router.put("/v1/devices/:id/assignment") { request, context in
@@ -61,6 +63,7 @@ struct OperatorRoutes {
         router.post("/v1/rollouts/current/:action") { _, context in try await changeRollout(context) }
         router.post("/v1/devices") { request, context in try await enroll(request, context) }
         router.get("/v1/devices") { _, _ in try await list() }
+        router.get("/v1/nodes") { _, context in try await nodes(context) }
         router.get("/v1/devices/:id") { _, context in try await show(context) }
         router.post("/v1/devices/:id/revoke") { _, context in try await revoke(context) }
         router.post("/v1/operators") { request, context in try await addOperator(request, context) }
@@ -314,6 +317,27 @@ struct OperatorRoutes {
             throw HubError(
                 .badRequest, "bad-csr", message: error.detail, detail: "\(identity): \(error)", event: "csr-refused")
         }
+    }
+
+    /// A node is down when it has not said it is alive (every 5 s) for this long.
+    static let nodeDownAfterSeconds = 10.0
+
+    /// The hub's nodes heard from in the last day (`bulwark node list`): up, down (silent for 10 s) or stopped.
+    func nodes(_ context: HubRequestContext) async throws -> Response {
+        _ = try requireOperator(context)
+        return try JSONResponse.make(
+            .ok,
+            try await store.hubNodes().map { status -> [String: Any] in
+                [
+                    "id": status.node.holder, "name": status.node.name, "addresses": status.node.addresses,
+                    "version": status.node.version, "startedAt": JSONResponse.timestamp(status.node.startedAt),
+                    "lastSeen": JSONResponse.timestamp(status.lastSeen),
+                    "silentSeconds": (status.silentSeconds * 10).rounded() / 10,
+                    "status": status.stopped
+                        ? "stopped" : status.silentSeconds > Self.nodeDownAfterSeconds ? "down" : "up",
+                    "thisNode": status.node.holder == node?.holder,
+                ]
+            })
     }
 
     func list() async throws -> Response {

@@ -327,6 +327,16 @@ public final class PostgresHubStore: HubStore {
             8, "hub nodes that say they are alive (the others take up a silent node's MQTT sessions)",
             ["CREATE TABLE hub_nodes (holder TEXT COLLATE \"C\" PRIMARY KEY, seen_at BIGINT NOT NULL)"]
         ),
+        (
+            9, "what each node says of itself (bulwark node list)",
+            [
+                """
+                ALTER TABLE hub_nodes ADD COLUMN name TEXT NOT NULL DEFAULT '',
+                    ADD COLUMN addresses TEXT NOT NULL DEFAULT '', ADD COLUMN version TEXT NOT NULL DEFAULT '',
+                    ADD COLUMN started_at BIGINT NOT NULL DEFAULT 0, ADD COLUMN stopped BOOLEAN NOT NULL DEFAULT false
+                """
+            ]
+        ),
     ]
 
     /// The advisory lock keys (one 64-bit namespace per purpose).
@@ -494,18 +504,49 @@ public final class PostgresHubStore: HubStore {
 
     // Heartbeats are written and judged by the database server's clock (`clock_timestamp()`), one clock for all.
 
-    public func markAlive(holder: String) async throws {
+    public func markAlive(_ node: HubNodeRecord) async throws {
         try await write { connection in
             try await connection.query(
                 """
-                INSERT INTO hub_nodes (holder, seen_at)
-                VALUES (\(holder), (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT)
-                ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at
+                INSERT INTO hub_nodes (holder, seen_at, name, addresses, version, started_at, stopped)
+                VALUES (\(node.holder), (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT, \(node.name),
+                        \(node.addresses), \(node.version), \(node.startedAt.millis), false)
+                ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at, name = excluded.name,
+                    addresses = excluded.addresses, version = excluded.version, started_at = excluded.started_at,
+                    stopped = false
                 """, logger: Self.quiet)
             try await connection.query(
                 """
                 DELETE FROM hub_nodes WHERE seen_at < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - 86400000
                 """, logger: Self.quiet)
+        }
+    }
+
+    public func markStopped(holder: String) async throws {
+        try await write { connection in
+            try await connection.query(
+                "UPDATE hub_nodes SET stopped = true WHERE holder = \(holder)", logger: Self.quiet)
+        }
+    }
+
+    public func hubNodes() async throws -> [HubNodeStatus] {
+        try await read { client in
+            var nodes: [HubNodeStatus] = []
+            for try await (holder, seen, name, addresses, version, started, stopped, now) in try await client.query(
+                """
+                SELECT holder, seen_at, name, addresses, version, started_at, stopped, clock
+                FROM hub_nodes, (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS clock) AS now
+                WHERE seen_at >= clock - 86400000 ORDER BY started_at DESC, holder DESC
+                """, logger: Self.quiet
+            ).decode((String, Int64, String, String, String, Int64, Bool, Int64).self) {
+                nodes.append(
+                    HubNodeStatus(
+                        node: HubNodeRecord(
+                            holder: holder, name: name, addresses: addresses, version: version,
+                            startedAt: Date(millis: started)),
+                        lastSeen: Date(millis: seen), silentSeconds: Double(now - seen) / 1000, stopped: stopped))
+            }
+            return nodes
         }
     }
 

@@ -173,9 +173,13 @@ public protocol HubStore: Sendable {
     /// that has not said it is alive (`markAlive`) for that many seconds: it died with them. (A session whose
     /// client was connected is taken over when the client reconnects.) The store's clock judges, not the nodes'.
     func adoptMQTTSessions(holder: String, all: Bool, silentFor: TimeInterval?) async throws -> [StoredMQTTSession]
-    /// Records that the node `holder` is alive now (several nodes: the others take up the sessions of one that
-    /// falls silent).
-    func markAlive(holder: String) async throws
+    /// Records that the node is alive now, with what it says of itself (several nodes: the others take up the
+    /// sessions of one that falls silent). Records not heard from for a day are removed.
+    func markAlive(_ node: HubNodeRecord) async throws
+    /// Records that the node `holder` stopped cleanly.
+    func markStopped(holder: String) async throws
+    /// The nodes heard from in the last day, most recently started first, judged by the store's clock.
+    func hubNodes() async throws -> [HubNodeStatus]
     /// Asks the node holding the session to save and hand it over (a cluster event; a single node holds them all).
     func requestMQTTSession(key: String, by holder: String) async throws
     /// Sets the topic's retained message.

@@ -28,6 +28,7 @@ public actor InMemoryHubStore: HubStore {
     private var mqttSessions: [String: (session: StoredMQTTSession, holder: String?)] = [:]
     private var retained: [String: StoredRetainedMessage] = [:]
     private var alive: [String: Date] = [:]
+    private var nodes: [String: (record: HubNodeRecord, stopped: Bool)] = [:]
 
     public init() {}
 
@@ -484,7 +485,26 @@ public actor InMemoryHubStore: HubStore {
         return stored.session
     }
 
-    public func markAlive(holder: String) async throws { alive[holder] = Date() }
+    public func markAlive(_ node: HubNodeRecord) async throws {
+        alive[node.holder] = Date()
+        nodes[node.holder] = (node, false)
+        for (holder, seen) in alive where seen < Date() - 86_400 {
+            alive[holder] = nil
+            nodes[holder] = nil
+        }
+    }
+
+    public func markStopped(holder: String) async throws { nodes[holder]?.stopped = true }
+
+    public func hubNodes() async throws -> [HubNodeStatus] {
+        let now = Date()
+        return nodes.values.compactMap { entry in
+            alive[entry.record.holder].map {
+                HubNodeStatus(
+                    node: entry.record, lastSeen: $0, silentSeconds: now.timeIntervalSince($0), stopped: entry.stopped)
+            }
+        }.sorted { ($0.node.startedAt, $0.node.holder) > ($1.node.startedAt, $1.node.holder) }
+    }
 
     public func adoptMQTTSessions(holder: String, all: Bool, silentFor: TimeInterval?) async throws
         -> [StoredMQTTSession]

@@ -446,3 +446,41 @@ public struct StoredRetainedMessage: Sendable, Equatable {
         self.savedAt = savedAt
     }
 }
+
+/// A hub node's run as it describes itself in its heartbeat (`bulwark node list`).
+public struct HubNodeRecord: Sendable, Equatable {
+    /// This run's id (the holder recorded with its MQTT sessions); a restarted node is a new run.
+    public var holder: String
+    /// `cluster.nodeName`, by default the machine's host name.
+    public var name: String
+    /// The listeners' addresses, `device=HOST:PORT mqtt=HOST:PORT …`.
+    public var addresses: String
+    public var version: String
+    public var startedAt: Date
+
+    public init(holder: String, name: String, addresses: String, version: String, startedAt: Date) {
+        self.holder = holder
+        self.name = name
+        self.addresses = addresses
+        self.version = version
+        self.startedAt = startedAt
+    }
+}
+
+/// A node as the store last heard from it.
+public struct HubNodeStatus: Sendable, Equatable {
+    public var node: HubNodeRecord
+    /// Its last heartbeat, by the store's clock (the database server's, with several nodes).
+    public var lastSeen: Date
+    /// Seconds since then, by the same clock.
+    public var silentSeconds: Double
+    /// It stopped cleanly (it said so as it stopped).
+    public var stopped: Bool
+
+    public init(node: HubNodeRecord, lastSeen: Date, silentSeconds: Double, stopped: Bool) {
+        self.node = node
+        self.lastSeen = lastSeen
+        self.silentSeconds = silentSeconds
+        self.stopped = stopped
+    }
+}

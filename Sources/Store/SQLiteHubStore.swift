@@ -312,6 +312,15 @@ public final class SQLiteHubStore: HubStore {
         migrator.registerMigration("v20: hub nodes that say they are alive") { db in
             try db.execute(sql: "CREATE TABLE hub_nodes (holder TEXT PRIMARY KEY, seen_at INTEGER NOT NULL)")
         }
+        migrator.registerMigration("v21: what each node says of itself (bulwark node list)") { db in
+            for column in [
+                "name TEXT NOT NULL DEFAULT ''", "addresses TEXT NOT NULL DEFAULT ''",
+                "version TEXT NOT NULL DEFAULT ''", "started_at INTEGER NOT NULL DEFAULT 0",
+                "stopped INTEGER NOT NULL DEFAULT 0",
+            ] {
+                try db.execute(sql: "ALTER TABLE hub_nodes ADD COLUMN " + column)
+            }
+        }
         return migrator
     }
 
@@ -1260,12 +1269,39 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
-    public func markAlive(holder: String) async throws {
+    public func markAlive(_ node: HubNodeRecord) async throws {
         let now = Date().millis
         try await write { db in
             try db.execute(
-                sql: "INSERT OR REPLACE INTO hub_nodes (holder, seen_at) VALUES (?, ?)", arguments: [holder, now])
+                sql: """
+                    INSERT OR REPLACE INTO hub_nodes (holder, seen_at, name, addresses, version, started_at, stopped)
+                    VALUES (?, ?, ?, ?, ?, ?, 0)
+                    """,
+                arguments: [node.holder, now, node.name, node.addresses, node.version, node.startedAt.millis])
             try db.execute(sql: "DELETE FROM hub_nodes WHERE seen_at < ?", arguments: [now - 86_400_000])
+        }
+    }
+
+    public func markStopped(holder: String) async throws {
+        try await write { db in
+            try db.execute(sql: "UPDATE hub_nodes SET stopped = 1 WHERE holder = ?", arguments: [holder])
+        }
+    }
+
+    public func hubNodes() async throws -> [HubNodeStatus] {
+        let now = Date()
+        return try await read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM hub_nodes WHERE seen_at >= ? ORDER BY started_at DESC, holder DESC",
+                arguments: [now.millis - 86_400_000]
+            ).map { row in
+                let seen = Date(millis: row["seen_at"])
+                return HubNodeStatus(
+                    node: HubNodeRecord(
+                        holder: row["holder"], name: row["name"], addresses: row["addresses"], version: row["version"],
+                        startedAt: Date(millis: row["started_at"])),
+                    lastSeen: seen, silentSeconds: now.timeIntervalSince(seen), stopped: row["stopped"])
+            }
         }
     }
 

@@ -171,7 +171,9 @@ import Testing
             "BULWARK_GATEWAY_DEVICE_RATE": "1000000", "BULWARK_GATEWAY_DEVICE_BURST": "1000000",
             "BULWARK_GATEWAY_ROUTE_RATE": "1000000", "BULWARK_GATEWAY_ROUTE_BURST": "1000000",
         ].merging(database) { $1 }
-        let one = try HubProcess(binary: try Self.binary, directory: work + "/one", environment: unlimited)
+        let one = try HubProcess(
+            binary: try Self.binary, directory: work + "/one",
+            environment: unlimited.merging(["BULWARK_CLUSTER_NODE_NAME": "node-one"]) { $1 })
         let onePorts = try await one.waitForPorts()
         try "a passphrase for the bundle\n".write(toFile: work + "/pass", atomically: true, encoding: .utf8)
         for arguments in [
@@ -181,11 +183,42 @@ import Testing
             let result = try await run(try Self.binary, arguments + ["--passphrase-file", work + "/pass"])
             #expect(result.status == 0, "\(result.stderr)")
         }
-        let two = try HubProcess(binary: try Self.binary, directory: work + "/two", environment: unlimited)
+        let two = try HubProcess(
+            binary: try Self.binary, directory: work + "/two",
+            environment: unlimited.merging(["BULWARK_CLUSTER_NODE_NAME": "node-two"]) { $1 })
         let twoPorts = try await two.waitForPorts()
         let operatorCredentials = try ClientCredentials(
             certificateFile: work + "/one/operators/admin.crt", keyFile: work + "/one/operators/admin.key",
             caFile: work + "/one/ca.crt")
+        /// `GET /v1/nodes` on node 2: name → (status, addresses, this node).
+        func listedNodes() async throws -> [String: (status: String, addresses: String, this: Bool)] {
+            try await Task.sleep(for: .milliseconds(200))  // polled: a new connection each time, within the limits
+            return try await HTTPSClient.withConnection(
+                host: "127.0.0.1", port: twoPorts.operator, tls: try operatorCredentials.tlsConfiguration()
+            ) { connection in
+                let result = try await connection.send(method: "GET", path: "/v1/nodes", headers: [], body: [])
+                var nodes: [String: (status: String, addresses: String, this: Bool)] = [:]
+                for case let node as [String: Any] in try JSONSerialization.jsonObject(with: Data(result.body))
+                    as? [Any] ?? []
+                {
+                    nodes[node["name"] as? String ?? "?"] = (
+                        node["status"] as? String ?? "?", node["addresses"] as? String ?? "",
+                        node["thisNode"] as? Bool ?? false
+                    )
+                }
+                return nodes
+            }
+        }
+        // Both nodes say they are up, with their listeners (recorded with the heartbeat after they bound).
+        let listedInTime = try await ClusterTests.within(20) {
+            let listed = try await listedNodes()
+            return listed["node-one"]?.addresses.contains("mqtt=127.0.0.1:\(onePorts.mqtt)") == true
+                && listed["node-two"]?.addresses.contains("device=127.0.0.1:\(twoPorts.device)") == true
+        }
+        #expect(listedInTime != nil, "both nodes are listed with their addresses")
+        let listedBefore = try await listedNodes()
+        #expect(listedBefore["node-one"]?.status == "up" && listedBefore["node-one"]?.this == false)
+        #expect(listedBefore["node-two"]?.status == "up" && listedBefore["node-two"]?.this == true)
         var devices: [(String, ClientCredentials)] = []
         for index in 0..<4 {
             let id = "moving-\(index)"
@@ -254,6 +287,7 @@ import Testing
                 _ = await one.exitStatus()
                 progress.killed.store(true, ordering: .relaxed)
                 let killedAt = ContinuousClock.now
+                progress.killedAt.withLock { $0 = killedAt }
                 while ContinuousClock.now - killedAt < .seconds(60) {
                     let moved = progress.acknowledged.withLock { $0.values.filter { $0.afterKill >= 20 }.count }
                     if moved == deviceCount { break }
@@ -264,6 +298,32 @@ import Testing
             try await group.waitForAll()
         }
         _ = await one.exitStatus()
+        // The killed node stops saying it is alive: it is listed down within 10 s (it beat every 5 s, and is down
+        // after 10 s of silence); a little more is allowed for this poll. `bulwark node list` shows the same.
+        let killedAt = try #require(progress.killedAt.withLock { $0 })
+        // Each poll's start is noted: none begun 10.5 s or more after the kill may still say up (how long a poll
+        // takes under load does not count against the node).
+        var stillUpLate: [Duration] = []
+        let down = try await ClusterTests.within(30) {
+            let asked = ContinuousClock.now
+            let status = try await listedNodes()["node-one"]?.status
+            if status == "up", asked - killedAt >= .milliseconds(10_500) { stillUpLate.append(asked - killedAt) }
+            return status == "down"
+        }
+        #expect(down != nil, "node 1 is listed down")
+        #expect(stillUpLate.isEmpty, "node 1 still listed up \(stillUpLate) after the kill")
+        #expect(try await listedNodes()["node-two"]?.status == "up")
+        let listing = try await run(
+            try Self.binary,
+            [
+                "node", "list", "--hub", "https://127.0.0.1:\(twoPorts.operator)", "--cert",
+                work + "/one/operators/admin.crt", "--key", work + "/one/operators/admin.key", "--cacert",
+                work + "/one/ca.crt",
+            ])
+        #expect(listing.status == 0, "\(listing.stderr)")
+        let lines = listing.stdout.split(separator: "\n")
+        #expect(lines.contains { $0.hasPrefix("node-two *") && $0.contains(" up ") }, "\(listing.stdout)")
+        #expect(lines.contains { $0.hasPrefix("node-one ") && $0.contains(" down ") }, "\(listing.stdout)")
         two.terminate()
         #expect(await two.exitStatus() == 0)
         let sent = progress.acknowledged.withLock { $0 }
@@ -397,6 +457,7 @@ final class FailoverProgress: Sendable {
     let acknowledged = Mutex<[String: (all: Set<String>, afterKill: Int)]>([:])
     let killed = Atomic<Bool>(false)
     let stop = Atomic<Bool>(false)
+    let killedAt = Mutex<ContinuousClock.Instant?>(nil)
 
     func acked(_ device: String, _ body: String) {
         let afterKill = killed.load(ordering: .relaxed)

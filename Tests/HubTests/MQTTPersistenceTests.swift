@@ -285,7 +285,8 @@ import Testing
         let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
         func node(_ name: String) async throws -> (MQTTBroker, MQTTPersistence) {
             let broker = MQTTBroker()
-            let persistence = MQTTPersistence(store: store, broker: broker, holder: name, logger: logger)
+            let persistence = MQTTPersistence(
+                store: store, broker: broker, node: NodeDescription(holder: name, name: name), logger: logger)
             try await persistence.load()
             return (broker, persistence)
         }

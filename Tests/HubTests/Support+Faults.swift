@@ -167,7 +167,9 @@ final class FaultyStore: HubStore {
     func adoptMQTTSessions(holder: String, all: Bool, silentFor: TimeInterval?) async throws -> [StoredMQTTSession] {
         try await base.adoptMQTTSessions(holder: holder, all: all, silentFor: silentFor)
     }
-    func markAlive(holder: String) async throws { try await base.markAlive(holder: holder) }
+    func markAlive(_ node: HubNodeRecord) async throws { try await base.markAlive(node) }
+    func markStopped(holder: String) async throws { try await base.markStopped(holder: holder) }
+    func hubNodes() async throws -> [HubNodeStatus] { try await base.hubNodes() }
     func requestMQTTSession(key: String, by holder: String) async throws {
         try await base.requestMQTTSession(key: key, by: holder)
     }

@@ -330,12 +330,12 @@ import Testing
         #expect(try await store.mqttSessionHolder(key: "s2") == (false, nil))
         // A node that has fallen silent loses the sessions whose client is away to one that looks; a node alive
         // keeps them, and so does a silent node a session whose client was connected (it reconnects elsewhere).
-        try await store.markAlive(holder: "f")
-        try await store.markAlive(holder: "g")
+        try await store.markAlive(Self.node("f"))
+        try await store.markAlive(Self.node("g"))
         #expect(try await store.saveMQTTSession(session("s3", 7, away: now), holder: "g", release: false))
         #expect(try await store.saveMQTTSession(session("s4", 8), holder: "h", release: false))
         #expect(try await store.adoptMQTTSessions(holder: "i", all: false, silentFor: 30) == [], "g is alive")
-        try await store.markAlive(holder: "i")
+        try await store.markAlive(Self.node("i"))
         #expect(try await store.saveMQTTSession(session("s5", 9, away: now), holder: "x", release: false))
         #expect(
             try await store.adoptMQTTSessions(holder: "i", all: false, silentFor: 30) == [session("s5", 9, away: now)])
@@ -353,6 +353,37 @@ import Testing
         #expect(try await store.retainedMessages().last == replaced)
         try await store.removeRetainedMessage(topic: "a")
         #expect(try await store.retainedMessages() == [replaced])
+        try await store.close()
+    }
+
+    static func node(_ holder: String, started: Double = 1_800_000_000) -> HubNodeRecord {
+        HubNodeRecord(
+            holder: holder, name: "node-\(holder)", addresses: "mqtt=127.0.0.1:1883", version: "9.9",
+            startedAt: Date(timeIntervalSince1970: started))
+    }
+
+    /// Each node's run records what it says of itself with each heartbeat; the list shows the latest start first,
+    /// with how long each has been silent by the store's clock, and a node that stopped says so until it beats again.
+    @Test(arguments: Backend.allCases)
+    func hubNodesSayWhoTheyAreAndWhenTheyWereLastHeardFrom(_ backend: Backend) async throws {
+        let (store, _) = try await Self.open(backend)
+        #expect(try await store.hubNodes() == [])
+        try await store.markAlive(Self.node("a", started: 1_800_000_000))
+        var b = Self.node("b", started: 1_800_000_100)
+        try await store.markAlive(b)
+        b.addresses = "device=127.0.0.1:8443 mqtt=127.0.0.1:8883"
+        try await store.markAlive(b)
+        try await store.markStopped(holder: "a")
+        try await store.markStopped(holder: "unknown")
+        let nodes = try await store.hubNodes()
+        #expect(nodes.map(\.node) == [b, Self.node("a")])
+        #expect(nodes.map(\.stopped) == [false, true])
+        for status in nodes {
+            #expect(status.silentSeconds >= 0 && status.silentSeconds < 30, "just heard from")
+            #expect(abs(status.lastSeen.timeIntervalSinceNow) < 30)
+        }
+        try await store.markAlive(Self.node("a"))
+        #expect(try await store.hubNodes().map(\.stopped) == [false, false], "a beats again: up")
         try await store.close()
     }
 
