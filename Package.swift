@@ -225,7 +225,7 @@ let package = Package(
             name: "BulwarkBench",
             dependencies: [
                 "AllocationCounter", "Core", "PKI", "Hub", "HubClient", "Store", "Pairing", "MQTT", "Gateway", "Agent",
-                "TUFRepository", "PKCS11", "Advisories", "JSON", "PostgresStore",
+                "TUFRepository", "PKCS11", "Advisories", "JSON", "PostgresStore", "PostgresTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

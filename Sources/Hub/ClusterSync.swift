@@ -1,6 +1,7 @@
 import Foundation
 import Gateway
 import Logging
+import MQTT
 import ServiceLifecycle
 import Store
 
@@ -61,6 +62,7 @@ actor ClusterSync: Service {
                     while !Task.isCancelled {
                         do { try await Task.sleep(for: interval) } catch { return }
                         await self.sync()
+                        await self.refreshNodes()
                     }
                 }
             }
@@ -92,6 +94,25 @@ actor ClusterSync: Service {
         } while again
     }
 
+    /// Reads what the live nodes last said of their shared MQTT subscriptions, for placing this node's messages
+    /// (`SharedPlacement`): when one announces a change, and every reconcile (a node that stopped or fell silent
+    /// for `OperatorRoutes.nodeDownAfterSeconds` drops out).
+    func refreshNodes() async {
+        guard let broker, let relay else { return }
+        do {
+            var others: [String: SharedPlacement.Presence] = [:]
+            for status in try await store.hubNodes()
+            where status.node.holder != relay.origin && !status.stopped
+                && status.silentSeconds <= OperatorRoutes.nodeDownAfterSeconds
+            {
+                others[status.node.holder] = NodeDescription.decode(status.node.shares)
+            }
+            await broker.setOthersShared(others)
+        } catch {
+            logger.warning("hub nodes not read; retried", metadata: ["error": .string("\(error)")])
+        }
+    }
+
     private func reloadSchemas() async throws {
         schemasPending = true
         for (name, body) in try await store.schemas() {
@@ -106,6 +127,7 @@ actor ClusterSync: Service {
         let now = Int64(Date().timeIntervalSince1970)
         var revoked = false
         var schemas = false
+        var nodes = false
         for event in events {
             switch event.change {
             case .revoked(let serials):
@@ -123,14 +145,18 @@ actor ClusterSync: Service {
                 // Another node's message, once (this node delivered its own when it admitted them).
                 guard let broker, let relay, relayed.origin != relay.origin else { continue }
                 // Skipped when it expired on its way, or (never from a node of this version) does not decode.
-                guard let message = MessageRelay.message(relayed) else { continue }
-                await broker.publish(message, from: relayed.publisher, stored: true, position: event.id)
+                guard let (message, placement) = MessageRelay.decode(relayed) else { continue }
+                await broker.publish(
+                    message, from: relayed.publisher, stored: true, position: event.id, placement: placement)
             case .sessionWanted(let key, let by):
                 await persistence?.handOver(key: key, to: by)
+            case .nodeChanged(let holder):
+                nodes = nodes || holder != relay?.origin
             }
         }
         if let last = events.last { await broker?.advance(to: last.id) }
         if revoked { await crl.revocationsChanged() }
+        if nodes { await refreshNodes() }
         if schemas {
             do { try await reloadSchemas() } catch {
                 logger.warning("schemas not reloaded; retried", metadata: ["error": .string("\(error)")])

@@ -231,7 +231,10 @@ actor MQTTBroker {
         for (filter, options, retainHandling) in accepted {
             let isNew = session.filters[filter] == nil
             session.filters[filter] = options
-            if isNew { self.subscriptions.add(1, ordering: .relaxed) }
+            if isNew {
+                self.subscriptions.add(1, ordering: .relaxed)
+                if options.share != nil { sharedFilters += 1 }
+            }
             // §3.3.1.3 and §4.8.2: no retained messages for a shared subscription.
             guard options.share == nil, retainHandling == 0 || (retainHandling == 1 && isNew) else { continue }
             let now = ContinuousClock.now
@@ -253,7 +256,10 @@ actor MQTTBroker {
         return filters.map {
             guard let options = session.filters.removeValue(forKey: $0) else { return false }
             subscriptions.subtract(1, ordering: .relaxed)
-            if options.share != nil { releaseShareTurn($0, leaving: session) }
+            if options.share != nil {
+                sharedFilters -= 1
+                releaseShareTurn($0, leaving: session)
+            }
             return true
         }
     }
@@ -353,9 +359,14 @@ actor MQTTBroker {
     ///
     /// A message another node relayed (`stored`: its node keeps the retained message in the store) changes the
     /// retained message here without saving it again.
+    ///
+    /// With several nodes, `placement` says which node's members of each shared subscription get it
+    /// (`SharedPlacement`): the origin's choice, from `beginLocal(topic:)` or read with the message from the log.
     @discardableResult
-    func publish(_ message: BrokerMessage, from publisher: String?, stored: Bool = false, position: Int64? = nil) -> Int
-    {
+    func publish(
+        _ message: BrokerMessage, from publisher: String?, stored: Bool = false, position: Int64? = nil,
+        placement: [TopicFilter: String]? = nil
+    ) -> Int {
         if let position { relayPosition = max(relayPosition, position) }
         if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
         // A session taken up with the log replayed into it past this message has it already.
@@ -363,7 +374,7 @@ actor MQTTBroker {
             topic: message.topic, qos: message.qos, retain: message.retain, publisher: publisher,
             subscribers: sessions.lazy.filter { position == nil || $0.value.replayedThrough < position! }.map {
                 MessageRouter.Subscriber(key: $0.key, filters: $0.value.filters, connected: $0.value.isReady)
-            })
+            }, placement: placement, node: shared?.node)
         for delivery in deliveries {
             guard let session = sessions[delivery.key] else { continue }
             deliver(
@@ -407,10 +418,36 @@ actor MQTTBroker {
 
     /// Changes are recorded for a store from now on; with several nodes, a connected session with expiry 0 is
     /// recorded too (so a connection to another node takes it over), else only sessions a client may come back to.
-    func setPersistent(sharedByNodes: Bool) {
+    func setPersistent(sharedByNodes: Bool, node: String) {
         persistent = true
         keepsConnectedSessions = sharedByNodes
+        if sharedByNodes { shared = SharedPlacement(node: node) }
     }
+
+    // MARK: Shared subscriptions across nodes
+
+    /// Several nodes: which node's members of a shared subscription get each message (nil with one node).
+    private var shared: SharedPlacement?
+    /// Shared subscriptions across all sessions (while 0, there is nothing to look for).
+    private var sharedFilters = 0
+
+    /// This node's shared subscriptions now, each with whether a member is connected; kept for placing this node's
+    /// messages (`MQTTPersistence` tells the other nodes when it changes).
+    func sharedPresence() -> SharedPlacement.Presence {
+        var presence: SharedPlacement.Presence = [:]
+        if sharedFilters > 0 {
+            for session in sessions.values {
+                for (filter, options) in session.filters where options.share != nil {
+                    presence[filter] = presence[filter] == true || session.isReady
+                }
+            }
+        }
+        shared?.setOwn(presence)
+        return presence
+    }
+
+    /// What the other nodes last said of their shared subscriptions (the live ones).
+    func setOthersShared(_ nodes: [String: SharedPlacement.Presence]) { shared?.setOthers(nodes) }
     private var keepsConnectedSessions = false
 
     /// Marks the session to be saved: any change of one a client may come back to; for one with expiry 0 (kept only
@@ -493,6 +530,7 @@ actor MQTTBroker {
         session.replayedThrough = through
         sessions[stored.key] = session
         subscriptions.add(session.filters.count, ordering: .relaxed)
+        sharedFilters += session.filters.values.count { $0.share != nil }
         let own = MessageRouter.Subscriber(
             key: stored.key, filters: session.filters.filter { $0.value.share == nil }, connected: false)
         for (message, publisher) in replay {
@@ -526,14 +564,17 @@ actor MQTTBroker {
 
     /// A message of this node's own is about to go into the log (several nodes; nil otherwise): until the returned
     /// value is released (after its local delivery, or when it was not delivered) saves do not count past it.
-    func beginLocal() async -> LocalWrite? {
+    ///
+    /// It also places the message on `topic` among the nodes' shared subscriptions (`LocalWrite.placement`): the
+    /// relay hands the choice on and this node's delivery follows it.
+    func beginLocal(topic: TopicName) async -> LocalWrite? {
         guard persistent, keepsConnectedSessions else { return nil }
         // A take-up in progress (`freeze`): this message waits, so it is either in the log before the take-up
         // reads the head, or delivered after the session is in memory.
         while freezes > 0 { await withCheckedContinuation { frozen.append($0) } }
         localBegun += 1
         localWrites[localBegun] = relayPosition
-        return LocalWrite(broker: self, id: localBegun)
+        return LocalWrite(broker: self, id: localBegun, placement: shared?.place(topic) ?? [:])
     }
 
     func endLocal(_ id: Int) { localWrites[id] = nil }
@@ -681,6 +722,7 @@ actor MQTTBroker {
     /// §3.1.3.2.2), or moved to another node (its will is not published here).
     private func forget(_ session: Session, ended: Bool = true) {
         subscriptions.subtract(session.filters.count, ordering: .relaxed)
+        sharedFilters -= session.filters.values.count { $0.share != nil }
         for waiter in session.drained { waiter.resume() }
         session.drained = []
         session.draining = []
@@ -708,10 +750,13 @@ extension Duration {
 final class LocalWrite: Sendable {
     let broker: MQTTBroker
     let id: Int
+    /// Which node's members of each matching shared subscription get the message (`SharedPlacement`).
+    let placement: [TopicFilter: String]
 
-    init(broker: MQTTBroker, id: Int) {
+    init(broker: MQTTBroker, id: Int, placement: [TopicFilter: String]) {
         self.broker = broker
         self.id = id
+        self.placement = placement
     }
 
     deinit {

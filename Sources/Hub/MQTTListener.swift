@@ -778,12 +778,15 @@ struct MQTTConnection {
                 }
             }
             let message = BrokerMessage(publish)
-            let local = listener.relay == nil ? nil : await listener.broker.beginLocal()
+            let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: message.topic)
             defer { withExtendedLifetime(local) {} }
-            if let answered = await relayFirst(message, publish, state: &state, respond: respond, correlationID) {
+            if let answered = await relayFirst(
+                message, publish, state: &state, respond: respond, correlationID, placement: local?.placement)
+            {
                 return answered
             }
-            let recipients = await listener.broker.publish(message, from: state.sessionKey)
+            let recipients = await listener.broker.publish(
+                message, from: state.sessionKey, placement: local?.placement)
             if message.retain { await listener.persistence?.flush() }
             if respond, let id = publish.packetID {
                 // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere). With
@@ -809,7 +812,7 @@ struct MQTTConnection {
                 return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
             }
             let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
-            let local = listener.relay == nil ? nil : await listener.broker.beginLocal()
+            let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: clear.topic)
             // The other nodes clear their copy too.
             if let answered = await relayFirst(clear, publish, state: &state, respond: respond, correlationID) {
                 return answered
@@ -874,8 +877,9 @@ struct MQTTConnection {
                 counter: admitted.counter, messageType: admitted.messageType)
             let delivery = BrokerMessage(publish)
             // The other nodes' subscribers get it from the same transaction that stores it.
-            record.relay = listener.relay?.relayed(delivery, publisher: state.sessionKey)
-            let local = record.relay == nil ? nil : await listener.broker.beginLocal()
+            let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: delivery.topic)
+            record.relay = listener.relay?.relayed(
+                delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
             // A message that is not stored gives its counter back: nothing was acknowledged (PUBACK 0x80, or the
             // connection closes on 3.1.1), so the device's resend must be stored, not refused or waved through as a
             // duplicate (as HTTP gives its nonce back).
@@ -935,7 +939,9 @@ struct MQTTConnection {
                         local: local)
                 } else {
                     // The will: nothing to acknowledge, but it is delivered only once stored.
-                    if await write.value == .stored { await listener.broker.publish(delivery, from: state.sessionKey) }
+                    if await write.value == .stored {
+                        await listener.broker.publish(delivery, from: state.sessionKey, placement: local?.placement)
+                    }
                     withExtendedLifetime(local) {}
                 }
                 return true
@@ -1074,7 +1080,7 @@ struct MQTTConnection {
                 // same: the PUBACK goes out and the retained copy is written again at the next flush, logged.)
                 var published = false
                 if reason == .success, deliver, let delivery, delivery.retain, let persistence {
-                    await broker.publish(delivery, from: sessionKey)
+                    await broker.publish(delivery, from: sessionKey, placement: local?.placement)
                     await persistence.flush()
                     published = true
                 }
@@ -1095,7 +1101,7 @@ struct MQTTConnection {
                 answer.encode(into: &buffer, version: version)
                 output.write(buffer)
                 if !published, reason == .success, deliver, let delivery, delivery.retain || broker.hasSubscriptions {
-                    await broker.publish(delivery, from: sessionKey)
+                    await broker.publish(delivery, from: sessionKey, placement: local?.placement)
                 }
                 withExtendedLifetime(local) {}  // delivered here (or not at all): saves may count past it
             })
@@ -1106,11 +1112,13 @@ struct MQTTConnection {
     /// no one. Nil when it was handed on (or there is one node); else what `admitAndDeliver` returns: answered with
     /// PUBACK 0x80 (MQTT 5), or false to close the connection (3.1.1 has no refusal; the client sends it again).
     private func relayFirst(
-        _ message: BrokerMessage, _ publish: PublishPacket, state: inout State, respond: Bool, _ correlationID: String
+        _ message: BrokerMessage, _ publish: PublishPacket, state: inout State, respond: Bool, _ correlationID: String,
+        placement: [TopicFilter: String]? = nil
     ) async -> Bool? {
         guard let relay = listener.relay else { return nil }
         do {
-            try await listener.store.relayMessage(relay.relayed(message, publisher: state.sessionKey))
+            try await listener.store.relayMessage(
+                relay.relayed(message, publisher: state.sessionKey, placement: placement ?? [:]))
             return nil
         } catch {
             listener.logger.error(
@@ -1140,7 +1148,7 @@ struct MQTTConnection {
         let broker = listener.broker
         guard delivery.retain || broker.hasSubscriptions else { return }
         guard let previous = state.acknowledgements.last else {
-            await broker.publish(delivery, from: state.sessionKey)
+            await broker.publish(delivery, from: state.sessionKey, placement: local?.placement)
             return
         }
         if state.acknowledgements.count >= listener.settings.receiveMaximum {
@@ -1150,7 +1158,7 @@ struct MQTTConnection {
         state.acknowledgements.append(
             Task {
                 await previous.value
-                await broker.publish(delivery, from: sessionKey)
+                await broker.publish(delivery, from: sessionKey, placement: local?.placement)
                 withExtendedLifetime(local) {}
             })
     }

@@ -51,7 +51,7 @@ actor MQTTPersistence: Service {
 
     /// Takes up the stored sessions and retained messages; called before the MQTT listener accepts a connection.
     func load() async throws {
-        await broker.setPersistent(sharedByNodes: store.sharedByNodes)
+        await broker.setPersistent(sharedByNodes: store.sharedByNodes, node: holder)
         let now = ContinuousClock.now
         let wallClock = Date()
         var retained: [(message: BrokerMessage, owner: String)] = []
@@ -96,6 +96,7 @@ actor MQTTPersistence: Service {
             while !Task.isCancelled {
                 do { try await Task.sleep(for: self.interval) } catch { break }
                 await self.flush()
+                if self.store.sharedByNodes { await self.announceShares() }
                 ticks += 1
                 if self.store.sharedByNodes, ticks % 20 == 0 { await self.adoptReleased() }
             }
@@ -119,6 +120,25 @@ actor MQTTPersistence: Service {
         }
         lastFlush = task
         await task.value
+    }
+
+    /// What the other nodes were last told of this node's shared subscriptions.
+    private var announcedShares = ""
+
+    /// Several nodes: when this node's shared subscriptions changed (a group gained its first member here, lost its
+    /// last, or its first or last connected one), records them with the heartbeat and tells the other nodes, which
+    /// place their messages among them (`SharedPlacement`).
+    private func announceShares() async {
+        let shares = NodeDescription.encode(await broker.sharedPresence())
+        guard shares != announcedShares else { return }
+        node.shares.withLock { $0 = shares }
+        do {
+            try await store.markAlive(node.record)
+            try await store.announceNodeChange(holder: holder)
+            announcedShares = shares
+        } catch {
+            logger.warning("shared subscriptions not announced; retried", metadata: ["error": "\(error)"])
+        }
     }
 
     private func write() async {

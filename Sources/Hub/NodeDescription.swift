@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import MQTT
 import Store
 import Synchronization
 
@@ -10,6 +11,8 @@ final class NodeDescription: Sendable {
     let name: String
     let startedAt: Date
     private let addresses = Mutex<[String: String]>([:])
+    /// Its shared MQTT subscriptions, encoded (`encode(_:)`).
+    let shares = Mutex("")
 
     init(holder: String = UUID().uuidString, name: String, startedAt: Date = Date()) {
         self.holder = holder
@@ -26,7 +29,32 @@ final class NodeDescription: Sendable {
             holder: holder, name: name,
             addresses: addresses.withLock { $0.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" } }
                 .joined(separator: " "),
-            version: BulwarkVersion.current, startedAt: startedAt)
+            version: BulwarkVersion.current, startedAt: startedAt, shares: shares.withLock { $0 })
+    }
+
+    /// A node's shared subscriptions as its heartbeat records them: a JSON object, each `$share/GROUP/FILTER` to
+    /// whether one of its members there is connected.
+    static func encode(_ presence: SharedPlacement.Presence) -> String {
+        let object = Dictionary(uniqueKeysWithValues: presence.map { ($0.key.rawValue, $0.value) })
+        guard
+            let data = try? JSONSerialization.data(
+                withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+        else { return "" }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Another node's shared subscriptions; what does not decode is skipped (an empty text is none).
+    static func decode(_ text: String) -> SharedPlacement.Presence {
+        guard !text.isEmpty,
+            let object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Bool]
+        else { return [:] }
+        var presence: SharedPlacement.Presence = [:]
+        for (filter, connected) in object {
+            if let group = try? TopicFilter(filter), (try? SharedFilter.parse(group)) != nil {
+                presence[group] = connected
+            }
+        }
+        return presence
     }
 
     /// The default name: the machine's host name.

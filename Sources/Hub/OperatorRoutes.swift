@@ -194,12 +194,14 @@ struct OperatorRoutes {
         }
         let message = BrokerMessage(topic: topic, payload: body, qos: .atLeastOnce, retain: false)
         // On its way into the log and to this node's sessions: a session saved meanwhile does not count it as routed.
-        let local = relay == nil ? nil : await broker.beginLocal()
+        let local = relay == nil ? nil : await broker.beginLocal(topic: topic)
         defer { withExtendedLifetime(local) {} }
         if let relay {
             // The device may be connected to another node. Handed on first: a command refused here (503, sent
             // again) has reached no one, on no node.
-            do { try await store.relayMessage(relay.relayed(message, publisher: nil)) } catch {
+            do {
+                try await store.relayMessage(relay.relayed(message, publisher: nil, placement: local?.placement ?? [:]))
+            } catch {
                 throw HubError(
                     .serviceUnavailable, "unavailable",
                     message: "the command could not be handed to the other hub nodes; try again",
@@ -207,7 +209,7 @@ struct OperatorRoutes {
             }
         }
         // Sessions on this node (with several nodes, the others deliver it to theirs).
-        let recipients = await broker.publish(message, from: nil)
+        let recipients = await broker.publish(message, from: nil, placement: local?.placement)
         try await store.recordSecurityEvent(
             SecurityEvent(
                 at: Date(), kind: "command-sent", identity: Identity.device(deviceID).uri,

@@ -12,6 +12,8 @@ public enum LoadGenerator {
         /// Latencies of successful requests, in nanoseconds, sorted.
         public var latencies: [Int64] = []
 
+        public init() {}
+
         public var requestsPerSecond: Double {
             Double(successes) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
         }

@@ -12,6 +12,8 @@ public enum MQTTLoad {
         public var failures = 0
         public var seconds = 0.0
         public var perSecond: Double { seconds > 0 ? Double(messages) / seconds : 0 }
+
+        public init() {}
     }
 
     public static func run(

@@ -69,9 +69,12 @@ public struct MessageRouter: Sendable {
 
     public init() {}
 
-    /// The deliveries of one message published by the session `publisher` (nil: the hub itself).
+    /// The deliveries of one message published by the session `publisher` (nil: the hub itself). With several hub
+    /// nodes, a shared subscription gets it here only when `placement` gave the group to `node` or left it out
+    /// (`SharedPlacement`).
     public mutating func route(
-        topic: TopicName, qos: QoS, retain: Bool, publisher: String?, subscribers: some Sequence<Subscriber>
+        topic: TopicName, qos: QoS, retain: Bool, publisher: String?, subscribers: some Sequence<Subscriber>,
+        placement: [TopicFilter: String]? = nil, node: String? = nil
     ) -> [Delivery] {
         var deliveries: [Delivery] = []
         var groups: [TopicFilter: [(key: String, options: SubscriptionOptions, connected: Bool)]] = [:]
@@ -97,7 +100,7 @@ public struct MessageRouter: Sendable {
                     key: subscriber.key, qos: min(granted, qos), retain: retainAsPublished && retain,
                     identifiers: identifiers.sorted()))
         }
-        for (group, members) in groups {
+        for (group, members) in groups where SharedPlacement.delivers(group, placement: placement, node: node) {
             guard let chosen = chooseMember(of: group, members) else { continue }
             deliveries.append(
                 Delivery(

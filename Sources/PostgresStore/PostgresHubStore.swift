@@ -337,6 +337,17 @@ public final class PostgresHubStore: HubStore {
                 """
             ]
         ),
+        (
+            10, "each node's shared MQTT subscriptions, and the event that says they changed",
+            [
+                "ALTER TABLE hub_nodes ADD COLUMN shares TEXT NOT NULL DEFAULT ''",
+                "ALTER TABLE cluster_events DROP CONSTRAINT cluster_events_kind_check",
+                """
+                ALTER TABLE cluster_events ADD CONSTRAINT cluster_events_kind_check
+                CHECK (kind IN ('revoked', 'activated', 'quarantined', 'released', 'schema', 'message', 'session', 'node'))
+                """,
+            ]
+        ),
     ]
 
     /// The advisory lock keys (one 64-bit namespace per purpose).
@@ -448,6 +459,10 @@ public final class PostgresHubStore: HubStore {
         try await write { connection in try await Self.recordEvent("session", key, publisher: holder, connection) }
     }
 
+    public func announceNodeChange(holder: String) async throws {
+        try await write { connection in try await Self.recordEvent("node", holder, connection) }
+    }
+
     // MARK: MQTT sessions and retained messages
 
     public func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
@@ -508,12 +523,12 @@ public final class PostgresHubStore: HubStore {
         try await write { connection in
             try await connection.query(
                 """
-                INSERT INTO hub_nodes (holder, seen_at, name, addresses, version, started_at, stopped)
+                INSERT INTO hub_nodes (holder, seen_at, name, addresses, version, started_at, stopped, shares)
                 VALUES (\(node.holder), (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT, \(node.name),
-                        \(node.addresses), \(node.version), \(node.startedAt.millis), false)
+                        \(node.addresses), \(node.version), \(node.startedAt.millis), false, \(node.shares))
                 ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at, name = excluded.name,
                     addresses = excluded.addresses, version = excluded.version, started_at = excluded.started_at,
-                    stopped = false
+                    stopped = false, shares = excluded.shares
                 """, logger: Self.quiet)
             try await connection.query(
                 """
@@ -532,18 +547,20 @@ public final class PostgresHubStore: HubStore {
     public func hubNodes() async throws -> [HubNodeStatus] {
         try await read { client in
             var nodes: [HubNodeStatus] = []
-            for try await (holder, seen, name, addresses, version, started, stopped, now) in try await client.query(
-                """
-                SELECT holder, seen_at, name, addresses, version, started_at, stopped, clock
-                FROM hub_nodes, (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS clock) AS now
-                WHERE seen_at >= clock - 86400000 ORDER BY started_at DESC, holder DESC
-                """, logger: Self.quiet
-            ).decode((String, Int64, String, String, String, Int64, Bool, Int64).self) {
+            for try await (holder, seen, name, addresses, version, started, stopped, shares, now)
+                in try await client.query(
+                    """
+                    SELECT holder, seen_at, name, addresses, version, started_at, stopped, shares, clock
+                    FROM hub_nodes, (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS clock) AS now
+                    WHERE seen_at >= clock - 86400000 ORDER BY started_at DESC, holder DESC
+                    """, logger: Self.quiet
+                ).decode((String, Int64, String, String, String, Int64, Bool, String, Int64).self)
+            {
                 nodes.append(
                     HubNodeStatus(
                         node: HubNodeRecord(
                             holder: holder, name: name, addresses: addresses, version: version,
-                            startedAt: Date(millis: started)),
+                            startedAt: Date(millis: started), shares: shares),
                         lastSeen: Date(millis: seen), silentSeconds: Double(now - seen) / 1000, stopped: stopped))
             }
             return nodes
@@ -670,6 +687,7 @@ public final class PostgresHubStore: HubStore {
                     case "released": (try? DeviceID(subject)).map { .released($0) }
                     case "schema": .schema(subject)
                     case "session": publisher.map { .sessionWanted(key: subject, by: $0) }
+                    case "node": .nodeChanged(subject)
                     case "message":
                         body.map {
                             .message(

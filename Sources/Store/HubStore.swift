@@ -182,6 +182,9 @@ public protocol HubStore: Sendable {
     func hubNodes() async throws -> [HubNodeStatus]
     /// Asks the node holding the session to save and hand it over (a cluster event; a single node holds them all).
     func requestMQTTSession(key: String, by holder: String) async throws
+    /// Tells the other nodes that what this node says of itself changed (its shared subscriptions): a cluster event
+    /// on which they read `hubNodes` again (a single node has no one to tell).
+    func announceNodeChange(holder: String) async throws
     /// Sets the topic's retained message.
     func putRetainedMessage(_ message: StoredRetainedMessage) async throws
     func removeRetainedMessage(topic: String) async throws
@@ -203,6 +206,8 @@ public struct ClusterEvent: Sendable, Equatable {
         case message(RelayedMessage)
         /// A node (`by`) asks whichever node holds an MQTT session to hand it over: its client connected there.
         case sessionWanted(key: String, by: String)
+        /// A node (its run's id) changed what it says of itself (`HubNodeRecord.shares`).
+        case nodeChanged(String)
     }
     public var id: Int64
     public var change: Change
@@ -229,6 +234,7 @@ extension HubStore {
         TelemetryWrite { try await self.appendTelemetry(message) }
     }
     public func requestMQTTSession(key: String, by holder: String) async throws {}
+    public func announceNodeChange(holder: String) async throws {}
     public var sharedByNodes: Bool { false }
     public func counterWindow(of device: DeviceID) async throws -> StoredCounterWindow? { nil }
 

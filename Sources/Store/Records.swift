@@ -361,7 +361,8 @@ public struct RelayedMessage: Sendable, Equatable {
     public var origin: String
     /// The publishing session's key (its retained messages are counted per publisher).
     public var publisher: String?
-    /// The PUBLISH as MQTT 5 encodes it: topic, payload, QoS, RETAIN and the properties subscribers receive.
+    /// The PUBLISH as MQTT 5 encodes it: topic, payload, QoS, RETAIN and the properties subscribers receive
+    /// (after the hub's envelope placing it among the nodes' shared subscriptions, when it has one).
     public var packet: [UInt8]
     /// When the origin handed it on (read back from the store): a message's expiry counts from there.
     public var at: Date?
@@ -457,13 +458,18 @@ public struct HubNodeRecord: Sendable, Equatable {
     public var addresses: String
     public var version: String
     public var startedAt: Date
+    /// Its shared MQTT subscriptions, as it encodes them (the others place their messages among them).
+    public var shares: String
 
-    public init(holder: String, name: String, addresses: String, version: String, startedAt: Date) {
+    public init(
+        holder: String, name: String, addresses: String, version: String, startedAt: Date, shares: String = ""
+    ) {
         self.holder = holder
         self.name = name
         self.addresses = addresses
         self.version = version
         self.startedAt = startedAt
+        self.shares = shares
     }
 }
 

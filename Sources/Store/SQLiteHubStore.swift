@@ -321,6 +321,9 @@ public final class SQLiteHubStore: HubStore {
                 try db.execute(sql: "ALTER TABLE hub_nodes ADD COLUMN " + column)
             }
         }
+        migrator.registerMigration("v22: each node's shared MQTT subscriptions") { db in
+            try db.execute(sql: "ALTER TABLE hub_nodes ADD COLUMN shares TEXT NOT NULL DEFAULT ''")
+        }
         return migrator
     }
 
@@ -1274,10 +1277,13 @@ public final class SQLiteHubStore: HubStore {
         try await write { db in
             try db.execute(
                 sql: """
-                    INSERT OR REPLACE INTO hub_nodes (holder, seen_at, name, addresses, version, started_at, stopped)
-                    VALUES (?, ?, ?, ?, ?, ?, 0)
+                    INSERT OR REPLACE INTO hub_nodes
+                        (holder, seen_at, name, addresses, version, started_at, stopped, shares)
+                    VALUES (?, ?, ?, ?, ?, ?, 0, ?)
                     """,
-                arguments: [node.holder, now, node.name, node.addresses, node.version, node.startedAt.millis])
+                arguments: [
+                    node.holder, now, node.name, node.addresses, node.version, node.startedAt.millis, node.shares,
+                ])
             try db.execute(sql: "DELETE FROM hub_nodes WHERE seen_at < ?", arguments: [now - 86_400_000])
         }
     }
@@ -1299,7 +1305,7 @@ public final class SQLiteHubStore: HubStore {
                 return HubNodeStatus(
                     node: HubNodeRecord(
                         holder: row["holder"], name: row["name"], addresses: row["addresses"], version: row["version"],
-                        startedAt: Date(millis: row["started_at"])),
+                        startedAt: Date(millis: row["started_at"]), shares: row["shares"]),
                     lastSeen: seen, silentSeconds: now.timeIntervalSince(seen), stopped: row["stopped"])
             }
         }

@@ -388,6 +388,79 @@ import Testing
     /// A publisher that pipelines QoS 1 messages (many in flight, up to the hub's Receive Maximum) on node 1: a
     /// subscriber on node 2 gets them in the order they were sent (MQTT 5.0 §4.6), not in the order their store
     /// writes happened to be scheduled.
+    /// MQTT 5.0 §4.8.2 across nodes: a shared subscription with a member on each node gets each message once,
+    /// whichever node it was published on, the nodes taking turns; once the member on node 2 has left, node 2's
+    /// messages go to the member on node 1. (Without the placement each node gives every message to its own
+    /// member: each arrives twice.)
+    @Test(.timeLimit(.minutes(4))) func aSharedSubscriptionAcrossNodesGetsEachMessageOnce() async throws {
+        let (one, two, location) = try await Self.twoNodes {
+            $0.gateway.deviceBurst = 100
+            $0.gateway.routeBurst = 100
+        }
+        let device = try await one.enroll("cl-sh")
+        try Self.shareOperatorKey(from: one, to: two)
+        let client = try one.operatorClient()
+        let shared = try TopicFilter("$share/workers/devices/+/telemetry")
+        let store = try await PostgresHubStore(location: location)
+        /// How many live nodes announced a member of the group.
+        func announcing() async throws -> Int {
+            try await store.hubNodes().filter { !$0.stopped && $0.node.shares.contains("$share/workers/") }.count
+        }
+        /// Reads (acknowledging) until both end markers came, one published through each node after the messages:
+        /// every message routed before them has arrived. The telemetry payloads read.
+        func readToTheEnd(_ mqtt: MQTTClientConnection) async throws -> [String] {
+            var payloads: [String] = []
+            var ends = Set<String>()
+            while ends.count < 2, payloads.count < 100,
+                let payload = try await MQTTPersistenceTests.receive(1, mqtt).first
+            {
+                if payload.hasPrefix(#"{"end""#) { ends.insert(payload) } else { payloads.append(payload) }
+            }
+            return payloads
+        }
+        func publishThenMark(_ range: ClosedRange<Int>, on nodes: [TestHub], round: Int) async throws {
+            let each = range.count / nodes.count
+            for (index, node) in nodes.enumerated() {
+                let first = range.lowerBound + index * each
+                try await MQTTPersistenceTests.publish(node, device, (first..<(first + each)).map { #"{"n":\#($0)}"# })
+            }
+            for (index, node) in [one, two].enumerated() {
+                let code = try await MQTTBrokerTests.connect(node, device) { mqtt, _ in
+                    try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/cl-sh/state"),
+                        payload: Array(#"{"end":"\#(round)-\#(index)"}"#.utf8))
+                }
+                #expect(code == 0)
+            }
+        }
+        let state = try TopicFilter("devices/+/state")
+        try await MQTTPersistenceTests.fleet(one, client, clientID: "w1", cleanStart: true, expiry: 0) { w1, _ in
+            try await MQTTPersistenceTests.subscribe(w1, shared)
+            try await MQTTPersistenceTests.subscribe(w1, state)
+            let (first, second) = try await MQTTPersistenceTests.fleet(
+                two, client, clientID: "w2", cleanStart: true, expiry: 0
+            ) { w2, _ -> ([String], [String]) in
+                try await MQTTPersistenceTests.subscribe(w2, shared)
+                try await MQTTPersistenceTests.subscribe(w2, state)
+                #expect(try await Self.within(10) { try await announcing() == 2 } != nil, "both nodes announce")
+                try await Task.sleep(for: .milliseconds(500))  // each node reads the other's announcement
+                try await publishThenMark(1...20, on: [one, two], round: 1)
+                return (try await readToTheEnd(w1), try await readToTheEnd(w2))
+            }
+            let all = (1...20).map { #"{"n":\#($0)}"# }
+            #expect((first + second).sorted() == all.sorted(), "each message once: \(first) \(second)")
+            #expect(!first.isEmpty && !second.isEmpty, "the nodes take turns: \(first) \(second)")
+            // w2 left: node 2 says so, and the messages published there go to w1.
+            #expect(try await Self.within(10) { try await announcing() == 1 } != nil, "node 2 no longer announces")
+            try await Task.sleep(for: .milliseconds(500))
+            try await publishThenMark(21...30, on: [two, one], round: 2)
+            #expect(try await readToTheEnd(w1).sorted() == (21...30).map { #"{"n":\#($0)}"# }.sorted())
+        }
+        try await store.close()
+        try await one.stop()
+        try await two.stop()
+    }
+
     @Test func pipelinedMessagesReachAnotherNodeInTheirOrder() async throws {
         let (one, two, _) = try await Self.twoNodes {
             $0.gateway.deviceRate = 10_000

@@ -322,9 +322,9 @@ import Testing
     /// new own message starts.
     @Test func ownMessagesHoldTheSavedPositionAndWaitForATakeUp() async throws {
         let broker = MQTTBroker()
-        await broker.setPersistent(sharedByNodes: true)
+        await broker.setPersistent(sharedByNodes: true, node: "n1")
         await broker.advance(to: 10)
-        var write = await broker.beginLocal()
+        var write = await broker.beginLocal(topic: try TopicName("a/b"))
         #expect(write != nil)
         await broker.advance(to: 20)
         #expect(await broker.savedPosition == 10, "not counted past an own message on its way")
@@ -336,7 +336,8 @@ import Testing
         }
         #expect(position == 20, "delivered: counted")
         await broker.freeze()
-        let started = Task { await broker.beginLocal() != nil }
+        let topic = try TopicName("a/b")
+        let started = Task { await broker.beginLocal(topic: topic) != nil }
         try await Task.sleep(for: .milliseconds(100))
         #expect(await broker.localState.begun == 1, "waits while a take-up runs")
         await broker.thaw()
@@ -344,7 +345,7 @@ import Testing
         #expect(await broker.localState.begun == 2)
         // One node: nothing to hold back.
         let single = MQTTBroker()
-        await single.setPersistent(sharedByNodes: false)
-        #expect(await single.beginLocal() == nil)
+        await single.setPersistent(sharedByNodes: false, node: "n1")
+        #expect(await single.beginLocal(topic: try TopicName("a/b")) == nil)
     }
 }

@@ -41,4 +41,28 @@ import Testing
             MessageRelay.message(RelayedMessage(origin: "x", publisher: nil, packet: handed.packet + [0])) == nil,
             "trailing bytes: refused whole")
     }
+
+    /// The placement among shared subscriptions travels in an envelope before the PUBLISH; a message without one
+    /// (an older node's) still reads, and a damaged envelope is refused whole.
+    @Test func thePlacementAmongSharedSubscriptionsTravelsWithTheMessage() throws {
+        let message = BrokerMessage(
+            topic: try TopicName("devices/d/telemetry"), payload: [1], qos: .atLeastOnce, retain: false)
+        let relay = MessageRelay(origin: "node-a")
+        let placement = [
+            try TopicFilter("$share/workers/devices/+/telemetry"): "node-b", try TopicFilter("$share/x/#"): "node-a",
+        ]
+        let handed = relay.relayed(message, publisher: nil, placement: placement)
+        #expect(handed.packet.starts(with: Array("BQR1".utf8)))
+        let (received, placed) = try #require(MessageRelay.decode(handed))
+        #expect(received.topic == message.topic && received.payload == [1] && placed == placement)
+        let plain = relay.relayed(message, publisher: nil)
+        #expect(plain.packet.first == 0x32, "no placement: the PUBLISH alone")
+        #expect(try #require(MessageRelay.decode(plain)).placement.isEmpty)
+        for cut in [5, 8, 12, handed.packet.count - plain.packet.count] {
+            #expect(
+                MessageRelay.decode(
+                    RelayedMessage(origin: "x", publisher: nil, packet: Array(handed.packet.prefix(cut))))
+                    == nil, "cut at \(cut)")
+        }
+    }
 }

@@ -170,6 +170,7 @@ final class FaultyStore: HubStore {
     func markAlive(_ node: HubNodeRecord) async throws { try await base.markAlive(node) }
     func markStopped(holder: String) async throws { try await base.markStopped(holder: holder) }
     func hubNodes() async throws -> [HubNodeStatus] { try await base.hubNodes() }
+    func announceNodeChange(holder: String) async throws { try await base.announceNodeChange(holder: holder) }
     func requestMQTTSession(key: String, by holder: String) async throws {
         try await base.requestMQTTSession(key: key, by: holder)
     }
