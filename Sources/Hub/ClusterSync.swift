@@ -53,6 +53,8 @@ actor ClusterSync: Service {
     func run() async throws {
         let store = store
         let interval = interval
+        // The other nodes' shared subscriptions, before this node places its first message among them.
+        await refreshNodes()
         try await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
@@ -99,6 +101,23 @@ actor ClusterSync: Service {
     /// for `OperatorRoutes.nodeDownAfterSeconds` drops out).
     func refreshNodes() async {
         guard let broker, let relay else { return }
+        // One read at a time, the last one started after the latest request: an older read never lands last.
+        if refreshing {
+            refreshAgain = true
+            return
+        }
+        refreshing = true
+        defer { refreshing = false }
+        repeat {
+            refreshAgain = false
+            await readNodes(broker, relay)
+        } while refreshAgain
+    }
+
+    private var refreshing = false
+    private var refreshAgain = false
+
+    private func readNodes(_ broker: MQTTBroker, _ relay: MessageRelay) async {
         do {
             var others: [String: SharedPlacement.Presence] = [:]
             for status in try await store.hubNodes()

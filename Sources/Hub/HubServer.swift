@@ -30,6 +30,8 @@ public final class HubServer: Sendable {
     /// The serials refused at every handshake and request (tests look at it).
     public var revocationList: RevocationList { revocations }
     public let gateway: GatewayPipeline
+    /// The MQTT broker (tests read what it knows).
+    let broker: MQTTBroker
     private let group: ServiceGroup
     private let logger: Logger
     private let ports: AsyncStream<(String, Int)>
@@ -189,6 +191,7 @@ public final class HubServer: Sendable {
         persistence: MQTTPersistence
     ) throws {
         self.gateway = gateway
+        self.broker = broker
         self.configuration = configuration
         self.store = store
         self.credentials = credentials

@@ -448,6 +448,9 @@ actor MQTTBroker {
 
     /// What the other nodes last said of their shared subscriptions (the live ones).
     func setOthersShared(_ nodes: [String: SharedPlacement.Presence]) { shared?.setOthers(nodes) }
+
+    /// What this node knows of the other nodes' shared subscriptions.
+    var othersShared: [String: SharedPlacement.Presence] { shared?.others ?? [:] }
     private var keepsConnectedSessions = false
 
     /// Marks the session to be saved: any change of one a client may come back to; for one with expiry 0 (kept only

@@ -814,7 +814,9 @@ struct MQTTConnection {
             let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
             let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: clear.topic)
             // The other nodes clear their copy too.
-            if let answered = await relayFirst(clear, publish, state: &state, respond: respond, correlationID) {
+            if let answered = await relayFirst(
+                clear, publish, state: &state, respond: respond, correlationID, placement: local?.placement)
+            {
                 return answered
             }
             if respond, let id = publish.packetID {
@@ -1113,7 +1115,7 @@ struct MQTTConnection {
     /// PUBACK 0x80 (MQTT 5), or false to close the connection (3.1.1 has no refusal; the client sends it again).
     private func relayFirst(
         _ message: BrokerMessage, _ publish: PublishPacket, state: inout State, respond: Bool, _ correlationID: String,
-        placement: [TopicFilter: String]? = nil
+        placement: [TopicFilter: String]?
     ) async -> Bool? {
         guard let relay = listener.relay else { return nil }
         do {

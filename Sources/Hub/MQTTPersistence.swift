@@ -102,12 +102,19 @@ actor MQTTPersistence: Service {
             }
         }
         await flush()
-        await releaseAll()
+        // Stopped before the sessions are let go, and the other nodes told at once: they place no more messages
+        // among this node's shared subscriptions (it reads the log no more).
         heartbeat.cancel()
         _ = await heartbeat.value
-        do { try await store.markStopped(holder: holder) } catch {
+        node.shares.withLock { $0 = "" }
+        do {
+            try await store.markAlive(node.record)
+            try await store.markStopped(holder: holder)
+            try await store.announceNodeChange(holder: holder)
+        } catch {
             logger.warning("could not record that this node stopped", metadata: ["error": "\(error)"])
         }
+        await releaseAll()
     }
 
     /// Writes what changed, after any write still in progress (what cannot be written is logged and retried at the

@@ -42,6 +42,20 @@ import Testing
             "trailing bytes: refused whole")
     }
 
+    /// A node's shared subscriptions as its heartbeat row records them: read back as written; what is not a shared
+    /// subscription, or not JSON, is left out.
+    @Test func aNodesSharedSubscriptionsReadBackAsAnnounced() throws {
+        let presence: SharedPlacement.Presence = [
+            try TopicFilter("$share/workers/devices/+/telemetry"): true, try TopicFilter("$share/audit/#"): false,
+        ]
+        let text = NodeDescription.encode(presence)
+        #expect(text.contains("$share/workers/devices/+/telemetry"), "slashes unescaped: \(text)")
+        #expect(NodeDescription.decode(text) == presence)
+        #expect(NodeDescription.decode("") == [:] && NodeDescription.decode("[1]") == [:])
+        #expect(
+            NodeDescription.decode(#"{"devices/#":true,"$share/x/#":false}"#) == [try TopicFilter("$share/x/#"): false])
+    }
+
     /// The placement among shared subscriptions travels in an envelope before the PUBLISH; a message without one
     /// (an older node's) still reads, and a damaged envelope is refused whole.
     @Test func thePlacementAmongSharedSubscriptionsTravelsWithTheMessage() throws {

@@ -359,7 +359,7 @@ import Testing
     static func node(_ holder: String, started: Double = 1_800_000_000) -> HubNodeRecord {
         HubNodeRecord(
             holder: holder, name: "node-\(holder)", addresses: "mqtt=127.0.0.1:1883", version: "9.9",
-            startedAt: Date(timeIntervalSince1970: started))
+            startedAt: Date(timeIntervalSince1970: started), shares: #"{"$share/g/a/+":true}"#)
     }
 
     /// Each node's run records what it says of itself with each heartbeat; the list shows the latest start first,
