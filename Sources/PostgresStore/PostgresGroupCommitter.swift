@@ -114,10 +114,144 @@ final class PostgresGroupCommitter: Sendable {
         let order = messages.indices.sorted {
             (messages[$0].deviceID.rawValue, $0) < (messages[$1].deviceID.rawValue, $1)
         }
+        // A message with both a counter and a nonce (none is today: MQTT has counters, HTTP nonces) would need its
+        // counter given back when its nonce is refused: such a batch is written one message at a time.
+        let batched = !messages.contains { $0.counter != nil && $0.nonce != nil }
         return try await PostgresHubStore.leased(client) { connection in
             try await connection.withTransaction(logger: quiet) { connection in
-                try await Self.write(messages, order, connection)
+                batched
+                    ? try await Self.writeBatched(messages, order, connection)
+                    : try await Self.write(messages, order, connection)
             }
+        }
+    }
+
+    /// The batch in a handful of statements, whatever its size (each statement is a round trip to the server, and a
+    /// message's own statements made a batch of hundreds take that many round trips): the counters checked against
+    /// each device's window (read once, locked), the nonces inserted in one statement, the telemetry in one with ids
+    /// drawn in the batch's order, the windows written once per device, and the relayed messages recorded together
+    /// under one hold of the events lock. The same outcome as `write` one message at a time.
+    private static func writeBatched(
+        _ messages: [NewTelemetry], _ order: [Int], _ connection: PostgresConnection
+    ) async throws -> [Int64?] {
+        let quiet = PostgresHubStore.quiet
+        var ids = [Int64?](repeating: nil, count: messages.count)
+        // Counters, in device order: each device's stored window read once (and locked), advanced here.
+        var windows: [String: StoredCounterWindow] = [:]
+        var survivors: [Int] = []
+        for index in order {
+            let message = messages[index]
+            guard let counter = message.counter else {
+                survivors.append(index)
+                continue
+            }
+            let device = message.deviceID.rawValue
+            var window = windows[device]
+            if window == nil { window = try await Self.lockedWindow(device, connection) }
+            guard let accepted = window?.accepting(counter) else {
+                windows[device] = window
+                continue
+            }
+            windows[device] = accepted
+            survivors.append(index)
+        }
+        // Nonces: the first of a pair in the batch is inserted unless a live one is stored; a second is a replay.
+        var candidates: [Int] = []
+        var pairs = Set<[String]>()
+        var refused = Set<Int>()
+        for index in survivors {
+            guard let nonce = messages[index].nonce else { continue }
+            if pairs.insert([messages[index].deviceID.rawValue, nonce.nonce]).inserted {
+                candidates.append(index)
+            } else {
+                refused.insert(index)
+            }
+        }
+        if !candidates.isEmpty {
+            let now = Int64(Date().timeIntervalSince1970)
+            var inserted = Set<[String]>()
+            for try await (device, nonce) in try await connection.query(
+                """
+                INSERT INTO nonces (device_id, nonce, expires_at)
+                SELECT * FROM unnest(\(candidates.map { messages[$0].deviceID.rawValue }),
+                                     \(candidates.map { messages[$0].nonce?.nonce ?? "" }),
+                                     \(candidates.map { messages[$0].nonce?.expiresAt ?? 0 }))
+                ON CONFLICT (device_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
+                WHERE nonces.expires_at <= \(now)
+                RETURNING device_id, nonce
+                """, logger: quiet
+            ).decode((String, String).self) {
+                inserted.insert([device, nonce])
+            }
+            for index in candidates
+            where !inserted.contains([messages[index].deviceID.rawValue, messages[index].nonce?.nonce ?? ""]) {
+                refused.insert(index)
+            }
+        }
+        let stored = survivors.filter { !refused.contains($0) }
+        // The counters of refused messages (none today: see `write`) are not taken back.
+        if !stored.isEmpty {
+            let drawn = try await Self.nextIDs("telemetry", stored.count, connection)
+            for (index, id) in zip(stored, drawn) { ids[index] = id }
+            try await PostgresHubStore.drain(
+                connection.query(
+                    """
+                    INSERT INTO telemetry (id, device_id, received_at, correlation_id, body, message_type)
+                    SELECT id, device, received, correlation, body, CASE WHEN typed THEN kind END
+                    FROM unnest(\(drawn), \(stored.map { messages[$0].deviceID.rawValue }),
+                                \(stored.map { messages[$0].receivedAt.timeIntervalSince1970Millis }),
+                                \(stored.map { messages[$0].correlationID }),
+                                \(stored.map { ByteBuffer(bytes: messages[$0].body) }),
+                                \(stored.map { messages[$0].messageType ?? "" }),
+                                \(stored.map { messages[$0].messageType != nil }))
+                        AS m(id, device, received, correlation, body, kind, typed)
+                    """, logger: quiet))
+        }
+        for (device, window) in windows.sorted(by: { $0.key < $1.key }) {
+            try await connection.query(
+                """
+                UPDATE counter_windows SET highest = \(Int64(bitPattern: window.highest)),
+                    seen = \(Int64(bitPattern: window.seen)) WHERE device_id = \(device)
+                """, logger: quiet)
+        }
+        try await Self.writeGivenWindows(messages, ids, connection)
+        try await PostgresHubStore.recordMessages(stored.compactMap { messages[$0].relay }, connection)
+        return ids
+    }
+
+    /// `count` new ids of `table`'s identity column, ascending (drawn in one statement).
+    static func nextIDs(_ table: String, _ count: Int, _ connection: PostgresConnection) async throws -> [Int64] {
+        var ids: [Int64] = []
+        for try await id in try await connection.query(
+            PostgresQuery(
+                unsafeSQL: "SELECT nextval(pg_get_serial_sequence('\(table)', 'id')) FROM generate_series(1, $1)",
+                binds: {
+                    var binds = PostgresBindings()
+                    binds.append(Int64(count))
+                    return binds
+                }()), logger: PostgresHubStore.quiet
+        ).decode(Int64.self) {
+            ids.append(id)
+        }
+        return ids.sorted()
+    }
+
+    /// Windows given without a counter: one per device (the batch's own merged first), never moved backwards.
+    private static func writeGivenWindows(_ messages: [NewTelemetry], _ ids: [Int64?], _ connection: PostgresConnection)
+        async throws
+    {
+        var windows: [String: StoredCounterWindow] = [:]
+        for (index, message) in messages.enumerated() where ids[index] != nil && message.counter == nil {
+            guard let window = message.counterWindow else { continue }
+            windows[message.deviceID.rawValue] = window.merged(with: windows[message.deviceID.rawValue])
+        }
+        for (device, window) in windows.sorted(by: { $0.key < $1.key }) {
+            let merged = window.merged(with: try await Self.lockedWindow(device, connection))
+            try await connection.query(
+                """
+                UPDATE counter_windows SET highest = \(Int64(bitPattern: merged.highest)),
+                    seen = \(Int64(bitPattern: merged.seen)) WHERE device_id = \(device)
+                """, logger: PostgresHubStore.quiet)
         }
     }
 
@@ -168,20 +302,7 @@ final class PostgresGroupCommitter: Sendable {
                     """, logger: quiet)
             }
         }
-        // Windows given without a counter: one per device (the batch's own merged first), never moved backwards.
-        var windows: [String: StoredCounterWindow] = [:]
-        for (index, message) in messages.enumerated() where ids[index] != nil && message.counter == nil {
-            guard let window = message.counterWindow else { continue }
-            windows[message.deviceID.rawValue] = window.merged(with: windows[message.deviceID.rawValue])
-        }
-        for (device, window) in windows.sorted(by: { $0.key < $1.key }) {
-            let merged = window.merged(with: try await Self.lockedWindow(device, connection))
-            try await connection.query(
-                """
-                UPDATE counter_windows SET highest = \(Int64(bitPattern: merged.highest)),
-                    seen = \(Int64(bitPattern: merged.seen)) WHERE device_id = \(device)
-                """, logger: quiet)
-        }
+        try await Self.writeGivenWindows(messages, ids, connection)
         // The stored messages other nodes' subscribers get, last (the events lock is held to the commit), in each
         // device's arrival order.
         for index in order where ids[index] != nil {

@@ -446,6 +446,33 @@ public final class PostgresHubStore: HubStore {
         try await drain(connection.query("SELECT pg_notify(\(eventChannel), '')", logger: quiet))
     }
 
+    /// Records relayed messages, in order, as `recordEvent` would one by one: under one hold of the events lock, ids
+    /// drawn together (ascending), one insert, one notification.
+    static func recordMessages(_ messages: [RelayedMessage], _ connection: PostgresConnection) async throws {
+        guard !messages.isEmpty else { return }
+        try await advisoryLock(.events, connection)
+        let ids = try await PostgresGroupCommitter.nextIDs("cluster_events", messages.count, connection)
+        try await drain(
+            connection.query(
+                """
+                INSERT INTO cluster_events (id, kind, subject, at, publisher, body) OVERRIDING SYSTEM VALUE
+                SELECT id, 'message', origin, \(Date().millis), CASE WHEN published THEN publisher END, body
+                FROM unnest(\(ids), \(messages.map(\.origin)), \(messages.map { $0.publisher ?? "" }),
+                            \(messages.map { $0.publisher != nil }), \(messages.map { ByteBuffer(bytes: $0.packet) }))
+                    AS m(id, origin, publisher, published, body)
+                """, logger: quiet))
+        if let last = ids.last, let first = ids.first, last / 1000 > (first - 1) / 1000 {
+            // Crossed a multiple of 1,000: the same pruning as `recordEvent`.
+            let mark = last / 1000 * 1000
+            try await connection.query(
+                """
+                DELETE FROM cluster_events
+                WHERE (kind = 'message' AND id <= \(mark - 10_000)) OR at < \(Date().millis - 86_400_000)
+                """, logger: quiet)
+        }
+        try await drain(connection.query("SELECT pg_notify(\(eventChannel), '')", logger: quiet))
+    }
+
     public var sharedByNodes: Bool { true }
 
     public func relayMessage(_ message: RelayedMessage) async throws {

@@ -141,6 +141,62 @@ import Testing
         try await store.close()
     }
 
+    /// A batch is written in a few statements: replays inside one batch are still refused (a nonce used twice, a
+    /// counter already taken by an earlier message of the batch or stored before), each device's messages keep their
+    /// order, the windows end as one message at a time would leave them, and only stored messages are handed on.
+    @Test func oneBatchRefusesTheReplaysInsideIt() async throws {
+        let store = try await PostgresTestServer.freshStore()
+        let a = try DeviceID("b-a")
+        let b = try DeviceID("b-b")
+        for device in [a, b] {
+            try await store.enroll(
+                device: device, certificate: HubStoreTests.certificate(device.rawValue, device: device), at: Date())
+        }
+        var stored = NewTelemetry(deviceID: a, receivedAt: Date(), correlationID: "c0", body: [0])
+        stored.counter = 5
+        _ = try await store.appendTelemetry(stored)
+        let first = try await store.latestClusterEvent()
+        let expires = Int64(Date().timeIntervalSince1970) + 300
+        func message(_ n: UInt8, _ device: DeviceID, counter: UInt64? = nil, nonce: String? = nil) -> NewTelemetry {
+            var message = NewTelemetry(deviceID: device, receivedAt: Date(), correlationID: "c\(n)", body: [n])
+            message.counter = counter
+            message.nonce = nonce.map { StoredNonce(nonce: $0, expiresAt: expires) }
+            message.relay = RelayedMessage(origin: "node", publisher: n % 2 == 0 ? nil : "p", packet: [n])
+            return message
+        }
+        // Queued together, so that they share batches (all of them, or a few).
+        let writes = [
+            message(1, a, counter: 6), message(2, b, nonce: "n1"), message(3, a, counter: 6),
+            message(4, a, counter: 5), message(5, b, nonce: "n1"), message(6, a, counter: 7),
+            message(7, b, nonce: "n2"), message(8, a, counter: 7),
+        ].map { store.queueTelemetry($0) }
+        var outcomes: [Int64?] = []
+        for write in writes {
+            do { outcomes.append(try await write.value()) } catch let error as StoreError where error.code == .replayed
+            {
+                outcomes.append(nil)
+            }
+        }
+        let accepted = outcomes.indices.filter { outcomes[$0] != nil }.map { $0 + 1 }
+        #expect(accepted == [1, 2, 6, 7], "3, 4 and 8 reuse counters, 5 a nonce: \(outcomes)")
+        // Each device's messages in the order queued (a batch writes device by device).
+        for device in [[1, 6], [2, 7]] {
+            let ids = device.map { outcomes[$0 - 1] ?? 0 }
+            #expect(ids == ids.sorted(), "stored in the order queued: \(outcomes)")
+        }
+        let window = try #require(try await store.counterWindow(of: a))
+        #expect(window.highest == 7, "\(window)")
+        let relayed = try await store.clusterEvents(after: first).compactMap { event -> (UInt8, String?)? in
+            guard case .message(let message) = event.change else { return nil }
+            return (message.packet[0], message.publisher)
+        }
+        #expect(relayed.map(\.0).sorted() == [1, 2, 6, 7], "only what was stored is handed on")
+        #expect(relayed.filter { [1, 6].contains($0.0) }.map(\.0) == [1, 6], "in each device's order")
+        #expect(relayed.filter { [2, 7].contains($0.0) }.map(\.0) == [2, 7])
+        #expect(relayed.first { $0.0 == 7 }?.1 == "p" && relayed.first { $0.0 == 2 }?.1 == nil)
+        try await store.close()
+    }
+
     @Test func twoNodesWritingAtOnceKeepOneChainAndOneWindow() async throws {
         let location = try await PostgresTestServer.freshDatabase()
         let nodes = [
