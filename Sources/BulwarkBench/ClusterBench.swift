@@ -38,7 +38,8 @@ struct ClusterBenchmark: AsyncParsableCommand {
                 + "after \(warmup) s warm-up; HTTP: signed telemetry (hmac-sha256 session keys), 200-byte JSON; MQTT "
                 + "3.1.1 QoS 1, \(window) in flight per connection, 200-byte JSON")
         emit(
-            "configuration                    HTTP req/s  p50 ms  p99 ms  CPU µs/req   MQTT msg/s  CPU µs/msg")
+            "configuration                    HTTP req/s  p50 ms  p99 ms  CPU µs/req (nodes+PG)   MQTT msg/s  "
+                + "CPU µs/msg (nodes+PG)")
         for (name, nodes, postgres) in [
             ("1 node, SQLite", 1, false), ("1 node, PostgreSQL", 1, true), ("2 nodes, PostgreSQL", 2, true),
             ("3 nodes, PostgreSQL", 3, true),
@@ -54,8 +55,8 @@ struct ClusterBenchmark: AsyncParsableCommand {
             emit(
                 name.padding(toLength: 32, withPad: " ", startingAt: 0)
                     + String(
-                        format: "%10.0f %7.2f %7.2f %11.0f %12.0f %11.0f", http.rate, http.p50, http.p99, http.cpu,
-                        mqtt.rate, mqtt.cpu)
+                        format: "%10.0f %7.2f %7.2f %12.0f+%-10.0f %12.0f %12.0f+%-10.0f", http.rate, http.p50,
+                        http.p99, http.cpu.nodes, http.cpu.postgres, mqtt.rate, mqtt.cpu.nodes, mqtt.cpu.postgres)
                     + (http.failures + mqtt.failures > 0
                         ? "  (\(http.failures) HTTP / \(mqtt.failures) MQTT failures)" : ""))
             if nodes == 2 {
@@ -66,7 +67,7 @@ struct ClusterBenchmark: AsyncParsableCommand {
 
     /// Signed telemetry (one device's hmac session per connection: the device limits are lifted) to every node.
     func httpLoad(_ cluster: BenchCluster, _ device: ClientCredentials) async throws -> (
-        rate: Double, p50: Double, p99: Double, cpu: Double, failures: Int
+        rate: Double, p50: Double, p99: Double, cpu: (nodes: Double, postgres: Double), failures: Int
     ) {
         let tls = try device.tlsConfiguration()
         let signer = try device.signer()
@@ -96,13 +97,17 @@ struct ClusterBenchmark: AsyncParsableCommand {
         if warmup > 0 { _ = await load(warmup) }
         let before = cluster.cpuSeconds()
         let result = await load(seconds)
-        let cpu = (cluster.cpuSeconds() - before) / Double(max(1, result.successes)) * 1e6
-        return (result.requestsPerSecond, result.percentile(50), result.percentile(99), cpu, result.failures)
+        let after = cluster.cpuSeconds()
+        let per = 1e6 / Double(max(1, result.successes))
+        return (
+            result.requestsPerSecond, result.percentile(50), result.percentile(99),
+            ((after.nodes - before.nodes) * per, (after.postgres - before.postgres) * per), result.failures
+        )
     }
 
     /// MQTT QoS 1: each connection a device of its own, publishing under its own topic, stored before its PUBACK.
     func mqttLoad(_ cluster: BenchCluster, _ devices: [ClientCredentials]) async -> (
-        rate: Double, cpu: Double, failures: Int
+        rate: Double, cpu: (nodes: Double, postgres: Double), failures: Int
     ) {
         func load(_ duration: Int) async -> MQTTLoad.Result {
             await withTaskGroup(of: MQTTLoad.Result.self) { group in
@@ -131,8 +136,12 @@ struct ClusterBenchmark: AsyncParsableCommand {
         if warmup > 0 { _ = await load(warmup) }
         let before = cluster.cpuSeconds()
         let result = await load(seconds)
-        let cpu = (cluster.cpuSeconds() - before) / Double(max(1, result.messages)) * 1e6
-        return (result.perSecond, cpu, result.failures)
+        let after = cluster.cpuSeconds()
+        let per = 1e6 / Double(max(1, result.messages))
+        return (
+            result.perSecond, ((after.nodes - before.nodes) * per, (after.postgres - before.postgres) * per),
+            result.failures
+        )
     }
 
     /// On two nodes, each beside the same thing on one node: a revocation made through node 1 closing the device's
@@ -386,14 +395,34 @@ struct BenchCluster: Sendable {
         total / ports.count + (node < total % ports.count ? 1 : 0)
     }
 
-    /// The CPU all nodes used so far (user + system).
-    func cpuSeconds() -> Double {
-        processes.map { PairingBenchmark.cpuSeconds(pid: $0.processIdentifier) }.reduce(0, +)
+    /// The CPU all nodes used so far (user + system), and the PostgreSQL server's (its processes running now).
+    func cpuSeconds() -> (nodes: Double, postgres: Double) {
+        (
+            processes.map { PairingBenchmark.cpuSeconds(pid: $0.processIdentifier) }.reduce(0, +),
+            Self.postgresCPUSeconds()
+        )
     }
 
+    /// The CPU of the processes named `postgres` on this machine (the server and its backends).
+    static func postgresCPUSeconds() -> Double {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        var total = 0.0
+        for entry in entries where entry.allSatisfy(\.isNumber) {
+            guard let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                stat.contains("(postgres)"), let pid = Int32(entry)
+            else { continue }
+            total += PairingBenchmark.cpuSeconds(pid: pid)
+        }
+        return total
+    }
+
+    /// Stops the nodes and removes their data directories (they hold the CA's key).
     func stop() {
         for process in processes { process.terminate() }
         for process in processes { _ = process.wait() }
+        if let first = directories.first {
+            try? FileManager.default.removeItem(atPath: (first as NSString).deletingLastPathComponent)
+        }
     }
 }
 
