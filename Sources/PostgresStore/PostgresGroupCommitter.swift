@@ -23,8 +23,10 @@ final class PostgresGroupCommitter: Sendable {
 
     private let client: PostgresClient
     private let state = Mutex(State())
-    /// Bounds one transaction so a burst cannot build an unbounded batch.
+    /// Bounds one transaction so a burst cannot build an unbounded batch: in messages, and in bytes (a batch's
+    /// bodies and relayed packets travel as one array parameter each; PostgreSQL refuses a message over 1 GiB).
     private let maximumBatch = 512
+    private let maximumBatchBytes = 32 << 20
     private let onCommit: (@Sendable (Int, Duration) -> Void)?
 
     init(client: PostgresClient, onCommit: (@Sendable (Int, Duration) -> Void)?) {
@@ -52,7 +54,13 @@ final class PostgresGroupCommitter: Sendable {
     private func drain() async {
         while true {
             let batch = state.withLock { state -> [(NewTelemetry, Waiter)] in
-                let count = min(state.queued.count, maximumBatch)
+                var count = 0
+                var bytes = 0
+                for (message, _) in state.queued.prefix(maximumBatch) {
+                    bytes += message.body.count + (message.relay?.packet.count ?? 0)
+                    if count > 0, bytes > maximumBatchBytes { break }
+                    count += 1
+                }
                 let batch = Array(state.queued.prefix(count))
                 state.queued.removeFirst(count)
                 if batch.isEmpty { state.writing = false }
@@ -126,18 +134,22 @@ final class PostgresGroupCommitter: Sendable {
         }
     }
 
-    /// The batch in a handful of statements, whatever its size (each statement is a round trip to the server, and a
-    /// message's own statements made a batch of hundreds take that many round trips): the counters checked against
-    /// each device's window (read once, locked), the nonces inserted in one statement, the telemetry in one with ids
-    /// drawn in the batch's order, the windows written once per device, and the relayed messages recorded together
-    /// under one hold of the events lock. The same outcome as `write` one message at a time.
+    /// The batch in a handful of statements, whatever its size and however many devices (each statement is a round
+    /// trip to the server, and a message's own statements made a batch of hundreds take that many round trips): the
+    /// counter windows of the batch's devices locked and read in one statement (in device order) and written in one,
+    /// the nonces inserted in one, the telemetry in one with ids drawn in the batch's order, and the relayed messages
+    /// recorded together under one hold of the events lock. The same outcome as `write` one message at a time.
     private static func writeBatched(
         _ messages: [NewTelemetry], _ order: [Int], _ connection: PostgresConnection
     ) async throws -> [Int64?] {
         let quiet = PostgresHubStore.quiet
         var ids = [Int64?](repeating: nil, count: messages.count)
-        // Counters, in device order: each device's stored window read once (and locked), advanced here.
-        var windows: [String: StoredCounterWindow] = [:]
+        // The windows of every device with a counter or a window given, locked before anything else, in device order.
+        var windows = try await Self.lockedWindows(
+            Set(messages.filter { $0.counter != nil || $0.counterWindow != nil }.map(\.deviceID.rawValue)).sorted(),
+            connection)
+        let stored = windows
+        // Counters, in device order, each advancing its device's window here.
         var survivors: [Int] = []
         for index in order {
             let message = messages[index]
@@ -146,12 +158,7 @@ final class PostgresGroupCommitter: Sendable {
                 continue
             }
             let device = message.deviceID.rawValue
-            var window = windows[device]
-            if window == nil { window = try await Self.lockedWindow(device, connection) }
-            guard let accepted = window?.accepting(counter) else {
-                windows[device] = window
-                continue
-            }
+            guard let accepted = windows[device]?.accepting(counter) else { continue }
             windows[device] = accepted
             survivors.append(index)
         }
@@ -166,6 +173,11 @@ final class PostgresGroupCommitter: Sendable {
             } else {
                 refused.insert(index)
             }
+        }
+        // Inserted in key order: two nodes given the same nonces never wait on each other in a cycle.
+        candidates.sort {
+            (messages[$0].deviceID.rawValue, messages[$0].nonce?.nonce ?? "")
+                < (messages[$1].deviceID.rawValue, messages[$1].nonce?.nonce ?? "")
         }
         if !candidates.isEmpty {
             let now = Int64(Date().timeIntervalSince1970)
@@ -188,48 +200,84 @@ final class PostgresGroupCommitter: Sendable {
                 refused.insert(index)
             }
         }
-        let stored = survivors.filter { !refused.contains($0) }
+        let kept = survivors.filter { !refused.contains($0) }
         // The counters of refused messages (none today: see `write`) are not taken back.
-        if !stored.isEmpty {
-            let drawn = try await Self.nextIDs("telemetry", stored.count, connection)
-            for (index, id) in zip(stored, drawn) { ids[index] = id }
+        if !kept.isEmpty {
+            let drawn = try await Self.nextIDs(.telemetry, kept.count, connection)
+            for (index, id) in zip(kept, drawn) { ids[index] = id }
             try await PostgresHubStore.drain(
                 connection.query(
                     """
                     INSERT INTO telemetry (id, device_id, received_at, correlation_id, body, message_type)
                     SELECT id, device, received, correlation, body, CASE WHEN typed THEN kind END
-                    FROM unnest(\(drawn), \(stored.map { messages[$0].deviceID.rawValue }),
-                                \(stored.map { messages[$0].receivedAt.timeIntervalSince1970Millis }),
-                                \(stored.map { messages[$0].correlationID }),
-                                \(stored.map { ByteBuffer(bytes: messages[$0].body) }),
-                                \(stored.map { messages[$0].messageType ?? "" }),
-                                \(stored.map { messages[$0].messageType != nil }))
-                        AS m(id, device, received, correlation, body, kind, typed)
+                    FROM unnest(\(drawn), \(kept.map { messages[$0].deviceID.rawValue }),
+                                \(kept.map { messages[$0].receivedAt.timeIntervalSince1970Millis }),
+                                \(kept.map { messages[$0].correlationID }),
+                                \(kept.map { ByteBuffer(bytes: messages[$0].body) }),
+                                \(kept.map { messages[$0].messageType ?? "" }),
+                                \(kept.map { messages[$0].messageType != nil }))
+                        WITH ORDINALITY AS m(id, device, received, correlation, body, kind, typed, position)
+                    ORDER BY position
                     """, logger: quiet))
         }
-        for (device, window) in windows.sorted(by: { $0.key < $1.key }) {
+        // Windows given without a counter, for the stored messages: merged into the device's (never backwards).
+        for (index, message) in messages.enumerated() where ids[index] != nil && message.counter == nil {
+            guard let given = message.counterWindow else { continue }
+            let device = message.deviceID.rawValue
+            windows[device] = given.merged(with: windows[device])
+        }
+        let changed = windows.keys.filter { windows[$0] != stored[$0] }.sorted()
+        if !changed.isEmpty {
             try await connection.query(
                 """
-                UPDATE counter_windows SET highest = \(Int64(bitPattern: window.highest)),
-                    seen = \(Int64(bitPattern: window.seen)) WHERE device_id = \(device)
+                UPDATE counter_windows SET highest = w.highest, seen = w.seen
+                FROM unnest(\(changed), \(changed.map { Int64(bitPattern: windows[$0]?.highest ?? 0) }),
+                            \(changed.map { Int64(bitPattern: windows[$0]?.seen ?? 0) })) AS w(device, highest, seen)
+                WHERE counter_windows.device_id = w.device
                 """, logger: quiet)
         }
-        try await Self.writeGivenWindows(messages, ids, connection)
-        try await PostgresHubStore.recordMessages(stored.compactMap { messages[$0].relay }, connection)
+        try await PostgresHubStore.recordMessages(kept.compactMap { messages[$0].relay }, connection)
         return ids
     }
 
+    /// The devices' stored counter windows, their rows created if missing and locked (in device order: `devices`
+    /// sorted) for the rest of the transaction, in two statements.
+    static func lockedWindows(_ devices: [String], _ connection: PostgresConnection) async throws -> [String:
+        StoredCounterWindow]
+    {
+        guard !devices.isEmpty else { return [:] }
+        let quiet = PostgresHubStore.quiet
+        try await connection.query(
+            """
+            INSERT INTO counter_windows (device_id, highest, seen)
+            SELECT device, 0, 0 FROM unnest(\(devices)) WITH ORDINALITY AS d(device, position) ORDER BY position
+            ON CONFLICT DO NOTHING
+            """, logger: quiet)
+        var windows: [String: StoredCounterWindow] = [:]
+        for try await (device, highest, seen) in try await connection.query(
+            """
+            SELECT device_id, highest, seen FROM counter_windows WHERE device_id = ANY(\(devices))
+            ORDER BY device_id FOR UPDATE
+            """, logger: quiet
+        ).decode((String, Int64, Int64).self) {
+            windows[device] = StoredCounterWindow(highest: UInt64(bitPattern: highest), seen: UInt64(bitPattern: seen))
+        }
+        return windows
+    }
+
+    /// The tables whose ids a batch draws ahead (`nextIDs`).
+    enum IdentityTable: String {
+        case telemetry
+        case clusterEvents = "cluster_events"
+    }
+
     /// `count` new ids of `table`'s identity column, ascending (drawn in one statement).
-    static func nextIDs(_ table: String, _ count: Int, _ connection: PostgresConnection) async throws -> [Int64] {
+    static func nextIDs(_ table: IdentityTable, _ count: Int, _ connection: PostgresConnection) async throws -> [Int64]
+    {
         var ids: [Int64] = []
         for try await id in try await connection.query(
-            PostgresQuery(
-                unsafeSQL: "SELECT nextval(pg_get_serial_sequence('\(table)', 'id')) FROM generate_series(1, $1)",
-                binds: {
-                    var binds = PostgresBindings()
-                    binds.append(Int64(count))
-                    return binds
-                }()), logger: PostgresHubStore.quiet
+            "SELECT nextval(pg_get_serial_sequence(\(table.rawValue), 'id')) FROM generate_series(1, \(Int64(count)))",
+            logger: PostgresHubStore.quiet
         ).decode(Int64.self) {
             ids.append(id)
         }

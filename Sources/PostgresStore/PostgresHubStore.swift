@@ -451,7 +451,7 @@ public final class PostgresHubStore: HubStore {
     static func recordMessages(_ messages: [RelayedMessage], _ connection: PostgresConnection) async throws {
         guard !messages.isEmpty else { return }
         try await advisoryLock(.events, connection)
-        let ids = try await PostgresGroupCommitter.nextIDs("cluster_events", messages.count, connection)
+        let ids = try await PostgresGroupCommitter.nextIDs(.clusterEvents, messages.count, connection)
         try await drain(
             connection.query(
                 """

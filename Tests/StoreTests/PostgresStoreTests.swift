@@ -3,6 +3,7 @@ import Foundation
 import PostgresStore
 import PostgresTestSupport
 import Store
+import Synchronization
 import Testing
 
 /// The PostgreSQL backend's own concerns: where it is (the URL's rules), TLS to the server, migrations. Its behaviour
@@ -145,7 +146,10 @@ import Testing
     /// counter already taken by an earlier message of the batch or stored before), each device's messages keep their
     /// order, the windows end as one message at a time would leave them, and only stored messages are handed on.
     @Test func oneBatchRefusesTheReplaysInsideIt() async throws {
-        let store = try await PostgresTestServer.freshStore()
+        let batches = Batches()
+        let store = try await PostgresHubStore(
+            location: try await PostgresTestServer.freshDatabase(),
+            onCommit: { messages, _ in batches.sizes.withLock { $0.append(messages) } })
         let a = try DeviceID("b-a")
         let b = try DeviceID("b-b")
         for device in [a, b] {
@@ -164,12 +168,14 @@ import Testing
             message.relay = RelayedMessage(origin: "node", publisher: n % 2 == 0 ? nil : "p", packet: [n])
             return message
         }
-        // Queued together, so that they share batches (all of them, or a few).
+        // A first message takes the committer's first batch; the others, queued while it commits, share the next.
+        let gate = store.queueTelemetry(NewTelemetry(deviceID: b, receivedAt: Date(), correlationID: "g", body: [9]))
         let writes = [
             message(1, a, counter: 6), message(2, b, nonce: "n1"), message(3, a, counter: 6),
             message(4, a, counter: 5), message(5, b, nonce: "n1"), message(6, a, counter: 7),
             message(7, b, nonce: "n2"), message(8, a, counter: 7),
         ].map { store.queueTelemetry($0) }
+        _ = try await gate.value()
         var outcomes: [Int64?] = []
         for write in writes {
             do { outcomes.append(try await write.value()) } catch let error as StoreError where error.code == .replayed
@@ -179,6 +185,7 @@ import Testing
         }
         let accepted = outcomes.indices.filter { outcomes[$0] != nil }.map { $0 + 1 }
         #expect(accepted == [1, 2, 6, 7], "3, 4 and 8 reuse counters, 5 a nonce: \(outcomes)")
+        #expect(batches.sizes.withLock { $0 }.contains { $0 >= 8 }, "one batch: \(batches.sizes.withLock { $0 })")
         // Each device's messages in the order queued (a batch writes device by device).
         for device in [[1, 6], [2, 7]] {
             let ids = device.map { outcomes[$0 - 1] ?? 0 }
@@ -242,4 +249,9 @@ import Testing
         #expect(windows.count == 3 && windows.allSatisfy { $0.1.highest == 80 }, "\(windows)")
         for node in nodes { try await node.close() }
     }
+}
+
+/// The sizes of the group commits a store reported.
+final class Batches: Sendable {
+    let sizes = Mutex<[Int]>([])
 }
