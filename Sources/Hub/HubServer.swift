@@ -149,7 +149,9 @@ public final class HubServer: Sendable {
         mqttLogger[metadataKey: "service"] = "mqtt-state"
         let persistence = MQTTPersistence(
             store: store, broker: broker,
-            node: NodeDescription(name: configuration.clusterNodeName ?? NodeDescription.hostName),
+            node: NodeDescription(
+                name: configuration.clusterNodeName ?? NodeDescription.hostName,
+                named: configuration.clusterNodeName != nil),
             handOverWait: .milliseconds(Int64(configuration.clusterSessionHandOverSeconds * 1000)), logger: mqttLogger)
         await broker.advance(to: clusterPosition)
         try await persistence.load()

@@ -68,6 +68,17 @@ actor MQTTPersistence: Service {
             try await store.removeRetainedMessage(topic: topic)
         }
         try await store.markAlive(node.record)
+        if node.named, store.sharedByNodes {
+            // An earlier run of this node (`cluster.nodeName`) that was killed is over: the other nodes stop placing
+            // shared-subscription messages on it now, not once it has been silent for 10 s.
+            var ended = false
+            for status in try await store.hubNodes()
+            where status.node.name == node.name && status.node.holder != holder && !status.stopped {
+                try await store.markStopped(holder: status.node.holder)
+                ended = true
+            }
+            if ended { try await store.announceNodeChange(holder: holder) }
+        }
         let sessions = try await store.adoptMQTTSessions(
             holder: holder, all: !store.sharedByNodes, silentFor: store.sharedByNodes ? silence.timeInterval : nil)
         var restored = 0

@@ -9,14 +9,17 @@ import Synchronization
 final class NodeDescription: Sendable {
     let holder: String
     let name: String
+    /// The name was configured (`cluster.nodeName`), so it names one node: its earlier runs are over when it starts.
+    let named: Bool
     let startedAt: Date
     private let addresses = Mutex<[String: String]>([:])
     /// Its shared MQTT subscriptions, encoded (`encode(_:)`).
     let shares = Mutex("")
 
-    init(holder: String = UUID().uuidString, name: String, startedAt: Date = Date()) {
+    init(holder: String = UUID().uuidString, name: String, named: Bool = false, startedAt: Date = Date()) {
         self.holder = holder
         self.name = name
+        self.named = named
         self.startedAt = startedAt
     }
 

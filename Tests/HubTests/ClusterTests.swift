@@ -474,6 +474,29 @@ import Testing
         try await two.stop()
     }
 
+    /// A node started with a configured name (`cluster.nodeName`) ends its earlier runs that never said they stopped
+    /// (it was killed): the other nodes stop counting on them at once, not after 10 s of silence. Other nodes' runs
+    /// are left alone.
+    @Test func aNamedNodeEndsItsEarlierKilledRun() async throws {
+        let location = try await PostgresTestServer.freshDatabase()
+        let store = try await PostgresHubStore(location: location)
+        func run(_ holder: String, _ name: String) -> HubNodeRecord {
+            HubNodeRecord(holder: holder, name: name, addresses: "", version: "0", startedAt: Date())
+        }
+        try await store.markAlive(run("killed", "node-x"))
+        try await store.markAlive(run("other", "node-y"))
+        let hub = try await TestHub.start(store: try await PostgresHubStore(location: location)) {
+            $0.clusterNodeName = "node-x"
+        }
+        let nodes = Dictionary(
+            uniqueKeysWithValues: try await store.hubNodes().map { ($0.node.holder, ($0.node.name, $0.stopped)) })
+        #expect(nodes["killed"]?.1 == true, "the earlier run of node-x is over")
+        #expect(nodes["other"]?.1 == false, "another node's run is left alone")
+        #expect(nodes.values.filter { $0.0 == "node-x" && !$0.1 }.count == 1, "the new run is up: \(nodes)")
+        try await hub.stop()
+        try await store.close()
+    }
+
     /// A publisher that pipelines QoS 1 messages (many in flight, up to the hub's Receive Maximum) on node 1: a
     /// subscriber on node 2 gets them in the order they were sent (MQTT 5.0 §4.6), not in the order their store
     /// writes happened to be scheduled.
