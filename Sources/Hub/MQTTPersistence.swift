@@ -92,7 +92,10 @@ actor MQTTPersistence: Service {
         // This node says it is alive every 5 s on a timer of its own, so slow saves or a long take-up never make it
         // look dead to the others (`bulwark node list` marks a node down after 10 s of silence). The first beat
         // after a second, once the listeners are bound, records their addresses.
+        // A single node (SQLite) records itself once at start and once at stop: a write every 5 s of every hub is
+        // work for nothing (`GET /v1/nodes` shows the answering node up from memory).
         let heartbeat = Task { [store, node, logger] in
+            guard store.sharedByNodes else { return }
             try? await Task.sleep(for: .seconds(1))
             while !Task.isCancelled {
                 do { try await store.markAlive(node.record) } catch {

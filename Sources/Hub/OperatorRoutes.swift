@@ -327,9 +327,16 @@ struct OperatorRoutes {
     /// The hub's nodes heard from in the last day (`bulwark node list`): up, down (silent for 10 s) or stopped.
     func nodes(_ context: HubRequestContext) async throws -> Response {
         _ = try requireOperator(context)
+        var nodes = try await store.hubNodes()
+        // A single node writes no heartbeat while it runs: the answering node is up, now.
+        if !store.sharedByNodes, let node {
+            let now = HubNodeStatus(node: node.record, lastSeen: Date(), silentSeconds: 0, stopped: false)
+            nodes.removeAll { $0.node.holder == node.holder }
+            nodes.insert(now, at: 0)
+        }
         return try JSONResponse.make(
             .ok,
-            try await store.hubNodes().map { status -> [String: Any] in
+            nodes.map { status -> [String: Any] in
                 [
                     "id": status.node.holder, "name": status.node.name, "addresses": status.node.addresses,
                     "version": status.node.version, "startedAt": JSONResponse.timestamp(status.node.startedAt),

@@ -474,6 +474,19 @@ import Testing
         try await two.stop()
     }
 
+    /// One node on SQLite writes no heartbeat while it runs, and still lists itself up, with its listeners.
+    @Test func aSingleNodeListsItselfUp() async throws {
+        let hub = try await TestHub.start { $0.clusterNodeName = "solo" }
+        let result = try await hub.operatorRequest("GET", "/v1/nodes")
+        #expect(result.status == 200)
+        let nodes = try JSONSerialization.jsonObject(with: Data(result.body)) as? [[String: Any]] ?? []
+        #expect(nodes.count == 1)
+        #expect(nodes.first?["name"] as? String == "solo" && nodes.first?["status"] as? String == "up")
+        #expect(nodes.first?["thisNode"] as? Bool == true)
+        #expect((nodes.first?["addresses"] as? String)?.contains("mqtt=127.0.0.1:\(hub.mqttPort)") == true)
+        try await hub.stop()
+    }
+
     /// A node started with a configured name (`cluster.nodeName`) ends its earlier runs that never said they stopped
     /// (it was killed): the other nodes stop counting on them at once, not after 10 s of silence. Other nodes' runs
     /// are left alone.
