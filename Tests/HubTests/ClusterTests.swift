@@ -295,7 +295,7 @@ import Testing
         let topic = try TopicName("devices/cl-mq/telemetry")
         let received = try await MQTTClientConnection.withConnection(
             host: "127.0.0.1", port: two.mqttPort, tls: try fleetClient.credentials.tlsConfiguration(),
-            clientID: "fleet", version: .v5, keepAlive: 10
+            clientID: "fleet", version: .v5, keepAlive: 120
         ) { fleet, reason -> [String] in
             #expect(reason == 0)
             try await fleet.send(
@@ -310,7 +310,7 @@ import Testing
             // A subscriber on node 1 too: it gets each message once (node 1 does not deliver its own again).
             let local = try await MQTTClientConnection.withConnection(
                 host: "127.0.0.1", port: one.mqttPort, tls: try fleetClient.credentials.tlsConfiguration(),
-                clientID: "fleet-1", version: .v5, keepAlive: 10
+                clientID: "fleet-1", version: .v5, keepAlive: 120
             ) { fleet1, _ -> [String] in
                 try await fleet1.send(
                     .subscribe(
@@ -360,7 +360,7 @@ import Testing
         // The device, on node 1, subscribes to its commands; the operator sends one through node 2.
         let command = try await MQTTClientConnection.withConnection(
             host: "127.0.0.1", port: one.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "cl-mq",
-            version: .v5, keepAlive: 10
+            version: .v5, keepAlive: 120
         ) { mqtt, _ -> String? in
             try await mqtt.send(
                 .subscribe(
@@ -526,7 +526,7 @@ import Testing
         let count = 400
         let received = try await MQTTClientConnection.withConnection(
             host: "127.0.0.1", port: two.mqttPort, tls: try two.operatorClient().credentials.tlsConfiguration(),
-            clientID: "fleet-pipe", version: .v5, keepAlive: 10
+            clientID: "fleet-pipe", version: .v5, keepAlive: 120
         ) { fleet, _ -> [Int] in
             try await fleet.send(
                 .subscribe(
