@@ -121,9 +121,7 @@ actor ClusterSync: Service {
         do {
             var others: [String: SharedPlacement.Presence] = [:]
             for status in try await store.hubNodes()
-            where status.node.holder != relay.origin && !status.stopped
-                && status.silentSeconds <= OperatorRoutes.nodeDownAfterSeconds
-            {
+            where status.node.holder != relay.origin && OperatorRoutes.state(of: status) == "up" {
                 others[status.node.holder] = NodeDescription.decode(status.node.shares)
             }
             await broker.setOthersShared(others)

@@ -324,6 +324,11 @@ struct OperatorRoutes {
     /// A node is down when it has not said it is alive (every 5 s) for this long.
     static let nodeDownAfterSeconds = 10.0
 
+    /// A node's state as `bulwark node list` shows it, and as the other nodes count on it: up, down or stopped.
+    static func state(of status: HubNodeStatus) -> String {
+        status.stopped ? "stopped" : status.silentSeconds > nodeDownAfterSeconds ? "down" : "up"
+    }
+
     /// The hub's nodes heard from in the last day (`bulwark node list`): up, down (silent for 10 s) or stopped.
     func nodes(_ context: HubRequestContext) async throws -> Response {
         _ = try requireOperator(context)
@@ -342,8 +347,7 @@ struct OperatorRoutes {
                     "version": status.node.version, "startedAt": JSONResponse.timestamp(status.node.startedAt),
                     "lastSeen": JSONResponse.timestamp(status.lastSeen),
                     "silentSeconds": (status.silentSeconds * 10).rounded() / 10,
-                    "status": status.stopped
-                        ? "stopped" : status.silentSeconds > Self.nodeDownAfterSeconds ? "down" : "up",
+                    "status": Self.state(of: status),
                     "thisNode": status.node.holder == node?.holder,
                 ]
             })
