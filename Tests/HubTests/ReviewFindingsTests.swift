@@ -385,6 +385,12 @@ import X509
             host: "127.0.0.1", port: hub.pairingPort, label: wrongSecret, identityKey: identity,
             timeout: .seconds(60), localAddress: "127.0.0.3")
         #expect(wrong == nil)
+        // The device learns of a wrong secret first (it cannot open message 3); the hub counts it once the device
+        // closes the connection, which may be after the client returned.
+        let counted = try await ClusterTests.within(10) {
+            try await hub.server.store.pairingFailures(of: id)?.count == 1
+        }
+        #expect(counted != nil, "the failure was counted before the restart")
         try await hub.stop(keepData: true)
 
         let restarted = try await TestHub.start(directory: hub.directory) {
