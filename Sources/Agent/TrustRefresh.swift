@@ -10,7 +10,7 @@ import TUFClient
 /// the TUF client, starting from the root the device received at pairing (`STATE/trust/root.json`), refreshes over
 /// the pinned mutual-TLS connection (TUF §5.3–§5.6: thresholds, rollback and freeze protection), looks up the target
 /// `bulwark/pins.json` in the top-level targets role and checks its length and hashes (§5.7); the agent then applies
-/// `PinSet.evaluate`: a newer version only, holding the key the hub presents, adding at most one new key.
+/// `PinSet.evaluate`: a newer version only, holding the key the hub presents, adding at most two new keys.
 ///
 /// State: `trust/` holds the TUF metadata the client trusts; `pins` the pins in use, one base64 line each, and
 /// `pins.version` the version of the published set they came from (absent: the set given at pairing).

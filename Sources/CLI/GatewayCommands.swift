@@ -351,7 +351,7 @@ struct AuditCommand: AsyncParsableCommand {
 
 /// The hub's store as its configuration names it (`--config` and `BULWARK_*`, as `bulwark serve` reads them): the
 /// PostgreSQL database of a cluster, or the data directory's SQLite file.
-private func openStore(_ directory: String, config: String?) async throws -> any HubStore {
+func openStore(_ directory: String?, config: String?) async throws -> any HubStore {
     let configuration: HubConfiguration
     do { configuration = try await HubConfiguration.load(dataDirectory: directory, configFile: config) } catch {
         throw CleanExit.message("bulwark: \(error)", code: 78)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hub
 import HubClient
+import PostgresStore
 import TUF
 import TUFRepository
 
@@ -40,20 +41,40 @@ struct HubCommand: AsyncParsableCommand {
             }
             return (configuration, repository, ring)
         }
+
+        /// The other nodes' pins (several nodes on PostgreSQL: each has TLS keys of its own); none for one node.
+        func otherNodePins(_ configuration: HubConfiguration) async throws -> [[UInt8]] {
+            guard let location = try configuration.postgresLocation() else { return [] }
+            let own = (try? String(contentsOfFile: configuration.dataDirectory + "/node.id", encoding: .utf8))?
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            let store: PostgresHubStore
+            do { store = try await PostgresHubStore(location: location) } catch {
+                throw CleanExit.message("bulwark: \(error)", code: 69)
+            }
+            do {
+                let records = try await store.nodePins()
+                try? await store.close()
+                return records.filter { $0.node != own }.flatMap(\.pins)
+            } catch {
+                try? await store.close()
+                throw CleanExit.message("bulwark: the other nodes' pins could not be read: \(error)", code: 69)
+            }
+        }
     }
 
     struct PublishPins: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "publish-pins",
-            abstract: "Publish the hub's current pins (key in use, backup) as the TUF target bulwark/pins.json.")
+            abstract: "Publish every node's pins (key in use, backup) as the TUF target bulwark/pins.json.")
         @OptionGroup var options: Options
 
         func run() async throws {
             let (configuration, repository, keyring) = try await options.load()
+            let others = try await options.otherNodePins(configuration)
             do {
                 let (version, pins) = try await TLSKeyRotation.publishCurrent(
                     dataDirectory: configuration.dataDirectory, repository: repository, keyring: keyring,
-                    keyPolicy: configuration.cryptoProfile == .fips ? .fips : .any)
+                    keyPolicy: configuration.cryptoProfile == .fips ? .fips : .any, otherNodes: others)
                 print(
                     "published pin set version \(version): "
                         + pins.map { Data($0).base64EncodedString() }.joined(separator: " "))
@@ -91,6 +112,7 @@ struct HubCommand: AsyncParsableCommand {
                 HubConfiguration.bindsEveryInterface(configuration.device.host)
                 ? "127.0.0.1" : configuration.device.host
             let port = configuration.device.port
+            let others = try await options.otherNodePins(configuration)
             do {
                 let result = try await TLSKeyRotation.rotate(
                     dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames,
@@ -98,7 +120,7 @@ struct HubCommand: AsyncParsableCommand {
                     keyring: keyring,
                     wait: .seconds(wait ?? max(60, Int(configuration.tlsKeyCheckSeconds * 3) + 10)),
                     settle: TimeInterval(settle), hubRunning: !noHub,
-                    keyPolicy: configuration.cryptoProfile == .fips ? .fips : .any,
+                    keyPolicy: configuration.cryptoProfile == .fips ? .fips : .any, otherNodes: others,
                     presentedPin: { await TLSKeyRotation.presentedPin(host: host, port: port) })
                 print(
                     "rotated: retired \(Data(result.previousPin).base64EncodedString()); now "

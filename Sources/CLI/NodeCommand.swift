@@ -1,14 +1,71 @@
 import ArgumentParser
 import Foundation
 import Hub
+import Store
 
 /// `bulwark node`: more hub nodes on one PostgreSQL database. The first node is an ordinary `bulwark serve` with
 /// `database.url`; `bundle` packs what another node needs (encrypted), and `join` unpacks it into an empty data
-/// directory. The nodes share the CA, the audit key, the TLS identity and the pairing keys (NodeBundle).
+/// directory. The nodes share the CA, the audit key and the pairing keys (NodeBundle); each makes TLS keys of its own,
+/// whose pins `pins` lists and `bulwark hub publish-pins` publishes, and `forget` withdraws a node's.
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node", abstract: "Add hub nodes on the same PostgreSQL database.",
-        subcommands: [List.self, Bundle.self, Join.self])
+        subcommands: [List.self, Bundle.self, Join.self, Pins.self, Forget.self])
+
+    /// The store the configuration names, as `bulwark serve` reads it.
+    struct StoreOptions: ParsableArguments {
+        @Option(help: "Data directory.") var data: String?
+        @Option(help: "JSON configuration file; BULWARK_* environment variables override it.") var config: String?
+
+        func open() async throws -> any HubStore {
+            try await openStore(data, config: config)
+        }
+    }
+
+    struct Pins: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Each node's TLS pins (key in use, backup), as pairing hands them out and publish-pins publishes."
+        )
+        @OptionGroup var options: StoreOptions
+
+        func run() async throws {
+            let store = try await options.open()
+            let records: [NodePinsRecord]
+            do { records = try await store.nodePins() } catch {
+                try? await store.close()
+                throw CleanExit.message("bulwark: the store did not answer: \(error)", code: 69)
+            }
+            try? await store.close()
+            for record in records {
+                print(
+                    "\(record.node)  \(record.name)  \(record.updatedAt.formatted(.iso8601))  "
+                        + record.pins.map { Data($0).base64EncodedString() }.joined(separator: " "))
+            }
+        }
+    }
+
+    struct Forget: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Take a node out of service: its pins are no longer handed out or published.",
+            discussion: """
+                Stop the node first (it records its pins again when it starts). Devices keep trusting its keys until
+                the next `bulwark hub publish-pins`, which leaves them out.
+                """)
+        @OptionGroup var options: StoreOptions
+        @Argument(help: "The node's id (`bulwark node pins`, or its DATA/node.id).") var node: String
+
+        func run() async throws {
+            let store = try await options.open()
+            let removed: Bool
+            do { removed = try await store.removeNodePins(node: node) } catch {
+                try? await store.close()
+                throw CleanExit.message("bulwark: the store did not answer: \(error)", code: 69)
+            }
+            try? await store.close()
+            guard removed else { throw CleanExit.message("bulwark: no node \(node) (bulwark node pins)", code: 1) }
+            print("node \(node) forgotten: run bulwark hub publish-pins to withdraw its keys from devices")
+        }
+    }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -95,7 +152,9 @@ struct NodeCommand: AsyncParsableCommand {
                 try NodeBundle.install(files, into: data)
                 print(
                     "\(data) is a node of the hub: start it with `bulwark serve --data \(data)` and the same "
-                        + "database.url, database.passwordFile and database.caFile as the other nodes")
+                        + "database.url, database.passwordFile and database.caFile as the other nodes. It makes TLS "
+                        + "keys of its own at its first start: then run `bulwark hub publish-pins` so that devices "
+                        + "paired before it trust it")
             } catch let exit as CleanExit { throw exit } catch {
                 throw CleanExit.message("bulwark: \(error)", code: 1)
             }

@@ -105,6 +105,12 @@ public final class HubServer: Sendable {
                 "this node's CA (\(configuration.dataDirectory)/ca.crt) is not the CA of the other hub nodes on this "
                     + "database: devices enrolled by them would not be trusted here, nor ours there")
         }
+        // This node's TLS pins, where pairing on any node reads every node's.
+        let clusterPins = ClusterPins(
+            store: store, node: try ClusterPins.nodeID(dataDirectory: configuration.dataDirectory),
+            name: configuration.clusterNodeName ?? NodeDescription.hostName, identity: credentials.identity,
+            logger: logger)
+        try await clusterPins.record()
         let crl = CRLPublisher(
             authority: credentials.authority, store: store, dataDirectory: configuration.dataDirectory,
             validityDays: configuration.crlValidityDays,
@@ -159,7 +165,7 @@ public final class HubServer: Sendable {
             configuration: configuration, store: store, credentials: credentials, revocations: revocations,
             gateway: gateway, logger: logger, signals: gracefulShutdownSignals, crl: crl, renewals: renewals,
             deviceSignals: deviceSignals, rollouts: rollouts, metrics: metrics, auditKey: auditKey,
-            clusterPosition: clusterPosition, broker: broker, persistence: persistence)
+            clusterPosition: clusterPosition, broker: broker, persistence: persistence, clusterPins: clusterPins)
     }
 
     /// Refuses to serve on a clock more than `limit` seconds off the database server's (several nodes): signatures'
@@ -190,7 +196,7 @@ public final class HubServer: Sendable {
         gateway: GatewayPipeline, logger: Logger, signals: [UnixSignal], crl: CRLPublisher,
         renewals: CertificateRenewals, deviceSignals: DeviceSignals, rollouts: RolloutController?,
         metrics: HubMetrics, auditKey: AuditKey, clusterPosition: Int64, broker: MQTTBroker,
-        persistence: MQTTPersistence
+        persistence: MQTTPersistence, clusterPins: ClusterPins
     ) throws {
         self.gateway = gateway
         self.broker = broker
@@ -345,6 +351,7 @@ public final class HubServer: Sendable {
                 return pairingLogger
             }(), onBound: { bound("pairing", configuration.pairing.host, $0) })
         pairing.tufRepository = configuration.tufRepository
+        pairing.pins = clusterPins
         pairing.certificateLifetime = configuration.deviceCertificateLifetime
         var mqtt = MQTTListener(
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
@@ -373,7 +380,7 @@ public final class HubServer: Sendable {
         services.append(
             TLSKeyWatcher(
                 files: TLSKeyFiles(configuration.dataDirectory), authority: credentials.authority,
-                identity: credentials.identity, store: store,
+                identity: credentials.identity, store: store, pins: clusterPins,
                 interval: .milliseconds(Int64(configuration.tlsKeyCheckSeconds * 1000)), logger: tlsLogger))
         services.append(CRLRefreshService(publisher: crl, interval: .seconds(3600), logger: logger))
         services.append(

@@ -3,9 +3,9 @@ import Foundation
 import _CryptoExtras
 
 /// What a new hub node needs from an existing one to be the same hub: the CA (its certificate and key, or the
-/// PKCS#11 URI of a key on an HSM), the audit key, the hub's TLS key and certificate with the backup pin key (nodes
-/// share one TLS identity, so the pin set devices hold covers every node), and the pairing keys (a device pairs with
-/// any node). Never the store, and never an operator's own credential.
+/// PKCS#11 URI of a key on an HSM), the audit key and the pairing keys (a device pairs with any node). Never the
+/// store, never an operator's own credential, and never the TLS keys: each node makes its own at its first start,
+/// and devices learn them through the pin set (`ClusterPins`), so one node's key can be rotated or withdrawn alone.
 ///
 /// `seal` encrypts these files for the trip with AES-256-GCM under a key derived from a passphrase with scrypt
 /// (N = 2^15, r = 8, p = 1; RFC 7914), the format name and version authenticated with them. A wrong passphrase or a
@@ -13,10 +13,11 @@ import _CryptoExtras
 public enum NodeBundle {
     /// The data directory's files a node shares (those present are taken; the CA and the audit key are required).
     static let sharedFiles = [
-        "ca.crt", "ca.key", "ca.key.uri", "audit.key", "hub.crt", "hub.key", "hub-backup.key", "hub-pair-25519.key",
-        "hub-pair-p256.key", "operators/ca.crt",
+        "ca.crt", "ca.key", "ca.key.uri", "audit.key", "hub-pair-25519.key", "hub-pair-p256.key", "operators/ca.crt",
     ]
     static let format = "bulwark-node-bundle-1"
+    /// The TLS keys a bundle made by 0.9 carried: left out, the node makes its own.
+    static let formerlyShared = ["hub.crt", "hub.key", "hub-backup.key"]
 
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
@@ -81,12 +82,12 @@ public enum NodeBundle {
         guard !FileManager.default.fileExists(atPath: dataDirectory + "/ca.crt") else {
             throw Failure("\(dataDirectory) already holds a hub (ca.crt): join into an empty data directory")
         }
-        for name in files.keys where !sharedFiles.contains(name) {
+        for name in files.keys where !sharedFiles.contains(name) && !formerlyShared.contains(name) {
             throw Failure("the bundle holds \(name), which is not a node's shared file")
         }
         _ = try SecretFiles.makePrivateDirectory(dataDirectory)
         _ = try SecretFiles.makePrivateDirectory(dataDirectory + "/operators")
-        for (name, contents) in files.sorted(by: { $0.key < $1.key }) {
+        for (name, contents) in files.sorted(by: { $0.key < $1.key }) where !formerlyShared.contains(name) {
             try SecretFiles.create(dataDirectory + "/" + name, contents: contents)
         }
     }

@@ -181,6 +181,8 @@ struct PairingListener: Service {
     var tufRepository: String?
     /// The lifetime of the certificate a paired device gets (`pki.deviceCertificateDays` or `…Seconds`).
     var certificateLifetime: TimeInterval = 90 * 86400
+    /// Every node's pins, handed to the device (this node's only when not set).
+    var pins: ClusterPins?
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
     /// Connections held at once, in all and per source address (checked before the hub greets).
@@ -348,11 +350,12 @@ struct PairingListener: Service {
                             try await store.addCertificate(pending)
                             issued = certificate
                             irk = Array(SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) })
+                            let pins = await self.pins?.forDevice() ?? credentials.identity.current.pins
                             action = try session.issued(
                                 PairingCredentials(
                                     certificateDER: certificate.derBytes,
                                     caCertificateDER: credentials.authority.certificate.derBytes,
-                                    pins: credentials.identity.current.pins,
+                                    pins: pins,
                                     irk: irk, tufRoot: currentTUFRoot()))
                         case .paired(let device, let acknowledgement):
                             guard let certificate = issued else {

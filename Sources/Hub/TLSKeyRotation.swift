@@ -123,6 +123,7 @@ struct TLSKeyFiles {
 /// 2. B becomes the key in use with a new certificate, C the backup; the running hub picks them up
 ///    (`TLSKeyWatcher`) and presents B to new connections.
 /// 3. Once the hub presents B (or no hub runs), {B, C} is published: A, perhaps compromised, is pinned no more.
+/// With several nodes, each set also holds the other nodes' pins (`ClusterPins`): one node's rotation leaves theirs.
 /// Every device that held {A, B} or {A, B, C} trusts B throughout, so none is stranded; each new set shares a key
 /// with the one before, which the agent requires (`PinSet.evaluate`).
 public enum TLSKeyRotation {
@@ -168,9 +169,11 @@ public enum TLSKeyRotation {
         return version
     }
 
-    /// `bulwark hub publish-pins`: the current set {key in use, backup}, unless a rotation is unfinished.
+    /// `bulwark hub publish-pins`: the current set {key in use, backup} with `otherNodes`' pins (several nodes: each
+    /// has keys of its own), unless a rotation is unfinished.
     public static func publishCurrent(
-        dataDirectory: String, repository: String, keyring: Keyring, keyPolicy: KeyPolicy = .any
+        dataDirectory: String, repository: String, keyring: Keyring, keyPolicy: KeyPolicy = .any,
+        otherNodes: [[UInt8]] = []
     ) async throws -> (version: Int, pins: [[UInt8]]) {
         let files = TLSKeyFiles(dataDirectory)
         try files.requireHub()
@@ -179,7 +182,7 @@ public enum TLSKeyRotation {
         if let journal = RotationJournal.load(files), journal.stage != .done {
             throw HubStartupError("a key rotation is unfinished: run bulwark hub rotate-tls-key to finish it")
         }
-        let pins = try currentPins(dataDirectory: dataDirectory)
+        let pins = try withOtherNodes(try currentPins(dataDirectory: dataDirectory), otherNodes)
         return (
             try await publish(
                 pins, repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy),
@@ -195,6 +198,18 @@ public enum TLSKeyRotation {
         return try [files.active, files.backup].map {
             ServerIdentity.pin(try HubCredentials.loadOrCreateSigningKey($0).publicKey)
         }
+    }
+
+    /// This node's pins first, then the other nodes' not among them; refused beyond what a device holds.
+    static func withOtherNodes(_ own: [[UInt8]], _ others: [[UInt8]]) throws -> [[UInt8]] {
+        var pins = own
+        for pin in others where !pins.contains(pin) { pins.append(pin) }
+        guard pins.count <= PinSet.maximumPins else {
+            throw HubStartupError(
+                "the nodes hold \(pins.count) pins, more than a device keeps (\(PinSet.maximumPins)): take nodes no "
+                    + "longer in service out with bulwark node forget")
+        }
+        return pins
     }
 
     /// The version of the published pin set, if there is one.
@@ -215,7 +230,8 @@ public enum TLSKeyRotation {
     public static func rotate(
         dataDirectory: String, hubNames: [String], crlDistributionPoints: CRLDistributionPoints?,
         repository: String, keyring: Keyring, wait: Duration, settle: TimeInterval, hubRunning: Bool = true,
-        now: Date = Date(), keyPolicy: KeyPolicy = .any, presentedPin: @Sendable () async -> [UInt8]?
+        now: Date = Date(), keyPolicy: KeyPolicy = .any, otherNodes: [[UInt8]] = [],
+        presentedPin: @Sendable () async -> [UInt8]?
     ) async throws -> Result {
         let files = TLSKeyFiles(dataDirectory)
         try files.requireHub()
@@ -244,8 +260,8 @@ public enum TLSKeyRotation {
                 backup: ServerIdentity.pin(next.publicKey), stage: .published, completedAt: nil)
             versions.append(
                 try await publish(
-                    [journal.previous, journal.active, journal.backup], repository: repository, keyring: keyring,
-                    dataDirectory: dataDirectory, keyPolicy: keyPolicy))
+                    try withOtherNodes([journal.previous, journal.active, journal.backup], otherNodes),
+                    repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy))
             try journal.save(files)
         }
         if journal.stage == .published {
@@ -269,8 +285,8 @@ public enum TLSKeyRotation {
         }
         versions.append(
             try await publish(
-                [journal.active, journal.backup], repository: repository, keyring: keyring,
-                dataDirectory: dataDirectory, keyPolicy: keyPolicy))
+                try withOtherNodes([journal.active, journal.backup], otherNodes), repository: repository,
+                keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy))
         journal.stage = .done
         journal.completedAt = now
         try journal.save(files)

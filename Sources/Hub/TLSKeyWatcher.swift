@@ -14,6 +14,8 @@ struct TLSKeyWatcher: Service {
     let authority: CertificateAuthority
     let identity: ServerIdentity
     let store: any HubStore
+    /// Where this node's pins are recorded for pairing and `publish-pins` on every node.
+    var pins: ClusterPins?
     let interval: Duration
     let logger: Logger
 
@@ -71,6 +73,11 @@ struct TLSKeyWatcher: Service {
                 "backup": .string(pins[1]), "serial": .string(certificate.serialHex),
             ])
         try? await store.addCertificate(HubCredentials.record(certificate, deviceID: nil))
+        do { try await self.pins?.record(now: now) } catch {
+            logger.warning(
+                "the new pins were not recorded for the other nodes (recorded again at the next start)",
+                metadata: ["error": .string("\(error)")])
+        }
         try? await store.recordSecurityEvent(
             SecurityEvent(
                 at: now, kind: "tls-key-rotated", identity: nil,

@@ -8,12 +8,13 @@ import JSON
 ///
 ///     {"pins":["<base64 SHA-256 of the SubjectPublicKeyInfo>", ...],"version":N}
 ///
-/// The first pin is the key the hub presents; the others are keys it may move to (RFC 7469 §4.3 asks for at least
-/// one backup pin). `version` grows with every publication.
+/// It holds every hub node's key in use and backup key (each node has keys of its own), the node that publishes
+/// first: RFC 7469 §4.3 asks for at least one backup pin. `version` grows with every publication.
 public struct PinSet: Sendable, Equatable {
     public static let targetPath = "bulwark/pins.json"
-    /// The active key, the backup and the retiring key of a rotation fit; more would only widen what is trusted.
-    public static let maximumPins = 8
+    /// Seven nodes' keys in use and backups, and the retiring key of a rotation, fit; more would only widen what is
+    /// trusted.
+    public static let maximumPins = 16
 
     public var version: Int
     public var pins: [[UInt8]]
@@ -69,9 +70,10 @@ public struct PinSet: Sendable, Equatable {
 
     /// The device's rule for a pin set that passed TUF: a newer version only; it must contain the key the hub
     /// presents on the pinned connection it came over (so the hub does not drop the key it proves it holds), and it
-    /// may add at most one key the device does not pin yet. A rotation needs no more ({A,B} → {A,B,C} → {B,C}); so
-    /// whoever holds the repository's keys still cannot swap a device's pins for unrelated ones in one step, and a
-    /// key they add is of no use without a certificate from the hub CA, which the device checks as well.
+    /// may add at most two keys the device does not pin yet. A rotation adds one ({A,B} → {A,B,C} → {B,C}), a node
+    /// that joins two (its key in use and its backup); so whoever holds the repository's keys still cannot swap a
+    /// device's pins for unrelated ones in one step, and a key they add is of no use without a certificate from the
+    /// hub CA, which the device checks as well.
     public static func evaluate(
         _ candidate: PinSet, currentPins: [[UInt8]], currentVersion: Int, presented: [UInt8]
     ) -> Decision {
@@ -84,8 +86,8 @@ public struct PinSet: Sendable, Equatable {
             return .refuse("pin set version \(candidate.version) leaves out the key the hub presents: refused")
         }
         let added = candidate.pins.filter { !currentPins.contains($0) }.count
-        guard added <= 1 else {
-            return .refuse("pin set version \(candidate.version) adds \(added) keys at once (at most one): refused")
+        guard added <= 2 else {
+            return .refuse("pin set version \(candidate.version) adds \(added) keys at once (at most two): refused")
         }
         return .accept
     }

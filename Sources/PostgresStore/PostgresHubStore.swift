@@ -348,6 +348,15 @@ public final class PostgresHubStore: HubStore {
                 """,
             ]
         ),
+        (
+            11, "each node's TLS pins (pairing hands out, and publish-pins publishes, every node's)",
+            [
+                """
+                CREATE TABLE node_pins (
+                    node TEXT COLLATE "C" PRIMARY KEY, name TEXT NOT NULL, pins TEXT NOT NULL, updated_at BIGINT NOT NULL)
+                """
+            ]
+        ),
     ]
 
     /// The advisory lock keys (one 64-bit namespace per purpose).
@@ -568,6 +577,43 @@ public final class PostgresHubStore: HubStore {
         try await write { connection in
             try await connection.query(
                 "UPDATE hub_nodes SET stopped = true WHERE holder = \(holder)", logger: Self.quiet)
+        }
+    }
+
+    public func setNodePins(_ record: NodePinsRecord) async throws {
+        try await write { connection in
+            try await connection.query(
+                """
+                INSERT INTO node_pins (node, name, pins, updated_at)
+                VALUES (\(record.node), \(record.name), \(record.encodedPins), \(record.updatedAt.millis))
+                ON CONFLICT (node) DO UPDATE SET name = excluded.name, pins = excluded.pins,
+                    updated_at = excluded.updated_at
+                """, logger: Self.quiet)
+        }
+    }
+
+    public func removeNodePins(node: String) async throws -> Bool {
+        try await write { connection in
+            var removed = false
+            for try await _ in try await connection.query(
+                "DELETE FROM node_pins WHERE node = \(node) RETURNING node", logger: Self.quiet
+            ).decode(String.self) { removed = true }
+            return removed
+        }
+    }
+
+    public func nodePins() async throws -> [NodePinsRecord] {
+        try await read { client in
+            var records: [NodePinsRecord] = []
+            for try await (node, name, pins, updated) in try await client.query(
+                "SELECT node, name, pins, updated_at FROM node_pins ORDER BY node", logger: Self.quiet
+            ).decode((String, String, String, Int64).self) {
+                records.append(
+                    NodePinsRecord(
+                        node: node, name: name, pins: NodePinsRecord.decodePins(pins), updatedAt: Date(millis: updated))
+                )
+            }
+            return records
         }
     }
 

@@ -185,6 +185,12 @@ public protocol HubStore: Sendable {
     /// Tells the other nodes that what this node says of itself changed (its shared subscriptions): a cluster event
     /// on which they read `hubNodes` again (a single node has no one to tell).
     func announceNodeChange(holder: String) async throws
+    /// Records the TLS pins of a node's data directory (each node at start, and when its key rotates).
+    func setNodePins(_ record: NodePinsRecord) async throws
+    /// `bulwark node forget`: a node taken out of service; false when no such node is recorded.
+    func removeNodePins(node: String) async throws -> Bool
+    /// Every node's pins, by node id.
+    func nodePins() async throws -> [NodePinsRecord]
     /// Sets the topic's retained message.
     func putRetainedMessage(_ message: StoredRetainedMessage) async throws
     func removeRetainedMessage(topic: String) async throws

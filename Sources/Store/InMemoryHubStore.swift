@@ -29,6 +29,7 @@ public actor InMemoryHubStore: HubStore {
     private var retained: [String: StoredRetainedMessage] = [:]
     private var alive: [String: Date] = [:]
     private var nodes: [String: (record: HubNodeRecord, stopped: Bool)] = [:]
+    private var pins: [String: NodePinsRecord] = [:]
 
     public init() {}
 
@@ -495,6 +496,12 @@ public actor InMemoryHubStore: HubStore {
     }
 
     public func markStopped(holder: String) async throws { nodes[holder]?.stopped = true }
+
+    public func setNodePins(_ record: NodePinsRecord) async throws { pins[record.node] = record }
+
+    public func removeNodePins(node: String) async throws -> Bool { pins.removeValue(forKey: node) != nil }
+
+    public func nodePins() async throws -> [NodePinsRecord] { pins.values.sorted { $0.node < $1.node } }
 
     public func hubNodes() async throws -> [HubNodeStatus] {
         let now = Date()

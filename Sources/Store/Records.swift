@@ -448,6 +448,31 @@ public struct StoredRetainedMessage: Sendable, Equatable {
     }
 }
 
+/// The TLS pins one node's data directory holds (`pin-sha256` of its key in use, then of its backup key), by the id
+/// in its `DATA/node.id`. Each node has keys of its own: pairing hands a device the pins of every node, and
+/// `bulwark hub publish-pins` publishes them all, so a device trusts whichever node it reaches.
+public struct NodePinsRecord: Sendable, Equatable {
+    public var node: String
+    /// `cluster.nodeName` when it was recorded (for the operator: the id is what counts).
+    public var name: String
+    public var pins: [[UInt8]]
+    public var updatedAt: Date
+
+    public init(node: String, name: String, pins: [[UInt8]], updatedAt: Date) {
+        self.node = node
+        self.name = name
+        self.pins = pins
+        self.updatedAt = updatedAt
+    }
+
+    /// The pins as stored: base64, space-separated.
+    public var encodedPins: String { pins.map { Data($0).base64EncodedString() }.joined(separator: " ") }
+
+    public static func decodePins(_ text: String) -> [[UInt8]] {
+        text.split(separator: " ").compactMap { Data(base64Encoded: String($0)).map { [UInt8]($0) } }
+    }
+}
+
 /// A hub node's run as it describes itself in its heartbeat (`bulwark node list`).
 public struct HubNodeRecord: Sendable, Equatable {
     /// This run's id (the holder recorded with its MQTT sessions); a restarted node is a new run.

@@ -324,6 +324,13 @@ public final class SQLiteHubStore: HubStore {
         migrator.registerMigration("v22: each node's shared MQTT subscriptions") { db in
             try db.execute(sql: "ALTER TABLE hub_nodes ADD COLUMN shares TEXT NOT NULL DEFAULT ''")
         }
+        migrator.registerMigration("v23: each node's TLS pins") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE node_pins (
+                        node TEXT PRIMARY KEY, name TEXT NOT NULL, pins TEXT NOT NULL, updated_at INTEGER NOT NULL)
+                    """)
+        }
         return migrator
     }
 
@@ -1291,6 +1298,31 @@ public final class SQLiteHubStore: HubStore {
     public func markStopped(holder: String) async throws {
         try await write { db in
             try db.execute(sql: "UPDATE hub_nodes SET stopped = 1 WHERE holder = ?", arguments: [holder])
+        }
+    }
+
+    public func setNodePins(_ record: NodePinsRecord) async throws {
+        try await write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO node_pins (node, name, pins, updated_at) VALUES (?, ?, ?, ?)",
+                arguments: [record.node, record.name, record.encodedPins, record.updatedAt.millis])
+        }
+    }
+
+    public func removeNodePins(node: String) async throws -> Bool {
+        try await write { db in
+            try db.execute(sql: "DELETE FROM node_pins WHERE node = ?", arguments: [node])
+            return db.changesCount > 0
+        }
+    }
+
+    public func nodePins() async throws -> [NodePinsRecord] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM node_pins ORDER BY node").map { row in
+                NodePinsRecord(
+                    node: row["node"], name: row["name"], pins: NodePinsRecord.decodePins(row["pins"]),
+                    updatedAt: Date(millis: row["updated_at"]))
+            }
         }
     }
 

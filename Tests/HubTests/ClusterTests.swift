@@ -1,3 +1,4 @@
+import Agent
 import Core
 import Foundation
 import HubClient
@@ -226,6 +227,83 @@ import Testing
             "\(error)".contains("is not the CA of the other hub nodes")
         }
         try await first.stop()
+    }
+
+    /// Each node has TLS keys of its own. A device paired on either node pins both; a device that pinned node 1 alone
+    /// (paired before node 2 joined) refuses node 2 until the pin set published through TUF names node 2's keys, and
+    /// then connects to it. A forgotten node's pins are handed out no more.
+    @Test func eachNodeHasItsOwnKeyAndDevicesLearnEveryNodesPins() async throws {
+        let repository = try await PinRotationTests.Repository.make("cluster-pins")
+        let (one, two, _) = try await Self.twoNodes {
+            $0.tufRepository = repository.path
+            $0.tufOnlineKeys = repository.online
+        }
+        let (pins1, pins2) = (one.server.credentials.pins, two.server.credentials.pins)
+        #expect(Set(pins1).isDisjoint(with: pins2), "node 2 made keys of its own")
+        #expect(await PinRotationTests.presented(two) == pins2[0])
+        let recorded = try await one.server.store.nodePins()
+        #expect(Set(recorded.map(\.pins)) == [pins1, pins2], "each node recorded its pins")
+
+        /// Claims `name` on node 1 and pairs it on `node`: the pins the device is given.
+        func pinsGivenAtPairing(_ name: String, on node: TestHub) async throws -> [[UInt8]] {
+            let identity = NoiseDH.p256.generateKeyPair()
+            let label = try PairingLabel(
+                suite: .p256AESGCMSHA256, deviceID: try DeviceID(name), publicKey: identity.publicKey,
+                setupSecret: [UInt8](repeating: 6, count: 16))
+            #expect(
+                try await one.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+            return try await PairingClient.pair(
+                host: "127.0.0.1", port: node.pairingPort, label: label, identityKey: identity, timeout: .seconds(20)
+            ).credentials.pins
+        }
+        // Pairing on node 2 on node 1's claim: the device gets both nodes' pins, node 2's first.
+        #expect(try await pinsGivenAtPairing("cl-pins-1", on: two) == pins2 + pins1)
+
+        // A device that pins node 1 only refuses node 2.
+        let state = try AgentTests.stateDirectory(one, try await one.enroll("cl-pins-2"))
+        try FileManager.default.createDirectory(atPath: state + "/trust", withIntermediateDirectories: false)
+        try FileManager.default.copyItem(
+            atPath: repository.path + "/metadata/root.json", toPath: state + "/trust/root.json")
+        func agent(_ hub: TestHub) throws -> Agent {
+            var configuration = AgentTests.configuration(hub, state)
+            configuration.trustRefreshSeconds = 1
+            configuration.renews = false
+            return try Agent(configuration: configuration)
+        }
+        let stranger = try agent(two)
+        let strangerRun = Task { try await stranger.run() }
+        #expect(await AgentTests.eventually(20) { await stranger.status.connection == "untrusted" }, "pin refused")
+        strangerRun.cancel()
+        _ = try? await strangerRun.value
+
+        // The pin set both nodes' pins are published in (node 1's command, the other node's pins from the store, as
+        // `bulwark hub publish-pins` does): the device takes it from node 1 (two keys added: one node's pair).
+        let nodeID = try String(contentsOfFile: one.directory + "/node.id", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let others = try await one.server.store.nodePins().filter { $0.node != nodeID }.flatMap(\.pins)
+        #expect(others == pins2)
+        let published = try await TLSKeyRotation.publishCurrent(
+            dataDirectory: one.directory, repository: repository.path, keyring: try repository.keyring,
+            otherNodes: others)
+        #expect(published.pins == pins1 + pins2)
+        let follower = try agent(one)
+        let followerRun = Task { try await follower.run() }
+        let followed = await AgentTests.eventually(30) { await Set(follower.state.pinned.pins) == Set(pins1 + pins2) }
+        let trustError = await follower.status.trustError ?? "-"
+        #expect(followed, "the device holds both nodes' pins: \(trustError)")
+        followerRun.cancel()
+        _ = try? await followerRun.value
+        let moved = try agent(two)
+        let movedRun = Task { try await moved.run() }
+        #expect(await AgentTests.eventually(20) { await moved.status.connection == "connected" }, "node 2 trusted")
+        movedRun.cancel()
+        _ = try? await movedRun.value
+
+        // Node 2 taken out of service: its pins are handed out no more.
+        #expect(try await one.server.store.removeNodePins(node: try #require(recorded.first { $0.pins == pins2 }).node))
+        #expect(try await pinsGivenAtPairing("cl-pins-3", on: one) == pins1)
+        try await two.stop()
+        try await one.stop()
     }
 
     /// A claim entered on one node is used on the other, once; wrong label secrets tried on one node lock the device
@@ -601,7 +679,10 @@ import Testing
         let hub = try await TestHub.start()
         try await hub.stop(keepData: true)
         let files = try NodeBundle.files(in: hub.directory)
-        #expect(Set(files.keys).isSuperset(of: ["ca.crt", "ca.key", "audit.key", "hub.key", "hub.crt"]))
+        #expect(Set(files.keys).isSuperset(of: ["ca.crt", "ca.key", "audit.key", "hub-pair-p256.key"]))
+        #expect(
+            files["hub.key"] == nil && files["hub-backup.key"] == nil && files["node.id"] == nil,
+            "each node makes its own TLS keys and id")
         #expect(files["operators/admin.key"] == nil, "an operator's own key never travels")
         let bundle = try NodeBundle.seal(files, passphrase: "a long enough passphrase")
         let text = String(decoding: bundle, as: UTF8.self)
@@ -622,7 +703,9 @@ import Testing
         #expect(throws: NodeBundle.Failure.self) {
             try NodeBundle.install(files.merging(["../evil": "x"]) { a, _ in a }, into: target)
         }
-        try NodeBundle.install(files, into: target)
+        // A bundle made by 0.9 carried the TLS keys: they are left out.
+        try NodeBundle.install(files.merging(["hub.key": "an old node's key"]) { a, _ in a }, into: target)
+        #expect(!FileManager.default.fileExists(atPath: target + "/hub.key"))
         var info = stat()
         #expect(stat(target + "/ca.key", &info) == 0 && info.st_mode & 0o777 == 0o600)
         #expect(stat(target, &info) == 0 && info.st_mode & 0o777 == 0o700)

@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import Hub
 import HubClient
 import MQTT
 import PostgresStore
@@ -187,6 +188,24 @@ import Testing
             binary: try Self.binary, directory: work + "/two",
             environment: unlimited.merging(["BULWARK_CLUSTER_NODE_NAME": "node-two"]) { $1 })
         let twoPorts = try await two.waitForPorts()
+        // Node 2 made TLS keys of its own; both nodes' pins are in the store (`bulwark node pins`).
+        let presented = (
+            await TLSKeyRotation.presentedPin(host: "127.0.0.1", port: onePorts.device),
+            await TLSKeyRotation.presentedPin(host: "127.0.0.1", port: twoPorts.device)
+        )
+        #expect(presented.0 != nil && presented.1 != nil && presented.0 != presented.1, "a key of each node's own")
+        let pinsListing = try await run(
+            try Self.binary, ["node", "pins", "--data", work + "/one"], environment: database)
+        #expect(pinsListing.status == 0, "\(pinsListing.stderr)")
+        let pinRows = pinsListing.stdout.split(separator: "\n").map(String.init)
+        for (name, pin) in [("node-one", presented.0), ("node-two", presented.1)] {
+            #expect(
+                pinRows.contains { $0.contains("  \(name)  ") && $0.contains(Data(pin ?? []).base64EncodedString()) },
+                "\(pinsListing.stdout)")
+        }
+        let unknown = try await run(
+            try Self.binary, ["node", "forget", "--data", work + "/one", "0123"], environment: database)
+        #expect(unknown.status == 1 && unknown.stderr.contains("no node 0123"), "\(unknown.stderr)")
         let operatorCredentials = try ClientCredentials(
             certificateFile: work + "/one/operators/admin.crt", keyFile: work + "/one/operators/admin.key",
             caFile: work + "/one/ca.crt")
@@ -326,6 +345,15 @@ import Testing
         #expect(lines.contains { $0.hasPrefix("node-one ") && $0.contains(" down ") }, "\(listing.stdout)")
         two.terminate()
         #expect(await two.exitStatus() == 0)
+        // Node 2 out of service: `node forget` withdraws its pins.
+        let twoID = try String(contentsOfFile: work + "/two/node.id", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let forgot = try await run(
+            try Self.binary, ["node", "forget", "--data", work + "/one", twoID], environment: database)
+        #expect(forgot.status == 0, "\(forgot.stderr)")
+        let remaining = try await run(
+            try Self.binary, ["node", "pins", "--data", work + "/one"], environment: database)
+        #expect(remaining.stdout.split(separator: "\n").map { $0.contains("  node-one  ") } == [true])
         let sent = progress.acknowledged.withLock { $0 }
         let store = try await PostgresHubStore(location: location)
         for (id, _) in devices {

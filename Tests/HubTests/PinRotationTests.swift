@@ -196,12 +196,12 @@ import Testing
         #expect(refused.status == 1, "not current while a pin set is refused")
         #expect(refused.stdout.contains("published set version 1"), "\(refused.stdout)")
         #expect(refused.stdout.contains("trust error"), "\(refused.stdout)")
-        // 1b. Signed, keeps the presented key, but adds two unknown keys at once.
+        // 1b. Signed, keeps the presented key, but adds three unknown keys at once (a joining node adds two).
         try await TLSKeyRotation.publish(
-            [pins[0], attacker, PinSetTests.pin(0xEF)], repository: repository.path, keyring: keyring,
-            dataDirectory: hub.directory)
+            [pins[0], attacker, PinSetTests.pin(0xEF), PinSetTests.pin(0xF0)], repository: repository.path,
+            keyring: keyring, dataDirectory: hub.directory)
         await agent.refreshTrust()
-        await expectUnchanged("two new keys", "adds 2 keys at once")
+        await expectUnchanged("three new keys", "adds 3 keys at once")
 
         // 2. The target's bytes replaced on the server (no signature covers them): length or hash mismatch.
         try await TLSKeyRotation.publish(

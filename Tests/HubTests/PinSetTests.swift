@@ -20,11 +20,13 @@ struct PinSetTests {
         ] {
             #expect(throws: PinSetError.self, "\(bad)") { try PinSet(json: Array(bad.utf8)) }
         }
-        let nine = (0..<9).map { Self.pin(UInt8($0)) }
-        #expect(throws: PinSetError.self) { try PinSet(json: PinSet(version: 1, pins: nine).json) }
+        let seventeen = (0..<17).map { Self.pin(UInt8($0)) }
+        #expect(throws: PinSetError.self) { try PinSet(json: PinSet(version: 1, pins: seventeen).json) }
+        let sixteen = PinSet(version: 1, pins: Array(seventeen.prefix(16)))
+        #expect(try PinSet(json: sixteen.json) == sixteen, "seven nodes' pairs and a rotating key")
     }
 
-    let y = pin(8)
+    let y = pin(8), z = pin(7)
 
     func decide(_ version: Int, _ pins: [[UInt8]], held: [[UInt8]], _ heldVersion: Int, presented: [UInt8])
         -> PinSet.Decision
@@ -49,8 +51,9 @@ struct PinSetTests {
         // that took it, and an attacker's set {X} shares nothing at all.
         #expect(decide(3, [b, c], held: [a, b], 1, presented: a) != .accept)
         #expect(decide(9, [x], held: [a, b], 1, presented: a) != .accept)
-        // More than one new key at a step.
-        #expect(decide(9, [a, x, y], held: [a, b], 1, presented: a) != .accept)
-        #expect(decide(9, [a, b, x, y], held: [a, b], 1, presented: a) != .accept)
+        // More than two new keys at a step (a node that joins adds its pair: two).
+        #expect(decide(9, [a, b, x, y], held: [a, b], 1, presented: a) == .accept)
+        #expect(decide(9, [a, x, y, z], held: [a, b], 1, presented: a) != .accept)
+        #expect(decide(9, [a, b, x, y, z], held: [a, b], 1, presented: a) != .accept)
     }
 }

@@ -171,6 +171,9 @@ final class FaultyStore: HubStore {
     func markStopped(holder: String) async throws { try await base.markStopped(holder: holder) }
     func hubNodes() async throws -> [HubNodeStatus] { try await base.hubNodes() }
     func announceNodeChange(holder: String) async throws { try await base.announceNodeChange(holder: holder) }
+    func setNodePins(_ record: NodePinsRecord) async throws { try await base.setNodePins(record) }
+    func removeNodePins(node: String) async throws -> Bool { try await base.removeNodePins(node: node) }
+    func nodePins() async throws -> [NodePinsRecord] { try await base.nodePins() }
     func requestMQTTSession(key: String, by holder: String) async throws {
         try await base.requestMQTTSession(key: key, by: holder)
     }

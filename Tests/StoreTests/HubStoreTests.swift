@@ -387,6 +387,28 @@ import Testing
         try await store.close()
     }
 
+    /// Each node's TLS pins, by its data directory's id: set again after a rotation, removed when it is forgotten.
+    @Test(arguments: Backend.allCases)
+    func eachNodesPinsAreKeptByItsID(_ backend: Backend) async throws {
+        let (store, _) = try await Self.open(backend)
+        #expect(try await store.nodePins() == [])
+        let at = Date(timeIntervalSince1970: 1_800_000_000)
+        let one = NodePinsRecord(
+            node: "n-1", name: "one", pins: [[UInt8](repeating: 1, count: 32), [2, 3]], updatedAt: at)
+        var two = NodePinsRecord(node: "n-2", name: "two", pins: [[UInt8](repeating: 4, count: 32)], updatedAt: at)
+        try await store.setNodePins(two)
+        try await store.setNodePins(one)
+        #expect(try await store.nodePins() == [one, two])
+        two.pins.append([UInt8](repeating: 5, count: 32))
+        two.updatedAt = at + 60
+        try await store.setNodePins(two)
+        #expect(try await store.nodePins() == [one, two], "a rotation replaces the node's pins")
+        #expect(try await store.removeNodePins(node: "n-1"))
+        #expect(!(try await store.removeNodePins(node: "n-1")), "gone already")
+        #expect(try await store.nodePins() == [two])
+        try await store.close()
+    }
+
     @Test(arguments: Backend.allCases)
     func pairingClaimsAreHeldOnceAndUsedOnce(_ backend: Backend) async throws {
         let (store, _) = try await Self.open(backend)
