@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Hub
+import Logging
+import PostgresStore
 import Store
 
 /// `bulwark node`: more hub nodes on one PostgreSQL database. The first node is an ordinary `bulwark serve` with
@@ -10,7 +12,75 @@ import Store
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node", abstract: "Add hub nodes on the same PostgreSQL database.",
-        subcommands: [List.self, Bundle.self, Join.self, Pins.self, Forget.self])
+        subcommands: [Init.self, List.self, Bundle.self, Join.self, Pins.self, Forget.self])
+
+    /// The database a node serves from (`init`, `join`), written to `DATA/node.json` for `bulwark serve --data DIR`.
+    struct DatabaseOptions: ParsableArguments {
+        @Option(help: "postgres://USER@HOST:PORT/DB?sslmode=verify-full (no password in it: --database-password-file).")
+        var database: String?
+        @Option(help: "A file holding the database user's password.") var databasePasswordFile: String?
+        @Option(help: "The CA certificate the database server's certificate is checked against.")
+        var databaseCaFile: String?
+        @Option(help: "This node's name in bulwark node list (cluster.nodeName; the host name by default).")
+        var name: String?
+
+        /// Writes `DATA/node.json`, then does what a start does before it serves (`HubServer.prepare`): the database
+        /// migrated, the CA and audit key agreed with the other nodes, this node's keys made and its pins recorded.
+        /// A data directory this command made is removed again when that fails.
+        func prepare(_ data: String, made: Bool, first: Bool) async throws {
+            guard let database else { return }
+            do {
+                _ = try SecretFiles.makePrivateDirectory(data)
+                try SecretFiles.writePublic(
+                    data + "/" + HubConfiguration.nodeFileName,
+                    contents: try HubConfiguration.nodeFile(
+                        databaseURL: database, passwordFile: databasePasswordFile, caFile: databaseCaFile,
+                        nodeName: name))
+                let configuration = try await HubConfiguration.load(dataDirectory: data, configFile: nil)
+                guard let location = try configuration.postgresLocation() else {
+                    throw HubStartupError("--database must be a postgres:// URL")
+                }
+                if first {
+                    let store = try await PostgresHubStore(location: location)
+                    let hub = try? await store.agreedSetting("ca-certificate", proposing: nil)
+                    try? await store.close()
+                    guard hub == nil else {
+                        throw HubStartupError(
+                            "the database already belongs to a hub: add this node to it with bulwark node join")
+                    }
+                }
+                var logger = Logger(label: "bulwark.node")
+                logger.logLevel = .warning
+                let prepared = try await HubServer.prepare(configuration: configuration, logger: logger)
+                try? await prepared.store.close()
+            } catch {
+                if made { try? FileManager.default.removeItem(atPath: data) }
+                throw CleanExit.message("bulwark: \(error)", code: 1)
+            }
+        }
+    }
+
+    struct Init: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make the first node of a hub on a PostgreSQL database: its CA, keys and DATA/node.json.",
+            discussion: """
+                Refused when the data directory already holds a hub, or the database already belongs to one (join it
+                with `bulwark node join`). Start the node with `bulwark serve --data DIR`.
+                """)
+        @Option(help: "The new node's data directory (empty or missing).") var data: String
+        @OptionGroup var database: DatabaseOptions
+
+        func run() async throws {
+            guard database.database != nil else { throw CleanExit.message("bulwark: --database is required", code: 64) }
+            guard !FileManager.default.fileExists(atPath: data + "/ca.crt") else {
+                throw CleanExit.message("bulwark: \(data) already holds a hub (ca.crt)", code: 1)
+            }
+            try await database.prepare(data, made: !FileManager.default.fileExists(atPath: data), first: true)
+            print(
+                "\(data) is the first node of a hub on the database: start it with `bulwark serve --data \(data)`; "
+                    + "add nodes with `bulwark node bundle` and `bulwark node join`")
+        }
+    }
 
     /// The store the configuration names, as `bulwark serve` reads it.
     struct StoreOptions: ParsableArguments {
@@ -130,6 +200,7 @@ struct NodeCommand: AsyncParsableCommand {
         @Option(help: "The new node's data directory (empty or missing).") var data: String
         @Option(help: "A bundle made by `bulwark node bundle`, or an existing node's data directory.") var from: String
         @Option(help: "The bundle's passphrase file (with a bundle).") var passphraseFile: String?
+        @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
             do {
@@ -149,7 +220,15 @@ struct NodeCommand: AsyncParsableCommand {
                     }
                     files = try NodeBundle.open(Array(bytes), passphrase: try passphrase(passphraseFile))
                 }
+                let made = !FileManager.default.fileExists(atPath: data)
                 try NodeBundle.install(files, into: data)
+                if database.database != nil {
+                    try await database.prepare(data, made: made, first: false)
+                    print(
+                        "\(data) is a node of the hub, with TLS keys of its own: start it with `bulwark serve --data "
+                            + "\(data)`. Run `bulwark hub publish-pins` so that devices paired before it trust it")
+                    return
+                }
                 print(
                     "\(data) is a node of the hub: start it with `bulwark serve --data \(data)` and the same "
                         + "database.url, database.passwordFile and database.caFile as the other nodes. It makes TLS "

@@ -121,6 +121,27 @@ public struct HubConfiguration: Sendable, Equatable {
         self.dataDirectory = dataDirectory
     }
 
+    /// The settings `bulwark node init` and `node join --database` write into the data directory (the database, the
+    /// node's name): the node then starts with `bulwark serve --data DIR` alone.
+    public static let nodeFileName = "node.json"
+
+    /// The settings of `DATA/node.json`, absolute paths: the database's URL, password file and CA file, and the
+    /// node's name. No secret: the password stays in its own file.
+    public static func nodeFile(
+        databaseURL: String, passwordFile: String?, caFile: String?, nodeName: String?
+    ) throws -> String {
+        func absolute(_ path: String) -> String {
+            path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        }
+        var database: [String: Any] = ["url": databaseURL]
+        if let passwordFile { database["passwordFile"] = absolute(passwordFile) }
+        if let caFile { database["caFile"] = absolute(caFile) }
+        var object: [String: Any] = ["database": database]
+        if let nodeName { object["cluster"] = ["nodeName": nodeName] }
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
+        return String(decoding: data, as: UTF8.self) + "\n"
+    }
+
     /// Reads the file (if given) and the environment, then validates. Errors say which setting is wrong.
     public static func load(
         dataDirectory: String?, configFile: String?, environment: [String: String] = ProcessInfo.processInfo.environment
@@ -138,9 +159,18 @@ public struct HubConfiguration: Sendable, Equatable {
                 throw HubStartupError("configuration file \(configFile) is not valid JSON")
             }
         }
-        let reader = ConfigReader(providers: providers)
-        var config = HubConfiguration(
-            dataDirectory: dataDirectory ?? reader.string(forKey: "data", default: "./bulwark-data"))
+        var reader = ConfigReader(providers: providers)
+        let dataDirectory = dataDirectory ?? reader.string(forKey: "data", default: "./bulwark-data")
+        // A node made by `bulwark node init` or `node join --database` keeps its database settings in DATA/node.json:
+        // read last, so that the environment and --config override it.
+        let nodeFile = dataDirectory + "/" + nodeFileName
+        if FileManager.default.fileExists(atPath: nodeFile) {
+            do { providers.append(try await FileProvider<HubFileSnapshot>(filePath: FilePath(nodeFile))) } catch {
+                throw HubStartupError("\(nodeFile) is not valid JSON")
+            }
+            reader = ConfigReader(providers: providers)
+        }
+        var config = HubConfiguration(dataDirectory: dataDirectory)
         config.device.host = reader.string(forKey: "device.host", default: config.device.host)
         config.device.port = reader.int(forKey: "device.port", default: config.device.port)
         config.operatorAPI.host = reader.string(forKey: "operator.host", default: config.operatorAPI.host)

@@ -36,11 +36,20 @@ public final class HubServer: Sendable {
     private let logger: Logger
     private let ports: AsyncStream<(String, Int)>
 
-    /// Opens the store (SQLite by default), creates or loads the credentials and builds both listeners.
-    public static func make(
-        configuration: HubConfiguration, store: (any HubStore)? = nil, logger: Logger,
-        gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]
-    ) async throws -> HubServer {
+    /// What a start does before anything else, and all `bulwark node init` and `node join` do: the store opened (and
+    /// migrated), the clock and the audit key checked against it, the credentials made or loaded and the CA agreed
+    /// with the other nodes on the database, this node's TLS pins recorded.
+    public struct Prepared: Sendable {
+        public let store: any HubStore
+        public let credentials: HubCredentials
+        let auditKey: AuditKey
+        let metrics: HubMetrics
+        let clusterPins: ClusterPins
+    }
+
+    public static func prepare(
+        configuration: HubConfiguration, store: (any HubStore)? = nil, logger: Logger
+    ) async throws -> Prepared {
         try configuration.validate()
         if let notice = try SecretFiles.makePrivateDirectory(configuration.dataDirectory) {
             logger.warning("data directory tightened", metadata: ["detail": .string(notice)])
@@ -111,6 +120,19 @@ public final class HubServer: Sendable {
             name: configuration.clusterNodeName ?? NodeDescription.hostName, identity: credentials.identity,
             logger: logger)
         try await clusterPins.record()
+        return Prepared(
+            store: store, credentials: credentials, auditKey: auditKey, metrics: metrics, clusterPins: clusterPins)
+    }
+
+    /// Opens the store (SQLite by default), creates or loads the credentials and builds both listeners.
+    public static func make(
+        configuration: HubConfiguration, store: (any HubStore)? = nil, logger: Logger,
+        gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]
+    ) async throws -> HubServer {
+        let prepared = try await prepare(configuration: configuration, store: store, logger: logger)
+        let (store, credentials, auditKey, metrics, clusterPins) = (
+            prepared.store, prepared.credentials, prepared.auditKey, prepared.metrics, prepared.clusterPins
+        )
         let crl = CRLPublisher(
             authority: credentials.authority, store: store, dataDirectory: configuration.dataDirectory,
             validityDays: configuration.crlValidityDays,

@@ -229,6 +229,62 @@ import Testing
         try await first.stop()
     }
 
+    /// Three nodes, one hub (#14's own example): a device enrolled on node 1 sends through node 2; a claim made on
+    /// node 1 is paired on node 3; a command sent through node 3 reaches the device connected to node 1 over MQTT.
+    @Test func threeNodesServeAnyDeviceAndOperator() async throws {
+        let (one, two, location) = try await Self.twoNodes()
+        let (_, three) = try await Self.twoNodes(joining: one, location: location)
+        try Self.shareOperatorKey(from: one, to: three)
+        let device = try await one.enroll("cl3-dev")
+        let sent = try await device.request(
+            port: two.devicePort, "POST", "/v1/telemetry", body: Array(#"{"through":"node 2"}"#.utf8))
+        #expect(sent.status == 202)
+        #expect(
+            try await one.server.store.telemetry(of: try DeviceID("cl3-dev"), limit: 10).map {
+                String(decoding: $0.body, as: UTF8.self)
+            } == [#"{"through":"node 2"}"#])
+
+        let identity = NoiseDH.p256.generateKeyPair()
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("cl3-paired"), publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 3, count: 16))
+        #expect(try await one.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        let paired = try await PairingClient.pair(
+            host: "127.0.0.1", port: three.pairingPort, label: label, identityKey: identity, timeout: .seconds(20))
+        #expect(!paired.credentials.certificateDER.isEmpty, "claimed on node 1, paired on node 3")
+        #expect(Set(paired.credentials.pins).count == 6, "the three nodes' pins")
+        #expect(try await two.server.store.device(try DeviceID("cl3-paired"))?.status == .active)
+
+        let command = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: one.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "cl3-dev",
+            version: .v5, keepAlive: 120
+        ) { mqtt, _ -> String? in
+            try await mqtt.send(
+                .subscribe(
+                    packetID: 1,
+                    subscriptions: [
+                        Subscription(filter: try TopicFilter("devices/cl3-dev/commands/#"), qos: .atLeastOnce)
+                    ],
+                    properties: .init()))
+            guard case .suback(1, [1], _) = try await mqtt.next() else { return nil }
+            let sent = try await three.operatorRequest(
+                "POST", "/v1/devices/cl3-dev/commands/reboot", json: ["delay": 3])
+            #expect(sent.status == 202)
+            while let packet = try await mqtt.next() {
+                guard case .publish(let message) = packet else { continue }
+                if let id = message.packetID {
+                    try await mqtt.send(.puback(packetID: id, reasonCode: 0, properties: .init()))
+                }
+                return "\(message.topic.rawValue) \(String(decoding: message.payload, as: UTF8.self))"
+            }
+            return nil
+        }
+        #expect(command == #"devices/cl3-dev/commands/reboot {"delay":3}"#, "sent through node 3, delivered on node 1")
+        try await three.stop()
+        try await two.stop()
+        try await one.stop()
+    }
+
     /// Each node has TLS keys of its own. A device paired on either node pins both; a device that pinned node 1 alone
     /// (paired before node 2 joined) refuses node 2 until the pin set published through TUF names node 2's keys, and
     /// then connects to it. A forgotten node's pins are handed out no more.

@@ -168,25 +168,37 @@ import Testing
     @Test func killMinusNineOfOneNodeMovesItsDevicesToTheOtherAndLosesNothing() async throws {
         let (location, database) = try await Self.postgres()
         let work = try temporaryDirectory("two-nodes")
+        // The nodes are made with `node init` and `node join --database`: their DATA/node.json names the database and
+        // their names, and `serve --data DIR` needs nothing else.
         let unlimited = [
             "BULWARK_GATEWAY_DEVICE_RATE": "1000000", "BULWARK_GATEWAY_DEVICE_BURST": "1000000",
             "BULWARK_GATEWAY_ROUTE_RATE": "1000000", "BULWARK_GATEWAY_ROUTE_BURST": "1000000",
-        ].merging(database) { $1 }
-        let one = try HubProcess(
-            binary: try Self.binary, directory: work + "/one",
-            environment: unlimited.merging(["BULWARK_CLUSTER_NODE_NAME": "node-one"]) { $1 })
+        ]
+        func databaseOptions(_ name: String) -> [String] {
+            [
+                "--database", database["BULWARK_DATABASE_URL"] ?? "", "--database-password-file",
+                database["BULWARK_DATABASE_PASSWORD_FILE"] ?? "", "--database-ca-file",
+                database["BULWARK_DATABASE_CA_FILE"] ?? "", "--name", name,
+            ]
+        }
+        let initialized = try await run(
+            try Self.binary, ["node", "init", "--data", work + "/one"] + databaseOptions("node-one"))
+        #expect(initialized.status == 0, "\(initialized.stderr)")
+        let again = try await run(
+            try Self.binary, ["node", "init", "--data", work + "/other"] + databaseOptions("node-other"))
+        #expect(again.status == 1 && again.stderr.contains("already belongs to a hub"), "\(again.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: work + "/other"), "what the refused init made is removed")
+        let one = try HubProcess(binary: try Self.binary, directory: work + "/one", environment: unlimited)
         let onePorts = try await one.waitForPorts()
         try "a passphrase for the bundle\n".write(toFile: work + "/pass", atomically: true, encoding: .utf8)
         for arguments in [
             ["node", "bundle", "--data", work + "/one", "--out", work + "/node.bundle"],
-            ["node", "join", "--data", work + "/two", "--from", work + "/node.bundle"],
+            ["node", "join", "--data", work + "/two", "--from", work + "/node.bundle"] + databaseOptions("node-two"),
         ] {
             let result = try await run(try Self.binary, arguments + ["--passphrase-file", work + "/pass"])
             #expect(result.status == 0, "\(result.stderr)")
         }
-        let two = try HubProcess(
-            binary: try Self.binary, directory: work + "/two",
-            environment: unlimited.merging(["BULWARK_CLUSTER_NODE_NAME": "node-two"]) { $1 })
+        let two = try HubProcess(binary: try Self.binary, directory: work + "/two", environment: unlimited)
         let twoPorts = try await two.waitForPorts()
         // Node 2 made TLS keys of its own; both nodes' pins are in the store (`bulwark node pins`).
         let presented = (
@@ -194,8 +206,7 @@ import Testing
             await TLSKeyRotation.presentedPin(host: "127.0.0.1", port: twoPorts.device)
         )
         #expect(presented.0 != nil && presented.1 != nil && presented.0 != presented.1, "a key of each node's own")
-        let pinsListing = try await run(
-            try Self.binary, ["node", "pins", "--data", work + "/one"], environment: database)
+        let pinsListing = try await run(try Self.binary, ["node", "pins", "--data", work + "/one"])
         #expect(pinsListing.status == 0, "\(pinsListing.stderr)")
         let pinRows = pinsListing.stdout.split(separator: "\n").map(String.init)
         for (name, pin) in [("node-one", presented.0), ("node-two", presented.1)] {
