@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import Hub
 import HubClient
-import PostgresStore
 import TUF
 import TUFRepository
 
@@ -42,22 +41,11 @@ struct HubCommand: AsyncParsableCommand {
             return (configuration, repository, ring)
         }
 
-        /// The other nodes' pins (several nodes on PostgreSQL: each has TLS keys of its own); none for one node.
-        func otherNodePins(_ configuration: HubConfiguration) async throws -> [[UInt8]] {
-            guard let location = try configuration.postgresLocation() else { return [] }
-            let own = (try? String(contentsOfFile: configuration.dataDirectory + "/node.id", encoding: .utf8))?
-                .trimmingCharacters(in: .whitespacesAndNewlines)
-            let store: PostgresHubStore
-            do { store = try await PostgresHubStore(location: location) } catch {
+        /// This node's pins recorded as its files hold them, and the other nodes' (several nodes on PostgreSQL: each
+        /// has TLS keys of its own); none with one node.
+        func otherNodePins(_ configuration: HubConfiguration) async throws -> [(name: String, pins: [[UInt8]])] {
+            do { return try await ClusterPins.syncAndReadOthers(configuration) } catch {
                 throw CleanExit.message("bulwark: \(error)", code: 69)
-            }
-            do {
-                let records = try await store.nodePins()
-                try? await store.close()
-                return records.filter { $0.node != own }.flatMap(\.pins)
-            } catch {
-                try? await store.close()
-                throw CleanExit.message("bulwark: the other nodes' pins could not be read: \(error)", code: 69)
             }
         }
     }
@@ -67,17 +55,29 @@ struct HubCommand: AsyncParsableCommand {
             commandName: "publish-pins",
             abstract: "Publish every node's pins (key in use, backup) as the TUF target bulwark/pins.json.")
         @OptionGroup var options: Options
+        @Option(
+            help: ArgumentHelp(
+                "Seconds the last pin set that added keys must have been published before another that adds keys, so "
+                    + "that devices (refreshing every 6 hours) hold it; a device takes at most two new keys at a time.")
+        )
+        var settle = 86_400
 
         func run() async throws {
             let (configuration, repository, keyring) = try await options.load()
             let others = try await options.otherNodePins(configuration)
             do {
-                let (version, pins) = try await TLSKeyRotation.publishCurrent(
+                let (version, pins, waiting) = try await TLSKeyRotation.publishCurrent(
                     dataDirectory: configuration.dataDirectory, repository: repository, keyring: keyring,
-                    keyPolicy: configuration.cryptoProfile == .fips ? .fips : .any, otherNodes: others)
+                    keyPolicy: configuration.cryptoProfile == .fips ? .fips : .any, otherNodes: others,
+                    settle: TimeInterval(settle))
                 print(
                     "published pin set version \(version): "
                         + pins.map { Data($0).base64EncodedString() }.joined(separator: " "))
+                if !waiting.isEmpty {
+                    print(
+                        "not yet published (a set adds at most two keys): \(waiting.joined(separator: ", ")); run "
+                            + "this again once devices hold this set (--settle)")
+                }
             } catch { throw CleanExit.message("bulwark: \(error)", code: 1) }
         }
     }
@@ -112,7 +112,7 @@ struct HubCommand: AsyncParsableCommand {
                 HubConfiguration.bindsEveryInterface(configuration.device.host)
                 ? "127.0.0.1" : configuration.device.host
             let port = configuration.device.port
-            let others = try await options.otherNodePins(configuration)
+            let others = try await options.otherNodePins(configuration).flatMap(\.pins)
             do {
                 let result = try await TLSKeyRotation.rotate(
                     dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames,
@@ -122,6 +122,9 @@ struct HubCommand: AsyncParsableCommand {
                     settle: TimeInterval(settle), hubRunning: !noHub,
                     keyPolicy: configuration.cryptoProfile == .fips ? .fips : .any, otherNodes: others,
                     presentedPin: { await TLSKeyRotation.presentedPin(host: host, port: port) })
+                // The store holds this node's new pins for pairing on every node (the running hub records them
+                // too when it switches).
+                _ = try? await ClusterPins.syncAndReadOthers(configuration)
                 print(
                     "rotated: retired \(Data(result.previousPin).base64EncodedString()); now "
                         + "\(result.pins.map { Data($0).base64EncodedString() }.joined(separator: " ")) "

@@ -118,7 +118,7 @@ public final class HubServer: Sendable {
         let clusterPins = ClusterPins(
             store: store, node: try ClusterPins.nodeID(dataDirectory: configuration.dataDirectory),
             name: configuration.clusterNodeName ?? NodeDescription.hostName, identity: credentials.identity,
-            logger: logger)
+            auditKey: auditKey, logger: logger)
         try await clusterPins.record()
         return Prepared(
             store: store, credentials: credentials, auditKey: auditKey, metrics: metrics, clusterPins: clusterPins)

@@ -139,7 +139,8 @@ public enum TLSKeyRotation {
     /// rebuilt or a target removed by hand never makes devices refuse every later set as older.
     @discardableResult
     public static func publish(
-        _ pins: [[UInt8]], repository: String, keyring: Keyring, dataDirectory: String, keyPolicy: KeyPolicy = .any
+        _ pins: [[UInt8]], repository: String, keyring: Keyring, dataDirectory: String, keyPolicy: KeyPolicy = .any,
+        now: Date = Date()
     ) async throws -> Int {
         let lock = try RepositoryLock(directory: repository)
         defer { lock.release() }
@@ -158,6 +159,13 @@ public enum TLSKeyRotation {
         let version = max(currentVersion(editor) ?? 0, recorded ?? 0) + 1
         var custom = JSONObject()
         custom.set("pinSetVersion", .integer(Int64(version)))
+        // When a set last added keys (signed with it): the next set that adds keys waits for devices to hold it. The
+        // first set adds none (devices hold its pins since their pairing).
+        let published = publishedSet(editor, repository: repository)
+        let addsKeys = published.map { set in pins.contains { !set.pins.contains($0) } } ?? false
+        if let addedAt = addsKeys ? now : published?.keysAddedAt {
+            custom.set("keysAddedAt", .integer(Int64(addedAt.timeIntervalSince1970)))
+        }
         try editor.addTarget(
             path: PinSet.targetPath, contents: PinSet(version: version, pins: pins).json, role: "targets",
             custom: .object(custom))
@@ -169,12 +177,17 @@ public enum TLSKeyRotation {
         return version
     }
 
-    /// `bulwark hub publish-pins`: the current set {key in use, backup} with `otherNodes`' pins (several nodes: each
-    /// has keys of its own), unless a rotation is unfinished.
+    /// `bulwark hub publish-pins`: the current set {key in use, backup} with the other nodes' pins (several nodes:
+    /// each has keys of its own), unless a rotation is unfinished.
+    ///
+    /// A device takes a set that adds at most two keys to what it holds (`PinSet.evaluate`), and one that skipped a
+    /// set adds up the keys of both: so a set adds at most two keys to the published one (the nodes whose pins would
+    /// add more wait, named in `waiting`), and a set that adds keys is refused until `settle` seconds after the last
+    /// one that did (devices refresh every 6 hours). A set that only keeps or drops keys goes out at once.
     public static func publishCurrent(
         dataDirectory: String, repository: String, keyring: Keyring, keyPolicy: KeyPolicy = .any,
-        otherNodes: [[UInt8]] = []
-    ) async throws -> (version: Int, pins: [[UInt8]]) {
+        otherNodes: [(name: String, pins: [[UInt8]])] = [], settle: TimeInterval = 0, now: Date = Date()
+    ) async throws -> (version: Int, pins: [[UInt8]], waiting: [String]) {
         let files = TLSKeyFiles(dataDirectory)
         try files.requireHub()
         let lock = try files.lock()
@@ -182,12 +195,51 @@ public enum TLSKeyRotation {
         if let journal = RotationJournal.load(files), journal.stage != .done {
             throw HubStartupError("a key rotation is unfinished: run bulwark hub rotate-tls-key to finish it")
         }
-        let pins = try withOtherNodes(try currentPins(dataDirectory: dataDirectory), otherNodes)
+        let published = publishedSet(try FileRepository(directory: repository).open(), repository: repository)
+        func added(_ pins: [[UInt8]]) -> Int {
+            published.map { set in pins.filter { !set.pins.contains($0) }.count } ?? 0
+        }
+        var pins = try currentPins(dataDirectory: dataDirectory)
+        guard added(pins) <= 2 else {
+            throw HubStartupError(
+                "this node's own pins add \(added(pins)) keys to the published set: devices take at most two at a time")
+        }
+        var waiting: [String] = []
+        for node in otherNodes {
+            let candidate = try withOtherNodes(pins, node.pins)
+            if added(candidate) <= 2 { pins = candidate } else { waiting.append(node.name) }
+        }
+        if added(pins) > 0, let last = published?.keysAddedAt, now.timeIntervalSince(last) < settle {
+            throw HubStartupError(
+                "the last pin set that added keys was published at \(last.formatted(.iso8601)); devices may not hold "
+                    + "it yet: publish again after \(last.addingTimeInterval(settle).formatted(.iso8601)) (--settle)")
+        }
         return (
             try await publish(
-                pins, repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy),
-            pins
+                pins, repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy,
+                now: now),
+            pins, waiting
         )
+    }
+
+    /// The pin set the repository publishes now, read back from its target file (checked against the hash the
+    /// signed metadata lists), and when a set last added keys; nil when none is published or its file is missing.
+    static func publishedSet(_ editor: RepositoryEditor, repository: String) -> (pins: [[UInt8]], keysAddedAt: Date?)? {
+        guard case .object(let entry)? = editor.targets(of: "targets")[PinSet.targetPath],
+            case .object(let hashes)? = entry["hashes"], let digest = hashes["sha256"]?.stringValue
+        else { return nil }
+        var addedAt: Date?
+        if case .object(let custom)? = entry["custom"], let seconds = custom["keysAddedAt"]?.integerValue {
+            addedAt = Date(timeIntervalSince1970: Double(seconds))
+        }
+        for name in [digest + ".pins.json", "pins.json"] {
+            guard let data = FileManager.default.contents(atPath: repository + "/targets/bulwark/" + name),
+                SHA256.hash(data: data).map({ String(format: "%02x", $0) }).joined() == digest,
+                let set = try? PinSet(json: Array(data))
+            else { continue }
+            return (set.pins, addedAt)
+        }
+        return nil
     }
 
     /// The pins of the key in use and of the backup key, from the data directory.
@@ -233,6 +285,10 @@ public enum TLSKeyRotation {
         now: Date = Date(), keyPolicy: KeyPolicy = .any, otherNodes: [[UInt8]] = [],
         presentedPin: @Sendable () async -> [UInt8]?
     ) async throws -> Result {
+        // The other nodes' pins that are published already: a node's new pins wait for `publish-pins`, so that this
+        // rotation's sets add only its own new key.
+        let published = publishedSet(try FileRepository(directory: repository).open(), repository: repository)
+        let otherNodes = published.map { set in otherNodes.filter { set.pins.contains($0) } } ?? otherNodes
         let files = TLSKeyFiles(dataDirectory)
         try files.requireHub()
         let lock = try files.lock()
@@ -251,6 +307,13 @@ public enum TLSKeyRotation {
                         + "yet: rotate again after \(completed.addingTimeInterval(settle).formatted(.iso8601)) "
                         + "(--settle)")
             }
+            // Every node's sets: the first step adds a key, so it waits like any set that adds keys (publishCurrent).
+            if let last = published?.keysAddedAt, now.timeIntervalSince(last) < settle {
+                throw HubStartupError(
+                    "the last pin set that added keys was published at \(last.formatted(.iso8601)) (perhaps by another "
+                        + "node); devices may not hold it yet: rotate after "
+                        + "\(last.addingTimeInterval(settle).formatted(.iso8601)) (--settle)")
+            }
             // A `hub-next.key` left by a run that stopped before publishing is as good as a new one.
             let active = try HubCredentials.loadOrCreateSigningKey(files.active)
             let backup = try HubCredentials.loadOrCreateSigningKey(files.backup)
@@ -261,7 +324,8 @@ public enum TLSKeyRotation {
             versions.append(
                 try await publish(
                     try withOtherNodes([journal.previous, journal.active, journal.backup], otherNodes),
-                    repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy))
+                    repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy,
+                    now: now))
             try journal.save(files)
         }
         if journal.stage == .published {
@@ -286,7 +350,7 @@ public enum TLSKeyRotation {
         versions.append(
             try await publish(
                 try withOtherNodes([journal.active, journal.backup], otherNodes), repository: repository,
-                keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy))
+                keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy, now: now))
         journal.stage = .done
         journal.completedAt = now
         try journal.save(files)

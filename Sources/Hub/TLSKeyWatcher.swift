@@ -22,9 +22,22 @@ struct TLSKeyWatcher: Service {
     func run() async throws {
         var seen = files.fingerprint()
         var failures = 0
+        // The key generation whose pins the store holds (recorded at start); a record that failed is tried again.
+        var recorded = identity.current.generation
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
             if Task.isShuttingDownGracefully { break }
+            if let pins, recorded != identity.current.generation {
+                let generation = identity.current.generation
+                do {
+                    try await pins.record()
+                    recorded = generation
+                } catch {
+                    logger.warning(
+                        "the new pins were not recorded for the other nodes; trying again",
+                        metadata: ["error": .string("\(error)")])
+                }
+            }
             let now = files.fingerprint()
             guard now != seen else { continue }
             if await check() {
@@ -73,11 +86,6 @@ struct TLSKeyWatcher: Service {
                 "backup": .string(pins[1]), "serial": .string(certificate.serialHex),
             ])
         try? await store.addCertificate(HubCredentials.record(certificate, deviceID: nil))
-        do { try await self.pins?.record(now: now) } catch {
-            logger.warning(
-                "the new pins were not recorded for the other nodes (recorded again at the next start)",
-                metadata: ["error": .string("\(error)")])
-        }
         try? await store.recordSecurityEvent(
             SecurityEvent(
                 at: now, kind: "tls-key-rotated", identity: nil,

@@ -90,8 +90,11 @@ public struct PinnedServer: Sendable {
         let caDER = caCertificateDER
         promise.completeWithTask {
             guard let presented, pins.contains(presented) else { return .failed }
+            // A server certificate (RFC 5280 §4.2.1.12 serverAuth): a device's certificate from the same CA, which
+            // is for clientAuth only, is never taken for the hub's, even for a key someone got into the pins.
             guard let leafDER = ders.first, let leaf = try? Certificate(derEncoded: leafDER),
-                let ca = try? Certificate(derEncoded: caDER)
+                let ca = try? Certificate(derEncoded: caDER),
+                (try? leaf.extensions.extendedKeyUsage)??.contains(.serverAuth) == true
             else { return .failed }
             var verifier = Verifier(rootCertificates: CertificateStore([ca])) { RFC5280Policy() }
             let intermediates = CertificateStore(ders.dropFirst().compactMap { try? Certificate(derEncoded: $0) })

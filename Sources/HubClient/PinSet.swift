@@ -24,7 +24,7 @@ public struct PinSet: Sendable, Equatable {
         self.pins = pins
     }
 
-    /// Parses a published pin set strictly: exactly the two members, a version in 1...2^31-1, 1...8 distinct SHA-256
+    /// Parses a published pin set strictly: exactly the two members, a version in 1...2^31-1, 1...16 distinct SHA-256
     /// pins in base64.
     public init(json: [UInt8]) throws(PinSetError) {
         guard json.count <= 4096, case .object(let object)? = try? StrictJSON().value(json),

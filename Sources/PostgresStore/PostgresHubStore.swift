@@ -353,7 +353,8 @@ public final class PostgresHubStore: HubStore {
             [
                 """
                 CREATE TABLE node_pins (
-                    node TEXT COLLATE "C" PRIMARY KEY, name TEXT NOT NULL, pins TEXT NOT NULL, updated_at BIGINT NOT NULL)
+                    node TEXT COLLATE "C" PRIMARY KEY, name TEXT NOT NULL, pins TEXT NOT NULL, updated_at BIGINT NOT NULL,
+                    mac TEXT NOT NULL)
                 """
             ]
         ),
@@ -584,10 +585,11 @@ public final class PostgresHubStore: HubStore {
         try await write { connection in
             try await connection.query(
                 """
-                INSERT INTO node_pins (node, name, pins, updated_at)
-                VALUES (\(record.node), \(record.name), \(record.encodedPins), \(record.updatedAt.millis))
+                INSERT INTO node_pins (node, name, pins, updated_at, mac)
+                VALUES (\(record.node), \(record.name), \(record.encodedPins), \(record.updatedAt.millis),
+                        \(Data(record.mac).base64EncodedString()))
                 ON CONFLICT (node) DO UPDATE SET name = excluded.name, pins = excluded.pins,
-                    updated_at = excluded.updated_at
+                    updated_at = excluded.updated_at, mac = excluded.mac
                 """, logger: Self.quiet)
         }
     }
@@ -605,13 +607,13 @@ public final class PostgresHubStore: HubStore {
     public func nodePins() async throws -> [NodePinsRecord] {
         try await read { client in
             var records: [NodePinsRecord] = []
-            for try await (node, name, pins, updated) in try await client.query(
-                "SELECT node, name, pins, updated_at FROM node_pins ORDER BY node", logger: Self.quiet
-            ).decode((String, String, String, Int64).self) {
+            for try await (node, name, pins, updated, mac) in try await client.query(
+                "SELECT node, name, pins, updated_at, mac FROM node_pins ORDER BY node", logger: Self.quiet
+            ).decode((String, String, String, Int64, String).self) {
                 records.append(
                     NodePinsRecord(
-                        node: node, name: name, pins: NodePinsRecord.decodePins(pins), updatedAt: Date(millis: updated))
-                )
+                        node: node, name: name, pins: NodePinsRecord.decodePins(pins), updatedAt: Date(millis: updated),
+                        mac: Data(base64Encoded: mac).map { [UInt8]($0) } ?? []))
             }
             return records
         }

@@ -457,12 +457,16 @@ public struct NodePinsRecord: Sendable, Equatable {
     public var name: String
     public var pins: [[UInt8]]
     public var updatedAt: Date
+    /// HMAC-SHA256 of the node, name and pins under a key derived from the audit key (`ClusterPins`): the database
+    /// never holds that key, so a row it was given by anyone else does not verify.
+    public var mac: [UInt8]
 
-    public init(node: String, name: String, pins: [[UInt8]], updatedAt: Date) {
+    public init(node: String, name: String, pins: [[UInt8]], updatedAt: Date, mac: [UInt8] = []) {
         self.node = node
         self.name = name
         self.pins = pins
         self.updatedAt = updatedAt
+        self.mac = mac
     }
 
     /// The pins as stored: base64, space-separated.

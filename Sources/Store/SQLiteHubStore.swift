@@ -328,7 +328,8 @@ public final class SQLiteHubStore: HubStore {
             try db.execute(
                 sql: """
                     CREATE TABLE node_pins (
-                        node TEXT PRIMARY KEY, name TEXT NOT NULL, pins TEXT NOT NULL, updated_at INTEGER NOT NULL)
+                        node TEXT PRIMARY KEY, name TEXT NOT NULL, pins TEXT NOT NULL, updated_at INTEGER NOT NULL,
+                        mac TEXT NOT NULL)
                     """)
         }
         return migrator
@@ -1304,8 +1305,11 @@ public final class SQLiteHubStore: HubStore {
     public func setNodePins(_ record: NodePinsRecord) async throws {
         try await write { db in
             try db.execute(
-                sql: "INSERT OR REPLACE INTO node_pins (node, name, pins, updated_at) VALUES (?, ?, ?, ?)",
-                arguments: [record.node, record.name, record.encodedPins, record.updatedAt.millis])
+                sql: "INSERT OR REPLACE INTO node_pins (node, name, pins, updated_at, mac) VALUES (?, ?, ?, ?, ?)",
+                arguments: [
+                    record.node, record.name, record.encodedPins, record.updatedAt.millis,
+                    Data(record.mac).base64EncodedString(),
+                ])
         }
     }
 
@@ -1321,7 +1325,8 @@ public final class SQLiteHubStore: HubStore {
             try Row.fetchAll(db, sql: "SELECT * FROM node_pins ORDER BY node").map { row in
                 NodePinsRecord(
                     node: row["node"], name: row["name"], pins: NodePinsRecord.decodePins(row["pins"]),
-                    updatedAt: Date(millis: row["updated_at"]))
+                    updatedAt: Date(millis: row["updated_at"]),
+                    mac: Data(base64Encoded: row["mac"] as String).map { [UInt8]($0) } ?? [])
             }
         }
     }

@@ -290,7 +290,7 @@ import Testing
     /// then connects to it. A forgotten node's pins are handed out no more.
     @Test func eachNodeHasItsOwnKeyAndDevicesLearnEveryNodesPins() async throws {
         let repository = try await PinRotationTests.Repository.make("cluster-pins")
-        let (one, two, _) = try await Self.twoNodes {
+        let (one, two, location) = try await Self.twoNodes {
             $0.tufRepository = repository.path
             $0.tufOnlineKeys = repository.online
         }
@@ -332,15 +332,22 @@ import Testing
         strangerRun.cancel()
         _ = try? await strangerRun.value
 
-        // The pin set both nodes' pins are published in (node 1's command, the other node's pins from the store, as
-        // `bulwark hub publish-pins` does): the device takes it from node 1 (two keys added: one node's pair).
-        let nodeID = try String(contentsOfFile: one.directory + "/node.id", encoding: .utf8)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
-        let others = try await one.server.store.nodePins().filter { $0.node != nodeID }.flatMap(\.pins)
-        #expect(others == pins2)
-        let published = try await TLSKeyRotation.publishCurrent(
-            dataDirectory: one.directory, repository: repository.path, keyring: try repository.keyring,
-            otherNodes: others)
+        // The pin set both nodes' pins are published in, by node 1 as `bulwark hub publish-pins` does it (the other
+        // nodes' pins read from the store by `ClusterPins.syncAndReadOthers`): the device takes it from node 1 (two
+        // keys added: one node's pair).
+        var configuration = one.server.configuration
+        let database = Self.environment(of: location)
+        configuration.databaseURL = database["BULWARK_DATABASE_URL"]
+        configuration.databasePasswordFile = database["BULWARK_DATABASE_PASSWORD_FILE"]
+        configuration.databaseCAFile = database["BULWARK_DATABASE_CA_FILE"]
+        let others = try await ClusterPins.syncAndReadOthers(configuration)
+        #expect(others.map(\.pins) == [pins2])
+        func publish(settle: TimeInterval = 0) async throws -> (version: Int, pins: [[UInt8]], waiting: [String]) {
+            try await TLSKeyRotation.publishCurrent(
+                dataDirectory: one.directory, repository: repository.path, keyring: try repository.keyring,
+                otherNodes: try await ClusterPins.syncAndReadOthers(configuration), settle: settle)
+        }
+        let published = try await publish()
         #expect(published.pins == pins1 + pins2)
         let follower = try agent(one)
         let followerRun = Task { try await follower.run() }
@@ -354,6 +361,34 @@ import Testing
         #expect(await AgentTests.eventually(20) { await moved.status.connection == "connected" }, "node 2 trusted")
         movedRun.cancel()
         _ = try? await movedRun.value
+
+        // Two more nodes at once: a set adds one node's pair (a device takes two new keys at a time), the other
+        // waits; a set that adds keys within `settle` of the last one that did is refused.
+        let key = ClusterPins.key(try AuditKey(fileText: try SecretFiles.read(configuration.auditKeyPath)))
+        let (three, four) = (
+            [PinSetTests.pin(0x33), PinSetTests.pin(0x34)], [PinSetTests.pin(0x43), PinSetTests.pin(0x44)]
+        )
+        for (name, pins) in [("node-3", three), ("node-4", four)] {
+            try await one.server.store.setNodePins(
+                ClusterPins.sealed(node: name + "-id", name: name, pins: pins, now: Date(), key: key))
+        }
+        let limited = try await publish()
+        #expect(limited.pins == pins1 + pins2 + three && limited.waiting == ["node-4"])
+        await #expect(throws: HubStartupError.self, "node 4's pins within the settle time") {
+            try await publish(settle: 3600)
+        }
+        // A row someone wrote into the database (no MAC under the audit key): never given to a device, and
+        // publishing is refused while it is there.
+        try await one.server.store.setNodePins(
+            NodePinsRecord(
+                node: "intruder", name: "intruder", pins: [PinSetTests.pin(0x66)], updatedAt: Date(),
+                mac: [UInt8](repeating: 0, count: 32)))
+        let given = try await pinsGivenAtPairing("cl-pins-4", on: one)
+        #expect(!given.contains(PinSetTests.pin(0x66)) && given.contains(three[0]))
+        await #expect(throws: HubStartupError.self) { try await ClusterPins.syncAndReadOthers(configuration) }
+        for node in ["intruder", "node-3-id", "node-4-id"] {
+            #expect(try await one.server.store.removeNodePins(node: node))
+        }
 
         // Node 2 taken out of service: its pins are handed out no more.
         #expect(try await one.server.store.removeNodePins(node: try #require(recorded.first { $0.pins == pins2 }).node))

@@ -6,6 +6,7 @@ import HubClient
 import Hummingbird
 import HummingbirdTLS
 import Logging
+import NIOPosix
 import NIOSSL
 import PKI
 import Pairing
@@ -81,6 +82,27 @@ import X509
             "agent", "pair", "--hub", "127.0.0.1:\(hub.pairingPort)", "--label-dir", work + "/cam-1", "--reset",
         ])
         #expect(again.status == 1, "the claim was used once")
+        try await hub.stop()
+    }
+
+    /// A pinned key is not enough: the certificate must be a server's (serverAuth). A device's certificate from the
+    /// same CA, for a key someone got into the pins (a row written into a cluster's database), is refused.
+    @Test func aDevicesCertificateIsNeverTakenForTheHubsEvenWithItsKeyPinned() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("eku-1")
+        let deviceCertificate = try NIOSSLCertificate(bytes: device.credentials.certificatePEM, format: .pem)
+        let hubCertificate = try NIOSSLCertificate(
+            bytes: Array(hub.server.credentials.serverCertificate.pem.utf8), format: .pem)
+        let pinned = PinnedServer(
+            caCertificateDER: hub.server.credentials.authority.certificate.derBytes,
+            pins: [deviceCertificate, hubCertificate].compactMap { PinnedServer.pin(of: $0) })
+        func verdict(_ certificate: NIOSSLCertificate) async throws -> NIOSSLVerificationResult {
+            let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: NIOSSLVerificationResult.self)
+            pinned.verify([certificate], promise)
+            return try await promise.futureResult.get()
+        }
+        #expect(try await verdict(hubCertificate) == .certificateVerified, "the hub's own certificate")
+        #expect(try await verdict(deviceCertificate) == .failed, "a clientAuth certificate with a pinned key")
         try await hub.stop()
     }
 

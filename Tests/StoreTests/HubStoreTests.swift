@@ -394,7 +394,7 @@ import Testing
         #expect(try await store.nodePins() == [])
         let at = Date(timeIntervalSince1970: 1_800_000_000)
         let one = NodePinsRecord(
-            node: "n-1", name: "one", pins: [[UInt8](repeating: 1, count: 32), [2, 3]], updatedAt: at)
+            node: "n-1", name: "one", pins: [[UInt8](repeating: 1, count: 32), [2, 3]], updatedAt: at, mac: [9, 8, 7])
         var two = NodePinsRecord(node: "n-2", name: "two", pins: [[UInt8](repeating: 4, count: 32)], updatedAt: at)
         try await store.setNodePins(two)
         try await store.setNodePins(one)
