@@ -43,10 +43,10 @@ struct HubCommand: AsyncParsableCommand {
 
         /// This node's pins recorded as its files hold them, and the other nodes' (several nodes on PostgreSQL: each
         /// has TLS keys of its own); none with one node.
-        func otherNodePins(_ configuration: HubConfiguration) async throws -> [(name: String, pins: [[UInt8]])] {
-            do { return try await ClusterPins.syncAndReadOthers(configuration) } catch {
-                throw CleanExit.message("bulwark: \(error)", code: 69)
-            }
+        func otherNodePins(_ configuration: HubConfiguration) async throws -> [ClusterPins.Node] {
+            do { return try await ClusterPins.syncAndReadOthers(configuration) } catch let error as TamperedPins {
+                throw CleanExit.message("bulwark: \(error)", code: 65)
+            } catch { throw CleanExit.message("bulwark: \(error)", code: 69) }
         }
     }
 
@@ -74,11 +74,13 @@ struct HubCommand: AsyncParsableCommand {
                     "published pin set version \(version): "
                         + pins.map { Data($0).base64EncodedString() }.joined(separator: " "))
                 if !waiting.isEmpty {
-                    print(
-                        "not yet published (a set adds at most two keys): \(waiting.joined(separator: ", ")); run "
-                            + "this again once devices hold this set (--settle)")
+                    // Published, but not everything: 75 (EX_TEMPFAIL), to be run again.
+                    throw CleanExit.message(
+                        "bulwark: not yet published: the pins of \(waiting.joined(separator: ", ")) (a set adds at most "
+                            + "two keys, and only a running node's); run this again once devices hold this set "
+                            + "(--settle) and those nodes run", code: 75)
                 }
-            } catch { throw CleanExit.message("bulwark: \(error)", code: 1) }
+            } catch let exit as CleanExit { throw exit } catch { throw CleanExit.message("bulwark: \(error)", code: 1) }
         }
     }
 
@@ -112,7 +114,7 @@ struct HubCommand: AsyncParsableCommand {
                 HubConfiguration.bindsEveryInterface(configuration.device.host)
                 ? "127.0.0.1" : configuration.device.host
             let port = configuration.device.port
-            let others = try await options.otherNodePins(configuration).flatMap(\.pins)
+            let others = try await options.otherNodePins(configuration)
             do {
                 let result = try await TLSKeyRotation.rotate(
                     dataDirectory: configuration.dataDirectory, hubNames: configuration.hubNames,
@@ -124,7 +126,10 @@ struct HubCommand: AsyncParsableCommand {
                     presentedPin: { await TLSKeyRotation.presentedPin(host: host, port: port) })
                 // The store holds this node's new pins for pairing on every node (the running hub records them
                 // too when it switches).
-                _ = try? await ClusterPins.syncAndReadOthers(configuration)
+                do { _ = try await ClusterPins.syncAndReadOthers(configuration) } catch {
+                    FileHandle.standardError.write(
+                        Data("bulwark: warning: the new pins were not recorded in the store: \(error)\n".utf8))
+                }
                 print(
                     "rotated: retired \(Data(result.previousPin).base64EncodedString()); now "
                         + "\(result.pins.map { Data($0).base64EncodedString() }.joined(separator: " ")) "

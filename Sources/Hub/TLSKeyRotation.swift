@@ -133,15 +133,44 @@ public enum TLSKeyRotation {
         public var versions: [Int]
     }
 
-    /// Publishes `pins` as the next version of `bulwark/pins.json`, signed by the targets role (and a new snapshot
-    /// and timestamp) with `keyring`. Refused when other edits are staged: they are not this command's to publish.
-    /// The version is above both the repository's and the hub's own record (`DATA/pins.version`), so a repository
-    /// rebuilt or a target removed by hand never makes devices refuse every later set as older.
+    /// Publishes `pins` as the next version of `bulwark/pins.json` as they are, without the rules below (a test's
+    /// attacker, who holds the repository's keys, publishes what they like).
     @discardableResult
     public static func publish(
         _ pins: [[UInt8]], repository: String, keyring: Keyring, dataDirectory: String, keyPolicy: KeyPolicy = .any,
         now: Date = Date()
     ) async throws -> Int {
+        try await publish(
+            repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy, now: now,
+            rules: nil, select: { _ in pins }
+        ).version
+    }
+
+    /// What the repository publishes now: the set, read back from its target file and checked against the hash the
+    /// signed metadata lists, and when a set last added keys (`keysAddedAt`, signed with it).
+    struct Published {
+        var pins: [[UInt8]]
+        var keysAddedAt: Date?
+    }
+
+    /// The rules a set follows so that no device is stranded (`PinSet.evaluate`: a device takes a set that adds at
+    /// most two keys to what it holds, and one that skipped a set adds up the keys of both): a set adds at most two
+    /// keys to the published one (to `baseline` when none is published yet: what devices hold since pairing), and a
+    /// set that adds keys waits `settle` seconds after the last one that did (devices refresh every 6 hours).
+    struct Rules {
+        var baseline: [[UInt8]]
+        var settle: TimeInterval
+    }
+
+    /// Publishes the set `select` makes from what is published now as the next version of `bulwark/pins.json`,
+    /// signed by the targets role (and a new snapshot and timestamp) with `keyring`, all under the repository's lock,
+    /// following `rules`. Refused when other edits are staged: they are not this command's to publish. The version
+    /// is above both the repository's and the hub's own record (`DATA/pins.version`), so a repository rebuilt or a
+    /// target removed by hand never makes devices refuse every later set as older.
+    static func publish(
+        repository: String, keyring: Keyring, dataDirectory: String, keyPolicy: KeyPolicy, now: Date, rules: Rules?,
+        select: (Published?) throws -> [[UInt8]]
+    ) async throws -> (version: Int, pins: [[UInt8]]) {
         let lock = try RepositoryLock(directory: repository)
         defer { lock.release() }
         let files = FileRepository(directory: repository)
@@ -153,17 +182,33 @@ public enum TLSKeyRotation {
                 "\(repository) has staged edits (\(editor.stagedRoles.joined(separator: ", "))): publish or discard "
                     + "them first")
         }
+        // Without rules (a test's attacker) a set that cannot be read is no obstacle.
+        let published =
+            rules == nil
+            ? (try? publishedSet(editor, repository: repository)) ?? nil
+            : try publishedSet(editor, repository: repository)
+        let pins = try select(published)
+        let baseline = published?.pins ?? rules?.baseline ?? pins
+        let added = pins.filter { !baseline.contains($0) }.count
+        if let rules {
+            guard added <= 2 else {
+                throw HubStartupError(
+                    "this set would add \(added) keys to what devices hold: they take at most two at a time")
+            }
+            if added > 0, let last = published?.keysAddedAt, now.timeIntervalSince(last) < rules.settle {
+                throw HubStartupError(
+                    "the last pin set that added keys was published at \(last.formatted(.iso8601)) (perhaps by another "
+                        + "node); devices may not hold it yet: publish a set that adds keys after "
+                        + "\(last.addingTimeInterval(rules.settle).formatted(.iso8601)) (--settle)")
+            }
+        }
         let recorded = (try? String(contentsOfFile: dataDirectory + "/pins.version", encoding: .utf8)).flatMap {
             Int($0.trimmingCharacters(in: .whitespacesAndNewlines))
         }
         let version = max(currentVersion(editor) ?? 0, recorded ?? 0) + 1
         var custom = JSONObject()
         custom.set("pinSetVersion", .integer(Int64(version)))
-        // When a set last added keys (signed with it): the next set that adds keys waits for devices to hold it. The
-        // first set adds none (devices hold its pins since their pairing).
-        let published = publishedSet(editor, repository: repository)
-        let addsKeys = published.map { set in pins.contains { !set.pins.contains($0) } } ?? false
-        if let addedAt = addsKeys ? now : published?.keysAddedAt {
+        if let addedAt = added > 0 ? now : published?.keysAddedAt {
             custom.set("keysAddedAt", .integer(Int64(addedAt.timeIntervalSince1970)))
         }
         try editor.addTarget(
@@ -174,19 +219,16 @@ public enum TLSKeyRotation {
                 "cannot publish the pin set: \(error) (do --keys hold the targets, snapshot and timestamp keys?)")
         }
         try SecretFiles.replace(dataDirectory + "/pins.version", contents: "\(version)\n", secret: false)
-        return version
+        return (version, pins)
     }
 
     /// `bulwark hub publish-pins`: the current set {key in use, backup} with the other nodes' pins (several nodes:
-    /// each has keys of its own), unless a rotation is unfinished.
-    ///
-    /// A device takes a set that adds at most two keys to what it holds (`PinSet.evaluate`), and one that skipped a
-    /// set adds up the keys of both: so a set adds at most two keys to the published one (the nodes whose pins would
-    /// add more wait, named in `waiting`), and a set that adds keys is refused until `settle` seconds after the last
-    /// one that did (devices refresh every 6 hours). A set that only keeps or drops keys goes out at once.
+    /// each has keys of its own), unless a rotation is unfinished, following `Rules`. A node whose pins would add
+    /// more than two keys waits (named in `waiting`), and so does one whose record is not fresh (a node not running
+    /// now adds no key; what of it is published already stays). A set that only keeps or drops keys goes out at once.
     public static func publishCurrent(
         dataDirectory: String, repository: String, keyring: Keyring, keyPolicy: KeyPolicy = .any,
-        otherNodes: [(name: String, pins: [[UInt8]])] = [], settle: TimeInterval = 0, now: Date = Date()
+        otherNodes: [ClusterPins.Node] = [], settle: TimeInterval = 0, now: Date = Date()
     ) async throws -> (version: Int, pins: [[UInt8]], waiting: [String]) {
         let files = TLSKeyFiles(dataDirectory)
         try files.requireHub()
@@ -195,39 +237,41 @@ public enum TLSKeyRotation {
         if let journal = RotationJournal.load(files), journal.stage != .done {
             throw HubStartupError("a key rotation is unfinished: run bulwark hub rotate-tls-key to finish it")
         }
-        let published = publishedSet(try FileRepository(directory: repository).open(), repository: repository)
-        func added(_ pins: [[UInt8]]) -> Int {
-            published.map { set in pins.filter { !set.pins.contains($0) }.count } ?? 0
-        }
-        var pins = try currentPins(dataDirectory: dataDirectory)
-        guard added(pins) <= 2 else {
-            throw HubStartupError(
-                "this node's own pins add \(added(pins)) keys to the published set: devices take at most two at a time")
-        }
+        let own = try currentPins(dataDirectory: dataDirectory)
         var waiting: [String] = []
-        for node in otherNodes {
-            let candidate = try withOtherNodes(pins, node.pins)
-            if added(candidate) <= 2 { pins = candidate } else { waiting.append(node.name) }
+        let result = try await publish(
+            repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy, now: now,
+            rules: Rules(baseline: own, settle: settle)
+        ) { published in
+            waiting = []
+            let baseline = published?.pins ?? own
+            func added(_ pins: [[UInt8]]) -> Int { pins.filter { !baseline.contains($0) }.count }
+            var pins = own
+            for node in otherNodes {
+                let kept = node.pins.filter { baseline.contains($0) }
+                let candidate = try withOtherNodes(pins, node.fresh ? node.pins : kept)
+                if node.fresh, added(candidate) <= 2 {
+                    pins = candidate
+                } else {
+                    pins = try withOtherNodes(pins, kept)
+                    if kept.count < node.pins.count { waiting.append(node.name) }
+                }
+            }
+            return pins
         }
-        if added(pins) > 0, let last = published?.keysAddedAt, now.timeIntervalSince(last) < settle {
-            throw HubStartupError(
-                "the last pin set that added keys was published at \(last.formatted(.iso8601)); devices may not hold "
-                    + "it yet: publish again after \(last.addingTimeInterval(settle).formatted(.iso8601)) (--settle)")
-        }
-        return (
-            try await publish(
-                pins, repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy,
-                now: now),
-            pins, waiting
-        )
+        return (result.version, result.pins, waiting)
     }
 
-    /// The pin set the repository publishes now, read back from its target file (checked against the hash the
-    /// signed metadata lists), and when a set last added keys; nil when none is published or its file is missing.
-    static func publishedSet(_ editor: RepositoryEditor, repository: String) -> (pins: [[UInt8]], keysAddedAt: Date?)? {
-        guard case .object(let entry)? = editor.targets(of: "targets")[PinSet.targetPath],
-            case .object(let hashes)? = entry["hashes"], let digest = hashes["sha256"]?.stringValue
-        else { return nil }
+    /// The pin set the repository publishes now; nil when none is listed. A set listed whose file is missing or does
+    /// not match the hash the metadata lists is refused: the rules must never pass for want of a baseline.
+    static func publishedSet(_ editor: RepositoryEditor, repository: String) throws -> Published? {
+        guard case .object(let entry)? = editor.targets(of: "targets")[PinSet.targetPath] else { return nil }
+        do { try editor.verifySignatures(role: "targets") } catch {
+            throw HubStartupError("the repository's targets metadata does not verify: \(error)")
+        }
+        guard case .object(let hashes)? = entry["hashes"], let digest = hashes["sha256"]?.stringValue else {
+            throw HubStartupError("the published pin set lists no SHA-256")
+        }
         var addedAt: Date?
         if case .object(let custom)? = entry["custom"], let seconds = custom["keysAddedAt"]?.integerValue {
             addedAt = Date(timeIntervalSince1970: Double(seconds))
@@ -237,9 +281,10 @@ public enum TLSKeyRotation {
                 SHA256.hash(data: data).map({ String(format: "%02x", $0) }).joined() == digest,
                 let set = try? PinSet(json: Array(data))
             else { continue }
-            return (set.pins, addedAt)
+            return Published(pins: set.pins, keysAddedAt: addedAt)
         }
-        return nil
+        throw HubStartupError(
+            "the published pin set's file (targets/bulwark/\(digest).pins.json) is missing or does not match its hash")
     }
 
     /// The pins of the key in use and of the backup key, from the data directory.
@@ -282,13 +327,23 @@ public enum TLSKeyRotation {
     public static func rotate(
         dataDirectory: String, hubNames: [String], crlDistributionPoints: CRLDistributionPoints?,
         repository: String, keyring: Keyring, wait: Duration, settle: TimeInterval, hubRunning: Bool = true,
-        now: Date = Date(), keyPolicy: KeyPolicy = .any, otherNodes: [[UInt8]] = [],
+        now: Date = Date(), keyPolicy: KeyPolicy = .any, otherNodes: [ClusterPins.Node] = [],
         presentedPin: @Sendable () async -> [UInt8]?
     ) async throws -> Result {
-        // The other nodes' pins that are published already: a node's new pins wait for `publish-pins`, so that this
-        // rotation's sets add only its own new key.
-        let published = publishedSet(try FileRepository(directory: repository).open(), repository: repository)
-        let otherNodes = published.map { set in otherNodes.filter { set.pins.contains($0) } } ?? otherNodes
+        /// Each set keeps the other nodes' published pins; a node whose pins are not all published (a node that
+        /// joined and waits for `publish-pins`) stops the rotation, which would otherwise leave it out of every set.
+        /// (Checked when a rotation starts: one that is under way finishes, and the node waits for the next publish.)
+        func withOthers(_ own: [[UInt8]], _ published: Published?, starting: Bool) throws -> [[UInt8]] {
+            let unpublished = otherNodes.filter { node in
+                node.fresh && node.pins.contains { published?.pins.contains($0) != true }
+            }
+            guard !starting || unpublished.isEmpty else {
+                throw HubStartupError(
+                    "the pins of \(unpublished.map(\.name).joined(separator: ", ")) are not published yet: run bulwark "
+                        + "hub publish-pins first")
+            }
+            return try withOtherNodes(own, otherNodes.flatMap(\.pins).filter { published?.pins.contains($0) == true })
+        }
         let files = TLSKeyFiles(dataDirectory)
         try files.requireHub()
         let lock = try files.lock()
@@ -307,13 +362,6 @@ public enum TLSKeyRotation {
                         + "yet: rotate again after \(completed.addingTimeInterval(settle).formatted(.iso8601)) "
                         + "(--settle)")
             }
-            // Every node's sets: the first step adds a key, so it waits like any set that adds keys (publishCurrent).
-            if let last = published?.keysAddedAt, now.timeIntervalSince(last) < settle {
-                throw HubStartupError(
-                    "the last pin set that added keys was published at \(last.formatted(.iso8601)) (perhaps by another "
-                        + "node); devices may not hold it yet: rotate after "
-                        + "\(last.addingTimeInterval(settle).formatted(.iso8601)) (--settle)")
-            }
             // A `hub-next.key` left by a run that stopped before publishing is as good as a new one.
             let active = try HubCredentials.loadOrCreateSigningKey(files.active)
             let backup = try HubCredentials.loadOrCreateSigningKey(files.backup)
@@ -321,11 +369,15 @@ public enum TLSKeyRotation {
             journal = RotationJournal(
                 previous: ServerIdentity.pin(active.publicKey), active: ServerIdentity.pin(backup.publicKey),
                 backup: ServerIdentity.pin(next.publicKey), stage: .published, completedAt: nil)
+            // The first step adds a key, so it follows the rules of any set that adds keys (`Rules`).
+            let previous = journal
             versions.append(
                 try await publish(
-                    try withOtherNodes([journal.previous, journal.active, journal.backup], otherNodes),
                     repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy,
-                    now: now))
+                    now: now, rules: Rules(baseline: [previous.previous, previous.active], settle: settle)
+                ) { published in
+                    try withOthers([previous.previous, previous.active, previous.backup], published, starting: true)
+                }.version)
             try journal.save(files)
         }
         if journal.stage == .published {
@@ -347,10 +399,12 @@ public enum TLSKeyRotation {
                         + "to finish (it resumes), or with --no-hub if the hub is stopped")
             }
         }
+        let switched = journal
         versions.append(
             try await publish(
-                try withOtherNodes([journal.active, journal.backup], otherNodes), repository: repository,
-                keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy, now: now))
+                repository: repository, keyring: keyring, dataDirectory: dataDirectory, keyPolicy: keyPolicy, now: now,
+                rules: Rules(baseline: [switched.previous, switched.active], settle: settle)
+            ) { published in try withOthers([switched.active, switched.backup], published, starting: false) }.version)
         journal.stage = .done
         journal.completedAt = now
         try journal.save(files)

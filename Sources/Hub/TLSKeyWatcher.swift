@@ -22,34 +22,43 @@ struct TLSKeyWatcher: Service {
     func run() async throws {
         var seen = files.fingerprint()
         var failures = 0
-        // The key generation whose pins the store holds (recorded at start); a record that failed is tried again.
+        // The key generation whose pins the store holds (recorded at start), and when they were last recorded: a
+        // running node records them again every `ClusterPins.refreshSeconds` (its record stays fresh), and right
+        // after a switch; a record that failed is tried again at the next refresh.
         var recorded = identity.current.generation
+        var lastRecord = ContinuousClock.now
+        var lastFailed = false
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
             if Task.isShuttingDownGracefully { break }
-            if let pins, recorded != identity.current.generation {
+            let now = files.fingerprint()
+            if now != seen {
+                if await check() {
+                    seen = now
+                    failures = 0
+                } else {
+                    failures += 1
+                    if failures == 20 {
+                        logger.warning(
+                            .init(
+                                stringLiteral: "the TLS key files changed but do not make a usable set (unreadable, or "
+                                    + "a certificate that is not for the key); still presenting the previous key"))
+                    }
+                }
+            }
+            let due = ContinuousClock.now - lastRecord >= .seconds(ClusterPins.refreshSeconds)
+            if let pins, (recorded != identity.current.generation && !lastFailed) || due {
                 let generation = identity.current.generation
+                lastRecord = ContinuousClock.now
                 do {
                     try await pins.record()
                     recorded = generation
+                    lastFailed = false
                 } catch {
+                    lastFailed = true
                     logger.warning(
-                        "the new pins were not recorded for the other nodes; trying again",
+                        "this node's pins were not recorded for the other nodes; trying again",
                         metadata: ["error": .string("\(error)")])
-                }
-            }
-            let now = files.fingerprint()
-            guard now != seen else { continue }
-            if await check() {
-                seen = now
-                failures = 0
-            } else {
-                failures += 1
-                if failures == 20 {
-                    logger.warning(
-                        .init(
-                            stringLiteral: "the TLS key files changed but do not make a usable set (unreadable, or a "
-                                + "certificate that is not for the key); still presenting the previous key"))
                 }
             }
         }

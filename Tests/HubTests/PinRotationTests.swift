@@ -70,15 +70,20 @@ import Testing
         await TLSKeyRotation.presentedPin(host: "127.0.0.1", port: hub.devicePort)
     }
 
-    @Test func aHundredAgentsFollowTwoKeyRotationsAndNoneIsStranded() async throws {
+    /// A repository, a hub with it, and the hub's first pin set published (version 1).
+    static func published() async throws -> (Repository, TestHub, Keyring) {
         let repository = try await Repository.make()
         let hub = try await Self.hub(repository)
         let keyring = try repository.keyring
         #expect(
             try await TLSKeyRotation.publishCurrent(
                 dataDirectory: hub.directory, repository: repository.path, keyring: keyring
-            ).version
-                == 1)
+            ).version == 1)
+        return (repository, hub, keyring)
+    }
+
+    @Test func aHundredAgentsFollowTwoKeyRotationsAndNoneIsStranded() async throws {
+        let (repository, hub, keyring) = try await Self.published()
         var agents: [Agent] = []
         var runs: [Task<Void, any Error>] = []
         for index in 0..<100 {
@@ -129,6 +134,26 @@ import Testing
         for task in runs { task.cancel() }
         try await hub.stop()
         try? FileManager.default.removeItem(atPath: repository.base)
+    }
+
+    /// The rules a new set follows are judged against the published one: a set listed whose file is gone (or
+    /// changed) stops the next publication and rotation rather than let them through without a baseline.
+    @Test func aPublishedSetThatCannotBeReadStopsTheNext() async throws {
+        let (repository, hub, keyring) = try await Self.published()
+        for name in try FileManager.default.contentsOfDirectory(atPath: repository.path + "/targets/bulwark") {
+            try FileManager.default.removeItem(atPath: repository.path + "/targets/bulwark/" + name)
+        }
+        await #expect {
+            try await TLSKeyRotation.publishCurrent(
+                dataDirectory: hub.directory, repository: repository.path, keyring: keyring)
+        } throws: { "\($0)".contains("missing or does not match") }
+        await #expect {
+            try await TLSKeyRotation.rotate(
+                dataDirectory: hub.directory, hubNames: [], crlDistributionPoints: nil, repository: repository.path,
+                keyring: keyring, wait: .seconds(1), settle: 0, hubRunning: false, presentedPin: { nil })
+        } throws: { "\($0)".contains("missing or does not match") }
+        #expect(await Self.presented(hub) == hub.server.credentials.pins[0], "nothing switched")
+        try await hub.stop()
     }
 
     /// Under `crypto.profile: fips` the pin set is published like any other release: a repository whose keys are
