@@ -80,7 +80,7 @@ struct HubCommand: AsyncParsableCommand {
                             + "two keys, and only a running node's); run this again once devices hold this set "
                             + "(--settle) and those nodes run", code: 75)
                 }
-            } catch let exit as CleanExit { throw exit } catch { throw CleanExit.message("bulwark: \(error)", code: 1) }
+            } catch let exit as ExitCode { throw exit } catch { throw CleanExit.message("bulwark: \(error)", code: 1) }
         }
     }
 

@@ -234,7 +234,7 @@ struct NodeCommand: AsyncParsableCommand {
                         + "database.url, database.passwordFile and database.caFile as the other nodes. It makes TLS "
                         + "keys of its own at its first start: then run `bulwark hub publish-pins` so that devices "
                         + "paired before it trust it")
-            } catch let exit as CleanExit { throw exit } catch {
+            } catch let exit as ExitCode { throw exit } catch {
                 throw CleanExit.message("bulwark: \(error)", code: 1)
             }
         }

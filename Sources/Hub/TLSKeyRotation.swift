@@ -193,7 +193,8 @@ public enum TLSKeyRotation {
         if let rules {
             guard added <= 2 else {
                 throw HubStartupError(
-                    "this set would add \(added) keys to what devices hold: they take at most two at a time")
+                    "this set would add \(added) keys to what devices hold: they take at most two at a time (if this "
+                        + "node's own pins are not published yet, run bulwark hub publish-pins first)")
             }
             if added > 0, let last = published?.keysAddedAt, now.timeIntervalSince(last) < rules.settle {
                 throw HubStartupError(

@@ -29,7 +29,9 @@ struct TLSKeyWatcher: Service {
         var lastRecord = ContinuousClock.now
         var lastFailed = false
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            // At least every refresh, whatever `tls.keyCheckSeconds` says: the record must stay fresh.
+            let sleep = min(interval, .milliseconds(Int64(ClusterPins.refreshSeconds * 1000)))
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: sleep) }
             if Task.isShuttingDownGracefully { break }
             let now = files.fingerprint()
             if now != seen {

@@ -7,6 +7,7 @@ import Pairing
 import PostgresStore
 import PostgresTestSupport
 import Store
+import TUFRepository
 import Testing
 
 @testable import Hub
@@ -373,13 +374,35 @@ import Testing
             try await one.server.store.setNodePins(
                 ClusterPins.sealed(node: id, name: name, pins: pins, now: Date(), key: key))
         }
-        let limited = try await publish()
-        #expect(Set(limited.pins) == Set(pins1 + pins2 + three) && limited.waiting == ["node-4"])
+        // This one through the command itself: it publishes, names node 4 and exits 75.
+        let command = try await run(
+            try HubProcessTests.binary,
+            [
+                "hub", "publish-pins", "--data", one.directory, "--repo", repository.path, "--keys", repository.keys,
+                "--settle", "0",
+            ], environment: ProcessInfo.processInfo.environment.merging(database) { $1 })
+        #expect(command.status == 75 && command.stderr.contains("node-4"), "\(command.stderr)")
+        let limited = try #require(
+            try TLSKeyRotation.publishedSet(
+                try FileRepository(directory: repository.path).open(), repository: repository.path))
+        #expect(Set(limited.pins) == Set(pins1 + pins2 + three))
         await #expect("node 4's pins within the settle time") {
             try await publish(settle: 3600)
         } throws: { "\($0)".contains("devices may not hold it yet") }
         let settled = try await publish()
         #expect(Set(settled.pins) == Set(pins1 + pins2 + three + four) && settled.waiting.isEmpty)
+
+        // A node running now whose pins are not published: a rotation elsewhere does not start (its sets would leave
+        // that node out).
+        try await one.server.store.setNodePins(
+            ClusterPins.sealed(node: node("7"), name: "node-7", pins: pair(0x83), now: Date(), key: key))
+        await #expect {
+            try await TLSKeyRotation.rotate(
+                dataDirectory: one.directory, hubNames: [], crlDistributionPoints: nil, repository: repository.path,
+                keyring: try repository.keyring, wait: .seconds(1), settle: 0, hubRunning: false,
+                otherNodes: try await ClusterPins.syncAndReadOthers(configuration), presentedPin: { nil })
+        } throws: { "\($0)".contains("node-7 are not published yet") }
+        #expect(try await one.server.store.removeNodePins(node: node("7")))
 
         // A record put back from 20 minutes ago (its MAC is a node's, but it is not fresh: a node that stopped, or a
         // replay by someone who can write the database): its pins are neither given to a device nor added.
