@@ -703,11 +703,10 @@ actor MQTTBroker {
     private func sweepExpired() {
         let now = ContinuousClock.now
         lastSweep = now
-        // A retained message past its Message Expiry Interval is no longer retained (§3.3.2.3.3), here or in the
-        // store.
-        for (topic, owner) in retained.removeExpired(now: now) where persistent {
-            changedRetained[topic] = (nil, owner)
-        }
+        // A retained message past its Message Expiry Interval is no longer retained (§3.3.2.3.3). Its stored copy
+        // stays until a node starts and drops it (only that copy: `MQTTPersistence.load`): every reader checks the
+        // expiry, and deleting by topic here could drop a newer message another node saved meanwhile.
+        _ = retained.removeExpired(now: now)
         let expired = sessions.filter { _, session in
             guard let since = session.disconnectedAt else { return false }
             return now - since >= .seconds(session.expirySeconds)

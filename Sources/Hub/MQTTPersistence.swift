@@ -55,7 +55,9 @@ actor MQTTPersistence: Service {
         let now = ContinuousClock.now
         let wallClock = Date()
         var retained: [(message: BrokerMessage, owner: String)] = []
+        var savedAt: [String: Date] = [:]
         for stored in try await store.retainedMessages() {
+            savedAt[stored.topic] = stored.savedAt
             let elapsed = Self.elapsed(since: stored.savedAt, at: wallClock)
             guard let message = BrokerMessage(stored: stored.message, elapsed: elapsed, now: now) else {
                 logger.warning(
@@ -64,8 +66,9 @@ actor MQTTPersistence: Service {
             }
             retained.append((message, stored.owner))
         }
+        // Expired (or over a bound): the copy read here goes, not one another node saved since.
         for topic in await broker.restoreRetained(retained, now: now) {
-            try await store.removeRetainedMessage(topic: topic)
+            try await store.removeRetainedMessage(topic: topic, savedAt: savedAt[topic])
         }
         try await store.markAlive(node.record)
         if node.named, store.sharedByNodes {

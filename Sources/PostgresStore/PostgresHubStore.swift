@@ -688,9 +688,15 @@ public final class PostgresHubStore: HubStore {
         }
     }
 
-    public func removeRetainedMessage(topic: String) async throws {
+    public func removeRetainedMessage(topic: String, savedAt: Date?) async throws {
         try await write { connection in
-            try await connection.query("DELETE FROM mqtt_retained WHERE topic = \(topic)", logger: Self.quiet)
+            if let savedAt {
+                try await connection.query(
+                    "DELETE FROM mqtt_retained WHERE topic = \(topic) AND saved_at = \(savedAt.millis)",
+                    logger: Self.quiet)
+            } else {
+                try await connection.query("DELETE FROM mqtt_retained WHERE topic = \(topic)", logger: Self.quiet)
+            }
         }
     }
 

@@ -193,7 +193,9 @@ public protocol HubStore: Sendable {
     func nodePins() async throws -> [NodePinsRecord]
     /// Sets the topic's retained message.
     func putRetainedMessage(_ message: StoredRetainedMessage) async throws
-    func removeRetainedMessage(topic: String) async throws
+    /// Removes the topic's retained message; with `savedAt`, only the copy saved then (a node dropping the expired
+    /// copy it read must not drop a newer one another node saved meanwhile).
+    func removeRetainedMessage(topic: String, savedAt: Date?) async throws
     func retainedMessages() async throws -> [StoredRetainedMessage]
 }
 
@@ -241,6 +243,10 @@ extension HubStore {
     }
     public func requestMQTTSession(key: String, by holder: String) async throws {}
     public func announceNodeChange(holder: String) async throws {}
+    /// Removes the topic's retained message, whichever copy (a clear: the newest write wins).
+    public func removeRetainedMessage(topic: String) async throws {
+        try await removeRetainedMessage(topic: topic, savedAt: nil)
+    }
     public var sharedByNodes: Bool { false }
     public func counterWindow(of device: DeviceID) async throws -> StoredCounterWindow? { nil }
 

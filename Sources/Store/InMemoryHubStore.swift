@@ -531,7 +531,9 @@ public actor InMemoryHubStore: HubStore {
 
     public func putRetainedMessage(_ message: StoredRetainedMessage) async throws { retained[message.topic] = message }
 
-    public func removeRetainedMessage(topic: String) async throws { retained[topic] = nil }
+    public func removeRetainedMessage(topic: String, savedAt: Date?) async throws {
+        if savedAt == nil || retained[topic]?.savedAt == savedAt { retained[topic] = nil }
+    }
 
     public func retainedMessages() async throws -> [StoredRetainedMessage] {
         retained.values.sorted { $0.topic < $1.topic }

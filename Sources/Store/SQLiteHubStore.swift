@@ -1382,8 +1382,16 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
-    public func removeRetainedMessage(topic: String) async throws {
-        try await write { db in try db.execute(sql: "DELETE FROM mqtt_retained WHERE topic = ?", arguments: [topic]) }
+    public func removeRetainedMessage(topic: String, savedAt: Date?) async throws {
+        try await write { db in
+            if let savedAt {
+                try db.execute(
+                    sql: "DELETE FROM mqtt_retained WHERE topic = ? AND saved_at = ?",
+                    arguments: [topic, savedAt.millis])
+            } else {
+                try db.execute(sql: "DELETE FROM mqtt_retained WHERE topic = ?", arguments: [topic])
+            }
+        }
     }
 
     public func retainedMessages() async throws -> [StoredRetainedMessage] {

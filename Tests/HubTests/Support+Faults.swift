@@ -180,7 +180,9 @@ final class FaultyStore: HubStore {
     func putRetainedMessage(_ message: StoredRetainedMessage) async throws {
         try await base.putRetainedMessage(message)
     }
-    func removeRetainedMessage(topic: String) async throws { try await base.removeRetainedMessage(topic: topic) }
+    func removeRetainedMessage(topic: String, savedAt: Date?) async throws {
+        try await base.removeRetainedMessage(topic: topic, savedAt: savedAt)
+    }
     func retainedMessages() async throws -> [StoredRetainedMessage] { try await base.retainedMessages() }
     func claim(of device: DeviceID, at: Date) async throws -> StoredClaim? { try await base.claim(of: device, at: at) }
     func holdClaim(of device: DeviceID, holder: String, until: Date, at: Date) async throws -> Bool {

@@ -351,6 +351,15 @@ import Testing
         try await store.putRetainedMessage(replaced)
         #expect(try await store.retainedMessages().map(\.topic) == ["a", "a/b"])
         #expect(try await store.retainedMessages().last == replaced)
+        // A node dropping the copy it read (saved at `replaced.savedAt`) leaves a newer one saved since.
+        var newer = replaced
+        newer.savedAt = replaced.savedAt + 5
+        try await store.putRetainedMessage(newer)
+        try await store.removeRetainedMessage(topic: "a/b", savedAt: replaced.savedAt)
+        #expect(try await store.retainedMessages().last == newer, "a newer copy stays")
+        try await store.removeRetainedMessage(topic: "a/b", savedAt: newer.savedAt)
+        #expect(try await store.retainedMessages().map(\.topic) == ["a"], "the copy read goes")
+        try await store.putRetainedMessage(replaced)
         try await store.removeRetainedMessage(topic: "a")
         #expect(try await store.retainedMessages() == [replaced])
         try await store.close()
