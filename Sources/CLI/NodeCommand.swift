@@ -40,19 +40,21 @@ struct NodeCommand: AsyncParsableCommand {
                 guard let location = try configuration.postgresLocation() else {
                     throw HubStartupError("--database must be a postgres:// URL")
                 }
-                if first {
-                    let store = try await PostgresHubStore(location: location)
-                    let hub = try? await store.agreedSetting("ca-certificate", proposing: nil)
-                    try? await store.close()
-                    guard hub == nil else {
+                // One connection pool for the check and the preparation.
+                let store = try await PostgresHubStore(location: location)
+                do {
+                    if first, try await store.agreedSetting("ca-certificate", proposing: nil) != nil {
                         throw HubStartupError(
                             "the database already belongs to a hub: add this node to it with bulwark node join")
                     }
+                    var logger = Logger(label: "bulwark.node")
+                    logger.logLevel = .warning
+                    _ = try await HubServer.prepare(configuration: configuration, store: store, logger: logger)
+                    try? await store.close()
+                } catch {
+                    try? await store.close()
+                    throw error
                 }
-                var logger = Logger(label: "bulwark.node")
-                logger.logLevel = .warning
-                let prepared = try await HubServer.prepare(configuration: configuration, logger: logger)
-                try? await prepared.store.close()
             } catch {
                 if made { try? FileManager.default.removeItem(atPath: data) }
                 throw CleanExit.message("bulwark: \(error)", code: 1)
@@ -87,8 +89,17 @@ struct NodeCommand: AsyncParsableCommand {
         @Option(help: "Data directory.") var data: String?
         @Option(help: "JSON configuration file; BULWARK_* environment variables override it.") var config: String?
 
-        func open() async throws -> any HubStore {
-            try await openStore(data, config: config)
+        /// Runs `body` on the store and closes it; a store that does not answer exits 69.
+        func withStore<T>(_ body: (any HubStore) async throws -> T) async throws -> T {
+            let store = try await openStore(data, config: config)
+            do {
+                let value = try await body(store)
+                try? await store.close()
+                return value
+            } catch {
+                try? await store.close()
+                throw CleanExit.message("bulwark: the store did not answer: \(error)", code: 69)
+            }
         }
     }
 
@@ -99,14 +110,7 @@ struct NodeCommand: AsyncParsableCommand {
         @OptionGroup var options: StoreOptions
 
         func run() async throws {
-            let store = try await options.open()
-            let records: [NodePinsRecord]
-            do { records = try await store.nodePins() } catch {
-                try? await store.close()
-                throw CleanExit.message("bulwark: the store did not answer: \(error)", code: 69)
-            }
-            try? await store.close()
-            for record in records {
+            for record in try await options.withStore({ try await $0.nodePins() }) {
                 print(
                     "\(record.node)  \(record.name)  \(record.updatedAt.formatted(.iso8601))  "
                         + record.pins.map { Data($0).base64EncodedString() }.joined(separator: " "))
@@ -125,13 +129,8 @@ struct NodeCommand: AsyncParsableCommand {
         @Argument(help: "The node's id (`bulwark node pins`, or its DATA/node.id).") var node: String
 
         func run() async throws {
-            let store = try await options.open()
-            let removed: Bool
-            do { removed = try await store.removeNodePins(node: node) } catch {
-                try? await store.close()
-                throw CleanExit.message("bulwark: the store did not answer: \(error)", code: 69)
-            }
-            try? await store.close()
+            let node = node
+            let removed = try await options.withStore { try await $0.removeNodePins(node: node) }
             guard removed else { throw CleanExit.message("bulwark: no node \(node) (bulwark node pins)", code: 1) }
             print("node \(node) forgotten: run bulwark hub publish-pins to withdraw its keys from devices")
         }

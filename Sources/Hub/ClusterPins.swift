@@ -79,9 +79,9 @@ public struct ClusterPins: Sendable {
                 "a node's pins in the database do not verify with this hub's audit key: not given to devices",
                 metadata: ["node": .string(record.node)])
         }
-        let others = valid.filter { now.timeIntervalSince($0.updatedAt) < Self.freshSeconds }.flatMap(\.pins)
-        let pins = Self.union(own, others)
-        if pins.count < Set(own + others).count {
+        let all = Self.distinct(own + valid.filter { Self.isFresh($0, now: now) }.flatMap(\.pins))
+        let pins = Array(all.prefix(PinSet.maximumPins))
+        if pins.count < all.count {
             logger.error(
                 .init(
                     stringLiteral: "the nodes hold more pins than a device keeps (\(PinSet.maximumPins)): some nodes' "
@@ -90,15 +90,20 @@ public struct ClusterPins: Sendable {
         return pins
     }
 
-    /// `own` then `others` without repeats, at most `PinSet.maximumPins` (the agent refuses more).
-    static func union(_ own: [[UInt8]], _ others: [[UInt8]]) -> [[UInt8]] {
-        var pins: [[UInt8]] = []
-        for pin in own + others where !pins.contains(pin) && pins.count < PinSet.maximumPins { pins.append(pin) }
-        return pins
+    /// The pins in their order, each once (the pairing's answer and the published set are both built this way).
+    static func distinct(_ pins: [[UInt8]]) -> [[UInt8]] {
+        var seen: [[UInt8]] = []
+        for pin in pins where !seen.contains(pin) { seen.append(pin) }
+        return seen
+    }
+
+    /// Recorded in the last `freshSeconds`: its node runs now.
+    static func isFresh(_ record: NodePinsRecord, now: Date) -> Bool {
+        now.timeIntervalSince(record.updatedAt) < freshSeconds
     }
 
     static func sealed(node: String, name: String, pins: [[UInt8]], now: Date, key: SymmetricKey) -> NodePinsRecord {
-        let millis = Date(timeIntervalSince1970: Double(Self.millis(now)) / 1000)
+        let millis = Date(millis: now.millis)
         return NodePinsRecord(
             node: node, name: name, pins: pins, updatedAt: millis,
             mac: Array(
@@ -113,7 +118,7 @@ public struct ClusterPins: Sendable {
             withUnsafeBytes(of: UInt32(bytes.count).bigEndian, Array.init) + bytes
         }
         return Array("bulwark node pins/2".utf8) + field(Array(node.utf8)) + field(Array(name.utf8))
-            + withUnsafeBytes(of: Self.millis(at).bigEndian, Array.init) + field(pins.flatMap { $0 })
+            + withUnsafeBytes(of: at.millis.bigEndian, Array.init) + field(pins.flatMap { $0 })
     }
 
     /// The records whose MAC verifies (constant time), for a node id of 32 hex digits and two SHA-256 pins (the key
@@ -140,9 +145,6 @@ public struct ClusterPins: Sendable {
         }
         return (valid, refused)
     }
-
-    /// Milliseconds since 1970, as the stores keep times.
-    static func millis(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
 
     static func isNodeID(_ text: String) -> Bool {
         text.utf8.count == 32 && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
@@ -195,7 +197,7 @@ public struct ClusterPins: Sendable {
             try await store.setNodePins(sealed(node: node, name: name, pins: own, now: now, key: key))
             try? await store.close()
             return valid.filter { $0.node != node }.map {
-                Node(name: $0.name, pins: $0.pins, fresh: now.timeIntervalSince($0.updatedAt) < freshSeconds)
+                Node(name: $0.name, pins: $0.pins, fresh: isFresh($0, now: now))
             }
         } catch {
             try? await store.close()

@@ -300,8 +300,7 @@ public enum TLSKeyRotation {
 
     /// This node's pins first, then the other nodes' not among them; refused beyond what a device holds.
     static func withOtherNodes(_ own: [[UInt8]], _ others: [[UInt8]]) throws -> [[UInt8]] {
-        var pins = own
-        for pin in others where !pins.contains(pin) { pins.append(pin) }
+        let pins = ClusterPins.distinct(own + others)
         guard pins.count <= PinSet.maximumPins else {
             throw HubStartupError(
                 "the nodes hold \(pins.count) pins, more than a device keeps (\(PinSet.maximumPins)): take nodes no "

@@ -211,7 +211,7 @@ final class PostgresGroupCommitter: Sendable {
                     INSERT INTO telemetry (id, device_id, received_at, correlation_id, body, message_type)
                     SELECT id, device, received, correlation, body, CASE WHEN typed THEN kind END
                     FROM unnest(\(drawn), \(kept.map { messages[$0].deviceID.rawValue }),
-                                \(kept.map { messages[$0].receivedAt.timeIntervalSince1970Millis }),
+                                \(kept.map { messages[$0].receivedAt.millis }),
                                 \(kept.map { messages[$0].correlationID }),
                                 \(kept.map { ByteBuffer(bytes: messages[$0].body) }),
                                 \(kept.map { messages[$0].messageType ?? "" }),
@@ -336,7 +336,7 @@ final class PostgresGroupCommitter: Sendable {
                     connection.query(
                         """
                         INSERT INTO telemetry (device_id, received_at, correlation_id, body, message_type)
-                        VALUES (\(device), \(message.receivedAt.timeIntervalSince1970Millis),
+                        VALUES (\(device), \(message.receivedAt.millis),
                                 \(message.correlationID), \(ByteBuffer(bytes: message.body)), \(message.messageType))
                         RETURNING id
                         """, logger: quiet), Int64.self)
@@ -377,8 +377,4 @@ extension PostgresGroupCommitter {
         }
         return window
     }
-}
-
-extension Date {
-    var timeIntervalSince1970Millis: Int64 { Int64((timeIntervalSince1970 * 1000).rounded()) }
 }

@@ -2060,11 +2060,6 @@ extension PostgresConnection {
     }
 }
 
-extension Date {
-    fileprivate var millis: Int64 { Int64((timeIntervalSince1970 * 1000).rounded()) }
-    fileprivate init(millis: Int64) { self.init(timeIntervalSince1970: Double(millis) / 1000) }
-}
-
 extension AssignmentScope {
     /// The row key, as `SQLiteHubStore` writes it.
     fileprivate var rowKey: String {

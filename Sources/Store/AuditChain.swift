@@ -229,7 +229,9 @@ public struct StoredCounterWindow: Sendable, Equatable {
     }
 }
 
+/// Times as the stores keep them: whole milliseconds since 1970 (one definition for every store and for what signs
+/// a stored time, such as a node's pins record).
 extension Date {
-    var millis: Int64 { Int64((timeIntervalSince1970 * 1000).rounded()) }
-    init(millis: Int64) { self.init(timeIntervalSince1970: Double(millis) / 1000) }
+    package var millis: Int64 { Int64((timeIntervalSince1970 * 1000).rounded()) }
+    package init(millis: Int64) { self.init(timeIntervalSince1970: Double(millis) / 1000) }
 }

@@ -70,6 +70,49 @@ import Testing
         return nil
     }
 
+    /// Claims a new device `name` on `claimOn` and pairs it on `pairOn`: what the device is given.
+    static func pair(_ name: String, claimOn: TestHub, pairOn: TestHub) async throws -> PairingClient.Result {
+        let identity = NoiseDH.p256.generateKeyPair()
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID(name), publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 6, count: 16))
+        #expect(
+            try await claimOn.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        return try await PairingClient.pair(
+            host: "127.0.0.1", port: pairOn.pairingPort, label: label, identityKey: identity, timeout: .seconds(20))
+    }
+
+    /// The device, connected to `deviceOn` over MQTT 5, subscribes to its commands; the operator sends `reboot` with
+    /// `delay` through `sentThrough`: the topic and body the device received (nil: none).
+    static func command(
+        to device: TestDevice, id: String, on deviceOn: TestHub, through sentThrough: TestHub, delay: Int
+    ) async throws -> String? {
+        try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: deviceOn.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: id,
+            version: .v5, keepAlive: 120
+        ) { mqtt, _ -> String? in
+            try await mqtt.send(
+                .subscribe(
+                    packetID: 1,
+                    subscriptions: [
+                        Subscription(filter: try TopicFilter("devices/\(id)/commands/#"), qos: .atLeastOnce)
+                    ],
+                    properties: .init()))
+            guard case .suback(1, [1], _) = try await mqtt.next() else { return nil }
+            let sent = try await sentThrough.operatorRequest(
+                "POST", "/v1/devices/\(id)/commands/reboot", json: ["delay": delay])
+            #expect(sent.status == 202)
+            while let packet = try await mqtt.next() {
+                guard case .publish(let message) = packet else { continue }
+                if let packetID = message.packetID {
+                    try await mqtt.send(.puback(packetID: packetID, reasonCode: 0, properties: .init()))
+                }
+                return "\(message.topic.rawValue) \(String(decoding: message.payload, as: UTF8.self))"
+            }
+            return nil
+        }
+    }
+
     @Test func revocationQuarantineReleaseAndSchemasOnOneNodeBiteOnTheOther() async throws {
         let (one, two, location) = try await Self.twoNodes()
         let device = try await one.enroll("cl-1")
@@ -245,41 +288,12 @@ import Testing
                 String(decoding: $0.body, as: UTF8.self)
             } == [#"{"through":"node 2"}"#])
 
-        let identity = NoiseDH.p256.generateKeyPair()
-        let label = try PairingLabel(
-            suite: .p256AESGCMSHA256, deviceID: try DeviceID("cl3-paired"), publicKey: identity.publicKey,
-            setupSecret: [UInt8](repeating: 3, count: 16))
-        #expect(try await one.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
-        let paired = try await PairingClient.pair(
-            host: "127.0.0.1", port: three.pairingPort, label: label, identityKey: identity, timeout: .seconds(20))
+        let paired = try await Self.pair("cl3-paired", claimOn: one, pairOn: three)
         #expect(!paired.credentials.certificateDER.isEmpty, "claimed on node 1, paired on node 3")
         #expect(Set(paired.credentials.pins).count == 6, "the three nodes' pins")
         #expect(try await two.server.store.device(try DeviceID("cl3-paired"))?.status == .active)
 
-        let command = try await MQTTClientConnection.withConnection(
-            host: "127.0.0.1", port: one.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "cl3-dev",
-            version: .v5, keepAlive: 120
-        ) { mqtt, _ -> String? in
-            try await mqtt.send(
-                .subscribe(
-                    packetID: 1,
-                    subscriptions: [
-                        Subscription(filter: try TopicFilter("devices/cl3-dev/commands/#"), qos: .atLeastOnce)
-                    ],
-                    properties: .init()))
-            guard case .suback(1, [1], _) = try await mqtt.next() else { return nil }
-            let sent = try await three.operatorRequest(
-                "POST", "/v1/devices/cl3-dev/commands/reboot", json: ["delay": 3])
-            #expect(sent.status == 202)
-            while let packet = try await mqtt.next() {
-                guard case .publish(let message) = packet else { continue }
-                if let id = message.packetID {
-                    try await mqtt.send(.puback(packetID: id, reasonCode: 0, properties: .init()))
-                }
-                return "\(message.topic.rawValue) \(String(decoding: message.payload, as: UTF8.self))"
-            }
-            return nil
-        }
+        let command = try await Self.command(to: device, id: "cl3-dev", on: one, through: three, delay: 3)
         #expect(command == #"devices/cl3-dev/commands/reboot {"delay":3}"#, "sent through node 3, delivered on node 1")
         try await three.stop()
         try await two.stop()
@@ -301,17 +315,8 @@ import Testing
         let recorded = try await one.server.store.nodePins()
         #expect(Set(recorded.map(\.pins)) == [pins1, pins2], "each node recorded its pins")
 
-        /// Claims `name` on node 1 and pairs it on `node`: the pins the device is given.
         func pinsGivenAtPairing(_ name: String, on node: TestHub) async throws -> [[UInt8]] {
-            let identity = NoiseDH.p256.generateKeyPair()
-            let label = try PairingLabel(
-                suite: .p256AESGCMSHA256, deviceID: try DeviceID(name), publicKey: identity.publicKey,
-                setupSecret: [UInt8](repeating: 6, count: 16))
-            #expect(
-                try await one.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
-            return try await PairingClient.pair(
-                host: "127.0.0.1", port: node.pairingPort, label: label, identityKey: identity, timeout: .seconds(20)
-            ).credentials.pins
+            try await Self.pair(name, claimOn: one, pairOn: node).credentials.pins
         }
         // Pairing on node 2 on node 1's claim: the device gets both nodes' pins, node 2's first.
         #expect(try await pinsGivenAtPairing("cl-pins-1", on: two) == pins2 + pins1)
@@ -564,29 +569,7 @@ import Testing
         #expect(received == (1...20).map { #"{"n":\#($0)}"# }, "each once, in the publisher's order")
 
         // The device, on node 1, subscribes to its commands; the operator sends one through node 2.
-        let command = try await MQTTClientConnection.withConnection(
-            host: "127.0.0.1", port: one.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "cl-mq",
-            version: .v5, keepAlive: 120
-        ) { mqtt, _ -> String? in
-            try await mqtt.send(
-                .subscribe(
-                    packetID: 1,
-                    subscriptions: [
-                        Subscription(filter: try TopicFilter("devices/cl-mq/commands/#"), qos: .atLeastOnce)
-                    ],
-                    properties: .init()))
-            guard case .suback(1, [1], _) = try await mqtt.next() else { return nil }
-            let sent = try await two.operatorRequest("POST", "/v1/devices/cl-mq/commands/reboot", json: ["delay": 5])
-            #expect(sent.status == 202)
-            while let packet = try await mqtt.next() {
-                guard case .publish(let message) = packet else { continue }
-                if let id = message.packetID {
-                    try await mqtt.send(.puback(packetID: id, reasonCode: 0, properties: .init()))
-                }
-                return "\(message.topic.rawValue) \(String(decoding: message.payload, as: UTF8.self))"
-            }
-            return nil
-        }
+        let command = try await Self.command(to: device, id: "cl-mq", on: one, through: two, delay: 5)
         #expect(command == #"devices/cl-mq/commands/reboot {"delay":5}"#)
         try await two.stop()
         try await one.stop()
