@@ -48,7 +48,8 @@ struct TLSKeyWatcher: Service {
                     }
                 }
             }
-            let due = ContinuousClock.now - lastRecord >= .seconds(ClusterPins.refreshSeconds)
+            // Only other nodes read the record's age: a single node (SQLite) writes it at a switch alone.
+            let due = store.sharedByNodes && ContinuousClock.now - lastRecord >= .seconds(ClusterPins.refreshSeconds)
             if let pins, (recorded != identity.current.generation && !lastFailed) || due {
                 let generation = identity.current.generation
                 lastRecord = ContinuousClock.now
