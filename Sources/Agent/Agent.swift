@@ -2,11 +2,13 @@ public import Core
 import Crypto
 import Foundation
 import HubClient
+import JSON
 public import MQTT
 import NIOCore
 import NIOPosix
 import NIOSSL
 import Synchronization
+import TUF
 import X509
 
 /// How the agent reaches the hub and behaves (`bulwark agent run --config FILE`, or set in code).
@@ -444,7 +446,7 @@ public actor Agent {
             if pingDue, connection == .connected, !Task.isCancelled, ContinuousClock.now - lastSent >= idle {
                 try await outbound.write(Self.encode(.pingreq))
                 lastSent = .now
-                writeStatus()
+                touchStatus()
             }
         }
     }
@@ -821,6 +823,13 @@ public actor Agent {
             updatedAt: Date())
     }
 
+    /// The keep-alive's heartbeat for `bulwark agent status`: the file's modification time is set to now, its contents
+    /// (rewritten whenever they change) are left alone. One system call instead of building, writing and syncing a
+    /// file every half keep-alive, which brought megabytes of code back into the idle agent's resident set.
+    private func touchStatus() {
+        if utimensat(AT_FDCWD, configuration.stateDirectory + "/status.json", nil, 0) != 0 { writeStatus() }
+    }
+
     /// `STATE/status.json`, for `bulwark agent status` (replaced atomically; no secret in it).
     private func writeStatus() {
         try? Outbox.write(
@@ -874,19 +883,32 @@ public struct AgentStatus: Sendable {
     public var trustError: String?
     public var updatedAt: Date
 
+    /// Written at every keep-alive ping, so it goes through the JSON module's writer and a fixed-format time, not
+    /// `JSONSerialization` and Foundation's formatters: measured, that path alone brought 9 MiB of Foundation's and
+    /// ICU's code back into the idle agent's resident set each time.
     public var json: [UInt8] {
-        var object: [String: Any] = [
-            "deviceId": deviceID, "hub": hub, "connection": connection,
-            "certificateNotAfter": certificateNotAfter.formatted(.iso8601), "outboxDepth": outboxDepth,
-            "dropped": dropped, "delivered": delivered, "refused": refused, "pinSetVersion": pinSetVersion,
-            "updatedAt": updatedAt.formatted(.iso8601),
-        ]
-        if let lastError { object["lastError"] = lastError }
-        if let lastInventory { object["lastInventory"] = lastInventory.formatted(.iso8601) }
-        if let trustRootVersion { object["trustRootVersion"] = trustRootVersion }
-        if let lastTrustRefresh { object["lastTrustRefresh"] = lastTrustRefresh.formatted(.iso8601) }
-        if let trustError { object["trustError"] = trustError }
-        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
+        var object = JSONObject()
+        object.set("deviceId", .string(deviceID))
+        object.set("hub", .string(hub))
+        object.set("connection", .string(connection))
+        object.set("certificateNotAfter", .string(Self.time(certificateNotAfter)))
+        object.set("outboxDepth", .integer(Int64(outboxDepth)))
+        object.set("dropped", .integer(Int64(dropped)))
+        object.set("delivered", .integer(Int64(delivered)))
+        object.set("refused", .integer(Int64(refused)))
+        object.set("pinSetVersion", .integer(Int64(pinSetVersion)))
+        object.set("updatedAt", .string(Self.time(updatedAt)))
+        if let lastError { object.set("lastError", .string(lastError)) }
+        if let lastInventory { object.set("lastInventory", .string(Self.time(lastInventory))) }
+        if let trustRootVersion { object.set("trustRootVersion", .integer(Int64(trustRootVersion))) }
+        if let lastTrustRefresh { object.set("lastTrustRefresh", .string(Self.time(lastTrustRefresh))) }
+        if let trustError { object.set("trustError", .string(trustError)) }
+        return JSONValue.object(object).serialized(sortingKeys: true)
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SSZ`, as `Date.formatted(.iso8601)` writes it.
+    static func time(_ date: Date) -> String {
+        Timestamp8601(secondsSinceEpoch: Int64(date.timeIntervalSince1970.rounded(.down))).text
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import JSON
 public import Logging
 import Synchronization
 import TUF
@@ -308,23 +309,24 @@ public actor DeviceUpdater {
 
     /// `STATE/update.json`, for `bulwark agent status` (replaced atomically).
     public var statusJSON: [UInt8] {
-        var object: [String: Any] = [
-            "floor": floor, "payloadRunning": payloadRunning, "lastFetchedBytes": lastFetchedBytes,
-            "sequence": sequence,
-        ]
+        var object = JSONObject()
+        object.set("floor", .integer(Int64(floor)))
+        object.set("payloadRunning", .bool(payloadRunning))
+        object.set("lastFetchedBytes", .integer(Int64(lastFetchedBytes)))
+        object.set("sequence", .integer(Int64(sequence)))
         if let active = record.active {
-            object["active"] = active.rawValue
-            if let release = record.release(in: active) { object["activeVersion"] = release.name }
+            object.set("active", .string(active.rawValue))
+            if let release = record.release(in: active) { object.set("activeVersion", .string(release.name)) }
         }
         if let trial = record.trial {
-            object["trial"] = trial.rawValue
-            if let release = record.release(in: trial) { object["trialVersion"] = release.name }
+            object.set("trial", .string(trial.rawValue))
+            if let release = record.release(in: trial) { object.set("trialVersion", .string(release.name)) }
         }
-        if let lastStep { object["lastStep"] = lastStep }
-        if let lastOutcome { object["lastOutcome"] = lastOutcome }
-        if let lastCheck { object["lastCheck"] = lastCheck.formatted(.iso8601) }
-        if let protection { object["protection"] = protection }
-        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
+        if let lastStep { object.set("lastStep", .string(lastStep)) }
+        if let lastOutcome { object.set("lastOutcome", .string(lastOutcome)) }
+        if let lastCheck { object.set("lastCheck", .string(AgentStatus.time(lastCheck))) }
+        if let protection { object.set("protection", .string(protection)) }
+        return JSONValue.object(object).serialized(sortingKeys: true)
     }
 
     private func writeStatus() {

@@ -243,7 +243,12 @@ struct AgentCommand: AsyncParsableCommand {
                 FileManager.default.contents(atPath: state + "/status.json")
                 .flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
             let notAfter = loaded.certificate.notValidAfter
-            let updated = (status["updatedAt"] as? String).flatMap { try? Date($0, strategy: .iso8601) }
+            // Fresh: written, or touched by the keep-alive's heartbeat (which sets only the file's time), in the last
+            // 90 s.
+            let written = (status["updatedAt"] as? String).flatMap { try? Date($0, strategy: .iso8601) }
+            let touched =
+                (try? FileManager.default.attributesOfItem(atPath: state + "/status.json"))?[.modificationDate] as? Date
+            let updated = [written, touched].compactMap { $0 }.max()
             let fresh = updated.map { Date().timeIntervalSince($0) < 90 } ?? false
             let connected = status["connection"] as? String == "connected" && fresh
             print("device        \(loaded.deviceID)")

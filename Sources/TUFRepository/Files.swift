@@ -83,21 +83,7 @@ public enum ExpiryDate {
     public static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
     /// `YYYY-MM-DDTHH:MM:SSZ` for `seconds` since the epoch (Howard Hinnant's civil-from-days).
-    public static func format(_ seconds: Int64) -> String {
-        let days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
-        let rem = seconds - days * 86400
-        let z = days + 719468
-        let era = (z >= 0 ? z : z - 146096) / 146097
-        let doe = z - era * 146097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
-        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        return "\(y)-\(two(m))-\(two(d))T\(two(rem / 3600)):\(two(rem % 3600 / 60)):\(two(rem % 60))Z"
-    }
+    public static func format(_ seconds: Int64) -> String { Timestamp8601(secondsSinceEpoch: seconds).text }
 }
 
 /// Compact RFC 8259 JSON for metadata files: keys sorted like canonical JSON, but control
