@@ -179,7 +179,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Core", "PKI", "MQTT", "HubClient", "TUF", "TUFClient",
+                "Core", "PKI", "MQTT", "HubClient", "TUF", "TUFClient", "JSON",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -201,7 +201,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
-            ]
+            ],
+            // Full RELRO: every symbol is bound at start (`-z now`), so the GOT is read-only from then on and nothing
+            // is resolved lazily later (which also brought the dynamic linker's code and the libraries' symbol tables
+            // back into the idle agent's resident set at its first keep-alive).
+            linkerSettings: [.unsafeFlags(["-Xlinker", "-z", "-Xlinker", "now"], .when(platforms: [.linux]))]
         ),
         // PKCS#11 (RFC 7512 URIs, keys on a token, ECDSA through C_Sign) over a vendored pkcs11.h and dlopen.
         .target(name: "CPKCS11", linkerSettings: [.linkedLibrary("dl")]),

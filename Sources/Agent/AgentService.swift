@@ -16,10 +16,14 @@ import Synchronization
 public struct AgentService: Service {
     public let agent: Agent
     public let logger: Logger
+    /// Gives the process's working set back to the kernel (`WorkingSet.trim`) 10 s after each connection to the hub
+    /// and every this many seconds after; 0 never. For a process that is the agent: it affects the whole process.
+    public let trimSeconds: Double
 
-    public init(agent: Agent, logger: Logger) {
+    public init(agent: Agent, logger: Logger, trimSeconds: Double = 0) {
         self.agent = agent
         self.logger = logger
+        self.trimSeconds = trimSeconds
     }
 
     public static func socketPath(_ stateDirectory: String) -> String { stateDirectory + "/agent.sock" }
@@ -45,6 +49,12 @@ public struct AgentService: Service {
         chmod(path, 0o600)
         logger.info("agent running", metadata: ["socket": .string(path)])
         let agent = agent
+        let trimmer =
+            trimSeconds > 0
+            ? Task { [logger, trimSeconds] in
+                await Self.trimWorkingSet(agent: agent, every: trimSeconds, logger: logger)
+            } : nil
+        defer { trimmer?.cancel() }
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask {
@@ -61,6 +71,29 @@ public struct AgentService: Service {
             Task { await agent.stop() }
         }
         unlink(path)
+    }
+
+    /// Trims 10 s after the agent connects (the handshake, the session's start and the first trust refresh are
+    /// behind it), then every `every` seconds while it runs, and again 10 s after each reconnection.
+    static func trimWorkingSet(agent: Agent, every: Double, logger: Logger) async {
+        var wasConnected = false
+        var next: ContinuousClock.Instant?
+        while !Task.isCancelled {
+            let connected = await agent.connection == .connected
+            let now = ContinuousClock.now
+            if connected, !wasConnected { next = now + .seconds(10) }
+            wasConnected = connected
+            if let due = next, now >= due {
+                let before = WorkingSet.residentKiB()
+                let released = WorkingSet.trim()
+                let after = WorkingSet.residentKiB()
+                logger.debug(
+                    "working set trimmed",
+                    metadata: ["before-kib": "\(before)", "after-kib": "\(after)", "dropped-kib": "\(released)"])
+                next = now + .milliseconds(Int64(every * 1000))
+            }
+            try? await Task.sleep(for: .seconds(2))
+        }
     }
 
     static func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>, agent: Agent) async {

@@ -31,7 +31,7 @@ extension AgentCommand {
                 reconnectMaxSeconds, inventoryIntervalSeconds, trustRefreshSeconds and agent.updateIntervalSeconds,
                 agent.payload, agent.payloadUser, agent.healthCommand, agent.healthTimeoutSeconds,
                 agent.healthIntervalSeconds, agent.healthWindowSeconds, agent.trialAttempts, agent.slotsDirectory,
-                updates.requireGate
+                updates.requireGate, agent.trimMemorySeconds
                 (commands as a string split at spaces, or an array of arguments). Options on the command line win.
                 SIGTERM stops it cleanly; nothing it accepted is lost, even to kill -9.
                 """)
@@ -128,6 +128,12 @@ extension AgentCommand {
                     Data("bulwark: agent.payloadUser is ignored: the agent is not root\n".utf8))
             }
             configuration.updates = updates
+            // Code and read-only data the agent touched once go back to the kernel 10 s after it connects, then
+            // every 5 minutes (see `WorkingSet`); 0 keeps them.
+            let trimSeconds = try file.number("agent.trimMemorySeconds") ?? 300
+            guard trimSeconds == 0 || (10...86_400).contains(trimSeconds) else {
+                throw ValidationError("agent.trimMemorySeconds must be 0 or 10-86400")
+            }
             let handler = try (self.handler ?? file.string("handler")).map {
                 ProcessCommandHandler(executable: $0, timeoutSeconds: configuration.commandTimeoutSeconds).handler
             }
@@ -139,7 +145,7 @@ extension AgentCommand {
             logger.logLevel = .info
             let group = ServiceGroup(
                 configuration: .init(
-                    services: [AgentService(agent: agent, logger: logger)],
+                    services: [AgentService(agent: agent, logger: logger, trimSeconds: trimSeconds)],
                     gracefulShutdownSignals: [.sigterm, .sigint],
                     logger: logger))
             try await group.run()
@@ -193,6 +199,7 @@ struct AgentConfigFile {
         "inventoryIntervalSeconds", "trustRefreshSeconds", "agent.updateIntervalSeconds", "agent.payload",
         "agent.payloadUser", "agent.healthCommand", "agent.healthTimeoutSeconds", "agent.healthIntervalSeconds",
         "agent.healthWindowSeconds", "agent.trialAttempts", "agent.slotsDirectory", "updates.requireGate",
+        "agent.trimMemorySeconds",
     ]
     let values: [String: Any]
     let path: String
