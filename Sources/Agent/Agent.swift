@@ -111,6 +111,8 @@ public actor Agent {
 
     private(set) var generation = 0
     private var inFlight: [UInt16: UInt64] = [:]
+    /// What status.json holds now (nil: unknown, write it at the next ping).
+    private var lastWrittenStatus: AgentStatus?
     private var attempted: Set<UInt64> = []
     /// Messages a previous run left in the outbox (sent before newer ones), and one the hub asked to retry.
     private var backlog: Set<UInt64> = []
@@ -826,15 +828,30 @@ public actor Agent {
     /// The keep-alive's heartbeat for `bulwark agent status`: the file's modification time is set to now, its contents
     /// (rewritten whenever they change) are left alone. One system call instead of building, writing and syncing a
     /// file every half keep-alive, which brought megabytes of code back into the idle agent's resident set.
+    /// When anything but the time changed since the last write (a counter, the outbox depth, an error), the file is
+    /// written instead.
     private func touchStatus() {
-        if utimensat(AT_FDCWD, configuration.stateDirectory + "/status.json", nil, 0) != 0 { writeStatus() }
+        if let written = lastWrittenStatus {
+            var current = status
+            current.updatedAt = written.updatedAt
+            if current == written,
+                utimensat(AT_FDCWD, configuration.stateDirectory + "/status.json", nil, 0) == 0
+            {
+                return
+            }
+        }
+        writeStatus()
     }
 
     /// `STATE/status.json`, for `bulwark agent status` (replaced atomically; no secret in it).
     private func writeStatus() {
-        try? Outbox.write(
-            configuration.stateDirectory + "/status.json", status.json, directory: configuration.stateDirectory,
-            mode: 0o644)
+        let current = status
+        do {
+            try Outbox.write(
+                configuration.stateDirectory + "/status.json", current.json, directory: configuration.stateDirectory,
+                mode: 0o644)
+            lastWrittenStatus = current
+        } catch { lastWrittenStatus = nil }
     }
 
     static func encode(_ packet: Packet) -> ByteBuffer {
@@ -866,7 +883,7 @@ private final class WakeFlag: @unchecked Sendable {
 }
 
 /// What `bulwark agent status` prints.
-public struct AgentStatus: Sendable {
+public struct AgentStatus: Sendable, Equatable {
     public var deviceID: String
     public var hub: String
     public var connection: String

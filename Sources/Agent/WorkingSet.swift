@@ -1,5 +1,11 @@
+import CWorkingSet
+
 #if canImport(Glibc)
     import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
 #endif
 
 /// The agent process's working set: code and read-only data it touched once (start-up, configuration, the first TLS
@@ -11,16 +17,17 @@
 /// using it: measured, 38 of the idle agent's 44 MiB of RSS were clean pages of code from the binary, the Swift
 /// runtime and Foundation, and 4 MiB its own data.
 ///
-/// What is given back: only private mappings of files that are not writable (`r-xp` code, `r--p` read-only data),
-/// hold no page of their own (`Anonymous: 0 kB` in `/proc/self/smaps`), and belong to a loaded program or library
-/// (the same file also has an executable mapping), which stays mapped for the life of the process: a data file some
-/// code maps for a while could be unmapped, and its addresses reused by fresh memory, between the reading of smaps
-/// and the `madvise`. For such a mapping every page is the
-/// file's page, so `madvise(MADV_DONTNEED)` only drops this process's mapping of it: the next access maps it again
-/// from the page cache (a minor fault), with the same contents. Relocated read-only data (RELRO, written by the
-/// loader before it was made read-only) holds pages of its own and is never touched, nor is anything writable, the
-/// heap or a stack. Then `malloc_trim` returns the heap's free pages. (`/proc/PID/smaps` is Linux's interface,
-/// proc(5); `MADV_DONTNEED` on a private mapping, madvise(2).)
+/// What is given back, where two independent rules agree:
+/// - `/proc/self/smaps` (proc(5)): private mappings of files that are not writable (`r-xp` code, `r--p` read-only
+///   data), hold no page of their own in memory or in swap (`Anonymous: 0 kB`, `Swap: 0 kB`: nothing written there,
+///   not even a debugger's breakpoint), of a file also mapped executable;
+/// - the dynamic linker's own list (`dl_iterate_phdr`): the read-only load segments (PT_LOAD without PF_W) of the
+///   objects it has loaded. Relocated read-only data (PT_GNU_RELRO) lies in a writable segment and is never touched.
+///   The `madvise` calls run inside its callback, under the loader's lock, so no object can be closed and its
+///   addresses reused meanwhile, and an object still being opened is not listed yet (C, `CWorkingSet`).
+/// Every page left is then the file's page, so `madvise(MADV_DONTNEED)` only drops this process's mapping of it: the
+/// next access maps it again from the page cache (a minor fault), with the same contents (madvise(2)). Nothing
+/// writable, no heap, stack or data file is touched. Then glibc's `malloc_trim` returns the heap's free pages.
 public enum WorkingSet {
     /// One mapping that may be dropped: its address range and its resident size.
     public struct Mapping: Sendable, Equatable {
@@ -45,10 +52,12 @@ public enum WorkingSet {
         var resident = 0
         var anonymous = 0
         var sawAnonymous = false
+        var swapped = 0
+        var sawSwap = false
         func close() {
             if let header = candidate {
                 if header.executable { executables.insert(header.file) }
-                if sawAnonymous, anonymous == 0, resident > 0 {
+                if sawAnonymous, anonymous == 0, sawSwap, swapped == 0, resident > 0 {
                     found.append(
                         (Mapping(start: header.start, end: header.end, residentKiB: resident), header.file))
                 }
@@ -63,12 +72,17 @@ public enum WorkingSet {
                 resident = 0
                 anonymous = 0
                 sawAnonymous = false
+                swapped = 0
+                sawSwap = false
             } else if candidate != nil {
                 if let value = field("Rss:", line) {
                     resident = value
                 } else if let value = field("Anonymous:", line) {
                     anonymous = value
                     sawAnonymous = true
+                } else if let value = field("Swap:", line) {
+                    swapped = value
+                    sawSwap = true
                 }
             }
         }
@@ -102,19 +116,17 @@ public enum WorkingSet {
             file: Array(fields[3]) + [UInt8(ascii: " ")] + Array(fields[4]))
     }
 
-    /// Drops this process's droppable mappings and returns the heap's free pages; the resident KiB given back.
-    /// Linux only (elsewhere: nothing, 0). Safe at any time from any thread: what it drops is mapped again on use.
+    /// Drops what both rules allow and returns the heap's free pages; the KiB of address space advised. Linux with
+    /// glibc only (elsewhere: nothing, 0). What it drops is mapped again on use.
     @discardableResult
     public static func trim() -> Int {
-        #if os(Linux)
+        #if os(Linux) && canImport(Glibc)
             guard let smaps = readAll("/proc/self/smaps") else { return 0 }
-            var released = 0
-            for mapping in droppable(smaps: smaps) {
-                guard let address = UnsafeMutableRawPointer(bitPattern: mapping.start) else { continue }
-                if madvise(address, Int(mapping.end - mapping.start), MADV_DONTNEED) == 0 {
-                    released += mapping.residentKiB
-                }
+            let allowed = droppable(smaps: smaps).map { bulwark_range(start: $0.start, end: $0.end) }
+            let advised = allowed.withUnsafeBufferPointer {
+                bulwark_drop_readonly_segments($0.baseAddress, $0.count)
             }
+            let released = max(0, advised / 1024)
             // glibc's `malloc_trim(0)` (malloc.h, which the Glibc module does not export); absent on other C libraries.
             if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") {
                 _ = unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)(0)

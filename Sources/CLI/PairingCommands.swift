@@ -244,12 +244,10 @@ struct AgentCommand: AsyncParsableCommand {
                 .flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
             let notAfter = loaded.certificate.notValidAfter
             // Fresh: written, or touched by the keep-alive's heartbeat (which sets only the file's time), in the last
-            // 90 s.
-            let written = (status["updatedAt"] as? String).flatMap { try? Date($0, strategy: .iso8601) }
+            // 90 s. A time ahead of the clock (the clock stepped back) is not fresh, beyond a few seconds' slack.
             let touched =
                 (try? FileManager.default.attributesOfItem(atPath: state + "/status.json"))?[.modificationDate] as? Date
-            let updated = [written, touched].compactMap { $0 }.max()
-            let fresh = updated.map { Date().timeIntervalSince($0) < 90 } ?? false
+            let fresh = touched.map { (-5..<90).contains(Date().timeIntervalSince($0)) } ?? false
             let connected = status["connection"] as? String == "connected" && fresh
             print("device        \(loaded.deviceID)")
             print("hub           \(status["hub"] as? String ?? "-")")

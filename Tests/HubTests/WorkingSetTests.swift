@@ -15,11 +15,13 @@ struct WorkingSetTests {
         Size:                 64 kB
         Rss:                  64 kB
         Anonymous:             0 kB
+        Swap:                  0 kB
         VmFlags: rd mr mw me
         55d0c0a10000-55d0c2a10000 r-xp 00010000 fe:00 1234                       /usr/bin/bulwark
         Size:              32768 kB
         Rss:               16816 kB
         Anonymous:             0 kB
+        Swap:                  0 kB
         55d0c2a10000-55d0c2b00000 r--p 02010000 fe:00 1234                       /usr/bin/bulwark
         Rss:                 844 kB
         Anonymous:           844 kB
@@ -35,27 +37,49 @@ struct WorkingSetTests {
         7f0000100000-7f0000200000 r--s 00000000 fe:00 99                         /dev/shm/shared
         Rss:                   8 kB
         Anonymous:             0 kB
+        Swap:                  0 kB
         7f0000200000-7f0000300000 r-xp 00000000 fe:00 0                          /memfd:jit (deleted)
         Rss:                   8 kB
         Anonymous:             0 kB
+        Swap:                  0 kB
         7f0000300000-7f0000400000 r-xp 00000000 fe:00 77                         /usr/lib/libswiftCore.so
         Rss:                   0 kB
         Anonymous:             0 kB
+        Swap:                  0 kB
         7f0000400000-7f0000500000 r-xp 00000000 fe:00 78                         /usr/lib/libc.so.6
         Rss:                 560 kB
         7f0000500000-7f0000600000 ---p 00000000 fe:00 78                         /usr/lib/libc.so.6
         Rss:                   0 kB
         Anonymous:             0 kB
+        Swap:                  0 kB
         7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0                          [vdso]
         Rss:                   8 kB
         Anonymous:             0 kB
+        Swap:                  0 kB
         zz-not-a-mapping r-xp 0 fe:00 1 /x
         7f0000600000-7f0000700000 r-xp 00000000 fe:00 79                         /usr/lib/libm.so.6
         Rss:                 180 kB
         Anonymous:             0 kB
+        Swap:                  0 kB
+        7f0000800000-7f0000900000 r-xp 00000000 fe:00 80                         /usr/lib/libz.so.1
+        Rss:                  24 kB
+        Anonymous:             0 kB
+        Swap:                  4 kB
+        7f0000900000-7f0000a00000 r-xp 00000000 fe:00 81                         /opt/my app/libplugin.so (deleted)
+        Rss:                  12 kB
+        Anonymous:             0 kB
+        Swap:                  0 kB
+        7f0000a00000-7f0000b00000 r--p 00000000 00:01 2049                       /memfd:buffer (deleted)
+        Rss:                  12 kB
+        Anonymous:             0 kB
+        Swap:                  0 kB
+        7f0000b00000-7f0000c00000 r-xp 00000000 fe:00 82                         /usr/lib/libnoswapline.so
+        Rss:                  12 kB
+        Anonymous:             0 kB
         7f0000700000-7f0000800000 r--p 00000000 fe:00 500                        /var/lib/bulwark/data.bin
         Rss:                  40 kB
         Anonymous:             0 kB
+        Swap:                  0 kB
         """
 
     @Test func onlyUnwrittenReadOnlyFileMappingsAreDroppable() {
@@ -65,10 +89,12 @@ struct WorkingSetTests {
                 WorkingSet.Mapping(start: 0x55d0_c0a0_0000, end: 0x55d0_c0a1_0000, residentKiB: 64),
                 WorkingSet.Mapping(start: 0x55d0_c0a1_0000, end: 0x55d0_c2a1_0000, residentKiB: 16816),
                 WorkingSet.Mapping(start: 0x7f00_0060_0000, end: 0x7f00_0070_0000, residentKiB: 180),
+                WorkingSet.Mapping(start: 0x7f00_0090_0000, end: 0x7f00_00a0_0000, residentKiB: 12),
             ])
         // Left alone: relocated read-only data (pages of its own), writable data, the heap, anonymous code, a shared
         // mapping, a mapping without an inode, nothing resident, a mapping whose smaps gives no Anonymous line (libc
-        // here: unknown is not zero), a guard mapping, the vDSO, a malformed line, and a data file mapped read-only
+        // here: unknown is not zero), a guard mapping, the vDSO, a malformed line, code with a page in swap (libz), a
+        // mapping whose smaps gives no Swap line, a memfd, and a data file mapped read-only
         // (no executable mapping of it: it could be unmapped, and its addresses reused, while the trim runs).
     }
 
