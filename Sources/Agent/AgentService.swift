@@ -84,12 +84,19 @@ public struct AgentService: Service {
             if connected, !wasConnected { next = now + .seconds(10) }
             wasConnected = connected
             if let due = next, now >= due {
-                let before = WorkingSet.residentKiB()
-                let released = WorkingSet.trim()
-                let after = WorkingSet.residentKiB()
-                logger.debug(
-                    "working set trimmed",
-                    metadata: ["before-kib": "\(before)", "after-kib": "\(after)", "dropped-kib": "\(released)"])
+                // The resident set is read around the trim only when someone will see it.
+                if logger.logLevel <= .debug {
+                    let before = WorkingSet.residentKiB()
+                    let released = WorkingSet.trim()
+                    logger.debug(
+                        "working set trimmed",
+                        metadata: [
+                            "before-kib": "\(before)", "after-kib": "\(WorkingSet.residentKiB())",
+                            "advised-kib": "\(released)",
+                        ])
+                } else {
+                    WorkingSet.trim()
+                }
                 next = now + .milliseconds(Int64(every * 1000))
             }
             try? await Task.sleep(for: .seconds(2))
