@@ -73,12 +73,36 @@ public final class HubProcess: Sendable {
         return process.terminationStatus
     }
 
+    /// SIGTERM, then at most `grace` seconds for the exit, then SIGKILL (see `Process.stop(within:)`). For a `defer`,
+    /// which cannot await: it holds its thread for a bounded time. True when the hub exited on its own.
+    @discardableResult
+    public func stop(within grace: TimeInterval) -> Bool { process.stop(within: grace) }
+
     /// Waits for the exit without blocking a thread of the concurrency pool (a hub stopping after SIGTERM can take
     /// seconds, and the pool has as many threads as cores).
     public func exitStatus() async -> Int32 { await process.exitStatus() }
 }
 
 extension Process {
+    /// SIGTERM, then at most `grace` seconds for the exit, then SIGKILL and at most 10 s more. True when the process
+    /// exited within the grace, false when it needed SIGKILL (or never went).
+    ///
+    /// Blocking, for a `defer` (which cannot await), and bounded: an unbounded wait there holds a thread of Swift's
+    /// concurrency pool, which has as many threads as cores, and a process that ignores SIGTERM would stall every test.
+    @discardableResult
+    public func stop(within grace: TimeInterval) -> Bool {
+        guard isRunning else { return true }
+        let pid = processIdentifier
+        Foundation.kill(pid, SIGTERM)
+        let end = Date().addingTimeInterval(grace)
+        while isRunning, Date() < end { usleep(20_000) }
+        guard isRunning else { return true }
+        Foundation.kill(pid, SIGKILL)
+        let killed = Date().addingTimeInterval(10)
+        while isRunning, Date() < killed { usleep(20_000) }
+        return false
+    }
+
     /// The termination status, awaited by polling: `waitUntilExit` would hold a thread of the concurrency pool.
     public func exitStatus() async -> Int32 {
         while isRunning {

@@ -8,10 +8,7 @@ import Testing
         let binary = try HubProcessTests.binary
         let directory = try temporaryDirectory("cli")
         let hub = try HubProcess(binary: binary, directory: directory)
-        defer {
-            hub.terminate()
-            _ = hub.wait()
-        }
+        defer { #expect(hub.stop(within: 30), "the hub exits within 30 s of SIGTERM") }
         let ports = try await hub.waitForPorts()
         let environment = [
             "BULWARK_HUB": "https://127.0.0.1:\(ports.operator)", "BULWARK_CREDENTIALS": directory + "/operators",

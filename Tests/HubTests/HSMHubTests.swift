@@ -61,10 +61,7 @@ import Testing
                 "BULWARK_TUF_ONLINE_KEYS": online, "BULWARK_TUF_RESIGN_INTERVAL_SECONDS": "10",
                 "BULWARK_TUF_TIMESTAMP_WITHIN_SECONDS": "172800", "BULWARK_TUF_SNAPSHOT_WITHIN_SECONDS": "172800",
             ]) { $1 })
-        defer {
-            hub.terminate()
-            _ = hub.wait()
-        }
+        defer { #expect(hub.stop(within: 30), "the hub exits within 30 s of SIGTERM") }
         let ports = try await hub.waitForPorts()
         #expect(FileManager.default.fileExists(atPath: data + "/ca.key.uri"))
         #expect(!FileManager.default.fileExists(atPath: data + "/ca.key"), "no CA key file: the key is on the token")

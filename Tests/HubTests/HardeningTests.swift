@@ -353,9 +353,8 @@ func runStaged(
     try process.run()
     defer {
         output.fileHandleForReading.readabilityHandler = nil
-        if process.isRunning { process.terminate() }
         try? input.fileHandleForWriting.close()
-        process.waitUntilExit()
+        process.stop(within: 10)
     }
     func text() -> String { collected.withLock { String(decoding: $0, as: UTF8.self) } }
     for (delay, data) in steps {

@@ -306,10 +306,7 @@ import X509
         process.standardOutput = log
         process.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try process.run()
-        defer {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        defer { process.stop(within: 10) }
         func query(_ expression: String) async throws -> String {
             try await run(
                 curl,

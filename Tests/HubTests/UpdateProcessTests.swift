@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import HubClient
 import Store
 import Testing
 
@@ -38,7 +39,7 @@ import Testing
             try log.seekToEnd()
             process.standardOutput = log
             process.standardError = log
-            try process.run()
+            try process.runWithDefaultSignalMask()
             self.process = process
         }
 
@@ -55,11 +56,14 @@ import Testing
             return await process.exitStatus()
         }
 
-        /// `stop()` for a `defer`, which cannot await: it holds a thread until the agent has gone.
+        /// `stop()` for a `defer`, which cannot await: it holds its thread for at most 30 s (SIGKILL then), and an
+        /// agent that needed SIGKILL fails the test with the end of its log.
         func stopBlocking() {
             guard let process, process.isRunning else { return }
-            kill(process.processIdentifier, SIGTERM)
-            process.waitUntilExit()
+            if !process.stop(within: 30) {
+                let log = (try? String(contentsOfFile: state + ".log", encoding: .utf8)) ?? ""
+                Issue.record("the agent did not exit within 30 s of SIGTERM; its log ends: \(log.suffix(1500))")
+            }
         }
 
         var update: [String: Any] {
@@ -140,7 +144,11 @@ import Testing
                     $0.installedTarget == "app-v2.tar" && $0.lastStep == "rolled-back" && $0.stepTarget == "app-v3.tar"
                 }.count == 2
             })
-        #expect(agents.allSatisfy { UpdateAgentTests.running($0.marker)?.release == "app-v2" })
+        // The report of the rollback can reach the hub before the payload of v2 has started again.
+        #expect(
+            await AgentTests.eventually(30) {
+                agents.allSatisfy { UpdateAgentTests.running($0.marker)?.release == "app-v2" }
+            })
         let after = try await cli.run(["updates", "status"])
         let v3Line = after.stdout.split(separator: "\n").first { $0.hasPrefix("app-v3.tar") } ?? ""
         #expect(v3Line.split(separator: " ").last == "2", "two devices rolled v3 back: \(after.stdout)")
