@@ -1995,29 +1995,63 @@ public final class PostgresHubStore: HubStore {
     /// reaches it.
     static let answerTimeout = Duration.seconds(120)
 
+    /// How long work may go unanswered once its connection has closed: no answer can come any more.
+    static let closedGrace = Duration.seconds(1)
+
     /// Runs `body` on a pooled connection, or gives up with `unavailable` when none is had within `leaseTimeout`.
     /// Only the wait for a connection is bounded by it: once `body` runs, PostgreSQL's own timeouts bound it, and it
     /// is not abandoned mid-transaction (a commit whose answer was cut off would leave its outcome unknown) unless
-    /// no answer came within `answerTimeout`. Work never starts after its caller was told it would not.
+    /// no answer came within `answerTimeout`, or its connection closed and no answer came within `closedGrace` after.
+    /// Work never starts after its caller was told it would not.
+    ///
+    /// A closed connection: PostgreSQL stopped (`pg_ctl stop -m fast` ends every session with 57P01), restarted, or
+    /// the network cut it. The driver has been seen to leave a batch's query pending on such a connection; before,
+    /// every write in flight at a database shutdown then waited out `answerTimeout`, and the devices behind them were
+    /// answered nothing for two minutes (`HubProcessTests.postgreSQLStoppedUnderLoad…`). A caller told the outcome is
+    /// unknown treats the work as not done (a message is not acknowledged; the device sends it again).
     static func leased<T: Sendable>(
         _ client: PostgresClient, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let flag = LeaseFlag()
+        let leased = Mutex<PostgresConnection?>(nil)
         let (outcome, task) = Outcome.start {
             try await client.withConnection { connection in
                 guard flag.start() else { throw CancellationError() }
+                leased.withLock { $0 = connection }
                 return try await body(connection)
             }
         }
-        if let result = await outcome.wait(leaseTimeout) { return try result.get() }
-        if flag.abandon() {
-            task.cancel()
-            throw StoreError(.unavailable, "no connection to PostgreSQL within \(leaseTimeout)")
+        let clock = ContinuousClock()
+        let start = clock.now
+        var closedAt: ContinuousClock.Instant?
+        while true {
+            if let result = await outcome.wait(.milliseconds(250)) { return try result.get() }
+            let now = clock.now
+            guard let connection = leased.withLock({ $0 }) else {
+                // No connection yet.
+                guard now - start >= leaseTimeout else { continue }
+                if flag.abandon() {
+                    task.cancel()
+                    throw StoreError(.unavailable, "no connection to PostgreSQL within \(leaseTimeout)")
+                }
+                continue  // it started meanwhile
+            }
+            if connection.isClosed {
+                let since = closedAt ?? now
+                closedAt = since
+                if now - since >= closedGrace {
+                    task.cancel()
+                    throw StoreError(
+                        .unavailable, "PostgreSQL closed the connection: the outcome of the call is unknown")
+                }
+            }
+            if now - start >= answerTimeout {
+                task.cancel()
+                throw StoreError(
+                    .unavailable,
+                    "PostgreSQL did not answer within \(answerTimeout): the outcome of the call is unknown")
+            }
         }
-        if let result = await outcome.wait(answerTimeout - leaseTimeout) { return try result.get() }
-        task.cancel()
-        throw StoreError(
-            .unavailable, "PostgreSQL did not answer within \(answerTimeout): the outcome of the call is unknown")
     }
 
     /// A store error that names what PostgreSQL said (its SQLSTATE and message), never the query's values: a bind
