@@ -882,8 +882,8 @@ struct MQTTConnection {
             let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: delivery.topic)
             record.relay = listener.relay?.relayed(
                 delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
-            // A message that is not stored gives its counter back: nothing was acknowledged (PUBACK 0x80, or the
-            // connection closes on 3.1.1), so the device's resend must be stored, not refused or waved through as a
+            // A message that is not stored gives its counter back: nothing was acknowledged (the connection ends,
+            // after DISCONNECT 0x89 on MQTT 5), so the device's resend must be stored, not refused or waved through as a
             // duplicate (as HTTP gives its nonce back).
             let counters = listener.gateway.counters
             let release: @Sendable () -> Void = {
@@ -1036,8 +1036,8 @@ struct MQTTConnection {
     /// Sends a PUBACK in arrival order (MQTT 3.1.1 §4.6, MQTT 5.0 §4.6: PUBACKs in the order the PUBLISH packets
     /// were received), after `write` (the message's store transaction) finished: only a durable message is
     /// acknowledged, yet the loop reads on meanwhile, so one connection's messages share group commits. At most
-    /// `mqtt.receiveMaximum` are outstanding; then the loop waits for the oldest. A failed write is answered 0x80
-    /// with a correlation id (MQTT 5) or closes the connection (3.1.1); a stored message is then delivered.
+    /// `mqtt.receiveMaximum` are outstanding; then the loop waits for the oldest. A failed write ends the connection
+    /// (DISCONNECT 0x89 Server busy with a correlation id first on MQTT 5); a stored message is then delivered.
     ///
     /// QoS 2 (§4.3.3) is answered with PUBREC instead: a success code first records the id with the session (a
     /// copy of the PUBLISH is then answered without being stored again), and the message stays counted against the
@@ -1069,12 +1069,24 @@ struct MQTTConnection {
                 switch await write?.value {
                 case nil, .stored: break
                 case .storedElsewhere: deliver = false
-                case .replayed, .failed:
+                case .replayed:
                     guard version == .v5 else {
                         nioChannel.close(promise: nil)
                         return
                     }
-                    reason = await write?.value == .replayed ? .notAuthorized : .unspecifiedError
+                    reason = .notAuthorized
+                case .failed:
+                    // Not stored: the connection ends (`ServerSession.publishRefused`, unavailable), so the client
+                    // keeps the message and sends it again once connected. MQTT 5 hears why first (§3.14.2.1).
+                    if version == .v5 {
+                        var buffer = ByteBuffer()
+                        Packet.disconnect(reasonCode: .serverBusy, properties: failed).encode(
+                            into: &buffer, version: version)
+                        output.write(buffer)
+                        await output.flush()
+                    }
+                    nioChannel.close(promise: nil)
+                    return
                 }
                 let answerProperties = reason == code ? properties : failed
                 // A retained message is in the store's retained messages before its acknowledgement: a restart
@@ -1111,8 +1123,8 @@ struct MQTTConnection {
 
     /// Several nodes: hands a message that is not stored (an operator's or application's publish, a retained clear)
     /// to the other nodes before it is acknowledged or delivered here, so one refused (and sent again) has reached
-    /// no one. Nil when it was handed on (or there is one node); else what `admitAndDeliver` returns: answered with
-    /// PUBACK 0x80 (MQTT 5), or false to close the connection (3.1.1 has no refusal; the client sends it again).
+    /// no one. Nil when it was handed on (or there is one node); else what `admitAndDeliver` returns: false, to end the
+    /// connection (after DISCONNECT 0x89 on MQTT 5), so the client sends it again once connected.
     private func relayFirst(
         _ message: BrokerMessage, _ publish: PublishPacket, state: inout State, respond: Bool, _ correlationID: String,
         placement: [TopicFilter: String]?
@@ -1126,10 +1138,10 @@ struct MQTTConnection {
             listener.logger.error(
                 "MQTT message not handed to the other hub nodes",
                 metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-            guard respond, let id = publish.packetID else { return true }
-            guard state.v5 else { return false }
-            await acknowledge(id, qos: publish.qos, state: &state, code: .unspecifiedError)
-            return true
+            guard respond else { return true }
+            // Not handed on: the connection ends, as for a store that cannot be reached (the client sends it again).
+            if state.v5 { await serverDisconnect(.serverBusy, refusalProperties(correlationID), state: &state) }
+            return false
         }
     }
 
@@ -1237,7 +1249,7 @@ enum StoreWrite: Sendable, Equatable {
     case storedElsewhere
     /// Its counter was already stored by another node: refused (0x87), audited, counted as a replay.
     case replayed
-    /// Not stored: 0x80 (MQTT 5) or the connection closes (3.1.1); the device resends.
+    /// Not stored: the connection ends (DISCONNECT 0x89 first on MQTT 5); the device resends.
     case failed
 }
 

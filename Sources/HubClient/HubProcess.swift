@@ -62,6 +62,8 @@ public final class HubProcess: Sendable {
 
     public var processIdentifier: Int32 { process.processIdentifier }
 
+    public var isRunning: Bool { process.isRunning }
+
     public func terminate() { process.terminate() }
 
     public func kill() {

@@ -277,14 +277,20 @@ public struct ServerSession: Sendable, Equatable {
     }
 
     /// What to do with a refused PUBLISH (MQTT 5.0 §3.4.2.1, §3.5.2.1): MQTT 5 answers QoS 1 and 2 with a PUBACK
-    /// or PUBREC reason code (0x97 Quota exceeded over the rate, 0x80 unavailable, 0x99 Payload format invalid,
-    /// 0x87 Not authorized), drops QoS 0 but ends a sustained QoS 0 flood with DISCONNECT 0x96; quarantine ends the
-    /// connection (0x96 or 0x87). MQTT 3.1.1 has no negative acknowledgement: over the rate the message is dropped
-    /// unacknowledged (the client keeps it), any other refusal closes the connection.
+    /// or PUBREC reason code (0x97 Quota exceeded over the rate, 0x99 Payload format invalid, 0x87 Not authorized),
+    /// drops QoS 0 but ends a sustained QoS 0 flood with DISCONNECT 0x96; quarantine ends the connection (0x96 or
+    /// 0x87). MQTT 3.1.1 has no negative acknowledgement: over the rate the message is dropped unacknowledged (the
+    /// client keeps it), any other refusal closes the connection.
+    ///
+    /// A store that cannot be reached ends the connection on both versions, whatever the QoS: DISCONNECT 0x89 Server
+    /// busy on MQTT 5 (§3.14.2.1; 0x88 Server unavailable is a CONNACK code only), a close on 3.1.1. The client keeps
+    /// the message unacknowledged in its session and sends it again once it has connected (refused with CONNACK 0x88
+    /// while the store is away). A PUBACK 0x80 would end the message's flow: most clients then drop it.
     public mutating func publishRefused(_ refusal: PublishRefusal, qos: QoS) -> RefusalAction {
         if case .quarantined(let overRate) = refusal {
             return .close(disconnect: v5 ? (overRate ? .messageRateTooHigh : .notAuthorized) : nil)
         }
+        if refusal == .unavailable { return .close(disconnect: v5 ? .serverBusy : nil) }
         let overRate = refusal == .overRate
         guard v5 else { return overRate ? .drop : .close(disconnect: nil) }
         guard qos != .atMostOnce else {
@@ -295,7 +301,7 @@ public struct ServerSession: Sendable, Equatable {
         let code: ReasonCode =
             switch refusal {
             case .overRate: .quotaExceeded
-            case .unavailable: .unspecifiedError
+            case .unavailable: .serverBusy  // (ended above)
             case .invalidContent: .payloadFormatInvalid
             case .notAuthorized, .quarantined: .notAuthorized
             }

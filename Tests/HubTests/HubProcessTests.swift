@@ -386,13 +386,184 @@ import Testing
     /// A fresh database on the tests' PostgreSQL server, and the hub's settings that name it.
     static func postgres() async throws -> (PostgresLocation, [String: String]) {
         let location = try await PostgresTestServer.freshDatabase()
+        return (location, Self.settings(location))
+    }
+
+    /// The hub's settings that name a database (URL with verify-full, password file, CA file).
+    static func settings(_ location: PostgresLocation) -> [String: String] {
         var environment = [
             "BULWARK_DATABASE_URL":
                 "postgres://\(location.user)@\(location.host):\(location.port)/\(location.database)?sslmode=verify-full"
         ]
         environment["BULWARK_DATABASE_PASSWORD_FILE"] = location.passwordFile
         environment["BULWARK_DATABASE_CA_FILE"] = location.caFile
-        return (location, environment)
+        return environment
+    }
+
+    /// PostgreSQL stopped while devices stream to a real hub process over HTTP, MQTT 5 and MQTT 3.1.1 (#14, faults):
+    /// HTTP is answered 503 with a problem document; an open MQTT connection ends (DISCONNECT 0x89 Server busy on
+    /// MQTT 5, a close on 3.1.1) and a new one is refused (CONNACK 0x88 / 0x03 Server unavailable); nothing that was
+    /// not stored is acknowledged; the hub stays up and serves again by itself once the database is back, and every
+    /// message it acknowledged, before, during or after, is in the database.
+    @Test func postgreSQLStoppedUnderLoadIsRefusedLosesNothingAndTheHubRecovers() async throws {
+        let (server, location) = try PostgresTestServer.privateServer()
+        defer {
+            _ = PostgresTestServer.stop(server)
+            try? FileManager.default.removeItem(atPath: server)
+        }
+        let work = try temporaryDirectory("db-outage")
+        let hub = try HubProcess(
+            binary: try Self.binary, directory: work,
+            environment: [
+                "BULWARK_GATEWAY_DEVICE_RATE": "1000000", "BULWARK_GATEWAY_DEVICE_BURST": "1000000",
+                "BULWARK_GATEWAY_ROUTE_RATE": "1000000", "BULWARK_GATEWAY_ROUTE_BURST": "1000000",
+            ].merging(Self.settings(location)) { $1 })
+        defer { #expect(hub.stop(within: 30), "the hub exits within 30 s of SIGTERM") }
+        let ports = try await hub.waitForPorts()
+        let operatorCredentials = try ClientCredentials(
+            certificateFile: work + "/operators/admin.crt", keyFile: work + "/operators/admin.key",
+            caFile: work + "/ca.crt")
+        let kinds: [(id: String, version: ProtocolVersion?)] = [
+            ("outage-http-0", nil), ("outage-http-1", nil), ("outage-mqtt5", .v5), ("outage-mqtt311", .v311),
+        ]
+        var devices: [(id: String, version: ProtocolVersion?, credentials: ClientCredentials)] = []
+        for (id, version) in kinds {
+            devices.append((id, version, try await enroll(id, operatorPort: ports.operator, operatorCredentials, work)))
+        }
+        let newcomerCredentials = try await enroll(
+            "outage-new", operatorPort: ports.operator, operatorCredentials, work)
+        let outage = OutageProgress()
+        let ids = devices.map(\.id)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for device in devices {
+                let device = device
+                group.addTask {
+                    var sequence = 0
+                    while !outage.stop.load(ordering: .relaxed) {
+                        do {
+                            if let version = device.version {
+                                try await Self.streamMQTT(device.id, version, device.credentials, ports.mqtt, outage) {
+                                    sequence += 1
+                                    return sequence
+                                }
+                            } else {
+                                try await HTTPSClient.withConnection(
+                                    host: "127.0.0.1", port: ports.device,
+                                    tls: try device.credentials.tlsConfiguration()
+                                ) { connection in
+                                    while !outage.stop.load(ordering: .relaxed) {
+                                        sequence += 1
+                                        let body = #"{"n":\#(sequence)}"#
+                                        let result = try await connection.send(
+                                            method: "POST", path: "/v1/telemetry",
+                                            headers: [("Content-Type", "application/json")], body: Array(body.utf8),
+                                            signer: try device.credentials.signer())
+                                        if result.status == 202 {
+                                            outage.acked(device.id, body)
+                                        } else {
+                                            let problem =
+                                                result.header("Content-Type")?.hasPrefix("application/problem+json")
+                                                == true
+                                            outage.saw(device.id, "HTTP \(result.status)\(problem ? " problem" : "")")
+                                            try await Task.sleep(for: .milliseconds(100))
+                                        }
+                                    }
+                                }
+                            }
+                        } catch {
+                            try await Task.sleep(for: .milliseconds(100))
+                        }
+                    }
+                }
+            }
+            group.addTask {
+                defer { outage.stop.store(true, ordering: .relaxed) }
+                func each(_ condition: (String) -> Bool, within seconds: Int) async throws -> Bool {
+                    let end = ContinuousClock.now + .seconds(seconds)
+                    while ContinuousClock.now < end {
+                        if ids.allSatisfy(condition) { return true }
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                    return false
+                }
+                #expect(try await each({ outage.count($0, phase: 0) >= 20 }, within: 60), "every device streams")
+                #expect(PostgresTestServer.stop(server))
+                outage.phase.store(1, ordering: .relaxed)
+                // Every device has been refused as its protocol says, and the hub is still running.
+                // (A client the node holds the session of may connect again meanwhile: the node needs no database
+                // for that. Its next PUBLISH ends the connection again.)
+                let expected: [String: [String]] = [
+                    "outage-http-0": ["HTTP 503 problem"], "outage-http-1": ["HTTP 503 problem"],
+                    "outage-mqtt5": ["DISCONNECT 0x89"], "outage-mqtt311": ["closed before PUBACK"],
+                ]
+                let refused = try await each(
+                    { id in expected[id, default: []].allSatisfy { outage.seen(id).contains($0) } }, within: 60)
+                #expect(refused, "refusals seen: \(ids.map { "\($0): \(outage.seen($0).sorted())" })")
+                #expect(hub.isRunning, "the hub stays up while the database is away")
+                // A client whose session only the store could have is refused: CONNACK 0x88 Server unavailable.
+                let newcomer = try await MQTTClientConnection.withConnection(
+                    host: "127.0.0.1", port: ports.mqtt, tls: try newcomerCredentials.tlsConfiguration(),
+                    clientID: "outage-new", version: .v5, configure: MQTTBrokerTests.persistent
+                ) { _, reason in reason }
+                #expect(newcomer == .serverUnavailable, "CONNACK \(newcomer)")
+                #expect(PostgresTestServer.resume(server))
+                let resumed = ContinuousClock.now
+                outage.phase.store(2, ordering: .relaxed)
+                // It serves again by itself, on every protocol.
+                let recovered = try await each({ outage.count($0, phase: 2) >= 10 }, within: 60)
+                #expect(recovered, "every device is served again after the database returned")
+                print("outage: every device served again \(ContinuousClock.now - resumed) after the database returned")
+            }
+            try await group.waitForAll()
+        }
+        let acknowledged = outage.acknowledged.withLock { $0 }
+        // (An answer counted "during" left before the stop finished: what matters is that it is stored.)
+        print("outage: acknowledged \(acknowledged.mapValues(\.byPhase))")
+        let store = try await PostgresHubStore(location: location)
+        for device in devices {
+            let acked = acknowledged[device.id]?.all ?? []
+            let stored = Set(
+                try await store.telemetry(of: try DeviceID(device.id), limit: 1_000_000).map {
+                    String(decoding: $0.body, as: UTF8.self)
+                })
+            let lost = acked.subtracting(stored)
+            #expect(lost.isEmpty, "\(device.id): \(lost.count) of \(acked.count) acknowledged messages lost")
+        }
+        try await store.close()
+    }
+
+    /// One MQTT connection with a persistent session, publishing QoS 1 until the outage test stops it; what the
+    /// hub answers other than PUBACK 0 is noted, and the connection given up (the caller connects again).
+    static func streamMQTT(
+        _ id: String, _ version: ProtocolVersion, _ credentials: ClientCredentials, _ port: Int,
+        _ outage: OutageProgress, next: () -> Int
+    ) async throws {
+        let topic = try TopicName("devices/\(id)/telemetry")
+        try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: port, tls: try credentials.tlsConfiguration(), clientID: id, version: version,
+            configure: MQTTBrokerTests.persistent
+        ) { mqtt, reason in
+            guard reason == 0 else {
+                outage.saw(id, "CONNACK " + String(format: "0x%02X", Int(reason.rawValue)))
+                throw ClientError("CONNACK \(reason)")
+            }
+            while !outage.stop.load(ordering: .relaxed) {
+                let body = #"{"n":\#(next())}"#
+                let answer: ReasonCode
+                do {
+                    answer = try await mqtt.publishAcknowledged(topic: topic, payload: Array(body.utf8))
+                } catch {
+                    outage.saw(id, "closed before PUBACK")
+                    throw error
+                }
+                guard answer == 0 else {
+                    // MQTT 5: a DISCONNECT's reason comes back in the PUBACK's place.
+                    outage.saw(id, "DISCONNECT " + String(format: "0x%02X", Int(answer.rawValue)))
+                    throw ClientError("refused \(answer)")
+                }
+                outage.acked(id, body)
+            }
+        }
     }
 
     /// SIGTERM while requests are in flight: they finish, the store closes, and every 202 is in the database.
@@ -489,6 +660,34 @@ import Testing
         let pem = try #require(jsonObject(result)["certificate"] as? String)
         return ClientCredentials(certificatePEM: Array(pem.utf8), keyPEM: Array(key.utf8), caPEM: credentials.caPEM)
     }
+}
+
+/// What the outage test's devices were acknowledged (per phase: 0 before, 1 during, 2 after the outage) and what
+/// else they were answered.
+final class OutageProgress: Sendable {
+    let acknowledged = Mutex<[String: (all: Set<String>, byPhase: [Int: Int], during: Int)]>([:])
+    let answers = Mutex<[String: Set<String>]>([:])
+    let phase = Atomic<Int>(0)
+    let stop = Atomic<Bool>(false)
+
+    func acked(_ device: String, _ body: String) {
+        let phase = phase.load(ordering: .relaxed)
+        acknowledged.withLock {
+            $0[device, default: ([], [:], 0)].all.insert(body)
+            $0[device, default: ([], [:], 0)].byPhase[phase, default: 0] += 1
+            if phase == 1 { $0[device, default: ([], [:], 0)].during += 1 }
+        }
+    }
+
+    func count(_ device: String, phase: Int) -> Int { acknowledged.withLock { $0[device]?.byPhase[phase] ?? 0 } }
+
+    /// Only what is answered while the database is away counts.
+    func saw(_ device: String, _ answer: String) {
+        guard phase.load(ordering: .relaxed) == 1 else { return }
+        _ = answers.withLock { $0[device, default: []].insert(answer) }
+    }
+
+    func seen(_ device: String) -> Set<String> { answers.withLock { $0[device] ?? [] } }
 }
 
 /// Bodies a node acknowledged per device, and how many after node 1 was killed; shared with the killer task.

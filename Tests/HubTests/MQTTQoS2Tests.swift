@@ -191,8 +191,10 @@ import Testing
         try await hub.stop()
     }
 
-    /// A store that fails: PUBREC 0x80 and no id kept, so the client's new attempt is stored (once).
-    @Test(.timeLimit(.minutes(3))) func aMessageThatIsNotStoredGetsAFailedPUBREC() async throws {
+    /// A store that fails: no PUBREC but DISCONNECT 0x89 and the end of the connection, no id kept, so the client's
+    /// new attempt on its next connection is stored (once).
+    @Test(.timeLimit(.minutes(3))) func aMessageThatIsNotStoredEndsTheConnectionAndItsNewAttemptIsStored() async throws
+    {
         let store = FaultyStore(InMemoryHubStore())
         let hub = try await TestHub.start(store: store)
         let device = try await hub.enroll("q2-4")
@@ -200,7 +202,10 @@ import Testing
         try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws in
             store.failNext.store(1, ordering: .relaxed)
             try await mqtt.send(Self.publish2(9, telemetry, #"{"n":1}"#))
-            guard case .pubrec(9, 0x80, _) = try await Self.answer(mqtt) else { throw ClientError("no PUBREC 0x80") }
+            guard case .disconnect(0x89, _) = try await Self.answer(mqtt) else { throw ClientError("no DISCONNECT") }
+            #expect(try await mqtt.next() == nil, "the connection ends")
+        }
+        try await MQTTBrokerTests.connect(hub, device) { mqtt, _ async throws in
             try await mqtt.send(Self.publish2(9, telemetry, #"{"n":1}"#))
             guard case .pubrec(9, 0, _) = try await Self.answer(mqtt) else { throw ClientError("no PUBREC") }
             try await mqtt.send(.pubrel(packetID: 9, reasonCode: 0, properties: .init()))

@@ -256,7 +256,8 @@ import Testing
         #expect(v5.publishRefused(.overRate, qos: .atLeastOnce) == .acknowledge(.quotaExceeded))
         #expect(v5.publishRefused(.invalidContent, qos: .exactlyOnce) == .acknowledge(.payloadFormatInvalid))
         #expect(v5.publishRefused(.notAuthorized, qos: .atLeastOnce) == .acknowledge(.notAuthorized))
-        #expect(v5.publishRefused(.unavailable, qos: .atLeastOnce) == .acknowledge(.unspecifiedError))
+        #expect(v5.publishRefused(.unavailable, qos: .atLeastOnce) == .close(disconnect: .serverBusy))
+        #expect(v5.publishRefused(.unavailable, qos: .atMostOnce) == .close(disconnect: .serverBusy))
         #expect(v5.publishRefused(.invalidContent, qos: .atMostOnce) == .drop)
         #expect(
             v5.publishRefused(.quarantined(overRate: true), qos: .atLeastOnce)
@@ -266,6 +267,7 @@ import Testing
         var v311 = try Self.accepted(Self.connect(.v311))
         #expect(v311.publishRefused(.overRate, qos: .atLeastOnce) == .drop, "the client keeps it and resends")
         #expect(v311.publishRefused(.invalidContent, qos: .atLeastOnce) == .close(disconnect: nil))
+        #expect(v311.publishRefused(.unavailable, qos: .atMostOnce) == .close(disconnect: nil))
         #expect(v311.publishRefused(.quarantined(overRate: true), qos: .atLeastOnce) == .close(disconnect: nil))
     }
 
