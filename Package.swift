@@ -179,7 +179,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Core", "PKI", "MQTT", "HubClient", "TUF", "TUFClient", "JSON", "CWorkingSet",
+                "Core", "PKI", "MQTT", "HubClient", "TUF", "TUFClient", "JSON", "CWorkingSet", "CSpawn",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -216,6 +216,7 @@ let package = Package(
         // BoringSSL's FIPS compliance policy on a swift-nio-ssl context, in C (see its header).
         // The agent's working-set trim: `dl_iterate_phdr` and `madvise` under the loader's lock (`WorkingSet`).
         .target(name: "CWorkingSet"),
+        .target(name: "CSpawn"),
         .target(name: "CTLSPolicy", dependencies: [.product(name: "NIOSSL", package: "swift-nio-ssl")]),
         // A PKCS#11 module for the tests only: forwards to SoftHSM2 and plays an unplugged token on demand.
         .target(name: "PKCS11FaultModule", linkerSettings: [.linkedLibrary("dl")]),

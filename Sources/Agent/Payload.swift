@@ -10,24 +10,21 @@ import Foundation
 /// `setpriv --reuid --regid --init-groups`), so it cannot write the agent's state, its trust anchors or its own
 /// slots. Its pid is kept in `STATE/payload.pid`, so a payload left behind by an agent that was killed is stopped
 /// at the next start instead of running twice.
-final class PayloadProcess: @unchecked Sendable {
-    // `process` is set once at launch; `Process` itself is thread-safe for the calls made here.
-    private let process: Process
+final class PayloadProcess: Sendable {
+    private let process: ChildProcess
     let pid: Int32
     let slot: Slot
 
     private let started: UInt64?
 
-    private init(process: Process, slot: Slot) {
+    private init(process: ChildProcess, slot: Slot) {
         self.process = process
-        self.pid = process.processIdentifier
+        self.pid = process.pid
         self.slot = slot
-        started = Self.startTime(process.processIdentifier)
+        started = Self.startTime(process.pid)
     }
 
-    /// Running until it exits: a zombie has exited, whether or not Foundation reaped it yet. (Foundation reaps on its
-    /// own thread; with many children it lagged by seconds, and each `stop` waited out its grace period for a
-    /// process long dead: 100 agents stopping in one test took minutes.)
+    /// Running until it exits: a zombie has exited, whether or not its waiting thread reaped it yet.
     var isRunning: Bool {
         guard process.isRunning else { return false }
         guard let started else { return true }
@@ -77,27 +74,19 @@ final class PayloadProcess: @unchecked Sendable {
             command[0] = path
         }
         let argv = try privileges(command, user: user)
-        // Foundation starts the child in its own process group (pgid = pid; `setpriv` execs in place), so stopping the
-        // group stops whatever the payload started too.
+        // The child leads a process group of its own (pgid = pid; `setpriv` execs in place), so stopping the group
+        // stops whatever the payload started too.
         //
         // The child waits at a gate (`/bin/sh` reading one line from a socket) until its pid is on disk, then execs
         // the payload in place (same pid, same start time). An agent killed between the start and the write closes
         // its end, and the child exits without running the payload: a payload never runs without its pid recorded,
         // so the next start always finds and stops what a killed agent left.
         let gate = DirectorySlotStore.executable(["/bin/sh"])
-        let process = Process()
-        if let gate {
-            process.executableURL = URL(fileURLWithPath: gate)
-            process.arguments = ["-c", Self.gateScript, "bulwark-payload"] + argv
-        } else {
-            process.executableURL = URL(fileURLWithPath: argv[0])
-            process.arguments = Array(argv.dropFirst())
-        }
-        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        let (executable, arguments) =
+            gate.map { ($0, ["-c", Self.gateScript, "bulwark-payload"] + argv) } ?? (argv[0], Array(argv.dropFirst()))
         var environment = ProcessInfo.processInfo.environment
         environment["BULWARK_SLOT"] = slot.rawValue
         environment["BULWARK_SLOT_DIR"] = directory
-        process.environment = environment
         // A socket pair rather than a pipe: the agent's write cannot raise SIGPIPE (MSG_NOSIGNAL), and both ends are
         // close-on-exec, so no other child keeps the gate open.
         var ends: [Int32] = [-1, -1]
@@ -105,16 +94,18 @@ final class PayloadProcess: @unchecked Sendable {
             throw UpdateError("cannot start the payload \(argv[0]): \(String(cString: strerror(errno)))")
         }
         let opener = ends[0]
-        process.standardInput =
-            gate == nil ? FileHandle.nullDevice : FileHandle(fileDescriptor: ends[1], closeOnDealloc: false)
-        process.terminationHandler = { finished in onExit(finished.terminationStatus) }
-        Descriptors.closeOnExec()
-        do { try process.run() } catch {
+        // Its standard output and error are the agent's (the journal, under systemd).
+        let process: ChildProcess
+        do {
+            process = try ChildProcess.start(
+                executable, arguments, environment: environment, directory: directory,
+                stdin: gate == nil ? .null : .descriptor(ends[1]), stdout: .inherit, stderr: .inherit, onExit: onExit)
+        } catch {
             if gate != nil {
                 close(opener)
                 close(ends[1])
             }
-            throw UpdateError("cannot start the payload \(argv[0]): \(error.localizedDescription)")
+            throw UpdateError("cannot start the payload \(argv[0]): \(error)")
         }
         if gate != nil { close(ends[1]) }
         let payload = PayloadProcess(process: process, slot: slot)
@@ -127,7 +118,7 @@ final class PayloadProcess: @unchecked Sendable {
         } catch {
             // Unrecorded, it must not run: the gate closes unopened and the child exits 125. The start failed, so
             // that exit is not reported as the payload's too.
-            process.terminationHandler = nil
+            process.clearHandler()
             if gate != nil { close(opener) }
             throw UpdateError("cannot start the payload \(argv[0]): \(error.message)")
         }
@@ -139,7 +130,7 @@ final class PayloadProcess: @unchecked Sendable {
                 && errno == EINTR
             close(opener)
             guard sent == 6 else {
-                process.terminationHandler = nil
+                process.clearHandler()
                 kill(payload.pid, SIGKILL)
                 throw UpdateError("cannot start the payload \(argv[0]): the gate could not be opened")
             }

@@ -1,3 +1,4 @@
+import CSpawn
 import Foundation
 
 #if canImport(Glibc)
@@ -34,69 +35,86 @@ public struct ProcessCommandHandler: Sendable {
     }
 
     private func runBlocking(_ command: AgentCommand) -> CommandOutcome {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments + (appendsName ? [command.name] : [])
-        process.environment = ProcessInfo.processInfo.environment.merging(["BULWARK_COMMAND": command.name]) { $1 }
-        let input = Pipe()
-        let output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        Descriptors.closeOnExec()
-        do { try process.run() } catch {
+        // Both pipes close-on-exec in the agent: only this child gets its ends (as its 0 and 1).
+        var input: [Int32] = [-1, -1]
+        var output: [Int32] = [-1, -1]
+        guard bulwark_pipe_cloexec(&input) == 0 else { return CommandOutcome(exitCode: 127, output: "no pipe") }
+        guard bulwark_pipe_cloexec(&output) == 0 else {
+            close(input[0])
+            close(input[1])
+            return CommandOutcome(exitCode: 127, output: "no pipe")
+        }
+        let process: ChildProcess
+        do {
+            process = try ChildProcess.start(
+                executable, arguments + (appendsName ? [command.name] : []),
+                environment: ProcessInfo.processInfo.environment.merging(["BULWARK_COMMAND": command.name]) { $1 },
+                stdin: .descriptor(input[0]), stdout: .descriptor(output[1]), stderr: .null)
+        } catch {
+            for fd in input + output { close(fd) }
             return CommandOutcome(exitCode: 127, output: "cannot run \(executable)")
         }
-        input.fileHandleForWriting.write(Data(command.body))
-        try? input.fileHandleForWriting.close()
-        let timedOut = TimedOutFlag()
-        let pid = process.processIdentifier
-        let term = DispatchWorkItem {
-            guard process.isRunning else { return }
-            timedOut.set()
-            kill(pid, SIGTERM)
+        close(input[0])
+        close(output[1])
+        // The body goes in from another thread: a program that does not read it must not stop this one.
+        let writer = input[1]
+        let body = command.body
+        DispatchQueue.global().async {
+            var offset = 0
+            while offset < body.count {
+                let n = body[offset...].withUnsafeBytes { write(writer, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    offset += n
+                } else if n < 0, errno == EINTR {
+                    continue
+                } else {
+                    break
+                }
+            }
+            close(writer)
         }
-        let killer = DispatchWorkItem { if process.isRunning { kill(pid, SIGKILL) } }
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeoutSeconds, execute: term)
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeoutSeconds + 2, execute: killer)
-        // Read as it comes and stop at the program's exit (a child it left behind may hold the pipe open).
-        let collected = OutputBuffer()
-        output.fileHandleForReading.readabilityHandler = { collected.append($0.availableData) }
-        process.waitUntilExit()
-        output.fileHandleForReading.readabilityHandler = nil
-        // What the program wrote just before it exited may not have reached the handler yet: take it now, without
-        // waiting for an end of file that a child it left behind could hold off.
-        let fd = output.fileHandleForReading.fileDescriptor
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        // Read as it comes, and stop at the program's exit (a child it left behind may hold the pipe open); SIGTERM
+        // at the time limit, SIGKILL two seconds later.
+        let reader = output[0]
+        _ = fcntl(reader, F_SETFL, fcntl(reader, F_GETFL) | O_NONBLOCK)
+        var collected: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            guard n > 0 else { break }
-            collected.append(Data(chunk[0..<n]))
+        func drain() -> Bool {
+            while true {
+                let n = chunk.withUnsafeMutableBytes { read(reader, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    if collected.count < 4096 { collected += chunk[0..<min(n, 4096 - collected.count)] }
+                    continue
+                }
+                return n == 0  // end of file
+            }
         }
-        term.cancel()
-        killer.cancel()
+        let started = ContinuousClock.now
+        var timedOut = false
+        var killed = false
+        var ended = false
+        while process.isRunning {
+            var descriptor = pollfd(fd: reader, events: Int16(POLLIN), revents: 0)
+            if !ended, poll(&descriptor, 1, 50) > 0 {
+                ended = drain()
+            } else if ended {
+                usleep(20_000)
+            }
+            let elapsed = ContinuousClock.now - started
+            if !timedOut, elapsed >= .milliseconds(Int64(timeoutSeconds * 1000)) {
+                timedOut = true
+                kill(process.pid, SIGTERM)
+            }
+            if !killed, elapsed >= .milliseconds(Int64(timeoutSeconds * 1000) + 2000) {
+                killed = true
+                kill(process.pid, SIGKILL)
+            }
+        }
+        // What it wrote just before it exited, without waiting for an end of file another process could hold off.
+        _ = drain()
+        close(reader)
         return CommandOutcome(
-            exitCode: process.terminationStatus, timedOut: timedOut.value,
-            output: String(decoding: collected.data.prefix(4096), as: UTF8.self))
+            exitCode: process.waitBlocking(), timedOut: timedOut,
+            output: String(decoding: collected, as: UTF8.self))
     }
-}
-
-/// The first bytes a handler wrote (bounded).
-private final class OutputBuffer: @unchecked Sendable {
-    // Guarded by `lock`: written by the pipe's readability handler, read after the process exited.
-    private let lock = NSLock()
-    private var bytes = Data()
-    func append(_ data: Data) {
-        lock.withLock { if bytes.count < 4096 { bytes.append(data.prefix(4096 - bytes.count)) } }
-    }
-    var data: Data { lock.withLock { bytes } }
-}
-
-/// Set by the timer that terminated the process, read after it exited.
-private final class TimedOutFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var flag = false
-    func set() { lock.withLock { flag = true } }
-    var value: Bool { lock.withLock { flag } }
 }

@@ -231,15 +231,8 @@ public struct DirectorySlotStore: SlotStore {
     static func executable(_ paths: [String]) -> String? { paths.first { access($0, X_OK) == 0 } }
 
     static func runQuietly(_ executable: String, _ arguments: [String]) -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        Descriptors.closeOnExec()
-        do { try process.run() } catch { return 127 }
-        process.waitUntilExit()
-        return process.terminationStatus
+        guard let process = try? ChildProcess.start(executable, arguments, newGroup: false) else { return 127 }
+        return process.waitBlocking()
     }
 }
 
