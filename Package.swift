@@ -284,6 +284,8 @@ let package = Package(
             dependencies: [
                 "Store", "PostgresStore", "PostgresTestSupport", "Core", "Advisories",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "HubTests",

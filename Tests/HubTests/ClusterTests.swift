@@ -166,6 +166,33 @@ import Testing
         try await one.stop()
     }
 
+    /// A notification missed is caught by the next reconcile (`cluster.reconcileSeconds`, 0.5 s here): a quarantine's
+    /// row written as the store writes it but without its NOTIFY (as when a node's LISTEN connection was down at that
+    /// moment) bites on both nodes within a second or two. Without the reconcile it never would.
+    @Test func aMissedNotificationIsCaughtByTheReconcile() async throws {
+        let (one, two, location) = try await Self.twoNodes { $0.clusterReconcileSeconds = 0.5 }
+        _ = try await one.enroll("cl-rc")
+        let id = try DeviceID("cl-rc")
+        let now = Int64(Date().timeIntervalSince1970)
+        // Under the events lock, as `recordEvent` takes it (event ids commit in order), in one statement.
+        try await PostgresTestServer.execute(
+            """
+            WITH locked AS (SELECT pg_advisory_xact_lock(\(0x6275_6c77_0003))),
+            quarantined AS (
+                INSERT INTO quarantines (device_id, until) VALUES ('cl-rc', \(now + 600))
+                ON CONFLICT (device_id) DO UPDATE SET until = excluded.until RETURNING device_id)
+            INSERT INTO cluster_events (kind, subject, until, at)
+            SELECT 'quarantined', device_id, \(now + 600), \(Int64(Date().timeIntervalSince1970 * 1000))
+            FROM locked, quarantined
+            """, on: location)
+        for node in [one, two] {
+            let seen = try await Self.within(10) { node.server.gateway.quarantine.isQuarantined(id, now: now) }
+            #expect(seen.map { $0 < .seconds(3) } == true, "applied after \(String(describing: seen))")
+        }
+        try await two.stop()
+        try await one.stop()
+    }
+
     /// Each node's replay check is in memory; the database is the check they share. A signed request accepted by
     /// node 1 and replayed to node 2 is refused there, and so is an MQTT message whose counter node 1 stored, unless
     /// it is the DUP resend of that message (a PUBACK lost with a node): acknowledged, stored once.

@@ -352,6 +352,13 @@ import Testing
             ])
         #expect(listing.status == 0, "\(listing.stderr)")
         let lines = listing.stdout.split(separator: "\n")
+        #expect(lines.first?.contains("VERSION  LAST SEEN") == true, "\(listing.stdout)")
+        // Node 2 beats every 5 s: its version, and a last heartbeat seconds ago.
+        #expect(
+            lines.contains {
+                $0.hasPrefix("node-two *") && $0.contains(" \(BulwarkVersion.current) ")
+                    && $0.range(of: #" [0-9]+ s ago "#, options: .regularExpression) != nil
+            }, "\(listing.stdout)")
         #expect(lines.contains { $0.hasPrefix("node-two *") && $0.contains(" up ") }, "\(listing.stdout)")
         #expect(lines.contains { $0.hasPrefix("node-one ") && $0.contains(" down ") }, "\(listing.stdout)")
         two.terminate()
@@ -530,6 +537,71 @@ import Testing
             #expect(lost.isEmpty, "\(device.id): \(lost.count) of \(acked.count) acknowledged messages lost")
         }
         try await store.close()
+    }
+
+    /// Two refusals at start, with real processes on one database (#14, faults): a node with a CA of its own, and a
+    /// node whose clock is 5 minutes off the database server's (libfaketime). Each exits 78 and says why.
+    @Test func aNodeWithAnotherCAOrAClockFiveMinutesOffRefusesToStart() async throws {
+        let (_, database) = try await Self.postgres()
+        let work = try temporaryDirectory("refused-nodes")
+        let first = try await run(
+            try Self.binary,
+            [
+                "node", "init", "--data", work + "/one", "--database", database["BULWARK_DATABASE_URL"] ?? "",
+                "--database-password-file", database["BULWARK_DATABASE_PASSWORD_FILE"] ?? "", "--database-ca-file",
+                database["BULWARK_DATABASE_CA_FILE"] ?? "", "--name", "node-one",
+            ], timeout: 60)
+        #expect(first.status == 0, "\(first.stderr)")
+        // A fresh data directory does not make a CA of its own on a database that has one (the nodes' audit key
+        // given, which is checked first).
+        try FileManager.default.createDirectory(atPath: work + "/fresh", withIntermediateDirectories: false)
+        chmod(work + "/fresh", 0o700)
+        try FileManager.default.copyItem(atPath: work + "/one/audit.key", toPath: work + "/fresh/audit.key")
+        let fresh = try await run(
+            try Self.binary, ["serve", "--data", work + "/fresh"], environment: database, timeout: 60)
+        #expect(fresh.status == 78, "\(fresh.stderr)")
+        #expect(fresh.stderr.contains("belongs to hub nodes with a CA this data directory does not have"))
+        // A node made on another database has a CA of its own: refused, and the database keeps the first CA. (It is
+        // given the nodes' audit key, which is checked first.)
+        let elsewhere = Self.settings(try await PostgresTestServer.freshDatabase())
+        let made = try await run(
+            try Self.binary,
+            [
+                "node", "init", "--data", work + "/other", "--database", elsewhere["BULWARK_DATABASE_URL"] ?? "",
+                "--database-password-file", elsewhere["BULWARK_DATABASE_PASSWORD_FILE"] ?? "", "--database-ca-file",
+                elsewhere["BULWARK_DATABASE_CA_FILE"] ?? "", "--name", "node-other",
+            ], timeout: 60)
+        #expect(made.status == 0, "\(made.stderr)")
+        try FileManager.default.removeItem(atPath: work + "/other/audit.key")
+        try FileManager.default.copyItem(atPath: work + "/one/audit.key", toPath: work + "/other/audit.key")
+        let otherCA = try await run(
+            try Self.binary, ["serve", "--data", work + "/other"], environment: database, timeout: 60)
+        #expect(otherCA.status == 78, "\(otherCA.stderr)")
+        #expect(otherCA.stderr.contains("is not the CA of the other hub nodes"), "\(otherCA.stderr)")
+
+        let faketime = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
+            .first { FileManager.default.fileExists(atPath: $0) }
+        guard let faketime else {
+            Issue.record("libfaketime is required (scripts/install-deps installs the faketime package)")
+            return
+        }
+        // Through timeout(1): a Swift program exec'd straight under libfaketime's preload was seen to start without
+        // its arguments (printing its usage), one started by timeout(1) with them.
+        let skewed = try await run(
+            "/usr/bin/timeout", ["50", try Self.binary, "serve", "--data", work + "/one"],
+            environment: [
+                "LD_PRELOAD": faketime, "FAKETIME": "+5m", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+                "FAKETIME_DONT_RESET": "1",
+            ], timeout: 60)
+        #expect(skewed.status == 78, "\(skewed.status) \(skewed.stdout) \(skewed.stderr)")
+        #expect(
+            skewed.stderr.range(
+                of: #"clock is (29[89]|30[012]) s off the database server's"#, options: .regularExpression)
+                != nil, "\(skewed.stderr)")
+        // The same node with the right time starts.
+        let node = try HubProcess(binary: try Self.binary, directory: work + "/one")
+        _ = try await node.waitForPorts()
+        #expect(node.stop(within: 30), "the hub exits within 30 s of SIGTERM")
     }
 
     /// One MQTT connection with a persistent session, publishing QoS 1 until the outage test stops it; what the

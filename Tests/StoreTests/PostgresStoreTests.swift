@@ -1,5 +1,7 @@
 import Core
 import Foundation
+import Logging
+import PostgresNIO
 import PostgresStore
 import PostgresTestSupport
 import Store
@@ -110,6 +112,50 @@ import Testing
     /// Two stores on one database (two hub nodes) writing at once: the audit log stays one chain without gaps, and
     /// telemetry batches that touch the same devices in opposite orders neither deadlock nor move a counter window
     /// backwards.
+    /// An acknowledged message is on disk in PostgreSQL (#14): every connection the store makes asks for
+    /// `synchronous_commit = on` in its startup message, which beats a database (or server) set to off.
+    @Test func theStoresConnectionsCommitSynchronouslyWhateverTheDatabaseSays() async throws {
+        let location = try await PostgresTestServer.freshDatabase()
+        try await PostgresTestServer.execute(
+            "ALTER DATABASE \(location.database) SET synchronous_commit = off", on: location)
+        func show(_ configuration: PostgresConnection.Configuration) async throws -> String? {
+            let connection = try await PostgresConnection.connect(
+                configuration: configuration, id: 1,
+                logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+            defer { Task { try? await connection.close() } }
+            var value: String?
+            for try await (setting) in try await connection.query("SHOW synchronous_commit", logger: Self.quiet)
+                .decode(String.self)
+            {
+                value = setting
+            }
+            return value
+        }
+        var plain = try location.connectionConfiguration()
+        plain.options.additionalStartupParameters = []
+        #expect(try await show(plain) == "off", "the database's own setting, which the store's must beat")
+        #expect(try await show(try location.connectionConfiguration()) == "on")
+        // The pool's connections (the store's writes go through them).
+        let client = PostgresClient(configuration: try location.clientConfiguration())
+        let pooled = try await withThrowingTaskGroup(of: String?.self) { group in
+            group.addTask {
+                await client.run()
+                return nil
+            }
+            var value: String?
+            for try await setting in try await client.query("SHOW synchronous_commit", logger: Self.quiet).decode(
+                String.self)
+            {
+                value = setting
+            }
+            group.cancelAll()
+            return value
+        }
+        #expect(pooled == "on")
+    }
+
+    static let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
     /// `queueTelemetry` takes its place in the store's queue when it is called, not when it is awaited: messages
     /// queued in order and awaited in the reverse order (as tasks may be scheduled) are stored, and handed to the
     /// other nodes, in the order they were queued. (`appendTelemetry` from tasks started in that reverse order would
