@@ -71,8 +71,10 @@ final class ChildProcess: Sendable {
         let child = ChildProcess(pid: pid, onExit: onExit)
         let thread = Thread { [pid] in
             var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1, errno == EINTR {}
-            child.finish(Self.terminationStatus(status))
+            var reaped: pid_t = -1
+            repeat { reaped = waitpid(pid, &status, 0) } while reaped == -1 && errno == EINTR
+            // Not reaped here (a host application that set SIGCHLD to SIG_IGN: the kernel reaped it): never a success.
+            child.finish(reaped == pid ? Self.terminationStatus(status) : 127)
         }
         thread.name = "bulwark-child-\(pid)"
         thread.stackSize = 64 << 10

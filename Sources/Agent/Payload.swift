@@ -117,7 +117,7 @@ final class PayloadProcess: Sendable {
                 directory: (pidFile as NSString).deletingLastPathComponent)
         } catch {
             // Unrecorded, it must not run: the gate closes unopened and the child exits 125. The start failed, so
-            // that exit is not reported as the payload's too.
+            // that exit is not reported as the payload's too (the handler cleared before the gate closes).
             process.clearHandler()
             if gate != nil { close(opener) }
             throw UpdateError("cannot start the payload \(argv[0]): \(error.message)")
@@ -128,9 +128,9 @@ final class PayloadProcess: Sendable {
                 sent = "start\n".withCString { send(opener, $0, 6, Int32(MSG_NOSIGNAL)) }
             } while sent < 0
                 && errno == EINTR
+            if sent != 6 { process.clearHandler() }  // before the gate closes: the child's 125 is not reported
             close(opener)
             guard sent == 6 else {
-                process.clearHandler()
                 kill(payload.pid, SIGKILL)
                 throw UpdateError("cannot start the payload \(argv[0]): the gate could not be opened")
             }

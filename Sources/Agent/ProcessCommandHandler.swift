@@ -35,10 +35,14 @@ public struct ProcessCommandHandler: Sendable {
     }
 
     private func runBlocking(_ command: AgentCommand) -> CommandOutcome {
-        // Both pipes close-on-exec in the agent: only this child gets its ends (as its 0 and 1).
+        // Both close-on-exec in the agent: only this child gets its ends (as its 0 and 1). The input is a socket pair,
+        // written with MSG_NOSIGNAL: a program that exits without reading its body cannot raise SIGPIPE in the agent
+        // (a host application embedding it may not ignore SIGPIPE).
         var input: [Int32] = [-1, -1]
         var output: [Int32] = [-1, -1]
-        guard bulwark_pipe_cloexec(&input) == 0 else { return CommandOutcome(exitCode: 127, output: "no pipe") }
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &input) == 0 else {
+            return CommandOutcome(exitCode: 127, output: "no socket pair")
+        }
         guard bulwark_pipe_cloexec(&output) == 0 else {
             close(input[0])
             close(input[1])
@@ -62,7 +66,9 @@ public struct ProcessCommandHandler: Sendable {
         DispatchQueue.global().async {
             var offset = 0
             while offset < body.count {
-                let n = body[offset...].withUnsafeBytes { write(writer, $0.baseAddress, $0.count) }
+                let n = body[offset...].withUnsafeBytes {
+                    send(writer, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+                }
                 if n > 0 {
                     offset += n
                 } else if n < 0, errno == EINTR {
@@ -79,8 +85,9 @@ public struct ProcessCommandHandler: Sendable {
         _ = fcntl(reader, F_SETFL, fcntl(reader, F_GETFL) | O_NONBLOCK)
         var collected: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
+        /// At most 64 KiB a call: a program that writes without end must not keep this loop from its time limit.
         func drain() -> Bool {
-            while true {
+            for _ in 0..<16 {
                 let n = chunk.withUnsafeMutableBytes { read(reader, $0.baseAddress, $0.count) }
                 if n > 0 {
                     if collected.count < 4096 { collected += chunk[0..<min(n, 4096 - collected.count)] }
@@ -88,6 +95,7 @@ public struct ProcessCommandHandler: Sendable {
                 }
                 return n == 0  // end of file
             }
+            return false
         }
         let started = ContinuousClock.now
         var timedOut = false

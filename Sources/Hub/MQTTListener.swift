@@ -932,7 +932,7 @@ struct MQTTConnection {
                         logger.error(
                             "MQTT message not stored",
                             metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-                        return .failed
+                        return (error as? StoreError)?.code == .unavailable ? .unavailable : .failed
                     }
                 }
                 if respond, let id = publish.packetID {
@@ -1076,16 +1076,28 @@ struct MQTTConnection {
                     }
                     reason = .notAuthorized
                 case .failed:
-                    // Not stored: the connection ends (`ServerSession.publishRefused`, unavailable), so the client
-                    // keeps the message and sends it again once connected. MQTT 5 hears why first (§3.14.2.1).
+                    // Refused by the store for this message (not for want of a database): PUBACK 0x80 on MQTT 5,
+                    // so a message that fails every time does not bring its client back again and again.
+                    guard version == .v5 else {
+                        nioChannel.close(promise: nil)
+                        return
+                    }
+                    reason = .unspecifiedError
+                case .unavailable:
+                    // The store cannot be reached: the connection ends (`ServerSession.publishRefused`), so the
+                    // client keeps the message and sends it again once connected. MQTT 5 hears why first
+                    // (§3.14.2.1). One task on the event loop: nothing written after it goes out after the
+                    // DISCONNECT ([MQTT-3.14.4-1]).
+                    var buffer = ByteBuffer()
                     if version == .v5 {
-                        var buffer = ByteBuffer()
                         Packet.disconnect(reasonCode: .serverBusy, properties: failed).encode(
                             into: &buffer, version: version)
-                        output.write(buffer)
-                        await output.flush()
                     }
-                    nioChannel.close(promise: nil)
+                    nioChannel.eventLoop.execute { [buffer] in
+                        if buffer.readableBytes > 0 { nioChannel.write(buffer, promise: nil) }
+                        nioChannel.flush()
+                        nioChannel.close(promise: nil)
+                    }
                     return
                 }
                 let answerProperties = reason == code ? properties : failed
@@ -1249,8 +1261,10 @@ enum StoreWrite: Sendable, Equatable {
     case storedElsewhere
     /// Its counter was already stored by another node: refused (0x87), audited, counted as a replay.
     case replayed
-    /// Not stored: the connection ends (DISCONNECT 0x89 first on MQTT 5); the device resends.
+    /// Not stored, the store refusing this write: 0x80 (MQTT 5) or the connection closes (3.1.1); the device resends.
     case failed
+    /// Not stored, the store out of reach: the connection ends (DISCONNECT 0x89 first on MQTT 5); the device resends.
+    case unavailable
 }
 
 /// The QoS 1 store writes in progress per (device, counter), and who waits for their outcome.

@@ -2026,6 +2026,16 @@ public final class PostgresHubStore: HubStore {
         var closedAt: ContinuousClock.Instant?
         while true {
             if let result = await outcome.wait(.milliseconds(250)) { return try result.get() }
+            if Task.isCancelled {
+                // The caller gave up (a shutdown): as at the lease timeout, without polling on.
+                if flag.abandon() {
+                    task.cancel()
+                    throw CancellationError()
+                }
+                if let result = await outcome.wait(closedGrace) { return try result.get() }
+                task.cancel()
+                throw StoreError(.unavailable, "cancelled while PostgreSQL worked: the outcome of the call is unknown")
+            }
             let now = clock.now
             guard let connection = leased.withLock({ $0 }) else {
                 // No connection yet.

@@ -91,7 +91,8 @@ struct ChildProcessTests {
     /// No signal blocked or ignored in the child, whatever the agent's threads block (Swift's worker threads block
     /// most) or ignore (SIGPIPE): a payload's SIGTERM handler and its pipelines work as on a shell.
     @Test func aChildStartsWithDefaultSignals() async throws {
-        signal(SIGPIPE, SIG_IGN)
+        let formerPipe = signal(SIGPIPE, SIG_IGN)
+        defer { signal(SIGPIPE, formerPipe) }
         var blocked = sigset_t()
         sigemptyset(&blocked)
         sigaddset(&blocked, SIGTERM)
@@ -126,6 +127,26 @@ struct ChildProcessTests {
         #expect(await sleeper.exitStatus() == SIGKILL)
         #expect(!sleeper.isRunning)
         #expect(throws: ChildProcessError.self) { try ChildProcess.start("/nonexistent/program", []) }
+    }
+
+    /// A command handler that writes without end is still stopped at its time limit (SIGTERM, then SIGKILL), its
+    /// output cut at 4 KiB; one that exits without reading a large body is answered at once, its body's write
+    /// refused quietly (a socket written with MSG_NOSIGNAL: no SIGPIPE for the agent).
+    @Test func aHandlerThatFloodsOrIgnoresItsBodyIsStillAnswered() async throws {
+        let flood = ProcessCommandHandler(executable: "/usr/bin/yes", timeoutSeconds: 1)
+        var flood2 = flood
+        flood2.appendsName = false
+        let started = ContinuousClock.now
+        let flooded = await flood2.run(AgentCommand(name: "flood", body: []))
+        #expect(
+            flooded.timedOut && ContinuousClock.now - started < .seconds(8), "after \(ContinuousClock.now - started)")
+        #expect(flooded.output.utf8.count == 4096 && flooded.output.hasPrefix("y\ny\n"))
+        var ignoring = ProcessCommandHandler(executable: "/bin/true", timeoutSeconds: 30)
+        ignoring.appendsName = false
+        let answered = ContinuousClock.now
+        let outcome = await ignoring.run(AgentCommand(name: "big", body: [UInt8](repeating: 0x61, count: 1 << 20)))
+        #expect(outcome.exitCode == 0 && !outcome.timedOut)
+        #expect(ContinuousClock.now - answered < .seconds(10))
     }
 
     /// Foundation's `Process`, started beside many children, still sees its own program end.

@@ -187,7 +187,8 @@ import Testing
             """, on: location)
         for node in [one, two] {
             let seen = try await Self.within(10) { node.server.gateway.quarantine.isQuarantined(id, now: now) }
-            #expect(seen.map { $0 < .seconds(3) } == true, "applied after \(String(describing: seen))")
+            // (Within 0.5 s plus a read; a loaded two-core run is given more.)
+            #expect(seen.map { $0 < .seconds(5) } == true, "applied after \(String(describing: seen))")
         }
         try await two.stop()
         try await one.stop()

@@ -579,7 +579,8 @@ import Testing
         #expect(otherCA.status == 78, "\(otherCA.stderr)")
         #expect(otherCA.stderr.contains("is not the CA of the other hub nodes"), "\(otherCA.stderr)")
 
-        let faketime = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
+        let faketime = ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib")) ?? []).sorted()
+            .map { "/usr/lib/\($0)/faketime/libfaketime.so.1" }
             .first { FileManager.default.fileExists(atPath: $0) }
         guard let faketime else {
             Issue.record("libfaketime is required (scripts/install-deps installs the faketime package)")
@@ -600,8 +601,8 @@ import Testing
                 != nil, "\(skewed.stderr)")
         // The same node with the right time starts.
         let node = try HubProcess(binary: try Self.binary, directory: work + "/one")
+        defer { #expect(node.stop(within: 30), "the hub exits within 30 s of SIGTERM") }
         _ = try await node.waitForPorts()
-        #expect(node.stop(within: 30), "the hub exits within 30 s of SIGTERM")
     }
 
     /// One MQTT connection with a persistent session, publishing QoS 1 until the outage test stops it; what the
