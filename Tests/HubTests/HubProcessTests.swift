@@ -539,18 +539,25 @@ import Testing
         try await store.close()
     }
 
+    /// `bulwark node init --data DATA` on the database `settings` name (`Self.settings`).
+    static func nodeInit(_ data: String, _ settings: [String: String], name: String) async throws -> (
+        status: Int32, stdout: String, stderr: String
+    ) {
+        try await run(
+            try binary,
+            [
+                "node", "init", "--data", data, "--database", settings["BULWARK_DATABASE_URL"] ?? "",
+                "--database-password-file", settings["BULWARK_DATABASE_PASSWORD_FILE"] ?? "", "--database-ca-file",
+                settings["BULWARK_DATABASE_CA_FILE"] ?? "", "--name", name,
+            ], timeout: 60)
+    }
+
     /// Two refusals at start, with real processes on one database (#14, faults): a node with a CA of its own, and a
     /// node whose clock is 5 minutes off the database server's (libfaketime). Each exits 78 and says why.
     @Test func aNodeWithAnotherCAOrAClockFiveMinutesOffRefusesToStart() async throws {
         let (_, database) = try await Self.postgres()
         let work = try temporaryDirectory("refused-nodes")
-        let first = try await run(
-            try Self.binary,
-            [
-                "node", "init", "--data", work + "/one", "--database", database["BULWARK_DATABASE_URL"] ?? "",
-                "--database-password-file", database["BULWARK_DATABASE_PASSWORD_FILE"] ?? "", "--database-ca-file",
-                database["BULWARK_DATABASE_CA_FILE"] ?? "", "--name", "node-one",
-            ], timeout: 60)
+        let first = try await Self.nodeInit(work + "/one", database, name: "node-one")
         #expect(first.status == 0, "\(first.stderr)")
         // A fresh data directory does not make a CA of its own on a database that has one (the nodes' audit key
         // given, which is checked first).
@@ -564,13 +571,7 @@ import Testing
         // A node made on another database has a CA of its own: refused, and the database keeps the first CA. (It is
         // given the nodes' audit key, which is checked first.)
         let elsewhere = Self.settings(try await PostgresTestServer.freshDatabase())
-        let made = try await run(
-            try Self.binary,
-            [
-                "node", "init", "--data", work + "/other", "--database", elsewhere["BULWARK_DATABASE_URL"] ?? "",
-                "--database-password-file", elsewhere["BULWARK_DATABASE_PASSWORD_FILE"] ?? "", "--database-ca-file",
-                elsewhere["BULWARK_DATABASE_CA_FILE"] ?? "", "--name", "node-other",
-            ], timeout: 60)
+        let made = try await Self.nodeInit(work + "/other", elsewhere, name: "node-other")
         #expect(made.status == 0, "\(made.stderr)")
         try FileManager.default.removeItem(atPath: work + "/other/audit.key")
         try FileManager.default.copyItem(atPath: work + "/one/audit.key", toPath: work + "/other/audit.key")
