@@ -170,10 +170,7 @@ import Testing
         let work = try temporaryDirectory("two-nodes")
         // The nodes are made with `node init` and `node join --database`: their DATA/node.json names the database and
         // their names, and `serve --data DIR` needs nothing else.
-        let unlimited = [
-            "BULWARK_GATEWAY_DEVICE_RATE": "1000000", "BULWARK_GATEWAY_DEVICE_BURST": "1000000",
-            "BULWARK_GATEWAY_ROUTE_RATE": "1000000", "BULWARK_GATEWAY_ROUTE_BURST": "1000000",
-        ]
+        let unlimited = Self.unlimitedRates
         func databaseOptions(_ name: String) -> [String] {
             [
                 "--database", database["BULWARK_DATABASE_URL"] ?? "", "--database-password-file",
@@ -421,10 +418,7 @@ import Testing
         let work = try temporaryDirectory("db-outage")
         let hub = try HubProcess(
             binary: try Self.binary, directory: work,
-            environment: [
-                "BULWARK_GATEWAY_DEVICE_RATE": "1000000", "BULWARK_GATEWAY_DEVICE_BURST": "1000000",
-                "BULWARK_GATEWAY_ROUTE_RATE": "1000000", "BULWARK_GATEWAY_ROUTE_BURST": "1000000",
-            ].merging(Self.settings(location)) { $1 })
+            environment: Self.unlimitedRates.merging(Self.settings(location)) { $1 })
         defer { #expect(hub.stop(within: 30), "the hub exits within 30 s of SIGTERM") }
         let ports = try await hub.waitForPorts()
         let operatorCredentials = try ClientCredentials(
@@ -539,6 +533,12 @@ import Testing
         try await store.close()
     }
 
+    /// Rate limits lifted: streams measure durability, not the limits (they have tests of their own).
+    static let unlimitedRates = [
+        "BULWARK_GATEWAY_DEVICE_RATE": "1000000", "BULWARK_GATEWAY_DEVICE_BURST": "1000000",
+        "BULWARK_GATEWAY_ROUTE_RATE": "1000000", "BULWARK_GATEWAY_ROUTE_BURST": "1000000",
+    ]
+
     /// `bulwark node init --data DATA` on the database `settings` name (`Self.settings`).
     static func nodeInit(_ data: String, _ settings: [String: String], name: String) async throws -> (
         status: Int32, stdout: String, stderr: String
@@ -652,10 +652,7 @@ import Testing
         // One device streams as fast as it can: lift its rate limits (they have their own tests).
         let hub = try HubProcess(
             binary: try Self.binary, directory: directory,
-            environment: [
-                "BULWARK_GATEWAY_DEVICE_RATE": "1000000", "BULWARK_GATEWAY_DEVICE_BURST": "1000000",
-                "BULWARK_GATEWAY_ROUTE_RATE": "1000000", "BULWARK_GATEWAY_ROUTE_BURST": "1000000",
-            ].merging(database?.1 ?? [:]) { $1 })
+            environment: Self.unlimitedRates.merging(database?.1 ?? [:]) { $1 })
         let ports = try await hub.waitForPorts()
         let operatorCredentials = try ClientCredentials(
             certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
