@@ -26,8 +26,16 @@ import CWorkingSet
 ///   The `madvise` calls run inside its callback, under the loader's lock, so no object can be closed and its
 ///   addresses reused meanwhile, and an object still being opened is not listed yet (C, `CWorkingSet`).
 /// Every page left is then the file's page, so `madvise(MADV_DONTNEED)` only drops this process's mapping of it: the
-/// next access maps it again from the page cache (a minor fault), with the same contents (madvise(2)). Nothing
-/// writable, no heap, stack or data file is touched. Then glibc's `malloc_trim` returns the heap's free pages.
+/// next access maps it again from the page cache (a minor fault), with the same contents (madvise(2)). No heap,
+/// stack or data file is touched.
+///
+/// The writable load segments are never dropped: a page another thread writes between any check and the call would
+/// lose what it wrote. Their pages that are still the file's (present and a file page in `/proc/self/pagemap`: never
+/// written) are *paged out* instead (`MADV_PAGEOUT`, Linux 5.4), which never loses data: a page written meanwhile is
+/// the process's own then, kept (or swapped). That is most of Swift's type metadata and conformance records: the
+/// compiler marks some of them writable, so the linker puts all of `.rodata` in the writable segment (1.7 MB here),
+/// and start-up reads it all. The kernel pages out only the pages no other process maps. Then glibc's
+/// `malloc_trim` returns the heap's free pages.
 public enum WorkingSet {
     /// One mapping that may be dropped: its address range and its resident size.
     public struct Mapping: Sendable, Equatable {
@@ -116,7 +124,8 @@ public enum WorkingSet {
             file: Array(fields[3]) + [UInt8(ascii: " ")] + Array(fields[4]))
     }
 
-    /// Drops what both rules allow and returns the heap's free pages; the KiB of address space advised. Linux with
+    /// Drops what both rules allow, pages out the writable segments' unwritten pages and returns the heap's free
+    /// pages; the KiB of address space advised. Linux with
     /// glibc only (elsewhere: nothing, 0). What it drops is mapped again on use.
     @discardableResult
     public static func trim() -> Int {
@@ -126,7 +135,8 @@ public enum WorkingSet {
             let advised = allowed.withUnsafeBufferPointer {
                 bulwark_drop_readonly_segments($0.baseAddress, $0.count)
             }
-            let released = max(0, advised / 1024)
+            let pagedOut = bulwark_page_out_writable_segments()
+            let released = max(0, advised / 1024) + max(0, pagedOut / 1024)
             // glibc's `malloc_trim(0)` (malloc.h, which the Glibc module does not export); absent on other C libraries.
             if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") {
                 _ = unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)(0)
@@ -134,6 +144,17 @@ public enum WorkingSet {
             return released
         #else
             return 0
+        #endif
+    }
+
+    /// Pages out the pages in [start, end) that are still the file's own page of a mapping (never written); the KiB
+    /// advised. Linux with glibc only (elsewhere: nothing, 0).
+    @discardableResult
+    public static func pageOutUnwritten(start: UInt, end: UInt) -> Int {
+        #if os(Linux) && canImport(Glibc)
+            max(0, bulwark_page_out_file_pages(start, end) / 1024)
+        #else
+            0
         #endif
     }
 

@@ -62,8 +62,13 @@ struct AgentBenchmark: AsyncParsableCommand {
 
         // 1. One `bulwark agent run` process, connected and idle.
         let agentState = try state(count - 1)
+        // On a device the agent is the only process that runs this program; here the hub runs it too, and the kernel
+        // pages out no page another process maps (the agent's trim, `WorkingSet`). The agent runs from a copy of the
+        // binary, as it would alone. (The Swift runtime's libraries stay shared with the hub and this process.)
+        let agentBinary = base + "/bulwark-agent"
+        try FileManager.default.copyItem(atPath: binary, toPath: agentBinary)
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
+        process.executableURL = URL(fileURLWithPath: agentBinary)
         process.arguments = [
             "agent", "run", "--state", agentState, "--mqtt", "127.0.0.1:\(ports.mqtt)", "--hub",
             "https://127.0.0.1:\(ports.device)",

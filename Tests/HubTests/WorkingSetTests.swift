@@ -156,6 +156,41 @@ struct WorkingSetTests {
             #expect(Array(UnsafeRawBufferPointer(start: code, count: 256)) == codeBefore)
         }
 
+        /// The attack on paging out: a private, writable mapping of a file of this process's own, every page read and
+        /// one written. The unwritten pages leave memory; the written one stays, with what was written; every byte
+        /// reads back as before and the file is unchanged.
+        @Test func pagingOutKeepsWrittenPagesAndGivesBackTheRest() throws {
+            let path = try temporaryDirectory("working-set") + "/data"
+            let size = 256 * 1024
+            let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 1) }
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            let descriptor = open(path, O_RDONLY)
+            try #require(descriptor >= 0)
+            defer { close(descriptor) }
+            let mapping = try #require(
+                mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, descriptor, 0).flatMap {
+                    $0 == MAP_FAILED ? nil : $0
+                })
+            defer { munmap(mapping, size) }
+            for offset in stride(from: 0, to: size, by: 4096) {
+                _ = mapping.load(fromByteOffset: offset, as: UInt8.self)
+            }
+            mapping.storeBytes(of: ~bytes[8192 + 5], toByteOffset: 8192 + 5, as: UInt8.self)
+            let before = Self.resident(mapping)
+            #expect(before >= 200, "\(before) KiB resident before")
+
+            let start = UInt(bitPattern: mapping)
+            let advised = WorkingSet.pageOutUnwritten(start: start, end: start + UInt(size))
+            let after = Self.resident(mapping)
+            #expect(advised >= 240, "\(advised) KiB advised")
+            #expect(after <= 8, "\(after) KiB still resident: only the written page should be")
+
+            var expected = bytes
+            expected[8192 + 5] = ~bytes[8192 + 5]
+            #expect(Array(UnsafeRawBufferPointer(start: mapping, count: size)) == expected)
+            #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(bytes))
+        }
+
         /// The resident KiB of the mapping that holds `address`, from this process's smaps.
         static func resident(_ address: UnsafeRawPointer) -> Int {
             let target = UInt(bitPattern: address)
