@@ -34,8 +34,10 @@ import CWorkingSet
 /// written) are *paged out* instead (`MADV_PAGEOUT`, Linux 5.4), which never loses data: a page written meanwhile is
 /// the process's own then, kept (or swapped). That is most of Swift's type metadata and conformance records: the
 /// compiler marks some of them writable, so the linker puts all of `.rodata` in the writable segment (1.7 MB here),
-/// and start-up reads it all. The kernel pages out only the pages no other process maps. Then glibc's
-/// `malloc_trim` returns the heap's free pages.
+/// and start-up reads it all. The kernel pages out only the pages no other process maps, and only for a process
+/// that owns the program's file or may write it (madvise(2)): an agent running as root, or as the owner of its
+/// binary; otherwise they stay. Pages that left memory this way are read from storage again on their next use. Then
+/// glibc's `malloc_trim` returns the heap's free pages.
 public enum WorkingSet {
     /// One mapping that may be dropped: its address range and its resident size.
     public struct Mapping: Sendable, Equatable {
@@ -125,7 +127,7 @@ public enum WorkingSet {
     }
 
     /// Drops what both rules allow, pages out the writable segments' unwritten pages and returns the heap's free
-    /// pages; the KiB of address space advised. Linux with
+    /// pages; the KiB of address space dropped plus the KiB paged out. Linux with
     /// glibc only (elsewhere: nothing, 0). What it drops is mapped again on use.
     @discardableResult
     public static func trim() -> Int {
@@ -147,8 +149,8 @@ public enum WorkingSet {
         #endif
     }
 
-    /// Pages out the pages in [start, end) that are still the file's own page of a mapping (never written); the KiB
-    /// advised. Linux with glibc only (elsewhere: nothing, 0).
+    /// Pages out the pages in [start, end) that are still the file's own page of a private mapping (never written);
+    /// the KiB that left memory. Linux with glibc only (elsewhere: nothing, 0).
     @discardableResult
     public static func pageOutUnwritten(start: UInt, end: UInt) -> Int {
         #if os(Linux) && canImport(Glibc)

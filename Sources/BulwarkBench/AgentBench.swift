@@ -64,9 +64,12 @@ struct AgentBenchmark: AsyncParsableCommand {
         let agentState = try state(count - 1)
         // On a device the agent is the only process that runs this program; here the hub runs it too, and the kernel
         // pages out no page another process maps (the agent's trim, `WorkingSet`). The agent runs from a copy of the
-        // binary, as it would alone. (The Swift runtime's libraries stay shared with the hub and this process.)
+        // binary, as it would alone, owned by the user running it (the kernel pages out file pages only for their
+        // owner or a writer). The Swift runtime's libraries stay shared with the hub and this process. The copy is
+        // written to storage first, so that paged-out pages are freed, not waiting for writeback.
         let agentBinary = base + "/bulwark-agent"
         try FileManager.default.copyItem(atPath: binary, toPath: agentBinary)
+        sync()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: agentBinary)
         process.arguments = [
@@ -90,16 +93,20 @@ struct AgentBenchmark: AsyncParsableCommand {
         try await Task.sleep(for: .seconds(5))  // its first trust refresh and the TLS session settle
         let pid = process.processIdentifier
         let cpuBefore = PairingBenchmark.cpuSeconds(pid: pid)
+        let majorBefore = Self.majorFaults(pid)
         let started = ContinuousClock.now
         try await Task.sleep(for: .seconds(idleSeconds))
         let elapsed = ContinuousClock.now - started
         let cpu = (PairingBenchmark.cpuSeconds(pid: pid) - cpuBefore) / elapsed.seconds * 100
         let rss = MQTTBenchmark.rssKiB(pid) / 1024
         let peak = procStatusKiB(pid, "VmHWM:") / 1024
+        let major = Self.majorFaults(pid) - majorBefore
         print(
             String(
-                format: "agent process, connected and idle for %d s: RSS %.1f MiB (peak %.1f MiB), CPU %.3f %%",
-                idleSeconds, rss, peak, cpu))
+                format:
+                    "agent process, connected and idle for %d s: RSS %.1f MiB (peak %.1f MiB), CPU %.3f %%, "
+                    + "%d major page faults (pages read from storage again)",
+                idleSeconds, rss, peak, cpu, major))
         process.terminate()
         process.waitUntilExit()
 
@@ -213,6 +220,15 @@ struct AgentBenchmark: AsyncParsableCommand {
         guard process.terminationStatus == 0 else {
             throw ValidationError("\(binary) \(arguments.joined(separator: " ")) failed")
         }
+    }
+
+    /// The page faults of `pid` that read from storage (`majflt`, field 12 of `/proc/PID/stat`, proc_pid_stat(5)).
+    static func majorFaults(_ pid: Int32) -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = text.lastIndex(of: ")")
+        else { return 0 }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        return fields.count > 9 ? Int(fields[9]) ?? 0 : 0
     }
 
     static func eventually(_ seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {

@@ -45,8 +45,29 @@ static int visit(struct dl_phdr_info *info, size_t size, void *data) {
 #endif
 
 #if defined(__linux__) && defined(__GLIBC__)
+/// Pages out [start, end) and returns the bytes of it no longer present afterwards: the kernel pages out only what
+/// no other process maps, and only for a process that owns the file or may write it (madvise(2)), answering 0
+/// either way.
+static long page_out_run(int pagemap, uintptr_t start, uintptr_t end, uintptr_t page) {
+    if (madvise((void *)start, end - start, MADV_PAGEOUT) != 0) return 0;
+    long gone = 0;
+    uint64_t entries[512];
+    for (uintptr_t address = start; address < end;) {
+        size_t count = (end - address) / page;
+        if (count > 512) count = 512;
+        ssize_t got = pread(pagemap, entries, count * sizeof(uint64_t), (off_t)(address / page * sizeof(uint64_t)));
+        if (got <= 0) break;
+        count = (size_t)got / sizeof(uint64_t);
+        for (size_t i = 0; i < count; i++, address += page) {
+            if ((entries[i] >> 63 & 1) == 0) gone += (long)page;
+        }
+    }
+    return gone;
+}
+
 /// Pages out the runs of pages in [start, end) that /proc/self/pagemap shows present and still the file's
-/// (bit 63 present, bit 61 file page: proc_pid_pagemap(5)); the bytes advised.
+/// (bit 63 present, bit 61 file page: proc_pid_pagemap(5); in a private file mapping, a page not yet copied on
+/// write); the bytes that left memory.
 static long page_out_file_pages(int pagemap, uintptr_t start, uintptr_t end, uintptr_t page) {
     long advised = 0;
     uint64_t entries[512];
@@ -61,12 +82,12 @@ static long page_out_file_pages(int pagemap, uintptr_t start, uintptr_t end, uin
             int file = (entries[i] >> 63 & 1) && (entries[i] >> 61 & 1);
             if (file && run == 0) run = address;
             if (!file && run != 0) {
-                if (madvise((void *)run, address - run, MADV_PAGEOUT) == 0) advised += (long)(address - run);
+                advised += page_out_run(pagemap, run, address, page);
                 run = 0;
             }
         }
     }
-    if (run != 0 && madvise((void *)run, address - run, MADV_PAGEOUT) == 0) advised += (long)(address - run);
+    if (run != 0) advised += page_out_run(pagemap, run, address, page);
     return advised;
 }
 

@@ -183,7 +183,7 @@ struct WorkingSetTests {
             let advised = WorkingSet.pageOutUnwritten(start: start, end: start + UInt(size))
             let after = Self.resident(mapping)
             #expect(advised >= 240, "\(advised) KiB advised")
-            #expect(after <= 8, "\(after) KiB still resident: only the written page should be")
+            #expect(after <= 8 && after >= 4, "\(after) KiB still resident: only the written page should be")
 
             var expected = bytes
             expected[8192 + 5] = ~bytes[8192 + 5]
