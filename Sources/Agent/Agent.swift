@@ -108,6 +108,10 @@ public actor Agent {
     public private(set) var lastError: String?
     public private(set) var delivered = 0
     public private(set) var refusedByHub = 0
+    /// The back-off before the next connection attempt, seconds: doubling from `reconnectInitialSeconds` up to
+    /// `reconnectMaximumSeconds` after a failure, the maximum at once when the hub refused this device (revoked,
+    /// expired, unknown); each wait is drawn between half of it and all of it (jitter).
+    public private(set) var retryDelaySeconds = 0.0
 
     private(set) var generation = 0
     private var inFlight: [UInt16: UInt64] = [:]
@@ -250,6 +254,7 @@ public actor Agent {
                     delay = min(delay * 2, configuration.reconnectMaximumSeconds)
                 }
             }
+            retryDelaySeconds = delay
             writeStatus()
             guard !Task.isCancelled, !stopping else { break }
             let wait = Double.random(in: (delay / 2)...delay)

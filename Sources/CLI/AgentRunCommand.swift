@@ -31,8 +31,8 @@ extension AgentCommand {
                 reconnectMaxSeconds, inventoryIntervalSeconds, trustRefreshSeconds and agent.updateIntervalSeconds,
                 agent.payload, agent.payloadUser, agent.healthCommand, agent.healthTimeoutSeconds,
                 agent.healthIntervalSeconds, agent.healthWindowSeconds, agent.trialAttempts, agent.slotsDirectory,
-                updates.requireGate, agent.trimMemorySeconds
-                (commands as a string split at spaces, or an array of arguments). Options on the command line win.
+                updates.requireGate, agent.trimMemorySeconds (the first six may also be written agent.handler,
+                agent.commandTimeoutSeconds, …) (commands as a string split at spaces, or an array of arguments). Options on the command line win.
                 SIGTERM stops it cleanly; nothing it accepted is lost, even to kill -9.
                 """)
         @Option(help: "Credentials directory written by `bulwark agent pair` (must be 0700).") var state: String
@@ -89,6 +89,9 @@ extension AgentCommand {
                 ?? configuration.inventoryIntervalSeconds
             configuration.trustRefreshSeconds =
                 try trustRefresh ?? file.number("trustRefreshSeconds") ?? configuration.trustRefreshSeconds
+            guard (0.1...86_400).contains(configuration.commandTimeoutSeconds) else {
+                throw ValidationError("commandTimeoutSeconds must be 0.1-86400 seconds")
+            }
             var updates = UpdateSettings()
             updates.intervalSeconds =
                 try updateInterval ?? file.number("agent.updateIntervalSeconds")
@@ -201,6 +204,10 @@ struct AgentConfigFile {
         "agent.healthWindowSeconds", "agent.trialAttempts", "agent.slotsDirectory", "updates.requireGate",
         "agent.trimMemorySeconds",
     ]
+    static let agentAliases = [
+        "handler", "commandTimeoutSeconds", "outboxBytes", "reconnectMaxSeconds", "inventoryIntervalSeconds",
+        "trustRefreshSeconds",
+    ]
     let values: [String: Any]
     let path: String
 
@@ -228,6 +235,15 @@ struct AgentConfigFile {
             }
         }
         walk(object, "")
+        // The agent's own settings may also be written under `agent.` (as the issue and the hub's
+        // `agent.*` settings name them): `agent.commandTimeoutSeconds` is `commandTimeoutSeconds`.
+        for name in Self.agentAliases {
+            guard let value = flat.removeValue(forKey: "agent." + name) else { continue }
+            guard flat[name] == nil else {
+                throw ValidationError("\(path): \(name) is given twice (also as agent.\(name))")
+            }
+            flat[name] = value
+        }
         if let unknown = flat.keys.sorted().first(where: { !Self.known.contains($0) }) {
             throw ValidationError("\(path): unknown setting \(unknown)")
         }

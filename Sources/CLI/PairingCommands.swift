@@ -132,29 +132,11 @@ struct AgentCommand: AsyncParsableCommand {
         }
     }
 
-    /// Writes what pairing gave into the agent's state directory (0700; the key and the IRK 0600).
+    /// Writes what pairing gave into the agent's state directory: the library's `AgentState.store`.
     static func store(_ result: PairingClient.Result, in stateDirectory: String, hub: String) throws {
-        try SecretFiles.makePrivateDirectory(stateDirectory)
-        try? FileManager.default.removeItem(atPath: "\(stateDirectory)/device.key")
-        try? FileManager.default.removeItem(atPath: "\(stateDirectory)/irk")
-        try SecretFiles.create("\(stateDirectory)/device.key", contents: result.operationalKey.pemRepresentation)
-        try SecretFiles.create(
-            "\(stateDirectory)/irk", contents: Data(result.credentials.irk).base64EncodedString() + "\n")
-        try SecretFiles.writePublic(
-            "\(stateDirectory)/device.crt", contents: try Certificate(derEncoded: result.credentials.certificateDER).pem
-        )
-        try SecretFiles.writePublic(
-            "\(stateDirectory)/ca.crt", contents: try Certificate(derEncoded: result.credentials.caCertificateDER).pem)
-        try SecretFiles.writePublic(
-            "\(stateDirectory)/pins",
-            contents: result.credentials.pins.map { Data($0).base64EncodedString() }.joined(separator: "\n") + "\n")
-        if let root = result.credentials.tufRoot {
-            // The update repository's root: the trust anchor of the device's TUF client (TUF §5.2).
-            try SecretFiles.makePrivateDirectory("\(stateDirectory)/trust")
-            try SecretFiles.writePublic(
-                "\(stateDirectory)/trust/root.json", contents: String(decoding: root, as: UTF8.self))
+        do { try AgentState.store(result, in: stateDirectory, hub: hub) } catch {
+            throw HubStartupError(error.message)
         }
-        try SecretFiles.writePublic("\(stateDirectory)/paired", contents: "hub \(hub)\n")
     }
 
     struct Send: AsyncParsableCommand {

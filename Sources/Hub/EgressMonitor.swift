@@ -8,7 +8,8 @@ import Store
 /// over HTTPS): it keeps the destinations the device talks to and the ports it listens on (first and last seen, in
 /// how many reports), checks them against the egress policy of the device's class (`bulwark policy egress`; a device
 /// without a class falls under `default`; a class without rules has no policy), and raises an `egress-violation`
-/// security event for each destination outside it, once per destination and hour. With
+/// security event for each destination outside it, once per destination and hour (one event per report that names
+/// destinations new this hour). With
 /// `gateway.quarantine.egress` set, violations count toward the device's quarantine.
 struct EgressMonitor: Sendable {
     static let messageType = "connections"
@@ -27,18 +28,23 @@ struct EgressMonitor: Sendable {
             let rules = (try await store.egressRules()[deviceClass] ?? []).compactMap { try? EgressRule($0) }
             let violations = EgressRule.violations(destinations, rules: rules)
             guard !violations.isEmpty else { return }
-            // One offence per report, and one audit record per device and hour (naming the first destinations and
-            // the count): a device cannot turn its reports into an audit flood.
+            // One offence per report. Each destination is audited once per device and hour: a report naming
+            // destinations not seen outside the policy this hour raises one event naming those (the first eight and
+            // the count), so a device cannot turn its reports, or one report of many destinations, into an audit
+            // flood.
             let until = gateway.egressViolation(device, now: .now())
-            let firstThisHour = reported.first(device.rawValue, now: Int64(Date().timeIntervalSince1970) / 3600)
-            guard firstThisHour || until != nil else { return }
-            let named = violations.prefix(8).map(\.description).joined(separator: ", ")
+            let hour = Int64(Date().timeIntervalSince1970) / 3600
+            let fresh = violations.filter { reported.first(device.rawValue + " " + $0.description, now: hour) }
+            guard !fresh.isEmpty || until != nil else { return }
+            let listed = fresh.isEmpty ? violations : fresh
+            let named = listed.prefix(8).map(\.description).joined(separator: ", ")
             await recorder.record(
                 Refusal(
                     problem: .forbidden, stage: .authorization,
-                    detail: "\(violations.count) destination(s) outside the egress policy of class \(deviceClass): "
-                        + named + (violations.count > 8 ? ", …" : ""),
-                    auditKind: firstThisHour ? "egress-violation" : nil, quarantinedUntil: until),
+                    detail: "\(violations.count) destination(s) outside the egress policy of class \(deviceClass)"
+                        + (fresh.isEmpty ? ": " : ", \(fresh.count) new this hour: ") + named
+                        + (listed.count > 8 ? ", …" : ""),
+                    auditKind: fresh.isEmpty ? nil : "egress-violation", quarantinedUntil: until),
                 identity: Identity.device(device).uri, source: nil, correlationID: correlationID,
                 what: "connection report")
         } catch {

@@ -4,6 +4,7 @@ import Foundation
 import Hub
 import HubClient
 import PKI
+import Pairing
 import Store
 import Synchronization
 import Testing
@@ -101,13 +102,31 @@ import X509
         try await hub.stop()
     }
 
-    /// The README's Swift example, as written there but for the hub's address and port.
+    /// The README's Swift example runs: its lines after the one naming the state directory and the hub are below, as
+    /// they stand there (checked first, so that an edit to either fails this test), with the test hub's values.
     @Test func theReadmeExampleRuns() async throws {
+        let readme = try String(
+            contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+                "../../README.md"), encoding: .utf8)
+        let example =
+            try #require(readme.components(separatedBy: "```swift\nimport Agent\n").dropFirst().first)
+            .components(separatedBy: "```").first?.split(separator: "\n").map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }.filter { !$0.isEmpty && !$0.hasPrefix("let (stateDirectory, hubHost, hubPort)") } ?? []
+        let source = try String(contentsOfFile: #filePath, encoding: .utf8).split(separator: "\n").map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }
+        #expect(example.count == 8, "\(example)")
+        #expect(
+            source.indices.contains { start in Array(source[start...].prefix(example.count)) == example },
+            "the README's example and this test differ")
+
         let hub = try await TestHub.start()
         let state = try Self.stateDirectory(hub, try await hub.enroll("ag-readme"))
-        var configuration = AgentConfiguration(stateDirectory: state)
-        configuration.mqttHost = "127.0.0.1"  // README: "hub.example.net"
-        configuration.mqttPort = hub.mqttPort
+        let (stateDirectory, hubHost, hubPort) = (state, "127.0.0.1", hub.mqttPort)
+        var configuration = AgentConfiguration(stateDirectory: stateDirectory)
+        configuration.mqttHost = hubHost
+        configuration.mqttPort = hubPort
         let agent = try Agent(configuration: configuration) { command in
             CommandOutcome(exitCode: command.name == "reboot" ? 0 : 1)
         }
@@ -120,6 +139,39 @@ import X509
                     String(decoding: $0.body, as: UTF8.self).contains("temperature")
                 }
             })
+        await agent.stop()
+        running.cancel()
+        _ = try? await running.value
+        try await hub.stop()
+    }
+
+    /// A firmware author pairs and runs through the library alone: `PairingClient.pair`, `AgentState.store`, `Agent`.
+    /// The state it writes is private (0700, the key 0600) and the agent runs from it.
+    @Test func pairingThroughTheLibraryGivesAStateTheAgentRunsFrom() async throws {
+        let hub = try await TestHub.start()
+        let identity = NoiseDH.p256.generateKeyPair()
+        let label = try PairingLabel(
+            suite: .p256AESGCMSHA256, deviceID: try DeviceID("ag-lib"), publicKey: identity.publicKey,
+            setupSecret: [UInt8](repeating: 9, count: 16))
+        #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
+        let result = try await PairingClient.pair(
+            host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity)
+        let state = try temporaryDirectory("library-pairing") + "/state/device"
+        try AgentState.store(result, in: state, hub: "127.0.0.1:\(hub.pairingPort)")
+        func mode(_ path: String) -> mode_t {
+            var info = stat()
+            return stat(path, &info) == 0 ? info.st_mode & 0o777 : 0
+        }
+        #expect(mode(state) == 0o700)
+        #expect(mode(state + "/device.key") == 0o600)
+        #expect(mode(state + "/irk") == 0o600)
+        var configuration = Self.configuration(hub, state)
+        configuration.inventoryIntervalSeconds = 0
+        let agent = try Agent(configuration: configuration)
+        let running = Task { try await agent.run() }
+        try await agent.send(Array(#"{"n":1}"#.utf8))
+        #expect(
+            try await Self.eventually { try await hub.server.store.telemetryCount(of: try DeviceID("ag-lib")) == 1 })
         await agent.stop()
         running.cancel()
         _ = try? await running.value
@@ -206,11 +258,15 @@ import X509
         let device = try await hub.enroll("ag-4")
         let state = try Self.stateDirectory(hub, device)
         #expect(try await hub.operatorRequest("POST", "/v1/devices/ag-4/revoke").status == 200)
-        let agent = try Agent(configuration: Self.configuration(hub, state))
+        var configuration = Self.configuration(hub, state)
+        configuration.reconnectMaximumSeconds = 600
+        let agent = try Agent(configuration: configuration)
         let running = Task { try await agent.run() }
         let refused = await Self.eventually(20) { await agent.connection == .refused }
         let why = await agent.lastError ?? "-"
         #expect(refused, "\(why)")
+        // Straight to the maximum back-off (not doubling from 0.1 s): a revoked fleet does not hammer the hub.
+        #expect(await agent.retryDelaySeconds == 600)
         running.cancel()
         _ = try? await running.value
         try await hub.stop()
@@ -387,6 +443,29 @@ import X509
             #expect(error.code == .stateInvalid)
             #expect(error.message.contains("device.key") && error.message.contains("pair again"))
         }
+        try FileManager.default.removeItem(atPath: state + "/device.key")
+        try SecretFiles.create(state + "/device.key", contents: key)
+        // Every other file of the state, truncated or garbled: refused, naming the file and what to do.
+        try "7\n".write(toFile: state + "/pins.version", atomically: true, encoding: .utf8)
+        _ = try Agent(configuration: Self.configuration(hub, state))
+        for (file, what) in [
+            ("device.crt", "pair again"), ("ca.crt", "pair again"), ("pins", "pair again"),
+            ("pins.version", "remove it"),
+        ] {
+            let path = state + "/" + file
+            let original = try Data(contentsOf: URL(fileURLWithPath: path))
+            try Data(original.prefix(original.count > 8 ? 30 : 0) + Data("x!".utf8)).write(
+                to: URL(fileURLWithPath: path))
+            do {
+                _ = try Agent(configuration: Self.configuration(hub, state))
+                Issue.record("a garbled \(file) was accepted")
+            } catch {
+                #expect(error.code == .stateInvalid, "\(file)")
+                #expect(error.message.contains(file) && error.message.contains(what), "\(file): \(error.message)")
+            }
+            try original.write(to: URL(fileURLWithPath: path))
+        }
+        _ = try Agent(configuration: Self.configuration(hub, state))
         try await hub.stop()
     }
 
@@ -460,6 +539,41 @@ import X509
         #expect(v6.established.map(\.address) == ["2001:db8::5", "203.0.113.5"], "mapped IPv4 as IPv4")
     }
 
+    /// Each destination outside the policy is audited once an hour: a report naming only destinations already
+    /// reported raises no event; one naming a new one raises an event naming it alone.
+    @Test func eachDestinationIsAuditedOnceAnHour() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("inv-2")
+        let cli = PairingEndToEndTests.CLI(binary: try HubProcessTests.binary, hub: hub)
+        #expect(try await cli.run(["policy", "egress", "add", "camera", "203.0.113.0/24:443"]).status == 0)
+        #expect(try await cli.run(["device", "set-class", "inv-2", "camera"]).status == 0)
+        let agent = try Agent(configuration: AgentTests.configuration(hub, try AgentTests.stateDirectory(hub, device)))
+        let running = Task { try await agent.run() }
+        func report(_ addresses: [String]) async throws {
+            let entries = addresses.map { #"{"proto":"tcp","address":"\#($0)","port":443}"# }.joined(separator: ",")
+            let body = #"{"established":[\#(entries)],"listening":[]}"#
+            try await agent.send(Array(body.utf8), route: "events/connections")
+        }
+        func events() async throws -> [String] {
+            try await hub.securityEvents().filter { $0.kind == "egress-violation" }.map(\.detail)
+        }
+        try await report(["192.0.2.1", "192.0.2.2", "203.0.113.5"])
+        #expect(try await AgentTests.eventually { try await events().count == 1 })
+        try await report(["192.0.2.2", "192.0.2.1"])
+        try await report(["192.0.2.2", "192.0.2.3"])
+        #expect(try await AgentTests.eventually { try await events().count >= 2 })
+        try await Task.sleep(for: .milliseconds(500))
+        let details = try await events()
+        #expect(details.count == 2, "\(details)")
+        #expect(
+            details.contains { $0.contains("2 destination(s)") && $0.contains("2 new this hour: tcp 192.0.2.1:443") })
+        #expect(details.contains { $0.contains("1 new this hour: tcp 192.0.2.3:443") })
+        await agent.stop()
+        running.cancel()
+        _ = try? await running.value
+        try await hub.stop()
+    }
+
     @Test func violationsAreReportedOnceAnHourAndCanQuarantine() async throws {
         let proc = try temporaryDirectory("proc")
         try FileManager.default.createDirectory(atPath: proc + "/net", withIntermediateDirectories: true)
@@ -501,10 +615,12 @@ import X509
                 try await hub.server.store.destinations(of: id).filter { $0.address.hasPrefix("192.0.2.") }.count == 100
             })
         #expect(try await hub.server.store.destinations(of: id).allSatisfy { $0.address != "not-an-ip" })
+        // Once per destination and hour: the agent's own report (its bad destination, every 0.3 s) and the flood
+        // (100 more in one report) raise one event each, whichever came first.
         let violations = try await hub.securityEvents().filter { $0.kind == "egress-violation" }
-        #expect(violations.count == 1, "once per device and hour, however many destinations")
-        // Whichever report came first (the flood or the agent's own) is the one named.
-        #expect(violations.first?.detail.contains("outside the egress policy of class camera") == true)
+        #expect(violations.count == 2, "one event per report of new destinations: \(violations.map(\.detail))")
+        #expect(violations.allSatisfy { $0.detail.contains("outside the egress policy of class camera") })
+        #expect(violations.contains { $0.detail.contains("100 new this hour") })
         #expect(hub.server.gateway.quarantine.isQuarantined(id, now: Int64(Date().timeIntervalSince1970)))
         await agent.stop()
         running.cancel()

@@ -118,6 +118,16 @@ import Testing
         try #"{"agent":{"payloadd":"x"}}"#.write(toFile: work + "/typo.json", atomically: true, encoding: .utf8)
         let typo = try await cli.run(["agent", "run", "--state", agents[0].state, "--config", work + "/typo.json"])
         #expect(typo.status != 0 && typo.stderr.contains("unknown setting agent.payloadd"), "\(typo.stderr)")
+        // The agent's settings under `agent.` are the same settings: read (and checked), never given twice.
+        try #"{"agent":{"commandTimeoutSeconds":0}}"#.write(
+            toFile: work + "/zero.json", atomically: true, encoding: .utf8)
+        let zero = try await cli.run(["agent", "run", "--state", agents[0].state, "--config", work + "/zero.json"])
+        #expect(zero.status != 0 && zero.stderr.contains("commandTimeoutSeconds must be 0.1-86400"), "\(zero.stderr)")
+        try #"{"agent":{"inventoryIntervalSeconds":60},"inventoryIntervalSeconds":30}"#.write(
+            toFile: work + "/twice.json", atomically: true, encoding: .utf8)
+        let twice = try await cli.run(["agent", "run", "--state", agents[0].state, "--config", work + "/twice.json"])
+        #expect(
+            twice.status != 0 && twice.stderr.contains("inventoryIntervalSeconds is given twice"), "\(twice.stderr)")
 
         try await UpdateAgentTests.publish(repository, "app-v2", security: 2)
         #expect(try await cli.run(["updates", "default", "app-v2.tar"]).status == 0)
