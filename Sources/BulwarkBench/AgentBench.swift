@@ -224,10 +224,7 @@ struct AgentBenchmark: AsyncParsableCommand {
 
     /// The page faults of `pid` that read from storage (`majflt`, field 12 of `/proc/PID/stat`, proc_pid_stat(5)).
     static func majorFaults(_ pid: Int32) -> Int {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = text.lastIndex(of: ")")
-        else { return 0 }
-        let fields = text[text.index(after: close)...].split(separator: " ")
+        let fields = PairingBenchmark.statFields(pid: pid)
         return fields.count > 9 ? Int(fields[9]) ?? 0 : 0
     }
 

@@ -129,11 +129,16 @@ struct PairingBenchmark: AsyncParsableCommand {
     }
 
     /// utime + stime of a process, from /proc/PID/stat (fields 14 and 15, in clock ticks).
-    static func cpuSeconds(pid: Int32) -> Double {
+    /// The fields of `/proc/PID/stat` after the command name (proc_pid_stat(5): index 0 is field 3, the state).
+    static func statFields(pid: Int32) -> [Substring] {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
             let close = text.lastIndex(of: ")")
-        else { return 0 }
-        let fields = text[text.index(after: close)...].split(separator: " ")
+        else { return [] }
+        return text[text.index(after: close)...].split(separator: " ")
+    }
+
+    static func cpuSeconds(pid: Int32) -> Double {
+        let fields = statFields(pid: pid)
         guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
