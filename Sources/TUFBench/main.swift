@@ -21,7 +21,8 @@ import TUFRepository
 //   warm-refresh   refresh with nothing new
 //   warm-cached    refresh + target lookup, artifact already cached
 // Figures: whole-process wall time (spawn to wait4, median), in-process time reported by the
-// child (median), peak RSS (ru_maxrss from wait4 in GNU /usr/bin/time, max over repetitions).
+// child (median) on the clock and in CPU (the child's own user + system time around the same work, so
+// without the waits for the server that both clients pay), peak RSS (ru_maxrss from wait4 in GNU /usr/bin/time, max over repetitions).
 
 struct Options {
     var reps = 5
@@ -96,6 +97,7 @@ func monotonic() -> Double {
 struct Run {
     let wall: Double
     let inProcess: Double
+    let inProcessCPU: Double
     let maxRSSKiB: Int
 }
 
@@ -129,14 +131,14 @@ func spawnMeasured(_ argv: [String], stdoutFile: String) -> Run? {
         return nil
     }
     let out = (try? String(contentsOfFile: stdoutFile, encoding: .utf8)) ?? ""
-    var seconds = Double.nan
-    if let r = out.range(of: "\"seconds\": ") {
-        seconds = Double(out[r.upperBound...].prefix { "0123456789.e-".contains($0) }) ?? .nan
+    func number(_ key: String) -> Double {
+        guard let r = out.range(of: "\"\(key)\": ") else { return .nan }
+        return Double(out[r.upperBound...].prefix { "0123456789.e-".contains($0) }) ?? .nan
     }
     let rss = (try? String(contentsOfFile: rssFile, encoding: .utf8))?.split(separator: "\n").last.flatMap {
         Int($0.trimmingCharacters(in: .whitespaces))
     }
-    return Run(wall: wall, inProcess: seconds, maxRSSKiB: rss ?? -1)
+    return Run(wall: wall, inProcess: number("seconds"), inProcessCPU: number("cpu_seconds"), maxRSSKiB: rss ?? -1)
 }
 
 // MARK: - Repositories
@@ -239,9 +241,10 @@ let tufVersion = {
 print("python-tuf \(tufVersion); \(options.reps) repetitions; medians; peak RSS = max ru_maxrss")
 print("")
 print(
-    "| repo | scenario | ours wall ms | py wall ms | wall speed-up | ours in-proc ms | py in-proc ms | in-proc ratio | ours RSS MiB | py RSS MiB | RSS ratio |"
+    "| repo | scenario | ours wall ms | py wall ms | wall speed-up | ours in-proc ms | py in-proc ms | in-proc ratio | "
+        + "ours in-proc CPU ms | py in-proc CPU ms | CPU ratio | ours RSS MiB | py RSS MiB | RSS ratio |"
 )
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 for kind in ["flat", "bins", "succinct"] {
     let metaURL = "\(server.url)/\(kind)/metadata/"
@@ -288,11 +291,14 @@ for kind in ["flat", "bins", "succinct"] {
         let bw = median(b.map(\.wall))
         let ai = median(a.map(\.inProcess))
         let bi = median(b.map(\.inProcess))
+        let ac = median(a.map(\.inProcessCPU))
+        let bc = median(b.map(\.inProcessCPU))
         let ar = Double(a.map(\.maxRSSKiB).max() ?? 0) / 1024
         let br = Double(b.map(\.maxRSSKiB).max() ?? 0) / 1024
         print(
             "| \(kind) | \(scenario) | \(ms(aw)) | \(ms(bw)) | \(String(format: "%.1f×", bw / aw)) | \(ms(ai)) | \(ms(bi)) | "
-                + "\(String(format: "%.2f", ai / bi)) | \(String(format: "%.1f", ar)) | \(String(format: "%.1f", br)) | "
+                + "\(String(format: "%.2f", ai / bi)) | \(ms(ac)) | \(ms(bc)) | \(String(format: "%.2f", ac / bc)) | "
+                + "\(String(format: "%.1f", ar)) | \(String(format: "%.1f", br)) | "
                 + "\(String(format: "%.2f", ar / br)) |"
         )
     }
