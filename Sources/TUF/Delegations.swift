@@ -45,13 +45,30 @@ public struct Delegations: Sendable, Equatable {
             roles = nil
             succinctRoles = try SuccinctRoles(json: json.object("succinct_roles"))
         }
-        unrecognized = json.removing(["keys", "roles", "succinct_roles"])
+        unrecognized = json.removing(Self.fields)
     }
+
+    /// The fields this type reads; any other is kept as unrecognized (one list, not one per object read).
+    static let fields = JSONNames(["keys", "roles", "succinct_roles"])
 
     /// Whether a delegated role's name would name a top-level role's file on a case-insensitive file system (macOS,
     /// Windows): `Root`, `TIMESTAMP`, `ſnapshot` (U+017F folds to `s`), `targets.` (Windows drops trailing dots and
     /// spaces). Such a delegation could overwrite the client's trusted root or timestamp, so it is refused.
     public static func isTopLevelName(_ name: String) -> Bool {
+        // ASCII folds by ASCII rules alone; the Unicode path below is for the rest (a name with `ſ` or `K`).
+        if name.utf8.allSatisfy({ $0 < 0x80 }) {
+            var bytes = Array(name.utf8)
+            while let last = bytes.last, last == UInt8(ascii: ".") || last == UInt8(ascii: " ") { bytes.removeLast() }
+            guard (4...9).contains(bytes.count) else { return false }
+            let lowered = bytes.map { (0x41...0x5A).contains($0) ? $0 | 0x20 : $0 }
+            return Root.topLevelRoles.contains { Array($0.utf8) == lowered }
+        }
+        return foldsToTopLevelName(name)
+    }
+
+    /// The general rule, by Unicode case folding; `isTopLevelName` takes it for names that are not all ASCII (and a
+    /// test checks that both agree on ASCII names).
+    public static func foldsToTopLevelName(_ name: String) -> Bool {
         var folded = Substring(name.uppercased().lowercased())
         while let last = folded.last, last == "." || last == " " { folded = folded.dropLast() }
         return Root.topLevelRoles.contains(String(folded))
@@ -127,8 +144,10 @@ public struct DelegatedRole: Sendable, Equatable {
         guard paths == nil || pathHashPrefixes == nil else {
             throw TUFError(.invalidMetadata, "paths and path_hash_prefixes are mutually exclusive")
         }
-        unrecognized = json.removing(["name", "keyids", "threshold", "terminating", "paths", "path_hash_prefixes"])
+        unrecognized = json.removing(Self.fields)
     }
+
+    static let fields = JSONNames(["name", "keyids", "threshold", "terminating", "paths", "path_hash_prefixes"])
 
     public var jsonValue: JSONValue {
         merged(
@@ -182,8 +201,10 @@ public struct SuccinctRoles: Sendable, Equatable {
         guard (1...32).contains(bits) else { throw TUFError(.invalidMetadata, "bit_length must be in 1...32") }
         bitLength = Int(bits)
         namePrefix = try json.string("name_prefix")
-        unrecognized = json.removing(["keyids", "threshold", "bit_length", "name_prefix"])
+        unrecognized = json.removing(Self.fields)
     }
+
+    static let fields = JSONNames(["keyids", "threshold", "bit_length", "name_prefix"])
 
     public var jsonValue: JSONValue {
         merged(

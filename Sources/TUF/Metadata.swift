@@ -1,5 +1,8 @@
 import JSON
 
+/// The envelope's fields (a generic type holds no stored static).
+let metadataEnvelopeFields = JSONNames(["signed", "signatures"])
+
 /// TUF §4.2: the envelope `{"signed": ..., "signatures": [...]}`.
 ///
 /// Keeps the exact bytes received (`raw`, so storage is byte for byte) next to the canonical
@@ -48,7 +51,7 @@ public struct Metadata<Role: SignedRole>: Sendable {
             signatures: signatures,
             signedBytes: signedBytes,
             raw: raw,
-            unrecognized: top.removing(["signed", "signatures"])
+            unrecognized: top.removing(metadataEnvelopeFields)
         )
     }
 
@@ -75,8 +78,10 @@ public struct Signature: Sendable, Equatable {
     init(json: ObjectNode) throws(TUFError) {
         keyid = try json.string("keyid")
         sig = try json.string("sig")
-        unrecognized = json.removing(["keyid", "sig"])
+        unrecognized = json.removing(Self.fields)
     }
+
+    static let fields = JSONNames(["keyid", "sig"])
 
     public var jsonValue: JSONValue { merged([("keyid", .string(keyid)), ("sig", .string(sig))], unrecognized) }
 }
@@ -139,8 +144,10 @@ public struct Key: Sendable, Equatable {
         keytype = try json.string("keytype")
         scheme = try json.string("scheme")
         keyval = try json.object("keyval").built
-        unrecognized = json.removing(["keytype", "scheme", "keyval"])
+        unrecognized = json.removing(Self.fields)
     }
+
+    static let fields = JSONNames(["keytype", "scheme", "keyval"])
 
     /// The `public` member of `keyval`, if it is a string.
     public var publicValue: String? { keyval["public"]?.stringValue }
@@ -157,16 +164,22 @@ public struct RoleKeys: Sendable, Equatable {
     public let unrecognized: JSONObject
 
     init(json: ObjectNode) throws(TUFError) {
-        try self.init(keysOf: json, unrecognized: json.removing(["keyids", "threshold"]))
+        try self.init(keysOf: json, unrecognized: json.removing(Self.fields))
     }
+
+    static let fields = JSONNames(["keyids", "threshold"])
 
     /// Only `keyids` and `threshold`, from an object that also holds other fields (a delegated role).
     init(keysOf json: ObjectNode, unrecognized: JSONObject = JSONObject()) throws(TUFError) {
-        keyids = try json.stringArray("keyids")
+        let keyids = try json.stringArray("keyids")
+        self.keyids = keyids
         threshold = try json.integer("threshold")
         guard threshold >= 1 else { throw TUFError(.invalidMetadata, "threshold must be at least 1") }
         // A keyid listed twice could otherwise be counted twice toward the threshold.
-        guard Set(keyids).count == keyids.count else { throw TUFError(.invalidMetadata, "duplicate keyids in role") }
+        let duplicate =
+            keyids.count < 8
+            ? keyids.indices.contains { i in keyids[..<i].contains(keyids[i]) } : Set(keyids).count != keyids.count
+        guard !duplicate else { throw TUFError(.invalidMetadata, "duplicate keyids in role") }
         self.unrecognized = unrecognized
     }
 

@@ -301,4 +301,31 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
     func otherNamesAreFine(_ name: String) {
         #expect(!Delegations.isTopLevelName(name))
     }
+
+    /// The ASCII shortcut decides as the Unicode folding does: every top-level name in random case with random
+    /// trailing dots and spaces (and leading ones, which do not fold away), and random ASCII names of 1-12 bytes.
+    @Test func theASCIIShortcutAgreesWithUnicodeFolding() {
+        var generator = SystemRandomNumberGenerator()
+        var names: [String] = []
+        for role in Root.topLevelRoles {
+            for _ in 0..<200 {
+                var name = String(role.map { Bool.random(using: &generator) ? Character($0.uppercased()) : $0 })
+                for _ in 0..<Int.random(in: 0...3, using: &generator) { name += Bool.random() ? "." : " " }
+                if Int.random(in: 0..<8, using: &generator) == 0 { name = " " + name }
+                names.append(name)
+            }
+        }
+        let alphabet = Array("rootimesapgnRTOIMESAPGN. -_x0")
+        for _ in 0..<2_000 {
+            names.append(
+                String((0..<Int.random(in: 1...12, using: &generator)).map { _ in alphabet.randomElement()! }))
+        }
+        var topLevel = 0
+        for name in names {
+            let folded = Delegations.foldsToTopLevelName(name)
+            #expect(Delegations.isTopLevelName(name) == folded, "\(name.debugDescription)")
+            if folded { topLevel += 1 }
+        }
+        #expect(topLevel > 600, "the generated names include top-level names")
+    }
 }
