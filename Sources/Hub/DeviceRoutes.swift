@@ -42,7 +42,7 @@ struct DeviceRoutes {
         let contentType = fields.contentType
         let messageType = fields.messageType
         var message = InboundMessage(
-            identity: peer.identity, route: route, source: context.channel.remoteAddress?.ipAddress ?? "unknown",
+            identity: peer.identity, route: route, source: context.sourceText,
             contentType: contentType, messageType: messageType, body: [],
             transport: .http(
                 SignedRequest(
@@ -56,7 +56,7 @@ struct DeviceRoutes {
                         ? sessions.key(on: context.channel, device: peer.identity.uri) : nil),
                 key: peer.publicKey))
         message.deviceKey = peer.deviceKey
-        message.sourceAddress = SourceAddress(context.channel.remoteAddress)
+        message.sourceAddress = context.sourceAddress ?? SourceAddress(context.channel.remoteAddress)
         return message
     }
 
@@ -355,11 +355,16 @@ enum JSONResponse {
     }
 
     static func make(_ status: HTTPResponse.Status, text: String) -> Response {
+        Response(status: status, headers: jsonHeaders, body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    /// Built once: every JSON answer carries the same two fields.
+    static let jsonHeaders: HTTPFields = {
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
         headers[.cacheControl] = "no-store"
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
-    }
+        return headers
+    }()
 
     static func timestamp(_ date: Date) -> String { date.formatted(.iso8601) }
 }

@@ -124,24 +124,30 @@ struct PeerIdentityMiddleware: RouterMiddleware {
     /// The peer of a connection: read from the TLS handler (a hop to the channel's event loop) on its first request,
     /// then remembered for the connection's life (a keep-alive connection presents one certificate). Revocation is
     /// still checked on every request.
-    func connectionPeer(_ channel: any Channel) async throws -> PeerCertificate? {
+    func connectionPeer(_ channel: any Channel) async throws -> ConnectionPeers.Entry? {
         if let known = connections.peer(of: channel) { return known }
         guard let certificate = try? await channel.nioSSL_peerCertificate().get(),
             let der = try? certificate.toDERBytes(),
             let peer = cache.peer(forDER: der)
         else { return nil }
-        connections.remember(peer, for: channel)
-        return peer
+        let address = channel.remoteAddress
+        let entry = ConnectionPeers.Entry(
+            peer: peer, source: address?.ipAddress ?? "unknown", sourceAddress: SourceAddress(address))
+        connections.remember(entry, for: channel)
+        return entry
     }
 
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
-        guard let peer = try await connectionPeer(context.channel) else {
+        guard let connection = try await connectionPeer(context.channel) else {
             throw HubError.forbidden("no usable client certificate on the connection")
         }
+        let peer = connection.peer
         var context = context
         context.peer = peer
+        context.source = connection.source
+        context.sourceAddress = connection.sourceAddress
         context.logger[metadataKey: "peer"] = .string(peer.identity.uri)
         do {
             if revocations.contains(peer.serialHex) {
@@ -162,13 +168,19 @@ struct PeerIdentityMiddleware: RouterMiddleware {
     }
 }
 
-/// The peer of each open connection, forgotten when it closes.
+/// The peer of each open connection, and its remote address, forgotten when it closes.
 final class ConnectionPeers: Sendable {
-    private let peers = Mutex<[ObjectIdentifier: PeerCertificate]>([:])
+    struct Entry: Sendable {
+        let peer: PeerCertificate
+        let source: String
+        let sourceAddress: SourceAddress?
+    }
 
-    func peer(of channel: any Channel) -> PeerCertificate? { peers.withLock { $0[ObjectIdentifier(channel)] } }
+    private let peers = Mutex<[ObjectIdentifier: Entry]>([:])
 
-    func remember(_ peer: PeerCertificate, for channel: any Channel) {
+    func peer(of channel: any Channel) -> Entry? { peers.withLock { $0[ObjectIdentifier(channel)] } }
+
+    func remember(_ peer: Entry, for channel: any Channel) {
         let key = ObjectIdentifier(channel)
         guard channel.isActive else { return }
         peers.withLock { $0[key] = peer }

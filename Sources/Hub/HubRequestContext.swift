@@ -12,6 +12,13 @@ public struct HubRequestContext: RequestContext {
     public let channel: any Channel
     public var correlationID = CorrelationID()
     public var peer: PeerCertificate?
+    /// The connection's remote address as text and as the rate limiter's key, read once per connection with its peer
+    /// (the channel's address getter takes a lock and formatting it allocates: both per request before).
+    public var source: String?
+    public var sourceAddress: SourceAddress?
+
+    /// The remote address as text, from the connection's cache when the peer middleware has run.
+    public var sourceText: String { source ?? channel.remoteAddress?.ipAddress ?? "unknown" }
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)

@@ -69,14 +69,14 @@ struct UpdateRoutes {
     func admit(_ request: Request, _ context: HubRequestContext) throws -> DeviceID {
         guard let peer = context.peer else { throw HubError.forbidden("no peer identity") }
         var message = InboundMessage(
-            identity: peer.identity, route: "updates", source: context.channel.remoteAddress?.ipAddress ?? "unknown",
+            identity: peer.identity, route: "updates", source: context.sourceText,
             contentType: nil, messageType: nil, body: [],
             transport: .http(
                 SignedRequest(
                     method: "GET", path: request.uri.path, signatureInput: nil, signature: nil, contentDigest: nil),
                 key: nil))
         message.deviceKey = peer.deviceKey
-        message.sourceAddress = SourceAddress(context.channel.remoteAddress)
+        message.sourceAddress = context.sourceAddress ?? SourceAddress(context.channel.remoteAddress)
         switch gateway.admitEnvelope(message, now: GatewayTime.now()) {
         case .success(let admitted): return admitted
         case .failure(let refusal): throw GatewayError(refusal: refusal, identity: peer.identity.uri)
