@@ -1,11 +1,5 @@
 public import Crypto
 
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
-
 /// The parts of an HTTP request that RFC 9421 HTTP Message Signatures cover in Bulwark's profile.
 public struct SignedRequest: Sendable {
     public var method: String
@@ -359,13 +353,12 @@ public struct MessageSigner: Sendable {
         self.label = label
     }
 
-    /// 16 bytes from the kernel's CSPRNG in one call (getentropy(3): getrandom(2) on Linux), in base64: a request's
-    /// nonce. A symmetric key from swift-crypto cost two system calls and a zeroed allocation per request.
+    /// 16 bytes from the system's CSPRNG (the standard library's generator: getrandom(2) on Linux, falling back to
+    /// /dev/urandom where the call is missing; every platform the agent builds for, Musl included), in base64: a
+    /// request's nonce. A symmetric key from swift-crypto cost a zeroed, reference-counted allocation per request.
     static func randomNonce() -> String {
-        var bytes: (UInt64, UInt64) = (0, 0)
-        let status = withUnsafeMutableBytes(of: &bytes) { getentropy($0.baseAddress, $0.count) }
-        // As the standard library's generator does: no nonce is better than a guessable one.
-        guard status == 0 else { fatalError("getentropy failed (errno \(errno))") }
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (generator.next() as UInt64, generator.next() as UInt64)
         return withUnsafeBytes(of: bytes) { base64Encode($0) }
     }
 

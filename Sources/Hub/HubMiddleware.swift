@@ -132,7 +132,8 @@ struct PeerIdentityMiddleware: RouterMiddleware {
         else { return nil }
         let address = channel.remoteAddress
         let entry = ConnectionPeers.Entry(
-            peer: peer, source: address?.ipAddress ?? "unknown", sourceAddress: SourceAddress(address))
+            channel: channel, peer: peer, source: address?.ipAddress ?? "unknown", sourceAddress: SourceAddress(address)
+        )
         connections.remember(entry, for: channel)
         return entry
     }
@@ -171,6 +172,9 @@ struct PeerIdentityMiddleware: RouterMiddleware {
 /// The peer of each open connection, and its remote address, forgotten when it closes.
 final class ConnectionPeers: Sendable {
     struct Entry: Sendable {
+        /// Held (and compared) so that an entry is never taken for another channel allocated at a freed channel's
+        /// address before the closed one's removal has run: removal is queued on the event loop by `closeFuture`.
+        let channel: any Channel
         let peer: PeerCertificate
         let source: String
         let sourceAddress: SourceAddress?
@@ -178,7 +182,9 @@ final class ConnectionPeers: Sendable {
 
     private let peers = Mutex<[ObjectIdentifier: Entry]>([:])
 
-    func peer(of channel: any Channel) -> Entry? { peers.withLock { $0[ObjectIdentifier(channel)] } }
+    func peer(of channel: any Channel) -> Entry? {
+        peers.withLock { $0[ObjectIdentifier(channel)] }.flatMap { $0.channel === channel ? $0 : nil }
+    }
 
     func remember(_ peer: Entry, for channel: any Channel) {
         let key = ObjectIdentifier(channel)

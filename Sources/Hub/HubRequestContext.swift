@@ -14,8 +14,8 @@ public struct HubRequestContext: RequestContext {
     public var peer: PeerCertificate?
     /// The connection's remote address as text and as the rate limiter's key, read once per connection with its peer
     /// (the channel's address getter takes a lock and formatting it allocates: both per request before).
-    public var source: String?
-    public var sourceAddress: SourceAddress?
+    public internal(set) var source: String?
+    public internal(set) var sourceAddress: SourceAddress?
 
     /// The remote address as text, from the connection's cache when the peer middleware has run.
     public var sourceText: String { source ?? channel.remoteAddress?.ipAddress ?? "unknown" }

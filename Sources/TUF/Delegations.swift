@@ -57,18 +57,21 @@ public struct Delegations: Sendable, Equatable {
     public static func isTopLevelName(_ name: String) -> Bool {
         // ASCII folds by ASCII rules alone; the Unicode path below is for the rest (a name with `ſ` or `K`).
         if name.utf8.allSatisfy({ $0 < 0x80 }) {
-            var bytes = Array(name.utf8)
-            while let last = bytes.last, last == UInt8(ascii: ".") || last == UInt8(ascii: " ") { bytes.removeLast() }
-            guard (4...9).contains(bytes.count) else { return false }
-            let lowered = bytes.map { (0x41...0x5A).contains($0) ? $0 | 0x20 : $0 }
-            return Root.topLevelRoles.contains { Array($0.utf8) == lowered }
+            var trimmed = name.utf8[...]
+            while let last = trimmed.last, last == UInt8(ascii: ".") || last == UInt8(ascii: " ") {
+                trimmed = trimmed.dropLast()
+            }
+            guard (4...9).contains(trimmed.count) else { return false }
+            return Root.topLevelRoles.contains { role in
+                role.utf8.elementsEqual(trimmed) { $0 == ((0x41...0x5A).contains($1) ? $1 | 0x20 : $1) }
+            }
         }
         return foldsToTopLevelName(name)
     }
 
     /// The general rule, by Unicode case folding; `isTopLevelName` takes it for names that are not all ASCII (and a
     /// test checks that both agree on ASCII names).
-    public static func foldsToTopLevelName(_ name: String) -> Bool {
+    static func foldsToTopLevelName(_ name: String) -> Bool {
         var folded = Substring(name.uppercased().lowercased())
         while let last = folded.last, last == "." || last == " " { folded = folded.dropLast() }
         return Root.topLevelRoles.contains(String(folded))

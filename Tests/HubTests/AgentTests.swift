@@ -223,11 +223,20 @@ import X509
         #expect(Set(bodies).count == 60)
         let kinds = try await hub.securityEvents().filter { $0.identity == "urn:bulwark:device:ag-2" }.map(\.kind)
         #expect(!kinds.contains("replay"), "a resend after the kill is not refused as a replay")
+        // The local socket other users must not reach: 0600, inside the 0700 state directory.
+        var info = stat()
+        #expect(stat(state + "/agent.sock", &info) == 0 && info.st_mode & 0o777 == 0o600, "agent.sock is 0600")
+        #expect(stat(state, &info) == 0 && info.st_mode & 0o777 == 0o700, "the state directory is 0700")
+        // `agent status` exits 0 only while the agent is connected and current.
+        let running = try await run(binary, ["agent", "status", "--state", state], timeout: 30)
+        #expect(running.status == 0 && running.stdout.contains("connection    connected"), "\(running.stdout)")
         // SIGTERM: a clean stop.
         kill(second.processIdentifier, SIGTERM)
         _ = await second.exitStatus()
         #expect(second.terminationStatus == 0)
         #expect(!FileManager.default.fileExists(atPath: state + "/agent.sock"))
+        let stopped = try await run(binary, ["agent", "status", "--state", state], timeout: 30)
+        #expect(stopped.status == 1 && stopped.stdout.contains("connection    disconnected"), "\(stopped.stdout)")
         try await hub.stop()
     }
 
@@ -537,6 +546,50 @@ import X509
         let v6 = ConnectionInventory.parse(Self.tcp6, proto: "tcp6")
         #expect(v6.listening.map(\.address) == ["::"])
         #expect(v6.established.map(\.address) == ["2001:db8::5", "203.0.113.5"], "mapped IPv4 as IPv4")
+    }
+
+    /// UDP's states are not TCP's (proc(5), net/ipv4/udp.c): 07 is a bound socket that receives from anyone (listening),
+    /// 01 a connected one; 0A means nothing there. Loopback is left out as for TCP, and `report` carries each protocol.
+    static let udp = """
+           sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+          100: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 11 2 0 0
+          101: 0100007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 12 2 0 0
+          102: 0F02000A:D431 08080808:0035 01 00000000:00000000 00:00000000 00000000     0        0 13 2 0 0
+          103: 0F02000A:D432 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 14 2 0 0
+        """
+    static let udp6 = """
+          sl  local_address                         remote_address                        st tx_queue rx_queue
+           0: 00000000000000000000000000000000:14E9 00000000000000000000000000000000:0000 07 00000000:00000000
+           1: B80D0120000000000000000001000000:C350 B80D0120000000000000000005000000:0035 01 00000000:00000000
+           2: 00000000000000000000000001000000:0035 00000000000000000000000000000000:0000 07 00000000:00000000
+        """
+
+    @Test func udpLinesAreParsedAndReported() throws {
+        let v4 = ConnectionInventory.parse(Self.udp, proto: "udp")
+        #expect(v4.listening.map { "\($0.address):\($0.port)" } == ["0.0.0.0:68"], "07 listens; loopback and 0A do not")
+        #expect(v4.established.map { "\($0.address):\($0.port)" } == ["8.8.8.8:53"])
+        let v6 = ConnectionInventory.parse(Self.udp6, proto: "udp6")
+        #expect(v6.listening.map { "\($0.address):\($0.port)" } == [":::5353"], "the ::1 listener is left out")
+        #expect(v6.established.map { "\($0.address):\($0.port)" } == ["2001:db8::5:53"])
+        // The report reads all four files and names each entry's protocol.
+        let proc = try temporaryDirectory("proc-udp")
+        try FileManager.default.createDirectory(atPath: proc + "/net", withIntermediateDirectories: true)
+        for (name, text) in [("tcp", Self.tcp), ("udp", Self.udp), ("udp6", Self.udp6)] {
+            try text.write(toFile: proc + "/net/" + name, atomically: true, encoding: .utf8)
+        }
+        let report = try #require(
+            try JSONSerialization.jsonObject(with: Data(ConnectionInventory.report(procRoot: proc))) as? [String: Any])
+        let established = try #require(report["established"] as? [[String: Any]])
+        let listening = try #require(report["listening"] as? [[String: Any]])
+        func has(_ list: [[String: Any]], _ proto: String, _ address: String, _ port: Int) -> Bool {
+            list.contains {
+                $0["proto"] as? String == proto && $0["address"] as? String == address && $0["port"] as? Int == port
+            }
+        }
+        #expect(has(established, "udp", "8.8.8.8", 53) && has(established, "udp6", "2001:db8::5", 53))
+        #expect(has(established, "tcp", "203.0.113.5", 443))
+        #expect(has(listening, "udp", "0.0.0.0", 68) && has(listening, "udp6", "::", 5353))
+        #expect(!has(listening, "udp", "0.0.0.0", 54322), "a UDP socket in state 0A is not listening")
     }
 
     /// Each destination outside the policy is audited once an hour: a report naming only destinations already

@@ -77,9 +77,18 @@ import Testing
         await keptAlive.wait(upTo: .seconds(30), until: { $0.contains("\r\n\r\n") })
         #expect(keptAlive.text.hasPrefix("HTTP/1.1 200"))
 
-        // Past every deadline: the handshake's (20 s from `opened`), the head's and the idle one's (5 s from now).
-        let pastDeadlines = max(opened + .seconds(20), ContinuousClock.now + .seconds(5)) + .milliseconds(1_500)
-        try await Task.sleep(until: pastDeadlines)
+        // Not cut early: the held connections still wait at 15 s, past the head and idle deadlines (5 s), so the
+        // handshake phase has its own deadline, not another phase's. (Skipped if this run is already too late to tell.)
+        try await Task.sleep(until: opened + .seconds(15))
+        if ContinuousClock.now - opened < .seconds(19) {
+            #expect(idle.filter { !$0.isClosed }.count == 10, "a handshake deadline of 20 s cut a connection early")
+        }
+        // Past every deadline: the handshake's (20 s from `opened`), the head's and the idle one's (5 s from their
+        // start). Polled, with room for a loaded run: the guard checks its deadlines lazily.
+        let latest = max(opened + .seconds(20), ContinuousClock.now) + .seconds(10)
+        while ContinuousClock.now < latest, !(idle + [slowHead, keptAlive]).allSatisfy({ $0.isClosed }) {
+            try await Task.sleep(for: .milliseconds(200))
+        }
         #expect(idle.allSatisfy { $0.isClosed }, "handshake deadline")
         #expect(slowHead.isClosed, "request-head deadline")
         #expect(keptAlive.isClosed, "idle keep-alive deadline")

@@ -1,8 +1,9 @@
 import Crypto
 import Foundation
-import TUF
 import Testing
 import _CryptoExtras
+
+@testable import TUF
 
 func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
     try Key(
