@@ -56,7 +56,7 @@ struct DeviceRoutes {
                         ? sessions.key(on: context.channel, device: peer.identity.uri) : nil),
                 key: peer.publicKey))
         message.deviceKey = peer.deviceKey
-        message.sourceAddress = context.sourceAddress ?? SourceAddress(context.channel.remoteAddress)
+        message.sourceAddress = context.sourceKey
         return message
     }
 

@@ -20,6 +20,9 @@ public struct HubRequestContext: RequestContext {
     /// The remote address as text, from the connection's cache when the peer middleware has run.
     public var sourceText: String { source ?? channel.remoteAddress?.ipAddress ?? "unknown" }
 
+    /// The remote address as the rate limiter's key, from the same cache.
+    public var sourceKey: SourceAddress? { sourceAddress ?? SourceAddress(channel.remoteAddress) }
+
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         channel = source.channel

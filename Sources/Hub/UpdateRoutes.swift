@@ -76,7 +76,7 @@ struct UpdateRoutes {
                     method: "GET", path: request.uri.path, signatureInput: nil, signature: nil, contentDigest: nil),
                 key: nil))
         message.deviceKey = peer.deviceKey
-        message.sourceAddress = context.sourceAddress ?? SourceAddress(context.channel.remoteAddress)
+        message.sourceAddress = context.sourceKey
         switch gateway.admitEnvelope(message, now: GatewayTime.now()) {
         case .success(let admitted): return admitted
         case .failure(let refusal): throw GatewayError(refusal: refusal, identity: peer.identity.uri)
