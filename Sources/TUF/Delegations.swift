@@ -5,8 +5,10 @@ import JSON
 public struct Delegations: Sendable, Equatable {
     public let keys: [String: Key]
     let keyOrder: [String]
-    /// Delegated roles in order of appearance, which is their order of trust (TUF §5.6.7.2).
-    public let roles: [DelegatedRole]?
+    /// Delegated roles in order of appearance, which is their order of trust (TUF §5.6.7.2), built on each call: a
+    /// client goes through `rolesFor(targetPath:)` and `roleKeys(for:)`, which build only what they return.
+    public var roles: [DelegatedRole]? { roleList?.all }
+    let roleList: DelegatedRoleList?
     public let succinctRoles: SuccinctRoles?
     public let unrecognized: JSONObject
 
@@ -24,25 +26,10 @@ public struct Delegations: Sendable, Equatable {
             throw TUFError(.invalidMetadata, "delegations need exactly one of roles or succinct_roles")
         }
         if hasRoles {
-            var list: [DelegatedRole] = []
-            var names = Set<[UInt8]>()
-            for v in try json.array("roles") {
-                guard let o = v.objectValue else {
-                    throw TUFError(.invalidMetadata, "delegated role must be an object")
-                }
-                let r = try DelegatedRole(json: o)
-                guard names.insert(Array(r.name.utf8)).inserted else {
-                    throw TUFError(.invalidMetadata, "duplicate delegated role name")
-                }
-                guard !Self.isTopLevelName(r.name) else {
-                    throw TUFError(.invalidMetadata, "delegated role uses a top-level role name")
-                }
-                list.append(r)
-            }
-            roles = list
+            roleList = try DelegatedRoleList(try json.required("roles"))
             succinctRoles = nil
         } else {
-            roles = nil
+            roleList = nil
             succinctRoles = try SuccinctRoles(json: json.object("succinct_roles"))
         }
         unrecognized = json.removing(Self.fields)
@@ -88,17 +75,17 @@ public struct Delegations: Sendable, Equatable {
     }
 
     /// The names of every delegated role: the listed roles, or every succinct bin.
-    public var delegatedRoleNames: [String] { roles?.map(\.name) ?? succinctRoles?.roleNames ?? [] }
+    public var delegatedRoleNames: [String] { roleList?.names ?? succinctRoles?.roleNames ?? [] }
+
+    public static func == (a: Delegations, b: Delegations) -> Bool {
+        a.keys == b.keys && a.keyOrder == b.keyOrder && a.roles == b.roles && a.succinctRoles == b.succinctRoles
+            && a.unrecognized == b.unrecognized
+    }
 
     /// TUF §5.6.7.2: the delegated roles trusted for `targetPath`, in order, with whether each
     /// is terminating. Succinct hashed bins always yield one terminating role (TAP 15).
     public func rolesFor(targetPath: String) -> [(name: String, terminating: Bool)] {
-        if let roles {
-            var digest: String?
-            return roles.filter { $0.isDelegated(targetPath: targetPath, digest: &digest) }.map {
-                ($0.name, $0.terminating)
-            }
-        }
+        if let roleList { return roleList.roles(for: targetPath) }
         if let succinctRoles { return [(succinctRoles.roleName(for: targetPath), true)] }
         return []
     }
@@ -108,15 +95,14 @@ public struct Delegations: Sendable, Equatable {
     /// target it adds through this; with 65,536 hashed bins, `rolesFor` would hash the path for each).
     public func firstRole(for targetPath: String) -> String? {
         if let succinctRoles { return succinctRoles.roleName(for: targetPath) }
-        var digest: String?
-        return roles?.first { $0.isDelegated(targetPath: targetPath, digest: &digest) }?.name
+        return roleList?.roles(for: targetPath, firstOnly: true).first?.name
     }
 
     /// The keys and threshold this delegator gives role `name`, or `nil` if it does not delegate to it.
     public func roleKeys(for name: String) -> (keyids: [String], threshold: Int64)? {
-        if let roles {
-            for r in roles where r.name.utf8.elementsEqual(name.utf8) { return (r.keyids, r.threshold) }
-            return nil
+        if let roleList {
+            guard let role = roleList.role(named: name) else { return nil }
+            return (role.keyids, role.threshold)
         }
         if let succinctRoles, succinctRoles.isDelegatedRole(name) {
             return (succinctRoles.keyids, succinctRoles.threshold)
@@ -184,6 +170,188 @@ public struct DelegatedRole: Sendable, Equatable {
             return pathHashPrefixes.contains { hex.utf8.starts(with: $0.utf8) }
         }
         return false
+    }
+}
+
+extension DelegatedRole {
+    /// A delegated role's members, checked where they lie by the rules `init(json:)` applies (TUF §4.5), building
+    /// nothing: one pass over the members, names and strings compared as bytes.
+    struct Fields {
+        let name: JSONElement
+        let keyids: JSONElement
+        let terminating: Bool
+        let paths: JSONElement?
+        let pathHashPrefixes: JSONElement?
+
+        init(_ document: JSONDocument, _ element: JSONElement) throws(TUFError) {
+            guard document.kind(element) == .object else {
+                throw TUFError(.invalidMetadata, "delegated role must be an object")
+            }
+            var members: (JSONElement?, JSONElement?, JSONElement?, JSONElement?, JSONElement?, JSONElement?)
+            document.forEachMember(of: element, matching: DelegatedRole.fields) { position, _, value in
+                switch position {
+                case 0: members.0 = value
+                case 1: members.1 = value
+                case 2: members.2 = value
+                case 3: members.3 = value
+                case 4: members.4 = value
+                case 5: members.5 = value
+                default: break
+                }
+            }
+            let (paths, pathHashPrefixes) = (members.4, members.5)
+            self.paths = paths
+            self.pathHashPrefixes = pathHashPrefixes
+            guard let name = members.0 else { throw TUFError(.invalidMetadata, "missing field 'name'") }
+            guard document.kind(name) == .string else { throw TUFError(.invalidMetadata, "'name' must be a string") }
+            self.name = name
+            guard let keyids = members.1 else { throw TUFError(.invalidMetadata, "missing field 'keyids'") }
+            let ascii = try Self.checkStrings(document, keyids, "keyids")
+            self.keyids = keyids
+            guard let thresholdElement = members.2 else {
+                throw TUFError(.invalidMetadata, "missing field 'threshold'")
+            }
+            guard let threshold = document.int64(thresholdElement) else {
+                throw TUFError(.invalidMetadata, "'threshold' must be an integer")
+            }
+            guard threshold >= 1 else { throw TUFError(.invalidMetadata, "threshold must be at least 1") }
+            // A keyid listed twice could otherwise be counted twice toward the threshold. Compared by bytes; keyids
+            // that are not all ASCII also as `String`s (canonical equivalence), as `RoleKeys` compares them.
+            let count = document.count(keyids)
+            var duplicate = false
+            if !ascii {
+                let strings = document.elements(keyids).map { document.string($0) ?? "" }
+                duplicate = Set(strings).count != strings.count
+            } else if count < 8 {
+                for (index, keyid) in document.elements(keyids).enumerated() where !duplicate {
+                    duplicate = document.elements(keyids).prefix(index).contains { Self.sameBytes(document, keyid, $0) }
+                }
+            } else {
+                let strings = document.elements(keyids).map { document.string($0) ?? "" }
+                duplicate = Set(strings).count != strings.count
+            }
+            guard !duplicate else { throw TUFError(.invalidMetadata, "duplicate keyids in role") }
+            guard let terminatingElement = members.3 else {
+                throw TUFError(.invalidMetadata, "missing field 'terminating'")
+            }
+            guard let terminating = document.bool(terminatingElement) else {
+                throw TUFError(.invalidMetadata, "'terminating' must be a boolean")
+            }
+            self.terminating = terminating
+            if let paths { _ = try Self.checkStrings(document, paths, "paths") }
+            if let pathHashPrefixes { _ = try Self.checkStrings(document, pathHashPrefixes, "path_hash_prefixes") }
+            // TUF §4.5: "paths" and "path_hash_prefixes" are mutually exclusive.
+            guard paths == nil || pathHashPrefixes == nil else {
+                throw TUFError(.invalidMetadata, "paths and path_hash_prefixes are mutually exclusive")
+            }
+        }
+
+        /// An array of strings, or the error `ObjectNode.stringArray` gives; returns whether every string is ASCII.
+        static func checkStrings(_ document: JSONDocument, _ array: JSONElement, _ key: String) throws(TUFError)
+            -> Bool
+        {
+            guard document.kind(array) == .array else { throw TUFError(.invalidMetadata, "'\(key)' must be an array") }
+            var ascii = true
+            for item in document.elements(array) {
+                guard document.kind(item) == .string else {
+                    throw TUFError(.invalidMetadata, "'\(key)' must hold strings")
+                }
+                if ascii { ascii = document.withUnescapedBytes(item) { $0.allSatisfy { $0 < 0x80 } } }
+            }
+            return ascii
+        }
+
+        static func sameBytes(_ document: JSONDocument, _ a: JSONElement, _ b: JSONElement) -> Bool {
+            document.withUnescapedBytes(a) { x in document.withUnescapedBytes(b) { y in x.elementsEqual(y) } }
+        }
+
+        /// TUF §4.5, as `DelegatedRole.isDelegated(targetPath:digest:)`, on the role where it lies. `digest` is the
+        /// path's SHA-256 in lowercase hex, computed by the first role that needs it.
+        func isDelegated(_ document: JSONDocument, targetPath: String, digest: inout [UInt8]?) -> Bool {
+            if let paths {
+                return document.elements(paths).contains { pattern in
+                    PathPattern.matches(pattern: document.string(pattern) ?? "", path: targetPath)
+                }
+            }
+            if let pathHashPrefixes {
+                let hex = digest ?? Array(hexEncode(SHA256.hash(data: Array(targetPath.utf8))).utf8)
+                digest = hex
+                return document.elements(pathHashPrefixes).contains { prefix in
+                    document.withUnescapedBytes(prefix) { hex.starts(with: $0) }
+                }
+            }
+            return false
+        }
+    }
+}
+
+/// The `roles` of a delegation as parsed (TUF §4.5): every role is checked when the file is read (python-tuf too
+/// refuses a malformed role anywhere in the list), and a role is built only when it is asked for. A client reads a
+/// `targets.json` that delegates to 256 hashed bins on every refresh and looks up one or two of them; building them
+/// all was a fifth of a warm refresh.
+struct DelegatedRoleList: Sendable {
+    let document: JSONDocument
+    let element: JSONElement
+
+    init(_ node: Node) throws(TUFError) {
+        document = node.document
+        element = node.element
+        guard document.kind(element) == .array else { throw TUFError(.invalidMetadata, "'roles' must be an array") }
+        // Names are unique by their bytes. An ASCII name's `String` compares by its bytes (and a small one is not
+        // allocated); names with other bytes are kept as bytes.
+        var asciiNames = Set<String>()
+        var otherNames = Set<[UInt8]>()
+        for role in document.elements(element) {
+            let fields = try DelegatedRole.Fields(document, role)
+            let name = document.string(fields.name) ?? ""
+            let unique =
+                name.utf8.allSatisfy { $0 < 0x80 }
+                ? asciiNames.insert(name).inserted : otherNames.insert(Array(name.utf8)).inserted
+            guard unique else { throw TUFError(.invalidMetadata, "duplicate delegated role name") }
+            guard !Delegations.isTopLevelName(name) else {
+                throw TUFError(.invalidMetadata, "delegated role uses a top-level role name")
+            }
+        }
+    }
+
+    /// Every role, built, in order.
+    var all: [DelegatedRole] {
+        document.elements(element).compactMap { try? DelegatedRole(json: ObjectNode(document: document, element: $0)) }
+    }
+
+    var names: [String] {
+        document.elements(element).map { role in
+            (try? DelegatedRole.Fields(document, role)).flatMap { document.string($0.name) } ?? ""
+        }
+    }
+
+    /// The role whose name has exactly these bytes, built.
+    func role(named name: String) -> DelegatedRole? {
+        var wanted = name
+        return wanted.withUTF8 { bytes in
+            for role in document.elements(element) {
+                guard let fields = try? DelegatedRole.Fields(document, role),
+                    document.withUnescapedBytes(fields.name, { $0.elementsEqual(bytes) })
+                else { continue }
+                return try? DelegatedRole(json: ObjectNode(document: document, element: role))
+            }
+            return nil
+        }
+    }
+
+    /// TUF §5.6.7.2: the roles trusted for `targetPath`, in order, with whether each is terminating; only their
+    /// names are built.
+    func roles(for targetPath: String, firstOnly: Bool = false) -> [(name: String, terminating: Bool)] {
+        var out: [(name: String, terminating: Bool)] = []
+        var digest: [UInt8]?
+        for role in document.elements(element) {
+            guard let fields = try? DelegatedRole.Fields(document, role),
+                fields.isDelegated(document, targetPath: targetPath, digest: &digest)
+            else { continue }
+            out.append((document.string(fields.name) ?? "", fields.terminating))
+            if firstOnly { break }
+        }
+        return out
     }
 }
 

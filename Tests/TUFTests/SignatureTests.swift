@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import JSON
 import Testing
 import _CryptoExtras
 
@@ -328,5 +329,106 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
             if folded { topLevel += 1 }
         }
         #expect(topLevel > 600, "the generated names include top-level names")
+    }
+
+    /// A delegated role is checked where it lies when its file is read and built only when looked up, so the check
+    /// must refuse exactly what the builder refuses: 3,000 random roles, most of them broken in one way (a field
+    /// missing or of the wrong type, threshold 0, keyids repeated by bytes or only under Unicode equivalence, both
+    /// `paths` and `path_hash_prefixes`), and the valid ones delegate the same paths either way.
+    @Test func theInPlaceRoleCheckAgreesWithTheBuilder() throws {
+        var generator = SystemRandomNumberGenerator()
+        let keyidChoices = ["aa", "bb", "cc", "\u{E9}", "e\u{301}", "dd", "ee", "ff", "11", "22", "33"]
+        var accepted = 0
+        var refused = 0
+        for _ in 0..<3_000 {
+            var role: [(String, JSONValue)] = [
+                ("name", .string("role-\(Int.random(in: 0..<50, using: &generator))")),
+                (
+                    "keyids",
+                    .array(
+                        (0..<Int.random(in: 1...10, using: &generator)).map { _ in
+                            .string(keyidChoices.randomElement(using: &generator)!)
+                        })
+                ),
+                ("threshold", .integer(Int64.random(in: 0...2, using: &generator))),
+                ("terminating", .bool(Bool.random(using: &generator))),
+            ]
+            switch Int.random(in: 0..<4, using: &generator) {
+            case 0: role.append(("paths", .array([.string("dir/*"), .string("f?.txt")])))
+            case 1: role.append(("path_hash_prefixes", .array([.string("0"), .string("8a"), .string("f")])))
+            case 2:
+                role.append(("paths", .array([.string("*")])))
+                role.append(("path_hash_prefixes", .array([.string("0")])))
+            default: break
+            }
+            switch Int.random(in: 0..<8, using: &generator) {
+            case 0: role.remove(at: Int.random(in: 0..<role.count, using: &generator))
+            case 1:
+                let index = Int.random(in: 0..<role.count, using: &generator)
+                role[index].1 = [.integer(7), .string("x"), .bool(true), .array([.integer(1)]), .null].randomElement(
+                    using: &generator)!
+            case 2: role.append(("custom", .string("kept")))
+            default: break
+            }
+            var object = JSONObject()
+            for (name, value) in role { object.set(name, value) }
+            let document = try StrictJSON.tuf.parse(Array(JSONValue.object(object).serialized(sortingKeys: false)))
+            let checked = try? DelegatedRole.Fields(document, document.root)
+            let built = try? DelegatedRole(json: ObjectNode(document: document, element: document.root))
+            #expect(
+                (checked == nil) == (built == nil),
+                "\(String(decoding: JSONValue.object(object).serialized(sortingKeys: false), as: UTF8.self))")
+            guard let checked, let built else {
+                refused += 1
+                continue
+            }
+            accepted += 1
+            #expect(checked.terminating == built.terminating)
+            var digest: [UInt8]?
+            for path in ["dir/a", "fa.txt", "other/x", "x", "dir/sub/a", "f.txt"] {
+                #expect(
+                    checked.isDelegated(document, targetPath: path, digest: &digest)
+                        == built.isDelegated(targetPath: path))
+                digest = nil
+            }
+        }
+        #expect(accepted > 300 && refused > 300, "both kinds were generated (\(accepted) accepted, \(refused) refused)")
+    }
+
+    /// The roles list as a whole: a duplicate name or a top-level name anywhere refuses the file, and the lazy
+    /// look-ups give what the built roles give.
+    @Test func aDelegationsRolesListIsCheckedWholeAndReadLazily() throws {
+        func role(_ name: String, _ prefixes: [String]) -> JSONValue {
+            var o = JSONObject()
+            o.set("name", .string(name))
+            o.set("keyids", .array([.string("aa")]))
+            o.set("threshold", .integer(1))
+            o.set("terminating", .bool(name.hasSuffix("t")))
+            o.set("path_hash_prefixes", .array(prefixes.map { .string($0) }))
+            return .object(o)
+        }
+        func delegations(_ roles: [JSONValue]) throws -> Delegations {
+            var o = JSONObject()
+            o.set("keys", .object(JSONObject()))
+            o.set("roles", .array(roles))
+            return try Delegations(json: o)
+        }
+        let good = try delegations(
+            (0..<16).map { role("bin-\(String($0, radix: 16))\($0 % 3 == 0 ? "t" : "")", [String($0, radix: 16)]) }
+                + [role("catch-all", ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f"])])
+        let built = try #require(good.roles)
+        #expect(built.count == 17)
+        #expect(good.delegatedRoleNames == built.map(\.name))
+        for index in 0..<200 {
+            let path = "target-\(index).bin"
+            let expected = built.filter { $0.isDelegated(targetPath: path) }.map { "\($0.name) \($0.terminating)" }
+            #expect(good.rolesFor(targetPath: path).map { "\($0.name) \($0.terminating)" } == expected)
+            #expect(good.firstRole(for: path) == built.first { $0.isDelegated(targetPath: path) }?.name)
+        }
+        #expect(good.roleKeys(for: "bin-3t")?.keyids == ["aa"])
+        #expect(good.roleKeys(for: "bin-3") == nil)
+        #expect(throws: TUFError.self) { try delegations([role("a", ["0"]), role("b", ["1"]), role("a", ["2"])]) }
+        #expect(throws: TUFError.self) { try delegations([role("a", ["0"]), role("Snapshot.", ["1"])]) }
+        #expect(throws: TUFError.self) { try delegations([role("a", ["0"]), .string("not a role")]) }
     }
 }
