@@ -87,7 +87,14 @@ let package = Package(
         ),
         .executableTarget(
             name: "TUFConformanceClient",
-            dependencies: ["TUF", "TUFClient"]
+            dependencies: ["TUF", "TUFClient"],
+            // A position-dependent executable that exports no symbols: the dynamic loader applies 895 relocations at
+            // start instead of 58,915 (Swift's metadata is mostly pointers) and its pages stay clean, and the Swift
+            // runtime's start-up `dladdr` searches 421 dynamic symbols, not 17,127. A warm refresh took 16 % less
+            // CPU as a whole process (README "TUF client").
+            linkerSettings: [
+                .unsafeFlags(["-Xlinker", "-no-pie", "-Xlinker", "--no-export-dynamic"], .when(platforms: [.linux]))
+            ]
         ),
         // The repository side: RepositoryEditor, Signer (file keys now, an HSM later), the timestamp/snapshot re-signer.
         .target(
