@@ -34,6 +34,8 @@ public struct JSONSchema: Sendable {
         /// Ranges into `Program.properties` (sorted by name), `Program.required` (sorted, unique) and
         /// `Program.values`.
         var properties = 0..<0
+        /// Open-addressed slots over `properties` (a power of two, at least twice as many): `Program.slots`.
+        var slots = 0..<0
         var required = 0..<0
         var enumeration = 0..<0
         var constant = -1
@@ -41,10 +43,20 @@ public struct JSONSchema: Sendable {
 
     static let integerBit: UInt16 = 1 << 8
 
-    /// A property: its name in `Program.names`, and the node of its schema.
+    /// A property: its name in `Program.names`, the node of its schema, and its position in its node's `required`
+    /// (-1 when not required), so one look-up per member serves both.
     struct Property: Sendable {
         var name: Range<Int>
         var node: Int
+        var required = -1
+    }
+
+    /// The slot a property name hashes to first: its length and three of its bytes (cheap, and enough to spread
+    /// the few names of one object; equal hashes only cost another probe).
+    static func slotHash(_ name: UnsafeBufferPointer<UInt8>) -> Int {
+        let count = name.count
+        guard count > 0 else { return 0 }
+        return count &* 131 &+ Int(name[0]) &* 31 &+ Int(name[count - 1]) &* 7 &+ Int(name[count / 2])
     }
 
     /// The tables while a schema is compiled; node 0 is the root.
@@ -53,6 +65,8 @@ public struct JSONSchema: Sendable {
         var names: [UInt8] = []
         var properties: [Property] = []
         var required: [Range<Int>] = []
+        /// Per node with properties, its open-addressed table: a property's index or -1 for an empty slot.
+        var slots: [Int] = []
         var values: [JSONValue] = []
         /// Per value: where its UTF-8 bytes are in `names` when it is a string (compared with no reference counting).
         var strings: [Range<Int>?] = []
@@ -209,10 +223,26 @@ public struct JSONSchema: Sendable {
             let node = try compile(property.schema, path: property.path, into: &program)
             let name = program.names.count..<program.names.count + property.name.count
             program.names.append(contentsOf: property.name)
-            compiled.append(Property(name: name, node: node))
+            let required =
+                rules.required.firstIndex { program.names[program.required[$0]].elementsEqual(property.name) }.map {
+                    $0 - rules.required.lowerBound
+                } ?? -1
+            compiled.append(Property(name: name, node: node, required: required))
         }
         rules.properties = program.properties.count..<program.properties.count + compiled.count
         program.properties.append(contentsOf: compiled)
+        if !compiled.isEmpty {
+            var size = 4
+            while size < 2 * compiled.count { size *= 2 }
+            var table = [Int](repeating: -1, count: size)
+            for index in rules.properties {
+                var slot = program.names[program.properties[index].name].withUnsafeBufferPointer { Self.slotHash($0) }
+                while table[slot & (size - 1)] >= 0 { slot += 1 }
+                table[slot & (size - 1)] = index
+            }
+            rules.slots = program.slots.count..<program.slots.count + size
+            program.slots.append(contentsOf: table)
+        }
         program.nodes[index] = rules
         return index
     }
@@ -244,13 +274,15 @@ public struct JSONSchema: Sendable {
                     program.names.withUnsafeBufferPointer { names in
                         program.required.withUnsafeBufferPointer { required in
                             program.strings.withUnsafeBufferPointer { strings in
-                                let walk = Walk(
-                                    tape: tape, nodes: nodes, properties: properties, names: names, required: required,
-                                    strings: strings, values: program.values,
-                                    skipping: skipping.map { $0.index - 1 } ?? -1)
-                                return walk.check(0, node: 0).map {
-                                    SchemaViolation(
-                                        path: $0.path.reversed().map { "/" + $0 }.joined(), keyword: $0.keyword)
+                                program.slots.withUnsafeBufferPointer { slots in
+                                    let walk = Walk(
+                                        tape: tape, nodes: nodes, properties: properties, names: names,
+                                        required: required, slots: slots, strings: strings, values: program.values,
+                                        skipping: skipping.map { $0.index - 1 } ?? -1)
+                                    return walk.check(0, node: 0).map {
+                                        SchemaViolation(
+                                            path: $0.path.reversed().map { "/" + $0 }.joined(), keyword: $0.keyword)
+                                    }
                                 }
                             }
                         }
@@ -274,6 +306,7 @@ public struct JSONSchema: Sendable {
         let properties: UnsafeBufferPointer<Property>
         let names: UnsafeBufferPointer<UInt8>
         let required: UnsafeBufferPointer<Range<Int>>
+        let slots: UnsafeBufferPointer<Int>
         let strings: UnsafeBufferPointer<Range<Int>?>
         let values: [JSONValue]
         /// The tape index of the root member name the schema does not see, or -1.
@@ -376,14 +409,23 @@ public struct JSONSchema: Sendable {
                 defer { key = tape.next(key + 1) }
                 if key == skipping { continue }
                 tape.unescaped(key) { name in
-                    if requiredCount > 0, let found = index(of: name, in: rules.pointee.required) {
-                        if found < 64 { seen |= 1 << UInt64(found) } else { seenBeyond[found - 64] = true }
+                    // One look-up: the property knows its place among the required names; only a name with no
+                    // property is searched for among them.
+                    let found = property(name, in: rules.pointee.slots)
+                    let requiredAt =
+                        found.map { properties[$0].required }
+                        ?? (requiredCount > 0 ? index(of: name, in: rules.pointee.required) ?? -1 : -1)
+                    if requiredAt >= 0 {
+                        if requiredAt < 64 {
+                            seen |= 1 << UInt64(requiredAt)
+                        } else {
+                            seenBeyond[requiredAt - 64] = true
+                        }
                     }
                     guard firstFailure == nil else { return }
-                    let schema = property(name, in: rules.pointee.properties)
-                    let node = schema ?? rules.pointee.additionalProperties
+                    let node = found.map { properties[$0].node } ?? rules.pointee.additionalProperties
                     guard node >= 0, var failure = check(key + 1, node: node) else { return }
-                    if schema == nil, failure.keyword == "false", failure.path.isEmpty {
+                    if found == nil, failure.keyword == "false", failure.path.isEmpty {
                         failure = Failure(path: [], keyword: "additionalProperties")
                     }
                     failure.path.append(JSONSchema.escapePointer(String(decoding: name, as: UTF8.self)))
@@ -401,9 +443,19 @@ public struct JSONSchema: Sendable {
             search(bytes, in: range) { required[$0] }.map { $0 - range.lowerBound }
         }
 
-        /// The node of the property named `bytes`, or nil.
-        func property(_ bytes: UnsafeBufferPointer<UInt8>, in range: Range<Int>) -> Int? {
-            search(bytes, in: range) { properties[$0].name }.map { properties[$0].node }
+        /// The index in `properties` of the property named `bytes`, or nil: its hash slot, then the next ones until
+        /// an empty slot (the table is at most half full).
+        func property(_ bytes: UnsafeBufferPointer<UInt8>, in table: Range<Int>) -> Int? {
+            guard !table.isEmpty else { return nil }
+            let mask = table.count - 1
+            var slot = JSONSchema.slotHash(bytes)
+            while true {
+                let index = slots[table.lowerBound + slot & mask]
+                if index < 0 { return nil }
+                let name = properties[index].name
+                if name.count == bytes.count, compareBytes(self.name(name), bytes) == 0 { return index }
+                slot += 1
+            }
         }
 
         /// Binary search over names sorted by `JSONSchema.nameOrder` (`nameAt` gives each one's place in `names`).

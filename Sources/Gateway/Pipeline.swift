@@ -277,23 +277,30 @@ public final class GatewayPipeline: Sendable {
             try checkSizeAndType(device, message, now: now)
             try checkFormat(device, message, now: now)
             let document: JSONDocument?
-            let counted: InboundMessage
             let messageType: String
+            // MQTT: the counter from the transport, or from the payload's `$counter` member (the message itself is
+            // not copied to carry it).
+            var counter: UInt64? = nil
+            if case .mqtt(let property) = message.transport { counter = property }
             if message.payload.format == .json {
                 let parsed = try parse(device, message, now: now)
-                let (withCounter, counterMember) = try takeCounter(device, message, parsed, now: now)
+                let (taken, counterMember) = try takeCounter(device, message, parsed, now: now)
+                if counterMember != nil { counter = taken }
                 messageType = try checkSchema(device, message, parsed, skipping: counterMember, now: now)
                 document = parsed
-                counted = withCounter
             } else {
                 messageType = try checkMessageType(device, message, now: now)
                 document = nil
-                counted = message
             }
-            let (nonce, window) = try checkReplay(device, counted, now: now)
+            let (nonce, window) =
+                if case .mqtt = message.transport {
+                    try checkCounter(device, counter, now: now)
+                } else {
+                    try checkReplay(device, message, now: now)
+                }
             var admitted = Admitted(
                 device: device, messageType: messageType, document: document, nonce: nonce, counterWindow: window)
-            if case .mqtt(let counter) = counted.transport, window != nil { admitted.counter = counter }
+            if window != nil { admitted.counter = counter }
             return .success(admitted)
         } catch {
             return .failure(error)
@@ -480,16 +487,16 @@ public final class GatewayPipeline: Sendable {
     /// The MQTT 5 user property (§3.3.2.3.7) that carries the counter.
     public static let counterProperty = "counter"
 
-    /// MQTT only: moves the counter from the payload's `$counter` member (if any) to the transport, and returns that
-    /// member so the schema check skips it (the schema sees the message without it; the replay stage checks it). A
-    /// counter must be an integer 0…2^53−1; when
-    /// both the property and the member are present they must agree.
+    /// MQTT only: reads the counter from the payload's `$counter` member (if any), and returns it with that member
+    /// so the schema check skips it (the schema sees the message without it; the replay stage checks it). A counter
+    /// must be an integer 0…2^53−1; when both the property and the member are present they must agree. Nil and nil
+    /// when there is no such member (or the message is not MQTT).
     public func takeCounter(
         _ device: DeviceID, _ message: InboundMessage, _ document: JSONDocument, now: GatewayTime
-    ) throws(Refusal) -> (InboundMessage, JSONElement?) {
+    ) throws(Refusal) -> (counter: UInt64?, member: JSONElement?) {
         guard case .mqtt(let property) = message.transport,
             let member = document.member(Self.counterMember, of: document.root)
-        else { return (message, nil) }
+        else { return (nil, nil) }
         guard let number = document.int64(member), number >= 0, number <= 9_007_199_254_740_991 else {
             throw malformedCounter(device, now: now)
         }
@@ -499,9 +506,7 @@ public final class GatewayPipeline: Sendable {
                 .invalidMessage, device, now: now, problem: .invalidMessage, stage: .replay,
                 detail: "counter property and \(Self.counterMember) member differ")
         }
-        var counted = message
-        counted.transport = .mqtt(counter: counter)
-        return (counted, member)
+        return (counter, member)
     }
 
     /// A counter that is not an unsigned integer (in the property or the member).
@@ -573,17 +578,24 @@ public final class GatewayPipeline: Sendable {
                     auditKind: "gateway-capacity")
             }
         case .mqtt(let counter):
-            guard let counter else { return (nil, nil) }
-            let (decision, window) = counters.accept(device: device, counter: counter)
-            guard decision == .accepted else {
-                throw offence(
-                    .replay, device, now: now, problem: .unauthenticated, stage: .replay,
-                    detail:
-                        "counter \(counter) \(decision == .replayed ? "replayed" : "too old") (highest \(window.highest))"
-                )
-            }
-            return (nil, window)
+            return try checkCounter(device, counter, now: now)
         }
+    }
+
+    /// MQTT: the device's counter against its window (none sent: nothing to check).
+    func checkCounter(_ device: DeviceID, _ counter: UInt64?, now: GatewayTime) throws(Refusal) -> (
+        ClaimedNonce?, CounterWindow?
+    ) {
+        guard let counter else { return (nil, nil) }
+        let (decision, window) = counters.accept(device: device, counter: counter)
+        guard decision == .accepted else {
+            throw offence(
+                .replay, device, now: now, problem: .unauthenticated, stage: .replay,
+                detail:
+                    "counter \(counter) \(decision == .replayed ? "replayed" : "too old") (highest \(window.highest))"
+            )
+        }
+        return (nil, window)
     }
 
     /// Counts an offence toward quarantine and builds the refusal. Repeated rate-limit trips in one minute are

@@ -1,3 +1,4 @@
+import Foundation
 import JSON
 import Testing
 
@@ -56,6 +57,65 @@ import Testing
         let e = try schema(#"{"enum":["é","x"],"type":"string"}"#)
         #expect(e.validate(try value(#""\u00e9""#)) == nil)
         #expect(e.validate(try value(#""e\u0301""#)) == SchemaViolation(path: "", keyword: "enum"))
+    }
+
+    /// Properties are found through a hashed table: names that collide (same length, same first, middle and last
+    /// byte), required names with and without a property, escaped member names, and random objects over them, each
+    /// checked against the rules written out here (required first, then members in order: a property's type, or
+    /// the `additionalProperties` schema's).
+    @Test func propertiesFoundByHashAgreeWithTheRules() throws {
+        // "aXba" for 26 letters X: the same length, first, middle and last byte, so all 26 hash to one slot and are
+        // told apart by probing.
+        let names = (0..<26).map { "a\(Character(UnicodeScalar(UInt8(97 + $0))))ba" } + ["q", "qq", "required-only"]
+        let properties = Array(names.prefix(28))
+        let required = ["abba", "azba", "q", "required-only"]
+        let typeOf: [String: String] = Dictionary(
+            uniqueKeysWithValues: properties.enumerated().map { ($1, $0 % 2 == 0 ? "integer" : "string") })
+        let text =
+            #"{"type":"object","additionalProperties":{"type":"integer"},"required":[\#(required.map { "\"\($0)\"" }.joined(separator: ","))],"properties":{\#(properties.map { "\"\($0)\":{\"type\":\"\(typeOf[$0]!)\"}" }.joined(separator: ","))}}"#
+        let s = try schema(text)
+        var generator = SystemRandomNumberGenerator()
+        var outcomes: [String: Int] = [:]
+        for _ in 0..<2_000 {
+            let pool = names + ["extra", "ab", "a0ba"]
+            var members: [(String, String)] = []
+            for name in pool.shuffled(using: &generator).prefix(Int.random(in: 0...6, using: &generator)) {
+                let integer =
+                    typeOf[name].map {
+                        $0 == "integer"
+                            ? Int.random(in: 0..<6, using: &generator) > 0
+                            : Int.random(in: 0..<6, using: &generator) == 0
+                    } ?? (Int.random(in: 0..<6, using: &generator) > 0)
+                members.append((name, integer ? "1" : "\"s\""))
+            }
+            for name in required
+            where Int.random(in: 0..<4, using: &generator) > 0 && !members.contains(where: { $0.0 == name }) {
+                members.append((name, typeOf[name] == "string" ? "\"s\"" : "1"))
+            }
+            members.shuffle(using: &generator)
+            let expected: SchemaViolation? = {
+                if !required.allSatisfy({ name in members.contains { $0.0 == name } }) {
+                    return SchemaViolation(path: "", keyword: "required")
+                }
+                for (name, literal) in members {
+                    if (typeOf[name] ?? "integer" == "integer") != (literal == "1") {
+                        return SchemaViolation(path: "/" + name, keyword: "type")
+                    }
+                }
+                return nil
+            }()
+            // Member names written escaped now and then: the table compares unescaped bytes.
+            let body = members.map { name, literal in
+                let spelled =
+                    Bool.random(using: &generator)
+                    ? name : name.unicodeScalars.map { String(format: "\\u%04x", $0.value) }.joined()
+                return "\"\(spelled)\":\(literal)"
+            }.joined(separator: ",")
+            let got = s.validate(try value("{" + body + "}"))
+            #expect(got == expected, "{\(body)}")
+            outcomes[expected?.keyword ?? "valid", default: 0] += 1
+        }
+        #expect(outcomes.count == 3 && outcomes.values.allSatisfy { $0 > 20 }, "every outcome: \(outcomes)")
     }
 
     /// Only the parser makes floats; a literal it would never write is nil, not a crash.
