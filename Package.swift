@@ -15,7 +15,7 @@ let package = Package(
         // The device side as a library: firmware written in Swift embeds the agent (`Agent(configuration:)`).
         .library(name: "BulwarkAgent", targets: ["Agent"]),
         .library(name: "BulwarkTUF", targets: ["TUF"]),
-        .library(name: "BulwarkTUFClient", targets: ["TUFClient"]),
+        .library(name: "BulwarkTUFClient", targets: ["TUFClient", "TUFClientNIO"]),
         .library(name: "BulwarkTUFRepository", targets: ["TUFRepository"]),
         // The client-under-test command line of theupdateframework/tuf-conformance (its CLIENT-CLI.md).
         .executable(name: "bulwark-tuf-client", targets: ["TUFConformanceClient"]),
@@ -77,9 +77,14 @@ let package = Package(
         // The TUF client workflow (§5.1-5.7): Updater, NIO HTTP fetcher with byte limits and timeouts, atomic storage.
         .target(
             name: "TUFClient",
+            dependencies: ["TUF", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        // The TUF client's fetcher on SwiftNIO (TLS through a seam), apart, so that a client that fetches with
+        // `SocketFetcher` (bulwark-tuf-client) links no event loop, HTTP codec or their protocol conformances.
+        .target(
+            name: "TUFClientNIO",
             dependencies: [
-                "TUF",
-                .product(name: "Crypto", package: "swift-crypto"),
+                "TUFClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -186,7 +191,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Core", "PKI", "MQTT", "HubClient", "TUF", "TUFClient", "JSON", "CWorkingSet", "CSpawn",
+                "Core", "PKI", "MQTT", "HubClient", "TUF", "TUFClient", "TUFClientNIO", "JSON", "CWorkingSet", "CSpawn",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -268,7 +273,7 @@ let package = Package(
         .testTarget(
             name: "TUFTests",
             dependencies: [
-                "TUF", "JSON", "TUFClient", "TUFRepository",
+                "TUF", "JSON", "TUFClient", "TUFClientNIO", "TUFRepository",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -276,7 +281,8 @@ let package = Package(
             ]
         ),
         // python-tuf (PyPI) reading our repositories and we reading its: scripts/install-deps installs it.
-        .testTarget(name: "TUFInteropTests", dependencies: ["TUF", "TUFClient", "TUFRepository", "TUFCommands"]),
+        .testTarget(
+            name: "TUFInteropTests", dependencies: ["TUF", "TUFClient", "TUFClientNIO", "TUFRepository", "TUFCommands"]),
         .testTarget(
             name: "PairingTests",
             dependencies: ["Pairing", .product(name: "Crypto", package: "swift-crypto")],

@@ -5,6 +5,7 @@ import NIOSSL
 import Synchronization
 import TUF
 import TUFClient
+import TUFClientNIO
 
 /// Keeps the hub's pins current through the update repository's signed metadata (never "just trust the network"):
 /// the TUF client, starting from the root the device received at pairing (`STATE/trust/root.json`), refreshes over

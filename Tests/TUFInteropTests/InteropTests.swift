@@ -1,6 +1,7 @@
 import Foundation
 import TUF
 import TUFClient
+import TUFClientNIO
 import TUFCommands
 import TUFRepository
 import Testing

@@ -4,6 +4,7 @@ import NIOPosix
 import Testing
 
 @testable import TUFClient
+@testable import TUFClientNIO
 
 /// A loopback server that misbehaves on purpose.
 enum Misbehaviour: Sendable {
