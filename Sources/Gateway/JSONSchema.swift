@@ -51,13 +51,34 @@ public struct JSONSchema: Sendable {
         var required = -1
     }
 
-    /// The slot a property name hashes to first: its length and three of its bytes (cheap, and enough to spread
-    /// the few names of one object; equal hashes only cost another probe).
+    /// The slot a property name hashes to first: FNV-1a over all its bytes (names that differ in one byte, as
+    /// `reading_0001` … `reading_1000` do, spread over the table).
     static func slotHash(_ name: UnsafeBufferPointer<UInt8>) -> Int {
-        let count = name.count
-        guard count > 0 else { return 0 }
-        return count &* 131 &+ Int(name[0]) &* 31 &+ Int(name[count - 1]) &* 7 &+ Int(name[count / 2])
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        return Int(truncatingIfNeeded: hash >> 1)
     }
+
+    /// The longest walk a look-up can make in a property table: a name, known or not, probes from its slot to the
+    /// next empty one, so the longest run of occupied slots (wrapping around) bounds every look-up. The schema fixes
+    /// it, whatever names a message sends.
+    static func longestProbe(_ table: [Int]) -> Int {
+        guard let empty = table.firstIndex(of: -1) else { return table.count }
+        var longest = 0
+        var run = 0
+        for offset in 1...table.count {
+            if table[(empty + offset) % table.count] >= 0 {
+                run += 1
+                longest = max(longest, run)
+            } else {
+                run = 0
+            }
+        }
+        return longest + 1
+    }
+
+    /// A table whose every look-up probes at most this many slots; past it, the properties are binary searched.
+    static let maxProbe = 8
 
     /// The tables while a schema is compiled; node 0 is the root.
     struct Program: Sendable {
@@ -231,17 +252,23 @@ public struct JSONSchema: Sendable {
         }
         rules.properties = program.properties.count..<program.properties.count + compiled.count
         program.properties.append(contentsOf: compiled)
-        if !compiled.isEmpty {
-            var size = 4
-            while size < 2 * compiled.count { size *= 2 }
+        // The hashed table: at least twice as many slots as properties, doubled (up to 16 times as many) until no
+        // look-up can probe more than `maxProbe` slots; a schema whose names still cluster keeps the binary search.
+        var size = 4
+        while size < 2 * compiled.count { size *= 2 }
+        while !compiled.isEmpty, size <= max(64, 16 * compiled.count) {
             var table = [Int](repeating: -1, count: size)
             for index in rules.properties {
                 var slot = program.names[program.properties[index].name].withUnsafeBufferPointer { Self.slotHash($0) }
-                while table[slot & (size - 1)] >= 0 { slot += 1 }
+                while table[slot & (size - 1)] >= 0 { slot &+= 1 }
                 table[slot & (size - 1)] = index
             }
-            rules.slots = program.slots.count..<program.slots.count + size
-            program.slots.append(contentsOf: table)
+            if Self.longestProbe(table) <= Self.maxProbe {
+                rules.slots = program.slots.count..<program.slots.count + size
+                program.slots.append(contentsOf: table)
+                break
+            }
+            size *= 2
         }
         program.nodes[index] = rules
         return index
@@ -411,7 +438,7 @@ public struct JSONSchema: Sendable {
                 tape.unescaped(key) { name in
                     // One look-up: the property knows its place among the required names; only a name with no
                     // property is searched for among them.
-                    let found = property(name, in: rules.pointee.slots)
+                    let found = property(name, of: rules)
                     let requiredAt =
                         found.map { properties[$0].required }
                         ?? (requiredCount > 0 ? index(of: name, in: rules.pointee.required) ?? -1 : -1)
@@ -444,17 +471,18 @@ public struct JSONSchema: Sendable {
         }
 
         /// The index in `properties` of the property named `bytes`, or nil: its hash slot, then the next ones until
-        /// an empty slot (the table is at most half full).
-        func property(_ bytes: UnsafeBufferPointer<UInt8>, in table: Range<Int>) -> Int? {
-            guard !table.isEmpty else { return nil }
+        /// an empty slot (at most `maxProbe`), or a binary search when the node has no table.
+        func property(_ bytes: UnsafeBufferPointer<UInt8>, of rules: UnsafePointer<Node>) -> Int? {
+            let table = rules.pointee.slots
+            guard !table.isEmpty else { return search(bytes, in: rules.pointee.properties) { properties[$0].name } }
             let mask = table.count - 1
             var slot = JSONSchema.slotHash(bytes)
             while true {
-                let index = slots[table.lowerBound + slot & mask]
+                let index = slots[table.lowerBound + (slot & mask)]
                 if index < 0 { return nil }
                 let name = properties[index].name
                 if name.count == bytes.count, compareBytes(self.name(name), bytes) == 0 { return index }
-                slot += 1
+                slot &+= 1
             }
         }
 

@@ -118,6 +118,51 @@ import Testing
         #expect(outcomes.count == 3 && outcomes.values.allSatisfy { $0 > 20 }, "every outcome: \(outcomes)")
     }
 
+    /// Names a message cannot choose decide how long a look-up walks: 1,000 properties that differ in a digit or two
+    /// still give a table in which every look-up, of a known name or any other, probes at most `maxProbe` slots;
+    /// nested objects each have their own table (not at the start of the shared slots).
+    @Test func propertyTablesKeepLookUpsShortAndNestedTablesApart() throws {
+        let names = (1...1000).map { "reading_" + String(repeating: "0", count: 4 - String($0).count) + String($0) }
+        let wide = try schema(
+            #"{"type":"object","properties":{\#(names.map { "\"\($0)\":{\"type\":\"integer\"}" }.joined(separator: ","))},"additionalProperties":false}"#
+        )
+        let node = wide.program.nodes[0]
+        #expect(!node.slots.isEmpty)
+        #expect(JSONSchema.longestProbe(Array(wide.program.slots[node.slots])) <= JSONSchema.maxProbe)
+        #expect(wide.validate(try value(#"{"reading_0001":1,"reading_1000":2,"reading_0500":3}"#)) == nil)
+        #expect(
+            wide.validate(try value(#"{"reading_1001":1}"#))
+                == SchemaViolation(path: "/reading_1001", keyword: "additionalProperties"))
+        #expect(
+            wide.validate(try value(#"{"reading_0999":"x"}"#))
+                == SchemaViolation(path: "/reading_0999", keyword: "type"))
+
+        let nested = try schema(
+            #"{"type":"object","required":["outer"],"properties":{"a":{"type":"integer"},"outer":{"type":"object","required":["b","c"],"additionalProperties":false,"properties":{"b":{"type":"string"},"c":{"type":"object","properties":{"d":{"type":"integer"}},"additionalProperties":false}}}}}"#
+        )
+        #expect(nested.program.nodes.filter { !$0.slots.isEmpty }.map(\.slots.lowerBound).contains { $0 > 0 })
+        #expect(nested.validate(try value(#"{"a":1,"outer":{"b":"x","c":{"d":2}}}"#)) == nil)
+        #expect(
+            nested.validate(try value(#"{"outer":{"b":"x","c":{"d":"2"}}}"#))
+                == SchemaViolation(path: "/outer/c/d", keyword: "type"))
+        #expect(
+            nested.validate(try value(#"{"outer":{"b":"x","c":{"e":2}}}"#))
+                == SchemaViolation(path: "/outer/c/e", keyword: "additionalProperties"))
+        #expect(
+            nested.validate(try value(#"{"outer":{"b":"x"}}"#)) == SchemaViolation(path: "/outer", keyword: "required"))
+        #expect(
+            nested.validate(try value(#"{"outer":{"b":1,"c":{}}}"#))
+                == SchemaViolation(path: "/outer/b", keyword: "type"))
+    }
+
+    /// The bound itself: the longest run of occupied slots, wrapping around the end, plus the empty slot that stops it.
+    @Test func longestProbeCountsRunsAcrossTheEnd() {
+        #expect(JSONSchema.longestProbe([-1, -1, -1, -1]) == 1)
+        #expect(JSONSchema.longestProbe([0, -1, 1, 2]) == 4)  // slots 2, 3, 0, then the empty 1
+        #expect(JSONSchema.longestProbe([0, 1, 2, -1, 3, -1, -1, -1]) == 4)
+        #expect(JSONSchema.longestProbe([0, 1, 2, 3]) == 4)
+    }
+
     /// Only the parser makes floats; a literal it would never write is nil, not a crash.
     @Test func aFloatThatIsNoLiteralIsNoNumber() {
         for literal in ["1x!", "1e.", ".", "1e", "-", "e5"] { #expect(JSONValue.float(literal).doubleValue == nil) }
