@@ -314,9 +314,14 @@ struct DelegatedRoleList: Sendable {
         }
     }
 
-    /// Every role, built, in order.
+    /// Every role, built, in order. Each passed the same rules when the list was read, so building cannot fail; if
+    /// the check and the builder ever disagreed, this stops rather than hand out a list with a role missing.
     var all: [DelegatedRole] {
-        document.elements(element).compactMap { try? DelegatedRole(json: ObjectNode(document: document, element: $0)) }
+        document.elements(element).map { role in
+            do { return try DelegatedRole(json: ObjectNode(document: document, element: role)) } catch {
+                preconditionFailure("a delegated role passed the check but not the builder: \(error)")
+            }
+        }
     }
 
     var names: [String] {

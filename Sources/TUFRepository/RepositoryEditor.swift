@@ -622,7 +622,7 @@ public struct RepositoryEditor: Sendable {
             if let succinct = d.succinctRoles, succinct.namePrefix == role || succinct.isDelegatedRole(role) {
                 return name
             }
-            if d.roles?.contains(where: { $0.name == role }) == true { return name }
+            if d.delegatedRoleNames.contains(role) { return name }
         }
         return nil
     }

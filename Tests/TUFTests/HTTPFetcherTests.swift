@@ -97,6 +97,18 @@ func withServer(_ mode: Misbehaviour, _ body: (String) async throws -> Void) asy
 }
 
 @Suite struct HTTPFetcherTests {
+    /// The URL both fetchers split: IPv6 literals, default ports, and ports that are empty, 0 or too large refused.
+    @Test func urlsAreSplitAsTheFetchersNeedThem() throws {
+        let v6 = try HTTPURL("http://[::1]:8080/a/b")
+        #expect(v6.host == "::1" && v6.port == 8080 && v6.path == "/a/b" && v6.hostHeader == "[::1]:8080" && !v6.secure)
+        let plain = try HTTPURL("https://example.com")
+        #expect(plain.port == 443 && plain.path == "/" && plain.secure && plain.hostHeader == "example.com")
+        for bad in ["http://host:/x", "http://host:0/", "http://host:65536/", "ftp://x/", "http:///x", "http://[::1/x"]
+        {
+            #expect(throws: (any Error).self, "\(bad)") { try HTTPURL(bad) }
+        }
+    }
+
     @Test(arguments: FetcherKind.allCases)
     func fetchesABody(_ kind: FetcherKind) async throws {
         try await withServer(.ok("hello")) { url in

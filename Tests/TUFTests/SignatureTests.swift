@@ -337,7 +337,8 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
     /// `paths` and `path_hash_prefixes`), and the valid ones delegate the same paths either way.
     @Test func theInPlaceRoleCheckAgreesWithTheBuilder() throws {
         var generator = SystemRandomNumberGenerator()
-        let keyidChoices = ["aa", "bb", "cc", "\u{E9}", "e\u{301}", "dd", "ee", "ff", "11", "22", "33"]
+        // "é" precomposed and decomposed, and "K" beside KELVIN SIGN: equal as `String`s, different bytes.
+        let keyidChoices = ["aa", "bb", "cc", "\u{E9}", "e\u{301}", "K", "\u{212A}", "dd", "ee", "ff", "11", "22"]
         var accepted = 0
         var refused = 0
         for _ in 0..<3_000 {
@@ -372,7 +373,12 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
             }
             var object = JSONObject()
             for (name, value) in role { object.set(name, value) }
-            let document = try StrictJSON.tuf.parse(Array(JSONValue.object(object).serialized(sortingKeys: false)))
+            var text = String(decoding: JSONValue.object(object).serialized(sortingKeys: false), as: UTF8.self)
+            // A keyid written escaped now and then ("\u0061a" is "aa"): the check compares unescaped bytes.
+            if Bool.random(using: &generator), let range = text.range(of: #""aa""#) {
+                text.replaceSubrange(range, with: #""\u0061a""#)
+            }
+            let document = try StrictJSON.tuf.parse(Array(text.utf8))
             let checked = try? DelegatedRole.Fields(document, document.root)
             let built = try? DelegatedRole(json: ObjectNode(document: document, element: document.root))
             #expect(
@@ -427,6 +433,35 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
         }
         #expect(good.roleKeys(for: "bin-3t")?.keyids == ["aa"])
         #expect(good.roleKeys(for: "bin-3") == nil)
+        for role in built {
+            #expect(good.roleKeys(for: role.name)?.keyids == role.keyids)
+            #expect(good.roleKeys(for: role.name)?.threshold == role.threshold)
+        }
+        #expect(try Delegations(json: try #require(good.jsonValue.objectValue)) == good)
+
+        // Glob paths with a terminating role first; names equal only under Unicode equivalence are two roles
+        // (python-tuf compares names as code points), each found by its own bytes.
+        func pathRole(_ name: String, _ paths: [String], terminating: Bool, keyid: String) -> JSONValue {
+            var o = JSONObject()
+            o.set("name", .string(name))
+            o.set("keyids", .array([.string(keyid)]))
+            o.set("threshold", .integer(1))
+            o.set("terminating", .bool(terminating))
+            o.set("paths", .array(paths.map { .string($0) }))
+            return .object(o)
+        }
+        let globs = try delegations([
+            pathRole("firmware", ["fw/*.bin"], terminating: true, keyid: "aa"),
+            pathRole("caf\u{E9}", ["fw/*", "docs/?.txt"], terminating: false, keyid: "bb"),
+            pathRole("cafe\u{301}", ["*"], terminating: false, keyid: "cc"),
+        ])
+        #expect(globs.rolesFor(targetPath: "fw/a.bin").map(\.name) == ["firmware", "caf\u{E9}"])
+        #expect(globs.rolesFor(targetPath: "fw/a.bin").map(\.terminating) == [true, false])
+        #expect(globs.rolesFor(targetPath: "docs/a.txt").map(\.name) == ["caf\u{E9}"])
+        #expect(globs.rolesFor(targetPath: "x").map { Array($0.name.utf8) } == [Array("cafe\u{301}".utf8)])
+        #expect(globs.roleKeys(for: "caf\u{E9}")?.keyids == ["bb"])
+        #expect(globs.roleKeys(for: "cafe\u{301}")?.keyids == ["cc"])
+        #expect(throws: TUFError.self) { try delegations([role("a", ["0"]), role("\u{17F}napshot", ["1"])]) }
         #expect(throws: TUFError.self) { try delegations([role("a", ["0"]), role("b", ["1"]), role("a", ["2"])]) }
         #expect(throws: TUFError.self) { try delegations([role("a", ["0"]), role("Snapshot.", ["1"])]) }
         #expect(throws: TUFError.self) { try delegations([role("a", ["0"]), .string("not a role")]) }
