@@ -8,7 +8,12 @@ let metadataEnvelopeFields = JSONNames(["signed", "signatures"])
 /// Keeps the exact bytes received (`raw`, so storage is byte for byte) next to the canonical
 /// bytes that signatures cover (`signedBytes`). A `Metadata` value is *unverified*: only
 /// `TrustedMetadataSet` hands out `Verified` values.
-public struct Metadata<Role: SignedRole>: Sendable {
+///
+/// `Role` is a `SignedRole`, but the type does not say so: a generic type with a protocol requirement makes the Swift
+/// runtime look that conformance up when it first builds the type's metadata, and the first look-up of each pair scans
+/// every protocol conformance record in the process (4,000 in bulwark-tuf-client; four roles, four scans in every
+/// refresh). The functions that use the role (`parse`, `jsonValue`) carry the requirement instead.
+public struct Metadata<Role> {
     public let signed: Role
     public let signatures: [Signature]
     /// Canonical JSON of `signed` (TUF §4.2); what every signature is computed over.
@@ -17,6 +22,11 @@ public struct Metadata<Role: SignedRole>: Sendable {
     public let raw: [UInt8]
     public let unrecognized: JSONObject
 
+}
+
+extension Metadata: Sendable where Role: Sendable {}
+
+extension Metadata where Role: SignedRole {
     /// Decodes metadata of role type `Role`; checks `_type` (TUF §4.3–§4.6),
     /// refuses duplicate signature keyids (TUF §4.2: "the keyid MUST be unique"),
     /// and refuses content that cannot be canonicalized.

@@ -1,6 +1,7 @@
 /// Metadata that passed the checks of the TUF client workflow. Only `TrustedMetadataSet`
 /// creates these (or `init(unchecked:)`, for tests and tools that knowingly bypass trust).
-public struct Verified<Role: SignedRole>: Sendable {
+/// (`Role` is a `SignedRole`; unstated for the reason `Metadata` gives.)
+public struct Verified<Role>: Sendable where Role: Sendable {
     public let metadata: Metadata<Role>
     public var signed: Role { metadata.signed }
     /// The exact bytes received; what the client persists (TUF §5.3.7, §5.4.5, §5.5.7, §5.6.7).
