@@ -51,12 +51,23 @@ public struct JSONSchema: Sendable {
         var required = -1
     }
 
-    /// The slot a property name hashes to first: FNV-1a over all its bytes (names that differ in one byte, as
-    /// `reading_0001` … `reading_1000` do, spread over the table).
+    /// The slot a property name hashes to first: its length and its first and last eight bytes (every byte of a name
+    /// of up to 16, so names that differ in one, as `reading_0001` … `reading_1000` do, spread over the table),
+    /// mixed by multiplication. A byte at a time was measurably slower on the gateway's path; the bound on probes
+    /// (`maxProbe`), not the hash, is what keeps a look-up short whatever the names.
     static func slotHash(_ name: UnsafeBufferPointer<UInt8>) -> Int {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in name { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-        return Int(truncatingIfNeeded: hash >> 1)
+        let count = name.count
+        var first: UInt64 = 0
+        var last: UInt64 = 0
+        if count >= 8, let base = name.baseAddress {
+            first = UnsafeRawPointer(base).loadUnaligned(as: UInt64.self)
+            last = UnsafeRawPointer(base + count - 8).loadUnaligned(as: UInt64.self)
+        } else {
+            for byte in name { first = first << 8 | UInt64(byte) }
+        }
+        var hash = (first &* 0x9e37_79b9_7f4a_7c15) ^ (last &+ UInt64(count))
+        hash = (hash ^ (hash >> 29)) &* 0xbf58_476d_1ce4_e5b9
+        return Int(truncatingIfNeeded: (hash ^ (hash >> 32)) >> 1)
     }
 
     /// The longest walk a look-up can make in a property table: a name, known or not, probes from its slot to the
