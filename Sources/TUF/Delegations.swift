@@ -217,18 +217,13 @@ extension DelegatedRole {
             guard threshold >= 1 else { throw TUFError(.invalidMetadata, "threshold must be at least 1") }
             // A keyid listed twice could otherwise be counted twice toward the threshold. Compared by bytes; keyids
             // that are not all ASCII also as `String`s (canonical equivalence), as `RoleKeys` compares them.
-            let count = document.count(keyids)
             var duplicate = false
-            if !ascii {
-                let strings = document.elements(keyids).map { document.string($0) ?? "" }
-                duplicate = Set(strings).count != strings.count
-            } else if count < 8 {
+            if ascii, document.count(keyids) < 8 {
                 for (index, keyid) in document.elements(keyids).enumerated() where !duplicate {
                     duplicate = document.elements(keyids).prefix(index).contains { Self.sameBytes(document, keyid, $0) }
                 }
             } else {
-                let strings = document.elements(keyids).map { document.string($0) ?? "" }
-                duplicate = Set(strings).count != strings.count
+                duplicate = hasDuplicates(document.elements(keyids).map { document.string($0) ?? "" })
             }
             guard !duplicate else { throw TUFError(.invalidMetadata, "duplicate keyids in role") }
             guard let terminatingElement = members.3 else {

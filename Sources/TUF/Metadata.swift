@@ -45,15 +45,12 @@ extension Metadata where Role: SignedRole {
         let type = try signedObject.string("_type")
         guard type == Role.type else { throw TUFError(.wrongType, "expected _type '\(Role.type)', got another type") }
         var signatures: [Signature] = []
-        var seen = Set<String>()  // only past a few signatures: a short list is searched
         for v in try top.array("signatures") {
             guard let o = v.objectValue else { throw TUFError(.invalidMetadata, "signature must be an object") }
-            let s = try Signature(json: o)
-            if signatures.count == 8 { seen = Set(signatures.map(\.keyid)) }
-            let duplicate =
-                signatures.count < 8 ? signatures.contains { $0.keyid == s.keyid } : !seen.insert(s.keyid).inserted
-            guard !duplicate else { throw TUFError(.invalidMetadata, "duplicate keyid in signatures") }
-            signatures.append(s)
+            signatures.append(try Signature(json: o))
+        }
+        guard !hasDuplicates(signatures.map(\.keyid)) else {
+            throw TUFError(.invalidMetadata, "duplicate keyid in signatures")
         }
         let role = try Role(document: document, element: signedObject.element)
         return Metadata(
@@ -186,10 +183,7 @@ public struct RoleKeys: Sendable, Equatable {
         threshold = try json.integer("threshold")
         guard threshold >= 1 else { throw TUFError(.invalidMetadata, "threshold must be at least 1") }
         // A keyid listed twice could otherwise be counted twice toward the threshold.
-        let duplicate =
-            keyids.count < 8
-            ? keyids.indices.contains { i in keyids[..<i].contains(keyids[i]) } : Set(keyids).count != keyids.count
-        guard !duplicate else { throw TUFError(.invalidMetadata, "duplicate keyids in role") }
+        guard !hasDuplicates(keyids) else { throw TUFError(.invalidMetadata, "duplicate keyids in role") }
         self.unrecognized = unrecognized
     }
 
@@ -198,6 +192,12 @@ public struct RoleKeys: Sendable, Equatable {
     }
 
     public var jsonValue: JSONValue { merged(fields, unrecognized) }
+}
+
+/// Whether a list repeats an item, as `String`s compare (canonical equivalence): a short list is searched, a longer
+/// one hashed. Keyids in a role and in a signature list must be unique (TUF §4.2, §4.3).
+func hasDuplicates(_ items: [String]) -> Bool {
+    items.count < 8 ? items.indices.contains { i in items[..<i].contains(items[i]) } : Set(items).count != items.count
 }
 
 func parseKeys(_ o: ObjectNode) throws(TUFError) -> [String: Key] {
