@@ -94,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "TUFConformanceClient",
             dependencies: ["TUF", "TUFClient"],
-            // No exported symbols: the Swift runtime's start-up `dladdr` searches 421 dynamic symbols, not 17,127.
+            // No exported symbols: the Swift runtime's start-up `dladdr` searches 389 dynamic symbols, not 17,127.
             // Full RELRO as for `bulwark` (`-z now`). It stays position-independent although a fixed address would
             // spare the loader 58,000 relocations at start (about 1.3 ms of a warm refresh): this process parses
             // what the network sends, and ASLR of its image is worth more than that.

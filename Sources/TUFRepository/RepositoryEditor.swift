@@ -622,7 +622,7 @@ public struct RepositoryEditor: Sendable {
             if let succinct = d.succinctRoles, succinct.namePrefix == role || succinct.isDelegatedRole(role) {
                 return name
             }
-            if d.delegatedRoleNames.contains(role) { return name }
+            if d.succinctRoles == nil, d.delegatedRoleNames.contains(role) { return name }
         }
         return nil
     }

@@ -59,13 +59,12 @@ import Testing
         #expect(e.validate(try value(#""e\u0301""#)) == SchemaViolation(path: "", keyword: "enum"))
     }
 
-    /// Properties are found through a hashed table: names that collide (same length, same first, middle and last
-    /// byte), required names with and without a property, escaped member names, and random objects over them, each
+    /// Properties are found through a hashed table: names alike but for one byte, required names with and without a property, escaped member names, and random objects over them, each
     /// checked against the rules written out here (required first, then members in order: a property's type, or
     /// the `additionalProperties` schema's).
     @Test func propertiesFoundByHashAgreeWithTheRules() throws {
-        // "aXba" for 26 letters X: the same length, first, middle and last byte, so all 26 hash to one slot and are
-        // told apart by probing.
+        // "aXba" for 26 letters X: names of one length that share all but one byte (the table tells them apart by
+        // their whole bytes), beside names of other lengths.
         let names = (0..<26).map { "a\(Character(UnicodeScalar(UInt8(97 + $0))))ba" } + ["q", "qq", "required-only"]
         let properties = Array(names.prefix(28))
         let required = ["abba", "azba", "q", "required-only"]
@@ -153,6 +152,25 @@ import Testing
         #expect(
             nested.validate(try value(#"{"outer":{"b":1,"c":{}}}"#))
                 == SchemaViolation(path: "/outer/b", keyword: "type"))
+    }
+
+    /// Names whose hashed bytes are all alike (the first, middle and last eight of 40) all land in one slot: no table
+    /// bounds their look-ups, so the schema keeps the binary search, and validates the same.
+    @Test func namesThatHashAlikeKeepTheBinarySearch() throws {
+        let names = (0..<50).map { "prefix__" + String(format: "%08d", $0) + String(repeating: "z", count: 24) }
+        let s = try schema(
+            #"{"type":"object","required":["\#(names[7])"],"properties":{\#(names.map { "\"\($0)\":{\"type\":\"integer\"}" }.joined(separator: ","))},"additionalProperties":false}"#
+        )
+        #expect(s.program.nodes[0].slots.isEmpty)
+        #expect(s.program.properties.count == 50)
+        #expect(s.validate(try value(#"{"\#(names[7])":1,"\#(names[49])":2,"\#(names[0])":3}"#)) == nil)
+        #expect(
+            s.validate(try value(#"{"\#(names[7])":1,"\#(names[3])":"x"}"#))
+                == SchemaViolation(path: "/" + names[3], keyword: "type"))
+        #expect(
+            s.validate(try value(#"{"\#(names[7])":1,"prefix__00000050zzzzzzzzzzzzzzzzzzzzzzzz":1}"#))
+                == SchemaViolation(path: "/prefix__00000050zzzzzzzzzzzzzzzzzzzzzzzz", keyword: "additionalProperties"))
+        #expect(s.validate(try value(#"{"\#(names[8])":1}"#)) == SchemaViolation(path: "", keyword: "required"))
     }
 
     /// The bound itself: the longest run of occupied slots, wrapping around the end, plus the empty slot that stops it.
