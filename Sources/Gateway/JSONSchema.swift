@@ -256,25 +256,16 @@ public struct JSONSchema: Sendable {
         // Subschemas after this node, each appending its own nodes.
         if let (schema, at) = items { rules.items = try compile(schema, path: at, into: &program) }
         if let (schema, at) = additional { rules.additionalProperties = try compile(schema, path: at, into: &program) }
+        // Each required name's place among them, for the properties that carry it.
+        let requiredAt = Dictionary(
+            rules.required.map { (Array(program.names[program.required[$0]]), $0 - rules.required.lowerBound) },
+            uniquingKeysWith: { first, _ in first })
         var compiled: [Property] = []
         for property in properties.sorted(by: { Self.nameOrder($0.name, $1.name) }) {
             let node = try compile(property.schema, path: property.path, into: &program)
             let name = program.names.count..<program.names.count + property.name.count
             program.names.append(contentsOf: property.name)
-            // Its place among the required names: a binary search (they are sorted by `nameOrder`).
-            var low = rules.required.lowerBound
-            var high = rules.required.upperBound
-            var required = -1
-            while low < high {
-                let middle = (low + high) / 2
-                let candidate = Array(program.names[program.required[middle]])
-                if candidate == property.name {
-                    required = middle - rules.required.lowerBound
-                    break
-                }
-                if Self.nameOrder(candidate, property.name) { low = middle + 1 } else { high = middle }
-            }
-            compiled.append(Property(name: name, node: node, required: required))
+            compiled.append(Property(name: name, node: node, required: requiredAt[property.name] ?? -1))
         }
         rules.properties = program.properties.count..<program.properties.count + compiled.count
         program.properties.append(contentsOf: compiled)

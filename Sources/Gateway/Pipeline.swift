@@ -285,7 +285,7 @@ public final class GatewayPipeline: Sendable {
             if message.payload.format == .json {
                 let parsed = try parse(device, message, now: now)
                 let (taken, counterMember) = try takeCounter(device, message, parsed, now: now)
-                if counterMember != nil { counter = taken }
+                counter = taken
                 messageType = try checkSchema(device, message, parsed, skipping: counterMember, now: now)
                 document = parsed
             } else {
@@ -487,16 +487,15 @@ public final class GatewayPipeline: Sendable {
     /// The MQTT 5 user property (§3.3.2.3.7) that carries the counter.
     public static let counterProperty = "counter"
 
-    /// MQTT only: reads the counter from the payload's `$counter` member (if any), and returns it with that member
-    /// so the schema check skips it (the schema sees the message without it; the replay stage checks it). A counter
-    /// must be an integer 0…2^53−1; when both the property and the member are present they must agree. Nil and nil
-    /// when there is no such member (or the message is not MQTT).
+    /// MQTT only: the device's counter, from the payload's `$counter` member when there is one (returned too, so the
+    /// schema check skips it: the schema sees the message without it; the replay stage checks it), else the
+    /// transport's. A counter must be an integer 0…2^53−1; when both the property and the member are present they
+    /// must agree. Nil and nil for a message that is not MQTT.
     public func takeCounter(
         _ device: DeviceID, _ message: InboundMessage, _ document: JSONDocument, now: GatewayTime
     ) throws(Refusal) -> (counter: UInt64?, member: JSONElement?) {
-        guard case .mqtt(let property) = message.transport,
-            let member = document.member(Self.counterMember, of: document.root)
-        else { return (nil, nil) }
+        guard case .mqtt(let property) = message.transport else { return (nil, nil) }
+        guard let member = document.member(Self.counterMember, of: document.root) else { return (property, nil) }
         guard let number = document.int64(member), number >= 0, number <= 9_007_199_254_740_991 else {
             throw malformedCounter(device, now: now)
         }

@@ -311,11 +311,11 @@ struct DelegatedRoleList: Sendable {
 
     /// Every role, built, in order. Each passed the same rules when the list was read, so building cannot fail; if
     /// the check and the builder ever disagreed, this stops rather than hand out a list with a role missing.
-    var all: [DelegatedRole] {
-        document.elements(element).map { role in
-            do { return try DelegatedRole(json: ObjectNode(document: document, element: role)) } catch {
-                preconditionFailure("a delegated role passed the check but not the builder: \(error)")
-            }
+    var all: [DelegatedRole] { document.elements(element).map(build) }
+
+    func build(_ role: JSONElement) -> DelegatedRole {
+        do { return try DelegatedRole(json: ObjectNode(document: document, element: role)) } catch {
+            preconditionFailure("a delegated role passed the check but not the builder: \(error)")
         }
     }
 
@@ -333,7 +333,7 @@ struct DelegatedRoleList: Sendable {
                 guard let fields = try? DelegatedRole.Fields(document, role),
                     document.withUnescapedBytes(fields.name, { $0.elementsEqual(bytes) })
                 else { continue }
-                return try? DelegatedRole(json: ObjectNode(document: document, element: role))
+                return build(role)
             }
             return nil
         }
