@@ -26,6 +26,8 @@ struct BrokerConnection: Sendable {
 /// expiry is 0 ends with its connection and is never saved. Every queue is bounded.
 actor MQTTBroker {
     final class Session {
+        /// Its key in `sessions` (identity and client id).
+        let key: String
         /// The identity (certificate) that holds the session.
         var owner = ""
         var filters: [TopicFilter: SubscriptionOptions] = [:]
@@ -63,7 +65,10 @@ actor MQTTBroker {
         /// A connection is attached and its CONNACK has gone out.
         var isReady: Bool { connection != nil && ready }
 
-        init(maxQueued: Int) { window = DeliveryWindow(maxQueued: maxQueued) }
+        init(key: String, maxQueued: Int) {
+            self.key = key
+            window = DeliveryWindow(maxQueued: maxQueued)
+        }
 
         /// What the attached connection accepts, for the window.
         var link: DeliveryWindow.Link? {
@@ -98,6 +103,10 @@ actor MQTTBroker {
 
     let maxQueued: Int
     private var sessions: [String: Session] = [:]
+    /// Sessions per owner (identity), for `maxPerOwner`.
+    private var owners: [String: Int] = [:]
+    /// Which sessions' subscriptions match a topic (a publish looks only at those): a pure value.
+    private var index = SubscriptionIndex()
     /// One per topic, bounded in all, per publisher and in bytes: a pure value.
     private var retained: RetainedMessages
     private var nextConnection = 0
@@ -137,8 +146,12 @@ actor MQTTBroker {
         key: String, owner: String, maxPerOwner: Int, cleanStart: Bool, expirySeconds: Int,
         connection: BrokerConnection
     ) -> Attached? {
-        sweepExpired()
-        if sessions[key] == nil, sessions.values.lazy.filter({ $0.owner == owner }).count >= maxPerOwner { return nil }
+        // Every session once a second; in between only this one (a connect costs the same with 10,000 sessions).
+        sweepExpired(only: ContinuousClock.now - lastSweep < .seconds(1) ? key : nil)
+        if sessions[key] == nil, owners[owner, default: 0] >= maxPerOwner {
+            sweepExpired()  // the owner's own expired sessions do not count
+            if owners[owner, default: 0] >= maxPerOwner { return nil }
+        }
         let wasSaved = sessions[key]?.saved ?? false
         if let session = sessions[key], let previous = session.connection {
             Self.takenOver(previous)
@@ -148,16 +161,18 @@ actor MQTTBroker {
         // [MQTT-3.1.3-9]; a clean start ends that session, which sends it (§3.1.3.2.2, via `forget`).
         if !cleanStart, let session = sessions[key] { session.endPendingWill(publish: false) }
         if cleanStart, let discarded = sessions[key] {
-            sessions[key] = nil
+            remove(key)
             forget(discarded)
         }
         let existing = cleanStart ? nil : sessions[key]
         let present = existing != nil
-        let session = existing ?? Session(maxQueued: maxQueued)
+        let session = existing ?? Session(key: key, maxQueued: maxQueued)
         // A clean start replaces a session the store keeps: the new one is saved over it, or removes it.
         session.saved = session.saved || wasSaved
-        session.owner = owner
-        sessions[key] = session
+        if existing == nil {
+            session.owner = owner
+            add(session)
+        }
         nextConnection += 1
         session.connection = connection
         session.connectionNumber = nextConnection
@@ -195,7 +210,7 @@ actor MQTTBroker {
         if let expirySeconds { session.expirySeconds = expirySeconds }
         if session.expirySeconds == 0 {
             forget(session)
-            sessions[key] = nil
+            remove(key)
         } else {
             session.disconnectedAt = .now
         }
@@ -232,6 +247,7 @@ actor MQTTBroker {
             let isNew = session.filters[filter] == nil
             session.filters[filter] = options
             if isNew {
+                index.insert(filter, options: options, key: key)
                 self.subscriptions.add(1, ordering: .relaxed)
                 if options.share != nil { sharedFilters += 1 }
             }
@@ -255,6 +271,7 @@ actor MQTTBroker {
         changed(key)
         return filters.map {
             guard let options = session.filters.removeValue(forKey: $0) else { return false }
+            index.remove($0, options: options, key: key)
             subscriptions.subtract(1, ordering: .relaxed)
             if options.share != nil {
                 sharedFilters -= 1
@@ -369,11 +386,14 @@ actor MQTTBroker {
     ) -> Int {
         if let position { relayPosition = max(relayPosition, position) }
         if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
-        // A session taken up with the log replayed into it past this message has it already.
+        // Only the sessions whose subscriptions match (the index); one taken up with the log replayed into it past
+        // this message has it already.
         let deliveries = router.route(
             topic: message.topic, qos: message.qos, retain: message.retain, publisher: publisher,
-            subscribers: sessions.lazy.filter { position == nil || $0.value.replayedThrough < position! }.map {
-                MessageRouter.Subscriber(key: $0.key, filters: $0.value.filters, connected: $0.value.isReady)
+            subscribers: index.sessions(matching: message.topic).lazy.compactMap { key -> MessageRouter.Subscriber? in
+                guard let session = self.sessions[key], position == nil || session.replayedThrough < position!
+                else { return nil }
+                return MessageRouter.Subscriber(key: key, filters: session.filters, connected: session.isReady)
             }, placement: placement, node: shared?.node)
         for delivery in deliveries {
             guard let session = sessions[delivery.key] else { continue }
@@ -521,9 +541,10 @@ actor MQTTBroker {
         guard sessions[stored.key] == nil else { return .held }
         guard relayPosition <= max(through, snapshot.position) else { return .behind(relayPosition) }
         if let quiet, quiet != localBegun || !localWrites.isEmpty { return .busy }
-        let session = Session(maxQueued: maxQueued)
+        let session = Session(key: stored.key, maxQueued: maxQueued)
         session.owner = stored.owner
         session.filters = snapshot.filters
+        for (filter, options) in snapshot.filters { index.insert(filter, options: options, key: stored.key) }
         session.window = DeliveryWindow(maxQueued: maxQueued, restoring: snapshot.window)
         session.receivedQoS2 = snapshot.receivedQoS2
         session.expirySeconds = stored.expirySeconds
@@ -531,7 +552,7 @@ actor MQTTBroker {
         session.disconnectedAt = now - .milliseconds(Int64(away * 1000))
         session.saved = true
         session.replayedThrough = through
-        sessions[stored.key] = session
+        add(session)
         subscriptions.add(session.filters.count, ordering: .relaxed)
         sharedFilters += session.filters.values.count { $0.share != nil }
         let own = MessageRouter.Subscriber(
@@ -616,7 +637,7 @@ actor MQTTBroker {
             Self.takenOver(connection)
             session.connection = nil
         }
-        sessions[key] = nil
+        remove(key)
         changedSessions.remove(key)
         forget(session, ended: false)
         return saved
@@ -650,7 +671,22 @@ actor MQTTBroker {
 
     var sessionCount: Int { sessions.count }
 
-    func sessionCount(of owner: String) -> Int { sessions.values.lazy.filter { $0.owner == owner }.count }
+    func sessionCount(of owner: String) -> Int { owners[owner, default: 0] }
+
+    /// Puts a new session in `sessions`, counted for its owner.
+    private func add(_ session: Session) {
+        if let replaced = sessions.updateValue(session, forKey: session.key) { owners[replaced.owner, default: 1] -= 1 }
+        owners[session.owner, default: 0] += 1
+    }
+
+    /// Takes a session out of `sessions` (its subscriptions leave the index in `forget`).
+    @discardableResult
+    private func remove(_ key: String) -> Session? {
+        guard let session = sessions.removeValue(forKey: key) else { return nil }
+        let left = owners[session.owner, default: 1] - 1
+        owners[session.owner] = left > 0 ? left : nil
+        return session
+    }
     var retainedCount: Int { retained.count }
 
     /// Fleet-wide figures for `/metrics`: sessions (connected or kept for a reconnect), QoS 1 messages sent and not
@@ -700,21 +736,30 @@ actor MQTTBroker {
     }
 
     /// Ends sessions whose client has been away longer than their expiry (MQTT 5.0 §3.1.2.11.2).
-    private func sweepExpired() {
+    /// With `only`, that session alone (nothing else is looked at).
+    private func sweepExpired(only: String? = nil) {
         let now = ContinuousClock.now
-        lastSweep = now
-        // A retained message past its Message Expiry Interval is no longer retained (§3.3.2.3.3). Its stored copy
-        // stays until a node starts and drops it (only that copy: `MQTTPersistence.load`): every reader checks the
-        // expiry, and deleting by topic here could drop a newer message another node saved meanwhile.
-        _ = retained.removeExpired(now: now)
-        let expired = sessions.filter { _, session in
+        func due(_ session: Session) -> Bool {
             guard let since = session.disconnectedAt else { return false }
             return now - since >= .seconds(session.expirySeconds)
+        }
+        // A retained message past its Message Expiry Interval is no longer retained (§3.3.2.3.3); nothing is looked at
+        // until the earliest expiry comes. Its stored copy stays until a node starts and drops it (only that copy:
+        // `MQTTPersistence.load`): every reader checks the expiry, and deleting by topic here could drop a newer
+        // message another node saved meanwhile.
+        _ = retained.removeExpired(now: now)
+        let expired: [String: Session]
+        if let only {
+            guard let session = sessions[only], due(session) else { return }
+            expired = [only: session]
+        } else {
+            lastSweep = now
+            expired = sessions.filter { due($0.value) }
         }
         // Removed first, then forgotten: two members of one shared subscription expiring together each see the
         // group as gone, and its turn is released.
         for (key, session) in expired {
-            sessions[key] = nil
+            remove(key)
             changed(key, session, presence: true)
         }
         for session in expired.values { forget(session) }
@@ -723,6 +768,7 @@ actor MQTTBroker {
     /// Lets go of a session that left `sessions`: it `ended` (a will waiting out its delay is due now,
     /// §3.1.3.2.2), or moved to another node (its will is not published here).
     private func forget(_ session: Session, ended: Bool = true) {
+        for (filter, options) in session.filters { index.remove(filter, options: options, key: session.key) }
         subscriptions.subtract(session.filters.count, ordering: .relaxed)
         sharedFilters -= session.filters.values.count { $0.share != nil }
         for waiter in session.drained { waiter.resume() }

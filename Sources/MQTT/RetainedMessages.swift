@@ -8,6 +8,8 @@ public struct RetainedMessages: Sendable {
     private var messages: [String: (message: OutboundMessage, owner: String)] = [:]
     private var perOwner: [String: Int] = [:]
     public private(set) var bytes = 0
+    /// No message held expires before this (nil: none expires): `removeExpired` looks at nothing until then.
+    private var earliestExpiry: ContinuousClock.Instant?
 
     public init(maxMessages: Int, maxPerOwner: Int, maxBytes: Int) {
         self.maxMessages = maxMessages
@@ -29,6 +31,7 @@ public struct RetainedMessages: Sendable {
             return false
         }
         messages[topic] = (message, owner)
+        if let expiresAt = message.expiresAt { earliestExpiry = min(earliestExpiry ?? expiresAt, expiresAt) }
         perOwner[owner, default: 0] += 1
         bytes += size
         return true
@@ -40,14 +43,17 @@ public struct RetainedMessages: Sendable {
     }
 
     /// Drops the messages whose Message Expiry Interval has passed (§3.3.2.3.3): they are no longer retained.
-    /// Returns their topics and owners.
+    /// Returns their topics and owners. Looks at the messages only once the earliest expiry has come, so calling it
+    /// on every connection costs nothing while none is due.
     @discardableResult
     public mutating func removeExpired(now: ContinuousClock.Instant) -> [(topic: String, owner: String)] {
+        guard let earliest = earliestExpiry, earliest <= now else { return [] }
         var removed: [(topic: String, owner: String)] = []
         for (topic, entry) in messages where entry.message.expired(at: now) {
             remove(topic)
             removed.append((topic, entry.owner))
         }
+        earliestExpiry = messages.values.lazy.compactMap(\.message.expiresAt).min()
         return removed
     }
 

@@ -219,4 +219,25 @@ import Testing
         retained.removeExpired(now: now)
         #expect(retained.count == 2 && retained.bytes == 4 + 4)
     }
+
+    /// `removeExpired` runs on every connection: it must find each message once its time comes, the earliest first,
+    /// also after the message that set the earliest time was replaced.
+    @Test func expiredMessagesGoWhenTheirTimeComes() throws {
+        let now = ContinuousClock.now
+        var retained = RetainedMessages(maxMessages: 10, maxPerOwner: 10, maxBytes: 1_000)
+        try retained.retain(Self.message("t/1", "a", expiresAt: now + .seconds(10)), owner: "d")
+        try retained.retain(Self.message("t/2", "b", expiresAt: now + .seconds(20)), owner: "d")
+        try retained.retain(Self.message("t/3", "c"), owner: "d")
+        #expect(retained.removeExpired(now: now + .seconds(5)).isEmpty)
+        #expect(retained.removeExpired(now: now + .seconds(10)).map(\.topic) == ["t/1"])
+        #expect(retained.removeExpired(now: now + .seconds(15)).isEmpty)
+        #expect(retained.removeExpired(now: now + .seconds(20)).map(\.topic) == ["t/2"])
+        // Replaced by a message that does not expire: nothing is due; a later one that expires is found.
+        try retained.retain(Self.message("t/4", "d", expiresAt: now + .seconds(30)), owner: "d")
+        try retained.retain(Self.message("t/4", "e"), owner: "d")
+        try retained.retain(Self.message("t/5", "f", expiresAt: now + .seconds(40)), owner: "d")
+        #expect(retained.removeExpired(now: now + .seconds(35)).isEmpty)
+        #expect(retained.removeExpired(now: now + .seconds(40)).map(\.topic) == ["t/5"])
+        #expect(retained.count == 2)
+    }
 }

@@ -1,0 +1,104 @@
+/// Which sessions hold a subscription that matches a topic, found without looking at every session: a tree with one
+/// node per topic level of the filters held (`+` and `#` are children like any level), each node holding the
+/// sessions whose filter ends there. A publish walks only the branches its topic can reach, so routing one message
+/// costs the same with 10 sessions as with 10,000 (a fleet whose every device subscribes to its own commands).
+///
+/// Matching is MQTT 3.1.1 §4.7.1 / MQTT 5.0 §4.7.1: `+` matches exactly one level, `#` the parent level and any
+/// number below it (`a/#` matches `a`); a topic whose first level starts with `$` is not matched by a filter whose
+/// first level is a wildcard (§4.7.2). A shared subscription (`$share/GROUP/FILTER`, §4.8.2) is indexed under
+/// its FILTER. A pure value: the broker applies what it returns.
+public struct SubscriptionIndex: Sendable {
+    struct Node: Sendable {
+        var children: [Substring: Int] = [:]
+        /// Sessions whose filter ends at this node, each with how many of its filters do (a session may hold `a/b`
+        /// and `$share/g/a/b`).
+        var keys: [String: Int] = [:]
+
+        var isEmpty: Bool { children.isEmpty && keys.isEmpty }
+    }
+
+    /// Node 0 is the root; removed nodes are reused (`free`).
+    private var nodes = [Node()]
+    private var free: [Int] = []
+    /// Filters held, counted once per session and filter.
+    public private(set) var count = 0
+
+    public init() {}
+
+    /// The levels a subscription is matched by: a shared subscription's inner filter, else the filter.
+    static func matchingLevels(_ filter: TopicFilter, _ options: SubscriptionOptions) -> [Substring] {
+        options.share?.filter.levels ?? filter.levels
+    }
+
+    /// Records that session `key` holds `filter` (once per call: `remove` undoes one `insert`).
+    public mutating func insert(_ filter: TopicFilter, options: SubscriptionOptions, key: String) {
+        var node = 0
+        for level in Self.matchingLevels(filter, options) {
+            if let child = nodes[node].children[level] {
+                node = child
+            } else {
+                let child = allocate()
+                nodes[node].children[level] = child
+                node = child
+            }
+        }
+        nodes[node].keys[key, default: 0] += 1
+        count += 1
+    }
+
+    /// Undoes one `insert` of the same filter and options for `key`; nodes left empty are released. Removing what
+    /// was never inserted changes nothing.
+    public mutating func remove(_ filter: TopicFilter, options: SubscriptionOptions, key: String) {
+        var path: [(node: Int, level: Substring)] = []
+        var node = 0
+        for level in Self.matchingLevels(filter, options) {
+            guard let child = nodes[node].children[level] else { return }
+            path.append((node, level))
+            node = child
+        }
+        guard let held = nodes[node].keys[key] else { return }
+        nodes[node].keys[key] = held > 1 ? held - 1 : nil
+        count -= 1
+        // Prune from the leaf up while a node holds nothing.
+        while let (parent, level) = path.last, nodes[node].isEmpty {
+            nodes[parent].children[level] = nil
+            nodes[node] = Node()
+            free.append(node)
+            path.removeLast()
+            node = parent
+        }
+    }
+
+    /// The sessions holding at least one filter that matches `topic`.
+    public func sessions(matching topic: TopicName) -> Set<String> {
+        var found = Set<String>()
+        // §4.7.2: no wildcard at the first level matches a `$` topic.
+        let dollar = topic.rawValue.utf8.first == UInt8(ascii: "$")
+        collect(0, topic.levels[...], wildcards: !dollar, into: &found)
+        return found
+    }
+
+    private func collect(_ node: Int, _ rest: ArraySlice<Substring>, wildcards: Bool, into found: inout Set<String>) {
+        let current = nodes[node]
+        if wildcards, let hash = current.children["#"] {
+            for key in nodes[hash].keys.keys { found.insert(key) }
+        }
+        guard let level = rest.first else {
+            for key in current.keys.keys { found.insert(key) }
+            return
+        }
+        if let exact = current.children[level] { collect(exact, rest.dropFirst(), wildcards: true, into: &found) }
+        if wildcards, let plus = current.children["+"] {
+            collect(plus, rest.dropFirst(), wildcards: true, into: &found)
+        }
+    }
+
+    /// Nodes in use, the root included (for tests: a removed filter leaves none behind).
+    public var nodeCount: Int { nodes.count - free.count }
+
+    private mutating func allocate() -> Int {
+        if let reused = free.popLast() { return reused }
+        nodes.append(Node())
+        return nodes.count - 1
+    }
+}
