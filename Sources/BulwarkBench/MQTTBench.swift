@@ -18,15 +18,18 @@ struct MQTTBenchmark: AsyncParsableCommand {
     @Option var connections = 50
     @Option var seconds = 10
     @Option(help: "QoS 1 messages in flight per connection.") var window = 10
-    @Option(help: "Idle connections for the memory figure.") var idle = 1000
+    @Option(help: "Devices held connected and subscribed (memory, connect time and QoS 1 throughput meanwhile).")
+    var idle = 1000
     @Option(help: "Connections for the set-up rate.") var connects = 500
     @Option(help: "The bulwark binary (default: next to this one).") var bulwark: String?
     @Option(help: "The mosquitto binary.") var mosquitto = "/usr/sbin/mosquitto"
 
     func run() async throws {
-        guard (1...500).contains(connections), (1...120).contains(seconds), (1...5000).contains(idle),
+        guard (1...500).contains(connections), (1...120).contains(seconds), (1...10_000).contains(idle),
             (1...5000).contains(connects)
-        else { throw ValidationError("connections 1-500, seconds 1-120, idle and connects 1-5000") }
+        else { throw ValidationError("connections 1-500, seconds 1-120, idle 1-10000, connects 1-5000") }
+        // Each held connection is a descriptor here and in the broker (which inherits this limit).
+        Self.raiseFileLimit()
         let binary = benchBinary(bulwark)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-mqttbench-\(UUID())")
             .path
@@ -48,10 +51,15 @@ struct MQTTBenchmark: AsyncParsableCommand {
         let ports = try await hub.waitForPorts()
 
         // One device certificate per connection (each publishes under its own topic, as the ACL requires, and one
-        // client id is one session: a second connection with it takes the session over).
+        // client id is one session: a second connection with it takes the session over): the publishers, then the
+        // held devices, then one that connects while they are held.
+        let enrolling = ContinuousClock.now
         let devices = try await enrollDevices(
-            count: max(connections, idle), prefix: "b", operatorPort: ports.operator, directory: directory
+            count: connections + idle + 1, prefix: "b", operatorPort: ports.operator, directory: directory
         ).map(\.credentials)
+        emit(
+            "(\(devices.count) devices enrolled in \(String(format: "%.1f", (ContinuousClock.now - enrolling).seconds)) s)"
+        )
 
         // mosquitto with the hub's CA and server certificate: TLS 1.3, client certificate required.
         let mosquittoPort = Self.freePort()
@@ -138,23 +146,47 @@ struct MQTTBenchmark: AsyncParsableCommand {
         }
         emit(Self.row("connections set up per second", setup[0], setup[1], "%.0f"))
 
-        // Resident memory per 1,000 idle connections.
+        // Devices held connected, each subscribed to its commands as the agent is: the broker's memory for them, how
+        // long a new device then takes to connect, and QoS 1 throughput of the publishers meanwhile (every message
+        // is routed among all those subscriptions).
         var memory: [Double] = []
+        var total: [Double] = []
+        var connectMedian: [Double] = []
+        var connectWorst: [Double] = []
+        var heldRates: [Double] = []
+        var heldCPU: [Double] = []
+        let idleCount = idle
+        let firstIdle = connections
+        let probe = connections + idle
         for (name, port, pid) in targets {
             let before = Self.rssKiB(pid)
             let (ready, readyContinuation) = AsyncStream.makeStream(of: Bool.self)
-            let idleCount = idle
+            // At most 64 handshakes at a time (a real fleet does not connect all at once either).
+            let (permits, permitContinuation) = AsyncStream.makeStream(of: Void.self)
+            for _ in 0..<64 { permitContinuation.yield() }
             let holder = Task {
                 await withTaskGroup(of: Void.self) { group in
+                    var permit = permits.makeAsyncIterator()
                     for index in 0..<idleCount {
+                        guard await permit.next() != nil, !Task.isCancelled else { break }
                         group.addTask {
                             var held = false
+                            let device = firstIdle + index
                             _ = try? await MQTTClientConnection.withConnection(
-                                host: "127.0.0.1", port: port,
-                                tls: try devicesCopy[index % devicesCopy.count].tlsConfiguration(),
+                                host: "127.0.0.1", port: port, tls: try devicesCopy[device].tlsConfiguration(),
                                 clientID: name == "bulwark" ? "" : "idle-\(index)", keepAlive: 600
-                            ) { _, reason in
+                            ) { connection, reason in
                                 guard reason == 0 else { return }
+                                try await connection.send(
+                                    .subscribe(
+                                        packetID: 1,
+                                        subscriptions: [
+                                            Subscription(
+                                                filter: try TopicFilter("devices/b\(device)/commands/#"),
+                                                qos: .atLeastOnce)
+                                        ], properties: .init()))
+                                guard case .suback(_, let codes, _) = try await connection.next(), codes == [1]
+                                else { return }
                                 held = true
                                 readyContinuation.yield(true)
                                 try? await Task.sleep(for: .seconds(3600))  // until the holder is cancelled
@@ -166,18 +198,66 @@ struct MQTTBenchmark: AsyncParsableCommand {
             }
             var settled = 0
             var failed = 0
+            let holding = ContinuousClock.now
             for await connected in ready {
                 settled += 1
                 if !connected { failed += 1 }
+                permitContinuation.yield()
                 if settled == idleCount { break }
             }
-            if failed > 0 { emit("  (\(name): \(failed) idle connections failed)") }
+            let took = (ContinuousClock.now - holding).seconds
+            emit(
+                "  (\(name): \(idleCount - failed) devices connected and subscribed in \(String(format: "%.1f", took)) s)"
+            )
+            if failed > 0 { emit("  (\(name): \(failed) held connections failed)") }
             try await Task.sleep(for: .seconds(1))
-            memory.append((Self.rssKiB(pid) - before) / 1024 / Double(max(1, idleCount - failed)) * 1000)
+            let rss = Self.rssKiB(pid)
+            memory.append((rss - before) / 1024 / Double(max(1, idleCount - failed)) * 1000)
+            total.append(rss / 1024)
+
+            // A new device connecting meanwhile: TLS 1.3 mutual TLS + CONNECT to CONNACK, one after another.
+            var times: [Double] = []
+            for attempt in 0..<20 {
+                let start = ContinuousClock.now
+                let answered = try? await MQTTClientConnection.withConnection(
+                    host: "127.0.0.1", port: port, tls: try devicesCopy[probe].tlsConfiguration(),
+                    clientID: name == "bulwark" ? "" : "probe-\(attempt)"
+                ) { _, reason in reason == 0 ? (ContinuousClock.now - start).seconds * 1000 : nil }
+                if let answered { times.append(answered) }
+            }
+            times.sort()
+            connectMedian.append(times.isEmpty ? .nan : times[times.count / 2])
+            connectWorst.append(times.last ?? .nan)
+            if times.count < 20 { emit("  (\(name): \(20 - times.count) of 20 new connections failed)") }
+
+            let cpuBefore = Self.cpuSeconds(pid)
+            let result = await MQTTLoad.run(
+                host: "127.0.0.1", port: port, tls: { try devicesCopy[$0].tlsConfiguration() },
+                clientID: { name == "bulwark" ? "b\($0)" : "bench-\($0)" }, topic: { "devices/b\($0)/telemetry" },
+                connections: connections, qos: .atLeastOnce, window: window, duration: .seconds(seconds),
+                payload: payload)
+            heldRates.append(result.perSecond)
+            heldCPU.append(
+                result.messages > 0 ? (Self.cpuSeconds(pid) - cpuBefore) / Double(result.messages) * 1e6 : .nan)
+            permitContinuation.finish()
             holder.cancel()
             _ = await holder.value
         }
-        emit(Self.row("RSS MiB per 1,000 idle connections", memory[0], memory[1], "%.1f"))
+        emit("with \(idleCount) devices held (each subscribed to its commands):")
+        emit(Self.row("  RSS MiB (whole process)", total[0], total[1], "%.0f"))
+        emit(Self.row("  RSS MiB per 1,000 held connections", memory[0], memory[1], "%.1f"))
+        emit(Self.row("  new device connected in, ms (median)", connectMedian[0], connectMedian[1], "%.1f"))
+        emit(Self.row("  new device connected in, ms (worst)", connectWorst[0], connectWorst[1], "%.1f"))
+        emit(Self.row("  QoS 1 msg/s meanwhile", heldRates[0], heldRates[1], "%.0f"))
+        emit(Self.row("    broker CPU µs per message", heldCPU[0], heldCPU[1], "%.1f"))
+    }
+
+    /// Descriptors up to the hard limit (one per held connection, here and in the brokers started from here).
+    static func raiseFileLimit() {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
     }
 
     /// Unbuffered, so each figure shows as soon as it is measured.
