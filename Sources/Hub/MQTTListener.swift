@@ -296,55 +296,76 @@ struct MQTTConnection {
         case closed
     }
 
+    // Memory: a connection that is held waits in `loop` for its next packet with every async caller's frame
+    // allocated (in its task's allocator, for as long as it is connected). Each step before and after the loop is a
+    // function of its own, never inlined, so its locals live only while it runs: with 10,000 devices held, each
+    // kilobyte of those frames is 10 MB.
+    @inline(never)
     func serve() async {
         let source = channel.channel.remoteAddress?.ipAddress
         do {
             let delayedWill = try await channel.executeThenClose { inbound, outbound -> DelayedWill? in
                 var packets = inbound.makeAsyncIterator()
-                // CONNECT within the deadline (the TLS handshake happens while we wait), or the connection closes
-                // (MQTT 3.1.1 §3.1.4 lets the server close a connection that sends no CONNECT).
-                let nioChannel = channel.channel
-                let deadline = nioChannel.eventLoop.scheduleTask(
-                    in: .nanoseconds(Int64(listener.settings.connectDeadlineSeconds * 1e9))
-                ) {
-                    nioChannel.close(promise: nil)
-                }
-                let first: Packet?
-                do { first = try await packets.next() } catch let error as MQTTError
-                    where error.code == .unsupportedProtocolVersion
-                {
-                    // MQTT 3.1.1 §3.1.2.2: CONNACK return code 0x01 and close; MQTT 5.0 §3.1.2.2: 0x84 and close.
-                    deadline.cancel()
-                    let level = error.protocolLevel ?? 0
-                    let form: ProtocolVersion = level > 5 ? .v5 : .v311
-                    var connack = ByteBuffer()
-                    ServerSession.refusal(.unsupportedProtocolVersion, form).encode(into: &connack, version: form)
-                    listener.logger.notice("MQTT CONNECT refused", metadata: ["detail": .string(error.detail)])
-                    try? await outbound.write(connack)
+                guard let (connect, peer) = try await opening(&packets, outbound: outbound, source: source) else {
                     return nil
                 }
-                deadline.cancel()
-                guard case .connect(let connect) = first else { return nil }
-                guard let peer = try? await peerIdentity(source: source), !listener.revocations.contains(peer.serial)
-                else { return nil }
-                await listener.renewals.used(peer.serial)
-                _ = outbound  // every write goes through the channel, in order with the broker's deliveries
                 return try await session(connect: connect, peer: peer, packets: &packets)
             }
             if let delayedWill { await publish(delayedWill) }
         } catch {
-            listener.logger.debug("MQTT connection ended", metadata: ["error": "\(error)"])
-            // A certificate that fails verification is recorded by the verification callback; a client that sends
-            // none never reaches it, so its refusal is recorded here (once per source and minute: no disk flood).
-            if "\(error)".contains("PEER_DID_NOT_RETURN_A_CERTIFICATE"),
-                listener.missingCertificate.first(
-                    source ?? "unknown", now: Int64(Date().timeIntervalSince1970) / 60)
-            {
-                try? await listener.store.recordSecurityEvent(
-                    SecurityEvent(
-                        at: Date(), kind: "tls-client-refused", identity: nil, source: source,
-                        detail: "MQTT: no client certificate"))
-            }
+            await ended(by: error, source: source)
+        }
+    }
+
+    /// The CONNECT, within the deadline (the TLS handshake happens while we wait), or the connection closes (MQTT
+    /// 3.1.1 §3.1.4 lets the server close a connection that sends no CONNECT); and who sent it, from the certificate.
+    @inline(never)
+    private func opening(
+        _ packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, source: String?
+    ) async throws -> (ConnectPacket, Peer)? {
+        let nioChannel = channel.channel
+        let deadline = nioChannel.eventLoop.scheduleTask(
+            in: .nanoseconds(Int64(listener.settings.connectDeadlineSeconds * 1e9))
+        ) {
+            nioChannel.close(promise: nil)
+        }
+        let first: Packet?
+        do { first = try await packets.next() } catch let error as MQTTError
+            where error.code == .unsupportedProtocolVersion
+        {
+            // MQTT 3.1.1 §3.1.2.2: CONNACK return code 0x01 and close; MQTT 5.0 §3.1.2.2: 0x84 and close.
+            deadline.cancel()
+            let level = error.protocolLevel ?? 0
+            let form: ProtocolVersion = level > 5 ? .v5 : .v311
+            var connack = ByteBuffer()
+            ServerSession.refusal(.unsupportedProtocolVersion, form).encode(into: &connack, version: form)
+            listener.logger.notice("MQTT CONNECT refused", metadata: ["detail": .string(error.detail)])
+            try? await outbound.write(connack)
+            return nil
+        }
+        deadline.cancel()
+        guard case .connect(let connect) = first else { return nil }
+        guard let peer = try? await peerIdentity(source: source), !listener.revocations.contains(peer.serial)
+        else { return nil }
+        await listener.renewals.used(peer.serial)
+        // Every later write goes through the channel, in order with the broker's deliveries.
+        return (connect, peer)
+    }
+
+    /// A connection that ended with an error: logged; one that sent no certificate is recorded.
+    @inline(never)
+    private func ended(by error: any Error, source: String?) async {
+        listener.logger.debug("MQTT connection ended", metadata: ["error": "\(error)"])
+        // A certificate that fails verification is recorded by the verification callback; a client that sends none
+        // never reaches it, so its refusal is recorded here (once per source and minute: no disk flood).
+        if "\(error)".contains("PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+            listener.missingCertificate.first(source ?? "unknown", now: Int64(Date().timeIntervalSince1970) / 60)
+        {
+            try? await listener.store.recordSecurityEvent(
+                SecurityEvent(
+                    at: Date(), kind: "tls-client-refused", identity: nil, source: source,
+                    detail: "MQTT: no client certificate"))
         }
     }
 
@@ -416,6 +437,30 @@ struct MQTTConnection {
     private func session(
         connect: ConnectPacket, peer: Peer, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
     ) async throws -> DelayedWill? {
+        guard let accepted = try await accept(connect, peer: peer) else { return nil }
+        // A certificate revoked while connected: checked before each packet, and the connection is closed the
+        // moment the serial is revoked, so a subscriber that only reads (or pings) is cut off too.
+        let nioChannel = channel.channel
+        let revocationWatch = listener.revocations.watch(peer.serial) { nioChannel.close(promise: nil) }
+        defer { listener.revocations.unwatch(peer.serial, revocationWatch) }
+        guard let attached = try await attach(connect, peer: peer, accepted) else { return nil }
+        var state = attached.0
+        let end = await run(connack: attached.1, peer: peer, state: &state, packets: &packets)
+        return await finish(end, connect: connect, peer: peer, state: &state)
+    }
+
+    /// What `accept` settled: the session's rules, its key and the identity's topics.
+    struct Accepted {
+        let rules: ServerSession
+        let clientID: String
+        let sessionKey: String
+        let acl: BoundTopicACL
+    }
+
+    /// The identity's checks (each refusal recorded and answered), then the protocol's; a session stored by another
+    /// node taken up. Nil when the CONNECT was refused (the CONNACK is sent).
+    @inline(never)
+    private func accept(_ connect: ConnectPacket, peer: Peer) async throws -> Accepted? {
         let version = connect.version
         let settings = listener.settings
         // The identity's checks first (each refusal recorded), then the protocol's.
@@ -471,11 +516,17 @@ struct MQTTConnection {
                 return nil
             }
         }
-        // A certificate revoked while connected: checked before each packet, and the connection is closed the
-        // moment the serial is revoked, so a subscriber that only reads (or pings) is cut off too.
-        let nioChannel = channel.channel
-        let revocationWatch = listener.revocations.watch(peer.serial) { nioChannel.close(promise: nil) }
-        defer { listener.revocations.unwatch(peer.serial, revocationWatch) }
+        return Accepted(rules: rules, clientID: clientID, sessionKey: sessionKey, acl: acl)
+    }
+
+    /// Attaches the connection to its session in the broker (saved before the CONNACK: another node that this client
+    /// connects to next finds it); the connection's state and its CONNACK. Nil when the identity holds too many
+    /// sessions (the refusal is sent).
+    @inline(never)
+    private func attach(_ connect: ConnectPacket, peer: Peer, _ accepted: Accepted) async throws -> (State, Packet)? {
+        let (rules, clientID, sessionKey, acl) = (accepted.rules, accepted.clientID, accepted.sessionKey, accepted.acl)
+        let settings = listener.settings
+        let version = connect.version
         var brokerConnection = BrokerConnection(
             channel: channel.channel, version: version, receiveMaximum: rules.clientReceiveMaximum,
             maximumPacketSize: rules.clientMaximumPacketSize)
@@ -498,11 +549,23 @@ struct MQTTConnection {
         let connack = rules.connack(
             sessionPresent: attached.sessionPresent, assignedClientID: connect.clientID.isEmpty ? clientID : nil,
             responseInformation: Self.responseInformation(peer: peer, acl: acl, settings: settings))
-        var state = State(
+        let state = State(
             rules: rules, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
             output: FlushCoalescer(channel.channel), acl: acl, payloads: settings.payloads.bound(to: peer.identity))
         // Saved before the CONNACK: another node that this client connects to next finds the session here.
         await listener.persistence?.flush()
+        return (state, connack)
+    }
+
+    /// From the CONNACK to the end of the connection: the keep-alive, the CONNACK, the session's deliveries, then
+    /// every packet (`loop`); how it ended.
+    @inline(never)
+    private func run(
+        connack: Packet, peer: Peer, state: inout State,
+        packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
+    ) async -> End {
+        let rules = state.rules
+        let version = state.version
         let end: End
         do {
             // MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. The clock starts with
@@ -514,7 +577,7 @@ struct MQTTConnection {
                     [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
             }
             try await send(connack, version)
-            await listener.broker.resume(key: sessionKey, connectionNumber: attached.connectionNumber)
+            await listener.broker.resume(key: state.sessionKey, connectionNumber: state.connectionNumber)
             end = try await loop(peer: peer, state: &state, packets: &packets)
         } catch let error as MQTTError {
             // MQTT 5.0 §4.13: a malformed packet or protocol error closes the connection after a DISCONNECT with
@@ -526,12 +589,20 @@ struct MQTTConnection {
         } catch {
             end = .closed
         }
+        return end
+    }
+
+    /// The connection has ended: acknowledgements still waiting for their store write go out, the session is
+    /// detached, and the will is published (or returned to wait out its delay).
+    @inline(never)
+    private func finish(_ end: End, connect: ConnectPacket, peer: Peer, state: inout State) async -> DelayedWill? {
+        let acl = state.acl
         // Acknowledgements still waiting for their store write go out before the connection closes.
         for acknowledgement in state.acknowledgements { await acknowledgement.value }
         state.acknowledgements = []
         await state.output.flush()
         await listener.broker.detach(
-            key: sessionKey, connectionNumber: attached.connectionNumber, expirySeconds: state.expirySeconds)
+            key: state.sessionKey, connectionNumber: state.connectionNumber, expirySeconds: state.expirySeconds)
         // MQTT 3.1.1 §3.1.2.5 / MQTT 5.0 §3.1.2.5: the will is published when the connection ends without a normal
         // DISCONNECT (or with reason 0x04). It passes the same checks as any publish.
         let publishWill: Bool
@@ -549,7 +620,7 @@ struct MQTTConnection {
         let delay = state.v5 ? min(Int(will.properties.willDelayInterval ?? 0), state.expirySeconds) : 0
         guard delay == 0 else {
             return DelayedWill(
-                message: message, peer: peer, state: state, seconds: delay, connectionNumber: attached.connectionNumber)
+                message: message, peer: peer, state: state, seconds: delay, connectionNumber: state.connectionNumber)
         }
         _ = await admitAndDeliver(message, peer: peer, state: &state, respond: false)
         return nil
@@ -583,146 +654,154 @@ struct MQTTConnection {
     private func loop(
         peer: Peer, state: inout State, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
     ) async throws -> End {
+        while let packet = try await packets.next() {
+            if let end = try await handle(packet, peer: peer, state: &state) { return end }
+        }
+        return .closed
+    }
+
+    /// One packet; nil to read the next. Not inlined into `loop`: its locals (it is the whole protocol) live only
+    /// while a packet is handled, not in every held connection's frame.
+    @inline(never)
+    private func handle(_ packet: Packet, peer: Peer, state: inout State) async throws -> End? {
         let version = state.version
         let acl = state.acl
         let unacknowledged = state.unacknowledged
-        while let packet = try await packets.next() {
-            guard !listener.revocations.contains(peer.serial) else {
-                await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
-                return await close(state.rules.closing(.notAuthorized), peer: peer, state: &state)
-            }
-            let action = state.rules.packetReceived(packet) { publish in
-                publish.qos == .exactlyOnce
-                    ? unacknowledged.received(qos2: publish.packetID ?? 0) : unacknowledged.received()
-            }
-            switch action {
-            case .publish(let publish):
-                guard acl.mayPublish(publish.topic), Self.responseTopicAllowed(publish.properties, peer: peer, acl: acl)
-                else {
-                    await refuse(
-                        "mqtt-publish-refused", peer, "publish (or its response topic) outside the identity's topics",
-                        oncePerMinute: true)
-                    switch state.rules.publishRefused(.notAuthorized, qos: publish.qos) {
-                    case .acknowledge(let code):
-                        if let id = publish.packetID {
-                            await acknowledge(id, qos: publish.qos, state: &state, code: code)
-                        }
-                        continue
-                    case .drop: continue
-                    case .close(let code):
-                        return await close(.close(disconnect: code, detail: nil), peer: peer, state: &state)
-                    }
-                }
-                // §4.3.3 [MQTT-4.3.3-9]: a QoS 2 PUBLISH whose id is stored and awaits its PUBREL is a copy (a resend
-                // after a reconnect): PUBREC again, nothing stored or delivered twice.
-                // Ids held per session are bounded (a client that never sends PUBREL, over many connections):
-                // beyond the limit PUBREC 0x97 Quota exceeded (MQTT 5) or the connection closes (3.1.1).
-                if publish.qos == .exactlyOnce, let id = publish.packetID {
-                    switch await listener.broker.arrivedQoS2(
-                        key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id,
-                        limit: listener.settings.maxQoS2HeldPerSession)
-                    {
-                    case .new: break
-                    case .copy:
-                        await acknowledge(id, qos: .exactlyOnce, state: &state, code: .success)
-                        continue
-                    case .full:
-                        await refuse(
-                            "mqtt-quota-exceeded", peer, "QoS 2 packet ids awaiting PUBREL over the limit",
-                            oncePerMinute: true)
-                        guard state.v5 else { return .closed }
-                        await acknowledge(id, qos: .exactlyOnce, state: &state, code: .quotaExceeded)
-                        continue
-                    }
-                }
-                if !(await admitAndDeliver(publish, peer: peer, state: &state, respond: true)) { return .closed }
-            case .subscribe(let id, let subscriptions, let properties):
-                var codes: [ReasonCode] = []
-                var refused = 0
-                var granted: [(index: Int, TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
-                for (index, subscription) in subscriptions.enumerated() {
-                    // The decoder refused a malformed shared subscription; access is checked on its inner filter.
-                    let share = try? SharedFilter.parse(subscription.filter)
-                    if index >= listener.settings.maxFiltersPerSubscribe {
-                        codes.append(.unspecifiedError)  // beyond the filters one SUBSCRIBE may carry
-                    } else if acl.maySubscribe(share?.filter ?? subscription.filter) {
-                        let qos = subscription.qos
-                        granted.append(
-                            (
-                                codes.count, subscription.filter,
-                                SubscriptionOptions(
-                                    qos: qos, noLocal: subscription.noLocal,
-                                    retainAsPublished: subscription.retainAsPublished,
-                                    identifier: properties.subscriptionIdentifiers.first, share: share),
-                                subscription.retainHandling
-                            ))
-                        codes.append(ReasonCode(rawValue: qos.rawValue))
-                    } else {
-                        refused += 1
-                        codes.append(state.rules.subscribeRefused(.notAuthorized))
-                    }
-                }
-                if refused > 0 {
-                    // One record per SUBSCRIBE packet (it may carry thousands of filters), at most once a minute.
-                    await refuse(
-                        "mqtt-subscribe-refused", peer, "\(refused) filter(s) outside the identity's topics",
-                        oncePerMinute: true)
-                }
-                if subscriptions.count > listener.settings.maxFiltersPerSubscribe {
-                    await refuse(
-                        "mqtt-subscribe-refused", peer,
-                        "SUBSCRIBE with \(subscriptions.count) filters (at most \(listener.settings.maxFiltersPerSubscribe))",
-                        oncePerMinute: true)
-                }
-                await listener.broker.subscribe(
-                    key: state.sessionKey, connectionNumber: state.connectionNumber, granted, codes: codes,
-                    packetID: id, maxSubscriptions: listener.settings.maxSubscriptionsPerSession,
-                    quotaExceeded: state.rules.subscribeRefused(.quotaExceeded))
-                // In the store before the next packet is read (MQTT lets the SUBACK go first, §3.8.4).
-                await listener.persistence?.flush()
-            case .unsubscribe(let id, let filters):
-                let existed = await listener.broker.unsubscribe(
-                    key: state.sessionKey, connectionNumber: state.connectionNumber, filters)
-                await listener.persistence?.flush()
-                try await send(state.rules.unsuback(id, existed: existed), version)
-            case .acknowledged(let id, let qos):
-                // A PUBACK for a QoS 2 delivery, or a PUBCOMP for one not yet released, is a protocol error.
-                guard
-                    await listener.broker.acknowledge(
-                        key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, qos: qos)
-                else {
-                    return await close(
-                        state.rules.closing(.protocolError, "acknowledgement of the wrong kind"), peer: peer,
-                        state: &state)
-                }
-            case .deliveryReceived(let id, let reason):
-                switch await listener.broker.received(
-                    key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, reasonCode: reason)
-                {
-                case .released: break
-                case .unknown:
-                    // Written with back-pressure, so a client that floods these and never reads cannot grow the
-                    // hub's buffers.
-                    try await send(state.rules.pubrelUnknown(id), version)
-                case .protocolError:
-                    return await close(
-                        state.rules.closing(.protocolError, "PUBREC to a QoS 1 delivery"), peer: peer, state: &state)
-                }
-            case .released(let id):
-                // PUBCOMP, written after the acknowledgements already queued, with back-pressure.
-                let held = await listener.broker.releaseQoS2(key: state.sessionKey, packetID: id)
-                unacknowledged.completed(qos2: id)
-                await state.output.flush()
-                try await send(state.rules.pubcomp(id, held: held), version)
-            case .reply(let answer):
-                try await send(answer, version)
-            case .ended(let publishWill):
-                return .disconnected(withWill: publishWill)
-            case .close:
-                return await close(action, peer: peer, state: &state)
-            }
+        guard !listener.revocations.contains(peer.serial) else {
+            await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
+            return await close(state.rules.closing(.notAuthorized), peer: peer, state: &state)
         }
-        return .closed
+        let action = state.rules.packetReceived(packet) { publish in
+            publish.qos == .exactlyOnce
+                ? unacknowledged.received(qos2: publish.packetID ?? 0) : unacknowledged.received()
+        }
+        switch action {
+        case .publish(let publish):
+            guard acl.mayPublish(publish.topic), Self.responseTopicAllowed(publish.properties, peer: peer, acl: acl)
+            else {
+                await refuse(
+                    "mqtt-publish-refused", peer, "publish (or its response topic) outside the identity's topics",
+                    oncePerMinute: true)
+                switch state.rules.publishRefused(.notAuthorized, qos: publish.qos) {
+                case .acknowledge(let code):
+                    if let id = publish.packetID {
+                        await acknowledge(id, qos: publish.qos, state: &state, code: code)
+                    }
+                    return nil
+                case .drop: return nil
+                case .close(let code):
+                    return await close(.close(disconnect: code, detail: nil), peer: peer, state: &state)
+                }
+            }
+            // §4.3.3 [MQTT-4.3.3-9]: a QoS 2 PUBLISH whose id is stored and awaits its PUBREL is a copy (a resend
+            // after a reconnect): PUBREC again, nothing stored or delivered twice.
+            // Ids held per session are bounded (a client that never sends PUBREL, over many connections):
+            // beyond the limit PUBREC 0x97 Quota exceeded (MQTT 5) or the connection closes (3.1.1).
+            if publish.qos == .exactlyOnce, let id = publish.packetID {
+                switch await listener.broker.arrivedQoS2(
+                    key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id,
+                    limit: listener.settings.maxQoS2HeldPerSession)
+                {
+                case .new: break
+                case .copy:
+                    await acknowledge(id, qos: .exactlyOnce, state: &state, code: .success)
+                    return nil
+                case .full:
+                    await refuse(
+                        "mqtt-quota-exceeded", peer, "QoS 2 packet ids awaiting PUBREL over the limit",
+                        oncePerMinute: true)
+                    guard state.v5 else { return .closed }
+                    await acknowledge(id, qos: .exactlyOnce, state: &state, code: .quotaExceeded)
+                    return nil
+                }
+            }
+            if !(await admitAndDeliver(publish, peer: peer, state: &state, respond: true)) { return .closed }
+        case .subscribe(let id, let subscriptions, let properties):
+            var codes: [ReasonCode] = []
+            var refused = 0
+            var granted: [(index: Int, TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
+            for (index, subscription) in subscriptions.enumerated() {
+                // The decoder refused a malformed shared subscription; access is checked on its inner filter.
+                let share = try? SharedFilter.parse(subscription.filter)
+                if index >= listener.settings.maxFiltersPerSubscribe {
+                    codes.append(.unspecifiedError)  // beyond the filters one SUBSCRIBE may carry
+                } else if acl.maySubscribe(share?.filter ?? subscription.filter) {
+                    let qos = subscription.qos
+                    granted.append(
+                        (
+                            codes.count, subscription.filter,
+                            SubscriptionOptions(
+                                qos: qos, noLocal: subscription.noLocal,
+                                retainAsPublished: subscription.retainAsPublished,
+                                identifier: properties.subscriptionIdentifiers.first, share: share),
+                            subscription.retainHandling
+                        ))
+                    codes.append(ReasonCode(rawValue: qos.rawValue))
+                } else {
+                    refused += 1
+                    codes.append(state.rules.subscribeRefused(.notAuthorized))
+                }
+            }
+            if refused > 0 {
+                // One record per SUBSCRIBE packet (it may carry thousands of filters), at most once a minute.
+                await refuse(
+                    "mqtt-subscribe-refused", peer, "\(refused) filter(s) outside the identity's topics",
+                    oncePerMinute: true)
+            }
+            if subscriptions.count > listener.settings.maxFiltersPerSubscribe {
+                await refuse(
+                    "mqtt-subscribe-refused", peer,
+                    "SUBSCRIBE with \(subscriptions.count) filters (at most \(listener.settings.maxFiltersPerSubscribe))",
+                    oncePerMinute: true)
+            }
+            await listener.broker.subscribe(
+                key: state.sessionKey, connectionNumber: state.connectionNumber, granted, codes: codes,
+                packetID: id, maxSubscriptions: listener.settings.maxSubscriptionsPerSession,
+                quotaExceeded: state.rules.subscribeRefused(.quotaExceeded))
+            // In the store before the next packet is read (MQTT lets the SUBACK go first, §3.8.4).
+            await listener.persistence?.flush()
+        case .unsubscribe(let id, let filters):
+            let existed = await listener.broker.unsubscribe(
+                key: state.sessionKey, connectionNumber: state.connectionNumber, filters)
+            await listener.persistence?.flush()
+            try await send(state.rules.unsuback(id, existed: existed), version)
+        case .acknowledged(let id, let qos):
+            // A PUBACK for a QoS 2 delivery, or a PUBCOMP for one not yet released, is a protocol error.
+            guard
+                await listener.broker.acknowledge(
+                    key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, qos: qos)
+            else {
+                return await close(
+                    state.rules.closing(.protocolError, "acknowledgement of the wrong kind"), peer: peer,
+                    state: &state)
+            }
+        case .deliveryReceived(let id, let reason):
+            switch await listener.broker.received(
+                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, reasonCode: reason)
+            {
+            case .released: break
+            case .unknown:
+                // Written with back-pressure, so a client that floods these and never reads cannot grow the
+                // hub's buffers.
+                try await send(state.rules.pubrelUnknown(id), version)
+            case .protocolError:
+                return await close(
+                    state.rules.closing(.protocolError, "PUBREC to a QoS 1 delivery"), peer: peer, state: &state)
+            }
+        case .released(let id):
+            // PUBCOMP, written after the acknowledgements already queued, with back-pressure.
+            let held = await listener.broker.releaseQoS2(key: state.sessionKey, packetID: id)
+            unacknowledged.completed(qos2: id)
+            await state.output.flush()
+            try await send(state.rules.pubcomp(id, held: held), version)
+        case .reply(let answer):
+            try await send(answer, version)
+        case .ended(let publishWill):
+            return .disconnected(withWill: publishWill)
+        case .close:
+            return await close(action, peer: peer, state: &state)
+        }
+        return nil
     }
 
     /// Ends the connection as the session rules said: the client's fault is recorded (at most once a minute), MQTT 5

@@ -97,7 +97,8 @@ public struct DeliveryWindow: Sendable {
     /// Deliveries a resumed session could not resend at once (the new connection's Receive Maximum is smaller):
     /// they keep their packet ids and go, marked DUP, before anything queued (§4.4 [MQTT-4.4.0-1]).
     public private(set) var held: [Inflight] = []
-    public private(set) var queue = CircularBuffer<OutboundMessage>()
+    /// Room for one at first: a session that is never away (most of them) should not hold 16 slots.
+    public private(set) var queue = CircularBuffer<OutboundMessage>(initialCapacity: 1)
 
     /// Messages waiting for the window: held back on resume, then queued.
     public var waiting: Int { held.count + queue.count }
