@@ -6,6 +6,8 @@ public struct RetainedMessages: Sendable {
     public let maxPerOwner: Int
     public let maxBytes: Int
     private var messages: [String: (message: OutboundMessage, owner: String)] = [:]
+    /// The topics held, for `matching`: a new subscription looks only at the topics its filter can reach.
+    private var topics = TopicTree()
     private var perOwner: [String: Int] = [:]
     public private(set) var bytes = 0
     /// No message held expires before this (nil: none expires): `removeExpired` looks at nothing until then.
@@ -31,6 +33,7 @@ public struct RetainedMessages: Sendable {
             return false
         }
         messages[topic] = (message, owner)
+        topics.insert(message.topic)
         if let expiresAt = message.expiresAt { earliestExpiry = min(earliestExpiry ?? expiresAt, expiresAt) }
         perOwner[owner, default: 0] += 1
         bytes += size
@@ -39,7 +42,9 @@ public struct RetainedMessages: Sendable {
 
     /// The retained messages a new subscription to `filter` receives (those not expired at `now`).
     public func matching(_ filter: TopicFilter, now: ContinuousClock.Instant) -> [OutboundMessage] {
-        messages.values.lazy.map(\.message).filter { filter.matches($0.topic) && !$0.expired(at: now) }
+        topics.topics(matching: filter).compactMap { messages[$0]?.message }.filter {
+            filter.matches($0.topic) && !$0.expired(at: now)
+        }
     }
 
     /// Drops the messages whose Message Expiry Interval has passed (§3.3.2.3.3): they are no longer retained.
@@ -59,6 +64,7 @@ public struct RetainedMessages: Sendable {
 
     private mutating func remove(_ topic: String) {
         guard let previous = messages.removeValue(forKey: topic) else { return }
+        topics.remove(previous.message.topic)
         perOwner[previous.owner, default: 1] -= 1
         if perOwner[previous.owner] == 0 { perOwner[previous.owner] = nil }
         bytes -= previous.message.payload.count + topic.utf8.count
