@@ -110,7 +110,9 @@ actor MQTTBroker {
     /// One per topic, bounded in all, per publisher and in bytes: a pure value.
     private var retained: RetainedMessages
     private var nextConnection = 0
-    private var lastSweep = ContinuousClock.now
+    /// No session kept for its client's return expires before this (nil: none is waiting): until then a sweep looks
+    /// at nothing, so every connect and publish may ask for one.
+    private var earliestExpiry: ContinuousClock.Instant?
     /// Who receives each message (subscription matching, shared-subscription turns): a pure value, applied here.
     private var router = MessageRouter()
     /// Deliveries dropped because a queue was full, a subscriber was not keeping up (QoS 0) or a packet was over
@@ -146,12 +148,8 @@ actor MQTTBroker {
         key: String, owner: String, maxPerOwner: Int, cleanStart: Bool, expirySeconds: Int,
         connection: BrokerConnection
     ) -> Attached? {
-        // Every session once a second; in between only this one (a connect costs the same with 10,000 sessions).
-        sweepExpired(only: ContinuousClock.now - lastSweep < .seconds(1) ? key : nil)
-        if sessions[key] == nil, owners[owner, default: 0] >= maxPerOwner {
-            sweepExpired()  // the owner's own expired sessions do not count
-            if owners[owner, default: 0] >= maxPerOwner { return nil }
-        }
+        sweepExpired()
+        if sessions[key] == nil, owners[owner, default: 0] >= maxPerOwner { return nil }
         let wasSaved = sessions[key]?.saved ?? false
         if let session = sessions[key], let previous = session.connection {
             Self.takenOver(previous)
@@ -213,6 +211,7 @@ actor MQTTBroker {
             remove(key)
         } else {
             session.disconnectedAt = .now
+            awaitingReturn(session)
         }
         changed(key, session, presence: true)
     }
@@ -403,7 +402,7 @@ actor MQTTBroker {
                     sharedGroup: delivery.sharedGroup), to: session)
             if delivery.qos != .atMostOnce { changed(delivery.key) }
         }
-        if ContinuousClock.now - lastSweep > .seconds(10) { sweepExpired() }
+        sweepExpired()
         return deliveries.count
     }
 
@@ -550,6 +549,7 @@ actor MQTTBroker {
         session.expirySeconds = stored.expirySeconds
         let away = max(0, wallClock.timeIntervalSince(stored.disconnectedAt ?? stored.savedAt))
         session.disconnectedAt = now - .milliseconds(Int64(away * 1000))
+        awaitingReturn(session)
         session.saved = true
         session.replayedThrough = through
         add(session)
@@ -670,6 +670,8 @@ actor MQTTBroker {
     }
 
     var sessionCount: Int { sessions.count }
+    /// Filters in the subscription index (for tests: every session's filters, and no others).
+    var indexedFilters: Int { index.count }
 
     func sessionCount(of owner: String) -> Int { owners[owner, default: 0] }
 
@@ -735,9 +737,17 @@ actor MQTTBroker {
         connection.channel.writeAndFlush(buffer, promise: nil)
     }
 
-    /// Ends sessions whose client has been away longer than their expiry (MQTT 5.0 §3.1.2.11.2).
-    /// With `only`, that session alone (nothing else is looked at).
-    private func sweepExpired(only: String? = nil) {
+    /// A session whose client went away: when it expires, unless the client comes back first.
+    private func awaitingReturn(_ session: Session) {
+        guard let since = session.disconnectedAt else { return }
+        let due = since + .seconds(session.expirySeconds)
+        earliestExpiry = min(earliestExpiry ?? due, due)
+    }
+
+    /// Ends sessions whose client has been away longer than their expiry (MQTT 5.0 §3.1.2.11.2), and drops expired
+    /// retained messages. Looks at the sessions only once the earliest expiry has come (a connect or a publish costs
+    /// the same with 10,000 sessions).
+    private func sweepExpired() {
         let now = ContinuousClock.now
         func due(_ session: Session) -> Bool {
             guard let since = session.disconnectedAt else { return false }
@@ -748,14 +758,11 @@ actor MQTTBroker {
         // `MQTTPersistence.load`): every reader checks the expiry, and deleting by topic here could drop a newer
         // message another node saved meanwhile.
         _ = retained.removeExpired(now: now)
-        let expired: [String: Session]
-        if let only {
-            guard let session = sessions[only], due(session) else { return }
-            expired = [only: session]
-        } else {
-            lastSweep = now
-            expired = sessions.filter { due($0.value) }
-        }
+        guard let earliest = earliestExpiry, earliest <= now else { return }
+        let expired = sessions.filter { due($0.value) }
+        earliestExpiry = sessions.values.lazy.filter { !due($0) }.compactMap { session in
+            session.disconnectedAt.map { $0 + .seconds(session.expirySeconds) }
+        }.min()
         // Removed first, then forgotten: two members of one shared subscription expiring together each see the
         // group as gone, and its turn is released.
         for (key, session) in expired {

@@ -72,8 +72,8 @@ public struct SubscriptionIndex: Sendable {
     /// The sessions holding at least one filter that matches `topic`.
     public func sessions(matching topic: TopicName) -> Set<String> {
         var found = Set<String>()
-        // §4.7.2: no wildcard at the first level matches a `$` topic.
-        let dollar = topic.rawValue.utf8.first == UInt8(ascii: "$")
+        // §4.7.2: no wildcard at the first level matches a `$` topic (the same test as `TopicFilter.matches`).
+        let dollar = topic.rawValue.hasPrefix("$")
         collect(0, topic.levels[...], wildcards: !dollar, into: &found)
         return found
     }

@@ -225,8 +225,9 @@ import Testing
     @Test func expiredMessagesGoWhenTheirTimeComes() throws {
         let now = ContinuousClock.now
         var retained = RetainedMessages(maxMessages: 10, maxPerOwner: 10, maxBytes: 1_000)
-        try retained.retain(Self.message("t/1", "a", expiresAt: now + .seconds(10)), owner: "d")
+        // The later one first: the earliest time must move back when an earlier one comes.
         try retained.retain(Self.message("t/2", "b", expiresAt: now + .seconds(20)), owner: "d")
+        try retained.retain(Self.message("t/1", "a", expiresAt: now + .seconds(10)), owner: "d")
         try retained.retain(Self.message("t/3", "c"), owner: "d")
         #expect(retained.removeExpired(now: now + .seconds(5)).isEmpty)
         #expect(retained.removeExpired(now: now + .seconds(10)).map(\.topic) == ["t/1"])
