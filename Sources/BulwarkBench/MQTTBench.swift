@@ -52,10 +52,10 @@ struct MQTTBenchmark: AsyncParsableCommand {
 
         // One device certificate per connection (each publishes under its own topic, as the ACL requires, and one
         // client id is one session: a second connection with it takes the session over): the publishers, then the
-        // held devices, then one that connects while they are held.
+        // held devices, then 20 that connect (each once) while they are held.
         let enrolling = ContinuousClock.now
         let devices = try await enrollDevices(
-            count: connections + idle + 1, prefix: "b", operatorPort: ports.operator, directory: directory
+            count: connections + idle + 20, prefix: "b", operatorPort: ports.operator, directory: directory
         ).map(\.credentials)
         emit(
             "(\(devices.count) devices enrolled in \(String(format: "%.1f", (ContinuousClock.now - enrolling).seconds)) s)"
@@ -157,7 +157,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
         var heldCPU: [Double] = []
         let idleCount = idle
         let firstIdle = connections
-        let probe = connections + idle
+        let firstProbe = connections + idle
         for (name, port, pid) in targets {
             let before = Self.rssKiB(pid)
             let (ready, readyContinuation) = AsyncStream.makeStream(of: Bool.self)
@@ -215,12 +215,13 @@ struct MQTTBenchmark: AsyncParsableCommand {
             memory.append((rss - before) / 1024 / Double(max(1, idleCount - failed)) * 1000)
             total.append(rss / 1024)
 
-            // A new device connecting meanwhile: TLS 1.3 mutual TLS + CONNECT to CONNACK, one after another.
+            // New devices connecting meanwhile (each for the first time): TLS 1.3 mutual TLS + CONNECT to CONNACK,
+            // one after another.
             var times: [Double] = []
             for attempt in 0..<20 {
                 let start = ContinuousClock.now
                 let answered = try? await MQTTClientConnection.withConnection(
-                    host: "127.0.0.1", port: port, tls: try devicesCopy[probe].tlsConfiguration(),
+                    host: "127.0.0.1", port: port, tls: try devicesCopy[firstProbe + attempt].tlsConfiguration(),
                     clientID: name == "bulwark" ? "" : "probe-\(attempt)"
                 ) { _, reason in reason == 0 ? (ContinuousClock.now - start).seconds * 1000 : nil }
                 if let answered { times.append(answered) }
