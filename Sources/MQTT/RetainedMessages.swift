@@ -28,7 +28,7 @@ public struct RetainedMessages: Sendable {
         let topic = message.topic.rawValue
         remove(topic)
         guard !message.payload.isEmpty else { return true }
-        let size = message.payload.count + topic.utf8.count
+        let size = Self.size(of: message)
         guard messages.count < maxMessages, perOwner[owner, default: 0] < maxPerOwner, bytes + size <= maxBytes else {
             return false
         }
@@ -67,6 +67,18 @@ public struct RetainedMessages: Sendable {
         topics.remove(previous.message.topic)
         perOwner[previous.owner, default: 1] -= 1
         if perOwner[previous.owner] == 0 { perOwner[previous.owner] = nil }
-        bytes -= previous.message.payload.count + topic.utf8.count
+        // What was charged for the message held (its topic as it was given: a canonically equivalent spelling
+        // of it finds the same entry but may have another length).
+        bytes -= Self.size(of: previous.message)
     }
+
+    /// What a message is charged against `maxBytes`: payload, topic, and what each topic level costs in the tree of
+    /// topics (a node and its table: a topic of 60,000 empty levels is not 60 KB but some megabytes).
+    public static func size(of message: OutboundMessage) -> Int {
+        message.payload.count + message.topic.rawValue.utf8.count + levelCost * message.topic.levels.count
+    }
+
+    /// Bytes charged per topic level (a tree node with its one-entry table of children, measured order of
+    /// magnitude).
+    public static let levelCost = 128
 }

@@ -9,7 +9,8 @@
 /// its FILTER. A pure value: the broker applies what it returns.
 public struct SubscriptionIndex: Sendable {
     struct Node: Sendable {
-        var children: [Substring: Int] = [:]
+        /// Keyed by copies of the levels: a `Substring` would keep the whole filter that made the node alive.
+        var children: [String: Int] = [:]
         /// Sessions whose filter ends at this node, each with how many of its filters do (a session may hold `a/b`
         /// and `$share/g/a/b`).
         var keys: [String: Int] = [:]
@@ -33,7 +34,7 @@ public struct SubscriptionIndex: Sendable {
     /// Records that session `key` holds `filter` (once per call: `remove` undoes one `insert`).
     public mutating func insert(_ filter: TopicFilter, options: SubscriptionOptions, key: String) {
         var node = 0
-        for level in Self.matchingLevels(filter, options) {
+        for level in Self.matchingLevels(filter, options).lazy.map(String.init) {
             if let child = nodes[node].children[level] {
                 node = child
             } else {
@@ -49,9 +50,9 @@ public struct SubscriptionIndex: Sendable {
     /// Undoes one `insert` of the same filter and options for `key`; nodes left empty are released. Removing what
     /// was never inserted changes nothing.
     public mutating func remove(_ filter: TopicFilter, options: SubscriptionOptions, key: String) {
-        var path: [(node: Int, level: Substring)] = []
+        var path: [(node: Int, level: String)] = []
         var node = 0
-        for level in Self.matchingLevels(filter, options) {
+        for level in Self.matchingLevels(filter, options).lazy.map(String.init) {
             guard let child = nodes[node].children[level] else { return }
             path.append((node, level))
             node = child
@@ -69,28 +70,28 @@ public struct SubscriptionIndex: Sendable {
         }
     }
 
-    /// The sessions holding at least one filter that matches `topic`.
+    /// The sessions holding at least one filter that matches `topic`. Walked with a stack of its own, not by
+    /// recursion: a filter may have 65,535 levels.
     public func sessions(matching topic: TopicName) -> Set<String> {
         var found = Set<String>()
         // §4.7.2: no wildcard at the first level matches a `$` topic (the same test as `TopicFilter.matches`).
         let dollar = topic.rawValue.hasPrefix("$")
-        collect(0, topic.levels[...], wildcards: !dollar, into: &found)
+        let levels = topic.levels
+        var pending: [(node: Int, depth: Int)] = [(0, 0)]
+        while let (node, depth) = pending.popLast() {
+            let wildcards = depth > 0 || !dollar
+            let current = nodes[node]
+            if wildcards, let hash = current.children["#"] {
+                for key in nodes[hash].keys.keys { found.insert(key) }
+            }
+            guard depth < levels.count else {
+                for key in current.keys.keys { found.insert(key) }
+                continue
+            }
+            if let exact = current.children[String(levels[depth])] { pending.append((exact, depth + 1)) }
+            if wildcards, let plus = current.children["+"] { pending.append((plus, depth + 1)) }
+        }
         return found
-    }
-
-    private func collect(_ node: Int, _ rest: ArraySlice<Substring>, wildcards: Bool, into found: inout Set<String>) {
-        let current = nodes[node]
-        if wildcards, let hash = current.children["#"] {
-            for key in nodes[hash].keys.keys { found.insert(key) }
-        }
-        guard let level = rest.first else {
-            for key in current.keys.keys { found.insert(key) }
-            return
-        }
-        if let exact = current.children[level] { collect(exact, rest.dropFirst(), wildcards: true, into: &found) }
-        if wildcards, let plus = current.children["+"] {
-            collect(plus, rest.dropFirst(), wildcards: true, into: &found)
-        }
     }
 
     /// Nodes in use, the root included (for tests: a removed filter leaves none behind).

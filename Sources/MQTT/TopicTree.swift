@@ -5,7 +5,8 @@
 /// whose first level starts with `$`. A pure value.
 public struct TopicTree: Sendable {
     struct Node: Sendable {
-        var children: [Substring: Int] = [:]
+        /// Keyed by copies of the levels: a `Substring` would keep the whole topic that made the node alive.
+        var children: [String: Int] = [:]
         /// The topic that ends here, when one is held.
         var topic: String?
     }
@@ -21,11 +22,11 @@ public struct TopicTree: Sendable {
     public mutating func insert(_ topic: TopicName) {
         var node = 0
         for level in topic.levels {
-            if let child = nodes[node].children[level] {
+            if let child = nodes[node].children[String(level)] {
                 node = child
             } else {
                 let child = free.popLast() ?? append()
-                nodes[node].children[level] = child
+                nodes[node].children[String(level)] = child
                 node = child
             }
         }
@@ -35,9 +36,9 @@ public struct TopicTree: Sendable {
 
     /// Lets go of `topic` and of the nodes only it used. Removing a topic not held changes nothing.
     public mutating func remove(_ topic: TopicName) {
-        var path: [(node: Int, level: Substring)] = []
+        var path: [(node: Int, level: String)] = []
         var node = 0
-        for level in topic.levels {
+        for level in topic.levels.lazy.map(String.init) {
             guard let child = nodes[node].children[level] else { return }
             path.append((node, level))
             node = child
@@ -54,41 +55,41 @@ public struct TopicTree: Sendable {
         }
     }
 
-    /// The topics held that `filter` matches.
+    /// The topics held that `filter` matches. Walked with a stack of its own, not by recursion: a topic may have
+    /// 65,535 levels.
     public func topics(matching filter: TopicFilter) -> [String] {
         var found: [String] = []
-        walk(0, filter.levels[...], first: true, into: &found)
+        let levels = filter.levels
+        var pending: [(node: Int, depth: Int)] = [(0, 0)]
+        while let (node, depth) = pending.popLast() {
+            guard depth < levels.count else {
+                if let topic = nodes[node].topic { found.append(topic) }
+                continue
+            }
+            // §4.7.2: a wildcard at the first level matches no `$` topic.
+            let first = depth == 0
+            switch levels[depth] {
+            case "#":
+                // The parent level too (`a/#` matches `a`; the root holds no topic), then everything below.
+                if let topic = nodes[node].topic { found.append(topic) }
+                var below = nodes[node].children.compactMap { first && $0.key.hasPrefix("$") ? nil : $0.value }
+                while let next = below.popLast() {
+                    if let topic = nodes[next].topic { found.append(topic) }
+                    below.append(contentsOf: nodes[next].children.values)
+                }
+            case "+":
+                for (name, child) in nodes[node].children where !(first && name.hasPrefix("$")) {
+                    pending.append((child, depth + 1))
+                }
+            case let level:
+                if let child = nodes[node].children[String(level)] { pending.append((child, depth + 1)) }
+            }
+        }
         return found
     }
 
     /// Nodes in use, the root included.
     public var nodeCount: Int { nodes.count - free.count }
-
-    private func walk(_ node: Int, _ rest: ArraySlice<Substring>, first: Bool, into found: inout [String]) {
-        guard let level = rest.first else {
-            if let topic = nodes[node].topic { found.append(topic) }
-            return
-        }
-        switch level {
-        case "#":
-            // The parent level too (`a/#` matches `a`); at the root there is none.
-            if let topic = nodes[node].topic { found.append(topic) }
-            for (name, child) in nodes[node].children where !(first && name.hasPrefix("$")) {
-                everything(under: child, into: &found)
-            }
-        case "+":
-            for (name, child) in nodes[node].children where !(first && name.hasPrefix("$")) {
-                walk(child, rest.dropFirst(), first: false, into: &found)
-            }
-        default:
-            if let child = nodes[node].children[level] { walk(child, rest.dropFirst(), first: false, into: &found) }
-        }
-    }
-
-    private func everything(under node: Int, into found: inout [String]) {
-        if let topic = nodes[node].topic { found.append(topic) }
-        for child in nodes[node].children.values { everything(under: child, into: &found) }
-    }
 
     private mutating func append() -> Int {
         nodes.append(Node())

@@ -199,10 +199,12 @@ import Testing
 
     @Test func oneMessagePerTopicWithinEachBound() throws {
         let now = ContinuousClock.now
-        var retained = RetainedMessages(maxMessages: 3, maxPerOwner: 2, maxBytes: 40)
+        // Every topic here has two levels, each charged `levelCost`.
+        let levels = 2 * RetainedMessages.levelCost
+        var retained = RetainedMessages(maxMessages: 3, maxPerOwner: 2, maxBytes: 40 + 3 * levels)
         #expect(try retained.retain(Self.message("a/1", "x"), owner: "d1"))
         #expect(try retained.retain(Self.message("a/1", "yy"), owner: "d1"), "replaces, not a second")
-        #expect(retained.count == 1 && retained.bytes == 5)
+        #expect(retained.count == 1 && retained.bytes == 5 + levels)
         #expect(try retained.retain(Self.message("a/2", "z"), owner: "d1"))
         #expect(try !retained.retain(Self.message("a/3", "z"), owner: "d1"), "over the publisher's bound")
         #expect(try retained.retain(Self.message("b/1", "z"), owner: "d2"))
@@ -217,7 +219,20 @@ import Testing
         #expect(try retained.retain(Self.message("a/1", "old", expiresAt: now - .seconds(1)), owner: "d1"))
         #expect(try retained.matching(TopicFilter("a/1"), now: now).isEmpty)
         retained.removeExpired(now: now)
-        #expect(retained.count == 2 && retained.bytes == 4 + 4)
+        #expect(retained.count == 2 && retained.bytes == 4 + 4 + 2 * levels)
+    }
+
+    /// What a retained message costs is what it holds in memory: a topic of many empty levels is charged for each
+    /// level (the tree of topics has a node per level), and a clear spelled in another canonically equivalent form
+    /// gives back exactly what was charged.
+    @Test func theBoundInBytesCountsWhatIsHeld() throws {
+        var retained = RetainedMessages(maxMessages: 10, maxPerOwner: 10, maxBytes: 64 * 1024)
+        let deep = "t" + String(repeating: "/", count: 1_000)
+        #expect(try !retained.retain(Self.message(deep, "x"), owner: "d"), "1,001 levels are over 64 KiB")
+        #expect(retained.count == 0 && retained.bytes == 0)
+        #expect(try retained.retain(Self.message("t/caf\u{E9}", "x"), owner: "d"))
+        #expect(try retained.retain(Self.message("t/cafe\u{301}", ""), owner: "d"), "the same topic to Swift")
+        #expect(retained.count == 0 && retained.bytes == 0)
     }
 
     /// `removeExpired` runs on every connection: it must find each message once its time comes, the earliest first,

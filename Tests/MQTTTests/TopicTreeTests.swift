@@ -34,6 +34,24 @@ import Testing
         #expect(tree.count == 0 && tree.nodeCount == 1, "only the root is left")
     }
 
+    /// A topic may have 65,535 levels: walking it must not recurse once per level (the broker's stack would not
+    /// hold), in the tree of retained topics nor in the subscription index.
+    @Test func deepTopicsAreWalkedWithoutRecursion() throws {
+        let deep = "t" + String(repeating: "/", count: 60_000)
+        var tree = TopicTree()
+        tree.insert(try TopicName(deep))
+        #expect(tree.topics(matching: try TopicFilter("#")) == [deep])
+        #expect(tree.topics(matching: try TopicFilter(deep)) == [deep])
+        tree.remove(try TopicName(deep))
+        #expect(tree.nodeCount == 1)
+        var index = SubscriptionIndex()
+        let filter = try TopicFilter(deep)
+        index.insert(filter, options: SubscriptionOptions(qos: .atMostOnce), key: "s")
+        #expect(index.sessions(matching: try TopicName(deep)) == ["s"])
+        index.remove(filter, options: SubscriptionOptions(qos: .atMostOnce), key: "s")
+        #expect(index.nodeCount == 1)
+    }
+
     @Test func theRulesOfTopicMatching() throws {
         var tree = TopicTree()
         for topic in ["sport", "sport/tennis", "sport/tennis/player1", "$SYS/monitor", "/finance", "a//b"] {
