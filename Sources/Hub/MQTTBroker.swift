@@ -64,6 +64,8 @@ actor MQTTBroker {
         }
         /// A connection is attached and its CONNACK has gone out.
         var isReady: Bool { connection != nil && ready }
+        /// When the session ends unless its client comes back first (nil while connected).
+        var expiresAt: ContinuousClock.Instant? { disconnectedAt.map { $0 + .seconds(expirySeconds) } }
 
         init(key: String, maxQueued: Int) {
             self.key = key
@@ -675,9 +677,10 @@ actor MQTTBroker {
 
     func sessionCount(of owner: String) -> Int { owners[owner, default: 0] }
 
-    /// Puts a new session in `sessions`, counted for its owner.
+    /// Puts a new session in `sessions` (in place of any with its key), counted for its owner.
     private func add(_ session: Session) {
-        if let replaced = sessions.updateValue(session, forKey: session.key) { owners[replaced.owner, default: 1] -= 1 }
+        remove(session.key)
+        sessions[session.key] = session
         owners[session.owner, default: 0] += 1
     }
 
@@ -739,8 +742,7 @@ actor MQTTBroker {
 
     /// A session whose client went away: when it expires, unless the client comes back first.
     private func awaitingReturn(_ session: Session) {
-        guard let since = session.disconnectedAt else { return }
-        let due = since + .seconds(session.expirySeconds)
+        guard let due = session.expiresAt else { return }
         earliestExpiry = min(earliestExpiry ?? due, due)
     }
 
@@ -749,20 +751,13 @@ actor MQTTBroker {
     /// the same with 10,000 sessions).
     private func sweepExpired() {
         let now = ContinuousClock.now
-        func due(_ session: Session) -> Bool {
-            guard let since = session.disconnectedAt else { return false }
-            return now - since >= .seconds(session.expirySeconds)
-        }
         // A retained message past its Message Expiry Interval is no longer retained (§3.3.2.3.3); nothing is looked at
         // until the earliest expiry comes. Its stored copy stays until a node starts and drops it (only that copy:
         // `MQTTPersistence.load`): every reader checks the expiry, and deleting by topic here could drop a newer
         // message another node saved meanwhile.
         _ = retained.removeExpired(now: now)
         guard let earliest = earliestExpiry, earliest <= now else { return }
-        let expired = sessions.filter { due($0.value) }
-        earliestExpiry = sessions.values.lazy.filter { !due($0) }.compactMap { session in
-            session.disconnectedAt.map { $0 + .seconds(session.expirySeconds) }
-        }.min()
+        let expired = sessions.filter { $0.value.expiresAt.map { $0 <= now } ?? false }
         // Removed first, then forgotten: two members of one shared subscription expiring together each see the
         // group as gone, and its turn is released.
         for (key, session) in expired {
@@ -770,6 +765,7 @@ actor MQTTBroker {
             changed(key, session, presence: true)
         }
         for session in expired.values { forget(session) }
+        earliestExpiry = sessions.values.lazy.compactMap(\.expiresAt).min()
     }
 
     /// Lets go of a session that left `sessions`: it `ended` (a will waiting out its delay is due now,

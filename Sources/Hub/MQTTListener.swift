@@ -444,8 +444,8 @@ struct MQTTConnection {
         let revocationWatch = listener.revocations.watch(peer.serial) { nioChannel.close(promise: nil) }
         defer { listener.revocations.unwatch(peer.serial, revocationWatch) }
         guard let attached = try await attach(connect, peer: peer, accepted) else { return nil }
-        var state = attached.0
-        let end = await run(connack: attached.1, peer: peer, state: &state, packets: &packets)
+        var state = attached.state
+        let end = await run(connack: attached.connack, peer: peer, state: &state, packets: &packets)
         return await finish(end, connect: connect, peer: peer, state: &state)
     }
 
@@ -523,7 +523,9 @@ struct MQTTConnection {
     /// connects to next finds it); the connection's state and its CONNACK. Nil when the identity holds too many
     /// sessions (the refusal is sent).
     @inline(never)
-    private func attach(_ connect: ConnectPacket, peer: Peer, _ accepted: Accepted) async throws -> (State, Packet)? {
+    private func attach(_ connect: ConnectPacket, peer: Peer, _ accepted: Accepted) async throws -> (
+        state: State, connack: Packet
+    )? {
         let (rules, clientID, sessionKey, acl) = (accepted.rules, accepted.clientID, accepted.sessionKey, accepted.acl)
         let settings = listener.settings
         let version = connect.version

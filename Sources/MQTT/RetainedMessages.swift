@@ -42,9 +42,7 @@ public struct RetainedMessages: Sendable {
 
     /// The retained messages a new subscription to `filter` receives (those not expired at `now`).
     public func matching(_ filter: TopicFilter, now: ContinuousClock.Instant) -> [OutboundMessage] {
-        topics.topics(matching: filter).compactMap { messages[$0]?.message }.filter {
-            filter.matches($0.topic) && !$0.expired(at: now)
-        }
+        topics.topics(matching: filter).compactMap { messages[$0]?.message }.filter { !$0.expired(at: now) }
     }
 
     /// Drops the messages whose Message Expiry Interval has passed (§3.3.2.3.3): they are no longer retained.

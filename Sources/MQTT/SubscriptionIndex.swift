@@ -8,19 +8,9 @@
 /// first level is a wildcard (§4.7.2). A shared subscription (`$share/GROUP/FILTER`, §4.8.2) is indexed under
 /// its FILTER. A pure value: the broker applies what it returns.
 public struct SubscriptionIndex: Sendable {
-    struct Node: Sendable {
-        /// Keyed by copies of the levels: a `Substring` would keep the whole filter that made the node alive.
-        var children: [String: Int] = [:]
-        /// Sessions whose filter ends at this node, each with how many of its filters do (a session may hold `a/b`
-        /// and `$share/g/a/b`).
-        var keys: [String: Int] = [:]
-
-        var isEmpty: Bool { children.isEmpty && keys.isEmpty }
-    }
-
-    /// Node 0 is the root; removed nodes are reused (`free`).
-    private var nodes = [Node()]
-    private var free: [Int] = []
+    /// At each node, the sessions whose filter ends there, each with how many of its filters do (a session may hold
+    /// `a/b` and `$share/g/a/b`).
+    private var tree = LevelTree<[String: Int]>(empty: [:])
     /// Filters held, counted once per session and filter.
     public private(set) var count = 0
 
@@ -33,41 +23,18 @@ public struct SubscriptionIndex: Sendable {
 
     /// Records that session `key` holds `filter` (once per call: `remove` undoes one `insert`).
     public mutating func insert(_ filter: TopicFilter, options: SubscriptionOptions, key: String) {
-        var node = 0
-        for level in Self.matchingLevels(filter, options).lazy.map(String.init) {
-            if let child = nodes[node].children[level] {
-                node = child
-            } else {
-                let child = allocate()
-                nodes[node].children[level] = child
-                node = child
-            }
-        }
-        nodes[node].keys[key, default: 0] += 1
+        tree.update(tree.make(Self.matchingLevels(filter, options))) { $0[key, default: 0] += 1 }
         count += 1
     }
 
     /// Undoes one `insert` of the same filter and options for `key`; nodes left empty are released. Removing what
     /// was never inserted changes nothing.
     public mutating func remove(_ filter: TopicFilter, options: SubscriptionOptions, key: String) {
-        var path: [(node: Int, level: String)] = []
-        var node = 0
-        for level in Self.matchingLevels(filter, options).lazy.map(String.init) {
-            guard let child = nodes[node].children[level] else { return }
-            path.append((node, level))
-            node = child
-        }
-        guard let held = nodes[node].keys[key] else { return }
-        nodes[node].keys[key] = held > 1 ? held - 1 : nil
+        guard let found = tree.find(Self.matchingLevels(filter, options)), let held = tree[found.node].value[key]
+        else { return }
+        tree.update(found.node) { $0[key] = held > 1 ? held - 1 : nil }
         count -= 1
-        // Prune from the leaf up while a node holds nothing.
-        while let (parent, level) = path.last, nodes[node].isEmpty {
-            nodes[parent].children[level] = nil
-            nodes[node] = Node()
-            free.append(node)
-            path.removeLast()
-            node = parent
-        }
+        tree.prune(found) { $0.isEmpty }
     }
 
     /// The sessions holding at least one filter that matches `topic`. Walked with a stack of its own, not by
@@ -80,12 +47,12 @@ public struct SubscriptionIndex: Sendable {
         var pending: [(node: Int, depth: Int)] = [(0, 0)]
         while let (node, depth) = pending.popLast() {
             let wildcards = depth > 0 || !dollar
-            let current = nodes[node]
+            let current = tree[node]
             if wildcards, let hash = current.children["#"] {
-                for key in nodes[hash].keys.keys { found.insert(key) }
+                for key in tree[hash].value.keys { found.insert(key) }
             }
             guard depth < levels.count else {
-                for key in current.keys.keys { found.insert(key) }
+                for key in current.value.keys { found.insert(key) }
                 continue
             }
             if let exact = current.children[String(levels[depth])] { pending.append((exact, depth + 1)) }
@@ -95,11 +62,5 @@ public struct SubscriptionIndex: Sendable {
     }
 
     /// Nodes in use, the root included (for tests: a removed filter leaves none behind).
-    public var nodeCount: Int { nodes.count - free.count }
-
-    private mutating func allocate() -> Int {
-        if let reused = free.popLast() { return reused }
-        nodes.append(Node())
-        return nodes.count - 1
-    }
+    public var nodeCount: Int { tree.nodeCount }
 }
