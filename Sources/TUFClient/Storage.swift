@@ -90,25 +90,33 @@ public enum AtomicFile {
             throw UpdaterError.storage("cannot open \(path) (errno \(errno))")
         }
         defer { close(fd) }
-        // Read into one buffer of the file's size (plus one byte, to see the end in the same call); a file that grows
-        // meanwhile is read on in 64 KiB steps.
+        // Read into one uninitialized buffer of the file's size (plus one byte, to see the end in the same call); a
+        // file that grows meanwhile is read on in 64 KiB steps. (Not `append(contentsOf: repeatElement(0, ...))`: in a
+        // debug build that zeroes byte by byte through generic witnesses, and 100 agents reading their metadata that
+        // way held both of the test run's cooperative threads.)
         var status = stat()
         let expected = fstat(fd, &status) == 0 ? max(0, Int(status.st_size)) : 0
         var out: [UInt8] = []
-        out.reserveCapacity(expected + 1)
         var step = expected + 1
         while true {
-            let before = out.count
             var failure: Int32 = 0
-            out.append(contentsOf: repeatElement(0, count: step))
-            let n = out.withUnsafeMutableBytes { systemRead(fd, $0.baseAddress.map { $0 + before }, step) }
-            if n < 0 { failure = errno }
-            out.removeLast(step - max(n, 0))
-            if n < 0 {
-                if failure == EINTR { continue }
-                throw UpdaterError.storage("cannot read \(path) (errno \(failure))")
+            let chunk = [UInt8](unsafeUninitializedCapacity: step) { buffer, count in
+                count = 0
+                while true {
+                    let n = systemRead(fd, buffer.baseAddress, step)
+                    if n >= 0 {
+                        count = n
+                        return
+                    }
+                    if errno != EINTR {
+                        failure = errno
+                        return
+                    }
+                }
             }
-            if n == 0 { break }
+            if failure != 0 { throw UpdaterError.storage("cannot read \(path) (errno \(failure))") }
+            if chunk.isEmpty { break }
+            if out.isEmpty { out = chunk } else { out += chunk }
             step = 65536
         }
         return out
