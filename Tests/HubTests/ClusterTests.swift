@@ -488,17 +488,26 @@ import Testing
             "the setup secret is sealed in the database")
 
         // The device learns of a wrong secret first (it cannot open message 3); node 1 counts it once the device
-        // closes the connection, and only then releases the claim. A second attempt made before that finds the claim
-        // held (refused, and no offence of its own), so each attempt waits for its count.
+        // closes the connection, and only then releases the claim. A second attempt made before the release finds
+        // the claim held (refused, and no offence of its own), so each attempt waits for its count and then for the
+        // claim to be free (probed by holding and releasing it). The client waits long enough for node 1 to reach the
+        // failed proof on a loaded machine: a client that gives up first has proved nothing, which is not counted.
         for attempt in 1...2 {
             let result = try? await PairingClient.pair(
                 host: "127.0.0.1", port: one.pairingPort, label: wrongSecret, identityKey: identity,
-                timeout: .seconds(5), localAddress: "127.0.0.3")
+                timeout: .seconds(60), localAddress: "127.0.0.3")
             #expect(result == nil)
-            let counted = try await Self.within(5) {
+            let counted = try await Self.within(10) {
                 try await two.server.store.pairingFailures(of: id)?.count == attempt
             }
             #expect(counted != nil, "failure \(attempt) counted where every node reads it")
+            let released = try await Self.within(10) {
+                guard try await two.server.store.holdClaim(of: id, holder: "probe", until: Date() + 5, at: Date())
+                else { return false }
+                try await two.server.store.releaseClaim(of: id, holder: "probe")
+                return true
+            }
+            #expect(released != nil, "failure \(attempt) released the claim")
         }
         let locked = try? await PairingClient.pair(
             host: "127.0.0.1", port: two.pairingPort, label: label, identityKey: identity, timeout: .seconds(12))
