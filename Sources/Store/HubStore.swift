@@ -262,20 +262,58 @@ extension HubStore {
 }
 
 /// A telemetry write queued with the store (`HubStore.queueTelemetry`): awaiting it returns the message's id once it
-/// is durable, or throws what `appendTelemetry` would.
+/// is durable, or throws what `appendTelemetry` would. Read it once: with `value()` or with `whenComplete`.
 public struct TelemetryWrite: Sendable {
-    private let wait: @Sendable () async throws -> Int64
+    private enum Source: Sendable {
+        case wait(@Sendable () async throws -> Int64)
+        case pending(PendingResult<Int64>)
+    }
 
-    public init(_ wait: @escaping @Sendable () async throws -> Int64) { self.wait = wait }
+    private let source: Source
 
-    public func value() async throws -> Int64 { try await wait() }
+    /// A write that starts when it is awaited (the protocol's default `queueTelemetry`).
+    public init(_ wait: @escaping @Sendable () async throws -> Int64) { source = .wait(wait) }
+
+    /// A write already in the store's queue, answered when its batch commits.
+    public init(_ pending: PendingResult<Int64>) { source = .pending(pending) }
+
+    public func value() async throws -> Int64 {
+        switch source {
+        case .wait(let wait): try await wait()
+        case .pending(let pending): try await pending.value()
+        }
+    }
+
+    /// Calls `body` once with the outcome: for a queued write on the thread that commits its batch, without a task
+    /// (so `body` must be short and must not block); for a write that starts when awaited, from a task.
+    public func whenComplete(_ body: @escaping @Sendable (Result<Int64, any Error>) -> Void) {
+        switch source {
+        case .pending(let pending): pending.whenComplete(body)
+        case .wait(let wait):
+            Task {
+                do { body(.success(try await wait())) } catch { body(.failure(error)) }
+            }
+        }
+    }
 }
 
 /// A result one party sets once and another awaits, however their order falls: the bridge between a store's
 /// queue (which answers a batch at a time) and a `TelemetryWrite`.
 public final class PendingResult<Value: Sendable>: Sendable {
+    private enum Waiter {
+        case continuation(CheckedContinuation<Value, any Error>)
+        case callback(@Sendable (Result<Value, any Error>) -> Void)
+
+        func resume(with result: Result<Value, any Error>) {
+            switch self {
+            case .continuation(let continuation): continuation.resume(with: result)
+            case .callback(let body): body(result)
+            }
+        }
+    }
+
     private enum State {
-        case waiting(CheckedContinuation<Value, any Error>?)
+        case waiting(Waiter?)
         case done(Result<Value, any Error>)
     }
 
@@ -285,7 +323,7 @@ public final class PendingResult<Value: Sendable>: Sendable {
 
     /// Sets the result (once; later calls are ignored) and resumes whoever waits.
     public func resolve(_ result: Result<Value, any Error>) {
-        let waiter = state.withLock { state -> CheckedContinuation<Value, any Error>? in
+        let waiter = state.withLock { state -> Waiter? in
             guard case .waiting(let waiter) = state else { return nil }
             state = .done(result)
             return waiter
@@ -293,17 +331,28 @@ public final class PendingResult<Value: Sendable>: Sendable {
         waiter?.resume(with: result)
     }
 
-    /// The result, once it is set. One caller at a time.
+    /// The result, once it is set. One reader: this or `whenComplete`, once.
     public func value() async throws -> Value {
         try await withCheckedThrowingContinuation { continuation in
-            let ready = state.withLock { state -> Result<Value, any Error>? in
-                switch state {
-                case .done(let result): return result
-                case .waiting: state = .waiting(continuation)
-                }
-                return nil
-            }
-            if let ready { continuation.resume(with: ready) }
+            wait(.continuation(continuation))
         }
+    }
+
+    /// Calls `body` with the result: at once if it is set, else on the thread that sets it.
+    public func whenComplete(_ body: @escaping @Sendable (Result<Value, any Error>) -> Void) {
+        wait(.callback(body))
+    }
+
+    private func wait(_ waiter: Waiter) {
+        let ready = state.withLock { state -> Result<Value, any Error>? in
+            switch state {
+            case .done(let result): return result
+            case .waiting(let earlier):
+                if case .some = earlier { preconditionFailure("a PendingResult has one reader") }
+                state = .waiting(waiter)
+            }
+            return nil
+        }
+        if let ready { waiter.resume(with: ready) }
     }
 }

@@ -952,6 +952,11 @@ public final class SQLiteHubStore: HubStore {
         try await committer.append(message)
     }
 
+    /// Queued now, in the caller's order (not when awaited), so a caller may read the outcome by callback.
+    public func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite {
+        TelemetryWrite(committer.queue(message))
+    }
+
     public func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord] {
         try await read { db in
             try Row.fetchAll(
@@ -1428,7 +1433,7 @@ public final class SQLiteHubStore: HubStore {
 /// (one fsync) serves a whole batch, and every caller is resumed only after its batch committed.
 final class GroupCommitter: Sendable {
     private struct State {
-        var queued: [(NewTelemetry, CheckedContinuation<Int64, any Error>)] = []
+        var queued: [(NewTelemetry, PendingResult<Int64>)] = []
         var writing = false
     }
 
@@ -1445,15 +1450,20 @@ final class GroupCommitter: Sendable {
     }
 
     func append(_ message: NewTelemetry) async throws -> Int64 {
-        try await withCheckedThrowingContinuation { continuation in
-            let start = state.withLock { state -> Bool in
-                state.queued.append((message, continuation))
-                if state.writing { return false }
-                state.writing = true
-                return true
-            }
-            if start { writeNextBatch() }
+        try await queue(message).value()
+    }
+
+    /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves.
+    func queue(_ message: NewTelemetry) -> PendingResult<Int64> {
+        let waiter = PendingResult<Int64>()
+        let start = state.withLock { state -> Bool in
+            state.queued.append((message, waiter))
+            if state.writing { return false }
+            state.writing = true
+            return true
         }
+        if start { writeNextBatch() }
+        return waiter
     }
 
     private static func storedWindow(_ device: DeviceID, _ db: Database) throws -> StoredCounterWindow? {
@@ -1466,7 +1476,7 @@ final class GroupCommitter: Sendable {
     }
 
     private func writeNextBatch() {
-        let batch = state.withLock { state -> [(NewTelemetry, CheckedContinuation<Int64, any Error>)] in
+        let batch = state.withLock { state -> [(NewTelemetry, PendingResult<Int64>)] in
             let count = min(state.queued.count, maximumBatch)
             let batch = Array(state.queued.prefix(count))
             state.queued.removeFirst(count)
@@ -1550,14 +1560,14 @@ final class GroupCommitter: Sendable {
                     self.onCommit?(batch.count, ContinuousClock.now - started)
                     for (index, entry) in batch.enumerated() {
                         if let id = ids[index] {
-                            entry.1.resume(returning: id)
+                            entry.1.resolve(.success(id))
                         } else {
-                            entry.1.resume(throwing: StoreError(.replayed, "nonce or counter already stored"))
+                            entry.1.resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
                         }
                     }
                 case .failure(let error):
                     let failure = StoreError(.unavailable, "telemetry batch failed: \(error)")
-                    for entry in batch { entry.1.resume(throwing: failure) }
+                    for entry in batch { entry.1.resolve(.failure(failure)) }
                 }
                 self.writeNextBatch()
             })
