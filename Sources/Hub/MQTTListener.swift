@@ -278,8 +278,8 @@ struct MQTTConnection {
         let acl: BoundTopicACL
         /// The identity's payload rules (`mqtt.payloads`), bound once for the connection.
         let payloads: BoundPayloadRules
-        /// One task per QoS 1 PUBLISH not yet acknowledged, in arrival order (see `acknowledge`).
-        var acknowledgements: [Task<Void, Never>] = []
+        /// The acknowledgements not yet sent, in arrival order (see `acknowledge`).
+        let acknowledgements: AcknowledgementQueue
         /// QoS 1 PUBLISH packets received whose PUBACK has not been sent: at most the Receive Maximum the hub
         /// announced (MQTT 5.0 §3.3.4).
         let unacknowledged = UnacknowledgedPublishes()
@@ -553,7 +553,8 @@ struct MQTTConnection {
             responseInformation: Self.responseInformation(peer: peer, acl: acl, settings: settings))
         let state = State(
             rules: rules, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
-            output: FlushCoalescer(channel.channel), acl: acl, payloads: settings.payloads.bound(to: peer.identity))
+            output: FlushCoalescer(channel.channel), acl: acl, payloads: settings.payloads.bound(to: peer.identity),
+            acknowledgements: AcknowledgementQueue(eventLoop: channel.channel.eventLoop))
         // Saved before the CONNACK: another node that this client connects to next finds the session here.
         await listener.persistence?.flush()
         return (state, connack)
@@ -600,8 +601,7 @@ struct MQTTConnection {
     private func finish(_ end: End, connect: ConnectPacket, peer: Peer, state: inout State) async -> DelayedWill? {
         let acl = state.acl
         // Acknowledgements still waiting for their store write go out before the connection closes.
-        for acknowledgement in state.acknowledgements { await acknowledgement.value }
-        state.acknowledgements = []
+        await state.acknowledgements.wait(untilAtMost: 0)
         await state.output.flush()
         await listener.broker.detach(
             key: state.sessionKey, connectionNumber: state.connectionNumber, expirySeconds: state.expirySeconds)
@@ -984,36 +984,52 @@ struct MQTTConnection {
                 let gateway = listener.gateway
                 let recorder = listener.recorder
                 let duplicate = publish.duplicate
-                let topic = MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120)
+                // Made printable only for the audit record of a refusal, never per message.
+                let topic = publish.topic.rawValue
                 // Queued now, in the connection's order: with several nodes, the others get one publisher's
-                // messages in the order it sent them, however the tasks below are scheduled.
+                // messages in the order it sent them. Its outcome is read by a callback on the thread that commits
+                // the batch (no task per message); what must await (a report the hub reads, an audit record) gets a
+                // task of its own.
                 let queued = store.queueTelemetry(record)
-                let write = Task { () -> StoreWrite in
-                    defer { if let counter { writes.end(device, counter) } }
-                    do {
-                        _ = try await queued.value()
-                        if events == nil { signals.telemetry(device) }
+                let body = record.body
+                let write = PendingResult<StoreWrite>()
+                @Sendable func settle(_ outcome: StoreWrite) {
+                    if let counter { writes.end(device, counter) }
+                    write.resolve(.success(outcome))
+                }
+                queued.whenComplete { result in
+                    switch result {
+                    case .success:
                         writes.succeeded(device, counter)
-                        await events?.observe(
-                            device, messageType: messageType, body: record.body, correlationID: correlationID)
-                        return .stored
-                    } catch let error as StoreError where error.code == .replayed {
+                        guard let events else {
+                            signals.telemetry(device)
+                            return settle(.stored)
+                        }
+                        Task {
+                            await events.observe(
+                                device, messageType: messageType, body: body, correlationID: correlationID)
+                            settle(.stored)
+                        }
+                    case .failure(let error as StoreError) where error.code == .replayed:
                         // Another hub node stored this counter first. Its resend (DUP, after a PUBACK lost with a
                         // node) is acknowledged and neither stored nor delivered again; anything else is a replay.
-                        if duplicate { return .storedElsewhere }
+                        if duplicate { return settle(.storedElsewhere) }
                         let refusal = gateway.replayedElsewhere(
                             device, detail: "counter \(counter ?? 0) already stored (by another hub node)",
                             now: GatewayTime.now())
-                        await recorder.record(
-                            refusal, identity: peer.identity.uri, source: peer.source, correlationID: correlationID,
-                            what: "MQTT PUBLISH \(topic)")
-                        return .replayed
-                    } catch {
+                        Task {
+                            await recorder.record(
+                                refusal, identity: peer.identity.uri, source: peer.source,
+                                correlationID: correlationID,
+                                what: "MQTT PUBLISH \(MessageSignatureProfile.printable(topic, limit: 120))")
+                            settle(.replayed)
+                        }
+                    case .failure(let error):
                         release()
                         logger.error(
                             "MQTT message not stored",
                             metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-                        return (error as? StoreError)?.code == .unavailable ? .unavailable : .failed
+                        settle((error as? StoreError)?.code == .unavailable ? .unavailable : .failed)
                     }
                 }
                 if respond, let id = publish.packetID {
@@ -1022,16 +1038,14 @@ struct MQTTConnection {
                         local: local)
                 } else {
                     // The will: nothing to acknowledge, but it is delivered only once stored.
-                    if await write.value == .stored {
+                    if (try? await write.value()) == .stored {
                         await listener.broker.publish(delivery, from: state.sessionKey, placement: local?.placement)
                     }
                     withExtendedLifetime(local) {}
                 }
                 return true
             }
-            await storeWithoutWaiting(
-                record, release: release, peer: peer,
-                what: "MQTT PUBLISH \(MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120))")
+            await storeWithoutWaiting(record, release: release, peer: peer, topic: publish.topic.rawValue)
             await deliverInOrder(delivery, state: &state, local: local)
             return true
         case .failure(let refusal):
@@ -1124,14 +1138,11 @@ struct MQTTConnection {
     /// copy of the PUBLISH is then answered without being stored again), and the message stays counted against the
     /// Receive Maximum until its PUBCOMP; a failure code (0x80 and above) ends it there.
     private func acknowledge(
-        _ id: UInt16, qos: QoS, state: inout State, after write: Task<StoreWrite, Never>? = nil,
+        _ id: UInt16, qos: QoS, state: inout State, after write: PendingResult<StoreWrite>? = nil,
         code: ReasonCode = .success,
         correlationID: String? = nil, then delivery: BrokerMessage? = nil, local: LocalWrite? = nil
     ) async {
-        if state.acknowledgements.count >= listener.settings.receiveMaximum {
-            await state.acknowledgements.removeFirst().value
-        }
-        let previous = state.acknowledgements.last
+        await state.acknowledgements.wait(untilAtMost: listener.settings.receiveMaximum - 1)
         let nioChannel = channel.channel
         let output = state.output
         let version = state.version
@@ -1142,76 +1153,91 @@ struct MQTTConnection {
         let unacknowledged = state.unacknowledged
         let connectionNumber = state.connectionNumber
         let persistence = listener.persistence
-        state.acknowledgements.append(
-            Task {
-                await previous?.value
-                var reason = code
-                var deliver = true
-                switch await write?.value {
-                case nil, .stored: break
-                case .storedElsewhere: deliver = false
-                case .replayed:
-                    guard version == .v5 else {
-                        nioChannel.close(promise: nil)
-                        return
-                    }
-                    reason = .notAuthorized
-                case .failed:
-                    // Refused by the store for this message (not for want of a database): PUBACK 0x80 on MQTT 5,
-                    // so a message that fails every time does not bring its client back again and again.
-                    guard version == .v5 else {
-                        nioChannel.close(promise: nil)
-                        return
-                    }
-                    reason = .unspecifiedError
-                case .unavailable:
-                    // The store cannot be reached: the connection ends (`ServerSession.publishRefused`), so the
-                    // client keeps the message and sends it again once connected. MQTT 5 hears why first
-                    // (§3.14.2.1). One task on the event loop: nothing written after it goes out after the
-                    // DISCONNECT ([MQTT-3.14.4-1]).
-                    var buffer = ByteBuffer()
-                    if version == .v5 {
-                        Packet.disconnect(reasonCode: .serverBusy, properties: failed).encode(
-                            into: &buffer, version: version)
-                    }
-                    nioChannel.eventLoop.execute { [buffer] in
-                        if buffer.readableBytes > 0 { nioChannel.write(buffer, promise: nil) }
-                        nioChannel.flush()
-                        nioChannel.close(promise: nil)
-                    }
-                    return
+        state.acknowledgements.append(after: write) { outcome in
+            var reason = code
+            var deliver = true
+            switch outcome {
+            case nil, .stored: break
+            case .storedElsewhere: deliver = false
+            case .replayed:
+                guard version == .v5 else {
+                    nioChannel.close(promise: nil)
+                    return nil
                 }
-                let answerProperties = reason == code ? properties : failed
-                // A retained message is in the store's retained messages before its acknowledgement: a restart
-                // right after the PUBACK still has it. (Should that write fail, the message itself is stored all the
-                // same: the PUBACK goes out and the retained copy is written again at the next flush, logged.)
-                var published = false
-                if reason == .success, deliver, let delivery, delivery.retain, let persistence {
-                    await broker.publish(delivery, from: sessionKey, placement: local?.placement)
-                    await persistence.flush()
-                    published = true
+                reason = .notAuthorized
+            case .failed:
+                // Refused by the store for this message (not for want of a database): PUBACK 0x80 on MQTT 5,
+                // so a message that fails every time does not bring its client back again and again.
+                guard version == .v5 else {
+                    nioChannel.close(promise: nil)
+                    return nil
                 }
-                let answer: Packet
+                reason = .unspecifiedError
+            case .unavailable:
+                // The store cannot be reached: the connection ends (`ServerSession.publishRefused`), so the
+                // client keeps the message and sends it again once connected. MQTT 5 hears why first
+                // (§3.14.2.1). One task on the event loop: nothing written after it goes out after the
+                // DISCONNECT ([MQTT-3.14.4-1]).
+                var buffer = ByteBuffer()
+                if version == .v5 {
+                    Packet.disconnect(reasonCode: .serverBusy, properties: failed).encode(
+                        into: &buffer, version: version)
+                }
+                nioChannel.eventLoop.execute { [buffer] in
+                    if buffer.readableBytes > 0 { nioChannel.write(buffer, promise: nil) }
+                    nioChannel.flush()
+                    nioChannel.close(promise: nil)
+                }
+                return nil
+            }
+            let answerProperties = reason == code ? properties : failed
+            let decided = reason
+            let delivered = decided == .success && deliver ? delivery : nil
+            // A retained message is in the store's retained messages before its acknowledgement: a restart right
+            // after the PUBACK still has it. (Should that write fail, the message itself is stored all the same:
+            // the PUBACK goes out and the retained copy is written again at the next flush, logged.)
+            let retainedFirst = delivered?.retain == true && persistence != nil
+            @Sendable func answer() {
+                let packet: Packet
                 if qos == .exactlyOnce {
-                    if !reason.isFailure {
+                    packet = .pubrec(packetID: id, reasonCode: decided, properties: answerProperties)
+                } else {
+                    // Counted off before the PUBACK leaves: the client may send its next publish once it has it.
+                    if version == .v5 { unacknowledged.acknowledged() }
+                    packet = .puback(packetID: id, reasonCode: decided, properties: answerProperties)
+                }
+                var buffer = ByteBuffer()
+                packet.encode(into: &buffer, version: version)
+                output.write(buffer)
+            }
+            guard qos == .exactlyOnce || retainedFirst else {
+                // The common case: the PUBACK now, then the delivery (if anyone may receive it) in order.
+                answer()
+                guard let delivered, delivered.retain || broker.hasSubscriptions else { return nil }
+                return {
+                    await broker.publish(delivered, from: sessionKey, placement: local?.placement)
+                    withExtendedLifetime(local) {}  // delivered here: saves may count past it
+                }
+            }
+            return {
+                if retainedFirst, let delivered, let persistence {
+                    await broker.publish(delivered, from: sessionKey, placement: local?.placement)
+                    await persistence.flush()
+                }
+                if qos == .exactlyOnce {
+                    if !decided.isFailure {
                         await broker.storedQoS2(key: sessionKey, connectionNumber: connectionNumber, packetID: id)
                     } else {
                         unacknowledged.completed(qos2: id)
                     }
-                    answer = .pubrec(packetID: id, reasonCode: reason, properties: answerProperties)
-                } else {
-                    // Counted off before the PUBACK leaves: the client may send its next publish once it has it.
-                    if version == .v5 { unacknowledged.acknowledged() }
-                    answer = .puback(packetID: id, reasonCode: reason, properties: answerProperties)
                 }
-                var buffer = ByteBuffer()
-                answer.encode(into: &buffer, version: version)
-                output.write(buffer)
-                if !published, reason == .success, deliver, let delivery, delivery.retain || broker.hasSubscriptions {
-                    await broker.publish(delivery, from: sessionKey, placement: local?.placement)
+                answer()
+                if !retainedFirst, let delivered, delivered.retain || broker.hasSubscriptions {
+                    await broker.publish(delivered, from: sessionKey, placement: local?.placement)
                 }
                 withExtendedLifetime(local) {}  // delivered here (or not at all): saves may count past it
-            })
+            }
+        }
     }
 
     /// Several nodes: hands a message that is not stored (an operator's or application's publish, a retained clear)
@@ -1241,8 +1267,7 @@ struct MQTTConnection {
     /// MQTT 5.0 §3.14.4 [MQTT-3.14.4-1]: after sending DISCONNECT the server sends nothing more. So the pending
     /// acknowledgements go first and the session stops receiving deliveries, then the DISCONNECT.
     private func serverDisconnect(_ reason: ReasonCode, _ properties: Properties = .init(), state: inout State) async {
-        for acknowledgement in state.acknowledgements { await acknowledgement.value }
-        state.acknowledgements = []
+        await state.acknowledgements.wait(untilAtMost: 0)
         await listener.broker.detach(
             key: state.sessionKey, connectionNumber: state.connectionNumber, expirySeconds: state.expirySeconds)
         try? await send(.disconnect(reasonCode: reason, properties: properties), state.version)
@@ -1254,24 +1279,23 @@ struct MQTTConnection {
         defer { withExtendedLifetime(local) {} }
         let broker = listener.broker
         guard delivery.retain || broker.hasSubscriptions else { return }
-        guard let previous = state.acknowledgements.last else {
+        // Only this connection's task adds steps, so none can be added between this look and the publish.
+        guard state.acknowledgements.unfinished > 0 else {
             await broker.publish(delivery, from: state.sessionKey, placement: local?.placement)
             return
         }
-        if state.acknowledgements.count >= listener.settings.receiveMaximum {
-            await state.acknowledgements.removeFirst().value
-        }
+        await state.acknowledgements.wait(untilAtMost: listener.settings.receiveMaximum - 1)
         let sessionKey = state.sessionKey
-        state.acknowledgements.append(
-            Task {
-                await previous.value
+        state.acknowledgements.append(after: nil) { _ in
+            {
                 await broker.publish(delivery, from: sessionKey, placement: local?.placement)
                 withExtendedLifetime(local) {}
-            })
+            }
+        }
     }
 
     private func storeWithoutWaiting(
-        _ record: NewTelemetry, release: @escaping @Sendable () -> Void, peer: Peer, what: String
+        _ record: NewTelemetry, release: @escaping @Sendable () -> Void, peer: Peer, topic: String
     ) async {
         let store = listener.store
         let logger = listener.logger
@@ -1281,31 +1305,35 @@ struct MQTTConnection {
         let recorder = listener.recorder
         // Queued now, in the connection's order (the other nodes get its messages in that order).
         let queued = store.queueTelemetry(record)
-        @Sendable func write() async {
-            do {
-                _ = try await queued.value()
+        @Sendable func settle(_ result: Result<Int64, any Error>) {
+            switch result {
+            case .success:
                 if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
-            } catch let error as StoreError where error.code == .replayed {
+            case .failure(let error as StoreError) where error.code == .replayed:
                 // Another hub node stored this counter first: a replay (the counter stays taken here too).
                 let refusal = gateway.replayedElsewhere(
                     record.deviceID, detail: "counter \(record.counter ?? 0) already stored (by another hub node)",
                     now: GatewayTime.now())
-                await recorder.record(
-                    refusal, identity: peer.identity.uri, source: peer.source, correlationID: record.correlationID,
-                    what: what)
-            } catch {
+                Task {
+                    await recorder.record(
+                        refusal, identity: peer.identity.uri, source: peer.source,
+                        correlationID: record.correlationID,
+                        what: "MQTT PUBLISH \(MessageSignatureProfile.printable(topic, limit: 120))")
+                }
+            case .failure(let error):
                 release()
                 logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
             }
         }
         guard pending.tryStart() else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
-            await write()
+            do { settle(.success(try await queued.value())) } catch { settle(.failure(error)) }
             return
         }
-        Task {
-            defer { pending.finish() }
-            await write()
+        // Read by a callback on the thread that commits the batch: no task per message.
+        queued.whenComplete { result in
+            settle(result)
+            pending.finish()
         }
     }
 }

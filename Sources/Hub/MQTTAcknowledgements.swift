@@ -1,0 +1,102 @@
+import MQTT
+import NIOCore
+import Store
+import Synchronization
+
+/// One connection's acknowledgements (and the deliveries that must follow them), run in the order their packets
+/// arrived (MQTT 5.0 §4.6, `InOrderQueue`), each once its store write has answered. A step does at once what needs
+/// no waiting (a QoS 1 PUBACK: encode and write) and returns what must be awaited, if anything (deliver to the
+/// broker, flush the retained store, record a QoS 2 id): that runs in a task, and the steps after it wait for it.
+/// So the common QoS 1 message costs no task: its write's outcome arrives on the thread that committed the batch,
+/// moves to the connection's event loop, and the PUBACK goes out from there.
+final class AcknowledgementQueue: Sendable {
+    /// Given the store write's outcome (nil: the step waited for no write), does what needs no waiting and returns
+    /// what must be awaited before the next step (nil: nothing).
+    typealias Step = @Sendable (StoreWrite?) -> (@Sendable () async -> Void)?
+
+    private struct Entry {
+        let step: Step
+        var outcome: StoreWrite?
+    }
+
+    private struct State {
+        var queue = InOrderQueue<Entry>()
+        /// A step is running (its immediate part on some thread, or its awaited part in a task): only one at a time.
+        var running = false
+        /// Steps added and not finished (queued, or running).
+        var unfinished = 0
+        var waiters: [(atMost: Int, continuation: CheckedContinuation<Void, Never>)] = []
+    }
+
+    private let state = Mutex(State())
+    private let eventLoop: any EventLoop
+
+    init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+    /// Steps added and not finished.
+    var unfinished: Int { state.withLock { $0.unfinished } }
+
+    /// Adds a step behind every step added before it: run once `write` has answered (at once without one).
+    func append(after write: PendingResult<StoreWrite>?, _ step: @escaping Step) {
+        let ticket = state.withLock { state in
+            state.unfinished += 1
+            return state.queue.append(Entry(step: step), ready: write == nil)
+        }
+        guard let write else { return run() }
+        let eventLoop = eventLoop
+        write.whenComplete { result in
+            // Off the store's commit thread at once: the PUBACKs of a batch are written from the event loop.
+            eventLoop.execute {
+                let outcome = (try? result.get()) ?? .failed
+                self.state.withLock { state in _ = state.queue.markReady(ticket) { $0.outcome = outcome } }
+                self.run()
+            }
+        }
+    }
+
+    /// Waits until at most `count` steps are unfinished (0: all of them done).
+    func wait(untilAtMost count: Int) async {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Bool in
+                if state.unfinished <= count { return true }
+                state.waiters.append((count, continuation))
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    /// Runs the ready steps in order, unless a step is running already (it runs the rest when it ends).
+    private func run() {
+        while true {
+            let next = state.withLock { state -> Entry? in
+                guard !state.running, let entry = state.queue.popReady() else { return nil }
+                state.running = true
+                return entry
+            }
+            guard let next else { return }
+            if let rest = next.step(next.outcome) {
+                Task {
+                    await rest()
+                    self.finished()
+                    self.run()
+                }
+                return
+            }
+            finished()
+        }
+    }
+
+    private func finished() {
+        let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.running = false
+            state.unfinished -= 1
+            guard !state.waiters.isEmpty else { return [] }
+            let unfinished = state.unfinished
+            let ready = state.waiters.filter { $0.atMost >= unfinished }.map(\.continuation)
+            state.waiters.removeAll { $0.atMost >= unfinished }
+            return ready
+        }
+        for continuation in ready { continuation.resume() }
+    }
+}

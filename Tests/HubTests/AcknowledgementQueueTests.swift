@@ -1,0 +1,60 @@
+import NIOPosix
+import Store
+import Synchronization
+import Testing
+
+@testable import Hub
+
+/// A connection's acknowledgements run in arrival order (MQTT 5.0 §4.6) whatever order their store writes answer in,
+/// a step that must await holds back the steps after it, and each step sees its own write's outcome.
+@Suite struct AcknowledgementQueueTests {
+    @Test func stepsRunInArrivalOrderWhateverOrderTheirWritesEndIn() async {
+        let queue = AcknowledgementQueue(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
+        let log = Mutex<[Int]>([])
+        let count = 200
+        let writes = (0..<count).map { _ in PendingResult<StoreWrite>() }
+        let outcomes: [StoreWrite] = [.stored, .failed, .replayed, .unavailable, .storedElsewhere]
+        for index in 0..<count {
+            let waits = index % 7 != 0
+            queue.append(after: waits ? writes[index] : nil) { outcome in
+                log.withLock { $0.append(index) }
+                #expect(outcome == (waits ? outcomes[index % outcomes.count] : nil), "step \(index)'s own outcome")
+                // Every tenth step awaits something; the next step must not start before it ends.
+                guard index % 10 == 5 else { return nil }
+                return {
+                    try? await Task.sleep(for: .milliseconds(2))
+                    log.withLock { $0.append(10_000 + index) }
+                }
+            }
+        }
+        #expect(queue.unfinished == count - 1, "only the first step, which waits for nothing, has run")
+        var random = SystemRandomNumberGenerator()
+        for index in (0..<count).shuffled(using: &random) where index % 7 != 0 {
+            writes[index].resolve(.success(outcomes[index % outcomes.count]))
+        }
+        await queue.wait(untilAtMost: 0)
+        let expected = (0..<count).flatMap { $0 % 10 == 5 ? [$0, 10_000 + $0] : [$0] }
+        #expect(log.withLock { $0 } == expected)
+        #expect(queue.unfinished == 0)
+    }
+
+    /// The Receive Maximum's back-pressure: a wait for room returns once enough steps have finished, not before.
+    @Test func aWaitForRoomEndsWhenStepsFinish() async throws {
+        let queue = AcknowledgementQueue(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
+        let writes = (0..<3).map { _ in PendingResult<StoreWrite>() }
+        for write in writes { queue.append(after: write) { _ in nil } }
+        let waited = Mutex(false)
+        let waiter = Task {
+            await queue.wait(untilAtMost: 1)
+            waited.withLock { $0 = true }
+        }
+        writes[1].resolve(.success(.stored))
+        writes[2].resolve(.success(.stored))
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(!waited.withLock { $0 }, "the oldest step still waits, so none has finished")
+        #expect(queue.unfinished == 3)
+        writes[0].resolve(.success(.stored))
+        await waiter.value
+        #expect(queue.unfinished == 0)
+    }
+}
