@@ -1025,11 +1025,15 @@ struct MQTTConnection {
                             settle(.replayed)
                         }
                     case .failure(let error):
-                        release()
-                        logger.error(
-                            "MQTT message not stored",
-                            metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-                        settle((error as? StoreError)?.code == .unavailable ? .unavailable : .failed)
+                        // A failed batch fails every message in it: the counters given back and the errors logged in
+                        // a task, off the store's thread.
+                        Task {
+                            release()
+                            logger.error(
+                                "MQTT message not stored",
+                                metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
+                            settle((error as? StoreError)?.code == .unavailable ? .unavailable : .failed)
+                        }
                     }
                 }
                 if respond, let id = publish.packetID {
@@ -1153,6 +1157,14 @@ struct MQTTConnection {
         let unacknowledged = state.unacknowledged
         let connectionNumber = state.connectionNumber
         let persistence = listener.persistence
+        // MQTT 3.1.1 has no refusal code: the connection ends, after the acknowledgements written before this step
+        // (queued on the event loop) have gone out.
+        @Sendable func closeAfterWrites() {
+            nioChannel.eventLoop.execute {
+                nioChannel.flush()
+                nioChannel.close(promise: nil)
+            }
+        }
         state.acknowledgements.append(after: write) { outcome in
             var reason = code
             var deliver = true
@@ -1161,7 +1173,7 @@ struct MQTTConnection {
             case .storedElsewhere: deliver = false
             case .replayed:
                 guard version == .v5 else {
-                    nioChannel.close(promise: nil)
+                    closeAfterWrites()
                     return nil
                 }
                 reason = .notAuthorized
@@ -1169,7 +1181,7 @@ struct MQTTConnection {
                 // Refused by the store for this message (not for want of a database): PUBACK 0x80 on MQTT 5,
                 // so a message that fails every time does not bring its client back again and again.
                 guard version == .v5 else {
-                    nioChannel.close(promise: nil)
+                    closeAfterWrites()
                     return nil
                 }
                 reason = .unspecifiedError
@@ -1305,35 +1317,41 @@ struct MQTTConnection {
         let recorder = listener.recorder
         // Queued now, in the connection's order (the other nodes get its messages in that order).
         let queued = store.queueTelemetry(record)
-        @Sendable func settle(_ result: Result<Int64, any Error>) {
-            switch result {
-            case .success:
-                if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
-            case .failure(let error as StoreError) where error.code == .replayed:
+        @Sendable func failed(_ error: any Error) async {
+            if let error = error as? StoreError, error.code == .replayed {
                 // Another hub node stored this counter first: a replay (the counter stays taken here too).
                 let refusal = gateway.replayedElsewhere(
                     record.deviceID, detail: "counter \(record.counter ?? 0) already stored (by another hub node)",
                     now: GatewayTime.now())
-                Task {
-                    await recorder.record(
-                        refusal, identity: peer.identity.uri, source: peer.source,
-                        correlationID: record.correlationID,
-                        what: "MQTT PUBLISH \(MessageSignatureProfile.printable(topic, limit: 120))")
-                }
-            case .failure(let error):
+                await recorder.record(
+                    refusal, identity: peer.identity.uri, source: peer.source, correlationID: record.correlationID,
+                    what: "MQTT PUBLISH \(MessageSignatureProfile.printable(topic, limit: 120))")
+            } else {
                 release()
                 logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
             }
         }
         guard pending.tryStart() else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
-            do { settle(.success(try await queued.value())) } catch { settle(.failure(error)) }
+            do {
+                _ = try await queued.value()
+                if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
+            } catch { await failed(error) }
             return
         }
-        // Read by a callback on the thread that commits the batch: no task per message.
+        // Read by a callback on the thread that commits the batch: no task per message. A failure (rare: a whole
+        // batch, or a replay) is handled in a task, off the store's thread, and counts as outstanding until done.
         queued.whenComplete { result in
-            settle(result)
-            pending.finish()
+            switch result {
+            case .success:
+                if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
+                pending.finish()
+            case .failure(let error):
+                Task {
+                    await failed(error)
+                    pending.finish()
+                }
+            }
         }
     }
 }

@@ -90,9 +90,12 @@ public struct MQTTSettings: Sendable, Equatable {
         }
         // A device pattern without {device}, or with a wildcard before it, would reach other devices' topics.
         for pattern in devicePublish + deviceSubscribe {
-            let levels = pattern.split(separator: "/", omittingEmptySubsequences: false)
+            // By bytes, as topics are split (a combining mark after `/` or a wildcard hides neither).
+            let levels = TopicName.levels(of: pattern)
             guard let index = levels.firstIndex(of: "{device}"),
-                !levels[..<index].contains(where: { $0 == "+" || $0 == "#" })
+                !levels[..<index].contains(where: {
+                    $0.utf8.contains(UInt8(ascii: "+")) || $0.utf8.contains(UInt8(ascii: "#"))
+                })
             else {
                 throw HubStartupError(
                     "mqtt.devicePublish/deviceSubscribe: \(pattern) must contain {device} before any wildcard")

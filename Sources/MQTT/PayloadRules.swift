@@ -28,8 +28,7 @@ public struct PayloadRule: Sendable, Equatable {
     }
 
     public func validate() throws(MQTTError) {
-        for level in topics.split(separator: "/", omittingEmptySubsequences: false)
-        where level.contains("{") && level != "{device}" {
+        for level in TopicName.levels(of: topics) where level.utf8.contains(UInt8(ascii: "{")) && level != "{device}" {
             throw MQTTError(.topicFilterInvalid, "{device} must be a whole topic level in \(topics)")
         }
         _ = try TopicFilter(TopicACL.substitute(topics, device: "d"))

@@ -42,7 +42,7 @@ public struct SubscriptionIndex: Sendable {
     public func sessions(matching topic: TopicName) -> Set<String> {
         var found = Set<String>()
         // §4.7.2: no wildcard at the first level matches a `$` topic (the same test as `TopicFilter.matches`).
-        let dollar = topic.rawValue.hasPrefix("$")
+        let dollar = topic.isDollarTopic
         let levels = topic.levels
         var pending: [(node: Int, depth: Int)] = [(0, 0)]
         while let (node, depth) = pending.popLast() {

@@ -16,7 +16,7 @@ public struct TopicName: Hashable, Sendable, CustomStringConvertible {
     /// The text split at every `/` (empty levels kept), scanning bytes: `/` is ASCII, so each byte offset is a
     /// character boundary, and no grapheme breaking is needed (`split(separator:)` on the characters was a tenth
     /// of the hub's time per QoS 0 message).
-    static func levels(of text: String) -> [Substring] {
+    public static func levels(of text: String) -> [Substring] {
         let utf8 = text.utf8
         var levels: [Substring] = []
         var start = utf8.startIndex
@@ -44,6 +44,9 @@ public struct TopicName: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var isUnresolvedAlias: Bool { rawValue.isEmpty }
+
+    /// §4.7.2: a topic whose first byte is `$` (by bytes: a combining mark after it does not hide it).
+    public var isDollarTopic: Bool { rawValue.utf8.first == UInt8(ascii: "$") }
 }
 
 /// A topic filter for SUBSCRIBE (MQTT 3.1.1 §4.7.1): `#` only as the whole last level, `+` only as a whole level.
@@ -74,7 +77,7 @@ public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
     /// MQTT 3.1.1 §4.7: `+` matches one level, `#` the parent and any number of levels below; topics starting with
     /// `$` are not matched by a leading wildcard (§4.7.2).
     public func matches(_ topic: TopicName) -> Bool {
-        if topic.rawValue.hasPrefix("$"), let first = levels.first, first == "+" || first == "#" { return false }
+        if topic.isDollarTopic, let first = levels.first, first == "+" || first == "#" { return false }
         var index = 0
         for level in levels {
             if level == "#" { return true }
@@ -89,7 +92,9 @@ public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
     /// within what this filter allows): `#` covers any rest, `+` covers one level that is not `#`, a name covers
     /// only itself.
     public func covers(_ other: TopicFilter) -> Bool {
-        if other.rawValue.hasPrefix("$"), let first = levels.first, first == "+" || first == "#" { return false }
+        if other.rawValue.utf8.first == UInt8(ascii: "$"), let first = levels.first, first == "+" || first == "#" {
+            return false
+        }
         var index = 0
         for level in levels {
             if level == "#" { return true }
@@ -127,8 +132,8 @@ public struct TopicACL: Sendable, Equatable {
     /// Every pattern must be a valid filter once `{device}` is replaced, and `{device}` must fill a whole level.
     public func validate() throws(MQTTError) {
         for pattern in publish + subscribe {
-            for level in pattern.split(separator: "/", omittingEmptySubsequences: false)
-            where level.contains("{") && level != "{device}" {
+            for level in TopicName.levels(of: pattern)
+            where level.utf8.contains(UInt8(ascii: "{")) && level != "{device}" {
                 throw MQTTError(.topicFilterInvalid, "{device} must be a whole topic level in \(pattern)")
             }
             _ = try TopicFilter(Self.substitute(pattern, device: "d"))
@@ -142,7 +147,7 @@ public struct TopicACL: Sendable, Equatable {
                 (try? TopicFilter(Self.substitute(pattern, device: device))).map {
                     (
                         $0,
-                        pattern.split(separator: "/", omittingEmptySubsequences: false).firstIndex { $0 == "{device}" }
+                        TopicName.levels(of: pattern).firstIndex { $0 == "{device}" }
                     )
                 }
             },
@@ -156,8 +161,7 @@ public struct TopicACL: Sendable, Equatable {
     }
 
     static func substitute(_ pattern: String, device: String) -> String {
-        pattern.split(separator: "/", omittingEmptySubsequences: false)
-            .map { $0 == "{device}" ? device : String($0) }.joined(separator: "/")
+        TopicName.levels(of: pattern).map { $0 == "{device}" ? device : String($0) }.joined(separator: "/")
     }
 }
 
@@ -188,16 +192,17 @@ public struct SharedFilter: Hashable, Sendable {
     /// subscription [MQTT-4.8.2-1, 4.8.2-2]: the share name must be at least one character without `/`, `+` or `#`,
     /// followed by `/` and a topic filter.
     public static func parse(_ filter: TopicFilter) throws(MQTTError) -> SharedFilter? {
-        guard filter.rawValue.hasPrefix("$share/") else { return nil }
-        let rest = filter.rawValue.dropFirst("$share/".count)
-        guard let slash = rest.firstIndex(of: "/") else {
+        // By bytes, as the levels are: the share name ends at the first `/` byte.
+        let levels = filter.levels
+        guard levels.count >= 2, levels[0].utf8.elementsEqual("$share".utf8) else { return nil }
+        guard levels.count >= 3 else {
             throw MQTTError(.protocolError, "shared subscription without a topic filter")
         }
-        let group = rest[..<slash]
-        guard !group.isEmpty, !group.contains("+"), !group.contains("#") else {
+        let group = levels[1]
+        guard !group.isEmpty, !group.utf8.contains(UInt8(ascii: "+")), !group.utf8.contains(UInt8(ascii: "#")) else {
             throw MQTTError(.protocolError, "shared subscription share name is empty or has a wildcard")
         }
-        guard let inner = try? TopicFilter(String(rest[rest.index(after: slash)...])) else {
+        guard let inner = try? TopicFilter(String(filter.rawValue[levels[2].startIndex...])) else {
             throw MQTTError(.protocolError, "shared subscription topic filter is invalid")
         }
         return SharedFilter(group: String(group), filter: inner)

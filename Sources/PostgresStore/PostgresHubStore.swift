@@ -1475,8 +1475,7 @@ public final class PostgresHubStore: HubStore {
     }
 
     public func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite {
-        let pending = committer.queue(message)
-        return TelemetryWrite { try await pending.value() }
+        TelemetryWrite(committer.queue(message))
     }
 
     public func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord] {

@@ -33,6 +33,19 @@ import Testing
         return properties
     }
 
+    /// A device pattern with a wildcard before `{device}` reaches other devices' topics: refused at start-up, also
+    /// when a combining mark after `/` would hide the level from a split by characters.
+    @Test func aWildcardBeforeTheDeviceLevelIsRefusedByBytes() throws {
+        for pattern in ["+/{device}/#", "+/\u{301}x/{device}/#", "a/+\u{301}/{device}/#"] {
+            var settings = MQTTSettings()
+            settings.devicePublish = [pattern]
+            #expect(throws: HubStartupError.self, "\(pattern)") { try settings.validate() }
+        }
+        var fine = MQTTSettings()
+        fine.devicePublish = ["a/\u{301}x/{device}/#"]
+        try fine.validate()
+    }
+
     @Test func eachTopicGetsItsFormatAndLimit() async throws {
         let hub = try await TestHub.start {
             $0.mqttSettings.payloads = Self.rules

@@ -56,6 +56,21 @@ import Testing
         #expect(again.encoded(now: now) == bytes)
     }
 
+    /// A saved filter this version refuses (`a/+\u{301}`: an earlier version split by characters and read it as a
+    /// literal level) is dropped alone; the rest of the session comes back.
+    @Test func aSavedFilterNowRefusedIsDroppedAlone() throws {
+        var original = try snapshot()
+        original.filters[try TopicFilter("a/xyz")] = SubscriptionOptions(qos: .atMostOnce)
+        var bytes = original.encoded(now: now)
+        let plain = Array("a/xyz".utf8)
+        let start = try #require(
+            (0...(bytes.count - plain.count)).first { Array(bytes[$0..<$0 + plain.count]) == plain })
+        bytes.replaceSubrange(start + 2..<start + 5, with: Array("+\u{301}".utf8))
+        let restored = try SessionSnapshot(decoding: bytes, elapsed: .zero, now: now)
+        #expect(restored.filters == (try snapshot()).filters)
+        #expect(restored.window.unacknowledged.map(\.id) == [7, 8] && restored.receivedQoS2 == [5, 65535])
+    }
+
     /// A truncated, extended or foreign snapshot is refused whole; so is each byte of it cut short.
     @Test func bytesThatAreNotOneSnapshotAreRefused() throws {
         let bytes = try snapshot().encoded(now: now)

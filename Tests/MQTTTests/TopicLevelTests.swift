@@ -25,4 +25,32 @@ import Testing
         #expect(throws: MQTTError.self) { try TopicFilter("+\u{301}/a") }
         #expect(throws: MQTTError.self) { try TopicName("a/+\u{301}") }
     }
+
+    /// The share name of `$share/{ShareName}/{filter}` ends at the first `/` byte (MQTT 5.0 §4.8.2), and a topic
+    /// whose first byte is `$` is not matched by a leading wildcard (§4.7.2), whatever follows it.
+    @Test func sharedNamesAndDollarTopicsByBytes() throws {
+        let shared = try #require(try SharedFilter.parse(TopicFilter("$share/g/\u{301}x/y")))
+        #expect(shared.group == "g" && shared.filter.rawValue == "\u{301}x/y")
+        #expect(try SharedFilter.parse(TopicFilter("$share")) == nil)
+        #expect(throws: MQTTError.self) { try SharedFilter.parse(TopicFilter("$share/g")) }
+        #expect(throws: MQTTError.self) { try SharedFilter.parse(TopicFilter("$share//a")) }
+        let dollar = try TopicName("$\u{301}x/y")
+        #expect(dollar.isDollarTopic)
+        let hash = try TopicFilter("#")
+        let plus = try TopicFilter("+/y")
+        #expect(!hash.matches(dollar) && !plus.matches(dollar))
+        var index = SubscriptionIndex()
+        index.insert(try TopicFilter("#"), options: SubscriptionOptions(qos: .atMostOnce), key: "s")
+        #expect(index.sessions(matching: dollar).isEmpty)
+    }
+
+    /// A device pattern may not hide a wildcard before `{device}` behind a combining mark.
+    @Test func devicePatternsAreCheckedByBytes() throws {
+        #expect(throws: MQTTError.self) {
+            try TopicACL(publish: ["devices/{device}\u{301}/#"], subscribe: []).validate()
+        }
+        let acl = TopicACL(publish: ["a/\u{301}x/{device}/#"], subscribe: [])
+        try acl.validate()
+        #expect(acl.bound(to: "d1").deviceLevel(of: try TopicName("a/\u{301}x/d1/telemetry")) == 2)
+    }
 }
