@@ -1,6 +1,5 @@
 import MQTT
 import NIOCore
-import Store
 import Synchronization
 
 /// One connection's acknowledgements (and the deliveries that must follow them), run in the order their packets
@@ -37,17 +36,16 @@ final class AcknowledgementQueue: Sendable {
     var unfinished: Int { state.withLock { $0.unfinished } }
 
     /// Adds a step behind every step added before it: run once `write` has answered (at once without one).
-    func append(after write: PendingResult<StoreWrite>?, _ step: @escaping Step) {
+    func append(after write: StoreOutcome?, _ step: @escaping Step) {
         let ticket = state.withLock { state in
             state.unfinished += 1
             return state.queue.append(Entry(step: step), ready: write == nil)
         }
         guard let write else { return run() }
         let eventLoop = eventLoop
-        write.whenComplete { result in
+        write.whenSettled { outcome in
             // Off the store's commit thread at once: the PUBACKs of a batch are written from the event loop.
             eventLoop.execute {
-                let outcome = (try? result.get()) ?? .failed
                 self.state.withLock { state in _ = state.queue.markReady(ticket) { $0.outcome = outcome } }
                 self.run()
             }
@@ -98,5 +96,59 @@ final class AcknowledgementQueue: Sendable {
             return ready
         }
         for continuation in ready { continuation.resume() }
+    }
+}
+
+/// How one QoS 1 or 2 message's store write ended, set once and read once: by the acknowledgement queue's callback,
+/// or awaited (a will). Not `PendingResult<StoreWrite>`: a generic class of another module runs unspecialized here.
+final class StoreOutcome: Sendable {
+    private enum Reader {
+        case callback(@Sendable (StoreWrite) -> Void)
+        case continuation(CheckedContinuation<StoreWrite, Never>)
+    }
+
+    private enum State {
+        case waiting(Reader?)
+        case settled(StoreWrite)
+    }
+
+    private let state = Mutex(State.waiting(nil))
+
+    /// Sets the outcome (once; later calls are ignored) and hands it to the reader, if one waits.
+    func settle(_ outcome: StoreWrite) {
+        let reader = state.withLock { state -> Reader? in
+            guard case .waiting(let reader) = state else { return nil }
+            state = .settled(outcome)
+            return reader
+        }
+        switch reader {
+        case .callback(let body): body(outcome)
+        case .continuation(let continuation): continuation.resume(returning: outcome)
+        case nil: break
+        }
+    }
+
+    /// Calls `body` with the outcome: at once if it is set, else on the thread that sets it.
+    func whenSettled(_ body: @escaping @Sendable (StoreWrite) -> Void) {
+        if let outcome = read(.callback(body)) { body(outcome) }
+    }
+
+    /// The outcome, once it is set.
+    func value() async -> StoreWrite {
+        await withCheckedContinuation { continuation in
+            if let outcome = read(.continuation(continuation)) { continuation.resume(returning: outcome) }
+        }
+    }
+
+    private func read(_ reader: Reader) -> StoreWrite? {
+        state.withLock { state in
+            switch state {
+            case .settled(let outcome): return outcome
+            case .waiting(let earlier):
+                if case .some = earlier { preconditionFailure("a StoreOutcome has one reader") }
+                state = .waiting(reader)
+                return nil
+            }
+        }
     }
 }

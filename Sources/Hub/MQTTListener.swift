@@ -992,10 +992,10 @@ struct MQTTConnection {
                 // task of its own.
                 let queued = store.queueTelemetry(record)
                 let body = record.body
-                let write = PendingResult<StoreWrite>()
+                let write = StoreOutcome()
                 @Sendable func settle(_ outcome: StoreWrite) {
                     if let counter { writes.end(device, counter) }
-                    write.resolve(.success(outcome))
+                    write.settle(outcome)
                 }
                 queued.whenComplete { result in
                     switch result {
@@ -1042,7 +1042,7 @@ struct MQTTConnection {
                         local: local)
                 } else {
                     // The will: nothing to acknowledge, but it is delivered only once stored.
-                    if (try? await write.value()) == .stored {
+                    if await write.value() == .stored {
                         await listener.broker.publish(delivery, from: state.sessionKey, placement: local?.placement)
                     }
                     withExtendedLifetime(local) {}
@@ -1142,7 +1142,7 @@ struct MQTTConnection {
     /// copy of the PUBLISH is then answered without being stored again), and the message stays counted against the
     /// Receive Maximum until its PUBCOMP; a failure code (0x80 and above) ends it there.
     private func acknowledge(
-        _ id: UInt16, qos: QoS, state: inout State, after write: PendingResult<StoreWrite>? = nil,
+        _ id: UInt16, qos: QoS, state: inout State, after write: StoreOutcome? = nil,
         code: ReasonCode = .success,
         correlationID: String? = nil, then delivery: BrokerMessage? = nil, local: LocalWrite? = nil
     ) async {

@@ -1,5 +1,4 @@
 import NIOPosix
-import Store
 import Synchronization
 import Testing
 
@@ -12,7 +11,7 @@ import Testing
         let queue = AcknowledgementQueue(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
         let log = Mutex<[Int]>([])
         let count = 200
-        let writes = (0..<count).map { _ in PendingResult<StoreWrite>() }
+        let writes = (0..<count).map { _ in StoreOutcome() }
         let outcomes: [StoreWrite] = [.stored, .failed, .replayed, .unavailable, .storedElsewhere]
         for index in 0..<count {
             let waits = index % 7 != 0
@@ -30,7 +29,7 @@ import Testing
         #expect(queue.unfinished == count - 1, "only the first step, which waits for nothing, has run")
         var random = SystemRandomNumberGenerator()
         for index in (0..<count).shuffled(using: &random) where index % 7 != 0 {
-            writes[index].resolve(.success(outcomes[index % outcomes.count]))
+            writes[index].settle(outcomes[index % outcomes.count])
         }
         await queue.wait(untilAtMost: 0)
         let expected = (0..<count).flatMap { $0 % 10 == 5 ? [$0, 10_000 + $0] : [$0] }
@@ -41,19 +40,19 @@ import Testing
     /// The Receive Maximum's back-pressure: a wait for room returns once enough steps have finished, not before.
     @Test func aWaitForRoomEndsWhenStepsFinish() async throws {
         let queue = AcknowledgementQueue(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
-        let writes = (0..<3).map { _ in PendingResult<StoreWrite>() }
+        let writes = (0..<3).map { _ in StoreOutcome() }
         for write in writes { queue.append(after: write) { _ in nil } }
         let waited = Mutex(false)
         let waiter = Task {
             await queue.wait(untilAtMost: 1)
             waited.withLock { $0 = true }
         }
-        writes[1].resolve(.success(.stored))
-        writes[2].resolve(.success(.stored))
+        writes[1].settle(.stored)
+        writes[2].settle(.stored)
         try await Task.sleep(for: .milliseconds(50))
         #expect(!waited.withLock { $0 }, "the oldest step still waits, so none has finished")
         #expect(queue.unfinished == 3)
-        writes[0].resolve(.success(.stored))
+        writes[0].settle(.stored)
         await waiter.value
         #expect(queue.unfinished == 0)
     }
