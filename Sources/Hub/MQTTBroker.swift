@@ -107,8 +107,9 @@ actor MQTTBroker {
     private var sessions: [String: Session] = [:]
     /// Sessions per owner (identity), for `maxPerOwner`.
     private var owners: [String: Int] = [:]
-    /// Which sessions' subscriptions match a topic (a publish looks only at those): a pure value.
-    private var index = SubscriptionIndex()
+    /// Which sessions' subscriptions match a topic (a publish looks only at those): a pure value, behind a lock so
+    /// that `needsPublish` may read it without entering the actor (only the actor changes it).
+    private let index = Mutex(SubscriptionIndex())
     /// One per topic, bounded in all, per publisher and in bytes: a pure value.
     private var retained: RetainedMessages
     private var nextConnection = 0
@@ -130,6 +131,34 @@ actor MQTTBroker {
     nonisolated let subscriptions = Atomic<Int>(0)
 
     nonisolated var hasSubscriptions: Bool { subscriptions.load(ordering: .relaxed) > 0 }
+    /// When the first session or retained message expires, in nanoseconds after `clockBase` (`Int64.max`: none),
+    /// readable without entering the actor: a publish made once that time has come enters the actor, whose sweep
+    /// ends them (see `sweepExpired`).
+    private nonisolated let sweepDue = Atomic<Int64>(.max)
+    private nonisolated let clockBase = ContinuousClock.now
+
+    /// Whether `publish` would do anything for this local message: false when it is not retained, no expiry is due,
+    /// and no subscription matches its topic. Then the publisher's connection skips the broker (a task and an actor
+    /// hop per message). A subscription being added meanwhile may or may not see the message, as when the publish
+    /// enters the actor just before it.
+    nonisolated func needsPublish(_ message: BrokerMessage) -> Bool {
+        if message.retain || Self.nanoseconds(clockBase.duration(to: .now)) >= sweepDue.load(ordering: .relaxed) {
+            return true
+        }
+        guard hasSubscriptions else { return false }
+        return index.withLock { !$0.sessions(matching: message.topic).isEmpty }
+    }
+
+    private func noteExpiries() {
+        let due = [earliestExpiry, retained.nextExpiry].compactMap { $0 }.min()
+        sweepDue.store(due.map { Self.nanoseconds(clockBase.duration(to: $0)) } ?? .max, ordering: .relaxed)
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> Int64 {
+        let (seconds, attoseconds) = duration.components
+        let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? (seconds < 0 ? .min : .max) : whole + attoseconds / 1_000_000_000
+    }
 
     init(
         maxQueued: Int = 1_000, maxRetained: Int = 100_000, maxRetainedPerOwner: Int = 100,
@@ -248,7 +277,7 @@ actor MQTTBroker {
             let isNew = session.filters[filter] == nil
             session.filters[filter] = options
             if isNew {
-                index.insert(filter, options: options, key: key)
+                index.withLock { $0.insert(filter, options: options, key: key) }
                 self.subscriptions.add(1, ordering: .relaxed)
                 if options.share != nil { sharedFilters += 1 }
             }
@@ -270,13 +299,13 @@ actor MQTTBroker {
             return filters.map { _ in false }
         }
         changed(key)
-        return filters.map {
-            guard let options = session.filters.removeValue(forKey: $0) else { return false }
-            index.remove($0, options: options, key: key)
+        return filters.map { filter in
+            guard let options = session.filters.removeValue(forKey: filter) else { return false }
+            index.withLock { $0.remove(filter, options: options, key: key) }
             subscriptions.subtract(1, ordering: .relaxed)
             if options.share != nil {
                 sharedFilters -= 1
-                releaseShareTurn($0, leaving: session)
+                releaseShareTurn(filter, leaving: session)
             }
             return true
         }
@@ -391,7 +420,8 @@ actor MQTTBroker {
         // this message has it already.
         let deliveries = router.route(
             topic: message.topic, qos: message.qos, retain: message.retain, publisher: publisher,
-            subscribers: index.sessions(matching: message.topic).lazy.compactMap { key -> MessageRouter.Subscriber? in
+            subscribers: index.withLock { $0.sessions(matching: message.topic) }.lazy.compactMap {
+                key -> MessageRouter.Subscriber? in
                 guard let session = self.sessions[key], position == nil || session.replayedThrough < position!
                 else { return nil }
                 return MessageRouter.Subscriber(key: key, filters: session.filters, connected: session.isReady)
@@ -545,7 +575,9 @@ actor MQTTBroker {
         let session = Session(key: stored.key, maxQueued: maxQueued)
         session.owner = stored.owner
         session.filters = snapshot.filters
-        for (filter, options) in snapshot.filters { index.insert(filter, options: options, key: stored.key) }
+        index.withLock { index in
+            for (filter, options) in snapshot.filters { index.insert(filter, options: options, key: stored.key) }
+        }
         session.window = DeliveryWindow(maxQueued: maxQueued, restoring: snapshot.window)
         session.receivedQoS2 = snapshot.receivedQoS2
         session.expirySeconds = stored.expirySeconds
@@ -666,14 +698,15 @@ actor MQTTBroker {
     func restoreRetained(
         _ messages: [(message: BrokerMessage, owner: String)], now: ContinuousClock.Instant = .now
     ) -> [String] {
-        messages.compactMap { message, owner in
+        defer { noteExpiries() }
+        return messages.compactMap { message, owner in
             !message.expired(at: now) && retained.retain(message, owner: owner) ? nil : message.topic.rawValue
         }
     }
 
     var sessionCount: Int { sessions.count }
     /// Filters in the subscription index (for tests: every session's filters, and no others).
-    var indexedFilters: Int { index.count }
+    var indexedFilters: Int { index.withLock { $0.count } }
 
     func sessionCount(of owner: String) -> Int { owners[owner, default: 0] }
 
@@ -715,6 +748,7 @@ actor MQTTBroker {
     /// publisher's session) and in bytes. Over a limit the message is still delivered, just not retained.
     private func retain(_ message: BrokerMessage, owner: String, stored: Bool) {
         let kept = retained.retain(message, owner: owner)
+        noteExpiries()
         if !kept { dropped += 1 }
         // Replaced or cleared either way: the store follows (a message over a bound is not kept there either).
         if persistent, !stored {
@@ -744,6 +778,7 @@ actor MQTTBroker {
     private func awaitingReturn(_ session: Session) {
         guard let due = session.expiresAt else { return }
         earliestExpiry = min(earliestExpiry ?? due, due)
+        noteExpiries()
     }
 
     /// Ends sessions whose client has been away longer than their expiry (MQTT 5.0 §3.1.2.11.2), and drops expired
@@ -756,6 +791,7 @@ actor MQTTBroker {
         // `MQTTPersistence.load`): every reader checks the expiry, and deleting by topic here could drop a newer
         // message another node saved meanwhile.
         _ = retained.removeExpired(now: now)
+        defer { noteExpiries() }
         guard let earliest = earliestExpiry, earliest <= now else { return }
         let expired = sessions.filter { $0.value.expiresAt.map { $0 <= now } ?? false }
         // Removed first, then forgotten: two members of one shared subscription expiring together each see the
@@ -771,7 +807,9 @@ actor MQTTBroker {
     /// Lets go of a session that left `sessions`: it `ended` (a will waiting out its delay is due now,
     /// §3.1.3.2.2), or moved to another node (its will is not published here).
     private func forget(_ session: Session, ended: Bool = true) {
-        for (filter, options) in session.filters { index.remove(filter, options: options, key: session.key) }
+        index.withLock { index in
+            for (filter, options) in session.filters { index.remove(filter, options: options, key: session.key) }
+        }
         subscriptions.subtract(session.filters.count, ordering: .relaxed)
         sharedFilters -= session.filters.values.count { $0.share != nil }
         for waiter in session.drained { waiter.resume() }

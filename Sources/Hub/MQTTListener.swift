@@ -1225,7 +1225,7 @@ struct MQTTConnection {
             guard qos == .exactlyOnce || retainedFirst else {
                 // The common case: the PUBACK now, then the delivery (if anyone may receive it) in order.
                 answer()
-                guard let delivered, delivered.retain || broker.hasSubscriptions else { return nil }
+                guard let delivered, broker.needsPublish(delivered) else { return nil }
                 return {
                     await broker.publish(delivered, from: sessionKey, placement: local?.placement)
                     withExtendedLifetime(local) {}  // delivered here: saves may count past it
@@ -1244,7 +1244,7 @@ struct MQTTConnection {
                     }
                 }
                 answer()
-                if !retainedFirst, let delivered, delivered.retain || broker.hasSubscriptions {
+                if !retainedFirst, let delivered, broker.needsPublish(delivered) {
                     await broker.publish(delivered, from: sessionKey, placement: local?.placement)
                 }
                 withExtendedLifetime(local) {}  // delivered here (or not at all): saves may count past it
@@ -1290,7 +1290,7 @@ struct MQTTConnection {
     private func deliverInOrder(_ delivery: BrokerMessage, state: inout State, local: LocalWrite? = nil) async {
         defer { withExtendedLifetime(local) {} }
         let broker = listener.broker
-        guard delivery.retain || broker.hasSubscriptions else { return }
+        guard broker.needsPublish(delivery) else { return }
         // Only this connection's task adds steps, so none can be added between this look and the publish.
         guard state.acknowledgements.unfinished > 0 else {
             await broker.publish(delivery, from: state.sessionKey, placement: local?.placement)

@@ -21,6 +21,9 @@ public struct RetainedMessages: Sendable {
 
     public var count: Int { messages.count }
 
+    /// When the first retained message expires (nil: none has a Message Expiry Interval).
+    public var nextExpiry: ContinuousClock.Instant? { earliestExpiry }
+
     /// Sets the topic's retained message, or clears it (an empty payload). False when a bound kept it from being
     /// retained (the topic's previous one is gone all the same: it was replaced).
     @discardableResult

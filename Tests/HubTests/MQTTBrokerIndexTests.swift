@@ -35,6 +35,34 @@ import Testing
         BrokerMessage(topic: try TopicName(topic), payload: [1], qos: .atLeastOnce, retain: false)
     }
 
+    /// A publisher's connection skips the broker only when the broker would do nothing: the message is not retained,
+    /// no subscription matches its topic, and no expiry is due (a publish is what sweeps expired sessions).
+    @Test func aPublishSkipsTheBrokerOnlyWhenItWouldDoNothing() async throws {
+        let broker = MQTTBroker()
+        let (ta, s1, ua, dollar) = (
+            try Self.message("t/a"), try Self.message("s/1"), try Self.message("u/a"), try Self.message("$SYS/x")
+        )
+        #expect(!broker.needsPublish(ta), "nobody subscribed")
+        #expect(
+            broker.needsPublish(
+                BrokerMessage(topic: try TopicName("t/a"), payload: [1], qos: .atMostOnce, retain: true)),
+            "a retained message is kept for later subscribers")
+        let a = try await Self.connect(broker, "a", clean: false, expiry: 1)
+        try await Self.subscribe(broker, "a", a, ["t/#", "$share/g/s/+"])
+        #expect(broker.needsPublish(ta) && broker.needsPublish(s1))
+        #expect(!broker.needsPublish(ua), "subscribed, but not to this topic")
+        #expect(!broker.needsPublish(dollar), "no leading wildcard matches a $ topic")
+        // Away, with expiry 1 s: once that second has passed, a publish on any topic sweeps it.
+        await broker.detach(key: "a", connectionNumber: a, expirySeconds: 1)
+        #expect(!broker.needsPublish(ua), "not due yet")
+        try await Task.sleep(for: .milliseconds(1_100))
+        #expect(broker.needsPublish(ua), "due: the publish must sweep")
+        #expect(await broker.publish(ua, from: nil) == 0)
+        let (sessions, filters) = (await broker.sessionCount, await broker.indexedFilters)
+        #expect(sessions == 0 && filters == 0)
+        #expect(!broker.needsPublish(ta), "swept: nothing due, nobody subscribed")
+    }
+
     @Test func filtersLeaveTheIndexWithTheirSession() async throws {
         let broker = MQTTBroker()
         // Unsubscribe.
