@@ -271,16 +271,22 @@ actor MQTTBroker {
                 accepted.append((filter, options, retainHandling))
             }
         }
-        Self.write(.suback(packetID: packetID, reasonCodes: codes, properties: .init()), connection)
-        if !accepted.isEmpty { changed(key) }
-        for (filter, options, retainHandling) in accepted {
+        // In the index before the SUBACK leaves: `needsPublish` reads the index without entering the actor, so a
+        // publish made after the client has its SUBACK finds the new subscription.
+        var added: [Bool] = []
+        for (filter, options, _) in accepted {
             let isNew = session.filters[filter] == nil
+            added.append(isNew)
             session.filters[filter] = options
             if isNew {
                 index.withLock { $0.insert(filter, options: options, key: key) }
                 self.subscriptions.add(1, ordering: .relaxed)
                 if options.share != nil { sharedFilters += 1 }
             }
+        }
+        Self.write(.suback(packetID: packetID, reasonCodes: codes, properties: .init()), connection)
+        if !accepted.isEmpty { changed(key) }
+        for ((filter, options, retainHandling), isNew) in zip(accepted, added) {
             // §3.3.1.3 and §4.8.2: no retained messages for a shared subscription.
             guard options.share == nil, retainHandling == 0 || (retainHandling == 1 && isNew) else { continue }
             let now = ContinuousClock.now

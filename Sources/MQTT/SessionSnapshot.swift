@@ -76,8 +76,9 @@ public struct SessionSnapshot: Sendable {
             // read as a literal level before topics were split by bytes) is dropped alone: the session, its queue
             // and its messages in flight are kept.
             guard let filter = try? TopicFilter(text) else { continue }
+            // The same for a `$share/` filter whose share name an earlier version read differently.
             let share: SharedFilter?
-            do { share = try SharedFilter.parse(filter) } catch { throw MQTTError.malformed("saved shared filter") }
+            do { share = try SharedFilter.parse(filter) } catch { continue }
             filters[filter] = SubscriptionOptions(
                 qos: qos, noLocal: flags & 1 != 0, retainAsPublished: flags & 2 != 0, identifier: identifier,
                 share: share)
@@ -164,10 +165,9 @@ extension OutboundMessage {
         }
         var group: TopicFilter?
         if flags & 2 != 0 {
-            guard let filter = try? TopicFilter(try buffer.readMQTTString()) else {
-                throw MQTTError.malformed("saved shared group")
-            }
-            group = filter
+            guard let text = try? buffer.readMQTTString() else { throw MQTTError.malformed("saved shared group") }
+            // A group filter this version refuses (see `SessionSnapshot`): the message is kept, as a plain delivery.
+            group = try? TopicFilter(text)
         }
         guard let length: UInt32 = buffer.readInteger(), var packet = buffer.readSlice(length: Int(length)) else {
             throw MQTTError.malformed("saved message length")

@@ -71,6 +71,30 @@ import Testing
         #expect(restored.window.unacknowledged.map(\.id) == [7, 8] && restored.receivedQoS2 == [5, 65535])
     }
 
+    /// The same for a shared subscription whose share name is now read differently (`$share/\u{301}` was an
+    /// ordinary filter when the name was found by characters) and for a queued message's shared group this version
+    /// refuses: the filter is dropped, the message kept as a plain delivery.
+    @Test func aSavedSharedFilterOrGroupNowRefusedIsDroppedAlone() throws {
+        var original = try snapshot()
+        original.filters[try TopicFilter("$share/abc")] = SubscriptionOptions(qos: .atMostOnce)
+        var message = OutboundMessage(topic: try TopicName("q"), payload: [7], qos: .atLeastOnce, retain: false)
+        message.sharedGroup = try TopicFilter("$share/g/q/xyz")
+        original.window.queue.append(message)
+        var bytes = original.encoded(now: now)
+        for (plain, patched) in [("$share/abc", "$share/\u{301}x"), ("$share/g/q/xyz", "$share/g/q/+\u{301}")] {
+            let from = Array(plain.utf8)
+            let to = Array(patched.utf8)
+            #expect(from.count == to.count)
+            let start = try #require(
+                (0...(bytes.count - from.count)).first { Array(bytes[$0..<$0 + from.count]) == from })
+            bytes.replaceSubrange(start..<start + from.count, with: to)
+        }
+        let restored = try SessionSnapshot(decoding: bytes, elapsed: .zero, now: now)
+        #expect(restored.filters == (try snapshot()).filters)
+        #expect(restored.window.queue.count == 3 && restored.window.queue[2].sharedGroup == nil)
+        #expect(restored.window.queue[2].payload == [7])
+    }
+
     /// A truncated, extended or foreign snapshot is refused whole; so is each byte of it cut short.
     @Test func bytesThatAreNotOneSnapshotAreRefused() throws {
         let bytes = try snapshot().encoded(now: now)
