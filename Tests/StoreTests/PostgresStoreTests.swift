@@ -193,9 +193,17 @@ import Testing
     /// order, the windows end as one message at a time would leave them, and only stored messages are handed on.
     @Test func oneBatchRefusesTheReplaysInsideIt() async throws {
         let batches = Batches()
+        // While set, a committed batch waits (at most 10 s) before the committer takes the next one: the messages
+        // queued meanwhile then share that next batch however loaded the machine is (a busy run could otherwise
+        // commit the gate below between two of them, and split them).
+        let holding = Mutex(false)
         let store = try await PostgresHubStore(
             location: try await PostgresTestServer.freshDatabase(),
-            onCommit: { messages, _ in batches.sizes.withLock { $0.append(messages) } })
+            onCommit: { messages, _ in
+                batches.sizes.withLock { $0.append(messages) }
+                let deadline = ContinuousClock.now + .seconds(10)
+                while holding.withLock({ $0 }), ContinuousClock.now < deadline { usleep(1_000) }
+            })
         let a = try DeviceID("b-a")
         let b = try DeviceID("b-b")
         for device in [a, b] {
@@ -215,12 +223,14 @@ import Testing
             return message
         }
         // A first message takes the committer's first batch; the others, queued while it commits, share the next.
+        holding.withLock { $0 = true }
         let gate = store.queueTelemetry(NewTelemetry(deviceID: b, receivedAt: Date(), correlationID: "g", body: [9]))
         let writes = [
             message(1, a, counter: 6), message(2, b, nonce: "n1"), message(3, a, counter: 6),
             message(4, a, counter: 5), message(5, b, nonce: "n1"), message(6, a, counter: 7),
             message(7, b, nonce: "n2"), message(8, a, counter: 7),
         ].map { store.queueTelemetry($0) }
+        holding.withLock { $0 = false }
         _ = try await gate.value()
         var outcomes: [Int64?] = []
         for write in writes {
