@@ -831,81 +831,16 @@ struct MQTTConnection {
         let correlationID = CorrelationID().rawValue
         let check = state.payloads.check(for: publish.topic)
         guard let device = peer.device else {
-            // An operator's or application's publish: the topic's payload rule, without a schema (JSON: a strict
-            // JSON object).
-            let violation =
-                GatewayPipeline.formatViolation(
-                    publish.payload, contentType: publish.properties.contentType,
-                    declaredText: publish.properties.payloadFormatIndicator == 1, check: check)?.detail
-                ?? (publish.payload.count > (check.maxBytes ?? listener.gateway.policy.maxBodyBytes)
-                    ? "payload of \(publish.payload.count) bytes over the limit" : nil)
-                ?? (check.format == .json
-                    && (try? listener.gateway.policy.json.parse(publish.payload))?.isObject != true
-                    ? "payload is not a strict JSON object" : nil)
-            if let violation {
-                await refuse(
-                    "invalid-message", peer,
-                    "MQTT PUBLISH to \(MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120)): \(violation)",
-                    oncePerMinute: true)
-                guard respond else { return true }
-                switch state.rules.publishRefused(.invalidContent, qos: publish.qos) {
-                case .acknowledge(let code):
-                    if let id = publish.packetID { await acknowledge(id, qos: publish.qos, state: &state, code: code) }
-                    return true
-                case .drop: return true
-                case .close(let code):
-                    if let code { await serverDisconnect(code, state: &state) }
-                    return false
-                }
-            }
-            let message = BrokerMessage(publish)
-            let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: message.topic)
-            defer { withExtendedLifetime(local) {} }
-            if let answered = await relayFirst(
-                message, publish, state: &state, respond: respond, correlationID, placement: local?.placement)
-            {
-                return answered
-            }
-            let recipients = await listener.broker.publish(
-                message, from: state.sessionKey, placement: local?.placement)
-            if message.retain { await listener.persistence?.flush() }
-            if respond, let id = publish.packetID {
-                // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere). With
-                // several nodes, another node's sessions may match: success.
-                let none = recipients == 0 && v5 && listener.relay == nil
-                await acknowledge(id, qos: publish.qos, state: &state, code: none ? .noMatchingSubscribers : .success)
-            }
-            return true
+            return await admitFleetPublish(publish, peer: peer, state: &state, respond: respond, correlationID, check)
         }
         let now = GatewayTime.now()
         let (route, messageType) = Self.classify(
             publish.topic,
             deviceLevel: state.acl.deviceLevel(of: publish.topic))
-        // A retained message with an empty payload only removes the topic's retained message (MQTT 3.1.1 §3.3.1.3):
-        // there is no content to validate or store, but it counts against the rate limits like any publish.
         if publish.retain, publish.payload.isEmpty {
-            var message = InboundMessage(
-                identity: peer.identity, route: route, source: peer.source ?? "unknown", contentType: nil,
-                messageType: messageType, body: [], transport: .mqtt(counter: nil))
-            message.deviceKey = peer.deviceKey
-            message.sourceAddress = peer.sourceAddress
-            if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
-                return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
-            }
-            let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
-            let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: clear.topic)
-            // The other nodes clear their copy too.
-            if let answered = await relayFirst(
-                clear, publish, state: &state, respond: respond, correlationID, placement: local?.placement)
-            {
-                return answered
-            }
-            if respond, let id = publish.packetID {
-                await acknowledge(id, qos: publish.qos, state: &state, code: .success, then: clear, local: local)
-            } else {
-                await deliverInOrder(clear, state: &state, local: local)
-            }
-            return true
+            return await clearRetained(
+                publish, peer: peer, state: &state, respond: respond, correlationID, route: route,
+                messageType: messageType, now: now)
         }
         var result: Result<Admitted, Refusal>
         var counter: UInt64?
@@ -952,109 +887,209 @@ struct MQTTConnection {
         }
         switch result {
         case .success(let admitted):
-            listener.metrics?.admitted(.mqtt)
-            state.rules.publishAdmitted()
-            var record = NewTelemetry(
-                deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
-                counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
-                counter: admitted.counter, messageType: admitted.messageType)
-            let delivery = BrokerMessage(publish)
-            // The other nodes' subscribers get it from the same transaction that stores it.
-            let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: delivery.topic)
-            record.relay = listener.relay?.relayed(
-                delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
-            // A message that is not stored gives its counter back: nothing was acknowledged (the connection ends,
-            // after DISCONNECT 0x89 on MQTT 5), so the device's resend must be stored, not refused or waved through as a
-            // duplicate (as HTTP gives its nonce back).
-            let counters = listener.gateway.counters
-            let release: @Sendable () -> Void = {
-                if let counter = admitted.counter { counters.release(device: device, counter: counter) }
-            }
-            if publish.qos != .atMostOnce {
-                let store = listener.store
-                let logger = listener.logger
-                let writes = listener.counterWrites
-                let counter = admitted.counter
-                if let counter { writes.begin(device, counter) }
-                // Only a JSON message can be a report the hub reads (connections, update progress).
-                let events =
-                    check.format == .json && DeviceEvents.observed(admitted.messageType) ? listener.events : nil
-                let signals = listener.events.signals
-                let messageType = admitted.messageType
-                let gateway = listener.gateway
-                let recorder = listener.recorder
-                let duplicate = publish.duplicate
-                // Made printable only for the audit record of a refusal, never per message.
-                let topic = publish.topic.rawValue
-                // Queued now, in the connection's order: with several nodes, the others get one publisher's
-                // messages in the order it sent them. Its outcome is read by a callback on the thread that commits
-                // the batch (no task per message); what must await (a report the hub reads, an audit record) gets a
-                // task of its own.
-                let queued = store.queueTelemetry(record)
-                let body = record.body
-                let write = StoreOutcome()
-                @Sendable func settle(_ outcome: StoreWrite) {
-                    if let counter { writes.end(device, counter) }
-                    write.settle(outcome)
-                }
-                queued.whenComplete { result in
-                    switch result {
-                    case .success:
-                        writes.succeeded(device, counter)
-                        guard let events else {
-                            signals.telemetry(device)
-                            return settle(.stored)
-                        }
-                        Task {
-                            await events.observe(
-                                device, messageType: messageType, body: body, correlationID: correlationID)
-                            settle(.stored)
-                        }
-                    case .failure(let error as StoreError) where error.code == .replayed:
-                        // Another hub node stored this counter first. Its resend (DUP, after a PUBACK lost with a
-                        // node) is acknowledged and neither stored nor delivered again; anything else is a replay.
-                        if duplicate { return settle(.storedElsewhere) }
-                        let refusal = gateway.replayedElsewhere(
-                            device, detail: "counter \(counter ?? 0) already stored (by another hub node)",
-                            now: GatewayTime.now())
-                        Task {
-                            await recorder.record(
-                                refusal, identity: peer.identity.uri, source: peer.source,
-                                correlationID: correlationID,
-                                what: "MQTT PUBLISH \(MessageSignatureProfile.printable(topic, limit: 120))")
-                            settle(.replayed)
-                        }
-                    case .failure(let error):
-                        // A failed batch fails every message in it: the counters given back and the errors logged in
-                        // a task, off the store's thread.
-                        Task {
-                            release()
-                            logger.error(
-                                "MQTT message not stored",
-                                metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-                            settle((error as? StoreError)?.code == .unavailable ? .unavailable : .failed)
-                        }
-                    }
-                }
-                if respond, let id = publish.packetID {
-                    await acknowledge(
-                        id, qos: publish.qos, state: &state, after: write, correlationID: correlationID, then: delivery,
-                        local: local)
-                } else {
-                    // The will: nothing to acknowledge, but it is delivered only once stored.
-                    if await write.value() == .stored {
-                        await listener.broker.publish(delivery, from: state.sessionKey, placement: local?.placement)
-                    }
-                    withExtendedLifetime(local) {}
-                }
-                return true
-            }
-            await storeWithoutWaiting(record, release: release, peer: peer, topic: publish.topic.rawValue)
-            await deliverInOrder(delivery, state: &state, local: local)
-            return true
+            return await storeAndDeliver(
+                admitted, publish, device: device, check: check, peer: peer, state: &state, respond: respond,
+                correlationID)
         case .failure(let refusal):
             return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
         }
+    }
+
+    // `admitAndDeliver` runs for every PUBLISH, so its frame stays allocated in every publishing connection's task
+    // (a task keeps the largest stack of frames it ever had): each path is a function of its own, never inlined, so
+    // only the path taken has a frame.
+
+    /// An operator's or application's publish: the topic's payload rule, without a schema (JSON: a strict JSON
+    /// object); then delivery.
+    @inline(never)
+    private func admitFleetPublish(
+        _ publish: PublishPacket, peer: Peer, state: inout State, respond: Bool, _ correlationID: String,
+        _ check: PayloadCheck
+    ) async -> Bool {
+        let v5 = state.v5
+        let violation =
+            GatewayPipeline.formatViolation(
+                publish.payload, contentType: publish.properties.contentType,
+                declaredText: publish.properties.payloadFormatIndicator == 1, check: check)?.detail
+            ?? (publish.payload.count > (check.maxBytes ?? listener.gateway.policy.maxBodyBytes)
+                ? "payload of \(publish.payload.count) bytes over the limit" : nil)
+            ?? (check.format == .json
+                && (try? listener.gateway.policy.json.parse(publish.payload))?.isObject != true
+                ? "payload is not a strict JSON object" : nil)
+        if let violation {
+            await refuse(
+                "invalid-message", peer,
+                "MQTT PUBLISH to \(MessageSignatureProfile.printable(publish.topic.rawValue, limit: 120)): \(violation)",
+                oncePerMinute: true)
+            guard respond else { return true }
+            switch state.rules.publishRefused(.invalidContent, qos: publish.qos) {
+            case .acknowledge(let code):
+                if let id = publish.packetID { await acknowledge(id, qos: publish.qos, state: &state, code: code) }
+                return true
+            case .drop: return true
+            case .close(let code):
+                if let code { await serverDisconnect(code, state: &state) }
+                return false
+            }
+        }
+        let message = BrokerMessage(publish)
+        let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: message.topic)
+        defer { withExtendedLifetime(local) {} }
+        if let answered = await relayFirst(
+            message, publish, state: &state, respond: respond, correlationID, placement: local?.placement)
+        {
+            return answered
+        }
+        let recipients = await listener.broker.publish(
+            message, from: state.sessionKey, placement: local?.placement)
+        if message.retain { await listener.persistence?.flush() }
+        if respond, let id = publish.packetID {
+            // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere). With
+            // several nodes, another node's sessions may match: success.
+            let none = recipients == 0 && v5 && listener.relay == nil
+            await acknowledge(id, qos: publish.qos, state: &state, code: none ? .noMatchingSubscribers : .success)
+        }
+        return true
+    }
+
+    /// A retained message with an empty payload only removes the topic's retained message (MQTT 3.1.1 §3.3.1.3):
+    /// there is no content to validate or store, but it counts against the rate limits like any publish.
+    @inline(never)
+    private func clearRetained(
+        _ publish: PublishPacket, peer: Peer, state: inout State, respond: Bool, _ correlationID: String,
+        route: String, messageType: String?, now: GatewayTime
+    ) async -> Bool {
+        var message = InboundMessage(
+            identity: peer.identity, route: route, source: peer.source ?? "unknown", contentType: nil,
+            messageType: messageType, body: [], transport: .mqtt(counter: nil))
+        message.deviceKey = peer.deviceKey
+        message.sourceAddress = peer.sourceAddress
+        if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
+            return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
+        }
+        let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
+        let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: clear.topic)
+        // The other nodes clear their copy too.
+        if let answered = await relayFirst(
+            clear, publish, state: &state, respond: respond, correlationID, placement: local?.placement)
+        {
+            return answered
+        }
+        if respond, let id = publish.packetID {
+            await acknowledge(id, qos: publish.qos, state: &state, code: .success, then: clear, local: local)
+        } else {
+            await deliverInOrder(clear, state: &state, local: local)
+        }
+        return true
+    }
+
+    /// An admitted device message: stored (QoS 1 and 2 acknowledged once stored, QoS 0 in the next batch), then
+    /// delivered.
+    @inline(never)
+    private func storeAndDeliver(
+        _ admitted: Admitted, _ publish: PublishPacket, device: DeviceID, check: PayloadCheck, peer: Peer,
+        state: inout State, respond: Bool, _ correlationID: String
+    ) async -> Bool {
+        listener.metrics?.admitted(.mqtt)
+        state.rules.publishAdmitted()
+        var record = NewTelemetry(
+            deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
+            counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
+            counter: admitted.counter, messageType: admitted.messageType)
+        let delivery = BrokerMessage(publish)
+        // The other nodes' subscribers get it from the same transaction that stores it.
+        let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: delivery.topic)
+        record.relay = listener.relay?.relayed(
+            delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
+        // A message that is not stored gives its counter back: nothing was acknowledged (the connection ends,
+        // after DISCONNECT 0x89 on MQTT 5), so the device's resend must be stored, not refused or waved through as a
+        // duplicate (as HTTP gives its nonce back).
+        let counters = listener.gateway.counters
+        let release: @Sendable () -> Void = {
+            if let counter = admitted.counter { counters.release(device: device, counter: counter) }
+        }
+        if publish.qos != .atMostOnce {
+            let store = listener.store
+            let logger = listener.logger
+            let writes = listener.counterWrites
+            let counter = admitted.counter
+            if let counter { writes.begin(device, counter) }
+            // Only a JSON message can be a report the hub reads (connections, update progress).
+            let events =
+                check.format == .json && DeviceEvents.observed(admitted.messageType) ? listener.events : nil
+            let signals = listener.events.signals
+            let messageType = admitted.messageType
+            let gateway = listener.gateway
+            let recorder = listener.recorder
+            let duplicate = publish.duplicate
+            // Made printable only for the audit record of a refusal, never per message.
+            let topic = publish.topic.rawValue
+            // Queued now, in the connection's order: with several nodes, the others get one publisher's
+            // messages in the order it sent them. Its outcome is read by a callback on the thread that commits
+            // the batch (no task per message); what must await (a report the hub reads, an audit record) gets a
+            // task of its own.
+            let queued = store.queueTelemetry(record)
+            let body = record.body
+            let write = StoreOutcome()
+            @Sendable func settle(_ outcome: StoreWrite) {
+                if let counter { writes.end(device, counter) }
+                write.settle(outcome)
+            }
+            queued.whenComplete { result in
+                switch result {
+                case .success:
+                    writes.succeeded(device, counter)
+                    guard let events else {
+                        signals.telemetry(device)
+                        return settle(.stored)
+                    }
+                    Task {
+                        await events.observe(
+                            device, messageType: messageType, body: body, correlationID: correlationID)
+                        settle(.stored)
+                    }
+                case .failure(let error as StoreError) where error.code == .replayed:
+                    // Another hub node stored this counter first. Its resend (DUP, after a PUBACK lost with a
+                    // node) is acknowledged and neither stored nor delivered again; anything else is a replay.
+                    if duplicate { return settle(.storedElsewhere) }
+                    let refusal = gateway.replayedElsewhere(
+                        device, detail: "counter \(counter ?? 0) already stored (by another hub node)",
+                        now: GatewayTime.now())
+                    Task {
+                        await recorder.record(
+                            refusal, identity: peer.identity.uri, source: peer.source,
+                            correlationID: correlationID,
+                            what: "MQTT PUBLISH \(MessageSignatureProfile.printable(topic, limit: 120))")
+                        settle(.replayed)
+                    }
+                case .failure(let error):
+                    // A failed batch fails every message in it: the counters given back and the errors logged in
+                    // a task, off the store's thread.
+                    Task {
+                        release()
+                        logger.error(
+                            "MQTT message not stored",
+                            metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
+                        settle((error as? StoreError)?.code == .unavailable ? .unavailable : .failed)
+                    }
+                }
+            }
+            if respond, let id = publish.packetID {
+                await acknowledge(
+                    id, qos: publish.qos, state: &state, after: write, correlationID: correlationID, then: delivery,
+                    local: local)
+            } else {
+                // The will: nothing to acknowledge, but it is delivered only once stored.
+                if await write.value() == .stored {
+                    await listener.broker.publish(delivery, from: state.sessionKey, placement: local?.placement)
+                }
+                withExtendedLifetime(local) {}
+            }
+            return true
+        }
+        await storeWithoutWaiting(record, release: release, peer: peer, topic: publish.topic.rawValue)
+        await deliverInOrder(delivery, state: &state, local: local)
+        return true
     }
 
     /// Records a refusal and answers it (see `admitAndDeliver`); false when the connection must close.

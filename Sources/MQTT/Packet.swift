@@ -14,34 +14,196 @@ public enum QoS: UInt8, Sendable, Equatable, Comparable {
 
 /// MQTT 5.0 §2.2.2.2 properties. Only those Bulwark reads are typed; the rest are kept as raw entries so that a
 /// packet re-encodes as it came.
+///
+/// The values live in one copy-on-write box: a `Properties` is one pointer, so every packet that carries one (and every async frame that holds a packet) stays small, and packets without
+/// properties (all of MQTT 3.1.1) share one empty box and allocate nothing.
 public struct Properties: Sendable, Equatable {
-    public var sessionExpiryInterval: UInt32?
-    public var receiveMaximum: UInt16?
-    public var maximumPacketSize: UInt32?
-    public var topicAliasMaximum: UInt16?
-    public var topicAlias: UInt16?
-    public var assignedClientIdentifier: String?
-    public var reasonString: String?
-    public var maximumQoS: UInt8?
-    public var retainAvailable: UInt8?
-    public var serverKeepAlive: UInt16?
-    public var messageExpiryInterval: UInt32?
-    public var payloadFormatIndicator: UInt8?
-    public var contentType: String?
-    public var willDelayInterval: UInt32?
-    public var userProperties: [(String, String)] = []
+    @usableFromInline
+    final class Storage: @unchecked Sendable {
+        @usableFromInline var sessionExpiryInterval: UInt32? = nil
+        @usableFromInline var receiveMaximum: UInt16? = nil
+        @usableFromInline var maximumPacketSize: UInt32? = nil
+        @usableFromInline var topicAliasMaximum: UInt16? = nil
+        @usableFromInline var topicAlias: UInt16? = nil
+        @usableFromInline var assignedClientIdentifier: String? = nil
+        @usableFromInline var reasonString: String? = nil
+        @usableFromInline var maximumQoS: UInt8? = nil
+        @usableFromInline var retainAvailable: UInt8? = nil
+        @usableFromInline var serverKeepAlive: UInt16? = nil
+        @usableFromInline var messageExpiryInterval: UInt32? = nil
+        @usableFromInline var payloadFormatIndicator: UInt8? = nil
+        @usableFromInline var contentType: String? = nil
+        @usableFromInline var willDelayInterval: UInt32? = nil
+        @usableFromInline var userProperties: [(String, String)] = []
+        @usableFromInline var subscriptionIdentifiers: [Int] = []
+        @usableFromInline var other: [(UInt8, [UInt8])] = []
+
+        @usableFromInline init() {}
+
+        @usableFromInline func copy() -> Storage {
+            let copy = Storage()
+            copy.sessionExpiryInterval = sessionExpiryInterval
+            copy.receiveMaximum = receiveMaximum
+            copy.maximumPacketSize = maximumPacketSize
+            copy.topicAliasMaximum = topicAliasMaximum
+            copy.topicAlias = topicAlias
+            copy.assignedClientIdentifier = assignedClientIdentifier
+            copy.reasonString = reasonString
+            copy.maximumQoS = maximumQoS
+            copy.retainAvailable = retainAvailable
+            copy.serverKeepAlive = serverKeepAlive
+            copy.messageExpiryInterval = messageExpiryInterval
+            copy.payloadFormatIndicator = payloadFormatIndicator
+            copy.contentType = contentType
+            copy.willDelayInterval = willDelayInterval
+            copy.userProperties = userProperties
+            copy.subscriptionIdentifiers = subscriptionIdentifiers
+            copy.other = other
+            return copy
+        }
+
+        /// Shared by every `Properties()` until one is changed; never mutated itself.
+        @usableFromInline static let empty = Storage()
+    }
+
+    @usableFromInline var storage: Storage
+
+    @inlinable public init() { storage = Storage.empty }
+
+    /// A box of its own before a change (copy on write: a copy of this value never sees the change).
+    @inlinable mutating func unique() -> Storage {
+        if storage === Storage.empty || !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        return storage
+    }
+
+    @inlinable public var sessionExpiryInterval: UInt32? {
+        get { storage.sessionExpiryInterval }
+        _modify {
+            let box = unique()
+            yield &box.sessionExpiryInterval
+        }
+    }
+    @inlinable public var receiveMaximum: UInt16? {
+        get { storage.receiveMaximum }
+        _modify {
+            let box = unique()
+            yield &box.receiveMaximum
+        }
+    }
+    @inlinable public var maximumPacketSize: UInt32? {
+        get { storage.maximumPacketSize }
+        _modify {
+            let box = unique()
+            yield &box.maximumPacketSize
+        }
+    }
+    @inlinable public var topicAliasMaximum: UInt16? {
+        get { storage.topicAliasMaximum }
+        _modify {
+            let box = unique()
+            yield &box.topicAliasMaximum
+        }
+    }
+    @inlinable public var topicAlias: UInt16? {
+        get { storage.topicAlias }
+        _modify {
+            let box = unique()
+            yield &box.topicAlias
+        }
+    }
+    @inlinable public var assignedClientIdentifier: String? {
+        get { storage.assignedClientIdentifier }
+        _modify {
+            let box = unique()
+            yield &box.assignedClientIdentifier
+        }
+    }
+    @inlinable public var reasonString: String? {
+        get { storage.reasonString }
+        _modify {
+            let box = unique()
+            yield &box.reasonString
+        }
+    }
+    @inlinable public var maximumQoS: UInt8? {
+        get { storage.maximumQoS }
+        _modify {
+            let box = unique()
+            yield &box.maximumQoS
+        }
+    }
+    @inlinable public var retainAvailable: UInt8? {
+        get { storage.retainAvailable }
+        _modify {
+            let box = unique()
+            yield &box.retainAvailable
+        }
+    }
+    @inlinable public var serverKeepAlive: UInt16? {
+        get { storage.serverKeepAlive }
+        _modify {
+            let box = unique()
+            yield &box.serverKeepAlive
+        }
+    }
+    @inlinable public var messageExpiryInterval: UInt32? {
+        get { storage.messageExpiryInterval }
+        _modify {
+            let box = unique()
+            yield &box.messageExpiryInterval
+        }
+    }
+    @inlinable public var payloadFormatIndicator: UInt8? {
+        get { storage.payloadFormatIndicator }
+        _modify {
+            let box = unique()
+            yield &box.payloadFormatIndicator
+        }
+    }
+    @inlinable public var contentType: String? {
+        get { storage.contentType }
+        _modify {
+            let box = unique()
+            yield &box.contentType
+        }
+    }
+    @inlinable public var willDelayInterval: UInt32? {
+        get { storage.willDelayInterval }
+        _modify {
+            let box = unique()
+            yield &box.willDelayInterval
+        }
+    }
+    @inlinable public var userProperties: [(String, String)] {
+        get { storage.userProperties }
+        _modify {
+            let box = unique()
+            yield &box.userProperties
+        }
+    }
     /// §3.8.2.1.2 in SUBSCRIBE (at most one, 1–268,435,455); §3.3.4 in a PUBLISH to a client (one per matching
     /// subscription that has one).
-    public var subscriptionIdentifiers: [Int] = []
+    @inlinable public var subscriptionIdentifiers: [Int] {
+        get { storage.subscriptionIdentifiers }
+        _modify {
+            let box = unique()
+            yield &box.subscriptionIdentifiers
+        }
+    }
     /// Properties Bulwark does not interpret, as (identifier, raw value bytes).
-    public var other: [(UInt8, [UInt8])] = []
+    @inlinable public var other: [(UInt8, [UInt8])] {
+        get { storage.other }
+        _modify {
+            let box = unique()
+            yield &box.other
+        }
+    }
 
-    public init() {}
-
-    public var isEmpty: Bool { self == Properties() }
+    @inlinable public var isEmpty: Bool { storage === Storage.empty || self == Properties() }
 
     public static func == (lhs: Properties, rhs: Properties) -> Bool {
-        lhs.sessionExpiryInterval == rhs.sessionExpiryInterval && lhs.receiveMaximum == rhs.receiveMaximum
+        if lhs.storage === rhs.storage { return true }
+        return lhs.sessionExpiryInterval == rhs.sessionExpiryInterval && lhs.receiveMaximum == rhs.receiveMaximum
             && lhs.maximumPacketSize == rhs.maximumPacketSize && lhs.topicAliasMaximum == rhs.topicAliasMaximum
             && lhs.topicAlias == rhs.topicAlias && lhs.assignedClientIdentifier == rhs.assignedClientIdentifier
             && lhs.reasonString == rhs.reasonString && lhs.maximumQoS == rhs.maximumQoS
@@ -136,7 +298,9 @@ public struct Subscription: Sendable, Equatable {
 
 /// The control packets (MQTT 3.1.1 §2.2.1, MQTT 5.0 §2.1.2).
 public enum Packet: Sendable, Equatable {
-    case connect(ConnectPacket)
+    /// Boxed: the largest payload, once per connection; every other case (and every frame holding a packet) stays
+    /// the size of a PUBLISH.
+    indirect case connect(ConnectPacket)
     case connack(sessionPresent: Bool, reasonCode: ReasonCode, properties: Properties)
     case publish(PublishPacket)
     case puback(packetID: UInt16, reasonCode: ReasonCode, properties: Properties)

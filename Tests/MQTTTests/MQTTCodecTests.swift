@@ -171,3 +171,40 @@ func connect(_ version: ProtocolVersion, clientID: String = "c1") -> [UInt8] {
         }
     }
 }
+
+/// `Properties` keeps its values in one copy-on-write box (a packet, and every async frame holding one, stays small):
+/// a copy never sees a later change, and the box every `Properties()` shares is never changed.
+@Suite struct PropertiesStorageTests {
+    @Test func aChangeIsSeenByItsValueOnly() {
+        var first = Properties()
+        first.userProperties.append(("k", "v"))
+        first.contentType = "application/json"
+        #expect(Properties().isEmpty)
+        #expect(Properties().userProperties.isEmpty && Properties().contentType == nil)
+        var second = first
+        second.userProperties.append(("k2", "v2"))
+        second.contentType = nil
+        second.messageExpiryInterval = 30
+        #expect(first.userProperties.count == 1)
+        #expect(first.contentType == "application/json")
+        #expect(first.messageExpiryInterval == nil)
+        #expect(second.userProperties.count == 2)
+        #expect(first != second)
+        second.userProperties.removeLast()
+        second.contentType = "application/json"
+        second.messageExpiryInterval = nil
+        #expect(first == second)
+        #expect(!first.isEmpty)
+        var emptied = first
+        emptied.userProperties = []
+        emptied.contentType = nil
+        #expect(emptied.isEmpty)
+        #expect(emptied == Properties())
+    }
+
+    @Test func packetsStaySmall() {
+        #expect(MemoryLayout<Properties>.size == MemoryLayout<Int>.size)
+        // A PUBLISH: topic, payload, flags, packet id and the properties' box; CONNECT is boxed.
+        #expect(MemoryLayout<Packet>.size <= 64)
+    }
+}
