@@ -128,10 +128,13 @@ struct MQTTListener: Service {
         logger.info("listening", metadata: ["address": .string("\(host):\(boundPort)")])
         onBound(boundPort)
         try await withGracefulShutdownHandler {
+            // One reference for every connection: the listener is 1.2 KB, and a copy in a connection would sit in each
+            // of its async frames for as long as it is connected.
+            let shared = MQTTListener.Shared(self)
             try await withThrowingDiscardingTaskGroup { group in
                 try await server.executeThenClose { connections in
                     for try await connection in connections {
-                        group.addTask { await MQTTConnection(listener: self, channel: connection).serve() }
+                        group.addTask { await MQTTConnection(shared: shared, channel: connection).serve() }
                     }
                 }
             }
@@ -249,10 +252,20 @@ final class PendingWrites: Sendable {
     func finish() { count.subtract(1, ordering: .relaxed) }
 }
 
+extension MQTTListener {
+    /// The listener, shared by reference with its connections.
+    final class Shared: Sendable {
+        let listener: MQTTListener
+        init(_ listener: MQTTListener) { self.listener = listener }
+    }
+}
+
 /// One MQTT connection.
 struct MQTTConnection {
-    let listener: MQTTListener
+    let shared: MQTTListener.Shared
     let channel: NIOAsyncChannel<Packet, ByteBuffer>
+    /// Read in place: never copied into a frame.
+    var listener: MQTTListener { _read { yield shared.listener } }
 
     /// Who is connected, from the certificate alone.
     struct Peer {
