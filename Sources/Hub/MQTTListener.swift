@@ -280,8 +280,22 @@ struct MQTTConnection {
         var deviceLevel: String { device?.rawValue ?? "" }
     }
 
-    /// The state of a session's connection that the packet loop changes.
-    struct State {
+    /// The state of a session's connection that the packet loop changes. A reference: each async function of the
+    /// connection holds 8 bytes for it, not a copy of all of it.
+    final class State {
+        init(
+            rules: ServerSession, sessionKey: String, connectionNumber: Int, output: FlushCoalescer,
+            acl: BoundTopicACL, payloads: BoundPayloadRules, acknowledgements: AcknowledgementQueue
+        ) {
+            self.rules = rules
+            self.sessionKey = sessionKey
+            self.connectionNumber = connectionNumber
+            self.output = output
+            self.acl = acl
+            self.payloads = payloads
+            self.acknowledgements = acknowledgements
+        }
+
         /// The protocol's rules for this connection (topic aliases, Receive Maximum, expiry, refusals).
         var rules: ServerSession
         let sessionKey: String
@@ -457,9 +471,9 @@ struct MQTTConnection {
         let revocationWatch = listener.revocations.watch(peer.serial) { nioChannel.close(promise: nil) }
         defer { listener.revocations.unwatch(peer.serial, revocationWatch) }
         guard let attached = try await attach(connect, peer: peer, accepted) else { return nil }
-        var state = attached.state
-        let end = await run(connack: attached.connack, peer: peer, state: &state, packets: &packets)
-        return await finish(end, connect: connect, peer: peer, state: &state)
+        let state = attached.state
+        let end = await run(connack: attached.connack, peer: peer, state: state, packets: &packets)
+        return await finish(end, connect: connect, peer: peer, state: state)
     }
 
     /// What `accept` settled: the session's rules, its key and the identity's topics.
@@ -577,7 +591,7 @@ struct MQTTConnection {
     /// every packet (`loop`); how it ended.
     @inline(never)
     private func run(
-        connack: Packet, peer: Peer, state: inout State,
+        connack: Packet, peer: Peer, state: State,
         packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
     ) async -> End {
         let rules = state.rules
@@ -594,13 +608,13 @@ struct MQTTConnection {
             }
             try await send(connack, version)
             await listener.broker.resume(key: state.sessionKey, connectionNumber: state.connectionNumber)
-            end = try await loop(peer: peer, state: &state, packets: &packets)
+            end = try await loop(peer: peer, state: state, packets: &packets)
         } catch let error as MQTTError {
             // MQTT 5.0 §4.13: a malformed packet or protocol error closes the connection after a DISCONNECT with
             // the reason code; MQTT 3.1.1 §4.8: the connection is closed.
             listener.logger.notice(
                 "MQTT packet refused", metadata: ["peer": .string(peer.identity.uri), "detail": .string("\(error)")])
-            if state.v5 { await serverDisconnect(error.reasonCode, state: &state) }
+            if state.v5 { await serverDisconnect(error.reasonCode, state: state) }
             end = .closed
         } catch {
             end = .closed
@@ -611,7 +625,7 @@ struct MQTTConnection {
     /// The connection has ended: acknowledgements still waiting for their store write go out, the session is
     /// detached, and the will is published (or returned to wait out its delay).
     @inline(never)
-    private func finish(_ end: End, connect: ConnectPacket, peer: Peer, state: inout State) async -> DelayedWill? {
+    private func finish(_ end: End, connect: ConnectPacket, peer: Peer, state: State) async -> DelayedWill? {
         let acl = state.acl
         // Acknowledgements still waiting for their store write go out before the connection closes.
         await state.acknowledgements.wait(untilAtMost: 0)
@@ -637,15 +651,23 @@ struct MQTTConnection {
             return DelayedWill(
                 message: message, peer: peer, state: state, seconds: delay, connectionNumber: state.connectionNumber)
         }
-        _ = await admitAndDeliver(message, peer: peer, state: &state, respond: false)
+        _ = await admitAndDeliver(message, peer: peer, state: state, respond: false)
         return nil
     }
 
     /// A will to publish once its delay has passed, unless a new connection took up the session meanwhile.
-    struct DelayedWill {
+    final class DelayedWill {
+        init(message: PublishPacket, peer: Peer, state: State, seconds: Int, connectionNumber: Int) {
+            self.message = message
+            self.peer = peer
+            self.state = state
+            self.seconds = seconds
+            self.connectionNumber = connectionNumber
+        }
+
         let message: PublishPacket
         let peer: Peer
-        var state: State
+        let state: State
         let seconds: Int
         let connectionNumber: Int
     }
@@ -655,22 +677,21 @@ struct MQTTConnection {
     /// one waiting will per session (a newer one replaces it), so reconnecting in a loop cannot pile them up. At a
     /// hub shutdown the wait is cancelled and the will is not published: the session ends with the process.
     private func publish(_ will: DelayedWill) async {
-        var will = will
         guard
             await listener.broker.willDue(
                 key: will.state.sessionKey, connectionNumber: will.connectionNumber, seconds: will.seconds),
             !listener.revocations.contains(will.peer.serial)
         else { return }
-        _ = await admitAndDeliver(will.message, peer: will.peer, state: &will.state, respond: false)
+        _ = await admitAndDeliver(will.message, peer: will.peer, state: will.state, respond: false)
     }
 
     /// Handles packets until the connection ends: the session rules (`ServerSession`) say what each packet asks
     /// for; the identity's rights, the broker and the gateway pipeline decide the rest.
     private func loop(
-        peer: Peer, state: inout State, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
+        peer: Peer, state: State, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
     ) async throws -> End {
         while let packet = try await packets.next() {
-            if let end = try await handle(packet, peer: peer, state: &state) { return end }
+            if let end = try await handle(packet, peer: peer, state: state) { return end }
         }
         return .closed
     }
@@ -678,13 +699,13 @@ struct MQTTConnection {
     /// One packet; nil to read the next. Not inlined into `loop`: its locals (it is the whole protocol) live only
     /// while a packet is handled, not in every held connection's frame.
     @inline(never)
-    private func handle(_ packet: Packet, peer: Peer, state: inout State) async throws -> End? {
+    private func handle(_ packet: Packet, peer: Peer, state: State) async throws -> End? {
         let version = state.version
         let acl = state.acl
         let unacknowledged = state.unacknowledged
         guard !listener.revocations.contains(peer.serial) else {
             await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
-            return await close(state.rules.closing(.notAuthorized), peer: peer, state: &state)
+            return await close(state.rules.closing(.notAuthorized), peer: peer, state: state)
         }
         let action = state.rules.packetReceived(packet) { publish in
             publish.qos == .exactlyOnce
@@ -700,12 +721,12 @@ struct MQTTConnection {
                 switch state.rules.publishRefused(.notAuthorized, qos: publish.qos) {
                 case .acknowledge(let code):
                     if let id = publish.packetID {
-                        await acknowledge(id, qos: publish.qos, state: &state, code: code)
+                        await acknowledge(id, qos: publish.qos, state: state, code: code)
                     }
                     return nil
                 case .drop: return nil
                 case .close(let code):
-                    return await close(.close(disconnect: code, detail: nil), peer: peer, state: &state)
+                    return await close(.close(disconnect: code, detail: nil), peer: peer, state: state)
                 }
             }
             // §4.3.3 [MQTT-4.3.3-9]: a QoS 2 PUBLISH whose id is stored and awaits its PUBREL is a copy (a resend
@@ -719,18 +740,18 @@ struct MQTTConnection {
                 {
                 case .new: break
                 case .copy:
-                    await acknowledge(id, qos: .exactlyOnce, state: &state, code: .success)
+                    await acknowledge(id, qos: .exactlyOnce, state: state, code: .success)
                     return nil
                 case .full:
                     await refuse(
                         "mqtt-quota-exceeded", peer, "QoS 2 packet ids awaiting PUBREL over the limit",
                         oncePerMinute: true)
                     guard state.v5 else { return .closed }
-                    await acknowledge(id, qos: .exactlyOnce, state: &state, code: .quotaExceeded)
+                    await acknowledge(id, qos: .exactlyOnce, state: state, code: .quotaExceeded)
                     return nil
                 }
             }
-            if !(await admitAndDeliver(publish, peer: peer, state: &state, respond: true)) { return .closed }
+            if !(await admitAndDeliver(publish, peer: peer, state: state, respond: true)) { return .closed }
         case .subscribe(let id, let subscriptions, let properties):
             var codes: [ReasonCode] = []
             var refused = 0
@@ -788,7 +809,7 @@ struct MQTTConnection {
             else {
                 return await close(
                     state.rules.closing(.protocolError, "acknowledgement of the wrong kind"), peer: peer,
-                    state: &state)
+                    state: state)
             }
         case .deliveryReceived(let id, let reason):
             switch await listener.broker.received(
@@ -801,7 +822,7 @@ struct MQTTConnection {
                 try await send(state.rules.pubrelUnknown(id), version)
             case .protocolError:
                 return await close(
-                    state.rules.closing(.protocolError, "PUBREC to a QoS 1 delivery"), peer: peer, state: &state)
+                    state.rules.closing(.protocolError, "PUBREC to a QoS 1 delivery"), peer: peer, state: state)
             }
         case .released(let id):
             // PUBCOMP, written after the acknowledgements already queued, with back-pressure.
@@ -814,17 +835,17 @@ struct MQTTConnection {
         case .ended(let publishWill):
             return .disconnected(withWill: publishWill)
         case .close:
-            return await close(action, peer: peer, state: &state)
+            return await close(action, peer: peer, state: state)
         }
         return nil
     }
 
     /// Ends the connection as the session rules said: the client's fault is recorded (at most once a minute), MQTT 5
     /// gets its DISCONNECT.
-    private func close(_ action: ServerSession.Action, peer: Peer, state: inout State) async -> End {
+    private func close(_ action: ServerSession.Action, peer: Peer, state: State) async -> End {
         guard case .close(let code, let detail) = action else { return .closed }
         if let detail { await refuse("mqtt-protocol-error", peer, detail, oncePerMinute: true) }
-        if let code { await serverDisconnect(code, state: &state) }
+        if let code { await serverDisconnect(code, state: state) }
         return .closed
     }
 
@@ -836,7 +857,7 @@ struct MQTTConnection {
     /// DISCONNECT 0x96; invalid content PUBACK 0x99; a replayed counter 0x87; the quarantine threshold closes the
     /// connection (DISCONNECT 0x87 or 0x96). MQTT 3.1.1 has no negative acknowledgement: over the rate the message
     /// is dropped unacknowledged (the client keeps it), other refusals and quarantine close the connection.
-    private func admitAndDeliver(_ publish: PublishPacket, peer: Peer, state: inout State, respond: Bool) async
+    private func admitAndDeliver(_ publish: PublishPacket, peer: Peer, state: State, respond: Bool) async
         -> Bool
     {
         let version = state.version
@@ -844,7 +865,7 @@ struct MQTTConnection {
         let correlationID = CorrelationID().rawValue
         let check = state.payloads.check(for: publish.topic)
         guard let device = peer.device else {
-            return await admitFleetPublish(publish, peer: peer, state: &state, respond: respond, correlationID, check)
+            return await admitFleetPublish(publish, peer: peer, state: state, respond: respond, correlationID, check)
         }
         let now = GatewayTime.now()
         let (route, messageType) = Self.classify(
@@ -852,7 +873,7 @@ struct MQTTConnection {
             deviceLevel: state.acl.deviceLevel(of: publish.topic))
         if publish.retain, publish.payload.isEmpty {
             return await clearRetained(
-                publish, peer: peer, state: &state, respond: respond, correlationID, route: route,
+                publish, peer: peer, state: state, respond: respond, correlationID, route: route,
                 messageType: messageType, now: now)
         }
         var result: Result<Admitted, Refusal>
@@ -885,10 +906,10 @@ struct MQTTConnection {
             listener.gateway.counters.window(of: device)?.hasSeen(seen) == true
         {
             if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
-                return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
+                return await refused(refusal, publish, peer: peer, state: state, respond: respond, correlationID)
             }
             listener.metrics?.admitted(.mqtt)
-            await acknowledge(id, qos: publish.qos, state: &state, code: .success)
+            await acknowledge(id, qos: publish.qos, state: state, code: .success)
             return true
         }
         if counter == nil,
@@ -901,10 +922,10 @@ struct MQTTConnection {
         switch result {
         case .success(let admitted):
             return await storeAndDeliver(
-                admitted, publish, device: device, check: check, peer: peer, state: &state, respond: respond,
+                admitted, publish, device: device, check: check, peer: peer, state: state, respond: respond,
                 correlationID)
         case .failure(let refusal):
-            return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
+            return await refused(refusal, publish, peer: peer, state: state, respond: respond, correlationID)
         }
     }
 
@@ -916,7 +937,7 @@ struct MQTTConnection {
     /// object); then delivery.
     @inline(never)
     private func admitFleetPublish(
-        _ publish: PublishPacket, peer: Peer, state: inout State, respond: Bool, _ correlationID: String,
+        _ publish: PublishPacket, peer: Peer, state: State, respond: Bool, _ correlationID: String,
         _ check: PayloadCheck
     ) async -> Bool {
         let v5 = state.v5
@@ -937,11 +958,11 @@ struct MQTTConnection {
             guard respond else { return true }
             switch state.rules.publishRefused(.invalidContent, qos: publish.qos) {
             case .acknowledge(let code):
-                if let id = publish.packetID { await acknowledge(id, qos: publish.qos, state: &state, code: code) }
+                if let id = publish.packetID { await acknowledge(id, qos: publish.qos, state: state, code: code) }
                 return true
             case .drop: return true
             case .close(let code):
-                if let code { await serverDisconnect(code, state: &state) }
+                if let code { await serverDisconnect(code, state: state) }
                 return false
             }
         }
@@ -949,7 +970,7 @@ struct MQTTConnection {
         let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: message.topic)
         defer { withExtendedLifetime(local) {} }
         if let answered = await relayFirst(
-            message, publish, state: &state, respond: respond, correlationID, placement: local?.placement)
+            message, publish, state: state, respond: respond, correlationID, placement: local?.placement)
         {
             return answered
         }
@@ -960,7 +981,7 @@ struct MQTTConnection {
             // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere). With
             // several nodes, another node's sessions may match: success.
             let none = recipients == 0 && v5 && listener.relay == nil
-            await acknowledge(id, qos: publish.qos, state: &state, code: none ? .noMatchingSubscribers : .success)
+            await acknowledge(id, qos: publish.qos, state: state, code: none ? .noMatchingSubscribers : .success)
         }
         return true
     }
@@ -969,7 +990,7 @@ struct MQTTConnection {
     /// there is no content to validate or store, but it counts against the rate limits like any publish.
     @inline(never)
     private func clearRetained(
-        _ publish: PublishPacket, peer: Peer, state: inout State, respond: Bool, _ correlationID: String,
+        _ publish: PublishPacket, peer: Peer, state: State, respond: Bool, _ correlationID: String,
         route: String, messageType: String?, now: GatewayTime
     ) async -> Bool {
         var message = InboundMessage(
@@ -978,20 +999,20 @@ struct MQTTConnection {
         message.deviceKey = peer.deviceKey
         message.sourceAddress = peer.sourceAddress
         if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
-            return await refused(refusal, publish, peer: peer, state: &state, respond: respond, correlationID)
+            return await refused(refusal, publish, peer: peer, state: state, respond: respond, correlationID)
         }
         let clear = BrokerMessage(topic: publish.topic, payload: [], qos: publish.qos, retain: true)
         let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: clear.topic)
         // The other nodes clear their copy too.
         if let answered = await relayFirst(
-            clear, publish, state: &state, respond: respond, correlationID, placement: local?.placement)
+            clear, publish, state: state, respond: respond, correlationID, placement: local?.placement)
         {
             return answered
         }
         if respond, let id = publish.packetID {
-            await acknowledge(id, qos: publish.qos, state: &state, code: .success, then: clear, local: local)
+            await acknowledge(id, qos: publish.qos, state: state, code: .success, then: clear, local: local)
         } else {
-            await deliverInOrder(clear, state: &state, local: local)
+            await deliverInOrder(clear, state: state, local: local)
         }
         return true
     }
@@ -1001,7 +1022,7 @@ struct MQTTConnection {
     @inline(never)
     private func storeAndDeliver(
         _ admitted: Admitted, _ publish: PublishPacket, device: DeviceID, check: PayloadCheck, peer: Peer,
-        state: inout State, respond: Bool, _ correlationID: String
+        state: State, respond: Bool, _ correlationID: String
     ) async -> Bool {
         listener.metrics?.admitted(.mqtt)
         state.rules.publishAdmitted()
@@ -1089,7 +1110,7 @@ struct MQTTConnection {
             }
             if respond, let id = publish.packetID {
                 await acknowledge(
-                    id, qos: publish.qos, state: &state, after: write, correlationID: correlationID, then: delivery,
+                    id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery,
                     local: local)
             } else {
                 // The will: nothing to acknowledge, but it is delivered only once stored.
@@ -1101,13 +1122,13 @@ struct MQTTConnection {
             return true
         }
         await storeWithoutWaiting(record, release: release, peer: peer, topic: publish.topic.rawValue)
-        await deliverInOrder(delivery, state: &state, local: local)
+        await deliverInOrder(delivery, state: state, local: local)
         return true
     }
 
     /// Records a refusal and answers it (see `admitAndDeliver`); false when the connection must close.
     private func refused(
-        _ refusal: Refusal, _ publish: PublishPacket, peer: Peer, state: inout State, respond: Bool,
+        _ refusal: Refusal, _ publish: PublishPacket, peer: Peer, state: State, respond: Bool,
         _ correlationID: String
     ) async -> Bool {
         await listener.recorder.record(
@@ -1128,13 +1149,13 @@ struct MQTTConnection {
         switch state.rules.publishRefused(reason, qos: publish.qos) {
         case .acknowledge(let code):
             if let id = publish.packetID {
-                await acknowledge(id, qos: publish.qos, state: &state, code: code, correlationID: correlationID)
+                await acknowledge(id, qos: publish.qos, state: state, code: code, correlationID: correlationID)
             }
             return true
         case .drop:
             return true
         case .close(let code):
-            if let code { await serverDisconnect(code, refusalProperties(correlationID), state: &state) }
+            if let code { await serverDisconnect(code, refusalProperties(correlationID), state: state) }
             return false
         }
     }
@@ -1190,7 +1211,7 @@ struct MQTTConnection {
     /// copy of the PUBLISH is then answered without being stored again), and the message stays counted against the
     /// Receive Maximum until its PUBCOMP; a failure code (0x80 and above) ends it there.
     private func acknowledge(
-        _ id: UInt16, qos: QoS, state: inout State, after write: StoreOutcome? = nil,
+        _ id: UInt16, qos: QoS, state: State, after write: StoreOutcome? = nil,
         code: ReasonCode = .success,
         correlationID: String? = nil, then delivery: BrokerMessage? = nil, local: LocalWrite? = nil
     ) async {
@@ -1305,7 +1326,7 @@ struct MQTTConnection {
     /// no one. Nil when it was handed on (or there is one node); else what `admitAndDeliver` returns: false, to end the
     /// connection (after DISCONNECT 0x89 on MQTT 5), so the client sends it again once connected.
     private func relayFirst(
-        _ message: BrokerMessage, _ publish: PublishPacket, state: inout State, respond: Bool, _ correlationID: String,
+        _ message: BrokerMessage, _ publish: PublishPacket, state: State, respond: Bool, _ correlationID: String,
         placement: [TopicFilter: String]?
     ) async -> Bool? {
         guard let relay = listener.relay else { return nil }
@@ -1319,14 +1340,14 @@ struct MQTTConnection {
                 metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
             guard respond else { return true }
             // Not handed on: the connection ends, as for a store that cannot be reached (the client sends it again).
-            if state.v5 { await serverDisconnect(.serverBusy, refusalProperties(correlationID), state: &state) }
+            if state.v5 { await serverDisconnect(.serverBusy, refusalProperties(correlationID), state: state) }
             return false
         }
     }
 
     /// MQTT 5.0 §3.14.4 [MQTT-3.14.4-1]: after sending DISCONNECT the server sends nothing more. So the pending
     /// acknowledgements go first and the session stops receiving deliveries, then the DISCONNECT.
-    private func serverDisconnect(_ reason: ReasonCode, _ properties: Properties = .init(), state: inout State) async {
+    private func serverDisconnect(_ reason: ReasonCode, _ properties: Properties = .init(), state: State) async {
         await state.acknowledgements.wait(untilAtMost: 0)
         await listener.broker.detach(
             key: state.sessionKey, connectionNumber: state.connectionNumber, expirySeconds: state.expirySeconds)
@@ -1335,7 +1356,7 @@ struct MQTTConnection {
 
     /// Delivers a message that needs no acknowledgement (QoS 0, a retained clear) after the QoS 1 messages that
     /// arrived before it, so subscribers and the retained store see one connection's publishes in arrival order.
-    private func deliverInOrder(_ delivery: BrokerMessage, state: inout State, local: LocalWrite? = nil) async {
+    private func deliverInOrder(_ delivery: BrokerMessage, state: State, local: LocalWrite? = nil) async {
         defer { withExtendedLifetime(local) {} }
         let broker = listener.broker
         guard broker.needsPublish(delivery) else { return }
