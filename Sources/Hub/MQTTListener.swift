@@ -701,7 +701,6 @@ struct MQTTConnection {
     @inline(never)
     private func handle(_ packet: Packet, peer: Peer, state: State) async throws -> End? {
         let version = state.version
-        let acl = state.acl
         let unacknowledged = state.unacknowledged
         guard !listener.revocations.contains(peer.serial) else {
             await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
@@ -713,89 +712,9 @@ struct MQTTConnection {
         }
         switch action {
         case .publish(let publish):
-            guard acl.mayPublish(publish.topic), Self.responseTopicAllowed(publish.properties, peer: peer, acl: acl)
-            else {
-                await refuse(
-                    "mqtt-publish-refused", peer, "publish (or its response topic) outside the identity's topics",
-                    oncePerMinute: true)
-                switch state.rules.publishRefused(.notAuthorized, qos: publish.qos) {
-                case .acknowledge(let code):
-                    if let id = publish.packetID {
-                        await acknowledge(id, qos: publish.qos, state: state, code: code)
-                    }
-                    return nil
-                case .drop: return nil
-                case .close(let code):
-                    return await close(.close(disconnect: code, detail: nil), peer: peer, state: state)
-                }
-            }
-            // §4.3.3 [MQTT-4.3.3-9]: a QoS 2 PUBLISH whose id is stored and awaits its PUBREL is a copy (a resend
-            // after a reconnect): PUBREC again, nothing stored or delivered twice.
-            // Ids held per session are bounded (a client that never sends PUBREL, over many connections):
-            // beyond the limit PUBREC 0x97 Quota exceeded (MQTT 5) or the connection closes (3.1.1).
-            if publish.qos == .exactlyOnce, let id = publish.packetID {
-                switch await listener.broker.arrivedQoS2(
-                    key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id,
-                    limit: listener.settings.maxQoS2HeldPerSession)
-                {
-                case .new: break
-                case .copy:
-                    await acknowledge(id, qos: .exactlyOnce, state: state, code: .success)
-                    return nil
-                case .full:
-                    await refuse(
-                        "mqtt-quota-exceeded", peer, "QoS 2 packet ids awaiting PUBREL over the limit",
-                        oncePerMinute: true)
-                    guard state.v5 else { return .closed }
-                    await acknowledge(id, qos: .exactlyOnce, state: state, code: .quotaExceeded)
-                    return nil
-                }
-            }
-            if !(await admitAndDeliver(publish, peer: peer, state: state, respond: true)) { return .closed }
+            if let end = await received(publish, peer: peer, state: state) { return end }
         case .subscribe(let id, let subscriptions, let properties):
-            var codes: [ReasonCode] = []
-            var refused = 0
-            var granted: [(index: Int, TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
-            for (index, subscription) in subscriptions.enumerated() {
-                // The decoder refused a malformed shared subscription; access is checked on its inner filter.
-                let share = try? SharedFilter.parse(subscription.filter)
-                if index >= listener.settings.maxFiltersPerSubscribe {
-                    codes.append(.unspecifiedError)  // beyond the filters one SUBSCRIBE may carry
-                } else if acl.maySubscribe(share?.filter ?? subscription.filter) {
-                    let qos = subscription.qos
-                    granted.append(
-                        (
-                            codes.count, subscription.filter,
-                            SubscriptionOptions(
-                                qos: qos, noLocal: subscription.noLocal,
-                                retainAsPublished: subscription.retainAsPublished,
-                                identifier: properties.subscriptionIdentifiers.first, share: share),
-                            subscription.retainHandling
-                        ))
-                    codes.append(ReasonCode(rawValue: qos.rawValue))
-                } else {
-                    refused += 1
-                    codes.append(state.rules.subscribeRefused(.notAuthorized))
-                }
-            }
-            if refused > 0 {
-                // One record per SUBSCRIBE packet (it may carry thousands of filters), at most once a minute.
-                await refuse(
-                    "mqtt-subscribe-refused", peer, "\(refused) filter(s) outside the identity's topics",
-                    oncePerMinute: true)
-            }
-            if subscriptions.count > listener.settings.maxFiltersPerSubscribe {
-                await refuse(
-                    "mqtt-subscribe-refused", peer,
-                    "SUBSCRIBE with \(subscriptions.count) filters (at most \(listener.settings.maxFiltersPerSubscribe))",
-                    oncePerMinute: true)
-            }
-            await listener.broker.subscribe(
-                key: state.sessionKey, connectionNumber: state.connectionNumber, granted, codes: codes,
-                packetID: id, maxSubscriptions: listener.settings.maxSubscriptionsPerSession,
-                quotaExceeded: state.rules.subscribeRefused(.quotaExceeded))
-            // In the store before the next packet is read (MQTT lets the SUBACK go first, §3.8.4).
-            await listener.persistence?.flush()
+            await subscribe(id, subscriptions, properties, peer: peer, state: state)
         case .unsubscribe(let id, let filters):
             let existed = await listener.broker.unsubscribe(
                 key: state.sessionKey, connectionNumber: state.connectionNumber, filters)
@@ -840,6 +759,104 @@ struct MQTTConnection {
         return nil
     }
 
+    /// A PUBLISH the session rules accepted: the identity's topics, QoS 2 ids, then the gateway pipeline. Nil to
+    /// read the next packet. A function of its own (as `subscribe`): `handle`'s frame stays small.
+    @inline(never)
+    private func received(_ publish: PublishPacket, peer: Peer, state: State) async -> End? {
+        let acl = state.acl
+        guard acl.mayPublish(publish.topic), Self.responseTopicAllowed(publish.properties, peer: peer, acl: acl)
+        else {
+            await refuse(
+                "mqtt-publish-refused", peer, "publish (or its response topic) outside the identity's topics",
+                oncePerMinute: true)
+            switch state.rules.publishRefused(.notAuthorized, qos: publish.qos) {
+            case .acknowledge(let code):
+                if let id = publish.packetID {
+                    await acknowledge(id, qos: publish.qos, state: state, code: code)
+                }
+                return nil
+            case .drop: return nil
+            case .close(let code):
+                return await close(.close(disconnect: code, detail: nil), peer: peer, state: state)
+            }
+        }
+        // §4.3.3 [MQTT-4.3.3-9]: a QoS 2 PUBLISH whose id is stored and awaits its PUBREL is a copy (a resend
+        // after a reconnect): PUBREC again, nothing stored or delivered twice.
+        // Ids held per session are bounded (a client that never sends PUBREL, over many connections):
+        // beyond the limit PUBREC 0x97 Quota exceeded (MQTT 5) or the connection closes (3.1.1).
+        if publish.qos == .exactlyOnce, let id = publish.packetID {
+            switch await listener.broker.arrivedQoS2(
+                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id,
+                limit: listener.settings.maxQoS2HeldPerSession)
+            {
+            case .new: break
+            case .copy:
+                await acknowledge(id, qos: .exactlyOnce, state: state, code: .success)
+                return nil
+            case .full:
+                await refuse(
+                    "mqtt-quota-exceeded", peer, "QoS 2 packet ids awaiting PUBREL over the limit",
+                    oncePerMinute: true)
+                guard state.v5 else { return .closed }
+                await acknowledge(id, qos: .exactlyOnce, state: state, code: .quotaExceeded)
+                return nil
+            }
+        }
+        if !(await admitAndDeliver(publish, peer: peer, state: state, respond: true)) { return .closed }
+        return nil
+    }
+
+    /// A SUBSCRIBE: each filter within the identity's topics is granted, the others refused (0x87 / 0x80).
+    @inline(never)
+    private func subscribe(
+        _ id: UInt16, _ subscriptions: [Subscription], _ properties: Properties, peer: Peer, state: State
+    ) async {
+        let acl = state.acl
+        var codes: [ReasonCode] = []
+        var refused = 0
+        var granted: [(index: Int, TopicFilter, SubscriptionOptions, retainHandling: UInt8)] = []
+        for (index, subscription) in subscriptions.enumerated() {
+            // The decoder refused a malformed shared subscription; access is checked on its inner filter.
+            let share = try? SharedFilter.parse(subscription.filter)
+            if index >= listener.settings.maxFiltersPerSubscribe {
+                codes.append(.unspecifiedError)  // beyond the filters one SUBSCRIBE may carry
+            } else if acl.maySubscribe(share?.filter ?? subscription.filter) {
+                let qos = subscription.qos
+                granted.append(
+                    (
+                        codes.count, subscription.filter,
+                        SubscriptionOptions(
+                            qos: qos, noLocal: subscription.noLocal,
+                            retainAsPublished: subscription.retainAsPublished,
+                            identifier: properties.subscriptionIdentifiers.first, share: share),
+                        subscription.retainHandling
+                    ))
+                codes.append(ReasonCode(rawValue: qos.rawValue))
+            } else {
+                refused += 1
+                codes.append(state.rules.subscribeRefused(.notAuthorized))
+            }
+        }
+        if refused > 0 {
+            // One record per SUBSCRIBE packet (it may carry thousands of filters), at most once a minute.
+            await refuse(
+                "mqtt-subscribe-refused", peer, "\(refused) filter(s) outside the identity's topics",
+                oncePerMinute: true)
+        }
+        if subscriptions.count > listener.settings.maxFiltersPerSubscribe {
+            await refuse(
+                "mqtt-subscribe-refused", peer,
+                "SUBSCRIBE with \(subscriptions.count) filters (at most \(listener.settings.maxFiltersPerSubscribe))",
+                oncePerMinute: true)
+        }
+        await listener.broker.subscribe(
+            key: state.sessionKey, connectionNumber: state.connectionNumber, granted, codes: codes,
+            packetID: id, maxSubscriptions: listener.settings.maxSubscriptionsPerSession,
+            quotaExceeded: state.rules.subscribeRefused(.quotaExceeded))
+        // In the store before the next packet is read (MQTT lets the SUBACK go first, §3.8.4).
+        await listener.persistence?.flush()
+    }
+
     /// Ends the connection as the session rules said: the client's fault is recorded (at most once a minute), MQTT 5
     /// gets its DISCONNECT.
     private func close(_ action: ServerSession.Action, peer: Peer, state: State) async -> End {
@@ -860,8 +877,6 @@ struct MQTTConnection {
     private func admitAndDeliver(_ publish: PublishPacket, peer: Peer, state: State, respond: Bool) async
         -> Bool
     {
-        let version = state.version
-        let v5 = state.v5
         let correlationID = CorrelationID().rawValue
         let check = state.payloads.check(for: publish.topic)
         guard let device = peer.device else {

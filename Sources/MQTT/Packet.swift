@@ -70,7 +70,8 @@ public struct Properties: Sendable, Equatable {
 
     @inlinable public init() { storage = Storage.empty }
 
-    /// A box of its own before a change (copy on write: a copy of this value never sees the change).
+    /// A box of its own before a change (copy on write: a copy of this value never sees the change). Setting a
+    /// property of an empty value to nil or to an empty list keeps the shared box: no allocation.
     @inlinable mutating func unique() -> Storage {
         if storage === Storage.empty || !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
         return storage
@@ -79,106 +80,196 @@ public struct Properties: Sendable, Equatable {
     @inlinable public var sessionExpiryInterval: UInt32? {
         get { storage.sessionExpiryInterval }
         _modify {
-            let box = unique()
-            yield &box.sessionExpiryInterval
+            if storage === Storage.empty {
+                var value = storage.sessionExpiryInterval
+                yield &value
+                if !(value == nil) { unique().sessionExpiryInterval = value }
+            } else {
+                let box = unique()
+                yield &box.sessionExpiryInterval
+            }
         }
     }
     @inlinable public var receiveMaximum: UInt16? {
         get { storage.receiveMaximum }
         _modify {
-            let box = unique()
-            yield &box.receiveMaximum
+            if storage === Storage.empty {
+                var value = storage.receiveMaximum
+                yield &value
+                if !(value == nil) { unique().receiveMaximum = value }
+            } else {
+                let box = unique()
+                yield &box.receiveMaximum
+            }
         }
     }
     @inlinable public var maximumPacketSize: UInt32? {
         get { storage.maximumPacketSize }
         _modify {
-            let box = unique()
-            yield &box.maximumPacketSize
+            if storage === Storage.empty {
+                var value = storage.maximumPacketSize
+                yield &value
+                if !(value == nil) { unique().maximumPacketSize = value }
+            } else {
+                let box = unique()
+                yield &box.maximumPacketSize
+            }
         }
     }
     @inlinable public var topicAliasMaximum: UInt16? {
         get { storage.topicAliasMaximum }
         _modify {
-            let box = unique()
-            yield &box.topicAliasMaximum
+            if storage === Storage.empty {
+                var value = storage.topicAliasMaximum
+                yield &value
+                if !(value == nil) { unique().topicAliasMaximum = value }
+            } else {
+                let box = unique()
+                yield &box.topicAliasMaximum
+            }
         }
     }
     @inlinable public var topicAlias: UInt16? {
         get { storage.topicAlias }
         _modify {
-            let box = unique()
-            yield &box.topicAlias
+            if storage === Storage.empty {
+                var value = storage.topicAlias
+                yield &value
+                if !(value == nil) { unique().topicAlias = value }
+            } else {
+                let box = unique()
+                yield &box.topicAlias
+            }
         }
     }
     @inlinable public var assignedClientIdentifier: String? {
         get { storage.assignedClientIdentifier }
         _modify {
-            let box = unique()
-            yield &box.assignedClientIdentifier
+            if storage === Storage.empty {
+                var value = storage.assignedClientIdentifier
+                yield &value
+                if !(value == nil) { unique().assignedClientIdentifier = value }
+            } else {
+                let box = unique()
+                yield &box.assignedClientIdentifier
+            }
         }
     }
     @inlinable public var reasonString: String? {
         get { storage.reasonString }
         _modify {
-            let box = unique()
-            yield &box.reasonString
+            if storage === Storage.empty {
+                var value = storage.reasonString
+                yield &value
+                if !(value == nil) { unique().reasonString = value }
+            } else {
+                let box = unique()
+                yield &box.reasonString
+            }
         }
     }
     @inlinable public var maximumQoS: UInt8? {
         get { storage.maximumQoS }
         _modify {
-            let box = unique()
-            yield &box.maximumQoS
+            if storage === Storage.empty {
+                var value = storage.maximumQoS
+                yield &value
+                if !(value == nil) { unique().maximumQoS = value }
+            } else {
+                let box = unique()
+                yield &box.maximumQoS
+            }
         }
     }
     @inlinable public var retainAvailable: UInt8? {
         get { storage.retainAvailable }
         _modify {
-            let box = unique()
-            yield &box.retainAvailable
+            if storage === Storage.empty {
+                var value = storage.retainAvailable
+                yield &value
+                if !(value == nil) { unique().retainAvailable = value }
+            } else {
+                let box = unique()
+                yield &box.retainAvailable
+            }
         }
     }
     @inlinable public var serverKeepAlive: UInt16? {
         get { storage.serverKeepAlive }
         _modify {
-            let box = unique()
-            yield &box.serverKeepAlive
+            if storage === Storage.empty {
+                var value = storage.serverKeepAlive
+                yield &value
+                if !(value == nil) { unique().serverKeepAlive = value }
+            } else {
+                let box = unique()
+                yield &box.serverKeepAlive
+            }
         }
     }
     @inlinable public var messageExpiryInterval: UInt32? {
         get { storage.messageExpiryInterval }
         _modify {
-            let box = unique()
-            yield &box.messageExpiryInterval
+            if storage === Storage.empty {
+                var value = storage.messageExpiryInterval
+                yield &value
+                if !(value == nil) { unique().messageExpiryInterval = value }
+            } else {
+                let box = unique()
+                yield &box.messageExpiryInterval
+            }
         }
     }
     @inlinable public var payloadFormatIndicator: UInt8? {
         get { storage.payloadFormatIndicator }
         _modify {
-            let box = unique()
-            yield &box.payloadFormatIndicator
+            if storage === Storage.empty {
+                var value = storage.payloadFormatIndicator
+                yield &value
+                if !(value == nil) { unique().payloadFormatIndicator = value }
+            } else {
+                let box = unique()
+                yield &box.payloadFormatIndicator
+            }
         }
     }
     @inlinable public var contentType: String? {
         get { storage.contentType }
         _modify {
-            let box = unique()
-            yield &box.contentType
+            if storage === Storage.empty {
+                var value = storage.contentType
+                yield &value
+                if !(value == nil) { unique().contentType = value }
+            } else {
+                let box = unique()
+                yield &box.contentType
+            }
         }
     }
     @inlinable public var willDelayInterval: UInt32? {
         get { storage.willDelayInterval }
         _modify {
-            let box = unique()
-            yield &box.willDelayInterval
+            if storage === Storage.empty {
+                var value = storage.willDelayInterval
+                yield &value
+                if !(value == nil) { unique().willDelayInterval = value }
+            } else {
+                let box = unique()
+                yield &box.willDelayInterval
+            }
         }
     }
     @inlinable public var userProperties: [(String, String)] {
         get { storage.userProperties }
         _modify {
-            let box = unique()
-            yield &box.userProperties
+            if storage === Storage.empty {
+                var value = storage.userProperties
+                yield &value
+                if !(value.isEmpty) { unique().userProperties = value }
+            } else {
+                let box = unique()
+                yield &box.userProperties
+            }
         }
     }
     /// §3.8.2.1.2 in SUBSCRIBE (at most one, 1–268,435,455); §3.3.4 in a PUBLISH to a client (one per matching
@@ -186,16 +277,28 @@ public struct Properties: Sendable, Equatable {
     @inlinable public var subscriptionIdentifiers: [Int] {
         get { storage.subscriptionIdentifiers }
         _modify {
-            let box = unique()
-            yield &box.subscriptionIdentifiers
+            if storage === Storage.empty {
+                var value = storage.subscriptionIdentifiers
+                yield &value
+                if !(value.isEmpty) { unique().subscriptionIdentifiers = value }
+            } else {
+                let box = unique()
+                yield &box.subscriptionIdentifiers
+            }
         }
     }
     /// Properties Bulwark does not interpret, as (identifier, raw value bytes).
     @inlinable public var other: [(UInt8, [UInt8])] {
         get { storage.other }
         _modify {
-            let box = unique()
-            yield &box.other
+            if storage === Storage.empty {
+                var value = storage.other
+                yield &value
+                if !(value.isEmpty) { unique().other = value }
+            } else {
+                let box = unique()
+                yield &box.other
+            }
         }
     }
 
