@@ -891,49 +891,19 @@ struct MQTTConnection {
                 publish, peer: peer, state: state, respond: respond, correlationID, route: route,
                 messageType: messageType, now: now)
         }
-        var result: Result<Admitted, Refusal>
-        var counter: UInt64?
-        if let text = publish.properties.userProperties.first(where: { $0.0 == GatewayPipeline.counterProperty })?.1,
-            (1...16).contains(text.utf8.count), text.utf8.allSatisfy({ (48...57).contains($0) }),
-            let value = UInt64(text), value <= 9_007_199_254_740_991
-        {
-            counter = value
-        }
-        var message = InboundMessage(
-            identity: peer.identity, route: route, source: peer.source ?? "unknown",
-            contentType: publish.properties.contentType, messageType: messageType, body: publish.payload,
-            transport: .mqtt(counter: counter))
-        message.deviceKey = peer.deviceKey
-        message.sourceAddress = peer.sourceAddress
-        message.payload = check
-        message.declaredText = publish.properties.payloadFormatIndicator == 1
+        let counter = Self.counter(of: publish)
         // MQTT 3.1.1 §4.4 / MQTT 5.0 §4.4: a QoS 1 PUBLISH resent with DUP after its PUBACK was lost with the
-        // connection. If its counter is already in the window, the message was stored: acknowledge it again, store
-        // nothing twice and count no offence (the rate limits still apply). Without a counter it is stored again
-        // (at least once).
-        // The counter is in the window from admission on, before the store write ends: a DUP that arrives meanwhile
-        // waits for that write, and is acknowledged only if it stored the message (if it failed, the counter was
-        // given back and the DUP is admitted and stored like a first copy).
+        // connection (see `acknowledgedAgain`).
         if publish.duplicate, respond, let id = publish.packetID,
-            let seen = counter
-                ?? (check.format == .json ? Self.memberCounter(publish.payload, listener.gateway.policy.json) : nil),
-            await listener.counterWrites.outcome(device, seen) ?? true,
-            listener.gateway.counters.window(of: device)?.hasSeen(seen) == true
+            let answered = await acknowledgedAgain(
+                publish, id: id, device: device, counter: counter, check: check, route: route,
+                messageType: messageType, now: now, peer: peer, state: state, correlationID)
         {
-            if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
-                return await refused(refusal, publish, peer: peer, state: state, respond: respond, correlationID)
-            }
-            listener.metrics?.admitted(.mqtt)
-            await acknowledge(id, qos: publish.qos, state: state, code: .success)
-            return true
+            return answered
         }
-        if counter == nil,
-            publish.properties.userProperties.contains(where: { $0.0 == GatewayPipeline.counterProperty })
-        {
-            result = .failure(listener.gateway.malformedCounter(device, now: now))
-        } else {
-            result = listener.gateway.admit(message, now: now)
-        }
+        let result = admission(
+            publish, device: device, counter: counter, check: check, route: route, messageType: messageType,
+            now: now, peer: peer)
         switch result {
         case .success(let admitted):
             return await storeAndDeliver(
@@ -947,6 +917,76 @@ struct MQTTConnection {
     // `admitAndDeliver` runs for every PUBLISH, so its frame stays allocated in every publishing connection's task
     // (a task keeps the largest stack of frames it ever had): each path is a function of its own, never inlined, so
     // only the path taken has a frame.
+
+    /// The message's counter (the `$counter` user property), if it is a decimal integer within I-JSON's range.
+    static func counter(of publish: PublishPacket) -> UInt64? {
+        guard
+            let text = publish.properties.userProperties.first(where: { $0.0 == GatewayPipeline.counterProperty })?.1,
+            (1...16).contains(text.utf8.count), text.utf8.allSatisfy({ (48...57).contains($0) }),
+            let value = UInt64(text), value <= 9_007_199_254_740_991
+        else { return nil }
+        return value
+    }
+
+    /// The gateway pipeline's decision on a device's PUBLISH (synchronous, so none of its work sits in an async
+    /// frame).
+    @inline(never)
+    private func admission(
+        _ publish: PublishPacket, device: DeviceID, counter: UInt64?, check: PayloadCheck, route: String,
+        messageType: String?, now: GatewayTime, peer: Peer
+    ) -> Result<Admitted, Refusal> {
+        if counter == nil,
+            publish.properties.userProperties.contains(where: { $0.0 == GatewayPipeline.counterProperty })
+        {
+            return .failure(listener.gateway.malformedCounter(device, now: now))
+        }
+        return listener.gateway.admit(
+            Self.inbound(publish, peer: peer, route: route, messageType: messageType, counter: counter, check: check),
+            now: now)
+    }
+
+    /// A device's PUBLISH as the gateway pipeline reads it. Built where it is used, never held across an await.
+    static func inbound(
+        _ publish: PublishPacket, peer: Peer, route: String, messageType: String?, counter: UInt64?,
+        check: PayloadCheck
+    ) -> InboundMessage {
+        var message = InboundMessage(
+            identity: peer.identity, route: route, source: peer.source ?? "unknown",
+            contentType: publish.properties.contentType, messageType: messageType, body: publish.payload,
+            transport: .mqtt(counter: counter))
+        message.deviceKey = peer.deviceKey
+        message.sourceAddress = peer.sourceAddress
+        message.payload = check
+        message.declaredText = publish.properties.payloadFormatIndicator == 1
+        return message
+    }
+
+    /// A DUP resend whose counter is already in the window: the message was stored, so it is acknowledged again,
+    /// stored nothing twice and counts no offence (the rate limits still apply). Without a counter it is stored
+    /// again (at least once). The counter is in the window from admission on, before the store write ends: a DUP
+    /// that arrives meanwhile waits for that write, and is acknowledged only if it stored the message (if it
+    /// failed, the counter was given back and the DUP is admitted and stored like a first copy). Nil when the
+    /// resend is to be admitted as a first copy.
+    @inline(never)
+    private func acknowledgedAgain(
+        _ publish: PublishPacket, id: UInt16, device: DeviceID, counter: UInt64?, check: PayloadCheck,
+        route: String, messageType: String?, now: GatewayTime, peer: Peer, state: State, _ correlationID: String
+    ) async -> Bool? {
+        guard
+            let seen = counter
+                ?? (check.format == .json ? Self.memberCounter(publish.payload, listener.gateway.policy.json) : nil),
+            await listener.counterWrites.outcome(device, seen) ?? true,
+            listener.gateway.counters.window(of: device)?.hasSeen(seen) == true
+        else { return nil }
+        let message = Self.inbound(
+            publish, peer: peer, route: route, messageType: messageType, counter: counter, check: check)
+        if case .failure(let refusal) = listener.gateway.admitEnvelope(message, now: now) {
+            return await refused(refusal, publish, peer: peer, state: state, respond: true, correlationID)
+        }
+        listener.metrics?.admitted(.mqtt)
+        await acknowledge(id, qos: publish.qos, state: state, code: .success)
+        return true
+    }
 
     /// An operator's or application's publish: the topic's payload rule, without a schema (JSON: a strict JSON
     /// object); then delivery.
@@ -1058,71 +1098,9 @@ struct MQTTConnection {
             if let counter = admitted.counter { counters.release(device: device, counter: counter) }
         }
         if publish.qos != .atMostOnce {
-            let store = listener.store
-            let logger = listener.logger
-            let writes = listener.counterWrites
-            let counter = admitted.counter
-            if let counter { writes.begin(device, counter) }
-            // Only a JSON message can be a report the hub reads (connections, update progress).
-            let events =
-                check.format == .json && DeviceEvents.observed(admitted.messageType) ? listener.events : nil
-            let signals = listener.events.signals
-            let messageType = admitted.messageType
-            let gateway = listener.gateway
-            let recorder = listener.recorder
-            let duplicate = publish.duplicate
-            // Made printable only for the audit record of a refusal, never per message.
-            let topic = publish.topic.rawValue
-            // Queued now, in the connection's order: with several nodes, the others get one publisher's
-            // messages in the order it sent them. Its outcome is read by a callback on the thread that commits
-            // the batch (no task per message); what must await (a report the hub reads, an audit record) gets a
-            // task of its own.
-            let queued = store.queueTelemetry(record)
-            let body = record.body
-            let write = StoreOutcome()
-            @Sendable func settle(_ outcome: StoreWrite) {
-                if let counter { writes.end(device, counter) }
-                write.settle(outcome)
-            }
-            queued.whenComplete { result in
-                switch result {
-                case .success:
-                    writes.succeeded(device, counter)
-                    guard let events else {
-                        signals.telemetry(device)
-                        return settle(.stored)
-                    }
-                    Task {
-                        await events.observe(
-                            device, messageType: messageType, body: body, correlationID: correlationID)
-                        settle(.stored)
-                    }
-                case .failure(let error as StoreError) where error.code == .replayed:
-                    // Another hub node stored this counter first. Its resend (DUP, after a PUBACK lost with a
-                    // node) is acknowledged and neither stored nor delivered again; anything else is a replay.
-                    if duplicate { return settle(.storedElsewhere) }
-                    let refusal = gateway.replayedElsewhere(
-                        device, detail: "counter \(counter ?? 0) already stored (by another hub node)",
-                        now: GatewayTime.now())
-                    Task {
-                        await recorder.record(
-                            refusal, identity: peer.identity.uri, source: peer.source,
-                            correlationID: correlationID,
-                            what: "MQTT PUBLISH \(MessageSignatureProfile.printable(topic, limit: 120))")
-                        settle(.replayed)
-                    }
-                case .failure(let error):
-                    // A failed batch fails every message in it: the counters given back and the errors logged in
-                    // a task, off the store's thread.
-                    Task {
-                        release()
-                        logger.error(
-                            "MQTT message not stored",
-                            metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-                        settle((error as? StoreError)?.code == .unavailable ? .unavailable : .failed)
-                    }
-                }
-            }
+            let write = queueAcknowledged(
+                record, admitted, device: device, check: check, publish: publish, peer: peer, correlationID,
+                release: release)
             if respond, let id = publish.packetID {
                 await acknowledge(
                     id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery,
@@ -1139,6 +1117,81 @@ struct MQTTConnection {
         await storeWithoutWaiting(record, release: release, peer: peer, topic: publish.topic.rawValue)
         await deliverInOrder(delivery, state: state, local: local)
         return true
+    }
+
+    /// Queues the write of a message to acknowledge (QoS 1 and 2) and returns its outcome. Synchronous: the
+    /// callbacks it builds never sit in an async frame.
+    @inline(never)
+    private func queueAcknowledged(
+        _ record: NewTelemetry, _ admitted: Admitted, device: DeviceID, check: PayloadCheck, publish: PublishPacket,
+        peer: Peer, _ correlationID: String, release: @escaping @Sendable () -> Void
+    ) -> StoreOutcome {
+        let store = listener.store
+        let logger = listener.logger
+        let writes = listener.counterWrites
+        let counter = admitted.counter
+        if let counter { writes.begin(device, counter) }
+        // Only a JSON message can be a report the hub reads (connections, update progress).
+        let events =
+            check.format == .json && DeviceEvents.observed(admitted.messageType) ? listener.events : nil
+        let signals = listener.events.signals
+        let messageType = admitted.messageType
+        let gateway = listener.gateway
+        let recorder = listener.recorder
+        let duplicate = publish.duplicate
+        // Made printable only for the audit record of a refusal, never per message.
+        let topic = publish.topic.rawValue
+        // Queued now, in the connection's order: with several nodes, the others get one publisher's
+        // messages in the order it sent them. Its outcome is read by a callback on the thread that commits
+        // the batch (no task per message); what must await (a report the hub reads, an audit record) gets a
+        // task of its own.
+        let queued = store.queueTelemetry(record)
+        let body = record.body
+        let write = StoreOutcome()
+        @Sendable func settle(_ outcome: StoreWrite) {
+            if let counter { writes.end(device, counter) }
+            write.settle(outcome)
+        }
+        queued.whenComplete { result in
+            switch result {
+            case .success:
+                writes.succeeded(device, counter)
+                guard let events else {
+                    signals.telemetry(device)
+                    return settle(.stored)
+                }
+                Task {
+                    await events.observe(
+                        device, messageType: messageType, body: body, correlationID: correlationID)
+                    settle(.stored)
+                }
+            case .failure(let error as StoreError) where error.code == .replayed:
+                // Another hub node stored this counter first. Its resend (DUP, after a PUBACK lost with a
+                // node) is acknowledged and neither stored nor delivered again; anything else is a replay.
+                if duplicate { return settle(.storedElsewhere) }
+                let refusal = gateway.replayedElsewhere(
+                    device, detail: "counter \(counter ?? 0) already stored (by another hub node)",
+                    now: GatewayTime.now())
+                Task {
+                    await recorder.record(
+                        refusal, identity: peer.identity.uri, source: peer.source,
+                        correlationID: correlationID,
+                        what: "MQTT PUBLISH \(MessageSignatureProfile.printable(topic, limit: 120))")
+                    settle(.replayed)
+                }
+            case .failure(let error):
+                // A failed batch fails every message in it: the counters given back and the errors logged in
+                // a task, off the store's thread.
+                Task {
+                    release()
+                    logger.error(
+                        "MQTT message not stored",
+                        metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
+                    settle((error as? StoreError)?.code == .unavailable ? .unavailable : .failed)
+                }
+            }
+        }
+        return write
     }
 
     /// Records a refusal and answers it (see `admitAndDeliver`); false when the connection must close.
