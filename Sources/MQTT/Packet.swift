@@ -71,7 +71,8 @@ public struct Properties: Sendable, Equatable {
     @inlinable public init() { storage = Storage.empty }
 
     /// A box of its own before a change (copy on write: a copy of this value never sees the change). Setting a
-    /// property of an empty value to nil or to an empty list keeps the shared box: no allocation.
+    /// property of an empty value to nil or to an empty list keeps the shared box: no allocation. (The value is
+    /// written back in a `defer`: a change made in place before a throw is kept, as it is in a box of its own.)
     @inlinable mutating func unique() -> Storage {
         if storage === Storage.empty || !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
         return storage
@@ -82,8 +83,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.sessionExpiryInterval
+                defer { if !(value == nil) { unique().sessionExpiryInterval = value } }
                 yield &value
-                if !(value == nil) { unique().sessionExpiryInterval = value }
             } else {
                 let box = unique()
                 yield &box.sessionExpiryInterval
@@ -95,8 +96,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.receiveMaximum
+                defer { if !(value == nil) { unique().receiveMaximum = value } }
                 yield &value
-                if !(value == nil) { unique().receiveMaximum = value }
             } else {
                 let box = unique()
                 yield &box.receiveMaximum
@@ -108,8 +109,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.maximumPacketSize
+                defer { if !(value == nil) { unique().maximumPacketSize = value } }
                 yield &value
-                if !(value == nil) { unique().maximumPacketSize = value }
             } else {
                 let box = unique()
                 yield &box.maximumPacketSize
@@ -121,8 +122,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.topicAliasMaximum
+                defer { if !(value == nil) { unique().topicAliasMaximum = value } }
                 yield &value
-                if !(value == nil) { unique().topicAliasMaximum = value }
             } else {
                 let box = unique()
                 yield &box.topicAliasMaximum
@@ -134,8 +135,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.topicAlias
+                defer { if !(value == nil) { unique().topicAlias = value } }
                 yield &value
-                if !(value == nil) { unique().topicAlias = value }
             } else {
                 let box = unique()
                 yield &box.topicAlias
@@ -147,8 +148,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.assignedClientIdentifier
+                defer { if !(value == nil) { unique().assignedClientIdentifier = value } }
                 yield &value
-                if !(value == nil) { unique().assignedClientIdentifier = value }
             } else {
                 let box = unique()
                 yield &box.assignedClientIdentifier
@@ -160,8 +161,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.reasonString
+                defer { if !(value == nil) { unique().reasonString = value } }
                 yield &value
-                if !(value == nil) { unique().reasonString = value }
             } else {
                 let box = unique()
                 yield &box.reasonString
@@ -173,8 +174,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.maximumQoS
+                defer { if !(value == nil) { unique().maximumQoS = value } }
                 yield &value
-                if !(value == nil) { unique().maximumQoS = value }
             } else {
                 let box = unique()
                 yield &box.maximumQoS
@@ -186,8 +187,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.retainAvailable
+                defer { if !(value == nil) { unique().retainAvailable = value } }
                 yield &value
-                if !(value == nil) { unique().retainAvailable = value }
             } else {
                 let box = unique()
                 yield &box.retainAvailable
@@ -199,8 +200,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.serverKeepAlive
+                defer { if !(value == nil) { unique().serverKeepAlive = value } }
                 yield &value
-                if !(value == nil) { unique().serverKeepAlive = value }
             } else {
                 let box = unique()
                 yield &box.serverKeepAlive
@@ -212,8 +213,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.messageExpiryInterval
+                defer { if !(value == nil) { unique().messageExpiryInterval = value } }
                 yield &value
-                if !(value == nil) { unique().messageExpiryInterval = value }
             } else {
                 let box = unique()
                 yield &box.messageExpiryInterval
@@ -225,8 +226,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.payloadFormatIndicator
+                defer { if !(value == nil) { unique().payloadFormatIndicator = value } }
                 yield &value
-                if !(value == nil) { unique().payloadFormatIndicator = value }
             } else {
                 let box = unique()
                 yield &box.payloadFormatIndicator
@@ -238,8 +239,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.contentType
+                defer { if !(value == nil) { unique().contentType = value } }
                 yield &value
-                if !(value == nil) { unique().contentType = value }
             } else {
                 let box = unique()
                 yield &box.contentType
@@ -251,8 +252,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.willDelayInterval
+                defer { if !(value == nil) { unique().willDelayInterval = value } }
                 yield &value
-                if !(value == nil) { unique().willDelayInterval = value }
             } else {
                 let box = unique()
                 yield &box.willDelayInterval
@@ -264,8 +265,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.userProperties
+                defer { if !(value.isEmpty) { unique().userProperties = value } }
                 yield &value
-                if !(value.isEmpty) { unique().userProperties = value }
             } else {
                 let box = unique()
                 yield &box.userProperties
@@ -279,8 +280,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.subscriptionIdentifiers
+                defer { if !(value.isEmpty) { unique().subscriptionIdentifiers = value } }
                 yield &value
-                if !(value.isEmpty) { unique().subscriptionIdentifiers = value }
             } else {
                 let box = unique()
                 yield &box.subscriptionIdentifiers
@@ -293,8 +294,8 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.other
+                defer { if !(value.isEmpty) { unique().other = value } }
                 yield &value
-                if !(value.isEmpty) { unique().other = value }
             } else {
                 let box = unique()
                 yield &box.other

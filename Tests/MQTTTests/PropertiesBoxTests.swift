@@ -19,4 +19,22 @@ import Testing
         #expect(properties.storage !== Properties.Storage.empty)
         #expect(Properties.Storage.empty.messageExpiryInterval == nil)
     }
+
+    struct Stop: Error {}
+
+    /// A change made in place before a throw is kept, whether the value had a box of its own or not.
+    @Test func aChangeBeforeAThrowIsKept() {
+        func appendThenThrow(_ list: inout [(String, String)]) throws {
+            list.append(("k", "v"))
+            throw Stop()
+        }
+        var empty = Properties()
+        #expect(throws: Stop.self) { try appendThenThrow(&empty.userProperties) }
+        #expect(empty.userProperties.count == 1)
+        #expect(Properties.Storage.empty.userProperties.isEmpty)
+        var boxed = Properties()
+        boxed.contentType = "text/plain"
+        #expect(throws: Stop.self) { try appendThenThrow(&boxed.userProperties) }
+        #expect(boxed.userProperties.count == 1)
+    }
 }
