@@ -14,19 +14,11 @@ import Synchronization
 /// window) are locked in device order, so two batches never wait on each other in a cycle. Messages of one device
 /// keep their arrival order (and so their ids' order).
 final class PostgresGroupCommitter: Sendable {
-    typealias Waiter = PendingResult<Int64>
-    private struct State {
-        var queued: [(NewTelemetry, Waiter)] = []
-        var writing = false
-        var lastPurge = ContinuousClock.now
-    }
-
     private let client: PostgresClient
-    private let state = Mutex(State())
     /// Bounds one transaction so a burst cannot build an unbounded batch: in messages, and in bytes (a batch's
     /// bodies and relayed packets travel as one array parameter each; PostgreSQL refuses a message over 1 GiB).
-    private let maximumBatch = 512
-    private let maximumBatchBytes = 32 << 20
+    private let pending = TelemetryQueue(maximumCount: 512, maximumBytes: 32 << 20)
+    private let lastPurge = Mutex(ContinuousClock.now)
     private let onCommit: (@Sendable (Int, Duration) -> Void)?
 
     init(client: PostgresClient, onCommit: (@Sendable (Int, Duration) -> Void)?) {
@@ -40,36 +32,18 @@ final class PostgresGroupCommitter: Sendable {
 
     /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves.
     func queue(_ message: NewTelemetry) -> PendingResult<Int64> {
-        let waiter = PendingResult<Int64>()
-        let start = state.withLock { state -> Bool in
-            state.queued.append((message, waiter))
-            if state.writing { return false }
-            state.writing = true
-            return true
-        }
+        let (result, start) = pending.append(message)
         if start { Task { await self.drain() } }
-        return waiter
+        return result
     }
 
     private func drain() async {
         while true {
-            let batch = state.withLock { state -> [(NewTelemetry, Waiter)] in
-                var count = 0
-                var bytes = 0
-                for (message, _) in state.queued.prefix(maximumBatch) {
-                    bytes += message.body.count + (message.relay?.packet.count ?? 0)
-                    if count > 0, bytes > maximumBatchBytes { break }
-                    count += 1
-                }
-                let batch = Array(state.queued.prefix(count))
-                state.queued.removeFirst(count)
-                if batch.isEmpty { state.writing = false }
-                return batch
-            }
+            let batch = pending.nextBatch()
             if batch.isEmpty { return }
             let started = ContinuousClock.now
             do {
-                let messages = batch.map(\.0)
+                let messages = batch.map(\.message)
                 var attempt = 1
                 var written: [Int64?]?
                 while written == nil {
@@ -81,18 +55,11 @@ final class PostgresGroupCommitter: Sendable {
                 }
                 let ids = written ?? []
                 onCommit?(batch.count, ContinuousClock.now - started)
-                for (index, entry) in batch.enumerated() {
-                    if let id = ids[index] {
-                        entry.1.resolve(.success(id))
-                    } else {
-                        entry.1.resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
-                    }
-                }
+                TelemetryQueue.committed(batch, ids: ids)
                 // After the callers were answered: their acknowledgements never wait for it.
                 await purgeExpiredNonces(if: messages.contains { $0.nonce != nil })
             } catch {
-                let failure = PostgresHubStore.storeError(error, "telemetry batch failed")
-                for entry in batch { entry.1.resolve(.failure(failure)) }
+                TelemetryQueue.failed(batch, PostgresHubStore.storeError(error, "telemetry batch failed"))
             }
         }
     }
@@ -101,9 +68,9 @@ final class PostgresGroupCommitter: Sendable {
     /// the same rows). A failure only leaves them for the next time.
     private func purgeExpiredNonces(if wrote: Bool) async {
         guard wrote else { return }
-        let due = state.withLock { state in
-            guard ContinuousClock.now - state.lastPurge >= .seconds(60) else { return false }
-            state.lastPurge = ContinuousClock.now
+        let due = lastPurge.withLock { last in
+            guard ContinuousClock.now - last >= .seconds(60) else { return false }
+            last = ContinuousClock.now
             return true
         }
         guard due else { return }

@@ -1432,15 +1432,9 @@ public final class SQLiteHubStore: HubStore {
 /// serial writer queue, and each finished batch starts the next with everything queued meanwhile. One transaction
 /// (one fsync) serves a whole batch, and every caller is resumed only after its batch committed.
 final class GroupCommitter: Sendable {
-    private struct State {
-        var queued: [(NewTelemetry, PendingResult<Int64>)] = []
-        var writing = false
-    }
-
     private let pool: DatabasePool
-    private let state = Mutex(State())
     /// Bounds one transaction so a burst cannot build an unbounded batch.
-    private let maximumBatch = 512
+    private let pending = TelemetryQueue(maximumCount: 512)
 
     private let onCommit: (@Sendable (Int, Duration) -> Void)?
 
@@ -1455,15 +1449,9 @@ final class GroupCommitter: Sendable {
 
     /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves.
     func queue(_ message: NewTelemetry) -> PendingResult<Int64> {
-        let waiter = PendingResult<Int64>()
-        let start = state.withLock { state -> Bool in
-            state.queued.append((message, waiter))
-            if state.writing { return false }
-            state.writing = true
-            return true
-        }
+        let (result, start) = pending.append(message)
         if start { writeNextBatch() }
-        return waiter
+        return result
     }
 
     private static func storedWindow(_ device: DeviceID, _ db: Database) throws -> StoredCounterWindow? {
@@ -1476,15 +1464,9 @@ final class GroupCommitter: Sendable {
     }
 
     private func writeNextBatch() {
-        let batch = state.withLock { state -> [(NewTelemetry, PendingResult<Int64>)] in
-            let count = min(state.queued.count, maximumBatch)
-            let batch = Array(state.queued.prefix(count))
-            state.queued.removeFirst(count)
-            if batch.isEmpty { state.writing = false }
-            return batch
-        }
+        let batch = pending.nextBatch()
         guard !batch.isEmpty else { return }
-        let messages = batch.map(\.0)
+        let messages = batch.map(\.message)
         let started = ContinuousClock.now
         pool.asyncWrite(
             { db -> [Int64?] in
@@ -1558,16 +1540,9 @@ final class GroupCommitter: Sendable {
                 switch result {
                 case .success(let ids):
                     self.onCommit?(batch.count, ContinuousClock.now - started)
-                    for (index, entry) in batch.enumerated() {
-                        if let id = ids[index] {
-                            entry.1.resolve(.success(id))
-                        } else {
-                            entry.1.resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
-                        }
-                    }
+                    TelemetryQueue.committed(batch, ids: ids)
                 case .failure(let error):
-                    let failure = StoreError(.unavailable, "telemetry batch failed: \(error)")
-                    for entry in batch { entry.1.resolve(.failure(failure)) }
+                    TelemetryQueue.failed(batch, StoreError(.unavailable, "telemetry batch failed: \(error)"))
                 }
                 self.writeNextBatch()
             })

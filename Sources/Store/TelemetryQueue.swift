@@ -1,0 +1,73 @@
+import Synchronization
+
+/// The queue in front of a telemetry group committer (SQLite's and PostgreSQL's): messages are queued in arrival order
+/// and taken in batches, with at most one batch in flight. Whoever queues a message into an idle queue starts the
+/// writer; the writer takes batches until the queue is empty, which makes it idle again. Each message's result is
+/// resolved once its batch committed (or failed).
+public final class TelemetryQueue: Sendable {
+    public typealias Entry = (message: NewTelemetry, result: PendingResult<Int64>)
+
+    private struct State {
+        var queued: [Entry] = []
+        var writing = false
+    }
+
+    private let state = Mutex(State())
+    /// At most this many messages in one batch, and at most `maximumBytes` of bodies and relayed packets (a batch
+    /// always takes its first message).
+    private let maximumCount: Int
+    private let maximumBytes: Int
+
+    public init(maximumCount: Int, maximumBytes: Int = .max) {
+        self.maximumCount = maximumCount
+        self.maximumBytes = maximumBytes
+    }
+
+    /// Queues the message; `start` is true when no batch is in flight and the caller must start the writer.
+    public func append(_ message: NewTelemetry) -> (result: PendingResult<Int64>, start: Bool) {
+        let result = PendingResult<Int64>()
+        let start = state.withLock { state -> Bool in
+            state.queued.append((message, result))
+            if state.writing { return false }
+            state.writing = true
+            return true
+        }
+        return (result, start)
+    }
+
+    /// The next batch, in queue order; empty when the queue is empty, and then the writer must stop (the next
+    /// `append` starts it again).
+    public func nextBatch() -> [Entry] {
+        state.withLock { state -> [Entry] in
+            var count = 0
+            var bytes = 0
+            for entry in state.queued.prefix(maximumCount) {
+                bytes += entry.message.body.count + (entry.message.relay?.packet.count ?? 0)
+                if count > 0, bytes > maximumBytes { break }
+                count += 1
+            }
+            let batch = Array(state.queued.prefix(count))
+            state.queued.removeFirst(count)
+            if batch.isEmpty { state.writing = false }
+            return batch
+        }
+    }
+
+    /// Resolves a committed batch: each message's id, or a replay for a message the batch refused (nil id: its
+    /// counter already in the stored window, or its nonce already stored and live).
+    public static func committed(_ batch: [Entry], ids: [Int64?]) {
+        precondition(ids.count == batch.count, "one id (or nil) per message of the batch")
+        for (index, entry) in batch.enumerated() {
+            if let id = ids[index] {
+                entry.result.resolve(.success(id))
+            } else {
+                entry.result.resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
+            }
+        }
+    }
+
+    /// Fails every message of a batch that did not commit.
+    public static func failed(_ batch: [Entry], _ error: StoreError) {
+        for entry in batch { entry.result.resolve(.failure(error)) }
+    }
+}
