@@ -1454,6 +1454,10 @@ struct MQTTConnection {
         let recorder = listener.recorder
         // Queued now, in the connection's order (the other nodes get its messages in that order).
         let queued = store.queueTelemetry(record)
+        // A stored message signals its device's telemetry; update and egress reports (`DeviceEvents.observed`) do not.
+        @Sendable func stored() {
+            if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
+        }
         @Sendable func failed(_ error: any Error) async {
             if let error = error as? StoreError, error.code == .replayed {
                 // Another hub node stored this counter first: a replay (the counter stays taken here too).
@@ -1472,7 +1476,7 @@ struct MQTTConnection {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
             do {
                 _ = try await queued.value()
-                if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
+                stored()
             } catch { await failed(error) }
             return
         }
@@ -1481,7 +1485,7 @@ struct MQTTConnection {
         queued.whenComplete { result in
             switch result {
             case .success:
-                if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
+                stored()
                 pending.finish()
             case .failure(let error):
                 Task {
