@@ -15,8 +15,9 @@ public enum QoS: UInt8, Sendable, Equatable, Comparable {
 /// MQTT 5.0 §2.2.2.2 properties. Only those Bulwark reads are typed; the rest are kept as raw entries so that a
 /// packet re-encodes as it came.
 ///
-/// The values live in one copy-on-write box: a `Properties` is one pointer, so every packet that carries one (and every async frame that holds a packet) stays small, and packets without
-/// properties (all of MQTT 3.1.1) share one empty box and allocate nothing.
+/// The values live in one copy-on-write box: a `Properties` is one pointer, so every packet that carries one (and
+/// every async frame that holds a packet) stays small, and packets without properties (all of MQTT 3.1.1) share one
+/// empty box and allocate nothing.
 public struct Properties: Sendable, Equatable {
     @usableFromInline
     final class Storage: @unchecked Sendable {
@@ -83,7 +84,7 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.sessionExpiryInterval
-                defer { if !(value == nil) { unique().sessionExpiryInterval = value } }
+                defer { if value != nil { unique().sessionExpiryInterval = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -91,12 +92,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var receiveMaximum: UInt16? {
         get { storage.receiveMaximum }
         _modify {
             if storage === Storage.empty {
                 var value = storage.receiveMaximum
-                defer { if !(value == nil) { unique().receiveMaximum = value } }
+                defer { if value != nil { unique().receiveMaximum = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -104,12 +106,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var maximumPacketSize: UInt32? {
         get { storage.maximumPacketSize }
         _modify {
             if storage === Storage.empty {
                 var value = storage.maximumPacketSize
-                defer { if !(value == nil) { unique().maximumPacketSize = value } }
+                defer { if value != nil { unique().maximumPacketSize = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -117,12 +120,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var topicAliasMaximum: UInt16? {
         get { storage.topicAliasMaximum }
         _modify {
             if storage === Storage.empty {
                 var value = storage.topicAliasMaximum
-                defer { if !(value == nil) { unique().topicAliasMaximum = value } }
+                defer { if value != nil { unique().topicAliasMaximum = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -130,12 +134,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var topicAlias: UInt16? {
         get { storage.topicAlias }
         _modify {
             if storage === Storage.empty {
                 var value = storage.topicAlias
-                defer { if !(value == nil) { unique().topicAlias = value } }
+                defer { if value != nil { unique().topicAlias = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -143,12 +148,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var assignedClientIdentifier: String? {
         get { storage.assignedClientIdentifier }
         _modify {
             if storage === Storage.empty {
                 var value = storage.assignedClientIdentifier
-                defer { if !(value == nil) { unique().assignedClientIdentifier = value } }
+                defer { if value != nil { unique().assignedClientIdentifier = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -156,12 +162,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var reasonString: String? {
         get { storage.reasonString }
         _modify {
             if storage === Storage.empty {
                 var value = storage.reasonString
-                defer { if !(value == nil) { unique().reasonString = value } }
+                defer { if value != nil { unique().reasonString = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -169,12 +176,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var maximumQoS: UInt8? {
         get { storage.maximumQoS }
         _modify {
             if storage === Storage.empty {
                 var value = storage.maximumQoS
-                defer { if !(value == nil) { unique().maximumQoS = value } }
+                defer { if value != nil { unique().maximumQoS = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -182,12 +190,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var retainAvailable: UInt8? {
         get { storage.retainAvailable }
         _modify {
             if storage === Storage.empty {
                 var value = storage.retainAvailable
-                defer { if !(value == nil) { unique().retainAvailable = value } }
+                defer { if value != nil { unique().retainAvailable = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -195,12 +204,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var serverKeepAlive: UInt16? {
         get { storage.serverKeepAlive }
         _modify {
             if storage === Storage.empty {
                 var value = storage.serverKeepAlive
-                defer { if !(value == nil) { unique().serverKeepAlive = value } }
+                defer { if value != nil { unique().serverKeepAlive = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -208,12 +218,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var messageExpiryInterval: UInt32? {
         get { storage.messageExpiryInterval }
         _modify {
             if storage === Storage.empty {
                 var value = storage.messageExpiryInterval
-                defer { if !(value == nil) { unique().messageExpiryInterval = value } }
+                defer { if value != nil { unique().messageExpiryInterval = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -221,12 +232,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var payloadFormatIndicator: UInt8? {
         get { storage.payloadFormatIndicator }
         _modify {
             if storage === Storage.empty {
                 var value = storage.payloadFormatIndicator
-                defer { if !(value == nil) { unique().payloadFormatIndicator = value } }
+                defer { if value != nil { unique().payloadFormatIndicator = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -234,12 +246,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var contentType: String? {
         get { storage.contentType }
         _modify {
             if storage === Storage.empty {
                 var value = storage.contentType
-                defer { if !(value == nil) { unique().contentType = value } }
+                defer { if value != nil { unique().contentType = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -247,12 +260,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var willDelayInterval: UInt32? {
         get { storage.willDelayInterval }
         _modify {
             if storage === Storage.empty {
                 var value = storage.willDelayInterval
-                defer { if !(value == nil) { unique().willDelayInterval = value } }
+                defer { if value != nil { unique().willDelayInterval = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -260,12 +274,13 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     @inlinable public var userProperties: [(String, String)] {
         get { storage.userProperties }
         _modify {
             if storage === Storage.empty {
                 var value = storage.userProperties
-                defer { if !(value.isEmpty) { unique().userProperties = value } }
+                defer { if !value.isEmpty { unique().userProperties = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -273,6 +288,7 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     /// §3.8.2.1.2 in SUBSCRIBE (at most one, 1–268,435,455); §3.3.4 in a PUBLISH to a client (one per matching
     /// subscription that has one).
     @inlinable public var subscriptionIdentifiers: [Int] {
@@ -280,7 +296,7 @@ public struct Properties: Sendable, Equatable {
         _modify {
             if storage === Storage.empty {
                 var value = storage.subscriptionIdentifiers
-                defer { if !(value.isEmpty) { unique().subscriptionIdentifiers = value } }
+                defer { if !value.isEmpty { unique().subscriptionIdentifiers = value } }
                 yield &value
             } else {
                 let box = unique()
@@ -288,13 +304,14 @@ public struct Properties: Sendable, Equatable {
             }
         }
     }
+
     /// Properties Bulwark does not interpret, as (identifier, raw value bytes).
     @inlinable public var other: [(UInt8, [UInt8])] {
         get { storage.other }
         _modify {
             if storage === Storage.empty {
                 var value = storage.other
-                defer { if !(value.isEmpty) { unique().other = value } }
+                defer { if !value.isEmpty { unique().other = value } }
                 yield &value
             } else {
                 let box = unique()
