@@ -53,7 +53,12 @@ import Testing
         #expect(!waited.withLock { $0 }, "the oldest step still waits, so none has finished")
         #expect(queue.unfinished == 3)
         writes[0].settle(.stored)
+        // The wait for room returns once at most one step is unfinished: the last may still be running on the event
+        // loop, so all three are awaited before counting none.
         await waiter.value
+        #expect(waited.withLock { $0 })
+        #expect(queue.unfinished <= 1)
+        await queue.wait(untilAtMost: 0)
         #expect(queue.unfinished == 0)
     }
 }
