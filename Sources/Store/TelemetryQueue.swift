@@ -39,12 +39,15 @@ public final class TelemetryQueue: Sendable {
     /// `append` starts it again).
     public func nextBatch() -> [Entry] {
         state.withLock { state -> [Entry] in
-            var count = 0
-            var bytes = 0
-            for entry in state.queued.prefix(maximumCount) {
-                bytes += entry.message.body.count + (entry.message.relay?.packet.count ?? 0)
-                if count > 0, bytes > maximumBytes { break }
-                count += 1
+            var count = min(state.queued.count, maximumCount)
+            if maximumBytes < .max {
+                count = 0
+                var bytes = 0
+                for entry in state.queued.prefix(maximumCount) {
+                    bytes += entry.message.body.count + (entry.message.relay?.packet.count ?? 0)
+                    if count > 0, bytes > maximumBytes { break }
+                    count += 1
+                }
             }
             let batch = Array(state.queued.prefix(count))
             state.queued.removeFirst(count)
