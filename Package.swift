@@ -141,7 +141,8 @@ let package = Package(
             name: "Store",
             dependencies: [
                 "Core", "Advisories", .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "Crypto", package: "swift-crypto"),
+                // SQLite's C API, for the one statement run per stored message (`GroupCommitter`).
+                .product(name: "GRDBSQLite", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         // The PostgreSQL backend of `HubStore`, for several hub nodes on one database.
@@ -299,7 +300,7 @@ let package = Package(
             name: "StoreTests",
             dependencies: [
                 "Store", "PostgresStore", "PostgresTestSupport", "Core", "Advisories",
-                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

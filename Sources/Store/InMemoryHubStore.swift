@@ -193,7 +193,10 @@ public actor InMemoryHubStore: HubStore {
         var lastSeen: [DeviceID: Date] = [:]
         // As the SQLite store: the time of the device's newest stored message, and its newest live certificate's
         // end (each gathered in one pass, not per device).
-        for record in telemetryRecords { lastSeen[record.deviceID] = record.receivedAt }
+        // The newest message's time, as the SQL stores keep it.
+        for record in telemetryRecords {
+            lastSeen[record.deviceID] = max(lastSeen[record.deviceID] ?? .distantPast, record.receivedAt)
+        }
         var certificateEnd: [DeviceID: Date] = [:]
         for record in certificateRecords.values where record.revokedAt == nil {
             guard let device = record.deviceID else { continue }

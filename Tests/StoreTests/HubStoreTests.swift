@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import GRDB
 import PostgresTestSupport
 import Store
 import Testing
@@ -189,6 +190,58 @@ import Testing
         #expect(try await store.telemetryCount(of: a) == 100)
         #expect(try await store.telemetryCount(of: nil) == 200)
         #expect(try await store.telemetry(of: b, limit: 500).allSatisfy { $0.deviceID == b })
+    }
+
+    /// Messages written in one batch keep every byte (an empty body and correlation id stay empty, not NULL; a body
+    /// with zero bytes is kept whole), and the device's last-seen time is its newest message's, whichever of the
+    /// batch was queued last.
+    @Test(arguments: Backend.allCases)
+    func aBatchKeepsEveryFieldAndTheNewestLastSeen(_ backend: Backend) async throws {
+        let (store, directory) = try await Self.open(backend)
+        let a = try DeviceID("a")
+        let b = try DeviceID("b")
+        for device in [a, b] {
+            try await store.enroll(
+                device: device, certificate: Self.certificate(device.rawValue, device: device), at: Date())
+        }
+        let start = Date(timeIntervalSince1970: 1_800_000_000)
+        let bodies: [[UInt8]] = [[], [0, 1, 0, 255], Array("{\"t\":1}".utf8), [0], Array(repeating: 7, count: 300)]
+        let types: [String?] = [nil, "telemetry", "", "reports", nil]
+        // Queued together (one or a few batches), the newest time first.
+        let writes = bodies.indices.map { index in
+            store.queueTelemetry(
+                NewTelemetry(
+                    deviceID: index == 4 ? b : a, receivedAt: start.addingTimeInterval(Double(10 - index)),
+                    correlationID: index == 0 ? "" : "c\(index)", body: bodies[index],
+                    messageType: types[index]))
+        }
+        var ids: [Int64] = []
+        for write in writes { ids.append(try await write.value()) }
+        #expect(Set(ids).count == bodies.count)
+        let stored = try await store.telemetry(of: a, limit: 10).sorted { $0.id < $1.id }
+        #expect(stored.map(\.body) == Array(bodies.prefix(4)))
+        #expect(stored.map(\.correlationID) == ["", "c1", "c2", "c3"])
+        #expect(stored.map(\.receivedAt) == (0..<4).map { start.addingTimeInterval(Double(10 - $0)) })
+        let overview = try await store.devicePage(DeviceQuery()).devices
+        #expect(overview.first { $0.id == a }?.lastSeen == start.addingTimeInterval(10))
+        #expect(overview.first { $0.id == b }?.lastSeen == start.addingTimeInterval(6))
+        if backend == .sqlite {
+            let database = try DatabaseQueue(path: directory + "/test.sqlite")
+            let rows = try database.read { db in
+                try Row.fetchAll(db, sql: "SELECT message_type, typeof(body) AS kind FROM telemetry ORDER BY id")
+            }
+            #expect(rows.map { $0["message_type"] as String? } == types)
+            #expect(rows.allSatisfy { $0["kind"] as String == "blob" })
+            // A failed insert (no such device: a foreign key) fails its batch, and the statement serves the next.
+            await #expect(throws: (any Error).self) {
+                try await store.appendTelemetry(
+                    NewTelemetry(deviceID: try DeviceID("nobody"), receivedAt: start, correlationID: "x", body: [1]))
+            }
+            let next = try await store.appendTelemetry(
+                NewTelemetry(deviceID: a, receivedAt: start, correlationID: "y", body: [2]))
+            #expect(
+                try await store.telemetry(of: a, limit: 1).first.map { [$0.id] + $0.body.map(Int64.init) } == [next, 2])
+        }
     }
 
     /// The assignment that applies: the device's own, else its class's (or the default class's), else the fleet's.
