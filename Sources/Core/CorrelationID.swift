@@ -7,8 +7,11 @@ public struct CorrelationID: Hashable, Sendable, CustomStringConvertible {
     /// one: the digits are written in place).
     public init() {
         var generator = SystemRandomNumberGenerator()
-        let high = generator.next() as UInt64
-        let low = generator.next() as UInt32
+        self.init(high: generator.next(), low: generator.next())
+    }
+
+    /// The 96 bits as 24 lowercase hex digits, high first.
+    init(high: UInt64, low: UInt32) {
         self.rawValue = String(unsafeUninitializedCapacity: 24) { digits in
             let alphabet: StaticString = "0123456789abcdef"
             let table = alphabet.utf8Start
@@ -19,6 +22,31 @@ public struct CorrelationID: Hashable, Sendable, CustomStringConvertible {
     }
 
     public init(rawValue: String) { self.rawValue = rawValue }
+
+    /// A connection's correlation ids: 64 random bits drawn once, then a 32-bit count of the ids made (the same 24
+    /// hex digits as `init()`), so that a connection that gives one to every message it stores makes no system
+    /// call per message (an MQTT connection; two `getrandom` calls were 3 % of the hub's CPU per QoS 0 message).
+    /// Unique as long as the random part is (it is drawn again when the count wraps); an id was never a secret
+    /// (a client gets its own in every refusal), and the count tells a client only how many messages it sent.
+    public struct Sequence: Sendable {
+        private var prefix: UInt64
+        private var count: UInt32 = 0
+
+        public init() {
+            var generator = SystemRandomNumberGenerator()
+            prefix = generator.next()
+        }
+
+        public mutating func next() -> CorrelationID {
+            if count == .max {
+                var generator = SystemRandomNumberGenerator()
+                prefix = generator.next()
+                count = 0
+            }
+            defer { count += 1 }
+            return CorrelationID(high: prefix, low: count)
+        }
+    }
 
     public var description: String { rawValue }
 }
