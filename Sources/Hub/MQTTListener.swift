@@ -113,6 +113,8 @@ struct MQTTListener: Service {
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         NIOSSLServerHandler(context: contexts.context, customVerificationCallback: verify))
+                    // Between TLS and everything that writes: one record per flush, not one per packet.
+                    try channel.pipeline.syncOperations.addHandler(WriteCoalescingHandler())
                     if let metrics {
                         try channel.pipeline.syncOperations.addHandler(
                             HandshakeObserver(metrics: metrics, listener: .mqtt))

@@ -25,9 +25,16 @@ public struct OutboundMessage: Sendable {
         self.expiresAt = expiresAt
     }
 
-    /// A received PUBLISH (or will) as it goes on: the properties a subscriber receives, the expiry from now.
-    public init(_ publish: PublishPacket, now: ContinuousClock.Instant = .now) {
+    /// A received PUBLISH (or will) as it goes on: the properties a subscriber receives, the expiry from `now`
+    /// (the clock is read only for a message that has one).
+    public init(_ publish: PublishPacket, now: ContinuousClock.Instant? = nil) {
         let received = publish.properties
+        // Every MQTT 3.1.1 PUBLISH, and most MQTT 5 ones: nothing to forward, nothing to copy (this runs for every
+        // message a device publishes).
+        if received.storage === Properties.Storage.empty {
+            self.init(topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain)
+            return
+        }
         var forwarded = Properties()
         forwarded.payloadFormatIndicator = received.payloadFormatIndicator
         forwarded.contentType = received.contentType
@@ -39,7 +46,7 @@ public struct OutboundMessage: Sendable {
         self.init(
             topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain,
             properties: forwarded,
-            expiresAt: received.messageExpiryInterval.map { now + .seconds(Int64($0)) })
+            expiresAt: received.messageExpiryInterval.map { (now ?? .now) + .seconds(Int64($0)) })
     }
 
     /// One subscriber's copy: its QoS, RETAIN flag and Subscription Identifiers.

@@ -20,6 +20,35 @@ import Testing
         #expect(Properties.Storage.empty.messageExpiryInterval == nil)
     }
 
+    /// A forwarded PUBLISH carries what a subscriber receives (MQTT 5.0 §3.3.2.3) and nothing of the publisher's
+    /// connection: no Topic Alias, no other property; its expiry counts from the given instant.
+    @Test func aForwardedPublishKeepsWhatSubscribersReceive() throws {
+        var properties = Properties()
+        properties.payloadFormatIndicator = 1
+        properties.contentType = "text/plain"
+        properties.userProperties = [("b", "2"), ("a", "1")]
+        properties.topicAlias = 3
+        properties.messageExpiryInterval = 60
+        properties.other = [
+            (PropertyIdentifier.responseTopic, Array("r/1".utf8)), (PropertyIdentifier.correlationData, [0, 1]),
+            (PropertyIdentifier.authenticationMethod, [7]),
+        ]
+        let now = ContinuousClock.now
+        let forwarded = OutboundMessage(
+            PublishPacket(topic: try TopicName("a/b"), payload: [1], qos: .atLeastOnce, properties: properties),
+            now: now)
+        #expect(forwarded.properties.payloadFormatIndicator == 1 && forwarded.properties.contentType == "text/plain")
+        #expect(forwarded.properties.userProperties.map { [$0.0, $0.1] } == [["b", "2"], ["a", "1"]])
+        #expect(forwarded.properties.topicAlias == nil && forwarded.properties.messageExpiryInterval == nil)
+        #expect(
+            forwarded.properties.other.map(\.0) == [
+                PropertyIdentifier.responseTopic, PropertyIdentifier.correlationData,
+            ])
+        #expect(forwarded.expiresAt == now + .seconds(60))
+        let plain = OutboundMessage(PublishPacket(topic: try TopicName("a/b"), payload: [1], qos: .atMostOnce))
+        #expect(plain.expiresAt == nil && plain.properties.isEmpty && plain.payload == [1] && plain.qos == .atMostOnce)
+    }
+
     struct Stop: Error {}
 
     /// A change made in place before a throw is kept, whether the value had a box of its own or not.

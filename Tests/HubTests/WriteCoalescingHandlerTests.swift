@@ -1,0 +1,83 @@
+import NIOCore
+import NIOEmbedded
+import Testing
+
+@testable import Hub
+
+/// Small writes between two flushes leave as one buffer, in order; large ones keep their place; every promise is
+/// kept; nothing is sent before a flush, and what is unflushed at a close fails.
+@Suite struct WriteCoalescingHandlerTests {
+    static func bytes(_ values: [UInt8]) -> ByteBuffer { ByteBuffer(bytes: values) }
+
+    /// Everything the channel wrote to the "socket", one element per write that reached it.
+    static func written(_ channel: EmbeddedChannel) throws -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) { out.append(Array(buffer.readableBytesView)) }
+        return out
+    }
+
+    @Test func smallWritesLeaveAsOneBufferAtTheFlush() throws {
+        let channel = EmbeddedChannel(handler: WriteCoalescingHandler())
+        var promises: [EventLoopFuture<Void>] = []
+        for value in 0..<5 as Range<UInt8> {
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            channel.write(Self.bytes([0x40, 2, 0, value]), promise: promise)
+            promises.append(promise.futureResult)
+        }
+        #expect(try Self.written(channel).isEmpty, "nothing goes before the flush")
+        channel.flush()
+        #expect(try Self.written(channel) == [(0..<5).flatMap { [0x40, 2, 0, UInt8($0)] }])
+        for promise in promises { try promise.wait() }
+        // The next flush starts a new buffer.
+        channel.write(Self.bytes([1]), promise: nil)
+        channel.flush()
+        #expect(try Self.written(channel) == [[1]])
+        #expect(try channel.finish().isClean)
+    }
+
+    @Test func aLargeWriteKeepsItsPlace() throws {
+        let channel = EmbeddedChannel(handler: WriteCoalescingHandler())
+        let large = [UInt8](repeating: 9, count: WriteCoalescingHandler.copyLimit + 1)
+        channel.write(Self.bytes([1]), promise: nil)
+        channel.write(Self.bytes([2]), promise: nil)
+        channel.write(Self.bytes(large), promise: nil)
+        channel.write(Self.bytes([3]), promise: nil)
+        channel.flush()
+        #expect(try Self.written(channel) == [[1, 2], large, [3]])
+        // A merged buffer stays within one TLS record.
+        let piece = [UInt8](repeating: 7, count: WriteCoalescingHandler.copyLimit)
+        for _ in 0..<9 { channel.write(Self.bytes(piece), promise: nil) }
+        channel.flush()
+        let sizes = try Self.written(channel).map(\.count)
+        #expect(
+            sizes == [8 * piece.count, piece.count] && sizes.allSatisfy { $0 <= WriteCoalescingHandler.mergedLimit })
+        #expect(try channel.finish().isClean)
+    }
+
+    /// Stands for the TLS handler below: keeps unflushed writes and fails them when the channel closes.
+    final class FailsUnflushedOnClose: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        var unflushed: [(ByteBuffer, EventLoopPromise<Void>?)] = []
+        func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+            unflushed.append((unwrapOutboundIn(data), promise))
+        }
+        func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+            for (_, promise) in unflushed { promise?.fail(ChannelError.ioOnClosedChannel) }
+            context.close(mode: mode, promise: promise)
+        }
+    }
+
+    @Test func unflushedWritesFailWithTheClose() throws {
+        let below = FailsUnflushedOnClose()
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandlers([below, WriteCoalescingHandler()])
+        let first = channel.eventLoop.makePromise(of: Void.self)
+        let second = channel.eventLoop.makePromise(of: Void.self)
+        channel.write(Self.bytes([1]), promise: first)
+        channel.write(Self.bytes([2]), promise: second)
+        _ = try? channel.close().wait()
+        #expect(below.unflushed.map { Array($0.0.readableBytesView) } == [[1, 2]])
+        #expect(throws: (any Error).self) { try first.futureResult.wait() }
+        #expect(throws: (any Error).self) { try second.futureResult.wait() }
+    }
+}
