@@ -91,6 +91,42 @@ import Testing
                 key: self.key.publicKey))
     }
 
+    /// The schema table: each message type gets its own schema (replaced when registered again) among more names
+    /// than the short list holds, and a name that is not a valid message type is refused as such even when a
+    /// schema was registered under it.
+    @Test func schemasAreFoundByMessageTypeOnly() throws {
+        let unlimited = RateLimit(rate: 1e9, burst: 1_000_000)
+        let gateway = try pipeline {
+            $0.messagesPerDevice = unlimited
+            $0.messagesPerRoute = unlimited
+            $0.messagesPerSource = unlimited
+            $0.quarantine.thresholds = [:]
+        }
+        let at = time(0)
+        func admit(_ type: String, _ body: String) throws -> Refusal? {
+            let message = InboundMessage(
+                identity: .device(try DeviceID("s1")), route: "telemetry", source: "192.0.2.9", contentType: nil,
+                messageType: type, body: Array(body.utf8), transport: .mqtt(counter: nil))
+            if case .failure(let refusal) = gateway.admit(message, now: at) { return refusal }
+            return nil
+        }
+        let names = (0..<40).map { "type-\($0)" }
+        for (index, name) in names.enumerated() {
+            gateway.setSchema(
+                try JSONSchema(bytes: Array(#"{"properties":{"v":{"const":\#(index)}}}"#.utf8)), for: name)
+            // Each registered so far admits its own value and refuses its neighbour's.
+            for (earlier, other) in names.prefix(index + 1).enumerated() {
+                #expect(try admit(other, #"{"v":\#(earlier)}"#) == nil, "\(other) after \(name)")
+                #expect(try admit(other, #"{"v":\#(earlier + 1)}"#)?.stage == .schema, "\(other) after \(name)")
+            }
+        }
+        gateway.setSchema(try JSONSchema(bytes: Array(#"{"properties":{"v":{"const":"x"}}}"#.utf8)), for: "type-3")
+        #expect(try admit("type-3", #"{"v":"x"}"#) == nil && admit("type-3", #"{"v":3}"#)?.stage == .schema)
+        #expect(try admit("type-40", #"{"v":1}"#)?.detail.contains("no schema registered") == true)
+        gateway.setSchema(try JSONSchema(bytes: Array("{}".utf8)), for: "Not Valid")
+        #expect(try admit("Not Valid", #"{"v":1}"#)?.detail == "message type name is not valid")
+    }
+
     /// The adversarial corpus against the pipeline directly (the same manifest runs against the live endpoint in
     /// HubTests): every body is refused at its stage with its status, and the controls pass.
     @Test func adversarialCorpus() throws {
