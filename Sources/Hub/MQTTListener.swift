@@ -210,6 +210,8 @@ final class FlushCoalescer: Sendable {
     let channel: any Channel
     /// nil or false: no flush queued. (An empty box may be made off the loop.)
     private let scheduled: NIOLoopBoundBox<Bool?>
+    /// Writes handed to the event loop from another thread and not yet made.
+    private let queued = Atomic(0)
 
     init(_ channel: any Channel) {
         self.channel = channel
@@ -222,17 +224,30 @@ final class FlushCoalescer: Sendable {
         try? await channel.eventLoop.submit { channel.flush() }.get()
     }
 
+    /// Writes `buffer` after every write made through this coalescer before it. On the event loop (the PUBACKs of a
+    /// batch are answered there) with none of its writes still queued, the write is made at once: no second trip
+    /// through the loop's queue per packet.
     func write(_ buffer: ByteBuffer) {
         let eventLoop = channel.eventLoop
+        if eventLoop.inEventLoop, queued.load(ordering: .acquiring) == 0 {
+            writeOnLoop(buffer)
+            return
+        }
+        queued.add(1, ordering: .relaxed)
         eventLoop.execute {
-            self.channel.write(buffer, promise: nil)
-            guard self.scheduled.value != true else { return }
-            self.scheduled.value = true
-            // Runs after every write already queued on the loop: they share this flush.
-            eventLoop.execute {
-                self.scheduled.value = false
-                self.channel.flush()
-            }
+            self.writeOnLoop(buffer)
+            self.queued.subtract(1, ordering: .releasing)
+        }
+    }
+
+    private func writeOnLoop(_ buffer: ByteBuffer) {
+        channel.write(buffer, promise: nil)
+        guard scheduled.value != true else { return }
+        scheduled.value = true
+        // Runs after every write already queued on the loop: they share this flush.
+        channel.eventLoop.execute {
+            self.scheduled.value = false
+            self.channel.flush()
         }
     }
 }

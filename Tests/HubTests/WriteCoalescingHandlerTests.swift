@@ -1,8 +1,14 @@
+import Dispatch
 import NIOCore
 import NIOEmbedded
+import NIOPosix
 import Testing
 
 @testable import Hub
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Small writes between two flushes leave as one buffer, in order; large ones keep their place; every promise is
 /// kept; nothing is sent before a flush, and what is unflushed at a close fails.
@@ -79,5 +85,51 @@ import Testing
         #expect(below.unflushed.map { Array($0.0.readableBytesView) } == [[1, 2]])
         #expect(throws: (any Error).self) { try first.futureResult.wait() }
         #expect(throws: (any Error).self) { try second.futureResult.wait() }
+    }
+}
+
+/// `FlushCoalescer` writes at once on the event loop, but never ahead of a write another thread handed the loop
+/// before: the bytes leave in the order the writes were called.
+@Suite struct FlushCoalescerTests {
+    @Test func aWriteOnTheLoopWaitsForOneQueuedBeforeIt() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let channel = try NIOPipeBootstrap(group: loop).takingOwnershipOfDescriptor(output: fds[1]).wait()
+        defer {
+            try? channel.close().wait()
+            close(fds[0])
+        }
+        let coalescer = FlushCoalescer(channel)
+        let rounds = 50
+        for round in 0..<rounds {
+            let value = UInt8(round * 3 % 250)
+            try loop.submit {
+                coalescer.write(ByteBuffer(bytes: [value]))  // on the loop, nothing queued: at once
+                // Another thread's write, called (and queued) while the loop is busy here...
+                let called = DispatchSemaphore(value: 0)
+                DispatchQueue.global().async {
+                    coalescer.write(ByteBuffer(bytes: [value + 1]))
+                    called.signal()
+                }
+                called.wait()
+                // ...goes before this one, called after it.
+                coalescer.write(ByteBuffer(bytes: [value + 2]))
+            }.wait()
+        }
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 512)
+        while received.count < rounds * 3 {
+            let count = read(fds[0], &chunk, chunk.count)
+            #expect(count > 0)
+            if count <= 0 { break }
+            received += chunk.prefix(count)
+        }
+        var expected: [UInt8] = []
+        for round in 0..<rounds {
+            let value = UInt8(round * 3 % 250)
+            expected += [value, value + 1, value + 2]
+        }
+        #expect(received == expected)
     }
 }
