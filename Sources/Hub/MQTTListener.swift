@@ -240,6 +240,29 @@ final class FlushCoalescer: Sendable {
         }
     }
 
+    /// Writes `last` (if any) after every write made through this coalescer before it, flushes and closes the
+    /// channel: a write called after this one is not sent (the channel is closed when it is made). A close that
+    /// bypassed the coalescer could be overtaken by a later write made at once on the loop: a PUBACK for a later
+    /// message sent before the close that a refused earlier message asked for (MQTT 5.0 §4.6).
+    func close(after last: ByteBuffer? = nil) {
+        let eventLoop = channel.eventLoop
+        if eventLoop.inEventLoop, queued.load(ordering: .acquiring) == 0 {
+            closeOnLoop(last)
+            return
+        }
+        queued.add(1, ordering: .relaxed)
+        eventLoop.execute {
+            self.closeOnLoop(last)
+            self.queued.subtract(1, ordering: .releasing)
+        }
+    }
+
+    private func closeOnLoop(_ last: ByteBuffer?) {
+        if let last, last.readableBytes > 0 { channel.write(last, promise: nil) }
+        channel.flush()
+        channel.close(promise: nil)
+    }
+
     private func writeOnLoop(_ buffer: ByteBuffer) {
         channel.write(buffer, promise: nil)
         guard scheduled.value != true else { return }
@@ -1303,7 +1326,6 @@ struct MQTTConnection {
         correlationID: String? = nil, then delivery: BrokerMessage? = nil, local: LocalWrite? = nil
     ) async {
         await state.acknowledgements.wait(untilAtMost: listener.settings.receiveMaximum - 1)
-        let nioChannel = channel.channel
         let output = state.output
         let version = state.version
         let broker = listener.broker
@@ -1314,13 +1336,8 @@ struct MQTTConnection {
         let connectionNumber = state.connectionNumber
         let persistence = listener.persistence
         // MQTT 3.1.1 has no refusal code: the connection ends, after the acknowledgements written before this step
-        // (queued on the event loop) have gone out.
-        @Sendable func closeAfterWrites() {
-            nioChannel.eventLoop.execute {
-                nioChannel.flush()
-                nioChannel.close(promise: nil)
-            }
-        }
+        // (in the coalescer's order: none written after it goes out).
+        @Sendable func closeAfterWrites() { output.close() }
         state.acknowledgements.append(after: write) { outcome in
             var reason = code
             var deliver = true
@@ -1344,18 +1361,14 @@ struct MQTTConnection {
             case .unavailable:
                 // The store cannot be reached: the connection ends (`ServerSession.publishRefused`), so the
                 // client keeps the message and sends it again once connected. MQTT 5 hears why first
-                // (§3.14.2.1). One task on the event loop: nothing written after it goes out after the
+                // (§3.14.2.1). Closed in the coalescer's order: nothing written after it goes out after the
                 // DISCONNECT ([MQTT-3.14.4-1]).
                 var buffer = ByteBuffer()
                 if version == .v5 {
                     Packet.disconnect(reasonCode: .serverBusy, properties: failed).encode(
                         into: &buffer, version: version)
                 }
-                nioChannel.eventLoop.execute { [buffer] in
-                    if buffer.readableBytes > 0 { nioChannel.write(buffer, promise: nil) }
-                    nioChannel.flush()
-                    nioChannel.close(promise: nil)
-                }
+                output.close(after: buffer)
                 return nil
             }
             let answerProperties = reason == code ? properties : failed

@@ -132,4 +132,39 @@ import Testing
         }
         #expect(received == expected)
     }
+
+    /// A close made through the coalescer is not overtaken: what was written before it goes out, nothing written
+    /// after it does (on the loop at once, or queued from another thread while the loop is busy).
+    @Test(arguments: [false, true])
+    func nothingWrittenAfterACloseGoesOut(closeFromAnotherThread: Bool) throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let channel = try NIOPipeBootstrap(group: loop).takingOwnershipOfDescriptor(output: fds[1]).wait()
+        defer { close(fds[0]) }
+        let coalescer = FlushCoalescer(channel)
+        try loop.submit {
+            coalescer.write(ByteBuffer(bytes: [1]))
+            if closeFromAnotherThread {
+                let called = DispatchSemaphore(value: 0)
+                DispatchQueue.global().async {
+                    coalescer.close(after: ByteBuffer(bytes: [2]))
+                    called.signal()
+                }
+                called.wait()
+            } else {
+                coalescer.close(after: ByteBuffer(bytes: [2]))
+            }
+            coalescer.write(ByteBuffer(bytes: [3]))
+        }.wait()
+        try channel.closeFuture.wait()
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16)
+        while true {
+            let count = read(fds[0], &chunk, chunk.count)
+            if count <= 0 { break }
+            received += chunk.prefix(count)
+        }
+        #expect(received == [1, 2])
+    }
 }
