@@ -1567,20 +1567,24 @@ enum StoreWrite: Sendable, Equatable {
     case unavailable
 }
 
-/// The QoS 1 store writes in progress per (device, counter), and who waits for their outcome.
+/// The QoS 1 store writes in progress per (device, counter), and who waits for their outcome. Writes of one counter
+/// can overlap (a write fails and gives its counter back, and a resend on another connection is admitted before the
+/// failed write has ended): they are counted, and a waiter hears once the last of them ends whether any stored it
+/// (a second `begin` once replaced the entry, and the waiters of the first were never resumed).
 final class CounterWrites: Sendable {
     struct Key: Hashable {
         let device: DeviceID
         let counter: UInt64
     }
     private struct Entry {
+        var writes = 0
         var stored = false
         var waiters: [CheckedContinuation<Bool?, Never>] = []
     }
     private let entries = Mutex<[Key: Entry]>([:])
 
     func begin(_ device: DeviceID, _ counter: UInt64) {
-        entries.withLock { $0[Key(device: device, counter: counter)] = Entry() }
+        entries.withLock { $0[Key(device: device, counter: counter), default: Entry()].writes += 1 }
     }
 
     func succeeded(_ device: DeviceID, _ counter: UInt64?) {
@@ -1590,12 +1594,22 @@ final class CounterWrites: Sendable {
 
     func end(_ device: DeviceID, _ counter: UInt64) {
         let (waiters, stored) = entries.withLock { entries -> ([CheckedContinuation<Bool?, Never>], Bool) in
-            guard let entry = entries.removeValue(forKey: Key(device: device, counter: counter)) else {
+            let key = Key(device: device, counter: counter)
+            guard var entry = entries[key] else { return ([], false) }
+            entry.writes -= 1
+            guard entry.writes <= 0 else {
+                entries[key] = entry
                 return ([], false)
             }
+            entries[key] = nil
             return (entry.waiters, entry.stored)
         }
         for waiter in waiters { waiter.resume(returning: stored) }
+    }
+
+    /// How many wait on this counter's writes (tests).
+    func waiterCount(_ device: DeviceID, _ counter: UInt64) -> Int {
+        entries.withLock { $0[Key(device: device, counter: counter)]?.waiters.count ?? 0 }
     }
 
     /// Nil when no write of this counter is in progress; otherwise waits for it and says whether it stored.
