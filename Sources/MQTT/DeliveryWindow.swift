@@ -103,8 +103,9 @@ public struct DeliveryWindow: Sendable {
     /// Messages waiting for the window: held back on resume, then queued.
     public var waiting: Int { held.count + queue.count }
     private var nextPacketID: UInt16 = 0
-    /// Topic aliases given to the connected client, topic → alias; they end with the connection.
-    private var aliases: [String: UInt16] = [:]
+    /// Topic aliases given to the connected client, topic → alias (by the topic's bytes: two topics that differ
+    /// only in Unicode normalization never share an alias); they end with the connection.
+    private var aliases: [TopicKey: UInt16] = [:]
 
     public init(maxQueued: Int) { self.maxQueued = maxQueued }
 
@@ -280,7 +281,7 @@ public struct DeliveryWindow: Sendable {
         var topic = message.topic
         var newAlias: UInt16?
         if link.topicAliasMaximum > 0 {
-            if let alias = aliases[message.topic.rawValue] {
+            if let alias = aliases[TopicKey(message.topic.rawValue)] {
                 properties.topicAlias = alias
                 topic = .unresolvedAlias
             } else if aliases.count < link.topicAliasMaximum {
@@ -294,7 +295,7 @@ public struct DeliveryWindow: Sendable {
                     topic: topic, payload: message.payload, qos: message.qos, retain: message.retain,
                     duplicate: duplicate, packetID: id, properties: properties)), link.version)
         guard buffer.readableBytes <= link.maximumPacketSize else { return nil }
-        if let newAlias { aliases[message.topic.rawValue] = newAlias }
+        if let newAlias { aliases[TopicKey(message.topic.rawValue)] = newAlias }
         return buffer
     }
 

@@ -1,9 +1,10 @@
 /// A tree of topic levels held in one array (node 0 is the root; removed nodes are reused), each node with a value:
 /// the storage `SubscriptionIndex` (filters, sessions at their end) and `TopicTree` (topics) share. Children are
-/// keyed by copies of the levels: a `Substring` would keep the whole topic or filter that made the node alive.
+/// keyed by copies of the levels (a `Substring` would keep the whole topic or filter that made the node alive),
+/// compared by their bytes (`TopicKey`).
 struct LevelTree<Value: Sendable>: Sendable {
     struct Node: Sendable {
-        var children: [String: Int] = [:]
+        var children: [TopicKey: Int] = [:]
         var value: Value
     }
 
@@ -22,7 +23,7 @@ struct LevelTree<Value: Sendable>: Sendable {
     /// The node at the end of `levels`, made (with the nodes before it) when missing.
     mutating func make(_ levels: some Sequence<Substring>) -> Int {
         var node = 0
-        for level in levels.lazy.map(String.init) {
+        for level in levels.lazy.map(TopicKey.init) {
             if let child = nodes[node].children[level] {
                 node = child
             } else {
@@ -36,10 +37,10 @@ struct LevelTree<Value: Sendable>: Sendable {
 
     /// The node at the end of `levels` with the path to it (each parent and the level below it); nil when it is
     /// not in the tree.
-    func find(_ levels: some Sequence<Substring>) -> (node: Int, path: [(parent: Int, level: String)])? {
-        var path: [(parent: Int, level: String)] = []
+    func find(_ levels: some Sequence<Substring>) -> (node: Int, path: [(parent: Int, level: TopicKey)])? {
+        var path: [(parent: Int, level: TopicKey)] = []
         var node = 0
-        for level in levels.lazy.map(String.init) {
+        for level in levels.lazy.map(TopicKey.init) {
             guard let child = nodes[node].children[level] else { return nil }
             path.append((node, level))
             node = child
@@ -51,7 +52,7 @@ struct LevelTree<Value: Sendable>: Sendable {
 
     /// Releases the node found at the end of `path`, and its parents in turn, while each has no children and a value
     /// `isEmpty` calls empty.
-    mutating func prune(_ found: (node: Int, path: [(parent: Int, level: String)]), isEmpty: (Value) -> Bool) {
+    mutating func prune(_ found: (node: Int, path: [(parent: Int, level: TopicKey)]), isEmpty: (Value) -> Bool) {
         var (node, path) = found
         while let (parent, level) = path.last, nodes[node].children.isEmpty, isEmpty(nodes[node].value) {
             nodes[parent].children[level] = nil

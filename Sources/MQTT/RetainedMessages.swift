@@ -5,7 +5,8 @@ public struct RetainedMessages: Sendable {
     public let maxMessages: Int
     public let maxPerOwner: Int
     public let maxBytes: Int
-    private var messages: [String: (message: OutboundMessage, owner: String)] = [:]
+    /// By topic, compared by bytes (`TopicKey`): topics that differ only in Unicode normalization are two topics.
+    private var messages: [TopicKey: (message: OutboundMessage, owner: String)] = [:]
     /// The topics held, for `matching`: a new subscription looks only at the topics its filter can reach.
     private var topics = TopicTree()
     private var perOwner: [String: Int] = [:]
@@ -28,7 +29,7 @@ public struct RetainedMessages: Sendable {
     /// retained (the topic's previous one is gone all the same: it was replaced).
     @discardableResult
     public mutating func retain(_ message: OutboundMessage, owner: String) -> Bool {
-        let topic = message.topic.rawValue
+        let topic = TopicKey(message.topic.rawValue)
         remove(topic)
         guard !message.payload.isEmpty else { return true }
         let size = Self.size(of: message)
@@ -45,7 +46,7 @@ public struct RetainedMessages: Sendable {
 
     /// The retained messages a new subscription to `filter` receives (those not expired at `now`).
     public func matching(_ filter: TopicFilter, now: ContinuousClock.Instant) -> [OutboundMessage] {
-        topics.topics(matching: filter).compactMap { messages[$0]?.message }.filter { !$0.expired(at: now) }
+        topics.topics(matching: filter).compactMap { messages[TopicKey($0)]?.message }.filter { !$0.expired(at: now) }
     }
 
     /// Drops the messages whose Message Expiry Interval has passed (§3.3.2.3.3): they are no longer retained.
@@ -57,19 +58,18 @@ public struct RetainedMessages: Sendable {
         var removed: [(topic: String, owner: String)] = []
         for (topic, entry) in messages where entry.message.expired(at: now) {
             remove(topic)
-            removed.append((topic, entry.owner))
+            removed.append((topic.text, entry.owner))
         }
         earliestExpiry = messages.values.lazy.compactMap(\.message.expiresAt).min()
         return removed
     }
 
-    private mutating func remove(_ topic: String) {
+    private mutating func remove(_ topic: TopicKey) {
         guard let previous = messages.removeValue(forKey: topic) else { return }
         topics.remove(previous.message.topic)
         perOwner[previous.owner, default: 1] -= 1
         if perOwner[previous.owner] == 0 { perOwner[previous.owner] = nil }
-        // What was charged for the message held (its topic as it was given: a canonically equivalent spelling
-        // of it finds the same entry but may have another length).
+        // What was charged for the message held.
         bytes -= Self.size(of: previous.message)
     }
 

@@ -48,15 +48,15 @@ public struct SubscriptionIndex: Sendable {
         while let (node, depth) = pending.popLast() {
             let wildcards = depth > 0 || !dollar
             let current = tree[node]
-            if wildcards, let hash = current.children["#"] {
+            if wildcards, let hash = current.children[TopicKey("#")] {
                 for key in tree[hash].value.keys { found.insert(key) }
             }
             guard depth < levels.count else {
                 for key in current.value.keys { found.insert(key) }
                 continue
             }
-            if let exact = current.children[String(levels[depth])] { pending.append((exact, depth + 1)) }
-            if wildcards, let plus = current.children["+"] { pending.append((plus, depth + 1)) }
+            if let exact = current.children[TopicKey(levels[depth])] { pending.append((exact, depth + 1)) }
+            if wildcards, let plus = current.children[TopicKey("+")] { pending.append((plus, depth + 1)) }
         }
         return found
     }

@@ -47,12 +47,24 @@ public struct TopicName: Hashable, Sendable, CustomStringConvertible {
 
     /// §4.7.2: a topic whose first byte is `$` (by bytes: a combining mark after it does not hide it).
     public var isDollarTopic: Bool { rawValue.utf8.first == UInt8(ascii: "$") }
+
+    /// By bytes (§4.7.3: topics are never normalized; `String`'s `==` is canonical equivalence).
+    public static func == (lhs: TopicName, rhs: TopicName) -> Bool { TopicKey.sameBytes(lhs.rawValue, rhs.rawValue) }
+
+    public func hash(into hasher: inout Hasher) { hasher.combine(TopicKey(rawValue)) }
 }
 
 /// A topic filter for SUBSCRIBE (MQTT 3.1.1 §4.7.1): `#` only as the whole last level, `+` only as a whole level.
 public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
     public let rawValue: String
     public let levels: [Substring]
+
+    /// By bytes, as topic names are (a session's filters are keyed by them).
+    public static func == (lhs: TopicFilter, rhs: TopicFilter) -> Bool {
+        TopicKey.sameBytes(lhs.rawValue, rhs.rawValue)
+    }
+
+    public func hash(into hasher: inout Hasher) { hasher.combine(TopicKey(rawValue)) }
 
     public init(_ text: String) throws(MQTTError) {
         guard !text.isEmpty, text.utf8.count <= 65535, !text.utf8.contains(0) else {
@@ -75,14 +87,15 @@ public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
     public var description: String { rawValue }
 
     /// MQTT 3.1.1 §4.7: `+` matches one level, `#` the parent and any number of levels below; topics starting with
-    /// `$` are not matched by a leading wildcard (§4.7.2).
+    /// `$` are not matched by a leading wildcard (§4.7.2). Levels are compared by their bytes (§4.7.3: no
+    /// normalization).
     public func matches(_ topic: TopicName) -> Bool {
         if topic.isDollarTopic, let first = levels.first, first == "+" || first == "#" { return false }
         var index = 0
         for level in levels {
             if level == "#" { return true }
             guard index < topic.levels.count else { return false }
-            if level != "+" && level != topic.levels[index] { return false }
+            if level != "+" && !TopicKey.sameBytes(level, topic.levels[index]) { return false }
             index += 1
         }
         return index == topic.levels.count
@@ -105,7 +118,7 @@ public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
                 index += 1
                 continue
             }
-            if requested == "+" || requested != level { return false }
+            if requested == "+" || !TopicKey.sameBytes(requested, level) { return false }
             index += 1
         }
         return index == other.levels.count
@@ -187,6 +200,16 @@ public struct BoundTopicACL: Sendable {
 public struct SharedFilter: Hashable, Sendable {
     public let group: String
     public let filter: TopicFilter
+
+    /// By bytes, the share name as the filter.
+    public static func == (lhs: SharedFilter, rhs: SharedFilter) -> Bool {
+        TopicKey.sameBytes(lhs.group, rhs.group) && lhs.filter == rhs.filter
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(TopicKey(group))
+        hasher.combine(filter)
+    }
 
     /// nil when `filter` is an ordinary filter; an error when it starts with `$share/` but is not a valid shared
     /// subscription [MQTT-4.8.2-1, 4.8.2-2]: the share name must be at least one character without `/`, `+` or `#`,

@@ -43,18 +43,18 @@ public struct TopicTree: Sendable {
                 // The parent level too (`a/#` matches `a`; the root holds no topic), then everything below.
                 if let topic = tree[node].value { found.append(topic) }
                 var below = tree[node].children.compactMap {
-                    first && $0.key.utf8.first == UInt8(ascii: "$") ? nil : $0.value
+                    first && $0.key.text.utf8.first == UInt8(ascii: "$") ? nil : $0.value
                 }
                 while let next = below.popLast() {
                     if let topic = tree[next].value { found.append(topic) }
                     below.append(contentsOf: tree[next].children.values)
                 }
             case "+":
-                for (name, child) in tree[node].children where !(first && name.utf8.first == UInt8(ascii: "$")) {
+                for (name, child) in tree[node].children where !(first && name.text.utf8.first == UInt8(ascii: "$")) {
                     pending.append((child, depth + 1))
                 }
             case let level:
-                if let child = tree[node].children[String(level)] { pending.append((child, depth + 1)) }
+                if let child = tree[node].children[TopicKey(level)] { pending.append((child, depth + 1)) }
             }
         }
         return found

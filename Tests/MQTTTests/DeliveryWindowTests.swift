@@ -159,6 +159,48 @@ import Testing
         #expect(after.first?.topic.rawValue == "a/1")
     }
 
+    /// Topics are compared by their bytes, never normalized (MQTT 5.0 §4.7.3): strings that Swift calls equal by
+    /// canonical equivalence (`K` and U+212A KELVIN SIGN; `é` and `e` + U+0301) are different topics to filters, the
+    /// subscription index, the retained messages and the outbound topic aliases.
+    @Test func topicsDifferingOnlyInNormalizationAreDifferentTopics() throws {
+        let kelvin = "a/\u{212A}"
+        let composed = "t/\u{E9}"
+        let decomposed = "t/e\u{301}"
+        #expect(kelvin == "a/K" && composed == decomposed, "the premise: Swift's String equality is canonical")
+        #expect(try !TopicFilter("a/K").matches(TopicName(kelvin)))
+        #expect(try TopicFilter("a/K").matches(TopicName("a/K")) && TopicFilter("a/+").matches(TopicName(kelvin)))
+        #expect(try !TopicFilter(composed).covers(TopicFilter(decomposed)))
+        #expect(try TopicName(composed) != TopicName(decomposed) && TopicFilter(kelvin) != TopicFilter("a/K"))
+        #expect(try Set([TopicFilter(composed), TopicFilter(decomposed), TopicFilter(composed)]).count == 2)
+        #expect(
+            try SharedFilter.parse(TopicFilter("$share/K/x")) != SharedFilter.parse(TopicFilter("$share/\u{212A}/x")))
+        var index = SubscriptionIndex()
+        index.insert(try TopicFilter("a/K"), options: SubscriptionOptions(qos: .atMostOnce), key: "s1")
+        index.insert(try TopicFilter(decomposed), options: SubscriptionOptions(qos: .atMostOnce), key: "s2")
+        #expect(try index.sessions(matching: TopicName(kelvin)).isEmpty)
+        #expect(try index.sessions(matching: TopicName("a/K")) == ["s1"])
+        #expect(try index.sessions(matching: TopicName(composed)).isEmpty)
+        #expect(try index.sessions(matching: TopicName(decomposed)) == ["s2"])
+        var retained = RetainedMessages(maxMessages: 10, maxPerOwner: 10, maxBytes: 1 << 20)
+        #expect(try retained.retain(Self.message(composed, payload: 1), owner: "d1"))
+        #expect(try retained.retain(Self.message(decomposed, payload: 2), owner: "d1"))
+        #expect(retained.count == 2)
+        #expect(try retained.matching(TopicFilter(decomposed), now: now).map(\.payload.count) == [2])
+        #expect(try retained.matching(TopicFilter("t/#"), now: now).map(\.payload.count).sorted() == [1, 2])
+        // Each its own alias: the second is never sent as the first's alias.
+        var window = DeliveryWindow(maxQueued: 10)
+        var seen: [(String, UInt16?)] = []
+        for topic in [composed, decomposed, decomposed] {
+            for p in try Self.publishes(
+                window.deliver(try Self.message(topic, qos: .atMostOnce), link: Self.link(aliases: 5), now: now))
+            {
+                seen.append((p.topic.rawValue, p.properties.topicAlias))
+            }
+        }
+        #expect(seen.map(\.1) == [1, 2, 2])
+        #expect(seen.map { Array($0.0.utf8) } == [Array(composed.utf8), Array(decomposed.utf8), []])
+    }
+
     @Test func sharedMessagesNotYetAcknowledgedCanBeHandedOver() throws {
         var window = DeliveryWindow(maxQueued: 10)
         let group = try TopicFilter("$share/g/t/#")
@@ -223,15 +265,19 @@ import Testing
     }
 
     /// What a retained message costs is what it holds in memory: a topic of many empty levels is charged for each
-    /// level (the tree of topics has a node per level), and a clear spelled in another canonically equivalent form
-    /// gives back exactly what was charged.
+    /// level (the tree of topics has a node per level), and a clear gives back exactly what was charged. A clear
+    /// spelled in another canonically equivalent form is another topic (compared by bytes, §4.7.3): it clears
+    /// nothing.
     @Test func theBoundInBytesCountsWhatIsHeld() throws {
         var retained = RetainedMessages(maxMessages: 10, maxPerOwner: 10, maxBytes: 64 * 1024)
         let deep = "t" + String(repeating: "/", count: 1_000)
         #expect(try !retained.retain(Self.message(deep, "x"), owner: "d"), "1,001 levels are over 64 KiB")
         #expect(retained.count == 0 && retained.bytes == 0)
         #expect(try retained.retain(Self.message("t/caf\u{E9}", "x"), owner: "d"))
+        let charged = retained.bytes
         #expect(try retained.retain(Self.message("t/cafe\u{301}", ""), owner: "d"), "the same topic to Swift")
+        #expect(retained.count == 1 && retained.bytes == charged, "another topic to MQTT")
+        #expect(try retained.retain(Self.message("t/caf\u{E9}", ""), owner: "d"))
         #expect(retained.count == 0 && retained.bytes == 0)
     }
 

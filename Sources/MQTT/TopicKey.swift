@@ -1,0 +1,24 @@
+/// A topic, filter or topic level as a dictionary key: equal when its UTF-8 bytes are. MQTT compares topics byte for
+/// byte and never normalizes them (MQTT 5.0 §4.7.3, MQTT 3.1.1 §4.7.3: "the Server MUST NOT normalize Topic Names or
+/// Topic Filters"), while `String`'s `==` and hashing use Unicode canonical equivalence: as `String`s, `K` and
+/// U+212A KELVIN SIGN, or `é` and `e` + U+0301, are equal, so two distinct topics would share one retained message,
+/// one subscription node or one outbound topic alias.
+public struct TopicKey: Hashable, Sendable, CustomStringConvertible {
+    public let text: String
+
+    @inlinable public init(_ text: some StringProtocol) { self.text = String(text) }
+
+    @inlinable public static func == (lhs: TopicKey, rhs: TopicKey) -> Bool { sameBytes(lhs.text, rhs.text) }
+
+    @inlinable public func hash(into hasher: inout Hasher) {
+        var text = text
+        text.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
+
+    public var description: String { text }
+
+    /// Whether two strings have the same UTF-8 bytes (not merely canonically equivalent characters).
+    @inlinable public static func sameBytes(_ lhs: some StringProtocol, _ rhs: some StringProtocol) -> Bool {
+        lhs.utf8.count == rhs.utf8.count && lhs.utf8.elementsEqual(rhs.utf8)
+    }
+}
