@@ -243,13 +243,11 @@ final class FlushCoalescer: Sendable {
     /// Writes `last` (if any) after every write made through this coalescer before it, flushes and closes the
     /// channel: a write called after this one is not sent (the channel is closed when it is made). A close that
     /// bypassed the coalescer could be overtaken by a later write made at once on the loop: a PUBACK for a later
-    /// message sent before the close that a refused earlier message asked for (MQTT 5.0 §4.6).
+    /// message sent before the close that a refused earlier message asked for (MQTT 5.0 §4.6). The close is always
+    /// queued on the loop, even from the loop, so writes other code queued there before it (a SUBACK, a delivery)
+    /// still go out first; the coalescer's writes after it wait behind it.
     func close(after last: ByteBuffer? = nil) {
         let eventLoop = channel.eventLoop
-        if eventLoop.inEventLoop, queued.load(ordering: .acquiring) == 0 {
-            closeOnLoop(last)
-            return
-        }
         queued.add(1, ordering: .relaxed)
         eventLoop.execute {
             self.closeOnLoop(last)

@@ -55,9 +55,10 @@ actor MQTTPersistence: Service {
         let now = ContinuousClock.now
         let wallClock = Date()
         var retained: [(message: BrokerMessage, owner: String)] = []
-        var savedAt: [String: Date] = [:]
+        // By the topic's bytes, as the broker and the store hold topics (MQTT 5.0 §4.7.3).
+        var savedAt: [TopicKey: Date] = [:]
         for stored in try await store.retainedMessages() {
-            savedAt[stored.topic] = stored.savedAt
+            savedAt[TopicKey(stored.topic)] = stored.savedAt
             let elapsed = Self.elapsed(since: stored.savedAt, at: wallClock)
             guard let message = BrokerMessage(stored: stored.message, elapsed: elapsed, now: now) else {
                 logger.warning(
@@ -68,7 +69,7 @@ actor MQTTPersistence: Service {
         }
         // Expired (or over a bound): the copy read here goes, not one another node saved since.
         for topic in await broker.restoreRetained(retained, now: now) {
-            try await store.removeRetainedMessage(topic: topic, savedAt: savedAt[topic])
+            try await store.removeRetainedMessage(topic: topic, savedAt: savedAt[TopicKey(topic)])
         }
         try await store.markAlive(node.record)
         if node.named, store.sharedByNodes {

@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import JSON
 import MQTT
 import Store
 import Synchronization
@@ -37,22 +38,26 @@ final class NodeDescription: Sendable {
 
     /// A node's shared subscriptions as its heartbeat records them: a JSON object, each `$share/GROUP/FILTER` to
     /// whether one of its members there is connected.
+    /// Keys are the filters' bytes: two filters that differ only in Unicode normalization are two shares (MQTT 5.0
+    /// §4.7.3), which a `[String: Bool]` would hold as one (and `Dictionary(uniqueKeysWithValues:)` trap on).
     static func encode(_ presence: SharedPlacement.Presence) -> String {
-        let object = Dictionary(uniqueKeysWithValues: presence.map { ($0.key.rawValue, $0.value) })
-        guard
-            let data = try? JSONSerialization.data(
-                withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-        else { return "" }
-        return String(decoding: data, as: UTF8.self)
+        var object = JSONObject()
+        for (filter, connected) in presence { object.set(filter.rawValue, .bool(connected)) }
+        return String(decoding: JSONValue.object(object).serialized(sortingKeys: true), as: UTF8.self)
     }
+
+    /// A heartbeat's shares: one object of at most `MQTTSettings`' shares, each key a filter (at most 65,535 bytes).
+    static let sharesParser = StrictJSON(
+        maxDepth: 2, maxMembers: 1_000_000, maxStringBytes: 65_535 * 6, maxNumberLength: 1)
 
     /// Another node's shared subscriptions; what does not decode is skipped (an empty text is none).
     static func decode(_ text: String) -> SharedPlacement.Presence {
-        guard !text.isEmpty,
-            let object = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Bool]
-        else { return [:] }
+        guard !text.isEmpty, let document = try? sharesParser.parse(Array(text.utf8)), document.isObject else {
+            return [:]
+        }
         var presence: SharedPlacement.Presence = [:]
-        for (filter, connected) in object {
+        for (key, value) in document.members(document.root) {
+            guard let filter = document.string(key), let connected = document.bool(value) else { continue }
             if let group = try? TopicFilter(filter), (try? SharedFilter.parse(group)) != nil {
                 presence[group] = connected
             }

@@ -207,6 +207,7 @@ public struct SharedFilter: Hashable, Sendable {
     }
 
     public func hash(into hasher: inout Hasher) {
+        hasher.combine(group.utf8.count)
         hasher.combine(TopicKey(group))
         hasher.combine(filter)
     }

@@ -26,7 +26,8 @@ public actor InMemoryHubStore: HubStore {
     private var claims: [DeviceID: (claim: StoredClaim, holder: String?, heldUntil: Date?)] = [:]
     private var failures: [DeviceID: PairingFailures] = [:]
     private var mqttSessions: [String: (session: StoredMQTTSession, holder: String?)] = [:]
-    private var retained: [String: StoredRetainedMessage] = [:]
+    /// By the topic's UTF-8 bytes, as SQLite and PostgreSQL compare them (topics are never normalized).
+    private var retained: [[UInt8]: StoredRetainedMessage] = [:]
     private var alive: [String: Date] = [:]
     private var nodes: [String: (record: HubNodeRecord, stopped: Bool)] = [:]
     private var pins: [String: NodePinsRecord] = [:]
@@ -532,13 +533,16 @@ public actor InMemoryHubStore: HubStore {
         return adopted.sorted { $0.key < $1.key }
     }
 
-    public func putRetainedMessage(_ message: StoredRetainedMessage) async throws { retained[message.topic] = message }
+    public func putRetainedMessage(_ message: StoredRetainedMessage) async throws {
+        retained[Array(message.topic.utf8)] = message
+    }
 
     public func removeRetainedMessage(topic: String, savedAt: Date?) async throws {
-        if savedAt == nil || retained[topic]?.savedAt == savedAt { retained[topic] = nil }
+        let key = Array(topic.utf8)
+        if savedAt == nil || retained[key]?.savedAt == savedAt { retained[key] = nil }
     }
 
     public func retainedMessages() async throws -> [StoredRetainedMessage] {
-        retained.values.sorted { $0.topic < $1.topic }
+        retained.sorted { $0.key.lexicographicallyPrecedes($1.key) }.map(\.value)
     }
 }

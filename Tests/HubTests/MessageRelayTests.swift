@@ -54,6 +54,15 @@ import Testing
         #expect(NodeDescription.decode("") == [:] && NodeDescription.decode("[1]") == [:])
         #expect(
             NodeDescription.decode(#"{"devices/#":true,"$share/x/#":false}"#) == [try TopicFilter("$share/x/#"): false])
+        // Share names that differ only in Unicode normalization are two shares (by bytes, MQTT 5.0 §4.7.3): both
+        // encoded (a `[String: Bool]` once trapped on them as duplicate keys) and both read back; a control
+        // character and a quote survive the JSON escaping.
+        let spellings: SharedPlacement.Presence = [
+            try TopicFilter("$share/caf\u{E9}/devices/d1/x"): true,
+            try TopicFilter("$share/cafe\u{301}/devices/d1/x"): false,
+            try TopicFilter("$share/q\"\u{1}/t"): true,
+        ]
+        #expect(NodeDescription.decode(NodeDescription.encode(spellings)) == spellings)
     }
 
     /// The placement among shared subscriptions travels in an envelope before the PUBLISH; a message without one

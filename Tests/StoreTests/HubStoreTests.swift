@@ -415,6 +415,14 @@ import Testing
         try await store.putRetainedMessage(replaced)
         try await store.removeRetainedMessage(topic: "a")
         #expect(try await store.retainedMessages() == [replaced])
+        // Topics are kept by their bytes (MQTT never normalizes them): two spellings of `é` are two topics.
+        let composed = StoredRetainedMessage(topic: "t/caf\u{E9}", owner: "x", message: [4], savedAt: now)
+        let decomposed = StoredRetainedMessage(topic: "t/cafe\u{301}", owner: "x", message: [5], savedAt: now)
+        try await store.putRetainedMessage(composed)
+        try await store.putRetainedMessage(decomposed)
+        #expect(try await Set(store.retainedMessages().map { $0.message }) == [[9], [4], [5]])
+        try await store.removeRetainedMessage(topic: decomposed.topic)
+        #expect(try await Set(store.retainedMessages().map { $0.message }) == [[9], [4]])
         try await store.close()
     }
 
