@@ -155,7 +155,8 @@ actor MQTTPersistence: Service {
     /// place their messages among them (`SharedPlacement`).
     private func announceShares() async {
         let shares = NodeDescription.encode(await broker.sharedPresence())
-        guard shares != announcedShares else { return }
+        // By bytes: two spellings of a share name that differ only in normalization are two shares.
+        guard !shares.utf8.elementsEqual(announcedShares.utf8) else { return }
         node.shares.withLock { $0 = shares }
         do {
             try await store.markAlive(node.record)

@@ -46,9 +46,15 @@ final class NodeDescription: Sendable {
         return String(decoding: JSONValue.object(object).serialized(sortingKeys: true), as: UTF8.self)
     }
 
-    /// A heartbeat's shares: one object of at most `MQTTSettings`' shares, each key a filter (at most 65,535 bytes).
-    static let sharesParser = StrictJSON(
-        maxDepth: 2, maxMembers: 1_000_000, maxStringBytes: 65_535 * 6, maxNumberLength: 1)
+    /// A heartbeat's shares: one object, each key a filter (at most 65,535 bytes, six per byte escaped), as many as
+    /// the node holds (the text's size bounds them). The TUF profile: keys by bytes, and Unicode noncharacters
+    /// (U+FFFF, U+FDD0…) accepted, which MQTT allows in a topic filter: under I-JSON one device's share name could
+    /// make a node's whole announcement unreadable to the others.
+    static let sharesParser: StrictJSON = {
+        var parser = StrictJSON(maxDepth: 2, maxMembers: .max, maxStringBytes: 65_535 * 6, maxNumberLength: 1)
+        parser.profile = .tuf
+        return parser
+    }()
 
     /// Another node's shared subscriptions; what does not decode is skipped (an empty text is none).
     static func decode(_ text: String) -> SharedPlacement.Presence {

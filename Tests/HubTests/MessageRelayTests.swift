@@ -61,6 +61,8 @@ import Testing
             try TopicFilter("$share/caf\u{E9}/devices/d1/x"): true,
             try TopicFilter("$share/cafe\u{301}/devices/d1/x"): false,
             try TopicFilter("$share/q\"\u{1}/t"): true,
+            // A noncharacter, which MQTT allows (I-JSON does not): the rest still reads.
+            try TopicFilter("$share/\u{FFFF}/devices/d1/x"): true,
         ]
         #expect(NodeDescription.decode(NodeDescription.encode(spellings)) == spellings)
     }
