@@ -123,7 +123,7 @@ actor MQTTBroker {
     private(set) var dropped = 0
     /// Sessions changed since the last `takeChanges` (saved then, or removed when they ended), and retained topics.
     private var changedSessions = Set<String>()
-    private var changedRetained: [TopicKey: (message: BrokerMessage?, owner: String)] = [:]
+    private var changedRetained: [TopicName: (message: BrokerMessage?, owner: String)] = [:]
     /// Whether changes are recorded for a store (`MQTTPersistence`); off, nothing is kept for it.
     var persistent = false
     /// Subscriptions across all sessions, readable without entering the actor: a publish that nobody subscribed to
@@ -523,7 +523,7 @@ actor MQTTBroker {
     /// has expiry 0 and is never kept), and each changed retained topic (nil: cleared).
     func takeChanges(
         now: ContinuousClock.Instant = .now, wallClock: Date = Date()
-    ) -> (sessions: [String: StoredMQTTSession?], retained: [TopicKey: (message: BrokerMessage?, owner: String)]) {
+    ) -> (sessions: [String: StoredMQTTSession?], retained: [TopicName: (message: BrokerMessage?, owner: String)]) {
         var saved: [String: StoredMQTTSession?] = [:]
         for key in changedSessions {
             let session = stored(key, now: now, wallClock: wallClock)
@@ -758,7 +758,7 @@ actor MQTTBroker {
         if !kept { dropped += 1 }
         // Replaced or cleared either way: the store follows (a message over a bound is not kept there either).
         if persistent, !stored {
-            changedRetained[TopicKey(message.topic.rawValue)] = (
+            changedRetained[message.topic] = (
                 kept && !message.payload.isEmpty ? message : nil, owner
             )
         }

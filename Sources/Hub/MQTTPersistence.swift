@@ -32,7 +32,7 @@ actor MQTTPersistence: Service {
     let logger: Logger
     /// Changes not written yet (taken from the broker, or a write that failed: retried), newest last.
     private var pendingSessions: [String: StoredMQTTSession?] = [:]
-    private var pendingRetained: [TopicKey: (message: BrokerMessage?, owner: String)] = [:]
+    private var pendingRetained: [TopicName: (message: BrokerMessage?, owner: String)] = [:]
     /// The write in progress: each waits for the one before, so saves reach the store in order.
     private var lastFlush: Task<Void, Never>?
 
@@ -198,10 +198,10 @@ actor MQTTPersistence: Service {
                 if let message = change.message {
                     try await store.putRetainedMessage(
                         StoredRetainedMessage(
-                            topic: topic.text, owner: change.owner, message: message.stored(now: now),
+                            topic: topic.rawValue, owner: change.owner, message: message.stored(now: now),
                             savedAt: Date()))
                 } else {
-                    try await store.removeRetainedMessage(topic: topic.text)
+                    try await store.removeRetainedMessage(topic: topic.rawValue)
                 }
                 pendingRetained[topic] = nil
             } catch {

@@ -105,7 +105,7 @@ public struct DeliveryWindow: Sendable {
     private var nextPacketID: UInt16 = 0
     /// Topic aliases given to the connected client, topic → alias (by the topic's bytes: two topics that differ
     /// only in Unicode normalization never share an alias); they end with the connection.
-    private var aliases: [TopicKey: UInt16] = [:]
+    private var aliases: [TopicName: UInt16] = [:]
 
     public init(maxQueued: Int) { self.maxQueued = maxQueued }
 
@@ -281,7 +281,7 @@ public struct DeliveryWindow: Sendable {
         var topic = message.topic
         var newAlias: UInt16?
         if link.topicAliasMaximum > 0 {
-            if let alias = aliases[TopicKey(message.topic.rawValue)] {
+            if let alias = aliases[message.topic] {
                 properties.topicAlias = alias
                 topic = .unresolvedAlias
             } else if aliases.count < link.topicAliasMaximum {
@@ -295,7 +295,7 @@ public struct DeliveryWindow: Sendable {
                     topic: topic, payload: message.payload, qos: message.qos, retain: message.retain,
                     duplicate: duplicate, packetID: id, properties: properties)), link.version)
         guard buffer.readableBytes <= link.maximumPacketSize else { return nil }
-        if let newAlias { aliases[TopicKey(message.topic.rawValue)] = newAlias }
+        if let newAlias { aliases[message.topic] = newAlias }
         return buffer
     }
 

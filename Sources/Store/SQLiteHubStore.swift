@@ -1582,7 +1582,7 @@ final class GroupCommitter: Sendable {
                     }
                     ids.append(try Self.insert(statement, message, db))
                     let at = message.receivedAt.millis
-                    if let earlier = seen[message.deviceID], earlier >= at {} else { seen[message.deviceID] = at }
+                    seen[message.deviceID] = max(seen[message.deviceID] ?? at, at)
                     if let accepted {
                         try db.cachedStatement(
                             sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
