@@ -259,15 +259,20 @@ public struct JSONTape {
         return fastDouble(literal) ?? Double(String(decoding: literal, as: UTF8.self))
     }
 
-    /// Calls `body` with a string's unescaped bytes (in place when it has no escape).
-    public func unescaped<R>(_ index: Int, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
-        let raw = raw(index)
-        guard hasEscape(index) else { return body(raw) }
+    /// Calls `body` with a string's unescaped bytes (in place when it has no escape). Inlinable: a caller in another
+    /// module (the gateway's schema check, once per member name) gets it specialized, not a generic call.
+    @inlinable public func unescaped<R>(_ index: Int, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+        guard hasEscape(index) else { return body(raw(index)) }
+        return Self.decoded(raw(index)).withUnsafeBufferPointer(body)
+    }
+
+    /// A string's bytes with its escapes decoded.
+    @usableFromInline static func decoded(_ raw: UnsafeBufferPointer<UInt8>) -> [UInt8] {
         var decoded: [UInt8] = []
         decoded.reserveCapacity(raw.count)
         var unescaper = Unescaper(raw)
         while let byte = unescaper.next() { decoded.append(byte) }
-        return decoded.withUnsafeBufferPointer(body)
+        return decoded
     }
 }
 
