@@ -266,7 +266,7 @@ extension HubStore {
 public struct TelemetryWrite: Sendable {
     private enum Source: Sendable {
         case wait(@Sendable () async throws -> Int64)
-        case pending(PendingResult<Int64>)
+        case pending(PendingResult)
     }
 
     private let source: Source
@@ -275,7 +275,7 @@ public struct TelemetryWrite: Sendable {
     public init(_ wait: @escaping @Sendable () async throws -> Int64) { source = .wait(wait) }
 
     /// A write already in the store's queue, answered when its batch commits.
-    public init(_ pending: PendingResult<Int64>) { source = .pending(pending) }
+    public init(_ pending: PendingResult) { source = .pending(pending) }
 
     public func value() async throws -> Int64 {
         switch source {
@@ -298,8 +298,11 @@ public struct TelemetryWrite: Sendable {
 }
 
 /// A result one party sets once and another awaits, however their order falls: the bridge between a store's
-/// queue (which answers a batch at a time) and a `TelemetryWrite`.
-public final class PendingResult<Value: Sendable>: Sendable {
+/// queue (which answers a batch at a time) and a `TelemetryWrite`. Not generic: the group commit's writer resolves
+/// one per message, and a generic class of this module ran there through value witnesses (its state copied and
+/// destroyed by generic code: a tenth of the writer's time under QoS 0).
+public final class PendingResult: Sendable {
+    public typealias Value = Int64
     private enum Waiter {
         case continuation(CheckedContinuation<Value, any Error>)
         case callback(@Sendable (Result<Value, any Error>) -> Void)

@@ -1455,7 +1455,7 @@ final class GroupCommitter: Sendable {
     }
 
     /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves.
-    func queue(_ message: NewTelemetry) -> PendingResult<Int64> {
+    func queue(_ message: NewTelemetry) -> PendingResult {
         let (result, start) = pending.append(message)
         if start { writeNextBatch() }
         return result
@@ -1474,21 +1474,18 @@ final class GroupCommitter: Sendable {
     /// per column, the body copied into a `Data`), which cost more than the insert's own SQLite work per message in a
     /// profile of MQTT QoS 0. The bytes are bound without a copy (`SQLITE_STATIC`) and unbound before they go. GRDB does not
     /// see this statement run: a transaction observer (the hub registers none) would not hear of these inserts.
-    private static func insert(_ statement: Statement, _ message: NewTelemetry, _ db: Database) throws -> Int64 {
+    private static func insert(_ statement: Statement, _ entry: TelemetryQueue.Entry, _ db: Database) throws -> Int64 {
         let handle = statement.sqliteStatement
         sqlite3_reset(handle)
         defer {
             sqlite3_reset(handle)
             sqlite3_clear_bindings(handle)
         }
-        var device = message.deviceID.rawValue
-        var correlation = message.correlationID
-        var messageType = message.messageType
-        let code = device.withUTF8 { device in
-            correlation.withUTF8 { correlation in
-                message.body.withUnsafeBytes { body -> Int32 in
+        let code = Self.withBytes(entry.message.deviceID.rawValue) { device in
+            Self.withBytes(entry.message.correlationID) { correlation in
+                entry.message.body.withUnsafeBytes { body -> Int32 in
                     var bound = bindText(handle, 1, device)
-                    if bound == SQLITE_OK { bound = sqlite3_bind_int64(handle, 2, message.receivedAt.millis) }
+                    if bound == SQLITE_OK { bound = sqlite3_bind_int64(handle, 2, entry.message.receivedAt.millis) }
                     if bound == SQLITE_OK { bound = bindText(handle, 3, correlation) }
                     if bound == SQLITE_OK {
                         if let bytes = body.baseAddress, !body.isEmpty {
@@ -1498,11 +1495,11 @@ final class GroupCommitter: Sendable {
                         }
                     }
                     guard bound == SQLITE_OK else { return bound }
-                    guard messageType != nil else {
+                    guard let messageType = entry.message.messageType else {
                         bound = sqlite3_bind_null(handle, 5)
                         return bound == SQLITE_OK ? sqlite3_step(handle) : bound
                     }
-                    return messageType!.withUTF8 { type in
+                    return Self.withBytes(messageType) { type in
                         let bound = bindText(handle, 5, type)
                         return bound == SQLITE_OK ? sqlite3_step(handle) : bound
                     }
@@ -1518,6 +1515,14 @@ final class GroupCommitter: Sendable {
 
     /// Binds UTF-8 bytes as text without a copy (`SQLITE_STATIC`: a nil destructor); empty text is text, not NULL
     /// (bound as a copy, `SQLITE_TRANSIENT`, of nothing). Returns SQLite's result code.
+    /// A string's UTF-8 bytes where they lie (no copy of the string, so no reference counted on the writer's
+    /// thread), or from a copy when the string has no contiguous UTF-8 (a bridged one).
+    private static func withBytes<R>(_ text: String, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+        if let result = text.utf8.withContiguousStorageIfAvailable(body) { return result }
+        var copy = text
+        return copy.withUTF8(body)
+    }
+
     private static func bindText(_ handle: SQLiteStatement, _ index: Int32, _ bytes: UnsafeBufferPointer<UInt8>)
         -> Int32
     {
@@ -1552,57 +1557,8 @@ final class GroupCommitter: Sendable {
                 var ids: [Int64?] = []
                 ids.reserveCapacity(batch.count)
                 var seen: [DeviceID: Int64] = [:]
-                for entry in batch {
-                    let message = entry.message
-                    // The replay state travels in the message's own transaction: acknowledged together or not at all.
-                    // A counter the stored window holds, or a live nonce already stored, is a replay (another writer
-                    // took it first): that message alone is refused, nothing of it stored.
-                    var accepted: StoredCounterWindow?
-                    if let counter = message.counter {
-                        let stored = try Self.storedWindow(message.deviceID, db)
-                        accepted = (stored ?? StoredCounterWindow(highest: 0, seen: 0)).accepting(counter)
-                        if accepted == nil {
-                            ids.append(nil)
-                            continue
-                        }
-                    }
-                    if let nonce = message.nonce {
-                        try db.cachedStatement(
-                            sql: """
-                                INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)
-                                ON CONFLICT (device_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
-                                WHERE nonces.expires_at <= ?
-                                """
-                        )
-                        .execute(arguments: [message.deviceID.rawValue, nonce.nonce, nonce.expiresAt, now])
-                        if db.changesCount == 0 {
-                            ids.append(nil)
-                            continue
-                        }
-                    }
-                    ids.append(try Self.insert(statement, message, db))
-                    let at = message.receivedAt.millis
-                    seen[message.deviceID] = max(seen[message.deviceID] ?? at, at)
-                    if let accepted {
-                        try db.cachedStatement(
-                            sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
-                                + "ON CONFLICT(device_id) DO UPDATE SET highest = excluded.highest, seen = excluded.seen"
-                        ).execute(arguments: [
-                            message.deviceID.rawValue, Int64(bitPattern: accepted.highest),
-                            Int64(bitPattern: accepted.seen),
-                        ])
-                    } else if let window = message.counterWindow {
-                        // Never backwards: concurrent writes of one device may commit out of order.
-                        let stored = try Self.storedWindow(message.deviceID, db)
-                        let merged = window.merged(with: stored)
-                        try db.cachedStatement(
-                            sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
-                                + "ON CONFLICT(device_id) DO UPDATE SET highest = excluded.highest, seen = excluded.seen"
-                        ).execute(arguments: [
-                            message.deviceID.rawValue, Int64(bitPattern: merged.highest),
-                            Int64(bitPattern: merged.seen),
-                        ])
-                    }
+                for index in batch.indices {
+                    ids.append(try Self.write(batch[index], statement, now: now, seen: &seen, db))
                 }
                 try Self.markSeen(seen, db)
                 if batch.contains(where: { $0.message.nonce != nil }) {
@@ -1621,5 +1577,61 @@ final class GroupCommitter: Sendable {
                 }
                 self.writeNextBatch()
             })
+    }
+
+    /// One message of a batch inside its transaction: its id, or nil for a replay (nothing of it stored). The message
+    /// is read where it lies in its entry, never copied out: a copy retained each of its references on the writer's
+    /// thread, where a connection's thread had just written them.
+    private static func write(
+        _ entry: TelemetryQueue.Entry, _ statement: Statement, now: Int64, seen: inout [DeviceID: Int64], _ db: Database
+    ) throws -> Int64? {
+        // The replay state travels in the message's own transaction: acknowledged together or not at all.
+        // A counter the stored window holds, or a live nonce already stored, is a replay (another writer
+        // took it first): that message alone is refused, nothing of it stored.
+        var accepted: StoredCounterWindow?
+        if let counter = entry.message.counter {
+            let stored = try Self.storedWindow(entry.message.deviceID, db)
+            accepted = (stored ?? StoredCounterWindow(highest: 0, seen: 0)).accepting(counter)
+            if accepted == nil {
+                return nil
+            }
+        }
+        if let nonce = entry.message.nonce {
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)
+                    ON CONFLICT (device_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
+                    WHERE nonces.expires_at <= ?
+                    """
+            )
+            .execute(arguments: [entry.message.deviceID.rawValue, nonce.nonce, nonce.expiresAt, now])
+            if db.changesCount == 0 {
+                return nil
+            }
+        }
+        let id = try Self.insert(statement, entry, db)
+        let at = entry.message.receivedAt.millis
+        seen[entry.message.deviceID] = max(seen[entry.message.deviceID] ?? at, at)
+        if let accepted {
+            try db.cachedStatement(
+                sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
+                    + "ON CONFLICT(device_id) DO UPDATE SET highest = excluded.highest, seen = excluded.seen"
+            ).execute(arguments: [
+                entry.message.deviceID.rawValue, Int64(bitPattern: accepted.highest),
+                Int64(bitPattern: accepted.seen),
+            ])
+        } else if let window = entry.message.counterWindow {
+            // Never backwards: concurrent writes of one device may commit out of order.
+            let stored = try Self.storedWindow(entry.message.deviceID, db)
+            let merged = window.merged(with: stored)
+            try db.cachedStatement(
+                sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
+                    + "ON CONFLICT(device_id) DO UPDATE SET highest = excluded.highest, seen = excluded.seen"
+            ).execute(arguments: [
+                entry.message.deviceID.rawValue, Int64(bitPattern: merged.highest),
+                Int64(bitPattern: merged.seen),
+            ])
+        }
+        return id
     }
 }

@@ -5,7 +5,15 @@ import Synchronization
 /// writer; the writer takes batches until the queue is empty, which makes it idle again. Each message's result is
 /// resolved once its batch committed (or failed).
 public final class TelemetryQueue: Sendable {
-    public typealias Entry = (message: NewTelemetry, result: PendingResult<Int64>)
+    /// A message and the result its batch resolves. A class: the writer's thread copies and destroys entries (the
+    /// batch taken from the queue, the loops over it), and a copy of a struct retained and released each of the
+    /// message's references there, each one last written by a connection's thread; an entry is one reference.
+    public final class Entry: Sendable {
+        public let message: NewTelemetry
+        public let result = PendingResult()
+
+        init(_ message: NewTelemetry) { self.message = message }
+    }
 
     private struct State {
         var queued: [Entry] = []
@@ -24,15 +32,15 @@ public final class TelemetryQueue: Sendable {
     }
 
     /// Queues the message; `start` is true when no batch is in flight and the caller must start the writer.
-    public func append(_ message: NewTelemetry) -> (result: PendingResult<Int64>, start: Bool) {
-        let result = PendingResult<Int64>()
+    public func append(_ message: NewTelemetry) -> (result: PendingResult, start: Bool) {
+        let entry = Entry(message)
         let start = state.withLock { state -> Bool in
-            state.queued.append((message, result))
+            state.queued.append(entry)
             if state.writing { return false }
             state.writing = true
             return true
         }
-        return (result, start)
+        return (entry.result, start)
     }
 
     /// The next batch, in queue order; empty when the queue is empty, and then the writer must stop (the next
@@ -49,8 +57,17 @@ public final class TelemetryQueue: Sendable {
                     count += 1
                 }
             }
-            let batch = Array(state.queued.prefix(count))
-            state.queued.removeFirst(count)
+            // The whole queue (the usual case) is moved, not copied: each copied entry retained every reference in its
+            // message, on the writer's thread, where the connections' threads had just written them.
+            let batch: [Entry]
+            if count == state.queued.count {
+                batch = state.queued
+                state.queued = []
+                state.queued.reserveCapacity(batch.count)
+            } else {
+                batch = Array(state.queued.prefix(count))
+                state.queued.removeFirst(count)
+            }
             if batch.isEmpty { state.writing = false }
             return batch
         }
@@ -60,17 +77,17 @@ public final class TelemetryQueue: Sendable {
     /// counter already in the stored window, or its nonce already stored and live).
     public static func committed(_ batch: [Entry], ids: [Int64?]) {
         precondition(ids.count == batch.count, "one id (or nil) per message of the batch")
-        for (index, entry) in batch.enumerated() {
+        for index in batch.indices {
             if let id = ids[index] {
-                entry.result.resolve(.success(id))
+                batch[index].result.resolve(.success(id))
             } else {
-                entry.result.resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
+                batch[index].result.resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
             }
         }
     }
 
     /// Fails every message of a batch that did not commit.
     public static func failed(_ batch: [Entry], _ error: StoreError) {
-        for entry in batch { entry.result.resolve(.failure(error)) }
+        for index in batch.indices { batch[index].result.resolve(.failure(error)) }
     }
 }
