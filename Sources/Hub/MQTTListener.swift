@@ -41,6 +41,8 @@ struct MQTTListener: Service {
     /// refused by the decoder before it is buffered (MQTT 5: DISCONNECT 0x95).
     let maximumPacketSize: Int
     let pendingQoS0 = PendingWrites(limit: 1024)
+    /// Where QoS 0 store writes report (one object for the listener, held by each write's callback).
+    let qos0Outcomes: QoS0Outcomes
     /// QoS 1 messages with a counter whose store write has not finished: a DUP resend of one waits for the outcome.
     let counterWrites = CounterWrites()
     /// Hands what this node admits to the other hub nodes (several nodes on one database); nil on one node.
@@ -75,6 +77,11 @@ struct MQTTListener: Service {
         self.connections = ConnectionCounter(
             total: settings.maxConnections, perSource: settings.maxConnectionsPerSource)
         self.maximumPacketSize = settings.largestPayload(maxBodyBytes: gateway.policy.maxBodyBytes) + 4096
+        self.qos0Outcomes = QoS0Outcomes(
+            pending: pendingQoS0, signals: events.signals, gateway: gateway,
+            recorder: GatewayRecorder(
+                store: store, logger: logger, signals: events.signals, metrics: metrics, interface: .mqtt),
+            logger: logger)
     }
 
     var recorder: GatewayRecorder {
@@ -269,6 +276,58 @@ final class FlushCoalescer: Sendable {
         channel.eventLoop.execute {
             self.scheduled.value = false
             self.channel.flush()
+        }
+    }
+}
+
+/// What a QoS 0 message's store write reports to: the listener's parts it needs, held once, so that each write's
+/// callback holds this object and its own message's few values.
+final class QoS0Outcomes: Sendable {
+    /// A QoS 0 message's values that a failed write reports.
+    struct Failure: Sendable {
+        let device: DeviceID
+        let counter: UInt64?
+        let correlationID: String
+        let identity: String
+        let source: String?
+        let topic: String
+    }
+
+    let pending: PendingWrites
+    let signals: DeviceSignals
+    let gateway: GatewayPipeline
+    let recorder: GatewayRecorder
+    let logger: Logger
+
+    init(
+        pending: PendingWrites, signals: DeviceSignals, gateway: GatewayPipeline, recorder: GatewayRecorder,
+        logger: Logger
+    ) {
+        self.pending = pending
+        self.signals = signals
+        self.gateway = gateway
+        self.recorder = recorder
+        self.logger = logger
+    }
+
+    /// A stored message signals its device's telemetry (`signal`: not an update or egress report).
+    func stored(_ device: DeviceID, signal: Bool) {
+        if signal { signals.telemetry(device) }
+    }
+
+    func failed(_ error: any Error, _ failure: Failure) async {
+        if let error = error as? StoreError, error.code == .replayed {
+            // Another hub node stored this counter first: a replay (the counter stays taken here too).
+            let refusal = gateway.replayedElsewhere(
+                failure.device, detail: "counter \(failure.counter ?? 0) already stored (by another hub node)",
+                now: GatewayTime.now())
+            await recorder.record(
+                refusal, identity: failure.identity, source: failure.source, correlationID: failure.correlationID,
+                what: "MQTT PUBLISH \(MessageSignatureProfile.printable(failure.topic, limit: 120))")
+        } else {
+            // Not stored: the counter is given back, so the device's resend is stored, not refused as a replay.
+            if let counter = failure.counter { gateway.counters.release(device: failure.device, counter: counter) }
+            logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
         }
     }
 }
@@ -1133,11 +1192,12 @@ struct MQTTConnection {
         // A message that is not stored gives its counter back: nothing was acknowledged (the connection ends,
         // after DISCONNECT 0x89 on MQTT 5), so the device's resend must be stored, not refused or waved through as a
         // duplicate (as HTTP gives its nonce back).
-        let counters = listener.gateway.counters
-        let release: @Sendable () -> Void = {
-            if let counter = admitted.counter { counters.release(device: device, counter: counter) }
-        }
         if publish.qos != .atMostOnce {
+            let counters = listener.gateway.counters
+            let counter = admitted.counter
+            let release: @Sendable () -> Void = {
+                if let counter { counters.release(device: device, counter: counter) }
+            }
             let write = queueAcknowledged(
                 record, admitted, device: device, check: check, publish: publish, peer: peer, correlationID,
                 release: release)
@@ -1154,7 +1214,7 @@ struct MQTTConnection {
             }
             return true
         }
-        await storeWithoutWaiting(record, release: release, peer: peer, topic: publish.topic.rawValue)
+        await storeWithoutWaiting(record, peer: peer, topic: publish.topic.rawValue)
         await deliverInOrder(delivery, state: state, local: local)
         return true
     }
@@ -1473,41 +1533,24 @@ struct MQTTConnection {
         }
     }
 
-    private func storeWithoutWaiting(
-        _ record: NewTelemetry, release: @escaping @Sendable () -> Void, peer: Peer, topic: String
-    ) async {
-        let store = listener.store
-        let logger = listener.logger
-        let pending = listener.pendingQoS0
-        let signals = listener.events.signals
-        let gateway = listener.gateway
-        let recorder = listener.recorder
+    private func storeWithoutWaiting(_ record: NewTelemetry, peer: Peer, topic: String) async {
+        let outcomes = listener.qos0Outcomes
         // Queued now, in the connection's order (the other nodes get its messages in that order).
-        let queued = store.queueTelemetry(record)
+        let queued = listener.store.queueTelemetry(record)
         // A stored message signals its device's telemetry; update and egress reports (`DeviceEvents.observed`) do not.
-        @Sendable func stored() {
-            if !DeviceEvents.observed(record.messageType) { signals.telemetry(record.deviceID) }
-        }
-        @Sendable func failed(_ error: any Error) async {
-            if let error = error as? StoreError, error.code == .replayed {
-                // Another hub node stored this counter first: a replay (the counter stays taken here too).
-                let refusal = gateway.replayedElsewhere(
-                    record.deviceID, detail: "counter \(record.counter ?? 0) already stored (by another hub node)",
-                    now: GatewayTime.now())
-                await recorder.record(
-                    refusal, identity: peer.identity.uri, source: peer.source, correlationID: record.correlationID,
-                    what: "MQTT PUBLISH \(MessageSignatureProfile.printable(topic, limit: 120))")
-            } else {
-                release()
-                logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
-            }
-        }
-        guard pending.tryStart() else {
+        let device = record.deviceID
+        let signal = !DeviceEvents.observed(record.messageType)
+        // What a failure reports, and nothing else: the callback runs on the store's thread, where each reference
+        // it holds is released (a copy of the record and of the listener's parts cost more there than the insert).
+        let failure = QoS0Outcomes.Failure(
+            device: device, counter: record.counter, correlationID: record.correlationID, identity: peer.identity.uri,
+            source: peer.source, topic: topic)
+        guard outcomes.pending.tryStart() else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
             do {
                 _ = try await queued.value()
-                stored()
-            } catch { await failed(error) }
+                outcomes.stored(device, signal: signal)
+            } catch { await outcomes.failed(error, failure) }
             return
         }
         // Read by a callback on the thread that commits the batch: no task per message. A failure (rare: a whole
@@ -1515,12 +1558,12 @@ struct MQTTConnection {
         queued.whenComplete { result in
             switch result {
             case .success:
-                stored()
-                pending.finish()
+                outcomes.stored(device, signal: signal)
+                outcomes.pending.finish()
             case .failure(let error):
                 Task {
-                    await failed(error)
-                    pending.finish()
+                    await outcomes.failed(error, failure)
+                    outcomes.pending.finish()
                 }
             }
         }
