@@ -43,6 +43,8 @@ struct MQTTListener: Service {
     let pendingQoS0 = PendingWrites(limit: 1024)
     /// Where QoS 0 store writes report (one object for the listener, held by each write's callback).
     let qos0Outcomes: QoS0Outcomes
+    /// Where the store writes of messages to acknowledge report.
+    let acknowledgedOutcomes: AcknowledgedOutcomes
     /// QoS 1 messages with a counter whose store write has not finished: a DUP resend of one waits for the outcome.
     let counterWrites = CounterWrites()
     /// Hands what this node admits to the other hub nodes (several nodes on one database); nil on one node.
@@ -79,6 +81,11 @@ struct MQTTListener: Service {
         self.maximumPacketSize = settings.largestPayload(maxBodyBytes: gateway.policy.maxBodyBytes) + 4096
         self.qos0Outcomes = QoS0Outcomes(
             pending: pendingQoS0, signals: events.signals, gateway: gateway,
+            recorder: GatewayRecorder(
+                store: store, logger: logger, signals: events.signals, metrics: metrics, interface: .mqtt),
+            logger: logger)
+        self.acknowledgedOutcomes = AcknowledgedOutcomes(
+            writes: counterWrites, events: events, gateway: gateway,
             recorder: GatewayRecorder(
                 store: store, logger: logger, signals: events.signals, metrics: metrics, interface: .mqtt),
             logger: logger)
@@ -276,6 +283,92 @@ final class FlushCoalescer: Sendable {
         channel.eventLoop.execute {
             self.scheduled.value = false
             self.channel.flush()
+        }
+    }
+}
+
+/// What the store write of a message to acknowledge (QoS 1 and 2) reports to: the listener's parts it needs, held
+/// once, so that each write's callback holds this object, the write's outcome and its own message's few values (the
+/// callback runs on the store's thread, where each reference it holds is released).
+final class AcknowledgedOutcomes: Sendable {
+    /// A message's values that its outcome needs.
+    struct Message: Sendable {
+        let device: DeviceID
+        let counter: UInt64?
+        let correlationID: String
+        /// A report the hub reads once stored (connections, update progress): its type and body.
+        let report: (messageType: String?, body: [UInt8])?
+        let duplicate: Bool
+        let identity: String
+        let source: String?
+        let topic: String
+    }
+
+    /// QoS 1 messages with a counter whose store write has not finished: a DUP resend of one waits for the outcome.
+    let writes: CounterWrites
+    let events: DeviceEvents
+    let gateway: GatewayPipeline
+    let recorder: GatewayRecorder
+    let logger: Logger
+
+    init(
+        writes: CounterWrites, events: DeviceEvents, gateway: GatewayPipeline, recorder: GatewayRecorder,
+        logger: Logger
+    ) {
+        self.writes = writes
+        self.events = events
+        self.gateway = gateway
+        self.recorder = recorder
+        self.logger = logger
+    }
+
+    /// On the thread that committed the batch: settles `write` at once, or from a task when something must be awaited
+    /// first (a report the hub reads, an audit record, a log line).
+    func settle(_ write: StoreOutcome, _ message: Message, _ result: Result<Int64, any Error>) {
+        @Sendable func settle(_ outcome: StoreWrite) {
+            if let counter = message.counter { writes.end(message.device, counter) }
+            write.settle(outcome)
+        }
+        switch result {
+        case .success:
+            writes.succeeded(message.device, message.counter)
+            guard let report = message.report else {
+                events.signals.telemetry(message.device)
+                return settle(.stored)
+            }
+            Task {
+                await self.events.observe(
+                    message.device, messageType: report.messageType, body: report.body,
+                    correlationID: message.correlationID)
+                settle(.stored)
+            }
+        case .failure(let error as StoreError) where error.code == .replayed:
+            // Another hub node stored this counter first. Its resend (DUP, after a PUBACK lost with a
+            // node) is acknowledged and neither stored nor delivered again; anything else is a replay.
+            if message.duplicate { return settle(.storedElsewhere) }
+            let refusal = gateway.replayedElsewhere(
+                message.device, detail: "counter \(message.counter ?? 0) already stored (by another hub node)",
+                now: GatewayTime.now())
+            Task {
+                await self.recorder.record(
+                    refusal, identity: message.identity, source: message.source, correlationID: message.correlationID,
+                    what: "MQTT PUBLISH \(MessageSignatureProfile.printable(message.topic, limit: 120))")
+                settle(.replayed)
+            }
+        case .failure(let error):
+            // A failed batch fails every message in it: the counters given back and the errors logged in
+            // a task, off the store's thread. A message that is not stored gives its counter back: nothing was
+            // acknowledged (the connection ends, after DISCONNECT 0x89 on MQTT 5), so the device's resend must be
+            // stored, not refused or waved through as a duplicate (as HTTP gives its nonce back).
+            Task {
+                if let counter = message.counter {
+                    self.gateway.counters.release(device: message.device, counter: counter)
+                }
+                self.logger.error(
+                    "MQTT message not stored",
+                    metadata: ["error": "\(error)", "correlation_id": "\(message.correlationID)"])
+                settle((error as? StoreError)?.code == .unavailable ? .unavailable : .failed)
+            }
         }
     }
 }
@@ -544,7 +637,7 @@ struct MQTTConnection {
 
     /// The correlation id goes back to MQTT 5 clients as a user property on a refusal (the reason string is left
     /// out: reason codes only, no detail for the client).
-    private func refusalProperties(_ correlationID: String?) -> Properties {
+    private static func refusalProperties(_ correlationID: String?) -> Properties {
         var properties = Properties()
         if let correlationID { properties.userProperties = [("correlation-id", correlationID)] }
         return properties
@@ -1189,18 +1282,9 @@ struct MQTTConnection {
         let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: delivery.topic)
         record.relay = listener.relay?.relayed(
             delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
-        // A message that is not stored gives its counter back: nothing was acknowledged (the connection ends,
-        // after DISCONNECT 0x89 on MQTT 5), so the device's resend must be stored, not refused or waved through as a
-        // duplicate (as HTTP gives its nonce back).
         if publish.qos != .atMostOnce {
-            let counters = listener.gateway.counters
-            let counter = admitted.counter
-            let release: @Sendable () -> Void = {
-                if let counter { counters.release(device: device, counter: counter) }
-            }
             let write = queueAcknowledged(
-                record, admitted, device: device, check: check, publish: publish, peer: peer, correlationID,
-                release: release)
+                record, admitted, device: device, check: check, publish: publish, peer: peer, correlationID)
             if respond, let id = publish.packetID {
                 await acknowledge(
                     id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery,
@@ -1224,73 +1308,23 @@ struct MQTTConnection {
     @inline(never)
     private func queueAcknowledged(
         _ record: NewTelemetry, _ admitted: Admitted, device: DeviceID, check: PayloadCheck, publish: PublishPacket,
-        peer: Peer, _ correlationID: String, release: @escaping @Sendable () -> Void
+        peer: Peer, _ correlationID: String
     ) -> StoreOutcome {
-        let store = listener.store
-        let logger = listener.logger
-        let writes = listener.counterWrites
-        let counter = admitted.counter
-        if let counter { writes.begin(device, counter) }
+        let outcomes = listener.acknowledgedOutcomes
+        if let counter = admitted.counter { outcomes.writes.begin(device, counter) }
         // Only a JSON message can be a report the hub reads (connections, update progress).
-        let events =
-            check.format == .json && DeviceEvents.observed(admitted.messageType) ? listener.events : nil
-        let signals = listener.events.signals
-        let messageType = admitted.messageType
-        let gateway = listener.gateway
-        let recorder = listener.recorder
-        let duplicate = publish.duplicate
-        // Made printable only for the audit record of a refusal, never per message.
-        let topic = publish.topic.rawValue
+        let observed = check.format == .json && DeviceEvents.observed(admitted.messageType)
+        let message = AcknowledgedOutcomes.Message(
+            device: device, counter: admitted.counter, correlationID: correlationID,
+            report: observed ? (admitted.messageType, record.body) : nil, duplicate: publish.duplicate,
+            identity: peer.identity.uri, source: peer.source, topic: publish.topic.rawValue)
         // Queued now, in the connection's order: with several nodes, the others get one publisher's
         // messages in the order it sent them. Its outcome is read by a callback on the thread that commits
         // the batch (no task per message); what must await (a report the hub reads, an audit record) gets a
         // task of its own.
-        let queued = store.queueTelemetry(record)
-        let body = record.body
+        let queued = listener.store.queueTelemetry(record)
         let write = StoreOutcome()
-        @Sendable func settle(_ outcome: StoreWrite) {
-            if let counter { writes.end(device, counter) }
-            write.settle(outcome)
-        }
-        queued.whenComplete { result in
-            switch result {
-            case .success:
-                writes.succeeded(device, counter)
-                guard let events else {
-                    signals.telemetry(device)
-                    return settle(.stored)
-                }
-                Task {
-                    await events.observe(
-                        device, messageType: messageType, body: body, correlationID: correlationID)
-                    settle(.stored)
-                }
-            case .failure(let error as StoreError) where error.code == .replayed:
-                // Another hub node stored this counter first. Its resend (DUP, after a PUBACK lost with a
-                // node) is acknowledged and neither stored nor delivered again; anything else is a replay.
-                if duplicate { return settle(.storedElsewhere) }
-                let refusal = gateway.replayedElsewhere(
-                    device, detail: "counter \(counter ?? 0) already stored (by another hub node)",
-                    now: GatewayTime.now())
-                Task {
-                    await recorder.record(
-                        refusal, identity: peer.identity.uri, source: peer.source,
-                        correlationID: correlationID,
-                        what: "MQTT PUBLISH \(MessageSignatureProfile.printable(topic, limit: 120))")
-                    settle(.replayed)
-                }
-            case .failure(let error):
-                // A failed batch fails every message in it: the counters given back and the errors logged in
-                // a task, off the store's thread.
-                Task {
-                    release()
-                    logger.error(
-                        "MQTT message not stored",
-                        metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
-                    settle((error as? StoreError)?.code == .unavailable ? .unavailable : .failed)
-                }
-            }
-        }
+        queued.whenComplete { result in outcomes.settle(write, message, result) }
         return write
     }
 
@@ -1323,7 +1357,7 @@ struct MQTTConnection {
         case .drop:
             return true
         case .close(let code):
-            if let code { await serverDisconnect(code, refusalProperties(correlationID), state: state) }
+            if let code { await serverDisconnect(code, Self.refusalProperties(correlationID), state: state) }
             return false
         }
     }
@@ -1388,8 +1422,13 @@ struct MQTTConnection {
         let version = state.version
         let broker = listener.broker
         let sessionKey = state.sessionKey
-        let failed = state.problemInformation ? refusalProperties(correlationID) : Properties()
-        let properties = code == .success ? Properties() : failed
+        // A refusal's properties are built only for a refusal (the correlation id as a user property, if the client
+        // wants problem information): a success sends none, and most acknowledgements are successes.
+        let problemInformation = state.problemInformation
+        @Sendable func failed() -> Properties {
+            problemInformation ? Self.refusalProperties(correlationID) : Properties()
+        }
+        let properties = code == .success ? Properties() : failed()
         let unacknowledged = state.unacknowledged
         let connectionNumber = state.connectionNumber
         let persistence = listener.persistence
@@ -1423,13 +1462,13 @@ struct MQTTConnection {
                 // DISCONNECT ([MQTT-3.14.4-1]).
                 var buffer = ByteBuffer()
                 if version == .v5 {
-                    Packet.disconnect(reasonCode: .serverBusy, properties: failed).encode(
+                    Packet.disconnect(reasonCode: .serverBusy, properties: failed()).encode(
                         into: &buffer, version: version)
                 }
                 output.close(after: buffer)
                 return nil
             }
-            let answerProperties = reason == code ? properties : failed
+            let answerProperties = reason == code ? properties : failed()
             let decided = reason
             let delivered = decided == .success && deliver ? delivery : nil
             // A retained message is in the store's retained messages before its acknowledgement: a restart right
@@ -1498,7 +1537,7 @@ struct MQTTConnection {
                 metadata: ["error": "\(error)", "correlation_id": "\(correlationID)"])
             guard respond else { return true }
             // Not handed on: the connection ends, as for a store that cannot be reached (the client sends it again).
-            if state.v5 { await serverDisconnect(.serverBusy, refusalProperties(correlationID), state: state) }
+            if state.v5 { await serverDisconnect(.serverBusy, Self.refusalProperties(correlationID), state: state) }
             return false
         }
     }
