@@ -25,6 +25,8 @@ final class AcknowledgementQueue: Sendable {
         /// Steps added and not finished (queued, or running).
         var unfinished = 0
         var waiters: [(atMost: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        /// A run is queued on the event loop for outcomes that arrived: later outcomes ride on it.
+        var runQueued = false
     }
 
     private let state = Mutex(State())
@@ -44,9 +46,18 @@ final class AcknowledgementQueue: Sendable {
         guard let write else { return run() }
         let eventLoop = eventLoop
         write.whenSettled { outcome in
-            // Off the store's commit thread at once: the PUBACKs of a batch are written from the event loop.
+            // Off the store's commit thread at once: the PUBACKs of a batch are written from the event loop. The
+            // outcome is marked here; one trip to the loop serves every outcome of this connection that the same
+            // batch settles (a trip per message was a queue insertion and often a wake-up of the loop each).
+            let queue = self.state.withLock { state -> Bool in
+                _ = state.queue.markReady(ticket) { $0.outcome = outcome }
+                if state.runQueued { return false }
+                state.runQueued = true
+                return true
+            }
+            guard queue else { return }
             eventLoop.execute {
-                self.state.withLock { state in _ = state.queue.markReady(ticket) { $0.outcome = outcome } }
+                self.state.withLock { $0.runQueued = false }
                 self.run()
             }
         }

@@ -224,18 +224,46 @@ final class FlushCoalescer: Sendable {
     let channel: any Channel
     /// nil or false: no flush queued. (An empty box may be made off the loop.)
     private let scheduled: NIOLoopBoundBox<Bool?>
+    /// Packets encoded on the loop since the last flush (`write(encoding:)`), written as one buffer before any later
+    /// write or the flush.
+    private let encoded: NIOLoopBoundBox<ByteBuffer?>
     /// Writes handed to the event loop from another thread and not yet made.
     private let queued = Atomic(0)
 
     init(_ channel: any Channel) {
         self.channel = channel
         scheduled = NIOLoopBoundBox.makeEmptyBox(valueType: Bool.self, eventLoop: channel.eventLoop)
+        encoded = NIOLoopBoundBox.makeEmptyBox(valueType: ByteBuffer.self, eventLoop: channel.eventLoop)
+    }
+
+    /// As `write(_:)`, for a packet `encode` writes into a buffer: on the event loop with none of this coalescer's
+    /// writes queued, into the buffer the packets encoded since the last flush share (the PUBACKs of a batch: one
+    /// buffer and one write for all of them, not one each).
+    func write(encoding encode: (inout ByteBuffer) -> Void) {
+        if channel.eventLoop.inEventLoop, queued.load(ordering: .acquiring) == 0 {
+            if encoded.value == nil { encoded.value = channel.allocator.buffer(capacity: 64) }
+            encode(&encoded.value!)
+            scheduleFlush()
+            return
+        }
+        var buffer = ByteBuffer()
+        encode(&buffer)
+        write(buffer)
+    }
+
+    /// Writes what was encoded on the loop since the last flush (before any other write, which must follow it).
+    private func writeEncoded() {
+        guard let buffer = encoded.value else { return }
+        encoded.value = nil
+        if buffer.readableBytes > 0 { channel.write(buffer, promise: nil) }
     }
 
     /// Flushes what was written so far, before the connection closes (a queued flush could come after the close).
     func flush() async {
-        let channel = channel
-        try? await channel.eventLoop.submit { channel.flush() }.get()
+        try? await channel.eventLoop.submit {
+            self.writeEncoded()
+            self.channel.flush()
+        }.get()
     }
 
     /// Writes `buffer` after every write made through this coalescer before it. On the event loop (the PUBACKs of a
@@ -270,18 +298,25 @@ final class FlushCoalescer: Sendable {
     }
 
     private func closeOnLoop(_ last: ByteBuffer?) {
+        writeEncoded()
         if let last, last.readableBytes > 0 { channel.write(last, promise: nil) }
         channel.flush()
         channel.close(promise: nil)
     }
 
     private func writeOnLoop(_ buffer: ByteBuffer) {
+        writeEncoded()
         channel.write(buffer, promise: nil)
+        scheduleFlush()
+    }
+
+    private func scheduleFlush() {
         guard scheduled.value != true else { return }
         scheduled.value = true
         // Runs after every write already queued on the loop: they share this flush.
         channel.eventLoop.execute {
             self.scheduled.value = false
+            self.writeEncoded()
             self.channel.flush()
         }
     }
@@ -1484,9 +1519,7 @@ struct MQTTConnection {
                     if version == .v5 { unacknowledged.acknowledged() }
                     packet = .puback(packetID: id, reasonCode: decided, properties: answerProperties)
                 }
-                var buffer = ByteBuffer()
-                packet.encode(into: &buffer, version: version)
-                output.write(buffer)
+                output.write { packet.encode(into: &$0, version: version) }
             }
             guard qos == .exactlyOnce || retainedFirst else {
                 // The common case: the PUBACK now, then the delivery (if anyone may receive it) in order.

@@ -167,4 +167,38 @@ import Testing
         }
         #expect(received == [1, 2])
     }
+
+    /// Packets encoded into the shared buffer (PUBACKs) keep their place among the other writes, from the loop and
+    /// from another thread, and go out before a close; nothing encoded after the close does.
+    @Test func encodedPacketsKeepTheirPlace() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let channel = try NIOPipeBootstrap(group: loop).takingOwnershipOfDescriptor(output: fds[1]).wait()
+        defer { close(fds[0]) }
+        let coalescer = FlushCoalescer(channel)
+        try loop.submit {
+            coalescer.write { $0.writeInteger(UInt8(1)) }  // into the shared buffer
+            coalescer.write { $0.writeInteger(UInt8(2)) }
+            let called = DispatchSemaphore(value: 0)
+            DispatchQueue.global().async {
+                coalescer.write(ByteBuffer(bytes: [3]))  // queued while the loop is busy here
+                called.signal()
+            }
+            called.wait()
+            coalescer.write { $0.writeInteger(UInt8(4)) }  // behind the queued write, not in the shared buffer
+            coalescer.write(ByteBuffer(bytes: [5]))
+            coalescer.close(after: ByteBuffer(bytes: [6]))
+            coalescer.write { $0.writeInteger(UInt8(7)) }
+        }.wait()
+        try channel.closeFuture.wait()
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16)
+        while true {
+            let count = read(fds[0], &chunk, chunk.count)
+            if count <= 0 { break }
+            received += chunk.prefix(count)
+        }
+        #expect(received == [1, 2, 3, 4, 5, 6])
+    }
 }
