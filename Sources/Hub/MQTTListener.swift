@@ -334,7 +334,7 @@ final class AcknowledgedOutcomes: Sendable {
         /// A report the hub reads once stored (connections, update progress): its type and body.
         let report: (messageType: String?, body: [UInt8])?
         let duplicate: Bool
-        let identity: String
+        let identity: Identity
         let source: String?
         let topic: String
     }
@@ -386,7 +386,8 @@ final class AcknowledgedOutcomes: Sendable {
                 now: GatewayTime.now())
             Task {
                 await self.recorder.record(
-                    refusal, identity: message.identity, source: message.source, correlationID: message.correlationID,
+                    refusal, identity: message.identity.uri, source: message.source,
+                    correlationID: message.correlationID,
                     what: "MQTT PUBLISH \(MessageSignatureProfile.printable(message.topic, limit: 120))")
                 settle(.replayed)
             }
@@ -416,7 +417,7 @@ final class QoS0Outcomes: Sendable {
         let device: DeviceID
         let counter: UInt64?
         let correlationID: String
-        let identity: String
+        let identity: Identity
         let source: String?
         let topic: String
     }
@@ -450,7 +451,7 @@ final class QoS0Outcomes: Sendable {
                 failure.device, detail: "counter \(failure.counter ?? 0) already stored (by another hub node)",
                 now: GatewayTime.now())
             await recorder.record(
-                refusal, identity: failure.identity, source: failure.source, correlationID: failure.correlationID,
+                refusal, identity: failure.identity.uri, source: failure.source, correlationID: failure.correlationID,
                 what: "MQTT PUBLISH \(MessageSignatureProfile.printable(failure.topic, limit: 120))")
         } else {
             // Not stored: the counter is given back, so the device's resend is stored, not refused as a replay.
@@ -1352,7 +1353,7 @@ struct MQTTConnection {
         let message = AcknowledgedOutcomes.Message(
             device: device, counter: admitted.counter, correlationID: correlationID,
             report: observed ? (admitted.messageType, record.body) : nil, duplicate: publish.duplicate,
-            identity: peer.identity.uri, source: peer.source, topic: publish.topic.rawValue)
+            identity: peer.identity, source: peer.source, topic: publish.topic.rawValue)
         // Queued now, in the connection's order: with several nodes, the others get one publisher's
         // messages in the order it sent them. Its outcome is read by a callback on the thread that commits
         // the batch (no task per message); what must await (a report the hub reads, an audit record) gets a
@@ -1615,7 +1616,7 @@ struct MQTTConnection {
         // What a failure reports, and nothing else: the callback runs on the store's thread, where each reference
         // it holds is released (a copy of the record and of the listener's parts cost more there than the insert).
         let failure = QoS0Outcomes.Failure(
-            device: device, counter: record.counter, correlationID: record.correlationID, identity: peer.identity.uri,
+            device: device, counter: record.counter, correlationID: record.correlationID, identity: peer.identity,
             source: peer.source, topic: topic)
         guard outcomes.pending.tryStart() else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
