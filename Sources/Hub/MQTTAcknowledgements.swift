@@ -31,8 +31,15 @@ final class AcknowledgementQueue: Sendable {
 
     private let state = Mutex(State())
     private let eventLoop: any EventLoop
+    /// The connection's writer: what the steps of a run encoded into its shared buffer enters the channel when the
+    /// run ends, so a write that bypasses it (the broker's DISCONNECT when another connection takes the session over)
+    /// still comes after them, as when each PUBACK was written at once.
+    private let output: FlushCoalescer?
 
-    init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+    init(eventLoop: any EventLoop, output: FlushCoalescer? = nil) {
+        self.eventLoop = eventLoop
+        self.output = output
+    }
 
     /// Steps added and not finished.
     var unfinished: Int { state.withLock { $0.unfinished } }
@@ -77,6 +84,7 @@ final class AcknowledgementQueue: Sendable {
 
     /// Runs the ready steps in order, unless a step is running already (it runs the rest when it ends).
     private func run() {
+        defer { output?.writeEncodedOnLoop() }
         while true {
             let next = state.withLock { state -> Entry? in
                 guard !state.running, let entry = state.queue.popReady() else { return nil }

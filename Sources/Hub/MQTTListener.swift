@@ -251,6 +251,12 @@ final class FlushCoalescer: Sendable {
         write(buffer)
     }
 
+    /// On the event loop, writes what was encoded since the last flush into the channel (unflushed); elsewhere,
+    /// nothing (what was encoded waits for the flush already queued).
+    func writeEncodedOnLoop() {
+        if channel.eventLoop.inEventLoop { writeEncoded() }
+    }
+
     /// Writes what was encoded on the loop since the last flush (before any other write, which must follow it).
     private func writeEncoded() {
         guard let buffer = encoded.value else { return }
@@ -806,10 +812,11 @@ struct MQTTConnection {
         let connack = rules.connack(
             sessionPresent: attached.sessionPresent, assignedClientID: connect.clientID.isEmpty ? clientID : nil,
             responseInformation: Self.responseInformation(peer: peer, acl: acl, settings: settings))
+        let output = FlushCoalescer(channel.channel)
         let state = State(
             rules: rules, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
-            output: FlushCoalescer(channel.channel), acl: acl, payloads: settings.payloads.bound(to: peer.identity),
-            acknowledgements: AcknowledgementQueue(eventLoop: channel.channel.eventLoop))
+            output: output, acl: acl, payloads: settings.payloads.bound(to: peer.identity),
+            acknowledgements: AcknowledgementQueue(eventLoop: channel.channel.eventLoop, output: output))
         // Saved before the CONNACK: another node that this client connects to next finds the session here.
         await listener.persistence?.flush()
         return (state, connack)

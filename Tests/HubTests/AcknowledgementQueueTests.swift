@@ -1,3 +1,5 @@
+import Foundation
+import NIOCore
 import NIOPosix
 import Synchronization
 import Testing
@@ -60,5 +62,35 @@ import Testing
         #expect(queue.unfinished <= 1)
         await queue.wait(untilAtMost: 0)
         #expect(queue.unfinished == 0)
+    }
+
+    /// What a run's steps encoded into the connection's shared buffer (its PUBACKs) enters the channel when the run
+    /// ends: a write that bypasses the coalescer right after it (the broker's DISCONNECT at a session takeover, then
+    /// its close) comes after the acknowledgements, which are not lost with the close.
+    @Test func encodedAcknowledgementsComeBeforeAWriteThatBypassesTheCoalescer() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let channel = try NIOPipeBootstrap(group: loop).takingOwnershipOfDescriptor(output: fds[1]).wait()
+        defer { close(fds[0]) }
+        let output = FlushCoalescer(channel)
+        let queue = AcknowledgementQueue(eventLoop: loop, output: output)
+        try loop.submit {
+            queue.append(after: nil) { _ in
+                output.write { $0.writeBytes([1, 2]) }
+                return nil
+            }
+            channel.writeAndFlush(ByteBuffer(bytes: [3]), promise: nil)
+            channel.close(promise: nil)
+        }.wait()
+        try channel.closeFuture.wait()
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16)
+        while true {
+            let count = read(fds[0], &chunk, chunk.count)
+            if count <= 0 { break }
+            received += chunk.prefix(count)
+        }
+        #expect(received == [1, 2, 3])
     }
 }
