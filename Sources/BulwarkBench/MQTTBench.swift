@@ -35,6 +35,14 @@ struct MQTTBenchmark: AsyncParsableCommand {
             .path
         // The gateway pipeline runs in full; its limits are raised so that the load is measured, not refused.
         let unlimited = "1000000"
+        // Both brokers' allocations, counted by a library preloaded into each (when it was built: `swift build`).
+        let binaryDirectory = URL(fileURLWithPath: binary).deletingLastPathComponent().path
+        let allocations = ["bulwark", "mosquitto"].map {
+            ChildAllocationCounts(libraryDirectory: binaryDirectory, file: directory + "-\($0).allocations")
+        }
+        defer {
+            for counts in allocations { if let counts { try? FileManager.default.removeItem(atPath: counts.file) } }
+        }
         let hub = try HubProcess(
             binary: binary, directory: directory,
             environment: [
@@ -43,7 +51,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
                 "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
                 "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
                 "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited, "BULWARK_MQTT_MAX_CONNECTIONS": unlimited,
-            ])
+            ].merging(allocations[0]?.environment ?? [:]) { $1 })
         defer {
             hub.terminate()
             _ = hub.wait()
@@ -82,6 +90,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
         let broker = Process()
         broker.executableURL = URL(fileURLWithPath: mosquitto)
         broker.arguments = ["-c", directory + "/mosquitto.conf"]
+        broker.environment = ProcessInfo.processInfo.environment.merging(allocations[1]?.environment ?? [:]) { $1 }
         try broker.runWithDefaultSignalMask()
         defer {
             broker.terminate()
@@ -100,10 +109,20 @@ struct MQTTBenchmark: AsyncParsableCommand {
         let targets: [(String, Int, Int32)] = [
             ("bulwark", ports.mqtt, hub.processIdentifier), ("mosquitto", mosquittoPort, broker.processIdentifier),
         ]
+        if allocations.contains(where: { $0 == nil }) {
+            emit("(allocations not counted: libBulwarkAllocationCounts.so is not next to \(binary); run swift build)")
+        }
+        /// Allocations per message of the broker `index` since `before` (nan when not counted).
+        func allocationsPerMessage(_ index: Int, since before: UInt64?, messages: Int) -> Double {
+            guard let before, let after = allocations[index]?.total(), messages > 0 else { return .nan }
+            return Double(after &- before) / Double(messages)
+        }
         for qos in [QoS.atLeastOnce, .atMostOnce] {
             var rates: [Double] = []
             var cpu: [Double] = []
-            for (name, port, pid) in targets {
+            var allocated: [Double] = []
+            for (index, (name, port, pid)) in targets.enumerated() {
+                let allocationsBefore = allocations[index]?.total()
                 let before = Self.cpuSeconds(pid)
                 let result = await MQTTLoad.run(
                     host: "127.0.0.1", port: port, tls: { try devicesCopy[$0].tlsConfiguration() },
@@ -112,11 +131,13 @@ struct MQTTBenchmark: AsyncParsableCommand {
                 let used = Self.cpuSeconds(pid) - before
                 rates.append(result.perSecond)
                 cpu.append(result.messages > 0 ? used / Double(result.messages) * 1e6 : .nan)
+                allocated.append(allocationsPerMessage(index, since: allocationsBefore, messages: result.messages))
                 if result.failures > 0 { emit("  (\(name): \(result.failures) connections failed)") }
             }
             let label = qos == .atLeastOnce ? "QoS 1 msg/s (stored before PUBACK)" : "QoS 0 msg/s"
             emit(Self.row(label, rates[0], rates[1], "%.0f"))
             emit(Self.row("  broker CPU µs per message", cpu[0], cpu[1], "%.1f"))
+            emit(Self.row("  broker allocations per message", allocated[0], allocated[1], "%.1f"))
         }
 
         // Connection set-up: TLS 1.3 mutual TLS + CONNECT/CONNACK, 16 at a time.
@@ -155,10 +176,11 @@ struct MQTTBenchmark: AsyncParsableCommand {
         var connectWorst: [Double] = []
         var heldRates: [Double] = []
         var heldCPU: [Double] = []
+        var heldAllocations: [Double] = []
         let idleCount = idle
         let firstIdle = connections
         let firstProbe = connections + idle
-        for (name, port, pid) in targets {
+        for (index, (name, port, pid)) in targets.enumerated() {
             let before = Self.rssKiB(pid)
             let (ready, readyContinuation) = AsyncStream.makeStream(of: Bool.self)
             // At most 64 handshakes at a time (a real fleet does not connect all at once either).
@@ -231,6 +253,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
             connectWorst.append(times.last ?? .nan)
             if times.count < 20 { emit("  (\(name): \(20 - times.count) of 20 new connections failed)") }
 
+            let allocationsBefore = allocations[index]?.total()
             let cpuBefore = Self.cpuSeconds(pid)
             let result = await MQTTLoad.run(
                 host: "127.0.0.1", port: port, tls: { try devicesCopy[$0].tlsConfiguration() },
@@ -240,6 +263,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
             heldRates.append(result.perSecond)
             heldCPU.append(
                 result.messages > 0 ? (Self.cpuSeconds(pid) - cpuBefore) / Double(result.messages) * 1e6 : .nan)
+            heldAllocations.append(allocationsPerMessage(index, since: allocationsBefore, messages: result.messages))
             permitContinuation.finish()
             holder.cancel()
             _ = await holder.value
@@ -251,6 +275,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
         emit(Self.row("  new device connected in, ms (worst)", connectWorst[0], connectWorst[1], "%.1f"))
         emit(Self.row("  QoS 1 msg/s meanwhile", heldRates[0], heldRates[1], "%.0f"))
         emit(Self.row("    broker CPU µs per message", heldCPU[0], heldCPU[1], "%.1f"))
+        emit(Self.row("    broker allocations per message", heldAllocations[0], heldAllocations[1], "%.1f"))
     }
 
     /// Descriptors up to the hard limit (one per held connection, here and in the brokers started from here).
