@@ -57,16 +57,26 @@ extension ByteBuffer {
         return bytes
     }
 
-    /// §1.5.4 UTF-8 Encoded String: well-formed UTF-8 (no surrogates, no overlongs), no U+0000.
+    /// §1.5.4 UTF-8 Encoded String: well-formed UTF-8 (no surrogates, no overlongs), no U+0000. Validated where the
+    /// bytes lie in the buffer: the string is the one allocation (none up to 15 bytes), not a copy of the bytes first.
     mutating func readMQTTString() throws(MQTTError) -> String {
-        let bytes = try readBinary()
-        guard !bytes.contains(0), let text = String(validating: bytes, as: UTF8.self) else {
-            throw MQTTError.malformed("string is not well-formed UTF-8 or contains U+0000")
+        guard let length = readInteger(as: UInt16.self).map(Int.init), length <= readableBytes else {
+            throw MQTTError.malformed("truncated length-prefixed field")
         }
+        let text = withUnsafeReadableBytes { raw -> String? in
+            let bytes = UnsafeRawBufferPointer(rebasing: raw[..<length]).assumingMemoryBound(to: UInt8.self)
+            return bytes.contains(0) ? nil : String(validating: bytes, as: UTF8.self)
+        }
+        guard let text else { throw MQTTError.malformed("string is not well-formed UTF-8 or contains U+0000") }
+        moveReaderIndex(forwardBy: length)
         return text
     }
 
-    mutating func writeMQTTString(_ text: String) { writeBinary(Array(text.utf8)) }
+    /// The string's UTF-8 after its 2-byte length, written from the string's own storage.
+    mutating func writeMQTTString(_ text: String) {
+        writeInteger(UInt16(truncatingIfNeeded: text.utf8.count))
+        writeString(text)
+    }
 
     mutating func writeBinary(_ bytes: [UInt8]) {
         writeInteger(UInt16(truncatingIfNeeded: bytes.count))
