@@ -241,8 +241,12 @@ final class FlushCoalescer: Sendable {
     /// buffer and one write for all of them, not one each).
     func write(encoding encode: (inout ByteBuffer) -> Void) {
         if channel.eventLoop.inEventLoop, queued.load(ordering: .acquiring) == 0 {
-            if encoded.value == nil { encoded.value = channel.allocator.buffer(capacity: 64) }
-            encode(&encoded.value!)
+            // Taken out of the box while it is written: `encode(&encoded.value!)` went through the box's getter and
+            // setter, so the buffer was never unique and each packet copied it (two allocations per PUBACK).
+            var buffer = encoded.value ?? channel.allocator.buffer(capacity: 64)
+            encoded.value = nil
+            encode(&buffer)
+            encoded.value = buffer
             scheduleFlush()
             return
         }
