@@ -300,8 +300,10 @@ public struct TelemetryWrite: Sendable {
 /// A result one party sets once and another awaits, however their order falls: the bridge between a store's
 /// queue (which answers a batch at a time) and a `TelemetryWrite`. Not generic: the group commit's writer resolves
 /// one per message, and a generic class of this module ran there through value witnesses (its state copied and
-/// destroyed by generic code: a tenth of the writer's time under QoS 0).
-public final class PendingResult: Sendable {
+/// destroyed by generic code: a tenth of the writer's time under QoS 0). Not final: a telemetry queue's entry is one
+/// (one allocation per queued message, not two); its methods are final. Unchecked: its one stored property is a
+/// `Mutex`, and a subclass adds only constants of Sendable types (`TelemetryQueue.Entry`).
+public class PendingResult: @unchecked Sendable {
     public typealias Value = Int64
     private enum Waiter {
         case continuation(CheckedContinuation<Value, any Error>)
@@ -325,7 +327,7 @@ public final class PendingResult: Sendable {
     public init() {}
 
     /// Sets the result (once; later calls are ignored) and resumes whoever waits.
-    public func resolve(_ result: Result<Value, any Error>) {
+    public final func resolve(_ result: Result<Value, any Error>) {
         let waiter = state.withLock { state -> Waiter? in
             guard case .waiting(let waiter) = state else { return nil }
             state = .done(result)
@@ -335,18 +337,18 @@ public final class PendingResult: Sendable {
     }
 
     /// The result, once it is set. One reader: this or `whenComplete`, once.
-    public func value() async throws -> Value {
+    public final func value() async throws -> Value {
         try await withCheckedThrowingContinuation { continuation in
             wait(.continuation(continuation))
         }
     }
 
     /// Calls `body` with the result: at once if it is set, else on the thread that sets it.
-    public func whenComplete(_ body: @escaping @Sendable (Result<Value, any Error>) -> Void) {
+    public final func whenComplete(_ body: @escaping @Sendable (Result<Value, any Error>) -> Void) {
         wait(.callback(body))
     }
 
-    private func wait(_ waiter: Waiter) {
+    private final func wait(_ waiter: Waiter) {
         let ready = state.withLock { state -> Result<Value, any Error>? in
             switch state {
             case .done(let result): return result

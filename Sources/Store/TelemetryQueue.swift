@@ -7,12 +7,15 @@ import Synchronization
 public final class TelemetryQueue: Sendable {
     /// A message and the result its batch resolves. A class: the writer's thread copies and destroys entries (the
     /// batch taken from the queue, the loops over it), and a copy of a struct retained and released each of the
-    /// message's references there, each one last written by a connection's thread; an entry is one reference.
-    public final class Entry: Sendable {
+    /// message's references there, each one last written by a connection's thread; an entry is one reference. It is
+    /// also the result its batch resolves: one allocation per queued message.
+    public final class Entry: PendingResult, @unchecked Sendable {
         public let message: NewTelemetry
-        public let result = PendingResult()
 
         init(_ message: NewTelemetry) { self.message = message }
+
+        /// What the message's batch resolves (the entry itself).
+        public var result: PendingResult { self }
     }
 
     private struct State {
