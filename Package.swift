@@ -11,8 +11,6 @@ let package = Package(
         .executable(name: "bulwark-bench", targets: ["BulwarkBench"]),
         // Loaded by the HSM tests as a PKCS#11 module (never by Bulwark itself).
         .library(name: "BulwarkPKCS11Fault", type: .dynamic, targets: ["PKCS11FaultModule"]),
-        // Preloaded by `bulwark-bench mqtt` into the hub and mosquitto to count their allocations (never by Bulwark).
-        .library(name: "BulwarkAllocationCounts", type: .dynamic, targets: ["AllocationCountsPreload"]),
         .library(name: "BulwarkCore", targets: ["Core"]),
         // The device side as a library: firmware written in Swift embeds the agent (`Agent(configuration:)`).
         .library(name: "BulwarkAgent", targets: ["Agent"]),
@@ -246,8 +244,6 @@ let package = Package(
         ),
         // Counts heap allocations for the benchmark (interposes malloc in the bench executable only).
         .target(name: "AllocationCounter"),
-        // Counts another process's heap allocations when preloaded into it (see its header).
-        .target(name: "AllocationCountsPreload"),
         .executableTarget(
             name: "BulwarkBench",
             dependencies: [

@@ -35,14 +35,21 @@ struct MQTTBenchmark: AsyncParsableCommand {
             .path
         // The gateway pipeline runs in full; its limits are raised so that the load is measured, not refused.
         let unlimited = "1000000"
-        // Both brokers' allocations, counted by a library preloaded into each (when it was built: `swift build`).
-        let binaryDirectory = URL(fileURLWithPath: binary).deletingLastPathComponent().path
-        let allocations = ["bulwark", "mosquitto"].map {
-            ChildAllocationCounts(libraryDirectory: binaryDirectory, file: directory + "-\($0).allocations")
+        // Both brokers' allocations, counted by a library preloaded into each (built here with clang from the
+        // package's scripts/allocation-counts.c; without it, the rows say so and the rest is measured).
+        let countsDirectory = directory + "-allocations"
+        let allocations: [ChildAllocationCounts?]
+        do {
+            try FileManager.default.createDirectory(atPath: countsDirectory, withIntermediateDirectories: true)
+            let library = try ChildAllocationCounts.buildLibrary(into: countsDirectory)
+            allocations = ["bulwark", "mosquitto"].map {
+                ChildAllocationCounts(library: library, file: countsDirectory + "/\($0).counts")
+            }
+        } catch {
+            emit("(allocations not counted: \(error))")
+            allocations = [nil, nil]
         }
-        defer {
-            for counts in allocations { if let counts { try? FileManager.default.removeItem(atPath: counts.file) } }
-        }
+        defer { try? FileManager.default.removeItem(atPath: countsDirectory) }
         let hub = try HubProcess(
             binary: binary, directory: directory,
             environment: [
@@ -109,9 +116,6 @@ struct MQTTBenchmark: AsyncParsableCommand {
         let targets: [(String, Int, Int32)] = [
             ("bulwark", ports.mqtt, hub.processIdentifier), ("mosquitto", mosquittoPort, broker.processIdentifier),
         ]
-        if allocations.contains(where: { $0 == nil }) {
-            emit("(allocations not counted: libBulwarkAllocationCounts.so is not next to \(binary); run swift build)")
-        }
         /// Allocations per message of the broker `index` since `before` (nan when not counted).
         func allocationsPerMessage(_ index: Int, since before: UInt64?, messages: Int) -> Double {
             guard let before, let after = allocations[index]?.total(), messages > 0 else { return .nan }
