@@ -70,8 +70,10 @@ final class AcknowledgementQueue: Sendable {
         }
     }
 
-    /// Waits until at most `count` steps are unfinished (0: all of them done).
+    /// Waits until at most `count` steps are unfinished (0: all of them done). Checked first without a continuation:
+    /// every QoS 1 message asks, and most need not wait (a continuation is an allocation and a suspension).
     func wait(untilAtMost count: Int) async {
+        if state.withLock({ $0.unfinished <= count }) { return }
         await withCheckedContinuation { continuation in
             let now = state.withLock { state -> Bool in
                 if state.unfinished <= count { return true }
