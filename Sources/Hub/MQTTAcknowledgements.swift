@@ -13,7 +13,7 @@ final class AcknowledgementQueue: Sendable {
     /// what must be awaited before the next step (nil: nothing).
     typealias Step = @Sendable (StoreWrite?) -> (@Sendable () async -> Void)?
 
-    private struct Entry {
+    fileprivate struct Entry {
         let step: Step
         var outcome: StoreWrite?
     }
@@ -51,22 +51,24 @@ final class AcknowledgementQueue: Sendable {
             return state.queue.append(Entry(step: step), ready: write == nil)
         }
         guard let write else { return run() }
-        let eventLoop = eventLoop
-        write.whenSettled { outcome in
-            // Off the store's commit thread at once: the PUBACKs of a batch are written from the event loop. The
-            // outcome is marked here; one trip to the loop serves every outcome of this connection that the same
-            // batch settles (a trip per message was a queue insertion and often a wake-up of the loop each).
-            let queue = self.state.withLock { state -> Bool in
-                _ = state.queue.markReady(ticket) { $0.outcome = outcome }
-                if state.runQueued { return false }
-                state.runQueued = true
-                return true
-            }
-            guard queue else { return }
-            eventLoop.execute {
-                self.state.withLock { $0.runQueued = false }
-                self.run()
-            }
+        write.whenSettled(in: self, ticket)
+    }
+
+    /// The outcome of the write that step `ticket` waits for (called by its `StoreOutcome`, on the thread that settled
+    /// it). Off the store's commit thread at once: the PUBACKs of a batch are written from the event loop. The outcome
+    /// is marked here; one trip to the loop serves every outcome of this connection that the same batch settles (a
+    /// trip per message was a queue insertion and often a wake-up of the loop each).
+    fileprivate func settled(_ ticket: InOrderQueue<Entry>.Ticket, _ outcome: StoreWrite) {
+        let queue = state.withLock { state -> Bool in
+            _ = state.queue.markReady(ticket) { $0.outcome = outcome }
+            if state.runQueued { return false }
+            state.runQueued = true
+            return true
+        }
+        guard queue else { return }
+        eventLoop.execute {
+            self.state.withLock { $0.runQueued = false }
+            self.run()
         }
     }
 
@@ -124,7 +126,8 @@ final class AcknowledgementQueue: Sendable {
 /// or awaited (a will). Not `PendingResult<StoreWrite>`: a generic class of another module runs unspecialized here.
 final class StoreOutcome: Sendable {
     private enum Reader {
-        case callback(@Sendable (StoreWrite) -> Void)
+        /// A step of a connection's acknowledgement queue: no closure per message, only the queue and the ticket.
+        case queue(AcknowledgementQueue, InOrderQueue<AcknowledgementQueue.Entry>.Ticket)
         case continuation(CheckedContinuation<StoreWrite, Never>)
     }
 
@@ -143,15 +146,17 @@ final class StoreOutcome: Sendable {
             return reader
         }
         switch reader {
-        case .callback(let body): body(outcome)
+        case .queue(let queue, let ticket): queue.settled(ticket, outcome)
         case .continuation(let continuation): continuation.resume(returning: outcome)
         case nil: break
         }
     }
 
-    /// Calls `body` with the outcome: at once if it is set, else on the thread that sets it.
-    func whenSettled(_ body: @escaping @Sendable (StoreWrite) -> Void) {
-        if let outcome = read(.callback(body)) { body(outcome) }
+    /// Hands the outcome to step `ticket` of `queue`: at once if it is set, else on the thread that sets it.
+    fileprivate func whenSettled(
+        in queue: AcknowledgementQueue, _ ticket: InOrderQueue<AcknowledgementQueue.Entry>.Ticket
+    ) {
+        if let outcome = read(.queue(queue, ticket)) { queue.settled(ticket, outcome) }
     }
 
     /// The outcome, once it is set.
