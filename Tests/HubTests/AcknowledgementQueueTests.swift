@@ -39,6 +39,27 @@ import Testing
         #expect(queue.unfinished == 0)
     }
 
+    /// A write that answered before its step was added (its batch committed first) hands its outcome over at once,
+    /// and the step still runs in arrival order, after the earlier steps whose writes answer later.
+    @Test func aWriteSettledBeforeItsStepIsAddedStillRunsInOrder() async {
+        let queue = AcknowledgementQueue(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
+        let count = 60
+        let writes = (0..<count).map { _ in StoreOutcome() }
+        for index in 0..<count where index % 3 == 0 { writes[index].settle(.stored) }
+        let log = Mutex<[Int]>([])
+        for index in 0..<count {
+            queue.append(after: writes[index]) { outcome in
+                log.withLock { $0.append(index) }
+                #expect(outcome == (index % 3 == 0 ? .stored : .failed), "step \(index)'s own outcome")
+                return nil
+            }
+        }
+        #expect(log.withLock { $0 }.count <= 1, "only the first step's write had answered before the others")
+        for index in (0..<count).reversed() where index % 3 != 0 { writes[index].settle(.failed) }
+        await queue.wait(untilAtMost: 0)
+        #expect(log.withLock { $0 } == Array(0..<count))
+    }
+
     /// The Receive Maximum's back-pressure: a wait for room returns once enough steps have finished, not before.
     @Test func aWaitForRoomEndsWhenStepsFinish() async throws {
         let queue = AcknowledgementQueue(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
