@@ -1,5 +1,6 @@
 import MQTT
 import NIOCore
+import Store
 import Synchronization
 
 /// One connection's acknowledgements (and the deliveries that must follow them), run in the order their packets
@@ -124,7 +125,7 @@ final class AcknowledgementQueue: Sendable {
 
 /// How one QoS 1 or 2 message's store write ended, set once and read once: by the acknowledgement queue's callback,
 /// or awaited (a will). Not `PendingResult<StoreWrite>`: a generic class of another module runs unspecialized here.
-final class StoreOutcome: Sendable {
+final class StoreOutcome: PendingResultReader {
     private enum Reader {
         /// A step of a connection's acknowledgement queue: no closure per message, only the queue and the ticket.
         case queue(AcknowledgementQueue, InOrderQueue<AcknowledgementQueue.Entry>.Ticket)
@@ -137,6 +138,23 @@ final class StoreOutcome: Sendable {
     }
 
     private let state = Mutex(State.waiting(nil))
+    /// The message whose store write this is, and who turns the write's result into its outcome (`resolved`): held
+    /// here rather than in a closure per message. Nil for an outcome settled directly (`settle`).
+    private let acknowledging: (message: AcknowledgedOutcomes.Message, outcomes: AcknowledgedOutcomes)?
+
+    init() { acknowledging = nil }
+
+    /// The outcome of `message`'s store write, set by `outcomes` once the write's result arrives (`resolved`).
+    init(acknowledging message: AcknowledgedOutcomes.Message, _ outcomes: AcknowledgedOutcomes) {
+        acknowledging = (message, outcomes)
+    }
+
+    /// The store write's result (on the thread that committed its batch): `AcknowledgedOutcomes.settle` decides the
+    /// outcome and settles it.
+    func resolved(_ result: Result<Int64, any Error>) {
+        guard let (message, outcomes) = acknowledging else { return }
+        outcomes.settle(self, message, result)
+    }
 
     /// Sets the outcome (once; later calls are ignored) and hands it to the reader, if one waits.
     func settle(_ outcome: StoreWrite) {

@@ -1370,8 +1370,8 @@ struct MQTTConnection {
         // the batch (no task per message); what must await (a report the hub reads, an audit record) gets a
         // task of its own.
         let queued = listener.store.queueTelemetry(record)
-        let write = StoreOutcome()
-        queued.whenComplete { result in outcomes.settle(write, message, result) }
+        let write = StoreOutcome(acknowledging: message, outcomes)
+        queued.whenComplete(reader: write)
         return write
     }
 

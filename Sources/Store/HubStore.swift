@@ -295,6 +295,23 @@ public struct TelemetryWrite: Sendable {
             }
         }
     }
+
+    /// As `whenComplete(_:)`, to an object that is already there (no closure made per write).
+    public func whenComplete(reader: any PendingResultReader) {
+        switch source {
+        case .pending(let pending): pending.whenComplete(reader: reader)
+        case .wait(let wait):
+            Task {
+                do { reader.resolved(.success(try await wait())) } catch { reader.resolved(.failure(error)) }
+            }
+        }
+    }
+}
+
+/// Hears a `PendingResult`'s outcome, as `whenComplete`'s closure would: for a caller that already has an object per
+/// write to hand it to (a QoS 1 message's `StoreOutcome`), which spares a closure per write.
+public protocol PendingResultReader: AnyObject, Sendable {
+    func resolved(_ result: Result<Int64, any Error>)
 }
 
 /// A result one party sets once and another awaits, however their order falls: the bridge between a store's
@@ -308,11 +325,13 @@ public class PendingResult: @unchecked Sendable {
     private enum Waiter {
         case continuation(CheckedContinuation<Value, any Error>)
         case callback(@Sendable (Result<Value, any Error>) -> Void)
+        case reader(any PendingResultReader)
 
         func resume(with result: Result<Value, any Error>) {
             switch self {
             case .continuation(let continuation): continuation.resume(with: result)
             case .callback(let body): body(result)
+            case .reader(let reader): reader.resolved(result)
             }
         }
     }
@@ -346,6 +365,11 @@ public class PendingResult: @unchecked Sendable {
     /// Calls `body` with the result: at once if it is set, else on the thread that sets it.
     public final func whenComplete(_ body: @escaping @Sendable (Result<Value, any Error>) -> Void) {
         wait(.callback(body))
+    }
+
+    /// As `whenComplete(_:)`, to `reader`.
+    public final func whenComplete(reader: any PendingResultReader) {
+        wait(.reader(reader))
     }
 
     private final func wait(_ waiter: Waiter) {
