@@ -140,16 +140,16 @@ final class StoreOutcome: PendingResultReader {
     private let state = Mutex(State.waiting(nil))
     /// The message whose store write this is, and who turns the write's result into its outcome (`resolved`): held
     /// here rather than in a closure per message. Nil for an outcome settled directly (`settle`).
-    private let acknowledging: (message: AcknowledgedOutcomes.Message, outcomes: AcknowledgedOutcomes)?
+    private let acknowledging: (message: MQTTWriteOutcomes.Message, outcomes: MQTTWriteOutcomes)?
 
     init() { acknowledging = nil }
 
     /// The outcome of `message`'s store write, set by `outcomes` once the write's result arrives (`resolved`).
-    init(acknowledging message: AcknowledgedOutcomes.Message, _ outcomes: AcknowledgedOutcomes) {
+    init(acknowledging message: MQTTWriteOutcomes.Message, _ outcomes: MQTTWriteOutcomes) {
         acknowledging = (message, outcomes)
     }
 
-    /// The store write's result (on the thread that committed its batch): `AcknowledgedOutcomes.settle` decides the
+    /// The store write's result (on the thread that committed its batch): `MQTTWriteOutcomes.settle` decides the
     /// outcome and settles it.
     func resolved(_ result: Result<Int64, any Error>) {
         guard let (message, outcomes) = acknowledging else { return }

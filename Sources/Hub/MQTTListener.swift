@@ -41,10 +41,10 @@ struct MQTTListener: Service {
     /// refused by the decoder before it is buffered (MQTT 5: DISCONNECT 0x95).
     let maximumPacketSize: Int
     let pendingQoS0 = PendingWrites(limit: 1024)
-    /// Where QoS 0 store writes report (one object for the listener, held by each write's callback).
-    let qos0Outcomes: QoS0Outcomes
-    /// Where the store writes of messages to acknowledge report.
-    let acknowledgedOutcomes: AcknowledgedOutcomes
+    /// Where the store writes of its messages report (one object for the listener, held by each write).
+    let writeOutcomes: MQTTWriteOutcomes
+    /// Records refusals in the audit log (and its metrics) for this listener.
+    let recorder: GatewayRecorder
     /// QoS 1 messages with a counter whose store write has not finished: a DUP resend of one waits for the outcome.
     let counterWrites = CounterWrites()
     /// Hands what this node admits to the other hub nodes (several nodes on one database); nil on one node.
@@ -79,20 +79,12 @@ struct MQTTListener: Service {
         self.connections = ConnectionCounter(
             total: settings.maxConnections, perSource: settings.maxConnectionsPerSource)
         self.maximumPacketSize = settings.largestPayload(maxBodyBytes: gateway.policy.maxBodyBytes) + 4096
-        self.qos0Outcomes = QoS0Outcomes(
-            pending: pendingQoS0, signals: events.signals, gateway: gateway,
-            recorder: GatewayRecorder(
-                store: store, logger: logger, signals: events.signals, metrics: metrics, interface: .mqtt),
+        let recorder = GatewayRecorder(
+            store: store, logger: logger, signals: events.signals, metrics: metrics, interface: .mqtt)
+        self.recorder = recorder
+        self.writeOutcomes = MQTTWriteOutcomes(
+            pending: pendingQoS0, writes: counterWrites, events: events, gateway: gateway, recorder: recorder,
             logger: logger)
-        self.acknowledgedOutcomes = AcknowledgedOutcomes(
-            writes: counterWrites, events: events, gateway: gateway,
-            recorder: GatewayRecorder(
-                store: store, logger: logger, signals: events.signals, metrics: metrics, interface: .mqtt),
-            logger: logger)
-    }
-
-    var recorder: GatewayRecorder {
-        GatewayRecorder(store: store, logger: logger, signals: events.signals, metrics: metrics, interface: .mqtt)
     }
 
     func run() async throws {
@@ -332,16 +324,16 @@ final class FlushCoalescer: Sendable {
     }
 }
 
-/// What the store write of a message to acknowledge (QoS 1 and 2) reports to: the listener's parts it needs, held
-/// once, so that each write's callback holds this object, the write's outcome and its own message's few values (the
-/// callback runs on the store's thread, where each reference it holds is released).
-final class AcknowledgedOutcomes: Sendable {
+/// What the store writes of MQTT messages report to: the listener's parts they need, held once, so that each write's
+/// outcome (QoS 1 and 2) or callback (QoS 0) holds this object and its own message's few values (they run on the
+/// store's thread, where each reference they hold is released).
+final class MQTTWriteOutcomes: Sendable {
     /// A message's values that its outcome needs.
     struct Message: Sendable {
         let device: DeviceID
         let counter: UInt64?
         let correlationID: String
-        /// A report the hub reads once stored (connections, update progress): its type and body.
+        /// A report the hub reads once stored (connections, update progress): its type and body. QoS 1 and 2 only.
         let report: (messageType: String?, body: [UInt8])?
         let duplicate: Bool
         let identity: Identity
@@ -349,6 +341,8 @@ final class AcknowledgedOutcomes: Sendable {
         let topic: String
     }
 
+    /// QoS 0 writes still in flight (back-pressure on a flooding publisher).
+    let pending: PendingWrites
     /// QoS 1 messages with a counter whose store write has not finished: a DUP resend of one waits for the outcome.
     let writes: CounterWrites
     let events: DeviceEvents
@@ -357,9 +351,10 @@ final class AcknowledgedOutcomes: Sendable {
     let logger: Logger
 
     init(
-        writes: CounterWrites, events: DeviceEvents, gateway: GatewayPipeline, recorder: GatewayRecorder,
-        logger: Logger
+        pending: PendingWrites, writes: CounterWrites, events: DeviceEvents, gateway: GatewayPipeline,
+        recorder: GatewayRecorder, logger: Logger
     ) {
+        self.pending = pending
         self.writes = writes
         self.events = events
         self.gateway = gateway
@@ -367,8 +362,8 @@ final class AcknowledgedOutcomes: Sendable {
         self.logger = logger
     }
 
-    /// On the thread that committed the batch: settles `write` at once, or from a task when something must be awaited
-    /// first (a report the hub reads, an audit record, a log line).
+    /// A message to acknowledge (QoS 1 and 2), on the thread that committed the batch: settles `write` at once, or
+    /// from a task when something must be awaited first (a report the hub reads, an audit record, a log line).
     func settle(_ write: StoreOutcome, _ message: Message, _ result: Result<Int64, any Error>) {
         @Sendable func settle(_ outcome: StoreWrite) {
             if let counter = message.counter { writes.end(message.device, counter) }
@@ -391,14 +386,9 @@ final class AcknowledgedOutcomes: Sendable {
             // Another hub node stored this counter first. Its resend (DUP, after a PUBACK lost with a
             // node) is acknowledged and neither stored nor delivered again; anything else is a replay.
             if message.duplicate { return settle(.storedElsewhere) }
-            let refusal = gateway.replayedElsewhere(
-                message.device, detail: "counter \(message.counter ?? 0) already stored (by another hub node)",
-                now: GatewayTime.now())
+            let refusal = replayedElsewhere(message)
             Task {
-                await self.recorder.record(
-                    refusal, identity: message.identity.uri, source: message.source,
-                    correlationID: message.correlationID,
-                    what: "MQTT PUBLISH \(MessageSignatureProfile.printable(message.topic, limit: 120))")
+                await self.record(refusal, message)
                 settle(.replayed)
             }
         case .failure(let error):
@@ -407,9 +397,7 @@ final class AcknowledgedOutcomes: Sendable {
             // acknowledged (the connection ends, after DISCONNECT 0x89 on MQTT 5), so the device's resend must be
             // stored, not refused or waved through as a duplicate (as HTTP gives its nonce back).
             Task {
-                if let counter = message.counter {
-                    self.gateway.counters.release(device: message.device, counter: counter)
-                }
+                self.release(message)
                 self.logger.error(
                     "MQTT message not stored",
                     metadata: ["error": "\(error)", "correlation_id": "\(message.correlationID)"])
@@ -417,57 +405,38 @@ final class AcknowledgedOutcomes: Sendable {
             }
         }
     }
-}
 
-/// What a QoS 0 message's store write reports to: the listener's parts it needs, held once, so that each write's
-/// callback holds this object and its own message's few values.
-final class QoS0Outcomes: Sendable {
-    /// A QoS 0 message's values that a failed write reports.
-    struct Failure: Sendable {
-        let device: DeviceID
-        let counter: UInt64?
-        let correlationID: String
-        let identity: Identity
-        let source: String?
-        let topic: String
-    }
-
-    let pending: PendingWrites
-    let signals: DeviceSignals
-    let gateway: GatewayPipeline
-    let recorder: GatewayRecorder
-    let logger: Logger
-
-    init(
-        pending: PendingWrites, signals: DeviceSignals, gateway: GatewayPipeline, recorder: GatewayRecorder,
-        logger: Logger
-    ) {
-        self.pending = pending
-        self.signals = signals
-        self.gateway = gateway
-        self.recorder = recorder
-        self.logger = logger
-    }
-
-    /// A stored message signals its device's telemetry (`signal`: not an update or egress report).
+    /// A stored QoS 0 message signals its device's telemetry (`signal`: not an update or egress report).
     func stored(_ device: DeviceID, signal: Bool) {
-        if signal { signals.telemetry(device) }
+        if signal { events.signals.telemetry(device) }
     }
 
-    func failed(_ error: any Error, _ failure: Failure) async {
+    /// A QoS 0 message whose write failed.
+    func failed(_ error: any Error, _ message: Message) async {
         if let error = error as? StoreError, error.code == .replayed {
             // Another hub node stored this counter first: a replay (the counter stays taken here too).
-            let refusal = gateway.replayedElsewhere(
-                failure.device, detail: "counter \(failure.counter ?? 0) already stored (by another hub node)",
-                now: GatewayTime.now())
-            await recorder.record(
-                refusal, identity: failure.identity.uri, source: failure.source, correlationID: failure.correlationID,
-                what: "MQTT PUBLISH \(MessageSignatureProfile.printable(failure.topic, limit: 120))")
+            await record(replayedElsewhere(message), message)
         } else {
             // Not stored: the counter is given back, so the device's resend is stored, not refused as a replay.
-            if let counter = failure.counter { gateway.counters.release(device: failure.device, counter: counter) }
+            release(message)
             logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
         }
+    }
+
+    private func replayedElsewhere(_ message: Message) -> Refusal {
+        gateway.replayedElsewhere(
+            message.device, detail: "counter \(message.counter ?? 0) already stored (by another hub node)",
+            now: GatewayTime.now())
+    }
+
+    private func record(_ refusal: Refusal, _ message: Message) async {
+        await recorder.record(
+            refusal, identity: message.identity.uri, source: message.source, correlationID: message.correlationID,
+            what: "MQTT PUBLISH \(MessageSignatureProfile.printable(message.topic, limit: 120))")
+    }
+
+    private func release(_ message: Message) {
+        if let counter = message.counter { gateway.counters.release(device: message.device, counter: counter) }
     }
 }
 
@@ -1357,11 +1326,11 @@ struct MQTTConnection {
         _ record: NewTelemetry, _ admitted: Admitted, device: DeviceID, check: PayloadCheck, publish: PublishPacket,
         peer: Peer, _ correlationID: String
     ) -> StoreOutcome {
-        let outcomes = listener.acknowledgedOutcomes
+        let outcomes = listener.writeOutcomes
         if let counter = admitted.counter { outcomes.writes.begin(device, counter) }
         // Only a JSON message can be a report the hub reads (connections, update progress).
         let observed = check.format == .json && DeviceEvents.observed(admitted.messageType)
-        let message = AcknowledgedOutcomes.Message(
+        let message = MQTTWriteOutcomes.Message(
             device: device, counter: admitted.counter, correlationID: correlationID,
             report: observed ? (admitted.messageType, record.body) : nil, duplicate: publish.duplicate,
             identity: peer.identity, source: peer.source, topic: publish.topic.rawValue)
@@ -1618,7 +1587,7 @@ struct MQTTConnection {
     }
 
     private func storeWithoutWaiting(_ record: NewTelemetry, peer: Peer, topic: String) async {
-        let outcomes = listener.qos0Outcomes
+        let outcomes = listener.writeOutcomes
         // Queued now, in the connection's order (the other nodes get its messages in that order).
         let queued = listener.store.queueTelemetry(record)
         // A stored message signals its device's telemetry; update and egress reports (`DeviceEvents.observed`) do not.
@@ -1626,9 +1595,9 @@ struct MQTTConnection {
         let signal = !DeviceEvents.observed(record.messageType)
         // What a failure reports, and nothing else: the callback runs on the store's thread, where each reference
         // it holds is released (a copy of the record and of the listener's parts cost more there than the insert).
-        let failure = QoS0Outcomes.Failure(
-            device: device, counter: record.counter, correlationID: record.correlationID, identity: peer.identity,
-            source: peer.source, topic: topic)
+        let failure = MQTTWriteOutcomes.Message(
+            device: device, counter: record.counter, correlationID: record.correlationID, report: nil,
+            duplicate: false, identity: peer.identity, source: peer.source, topic: topic)
         guard outcomes.pending.tryStart() else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
             do {

@@ -1513,8 +1513,6 @@ final class GroupCommitter: Sendable {
         return db.lastInsertedRowID
     }
 
-    /// Binds UTF-8 bytes as text without a copy (`SQLITE_STATIC`: a nil destructor); empty text is text, not NULL
-    /// (bound as a copy, `SQLITE_TRANSIENT`, of nothing). Returns SQLite's result code.
     /// A string's UTF-8 bytes where they lie (no copy of the string, so no reference counted on the writer's
     /// thread), or from a copy when the string has no contiguous UTF-8 (a bridged one).
     private static func withBytes<R>(_ text: String, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
@@ -1523,6 +1521,8 @@ final class GroupCommitter: Sendable {
         return copy.withUTF8(body)
     }
 
+    /// Binds UTF-8 bytes as text without a copy (`SQLITE_STATIC`: a nil destructor); empty text is text, not NULL
+    /// (bound as a copy, `SQLITE_TRANSIENT`, of nothing). Returns SQLite's result code.
     private static func bindText(_ handle: SQLiteStatement, _ index: Int32, _ bytes: UnsafeBufferPointer<UInt8>)
         -> Int32
     {
@@ -1612,24 +1612,18 @@ final class GroupCommitter: Sendable {
         let id = try Self.insert(statement, entry, db)
         let at = entry.message.receivedAt.millis
         seen[entry.message.deviceID] = max(seen[entry.message.deviceID] ?? at, at)
-        if let accepted {
+        // The window to store: the one this counter was accepted into, or the gateway's merged with the stored one
+        // (never backwards: concurrent writes of one device may commit out of order).
+        var window = accepted
+        if window == nil, let gateway = entry.message.counterWindow {
+            window = gateway.merged(with: try Self.storedWindow(entry.message.deviceID, db))
+        }
+        if let window {
             try db.cachedStatement(
                 sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
                     + "ON CONFLICT(device_id) DO UPDATE SET highest = excluded.highest, seen = excluded.seen"
             ).execute(arguments: [
-                entry.message.deviceID.rawValue, Int64(bitPattern: accepted.highest),
-                Int64(bitPattern: accepted.seen),
-            ])
-        } else if let window = entry.message.counterWindow {
-            // Never backwards: concurrent writes of one device may commit out of order.
-            let stored = try Self.storedWindow(entry.message.deviceID, db)
-            let merged = window.merged(with: stored)
-            try db.cachedStatement(
-                sql: "INSERT INTO counter_windows (device_id, highest, seen) VALUES (?, ?, ?) "
-                    + "ON CONFLICT(device_id) DO UPDATE SET highest = excluded.highest, seen = excluded.seen"
-            ).execute(arguments: [
-                entry.message.deviceID.rawValue, Int64(bitPattern: merged.highest),
-                Int64(bitPattern: merged.seen),
+                entry.message.deviceID.rawValue, Int64(bitPattern: window.highest), Int64(bitPattern: window.seen),
             ])
         }
         return id

@@ -13,9 +13,6 @@ public final class TelemetryQueue: Sendable {
         public let message: NewTelemetry
 
         init(_ message: NewTelemetry) { self.message = message }
-
-        /// What the message's batch resolves (the entry itself).
-        public var result: PendingResult { self }
     }
 
     private struct State {
@@ -43,7 +40,7 @@ public final class TelemetryQueue: Sendable {
             state.writing = true
             return true
         }
-        return (entry.result, start)
+        return (entry, start)
     }
 
     /// The next batch, in queue order; empty when the queue is empty, and then the writer must stop (the next
@@ -82,15 +79,15 @@ public final class TelemetryQueue: Sendable {
         precondition(ids.count == batch.count, "one id (or nil) per message of the batch")
         for index in batch.indices {
             if let id = ids[index] {
-                batch[index].result.resolve(.success(id))
+                batch[index].resolve(.success(id))
             } else {
-                batch[index].result.resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
+                batch[index].resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
             }
         }
     }
 
     /// Fails every message of a batch that did not commit.
     public static func failed(_ batch: [Entry], _ error: StoreError) {
-        for index in batch.indices { batch[index].result.resolve(.failure(error)) }
+        for index in batch.indices { batch[index].resolve(.failure(error)) }
     }
 }

@@ -89,11 +89,9 @@ import Testing
     /// ends: a write that bypasses the coalescer right after it (the broker's DISCONNECT at a session takeover, then
     /// its close) comes after the acknowledgements, which are not lost with the close.
     @Test func encodedAcknowledgementsComeBeforeAWriteThatBypassesTheCoalescer() throws {
-        var fds: [Int32] = [0, 0]
-        #expect(pipe(&fds) == 0)
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let channel = try NIOPipeBootstrap(group: loop).takingOwnershipOfDescriptor(output: fds[1]).wait()
-        defer { close(fds[0]) }
+        let pipe = try PipeChannel()
+        defer { pipe.closeReadEnd() }
+        let (loop, channel) = (pipe.loop, pipe.channel)
         let output = FlushCoalescer(channel)
         let queue = AcknowledgementQueue(eventLoop: loop, output: output)
         try loop.submit {
@@ -105,13 +103,7 @@ import Testing
             channel.close(promise: nil)
         }.wait()
         try channel.closeFuture.wait()
-        var received: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16)
-        while true {
-            let count = read(fds[0], &chunk, chunk.count)
-            if count <= 0 { break }
-            received += chunk.prefix(count)
-        }
+        let received = pipe.readToEnd()
         #expect(received == [1, 2, 3])
     }
 }

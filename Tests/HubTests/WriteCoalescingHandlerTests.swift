@@ -92,13 +92,11 @@ import Testing
 /// before: the bytes leave in the order the writes were called.
 @Suite struct FlushCoalescerTests {
     @Test func aWriteOnTheLoopWaitsForOneQueuedBeforeIt() throws {
-        var fds: [Int32] = [0, 0]
-        #expect(pipe(&fds) == 0)
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let channel = try NIOPipeBootstrap(group: loop).takingOwnershipOfDescriptor(output: fds[1]).wait()
+        let pipe = try PipeChannel()
+        let (loop, channel) = (pipe.loop, pipe.channel)
         defer {
             try? channel.close().wait()
-            close(fds[0])
+            pipe.closeReadEnd()
         }
         let coalescer = FlushCoalescer(channel)
         let rounds = 50
@@ -120,7 +118,7 @@ import Testing
         var received: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 512)
         while received.count < rounds * 3 {
-            let count = read(fds[0], &chunk, chunk.count)
+            let count = read(pipe.readEnd, &chunk, chunk.count)
             #expect(count > 0)
             if count <= 0 { break }
             received += chunk.prefix(count)
@@ -137,11 +135,9 @@ import Testing
     /// after it does (on the loop at once, or queued from another thread while the loop is busy).
     @Test(arguments: [false, true])
     func nothingWrittenAfterACloseGoesOut(closeFromAnotherThread: Bool) throws {
-        var fds: [Int32] = [0, 0]
-        #expect(pipe(&fds) == 0)
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let channel = try NIOPipeBootstrap(group: loop).takingOwnershipOfDescriptor(output: fds[1]).wait()
-        defer { close(fds[0]) }
+        let pipe = try PipeChannel()
+        defer { pipe.closeReadEnd() }
+        let (loop, channel) = (pipe.loop, pipe.channel)
         let coalescer = FlushCoalescer(channel)
         try loop.submit {
             coalescer.write(ByteBuffer(bytes: [1]))
@@ -158,24 +154,16 @@ import Testing
             coalescer.write(ByteBuffer(bytes: [3]))
         }.wait()
         try channel.closeFuture.wait()
-        var received: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16)
-        while true {
-            let count = read(fds[0], &chunk, chunk.count)
-            if count <= 0 { break }
-            received += chunk.prefix(count)
-        }
+        let received = pipe.readToEnd()
         #expect(received == [1, 2])
     }
 
     /// Packets encoded into the shared buffer (PUBACKs) keep their place among the other writes, from the loop and
     /// from another thread, and go out before a close; nothing encoded after the close does.
     @Test func encodedPacketsKeepTheirPlace() throws {
-        var fds: [Int32] = [0, 0]
-        #expect(pipe(&fds) == 0)
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let channel = try NIOPipeBootstrap(group: loop).takingOwnershipOfDescriptor(output: fds[1]).wait()
-        defer { close(fds[0]) }
+        let pipe = try PipeChannel()
+        defer { pipe.closeReadEnd() }
+        let (loop, channel) = (pipe.loop, pipe.channel)
         let coalescer = FlushCoalescer(channel)
         try loop.submit {
             coalescer.write { $0.writeInteger(UInt8(1)) }  // into the shared buffer
@@ -192,13 +180,36 @@ import Testing
             coalescer.write { $0.writeInteger(UInt8(7)) }
         }.wait()
         try channel.closeFuture.wait()
+        let received = pipe.readToEnd()
+        #expect(received == [1, 2, 3, 4, 5, 6])
+    }
+}
+
+/// A channel that writes into a pipe whose other end the test reads: what left the channel, byte for byte.
+struct PipeChannel {
+    let loop: any EventLoop
+    let channel: any Channel
+    let readEnd: Int32
+
+    init() throws {
+        var fds: [Int32] = [0, 0]
+        try #require(pipe(&fds) == 0)
+        loop = MultiThreadedEventLoopGroup.singleton.next()
+        channel = try NIOPipeBootstrap(group: loop).takingOwnershipOfDescriptor(output: fds[1]).wait()
+        readEnd = fds[0]
+    }
+
+    /// Every byte written until the channel closed.
+    func readToEnd() -> [UInt8] {
         var received: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16)
         while true {
-            let count = read(fds[0], &chunk, chunk.count)
+            let count = read(readEnd, &chunk, chunk.count)
             if count <= 0 { break }
             received += chunk.prefix(count)
         }
-        #expect(received == [1, 2, 3, 4, 5, 6])
+        return received
     }
+
+    func closeReadEnd() { close(readEnd) }
 }
