@@ -3,11 +3,11 @@
 public struct CorrelationID: Hashable, Sendable, CustomStringConvertible {
     public let rawValue: String
 
-    /// 96 random bits from the system generator, as 24 lowercase hex digits (every request and MQTT message gets
-    /// one: the digits are written in place).
+    /// 96 random bits from the system's CSPRNG (through `RandomPool`, which draws 4 KiB per system call), as 24
+    /// lowercase hex digits (every request and MQTT message gets one: the digits are written in place).
     public init() {
-        var generator = SystemRandomNumberGenerator()
-        self.init(high: generator.next(), low: generator.next())
+        let (high, low) = RandomPool.shared.next96()
+        self.init(high: high, low: low)
     }
 
     /// The 96 bits as 24 lowercase hex digits, high first.
