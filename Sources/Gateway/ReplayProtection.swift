@@ -14,15 +14,44 @@ public final class NonceLedger: Sendable {
         case replayed
         case full
     }
+    /// A (device, nonce) pair hashed once when it is made: a claim looks its key up in two tables and expiry another
+    /// two, and hashing both strings each time was most of a claim's CPU. The tables hash only the stored value
+    /// (`Hasher` is seeded per process, so a client cannot choose nonces that collide); equality compares the strings.
     struct Key: Hashable {
-        let device: DeviceID
+        let device: HashedDevice
         let nonce: String
+        let hash: Int
+
+        init(device: DeviceID, nonce: String) {
+            var hasher = Hasher()
+            hasher.combine(device)
+            hasher.combine(nonce)
+            self.device = HashedDevice(device)
+            self.nonce = nonce
+            self.hash = hasher.finalize()
+        }
+
+        func hash(into hasher: inout Hasher) { hasher.combine(hash) }
+        static func == (a: Key, b: Key) -> Bool { a.hash == b.hash && a.nonce == b.nonce && a.device == b.device }
+    }
+    /// A device hashed once, for the per-device counts.
+    struct HashedDevice: Hashable {
+        let device: DeviceID
+        let hash: Int
+
+        init(_ device: DeviceID) {
+            self.device = device
+            self.hash = device.hashValue
+        }
+
+        func hash(into hasher: inout Hasher) { hasher.combine(hash) }
+        static func == (a: HashedDevice, b: HashedDevice) -> Bool { a.hash == b.hash && a.device == b.device }
     }
     struct State {
         var expiry: [Key: Int64] = [:]
         var order: [Key] = []
         var head = 0
-        var perDevice: [DeviceID: Int] = [:]
+        var perDevice: [HashedDevice: Int] = [:]
     }
     public let retention: Int64
     public let capacity: Int
@@ -41,7 +70,7 @@ public final class NonceLedger: Sendable {
         return state.withLock { state in
             Self.expire(&state, now: now)
             if state.expiry[key] != nil { return .replayed }
-            guard state.expiry.count < capacity, state.perDevice[device, default: 0] < perDeviceCapacity else {
+            guard state.expiry.count < capacity, state.perDevice[key.device, default: 0] < perDeviceCapacity else {
                 return .full
             }
             let expiresAt = now + retention
@@ -53,8 +82,9 @@ public final class NonceLedger: Sendable {
     /// Gives a claimed nonce back (the message it came with could not be stored, so nothing was acknowledged).
     public func release(device: DeviceID, nonce: String) {
         state.withLock { state in
-            if state.expiry.removeValue(forKey: Key(device: device, nonce: nonce)) != nil {
-                state.perDevice[device, default: 1] -= 1
+            let key = Key(device: device, nonce: nonce)
+            if state.expiry.removeValue(forKey: key) != nil {
+                state.perDevice[key.device, default: 1] -= 1
             }
         }
     }

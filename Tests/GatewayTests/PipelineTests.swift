@@ -38,6 +38,15 @@ import Testing
         #expect(ledger.claim(device: device, nonce: "c", now: 1100) == .fresh(expiresAt: 1221))
         #expect(ledger.claim(device: device, nonce: "d", now: 1100) == .full)  // this device's share is used
         #expect(ledger.claim(device: device, nonce: "a", now: 1121) == .fresh(expiresAt: 1242))  // expired, then new
+        // Keys are hashed once when made: a device and nonce that spell the same text together are still two keys,
+        // and a released nonce (its message not stored) frees the device's share and can be claimed again.
+        let joined = try DeviceID("d1a")
+        #expect(ledger.claim(device: joined, nonce: "b", now: 1121) == .fresh(expiresAt: 1242))
+        #expect(ledger.claim(device: other, nonce: "ab", now: 1121) == .fresh(expiresAt: 1242))
+        #expect(ledger.claim(device: device, nonce: "e", now: 1121) == .full)
+        ledger.release(device: device, nonce: "c")
+        #expect(ledger.claim(device: device, nonce: "c", now: 1122) == .fresh(expiresAt: 1243))
+        #expect(ledger.claim(device: device, nonce: "c", now: 1122) == .replayed)
         // A restart: the persisted entries come back.
         let restarted = NonceLedger(retentionSeconds: 121)
         restarted.load([(device, "b", 1221), (device, "old", 900)], now: 1150)
