@@ -907,14 +907,14 @@ struct MQTTConnection {
     /// One packet; nil to read the next. Not inlined into `loop`: its locals (it is the whole protocol) live only
     /// while a packet is handled, not in every held connection's frame.
     @inline(never)
-    private func handle(_ packet: Packet, peer: Peer, state: State) async throws -> End? {
+    private func handle(_ packet: consuming Packet, peer: Peer, state: State) async throws -> End? {
         let version = state.version
         let unacknowledged = state.unacknowledged
         guard !listener.revocations.contains(peer.serial) else {
             await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
             return await close(state.rules.closing(.notAuthorized), peer: peer, state: state)
         }
-        let action = state.rules.packetReceived(packet) { publish in
+        let action = state.rules.packetReceived(consume packet) { publish in
             publish.qos == .exactlyOnce
                 ? unacknowledged.received(qos2: publish.packetID ?? 0) : unacknowledged.received()
         }

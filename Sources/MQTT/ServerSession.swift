@@ -174,8 +174,10 @@ public struct ServerSession: Sendable, Equatable {
 
     /// One packet from the client. `countInbound` counts a QoS 1 or 2 PUBLISH in and returns how many are now
     /// unacknowledged (the acknowledgements are written elsewhere, after the store, so the count lives there).
-    public mutating func packetReceived(_ packet: Packet, countInbound: (PublishPacket) -> Int) -> Action {
-        switch packet {
+    /// The packet is consumed: a PUBLISH moves into its action instead of being copied (a copy retained each of its
+    /// fields, for every message).
+    public mutating func packetReceived(_ packet: consuming Packet, countInbound: (PublishPacket) -> Int) -> Action {
+        switch consume packet {
         case .publish(var publish):
             // MQTT 5.0 §3.3.2.3.4: a Topic Alias within the maximum announced; an alias alone names a topic set
             // earlier on this connection (aliases do not outlive it, §3.3.2.3.4 [MQTT-3.3.2-7]).
