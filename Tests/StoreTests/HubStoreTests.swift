@@ -17,7 +17,8 @@ import Testing
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         switch backend {
         case .memory: return (InMemoryHubStore(), directory)
-        case .sqlite: return (try SQLiteHubStore(path: directory + "/test.sqlite"), directory)
+        // The per-device index takes rows in every 3, so that every test reads both sides of its mark.
+        case .sqlite: return (try SQLiteHubStore(path: directory + "/test.sqlite", indexEvery: 3), directory)
         case .postgres: return (try await PostgresTestServer.freshStore(), directory)
         }
     }

@@ -1,0 +1,152 @@
+import Core
+import Foundation
+import GRDB
+import Testing
+
+@testable import Store
+
+/// The SQLite store's per-device telemetry index (migration v25): rows reach `telemetry_by_device` in sorted
+/// batches, and a device's messages are read from the index and from the rows above its mark together.
+@Suite struct TelemetryIndexTests {
+    static func directory() throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-index-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    static func message(_ device: DeviceID, _ index: Int) -> NewTelemetry {
+        NewTelemetry(
+            deviceID: device, receivedAt: Date(timeIntervalSince1970: 1_700_000_000 + Double(index)),
+            correlationID: "c\(index)", body: Array(#"{"i":\#(index)}"#.utf8))
+    }
+
+    /// What the store must answer for each device: its ids, newest first, for a few limits, and its count.
+    static func check(_ store: SQLiteHubStore, _ expected: [DeviceID: [Int64]], _ when: String) async throws {
+        for (device, ids) in expected {
+            let newestFirst = ids.sorted(by: >)
+            for limit in [1, 5, 1_000] {
+                let records = try await store.telemetry(of: device, limit: limit)
+                #expect(records.map(\.id) == Array(newestFirst.prefix(limit)), "\(device) limit \(limit), \(when)")
+                #expect(records.allSatisfy { $0.deviceID == device && $0.body.first == UInt8(ascii: "{") })
+            }
+            #expect(try await store.telemetryCount(of: device) == ids.count, "\(device) count, \(when)")
+        }
+        #expect(try await store.telemetryCount(of: nil) == expected.values.map(\.count).reduce(0, +))
+    }
+
+    /// (mark, rows in the index, rows above the mark, newest id) read straight from the file, after checking that
+    /// the index holds exactly the rows up to its mark, each under its own device.
+    static func indexState(_ path: String) throws -> (upto: Int64, indexed: Int, above: Int, newest: Int64) {
+        let pool = try DatabasePool(path: path)
+        return try pool.read { db in
+            let upto = try Int64.fetchOne(db, sql: "SELECT upto FROM telemetry_indexed") ?? -1
+            let indexed = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM telemetry_by_device") ?? -1
+            let below = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM telemetry WHERE id <= ?", arguments: [upto])
+            let matching = try Int.fetchOne(
+                db,
+                sql: "SELECT COUNT(*) FROM telemetry_by_device JOIN telemetry ON telemetry.id = telemetry_by_device.id "
+                    + "AND telemetry.device_id = telemetry_by_device.device_id WHERE telemetry_by_device.id <= ?",
+                arguments: [upto])
+            #expect(indexed == below && matching == below, "the index holds exactly the rows up to its mark")
+            return (
+                upto, indexed,
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM telemetry WHERE id > ?", arguments: [upto]) ?? -1,
+                try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM telemetry") ?? -1
+            )
+        }
+    }
+
+    /// 150 messages from three devices, alone and in concurrent batches, with the index taking them in every 7:
+    /// after each step every device's newest messages and count are right, whether they lie in the index, above its
+    /// mark, or both; the index holds exactly the rows up to its mark; and a reopened store answers the same.
+    @Test func aDevicesMessagesAreFoundOnBothSidesOfTheMark() async throws {
+        let directory = try Self.directory()
+        let path = directory + "/hub.sqlite"
+        let devices = try ["a", "b", "c"].map { try DeviceID($0) }
+        var expected: [DeviceID: [Int64]] = [:]
+        do {
+            let store = try SQLiteHubStore(path: path, indexEvery: 7)
+            for device in devices {
+                try await store.enroll(
+                    device: device, certificate: HubStoreTests.certificate(device.rawValue, device: device), at: Date())
+                expected[device] = []
+            }
+            try await Self.check(store, expected, "empty")
+            var next = 0
+            for step in 0..<10 {
+                // Odd steps: one message at a time (a batch each); even steps: 14 at once (batches of several).
+                if step % 2 == 1 {
+                    for _ in 0..<3 {
+                        let device = devices[next % 3]
+                        expected[device]!.append(try await store.appendTelemetry(Self.message(device, next)))
+                        next += 1
+                    }
+                } else {
+                    let first = next
+                    let stored = try await withThrowingTaskGroup(of: (DeviceID, Int64).self) { group in
+                        for index in first..<(first + 14) {
+                            let device = devices[(index * 7) % 3]
+                            group.addTask { (device, try await store.appendTelemetry(Self.message(device, index))) }
+                        }
+                        return try await group.reduce(into: []) { $0.append($1) }
+                    }
+                    for (device, id) in stored { expected[device]!.append(id) }
+                    next += 14
+                }
+                try await Self.check(store, expected, "after step \(step)")
+                let state = try Self.indexState(path)
+                #expect(state.newest - state.upto < 7 + 14, "the index keeps up")
+            }
+            // One message at a time until some lie above the mark (at most 7: the next would be indexed), so that
+            // the last checks read both sides whatever batches the concurrent steps made.
+            for _ in 0..<7 where try Self.indexState(path).above == 0 {
+                let device = devices[next % 3]
+                expected[device]!.append(try await store.appendTelemetry(Self.message(device, next)))
+                next += 1
+            }
+            let state = try Self.indexState(path)
+            #expect(state.upto >= 70 && state.above > 0, "both sides in use at the end: \(state)")
+            try await Self.check(store, expected, "at the end")
+        }
+        let reopened = try SQLiteHubStore(path: path, indexEvery: 7)
+        try await Self.check(reopened, expected, "reopened")
+    }
+
+    /// A database made before v25 (rows under the old `telemetry_device` index) is migrated: every row is in the
+    /// index, the mark is the newest id, the old index is gone, and the store reads each device's messages as before.
+    @Test func aDatabaseFromBeforeTheIndexTableIsMigrated() async throws {
+        let directory = try Self.directory()
+        let path = directory + "/hub.sqlite"
+        let devices = try ["a", "b"].map { try DeviceID($0) }
+        var expected: [DeviceID: [Int64]] = [devices[0]: [], devices[1]: []]
+        do {
+            let pool = try DatabasePool(path: path)
+            try SQLiteHubStore.migrator.migrate(pool, upTo: "v24: last_seen written once per device per batch")
+            let rows = try await pool.write { db -> [(Int, Int64)] in
+                var rows: [(Int, Int64)] = []
+                for device in devices {
+                    try db.execute(
+                        sql: "INSERT INTO devices (id, status, created_at) VALUES (?, 'active', 0)",
+                        arguments: [device.rawValue])
+                }
+                for index in 0..<40 {
+                    try db.execute(
+                        sql: "INSERT INTO telemetry (device_id, received_at, correlation_id, body) VALUES (?, ?, ?, ?)",
+                        arguments: [devices[index % 3 == 0 ? 0 : 1].rawValue, index, "c\(index)", Data("{}".utf8)])
+                    rows.append((index % 3 == 0 ? 0 : 1, db.lastInsertedRowID))
+                }
+                return rows
+            }
+            for (device, id) in rows { expected[devices[device]]!.append(id) }
+            #expect(try await pool.read { try $0.indexes(on: "telemetry").map(\.name) } == ["telemetry_device"])
+        }
+        let store = try SQLiteHubStore(path: path)
+        try await Self.check(store, expected, "migrated")
+        let state = try Self.indexState(path)
+        #expect(state.upto == 40 && state.indexed == 40 && state.above == 0)
+        #expect(try await DatabasePool(path: path).read { try $0.indexes(on: "telemetry") }.isEmpty)
+        // New messages go above the mark until there are enough to index.
+        expected[devices[1]]!.append(try await store.appendTelemetry(Self.message(devices[1], 40)))
+        try await Self.check(store, expected, "one more")
+    }
+}
