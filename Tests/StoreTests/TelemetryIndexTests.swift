@@ -112,6 +112,27 @@ import Testing
         try await Self.check(reopened, expected, "reopened")
     }
 
+    /// A batch that fails (a message for a device never enrolled breaks the foreign key) is rolled back whole and
+    /// reported as the store being unavailable; the writer's transaction is closed, so the next batch commits, and
+    /// the index and its mark move only with committed rows.
+    @Test func aFailedBatchIsRolledBackAndTheNextOneCommits() async throws {
+        let path = try Self.directory() + "/hub.sqlite"
+        let store = try SQLiteHubStore(path: path, indexEvery: 2)
+        let device = try DeviceID("a")
+        try await store.enroll(device: device, certificate: HubStoreTests.certificate("a", device: device), at: Date())
+        var expected: [DeviceID: [Int64]] = [device: []]
+        expected[device]!.append(try await store.appendTelemetry(Self.message(device, 0)))
+        for attempt in 1...3 {
+            await #expect(throws: StoreError.self) {
+                _ = try await store.appendTelemetry(Self.message(try DeviceID("never-enrolled"), attempt))
+            }
+            expected[device]!.append(try await store.appendTelemetry(Self.message(device, 10 + attempt)))
+            try await Self.check(store, expected, "after failure \(attempt)")
+        }
+        let state = try Self.indexState(path)
+        #expect(state.newest == 4 && state.upto >= 3, "only committed rows took ids and reached the index: \(state)")
+    }
+
     /// A database made before v25 (rows under the old `telemetry_device` index) is migrated: every row is in the
     /// index, the mark is the newest id, the old index is gone, and the store reads each device's messages as before.
     @Test func aDatabaseFromBeforeTheIndexTableIsMigrated() async throws {
