@@ -3,7 +3,7 @@
 public struct CorrelationID: Hashable, Sendable, CustomStringConvertible {
     public let rawValue: String
 
-    /// 96 random bits from the system's CSPRNG (through `RandomPool`, which draws 4 KiB per system call), as 24
+    /// 96 random bits from the system's CSPRNG (through `RandomPool`, which draws 256 bytes per system call), as 24
     /// lowercase hex digits (every request and MQTT message gets one: the digits are written in place).
     public init() {
         let (high, low) = RandomPool.shared.next96()

@@ -20,6 +20,7 @@ public final class RandomPool: Sendable {
         var next = RandomPool.size
     }
 
+    /// `getentropy(3)` gives at most 256 bytes a call: a larger pool would fail every refill.
     static let size = 256
     private let state = Mutex(State())
 
@@ -50,7 +51,8 @@ public final class RandomPool: Sendable {
 
     /// Fills `bytes` from the kernel's CSPRNG; false when it cannot.
     private static func fill(_ bytes: inout [UInt8]) -> Bool {
-        bytes.withUnsafeMutableBytes { buffer -> Bool in
+        assert(bytes.count <= 256, "getentropy refuses more than 256 bytes")
+        return bytes.withUnsafeMutableBytes { buffer -> Bool in
             #if canImport(Glibc) || canImport(Darwin)
                 getentropy(buffer.baseAddress!, buffer.count) == 0
             #else

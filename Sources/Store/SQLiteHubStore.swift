@@ -1681,6 +1681,12 @@ final class GroupCommitter: Sendable {
                 try db.cachedStatement(sql: "BEGIN IMMEDIATE TRANSACTION").execute()
                 do {
                     let value = try updates(db)
+                    // SQLite may have rolled back by itself (a full disk, an I/O error) under an error that was
+                    // caught inside: then what ran after it ran outside any transaction. Report the batch as
+                    // failed rather than commit nothing (GRDB's `checkForAbortedTransaction`).
+                    guard db.isInsideTransaction else {
+                        throw DatabaseError(resultCode: .SQLITE_ABORT, message: "Transaction was aborted")
+                    }
                     try db.cachedStatement(sql: "COMMIT TRANSACTION").execute()
                     result = .success(value)
                 } catch {
