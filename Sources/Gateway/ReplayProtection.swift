@@ -49,7 +49,9 @@ public final class NonceLedger: Sendable {
     }
     struct State {
         var expiry: [Key: Int64] = [:]
-        var order: [Key] = []
+        /// Each claim in claim order with the expiry it was given: a nonce released and claimed again has two
+        /// slots, and only the one whose expiry is the ledger's current one removes it.
+        var order: [(key: Key, expiresAt: Int64)] = []
         var head = 0
         var perDevice: [HashedDevice: Int] = [:]
     }
@@ -103,15 +105,17 @@ public final class NonceLedger: Sendable {
 
     private static func insert(_ state: inout State, _ key: Key, _ expiresAt: Int64) {
         state.expiry[key] = expiresAt
-        state.order.append(key)
+        state.order.append((key, expiresAt))
         state.perDevice[key.device, default: 0] += 1
     }
 
     private static func expire(_ state: inout State, now: Int64) {
         while state.head < state.order.count {
-            let key = state.order[state.head]
-            if let expiresAt = state.expiry[key] {
-                guard expiresAt <= now else { break }
+            let (key, expiresAt) = state.order[state.head]
+            guard expiresAt <= now else { break }
+            // A slot left by a released nonce (gone, or claimed again with a later expiry) removes nothing and no
+            // longer holds up the slots behind it until the new claim expires.
+            if state.expiry[key] == expiresAt {
                 state.expiry[key] = nil
                 let left = state.perDevice[key.device, default: 1] - 1
                 state.perDevice[key.device] = left > 0 ? left : nil

@@ -47,6 +47,18 @@ import Testing
         ledger.release(device: device, nonce: "c")
         #expect(ledger.claim(device: device, nonce: "c", now: 1122) == .fresh(expiresAt: 1243))
         #expect(ledger.claim(device: device, nonce: "c", now: 1122) == .replayed)
+        // A nonce released and claimed again leaves its first slot behind: that slot neither removes the new claim
+        // when its own time comes nor holds up the nonces claimed after it.
+        let reused = NonceLedger(retentionSeconds: 121)
+        _ = reused.claim(device: device, nonce: "w", now: 995)  // 1116: keeps the walk before a's first slot
+        _ = reused.claim(device: device, nonce: "a", now: 1000)  // first slot: 1121
+        _ = reused.claim(device: device, nonce: "x", now: 1010)  // 1131
+        reused.release(device: device, nonce: "a")
+        #expect(reused.claim(device: device, nonce: "a", now: 1100) == .fresh(expiresAt: 1221))
+        #expect(reused.claim(device: device, nonce: "y", now: 1140) == .fresh(expiresAt: 1261))
+        #expect(reused.count == 2, "w and x expired although a's first slot (1121) came before x")
+        #expect(reused.claim(device: device, nonce: "a", now: 1200) == .replayed)
+        #expect(reused.claim(device: device, nonce: "a", now: 1221) == .fresh(expiresAt: 1342))
         // A restart: the persisted entries come back.
         let restarted = NonceLedger(retentionSeconds: 121)
         restarted.load([(device, "b", 1221), (device, "old", 900)], now: 1150)
