@@ -23,30 +23,5 @@ public struct CorrelationID: Hashable, Sendable, CustomStringConvertible {
 
     public init(rawValue: String) { self.rawValue = rawValue }
 
-    /// A connection's correlation ids: 64 random bits drawn once, then a 32-bit count of the ids made (the same 24
-    /// hex digits as `init()`), so that a connection that gives one to every message it stores makes no system
-    /// call per message (an MQTT connection; two `getrandom` calls were 3 % of the hub's CPU per QoS 0 message).
-    /// Unique as long as the random part is (it is drawn again when the count wraps); an id was never a secret
-    /// (a client gets its own in every refusal), and the count tells a client only how many messages it sent.
-    public struct Sequence: Sendable {
-        private var prefix: UInt64
-        private var count: UInt32 = 0
-
-        public init() {
-            var generator = SystemRandomNumberGenerator()
-            prefix = generator.next()
-        }
-
-        public mutating func next() -> CorrelationID {
-            if count == .max {
-                var generator = SystemRandomNumberGenerator()
-                prefix = generator.next()
-                count = 0
-            }
-            defer { count += 1 }
-            return CorrelationID(high: prefix, low: count)
-        }
-    }
-
     public var description: String { rawValue }
 }

@@ -515,8 +515,6 @@ struct MQTTConnection {
         /// QoS 1 PUBLISH packets received whose PUBACK has not been sent: at most the Receive Maximum the hub
         /// announced (MQTT 5.0 §3.3.4).
         let unacknowledged = UnacknowledgedPublishes()
-        /// Each PUBLISH's correlation id (stored with the message, and in any refusal's audit record).
-        var correlations = CorrelationID.Sequence()
         var version: ProtocolVersion { rules.version }
         var v5: Bool { rules.v5 }
         var expirySeconds: Int { rules.expirySeconds }
@@ -1085,7 +1083,8 @@ struct MQTTConnection {
     private func admitAndDeliver(_ publish: PublishPacket, peer: Peer, state: State, respond: Bool) async
         -> Bool
     {
-        let correlationID = state.correlations.next().rawValue
+        // Each PUBLISH's correlation id (stored with the message, and in any refusal's audit record).
+        let correlationID = CorrelationID().rawValue
         let check = state.payloads.check(for: publish.topic)
         guard let device = peer.device else {
             return await admitFleetPublish(publish, peer: peer, state: state, respond: respond, correlationID, check)

@@ -1022,25 +1022,14 @@ public final class SQLiteHubStore: HubStore {
 
     public func telemetryCount(of device: DeviceID?) async throws -> Int {
         try await read { db in
-            if let device {
-                let upto = try Self.indexedUpTo(db)
-                let recent =
-                    try Int.fetchOne(
-                        db, sql: "SELECT COUNT(*) FROM telemetry WHERE id > ? AND device_id = ?",
-                        arguments: [upto, device.rawValue]) ?? 0
-                let indexed =
-                    try Int.fetchOne(
-                        db, sql: "SELECT COUNT(*) FROM telemetry_by_device WHERE device_id = ? AND id <= ?",
-                        arguments: [device.rawValue, upto]) ?? 0
-                return recent + indexed
-            }
-            // The index's narrow rows, not the table's bodies, plus the few above its mark.
+            // The index's narrow rows up to its mark (not the table's bodies), plus the few above it.
             let upto = try Self.indexedUpTo(db)
+            let ofDevice = device == nil ? "" : " AND device_id = ?"
             return try Int.fetchOne(
                 db,
-                sql: "SELECT (SELECT COUNT(*) FROM telemetry_by_device WHERE id <= ?) "
-                    + "+ (SELECT COUNT(*) FROM telemetry WHERE id > ?)",
-                arguments: [upto, upto]) ?? 0
+                sql: "SELECT (SELECT COUNT(*) FROM telemetry_by_device WHERE id <= ?\(ofDevice)) "
+                    + "+ (SELECT COUNT(*) FROM telemetry WHERE id > ?\(ofDevice))",
+                arguments: device.map { [upto, $0.rawValue, upto, $0.rawValue] } ?? [upto, upto]) ?? 0
         }
     }
 

@@ -58,21 +58,4 @@ import Testing
         #expect(draws.count == 16_000 && Set(draws).count == 16_000)
         #expect(draws.filter { $0.hasSuffix("/0") }.count < 3)
     }
-
-    /// A connection's sequence: the same format, every id distinct, and two connections' ids apart from the first
-    /// (their random 64 bits differ).
-    @Test func aSequenceCountsUnderItsOwnRandomPrefix() {
-        var first = CorrelationID.Sequence()
-        var second = CorrelationID.Sequence()
-        let ids = (0..<4096).map { _ in first.next().rawValue }
-        let others = (0..<4096).map { _ in second.next().rawValue }
-        #expect(Set(ids + others).count == 8192)
-        #expect(
-            (ids + others).allSatisfy {
-                $0.utf8.count == 24 && $0.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
-            })
-        #expect(Set(ids.map { $0.prefix(16) }).count == 1 && Set(others.map { $0.prefix(16) }).count == 1)
-        #expect(ids[0].prefix(16) != others[0].prefix(16))
-        #expect(ids[0].suffix(8) == "00000000" && ids[4095].suffix(8) == "00000fff")
-    }
 }
