@@ -69,7 +69,15 @@ public indirect enum JSONValue: Sendable, Equatable {
 /// building quadratic.
 public struct JSONObject: Sendable, Equatable {
     public private(set) var members: [(key: String, value: JSONValue)]
-    private var index: [[UInt8]: Int]?
+    /// Boxed: a `[[UInt8]: Int]?` stored inline makes every copy and destruction of an object (most never index)
+    /// ask for that dictionary's type metadata, whose `[UInt8]: Hashable` requirement costs a scan of the runtime's
+    /// conformance records on first use.
+    private var index: ByteIndex?
+
+    private final class ByteIndex: @unchecked Sendable {
+        var table: [[UInt8]: Int]
+        init(_ table: [[UInt8]: Int]) { self.table = table }
+    }
 
     static let indexedFrom = 16
 
@@ -93,19 +101,21 @@ public struct JSONObject: Sendable, Equatable {
 
     /// Where the member named `key` (by UTF-8 bytes) is.
     private func position(of key: String) -> Int? {
-        if let index { return index[Array(key.utf8)] }
+        if let index { return index.table[Array(key.utf8)] }
         return members.firstIndex { $0.key.utf8.elementsEqual(key.utf8) }
     }
 
     private mutating func add(_ key: String, _ value: JSONValue) {
         members.append((key, value))
         if index != nil {
-            index?[Array(key.utf8)] = members.count - 1
+            // Copy on write: the box may be another copy's too.
+            if !isKnownUniquelyReferenced(&index!) { index = ByteIndex(index!.table) }
+            index!.table[Array(key.utf8)] = members.count - 1
         } else if members.count > Self.indexedFrom {
             var built: [[UInt8]: Int] = [:]
             built.reserveCapacity(members.count * 2)
             for (i, m) in members.enumerated() { built[Array(m.key.utf8)] = i }
-            index = built
+            index = ByteIndex(built)
         }
     }
 

@@ -177,6 +177,36 @@ enum RSAPSS {
     }
 }
 
+/// Byte strings seen: a list searched while short; past 16 a hashed set (a delegator may set a threshold of
+/// thousands). The set is boxed, created only then: a `Set<[UInt8]>` met on every path (even empty, even to destroy it)
+/// costs the process a scan of the runtime's conformance records, for `[UInt8]: Hashable`, on first use.
+struct SeenBytes {
+    private var list: [[UInt8]] = []
+    private var hashed: Hashed?
+
+    private final class Hashed {
+        var set: Set<[UInt8]>
+        init(_ list: [[UInt8]]) { set = Set(list) }
+    }
+
+    var count: Int { hashed?.set.count ?? list.count }
+
+    func contains(_ bytes: [UInt8]) -> Bool { hashed?.set.contains(bytes) ?? list.contains(bytes) }
+
+    /// Not copied while in use (a local of one function), so the box is never shared.
+    mutating func insert(_ bytes: [UInt8]) {
+        if let hashed {
+            hashed.set.insert(bytes)
+        } else {
+            list.append(bytes)
+            if list.count > 16 {
+                hashed = Hashed(list)
+                list = []
+            }
+        }
+    }
+}
+
 /// TUF §5.3.4 / §5.4.2 / §5.5.3 / §5.6.3 threshold check.
 public enum Threshold {
     /// Counts each distinct trusted keyid at most once: a keyid in `keyids` counts when `keys`
@@ -192,21 +222,33 @@ public enum Threshold {
         role: String,
         policy: KeyPolicy = .any
     ) throws(TUFError) {
-        var sigByKeyid: [[UInt8]: Signature] = [:]
-        for s in signatures {
-            guard sigByKeyid.updateValue(s, forKey: Array(s.keyid.utf8)) == nil else {
-                throw TUFError(.invalidMetadata, "duplicate keyid in signatures")
-            }
+        // Keyids compare by their bytes. The signatures, sorted by keyid, are searched by halving: no hashing (a hashed
+        // table keyed by bytes costs the process a scan of the runtime's conformance records on first use), and a long
+        // list (an attacker's) costs n log n.
+        let byKeyid = signatures.map { (id: Array($0.keyid.utf8), signature: $0) }
+            .sorted { $0.id.lexicographicallyPrecedes($1.id) }
+        for i in byKeyid.indices.dropFirst() where byKeyid[i].id == byKeyid[i - 1].id {
+            throw TUFError(.invalidMetadata, "duplicate keyid in signatures")
         }
-        var counted = Set<[UInt8]>()
+        func signature(by id: [UInt8]) -> Signature? {
+            var low = 0
+            var high = byKeyid.count
+            while low < high {
+                let middle = (low + high) / 2
+                if byKeyid[middle].id.lexicographicallyPrecedes(id) { low = middle + 1 } else { high = middle }
+            }
+            return low < byKeyid.count && byKeyid[low].id == id ? byKeyid[low].signature : nil
+        }
+        // Counting stops at the threshold, so these stay as short as it is.
+        var counted = SeenBytes()
         // TUF §4.3: each key contributes one signature. Keyids are not recomputed, so the same key listed under two
         // keyids (in the same or another spelling: hex case, keytype alias, PEM wrapping) would count twice: count
         // the parsed key material once too.
-        var countedKeys = Set<[UInt8]>()
+        var countedKeys = SeenBytes()
         var excluded = 0
-        for keyid in keyids {
+        for keyid in keyids where counted.count < threshold {
             let id = Array(keyid.utf8)
-            guard !counted.contains(id), let key = keys[keyid], let sig = sigByKeyid[id],
+            guard !counted.contains(id), let key = keys[keyid], let sig = signature(by: id),
                 let material = SignatureVerifier.material(of: key)
             else { continue }
             guard policy.allows(key) else {

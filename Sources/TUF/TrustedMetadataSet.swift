@@ -22,7 +22,13 @@ public struct TrustedMetadataSet: Sendable {
     public private(set) var root: Verified<Root>
     public private(set) var timestamp: Verified<Timestamp>?
     public private(set) var snapshot: Verified<Snapshot>?
-    private var targetRoles: [[UInt8]: (metadata: Verified<Targets>, delegator: String)] = [:]
+    /// The targets roles loaded, by name compared byte for byte: a list, searched (an update loads a few; a hashed
+    /// table keyed by bytes would cost the process a scan of the runtime's conformance records on first use).
+    private var targetRoles: [(name: [UInt8], metadata: Verified<Targets>, delegator: String)] = []
+
+    private func loaded(_ name: String) -> (name: [UInt8], metadata: Verified<Targets>, delegator: String)? {
+        targetRoles.first { $0.name.elementsEqual(name.utf8) }
+    }
 
     /// TUF §5.2: load the trusted root. It must be signed by a threshold of its own root keys.
     /// Expiry is not checked here: an expired local root may still be updated (TUF §5.3).
@@ -37,13 +43,13 @@ public struct TrustedMetadataSet: Sendable {
     }
 
     /// Top-level targets, when loaded.
-    public var targets: Verified<Targets>? { targetRoles[Array("targets".utf8)]?.metadata }
+    public var targets: Verified<Targets>? { loaded("targets")?.metadata }
 
     /// A loaded targets role (top-level or delegated) by name.
-    public func targetsRole(_ name: String) -> Verified<Targets>? { targetRoles[Array(name.utf8)]?.metadata }
+    public func targetsRole(_ name: String) -> Verified<Targets>? { loaded(name)?.metadata }
 
     /// The delegator through which a loaded targets role was verified.
-    public func delegator(of name: String) -> String? { targetRoles[Array(name.utf8)]?.delegator }
+    public func delegator(of name: String) -> String? { loaded(name)?.delegator }
 
     static func verifyRoot(_ md: Metadata<Root>, by trusted: Root, policy: KeyPolicy) throws(TUFError) {
         guard let role = trusted.roles["root"] else { throw TUFError(.invalidMetadata, "root role missing") }
@@ -209,7 +215,12 @@ public struct TrustedMetadataSet: Sendable {
         }
         if md.signed.common.isExpired(at: referenceTime) { throw TUFError(.expired, "\(role) is expired") }
         let verified = Verified(unchecked: md)
-        targetRoles[Array(role.utf8)] = (verified, delegator)
+        let entry = (name: Array(role.utf8), metadata: verified, delegator: delegator)
+        if let i = targetRoles.firstIndex(where: { $0.name == entry.name }) {
+            targetRoles[i] = entry
+        } else {
+            targetRoles.append(entry)
+        }
         return verified
     }
 
@@ -217,7 +228,7 @@ public struct TrustedMetadataSet: Sendable {
     /// delegator's keys: trust from one delegation path does not carry over to another
     /// (TUF §5.6.7.2; tuf-conformance `test_cached_role_is_verified_against_current_delegator`).
     public func reverify(role: String, delegator: String) throws(TUFError) -> Verified<Targets> {
-        guard let loaded = targetRoles[Array(role.utf8)] else { throw TUFError(.workflowOrder, "role not loaded") }
+        guard let loaded = loaded(role) else { throw TUFError(.workflowOrder, "role not loaded") }
         if loaded.delegator.utf8.elementsEqual(delegator.utf8) { return loaded.metadata }
         try verifyDelegation(loaded.metadata.metadata, role: role, delegator: delegator)
         return loaded.metadata

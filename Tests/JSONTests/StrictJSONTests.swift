@@ -13,6 +13,25 @@ import Testing
         return .object(object)
     }
 
+    /// Past 16 members an object keeps an index by key bytes, shared by its copies until one of them changes.
+    @Test func copiesOfALargeObjectKeepTheirOwnMembers() throws {
+        var original = JSONObject()
+        for i in 0..<20 { original.set("k\(i)", .integer(Int64(i))) }
+        var copy = original
+        copy.set("new", .bool(true))
+        copy.set("k3", .null)
+        try original.append("other", .integer(-1))
+        #expect(original["new"] == nil && copy["new"] == .bool(true))
+        #expect(copy["other"] == nil && original["other"] == .integer(-1))
+        #expect(original["k3"] == .integer(3) && copy["k3"] == .null)
+        #expect(original.count == 21 && copy.count == 21)
+        // Keys are compared by their bytes: a canonically equivalent spelling is another key, also when indexed.
+        copy.set("e\u{301}", .integer(1))
+        try copy.append("\u{e9}", .integer(2))
+        #expect(copy["e\u{301}"] == .integer(1) && copy["\u{e9}"] == .integer(2))
+        #expect(throws: JSONError.self) { try copy.append("k0", .null) }
+    }
+
     @Test func acceptsValidDocuments() throws {
         #expect(
             try parse(#"{"a":[1,-2.5e3,true,false,null,"x\u00e9\ud83d\ude00\n"]}"#)

@@ -167,6 +167,28 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
         )
     }
 
+    /// Past 16 counted keys the counting switches from lists to hashed sets: 24 distinct keys reach 24 and no more;
+    /// the 21st key listed again under 8 aliases after all 24 (inserted after the switch) and every keyid listed a
+    /// second time add nothing.
+    @Test func manyKeysAreCountedOnceEachOnBothSidesOfTheSwitch() throws {
+        let signers = (0..<24).map { _ in TestSigner() }
+        var keys: [String: Key] = [:]
+        for s in signers { keys[s.keyid] = try Key(json: try need(s.keyJSON.objectValue)) }
+        let sigs = try signers.map { try signature($0.keyid, $0.sign(data)) }
+        let ids = signers.map(\.keyid)
+        try Threshold.verify(signedBytes: data, signatures: sigs, keyids: ids, threshold: 24, keys: keys, role: "t")
+        let aliases = (0..<8).map { "alias\($0)-" + signers[20].keyid }
+        var aliased = keys
+        for a in aliases { aliased[a] = keys[signers[20].keyid] }
+        let all = try sigs + aliases.map { try signature($0, signers[20].sign(data)) }
+        for keyids in [ids, ids + aliases, ids + ids, ids + aliases + ids] {
+            #expect(throws: TUFError(.thresholdNotReached, "")) {
+                try Threshold.verify(
+                    signedBytes: data, signatures: all, keyids: keyids, threshold: 25, keys: aliased, role: "t")
+            }
+        }
+    }
+
     @Test func metadataWithDuplicateSignatureKeyidsIsRefused() {
         let text =
             #"{"signed":{"_type":"timestamp","spec_version":"1.0","version":1,"expires":"2030-01-01T00:00:00Z","meta":{"snapshot.json":{"version":1}}},"signatures":[{"keyid":"aa","sig":"00"},{"keyid":"aa","sig":"00"}]}"#
