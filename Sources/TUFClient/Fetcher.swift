@@ -5,6 +5,16 @@
 /// `UpdaterError.httpStatus`.
 public protocol Fetcher: Sendable {
     func fetch(_ url: String, maxBytes: Int) async throws -> [UInt8]
+
+    /// Says that `fetch(url, maxBytes:)` comes next: a fetcher may send the request now, so that the answer travels
+    /// while the caller does other work (the updater writes the file it accepted last), and hand that answer to the
+    /// `fetch` of the same URL. It never reorders requests and never fails: an error is reported by that `fetch`.
+    /// The default does nothing.
+    func prepare(_ url: String) async
+}
+
+extension Fetcher {
+    public func prepare(_ url: String) async {}
 }
 
 extension String {

@@ -1,3 +1,4 @@
+import Synchronization
 import TUF
 
 #if canImport(Glibc)
@@ -22,10 +23,15 @@ import TUF
 /// It blocks the calling thread for up to `timeout`, so it is not for a long-running program that shares its
 /// threads (the agent uses `HTTPFetcher`, which also carries TLS). The same limits as `HTTPFetcher`:
 /// - `timeout` bounds the whole fetch, name lookup excepted: connect, request and every read (slow retrieval attack);
+///   a prepared request has it twice, once to connect and send, once to read the answer;
 /// - at most `maxBytes` of body, refused from a declared length up front and from the running count as it arrives
 ///   (endless data attack); framing by `HTTPResponseReader` (RFC 9112).
+///
+/// `prepare(url)` connects and sends the request at once; the `fetch` of that URL that follows reads the answer (with
+/// its own deadline and byte limit), or throws the error the request met.
 public struct SocketFetcher: Fetcher {
     public var timeout: Duration
+    private let sent = SentRequests()
 
     public init(timeout: Duration = .seconds(30)) { self.timeout = timeout }
 
@@ -33,18 +39,23 @@ public struct SocketFetcher: Fetcher {
         try get(url, maxBytes: maxBytes)
     }
 
-    func get(_ url: String, maxBytes: Int) throws -> [UInt8] {
-        let target = try HTTPURL(url)
-        guard !target.secure else {
-            throw UpdaterError.usage("SocketFetcher speaks http:// only; https:// needs HTTPFetcher with TLS")
+    public func prepare(_ url: String) async {
+        do {
+            sent.put(url, .socket(try request(url, deadline: Deadline(after: timeout))))
+        } catch {
+            sent.put(url, .failed(error))
         }
+    }
+
+    func get(_ url: String, maxBytes: Int) throws -> [UInt8] {
         let deadline = Deadline(after: timeout)
-        let fd = try connect(target, deadline: deadline, url: url)
+        let fd: Int32
+        switch sent.take(url) {
+        case .socket(let socket): fd = socket
+        case .failed(let error): throw error
+        case nil: fd = try request(url, deadline: deadline)
+        }
         defer { close(fd) }
-        let request = Array(
-            "GET \(target.path) HTTP/1.1\r\nHost: \(target.hostHeader)\r\nConnection: close\r\nUser-Agent: bulwark-tuf\r\n\r\n"
-                .utf8)
-        try send(request, fd: fd, deadline: deadline, url: url)
         var reader = HTTPResponseReader(maxBytes: maxBytes)
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
@@ -52,7 +63,7 @@ public struct SocketFetcher: Fetcher {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0 {
                 if errno == EINTR || errno == EAGAIN { continue }
-                throw UpdaterError.transport("cannot read from \(target.host):\(target.port) (errno \(errno))")
+                throw UpdaterError.transport("cannot read from \(url) (errno \(errno))")
             }
             let outcome: HTTPResponseReader.Outcome
             do {
@@ -68,6 +79,25 @@ public struct SocketFetcher: Fetcher {
             case .status(let status): throw UpdaterError.httpStatus(status, url: url)
             }
         }
+    }
+
+    /// Connects and sends the GET; returns the socket to read the answer from.
+    private func request(_ url: String, deadline: Deadline) throws -> Int32 {
+        let target = try HTTPURL(url)
+        guard !target.secure else {
+            throw UpdaterError.usage("SocketFetcher speaks http:// only; https:// needs HTTPFetcher with TLS")
+        }
+        let fd = try connect(target, deadline: deadline, url: url)
+        let request = Array(
+            "GET \(target.path) HTTP/1.1\r\nHost: \(target.hostHeader)\r\nConnection: close\r\nUser-Agent: bulwark-tuf\r\n\r\n"
+                .utf8)
+        do {
+            try send(request, fd: fd, deadline: deadline, url: url)
+        } catch {
+            close(fd)
+            throw error
+        }
+        return fd
     }
 
     /// Tries each address of the host in turn until one connects within the deadline.
@@ -137,6 +167,43 @@ public struct SocketFetcher: Fetcher {
             let ready = poll(&entry, 1, Int32(clamping: remaining))
             if ready > 0 { return }
             if ready < 0, errno != EINTR { throw UpdaterError.transport("poll failed (errno \(errno))") }
+        }
+    }
+}
+
+/// Requests sent by `prepare` and not yet read, oldest first: at most a few (a caller prepares the request it fetches
+/// next); the sockets of any left over are closed with the fetcher.
+final class SentRequests: Sendable {
+    /// Not a `Result`: its `Failure: Error` requirement costs the process a scan of the runtime's conformance records
+    /// on first use.
+    enum Sent: Sendable {
+        case socket(Int32)
+        case failed(any Error)
+    }
+
+    private let requests = Mutex<[(url: String, sent: Sent)]>([])
+    static let limit = 4
+
+    func put(_ url: String, _ sent: Sent) {
+        let dropped: [Sent] = requests.withLock { list in
+            var dropped: [Sent] = []
+            if let i = list.firstIndex(where: { $0.url == url }) { dropped.append(list.remove(at: i).sent) }
+            list.append((url, sent))
+            while list.count > Self.limit { dropped.append(list.removeFirst().sent) }
+            return dropped
+        }
+        for case .socket(let fd) in dropped { close(fd) }
+    }
+
+    func take(_ url: String) -> Sent? {
+        requests.withLock { list in
+            list.firstIndex { $0.url == url }.map { list.remove(at: $0).sent }
+        }
+    }
+
+    deinit {
+        requests.withLock { list in
+            for case (_, .socket(let fd)) in list { close(fd) }
         }
     }
 }

@@ -14,6 +14,10 @@ public actor Updater {
     let artifactStore: (any ArtifactStore)?
     private(set) var trusted: TrustedMetadataSet
     private var refreshed = false
+    /// The file accepted last, not yet written: `persist` leaves it here until the next request has been sent, so
+    /// that its write and fsync overlap the server's answer (`request`). It is written before that answer is read
+    /// and before each public method returns, also when it fails; reading it back meanwhile gives these bytes.
+    private var pending: (name: String, bytes: [UInt8])?
 
     /// TUF §5.1: record the update start time; TUF §5.2: load the trusted root from local storage.
     public init(
@@ -50,11 +54,12 @@ public actor Updater {
     /// TUF §5.3–§5.6 for the top-level roles: root, timestamp, snapshot, targets, in that order.
     public func refresh() async throws {
         // What was accepted stays accepted, also when a later step fails (TUF §5.4.5 and siblings persist as they go).
-        defer { try? metadataStore.flush() }
+        defer { settle() }
         try await loadRoot()
         try await loadTimestamp()
         try await loadSnapshot()
         _ = try await loadTargets(role: "targets", delegator: "root")
+        try savePending()
         refreshed = true
     }
 
@@ -67,7 +72,8 @@ public actor Updater {
     /// - §5.3.4–§5.3.7: `TrustedMetadataSet.updateRoot` checks signatures by old and new root
     ///   (each keyid counted once), the exact version N+1, and makes it the trusted root;
     ///   intermediate expiry does not matter (§5.3.6).
-    /// - §5.3.8: persist each accepted root byte for byte, before fetching the next.
+    /// - §5.3.8: persist each accepted root byte for byte, before the next is read (written while its request
+    ///   travels, see `request`).
     /// - §5.3.9: repeat.
     /// - §5.3.10: the final root must not be expired at the fixed start time (freeze attack).
     /// - §5.3.11: if timestamp or snapshot keys changed, delete the trusted timestamp and
@@ -100,6 +106,7 @@ public actor Updater {
         }
         let final = trusted.root.signed
         if Updater.keysChanged("timestamp", initial, final) || Updater.keysChanged("snapshot", initial, final) {
+            try savePending()
             try metadataStore.remove("timestamp.json")
             try metadataStore.remove("snapshot.json")
         }
@@ -120,10 +127,14 @@ public actor Updater {
     /// - An unchanged version keeps the stored copy and is not an error.
     /// - §5.4.5: persist.
     func loadTimestamp() async throws {
-        if let local = try metadataStore.load("timestamp.json") {
+        let local = try stored("timestamp.json")
+        if let local {
             _ = try? trusted.updateTimestamp(local)
         }
         let data = try await download(role: "timestamp", maxBytes: config.timestampMaxLength, version: nil)
+        // The stored file again, byte for byte, and it was just accepted as the trusted timestamp (against this final
+        // root): `updateTimestamp` would verify the same signatures and find the same version (`equalVersion`).
+        if let local, trusted.timestamp != nil, local == data { return }
         do {
             try trusted.updateTimestamp(data)
         } catch  where error.code == .equalVersion {
@@ -143,7 +154,7 @@ public actor Updater {
     /// - §5.5.2–§5.5.6: verified by `TrustedMetadataSet.updateSnapshot`.
     /// - §5.5.7: persist.
     func loadSnapshot() async throws {
-        if let local = try metadataStore.load("snapshot.json") {
+        if let local = try stored("snapshot.json") {
             do {
                 try trusted.updateSnapshot(local, trusted: true)
                 return
@@ -185,7 +196,7 @@ public actor Updater {
                 throw UpdaterError.metadata(error)
             }
         }
-        if let local = try metadataStore.load(percentEncode(role) + ".json"),
+        if let local = try stored(percentEncode(role) + ".json"),
             let verified = try? trusted.updateDelegatedTargets(local, role: role, delegator: delegator)
         {
             return verified.signed
@@ -216,17 +227,23 @@ public actor Updater {
     /// as in python-tuf (default 32).
     /// Runs `refresh()` first if it has not run (TUF §5.7: metadata must be current).
     public func targetInfo(for targetPath: String) async throws -> TargetFile? {
-        defer { try? metadataStore.flush() }
+        defer { settle() }
         if !refreshed { try await refresh() }
+        let found = try await search(targetPath)
+        try savePending()
+        return found
+    }
+
+    private func search(_ targetPath: String) async throws -> TargetFile? {
         var stack: [(role: String, delegator: String)] = [("targets", "root")]
-        var visited = Set<[UInt8]>()
+        var visited: [[UInt8]] = []  // at most maxDelegations + 1: searched, not hashed
         while !stack.isEmpty, visited.count <= config.maxDelegations {
             let (role, delegator) = stack.removeLast()
             let key = Array(role.utf8)
             if visited.contains(key) { continue }
             let targets = try await loadTargets(role: role, delegator: delegator)
             if let found = targets.target(targetPath) { return found }
-            visited.insert(key)
+            visited.append(key)
             guard let delegations = targets.delegations else { continue }
             var children: [(role: String, delegator: String)] = []
             for child in delegations.rolesFor(targetPath: targetPath) {
@@ -258,10 +275,7 @@ public actor Updater {
         guard let base = targetBaseURL else { throw UpdaterError.usage("no target base URL") }
         let path = Updater.downloadPath(
             target, hashPrefixed: trusted.root.signed.consistentSnapshot && config.prefixTargetsWithHash)
-        let data = try await fetcher.fetch(
-            base + path,
-            maxBytes: Int(clamping: target.length)
-        )
+        let data = try await request(base + path, maxBytes: Int(clamping: target.length))
         do {
             try target.verifyLengthAndHashes(data)
         } catch {
@@ -307,10 +321,47 @@ public actor Updater {
     private func download(role: String, maxBytes: Int, version: Int64?) async throws -> [UInt8] {
         let name = percentEncode(role)
         let file = version.map { "\($0).\(name).json" } ?? "\(name).json"
-        return try await fetcher.fetch(metadataBaseURL + file, maxBytes: maxBytes)
+        return try await request(metadataBaseURL + file, maxBytes: maxBytes)
     }
 
+    /// One GET. With a file pending, the request is sent first and the file written while the answer travels, then
+    /// the answer is read: the repository sees the same requests in the same order, and every downloaded file is
+    /// on disk before the next download is read. When the write fails, the answer already requested is read and
+    /// dropped (a byte limit of 0), so no later fetch of that URL can take it.
+    private func request(_ url: String, maxBytes: Int) async throws -> [UInt8] {
+        if pending != nil {
+            await fetcher.prepare(url)
+            do {
+                try savePending()
+            } catch {
+                _ = try? await fetcher.fetch(url, maxBytes: 0)
+                throw error
+            }
+        }
+        return try await fetcher.fetch(url, maxBytes: maxBytes)
+    }
+
+    /// TUF §5.3.8, §5.4.5, §5.5.7, §5.6.6: keep the accepted bytes, written by `savePending`.
     private func persist(role: String, _ data: [UInt8]) throws {
-        try metadataStore.store(percentEncode(role) + ".json", data)
+        try savePending()
+        pending = (percentEncode(role) + ".json", data)
+    }
+
+    private func savePending() throws {
+        guard let (name, bytes) = pending else { return }
+        pending = nil
+        try metadataStore.store(name, bytes)
+    }
+
+    /// A stored file: the pending bytes when they are that file's.
+    private func stored(_ name: String) throws -> [UInt8]? {
+        if let pending, pending.name.utf8.elementsEqual(name.utf8) { return pending.bytes }
+        return try metadataStore.load(name)
+    }
+
+    /// On the way out of a public method, also a failing one: what was accepted is written and the directory synced.
+    private func settle() {
+        try? savePending()
+        try? metadataStore.flush()
     }
 }

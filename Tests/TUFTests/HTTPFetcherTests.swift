@@ -218,5 +218,54 @@ func withServer(_ mode: Misbehaviour, _ body: (String) async throws -> Void) asy
             _ = try await SocketFetcher(timeout: .seconds(5)).fetch("http://127.0.0.1:\(port)/x", maxBytes: 10)
             Issue.record("connected to a closed port")
         } catch UpdaterError.transport {}
+        // A prepared request that met the refusal: the fetch of its URL reports it.
+        let fetcher = SocketFetcher(timeout: .seconds(5))
+        await fetcher.prepare("http://127.0.0.1:\(port)/y")
+        do {
+            _ = try await fetcher.fetch("http://127.0.0.1:\(port)/y", maxBytes: 10)
+            Issue.record("a prepared request to a closed port succeeded")
+        } catch UpdaterError.transport {}
+    }
+
+    /// `prepare` sends the request: its answer is read after the server stopped accepting connections, with the
+    /// fetch's own byte limit; a URL fetched without being prepared (or fetched a second time) is requested then.
+    @Test func aPreparedRequestIsSentAtOnceAndReadByItsFetch() async throws {
+        let fetcher = SocketFetcher(timeout: .seconds(5))
+        var url = ""
+        try await withServer(.ok("prepared")) { served in
+            url = served
+            await fetcher.prepare(url)
+            await fetcher.prepare(url + "2")
+            // A connection still in the listener's backlog when it closes would be reset: this third one is
+            // accepted after the two prepared (the backlog is taken in order).
+            let third = try await SocketFetcher(timeout: .seconds(5)).fetch(url + "3", maxBytes: 100)
+            #expect(third.count == 8)
+        }
+        // The listener closes asynchronously: wait until a new request is refused.
+        var refused = false
+        for _ in 0..<200 where !refused {
+            do {
+                _ = try await SocketFetcher(timeout: .seconds(1)).fetch(url + "3", maxBytes: 100)
+                try await Task.sleep(for: .milliseconds(10))
+            } catch {
+                refused = true
+            }
+        }
+        #expect(refused)
+        do {
+            _ = try await fetcher.fetch(url + "2", maxBytes: 7)
+            Issue.record("8 bytes under a limit of 7")
+        } catch UpdaterError.tooLarge {}
+        #expect(try await fetcher.fetch(url, maxBytes: 8) == Array("prepared".utf8))
+        await #expect(throws: UpdaterError.self) { _ = try await fetcher.fetch(url, maxBytes: 8) }
+    }
+
+    /// At most `SentRequests.limit` requests wait; preparing more drops (and closes) the oldest.
+    @Test func preparedRequestsAreBounded() async throws {
+        let sent = SentRequests()
+        for i in 0..<(SentRequests.limit + 2) { sent.put("u\(i)", .failed(UpdaterError.timeout(url: "u\(i)"))) }
+        #expect(sent.take("u0") == nil && sent.take("u1") == nil)
+        #expect(sent.take("u2") != nil && sent.take("u\(SentRequests.limit + 1)") != nil)
+        #expect(sent.take("u2") == nil)
     }
 }

@@ -304,4 +304,58 @@ import Testing
         #expect(second.first == "store timestamp.json", "\(second)")
         #expect(second.last == "flush", "\(second)")
     }
+
+    /// A fetcher that logs `prepare` and `fetch` into the store's log.
+    struct LoggingFetcher: Fetcher {
+        let inner: MemoryFetcher
+        let store: Recording
+
+        func prepare(_ url: String) async { store.events.withLock { $0.append("prepare " + url) } }
+        func fetch(_ url: String, maxBytes: Int) async throws -> [UInt8] {
+            store.events.withLock { $0.append("fetch " + url) }
+            return try await inner.fetch(url, maxBytes: maxBytes)
+        }
+    }
+
+    /// Each accepted file is written after the next request is sent (so that its fsync overlaps the server's answer)
+    /// and before that answer is read; the repository sees the same requests in the same order; the last file is
+    /// written before the method returns.
+    @Test func acceptedFilesAreWrittenWhileTheNextRequestTravels() async throws {
+        let repo = TestRepository()
+        repo.roles["targets"]?.targets = ["a.txt": Array("hello".utf8)]
+        repo.publish()
+        let dir = try makeClientDirectory(repo)
+        let store = Recording(dir)
+        let updater = try Updater(
+            metadataBaseURL: TestRepository.metadataURL, metadataStore: store,
+            fetcher: LoggingFetcher(inner: repo.fetcher, store: store), targetBaseURL: TestRepository.targetsURL,
+            referenceTime: testNow)
+        let info = try #require(try await updater.targetInfo(for: "a.txt"))
+        let m = TestRepository.metadataURL
+        #expect(
+            store.events.withLock { $0 } == [
+                "fetch \(m)2.root.json",
+                "fetch \(m)timestamp.json",
+                "prepare \(m)1.snapshot.json", "store timestamp.json", "fetch \(m)1.snapshot.json",
+                "prepare \(m)1.targets.json", "store snapshot.json", "fetch \(m)1.targets.json",
+                "store targets.json", "flush",  // refresh
+                "flush",  // targetInfo
+            ])
+        #expect(
+            repo.fetcher.requestedURLs
+                == ["2.root.json", "timestamp.json", "1.snapshot.json", "1.targets.json"].map { m + $0 })
+        #expect(try await updater.downloadTarget(info) == Array("hello".utf8))
+
+        // Nothing new: the timestamp served is the stored one, byte for byte; nothing is written.
+        store.events.withLock { $0 = [] }
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
+        #expect(store.events.withLock { $0 } == ["flush"])
+        // The same bytes with a broken signature, stored and served: refused, not taken as "the stored copy".
+        var tampered = try #require(try AtomicFile.read(path: dir + "/timestamp.json"))
+        let sig = try #require(tampered.firstRange(of: Array("\"sig\":\"".utf8)))
+        tampered[sig.upperBound] = tampered[sig.upperBound] == UInt8(ascii: "0") ? UInt8(ascii: "1") : UInt8(ascii: "0")
+        try AtomicFile.write(tampered, directory: dir, name: "timestamp.json")
+        repo.fetcher.put(m + "timestamp.json", tampered)
+        await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir).refresh() }
+    }
 }
