@@ -25,6 +25,12 @@ public enum SignatureVerifier {
             else { throw TUFError(.unsupportedKey, "invalid ed25519 public key") }
             return pk.isValidSignature(sig, for: data)
         case ("ecdsa", "ecdsa-sha2-nistp256"), ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"):
+            if let point = namedCurvePoint(publicValue, prefix: p256Prefix, pointBytes: 65) {
+                guard let valid = P256Direct.isValid(point: point, derSignature: sig, message: data) else {
+                    throw TUFError(.unsupportedKey, "invalid P-256 public key")
+                }
+                return valid
+            }
             guard let pk = p256Key(publicValue) else { throw TUFError(.unsupportedKey, "invalid P-256 public key") }
             guard let s = try? P256.Signing.ECDSASignature(derRepresentation: sig) else { return false }
             return pk.isValidSignature(s, for: data)
@@ -139,6 +145,33 @@ public enum SignatureVerifier {
             return try _RSA.Signing.PublicKey(pemRepresentation: pem)
         } catch {
             throw TUFError(.unsupportedKey, "invalid RSA public key")
+        }
+    }
+}
+
+/// ECDSA P-256 with SHA-256 (FIPS 186-5) over BoringSSL's C API, the code swift-crypto calls, for a key given by its
+/// uncompressed point: swift-crypto's generic layers (its DER reader over `ArraySlice`, `Data`, hashing generic over
+/// `DataProtocol`) each cost a process that verifies a handful of files a scan of the runtime's conformance records
+/// on first use. `ECDSA_verify` takes the signature as strict DER (no trailing bytes, minimal integers, as swift-crypto's
+/// reader) and refuses r or s outside [1, n-1].
+enum P256Direct {
+    /// Nil when the point is not on the curve; otherwise whether the signature is valid.
+    static func isValid(point: ArraySlice<UInt8>, derSignature: [UInt8], message: [UInt8]) -> Bool? {
+        defer { CCryptoBoringSSL_ERR_clear_error() }
+        guard let key = CCryptoBoringSSL_EC_KEY_new_by_curve_name(NID_X9_62_prime256v1) else { return nil }
+        defer { CCryptoBoringSSL_EC_KEY_free(key) }
+        let onCurve = point.withUnsafeBufferPointer {
+            CCryptoBoringSSL_EC_KEY_oct2key(key, $0.baseAddress, $0.count, nil) == 1
+        }
+        guard onCurve else { return nil }
+        var digest = [UInt8](repeating: 0, count: 32)
+        message.withUnsafeBufferPointer { m in
+            digest.withUnsafeMutableBufferPointer {
+                _ = CCryptoBoringSSL_SHA256(m.baseAddress, m.count, $0.baseAddress)
+            }
+        }
+        return derSignature.withUnsafeBufferPointer { s in
+            CCryptoBoringSSL_ECDSA_verify(0, digest, digest.count, s.baseAddress, s.count, key) == 1
         }
     }
 }

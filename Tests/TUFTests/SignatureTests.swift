@@ -40,6 +40,62 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
         #expect(try !SignatureVerifier.isValid(key: k, signatureHex: raw, data: message))
     }
 
+    /// The P-256 keys of the usual SPKI form are verified through BoringSSL's C API (`P256Direct`), the others
+    /// through swift-crypto: both must decide alike. Valid signatures, other messages and keys, and each signature
+    /// altered (a byte flipped anywhere, a byte appended, the last removed, s replaced by n - s, a zero r), over
+    /// random messages; a point off the curve is an unusable key either way.
+    @Test func p256DirectDecidesAsSwiftCrypto() throws {
+        var generator = SystemRandomNumberGenerator()
+        let other = P256.Signing.PrivateKey()
+        for round in 0..<60 {
+            let sk = P256.Signing.PrivateKey()
+            let point = ArraySlice(sk.publicKey.x963Representation)
+            let message = (0..<Int.random(in: 0...300, using: &generator)).map { _ in
+                UInt8.random(in: 0...255, using: &generator)
+            }
+            let signature = try sk.signature(for: message)
+            let der = Array(signature.derRepresentation)
+            func swiftCrypto(_ der: [UInt8], _ message: [UInt8], _ key: P256.Signing.PublicKey) -> Bool {
+                guard let s = try? P256.Signing.ECDSASignature(derRepresentation: der) else { return false }
+                return key.isValidSignature(s, for: message)
+            }
+            var candidates: [[UInt8]] = [der, der + [0], Array(der.dropLast())]
+            var flipped = der
+            flipped[round % der.count] ^= 1 << UInt8(round % 8)
+            candidates.append(flipped)
+            // The same signature with s' = n - s: ECDSA accepts both (no low-s rule in FIPS 186-5).
+            let raw = Array(signature.rawRepresentation)
+            let n: [UInt8] = [
+                0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xBC,
+                0xE6, 0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63, 0x25, 0x51,
+            ]
+            var s = Array(raw[32...])
+            var borrow = 0
+            for i in (0..<32).reversed() {
+                let d = Int(n[i]) - Int(s[i]) - borrow
+                s[i] = UInt8((d + 256) % 256)
+                borrow = d < 0 ? 1 : 0
+            }
+            if let flippedS = try? P256.Signing.ECDSASignature(rawRepresentation: Array(raw[..<32]) + s) {
+                candidates.append(Array(flippedS.derRepresentation))
+            }
+            candidates.append([0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x01])  // r = 0
+            for candidate in candidates {
+                for (m, key) in [(message, sk.publicKey), (message + [1], sk.publicKey), (message, other.publicKey)] {
+                    let expected = swiftCrypto(candidate, m, key)
+                    let direct = P256Direct.isValid(
+                        point: ArraySlice(key.x963Representation), derSignature: candidate, message: m)
+                    #expect(direct == expected, "round \(round): \(candidate)")
+                }
+            }
+            #expect(P256Direct.isValid(point: point, derSignature: der, message: message) == true)
+        }
+        var offCurve = Array(other.publicKey.x963Representation)
+        offCurve[64] ^= 1
+        #expect(P256Direct.isValid(point: offCurve[...], derSignature: [], message: []) == nil)
+        #expect((try? P256.Signing.PublicKey(x963Representation: offCurve)) == nil)
+    }
+
     @Test func ecdsaP384() throws {
         let sk = P384.Signing.PrivateKey()
         let k = try key("ecdsa", "ecdsa-sha2-nistp384", sk.publicKey.pemRepresentation)
