@@ -115,8 +115,8 @@ public enum SignatureVerifier {
     }
 
     /// The uncompressed point of a `PUBLIC KEY` PEM block (RFC 7468 §13) whose DER is `prefix` followed by the point;
-    /// nil for anything else. The base64 is decoded by BoringSSL; the point is checked on the curve by the caller's
-    /// `x963Representation` initializer.
+    /// nil for anything else. The base64 is decoded by BoringSSL; the point is checked on the curve by the caller
+    /// (`EC_KEY_oct2key` in `P256Direct`, the `x963Representation` initializers otherwise).
     static func namedCurvePoint(_ pem: String, prefix: [UInt8], pointBytes: Int) -> ArraySlice<UInt8>? {
         let begin = "-----BEGIN PUBLIC KEY-----"
         let end = "-----END PUBLIC KEY-----"
@@ -155,7 +155,8 @@ public enum SignatureVerifier {
 /// on first use. `ECDSA_verify` takes the signature as strict DER (no trailing bytes, minimal integers, as swift-crypto's
 /// reader) and refuses r or s outside [1, n-1].
 enum P256Direct {
-    /// Nil when the point is not on the curve; otherwise whether the signature is valid.
+    /// Nil when the key cannot be made (the point is not on the curve, or no memory); otherwise whether the signature
+    /// is valid.
     static func isValid(point: ArraySlice<UInt8>, derSignature: [UInt8], message: [UInt8]) -> Bool? {
         defer { CCryptoBoringSSL_ERR_clear_error() }
         guard let key = CCryptoBoringSSL_EC_KEY_new_by_curve_name(NID_X9_62_prime256v1) else { return nil }

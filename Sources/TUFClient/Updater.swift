@@ -55,11 +55,16 @@ public actor Updater {
     public func refresh() async throws {
         // What was accepted stays accepted, also when a later step fails (TUF §5.4.5 and siblings persist as they go).
         defer { settle() }
+        try await refreshTopLevel()
+        try savePending()
+    }
+
+    /// `refresh` without its end: a lookup that goes on from here writes and syncs once, when it ends.
+    private func refreshTopLevel() async throws {
         try await loadRoot()
         try await loadTimestamp()
         try await loadSnapshot()
         _ = try await loadTargets(role: "targets", delegator: "root")
-        try savePending()
         refreshed = true
     }
 
@@ -228,10 +233,29 @@ public actor Updater {
     /// Runs `refresh()` first if it has not run (TUF §5.7: metadata must be current).
     public func targetInfo(for targetPath: String) async throws -> TargetFile? {
         defer { settle() }
-        if !refreshed { try await refresh() }
+        if !refreshed { try await refreshTopLevel() }
         let found = try await search(targetPath)
         try savePending()
         return found
+    }
+
+    /// `targetInfo` and then the artifact (TUF §5.7): the cached copy when it matches the trusted entry, otherwise
+    /// downloaded, verified and stored (`downloadTarget`). Nil when no trusted role lists the path. One call, so that
+    /// the role accepted last is written while the artifact's request travels.
+    public func fetchTarget(_ targetPath: String) async throws -> (target: TargetFile, downloaded: Bool)? {
+        defer { settle() }
+        if !refreshed { try await refreshTopLevel() }
+        guard let found = try await search(targetPath) else {
+            try savePending()
+            return nil
+        }
+        if try cachedTarget(found) != nil {
+            try savePending()
+            return (found, false)
+        }
+        try await downloadTarget(found)
+        try savePending()
+        return (found, true)
     }
 
     private func search(_ targetPath: String) async throws -> TargetFile? {

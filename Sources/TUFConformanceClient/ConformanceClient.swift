@@ -159,15 +159,10 @@ enum ConformanceClient {
             let artifacts = DirectoryStore(directory: targetDir, defersDirectorySync: true)
             let updater = try makeUpdater(cmd, store: store, artifacts: artifacts)
             for name in cmd.targetName {
-                guard let info = try await updater.targetInfo(for: name) else {
+                guard let (_, downloaded) = try await updater.fetchTarget(name) else {
                     throw UpdaterError.targetNotFound(name)
                 }
-                if try await updater.cachedTarget(info) != nil {
-                    log("\(name): cached copy is current")
-                    continue
-                }
-                try await updater.downloadTarget(info)
-                log("\(name): downloaded")
+                log(downloaded ? "\(name): downloaded" : "\(name): cached copy is current")
             }
             return updater
         default:

@@ -42,8 +42,9 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
 
     /// The P-256 keys of the usual SPKI form are verified through BoringSSL's C API (`P256Direct`), the others
     /// through swift-crypto: both must decide alike. Valid signatures, other messages and keys, and each signature
-    /// altered (a byte flipped anywhere, a byte appended, the last removed, s replaced by n - s, a zero r), over
-    /// random messages; a point off the curve is an unusable key either way.
+    /// altered (a byte flipped anywhere, a byte appended, the last removed, s replaced by n - s, a zero r, r or s equal
+    /// to n, a long-form length, a zero-padded integer), over random messages; a point off the curve is an unusable
+    /// key either way.
     @Test func p256DirectDecidesAsSwiftCrypto() throws {
         var generator = SystemRandomNumberGenerator()
         let other = P256.Signing.PrivateKey()
@@ -61,7 +62,7 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
             }
             var candidates: [[UInt8]] = [der, der + [0], Array(der.dropLast())]
             var flipped = der
-            flipped[round % der.count] ^= 1 << UInt8(round % 8)
+            flipped[Int.random(in: 0..<der.count, using: &generator)] ^= 1 << UInt8(round % 8)
             candidates.append(flipped)
             // The same signature with s' = n - s: ECDSA accepts both (no low-s rule in FIPS 186-5).
             let raw = Array(signature.rawRepresentation)
@@ -80,6 +81,22 @@ func key(_ keytype: String, _ scheme: String, _ pub: String) throws -> Key {
                 candidates.append(Array(flippedS.derRepresentation))
             }
             candidates.append([0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x01])  // r = 0
+            // Other encodings of the valid (r, s): a long-form length, a non-minimal integer; and s = n, r = n.
+            func integer(_ bytes: [UInt8], pad: Bool = false) -> [UInt8] {
+                var b = Array(bytes.drop { $0 == 0 })
+                if b.first.map({ $0 >= 0x80 }) ?? true { b.insert(0, at: 0) }
+                if pad { b.insert(0, at: 0) }
+                return [0x02, UInt8(b.count)] + b
+            }
+            let r = Array(raw[..<32])
+            let body = integer(r) + integer(Array(raw[32...]))
+            candidates.append([0x30, 0x81, UInt8(body.count)] + body)
+            let padded = integer(r, pad: true) + integer(Array(raw[32...]))
+            candidates.append([0x30, UInt8(padded.count)] + padded)
+            for (a, b) in [(r, n), (n, Array(raw[32...]))] {
+                let bad = integer(a) + integer(b)
+                candidates.append([0x30, UInt8(bad.count)] + bad)
+            }
             for candidate in candidates {
                 for (m, key) in [(message, sk.publicKey), (message + [1], sk.publicKey), (message, other.publicKey)] {
                     let expected = swiftCrypto(candidate, m, key)

@@ -338,8 +338,7 @@ import Testing
                 "fetch \(m)timestamp.json",
                 "prepare \(m)1.snapshot.json", "store timestamp.json", "fetch \(m)1.snapshot.json",
                 "prepare \(m)1.targets.json", "store snapshot.json", "fetch \(m)1.targets.json",
-                "store targets.json", "flush",  // refresh
-                "flush",  // targetInfo
+                "store targets.json", "flush",  // once, when the lookup ends
             ])
         #expect(
             repo.fetcher.requestedURLs
@@ -357,5 +356,44 @@ import Testing
         try AtomicFile.write(tampered, directory: dir, name: "timestamp.json")
         repo.fetcher.put(m + "timestamp.json", tampered)
         await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir).refresh() }
+    }
+
+    /// `fetchTarget` through a delegated role: the role is written while the artifact's request travels, the
+    /// directory synced once at the end (not also when the top-level refresh ends); a second call finds the cached
+    /// copy and fetches nothing; an unknown path is nil.
+    @Test func aTargetsDelegatedRoleIsWrittenWhileTheArtifactsRequestTravels() async throws {
+        let repo = TestRepository()
+        repo.addDelegation(from: "targets", to: "child")
+        repo.roles["child"]?.targets = ["a.txt": Array("hello".utf8)]
+        repo.publish()
+        let dir = try makeClientDirectory(repo)
+        let store = Recording(dir)
+        func updater() throws -> Updater {
+            try Updater(
+                metadataBaseURL: TestRepository.metadataURL, metadataStore: store,
+                fetcher: LoggingFetcher(inner: repo.fetcher, store: store), targetBaseURL: TestRepository.targetsURL,
+                artifactStore: DirectoryStore(directory: dir), referenceTime: testNow)
+        }
+        let first = try #require(try await updater().fetchTarget("a.txt"))
+        #expect(first.downloaded)
+        let m = TestRepository.metadataURL
+        let events = store.events.withLock { $0 }
+        let artifact = try #require(events.first { $0.hasPrefix("prepare " + TestRepository.targetsURL) })
+        #expect(
+            events == [
+                "fetch \(m)2.root.json", "fetch \(m)timestamp.json",
+                "prepare \(m)1.snapshot.json", "store timestamp.json", "fetch \(m)1.snapshot.json",
+                "prepare \(m)1.targets.json", "store snapshot.json", "fetch \(m)1.targets.json",
+                "prepare \(m)1.child.json", "store targets.json", "fetch \(m)1.child.json",
+                artifact, "store child.json", "fetch" + artifact.dropFirst("prepare".count), "flush",
+            ], "\(events)")
+        #expect(events.filter { $0 == "flush" }.count == 1, "\(events)")
+        #expect(try AtomicFile.read(path: dir + "/child.json") != nil)
+
+        store.events.withLock { $0 = [] }
+        let again = try #require(try await updater().fetchTarget("a.txt"))
+        #expect(!again.downloaded)
+        #expect(store.events.withLock { $0 }.allSatisfy { !$0.hasPrefix("fetch " + TestRepository.targetsURL) })
+        #expect(try await updater().fetchTarget("missing.txt") == nil)
     }
 }
