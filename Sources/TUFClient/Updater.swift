@@ -230,7 +230,8 @@ public actor Updater {
     /// set prevents cycles (§5.6.7.1). The search stops once more than `maxDelegations` roles
     /// have been visited, i.e. top-level targets plus at most `maxDelegations` delegated roles,
     /// as in python-tuf (default 32).
-    /// Runs `refresh()` first if it has not run (TUF §5.7: metadata must be current).
+    /// Refreshes the top-level roles first if no refresh has run (TUF §5.7: metadata must be current); the files
+    /// are written and the directory synced once, when the lookup ends.
     public func targetInfo(for targetPath: String) async throws -> TargetFile? {
         defer { settle() }
         if !refreshed { try await refreshTopLevel() }

@@ -395,5 +395,17 @@ import Testing
         #expect(!again.downloaded)
         #expect(store.events.withLock { $0 }.allSatisfy { !$0.hasPrefix("fetch " + TestRepository.targetsURL) })
         #expect(try await updater().fetchTarget("missing.txt") == nil)
+
+        // Two targets through one updater (the command line's several --target-name); the second one's bytes are
+        // not what the new role lists: refused, and the role accepted on the way is on disk all the same.
+        repo.roles["child"]?.targets["b.txt"] = Array("world".utf8)
+        repo.bump(["child"])
+        let served = try #require(repo.fetcher.files.withLock { $0.keys.first { $0.hasSuffix(".b.txt") } })
+        repo.fetcher.put(served, Array("WORLD".utf8))
+        let both = try updater()
+        #expect(try await both.fetchTarget("a.txt")?.downloaded == false)
+        await #expect(throws: UpdaterError.self) { _ = try await both.fetchTarget("b.txt") }
+        #expect(trustedVersion(dir, "child") == 2)
+        #expect(store.events.withLock { $0 }.last == "flush")
     }
 }
