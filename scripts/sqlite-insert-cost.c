@@ -9,7 +9,12 @@
  *   /tmp/sqlite-insert-cost 256 batched-index   # the hub's since migration v25: telemetry_by_device, filled
  *                                               # in sorted batches of 2,048 rows inside the commit that reaches them
  *
- * Other words: no-autoincrement, no-foreign-keys. Prints user and system CPU and wall time per row.
+ *   /tmp/sqlite-insert-cost 256 batched-index packed
+ *                           # each transaction's messages stored one row per device, framed one after the other
+ *                           # (length, time, correlation id, body): what one row per message costs against one row
+ *                           # per device and batch (issue #16's QoS 0 aim; not the hub's schema)
+ *
+ * Other words: no-autoincrement, no-foreign-keys. Prints user and system CPU and wall time per message.
  * The database is made in a fresh temporary directory and removed.
  */
 #include <sqlite3.h>
@@ -24,13 +29,14 @@ static double seconds(struct timeval t) { return t.tv_sec + t.tv_usec / 1e6; }
 
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: %s BATCH [no-index] [no-autoincrement] [no-foreign-keys]\n", argv[0]); return 2; }
-    int batch = atoi(argv[1]), index = 1, autoincrement = 1, foreignKeys = 1, batched = 0;
+    int batch = atoi(argv[1]), index = 1, autoincrement = 1, foreignKeys = 1, batched = 0, packed = 0;
     if (batch < 1 || batch > 100000) { fprintf(stderr, "BATCH 1-100000\n"); return 2; }
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "no-index")) index = 0;
         else if (!strcmp(argv[i], "batched-index")) { index = 0; batched = 1; }
         else if (!strcmp(argv[i], "no-autoincrement")) autoincrement = 0;
         else if (!strcmp(argv[i], "no-foreign-keys")) foreignKeys = 0;
+        else if (!strcmp(argv[i], "packed")) packed = 1;
         else { fprintf(stderr, "unknown %s\n", argv[i]); return 2; }
     }
     char directory[] = "/tmp/sqlite-insert-cost.XXXXXX", path[128], sql[1024];
@@ -75,7 +81,31 @@ int main(int argc, char **argv) {
     for (int row = 0; row < total;) {
         sqlite3_step(begin);
         sqlite3_reset(begin);
-        for (int k = 0; k < batch; k++, row++) {
+        if (packed) {
+            /* One row per device: its messages of this batch, each framed as the hub would have to. */
+            static unsigned char frames[50][100000 / 50 * 240 + 4096];
+            size_t used[50] = {0};
+            for (int k = 0; k < batch; k++, row++) {
+                unsigned char *out = frames[row % 50] + used[row % 50];
+                long long at = 1700000000000LL + row;
+                out[0] = sizeof body >> 8; out[1] = sizeof body & 0xFF;
+                memcpy(out + 2, &at, 8);
+                memcpy(out + 10, "0123456789abcdef01234567", 24);
+                memcpy(out + 34, body, sizeof body);
+                used[row % 50] += 34 + sizeof body;
+            }
+            for (int d = 0; d < 50; d++) {
+                if (!used[d]) continue;
+                sqlite3_bind_text(insert, 1, devices[d], -1, SQLITE_STATIC);
+                sqlite3_bind_int64(insert, 2, 1700000000000LL + row);
+                sqlite3_bind_text(insert, 3, "0123456789abcdef01234567", 24, SQLITE_STATIC);
+                sqlite3_bind_blob(insert, 4, frames[d], (int)used[d], SQLITE_STATIC);
+                sqlite3_bind_null(insert, 5);
+                if (sqlite3_step(insert) != SQLITE_DONE) { fprintf(stderr, "%s\n", sqlite3_errmsg(db)); return 1; }
+                sqlite3_reset(insert);
+            }
+        }
+        for (int k = 0; k < batch && !packed; k++, row++) {
             sqlite3_bind_text(insert, 1, devices[row % 50], -1, SQLITE_STATIC);
             sqlite3_bind_int64(insert, 2, 1700000000000LL + row);
             sqlite3_bind_text(insert, 3, "0123456789abcdef01234567", 24, SQLITE_STATIC);
@@ -100,8 +130,9 @@ int main(int argc, char **argv) {
     double user = seconds(after.ru_utime) - seconds(before.ru_utime);
     double system = seconds(after.ru_stime) - seconds(before.ru_stime);
     double wall = (end.tv_sec - start.tv_sec) + (end.tv_nsec - start.tv_nsec) / 1e9;
-    printf("batch %d%s%s%s: %.2f µs CPU per row (user %.2f, system %.2f), %.2f µs wall, %d rows\n", batch,
+    printf("batch %d%s%s%s%s: %.2f µs CPU per message (user %.2f, system %.2f), %.2f µs wall, %d messages\n", batch,
         batched ? ", index in sorted batches of 2,048" : index ? "" : ", no index", autoincrement ? "" : ", no AUTOINCREMENT", foreignKeys ? "" : ", no foreign keys",
+        packed ? ", one row per device and batch" : "",
         (user + system) / total * 1e6, user / total * 1e6, system / total * 1e6, wall / total * 1e6, total);
     sqlite3_finalize(insert);
     sqlite3_finalize(begin);
