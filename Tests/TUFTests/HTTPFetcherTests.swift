@@ -1,6 +1,7 @@
 import Glibc
 import NIOCore
 import NIOPosix
+import Synchronization
 import Testing
 
 @testable import TUFClient
@@ -227,37 +228,63 @@ func withServer(_ mode: Misbehaviour, _ body: (String) async throws -> Void) asy
         } catch UpdaterError.transport {}
     }
 
-    /// `prepare` sends the request: its answer is read after the server stopped accepting connections, with the
-    /// fetch's own byte limit; a URL fetched without being prepared (or fetched a second time) is requested then.
+    /// `prepare` sends the request at once: the server has read it before any fetch. The fetch of that URL reads
+    /// its answer with the fetch's own byte limit and sends nothing; a URL fetched a second time is requested again.
     @Test func aPreparedRequestIsSentAtOnceAndReadByItsFetch() async throws {
-        let fetcher = SocketFetcher(timeout: .seconds(5))
-        var url = ""
-        try await withServer(.ok("prepared")) { served in
-            url = served
-            await fetcher.prepare(url)
-            await fetcher.prepare(url + "2")
-            // A connection still in the listener's backlog when it closes would be reset: this third one is
-            // accepted after the two prepared (the backlog is taken in order).
-            let third = try await SocketFetcher(timeout: .seconds(5)).fetch(url + "3", maxBytes: 100)
-            #expect(third.count == 8)
-        }
-        // The listener closes asynchronously: wait until a new request is refused.
-        var refused = false
-        for _ in 0..<200 where !refused {
-            do {
-                _ = try await SocketFetcher(timeout: .seconds(1)).fetch(url + "3", maxBytes: 100)
-                try await Task.sleep(for: .milliseconds(10))
-            } catch {
-                refused = true
+        let log = RequestLog()
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(LoggingHandler(log))
+                }
             }
-        }
-        #expect(refused)
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { server.close(promise: nil) }
+        let base = "http://127.0.0.1:\(try need(server.localAddress?.port))/"
+        let fetcher = SocketFetcher(timeout: .seconds(5))
+        await fetcher.prepare(base + "a")
+        await fetcher.prepare(base + "b")
+        for _ in 0..<500 where log.paths.count < 2 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(log.paths.sorted() == ["/a", "/b"])
         do {
-            _ = try await fetcher.fetch(url + "2", maxBytes: 7)
+            _ = try await fetcher.fetch(base + "b", maxBytes: 7)
             Issue.record("8 bytes under a limit of 7")
         } catch UpdaterError.tooLarge {}
-        #expect(try await fetcher.fetch(url, maxBytes: 8) == Array("prepared".utf8))
-        await #expect(throws: UpdaterError.self) { _ = try await fetcher.fetch(url, maxBytes: 8) }
+        #expect(try await fetcher.fetch(base + "a", maxBytes: 8) == Array("prepared".utf8))
+        #expect(log.paths.count == 2)
+        #expect(try await fetcher.fetch(base + "a", maxBytes: 8) == Array("prepared".utf8))
+        #expect(log.paths.count == 3)
+    }
+
+    /// The paths a `LoggingHandler` server has read requests for.
+    final class RequestLog: Sendable {
+        private let list = Mutex<[String]>([])
+        var paths: [String] { list.withLock { $0 } }
+        func add(_ path: String) { list.withLock { $0.append(path) } }
+    }
+
+    /// Reads one request (to its blank line), logs its path, answers "prepared" and closes.
+    final class LoggingHandler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let log: RequestLog
+        var received: [UInt8] = []
+
+        init(_ log: RequestLog) { self.log = log }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var buffer = unwrapInboundIn(data)
+            received += buffer.readBytes(length: buffer.readableBytes) ?? []
+            guard received.firstRange(of: Array("\r\n\r\n".utf8)) != nil else { return }
+            let line = received.split(separator: UInt8(ascii: " "))
+            log.add(line.count > 1 ? String(decoding: line[1], as: UTF8.self) : "")
+            received = []
+            let channel = context.channel
+            context.writeAndFlush(
+                wrapOutboundOut(
+                    channel.allocator.buffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nprepared"))
+            ).whenComplete { _ in channel.close(promise: nil) }
+        }
     }
 
     /// At most `SentRequests.limit` requests wait; preparing more drops (and closes) the oldest.
