@@ -26,8 +26,10 @@ public struct TrustedMetadataSet: Sendable {
     /// table keyed by bytes would cost the process a scan of the runtime's conformance records on first use).
     private var targetRoles: [(name: [UInt8], metadata: Verified<Targets>, delegator: String)] = []
 
+    private func position(_ name: String) -> Int? { targetRoles.firstIndex { $0.name.elementsEqual(name.utf8) } }
+
     private func loaded(_ name: String) -> (name: [UInt8], metadata: Verified<Targets>, delegator: String)? {
-        targetRoles.first { $0.name.elementsEqual(name.utf8) }
+        position(name).map { targetRoles[$0] }
     }
 
     /// TUF §5.2: load the trusted root. It must be signed by a threshold of its own root keys.
@@ -216,7 +218,7 @@ public struct TrustedMetadataSet: Sendable {
         if md.signed.common.isExpired(at: referenceTime) { throw TUFError(.expired, "\(role) is expired") }
         let verified = Verified(unchecked: md)
         let entry = (name: Array(role.utf8), metadata: verified, delegator: delegator)
-        if let i = targetRoles.firstIndex(where: { $0.name == entry.name }) {
+        if let i = position(role) {
             targetRoles[i] = entry
         } else {
             targetRoles.append(entry)

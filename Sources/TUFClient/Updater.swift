@@ -234,7 +234,6 @@ public actor Updater {
     /// are written and the directory synced once, when the lookup ends.
     public func targetInfo(for targetPath: String) async throws -> TargetFile? {
         defer { settle() }
-        if !refreshed { try await refreshTopLevel() }
         let found = try await search(targetPath)
         try savePending()
         return found
@@ -245,21 +244,19 @@ public actor Updater {
     /// the role accepted last is written while the artifact's request travels.
     public func fetchTarget(_ targetPath: String) async throws -> (target: TargetFile, downloaded: Bool)? {
         defer { settle() }
-        if !refreshed { try await refreshTopLevel() }
         guard let found = try await search(targetPath) else {
             try savePending()
             return nil
         }
-        if try cachedTarget(found) != nil {
-            try savePending()
-            return (found, false)
-        }
-        try await downloadTarget(found)
+        let download = try cachedTarget(found) == nil
+        if download { try await downloadTarget(found) }
         try savePending()
-        return (found, true)
+        return (found, download)
     }
 
+    /// The lookup of `targetInfo`, after the top-level refresh if none has run; what it accepts is left pending.
     private func search(_ targetPath: String) async throws -> TargetFile? {
+        if !refreshed { try await refreshTopLevel() }
         var stack: [(role: String, delegator: String)] = [("targets", "root")]
         var visited: [[UInt8]] = []  // at most maxDelegations + 1: searched, not hashed
         while !stack.isEmpty, visited.count <= config.maxDelegations {

@@ -85,10 +85,18 @@ final class MisbehavingHandler: ChannelInboundHandler, Sendable {
 }
 
 func withServer(_ mode: Misbehaviour, _ body: (String) async throws -> Void) async throws {
+    @Sendable func handler() -> any ChannelHandler { MisbehavingHandler(mode) }
+    try await withServer(handler: handler, body)
+}
+
+/// A loopback server whose connections each get the handler `handler` makes; `body` gets the URL of `/x` on it.
+func withServer(
+    handler: @escaping @Sendable () -> any ChannelHandler, _ body: (String) async throws -> Void
+) async throws {
     let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         .childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(MisbehavingHandler(mode))
+                try channel.pipeline.syncOperations.addHandler(handler())
             }
         }
         .bind(host: "127.0.0.1", port: 0).get()
@@ -232,28 +240,23 @@ func withServer(_ mode: Misbehaviour, _ body: (String) async throws -> Void) asy
     /// its answer with the fetch's own byte limit and sends nothing; a URL fetched a second time is requested again.
     @Test func aPreparedRequestIsSentAtOnceAndReadByItsFetch() async throws {
         let log = RequestLog()
-        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(LoggingHandler(log))
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
-        defer { server.close(promise: nil) }
-        let base = "http://127.0.0.1:\(try need(server.localAddress?.port))/"
-        let fetcher = SocketFetcher(timeout: .seconds(5))
-        await fetcher.prepare(base + "a")
-        await fetcher.prepare(base + "b")
-        for _ in 0..<500 where log.paths.count < 2 { try await Task.sleep(for: .milliseconds(10)) }
-        #expect(log.paths.sorted() == ["/a", "/b"])
-        do {
-            _ = try await fetcher.fetch(base + "b", maxBytes: 7)
-            Issue.record("8 bytes under a limit of 7")
-        } catch UpdaterError.tooLarge {}
-        #expect(try await fetcher.fetch(base + "a", maxBytes: 8) == Array("prepared".utf8))
-        #expect(log.paths.count == 2)
-        #expect(try await fetcher.fetch(base + "a", maxBytes: 8) == Array("prepared".utf8))
-        #expect(log.paths.count == 3)
+        @Sendable func handler() -> any ChannelHandler { LoggingHandler(log) }
+        try await withServer(handler: handler) { url in
+            let base = String(url.dropLast())
+            let fetcher = SocketFetcher(timeout: .seconds(5))
+            await fetcher.prepare(base + "a")
+            await fetcher.prepare(base + "b")
+            for _ in 0..<500 where log.paths.count < 2 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(log.paths.sorted() == ["/a", "/b"])
+            do {
+                _ = try await fetcher.fetch(base + "b", maxBytes: 7)
+                Issue.record("8 bytes under a limit of 7")
+            } catch UpdaterError.tooLarge {}
+            #expect(try await fetcher.fetch(base + "a", maxBytes: 8) == Array("prepared".utf8))
+            #expect(log.paths.count == 2)
+            #expect(try await fetcher.fetch(base + "a", maxBytes: 8) == Array("prepared".utf8))
+            #expect(log.paths.count == 3)
+        }
     }
 
     /// The paths a `LoggingHandler` server has read requests for.
