@@ -102,6 +102,13 @@ struct MQTTListener: Service {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             // Dead peers (a NAT that forgot them, keep-alive 0) eventually free their connection slots.
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            // TLS's per-connection buffers as mappings, resident only where written (`PageBackedAllocator`).
+            .childChannelOption(.allocator, value: PageBackedAllocator.allocator)
+            // Each connection keeps its receive buffer (NIO's default starts at 2 KB): a device's packets are a few
+            // hundred bytes, and the buffer grows for larger reads (the TLS handshake's certificates).
+            .childChannelOption(
+                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
+            )
             .bind(host: host, port: port) {
                 (channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<Packet, ByteBuffer>> in
                 // Connection limits before any TLS work: the pipeline's per-source connection rate, then the open
@@ -538,10 +545,10 @@ struct MQTTConnection {
         do {
             let delayedWill = try await channel.executeThenClose { inbound, outbound -> DelayedWill? in
                 var packets = inbound.makeAsyncIterator()
-                guard let (connect, peer) = try await opening(&packets, outbound: outbound, source: source) else {
+                guard let opened = try await opening(&packets, outbound: outbound, source: source) else {
                     return nil
                 }
-                return try await session(connect: connect, peer: peer, packets: &packets)
+                return try await session(opened, packets: &packets)
             }
             if let delayedWill { await publish(delayedWill) }
         } catch {
@@ -555,7 +562,35 @@ struct MQTTConnection {
     private func opening(
         _ packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator,
         outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, source: String?
-    ) async throws -> (ConnectPacket, Peer)? {
+    ) async throws -> Opened? {
+        guard let connect = try await firstConnect(&packets, outbound: outbound) else { return nil }
+        guard let peer = try? await peerIdentity(source: source), !listener.revocations.contains(peer.serial)
+        else { return nil }
+        let opened = Opened(connect: connect, peer: peer)
+        await listener.renewals.used(peer.serial)
+        // Every later write goes through the channel, in order with the broker's deliveries.
+        return opened
+    }
+
+    /// The CONNECT and who sent it. A reference: the async functions that hold it for the whole connection hold
+    /// 8 bytes.
+    final class Opened {
+        init(connect: ConnectPacket, peer: Peer) {
+            self.connect = connect
+            self.peer = peer
+        }
+
+        let connect: ConnectPacket
+        let peer: Peer
+    }
+
+    /// The first packet, if it is a CONNECT within the deadline. A CONNECT of a protocol version the hub does not
+    /// speak is answered (`unsupportedVersion`).
+    @inline(never)
+    private func firstConnect(
+        _ packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    ) async throws -> ConnectPacket? {
         let nioChannel = channel.channel
         let deadline = nioChannel.eventLoop.scheduleTask(
             in: .nanoseconds(Int64(listener.settings.connectDeadlineSeconds * 1e9))
@@ -566,23 +601,24 @@ struct MQTTConnection {
         do { first = try await packets.next() } catch let error as MQTTError
             where error.code == .unsupportedProtocolVersion
         {
-            // MQTT 3.1.1 §3.1.2.2: CONNACK return code 0x01 and close; MQTT 5.0 §3.1.2.2: 0x84 and close.
             deadline.cancel()
-            let level = error.protocolLevel ?? 0
-            let form: ProtocolVersion = level > 5 ? .v5 : .v311
-            var connack = ByteBuffer()
-            ServerSession.refusal(.unsupportedProtocolVersion, form).encode(into: &connack, version: form)
-            listener.logger.notice("MQTT CONNECT refused", metadata: ["detail": .string(error.detail)])
-            try? await outbound.write(connack)
+            await unsupportedVersion(error, outbound: outbound)
             return nil
         }
         deadline.cancel()
         guard case .connect(let connect) = first else { return nil }
-        guard let peer = try? await peerIdentity(source: source), !listener.revocations.contains(peer.serial)
-        else { return nil }
-        await listener.renewals.used(peer.serial)
-        // Every later write goes through the channel, in order with the broker's deliveries.
-        return (connect, peer)
+        return connect
+    }
+
+    /// MQTT 3.1.1 §3.1.2.2: CONNACK return code 0x01 and close; MQTT 5.0 §3.1.2.2: 0x84 and close.
+    @inline(never)
+    private func unsupportedVersion(_ error: MQTTError, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async {
+        let level = error.protocolLevel ?? 0
+        let form: ProtocolVersion = level > 5 ? .v5 : .v311
+        var connack = ByteBuffer()
+        ServerSession.refusal(.unsupportedProtocolVersion, form).encode(into: &connack, version: form)
+        listener.logger.notice("MQTT CONNECT refused", metadata: ["detail": .string(error.detail)])
+        try? await outbound.write(connack)
     }
 
     /// A connection that ended with an error: logged; one that sent no certificate is recorded.
@@ -602,8 +638,14 @@ struct MQTTConnection {
     }
 
     private func peerIdentity(source: String?) async throws -> Peer? {
-        guard let certificate = try await channel.channel.nioSSL_peerCertificate().get(),
-            let x509 = try? Certificate(derEncoded: certificate.toDERBytes()), let identity = x509.bulwarkIdentity
+        guard let certificate = try await channel.channel.nioSSL_peerCertificate().get() else { return nil }
+        return peer(certificate, source: source)
+    }
+
+    /// The parsed certificate (a large value) lives only in this synchronous function.
+    @inline(never)
+    private func peer(_ certificate: NIOSSLCertificate, source: String?) -> Peer? {
+        guard let x509 = try? Certificate(derEncoded: certificate.toDERBytes()), let identity = x509.bulwarkIdentity
         else { return nil }
         return Peer(
             identity: identity, serial: x509.serialHex, source: source,
@@ -667,8 +709,9 @@ struct MQTTConnection {
     }
 
     private func session(
-        connect: ConnectPacket, peer: Peer, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
+        _ opened: Opened, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
     ) async throws -> DelayedWill? {
+        let (connect, peer) = (opened.connect, opened.peer)
         guard let accepted = try await accept(connect, peer: peer) else { return nil }
         // A certificate revoked while connected: checked before each packet, and the connection is closed the
         // moment the serial is revoked, so a subscriber that only reads (or pings) is cut off too.
@@ -681,74 +724,120 @@ struct MQTTConnection {
         return await finish(end, connect: connect, peer: peer, state: state)
     }
 
-    /// What `accept` settled: the session's rules, its key and the identity's topics.
-    struct Accepted {
+    /// What `accept` settled: the session's rules, its key and the identity's topics. A reference: the async
+    /// functions that pass it on hold 8 bytes for it.
+    final class Accepted {
+        init(rules: ServerSession, clientID: String, sessionKey: String, acl: BoundTopicACL) {
+            self.rules = rules
+            self.clientID = clientID
+            self.sessionKey = sessionKey
+            self.acl = acl
+        }
+
         let rules: ServerSession
         let clientID: String
         let sessionKey: String
         let acl: BoundTopicACL
     }
 
+    /// What the checks of a CONNECT decided before anything is awaited: a refusal (recorded when it names a kind,
+    /// then answered), or the session's rules.
+    enum ConnectDecision {
+        case refuse(kind: String?, detail: String, answer: Packet)
+        case accept(Accepted)
+    }
+
     /// The identity's checks (each refusal recorded and answered), then the protocol's; a session stored by another
     /// node taken up. Nil when the CONNECT was refused (the CONNACK is sent).
+    ///
+    /// The checks are a synchronous function (`decide`): this async function's frame, kept by the connection's task
+    /// for as long as it is connected (a task keeps the largest stack of frames it ever had), holds only what
+    /// crosses an await.
     @inline(never)
     private func accept(_ connect: ConnectPacket, peer: Peer) async throws -> Accepted? {
+        let version = connect.version
+        switch decide(connect, peer: peer) {
+        case .refuse(let kind, let detail, let answer):
+            if let kind { await refuse(kind, peer, detail) }
+            try await send(answer, version)
+            return nil
+        case .accept(let accepted):
+            // A device that was connected to another hub node: its counter window as that node left it.
+            if let device = peer.device { await takeUpCounterWindow(device) }
+            return try await takeUpSession(connect, peer: peer, accepted) ? accepted : nil
+        }
+    }
+
+    @inline(never)
+    private func decide(_ connect: ConnectPacket, peer: Peer) -> ConnectDecision {
         let version = connect.version
         let settings = listener.settings
         // The identity's checks first (each refusal recorded), then the protocol's.
         guard let clientID = acceptedClientID(connect.clientID, peer: peer) else {
-            await refuse("mqtt-client-id-refused", peer, "client id names another device")
-            try await send(ServerSession.refusal(.clientIdentifierNotValid, version), version)
-            return nil
+            return .refuse(
+                kind: "mqtt-client-id-refused", detail: "client id names another device",
+                answer: ServerSession.refusal(.clientIdentifierNotValid, version))
         }
         // A quarantined device is refused with no further work (Not authorized), as on HTTP.
         if let device = peer.device,
             listener.gateway.quarantine.isQuarantined(device, now: Int64(Date().timeIntervalSince1970))
         {
-            try await send(ServerSession.refusal(.notAuthorized, version), version)
-            return nil
-        }
-        // A device that was connected to another hub node: its counter window as that node left it in the store.
-        if let device = peer.device, let stored = try? await listener.store.counterWindow(of: device) {
-            listener.gateway.counters.takeUp(device: device, CounterWindow(highest: stored.highest, seen: stored.seen))
+            return .refuse(kind: nil, detail: "", answer: ServerSession.refusal(.notAuthorized, version))
         }
         // The will is a publish like any other: within the identity's topics.
         let acl = (peer.device == nil ? settings.fleetACL : settings.deviceACL).bound(to: peer.deviceLevel)
         if let will = connect.will {
             guard acl.mayPublish(will.topic), Self.responseTopicAllowed(will.properties, peer: peer, acl: acl) else {
-                await refuse("mqtt-publish-refused", peer, "will outside the identity's topics")
-                try await send(ServerSession.refusal(.notAuthorized, version), version)
-                return nil
+                return .refuse(
+                    kind: "mqtt-publish-refused", detail: "will outside the identity's topics",
+                    answer: ServerSession.refusal(.notAuthorized, version))
             }
         }
-        let rules: ServerSession
         switch ServerSession.connectReceived(connect, limits: limits) {
         case .refuse(let connack):
-            try await send(connack, version)
-            return nil
-        case .accept(let accepted):
-            rules = accepted
+            return .refuse(kind: nil, detail: "", answer: connack)
+        case .accept(let rules):
+            // A device has one session whatever spelling of its id or RID it connects with (a RID changes every
+            // 15 minutes and parses case-insensitively: keyed by it, one device could keep any number of sessions);
+            // an operator has one per client id, keyed by identity so it never shares a device's.
+            let sessionKey = peer.device == nil ? "\(peer.identity.uri) \(clientID)" : peer.identity.uri
+            return .accept(Accepted(rules: rules, clientID: clientID, sessionKey: sessionKey, acl: acl))
         }
-        // A device has one session whatever spelling of its id or RID it connects with (a RID changes every
-        // 15 minutes and parses case-insensitively: keyed by it, one device could keep any number of sessions);
-        // an operator has one per client id, keyed by identity so it never shares a device's.
-        let sessionKey = peer.device == nil ? "\(peer.identity.uri) \(clientID)" : peer.identity.uri
-        // A session stored by another node (or this one's earlier run) is taken up before the connection attaches,
-        // and before the keep-alive clock starts: the client is not silent while the hub waits for another node.
-        if let persistence = listener.persistence {
-            do {
-                try await persistence.prepare(
-                    key: sessionKey, owner: peer.identity.uri, maxPerOwner: settings.maxSessionsPerIdentity,
-                    cleanStart: connect.cleanStart)
-            } catch {
-                listener.logger.error(
-                    "MQTT session not taken up: the store is unavailable",
-                    metadata: ["peer": .string(peer.identity.uri), "error": .string("\(error)")])
-                try await send(rules.refusal(.serverUnavailable), version)
-                return nil
-            }
+    }
+
+    @inline(never)
+    private func takeUpCounterWindow(_ device: DeviceID) async {
+        if let stored = try? await listener.store.counterWindow(of: device) {
+            listener.gateway.counters.takeUp(device: device, CounterWindow(highest: stored.highest, seen: stored.seen))
         }
-        return Accepted(rules: rules, clientID: clientID, sessionKey: sessionKey, acl: acl)
+    }
+
+    /// A session stored by another node (or this one's earlier run) is taken up before the connection attaches,
+    /// and before the keep-alive clock starts: the client is not silent while the hub waits for another node.
+    /// False when the store is unavailable (the refusal is sent).
+    @inline(never)
+    private func takeUpSession(_ connect: ConnectPacket, peer: Peer, _ accepted: Accepted) async throws -> Bool {
+        guard let persistence = listener.persistence else { return true }
+        let settings = listener.settings
+        do {
+            try await persistence.prepare(
+                key: accepted.sessionKey, owner: peer.identity.uri, maxPerOwner: settings.maxSessionsPerIdentity,
+                cleanStart: connect.cleanStart)
+            return true
+        } catch {
+            try await storeUnavailable(error, connect, peer: peer, accepted)
+            return false
+        }
+    }
+
+    @inline(never)
+    private func storeUnavailable(_ error: any Error, _ connect: ConnectPacket, peer: Peer, _ accepted: Accepted)
+        async throws
+    {
+        listener.logger.error(
+            "MQTT session not taken up: the store is unavailable",
+            metadata: ["peer": .string(peer.identity.uri), "error": .string("\(error)")])
+        try await send(accepted.rules.refusal(.serverUnavailable), connect.version)
     }
 
     /// Attaches the connection to its session in the broker (saved before the CONNACK: another node that this client
@@ -758,38 +847,57 @@ struct MQTTConnection {
     private func attach(_ connect: ConnectPacket, peer: Peer, _ accepted: Accepted) async throws -> (
         state: State, connack: Packet
     )? {
-        let (rules, clientID, sessionKey, acl) = (accepted.rules, accepted.clientID, accepted.sessionKey, accepted.acl)
         let settings = listener.settings
-        let version = connect.version
-        var brokerConnection = BrokerConnection(
-            channel: channel.channel, version: version, receiveMaximum: rules.clientReceiveMaximum,
-            maximumPacketSize: rules.clientMaximumPacketSize)
-        brokerConnection.topicAliasMaximum = rules.clientTopicAliasMaximum
         guard
             let attached = await listener.broker.attach(
-                key: sessionKey, owner: peer.identity.uri, maxPerOwner: settings.maxSessionsPerIdentity,
-                cleanStart: connect.cleanStart, expirySeconds: rules.expirySeconds, connection: brokerConnection)
+                key: accepted.sessionKey, owner: peer.identity.uri, maxPerOwner: settings.maxSessionsPerIdentity,
+                cleanStart: connect.cleanStart, expirySeconds: accepted.rules.expirySeconds,
+                connection: brokerConnection(accepted.rules))
         else {
-            // MQTT 5.0 0x97 Quota exceeded; MQTT 3.1.1 has no such code: 0x03 Server unavailable.
-            await refuse(
-                "mqtt-session-refused", peer,
-                "already \(settings.maxSessionsPerIdentity) sessions for this identity", oncePerMinute: true)
-            try await send(rules.refusal(.quotaExceeded), version)
+            try await sessionsExceeded(connect, peer: peer, accepted)
             return nil
         }
-        // A device that asks for Response Information gets the base of the response topics it can use: a topic
-        // under its commands that it may subscribe to and the fleet may publish to. Operators and applications get
-        // none: devices publish only within their own topics.
-        let connack = rules.connack(
-            sessionPresent: attached.sessionPresent, assignedClientID: connect.clientID.isEmpty ? clientID : nil,
-            responseInformation: Self.responseInformation(peer: peer, acl: acl, settings: settings))
-        let output = FlushCoalescer(channel.channel)
-        let state = State(
-            rules: rules, sessionKey: sessionKey, connectionNumber: attached.connectionNumber,
-            output: output, acl: acl, payloads: settings.payloads.bound(to: peer.identity),
-            acknowledgements: AcknowledgementQueue(eventLoop: channel.channel.eventLoop, output: output))
+        let opened = connectionState(connect, peer: peer, accepted, attached)
         // Saved before the CONNACK: another node that this client connects to next finds the session here.
         await listener.persistence?.flush()
+        return opened
+    }
+
+    private func brokerConnection(_ rules: ServerSession) -> BrokerConnection {
+        var connection = BrokerConnection(
+            channel: channel.channel, version: rules.version, receiveMaximum: rules.clientReceiveMaximum,
+            maximumPacketSize: rules.clientMaximumPacketSize)
+        connection.topicAliasMaximum = rules.clientTopicAliasMaximum
+        return connection
+    }
+
+    /// MQTT 5.0 0x97 Quota exceeded; MQTT 3.1.1 has no such code: 0x03 Server unavailable.
+    @inline(never)
+    private func sessionsExceeded(_ connect: ConnectPacket, peer: Peer, _ accepted: Accepted) async throws {
+        let limit = listener.settings.maxSessionsPerIdentity
+        await refuse(
+            "mqtt-session-refused", peer, "already \(limit) sessions for this identity", oncePerMinute: true)
+        try await send(accepted.rules.refusal(.quotaExceeded), connect.version)
+    }
+
+    /// The attached connection's state and its CONNACK. A device that asks for Response Information gets the base
+    /// of the response topics it can use: a topic under its commands that it may subscribe to and the fleet may
+    /// publish to. Operators and applications get none: devices publish only within their own topics.
+    @inline(never)
+    private func connectionState(
+        _ connect: ConnectPacket, peer: Peer, _ accepted: Accepted, _ attached: MQTTBroker.Attached
+    ) -> (state: State, connack: Packet) {
+        let settings = listener.settings
+        let rules = accepted.rules
+        let connack = rules.connack(
+            sessionPresent: attached.sessionPresent,
+            assignedClientID: connect.clientID.isEmpty ? accepted.clientID : nil,
+            responseInformation: Self.responseInformation(peer: peer, acl: accepted.acl, settings: settings))
+        let output = FlushCoalescer(channel.channel)
+        let state = State(
+            rules: rules, sessionKey: accepted.sessionKey, connectionNumber: attached.connectionNumber,
+            output: output, acl: accepted.acl, payloads: settings.payloads.bound(to: peer.identity),
+            acknowledgements: AcknowledgementQueue(eventLoop: channel.channel.eventLoop, output: output))
         return (state, connack)
     }
 
@@ -800,32 +908,39 @@ struct MQTTConnection {
         connack: Packet, peer: Peer, state: State,
         packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
     ) async -> End {
-        let rules = state.rules
-        let version = state.version
-        let end: End
         do {
-            // MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. The clock starts with
-            // the CONNACK: the hub's own work before it (the store, another node) is not the client's silence. A
-            // failure here ends the connection through the detach below.
-            if rules.keepAlive > 0 {
-                let timeout = TimeAmount.milliseconds(Int64(rules.keepAlive) * 1500)
-                try await channel.channel.pipeline.addHandlers(
-                    [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
-            }
-            try await send(connack, version)
-            await listener.broker.resume(key: state.sessionKey, connectionNumber: state.connectionNumber)
-            end = try await loop(peer: peer, state: state, packets: &packets)
+            try await start(connack: connack, state: state)
+            return try await loop(peer: peer, state: state, packets: &packets)
         } catch let error as MQTTError {
-            // MQTT 5.0 §4.13: a malformed packet or protocol error closes the connection after a DISCONNECT with
-            // the reason code; MQTT 3.1.1 §4.8: the connection is closed.
-            listener.logger.notice(
-                "MQTT packet refused", metadata: ["peer": .string(peer.identity.uri), "detail": .string("\(error)")])
-            if state.v5 { await serverDisconnect(error.reasonCode, state: state) }
-            end = .closed
+            await malformed(error, peer: peer, state: state)
+            return .closed
         } catch {
-            end = .closed
+            return .closed
         }
-        return end
+    }
+
+    /// MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. The clock starts with the
+    /// CONNACK: the hub's own work before it (the store, another node) is not the client's silence. A failure here
+    /// ends the connection through the detach in `finish`. Then the CONNACK, then the session's deliveries.
+    @inline(never)
+    private func start(connack: Packet, state: State) async throws {
+        let keepAlive = state.rules.keepAlive
+        if keepAlive > 0 {
+            let timeout = TimeAmount.milliseconds(Int64(keepAlive) * 1500)
+            try await channel.channel.pipeline.addHandlers(
+                [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
+        }
+        try await send(connack, state.version)
+        await listener.broker.resume(key: state.sessionKey, connectionNumber: state.connectionNumber)
+    }
+
+    /// MQTT 5.0 §4.13: a malformed packet or protocol error closes the connection after a DISCONNECT with the
+    /// reason code; MQTT 3.1.1 §4.8: the connection is closed.
+    @inline(never)
+    private func malformed(_ error: MQTTError, peer: Peer, state: State) async {
+        listener.logger.notice(
+            "MQTT packet refused", metadata: ["peer": .string(peer.identity.uri), "detail": .string("\(error)")])
+        if state.v5 { await serverDisconnect(error.reasonCode, state: state) }
     }
 
     /// The connection has ended: acknowledgements still waiting for their store write go out, the session is
@@ -908,53 +1023,26 @@ struct MQTTConnection {
     private func handle(_ packet: consuming Packet, peer: Peer, state: State) async throws -> End? {
         let version = state.version
         let unacknowledged = state.unacknowledged
-        guard !listener.revocations.contains(peer.serial) else {
-            await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
-            return await close(state.rules.closing(.notAuthorized), peer: peer, state: state)
-        }
+        guard !listener.revocations.contains(peer.serial) else { return await revoked(peer: peer, state: state) }
         let action = state.rules.packetReceived(consume packet) { publish in
             publish.qos == .exactlyOnce
                 ? unacknowledged.received(qos2: publish.packetID ?? 0) : unacknowledged.received()
         }
+        // Each case that awaits is a function of its own (never inlined): this frame, which every connection's task
+        // keeps at its largest, holds only the action.
         switch action {
         case .publish(let publish):
             if let end = await received(publish, peer: peer, state: state) { return end }
         case .subscribe(let id, let subscriptions, let properties):
             await subscribe(id, subscriptions, properties, peer: peer, state: state)
         case .unsubscribe(let id, let filters):
-            let existed = await listener.broker.unsubscribe(
-                key: state.sessionKey, connectionNumber: state.connectionNumber, filters)
-            await listener.persistence?.flush()
-            try await send(state.rules.unsuback(id, existed: existed), version)
+            try await unsubscribe(id, filters, state: state)
         case .acknowledged(let id, let qos):
-            // A PUBACK for a QoS 2 delivery, or a PUBCOMP for one not yet released, is a protocol error.
-            guard
-                await listener.broker.acknowledge(
-                    key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, qos: qos)
-            else {
-                return await close(
-                    state.rules.closing(.protocolError, "acknowledgement of the wrong kind"), peer: peer,
-                    state: state)
-            }
+            return await acknowledged(id, qos: qos, peer: peer, state: state)
         case .deliveryReceived(let id, let reason):
-            switch await listener.broker.received(
-                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, reasonCode: reason)
-            {
-            case .released: break
-            case .unknown:
-                // Written with back-pressure, so a client that floods these and never reads cannot grow the
-                // hub's buffers.
-                try await send(state.rules.pubrelUnknown(id), version)
-            case .protocolError:
-                return await close(
-                    state.rules.closing(.protocolError, "PUBREC to a QoS 1 delivery"), peer: peer, state: state)
-            }
+            return try await deliveryReceived(id, reason: reason, peer: peer, state: state)
         case .released(let id):
-            // PUBCOMP, written after the acknowledgements already queued, with back-pressure.
-            let held = await listener.broker.releaseQoS2(key: state.sessionKey, packetID: id)
-            unacknowledged.completed(qos2: id)
-            await state.output.flush()
-            try await send(state.rules.pubcomp(id, held: held), version)
+            try await released(id, state: state)
         case .reply(let answer):
             try await send(answer, version)
         case .ended(let publishWill):
@@ -965,51 +1053,123 @@ struct MQTTConnection {
         return nil
     }
 
+    @inline(never)
+    private func revoked(peer: Peer, state: State) async -> End {
+        await refuse("revoked-certificate-used", peer, "MQTT packet after revocation")
+        return await close(state.rules.closing(.notAuthorized), peer: peer, state: state)
+    }
+
+    @inline(never)
+    private func unsubscribe(_ id: UInt16, _ filters: [TopicFilter], state: State) async throws {
+        let existed = await listener.broker.unsubscribe(
+            key: state.sessionKey, connectionNumber: state.connectionNumber, filters)
+        await listener.persistence?.flush()
+        try await send(state.rules.unsuback(id, existed: existed), state.version)
+    }
+
+    /// A PUBACK or PUBCOMP for a delivery. For a QoS 2 delivery a PUBACK, or a PUBCOMP for one not yet released,
+    /// is a protocol error.
+    @inline(never)
+    private func acknowledged(_ id: UInt16, qos: QoS, peer: Peer, state: State) async -> End? {
+        guard
+            await listener.broker.acknowledge(
+                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, qos: qos)
+        else {
+            return await close(
+                state.rules.closing(.protocolError, "acknowledgement of the wrong kind"), peer: peer, state: state)
+        }
+        return nil
+    }
+
+    /// A PUBREC for a QoS 2 delivery.
+    @inline(never)
+    private func deliveryReceived(_ id: UInt16, reason: ReasonCode, peer: Peer, state: State) async throws -> End? {
+        switch await listener.broker.received(
+            key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id, reasonCode: reason)
+        {
+        case .released: return nil
+        case .unknown:
+            // Written with back-pressure, so a client that floods these and never reads cannot grow the hub's
+            // buffers.
+            try await send(state.rules.pubrelUnknown(id), state.version)
+            return nil
+        case .protocolError:
+            return await close(
+                state.rules.closing(.protocolError, "PUBREC to a QoS 1 delivery"), peer: peer, state: state)
+        }
+    }
+
+    /// A PUBREL: PUBCOMP, written after the acknowledgements already queued, with back-pressure.
+    @inline(never)
+    private func released(_ id: UInt16, state: State) async throws {
+        let held = await listener.broker.releaseQoS2(key: state.sessionKey, packetID: id)
+        state.unacknowledged.completed(qos2: id)
+        await state.output.flush()
+        try await send(state.rules.pubcomp(id, held: held), state.version)
+    }
+
     /// A PUBLISH the session rules accepted: the identity's topics, QoS 2 ids, then the gateway pipeline. Nil to
     /// read the next packet. A function of its own (as `subscribe`): `handle`'s frame stays small.
     @inline(never)
     private func received(_ publish: PublishPacket, peer: Peer, state: State) async -> End? {
         let acl = state.acl
         guard acl.mayPublish(publish.topic), Self.responseTopicAllowed(publish.properties, peer: peer, acl: acl)
-        else {
-            await refuse(
-                "mqtt-publish-refused", peer, "publish (or its response topic) outside the identity's topics",
-                oncePerMinute: true)
-            switch state.rules.publishRefused(.notAuthorized, qos: publish.qos) {
-            case .acknowledge(let code):
-                if let id = publish.packetID {
-                    await acknowledge(id, qos: publish.qos, state: state, code: code)
-                }
-                return nil
-            case .drop: return nil
-            case .close(let code):
-                return await close(.close(disconnect: code, detail: nil), peer: peer, state: state)
-            }
-        }
-        // §4.3.3 [MQTT-4.3.3-9]: a QoS 2 PUBLISH whose id is stored and awaits its PUBREL is a copy (a resend
-        // after a reconnect): PUBREC again, nothing stored or delivered twice.
-        // Ids held per session are bounded (a client that never sends PUBREL, over many connections):
-        // beyond the limit PUBREC 0x97 Quota exceeded (MQTT 5) or the connection closes (3.1.1).
-        if publish.qos == .exactlyOnce, let id = publish.packetID {
-            switch await listener.broker.arrivedQoS2(
-                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id,
-                limit: listener.settings.maxQoS2HeldPerSession)
-            {
-            case .new: break
-            case .copy:
-                await acknowledge(id, qos: .exactlyOnce, state: state, code: .success)
-                return nil
-            case .full:
-                await refuse(
-                    "mqtt-quota-exceeded", peer, "QoS 2 packet ids awaiting PUBREL over the limit",
-                    oncePerMinute: true)
-                guard state.v5 else { return .closed }
-                await acknowledge(id, qos: .exactlyOnce, state: state, code: .quotaExceeded)
-                return nil
-            }
+        else { return await outsideTopics(publish, peer: peer, state: state) }
+        if publish.qos == .exactlyOnce, let id = publish.packetID,
+            case .answered(let end) = await arrivedQoS2(id, peer: peer, state: state)
+        {
+            return end
         }
         if !(await admitAndDeliver(publish, peer: peer, state: state, respond: true)) { return .closed }
         return nil
+    }
+
+    /// A PUBLISH (or its response topic) outside the identity's topics: recorded (once a minute) and answered as
+    /// the session rules say.
+    @inline(never)
+    private func outsideTopics(_ publish: PublishPacket, peer: Peer, state: State) async -> End? {
+        await refuse(
+            "mqtt-publish-refused", peer, "publish (or its response topic) outside the identity's topics",
+            oncePerMinute: true)
+        switch state.rules.publishRefused(.notAuthorized, qos: publish.qos) {
+        case .acknowledge(let code):
+            if let id = publish.packetID {
+                await acknowledge(id, qos: publish.qos, state: state, code: code)
+            }
+            return nil
+        case .drop: return nil
+        case .close(let code):
+            return await close(.close(disconnect: code, detail: nil), peer: peer, state: state)
+        }
+    }
+
+    enum QoS2Arrival {
+        case new
+        /// Answered here; the connection ends if there is an `End`.
+        case answered(End?)
+    }
+
+    /// §4.3.3 [MQTT-4.3.3-9]: a QoS 2 PUBLISH whose id is stored and awaits its PUBREL is a copy (a resend after a
+    /// reconnect): PUBREC again, nothing stored or delivered twice. Ids held per session are bounded (a client that
+    /// never sends PUBREL, over many connections): beyond the limit PUBREC 0x97 Quota exceeded (MQTT 5) or the
+    /// connection closes (3.1.1).
+    @inline(never)
+    private func arrivedQoS2(_ id: UInt16, peer: Peer, state: State) async -> QoS2Arrival {
+        switch await listener.broker.arrivedQoS2(
+            key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: id,
+            limit: listener.settings.maxQoS2HeldPerSession)
+        {
+        case .new: return .new
+        case .copy:
+            await acknowledge(id, qos: .exactlyOnce, state: state, code: .success)
+            return .answered(nil)
+        case .full:
+            await refuse(
+                "mqtt-quota-exceeded", peer, "QoS 2 packet ids awaiting PUBREL over the limit", oncePerMinute: true)
+            guard state.v5 else { return .answered(.closed) }
+            await acknowledge(id, qos: .exactlyOnce, state: state, code: .quotaExceeded)
+            return .answered(nil)
+        }
     }
 
     /// A SUBSCRIBE: each filter within the identity's topics is granted, the others refused (0x87 / 0x80).
@@ -1080,6 +1240,7 @@ struct MQTTConnection {
     /// DISCONNECT 0x96; invalid content PUBACK 0x99; a replayed counter 0x87; the quarantine threshold closes the
     /// connection (DISCONNECT 0x87 or 0x96). MQTT 3.1.1 has no negative acknowledgement: over the rate the message
     /// is dropped unacknowledged (the client keeps it), other refusals and quarantine close the connection.
+    @inline(never)
     private func admitAndDeliver(_ publish: PublishPacket, peer: Peer, state: State, respond: Bool) async
         -> Bool
     {
@@ -1288,18 +1449,15 @@ struct MQTTConnection {
     ) async -> Bool {
         listener.metrics?.admitted(.mqtt)
         state.rules.publishAdmitted()
-        var record = NewTelemetry(
-            deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
-            counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
-            counter: admitted.counter, messageType: admitted.messageType)
         let delivery = BrokerMessage(publish)
         // The other nodes' subscribers get it from the same transaction that stores it.
         let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: delivery.topic)
-        record.relay = listener.relay?.relayed(
-            delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
+        // The row is built and queued by synchronous functions: it never sits in this frame.
         if publish.qos != .atMostOnce {
             let write = queueAcknowledged(
-                record, admitted, device: device, check: check, publish: publish, peer: peer, correlationID)
+                Self.telemetry(admitted, publish, device: device, correlationID),
+                admitted, device: device, check: check, publish: publish, peer: peer, correlationID,
+                relaying: delivery, local: local, state: state)
             if respond, let id = publish.packetID {
                 await acknowledge(
                     id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery,
@@ -1313,18 +1471,42 @@ struct MQTTConnection {
             }
             return true
         }
-        await storeWithoutWaiting(record, peer: peer, topic: publish.topic.rawValue)
+        if let wait = queueWithoutWaiting(
+            Self.telemetry(admitted, publish, device: device, correlationID), peer: peer,
+            topic: publish.topic.rawValue, relaying: delivery, local: local, state: state)
+        {
+            await wait()
+        }
         await deliverInOrder(delivery, state: state, local: local)
         return true
+    }
+
+    /// A device message's row.
+    static func telemetry(_ admitted: Admitted, _ publish: PublishPacket, device: DeviceID, _ correlationID: String)
+        -> NewTelemetry
+    {
+        NewTelemetry(
+            deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
+            counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
+            counter: admitted.counter, messageType: admitted.messageType)
+    }
+
+    /// With several nodes, the row carries the delivery for the other nodes' subscribers: they get it from the same
+    /// transaction that stores it.
+    private func relay(_ record: inout NewTelemetry, _ delivery: BrokerMessage, local: LocalWrite?, state: State) {
+        guard let relay = listener.relay else { return }
+        record.relay = relay.relayed(delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
     }
 
     /// Queues the write of a message to acknowledge (QoS 1 and 2) and returns its outcome. Synchronous: the
     /// callbacks it builds never sit in an async frame.
     @inline(never)
     private func queueAcknowledged(
-        _ record: NewTelemetry, _ admitted: Admitted, device: DeviceID, check: PayloadCheck, publish: PublishPacket,
-        peer: Peer, _ correlationID: String
+        _ row: NewTelemetry, _ admitted: Admitted, device: DeviceID, check: PayloadCheck, publish: PublishPacket,
+        peer: Peer, _ correlationID: String, relaying delivery: BrokerMessage, local: LocalWrite?, state: State
     ) -> StoreOutcome {
+        var record = row
+        relay(&record, delivery, local: local, state: state)
         let outcomes = listener.writeOutcomes
         if let counter = admitted.counter { outcomes.writes.begin(device, counter) }
         // Only a JSON message can be a report the hub reads (connections, update progress).
@@ -1585,7 +1767,16 @@ struct MQTTConnection {
         }
     }
 
-    private func storeWithoutWaiting(_ record: NewTelemetry, peer: Peer, topic: String) async {
+    /// Queues a message that is not acknowledged (QoS 0). Its outcome is read by a callback; when too many such
+    /// writes are outstanding, what to await instead (back-pressure on a flooding publisher). Synchronous: the row
+    /// never sits in an async frame.
+    @inline(never)
+    private func queueWithoutWaiting(
+        _ row: NewTelemetry, peer: Peer, topic: String, relaying delivery: BrokerMessage, local: LocalWrite?,
+        state: State
+    ) -> (@Sendable () async -> Void)? {
+        var record = row
+        relay(&record, delivery, local: local, state: state)
         let outcomes = listener.writeOutcomes
         // Queued now, in the connection's order (the other nodes get its messages in that order).
         let queued = listener.store.queueTelemetry(record)
@@ -1599,11 +1790,12 @@ struct MQTTConnection {
             duplicate: false, identity: peer.identity, source: peer.source, topic: topic)
         guard outcomes.pending.tryStart() else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
-            do {
-                _ = try await queued.value()
-                outcomes.stored(device, signal: signal)
-            } catch { await outcomes.failed(error, failure) }
-            return
+            return {
+                do {
+                    _ = try await queued.value()
+                    outcomes.stored(device, signal: signal)
+                } catch { await outcomes.failed(error, failure) }
+            }
         }
         // Read by a callback on the thread that commits the batch: no task per message. A failure (rare: a whole
         // batch, or a replay) is handled in a task, off the store's thread, and counts as outstanding until done.
@@ -1619,6 +1811,7 @@ struct MQTTConnection {
                 }
             }
         }
+        return nil
     }
 }
 
