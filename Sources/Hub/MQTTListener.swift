@@ -564,6 +564,12 @@ struct MQTTConnection {
         outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, source: String?
     ) async throws -> Opened? {
         guard let connect = try await firstConnect(&packets, outbound: outbound) else { return nil }
+        return await identify(connect, source: source)
+    }
+
+    /// Who sent the CONNECT, from the certificate; nil for a certificate without an identity or revoked meanwhile.
+    @inline(never)
+    private func identify(_ connect: ConnectPacket, source: String?) async -> Opened? {
         guard let peer = try? await peerIdentity(source: source), !listener.revocations.contains(peer.serial)
         else { return nil }
         let opened = Opened(connect: connect, peer: peer)
@@ -817,7 +823,9 @@ struct MQTTConnection {
     /// False when the store is unavailable (the refusal is sent).
     @inline(never)
     private func takeUpSession(_ connect: ConnectPacket, peer: Peer, _ accepted: Accepted) async throws -> Bool {
-        guard let persistence = listener.persistence else { return true }
+        // Only a store shared by several nodes can hold a session to take up (`prepare`'s own first check, made
+        // here: its frame, 1.1 KB, would otherwise stay in every connection's task).
+        guard let persistence = listener.persistence, persistence.store.sharedByNodes else { return true }
         let settings = listener.settings
         do {
             try await persistence.prepare(
