@@ -1457,13 +1457,14 @@ struct MQTTConnection {
     ) async -> Bool {
         listener.metrics?.admitted(.mqtt)
         state.rules.publishAdmitted()
+        let receivedAt = Date()
         let delivery = BrokerMessage(publish)
         // The other nodes' subscribers get it from the same transaction that stores it.
         let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: delivery.topic)
         // The row is built and queued by synchronous functions: it never sits in this frame.
         if publish.qos != .atMostOnce {
             let write = queueAcknowledged(
-                Self.telemetry(admitted, publish, device: device, correlationID),
+                Self.telemetry(admitted, publish, device: device, correlationID, at: receivedAt),
                 admitted, device: device, check: check, publish: publish, peer: peer, correlationID,
                 relaying: delivery, local: local, state: state)
             if respond, let id = publish.packetID {
@@ -1480,7 +1481,7 @@ struct MQTTConnection {
             return true
         }
         if let wait = queueWithoutWaiting(
-            Self.telemetry(admitted, publish, device: device, correlationID), peer: peer,
+            Self.telemetry(admitted, publish, device: device, correlationID, at: receivedAt), peer: peer,
             topic: publish.topic.rawValue, relaying: delivery, local: local, state: state)
         {
             await wait()
@@ -1490,11 +1491,11 @@ struct MQTTConnection {
     }
 
     /// A device message's row.
-    static func telemetry(_ admitted: Admitted, _ publish: PublishPacket, device: DeviceID, _ correlationID: String)
-        -> NewTelemetry
-    {
+    static func telemetry(
+        _ admitted: Admitted, _ publish: PublishPacket, device: DeviceID, _ correlationID: String, at receivedAt: Date
+    ) -> NewTelemetry {
         NewTelemetry(
-            deviceID: device, receivedAt: Date(), correlationID: correlationID, body: publish.payload,
+            deviceID: device, receivedAt: receivedAt, correlationID: correlationID, body: publish.payload,
             counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
             counter: admitted.counter, messageType: admitted.messageType)
     }

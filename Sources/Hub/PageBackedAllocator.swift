@@ -1,4 +1,5 @@
 @_spi(CustomByteBufferAllocator) import NIOCore
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -16,14 +17,40 @@
 /// most of the hub's memory for them. Mapped, an idle connection's two buffers cost the pages its records touched.
 ///
 /// Smaller buffers (received bytes, encoded packets) stay on the C heap. Every block carries a 16-byte header
-/// saying which it is and, for a mapping, its length (`deallocate` gets no size).
+/// saying which it is and, for a mapping, its length (`deallocate` gets no size). Bounds:
+/// - at most `maximumMappings` live mappings (Linux refuses a process more than `vm.max_map_count` regions, 65,530
+///   by default, and a split region needs one more to unmap); past it, the heap;
+/// - only where a page is at most 4 KiB (with 16 or 64 KiB pages the first page, always written, costs more than
+///   the heap would);
+/// - freed mappings are kept for reuse, up to `cachedMappings`, so that a buffer copied on write per record (a
+///   packet split over two TLS records keeps the plaintext buffer referenced) costs no system call; a kept mapping
+///   keeps only the pages that were written.
 enum PageBackedAllocator {
     /// Buffers of at least this many bytes are mapped.
     static let threshold = 12 * 1024
+    static let maximumMappings = 24_576
+    static let cachedMappings = 64
 
     static let allocator = ByteBufferAllocator(
         allocate: pbAllocate, reallocate: pbReallocate, deallocate: pbDeallocate, copy: pbCopy)
+
+    /// Mappings handed out and not freed, and freed ones kept for reuse.
+    static var live: Int { mappings.withLock { $0.live } }
+    static var cached: Int { mappings.withLock { $0.free.count } }
+
+    /// Whether a buffer's storage (`pointer`: its first byte) is a mapping of this allocator.
+    static func isMapped(_ pointer: UnsafeRawPointer) -> Bool {
+        (pointer - headerBytes).load(as: UInt64.self) == mappedTag
+    }
 }
+
+private struct Mappings {
+    var live = 0
+    /// Freed mappings kept for reuse: base address and length.
+    var free: [(UInt, Int)] = []
+}
+
+private let mappings = Mutex(Mappings())
 
 private let headerBytes = 16
 private let heapTag: UInt64 = 0x6865_6170  // "heap"
@@ -38,13 +65,47 @@ private func mappedLength(_ size: Int) -> Int {
 private func header(_ user: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer { user - headerBytes }
 
 private func mapped(_ size: Int) -> UnsafeMutableRawPointer? {
+    guard pageBytes <= 4096 else { return nil }
     let length = mappedLength(size)
+    // A kept mapping of this length, or room for one more.
+    let reused: UInt?? = mappings.withLock { state in
+        if let index = state.free.lastIndex(where: { $0.1 == length }) {
+            state.live += 1
+            return .some(state.free.remove(at: index).0)
+        }
+        guard state.live < PageBackedAllocator.maximumMappings else { return nil }
+        state.live += 1
+        return .some(nil)
+    }
+    guard let reused else { return nil }
+    if let address = reused, let base = UnsafeMutableRawPointer(bitPattern: address) { return base + headerBytes }
     guard let base = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
         base != MAP_FAILED
-    else { return nil }
+    else {
+        mappings.withLock { $0.live -= 1 }
+        return nil
+    }
+    #if os(Linux)
+        // Adjacent mappings merge into one region; with transparent huge pages set to `always`, a fault there could
+        // make 2 MiB resident at once (or khugepaged collapse it later), which would defeat the point.
+        _ = madvise(base, length, MADV_NOHUGEPAGE)
+    #endif
     base.storeBytes(of: mappedTag, as: UInt64.self)
     base.storeBytes(of: UInt64(length), toByteOffset: 8, as: UInt64.self)
     return base + headerBytes
+}
+
+private func unmap(_ base: UnsafeMutableRawPointer) {
+    let length = Int(base.load(fromByteOffset: 8, as: UInt64.self))
+    let kept = mappings.withLock { state in
+        state.live -= 1
+        guard state.free.count < PageBackedAllocator.cachedMappings else { return false }
+        state.free.append((UInt(bitPattern: base), length))
+        return true
+    }
+    guard !kept else { return }
+    // Should the system refuse (no region left to split one), its pages at least go back.
+    if munmap(base, length) != 0 { _ = madvise(base, length, MADV_DONTNEED) }
 }
 
 private func onHeap(_ size: Int) -> UnsafeMutableRawPointer? {
@@ -61,7 +122,7 @@ private func pbAllocate(_ size: Int) -> UnsafeMutableRawPointer? {
 private func pbDeallocate(_ user: UnsafeMutableRawPointer) {
     let base = header(user)
     if base.load(as: UInt64.self) == mappedTag {
-        munmap(base, Int(base.load(fromByteOffset: 8, as: UInt64.self)))
+        unmap(base)
     } else {
         free(base)
     }
