@@ -33,11 +33,43 @@
             return (pages, vector.filter { $0 & 1 == 1 }.count)
         }
 
+        /// A file of `/proc`, read to its end (its size says 0: `String(contentsOfFile:)` stops at 4 KiB).
+        static func procFile(_ path: String) throws -> String {
+            let data = try FileHandle(forReadingFrom: URL(fileURLWithPath: path)).readToEnd() ?? Data()
+            return String(decoding: data, as: UTF8.self)
+        }
+
         /// The process's address space in bytes (`VmSize`).
         static func addressSpace() throws -> Int {
-            let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+            let status = try Self.procFile("/proc/self/status")
             let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("VmSize:") })
             return try #require(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1])) * 1024
+        }
+
+        /// The `VmFlags` of the memory region that holds `address` (`/proc/self/smaps`).
+        static func regionFlags(_ address: UInt) throws -> [Substring] {
+            let smaps = try Self.procFile("/proc/self/smaps")
+            var inside = false
+            for line in smaps.split(separator: "\n") {
+                let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+                if let range = fields.first, range.contains("-"), !range.hasSuffix(":") {
+                    let bounds = range.split(separator: "-").compactMap { UInt($0, radix: 16) }
+                    inside = bounds.count == 2 && bounds[0] <= address && address < bounds[1]
+                } else if inside, fields.first == "VmFlags:" {
+                    return Array(fields.dropFirst())
+                }
+            }
+            return []
+        }
+
+        /// Huge pages are off for the mappings (`nh`): with transparent huge pages `always`, merged mappings could
+        /// otherwise fault in 2 MiB at once.
+        @Test func mappingsRefuseHugePages() throws {
+            var buffer = PageBackedAllocator.allocator.buffer(capacity: 32 * 1024)
+            buffer.writeInteger(UInt32(1))
+            let flags = try Self.regionFlags(Self.start(of: &buffer))
+            #expect(flags.contains("nh"), "VmFlags: \(flags)")
+            #expect(!flags.contains("hg"))
         }
 
         @Test func aLargeBufferIsAMappingResidentOnlyWhereWritten() throws {
