@@ -37,6 +37,8 @@ enum PageBackedAllocator {
     /// Mappings handed out and not freed, and freed ones kept for reuse.
     static var live: Int { mappings.withLock { $0.live } }
     static var cached: Int { mappings.withLock { $0.free.count } }
+    /// Mappings given back to the system since the process started.
+    static var unmapped: Int { unmappedCount.load(ordering: .relaxed) }
 
     /// Whether a buffer's storage (`pointer`: its first byte) is a mapping of this allocator.
     static func isMapped(_ pointer: UnsafeRawPointer) -> Bool {
@@ -51,6 +53,7 @@ private struct Mappings {
 }
 
 private let mappings = Mutex(Mappings())
+private let unmappedCount = Atomic(0)
 
 private let headerBytes = 16
 private let heapTag: UInt64 = 0x6865_6170  // "heap"
@@ -105,7 +108,11 @@ private func unmap(_ base: UnsafeMutableRawPointer) {
     }
     guard !kept else { return }
     // Should the system refuse (no region left to split one), its pages at least go back.
-    if munmap(base, length) != 0 { _ = madvise(base, length, MADV_DONTNEED) }
+    if munmap(base, length) == 0 {
+        unmappedCount.add(1, ordering: .relaxed)
+    } else {
+        _ = madvise(base, length, MADV_DONTNEED)
+    }
 }
 
 private func onHeap(_ size: Int) -> UnsafeMutableRawPointer? {

@@ -39,13 +39,6 @@
             return String(decoding: data, as: UTF8.self)
         }
 
-        /// The process's address space in bytes (`VmSize`).
-        static func addressSpace() throws -> Int {
-            let status = try Self.procFile("/proc/self/status")
-            let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("VmSize:") })
-            return try #require(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1])) * 1024
-        }
-
         /// The `VmFlags` of the memory region that holds `address` (`/proc/self/smaps`).
         static func regionFlags(_ address: UInt) throws -> [Substring] {
             let smaps = try Self.procFile("/proc/self/smaps")
@@ -72,19 +65,23 @@
             #expect(!flags.contains("hg"))
         }
 
+        /// A fresh mapping has only the written page resident. A kept one (reused) keeps the pages its earlier user
+        /// wrote, so of 80 buffers held at once (the cache holds at most 64) at least 16 are fresh.
         @Test func aLargeBufferIsAMappingResidentOnlyWhereWritten() throws {
             var buffers: [ByteBuffer] = []
-            for _ in 0..<8 {
+            var onePage = 0
+            for _ in 0..<(PageBackedAllocator.cachedMappings + 16) {
                 // swift-nio-ssl's plaintext buffer is 32 KB; a device's record is a few hundred bytes.
                 var buffer = PageBackedAllocator.allocator.buffer(capacity: 32 * 1024)
                 buffer.writeBytes([UInt8](repeating: 0xA5, count: 300))
                 #expect(Self.isMapped(&buffer))
                 let mapped = try #require(Self.residentPages(of: &buffer), "a 32 KB buffer is its own mapping")
                 #expect(mapped.pages == 9)
-                #expect(mapped.resident == 1)
+                if mapped.resident == 1 { onePage += 1 }
                 #expect(buffer.readBytes(length: 300) == [UInt8](repeating: 0xA5, count: 300))
                 buffers.append(buffer)
             }
+            #expect(onePage >= 16)
         }
 
         @Test func smallBuffersStayOnTheHeapAndGrowIntoAMapping() throws {
@@ -121,12 +118,13 @@
             #expect(cleared.readString(length: 3) == "new")
         }
 
-        /// Freed mappings go back to the system beyond the few kept for reuse: 8,000 buffers of 32 KB held at once
-        /// (288 MB of address space), then freed, leave the address space about as it was (other suites running
-        /// meanwhile move it by far less than the 200 MB allowed), and the live count falls back.
+        /// Freed mappings go back to the system beyond the few kept for reuse: 8,000 buffers of 32 KB held at once,
+        /// then freed, are unmapped but for those kept (64, and a few more if others take kept ones meanwhile), and
+        /// the live count falls back. (Counted by the
+        /// allocator: the process's address space moves too much with other suites' threads running meanwhile.)
         @Test func freedMappingsGoBackToTheSystem() throws {
-            let before = try Self.addressSpace()
             let liveBefore = PageBackedAllocator.live
+            let unmappedBefore = PageBackedAllocator.unmapped
             do {
                 var buffers: [ByteBuffer] = []
                 for round in 0..<8_000 {
@@ -135,11 +133,11 @@
                     buffers.append(buffer)
                 }
                 #expect(PageBackedAllocator.live - liveBefore > 7_900)
-                #expect(try Self.addressSpace() - before > 250 << 20)
             }
             #expect(PageBackedAllocator.live - liveBefore < 100)
             #expect(PageBackedAllocator.cached <= PageBackedAllocator.cachedMappings)
-            #expect(try Self.addressSpace() - before < 200 << 20)
+            // Other suites' connections taking kept mappings meanwhile make room for a few more of these in the cache.
+            #expect(PageBackedAllocator.unmapped - unmappedBefore >= 8_000 - PageBackedAllocator.cachedMappings - 100)
         }
 
         /// A kept mapping is handed out again (no system call per copy on write of a plaintext buffer).
