@@ -823,9 +823,7 @@ struct MQTTConnection {
     /// False when the store is unavailable (the refusal is sent).
     @inline(never)
     private func takeUpSession(_ connect: ConnectPacket, peer: Peer, _ accepted: Accepted) async throws -> Bool {
-        // Only a store shared by several nodes can hold a session to take up (`prepare`'s own first check, made
-        // here: its frame, 1.1 KB, would otherwise stay in every connection's task).
-        guard let persistence = listener.persistence, persistence.store.sharedByNodes else { return true }
+        guard let persistence = listener.persistence else { return true }
         let settings = listener.settings
         do {
             try await persistence.prepare(
@@ -1464,9 +1462,10 @@ struct MQTTConnection {
         // The row is built and queued by synchronous functions: it never sits in this frame.
         if publish.qos != .atMostOnce {
             let write = queueAcknowledged(
-                Self.telemetry(admitted, publish, device: device, correlationID, at: receivedAt),
-                admitted, device: device, check: check, publish: publish, peer: peer, correlationID,
-                relaying: delivery, local: local, state: state)
+                row(
+                    admitted, publish, device: device, correlationID, at: receivedAt, delivery, local: local,
+                    state: state),
+                admitted, device: device, check: check, publish: publish, peer: peer, correlationID)
             if respond, let id = publish.packetID {
                 await acknowledge(
                     id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery,
@@ -1481,8 +1480,8 @@ struct MQTTConnection {
             return true
         }
         if let wait = queueWithoutWaiting(
-            Self.telemetry(admitted, publish, device: device, correlationID, at: receivedAt), peer: peer,
-            topic: publish.topic.rawValue, relaying: delivery, local: local, state: state)
+            row(admitted, publish, device: device, correlationID, at: receivedAt, delivery, local: local, state: state),
+            peer: peer, topic: publish.topic.rawValue)
         {
             await wait()
         }
@@ -1490,32 +1489,30 @@ struct MQTTConnection {
         return true
     }
 
-    /// A device message's row.
-    static func telemetry(
-        _ admitted: Admitted, _ publish: PublishPacket, device: DeviceID, _ correlationID: String, at receivedAt: Date
+    /// A device message's row. With several nodes it carries the delivery for the other nodes' subscribers: they
+    /// get it from the same transaction that stores it. Synchronous, and built as an argument: never in an async
+    /// frame.
+    @inline(never)
+    private func row(
+        _ admitted: Admitted, _ publish: PublishPacket, device: DeviceID, _ correlationID: String, at receivedAt: Date,
+        _ delivery: BrokerMessage, local: LocalWrite?, state: State
     ) -> NewTelemetry {
-        NewTelemetry(
+        var record = NewTelemetry(
             deviceID: device, receivedAt: receivedAt, correlationID: correlationID, body: publish.payload,
             counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
             counter: admitted.counter, messageType: admitted.messageType)
-    }
-
-    /// With several nodes, the row carries the delivery for the other nodes' subscribers: they get it from the same
-    /// transaction that stores it.
-    private func relay(_ record: inout NewTelemetry, _ delivery: BrokerMessage, local: LocalWrite?, state: State) {
-        guard let relay = listener.relay else { return }
-        record.relay = relay.relayed(delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
+        record.relay = listener.relay?.relayed(
+            delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
+        return record
     }
 
     /// Queues the write of a message to acknowledge (QoS 1 and 2) and returns its outcome. Synchronous: the
     /// callbacks it builds never sit in an async frame.
     @inline(never)
     private func queueAcknowledged(
-        _ row: NewTelemetry, _ admitted: Admitted, device: DeviceID, check: PayloadCheck, publish: PublishPacket,
-        peer: Peer, _ correlationID: String, relaying delivery: BrokerMessage, local: LocalWrite?, state: State
+        _ record: NewTelemetry, _ admitted: Admitted, device: DeviceID, check: PayloadCheck, publish: PublishPacket,
+        peer: Peer, _ correlationID: String
     ) -> StoreOutcome {
-        var record = row
-        relay(&record, delivery, local: local, state: state)
         let outcomes = listener.writeOutcomes
         if let counter = admitted.counter { outcomes.writes.begin(device, counter) }
         // Only a JSON message can be a report the hub reads (connections, update progress).
@@ -1780,12 +1777,9 @@ struct MQTTConnection {
     /// writes are outstanding, what to await instead (back-pressure on a flooding publisher). Synchronous: the row
     /// never sits in an async frame.
     @inline(never)
-    private func queueWithoutWaiting(
-        _ row: NewTelemetry, peer: Peer, topic: String, relaying delivery: BrokerMessage, local: LocalWrite?,
-        state: State
-    ) -> (@Sendable () async -> Void)? {
-        var record = row
-        relay(&record, delivery, local: local, state: state)
+    private func queueWithoutWaiting(_ record: NewTelemetry, peer: Peer, topic: String)
+        -> (@Sendable () async -> Void)?
+    {
         let outcomes = listener.writeOutcomes
         // Queued now, in the connection's order (the other nodes get its messages in that order).
         let queued = listener.store.queueTelemetry(record)

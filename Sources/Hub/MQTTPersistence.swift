@@ -248,8 +248,16 @@ actor MQTTPersistence: Service {
     /// of the node holding it, then taken); with `cleanStart` the stored one is removed. Throws when the store
     /// cannot be reached: the connection is refused (Server unavailable), never given an empty session in place
     /// of the one it has.
-    func prepare(key: String, owner: String, maxPerOwner: Int, cleanStart: Bool) async throws {
-        guard store.sharedByNodes, !(await broker.holds(key)) else { return }
+    ///
+    /// Nonisolated, the check for a store of one node first: every CONNECT calls this, and the take-over's frame
+    /// (1.1 KB) would otherwise stay in each connection's task for as long as it is connected.
+    nonisolated func prepare(key: String, owner: String, maxPerOwner: Int, cleanStart: Bool) async throws {
+        guard store.sharedByNodes else { return }
+        try await takeOver(key: key, owner: owner, maxPerOwner: maxPerOwner, cleanStart: cleanStart)
+    }
+
+    private func takeOver(key: String, owner: String, maxPerOwner: Int, cleanStart: Bool) async throws {
+        guard !(await broker.holds(key)) else { return }
         // An identity at its limit of sessions here takes none over from another node (the attach refuses it).
         guard await broker.sessionCount(of: owner) < maxPerOwner else { return }
         var (stored, current) = try await store.mqttSessionHolder(key: key)
