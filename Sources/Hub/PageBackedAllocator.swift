@@ -67,21 +67,38 @@ private func mappedLength(_ size: Int) -> Int {
 /// The header in front of the user's bytes: tag, then the mapping's length (0 on the heap).
 private func header(_ user: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer { user - headerBytes }
 
+/// Where a mapped buffer comes from.
+private enum MappingSource {
+    /// A kept mapping of the length asked for (its base address).
+    case kept(UInt)
+    /// A new mapping (counted as live already).
+    case new
+    /// None: at the bound of live mappings.
+    case none
+}
+
 private func mapped(_ size: Int) -> UnsafeMutableRawPointer? {
     guard pageBytes <= 4096 else { return nil }
     let length = mappedLength(size)
     // A kept mapping of this length, or room for one more.
-    let reused: UInt?? = mappings.withLock { state in
+    let source = mappings.withLock { state -> MappingSource in
         if let index = state.free.lastIndex(where: { $0.1 == length }) {
             state.live += 1
-            return .some(state.free.remove(at: index).0)
+            return .kept(state.free.remove(at: index).0)
         }
-        guard state.live < PageBackedAllocator.maximumMappings else { return nil }
+        guard state.live < PageBackedAllocator.maximumMappings else { return .none }
         state.live += 1
-        return .some(nil)
+        return .new
     }
-    guard let reused else { return nil }
-    if let address = reused, let base = UnsafeMutableRawPointer(bitPattern: address) { return base + headerBytes }
+    switch source {
+    case .none: return nil
+    case .kept(let address):
+        // A kept base is never null (it came from a successful mmap).
+        if let base = UnsafeMutableRawPointer(bitPattern: address) { return base + headerBytes }
+        mappings.withLock { $0.live -= 1 }
+        return nil
+    case .new: break
+    }
     guard let base = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
         base != MAP_FAILED
     else {
