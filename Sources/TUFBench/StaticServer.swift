@@ -13,8 +13,11 @@ import Foundation
 ///
 /// RFC 9112: a GET's request line and headers up to the empty line (§2.1, at most 16 KiB); the answer is
 /// `200` with `Content-Length` or `404`; the connection persists (§9.3) unless the request says
-/// `Connection: close` or is HTTP/1.0, so python-tuf's pooled connection is reused as a real server would
-/// let it. A thread per connection, detached; the files are read once when the server starts.
+/// `Connection: close` or is HTTP/1.0 (then the answer says `Connection: close`, §9.6), so python-tuf's pooled
+/// connection is reused as a real server would let it. Ours asks to close (`SocketFetcher`: a socket per request),
+/// so it pays a connection and this server's thread start per request where python-tuf pays them once: the
+/// difference counts against us. Anything but a well-formed GET closes the connection without an answer. A thread
+/// per connection, detached; the files are read once when the server starts (after the repositories are built).
 final class StaticServer: @unchecked Sendable {
     let port: Int
     private let files: [String: [UInt8]]
@@ -35,7 +38,8 @@ final class StaticServer: @unchecked Sendable {
             }
         }
         self.files = files
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        // Close-on-exec, as every connection's socket: the clients this benchmark spawns must not inherit them.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ServerError.socket(errno) }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -70,6 +74,9 @@ final class StaticServer: @unchecked Sendable {
                 if errno == EINTR { continue }
                 return
             }
+            // (Glibc's module has no `accept4`: close-on-exec set right after. The benchmark spawns a client only
+            // once the one before has exited, so no spawn falls between the two calls for a socket of its own.)
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             var one: Int32 = 1
             setsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             Thread.detachNewThread { [self] in serve(client) }
@@ -86,8 +93,10 @@ final class StaticServer: @unchecked Sendable {
             while end == nil {
                 end = Self.headEnd(pending)
                 if end != nil { break }
-                guard pending.count <= 16384 else { return }
-                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                // At most 16 KiB of head; more, or a read that fails, closes the connection.
+                guard pending.count < 16384 else { return }
+                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, 16384 - pending.count)) }
+                if n < 0, errno == EINTR { continue }
                 if n <= 0 { return }
                 pending += chunk[0..<n]
             }
@@ -103,21 +112,23 @@ final class StaticServer: @unchecked Sendable {
                 || lines.dropFirst().contains {
                     $0.lowercased().hasPrefix("connection:") && $0.lowercased().contains("close")
                 }
+            // Only the files read at start are served (an exact key: no path reaches outside them).
             var answer: [UInt8]
-            if let body = files[path], !path.contains("/../") {
+            let closing = closes ? "Connection: close\r\n" : ""
+            if let body = files[path] {
                 answer = Array(
-                    "HTTP/1.1 200 OK\r\nContent-Length: \(body.count)\r\nContent-Type: application/octet-stream\r\n\r\n"
-                        .utf8
-                )
+                    ("HTTP/1.1 200 OK\r\nContent-Length: \(body.count)\r\nContent-Type: application/octet-stream\r\n"
+                        + closing + "\r\n").utf8)
                 answer += body
             } else {
-                answer = Array("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".utf8)
+                answer = Array(("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n" + closing + "\r\n").utf8)
             }
             var sent = 0
             while sent < answer.count {
                 let n = answer.withUnsafeBytes {
                     send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL))
                 }
+                if n < 0, errno == EINTR { continue }
                 if n <= 0 { return }
                 sent += n
             }

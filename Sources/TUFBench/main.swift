@@ -81,7 +81,8 @@ struct Options {
           --script PATH  the python-tuf driver (default scripts/tuf/ngclient_fetch.py)
           --python PATH  the Python interpreter (default python3 on PATH)
           --server S     python: `python3 -m http.server` (default; about 0.5 ms an answer); native: the
-                         benchmark's own static server on 127.0.0.1 (files in memory, keep-alive, microseconds)
+                         benchmark's own static server on 127.0.0.1 (files in memory, microseconds; keep-alive
+                         for a client that does not ask to close)
           --keep         leave the work directory (repositories under www/, client directories) for profiling
         """
 }
