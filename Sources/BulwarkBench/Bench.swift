@@ -23,6 +23,7 @@ struct Bench: AsyncParsableCommand {
             Telemetry.self, PairingBenchmark.self, MQTTBenchmark.self, GatewayBenchmark.self, AgentBenchmark.self,
             UpdateBenchmark.self, HSMBenchmark.self, RolloutBenchmark.self, AdvisoriesBenchmark.self,
             AdvisoriesMatch.self, Load.self, DashboardBenchmark.self, JSONBenchmark.self, ClusterBenchmark.self,
+            StoreBenchmark.self,
         ])
 }
 

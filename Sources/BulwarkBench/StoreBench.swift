@@ -1,0 +1,137 @@
+import AllocationCounter
+import ArgumentParser
+import Core
+import Foundation
+import Hub
+import Store
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The telemetry store's group commit alone, in this process: what storing one device message costs beside the MQTT
+/// and HTTP paths that call it (`bulwark-bench mqtt` measures the whole hub, where the store is 7-9 µs of a QoS 0
+/// message's 14-16). Producers queue 200-byte messages as the MQTT listener's QoS 0 path does (`queueTelemetry`, the
+/// outcome read by a callback on the committing thread, at most `--in-flight` outstanding), round-robin over
+/// `--devices` enrolled devices, into a fresh SQLite store (WAL, `synchronous=FULL`, the hub's schema).
+struct StoreBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "store",
+        abstract: "The telemetry group commit alone: CPU, allocations and rate per stored message (SQLite).")
+    @Option(help: "Messages to store (after a warm-up of a tenth as many).") var messages = 200_000
+    @Option(help: "Devices the messages come from, in turn (a fleet: about one message per device per batch).")
+    var devices = 50
+    @Option(help: "Producer threads.") var producers = 2
+    @Option(help: "Messages queued and not yet stored, at most (all producers).") var inFlight = 5000
+
+    func run() async throws {
+        guard (1_000...5_000_000).contains(messages), (1...100_000).contains(devices), (1...16).contains(producers),
+            (1...100_000).contains(inFlight)
+        else {
+            throw ValidationError("messages 1,000-5,000,000, devices 1-100,000, producers 1-16, in-flight 1-100,000")
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-storebench-\(UUID())")
+            .path
+        _ = try SecretFiles.makePrivateDirectory(directory)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let commits = Mutex((count: 0, messages: 0))
+        let store = try SQLiteHubStore(path: directory + "/hub.sqlite") { count, _ in
+            commits.withLock {
+                $0.count += 1
+                $0.messages += count
+            }
+        }
+        var ids: [DeviceID] = []
+        for index in 0..<devices {
+            let id = try DeviceID("store-bench-\(index)")
+            try await store.enroll(
+                device: id,
+                certificate: CertificateRecord(
+                    serialHex: String(format: "%08x", index), subject: "urn:bulwark:device:\(id)", deviceID: id,
+                    spkiSHA256Hex: String(repeating: "ab", count: 32), notBefore: Date(timeIntervalSince1970: 1000),
+                    notAfter: Date(timeIntervalSince1970: 4_000_000_000), der: [1, 2, 3]),
+                at: Date())
+            ids.append(id)
+        }
+        print(
+            "bulwark-bench store: \(messages) messages of 200 bytes from \(devices) devices in turn, \(producers) "
+                + "producers, at most \(inFlight) in flight, SQLite (WAL, synchronous=FULL)")
+        let warmUp = Self.measure(
+            store: store, devices: ids, count: messages / 10, producers: producers, inFlight: inFlight)
+        let before = commits.withLock { $0 }
+        let result = Self.measure(store: store, devices: ids, count: messages, producers: producers, inFlight: inFlight)
+        let after = commits.withLock { $0 }
+        guard warmUp.failures == 0, result.failures == 0 else {
+            throw ValidationError("\(warmUp.failures + result.failures) messages not stored")
+        }
+        let stored = try await store.telemetryCount(of: nil)
+        guard stored == messages + messages / 10 else { throw ValidationError("\(stored) rows stored") }
+        let batches = after.count - before.count
+        print(
+            String(
+                format: "stored %d messages in %.2f s: %.0f msg/s, %.2f µs CPU per message (user %.2f, system %.2f), "
+                    + "%.1f allocations per message, %d batches (%.0f messages each)",
+                messages, result.wall, Double(messages) / result.wall, result.cpu / Double(messages) * 1e6,
+                result.user / Double(messages) * 1e6, result.system / Double(messages) * 1e6,
+                Double(result.allocations) / Double(messages), batches,
+                Double(after.messages - before.messages) / Double(max(batches, 1))))
+    }
+
+    struct Result {
+        var wall: Double
+        var cpu: Double
+        var user: Double
+        var system: Double
+        var allocations: UInt
+        var failures: Int
+    }
+
+    /// Queues `count` messages from `producers` threads and waits until every one is stored.
+    static func measure(store: SQLiteHubStore, devices: [DeviceID], count: Int, producers: Int, inFlight: Int)
+        -> Result
+    {
+        let body = Array(repeating: UInt8(ascii: "x"), count: 200)
+        // A producer blocks (a futex, not a spin: the CPU figure is the store's) while `inFlight` are outstanding.
+        let slots = DispatchSemaphore(value: inFlight)
+        let done = Atomic(0)
+        let failures = Atomic(0)
+        let (user0, system0) = processCPU()
+        let allocations0 = bulwark_allocation_count()
+        let start = ContinuousClock.now
+        let threads = (0..<producers).map { producer in
+            Thread {
+                var index = producer
+                while index < count {
+                    // Back-pressure as the MQTT listener's QoS 0 path: wait while too many are outstanding.
+                    slots.wait()
+                    let message = NewTelemetry(
+                        deviceID: devices[index % devices.count], receivedAt: Date(),
+                        correlationID: CorrelationID().rawValue, body: body, messageType: "telemetry")
+                    store.queueTelemetry(message).whenComplete { result in
+                        if case .failure = result { failures.add(1, ordering: .relaxed) }
+                        done.add(1, ordering: .relaxed)
+                        slots.signal()
+                    }
+                    index += producers
+                }
+            }
+        }
+        for thread in threads { thread.start() }
+        while done.load(ordering: .relaxed) < count { usleep(1000) }
+        let wall = (ContinuousClock.now - start).seconds
+        let (user1, system1) = processCPU()
+        return Result(
+            wall: wall, cpu: (user1 - user0) + (system1 - system0), user: user1 - user0, system: system1 - system0,
+            allocations: bulwark_allocation_count() &- allocations0, failures: failures.load(ordering: .relaxed))
+    }
+
+    static func processCPU() -> (user: Double, system: Double) {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return (
+            Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6,
+            Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+        )
+    }
+}
