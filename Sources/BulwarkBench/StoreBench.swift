@@ -24,6 +24,8 @@ struct StoreBenchmark: AsyncParsableCommand {
     var devices = 50
     @Option(help: "Producer threads.") var producers = 2
     @Option(help: "Messages queued and not yet stored, at most (all producers).") var inFlight = 5000
+    @Option(help: "Messages stored before the per-device index takes them in (the store's default: 2,048).")
+    var indexEvery = SQLiteHubStore.defaultIndexEvery
 
     func run() async throws {
         guard (1_000...5_000_000).contains(messages), (1...100_000).contains(devices), (1...16).contains(producers),
@@ -36,7 +38,7 @@ struct StoreBenchmark: AsyncParsableCommand {
         _ = try SecretFiles.makePrivateDirectory(directory)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let commits = Mutex((count: 0, messages: 0))
-        let store = try SQLiteHubStore(path: directory + "/hub.sqlite") { count, _ in
+        let store = try SQLiteHubStore(path: directory + "/hub.sqlite", indexEvery: indexEvery) { count, _ in
             commits.withLock {
                 $0.count += 1
                 $0.messages += count
@@ -56,7 +58,7 @@ struct StoreBenchmark: AsyncParsableCommand {
         }
         print(
             "bulwark-bench store: \(messages) messages of 200 bytes from \(devices) devices in turn, \(producers) "
-                + "producers, at most \(inFlight) in flight, SQLite (WAL, synchronous=FULL)")
+                + "producers, at most \(inFlight) in flight, SQLite (WAL, synchronous=FULL), index every \(indexEvery)")
         let warmUp = Self.measure(
             store: store, devices: ids, count: messages / 10, producers: producers, inFlight: inFlight)
         let before = commits.withLock { $0 }
@@ -68,14 +70,26 @@ struct StoreBenchmark: AsyncParsableCommand {
         let stored = try await store.telemetryCount(of: nil)
         guard stored == messages + messages / 10 else { throw ValidationError("\(stored) rows stored") }
         let batches = after.count - before.count
+        // What the per-device index's batching costs a reader: a device's latest 50 messages (the newest rows, up to
+        // `indexEvery` of them, are found by rowid and filtered by device), for 200 devices in turn.
+        var reads: [Double] = []
+        for index in 0..<200 {
+            let started = ContinuousClock.now
+            let rows = try await store.telemetry(of: ids[(index * 7919) % ids.count], limit: 50)
+            reads.append((ContinuousClock.now - started).seconds * 1000)
+            guard !rows.isEmpty else { throw ValidationError("no telemetry read back") }
+        }
+        reads.sort()
         print(
             String(
                 format: "stored %d messages in %.2f s: %.0f msg/s, %.2f µs CPU per message (user %.2f, system %.2f), "
-                    + "%.1f allocations per message, %d batches (%.0f messages each)",
+                    + "%.1f allocations per message, %d batches (%.0f messages each); a device's latest 50: "
+                    + "%.2f ms median, %.2f ms 95th percentile",
                 messages, result.wall, Double(messages) / result.wall, result.cpu / Double(messages) * 1e6,
                 result.user / Double(messages) * 1e6, result.system / Double(messages) * 1e6,
                 Double(result.allocations) / Double(messages), batches,
-                Double(after.messages - before.messages) / Double(max(batches, 1))))
+                Double(after.messages - before.messages) / Double(max(batches, 1)), reads[reads.count / 2],
+                reads[reads.count * 95 / 100]))
     }
 
     struct Result {
