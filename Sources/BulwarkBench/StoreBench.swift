@@ -24,7 +24,7 @@ struct StoreBenchmark: AsyncParsableCommand {
     var devices = 50
     @Option(help: "Producer threads.") var producers = 2
     @Option(help: "Messages queued and not yet stored, at most (all producers).") var inFlight = 5000
-    @Option(help: "Messages stored before the per-device index takes them in (the store's default: 2,048).")
+    @Option(help: "Messages stored before the per-device index takes them in (the store's default).")
     var indexEvery = SQLiteHubStore.defaultIndexEvery
 
     func run() async throws {
@@ -37,11 +37,12 @@ struct StoreBenchmark: AsyncParsableCommand {
             .path
         _ = try SecretFiles.makePrivateDirectory(directory)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let commits = Mutex((count: 0, messages: 0))
-        let store = try SQLiteHubStore(path: directory + "/hub.sqlite", indexEvery: indexEvery) { count, _ in
+        let commits = Mutex((count: 0, messages: 0, durations: [Double]()))
+        let store = try SQLiteHubStore(path: directory + "/hub.sqlite", indexEvery: indexEvery) { count, duration in
             commits.withLock {
                 $0.count += 1
                 $0.messages += count
+                $0.durations.append(duration.seconds * 1000)
             }
         }
         var ids: [DeviceID] = []
@@ -61,7 +62,7 @@ struct StoreBenchmark: AsyncParsableCommand {
                 + "producers, at most \(inFlight) in flight, SQLite (WAL, synchronous=FULL), index every \(indexEvery)")
         let warmUp = Self.measure(
             store: store, devices: ids, count: messages / 10, producers: producers, inFlight: inFlight)
-        let before = commits.withLock { $0 }
+        let before = commits.withLock { (count: $0.count, messages: $0.messages, durations: $0.durations.count) }
         let result = Self.measure(store: store, devices: ids, count: messages, producers: producers, inFlight: inFlight)
         let after = commits.withLock { $0 }
         guard warmUp.failures == 0, result.failures == 0 else {
@@ -70,6 +71,8 @@ struct StoreBenchmark: AsyncParsableCommand {
         let stored = try await store.telemetryCount(of: nil)
         guard stored == messages + messages / 10 else { throw ValidationError("\(stored) rows stored") }
         let batches = after.count - before.count
+        // The commits of the measured run, the longest among them the ones that also fill the per-device index.
+        let durations = after.durations[before.durations...].sorted()
         // What the per-device index's batching costs a reader: a device's latest 50 messages (the newest rows, up to
         // `indexEvery` of them, are found by rowid and filtered by device), for 200 devices in turn.
         var reads: [Double] = []
@@ -80,16 +83,26 @@ struct StoreBenchmark: AsyncParsableCommand {
             guard !rows.isEmpty else { throw ValidationError("no telemetry read back") }
         }
         reads.sort()
+        // A device's count (`GET /v1/device` asks for it): the index up to the mark plus the rows above it.
+        var counts: [Double] = []
+        for index in 0..<200 {
+            let started = ContinuousClock.now
+            _ = try await store.telemetryCount(of: ids[(index * 7919) % ids.count])
+            counts.append((ContinuousClock.now - started).seconds * 1000)
+        }
+        counts.sort()
         print(
             String(
                 format: "stored %d messages in %.2f s: %.0f msg/s, %.2f µs CPU per message (user %.2f, system %.2f), "
                     + "%.1f allocations per message, %d batches (%.0f messages each); a device's latest 50: "
-                    + "%.2f ms median, %.2f ms 95th percentile",
+                    + "%.2f ms median, %.2f ms 95th percentile; its count %.2f ms median; commits %.1f ms median, "
+                    + "%.1f ms 99th percentile, %.1f ms longest",
                 messages, result.wall, Double(messages) / result.wall, result.cpu / Double(messages) * 1e6,
                 result.user / Double(messages) * 1e6, result.system / Double(messages) * 1e6,
                 Double(result.allocations) / Double(messages), batches,
                 Double(after.messages - before.messages) / Double(max(batches, 1)), reads[reads.count / 2],
-                reads[reads.count * 95 / 100]))
+                reads[reads.count * 95 / 100], counts[counts.count / 2], durations[durations.count / 2],
+                durations[durations.count * 99 / 100], durations.last ?? .nan))
     }
 
     struct Result {
@@ -106,7 +119,8 @@ struct StoreBenchmark: AsyncParsableCommand {
         -> Result
     {
         let body = Array(repeating: UInt8(ascii: "x"), count: 200)
-        // A producer blocks (a futex, not a spin: the CPU figure is the store's) while `inFlight` are outstanding.
+        // A producer blocks (a futex, not a spin, which would count in the process's CPU) while `inFlight` are
+        // outstanding.
         let slots = DispatchSemaphore(value: inFlight)
         let done = Atomic(0)
         let failures = Atomic(0)

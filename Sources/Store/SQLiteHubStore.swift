@@ -1593,7 +1593,7 @@ final class GroupCommitter: Sendable {
     /// Each device's newest stored message time on its row (the fleet overview sorts by it), once per batch and
     /// never backwards (as PostgreSQL's trigger keeps it). Bound and stepped with SQLite's C API, as `insert`: in a
     /// fleet a batch holds about one message per device, so this runs about once per message, and GRDB's boxed
-    /// arguments cost four allocations each (`bulwark-bench store --devices 5000`).
+    /// arguments cost two allocations each (`bulwark-bench store --devices 5000`).
     private static func markSeen(_ seen: [DeviceID: Int64], _ db: Database) throws {
         guard !seen.isEmpty else { return }
         let update = try db.cachedStatement(
