@@ -73,24 +73,25 @@ struct StoreBenchmark: AsyncParsableCommand {
         let batches = after.count - before.count
         // The commits of the measured run, the longest among them the ones that also fill the per-device index.
         let durations = after.durations[before.durations...].sorted()
+        /// Milliseconds of `read` for 200 devices in turn, sorted.
+        func timed(_ read: (DeviceID) async throws -> Void) async throws -> [Double] {
+            var times: [Double] = []
+            for index in 0..<200 {
+                let started = ContinuousClock.now
+                try await read(ids[(index * 7919) % ids.count])
+                times.append((ContinuousClock.now - started).seconds * 1000)
+            }
+            return times.sorted()
+        }
         // What the per-device index's batching costs a reader: a device's latest 50 messages (the newest rows, up to
-        // `indexEvery` of them, are found by rowid and filtered by device), for 200 devices in turn.
-        var reads: [Double] = []
-        for index in 0..<200 {
-            let started = ContinuousClock.now
-            let rows = try await store.telemetry(of: ids[(index * 7919) % ids.count], limit: 50)
-            reads.append((ContinuousClock.now - started).seconds * 1000)
-            guard !rows.isEmpty else { throw ValidationError("no telemetry read back") }
+        // `indexEvery` of them, are found by rowid and filtered by device), and its count (`GET /v1/device` asks for
+        // it: the index up to the mark plus the rows above it).
+        let reads = try await timed { device in
+            guard try await !store.telemetry(of: device, limit: 50).isEmpty else {
+                throw ValidationError("no telemetry read back")
+            }
         }
-        reads.sort()
-        // A device's count (`GET /v1/device` asks for it): the index up to the mark plus the rows above it.
-        var counts: [Double] = []
-        for index in 0..<200 {
-            let started = ContinuousClock.now
-            _ = try await store.telemetryCount(of: ids[(index * 7919) % ids.count])
-            counts.append((ContinuousClock.now - started).seconds * 1000)
-        }
-        counts.sort()
+        let counts = try await timed { device in _ = try await store.telemetryCount(of: device) }
         print(
             String(
                 format: "stored %d messages in %.2f s: %.0f msg/s, %.2f µs CPU per message (user %.2f, system %.2f), "

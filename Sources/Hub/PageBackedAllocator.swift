@@ -48,7 +48,7 @@ enum PageBackedAllocator {
 
 private struct Mappings {
     var live = 0
-    /// Freed mappings kept for reuse: base address and length.
+    /// Freed mappings kept for reuse: base address (never 0: each came from a successful `mmap`) and length.
     var free: [(UInt, Int)] = []
 }
 
@@ -92,11 +92,7 @@ private func mapped(_ size: Int) -> UnsafeMutableRawPointer? {
     }
     switch source {
     case .none: return nil
-    case .kept(let address):
-        // A kept base is never null (it came from a successful mmap).
-        if let base = UnsafeMutableRawPointer(bitPattern: address) { return base + headerBytes }
-        mappings.withLock { $0.live -= 1 }
-        return nil
+    case .kept(let address): return UnsafeMutableRawPointer(bitPattern: address)! + headerBytes
     case .new: break
     }
     guard let base = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),

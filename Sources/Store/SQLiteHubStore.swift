@@ -1531,42 +1531,53 @@ final class GroupCommitter: Sendable {
     /// profile of MQTT QoS 0. The bytes are bound without a copy (`SQLITE_STATIC`) and unbound before they go. GRDB does not
     /// see this statement run: a transaction observer (the hub registers none) would not hear of these inserts.
     private static func insert(_ statement: Statement, _ entry: TelemetryQueue.Entry, _ db: Database) throws -> Int64 {
+        try stepOnce(statement, db) { handle in
+            Self.withBytes(entry.message.deviceID.rawValue) { device in
+                Self.withBytes(entry.message.correlationID) { correlation in
+                    entry.message.body.withUnsafeBytes { body -> Int32 in
+                        var bound = bindText(handle, 1, device)
+                        if bound == SQLITE_OK { bound = sqlite3_bind_int64(handle, 2, entry.message.receivedAt.millis) }
+                        if bound == SQLITE_OK { bound = bindText(handle, 3, correlation) }
+                        if bound == SQLITE_OK {
+                            if let bytes = body.baseAddress, !body.isEmpty {
+                                bound = sqlite3_bind_blob(handle, 4, bytes, Int32(body.count), nil)
+                            } else {
+                                bound = sqlite3_bind_zeroblob(handle, 4, 0)
+                            }
+                        }
+                        guard bound == SQLITE_OK else { return bound }
+                        guard let messageType = entry.message.messageType else {
+                            bound = sqlite3_bind_null(handle, 5)
+                            return bound == SQLITE_OK ? sqlite3_step(handle) : bound
+                        }
+                        return Self.withBytes(messageType) { type in
+                            let bound = bindText(handle, 5, type)
+                            return bound == SQLITE_OK ? sqlite3_step(handle) : bound
+                        }
+                    }
+                }
+            }
+        }
+        return db.lastInsertedRowID
+    }
+
+    /// Steps `statement` once with what `bindAndStep` binds: it returns `sqlite3_step`'s code, or the first failed
+    /// bind's. The statement is reset before, and reset and unbound after (bytes bound in place, `SQLITE_STATIC`, are
+    /// never left bound); SQLite's error, read before the reset, is thrown unless the step is done.
+    private static func stepOnce(_ statement: Statement, _ db: Database, _ bindAndStep: (SQLiteStatement) -> Int32)
+        throws
+    {
         let handle = statement.sqliteStatement
         sqlite3_reset(handle)
         defer {
             sqlite3_reset(handle)
             sqlite3_clear_bindings(handle)
         }
-        let code = Self.withBytes(entry.message.deviceID.rawValue) { device in
-            Self.withBytes(entry.message.correlationID) { correlation in
-                entry.message.body.withUnsafeBytes { body -> Int32 in
-                    var bound = bindText(handle, 1, device)
-                    if bound == SQLITE_OK { bound = sqlite3_bind_int64(handle, 2, entry.message.receivedAt.millis) }
-                    if bound == SQLITE_OK { bound = bindText(handle, 3, correlation) }
-                    if bound == SQLITE_OK {
-                        if let bytes = body.baseAddress, !body.isEmpty {
-                            bound = sqlite3_bind_blob(handle, 4, bytes, Int32(body.count), nil)
-                        } else {
-                            bound = sqlite3_bind_zeroblob(handle, 4, 0)
-                        }
-                    }
-                    guard bound == SQLITE_OK else { return bound }
-                    guard let messageType = entry.message.messageType else {
-                        bound = sqlite3_bind_null(handle, 5)
-                        return bound == SQLITE_OK ? sqlite3_step(handle) : bound
-                    }
-                    return Self.withBytes(messageType) { type in
-                        let bound = bindText(handle, 5, type)
-                        return bound == SQLITE_OK ? sqlite3_step(handle) : bound
-                    }
-                }
-            }
-        }
+        let code = bindAndStep(handle)
         guard code == SQLITE_DONE else {
             throw DatabaseError(
                 resultCode: ResultCode(rawValue: code), message: db.lastErrorMessage, sql: statement.sql)
         }
-        return db.lastInsertedRowID
     }
 
     /// A string's UTF-8 bytes where they lie (no copy of the string, so no reference counted on the writer's
@@ -1598,23 +1609,15 @@ final class GroupCommitter: Sendable {
         guard !seen.isEmpty else { return }
         let update = try db.cachedStatement(
             sql: "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?")
-        let handle = update.sqliteStatement
         for (device, at) in seen {
-            sqlite3_reset(handle)
-            let code = Self.withBytes(device.rawValue) { id -> Int32 in
-                // The id's bytes are bound without a copy: unbound before they go.
-                defer { sqlite3_clear_bindings(handle) }
-                var bound = sqlite3_bind_int64(handle, 1, at)
-                if bound == SQLITE_OK { bound = bindText(handle, 2, id) }
-                return bound == SQLITE_OK ? sqlite3_step(handle) : bound
-            }
-            guard code == SQLITE_DONE else {
-                defer { sqlite3_reset(handle) }
-                throw DatabaseError(
-                    resultCode: ResultCode(rawValue: code), message: db.lastErrorMessage, sql: update.sql)
+            try stepOnce(update, db) { handle in
+                Self.withBytes(device.rawValue) { id -> Int32 in
+                    var bound = sqlite3_bind_int64(handle, 1, at)
+                    if bound == SQLITE_OK { bound = bindText(handle, 2, id) }
+                    return bound == SQLITE_OK ? sqlite3_step(handle) : bound
+                }
             }
         }
-        sqlite3_reset(handle)
     }
 
     /// Adds the stored messages above `telemetry_indexed.upto` to `telemetry_by_device` once there are `every` of
