@@ -14,9 +14,9 @@ import Foundation
 /// RFC 9112: a GET's request line and headers up to the empty line (§2.1, at most 16 KiB); the answer is
 /// `200` with `Content-Length` or `404`; the connection persists (§9.3) unless the request says
 /// `Connection: close` or is HTTP/1.0 (then the answer says `Connection: close`, §9.6), so python-tuf's pooled
-/// connection is reused as a real server would let it. Ours asks to close (`SocketFetcher`: a socket per request),
-/// so it pays a connection and this server's thread start per request where python-tuf pays them once: the
-/// difference counts against us. Anything but a well-formed GET closes the connection without an answer. A thread
+/// connection is reused as a real server would let it, and so is ours (`SocketFetcher` keeps its connection since
+/// 12-05; before, it asked to close and paid a connection and this server's thread start per request). Anything but
+/// a well-formed GET closes the connection without an answer. A thread
 /// per connection, detached; the files are read once when the server starts (after the repositories are built).
 final class StaticServer: @unchecked Sendable {
     let port: Int

@@ -7,6 +7,10 @@
 /// - RFC 9112 §6.3: the body length: Transfer-Encoding `chunked` (which overrides Content-Length), else
 ///   Content-Length (several values must agree), else until the server closes. 204 and 304 have no body.
 /// - RFC 9112 §7.1: chunked coding: hex chunk sizes, chunk extensions ignored, trailer fields read and dropped.
+/// - RFC 9112 §9.3: persistence. After a response `reusable` says whether the connection may carry the next request:
+///   HTTP/1.1 without `Connection: close` (§9.6), a body framed by its length or chunks (not by the close), read to
+///   its end, and nothing received beyond it. The body of an error answer is read and dropped when its length is
+///   declared and at most 64 KiB, so that the connection stays usable; otherwise the connection is not reused.
 ///
 /// Limits: at most `maxBytes` of body (TUF's "download up to N bytes", refused as soon as a declared length or the
 /// running count passes it), 64 KiB of head, 4 KiB per chunk-size line, 64 KiB of trailers.
@@ -27,12 +31,17 @@ struct HTTPResponseReader {
     static let maxHeadBytes = 64 * 1024
     static let maxChunkLineBytes = 4 * 1024
     static let maxTrailerBytes = 64 * 1024
+    static let maxDiscardedBytes = 64 * 1024
 
     let maxBytes: Int
     private var state = State.head
     private var pending: [UInt8] = []
     private var body: [UInt8] = []
     private var trailerBytes = 0
+    /// The response allows the connection to be reused (HTTP/1.1, no `Connection: close`, not framed by the close).
+    private var persistent = false
+    /// The final status of an error answer whose body is being dropped.
+    private var errorStatus = 0
     /// How far past the current position a line end was already looked for, so a server that sends one byte at a
     /// time costs linear work, not quadratic.
     private var scanned = 0
@@ -45,14 +54,35 @@ struct HTTPResponseReader {
         case chunkDataEnd
         case trailers
         case untilClose
+        case discard(remaining: Int)
         case done
     }
+
+    /// Whether the connection may carry another request: the response is complete, allowed persistence, and nothing
+    /// came after it (bytes past the end of a response would be read as the next one's).
+    var reusable: Bool { state == .done && persistent && pending.isEmpty }
+
+    /// Whether any byte of a response has arrived: a connection that ends before that may be one the server closed
+    /// while it was idle, and the request may be sent again on a new one (RFC 9112 §9.3.1).
+    var started: Bool { state != .head || !pending.isEmpty }
 
     init(maxBytes: Int) { self.maxBytes = max(0, maxBytes) }
 
     /// Takes the next bytes from the connection.
     mutating func receive(_ bytes: some Collection<UInt8>) throws(Failure) -> Outcome {
-        if state == .done { return .body(body) }
+        if state == .done { return errorStatus == 0 ? .body(body) : .status(errorStatus) }
+        // A body of declared length goes straight into `body`, not through `pending` first.
+        if case .fixed(let remaining) = state, pending.isEmpty {
+            let n = min(remaining, bytes.count)
+            body.append(contentsOf: bytes.prefix(n))
+            guard n == remaining else {
+                state = .fixed(remaining: remaining - n)
+                return .needMore
+            }
+            state = .done
+            pending.append(contentsOf: bytes.dropFirst(n))
+            return .body(body)
+        }
         pending.append(contentsOf: bytes)
         return try advance()
     }
@@ -60,9 +90,10 @@ struct HTTPResponseReader {
     /// The server closed the connection.
     mutating func end() throws(Failure) -> Outcome {
         switch state {
-        case .done, .untilClose:
+        case .done, .untilClose, .discard:
             state = .done
-            return .body(body)
+            persistent = false
+            return errorStatus == 0 ? .body(body) : .status(errorStatus)
         default:
             throw .malformed("connection closed before the response ended")
         }
@@ -92,6 +123,15 @@ struct HTTPResponseReader {
                 }
                 state = .fixed(remaining: remaining - n)
                 return .needMore
+            case .discard(let remaining):
+                let n = min(remaining, pending.count - i)
+                i += n
+                guard n == remaining else {
+                    state = .discard(remaining: remaining - n)
+                    return .needMore
+                }
+                state = .done
+                return .status(errorStatus)
             case .untilClose:
                 guard body.count + (pending.count - i) <= maxBytes else { throw .tooLarge }
                 body.append(contentsOf: pending[i...])
@@ -141,7 +181,7 @@ struct HTTPResponseReader {
                     return .body(body)
                 }
             case .done:
-                return .body(body)
+                return errorStatus == 0 ? .body(body) : .status(errorStatus)
             }
         }
     }
@@ -165,9 +205,18 @@ struct HTTPResponseReader {
         case 100..<200: return nil  // interim: the final response follows
         case 200..<300: break
         default:
+            // The body is not wanted; one of a declared, small length is dropped so the connection can be reused.
+            errorStatus = head.status
+            if head.status != 304, !head.chunked, let length = head.contentLength, length <= Self.maxDiscardedBytes {
+                persistent = head.persistent
+                state = length == 0 ? .done : .discard(remaining: length)
+                return length == 0 ? .status(head.status) : nil
+            }
+            if head.status == 304 { persistent = head.persistent }
             state = .done
             return .status(head.status)
         }
+        persistent = head.persistent && (head.chunked || head.contentLength != nil || head.status == 204)
         if head.status == 204 {
             state = .done
             return .body([])
@@ -208,11 +257,14 @@ struct HTTPResponseReader {
         return size
     }
 
-    /// A parsed response head: status and the two framing fields.
+    /// A parsed response head: status, the two framing fields, and whether the connection persists.
     struct Head {
         let status: Int
         let chunked: Bool
         let contentLength: Int?
+        /// HTTP/1.1 and no `close` among the `Connection` options (RFC 9112 §9.3). An HTTP/1.0 answer closes, even
+        /// with `keep-alive`: that older scheme is not used.
+        let persistent: Bool
 
         init(_ bytes: ArraySlice<UInt8>) throws(Failure) {
             // Lines end in CRLF; a bare CR or LF is refused (RFC 9112 §2.2 lets a recipient refuse them).
@@ -247,6 +299,7 @@ struct HTTPResponseReader {
             }
             guard status >= 100 else { throw .malformed("bad status code") }
             self.status = status
+            var persistent = minor >= 0x31
             var chunked = false
             var transferEncoding = false
             var contentLength: Int?
@@ -269,6 +322,11 @@ struct HTTPResponseReader {
                         throw .malformed("unsupported transfer coding")
                     }
                     chunked = true
+                } else if equalsIgnoringCase(name, "connection") {
+                    for option in value.split(separator: UInt8(ascii: ","))
+                    where equalsIgnoringCase(trimmed(option), "close") {
+                        persistent = false
+                    }
                 } else if equalsIgnoringCase(name, "content-length") {
                     for item in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
                         let digits = trimmed(item)
@@ -283,6 +341,7 @@ struct HTTPResponseReader {
                 }
             }
             self.chunked = chunked
+            self.persistent = persistent
             // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
             self.contentLength = transferEncoding ? nil : contentLength
         }

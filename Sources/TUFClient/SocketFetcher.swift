@@ -17,8 +17,14 @@ import TUF
     private let noSignal: Int32 = 0
 #endif
 
-/// A `Fetcher` for plain `http://` over one blocking POSIX socket per fetch, for a process that does one update and
-/// exits (`bulwark-tuf-client`): no event loop threads, no resolver pool, nothing to start before the first byte.
+/// A `Fetcher` for plain `http://` over blocking POSIX sockets, for a process that does one update and exits
+/// (`bulwark-tuf-client`): no event loop threads, no resolver pool, nothing to start before the first byte.
+///
+/// Connections persist (RFC 9112 §9.3): a connection whose response allowed it (`HTTPResponseReader.reusable`) is
+/// kept, one at a time, for the next request to the same host and port, so that a refresh's requests (six for a
+/// cold one with its download) share one TCP connection where the server allows it. A kept connection the server
+/// has closed meanwhile is noticed when it ends before any byte of the answer, and the request (a GET, idempotent) is
+/// sent again once on a new connection, within the same deadline (§9.3.1).
 ///
 /// It blocks the calling thread for up to `timeout`, so it is not for a long-running program that shares its
 /// threads (the agent uses `HTTPFetcher`, which also carries TLS). The same limits as `HTTPFetcher`:
@@ -32,6 +38,7 @@ import TUF
 public struct SocketFetcher: Fetcher {
     public var timeout: Duration
     private let sent = SentRequests()
+    private let kept = KeptConnection()
 
     public init(timeout: Duration = .seconds(30)) { self.timeout = timeout }
 
@@ -49,55 +56,113 @@ public struct SocketFetcher: Fetcher {
 
     func get(_ url: String, maxBytes: Int) throws -> [UInt8] {
         let deadline = Deadline(after: timeout)
-        let fd: Int32
+        var connection: Connection
         switch sent.take(url) {
-        case .socket(let socket): fd = socket
+        case .socket(let sent): connection = sent
         case .failed(let error): throw error
-        case nil: fd = try request(url, deadline: deadline)
+        case nil: connection = try request(url, deadline: deadline)
         }
-        defer { close(fd) }
-        var reader = HTTPResponseReader(maxBytes: maxBytes)
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 1)
+        defer { buffer.deallocate() }
         while true {
-            try wait(fd, for: Int16(POLLIN), deadline: deadline, url: url)
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
-                throw UpdaterError.transport("cannot read from \(url) (errno \(errno))")
-            }
-            let outcome: HTTPResponseReader.Outcome
             do {
-                outcome = n == 0 ? try reader.end() : try reader.receive(buffer[0..<n])
-            } catch .tooLarge {
-                throw UpdaterError.tooLarge(limit: maxBytes, url: url)
-            } catch .malformed(let reason) {
-                throw UpdaterError.transport(reason)
-            }
-            switch outcome {
-            case .needMore: continue
-            case .body(let body): return body
-            case .status(let status): throw UpdaterError.httpStatus(status, url: url)
+                let (outcome, reusable) = try read(
+                    connection.fd, url: url, maxBytes: maxBytes, deadline: deadline, into: buffer)
+                if reusable { kept.keep(connection) } else { close(connection.fd) }
+                switch outcome {
+                case .body(let body): return body
+                case .status(let status): throw UpdaterError.httpStatus(status, url: url)
+                case .needMore: throw UpdaterError.transport("connection closed before the response ended")
+                }
+            } catch ReadFailure.endedBeforeAnswer(let error) {
+                close(connection.fd)
+                // A kept connection the server closed while it was idle: once more on a new one.
+                guard connection.reused else { throw error }
+                connection = try request(url, deadline: deadline, reuse: false)
+            } catch ReadFailure.failed(let error) {
+                close(connection.fd)
+                throw error
             }
         }
     }
 
-    /// Connects and sends the GET; returns the socket to read the answer from.
-    private func request(_ url: String, deadline: Deadline) throws -> Int32 {
+    private enum ReadFailure: Error {
+        /// The connection ended (closed or reset) before any byte of the answer.
+        case endedBeforeAnswer(UpdaterError)
+        case failed(any Error)
+    }
+
+    /// Reads one response from `fd`: its outcome (a body or a status), and whether the connection may carry another
+    /// request.
+    private func read(
+        _ fd: Int32, url: String, maxBytes: Int, deadline: Deadline, into buffer: UnsafeMutableRawBufferPointer
+    ) throws(ReadFailure) -> (HTTPResponseReader.Outcome, Bool) {
+        var reader = HTTPResponseReader(maxBytes: maxBytes)
+        while true {
+            do {
+                try wait(fd, for: Int16(POLLIN), deadline: deadline, url: url)
+            } catch {
+                throw .failed(error)
+            }
+            let n = recv(fd, buffer.baseAddress, buffer.count, 0)
+            if n < 0 {
+                let failure = errno
+                if failure == EINTR || failure == EAGAIN { continue }
+                let error = UpdaterError.transport("cannot read from \(url) (errno \(failure))")
+                throw reader.started || failure != ECONNRESET ? .failed(error) : .endedBeforeAnswer(error)
+            }
+            #if canImport(Glibc)
+                // Acknowledge at once, not up to 40 ms later: a server that writes an answer in pieces without
+                // TCP_NODELAY holds its last piece back until the first is acknowledged (Nagle), which on a kept
+                // connection stalls every answer by Linux's delayed-ACK timer. Linux clears the flag as it goes.
+                var one: Int32 = 1
+                _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_QUICKACK, &one, socklen_t(MemoryLayout<Int32>.size))
+            #endif
+            let outcome: HTTPResponseReader.Outcome
+            do {
+                if n == 0, !reader.started {
+                    throw ReadFailure.endedBeforeAnswer(
+                        .transport("connection closed before the response ended"))
+                }
+                outcome =
+                    n == 0 ? try reader.end() : try reader.receive(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            } catch let failure as ReadFailure {
+                throw failure
+            } catch HTTPResponseReader.Failure.tooLarge {
+                throw .failed(UpdaterError.tooLarge(limit: maxBytes, url: url))
+            } catch HTTPResponseReader.Failure.malformed(let reason) {
+                throw .failed(UpdaterError.transport(reason))
+            } catch {
+                throw .failed(error)
+            }
+            if outcome != .needMore { return (outcome, reader.reusable) }
+        }
+    }
+
+    /// Sends the GET on the kept connection to the URL's host and port when there is one (and `reuse` allows it),
+    /// else on a new connection; returns the connection to read the answer from.
+    private func request(_ url: String, deadline: Deadline, reuse: Bool = true) throws -> Connection {
         let target = try HTTPURL(url)
         guard !target.secure else {
             throw UpdaterError.usage("SocketFetcher speaks http:// only; https:// needs HTTPFetcher with TLS")
         }
-        let fd = try connect(target, deadline: deadline, url: url)
+        let origin = "\(target.host)|\(target.port)"
         let request = Array(
-            "GET \(target.path) HTTP/1.1\r\nHost: \(target.hostHeader)\r\nConnection: close\r\nUser-Agent: bulwark-tuf\r\n\r\n"
-                .utf8)
+            "GET \(target.path) HTTP/1.1\r\nHost: \(target.hostHeader)\r\nUser-Agent: bulwark-tuf\r\n\r\n".utf8)
+        let connection: Connection
+        if reuse, let fd = kept.take(origin) {
+            connection = Connection(fd: fd, origin: origin, reused: true)
+        } else {
+            connection = Connection(
+                fd: try connect(target, deadline: deadline, url: url), origin: origin, reused: false)
+        }
         do {
-            try send(request, fd: fd, deadline: deadline, url: url)
+            try send(request, fd: connection.fd, deadline: deadline, url: url)
         } catch {
-            close(fd)
+            close(connection.fd)
             throw error
         }
-        return fd
+        return connection
     }
 
     /// Tries each address of the host in turn until one connects within the deadline.
@@ -171,13 +236,48 @@ public struct SocketFetcher: Fetcher {
     }
 }
 
+/// A connection a request was sent on: its socket, the host and port it goes to, and whether it had carried a
+/// request before.
+struct Connection: Sendable {
+    let fd: Int32
+    let origin: String
+    let reused: Bool
+}
+
+/// The one connection kept for the next request (`SocketFetcher`), closed with the fetcher.
+final class KeptConnection: Sendable {
+    private let connection = Mutex<(origin: String, fd: Int32)?>(nil)
+
+    /// Keeps `connection` for the next request to its origin; a connection kept before is closed.
+    func keep(_ kept: Connection) {
+        let previous = connection.withLock { slot in
+            defer { slot = (kept.origin, kept.fd) }
+            return slot?.fd
+        }
+        if let previous { close(previous) }
+    }
+
+    /// The kept connection to `origin`, if there is one; it is no longer kept.
+    func take(_ origin: String) -> Int32? {
+        connection.withLock { slot in
+            guard let kept = slot, kept.origin == origin else { return nil }
+            slot = nil
+            return kept.fd
+        }
+    }
+
+    deinit {
+        if let fd = connection.withLock({ $0?.fd }) { close(fd) }
+    }
+}
+
 /// Requests sent by `prepare` and not yet read, oldest first: at most a few (a caller prepares the request it fetches
 /// next); the sockets of any left over are closed with the fetcher.
 final class SentRequests: Sendable {
     /// Not a `Result`: its `Failure: Error` requirement costs the process a scan of the runtime's conformance records
     /// on first use.
     enum Sent: Sendable {
-        case socket(Int32)
+        case socket(Connection)
         case failed(any Error)
     }
 
@@ -192,7 +292,7 @@ final class SentRequests: Sendable {
             while list.count > Self.limit { dropped.append(list.removeFirst().sent) }
             return dropped
         }
-        for case .socket(let fd) in dropped { close(fd) }
+        for case .socket(let connection) in dropped { close(connection.fd) }
     }
 
     func take(_ url: String) -> Sent? {
@@ -203,7 +303,7 @@ final class SentRequests: Sendable {
 
     deinit {
         requests.withLock { list in
-            for case (_, .socket(let fd)) in list { close(fd) }
+            for case (_, .socket(let connection)) in list { close(connection.fd) }
         }
     }
 }

@@ -266,7 +266,7 @@ func withServer(
         func add(_ path: String) { list.withLock { $0.append(path) } }
     }
 
-    /// Reads one request (to its blank line), logs its path, answers "prepared" and closes.
+    /// Reads one request (to its blank line), logs its path, answers "prepared" and closes (and says so).
     final class LoggingHandler: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
         typealias OutboundOut = ByteBuffer
@@ -285,7 +285,8 @@ func withServer(
             let channel = context.channel
             context.writeAndFlush(
                 wrapOutboundOut(
-                    channel.allocator.buffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nprepared"))
+                    channel.allocator.buffer(
+                        string: "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nprepared"))
             ).whenComplete { _ in channel.close(promise: nil) }
         }
     }
@@ -297,5 +298,123 @@ func withServer(
         #expect(sent.take("u0") == nil && sent.take("u1") == nil)
         #expect(sent.take("u2") != nil && sent.take("u\(SentRequests.limit + 1)") != nil)
         #expect(sent.take("u2") == nil)
+    }
+}
+
+/// Persistent connections (RFC 9112 §9.3) in `SocketFetcher`: a refresh's requests share one connection where the
+/// server allows it, and a kept connection the server has closed is replaced once.
+@Suite struct PersistentConnectionTests {
+    /// The requests each connection carried, in the order the connections were accepted.
+    final class ConnectionLog: Sendable {
+        private let list = Mutex<[[String]]>([])
+        /// Connections after the first are closed at once, unanswered.
+        let refusesNewConnections: Bool
+
+        init(refusesNewConnections: Bool = false) { self.refusesNewConnections = refusesNewConnections }
+
+        var connections: [[String]] { list.withLock { $0 } }
+        func open() -> Int {
+            list.withLock {
+                $0.append([])
+                return $0.count - 1
+            }
+        }
+        func add(_ path: String, on connection: Int) { list.withLock { $0[connection].append(path) } }
+    }
+
+    /// Answers each request on the connection: `/missing` with 404 and a short body; a path starting `/last` with
+    /// 200 and then closes the connection without saying so (as a server whose idle timer fires); any other with 200
+    /// and the path as the body. The connection persists otherwise.
+    final class KeepAliveHandler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let log: ConnectionLog
+        var connection = -1
+        var received: [UInt8] = []
+        var closed = false
+
+        init(_ log: ConnectionLog) { self.log = log }
+
+        func channelActive(context: ChannelHandlerContext) {
+            connection = log.open()
+            if connection > 0, log.refusesNewConnections {
+                closed = true
+                context.close(promise: nil)
+            }
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard !closed else { return }
+            var buffer = unwrapInboundIn(data)
+            received += buffer.readBytes(length: buffer.readableBytes) ?? []
+            while let end = received.firstRange(of: Array("\r\n\r\n".utf8)) {
+                let head = received[..<end.lowerBound]
+                received.removeSubrange(..<end.upperBound)
+                let words = head.split(separator: UInt8(ascii: " "))
+                let path = words.count > 1 ? String(decoding: words[1], as: UTF8.self) : ""
+                log.add(path, on: connection)
+                let answer =
+                    path == "/missing"
+                    ? "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found"
+                    : "HTTP/1.1 200 OK\r\nContent-Length: \(path.utf8.count)\r\n\r\n\(path)"
+                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: answer)), promise: nil)
+                if path.hasPrefix("/last") {
+                    closed = true
+                    context.close(promise: nil)
+                    return
+                }
+            }
+        }
+    }
+
+    func withKeepAliveServer(_ log: ConnectionLog, _ body: (String) async throws -> Void) async throws {
+        @Sendable func handler() -> any ChannelHandler { KeepAliveHandler(log) }
+        try await withServer(handler: handler) { url in try await body(String(url.dropLast(2))) }
+    }
+
+    @Test func aRefreshSharesOneConnection() async throws {
+        let log = ConnectionLog()
+        try await withKeepAliveServer(log) { base in
+            let fetcher = SocketFetcher(timeout: .seconds(5))
+            #expect(try await fetcher.fetch(base + "/a", maxBytes: 100) == Array("/a".utf8))
+            await fetcher.prepare(base + "/b")
+            #expect(try await fetcher.fetch(base + "/b", maxBytes: 100) == Array("/b".utf8))
+            do {
+                _ = try await fetcher.fetch(base + "/missing", maxBytes: 100)
+                Issue.record("a 404 was a body")
+            } catch UpdaterError.httpStatus(404, _) {}
+            #expect(try await fetcher.fetch(base + "/c", maxBytes: 100) == Array("/c".utf8))
+        }
+        #expect(log.connections == [["/a", "/b", "/missing", "/c"]])
+    }
+
+    /// The server closes the kept connection after answering: the next request goes once more on a new one.
+    @Test func aKeptConnectionTheServerClosedIsReplaced() async throws {
+        let log = ConnectionLog()
+        try await withKeepAliveServer(log) { base in
+            let fetcher = SocketFetcher(timeout: .seconds(5))
+            #expect(try await fetcher.fetch(base + "/last-a", maxBytes: 100) == Array("/last-a".utf8))
+            for _ in 0..<200 where log.connections.count < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(try await fetcher.fetch(base + "/b", maxBytes: 100) == Array("/b".utf8))
+            // A prepared request on a connection that was closed meanwhile is sent again as well.
+            #expect(try await fetcher.fetch(base + "/last-c", maxBytes: 100) == Array("/last-c".utf8))
+            await fetcher.prepare(base + "/d")
+            #expect(try await fetcher.fetch(base + "/d", maxBytes: 100) == Array("/d".utf8))
+        }
+        #expect(log.connections == [["/last-a"], ["/b", "/last-c"], ["/d"]])
+    }
+
+    /// Only once: when the new connection fails too, the fetch fails (no loop).
+    @Test func aReplacedConnectionIsTriedOnlyOnce() async throws {
+        let log = ConnectionLog(refusesNewConnections: true)
+        try await withKeepAliveServer(log) { base in
+            let fetcher = SocketFetcher(timeout: .seconds(5))
+            #expect(try await fetcher.fetch(base + "/last-a", maxBytes: 100) == Array("/last-a".utf8))
+            do {
+                _ = try await fetcher.fetch(base + "/b", maxBytes: 100)
+                Issue.record("a connection closed unanswered gave a body")
+            } catch UpdaterError.transport {}
+        }
+        #expect(log.connections.count == 2 && log.connections[0] == ["/last-a"] && log.connections[1].isEmpty)
     }
 }

@@ -132,3 +132,67 @@ extension HTTPResponseReaderTests {
         #expect(read(text) == .failure(.malformed("more than one Transfer-Encoding")))
     }
 }
+
+/// RFC 9112 §9.3: whether the connection may carry the next request once a response is read.
+extension HTTPResponseReaderTests {
+    /// Feeds `text` whole and byte by byte; the outcome and `reusable` once the reader stops asking for more (without
+    /// an end of connection: a kept connection has none).
+    func persistence(_ text: String) -> (Outcome, Bool, Bool) {
+        func run(_ pieces: [[UInt8]]) -> (Outcome, Bool) {
+            var reader = HTTPResponseReader(maxBytes: 1000)
+            var outcome = Outcome.needMore
+            for piece in pieces where outcome == .needMore {
+                outcome = (try? reader.receive(piece)) ?? .status(-1)
+            }
+            return (outcome, reader.reusable)
+        }
+        let bytes = Array(text.utf8)
+        let whole = run([bytes])
+        let dripped = run(bytes.map { [$0] })
+        return (whole.0, whole.1, dripped.1)
+    }
+
+    @Test func aCompleteHTTP11ResponseLeavesTheConnectionReusable() {
+        let ok = Outcome.body(Array("hello".utf8))
+        #expect(persistence("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello") == (ok, true, true))
+        #expect(
+            persistence("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n") == (
+                ok, true, true
+            ))
+        #expect(persistence("HTTP/1.1 204 No Content\r\n\r\n") == (.body([]), true, true))
+        // An error answer's small declared body is read and dropped: the connection stays usable.
+        #expect(
+            persistence("HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found") == (.status(404), true, true))
+        #expect(persistence("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n") == (.status(404), true, true))
+    }
+
+    @Test func aConnectionIsNotReusedWhenTheResponseSaysOrCannotTell() {
+        let ok = Outcome.body(Array("hello".utf8))
+        // `Connection: close`, among other options and in any case (RFC 9112 §9.6).
+        #expect(
+            persistence("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, CLOSE\r\n\r\nhello") == (
+                ok, false, false
+            ))
+        // HTTP/1.0, even with the older keep-alive scheme.
+        #expect(
+            persistence("HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello") == (
+                ok, false, false
+            ))
+        // Bytes after the end of the body would be read as the next answer.
+        #expect(persistence("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\n").1 == false)
+        // An error body too large to drop, or without a declared length.
+        #expect(persistence("HTTP/1.1 404 Not Found\r\nContent-Length: 70000\r\n\r\n") == (.status(404), false, false))
+        #expect(persistence("HTTP/1.1 403 Forbidden\r\n\r\n") == (.status(403), false, false))
+        #expect(persistence("HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n") == (.status(500), false, false))
+        // Not yet complete.
+        var reader = HTTPResponseReader(maxBytes: 10)
+        #expect(!reader.started)
+        #expect((try? reader.receive(Array("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel".utf8))) == .needMore)
+        #expect(reader.started && !reader.reusable)
+    }
+
+    /// An error answer whose body is being dropped when the server closes: still that status.
+    @Test func anErrorAnswerCutShortIsStillItsStatus() {
+        #expect(read("HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot") == .success(.status(404)))
+    }
+}
