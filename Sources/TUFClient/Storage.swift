@@ -46,14 +46,21 @@ extension ArtifactStore {
 /// leaves the old bytes or the new, never a torn file), but the directory is fsynced once, by `flush()`, for all the
 /// renames of one update instead of once per file. A crash before the flush may lose the newest renames: the client
 /// then starts from the metadata it trusted before (as if the update had not run) and fetches it again.
+///
+/// Without `syncsWrites` (for a cache of artifacts, never for metadata), files are still written whole to a temp file
+/// and renamed into place, so a reader never sees a torn file while the system runs, but nothing is fsynced: after a
+/// power cut a file may be missing, empty or old. That is for files whose every use checks them against trusted
+/// metadata first (`Updater.cachedTarget` checks length and hashes), where a lost write costs a download again.
 public struct DirectoryStore: MetadataStore, ArtifactStore {
     public let directory: String
     public let defersDirectorySync: Bool
+    public let syncsWrites: Bool
     private let renamed = PendingSync()
 
-    public init(directory: String, defersDirectorySync: Bool = false) {
+    public init(directory: String, defersDirectorySync: Bool = false, syncsWrites: Bool = true) {
         self.directory = directory
         self.defersDirectorySync = defersDirectorySync
+        self.syncsWrites = syncsWrites
     }
 
     public func load(_ name: String) throws -> [UInt8]? {
@@ -61,13 +68,18 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
     }
 
     public func store(_ name: String, _ data: [UInt8]) throws {
+        guard syncsWrites else {
+            return try AtomicFile.write(
+                data, directory: directory, name: name, simulateCrashAfter: nil, syncingFile: false,
+                syncingDirectory: false)
+        }
         try AtomicFile.write(data, directory: directory, name: name, syncingDirectory: !defersDirectorySync)
         if defersDirectorySync { renamed.mark() }
     }
 
     public func remove(_ name: String) throws {
-        try AtomicFile.remove(directory: directory, name: name, syncingDirectory: !defersDirectorySync)
-        if defersDirectorySync { renamed.mark() }
+        try AtomicFile.remove(directory: directory, name: name, syncingDirectory: syncsWrites && !defersDirectorySync)
+        if syncsWrites && defersDirectorySync { renamed.mark() }
     }
 
     public func flush() throws {
@@ -146,9 +158,11 @@ public enum AtomicFile {
     }
 
     /// `simulateCrashAfter` (tests only): stop after writing that many bytes to the temp file
-    /// and throw, leaving the temp file behind as a crash would, without renaming.
+    /// and throw, leaving the temp file behind as a crash would, without renaming. Without `syncingFile` the temp
+    /// file is renamed without an fsync (`DirectoryStore.syncsWrites`).
     static func write(
-        _ data: [UInt8], directory: String, name: String, simulateCrashAfter: Int?, syncingDirectory: Bool = true
+        _ data: [UInt8], directory: String, name: String, simulateCrashAfter: Int?, syncingFile: Bool = true,
+        syncingDirectory: Bool = true
     ) throws {
         let target = directory + "/" + name
         var template = Array((directory + "/.tmp-XXXXXX").utf8CString)
@@ -178,7 +192,7 @@ public enum AtomicFile {
                 ok = true  // a crash leaves the temp file behind
                 throw UpdaterError.storage("simulated crash during write")
             }
-            guard fsync(fd) == 0 else { throw UpdaterError.storage("fsync failed (errno \(errno))") }
+            if syncingFile, fsync(fd) != 0 { throw UpdaterError.storage("fsync failed (errno \(errno))") }
         }
         guard rename(tempPath, target) == 0 else { throw UpdaterError.storage("rename failed (errno \(errno))") }
         ok = true
