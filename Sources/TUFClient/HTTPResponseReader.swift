@@ -1,16 +1,19 @@
 /// The framing of one HTTP/1.1 response to a GET, as a pure state machine: bytes in, a decision out, no I/O
 /// (`SocketFetcher` reads the socket and applies it).
 ///
-/// - RFC 9112 §4: the status line `HTTP/1.x SSS reason`; interim 1xx responses are skipped (§4, RFC 9110 §15.2).
+/// - RFC 9112 §4: the status line `HTTP/1.x SSS reason`; interim 1xx responses are skipped (§4, RFC 9110 §15.2), at
+///   most 16 of them.
 /// - RFC 9112 §5: field lines `name: value`, no whitespace before the colon (§5.1: a server MUST reject it, and a
 ///   client that accepted it would read a different message than a proxy), no obsolete line folding (§5.2).
 /// - RFC 9112 §6.3: the body length: Transfer-Encoding `chunked` (which overrides Content-Length), else
 ///   Content-Length (several values must agree), else until the server closes. 204 and 304 have no body.
 /// - RFC 9112 §7.1: chunked coding: hex chunk sizes, chunk extensions ignored, trailer fields read and dropped.
 /// - RFC 9112 §9.3: persistence. After a response `reusable` says whether the connection may carry the next request:
-///   HTTP/1.1 without `Connection: close` (§9.6), a body framed by its length or chunks (not by the close), read to
-///   its end, and nothing received beyond it. The body of an error answer is read and dropped when its length is
-///   declared and at most 64 KiB, so that the connection stays usable; otherwise the connection is not reused.
+///   HTTP/1.1 without `Connection: close` (§9.6), a body framed by its length or chunks (not by the close, and not by
+///   both a length and chunks, which §6.3 says ought to be handled as an error), read to its end, and nothing
+///   received beyond it. An error answer is reported as soon as its head is read; its body is dropped when it is of
+///   declared length and already received in full (the connection stays usable), else the connection is not reused.
+///   A 204 or 304 has no body to read.
 ///
 /// Limits: at most `maxBytes` of body (TUF's "download up to N bytes", refused as soon as a declared length or the
 /// running count passes it), 64 KiB of head, 4 KiB per chunk-size line, 64 KiB of trailers.
@@ -19,7 +22,7 @@ struct HTTPResponseReader {
         case needMore
         /// A 2xx response's whole body.
         case body([UInt8])
-        /// Any other final status; the body is not read.
+        /// Any other final status, reported at its head; the body is not returned (nor waited for).
         case status(Int)
     }
 
@@ -31,7 +34,7 @@ struct HTTPResponseReader {
     static let maxHeadBytes = 64 * 1024
     static let maxChunkLineBytes = 4 * 1024
     static let maxTrailerBytes = 64 * 1024
-    static let maxDiscardedBytes = 64 * 1024
+    static let maxInterimResponses = 16
 
     let maxBytes: Int
     private var state = State.head
@@ -40,8 +43,10 @@ struct HTTPResponseReader {
     private var trailerBytes = 0
     /// The response allows the connection to be reused (HTTP/1.1, no `Connection: close`, not framed by the close).
     private var persistent = false
-    /// The final status of an error answer whose body is being dropped.
+    /// The final status of an error answer.
     private var errorStatus = 0
+    private var interimResponses = 0
+    private var received = false
     /// How far past the current position a line end was already looked for, so a server that sends one byte at a
     /// time costs linear work, not quadratic.
     private var scanned = 0
@@ -54,7 +59,6 @@ struct HTTPResponseReader {
         case chunkDataEnd
         case trailers
         case untilClose
-        case discard(remaining: Int)
         case done
     }
 
@@ -64,13 +68,18 @@ struct HTTPResponseReader {
 
     /// Whether any byte of a response has arrived: a connection that ends before that may be one the server closed
     /// while it was idle, and the request may be sent again on a new one (RFC 9112 §9.3.1).
-    var started: Bool { state != .head || !pending.isEmpty }
+    var started: Bool { received }
 
     init(maxBytes: Int) { self.maxBytes = max(0, maxBytes) }
 
     /// Takes the next bytes from the connection.
     mutating func receive(_ bytes: some Collection<UInt8>) throws(Failure) -> Outcome {
-        if state == .done { return errorStatus == 0 ? .body(body) : .status(errorStatus) }
+        if !bytes.isEmpty { received = true }
+        if state == .done {
+            // Past the end of the response: kept, so the connection is not taken for reusable.
+            pending.append(contentsOf: bytes)
+            return errorStatus == 0 ? .body(body) : .status(errorStatus)
+        }
         // A body of declared length goes straight into `body`, not through `pending` first.
         if case .fixed(let remaining) = state, pending.isEmpty {
             let n = min(remaining, bytes.count)
@@ -90,7 +99,7 @@ struct HTTPResponseReader {
     /// The server closed the connection.
     mutating func end() throws(Failure) -> Outcome {
         switch state {
-        case .done, .untilClose, .discard:
+        case .done, .untilClose:
             state = .done
             persistent = false
             return errorStatus == 0 ? .body(body) : .status(errorStatus)
@@ -112,7 +121,17 @@ struct HTTPResponseReader {
                 guard end - i <= Self.maxHeadBytes else { throw .malformed("response head too large") }
                 let head = try Head(pending[i..<end])
                 i = end + 4
-                if let outcome = try begin(head) { return outcome }
+                if let outcome = try begin(head) {
+                    // An error answer's body, when it is all here already, is dropped to keep the connection.
+                    if errorStatus != 0, errorStatus != 304, persistent {
+                        if let length = head.contentLength, length <= pending.count - i {
+                            i += length
+                        } else {
+                            persistent = false
+                        }
+                    }
+                    return outcome
+                }
             case .fixed(let remaining):
                 let n = min(remaining, pending.count - i)
                 body.append(contentsOf: pending[i..<(i + n)])
@@ -123,15 +142,6 @@ struct HTTPResponseReader {
                 }
                 state = .fixed(remaining: remaining - n)
                 return .needMore
-            case .discard(let remaining):
-                let n = min(remaining, pending.count - i)
-                i += n
-                guard n == remaining else {
-                    state = .discard(remaining: remaining - n)
-                    return .needMore
-                }
-                state = .done
-                return .status(errorStatus)
             case .untilClose:
                 guard body.count + (pending.count - i) <= maxBytes else { throw .tooLarge }
                 body.append(contentsOf: pending[i...])
@@ -202,21 +212,25 @@ struct HTTPResponseReader {
     private mutating func begin(_ head: Head) throws(Failure) -> Outcome? {
         switch head.status {
         case 101: throw .malformed("unexpected protocol switch")
-        case 100..<200: return nil  // interim: the final response follows
+        case 100..<200:
+            // Interim: the final response follows.
+            interimResponses += 1
+            guard interimResponses <= Self.maxInterimResponses else { throw .malformed("too many interim responses") }
+            return nil
         case 200..<300: break
         default:
-            // The body is not wanted; one of a declared, small length is dropped so the connection can be reused.
+            // The body is not wanted. The connection can be kept if it has none (304) or one of declared length
+            // (dropped by the caller when it is all here); a chunked one is not read.
             errorStatus = head.status
-            if head.status != 304, !head.chunked, let length = head.contentLength, length <= Self.maxDiscardedBytes {
-                persistent = head.persistent
-                state = length == 0 ? .done : .discard(remaining: length)
-                return length == 0 ? .status(head.status) : nil
-            }
-            if head.status == 304 { persistent = head.persistent }
+            persistent =
+                head.persistent && !head.lengthAndChunked
+                && (head.status == 304 || (!head.chunked && head.contentLength != nil))
             state = .done
             return .status(head.status)
         }
-        persistent = head.persistent && (head.chunked || head.contentLength != nil || head.status == 204)
+        persistent =
+            head.persistent && !head.lengthAndChunked
+            && (head.chunked || head.contentLength != nil || head.status == 204)
         if head.status == 204 {
             state = .done
             return .body([])
@@ -265,6 +279,8 @@ struct HTTPResponseReader {
         /// HTTP/1.1 and no `close` among the `Connection` options (RFC 9112 §9.3). An HTTP/1.0 answer closes, even
         /// with `keep-alive`: that older scheme is not used.
         let persistent: Bool
+        /// Both Transfer-Encoding and Content-Length: read as chunked, but the connection is not kept (§6.3).
+        let lengthAndChunked: Bool
 
         init(_ bytes: ArraySlice<UInt8>) throws(Failure) {
             // Lines end in CRLF; a bare CR or LF is refused (RFC 9112 §2.2 lets a recipient refuse them).
@@ -342,6 +358,7 @@ struct HTTPResponseReader {
             }
             self.chunked = chunked
             self.persistent = persistent
+            lengthAndChunked = transferEncoding && contentLength != nil
             // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
             self.contentLength = transferEncoding ? nil : contentLength
         }

@@ -22,9 +22,11 @@ import TUF
 ///
 /// Connections persist (RFC 9112 §9.3): a connection whose response allowed it (`HTTPResponseReader.reusable`) is
 /// kept, one at a time, for the next request to the same host and port, so that a refresh's requests (six for a
-/// cold one with its download) share one TCP connection where the server allows it. A kept connection the server
-/// has closed meanwhile is noticed when it ends before any byte of the answer, and the request (a GET, idempotent) is
-/// sent again once on a new connection, within the same deadline (§9.3.1).
+/// cold one with its download) share one TCP connection where the server allows it. A kept connection that has
+/// anything to read before the next request is sent (bytes after the last answer, or the server's close) is closed
+/// and replaced, so no late byte is read as the next answer. One the server closes while the request travels is
+/// noticed when it ends before any byte of the answer, and the request (a GET, idempotent) is sent again once on a
+/// new connection, within the same deadline (§9.3.1).
 ///
 /// It blocks the calling thread for up to `timeout`, so it is not for a long-running program that shares its
 /// threads (the agent uses `HTTPFetcher`, which also carries TLS). The same limits as `HTTPFetcher`:
@@ -150,7 +152,7 @@ public struct SocketFetcher: Fetcher {
         let request = Array(
             "GET \(target.path) HTTP/1.1\r\nHost: \(target.hostHeader)\r\nUser-Agent: bulwark-tuf\r\n\r\n".utf8)
         let connection: Connection
-        if reuse, let fd = kept.take(origin) {
+        if reuse, let fd = kept.take(origin), Self.isQuiet(fd) {
             connection = Connection(fd: fd, origin: origin, reused: true)
         } else {
             connection = Connection(
@@ -163,6 +165,15 @@ public struct SocketFetcher: Fetcher {
             throw error
         }
         return connection
+    }
+
+    /// Whether a kept connection has nothing to read: neither bytes (which would be taken for the next answer) nor the
+    /// server's close. One that has is closed.
+    private static func isQuiet(_ fd: Int32) -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        if poll(&entry, 1, 0) == 0 { return true }
+        close(fd)
+        return false
     }
 
     /// Tries each address of the host in turn until one connects within the deadline.

@@ -46,21 +46,14 @@ extension ArtifactStore {
 /// leaves the old bytes or the new, never a torn file), but the directory is fsynced once, by `flush()`, for all the
 /// renames of one update instead of once per file. A crash before the flush may lose the newest renames: the client
 /// then starts from the metadata it trusted before (as if the update had not run) and fetches it again.
-///
-/// Without `syncsWrites` (for a cache of artifacts, never for metadata), files are still written whole to a temp file
-/// and renamed into place, so a reader never sees a torn file while the system runs, but nothing is fsynced: after a
-/// power cut a file may be missing, empty or old. That is for files whose every use checks them against trusted
-/// metadata first (`Updater.cachedTarget` checks length and hashes), where a lost write costs a download again.
 public struct DirectoryStore: MetadataStore, ArtifactStore {
     public let directory: String
     public let defersDirectorySync: Bool
-    public let syncsWrites: Bool
     private let renamed = PendingSync()
 
-    public init(directory: String, defersDirectorySync: Bool = false, syncsWrites: Bool = true) {
+    public init(directory: String, defersDirectorySync: Bool = false) {
         self.directory = directory
         self.defersDirectorySync = defersDirectorySync
-        self.syncsWrites = syncsWrites
     }
 
     public func load(_ name: String) throws -> [UInt8]? {
@@ -68,18 +61,13 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
     }
 
     public func store(_ name: String, _ data: [UInt8]) throws {
-        guard syncsWrites else {
-            return try AtomicFile.write(
-                data, directory: directory, name: name, simulateCrashAfter: nil, syncingFile: false,
-                syncingDirectory: false)
-        }
         try AtomicFile.write(data, directory: directory, name: name, syncingDirectory: !defersDirectorySync)
         if defersDirectorySync { renamed.mark() }
     }
 
     public func remove(_ name: String) throws {
-        try AtomicFile.remove(directory: directory, name: name, syncingDirectory: syncsWrites && !defersDirectorySync)
-        if syncsWrites && defersDirectorySync { renamed.mark() }
+        try AtomicFile.remove(directory: directory, name: name, syncingDirectory: !defersDirectorySync)
+        if defersDirectorySync { renamed.mark() }
     }
 
     public func flush() throws {
@@ -91,6 +79,31 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
     public func load(targetPath: String) throws -> [UInt8]? { try load(percentEncode(targetPath)) }
 
     public func store(targetPath: String, _ data: [UInt8]) throws { try store(percentEncode(targetPath), data) }
+}
+
+/// A directory of downloaded artifacts written without fsync: an `ArtifactStore` only, so it cannot be handed to an
+/// updater as the store of its trusted metadata (`DirectoryStore` is that, and syncs every file).
+///
+/// Each file is written whole to a temp file and renamed into place (stored flat under the percent-encoded target
+/// path, as `DirectoryStore` does), so while the system runs nobody sees a torn file; nothing is fsynced, so after a
+/// power cut a file may be missing, empty or old. The updater checks a cached artifact's length and hashes against
+/// the trusted metadata before it uses it (`Updater.cachedTarget`), so a lost write costs a download again, never
+/// trust; a program that reads the directory itself after a power cut should first run the download again, which
+/// checks the cached copy. python-tuf, curl and wget leave a download the same way.
+public struct UnsyncedArtifactDirectory: ArtifactStore {
+    public let directory: String
+
+    public init(directory: String) { self.directory = directory }
+
+    public func load(targetPath: String) throws -> [UInt8]? {
+        try AtomicFile.read(path: directory + "/" + percentEncode(targetPath))
+    }
+
+    public func store(targetPath: String, _ data: [UInt8]) throws {
+        try AtomicFile.write(
+            data, directory: directory, name: percentEncode(targetPath), simulateCrashAfter: nil, syncingFile: false,
+            syncingDirectory: false)
+    }
 }
 
 /// POSIX file helpers.

@@ -156,9 +156,9 @@ enum ConformanceClient {
             guard !cmd.targetName.isEmpty else { throw UpdaterError.usage("--target-name is required") }
             guard let targetDir = cmd.targetDir else { throw UpdaterError.usage("--target-dir is required") }
             guard cmd.targetBaseUrl != nil else { throw UpdaterError.usage("--target-base-url is required") }
-            // Artifacts are a cache, checked against the trusted metadata whenever they are used: renamed into
+            // Artifacts are a cache the updater checks against the trusted metadata before any use: renamed into
             // place whole, not fsynced (as python-tuf, curl or wget leave a download). The metadata is.
-            let artifacts = DirectoryStore(directory: targetDir, syncsWrites: false)
+            let artifacts = UnsyncedArtifactDirectory(directory: targetDir)
             let updater = try makeUpdater(cmd, store: store, artifacts: artifacts)
             for name in cmd.targetName {
                 guard let (_, downloaded) = try await updater.fetchTarget(name) else {
@@ -175,7 +175,7 @@ enum ConformanceClient {
     static func makeUpdater(
         _ cmd: ConformanceCommand,
         store: DirectoryStore,
-        artifacts: DirectoryStore? = nil
+        artifacts: UnsyncedArtifactDirectory? = nil
     ) throws
         -> Updater
     {

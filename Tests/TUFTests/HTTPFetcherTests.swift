@@ -312,7 +312,11 @@ func withServer(
 
         init(refusesNewConnections: Bool = false) { self.refusesNewConnections = refusesNewConnections }
 
+        private let closedCount = Mutex(0)
         var connections: [[String]] { list.withLock { $0 } }
+        /// How many connections have closed, on the server's side.
+        var closed: Int { closedCount.withLock { $0 } }
+        func didClose() { closedCount.withLock { $0 += 1 } }
         func open() -> Int {
             list.withLock {
                 $0.append([])
@@ -322,9 +326,13 @@ func withServer(
         func add(_ path: String, on connection: Int) { list.withLock { $0[connection].append(path) } }
     }
 
-    /// Answers each request on the connection: `/missing` with 404 and a short body; a path starting `/last` with
-    /// 200 and then closes the connection without saying so (as a server whose idle timer fires); any other with 200
-    /// and the path as the body. The connection persists otherwise.
+    /// Answers each request on the connection: `/missing` with 404 and a short body; any other with 200 and the path
+    /// as the body, and the connection persists, except after these paths:
+    /// - `/last…`: the connection is closed right after the answer, without saying so (a server whose idle timer
+    ///   fires);
+    /// - `/late…`: 50 ms after the answer, a second, unasked answer follows on the connection;
+    /// - `/drop-next…`, `/reset-next…`: the next request on the connection is logged and not answered, the connection
+    ///   closed (with a FIN, or with a reset: `SO_LINGER` 0), as if the idle timer fired as the request arrived.
     final class KeepAliveHandler: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
         typealias OutboundOut = ByteBuffer
@@ -332,8 +340,14 @@ func withServer(
         var connection = -1
         var received: [UInt8] = []
         var closed = false
+        var dropNext: (reset: Bool, armed: Bool) = (false, false)
 
         init(_ log: ConnectionLog) { self.log = log }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            log.didClose()
+            context.fireChannelInactive()
+        }
 
         func channelActive(context: ChannelHandlerContext) {
             connection = log.open()
@@ -353,6 +367,18 @@ func withServer(
                 let words = head.split(separator: UInt8(ascii: " "))
                 let path = words.count > 1 ? String(decoding: words[1], as: UTF8.self) : ""
                 log.add(path, on: connection)
+                if dropNext.armed {
+                    closed = true
+                    let channel = context.channel
+                    if dropNext.reset, let options = channel as? any SocketOptionProvider {
+                        options.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in
+                            channel.close(promise: nil)
+                        }
+                    } else {
+                        context.close(promise: nil)
+                    }
+                    return
+                }
                 let answer =
                     path == "/missing"
                     ? "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found"
@@ -363,6 +389,16 @@ func withServer(
                     context.close(promise: nil)
                     return
                 }
+                if path.hasPrefix("/late") {
+                    let channel = context.channel
+                    channel.eventLoop.scheduleTask(in: .milliseconds(50)) {
+                        channel.writeAndFlush(
+                            channel.allocator.buffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\njunk"),
+                            promise: nil)
+                    }
+                }
+                if path.hasPrefix("/drop-next") { dropNext = (false, true) }
+                if path.hasPrefix("/reset-next") { dropNext = (true, true) }
             }
         }
     }
@@ -388,33 +424,66 @@ func withServer(
         #expect(log.connections == [["/a", "/b", "/missing", "/c"]])
     }
 
-    /// The server closes the kept connection after answering: the next request goes once more on a new one.
+    /// The server closes the kept connection after answering (without saying so): the next request, fetched or
+    /// prepared, goes on a new connection.
     @Test func aKeptConnectionTheServerClosedIsReplaced() async throws {
         let log = ConnectionLog()
         try await withKeepAliveServer(log) { base in
             let fetcher = SocketFetcher(timeout: .seconds(5))
             #expect(try await fetcher.fetch(base + "/last-a", maxBytes: 100) == Array("/last-a".utf8))
-            for _ in 0..<200 where log.connections.count < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            for _ in 0..<400 where log.closed < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(log.closed == 1)
             #expect(try await fetcher.fetch(base + "/b", maxBytes: 100) == Array("/b".utf8))
-            // A prepared request on a connection that was closed meanwhile is sent again as well.
             #expect(try await fetcher.fetch(base + "/last-c", maxBytes: 100) == Array("/last-c".utf8))
+            for _ in 0..<400 where log.closed < 2 { try await Task.sleep(for: .milliseconds(5)) }
             await fetcher.prepare(base + "/d")
             #expect(try await fetcher.fetch(base + "/d", maxBytes: 100) == Array("/d".utf8))
         }
         #expect(log.connections == [["/last-a"], ["/b", "/last-c"], ["/d"]])
     }
 
+    /// Bytes that arrive on a kept connection after its answer (here an answer nobody asked for) are never read as
+    /// the next answer: the connection is replaced before the next request, fetched or prepared.
+    @Test func lateBytesOnAKeptConnectionAreNotTheNextAnswer() async throws {
+        let log = ConnectionLog()
+        try await withKeepAliveServer(log) { base in
+            let fetcher = SocketFetcher(timeout: .seconds(5))
+            #expect(try await fetcher.fetch(base + "/late", maxBytes: 100) == Array("/late".utf8))
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(try await fetcher.fetch(base + "/b", maxBytes: 100) == Array("/b".utf8))
+            #expect(try await fetcher.fetch(base + "/late-c", maxBytes: 100) == Array("/late-c".utf8))
+            try await Task.sleep(for: .milliseconds(200))
+            await fetcher.prepare(base + "/d")
+            #expect(try await fetcher.fetch(base + "/d", maxBytes: 100) == Array("/d".utf8))
+        }
+        #expect(log.connections == [["/late"], ["/b", "/late-c"], ["/d"]])
+    }
+
+    /// The server closes a kept connection as the request arrives (with a FIN, or a reset), before any byte of the
+    /// answer: the request is sent again on a new connection.
+    @Test(arguments: ["/drop-next", "/reset-next"])
+    func aRequestTheServerDroppedIsSentAgain(_ first: String) async throws {
+        let log = ConnectionLog()
+        try await withKeepAliveServer(log) { (base: String) async throws in
+            let fetcher = SocketFetcher(timeout: .seconds(5))
+            #expect(try await fetcher.fetch(base + first, maxBytes: 100) == Array(first.utf8))
+            #expect(try await fetcher.fetch(base + "/b", maxBytes: 100) == Array("/b".utf8))
+        }
+        #expect(log.connections == [[first, "/b"], ["/b"]])
+    }
+
     /// Only once: when the new connection fails too, the fetch fails (no loop).
-    @Test func aReplacedConnectionIsTriedOnlyOnce() async throws {
+    @Test func aRequestIsSentAgainOnlyOnce() async throws {
         let log = ConnectionLog(refusesNewConnections: true)
         try await withKeepAliveServer(log) { base in
             let fetcher = SocketFetcher(timeout: .seconds(5))
-            #expect(try await fetcher.fetch(base + "/last-a", maxBytes: 100) == Array("/last-a".utf8))
+            #expect(try await fetcher.fetch(base + "/drop-next", maxBytes: 100) == Array("/drop-next".utf8))
             do {
                 _ = try await fetcher.fetch(base + "/b", maxBytes: 100)
                 Issue.record("a connection closed unanswered gave a body")
             } catch UpdaterError.transport {}
         }
-        #expect(log.connections.count == 2 && log.connections[0] == ["/last-a"] && log.connections[1].isEmpty)
+        #expect(
+            log.connections.count == 2 && log.connections[0] == ["/drop-next", "/b"] && log.connections[1].isEmpty)
     }
 }

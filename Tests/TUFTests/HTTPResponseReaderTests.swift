@@ -135,14 +135,16 @@ extension HTTPResponseReaderTests {
 
 /// RFC 9112 §9.3: whether the connection may carry the next request once a response is read.
 extension HTTPResponseReaderTests {
-    /// Feeds `text` whole and byte by byte; the outcome and `reusable` once the reader stops asking for more (without
-    /// an end of connection: a kept connection has none).
+    /// Feeds all of `text`, whole and byte by byte (without an end of connection: a kept connection has none); the
+    /// first outcome that is not `needMore`, and `reusable` after the whole text, each way. Bytes that come after the
+    /// response, in its last read or in a later one, must leave the connection not reusable.
     func persistence(_ text: String) -> (Outcome, Bool, Bool) {
         func run(_ pieces: [[UInt8]]) -> (Outcome, Bool) {
             var reader = HTTPResponseReader(maxBytes: 1000)
             var outcome = Outcome.needMore
-            for piece in pieces where outcome == .needMore {
-                outcome = (try? reader.receive(piece)) ?? .status(-1)
+            for piece in pieces {
+                let next = (try? reader.receive(piece)) ?? .status(-1)
+                if outcome == .needMore { outcome = next }
             }
             return (outcome, reader.reusable)
         }
@@ -160,9 +162,11 @@ extension HTTPResponseReaderTests {
                 ok, true, true
             ))
         #expect(persistence("HTTP/1.1 204 No Content\r\n\r\n") == (.body([]), true, true))
-        // An error answer's small declared body is read and dropped: the connection stays usable.
+        #expect(persistence("HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\n\r\n") == (.status(304), true, true))
+        // An error answer is reported at its head; a body of declared length that came with it is dropped and the
+        // connection stays usable. One that comes later is not waited for, and the connection is not kept.
         #expect(
-            persistence("HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found") == (.status(404), true, true))
+            persistence("HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found") == (.status(404), true, false))
         #expect(persistence("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n") == (.status(404), true, true))
     }
 
@@ -178,8 +182,19 @@ extension HTTPResponseReaderTests {
             persistence("HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello") == (
                 ok, false, false
             ))
-        // Bytes after the end of the body would be read as the next answer.
-        #expect(persistence("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\n").1 == false)
+        // Bytes after the end of the body would be read as the next answer: in the same read (whole) or a later one
+        // (byte by byte, where the body went straight into it).
+        #expect(
+            persistence("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\n") == (ok, false, false))
+        #expect(
+            persistence("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nX") == (
+                ok, false, false
+            ))
+        // Both a length and chunks (RFC 9112 §6.3: ought to be handled as an error): read as chunked, not kept.
+        #expect(
+            persistence(
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                == (ok, false, false))
         // An error body too large to drop, or without a declared length.
         #expect(persistence("HTTP/1.1 404 Not Found\r\nContent-Length: 70000\r\n\r\n") == (.status(404), false, false))
         #expect(persistence("HTTP/1.1 403 Forbidden\r\n\r\n") == (.status(403), false, false))
@@ -191,8 +206,20 @@ extension HTTPResponseReaderTests {
         #expect(reader.started && !reader.reusable)
     }
 
-    /// An error answer whose body is being dropped when the server closes: still that status.
+    /// An error answer whose body the server cuts short: still that status.
     @Test func anErrorAnswerCutShortIsStillItsStatus() {
         #expect(read("HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot") == .success(.status(404)))
+    }
+
+    /// An interim response is a byte of the answer: a connection that ends after it is not taken for one closed while
+    /// idle. And interim responses are bounded.
+    @Test func interimResponsesCountAsStartedAndAreBounded() {
+        var reader = HTTPResponseReader(maxBytes: 10)
+        #expect((try? reader.receive(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))) == .needMore)
+        #expect(reader.started)
+        let many = String(repeating: "HTTP/1.1 102 Processing\r\n\r\n", count: 17) + "HTTP/1.1 200 OK\r\n\r\n"
+        #expect(read(many) == .failure(.malformed("too many interim responses")))
+        let some = String(repeating: "HTTP/1.1 102 Processing\r\n\r\n", count: 16)
+        #expect(read(some + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") == body("ok"))
     }
 }

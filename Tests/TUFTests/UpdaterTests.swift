@@ -260,18 +260,19 @@ import Testing
         #expect(try AtomicFile.read(path: dir + "/blob") == nil)
     }
 
-    /// A store of artifacts that does not fsync still replaces files whole and leaves no temp file behind.
-    @Test func aCacheStoreWritesWholeFilesWithoutTempFilesLeft() throws {
+    /// The unsynced artifact directory still replaces files whole, under the percent-encoded target path, and leaves
+    /// no temp file behind.
+    @Test func theUnsyncedArtifactDirectoryWritesWholeFiles() throws {
         let dir = makeTempDirectory("artifacts")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let cache = DirectoryStore(directory: dir, syncsWrites: false)
+        let cache = UnsyncedArtifactDirectory(directory: dir)
+        #expect(try cache.load(targetPath: "a/b.bin") == nil)
         try cache.store(targetPath: "a/b.bin", [1, 2, 3])
         try cache.store(targetPath: "a/b.bin", [4, 5])
         #expect(try cache.load(targetPath: "a/b.bin") == [4, 5])
         try cache.flush()
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["a%2Fb.bin"])
-        try cache.remove("a%2Fb.bin")
-        #expect(try cache.load(targetPath: "a/b.bin") == nil)
+        #expect(try DirectoryStore(directory: dir).load(targetPath: "a/b.bin") == [4, 5])
     }
 }
 
