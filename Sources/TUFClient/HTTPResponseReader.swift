@@ -46,7 +46,6 @@ struct HTTPResponseReader {
     /// The final status of an error answer.
     private var errorStatus = 0
     private var interimResponses = 0
-    private var received = false
     /// How far past the current position a line end was already looked for, so a server that sends one byte at a
     /// time costs linear work, not quadratic.
     private var scanned = 0
@@ -68,17 +67,20 @@ struct HTTPResponseReader {
 
     /// Whether any byte of a response has arrived: a connection that ends before that may be one the server closed
     /// while it was idle, and the request may be sent again on a new one (RFC 9112 §9.3.1).
-    var started: Bool { received }
+    private(set) var started = false
+
+    /// The outcome of a complete response.
+    private var finished: Outcome { errorStatus == 0 ? .body(body) : .status(errorStatus) }
 
     init(maxBytes: Int) { self.maxBytes = max(0, maxBytes) }
 
     /// Takes the next bytes from the connection.
     mutating func receive(_ bytes: some Collection<UInt8>) throws(Failure) -> Outcome {
-        if !bytes.isEmpty { received = true }
+        if !bytes.isEmpty { started = true }
         if state == .done {
             // Past the end of the response: kept, so the connection is not taken for reusable.
             pending.append(contentsOf: bytes)
-            return errorStatus == 0 ? .body(body) : .status(errorStatus)
+            return finished
         }
         // A body of declared length goes straight into `body`, not through `pending` first.
         if case .fixed(let remaining) = state, pending.isEmpty {
@@ -102,7 +104,7 @@ struct HTTPResponseReader {
         case .done, .untilClose:
             state = .done
             persistent = false
-            return errorStatus == 0 ? .body(body) : .status(errorStatus)
+            return finished
         default:
             throw .malformed("connection closed before the response ended")
         }
@@ -191,7 +193,7 @@ struct HTTPResponseReader {
                     return .body(body)
                 }
             case .done:
-                return errorStatus == 0 ? .body(body) : .status(errorStatus)
+                return finished
             }
         }
     }
@@ -222,15 +224,11 @@ struct HTTPResponseReader {
             // The body is not wanted. The connection can be kept if it has none (304) or one of declared length
             // (dropped by the caller when it is all here); a chunked one is not read.
             errorStatus = head.status
-            persistent =
-                head.persistent && !head.lengthAndChunked
-                && (head.status == 304 || (!head.chunked && head.contentLength != nil))
+            persistent = head.persistent && (head.status == 304 || (!head.chunked && head.contentLength != nil))
             state = .done
             return .status(head.status)
         }
-        persistent =
-            head.persistent && !head.lengthAndChunked
-            && (head.chunked || head.contentLength != nil || head.status == 204)
+        persistent = head.persistent && (head.chunked || head.contentLength != nil || head.status == 204)
         if head.status == 204 {
             state = .done
             return .body([])
@@ -276,11 +274,10 @@ struct HTTPResponseReader {
         let status: Int
         let chunked: Bool
         let contentLength: Int?
-        /// HTTP/1.1 and no `close` among the `Connection` options (RFC 9112 §9.3). An HTTP/1.0 answer closes, even
-        /// with `keep-alive`: that older scheme is not used.
+        /// HTTP/1.1, no `close` among the `Connection` options (RFC 9112 §9.3), and not both Transfer-Encoding and
+        /// Content-Length (read as chunked, but §6.3 says it ought to be handled as an error). An HTTP/1.0 answer
+        /// closes, even with `keep-alive`: that older scheme is not used.
         let persistent: Bool
-        /// Both Transfer-Encoding and Content-Length: read as chunked, but the connection is not kept (§6.3).
-        let lengthAndChunked: Bool
 
         init(_ bytes: ArraySlice<UInt8>) throws(Failure) {
             // Lines end in CRLF; a bare CR or LF is refused (RFC 9112 §2.2 lets a recipient refuse them).
@@ -357,8 +354,7 @@ struct HTTPResponseReader {
                 }
             }
             self.chunked = chunked
-            self.persistent = persistent
-            lengthAndChunked = transferEncoding && contentLength != nil
+            self.persistent = persistent && !(transferEncoding && contentLength != nil)
             // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
             self.contentLength = transferEncoding ? nil : contentLength
         }

@@ -74,7 +74,7 @@ public struct SocketFetcher: Fetcher {
                 switch outcome {
                 case .body(let body): return body
                 case .status(let status): throw UpdaterError.httpStatus(status, url: url)
-                case .needMore: throw UpdaterError.transport("connection closed before the response ended")
+                case .needMore: preconditionFailure("read returns only a complete response")
                 }
             } catch ReadFailure.endedBeforeAnswer(let error) {
                 close(connection.fd)
@@ -120,22 +120,18 @@ public struct SocketFetcher: Fetcher {
                 var one: Int32 = 1
                 _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_QUICKACK, &one, socklen_t(MemoryLayout<Int32>.size))
             #endif
+            if n == 0, !reader.started {
+                throw .endedBeforeAnswer(.transport("connection closed before the response ended"))
+            }
             let outcome: HTTPResponseReader.Outcome
-            do {
-                if n == 0, !reader.started {
-                    throw ReadFailure.endedBeforeAnswer(
-                        .transport("connection closed before the response ended"))
-                }
+            do throws(HTTPResponseReader.Failure) {
                 outcome =
                     n == 0 ? try reader.end() : try reader.receive(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            } catch let failure as ReadFailure {
-                throw failure
-            } catch HTTPResponseReader.Failure.tooLarge {
-                throw .failed(UpdaterError.tooLarge(limit: maxBytes, url: url))
-            } catch HTTPResponseReader.Failure.malformed(let reason) {
-                throw .failed(UpdaterError.transport(reason))
             } catch {
-                throw .failed(error)
+                switch error {
+                case .tooLarge: throw .failed(UpdaterError.tooLarge(limit: maxBytes, url: url))
+                case .malformed(let reason): throw .failed(UpdaterError.transport(reason))
+                }
             }
             if outcome != .needMore { return (outcome, reader.reusable) }
         }

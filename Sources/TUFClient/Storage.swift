@@ -172,7 +172,7 @@ public enum AtomicFile {
 
     /// `simulateCrashAfter` (tests only): stop after writing that many bytes to the temp file
     /// and throw, leaving the temp file behind as a crash would, without renaming. Without `syncingFile` the temp
-    /// file is renamed without an fsync (`DirectoryStore.syncsWrites`).
+    /// file is renamed without an fsync (`UnsyncedArtifactDirectory`).
     static func write(
         _ data: [UInt8], directory: String, name: String, simulateCrashAfter: Int?, syncingFile: Bool = true,
         syncingDirectory: Bool = true
