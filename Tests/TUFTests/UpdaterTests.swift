@@ -101,6 +101,25 @@ import Testing
         #expect(try await updater.cachedTarget(info) == content)
     }
 
+    /// The unsynced artifact directory is safe only because a cached artifact is checked before it is used: what a
+    /// power cut can leave in it (an empty file, a torn one, an old version) is refused and downloaded again.
+    @Test(arguments: [[], Array("artif".utf8), Array("ARTIFACT".utf8)])
+    func anArtifactLostToAPowerCutIsDownloadedAgain(_ left: [UInt8]) async throws {
+        let repo = TestRepository()
+        let content = Array("artifact".utf8)
+        repo.roles["targets"]?.targets["dir/file.txt"] = content
+        repo.bump(["targets"])
+        let dir = try makeClientDirectory(repo)
+        let artifacts = UnsyncedArtifactDirectory(directory: dir)
+        let updater = try makeUpdater(repo, dir: dir, artifacts: artifacts)
+        repo.fetcher.put("\(TestRepository.targetsURL)dir/\(sha256Hex(content)).file.txt", content)
+        #expect(try await updater.fetchTarget("dir/file.txt")?.downloaded == true)
+        #expect(try await updater.fetchTarget("dir/file.txt")?.downloaded == false)
+        try AtomicFile.write(left, directory: dir, name: "dir%2Ffile.txt")
+        #expect(try await updater.fetchTarget("dir/file.txt")?.downloaded == true)
+        #expect(try artifacts.load(targetPath: "dir/file.txt") == content)
+    }
+
     @Test func rootRotationIsCapped() async throws {
         let repo = TestRepository()
         let dir = try makeClientDirectory(repo)
