@@ -1,3 +1,4 @@
+import CFileSync
 import Synchronization
 import TUF
 
@@ -5,10 +6,12 @@ import TUF
     import Glibc
     private let systemRead = Glibc.read
     private let systemWrite = Glibc.write
+    private let systemRename = Glibc.rename
 #elseif canImport(Darwin)
     import Darwin
     private let systemRead = Darwin.read
     private let systemWrite = Darwin.write
+    private let systemRename = Darwin.rename
 #endif
 
 /// Where the client keeps trusted metadata, by file name (`root.json`, `timestamp.json`,
@@ -42,36 +45,49 @@ extension ArtifactStore {
 
 /// A directory of files written with temp file + fsync + rename + fsync(directory).
 ///
-/// With `defersDirectorySync`, each file is still written whole and fsynced before it is renamed into place (a crash
-/// leaves the old bytes or the new, never a torn file), but the directory is fsynced once, by `flush()`, for all the
-/// renames of one update instead of once per file. A crash before the flush may lose the newest renames: the client
-/// then starts from the metadata it trusted before (as if the update had not run) and fetches it again.
+/// With `writesAtFlush`, `store` and `remove` are kept in memory (`load` sees them) until `flush()` makes them durable
+/// together (`AtomicFile.replace`): each file still reaches its name whole and fsynced (a crash leaves the old bytes
+/// or the new, never a torn file), but one update's files are written out at once and the directory is fsynced once.
+/// On ext4 that is two journal commits for the whole update instead of one per file (the first fsync's commit
+/// carries every file's blocks; each later fsync then waits only for a cache flush of the device). A crash before the flush loses that update's files: the
+/// client then starts from the metadata it trusted before (as if the update had not run) and fetches them again. The
+/// `Updater` flushes when each public method ends, also when it fails, so what it accepted is kept.
 public struct DirectoryStore: MetadataStore, ArtifactStore {
     public let directory: String
-    public let defersDirectorySync: Bool
-    private let renamed = PendingSync()
+    public let writesAtFlush: Bool
+    private let pending = PendingChanges()
 
-    public init(directory: String, defersDirectorySync: Bool = false) {
+    public init(directory: String, writesAtFlush: Bool = false) {
         self.directory = directory
-        self.defersDirectorySync = defersDirectorySync
+        self.writesAtFlush = writesAtFlush
     }
 
     public func load(_ name: String) throws -> [UInt8]? {
-        try AtomicFile.read(path: directory + "/" + name)
+        if writesAtFlush, let change = pending.change(of: name) { return change }
+        return try AtomicFile.read(path: directory + "/" + name)
     }
 
     public func store(_ name: String, _ data: [UInt8]) throws {
-        try AtomicFile.write(data, directory: directory, name: name, syncingDirectory: !defersDirectorySync)
-        if defersDirectorySync { renamed.mark() }
+        if writesAtFlush {
+            pending.record(name, data)
+        } else {
+            try AtomicFile.write(data, directory: directory, name: name)
+        }
     }
 
     public func remove(_ name: String) throws {
-        try AtomicFile.remove(directory: directory, name: name, syncingDirectory: !defersDirectorySync)
-        if defersDirectorySync { renamed.mark() }
+        if writesAtFlush {
+            pending.record(name, nil)
+        } else {
+            try AtomicFile.remove(directory: directory, name: name)
+        }
     }
 
+    /// Writes and removes what `store` and `remove` kept (`writesAtFlush`), in their order, durably. A failure is
+    /// thrown once; what was not written by then is dropped, as a crash would drop it.
     public func flush() throws {
-        if renamed.take() { AtomicFile.syncDirectory(directory) }
+        let changes = pending.take()
+        if !changes.isEmpty { try AtomicFile.replace(changes, directory: directory) }
     }
 
     /// Artifacts are stored flat under the percent-encoded target path, as python-tuf does,
@@ -101,8 +117,7 @@ public struct UnsyncedArtifactDirectory: ArtifactStore {
 
     public func store(targetPath: String, _ data: [UInt8]) throws {
         try AtomicFile.write(
-            data, directory: directory, name: percentEncode(targetPath), simulateCrashAfter: nil, syncingFile: false,
-            syncingDirectory: false)
+            data, directory: directory, name: percentEncode(targetPath), simulateCrashAfter: nil, syncing: false)
     }
 }
 
@@ -147,12 +162,12 @@ public enum AtomicFile {
         return out
     }
 
-    /// Unlinks `directory/name` (a missing file is fine) and makes the removal durable (unless the caller will).
-    public static func remove(directory: String, name: String, syncingDirectory: Bool = true) throws {
+    /// Unlinks `directory/name` (a missing file is fine) and makes the removal durable.
+    public static func remove(directory: String, name: String) throws {
         if unlink(directory + "/" + name) != 0, errno != ENOENT {
             throw UpdaterError.storage("cannot remove \(name) (errno \(errno))")
         }
-        if syncingDirectory { syncDirectory(directory) }
+        syncDirectory(directory)
     }
 
     static func syncDirectory(_ directory: String) {
@@ -165,65 +180,146 @@ public enum AtomicFile {
 
     /// Writes `data` to `directory/name` atomically: a unique temp file in the same directory,
     /// fsync, rename over the target, then fsync the directory so the rename is durable.
-    /// With `syncingDirectory` false the rename is left for the caller to make durable (`syncDirectory`).
-    public static func write(_ data: [UInt8], directory: String, name: String, syncingDirectory: Bool = true) throws {
-        try write(data, directory: directory, name: name, simulateCrashAfter: nil, syncingDirectory: syncingDirectory)
+    public static func write(_ data: [UInt8], directory: String, name: String) throws {
+        try write(data, directory: directory, name: name, simulateCrashAfter: nil)
     }
 
     /// `simulateCrashAfter` (tests only): stop after writing that many bytes to the temp file
-    /// and throw, leaving the temp file behind as a crash would, without renaming. Without `syncingFile` the temp
-    /// file is renamed without an fsync (`UnsyncedArtifactDirectory`).
+    /// and throw, leaving the temp file behind as a crash would, without renaming. Without `syncing` the temp
+    /// file is renamed without an fsync of it or of the directory (`UnsyncedArtifactDirectory`).
     static func write(
-        _ data: [UInt8], directory: String, name: String, simulateCrashAfter: Int?, syncingFile: Bool = true,
-        syncingDirectory: Bool = true
+        _ data: [UInt8], directory: String, name: String, simulateCrashAfter: Int?, syncing: Bool = true
     ) throws {
-        let target = directory + "/" + name
+        let temp = try TempFile(directory: directory)
+        defer { temp.discard() }
+        if let simulateCrashAfter {
+            try temp.write(data[..<Swift.min(simulateCrashAfter, data.count)])
+            temp.leave()  // a crash leaves the temp file behind
+            throw UpdaterError.storage("simulated crash during write")
+        }
+        try temp.write(data[...])
+        if syncing { try temp.sync() }
+        try temp.rename(to: directory + "/" + name)
+        if syncing { syncDirectory(directory) }
+    }
+
+    /// Writes and removes several files of one directory, each atomically and in the given order (nil bytes: remove),
+    /// and makes it all durable with one directory fsync. Every new file is written to its temp file and its writeback
+    /// started (`bulwark_start_writeback`) before the first is fsynced, so that the device writes them together and,
+    /// on ext4, the first fsync's journal commit carries them all; then each is fsynced and renamed over its name (a
+    /// crash leaves each file old or new, never torn), each removal done, and the directory fsynced. A failure
+    /// leaves no temp file; what was renamed before it stays.
+    public static func replace(_ changes: [(name: String, bytes: [UInt8]?)], directory: String) throws {
+        var temps: [TempFile?] = []
+        temps.reserveCapacity(changes.count)
+        defer { for temp in temps { temp?.discard() } }
+        for change in changes {
+            guard let bytes = change.bytes else {
+                temps.append(nil)
+                continue
+            }
+            let temp = try TempFile(directory: directory)
+            temps.append(temp)
+            try temp.write(bytes[...])
+            _ = bulwark_start_writeback(temp.fd)
+        }
+        for (change, temp) in zip(changes, temps) {
+            if let temp {
+                try temp.sync()
+                try temp.rename(to: directory + "/" + change.name)
+            } else if unlink(directory + "/" + change.name) != 0, errno != ENOENT {
+                throw UpdaterError.storage("cannot remove \(change.name) (errno \(errno))")
+            }
+        }
+        syncDirectory(directory)
+    }
+}
+
+/// A unique temp file in a directory, open for writing until it is renamed over its target or discarded.
+private final class TempFile {
+    let fd: Int32
+    let path: String
+    private var open = true
+    private var kept = false
+
+    init(directory: String) throws {
         var template = Array((directory + "/.tmp-XXXXXX").utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { buf -> Int32 in
+        fd = template.withUnsafeMutableBufferPointer { buf -> Int32 in
             guard let base = buf.baseAddress else { return -1 }
             return mkstemp(base)
         }
         guard fd >= 0 else { throw UpdaterError.storage("cannot create temp file in \(directory) (errno \(errno))") }
-        let tempPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        var ok = false
-        defer {
-            if !ok { unlink(tempPath) }
-        }
-        do {
-            defer { close(fd) }
-            var offset = 0
-            let end = simulateCrashAfter.map { Swift.min($0, data.count) } ?? data.count
-            while offset < end {
-                let n = data[offset..<end].withUnsafeBytes { systemWrite(fd, $0.baseAddress, $0.count) }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw UpdaterError.storage("cannot write \(tempPath) (errno \(errno))")
-                }
-                offset += n
+        path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    func write(_ data: ArraySlice<UInt8>) throws {
+        var offset = data.startIndex
+        while offset < data.endIndex {
+            let n = data[offset...].withUnsafeBytes { systemWrite(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw UpdaterError.storage("cannot write \(path) (errno \(errno))")
             }
-            if simulateCrashAfter != nil {
-                ok = true  // a crash leaves the temp file behind
-                throw UpdaterError.storage("simulated crash during write")
-            }
-            if syncingFile, fsync(fd) != 0 { throw UpdaterError.storage("fsync failed (errno \(errno))") }
+            offset += n
         }
-        guard rename(tempPath, target) == 0 else { throw UpdaterError.storage("rename failed (errno \(errno))") }
-        ok = true
-        if syncingDirectory { syncDirectory(directory) }
+    }
+
+    func sync() throws {
+        if fsync(fd) != 0 { throw UpdaterError.storage("fsync failed (errno \(errno))") }
+    }
+
+    /// Closes the file and renames it over `target`.
+    func rename(to target: String) throws {
+        closeOnce()
+        guard systemRename(path, target) == 0 else { throw UpdaterError.storage("rename failed (errno \(errno))") }
+        kept = true
+    }
+
+    /// Closes the file and leaves it where it is (a simulated crash).
+    func leave() {
+        closeOnce()
+        kept = true
+    }
+
+    /// Closes the file and, unless it was renamed or left, unlinks it.
+    func discard() {
+        closeOnce()
+        if !kept {
+            unlink(path)
+            kept = true
+        }
+    }
+
+    private func closeOnce() {
+        if open {
+            close(fd)
+            open = false
+        }
     }
 }
 
-/// Whether a rename awaits a directory fsync.
-final class PendingSync: Sendable {
-    private let pending = Mutex(false)
+/// The writes and removals a `DirectoryStore` keeps until its flush, in order; a name appears once, where it was last
+/// changed (nil bytes: removed).
+final class PendingChanges: Sendable {
+    private let changes = Mutex<[(name: String, bytes: [UInt8]?)]>([])
 
-    func mark() { pending.withLock { $0 = true } }
+    func record(_ name: String, _ bytes: [UInt8]?) {
+        changes.withLock { changes in
+            changes.removeAll { $0.name == name }
+            changes.append((name, bytes))
+        }
+    }
 
-    /// Whether a rename was pending; clears it.
-    func take() -> Bool {
-        pending.withLock { state in
-            defer { state = false }
-            return state
+    /// The pending change of `name`: `.some(nil)` when it was removed, nil when it has none.
+    func change(of name: String) -> [UInt8]?? {
+        changes.withLock { changes in changes.last { $0.name == name }.map { $0.bytes } }
+    }
+
+    /// All the changes, in order; none are left.
+    func take() -> [(name: String, bytes: [UInt8]?)] {
+        changes.withLock { changes in
+            defer { changes = [] }
+            return changes
         }
     }
 }

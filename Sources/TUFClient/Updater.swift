@@ -54,9 +54,13 @@ public actor Updater {
     /// TUF §5.3–§5.6 for the top-level roles: root, timestamp, snapshot, targets, in that order.
     public func refresh() async throws {
         // What was accepted stays accepted, also when a later step fails (TUF §5.4.5 and siblings persist as they go).
-        defer { settle() }
-        try await refreshTopLevel()
-        try savePending()
+        do {
+            try await refreshTopLevel()
+        } catch {
+            settle()
+            throw error
+        }
+        try finish()
     }
 
     /// `refresh` without its end: a lookup that goes on from here writes and syncs once, when it ends.
@@ -78,7 +82,8 @@ public actor Updater {
     ///   (each keyid counted once), the exact version N+1, and makes it the trusted root;
     ///   intermediate expiry does not matter (§5.3.6).
     /// - §5.3.8: persist each accepted root byte for byte, before the next is read (written while its request
-    ///   travels, see `request`).
+    ///   travels, see `request`; a store that writes at its flush, `DirectoryStore.writesAtFlush`, makes it durable
+    ///   with the update's other files when the update ends, also when it fails).
     /// - §5.3.9: repeat.
     /// - §5.3.10: the final root must not be expired at the fixed start time (freeze attack).
     /// - §5.3.11: if timestamp or snapshot keys changed, delete the trusted timestamp and
@@ -233,9 +238,14 @@ public actor Updater {
     /// Refreshes the top-level roles first if no refresh has run (TUF §5.7: metadata must be current); the files
     /// are written and the directory synced once, when the lookup ends.
     public func targetInfo(for targetPath: String) async throws -> TargetFile? {
-        defer { settle() }
-        let found = try await search(targetPath)
-        try savePending()
+        let found: TargetFile?
+        do {
+            found = try await search(targetPath)
+        } catch {
+            settle()
+            throw error
+        }
+        try finish()
         return found
     }
 
@@ -243,15 +253,21 @@ public actor Updater {
     /// downloaded, verified and stored (`downloadTarget`). Nil when no trusted role lists the path. One call, so that
     /// the role accepted last is written while the artifact's request travels.
     public func fetchTarget(_ targetPath: String) async throws -> (target: TargetFile, downloaded: Bool)? {
-        defer { settle() }
-        guard let found = try await search(targetPath) else {
-            try savePending()
-            return nil
+        let result: (target: TargetFile, downloaded: Bool)?
+        do {
+            if let found = try await search(targetPath) {
+                let download = try cachedTarget(found) == nil
+                if download { try await downloadTarget(found) }
+                result = (found, download)
+            } else {
+                result = nil
+            }
+        } catch {
+            settle()
+            throw error
         }
-        let download = try cachedTarget(found) == nil
-        if download { try await downloadTarget(found) }
-        try savePending()
-        return (found, download)
+        try finish()
+        return result
     }
 
     /// The lookup of `targetInfo`, after the top-level refresh if none has run; what it accepts is left pending.
@@ -381,7 +397,16 @@ public actor Updater {
         return try metadataStore.load(name)
     }
 
-    /// On the way out of a public method, also a failing one: what was accepted is written and the directory synced.
+    /// The end of a public method that succeeded: what was accepted is written and made durable (the store's
+    /// `flush`), and a failure to do so is the method's.
+    private func finish() throws {
+        let saved = Result { try savePending() }
+        try metadataStore.flush()
+        try saved.get()
+    }
+
+    /// The end of a public method that failed: what was accepted is still written and made durable; the method
+    /// throws its own error.
     private func settle() {
         try? savePending()
         try? metadataStore.flush()

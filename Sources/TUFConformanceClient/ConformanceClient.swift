@@ -133,8 +133,9 @@ enum ConformanceClient {
     /// Runs one command; returns the updater it used, if any, for the caller to keep until the process exits.
     static func run(_ cmd: ConformanceCommand) async throws -> Updater? {
         guard let verb = cmd.command.first else { throw UpdaterError.usage("missing command") }
-        // One directory fsync per update, not one per file (see `DirectoryStore.defersDirectorySync`).
-        let store = DirectoryStore(directory: cmd.metadataDir ?? "", defersDirectorySync: true)
+        // An update's files are written together when it ends: two journal commits, not one per file (see
+        // `DirectoryStore.writesAtFlush`).
+        let store = DirectoryStore(directory: cmd.metadataDir ?? "", writesAtFlush: true)
         switch verb {
         case "init":
             guard cmd.command.count == 2 else { throw UpdaterError.usage("usage: init <TRUSTED_ROOT>") }

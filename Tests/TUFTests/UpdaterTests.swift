@@ -180,15 +180,17 @@ import Testing
         #expect(try await updater.targetInfo(for: "missing") == nil)
     }
 
-    @Test func rollbackOfTimestampIsRefused() async throws {
+    /// Also with a store that writes when the update ends (`writesAtFlush`, the conformance client's).
+    @Test(arguments: [false, true]) func rollbackOfTimestampIsRefused(_ atFlush: Bool) async throws {
         let repo = TestRepository()
         let dir = try makeClientDirectory(repo)
+        let store = DirectoryStore(directory: dir, writesAtFlush: atFlush)
         repo.bump()
         repo.bump()
-        try await makeUpdater(repo, dir: dir).refresh()
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
         repo.timestampVersion = 1
         repo.publish()
-        await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir).refresh() }
+        await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir, store: store).refresh() }
         #expect(trustedVersion(dir, "timestamp") == 3)
     }
 
@@ -199,20 +201,24 @@ import Testing
         await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir, now: late).refresh() }
     }
 
-    @Test func fastForwardRecoveryAfterTimestampKeyRotation() async throws {
+    /// Also with a store that writes when the update ends: the removal of the old timestamp and the new one's write
+    /// are kept in their order.
+    @Test(arguments: [false, true]) func fastForwardRecoveryAfterTimestampKeyRotation(_ atFlush: Bool) async throws {
         let repo = TestRepository()
         let dir = try makeClientDirectory(repo)
+        let store = DirectoryStore(directory: dir, writesAtFlush: atFlush)
         repo.timestampVersion = 100
         repo.publish()
-        try await makeUpdater(repo, dir: dir).refresh()
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
         #expect(trustedVersion(dir, "timestamp") == 100)
         // The repository recovers: new timestamp key in root v2, timestamp version back to 1.
         repo.timestampSigner = TestSigner()
         repo.rootVersion = 2
         repo.timestampVersion = 1
         repo.publish()
-        try await makeUpdater(repo, dir: dir).refresh()
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
         #expect(trustedVersion(dir, "timestamp") == 1)
+        #expect(trustedVersion(dir, "root") == 2)
     }
 
     @Test func expiredFinalRootStopsBeforeTimestamp() async throws {
@@ -295,13 +301,86 @@ import Testing
     }
 }
 
-/// The directory fsync an update defers is done when the update ends, also when it fails.
+/// A `DirectoryStore` that writes when the update ends (`writesAtFlush`).
+@Suite struct WritesAtFlushTests {
+    func names(_ dir: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+    }
+
+    @Test func nothingReachesTheDirectoryBeforeTheFlushAndAllOfItAfter() throws {
+        let dir = makeTempDirectory("atflush")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try AtomicFile.write([9], directory: dir, name: "old.json")
+        try AtomicFile.write([8], directory: dir, name: "kept.json")
+        let store = DirectoryStore(directory: dir, writesAtFlush: true)
+        try store.store("a.json", [1])
+        try store.store("b.json", [2, 2])
+        try store.store("a.json", [1, 1, 1])  // the last write of a name wins
+        try store.remove("old.json")
+        try store.remove("b.json")
+        try store.store("b.json", [3])  // a write after a removal stands
+        try store.store("gone.json", [4])
+        try store.remove("gone.json")  // a removal after a write stands
+        // Loads see the pending changes; the directory does not.
+        #expect(try store.load("a.json") == [1, 1, 1])
+        #expect(try store.load("b.json") == [3])
+        #expect(try store.load("old.json") == nil)
+        #expect(try store.load("gone.json") == nil)
+        #expect(try store.load("kept.json") == [8])
+        #expect(try names(dir) == ["kept.json", "old.json"])
+        try store.flush()
+        #expect(try names(dir) == ["a.json", "b.json", "kept.json"])  // no temp file left
+        #expect(try AtomicFile.read(path: dir + "/a.json") == [1, 1, 1])
+        #expect(try AtomicFile.read(path: dir + "/b.json") == [3])
+        try store.flush()  // nothing pending: nothing changes
+        #expect(try names(dir) == ["a.json", "b.json", "kept.json"])
+    }
+
+    /// A flush that fails midway throws, leaves no temp file, and what it renamed before the failure stays whole.
+    @Test func aFailedFlushThrowsAndLeavesEveryFileWhole() throws {
+        let dir = makeTempDirectory("atflush")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try AtomicFile.write([9], directory: dir, name: "b.json")
+        let store = DirectoryStore(directory: dir, writesAtFlush: true)
+        try store.store("a.json", [1, 2, 3])
+        try store.store("missing/x.json", [4])  // its rename fails: no such directory
+        try store.store("b.json", [5])
+        #expect(throws: UpdaterError.self) { try store.flush() }
+        #expect(try names(dir) == ["a.json", "b.json"])
+        #expect(try AtomicFile.read(path: dir + "/a.json") == [1, 2, 3])
+        #expect(try AtomicFile.read(path: dir + "/b.json") == [9])  // old, not torn
+        try store.flush()  // the failed changes were dropped, as a crash would drop them
+        #expect(try AtomicFile.read(path: dir + "/b.json") == [9])
+    }
+
+    /// An update whose files cannot be written fails, although every step before succeeded; the next one, able to
+    /// write, starts from the old trusted files and succeeds.
+    @Test func aRefreshWhoseFilesCannotBeWrittenFails() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        let store = DirectoryStore(directory: dir, writesAtFlush: true)
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
+        repo.bump(["targets"])
+        let updater = try makeUpdater(repo, dir: dir, store: store)
+        // The directory goes away after the updater read its root: the flush cannot create a temp file.
+        let moved = dir + ".moved"
+        #expect(rename(dir, moved) == 0)
+        await #expect(throws: UpdaterError.self) { try await updater.refresh() }
+        #expect(rename(moved, dir) == 0)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(trustedVersion(dir, "targets") == 1)
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
+        #expect(trustedVersion(dir, "targets") == 2)
+    }
+}
+
+/// An update's writes are made durable (`flush`) when it ends, also when it fails.
 @Suite struct DeferredDirectorySyncTests {
     final class Recording: MetadataStore, @unchecked Sendable {
         let inner: DirectoryStore
         let events = Mutex<[String]>([])
 
-        init(_ directory: String) { inner = DirectoryStore(directory: directory, defersDirectorySync: true) }
+        init(_ directory: String) { inner = DirectoryStore(directory: directory, writesAtFlush: true) }
 
         func load(_ name: String) throws -> [UInt8]? { try inner.load(name) }
         func store(_ name: String, _ data: [UInt8]) throws {
