@@ -45,13 +45,15 @@ extension ArtifactStore {
 
 /// A directory of files written with temp file + fsync + rename + fsync(directory).
 ///
-/// With `writesAtFlush`, `store` and `remove` are kept in memory (`load` sees them) until `flush()` makes them durable
-/// together (`AtomicFile.replace`): each file still reaches its name whole and fsynced (a crash leaves the old bytes
-/// or the new, never a torn file), but one update's files are written out at once and the directory is fsynced once.
-/// On ext4 that is two journal commits for the whole update instead of one per file (the first fsync's commit
-/// carries every file's blocks; each later fsync then waits only for a cache flush of the device). A crash before the flush loses that update's files: the
-/// client then starts from the metadata it trusted before (as if the update had not run) and fetches them again. The
-/// `Updater` flushes when each public method ends, also when it fails, so what it accepted is kept.
+/// With `writesAtFlush`, `store` writes the bytes to a temp file and starts its writeback without waiting, and
+/// `remove` is only noted (`load` sees both); `flush()` then makes them durable together, in their order: each temp
+/// file fsynced and renamed over its name, each removal done, the directory fsynced once. Each file still reaches its
+/// name whole and fsynced (a crash leaves the old bytes or the new, never a torn file), but on ext4 the whole update
+/// costs two journal commits instead of one per file (the first fsync's commit carries every file's blocks; each
+/// later fsync then waits only for a cache flush of the device). A crash before the flush loses that update's files
+/// (and may leave their temp files): the client then starts from the metadata it trusted before, as if the update had
+/// not run, and fetches them again. The `Updater` flushes when each public method ends, also when it fails, so what
+/// it accepted is kept.
 public struct DirectoryStore: MetadataStore, ArtifactStore {
     public let directory: String
     public let writesAtFlush: Bool
@@ -69,7 +71,7 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
 
     public func store(_ name: String, _ data: [UInt8]) throws {
         if writesAtFlush {
-            pending.record(name, data)
+            try pending.write(name, data, directory: directory)
         } else {
             try AtomicFile.write(data, directory: directory, name: name)
         }
@@ -77,17 +79,16 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
 
     public func remove(_ name: String) throws {
         if writesAtFlush {
-            pending.record(name, nil)
+            pending.remove(name)
         } else {
             try AtomicFile.remove(directory: directory, name: name)
         }
     }
 
-    /// Writes and removes what `store` and `remove` kept (`writesAtFlush`), in their order, durably. A failure is
-    /// thrown once; what was not written by then is dropped, as a crash would drop it.
+    /// Makes what `store` and `remove` kept (`writesAtFlush`) durable, in their order. A failure is thrown once; what
+    /// was not renamed by then is dropped, as a crash would drop it.
     public func flush() throws {
-        let changes = pending.take()
-        if !changes.isEmpty { try AtomicFile.replace(changes, directory: directory) }
+        try pending.commit(directory: directory)
     }
 
     /// Artifacts are stored flat under the percent-encoded target path, as python-tuf does,
@@ -202,41 +203,13 @@ public enum AtomicFile {
         try temp.rename(to: directory + "/" + name)
         if syncing { syncDirectory(directory) }
     }
-
-    /// Writes and removes several files of one directory, each atomically and in the given order (nil bytes: remove),
-    /// and makes it all durable with one directory fsync. Every new file is written to its temp file and its writeback
-    /// started (`bulwark_start_writeback`) before the first is fsynced, so that the device writes them together and,
-    /// on ext4, the first fsync's journal commit carries them all; then each is fsynced and renamed over its name (a
-    /// crash leaves each file old or new, never torn), each removal done, and the directory fsynced. A failure
-    /// leaves no temp file; what was renamed before it stays.
-    public static func replace(_ changes: [(name: String, bytes: [UInt8]?)], directory: String) throws {
-        var temps: [TempFile?] = []
-        temps.reserveCapacity(changes.count)
-        defer { for temp in temps { temp?.discard() } }
-        for change in changes {
-            guard let bytes = change.bytes else {
-                temps.append(nil)
-                continue
-            }
-            let temp = try TempFile(directory: directory)
-            temps.append(temp)
-            try temp.write(bytes[...])
-            _ = bulwark_start_writeback(temp.fd)
-        }
-        for (change, temp) in zip(changes, temps) {
-            if let temp {
-                try temp.sync()
-                try temp.rename(to: directory + "/" + change.name)
-            } else if unlink(directory + "/" + change.name) != 0, errno != ENOENT {
-                throw UpdaterError.storage("cannot remove \(change.name) (errno \(errno))")
-            }
-        }
-        syncDirectory(directory)
-    }
 }
 
 /// A unique temp file in a directory, open for writing until it is renamed over its target or discarded.
-private final class TempFile {
+///
+/// Unchecked Sendable: it has one owner at a time, the function that made it or a store's pending list (under its
+/// lock) and then whoever took it out of that list; its state is never touched by two threads.
+final class TempFile: @unchecked Sendable {
     let fd: Int32
     let path: String
     private var open = true
@@ -299,15 +272,41 @@ private final class TempFile {
 }
 
 /// The writes and removals a `DirectoryStore` keeps until its flush, in order; a name appears once, where it was last
-/// changed (nil bytes: removed).
+/// changed. A write is in its temp file, its writeback started, from the moment it is recorded: the device writes it
+/// while the update goes on.
 final class PendingChanges: Sendable {
-    private let changes = Mutex<[(name: String, bytes: [UInt8]?)]>([])
+    struct Change {
+        let name: String
+        let bytes: [UInt8]?  // nil: removed
+        let temp: TempFile?
+    }
 
-    func record(_ name: String, _ bytes: [UInt8]?) {
-        changes.withLock { changes in
-            changes.removeAll { $0.name == name }
-            changes.append((name, bytes))
+    private let changes = Mutex<[Change]>([])
+
+    func write(_ name: String, _ bytes: [UInt8], directory: String) throws {
+        let temp = try TempFile(directory: directory)
+        do {
+            try temp.write(bytes[...])
+        } catch {
+            temp.discard()
+            throw error
         }
+        _ = bulwark_start_writeback(temp.fd)
+        record(Change(name: name, bytes: bytes, temp: temp))
+    }
+
+    func remove(_ name: String) {
+        record(Change(name: name, bytes: nil, temp: nil))
+    }
+
+    private func record(_ change: Change) {
+        let replaced = changes.withLock { changes -> [Change] in
+            let replaced = changes.filter { $0.name == change.name }
+            changes.removeAll { $0.name == change.name }
+            changes.append(change)
+            return replaced
+        }
+        for old in replaced { old.temp?.discard() }
     }
 
     /// The pending change of `name`: `.some(nil)` when it was removed, nil when it has none.
@@ -315,11 +314,29 @@ final class PendingChanges: Sendable {
         changes.withLock { changes in changes.last { $0.name == name }.map { $0.bytes } }
     }
 
-    /// All the changes, in order; none are left.
-    func take() -> [(name: String, bytes: [UInt8]?)] {
-        changes.withLock { changes in
+    /// Makes every change durable, in order: each temp file fsynced and renamed over its name (the writeback of all
+    /// of them started before the first fsync), each removal done, then the directory fsynced once. A failure leaves
+    /// no temp file; what was renamed before it stays.
+    func commit(directory: String) throws {
+        let taken = changes.withLock { changes -> [Change] in
             defer { changes = [] }
             return changes
         }
+        if taken.isEmpty { return }
+        defer { for change in taken { change.temp?.discard() } }
+        for change in taken {
+            if let temp = change.temp {
+                try temp.sync()
+                try temp.rename(to: directory + "/" + change.name)
+            } else if unlink(directory + "/" + change.name) != 0, errno != ENOENT {
+                throw UpdaterError.storage("cannot remove \(change.name) (errno \(errno))")
+            }
+        }
+        AtomicFile.syncDirectory(directory)
+    }
+
+    /// A store dropped without its flush leaves no temp file open or behind.
+    deinit {
+        for change in changes.withLock({ $0 }) { change.temp?.discard() }
     }
 }

@@ -313,7 +313,7 @@ public actor Updater {
         guard let base = targetBaseURL else { throw UpdaterError.usage("no target base URL") }
         let path = Updater.downloadPath(
             target, hashPrefixed: trusted.root.signed.consistentSnapshot && config.prefixTargetsWithHash)
-        let data = try await request(base + path, maxBytes: Int(clamping: target.length))
+        let data = try await request(base + path, maxBytes: Int(clamping: target.length), flushing: true)
         do {
             try target.verifyLengthAndHashes(data)
         } catch {
@@ -365,12 +365,15 @@ public actor Updater {
     /// One GET. With a file pending, the request is sent first and the file written while the answer travels, then
     /// the answer is read: the repository sees the same requests in the same order, and every downloaded file is
     /// on disk before the next download is read. When the write fails, the answer already requested is read and
-    /// dropped (a byte limit of 0), so no later fetch of that URL can take it.
-    private func request(_ url: String, maxBytes: Int) async throws -> [UInt8] {
-        if pending != nil {
+    /// dropped (a byte limit of 0), so no later fetch of that URL can take it. With `flushing` (an artifact's request:
+    /// no metadata is accepted after it), the metadata store's `flush` also runs while the answer travels, so that a
+    /// store that writes at its flush (`DirectoryStore.writesAtFlush`) does its fsyncs then rather than after it.
+    private func request(_ url: String, maxBytes: Int, flushing: Bool = false) async throws -> [UInt8] {
+        if pending != nil || flushing {
             await fetcher.prepare(url)
             do {
                 try savePending()
+                if flushing { try metadataStore.flush() }
             } catch {
                 _ = try? await fetcher.fetch(url, maxBytes: 0)
                 throw error

@@ -307,6 +307,8 @@ import Testing
         try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
     }
 
+    /// Before the flush, the directory holds the old files and one temp file per pending write (a write replaced or
+    /// removed since has had its temp file taken away); after it, the new files and nothing else.
     @Test func nothingReachesTheDirectoryBeforeTheFlushAndAllOfItAfter() throws {
         let dir = makeTempDirectory("atflush")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -327,13 +329,27 @@ import Testing
         #expect(try store.load("old.json") == nil)
         #expect(try store.load("gone.json") == nil)
         #expect(try store.load("kept.json") == [8])
-        #expect(try names(dir) == ["kept.json", "old.json"])
+        #expect(try names(dir).filter { !$0.hasPrefix(".tmp-") } == ["kept.json", "old.json"])
+        let before = try names(dir)
+        #expect(before.filter { $0.hasPrefix(".tmp-") }.count == 2, "\(before)")  // a.json's and b.json's
         try store.flush()
         #expect(try names(dir) == ["a.json", "b.json", "kept.json"])  // no temp file left
         #expect(try AtomicFile.read(path: dir + "/a.json") == [1, 1, 1])
         #expect(try AtomicFile.read(path: dir + "/b.json") == [3])
         try store.flush()  // nothing pending: nothing changes
         #expect(try names(dir) == ["a.json", "b.json", "kept.json"])
+    }
+
+    /// A store dropped without its flush leaves its temp files neither open nor behind.
+    @Test func aStoreDroppedWithoutItsFlushLeavesNoTempFile() throws {
+        let dir = makeTempDirectory("atflush")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            let store = DirectoryStore(directory: dir, writesAtFlush: true)
+            try store.store("a.json", [1])
+            #expect(try names(dir).count == 1)
+        }
+        #expect(try names(dir) == [])
     }
 
     /// A flush that fails midway throws, leaves no temp file, and what it renamed before the failure stays whole.
@@ -472,9 +488,9 @@ import Testing
         await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir).refresh() }
     }
 
-    /// `fetchTarget` through a delegated role: the role is written while the artifact's request travels, the
-    /// directory synced once at the end (not also when the top-level refresh ends); a second call finds the cached
-    /// copy and fetches nothing; an unknown path is nil.
+    /// `fetchTarget` through a delegated role: the role is written, and the store flushed, while the artifact's
+    /// request travels (not also when the top-level refresh ends; the flush when the call ends finds nothing left);
+    /// a second call finds the cached copy and fetches nothing; an unknown path is nil.
     @Test func aTargetsDelegatedRoleIsWrittenWhileTheArtifactsRequestTravels() async throws {
         let repo = TestRepository()
         repo.addDelegation(from: "targets", to: "child")
@@ -499,9 +515,8 @@ import Testing
                 "prepare \(m)1.snapshot.json", "store timestamp.json", "fetch \(m)1.snapshot.json",
                 "prepare \(m)1.targets.json", "store snapshot.json", "fetch \(m)1.targets.json",
                 "prepare \(m)1.child.json", "store targets.json", "fetch \(m)1.child.json",
-                artifact, "store child.json", "fetch" + artifact.dropFirst("prepare".count), "flush",
+                artifact, "store child.json", "flush", "fetch" + artifact.dropFirst("prepare".count), "flush",
             ], "\(events)")
-        #expect(events.filter { $0 == "flush" }.count == 1, "\(events)")
         #expect(try AtomicFile.read(path: dir + "/child.json") != nil)
 
         store.events.withLock { $0 = [] }
