@@ -68,13 +68,12 @@ public struct SocketFetcher: Fetcher {
         defer { buffer.deallocate() }
         while true {
             do {
-                let (outcome, reusable) = try read(
+                let (answer, reusable) = try read(
                     connection.fd, url: url, maxBytes: maxBytes, deadline: deadline, into: buffer)
                 if reusable { kept.keep(connection) } else { close(connection.fd) }
-                switch outcome {
+                switch answer {
                 case .body(let body): return body
                 case .status(let status): throw UpdaterError.httpStatus(status, url: url)
-                case .needMore: preconditionFailure("read returns only a complete response")
                 }
             } catch ReadFailure.endedBeforeAnswer(let error) {
                 close(connection.fd)
@@ -88,6 +87,13 @@ public struct SocketFetcher: Fetcher {
         }
     }
 
+    /// A whole response: a 2xx response's body, or any other final status (`HTTPResponseReader.Outcome` less its
+    /// `needMore`).
+    private enum Answer {
+        case body([UInt8])
+        case status(Int)
+    }
+
     private enum ReadFailure: Error {
         /// The connection ended (closed or reset) before any byte of the answer.
         case endedBeforeAnswer(UpdaterError)
@@ -98,7 +104,7 @@ public struct SocketFetcher: Fetcher {
     /// request.
     private func read(
         _ fd: Int32, url: String, maxBytes: Int, deadline: Deadline, into buffer: UnsafeMutableRawBufferPointer
-    ) throws(ReadFailure) -> (HTTPResponseReader.Outcome, Bool) {
+    ) throws(ReadFailure) -> (Answer, Bool) {
         var reader = HTTPResponseReader(maxBytes: maxBytes)
         while true {
             do {
@@ -133,7 +139,11 @@ public struct SocketFetcher: Fetcher {
                 case .malformed(let reason): throw .failed(UpdaterError.transport(reason))
                 }
             }
-            if outcome != .needMore { return (outcome, reader.reusable) }
+            switch outcome {
+            case .needMore: continue
+            case .body(let body): return (.body(body), reader.reusable)
+            case .status(let status): return (.status(status), reader.reusable)
+            }
         }
     }
 
