@@ -168,14 +168,43 @@ public enum AtomicFile {
         if unlink(directory + "/" + name) != 0, errno != ENOENT {
             throw UpdaterError.storage("cannot remove \(name) (errno \(errno))")
         }
-        syncDirectory(directory)
+        try syncDirectory(directory)
     }
 
-    static func syncDirectory(_ directory: String) {
+    /// fsyncs the directory, so that the renames and unlinks in it so far are durable. A file system that cannot
+    /// sync a directory (EINVAL, ENOTSUP: it has nothing to sync there) is not an error; any other failure is.
+    static func syncDirectory(_ directory: String) throws {
         let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 {
-            _ = fsync(dfd)
-            close(dfd)
+        guard dfd >= 0 else { throw UpdaterError.storage("cannot open \(directory) to sync it (errno \(errno))") }
+        defer { close(dfd) }
+        if fsync(dfd) != 0, errno != EINVAL, errno != ENOTSUP, errno != EOPNOTSUPP {
+            throw UpdaterError.storage("cannot sync \(directory) (errno \(errno))")
+        }
+    }
+
+    /// Removes the temp files (`.tmp-*`, regular files) in `directory` last modified more than `seconds` ago: what a
+    /// writer killed between creating one and renaming it left behind. Best effort: what cannot be read or removed
+    /// stays.
+    static func removeStaleTemporaries(in directory: String, olderThan seconds: Int) {
+        guard let stream = opendir(directory) else { return }
+        defer { closedir(stream) }
+        let fd = dirfd(stream)
+        let now = time(nil)
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard name.hasPrefix(".tmp-") else { continue }
+            var status = stat()
+            guard fstatat(fd, name, &status, AT_SYMLINK_NOFOLLOW) == 0, status.st_mode & S_IFMT == S_IFREG else {
+                continue
+            }
+            #if canImport(Glibc)
+                let modified = status.st_mtim.tv_sec
+            #else
+                let modified = status.st_mtimespec.tv_sec
+            #endif
+            if now - modified > seconds { unlinkat(fd, name, 0) }
         }
     }
 
@@ -201,7 +230,7 @@ public enum AtomicFile {
         try temp.write(data[...])
         if syncing { try temp.sync() }
         try temp.rename(to: directory + "/" + name)
-        if syncing { syncDirectory(directory) }
+        if syncing { try syncDirectory(directory) }
     }
 }
 
@@ -271,9 +300,17 @@ final class TempFile: @unchecked Sendable {
     }
 }
 
-/// The writes and removals a `DirectoryStore` keeps until its flush, in order; a name appears once, where it was last
-/// changed. A write is in its temp file, its writeback started, from the moment it is recorded: the device writes it
-/// while the update goes on.
+/// The writes and removals a `DirectoryStore` keeps until its flush. A write is in its temp file, its writeback
+/// started, from the moment it is recorded: the device writes it while the update goes on.
+///
+/// A name's later change replaces its earlier write (whose temp file goes), but never an earlier removal: the
+/// commit does every removal first and then the writes, in their order. TUF §5.3.11 removes the trusted timestamp and
+/// snapshot after a root rotation and may write a new timestamp in the same update; a crash or a failure in the middle
+/// of the commit must not leave the new root in place with the old timestamp still there (the `Updater` also commits
+/// a new root on its own, before it reads anything further).
+///
+/// One commit at a time, under the lock, which `load` also takes: nobody sees a name between its removal from the
+/// list and its rename. Meant for one updater at a time per directory.
 final class PendingChanges: Sendable {
     struct Change {
         let name: String
@@ -281,9 +318,21 @@ final class PendingChanges: Sendable {
         let temp: TempFile?
     }
 
-    private let changes = Mutex<[Change]>([])
+    struct State {
+        var changes: [Change] = []
+        /// Renames or unlinks were made since the directory was last synced (a commit failed after them).
+        var unsynced = false
+        /// Temp files older than `staleAge`, left by a process that was killed, are removed once, before this store
+        /// makes its first temp file or commits (so never one of its own: their age is measured by the clock, which
+        /// may jump, or be faked, as the TUF conformance suite does).
+        var swept = false
+    }
+
+    private let state = Mutex(State())
+    static let staleAge = 600
 
     func write(_ name: String, _ bytes: [UInt8], directory: String) throws {
+        sweepOnce(directory)
         let temp = try TempFile(directory: directory)
         do {
             try temp.write(bytes[...])
@@ -300,43 +349,71 @@ final class PendingChanges: Sendable {
     }
 
     private func record(_ change: Change) {
-        let replaced = changes.withLock { changes -> [Change] in
-            let replaced = changes.filter { $0.name == change.name }
-            changes.removeAll { $0.name == change.name }
-            changes.append(change)
+        let replaced = state.withLock { state -> [Change] in
+            let replaced = state.changes.filter { $0.name == change.name && $0.temp != nil }
+            state.changes.removeAll { $0.name == change.name && $0.temp != nil }
+            let removed = state.changes.contains { $0.name == change.name }
+            if change.temp != nil || !removed { state.changes.append(change) }
             return replaced
         }
         for old in replaced { old.temp?.discard() }
     }
 
-    /// The pending change of `name`: `.some(nil)` when it was removed, nil when it has none.
-    func change(of name: String) -> [UInt8]?? {
-        changes.withLock { changes in changes.last { $0.name == name }.map { $0.bytes } }
+    private func sweepOnce(_ directory: String) {
+        let first = state.withLock { state in
+            defer { state.swept = true }
+            return !state.swept
+        }
+        if first { AtomicFile.removeStaleTemporaries(in: directory, olderThan: PendingChanges.staleAge) }
     }
 
-    /// Makes every change durable, in order: each temp file fsynced and renamed over its name (the writeback of all
-    /// of them started before the first fsync), each removal done, then the directory fsynced once. A failure leaves
-    /// no temp file; what was renamed before it stays.
+    /// The pending change of `name`: `.some(nil)` when it was removed, nil when it has none.
+    func change(of name: String) -> [UInt8]?? {
+        state.withLock { state in state.changes.last { $0.name == name }.map { $0.bytes } }
+    }
+
+    /// Makes every change durable: each removal done, then each temp file fsynced and renamed over its name in their
+    /// order (the writeback of all of them started before the first fsync), then the directory fsynced once. A
+    /// failure leaves no temp file; what was renamed or removed before it stays, and the next commit syncs the
+    /// directory even when it has nothing else to do.
     func commit(directory: String) throws {
-        let taken = changes.withLock { changes -> [Change] in
-            defer { changes = [] }
-            return changes
-        }
-        if taken.isEmpty { return }
-        defer { for change in taken { change.temp?.discard() } }
-        for change in taken {
-            if let temp = change.temp {
-                try temp.sync()
-                try temp.rename(to: directory + "/" + change.name)
-            } else if unlink(directory + "/" + change.name) != 0, errno != ENOENT {
-                throw UpdaterError.storage("cannot remove \(change.name) (errno \(errno))")
+        try state.withLock { state throws(UpdaterError) in
+            if !state.swept {
+                state.swept = true
+                AtomicFile.removeStaleTemporaries(in: directory, olderThan: PendingChanges.staleAge)
+            }
+            let taken = state.changes
+            state.changes = []
+            if taken.isEmpty, !state.unsynced { return }
+            defer { for change in taken { change.temp?.discard() } }
+            do {
+                for change in taken where change.temp == nil {
+                    if unlink(directory + "/" + change.name) != 0 {
+                        guard errno == ENOENT else {
+                            throw UpdaterError.storage("cannot remove \(change.name) (errno \(errno))")
+                        }
+                    } else {
+                        state.unsynced = true
+                    }
+                }
+                for change in taken {
+                    guard let temp = change.temp else { continue }
+                    try temp.sync()
+                    try temp.rename(to: directory + "/" + change.name)
+                    state.unsynced = true
+                }
+                try AtomicFile.syncDirectory(directory)
+                state.unsynced = false
+            } catch let error as UpdaterError {
+                throw error
+            } catch {
+                throw UpdaterError.storage("\(error)")
             }
         }
-        AtomicFile.syncDirectory(directory)
     }
 
     /// A store dropped without its flush leaves no temp file open or behind.
     deinit {
-        for change in changes.withLock({ $0 }) { change.temp?.discard() }
+        for change in state.withLock({ $0.changes }) { change.temp?.discard() }
     }
 }

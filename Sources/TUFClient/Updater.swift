@@ -18,6 +18,10 @@ public actor Updater {
     /// that its write and fsync overlap the server's answer (`request`). It is written before that answer is read
     /// and before each public method returns, also when it fails; reading it back meanwhile gives these bytes.
     private var pending: (name: String, bytes: [UInt8])?
+    /// A root was accepted: the store is flushed while the next request travels (§5.3.8).
+    private var flushAtNextRequest = false
+    /// A write of trusted metadata failed (`storing`).
+    private var storeFailed = false
 
     /// TUF §5.1: record the update start time; TUF §5.2: load the trusted root from local storage.
     public init(
@@ -53,6 +57,7 @@ public actor Updater {
 
     /// TUF §5.3–§5.6 for the top-level roles: root, timestamp, snapshot, targets, in that order.
     public func refresh() async throws {
+        try checkStore()
         // What was accepted stays accepted, also when a later step fails (TUF §5.4.5 and siblings persist as they go).
         do {
             try await refreshTopLevel()
@@ -81,16 +86,19 @@ public actor Updater {
     /// - §5.3.4–§5.3.7: `TrustedMetadataSet.updateRoot` checks signatures by old and new root
     ///   (each keyid counted once), the exact version N+1, and makes it the trusted root;
     ///   intermediate expiry does not matter (§5.3.6).
-    /// - §5.3.8: persist each accepted root byte for byte, before the next is read (written while its request
-    ///   travels, see `request`; a store that writes at its flush, `DirectoryStore.writesAtFlush`, makes it durable
-    ///   with the update's other files when the update ends, also when it fails).
+    /// - §5.3.8: persist each accepted root byte for byte, durably before the next answer is read (written, and the
+    ///   store flushed, while the next request travels, see `request`).
     /// - §5.3.9: repeat.
     /// - §5.3.10: the final root must not be expired at the fixed start time (freeze attack).
     /// - §5.3.11: if timestamp or snapshot keys changed, delete the trusted timestamp and
-    ///   snapshot files (fast-forward attack recovery).
+    ///   snapshot files (fast-forward attack recovery). The removal is made at the first accepted root whose keys
+    ///   differ from the initial root's, before that root is written, so that no crash can leave the new root on disk
+    ///   beside the old timestamp it may still verify (keys added, a threshold changed): the final root then differs
+    ///   too, unless a later root went back to the initial keys, when the files are removed all the same.
     /// - §5.3.12: consistent snapshots are read from the final trusted root where they are used.
     func loadRoot() async throws {
         let initial = trusted.root.signed
+        var removed = false
         let lower = initial.common.version + 1
         let upper = lower + Int64(config.maxRootRotations)
         var next = lower
@@ -106,19 +114,24 @@ public actor Updater {
             } catch {
                 throw UpdaterError.metadata(error)
             }
+            let accepted = trusted.root.signed
+            if !removed,
+                Updater.keysChanged("timestamp", initial, accepted)
+                    || Updater.keysChanged("snapshot", initial, accepted)
+            {
+                try savePending()
+                try storing { try metadataStore.remove("timestamp.json") }
+                try storing { try metadataStore.remove("snapshot.json") }
+                removed = true
+            }
             try persist(role: "root", data)
+            flushAtNextRequest = true
             next += 1
         }
         do {
             try trusted.checkFinalRoot()
         } catch {
             throw UpdaterError.metadata(error)
-        }
-        let final = trusted.root.signed
-        if Updater.keysChanged("timestamp", initial, final) || Updater.keysChanged("snapshot", initial, final) {
-            try savePending()
-            try metadataStore.remove("timestamp.json")
-            try metadataStore.remove("snapshot.json")
         }
     }
 
@@ -238,6 +251,7 @@ public actor Updater {
     /// Refreshes the top-level roles first if no refresh has run (TUF §5.7: metadata must be current); the files
     /// are written and the directory synced once, when the lookup ends.
     public func targetInfo(for targetPath: String) async throws -> TargetFile? {
+        try checkStore()
         let found: TargetFile?
         do {
             found = try await search(targetPath)
@@ -253,6 +267,7 @@ public actor Updater {
     /// downloaded, verified and stored (`downloadTarget`). Nil when no trusted role lists the path. One call, so that
     /// the role accepted last is written while the artifact's request travels.
     public func fetchTarget(_ targetPath: String) async throws -> (target: TargetFile, downloaded: Bool)? {
+        try checkStore()
         let result: (target: TargetFile, downloaded: Bool)?
         do {
             if let found = try await search(targetPath) {
@@ -310,6 +325,7 @@ public actor Updater {
     /// file is fetched as `dir/HASH.name` using the first listed hash (TUF §5.7.3).
     @discardableResult
     public func downloadTarget(_ target: TargetFile) async throws -> [UInt8] {
+        try checkStore()
         guard let base = targetBaseURL else { throw UpdaterError.usage("no target base URL") }
         let path = Updater.downloadPath(
             target, hashPrefixed: trusted.root.signed.consistentSnapshot && config.prefixTargetsWithHash)
@@ -363,17 +379,23 @@ public actor Updater {
     }
 
     /// One GET. With a file pending, the request is sent first and the file written while the answer travels, then
-    /// the answer is read: the repository sees the same requests in the same order, and every downloaded file is
-    /// on disk before the next download is read. When the write fails, the answer already requested is read and
-    /// dropped (a byte limit of 0), so no later fetch of that URL can take it. With `flushing` (an artifact's request:
-    /// no metadata is accepted after it), the metadata store's `flush` also runs while the answer travels, so that a
-    /// store that writes at its flush (`DirectoryStore.writesAtFlush`) does its fsyncs then rather than after it.
+    /// the answer is read: the repository sees the same requests in the same order, and with a store that writes at
+    /// once (`DirectoryStore`'s default) every downloaded file is on disk before the next download is read. When the
+    /// write fails, the answer already requested is read and dropped (a byte limit of 0), so no later fetch of that
+    /// URL can take it. With `flushing` (an artifact's request: no metadata is accepted after it), or after a root was
+    /// accepted (`flushAtNextRequest`), the store's `flush` also runs while the answer travels. A store that writes at
+    /// its flush (`DirectoryStore.writesAtFlush`) thus has an accepted root on disk before the next answer is read,
+    /// and the other files when the method ends, or while the artifact's request travels.
     private func request(_ url: String, maxBytes: Int, flushing: Bool = false) async throws -> [UInt8] {
-        if pending != nil || flushing {
+        let flush = flushing || flushAtNextRequest
+        if pending != nil || flush {
             await fetcher.prepare(url)
             do {
                 try savePending()
-                if flushing { try metadataStore.flush() }
+                if flush {
+                    try storing { try metadataStore.flush() }
+                    flushAtNextRequest = false
+                }
             } catch {
                 _ = try? await fetcher.fetch(url, maxBytes: 0)
                 throw error
@@ -391,7 +413,26 @@ public actor Updater {
     private func savePending() throws {
         guard let (name, bytes) = pending else { return }
         pending = nil
-        try metadataStore.store(name, bytes)
+        try storing { try metadataStore.store(name, bytes) }
+    }
+
+    /// A write to the metadata store; when it fails, this updater trusts what the store may not hold, and refuses
+    /// any further work (`checkStore`).
+    private func storing(_ body: () throws -> Void) throws {
+        do {
+            try body()
+        } catch {
+            storeFailed = true
+            throw error
+        }
+    }
+
+    /// Refuses to go on after a failed write of trusted metadata: this updater's trusted set may be ahead of the
+    /// store, and a lookup on it would accept what a restart would not know. A new `Updater` starts from the store.
+    private func checkStore() throws {
+        if storeFailed {
+            throw UpdaterError.storage("an earlier write of trusted metadata failed; start a new update")
+        }
     }
 
     /// A stored file: the pending bytes when they are that file's.
@@ -404,7 +445,7 @@ public actor Updater {
     /// `flush`), and a failure to do so is the method's.
     private func finish() throws {
         let saved = Result { try savePending() }
-        try metadataStore.flush()
+        try storing { try metadataStore.flush() }
         try saved.get()
     }
 
@@ -412,6 +453,6 @@ public actor Updater {
     /// throws its own error.
     private func settle() {
         try? savePending()
-        try? metadataStore.flush()
+        try? storing { try metadataStore.flush() }
     }
 }

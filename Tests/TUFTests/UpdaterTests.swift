@@ -201,8 +201,8 @@ import Testing
         await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir, now: late).refresh() }
     }
 
-    /// Also with a store that writes when the update ends: the removal of the old timestamp and the new one's write
-    /// are kept in their order.
+    /// Also with a store that writes when the update ends (the old timestamp's removal and the new one's write both
+    /// pending in one update).
     @Test(arguments: [false, true]) func fastForwardRecoveryAfterTimestampKeyRotation(_ atFlush: Bool) async throws {
         let repo = TestRepository()
         let dir = try makeClientDirectory(repo)
@@ -213,6 +213,28 @@ import Testing
         #expect(trustedVersion(dir, "timestamp") == 100)
         // The repository recovers: new timestamp key in root v2, timestamp version back to 1.
         repo.timestampSigner = TestSigner()
+        repo.rootVersion = 2
+        repo.timestampVersion = 1
+        repo.publish()
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
+        #expect(trustedVersion(dir, "timestamp") == 1)
+        #expect(trustedVersion(dir, "root") == 2)
+    }
+
+    /// TUF §5.3.11 when the old timestamp still verifies under the new root (a key added to the timestamp role): only
+    /// the removal of the trusted timestamp lets the client take the recovered repository's version 1; without it,
+    /// version 100 stays the rollback reference and the refresh fails.
+    @Test(arguments: [false, true]) func fastForwardRecoveryWhenTheOldTimestampStillVerifies(_ atFlush: Bool)
+        async throws
+    {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        let store = DirectoryStore(directory: dir, writesAtFlush: atFlush)
+        repo.timestampVersion = 100
+        repo.publish()
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
+        #expect(trustedVersion(dir, "timestamp") == 100)
+        repo.extraTimestampSigners = [TestSigner()]
         repo.rootVersion = 2
         repo.timestampVersion = 1
         repo.publish()
@@ -344,11 +366,12 @@ import Testing
     @Test func aStoreDroppedWithoutItsFlushLeavesNoTempFile() throws {
         let dir = makeTempDirectory("atflush")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        do {
+        func storeAndDrop() throws {
             let store = DirectoryStore(directory: dir, writesAtFlush: true)
             try store.store("a.json", [1])
             #expect(try names(dir).count == 1)
         }
+        try storeAndDrop()
         #expect(try names(dir) == [])
     }
 
@@ -369,6 +392,48 @@ import Testing
         #expect(try AtomicFile.read(path: dir + "/b.json") == [9])
     }
 
+    /// The removals go first: a commit that fails on a write has still removed what was to be removed (TUF §5.3.11:
+    /// a new root never stands beside the timestamp it made stale).
+    @Test func removalsAreCommittedBeforeWrites() throws {
+        let dir = makeTempDirectory("atflush")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try AtomicFile.write([9], directory: dir, name: "timestamp.json")
+        let store = DirectoryStore(directory: dir, writesAtFlush: true)
+        try store.store("missing/root.json", [1])  // recorded first; its rename fails
+        try store.remove("timestamp.json")
+        #expect(throws: UpdaterError.self) { try store.flush() }
+        #expect(try names(dir) == [])
+        // A removal stays pending under a later write of the same name, and goes first.
+        try AtomicFile.write([9], directory: dir, name: "timestamp.json")
+        try store.remove("timestamp.json")
+        try store.store("timestamp.json", [2])
+        #expect(try store.load("timestamp.json") == [2])
+        try store.flush()
+        #expect(try AtomicFile.read(path: dir + "/timestamp.json") == [2])
+    }
+
+    /// Temp files a killed writer left behind are removed once they are old, before the store makes its first own;
+    /// a fresh one (another writer's, still at work) stays, and so do the store's own, however old the clock says
+    /// they are (the conformance suite fakes the clock 18 days ahead).
+    @Test func staleTempFilesAreSweptBeforeTheFirstWrite() throws {
+        let dir = makeTempDirectory("atflush")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try AtomicFile.write([1], directory: dir, name: ".tmp-old")
+        try AtomicFile.write([2], directory: dir, name: ".tmp-new")
+        var times = [
+            timespec(tv_sec: time(nil) - 3600, tv_nsec: 0), timespec(tv_sec: time(nil) - 3600, tv_nsec: 0),
+        ]
+        #expect(utimensat(AT_FDCWD, dir + "/.tmp-old", &times, 0) == 0)
+        let store = DirectoryStore(directory: dir, writesAtFlush: true)
+        try store.store("a.json", [3])
+        let own = try #require(try names(dir).first { $0.hasPrefix(".tmp-") && $0 != ".tmp-new" })
+        #expect(try Set(names(dir)) == [".tmp-new", own])
+        #expect(utimensat(AT_FDCWD, dir + "/" + own, &times, 0) == 0)
+        try store.flush()
+        #expect(try names(dir) == [".tmp-new", "a.json"])
+        #expect(try AtomicFile.read(path: dir + "/a.json") == [3])
+    }
+
     /// An update whose files cannot be written fails, although every step before succeeded; the next one, able to
     /// write, starts from the old trusted files and succeeds.
     @Test func aRefreshWhoseFilesCannotBeWrittenFails() async throws {
@@ -378,7 +443,8 @@ import Testing
         try await makeUpdater(repo, dir: dir, store: store).refresh()
         repo.bump(["targets"])
         let updater = try makeUpdater(repo, dir: dir, store: store)
-        // The directory goes away after the updater read its root: the flush cannot create a temp file.
+        // The directory goes away after the updater read its root: the accepted timestamp's temp file cannot be
+        // created (while the snapshot's request travels), and the refresh fails there.
         let moved = dir + ".moved"
         #expect(rename(dir, moved) == 0)
         await #expect(throws: UpdaterError.self) { try await updater.refresh() }
@@ -396,6 +462,9 @@ import Testing
         let inner: DirectoryStore
         let events = Mutex<[String]>([])
 
+        /// `flush` throws (after recording "flush failed") while this is set.
+        let failingFlush = Mutex(false)
+
         init(_ directory: String) { inner = DirectoryStore(directory: directory, writesAtFlush: true) }
 
         func load(_ name: String) throws -> [UInt8]? { try inner.load(name) }
@@ -408,6 +477,10 @@ import Testing
             events.withLock { $0.append("remove " + name) }
         }
         func flush() throws {
+            if failingFlush.withLock({ $0 }) {
+                events.withLock { $0.append("flush failed") }
+                throw UpdaterError.storage("test: flush failed")
+            }
             try inner.flush()
             events.withLock { $0.append("flush") }
         }
@@ -433,6 +506,52 @@ import Testing
         let second = store.events.withLock { $0 }
         #expect(second.first == "store timestamp.json", "\(second)")
         #expect(second.last == "flush", "\(second)")
+    }
+
+    /// A refresh that verified everything but whose files were not made durable fails; the updater then refuses to
+    /// look anything up on what it trusts (a restart would not know it); a new updater starts from the store.
+    @Test func aRefreshWhoseFlushFailsFailsAndItsUpdaterStops() async throws {
+        let repo = TestRepository()
+        repo.roles["targets"]?.targets = ["a.txt": Array("hello".utf8)]
+        repo.publish()
+        let dir = try makeClientDirectory(repo)
+        let store = Recording(dir)
+        store.failingFlush.withLock { $0 = true }
+        let updater = try makeUpdater(repo, dir: dir, store: store)
+        await #expect(throws: UpdaterError.self) { try await updater.refresh() }
+        #expect(store.events.withLock { $0 }.last == "flush failed")
+        store.failingFlush.withLock { $0 = false }
+        do {
+            _ = try await updater.targetInfo(for: "a.txt")
+            Issue.record("a lookup on an updater whose store failed must fail")
+        } catch UpdaterError.storage(let reason) {
+            #expect(reason.contains("earlier write"), "\(reason)")
+        }
+        #expect(trustedVersion(dir, "timestamp") == nil)
+        #expect(try await makeUpdater(repo, dir: dir, store: store).targetInfo(for: "a.txt") != nil)
+        #expect(trustedVersion(dir, "timestamp") == 1)
+    }
+
+    /// An accepted root is durable before the next answer is read (TUF §5.3.8), also with a store that writes at
+    /// its flush: the flush runs while the next request travels.
+    @Test func anAcceptedRootIsFlushedBeforeTheNextAnswerIsRead() async throws {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        repo.rootVersion = 2
+        repo.publish()
+        let store = Recording(dir)
+        let updater = try Updater(
+            metadataBaseURL: TestRepository.metadataURL, metadataStore: store,
+            fetcher: LoggingFetcher(inner: repo.fetcher, store: store), referenceTime: testNow)
+        try await updater.refresh()
+        let m = TestRepository.metadataURL
+        let events = store.events.withLock { $0 }
+        #expect(
+            Array(events.prefix(5)) == [
+                "fetch \(m)2.root.json", "prepare \(m)3.root.json", "store root.json", "flush",
+                "fetch \(m)3.root.json",
+            ], "\(events)")
+        #expect(trustedVersion(dir, "root") == 2)
     }
 
     /// A fetcher that logs `prepare` and `fetch` into the store's log.

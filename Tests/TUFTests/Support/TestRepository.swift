@@ -78,6 +78,8 @@ final class TestRepository {
     let fetcher = MemoryFetcher()
     var rootSigner = TestSigner()
     var timestampSigner = TestSigner()
+    /// More keys of the timestamp role in root (threshold 1; the timestamp is signed by `timestampSigner` alone).
+    var extraTimestampSigners: [TestSigner] = []
     var snapshotSigner = TestSigner()
     var rootVersion: Int64 = 1
     var timestampVersion: Int64 = 1
@@ -114,7 +116,14 @@ final class TestRepository {
         var rolesObject = JSONObject()
         for (name, s) in signers {
             keys.set(s.keyid, s.keyJSON)
-            rolesObject.set(name, obj(["keyids": .array([.string(s.keyid)]), "threshold": .integer(1)]))
+            var keyids: [JSONValue] = [.string(s.keyid)]
+            if name == "timestamp" {
+                for extra in extraTimestampSigners {
+                    keys.set(extra.keyid, extra.keyJSON)
+                    keyids.append(.string(extra.keyid))
+                }
+            }
+            rolesObject.set(name, obj(["keyids": .array(keyids), "threshold": .integer(1)]))
         }
         return build(
             common("root", rootVersion, expires) + [
