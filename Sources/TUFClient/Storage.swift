@@ -23,8 +23,9 @@ public protocol MetadataStore: Sendable {
     func store(_ name: String, _ data: [UInt8]) throws
     /// Removes a trusted file; removing a missing file is not an error.
     func remove(_ name: String) throws
-    /// Makes the writes and removals so far durable, for a store that leaves part of that to the end of an update
-    /// (the `Updater` calls it when a refresh, a lookup or a download ends).
+    /// Makes the writes and removals so far durable, for a store that leaves part of that to a later moment (the
+    /// `Updater` calls it when a refresh, a lookup or a download ends, while the request after an accepted root
+    /// travels, and while an artifact's request travels). Names are file names, one file each (no `/`, no `..`).
     func flush() throws
 }
 
@@ -46,14 +47,14 @@ extension ArtifactStore {
 /// A directory of files written with temp file + fsync + rename + fsync(directory).
 ///
 /// With `writesAtFlush`, `store` writes the bytes to a temp file and starts its writeback without waiting, and
-/// `remove` is only noted (`load` sees both); `flush()` then makes them durable together, in their order: each temp
-/// file fsynced and renamed over its name, each removal done, the directory fsynced once. Each file still reaches its
-/// name whole and fsynced (a crash leaves the old bytes or the new, never a torn file), but on ext4 the whole update
-/// costs two journal commits instead of one per file (the first fsync's commit carries every file's blocks; each
-/// later fsync then waits only for a cache flush of the device). A crash before the flush loses that update's files
-/// (and may leave their temp files): the client then starts from the metadata it trusted before, as if the update had
-/// not run, and fetches them again. The `Updater` flushes when each public method ends, also when it fails, so what
-/// it accepted is kept.
+/// `remove` is only noted (`load` sees both); `flush()` then makes them durable together: every removal first (and
+/// the directory synced when there was one), then each temp file fsynced and renamed over its name in order, then the
+/// directory fsynced once (`PendingChanges.commit`). Each file still reaches its name whole and fsynced (a crash
+/// leaves the old bytes or the new, never a torn file), but on ext4 the files of a flush cost one journal commit, not
+/// one each (the first fsync's commit carries every file's blocks; each later fsync then waits only for a cache flush
+/// of the device). A crash before the flush loses what it had to write (and may leave temp files, swept once they are
+/// old): the client then starts from the metadata it trusted before and fetches it again. The `Updater` flushes when
+/// each public method ends, also when it fails, after each accepted root, and while an artifact's request travels.
 public struct DirectoryStore: MetadataStore, ArtifactStore {
     public let directory: String
     public let writesAtFlush: Bool
@@ -85,8 +86,8 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
         }
     }
 
-    /// Makes what `store` and `remove` kept (`writesAtFlush`) durable, in their order. A failure is thrown once; what
-    /// was not renamed by then is dropped, as a crash would drop it.
+    /// Makes what `store` and `remove` kept (`writesAtFlush`) durable: the removals, then the writes in their order.
+    /// A failure is thrown once; what was not renamed by then is dropped, as a crash would drop it.
     public func flush() throws {
         try pending.commit(directory: directory)
     }
@@ -182,7 +183,7 @@ public enum AtomicFile {
         }
     }
 
-    /// Removes the temp files (`.tmp-*`, regular files) in `directory` last modified more than `seconds` ago: what a
+    /// Removes the temp files (`.tmp-XXXXXX`, regular files) in `directory` last modified more than `seconds` ago: what a
     /// writer killed between creating one and renaming it left behind. Best effort: what cannot be read or removed
     /// stays.
     static func removeStaleTemporaries(in directory: String, olderThan seconds: Int) {
@@ -194,7 +195,12 @@ public enum AtomicFile {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
             }
-            guard name.hasPrefix(".tmp-") else { continue }
+            // Exactly what `TempFile` makes (`mkstemp`'s six characters from [A-Za-z0-9]): a file a caller named
+            // `.tmp-…` (a role `.tmp-x` is stored as `.tmp-x.json`) is never taken for one.
+            let utf8 = Array(name.utf8)
+            guard utf8.count == 11, name.hasPrefix(".tmp-"),
+                utf8[5...].allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) })
+            else { continue }
             var status = stat()
             guard fstatat(fd, name, &status, AT_SYMLINK_NOFOLLOW) == 0, status.st_mode & S_IFMT == S_IFREG else {
                 continue
@@ -359,12 +365,13 @@ final class PendingChanges: Sendable {
         for old in replaced { old.temp?.discard() }
     }
 
+    /// Under the lock, so that no other thread makes a temp file of this store while the sweep reads the directory.
     private func sweepOnce(_ directory: String) {
-        let first = state.withLock { state in
-            defer { state.swept = true }
-            return !state.swept
+        state.withLock { state in
+            if state.swept { return }
+            state.swept = true
+            AtomicFile.removeStaleTemporaries(in: directory, olderThan: PendingChanges.staleAge)
         }
-        if first { AtomicFile.removeStaleTemporaries(in: directory, olderThan: PendingChanges.staleAge) }
     }
 
     /// The pending change of `name`: `.some(nil)` when it was removed, nil when it has none.
@@ -372,10 +379,11 @@ final class PendingChanges: Sendable {
         state.withLock { state in state.changes.last { $0.name == name }.map { $0.bytes } }
     }
 
-    /// Makes every change durable: each removal done, then each temp file fsynced and renamed over its name in their
-    /// order (the writeback of all of them started before the first fsync), then the directory fsynced once. A
-    /// failure leaves no temp file; what was renamed or removed before it stays, and the next commit syncs the
-    /// directory even when it has nothing else to do.
+    /// Makes every change durable: each removal done (and the directory synced when one removed a file), then each
+    /// temp file fsynced and renamed over its name in their order (the writeback of all of them started before the
+    /// first fsync), then the directory fsynced once. A failure leaves no temp file; what was renamed or removed
+    /// before it stays, and the next commit tries the directory's fsync again even when it has nothing else to do
+    /// (after a failed fsync Linux may report success for data it lost: the `Updater` stops after any failure).
     func commit(directory: String) throws {
         try state.withLock { state throws(UpdaterError) in
             if !state.swept {
@@ -395,6 +403,11 @@ final class PendingChanges: Sendable {
                     } else {
                         state.unsynced = true
                     }
+                }
+                // The removals durable before any rename: POSIX does not promise that a later fsync carries them.
+                if state.unsynced {
+                    try AtomicFile.syncDirectory(directory)
+                    state.unsynced = false
                 }
                 for change in taken {
                     guard let temp = change.temp else { continue }

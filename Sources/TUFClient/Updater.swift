@@ -94,7 +94,8 @@ public actor Updater {
     ///   snapshot files (fast-forward attack recovery). The removal is made at the first accepted root whose keys
     ///   differ from the initial root's, before that root is written, so that no crash can leave the new root on disk
     ///   beside the old timestamp it may still verify (keys added, a threshold changed): the final root then differs
-    ///   too, unless a later root went back to the initial keys, when the files are removed all the same.
+    ///   too, unless a later root went back to the initial keys, when the files are removed all the same. The removal
+    ///   comes before §5.3.10's check, so it stands when the update then fails (the new root is on disk by then).
     /// - §5.3.12: consistent snapshots are read from the final trusted root where they are used.
     func loadRoot() async throws {
         let initial = trusted.root.signed
@@ -248,8 +249,8 @@ public actor Updater {
     /// set prevents cycles (§5.6.7.1). The search stops once more than `maxDelegations` roles
     /// have been visited, i.e. top-level targets plus at most `maxDelegations` delegated roles,
     /// as in python-tuf (default 32).
-    /// Refreshes the top-level roles first if no refresh has run (TUF §5.7: metadata must be current); the files
-    /// are written and the directory synced once, when the lookup ends.
+    /// Refreshes the top-level roles first if no refresh has run (TUF §5.7: metadata must be current); what it
+    /// accepted is durable when the lookup returns.
     public func targetInfo(for targetPath: String) async throws -> TargetFile? {
         try checkStore()
         let found: TargetFile?

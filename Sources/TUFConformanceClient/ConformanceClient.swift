@@ -125,6 +125,14 @@ enum ConformanceClient {
         executor.runJobs()
     }
 
+    /// Whether two paths name one directory (the same device and inode; false when either cannot be read).
+    static func sameDirectory(_ a: String, _ b: String) -> Bool {
+        var first = stat()
+        var second = stat()
+        guard stat(a, &first) == 0, stat(b, &second) == 0 else { return false }
+        return first.st_dev == second.st_dev && first.st_ino == second.st_ino
+    }
+
     static func log(_ message: String) {
         var line = message + "\n"
         line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
@@ -133,9 +141,12 @@ enum ConformanceClient {
     /// Runs one command; returns the updater it used, if any, for the caller to keep until the process exits.
     static func run(_ cmd: ConformanceCommand) async throws -> Updater? {
         guard let verb = cmd.command.first else { throw UpdaterError.usage("missing command") }
-        // An update's files are written together when it ends: two journal commits, not one per file (see
-        // `DirectoryStore.writesAtFlush`).
-        let store = DirectoryStore(directory: cmd.metadataDir ?? "", writesAtFlush: true)
+        guard let metadataDir = cmd.metadataDir, !metadataDir.isEmpty else {
+            throw UpdaterError.usage("--metadata-dir is required")
+        }
+        // An update's files are made durable together (one journal commit for the files, one for the directory, see
+        // `DirectoryStore.writesAtFlush`), not one by one.
+        let store = DirectoryStore(directory: metadataDir, writesAtFlush: true)
         switch verb {
         case "init":
             guard cmd.command.count == 2 else { throw UpdaterError.usage("usage: init <TRUSTED_ROOT>") }
@@ -156,6 +167,10 @@ enum ConformanceClient {
         case "download":
             guard !cmd.targetName.isEmpty else { throw UpdaterError.usage("--target-name is required") }
             guard let targetDir = cmd.targetDir else { throw UpdaterError.usage("--target-dir is required") }
+            // A target named `root.json` must never replace the trusted root.
+            guard !sameDirectory(targetDir, metadataDir) else {
+                throw UpdaterError.usage("--target-dir must not be the metadata directory")
+            }
             guard cmd.targetBaseUrl != nil else { throw UpdaterError.usage("--target-base-url is required") }
             // Artifacts are a cache the updater checks against the trusted metadata before any use: renamed into
             // place whole, not fsynced (as python-tuf, curl or wget leave a download). The metadata is.

@@ -243,6 +243,33 @@ import Testing
         #expect(trustedVersion(dir, "root") == 2)
     }
 
+    /// The §5.3.11 removal is made at the rotating root, not after the loop: when the next root's answer is bad, the
+    /// rotating root is kept (§5.3.8) and so is the removal; the next run starts from that root, sees no rotation,
+    /// and can only recover because the old timestamp is already gone.
+    @Test(arguments: [false, true]) func theRemovalStandsWhenTheRootUpdateFailsAfterTheRotation(_ atFlush: Bool)
+        async throws
+    {
+        let repo = TestRepository()
+        let dir = try makeClientDirectory(repo)
+        let store = DirectoryStore(directory: dir, writesAtFlush: atFlush)
+        repo.timestampVersion = 100
+        repo.publish()
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
+        repo.extraTimestampSigners = [TestSigner()]
+        repo.rootVersion = 2
+        repo.timestampVersion = 1
+        repo.publish()
+        repo.fetcher.put(m + "3.root.json", Array("{}".utf8))
+        await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir, store: store).refresh() }
+        #expect(trustedVersion(dir, "root") == 2)
+        #expect(trustedVersion(dir, "timestamp") == nil)
+        repo.rootVersion = 3  // the same keys as version 2
+        repo.publish()
+        try await makeUpdater(repo, dir: dir, store: store).refresh()
+        #expect(trustedVersion(dir, "root") == 3)
+        #expect(trustedVersion(dir, "timestamp") == 1)
+    }
+
     @Test func expiredFinalRootStopsBeforeTimestamp() async throws {
         let repo = TestRepository()
         let dir = try makeClientDirectory(repo)
@@ -403,11 +430,19 @@ import Testing
         try store.remove("timestamp.json")
         #expect(throws: UpdaterError.self) { try store.flush() }
         #expect(try names(dir) == [])
-        // A removal stays pending under a later write of the same name, and goes first.
+        // A removal stays pending under a later write of the same name, and goes first: when a write before it fails,
+        // the file is gone all the same.
         try AtomicFile.write([9], directory: dir, name: "timestamp.json")
+        try store.store("missing/root.json", [1])
         try store.remove("timestamp.json")
         try store.store("timestamp.json", [2])
         #expect(try store.load("timestamp.json") == [2])
+        #expect(throws: UpdaterError.self) { try store.flush() }
+        #expect(try names(dir) == [])
+        // And when nothing fails, the write stands.
+        try AtomicFile.write([9], directory: dir, name: "timestamp.json")
+        try store.remove("timestamp.json")
+        try store.store("timestamp.json", [2])
         try store.flush()
         #expect(try AtomicFile.read(path: dir + "/timestamp.json") == [2])
     }
@@ -418,19 +453,22 @@ import Testing
     @Test func staleTempFilesAreSweptBeforeTheFirstWrite() throws {
         let dir = makeTempDirectory("atflush")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try AtomicFile.write([1], directory: dir, name: ".tmp-old")
-        try AtomicFile.write([2], directory: dir, name: ".tmp-new")
+        try AtomicFile.write([1], directory: dir, name: ".tmp-old123")
+        try AtomicFile.write([2], directory: dir, name: ".tmp-new123")
+        try AtomicFile.write([3], directory: dir, name: ".tmp-x.json")  // a role named `.tmp-x`, not a temp file
         var times = [
             timespec(tv_sec: time(nil) - 3600, tv_nsec: 0), timespec(tv_sec: time(nil) - 3600, tv_nsec: 0),
         ]
-        #expect(utimensat(AT_FDCWD, dir + "/.tmp-old", &times, 0) == 0)
+        #expect(utimensat(AT_FDCWD, dir + "/.tmp-old123", &times, 0) == 0)
+        #expect(utimensat(AT_FDCWD, dir + "/.tmp-x.json", &times, 0) == 0)
         let store = DirectoryStore(directory: dir, writesAtFlush: true)
         try store.store("a.json", [3])
-        let own = try #require(try names(dir).first { $0.hasPrefix(".tmp-") && $0 != ".tmp-new" })
-        #expect(try Set(names(dir)) == [".tmp-new", own])
+        let own = try #require(
+            try names(dir).first { $0.hasPrefix(".tmp-") && $0 != ".tmp-new123" && $0 != ".tmp-x.json" })
+        #expect(try Set(names(dir)) == [".tmp-new123", ".tmp-x.json", own])
         #expect(utimensat(AT_FDCWD, dir + "/" + own, &times, 0) == 0)
         try store.flush()
-        #expect(try names(dir) == [".tmp-new", "a.json"])
+        #expect(try names(dir) == [".tmp-new123", ".tmp-x.json", "a.json"])
         #expect(try AtomicFile.read(path: dir + "/a.json") == [3])
     }
 
@@ -478,8 +516,17 @@ import Testing
         }
         func flush() throws {
             if failingFlush.withLock({ $0 }) {
-                events.withLock { $0.append("flush failed") }
-                throw UpdaterError.storage("test: flush failed")
+                // The directory goes away under the commit, which fails as a real one does and drops what it had.
+                let moved = inner.directory + ".away"
+                guard rename(inner.directory, moved) == 0 else { throw UpdaterError.storage("test: cannot move") }
+                defer { rename(moved, inner.directory) }
+                do {
+                    try inner.flush()
+                } catch {
+                    events.withLock { $0.append("flush failed") }
+                    throw error
+                }
+                throw UpdaterError.storage("test: the flush did not fail")
             }
             try inner.flush()
             events.withLock { $0.append("flush") }
