@@ -381,7 +381,7 @@ final class PendingChanges: Sendable {
 
     /// Makes every change durable: each removal done (and the directory synced when one removed a file), then each
     /// temp file fsynced and renamed over its name in their order (the writeback of all of them started before the
-    /// first fsync), then the directory fsynced once. A failure leaves no temp file; what was renamed or removed
+    /// first fsync), then the directory fsynced once (when anything in it changed). A failure leaves no temp file; what was renamed or removed
     /// before it stays, and the next commit tries the directory's fsync again even when it has nothing else to do
     /// (after a failed fsync Linux may report success for data it lost: the `Updater` stops after any failure).
     func commit(directory: String) throws {
@@ -415,8 +415,10 @@ final class PendingChanges: Sendable {
                     try temp.rename(to: directory + "/" + change.name)
                     state.unsynced = true
                 }
-                try AtomicFile.syncDirectory(directory)
-                state.unsynced = false
+                if state.unsynced {
+                    try AtomicFile.syncDirectory(directory)
+                    state.unsynced = false
+                }
             } catch let error as UpdaterError {
                 throw error
             } catch {

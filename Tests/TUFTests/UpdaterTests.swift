@@ -201,31 +201,11 @@ import Testing
         await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir, now: late).refresh() }
     }
 
-    /// Also with a store that writes when the update ends (the old timestamp's removal and the new one's write both
-    /// pending in one update).
-    @Test(arguments: [false, true]) func fastForwardRecoveryAfterTimestampKeyRotation(_ atFlush: Bool) async throws {
-        let repo = TestRepository()
-        let dir = try makeClientDirectory(repo)
-        let store = DirectoryStore(directory: dir, writesAtFlush: atFlush)
-        repo.timestampVersion = 100
-        repo.publish()
-        try await makeUpdater(repo, dir: dir, store: store).refresh()
-        #expect(trustedVersion(dir, "timestamp") == 100)
-        // The repository recovers: new timestamp key in root v2, timestamp version back to 1.
-        repo.timestampSigner = TestSigner()
-        repo.rootVersion = 2
-        repo.timestampVersion = 1
-        repo.publish()
-        try await makeUpdater(repo, dir: dir, store: store).refresh()
-        #expect(trustedVersion(dir, "timestamp") == 1)
-        #expect(trustedVersion(dir, "root") == 2)
-    }
-
-    /// TUF §5.3.11 when the old timestamp still verifies under the new root (a key added to the timestamp role): only
-    /// the removal of the trusted timestamp lets the client take the recovered repository's version 1; without it,
-    /// version 100 stays the rollback reference and the refresh fails.
-    @Test(arguments: [false, true]) func fastForwardRecoveryWhenTheOldTimestampStillVerifies(_ atFlush: Bool)
-        async throws
+    /// A client that trusts a fast-forwarded timestamp (version 100), with the default store or one that writes at
+    /// its flush; the repository then rotates its timestamp keys in root version 2 and goes back to timestamp
+    /// version 1 (TUF §5.3.11's recovery).
+    func fastForwardedThenRotated(atFlush: Bool, addingAKey: Bool) async throws
+        -> (repo: TestRepository, dir: String, store: DirectoryStore)
     {
         let repo = TestRepository()
         let dir = try makeClientDirectory(repo)
@@ -234,10 +214,23 @@ import Testing
         repo.publish()
         try await makeUpdater(repo, dir: dir, store: store).refresh()
         #expect(trustedVersion(dir, "timestamp") == 100)
-        repo.extraTimestampSigners = [TestSigner()]
+        if addingAKey {
+            repo.extraTimestampSigners = [TestSigner()]
+        } else {
+            repo.timestampSigner = TestSigner()
+        }
         repo.rootVersion = 2
         repo.timestampVersion = 1
         repo.publish()
+        return (repo, dir, store)
+    }
+
+    /// The recovery with a new timestamp key, and with a key added to the timestamp role: then the old timestamp
+    /// still verifies under the new root, and only the removal of the trusted timestamp lets the client take version
+    /// 1 (without it, version 100 stays the rollback reference and the refresh fails).
+    @Test(arguments: [false, true], [false, true])
+    func fastForwardRecoveryAfterTimestampKeyRotation(_ atFlush: Bool, _ addingAKey: Bool) async throws {
+        let (repo, dir, store) = try await fastForwardedThenRotated(atFlush: atFlush, addingAKey: addingAKey)
         try await makeUpdater(repo, dir: dir, store: store).refresh()
         #expect(trustedVersion(dir, "timestamp") == 1)
         #expect(trustedVersion(dir, "root") == 2)
@@ -249,16 +242,7 @@ import Testing
     @Test(arguments: [false, true]) func theRemovalStandsWhenTheRootUpdateFailsAfterTheRotation(_ atFlush: Bool)
         async throws
     {
-        let repo = TestRepository()
-        let dir = try makeClientDirectory(repo)
-        let store = DirectoryStore(directory: dir, writesAtFlush: atFlush)
-        repo.timestampVersion = 100
-        repo.publish()
-        try await makeUpdater(repo, dir: dir, store: store).refresh()
-        repo.extraTimestampSigners = [TestSigner()]
-        repo.rootVersion = 2
-        repo.timestampVersion = 1
-        repo.publish()
+        let (repo, dir, store) = try await fastForwardedThenRotated(atFlush: atFlush, addingAKey: true)
         repo.fetcher.put(m + "3.root.json", Array("{}".utf8))
         await #expect(throws: UpdaterError.self) { try await makeUpdater(repo, dir: dir, store: store).refresh() }
         #expect(trustedVersion(dir, "root") == 2)
