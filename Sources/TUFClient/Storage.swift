@@ -183,24 +183,25 @@ public enum AtomicFile {
         }
     }
 
-    /// Removes the temp files (`.tmp-XXXXXX`, regular files) in `directory` last modified more than `seconds` ago: what a
-    /// writer killed between creating one and renaming it left behind. Best effort: what cannot be read or removed
-    /// stays.
+    /// Removes the temp files (`TempFile`'s `.tmp-XXXXXX`, regular files) in `directory` last modified more than
+    /// `seconds` ago: what a writer killed between creating one and renaming it left behind. Best effort: what cannot
+    /// be read or removed stays.
     static func removeStaleTemporaries(in directory: String, olderThan seconds: Int) {
         guard let stream = opendir(directory) else { return }
         defer { closedir(stream) }
         let fd = dirfd(stream)
         let now = time(nil)
         while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
             // Exactly what `TempFile` makes (`mkstemp`'s six characters from [A-Za-z0-9]): a file a caller named
             // `.tmp-…` (a role `.tmp-x` is stored as `.tmp-x.json`) is never taken for one.
-            let utf8 = Array(name.utf8)
-            guard utf8.count == 11, name.hasPrefix(".tmp-"),
-                utf8[5...].allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) })
+            let bytes = withUnsafeBytes(of: entry.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
+            let prefix = TempFile.prefix.utf8
+            guard bytes.count == prefix.count + 6, bytes.starts(with: prefix),
+                bytes[prefix.count...].allSatisfy({
+                    ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A)
+                })
             else { continue }
+            let name = String(decoding: bytes, as: UTF8.self)
             var status = stat()
             guard fstatat(fd, name, &status, AT_SYMLINK_NOFOLLOW) == 0, status.st_mode & S_IFMT == S_IFREG else {
                 continue
@@ -245,13 +246,15 @@ public enum AtomicFile {
 /// Unchecked Sendable: it has one owner at a time, the function that made it or a store's pending list (under its
 /// lock) and then whoever took it out of that list; its state is never touched by two threads.
 final class TempFile: @unchecked Sendable {
+    /// Every temp file's name: this, then `mkstemp`'s six characters.
+    static let prefix = ".tmp-"
     let fd: Int32
     let path: String
     private var open = true
     private var kept = false
 
     init(directory: String) throws {
-        var template = Array((directory + "/.tmp-XXXXXX").utf8CString)
+        var template = Array((directory + "/" + TempFile.prefix + "XXXXXX").utf8CString)
         fd = template.withUnsafeMutableBufferPointer { buf -> Int32 in
             guard let base = buf.baseAddress else { return -1 }
             return mkstemp(base)
@@ -319,9 +322,19 @@ final class TempFile: @unchecked Sendable {
 /// list and its rename. Meant for one updater at a time per directory.
 final class PendingChanges: Sendable {
     struct Change {
+        enum Kind {
+            /// The bytes to load back, in the temp file that will be renamed over the name.
+            case write([UInt8], TempFile)
+            case remove
+        }
+
         let name: String
-        let bytes: [UInt8]?  // nil: removed
-        let temp: TempFile?
+        let kind: Kind
+
+        var temp: TempFile? {
+            if case .write(_, let temp) = kind { return temp }
+            return nil
+        }
     }
 
     struct State {
@@ -347,11 +360,11 @@ final class PendingChanges: Sendable {
             throw error
         }
         _ = bulwark_start_writeback(temp.fd)
-        record(Change(name: name, bytes: bytes, temp: temp))
+        record(Change(name: name, kind: .write(bytes, temp)))
     }
 
     func remove(_ name: String) {
-        record(Change(name: name, bytes: nil, temp: nil))
+        record(Change(name: name, kind: .remove))
     }
 
     private func record(_ change: Change) {
@@ -367,16 +380,24 @@ final class PendingChanges: Sendable {
 
     /// Under the lock, so that no other thread makes a temp file of this store while the sweep reads the directory.
     private func sweepOnce(_ directory: String) {
-        state.withLock { state in
-            if state.swept { return }
-            state.swept = true
-            AtomicFile.removeStaleTemporaries(in: directory, olderThan: PendingChanges.staleAge)
-        }
+        state.withLock { state in PendingChanges.sweepOnce(&state, directory) }
+    }
+
+    private static func sweepOnce(_ state: inout State, _ directory: String) {
+        if state.swept { return }
+        state.swept = true
+        AtomicFile.removeStaleTemporaries(in: directory, olderThan: staleAge)
     }
 
     /// The pending change of `name`: `.some(nil)` when it was removed, nil when it has none.
     func change(of name: String) -> [UInt8]?? {
-        state.withLock { state in state.changes.last { $0.name == name }.map { $0.bytes } }
+        state.withLock { state -> [UInt8]?? in
+            switch state.changes.last(where: { $0.name == name })?.kind {
+            case .write(let bytes, _): return .some(bytes)
+            case .remove: return .some(nil)
+            case nil: return nil
+            }
+        }
     }
 
     /// Makes every change durable: each removal done (and the directory synced when one removed a file), then each
@@ -386,10 +407,7 @@ final class PendingChanges: Sendable {
     /// (after a failed fsync Linux may report success for data it lost: the `Updater` stops after any failure).
     func commit(directory: String) throws {
         try state.withLock { state throws(UpdaterError) in
-            if !state.swept {
-                state.swept = true
-                AtomicFile.removeStaleTemporaries(in: directory, olderThan: PendingChanges.staleAge)
-            }
+            PendingChanges.sweepOnce(&state, directory)
             let taken = state.changes
             state.changes = []
             if taken.isEmpty, !state.unsynced { return }

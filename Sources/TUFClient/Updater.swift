@@ -57,15 +57,24 @@ public actor Updater {
 
     /// TUF §5.3–§5.6 for the top-level roles: root, timestamp, snapshot, targets, in that order.
     public func refresh() async throws {
+        try await update { try await refreshTopLevel() }
+    }
+
+    /// A public method's work between its two ends: refused after a failed write of trusted metadata
+    /// (`checkStore`); on success what was accepted is made durable and a failure to do so is the method's
+    /// (`finish`); on failure what was accepted stays accepted all the same (`settle`; TUF §5.4.5 and siblings persist
+    /// as they go) and the method throws its own error.
+    private func update<Value>(_ work: () async throws -> Value) async throws -> Value {
         try checkStore()
-        // What was accepted stays accepted, also when a later step fails (TUF §5.4.5 and siblings persist as they go).
+        let result: Value
         do {
-            try await refreshTopLevel()
+            result = try await work()
         } catch {
             settle()
             throw error
         }
         try finish()
+        return result
     }
 
     /// `refresh` without its end: a lookup that goes on from here writes and syncs once, when it ends.
@@ -252,38 +261,19 @@ public actor Updater {
     /// Refreshes the top-level roles first if no refresh has run (TUF §5.7: metadata must be current); what it
     /// accepted is durable when the lookup returns.
     public func targetInfo(for targetPath: String) async throws -> TargetFile? {
-        try checkStore()
-        let found: TargetFile?
-        do {
-            found = try await search(targetPath)
-        } catch {
-            settle()
-            throw error
-        }
-        try finish()
-        return found
+        try await update { try await search(targetPath) }
     }
 
     /// `targetInfo` and then the artifact (TUF §5.7): the cached copy when it matches the trusted entry, otherwise
     /// downloaded, verified and stored (`downloadTarget`). Nil when no trusted role lists the path. One call, so that
     /// the role accepted last is written while the artifact's request travels.
     public func fetchTarget(_ targetPath: String) async throws -> (target: TargetFile, downloaded: Bool)? {
-        try checkStore()
-        let result: (target: TargetFile, downloaded: Bool)?
-        do {
-            if let found = try await search(targetPath) {
-                let download = try cachedTarget(found) == nil
-                if download { try await downloadTarget(found) }
-                result = (found, download)
-            } else {
-                result = nil
-            }
-        } catch {
-            settle()
-            throw error
+        try await update {
+            guard let found = try await search(targetPath) else { return nil }
+            let download = try cachedTarget(found) == nil
+            if download { try await downloadTarget(found) }
+            return (found, download)
         }
-        try finish()
-        return result
     }
 
     /// The lookup of `targetInfo`, after the top-level refresh if none has run; what it accepts is left pending.
