@@ -78,7 +78,7 @@ let package = Package(
         // storage (the NIO fetcher is TUFClientNIO).
         .target(
             name: "TUFClient",
-            dependencies: ["TUF", "CFileSync", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["TUF", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // The TUF client's fetcher on SwiftNIO (TLS through a seam), apart, so that a client that fetches with
         // `SocketFetcher` (bulwark-tuf-client) links no event loop, HTTP codec or their protocol conformances.
@@ -233,7 +233,6 @@ let package = Package(
         // The agent's working-set trim: `dl_iterate_phdr` and `madvise` under the loader's lock (`WorkingSet`).
         .target(name: "CWorkingSet"),
         .target(name: "CSpawn"),
-        .target(name: "CFileSync"),
         .target(name: "CTLSPolicy", dependencies: [.product(name: "NIOSSL", package: "swift-nio-ssl")]),
         // A PKCS#11 module for the tests only: forwards to SoftHSM2 and plays an unplugged token on demand.
         .target(name: "PKCS11FaultModule", linkerSettings: [.linkedLibrary("dl")]),

@@ -285,11 +285,13 @@ for kind in ["flat", "bins", "succinct"] {
     }
 
     for rep in 0..<options.reps {
-        // Ours: fresh client directory with only the trusted root (as `init` would write it).
+        // Ours: a fresh client directory as `init` leaves it (the trusted root and the store's journal; not timed,
+        // as python-tuf's directory is made before its timing starts).
         let o = options.work + "/clients/\(kind)-ours-\(rep)"
         try FileManager.default.createDirectory(atPath: o + "/metadata", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: o + "/targets", withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: root, toPath: o + "/metadata/root.json")
+        guard spawnMeasured([options.client, "--metadata-dir", o + "/metadata", "init", root], stdoutFile: out) != nil
+        else { fail("bulwark-tuf-client init failed") }
         let p = options.work + "/clients/\(kind)-py-\(rep)"
         let runs: [(String, String, [String])] = [
             ("cold", "ours", ours(o, "download")), ("cold", "py", python(p, cold: true, refreshOnly: false)),

@@ -1,4 +1,3 @@
-import CFileSync
 import Synchronization
 import TUF
 
@@ -44,17 +43,16 @@ extension ArtifactStore {
     public func flush() throws {}
 }
 
-/// A directory of files written with temp file + fsync + rename + fsync(directory).
+/// A directory of files, each written whole (temp file + rename) so that a reader never sees a torn one.
 ///
-/// With `writesAtFlush`, `store` writes the bytes to a temp file and starts its writeback without waiting, and
-/// `remove` is only noted (`load` sees both); `flush()` then makes them durable together: every removal first (and
-/// the directory synced when there was one), then each temp file fsynced and renamed over its name in order, then the
-/// directory fsynced once (`PendingChanges.commit`). Each file still reaches its name whole and fsynced (a crash
-/// leaves the old bytes or the new, never a torn file), but on ext4 the files of a flush cost one journal commit, not
-/// one each (the first fsync's commit carries every file's blocks; each later fsync then waits only for a cache flush
-/// of the device). A crash before the flush loses what it had to write (and may leave temp files, swept once they are
-/// old): the client then starts from the metadata it trusted before and fetches it again. The `Updater` flushes when
-/// each public method ends, also when it fails, after each accepted root, and while an artifact's request travels.
+/// By default each write is durable at once: the temp file fsynced, renamed, the directory fsynced.
+///
+/// With `writesAtFlush`, `store` and `remove` are kept in memory (`load` sees them) until `flush()`, which makes them
+/// durable together through the directory's `Journal`: one record written and `fdatasync`ed, then the files written
+/// without fsync (the journal replays them after a crash). A crash before the flush loses what it had to write: the
+/// client then starts from the metadata it trusted before and fetches it again. The `Updater` flushes when each public
+/// method ends, also when it fails, after each accepted root, and while an artifact's request travels. A directory
+/// with a journal must be opened with `writesAtFlush` (the default mode refuses to write in it).
 public struct DirectoryStore: MetadataStore, ArtifactStore {
     public let directory: String
     public let writesAtFlush: Bool
@@ -66,7 +64,7 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
     }
 
     public func load(_ name: String) throws -> [UInt8]? {
-        if writesAtFlush, let change = pending.change(of: name) { return change }
+        if writesAtFlush, let change = try pending.change(of: name, directory: directory) { return change }
         return try AtomicFile.read(path: directory + "/" + name)
     }
 
@@ -74,22 +72,46 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
         if writesAtFlush {
             try pending.write(name, data, directory: directory)
         } else {
+            try refuseJournaledDirectory()
             try AtomicFile.write(data, directory: directory, name: name)
         }
     }
 
     public func remove(_ name: String) throws {
         if writesAtFlush {
-            pending.remove(name)
+            try pending.remove(name, directory: directory)
         } else {
+            try refuseJournaledDirectory()
             try AtomicFile.remove(directory: directory, name: name)
         }
     }
 
-    /// Makes what `store` and `remove` kept (`writesAtFlush`) durable: the removals, then the writes in their order.
-    /// A failure is thrown once; what was not renamed by then is dropped, as a crash would drop it.
+    /// Makes what `store` and `remove` kept (`writesAtFlush`) durable, together (`Journal`). A failure is thrown once.
     public func flush() throws {
-        try pending.commit(directory: directory)
+        if writesAtFlush { try pending.commit(directory: directory) }
+    }
+
+    /// Makes `root` the directory's trust anchor (`init`): with `writesAtFlush`, the journal started afresh first
+    /// (a damaged one replaced), so that nothing committed before is replayed over what `init` leaves.
+    public func initialize(root: [UInt8]) throws {
+        if writesAtFlush {
+            try pending.initialize(root: root, directory: directory)
+        } else {
+            try store("root.json", root)
+        }
+    }
+
+    /// Tests only: a flush that stops at its commit point, as a process killed there would (the store is then done).
+    func flushKilledAtItsCommitPoint() throws {
+        try pending.commit(directory: directory, applying: false)
+    }
+
+    /// A file written at once, behind a journal's back, could be put back to an older version when the journal is
+    /// replayed after a crash.
+    private func refuseJournaledDirectory() throws {
+        if Journal.exists(in: directory) {
+            throw UpdaterError.storage("\(directory) is journaled: open it with writesAtFlush")
+        }
     }
 
     /// Artifacts are stored flat under the percent-encoded target path, as python-tuf does,
@@ -178,7 +200,9 @@ public enum AtomicFile {
         let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard dfd >= 0 else { throw UpdaterError.storage("cannot open \(directory) to sync it (errno \(errno))") }
         defer { close(dfd) }
-        if fsync(dfd) != 0, errno != EINVAL, errno != ENOTSUP, errno != EOPNOTSUPP {
+        while fsync(dfd) != 0 {
+            if errno == EINTR { continue }
+            if errno == EINVAL || errno == ENOTSUP || errno == EOPNOTSUPP { return }
             throw UpdaterError.storage("cannot sync \(directory) (errno \(errno))")
         }
     }
@@ -276,7 +300,9 @@ final class TempFile: @unchecked Sendable {
     }
 
     func sync() throws {
-        if fsync(fd) != 0 { throw UpdaterError.storage("fsync failed (errno \(errno))") }
+        while fsync(fd) != 0 {
+            guard errno == EINTR else { throw UpdaterError.storage("fsync failed (errno \(errno))") }
+        }
     }
 
     /// Closes the file and renames it over `target`.
@@ -309,41 +335,23 @@ final class TempFile: @unchecked Sendable {
     }
 }
 
-/// The writes and removals a `DirectoryStore` keeps until its flush. A write is in its temp file, its writeback
-/// started, from the moment it is recorded: the device writes it while the update goes on.
+/// The writes and removals a `DirectoryStore` keeps until its flush, and the directory's `Journal`, which makes
+/// them durable together.
 ///
-/// A name's later change replaces its earlier write (whose temp file goes), but never an earlier removal: the
-/// commit does every removal first and then the writes, in their order. TUF §5.3.11 removes the trusted timestamp and
-/// snapshot after a root rotation and may write a new timestamp in the same update; a crash or a failure in the middle
-/// of the commit must not leave the new root in place with the old timestamp still there (the `Updater` also commits
-/// a new root on its own, before it reads anything further).
-///
-/// One commit at a time, under the lock, which `load` also takes: nobody sees a name between its removal from the
-/// list and its rename. Meant for one updater at a time per directory.
+/// A name's later change replaces its earlier one (a record is applied whole, so the order of a removal and a write
+/// no longer matters to what a crash leaves: TUF §5.3.11's removal of the timestamp and snapshot after a rotation and
+/// the new root reach the disk in one record). One commit at a time, under the lock, which `load` also takes. Before
+/// its first use (and after a failed commit) the store brings the directory up to its journal, which replays what a
+/// process killed after a commit point had not yet written.
 final class PendingChanges: Sendable {
-    struct Change {
-        enum Kind {
-            /// The bytes to load back, in the temp file that will be renamed over the name.
-            case write([UInt8], TempFile)
-            case remove
-        }
-
-        let name: String
-        let kind: Kind
-
-        var temp: TempFile? {
-            if case .write(_, let temp) = kind { return temp }
-            return nil
-        }
-    }
-
     struct State {
-        var changes: [Change] = []
-        /// Renames or unlinks were made since the directory was last synced (a commit failed after them).
-        var unsynced = false
-        /// Temp files older than `staleAge`, left by a process that was killed, are removed once, before this store
-        /// makes its first temp file or commits (so never one of its own: their age is measured by the clock, which
-        /// may jump, or be faked, as the TUF conformance suite does).
+        var changes: [JournalRecord.Change] = []
+        var journal: Journal?
+        /// The directory must be brought up to its journal before it is read (first use, or a commit failed after
+        /// its commit point).
+        var behind = true
+        /// Temp files older than `staleAge`, left by a process that was killed, are removed once, at the first use
+        /// (their age is measured by the clock, which may jump, or be faked, as the TUF conformance suite does).
         var swept = false
     }
 
@@ -351,102 +359,84 @@ final class PendingChanges: Sendable {
     static let staleAge = 600
 
     func write(_ name: String, _ bytes: [UInt8], directory: String) throws {
-        sweepOnce(directory)
-        let temp = try TempFile(directory: directory)
-        do {
-            try temp.write(bytes[...])
-        } catch {
-            temp.discard()
-            throw error
-        }
-        _ = bulwark_start_writeback(temp.fd)
-        record(Change(name: name, kind: .write(bytes, temp)))
-    }
-
-    func remove(_ name: String) {
-        record(Change(name: name, kind: .remove))
-    }
-
-    private func record(_ change: Change) {
-        let replaced = state.withLock { state -> [Change] in
-            let replaced = state.changes.filter { $0.name == change.name && $0.temp != nil }
-            state.changes.removeAll { $0.name == change.name && $0.temp != nil }
-            let removed = state.changes.contains { $0.name == change.name }
-            if change.temp != nil || !removed { state.changes.append(change) }
-            return replaced
-        }
-        for old in replaced { old.temp?.discard() }
-    }
-
-    /// Under the lock, so that no other thread makes a temp file of this store while the sweep reads the directory.
-    private func sweepOnce(_ directory: String) {
-        state.withLock { state in PendingChanges.sweepOnce(&state, directory) }
-    }
-
-    private static func sweepOnce(_ state: inout State, _ directory: String) {
-        if state.swept { return }
-        state.swept = true
-        AtomicFile.removeStaleTemporaries(in: directory, olderThan: staleAge)
-    }
-
-    /// The pending change of `name`: `.some(nil)` when it was removed, nil when it has none.
-    func change(of name: String) -> [UInt8]?? {
-        state.withLock { state -> [UInt8]?? in
-            switch state.changes.last(where: { $0.name == name })?.kind {
-            case .write(let bytes, _): return .some(bytes)
-            case .remove: return .some(nil)
-            case nil: return nil
-            }
+        guard Journal.isStorable(name) else { throw UpdaterError.storage("not a file name: \(name)") }
+        try state.withLock { state in
+            try PendingChanges.prepare(&state, directory)
+            state.changes.removeAll { $0.name == name }
+            state.changes.append(JournalRecord.Change(name: name, bytes: bytes))
         }
     }
 
-    /// Makes every change durable: each removal done (and the directory synced when one removed a file), then each
-    /// temp file fsynced and renamed over its name in their order (the writeback of all of them started before the
-    /// first fsync), then the directory fsynced once (when anything in it changed). A failure leaves no temp file; what was renamed or removed
-    /// before it stays, and the next commit tries the directory's fsync again even when it has nothing else to do
-    /// (after a failed fsync Linux may report success for data it lost: the `Updater` stops after any failure).
-    func commit(directory: String) throws {
-        try state.withLock { state throws(UpdaterError) in
-            PendingChanges.sweepOnce(&state, directory)
-            let taken = state.changes
+    func remove(_ name: String, directory: String) throws {
+        guard Journal.isStorable(name) else { throw UpdaterError.storage("not a file name: \(name)") }
+        try state.withLock { state in
+            try PendingChanges.prepare(&state, directory)
+            state.changes.removeAll { $0.name == name }
+            state.changes.append(JournalRecord.Change(name: name, bytes: nil))
+        }
+    }
+
+    /// The pending change of `name` (`.some(nil)` when it was removed, nil when it has none), after the directory was
+    /// brought up to its journal.
+    func change(of name: String, directory: String) throws -> [UInt8]?? {
+        try state.withLock { state -> [UInt8]?? in
+            try PendingChanges.prepare(&state, directory)
+            if let change = state.changes.last(where: { $0.name == name }) { return .some(change.bytes) }
+            // What the journal found in the file (or wrote to it) when it read the directory: no second read.
+            return state.journal?.knownContent(of: name)
+        }
+    }
+
+    private static func prepare(_ state: inout State, _ directory: String) throws {
+        if !state.swept {
+            state.swept = true
+            AtomicFile.removeStaleTemporaries(in: directory, olderThan: staleAge)
+        }
+        guard state.behind else { return }
+        state.journal = nil
+        state.journal = try Journal.of(directory: directory, create: false)
+        state.behind = false
+    }
+
+    /// `init`: the journal started afresh (a damaged one replaced), so that nothing committed before is replayed
+    /// over the directory, then `root` committed as the new trust anchor.
+    func initialize(root: [UInt8], directory: String) throws {
+        try state.withLock { state in
             state.changes = []
-            if taken.isEmpty, !state.unsynced { return }
-            defer { for change in taken { change.temp?.discard() } }
             do {
-                for change in taken where change.temp == nil {
-                    if unlink(directory + "/" + change.name) != 0 {
-                        guard errno == ENOENT else {
-                            throw UpdaterError.storage("cannot remove \(change.name) (errno \(errno))")
-                        }
-                    } else {
-                        state.unsynced = true
-                    }
-                }
-                // The removals durable before any rename: POSIX does not promise that a later fsync carries them.
-                if state.unsynced {
-                    try AtomicFile.syncDirectory(directory)
-                    state.unsynced = false
-                }
-                for change in taken {
-                    guard let temp = change.temp else { continue }
-                    try temp.sync()
-                    try temp.rename(to: directory + "/" + change.name)
-                    state.unsynced = true
-                }
-                if state.unsynced {
-                    try AtomicFile.syncDirectory(directory)
-                    state.unsynced = false
-                }
-            } catch let error as UpdaterError {
-                throw error
+                state.journal = nil
+                let journal = try Journal.of(
+                    directory: directory, create: true, replacingDamaged: true, repairing: false)
+                try journal?.startAfresh()
+                try journal?.commit([JournalRecord.Change(name: "root.json", bytes: root)])
+                state.journal = journal
+                state.behind = false
             } catch {
+                state.behind = true
+                if error is UpdaterError { throw error }
                 throw UpdaterError.storage("\(error)")
             }
         }
     }
 
-    /// A store dropped without its flush leaves no temp file open or behind.
-    deinit {
-        for change in state.withLock({ $0.changes }) { change.temp?.discard() }
+    /// Makes every change durable: one record in the journal (made, whole, if the directory has none yet), then the
+    /// files written. A failure is thrown once; the changes are dropped, unless the record was committed (then the
+    /// next use of the store, or the next run, writes them).
+    func commit(directory: String, applying: Bool = true) throws {
+        try state.withLock { state in
+            try PendingChanges.prepare(&state, directory)
+            let taken = state.changes
+            state.changes = []
+            if taken.isEmpty { return }
+            do {
+                if state.journal == nil { state.journal = try Journal.of(directory: directory, create: true) }
+                try state.journal?.commit(taken, applying: applying)
+            } catch {
+                // The directory is read again (and repaired from the journal) before its next use.
+                state.behind = true
+                if error is UpdaterError { throw error }
+                throw UpdaterError.storage("\(error)")
+            }
+        }
     }
 }

@@ -144,8 +144,8 @@ enum ConformanceClient {
         guard let metadataDir = cmd.metadataDir, !metadataDir.isEmpty else {
             throw UpdaterError.usage("--metadata-dir is required")
         }
-        // An update's files are made durable together (one journal commit for the files, one for the directory, see
-        // `DirectoryStore.writesAtFlush`), not one by one.
+        // An update's files are made durable together, by one record in the directory's journal (one write and one
+        // `fdatasync`, see `Journal`), not one by one.
         let store = DirectoryStore(directory: metadataDir, writesAtFlush: true)
         switch verb {
         case "init":
@@ -155,8 +155,7 @@ enum ConformanceClient {
             guard let bytes = try AtomicFile.read(path: cmd.command[1]) else {
                 throw UpdaterError.storage("cannot read trusted root")
             }
-            try store.store("root.json", bytes)
-            try store.flush()
+            try store.initialize(root: bytes)
             log("initialized \(store.directory)")
             return nil
         case "refresh":
