@@ -148,17 +148,21 @@ struct JournalHistory {
         final = change.bytes
     }
 
-    /// Whether the file, holding `current` (nil: missing), is what the journal left (`.same`), a state the journal
-    /// passed through or one a lost write leaves (nothing, an empty file, zeros: `.repair`), or something the journal
-    /// never saw, which someone else wrote and which is left alone (`.foreign`).
-    enum Verdict { case same, repair, foreign }
+    /// Whether the file, holding `current` (nil: missing), is what the journal left (`.same`); a state the journal
+    /// passed through or what a lost write leaves of one (nothing, zeros, a part of its start: `.repair`); or
+    /// something the journal cannot account for (`.unknown`: edited by hand, or damaged), which is never taken for
+    /// trusted metadata nor silently overwritten.
+    enum Verdict { case same, repair, unknown }
 
     func verdict(_ current: [UInt8]?) -> Verdict {
-        guard let current else { return final == nil ? .same : (absent ? .repair : .foreign) }
+        guard let current else { return final == nil ? .same : (absent ? .repair : .unknown) }
         if let final, final == current { return .same }
-        if current.allSatisfy({ $0 == 0 }) || earlier.contains(current) { return .repair }
+        if current.allSatisfy({ $0 == 0 }) { return .repair }
+        // A file the disk extended block by block, or a lost rename: a part of the start of a state, or a whole one.
+        if let final, final.starts(with: current) { return .repair }
+        if earlier.contains(where: { $0.starts(with: current) }) { return .repair }
         let digest = Array(SHA256.hash(data: current))
-        return before.contains(digest) ? .repair : .foreign
+        return before.contains(digest) ? .repair : .unknown
     }
 }
 
@@ -166,10 +170,10 @@ struct JournalHistory {
 /// `fdatasync`, instead of an fsync per file and one of the directory.
 ///
 /// The file (`Journal.name` in the metadata directory; made whole, zeros, synced and linked into place once, by
-/// `init` or the first commit) is a log of `JournalRecord`s, each starting on a block boundary (a new record never
+/// `init` or the first commit) is a log of `JournalRecord`s, each starting on a 4 KiB boundary (a new record never
 /// rewrites a block of an older one). A commit, under an exclusive `flock`:
-/// 1. refuses when another process committed since this store read the directory (its update was decided on older
-///    trusted metadata);
+/// 1. refuses when another process committed since this store read the log (its update was decided on older
+///    trusted metadata), also when it has nothing to write (its lookups were made on that older metadata);
 /// 2. writes its record after the last one and `fdatasync`s the journal: the commit point. The space was written with
 ///    zeros when the file was made, so the sync writes the record's blocks and flushes the device's cache without a
 ///    commit of the file system's own journal (on ext4 one sync of 0.2-0.4 ms, against one per file and one for the
@@ -177,30 +181,33 @@ struct JournalHistory {
 ///    write once only) and the journal is not used again;
 /// 3. writes the files (temp file + rename, so a reader never sees a torn one) without fsync.
 ///
-/// Every store reads the log when it opens the directory (a run of records from offset 0, with sequence numbers 0,
-/// 1, 2... of one random cycle; only the last can be torn, as each is synced before the next is written, and a torn
-/// last record is dropped) and compares each file it names with the log's final state: a file that holds a state the
-/// log passed through, or what a lost write leaves (nothing, an empty file, zeros) is repaired, after the journal is
-/// synced (so a record a killed process wrote but never synced is durable before anything is taken from it, and every
-/// record used is checked whole); a file holding anything else (an operator's or another program's write) is left
-/// alone. So no marker decides what to skip: the page cache may have been lost without a reboot.
+/// A store reads the log when it first uses the directory and after each flush when another process committed
+/// meanwhile (a run of records from offset 0, with sequence numbers 0, 1, 2... of one random cycle; only the last can
+/// be torn, as each is synced before the next is written, and a torn last record is dropped), and compares each file
+/// it names with the log's final state. A file holding a state the log passed through, or what a lost write leaves
+/// of one (nothing, zeros, a part of its start), is repaired, after the journal is synced and every record checked
+/// whole; files found as the log says are served to `load` from memory. A file the log cannot account for (edited by
+/// hand, or damaged beyond that) stops the store with an error naming it: it is neither trusted nor overwritten, and
+/// `init` starts the directory afresh. No marker decides what to skip: the page cache may have been lost without a
+/// reboot.
 ///
 /// When the log is full, a checkpoint writes each file the log names again from the log, each fsynced, then the
-/// directory, and a new cycle (a new random number) starts at offset 0: records of the older cycle further on are
-/// never taken for the new cycle's. An update too large for the log is written file by file, each fsynced, after an
-/// empty record started a new cycle. `init` starts a new cycle with the new root's record, so nothing older is
-/// replayed over a directory it initialized.
+/// directory; the log's first block is zeroed and synced, and a new cycle (a new random number) starts at offset 0
+/// (a first record torn in its first block never joins the older cycle's records, and those are never taken for the
+/// new cycle's). An update too large for the log is written file by file, each fsynced, after an empty record
+/// started a new cycle. `init` does the same checkpoint where it can (a file it cannot account for is left as it
+/// is), then commits the new root as the new cycle's first record, under one lock.
 final class Journal {
     /// Not a name the stores write: role files end in `.json`, and percent-encoded target paths never hold a `#`.
     static let name = ".bulwark-journal#"
     /// The log's size: a flat repository's 1,000-target `targets.json` (175 KB) five times over.
     static let logSize = 1 << 20
+    /// Records start on multiples of this.
+    static let block = 4096
 
     let directory: String
     private var fd: Int32
-    private let size: Int
-    /// Records start on multiples of this (the file system's block, at least 4 KiB).
-    private let block: Int
+    private let size = Journal.logSize
     private var cycle: UInt64 = 0
     /// The next record's sequence number and where it goes.
     private var sequence: UInt64 = 0
@@ -217,6 +224,9 @@ final class Journal {
     private var seenAtTail = ArraySlice<UInt8>()
     private var seenAtStart = ArraySlice<UInt8>()
 
+    /// Whether the log holds no record (a journal another store made holds its commits).
+    var isEmptyLog: Bool { records.isEmpty }
+
     static func isStorable(_ name: String) -> Bool {
         !name.isEmpty && name.utf8.count <= 255 && name != "." && name != ".." && name != Journal.name
             && !name.utf8.contains(UInt8(ascii: "/")) && !name.utf8.contains(0)
@@ -226,9 +236,10 @@ final class Journal {
         access(directory + "/" + name, F_OK) == 0
     }
 
-    /// The directory's journal, its log read and the files it names repaired; nil when there is none and `create`
-    /// is false. With `create`, a missing journal is made whole and linked into place (another process may win:
-    /// then its journal is used). With `replacingDamaged` (`init` only), a damaged journal is replaced by a new one.
+    /// The directory's journal, its log read and the files it names repaired (without `repairing`, only read); nil
+    /// when there is none and `create` is false. With `create`, a missing journal is made whole and linked into place
+    /// (another process may win: then its journal is used). With `replacingDamaged` (`init` only), a damaged journal
+    /// is replaced by a new one.
     static func of(
         directory: String, create: Bool, replacingDamaged: Bool = false, repairing: Bool = true
     ) throws -> Journal? {
@@ -256,14 +267,14 @@ final class Journal {
                 "the journal \(path) is damaged (\(status.st_size) bytes): the trusted metadata beside it may not be "
                     + "what was last committed; initialize the directory again")
         }
-        let block = min(65536, max(4096, Int(status.st_blksize)))
-        let journal = Journal(directory: directory, fd: fd, size: logSize / block * block, block: block)
+        let journal = Journal(directory: directory, fd: fd)
         try journal.locked { try journal.readLog(repairing: repairing) }
         return journal
     }
 
-    /// A journal of zeros, synced, then linked into place (not replacing one another process made meanwhile) or,
-    /// with `replacing`, renamed over the damaged one; then the directory synced.
+    /// A journal of zeros, synced, then linked into place (not replacing one another process made meanwhile; renamed
+    /// where the file system has no hard links) or, with `replacing`, renamed over the damaged one; then the
+    /// directory synced.
     private static func make(directory: String, replacing: Bool) throws {
         let temp = try TempFile(directory: directory)
         defer { temp.discard() }
@@ -272,31 +283,43 @@ final class Journal {
         let path = directory + "/" + name
         if replacing {
             try temp.rename(to: path)
-        } else if link(temp.path, path) != 0, errno != EEXIST {
-            throw UpdaterError.storage("cannot make the journal (errno \(errno))")
+        } else if link(temp.path, path) != 0 {
+            switch errno {
+            case EEXIST: break
+            case EPERM, ENOTSUP, EOPNOTSUPP, EMLINK: try temp.rename(to: path)
+            default: throw UpdaterError.storage("cannot make the journal (errno \(errno))")
+            }
         }
         try AtomicFile.syncDirectory(directory)
     }
 
-    private init(directory: String, fd: Int32, size: Int, block: Int) {
+    private init(directory: String, fd: Int32) {
         self.directory = directory
         self.fd = fd
-        self.size = size
-        self.block = block
     }
 
     deinit { close(fd) }
 
-    /// Commits `changes` (the last change of each name, in order): durable when this returns. Without `applying`
-    /// (tests only), it stops at the commit point, as a process killed there would.
+    static let conflict = UpdaterError.storage(
+        "another update committed trusted metadata meanwhile; this one was not written: run it again")
+
+    /// Commits `changes` (the last change of each name, in order): durable when this returns. With no changes, only
+    /// checks that nobody else committed since this store read the log. Without `applying` (tests only), it stops
+    /// at the commit point, as a process killed there would.
     func commit(_ changes: [JournalRecord.Change], applying: Bool = true) throws {
         try locked {
             if try committedElsewhere() {
                 try readLog(repairing: true)
-                throw UpdaterError.storage(
-                    "another update committed trusted metadata meanwhile; this one was not written: run it again")
+                throw Journal.conflict
             }
+            if changes.isEmpty { return }
             try checkLast()
+            // Room for the record with every file's digest (the most it can take), before the digests are taken:
+            // a checkpoint may rewrite the files.
+            let most = JournalRecord.bodyLength(changes.map { .init(name: $0.name, bytes: $0.bytes, before: [0]) })
+            if tail + JournalRecord.headerSize + most > size {
+                try checkpoint(bestEffort: false)
+            }
             let measured = try changes.map { change in
                 var change = change
                 change.before = try AtomicFile.read(path: directory + "/" + change.name).map {
@@ -305,14 +328,11 @@ final class Journal {
                 return change
             }
             if tail + JournalRecord.headerSize + JournalRecord.bodyLength(measured) > size {
-                try checkpoint()
-                if JournalRecord.headerSize + JournalRecord.bodyLength(measured) > size {
-                    // Too large for the log: an empty record starts the cycle, then each file on its own, fsynced.
-                    try append(JournalRecord(cycle: cycle, sequence: sequence, changes: []))
-                    try Journal.apply(measured, in: directory, durably: true)
-                    known = [:]
-                    return
-                }
+                // Too large for the log: an empty record starts the cycle, then each file on its own, fsynced.
+                try append(JournalRecord(cycle: cycle, sequence: sequence, changes: []))
+                try Journal.apply(measured, in: directory, durably: true)
+                known = [:]
+                return
             }
             try append(JournalRecord(cycle: cycle, sequence: sequence, changes: measured))
             guard applying else { return }
@@ -321,14 +341,25 @@ final class Journal {
         }
     }
 
-    /// Starts a new cycle, leaving the files as they are (`init`, before it commits a new root): once that root's
-    /// record is durable at the log's start, nothing committed before is replayed.
-    func startAfresh() throws {
+    /// `init`, under one lock: the files the log names made durable where they can be accounted for (others left as
+    /// they are), a new cycle, and `root` its first record: nothing committed before is replayed over the directory.
+    func initialize(root: [UInt8]) throws {
         try locked {
             try readLog(repairing: false)
-            records = []
-            lastChecked = true
-            try settle()
+            try checkpoint(bestEffort: true)
+            let change = JournalRecord.Change(
+                name: "root.json", bytes: root,
+                before: try AtomicFile.read(path: directory + "/root.json").map { Array(SHA256.hash(data: $0)) })
+            try append(JournalRecord(cycle: cycle, sequence: sequence, changes: [change]))
+            try Journal.apply([change], in: directory, durably: false)
+            known = ["root.json": .some(root)]
+        }
+    }
+
+    /// At the start of a store's next use after a flush: the log read again when another process committed since.
+    func readIfChanged() throws {
+        try locked {
+            if try committedElsewhere() { try readLog(repairing: true) }
         }
     }
 
@@ -360,8 +391,9 @@ final class Journal {
 
     /// Reads the log from its start (records 0, 1, 2... of one cycle) into `records` and `histories`, and leaves
     /// `cycle`, `sequence` and `tail` after its last record. With `repairing`, each file the log names is compared
-    /// with the log's final state; the files to repair are written after the journal is synced and every record
-    /// checked whole (a torn last record dropped first); files found as the log says are `known`.
+    /// with the log's final state: one it cannot account for is an error; the files to repair are written after the
+    /// journal is synced and every record checked whole (a torn last record dropped first); files found as the log
+    /// says are `known`.
     private func readLog(repairing: Bool) throws {
         records = []
         var at = 0
@@ -376,29 +408,34 @@ final class Journal {
             guard let record = JournalRecord.parse(bytes) else { break }
             records.append((at, bytes, record))
             expectedCycle = header.cycle
-            at = aligned(at + bytes.count)
+            at = Journal.aligned(at + bytes.count)
         }
         lastChecked = records.isEmpty
         try settle()
         known = [:]
         guard repairing else { return }
-        var (repairs, same) = try compare()
-        if !repairs.isEmpty {
+        var found = try compare()
+        if !found.repairs.isEmpty || !found.unknown.isEmpty {
             // Nothing is taken from the log before every record of it is whole and the log durable.
             try checkLast()
-            (repairs, same) = try compare()
+            found = try compare()
             guard records.dropLast().allSatisfy({ JournalRecord.isWhole($0.bytes) }) else {
                 throw UpdaterError.storage(
                     "the journal is damaged: a record inside its log does not check out; initialize the directory "
                         + "again")
             }
-            if !repairs.isEmpty {
+            if let name = found.unknown.first {
+                throw UpdaterError.storage(
+                    "\(directory)/\(name) holds what its journal cannot account for (edited by hand, or damaged): it "
+                        + "is not trusted; initialize the directory again")
+            }
+            if !found.repairs.isEmpty {
                 try syncJournal()
-                try Journal.apply(repairs, in: directory, durably: false)
-                for change in repairs { known[change.name] = .some(change.bytes) }
+                try Journal.apply(found.repairs, in: directory, durably: false)
+                for change in found.repairs { known[change.name] = .some(change.bytes) }
             }
         }
-        for name in same { known[name] = .some(histories[name]?.final) }
+        for name in found.same { known[name] = .some(histories[name]?.final) }
     }
 
     /// `histories`, `order`, and where the next record goes, from `records`.
@@ -409,7 +446,7 @@ final class Journal {
         if let last = records.last {
             cycle = last.record.cycle
             sequence = last.record.sequence + 1
-            tail = aligned(last.offset + last.bytes.count)
+            tail = Journal.aligned(last.offset + last.bytes.count)
         } else {
             cycle = UInt64.random(in: 1...UInt64.max)
             sequence = 0
@@ -418,56 +455,73 @@ final class Journal {
         try noteWhatIsThere()
     }
 
-    /// Each file the log names: to repair (with its final state), or holding what the log says.
-    private func compare() throws -> (repairs: [JournalRecord.Change], same: [String]) {
+    /// Each file the log names: to repair (with its final state), as the log says, or unaccounted for.
+    private func compare() throws -> (repairs: [JournalRecord.Change], same: [String], unknown: [String]) {
         var repairs: [JournalRecord.Change] = []
         var same: [String] = []
+        var unknown: [String] = []
         for name in order {
             guard let history = histories[name] else { continue }
             switch history.verdict(try AtomicFile.read(path: directory + "/" + name)) {
             case .repair: repairs.append(JournalRecord.Change(name: name, bytes: history.final))
             case .same: same.append(name)
-            case .foreign: break
+            case .unknown: unknown.append(name)
             }
         }
-        return (repairs, same)
+        return (repairs, same, unknown)
     }
 
     /// Only the last record can be torn (each is synced before the next is written): checked before anything is
-    /// taken from it or written after it, and dropped when torn (the next commit takes its place).
+    /// taken from it or written after it, and dropped when torn (the next commit takes its place). When its place
+    /// no longer holds what this store read there, another store dropped it first and committed there: a conflict.
     private func checkLast() throws {
         guard !lastChecked else { return }
         lastChecked = true
-        if let last = records.last, !JournalRecord.isWhole(last.bytes) {
-            records.removeLast()
-            try settle()
-        }
+        guard let last = records.last, !JournalRecord.isWhole(last.bytes) else { return }
+        guard try read(at: last.offset, count: JournalRecord.headerSize) == last.bytes.prefix(JournalRecord.headerSize)
+        else { throw Journal.conflict }
+        records.removeLast()
+        try settle()
     }
 
     /// What `load` may take from the log instead of the file: the file held it when this store read the log, or
     /// this store wrote it since (`.some(nil)`: no file); nil when the log does not say.
     func knownContent(of name: String) -> [UInt8]?? { known[name] }
 
-    /// Every file the log names written again from the log and fsynced (a file someone else wrote since is left
-    /// alone), the directory synced, then a new cycle at offset 0. Nothing is reset when a write or sync fails.
-    private func checkpoint() throws {
-        try readLog(repairing: false)
+    /// Every file the log names written again from the log and fsynced, the directory synced, then the log's first
+    /// block zeroed and synced, and a new cycle at offset 0. A file the log cannot account for is an error, or, when
+    /// `bestEffort` (`init`), left as it is, as are the records from a damaged one on. Nothing is reset when a write
+    /// or sync fails.
+    private func checkpoint(bestEffort: Bool) throws {
+        try syncJournal()
         try checkLast()
-        guard records.allSatisfy({ JournalRecord.isWhole($0.bytes) }) else {
-            throw UpdaterError.storage("the journal is damaged: a record inside its log does not check out")
+        if let damaged = records.firstIndex(where: { !JournalRecord.isWhole($0.bytes) }) {
+            guard bestEffort else {
+                throw UpdaterError.storage("the journal is damaged: a record inside its log does not check out")
+            }
+            records.removeSubrange(damaged...)
+            try settle()
         }
         var writes: [JournalRecord.Change] = []
         for name in order {
             guard let history = histories[name] else { continue }
-            let current = try AtomicFile.read(path: directory + "/" + name)
-            if history.verdict(current) != .foreign {
-                writes.append(JournalRecord.Change(name: name, bytes: history.final))
+            switch history.verdict(try AtomicFile.read(path: directory + "/" + name)) {
+            case .same, .repair: writes.append(JournalRecord.Change(name: name, bytes: history.final))
+            case .unknown:
+                guard bestEffort else {
+                    throw UpdaterError.storage(
+                        "\(directory)/\(name) holds what its journal cannot account for: initialize the directory again"
+                    )
+                }
             }
         }
         try Journal.apply(writes, in: directory, durably: true)
         try AtomicFile.syncDirectory(directory)
+        try write([UInt8](repeating: 0, count: JournalRecord.headerSize), at: 0)
+        try syncJournal()
         records = []
         lastChecked = true
+        known = [:]
         try settle()
     }
 
@@ -484,7 +538,7 @@ final class Journal {
         }
         records.append((tail, bytes[...], record))
         remember(record)
-        tail = aligned(tail + bytes.count)
+        tail = Journal.aligned(tail + bytes.count)
         sequence += 1
         try noteWhatIsThere()
     }
@@ -509,7 +563,7 @@ final class Journal {
         }
     }
 
-    private func aligned(_ offset: Int) -> Int { (offset + block - 1) / block * block }
+    static func aligned(_ offset: Int) -> Int { (offset + block - 1) / block * block }
 
     private func read(at offset: Int, count: Int) throws -> ArraySlice<UInt8> {
         var failure: Int32 = 0

@@ -347,9 +347,11 @@ final class PendingChanges: Sendable {
     struct State {
         var changes: [JournalRecord.Change] = []
         var journal: Journal?
-        /// The directory must be brought up to its journal before it is read (first use, or a commit failed after
-        /// its commit point).
+        /// The directory must be read afresh (and repaired from its journal) before its next use: first use, or a
+        /// commit failed.
         var behind = true
+        /// A flush ended the store's last use: at its next use, the log is read again if another process committed.
+        var flushed = false
         /// Temp files older than `staleAge`, left by a process that was killed, are removed once, at the first use
         /// (their age is measured by the clock, which may jump, or be faked, as the TUF conformance suite does).
         var swept = false
@@ -392,25 +394,37 @@ final class PendingChanges: Sendable {
             state.swept = true
             AtomicFile.removeStaleTemporaries(in: directory, olderThan: staleAge)
         }
-        guard state.behind else { return }
-        state.journal = nil
-        state.journal = try Journal.of(directory: directory, create: false)
-        state.behind = false
+        if state.behind {
+            state.journal = nil
+            state.journal = try Journal.of(directory: directory, create: false)
+            state.behind = false
+            state.flushed = false
+        } else if state.flushed {
+            state.flushed = false
+            if let journal = state.journal {
+                try journal.readIfChanged()
+            } else {
+                state.journal = try Journal.of(directory: directory, create: false)
+            }
+        }
     }
 
-    /// `init`: the journal started afresh (a damaged one replaced), so that nothing committed before is replayed
-    /// over the directory, then `root` committed as the new trust anchor.
+    /// `init`: the journal started afresh under one lock (a damaged one replaced, the files it names made durable
+    /// where they can be accounted for), and `root` committed as the new trust anchor: nothing committed before is
+    /// replayed over the directory.
     func initialize(root: [UInt8], directory: String) throws {
         try state.withLock { state in
             state.changes = []
             do {
                 state.journal = nil
-                let journal = try Journal.of(
-                    directory: directory, create: true, replacingDamaged: true, repairing: false)
-                try journal?.startAfresh()
-                try journal?.commit([JournalRecord.Change(name: "root.json", bytes: root)])
+                guard
+                    let journal = try Journal.of(
+                        directory: directory, create: true, replacingDamaged: true, repairing: false)
+                else { throw UpdaterError.storage("the journal of \(directory) went away") }
+                try journal.initialize(root: root)
                 state.journal = journal
                 state.behind = false
+                state.flushed = true
             } catch {
                 state.behind = true
                 if error is UpdaterError { throw error }
@@ -420,17 +434,28 @@ final class PendingChanges: Sendable {
     }
 
     /// Makes every change durable: one record in the journal (made, whole, if the directory has none yet), then the
-    /// files written. A failure is thrown once; the changes are dropped, unless the record was committed (then the
-    /// next use of the store, or the next run, writes them).
+    /// files written. Refused when another process committed since this store read the directory, also with nothing
+    /// to write (what was looked up may be stale). A failure is thrown once; the changes are dropped, unless the
+    /// record was committed (then the next use of the store, or the next run, writes them).
     func commit(directory: String, applying: Bool = true) throws {
         try state.withLock { state in
             try PendingChanges.prepare(&state, directory)
             let taken = state.changes
             state.changes = []
-            if taken.isEmpty { return }
             do {
-                if state.journal == nil { state.journal = try Journal.of(directory: directory, create: true) }
+                if state.journal == nil {
+                    // No journal when this store read the directory: one made since holds another store's commits.
+                    if taken.isEmpty {
+                        if Journal.exists(in: directory) { throw Journal.conflict }
+                        state.flushed = true
+                        return
+                    }
+                    let journal = try Journal.of(directory: directory, create: true)
+                    state.journal = journal
+                    if journal?.isEmptyLog == false { throw Journal.conflict }
+                }
                 try state.journal?.commit(taken, applying: applying)
+                state.flushed = true
             } catch {
                 // The directory is read again (and repaired from the journal) before its next use.
                 state.behind = true

@@ -71,8 +71,8 @@ import Testing
         #expect(JournalRecord.parse(path.encoded()[...]) == nil)
     }
 
-    /// Hostile bytes where a record should be (lengths running past the end, huge counts) are refused, never read
-    /// out of bounds.
+    /// Hostile bytes where a record should be (lengths running past the end, huge counts) are parsed within bounds
+    /// (a read out of bounds would trap) and never yield a name the store could not have written.
     @Test func garbageIsNeverARecord() {
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<2000 {
@@ -89,7 +89,6 @@ import Testing
             if let record = JournalRecord.parse(bytes[...]) {
                 #expect(record.changes.allSatisfy { Journal.isStorable($0.name) })
             }
-            #expect(!JournalRecord.isWhole(bytes[...]))
         }
     }
 
@@ -145,40 +144,52 @@ import Testing
         #expect(try file(dir, "snapshot.json") == [5, 0])
     }
 
-    /// What someone else wrote (an operator's new root, another program's file) is never reverted to the log's
-    /// state; a file removed by hand that the journal did not create stays removed.
-    @Test func writesTheJournalNeverSawAreLeftAlone() throws {
+    /// A file the journal cannot account for (edited by hand, or damaged past what a lost write leaves) is neither
+    /// trusted nor overwritten: the store stops with an error naming it, until `init` starts the directory afresh.
+    /// What a lost write leaves (the state before, or a part of the start of the new bytes) is repaired.
+    @Test func whatTheJournalCannotAccountForIsAnErrorUntilInit() throws {
         let dir = makeTempDirectory("journal")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try AtomicFile.write([1], directory: dir, name: "root.json")
         try AtomicFile.write([1], directory: dir, name: "snapshot.json")
         let s = store(dir)
-        try s.store("root.json", [2])
+        try s.store("root.json", [2, 2, 2])
         try s.store("snapshot.json", [2])
         try s.flush()
-        try AtomicFile.write([9, 9], directory: dir, name: "root.json")  // by hand
-        #expect(unlink(dir + "/snapshot.json") == 0)  // by hand: it existed before the journal wrote it
-        let next = store(dir)
-        #expect(try next.load("root.json") == [9, 9])
-        #expect(try next.load("snapshot.json") == nil)
-        // The state before the journal's write (a lost rename) is repaired all the same.
+        // Lost writes: the state before, and a part of the start of the new bytes (a file extended block by block).
         try AtomicFile.write([1], directory: dir, name: "root.json")
-        #expect(try store(dir).load("root.json") == [2])
+        #expect(try store(dir).load("root.json") == [2, 2, 2])
+        try AtomicFile.write([2, 2], directory: dir, name: "root.json")
+        #expect(try store(dir).load("root.json") == [2, 2, 2])
+        #expect(try file(dir, "root.json") == [2, 2, 2])
+        // By hand: new bytes, and the removal of a file that existed before the journal wrote it.
+        try AtomicFile.write([9, 9], directory: dir, name: "root.json")
+        #expect(throws: UpdaterError.self) { try store(dir).load("root.json") }
+        #expect(try file(dir, "root.json") == [9, 9])
+        try AtomicFile.write([2, 2, 2], directory: dir, name: "root.json")
+        #expect(unlink(dir + "/snapshot.json") == 0)
+        #expect(throws: UpdaterError.self) { try store(dir).load("root.json") }
+        #expect(try file(dir, "snapshot.json") == nil)
+        // `init` makes the directory its own again: the new log names only the root.
+        try store(dir).initialize(root: [3])
+        #expect(try store(dir).load("root.json") == [3])
+        #expect(try store(dir).load("snapshot.json") == nil)
     }
 
-    /// `init` starts the journal afresh: nothing committed before is replayed over the directory it leaves.
+    /// `init` makes what the log accounts for durable, then starts a new cycle with the new root: nothing committed
+    /// before is replayed afterwards (a file the old log named is the directory's own again).
     @Test func initStartsTheJournalAfresh() throws {
         let dir = makeTempDirectory("journal")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let s = store(dir)
         try s.initialize(root: [1])
-        try s.store("timestamp.json", [1])  // created by the journal: missing would read as a lost write
+        try s.store("timestamp.json", [1])
         try s.flush()
-        #expect(unlink(dir + "/timestamp.json") == 0)
-        #expect(try store(dir).load("timestamp.json") == [1])  // repaired
-        #expect(unlink(dir + "/timestamp.json") == 0)
+        try lose(dir, "timestamp.json", .empty)  // a lost write: init repairs it before it starts afresh
         try store(dir).initialize(root: [2])
-        #expect(try store(dir).load("timestamp.json") == nil)
+        #expect(try file(dir, "timestamp.json") == [1])
+        try AtomicFile.write([7], directory: dir, name: "timestamp.json")  // the new log does not name it
+        #expect(try store(dir).load("timestamp.json") == [7])
         #expect(try store(dir).load("root.json") == [2])
     }
 
@@ -285,18 +296,42 @@ import Testing
         #expect(try b.load("timestamp.json") == [8])
         try b.store("snapshot.json", [9])
         try b.flush()
-        // And a checkpoint by one store (a new cycle at the log's start) is seen by the other.
+        // A store's next use after its flush reads what others committed meanwhile: no conflict.
         let big = [UInt8](repeating: 1, count: 600_000)
         try a.store("big.json", big)
-        #expect(throws: UpdaterError.self) { try a.flush() }  // b committed since a read
-        try a.store("big.json", big)
         try a.flush()
+        // Lookups made before another store's commit are stale too: a flush with nothing to write is refused.
+        #expect(try b.load("big.json") == big)
+        try a.store("timestamp.json", [10])
+        try a.flush()
+        #expect(throws: UpdaterError.self) { try b.flush() }
+        // And a checkpoint by one store (a new cycle at the log's start) is seen by the other.
+        #expect(try b.load("timestamp.json") == [10])
         try a.store("big.json", big + [2])
-        try a.flush()  // a checkpoint
+        try a.flush()  // does not fit: a checkpoint
         try b.store("c.json", [1])
         #expect(throws: UpdaterError.self) { try b.flush() }
         try lose(dir, "big.json", .empty)
         #expect(try store(dir).load("big.json") == big + [2])
+    }
+
+    /// A directory without a journal (made by an older version, or by copying a root in): a store that read it then
+    /// is refused once another store has committed, which made the journal; with something to write or without.
+    @Test func aCommitIntoADirectoryAnotherStoreJournaledMeanwhileIsRefused() throws {
+        let dir = makeTempDirectory("journal")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try AtomicFile.write([1], directory: dir, name: "root.json")
+        let a = store(dir)
+        let b = store(dir)
+        let c = store(dir)
+        for s in [a, b, c] { #expect(try s.load("root.json") == [1]) }
+        try a.store("timestamp.json", [8])
+        try a.flush()
+        try b.store("timestamp.json", [6])
+        #expect(throws: UpdaterError.self) { try b.flush() }
+        #expect(throws: UpdaterError.self) { try c.flush() }
+        #expect(try file(dir, "timestamp.json") == [8])
+        #expect(try b.load("timestamp.json") == [8])
     }
 
     /// A store that writes each file at once refuses a journaled directory: a replay could put an older file back
@@ -335,8 +370,10 @@ import Testing
         try s.store("a.json", [1])
         try s.flush()
         #expect(unlink(dir + "/" + Journal.name) == 0)
-        try s.store("a.json", [2])
-        #expect(throws: UpdaterError.self) { try s.flush() }
+        #expect(throws: UpdaterError.self) {
+            try s.store("a.json", [2])
+            try s.flush()
+        }
         #expect(try file(dir, "a.json") == [1])
     }
 }

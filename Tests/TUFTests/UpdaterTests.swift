@@ -442,8 +442,8 @@ import Testing
         try await makeUpdater(repo, dir: dir, store: store).refresh()
         repo.bump(["targets"])
         let updater = try makeUpdater(repo, dir: dir, store: store)
-        // The directory goes away after the updater read its root: the accepted timestamp's temp file cannot be
-        // created (while the snapshot's request travels), and the refresh fails there.
+        // The directory goes away after the updater read its root: the flush that ends the refresh finds the journal
+        // it opened no longer in its place (checked under the lock), and fails before its commit point.
         let moved = dir + ".moved"
         #expect(rename(dir, moved) == 0)
         await #expect(throws: UpdaterError.self) { try await updater.refresh() }
