@@ -157,12 +157,27 @@ struct JournalHistory {
     func verdict(_ current: [UInt8]?) -> Verdict {
         guard let current else { return final == nil ? .same : (absent ? .repair : .unknown) }
         if let final, final == current { return .same }
+        // A lost rename (a whole earlier state), or a file whose size reached the disk before all of its blocks did:
+        // each 4 KiB block of it is that state's or zeros (a part of the start of the state, zeros, or a mix).
+        if let final, JournalHistory.lost(current, of: final) { return .repair }
+        if earlier.contains(where: { JournalHistory.lost(current, of: $0) }) { return .repair }
         if current.allSatisfy({ $0 == 0 }) { return .repair }
-        // A file the disk extended block by block, or a lost rename: a part of the start of a state, or a whole one.
-        if let final, final.starts(with: current) { return .repair }
-        if earlier.contains(where: { $0.starts(with: current) }) { return .repair }
         let digest = Array(SHA256.hash(data: current))
         return before.contains(digest) ? .repair : .unknown
+    }
+
+    /// Whether `current` is what a lost write of `state` may leave: no longer than it, each 4 KiB block either the
+    /// state's own or zeros.
+    static func lost(_ current: [UInt8], of state: [UInt8]) -> Bool {
+        guard current.count <= state.count else { return false }
+        var start = 0
+        while start < current.count {
+            let end = min(start + 4096, current.count)
+            let block = current[start..<end]
+            if !block.elementsEqual(state[start..<end]), !block.allSatisfy({ $0 == 0 }) { return false }
+            start = end
+        }
+        return true
     }
 }
 
@@ -272,9 +287,8 @@ final class Journal {
         return journal
     }
 
-    /// A journal of zeros, synced, then linked into place (not replacing one another process made meanwhile; renamed
-    /// where the file system has no hard links) or, with `replacing`, renamed over the damaged one; then the
-    /// directory synced.
+    /// A journal of zeros, synced, then linked into place (not replacing one another process made meanwhile) or,
+    /// with `replacing`, renamed over the damaged one; then the directory synced.
     private static func make(directory: String, replacing: Bool) throws {
         let temp = try TempFile(directory: directory)
         defer { temp.discard() }
@@ -283,12 +297,10 @@ final class Journal {
         let path = directory + "/" + name
         if replacing {
             try temp.rename(to: path)
-        } else if link(temp.path, path) != 0 {
-            switch errno {
-            case EEXIST: break
-            case EPERM, ENOTSUP, EOPNOTSUPP, EMLINK: try temp.rename(to: path)
-            default: throw UpdaterError.storage("cannot make the journal (errno \(errno))")
-            }
+        } else if link(temp.path, path) != 0, errno != EEXIST {
+            // Never a rename over the name: it could replace a journal another process made and committed to.
+            throw UpdaterError.storage(
+                "cannot make the journal (errno \(errno)): a journaled store needs a file system with hard links")
         }
         try AtomicFile.syncDirectory(directory)
     }
@@ -312,8 +324,8 @@ final class Journal {
                 try readLog(repairing: true)
                 throw Journal.conflict
             }
-            if changes.isEmpty { return }
             try checkLast()
+            if changes.isEmpty { return }
             // Room for the record with every file's digest (the most it can take), before the digests are taken:
             // a checkpoint may rewrite the files.
             let most = JournalRecord.bodyLength(changes.map { .init(name: $0.name, bytes: $0.bytes, before: [0]) })

@@ -26,6 +26,9 @@ public protocol MetadataStore: Sendable {
     /// `Updater` calls it when a refresh, a lookup or a download ends, while the request after an accepted root
     /// travels, and while an artifact's request travels). Names are file names, one file each (no `/`, no `..`).
     func flush() throws
+    /// `flush` at the end of an update (a public method of the `Updater`): what the store read before it may be
+    /// read afresh at the next use; a flush within an update keeps the update's view.
+    func finishUpdate() throws
 }
 
 /// Where verified artifacts are kept, by TUF target path.
@@ -37,6 +40,7 @@ public protocol ArtifactStore: Sendable {
 
 extension MetadataStore {
     public func flush() throws {}
+    public func finishUpdate() throws { try flush() }
 }
 
 extension ArtifactStore {
@@ -88,7 +92,13 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
 
     /// Makes what `store` and `remove` kept (`writesAtFlush`) durable, together (`Journal`). A failure is thrown once.
     public func flush() throws {
-        if writesAtFlush { try pending.commit(directory: directory) }
+        if writesAtFlush { try pending.commit(directory: directory, endingUpdate: false) }
+    }
+
+    /// A flush that ends an update: the store reads the directory again at its next use when another process
+    /// committed meanwhile (within an update it keeps its view, so that the update's last flush is refused then).
+    public func finishUpdate() throws {
+        if writesAtFlush { try pending.commit(directory: directory, endingUpdate: true) }
     }
 
     /// Makes `root` the directory's trust anchor (`init`): with `writesAtFlush`, the journal started afresh first
@@ -103,7 +113,7 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
 
     /// Tests only: a flush that stops at its commit point, as a process killed there would (the store is then done).
     func flushKilledAtItsCommitPoint() throws {
-        try pending.commit(directory: directory, applying: false)
+        try pending.commit(directory: directory, endingUpdate: true, applying: false)
     }
 
     /// A file written at once, behind a journal's back, could be put back to an older version when the journal is
@@ -350,7 +360,8 @@ final class PendingChanges: Sendable {
         /// The directory must be read afresh (and repaired from its journal) before its next use: first use, or a
         /// commit failed.
         var behind = true
-        /// A flush ended the store's last use: at its next use, the log is read again if another process committed.
+        /// An update ended (`finishUpdate`): at the store's next use, the log is read again if another process
+        /// committed meanwhile.
         var flushed = false
         /// Temp files older than `staleAge`, left by a process that was killed, are removed once, at the first use
         /// (their age is measured by the clock, which may jump, or be faked, as the TUF conformance suite does).
@@ -394,18 +405,27 @@ final class PendingChanges: Sendable {
             state.swept = true
             AtomicFile.removeStaleTemporaries(in: directory, olderThan: staleAge)
         }
-        if state.behind {
-            state.journal = nil
-            state.journal = try Journal.of(directory: directory, create: false)
-            state.behind = false
-            state.flushed = false
-        } else if state.flushed {
-            state.flushed = false
-            if let journal = state.journal {
-                try journal.readIfChanged()
-            } else {
+        do {
+            if state.behind {
+                state.journal = nil
                 state.journal = try Journal.of(directory: directory, create: false)
+                state.behind = false
+                state.flushed = false
+            } else if state.flushed {
+                state.flushed = false
+                if let journal = state.journal {
+                    try journal.readIfChanged()
+                } else {
+                    state.journal = try Journal.of(directory: directory, create: false)
+                }
             }
+        } catch {
+            // Nothing is served from a directory that could not be read (a file the journal cannot account for,
+            // a damaged log): the next use reads it again.
+            state.behind = true
+            state.journal = nil
+            state.changes = []
+            throw error
         }
     }
 
@@ -437,17 +457,17 @@ final class PendingChanges: Sendable {
     /// files written. Refused when another process committed since this store read the directory, also with nothing
     /// to write (what was looked up may be stale). A failure is thrown once; the changes are dropped, unless the
     /// record was committed (then the next use of the store, or the next run, writes them).
-    func commit(directory: String, applying: Bool = true) throws {
+    func commit(directory: String, endingUpdate: Bool, applying: Bool = true) throws {
         try state.withLock { state in
-            try PendingChanges.prepare(&state, directory)
             let taken = state.changes
             state.changes = []
+            try PendingChanges.prepare(&state, directory)
             do {
                 if state.journal == nil {
                     // No journal when this store read the directory: one made since holds another store's commits.
                     if taken.isEmpty {
                         if Journal.exists(in: directory) { throw Journal.conflict }
-                        state.flushed = true
+                        state.flushed = endingUpdate
                         return
                     }
                     let journal = try Journal.of(directory: directory, create: true)
@@ -455,7 +475,7 @@ final class PendingChanges: Sendable {
                     if journal?.isEmptyLog == false { throw Journal.conflict }
                 }
                 try state.journal?.commit(taken, applying: applying)
-                state.flushed = true
+                state.flushed = endingUpdate
             } catch {
                 // The directory is read again (and repaired from the journal) before its next use.
                 state.behind = true

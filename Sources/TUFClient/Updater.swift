@@ -436,7 +436,7 @@ public actor Updater {
     /// `flush`), and a failure to do so is the method's.
     private func finish() throws {
         let saved = Result { try savePending() }
-        try storing { try metadataStore.flush() }
+        try storing { try metadataStore.finishUpdate() }
         try saved.get()
     }
 
@@ -444,6 +444,6 @@ public actor Updater {
     /// throws its own error.
     private func settle() {
         try? savePending()
-        try? storing { try metadataStore.flush() }
+        try? storing { try metadataStore.finishUpdate() }
     }
 }

@@ -100,7 +100,7 @@ import Testing
         let first = store(dir)
         try first.initialize(root: [1])
         try first.store("timestamp.json", [1])
-        try first.flush()
+        try first.finishUpdate()
         let killed = store(dir)
         try killed.store("root.json", [2])
         try killed.remove("timestamp.json")
@@ -114,7 +114,7 @@ import Testing
         #expect(try file(dir, "snapshot.json") == [2])
         // And the log goes on from there.
         try next.store("timestamp.json", [3])
-        try next.flush()
+        try next.finishUpdate()
         try lose(dir, "root.json", .empty)
         try lose(dir, "timestamp.json", .missing)
         #expect(try store(dir).load("timestamp.json") == [3])
@@ -131,7 +131,7 @@ import Testing
         for version in 1...5 {
             try s.store("timestamp.json", [UInt8(version)])
             if version % 2 == 1 { try s.store("snapshot.json", [UInt8(version), 0]) }
-            try s.flush()
+            try s.finishUpdate()
         }
         try lose(dir, "timestamp.json", loss)
         try AtomicFile.write([3, 0], directory: dir, name: "snapshot.json")  // a rename lost: the state before
@@ -155,7 +155,7 @@ import Testing
         let s = store(dir)
         try s.store("root.json", [2, 2, 2])
         try s.store("snapshot.json", [2])
-        try s.flush()
+        try s.finishUpdate()
         // Lost writes: the state before, and a part of the start of the new bytes (a file extended block by block).
         try AtomicFile.write([1], directory: dir, name: "root.json")
         #expect(try store(dir).load("root.json") == [2, 2, 2])
@@ -176,6 +176,22 @@ import Testing
         #expect(try store(dir).load("snapshot.json") == nil)
     }
 
+    /// A store that could not read the directory again (here: a file edited by hand, found when another store's
+    /// commit made it read the log afresh) serves nothing from it, then or at its next use.
+    @Test func aStoreThatCannotReadTheDirectoryServesNothingFromIt() throws {
+        let dir = makeTempDirectory("journal")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let a = store(dir)
+        try a.store("root.json", [1])
+        try a.finishUpdate()
+        let b = store(dir)
+        try b.store("timestamp.json", [1])
+        try b.finishUpdate()
+        try AtomicFile.write([9], directory: dir, name: "root.json")
+        #expect(throws: UpdaterError.self) { try a.load("root.json") }
+        #expect(throws: UpdaterError.self) { try a.load("root.json") }
+    }
+
     /// `init` makes what the log accounts for durable, then starts a new cycle with the new root: nothing committed
     /// before is replayed afterwards (a file the old log named is the directory's own again).
     @Test func initStartsTheJournalAfresh() throws {
@@ -184,7 +200,7 @@ import Testing
         let s = store(dir)
         try s.initialize(root: [1])
         try s.store("timestamp.json", [1])
-        try s.flush()
+        try s.finishUpdate()
         try lose(dir, "timestamp.json", .empty)  // a lost write: init repairs it before it starts afresh
         try store(dir).initialize(root: [2])
         #expect(try file(dir, "timestamp.json") == [1])
@@ -200,7 +216,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let s = store(dir)
         try s.store("timestamp.json", [1])
-        try s.flush()
+        try s.finishUpdate()
         // The next record, all but its last byte written where it would go (the first took one block).
         let header = try journalBytes(dir, at: 0, count: 64)
         let torn = JournalRecord(
@@ -215,7 +231,7 @@ import Testing
         let next = store(dir)
         #expect(try next.load("timestamp.json") == [1])
         try next.store("timestamp.json", [3])
-        try next.flush()
+        try next.finishUpdate()
         try lose(dir, "timestamp.json", .empty)
         #expect(try store(dir).load("timestamp.json") == [3])
         // The same record whole is replayed: the torn one was refused for its digest, not for where it was.
@@ -234,19 +250,19 @@ import Testing
         let s = store(dir)
         let filler = [UInt8](repeating: 0x41, count: 300_000)
         try s.store("targets.json", filler + [1])
-        try s.flush()  // sequence 0 at the log's start, 74 blocks
+        try s.finishUpdate()  // sequence 0 at the log's start, 74 blocks
         try s.store("snapshot.json", [1])
-        try s.flush()  // sequence 1, right after it
+        try s.finishUpdate()  // sequence 1, right after it
         try s.store("snapshot.json", [2])
-        try s.flush()
+        try s.finishUpdate()
         try s.store("big.json", filler)
-        try s.flush()
+        try s.finishUpdate()
         try s.store("targets.json", filler + [2])
-        try s.flush()
+        try s.finishUpdate()
         // The sixth does not fit: a checkpoint, and a record of the first one's blocks at the log's start.
         let firstCycle = JournalRecord.read(try journalBytes(dir, at: 0, count: 64)[...], at: 8, 8)
         try s.store("targets.json", filler + [3])
-        try s.flush()
+        try s.finishUpdate()
         let header = try journalBytes(dir, at: 0, count: 64)
         #expect(JournalRecord.read(header[...], at: 8, 8) != firstCycle)
         #expect(JournalRecord.read(try journalBytes(dir, at: 303_104, count: 64)[...], at: 16, 8) == 1)
@@ -264,11 +280,11 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let s = store(dir)
         try s.store("targets.json", [1])
-        try s.flush()
+        try s.finishUpdate()
         let huge = [UInt8](repeating: 0x42, count: Journal.logSize + 1)
         try s.store("targets.json", huge)
         try s.store("snapshot.json", [2])
-        try s.flush()
+        try s.finishUpdate()
         #expect(try file(dir, "targets.json") == huge)
         // What a lost write would leave: the older record (targets [1]) would repair it; the log no longer has it.
         try lose(dir, "targets.json", .empty)
@@ -285,34 +301,80 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let a = store(dir)
         try a.store("timestamp.json", [5])
-        try a.flush()
+        try a.finishUpdate()
         let b = store(dir)
         #expect(try b.load("timestamp.json") == [5])
         try a.store("timestamp.json", [8])
-        try a.flush()
+        try a.finishUpdate()
         try b.store("timestamp.json", [6])
-        #expect(throws: UpdaterError.self) { try b.flush() }
+        #expect(throws: UpdaterError.self) { try b.finishUpdate() }
         #expect(try file(dir, "timestamp.json") == [8])
         #expect(try b.load("timestamp.json") == [8])
         try b.store("snapshot.json", [9])
-        try b.flush()
+        try b.finishUpdate()
         // A store's next use after its flush reads what others committed meanwhile: no conflict.
         let big = [UInt8](repeating: 1, count: 600_000)
         try a.store("big.json", big)
-        try a.flush()
+        try a.finishUpdate()
         // Lookups made before another store's commit are stale too: a flush with nothing to write is refused.
         #expect(try b.load("big.json") == big)
         try a.store("timestamp.json", [10])
-        try a.flush()
-        #expect(throws: UpdaterError.self) { try b.flush() }
+        try a.finishUpdate()
+        #expect(throws: UpdaterError.self) { try b.finishUpdate() }
         // And a checkpoint by one store (a new cycle at the log's start) is seen by the other.
         #expect(try b.load("timestamp.json") == [10])
         try a.store("big.json", big + [2])
-        try a.flush()  // does not fit: a checkpoint
+        try a.finishUpdate()  // does not fit: a checkpoint
         try b.store("c.json", [1])
-        #expect(throws: UpdaterError.self) { try b.flush() }
+        #expect(throws: UpdaterError.self) { try b.finishUpdate() }
         try lose(dir, "big.json", .empty)
         #expect(try store(dir).load("big.json") == big + [2])
+    }
+
+    /// A flush within an update (after an accepted root, while an artifact's request travels) keeps the update's
+    /// view: another process's commit after it is not absorbed, and the update's last flush is refused even with
+    /// nothing left to write.
+    @Test func aFlushWithinAnUpdateKeepsItsView() throws {
+        let dir = makeTempDirectory("journal")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let a = store(dir)
+        let b = store(dir)
+        try a.store("root.json", [1])
+        try a.finishUpdate()
+        #expect(try b.load("root.json") == [1])
+        try b.store("root.json", [2])
+        try b.flush()  // within b's update
+        try a.store("root.json", [3])
+        try a.finishUpdate()
+        #expect(try b.load("timestamp.json") == nil)  // b's next use within its update: no re-read
+        #expect(throws: UpdaterError.self) { try b.finishUpdate() }
+        #expect(try b.load("root.json") == [3])  // the next update reads afresh
+    }
+
+    /// What a lost write leaves when the file's size reached the disk before all of its blocks: each block the
+    /// state's own or zeros, in any order.
+    @Test func blocksOfZerosInALostWriteAreRepaired() throws {
+        let dir = makeTempDirectory("journal")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let bytes = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 % 251 + 1) }
+        let s = store(dir)
+        try s.store("targets.json", bytes)
+        try s.finishUpdate()
+        let holes = [
+            Array(bytes[..<4096]) + [UInt8](repeating: 0, count: bytes.count - 4096),
+            [UInt8](repeating: 0, count: 4096) + Array(bytes[4096...]),
+            Array(bytes[..<4096]) + [UInt8](repeating: 0, count: 4096) + Array(bytes[8192...]),
+        ]
+        for damaged in holes {
+            try AtomicFile.write(damaged, directory: dir, name: "targets.json")
+            #expect(try store(dir).load("targets.json") == bytes)
+            #expect(try file(dir, "targets.json") == bytes)
+        }
+        // One changed byte that is not zero is not what a lost write leaves.
+        var edited = bytes
+        edited[5000] = 0xFF
+        try AtomicFile.write(edited, directory: dir, name: "targets.json")
+        #expect(throws: UpdaterError.self) { try store(dir).load("targets.json") }
     }
 
     /// A directory without a journal (made by an older version, or by copying a root in): a store that read it then
@@ -326,10 +388,10 @@ import Testing
         let c = store(dir)
         for s in [a, b, c] { #expect(try s.load("root.json") == [1]) }
         try a.store("timestamp.json", [8])
-        try a.flush()
+        try a.finishUpdate()
         try b.store("timestamp.json", [6])
-        #expect(throws: UpdaterError.self) { try b.flush() }
-        #expect(throws: UpdaterError.self) { try c.flush() }
+        #expect(throws: UpdaterError.self) { try b.finishUpdate() }
+        #expect(throws: UpdaterError.self) { try c.finishUpdate() }
         #expect(try file(dir, "timestamp.json") == [8])
         #expect(try b.load("timestamp.json") == [8])
     }
@@ -343,7 +405,7 @@ import Testing
         try plain.store("root.json", [1])
         let s = store(dir)
         try s.store("timestamp.json", [1])
-        try s.flush()
+        try s.finishUpdate()
         #expect(throws: UpdaterError.self) { try plain.store("root.json", [2]) }
         #expect(throws: UpdaterError.self) { try plain.remove("timestamp.json") }
         #expect(try plain.load("root.json") == [1])
@@ -355,7 +417,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let s = store(dir)
         try s.store("root.json", [1])
-        try s.flush()
+        try s.finishUpdate()
         #expect(truncate(dir + "/" + Journal.name, off_t(Journal.logSize - 4096)) == 0)
         #expect(throws: UpdaterError.self) { try store(dir).load("root.json") }
         try store(dir).initialize(root: [2])
@@ -368,11 +430,11 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let s = store(dir)
         try s.store("a.json", [1])
-        try s.flush()
+        try s.finishUpdate()
         #expect(unlink(dir + "/" + Journal.name) == 0)
         #expect(throws: UpdaterError.self) {
             try s.store("a.json", [2])
-            try s.flush()
+            try s.finishUpdate()
         }
         #expect(try file(dir, "a.json") == [1])
     }
