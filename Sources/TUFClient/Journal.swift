@@ -196,8 +196,8 @@ struct JournalHistory {
 ///    write once only) and the journal is not used again;
 /// 3. writes the files (temp file + rename, so a reader never sees a torn one) without fsync.
 ///
-/// A store reads the log when it first uses the directory and after each flush when another process committed
-/// meanwhile (a run of records from offset 0, with sequence numbers 0, 1, 2... of one random cycle; only the last can
+/// A store reads the log when it first uses the directory and at its next use after an update ended (`finishUpdate`)
+/// when another process committed meanwhile (a run of records from offset 0, with sequence numbers 0, 1, 2... of one random cycle; only the last can
 /// be torn, as each is synced before the next is written, and a torn last record is dropped), and compares each file
 /// it names with the log's final state. A file holding a state the log passed through, or what a lost write leaves
 /// of one (nothing, zeros, a part of its start), is repaired, after the journal is synced and every record checked
@@ -368,7 +368,8 @@ final class Journal {
         }
     }
 
-    /// At the start of a store's next use after a flush: the log read again when another process committed since.
+    /// At the start of a store's next use after an update ended: the log read again when another process committed
+    /// since.
     func readIfChanged() throws {
         try locked {
             if try committedElsewhere() { try readLog(repairing: true) }
