@@ -334,9 +334,7 @@ final class Journal {
             }
             let measured = try changes.map { change in
                 var change = change
-                change.before = try AtomicFile.read(path: directory + "/" + change.name).map {
-                    Array(SHA256.hash(data: $0))
-                }
+                change.before = try digestOfFile(change.name)
                 return change
             }
             if tail + JournalRecord.headerSize + JournalRecord.bodyLength(measured) > size {
@@ -359,14 +357,26 @@ final class Journal {
         try locked {
             try readLog(repairing: false)
             try checkpoint(bestEffort: true)
-            let change = JournalRecord.Change(
-                name: "root.json", bytes: root,
-                before: try AtomicFile.read(path: directory + "/root.json").map { Array(SHA256.hash(data: $0)) })
+            let change = JournalRecord.Change(name: "root.json", bytes: root, before: try digestOfFile("root.json"))
             try append(JournalRecord(cycle: cycle, sequence: sequence, changes: [change]))
             try Journal.apply([change], in: directory, durably: false)
             known = ["root.json": .some(root)]
         }
     }
+
+    /// The SHA-256 of what the directory's file holds, nil when there is none.
+    private func digestOfFile(_ name: String) throws -> [UInt8]? {
+        try AtomicFile.read(path: directory + "/" + name).map { Array(SHA256.hash(data: $0)) }
+    }
+
+    private func unaccounted(_ name: String) -> UpdaterError {
+        .storage(
+            "\(directory)/\(name) holds what its journal cannot account for (edited by hand, or damaged): it is not "
+                + "trusted; initialize the directory again")
+    }
+
+    static let damaged = UpdaterError.storage(
+        "the journal is damaged: a record inside its log does not check out; initialize the directory again")
 
     /// At the start of a store's next use after an update ended: the log read again when another process committed
     /// since.
@@ -397,9 +407,12 @@ final class Journal {
     /// Whether another store committed since this one last read or wrote the log: a record where this store's next
     /// would go, or a new cycle at the log's start.
     private func committedElsewhere() throws -> Bool {
-        let atTail = tail + JournalRecord.headerSize <= size ? try read(at: tail, count: JournalRecord.headerSize) : []
-        let atStart = try read(at: 0, count: JournalRecord.headerSize)
-        return atTail != seenAtTail || atStart != seenAtStart
+        try headerAtTail() != seenAtTail || read(at: 0, count: JournalRecord.headerSize) != seenAtStart
+    }
+
+    /// The header-sized bytes where this store's next record would go (none when the log is full there).
+    private func headerAtTail() throws -> ArraySlice<UInt8> {
+        tail + JournalRecord.headerSize <= size ? try read(at: tail, count: JournalRecord.headerSize) : []
     }
 
     /// Reads the log from its start (records 0, 1, 2... of one cycle) into `records` and `histories`, and leaves
@@ -430,18 +443,9 @@ final class Journal {
         var found = try compare()
         if !found.repairs.isEmpty || !found.unknown.isEmpty {
             // Nothing is taken from the log before every record of it is whole and the log durable.
-            try checkLast()
-            found = try compare()
-            guard records.dropLast().allSatisfy({ JournalRecord.isWhole($0.bytes) }) else {
-                throw UpdaterError.storage(
-                    "the journal is damaged: a record inside its log does not check out; initialize the directory "
-                        + "again")
-            }
-            if let name = found.unknown.first {
-                throw UpdaterError.storage(
-                    "\(directory)/\(name) holds what its journal cannot account for (edited by hand, or damaged): it "
-                        + "is not trusted; initialize the directory again")
-            }
+            if try checkLast() { found = try compare() }
+            guard records.dropLast().allSatisfy({ JournalRecord.isWhole($0.bytes) }) else { throw Journal.damaged }
+            if let name = found.unknown.first { throw unaccounted(name) }
             if !found.repairs.isEmpty {
                 try syncJournal()
                 try Journal.apply(found.repairs, in: directory, durably: false)
@@ -487,14 +491,17 @@ final class Journal {
     /// Only the last record can be torn (each is synced before the next is written): checked before anything is
     /// taken from it or written after it, and dropped when torn (the next commit takes its place). When its place
     /// no longer holds what this store read there, another store dropped it first and committed there: a conflict.
-    private func checkLast() throws {
-        guard !lastChecked else { return }
+    /// Whether it dropped the last record.
+    @discardableResult
+    private func checkLast() throws -> Bool {
+        guard !lastChecked else { return false }
         lastChecked = true
-        guard let last = records.last, !JournalRecord.isWhole(last.bytes) else { return }
+        guard let last = records.last, !JournalRecord.isWhole(last.bytes) else { return false }
         guard try read(at: last.offset, count: JournalRecord.headerSize) == last.bytes.prefix(JournalRecord.headerSize)
         else { throw Journal.conflict }
         records.removeLast()
         try settle()
+        return true
     }
 
     /// What `load` may take from the log instead of the file: the file held it when this store read the log, or
@@ -509,25 +516,13 @@ final class Journal {
         try syncJournal()
         try checkLast()
         if let damaged = records.firstIndex(where: { !JournalRecord.isWhole($0.bytes) }) {
-            guard bestEffort else {
-                throw UpdaterError.storage("the journal is damaged: a record inside its log does not check out")
-            }
+            guard bestEffort else { throw Journal.damaged }
             records.removeSubrange(damaged...)
             try settle()
         }
-        var writes: [JournalRecord.Change] = []
-        for name in order {
-            guard let history = histories[name] else { continue }
-            switch history.verdict(try AtomicFile.read(path: directory + "/" + name)) {
-            case .same, .repair: writes.append(JournalRecord.Change(name: name, bytes: history.final))
-            case .unknown:
-                guard bestEffort else {
-                    throw UpdaterError.storage(
-                        "\(directory)/\(name) holds what its journal cannot account for: initialize the directory again"
-                    )
-                }
-            }
-        }
+        let found = try compare()
+        if !bestEffort, let name = found.unknown.first { throw unaccounted(name) }
+        let writes = found.repairs + found.same.map { JournalRecord.Change(name: $0, bytes: histories[$0]?.final) }
         try Journal.apply(writes, in: directory, durably: true)
         try AtomicFile.syncDirectory(directory)
         try write([UInt8](repeating: 0, count: JournalRecord.headerSize), at: 0)
@@ -566,7 +561,7 @@ final class Journal {
     /// What lies where this store would write its next record, and at the log's start, as this store last saw them:
     /// another store's commit changes one of them.
     private func noteWhatIsThere() throws {
-        seenAtTail = tail + JournalRecord.headerSize <= size ? try read(at: tail, count: JournalRecord.headerSize) : []
+        seenAtTail = try headerAtTail()
         seenAtStart = try read(at: 0, count: JournalRecord.headerSize)
     }
 

@@ -74,7 +74,7 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
 
     public func store(_ name: String, _ data: [UInt8]) throws {
         if writesAtFlush {
-            try pending.write(name, data, directory: directory)
+            try pending.record(name, data, directory: directory)
         } else {
             try refuseJournaledDirectory()
             try AtomicFile.write(data, directory: directory, name: name)
@@ -83,7 +83,7 @@ public struct DirectoryStore: MetadataStore, ArtifactStore {
 
     public func remove(_ name: String) throws {
         if writesAtFlush {
-            try pending.remove(name, directory: directory)
+            try pending.record(name, nil, directory: directory)
         } else {
             try refuseJournaledDirectory()
             try AtomicFile.remove(directory: directory, name: name)
@@ -371,21 +371,13 @@ final class PendingChanges: Sendable {
     private let state = Mutex(State())
     static let staleAge = 600
 
-    func write(_ name: String, _ bytes: [UInt8], directory: String) throws {
+    /// Keeps `bytes` (nil: a removal) as `name`'s change, replacing an earlier one.
+    func record(_ name: String, _ bytes: [UInt8]?, directory: String) throws {
         guard Journal.isStorable(name) else { throw UpdaterError.storage("not a file name: \(name)") }
         try state.withLock { state in
             try PendingChanges.prepare(&state, directory)
             state.changes.removeAll { $0.name == name }
             state.changes.append(JournalRecord.Change(name: name, bytes: bytes))
-        }
-    }
-
-    func remove(_ name: String, directory: String) throws {
-        guard Journal.isStorable(name) else { throw UpdaterError.storage("not a file name: \(name)") }
-        try state.withLock { state in
-            try PendingChanges.prepare(&state, directory)
-            state.changes.removeAll { $0.name == name }
-            state.changes.append(JournalRecord.Change(name: name, bytes: nil))
         }
     }
 

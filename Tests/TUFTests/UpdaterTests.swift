@@ -494,6 +494,15 @@ import Testing
         }
     }
 
+    /// A repository whose top-level targets lists `a.txt`, a client directory for it, and a recording store on it.
+    func repositoryWithATarget() throws -> (TestRepository, String, Recording) {
+        let repo = TestRepository()
+        repo.roles["targets"]?.targets = ["a.txt": Array("hello".utf8)]
+        repo.publish()
+        let dir = try makeClientDirectory(repo)
+        return (repo, dir, Recording(dir))
+    }
+
     @Test func anUpdateEndsWithTheFlushWhetherItSucceedsOrFails() async throws {
         let repo = TestRepository()
         let dir = try makeClientDirectory(repo)
@@ -519,11 +528,7 @@ import Testing
     /// A refresh that verified everything but whose files were not made durable fails; the updater then refuses to
     /// look anything up on what it trusts (a restart would not know it); a new updater starts from the store.
     @Test func aRefreshWhoseFlushFailsFailsAndItsUpdaterStops() async throws {
-        let repo = TestRepository()
-        repo.roles["targets"]?.targets = ["a.txt": Array("hello".utf8)]
-        repo.publish()
-        let dir = try makeClientDirectory(repo)
-        let store = Recording(dir)
+        let (repo, dir, store) = try repositoryWithATarget()
         store.failingFlush.withLock { $0 = true }
         let updater = try makeUpdater(repo, dir: dir, store: store)
         await #expect(throws: UpdaterError.self) { try await updater.refresh() }
@@ -578,11 +583,7 @@ import Testing
     /// and before that answer is read; the repository sees the same requests in the same order; the last file is
     /// written before the method returns.
     @Test func acceptedFilesAreWrittenWhileTheNextRequestTravels() async throws {
-        let repo = TestRepository()
-        repo.roles["targets"]?.targets = ["a.txt": Array("hello".utf8)]
-        repo.publish()
-        let dir = try makeClientDirectory(repo)
-        let store = Recording(dir)
+        let (repo, dir, store) = try repositoryWithATarget()
         let updater = try Updater(
             metadataBaseURL: TestRepository.metadataURL, metadataStore: store,
             fetcher: LoggingFetcher(inner: repo.fetcher, store: store), targetBaseURL: TestRepository.targetsURL,
