@@ -1481,16 +1481,16 @@ public final class PostgresHubStore: HubStore {
     public func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord] {
         try await read { client in
             var records: [TelemetryRecord] = []
-            for try await (id, at, correlation, body) in try await client.query(
+            for try await (id, at, correlation, body, type) in try await client.query(
                 """
-                SELECT id, received_at, correlation_id, body FROM telemetry WHERE device_id = \(device.rawValue)
-                ORDER BY id DESC LIMIT \(limit)
+                SELECT id, received_at, correlation_id, body, message_type FROM telemetry
+                WHERE device_id = \(device.rawValue) ORDER BY id DESC LIMIT \(limit)
                 """
-            ).decode((Int64, Int64, String, ByteBuffer).self) {
+            ).decode((Int64, Int64, String, ByteBuffer, String?).self) {
                 records.append(
                     TelemetryRecord(
                         id: id, deviceID: device, receivedAt: Date(millis: at), correlationID: correlation,
-                        body: Array(body.readableBytesView)))
+                        body: Array(body.readableBytesView), messageType: type))
             }
             return records
         }

@@ -345,7 +345,7 @@ public actor InMemoryHubStore: HubStore {
         telemetryRecords.append(
             TelemetryRecord(
                 id: id, deviceID: message.deviceID, receivedAt: message.receivedAt,
-                correlationID: message.correlationID, body: message.body))
+                correlationID: message.correlationID, body: message.body, messageType: message.messageType))
         if let nonce = message.nonce { nonceRecords[message.deviceID, default: [:]][nonce.nonce] = nonce.expiresAt }
         if let accepted {
             windows[message.deviceID] = accepted

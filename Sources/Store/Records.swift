@@ -157,13 +157,19 @@ public struct TelemetryRecord: Sendable, Equatable {
     public var receivedAt: Date
     public var correlationID: String
     public var body: [UInt8]
+    /// The message type whose schema the gateway checked, as it was stored (`NewTelemetry.messageType`).
+    public var messageType: String?
 
-    public init(id: Int64, deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8]) {
+    public init(
+        id: Int64, deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8],
+        messageType: String? = nil
+    ) {
         self.id = id
         self.deviceID = deviceID
         self.receivedAt = receivedAt
         self.correlationID = correlationID
         self.body = body
+        self.messageType = messageType
     }
 }
 

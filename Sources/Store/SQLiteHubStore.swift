@@ -370,6 +370,48 @@ public final class SQLiteHubStore: HubStore {
                     DROP INDEX telemetry_device;
                     """)
         }
+        migrator.registerMigration("v26: telemetry stored one row per device and group commit") { db in
+            // SQLite's work per row was more than the rest of a stored QoS 0 message (issue #16); a group commit of
+            // MQTT telemetry holds about ten messages per device, which now share a row (`TelemetryChunk`). Each
+            // message keeps an id of its own: the row's `first_id` plus its position. The index and its mark keep
+            // their meaning (v25) for rows: every row with `first_id <= upto` is in `telemetry_chunk_index`. The
+            // rows before keep their ids, each a row of its own.
+            try db.execute(
+                sql: """
+                    CREATE TABLE telemetry_chunks (
+                        first_id INTEGER PRIMARY KEY,
+                        device_id TEXT NOT NULL REFERENCES devices(id),
+                        count INTEGER NOT NULL CHECK (count > 0),
+                        messages BLOB NOT NULL
+                    );
+                    CREATE TABLE telemetry_chunk_index (
+                        device_id TEXT NOT NULL, first_id INTEGER NOT NULL, count INTEGER NOT NULL,
+                        PRIMARY KEY (device_id, first_id)
+                    ) WITHOUT ROWID;
+                    """)
+            let insert = try db.makeStatement(
+                sql: "INSERT INTO telemetry_chunks (first_id, device_id, count, messages) VALUES (?, ?, 1, ?)")
+            let rows = try Row.fetchCursor(
+                db,
+                sql: "SELECT id, device_id, received_at, correlation_id, body, message_type FROM telemetry ORDER BY id")
+            var buffer: [UInt8] = []
+            while let row = try rows.next() {
+                TelemetryChunk.start(&buffer)
+                try TelemetryChunk.append(
+                    receivedAtMillis: row["received_at"], correlationID: row["correlation_id"],
+                    messageType: row["message_type"], body: [UInt8](row["body"] as Data), to: &buffer)
+                try insert.execute(arguments: [row["id"] as Int64, row["device_id"] as String, Data(buffer)])
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO telemetry_chunk_index (device_id, first_id, count)
+                        SELECT device_id, first_id, count FROM telemetry_chunks ORDER BY device_id, first_id;
+                    INSERT INTO telemetry_indexed (one, upto) SELECT 1, COALESCE(MAX(first_id), 0) FROM telemetry_chunks
+                        WHERE true ON CONFLICT (one) DO UPDATE SET upto = excluded.upto;
+                    DROP TABLE telemetry_by_device;
+                    DROP TABLE telemetry;
+                    """)
+        }
         return migrator
     }
 
@@ -995,48 +1037,80 @@ public final class SQLiteHubStore: HubStore {
         TelemetryWrite(committer.queue(message))
     }
 
-    /// The device's newest messages: those not yet in `telemetry_by_device` (above its `upto`, a short rowid range),
-    /// then the indexed ones, read in one snapshot (migration v25).
+    /// The device's newest messages: those in rows not yet in `telemetry_chunk_index` (above its `upto`, a short
+    /// range of `first_id`), then the indexed ones, read in one snapshot (migrations v25, v26). Rows are read newest
+    /// first and only until `limit` messages are found.
     public func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord] {
         guard limit > 0 else { return [] }
         return try await read { db in
             let upto = try Self.indexedUpTo(db)
-            var rows = try Row.fetchAll(
-                db, sql: "SELECT * FROM telemetry WHERE id > ? AND device_id = ? ORDER BY id DESC LIMIT ?",
-                arguments: [upto, device.rawValue, limit])
-            if rows.count < limit {
-                rows += try Row.fetchAll(
-                    db,
-                    sql: """
-                        SELECT telemetry.* FROM telemetry_by_device
-                        JOIN telemetry ON telemetry.id = telemetry_by_device.id
-                        WHERE telemetry_by_device.device_id = ? AND telemetry_by_device.id <= ?
-                        ORDER BY telemetry_by_device.id DESC LIMIT ?
-                        """,
-                    arguments: [device.rawValue, upto, limit - rows.count])
+            var records: [TelemetryRecord] = []
+            for (sql, arguments) in [
+                (
+                    "SELECT first_id, count, messages FROM telemetry_chunks WHERE first_id > ? AND device_id = ? "
+                        + "ORDER BY first_id DESC", [upto, device.rawValue] as StatementArguments
+                ),
+                (
+                    """
+                    SELECT telemetry_chunks.first_id, telemetry_chunks.count, telemetry_chunks.messages
+                    FROM telemetry_chunk_index
+                    JOIN telemetry_chunks ON telemetry_chunks.first_id = telemetry_chunk_index.first_id
+                    WHERE telemetry_chunk_index.device_id = ? AND telemetry_chunk_index.first_id <= ?
+                    ORDER BY telemetry_chunk_index.first_id DESC
+                    """, [device.rawValue, upto]
+                ),
+            ] where records.count < limit {
+                let rows = try Row.fetchCursor(db, sql: sql, arguments: arguments)
+                while records.count < limit, let row = try rows.next() {
+                    let first: Int64 = row[0]
+                    let count: Int = row[1]
+                    let messages = try Self.decodeChunk(row, first: first, keepingLast: limit - records.count)
+                    // The newest `messages.count` of the row's `count` messages.
+                    for (offset, message) in zip((count - messages.count)..<count, messages).reversed() {
+                        records.append(
+                            TelemetryRecord(
+                                id: first + Int64(offset), deviceID: device,
+                                receivedAt: Date(millis: message.receivedAtMillis),
+                                correlationID: message.correlationID, body: message.body,
+                                messageType: message.messageType))
+                    }
+                }
             }
-            return rows.map { row in
-                TelemetryRecord(
-                    id: row["id"], deviceID: device, receivedAt: Date(millis: row["received_at"]),
-                    correlationID: row["correlation_id"], body: [UInt8](row["body"] as Data))
+            return records
+        }
+    }
+
+    /// A telemetry row's newest `keepingLast` messages (its count and bytes at columns 1 and 2); a row that does not
+    /// decode is reported by its id, as the store being unavailable, rather than answered in part.
+    private static func decodeChunk(_ row: Row, first: Int64, keepingLast: Int) throws -> [TelemetryChunk.Message] {
+        let count: Int = row[1]
+        do {
+            return try row.withUnsafeData(atIndex: 2) { data in
+                guard let data else { throw TelemetryChunk.Damaged(reason: "no bytes") }
+                return try data.withUnsafeBytes { bytes in
+                    try TelemetryChunk.decode(bytes, count: count, keepingLast: keepingLast)
+                }
             }
+        } catch {
+            throw StoreError(.unavailable, "telemetry row \(first): \(error)")
         }
     }
 
     public func telemetryCount(of device: DeviceID?) async throws -> Int {
         try await read { db in
-            // The index's narrow rows up to its mark (not the table's bodies), plus the few above it.
+            // The index's narrow rows up to its mark (not the messages), plus the few rows above it.
             let upto = try Self.indexedUpTo(db)
             let ofDevice = device == nil ? "" : " AND device_id = ?"
             return try Int.fetchOne(
                 db,
-                sql: "SELECT (SELECT COUNT(*) FROM telemetry_by_device WHERE id <= ?\(ofDevice)) "
-                    + "+ (SELECT COUNT(*) FROM telemetry WHERE id > ?\(ofDevice))",
+                sql:
+                    "SELECT (SELECT COALESCE(SUM(count), 0) FROM telemetry_chunk_index WHERE first_id <= ?\(ofDevice)) "
+                    + "+ (SELECT COALESCE(SUM(count), 0) FROM telemetry_chunks WHERE first_id > ?\(ofDevice))",
                 arguments: device.map { [upto, $0.rawValue, upto, $0.rawValue] } ?? [upto, upto]) ?? 0
         }
     }
 
-    /// Every stored message with an id up to this one is in `telemetry_by_device`.
+    /// Every telemetry row whose `first_id` is up to this one is in `telemetry_chunk_index`.
     static func indexedUpTo(_ db: Database) throws -> Int64 {
         try Int64.fetchOne(db.cachedStatement(sql: "SELECT upto FROM telemetry_indexed")) ?? 0
     }
@@ -1526,39 +1600,75 @@ final class GroupCommitter: Sendable {
         }
     }
 
-    /// The telemetry insert, bound and stepped with SQLite's C API: GRDB's arguments box every value (an existential
-    /// per column, the body copied into a `Data`), which cost more than the insert's own SQLite work per message in a
-    /// profile of MQTT QoS 0. The bytes are bound without a copy (`SQLITE_STATIC`) and unbound before they go. GRDB does not
-    /// see this statement run: a transaction observer (the hub registers none) would not hear of these inserts.
-    private static func insert(_ statement: Statement, _ entry: TelemetryQueue.Entry, _ db: Database) throws -> Int64 {
-        try stepOnce(statement, db) { handle in
-            Self.withBytes(entry.message.deviceID.rawValue) { device in
-                Self.withBytes(entry.message.correlationID) { correlation in
-                    entry.message.body.withUnsafeBytes { body -> Int32 in
-                        var bound = bindText(handle, 1, device)
-                        if bound == SQLITE_OK { bound = sqlite3_bind_int64(handle, 2, entry.message.receivedAt.millis) }
-                        if bound == SQLITE_OK { bound = bindText(handle, 3, correlation) }
+    /// The batch's accepted messages as rows of `telemetry_chunks`, one per device in the order each device's first
+    /// message was queued, its messages in queue order (`TelemetryChunk`), under ids that follow the newest row's.
+    /// Returns each message's id (nil where `accepted` is false) and each device's newest time. The insert is bound
+    /// and stepped with SQLite's C API: GRDB's arguments box every value (an existential per column, the bytes
+    /// copied into a `Data`), which cost more than the insert's own SQLite work per message in a profile of MQTT
+    /// QoS 0. Strings and the row's bytes are bound where they lie (`SQLITE_STATIC`) and unbound before they go.
+    /// GRDB does not see this statement run: a transaction observer (the hub registers none) would not hear of it.
+    private static func insertChunks(
+        _ batch: [TelemetryQueue.Entry], accepted: [Bool], _ db: Database
+    ) throws -> (ids: [Int64?], seen: [(DeviceID, Int64)]) {
+        var ids = [Int64?](repeating: nil, count: batch.count)
+        var groupOf: [DeviceID: Int] = [:]
+        var groups: [(indices: [Int], newest: Int64)] = []
+        for index in batch.indices where accepted[index] {
+            let message = batch[index].message
+            let at = message.receivedAt.millis
+            if let group = groupOf[message.deviceID] {
+                groups[group].indices.append(index)
+                groups[group].newest = max(groups[group].newest, at)
+            } else {
+                groupOf[message.deviceID] = groups.count
+                groups.append(([index], at))
+            }
+        }
+        guard !groups.isEmpty else { return (ids, []) }
+        var next =
+            try Int64.fetchOne(
+                db.cachedStatement(sql: "SELECT first_id + count FROM telemetry_chunks ORDER BY first_id DESC LIMIT 1")
+            ) ?? 1
+        let statement = try db.cachedStatement(
+            sql: "INSERT INTO telemetry_chunks (first_id, device_id, count, messages) VALUES (?, ?, ?, ?)")
+        var buffer: [UInt8] = []
+        var seen: [(DeviceID, Int64)] = []
+        seen.reserveCapacity(groups.count)
+        for group in groups {
+            buffer.reserveCapacity(
+                group.indices.reduce(1) { size, index in
+                    let message = batch[index].message
+                    return size
+                        + TelemetryChunk.size(
+                            correlationID: message.correlationID.utf8.count,
+                            messageType: message.messageType?.utf8.count, body: message.body.count)
+                })
+            TelemetryChunk.start(&buffer)
+            for (offset, index) in group.indices.enumerated() {
+                let message = batch[index].message
+                try TelemetryChunk.append(
+                    receivedAtMillis: message.receivedAt.millis, correlationID: message.correlationID,
+                    messageType: message.messageType, body: message.body, to: &buffer)
+                ids[index] = next + Int64(offset)
+            }
+            let device = batch[group.indices[0]].message.deviceID
+            try stepOnce(statement, db) { handle in
+                Self.withBytes(device.rawValue) { id in
+                    buffer.withUnsafeBytes { bytes -> Int32 in
+                        var bound = sqlite3_bind_int64(handle, 1, next)
+                        if bound == SQLITE_OK { bound = bindText(handle, 2, id) }
+                        if bound == SQLITE_OK { bound = sqlite3_bind_int64(handle, 3, Int64(group.indices.count)) }
                         if bound == SQLITE_OK {
-                            if let bytes = body.baseAddress, !body.isEmpty {
-                                bound = sqlite3_bind_blob(handle, 4, bytes, Int32(body.count), nil)
-                            } else {
-                                bound = sqlite3_bind_zeroblob(handle, 4, 0)
-                            }
+                            bound = sqlite3_bind_blob(handle, 4, bytes.baseAddress, Int32(bytes.count), nil)
                         }
-                        guard bound == SQLITE_OK else { return bound }
-                        guard let messageType = entry.message.messageType else {
-                            bound = sqlite3_bind_null(handle, 5)
-                            return bound == SQLITE_OK ? sqlite3_step(handle) : bound
-                        }
-                        return Self.withBytes(messageType) { type in
-                            let bound = bindText(handle, 5, type)
-                            return bound == SQLITE_OK ? sqlite3_step(handle) : bound
-                        }
+                        return bound == SQLITE_OK ? sqlite3_step(handle) : bound
                     }
                 }
             }
+            seen.append((device, group.newest))
+            next += Int64(group.indices.count)
         }
-        return db.lastInsertedRowID
+        return (ids, seen)
     }
 
     /// Steps `statement` once with what `bindAndStep` binds: it returns `sqlite3_step`'s code, or the first failed
@@ -1602,10 +1712,10 @@ final class GroupCommitter: Sendable {
     }
 
     /// Each device's newest stored message time on its row (the fleet overview sorts by it), once per batch and
-    /// never backwards (as PostgreSQL's trigger keeps it). Bound and stepped with SQLite's C API, as `insert`: in a
-    /// fleet a batch holds about one message per device, so this runs about once per message, and GRDB's boxed
+    /// never backwards (as PostgreSQL's trigger keeps it). Bound and stepped with SQLite's C API, as `insertChunks`:
+    /// in a fleet a batch holds about one message per device, so this runs about once per message, and GRDB's boxed
     /// arguments cost two allocations each (`bulwark-bench store --devices 5000`).
-    private static func markSeen(_ seen: [DeviceID: Int64], _ db: Database) throws {
+    private static func markSeen(_ seen: [(DeviceID, Int64)], _ db: Database) throws {
         guard !seen.isEmpty else { return }
         let update = try db.cachedStatement(
             sql: "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?")
@@ -1620,22 +1730,23 @@ final class GroupCommitter: Sendable {
         }
     }
 
-    /// Adds the stored messages above `telemetry_indexed.upto` to `telemetry_by_device` once there are `every` of
-    /// them (or more), sorted by device, and moves `upto` to `newest`, in the batch's transaction: the index and
-    /// its mark commit together, so a reader (or a restart) never sees a row both unindexed and below the mark.
-    /// Should an entry already be there (or the mark's row be missing), the batch still commits: `OR IGNORE` and an
-    /// upsert, so that a damaged index can never refuse every later message.
-    private static func indexTail(upTo newest: Int64, every: Int64, _ db: Database) throws {
+    /// Adds the telemetry rows above `telemetry_indexed.upto` to `telemetry_chunk_index` once `every` messages (or
+    /// more) lie above it, sorted by device, and moves `upto` to the newest row, in the batch's transaction: the
+    /// index and its mark commit together, so a reader (or a restart) never sees a row both unindexed and below the
+    /// mark. Should an entry already be there (or the mark's row be missing), the batch still commits: `OR IGNORE`
+    /// and an upsert, so that a damaged index can never refuse every later message.
+    private static func indexTail(newestRow: Int64, newestMessage: Int64, every: Int64, _ db: Database) throws {
         let upto = try SQLiteHubStore.indexedUpTo(db)
-        guard newest - upto >= every else { return }
+        guard newestMessage - upto >= every else { return }
         try db.cachedStatement(
-            sql: "INSERT OR IGNORE INTO telemetry_by_device (device_id, id) "
-                + "SELECT device_id, id FROM telemetry WHERE id > ? AND id <= ? ORDER BY device_id, id"
-        ).execute(arguments: [upto, newest])
+            sql: "INSERT OR IGNORE INTO telemetry_chunk_index (device_id, first_id, count) "
+                + "SELECT device_id, first_id, count FROM telemetry_chunks WHERE first_id > ? AND first_id <= ? "
+                + "ORDER BY device_id, first_id"
+        ).execute(arguments: [upto, newestRow])
         try db.cachedStatement(
             sql: "INSERT INTO telemetry_indexed (one, upto) VALUES (1, ?) "
                 + "ON CONFLICT (one) DO UPDATE SET upto = excluded.upto"
-        ).execute(arguments: [newest])
+        ).execute(arguments: [newestRow])
     }
 
     private func writeNextBatch() {
@@ -1646,20 +1757,19 @@ final class GroupCommitter: Sendable {
         Self.asyncTransaction(
             pool,
             { db -> [Int64?] in
-                let statement = try db.cachedStatement(
-                    sql:
-                        "INSERT INTO telemetry (device_id, received_at, correlation_id, body, message_type) VALUES (?, ?, ?, ?, ?)"
-                )
                 let now = Int64(Date().timeIntervalSince1970)
-                var ids: [Int64?] = []
-                ids.reserveCapacity(batch.count)
-                var seen: [DeviceID: Int64] = [:]
+                var accepted: [Bool] = []
+                accepted.reserveCapacity(batch.count)
                 for index in batch.indices {
-                    ids.append(try Self.write(batch[index], statement, now: now, seen: &seen, db))
+                    accepted.append(try Self.admit(batch[index], now: now, db))
                 }
+                let (ids, seen) = try Self.insertChunks(batch, accepted: accepted, db)
                 try Self.markSeen(seen, db)
                 if let newest = ids.lazy.compactMap({ $0 }).max() {
-                    try Self.indexTail(upTo: newest, every: indexEvery, db)
+                    let newestRow =
+                        try Int64.fetchOne(
+                            db.cachedStatement(sql: "SELECT MAX(first_id) FROM telemetry_chunks")) ?? newest
+                    try Self.indexTail(newestRow: newestRow, newestMessage: newest, every: indexEvery, db)
                 }
                 if batch.contains(where: { $0.message.nonce != nil }) {
                     try db.cachedStatement(sql: "DELETE FROM nonces WHERE expires_at <= ?")
@@ -1713,12 +1823,11 @@ final class GroupCommitter: Sendable {
         }
     }
 
-    /// One message of a batch inside its transaction: its id, or nil for a replay (nothing of it stored). The message
-    /// is read where it lies in its entry, never copied out: a copy retained each of its references on the writer's
-    /// thread, where a connection's thread had just written them.
-    private static func write(
-        _ entry: TelemetryQueue.Entry, _ statement: Statement, now: Int64, seen: inout [DeviceID: Int64], _ db: Database
-    ) throws -> Int64? {
+    /// The replay state of one message of a batch, inside the batch's transaction: false for a replay (nothing of it
+    /// will be stored), else true once its counter window is stored. The message is read where it lies in its entry,
+    /// never copied out: a copy retained each of its references on the writer's thread, where a connection's thread
+    /// had just written them.
+    private static func admit(_ entry: TelemetryQueue.Entry, now: Int64, _ db: Database) throws -> Bool {
         // The replay state travels in the message's own transaction: acknowledged together or not at all.
         // A counter the stored window holds, or a live nonce already stored, is a replay (another writer
         // took it first): that message alone is refused, nothing of it stored.
@@ -1727,7 +1836,7 @@ final class GroupCommitter: Sendable {
             let stored = try Self.storedWindow(entry.message.deviceID, db)
             accepted = (stored ?? StoredCounterWindow(highest: 0, seen: 0)).accepting(counter)
             if accepted == nil {
-                return nil
+                return false
             }
         }
         if let nonce = entry.message.nonce {
@@ -1740,12 +1849,9 @@ final class GroupCommitter: Sendable {
             )
             .execute(arguments: [entry.message.deviceID.rawValue, nonce.nonce, nonce.expiresAt, now])
             if db.changesCount == 0 {
-                return nil
+                return false
             }
         }
-        let id = try Self.insert(statement, entry, db)
-        let at = entry.message.receivedAt.millis
-        seen[entry.message.deviceID] = max(seen[entry.message.deviceID] ?? at, at)
         // The window to store: the one this counter was accepted into, or the gateway's merged with the stored one
         // (never backwards: concurrent writes of one device may commit out of order).
         var window = accepted
@@ -1760,6 +1866,6 @@ final class GroupCommitter: Sendable {
                 entry.message.deviceID.rawValue, Int64(bitPattern: window.highest), Int64(bitPattern: window.seen),
             ])
         }
-        return id
+        return true
     }
 }

@@ -34,24 +34,30 @@ import Testing
         #expect(try await store.telemetryCount(of: nil) == expected.values.map(\.count).reduce(0, +))
     }
 
-    /// (mark, rows in the index, rows above the mark, newest id) read straight from the file, after checking that
-    /// the index holds exactly the rows up to its mark, each under its own device.
+    /// (mark, messages in the index, messages above the mark, newest message id) read straight from the file, after
+    /// checking that the index holds exactly the rows up to its mark, each under its own device and count.
     static func indexState(_ path: String) throws -> (upto: Int64, indexed: Int, above: Int, newest: Int64) {
         let pool = try DatabasePool(path: path)
         return try pool.read { db in
             let upto = try Int64.fetchOne(db, sql: "SELECT upto FROM telemetry_indexed") ?? -1
-            let indexed = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM telemetry_by_device") ?? -1
-            let below = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM telemetry WHERE id <= ?", arguments: [upto])
+            let indexed = try Int.fetchOne(db, sql: "SELECT COALESCE(SUM(count), 0) FROM telemetry_chunk_index") ?? -1
+            let below = try Int.fetchOne(
+                db, sql: "SELECT COALESCE(SUM(count), 0) FROM telemetry_chunks WHERE first_id <= ?", arguments: [upto])
             let matching = try Int.fetchOne(
                 db,
-                sql: "SELECT COUNT(*) FROM telemetry_by_device JOIN telemetry ON telemetry.id = telemetry_by_device.id "
-                    + "AND telemetry.device_id = telemetry_by_device.device_id WHERE telemetry_by_device.id <= ?",
+                sql: """
+                    SELECT COALESCE(SUM(c.count), 0) FROM telemetry_chunk_index AS i JOIN telemetry_chunks AS c
+                    ON c.first_id = i.first_id AND c.device_id = i.device_id AND c.count = i.count
+                    WHERE i.first_id <= ?
+                    """,
                 arguments: [upto])
             #expect(indexed == below && matching == below, "the index holds exactly the rows up to its mark")
             return (
                 upto, indexed,
-                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM telemetry WHERE id > ?", arguments: [upto]) ?? -1,
-                try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM telemetry") ?? -1
+                try Int.fetchOne(
+                    db, sql: "SELECT COALESCE(SUM(count), 0) FROM telemetry_chunks WHERE first_id > ?",
+                    arguments: [upto]) ?? -1,
+                try Int64.fetchOne(db, sql: "SELECT MAX(first_id + count - 1) FROM telemetry_chunks") ?? -1
             )
         }
     }
@@ -152,8 +158,14 @@ import Testing
                 }
                 for index in 0..<40 {
                     try db.execute(
-                        sql: "INSERT INTO telemetry (device_id, received_at, correlation_id, body) VALUES (?, ?, ?, ?)",
-                        arguments: [devices[index % 3 == 0 ? 0 : 1].rawValue, index, "c\(index)", Data("{}".utf8)])
+                        sql: """
+                            INSERT INTO telemetry (device_id, received_at, correlation_id, body, message_type)
+                            VALUES (?, ?, ?, ?, ?)
+                            """,
+                        arguments: [
+                            devices[index % 3 == 0 ? 0 : 1].rawValue, index, "c\(index)", Data("{\"i\":\(index)}".utf8),
+                            index % 2 == 0 ? "telemetry" : nil,
+                        ])
                     rows.append((index % 3 == 0 ? 0 : 1, db.lastInsertedRowID))
                 }
                 return rows
@@ -165,9 +177,101 @@ import Testing
         try await Self.check(store, expected, "migrated")
         let state = try Self.indexState(path)
         #expect(state.upto == 40 && state.indexed == 40 && state.above == 0)
-        #expect(try await DatabasePool(path: path).read { try $0.indexes(on: "telemetry") }.isEmpty)
+        #expect(try await DatabasePool(path: path).read { try $0.tableExists("telemetry") } == false)
+        // Every field of every message survived both migrations (v25's index, v26's rows), under its old id.
+        for (device, ids) in expected {
+            for record in try await store.telemetry(of: device, limit: 100) {
+                let index = Int(record.id) - 1
+                #expect(ids.contains(record.id) && record.correlationID == "c\(index)")
+                #expect(record.body == Array("{\"i\":\(index)}".utf8))
+                #expect(record.receivedAt == Date(millis: Int64(index)))
+                #expect(record.messageType == (index % 2 == 0 ? "telemetry" : nil))
+            }
+        }
         // New messages go above the mark until there are enough to index.
         expected[devices[1]]!.append(try await store.appendTelemetry(Self.message(devices[1], 40)))
         try await Self.check(store, expected, "one more")
+    }
+
+    /// Messages of several devices queued together (migration v26): each device's messages of a batch share a row,
+    /// under consecutive ids in the order they were queued, and read back whole.
+    @Test func aDevicesMessagesOfABatchShareARowInQueueOrder() async throws {
+        let path = try Self.directory() + "/hub.sqlite"
+        let store = try SQLiteHubStore(path: path)
+        let devices = try ["a", "b", "c"].map { try DeviceID($0) }
+        for device in devices {
+            try await store.enroll(
+                device: device, certificate: HubStoreTests.certificate(device.rawValue, device: device), at: Date())
+        }
+        let writes = (0..<60).map { index in
+            (devices[index % 3], index, store.queueTelemetry(Self.message(devices[index % 3], index)))
+        }
+        var expected: [DeviceID: [Int64]] = [:]
+        var indexOf: [Int64: Int] = [:]
+        for (device, index, write) in writes {
+            let id = try await write.value()
+            #expect(expected[device]?.last.map { $0 < id } ?? true, "a device's ids follow its queue order")
+            expected[device, default: []].append(id)
+            indexOf[id] = index
+        }
+        try await Self.check(store, expected, "queued together")
+        for device in devices {
+            for record in try await store.telemetry(of: device, limit: 100) {
+                let index = try #require(indexOf[record.id])
+                #expect(record.body == Array(#"{"i":\#(index)}"#.utf8) && record.correlationID == "c\(index)")
+            }
+        }
+        let rows = try await DatabasePool(path: path).read { db in
+            try Row.fetchAll(db, sql: "SELECT first_id, device_id, count FROM telemetry_chunks ORDER BY first_id")
+        }
+        // The first message starts a batch of its own; the other 59 are queued while it commits.
+        #expect(rows.count < 60 && rows.map { $0["count"] as Int }.reduce(0, +) == 60, "\(rows.count) rows")
+        for row in rows {
+            let first: Int64 = row["first_id"]
+            let device = try DeviceID(row["device_id"] as String)
+            for id in first..<(first + row["count"]) { #expect(expected[device]?.contains(id) == true) }
+        }
+    }
+
+    /// A row whose bytes were damaged on disk is reported (the store unavailable, the row named), never read in
+    /// part or past its end; the other devices' messages and every count still answer.
+    @Test func aDamagedRowIsAnErrorNotAShortAnswer() async throws {
+        let path = try Self.directory() + "/hub.sqlite"
+        let store = try SQLiteHubStore(path: path)
+        let devices = try ["a", "b"].map { try DeviceID($0) }
+        var expected: [DeviceID: [Int64]] = [:]
+        for device in devices {
+            try await store.enroll(
+                device: device, certificate: HubStoreTests.certificate(device.rawValue, device: device), at: Date())
+            expected[device] = [try await store.appendTelemetry(Self.message(device, 0))]
+        }
+        let damages = [
+            "substr(messages, 1, length(messages) - 1)", "messages || x'00'", "x''", "x'02' || substr(messages, 2)",
+            "substr(messages, 1, 9) || x'ffffff7f' || substr(messages, 14)",
+        ]
+        for damage in damages {
+            try await DatabasePool(path: path).write { db in
+                try db.execute(
+                    sql: "UPDATE telemetry_chunks SET messages = \(damage) WHERE device_id = 'a'")
+            }
+            let error = await #expect(throws: StoreError.self, "\(damage)") {
+                _ = try await store.telemetry(of: devices[0], limit: 10)
+            }
+            #expect(error?.code == .unavailable && "\(error!)".contains("telemetry row \(expected[devices[0]]![0])"))
+            #expect(try await store.telemetry(of: devices[1], limit: 10).map(\.id) == expected[devices[1]])
+            #expect(try await store.telemetryCount(of: devices[0]) == 1)
+            // Put the row back for the next damage.
+            try await DatabasePool(path: path).write { db in
+                var bytes: [UInt8] = []
+                TelemetryChunk.start(&bytes)
+                let message = Self.message(devices[0], 0)
+                try TelemetryChunk.append(
+                    receivedAtMillis: message.receivedAt.millis, correlationID: message.correlationID,
+                    messageType: nil, body: message.body, to: &bytes)
+                try db.execute(
+                    sql: "UPDATE telemetry_chunks SET messages = ? WHERE device_id = 'a'", arguments: [Data(bytes)])
+            }
+            try await Self.check(store, expected, "repaired after \(damage)")
+        }
     }
 }
