@@ -152,6 +152,8 @@ public struct NewTelemetry: Sendable {
 }
 
 public struct TelemetryRecord: Sendable, Equatable {
+    /// Unique in the store, and increasing with the order a device's messages were queued. Across devices ids follow
+    /// batches, not arrival: the SQLite store numbers each batch's messages device by device (one row each).
     public var id: Int64
     public var deviceID: DeviceID
     public var receivedAt: Date

@@ -381,7 +381,7 @@ public final class SQLiteHubStore: HubStore {
                     CREATE TABLE telemetry_chunks (
                         first_id INTEGER PRIMARY KEY,
                         device_id TEXT NOT NULL REFERENCES devices(id),
-                        count INTEGER NOT NULL CHECK (count > 0),
+                        count INTEGER NOT NULL CHECK (typeof(count) = 'integer' AND count > 0),
                         messages BLOB NOT NULL
                     );
                     CREATE TABLE telemetry_chunk_index (
@@ -1063,8 +1063,7 @@ public final class SQLiteHubStore: HubStore {
                 let rows = try Row.fetchCursor(db, sql: sql, arguments: arguments)
                 while records.count < limit, let row = try rows.next() {
                     let first: Int64 = row[0]
-                    let count: Int = row[1]
-                    let messages = try Self.decodeChunk(row, first: first, keepingLast: limit - records.count)
+                    let (count, messages) = try Self.decodeChunk(row, first: first, keepingLast: limit - records.count)
                     // The newest `messages.count` of the row's `count` messages.
                     for (offset, message) in zip((count - messages.count)..<count, messages).reversed() {
                         records.append(
@@ -1080,15 +1079,17 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
-    /// A telemetry row's newest `keepingLast` messages (its count and bytes at columns 1 and 2); a row that does not
-    /// decode is reported by its id, as the store being unavailable, rather than answered in part.
-    private static func decodeChunk(_ row: Row, first: Int64, keepingLast: Int) throws -> [TelemetryChunk.Message] {
-        let count: Int = row[1]
+    /// A telemetry row's count and newest `keepingLast` messages (columns 1 and 2); a row that does not decode (its
+    /// count damaged too) is reported by its id, as the store being unavailable, rather than answered in part.
+    private static func decodeChunk(_ row: Row, first: Int64, keepingLast: Int) throws -> (
+        count: Int, messages: [TelemetryChunk.Message]
+    ) {
         do {
+            let count = try row.decode(Int.self, atIndex: 1)
             return try row.withUnsafeData(atIndex: 2) { data in
                 guard let data else { throw TelemetryChunk.Damaged(reason: "no bytes") }
                 return try data.withUnsafeBytes { bytes in
-                    try TelemetryChunk.decode(bytes, count: count, keepingLast: keepingLast)
+                    (count, try TelemetryChunk.decode(bytes, count: count, keepingLast: keepingLast))
                 }
             }
         } catch {
@@ -1568,8 +1569,12 @@ public final class SQLiteHubStore: HubStore {
 /// (one fsync) serves a whole batch, and every caller is resumed only after its batch committed.
 final class GroupCommitter: Sendable {
     private let pool: DatabasePool
-    /// Bounds one transaction so a burst cannot build an unbounded batch.
-    private let pending = TelemetryQueue(maximumCount: 512)
+    /// Bounds one transaction so a burst cannot build an unbounded batch: 512 messages and 32 MiB of bodies (a
+    /// body may be up to 16 MiB under `mqtt.payloads`), as PostgreSQL's.
+    private let pending = TelemetryQueue(maximumCount: 512, maximumBytes: 32 << 20)
+    /// A row takes another message of its device only while it holds less than this: a reader of a device's newest
+    /// message decodes its whole row, and a row's bytes must fit SQLite's limit on a value.
+    static let rowBytes = 1 << 20
     private let indexEvery: Int64
 
     private let onCommit: (@Sendable (Int, Duration) -> Void)?
@@ -1600,13 +1605,14 @@ final class GroupCommitter: Sendable {
         }
     }
 
-    /// The batch's accepted messages as rows of `telemetry_chunks`, one per device in the order each device's first
-    /// message was queued, its messages in queue order (`TelemetryChunk`), under ids that follow the newest row's.
-    /// Returns each message's id (nil where `accepted` is false) and each device's newest time. The insert is bound
-    /// and stepped with SQLite's C API: GRDB's arguments box every value (an existential per column, the bytes
-    /// copied into a `Data`), which cost more than the insert's own SQLite work per message in a profile of MQTT
-    /// QoS 0. Strings and the row's bytes are bound where they lie (`SQLITE_STATIC`) and unbound before they go.
-    /// GRDB does not see this statement run: a transaction observer (the hub registers none) would not hear of it.
+    /// The batch's accepted messages as rows of `telemetry_chunks`, one per device (more for a device whose messages
+    /// pass `rowBytes`) in the order each device's first message was queued, its messages in queue order
+    /// (`TelemetryChunk`), under ids that follow the newest row's. Returns each message's id (nil where `accepted`
+    /// is false) and each device's newest time. The insert is bound and stepped with SQLite's C API: GRDB's
+    /// arguments box every value (an existential per column, the bytes copied into a `Data`), which cost more than
+    /// the insert's own SQLite work per message in a profile of MQTT QoS 0. Strings and the row's bytes are bound
+    /// where they lie (`SQLITE_STATIC`) and unbound before they go. GRDB does not see this statement run: a
+    /// transaction observer (the hub registers none) would not hear of it.
     private static func insertChunks(
         _ batch: [TelemetryQueue.Entry], accepted: [Bool], _ db: Database
     ) throws -> (ids: [Int64?], seen: [(DeviceID, Int64)]) {
@@ -1625,50 +1631,75 @@ final class GroupCommitter: Sendable {
             }
         }
         guard !groups.isEmpty else { return (ids, []) }
-        var next =
-            try Int64.fetchOne(
-                db.cachedStatement(sql: "SELECT first_id + count FROM telemetry_chunks ORDER BY first_id DESC LIMIT 1")
-            ) ?? 1
+        var next = try nextTelemetryID(db)
         let statement = try db.cachedStatement(
             sql: "INSERT INTO telemetry_chunks (first_id, device_id, count, messages) VALUES (?, ?, ?, ?)")
         var buffer: [UInt8] = []
         var seen: [(DeviceID, Int64)] = []
         seen.reserveCapacity(groups.count)
         for group in groups {
-            buffer.reserveCapacity(
-                group.indices.reduce(1) { size, index in
-                    let message = batch[index].message
-                    return size
-                        + TelemetryChunk.size(
-                            correlationID: message.correlationID.utf8.count,
-                            messageType: message.messageType?.utf8.count, body: message.body.count)
-                })
-            TelemetryChunk.start(&buffer)
-            for (offset, index) in group.indices.enumerated() {
-                let message = batch[index].message
-                try TelemetryChunk.append(
-                    receivedAtMillis: message.receivedAt.millis, correlationID: message.correlationID,
-                    messageType: message.messageType, body: message.body, to: &buffer)
-                ids[index] = next + Int64(offset)
-            }
             let device = batch[group.indices[0]].message.deviceID
-            try stepOnce(statement, db) { handle in
-                Self.withBytes(device.rawValue) { id in
-                    buffer.withUnsafeBytes { bytes -> Int32 in
-                        var bound = sqlite3_bind_int64(handle, 1, next)
-                        if bound == SQLITE_OK { bound = bindText(handle, 2, id) }
-                        if bound == SQLITE_OK { bound = sqlite3_bind_int64(handle, 3, Int64(group.indices.count)) }
-                        if bound == SQLITE_OK {
-                            bound = sqlite3_bind_blob(handle, 4, bytes.baseAddress, Int32(bytes.count), nil)
-                        }
-                        return bound == SQLITE_OK ? sqlite3_step(handle) : bound
-                    }
+            var rowStart = 0
+            while rowStart < group.indices.count {
+                var rowEnd = rowStart
+                var size = 1
+                while rowEnd < group.indices.count, rowEnd == rowStart || size < rowBytes {
+                    let message = batch[group.indices[rowEnd]].message
+                    size += TelemetryChunk.size(
+                        correlationID: message.correlationID.utf8.count, messageType: message.messageType?.utf8.count,
+                        body: message.body.count)
+                    rowEnd += 1
                 }
+                buffer.reserveCapacity(size)
+                TelemetryChunk.start(&buffer)
+                for index in group.indices[rowStart..<rowEnd] {
+                    let message = batch[index].message
+                    try TelemetryChunk.append(
+                        receivedAtMillis: message.receivedAt.millis, correlationID: message.correlationID,
+                        messageType: message.messageType, body: message.body, to: &buffer)
+                }
+                try insertRow(statement, first: next, device: device, count: rowEnd - rowStart, buffer, db)
+                for (offset, index) in group.indices[rowStart..<rowEnd].enumerated() {
+                    ids[index] = next + Int64(offset)
+                }
+                next += Int64(rowEnd - rowStart)
+                rowStart = rowEnd
             }
             seen.append((device, group.newest))
-            next += Int64(group.indices.count)
         }
         return (ids, seen)
+    }
+
+    /// The id the next stored message takes: the one after the newest row's last. A newest row whose count was
+    /// damaged on disk (the column's check keeps it a positive integer otherwise) still moves it past that row, so a
+    /// damaged row cannot refuse every later batch.
+    private static func nextTelemetryID(_ db: Database) throws -> Int64 {
+        guard
+            let row = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT first_id, count FROM telemetry_chunks ORDER BY first_id DESC LIMIT 1"))
+        else { return 1 }
+        let first: Int64 = try row.decode(Int64.self, atIndex: 0)
+        let count = (try? row.decode(Int64?.self, atIndex: 1)).flatMap { $0 } ?? 1
+        return first + max(1, count)
+    }
+
+    private static func insertRow(
+        _ statement: Statement, first: Int64, device: DeviceID, count: Int, _ bytes: [UInt8], _ db: Database
+    ) throws {
+        guard let length = Int32(exactly: bytes.count) else {
+            throw StoreError(.invalid, "a telemetry row of \(bytes.count) bytes")
+        }
+        try stepOnce(statement, db) { handle in
+            Self.withBytes(device.rawValue) { id in
+                bytes.withUnsafeBytes { bytes -> Int32 in
+                    var bound = sqlite3_bind_int64(handle, 1, first)
+                    if bound == SQLITE_OK { bound = bindText(handle, 2, id) }
+                    if bound == SQLITE_OK { bound = sqlite3_bind_int64(handle, 3, Int64(count)) }
+                    if bound == SQLITE_OK { bound = sqlite3_bind_blob(handle, 4, bytes.baseAddress, length, nil) }
+                    return bound == SQLITE_OK ? sqlite3_step(handle) : bound
+                }
+            }
+        }
     }
 
     /// Steps `statement` once with what `bindAndStep` binds: it returns `sqlite3_step`'s code, or the first failed
@@ -1730,8 +1761,8 @@ final class GroupCommitter: Sendable {
         }
     }
 
-    /// Adds the telemetry rows above `telemetry_indexed.upto` to `telemetry_chunk_index` once `every` messages (or
-    /// more) lie above it, sorted by device, and moves `upto` to the newest row, in the batch's transaction: the
+    /// Adds the telemetry rows above `telemetry_indexed.upto` to `telemetry_chunk_index` once the newest message id
+    /// is `every` or more past the mark (the mark is a row's `first_id`, so up to a row's worth early), sorted by device, and moves `upto` to the newest row, in the batch's transaction: the
     /// index and its mark commit together, so a reader (or a restart) never sees a row both unindexed and below the
     /// mark. Should an entry already be there (or the mark's row be missing), the batch still commits: `OR IGNORE`
     /// and an upsert, so that a damaged index can never refuse every later message.

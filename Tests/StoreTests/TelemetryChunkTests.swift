@@ -123,7 +123,13 @@ import Testing
                     in: 0...255, using: &generator)
             }
             do {
-                #expect(try Self.decode(damaged, count: 3).count == 3)
+                // What decodes differs from what was stored only inside its fields (a time, a byte of a body or
+                // of valid text): a change that moved a field's bounds leaves bytes over or missing, and is refused.
+                let decoded = try Self.decode(damaged, count: 3)
+                let original = Array(Self.messages.prefix(3))
+                #expect(decoded.map(\.correlationID.utf8.count) == original.map(\.correlationID.utf8.count))
+                #expect(decoded.map(\.messageType?.utf8.count) == original.map(\.messageType?.utf8.count))
+                #expect(decoded.map(\.body.count) == original.map(\.body.count))
             } catch {
                 refused += 1
             }

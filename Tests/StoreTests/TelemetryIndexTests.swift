@@ -235,9 +235,10 @@ import Testing
 
     /// A row whose bytes were damaged on disk is reported (the store unavailable, the row named), never read in
     /// part or past its end; the other devices' messages and every count still answer.
-    @Test func aDamagedRowIsAnErrorNotAShortAnswer() async throws {
+    @Test(arguments: [1, SQLiteHubStore.defaultIndexEvery])
+    func aDamagedRowIsAnErrorNotAShortAnswer(indexEvery: Int64) async throws {
         let path = try Self.directory() + "/hub.sqlite"
-        let store = try SQLiteHubStore(path: path)
+        let store = try SQLiteHubStore(path: path, indexEvery: indexEvery)
         let devices = try ["a", "b"].map { try DeviceID($0) }
         var expected: [DeviceID: [Int64]] = [:]
         for device in devices {
@@ -245,6 +246,8 @@ import Testing
                 device: device, certificate: HubStoreTests.certificate(device.rawValue, device: device), at: Date())
             expected[device] = [try await store.appendTelemetry(Self.message(device, 0))]
         }
+        #expect(
+            try Self.indexState(path).indexed == (indexEvery == 1 ? 2 : 0), "the rows read through the index or not")
         let damages = [
             "substr(messages, 1, length(messages) - 1)", "messages || x'00'", "x''", "x'02' || substr(messages, 2)",
             "substr(messages, 1, 9) || x'ffffff7f' || substr(messages, 14)",
@@ -272,6 +275,79 @@ import Testing
                     sql: "UPDATE telemetry_chunks SET messages = ? WHERE device_id = 'a'", arguments: [Data(bytes)])
             }
             try await Self.check(store, expected, "repaired after \(damage)")
+        }
+    }
+
+    /// Replays inside a batch (migration v26): a device's refused message takes no id and leaves no gap in its row,
+    /// and the accepted ones around it are stored in order.
+    @Test func aReplayInsideADevicesRowTakesNoId() async throws {
+        let path = try Self.directory() + "/hub.sqlite"
+        let store = try SQLiteHubStore(path: path)
+        let devices = try ["a", "b"].map { try DeviceID($0) }
+        for device in devices {
+            try await store.enroll(
+                device: device, certificate: HubStoreTests.certificate(device.rawValue, device: device), at: Date())
+        }
+        func counted(_ index: Int, _ counter: UInt64) -> NewTelemetry {
+            var message = Self.message(devices[0], index)
+            message.counter = counter
+            return message
+        }
+        // The first write starts a batch of its own; the rest are queued while it commits.
+        let first = store.queueTelemetry(Self.message(devices[1], 0))
+        let writes = [counted(1, 5), counted(2, 6), counted(3, 5), counted(4, 7), counted(5, 6)].map {
+            store.queueTelemetry($0)
+        }
+        _ = try await first.value()
+        var stored: [Int64] = []
+        for (index, write) in writes.enumerated() {
+            if index == 2 || index == 4 {
+                let error = await #expect(throws: StoreError.self) { try await write.value() }
+                #expect(error?.code == .replayed)
+            } else {
+                stored.append(try await write.value())
+            }
+        }
+        #expect(stored == stored.sorted() && Set(stored).count == 3)
+        let records = try await store.telemetry(of: devices[0], limit: 10)
+        #expect(records.map(\.id) == stored.reversed() && records.map(\.correlationID) == ["c4", "c2", "c1"])
+        // An all-replay batch stores nothing and takes no id.
+        await #expect(throws: StoreError.self) { try await store.appendTelemetry(counted(6, 7)) }
+        let next = try await store.appendTelemetry(counted(7, 8))
+        #expect(next == stored.last! + 1)
+    }
+
+    /// A device's messages past `GroupCommitter.rowBytes` in one batch go to more rows, under consecutive ids, so no
+    /// row outgrows what a reader of one message decodes (or SQLite's limit on a value).
+    @Test func aLargeBatchOfOneDeviceIsSplitIntoRows() async throws {
+        let path = try Self.directory() + "/hub.sqlite"
+        let store = try SQLiteHubStore(path: path)
+        let device = try DeviceID("a")
+        try await store.enroll(device: device, certificate: HubStoreTests.certificate("a", device: device), at: Date())
+        let size = GroupCommitter.rowBytes * 3 / 5
+        let first = store.queueTelemetry(Self.message(device, 0))
+        let writes = (1...4).map { index in
+            var message = Self.message(device, index)
+            message.body = [UInt8](repeating: UInt8(index), count: size)
+            return store.queueTelemetry(message)
+        }
+        var ids = [try await first.value()]
+        for write in writes { ids.append(try await write.value()) }
+        #expect(ids == Array(ids[0]..<(ids[0] + 5)))
+        let rows = try await DatabasePool(path: path).read { db in
+            try Row.fetchAll(db, sql: "SELECT count, length(messages) AS bytes FROM telemetry_chunks ORDER BY first_id")
+        }
+        // The first message alone, then two rows of two (each past the limit only by its second message).
+        #expect(rows.map { $0["count"] as Int } == [1, 2, 2])
+        #expect(rows.allSatisfy { ($0["bytes"] as Int) < GroupCommitter.rowBytes * 2 })
+        for limit in 1...5 {
+            let records = try await store.telemetry(of: device, limit: limit)
+            #expect(records.map(\.id) == Array(ids.reversed().prefix(limit)))
+            let large = records.filter { $0.body.count == size }
+            #expect(
+                large.count == min(limit, 4)
+                    && large.allSatisfy { $0.body == [UInt8](repeating: $0.body[0], count: size) })
+            #expect(large.map { Int($0.body[0]) } == Array((1...4).reversed().prefix(limit)))
         }
     }
 }
