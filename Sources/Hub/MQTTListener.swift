@@ -110,7 +110,7 @@ struct MQTTListener: Service {
                 .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
             )
             .bind(host: host, port: port) {
-                (channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<Packet, ByteBuffer>> in
+                (channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<[Packet], ByteBuffer>> in
                 // Connection limits before any TLS work: the pipeline's per-source connection rate, then the open
                 // connections in all and per source.
                 let source = channel.remoteAddress?.ipAddress ?? "unknown"
@@ -132,11 +132,17 @@ struct MQTTListener: Service {
                         try channel.pipeline.syncOperations.addHandler(
                             HandshakeObserver(metrics: metrics, listener: .mqtt))
                     }
+                    // Every complete packet of a read in one element of the connection's stream (one trip through
+                    // its buffer, not one per packet), at most two waiting before the connection stops reading: a
+                    // batch is up to a read's worth of packets, where the stream used to count packets.
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(
-                            MQTTDecoder(role: .server, maximumPacketSize: maximumPacketSize),
+                            MQTTBatchDecoder(MQTTDecoder(role: .server, maximumPacketSize: maximumPacketSize)),
                             maximumBufferSize: maximumPacketSize * 2))
-                    return try NIOAsyncChannel<Packet, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    return try NIOAsyncChannel<[Packet], ByteBuffer>(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(
+                            backPressureStrategy: .init(lowWatermark: 1, highWatermark: 2)))
                 }
             }
         let boundPort = server.channel.localAddress?.port ?? port
@@ -475,7 +481,7 @@ extension MQTTListener {
 /// One MQTT connection.
 struct MQTTConnection {
     let shared: MQTTListener.Shared
-    let channel: NIOAsyncChannel<Packet, ByteBuffer>
+    let channel: NIOAsyncChannel<[Packet], ByteBuffer>
     /// Read in place: never copied into a frame.
     var listener: MQTTListener { _read { yield shared.listener } }
 
@@ -544,7 +550,7 @@ struct MQTTConnection {
         let source = channel.channel.remoteAddress?.ipAddress
         do {
             let delayedWill = try await channel.executeThenClose { inbound, outbound -> DelayedWill? in
-                var packets = inbound.makeAsyncIterator()
+                var packets = PacketIterator(inbound.makeAsyncIterator())
                 guard let opened = try await opening(&packets, outbound: outbound, source: source) else {
                     return nil
                 }
@@ -560,7 +566,7 @@ struct MQTTConnection {
     /// 3.1.1 §3.1.4 lets the server close a connection that sends no CONNECT); and who sent it, from the certificate.
     @inline(never)
     private func opening(
-        _ packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator,
+        _ packets: inout PacketIterator,
         outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, source: String?
     ) async throws -> Opened? {
         guard let connect = try await firstConnect(&packets, outbound: outbound) else { return nil }
@@ -594,7 +600,7 @@ struct MQTTConnection {
     /// speak is answered (`unsupportedVersion`).
     @inline(never)
     private func firstConnect(
-        _ packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator,
+        _ packets: inout PacketIterator,
         outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     ) async throws -> ConnectPacket? {
         let nioChannel = channel.channel
@@ -715,7 +721,7 @@ struct MQTTConnection {
     }
 
     private func session(
-        _ opened: Opened, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
+        _ opened: Opened, packets: inout PacketIterator
     ) async throws -> DelayedWill? {
         let (connect, peer) = (opened.connect, opened.peer)
         guard let accepted = try await accept(connect, peer: peer) else { return nil }
@@ -912,7 +918,7 @@ struct MQTTConnection {
     @inline(never)
     private func run(
         connack: Packet, peer: Peer, state: State,
-        packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
+        packets: inout PacketIterator
     ) async -> End {
         do {
             try await start(connack: connack, state: state)
@@ -1015,7 +1021,7 @@ struct MQTTConnection {
     /// Handles packets until the connection ends: the session rules (`ServerSession`) say what each packet asks
     /// for; the identity's rights, the broker and the gateway pipeline decide the rest.
     private func loop(
-        peer: Peer, state: State, packets: inout NIOAsyncChannelInboundStream<Packet>.AsyncIterator
+        peer: Peer, state: State, packets: inout PacketIterator
     ) async throws -> End {
         while let packet = try await packets.next() {
             if let end = try await handle(packet, peer: peer, state: state) { return end }
