@@ -133,8 +133,9 @@ struct MQTTListener: Service {
                             HandshakeObserver(metrics: metrics, listener: .mqtt))
                     }
                     // Every complete packet of a read in one element of the connection's stream (one trip through
-                    // its buffer, not one per packet), at most two waiting before the connection stops reading: a
-                    // batch is up to a read's worth of packets, where the stream used to count packets.
+                    // its buffer, not one per packet). The stream counts batches, so it stops asking for reads as
+                    // soon as one waits: at most the batch the connection handles and the read (up to NIO's four
+                    // socket reads of 64 KiB) that fills the next, where it used to hold a read and ten packets.
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(
                             MQTTBatchDecoder(MQTTDecoder(role: .server, maximumPacketSize: maximumPacketSize)),
@@ -142,7 +143,7 @@ struct MQTTListener: Service {
                     return try NIOAsyncChannel<[Packet], ByteBuffer>(
                         wrappingChannelSynchronously: channel,
                         configuration: .init(
-                            backPressureStrategy: .init(lowWatermark: 1, highWatermark: 2)))
+                            backPressureStrategy: .init(lowWatermark: 1, highWatermark: 1)))
                 }
             }
         let boundPort = server.channel.localAddress?.port ?? port

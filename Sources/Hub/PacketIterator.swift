@@ -2,8 +2,9 @@ import MQTT
 import NIOCore
 
 /// A connection's packets one at a time, from the batches `MQTTBatchDecoder` hands on (every complete packet of a
-/// read in one element of the channel's stream). A batch is let go as soon as its last packet is taken, so a held
-/// connection waiting for its next packet keeps none of the last ones.
+/// read in one element of the channel's stream). Each packet leaves the batch as it is taken (its payload is not
+/// kept while later packets of the batch wait on the store), and a held connection waiting for its next packet
+/// keeps no batch.
 struct PacketIterator {
     private var batches: NIOAsyncChannelInboundStream<[Packet]>.AsyncIterator
     private var batch: [Packet] = []
@@ -19,7 +20,9 @@ struct PacketIterator {
             guard let more = try await batches.next() else { return nil }
             batch = more
         }
-        defer { next += 1 }
-        return batch[next]
+        let packet = batch[next]
+        batch[next] = .pingreq  // the batch is this iterator's alone: written in place, releasing the packet
+        next += 1
+        return packet
     }
 }

@@ -20,10 +20,19 @@ public struct MQTTBatchDecoder: NIOSingleStepByteToMessageDecoder {
         if let pendingError { throw pendingError }
         guard let first = try decoder.decode(buffer: &buffer) else { return nil }
         var packets = [first]
-        do {
-            while let next = try decoder.decode(buffer: &buffer) { packets.append(next) }
-        } catch {
-            pendingError = error
+        while true {
+            let start = buffer.readerIndex
+            do {
+                guard let next = try decoder.decode(buffer: &buffer) else { break }
+                packets.append(next)
+            } catch {
+                // `MQTTDecoder` reads a packet's bytes before it parses them: the bytes of a packet that failed are
+                // put back, so the buffer is not empty and `ByteToMessageHandler` calls again in the same read
+                // (it never calls with an empty buffer until the channel ends), which throws the error there.
+                buffer.moveReaderIndex(to: start)
+                pendingError = error
+                break
+            }
         }
         return packets
     }

@@ -59,21 +59,42 @@ import Testing
         #expect(reads == [[packets]])
     }
 
-    /// A malformed packet after valid ones in the same read: the valid ones are handed on first, then the error,
-    /// and nothing after it is decoded (a valid packet that follows it is not handed on).
-    @Test func theValidPacketsBeforeAMalformedOneComeFirstThenItsError() throws {
+    /// Packet by packet: what `MQTTDecoder` hands on before it throws, and what it throws.
+    static func singly(_ input: [UInt8]) -> (packets: [Packet], error: (any Error)?) {
+        var decoder = MQTTDecoder(role: .server, maximumPacketSize: 1 << 16)
+        var buffer = ByteBuffer(bytes: input)
+        var packets: [Packet] = []
+        do {
+            while let packet = try decoder.decode(buffer: &buffer) { packets.append(packet) }
+        } catch {
+            return (packets, error)
+        }
+        return (packets, nil)
+    }
+
+    /// A malformed packet after valid ones in the same read: the valid ones are handed on first, then the error in
+    /// that same read, and nothing after it is decoded (a valid packet that follows it is not handed on). Both a
+    /// header the decoder refuses before reading the packet, and a body it refuses after reading it all, the last
+    /// bytes of the read (nothing follows to make the pipeline call the decoder again).
+    @Test(
+        arguments: [
+            [0x30, 0x80, 0x80, 0x80, 0x80, 0x01],  // a remaining length in five bytes
+            [0x36, 0x03, 0x00, 0x01, 0x61],  // a PUBLISH at QoS 3
+            [0x10, 0x02, 0x00, 0x00],  // a second CONNECT
+        ] as [[UInt8]])
+    func theValidPacketsBeforeAMalformedOneComeFirstThenItsError(_ malformed: [UInt8]) throws {
         let packets = try Self.packets()
         let valid = packets.prefix(3).flatMap { bytes($0, .v5) }
-        let malformed: [UInt8] = [0x30, 0x80, 0x80, 0x80, 0x80, 0x01]  // a remaining length in five bytes
-        let after = bytes(packets[3], .v5)
-        let (reads, error) = try Self.feed(valid + malformed + after, chunk: .max)
-        #expect(reads == [[Array(packets.prefix(3))]])
-        #expect((error as? MQTTError)?.code == .malformedPacket)
-        // Packet by packet, the same error after the same packets.
-        var decoder = MQTTDecoder(role: .server, maximumPacketSize: 1 << 16)
-        #expect(throws: MQTTError(.malformedPacket, "")) { _ = try decodeAll(&decoder, valid + malformed + after) }
-        // And a malformed first packet is refused before anything is handed on.
-        let (first, firstError) = try Self.feed(malformed + valid, chunk: .max)
-        #expect(first == [[]] && (firstError as? MQTTError)?.code == .malformedPacket)
+        for after in [[], bytes(packets[3], .v5)] {
+            let (reads, error) = try Self.feed(valid + malformed + after, chunk: .max)
+            #expect(reads == [[Array(packets.prefix(3))]], "\(malformed) then \(after.count) bytes")
+            let expected = Self.singly(valid + malformed + after)
+            #expect(expected.packets == Array(packets.prefix(3)))
+            #expect((error as? MQTTError)?.code == (expected.error as? MQTTError)?.code && error != nil)
+        }
+        // A malformed first packet (after the CONNECT) is refused before anything else is handed on.
+        let connect = bytes(packets[0], .v5)
+        let (first, firstError) = try Self.feed(connect + malformed + valid.dropFirst(connect.count), chunk: .max)
+        #expect(first == [[[packets[0]]]] && firstError is MQTTError)
     }
 }
