@@ -13,15 +13,18 @@ final class DeviceSignals: Sendable {
         var lastTelemetry: Double?
         /// The most recent refusals (at most 64).
         var refusals: [Double] = []
+
+        mutating func telemetry(at now: Double) {
+            lastTelemetry = now
+            if firstTelemetry == nil { firstTelemetry = now }
+        }
     }
 
     private let seen = Mutex<[DeviceID: Seen]>([:])
 
+    /// Called for every stored message, on the thread that committed it: one lookup of the device, not three.
     func telemetry(_ device: DeviceID, at now: Double = Date().timeIntervalSince1970) {
-        seen.withLock {
-            $0[device, default: Seen()].lastTelemetry = now
-            if $0[device]?.firstTelemetry == nil { $0[device]?.firstTelemetry = now }
-        }
+        seen.withLock { $0[device, default: Seen()].telemetry(at: now) }
     }
 
     func refusal(_ device: DeviceID, at now: Double = Date().timeIntervalSince1970) {
