@@ -1608,14 +1608,14 @@ final class GroupCommitter: Sendable {
     /// The batch's accepted messages as rows of `telemetry_chunks`, one per device (more for a device whose messages
     /// pass `rowBytes`) in the order each device's first message was queued, its messages in queue order
     /// (`TelemetryChunk`), under ids that follow the newest row's. Returns each message's id (nil where `accepted`
-    /// is false) and each device's newest time. The insert is bound and stepped with SQLite's C API: GRDB's
+    /// is false), each device's newest time, and the last row's `first_id` and message id (nil: no row). The insert is bound and stepped with SQLite's C API: GRDB's
     /// arguments box every value (an existential per column, the bytes copied into a `Data`), which cost more than
     /// the insert's own SQLite work per message in a profile of MQTT QoS 0. Strings and the row's bytes are bound
     /// where they lie (`SQLITE_STATIC`) and unbound before they go. GRDB does not see this statement run: a
     /// transaction observer (the hub registers none) would not hear of it.
     private static func insertChunks(
         _ batch: [TelemetryQueue.Entry], accepted: [Bool], _ db: Database
-    ) throws -> (ids: [Int64?], seen: [(DeviceID, Int64)]) {
+    ) throws -> (ids: [Int64?], seen: [(DeviceID, Int64)], newest: (row: Int64, message: Int64)?) {
         var ids = [Int64?](repeating: nil, count: batch.count)
         var groupOf: [DeviceID: Int] = [:]
         var groups: [(indices: [Int], newest: Int64)] = []
@@ -1630,13 +1630,14 @@ final class GroupCommitter: Sendable {
                 groups.append(([index], at))
             }
         }
-        guard !groups.isEmpty else { return (ids, []) }
+        guard !groups.isEmpty else { return (ids, [], nil) }
         var next = try nextTelemetryID(db)
         let statement = try db.cachedStatement(
             sql: "INSERT INTO telemetry_chunks (first_id, device_id, count, messages) VALUES (?, ?, ?, ?)")
         var buffer: [UInt8] = []
         var seen: [(DeviceID, Int64)] = []
         seen.reserveCapacity(groups.count)
+        var lastRow = next
         for group in groups {
             let device = batch[group.indices[0]].message.deviceID
             var rowStart = 0
@@ -1659,6 +1660,7 @@ final class GroupCommitter: Sendable {
                         messageType: message.messageType, body: message.body, to: &buffer)
                 }
                 try insertRow(statement, first: next, device: device, count: rowEnd - rowStart, buffer, db)
+                lastRow = next
                 for (offset, index) in group.indices[rowStart..<rowEnd].enumerated() {
                     ids[index] = next + Int64(offset)
                 }
@@ -1667,7 +1669,7 @@ final class GroupCommitter: Sendable {
             }
             seen.append((device, group.newest))
         }
-        return (ids, seen)
+        return (ids, seen, (lastRow, next - 1))
     }
 
     /// The id the next stored message takes: the one after the newest row's last. A newest row whose count was
@@ -1762,9 +1764,9 @@ final class GroupCommitter: Sendable {
     }
 
     /// Adds the telemetry rows above `telemetry_indexed.upto` to `telemetry_chunk_index` once the newest message id
-    /// is `every` or more past the mark (the mark is a row's `first_id`, so up to a row's worth early), sorted by device, and moves `upto` to the newest row, in the batch's transaction: the
-    /// index and its mark commit together, so a reader (or a restart) never sees a row both unindexed and below the
-    /// mark. Should an entry already be there (or the mark's row be missing), the batch still commits: `OR IGNORE`
+    /// is `every` or more past the mark (the mark is a row's `first_id`, so up to a row's worth early), sorted by
+    /// device, and moves `upto` to the newest row, in the batch's transaction: the index and its mark commit
+    /// together, so a reader (or a restart) never sees a row both unindexed and below the mark. Should an entry already be there (or the mark's row be missing), the batch still commits: `OR IGNORE`
     /// and an upsert, so that a damaged index can never refuse every later message.
     private static func indexTail(newestRow: Int64, newestMessage: Int64, every: Int64, _ db: Database) throws {
         let upto = try SQLiteHubStore.indexedUpTo(db)
@@ -1794,13 +1796,10 @@ final class GroupCommitter: Sendable {
                 for index in batch.indices {
                     accepted.append(try Self.admit(batch[index], now: now, db))
                 }
-                let (ids, seen) = try Self.insertChunks(batch, accepted: accepted, db)
+                let (ids, seen, newest) = try Self.insertChunks(batch, accepted: accepted, db)
                 try Self.markSeen(seen, db)
-                if let newest = ids.lazy.compactMap({ $0 }).max() {
-                    let newestRow =
-                        try Int64.fetchOne(
-                            db.cachedStatement(sql: "SELECT MAX(first_id) FROM telemetry_chunks")) ?? newest
-                    try Self.indexTail(newestRow: newestRow, newestMessage: newest, every: indexEvery, db)
+                if let newest {
+                    try Self.indexTail(newestRow: newest.row, newestMessage: newest.message, every: indexEvery, db)
                 }
                 if batch.contains(where: { $0.message.nonce != nil }) {
                     try db.cachedStatement(sql: "DELETE FROM nonces WHERE expires_at <= ?")
