@@ -1642,14 +1642,11 @@ final class GroupCommitter: Sendable {
             let device = batch[group.indices[0]].message.deviceID
             var rowStart = 0
             while rowStart < group.indices.count {
-                var rowEnd = rowStart
-                var size = 1
-                while rowEnd < group.indices.count, rowEnd == rowStart || size < rowBytes {
-                    let message = batch[group.indices[rowEnd]].message
-                    size += TelemetryChunk.size(
+                let (rowEnd, size) = rowEnd(from: rowStart, count: group.indices.count, limit: rowBytes) { position in
+                    let message = batch[group.indices[position]].message
+                    return TelemetryChunk.size(
                         correlationID: message.correlationID.utf8.count, messageType: message.messageType?.utf8.count,
                         body: message.body.count)
-                    rowEnd += 1
                 }
                 buffer.reserveCapacity(size)
                 TelemetryChunk.start(&buffer)
@@ -1670,6 +1667,19 @@ final class GroupCommitter: Sendable {
             seen.append((device, group.newest))
         }
         return (ids, seen, (lastRow, next - 1))
+    }
+
+    /// Where the row that starts at message `start` of a device's `count` ends (exclusive), and its bytes (the
+    /// version byte included), given each message's encoded `size`: a row takes its first message whatever its size,
+    /// then another only while it holds less than `limit` bytes.
+    static func rowEnd(from start: Int, count: Int, limit: Int, size: (Int) -> Int) -> (end: Int, bytes: Int) {
+        var end = start
+        var bytes = 1
+        while end < count, end == start || bytes < limit {
+            bytes += size(end)
+            end += 1
+        }
+        return (end, bytes)
     }
 
     /// The id the next stored message takes: the one after the newest row's last. A newest row whose count was
