@@ -52,6 +52,10 @@ struct MQTTListener: Service {
     /// Keeps sessions in the store and takes up those held by another node (nil: in memory only).
     var persistence: MQTTPersistence?
     let missingCertificate = OncePerWindow()
+    /// Connections whose session has not concluded (a parked one has no task): shutdown waits for them.
+    let sessions = SessionTally()
+    /// Wills waiting out their delay, cancelled at shutdown (the session ends with the process).
+    let delayedWills = DelayedWillTasks()
     /// Topic refusals are recorded once per identity, kind and minute: a device cannot turn them into a disk flood.
     let refusalsThisMinute = OncePerWindow()
 
@@ -110,7 +114,7 @@ struct MQTTListener: Service {
                 .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
             )
             .bind(host: host, port: port) {
-                (channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<[Packet], ByteBuffer>> in
+                (channel: any Channel) -> EventLoopFuture<AcceptedChannel> in
                 // Connection limits before any TLS work: the pipeline's per-source connection rate, then the open
                 // connections in all and per source.
                 let source = channel.remoteAddress?.ipAddress ?? "unknown"
@@ -132,40 +136,163 @@ struct MQTTListener: Service {
                         try channel.pipeline.syncOperations.addHandler(
                             HandshakeObserver(metrics: metrics, listener: .mqtt))
                     }
-                    // Every complete packet of a read in one element of the connection's stream (one trip through
-                    // its buffer, not one per packet). The stream counts batches, so it stops asking for reads as
-                    // soon as one waits: at most the batch the connection handles and the read (up to NIO's four
-                    // socket reads of 64 KiB) that fills the next, where it used to hold a read and ten packets.
+                    // Every complete packet of a read in one batch, queued in the connection's inbox, which holds the
+                    // channel's reads while a packet waits: at most the packets the connection handles and the read
+                    // (up to NIO's four socket reads of 64 KiB) that filled the queue.
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(
                             MQTTBatchDecoder(MQTTDecoder(role: .server, maximumPacketSize: maximumPacketSize)),
                             maximumBufferSize: maximumPacketSize * 2))
-                    return try NIOAsyncChannel<[Packet], ByteBuffer>(
-                        wrappingChannelSynchronously: channel,
-                        configuration: .init(
-                            backPressureStrategy: .init(lowWatermark: 1, highWatermark: 1)))
+                    let inbox = ConnectionInbox(eventLoop: channel.eventLoop)
+                    try channel.pipeline.syncOperations.addHandler(inbox)
+                    return AcceptedChannel(channel: channel, inbox: inbox)
                 }
             }
         let boundPort = server.channel.localAddress?.port ?? port
         logger.info("listening", metadata: ["address": .string("\(host):\(boundPort)")])
         onBound(boundPort)
-        try await withGracefulShutdownHandler {
-            // One reference for every connection: the listener is 1.2 KB, and a copy in a connection would sit in each
-            // of its async frames for as long as it is connected.
-            let shared = MQTTListener.Shared(self)
-            try await withThrowingDiscardingTaskGroup { group in
-                try await server.executeThenClose { connections in
-                    for try await connection in connections {
-                        group.addTask { await MQTTConnection(shared: shared, channel: connection).serve() }
-                    }
-                }
-            }
-        } onGracefulShutdown: {
-            // Stop accepting, then end every connection (a client with keep-alive 0 would otherwise hold the hub
-            // open). Acknowledged messages are already durable; sessions are in memory and end with the process.
+        // Stop accepting, then end every connection (a client with keep-alive 0 would otherwise hold the hub open):
+        // each parked session gets a turn that finds the end and concludes. Acknowledged messages are already
+        // durable; sessions are in memory and end with the process.
+        let delayedWills = delayedWills
+        let endAll: @Sendable () -> Void = {
             server.channel.close(promise: nil)
             connections.closeAll()
+            delayedWills.cancelAll()
         }
+        try await withGracefulShutdownHandler {
+            try await withTaskCancellationHandler {
+                // One reference for every connection: the listener is 1.2 KB, and a copy in a connection would sit
+                // in each of its async frames.
+                let shared = MQTTListener.Shared(self)
+                do {
+                    try await withThrowingDiscardingTaskGroup { group in
+                        do {
+                            try await server.executeThenClose { connections in
+                                for try await accepted in connections {
+                                    group.addTask {
+                                        await MQTTConnection(
+                                            shared: shared, channel: accepted.channel, inbox: accepted.inbox
+                                        ).serve()
+                                    }
+                                }
+                            }
+                        } catch {
+                            // Before the group waits for its tasks: an opening task waits for its CONNECT until
+                            // its channel closes.
+                            endAll()
+                            throw error
+                        }
+                    }
+                } catch {
+                    endAll()
+                    await sessions.concluded()
+                    throw error
+                }
+                // A session's later turns are tasks of their own (none while it is parked): the listener ends once
+                // every session has concluded (its acknowledgements sent, detached from the broker).
+                await sessions.concluded()
+            } onCancel: {
+                endAll()
+            }
+        } onGracefulShutdown: {
+            endAll()
+        }
+    }
+}
+
+/// A connection the listener accepted: its channel, and the inbox its packets queue in.
+struct AcceptedChannel: Sendable {
+    let channel: any Channel
+    let inbox: ConnectionInbox
+}
+
+/// Connections whose session has not concluded. A parked session has no task, so the listener's task group no
+/// longer waits for it: at shutdown the listener waits here until each has sent its acknowledgements and detached.
+final class SessionTally: Sendable {
+    private struct State {
+        var open = 0
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    func opened() {
+        state.withLock { $0.open += 1 }
+    }
+
+    /// One session concluded (or its connection ended before it was attached).
+    func concluded(one: Void) {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.open -= 1
+            guard state.open == 0 else { return [] }
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns once no session is open, or when the waiting task is cancelled (a turn stuck in a write must not
+    /// hold a hub that its supervisor gave up on).
+    func concluded() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { waiter in
+                let now = state.withLock { state in
+                    guard state.open > 0, !Task.isCancelled else { return true }
+                    state.waiters.append(waiter)
+                    return false
+                }
+                if now { waiter.resume() }
+            }
+        } onCancel: {
+            let waiters = state.withLock { state in
+                defer { state.waiters = [] }
+                return state.waiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+    }
+
+    var open: Int { state.withLock { $0.open } }
+}
+
+/// Wills waiting out their delay (MQTT 5.0 §3.1.3.2.2), each in a task of its own; cancelled at shutdown, so a will
+/// is not published while the hub stops (the session ends with the process).
+final class DelayedWillTasks: Sendable {
+    private struct State {
+        var tasks: [Int: Task<Void, Never>] = [:]
+        var next = 0
+        var cancelled = false
+    }
+
+    private let state = Mutex(State())
+
+    func run(_ operation: @escaping @Sendable () async -> Void) async {
+        let task = Task { await operation() }
+        let id = state.withLock { state -> Int? in
+            guard !state.cancelled else { return nil }
+            state.next += 1
+            state.tasks[state.next] = task
+            return state.next
+        }
+        guard let id else {
+            task.cancel()
+            return
+        }
+        await withTaskCancellationHandler {
+            await task.value
+        } onCancel: {
+            task.cancel()
+        }
+        _ = state.withLock { $0.tasks.removeValue(forKey: id) }
+    }
+
+    func cancelAll() {
+        let tasks = state.withLock { state in
+            state.cancelled = true
+            return Array(state.tasks.values)
+        }
+        for task in tasks { task.cancel() }
     }
 }
 
@@ -175,6 +302,8 @@ final class ConnectionCounter: Sendable {
         var total = 0
         var perSource: [String: Int] = [:]
         var channels: [ObjectIdentifier: any Channel] = [:]
+        /// After `closeAll`: no channel is admitted (one accepted while the listener stops would be left open).
+        var closed = false
     }
 
     private let state = Mutex(State())
@@ -200,7 +329,9 @@ final class ConnectionCounter: Sendable {
 
     func acquire(_ source: String, _ channel: any Channel) -> Bool {
         state.withLock { state in
-            guard state.total < total, state.perSource[source, default: 0] < perSource else { return false }
+            guard !state.closed, state.total < total, state.perSource[source, default: 0] < perSource else {
+                return false
+            }
             state.total += 1
             state.perSource[source, default: 0] += 1
             state.channels[ObjectIdentifier(channel)] = channel
@@ -218,7 +349,11 @@ final class ConnectionCounter: Sendable {
     }
 
     func closeAll() {
-        for channel in state.withLock({ Array($0.channels.values) }) { channel.close(promise: nil) }
+        let channels = state.withLock { state in
+            state.closed = true
+            return Array(state.channels.values)
+        }
+        for channel in channels { channel.close(promise: nil) }
     }
 
     var open: Int { state.withLock { $0.total } }
@@ -482,7 +617,9 @@ extension MQTTListener {
 /// One MQTT connection.
 struct MQTTConnection {
     let shared: MQTTListener.Shared
-    let channel: NIOAsyncChannel<[Packet], ByteBuffer>
+    let channel: any Channel
+    /// The packets the channel read, queued for the connection (`ConnectionInbox`).
+    let inbox: ConnectionInbox
     /// Read in place: never copied into a frame.
     var listener: MQTTListener { _read { yield shared.listener } }
 
@@ -542,35 +679,115 @@ struct MQTTConnection {
         case closed
     }
 
-    // Memory: a connection that is held waits in `loop` for its next packet with every async caller's frame
-    // allocated (in its task's allocator, for as long as it is connected). Each step before and after the loop is a
-    // function of its own, never inlined, so its locals live only while it runs: with 10,000 devices held, each
-    // kilobyte of those frames is 10 MB.
+    // Memory: once its session is attached, a connection has a task only while its inbox holds something (a
+    // *turn*): a held connection that sends nothing keeps no task, no async frames and no stream (with 10,000
+    // devices held, each kilobyte per connection is 10 MB). The steps of the opening are functions of their own,
+    // never inlined, so their locals live only while they run.
+    /// The opening (the CONNECT, the identity's checks, the session attached), then the first turn.
     @inline(never)
     func serve() async {
-        let source = channel.channel.remoteAddress?.ipAddress
+        listener.sessions.opened()
+        guard let (live, connack) = await open() else {
+            listener.sessions.concluded(one: ())
+            return
+        }
+        await turn(live, connack: connack)
+    }
+
+    /// The session attached, or nil when the connection was refused or ended first (closed by then).
+    @inline(never)
+    private func open() async -> (Live, connack: Packet)? {
+        let source = channel.remoteAddress?.ipAddress
         do {
-            let delayedWill = try await channel.executeThenClose { inbound, outbound -> DelayedWill? in
-                var packets = PacketIterator(inbound.makeAsyncIterator())
-                guard let opened = try await opening(&packets, outbound: outbound, source: source) else {
-                    return nil
-                }
-                return try await session(opened, packets: &packets)
+            if let opened = try await opening(source: source), let attached = try await attached(opened) {
+                return attached
             }
-            if let delayedWill { await publish(delayedWill) }
         } catch {
             await ended(by: error, source: source)
         }
+        channel.close(promise: nil)
+        return nil
+    }
+
+    /// A session between its turns: what each turn handles packets with. Parked in the inbox while nothing is
+    /// queued; the inbox resumes it (once) when something arrives, so one turn at a time uses it (the inbox's lock
+    /// orders a turn's end before the next one's start).
+    final class Live: ParkedSession, @unchecked Sendable {
+        init(
+            connection: MQTTConnection, connect: ConnectPacket, peer: Peer, state: State,
+            revocationWatch: RevocationList.Watch
+        ) {
+            self.connection = connection
+            self.connect = connect
+            self.peer = peer
+            self.state = state
+            self.revocationWatch = revocationWatch
+        }
+
+        let connection: MQTTConnection
+        let connect: ConnectPacket
+        let peer: Peer
+        let state: State
+        let revocationWatch: RevocationList.Watch
+
+        func resume() {
+            let connection = connection
+            Task { await connection.turn(self) }
+        }
+    }
+
+    /// One turn: the packets queued (after the CONNACK, on the first), until none is (the session parks, and this
+    /// task ends) or the connection ends (`conclude`).
+    @inline(never)
+    func turn(_ live: Live, connack: Packet? = nil) async {
+        let end: End
+        do {
+            if let connack { try await start(connack: connack, state: live.state) }
+            guard let ended = try await handleQueued(live) else { return }
+            end = ended
+        } catch let error as MQTTError {
+            await malformed(error, peer: live.peer, state: live.state)
+            end = .closed
+        } catch {
+            end = .closed
+        }
+        await conclude(live, end)
+    }
+
+    /// Handles the queued packets: nil once none is left (parked), or how the connection ended.
+    private func handleQueued(_ live: Live) async throws -> End? {
+        while true {
+            switch try inbox.take(orPark: live) {
+            case .packet(let packet):
+                if let end = try await handle(packet, peer: live.peer, state: live.state) { return end }
+            case .parked:
+                return nil
+            case .ended:
+                return .closed
+            }
+        }
+    }
+
+    /// The connection has ended: `finish`, the revocation watch dropped, the channel closed, then a delayed will
+    /// waits out its delay (cancelled at shutdown), and only then is the session counted as concluded.
+    @inline(never)
+    private func conclude(_ live: Live, _ end: End) async {
+        let delayedWill = await finish(end, connect: live.connect, peer: live.peer, state: live.state)
+        listener.revocations.unwatch(live.peer.serial, live.revocationWatch)
+        channel.close(promise: nil)
+        if let delayedWill {
+            let connection = self
+            await listener.delayedWills.run { await connection.publish(delayedWill) }
+        }
+        // After the will: the listener does not stop while a will it let through is still being stored.
+        listener.sessions.concluded(one: ())
     }
 
     /// The CONNECT, within the deadline (the TLS handshake happens while we wait), or the connection closes (MQTT
     /// 3.1.1 §3.1.4 lets the server close a connection that sends no CONNECT); and who sent it, from the certificate.
     @inline(never)
-    private func opening(
-        _ packets: inout PacketIterator,
-        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, source: String?
-    ) async throws -> Opened? {
-        guard let connect = try await firstConnect(&packets, outbound: outbound) else { return nil }
+    private func opening(source: String?) async throws -> Opened? {
+        guard let connect = try await firstConnect() else { return nil }
         return await identify(connect, source: source)
     }
 
@@ -600,22 +817,19 @@ struct MQTTConnection {
     /// The first packet, if it is a CONNECT within the deadline. A CONNECT of a protocol version the hub does not
     /// speak is answered (`unsupportedVersion`).
     @inline(never)
-    private func firstConnect(
-        _ packets: inout PacketIterator,
-        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
-    ) async throws -> ConnectPacket? {
-        let nioChannel = channel.channel
+    private func firstConnect() async throws -> ConnectPacket? {
+        let nioChannel = channel
         let deadline = nioChannel.eventLoop.scheduleTask(
             in: .nanoseconds(Int64(listener.settings.connectDeadlineSeconds * 1e9))
         ) {
             nioChannel.close(promise: nil)
         }
         let first: Packet?
-        do { first = try await packets.next() } catch let error as MQTTError
+        do { first = try await inbox.next() } catch let error as MQTTError
             where error.code == .unsupportedProtocolVersion
         {
             deadline.cancel()
-            await unsupportedVersion(error, outbound: outbound)
+            await unsupportedVersion(error)
             return nil
         }
         deadline.cancel()
@@ -625,13 +839,13 @@ struct MQTTConnection {
 
     /// MQTT 3.1.1 §3.1.2.2: CONNACK return code 0x01 and close; MQTT 5.0 §3.1.2.2: 0x84 and close.
     @inline(never)
-    private func unsupportedVersion(_ error: MQTTError, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async {
+    private func unsupportedVersion(_ error: MQTTError) async {
         let level = error.protocolLevel ?? 0
         let form: ProtocolVersion = level > 5 ? .v5 : .v311
         var connack = ByteBuffer()
         ServerSession.refusal(.unsupportedProtocolVersion, form).encode(into: &connack, version: form)
         listener.logger.notice("MQTT CONNECT refused", metadata: ["detail": .string(error.detail)])
-        try? await outbound.write(connack)
+        try? await channel.writeAndFlush(connack).get()
     }
 
     /// A connection that ended with an error: logged; one that sent no certificate is recorded.
@@ -651,7 +865,7 @@ struct MQTTConnection {
     }
 
     private func peerIdentity(source: String?) async throws -> Peer? {
-        guard let certificate = try await channel.channel.nioSSL_peerCertificate().get() else { return nil }
+        guard let certificate = try await channel.nioSSL_peerCertificate().get() else { return nil }
         return peer(certificate, source: source)
     }
 
@@ -663,17 +877,17 @@ struct MQTTConnection {
         return Peer(
             identity: identity, serial: x509.serialHex, source: source,
             deviceKey: identity.deviceID.map(listener.gateway.deviceKeys.key(for:)),
-            sourceAddress: SourceAddress(channel.channel.remoteAddress))
+            sourceAddress: SourceAddress(channel.remoteAddress))
     }
 
     private func send(_ packet: Packet, _ version: ProtocolVersion) async throws {
         var buffer = ByteBuffer()
         packet.encode(into: &buffer, version: version)
         // Waits only when the peer is not reading (the channel's buffer is over its high-water mark).
-        if channel.channel.isWritable {
-            channel.channel.writeAndFlush(buffer, promise: nil)
+        if channel.isWritable {
+            channel.writeAndFlush(buffer, promise: nil)
         } else {
-            try await channel.channel.writeAndFlush(buffer).get()
+            try await channel.writeAndFlush(buffer).get()
         }
     }
 
@@ -721,20 +935,29 @@ struct MQTTConnection {
             maxOutboundInFlight: 1024, sustainedQoS0Flood: Self.sustainedQoS0Flood)
     }
 
-    private func session(
-        _ opened: Opened, packets: inout PacketIterator
-    ) async throws -> DelayedWill? {
+    /// The CONNECT accepted and the session attached (nil when refused: the CONNACK is sent). From here a
+    /// certificate revoked while connected closes the connection the moment the serial is revoked (and is checked
+    /// before each packet), so a subscriber that only reads (or pings) is cut off too; `conclude` drops the watch.
+    @inline(never)
+    private func attached(_ opened: Opened) async throws -> (Live, connack: Packet)? {
         let (connect, peer) = (opened.connect, opened.peer)
         guard let accepted = try await accept(connect, peer: peer) else { return nil }
-        // A certificate revoked while connected: checked before each packet, and the connection is closed the
-        // moment the serial is revoked, so a subscriber that only reads (or pings) is cut off too.
-        let nioChannel = channel.channel
+        let nioChannel = channel
         let revocationWatch = listener.revocations.watch(peer.serial) { nioChannel.close(promise: nil) }
-        defer { listener.revocations.unwatch(peer.serial, revocationWatch) }
-        guard let attached = try await attach(connect, peer: peer, accepted) else { return nil }
-        let state = attached.state
-        let end = await run(connack: attached.connack, peer: peer, state: state, packets: &packets)
-        return await finish(end, connect: connect, peer: peer, state: state)
+        let attached: (state: State, connack: Packet)?
+        do {
+            attached = try await attach(connect, peer: peer, accepted)
+        } catch {
+            listener.revocations.unwatch(peer.serial, revocationWatch)
+            throw error
+        }
+        guard let attached else {
+            listener.revocations.unwatch(peer.serial, revocationWatch)
+            return nil
+        }
+        let live = Live(
+            connection: self, connect: connect, peer: peer, state: attached.state, revocationWatch: revocationWatch)
+        return (live, attached.connack)
     }
 
     /// What `accept` settled: the session's rules, its key and the identity's topics. A reference: the async
@@ -878,7 +1101,7 @@ struct MQTTConnection {
 
     private func brokerConnection(_ rules: ServerSession) -> BrokerConnection {
         var connection = BrokerConnection(
-            channel: channel.channel, version: rules.version, receiveMaximum: rules.clientReceiveMaximum,
+            channel: channel, version: rules.version, receiveMaximum: rules.clientReceiveMaximum,
             maximumPacketSize: rules.clientMaximumPacketSize)
         connection.topicAliasMaximum = rules.clientTopicAliasMaximum
         return connection
@@ -906,30 +1129,12 @@ struct MQTTConnection {
             sessionPresent: attached.sessionPresent,
             assignedClientID: connect.clientID.isEmpty ? accepted.clientID : nil,
             responseInformation: Self.responseInformation(peer: peer, acl: accepted.acl, settings: settings))
-        let output = FlushCoalescer(channel.channel)
+        let output = FlushCoalescer(channel)
         let state = State(
             rules: rules, sessionKey: accepted.sessionKey, connectionNumber: attached.connectionNumber,
             output: output, acl: accepted.acl, payloads: settings.payloads.bound(to: peer.identity),
-            acknowledgements: AcknowledgementQueue(eventLoop: channel.channel.eventLoop, output: output))
+            acknowledgements: AcknowledgementQueue(eventLoop: channel.eventLoop, output: output))
         return (state, connack)
-    }
-
-    /// From the CONNACK to the end of the connection: the keep-alive, the CONNACK, the session's deliveries, then
-    /// every packet (`loop`); how it ended.
-    @inline(never)
-    private func run(
-        connack: Packet, peer: Peer, state: State,
-        packets: inout PacketIterator
-    ) async -> End {
-        do {
-            try await start(connack: connack, state: state)
-            return try await loop(peer: peer, state: state, packets: &packets)
-        } catch let error as MQTTError {
-            await malformed(error, peer: peer, state: state)
-            return .closed
-        } catch {
-            return .closed
-        }
     }
 
     /// MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. The clock starts with the
@@ -940,7 +1145,7 @@ struct MQTTConnection {
         let keepAlive = state.rules.keepAlive
         if keepAlive > 0 {
             let timeout = TimeAmount.milliseconds(Int64(keepAlive) * 1500)
-            try await channel.channel.pipeline.addHandlers(
+            try await channel.pipeline.addHandlers(
                 [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
         }
         try await send(connack, state.version)
@@ -989,8 +1194,9 @@ struct MQTTConnection {
         return nil
     }
 
-    /// A will to publish once its delay has passed, unless a new connection took up the session meanwhile.
-    final class DelayedWill {
+    /// A will to publish once its delay has passed, unless a new connection took up the session meanwhile. Handed
+    /// to a task of its own once the connection has concluded: nothing else uses its state by then.
+    final class DelayedWill: @unchecked Sendable {
         init(message: PublishPacket, peer: Peer, state: State, seconds: Int, connectionNumber: Int) {
             self.message = message
             self.peer = peer
@@ -1019,19 +1225,8 @@ struct MQTTConnection {
         _ = await admitAndDeliver(will.message, peer: will.peer, state: will.state, respond: false)
     }
 
-    /// Handles packets until the connection ends: the session rules (`ServerSession`) say what each packet asks
-    /// for; the identity's rights, the broker and the gateway pipeline decide the rest.
-    private func loop(
-        peer: Peer, state: State, packets: inout PacketIterator
-    ) async throws -> End {
-        while let packet = try await packets.next() {
-            if let end = try await handle(packet, peer: peer, state: state) { return end }
-        }
-        return .closed
-    }
-
-    /// One packet; nil to read the next. Not inlined into `loop`: its locals (it is the whole protocol) live only
-    /// while a packet is handled, not in every held connection's frame.
+    /// One packet; nil to read the next. Not inlined into `handleQueued`: its locals (it is the whole protocol)
+    /// live only while a packet is handled, not for the whole of a turn.
     @inline(never)
     private func handle(_ packet: consuming Packet, peer: Peer, state: State) async throws -> End? {
         let version = state.version

@@ -1,0 +1,208 @@
+import MQTT
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// A session whose connection has nothing queued: no task runs for it until its inbox has something (a packet, an
+/// error, the end), and then `resume` starts one.
+protocol ParkedSession: AnyObject, Sendable {
+    func resume()
+}
+
+/// A connection's inbound side, in place of `NIOAsyncChannel`: the packets of each read (`MQTTBatchDecoder`) queue
+/// here, and the connection takes them one at a time. While the connection is opening, a task waits for its
+/// CONNECT (`next`); once its session is attached, a task runs only while something is queued (`take(orPark:)`):
+/// a held connection that sends nothing has no task, so it keeps no task, no async frames and no stream state.
+///
+/// The order is the decoder's: the packets of a read, then (once they are taken) its error or the end of the
+/// channel; nothing after either. Back-pressure as `NIOAsyncChannel` gave it with a watermark of one batch: the
+/// channel's reads are held while the latest read's packets wait untouched, and released when the connection takes
+/// the first of them, so the next read (on the event loop) overlaps the handling of this one's packets.
+final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = [Packet]
+    typealias OutboundIn = ByteBuffer
+
+    /// What `take(orPark:)` found.
+    enum Taken {
+        case packet(Packet)
+        /// Nothing queued: the session is parked and resumes on the next event.
+        case parked
+        /// The channel has ended (after every packet it delivered).
+        case ended
+    }
+
+    private struct State {
+        var packets: [Packet] = []
+        var next = 0
+        /// The first error of the channel (a malformed packet, TLS), handed on after the packets before it.
+        var failure: (any Error)?
+        var ended = false
+        /// A task waiting in `next`.
+        var waiter: CheckedContinuation<Packet?, any Error>?
+        var parked: (any ParkedSession)?
+        /// Where the latest read's packets start in `packets`, until the connection takes the first of them.
+        var latestRead: Int?
+        /// A read the channel asked for while the latest read's packets waited.
+        var readHeld = false
+
+        var hasEvent: Bool { next < packets.count || failure != nil || ended }
+
+        /// The next packet, then the failure or the end; nil when nothing is queued. `resumeRead` when the queue
+        /// just emptied with a read held.
+        mutating func take() -> (Result<Packet?, any Error>?, resumeRead: Bool) {
+            guard next < packets.count else {
+                if let failure { return (.failure(failure), false) }
+                return (ended ? .success(nil) : nil, false)
+            }
+            let packet = packets[next]
+            var resume = false
+            if let latestRead, next >= latestRead {
+                self.latestRead = nil
+                resume = readHeld
+                readHeld = false
+            }
+            next += 1
+            if next == packets.count {
+                packets = []
+                next = 0
+            } else {
+                packets[next - 1] = .pingreq  // the packet leaves the queue as it is taken
+            }
+            return (.success(packet), resume)
+        }
+    }
+
+    private let state = NIOLockedValueBox(State())
+    private let eventLoop: any EventLoop
+    /// Set and read on the event loop only.
+    private var context: ChannelHandlerContext?
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    // MARK: The channel's side (on its event loop)
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        deliver { $0.ended = true }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let batch = unwrapInboundIn(data)
+        guard !batch.isEmpty else { return }
+        deliver { state in
+            guard state.failure == nil, !state.ended else { return }
+            if state.next == state.packets.count {
+                state.packets = batch
+                state.next = 0
+                state.latestRead = 0
+            } else {
+                // The taken packets' slots go first: a client that keeps one packet ahead of the connection must
+                // not grow the queue with every packet it ever sent.
+                state.packets.removeSubrange(0..<state.next)
+                state.next = 0
+                state.latestRead = state.packets.count
+                state.packets.append(contentsOf: batch)
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        deliver { state in
+            if state.failure == nil, !state.ended { state.failure = error }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deliver { $0.ended = true }
+        context.fireChannelInactive()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        let hold = state.withLockedValue { state in
+            guard state.latestRead != nil else { return false }
+            state.readHeld = true
+            return true
+        }
+        if !hold { context.read() }
+    }
+
+    /// Applies an event, then hands the waiting task its packet or resumes the parked session.
+    private func deliver(_ change: (inout State) -> Void) {
+        enum Wake {
+            case none
+            case waiter(CheckedContinuation<Packet?, any Error>, Result<Packet?, any Error>, resumeRead: Bool)
+            case parked(any ParkedSession)
+        }
+        let wake: Wake = state.withLockedValue { state in
+            change(&state)
+            if let waiter = state.waiter {
+                let (taken, resumeRead) = state.take()
+                guard let taken else { return .none }
+                state.waiter = nil
+                return .waiter(waiter, taken, resumeRead: resumeRead)
+            }
+            if let parked = state.parked, state.hasEvent {
+                state.parked = nil
+                return .parked(parked)
+            }
+            return .none
+        }
+        switch wake {
+        case .none: break
+        case .waiter(let waiter, let taken, let resumeRead):
+            if resumeRead { resumeReading() }
+            waiter.resume(with: taken)
+        case .parked(let parked): parked.resume()
+        }
+    }
+
+    private func resumeReading() {
+        if eventLoop.inEventLoop {
+            context?.read()
+        } else {
+            eventLoop.execute { self.context?.read() }
+        }
+    }
+
+    /// For tests: the queue's slots (taken packets not yet compacted away included), and whether a task waits.
+    var slots: Int { state.withLockedValue { $0.packets.count } }
+    var hasWaiter: Bool { state.withLockedValue { $0.waiter != nil } }
+
+    // MARK: The connection's side (any thread)
+
+    /// The next packet, waiting for it; nil at the end of the channel; throws the channel's error after the packets
+    /// before it. For the opening, while one task serves the connection.
+    func next() async throws -> Packet? {
+        let (ready, resumeRead) = state.withLockedValue { $0.take() }
+        if resumeRead { resumeReading() }
+        if let ready { return try ready.get() }
+        return try await withCheckedThrowingContinuation { continuation in
+            let (ready, resumeRead) = state.withLockedValue { state in
+                let (taken, resumeRead) = state.take()
+                if taken == nil { state.waiter = continuation }
+                return (taken, resumeRead)
+            }
+            if resumeRead { resumeReading() }
+            if let ready { continuation.resume(with: ready) }
+        }
+    }
+
+    /// The next packet if one is queued; otherwise the end or the channel's error, or, with nothing to hand on,
+    /// `parked`: `session` is resumed (once) when the next event arrives.
+    func take(orPark session: any ParkedSession) throws -> Taken {
+        let (taken, resumeRead) = state.withLockedValue { state in
+            let (taken, resumeRead) = state.take()
+            if taken == nil { state.parked = session }
+            return (taken, resumeRead)
+        }
+        if resumeRead { resumeReading() }
+        guard let taken else { return .parked }
+        guard let packet = try taken.get() else { return .ended }
+        return .packet(packet)
+    }
+}

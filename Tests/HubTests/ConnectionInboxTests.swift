@@ -1,0 +1,194 @@
+import MQTT
+import NIOCore
+import NIOEmbedded
+import Synchronization
+import Testing
+
+@testable import Hub
+
+/// The connection's inbox: the decoder's packets in order, then the channel's error or its end after every packet
+/// before it; a parked session resumed once per wait, also by the end (so a silent connection still concludes);
+/// the channel's reads held while a packet waits.
+@Suite struct ConnectionInboxTests {
+    static let packets: [Packet] = [
+        .pingreq, .puback(packetID: 1, reasonCode: 0, properties: Properties()),
+        .disconnect(reasonCode: 0, properties: Properties()),
+    ]
+
+    final class Session: ParkedSession {
+        let resumed = Atomic(0)
+        func resume() { resumed.add(1, ordering: .relaxed) }
+        var count: Int { resumed.load(ordering: .relaxed) }
+    }
+
+    /// Counts the reads that pass the inbox towards the socket.
+    final class ReadCounter: ChannelOutboundHandler, @unchecked Sendable {
+        typealias OutboundIn = ByteBuffer
+        var reads = 0
+        func read(context: ChannelHandlerContext) {
+            reads += 1
+            context.read()
+        }
+    }
+
+    static func inbox() throws -> (EmbeddedChannel, ConnectionInbox, ReadCounter) {
+        let channel = EmbeddedChannel()
+        let counter = ReadCounter()
+        let inbox = ConnectionInbox(eventLoop: channel.eventLoop)
+        try channel.pipeline.syncOperations.addHandler(counter)
+        try channel.pipeline.syncOperations.addHandler(inbox)
+        return (channel, inbox, counter)
+    }
+
+    static func packet(_ taken: ConnectionInbox.Taken) -> Packet? {
+        if case .packet(let packet) = taken { return packet }
+        return nil
+    }
+
+    /// An inbox on a channel whose loop runs on its own thread: the connection's side is used from test tasks, as
+    /// from a connection's tasks.
+    static func asyncInbox() async throws -> (NIOAsyncTestingChannel, ConnectionInbox) {
+        let channel = NIOAsyncTestingChannel()
+        let inbox = ConnectionInbox(eventLoop: channel.eventLoop)
+        try await channel.pipeline.addHandler(inbox)
+        return (channel, inbox)
+    }
+
+    static func fail(_ channel: NIOAsyncTestingChannel) async throws {
+        try await channel.testingEventLoop.executeInContext {
+            channel.pipeline.fireErrorCaught(MQTTError(.malformedPacket, "test"))
+        }
+    }
+
+    @Test func packetsInOrderThenTheEnd() async throws {
+        let (channel, inbox) = try await Self.asyncInbox()
+        try await channel.writeInbound(Array(Self.packets.prefix(2)))
+        try await channel.writeInbound([Packet]())
+        try await channel.writeInbound([Self.packets[2]])
+        var seen: [Packet] = []
+        for _ in Self.packets { if let packet = try await inbox.next() { seen.append(packet) } }
+        #expect(seen == Self.packets)
+        _ = try? await channel.finish()
+        #expect(try await inbox.next() == nil)
+        #expect(try await inbox.next() == nil, "the end stays the end")
+    }
+
+    @Test func theChannelsErrorComesAfterItsPacketsAndNothingAfterIt() async throws {
+        let (channel, inbox) = try await Self.asyncInbox()
+        try await channel.writeInbound(Self.packets)
+        try await Self.fail(channel)
+        try await channel.writeInbound([Packet.pingreq])  // after the error: never handed on
+        for packet in Self.packets { #expect(try await inbox.next() == packet) }
+        await #expect(throws: MQTTError.self) { _ = try await inbox.next() }
+        #expect(throws: MQTTError.self) { _ = try inbox.take(orPark: Session()) }
+        _ = try? await channel.finish()
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aWaitingTaskGetsThePacketOrTheErrorWhenItArrives() async throws {
+        let (channel, inbox) = try await Self.asyncInbox()
+        async let first = inbox.next()
+        while !inbox.hasWaiter { try await Task.sleep(for: .milliseconds(1)) }
+        try await channel.writeInbound([Packet.pingreq, Packet.pingresp])
+        #expect(try await first == .pingreq)
+        #expect(try await inbox.next() == .pingresp)
+        async let second = inbox.next()
+        while !inbox.hasWaiter { try await Task.sleep(for: .milliseconds(1)) }
+        try await Self.fail(channel)
+        do {
+            _ = try await second
+            Issue.record("the waiting task gets the error")
+        } catch is MQTTError {}
+        _ = try? await channel.finish()
+    }
+
+    @Test func takingFromAnotherThreadLetsTheChannelReadAgain() async throws {
+        let (channel, inbox) = try await Self.asyncInbox()
+        let counter = ReadCounter()
+        try await channel.pipeline.addHandler(counter, position: .first)
+        try await channel.writeInbound([Packet.pingreq])
+        try await channel.testingEventLoop.executeInContext { channel.read() }
+        #expect(try await channel.testingEventLoop.executeInContext { counter.reads } == 0)
+        #expect(Self.packet(try inbox.take(orPark: Session())) == .pingreq)
+        await channel.testingEventLoop.run()
+        #expect(try await channel.testingEventLoop.executeInContext { counter.reads } == 1)
+        _ = try? await channel.finish()
+    }
+
+    @Test func aParkedSessionIsResumedOnceByThePacketsAndByTheEnd() throws {
+        let (channel, inbox, _) = try Self.inbox()
+        let session = Session()
+        guard case .parked = try inbox.take(orPark: session) else {
+            Issue.record("an empty inbox parks the session")
+            return
+        }
+        #expect(session.count == 0)
+        try channel.writeInbound([Packet.pingreq])
+        #expect(session.count == 1, "the first packet resumes it")
+        try channel.writeInbound([Packet.pingresp])
+        #expect(session.count == 1, "resumed once: the turn it started takes what follows")
+        #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
+        #expect(Self.packet(try inbox.take(orPark: session)) == .pingresp)
+        guard case .parked = try inbox.take(orPark: session) else {
+            Issue.record("parked again once the queue is empty")
+            return
+        }
+        // A silent connection that ends still gets a turn, which finds the end and concludes the session.
+        _ = try? channel.finish()
+        #expect(session.count == 2)
+        guard case .ended = try inbox.take(orPark: session) else {
+            Issue.record("the end after every packet")
+            return
+        }
+        #expect(session.count == 2)
+    }
+
+    @Test func anErrorResumesAParkedSession() throws {
+        let (channel, inbox, _) = try Self.inbox()
+        let session = Session()
+        _ = try inbox.take(orPark: session)
+        channel.pipeline.fireErrorCaught(MQTTError(.malformedPacket, "test"))
+        #expect(session.count == 1)
+        #expect(throws: MQTTError.self) { _ = try inbox.take(orPark: session) }
+        _ = try? channel.finish()
+    }
+
+    @Test func readsAreHeldWhileTheLatestReadWaitsUntouched() throws {
+        let (channel, inbox, counter) = try Self.inbox()
+        channel.read()
+        #expect(counter.reads == 1, "an empty inbox lets reads through")
+        try channel.writeInbound([Packet.pingreq, Packet.pingresp])
+        channel.read()
+        channel.read()
+        #expect(counter.reads == 1, "held while the read's packets wait untouched")
+        let session = Session()
+        #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
+        channel.embeddedEventLoop.run()
+        #expect(counter.reads == 2, "taking the first of them lets the channel read again, once")
+        // The next read arrives while a packet of the previous one still waits: held again until it is reached.
+        try channel.writeInbound([Packet.disconnect(reasonCode: 0, properties: Properties())])
+        channel.read()
+        #expect(counter.reads == 2)
+        #expect(Self.packet(try inbox.take(orPark: session)) == .pingresp)
+        channel.embeddedEventLoop.run()
+        #expect(counter.reads == 2, "the latest read's packet still waits")
+        #expect(Self.packet(try inbox.take(orPark: session)) == .disconnect(reasonCode: 0, properties: Properties()))
+        channel.embeddedEventLoop.run()
+        #expect(counter.reads == 3)
+        _ = try? channel.finish()
+    }
+
+    @Test func aClientOneReadAheadDoesNotGrowTheQueue() throws {
+        let (channel, inbox, _) = try Self.inbox()
+        let session = Session()
+        try channel.writeInbound([Packet.pingreq, Packet.pingreq])
+        for round in 0..<1000 {
+            // Taking the first packet of a read lets the next one in while the other still waits.
+            #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
+            channel.embeddedEventLoop.run()
+            try channel.writeInbound([Packet.pingreq, Packet.pingreq])
+            #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
+            #expect(inbox.slots <= 3, "round \(round): \(inbox.slots) slots")
+        }
+        _ = try? channel.finish()
+    }
+}
