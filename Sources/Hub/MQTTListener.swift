@@ -268,17 +268,15 @@ final class DelayedWillTasks: Sendable {
     private let state = Mutex(State())
 
     func run(_ operation: @escaping @Sendable () async -> Void) async {
-        let task = Task { await operation() }
-        let id = state.withLock { state -> Int? in
+        // The task is made and registered under the lock: one made after `cancelAll` would never be cancelled.
+        let registered = state.withLock { state -> (Int, Task<Void, Never>)? in
             guard !state.cancelled else { return nil }
             state.next += 1
+            let task = Task { await operation() }
             state.tasks[state.next] = task
-            return state.next
+            return (state.next, task)
         }
-        guard let id else {
-            task.cancel()
-            return
-        }
+        guard let (id, task) = registered else { return }
         await withTaskCancellationHandler {
             await task.value
         } onCancel: {
@@ -1220,7 +1218,8 @@ struct MQTTConnection {
         guard
             await listener.broker.willDue(
                 key: will.state.sessionKey, connectionNumber: will.connectionNumber, seconds: will.seconds),
-            !listener.revocations.contains(will.peer.serial)
+            !listener.revocations.contains(will.peer.serial),
+            !Task.isCancelled  // the hub is stopping (`willDue` answers at once for a session already gone)
         else { return }
         _ = await admitAndDeliver(will.message, peer: will.peer, state: will.state, respond: false)
     }
