@@ -32,6 +32,8 @@ public final class HubServer: Sendable {
     public let gateway: GatewayPipeline
     /// The MQTT broker (tests read what it knows).
     let broker: MQTTBroker
+    /// The MQTT listener's sessions and connection tasks (tests read them).
+    let mqttSessions = SessionTally()
     private let group: ServiceGroup
     private let logger: Logger
     private let ports: AsyncStream<(String, Int)>
@@ -379,7 +381,7 @@ public final class HubServer: Sendable {
             host: configuration.mqtt.host, port: configuration.mqtt.port, credentials: credentials,
             revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,
             settings: configuration.mqttSettings, renewals: renewals, events: events,
-            cryptoProfile: configuration.cryptoProfile, metrics: metrics,
+            cryptoProfile: configuration.cryptoProfile, metrics: metrics, sessions: mqttSessions,
             logger: {
                 var mqttLogger = logger
                 mqttLogger[metadataKey: "listener"] = "mqtt"

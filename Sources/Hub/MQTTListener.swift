@@ -53,7 +53,7 @@ struct MQTTListener: Service {
     var persistence: MQTTPersistence?
     let missingCertificate = OncePerWindow()
     /// Connections whose session has not concluded (a parked one has no task): shutdown waits for them.
-    let sessions = SessionTally()
+    let sessions: SessionTally
     /// Wills waiting out their delay, cancelled at shutdown (the session ends with the process).
     let delayedWills = DelayedWillTasks()
     /// Topic refusals are recorded once per identity, kind and minute: a device cannot turn them into a disk flood.
@@ -63,9 +63,11 @@ struct MQTTListener: Service {
         host: String, port: Int, credentials: HubCredentials, revocations: RevocationList, store: any HubStore,
         rids: RIDDirectory, broker: MQTTBroker, gateway: GatewayPipeline, settings: MQTTSettings,
         renewals: CertificateRenewals, events: DeviceEvents, cryptoProfile: CryptoProfile = .standard,
-        metrics: HubMetrics? = nil, logger: Logger, onBound: @escaping @Sendable (Int) -> Void
+        metrics: HubMetrics? = nil, sessions: SessionTally = SessionTally(), logger: Logger,
+        onBound: @escaping @Sendable (Int) -> Void
     ) {
         self.metrics = metrics
+        self.sessions = sessions
         self.cryptoProfile = cryptoProfile
         self.host = host
         self.port = port
@@ -216,10 +218,16 @@ final class SessionTally: Sendable {
     }
 
     private let state = Mutex(State())
+    private let tasks = Atomic(0)
 
     func opened() {
         state.withLock { $0.open += 1 }
     }
+
+    /// A connection's task began (its opening, or a turn) or ended: a held connection has none (`tasksRunning`).
+    func taskStarted() { tasks.add(1, ordering: .relaxed) }
+    func taskEnded() { tasks.subtract(1, ordering: .relaxed) }
+    var tasksRunning: Int { tasks.load(ordering: .relaxed) }
 
     /// One session concluded (or its connection ended before it was attached).
     func concluded(one: Void) {
@@ -685,6 +693,8 @@ struct MQTTConnection {
     @inline(never)
     func serve() async {
         listener.sessions.opened()
+        listener.sessions.taskStarted()
+        defer { listener.sessions.taskEnded() }
         guard let (live, connack) = await open() else {
             listener.sessions.concluded(one: ())
             return
@@ -730,7 +740,11 @@ struct MQTTConnection {
 
         func resume() {
             let connection = connection
-            Task { await connection.turn(self) }
+            connection.listener.sessions.taskStarted()
+            Task {
+                await connection.turn(self)
+                connection.listener.sessions.taskEnded()
+            }
         }
     }
 
