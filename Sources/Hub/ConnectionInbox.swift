@@ -1,6 +1,7 @@
 import MQTT
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOTLS
 
 /// A session whose connection has nothing queued: no task runs for it until its inbox has something (a packet, an
 /// error, the end), and then `resume` starts one.
@@ -115,6 +116,16 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         deliver { state in
             if state.failure == nil, !state.ended { state.failure = error }
         }
+    }
+
+    /// The handshake read 512 bytes at a time (the listener's receive allocator), so that a held connection keeps a
+    /// small receive buffer; from here the buffer adapts to the traffic (a device sending telemetry in bursts).
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted = event as? TLSUserEvent {
+            try? context.channel.syncOptions?.setOption(
+                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -110,11 +110,10 @@ struct MQTTListener: Service {
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
             // TLS's per-connection buffers as mappings, resident only where written (`PageBackedAllocator`).
             .childChannelOption(.allocator, value: PageBackedAllocator.allocator)
-            // Each connection keeps its receive buffer (NIO's default starts at 2 KB): a device's packets are a few
-            // hundred bytes, and the buffer grows for larger reads (the TLS handshake's certificates).
-            .childChannelOption(
-                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
-            )
+            // Each connection keeps its receive buffer at the largest size it ever read into (NIO's default starts
+            // at 2 KB and NIO never shrinks it): the handshake (the client's certificate) is read 512 bytes at a
+            // time, so a held device keeps 512 bytes; after it the buffer adapts to the traffic (`ConnectionInbox`).
+            .childChannelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 512))
             .bind(host: host, port: port) {
                 (channel: any Channel) -> EventLoopFuture<AcceptedChannel> in
                 // Connection limits before any TLS work: the pipeline's per-source connection rate, then the open

@@ -1,6 +1,7 @@
 import MQTT
 import NIOCore
 import NIOEmbedded
+import NIOTLS
 import Synchronization
 import Testing
 
@@ -189,6 +190,15 @@ import Testing
             #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
             #expect(inbox.slots <= 3, "round \(round): \(inbox.slots) slots")
         }
+        _ = try? channel.finish()
+    }
+
+    @Test func theHandshakeEndsTheSmallReads() throws {
+        let (channel, _, _) = try Self.inbox()
+        try channel.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 512)).wait()
+        channel.pipeline.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(negotiatedProtocol: "mqtt"))
+        let allocator = try channel.getOption(.recvAllocator).wait()
+        #expect(allocator is AdaptiveRecvByteBufferAllocator, "the receive buffer adapts once the handshake is done")
         _ = try? channel.finish()
     }
 }
