@@ -186,7 +186,7 @@ struct MQTTListener: Service {
                         }
                     }
                 } catch {
-                    endAll()
+                    // The accept loop failed (and ended every connection, above): the sessions still conclude.
                     await sessions.concluded()
                     throw error
                 }
@@ -955,17 +955,10 @@ struct MQTTConnection {
         guard let accepted = try await accept(connect, peer: peer) else { return nil }
         let nioChannel = channel
         let revocationWatch = listener.revocations.watch(peer.serial) { nioChannel.close(promise: nil) }
-        let attached: (state: State, connack: Packet)?
-        do {
-            attached = try await attach(connect, peer: peer, accepted)
-        } catch {
-            listener.revocations.unwatch(peer.serial, revocationWatch)
-            throw error
-        }
-        guard let attached else {
-            listener.revocations.unwatch(peer.serial, revocationWatch)
-            return nil
-        }
+        var handedOver = false
+        defer { if !handedOver { listener.revocations.unwatch(peer.serial, revocationWatch) } }
+        guard let attached = try await attach(connect, peer: peer, accepted) else { return nil }
+        handedOver = true
         let live = Live(
             connection: self, connect: connect, peer: peer, state: attached.state, revocationWatch: revocationWatch)
         return (live, attached.connack)

@@ -1607,12 +1607,12 @@ final class GroupCommitter: Sendable {
 
     /// The batch's accepted messages as rows of `telemetry_chunks`, one per device (more for a device whose messages
     /// pass `rowBytes`) in the order each device's first message was queued, its messages in queue order
-    /// (`TelemetryChunk`), under ids that follow the newest row's. Returns each message's id (nil where `accepted`
-    /// is false), each device's newest time, and the last row's `first_id` and message id (nil: no row). The insert is bound and stepped with SQLite's C API: GRDB's
-    /// arguments box every value (an existential per column, the bytes copied into a `Data`), which cost more than
-    /// the insert's own SQLite work per message in a profile of MQTT QoS 0. Strings and the row's bytes are bound
-    /// where they lie (`SQLITE_STATIC`) and unbound before they go. GRDB does not see this statement run: a
-    /// transaction observer (the hub registers none) would not hear of it.
+    /// (`TelemetryChunk`), under ids that follow the newest row's. Returns each message's id (nil where `accepted` is
+    /// false), each device's newest time, and the last row's `first_id` and message id (nil: no row). The insert is
+    /// bound and stepped with SQLite's C API: GRDB's arguments box every value (an existential per column, the bytes
+    /// copied into a `Data`), which cost more than the insert's own SQLite work per message in a profile of MQTT QoS 0.
+    /// Strings and the row's bytes are bound where they lie (`SQLITE_STATIC`) and unbound before they go. GRDB does not
+    /// see this statement run: a transaction observer (the hub registers none) would not hear of it.
     private static func insertChunks(
         _ batch: [TelemetryQueue.Entry], accepted: [Bool], _ db: Database
     ) throws -> (ids: [Int64?], seen: [(DeviceID, Int64)], newest: (row: Int64, message: Int64)?) {
@@ -1773,11 +1773,12 @@ final class GroupCommitter: Sendable {
         }
     }
 
-    /// Adds the telemetry rows above `telemetry_indexed.upto` to `telemetry_chunk_index` once the newest message id
-    /// is `every` or more past the mark (the mark is a row's `first_id`, so up to a row's worth early), sorted by
-    /// device, and moves `upto` to the newest row, in the batch's transaction: the index and its mark commit
-    /// together, so a reader (or a restart) never sees a row both unindexed and below the mark. Should an entry already be there (or the mark's row be missing), the batch still commits: `OR IGNORE`
-    /// and an upsert, so that a damaged index can never refuse every later message.
+    /// Adds the telemetry rows above `telemetry_indexed.upto` to `telemetry_chunk_index` once the newest message id is
+    /// `every` or more past the mark (the mark is a row's `first_id`, so up to a row's worth early), sorted by device,
+    /// and moves `upto` to the newest row, in the batch's transaction: the index and its mark commit together, so a
+    /// reader (or a restart) never sees a row both unindexed and below the mark. Should an entry already be there (or
+    /// the mark's row be missing), the batch still commits: `OR IGNORE` and an upsert, so that a damaged index can
+    /// never refuse every later message.
     private static func indexTail(newestRow: Int64, newestMessage: Int64, every: Int64, _ db: Database) throws {
         let upto = try SQLiteHubStore.indexedUpTo(db)
         guard newestMessage - upto >= every else { return }
