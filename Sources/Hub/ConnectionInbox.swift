@@ -76,6 +76,11 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
     private let eventLoop: any EventLoop
     /// Set and read on the event loop only.
     private var context: ChannelHandlerContext?
+    /// The keep-alive the connection is held to (1.5 × the one agreed in CONNECT or CONNACK) and the sweep that
+    /// checks it; nil without one. On the event loop only.
+    private var keepAlive: (timeout: TimeAmount, sweep: KeepAliveSweep)?
+    /// When the last packet arrived (or the keep-alive started). On the event loop only.
+    private var lastPacket = NIODeadline.uptimeNanoseconds(0)
 
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
@@ -89,12 +94,16 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        stopKeepAlive()
         deliver { $0.ended = true }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let batch = unwrapInboundIn(data)
         guard !batch.isEmpty else { return }
+        // MQTT §3.1.2.10: a control packet, not a byte, keeps the connection (a client trickling an incomplete
+        // packet does not).
+        if keepAlive != nil { lastPacket = eventLoop.now }
         deliver { state in
             guard state.failure == nil, !state.ended else { return }
             if state.next == state.packets.count {
@@ -129,8 +138,39 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        stopKeepAlive()
         deliver { $0.ended = true }
         context.fireChannelInactive()
+    }
+
+    // MARK: Keep-alive (MQTT 3.1.1 §3.1.2.10, MQTT 5.0 §3.1.2.10)
+
+    /// Holds the connection to `timeout` from now on: `sweep` closes it once no packet arrived for longer. Nothing
+    /// when the channel has already closed.
+    func startKeepAlive(timeout: TimeAmount, sweep: KeepAliveSweep) -> EventLoopFuture<Void> {
+        eventLoop.submit { [self] in
+            guard keepAlive == nil, let context, context.channel.isActive else { return }
+            lastPacket = eventLoop.now
+            keepAlive = (timeout, sweep)
+            sweep.watch(self)
+        }
+    }
+
+    /// Whether the connection has been silent for longer than its keep-alive at `now` (for the sweep).
+    func isSilent(at now: NIODeadline) -> Bool {
+        guard let keepAlive else { return false }
+        return now - lastPacket > keepAlive.timeout
+    }
+
+    /// Closes the connection for its silence (for the sweep).
+    func closeForSilence() {
+        context?.close(promise: nil)
+    }
+
+    private func stopKeepAlive() {
+        guard let keepAlive else { return }
+        self.keepAlive = nil
+        keepAlive.sweep.unwatch(self)
     }
 
     func read(context: ChannelHandlerContext) {

@@ -56,6 +56,8 @@ struct MQTTListener: Service {
     let sessions: SessionTally
     /// Wills waiting out their delay, cancelled at shutdown (the session ends with the process).
     let delayedWills = DelayedWillTasks()
+    /// The keep-alive sweeps of the listener's event loops (one per loop, not a timer per connection).
+    let keepAliveSweeps = KeepAliveSweeps()
     /// Topic refusals are recorded once per identity, kind and minute: a device cannot turn them into a disk flood.
     let refusalsThisMinute = OncePerWindow()
 
@@ -1141,16 +1143,18 @@ struct MQTTConnection {
         return (state, connack)
     }
 
-    /// MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection. The clock starts with the
-    /// CONNACK: the hub's own work before it (the store, another node) is not the client's silence. A failure here
-    /// ends the connection through the detach in `finish`. Then the CONNACK, then the session's deliveries.
+    /// MQTT 3.1.1 §3.1.2.10: no packet within 1.5 × keep-alive closes the connection (the inbox notes each packet's
+    /// arrival; its loop's `KeepAliveSweep` closes it). The clock starts with the CONNACK: the hub's own work before
+    /// it (the store, another node) is not the client's silence. Then the CONNACK, then the session's deliveries.
     @inline(never)
     private func start(connack: Packet, state: State) async throws {
         let keepAlive = state.rules.keepAlive
         if keepAlive > 0 {
             let timeout = TimeAmount.milliseconds(Int64(keepAlive) * 1500)
-            try await channel.pipeline.addHandlers(
-                [IdleStateHandler(readTimeout: timeout), CloseOnIdleHandler()], position: .first)
+            try await inbox.startKeepAlive(
+                timeout: timeout, sweep: listener.keepAliveSweeps.sweep(for: channel.eventLoop)
+            )
+            .get()
         }
         try await send(connack, state.version)
         await listener.broker.resume(key: state.sessionKey, connectionNumber: state.connectionNumber)
@@ -2120,22 +2124,6 @@ final class CounterWrites: Sendable {
         }
     }
 }
-
-/// Closes the connection when `IdleStateHandler` reports no reads for the keep-alive period.
-final class CloseOnIdleHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
-            context.close(promise: nil)
-        } else {
-            context.fireUserInboundEventTriggered(event)
-        }
-    }
-}
-
-@available(*, unavailable)
-extension CloseOnIdleHandler: Sendable {}
 
 extension Duration {
     var nanoseconds: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }

@@ -201,4 +201,53 @@ import Testing
         #expect(allocator is AdaptiveRecvByteBufferAllocator, "the receive buffer adapts once the handshake is done")
         _ = try? channel.finish()
     }
+
+    /// MQTT §3.1.2.10: a connection silent for longer than 1.5 × its keep-alive is closed by its loop's sweep, within
+    /// a second after the deadline and never before it; a packet moves the deadline; a closed connection leaves the
+    /// sweep, whose timer stops with the last one.
+    @Test func theSweepClosesASilentConnectionAndAPacketKeepsIt() throws {
+        let loop = EmbeddedEventLoop()
+        let sweep = KeepAliveSweep(eventLoop: loop)
+        var inboxes: [(EmbeddedChannel, ConnectionInbox)] = []
+        for _ in 0..<2 {
+            let channel = EmbeddedChannel(loop: loop)
+            let inbox = ConnectionInbox(eventLoop: loop)
+            try channel.pipeline.syncOperations.addHandler(inbox)
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
+            let started = inbox.startKeepAlive(timeout: .milliseconds(1500), sweep: sweep)
+            loop.run()
+            try started.wait()
+            inboxes.append((channel, inbox))
+        }
+        let (pinging, silent) = (inboxes[0].0, inboxes[1].0)
+        #expect(sweep.watchedCount == 2 && sweep.isSweeping)
+        loop.advanceTime(by: .seconds(1))
+        #expect(pinging.isActive && silent.isActive, "1 s of silence is within 1.5 s")
+        try pinging.writeInbound([Packet.pingreq])
+        loop.advanceTime(by: .seconds(1))
+        #expect(!silent.isActive, "2 s of silence: closed at the sweep after its deadline")
+        #expect(pinging.isActive, "1 s since its PINGREQ")
+        #expect(sweep.watchedCount == 1)
+        loop.advanceTime(by: .milliseconds(400))
+        #expect(pinging.isActive, "no sweep between seconds")
+        loop.advanceTime(by: .milliseconds(600))
+        #expect(!pinging.isActive, "2 s since its PINGREQ")
+        #expect(sweep.watchedCount == 0 && !sweep.isSweeping, "the timer stops with the last connection")
+        for (channel, _) in inboxes { _ = try? channel.finish() }
+    }
+
+    /// A keep-alive started after the channel closed watches nothing (it would keep the inbox in the sweep for ever).
+    @Test func aClosedChannelStartsNoKeepAlive() throws {
+        let loop = EmbeddedEventLoop()
+        let sweep = KeepAliveSweep(eventLoop: loop)
+        let channel = EmbeddedChannel(loop: loop)
+        let inbox = ConnectionInbox(eventLoop: loop)
+        try channel.pipeline.syncOperations.addHandler(inbox)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
+        try channel.close().wait()
+        let started = inbox.startKeepAlive(timeout: .seconds(1), sweep: sweep)
+        loop.run()
+        try started.wait()
+        #expect(sweep.watchedCount == 0 && !sweep.isSweeping)
+    }
 }
