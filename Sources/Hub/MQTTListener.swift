@@ -58,6 +58,9 @@ struct MQTTListener: Service {
     let delayedWills = DelayedWillTasks()
     /// The keep-alive sweeps of the listener's event loops (one per loop, not a timer per connection).
     let keepAliveSweeps = KeepAliveSweeps()
+    /// The topic patterns of devices and of operators and applications, parsed once for every connection.
+    let deviceACL: PreparedTopicACL
+    let fleetACL: PreparedTopicACL
     /// Topic refusals are recorded once per identity, kind and minute: a device cannot turn them into a disk flood.
     let refusalsThisMinute = OncePerWindow()
 
@@ -80,6 +83,8 @@ struct MQTTListener: Service {
         self.broker = broker
         self.gateway = gateway
         self.settings = settings
+        self.deviceACL = PreparedTopicACL(settings.deviceACL)
+        self.fleetACL = PreparedTopicACL(settings.fleetACL)
         self.renewals = renewals
         self.events = events
         self.logger = logger
@@ -1027,7 +1032,7 @@ struct MQTTConnection {
             return .refuse(kind: nil, detail: "", answer: ServerSession.refusal(.notAuthorized, version))
         }
         // The will is a publish like any other: within the identity's topics.
-        let acl = (peer.device == nil ? settings.fleetACL : settings.deviceACL).bound(to: peer.deviceLevel)
+        let acl = (peer.device == nil ? listener.fleetACL : listener.deviceACL).bound(to: peer.deviceLevel)
         if let will = connect.will {
             guard acl.mayPublish(will.topic), Self.responseTopicAllowed(will.properties, peer: peer, acl: acl) else {
                 return .refuse(

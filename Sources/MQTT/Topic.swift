@@ -155,19 +155,9 @@ public struct TopicACL: Sendable, Equatable {
         }
     }
 
-    /// The patterns with `{device}` filled in, parsed once per connection rather than on every packet.
-    public func bound(to device: String) -> BoundTopicACL {
-        BoundTopicACL(
-            publish: publish.compactMap { pattern in
-                (try? TopicFilter(Self.substitute(pattern, device: device))).map {
-                    (
-                        $0,
-                        TopicName.levels(of: pattern).firstIndex { $0 == "{device}" }
-                    )
-                }
-            },
-            subscribe: subscribe.compactMap { try? TopicFilter(Self.substitute($0, device: device)) })
-    }
+    /// The patterns bound to one device (its id as `{device}`). Parses them: where a connection binds them, bind a
+    /// `PreparedTopicACL` made once.
+    public func bound(to device: String) -> BoundTopicACL { PreparedTopicACL(self).bound(to: device) }
 
     public func mayPublish(_ topic: TopicName, device: String) -> Bool { bound(to: device).mayPublish(topic) }
 
@@ -180,20 +170,109 @@ public struct TopicACL: Sendable, Equatable {
     }
 }
 
-/// A `TopicACL` bound to one identity.
+/// A `TopicACL`'s patterns parsed once, with `{device}` kept as a level of its own: binding them to a connection's
+/// device copies nothing (a held connection keeps two references, not a copy of every pattern with its id filled
+/// in). A `{device}` level matches exactly the level that is the device's id, as the pattern with the id filled in
+/// would: not a wildcard, and a pattern that would not parse with the id filled in allows nothing.
+public final class PreparedTopicACL: Sendable {
+    struct Pattern: Sendable {
+        let filter: TopicFilter
+        /// The index of the first `{device}` level, if any.
+        let deviceLevel: Int?
+    }
+
+    let publish: [Pattern]
+    let subscribe: [Pattern]
+
+    public init(_ acl: TopicACL) {
+        func parse(_ patterns: [String]) -> [Pattern] {
+            patterns.compactMap { pattern in
+                // Valid with an id filled in (`validate`), so `{device}` is a whole level; `{device}` itself parses.
+                guard (try? TopicFilter(TopicACL.substitute(pattern, device: "d"))) != nil,
+                    let filter = try? TopicFilter(pattern)
+                else { return nil }
+                return Pattern(filter: filter, deviceLevel: filter.levels.firstIndex { Self.isDevice($0) })
+            }
+        }
+        publish = parse(acl.publish)
+        subscribe = parse(acl.subscribe)
+    }
+
+    public func bound(to device: String) -> BoundTopicACL { BoundTopicACL(patterns: self, device: device) }
+
+    static func isDevice(_ level: Substring) -> Bool { level.utf8.count == 8 && level == "{device}" }
+}
+
+/// A `TopicACL` bound to one identity: its prepared patterns and the device id that fills `{device}`.
 public struct BoundTopicACL: Sendable {
-    /// Each publish filter with the index of its `{device}` level, if it has one.
-    let publish: [(filter: TopicFilter, deviceLevel: Int?)]
-    let subscribe: [TopicFilter]
+    let patterns: PreparedTopicACL
+    let device: String
+    /// A device id that cannot fill a level (empty is a level; `/`, `+`, `#` or U+0000 are not): the patterns
+    /// with `{device}` allow nothing, as they would not parse with it filled in.
+    let deviceFillsALevel: Bool
 
-    public func mayPublish(_ topic: TopicName) -> Bool { publish.contains { $0.filter.matches(topic) } }
+    init(patterns: PreparedTopicACL, device: String) {
+        self.patterns = patterns
+        self.device = device
+        deviceFillsALevel = !device.utf8.contains {
+            $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 == 0
+        }
+    }
 
-    public func maySubscribe(_ filter: TopicFilter) -> Bool { subscribe.contains { $0.covers(filter) } }
+    public func mayPublish(_ topic: TopicName) -> Bool { patterns.publish.contains { matches($0, topic) } }
+
+    public func maySubscribe(_ filter: TopicFilter) -> Bool { patterns.subscribe.contains { covers($0, filter) } }
 
     /// The index of the `{device}` level in the first publish pattern that matches `topic` (the levels after it
     /// name the route and the message type).
     public func deviceLevel(of topic: TopicName) -> Int? {
-        publish.first { $0.filter.matches(topic) }?.deviceLevel ?? nil
+        patterns.publish.first { matches($0, topic) }?.deviceLevel ?? nil
+    }
+
+    /// `TopicFilter.matches` of the pattern with the device's id as each `{device}` level.
+    func matches(_ pattern: PreparedTopicACL.Pattern, _ topic: TopicName) -> Bool {
+        guard pattern.deviceLevel != nil else { return pattern.filter.matches(topic) }
+        guard deviceFillsALevel else { return false }
+        let levels = pattern.filter.levels
+        if topic.isDollarTopic, let first = levels.first, first == "+" || first == "#" { return false }
+        var index = 0
+        for level in levels {
+            if level == "#" { return true }
+            guard index < topic.levels.count else { return false }
+            if PreparedTopicACL.isDevice(level) {
+                if !TopicKey.sameBytes(device[...], topic.levels[index]) { return false }
+            } else if level != "+" && !TopicKey.sameBytes(level, topic.levels[index]) {
+                return false
+            }
+            index += 1
+        }
+        return index == topic.levels.count
+    }
+
+    /// `TopicFilter.covers` of the pattern with the device's id as each `{device}` level: a requested `+` or `#`
+    /// there is not the device's own level.
+    func covers(_ pattern: PreparedTopicACL.Pattern, _ other: TopicFilter) -> Bool {
+        guard pattern.deviceLevel != nil else { return pattern.filter.covers(other) }
+        guard deviceFillsALevel else { return false }
+        let levels = pattern.filter.levels
+        if other.rawValue.utf8.first == UInt8(ascii: "$"), let first = levels.first, first == "+" || first == "#" {
+            return false
+        }
+        var index = 0
+        for level in levels {
+            if level == "#" { return true }
+            guard index < other.levels.count else { return false }
+            let requested = other.levels[index]
+            if requested == "#" { return false }
+            if level == "+" {
+                index += 1
+                continue
+            }
+            let allowed = PreparedTopicACL.isDevice(level) ? device[...] : level
+            if requested == "+" || !TopicKey.sameBytes(requested, allowed) { return false }
+            index += 1
+        }
+        return index == other.levels.count
     }
 }
 

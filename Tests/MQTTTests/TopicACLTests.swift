@@ -1,5 +1,6 @@
-import MQTT
 import Testing
+
+@testable import MQTT
 
 /// Topic access bound to the certificate's identity: substitution of `{device}`, publish by matching, subscribe by
 /// covering (a requested filter may not reach beyond what the pattern allows).
@@ -43,5 +44,42 @@ struct TopicACLTests {
         let custom = TopicACL(publish: ["fleet/{device}/up/#"], subscribe: ["fleet/{device}/down/+"])
         #expect(custom.mayPublish(try TopicName("fleet/d1/up/x/y"), device: "d1"))
         #expect(!custom.maySubscribe(try TopicFilter("fleet/d1/down/#"), device: "d1"))
+    }
+
+    /// A prepared ACL keeps `{device}` as a level and compares it with the device's id when it matches: it must
+    /// decide as the patterns with the id filled in would, for every pattern, topic and filter here (among them a
+    /// topic level spelled `{device}`, a requested `+` or `#` at the device's level, `$` topics, another device,
+    /// an id that is a prefix of another, empty levels, and a pattern with `{device}` twice).
+    @Test func preparedPatternsDecideAsThePatternsWithTheIdFilledIn() throws {
+        let patterns = [
+            "devices/{device}/#", "devices/{device}", "devices/+/{device}/x", "{device}/#", "a/{device}/b/{device}",
+            "devices/{device}/+/state", "devices/#", "#", "+/x",
+        ]
+        let topics = [
+            "devices/d1", "devices/d1/telemetry", "devices/d2/telemetry", "devices/d1x/t", "devices/{device}/t",
+            "devices/z/d1/x", "d1/anything", "d1", "$SYS/d1/x", "a/d1/b/d1", "a/d1/b/d2", "devices//t",
+            "devices/d1/s/state", "devices/d1/s/state/x",
+        ]
+        let filters = [
+            "devices/d1/#", "devices/d1/+", "devices/+/#", "devices/#", "devices/d1", "devices/d2/#",
+            "devices/{device}/#", "d1/#", "+/#", "#", "a/d1/b/d1", "a/d1/b/+", "a/+/b/d1", "devices/d1/+/state",
+            "devices/d1/x/state", "$SYS/#", "devices/z/d1/x",
+        ]
+        for pattern in patterns {
+            let acl = TopicACL(publish: [pattern], subscribe: [pattern])
+            for device in ["d1", "d2", "d1x"] {
+                let substituted = try TopicFilter(TopicACL.substitute(pattern, device: device))
+                let bound = PreparedTopicACL(acl).bound(to: device)
+                for topic in try topics.map({ try TopicName($0) }) {
+                    #expect(
+                        bound.mayPublish(topic) == substituted.matches(topic), "\(pattern) as \(device): \(topic)")
+                }
+                for filter in try filters.map({ try TopicFilter($0) }) {
+                    #expect(
+                        bound.maySubscribe(filter) == substituted.covers(filter),
+                        "\(pattern) as \(device): \(filter)")
+                }
+            }
+        }
     }
 }
