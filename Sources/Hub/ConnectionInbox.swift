@@ -9,8 +9,9 @@ protocol ParkedSession: AnyObject, Sendable {
     func resume()
 }
 
-/// A connection's inbound side, in place of `NIOAsyncChannel`: the packets of each read (`MQTTBatchDecoder`) queue
-/// here, and the connection takes them one at a time. While the connection is opening, a task waits for its
+/// A connection's inbound side, in place of `NIOAsyncChannel` and `ByteToMessageHandler`: it decodes each read
+/// (`MQTTBatchDecoder`, called as `ByteToMessageHandler` calls it) and queues its packets, and the connection takes
+/// them one at a time. One handler rather than two: a held connection keeps one object and one context for it. While the connection is opening, a task waits for its
 /// CONNECT (`next`); once its session is attached, a task runs only while something is queued (`take(orPark:)`):
 /// a held connection that sends nothing has no task, so it keeps no task, no async frames and no stream state.
 ///
@@ -19,7 +20,7 @@ protocol ParkedSession: AnyObject, Sendable {
 /// channel's reads are held while the latest read's packets wait untouched, and released when the connection takes
 /// the first of them, so the next read (on the event loop) overlaps the handling of this one's packets.
 final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
-    typealias InboundIn = [Packet]
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
 
     /// What `take(orPark:)` found.
@@ -81,9 +82,19 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
     private var keepAlive: (timeout: TimeAmount, sweep: KeepAliveSweep)?
     /// When the last packet arrived (or the keep-alive started). On the event loop only.
     private var lastPacket = NIODeadline.uptimeNanoseconds(0)
+    /// The connection's decoder, the bytes of a packet not yet complete, and whether decoding failed (nothing is
+    /// decoded after an error). On the event loop only.
+    private var decoder: MQTTBatchDecoder
+    private var partial: ByteBuffer?
+    private var decodingFailed = false
+    /// More unread bytes than this are refused, as `ByteToMessageHandler`'s `maximumBufferSize` (the decoder refuses
+    /// a packet larger than its maximum from its header, before its bytes are buffered).
+    private let maximumBufferSize: Int
 
-    init(eventLoop: any EventLoop) {
+    init(eventLoop: any EventLoop, decoder: MQTTDecoder, maximumBufferSize: Int) {
         self.eventLoop = eventLoop
+        self.decoder = MQTTBatchDecoder(decoder)
+        self.maximumBufferSize = maximumBufferSize
     }
 
     // MARK: The channel's side (on its event loop)
@@ -99,11 +110,36 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let batch = unwrapInboundIn(data)
-        guard !batch.isEmpty else { return }
+        guard !decodingFailed else { return }
+        var buffer = unwrapInboundIn(data)
+        if var partial {
+            self.partial = nil
+            partial.writeBuffer(&buffer)
+            buffer = partial
+        }
+        // Every complete packet of the read (one batch, unless an error follows some of them), then its error:
+        // `MQTTBatchDecoder` is called until it returns nothing or the buffer is empty, as `ByteToMessageHandler`
+        // calls it (the decoder is fuzzed called so).
+        var batch: [Packet] = []
+        var failure: (any Error)?
+        do {
+            while buffer.readableBytes > 0, let packets = try decoder.decode(buffer: &buffer) {
+                if batch.isEmpty { batch = packets } else { batch += packets }
+            }
+            if buffer.readableBytes > maximumBufferSize { throw ByteToMessageDecoderError.PayloadTooLargeError() }
+            if buffer.readableBytes > 0 { partial = buffer }
+        } catch {
+            decodingFailed = true
+            failure = error
+        }
         // MQTT §3.1.2.10: a control packet, not a byte, keeps the connection (a client trickling an incomplete
         // packet does not).
-        if keepAlive != nil { lastPacket = eventLoop.now }
+        if keepAlive != nil, !batch.isEmpty { lastPacket = eventLoop.now }
+        if !batch.isEmpty { enqueue(batch) }
+        if let failure { deliver { state in if state.failure == nil, !state.ended { state.failure = failure } } }
+    }
+
+    private func enqueue(_ batch: [Packet]) {
         deliver { state in
             guard state.failure == nil, !state.ended else { return }
             if state.next == state.packets.count {

@@ -144,14 +144,13 @@ struct MQTTListener: Service {
                         try channel.pipeline.syncOperations.addHandler(
                             HandshakeObserver(metrics: metrics, listener: .mqtt))
                     }
-                    // Every complete packet of a read in one batch, queued in the connection's inbox, which holds the
+                    // Every complete packet of a read, decoded and queued in the connection's inbox, which holds the
                     // channel's reads while a packet waits: at most the packets the connection handles and the read
                     // (up to NIO's four socket reads of 64 KiB) that filled the queue.
-                    try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(
-                            MQTTBatchDecoder(MQTTDecoder(role: .server, maximumPacketSize: maximumPacketSize)),
-                            maximumBufferSize: maximumPacketSize * 2))
-                    let inbox = ConnectionInbox(eventLoop: channel.eventLoop)
+                    let inbox = ConnectionInbox(
+                        eventLoop: channel.eventLoop,
+                        decoder: MQTTDecoder(role: .server, maximumPacketSize: maximumPacketSize),
+                        maximumBufferSize: maximumPacketSize * 2)
                     try channel.pipeline.syncOperations.addHandler(inbox)
                     return AcceptedChannel(channel: channel, inbox: inbox)
                 }

@@ -15,6 +15,25 @@ import Testing
         .pingreq, .puback(packetID: 1, reasonCode: 0, properties: Properties()),
         .disconnect(reasonCode: 0, properties: Properties()),
     ]
+    static let ack = Packet.puback(packetID: 7, reasonCode: 0, properties: Properties())
+
+    /// An inbox whose decoder has had its CONNECT (MQTT 5), as after a connection's opening; `opening`: one that
+    /// has not.
+    static func makeInbox(_ loop: any EventLoop, opening: Bool = false, maximumBufferSize: Int = 1 << 17)
+        -> ConnectionInbox
+    {
+        ConnectionInbox(
+            eventLoop: loop,
+            decoder: MQTTDecoder(role: .server, maximumPacketSize: 1 << 16, version: opening ? nil : .v5),
+            maximumBufferSize: maximumBufferSize)
+    }
+
+    /// The bytes of one read that carries `packets`.
+    static func read(_ packets: [Packet]) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        for packet in packets { packet.encode(into: &buffer, version: .v5) }
+        return buffer
+    }
 
     final class Session: ParkedSession {
         let resumed = Atomic(0)
@@ -35,7 +54,7 @@ import Testing
     static func inbox() throws -> (EmbeddedChannel, ConnectionInbox, ReadCounter) {
         let channel = EmbeddedChannel()
         let counter = ReadCounter()
-        let inbox = ConnectionInbox(eventLoop: channel.eventLoop)
+        let inbox = Self.makeInbox(channel.eventLoop)
         try channel.pipeline.syncOperations.addHandler(counter)
         try channel.pipeline.syncOperations.addHandler(inbox)
         return (channel, inbox, counter)
@@ -50,7 +69,7 @@ import Testing
     /// from a connection's tasks.
     static func asyncInbox() async throws -> (NIOAsyncTestingChannel, ConnectionInbox) {
         let channel = NIOAsyncTestingChannel()
-        let inbox = ConnectionInbox(eventLoop: channel.eventLoop)
+        let inbox = Self.makeInbox(channel.eventLoop)
         try await channel.pipeline.addHandler(inbox)
         return (channel, inbox)
     }
@@ -63,9 +82,9 @@ import Testing
 
     @Test func packetsInOrderThenTheEnd() async throws {
         let (channel, inbox) = try await Self.asyncInbox()
-        try await channel.writeInbound(Array(Self.packets.prefix(2)))
-        try await channel.writeInbound([Packet]())
-        try await channel.writeInbound([Self.packets[2]])
+        try await channel.writeInbound(Self.read(Array(Self.packets.prefix(2))))
+        try await channel.writeInbound(Self.read([Packet]()))
+        try await channel.writeInbound(Self.read([Self.packets[2]]))
         var seen: [Packet] = []
         for _ in Self.packets { if let packet = try await inbox.next() { seen.append(packet) } }
         #expect(seen == Self.packets)
@@ -76,9 +95,9 @@ import Testing
 
     @Test func theChannelsErrorComesAfterItsPacketsAndNothingAfterIt() async throws {
         let (channel, inbox) = try await Self.asyncInbox()
-        try await channel.writeInbound(Self.packets)
+        try await channel.writeInbound(Self.read(Self.packets))
         try await Self.fail(channel)
-        try await channel.writeInbound([Packet.pingreq])  // after the error: never handed on
+        try await channel.writeInbound(Self.read([Packet.pingreq]))  // after the error: never handed on
         for packet in Self.packets { #expect(try await inbox.next() == packet) }
         await #expect(throws: MQTTError.self) { _ = try await inbox.next() }
         #expect(throws: MQTTError.self) { _ = try inbox.take(orPark: Session()) }
@@ -89,9 +108,9 @@ import Testing
         let (channel, inbox) = try await Self.asyncInbox()
         async let first = inbox.next()
         while !inbox.hasWaiter { try await Task.sleep(for: .milliseconds(1)) }
-        try await channel.writeInbound([Packet.pingreq, Packet.pingresp])
+        try await channel.writeInbound(Self.read([Packet.pingreq, Self.ack]))
         #expect(try await first == .pingreq)
-        #expect(try await inbox.next() == .pingresp)
+        #expect(try await inbox.next() == Self.ack)
         async let second = inbox.next()
         while !inbox.hasWaiter { try await Task.sleep(for: .milliseconds(1)) }
         try await Self.fail(channel)
@@ -106,7 +125,7 @@ import Testing
         let (channel, inbox) = try await Self.asyncInbox()
         let counter = ReadCounter()
         try await channel.pipeline.addHandler(counter, position: .first)
-        try await channel.writeInbound([Packet.pingreq])
+        try await channel.writeInbound(Self.read([Packet.pingreq]))
         try await channel.testingEventLoop.executeInContext { channel.read() }
         #expect(try await channel.testingEventLoop.executeInContext { counter.reads } == 0)
         #expect(Self.packet(try inbox.take(orPark: Session())) == .pingreq)
@@ -123,12 +142,12 @@ import Testing
             return
         }
         #expect(session.count == 0)
-        try channel.writeInbound([Packet.pingreq])
+        try channel.writeInbound(Self.read([Packet.pingreq]))
         #expect(session.count == 1, "the first packet resumes it")
-        try channel.writeInbound([Packet.pingresp])
+        try channel.writeInbound(Self.read([Self.ack]))
         #expect(session.count == 1, "resumed once: the turn it started takes what follows")
         #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
-        #expect(Self.packet(try inbox.take(orPark: session)) == .pingresp)
+        #expect(Self.packet(try inbox.take(orPark: session)) == Self.ack)
         guard case .parked = try inbox.take(orPark: session) else {
             Issue.record("parked again once the queue is empty")
             return
@@ -157,7 +176,7 @@ import Testing
         let (channel, inbox, counter) = try Self.inbox()
         channel.read()
         #expect(counter.reads == 1, "an empty inbox lets reads through")
-        try channel.writeInbound([Packet.pingreq, Packet.pingresp])
+        try channel.writeInbound(Self.read([Packet.pingreq, Self.ack]))
         channel.read()
         channel.read()
         #expect(counter.reads == 1, "held while the read's packets wait untouched")
@@ -166,10 +185,10 @@ import Testing
         channel.embeddedEventLoop.run()
         #expect(counter.reads == 2, "taking the first of them lets the channel read again, once")
         // The next read arrives while a packet of the previous one still waits: held again until it is reached.
-        try channel.writeInbound([Packet.disconnect(reasonCode: 0, properties: Properties())])
+        try channel.writeInbound(Self.read([Packet.disconnect(reasonCode: 0, properties: Properties())]))
         channel.read()
         #expect(counter.reads == 2)
-        #expect(Self.packet(try inbox.take(orPark: session)) == .pingresp)
+        #expect(Self.packet(try inbox.take(orPark: session)) == Self.ack)
         channel.embeddedEventLoop.run()
         #expect(counter.reads == 2, "the latest read's packet still waits")
         #expect(Self.packet(try inbox.take(orPark: session)) == .disconnect(reasonCode: 0, properties: Properties()))
@@ -181,12 +200,12 @@ import Testing
     @Test func aClientOneReadAheadDoesNotGrowTheQueue() throws {
         let (channel, inbox, _) = try Self.inbox()
         let session = Session()
-        try channel.writeInbound([Packet.pingreq, Packet.pingreq])
+        try channel.writeInbound(Self.read([Packet.pingreq, Packet.pingreq]))
         for round in 0..<1000 {
             // Taking the first packet of a read lets the next one in while the other still waits.
             #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
             channel.embeddedEventLoop.run()
-            try channel.writeInbound([Packet.pingreq, Packet.pingreq])
+            try channel.writeInbound(Self.read([Packet.pingreq, Packet.pingreq]))
             #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
             #expect(inbox.slots <= 3, "round \(round): \(inbox.slots) slots")
         }
@@ -211,7 +230,7 @@ import Testing
         var inboxes: [(EmbeddedChannel, ConnectionInbox)] = []
         for _ in 0..<2 {
             let channel = EmbeddedChannel(loop: loop)
-            let inbox = ConnectionInbox(eventLoop: loop)
+            let inbox = Self.makeInbox(loop)
             try channel.pipeline.syncOperations.addHandler(inbox)
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
             let started = inbox.startKeepAlive(timeout: .milliseconds(1500), sweep: sweep)
@@ -223,7 +242,7 @@ import Testing
         #expect(sweep.watchedCount == 2 && sweep.isSweeping)
         loop.advanceTime(by: .seconds(1))
         #expect(pinging.isActive && silent.isActive, "1 s of silence is within 1.5 s")
-        try pinging.writeInbound([Packet.pingreq])
+        try pinging.writeInbound(Self.read([Packet.pingreq]))
         loop.advanceTime(by: .seconds(1))
         #expect(!silent.isActive, "2 s of silence: closed at the sweep after its deadline")
         #expect(pinging.isActive, "1 s since its PINGREQ")
@@ -241,7 +260,7 @@ import Testing
         let loop = EmbeddedEventLoop()
         let sweep = KeepAliveSweep(eventLoop: loop)
         let channel = EmbeddedChannel(loop: loop)
-        let inbox = ConnectionInbox(eventLoop: loop)
+        let inbox = Self.makeInbox(loop)
         try channel.pipeline.syncOperations.addHandler(inbox)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
         try channel.close().wait()
@@ -249,5 +268,113 @@ import Testing
         loop.run()
         try started.wait()
         #expect(sweep.watchedCount == 0 && !sweep.isSweeping)
+    }
+
+    // MARK: Decoding (`MQTTBatchDecoder` as `ByteToMessageHandler` called it; see also `MQTTBatchDecoderTests`)
+
+    static func opening() throws -> [Packet] {
+        let topic = try TopicName("devices/d1/telemetry")
+        return [.connect(ConnectPacket(version: .v5, clientID: "d1"))]
+            + (1...5).map {
+                .publish(PublishPacket(topic: topic, payload: [UInt8($0)], qos: .atLeastOnce, packetID: UInt16($0)))
+            }
+            + [
+                .pingreq,
+                .publish(PublishPacket(topic: topic, payload: Array(repeating: 9, count: 300), qos: .atMostOnce)),
+            ]
+    }
+
+    /// Writes `bytes` in reads of `chunk` bytes, taking what each read queued; returns the packets and the error
+    /// the inbox handed on, if any (nothing is taken after it).
+    static func feed(_ bytes: ByteBuffer, chunk: Int, inbox: ConnectionInbox, channel: EmbeddedChannel) throws
+        -> (packets: [Packet], error: (any Error)?)
+    {
+        var packets: [Packet] = []
+        var rest = bytes
+        let session = Session()
+        while rest.readableBytes > 0 {
+            try channel.writeInbound(rest.readSlice(length: min(chunk, rest.readableBytes))!)
+            while true {
+                do {
+                    guard case .packet(let packet) = try inbox.take(orPark: session) else { break }
+                    packets.append(packet)
+                } catch {
+                    return (packets, error)
+                }
+            }
+        }
+        return (packets, nil)
+    }
+
+    @Test(arguments: [1, 2, 3, 7, 31, 64, 1_000])
+    func everyPacketInOrderAtEveryReadSize(_ chunk: Int) throws {
+        let channel = EmbeddedChannel()
+        let inbox = Self.makeInbox(channel.eventLoop, opening: true)
+        try channel.pipeline.syncOperations.addHandler(inbox)
+        let packets = try Self.opening()
+        let (taken, error) = try Self.feed(Self.read(packets), chunk: chunk, inbox: inbox, channel: channel)
+        #expect(error == nil)
+        #expect(taken == packets)
+        _ = try? channel.finish()
+    }
+
+    /// A malformed packet after valid ones in the same read: the valid ones first, then its error, and nothing after
+    /// it (a valid packet that follows it in the read, or in a later read, is never handed on).
+    @Test(
+        arguments: [
+            [0x30, 0x80, 0x80, 0x80, 0x80, 0x01],  // a remaining length in five bytes
+            [0x36, 0x03, 0x00, 0x01, 0x61],  // a PUBLISH at QoS 3
+            [0x10, 0x02, 0x00, 0x00],  // a second CONNECT
+        ] as [[UInt8]])
+    func theValidPacketsBeforeAMalformedOneComeFirstThenItsError(_ malformed: [UInt8]) throws {
+        let channel = EmbeddedChannel()
+        let inbox = Self.makeInbox(channel.eventLoop, opening: true)
+        try channel.pipeline.syncOperations.addHandler(inbox)
+        let packets = try Self.opening()
+        var bytes = Self.read(Array(packets.prefix(3)))
+        bytes.writeBytes(malformed)
+        bytes.writeImmutableBuffer(Self.read([packets[3]]))
+        let (taken, error) = try Self.feed(bytes, chunk: .max, inbox: inbox, channel: channel)
+        #expect(taken == Array(packets.prefix(3)))
+        #expect(error is MQTTError)
+        // A later read is not decoded.
+        try channel.writeInbound(Self.read([.pingreq]))
+        #expect(throws: MQTTError.self) { try inbox.take(orPark: Session()) }
+        _ = try? channel.finish()
+    }
+
+    /// More unread bytes than the maximum buffer are refused as `ByteToMessageHandler` refused them, also when they
+    /// arrive in small reads of one packet that never completes.
+    @Test func aPacketThatOutgrowsTheBufferIsRefused() throws {
+        let channel = EmbeddedChannel()
+        let inbox = Self.makeInbox(channel.eventLoop, maximumBufferSize: 100)
+        try channel.pipeline.syncOperations.addHandler(inbox)
+        let topic = try TopicName("devices/d1/telemetry")
+        let large = Self.read([.publish(PublishPacket(topic: topic, payload: Array(repeating: 1, count: 300)))])
+        let (taken, error) = try Self.feed(large, chunk: 50, inbox: inbox, channel: channel)
+        #expect(taken.isEmpty)
+        #expect(error is ByteToMessageDecoderError.PayloadTooLargeError)
+        _ = try? channel.finish()
+    }
+
+    /// MQTT §3.1.2.10: the bytes of a packet that never completes do not keep a connection; a packet does.
+    @Test func aTrickleOfAnIncompletePacketDoesNotKeepTheConnection() throws {
+        let loop = EmbeddedEventLoop()
+        let sweep = KeepAliveSweep(eventLoop: loop)
+        let channel = EmbeddedChannel(loop: loop)
+        let inbox = Self.makeInbox(loop)
+        try channel.pipeline.syncOperations.addHandler(inbox)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
+        let started = inbox.startKeepAlive(timeout: .milliseconds(1500), sweep: sweep)
+        loop.run()
+        try started.wait()
+        var publish = Self.read([.publish(PublishPacket(topic: try TopicName("devices/d1/t"), payload: [1, 2, 3]))])
+        for _ in 0..<2 {
+            loop.advanceTime(by: .milliseconds(900))
+            try channel.writeInbound(publish.readSlice(length: 1)!)
+        }
+        loop.advanceTime(by: .milliseconds(200))
+        #expect(!channel.isActive, "2 s with no complete packet")
+        _ = try? channel.finish()
     }
 }
