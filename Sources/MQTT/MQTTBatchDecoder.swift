@@ -5,7 +5,8 @@ public import NIOCore
 /// sending telemetry delivers several packets per read (issue #16: the hop from the event loop to the connection's
 /// task was a tenth of a QoS 0 message's CPU). The packets and their order are `MQTTDecoder`'s; so is every error,
 /// which comes after the packets decoded before it, as it did packet by packet: a malformed packet does not lose
-/// the valid ones that came first, and nothing after it is decoded.
+/// the valid ones that came first, and nothing after it is decoded. The hub's `ConnectionInbox` calls it as
+/// `ByteToMessageHandler` does (again after each batch, never with an empty buffer).
 public struct MQTTBatchDecoder: NIOSingleStepByteToMessageDecoder {
     public typealias InboundOut = [Packet]
 
