@@ -1,6 +1,7 @@
 import MQTT
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOSSL
 import NIOTLS
 
 /// A session whose connection has nothing queued: no task runs for it until its inbox has something (a packet, an
@@ -198,9 +199,19 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         return now - lastPacket > keepAlive.timeout
     }
 
-    /// Closes the connection for its silence (for the sweep).
+    /// Closes the connection for its silence (for the sweep), once. Below TLS, as the keep-alive handler at the front
+    /// of the pipeline did: a peer that went silent is treated as a failed network (§3.1.2.10), so the hub does not
+    /// send close_notify and wait for an answer that will not come (swift-nio-ssl's shutdown timeout, 5 s), and
+    /// nothing it still decrypts meanwhile is handled.
     func closeForSilence() {
-        context?.close(promise: nil)
+        guard let context, keepAlive != nil else { return }
+        stopKeepAlive()
+        decodingFailed = true  // nothing more is decoded
+        if let tls = try? context.pipeline.syncOperations.context(handlerType: NIOSSLServerHandler.self) {
+            tls.close(promise: nil)
+        } else {
+            context.close(promise: nil)
+        }
     }
 
     private func stopKeepAlive() {

@@ -4,7 +4,8 @@ import NIOCore
 /// MQTT 3.1.1 §3.1.2.10 and MQTT 5.0 §3.1.2.10: a connection that sends no control packet for one and a half times
 /// its keep-alive is closed. One sweep per event loop checks the connections of that loop once a second, in place of
 /// a timer and two channel handlers per connection (about half a kilobyte each, with 10,000 devices held 5 MB): a
-/// silent connection is closed within a second after its deadline, never before it.
+/// silent connection is closed within a second after its deadline, never before it, below TLS (no close_notify to
+/// wait for: `ConnectionInbox.closeForSilence`).
 ///
 /// Used on its event loop only (`watch`, `unwatch` and the sweep itself run there).
 final class KeepAliveSweep: @unchecked Sendable {

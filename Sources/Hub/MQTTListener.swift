@@ -1138,7 +1138,7 @@ struct MQTTConnection {
         let connack = rules.connack(
             sessionPresent: attached.sessionPresent,
             assignedClientID: connect.clientID.isEmpty ? accepted.clientID : nil,
-            responseInformation: Self.responseInformation(peer: peer, acl: accepted.acl, settings: settings))
+            responseInformation: Self.responseInformation(peer: peer, acl: accepted.acl, fleetACL: listener.fleetACL))
         let output = FlushCoalescer(channel)
         let state = State(
             rules: rules, sessionKey: accepted.sessionKey, connectionNumber: attached.connectionNumber,
@@ -1799,11 +1799,11 @@ struct MQTTConnection {
     }
 
     /// `devices/<id>/commands/response` when the device may subscribe below it and the fleet may publish there.
-    static func responseInformation(peer: Peer, acl: BoundTopicACL, settings: MQTTSettings) -> String? {
+    static func responseInformation(peer: Peer, acl: BoundTopicACL, fleetACL: PreparedTopicACL) -> String? {
         guard let device = peer.device else { return nil }
         let base = "devices/\(device.rawValue)/commands/response"
         guard let below = try? TopicFilter(base + "/#"), let reply = try? TopicName(base + "/r"),
-            acl.maySubscribe(below), settings.fleetACL.bound(to: "").mayPublish(reply)
+            acl.maySubscribe(below), fleetACL.bound(to: "").mayPublish(reply)
         else { return nil }
         return base
     }

@@ -53,26 +53,28 @@ struct TopicACLTests {
     @Test func preparedPatternsDecideAsThePatternsWithTheIdFilledIn() throws {
         let patterns = [
             "devices/{device}/#", "devices/{device}", "devices/+/{device}/x", "{device}/#", "a/{device}/b/{device}",
-            "devices/{device}/+/state", "devices/#", "#", "+/x",
+            "devices/{device}/+/state", "devices/#", "#", "+/x", "+/{device}/#", "+/{device}",
         ]
         let topics = [
             "devices/d1", "devices/d1/telemetry", "devices/d2/telemetry", "devices/d1x/t", "devices/{device}/t",
             "devices/z/d1/x", "d1/anything", "d1", "$SYS/d1/x", "a/d1/b/d1", "a/d1/b/d2", "devices//t",
-            "devices/d1/s/state", "devices/d1/s/state/x",
+            "devices/d1/s/state", "devices/d1/s/state/x", "$SYS/d1", "x/d1", "x/d1/y", "/", "x//y",
         ]
         let filters = [
             "devices/d1/#", "devices/d1/+", "devices/+/#", "devices/#", "devices/d1", "devices/d2/#",
             "devices/{device}/#", "d1/#", "+/#", "#", "a/d1/b/d1", "a/d1/b/+", "a/+/b/d1", "devices/d1/+/state",
-            "devices/d1/x/state", "$SYS/#", "devices/z/d1/x",
+            "devices/d1/x/state", "$SYS/#", "devices/z/d1/x", "$SYS/d1/#", "$SYS/d1", "+/d1/#", "+/+/#", "//#",
         ]
         for pattern in patterns {
             let acl = TopicACL(publish: [pattern], subscribe: [pattern])
-            for device in ["d1", "d2", "d1x"] {
+            for device in ["d1", "d2", "d1x", ""] {  // "": an operator's (no device id)
                 let substituted = try TopicFilter(TopicACL.substitute(pattern, device: device))
                 let bound = PreparedTopicACL(acl).bound(to: device)
+                let deviceLevel = TopicName.levels(of: pattern).firstIndex { $0 == "{device}" }
                 for topic in try topics.map({ try TopicName($0) }) {
                     #expect(
                         bound.mayPublish(topic) == substituted.matches(topic), "\(pattern) as \(device): \(topic)")
+                    #expect(bound.deviceLevel(of: topic) == (substituted.matches(topic) ? deviceLevel : nil))
                 }
                 for filter in try filters.map({ try TopicFilter($0) }) {
                     #expect(
