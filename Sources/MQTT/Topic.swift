@@ -91,22 +91,35 @@ public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
     /// MQTT 3.1.1 §4.7: `+` matches one level, `#` the parent and any number of levels below; topics starting with
     /// `$` are not matched by a leading wildcard (§4.7.2). Levels are compared by their bytes (§4.7.3: no
     /// normalization).
-    public func matches(_ topic: TopicName) -> Bool {
+    public func matches(_ topic: TopicName) -> Bool { matches(topic, device: nil) }
+
+    /// `matches` with `device` as each `{device}` level, when given (a `PreparedTopicACL` pattern).
+    func matches(_ topic: TopicName, device: Substring?) -> Bool {
         if topic.isDollarTopic, let first = levels.first, first == "+" || first == "#" { return false }
         var index = 0
         for level in levels {
             if level == "#" { return true }
             guard index < topic.levels.count else { return false }
-            if level != "+" && !TopicKey.sameBytes(level, topic.levels[index]) { return false }
+            if level != "+" && !TopicKey.sameBytes(Self.filled(level, device), topic.levels[index]) { return false }
             index += 1
         }
         return index == topic.levels.count
     }
 
+    /// `level`, or `device` when it is given and `level` is `{device}`.
+    @inline(__always) static func filled(_ level: Substring, _ device: Substring?) -> Substring {
+        if let device, PreparedTopicACL.isDevice(level) { return device }
+        return level
+    }
+
     /// True when every topic `other` can match is also matched by this filter (so a subscription to `other` is
     /// within what this filter allows): `#` covers any rest, `+` covers one level that is not `#`, a name covers
     /// only itself.
-    public func covers(_ other: TopicFilter) -> Bool {
+    public func covers(_ other: TopicFilter) -> Bool { covers(other, device: nil) }
+
+    /// `covers` with `device` as each `{device}` level, when given (a `PreparedTopicACL` pattern): a requested `+` or
+    /// `#` there is not the device's own level.
+    func covers(_ other: TopicFilter, device: Substring?) -> Bool {
         if other.rawValue.utf8.first == UInt8(ascii: "$"), let first = levels.first, first == "+" || first == "#" {
             return false
         }
@@ -120,7 +133,7 @@ public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
                 index += 1
                 continue
             }
-            if requested == "+" || !TopicKey.sameBytes(requested, level) { return false }
+            if requested == "+" || !TopicKey.sameBytes(requested, Self.filled(level, device)) { return false }
             index += 1
         }
         return index == other.levels.count
@@ -232,47 +245,13 @@ public struct BoundTopicACL: Sendable {
     /// `TopicFilter.matches` of the pattern with the device's id as each `{device}` level.
     func matches(_ pattern: PreparedTopicACL.Pattern, _ topic: TopicName) -> Bool {
         guard pattern.deviceLevel != nil else { return pattern.filter.matches(topic) }
-        guard deviceFillsALevel else { return false }
-        let levels = pattern.filter.levels
-        if topic.isDollarTopic, let first = levels.first, first == "+" || first == "#" { return false }
-        var index = 0
-        for level in levels {
-            if level == "#" { return true }
-            guard index < topic.levels.count else { return false }
-            if PreparedTopicACL.isDevice(level) {
-                if !TopicKey.sameBytes(device[...], topic.levels[index]) { return false }
-            } else if level != "+" && !TopicKey.sameBytes(level, topic.levels[index]) {
-                return false
-            }
-            index += 1
-        }
-        return index == topic.levels.count
+        return deviceFillsALevel && pattern.filter.matches(topic, device: device[...])
     }
 
-    /// `TopicFilter.covers` of the pattern with the device's id as each `{device}` level: a requested `+` or `#`
-    /// there is not the device's own level.
+    /// `TopicFilter.covers` of the pattern with the device's id as each `{device}` level.
     func covers(_ pattern: PreparedTopicACL.Pattern, _ other: TopicFilter) -> Bool {
         guard pattern.deviceLevel != nil else { return pattern.filter.covers(other) }
-        guard deviceFillsALevel else { return false }
-        let levels = pattern.filter.levels
-        if other.rawValue.utf8.first == UInt8(ascii: "$"), let first = levels.first, first == "+" || first == "#" {
-            return false
-        }
-        var index = 0
-        for level in levels {
-            if level == "#" { return true }
-            guard index < other.levels.count else { return false }
-            let requested = other.levels[index]
-            if requested == "#" { return false }
-            if level == "+" {
-                index += 1
-                continue
-            }
-            let allowed = PreparedTopicACL.isDevice(level) ? device[...] : level
-            if requested == "+" || !TopicKey.sameBytes(requested, allowed) { return false }
-            index += 1
-        }
-        return index == other.levels.count
+        return deviceFillsALevel && pattern.filter.covers(other, device: device[...])
     }
 }
 

@@ -229,13 +229,8 @@ import Testing
         let sweep = KeepAliveSweep(eventLoop: loop)
         var inboxes: [(EmbeddedChannel, ConnectionInbox)] = []
         for _ in 0..<2 {
-            let channel = EmbeddedChannel(loop: loop)
-            let inbox = Self.makeInbox(loop)
-            try channel.pipeline.syncOperations.addHandler(inbox)
-            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
-            let started = inbox.startKeepAlive(timeout: .milliseconds(1500), sweep: sweep)
-            loop.run()
-            try started.wait()
+            let (channel, inbox) = try Self.connected(on: loop)
+            try Self.startKeepAlive(inbox, sweep, on: loop)
             inboxes.append((channel, inbox))
         }
         let (pinging, silent) = (inboxes[0].0, inboxes[1].0)
@@ -255,15 +250,28 @@ import Testing
         for (channel, _) in inboxes { _ = try? channel.finish() }
     }
 
+    /// A connected channel on `loop` with an inbox (MQTT 5, after its CONNECT).
+    static func connected(on loop: EmbeddedEventLoop) throws -> (EmbeddedChannel, ConnectionInbox) {
+        let channel = EmbeddedChannel(loop: loop)
+        let inbox = Self.makeInbox(loop)
+        try channel.pipeline.syncOperations.addHandler(inbox)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
+        return (channel, inbox)
+    }
+
+    /// Starts the inbox's keep-alive of 1.5 s on `sweep` and runs the loop until it has started.
+    static func startKeepAlive(_ inbox: ConnectionInbox, _ sweep: KeepAliveSweep, on loop: EmbeddedEventLoop) throws {
+        let started = inbox.startKeepAlive(timeout: .milliseconds(1500), sweep: sweep)
+        loop.run()
+        try started.wait()
+    }
+
     /// A keep-alive asked for while the channel closes leaves nothing watched (the sweep would keep the inbox for
     /// ever): the start finds the channel inactive, and the handler's removal unwatches in any case.
     @Test func aClosedChannelStartsNoKeepAlive() throws {
         let loop = EmbeddedEventLoop()
         let sweep = KeepAliveSweep(eventLoop: loop)
-        let channel = EmbeddedChannel(loop: loop)
-        let inbox = Self.makeInbox(loop)
-        try channel.pipeline.syncOperations.addHandler(inbox)
-        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
+        let (channel, inbox) = try Self.connected(on: loop)
         // Asked before the close, run after it (as a connection's task asks while the channel closes): the handler
         // is still in the pipeline then, but the channel is no longer active.
         let started = inbox.startKeepAlive(timeout: .seconds(1), sweep: sweep)
@@ -364,13 +372,8 @@ import Testing
     @Test func aTrickleOfAnIncompletePacketDoesNotKeepTheConnection() throws {
         let loop = EmbeddedEventLoop()
         let sweep = KeepAliveSweep(eventLoop: loop)
-        let channel = EmbeddedChannel(loop: loop)
-        let inbox = Self.makeInbox(loop)
-        try channel.pipeline.syncOperations.addHandler(inbox)
-        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
-        let started = inbox.startKeepAlive(timeout: .milliseconds(1500), sweep: sweep)
-        loop.run()
-        try started.wait()
+        let (channel, inbox) = try Self.connected(on: loop)
+        try Self.startKeepAlive(inbox, sweep, on: loop)
         var publish = Self.read([.publish(PublishPacket(topic: try TopicName("devices/d1/t"), payload: [1, 2, 3]))])
         for _ in 0..<2 {
             loop.advanceTime(by: .milliseconds(900))
