@@ -1,10 +1,11 @@
 /// A tree of topic levels held in one array (node 0 is the root; removed nodes are reused), each node with a value:
 /// the storage `SubscriptionIndex` (filters, sessions at their end) and `TopicTree` (topics) share. Children are
 /// keyed by copies of the levels (a `Substring` would keep the whole topic or filter that made the node alive),
-/// compared by their bytes (`TopicKey`).
+/// compared by their bytes (`TopicKey`), held in a `SmallMap`.
 struct LevelTree<Value: Sendable>: Sendable {
     struct Node: Sendable {
-        var children: [TopicKey: Int] = [:]
+        /// One child inline (a device's own levels have one each), more in a dictionary.
+        var children = SmallMap<TopicKey, Int>()
         var value: Value
     }
 

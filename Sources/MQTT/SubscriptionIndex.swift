@@ -9,8 +9,8 @@
 /// its FILTER. A pure value: the broker applies what it returns.
 public struct SubscriptionIndex: Sendable {
     /// At each node, the sessions whose filter ends there, each with how many of its filters do (a session may hold
-    /// `a/b` and `$share/g/a/b`).
-    private var tree = LevelTree<[String: Int]>(empty: [:])
+    /// `a/b` and `$share/g/a/b`); one session inline (a device's own commands filter has one).
+    private var tree = LevelTree<SmallMap<String, Int>>(empty: SmallMap())
     /// Filters held, counted once per session and filter.
     public private(set) var count = 0
 
