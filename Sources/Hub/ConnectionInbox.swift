@@ -194,9 +194,15 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
-    /// Whether the connection has been silent for longer than its keep-alive at `now` (for the sweep).
+    /// Whether the connection has been silent for longer than its keep-alive at `now` (for the sweep). While packets
+    /// it sent wait to be handled, the hub is behind, not the client silent (its reads are held, so its PINGREQ may
+    /// sit unread in the socket): its clock starts again.
     func isSilent(at now: NIODeadline) -> Bool {
         guard let keepAlive else { return false }
+        if state.withLock({ $0.next < $0.packets.count }) {
+            lastPacket = now
+            return false
+        }
         return now - lastPacket > keepAlive.timeout
     }
 

@@ -49,10 +49,10 @@ public struct SubscriptionIndex: Sendable {
             let wildcards = depth > 0 || !dollar
             let current = tree[node]
             if wildcards, let hash = current.children[TopicKey("#")] {
-                for key in tree[hash].value.keys { found.insert(key) }
+                for (key, _) in tree[hash].value { found.insert(key) }
             }
             guard depth < levels.count else {
-                for key in current.value.keys { found.insert(key) }
+                for (key, _) in current.value { found.insert(key) }
                 continue
             }
             if let exact = current.children[TopicKey(levels[depth])] { pending.append((exact, depth + 1)) }

@@ -47,7 +47,7 @@ public struct TopicTree: Sendable {
                 }
                 while let next = below.popLast() {
                     if let topic = tree[next].value { found.append(topic) }
-                    below.append(contentsOf: tree[next].children.values)
+                    for (_, child) in tree[next].children { below.append(child) }
                 }
             case "+":
                 for (name, child) in tree[node].children where !(first && name.text.utf8.first == UInt8(ascii: "$")) {

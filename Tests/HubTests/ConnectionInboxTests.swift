@@ -238,6 +238,7 @@ import Testing
         loop.advanceTime(by: .seconds(1))
         #expect(pinging.isActive && silent.isActive, "1 s of silence is within 1.5 s")
         try pinging.writeInbound(Self.read([Packet.pingreq]))
+        _ = try inboxes[0].1.take(orPark: Session())  // handled at once
         loop.advanceTime(by: .seconds(1))
         #expect(!silent.isActive, "2 s of silence: closed at the sweep after its deadline")
         #expect(pinging.isActive, "1 s since its PINGREQ")
@@ -381,6 +382,24 @@ import Testing
         }
         loop.advanceTime(by: .milliseconds(200))
         #expect(!channel.isActive, "2 s with no complete packet")
+        _ = try? channel.finish()
+    }
+
+    /// Packets waiting to be handled are the hub's delay, not the client's silence (its reads are held meanwhile, so
+    /// a PINGREQ it sent may sit unread): the keep-alive starts again, and counts once the queue is empty.
+    @Test func packetsWaitingForTheHubAreNotSilence() throws {
+        let loop = EmbeddedEventLoop()
+        let sweep = KeepAliveSweep(eventLoop: loop)
+        let (channel, inbox) = try Self.connected(on: loop)
+        try Self.startKeepAlive(inbox, sweep, on: loop)
+        try channel.writeInbound(Self.read([.pingreq]))  // queued at 0 s, not taken
+        loop.advanceTime(by: .seconds(3))
+        #expect(channel.isActive, "3 s with its packet waiting for the hub")
+        #expect(Self.packet(try inbox.take(orPark: Session())) == .pingreq)  // taken at 3 s
+        loop.advanceTime(by: .seconds(1))
+        #expect(channel.isActive, "1 s since the hub was last behind")
+        loop.advanceTime(by: .seconds(1))
+        #expect(!channel.isActive, "2 s of silence once the queue is empty")
         _ = try? channel.finish()
     }
 }
