@@ -12,9 +12,10 @@ protocol ParkedSession: AnyObject, Sendable {
 
 /// A connection's inbound side, in place of `NIOAsyncChannel` and `ByteToMessageHandler`: it decodes each read
 /// (`MQTTBatchDecoder`, called as `ByteToMessageHandler` calls it) and queues its packets, and the connection takes
-/// them one at a time. One handler rather than two: a held connection keeps one object and one context for it. While the connection is opening, a task waits for its
-/// CONNECT (`next`); once its session is attached, a task runs only while something is queued (`take(orPark:)`):
-/// a held connection that sends nothing has no task, so it keeps no task, no async frames and no stream state.
+/// them one at a time. One handler rather than two: a held connection keeps one object and one context for it.
+/// While the connection is opening, a task waits for its CONNECT (`next`); once its session is attached, a task runs
+/// only while something is queued (`take(orPark:)`): a held connection that sends nothing has no task, so it keeps
+/// no task, no async frames and no stream state.
 ///
 /// The order is the decoder's: the packets of a read, then (once they are taken) its error or the end of the
 /// channel; nothing after either. Back-pressure as `NIOAsyncChannel` gave it with a watermark of one batch: the
@@ -72,6 +73,23 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
             }
             return (.success(packet), resume)
         }
+
+        /// Queues a read's packets (nothing after the channel's error or end).
+        mutating func enqueue(_ batch: [Packet]) {
+            guard !batch.isEmpty, failure == nil, !ended else { return }
+            if next == packets.count {
+                packets = batch
+                next = 0
+                latestRead = 0
+            } else {
+                // The taken packets' slots go first: a client that keeps one packet ahead of the connection must not
+                // grow the queue with every packet it ever sent.
+                packets.removeSubrange(0..<next)
+                next = 0
+                latestRead = packets.count
+                packets.append(contentsOf: batch)
+            }
+        }
     }
 
     /// Inline in the inbox (a `Mutex`, not a boxed lock: one allocation less for every held connection).
@@ -84,11 +102,11 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
     private var keepAlive: (timeout: TimeAmount, sweep: KeepAliveSweep)?
     /// When the last packet arrived (or the keep-alive started). On the event loop only.
     private var lastPacket = NIODeadline.uptimeNanoseconds(0)
-    /// The connection's decoder, the bytes of a packet not yet complete, and whether decoding failed (nothing is
-    /// decoded after an error). On the event loop only.
+    /// The connection's decoder, the bytes of a packet not yet complete, and whether decoding stopped (nothing is
+    /// decoded after an error, or once the connection is closed for its silence). On the event loop only.
     private var decoder: MQTTBatchDecoder
     private var partial: ByteBuffer?
-    private var decodingFailed = false
+    private var decodingStopped = false
     /// More unread bytes than this are refused, as `ByteToMessageHandler`'s `maximumBufferSize` (the decoder refuses
     /// a packet larger than its maximum from its header, before its bytes are buffered).
     private let maximumBufferSize: Int
@@ -112,7 +130,7 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !decodingFailed else { return }
+        guard !decodingStopped else { return }
         var buffer = unwrapInboundIn(data)
         if var partial {
             self.partial = nil
@@ -131,31 +149,16 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
             if buffer.readableBytes > maximumBufferSize { throw ByteToMessageDecoderError.PayloadTooLargeError() }
             if buffer.readableBytes > 0 { partial = buffer }
         } catch {
-            decodingFailed = true
+            decodingStopped = true
             failure = error
         }
         // MQTT §3.1.2.10: a control packet, not a byte, keeps the connection (a client trickling an incomplete
         // packet does not).
+        guard !batch.isEmpty || failure != nil else { return }
         if keepAlive != nil, !batch.isEmpty { lastPacket = eventLoop.now }
-        if !batch.isEmpty { enqueue(batch) }
-        if let failure { deliver { state in if state.failure == nil, !state.ended { state.failure = failure } } }
-    }
-
-    private func enqueue(_ batch: [Packet]) {
         deliver { state in
-            guard state.failure == nil, !state.ended else { return }
-            if state.next == state.packets.count {
-                state.packets = batch
-                state.next = 0
-                state.latestRead = 0
-            } else {
-                // The taken packets' slots go first: a client that keeps one packet ahead of the connection must
-                // not grow the queue with every packet it ever sent.
-                state.packets.removeSubrange(0..<state.next)
-                state.next = 0
-                state.latestRead = state.packets.count
-                state.packets.append(contentsOf: batch)
-            }
+            state.enqueue(batch)
+            if let failure, state.failure == nil, !state.ended { state.failure = failure }
         }
     }
 
@@ -213,7 +216,7 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
     func closeForSilence() {
         guard let context, keepAlive != nil else { return }
         stopKeepAlive()
-        decodingFailed = true  // nothing more is decoded
+        decodingStopped = true
         if let tls = try? context.pipeline.syncOperations.context(handlerType: NIOSSLServerHandler.self) {
             tls.close(promise: nil)
         } else {
