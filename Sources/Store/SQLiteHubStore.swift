@@ -39,15 +39,22 @@ public final class SQLiteHubStore: HubStore {
 
     /// A WAL pool with `synchronous = FULL` (a committed transaction survives a kill and a power loss), foreign
     /// keys on and a 5-s busy timeout, migrated: how every SQLite file of the hub is opened.
+    ///
+    /// `synchronous` is set on the writer once the pool is open: GRDB's `DatabasePool` runs `prepareDatabase` first
+    /// and then sets `synchronous = NORMAL` on its writer (`Database.setUpWALMode`), so a `FULL` set in
+    /// `prepareDatabase` never reached the connection that commits. With `NORMAL` a WAL commit is not synced (only
+    /// checkpoints are; SQLite's "pragma synchronous"): a committed, acknowledged message survives a process kill but
+    /// not a power loss. With `FULL` each commit ends with an fsync of the WAL (one per group commit).
     static func openPool(path: String, migrator: DatabaseMigrator, what: String) throws -> DatabasePool {
         var configuration = Configuration()
         configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = FULL")
             try db.execute(sql: "PRAGMA foreign_keys = ON")
         }
         configuration.busyMode = .timeout(5)
         do {
             let pool = try DatabasePool(path: path, configuration: configuration)
+            // A pragma of the connection: GRDB's pool keeps one writer connection for its life.
+            try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
             try migrator.migrate(pool)
             return pool
         } catch {
@@ -1026,6 +1033,11 @@ public final class SQLiteHubStore: HubStore {
                     deviceID: (row["device_id"] as String?).flatMap { try? DeviceID($0) })
             }
         }
+    }
+
+    /// The value of `PRAGMA name` on the connection that commits (for the durability tests).
+    func writerPragma(_ name: String) throws -> Int? {
+        try pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA \(name)") }
     }
 
     public func appendTelemetry(_ message: NewTelemetry) async throws -> Int64 {
