@@ -140,7 +140,8 @@ public final class Outbox: Sendable {
     }
 
     /// Writes a temporary file, syncs it, renames it over `path` and syncs the directory: after a crash the file is
-    /// either absent or whole.
+    /// either absent or whole, and once this returns the new file survives a power loss. A directory that cannot be
+    /// opened or synced is an error (the rename may then not survive one), as in the TUF client's `Storage`.
     static func write(_ path: String, _ bytes: [UInt8], directory: String, mode: mode_t = 0o600) throws(AgentError) {
         let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
@@ -160,9 +161,12 @@ public final class Outbox: Sendable {
             throw AgentError(.outbox, "cannot write \(path): \(String(cString: strerror(errno)))")
         }
         let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if directoryFD >= 0 {
-            fsync(directoryFD)
-            close(directoryFD)
+        guard directoryFD >= 0 else {
+            throw AgentError(.outbox, "cannot sync \(directory): \(String(cString: strerror(errno)))")
+        }
+        defer { close(directoryFD) }
+        guard fsync(directoryFD) == 0 else {
+            throw AgentError(.outbox, "cannot sync \(directory): \(String(cString: strerror(errno)))")
         }
     }
 }

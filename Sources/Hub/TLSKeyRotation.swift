@@ -96,12 +96,18 @@ struct TLSKeyFiles {
         return issued.publicKey == Certificate.PublicKey(key.publicKey)
     }
 
-    /// Makes the renames durable before the final pin set is published.
-    func syncDirectory() {
+    /// Makes the renames durable before the final pin set is published: a directory that cannot be synced stops the
+    /// rotation there (the journal resumes it at the next start), rather than publish a pin set without the key a
+    /// power loss could bring back.
+    func syncDirectory() throws {
         let descriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard descriptor >= 0 else { return }
-        fsync(descriptor)
-        close(descriptor)
+        guard descriptor >= 0 else {
+            throw HubStartupError("cannot sync \(directory): \(String(cString: strerror(errno)))")
+        }
+        defer { close(descriptor) }
+        guard fsync(descriptor) == 0 else {
+            throw HubStartupError("cannot sync \(directory): \(String(cString: strerror(errno)))")
+        }
     }
 
     /// A file's identity and change time, to notice a replacement cheaply.
@@ -428,6 +434,8 @@ public enum TLSKeyRotation {
                     throw HubStartupError("cannot put the new TLS certificate in place in \(files.directory)")
                 }
             }
+            // The earlier run's renames may not have been synced (it stopped before, or its sync failed).
+            try files.syncDirectory()
             return
         }
         let backup = try HubCredentials.loadOrCreateSigningKey(files.backup)
@@ -445,7 +453,7 @@ public enum TLSKeyRotation {
         guard rename(files.backup, files.active) == 0, rename(files.next, files.backup) == 0,
             rename(files.nextCertificate, files.certificate) == 0
         else { throw HubStartupError("cannot put the new TLS key in place in \(files.directory)") }
-        files.syncDirectory()
+        try files.syncDirectory()
     }
 
     static func issueCertificate(

@@ -62,11 +62,12 @@ enum Files {
         guard !failed else { throw RepositoryError(.io, "cannot write \(path)") }
         guard rename(tempPath, path) == 0 else { throw RepositoryError(.io, "cannot rename into \(path)") }
         ok = true
-        let dfd = open(directory, O_RDONLY | O_DIRECTORY)
-        if dfd >= 0 {
-            _ = fsync(dfd)
-            close(dfd)
-        }
+        // The rename is durable only once the directory is synced: a failure is reported, not ignored (the file is
+        // in place, but a power loss could still take it back).
+        let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dfd >= 0 else { throw RepositoryError(.io, "cannot sync the directory of \(path)") }
+        defer { close(dfd) }
+        guard fsync(dfd) == 0 else { throw RepositoryError(.io, "cannot sync the directory of \(path)") }
     }
 
     static func remove(_ path: String) {
