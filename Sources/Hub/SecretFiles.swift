@@ -11,19 +11,56 @@ import Foundation
 /// Files that hold private keys: created with mode 0600 from the first byte (never chmod-ed after the fact), and
 /// refused when they are readable by group or others.
 public enum SecretFiles {
-    /// Writes `contents` to a new file with mode 0600. Refuses to overwrite.
+    /// Writes `contents` to a new file with mode 0600. Refuses to overwrite. The contents go to a temporary file
+    /// first, synced, then are linked in under `path` (`link` fails on an existing name, as `O_EXCL` did) and the
+    /// directory is synced: after a crash or a power loss the file is absent or whole, never an empty key file that
+    /// would refuse every later start.
     public static func create(_ path: String, contents: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        let temporary = path + ".new"
+        unlink(temporary)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw HubStartupError("cannot create \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        let bytes = Array(contents.utf8)
+        defer { unlink(temporary) }
+        guard writeAll(fd, Array(contents.utf8)), fsync(fd) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw HubStartupError("cannot write \(path): \(reason)")
+        }
+        guard close(fd) == 0 else { throw HubStartupError("cannot write \(path): \(String(cString: strerror(errno)))") }
+        guard link(temporary, path) == 0 else {
+            throw HubStartupError("cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+        try syncDirectory(of: path)
+    }
+
+    /// Writes every byte to `fd`; false on an error (`errno` says which).
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var written = 0
         while written < bytes.count {
             let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            guard n > 0 else { throw HubStartupError("cannot write \(path): \(String(cString: strerror(errno)))") }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { return false }
             written += n
         }
-        guard fsync(fd) == 0 else { throw HubStartupError("cannot sync \(path)") }
+        return true
+    }
+
+    /// Syncs the directory that holds `path`, so that a rename or link into it survives a power loss; a directory
+    /// that cannot be opened or synced is an error.
+    static func syncDirectory(of path: String) throws {
+        try syncDirectory((path as NSString).deletingLastPathComponent)
+    }
+
+    /// Syncs `directory` (see `syncDirectory(of:)`).
+    static func syncDirectory(_ directory: String) throws {
+        let descriptor = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            throw HubStartupError("cannot sync \(directory): \(String(cString: strerror(errno)))")
+        }
+        defer { close(descriptor) }
+        guard fsync(descriptor) == 0 else {
+            throw HubStartupError("cannot sync \(directory): \(String(cString: strerror(errno)))")
+        }
     }
 
     /// Reads a key file after checking that only its owner can read it.
@@ -96,7 +133,8 @@ public enum SecretFiles {
     }
 
     /// Replaces `path` atomically: the new contents go to a temporary file beside it (0600 when `secret`, 0644
-    /// otherwise), synced, then renamed over it, so a crash leaves either the old file or the new one.
+    /// otherwise), synced, then renamed over it, so a crash leaves either the old file or the new one; the directory
+    /// is synced after the rename, so the new one survives a power loss once this returns.
     public static func replace(_ path: String, contents: String, secret: Bool) throws {
         let temporary = path + ".new"
         unlink(temporary)
@@ -115,12 +153,12 @@ public enum SecretFiles {
         guard fsync(fd) == 0, close(fd) == 0, rename(temporary, path) == 0 else {
             throw HubStartupError("cannot replace \(path): \(String(cString: strerror(errno)))")
         }
+        try syncDirectory(of: path)
     }
 
-    /// Writes a public file (certificates) atomically.
+    /// Writes a public file (certificates) atomically, as `replace` does (the certificate the hub's key needs, the
+    /// CA certificate devices trust: losing either to a power loss stops the hub from starting).
     public static func writePublic(_ path: String, contents: String) throws {
-        do { try contents.write(toFile: path, atomically: true, encoding: .utf8) } catch {
-            throw HubStartupError("cannot write \(path)")
-        }
+        try replace(path, contents: contents, secret: false)
     }
 }

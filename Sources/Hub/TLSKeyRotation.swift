@@ -99,16 +99,7 @@ struct TLSKeyFiles {
     /// Makes the renames durable before the final pin set is published: a directory that cannot be synced stops the
     /// rotation there (the journal resumes it at the next start), rather than publish a pin set without the key a
     /// power loss could bring back.
-    func syncDirectory() throws {
-        let descriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            throw HubStartupError("cannot sync \(directory): \(String(cString: strerror(errno)))")
-        }
-        defer { close(descriptor) }
-        guard fsync(descriptor) == 0 else {
-            throw HubStartupError("cannot sync \(directory): \(String(cString: strerror(errno)))")
-        }
-    }
+    func syncDirectory() throws { try SecretFiles.syncDirectory(directory) }
 
     /// A file's identity and change time, to notice a replacement cheaply.
     func fingerprint() -> [Int] {
