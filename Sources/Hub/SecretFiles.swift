@@ -138,8 +138,14 @@ public enum SecretFiles {
     public static func replace(_ path: String, contents: String, secret: Bool) throws {
         let temporary = path + ".new"
         unlink(temporary)
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, secret ? 0o600 : 0o644)
+        let mode: mode_t = secret ? 0o600 : 0o644
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
         guard fd >= 0 else { throw HubStartupError("cannot create \(temporary): \(String(cString: strerror(errno)))") }
+        // The mode said, whatever the umask (the hub narrows the process's umask while it opens the store).
+        guard fchmod(fd, mode) == 0 else {
+            close(fd)
+            throw HubStartupError("cannot set the mode of \(temporary): \(String(cString: strerror(errno)))")
+        }
         let bytes = Array(contents.utf8)
         var written = 0
         while written < bytes.count {

@@ -64,10 +64,16 @@ enum Files {
         ok = true
         // The rename is durable only once the directory is synced: a failure is reported, not ignored (the file is
         // in place, but a power loss could still take it back).
-        let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard dfd >= 0 else { throw RepositoryError(.io, "cannot sync the directory of \(path)") }
+        try syncDirectory(directory)
+    }
+
+    /// Syncs `directory`, so that a rename or a new file in it survives a power loss; an error when it cannot be
+    /// opened or synced.
+    static func syncDirectory(_ directory: String) throws(RepositoryError) {
+        let dfd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dfd >= 0 else { throw RepositoryError(.io, "cannot sync the directory \(directory)") }
         defer { close(dfd) }
-        guard fsync(dfd) == 0 else { throw RepositoryError(.io, "cannot sync the directory of \(path)") }
+        guard fsync(dfd) == 0 else { throw RepositoryError(.io, "cannot sync the directory \(directory)") }
     }
 
     static func remove(_ path: String) {

@@ -251,6 +251,8 @@ public struct KeyDirectory: Sendable {
             unlink(file(name))
             throw RepositoryError(.io, "cannot write key \(name)")
         }
+        // The new name survives a power loss only once the directory is synced.
+        try Files.syncDirectory(path)
         return signer
     }
 
