@@ -11,26 +11,50 @@ import Foundation
 /// Files that hold private keys: created with mode 0600 from the first byte (never chmod-ed after the fact), and
 /// refused when they are readable by group or others.
 public enum SecretFiles {
-    /// Writes `contents` to a new file with mode 0600. Refuses to overwrite. The contents go to a temporary file
-    /// first, synced, then are linked in under `path` (`link` fails on an existing name, as `O_EXCL` did) and the
-    /// directory is synced: after a crash or a power loss the file is absent or whole, never an empty key file that
-    /// would refuse every later start.
+    /// Writes `contents` to a new file with mode 0600. Refuses to overwrite. The contents go to a temporary file of a
+    /// unique name beside it (`mkstemp`: mode 0600, never another writer's), synced, then are linked in under `path`
+    /// (`link` fails on an existing name, as `O_EXCL` did, so of two racing creators one wins and the other is
+    /// refused), the temporary name removed and the directory synced: after a crash or a power loss the file is
+    /// absent or whole, never an empty key file that would refuse every later start. On a file system without hard
+    /// links (FAT, some network mounts) the file is written in place with `O_EXCL`, as before.
     public static func create(_ path: String, contents: String) throws {
-        let temporary = path + ".new"
-        unlink(temporary)
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        let bytes = Array(contents.utf8)
+        let directory = (path as NSString).deletingLastPathComponent
+        var template = Array(((directory.isEmpty ? "." : directory) + "/.bulwark-XXXXXX").utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.map { mkstemp($0) } ?? -1 }
         guard fd >= 0 else { throw HubStartupError("cannot create \(path): \(String(cString: strerror(errno)))") }
-        defer { unlink(temporary) }
-        guard writeAll(fd, Array(contents.utf8)), fsync(fd) == 0 else {
+        let temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard writeAll(fd, bytes), fsync(fd) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
+            unlink(temporary)
             throw HubStartupError("cannot write \(path): \(reason)")
         }
-        guard close(fd) == 0 else { throw HubStartupError("cannot write \(path): \(String(cString: strerror(errno)))") }
-        guard link(temporary, path) == 0 else {
-            throw HubStartupError("cannot create \(path): \(String(cString: strerror(errno)))")
+        guard close(fd) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)
+            throw HubStartupError("cannot write \(path): \(reason)")
+        }
+        let linked = link(temporary, path) == 0
+        let reason = errno
+        unlink(temporary)
+        if !linked {
+            guard [EPERM, ENOTSUP, EOPNOTSUPP, EMLINK].contains(reason) else {
+                throw HubStartupError("cannot create \(path): \(String(cString: strerror(reason)))")
+            }
+            try createInPlace(path, bytes)
         }
         try syncDirectory(of: path)
+    }
+
+    /// `create` where hard links are not to be had: `O_EXCL`, written and synced in place.
+    private static func createInPlace(_ path: String, _ bytes: [UInt8]) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw HubStartupError("cannot create \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        guard writeAll(fd, bytes), fsync(fd) == 0 else {
+            throw HubStartupError("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
     }
 
     /// Writes every byte to `fd`; false on an error (`errno` says which).

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import Agent
@@ -47,6 +48,30 @@ import Testing
         #expect(publicMode == 0o644)
         #expect(Set(try FileManager.default.contentsOfDirectory(atPath: directory)) == ["hub.key", "hub.crt"])
         #expect(throws: HubStartupError.self) { try SecretFiles.syncDirectory(directory + "/missing") }
+    }
+
+    /// Creators racing for one name: exactly one wins, the file holds the winner's contents (each writes a
+    /// temporary file of its own), the others are refused, and no temporary name is left behind; a neighbour named
+    /// like the old fixed temporary name (`X.new`) is left alone.
+    @Test func racingCreatorsOneWinsAndTheFileIsTheWinners() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try "keep\n".write(toFile: directory + "/key-0.key.new", atomically: false, encoding: .utf8)
+        for round in 0..<20 {
+            let path = directory + "/key-\(round).key"
+            let winners = Mutex<[Int]>([])
+            DispatchQueue.concurrentPerform(iterations: 8) { writer in
+                if (try? SecretFiles.create(path, contents: "writer \(writer)\n")) != nil {
+                    winners.withLock { $0.append(writer) }
+                }
+            }
+            let won = winners.withLock { $0 }
+            #expect(won.count == 1, "round \(round): \(won)")
+            #expect(try SecretFiles.read(path) == "writer \(won.first ?? -1)\n")
+        }
+        let names = Set(try FileManager.default.contentsOfDirectory(atPath: directory))
+        #expect(names == Set((0..<20).map { "key-\($0).key" } + ["key-0.key.new"]))
+        #expect(FileManager.default.contents(atPath: directory + "/key-0.key.new") == Data("keep\n".utf8))
     }
 
     @Test func aKeyRotationStopsWhenItsRenamesCannotBeSynced() throws {
