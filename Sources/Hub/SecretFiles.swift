@@ -170,15 +170,10 @@ public enum SecretFiles {
             close(fd)
             throw HubStartupError("cannot set the mode of \(temporary): \(String(cString: strerror(errno)))")
         }
-        let bytes = Array(contents.utf8)
-        var written = 0
-        while written < bytes.count {
-            let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            guard n > 0 else {
-                close(fd)
-                throw HubStartupError("cannot write \(temporary): \(String(cString: strerror(errno)))")
-            }
-            written += n
+        guard writeAll(fd, Array(contents.utf8)) else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw HubStartupError("cannot write \(temporary): \(reason)")
         }
         guard fsync(fd) == 0, close(fd) == 0, rename(temporary, path) == 0 else {
             throw HubStartupError("cannot replace \(path): \(String(cString: strerror(errno)))")

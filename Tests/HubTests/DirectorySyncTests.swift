@@ -8,14 +8,8 @@ import Testing
 /// A write that promises to survive a power loss syncs the directory after its rename, and a directory that cannot
 /// be synced is an error the caller sees, not a success (the agent's state and outbox, the hub's TLS key rotation).
 @Suite struct DirectorySyncTests {
-    static func directory() throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-dirsync-\(UUID())").path
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
-    }
-
     @Test func theAgentsWriteSyncsItsDirectoryOrFails() throws {
-        let directory = try Self.directory()
+        let directory = try temporaryDirectory("dirsync")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try Outbox.write(directory + "/state.json", Array("{}".utf8), directory: directory)
         #expect(FileManager.default.contents(atPath: directory + "/state.json") == Data("{}".utf8))
@@ -28,7 +22,7 @@ import Testing
     /// A key file appears whole under its name or not at all (written to a temporary file, synced, linked in, the
     /// directory synced), is private from the first byte, and is never overwritten.
     @Test func aKeyFileIsCreatedWholeAndNeverOverwritten() throws {
-        let directory = try Self.directory()
+        let directory = try temporaryDirectory("dirsync")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/hub.key"
         try SecretFiles.create(path, contents: "first\n")
@@ -54,7 +48,7 @@ import Testing
     /// temporary file of its own), the others are refused, and no temporary name is left behind; a neighbour named
     /// like the old fixed temporary name (`X.new`) is left alone.
     @Test func racingCreatorsOneWinsAndTheFileIsTheWinners() throws {
-        let directory = try Self.directory()
+        let directory = try temporaryDirectory("dirsync")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try "keep\n".write(toFile: directory + "/key-0.key.new", atomically: false, encoding: .utf8)
         for round in 0..<20 {
@@ -75,7 +69,7 @@ import Testing
     }
 
     @Test func aKeyRotationStopsWhenItsRenamesCannotBeSynced() throws {
-        let directory = try Self.directory()
+        let directory = try temporaryDirectory("dirsync")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try TLSKeyFiles(directory).syncDirectory()
         #expect(throws: HubStartupError.self) { try TLSKeyFiles(directory + "/missing").syncDirectory() }
