@@ -344,11 +344,18 @@ import X509
             suite: .p256AESGCMSHA256, deviceID: id, publicKey: identity.publicKey,
             setupSecret: [UInt8](repeating: 3, count: 16))
         #expect(try await hub.operatorRequest("POST", "/v1/pairing/claims", json: ["label": label.text]).status == 201)
-        for _ in 0..<2 {
+        for attempt in 1...2 {
+            // Time for the hub to reach the failed proof, even on a loaded machine: a client that gives up first has
+            // proved nothing and is not counted (with a 5 s timeout, a loaded CI run once ended here uncounted and the
+            // real label then paired).
             let result = try? await PairingClient.pair(
                 host: "127.0.0.1", port: hub.pairingPort, label: wrongSecret, identityKey: identity,
-                timeout: .seconds(5), localAddress: "127.0.0.3")
+                timeout: .seconds(60), localAddress: "127.0.0.3")
             #expect(result == nil)
+            let counted = try await ClusterTests.within(10) {
+                try await hub.server.store.pairingFailures(of: id)?.count == attempt
+            }
+            #expect(counted != nil, "wrong attempt \(attempt) counted")
         }
         let locked = try? await PairingClient.pair(
             host: "127.0.0.1", port: hub.pairingPort, label: label, identityKey: identity, timeout: .seconds(12))
