@@ -683,6 +683,38 @@ struct MQTTConnection {
         /// MQTT 5.0 §3.1.2.11.7: a client that sets Request Problem Information to 0 gets no Reason String or User
         /// Properties on any packet but PUBLISH, CONNACK and DISCONNECT (so no correlation id on a PUBACK).
         var problemInformation: Bool { rules.problemInformation }
+        /// What was decided for the topic published to last (nil until the first PUBLISH: a held connection that
+        /// never publishes keeps 8 bytes for it).
+        private var lastTopic: TopicDecision?
+
+        /// The ACL's answer, the payload rule, the route and the message type for `topic`: functions of the topic
+        /// and of the identity's patterns and rules (bound once for the connection), so the last topic's are
+        /// reused while a device publishes to it again (matching the patterns twice and the rules once was 4.7 % of
+        /// the hub's CPU per QoS 0 message, 2026-12-06).
+        func decision(for topic: TopicName) -> TopicDecision {
+            if let last = lastTopic, last.topic == topic.rawValue { return last }
+            let decision = TopicDecision(topic, acl: acl, payloads: payloads)
+            lastTopic = decision
+            return decision
+        }
+    }
+
+    /// See `State.decision(for:)`.
+    final class TopicDecision {
+        let topic: String
+        /// Nil when the identity may not publish to the topic.
+        let permission: PublishPermission?
+        let check: PayloadCheck
+        /// The route and message type (`classify`); meaningful for a device's topic only.
+        let route: String
+        let messageType: String?
+
+        init(_ topic: TopicName, acl: BoundTopicACL, payloads: BoundPayloadRules) {
+            self.topic = topic.rawValue
+            permission = acl.publishing(topic)
+            check = payloads.check(for: topic)
+            (route, messageType) = MQTTConnection.classify(topic, deviceLevel: permission?.deviceLevel ?? nil)
+        }
     }
 
     enum End {
@@ -1333,8 +1365,8 @@ struct MQTTConnection {
     /// read the next packet. A function of its own (as `subscribe`): `handle`'s frame stays small.
     @inline(never)
     private func received(_ publish: PublishPacket, peer: Peer, state: State) async -> End? {
-        let acl = state.acl
-        guard acl.mayPublish(publish.topic), Self.responseTopicAllowed(publish.properties, peer: peer, acl: acl)
+        guard state.decision(for: publish.topic).permission != nil,
+            Self.responseTopicAllowed(publish.properties, peer: peer, acl: state.acl)
         else { return await outsideTopics(publish, peer: peer, state: state) }
         if publish.qos == .exactlyOnce, let id = publish.packetID,
             case .answered(let end) = await arrivedQoS2(id, peer: peer, state: state)
@@ -1467,14 +1499,13 @@ struct MQTTConnection {
     {
         // Each PUBLISH's correlation id (stored with the message, and in any refusal's audit record).
         let correlationID = CorrelationID().rawValue
-        let check = state.payloads.check(for: publish.topic)
+        let decision = state.decision(for: publish.topic)
+        let check = decision.check
         guard let device = peer.device else {
             return await admitFleetPublish(publish, peer: peer, state: state, respond: respond, correlationID, check)
         }
         let now = GatewayTime.now()
-        let (route, messageType) = Self.classify(
-            publish.topic,
-            deviceLevel: state.acl.deviceLevel(of: publish.topic))
+        let (route, messageType) = (decision.route, decision.messageType)
         if publish.retain, publish.payload.isEmpty {
             return await clearRetained(
                 publish, peer: peer, state: state, respond: respond, correlationID, route: route,

@@ -216,6 +216,12 @@ public final class PreparedTopicACL: Sendable {
     static func isDevice(_ level: Substring) -> Bool { level.utf8.count == 8 && level == "{device}" }
 }
 
+/// A publish a `BoundTopicACL` allows: where the device's id is in the topic, per the first pattern allowing it.
+public struct PublishPermission: Sendable, Equatable {
+    /// The index of the pattern's first `{device}` level (nil for a pattern without one).
+    public let deviceLevel: Int?
+}
+
 /// A `TopicACL` bound to one identity: its prepared patterns and the device id that fills `{device}`.
 public struct BoundTopicACL: Sendable {
     let patterns: PreparedTopicACL
@@ -240,6 +246,12 @@ public struct BoundTopicACL: Sendable {
     /// name the route and the message type).
     public func deviceLevel(of topic: TopicName) -> Int? {
         patterns.publish.first { matches($0, topic) }?.deviceLevel ?? nil
+    }
+
+    /// `mayPublish` and `deviceLevel` in one pass over the patterns: nil when no pattern allows `topic`, else the
+    /// first pattern that does, with its `{device}` level's index (nil in it when the pattern has none).
+    public func publishing(_ topic: TopicName) -> PublishPermission? {
+        patterns.publish.first { matches($0, topic) }.map { PublishPermission(deviceLevel: $0.deviceLevel) }
     }
 
     /// `TopicFilter.matches` of the pattern with the device's id as each `{device}` level.

@@ -115,6 +115,42 @@ import Testing
         try await hub.stop()
     }
 
+    /// A connection reuses what it decided for the topic it published to last (the ACL's answer, the payload rule,
+    /// the route and message type): each decision must follow the topic, so topics alternate here on one
+    /// connection, and each answer is the topic's own, never the previous one's.
+    @Test func eachPublishIsDecidedForItsOwnTopicOnOneConnection() async throws {
+        let hub = try await TestHub.start {
+            $0.mqttSettings.payloads = Self.rules
+            $0.gateway.quarantineInvalid = 100
+            $0.gateway.quarantineReplay = 100
+            $0.gateway.deviceBurst = 100
+            $0.gateway.routeBurst = 100
+        }
+        let device = try await hub.enroll("pp-4")
+        _ = try await hub.enroll("pp-5")
+        let blob = try TopicName("devices/pp-4/state/blob")
+        let telemetry = try TopicName("devices/pp-4/telemetry")
+        let typed = try TopicName("devices/pp-4/telemetry/env")
+        let other = try TopicName("devices/pp-5/telemetry")
+        let notText: [UInt8] = [0xFF, 0x00, 0x80]
+        let json = Array(#"{"t":1}"#.utf8)
+        let codes = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
+            var codes: [ReasonCode] = []
+            for (topic, payload) in [
+                (blob, notText), (telemetry, notText), (blob, notText), (telemetry, json), (other, json),
+                (telemetry, json), (other, json), (other, json), (typed, json), (telemetry, json), (blob, json),
+            ] {
+                codes.append(try await mqtt.publishAcknowledged(topic: topic, payload: payload, properties: .init()))
+            }
+            return codes
+        }
+        // `telemetry/env` names a message type without a schema (0x99), the plain topic before and after it none.
+        #expect(codes == [0, 0x99, 0, 0, 0x87, 0, 0x87, 0x87, 0x99, 0, 0])
+        #expect(try await hub.server.store.telemetry(of: try DeviceID("pp-4"), limit: 100).count == 6)
+        #expect(try await hub.server.store.telemetry(of: try DeviceID("pp-5"), limit: 100).isEmpty)
+        try await hub.stop()
+    }
+
     /// An operator's command on a binary topic reaches the device as sent; on a topic no rule matches it must
     /// still be a JSON object. A Payload Format Indicator that is neither 0 nor 1 is a protocol error.
     @Test func operatorsPublishBinaryCommandsWhereARuleSaysSo() async throws {

@@ -75,6 +75,8 @@ struct TopicACLTests {
                     #expect(
                         bound.mayPublish(topic) == substituted.matches(topic), "\(pattern) as \(device): \(topic)")
                     #expect(bound.deviceLevel(of: topic) == (substituted.matches(topic) ? deviceLevel : nil))
+                    #expect((bound.publishing(topic) != nil) == substituted.matches(topic))
+                    #expect(bound.publishing(topic)?.deviceLevel == (substituted.matches(topic) ? deviceLevel : nil))
                 }
                 for filter in try filters.map({ try TopicFilter($0) }) {
                     #expect(
@@ -83,5 +85,36 @@ struct TopicACLTests {
                 }
             }
         }
+    }
+
+    /// `publishing` is `mayPublish` and `deviceLevel` in one pass (the hub asks it once per topic a connection
+    /// publishes to): for every pair of the patterns above, in both orders, the first pattern that allows a topic
+    /// gives its device level.
+    @Test func publishingAnswersAsMayPublishAndDeviceLevel() throws {
+        let patterns = [
+            "devices/{device}/#", "fleet/{device}/up/#", "{device}/#", "devices/#", "+/{device}", "#", "a/{device}/b",
+        ]
+        let topics = [
+            "devices/d1/telemetry", "fleet/d1/up/x", "d1/devices/x", "devices/d2/x", "x/d1", "a/d1/b", "d1", "$SYS/d1",
+            "fleet/d1/up",
+        ]
+        for first in patterns {
+            for second in patterns where second != first {
+                let bound = PreparedTopicACL(TopicACL(publish: [first, second], subscribe: [])).bound(to: "d1")
+                for topic in try topics.map({ try TopicName($0) }) {
+                    let permission = bound.publishing(topic)
+                    #expect((permission != nil) == bound.mayPublish(topic), "\(first), \(second): \(topic)")
+                    #expect(permission?.deviceLevel == bound.deviceLevel(of: topic), "\(first), \(second): \(topic)")
+                }
+            }
+        }
+        // The first pattern that allows a topic decides: `d1/x` is allowed by both, with the id at level 0 by
+        // `{device}/#` only.
+        let topic = try TopicName("d1/x")
+        let deviceFirst = PreparedTopicACL(TopicACL(publish: ["{device}/#", "#"], subscribe: [])).bound(to: "d1")
+        #expect(deviceFirst.publishing(topic) == PublishPermission(deviceLevel: 0))
+        let anyFirst = PreparedTopicACL(TopicACL(publish: ["#", "{device}/#"], subscribe: [])).bound(to: "d1")
+        #expect(anyFirst.publishing(topic) == PublishPermission(deviceLevel: nil))
+        #expect(anyFirst.publishing(try TopicName("$SYS/x")) == nil)
     }
 }
