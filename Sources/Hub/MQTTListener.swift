@@ -690,9 +690,11 @@ struct MQTTConnection {
         /// The ACL's answer, the payload rule, the route and the message type for `topic`: functions of the topic
         /// and of the identity's patterns and rules (bound once for the connection), so the last topic's are
         /// reused while a device publishes to it again (matching the patterns twice and the rules once was 4.7 % of
-        /// the hub's CPU per QoS 0 message, 2026-12-06).
+        /// the hub's CPU per QoS 0 message, 2026-12-06). The same bytes, not `==`: Swift's `String` equality is
+        /// canonical equivalence (`\u{212A}` KELVIN SIGN equals `K`), and the ACL compares topics byte for byte, so
+        /// an equivalent spelling of an allowed topic must be decided afresh (a review found it).
         func decision(for topic: TopicName) -> TopicDecision {
-            if let last = lastTopic, last.topic == topic.rawValue { return last }
+            if let last = lastTopic, TopicKey.sameBytes(last.topic, topic.rawValue) { return last }
             let decision = TopicDecision(topic, acl: acl, payloads: payloads)
             lastTopic = decision
             return decision

@@ -151,6 +151,47 @@ import Testing
         try await hub.stop()
     }
 
+    /// The reused decision is keyed by the topic's bytes: Swift's `==` on strings is canonical equivalence, under
+    /// which `\u{212A}itchen` (KELVIN SIGN) equals `Kitchen`, while the ACL matches bytes. Published right after the
+    /// allowed spelling, the other one must still be refused.
+    @Test func aCanonicallyEquivalentTopicIsNotTakenForTheLastOne() async throws {
+        let hub = try await TestHub.start {
+            $0.mqttSettings.devicePublish = ["Kitchen/{device}/#", "devices/{device}/#"]
+            $0.gateway.deviceBurst = 100
+            $0.gateway.routeBurst = 100
+        }
+        let device = try await hub.enroll("pp-6")
+        let allowed = try TopicName("Kitchen/pp-6/telemetry")
+        let equivalent = try TopicName("\u{212A}itchen/pp-6/telemetry")
+        #expect(allowed.rawValue == equivalent.rawValue, "Swift's == takes them for the same string")
+        let codes = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
+            var codes: [ReasonCode] = []
+            for topic in [allowed, equivalent, allowed] {
+                codes.append(
+                    try await mqtt.publishAcknowledged(
+                        topic: topic, payload: Array(#"{"t":1}"#.utf8), properties: .init()))
+            }
+            return codes
+        }
+        #expect(codes == [0, 0x87, 0])
+        // Under the default patterns too: a device id may hold `K`, so its own topic has an equivalent spelling
+        // outside its tree (`devices/\u{212A}-7/...` is not `devices/K-7/...` to the ACL or to subscribers).
+        let k = try await hub.enroll("K-7")
+        let own = try TopicName("devices/K-7/telemetry")
+        let spoofed = try TopicName("devices/\u{212A}-7/telemetry")
+        let deviceCodes = try await MQTTBrokerTests.connect(hub, k) { mqtt, _ in
+            var codes: [ReasonCode] = []
+            for topic in [own, spoofed] {
+                codes.append(
+                    try await mqtt.publishAcknowledged(
+                        topic: topic, payload: Array(#"{"t":1}"#.utf8), properties: .init()))
+            }
+            return codes
+        }
+        #expect(deviceCodes == [0, 0x87])
+        try await hub.stop()
+    }
+
     /// An operator's command on a binary topic reaches the device as sent; on a topic no rule matches it must
     /// still be a JSON object. A Payload Format Indicator that is neither 0 nor 1 is a protocol error.
     @Test func operatorsPublishBinaryCommandsWhereARuleSaysSo() async throws {
