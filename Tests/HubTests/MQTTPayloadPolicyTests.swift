@@ -33,6 +33,17 @@ import Testing
         return properties
     }
 
+    /// A hub with `rules`, its quarantine and burst limits raised so that a test's refusals are the rules' own.
+    static func startWithRules() async throws -> TestHub {
+        try await TestHub.start {
+            $0.mqttSettings.payloads = Self.rules
+            $0.gateway.quarantineInvalid = 100
+            $0.gateway.quarantineReplay = 100
+            $0.gateway.deviceBurst = 100
+            $0.gateway.routeBurst = 100
+        }
+    }
+
     /// A device pattern with a wildcard before `{device}` reaches other devices' topics: refused at start-up, also
     /// when a combining mark after `/` would hide the level from a split by characters.
     @Test func aWildcardBeforeTheDeviceLevelIsRefusedByBytes() throws {
@@ -47,13 +58,7 @@ import Testing
     }
 
     @Test func eachTopicGetsItsFormatAndLimit() async throws {
-        let hub = try await TestHub.start {
-            $0.mqttSettings.payloads = Self.rules
-            $0.gateway.quarantineInvalid = 100
-            $0.gateway.quarantineReplay = 100
-            $0.gateway.deviceBurst = 100
-            $0.gateway.routeBurst = 100
-        }
+        let hub = try await Self.startWithRules()
         let device = try await hub.enroll("pp-1")
         let blob = try TopicName("devices/pp-1/state/blob")
         let log = try TopicName("devices/pp-1/events/log")
@@ -119,13 +124,7 @@ import Testing
     /// the route and message type): each decision must follow the topic, so topics alternate here on one
     /// connection, and each answer is the topic's own, never the previous one's.
     @Test func eachPublishIsDecidedForItsOwnTopicOnOneConnection() async throws {
-        let hub = try await TestHub.start {
-            $0.mqttSettings.payloads = Self.rules
-            $0.gateway.quarantineInvalid = 100
-            $0.gateway.quarantineReplay = 100
-            $0.gateway.deviceBurst = 100
-            $0.gateway.routeBurst = 100
-        }
+        let hub = try await Self.startWithRules()
         let device = try await hub.enroll("pp-4")
         _ = try await hub.enroll("pp-5")
         let blob = try TopicName("devices/pp-4/state/blob")
