@@ -19,22 +19,7 @@ public enum SecretFiles {
     /// links (FAT, some network mounts) the file is written in place with `O_EXCL`, as before.
     public static func create(_ path: String, contents: String) throws {
         let bytes = Array(contents.utf8)
-        let directory = (path as NSString).deletingLastPathComponent
-        var template = Array(((directory.isEmpty ? "." : directory) + "/.bulwark-XXXXXX").utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.map { mkstemp($0) } ?? -1 }
-        guard fd >= 0 else { throw HubStartupError("cannot create \(path): \(String(cString: strerror(errno)))") }
-        let temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard writeAll(fd, bytes), fsync(fd) == 0 else {
-            let reason = String(cString: strerror(errno))
-            close(fd)
-            unlink(temporary)
-            throw HubStartupError("cannot write \(path): \(reason)")
-        }
-        guard close(fd) == 0 else {
-            let reason = String(cString: strerror(errno))
-            unlink(temporary)
-            throw HubStartupError("cannot write \(path): \(reason)")
-        }
+        let temporary = try temporaryCopy(beside: path, bytes, mode: 0o600)
         let linked = link(temporary, path) == 0
         let reason = errno
         unlink(temporary)
@@ -55,6 +40,29 @@ public enum SecretFiles {
         guard writeAll(fd, bytes), fsync(fd) == 0 else {
             throw HubStartupError("cannot write \(path): \(String(cString: strerror(errno)))")
         }
+    }
+
+    /// Writes `bytes` to a new file of a unique name beside `path` (`mkstemp`: never another writer's, never a
+    /// neighbour's), with `mode` whatever the process's umask (the hub narrows it while it opens the store), synced
+    /// and closed; returns its name. Nothing is left behind on an error.
+    private static func temporaryCopy(beside path: String, _ bytes: [UInt8], mode: mode_t) throws -> String {
+        let directory = (path as NSString).deletingLastPathComponent
+        var template = Array(((directory.isEmpty ? "." : directory) + "/.bulwark-XXXXXX").utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.map { mkstemp($0) } ?? -1 }
+        guard fd >= 0 else { throw HubStartupError("cannot create \(path): \(String(cString: strerror(errno)))") }
+        let temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard fchmod(fd, mode) == 0, writeAll(fd, bytes), fsync(fd) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            unlink(temporary)
+            throw HubStartupError("cannot write \(path): \(reason)")
+        }
+        guard close(fd) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)
+            throw HubStartupError("cannot write \(path): \(reason)")
+        }
+        return temporary
     }
 
     /// Writes every byte to `fd`; false on an error (`errno` says which).
@@ -156,27 +164,16 @@ public enum SecretFiles {
         }
     }
 
-    /// Replaces `path` atomically: the new contents go to a temporary file beside it (0600 when `secret`, 0644
-    /// otherwise), synced, then renamed over it, so a crash leaves either the old file or the new one; the directory
-    /// is synced after the rename, so the new one survives a power loss once this returns.
+    /// Replaces `path` atomically: the new contents go to a temporary file of its own beside it (0600 when
+    /// `secret`, 0644 otherwise; see `temporaryCopy`), synced, then renamed over it, so a crash leaves either the old
+    /// file or the new one, and writers racing leave one whole file; the directory is synced after the rename, so
+    /// the new one survives a power loss once this returns.
     public static func replace(_ path: String, contents: String, secret: Bool) throws {
-        let temporary = path + ".new"
-        unlink(temporary)
-        let mode: mode_t = secret ? 0o600 : 0o644
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw HubStartupError("cannot create \(temporary): \(String(cString: strerror(errno)))") }
-        // The mode said, whatever the umask (the hub narrows the process's umask while it opens the store).
-        guard fchmod(fd, mode) == 0 else {
-            close(fd)
-            throw HubStartupError("cannot set the mode of \(temporary): \(String(cString: strerror(errno)))")
-        }
-        guard writeAll(fd, Array(contents.utf8)) else {
+        let temporary = try temporaryCopy(beside: path, Array(contents.utf8), mode: secret ? 0o600 : 0o644)
+        guard rename(temporary, path) == 0 else {
             let reason = String(cString: strerror(errno))
-            close(fd)
-            throw HubStartupError("cannot write \(temporary): \(reason)")
-        }
-        guard fsync(fd) == 0, close(fd) == 0, rename(temporary, path) == 0 else {
-            throw HubStartupError("cannot replace \(path): \(String(cString: strerror(errno)))")
+            unlink(temporary)
+            throw HubStartupError("cannot replace \(path): \(reason)")
         }
         try syncDirectory(of: path)
     }

@@ -68,6 +68,30 @@ import Testing
         #expect(FileManager.default.contents(atPath: directory + "/key-0.key.new") == Data("keep\n".utf8))
     }
 
+    /// Writers replacing one file at once (two CRL publications, two CLI runs): each writes a temporary file of its
+    /// own, so every replace succeeds and the file is always one writer's whole contents; nothing is left beside it,
+    /// and a neighbour named like the old fixed temporary name (`X.new`) is left alone.
+    @Test func racingReplacersEachLeaveAWholeFile() throws {
+        let directory = try temporaryDirectory("dirsync")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/crl.pem"
+        try "keep\n".write(toFile: path + ".new", atomically: false, encoding: .utf8)
+        let contents = (0..<8).map { String(repeating: "writer \($0)\n", count: 2000) }
+        for round in 0..<20 {
+            let failures = Mutex<[String]>([])
+            DispatchQueue.concurrentPerform(iterations: 8) { writer in
+                do { try SecretFiles.writePublic(path, contents: contents[writer]) } catch {
+                    failures.withLock { $0.append("\(error)") }
+                }
+            }
+            #expect(failures.withLock { $0 }.isEmpty, "round \(round)")
+            let written = try String(contentsOfFile: path, encoding: .utf8)
+            #expect(contents.contains(written), "round \(round): a whole writer's contents")
+        }
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: directory)) == ["crl.pem", "crl.pem.new"])
+        #expect(FileManager.default.contents(atPath: path + ".new") == Data("keep\n".utf8))
+    }
+
     @Test func aKeyRotationStopsWhenItsRenamesCannotBeSynced() throws {
         let directory = try temporaryDirectory("dirsync")
         defer { try? FileManager.default.removeItem(atPath: directory) }
