@@ -242,14 +242,9 @@ public struct BoundTopicACL: Sendable {
 
     public func maySubscribe(_ filter: TopicFilter) -> Bool { patterns.subscribe.contains { covers($0, filter) } }
 
-    /// The index of the `{device}` level in the first publish pattern that matches `topic` (the levels after it
-    /// name the route and the message type).
-    public func deviceLevel(of topic: TopicName) -> Int? {
-        patterns.publish.first { matches($0, topic) }?.deviceLevel ?? nil
-    }
-
-    /// `mayPublish` and `deviceLevel` in one pass over the patterns: nil when no pattern allows `topic`, else the
-    /// first pattern that does, with its `{device}` level's index (nil in it when the pattern has none).
+    /// Whether and where: nil when no publish pattern allows `topic`, else the first pattern that does, with the
+    /// index of its `{device}` level (nil in it when the pattern has none; the levels after it name the route and
+    /// the message type).
     public func publishing(_ topic: TopicName) -> PublishPermission? {
         patterns.publish.first { matches($0, topic) }.map { PublishPermission(deviceLevel: $0.deviceLevel) }
     }

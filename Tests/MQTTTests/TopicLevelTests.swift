@@ -51,6 +51,6 @@ import Testing
         }
         let acl = TopicACL(publish: ["a/\u{301}x/{device}/#"], subscribe: [])
         try acl.validate()
-        #expect(acl.bound(to: "d1").deviceLevel(of: try TopicName("a/\u{301}x/d1/telemetry")) == 2)
+        #expect(acl.bound(to: "d1").publishing(try TopicName("a/\u{301}x/d1/telemetry"))?.deviceLevel == 2)
     }
 }
