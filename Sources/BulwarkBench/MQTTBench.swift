@@ -49,7 +49,13 @@ struct MQTTBenchmark: AsyncParsableCommand {
             emit("(allocations not counted: \(error))")
             allocations = [nil, nil]
         }
-        defer { try? FileManager.default.removeItem(atPath: countsDirectory) }
+        // The hub's data (its CA key, hundreds of MB of stored messages) and its log go when the run ends, after the
+        // hub has stopped (defers run last to first).
+        defer {
+            for path in [countsDirectory, directory, directory + ".log"] {
+                try? FileManager.default.removeItem(atPath: path)
+            }
+        }
         let hub = try HubProcess(
             binary: binary, directory: directory,
             environment: [

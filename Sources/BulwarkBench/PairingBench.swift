@@ -32,6 +32,7 @@ struct PairingBenchmark: AsyncParsableCommand {
             hub.terminate()
             _ = hub.wait()
             try? FileManager.default.removeItem(atPath: directory)
+            try? FileManager.default.removeItem(atPath: hub.logFile)
         }
         let ports = try await hub.waitForPorts()
 
