@@ -1849,8 +1849,9 @@ struct MQTTConnection {
     /// applies (`devices/d1/telemetry/env` → route telemetry, schema `env`; `devices/d1/telemetry` → the default).
     static func classify(_ topic: TopicName, deviceLevel: Int?) -> (route: String, messageType: String?) {
         guard let index = deviceLevel else { return ("telemetry", nil) }
-        let route = index + 1 < topic.levels.count ? String(topic.levels[index + 1]) : "telemetry"
-        let messageType = index + 2 < topic.levels.count ? String(topic.levels[index + 2]) : nil
+        let levels = topic.levels
+        let route = index + 1 < levels.count ? String(levels[index + 1]) : "telemetry"
+        let messageType = index + 2 < levels.count ? String(levels[index + 2]) : nil
         return (route, messageType)
     }
 

@@ -350,7 +350,8 @@ actor MQTTPersistence: Service {
                 let events = try await store.clusterEvents(after: read)
                 for event in events where event.id <= through && replay.count < broker.maxQueued {
                     if case .message(let relayed) = event.change, let message = MessageRelay.message(relayed),
-                        filters.contains(where: { $0.matches(message.topic) })
+                        case let split = TopicName.Split(message.topic),
+                        filters.contains(where: { $0.matches(split) })
                     {
                         replay.append((message, relayed.publisher))
                     }

@@ -78,18 +78,19 @@ public struct MessageRouter: Sendable {
     ) -> [Delivery] {
         var deliveries: [Delivery] = []
         var groups: [TopicFilter: [(key: String, options: SubscriptionOptions, connected: Bool)]] = [:]
+        let split = TopicName.Split(topic)
         for subscriber in subscribers {
             var granted: QoS?
             var retainAsPublished = false
             var identifiers: [Int] = []
             for (filter, options) in subscriber.filters {
                 if let share = options.share {
-                    if share.filter.matches(topic) {
+                    if share.filter.matches(split) {
                         groups[filter, default: []].append((subscriber.key, options, subscriber.connected))
                     }
                     continue
                 }
-                guard filter.matches(topic), !(options.noLocal && subscriber.key == publisher) else { continue }
+                guard filter.matches(split), !(options.noLocal && subscriber.key == publisher) else { continue }
                 granted = max(granted ?? .atMostOnce, options.qos)
                 retainAsPublished = retainAsPublished || options.retainAsPublished
                 if let identifier = options.identifier { identifiers.append(identifier) }

@@ -64,7 +64,9 @@ public struct BoundPayloadRules: Sendable {
 
     /// What a payload published to `topic` must be.
     public func check(for topic: TopicName) -> PayloadCheck {
-        for rule in rules where rule.filter.matches(topic) { return rule.check }
+        guard !rules.isEmpty else { return .json }
+        let split = TopicName.Split(topic)
+        for rule in rules where rule.filter.matches(split) { return rule.check }
         return .json
     }
 

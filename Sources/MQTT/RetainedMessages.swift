@@ -76,7 +76,7 @@ public struct RetainedMessages: Sendable {
     /// What a message is charged against `maxBytes`: payload, topic, and what each topic level costs in the tree of
     /// topics (a node and its table: a topic of 60,000 empty levels is not 60 KB but some megabytes).
     public static func size(of message: OutboundMessage) -> Int {
-        message.payload.count + message.topic.rawValue.utf8.count + levelCost * message.topic.levels.count
+        message.payload.count + message.topic.rawValue.utf8.count + levelCost * message.topic.levelCount
     }
 
     /// Bytes charged per topic level (a tree node with its one-entry table of children, measured order of

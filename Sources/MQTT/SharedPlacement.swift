@@ -58,7 +58,8 @@ public struct SharedPlacement: Sendable {
     public mutating func place(_ topic: TopicName) -> [TopicFilter: String] {
         guard !known.isEmpty else { return [:] }
         var placed: [TopicFilter: String] = [:]
-        for (group, filter) in known where filter.matches(topic) {
+        let split = TopicName.Split(topic)
+        for (group, filter) in known where filter.matches(split) {
             var candidates: [(key: String, options: SubscriptionOptions, connected: Bool)] = []
             if let connected = own[group] {
                 candidates.append((node, SubscriptionOptions(qos: .atMostOnce), connected))

@@ -2,7 +2,26 @@
 /// §4.7.3, MQTT 5.0 §4.7.3). Parse, don't validate.
 public struct TopicName: Hashable, Sendable, CustomStringConvertible {
     public let rawValue: String
-    public let levels: [Substring]
+
+    /// The topic's levels, split when asked rather than when the topic is made: most of a PUBLISH's way through the
+    /// hub reads its topic whole (a connection's cached decision, the stored row, a match-nothing look-up), and
+    /// splitting each one at decode was an allocation and 2 % of the hub's CPU per QoS 0 message. A caller that
+    /// reads several levels takes them once.
+    public var levels: [Substring] { Self.levels(of: rawValue) }
+
+    /// A topic split once, for matching it against many filters (`TopicFilter.matches(_:)`).
+    public struct Split: Sendable {
+        public let levels: [Substring]
+        public let isDollarTopic: Bool
+
+        public init(_ topic: TopicName) {
+            levels = topic.levels
+            isDollarTopic = topic.isDollarTopic
+        }
+    }
+
+    /// How many levels the topic has (its `/`s and one), without splitting it.
+    public var levelCount: Int { rawValue.utf8.reduce(1) { $1 == UInt8(ascii: "/") ? $0 + 1 : $0 } }
 
     public init(_ text: String) throws(MQTTError) {
         guard !text.isEmpty, text.utf8.count <= 65535 else { throw MQTTError(.topicNameInvalid, "empty or too long") }
@@ -10,7 +29,6 @@ public struct TopicName: Hashable, Sendable, CustomStringConvertible {
             throw MQTTError(.topicNameInvalid, "wildcards and U+0000 are not allowed in a topic name")
         }
         rawValue = text
-        levels = Self.levels(of: text)
     }
 
     /// The text split at every `/` (empty levels kept), scanning bytes: `/` is ASCII, so each byte offset is a
@@ -42,7 +60,6 @@ public struct TopicName: Hashable, Sendable, CustomStringConvertible {
 
     private init(uncheckedEmpty: Void) {
         rawValue = ""
-        levels = []
     }
 
     public var isUnresolvedAlias: Bool { rawValue.isEmpty }
@@ -91,19 +108,23 @@ public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
     /// MQTT 3.1.1 §4.7: `+` matches one level, `#` the parent and any number of levels below; topics starting with
     /// `$` are not matched by a leading wildcard (§4.7.2). Levels are compared by their bytes (§4.7.3: no
     /// normalization).
-    public func matches(_ topic: TopicName) -> Bool { matches(topic, device: nil) }
+    public func matches(_ topic: TopicName) -> Bool { matches(TopicName.Split(topic), device: nil) }
+
+    /// `matches(_:)` of a topic already split (one split for many filters).
+    public func matches(_ topic: TopicName.Split) -> Bool { matches(topic, device: nil) }
 
     /// `matches` with `device` as each `{device}` level, when given (a `PreparedTopicACL` pattern).
-    func matches(_ topic: TopicName, device: Substring?) -> Bool {
+    func matches(_ topic: TopicName.Split, device: Substring?) -> Bool {
         if topic.isDollarTopic, let first = levels.first, first == "+" || first == "#" { return false }
+        let topicLevels = topic.levels
         var index = 0
         for level in levels {
             if level == "#" { return true }
-            guard index < topic.levels.count else { return false }
-            if level != "+" && !TopicKey.sameBytes(Self.filled(level, device), topic.levels[index]) { return false }
+            guard index < topicLevels.count else { return false }
+            if level != "+" && !TopicKey.sameBytes(Self.filled(level, device), topicLevels[index]) { return false }
             index += 1
         }
-        return index == topic.levels.count
+        return index == topicLevels.count
     }
 
     /// `level`, or `device` when it is given and `level` is `{device}`.
@@ -238,7 +259,10 @@ public struct BoundTopicACL: Sendable {
         }
     }
 
-    public func mayPublish(_ topic: TopicName) -> Bool { patterns.publish.contains { matches($0, topic) } }
+    public func mayPublish(_ topic: TopicName) -> Bool {
+        let split = TopicName.Split(topic)
+        return patterns.publish.contains { matches($0, split) }
+    }
 
     public func maySubscribe(_ filter: TopicFilter) -> Bool { patterns.subscribe.contains { covers($0, filter) } }
 
@@ -246,11 +270,12 @@ public struct BoundTopicACL: Sendable {
     /// index of its `{device}` level (nil in it when the pattern has none; the levels after it name the route and
     /// the message type).
     public func publishing(_ topic: TopicName) -> PublishPermission? {
-        patterns.publish.first { matches($0, topic) }.map { PublishPermission(deviceLevel: $0.deviceLevel) }
+        let split = TopicName.Split(topic)
+        return patterns.publish.first { matches($0, split) }.map { PublishPermission(deviceLevel: $0.deviceLevel) }
     }
 
     /// `TopicFilter.matches` of the pattern with the device's id as each `{device}` level.
-    func matches(_ pattern: PreparedTopicACL.Pattern, _ topic: TopicName) -> Bool {
+    func matches(_ pattern: PreparedTopicACL.Pattern, _ topic: TopicName.Split) -> Bool {
         guard pattern.deviceLevel != nil else { return pattern.filter.matches(topic) }
         return deviceFillsALevel && pattern.filter.matches(topic, device: device[...])
     }

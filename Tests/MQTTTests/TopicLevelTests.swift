@@ -12,7 +12,11 @@ import Testing
     @Test(arguments: samples) func levelsAreTheTextBetweenSlashBytes(_ text: String) throws {
         let expected = text.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
             .map { Array($0) }
-        #expect(try TopicName(text).levels.map { Array($0.utf8) } == expected)
+        let name = try TopicName(text)
+        #expect(name.levels.map { Array($0.utf8) } == expected)
+        #expect(name.levelCount == expected.count)
+        #expect(TopicName.Split(name).levels.map { Array($0.utf8) } == expected)
+        #expect(TopicName.Split(name).isDollarTopic == name.isDollarTopic)
         #expect(try TopicFilter(text).levels.map { Array($0.utf8) } == expected)
     }
 
