@@ -40,6 +40,36 @@ extension ByteBuffer {
         throw MQTTError.malformed("variable byte integer longer than 4 bytes")
     }
 
+    /// Writes what `write` writes, after its length as a Variable Byte Integer (§1.5.5, in the fewest bytes it takes
+    /// [MQTT-1.5.5-1]): the Remaining Length before a packet's body (§2.1.4), the Property Length before its
+    /// properties (§2.2.2.1). Written in place, after room for the usual longest length (4 bytes), and moved back over
+    /// what the length did not use, rather than into a buffer of its own that is then copied: that was two
+    /// allocations per packet sent, two more per property list (the PUBACK of every QoS 1 message had them).
+    mutating func writeLengthPrefixed(_ write: (inout ByteBuffer) -> Void) {
+        let lengthAt = writerIndex
+        writeRepeatingByte(0, count: 4)
+        let bodyAt = writerIndex
+        write(&self)
+        let length = writerIndex - bodyAt
+        var lengthBytes = 1
+        while length >> (7 * lengthBytes) > 0 { lengthBytes += 1 }
+        let end = lengthAt + lengthBytes + length
+        if lengthBytes != 4 {
+            // Overlapping ranges are allowed; both lie within the buffer's written bytes or its capacity.
+            _ = try? copyBytes(at: bodyAt, to: lengthAt + lengthBytes, length: length)
+        }
+        moveWriterIndex(to: end)
+        var value = length
+        var at = lengthAt
+        repeat {
+            var byte = UInt8(value % 128)
+            value /= 128
+            if value > 0 { byte |= 0x80 }
+            setInteger(byte, at: at)
+            at += 1
+        } while value > 0
+    }
+
     mutating func writeVariableByteInteger(_ value: Int) {
         var value = value
         repeat {
@@ -232,7 +262,11 @@ extension ByteBuffer {
     }
 
     mutating func writeProperties(_ properties: Properties) {
-        var body = ByteBuffer()
+        writeLengthPrefixed { body in Self.writePropertyList(properties, into: &body) }
+    }
+
+    /// The properties of `writeProperties`, without their length.
+    private static func writePropertyList(_ properties: Properties, into body: inout ByteBuffer) {
         func byte(_ id: UInt8, _ value: UInt8?) {
             if let value {
                 body.writeInteger(id)
@@ -287,16 +321,22 @@ extension ByteBuffer {
             default: body.writeBytes(raw)
             }
         }
-        writeVariableByteInteger(body.readableBytes)
-        writeBuffer(&body)
     }
 }
 
 extension Packet {
-    /// Writes the fixed header and the packet (§2.1).
+    /// Writes the fixed header and the packet (§2.1): the first byte, the Remaining Length, then the variable header
+    /// and payload, written in place (`writeLengthPrefixed`).
     public func encode(into out: inout ByteBuffer, version: ProtocolVersion) {
-        let v5 = version == .v5
-        var body = ByteBuffer()
+        let headerAt = out.writerIndex
+        out.writeInteger(UInt8(0))
+        var header: UInt8 = 0
+        out.writeLengthPrefixed { body in header = writeBody(into: &body, v5: version == .v5) }
+        out.setInteger(header, at: headerAt)
+    }
+
+    /// Writes the variable header and the payload; returns the fixed header's first byte (type and flags).
+    private func writeBody(into body: inout ByteBuffer, v5: Bool) -> UInt8 {
         let header: UInt8
         switch self {
         case .connect(let c):
@@ -380,8 +420,6 @@ extension Packet {
             body.writeInteger(reasonCode.rawValue)
             body.writeProperties(properties)
         }
-        out.writeInteger(header)
-        out.writeVariableByteInteger(body.readableBytes)
-        out.writeBuffer(&body)
+        return header
     }
 }

@@ -75,6 +75,73 @@ func connect(_ version: ProtocolVersion, clientID: String = "c1") -> [UInt8] {
         #expect(decoder.version == version)
     }
 
+    /// Variable Byte Integers at the edges of each width, as MQTT 5.0 §1.5.5's table gives them.
+    static let widths: [Int: [UInt8]] = [
+        0: [0x00], 127: [0x7F], 128: [0x80, 0x01], 16_383: [0xFF, 0x7F], 16_384: [0x80, 0x80, 0x01],
+        2_097_151: [0xFF, 0xFF, 0x7F], 2_097_152: [0x80, 0x80, 0x80, 0x01],
+    ]
+
+    /// §1.5.5's encoding, for lengths between the table's edges.
+    static func variableByteInteger(_ value: Int) -> [UInt8] {
+        if let known = widths[value] { return known }
+        var value = value
+        var encoded: [UInt8] = []
+        repeat {
+            encoded.append(UInt8(value % 128) | (value >= 128 ? 0x80 : 0))
+            value /= 128
+        } while value > 0
+        return encoded
+    }
+
+    /// Compares long byte strings by their first difference (not by printing megabytes).
+    static func expectSame(_ actual: [UInt8], _ expected: [UInt8], sourceLocation: SourceLocation = #_sourceLocation) {
+        let difference =
+            zip(actual, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+            ?? (actual.count == expected.count ? nil : min(actual.count, expected.count))
+        #expect(
+            difference == nil,
+            "\(actual.count) bytes against \(expected.count), first difference at \(difference ?? -1)",
+            sourceLocation: sourceLocation)
+    }
+
+    /// The Remaining Length (§2.1.4) in the fewest bytes [MQTT-1.5.5-1] at each width's edges, the packet written
+    /// after bytes already in the buffer (as the PUBACKs of a batch share one buffer): against bytes put together
+    /// here, then decoded back.
+    @Test(arguments: [127, 128, 16_383, 16_384, 2_097_151, 2_097_152])
+    func remainingLengthsAreWrittenInTheFewestBytes(_ remaining: Int) throws {
+        let payload = (0..<(remaining - 5)).map { UInt8(truncatingIfNeeded: $0) }
+        let packet = Packet.publish(PublishPacket(topic: try TopicName("a/b"), payload: payload, qos: .atMostOnce))
+        var buffer = ByteBuffer(bytes: [0xAA, 0xBB])
+        buffer.moveReaderIndex(forwardBy: 1)
+        packet.encode(into: &buffer, version: .v311)
+        let expected = [0xBB, 0x30] + Self.widths[remaining]! + [0x00, 0x03] + Array("a/b".utf8) + payload
+        Self.expectSame(Array(buffer.readableBytesView), expected)
+        var decoder = MQTTDecoder(role: .server, maximumPacketSize: 4 << 20, version: .v311)
+        #expect(try decodeAll(&decoder, Array(expected.dropFirst())) == [packet])
+    }
+
+    /// The Property Length (§2.2.2.1) likewise, inside a packet whose Remaining Length is written around it.
+    @Test(arguments: [0, 127, 128, 16_383, 16_384])
+    func propertyLengthsAreWrittenInTheFewestBytes(_ length: Int) throws {
+        var properties = Properties()
+        var propertyBytes: [UInt8] = []
+        if length > 0 {
+            // A User Property: identifier, name ("n"), value: 1 + 2 + 1 + 2 + the value's bytes.
+            let value = String(repeating: "v", count: length - 6)
+            properties.userProperties = [("n", value)]
+            propertyBytes =
+                [0x26, 0x00, 0x01, UInt8(ascii: "n"), UInt8(value.utf8.count >> 8), UInt8(value.utf8.count & 0xFF)]
+                + Array(value.utf8)
+        }
+        let packet = Packet.publish(
+            PublishPacket(topic: try TopicName("a/b"), payload: [7], qos: .atMostOnce, properties: properties))
+        let body = [0x00, 0x03] + Array("a/b".utf8) + Self.widths[length]! + propertyBytes + [7]
+        let encoded = bytes(packet, .v5)
+        Self.expectSame(encoded, [0x30] + Self.variableByteInteger(body.count) + body)
+        var decoder = MQTTDecoder(role: .server, maximumPacketSize: 4 << 20, version: .v5)
+        #expect(try decodeAll(&decoder, encoded) == [packet])
+    }
+
     @Test(arguments: [ProtocolVersion.v311, .v5])
     func serverPacketsRoundTrip(_ version: ProtocolVersion) throws {
         var properties = Properties()
