@@ -146,7 +146,7 @@ actor MQTTBroker {
             return true
         }
         guard hasSubscriptions else { return false }
-        return index.withLock { !$0.sessions(matching: message.topic).isEmpty }
+        return index.withLock { $0.hasSession(matching: message.topic) }
     }
 
     private func noteExpiries() {
@@ -423,10 +423,11 @@ actor MQTTBroker {
         if let position { relayPosition = max(relayPosition, position) }
         if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
         // Only the sessions whose subscriptions match (the index); one taken up with the log replayed into it past
-        // this message has it already.
+        // this message has it already. The topic is split once, for the index and the router.
+        let split = TopicName.Split(message.topic)
         let deliveries = router.route(
-            topic: message.topic, qos: message.qos, retain: message.retain, publisher: publisher,
-            subscribers: index.withLock { $0.sessions(matching: message.topic) }.lazy.compactMap {
+            topic: split, qos: message.qos, retain: message.retain, publisher: publisher,
+            subscribers: index.withLock { $0.sessions(matching: split) }.lazy.compactMap {
                 key -> MessageRouter.Subscriber? in
                 guard let session = self.sessions[key], position == nil || session.replayedThrough < position!
                 else { return nil }

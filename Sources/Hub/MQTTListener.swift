@@ -713,9 +713,10 @@ struct MQTTConnection {
 
         init(_ topic: TopicName, acl: BoundTopicACL, payloads: BoundPayloadRules) {
             self.topic = topic.rawValue
-            permission = acl.publishing(topic)
-            check = payloads.check(for: topic)
-            (route, messageType) = MQTTConnection.classify(topic, deviceLevel: permission?.deviceLevel ?? nil)
+            let split = TopicName.Split(topic)
+            permission = acl.publishing(split)
+            check = payloads.check(for: split)
+            (route, messageType) = MQTTConnection.classify(split, deviceLevel: permission?.deviceLevel ?? nil)
         }
     }
 
@@ -1847,7 +1848,7 @@ struct MQTTConnection {
     /// Route and message type from the topic: the level after the device id is the route (what the rate limits
     /// and `deviceRoutes` name: telemetry, events, state…), the next one, if any, the message type whose schema
     /// applies (`devices/d1/telemetry/env` → route telemetry, schema `env`; `devices/d1/telemetry` → the default).
-    static func classify(_ topic: TopicName, deviceLevel: Int?) -> (route: String, messageType: String?) {
+    static func classify(_ topic: TopicName.Split, deviceLevel: Int?) -> (route: String, messageType: String?) {
         guard let index = deviceLevel else { return ("telemetry", nil) }
         let levels = topic.levels
         let route = index + 1 < levels.count ? String(levels[index + 1]) : "telemetry"

@@ -76,9 +76,18 @@ public struct MessageRouter: Sendable {
         topic: TopicName, qos: QoS, retain: Bool, publisher: String?, subscribers: some Sequence<Subscriber>,
         placement: [TopicFilter: String]? = nil, node: String? = nil
     ) -> [Delivery] {
+        route(
+            topic: TopicName.Split(topic), qos: qos, retain: retain, publisher: publisher, subscribers: subscribers,
+            placement: placement, node: node)
+    }
+
+    /// `route` of a topic already split (the broker splits it once for the index and the router).
+    public mutating func route(
+        topic split: TopicName.Split, qos: QoS, retain: Bool, publisher: String?,
+        subscribers: some Sequence<Subscriber>, placement: [TopicFilter: String]? = nil, node: String? = nil
+    ) -> [Delivery] {
         var deliveries: [Delivery] = []
         var groups: [TopicFilter: [(key: String, options: SubscriptionOptions, connected: Bool)]] = [:]
-        let split = TopicName.Split(topic)
         for subscriber in subscribers {
             var granted: QoS?
             var retainAsPublished = false

@@ -64,9 +64,12 @@ public struct BoundPayloadRules: Sendable {
 
     /// What a payload published to `topic` must be.
     public func check(for topic: TopicName) -> PayloadCheck {
-        guard !rules.isEmpty else { return .json }
-        let split = TopicName.Split(topic)
-        for rule in rules where rule.filter.matches(split) { return rule.check }
+        rules.isEmpty ? .json : check(for: TopicName.Split(topic))
+    }
+
+    /// `check(for:)` of a topic already split.
+    public func check(for topic: TopicName.Split) -> PayloadCheck {
+        for rule in rules where rule.filter.matches(topic) { return rule.check }
         return .json
     }
 

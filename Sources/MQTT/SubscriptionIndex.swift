@@ -39,7 +39,10 @@ public struct SubscriptionIndex: Sendable {
 
     /// The sessions holding at least one filter that matches `topic`. Walked with a stack of its own, not by
     /// recursion: a filter may have 65,535 levels.
-    public func sessions(matching topic: TopicName) -> Set<String> {
+    public func sessions(matching topic: TopicName) -> Set<String> { sessions(matching: TopicName.Split(topic)) }
+
+    /// `sessions(matching:)` of a topic already split.
+    public func sessions(matching topic: TopicName.Split) -> Set<String> {
         var found = Set<String>()
         // §4.7.2: no wildcard at the first level matches a `$` topic (the same test as `TopicFilter.matches`).
         let dollar = topic.isDollarTopic
@@ -59,6 +62,50 @@ public struct SubscriptionIndex: Sendable {
             if wildcards, let plus = current.children[TopicKey("+")] { pending.append((plus, depth + 1)) }
         }
         return found
+    }
+
+    /// Whether `sessions(matching:)` would find any session, without splitting the topic or collecting the
+    /// sessions: the broker asks for every message published while anyone subscribes, and most (a device's
+    /// telemetry) match no one. The levels are read from the topic's bytes as the walk reaches them, and the walk's
+    /// stack is a temporary allocation (on the stack for a short topic). The same walk and §4.7.2 rule as
+    /// `sessions(matching:)`.
+    public func hasSession(matching topic: TopicName) -> Bool {
+        let text = topic.rawValue
+        let utf8 = text.utf8
+        let levels = topic.levelCount
+        let dollar = topic.isDollarTopic
+        // Each step takes one entry and adds at most two a level deeper: at most one waiting entry per level, and
+        // two at the deepest.
+        let capacity = levels + 2
+        return withUnsafeTemporaryAllocation(of: (node: Int, depth: Int, start: String.Index).self, capacity: capacity)
+        {
+            stack in
+            stack[0] = (0, 0, utf8.startIndex)
+            var count = 1
+            while count > 0 {
+                count -= 1
+                let (node, depth, start) = stack[count]
+                let wildcards = depth > 0 || !dollar
+                let current = tree[node]
+                if wildcards, let hash = current.children[TopicKey("#")], !tree[hash].value.isEmpty { return true }
+                guard depth < levels else {
+                    if !current.value.isEmpty { return true }
+                    continue
+                }
+                let end = utf8[start...].firstIndex(of: UInt8(ascii: "/")) ?? utf8.endIndex
+                let next = end == utf8.endIndex ? end : utf8.index(after: end)
+                precondition(count + 2 <= capacity)
+                if let exact = current.children[TopicKey(text[start..<end])] {
+                    stack[count] = (exact, depth + 1, next)
+                    count += 1
+                }
+                if wildcards, let plus = current.children[TopicKey("+")] {
+                    stack[count] = (plus, depth + 1, next)
+                    count += 1
+                }
+            }
+            return false
+        }
     }
 
     /// Nodes in use, the root included (for tests: a removed filter leaves none behind).

@@ -7,7 +7,7 @@ public struct TopicName: Hashable, Sendable, CustomStringConvertible {
     /// hub reads its topic whole (a connection's cached decision, the stored row, a match-nothing look-up), and
     /// splitting each one at decode was an allocation and 2 % of the hub's CPU per QoS 0 message. A caller that
     /// reads several levels takes them once.
-    public var levels: [Substring] { Self.levels(of: rawValue) }
+    public var levels: [Substring] { rawValue.isEmpty ? [] : Self.levels(of: rawValue) }
 
     /// A topic split once, for matching it against many filters (`TopicFilter.matches(_:)`).
     public struct Split: Sendable {
@@ -21,7 +21,9 @@ public struct TopicName: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// How many levels the topic has (its `/`s and one), without splitting it.
-    public var levelCount: Int { rawValue.utf8.reduce(1) { $1 == UInt8(ascii: "/") ? $0 + 1 : $0 } }
+    public var levelCount: Int {
+        rawValue.isEmpty ? 0 : rawValue.utf8.reduce(1) { $1 == UInt8(ascii: "/") ? $0 + 1 : $0 }
+    }
 
     public init(_ text: String) throws(MQTTError) {
         guard !text.isEmpty, text.utf8.count <= 65535 else { throw MQTTError(.topicNameInvalid, "empty or too long") }
@@ -269,9 +271,11 @@ public struct BoundTopicACL: Sendable {
     /// Whether and where: nil when no publish pattern allows `topic`, else the first pattern that does, with the
     /// index of its `{device}` level (nil in it when the pattern has none; the levels after it name the route and
     /// the message type).
-    public func publishing(_ topic: TopicName) -> PublishPermission? {
-        let split = TopicName.Split(topic)
-        return patterns.publish.first { matches($0, split) }.map { PublishPermission(deviceLevel: $0.deviceLevel) }
+    public func publishing(_ topic: TopicName) -> PublishPermission? { publishing(TopicName.Split(topic)) }
+
+    /// `publishing` of a topic already split.
+    public func publishing(_ topic: TopicName.Split) -> PublishPermission? {
+        patterns.publish.first { matches($0, topic) }.map { PublishPermission(deviceLevel: $0.deviceLevel) }
     }
 
     /// `TopicFilter.matches` of the pattern with the device's id as each `{device}` level.

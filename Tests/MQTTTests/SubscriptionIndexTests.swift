@@ -66,6 +66,7 @@ import Testing
             let topic = try Self.randomTopic(&random)
             let expected = Self.bruteForce(held, topic)
             #expect(index.sessions(matching: topic) == expected, "topic \(topic)")
+            #expect(index.hasSession(matching: topic) == !expected.isEmpty, "topic \(topic)")
             matched += expected.count
         }
         #expect(matched > 2_000, "the random filters match often enough to test something")
@@ -83,6 +84,42 @@ import Testing
         #expect(index.count == 0)
         #expect(index.nodeCount == 1, "only the root is left")
         #expect(index.sessions(matching: try TopicName("a/b")).isEmpty)
+    }
+
+    /// `hasSession(matching:)` (the broker's question for every publish) answers as `sessions(matching:)` does, for
+    /// indexes so small that most topics match no one, and for long topics whose walk branches at every level (its
+    /// stack is bounded by the topic's levels: a precondition stops it otherwise).
+    @Test func hasSessionAnswersAsTheSessionsFound() throws {
+        var random = Seeded(state: 7)
+        for size in [0, 1, 2, 5] {
+            for _ in 0..<50 {
+                var index = SubscriptionIndex()
+                var held: [(key: String, filter: TopicFilter, options: SubscriptionOptions)] = []
+                for number in 0..<size {
+                    let (filter, options) = try Self.randomFilter(&random)
+                    index.insert(filter, options: options, key: "s\(number)")
+                    held.append(("s\(number)", filter, options))
+                }
+                for _ in 0..<20 {
+                    let topic = try Self.randomTopic(&random)
+                    #expect(
+                        index.hasSession(matching: topic) == !Self.bruteForce(held, topic).isEmpty, "topic \(topic)")
+                }
+            }
+        }
+        var index = SubscriptionIndex()
+        var held: [(key: String, filter: TopicFilter, options: SubscriptionOptions)] = []
+        for number in 0..<60 {
+            let levels = (0..<12).map { _ in Bool.random(using: &random) ? "a" : "+" }
+            let filter = try TopicFilter((levels + [number % 2 == 0 ? "x" : "#"]).joined(separator: "/"))
+            let options = SubscriptionOptions(qos: .atMostOnce)
+            index.insert(filter, options: options, key: "s\(number)")
+            held.append(("s\(number)", filter, options))
+        }
+        for text in ["a/a/a/a/a/a/a/a/a/a/a/a", "a/a/a/a/a/a/a/a/a/a/a/a/x", "a/a/a/a/a/a/a/a/a/a/a/a/y/z", "a/a/b"] {
+            let topic = try TopicName(text)
+            #expect(index.hasSession(matching: topic) == !Self.bruteForce(held, topic).isEmpty, "topic \(topic)")
+        }
     }
 
     @Test func theRulesOfTopicMatching() throws {

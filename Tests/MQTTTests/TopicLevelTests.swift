@@ -20,6 +20,13 @@ import Testing
         #expect(try TopicFilter(text).levels.map { Array($0.utf8) } == expected)
     }
 
+    /// The empty topic of an unresolved Topic Alias has no levels (no filter, not even `+`, matches it).
+    @Test func theUnresolvedAliasHasNoLevels() throws {
+        #expect(TopicName.unresolvedAlias.levels.isEmpty && TopicName.unresolvedAlias.levelCount == 0)
+        #expect(!(try TopicFilter("+")).matches(TopicName.unresolvedAlias))
+        #expect(!SubscriptionIndex().hasSession(matching: TopicName.unresolvedAlias))
+    }
+
     /// A combining mark after `/` starts a level of its own (as Swift characters `/\u{301}` is one grapheme), and
     /// after a wildcard it does not turn the wildcard into a literal.
     @Test func aCombiningMarkHidesNoSeparatorAndNoWildcard() throws {
