@@ -55,8 +55,9 @@ extension ByteBuffer {
         while length >> (7 * lengthBytes) > 0 { lengthBytes += 1 }
         let end = lengthAt + lengthBytes + length
         if lengthBytes != 4 {
-            // Overlapping ranges are allowed; both lie within the buffer's written bytes or its capacity.
-            _ = try? copyBytes(at: bodyAt, to: lengthAt + lengthBytes, length: length)
+            // Overlapping ranges are allowed. Cannot throw: the source is the bytes just written (readable, as the
+            // reader index is at most where they start) and the length is not negative.
+            _ = try! copyBytes(at: bodyAt, to: lengthAt + lengthBytes, length: length)
         }
         moveWriterIndex(to: end)
         var value = length

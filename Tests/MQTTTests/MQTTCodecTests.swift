@@ -120,6 +120,34 @@ func connect(_ version: ProtocolVersion, clientID: String = "c1") -> [UInt8] {
         #expect(try decodeAll(&decoder, Array(expected.dropFirst())) == [packet])
     }
 
+    /// Packets written one after another into one buffer (the PUBACKs of a batch share one), bodies of 0 bytes
+    /// among them, are each what they are alone; a copy of the buffer taken between two is not written through.
+    @Test func packetsAppendedToOneBufferAreEachWhole() throws {
+        var properties = Properties()
+        properties.reasonString = String(repeating: "r", count: 140)
+        let packets: [(Packet, ProtocolVersion)] = [
+            (.puback(packetID: 1, reasonCode: 0, properties: Properties()), .v311),
+            (.pingresp, .v311),
+            (.puback(packetID: 2, reasonCode: 0x80, properties: properties), .v5),
+            (
+                .publish(
+                    PublishPacket(
+                        topic: try TopicName("a/b"), payload: Array(repeating: 9, count: 200), qos: .atMostOnce)), .v311
+            ),
+            (.disconnect(reasonCode: 0, properties: Properties()), .v5),
+        ]
+        var buffer = ByteBuffer(bytes: [0xAA])
+        buffer.moveReaderIndex(forwardBy: 1)
+        var copies: [(ByteBuffer, [UInt8])] = []
+        for (packet, version) in packets {
+            let copy = buffer
+            copies.append((copy, Array(copy.readableBytesView)))
+            packet.encode(into: &buffer, version: version)
+        }
+        Self.expectSame(Array(buffer.readableBytesView), packets.flatMap { bytes($0.0, $0.1) })
+        for (copy, seen) in copies { Self.expectSame(Array(copy.readableBytesView), seen) }
+    }
+
     /// The Property Length (§2.2.2.1) likewise, inside a packet whose Remaining Length is written around it.
     @Test(arguments: [0, 127, 128, 16_383, 16_384])
     func propertyLengthsAreWrittenInTheFewestBytes(_ length: Int) throws {
