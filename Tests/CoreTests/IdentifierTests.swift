@@ -1,5 +1,6 @@
-import Core
 import Testing
+
+@testable import Core
 
 @Suite struct IdentifierTests {
     @Test(arguments: ["sensor-1", "A", "cam.front_door-2", String(repeating: "x", count: 64)])
@@ -23,18 +24,30 @@ import Testing
         #expect(Identity(uri: "URN:bulwark:device:x") == nil)
     }
 
-    @Test func correlationIDsAreRandomHex() {
+    /// 15 characters of the URL-safe Base64 alphabet, each position taking every one of its 64 values: no part of the
+    /// 90 bits is left zero or fixed. Fifteen bytes: a string Swift holds inline, without an allocation.
+    @Test func correlationIDsAreRandomBase64URL() {
+        let alphabet = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
         let ids = (0..<4096).map { _ in CorrelationID().rawValue }
         #expect(Set(ids).count == ids.count)
-        #expect(
-            ids.allSatisfy {
-                $0.utf8.count == 24 && $0.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
-            })
-        // Every digit position takes all 16 values: no half of the 96 bits is left zero or fixed.
-        for position in 0..<24 {
+        #expect(ids.allSatisfy { $0.utf8.count == 15 && $0.utf8.allSatisfy(alphabet.contains) })
+        for position in 0..<15 {
             let seen = Set(ids.map { $0.utf8[$0.utf8.index($0.utf8.startIndex, offsetBy: position)] })
-            #expect(seen.count == 16, "position \(position)")
+            #expect(seen.count == 64, "position \(position)")
         }
+    }
+
+    /// Known answers: all bits set, none, and one pattern, against RFC 4648 §5's table.
+    @Test func correlationIDBitsInOrder() {
+        #expect(CorrelationID(high: .max, low: .max).rawValue == String(repeating: "_", count: 15))
+        #expect(CorrelationID(high: 0, low: 0).rawValue == String(repeating: "A", count: 15))
+        // 0b000001 000010 ... : the high 60 bits as the sixes 1...10, its last 4 bits 0b1011 then the low 26 bits
+        // 0b10_000011_000100_000101_000110 make the sixes 0b101110, 3, 4, 5, 6.
+        var high: UInt64 = 0
+        for six in 1...10 { high = high << 6 | UInt64(six) }
+        high = high << 4 | 0b1011
+        let low: UInt32 = 0b10 << 24 | 3 << 18 | 4 << 12 | 5 << 6 | 6
+        #expect(CorrelationID(high: high, low: low).rawValue == "BCDEFGHIJKuDEFG")
     }
 
     /// The pool behind `CorrelationID()` hands each byte out once, also across its refills and to several threads at
