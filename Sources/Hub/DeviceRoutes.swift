@@ -136,7 +136,7 @@ struct DeviceRoutes {
                 device, messageType: admitted.messageType, body: message.body,
                 correlationID: context.correlationID.rawValue)
         }
-        // Both values are generated here (an integer and hex digits): no escaping is needed.
+        // Both values are generated here (an integer and URL-safe Base64): no escaping is needed.
         return JSONResponse.make(
             .accepted, text: #"{"correlationId":"\#(context.correlationID.rawValue)","id":\#(id)}"#)
     }

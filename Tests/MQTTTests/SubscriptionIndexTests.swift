@@ -17,7 +17,7 @@ import Testing
         }
     }
 
-    static let names = ["a", "b", "", "$SYS", "devices", "d1"]
+    static let names = ["a", "b", "", "$SYS", "devices", "d1", "é", "\u{301}x"]
 
     static func randomTopic(_ random: inout Seeded) throws -> TopicName {
         var levels: [String] = []
@@ -120,6 +120,24 @@ import Testing
             let topic = try TopicName(text)
             #expect(index.hasSession(matching: topic) == !Self.bruteForce(held, topic).isEmpty, "topic \(topic)")
         }
+        // Without the `#` filters a topic ending elsewhere walks every branch and matches nothing (the deepest
+        // stack), and non-ASCII levels (a combining mark after `/`) are cut where `levels` cuts them.
+        var deep = SubscriptionIndex()
+        for (number, entry) in held.enumerated() where number % 2 == 0 {
+            deep.insert(entry.filter, options: entry.options, key: entry.key)
+        }
+        #expect(!deep.hasSession(matching: try TopicName("a/a/a/a/a/a/a/a/a/a/a/a/y")))
+        #expect(
+            deep.hasSession(matching: try TopicName("a/a/a/a/a/a/a/a/a/a/a/a/x")) == !Self.bruteForce(
+                held.enumerated().filter { $0.offset % 2 == 0 }.map(\.element),
+                try TopicName("a/a/a/a/a/a/a/a/a/a/a/a/x")
+            ).isEmpty)
+        var marks = SubscriptionIndex()
+        marks.insert(try TopicFilter("é/+/\u{301}x/#"), options: SubscriptionOptions(qos: .atMostOnce), key: "m")
+        #expect(marks.hasSession(matching: try TopicName("é/文字/\u{301}x")))
+        #expect(marks.hasSession(matching: try TopicName("é/\u{301}/\u{301}x/y")))
+        #expect(!marks.hasSession(matching: try TopicName("é/文字/x")))
+        #expect(!marks.hasSession(matching: try TopicName("e\u{301}/a/\u{301}x")))
     }
 
     @Test func theRulesOfTopicMatching() throws {
