@@ -151,7 +151,7 @@ final class StoreOutcome: PendingResultReader {
 
     /// The store write's result (on the thread that committed its batch): `MQTTWriteOutcomes.settle` decides the
     /// outcome and settles it.
-    func resolved(_ result: Result<Int64, any Error>) {
+    func resolved(_ result: Result<Int64, any Error>, of _: PendingResult?) {
         guard let (message, outcomes) = acknowledging else { return }
         outcomes.settle(self, message, result)
     }

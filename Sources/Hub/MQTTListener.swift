@@ -711,6 +711,17 @@ struct MQTTConnection {
         let route: String
         let messageType: String?
 
+        /// The reader of this connection's QoS 0 writes to the topic, made at the first (`qos0Reports`). Set and read
+        /// by the connection's turns only.
+        private var reports: QoS0Reports?
+
+        func qos0Reports(peer: Peer, _ outcomes: MQTTWriteOutcomes) -> QoS0Reports {
+            if let reports { return reports }
+            let made = QoS0Reports(outcomes: outcomes, identity: peer.identity, source: peer.source, topic: topic)
+            reports = made
+            return made
+        }
+
         init(_ topic: TopicName, acl: BoundTopicACL, payloads: BoundPayloadRules) {
             self.topic = topic.rawValue
             let split = TopicName.Split(topic)
@@ -1530,7 +1541,7 @@ struct MQTTConnection {
         switch result {
         case .success(let admitted):
             return await storeAndDeliver(
-                admitted, publish, device: device, check: check, peer: peer, state: state, respond: respond,
+                admitted, publish, device: device, decision: decision, peer: peer, state: state, respond: respond,
                 correlationID)
         case .failure(let refusal):
             return await refused(refusal, publish, peer: peer, state: state, respond: respond, correlationID)
@@ -1699,7 +1710,7 @@ struct MQTTConnection {
     /// delivered.
     @inline(never)
     private func storeAndDeliver(
-        _ admitted: Admitted, _ publish: PublishPacket, device: DeviceID, check: PayloadCheck, peer: Peer,
+        _ admitted: Admitted, _ publish: PublishPacket, device: DeviceID, decision: TopicDecision, peer: Peer,
         state: State, respond: Bool, _ correlationID: String
     ) async -> Bool {
         listener.metrics?.admitted(.mqtt)
@@ -1714,7 +1725,7 @@ struct MQTTConnection {
                 row(
                     admitted, publish, device: device, correlationID, at: receivedAt, delivery, local: local,
                     state: state),
-                admitted, device: device, check: check, publish: publish, peer: peer, correlationID)
+                admitted, device: device, check: decision.check, publish: publish, peer: peer, correlationID)
             if respond, let id = publish.packetID {
                 await acknowledge(
                     id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery,
@@ -1730,7 +1741,7 @@ struct MQTTConnection {
         }
         if let wait = queueWithoutWaiting(
             row(admitted, publish, device: device, correlationID, at: receivedAt, delivery, local: local, state: state),
-            peer: peer, topic: publish.topic.rawValue)
+            peer: peer, decision: decision)
         {
             await wait()
         }
@@ -2023,26 +2034,20 @@ struct MQTTConnection {
         }
     }
 
-    /// Queues a message that is not acknowledged (QoS 0). Its outcome is read by a callback; when too many such
-    /// writes are outstanding, what to await instead (back-pressure on a flooding publisher). Synchronous: the row
-    /// never sits in an async frame.
+    /// Queues a message that is not acknowledged (QoS 0). Its outcome is read by the topic decision's reader (or a
+    /// callback, for a store without a queue); when too many such writes are outstanding, what to await instead
+    /// (back-pressure on a flooding publisher). Synchronous: the row never sits in an async frame.
     @inline(never)
-    private func queueWithoutWaiting(_ record: NewTelemetry, peer: Peer, topic: String)
+    private func queueWithoutWaiting(_ record: NewTelemetry, peer: Peer, decision: TopicDecision)
         -> (@Sendable () async -> Void)?
     {
         let outcomes = listener.writeOutcomes
         // Queued now, in the connection's order (the other nodes get its messages in that order).
         let queued = listener.store.queueTelemetry(record)
-        // A stored message signals its device's telemetry; update and egress reports (`DeviceEvents.observed`) do not.
-        let device = record.deviceID
-        let signal = !DeviceEvents.observed(record.messageType)
-        // What a failure reports, and nothing else: the callback runs on the store's thread, where each reference
-        // it holds is released (a copy of the record and of the listener's parts cost more there than the insert).
-        let failure = MQTTWriteOutcomes.Message(
-            device: device, counter: record.counter, correlationID: record.correlationID, report: nil,
-            duplicate: false, identity: peer.identity, source: peer.source, topic: topic)
         guard outcomes.pending.tryStart() else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
+            let (device, signal) = (record.deviceID, !DeviceEvents.observed(record.messageType))
+            let failure = QoS0Reports.failure(record, peer: peer, topic: decision.topic)
             return {
                 do {
                     _ = try await queued.value()
@@ -2050,8 +2055,15 @@ struct MQTTConnection {
                 } catch { await outcomes.failed(error, failure) }
             }
         }
-        // Read by a callback on the thread that commits the batch: no task per message. A failure (rare: a whole
-        // batch, or a replay) is handled in a task, off the store's thread, and counts as outstanding until done.
+        // A queued write hands its reader the queue's entry, with the message: one reader for all of this
+        // connection's QoS 0 writes to this topic, not a closure per message (made here, freed on the store's
+        // thread: 2026-12-06).
+        if queued.queuedEntry != nil {
+            queued.whenComplete(reader: decision.qos0Reports(peer: peer, outcomes))
+            return nil
+        }
+        let (device, signal) = (record.deviceID, !DeviceEvents.observed(record.messageType))
+        let failure = QoS0Reports.failure(record, peer: peer, topic: decision.topic)
         queued.whenComplete { result in
             switch result {
             case .success:
@@ -2065,6 +2077,60 @@ struct MQTTConnection {
             }
         }
         return nil
+    }
+}
+
+/// What a connection's QoS 0 writes to one topic report (its `TopicDecision` keeps one): a stored message signals
+/// its device's telemetry (not an update or egress report); a failure is handled in a task, off the store's thread,
+/// and counts as outstanding until done. Each write's own values (device, counter, correlation id, message type)
+/// are read from the queue's entry it is handed; what the failure's record needs besides is the connection's and
+/// the topic's. Read on the thread that commits the batch.
+final class QoS0Reports: PendingResultReader {
+    let outcomes: MQTTWriteOutcomes
+    let identity: Identity
+    let source: String?
+    let topic: String
+
+    init(outcomes: MQTTWriteOutcomes, identity: Identity, source: String?, topic: String) {
+        self.outcomes = outcomes
+        self.identity = identity
+        self.source = source
+        self.topic = topic
+    }
+
+    func resolved(_ result: Result<Int64, any Error>, of pending: PendingResult?) {
+        let outcomes = outcomes
+        // Always a queue's entry (`queueWithoutWaiting` hands this reader only those); without one, nothing is
+        // signalled and a failure is logged without the message's values.
+        let message = (pending as? TelemetryQueue.Entry)?.message
+        switch result {
+        case .success:
+            if let message { outcomes.stored(message.deviceID, signal: !DeviceEvents.observed(message.messageType)) }
+            outcomes.pending.finish()
+        case .failure(let error):
+            let failure = message.map { Self.failure($0, identity: identity, source: source, topic: topic) }
+            Task {
+                if let failure {
+                    await outcomes.failed(error, failure)
+                } else {
+                    outcomes.logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
+                }
+                outcomes.pending.finish()
+            }
+        }
+    }
+
+    /// What a QoS 0 message's failed write reports.
+    static func failure(_ record: NewTelemetry, identity: Identity, source: String?, topic: String)
+        -> MQTTWriteOutcomes.Message
+    {
+        MQTTWriteOutcomes.Message(
+            device: record.deviceID, counter: record.counter, correlationID: record.correlationID, report: nil,
+            duplicate: false, identity: identity, source: source, topic: topic)
+    }
+
+    static func failure(_ record: NewTelemetry, peer: MQTTConnection.Peer, topic: String) -> MQTTWriteOutcomes.Message {
+        failure(record, identity: peer.identity, source: peer.source, topic: topic)
     }
 }
 

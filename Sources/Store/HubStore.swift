@@ -302,16 +302,27 @@ public struct TelemetryWrite: Sendable {
         case .pending(let pending): pending.whenComplete(reader: reader)
         case .wait(let wait):
             Task {
-                do { reader.resolved(.success(try await wait())) } catch { reader.resolved(.failure(error)) }
+                do { reader.resolved(.success(try await wait()), of: nil) } catch {
+                    reader.resolved(.failure(error), of: nil)
+                }
             }
         }
     }
+
+    /// The queued message, when the write is in a store's queue (`TelemetryQueue`): its reader is handed the entry
+    /// (`PendingResultReader.resolved(_:of:)`), so one reader can serve many writes and read each one's message.
+    /// Nil for a write that starts when awaited.
+    public var queuedEntry: TelemetryQueue.Entry? {
+        if case .pending(let pending) = source { pending as? TelemetryQueue.Entry } else { nil }
+    }
 }
 
-/// Hears a `PendingResult`'s outcome, as `whenComplete`'s closure would: for a caller that already has an object per
-/// write to hand it to (a QoS 1 message's `StoreOutcome`), which spares a closure per write.
+/// Hears a `PendingResult`'s outcome, as `whenComplete`'s closure would: for a caller that already has an object to
+/// hand it to (a QoS 1 message's `StoreOutcome`; one for all of a connection's QoS 0 writes to a topic), which spares
+/// a closure per write. `pending` is the result that was resolved (a queued write's `TelemetryQueue.Entry`, with its
+/// message); nil for a write that was not queued.
 public protocol PendingResultReader: AnyObject, Sendable {
-    func resolved(_ result: Result<Int64, any Error>)
+    func resolved(_ result: Result<Int64, any Error>, of pending: PendingResult?)
 }
 
 /// A result one party sets once and another awaits, however their order falls: the bridge between a store's
@@ -370,7 +381,7 @@ public class PendingResult: @unchecked Sendable {
         guard let (continuation, callback, reader) = waiting else { return }
         continuation?.resume(with: result)
         callback?.body(result)
-        reader?.resolved(result)
+        reader?.resolved(result, of: self)
     }
 
     /// The result, once it is set. One reader: this or `whenComplete`, once.
@@ -390,7 +401,7 @@ public class PendingResult: @unchecked Sendable {
     /// As `whenComplete(_:)`, to `reader`.
     public final func whenComplete(reader: any PendingResultReader) {
         guard let ready = readyOrWait({ $0.reader = reader }) else { return }
-        reader.resolved(ready)
+        reader.resolved(ready, of: self)
     }
 
     /// The result if it is set; else `wait` registers the one reader and nil is returned.

@@ -326,6 +326,51 @@ import X509
         try await hub.stop()
     }
 
+    /// A QoS 0 message whose queued write fails gives its counter back, so the device's resend is stored, not refused
+    /// as a replay; one that is stored is counted. The write's reader is one object for the connection's topic, and
+    /// the message's counter reaches it through the queue's entry (without it, the counter stays taken).
+    @Test(arguments: [true, false]) func aFailedQoS0WriteGivesItsCounterBack(_ queued: Bool) async throws {
+        let store = FaultyStore(InMemoryHubStore(), queued: queued)
+        let hub = try await TestHub.start(store: store)
+        let device = try await hub.enroll("q0-1")
+        let topic = try TopicName("devices/q0-1/telemetry")
+        func publish(_ counter: Int, _ mqtt: MQTTClientConnection) async throws {
+            var properties = Properties()
+            properties.userProperties = [("counter", "\(counter)")]
+            try await mqtt.send(
+                .publish(
+                    PublishPacket(
+                        topic: topic, payload: Array(#"{"t":\#(counter)}"#.utf8), qos: .atMostOnce,
+                        properties: properties)))
+        }
+        let id = try DeviceID("q0-1")
+        try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "q0-1",
+            version: .v5
+        ) { mqtt, _ in
+            store.failNext.store(1, ordering: .relaxed)
+            try await publish(5, mqtt)
+            // The write is tried (and fails), then the failure is handled in a task: wait until the counter is free
+            // again (or give up after 10 s).
+            let deadline = ContinuousClock.now + .seconds(10)
+            while store.failNext.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            while hub.server.gateway.counters.window(of: id)?.hasSeen(5) == true, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(hub.server.gateway.counters.window(of: id)?.hasSeen(5) != true, "the counter was given back")
+            try await publish(5, mqtt)
+            try await publish(6, mqtt)
+            while try await store.telemetryCount(of: id) < 2, ContinuousClock.now < deadline + .seconds(10) {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        let stored = try await store.telemetryCount(of: id)
+        #expect(stored == 2, "the resend and the next are stored (\(stored))")
+        try await hub.stop()
+    }
+
     /// The device's own lock-out still works, for failures after the peer proved the device's key: the right key
     /// with a wrong label secret (the psk enters in message 3).
     @Test func wrongSecretsWithTheDeviceKeyLockTheDeviceOut() async throws {

@@ -19,8 +19,26 @@ final class FaultyStore: HubStore {
     /// Each write waits for the one before it and then this long: acknowledgements trickle in one at a time.
     let serialDelayMilliseconds = Atomic<Int>(0)
     private let lastWrite = Mutex<Task<Void, Never>?>(nil)
+    /// Writes go through a `TelemetryQueue`, as the SQL stores' do: a write's reader is handed the queue's entry.
+    let queued: Bool
+    private let queue = TelemetryQueue(maximumCount: 1)
 
-    init(_ base: any HubStore) { self.base = base }
+    init(_ base: any HubStore, queued: Bool = false) {
+        self.base = base
+        self.queued = queued
+    }
+
+    func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite {
+        guard queued else { return TelemetryWrite { try await self.appendTelemetry(message) } }
+        let (pending, _) = queue.append(message)
+        _ = queue.nextBatch()  // this store writes each message itself, below
+        Task {
+            do { pending.resolve(.success(try await appendTelemetry(message))) } catch {
+                pending.resolve(.failure(error))
+            }
+        }
+        return TelemetryWrite(pending)
+    }
 
     func appendTelemetry(_ message: NewTelemetry) async throws -> Int64 {
         let delay = delayMilliseconds.load(ordering: .relaxed)

@@ -11,10 +11,14 @@ import Testing
 
     final class Reader: PendingResultReader, @unchecked Sendable {
         let heard = Mutex<[Result<Int64, Failure>]>([])
-        func resolved(_ result: Result<Int64, any Error>) {
+        /// Which result each was (the reader is handed the one resolved).
+        let from = Mutex<[ObjectIdentifier?]>([])
+        func resolved(_ result: Result<Int64, any Error>, of pending: PendingResult?) {
             heard.withLock { $0.append(result.mapError { $0 as! Failure }) }
+            from.withLock { $0.append(pending.map(ObjectIdentifier.init)) }
         }
         var results: [Result<Int64, Failure>] { heard.withLock { $0 } }
+        var sources: [ObjectIdentifier?] { from.withLock { $0 } }
     }
 
     @Test func eachReaderHearsTheResultOnceWhicheverComesFirst() async throws {
@@ -27,6 +31,7 @@ import Testing
         early.resolve(.success(8))
         early.resolve(.failure(Failure(code: 1)))
         #expect(reader.results == [.success(7)])
+        #expect(reader.sources == [ObjectIdentifier(early)])
 
         // The result first: the reader hears it at once.
         let late = PendingResult()
@@ -35,6 +40,7 @@ import Testing
         let lateReader = Reader()
         late.whenComplete(reader: lateReader)
         #expect(lateReader.results == [.failure(Failure(code: 2))])
+        #expect(lateReader.sources == [ObjectIdentifier(late)])
 
         // A callback, both orders.
         for resolveFirst in [true, false] {
