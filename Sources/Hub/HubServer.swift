@@ -34,6 +34,8 @@ public final class HubServer: Sendable {
     let broker: MQTTBroker
     /// The MQTT listener's sessions and connection tasks (tests read them).
     let mqttSessions = SessionTally()
+    /// The MQTT listener's QoS 0 writes in flight (tests read them).
+    let mqttPendingQoS0 = PendingWrites(limit: 1024)
     private let group: ServiceGroup
     private let logger: Logger
     private let ports: AsyncStream<(String, Int)>
@@ -382,6 +384,7 @@ public final class HubServer: Sendable {
             revocations: revocations, store: store, rids: rids, broker: broker, gateway: gateway,
             settings: configuration.mqttSettings, renewals: renewals, events: events,
             cryptoProfile: configuration.cryptoProfile, metrics: metrics, sessions: mqttSessions,
+            pendingQoS0: mqttPendingQoS0,
             logger: {
                 var mqttLogger = logger
                 mqttLogger[metadataKey: "listener"] = "mqtt"

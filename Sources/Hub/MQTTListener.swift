@@ -40,7 +40,8 @@ struct MQTTListener: Service {
     /// The largest packet accepted: a maximum-size body plus room for the topic and properties. Anything larger is
     /// refused by the decoder before it is buffered (MQTT 5: DISCONNECT 0x95).
     let maximumPacketSize: Int
-    let pendingQoS0 = PendingWrites(limit: 1024)
+    /// QoS 0 writes in flight (tests read it through the hub).
+    let pendingQoS0: PendingWrites
     /// Where the store writes of its messages report (one object for the listener, held by each write).
     let writeOutcomes: MQTTWriteOutcomes
     /// Records refusals in the audit log (and its metrics) for this listener.
@@ -68,11 +69,13 @@ struct MQTTListener: Service {
         host: String, port: Int, credentials: HubCredentials, revocations: RevocationList, store: any HubStore,
         rids: RIDDirectory, broker: MQTTBroker, gateway: GatewayPipeline, settings: MQTTSettings,
         renewals: CertificateRenewals, events: DeviceEvents, cryptoProfile: CryptoProfile = .standard,
-        metrics: HubMetrics? = nil, sessions: SessionTally = SessionTally(), logger: Logger,
+        metrics: HubMetrics? = nil, sessions: SessionTally = SessionTally(),
+        pendingQoS0: PendingWrites = PendingWrites(limit: 1024), logger: Logger,
         onBound: @escaping @Sendable (Int) -> Void
     ) {
         self.metrics = metrics
         self.sessions = sessions
+        self.pendingQoS0 = pendingQoS0
         self.cryptoProfile = cryptoProfile
         self.host = host
         self.port = port
@@ -615,6 +618,9 @@ final class PendingWrites: Sendable {
     }
 
     func finish() { count.subtract(1, ordering: .relaxed) }
+
+    /// Writes started and not finished.
+    var outstanding: Int { count.load(ordering: .relaxed) }
 }
 
 extension MQTTListener {
@@ -2100,15 +2106,19 @@ final class QoS0Reports: PendingResultReader {
 
     func resolved(_ result: Result<Int64, any Error>, of pending: PendingResult?) {
         let outcomes = outcomes
-        // Always a queue's entry (`queueWithoutWaiting` hands this reader only those); without one, nothing is
-        // signalled and a failure is logged without the message's values.
-        let message = (pending as? TelemetryQueue.Entry)?.message
+        // Always a queue's entry (`queueWithoutWaiting` hands this reader only those). Were it not, nothing would be
+        // signalled and a failure would be logged without the message's values (its counter not given back).
+        let entry = pending as? TelemetryQueue.Entry
+        assert(entry != nil, "a QoS 0 report without its queue entry")
         switch result {
         case .success:
-            if let message { outcomes.stored(message.deviceID, signal: !DeviceEvents.observed(message.messageType)) }
+            // Read in place (a copy of the whole message would retain and release each of its parts here).
+            if let entry {
+                outcomes.stored(entry.message.deviceID, signal: !DeviceEvents.observed(entry.message.messageType))
+            }
             outcomes.pending.finish()
         case .failure(let error):
-            let failure = message.map { Self.failure($0, identity: identity, source: source, topic: topic) }
+            let failure = entry.map { Self.failure($0.message, identity: identity, source: source, topic: topic) }
             Task {
                 if let failure {
                     await outcomes.failed(error, failure)
