@@ -54,10 +54,17 @@ extension ByteBuffer {
         var lengthBytes = 1
         while length >> (7 * lengthBytes) > 0 { lengthBytes += 1 }
         let end = lengthAt + lengthBytes + length
+        // A body over 268,435,455 bytes takes a fifth length byte: room for it first (MQTT allows no such packet;
+        // the encoder has always written it so).
+        if lengthBytes > 4 { writeRepeatingByte(0, count: lengthBytes - 4) }
         if lengthBytes != 4 {
-            // Overlapping ranges are allowed. Cannot throw: the source is the bytes just written (readable, as the
-            // reader index is at most where they start) and the length is not negative.
-            _ = try! copyBytes(at: bodyAt, to: lengthAt + lengthBytes, length: length)
+            // Both ranges lie in the readable bytes (the reader index is at most `lengthAt`); raw memory copies
+            // allow them to overlap.
+            let (from, to) = (bodyAt - readerIndex, lengthAt + lengthBytes - readerIndex)
+            withUnsafeMutableReadableBytes { bytes in
+                guard let base = bytes.baseAddress else { return }
+                (base + to).copyMemory(from: base + from, byteCount: length)
+            }
         }
         moveWriterIndex(to: end)
         var value = length
