@@ -423,11 +423,11 @@ actor MQTTBroker {
         if let position { relayPosition = max(relayPosition, position) }
         if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
         // Only the sessions whose subscriptions match (the index); one taken up with the log replayed into it past
-        // this message has it already. The topic is split once, for the index and the router.
+        // this message has it already. The router matches the topic against each session's filters: split once.
         let split = TopicName.Split(message.topic)
         let deliveries = router.route(
             topic: split, qos: message.qos, retain: message.retain, publisher: publisher,
-            subscribers: index.withLock { $0.sessions(matching: split) }.lazy.compactMap {
+            subscribers: index.withLock { $0.sessions(matching: message.topic) }.lazy.compactMap {
                 key -> MessageRouter.Subscriber? in
                 guard let session = self.sessions[key], position == nil || session.replayedThrough < position!
                 else { return nil }

@@ -37,72 +37,71 @@ public struct SubscriptionIndex: Sendable {
         tree.prune(found) { $0.isEmpty }
     }
 
-    /// The sessions holding at least one filter that matches `topic`. Walked with a stack of its own, not by
-    /// recursion: a filter may have 65,535 levels.
-    public func sessions(matching topic: TopicName) -> Set<String> { sessions(matching: TopicName.Split(topic)) }
-
-    /// `sessions(matching:)` of a topic already split.
-    public func sessions(matching topic: TopicName.Split) -> Set<String> {
+    /// The sessions holding at least one filter that matches `topic`.
+    public func sessions(matching topic: TopicName) -> Set<String> {
         var found = Set<String>()
-        // §4.7.2: no wildcard at the first level matches a `$` topic (the same test as `TopicFilter.matches`).
-        let dollar = topic.isDollarTopic
-        let levels = topic.levels
-        var pending: [(node: Int, depth: Int)] = [(0, 0)]
-        while let (node, depth) = pending.popLast() {
-            let wildcards = depth > 0 || !dollar
-            let current = tree[node]
-            if wildcards, let hash = current.children[TopicKey("#")] {
-                for (key, _) in tree[hash].value { found.insert(key) }
-            }
-            guard depth < levels.count else {
-                for (key, _) in current.value { found.insert(key) }
-                continue
-            }
-            if let exact = current.children[TopicKey(levels[depth])] { pending.append((exact, depth + 1)) }
-            if wildcards, let plus = current.children[TopicKey("+")] { pending.append((plus, depth + 1)) }
+        walk(matching: topic) { sessions in
+            for (key, _) in sessions { found.insert(key) }
+            return false
         }
         return found
     }
 
-    /// Whether `sessions(matching:)` would find any session, without splitting the topic or collecting the
-    /// sessions: the broker asks for every message published while anyone subscribes, and most (a device's
-    /// telemetry) match no one. The levels are read from the topic's bytes as the walk reaches them, and the walk's
-    /// stack is a temporary allocation (on the stack for a short topic). The same walk and §4.7.2 rule as
-    /// `sessions(matching:)`.
-    public func hasSession(matching topic: TopicName) -> Bool {
+    /// Whether `sessions(matching:)` would find any session, without collecting them: the broker asks for every
+    /// message published while anyone subscribes, and most (a device's telemetry) match no one.
+    public func hasSession(matching topic: TopicName) -> Bool { walk(matching: topic) { _ in true } }
+
+    /// Walks the nodes whose filters match `topic`, handing `visit` each one's sessions (never empty) until it
+    /// returns true; true when it did. Depth first, one frame per level of the path taken, with a stack of its own
+    /// rather than recursion (a topic may have 65,535 levels): a frame's index is its depth, so the stack never holds
+    /// more than the topic's levels and one. The levels are read from the topic's bytes as the walk reaches them
+    /// (no split), and the stack is a temporary allocation (on the machine stack for a short topic). §4.7.2: no
+    /// wildcard at the first level matches a `$` topic (the same test as `TopicFilter.matches`).
+    private func walk(matching topic: TopicName, _ visit: (SmallMap<String, Int>) -> Bool) -> Bool {
         let text = topic.rawValue
         let utf8 = text.utf8
         let levels = topic.levelCount
         let dollar = topic.isDollarTopic
-        // Each step takes one entry and adds at most two a level deeper: at most one waiting entry per level, and
-        // two at the deepest.
-        let capacity = levels + 2
-        return withUnsafeTemporaryAllocation(of: (node: Int, depth: Int, start: String.Index).self, capacity: capacity)
-        {
-            stack in
-            stack[0] = (0, 0, utf8.startIndex)
-            var count = 1
-            while count > 0 {
-                count -= 1
-                let (node, depth, start) = stack[count]
+        typealias Frame = (node: Int, start: String.Index, next: String.Index, tried: Int)
+        return withUnsafeTemporaryAllocation(of: Frame.self, capacity: levels + 1) { stack in
+            stack[0] = (0, utf8.startIndex, utf8.startIndex, 0)
+            var depth = 0
+            while depth >= 0 {
                 let wildcards = depth > 0 || !dollar
-                let current = tree[node]
-                if wildcards, let hash = current.children[TopicKey("#")], !tree[hash].value.isEmpty { return true }
-                guard depth < levels else {
-                    if !current.value.isEmpty { return true }
-                    continue
+                let frame = stack[depth]
+                let current = tree[frame.node]
+                if frame.tried == 0 {
+                    // Entered: a `#` here matches the rest (and this level's parent, `a/#` matching `a`).
+                    if wildcards, let hash = current.children[TopicKey("#")], !tree[hash].value.isEmpty,
+                        visit(tree[hash].value)
+                    {
+                        return true
+                    }
+                    guard depth < levels else {
+                        if !current.value.isEmpty, visit(current.value) { return true }
+                        depth -= 1
+                        continue
+                    }
+                    let end = utf8[frame.start...].firstIndex(of: UInt8(ascii: "/")) ?? utf8.endIndex
+                    let next = end == utf8.endIndex ? end : utf8.index(after: end)
+                    stack[depth].next = next
+                    stack[depth].tried = 1
+                    if let exact = current.children[TopicKey(text[frame.start..<end])] {
+                        depth += 1
+                        stack[depth] = (exact, next, next, 0)
+                        continue
+                    }
                 }
-                let end = utf8[start...].firstIndex(of: UInt8(ascii: "/")) ?? utf8.endIndex
-                let next = end == utf8.endIndex ? end : utf8.index(after: end)
-                precondition(count + 2 <= capacity)
-                if let exact = current.children[TopicKey(text[start..<end])] {
-                    stack[count] = (exact, depth + 1, next)
-                    count += 1
+                if stack[depth].tried == 1 {
+                    stack[depth].tried = 2
+                    if wildcards, let plus = current.children[TopicKey("+")] {
+                        let next = stack[depth].next
+                        depth += 1
+                        stack[depth] = (plus, next, next, 0)
+                        continue
+                    }
                 }
-                if wildcards, let plus = current.children[TopicKey("+")] {
-                    stack[count] = (plus, depth + 1, next)
-                    count += 1
-                }
+                depth -= 1
             }
             return false
         }
