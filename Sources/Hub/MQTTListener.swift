@@ -2050,10 +2050,18 @@ struct MQTTConnection {
         let outcomes = listener.writeOutcomes
         // Queued now, in the connection's order (the other nodes get its messages in that order).
         let queued = listener.store.queueTelemetry(record)
-        guard outcomes.pending.tryStart() else {
+        let started = outcomes.pending.tryStart()
+        // A queued write hands its reader the queue's entry, with the message: one reader for all of this
+        // connection's QoS 0 writes to this topic, not a closure per message (made here, freed on the store's
+        // thread: 2026-12-06).
+        if started, queued.queuedEntry != nil {
+            queued.whenComplete(reader: decision.qos0Reports(peer: peer, outcomes))
+            return nil
+        }
+        let (device, signal) = (record.deviceID, !DeviceEvents.observed(record.messageType))
+        let failure = QoS0Reports.failure(record, identity: peer.identity, source: peer.source, topic: decision.topic)
+        guard started else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
-            let (device, signal) = (record.deviceID, !DeviceEvents.observed(record.messageType))
-            let failure = QoS0Reports.failure(record, peer: peer, topic: decision.topic)
             return {
                 do {
                     _ = try await queued.value()
@@ -2061,15 +2069,6 @@ struct MQTTConnection {
                 } catch { await outcomes.failed(error, failure) }
             }
         }
-        // A queued write hands its reader the queue's entry, with the message: one reader for all of this
-        // connection's QoS 0 writes to this topic, not a closure per message (made here, freed on the store's
-        // thread: 2026-12-06).
-        if queued.queuedEntry != nil {
-            queued.whenComplete(reader: decision.qos0Reports(peer: peer, outcomes))
-            return nil
-        }
-        let (device, signal) = (record.deviceID, !DeviceEvents.observed(record.messageType))
-        let failure = QoS0Reports.failure(record, peer: peer, topic: decision.topic)
         queued.whenComplete { result in
             switch result {
             case .success:
@@ -2137,10 +2136,6 @@ final class QoS0Reports: PendingResultReader {
         MQTTWriteOutcomes.Message(
             device: record.deviceID, counter: record.counter, correlationID: record.correlationID, report: nil,
             duplicate: false, identity: identity, source: source, topic: topic)
-    }
-
-    static func failure(_ record: NewTelemetry, peer: MQTTConnection.Peer, topic: String) -> MQTTWriteOutcomes.Message {
-        failure(record, identity: peer.identity, source: peer.source, topic: topic)
     }
 }
 
