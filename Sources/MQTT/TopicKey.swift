@@ -17,8 +17,35 @@ public struct TopicKey: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { text }
 
-    /// Whether two strings have the same UTF-8 bytes (not merely canonically equivalent characters).
+    /// Whether two strings have the same UTF-8 bytes (not merely canonically equivalent characters). Compared where
+    /// the bytes lie, eight at a time: `elementsEqual` over the two `UTF8View`s went byte by byte through their
+    /// iterators (2.5 % of the hub's CPU per QoS 0 message, asked once per PUBLISH by the connection's topic cache).
     @inlinable public static func sameBytes(_ lhs: some StringProtocol, _ rhs: some StringProtocol) -> Bool {
-        lhs.utf8.count == rhs.utf8.count && lhs.utf8.elementsEqual(rhs.utf8)
+        guard lhs.utf8.count == rhs.utf8.count else { return false }
+        let compared = lhs.utf8.withContiguousStorageIfAvailable { left in
+            rhs.utf8.withContiguousStorageIfAvailable { right in
+                sameBytes(UnsafeRawBufferPointer(left), UnsafeRawBufferPointer(right))
+            }
+        }
+        if let compared = compared ?? nil { return compared }
+        return lhs.utf8.elementsEqual(rhs.utf8)
+    }
+
+    /// Two buffers of the same length, eight bytes at a time, then the rest one by one.
+    @inlinable static func sameBytes(_ left: UnsafeRawBufferPointer, _ right: UnsafeRawBufferPointer) -> Bool {
+        let count = left.count
+        var offset = 0
+        while offset + 8 <= count {
+            guard
+                left.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                    == right.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            else { return false }
+            offset += 8
+        }
+        while offset < count {
+            guard left[offset] == right[offset] else { return false }
+            offset += 1
+        }
+        return true
     }
 }

@@ -159,6 +159,27 @@ import Testing
         #expect(after.first?.topic.rawValue == "a/1")
     }
 
+    /// `TopicKey.sameBytes` compares eight bytes at a time, then the rest one by one: a difference at any position of
+    /// any length up to three words and a half is found, in strings (inline and on the heap) and in substrings that
+    /// start at an odd offset.
+    @Test func sameBytesFindsADifferenceAtEveryPosition() {
+        for length in 0...29 {
+            let text = String(decoding: (0..<length).map { UInt8(97 + $0 % 26) }, as: UTF8.self)
+            let copy = String(decoding: Array(text.utf8), as: UTF8.self)
+            let shifted = ("xyz" + text).dropFirst(3)
+            #expect(TopicKey.sameBytes(text, copy) && TopicKey.sameBytes(shifted, text))
+            for position in 0..<length {
+                var bytes = Array(text.utf8)
+                bytes[position] ^= 0x01
+                let other = String(decoding: bytes, as: UTF8.self)
+                #expect(!TopicKey.sameBytes(text, other), "length \(length), position \(position)")
+                #expect(!TopicKey.sameBytes(shifted, ("xyz" + other).dropFirst(3)), "length \(length), at \(position)")
+            }
+            #expect(!TopicKey.sameBytes(text, text + "a") && !TopicKey.sameBytes(text + "a", text))
+        }
+        #expect(!TopicKey.sameBytes("a/K", "a/\u{212A}") && !TopicKey.sameBytes("t/\u{E9}", "t/e\u{301}"))
+    }
+
     /// Topics are compared by their bytes, never normalized (MQTT 5.0 §4.7.3): strings that Swift calls equal by
     /// canonical equivalence (`K` and U+212A KELVIN SIGN; `é` and `e` + U+0301) are different topics to filters, the
     /// subscription index, the retained messages and the outbound topic aliases.
