@@ -46,7 +46,10 @@ public final class HubMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
     private let sources = Mutex(Sources())
     private let droppedSeen = Mutex(0)
-    private let admittedCounters: [Interface: Counter]
+    /// One counter per interface, held apart: every admitted message counts, and a dictionary look-up of its
+    /// interface cost more than the increment.
+    private let admittedHTTP: Counter
+    private let admittedMQTT: Counter
     private let commitDuration: DurationHistogram
     private let commitBatch: ValueHistogram
 
@@ -98,12 +101,12 @@ public final class HubMetrics: Sendable {
         "mqtt_dropped_messages", "total", "Messages dropped because a session's queue was full.")
 
     public init() {
-        var counters: [Interface: Counter] = [:]
-        for interface in Interface.allCases {
-            counters[interface] = registry.makeCounter(
-                descriptor: Self.admitted.descriptor, labels: [("interface", interface.rawValue)])
+        let registry = registry
+        func admittedCounter(_ interface: Interface) -> Counter {
+            registry.makeCounter(descriptor: Self.admitted.descriptor, labels: [("interface", interface.rawValue)])
         }
-        admittedCounters = counters
+        admittedHTTP = admittedCounter(.http)
+        admittedMQTT = admittedCounter(.mqtt)
         commitDuration = registry.makeDurationHistogram(
             descriptor: Self.commitSeconds.descriptor,
             buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5].map {
@@ -127,7 +130,12 @@ public final class HubMetrics: Sendable {
 
     func attach(_ update: (inout Sources) -> Void) { sources.withLock { update(&$0) } }
 
-    func admitted(_ interface: Interface) { admittedCounters[interface]?.increment() }
+    func admitted(_ interface: Interface) {
+        switch interface {
+        case .http: admittedHTTP.increment()
+        case .mqtt: admittedMQTT.increment()
+        }
+    }
 
     func refused(_ interface: Interface, _ refusal: Refusal) {
         let problem = Problem.catalogue.contains(refusal.problem) ? refusal.problem.slug : "other"

@@ -142,9 +142,10 @@ actor MQTTBroker {
     /// hop per message). A subscription being added meanwhile may or may not see the message, as when the publish
     /// enters the actor just before it.
     nonisolated func needsPublish(_ message: BrokerMessage) -> Bool {
-        if message.retain || Self.nanoseconds(clockBase.duration(to: .now)) >= sweepDue.load(ordering: .relaxed) {
-            return true
-        }
+        if message.retain { return true }
+        // The clock is read only when an expiry is due at all (most of the time none is).
+        let due = sweepDue.load(ordering: .relaxed)
+        if due != .max, Self.nanoseconds(clockBase.duration(to: .now)) >= due { return true }
         guard hasSubscriptions else { return false }
         return index.withLock { $0.hasSession(matching: message.topic) }
     }

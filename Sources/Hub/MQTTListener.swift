@@ -569,9 +569,10 @@ final class MQTTWriteOutcomes: Sendable {
         }
     }
 
-    /// A stored QoS 0 message signals its device's telemetry (`signal`: not an update or egress report).
-    func stored(_ device: DeviceID, signal: Bool) {
-        if signal { events.signals.telemetry(device) }
+    /// A stored QoS 0 message signals its device's telemetry (`signal`: not an update or egress report) at the time
+    /// it was received (no clock read on the store's thread).
+    func stored(_ device: DeviceID, signal: Bool, receivedAt: Date) {
+        if signal { events.signals.telemetry(device, at: receivedAt.timeIntervalSince1970) }
     }
 
     /// A QoS 0 message whose write failed.
@@ -2058,21 +2059,23 @@ struct MQTTConnection {
             queued.whenComplete(reader: decision.qos0Reports(peer: peer, outcomes))
             return nil
         }
-        let (device, signal) = (record.deviceID, !DeviceEvents.observed(record.messageType))
+        let (device, signal, receivedAt) = (
+            record.deviceID, !DeviceEvents.observed(record.messageType), record.receivedAt
+        )
         let failure = QoS0Reports.failure(record, identity: peer.identity, source: peer.source, topic: decision.topic)
         guard started else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
             return {
                 do {
                     _ = try await queued.value()
-                    outcomes.stored(device, signal: signal)
+                    outcomes.stored(device, signal: signal, receivedAt: receivedAt)
                 } catch { await outcomes.failed(error, failure) }
             }
         }
         queued.whenComplete { result in
             switch result {
             case .success:
-                outcomes.stored(device, signal: signal)
+                outcomes.stored(device, signal: signal, receivedAt: receivedAt)
                 outcomes.pending.finish()
             case .failure(let error):
                 Task {
@@ -2113,7 +2116,9 @@ final class QoS0Reports: PendingResultReader {
         case .success:
             // Read in place (a copy of the whole message would retain and release each of its parts here).
             if let entry {
-                outcomes.stored(entry.message.deviceID, signal: !DeviceEvents.observed(entry.message.messageType))
+                outcomes.stored(
+                    entry.message.deviceID, signal: !DeviceEvents.observed(entry.message.messageType),
+                    receivedAt: entry.message.receivedAt)
             }
             outcomes.pending.finish()
         case .failure(let error):
