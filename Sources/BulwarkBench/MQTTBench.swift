@@ -21,13 +21,19 @@ struct MQTTBenchmark: AsyncParsableCommand {
     @Option(help: "Devices held connected and subscribed (memory, connect time and QoS 1 throughput meanwhile).")
     var idle = 1000
     @Option(help: "Connections for the set-up rate.") var connects = 500
+    @Option(
+        help: """
+            Rounds of the QoS 1 and QoS 0 measures, the broker that goes first alternating; each row then gives each \
+            broker's median and the median of the rounds' ratios (the host's speed drifts between rounds, not within).
+            """)
+    var rounds = 1
     @Option(help: "The bulwark binary (default: next to this one).") var bulwark: String?
     @Option(help: "The mosquitto binary.") var mosquitto = "/usr/sbin/mosquitto"
 
     func run() async throws {
         guard (1...500).contains(connections), (1...120).contains(seconds), (1...10_000).contains(idle),
-            (1...5000).contains(connects)
-        else { throw ValidationError("connections 1-500, seconds 1-120, idle 1-10000, connects 1-5000") }
+            (1...5000).contains(connects), (1...15).contains(rounds)
+        else { throw ValidationError("connections 1-500, seconds 1-120, idle 1-10000, connects 1-5000, rounds 1-15") }
         // Each held connection is a descriptor here and in the broker (which inherits this limit).
         Self.raiseFileLimit()
         let binary = benchBinary(bulwark)
@@ -117,7 +123,8 @@ struct MQTTBenchmark: AsyncParsableCommand {
         let devicesCopy = devices
         emit(
             "bulwark-bench mqtt: \(connections) clients, \(seconds) s per measure, 200-byte JSON, TLS 1.3 mutual TLS, "
-                + "MQTT 3.1.1, loopback; QoS 1 with \(window) in flight per client")
+                + "MQTT 3.1.1, loopback; QoS 1 with \(window) in flight per client"
+                + (rounds > 1 ? "; QoS 1 and 0 in \(rounds) rounds (medians)" : ""))
         emit("measure                                  bulwark        mosquitto      ratio")
         let targets: [(String, Int, Int32)] = [
             ("bulwark", ports.mqtt, hub.processIdentifier), ("mosquitto", mosquittoPort, broker.processIdentifier),
@@ -128,26 +135,38 @@ struct MQTTBenchmark: AsyncParsableCommand {
             return Double(after &- before) / Double(messages)
         }
         for qos in [QoS.atLeastOnce, .atMostOnce] {
-            var rates: [Double] = []
-            var cpu: [Double] = []
-            var allocated: [Double] = []
-            for (index, (name, port, pid)) in targets.enumerated() {
-                let allocationsBefore = allocations[index]?.total()
-                let before = Self.cpuSeconds(pid)
-                let result = await MQTTLoad.run(
-                    host: "127.0.0.1", port: port, tls: { try devicesCopy[$0].tlsConfiguration() },
-                    clientID: { name == "bulwark" ? "b\($0)" : "bench-\($0)" }, topic: { "devices/b\($0)/telemetry" },
-                    connections: connections, qos: qos, window: window, duration: .seconds(seconds), payload: payload)
-                let used = Self.cpuSeconds(pid) - before
-                rates.append(result.perSecond)
-                cpu.append(result.messages > 0 ? used / Double(result.messages) * 1e6 : .nan)
-                allocated.append(allocationsPerMessage(index, since: allocationsBefore, messages: result.messages))
-                if result.failures > 0 { emit("  (\(name): \(result.failures) connections failed)") }
+            // Per broker, per round: messages a second, CPU µs and allocations per message.
+            var rates: [[Double]] = [[], []]
+            var cpu: [[Double]] = [[], []]
+            var allocated: [[Double]] = [[], []]
+            for round in 0..<rounds {
+                for index in round % 2 == 0 ? [0, 1] : [1, 0] {
+                    let (name, port, pid) = targets[index]
+                    let allocationsBefore = allocations[index]?.total()
+                    let before = Self.cpuSeconds(pid)
+                    let result = await MQTTLoad.run(
+                        host: "127.0.0.1", port: port, tls: { try devicesCopy[$0].tlsConfiguration() },
+                        clientID: { name == "bulwark" ? "b\($0)" : "bench-\($0)" },
+                        topic: { "devices/b\($0)/telemetry" }, connections: connections, qos: qos, window: window,
+                        duration: .seconds(seconds), payload: payload)
+                    let used = Self.cpuSeconds(pid) - before
+                    rates[index].append(result.perSecond)
+                    cpu[index].append(result.messages > 0 ? used / Double(result.messages) * 1e6 : .nan)
+                    allocated[index].append(
+                        allocationsPerMessage(index, since: allocationsBefore, messages: result.messages))
+                    if result.failures > 0 { emit("  (\(name): \(result.failures) connections failed)") }
+                }
             }
             let label = qos == .atLeastOnce ? "QoS 1 msg/s (stored before PUBACK)" : "QoS 0 msg/s"
-            emit(Self.row(label, rates[0], rates[1], "%.0f"))
-            emit(Self.row("  broker CPU µs per message", cpu[0], cpu[1], "%.1f"))
-            emit(Self.row("  broker allocations per message", allocated[0], allocated[1], "%.1f"))
+            emit(Self.row(label, rates, "%.0f"))
+            emit(Self.row("  broker CPU µs per message", cpu, "%.1f"))
+            emit(Self.row("  broker allocations per message", allocated, "%.1f"))
+            if rounds > 1 {
+                for (what, values, format) in [("msg/s", rates, "%.2f"), ("CPU", cpu, "%.2f")] {
+                    let ratios = zip(values[0], values[1]).map { String(format: format, $0 / $1) }
+                    emit("  \(what) ratio by round: " + ratios.joined(separator: " "))
+                }
+            }
         }
 
         // Connection set-up: TLS 1.3 mutual TLS + CONNECT/CONNACK, 16 at a time.
@@ -299,12 +318,28 @@ struct MQTTBenchmark: AsyncParsableCommand {
     /// Unbuffered, so each figure shows as soon as it is measured.
     func emit(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
 
-    static func row(_ label: String, _ a: Double, _ b: Double, _ format: String) -> String {
+    /// A row of rounds: each broker's median and the median of the rounds' ratios.
+    static func row(_ label: String, _ rounds: [[Double]], _ format: String) -> String {
+        let ratios = zip(rounds[0], rounds[1]).map { $0 / $1 }
+        return row(label, median(rounds[0]), median(rounds[1]), format, ratio: median(ratios))
+    }
+
+    /// The middle value (the mean of the two middle ones for an even count); nan for none, or when any value is nan
+    /// (nothing counted).
+    static func median(_ values: [Double]) -> Double {
+        guard !values.isEmpty else { return .nan }
+        if values.contains(where: \.isNaN) { return .nan }
+        let sorted = values.sorted()
+        let middle = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+    }
+
+    static func row(_ label: String, _ a: Double, _ b: Double, _ format: String, ratio: Double? = nil) -> String {
         label.padding(toLength: 40, withPad: " ", startingAt: 0)
             + String(format: " " + format, a)
             .padding(toLength: 15, withPad: " ", startingAt: 0)
             + String(format: format, b)
-            .padding(toLength: 15, withPad: " ", startingAt: 0) + String(format: "%.2f", a / b)
+            .padding(toLength: 15, withPad: " ", startingAt: 0) + String(format: "%.2f", ratio ?? a / b)
     }
 
     static func freePort() -> Int {
