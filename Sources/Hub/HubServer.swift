@@ -357,6 +357,7 @@ public final class HubServer: Sendable {
                     { assignments.publishedTargets() }
                 }))
         operatorRoutes.relay = relay
+        operatorRoutes.persistence = persistence
         operatorRoutes.node = node
         let dashboard = try Dashboard(
             routes: operatorRoutes, claims: claims, auditKey: auditKey,

@@ -1672,7 +1672,20 @@ struct MQTTConnection {
         }
         let recipients = await listener.broker.publish(
             message, from: state.sessionKey, placement: local?.placement)
-        if message.retain { await listener.persistence?.flush() }
+        // What is acknowledged must outlive the process. A retained message is saved first; so, on one node (no log
+        // to replay from), are the sessions a QoS 1 or 2 message was queued in or sent to: they are otherwise saved
+        // every 250 ms, and SIGKILL in between lost acknowledged commands. With several nodes the message is in the
+        // log already (`relayFirst`).
+        let mustSave = message.retain || (publish.qos != .atMostOnce && recipients > 0 && listener.relay == nil)
+        if mustSave, let persistence = listener.persistence, await !persistence.flush() {
+            // Not saved, so not acknowledged: the connection ends (MQTT 5: DISCONNECT 0x89 first) and the client
+            // sends it again, as when the store cannot take a device's message (it may then be delivered twice).
+            listener.logger.error(
+                "MQTT message's sessions not saved; not acknowledged", metadata: ["correlation_id": "\(correlationID)"])
+            guard respond else { return true }
+            if state.v5 { await serverDisconnect(.serverBusy, Self.refusalProperties(correlationID), state: state) }
+            return false
+        }
         if respond, let id = publish.packetID {
             // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere). With
             // several nodes, another node's sessions may match: success.

@@ -34,7 +34,7 @@ actor MQTTPersistence: Service {
     private var pendingSessions: [String: StoredMQTTSession?] = [:]
     private var pendingRetained: [TopicName: (message: BrokerMessage?, owner: String)] = [:]
     /// The write in progress: each waits for the one before, so saves reach the store in order.
-    private var lastFlush: Task<Void, Never>?
+    private var lastFlush: Task<Bool, Never>?
 
     init(
         store: any HubStore, broker: MQTTBroker, node: NodeDescription, interval: Duration = .milliseconds(250),
@@ -136,15 +136,17 @@ actor MQTTPersistence: Service {
     }
 
     /// Writes what changed, after any write still in progress (what cannot be written is logged and retried at the
-    /// next flush).
-    func flush() async {
+    /// next flush). True when everything that had changed is written: a caller that acknowledges a message only
+    /// once its sessions are saved must not acknowledge it otherwise.
+    @discardableResult
+    func flush() async -> Bool {
         let previous = lastFlush
         let task = Task {
-            await previous?.value
-            await self.write()
+            _ = await previous?.value
+            return await self.write()
         }
         lastFlush = task
-        await task.value
+        return await task.value
     }
 
     /// What the other nodes were last told of this node's shared subscriptions.
@@ -167,7 +169,8 @@ actor MQTTPersistence: Service {
         }
     }
 
-    private func write() async {
+    /// Writes what changed; false when something could not be written (it stays pending, for the next write).
+    private func write() async -> Bool {
         let changes = await broker.takeChanges()
         pendingSessions.merge(changes.sessions) { $1 }
         pendingRetained.merge(changes.retained) { $1 }
@@ -189,7 +192,7 @@ actor MQTTPersistence: Service {
                 if pendingSessions[key] == session { pendingSessions[key] = nil }
             } catch {
                 logger.warning("MQTT session not saved; retried", metadata: ["error": "\(error)"])
-                return
+                return false
             }
         }
         let now = ContinuousClock.now
@@ -206,14 +209,15 @@ actor MQTTPersistence: Service {
                 pendingRetained[topic] = nil
             } catch {
                 logger.warning("retained message not saved; retried", metadata: ["error": "\(error)"])
-                return
+                return false
             }
         }
+        return true
     }
 
     /// The node stops: every session it holds is saved and let go of, for whichever node takes it up.
     private func releaseAll() async {
-        await lastFlush?.value
+        _ = await lastFlush?.value
         var released = 0
         for (key, session) in await broker.storedSessions() {
             do {

@@ -34,6 +34,8 @@ struct OperatorRoutes {
     var releaseGate: ReleaseGate?
     /// Hands commands to the other hub nodes (several nodes on one database), where the device may be connected.
     var relay: MessageRelay?
+    /// Saves the sessions a command was queued in before it is accepted, on one node (see `command`).
+    var persistence: MQTTPersistence?
     /// This node's run (`GET /v1/nodes` marks it).
     var node: NodeDescription?
 
@@ -210,6 +212,14 @@ struct OperatorRoutes {
         }
         // Sessions on this node (with several nodes, the others deliver it to theirs).
         let recipients = await broker.publish(message, from: nil, placement: local?.placement)
+        // Accepted only once it outlives the process: one node keeps no log to replay from, so the sessions it was
+        // queued in or sent to are saved first (otherwise every 250 ms: SIGKILL in between lost accepted commands).
+        if relay == nil, recipients > 0, let persistence, await !persistence.flush() {
+            throw HubError(
+                .serviceUnavailable, "unavailable",
+                message: "the command is queued but not saved: it is lost if this hub stops before delivering it",
+                detail: "command \(name) to \(deviceID): its sessions not saved", event: nil)
+        }
         try await store.recordSecurityEvent(
             SecurityEvent(
                 at: Date(), kind: "command-sent", identity: Identity.device(deviceID).uri,

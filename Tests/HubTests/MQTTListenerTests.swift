@@ -3,6 +3,7 @@ import Foundation
 import HubClient
 import MQTT
 import Store
+import Synchronization
 import Testing
 
 /// The MQTT listener with real clients (Debian's mosquitto-clients), MQTT 3.1.1 and 5.
@@ -153,5 +154,75 @@ import Testing
         let lost = Set(acked).subtracting(stored)
         #expect(lost.isEmpty, "\(lost.count) PUBACKed messages lost")
         try await store.close()
+    }
+
+    /// One node (SQLite: no log to replay from): commands the fleet published at QoS 1 over MQTT and one accepted by
+    /// `POST /v1/devices/:id/commands/:name`, all queued for a device that is away, are in its saved session before
+    /// they are acknowledged, so SIGKILL right after the last acknowledgement loses none of them (a session's
+    /// changes are otherwise saved every 250 ms).
+    @Test func sigkillRightAfterCommandsAreAcknowledgedLosesNone() async throws {
+        let directory = try temporaryDirectory("command-kill")
+        var hub = try HubProcess(binary: try HubProcessTests.binary, directory: directory)
+        var ports = try await hub.waitForPorts()
+        let operatorCredentials = try ClientCredentials(
+            certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
+            caFile: directory + "/ca.crt")
+        // The device's key outside the hub's directory (the hub refuses to start beside a key others can read).
+        let device = try await HubProcessTests().enroll(
+            "cmd-kill", operatorPort: ports.operator, operatorCredentials, try temporaryDirectory("command-kill-key"))
+        func persistent(_ cleanStart: Bool) -> (inout ConnectPacket) -> Void {
+            {
+                $0.cleanStart = cleanStart
+                $0.properties.sessionExpiryInterval = 600
+            }
+        }
+        // The device subscribes to its commands and goes away; its session stays.
+        try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: ports.mqtt, tls: try device.tlsConfiguration(), clientID: "cmd-kill",
+            version: .v5, configure: persistent(true)
+        ) { mqtt, reason in
+            #expect(reason == 0)
+            try await MQTTPersistenceTests.subscribe(mqtt, try TopicFilter("devices/cmd-kill/commands/#"))
+            try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+        }
+        let codes = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: ports.mqtt, tls: try operatorCredentials.tlsConfiguration(), clientID: "ops"
+        ) { mqtt, _ -> [ReasonCode] in
+            var codes: [ReasonCode] = []
+            for n in 1...10 {
+                codes.append(
+                    try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/cmd-kill/commands/c\(n)"), payload: Array(#"{"n":\#(n)}"#.utf8)))
+            }
+            return codes
+        }
+        #expect(codes == Array(repeating: 0, count: 10))
+        let accepted = try await HTTPSClient.request(
+            host: "127.0.0.1", port: ports.operator, tls: try operatorCredentials.tlsConfiguration(), method: "POST",
+            path: "/v1/devices/cmd-kill/commands/reboot", headers: [("Content-Type", "application/json")],
+            body: Array(#"{"n":11}"#.utf8))
+        #expect(accepted.status == 202, "\(accepted.status)")
+        hub.kill()
+        _ = await hub.exitStatus()
+
+        hub = try HubProcess(binary: try HubProcessTests.binary, directory: directory)
+        defer { _ = hub.stop(within: 10) }
+        ports = try await hub.waitForPorts()
+        // What arrives until the last command, or until the hub ends a connection that waits for more (keep-alive).
+        let received = Mutex<[String]>([])
+        _ = try? await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: ports.mqtt, tls: try device.tlsConfiguration(), clientID: "cmd-kill",
+            version: .v5, keepAlive: 5, configure: persistent(false)
+        ) { mqtt, reason in
+            #expect(reason == 0 && mqtt.sessionPresent)
+            while received.withLock({ $0.last != #"{"n":11}"# && $0.count < 100 }),
+                let payload = try await MQTTPersistenceTests.receive(1, mqtt).first
+            {
+                received.withLock { $0.append(payload) }
+            }
+        }
+        #expect(
+            MQTTPersistenceTests.firstOccurrences(received.withLock { $0 }) == (1...11).map { #"{"n":\#($0)}"# },
+            "commands acknowledged before the kill and not delivered after it")
     }
 }

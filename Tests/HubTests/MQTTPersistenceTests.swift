@@ -152,6 +152,39 @@ import Testing
         try await fourth.stop()
     }
 
+    /// One node: a fleet message or command is acknowledged only once the sessions it was queued in are saved
+    /// (nothing else would keep it, see `MQTTListenerTests.sigkillRightAfterCommandsAreAcknowledgedLosesNone`).
+    /// While they cannot be saved, MQTT 5 gets DISCONNECT 0x89 instead of the PUBACK, MQTT 3.1.1 a closed
+    /// connection and the command route 503; once saving works again, each is acknowledged.
+    @Test func aMessageWhoseSessionsCannotBeSavedIsNotAcknowledged() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let hub = try await TestHub.start(store: store)
+        let device = try await hub.enroll("ns-1")
+        let operatorClient = try hub.operatorClient()
+        try await Self.fleet(hub, device, clientID: "ns-1", cleanStart: true) { mqtt, _ in
+            try await Self.subscribe(mqtt, try TopicFilter("devices/ns-1/commands/#"))
+            try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+        }
+        let command = try TopicName("devices/ns-1/commands/reboot")
+        func publish(_ version: ProtocolVersion) async -> ReasonCode? {
+            try? await MQTTBrokerTests.connect(hub, operatorClient, version: version, clientID: "ops") { mqtt, _ in
+                try await mqtt.publishAcknowledged(topic: command, payload: Array(#"{"n":1}"#.utf8))
+            }
+        }
+        func post() async throws -> Int {
+            try await hub.operatorRequest("POST", "/v1/devices/ns-1/commands/reboot", json: ["n": 2]).status
+        }
+        store.failingSessions.store(true, ordering: .relaxed)
+        #expect(await publish(.v5) == 0x89)
+        #expect(await publish(.v311) == nil, "no PUBACK: the connection ends")
+        #expect(try await post() == 503)
+        store.failingSessions.store(false, ordering: .relaxed)
+        #expect(await publish(.v5) == 0)
+        #expect(await publish(.v311) == 0)
+        #expect(try await post() == 202)
+        try await hub.stop()
+    }
+
     /// Two nodes on PostgreSQL. A second connection on node 2 takes the session over from node 1 (the first gets
     /// DISCONNECT 0x8E) and carries on with its subscription; while the client is away node 2 queues; the client
     /// comes back on node 1, which asks node 2 for the session and receives the queue. A message admitted while no
