@@ -1435,7 +1435,10 @@ struct MQTTConnection {
         {
         case .new: return .new
         case .copy:
-            await acknowledge(id, qos: .exactlyOnce, state: state, code: .success)
+            // One node: the id may not be saved yet (its first PUBREC never went out because the save failed), so
+            // this PUBREC waits for a save too.
+            let saved = listener.relay == nil ? Self.saved(listener.persistence) : nil
+            await acknowledge(id, qos: .exactlyOnce, state: state, after: saved, code: .success)
             return .answered(nil)
         case .full:
             await refuse(
@@ -1670,29 +1673,47 @@ struct MQTTConnection {
         {
             return answered
         }
+        // A QoS 2 id is held before the message goes out, so that the save below keeps it with the deliveries: a
+        // resend after a restart is then known and answered, not delivered again.
+        let qos2 = publish.qos == .exactlyOnce && respond ? publish.packetID : nil
+        if let qos2 {
+            await listener.broker.storedQoS2(
+                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: qos2)
+        }
         let recipients = await listener.broker.publish(
             message, from: state.sessionKey, placement: local?.placement)
-        // What is acknowledged must outlive the process. A retained message is saved first; so, on one node (no log
-        // to replay from), are the sessions a QoS 1 or 2 message was queued in or sent to: they are otherwise saved
-        // every 250 ms, and SIGKILL in between lost acknowledged commands. With several nodes the message is in the
-        // log already (`relayFirst`).
-        let mustSave = message.retain || (publish.qos != .atMostOnce && recipients > 0 && listener.relay == nil)
-        if mustSave, let persistence = listener.persistence, await !persistence.flush() {
-            // Not saved, so not acknowledged: the connection ends (MQTT 5: DISCONNECT 0x89 first) and the client
-            // sends it again, as when the store cannot take a device's message (it may then be delivered twice).
-            listener.logger.error(
-                "MQTT message's sessions not saved; not acknowledged", metadata: ["correlation_id": "\(correlationID)"])
-            guard respond else { return true }
-            if state.v5 { await serverDisconnect(.serverBusy, Self.refusalProperties(correlationID), state: state) }
-            return false
+        guard respond, let id = publish.packetID else {
+            if message.retain { await listener.persistence?.flush() }
+            return true
         }
-        if respond, let id = publish.packetID {
-            // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere). With
-            // several nodes, another node's sessions may match: success.
-            let none = recipients == 0 && v5 && listener.relay == nil
-            await acknowledge(id, qos: publish.qos, state: state, code: none ? .noMatchingSubscribers : .success)
+        // MQTT 5.0 §3.4.2.1 0x10 No matching subscribers (a success code: nothing is queued anywhere). With several
+        // nodes, another node's sessions may match: success.
+        let none = recipients == 0 && v5 && listener.relay == nil
+        // What is acknowledged must outlive the process. With several nodes the message is in the log already
+        // (`relayFirst`). One node has no log: the sessions it was queued in or sent to (and a retained copy) are
+        // saved before the acknowledgement, else SIGKILL right after it lost the message (they are otherwise saved
+        // every 250 ms). The save runs beside the connection, which reads on; the acknowledgement waits for it in
+        // order, and a save that fails ends the connection unacknowledged (`acknowledge`, `.unavailable`).
+        if listener.relay == nil, recipients > 0 || message.retain || qos2 != nil,
+            let saved = Self.saved(listener.persistence)
+        {
+            await acknowledge(
+                id, qos: publish.qos, state: state, after: saved, code: none ? .noMatchingSubscribers : .success,
+                correlationID: correlationID)
+            return true
         }
+        if message.retain { await listener.persistence?.flush() }
+        await acknowledge(id, qos: publish.qos, state: state, code: none ? .noMatchingSubscribers : .success)
         return true
+    }
+
+    /// The outcome of saving every session change made so far (`MQTTPersistence.flush`), for an acknowledgement to
+    /// wait on; nil without persistence.
+    static func saved(_ persistence: MQTTPersistence?) -> StoreOutcome? {
+        guard let persistence else { return nil }
+        let outcome = StoreOutcome()
+        Task { outcome.settle(await persistence.flush() ? .stored : .unavailable) }
+        return outcome
     }
 
     /// A retained message with an empty payload only removes the topic's retained message (MQTT 3.1.1 §3.3.1.3):

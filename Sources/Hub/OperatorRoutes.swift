@@ -214,17 +214,22 @@ struct OperatorRoutes {
         let recipients = await broker.publish(message, from: nil, placement: local?.placement)
         // Accepted only once it outlives the process: one node keeps no log to replay from, so the sessions it was
         // queued in or sent to are saved first (otherwise every 250 ms: SIGKILL in between lost accepted commands).
-        if relay == nil, recipients > 0, let persistence, await !persistence.flush() {
-            throw HubError(
-                .serviceUnavailable, "unavailable",
-                message: "the command is queued but not saved: it is lost if this hub stops before delivering it",
-                detail: "command \(name) to \(deviceID): its sessions not saved", event: nil)
-        }
+        var saved = true
+        if relay == nil, recipients > 0, let persistence { saved = await persistence.flush() }
         try await store.recordSecurityEvent(
             SecurityEvent(
                 at: Date(), kind: "command-sent", identity: Identity.device(deviceID).uri,
                 correlationID: context.correlationID.rawValue,
-                detail: "\(name) by \(operatorName), \(body.count) bytes, \(recipients) session(s)"))
+                detail: "\(name) by \(operatorName), \(body.count) bytes, \(recipients) session(s)"
+                    + (saved ? "" : ", not saved")))
+        guard saved else {
+            // Already queued (and perhaps delivered): the answer says so rather than inviting a blind resend.
+            throw HubError(
+                .serviceUnavailable, "unavailable",
+                message: "the command is queued but could not be saved: it is delivered unless this hub stops "
+                    + "first, and sending it again may deliver it twice",
+                detail: "command \(name) to \(deviceID): its sessions not saved", event: nil)
+        }
         return try JSONResponse.make(.accepted, ["topic": topic.rawValue, "sessions": recipients])
     }
 

@@ -1,3 +1,4 @@
+import Core
 import Foundation
 import HubClient
 import Logging
@@ -6,6 +7,7 @@ import NIOEmbedded
 import PostgresStore
 import PostgresTestSupport
 import Store
+import Synchronization
 import Testing
 
 @testable import Hub
@@ -154,8 +156,9 @@ import Testing
 
     /// One node: a fleet message or command is acknowledged only once the sessions it was queued in are saved
     /// (nothing else would keep it, see `MQTTListenerTests.sigkillRightAfterCommandsAreAcknowledgedLosesNone`).
-    /// While they cannot be saved, MQTT 5 gets DISCONNECT 0x89 instead of the PUBACK, MQTT 3.1.1 a closed
-    /// connection and the command route 503; once saving works again, each is acknowledged.
+    /// While the device's session cannot be saved, MQTT 5 gets DISCONNECT 0x89 instead of the PUBACK, MQTT 3.1.1 a
+    /// closed connection and the command route 503, while a message that reaches no session is still acknowledged;
+    /// once saving works again, each is acknowledged, and the device receives every command once.
     @Test func aMessageWhoseSessionsCannotBeSavedIsNotAcknowledged() async throws {
         let store = FaultyStore(InMemoryHubStore())
         let hub = try await TestHub.start(store: store)
@@ -165,23 +168,38 @@ import Testing
             try await Self.subscribe(mqtt, try TopicFilter("devices/ns-1/commands/#"))
             try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
         }
-        let command = try TopicName("devices/ns-1/commands/reboot")
-        func publish(_ version: ProtocolVersion) async -> ReasonCode? {
-            try? await MQTTBrokerTests.connect(hub, operatorClient, version: version, clientID: "ops") { mqtt, _ in
-                try await mqtt.publishAcknowledged(topic: command, payload: Array(#"{"n":1}"#.utf8))
+        /// The PUBACK's reason code; nil when the connection ended without one (after a CONNACK 0).
+        func publish(_ version: ProtocolVersion, _ body: String, to topic: String = "devices/ns-1/commands/reboot")
+            async throws -> ReasonCode?
+        {
+            let connected = Mutex(false)
+            let code = try? await MQTTBrokerTests.connect(hub, operatorClient, version: version, clientID: "ops") {
+                mqtt, reason in
+                connected.withLock { $0 = reason == 0 }
+                return try await mqtt.publishAcknowledged(topic: try TopicName(topic), payload: Array(body.utf8))
             }
+            #expect(connected.withLock { $0 }, "CONNACK 0")
+            return code
         }
-        func post() async throws -> Int {
-            try await hub.operatorRequest("POST", "/v1/devices/ns-1/commands/reboot", json: ["n": 2]).status
+        func post(_ body: String) async throws -> Int {
+            try await hub.operatorRequest("POST", "/v1/devices/ns-1/commands/reboot", raw: Array(body.utf8)).status
         }
-        store.failingSessions.store(true, ordering: .relaxed)
-        #expect(await publish(.v5) == 0x89)
-        #expect(await publish(.v311) == nil, "no PUBACK: the connection ends")
-        #expect(try await post() == 503)
-        store.failingSessions.store(false, ordering: .relaxed)
-        #expect(await publish(.v5) == 0)
-        #expect(await publish(.v311) == 0)
-        #expect(try await post() == 202)
+        let deviceSession = Identity.device(try DeviceID("ns-1")).uri
+        store.failingSession.withLock { $0 = deviceSession }
+        #expect(try await publish(.v5, #"{"n":1}"#) == 0x89)
+        #expect(try await publish(.v311, #"{"n":2}"#) == nil, "no PUBACK: the connection ends")
+        #expect(try await post(#"{"n":3}"#) == 503)
+        // Nothing to save for a message no session takes: acknowledged as ever.
+        #expect(try await publish(.v5, "{}", to: "devices/ns-2/commands/reboot") == 0x10)
+        store.failingSession.withLock { $0 = nil }
+        #expect(try await publish(.v5, #"{"n":4}"#) == 0)
+        #expect(try await publish(.v311, #"{"n":5}"#) == 0)
+        #expect(try await post(#"{"n":6}"#) == 202)
+        // What was queued before the refusals is delivered too (at least once: the refused ones are not taken back).
+        let received = try await Self.fleet(hub, device, clientID: "ns-1") { mqtt, _ in
+            try await Self.receive(until: #"{"n":6}"#, mqtt)
+        }
+        #expect(received == (1...6).map { #"{"n":\#($0)}"# })
         try await hub.stop()
     }
 

@@ -16,8 +16,8 @@ final class FaultyStore: HubStore {
     /// Fail this many writes from now on (after `delayMilliseconds`), then work again.
     let failNext = Atomic<Int>(0)
     let delayMilliseconds = Atomic<Int>(0)
-    /// Fails `saveMQTTSession` while set (a broker session that cannot be saved).
-    let failingSessions = Atomic<Bool>(false)
+    /// Fails `saveMQTTSession` of the session with this key while set (a broker session that cannot be saved).
+    let failingSession = Mutex<String?>(nil)
     /// Each write waits for the one before it and then this long: acknowledgements trickle in one at a time.
     let serialDelayMilliseconds = Atomic<Int>(0)
     private let lastWrite = Mutex<Task<Void, Never>?>(nil)
@@ -173,7 +173,9 @@ final class FaultyStore: HubStore {
     var sharedByNodes: Bool { base.sharedByNodes }
     func putClaim(_ claim: StoredClaim) async throws { try await base.putClaim(claim) }
     func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
-        if failingSessions.load(ordering: .relaxed) { throw StoreError(.unavailable, "injected session save failure") }
+        if failingSession.withLock({ $0 == session.key }) {
+            throw StoreError(.unavailable, "injected session save failure")
+        }
         return try await base.saveMQTTSession(session, holder: holder, release: release)
     }
     func removeMQTTSession(key: String, holder: String) async throws {
