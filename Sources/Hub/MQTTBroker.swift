@@ -421,6 +421,15 @@ actor MQTTBroker {
         _ message: BrokerMessage, from publisher: String?, stored: Bool = false, position: Int64? = nil,
         placement: [TopicFilter: String]? = nil
     ) -> Int {
+        publishing(message, from: publisher, stored: stored, position: position, placement: placement).count
+    }
+
+    /// As `publish`: how many sessions the message reached, and the keys of those that now hold it to deliver or
+    /// confirm (QoS 1 and 2), whose saved state it changed.
+    func publishing(
+        _ message: BrokerMessage, from publisher: String?, stored: Bool = false, position: Int64? = nil,
+        placement: [TopicFilter: String]? = nil
+    ) -> (count: Int, holding: Set<String>) {
         if let position { relayPosition = max(relayPosition, position) }
         if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
         // Only the sessions whose subscriptions match (the index); one taken up with the log replayed into it past
@@ -434,16 +443,20 @@ actor MQTTBroker {
                 else { return nil }
                 return MessageRouter.Subscriber(key: key, filters: session.filters, connected: session.isReady)
             }, placement: placement, node: shared?.node)
+        var holding = Set<String>()
         for delivery in deliveries {
             guard let session = sessions[delivery.key] else { continue }
             deliver(
                 message.copy(
                     qos: delivery.qos, retain: delivery.retain, identifiers: delivery.identifiers,
                     sharedGroup: delivery.sharedGroup), to: session)
-            if delivery.qos != .atMostOnce { changed(delivery.key) }
+            if delivery.qos != .atMostOnce {
+                changed(delivery.key)
+                holding.insert(delivery.key)
+            }
         }
         sweepExpired()
-        return deliveries.count
+        return (deliveries.count, holding)
     }
 
     /// A member of shared subscriptions whose connection ended: the messages it was given through them and has not

@@ -1435,9 +1435,14 @@ struct MQTTConnection {
         {
         case .new: return .new
         case .copy:
-            // One node: the id may not be saved yet (its first PUBREC never went out because the save failed), so
-            // this PUBREC waits for a save too.
-            let saved = listener.relay == nil ? Self.saved(listener.persistence) : nil
+            // A fleet publisher on one node: the id may not be saved yet (its first PUBREC never went out because the
+            // save failed), so this PUBREC waits for a save too. A device's first PUBREC waits for no session save
+            // (its message is in the store), nor does a copy of it.
+            var saved: StoreOutcome?
+            if listener.relay == nil, peer.device == nil, let persistence = listener.persistence {
+                let key = state.sessionKey
+                saved = Self.saved { await persistence.flush(saving: [key]) }
+            }
             await acknowledge(id, qos: .exactlyOnce, state: state, after: saved, code: .success)
             return .answered(nil)
         case .full:
@@ -1673,14 +1678,8 @@ struct MQTTConnection {
         {
             return answered
         }
-        // A QoS 2 id is held before the message goes out, so that the save below keeps it with the deliveries: a
-        // resend after a restart is then known and answered, not delivered again.
         let qos2 = publish.qos == .exactlyOnce && respond ? publish.packetID : nil
-        if let qos2 {
-            await listener.broker.storedQoS2(
-                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: qos2)
-        }
-        let recipients = await listener.broker.publish(
+        let (recipients, holding) = await listener.broker.publishing(
             message, from: state.sessionKey, placement: local?.placement)
         guard respond, let id = publish.packetID else {
             if message.retain { await listener.persistence?.flush() }
@@ -1693,10 +1692,22 @@ struct MQTTConnection {
         // (`relayFirst`). One node has no log: the sessions it was queued in or sent to (and a retained copy) are
         // saved before the acknowledgement, else SIGKILL right after it lost the message (they are otherwise saved
         // every 250 ms). The save runs beside the connection, which reads on; the acknowledgement waits for it in
-        // order, and a save that fails ends the connection unacknowledged (`acknowledge`, `.unavailable`).
+        // order. Only the sessions this message reached count (another session that cannot be saved refuses no one
+        // else's message); when they cannot be saved, the connection ends unacknowledged (`acknowledge`,
+        // `.unavailable`). A QoS 2 id is held and saved after the deliveries: each session is its own transaction,
+        // and an id saved before them would make the resend after a kill in between look answered, with the message
+        // in no session (lost); this way round the worst is a resend delivered twice.
         if listener.relay == nil, recipients > 0 || message.retain || qos2 != nil,
-            let saved = Self.saved(listener.persistence)
+            let persistence = listener.persistence
         {
+            let (broker, key, number) = (listener.broker, state.sessionKey, state.connectionNumber)
+            let retained = message.retain ? message.topic : nil
+            let saved = Self.saved {
+                guard await persistence.flush(saving: holding, retained: retained) else { return false }
+                guard let qos2 else { return true }
+                await broker.storedQoS2(key: key, connectionNumber: number, packetID: qos2)
+                return await persistence.flush(saving: [key])
+            }
             await acknowledge(
                 id, qos: publish.qos, state: state, after: saved, code: none ? .noMatchingSubscribers : .success,
                 correlationID: correlationID)
@@ -1707,12 +1718,11 @@ struct MQTTConnection {
         return true
     }
 
-    /// The outcome of saving every session change made so far (`MQTTPersistence.flush`), for an acknowledgement to
-    /// wait on; nil without persistence.
-    static func saved(_ persistence: MQTTPersistence?) -> StoreOutcome? {
-        guard let persistence else { return nil }
+    /// The outcome of a save (`MQTTPersistence.flush(saving:)`, true when saved) run beside the connection, for an
+    /// acknowledgement to wait on.
+    static func saved(_ save: @escaping @Sendable () async -> Bool) -> StoreOutcome {
         let outcome = StoreOutcome()
-        Task { outcome.settle(await persistence.flush() ? .stored : .unavailable) }
+        Task { outcome.settle(await save() ? .stored : .unavailable) }
         return outcome
     }
 

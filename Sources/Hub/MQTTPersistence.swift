@@ -139,11 +139,22 @@ actor MQTTPersistence: Service {
     /// next flush). True when everything that had changed is written: a caller that acknowledges a message only
     /// once its sessions are saved must not acknowledge it otherwise.
     @discardableResult
-    func flush() async -> Bool {
+    func flush() async -> Bool { await chained { await self.write() } }
+
+    /// As `flush()`, writing the sessions with these keys (and the retained message of `retained`) first, and
+    /// saying whether those are saved, whatever else could not be: one session that cannot be saved must not
+    /// refuse every message that reached other sessions. Keys with nothing to save (no change, a session that is
+    /// not kept) count as saved.
+    func flush(saving keys: Set<String>, retained: TopicName? = nil) async -> Bool {
+        await chained { await self.write(first: keys, retained: retained) }
+    }
+
+    /// Runs `write` after any write still in progress: one ordered stream of writes.
+    private func chained(_ write: @escaping @Sendable () async -> Bool) async -> Bool {
         let previous = lastFlush
         let task = Task {
             _ = await previous?.value
-            return await self.write()
+            return await write()
         }
         lastFlush = task
         return await task.value
@@ -169,50 +180,68 @@ actor MQTTPersistence: Service {
         }
     }
 
-    /// Writes what changed; false when something could not be written (it stays pending, for the next write).
-    private func write() async -> Bool {
+    /// Writes what changed. A write stops at its first failure (a store that is down fails them all; what is not
+    /// written stays pending, for the next write). Without `first`: true when everything was written. With it (and
+    /// `retained`): those are written first, and the answer is about them alone.
+    private func write(first keys: Set<String>? = nil, retained topic: TopicName? = nil) async -> Bool {
         let changes = await broker.takeChanges()
         pendingSessions.merge(changes.sessions) { $1 }
         pendingRetained.merge(changes.retained) { $1 }
-        for (key, session) in pendingSessions {
-            do {
-                if let session {
-                    // Handed over to another node since this change was taken: not this node's to write any more.
-                    if await broker.holds(key),
-                        !(try await store.saveMQTTSession(session, holder: holder, release: false)),
-                        case (true, let other?) = try await store.mqttSessionHolder(key: key), other != holder
-                    {
-                        // Another node took it meanwhile: the copy here is stale.
-                        _ = await broker.handOver(key)
-                    }
-                } else {
-                    try await store.removeMQTTSession(key: key, holder: holder)
-                }
-                // Only when no newer change came meanwhile.
-                if pendingSessions[key] == session { pendingSessions[key] = nil }
-            } catch {
-                logger.warning("MQTT session not saved; retried", metadata: ["error": "\(error)"])
-                return false
-            }
+        let asked = keys?.filter { pendingSessions[$0] != nil } ?? []
+        for key in asked { guard await writeSession(key) else { return false } }
+        if let topic, pendingRetained[topic] != nil { guard await writeRetained(topic) else { return false } }
+        for key in Array(pendingSessions.keys) where !asked.contains(key) {
+            guard await writeSession(key) else { return keys != nil }
         }
-        let now = ContinuousClock.now
-        for (topic, change) in pendingRetained {
-            do {
-                if let message = change.message {
-                    try await store.putRetainedMessage(
-                        StoredRetainedMessage(
-                            topic: topic.rawValue, owner: change.owner, message: message.stored(now: now),
-                            savedAt: Date()))
-                } else {
-                    try await store.removeRetainedMessage(topic: topic.rawValue)
-                }
-                pendingRetained[topic] = nil
-            } catch {
-                logger.warning("retained message not saved; retried", metadata: ["error": "\(error)"])
-                return false
-            }
+        for topic in Array(pendingRetained.keys) {
+            guard await writeRetained(topic) else { return keys != nil }
         }
         return true
+    }
+
+    /// Writes the pending change of one session; false when the store refused it (it stays pending).
+    private func writeSession(_ key: String) async -> Bool {
+        guard let session = pendingSessions[key] else { return true }
+        do {
+            if let session {
+                // Handed over to another node since this change was taken: not this node's to write any more.
+                if await broker.holds(key),
+                    !(try await store.saveMQTTSession(session, holder: holder, release: false)),
+                    case (true, let other?) = try await store.mqttSessionHolder(key: key), other != holder
+                {
+                    // Another node took it meanwhile: the copy here is stale.
+                    _ = await broker.handOver(key)
+                }
+            } else {
+                try await store.removeMQTTSession(key: key, holder: holder)
+            }
+            // Only when no newer change came meanwhile.
+            if pendingSessions[key] == session { pendingSessions[key] = nil }
+            return true
+        } catch {
+            logger.warning("MQTT session not saved; retried", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Writes the pending change of one retained message; false when the store refused it (it stays pending).
+    private func writeRetained(_ topic: TopicName) async -> Bool {
+        guard let change = pendingRetained[topic] else { return true }
+        do {
+            if let message = change.message {
+                try await store.putRetainedMessage(
+                    StoredRetainedMessage(
+                        topic: topic.rawValue, owner: change.owner, message: message.stored(now: .now),
+                        savedAt: Date()))
+            } else {
+                try await store.removeRetainedMessage(topic: topic.rawValue)
+            }
+            pendingRetained[topic] = nil
+            return true
+        } catch {
+            logger.warning("retained message not saved; retried", metadata: ["error": "\(error)"])
+            return false
+        }
     }
 
     /// The node stops: every session it holds is saved and let go of, for whichever node takes it up.

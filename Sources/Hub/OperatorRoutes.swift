@@ -211,17 +211,26 @@ struct OperatorRoutes {
             }
         }
         // Sessions on this node (with several nodes, the others deliver it to theirs).
-        let recipients = await broker.publish(message, from: nil, placement: local?.placement)
+        let (recipients, holding) = await broker.publishing(message, from: nil, placement: local?.placement)
         // Accepted only once it outlives the process: one node keeps no log to replay from, so the sessions it was
         // queued in or sent to are saved first (otherwise every 250 ms: SIGKILL in between lost accepted commands).
         var saved = true
-        if relay == nil, recipients > 0, let persistence { saved = await persistence.flush() }
-        try await store.recordSecurityEvent(
-            SecurityEvent(
-                at: Date(), kind: "command-sent", identity: Identity.device(deviceID).uri,
-                correlationID: context.correlationID.rawValue,
-                detail: "\(name) by \(operatorName), \(body.count) bytes, \(recipients) session(s)"
-                    + (saved ? "" : ", not saved")))
+        if relay == nil, recipients > 0, let persistence { saved = await persistence.flush(saving: holding) }
+        let event = SecurityEvent(
+            at: Date(), kind: "command-sent", identity: Identity.device(deviceID).uri,
+            correlationID: context.correlationID.rawValue,
+            detail: "\(name) by \(operatorName), \(body.count) bytes, \(recipients) session(s)"
+                + (saved ? "" : ", not saved"))
+        if saved {
+            try await store.recordSecurityEvent(event)
+        } else {
+            // In an outage the audit record may fail too: the answer below must still say what happened.
+            do { try await store.recordSecurityEvent(event) } catch {
+                context.logger.error(
+                    "command-sent not recorded",
+                    metadata: ["correlation_id": "\(context.correlationID.rawValue)", "error": "\(error)"])
+            }
+        }
         guard saved else {
             // Already queued (and perhaps delivered): the answer says so rather than inviting a blind resend.
             throw HubError(

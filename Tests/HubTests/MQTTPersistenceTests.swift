@@ -157,16 +157,20 @@ import Testing
     /// One node: a fleet message or command is acknowledged only once the sessions it was queued in are saved
     /// (nothing else would keep it, see `MQTTListenerTests.sigkillRightAfterCommandsAreAcknowledgedLosesNone`).
     /// While the device's session cannot be saved, MQTT 5 gets DISCONNECT 0x89 instead of the PUBACK, MQTT 3.1.1 a
-    /// closed connection and the command route 503, while a message that reaches no session is still acknowledged;
+    /// closed connection and the command route 503, while a message that reaches only other sessions, or none, is
+    /// still acknowledged;
     /// once saving works again, each is acknowledged, and the device receives every command once.
     @Test func aMessageWhoseSessionsCannotBeSavedIsNotAcknowledged() async throws {
         let store = FaultyStore(InMemoryHubStore())
         let hub = try await TestHub.start(store: store)
         let device = try await hub.enroll("ns-1")
+        let other = try await hub.enroll("ns-2")
         let operatorClient = try hub.operatorClient()
-        try await Self.fleet(hub, device, clientID: "ns-1", cleanStart: true) { mqtt, _ in
-            try await Self.subscribe(mqtt, try TopicFilter("devices/ns-1/commands/#"))
-            try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+        for (client, id) in [(device, "ns-1"), (other, "ns-2")] {
+            try await Self.fleet(hub, client, clientID: id, cleanStart: true) { mqtt, _ in
+                try await Self.subscribe(mqtt, try TopicFilter("devices/\(id)/commands/#"))
+                try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+            }
         }
         /// The PUBACK's reason code; nil when the connection ended without one (after a CONNACK 0).
         func publish(_ version: ProtocolVersion, _ body: String, to topic: String = "devices/ns-1/commands/reboot")
@@ -189,8 +193,10 @@ import Testing
         #expect(try await publish(.v5, #"{"n":1}"#) == 0x89)
         #expect(try await publish(.v311, #"{"n":2}"#) == nil, "no PUBACK: the connection ends")
         #expect(try await post(#"{"n":3}"#) == 503)
-        // Nothing to save for a message no session takes: acknowledged as ever.
-        #expect(try await publish(.v5, "{}", to: "devices/ns-2/commands/reboot") == 0x10)
+        // A message that reached only sessions that can be saved is acknowledged (ns-1's failure is not its own),
+        // and one that reached none, as ever.
+        #expect(try await publish(.v5, "{}", to: "devices/ns-2/commands/reboot") == 0)
+        #expect(try await publish(.v5, "{}", to: "devices/ns-3/commands/reboot") == 0x10)
         store.failingSession.withLock { $0 = nil }
         #expect(try await publish(.v5, #"{"n":4}"#) == 0)
         #expect(try await publish(.v311, #"{"n":5}"#) == 0)
@@ -200,6 +206,69 @@ import Testing
             try await Self.receive(until: #"{"n":6}"#, mqtt)
         }
         #expect(received == (1...6).map { #"{"n":\#($0)}"# })
+        try await hub.stop()
+    }
+
+    /// One node, a fleet QoS 2 message: its packet id is saved with the publisher's session (after the message's
+    /// deliveries) before the PUBREC. While the publisher's session cannot be saved, the PUBLISH and its resends
+    /// (DUP, the same id: copies, not delivered again) get DISCONNECT 0x89; once it can, the copy gets its PUBREC
+    /// and PUBCOMP, and the device has the message once.
+    @Test func aFleetQoS2CopyIsAnsweredOnlyOnceItsIdIsSaved() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let hub = try await TestHub.start(store: store)
+        let device = try await hub.enroll("q2s-1")
+        let operatorClient = try hub.operatorClient()
+        try await Self.fleet(hub, device, clientID: "q2s-1", cleanStart: true) { mqtt, _ in
+            try await Self.subscribe(mqtt, try TopicFilter("devices/q2s-1/commands/#"))
+            try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+        }
+        let publish = PublishPacket(
+            topic: try TopicName("devices/q2s-1/commands/once"), payload: Array(#"{"once":1}"#.utf8),
+            qos: .exactlyOnce, packetID: 7)
+        var copy = publish
+        copy.duplicate = true
+        let operatorSession = "\(Identity.operator(try OperatorName("admin")).uri) ops"
+        // The message is queued and the device's session saved; the publisher's, with the id, is not.
+        let first = try await Self.fleet(hub, operatorClient, clientID: "ops", cleanStart: true) { mqtt, _ in
+            store.failingSession.withLock { $0 = operatorSession }  // after the CONNACK's save
+            try await mqtt.send(.publish(publish))
+            return try await mqtt.next()
+        }
+        guard case .disconnect(0x89, _) = first else {
+            Issue.record("the PUBLISH was answered although its id was not saved: \(String(describing: first))")
+            return
+        }
+        // Still unsaved (the CONNECT's save fails too, and a CONNACK goes out all the same): a copy waits for it.
+        let again = try await Self.fleet(hub, operatorClient, clientID: "ops") { mqtt, _ in
+            #expect(mqtt.sessionPresent)
+            try await mqtt.send(.publish(copy))
+            return try await mqtt.next()
+        }
+        guard case .disconnect(0x89, _) = again else {
+            Issue.record("the copy was answered although its id was not saved: \(String(describing: again))")
+            return
+        }
+        store.failingSession.withLock { $0 = nil }
+        let completed = try await Self.fleet(hub, operatorClient, clientID: "ops") { mqtt, _ -> Packet? in
+            try await mqtt.send(.publish(copy))
+            guard case .pubrec(7, 0, _) = try await mqtt.next() else { return nil }
+            try await mqtt.send(.pubrel(packetID: 7, reasonCode: 0, properties: .init()))
+            return try await mqtt.next()
+        }
+        guard case .pubcomp(7, 0, _) = completed else {
+            Issue.record("no PUBREC and PUBCOMP 0 once saving works: \(String(describing: completed))")
+            return
+        }
+        let received = try await Self.fleet(hub, device, clientID: "q2s-1") { mqtt, _ in
+            // A marker after it: a second copy would come before the marker.
+            let marked = try await Self.fleet(hub, operatorClient, clientID: "ops") { ops, _ in
+                try await ops.publishAcknowledged(
+                    topic: try TopicName("devices/q2s-1/commands/marker"), payload: Array("{}".utf8))
+            }
+            #expect(marked == 0)
+            return try await Self.receive(until: "{}", mqtt)
+        }
+        #expect(received == [#"{"once":1}"#, "{}"], "delivered once")
         try await hub.stop()
     }
 
