@@ -48,6 +48,11 @@ actor MQTTBroker {
         /// (§4.3.3 [MQTT-4.3.3-9]: a PUBLISH with one of them is a copy, stored and delivered once). They belong to
         /// the session: a PUBREL may come on the next connection.
         var receivedQoS2 = Set<UInt16>()
+        /// QoS 2 packet ids of fleet messages delivered here and not yet answered, because the sessions now holding
+        /// each message (its value) are not saved yet (one node: `MQTTPersistence.flush(saving:)`). A PUBLISH with
+        /// one is a copy too, never delivered again; unlike `receivedQoS2` they are not saved with the session, so a
+        /// restart that lost the deliveries forgets the id as well and the resend is delivered (never lost).
+        var unsavedQoS2: [UInt16: Set<String>] = [:]
         /// Connections that were taken over and are still finishing their store writes (their QoS 2 ids are not
         /// all in `receivedQoS2` yet), and who waits for them (a connection waits only for older ones).
         var draining = Set<Int>()
@@ -91,6 +96,9 @@ actor MQTTBroker {
         case new
         /// A copy of one stored whose PUBREL has not come: PUBREC again, nothing stored or delivered.
         case copy
+        /// A copy of a fleet message delivered to these sessions, whose saves have not succeeded yet: PUBREC once
+        /// they have (`savedQoS2`), nothing delivered again.
+        case unsavedCopy(Set<String>)
         /// The session already holds `maxQoS2PerSession` ids awaiting PUBREL: refused (quota).
         case full
     }
@@ -352,7 +360,29 @@ actor MQTTBroker {
             await withCheckedContinuation { session.drained.append($0) }
         }
         if session.receivedQoS2.contains(packetID) { return .copy }
-        return session.receivedQoS2.count >= limit ? .full : .new
+        if let holding = session.unsavedQoS2[packetID] { return .unsavedCopy(holding) }
+        return session.receivedQoS2.count + session.unsavedQoS2.count >= limit ? .full : .new
+    }
+
+    /// A fleet QoS 2 message is about to be delivered (one node): its id is held, not saved, until the sessions
+    /// holding the message are (`noteUnsavedQoS2`, then `savedQoS2`).
+    func holdUnsavedQoS2(key: String, connectionNumber: Int, packetID: UInt16) {
+        guard let session = sessions[key], session.connectionNumber == connectionNumber else { return }
+        session.unsavedQoS2[packetID] = []
+    }
+
+    /// The sessions now holding that message (what a copy must see saved before its PUBREC).
+    func noteUnsavedQoS2(key: String, packetID: UInt16, holding: Set<String>) {
+        guard let session = sessions[key], session.unsavedQoS2[packetID] != nil else { return }
+        session.unsavedQoS2[packetID] = holding
+    }
+
+    /// The sessions holding a fleet QoS 2 message are saved: its id becomes one to save with the publisher's
+    /// session (`receivedQoS2`), whatever connection the publisher is on now.
+    func savedQoS2(key: String, packetID: UInt16) {
+        guard let session = sessions[key], session.unsavedQoS2.removeValue(forKey: packetID) != nil else { return }
+        session.receivedQoS2.insert(packetID)
+        changed(key)
     }
 
     /// A QoS 2 message from the client is stored; its PUBREC is about to go out.
@@ -398,7 +428,8 @@ actor MQTTBroker {
     /// A PUBREL from the client: the id is free again. False when it was not held (PUBCOMP 0x92 on MQTT 5).
     func releaseQoS2(key: String, packetID: UInt16) -> Bool {
         changed(key)
-        return sessions[key]?.receivedQoS2.remove(packetID) != nil
+        let unsaved = sessions[key]?.unsavedQoS2.removeValue(forKey: packetID) != nil
+        return sessions[key]?.receivedQoS2.remove(packetID) != nil || unsaved
     }
 
     /// Updates the retained message of the topic (an empty payload removes it, MQTT 3.1.1 §3.3.1.3) and delivers to

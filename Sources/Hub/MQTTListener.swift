@@ -1440,8 +1440,15 @@ struct MQTTConnection {
             // (its message is in the store), nor does a copy of it.
             var saved: StoreOutcome?
             if listener.relay == nil, peer.device == nil, let persistence = listener.persistence {
-                let key = state.sessionKey
-                saved = Self.saved { await persistence.flush(saving: [key]) }
+                saved = Self.saved([state.sessionKey], of: state.sessionKey, persistence, listener.broker)
+            }
+            await acknowledge(id, qos: .exactlyOnce, state: state, after: saved, code: .success)
+            return .answered(nil)
+        case .unsavedCopy(let holding):
+            // A fleet message delivered and not yet answered (its sessions' save failed or is running): PUBREC
+            // once they are saved, and then its id; never delivered again.
+            let saved = listener.persistence.map {
+                Self.saved(holding, qos2: id, of: state.sessionKey, $0, listener.broker)
             }
             await acknowledge(id, qos: .exactlyOnce, state: state, after: saved, code: .success)
             return .answered(nil)
@@ -1678,9 +1685,17 @@ struct MQTTConnection {
         {
             return answered
         }
-        let qos2 = publish.qos == .exactlyOnce && respond ? publish.packetID : nil
+        // One node: a QoS 2 id is held, unsaved, from before the deliveries until they are saved (a resend meanwhile
+        // is a copy, never delivered again), then saved with the publisher's session.
+        let oneNode = listener.relay == nil && listener.persistence != nil
+        let qos2 = publish.qos == .exactlyOnce && respond && oneNode ? publish.packetID : nil
+        if let qos2 {
+            await listener.broker.holdUnsavedQoS2(
+                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: qos2)
+        }
         let (recipients, holding) = await listener.broker.publishing(
             message, from: state.sessionKey, placement: local?.placement)
+        if let qos2 { await listener.broker.noteUnsavedQoS2(key: state.sessionKey, packetID: qos2, holding: holding) }
         guard respond, let id = publish.packetID else {
             if message.retain { await listener.persistence?.flush() }
             return true
@@ -1694,20 +1709,15 @@ struct MQTTConnection {
         // every 250 ms). The save runs beside the connection, which reads on; the acknowledgement waits for it in
         // order. Only the sessions this message reached count (another session that cannot be saved refuses no one
         // else's message); when they cannot be saved, the connection ends unacknowledged (`acknowledge`,
-        // `.unavailable`). A QoS 2 id is held and saved after the deliveries: each session is its own transaction,
-        // and an id saved before them would make the resend after a kill in between look answered, with the message
-        // in no session (lost); this way round the worst is a resend delivered twice.
+        // `.unavailable`). A QoS 2 id is saved after the deliveries: each session is its own transaction, and an id
+        // saved before them would make the resend after a kill in between look answered, with the message in no
+        // session (lost); this way round the worst, after a kill, is a resend delivered twice.
         if listener.relay == nil, recipients > 0 || message.retain || qos2 != nil,
             let persistence = listener.persistence
         {
-            let (broker, key, number) = (listener.broker, state.sessionKey, state.connectionNumber)
-            let retained = message.retain ? message.topic : nil
-            let saved = Self.saved {
-                guard await persistence.flush(saving: holding, retained: retained) else { return false }
-                guard let qos2 else { return true }
-                await broker.storedQoS2(key: key, connectionNumber: number, packetID: qos2)
-                return await persistence.flush(saving: [key])
-            }
+            let saved = Self.saved(
+                holding, retained: message.retain ? message.topic : nil, qos2: qos2, of: state.sessionKey,
+                persistence, listener.broker)
             await acknowledge(
                 id, qos: publish.qos, state: state, after: saved, code: none ? .noMatchingSubscribers : .success,
                 correlationID: correlationID)
@@ -1718,11 +1728,22 @@ struct MQTTConnection {
         return true
     }
 
-    /// The outcome of a save (`MQTTPersistence.flush(saving:)`, true when saved) run beside the connection, for an
-    /// acknowledgement to wait on.
-    static func saved(_ save: @escaping @Sendable () async -> Bool) -> StoreOutcome {
+    /// The outcome of saving the sessions in `holding` (and the retained message of `retained`), then, for a QoS 2
+    /// message, its id with the publisher's session `key`: run beside the connection, for an acknowledgement to
+    /// wait on. `.unavailable` when something could not be saved (the id then stays unsaved: a copy waits again).
+    static func saved(
+        _ holding: Set<String>, retained: TopicName? = nil, qos2: UInt16? = nil, of key: String,
+        _ persistence: MQTTPersistence, _ broker: MQTTBroker
+    ) -> StoreOutcome {
         let outcome = StoreOutcome()
-        Task { outcome.settle(await save() ? .stored : .unavailable) }
+        Task {
+            var saved = await persistence.flush(saving: holding, retained: retained)
+            if saved, let qos2 {
+                await broker.savedQoS2(key: key, packetID: qos2)
+                saved = await persistence.flush(saving: [key])
+            }
+            outcome.settle(saved ? .stored : .unavailable)
+        }
         return outcome
     }
 

@@ -182,20 +182,20 @@ actor MQTTPersistence: Service {
 
     /// Writes what changed. A write stops at its first failure (a store that is down fails them all; what is not
     /// written stays pending, for the next write). Without `first`: true when everything was written. With it (and
-    /// `retained`): those are written first, and the answer is about them alone.
+    /// `retained`): only those are written, and the answer is about them alone.
     private func write(first keys: Set<String>? = nil, retained topic: TopicName? = nil) async -> Bool {
         let changes = await broker.takeChanges()
         pendingSessions.merge(changes.sessions) { $1 }
         pendingRetained.merge(changes.retained) { $1 }
-        let asked = keys?.filter { pendingSessions[$0] != nil } ?? []
-        for key in asked { guard await writeSession(key) else { return false } }
-        if let topic, pendingRetained[topic] != nil { guard await writeRetained(topic) else { return false } }
-        for key in Array(pendingSessions.keys) where !asked.contains(key) {
-            guard await writeSession(key) else { return keys != nil }
+        if let keys {
+            // Those asked for, and no more: the rest is the periodic write's (its failures, or a slow store, must
+            // not hold up this answer).
+            for key in keys where pendingSessions[key] != nil { guard await writeSession(key) else { return false } }
+            if let topic { return await writeRetained(topic) }
+            return true
         }
-        for topic in Array(pendingRetained.keys) {
-            guard await writeRetained(topic) else { return keys != nil }
-        }
+        for key in Array(pendingSessions.keys) { guard await writeSession(key) else { return false } }
+        for topic in Array(pendingRetained.keys) { guard await writeRetained(topic) else { return false } }
         return true
     }
 

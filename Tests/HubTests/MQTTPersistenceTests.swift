@@ -209,11 +209,13 @@ import Testing
         try await hub.stop()
     }
 
-    /// One node, a fleet QoS 2 message: its packet id is saved with the publisher's session (after the message's
-    /// deliveries) before the PUBREC. While the publisher's session cannot be saved, the PUBLISH and its resends
-    /// (DUP, the same id: copies, not delivered again) get DISCONNECT 0x89; once it can, the copy gets its PUBREC
-    /// and PUBCOMP, and the device has the message once.
-    @Test func aFleetQoS2CopyIsAnsweredOnlyOnceItsIdIsSaved() async throws {
+    /// One node, a fleet QoS 2 message: the sessions it was delivered to are saved, then its packet id with the
+    /// publisher's session, before the PUBREC. While either cannot be saved (the device's session, or the
+    /// publisher's), the PUBLISH and its resends (DUP, the same id: copies, never delivered again) get DISCONNECT
+    /// 0x89; once they can, the copy gets its PUBREC and PUBCOMP, and the device has the message once.
+    @Test(arguments: [false, true]) func aFleetQoS2CopyIsAnsweredOnlyOnceItsIdIsSaved(devicesFails: Bool)
+        async throws
+    {
         let store = FaultyStore(InMemoryHubStore())
         let hub = try await TestHub.start(store: store)
         let device = try await hub.enroll("q2s-1")
@@ -227,10 +229,12 @@ import Testing
             qos: .exactlyOnce, packetID: 7)
         var copy = publish
         copy.duplicate = true
-        let operatorSession = "\(Identity.operator(try OperatorName("admin")).uri) ops"
-        // The message is queued and the device's session saved; the publisher's, with the id, is not.
+        let failing =
+            devicesFails
+            ? Identity.device(try DeviceID("q2s-1")).uri : "\(Identity.operator(try OperatorName("admin")).uri) ops"
+        // The message is queued; the device's session, or the publisher's with the id, is not saved.
         let first = try await Self.fleet(hub, operatorClient, clientID: "ops", cleanStart: true) { mqtt, _ in
-            store.failingSession.withLock { $0 = operatorSession }  // after the CONNACK's save
+            store.failingSession.withLock { $0 = failing }  // after the CONNACK's save
             try await mqtt.send(.publish(publish))
             return try await mqtt.next()
         }
