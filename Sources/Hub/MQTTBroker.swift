@@ -52,7 +52,7 @@ actor MQTTBroker {
         /// each message (its value) are not saved yet (one node: `MQTTPersistence.flush(saving:)`). A PUBLISH with
         /// one is a copy too, never delivered again; unlike `receivedQoS2` they are not saved with the session, so a
         /// restart that lost the deliveries forgets the id as well and the resend is delivered (never lost).
-        var unsavedQoS2: [UInt16: Set<String>] = [:]
+        var unsavedQoS2: [UInt16: UnsavedQoS2] = [:]
         /// Connections that were taken over and are still finishing their store writes (their QoS 2 ids are not
         /// all in `receivedQoS2` yet), and who waits for them (a connection waits only for older ones).
         var draining = Set<Int>()
@@ -90,6 +90,15 @@ actor MQTTBroker {
     /// At most this many topic aliases per connection towards a client, whatever it allows (each holds a topic).
     static let maxOutboundAliases = 256
 
+    /// A fleet QoS 2 message delivered and not yet answered (`Session.unsavedQoS2`): the connection that received
+    /// it (so that a later session or connection reusing the id is never taken for it), the sessions now holding
+    /// it and its retained topic, which must be saved before its PUBREC.
+    struct UnsavedQoS2: Sendable, Equatable {
+        var connectionNumber: Int
+        var holding: Set<String> = []
+        var retained: TopicName?
+    }
+
     /// What a QoS 2 PUBLISH from a client is to its session.
     enum QoS2Arrival: Sendable {
         /// Not held: store it (then `storedQoS2`).
@@ -98,7 +107,7 @@ actor MQTTBroker {
         case copy
         /// A copy of a fleet message delivered to these sessions, whose saves have not succeeded yet: PUBREC once
         /// they have (`savedQoS2`), nothing delivered again.
-        case unsavedCopy(Set<String>)
+        case unsavedCopy(UnsavedQoS2)
         /// The session already holds `maxQoS2PerSession` ids awaiting PUBREL: refused (quota).
         case full
     }
@@ -360,27 +369,37 @@ actor MQTTBroker {
             await withCheckedContinuation { session.drained.append($0) }
         }
         if session.receivedQoS2.contains(packetID) { return .copy }
-        if let holding = session.unsavedQoS2[packetID] { return .unsavedCopy(holding) }
+        if let unsaved = session.unsavedQoS2[packetID] { return .unsavedCopy(unsaved) }
         return session.receivedQoS2.count + session.unsavedQoS2.count >= limit ? .full : .new
     }
 
     /// A fleet QoS 2 message is about to be delivered (one node): its id is held, not saved, until the sessions
     /// holding the message are (`noteUnsavedQoS2`, then `savedQoS2`).
+    /// (A connection taken over and still finishing its work holds them too, as `storedQoS2` stores them.)
     func holdUnsavedQoS2(key: String, connectionNumber: Int, packetID: UInt16) {
-        guard let session = sessions[key], session.connectionNumber == connectionNumber else { return }
-        session.unsavedQoS2[packetID] = []
+        guard let session = sessions[key],
+            session.connectionNumber == connectionNumber || session.draining.contains(connectionNumber)
+        else { return }
+        session.unsavedQoS2[packetID] = UnsavedQoS2(connectionNumber: connectionNumber)
     }
 
-    /// The sessions now holding that message (what a copy must see saved before its PUBREC).
-    func noteUnsavedQoS2(key: String, packetID: UInt16, holding: Set<String>) {
-        guard let session = sessions[key], session.unsavedQoS2[packetID] != nil else { return }
-        session.unsavedQoS2[packetID] = holding
+    /// What holds that message now (what a copy must see saved before its PUBREC).
+    func noteUnsavedQoS2(
+        key: String, connectionNumber: Int, packetID: UInt16, holding: Set<String>, retained: TopicName?
+    ) {
+        guard let session = sessions[key], session.unsavedQoS2[packetID]?.connectionNumber == connectionNumber
+        else { return }
+        session.unsavedQoS2[packetID] = UnsavedQoS2(
+            connectionNumber: connectionNumber, holding: holding, retained: retained)
     }
 
-    /// The sessions holding a fleet QoS 2 message are saved: its id becomes one to save with the publisher's
-    /// session (`receivedQoS2`), whatever connection the publisher is on now.
-    func savedQoS2(key: String, packetID: UInt16) {
-        guard let session = sessions[key], session.unsavedQoS2.removeValue(forKey: packetID) != nil else { return }
+    /// What holds a fleet QoS 2 message received on connection `connectionNumber` is saved: its id becomes one to
+    /// save with the publisher's session (`receivedQoS2`), even if the publisher is on a newer connection now; an
+    /// id a newer session or connection holds for a message of its own is left alone.
+    func savedQoS2(key: String, connectionNumber: Int, packetID: UInt16) {
+        guard let session = sessions[key], session.unsavedQoS2[packetID]?.connectionNumber == connectionNumber
+        else { return }
+        session.unsavedQoS2[packetID] = nil
         session.receivedQoS2.insert(packetID)
         changed(key)
     }
@@ -428,8 +447,8 @@ actor MQTTBroker {
     /// A PUBREL from the client: the id is free again. False when it was not held (PUBCOMP 0x92 on MQTT 5).
     func releaseQoS2(key: String, packetID: UInt16) -> Bool {
         changed(key)
-        let unsaved = sessions[key]?.unsavedQoS2.removeValue(forKey: packetID) != nil
-        return sessions[key]?.receivedQoS2.remove(packetID) != nil || unsaved
+        // An id still unsaved has had no PUBREC: its PUBREL is out of turn and finds nothing (0x92).
+        return sessions[key]?.receivedQoS2.remove(packetID) != nil
     }
 
     /// Updates the retained message of the topic (an empty payload removes it, MQTT 3.1.1 §3.3.1.3) and delivers to

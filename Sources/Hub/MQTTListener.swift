@@ -1444,11 +1444,13 @@ struct MQTTConnection {
             }
             await acknowledge(id, qos: .exactlyOnce, state: state, after: saved, code: .success)
             return .answered(nil)
-        case .unsavedCopy(let holding):
+        case .unsavedCopy(let unsaved):
             // A fleet message delivered and not yet answered (its sessions' save failed or is running): PUBREC
             // once they are saved, and then its id; never delivered again.
             let saved = listener.persistence.map {
-                Self.saved(holding, qos2: id, of: state.sessionKey, $0, listener.broker)
+                Self.saved(
+                    unsaved.holding, retained: unsaved.retained, qos2: (id, unsaved.connectionNumber),
+                    of: state.sessionKey, $0, listener.broker)
             }
             await acknowledge(id, qos: .exactlyOnce, state: state, after: saved, code: .success)
             return .answered(nil)
@@ -1695,7 +1697,12 @@ struct MQTTConnection {
         }
         let (recipients, holding) = await listener.broker.publishing(
             message, from: state.sessionKey, placement: local?.placement)
-        if let qos2 { await listener.broker.noteUnsavedQoS2(key: state.sessionKey, packetID: qos2, holding: holding) }
+        let retained = message.retain ? message.topic : nil
+        if let qos2 {
+            await listener.broker.noteUnsavedQoS2(
+                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: qos2, holding: holding,
+                retained: retained)
+        }
         guard respond, let id = publish.packetID else {
             if message.retain { await listener.persistence?.flush() }
             return true
@@ -1716,7 +1723,7 @@ struct MQTTConnection {
             let persistence = listener.persistence
         {
             let saved = Self.saved(
-                holding, retained: message.retain ? message.topic : nil, qos2: qos2, of: state.sessionKey,
+                holding, retained: retained, qos2: qos2.map { ($0, state.connectionNumber) }, of: state.sessionKey,
                 persistence, listener.broker)
             await acknowledge(
                 id, qos: publish.qos, state: state, after: saved, code: none ? .noMatchingSubscribers : .success,
@@ -1732,14 +1739,14 @@ struct MQTTConnection {
     /// message, its id with the publisher's session `key`: run beside the connection, for an acknowledgement to
     /// wait on. `.unavailable` when something could not be saved (the id then stays unsaved: a copy waits again).
     static func saved(
-        _ holding: Set<String>, retained: TopicName? = nil, qos2: UInt16? = nil, of key: String,
-        _ persistence: MQTTPersistence, _ broker: MQTTBroker
+        _ holding: Set<String>, retained: TopicName? = nil, qos2: (id: UInt16, connectionNumber: Int)? = nil,
+        of key: String, _ persistence: MQTTPersistence, _ broker: MQTTBroker
     ) -> StoreOutcome {
         let outcome = StoreOutcome()
         Task {
             var saved = await persistence.flush(saving: holding, retained: retained)
             if saved, let qos2 {
-                await broker.savedQoS2(key: key, packetID: qos2)
+                await broker.savedQoS2(key: key, connectionNumber: qos2.connectionNumber, packetID: qos2.id)
                 saved = await persistence.flush(saving: [key])
             }
             outcome.settle(saved ? .stored : .unavailable)
