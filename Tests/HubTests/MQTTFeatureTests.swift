@@ -277,12 +277,6 @@ import Testing
     /// 2 (`scripts/mqtt5-paho-check.py`, one line per check): a real client's encoding of each property and option,
     /// and topic aliases resolved by the client as it must, not by our own test client.
     @Test(.timeLimit(.minutes(3))) func pahoMQTT5Interoperates() async throws {
-        guard let python = which("python3") else {
-            Issue.record("python3 is required")
-            return
-        }
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("scripts/mqtt5-paho-check.py").path
         let hub = try await TestHub.start {
             $0.mqttSettings.payloads = MQTTPayloadPolicyTests.rules
             $0.mqttSettings.maxKeepAliveSeconds = 1200
@@ -290,15 +284,7 @@ import Testing
             $0.gateway.deviceBurst = 100
             $0.gateway.routeBurst = 100
         }
-        let device = try await hub.enroll("paho5-1")
-        let result = try await run(
-            python,
-            [
-                script, "127.0.0.1", "\(hub.mqttPort)", device.caFile, device.id, device.certificateFile,
-                device.keyFile, hub.directory + "/operators/admin.crt", hub.directory + "/operators/admin.key",
-            ], timeout: 150)
-        #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
-        #expect(result.stdout.contains("all paho-mqtt MQTT 5 checks passed"), "\(result.stdout)\n\(result.stderr)")
+        try await MQTTBrokerTests.runPahoScript("mqtt5-paho-check.py", hub, try await hub.enroll("paho5-1"))
         try await hub.stop()
     }
 
