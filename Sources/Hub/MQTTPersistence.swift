@@ -141,10 +141,10 @@ actor MQTTPersistence: Service {
     @discardableResult
     func flush() async -> Bool { await chained { await self.write() } }
 
-    /// As `flush()`, writing the sessions with these keys (and the retained message of `retained`) first, and
-    /// saying whether those are saved, whatever else could not be: one session that cannot be saved must not
-    /// refuse every message that reached other sessions. Keys with nothing to save (no change, a session that is
-    /// not kept) count as saved.
+    /// As `flush()`, but writing only the sessions with these keys (and the retained message of `retained`), and
+    /// saying whether those are saved: one session that cannot be saved must not refuse, or hold up, every message
+    /// that reached other sessions (the rest is left to the periodic write). Keys with nothing to save (no change,
+    /// a session that is not kept) count as saved.
     func flush(saving keys: Set<String>, retained: TopicName? = nil) async -> Bool {
         await chained { await self.write(first: keys, retained: retained) }
     }
