@@ -95,7 +95,7 @@ actor MQTTBroker {
     /// it and its retained topic, which must be saved before its PUBREC.
     struct UnsavedQoS2: Sendable, Equatable {
         var connectionNumber: Int
-        var holding: Set<String> = []
+        var holding: Set<String>
         var retained: TopicName?
     }
 
@@ -373,26 +373,6 @@ actor MQTTBroker {
         return session.receivedQoS2.count + session.unsavedQoS2.count >= limit ? .full : .new
     }
 
-    /// A fleet QoS 2 message is about to be delivered (one node): its id is held, not saved, until the sessions
-    /// holding the message are (`noteUnsavedQoS2`, then `savedQoS2`).
-    /// (A connection taken over and still finishing its work holds them too, as `storedQoS2` stores them.)
-    func holdUnsavedQoS2(key: String, connectionNumber: Int, packetID: UInt16) {
-        guard let session = sessions[key],
-            session.connectionNumber == connectionNumber || session.draining.contains(connectionNumber)
-        else { return }
-        session.unsavedQoS2[packetID] = UnsavedQoS2(connectionNumber: connectionNumber)
-    }
-
-    /// What holds that message now (what a copy must see saved before its PUBREC).
-    func noteUnsavedQoS2(
-        key: String, connectionNumber: Int, packetID: UInt16, holding: Set<String>, retained: TopicName?
-    ) {
-        guard let session = sessions[key], session.unsavedQoS2[packetID]?.connectionNumber == connectionNumber
-        else { return }
-        session.unsavedQoS2[packetID] = UnsavedQoS2(
-            connectionNumber: connectionNumber, holding: holding, retained: retained)
-    }
-
     /// What holds a fleet QoS 2 message received on connection `connectionNumber` is saved: its id becomes one to
     /// save with the publisher's session (`receivedQoS2`), even if the publisher is on a newer connection now; an
     /// id a newer session or connection holds for a message of its own is left alone.
@@ -475,10 +455,13 @@ actor MQTTBroker {
     }
 
     /// As `publish`: how many sessions the message reached, and the keys of those that now hold it to deliver or
-    /// confirm (QoS 1 and 2), whose saved state it changed.
+    /// confirm (QoS 1 and 2), whose saved state it changed. With `unsavedQoS2` (a fleet QoS 2 message on one node),
+    /// the publisher's session holds its packet id, unsaved, with what holds the message, in the same turn of the
+    /// actor as the delivery, until `savedQoS2` (a connection taken over and still finishing its work holds it too,
+    /// as `storedQoS2` stores one).
     func publishing(
         _ message: BrokerMessage, from publisher: String?, stored: Bool = false, position: Int64? = nil,
-        placement: [TopicFilter: String]? = nil
+        placement: [TopicFilter: String]? = nil, unsavedQoS2: (packetID: UInt16, connectionNumber: Int)? = nil
     ) -> (count: Int, holding: Set<String>) {
         if let position { relayPosition = max(relayPosition, position) }
         if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
@@ -504,6 +487,14 @@ actor MQTTBroker {
                 changed(delivery.key)
                 holding.insert(delivery.key)
             }
+        }
+        if let unsavedQoS2, let publisher, let session = sessions[publisher],
+            session.connectionNumber == unsavedQoS2.connectionNumber
+                || session.draining.contains(unsavedQoS2.connectionNumber)
+        {
+            session.unsavedQoS2[unsavedQoS2.packetID] = UnsavedQoS2(
+                connectionNumber: unsavedQoS2.connectionNumber, holding: holding,
+                retained: message.retain ? message.topic : nil)
         }
         sweepExpired()
         return (deliveries.count, holding)

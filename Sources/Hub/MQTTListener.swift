@@ -1691,18 +1691,9 @@ struct MQTTConnection {
         // is a copy, never delivered again), then saved with the publisher's session.
         let oneNode = listener.relay == nil && listener.persistence != nil
         let qos2 = publish.qos == .exactlyOnce && respond && oneNode ? publish.packetID : nil
-        if let qos2 {
-            await listener.broker.holdUnsavedQoS2(
-                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: qos2)
-        }
         let (recipients, holding) = await listener.broker.publishing(
-            message, from: state.sessionKey, placement: local?.placement)
-        let retained = message.retain ? message.topic : nil
-        if let qos2 {
-            await listener.broker.noteUnsavedQoS2(
-                key: state.sessionKey, connectionNumber: state.connectionNumber, packetID: qos2, holding: holding,
-                retained: retained)
-        }
+            message, from: state.sessionKey, placement: local?.placement,
+            unsavedQoS2: qos2.map { ($0, state.connectionNumber) })
         guard respond, let id = publish.packetID else {
             if message.retain { await listener.persistence?.flush() }
             return true
@@ -1719,19 +1710,19 @@ struct MQTTConnection {
         // `.unavailable`). A QoS 2 id is saved after the deliveries: each session is its own transaction, and an id
         // saved before them would make the resend after a kill in between look answered, with the message in no
         // session (lost); this way round the worst, after a kill, is a resend delivered twice.
+        var saved: StoreOutcome?
         if listener.relay == nil, recipients > 0 || message.retain || qos2 != nil,
             let persistence = listener.persistence
         {
-            let saved = Self.saved(
-                holding, retained: retained, qos2: qos2.map { ($0, state.connectionNumber) }, of: state.sessionKey,
-                persistence, listener.broker)
-            await acknowledge(
-                id, qos: publish.qos, state: state, after: saved, code: none ? .noMatchingSubscribers : .success,
-                correlationID: correlationID)
-            return true
+            saved = Self.saved(
+                holding, retained: message.retain ? message.topic : nil,
+                qos2: qos2.map { ($0, state.connectionNumber) }, of: state.sessionKey, persistence, listener.broker)
+        } else if message.retain {
+            await listener.persistence?.flush()
         }
-        if message.retain { await listener.persistence?.flush() }
-        await acknowledge(id, qos: publish.qos, state: state, code: none ? .noMatchingSubscribers : .success)
+        await acknowledge(
+            id, qos: publish.qos, state: state, after: saved, code: none ? .noMatchingSubscribers : .success,
+            correlationID: correlationID)
         return true
     }
 
@@ -1971,7 +1962,8 @@ struct MQTTConnection {
         @Sendable func failed() -> Properties {
             problemInformation ? Self.refusalProperties(correlationID) : Properties()
         }
-        let properties = code == .success ? Properties() : failed()
+        // 0x10 No matching subscribers is a success too: no refusal's properties.
+        let properties = code.isFailure ? failed() : Properties()
         let unacknowledged = state.unacknowledged
         let connectionNumber = state.connectionNumber
         let persistence = listener.persistence

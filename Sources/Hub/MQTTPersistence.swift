@@ -190,7 +190,7 @@ actor MQTTPersistence: Service {
         if let keys {
             // Those asked for, and no more: the rest is the periodic write's (its failures, or a slow store, must
             // not hold up this answer).
-            for key in keys where pendingSessions[key] != nil { guard await writeSession(key) else { return false } }
+            for key in keys { guard await writeSession(key) else { return false } }
             if let topic { return await writeRetained(topic) }
             return true
         }

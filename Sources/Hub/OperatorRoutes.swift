@@ -221,15 +221,12 @@ struct OperatorRoutes {
             correlationID: context.correlationID.rawValue,
             detail: "\(name) by \(operatorName), \(body.count) bytes, \(recipients) session(s)"
                 + (saved ? "" : ", not saved"))
-        if saved {
-            try await store.recordSecurityEvent(event)
-        } else {
+        do { try await store.recordSecurityEvent(event) } catch {
             // In an outage the audit record may fail too: the answer below must still say what happened.
-            do { try await store.recordSecurityEvent(event) } catch {
-                context.logger.error(
-                    "command-sent not recorded",
-                    metadata: ["correlation_id": "\(context.correlationID.rawValue)", "error": "\(error)"])
-            }
+            guard !saved else { throw error }
+            context.logger.error(
+                "command-sent not recorded",
+                metadata: ["correlation_id": "\(context.correlationID.rawValue)", "error": "\(error)"])
         }
         guard saved else {
             // Already queued (and perhaps delivered): the answer says so rather than inviting a blind resend.
