@@ -144,10 +144,6 @@ struct Telemetry: AsyncParsableCommand {
             ratios.append((results[0].1.requestsPerSecond / bareRate, results[1].1.requestsPerSecond / bareRate))
         }
         if rounds > 1 {
-            func median(_ values: [Double]) -> Double {
-                let sorted = values.sorted()
-                return (sorted[(sorted.count - 1) / 2] + sorted[sorted.count / 2]) / 2
-            }
             print(
                 String(
                     format: "median ratio hub / bare over %d rounds: ecdsa %.2f, hmac session %.2f", rounds,

@@ -172,6 +172,14 @@ let telemetry200 =
     #"{"temperature":21.5,"humidity":40.25,"battery":3.71,"count":12,"at":"2026-11-30T12:00:00Z","status":"ok","unit":"C","readings":[1,2,3],"firmware":"1.4.2","tags":{"room":"kitchen"},"pad":""#
     .padding(toLength: 198, withPad: "x", startingAt: 0) + #""}"#
 
+/// The middle value of rounds' measures (the mean of the two middle ones for an even count); nan for none, or when
+/// any value is nan (nothing counted).
+func median(_ values: [Double]) -> Double {
+    guard !values.isEmpty, !values.contains(where: \.isNaN) else { return .nan }
+    let sorted = values.sorted()
+    return (sorted[(sorted.count - 1) / 2] + sorted[sorted.count / 2]) / 2
+}
+
 /// Median of three runs of `iterations` calls (after a warm-up): nanoseconds and heap allocations per call.
 func medianOfThree(iterations: Int, _ body: () throws -> Void) throws -> (Double, Double) {
     for _ in 0..<min(10_000, iterations) { try body() }

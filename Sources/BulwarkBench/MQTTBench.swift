@@ -324,16 +324,6 @@ struct MQTTBenchmark: AsyncParsableCommand {
         return row(label, median(rounds[0]), median(rounds[1]), format, ratio: median(ratios))
     }
 
-    /// The middle value (the mean of the two middle ones for an even count); nan for none, or when any value is nan
-    /// (nothing counted).
-    static func median(_ values: [Double]) -> Double {
-        guard !values.isEmpty else { return .nan }
-        if values.contains(where: \.isNaN) { return .nan }
-        let sorted = values.sorted()
-        let middle = sorted.count / 2
-        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
-    }
-
     static func row(_ label: String, _ a: Double, _ b: Double, _ format: String, ratio: Double? = nil) -> String {
         label.padding(toLength: 40, withPad: " ", startingAt: 0)
             + String(format: " " + format, a)
