@@ -26,12 +26,15 @@ struct StoreBenchmark: AsyncParsableCommand {
     @Option(help: "Messages queued and not yet stored, at most (all producers).") var inFlight = 5000
     @Option(help: "Messages stored before the per-device index takes them in (the store's default).")
     var indexEvery = SQLiteHubStore.defaultIndexEvery
+    @Option(help: "MQTT sessions to save, one to a transaction and then together (a fleet reconnecting at once).")
+    var sessions = 2000
 
     func run() async throws {
         guard (1_000...5_000_000).contains(messages), (1...100_000).contains(devices), (1...16).contains(producers),
-            (1...100_000).contains(inFlight)
+            (1...100_000).contains(inFlight), (1...100_000).contains(sessions)
         else {
-            throw ValidationError("messages 1,000-5,000,000, devices 1-100,000, producers 1-16, in-flight 1-100,000")
+            throw ValidationError(
+                "messages 1,000-5,000,000, devices 1-100,000, producers 1-16, in-flight 1-100,000, sessions 1-100,000")
         }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-storebench-\(UUID())")
             .path
@@ -104,6 +107,43 @@ struct StoreBenchmark: AsyncParsableCommand {
                 Double(after.messages - before.messages) / Double(max(batches, 1)), reads[reads.count / 2],
                 reads[reads.count * 95 / 100], counts[counts.count / 2], durations[durations.count / 2],
                 durations[durations.count * 99 / 100], durations.last ?? .nan))
+        try await Self.measureSessions(store: store, count: sessions)
+    }
+
+    /// Saving `count` changed MQTT sessions (a 300-byte state each, as a device subscribed to its commands with a
+    /// few queued), one to a transaction and then `MQTTSessionChange.perTransaction` to one, as `MQTTPersistence`
+    /// writes them: each commit is an fsync (`synchronous=FULL`).
+    static func measureSessions(store: SQLiteHubStore, count: Int) async throws {
+        let sessions = (0..<count).map { index in
+            StoredMQTTSession(
+                key: "urn:bulwark:device:store-bench-\(index) agent", owner: "urn:bulwark:device:store-bench-\(index)",
+                expirySeconds: 86_400, disconnectedAt: Date(), state: [UInt8](repeating: 7, count: 300),
+                savedAt: Date())
+        }
+        var started = ContinuousClock.now
+        for session in sessions {
+            guard try await store.saveMQTTSession(session, holder: "bench", release: false) else {
+                throw ValidationError("session not saved")
+            }
+        }
+        let alone = (ContinuousClock.now - started).seconds
+        started = ContinuousClock.now
+        var start = 0
+        while start < count {
+            let end = min(start + MQTTSessionChange.perTransaction, count)
+            let changes = sessions[start..<end].map { MQTTSessionChange(key: $0.key, session: $0) }
+            guard try await store.saveMQTTSessions(changes, holder: "bench", release: false).isEmpty else {
+                throw ValidationError("sessions not saved")
+            }
+            start = end
+        }
+        let together = (ContinuousClock.now - started).seconds
+        print(
+            String(
+                format: "saved %d MQTT sessions one to a transaction in %.0f ms (%.2f ms each), %d to a transaction "
+                    + "in %.0f ms (%.3f ms each): %.0f times faster",
+                count, alone * 1000, alone * 1000 / Double(count), MQTTSessionChange.perTransaction, together * 1000,
+                together * 1000 / Double(count), alone / together))
     }
 
     struct Result {

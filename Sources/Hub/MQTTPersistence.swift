@@ -190,38 +190,48 @@ actor MQTTPersistence: Service {
         if let keys {
             // Those asked for, and no more: the rest is the periodic write's (its failures, or a slow store, must
             // not hold up this answer).
-            for key in keys { guard await writeSession(key) else { return false } }
+            guard await writeSessions(keys) else { return false }
             if let topic { return await writeRetained(topic) }
             return true
         }
-        for key in Array(pendingSessions.keys) { guard await writeSession(key) else { return false } }
+        guard await writeSessions(Array(pendingSessions.keys)) else { return false }
         for topic in Array(pendingRetained.keys) { guard await writeRetained(topic) else { return false } }
         return true
     }
 
-    /// Writes the pending change of one session; false when the store refused it (it stays pending).
-    private func writeSession(_ key: String) async -> Bool {
-        guard let session = pendingSessions[key] else { return true }
-        do {
-            if let session {
-                // Handed over to another node since this change was taken: not this node's to write any more.
-                if await broker.holds(key),
-                    !(try await store.saveMQTTSession(session, holder: holder, release: false)),
-                    case (true, let other?) = try await store.mqttSessionHolder(key: key), other != holder
-                {
-                    // Another node took it meanwhile: the copy here is stale.
-                    _ = await broker.handOver(key)
-                }
-            } else {
-                try await store.removeMQTTSession(key: key, holder: holder)
+    /// Writes the pending changes of these sessions, `MQTTSessionChange.perTransaction` to a transaction (a message
+    /// that reached many sessions costs one commit, not one each); false when the store refused a transaction (its
+    /// changes and those after it stay pending).
+    private func writeSessions(_ keys: some Collection<String>) async -> Bool {
+        let keys = keys.filter { pendingSessions.index(forKey: $0) != nil }
+        guard !keys.isEmpty else { return true }
+        // A session handed over to another node since its change was taken is not this node's to write any more.
+        let held = await broker.holding(Set(keys))
+        var start = 0
+        while start < keys.count {
+            let chunk = keys[start..<min(start + MQTTSessionChange.perTransaction, keys.count)]
+            start = chunk.endIndex
+            // What is written, as taken now: a newer change that comes meanwhile stays pending.
+            let taken = chunk.map { (key: $0, session: pendingSessions[$0] ?? nil) }
+            let changes = taken.compactMap { key, session -> MQTTSessionChange? in
+                guard let session else { return MQTTSessionChange(key: key, session: nil) }
+                return held.contains(key) ? MQTTSessionChange(key: key, session: session) : nil
             }
-            // Only when no newer change came meanwhile.
-            if pendingSessions[key] == session { pendingSessions[key] = nil }
-            return true
-        } catch {
-            logger.warning("MQTT session not saved; retried", metadata: ["error": "\(error)"])
-            return false
+            do {
+                for key in try await store.saveMQTTSessions(changes, holder: holder, release: false) {
+                    if let other = try await store.mqttSessionHolder(key: key).holder, other != holder {
+                        // Another node took it meanwhile: the copy here is stale.
+                        _ = await broker.handOver(key)
+                    }
+                }
+            } catch {
+                logger.warning(
+                    "MQTT sessions not saved; retried", metadata: ["sessions": "\(changes.count)", "error": "\(error)"])
+                return false
+            }
+            for (key, session) in taken where pendingSessions[key] == session { pendingSessions[key] = nil }
         }
+        return true
     }
 
     /// Writes the pending change of one retained message; false when the store refused it (it stays pending).
@@ -247,16 +257,19 @@ actor MQTTPersistence: Service {
     /// The node stops: every session it holds is saved and let go of, for whichever node takes it up.
     private func releaseAll() async {
         _ = await lastFlush?.value
+        let all = await broker.storedSessions().map { MQTTSessionChange(key: $0.key, session: $0.value) }
         var released = 0
-        for (key, session) in await broker.storedSessions() {
+        var start = 0
+        while start < all.count {
+            let changes = all[start..<min(start + MQTTSessionChange.perTransaction, all.count)]
+            start = changes.endIndex
             do {
-                if let session {
-                    if try await store.saveMQTTSession(session, holder: holder, release: true) { released += 1 }
-                } else {
-                    try await store.removeMQTTSession(key: key, holder: holder)
-                }
+                let held = try await store.saveMQTTSessions(Array(changes), holder: holder, release: true)
+                released += changes.count { $0.session != nil } - held.count
             } catch {
-                logger.warning("MQTT session not saved at shutdown", metadata: ["error": "\(error)"])
+                logger.warning(
+                    "MQTT sessions not saved at shutdown",
+                    metadata: ["sessions": "\(changes.count)", "error": "\(error)"])
             }
         }
         if released > 0 { logger.info("MQTT sessions saved", metadata: ["sessions": "\(released)"]) }

@@ -502,23 +502,39 @@ public final class PostgresHubStore: HubStore {
 
     // MARK: MQTT sessions and retained messages
 
-    public func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
+    public func saveMQTTSessions(_ changes: [MQTTSessionChange], holder: String, release: Bool) async throws
+        -> Set<String>
+    {
+        guard !changes.isEmpty else { return [] }
         let newHolder: String? = release ? nil : holder
         return try await write { connection in
-            try await Self.one(
-                connection.query(
-                    """
-                    INSERT INTO mqtt_sessions (session_key, owner, expiry_seconds, disconnected_at, state, saved_at,
-                        holder)
-                    VALUES (\(session.key), \(session.owner), \(Int64(session.expirySeconds)),
-                        \(session.disconnectedAt?.millis), \(ByteBuffer(bytes: session.state)), \(session.savedAt.millis),
-                        \(newHolder))
-                    ON CONFLICT (session_key) DO UPDATE SET owner = excluded.owner,
-                        expiry_seconds = excluded.expiry_seconds, disconnected_at = excluded.disconnected_at,
-                        state = excluded.state, saved_at = excluded.saved_at, holder = excluded.holder
-                    WHERE mqtt_sessions.holder = \(holder)
-                    RETURNING session_key
-                    """, logger: Self.quiet), String.self) != nil
+            var held: Set<String> = []
+            for change in changes {
+                guard let session = change.session else {
+                    try await connection.query(
+                        """
+                        DELETE FROM mqtt_sessions WHERE session_key = \(change.key)
+                            AND (holder IS NULL OR holder = \(holder))
+                        """, logger: Self.quiet)
+                    continue
+                }
+                let saved = try await Self.one(
+                    connection.query(
+                        """
+                        INSERT INTO mqtt_sessions (session_key, owner, expiry_seconds, disconnected_at, state,
+                            saved_at, holder)
+                        VALUES (\(session.key), \(session.owner), \(Int64(session.expirySeconds)),
+                            \(session.disconnectedAt?.millis), \(ByteBuffer(bytes: session.state)),
+                            \(session.savedAt.millis), \(newHolder))
+                        ON CONFLICT (session_key) DO UPDATE SET owner = excluded.owner,
+                            expiry_seconds = excluded.expiry_seconds, disconnected_at = excluded.disconnected_at,
+                            state = excluded.state, saved_at = excluded.saved_at, holder = excluded.holder
+                        WHERE mqtt_sessions.holder = \(holder)
+                        RETURNING session_key
+                        """, logger: Self.quiet), String.self)
+                if saved == nil { held.insert(session.key) }
+            }
+            return held
         }
     }
 

@@ -159,9 +159,11 @@ public protocol HubStore: Sendable {
 
     // MQTT sessions and retained messages (MQTT 5.0 §4.1, §3.3.1.3): a restart keeps them, another node takes them.
 
-    /// Saves a session that `holder` (a node's run) holds in memory, and with `release` lets go of it (any node may
-    /// then adopt it). False, with nothing written, when another node has taken the session meanwhile.
-    func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool
+    /// Saves the sessions that `holder` (a node's run) holds in memory, and with `release` lets go of them (any node
+    /// may then adopt them); a change without a session removes one that ended, unless another node holds it now.
+    /// One transaction: a message that reached many sessions costs one commit (one fsync), and a failure writes
+    /// nothing. Returns the keys of the sessions not written because another node has taken them meanwhile.
+    func saveMQTTSessions(_ changes: [MQTTSessionChange], holder: String, release: Bool) async throws -> Set<String>
     /// Removes a session that ended, unless another node holds it now.
     func removeMQTTSession(key: String, holder: String) async throws
     /// Whether the session is stored, and which node holds it (nil: none does).
@@ -226,6 +228,13 @@ public struct ClusterEvent: Sendable, Equatable {
 }
 
 extension HubStore {
+    /// Saves one session as `saveMQTTSessions` does; false, with nothing written, when another node has taken it.
+    public func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
+        try await saveMQTTSessions(
+            [MQTTSessionChange(key: session.key, session: session)], holder: holder, release: release
+        ).isEmpty
+    }
+
     /// Events after `id`, oldest first (a single-node backend records none).
     public func clusterEvents(after id: Int64) async throws -> [ClusterEvent] { [] }
     /// The newest event's id (0 when none): where a node starting now begins to follow.

@@ -469,10 +469,24 @@ public actor InMemoryHubStore: HubStore {
 
     public func pairingFailures(of device: DeviceID) async throws -> PairingFailures? { failures[device] }
 
-    public func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
-        if let stored = mqttSessions[session.key], stored.holder != holder { return false }
-        mqttSessions[session.key] = (session, release ? nil : holder)
-        return true
+    public func saveMQTTSessions(_ changes: [MQTTSessionChange], holder: String, release: Bool) async throws
+        -> Set<String>
+    {
+        var held: Set<String> = []
+        for change in changes {
+            guard let session = change.session else {
+                if let stored = mqttSessions[change.key], stored.holder == nil || stored.holder == holder {
+                    mqttSessions[change.key] = nil
+                }
+                continue
+            }
+            if let stored = mqttSessions[session.key], stored.holder != holder {
+                held.insert(session.key)
+            } else {
+                mqttSessions[session.key] = (session, release ? nil : holder)
+            }
+        }
+        return held
     }
 
     public func removeMQTTSession(key: String, holder: String) async throws {

@@ -439,6 +439,22 @@ public struct StoredMQTTSession: Sendable, Equatable {
     }
 }
 
+/// One session's change for `HubStore.saveMQTTSessions`: the session to save, or (nil) the session with `key` to
+/// remove.
+public struct MQTTSessionChange: Sendable, Equatable {
+    public var key: String
+    public var session: StoredMQTTSession?
+
+    /// Changes the hub writes in one transaction, at most: a broadcast to a large fleet, or a fleet reconnecting at
+    /// once, is a few commits, each short enough not to hold up the telemetry commits waiting behind it.
+    public static let perTransaction = 500
+
+    public init(key: String, session: StoredMQTTSession?) {
+        self.key = key
+        self.session = session
+    }
+}
+
 /// A topic's retained message (MQTT 5.0 §3.3.1.3), kept in the store so it survives a restart of every node.
 public struct StoredRetainedMessage: Sendable, Equatable {
     public var topic: String

@@ -1388,9 +1388,12 @@ public final class SQLiteHubStore: HubStore {
 
     // MARK: MQTT sessions and retained messages
 
-    public func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
-        try await write { db in
-            try db.execute(
+    public func saveMQTTSessions(_ changes: [MQTTSessionChange], holder: String, release: Bool) async throws
+        -> Set<String>
+    {
+        guard !changes.isEmpty else { return [] }
+        return try await write { db in
+            let save = try db.cachedStatement(
                 sql: """
                     INSERT INTO mqtt_sessions (session_key, owner, expiry_seconds, disconnected_at, state, saved_at,
                         holder)
@@ -1399,12 +1402,22 @@ public final class SQLiteHubStore: HubStore {
                         expiry_seconds = excluded.expiry_seconds, disconnected_at = excluded.disconnected_at,
                         state = excluded.state, saved_at = excluded.saved_at, holder = excluded.holder
                     WHERE mqtt_sessions.holder = ?
-                    """,
-                arguments: [
+                    """)
+            let remove = try db.cachedStatement(
+                sql: "DELETE FROM mqtt_sessions WHERE session_key = ? AND (holder IS NULL OR holder = ?)")
+            var held: Set<String> = []
+            for change in changes {
+                guard let session = change.session else {
+                    try remove.execute(arguments: [change.key, holder])
+                    continue
+                }
+                try save.execute(arguments: [
                     session.key, session.owner, session.expirySeconds, session.disconnectedAt?.millis,
                     Data(session.state), session.savedAt.millis, release ? nil : holder, holder,
                 ])
-            return db.changesCount == 1
+                if db.changesCount != 1 { held.insert(session.key) }
+            }
+            return held
         }
     }
 

@@ -403,6 +403,52 @@ import Testing
         try await one.stop()
     }
 
+    /// The sessions that changed are saved `MQTTSessionChange.perTransaction` to a transaction (a fleet reconnecting
+    /// at once costs a few commits, not one each); a transaction that fails leaves its sessions to the next write, and
+    /// a session another node took meanwhile is let go of here, not overwritten.
+    @Test func changedSessionsAreSavedAFewHundredToATransaction() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let broker = MQTTBroker()
+        let persistence = MQTTPersistence(
+            store: store, broker: broker, node: NodeDescription(holder: "a", name: "a"),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        try await persistence.load()
+        let count = MQTTSessionChange.perTransaction * 2 + 7
+        func attachAll() async {
+            for index in 0..<count {
+                let connection = BrokerConnection(
+                    channel: EmbeddedChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
+                _ = await broker.attach(
+                    key: "k\(index)", owner: "o\(index)", maxPerOwner: 10, cleanStart: false, expirySeconds: 3600,
+                    connection: connection)
+            }
+        }
+        func stored() async throws -> Int {
+            var stored = 0
+            for index in 0..<count where try await store.mqttSessionHolder(key: "k\(index)").stored { stored += 1 }
+            return stored
+        }
+        await attachAll()
+        store.failingSession.withLock { $0 = "k3" }
+        #expect(await !persistence.flush())
+        #expect(try await stored() <= count - 7, "the transaction with k3 wrote nothing")
+        #expect(store.sessionWrites.load(ordering: .relaxed) <= 3)
+        store.failingSession.withLock { $0 = nil }
+        #expect(await persistence.flush())
+        #expect(try await stored() == count)
+        #expect(store.sessionWrites.load(ordering: .relaxed) <= 6)
+
+        // Another node takes k5; the next write of every session leaves it to that node.
+        _ = try await store.takeMQTTSession(key: "k5", holder: "b")
+        await attachAll()
+        let before = store.sessionWrites.load(ordering: .relaxed)
+        #expect(await persistence.flush())
+        #expect(store.sessionWrites.load(ordering: .relaxed) - before == 3)
+        #expect(try await store.mqttSessionHolder(key: "k5") == (true, "b"))
+        #expect(await !broker.holds("k5"), "the copy here was stale")
+        #expect(await broker.holds("k6"))
+    }
+
     /// A retained message whose Message Expiry Interval passes is swept from memory by the node holding it; its
     /// stored copy stays (a newer one another node saved meanwhile must not go with it, and every reader checks the
     /// expiry) until a node that finds it expired when it starts drops that copy, and only that copy.

@@ -16,8 +16,10 @@ final class FaultyStore: HubStore {
     /// Fail this many writes from now on (after `delayMilliseconds`), then work again.
     let failNext = Atomic<Int>(0)
     let delayMilliseconds = Atomic<Int>(0)
-    /// Fails `saveMQTTSession` of the session with this key while set (a broker session that cannot be saved).
+    /// Fails a `saveMQTTSessions` that saves the session with this key, while set (a session that cannot be saved).
     let failingSession = Mutex<String?>(nil)
+    /// Calls of `saveMQTTSessions` (each one transaction), failed ones included.
+    let sessionWrites = Atomic<Int>(0)
     /// Each write waits for the one before it and then this long: acknowledgements trickle in one at a time.
     let serialDelayMilliseconds = Atomic<Int>(0)
     private let lastWrite = Mutex<Task<Void, Never>?>(nil)
@@ -172,11 +174,15 @@ final class FaultyStore: HubStore {
     func relayMessage(_ message: RelayedMessage) async throws { try await base.relayMessage(message) }
     var sharedByNodes: Bool { base.sharedByNodes }
     func putClaim(_ claim: StoredClaim) async throws { try await base.putClaim(claim) }
-    func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
-        if failingSession.withLock({ $0 == session.key }) {
+    func saveMQTTSessions(_ changes: [MQTTSessionChange], holder: String, release: Bool) async throws
+        -> Set<String>
+    {
+        sessionWrites.add(1, ordering: .relaxed)
+        let failing = failingSession.withLock { $0 }
+        if changes.contains(where: { $0.session != nil && $0.key == failing }) {
             throw StoreError(.unavailable, "injected session save failure")
         }
-        return try await base.saveMQTTSession(session, holder: holder, release: release)
+        return try await base.saveMQTTSessions(changes, holder: holder, release: release)
     }
     func removeMQTTSession(key: String, holder: String) async throws {
         try await base.removeMQTTSession(key: key, holder: holder)

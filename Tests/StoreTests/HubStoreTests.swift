@@ -346,6 +346,39 @@ import Testing
         #expect(keys.first?.1 == [UInt8](repeating: 7, count: 16))
     }
 
+    /// Sessions saved and removed together (one transaction: a message that reached many sessions): each change as
+    /// alone, except that a session another node holds is neither overwritten nor removed, and its key is returned.
+    @Test(arguments: Backend.allCases)
+    func mqttSessionsAreSavedTogether(_ backend: Backend) async throws {
+        let (store, _) = try await Self.open(backend)
+        let now = Date(timeIntervalSince1970: 1_800_000_000)
+        func session(_ key: String, _ state: UInt8) -> StoredMQTTSession {
+            StoredMQTTSession(
+                key: key, owner: "urn:o", expirySeconds: 60, disconnectedAt: nil, state: [state], savedAt: now)
+        }
+        func save(_ key: String, _ state: UInt8) -> MQTTSessionChange {
+            MQTTSessionChange(key: key, session: session(key, state))
+        }
+        func remove(_ key: String) -> MQTTSessionChange { MQTTSessionChange(key: key, session: nil) }
+        #expect(try await store.saveMQTTSessions([], holder: "a", release: false) == [])
+        #expect(try await store.saveMQTTSessions([save("s1", 1), save("s5", 5)], holder: "a", release: false) == [])
+        #expect(try await store.saveMQTTSessions([save("s2", 2), save("s6", 6)], holder: "b", release: false) == [])
+        let held = try await store.saveMQTTSessions(
+            [save("s1", 11), save("s2", 12), save("s4", 14), remove("s5"), remove("s6"), remove("none")],
+            holder: "a", release: false)
+        #expect(held == ["s2"])
+        #expect(try await store.mqttSessionHolder(key: "s5") == (false, nil))
+        #expect(try await store.mqttSessionHolder(key: "s6") == (true, "b"), "b's: not removed")
+        #expect(try await store.mqttSessionHolder(key: "s4") == (true, "a"))
+        #expect(try await store.takeMQTTSession(key: "s2", holder: "b") == session("s2", 2), "b's: not overwritten")
+        #expect(try await store.saveMQTTSessions([save("s1", 21), save("s4", 24)], holder: "a", release: true) == [])
+        #expect(try await store.mqttSessionHolder(key: "s1") == (true, nil))
+        #expect(
+            try await store.adoptMQTTSessions(holder: "c", all: false, silentFor: nil).sorted { $0.key < $1.key }
+                == [session("s1", 21), session("s4", 24)])
+        #expect(try await !store.saveMQTTSession(session("s1", 31), holder: "a", release: false), "c took it")
+    }
+
     /// Pairing claims: one per device, a new one replaces the old and frees its hold; one session holds a claim at
     /// a time (another is refused until the hold is released or lapses, and only the holder releases it); expired
     /// claims are not pending; a use removes the claim and the device's failures, a withdrawal only the claim.
