@@ -141,6 +141,9 @@ actor MQTTBroker {
     /// Sessions changed since the last `takeChanges` (saved then, or removed when they ended), and retained topics.
     private var changedSessions = Set<String>()
     private var changedRetained: [TopicName: (message: BrokerMessage?, owner: String)] = [:]
+    /// Since the last `takeChanges`: the sessions a leaving shared-subscription member's unacknowledged messages went
+    /// to, by the leaving member's key. A message acknowledged once its session is saved must then wait for these.
+    private var handedOverShared: [String: Set<String>] = [:]
     /// Whether changes are recorded for a store (`MQTTPersistence`); off, nothing is kept for it.
     var persistent = false
     /// Subscriptions across all sessions, readable without entering the actor: a publish that nobody subscribed to
@@ -519,6 +522,7 @@ actor MQTTBroker {
             else { continue }
             handedOver.insert(position)
             changed(chosen.key)
+            if persistent { handedOverShared[key, default: []].insert(chosen.key) }
             deliver(
                 message.copy(
                     qos: min(chosen.options.qos, message.qos), retain: message.retain,
@@ -576,10 +580,9 @@ actor MQTTBroker {
     }
 
     /// What changed since the last call, as values to write: each changed session as it stands (nil: it ended, or
-    /// has expiry 0 and is never kept), and each changed retained topic (nil: cleared).
-    func takeChanges(
-        now: ContinuousClock.Instant = .now, wallClock: Date = Date()
-    ) -> (sessions: [String: StoredMQTTSession?], retained: [TopicName: (message: BrokerMessage?, owner: String)]) {
+    /// has expiry 0 and is never kept), each changed retained topic (nil: cleared), and where shared-subscription
+    /// messages were handed over (`handedOverShared`).
+    func takeChanges(now: ContinuousClock.Instant = .now, wallClock: Date = Date()) -> Changes {
         var saved: [String: StoredMQTTSession?] = [:]
         for key in changedSessions {
             let session = stored(key, now: now, wallClock: wallClock)
@@ -587,8 +590,18 @@ actor MQTTBroker {
             sessions[key]?.saved = session != nil
         }
         changedSessions = []
-        defer { changedRetained = [:] }
-        return (saved, changedRetained)
+        defer {
+            changedRetained = [:]
+            handedOverShared = [:]
+        }
+        return Changes(sessions: saved, retained: changedRetained, handedOver: handedOverShared)
+    }
+
+    /// What `takeChanges` hands over.
+    struct Changes {
+        var sessions: [String: StoredMQTTSession?]
+        var retained: [TopicName: (message: BrokerMessage?, owner: String)]
+        var handedOver: [String: Set<String>]
     }
 
     /// The session as the store keeps it; nil when there is none to keep.

@@ -33,6 +33,10 @@ actor MQTTPersistence: Service {
     /// Changes not written yet (taken from the broker, or a write that failed: retried), newest last.
     private var pendingSessions: [String: StoredMQTTSession?] = [:]
     private var pendingRetained: [TopicName: (message: BrokerMessage?, owner: String)] = [:]
+    /// Sessions given a leaving shared-subscription member's unacknowledged messages (§4.8.2) and not saved since, by
+    /// the leaving member's key: a message acknowledged once the sessions holding it are saved (`flush(saving:)`)
+    /// may have moved on to one of these, which must be saved too.
+    private var handedOver: [String: Set<String>] = [:]
     /// The write in progress: each waits for the one before, so saves reach the store in order.
     private var lastFlush: Task<Bool, Never>?
 
@@ -187,16 +191,44 @@ actor MQTTPersistence: Service {
         let changes = await broker.takeChanges()
         pendingSessions.merge(changes.sessions) { $1 }
         pendingRetained.merge(changes.retained) { $1 }
+        handedOver.merge(changes.handedOver) { $0.union($1) }
+        defer { forgetSavedHandOvers() }
         if let keys {
-            // Those asked for, and no more: the rest is the periodic write's (its failures, or a slow store, must
-            // not hold up this answer).
-            guard await writeSessions(keys) else { return false }
+            // Those asked for, and where their messages went since, and no more: the rest is the periodic write's
+            // (its failures, or a slow store, must not hold up this answer).
+            guard await writeSessions(Array(following(keys))) else { return false }
             if let topic { return await writeRetained(topic) }
             return true
         }
-        guard await writeSessions(Array(pendingSessions.keys)) else { return false }
+        // Sessions handed messages first: a transaction that commits the member that left, without them, must not
+        // come before the one with the session that has them now.
+        let receivers = Set(handedOver.values.joined())
+        let keys = pendingSessions.keys.sorted { receivers.contains($0) && !receivers.contains($1) }
+        guard await writeSessions(keys) else { return false }
         for topic in Array(pendingRetained.keys) { guard await writeRetained(topic) else { return false } }
         return true
+    }
+
+    /// `keys`, with the sessions their shared-subscription messages were handed to since and that are not saved yet
+    /// (and those these handed theirs to, in turn).
+    private func following(_ keys: Set<String>) -> Set<String> {
+        var all = keys
+        var next = Array(keys)
+        while let key = next.popLast() {
+            for receiver in handedOver[key] ?? [] where all.insert(receiver).inserted { next.append(receiver) }
+        }
+        return all
+    }
+
+    /// Keeps only the hand-overs that still lead to a session not saved since.
+    private func forgetSavedHandOvers() {
+        guard !handedOver.isEmpty else { return }
+        var left: [String: Set<String>] = [:]
+        for from in handedOver.keys {
+            let unsaved = following([from]).filter { $0 != from && pendingSessions.index(forKey: $0) != nil }
+            if !unsaved.isEmpty { left[from] = unsaved }
+        }
+        handedOver = left
     }
 
     /// Writes the pending changes of these sessions, `MQTTSessionChange.perTransaction` to a transaction (a message

@@ -449,6 +449,64 @@ import Testing
         #expect(await broker.holds("k6"))
     }
 
+    /// A shared-subscription member that leaves after a fleet message reached it and before its session was saved
+    /// hands the message to another member (§4.8.2): the save its acknowledgement waits for (`flush(saving:)`) saves
+    /// that member's session too, so a kill right after the PUBACK finds the message there.
+    @Test func aMessageHandedToAnotherSharedMemberIsSavedBeforeItsAcknowledgement() async throws {
+        let store = InMemoryHubStore()
+        let broker = MQTTBroker()
+        let persistence = MQTTPersistence(
+            store: store, broker: broker, node: NodeDescription(holder: "a", name: "a"),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        try await persistence.load()
+        var numbers: [String: Int] = [:]
+        for key in ["m1", "m2"] {
+            numbers[key] = try await MQTTBrokerIndexTests.connect(broker, key, clean: false, expiry: 3600)
+            try await MQTTBrokerIndexTests.subscribe(broker, key, numbers[key]!, ["$share/g/t/#"])
+        }
+        #expect(await persistence.flush())
+        /// The topics of the messages the session holds to deliver, from its saved state.
+        func topics(_ stored: StoredMQTTSession?) throws -> [String] {
+            let stored = try #require(stored)
+            let window = try SessionSnapshot(decoding: stored.state, elapsed: .zero, now: .now).window
+            return window.unacknowledged.map(\.message.topic.rawValue) + window.queue.map(\.topic.rawValue)
+        }
+        func saved(_ key: String) async throws -> [String] {
+            let all = try await store.adoptMQTTSessions(holder: "a", all: true, silentFor: nil)
+            return try topics(all.first { $0.key == key })
+        }
+        let holding = await broker.publishing(try MQTTBrokerIndexTests.message("t/1"), from: "operator").holding
+        let first = try #require(holding.first)
+        let other = first == "m1" ? "m2" : "m1"
+        #expect(holding == [first])
+        // The member it reached leaves, its session ending: the message goes to the other member.
+        await broker.detach(key: first, connectionNumber: numbers[first]!, expirySeconds: 0)
+        #expect(await persistence.flush(saving: holding))
+        #expect(try await store.mqttSessionHolder(key: first).stored == false)
+        #expect(try await saved(other) == ["t/1"], "the member it was handed to is saved with it")
+
+        // Handed on again before any save: from the member it reached to a second, then from that one to a third.
+        for key in ["m3", "m4"] {
+            numbers[key] = try await MQTTBrokerIndexTests.connect(broker, key, clean: false, expiry: 3600)
+            try await MQTTBrokerIndexTests.subscribe(broker, key, numbers[key]!, ["$share/g/t/#"])
+        }
+        #expect(await persistence.flush())
+        let next = await broker.publishing(try MQTTBrokerIndexTests.message("t/2"), from: "operator").holding
+        let reached = try #require(next.first)
+        await broker.detach(key: reached, connectionNumber: numbers[reached]!, expirySeconds: 0)
+        let inMemory = await broker.storedSessions()
+        var holders: [String] = []
+        for key in [other, "m3", "m4"] where key != reached {
+            if try topics(inMemory[key] ?? nil).contains("t/2") { holders.append(key) }
+        }
+        let second = try #require(holders.first)
+        #expect(holders.count == 1)
+        await broker.detach(key: second, connectionNumber: numbers[second]!, expirySeconds: 0)
+        let last = try #require([other, "m3", "m4"].first { $0 != reached && $0 != second })
+        #expect(await persistence.flush(saving: next))
+        #expect(try await saved(last).contains("t/2"), "saved with the member it reached last")
+    }
+
     /// A retained message whose Message Expiry Interval passes is swept from memory by the node holding it; its
     /// stored copy stays (a newer one another node saved meanwhile must not go with it, and every reader checks the
     /// expiry) until a node that finds it expired when it starts drops that copy, and only that copy.
