@@ -203,7 +203,11 @@ actor MQTTPersistence: Service {
         // Sessions handed messages first: a transaction that commits the member that left, without them, must not
         // come before the one with the session that has them now.
         let receivers = Set(handedOver.values.joined())
-        let keys = pendingSessions.keys.sorted { receivers.contains($0) && !receivers.contains($1) }
+        // Then in key order: two nodes writing sessions they both touch (a hand-over) take their rows' locks in the
+        // same order (PostgreSQL), never each waiting for the other.
+        let keys = pendingSessions.keys.sorted {
+            (receivers.contains($0) ? 0 : 1, $0) < (receivers.contains($1) ? 0 : 1, $1)
+        }
         guard await writeSessions(keys) else { return false }
         for topic in Array(pendingRetained.keys) { guard await writeRetained(topic) else { return false } }
         return true
@@ -231,20 +235,22 @@ actor MQTTPersistence: Service {
         handedOver = left
     }
 
-    /// Writes the pending changes of these sessions, `MQTTSessionChange.perTransaction` to a transaction (a message
-    /// that reached many sessions costs one commit, not one each); false when the store refused a transaction (its
-    /// changes and those after it stay pending).
-    private func writeSessions(_ keys: some Collection<String>) async -> Bool {
-        let keys = keys.filter { pendingSessions.index(forKey: $0) != nil }
-        guard !keys.isEmpty else { return true }
-        // A session handed over to another node since its change was taken is not this node's to write any more.
-        let held = await broker.holding(Set(keys))
-        var start = 0
-        while start < keys.count {
-            let chunk = keys[start..<min(start + MQTTSessionChange.perTransaction, keys.count)]
-            start = chunk.endIndex
-            // What is written, as taken now: a newer change that comes meanwhile stays pending.
-            let taken = chunk.map { (key: $0, session: pendingSessions[$0] ?? nil) }
+    /// Writes the pending changes of these sessions, several to a transaction (a message that reached many sessions
+    /// costs one commit, not one each: `MQTTSessionChange.perTransaction` and `bytesPerTransaction` at most); false
+    /// when the store refused a transaction (its changes and those after it stay pending).
+    private func writeSessions(_ keys: [String]) async -> Bool {
+        var keys = keys.filter { pendingSessions.index(forKey: $0) != nil }[...]
+        while !keys.isEmpty {
+            let count = MQTTSessionChange.fitting(keys.lazy.map { (self.pendingSessions[$0] ?? nil)?.state.count ?? 0 })
+            let chunk = keys.prefix(count)
+            keys = keys.dropFirst(count)
+            // Asked for each transaction: a session handed over to another node since its change was taken is not
+            // this node's to write any more.
+            let held = await broker.holding(Set(chunk))
+            // What is written, as it stands now: a session handed over meanwhile (`handOver`) has no pending change
+            // any more and is left alone (never taken for a removal); a newer change that comes during the write
+            // stays pending.
+            let taken = chunk.compactMap { key in pendingSessions[key].map { (key: key, session: $0) } }
             let changes = taken.compactMap { key, session -> MQTTSessionChange? in
                 guard let session else { return MQTTSessionChange(key: key, session: nil) }
                 return held.contains(key) ? MQTTSessionChange(key: key, session: session) : nil
@@ -289,20 +295,29 @@ actor MQTTPersistence: Service {
     /// The node stops: every session it holds is saved and let go of, for whichever node takes it up.
     private func releaseAll() async {
         _ = await lastFlush?.value
-        let all = await broker.storedSessions().map { MQTTSessionChange(key: $0.key, session: $0.value) }
+        let all = await broker.storedSessions().sorted { $0.key < $1.key }.map {
+            MQTTSessionChange(key: $0.key, session: $0.value)
+        }
         var released = 0
-        var start = 0
-        while start < all.count {
-            let changes = all[start..<min(start + MQTTSessionChange.perTransaction, all.count)]
-            start = changes.endIndex
+        var rest = all[...]
+        // After a transaction of several failed: how many of them are left to save one to a transaction, so that
+        // one session the store refuses does not cost the others theirs.
+        var alone = 0
+        while let first = rest.first {
+            let count = alone > 0 ? 1 : MQTTSessionChange.fitting(rest.lazy.map { $0.session?.state.count ?? 0 })
+            let changes = Array(rest.prefix(count))
             do {
-                let held = try await store.saveMQTTSessions(Array(changes), holder: holder, release: true)
+                let held = try await store.saveMQTTSessions(changes, holder: holder, release: true)
                 released += changes.count { $0.session != nil } - held.count
+            } catch  where count > 1 {
+                alone = count
+                continue
             } catch {
                 logger.warning(
-                    "MQTT sessions not saved at shutdown",
-                    metadata: ["sessions": "\(changes.count)", "error": "\(error)"])
+                    "MQTT session not saved at shutdown", metadata: ["session": "\(first.key)", "error": "\(error)"])
             }
+            rest = rest.dropFirst(count)
+            alone = max(0, alone - 1)
         }
         if released > 0 { logger.info("MQTT sessions saved", metadata: ["sessions": "\(released)"]) }
     }

@@ -448,6 +448,22 @@ public struct MQTTSessionChange: Sendable, Equatable {
     /// Changes the hub writes in one transaction, at most: a broadcast to a large fleet, or a fleet reconnecting at
     /// once, is a few commits, each short enough not to hold up the telemetry commits waiting behind it.
     public static let perTransaction = 500
+    /// Bytes of session state the hub writes in one transaction, at most (beyond one session): a session's state
+    /// holds its queue, up to a thousand messages of up to 16 MiB each under `mqtt.payloads`. As a telemetry batch's
+    /// bound (32 MiB), a quarter of it.
+    public static let bytesPerTransaction = 8 << 20
+
+    /// How many of the leading changes, whose states have these sizes, one transaction takes (one at least).
+    public static func fitting(_ sizes: some Sequence<Int>) -> Int {
+        var count = 0
+        var bytes = 0
+        for size in sizes {
+            if count > 0, count == perTransaction || bytes + size > bytesPerTransaction { break }
+            count += 1
+            bytes += size
+        }
+        return count
+    }
 
     public init(key: String, session: StoredMQTTSession?) {
         self.key = key

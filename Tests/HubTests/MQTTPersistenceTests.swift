@@ -449,6 +449,41 @@ import Testing
         #expect(await broker.holds("k6"))
     }
 
+    /// A session another node asks for while a write of many is on its way is handed over (saved, then given to
+    /// that node) and left alone by the write's later transactions: neither removed nor overwritten with the copy
+    /// taken before.
+    @Test func aSessionHandedOverDuringALongWriteIsLeftAlone() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let broker = MQTTBroker()
+        let persistence = MQTTPersistence(
+            store: store, broker: broker, node: NodeDescription(holder: "a", name: "a"),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        try await persistence.load()
+        // Keys in the order the write takes them: the last alone in the second transaction.
+        let keys = (0...MQTTSessionChange.perTransaction).map { "k" + String(1000 + $0) }
+        func attachAll() async {
+            for key in keys {
+                let connection = BrokerConnection(
+                    channel: EmbeddedChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
+                _ = await broker.attach(
+                    key: key, owner: "o-" + key, maxPerOwner: 10, cleanStart: false, expirySeconds: 3600,
+                    connection: connection)
+            }
+        }
+        await attachAll()
+        #expect(await persistence.flush())
+        await attachAll()  // every session changed again
+        store.sessionWriteDelayMilliseconds.store(300, ordering: .relaxed)
+        let writing = Task { await persistence.flush() }
+        try await Task.sleep(for: .milliseconds(100))  // the first transaction is on its way
+        let last = try #require(keys.last)
+        await persistence.handOver(key: last, to: "b")
+        #expect(await writing.value)
+        #expect(try await store.mqttSessionHolder(key: last) == (true, "b"))
+        #expect(store.sessionRemovals.withLock { $0 } == [], "never taken for a removal")
+        #expect(await !broker.holds(last))
+    }
+
     /// A shared-subscription member that leaves after a fleet message reached it and before its session was saved
     /// hands the message to another member (§4.8.2): the save its acknowledgement waits for (`flush(saving:)`) saves
     /// that member's session too, so a kill right after the PUBACK finds the message there.

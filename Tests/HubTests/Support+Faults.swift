@@ -20,6 +20,10 @@ final class FaultyStore: HubStore {
     let failingSession = Mutex<String?>(nil)
     /// Calls of `saveMQTTSessions` (each one transaction), failed ones included.
     let sessionWrites = Atomic<Int>(0)
+    /// Keys `saveMQTTSessions` was asked to remove.
+    let sessionRemovals = Mutex<[String]>([])
+    /// Each `saveMQTTSessions` takes this long first.
+    let sessionWriteDelayMilliseconds = Atomic<Int>(0)
     /// Each write waits for the one before it and then this long: acknowledgements trickle in one at a time.
     let serialDelayMilliseconds = Atomic<Int>(0)
     private let lastWrite = Mutex<Task<Void, Never>?>(nil)
@@ -178,6 +182,9 @@ final class FaultyStore: HubStore {
         -> Set<String>
     {
         sessionWrites.add(1, ordering: .relaxed)
+        sessionRemovals.withLock { $0 += changes.filter { $0.session == nil }.map(\.key) }
+        let delay = sessionWriteDelayMilliseconds.load(ordering: .relaxed)
+        if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
         let failing = failingSession.withLock { $0 }
         if changes.contains(where: { $0.session != nil && $0.key == failing }) {
             throw StoreError(.unavailable, "injected session save failure")

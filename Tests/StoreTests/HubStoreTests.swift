@@ -373,9 +373,11 @@ import Testing
         #expect(try await store.takeMQTTSession(key: "s2", holder: "b") == session("s2", 2), "b's: not overwritten")
         #expect(try await store.saveMQTTSessions([save("s1", 21), save("s4", 24)], holder: "a", release: true) == [])
         #expect(try await store.mqttSessionHolder(key: "s1") == (true, nil))
-        #expect(
-            try await store.adoptMQTTSessions(holder: "c", all: false, silentFor: nil).sorted { $0.key < $1.key }
-                == [session("s1", 21), session("s4", 24)])
+        // A released session is no node's to overwrite until one adopts it; one that ended may be removed.
+        let refused = try await store.saveMQTTSessions([save("s1", 41), remove("s4")], holder: "z", release: false)
+        #expect(refused == ["s1"])
+        #expect(try await store.mqttSessionHolder(key: "s4") == (false, nil))
+        #expect(try await store.adoptMQTTSessions(holder: "c", all: false, silentFor: nil) == [session("s1", 21)])
         #expect(try await !store.saveMQTTSession(session("s1", 31), holder: "a", release: false), "c took it")
     }
 
