@@ -622,9 +622,6 @@ actor MQTTBroker {
     /// Whether this node holds the session in memory.
     func holds(_ key: String) -> Bool { sessions[key] != nil }
 
-    /// Those of `keys` whose sessions are held here.
-    func holding(_ keys: Set<String>) -> Set<String> { keys.filter { sessions[$0] != nil } }
-
     /// What `restore` did.
     enum Restored: Equatable {
         case restored

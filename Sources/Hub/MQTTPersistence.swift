@@ -33,10 +33,10 @@ actor MQTTPersistence: Service {
     /// Changes not written yet (taken from the broker, or a write that failed: retried), newest last.
     private var pendingSessions: [String: StoredMQTTSession?] = [:]
     private var pendingRetained: [TopicName: (message: BrokerMessage?, owner: String)] = [:]
-    /// Sessions given a leaving shared-subscription member's unacknowledged messages (§4.8.2) and not saved since, by
-    /// the leaving member's key: a message acknowledged once the sessions holding it are saved (`flush(saving:)`)
-    /// may have moved on to one of these, which must be saved too.
-    private var handedOver: [String: Set<String>] = [:]
+    /// Where shared-subscription messages went when a member left, while a session they reached is not saved since:
+    /// a message acknowledged once its sessions are saved may have moved on (`flush(saving:)` follows it there), and
+    /// the sessions a hand-over joins are written in one transaction.
+    private var handedOver = SharedHandOvers()
     /// The write in progress: each waits for the one before, so saves reach the store in order.
     private var lastFlush: Task<Bool, Never>?
 
@@ -191,70 +191,35 @@ actor MQTTPersistence: Service {
         let changes = await broker.takeChanges()
         pendingSessions.merge(changes.sessions) { $1 }
         pendingRetained.merge(changes.retained) { $1 }
-        handedOver.merge(changes.handedOver) { $0.union($1) }
-        defer { forgetSavedHandOvers() }
+        handedOver.record(changes.handedOver)
+        defer { handedOver.forget { pendingSessions.index(forKey: $0) != nil } }
         if let keys {
-            // Those asked for, and where their messages went since, and no more: the rest is the periodic write's
-            // (its failures, or a slow store, must not hold up this answer).
-            guard await writeSessions(Array(following(keys))) else { return false }
+            // Those asked for, and where their shared-subscription messages went since, and no more: the rest is
+            // the periodic write's (its failures, or a slow store, must not hold up this answer).
+            guard await writeSessions(Array(handedOver.following(keys))) else { return false }
             if let topic { return await writeRetained(topic) }
             return true
         }
-        // Sessions handed messages first: a transaction that commits the member that left, without them, must not
-        // come before the one with the session that has them now.
-        let receivers = Set(handedOver.values.joined())
-        // Then in key order: two nodes writing sessions they both touch (a hand-over) take their rows' locks in the
-        // same order (PostgreSQL), never each waiting for the other.
-        let keys = pendingSessions.keys.sorted {
-            (receivers.contains($0) ? 0 : 1, $0) < (receivers.contains($1) ? 0 : 1, $1)
-        }
-        guard await writeSessions(keys) else { return false }
+        guard await writeSessions(Array(pendingSessions.keys)) else { return false }
         for topic in Array(pendingRetained.keys) { guard await writeRetained(topic) else { return false } }
         return true
     }
 
-    /// `keys`, with the sessions their shared-subscription messages were handed to since and that are not saved yet
-    /// (and those these handed theirs to, in turn).
-    private func following(_ keys: Set<String>) -> Set<String> {
-        var all = keys
-        var next = Array(keys)
-        while let key = next.popLast() {
-            for receiver in handedOver[key] ?? [] where all.insert(receiver).inserted { next.append(receiver) }
-        }
-        return all
-    }
-
-    /// Keeps only the hand-overs that still lead to a session not saved since.
-    private func forgetSavedHandOvers() {
-        guard !handedOver.isEmpty else { return }
-        var left: [String: Set<String>] = [:]
-        for from in handedOver.keys {
-            let unsaved = following([from]).filter { $0 != from && pendingSessions.index(forKey: $0) != nil }
-            if !unsaved.isEmpty { left[from] = unsaved }
-        }
-        handedOver = left
-    }
-
     /// Writes the pending changes of these sessions, several to a transaction (a message that reached many sessions
-    /// costs one commit, not one each: `MQTTSessionChange.perTransaction` and `bytesPerTransaction` at most); false
-    /// when the store refused a transaction (its changes and those after it stay pending).
+    /// costs one commit, not one each; `SharedHandOvers.transactions`); false when the store refused a transaction
+    /// (its changes and those after it stay pending).
+    ///
+    /// A session another node takes over (`handOver(key:to:)`) has no pending change here from then on, and is left
+    /// alone; one it took meanwhile is refused by the store (saved only by its holder), and let go of here.
     private func writeSessions(_ keys: [String]) async -> Bool {
-        var keys = keys.filter { pendingSessions.index(forKey: $0) != nil }[...]
-        while !keys.isEmpty {
-            let count = MQTTSessionChange.fitting(keys.lazy.map { (self.pendingSessions[$0] ?? nil)?.state.count ?? 0 })
-            let chunk = keys.prefix(count)
-            keys = keys.dropFirst(count)
-            // Asked for each transaction: a session handed over to another node since its change was taken is not
-            // this node's to write any more.
-            let held = await broker.holding(Set(chunk))
-            // What is written, as it stands now: a session handed over meanwhile (`handOver`) has no pending change
-            // any more and is left alone (never taken for a removal); a newer change that comes during the write
-            // stays pending.
-            let taken = chunk.compactMap { key in pendingSessions[key].map { (key: key, session: $0) } }
-            let changes = taken.compactMap { key, session -> MQTTSessionChange? in
-                guard let session else { return MQTTSessionChange(key: key, session: nil) }
-                return held.contains(key) ? MQTTSessionChange(key: key, session: session) : nil
-            }
+        let keys = keys.filter { pendingSessions.index(forKey: $0) != nil }
+        guard !keys.isEmpty else { return true }
+        let transactions = handedOver.transactions(keys) { (self.pendingSessions[$0] ?? nil)?.state.count ?? 0 }
+        for transaction in transactions {
+            // What is written, as it stands now: a key handed over since has no pending change (never taken for a
+            // removal); a newer change that comes during the write stays pending.
+            let taken = transaction.compactMap { key in pendingSessions[key].map { (key: key, session: $0) } }
+            let changes = taken.map { MQTTSessionChange(key: $0.key, session: $0.session) }
             do {
                 for key in try await store.saveMQTTSessions(changes, holder: holder, release: false) {
                     if let other = try await store.mqttSessionHolder(key: key).holder, other != holder {
@@ -295,29 +260,18 @@ actor MQTTPersistence: Service {
     /// The node stops: every session it holds is saved and let go of, for whichever node takes it up.
     private func releaseAll() async {
         _ = await lastFlush?.value
-        let all = await broker.storedSessions().sorted { $0.key < $1.key }.map {
-            MQTTSessionChange(key: $0.key, session: $0.value)
-        }
+        let all = await broker.storedSessions()
         var released = 0
-        var rest = all[...]
-        // After a transaction of several failed: how many of them are left to save one to a transaction, so that
-        // one session the store refuses does not cost the others theirs.
-        var alone = 0
-        while let first = rest.first {
-            let count = alone > 0 ? 1 : MQTTSessionChange.fitting(rest.lazy.map { $0.session?.state.count ?? 0 })
-            let changes = Array(rest.prefix(count))
+        for keys in handedOver.transactions(Array(all.keys), size: { (all[$0] ?? nil)?.state.count ?? 0 }) {
+            let changes = keys.map { MQTTSessionChange(key: $0, session: all[$0] ?? nil) }
             do {
                 let held = try await store.saveMQTTSessions(changes, holder: holder, release: true)
                 released += changes.count { $0.session != nil } - held.count
-            } catch  where count > 1 {
-                alone = count
-                continue
             } catch {
                 logger.warning(
-                    "MQTT session not saved at shutdown", metadata: ["session": "\(first.key)", "error": "\(error)"])
+                    "MQTT sessions not saved at shutdown",
+                    metadata: ["sessions": "\(changes.count)", "error": "\(error)"])
             }
-            rest = rest.dropFirst(count)
-            alone = max(0, alone - 1)
         }
         if released > 0 { logger.info("MQTT sessions saved", metadata: ["sessions": "\(released)"]) }
     }
@@ -469,23 +423,28 @@ actor MQTTPersistence: Service {
         .milliseconds(Int64(max(0, now.timeIntervalSince(savedAt)) * 1000))
     }
 
-    /// Another node (`by`) asks for a session its client connected to: handed over if held here.
+    /// Another node (`by`) asks for a session its client connected to: handed over if held here. The client here
+    /// is sent away at once; the store's part waits for any write on its way (`chained`), which may hold an older
+    /// copy of the session that must not land after this one.
     func handOver(key: String, to by: String) async {
         guard by != holder, await broker.holds(key) else { return }
         let session = await broker.handOver(key)
         pendingSessions[key] = nil
-        do {
-            if let session {
-                // Saved as this node's, then given to the node that asked: never released in between, where a node
-                // looking for released sessions could take it first.
-                if try await store.saveMQTTSession(session, holder: holder, release: false) {
-                    _ = try await store.takeMQTTSession(key: key, holder: by)
+        _ = await chained { [store, holder, logger] in
+            do {
+                if let session {
+                    // Saved as this node's, then given to the node that asked: never released in between, where a
+                    // node looking for released sessions could take it first.
+                    if try await store.saveMQTTSession(session, holder: holder, release: false) {
+                        _ = try await store.takeMQTTSession(key: key, holder: by)
+                    }
+                } else {
+                    try await store.removeMQTTSession(key: key, holder: holder)
                 }
-            } else {
-                try await store.removeMQTTSession(key: key, holder: holder)
+            } catch {
+                logger.warning("MQTT session not handed over", metadata: ["session": "\(key)", "error": "\(error)"])
             }
-        } catch {
-            logger.warning("MQTT session not handed over", metadata: ["session": "\(key)", "error": "\(error)"])
+            return true
         }
     }
 }

@@ -453,18 +453,6 @@ public struct MQTTSessionChange: Sendable, Equatable {
     /// bound (32 MiB), a quarter of it.
     public static let bytesPerTransaction = 8 << 20
 
-    /// How many of the leading changes, whose states have these sizes, one transaction takes (one at least).
-    public static func fitting(_ sizes: some Sequence<Int>) -> Int {
-        var count = 0
-        var bytes = 0
-        for size in sizes {
-            if count > 0, count == perTransaction || bytes + size > bytesPerTransaction { break }
-            count += 1
-            bytes += size
-        }
-        return count
-    }
-
     public init(key: String, session: StoredMQTTSession?) {
         self.key = key
         self.session = session

@@ -450,8 +450,8 @@ import Testing
     }
 
     /// A session another node asks for while a write of many is on its way is handed over (saved, then given to
-    /// that node) and left alone by the write's later transactions: neither removed nor overwritten with the copy
-    /// taken before.
+    /// that node) after the write, and left alone by the write's later transactions: neither removed nor
+    /// overwritten with the copy taken before.
     @Test func aSessionHandedOverDuringALongWriteIsLeftAlone() async throws {
         let store = FaultyStore(InMemoryHubStore())
         let broker = MQTTBroker()
@@ -459,8 +459,7 @@ import Testing
             store: store, broker: broker, node: NodeDescription(holder: "a", name: "a"),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         try await persistence.load()
-        // Keys in the order the write takes them: the last alone in the second transaction.
-        let keys = (0...MQTTSessionChange.perTransaction).map { "k" + String(1000 + $0) }
+        let keys = (0...MQTTSessionChange.perTransaction).map { "k\($0)" }  // two transactions
         func attachAll() async {
             for key in keys {
                 let connection = BrokerConnection(
@@ -473,15 +472,24 @@ import Testing
         await attachAll()
         #expect(await persistence.flush())
         await attachAll()  // every session changed again
-        store.sessionWriteDelayMilliseconds.store(300, ordering: .relaxed)
+        store.pauseSessionWrites.store(true, ordering: .relaxed)
         let writing = Task { await persistence.flush() }
-        try await Task.sleep(for: .milliseconds(100))  // the first transaction is on its way
-        let last = try #require(keys.last)
-        await persistence.handOver(key: last, to: "b")
+        var first: [String] = []
+        for _ in 0..<500 where first.isEmpty {
+            first = store.pausedSessionWrites.first ?? []
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try #require(first.count == MQTTSessionChange.perTransaction, "the first transaction is on its way")
+        let later = try #require(keys.first { !first.contains($0) })
+        store.pauseSessionWrites.store(false, ordering: .relaxed)
+        let handing = Task { await persistence.handOver(key: later, to: "b") }
+        for _ in 0..<500 where await broker.holds(later) { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(await !broker.holds(later), "its client is sent away at once")
+        store.resumeSessionWrites()
         #expect(await writing.value)
-        #expect(try await store.mqttSessionHolder(key: last) == (true, "b"))
+        await handing.value
+        #expect(try await store.mqttSessionHolder(key: later) == (true, "b"))
         #expect(store.sessionRemovals.withLock { $0 } == [], "never taken for a removal")
-        #expect(await !broker.holds(last))
     }
 
     /// A shared-subscription member that leaves after a fleet message reached it and before its session was saved

@@ -22,8 +22,18 @@ final class FaultyStore: HubStore {
     let sessionWrites = Atomic<Int>(0)
     /// Keys `saveMQTTSessions` was asked to remove.
     let sessionRemovals = Mutex<[String]>([])
-    /// Each `saveMQTTSessions` takes this long first.
-    let sessionWriteDelayMilliseconds = Atomic<Int>(0)
+    /// While set, each `saveMQTTSessions` waits (its keys in `pausedSessionWrites`) until `resumeSessionWrites`.
+    let pauseSessionWrites = Atomic<Bool>(false)
+    private let paused = Mutex<[(keys: [String], resume: CheckedContinuation<Void, Never>)]>([])
+    /// The keys of each write waiting now.
+    var pausedSessionWrites: [[String]] { paused.withLock { $0.map(\.keys) } }
+    func resumeSessionWrites() {
+        let waiting = paused.withLock { paused in
+            defer { paused = [] }
+            return paused
+        }
+        for write in waiting { write.resume.resume() }
+    }
     /// Each write waits for the one before it and then this long: acknowledgements trickle in one at a time.
     let serialDelayMilliseconds = Atomic<Int>(0)
     private let lastWrite = Mutex<Task<Void, Never>?>(nil)
@@ -183,8 +193,9 @@ final class FaultyStore: HubStore {
     {
         sessionWrites.add(1, ordering: .relaxed)
         sessionRemovals.withLock { $0 += changes.filter { $0.session == nil }.map(\.key) }
-        let delay = sessionWriteDelayMilliseconds.load(ordering: .relaxed)
-        if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
+        if pauseSessionWrites.load(ordering: .relaxed) {
+            await withCheckedContinuation { resume in paused.withLock { $0.append((changes.map(\.key), resume)) } }
+        }
         let failing = failingSession.withLock { $0 }
         if changes.contains(where: { $0.session != nil && $0.key == failing }) {
             throw StoreError(.unavailable, "injected session save failure")

@@ -1,0 +1,110 @@
+import Store
+
+/// Where shared-subscription messages went when a member left (MQTT 5.0 §4.8.2: its unacknowledged messages go to
+/// another member), for the order of session saves: a pure value that `MQTTPersistence` keeps beside its pending
+/// changes.
+///
+/// A message acknowledged once the sessions holding it are saved may since have moved from the member it reached
+/// (A) to another (B), and on (C): the save the acknowledgement waits for includes where it went (`following`).
+/// And the sessions a hand-over joins are written in one transaction (`transactions`): A's save without the message
+/// must never commit before B's with it, and with messages going both ways between two members no order of two
+/// transactions would do.
+struct SharedHandOvers: Equatable {
+    /// From the leaving member's session key to the keys of the sessions that got its messages.
+    private(set) var edges: [String: Set<String>] = [:]
+
+    var isEmpty: Bool { edges.isEmpty }
+
+    /// Records the hand-overs the broker reported (`MQTTBroker.Changes.handedOver`).
+    mutating func record(_ handedOver: [String: Set<String>]) {
+        edges.merge(handedOver) { $0.union($1) }
+    }
+
+    /// `keys`, with the sessions their messages were handed to, and those these handed theirs to, in turn.
+    func following(_ keys: Set<String>) -> Set<String> {
+        var all = keys
+        var next = Array(keys)
+        while let key = next.popLast() {
+            for receiver in edges[key] ?? [] where all.insert(receiver).inserted { next.append(receiver) }
+        }
+        return all
+    }
+
+    /// Forgets the hand-overs from which no session with a change still to write (`pending`) can be reached: the
+    /// message is in a saved session, whatever the leaving member's row says. A chain through a saved session to an
+    /// unsaved one is kept whole.
+    mutating func forget(unless pending: (String) -> Bool) {
+        guard !edges.isEmpty else { return }
+        var into: [String: [String]] = [:]
+        for (from, receivers) in edges {
+            for receiver in receivers { into[receiver, default: []].append(from) }
+        }
+        // Every session from which a pending one can be reached, walking the hand-overs backwards.
+        var leads = Set(Set(edges.keys).union(into.keys).filter(pending))
+        var next = Array(leads)
+        while let key = next.popLast() {
+            for from in into[key] ?? [] where leads.insert(from).inserted { next.append(from) }
+        }
+        var kept: [String: Set<String>] = [:]
+        for (from, receivers) in edges {
+            let left = receivers.filter { leads.contains($0) }
+            if !left.isEmpty { kept[from] = left }
+        }
+        edges = kept
+    }
+
+    /// `keys` in transactions, in their order: the sessions a hand-over joins (either way, through any session)
+    /// always in the same one, even beyond the bounds; otherwise at most `perTransaction` sessions and
+    /// `bytesPerTransaction` bytes of state (`size`) to one.
+    func transactions(
+        _ keys: [String], size: (String) -> Int, perTransaction: Int = MQTTSessionChange.perTransaction,
+        bytesPerTransaction: Int = MQTTSessionChange.bytesPerTransaction
+    ) -> [[String]] {
+        var units: [[String]] = []
+        if edges.isEmpty {
+            units = keys.map { [$0] }
+        } else {
+            var joined: [String: [String]] = [:]
+            for (from, receivers) in edges {
+                for receiver in receivers {
+                    joined[from, default: []].append(receiver)
+                    joined[receiver, default: []].append(from)
+                }
+            }
+            let wanted = Set(keys)
+            var placed = Set<String>()
+            for key in keys where !placed.contains(key) {
+                guard joined[key] != nil else {
+                    units.append([key])
+                    continue
+                }
+                // The group of `key`: every session joined to it, of those to write, in the order given.
+                var group: Set<String> = [key]
+                var next = [key]
+                while let member = next.popLast() {
+                    for other in joined[member] ?? [] where group.insert(other).inserted { next.append(other) }
+                }
+                let unit = keys.filter { group.contains($0) && wanted.contains($0) }
+                placed.formUnion(group)
+                units.append(unit)
+            }
+        }
+        var transactions: [[String]] = []
+        var current: [String] = []
+        var bytes = 0
+        for unit in units {
+            let unitBytes = unit.reduce(0) { $0 + size($1) }
+            if !current.isEmpty,
+                current.count + unit.count > perTransaction || bytes + unitBytes > bytesPerTransaction
+            {
+                transactions.append(current)
+                current = []
+                bytes = 0
+            }
+            current += unit
+            bytes += unitBytes
+        }
+        if !current.isEmpty { transactions.append(current) }
+        return transactions
+    }
+}
