@@ -256,7 +256,8 @@ actor MQTTBroker {
         guard session.connectionNumber == connectionNumber else { return }
         session.connection = nil
         session.ready = false
-        handOverShared(from: key, session)
+        // Kept: the store keeps the session beyond this connection (a DISCONNECT may have set its expiry to 0).
+        handOverShared(from: key, session, kept: persistent && (expirySeconds ?? session.expirySeconds) > 0)
         if let expirySeconds { session.expirySeconds = expirySeconds }
         if session.expirySeconds == 0 {
             forget(session)
@@ -505,8 +506,9 @@ actor MQTTBroker {
 
     /// A member of shared subscriptions whose connection ended: the messages it was given through them and has not
     /// acknowledged (sent or queued) go to another connected member of the same group, if there is one (§4.8.2:
-    /// rather than waiting for this client to come back).
-    private func handOverShared(from key: String, _ session: Session) {
+    /// rather than waiting for this client to come back). From a session the store keeps (`kept`), only to another
+    /// it keeps: an acknowledged message must not move from a saved session into one that no save holds.
+    private func handOverShared(from key: String, _ session: Session, kept: Bool) {
         // QoS 2 deliveries in flight stay: §4.8.2 [MQTT-4.8.2-4, 4.8.2-5], they are completed to this client only.
         var handedOver = Set<Int>()
         for (position, message) in session.window.sharedUnacknowledged() {
@@ -515,7 +517,8 @@ actor MQTTBroker {
             let members = sessions.compactMap {
                 otherKey, other -> (key: String, options: SubscriptionOptions, connected: Bool)? in
                 guard let options = other.filters[group] else { return nil }
-                return (otherKey, options, otherKey != key && other.isReady)
+                let eligible = !kept || other.expirySeconds > 0 || keepsConnectedSessions
+                return (otherKey, options, otherKey != key && other.isReady && eligible)
             }
             guard members.contains(where: \.connected), let chosen = router.chooseMember(of: group, members),
                 chosen.key != key, let target = sessions[chosen.key]

@@ -37,6 +37,9 @@ actor MQTTPersistence: Service {
     /// a message acknowledged once its sessions are saved may have moved on (`flush(saving:)` follows it there), and
     /// the sessions a hand-over joins are written in one transaction.
     private var handedOver = SharedHandOvers()
+    /// The sessions of the transaction on its way to the store, and who waits for it to end (`handOver(key:to:)`).
+    private var writing: Set<String> = []
+    private var writeEnded: [CheckedContinuation<Void, Never>] = []
     /// The write in progress: each waits for the one before, so saves reach the store in order.
     private var lastFlush: Task<Bool, Never>?
 
@@ -218,14 +221,20 @@ actor MQTTPersistence: Service {
         for transaction in transactions {
             // What is written, as it stands now: a key handed over since has no pending change (never taken for a
             // removal); a newer change that comes during the write stays pending.
-            let taken = transaction.compactMap { key in pendingSessions[key].map { (key: key, session: $0) } }
+            // In key order: nodes writing rows they share lock them in the same order (PostgreSQL).
+            let taken = transaction.sorted().compactMap { key in pendingSessions[key].map { (key: key, session: $0) } }
             let changes = taken.map { MQTTSessionChange(key: $0.key, session: $0.session) }
+            writing = Set(changes.map(\.key))
+            defer {
+                writing = []
+                for waiter in writeEnded { waiter.resume() }
+                writeEnded = []
+            }
             do {
-                for key in try await store.saveMQTTSessions(changes, holder: holder, release: false) {
-                    if let other = try await store.mqttSessionHolder(key: key).holder, other != holder {
-                        // Another node took it meanwhile: the copy here is stale.
-                        _ = await broker.handOver(key)
-                    }
+                for key in try await store.saveMQTTSessions(changes, holder: holder, release: false)
+                where try await store.mqttSessionHolder(key: key).holder != holder {
+                    // Another node took it meanwhile (or took it and let go): the copy here is stale.
+                    _ = await broker.handOver(key)
                 }
             } catch {
                 logger.warning(
@@ -263,14 +272,19 @@ actor MQTTPersistence: Service {
         let all = await broker.storedSessions()
         var released = 0
         for keys in handedOver.transactions(Array(all.keys), size: { (all[$0] ?? nil)?.state.count ?? 0 }) {
-            let changes = keys.map { MQTTSessionChange(key: $0, session: all[$0] ?? nil) }
-            do {
-                let held = try await store.saveMQTTSessions(changes, holder: holder, release: true)
-                released += changes.count { $0.session != nil } - held.count
-            } catch {
-                logger.warning(
-                    "MQTT sessions not saved at shutdown",
-                    metadata: ["sessions": "\(changes.count)", "error": "\(error)"])
+            let changes = keys.sorted().map { MQTTSessionChange(key: $0, session: all[$0] ?? nil) }
+            // Tried twice: a transaction PostgreSQL aborted (another node's locks) leaves these sessions held by
+            // a node that stopped.
+            for attempt in 1...2 {
+                do {
+                    let held = try await store.saveMQTTSessions(changes, holder: holder, release: true)
+                    released += changes.count { $0.session != nil } - held.count
+                    break
+                } catch {
+                    logger.warning(
+                        "MQTT sessions not saved at shutdown",
+                        metadata: ["sessions": "\(changes.count)", "attempt": "\(attempt)", "error": "\(error)"])
+                }
             }
         }
         if released > 0 { logger.info("MQTT sessions saved", metadata: ["sessions": "\(released)"]) }
@@ -424,27 +438,25 @@ actor MQTTPersistence: Service {
     }
 
     /// Another node (`by`) asks for a session its client connected to: handed over if held here. The client here
-    /// is sent away at once; the store's part waits for any write on its way (`chained`), which may hold an older
-    /// copy of the session that must not land after this one.
+    /// is sent away at once; the store's part waits only for a transaction on its way with an older copy of the
+    /// session in it, which must not land after this one (later transactions find no change of it to write).
     func handOver(key: String, to by: String) async {
         guard by != holder, await broker.holds(key) else { return }
         let session = await broker.handOver(key)
         pendingSessions[key] = nil
-        _ = await chained { [store, holder, logger] in
-            do {
-                if let session {
-                    // Saved as this node's, then given to the node that asked: never released in between, where a
-                    // node looking for released sessions could take it first.
-                    if try await store.saveMQTTSession(session, holder: holder, release: false) {
-                        _ = try await store.takeMQTTSession(key: key, holder: by)
-                    }
-                } else {
-                    try await store.removeMQTTSession(key: key, holder: holder)
+        while writing.contains(key) { await withCheckedContinuation { writeEnded.append($0) } }
+        do {
+            if let session {
+                // Saved as this node's, then given to the node that asked: never released in between, where a node
+                // looking for released sessions could take it first.
+                if try await store.saveMQTTSession(session, holder: holder, release: false) {
+                    _ = try await store.takeMQTTSession(key: key, holder: by)
                 }
-            } catch {
-                logger.warning("MQTT session not handed over", metadata: ["session": "\(key)", "error": "\(error)"])
+            } else {
+                try await store.removeMQTTSession(key: key, holder: holder)
             }
-            return true
+        } catch {
+            logger.warning("MQTT session not handed over", metadata: ["session": "\(key)", "error": "\(error)"])
         }
     }
 }

@@ -71,7 +71,8 @@ struct SharedHandOvers: Equatable {
                     joined[receiver, default: []].append(from)
                 }
             }
-            let wanted = Set(keys)
+            var position: [String: Int] = [:]
+            for (index, key) in keys.enumerated() { position[key] = index }
             var placed = Set<String>()
             for key in keys where !placed.contains(key) {
                 guard joined[key] != nil else {
@@ -84,7 +85,7 @@ struct SharedHandOvers: Equatable {
                 while let member = next.popLast() {
                     for other in joined[member] ?? [] where group.insert(other).inserted { next.append(other) }
                 }
-                let unit = keys.filter { group.contains($0) && wanted.contains($0) }
+                let unit = group.compactMap { position[$0] }.sorted().map { keys[$0] }
                 placed.formUnion(group)
                 units.append(unit)
             }

@@ -449,9 +449,10 @@ import Testing
         #expect(await broker.holds("k6"))
     }
 
-    /// A session another node asks for while a write of many is on its way is handed over (saved, then given to
-    /// that node) after the write, and left alone by the write's later transactions: neither removed nor
-    /// overwritten with the copy taken before.
+    /// A session another node asks for while a write of many is on its way: its client is sent away at once; the
+    /// store's part of the hand-over waits for the transaction that holds an older copy of it (which must not land
+    /// after the hand-over's), and the write's later transactions leave alone a session handed over meanwhile
+    /// (neither removed nor overwritten).
     @Test func aSessionHandedOverDuringALongWriteIsLeftAlone() async throws {
         let store = FaultyStore(InMemoryHubStore())
         let broker = MQTTBroker()
@@ -472,6 +473,7 @@ import Testing
         await attachAll()
         #expect(await persistence.flush())
         await attachAll()  // every session changed again
+        store.sessionWriteLog.withLock { $0 = [] }
         store.pauseSessionWrites.store(true, ordering: .relaxed)
         let writing = Task { await persistence.flush() }
         var first: [String] = []
@@ -480,16 +482,64 @@ import Testing
             try await Task.sleep(for: .milliseconds(10))
         }
         try #require(first.count == MQTTSessionChange.perTransaction, "the first transaction is on its way")
+        let inside = try #require(first.first)
         let later = try #require(keys.first { !first.contains($0) })
         store.pauseSessionWrites.store(false, ordering: .relaxed)
-        let handing = Task { await persistence.handOver(key: later, to: "b") }
-        for _ in 0..<500 where await broker.holds(later) { try await Task.sleep(for: .milliseconds(10)) }
-        #expect(await !broker.holds(later), "its client is sent away at once")
+        let handingInside = Task { await persistence.handOver(key: inside, to: "b") }
+        let handingLater = Task { await persistence.handOver(key: later, to: "c") }
+        func held() async -> Bool {
+            let insideHeld = await broker.holds(inside)
+            let laterHeld = await broker.holds(later)
+            return insideHeld || laterHeld
+        }
+        for _ in 0..<500 where await held() { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(await !held(), "their clients are sent away at once")
+        await handingLater.value  // not in the transaction on its way: handed over now
+        #expect(try await store.mqttSessionHolder(key: later) == (true, "c"))
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(
+            store.sessionWriteLog.withLock { $0.filter { $0.contains(inside) } }.count == 1,
+            "the hand-over's save of a session in the transaction on its way waits for it")
         store.resumeSessionWrites()
         #expect(await writing.value)
-        await handing.value
-        #expect(try await store.mqttSessionHolder(key: later) == (true, "b"))
+        await handingInside.value
+        #expect(try await store.mqttSessionHolder(key: inside) == (true, "b"))
+        let handedOver = try #require(try await store.takeMQTTSession(key: inside, holder: "b"))
+        #expect(handedOver.disconnectedAt != nil, "the hand-over's copy, not the older one")
         #expect(store.sessionRemovals.withLock { $0 } == [], "never taken for a removal")
+    }
+
+    /// A message in a session the store keeps moves, when the member leaves, only to a member whose session is kept
+    /// too: otherwise it stays (for the member's return); a member whose session ends hands it to any.
+    @Test func aKeptSessionHandsItsSharedMessagesOnlyToAKeptOne() async throws {
+        let store = InMemoryHubStore()
+        let broker = MQTTBroker()
+        let persistence = MQTTPersistence(
+            store: store, broker: broker, node: NodeDescription(holder: "a", name: "a"),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        try await persistence.load()
+        let kept = try await MQTTBrokerIndexTests.connect(broker, "kept", clean: false, expiry: 3600)
+        let passing = try await MQTTBrokerIndexTests.connect(broker, "passing", clean: true, expiry: 0)
+        try await MQTTBrokerIndexTests.subscribe(broker, "kept", kept, ["$share/g/t/#"])
+        try await MQTTBrokerIndexTests.subscribe(broker, "passing", passing, ["$share/g/t/#"])
+        var holding: Set<String> = []
+        for index in 0..<4 where holding != ["kept"] {
+            holding = await broker.publishing(try MQTTBrokerIndexTests.message("t/\(index)"), from: "op").holding
+        }
+        try #require(holding == ["kept"])
+        await broker.detach(key: "kept", connectionNumber: kept)
+        #expect(await persistence.flush(saving: holding))
+        let stored = try #require(try await store.takeMQTTSession(key: "kept", holder: "a"))
+        let window = try SessionSnapshot(decoding: stored.state, elapsed: .zero, now: .now).window
+        #expect(window.unacknowledged.count + window.queue.count == 1, "it stays with the kept session")
+
+        // Back, then away for good (expiry 0 at the DISCONNECT): the message goes to the member still here.
+        let back = try await MQTTBrokerIndexTests.connect(broker, "kept", clean: false, expiry: 3600)
+        let before = await broker.statistics
+        await broker.detach(key: "kept", connectionNumber: back, expirySeconds: 0)
+        let after = await broker.statistics
+        #expect(after.sessions == before.sessions - 1)
+        #expect(after.inflight + after.queued == before.inflight + before.queued, "handed over, not dropped")
     }
 
     /// A shared-subscription member that leaves after a fleet message reached it and before its session was saved

@@ -20,6 +20,8 @@ final class FaultyStore: HubStore {
     let failingSession = Mutex<String?>(nil)
     /// Calls of `saveMQTTSessions` (each one transaction), failed ones included.
     let sessionWrites = Atomic<Int>(0)
+    /// The keys of each `saveMQTTSessions` call, as it starts.
+    let sessionWriteLog = Mutex<[[String]]>([])
     /// Keys `saveMQTTSessions` was asked to remove.
     let sessionRemovals = Mutex<[String]>([])
     /// While set, each `saveMQTTSessions` waits (its keys in `pausedSessionWrites`) until `resumeSessionWrites`.
@@ -192,6 +194,7 @@ final class FaultyStore: HubStore {
         -> Set<String>
     {
         sessionWrites.add(1, ordering: .relaxed)
+        sessionWriteLog.withLock { $0.append(changes.map(\.key)) }
         sessionRemovals.withLock { $0 += changes.filter { $0.session == nil }.map(\.key) }
         if pauseSessionWrites.load(ordering: .relaxed) {
             await withCheckedContinuation { resume in paused.withLock { $0.append((changes.map(\.key), resume)) } }
