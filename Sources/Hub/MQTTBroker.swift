@@ -507,7 +507,8 @@ actor MQTTBroker {
     /// A member of shared subscriptions whose connection ended: the messages it was given through them and has not
     /// acknowledged (sent or queued) go to another connected member of the same group, if there is one (§4.8.2:
     /// rather than waiting for this client to come back). From a session the store keeps (`kept`), only to another
-    /// it keeps: an acknowledged message must not move from a saved session into one that no save holds.
+    /// that outlives its connection: an acknowledged message must not move from a saved session into one that ends
+    /// with its client.
     private func handOverShared(from key: String, _ session: Session, kept: Bool) {
         // QoS 2 deliveries in flight stay: §4.8.2 [MQTT-4.8.2-4, 4.8.2-5], they are completed to this client only.
         var handedOver = Set<Int>()
@@ -517,7 +518,9 @@ actor MQTTBroker {
             let members = sessions.compactMap {
                 otherKey, other -> (key: String, options: SubscriptionOptions, connected: Bool)? in
                 guard let options = other.filters[group] else { return nil }
-                let eligible = !kept || other.expirySeconds > 0 || keepsConnectedSessions
+                // A session that outlives its connection (several nodes also save connected expiry-0 sessions, but
+                // those end when their client leaves, with whatever they hold).
+                let eligible = !kept || other.expirySeconds > 0
                 return (otherKey, options, otherKey != key && other.isReady && eligible)
             }
             guard members.contains(where: \.connected), let chosen = router.chooseMember(of: group, members),

@@ -37,9 +37,17 @@ actor MQTTPersistence: Service {
     /// a message acknowledged once its sessions are saved may have moved on (`flush(saving:)` follows it there), and
     /// the sessions a hand-over joins are written in one transaction.
     private var handedOver = SharedHandOvers()
-    /// The sessions of the transaction on its way to the store, and who waits for it to end (`handOver(key:to:)`).
+    /// The sessions of the transaction on its way to the store; how many times a write began to take the broker's
+    /// changes and how many of those it has merged; and who waits for either to move (`handOver(key:to:)`).
     private var writing: Set<String> = []
-    private var writeEnded: [CheckedContinuation<Void, Never>] = []
+    private var takesBegun = 0
+    private var takesMerged = 0
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    private func wakeWaiting() {
+        for waiter in waiting { waiter.resume() }
+        waiting = []
+    }
     /// The write in progress: each waits for the one before, so saves reach the store in order.
     private var lastFlush: Task<Bool, Never>?
 
@@ -191,10 +199,13 @@ actor MQTTPersistence: Service {
     /// written stays pending, for the next write). Without `first`: true when everything was written. With it (and
     /// `retained`): only those are written, and the answer is about them alone.
     private func write(first keys: Set<String>? = nil, retained topic: TopicName? = nil) async -> Bool {
+        takesBegun += 1
         let changes = await broker.takeChanges()
         pendingSessions.merge(changes.sessions) { $1 }
         pendingRetained.merge(changes.retained) { $1 }
         handedOver.record(changes.handedOver)
+        takesMerged = takesBegun
+        wakeWaiting()
         defer { handedOver.forget { pendingSessions.index(forKey: $0) != nil } }
         if let keys {
             // Those asked for, and where their shared-subscription messages went since, and no more: the rest is
@@ -227,8 +238,7 @@ actor MQTTPersistence: Service {
             writing = Set(changes.map(\.key))
             defer {
                 writing = []
-                for waiter in writeEnded { waiter.resume() }
-                writeEnded = []
+                wakeWaiting()
             }
             do {
                 for key in try await store.saveMQTTSessions(changes, holder: holder, release: false)
@@ -438,13 +448,17 @@ actor MQTTPersistence: Service {
     }
 
     /// Another node (`by`) asks for a session its client connected to: handed over if held here. The client here
-    /// is sent away at once; the store's part waits only for a transaction on its way with an older copy of the
-    /// session in it, which must not land after this one (later transactions find no change of it to write).
+    /// is sent away at once; the store's part waits only for what may hold an older copy of the session, which
+    /// must not land after this one: a take of the broker's changes begun before (its copy is dropped once merged)
+    /// and a transaction on its way with the session in it. Later writes find no change of it to write.
     func handOver(key: String, to by: String) async {
         guard by != holder, await broker.holds(key) else { return }
         let session = await broker.handOver(key)
+        let begun = takesBegun
+        while takesMerged < begun || writing.contains(key) {
+            await withCheckedContinuation { waiting.append($0) }
+        }
         pendingSessions[key] = nil
-        while writing.contains(key) { await withCheckedContinuation { writeEnded.append($0) } }
         do {
             if let session {
                 // Saved as this node's, then given to the node that asked: never released in between, where a node

@@ -453,7 +453,7 @@ import Testing
     /// store's part of the hand-over waits for the transaction that holds an older copy of it (which must not land
     /// after the hand-over's), and the write's later transactions leave alone a session handed over meanwhile
     /// (neither removed nor overwritten).
-    @Test func aSessionHandedOverDuringALongWriteIsLeftAlone() async throws {
+    @Test(.timeLimit(.minutes(1))) func aSessionHandedOverDuringALongWriteIsLeftAlone() async throws {
         let store = FaultyStore(InMemoryHubStore())
         let broker = MQTTBroker()
         let persistence = MQTTPersistence(
