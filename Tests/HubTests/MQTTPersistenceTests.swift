@@ -403,26 +403,35 @@ import Testing
         try await one.stop()
     }
 
-    /// The sessions that changed are saved `MQTTSessionChange.perTransaction` to a transaction (a fleet reconnecting
-    /// at once costs a few commits, not one each); a transaction that fails leaves its sessions to the next write, and
-    /// a session another node took meanwhile is let go of here, not overwritten.
-    @Test func changedSessionsAreSavedAFewHundredToATransaction() async throws {
-        let store = FaultyStore(InMemoryHubStore())
+    /// A broker and its persistence as node "a" on `store`, loaded; no timer runs (the tests flush).
+    static func node(_ store: any HubStore) async throws -> (MQTTBroker, MQTTPersistence) {
         let broker = MQTTBroker()
         let persistence = MQTTPersistence(
             store: store, broker: broker, node: NodeDescription(holder: "a", name: "a"),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         try await persistence.load()
-        let count = MQTTSessionChange.perTransaction * 2 + 7
-        func attachAll() async {
-            for index in 0..<count {
-                let connection = BrokerConnection(
-                    channel: EmbeddedChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
-                _ = await broker.attach(
-                    key: "k\(index)", owner: "o\(index)", maxPerOwner: 10, cleanStart: false, expirySeconds: 3600,
-                    connection: connection)
-            }
+        return (broker, persistence)
+    }
+
+    /// Attaches a connection to each session (kept: expiry 3600), which marks it changed.
+    static func attach(_ broker: MQTTBroker, _ keys: [String]) async {
+        for key in keys {
+            let connection = BrokerConnection(
+                channel: EmbeddedChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
+            _ = await broker.attach(
+                key: key, owner: "o-" + key, maxPerOwner: 10, cleanStart: false, expirySeconds: 3600,
+                connection: connection)
         }
+    }
+
+    /// The sessions that changed are saved `MQTTSessionChange.perTransaction` to a transaction (a fleet reconnecting
+    /// at once costs a few commits, not one each); a transaction that fails leaves its sessions to the next write, and
+    /// a session another node took meanwhile is let go of here, not overwritten.
+    @Test func changedSessionsAreSavedAFewHundredToATransaction() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let (broker, persistence) = try await Self.node(store)
+        let count = MQTTSessionChange.perTransaction * 2 + 7
+        func attachAll() async { await Self.attach(broker, (0..<count).map { "k\($0)" }) }
         func stored() async throws -> Int {
             var stored = 0
             for index in 0..<count where try await store.mqttSessionHolder(key: "k\(index)").stored { stored += 1 }
@@ -455,21 +464,9 @@ import Testing
     /// (neither removed nor overwritten).
     @Test(.timeLimit(.minutes(1))) func aSessionHandedOverDuringALongWriteIsLeftAlone() async throws {
         let store = FaultyStore(InMemoryHubStore())
-        let broker = MQTTBroker()
-        let persistence = MQTTPersistence(
-            store: store, broker: broker, node: NodeDescription(holder: "a", name: "a"),
-            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        try await persistence.load()
+        let (broker, persistence) = try await Self.node(store)
         let keys = (0...MQTTSessionChange.perTransaction).map { "k\($0)" }  // two transactions
-        func attachAll() async {
-            for key in keys {
-                let connection = BrokerConnection(
-                    channel: EmbeddedChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
-                _ = await broker.attach(
-                    key: key, owner: "o-" + key, maxPerOwner: 10, cleanStart: false, expirySeconds: 3600,
-                    connection: connection)
-            }
-        }
+        func attachAll() async { await Self.attach(broker, keys) }
         await attachAll()
         #expect(await persistence.flush())
         await attachAll()  // every session changed again
@@ -513,11 +510,7 @@ import Testing
     /// too: otherwise it stays (for the member's return); a member whose session ends hands it to any.
     @Test func aKeptSessionHandsItsSharedMessagesOnlyToAKeptOne() async throws {
         let store = InMemoryHubStore()
-        let broker = MQTTBroker()
-        let persistence = MQTTPersistence(
-            store: store, broker: broker, node: NodeDescription(holder: "a", name: "a"),
-            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        try await persistence.load()
+        let (broker, persistence) = try await Self.node(store)
         let kept = try await MQTTBrokerIndexTests.connect(broker, "kept", clean: false, expiry: 3600)
         let passing = try await MQTTBrokerIndexTests.connect(broker, "passing", clean: true, expiry: 0)
         try await MQTTBrokerIndexTests.subscribe(broker, "kept", kept, ["$share/g/t/#"])
@@ -547,11 +540,7 @@ import Testing
     /// that member's session too, so a kill right after the PUBACK finds the message there.
     @Test func aMessageHandedToAnotherSharedMemberIsSavedBeforeItsAcknowledgement() async throws {
         let store = InMemoryHubStore()
-        let broker = MQTTBroker()
-        let persistence = MQTTPersistence(
-            store: store, broker: broker, node: NodeDescription(holder: "a", name: "a"),
-            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        try await persistence.load()
+        let (broker, persistence) = try await Self.node(store)
         var numbers: [String: Int] = [:]
         for key in ["m1", "m2"] {
             numbers[key] = try await MQTTBrokerIndexTests.connect(broker, key, clean: false, expiry: 3600)
