@@ -223,16 +223,17 @@ actor MQTTPersistence: Service {
     /// costs one commit, not one each; `SharedHandOvers.transactions`); false when the store refused a transaction
     /// (its changes and those after it stay pending).
     ///
-    /// A session another node takes over (`handOver(key:to:)`) has no pending change here from then on, and is left
-    /// alone; one it took meanwhile is refused by the store (saved only by its holder), and let go of here.
+    /// A session handed over to another node (`handOver(key:to:)`) has no pending change here once the hand-over
+    /// has waited out this write's transaction holding it, and is left alone; one another node took meanwhile is
+    /// refused by the store (saved only by its holder), and let go of here.
     private func writeSessions(_ keys: [String]) async -> Bool {
         let keys = keys.filter { pendingSessions.index(forKey: $0) != nil }
         guard !keys.isEmpty else { return true }
         let transactions = handedOver.transactions(keys) { (self.pendingSessions[$0] ?? nil)?.state.count ?? 0 }
         for transaction in transactions {
-            // What is written, as it stands now: a key handed over since has no pending change (never taken for a
+            // What is written, as it stands now, in key order (nodes writing rows they share lock them in the same
+            // order on PostgreSQL): a key handed over since has no pending change and is skipped (never taken for a
             // removal); a newer change that comes during the write stays pending.
-            // In key order: nodes writing rows they share lock them in the same order (PostgreSQL).
             let taken = transaction.sorted().compactMap { key in pendingSessions[key].map { (key: key, session: $0) } }
             let changes = taken.map { MQTTSessionChange(key: $0.key, session: $0.session) }
             writing = Set(changes.map(\.key))
