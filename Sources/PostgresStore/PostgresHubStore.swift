@@ -538,14 +538,6 @@ public final class PostgresHubStore: HubStore {
         }
     }
 
-    public func removeMQTTSession(key: String, holder: String) async throws {
-        try await write { connection in
-            try await connection.query(
-                "DELETE FROM mqtt_sessions WHERE session_key = \(key) AND (holder IS NULL OR holder = \(holder))",
-                logger: Self.quiet)
-        }
-    }
-
     public func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?) {
         try await read { client in
             var found: (stored: Bool, holder: String?) = (false, nil)

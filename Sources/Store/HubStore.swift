@@ -164,8 +164,6 @@ public protocol HubStore: Sendable {
     /// One transaction: a message that reached many sessions costs one commit (one fsync), and a failure writes
     /// nothing. Returns the keys of the sessions not written because another node has taken them meanwhile.
     func saveMQTTSessions(_ changes: [MQTTSessionChange], holder: String, release: Bool) async throws -> Set<String>
-    /// Removes a session that ended, unless another node holds it now.
-    func removeMQTTSession(key: String, holder: String) async throws
     /// Whether the session is stored, and which node holds it (nil: none does).
     func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?)
     /// Takes the session for `holder`, whoever held it, and returns it (nil: none is stored).
@@ -233,6 +231,11 @@ extension HubStore {
         try await saveMQTTSessions(
             [MQTTSessionChange(key: session.key, session: session)], holder: holder, release: release
         ).isEmpty
+    }
+
+    /// Removes a session that ended, unless another node holds it now.
+    public func removeMQTTSession(key: String, holder: String) async throws {
+        _ = try await saveMQTTSessions([MQTTSessionChange(key: key, session: nil)], holder: holder, release: false)
     }
 
     /// Events after `id`, oldest first (a single-node backend records none).

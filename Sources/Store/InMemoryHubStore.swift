@@ -489,11 +489,6 @@ public actor InMemoryHubStore: HubStore {
         return held
     }
 
-    public func removeMQTTSession(key: String, holder: String) async throws {
-        guard let stored = mqttSessions[key], stored.holder == nil || stored.holder == holder else { return }
-        mqttSessions[key] = nil
-    }
-
     public func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?) {
         (mqttSessions[key] != nil, mqttSessions[key]?.holder)
     }

@@ -1421,14 +1421,6 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
-    public func removeMQTTSession(key: String, holder: String) async throws {
-        try await write { db in
-            try db.execute(
-                sql: "DELETE FROM mqtt_sessions WHERE session_key = ? AND (holder IS NULL OR holder = ?)",
-                arguments: [key, holder])
-        }
-    }
-
     public func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?) {
         try await read { db in
             let row = try Row.fetchOne(

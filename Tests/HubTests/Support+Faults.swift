@@ -205,9 +205,6 @@ final class FaultyStore: HubStore {
         }
         return try await base.saveMQTTSessions(changes, holder: holder, release: release)
     }
-    func removeMQTTSession(key: String, holder: String) async throws {
-        try await base.removeMQTTSession(key: key, holder: holder)
-    }
     func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?) {
         try await base.mqttSessionHolder(key: key)
     }
