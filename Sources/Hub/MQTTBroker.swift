@@ -603,6 +603,9 @@ actor MQTTBroker {
         return Changes(sessions: saved, retained: changedRetained, handedOver: handedOverShared)
     }
 
+    /// Whether the session handed shared-subscription messages to other sessions since the last `takeChanges`.
+    func handedOverShared(from key: String) -> Bool { handedOverShared[key] != nil }
+
     /// What `takeChanges` hands over.
     struct Changes {
         var sessions: [String: StoredMQTTSession?]

@@ -452,9 +452,14 @@ actor MQTTPersistence: Service {
     /// is sent away at once; the store's part waits only for what may hold an older copy of the session, which
     /// must not land after this one: a take of the broker's changes begun before (its copy is dropped once merged)
     /// and a transaction on its way with the session in it. Later writes find no change of it to write.
+    ///
+    /// A session that handed shared-subscription messages to other sessions here that are not saved since has those
+    /// saved first (a write through the chain, which puts the sessions a hand-over joins in one transaction): saved
+    /// alone, and given away, it would leave a message in neither row if this node were killed before its next write.
     func handOver(key: String, to by: String) async {
         guard by != holder, await broker.holds(key) else { return }
         let session = await broker.handOver(key)
+        if await broker.handedOverShared(from: key) || handedOver.following([key]).count > 1 { await flush() }
         let begun = takesBegun
         while takesMerged < begun || writing.contains(key) {
             await withCheckedContinuation { waiting.append($0) }

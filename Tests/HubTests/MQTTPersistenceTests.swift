@@ -535,6 +535,29 @@ import Testing
         #expect(after.inflight + after.queued == before.inflight + before.queued, "handed over, not dropped")
     }
 
+    /// A session another node asks for, which handed a shared message to a member here since the last save: that
+    /// member's session is saved before this one is given away (a kill right after must find the message in one).
+    @Test func aSessionGivenToAnotherNodeHasItsHandOversSavedFirst() async throws {
+        let store = InMemoryHubStore()
+        let (broker, persistence) = try await Self.node(store)
+        var numbers: [String: Int] = [:]
+        for key in ["m1", "m2"] {
+            numbers[key] = try await MQTTBrokerIndexTests.connect(broker, key, clean: false, expiry: 3600)
+            try await MQTTBrokerIndexTests.subscribe(broker, key, numbers[key]!, ["$share/g/t/#"])
+        }
+        #expect(await persistence.flush())
+        let holding = await broker.publishing(try MQTTBrokerIndexTests.message("t/1"), from: "operator").holding
+        let first = try #require(holding.first)
+        let other = first == "m1" ? "m2" : "m1"
+        #expect(await persistence.flush(saving: holding))
+        await broker.detach(key: first, connectionNumber: numbers[first]!)  // kept: the message goes to the other
+        await persistence.handOver(key: first, to: "b")
+        #expect(try await store.mqttSessionHolder(key: first) == (true, "b"))
+        let stored = try #require(try await store.takeMQTTSession(key: other, holder: "a"))
+        let window = try SessionSnapshot(decoding: stored.state, elapsed: .zero, now: .now).window
+        #expect(window.unacknowledged.count + window.queue.count == 1, "the member it went to is saved with it")
+    }
+
     /// A shared-subscription member that leaves after a fleet message reached it and before its session was saved
     /// hands the message to another member (§4.8.2): the save its acknowledgement waits for (`flush(saving:)`) saves
     /// that member's session too, so a kill right after the PUBACK finds the message there.
