@@ -424,6 +424,16 @@ import Testing
         }
     }
 
+    /// Connects kept sessions (expiry 3600) subscribed to `$share/g/t/#`; their connection numbers by key.
+    static func shareMembers(_ broker: MQTTBroker, _ keys: [String]) async throws -> [String: Int] {
+        var numbers: [String: Int] = [:]
+        for key in keys {
+            numbers[key] = try await MQTTBrokerIndexTests.connect(broker, key, clean: false, expiry: 3600)
+            try await MQTTBrokerIndexTests.subscribe(broker, key, numbers[key]!, ["$share/g/t/#"])
+        }
+        return numbers
+    }
+
     /// The sessions that changed are saved `MQTTSessionChange.perTransaction` to a transaction (a fleet reconnecting
     /// at once costs a few commits, not one each); a transaction that fails leaves its sessions to the next write, and
     /// a session another node took meanwhile is let go of here, not overwritten.
@@ -540,11 +550,7 @@ import Testing
     @Test func aSessionGivenToAnotherNodeHasItsHandOversSavedFirst() async throws {
         let store = InMemoryHubStore()
         let (broker, persistence) = try await Self.node(store)
-        var numbers: [String: Int] = [:]
-        for key in ["m1", "m2"] {
-            numbers[key] = try await MQTTBrokerIndexTests.connect(broker, key, clean: false, expiry: 3600)
-            try await MQTTBrokerIndexTests.subscribe(broker, key, numbers[key]!, ["$share/g/t/#"])
-        }
+        let numbers = try await Self.shareMembers(broker, ["m1", "m2"])
         #expect(await persistence.flush())
         let holding = await broker.publishing(try MQTTBrokerIndexTests.message("t/1"), from: "operator").holding
         let first = try #require(holding.first)
@@ -564,11 +570,7 @@ import Testing
     @Test func aMessageHandedToAnotherSharedMemberIsSavedBeforeItsAcknowledgement() async throws {
         let store = InMemoryHubStore()
         let (broker, persistence) = try await Self.node(store)
-        var numbers: [String: Int] = [:]
-        for key in ["m1", "m2"] {
-            numbers[key] = try await MQTTBrokerIndexTests.connect(broker, key, clean: false, expiry: 3600)
-            try await MQTTBrokerIndexTests.subscribe(broker, key, numbers[key]!, ["$share/g/t/#"])
-        }
+        var numbers = try await Self.shareMembers(broker, ["m1", "m2"])
         #expect(await persistence.flush())
         /// The topics of the messages the session holds to deliver, from its saved state.
         func topics(_ stored: StoredMQTTSession?) throws -> [String] {
@@ -591,10 +593,7 @@ import Testing
         #expect(try await saved(other) == ["t/1"], "the member it was handed to is saved with it")
 
         // Handed on again before any save: from the member it reached to a second, then from that one to a third.
-        for key in ["m3", "m4"] {
-            numbers[key] = try await MQTTBrokerIndexTests.connect(broker, key, clean: false, expiry: 3600)
-            try await MQTTBrokerIndexTests.subscribe(broker, key, numbers[key]!, ["$share/g/t/#"])
-        }
+        numbers.merge(try await Self.shareMembers(broker, ["m3", "m4"])) { $1 }
         #expect(await persistence.flush())
         let next = await broker.publishing(try MQTTBrokerIndexTests.message("t/2"), from: "operator").holding
         let reached = try #require(next.first)
