@@ -455,17 +455,20 @@ actor MQTTBroker {
         _ message: BrokerMessage, from publisher: String?, stored: Bool = false, position: Int64? = nil,
         placement: [TopicFilter: String]? = nil
     ) -> Int {
-        publishing(message, from: publisher, stored: stored, position: position, placement: placement).count
+        publishing(
+            message, from: publisher, stored: stored, position: position, placement: placement, collectHolding: false
+        ).count
     }
 
     /// As `publish`: how many sessions the message reached, and the keys of those that now hold it to deliver or
     /// confirm (QoS 1 and 2), whose saved state it changed. With `unsavedQoS2` (a fleet QoS 2 message on one node),
     /// the publisher's session holds its packet id, unsaved, with what holds the message, in the same turn of the
     /// actor as the delivery, until `savedQoS2` (a connection taken over and still finishing its work holds it too,
-    /// as `storedQoS2` stores one).
+    /// as `storedQoS2` stores one). Without `collectHolding` (`publish`), `holding` stays empty.
     func publishing(
         _ message: BrokerMessage, from publisher: String?, stored: Bool = false, position: Int64? = nil,
-        placement: [TopicFilter: String]? = nil, unsavedQoS2: (packetID: UInt16, connectionNumber: Int)? = nil
+        placement: [TopicFilter: String]? = nil, unsavedQoS2: (packetID: UInt16, connectionNumber: Int)? = nil,
+        collectHolding: Bool = true
     ) -> (count: Int, holding: Set<String>) {
         if let position { relayPosition = max(relayPosition, position) }
         if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
@@ -489,7 +492,7 @@ actor MQTTBroker {
                     sharedGroup: delivery.sharedGroup), to: session)
             if delivery.qos != .atMostOnce {
                 changed(delivery.key)
-                holding.insert(delivery.key)
+                if collectHolding { holding.insert(delivery.key) }
             }
         }
         if let unsavedQoS2, let publisher, let session = sessions[publisher],

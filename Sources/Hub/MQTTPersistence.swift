@@ -39,7 +39,7 @@ actor MQTTPersistence: Service {
     private var handedOver = SharedHandOvers()
     /// The sessions of the transaction on its way to the store; how many times a write began to take the broker's
     /// changes and how many of those it has merged; and who waits for either to move (`handOver(key:to:)`).
-    private var writing: Set<String> = []
+    private var writing: [MQTTSessionChange] = []
     private var takesBegun = 0
     private var takesMerged = 0
     private var waiting: [CheckedContinuation<Void, Never>] = []
@@ -161,7 +161,9 @@ actor MQTTPersistence: Service {
     /// that reached other sessions (the rest is left to the periodic write). Keys with nothing to save (no change,
     /// a session that is not kept) count as saved.
     func flush(saving keys: Set<String>, retained: TopicName? = nil) async -> Bool {
-        await chained { await self.write(first: keys, retained: retained) }
+        // Nothing asked (a message that reached no session at QoS 1 or 2): nothing to wait in line for.
+        guard !keys.isEmpty || retained != nil else { return true }
+        return await chained { await self.write(first: keys, retained: retained) }
     }
 
     /// Runs `write` after any write still in progress: one ordered stream of writes.
@@ -210,7 +212,7 @@ actor MQTTPersistence: Service {
         if let keys {
             // Those asked for, and where their shared-subscription messages went since, and no more: the rest is
             // the periodic write's (its failures, or a slow store, must not hold up this answer).
-            guard await writeSessions(Array(handedOver.following(keys))) else { return false }
+            guard await writeSessions(handedOver.following(keys)) else { return false }
             if let topic { return await writeRetained(topic) }
             return true
         }
@@ -226,7 +228,7 @@ actor MQTTPersistence: Service {
     /// A session handed over to another node (`handOver(key:to:)`) has no pending change here once the hand-over
     /// has waited out this write's transaction holding it, and is left alone; one another node took meanwhile is
     /// refused by the store (saved only by its holder), and let go of here.
-    private func writeSessions(_ keys: [String]) async -> Bool {
+    private func writeSessions(_ keys: some Sequence<String>) async -> Bool {
         let keys = keys.filter { pendingSessions.index(forKey: $0) != nil }
         guard !keys.isEmpty else { return true }
         let transactions = handedOver.transactions(keys) { (self.pendingSessions[$0] ?? nil)?.state.count ?? 0 }
@@ -234,9 +236,10 @@ actor MQTTPersistence: Service {
             // What is written, as it stands now, in key order (nodes writing rows they share lock them in the same
             // order on PostgreSQL): a key handed over since has no pending change and is skipped (never taken for a
             // removal); a newer change that comes during the write stays pending.
-            let taken = transaction.sorted().compactMap { key in pendingSessions[key].map { (key: key, session: $0) } }
-            let changes = taken.map { MQTTSessionChange(key: $0.key, session: $0.session) }
-            writing = Set(changes.map(\.key))
+            let changes = transaction.sorted().compactMap { key in
+                pendingSessions[key].map { MQTTSessionChange(key: key, session: $0) }
+            }
+            writing = changes
             defer {
                 writing = []
                 wakeWaiting()
@@ -252,7 +255,9 @@ actor MQTTPersistence: Service {
                     "MQTT sessions not saved; retried", metadata: ["sessions": "\(changes.count)", "error": "\(error)"])
                 return false
             }
-            for (key, session) in taken where pendingSessions[key] == session { pendingSessions[key] = nil }
+            for change in changes where pendingSessions[change.key] == change.session {
+                pendingSessions[change.key] = nil
+            }
         }
         return true
     }
@@ -459,9 +464,9 @@ actor MQTTPersistence: Service {
     func handOver(key: String, to by: String) async {
         guard by != holder, await broker.holds(key) else { return }
         let session = await broker.handOver(key)
-        if await broker.handedOverShared(from: key) || handedOver.following([key]).count > 1 { await flush() }
+        if await broker.handedOverShared(from: key) || handedOver.handedOn(from: key) { await flush() }
         let begun = takesBegun
-        while takesMerged < begun || writing.contains(key) {
+        while takesMerged < begun || writing.contains(where: { $0.key == key }) {
             await withCheckedContinuation { waiting.append($0) }
         }
         pendingSessions[key] = nil

@@ -215,7 +215,7 @@ struct OperatorRoutes {
         // Accepted only once it outlives the process: one node keeps no log to replay from, so the sessions it was
         // queued in or sent to are saved first (otherwise every 250 ms: SIGKILL in between lost accepted commands).
         var saved = true
-        if relay == nil, recipients > 0, let persistence { saved = await persistence.flush(saving: holding) }
+        if relay == nil, !holding.isEmpty, let persistence { saved = await persistence.flush(saving: holding) }
         let event = SecurityEvent(
             at: Date(), kind: "command-sent", identity: Identity.device(deviceID).uri,
             correlationID: context.correlationID.rawValue,

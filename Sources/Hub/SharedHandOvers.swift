@@ -13,8 +13,6 @@ struct SharedHandOvers: Equatable {
     /// From the leaving member's session key to the keys of the sessions that got its messages.
     private(set) var edges: [String: Set<String>] = [:]
 
-    var isEmpty: Bool { edges.isEmpty }
-
     /// Records the hand-overs the broker reported (`MQTTBroker.Changes.handedOver`).
     mutating func record(_ handedOver: [String: Set<String>]) {
         edges.merge(handedOver) { $0.union($1) }
@@ -22,12 +20,21 @@ struct SharedHandOvers: Equatable {
 
     /// `keys`, with the sessions their messages were handed to, and those these handed theirs to, in turn.
     func following(_ keys: Set<String>) -> Set<String> {
-        var all = keys
-        var next = Array(keys)
-        while let key = next.popLast() {
-            for receiver in edges[key] ?? [] where all.insert(receiver).inserted { next.append(receiver) }
+        edges.isEmpty ? keys : Self.reach(from: keys, edges)
+    }
+
+    /// Whether the session handed messages to sessions not saved since.
+    func handedOn(from key: String) -> Bool { edges[key] != nil }
+
+    /// `start`, and every key reached from it through `next`.
+    private static func reach<Next: Sequence<String>>(from start: Set<String>, _ next: [String: Next]) -> Set<String> {
+        var reached = start
+        var queue = Array(start)
+        while let key = queue.popLast() {
+            guard let others = next[key] else { continue }
+            for other in others where reached.insert(other).inserted { queue.append(other) }
         }
-        return all
+        return reached
     }
 
     /// Forgets the hand-overs from which no session with a change still to write (`pending`) can be reached: the
@@ -40,11 +47,7 @@ struct SharedHandOvers: Equatable {
             for receiver in receivers { into[receiver, default: []].append(from) }
         }
         // Every session from which a pending one can be reached, walking the hand-overs backwards.
-        var leads = Set(Set(edges.keys).union(into.keys).filter(pending))
-        var next = Array(leads)
-        while let key = next.popLast() {
-            for from in into[key] ?? [] where leads.insert(from).inserted { next.append(from) }
-        }
+        let leads = Self.reach(from: Set(edges.keys).union(into.keys).filter(pending), into)
         var kept: [String: Set<String>] = [:]
         for (from, receivers) in edges {
             let left = receivers.filter { leads.contains($0) }
@@ -60,9 +63,23 @@ struct SharedHandOvers: Equatable {
         _ keys: [String], size: (String) -> Int, perTransaction: Int = MQTTSessionChange.perTransaction,
         bytesPerTransaction: Int = MQTTSessionChange.bytesPerTransaction
     ) -> [[String]] {
-        var units: [[String]] = []
+        var transactions: [[String]] = []
+        var current: [String] = []
+        var bytes = 0
+        func add(_ unit: some Collection<String>) {
+            let unitBytes = unit.reduce(0) { $0 + size($1) }
+            if !current.isEmpty,
+                current.count + unit.count > perTransaction || bytes + unitBytes > bytesPerTransaction
+            {
+                transactions.append(current)
+                current = []
+                bytes = 0
+            }
+            current += unit
+            bytes += unitBytes
+        }
         if edges.isEmpty {
-            units = keys.map { [$0] }
+            for key in keys { add(CollectionOfOne(key)) }
         } else {
             var joined: [String: [String]] = [:]
             for (from, receivers) in edges {
@@ -76,34 +93,14 @@ struct SharedHandOvers: Equatable {
             var placed = Set<String>()
             for key in keys where !placed.contains(key) {
                 guard joined[key] != nil else {
-                    units.append([key])
+                    add(CollectionOfOne(key))
                     continue
                 }
                 // The group of `key`: every session joined to it, of those to write, in the order given.
-                var group: Set<String> = [key]
-                var next = [key]
-                while let member = next.popLast() {
-                    for other in joined[member] ?? [] where group.insert(other).inserted { next.append(other) }
-                }
-                let unit = group.compactMap { position[$0] }.sorted().map { keys[$0] }
+                let group = Self.reach(from: [key], joined)
                 placed.formUnion(group)
-                units.append(unit)
+                add(group.compactMap { position[$0] }.sorted().map { keys[$0] })
             }
-        }
-        var transactions: [[String]] = []
-        var current: [String] = []
-        var bytes = 0
-        for unit in units {
-            let unitBytes = unit.reduce(0) { $0 + size($1) }
-            if !current.isEmpty,
-                current.count + unit.count > perTransaction || bytes + unitBytes > bytesPerTransaction
-            {
-                transactions.append(current)
-                current = []
-                bytes = 0
-            }
-            current += unit
-            bytes += unitBytes
         }
         if !current.isEmpty { transactions.append(current) }
         return transactions

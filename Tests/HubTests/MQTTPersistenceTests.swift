@@ -404,10 +404,10 @@ import Testing
     }
 
     /// A broker and its persistence as node "a" on `store`, loaded; no timer runs (the tests flush).
-    static func node(_ store: any HubStore) async throws -> (MQTTBroker, MQTTPersistence) {
+    static func node(_ store: any HubStore, name: String = "a") async throws -> (MQTTBroker, MQTTPersistence) {
         let broker = MQTTBroker()
         let persistence = MQTTPersistence(
-            store: store, broker: broker, node: NodeDescription(holder: "a", name: "a"),
+            store: store, broker: broker, node: NodeDescription(holder: name, name: name),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         try await persistence.load()
         return (broker, persistence)
@@ -451,18 +451,18 @@ import Testing
         store.failingSession.withLock { $0 = "k3" }
         #expect(await !persistence.flush())
         #expect(try await stored() <= count - 7, "the transaction with k3 wrote nothing")
-        #expect(store.sessionWrites.load(ordering: .relaxed) <= 3)
+        #expect(store.sessionWrites <= 3)
         store.failingSession.withLock { $0 = nil }
         #expect(await persistence.flush())
         #expect(try await stored() == count)
-        #expect(store.sessionWrites.load(ordering: .relaxed) <= 6)
+        #expect(store.sessionWrites <= 6)
 
         // Another node takes k5; the next write of every session leaves it to that node.
         _ = try await store.takeMQTTSession(key: "k5", holder: "b")
         await attachAll()
-        let before = store.sessionWrites.load(ordering: .relaxed)
+        let before = store.sessionWrites
         #expect(await persistence.flush())
-        #expect(store.sessionWrites.load(ordering: .relaxed) - before == 3)
+        #expect(store.sessionWrites - before == 3)
         #expect(try await store.mqttSessionHolder(key: "k5") == (true, "b"))
         #expect(await !broker.holds("k5"), "the copy here was stale")
         #expect(await broker.holds("k6"))
@@ -616,13 +616,8 @@ import Testing
     /// expiry) until a node that finds it expired when it starts drops that copy, and only that copy.
     @Test func expiredRetainedMessagesLeaveTheStore() async throws {
         let store = InMemoryHubStore()
-        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
         func node(_ name: String) async throws -> (MQTTBroker, MQTTPersistence) {
-            let broker = MQTTBroker()
-            let persistence = MQTTPersistence(
-                store: store, broker: broker, node: NodeDescription(holder: name, name: name), logger: logger)
-            try await persistence.load()
-            return (broker, persistence)
+            try await Self.node(store, name: name)
         }
         func retained(_ topic: String, expiring: Duration) throws -> BrokerMessage {
             BrokerMessage(

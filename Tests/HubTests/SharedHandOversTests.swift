@@ -25,7 +25,7 @@ import Testing
         handOvers.forget { ["c", "z", "p"].contains($0) }
         #expect(handOvers.edges == ["a": ["b"], "b": ["c"], "x": ["z"]], "a→b→c kept whole; p's receiver is saved")
         handOvers.forget { _ in false }
-        #expect(handOvers.isEmpty)
+        #expect(handOvers.edges.isEmpty)
     }
 
     /// Sessions a hand-over joins (either way, through any session, even one not written now) share a transaction,

@@ -18,10 +18,10 @@ final class FaultyStore: HubStore {
     let delayMilliseconds = Atomic<Int>(0)
     /// Fails a `saveMQTTSessions` that saves the session with this key, while set (a session that cannot be saved).
     let failingSession = Mutex<String?>(nil)
-    /// Calls of `saveMQTTSessions` (each one transaction), failed ones included.
-    let sessionWrites = Atomic<Int>(0)
     /// The keys of each `saveMQTTSessions` call, as it starts.
     let sessionWriteLog = Mutex<[[String]]>([])
+    /// Calls of `saveMQTTSessions` (each one transaction), failed ones included.
+    var sessionWrites: Int { sessionWriteLog.withLock(\.count) }
     /// Keys `saveMQTTSessions` was asked to remove.
     let sessionRemovals = Mutex<[String]>([])
     /// While set, each `saveMQTTSessions` waits (its keys in `pausedSessionWrites`) until `resumeSessionWrites`.
@@ -193,7 +193,6 @@ final class FaultyStore: HubStore {
     func saveMQTTSessions(_ changes: [MQTTSessionChange], holder: String, release: Bool) async throws
         -> Set<String>
     {
-        sessionWrites.add(1, ordering: .relaxed)
         sessionWriteLog.withLock { $0.append(changes.map(\.key)) }
         sessionRemovals.withLock { $0 += changes.filter { $0.session == nil }.map(\.key) }
         if pauseSessionWrites.load(ordering: .relaxed) {
