@@ -24,14 +24,17 @@ import Testing
         #expect(Identity(uri: "URN:bulwark:device:x") == nil)
     }
 
-    /// 15 characters of the URL-safe Base64 alphabet, each position taking every one of its 64 values: no part of the
-    /// 90 bits is left zero or fixed. Fifteen bytes: a string Swift holds inline, without an allocation.
+    /// 15 characters of the URL-safe Base64 alphabet, each position taking every one of its values (the first 32,
+    /// `A-Z a-f`: never `-`, which a command reads as an option; the others 64): no part of the 89 bits is left zero
+    /// or fixed. Fifteen bytes: a string Swift holds inline, without an allocation.
     @Test func correlationIDsAreRandomBase64URL() {
         let alphabet = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+        let first = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef".utf8)
         let ids = (0..<4096).map { _ in CorrelationID().rawValue }
         #expect(Set(ids).count == ids.count)
         #expect(ids.allSatisfy { $0.utf8.count == 15 && $0.utf8.allSatisfy(alphabet.contains) })
-        for position in 0..<15 {
+        #expect(Set(ids.map { $0.utf8.first! }) == first)
+        for position in 1..<15 {
             let seen = Set(ids.map { $0.utf8[$0.utf8.index($0.utf8.startIndex, offsetBy: position)] })
             #expect(seen.count == 64, "position \(position)")
         }
@@ -39,15 +42,15 @@ import Testing
 
     /// Known answers: all bits set, none, and one pattern, against RFC 4648 §5's table.
     @Test func correlationIDBitsInOrder() {
-        #expect(CorrelationID(high: .max, low: .max).rawValue == String(repeating: "_", count: 15))
+        #expect(CorrelationID(high: .max, low: .max).rawValue == "f" + String(repeating: "_", count: 14))
         #expect(CorrelationID(high: 0, low: 0).rawValue == String(repeating: "A", count: 15))
-        // 0b000001 000010 ... : the high 60 bits as the sixes 1...10, its last 4 bits 0b1011 then the low 26 bits
-        // 0b10_000011_000100_000101_000110 make the sixes 0b101110, 3, 4, 5, 6.
-        var high: UInt64 = 0
-        for six in 1...10 { high = high << 6 | UInt64(six) }
-        high = high << 4 | 0b1011
-        let low: UInt32 = 0b10 << 24 | 3 << 18 | 4 << 12 | 5 << 6 | 6
-        #expect(CorrelationID(high: high, low: low).rawValue == "BCDEFGHIJKuDEFG")
+        // 0b00001 000010 ... : the high 5 bits 1, the next 54 as the sixes 2...10, its last 5 bits 0b10111 then the
+        // low 25 bits 0b1_000011_000100_000101_000110 make the sixes 0b101111, 3, 4, 5, 6.
+        var high: UInt64 = 1
+        for six in 2...10 { high = high << 6 | UInt64(six) }
+        high = high << 5 | 0b10111
+        let low: UInt32 = 0b1 << 24 | 3 << 18 | 4 << 12 | 5 << 6 | 6
+        #expect(CorrelationID(high: high, low: low).rawValue == "BCDEFGHIJKvDEFG")
     }
 
     /// The pool behind `CorrelationID()` hands each byte out once, also across its refills and to several threads at
