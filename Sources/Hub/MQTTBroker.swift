@@ -460,9 +460,8 @@ actor MQTTBroker {
         ).count
     }
 
-    /// As `publish`: how many sessions the message reached, and the keys of those the store keeps that now hold it
-    /// to deliver or confirm (QoS 1 and 2): the sessions whose saved state it changed (one that ends with its
-    /// connection is never saved, and is not named). With `unsavedQoS2` (a fleet QoS 2 message on one node),
+    /// As `publish`: how many sessions the message reached, and the keys of those that now hold it to deliver or
+    /// confirm (QoS 1 and 2), whose saved state it changed. With `unsavedQoS2` (a fleet QoS 2 message on one node),
     /// the publisher's session holds its packet id, unsaved, with what holds the message, in the same turn of the
     /// actor as the delivery, until `savedQoS2` (a connection taken over and still finishing its work holds it too,
     /// as `storedQoS2` stores one). Without `collectHolding` (`publish`), `holding` stays empty.
@@ -491,8 +490,9 @@ actor MQTTBroker {
                 message.copy(
                     qos: delivery.qos, retain: delivery.retain, identifiers: delivery.identifiers,
                     sharedGroup: delivery.sharedGroup), to: session)
-            if delivery.qos != .atMostOnce, changed(delivery.key, session), collectHolding {
-                holding.insert(delivery.key)
+            if delivery.qos != .atMostOnce {
+                changed(delivery.key)
+                if collectHolding { holding.insert(delivery.key) }
             }
         }
         if let unsavedQoS2, let publisher, let session = sessions[publisher],
@@ -581,16 +581,11 @@ actor MQTTBroker {
 
     /// Marks the session to be saved: any change of one a client may come back to; for one with expiry 0 (kept only
     /// while connected, with several nodes) only its coming and going (`presence`).
-    /// True when it is marked (its saved state changed).
-    @discardableResult
-    private func changed(_ key: String, _ session: Session? = nil, presence: Bool = false) -> Bool {
-        guard persistent, let session = session ?? sessions[key] else { return false }
+    private func changed(_ key: String, _ session: Session? = nil, presence: Bool = false) {
+        guard persistent, let session = session ?? sessions[key] else { return }
         // An expiry-0 session that was never saved has nothing in the store to update or remove (one node).
-        guard session.expirySeconds > 0 || (presence && (keepsConnectedSessions || session.saved)) else {
-            return false
-        }
+        guard session.expirySeconds > 0 || (presence && (keepsConnectedSessions || session.saved)) else { return }
         changedSessions.insert(key)
-        return true
     }
 
     /// What changed since the last call, as values to write: each changed session as it stands (nil: it ended, or

@@ -1964,7 +1964,6 @@ struct MQTTConnection {
         let unacknowledged = state.unacknowledged
         let connectionNumber = state.connectionNumber
         let persistence = listener.persistence
-        let oneNode = listener.relay == nil
         // MQTT 3.1.1 has no refusal code: the connection ends, after the acknowledgements written before this step
         // (in the coalescer's order: none written after it goes out).
         @Sendable func closeAfterWrites() { output.close() }
@@ -2004,16 +2003,10 @@ struct MQTTConnection {
             let answerProperties = reason == code ? properties : failed()
             let decided = reason
             let delivered = decided == .success && deliver ? delivery : nil
-            // What the message changed outside its row is saved before its acknowledgement, so a restart right
-            // after the PUBACK still has it: a retained message in the store's retained messages, and, on one node,
-            // the sessions it reached that the store keeps (its Session State, MQTT 5.0 §4.1; with
-            // several nodes the log's copy, in the message's own transaction, is replayed into them). Only when
-            // someone subscribes: otherwise the PUBACK goes out at once. Should that save fail, the message itself
-            // is stored all the same: the PUBACK goes out, and the sessions and retained copy are written again at
-            // the next flush, logged.
-            let savedFirst =
-                persistence != nil
-                && delivered.map { $0.retain || (oneNode && broker.needsPublish($0)) } == true
+            // A retained message is in the store's retained messages before its acknowledgement: a restart right
+            // after the PUBACK still has it. (Should that write fail, the message itself is stored all the same:
+            // the PUBACK goes out and the retained copy is written again at the next flush, logged.)
+            let retainedFirst = delivered?.retain == true && persistence != nil
             @Sendable func answer() {
                 let packet: Packet
                 if qos == .exactlyOnce {
@@ -2025,7 +2018,7 @@ struct MQTTConnection {
                 }
                 output.write { packet.encode(into: &$0, version: version) }
             }
-            guard qos == .exactlyOnce || savedFirst else {
+            guard qos == .exactlyOnce || retainedFirst else {
                 // The common case: the PUBACK now, then the delivery (if anyone may receive it) in order.
                 answer()
                 guard let delivered, broker.needsPublish(delivered) else { return nil }
@@ -2035,11 +2028,9 @@ struct MQTTConnection {
                 }
             }
             return {
-                if savedFirst, let delivered, let persistence {
-                    let holding = await broker.publishing(
-                        delivered, from: sessionKey, placement: local?.placement, collectHolding: oneNode
-                    ).holding
-                    _ = await persistence.flush(saving: holding, retained: delivered.retain ? delivered.topic : nil)
+                if retainedFirst, let delivered, let persistence {
+                    await broker.publish(delivered, from: sessionKey, placement: local?.placement)
+                    await persistence.flush()
                 }
                 if qos == .exactlyOnce {
                     if !decided.isFailure {
@@ -2049,7 +2040,7 @@ struct MQTTConnection {
                     }
                 }
                 answer()
-                if !savedFirst, let delivered, broker.needsPublish(delivered) {
+                if !retainedFirst, let delivered, broker.needsPublish(delivered) {
                     await broker.publish(delivered, from: sessionKey, placement: local?.placement)
                 }
                 withExtendedLifetime(local) {}  // delivered here (or not at all): saves may count past it

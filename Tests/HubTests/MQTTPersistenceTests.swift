@@ -209,59 +209,6 @@ import Testing
         try await hub.stop()
     }
 
-    /// One node, a device's QoS 1 and QoS 2 messages to an application's session the store keeps (its client away,
-    /// subscribed at QoS 1): each is in that session's saved state before its PUBACK or PUBREC (MQTT 5.0 §4.1), so a
-    /// kill right after it loses no subscriber's copy. The session's save is held back in the store: the answer
-    /// waits for it. The store's rows are then read as a restarted hub reads them, with nothing flushed since.
-    @Test(.timeLimit(.minutes(1))) func aDeviceMessageIsInItsSubscribersSavedSessionsBeforeItsAcknowledgement()
-        async throws
-    {
-        let base = InMemoryHubStore()
-        let store = FaultyStore(base)
-        let hub = try await TestHub.start(store: store)
-        let device = try await hub.enroll("sub-1")
-        try await Self.fleet(hub, try hub.operatorClient(), clientID: "app") { mqtt, _ in
-            try await Self.subscribe(mqtt, Self.telemetry)
-            try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
-        }
-        let answered = try await MQTTBrokerTests.connect(hub, device) { mqtt, _ in
-            var answered: [Bool] = []
-            for (n, qos) in [(1, QoS.atLeastOnce), (2, .exactlyOnce)] {
-                store.pauseSessionWrites.store(true, ordering: .relaxed)
-                // Lets the held save go once it waits (a periodic write may come first), and only then stops
-                // holding saves back.
-                let releaser = Task {
-                    while !store.pausedSessionWrites.contains(where: { $0.contains { $0.hasSuffix(" app") } }) {
-                        try await Task.sleep(for: .milliseconds(5))
-                    }
-                    store.pauseSessionWrites.store(false, ordering: .relaxed)
-                    store.resumeSessionWrites()
-                }
-                let id = UInt16(n)
-                try await mqtt.send(
-                    .publish(
-                        PublishPacket(
-                            topic: try TopicName("devices/sub-1/telemetry"), payload: Array(#"{"n":\#(n)}"#.utf8),
-                            qos: qos, retain: false, packetID: id, properties: .init())))
-                while let packet = try await mqtt.next() {
-                    if case .puback(id, 0, _) = packet, qos == .atLeastOnce { break }
-                    if case .pubrec(id, 0, _) = packet, qos == .exactlyOnce { break }
-                }
-                answered.append(!store.pauseSessionWrites.load(ordering: .relaxed))
-                try await releaser.value
-            }
-            return answered
-        }
-        #expect(answered == [true, true], "each answer came only once the subscriber's session could be saved")
-        let stored = try await base.adoptMQTTSessions(holder: "restarted", all: true, silentFor: nil)
-        let app = try #require(stored.first { $0.key.hasSuffix(" app") })
-        let window = try SessionSnapshot(decoding: app.state, elapsed: .zero, now: .now).window
-        let bodies = (window.unacknowledged.map(\.message.payload) + window.queue.map(\.payload))
-            .map { String(decoding: $0, as: UTF8.self) }
-        #expect(bodies == [#"{"n":1}"#, #"{"n":2}"#])
-        try await hub.stop()
-    }
-
     /// One node, a fleet QoS 2 message: the sessions it was delivered to are saved, then its packet id with the
     /// publisher's session, before the PUBREC. While either cannot be saved (the device's session, or the
     /// publisher's), the PUBLISH and its resends (DUP, the same id: copies, never delivered again) get DISCONNECT
