@@ -27,6 +27,12 @@ struct MQTTBenchmark: AsyncParsableCommand {
             broker's median and the median of the rounds' ratios (the host's speed drifts between rounds, not within).
             """)
     var rounds = 1
+    @Flag(
+        help: """
+            Also QoS 1 with an application subscribed to every device's telemetry at QoS 1, its session kept (MQTT 5, \
+            expiry 600 s), acknowledging each message: Bulwark saves that session before each PUBACK.
+            """)
+    var subscriber = false
     @Option(help: "The bulwark binary (default: next to this one).") var bulwark: String?
     @Option(help: "The mosquitto binary.") var mosquitto = "/usr/sbin/mosquitto"
 
@@ -70,6 +76,8 @@ struct MQTTBenchmark: AsyncParsableCommand {
                 "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
                 "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
                 "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited, "BULWARK_MQTT_MAX_CONNECTIONS": unlimited,
+                // As mosquitto's max_queued_messages below (`--subscriber`: a subscriber that falls behind).
+                "BULWARK_MQTT_MAX_QUEUED_MESSAGES": "1000",
             ].merging(allocations[0]?.environment ?? [:]) { $1 })
         defer {
             hub.terminate()
@@ -100,7 +108,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
             allow_anonymous true
             set_tcp_nodelay true
             max_inflight_messages 0
-            max_queued_messages 100000
+            max_queued_messages 1000
             persistence false
             log_dest none
             user \(String(cString: getpwuid(getuid()).pointee.pw_name))
@@ -167,6 +175,60 @@ struct MQTTBenchmark: AsyncParsableCommand {
                     emit("  \(what) ratio by round: " + ratios.joined(separator: " "))
                 }
             }
+        }
+
+        if subscriber {
+            // The operator's credential stands for an application's (the hub lets it read the fleet).
+            let application = try ClientCredentials(
+                certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
+                caFile: directory + "/ca.crt"
+            ).tlsConfiguration()
+            var rates: [[Double]] = [[], []]
+            var cpu: [[Double]] = [[], []]
+            var delivered: [[Double]] = [[], []]
+            for round in 0..<rounds {
+                for index in round % 2 == 0 ? [0, 1] : [1, 0] {
+                    let (name, port, pid) = targets[index]
+                    let received = MQTTLoad.Received()
+                    let subscription = Task {
+                        try await MQTTLoad.subscribe(
+                            host: "127.0.0.1", port: port, tls: application, clientID: "application",
+                            filter: try TopicFilter("devices/+/telemetry"), received: received)
+                    }
+                    let waitStart = ContinuousClock.now
+                    while !received.subscribed, ContinuousClock.now - waitStart < .seconds(10) {
+                        try await Task.sleep(for: .milliseconds(10))
+                    }
+                    let start = received.messages
+                    let before = Self.cpuSeconds(pid)
+                    let result = await MQTTLoad.run(
+                        host: "127.0.0.1", port: port, tls: { try devicesCopy[$0].tlsConfiguration() },
+                        clientID: { name == "bulwark" ? "b\($0)" : "bench-\($0)" },
+                        topic: { "devices/b\($0)/telemetry" }, connections: connections, qos: .atLeastOnce,
+                        window: window, duration: .seconds(seconds), payload: payload)
+                    // What the subscriber is still owed arrives within moments: counted until it stops coming.
+                    var last = -1
+                    while received.messages != last {
+                        last = received.messages
+                        try await Task.sleep(for: .milliseconds(300))
+                    }
+                    let used = Self.cpuSeconds(pid) - before
+                    subscription.cancel()
+                    _ = await subscription.result
+                    // Its session goes (a clean start, expiry 0): the later measures hold no queue for it.
+                    _ = try? await MQTTClientConnection.withConnection(
+                        host: "127.0.0.1", port: port, tls: application, clientID: "application", version: .v5,
+                        configure: { $0.cleanStart = true }, { _, _ in () })
+                    rates[index].append(result.perSecond)
+                    cpu[index].append(result.messages > 0 ? used / Double(result.messages) * 1e6 : .nan)
+                    delivered[index].append(
+                        result.messages > 0 ? Double(received.messages - start) / Double(result.messages) : .nan)
+                    if result.failures > 0 { emit("  (\(name): \(result.failures) connections failed)") }
+                }
+            }
+            emit(Self.row("QoS 1 msg/s, a kept subscriber", rates, "%.0f"))
+            emit(Self.row("  broker CPU µs per message", cpu, "%.1f"))
+            emit(Self.row("  delivered / acknowledged", delivered, "%.3f"))
         }
 
         // Connection set-up: TLS 1.3 mutual TLS + CONNECT/CONNACK, 16 at a time.

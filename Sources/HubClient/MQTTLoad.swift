@@ -2,6 +2,7 @@ import Foundation
 public import MQTT
 import NIOCore
 public import NIOSSL
+import Synchronization
 
 /// MQTT load over mutual TLS: `connections` clients publishing 200-byte JSON with pre-encoded packets.
 /// QoS 1 keeps `window` messages in flight per connection and counts PUBACKs; QoS 0 sends batches and closes each
@@ -57,6 +58,54 @@ public enum MQTTLoad {
         let elapsed = clock.now - start
         total.seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         return total
+    }
+
+    /// Messages a `subscribe` client has received so far, and whether its subscription is in place.
+    public final class Received: Sendable {
+        private let count = Atomic<Int>(0)
+        private let ready = Atomic<Bool>(false)
+        public init() {}
+        public var messages: Int { count.load(ordering: .relaxed) }
+        public var subscribed: Bool { ready.load(ordering: .relaxed) }
+        func add() { count.add(1, ordering: .relaxed) }
+        func subscribe() { ready.store(true, ordering: .relaxed) }
+    }
+
+    /// An application's client: subscribed to `filter` at QoS 1 with a session kept for its return (MQTT 5.0, Session
+    /// Expiry Interval 600 s, Clean Start off; Receive Maximum 1,024, the most the hub keeps in flight to a client),
+    /// acknowledging each PUBLISH as it comes (`received` counts them), until its task is cancelled or the
+    /// connection ends.
+    public static func subscribe(
+        host: String, port: Int, tls: TLSConfiguration, clientID: String, filter: TopicFilter, received: Received
+    ) async throws {
+        func acknowledgeEach(_ connection: MQTTClientConnection, _ reason: ReasonCode) async throws {
+            guard reason == 0 else { throw ClientError("CONNACK \(reason)") }
+            try await connection.send(
+                .subscribe(
+                    packetID: 1, subscriptions: [Subscription(filter: filter, qos: .atLeastOnce)],
+                    properties: Properties()))
+            while !Task.isCancelled, let packet = try await connection.next() {
+                switch packet {
+                case .suback(1, let codes, _):
+                    guard codes == [1] else { throw ClientError("SUBACK \(codes)") }
+                    received.subscribe()
+                case .publish(let publish):
+                    received.add()
+                    if let id = publish.packetID {
+                        try await connection.write(
+                            encoded(.puback(packetID: id, reasonCode: 0, properties: Properties()), .v5))
+                    }
+                default: continue
+                }
+            }
+        }
+        try await MQTTClientConnection.withConnection(
+            host: host, port: port, tls: tls, clientID: clientID, version: .v5,
+            configure: {
+                $0.cleanStart = false
+                $0.properties.sessionExpiryInterval = 600
+                $0.properties.receiveMaximum = 1024
+            }, acknowledgeEach)
     }
 
     static func encoded(_ packet: Packet, _ version: ProtocolVersion) -> ByteBuffer {
