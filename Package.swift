@@ -24,6 +24,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        // Deque, for the MQTT delivery window (already built: swift-nio depends on it).
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
@@ -135,7 +137,12 @@ let package = Package(
             ]
         ),
         // Pure: MQTT 3.1.1 and 5.0 packets, codec and topic matching (NIOCore only for ByteBuffer and decoders).
-        .target(name: "MQTT", dependencies: ["Core", .product(name: "NIOCore", package: "swift-nio")]),
+        .target(
+            name: "MQTT",
+            dependencies: [
+                "Core", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]),
         // Store protocols, in-memory twins, SQLite (GRDB) backend, migrations.
         .target(
             name: "Store",

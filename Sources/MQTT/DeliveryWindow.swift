@@ -1,3 +1,4 @@
+public import DequeModule
 import NIOCore
 
 /// What the server sends one session's client, as a value: QoS 0 now or never, QoS 1 and 2 within the client's
@@ -59,13 +60,16 @@ public struct DeliveryWindow: Sendable {
         }
     }
 
-    public var saved: Saved { Saved(unacknowledged: inflight + held, queue: Array(queue), nextPacketID: nextPacketID) }
+    public var saved: Saved {
+        Saved(unacknowledged: Array(inflight) + held, queue: Array(queue), nextPacketID: nextPacketID)
+    }
 
     /// A window restored from the store: every delivery not completed waits to go again (`resume`), then the queue
     /// (within `maxQueued`, the oldest kept).
     public init(maxQueued: Int, restoring saved: Saved) {
         self.maxQueued = maxQueued
         held = saved.unacknowledged
+        usedIDs = Set(held.map(\.id))
         queue = CircularBuffer(saved.queue.prefix(maxQueued))
         nextPacketID = saved.nextPacketID
     }
@@ -93,7 +97,9 @@ public struct DeliveryWindow: Sendable {
     }
 
     public let maxQueued: Int
-    public private(set) var inflight: [Inflight] = []
+    /// In the order sent: a client acknowledges the oldest first, taken from the front in constant time (a window of
+    /// 1,024 as an array moved the other 1,023 on each PUBACK).
+    public private(set) var inflight: Deque<Inflight> = []
     /// Deliveries a resumed session could not resend at once (the new connection's Receive Maximum is smaller):
     /// they keep their packet ids and go, marked DUP, before anything queued (§4.4 [MQTT-4.4.0-1]).
     public private(set) var held: [Inflight] = []
@@ -103,6 +109,8 @@ public struct DeliveryWindow: Sendable {
     /// Messages waiting for the window: held back on resume, then queued.
     public var waiting: Int { held.count + queue.count }
     private var nextPacketID: UInt16 = 0
+    /// The packet ids of `inflight` and `held`: a new delivery's id is found without a search through them.
+    private var usedIDs: Set<UInt16> = []
     /// Topic aliases given to the connected client, topic → alias (by the topic's bytes: two topics that differ
     /// only in Unicode normalization never share an alias); they end with the connection.
     private var aliases: [TopicName: UInt16] = [:]
@@ -157,8 +165,8 @@ public struct DeliveryWindow: Sendable {
     /// (with its id) until there is room, and what exceeds its Maximum Packet Size is dropped. Then the queue.
     public mutating func resume(link: Link, now: ContinuousClock.Instant) -> Output {
         var output = Output()
-        let unacknowledged = inflight + held
-        inflight = unacknowledged.filter(\.released)
+        let unacknowledged = Array(inflight) + held
+        inflight = Deque(unacknowledged.filter(\.released))
         held = unacknowledged.filter { !$0.released }
         for delivery in inflight {
             output.writes.append(
@@ -177,12 +185,14 @@ public struct DeliveryWindow: Sendable {
     ) -> (valid: Bool, output: Output) {
         guard let index = inflight.firstIndex(where: { $0.id == id }) else {
             // A QoS 1 delivery held back on resume that the client had from the last connection: done.
-            if qos == .atLeastOnce { held.removeAll { $0.id == id && $0.message.qos == .atLeastOnce } }
+            if qos == .atLeastOnce, let index = held.firstIndex(where: { $0.id == id && $0.message.qos == qos }) {
+                usedIDs.remove(held.remove(at: index).id)
+            }
             return (true, Output())
         }
         let delivery = inflight[index]
         guard delivery.message.qos == qos, qos == .atLeastOnce || delivery.released else { return (false, Output()) }
-        inflight.remove(at: index)
+        usedIDs.remove(inflight.remove(at: index).id)
         return (true, pump(link: link, now: now))
     }
 
@@ -194,7 +204,7 @@ public struct DeliveryWindow: Sendable {
         guard let index = inflight.firstIndex(where: { $0.id == id }) else { return (.unknown, Output()) }
         guard inflight[index].message.qos == .exactlyOnce else { return (.protocolError, Output()) }
         if reasonCode.isFailure {
-            inflight.remove(at: index)
+            usedIDs.remove(inflight.remove(at: index).id)
             return (.released, pump(link: link, now: now))
         }
         inflight[index].released = true
@@ -209,7 +219,7 @@ public struct DeliveryWindow: Sendable {
     /// they are completed to this client only [MQTT-4.8.2-4, 4.8.2-5].
     public func sharedUnacknowledged() -> [(position: Int, message: OutboundMessage)] {
         let movable =
-            (inflight + held).filter { $0.message.qos != .exactlyOnce }.map(\.message) + Array(queue)
+            (Array(inflight) + held).filter { $0.message.qos != .exactlyOnce }.map(\.message) + Array(queue)
         return movable.enumerated().compactMap { $0.element.sharedGroup == nil ? nil : ($0.offset, $0.element) }
     }
 
@@ -217,16 +227,18 @@ public struct DeliveryWindow: Sendable {
     public mutating func remove(handedOver positions: Set<Int>) {
         guard !positions.isEmpty else { return }
         var position = 0
-        inflight = inflight.filter { delivery in
-            guard delivery.message.qos != .exactlyOnce else { return true }
-            defer { position += 1 }
-            return !positions.contains(position)
-        }
+        inflight = Deque(
+            inflight.filter { delivery in
+                guard delivery.message.qos != .exactlyOnce else { return true }
+                defer { position += 1 }
+                return !positions.contains(position)
+            })
         held = held.filter { delivery in
             guard delivery.message.qos != .exactlyOnce else { return true }
             defer { position += 1 }
             return !positions.contains(position)
         }
+        usedIDs = Set(inflight.map(\.id) + held.map(\.id))
         var remaining = CircularBuffer<OutboundMessage>()
         for message in queue {
             if !positions.contains(position) { remaining.append(message) }
@@ -242,7 +254,7 @@ public struct DeliveryWindow: Sendable {
         var id = nextPacketID
         repeat {
             id = id == UInt16.max ? 1 : id + 1
-        } while inflight.contains(where: { $0.id == id }) || held.contains(where: { $0.id == id })
+        } while usedIDs.contains(id)
         nextPacketID = id
         return id
     }
@@ -254,11 +266,13 @@ public struct DeliveryWindow: Sendable {
         into output: inout Output
     ) {
         guard let packet = encode(message, id: id, duplicate: resent, link: link, now: now, started: resent) else {
+            usedIDs.remove(id)  // a held delivery's id is free again
             output.dropped += 1
             return
         }
         output.writes.append(packet)
         inflight.append(Inflight(id: id, message: message))
+        usedIDs.insert(id)
     }
 
     /// One PUBLISH, or nil when the message expired before its delivery started (§3.3.2.3.3 [MQTT-3.3.2-5]: the copy

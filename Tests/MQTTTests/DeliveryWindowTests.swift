@@ -39,6 +39,58 @@ import Testing
 
     let now = ContinuousClock.now
 
+    /// A full window of 1,024 (the most the hub keeps in flight) through more than one turn of the 16-bit packet ids,
+    /// with PUBACKs in order and out of it and one never sent, some deliveries held back by a resume into a smaller
+    /// window, and one that outgrew the new connection's Maximum Packet Size: a new delivery never takes an id still
+    /// in flight or held, every id in flight or held is distinct, and ids come back once free (MQTT 5.0 §2.2.1
+    /// [MQTT-2.2.1-4]).
+    @Test func packetIDsStayDistinctThroughAFullWindowAndManyTurns() throws {
+        var window = DeliveryWindow(maxQueued: 100)
+        var link = Self.link(receiveMaximum: 1024)
+        var inFlight: [UInt16] = []  // in the order sent
+        var taken = Set<UInt16>()
+        func check(_ output: DeliveryWindow.Output) throws {
+            for publish in try Self.publishes(output) where !publish.duplicate {
+                let id = try #require(publish.packetID)
+                #expect(taken.insert(id).inserted, "id \(id) taken twice")
+                inFlight.append(id)
+            }
+        }
+        var random = SystemRandomNumberGenerator()
+        // 170 rounds of 400 new deliveries: every id, more than once.
+        for round in 0..<170 {
+            while window.inflight.count < 1024 { try check(window.deliver(try Self.message(), link: link, now: now)) }
+            // Mostly the oldest first, as clients do; now and then one from the middle. The very first delivery is
+            // never acknowledged: its id must be passed over on every turn of the ids.
+            for _ in 0..<400 {
+                let index = Int.random(in: 0..<10, using: &random) == 0 ? Int.random(in: 1..<inFlight.count) : 1
+                let id = inFlight.remove(at: index)
+                taken.remove(id)
+                try check(window.acknowledge(id, qos: .atLeastOnce, link: link, now: now).output)
+            }
+            let unacknowledged = window.saved.unacknowledged.map(\.id)
+            #expect(Set(unacknowledged).count == unacknowledged.count && Set(unacknowledged) == taken)
+            if round % 50 == 49 {
+                // A reconnect with a smaller window: the rest are held, keeping their ids, and go again with DUP.
+                link = Self.link(receiveMaximum: 300)
+                try check(window.resume(link: link, now: now))
+                #expect(window.inflight.count == 300 && window.waiting > 0)
+                link = Self.link(receiveMaximum: 1024)
+                try check(window.resume(link: link, now: now))
+            }
+        }
+        // One held delivery too large for the next connection is dropped, and its id is free again.
+        var small = DeliveryWindow(maxQueued: 10)
+        _ = small.deliver(try Self.message(payload: 1000), link: Self.link(receiveMaximum: 1), now: now)
+        _ = small.deliver(try Self.message(payload: 4), link: Self.link(receiveMaximum: 1), now: now)
+        #expect(small.inflight.map(\.id) == [1])
+        let resumed = small.resume(link: Self.link(receiveMaximum: 5, maximumPacketSize: 100), now: now)
+        #expect(resumed.dropped == 1 && small.inflight.map(\.id) == [2])
+        #expect(small.acknowledge(2, qos: .atLeastOnce, link: Self.link(), now: now).valid)
+        let next = small.deliver(try Self.message(), link: Self.link(), now: now)
+        #expect(try Self.publishes(next).map(\.packetID) == [3])
+    }
+
     @Test func theReceiveMaximumHoldsBackTheRestInABoundedQueue() throws {
         var window = DeliveryWindow(maxQueued: 2)
         let link = Self.link(receiveMaximum: 2)
