@@ -136,7 +136,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
-        // Pure: MQTT 3.1.1 and 5.0 packets, codec and topic matching (NIOCore only for ByteBuffer and decoders).
+        // Pure: MQTT 3.1.1 and 5.0 packets, codec and topic matching (NIOCore for ByteBuffer and decoders, Deque for
+        // the delivery window).
         .target(
             name: "MQTT",
             dependencies: [

@@ -136,8 +136,8 @@ public struct DeliveryWindow: Sendable {
             }
             return output
         }
-        if let link, link.ready, inflight.count < link.receiveMaximum {
-            send(message, id: nextFreeID(), resent: false, link: link, now: now, into: &output)
+        if let link, link.ready, inflight.count < link.receiveMaximum, let id = nextFreeID() {
+            send(message, id: id, resent: false, link: link, now: now, into: &output)
         } else if queue.count < maxQueued {
             queue.append(message)
         } else {
@@ -153,8 +153,8 @@ public struct DeliveryWindow: Sendable {
             let delivery = held.removeFirst()
             send(delivery.message, id: delivery.id, resent: true, link: link, now: now, into: &output)
         }
-        while let link, link.ready, inflight.count < link.receiveMaximum, let message = queue.popFirst() {
-            send(message, id: nextFreeID(), resent: false, link: link, now: now, into: &output)
+        while let link, link.ready, inflight.count < link.receiveMaximum, !queue.isEmpty, let id = nextFreeID() {
+            send(queue.removeFirst(), id: id, resent: false, link: link, now: now, into: &output)
         }
         return output
     }
@@ -249,8 +249,10 @@ public struct DeliveryWindow: Sendable {
 
     // MARK: Packets
 
-    /// The next packet id no delivery in flight or held holds.
-    private mutating func nextFreeID() -> UInt16 {
+    /// The next packet id no delivery in flight or held holds; nil when every one of the 65,535 does (the message
+    /// then waits in the queue).
+    private mutating func nextFreeID() -> UInt16? {
+        guard usedIDs.count < Int(UInt16.max) else { return nil }
         var id = nextPacketID
         repeat {
             id = id == UInt16.max ? 1 : id + 1

@@ -85,9 +85,12 @@ public struct SessionSnapshot: Sendable {
         }
         guard let nextPacketID: UInt16 = buffer.readInteger() else { throw MQTTError.malformed("saved packet id") }
         var unacknowledged: [DeliveryWindow.Inflight] = []
+        var ids = Set<UInt16>()
         for _ in 0..<(try Self.count(&buffer)) {
-            guard let id: UInt16 = buffer.readInteger(), id != 0, let released: UInt8 = buffer.readInteger(),
-                released <= 1
+            // Each id once (MQTT 5.0 §2.2.1 [MQTT-2.2.1-4]): two deliveries under one id would let one PUBACK end
+            // either, and the window's ids in use would lose one.
+            guard let id: UInt16 = buffer.readInteger(), id != 0, ids.insert(id).inserted,
+                let released: UInt8 = buffer.readInteger(), released <= 1
             else { throw MQTTError.malformed("saved delivery") }
             let message = try OutboundMessage(reading: &buffer, savedAt: rebased)
             unacknowledged.append(DeliveryWindow.Inflight(id: id, message: message, released: released == 1))

@@ -95,7 +95,8 @@ import Testing
         #expect(restored.window.queue[2].payload == [7])
     }
 
-    /// A truncated, extended or foreign snapshot is refused whole; so is each byte of it cut short.
+    /// A truncated, extended or foreign snapshot is refused whole; so is each byte of it cut short, and one that
+    /// holds two deliveries under one packet id.
     @Test func bytesThatAreNotOneSnapshotAreRefused() throws {
         let bytes = try snapshot().encoded(now: now)
         #expect(throws: MQTTError.self) { try SessionSnapshot(decoding: bytes + [0], elapsed: .zero, now: now) }
@@ -106,6 +107,13 @@ import Testing
             #expect(throws: MQTTError.self) {
                 try SessionSnapshot(decoding: Array(bytes.prefix(length)), elapsed: .zero, now: now)
             }
+        }
+        // Two deliveries under one packet id (MQTT 5.0 §2.2.1 [MQTT-2.2.1-4]): a PUBACK could end either.
+        var twice = try snapshot()
+        twice.window.unacknowledged[1] = DeliveryWindow.Inflight(
+            id: 7, message: twice.window.unacknowledged[1].message)
+        #expect(throws: MQTTError.self) {
+            try SessionSnapshot(decoding: twice.encoded(now: now), elapsed: .zero, now: now)
         }
         // A count far beyond the bytes that follow is refused before anything is allocated for it.
         var huge = Array(bytes.prefix(4))
