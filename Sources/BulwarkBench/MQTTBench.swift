@@ -137,6 +137,14 @@ struct MQTTBenchmark: AsyncParsableCommand {
         let targets: [(String, Int, Int32)] = [
             ("bulwark", ports.mqtt, hub.processIdentifier), ("mosquitto", mosquittoPort, broker.processIdentifier),
         ]
+        /// The publishers' load at `qos` on one broker (`name`, `port`) for `seconds`: each device under its own topic,
+        /// its client id the hub's session key (mosquitto's its own).
+        func load(_ name: String, _ port: Int, qos: QoS) async -> MQTTLoad.Result {
+            await MQTTLoad.run(
+                host: "127.0.0.1", port: port, tls: { try devicesCopy[$0].tlsConfiguration() },
+                clientID: { name == "bulwark" ? "b\($0)" : "bench-\($0)" }, topic: { "devices/b\($0)/telemetry" },
+                connections: connections, qos: qos, window: window, duration: .seconds(seconds), payload: payload)
+        }
         /// Allocations per message of the broker `index` since `before` (nan when not counted).
         func allocationsPerMessage(_ index: Int, since before: UInt64?, messages: Int) -> Double {
             guard let before, let after = allocations[index]?.total(), messages > 0 else { return .nan }
@@ -152,11 +160,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
                     let (name, port, pid) = targets[index]
                     let allocationsBefore = allocations[index]?.total()
                     let before = Self.cpuSeconds(pid)
-                    let result = await MQTTLoad.run(
-                        host: "127.0.0.1", port: port, tls: { try devicesCopy[$0].tlsConfiguration() },
-                        clientID: { name == "bulwark" ? "b\($0)" : "bench-\($0)" },
-                        topic: { "devices/b\($0)/telemetry" }, connections: connections, qos: qos, window: window,
-                        duration: .seconds(seconds), payload: payload)
+                    let result = await load(name, port, qos: qos)
                     let used = Self.cpuSeconds(pid) - before
                     rates[index].append(result.perSecond)
                     cpu[index].append(result.messages > 0 ? used / Double(result.messages) * 1e6 : .nan)
@@ -292,11 +296,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
 
             let allocationsBefore = allocations[index]?.total()
             let cpuBefore = Self.cpuSeconds(pid)
-            let result = await MQTTLoad.run(
-                host: "127.0.0.1", port: port, tls: { try devicesCopy[$0].tlsConfiguration() },
-                clientID: { name == "bulwark" ? "b\($0)" : "bench-\($0)" }, topic: { "devices/b\($0)/telemetry" },
-                connections: connections, qos: .atLeastOnce, window: window, duration: .seconds(seconds),
-                payload: payload)
+            let result = await load(name, port, qos: .atLeastOnce)
             heldRates.append(result.perSecond)
             heldCPU.append(
                 result.messages > 0 ? (Self.cpuSeconds(pid) - cpuBefore) / Double(result.messages) * 1e6 : .nan)
@@ -347,11 +347,7 @@ struct MQTTBenchmark: AsyncParsableCommand {
                     let start = received.messages
                     let before = Self.cpuSeconds(pid)
                     let loadStart = ContinuousClock.now
-                    let result = await MQTTLoad.run(
-                        host: "127.0.0.1", port: port, tls: { try devicesCopy[$0].tlsConfiguration() },
-                        clientID: { name == "bulwark" ? "b\($0)" : "bench-\($0)" },
-                        topic: { "devices/b\($0)/telemetry" }, connections: connections, qos: .atLeastOnce,
-                        window: window, duration: .seconds(seconds), payload: payload)
+                    let result = await load(name, port, qos: .atLeastOnce)
                     // What the subscriber is still owed arrives within moments: counted until it stops coming.
                     var last = -1
                     var lastSeen = ContinuousClock.now
