@@ -122,12 +122,14 @@ public struct AgentState: Sendable {
 
     /// A renewal writes `device.key.new` and `device.crt.new`, then renames both. If both are there and belong
     /// together, the renames are (re)done; a lone or mismatched `.new` file (a crash while writing them) is removed.
+    /// Either is synced (best effort: what a power loss takes back after all is done again at the next start).
     static func finishReplacement(_ directory: String) throws(AgentError) {
         let key = directory + "/device.key"
         let certificate = directory + "/device.crt"
         let keyExists = FileManager.default.fileExists(atPath: key + ".new")
         let certificateExists = FileManager.default.fileExists(atPath: certificate + ".new")
         guard keyExists || certificateExists else { return }
+        defer { _ = DirectorySync.sync(directory) }
         // The pair as it will be once the renames are done (a crash may have come between the two renames).
         let keyPath = keyExists ? key + ".new" : key
         let certificatePath = certificateExists ? certificate + ".new" : certificate

@@ -1,3 +1,4 @@
+import Core
 import Foundation
 import Synchronization
 
@@ -160,13 +161,6 @@ public final class Outbox: Sendable {
         guard fsync(fd) == 0, close(fd) == 0, rename(temporary, path) == 0 else {
             throw AgentError(.outbox, "cannot write \(path): \(String(cString: strerror(errno)))")
         }
-        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard directoryFD >= 0 else {
-            throw AgentError(.outbox, "cannot sync \(directory): \(String(cString: strerror(errno)))")
-        }
-        defer { close(directoryFD) }
-        guard fsync(directoryFD) == 0 else {
-            throw AgentError(.outbox, "cannot sync \(directory): \(String(cString: strerror(errno)))")
-        }
+        if let failure = DirectorySync.sync(directory) { throw AgentError(.outbox, failure) }
     }
 }

@@ -1,3 +1,4 @@
+import Core
 import Foundation
 
 #if canImport(Glibc)
@@ -85,14 +86,7 @@ public enum SecretFiles {
 
     /// Syncs `directory` (see `syncDirectory(of:)`).
     static func syncDirectory(_ directory: String) throws {
-        let descriptor = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            throw HubStartupError("cannot sync \(directory): \(String(cString: strerror(errno)))")
-        }
-        defer { close(descriptor) }
-        guard fsync(descriptor) == 0 else {
-            throw HubStartupError("cannot sync \(directory): \(String(cString: strerror(errno)))")
-        }
+        if let failure = DirectorySync.sync(directory) { throw HubStartupError(failure) }
     }
 
     /// Reads a key file after checking that only its owner can read it.

@@ -1,3 +1,4 @@
+import Core
 import Crypto
 import Foundation
 public import HubClient
@@ -45,18 +46,22 @@ struct TLSKeyFiles {
     }
 
     /// Completes a switch a crash interrupted: the backup key moved to `hub.key` but `hub-next.key` not yet to
-    /// `hub-backup.key`, or the new certificate not yet in place. A stale `hub.crt.next` is removed.
+    /// `hub-backup.key`, or the new certificate not yet in place. A stale `hub.crt.next` is removed. What it changed
+    /// is synced (best effort: a rename lost to a power loss after all is done again from the same files at the next
+    /// start).
     func finishRotation() {
         let manager = FileManager.default
-        if !manager.fileExists(atPath: backup), manager.fileExists(atPath: next) { rename(next, backup) }
+        var changed = false
+        if !manager.fileExists(atPath: backup), manager.fileExists(atPath: next) { changed = rename(next, backup) == 0 }
+        defer { if changed { _ = DirectorySync.sync(directory) } }
         guard manager.fileExists(atPath: nextCertificate) else { return }
         if let key = try? HubCredentials.loadOrCreateSigningKey(active),
             let text = try? String(contentsOfFile: nextCertificate, encoding: .utf8),
             let issued = try? Certificate(pemEncoded: text), issued.publicKey == Certificate.PublicKey(key.publicKey)
         {
-            rename(nextCertificate, certificate)
+            changed = rename(nextCertificate, certificate) == 0 || changed
         } else {
-            unlink(nextCertificate)
+            changed = unlink(nextCertificate) == 0 || changed
         }
     }
 
