@@ -1,5 +1,7 @@
 #if canImport(Glibc)
     import Glibc
+#elseif canImport(Musl)
+    import Musl
 #elseif canImport(Darwin)
     import Darwin
 #endif
@@ -11,11 +13,15 @@ public enum DirectorySync {
     /// Nil once synced; else what failed (`open` or `fsync`, with the system's reason). `EINTR` is retried.
     public static func sync(_ directory: String) -> String? {
         let descriptor = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard descriptor >= 0 else { return "cannot open \(directory) to sync it: \(String(cString: strerror(errno)))" }
+        guard descriptor >= 0 else {
+            let code = errno  // before anything else can change it
+            return "cannot open \(directory) to sync it: \(String(cString: strerror(code)))"
+        }
         defer { close(descriptor) }
         while fsync(descriptor) != 0 {
-            if errno == EINTR { continue }
-            return "cannot sync \(directory): \(String(cString: strerror(errno)))"
+            let code = errno
+            if code == EINTR { continue }
+            return "cannot sync \(directory): \(String(cString: strerror(code)))"
         }
         return nil
     }
