@@ -128,14 +128,12 @@ struct StoreBenchmark: AsyncParsableCommand {
         }
         let alone = (ContinuousClock.now - started).seconds
         started = ContinuousClock.now
-        var start = 0
-        while start < count {
+        for start in stride(from: 0, to: count, by: MQTTSessionChange.perTransaction) {
             let end = min(start + MQTTSessionChange.perTransaction, count)
             let changes = sessions[start..<end].map { MQTTSessionChange(key: $0.key, session: $0) }
             guard try await store.saveMQTTSessions(changes, holder: "bench", release: false).isEmpty else {
                 throw ValidationError("sessions not saved")
             }
-            start = end
         }
         let together = (ContinuousClock.now - started).seconds
         print(
