@@ -1,5 +1,3 @@
-import Synchronization
-
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -22,7 +20,7 @@ public final class RandomPool: Sendable {
 
     /// `getentropy(3)` gives at most 256 bytes a call: a larger pool would fail every refill.
     static let size = 256
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// The process's pool.
     public static let shared = RandomPool()

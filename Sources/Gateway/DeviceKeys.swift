@@ -1,5 +1,4 @@
 import Core
-import Synchronization
 
 /// A device id interned to a small integer, once, when the connection's certificate names the device: the rate
 /// limits then index arrays by it instead of hashing the id's `String` on every message.
@@ -14,7 +13,7 @@ public final class DeviceKeys: Sendable {
         var keys: [DeviceID: UInt32] = [:]
         var ids: [DeviceID] = []
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init() {}
 

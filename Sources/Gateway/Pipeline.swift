@@ -1,7 +1,6 @@
 public import Core
 public import Crypto
 import JSON
-import Synchronization
 
 /// Configuration of the gateway pipeline. Defaults suit a sensor fleet; the hub reads them from its configuration.
 public struct GatewayPolicy: Sendable {
@@ -183,7 +182,7 @@ public final class GatewayPipeline: Sendable {
     public let nonces: NonceLedger
     public let counters = CounterWindows()
     public let quarantine: QuarantineBook
-    private let schemas = Mutex(SchemaTable())
+    private let schemas = Locked(SchemaTable())
 
     /// The registered schemas by message type. A hub registers a handful, so a look-up compares names in a list
     /// (a short name compares as two words) instead of hashing the name, and a name found in it was checked when it

@@ -1,5 +1,4 @@
 public import Core
-import Synchronization
 
 /// What a device did wrong, counted toward quarantine.
 public enum Offence: String, Sendable, CaseIterable {
@@ -42,7 +41,7 @@ public final class QuarantineBook: Sendable {
         var until: [DeviceID: Int64] = [:]
     }
     public let policy: QuarantinePolicy
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init(policy: QuarantinePolicy) { self.policy = policy }
 

@@ -1,4 +1,4 @@
-import Synchronization
+import Core
 
 /// A rate with a burst, for the generic cell rate algorithm (GCRA, ITU-T I.371 "virtual scheduling").
 ///
@@ -43,7 +43,7 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
         var tat: [Key: Int64] = [:]
         var overflowed = 0
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init(limit: RateLimit, capacity: Int = 200_000) {
         precondition(capacity > 0)
@@ -96,7 +96,7 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
 /// 8 bytes per slot up to the highest key seen (interned keys are dense, so about 8 bytes per device).
 public final class DenseRateTable: Sendable {
     public let limit: RateLimit
-    private let tats = Mutex<[Int64]>([])
+    private let tats = Locked<[Int64]>([])
 
     public init(limit: RateLimit) { self.limit = limit }
 

@@ -1,5 +1,4 @@
 public import Core
-import Synchronization
 
 /// Nonces seen within the replay window, per device, bounded in memory.
 ///
@@ -58,7 +57,7 @@ public final class NonceLedger: Sendable {
     public let retention: Int64
     public let capacity: Int
     public let perDeviceCapacity: Int
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init(retentionSeconds: Int64, capacity: Int = 1_000_000, perDeviceCapacity: Int = 10_000) {
         retention = retentionSeconds
@@ -132,7 +131,7 @@ public final class NonceLedger: Sendable {
 /// The counter windows of all devices. The hub stores a device's window with each message it admits (in the same
 /// transaction), and loads them at start, so a restart never reopens counters already used.
 public final class CounterWindows: Sendable {
-    private let windows = Mutex<[DeviceID: CounterWindow]>([:])
+    private let windows = Locked<[DeviceID: CounterWindow]>([:])
 
     public init() {}
 

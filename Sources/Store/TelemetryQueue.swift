@@ -1,4 +1,4 @@
-import Synchronization
+import Core
 
 /// The queue in front of a telemetry group committer (SQLite's and PostgreSQL's): messages are queued in arrival order
 /// and taken in batches, with at most one batch in flight. Whoever queues a message into an idle queue starts the
@@ -20,7 +20,7 @@ public final class TelemetryQueue: Sendable {
         var writing = false
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// At most this many messages in one batch, and at most `maximumBytes` of bodies and relayed packets (a batch
     /// always takes its first message).
     private let maximumCount: Int
