@@ -8,6 +8,23 @@ import Synchronization
 /// error, the end), and then `resume` starts one.
 protocol ParkedSession: AnyObject, Sendable {
     func resume()
+    /// Handles `packet` at once, on the channel's event loop, when it can without waiting (`HandledNow`). Called
+    /// only while the session is parked with nothing queued, so no turn runs and it has the session to itself.
+    func handleNow(_ packet: Packet) -> HandledNow
+}
+
+extension ParkedSession {
+    func handleNow(_ packet: Packet) -> HandledNow { .no }
+}
+
+/// What `ParkedSession.handleNow` did with a packet.
+enum HandledNow {
+    /// Nothing: the packet is queued for the session's next turn, as are the ones after it.
+    case no
+    /// All of it.
+    case done
+    /// Its synchronous part; the session's next turn must run (at once) to finish it, before the packets after it.
+    case doneWithTurn
 }
 
 /// A connection's inbound side, in place of `NIOAsyncChannel` and `ByteToMessageHandler`: it decodes each read
@@ -15,7 +32,8 @@ protocol ParkedSession: AnyObject, Sendable {
 /// them one at a time. One handler rather than two: a held connection keeps one object and one context for it.
 /// While the connection is opening, a task waits for its CONNECT (`next`); once its session is attached, a task runs
 /// only while something is queued (`take(orPark:)`): a held connection that sends nothing has no task, so it keeps
-/// no task, no async frames and no stream state.
+/// no task, no async frames and no stream state. A read that finds the session parked with nothing queued is first
+/// offered to it on the event loop (`ParkedSession.handleNow`): what it handles there needs no task at all.
 ///
 /// The order is the decoder's: the packets of a read, then (once they are taken) its error or the end of the
 /// channel; nothing after either. Back-pressure as `NIOAsyncChannel` gave it with a watermark of one batch: the
@@ -156,9 +174,37 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         // packet does not).
         guard !batch.isEmpty || failure != nil else { return }
         if keepAlive != nil, !batch.isEmpty { lastPacket = eventLoop.now }
-        deliver { state in
-            state.enqueue(batch)
+        var rest = batch[...]
+        var turn = false
+        // A parked session with nothing queued handles what it can of the read at once, here (no task, no thread
+        // switch: the common QoS 0 PUBLISH of a device); the first packet it cannot, and all after it, are queued.
+        if !rest.isEmpty, let session = unparkedForNow() {
+            handling: while let packet = rest.first {
+                switch session.handleNow(packet) {
+                case .no: break handling
+                case .done: rest.removeFirst()
+                case .doneWithTurn:
+                    rest.removeFirst()
+                    turn = true
+                    break handling
+                }
+            }
+            state.withLock { $0.parked = session }
+        }
+        deliver(resuming: turn) { state in
+            if !rest.isEmpty { state.enqueue(Array(rest)) }
             if let failure, state.failure == nil, !state.ended { state.failure = failure }
+        }
+    }
+
+    /// The parked session, taken out of the inbox while the event loop hands it packets (`handleNow`), when nothing
+    /// is queued before them; nil otherwise. Everything that could queue an event or resume a turn meanwhile runs on
+    /// this event loop, so the session is parked again (`deliver` then resumes it if an event came) before any turn.
+    private func unparkedForNow() -> (any ParkedSession)? {
+        state.withLock { state in
+            guard let parked = state.parked, !state.hasEvent else { return nil }
+            state.parked = nil
+            return parked
         }
     }
 
@@ -239,8 +285,9 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         if !hold { context.read() }
     }
 
-    /// Applies an event, then hands the waiting task its packet or resumes the parked session.
-    private func deliver(_ change: (inout State) -> Void) {
+    /// Applies an event, then hands the waiting task its packet or resumes the parked session (also with no event,
+    /// when `resuming`).
+    private func deliver(resuming: Bool = false, _ change: (inout State) -> Void) {
         enum Wake {
             case none
             case waiter(CheckedContinuation<Packet?, any Error>, Result<Packet?, any Error>, resumeRead: Bool)
@@ -254,7 +301,7 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
                 state.waiter = nil
                 return .waiter(waiter, taken, resumeRead: resumeRead)
             }
-            if let parked = state.parked, state.hasEvent {
+            if let parked = state.parked, state.hasEvent || resuming {
                 state.parked = nil
                 return .parked(parked)
             }

@@ -35,7 +35,7 @@ public final class HubServer: Sendable {
     /// The MQTT listener's sessions and connection tasks (tests read them).
     let mqttSessions = SessionTally()
     /// The MQTT listener's QoS 0 writes in flight (tests read them).
-    let mqttPendingQoS0 = PendingWrites(limit: 1024)
+    let mqttPendingQoS0 = PendingWrites()
     private let group: ServiceGroup
     private let logger: Logger
     private let ports: AsyncStream<(String, Int)>

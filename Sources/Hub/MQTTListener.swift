@@ -70,7 +70,7 @@ struct MQTTListener: Service {
         rids: RIDDirectory, broker: MQTTBroker, gateway: GatewayPipeline, settings: MQTTSettings,
         renewals: CertificateRenewals, events: DeviceEvents, cryptoProfile: CryptoProfile = .standard,
         metrics: HubMetrics? = nil, sessions: SessionTally = SessionTally(),
-        pendingQoS0: PendingWrites = PendingWrites(limit: 1024), logger: Logger,
+        pendingQoS0: PendingWrites = PendingWrites(), logger: Logger,
         onBound: @escaping @Sendable (Int) -> Void
     ) {
         self.metrics = metrics
@@ -604,24 +604,35 @@ final class MQTTWriteOutcomes: Sendable {
     }
 }
 
-/// Writes of QoS 0 messages still in flight to the store: QoS 0 is not acknowledged, so the connection does not
-/// wait for its write unless too many are outstanding (then it does, which slows a flooding publisher).
+/// Writes of QoS 0 messages still in flight to the store, counted in bytes: QoS 0 is not acknowledged, so the
+/// connection does not wait for its write unless too much is outstanding (then it does, which slows a flooding
+/// publisher). Each write counts its body and `overhead` (its queue entry and row, about), so the bound holds the
+/// memory of queued messages whatever their size. The default, 4 MiB, is about 9,000 messages of 200 bytes. The
+/// store's writer commits in batches with an fsync each, so at 200,000 messages a second many are in flight: under
+/// the former bound of 1,024 messages, about 40 % of the benchmark's QoS 0 samples were in the path that waits; under
+/// this one, 1 % (`perf`, 2026-12-06).
 final class PendingWrites: Sendable {
-    private let count = Atomic<Int>(0)
+    private let bytes = Atomic<Int>(0)
+    /// The bound, in bytes.
     let limit: Int
+    static let overhead = 256
+    static let defaultLimit = 4 << 20
 
-    init(limit: Int) { self.limit = limit }
+    init(limit: Int = PendingWrites.defaultLimit) { self.limit = limit }
 
-    func tryStart() -> Bool {
-        if count.add(1, ordering: .relaxed).newValue <= limit { return true }
-        count.subtract(1, ordering: .relaxed)
+    /// Counts a write of `body` bytes in, unless the bound would be passed (then nothing is counted).
+    func tryStart(body: Int) -> Bool {
+        let cost = body + Self.overhead
+        if bytes.add(cost, ordering: .relaxed).newValue <= limit { return true }
+        bytes.subtract(cost, ordering: .relaxed)
         return false
     }
 
-    func finish() { count.subtract(1, ordering: .relaxed) }
+    /// Counts out a write `tryStart` counted in.
+    func finish(body: Int) { bytes.subtract(body + Self.overhead, ordering: .relaxed) }
 
-    /// Writes started and not finished.
-    var outstanding: Int { count.load(ordering: .relaxed) }
+    /// Bytes of writes started and not finished.
+    var outstanding: Int { bytes.load(ordering: .relaxed) }
 }
 
 extension MQTTListener {
@@ -690,6 +701,9 @@ struct MQTTConnection {
         /// MQTT 5.0 §3.1.2.11.7: a client that sets Request Problem Information to 0 gets no Reason String or User
         /// Properties on any packet but PUBLISH, CONNACK and DISCONNECT (so no correlation id on a PUBACK).
         var problemInformation: Bool { rules.problemInformation }
+        /// A refusal `handleNow` decided, to be recorded and answered by the next turn (which it resumes at once).
+        /// Boxed: 8 bytes in every held connection's state.
+        var leftForTurn: LeftForTurn?
         /// What was decided for the topic published to last (nil until the first PUBLISH: a held connection that
         /// never publishes keeps 8 bytes for it).
         private var lastTopic: TopicDecision?
@@ -708,6 +722,17 @@ struct MQTTConnection {
         }
     }
 
+    /// See `State.leftForTurn`.
+    final class LeftForTurn {
+        let refusal: Refusal
+        let publish: PublishPacket
+        let correlationID: String
+
+        init(_ refusal: Refusal, _ publish: PublishPacket, _ correlationID: String) {
+            (self.refusal, self.publish, self.correlationID) = (refusal, publish, correlationID)
+        }
+    }
+
     /// See `State.decision(for:)`.
     final class TopicDecision {
         let topic: String
@@ -719,7 +744,7 @@ struct MQTTConnection {
         let messageType: String?
 
         /// The reader of this connection's QoS 0 writes to the topic, made at the first (`qos0Reports`). Set and read
-        /// by the connection's turns only.
+        /// by the connection's turns and `handleNow`, one at a time (as the rest of `State`).
         private var reports: QoS0Reports?
 
         func qos0Reports(peer: Peer, _ outcomes: MQTTWriteOutcomes) -> QoS0Reports {
@@ -804,6 +829,8 @@ struct MQTTConnection {
                 connection.listener.sessions.taskEnded()
             }
         }
+
+        func handleNow(_ packet: Packet) -> HandledNow { connection.handleNow(packet, self) }
     }
 
     /// One turn: the packets queued (after the CONNACK, on the first), until none is (the session parks, and this
@@ -824,8 +851,16 @@ struct MQTTConnection {
         await conclude(live, end)
     }
 
-    /// Handles the queued packets: nil once none is left (parked), or how the connection ended.
+    /// Handles the queued packets: nil once none is left (parked), or how the connection ended. First what
+    /// `handleNow` left for this turn.
     private func handleQueued(_ live: Live) async throws -> End? {
+        if let left = live.state.leftForTurn {
+            live.state.leftForTurn = nil
+            guard
+                await refused(
+                    left.refusal, left.publish, peer: live.peer, state: live.state, respond: true, left.correlationID)
+            else { return .closed }
+        }
         while true {
             switch try inbox.take(orPark: live) {
             case .packet(let packet):
@@ -1816,6 +1851,47 @@ struct MQTTConnection {
         return true
     }
 
+    /// A device's QoS 0 PUBLISH handled at once, on the event loop that read it, while its session is parked
+    /// (`ParkedSession.handleNow`): the same steps as a turn takes for it (`handle`, `received`, `admitAndDeliver`,
+    /// `storeAndDeliver`), with nothing to await, so no task runs and no thread is woken for it: a task per read, and
+    /// the hop from the event loop to the Swift pool, cost about 1.5 µs of the 7 µs of hub CPU a QoS 0 message took
+    /// (`bulwark-bench mqtt`, 2026-12-06). `.no`, before anything has changed, for every other case: a packet that
+    /// is not such a PUBLISH; a revoked certificate; a topic outside the identity's patterns; a retained message; a
+    /// message a subscriber or an expiry is waiting for, or other nodes (the broker and the relay are awaited); too
+    /// much outstanding in QoS 0 writes (the turn waits for one). A refusal is decided here, and recorded and
+    /// answered by a turn resumed at once, before the packets after it.
+    @inline(never)
+    func handleNow(_ packet: Packet, _ live: Live) -> HandledNow {
+        let (peer, state) = (live.peer, live.state)
+        guard case .publish(let publish) = packet, publish.qos == .atMostOnce, !publish.retain,
+            state.rules.passesThrough(publish), let device = peer.device, listener.relay == nil,
+            !listener.revocations.contains(peer.serial)
+        else { return .no }
+        let decision = state.decision(for: publish.topic)
+        let delivery = BrokerMessage(publish)
+        let body = publish.payload.count
+        guard decision.permission != nil, Self.responseTopicAllowed(publish.properties, peer: peer, acl: state.acl),
+            !listener.broker.needsPublish(delivery), listener.writeOutcomes.pending.tryStart(body: body)
+        else { return .no }
+        let correlationID = CorrelationID().rawValue
+        let result = admission(
+            publish, device: device, counter: Self.counter(of: publish), check: decision.check,
+            route: decision.route, messageType: decision.messageType, now: GatewayTime.now(), peer: peer)
+        switch result {
+        case .success(let admitted):
+            listener.metrics?.admitted(.mqtt)
+            state.rules.publishAdmitted()
+            queueStarted(
+                row(admitted, publish, device: device, correlationID, at: Date(), delivery, local: nil, state: state),
+                peer: peer, decision: decision)
+            return .done
+        case .failure(let refusal):
+            listener.writeOutcomes.pending.finish(body: body)
+            state.leftForTurn = LeftForTurn(refusal, publish, correlationID)
+            return .doneWithTurn
+        }
+    }
+
     /// A device message's row. With several nodes it carries the delivery for the other nodes' subscribers: they
     /// get it from the same transaction that stores it. Synchronous, and built as an argument: never in an async
     /// frame.
@@ -2110,22 +2186,15 @@ struct MQTTConnection {
         -> (@Sendable () async -> Void)?
     {
         let outcomes = listener.writeOutcomes
-        // Queued now, in the connection's order (the other nodes get its messages in that order).
-        let queued = listener.store.queueTelemetry(record)
-        let started = outcomes.pending.tryStart()
-        // A queued write hands its reader the queue's entry, with the message: one reader for all of this
-        // connection's QoS 0 writes to this topic, not a closure per message (made here, freed on the store's
-        // thread: 2026-12-06).
-        if started, queued.queuedEntry != nil {
-            queued.whenComplete(reader: decision.qos0Reports(peer: peer, outcomes))
-            return nil
-        }
-        let (device, signal, receivedAt) = (
-            record.deviceID, !DeviceEvents.observed(record.messageType), record.receivedAt
-        )
-        let failure = QoS0Reports.failure(record, identity: peer.identity, source: peer.source, topic: decision.topic)
-        guard started else {
+        guard outcomes.pending.tryStart(body: record.body.count) else {
             // Too many outstanding: this connection waits for this one (back-pressure on a flooding publisher).
+            let (device, signal, receivedAt) = (
+                record.deviceID, !DeviceEvents.observed(record.messageType), record.receivedAt
+            )
+            let failure = QoS0Reports.failure(
+                record, identity: peer.identity, source: peer.source, topic: decision.topic)
+            // Queued now, in the connection's order (the other nodes get its messages in that order).
+            let queued = listener.store.queueTelemetry(record)
             return {
                 do {
                     _ = try await queued.value()
@@ -2133,19 +2202,39 @@ struct MQTTConnection {
                 } catch { await outcomes.failed(error, failure) }
             }
         }
+        queueStarted(record, peer: peer, decision: decision)
+        return nil
+    }
+
+    /// Queues a QoS 0 message whose write has been counted as outstanding (`PendingWrites.tryStart`), and reads its
+    /// outcome without waiting. Synchronous: the row never sits in an async frame.
+    private func queueStarted(_ record: NewTelemetry, peer: Peer, decision: TopicDecision) {
+        let outcomes = listener.writeOutcomes
+        // Queued now, in the connection's order (the other nodes get its messages in that order).
+        let queued = listener.store.queueTelemetry(record)
+        // A queued write hands its reader the queue's entry, with the message: one reader for all of this
+        // connection's QoS 0 writes to this topic, not a closure per message (made here, freed on the store's
+        // thread: 2026-12-06).
+        if queued.queuedEntry != nil {
+            queued.whenComplete(reader: decision.qos0Reports(peer: peer, outcomes))
+            return
+        }
+        let (device, signal, receivedAt, body) = (
+            record.deviceID, !DeviceEvents.observed(record.messageType), record.receivedAt, record.body.count
+        )
+        let failure = QoS0Reports.failure(record, identity: peer.identity, source: peer.source, topic: decision.topic)
         queued.whenComplete { result in
             switch result {
             case .success:
                 outcomes.stored(device, signal: signal, receivedAt: receivedAt)
-                outcomes.pending.finish()
+                outcomes.pending.finish(body: body)
             case .failure(let error):
                 Task {
                     await outcomes.failed(error, failure)
-                    outcomes.pending.finish()
+                    outcomes.pending.finish(body: body)
                 }
             }
         }
-        return nil
     }
 }
 
@@ -2169,10 +2258,12 @@ final class QoS0Reports: PendingResultReader {
 
     func resolved(_ result: Result<Int64, any Error>, of pending: PendingResult?) {
         let outcomes = outcomes
-        // Always a queue's entry (`queueWithoutWaiting` hands this reader only those). Were it not, nothing would be
-        // signalled and a failure would be logged without the message's values (its counter not given back).
+        // Always a queue's entry (`queueStarted` hands this reader only those). Were it not, nothing would be
+        // signalled, a failure would be logged without the message's values (its counter not given back), and only
+        // the fixed part of its outstanding bytes would be counted out.
         let entry = pending as? TelemetryQueue.Entry
         assert(entry != nil, "a QoS 0 report without its queue entry")
+        let body = entry?.message.body.count ?? 0
         switch result {
         case .success:
             // Read in place (a copy of the whole message would retain and release each of its parts here).
@@ -2181,7 +2272,7 @@ final class QoS0Reports: PendingResultReader {
                     entry.message.deviceID, signal: !DeviceEvents.observed(entry.message.messageType),
                     receivedAt: entry.message.receivedAt)
             }
-            outcomes.pending.finish()
+            outcomes.pending.finish(body: body)
         case .failure(let error):
             let failure = entry.map { Self.failure($0.message, identity: identity, source: source, topic: topic) }
             Task {
@@ -2190,7 +2281,7 @@ final class QoS0Reports: PendingResultReader {
                 } else {
                     outcomes.logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
                 }
-                outcomes.pending.finish()
+                outcomes.pending.finish(body: body)
             }
         }
     }

@@ -162,6 +162,87 @@ import Testing
         #expect(session.count == 2)
     }
 
+    /// A session that handles some packets at once (`handleNow`): PINGREQ wholly, DISCONNECT with a turn to
+    /// finish it; anything else not.
+    final class HandlingSession: ParkedSession {
+        let resumed = Atomic(0)
+        /// Set and read on the test's thread (the embedded event loop's).
+        nonisolated(unsafe) var handled: [Packet] = []
+        func resume() { resumed.add(1, ordering: .relaxed) }
+        var count: Int { resumed.load(ordering: .relaxed) }
+        func handleNow(_ packet: Packet) -> HandledNow {
+            switch packet {
+            case .pingreq:
+                handled.append(packet)
+                return .done
+            case .disconnect:
+                handled.append(packet)
+                return .doneWithTurn
+            default: return .no
+            }
+        }
+    }
+
+    static let disconnect = Packet.disconnect(reasonCode: 0, properties: Properties())
+
+    @Test func aParkedSessionHandlesWhatItCanAtOnceAndTheRestWaitsInOrder() throws {
+        let (channel, inbox, counter) = try Self.inbox()
+        let session = HandlingSession()
+        guard case .parked = try inbox.take(orPark: session) else {
+            Issue.record("an empty inbox parks the session")
+            return
+        }
+        try channel.writeInbound(Self.read([Packet.pingreq, .pingreq]))
+        #expect(session.handled == [.pingreq, .pingreq])
+        #expect(session.count == 0, "both handled at once: no turn")
+        #expect(inbox.slots == 0)
+        channel.read()
+        #expect(counter.reads == 1, "nothing waits, so reads go on")
+        // The first packet it cannot handle waits, and every packet after it waits behind it, in order.
+        try channel.writeInbound(Self.read([Packet.pingreq, Self.ack, .pingreq, Self.disconnect]))
+        #expect(session.handled == [.pingreq, .pingreq, .pingreq])
+        #expect(session.count == 1, "one turn for what waits")
+        try channel.writeInbound(Self.read([Packet.pingreq]))
+        #expect(session.handled.count == 3, "not at once while packets wait or a turn runs")
+        #expect(Self.packet(try inbox.take(orPark: session)) == Self.ack)
+        #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
+        #expect(Self.packet(try inbox.take(orPark: session)) == Self.disconnect)
+        #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
+        guard case .parked = try inbox.take(orPark: session) else {
+            Issue.record("parked again once the queue is empty")
+            return
+        }
+        #expect(session.count == 1)
+        _ = try? channel.finish()
+    }
+
+    @Test func whatItLeavesForATurnResumesTheSessionBeforeThePacketsAfterIt() throws {
+        let (channel, inbox, _) = try Self.inbox()
+        let session = HandlingSession()
+        _ = try inbox.take(orPark: session)
+        try channel.writeInbound(Self.read([Self.disconnect]))
+        #expect(session.handled == [Self.disconnect])
+        #expect(session.count == 1, "a turn, with nothing queued")
+        guard case .parked = try inbox.take(orPark: session) else {
+            Issue.record("the turn finds nothing queued and parks")
+            return
+        }
+        try channel.writeInbound(Self.read([Self.disconnect, .pingreq]))
+        #expect(session.handled == [Self.disconnect, Self.disconnect], "the packet after it waits for the turn")
+        #expect(session.count == 2)
+        #expect(Self.packet(try inbox.take(orPark: session)) == .pingreq)
+        // The end after packets handled at once still resumes the session, which finds it.
+        _ = try inbox.take(orPark: session)
+        try channel.writeInbound(Self.read([Packet.pingreq]))
+        #expect(session.count == 2)
+        _ = try? channel.finish()
+        #expect(session.count == 3)
+        guard case .ended = try inbox.take(orPark: session) else {
+            Issue.record("the end")
+            return
+        }
+    }
+
     @Test func anErrorResumesAParkedSession() throws {
         let (channel, inbox, _) = try Self.inbox()
         let session = Session()
