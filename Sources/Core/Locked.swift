@@ -7,7 +7,8 @@
 #endif
 
 /// A value behind a `pthread_mutex_t`, for the locks that every message takes on more than one thread: a thread
-/// that finds the lock held sleeps in the kernel at once (glibc's default mutex), and the thread that holds it runs.
+/// that finds the lock held sleeps in the kernel at once (glibc's default mutex; musl's spins about 100 times
+/// first), and the thread that holds it runs. Not recursive: locking it again from inside `withLock` deadlocks.
 ///
 /// `Synchronization.Mutex` first spins (on Linux up to 1,000 `pause` instructions, each about 140 cycles on this
 /// machine's CPUs) before it sleeps. That pays when the holder is running on another core and about to let go. On a
@@ -16,8 +17,8 @@
 /// gateway's per-source rate limit and the correlation ids' random pool (`perf annotate`, 2026-12-06).
 ///
 /// One allocation for the object and one for the mutex (its address must not move): for long-lived shared state,
-/// not for one per connection.
-public final class Locked<Value>: @unchecked Sendable {
+/// not for one per connection. Sendable when its value is (what `withLock` hands out may cross threads).
+public final class Locked<Value> {
     @usableFromInline var value: Value
     @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
@@ -34,7 +35,7 @@ public final class Locked<Value>: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    /// `body` with the value, the lock held; the value is reached only so (hence `@unchecked Sendable`).
+    /// `body` with the value, the lock held; the value is reached only so.
     @inlinable
     public func withLock<Result>(_ body: (inout Value) throws -> Result) rethrows -> Result {
         let locked = pthread_mutex_lock(mutex)
@@ -43,3 +44,5 @@ public final class Locked<Value>: @unchecked Sendable {
         return try body(&value)
     }
 }
+
+extension Locked: @unchecked Sendable where Value: Sendable {}

@@ -178,7 +178,8 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         var turn = false
         // A parked session with nothing queued handles what it can of the read at once, here (no task, no thread
         // switch: the common QoS 0 PUBLISH of a device); the first packet it cannot, and all after it, are queued.
-        if !rest.isEmpty, let session = unparkedForNow() {
+        let session = rest.isEmpty ? nil : unparkedForNow()
+        if let session {
             handling: while let packet = rest.first {
                 switch session.handleNow(packet) {
                 case .no: break handling
@@ -189,9 +190,9 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
                     break handling
                 }
             }
-            state.withLock { $0.parked = session }
         }
         deliver(resuming: turn) { state in
+            if let session { state.parked = session }
             if !rest.isEmpty { state.enqueue(Array(rest)) }
             if let failure, state.failure == nil, !state.ended { state.failure = failure }
         }
@@ -199,7 +200,8 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
 
     /// The parked session, taken out of the inbox while the event loop hands it packets (`handleNow`), when nothing
     /// is queued before them; nil otherwise. Everything that could queue an event or resume a turn meanwhile runs on
-    /// this event loop, so the session is parked again (`deliver` then resumes it if an event came) before any turn.
+    /// this event loop, so the session is parked again (in the same lock as the read's rest is queued, and resumed
+    /// if anything is queued) before any turn can start.
     private func unparkedForNow() -> (any ParkedSession)? {
         state.withLock { state in
             guard let parked = state.parked, !state.hasEvent else { return nil }

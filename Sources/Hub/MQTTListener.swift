@@ -227,6 +227,7 @@ final class SessionTally: Sendable {
 
     private let state = Mutex(State())
     private let tasks = Atomic(0)
+    private let turns = Atomic(0)
 
     func opened() {
         state.withLock { $0.open += 1 }
@@ -236,6 +237,9 @@ final class SessionTally: Sendable {
     func taskStarted() { tasks.add(1, ordering: .relaxed) }
     func taskEnded() { tasks.subtract(1, ordering: .relaxed) }
     var tasksRunning: Int { tasks.load(ordering: .relaxed) }
+    /// A parked session was resumed for a turn; how many were, since the listener started (tests read it).
+    func turnStarted() { turns.add(1, ordering: .relaxed) }
+    var turnsStarted: Int { turns.load(ordering: .relaxed) }
 
     /// One session concluded (or its connection ended before it was attached).
     func concluded(one: Void) {
@@ -823,6 +827,7 @@ struct MQTTConnection {
 
         func resume() {
             let connection = connection
+            connection.listener.sessions.turnStarted()
             connection.listener.sessions.taskStarted()
             Task {
                 await connection.turn(self)
@@ -1855,7 +1860,8 @@ struct MQTTConnection {
     /// (`ParkedSession.handleNow`): the same steps as a turn takes for it (`handle`, `received`, `admitAndDeliver`,
     /// `storeAndDeliver`), with nothing to await, so no task runs and no thread is woken for it: a task per read, and
     /// the hop from the event loop to the Swift pool, cost about 1.5 µs of the 7 µs of hub CPU a QoS 0 message took
-    /// (`bulwark-bench mqtt`, 2026-12-06). `.no`, before anything has changed, for every other case: a packet that
+    /// (`bulwark-bench mqtt`, 2026-12-06). `.no`, before anything but the topic's cached decision has changed, for
+    /// every other case: a packet that
     /// is not such a PUBLISH; a revoked certificate; a topic outside the identity's patterns; a retained message; a
     /// message a subscriber or an expiry is waiting for, or other nodes (the broker and the relay are awaited); too
     /// much outstanding in QoS 0 writes (the turn waits for one). A refusal is decided here, and recorded and
@@ -1870,9 +1876,17 @@ struct MQTTConnection {
         let decision = state.decision(for: publish.topic)
         let delivery = BrokerMessage(publish)
         let body = publish.payload.count
-        guard decision.permission != nil, Self.responseTopicAllowed(publish.properties, peer: peer, acl: state.acl),
+        // A large body is checked by a turn, off the event loop: its JSON and schema would hold up the loop's other
+        // connections (their handshakes, their PINGRESP) for as long as they take.
+        guard body <= Self.atOnceBodyLimit, decision.permission != nil,
+            Self.responseTopicAllowed(publish.properties, peer: peer, acl: state.acl),
             !listener.broker.needsPublish(delivery), listener.writeOutcomes.pending.tryStart(body: body)
         else { return .no }
+        assert(
+            {
+                var rules = state.rules
+                return rules.packetReceived(packet) { _ in 0 } == .publish(publish)
+            }(), "passesThrough said packetReceived hands the PUBLISH on unchanged")
         let correlationID = CorrelationID().rawValue
         let result = admission(
             publish, device: device, counter: Self.counter(of: publish), check: decision.check,
@@ -1891,6 +1905,10 @@ struct MQTTConnection {
             return .doneWithTurn
         }
     }
+
+    /// The largest body `handleNow` checks on the event loop (a device's telemetry is far smaller; the default
+    /// body limit is 64 KiB).
+    static let atOnceBodyLimit = 8 << 10
 
     /// A device message's row. With several nodes it carries the delivery for the other nodes' subscribers: they
     /// get it from the same transaction that stores it. Synchronous, and built as an argument: never in an async

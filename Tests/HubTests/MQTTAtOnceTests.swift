@@ -1,9 +1,12 @@
 import Core
 import Foundation
+import Gateway
 import HubClient
 import MQTT
 import Store
 import Testing
+
+@testable import Hub
 
 /// A device's QoS 0 PUBLISH handled at once on the event loop that read it (`MQTTConnection.handleNow`): the same
 /// checks and the same order as a turn of the connection's task gives it.
@@ -69,14 +72,104 @@ import Testing
         #expect(try await hub.server.store.telemetryCount(of: try DeviceID("at-b")) == 0)
         #expect(try await hub.securityEvents().contains { $0.kind == "mqtt-publish-refused" })
         // MQTT 3.1.1 has no way to refuse a message: the connection closes (§4.8), and nothing is stored.
-        let closed = try await MQTTClientConnection.withConnection(
-            host: "127.0.0.1", port: hub.mqttPort, tls: tls, clientID: "at-a", version: .v311
-        ) { mqtt, _ in
-            try await Self.publish(mqtt, "devices/at-b/telemetry", #"{"n":6}"#)
-            return try await !Self.settled(mqtt)
-        }
+        let closed =
+            await
+            (try? MQTTClientConnection.withConnection(
+                host: "127.0.0.1", port: hub.mqttPort, tls: tls, clientID: "at-a", version: .v311
+            ) { mqtt, _ in
+                try await Self.publish(mqtt, "devices/at-b/telemetry", #"{"n":6}"#)
+                return await Self.closedByHub(mqtt)
+            }) ?? true
         #expect(closed, "the connection is closed")
         #expect(try await hub.server.store.telemetryCount(of: try DeviceID("at-b")) == 0)
+        try await hub.stop()
+    }
+
+    /// Whether the hub closed the connection: a PINGREQ gets no answer (or the send or the read fails).
+    static func closedByHub(_ mqtt: MQTTClientConnection) async -> Bool {
+        (try? await settled(mqtt)) != true
+    }
+
+    /// The gateway's refusals of messages handled at once: each recorded once, with the correlation id the message
+    /// was given, by the turn it resumes; MQTT 5 drops a refused QoS 0 message and goes on, 3.1.1 closes. No byte
+    /// of a refused message stays counted against the QoS 0 writes outstanding.
+    @Test func theGatewaysRefusalsOfAMessageHandledAtOnceAreRecordedOnceAndAnswered() async throws {
+        let hub = try await TestHub.start {
+            $0.gateway.quarantineInvalid = 100
+            $0.gateway.quarantineReplay = 100
+        }
+        let device = try await hub.enroll("at-g")
+        let tls = try device.credentials.tlsConfiguration()
+        let topic = "devices/at-g/telemetry"
+        var counter = Properties()
+        counter.userProperties = [(GatewayPipeline.counterProperty, "5")]
+        let settled = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: tls, clientID: "at-g", version: .v5
+        ) { mqtt, _ in
+            #expect(try await Self.settled(mqtt), "the session is parked: what follows is handled at once")
+            for (body, properties) in [
+                (#"{"n":1}"#, Properties()), ("{", Properties()), (#"{"n":2}"#, counter), (#"{"n":3}"#, counter),
+                (#"{"n":4}"#, Properties()),
+            ] {
+                try await Self.publish(mqtt, topic, body, properties: properties)
+                // Each in a read of its own (a refusal resumes a turn; the next read finds the session parked).
+                #expect(try await Self.settled(mqtt))
+            }
+            return try await Self.settled(mqtt)
+        }
+        #expect(settled, "MQTT 5 drops the refused QoS 0 messages and goes on")
+        let stored = try await Self.stored(hub, "at-g", count: 3)
+        #expect(
+            stored.sorted { $0.id < $1.id }.map { String(decoding: $0.body, as: UTF8.self) }
+                == [#"{"n":1}"#, #"{"n":2}"#, #"{"n":4}"#])
+        var events = try await hub.securityEvents().filter { $0.identity?.contains("at-g") == true }
+        #expect(events.filter { $0.kind == "invalid-message" }.count == 1, "\(events.map(\.kind))")
+        #expect(events.filter { $0.kind == "replay" }.count == 1, "\(events.map(\.kind))")
+        #expect(events.allSatisfy { $0.correlationID?.isEmpty == false })
+        // MQTT 3.1.1: the same refusal closes the connection.
+        let closed =
+            await
+            (try? MQTTClientConnection.withConnection(
+                host: "127.0.0.1", port: hub.mqttPort, tls: tls, clientID: "at-g", version: .v311
+            ) { mqtt, _ in
+                #expect(try await Self.settled(mqtt))
+                try await Self.publish(mqtt, topic, "[1]")
+                return await Self.closedByHub(mqtt)
+            }) ?? true
+        #expect(closed, "the connection is closed")
+        events = try await hub.securityEvents().filter { $0.identity?.contains("at-g") == true }
+        #expect(events.filter { $0.kind == "invalid-message" }.count == 2)
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("at-g")) == 3)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while hub.server.mqttPendingQoS0.outstanding != 0, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(hub.server.mqttPendingQoS0.outstanding == 0)
+        try await hub.stop()
+    }
+
+    /// A run of QoS 0 messages, each in a read of its own, starts no turn of the connection's task: they are handled
+    /// at once (without that, each read resumes a turn).
+    @Test func aRunOfQoS0MessagesNeedsNoTurn() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("at-r")
+        let count = 15
+        let turns = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "at-r",
+            version: .v5
+        ) { mqtt, _ in
+            #expect(try await Self.settled(mqtt))
+            let before = hub.server.mqttSessions.turnsStarted
+            for n in 1...count {
+                try await Self.publish(mqtt, "devices/at-r/telemetry", #"{"n":\#(n)}"#)
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            let turns = hub.server.mqttSessions.turnsStarted - before
+            #expect(try await Self.settled(mqtt))
+            return turns
+        }
+        #expect(turns == 0, "\(turns) turns for \(count) QoS 0 messages")
+        #expect(try await Self.stored(hub, "at-r", count: count).count == count)
         try await hub.stop()
     }
 
