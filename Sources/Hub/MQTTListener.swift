@@ -728,13 +728,15 @@ struct MQTTConnection {
 
     /// See `State.leftForTurn`.
     final class LeftForTurn {
-        let refusal: Refusal
-        let publish: PublishPacket
-        let correlationID: String
-
-        init(_ refusal: Refusal, _ publish: PublishPacket, _ correlationID: String) {
-            (self.refusal, self.publish, self.correlationID) = (refusal, publish, correlationID)
+        enum Kind {
+            /// The gateway refused the PUBLISH: recorded and answered as a turn does (`refused`).
+            case refusal(Refusal, PublishPacket, correlationID: String)
+            /// The session rules' action, which `handleNow` could not finish without waiting (`perform`).
+            case action(ServerSession.Action)
         }
+
+        let kind: Kind
+        init(_ kind: Kind) { self.kind = kind }
     }
 
     /// See `State.decision(for:)`.
@@ -861,10 +863,15 @@ struct MQTTConnection {
     private func handleQueued(_ live: Live) async throws -> End? {
         if let left = live.state.leftForTurn {
             live.state.leftForTurn = nil
-            guard
-                await refused(
-                    left.refusal, left.publish, peer: live.peer, state: live.state, respond: true, left.correlationID)
-            else { return .closed }
+            switch left.kind {
+            case .refusal(let refusal, let publish, let correlationID):
+                guard
+                    await refused(
+                        refusal, publish, peer: live.peer, state: live.state, respond: true, correlationID)
+                else { return .closed }
+            case .action(let action):
+                if let end = try await perform(action, peer: live.peer, state: live.state) { return end }
+            }
         }
         while true {
             switch try inbox.take(orPark: live) {
@@ -1334,13 +1341,23 @@ struct MQTTConnection {
     /// live only while a packet is handled, not for the whole of a turn.
     @inline(never)
     private func handle(_ packet: consuming Packet, peer: Peer, state: State) async throws -> End? {
-        let version = state.version
-        let unacknowledged = state.unacknowledged
         guard !listener.revocations.contains(peer.serial) else { return await revoked(peer: peer, state: state) }
-        let action = state.rules.packetReceived(consume packet) { publish in
+        return try await perform(Self.rulesReceived(consume packet, state: state), peer: peer, state: state)
+    }
+
+    /// The session rules' action for a packet; a QoS 1 or 2 PUBLISH is counted in as unacknowledged.
+    static func rulesReceived(_ packet: consuming Packet, state: State) -> ServerSession.Action {
+        let unacknowledged = state.unacknowledged
+        return state.rules.packetReceived(consume packet) { publish in
             publish.qos == .exactlyOnce
                 ? unacknowledged.received(qos2: publish.packetID ?? 0) : unacknowledged.received()
         }
+    }
+
+    /// Does what the session rules decided for a packet; nil to read the next.
+    @inline(never)
+    private func perform(_ action: ServerSession.Action, peer: Peer, state: State) async throws -> End? {
+        let version = state.version
         // Each case that awaits is a function of its own (never inlined): this frame, which every connection's task
         // keeps at its largest, holds only the action.
         switch action {
@@ -1856,37 +1873,51 @@ struct MQTTConnection {
         return true
     }
 
-    /// A device's QoS 0 PUBLISH handled at once, on the event loop that read it, while its session is parked
-    /// (`ParkedSession.handleNow`): the same steps as a turn takes for it (`handle`, `received`, `admitAndDeliver`,
-    /// `storeAndDeliver`), with nothing to await, so no task runs and no thread is woken for it: a task per read, and
-    /// the hop from the event loop to the Swift pool, cost about 1.5 µs of the 7 µs of hub CPU a QoS 0 message took
-    /// (`bulwark-bench mqtt`, 2026-12-06). `.no`, before anything but the topic's cached decision has changed, for
-    /// every other case: a packet that
-    /// is not such a PUBLISH; a revoked certificate; a topic outside the identity's patterns; a retained message; a
-    /// message a subscriber or an expiry is waiting for, or other nodes (the broker and the relay are awaited); too
-    /// much outstanding in QoS 0 writes (the turn waits for one). A refusal is decided here, and recorded and
-    /// answered by a turn resumed at once, before the packets after it.
+    /// A device's QoS 0 or QoS 1 PUBLISH handled at once, on the event loop that read it, while its session is
+    /// parked (`ParkedSession.handleNow`): the same steps as a turn takes for it (`handle`, `received`,
+    /// `admitAndDeliver`, `storeAndDeliver`, `acknowledge`), with nothing to await, so no task runs and no thread is
+    /// woken for it: a task per read, and the hop from the event loop to the Swift pool, cost about 1.5 µs of the 7 µs
+    /// of hub CPU a QoS 0 message took (`bulwark-bench mqtt`, 2026-12-06). A QoS 1 message's PUBACK follows its store
+    /// write as a turn's does (`AcknowledgementQueue`).
+    ///
+    /// `.no`, with nothing changed, for a packet that is not a device's PUBLISH of QoS 0 or 1, or is retained, a DUP
+    /// resend, or from a revoked certificate, or when other nodes are relayed to. Otherwise the session rules take the
+    /// packet (`rulesReceived`: topic aliases, the Receive Maximum), and what cannot be finished here goes to a turn
+    /// resumed at once, before the packets after it: the rules' action when it is not a PUBLISH or when waiting is
+    /// needed (a topic outside the identity's patterns, a body over `atOnceBodyLimit`, a QoS 0 message a subscriber
+    /// or an expiry is waiting for, too much outstanding in QoS 0 writes, a full acknowledgement queue), or the
+    /// gateway's refusal.
     @inline(never)
     func handleNow(_ packet: Packet, _ live: Live) -> HandledNow {
         let (peer, state) = (live.peer, live.state)
-        guard case .publish(let publish) = packet, publish.qos == .atMostOnce, !publish.retain,
-            state.rules.passesThrough(publish), let device = peer.device, listener.relay == nil,
+        guard case .publish(let received) = packet, received.qos != .exactlyOnce, !received.retain,
+            !received.duplicate, let device = peer.device, listener.relay == nil,
             !listener.revocations.contains(peer.serial)
         else { return .no }
+        let action = Self.rulesReceived(packet, state: state)
+        guard case .publish(let publish) = action, let handled = publishNow(publish, device: device, state, peer)
+        else {
+            state.leftForTurn = LeftForTurn(.action(action))
+            return .doneWithTurn
+        }
+        return handled
+    }
+
+    /// `handleNow`'s PUBLISH, once the session rules took it; nil when a turn must handle it (nothing has changed).
+    private func publishNow(_ publish: PublishPacket, device: DeviceID, _ state: State, _ peer: Peer) -> HandledNow? {
         let decision = state.decision(for: publish.topic)
         let delivery = BrokerMessage(publish)
         let body = publish.payload.count
+        let acknowledged = publish.qos == .atLeastOnce
         // A large body is checked by a turn, off the event loop: its JSON and schema would hold up the loop's other
         // connections (their handshakes, their PINGRESP) for as long as they take.
         guard body <= Self.atOnceBodyLimit, decision.permission != nil,
             Self.responseTopicAllowed(publish.properties, peer: peer, acl: state.acl),
-            !listener.broker.needsPublish(delivery), listener.writeOutcomes.pending.tryStart(body: body)
-        else { return .no }
-        assert(
-            {
-                var rules = state.rules
-                return rules.packetReceived(packet) { _ in 0 } == .publish(publish)
-            }(), "passesThrough said packetReceived hands the PUBLISH on unchanged")
+            acknowledged
+                // `acknowledge` would not wait.
+                ? state.acknowledgements.unfinished <= listener.settings.receiveMaximum - 1
+                : !listener.broker.needsPublish(delivery) && listener.writeOutcomes.pending.tryStart(body: body)
+        else { return nil }
         let correlationID = CorrelationID().rawValue
         let result = admission(
             publish, device: device, counter: Self.counter(of: publish), check: decision.check,
@@ -1895,13 +1926,21 @@ struct MQTTConnection {
         case .success(let admitted):
             listener.metrics?.admitted(.mqtt)
             state.rules.publishAdmitted()
-            queueStarted(
-                row(admitted, publish, device: device, correlationID, at: Date(), delivery, local: nil, state: state),
-                peer: peer, decision: decision)
+            let record = row(
+                admitted, publish, device: device, correlationID, at: Date(), delivery, local: nil, state: state)
+            if acknowledged, let id = publish.packetID {
+                let write = queueAcknowledged(
+                    record, admitted, device: device, check: decision.check, publish: publish, peer: peer,
+                    correlationID)
+                appendAcknowledgement(
+                    id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery)
+            } else {
+                queueStarted(record, peer: peer, decision: decision)
+            }
             return .done
         case .failure(let refusal):
-            listener.writeOutcomes.pending.finish(body: body)
-            state.leftForTurn = LeftForTurn(refusal, publish, correlationID)
+            if !acknowledged { listener.writeOutcomes.pending.finish(body: body) }
+            state.leftForTurn = LeftForTurn(.refusal(refusal, publish, correlationID: correlationID))
             return .doneWithTurn
         }
     }
@@ -2043,6 +2082,16 @@ struct MQTTConnection {
         correlationID: String? = nil, then delivery: BrokerMessage? = nil, local: LocalWrite? = nil
     ) async {
         await state.acknowledgements.wait(untilAtMost: listener.settings.receiveMaximum - 1)
+        appendAcknowledgement(
+            id, qos: qos, state: state, after: write, code: code, correlationID: correlationID, then: delivery,
+            local: local)
+    }
+
+    /// `acknowledge`'s step, queued once the queue has room (the caller waited for it, or saw it).
+    private func appendAcknowledgement(
+        _ id: UInt16, qos: QoS, state: State, after write: StoreOutcome?, code: ReasonCode = .success,
+        correlationID: String?, then delivery: BrokerMessage?, local: LocalWrite? = nil
+    ) {
         let output = state.output
         let version = state.version
         let broker = listener.broker

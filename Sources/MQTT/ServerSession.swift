@@ -172,13 +172,6 @@ public struct ServerSession: Sendable, Equatable {
         case ended(publishWill: Bool)
     }
 
-    /// Whether `packetReceived` would hand `publish` on as it is and change nothing: a QoS 0 PUBLISH without a topic
-    /// alias (aliases are resolved there, and QoS 1 and 2 counted). The hub handles such a PUBLISH without a turn of
-    /// the connection's task; what this says must stay true of `packetReceived`.
-    public func passesThrough(_ publish: PublishPacket) -> Bool {
-        publish.packetID == nil && (!v5 || publish.properties.topicAlias == nil)
-    }
-
     /// One packet from the client. `countInbound` counts a QoS 1 or 2 PUBLISH in and returns how many are now
     /// unacknowledged (the acknowledgements are written elsewhere, after the store, so the count lives there).
     /// The packet is consumed: a PUBLISH moves into its action instead of being copied (a copy retained each of its

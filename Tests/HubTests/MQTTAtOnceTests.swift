@@ -91,8 +91,8 @@ import Testing
     }
 
     /// The gateway's refusals of messages handled at once: each recorded once, with the correlation id the message
-    /// was given, by the turn it resumes; MQTT 5 drops a refused QoS 0 message and goes on, 3.1.1 closes. No byte
-    /// of a refused message stays counted against the QoS 0 writes outstanding.
+    /// was given, by the turn it resumes; MQTT 5 drops a refused QoS 0 message and goes on (a QoS 1 one gets its
+    /// code), 3.1.1 closes. No byte of a refused message stays counted against the QoS 0 writes outstanding.
     @Test func theGatewaysRefusalsOfAMessageHandledAtOnceAreRecordedOnceAndAnswered() async throws {
         let hub = try await TestHub.start {
             $0.gateway.quarantineInvalid = 100
@@ -115,6 +115,11 @@ import Testing
                 // Each in a read of its own (a refusal resumes a turn; the next read finds the session parked).
                 #expect(try await Self.settled(mqtt))
             }
+            // QoS 1: the refusal is said in the PUBACK (0x99), with the correlation id.
+            let refused = try await mqtt.publishAcknowledgedWithProperties(
+                topic: try TopicName(topic), payload: Array("[2]".utf8))
+            #expect(refused.reason == 0x99)
+            #expect(refused.properties.userProperties.first?.0 == "correlation-id")
             return try await Self.settled(mqtt)
         }
         #expect(settled, "MQTT 5 drops the refused QoS 0 messages and goes on")
@@ -123,7 +128,7 @@ import Testing
             stored.sorted { $0.id < $1.id }.map { String(decoding: $0.body, as: UTF8.self) }
                 == [#"{"n":1}"#, #"{"n":2}"#, #"{"n":4}"#])
         var events = try await hub.securityEvents().filter { $0.identity?.contains("at-g") == true }
-        #expect(events.filter { $0.kind == "invalid-message" }.count == 1, "\(events.map(\.kind))")
+        #expect(events.filter { $0.kind == "invalid-message" }.count == 2, "\(events.map(\.kind))")
         #expect(events.filter { $0.kind == "replay" }.count == 1, "\(events.map(\.kind))")
         #expect(events.allSatisfy { $0.correlationID?.isEmpty == false })
         // MQTT 3.1.1: the same refusal closes the connection.
@@ -138,7 +143,7 @@ import Testing
             }) ?? true
         #expect(closed, "the connection is closed")
         events = try await hub.securityEvents().filter { $0.identity?.contains("at-g") == true }
-        #expect(events.filter { $0.kind == "invalid-message" }.count == 2)
+        #expect(events.filter { $0.kind == "invalid-message" }.count == 3)
         #expect(try await hub.server.store.telemetryCount(of: try DeviceID("at-g")) == 3)
         let deadline = ContinuousClock.now + .seconds(10)
         while hub.server.mqttPendingQoS0.outstanding != 0, ContinuousClock.now < deadline {
@@ -148,28 +153,39 @@ import Testing
         try await hub.stop()
     }
 
-    /// A run of QoS 0 messages, each in a read of its own, starts no turn of the connection's task: they are handled
-    /// at once (without that, each read resumes a turn).
-    @Test func aRunOfQoS0MessagesNeedsNoTurn() async throws {
-        let hub = try await TestHub.start()
+    /// A run of QoS 0 messages and one of QoS 1 messages, each in a read of its own, start no turn of the
+    /// connection's task: they are handled at once (without that, each read resumes a turn), and each QoS 1 message
+    /// is acknowledged once stored.
+    @Test func runsOfQoS0AndQoS1MessagesNeedNoTurn() async throws {
+        let hub = try await TestHub.start {
+            $0.gateway.deviceBurst = 100
+            $0.gateway.routeBurst = 100
+        }
         let device = try await hub.enroll("at-r")
-        let count = 15
-        let turns = try await MQTTClientConnection.withConnection(
+        let count = 12
+        let topic = try TopicName("devices/at-r/telemetry")
+        let (turns, acknowledgements) = try await MQTTClientConnection.withConnection(
             host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "at-r",
             version: .v5
         ) { mqtt, _ in
             #expect(try await Self.settled(mqtt))
             let before = hub.server.mqttSessions.turnsStarted
             for n in 1...count {
-                try await Self.publish(mqtt, "devices/at-r/telemetry", #"{"n":\#(n)}"#)
+                try await Self.publish(mqtt, topic.rawValue, #"{"n":\#(n)}"#)
                 try await Task.sleep(for: .milliseconds(5))
+            }
+            var acknowledgements: [ReasonCode] = []
+            for n in 1...count {
+                acknowledgements.append(
+                    try await mqtt.publishAcknowledged(topic: topic, payload: Array(#"{"q":\#(n)}"#.utf8)))
             }
             let turns = hub.server.mqttSessions.turnsStarted - before
             #expect(try await Self.settled(mqtt))
-            return turns
+            return (turns, acknowledgements)
         }
-        #expect(turns == 0, "\(turns) turns for \(count) QoS 0 messages")
-        #expect(try await Self.stored(hub, "at-r", count: count).count == count)
+        #expect(turns == 0, "\(turns) turns for \(2 * count) messages")
+        #expect(acknowledgements == Array(repeating: 0, count: count))
+        #expect(try await Self.stored(hub, "at-r", count: 2 * count).count == 2 * count)
         try await hub.stop()
     }
 

@@ -155,35 +155,6 @@ import Testing
                 == .protocolError)
     }
 
-    /// What `passesThrough` says of a PUBLISH (the hub then handles it without the rules) holds: `packetReceived`
-    /// hands it on unchanged, counts nothing and changes nothing. And it says so only of QoS 0 without an alias.
-    @Test func aPublishThatPassesThroughIsHandedOnUnchanged() throws {
-        for version in [ProtocolVersion.v5, .v311] {
-            let session = try Self.accepted(Self.connect(version))
-            let cases: [(Packet, Bool)] = [
-                (try Self.publish("a/b", qos: .atMostOnce), true),
-                (try Self.publish("a/b", qos: .atMostOnce, alias: 2), version == .v311),
-                (try Self.publish("", qos: .atMostOnce, alias: 2), version == .v311),
-                (try Self.publish("a/b", qos: .atLeastOnce), false),
-                (try Self.publish("a/b", qos: .exactlyOnce), false),
-            ]
-            for (packet, expected) in cases {
-                guard case .publish(let publish) = packet else { continue }
-                #expect(session.passesThrough(publish) == expected, "\(version) \(publish)")
-                guard expected else { continue }
-                var after = session
-                var counted = false
-                let action = after.packetReceived(packet) { _ in
-                    counted = true
-                    return 0
-                }
-                #expect(action == .publish(publish))
-                #expect(after == session, "the rules changed nothing")
-                #expect(!counted)
-            }
-        }
-    }
-
     @Test func theReceiveMaximumIsEnforcedOnMQTT5Only() throws {
         var session = try Self.accepted(Self.connect())
         var inFlight = 0
