@@ -177,7 +177,8 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         var rest = batch[...]
         var turn = false
         // A parked session with nothing queued handles what it can of the read at once, here (no task, no thread
-        // switch: the common QoS 0 PUBLISH of a device); the first packet it cannot, and all after it, are queued.
+        // switch: a device's common QoS 0 and QoS 1 PUBLISH); the first packet it cannot, and all after it, are
+        // queued.
         let session = rest.isEmpty ? nil : unparkedForNow()
         if let session {
             handling: while let packet = rest.first {

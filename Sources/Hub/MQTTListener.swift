@@ -705,8 +705,8 @@ struct MQTTConnection {
         /// MQTT 5.0 §3.1.2.11.7: a client that sets Request Problem Information to 0 gets no Reason String or User
         /// Properties on any packet but PUBLISH, CONNACK and DISCONNECT (so no correlation id on a PUBACK).
         var problemInformation: Bool { rules.problemInformation }
-        /// A refusal `handleNow` decided, to be recorded and answered by the next turn (which it resumes at once).
-        /// Boxed: 8 bytes in every held connection's state.
+        /// What `handleNow` left for the next turn (which it resumes at once): a refusal to record and answer, or the
+        /// session rules' action to perform. Boxed: 8 bytes in every held connection's state.
         var leftForTurn: LeftForTurn?
         /// What was decided for the topic published to last (nil until the first PUBLISH: a held connection that
         /// never publishes keeps 8 bytes for it).
@@ -870,6 +870,10 @@ struct MQTTConnection {
                         refusal, publish, peer: live.peer, state: live.state, respond: true, correlationID)
                 else { return .closed }
             case .action(let action):
+                // As `handle` checks each packet: the certificate may have been revoked since `handleNow` looked.
+                guard !listener.revocations.contains(live.peer.serial) else {
+                    return await revoked(peer: live.peer, state: live.state)
+                }
                 if let end = try await perform(action, peer: live.peer, state: live.state) { return end }
             }
         }
@@ -1914,8 +1918,9 @@ struct MQTTConnection {
         guard body <= Self.atOnceBodyLimit, decision.permission != nil,
             Self.responseTopicAllowed(publish.properties, peer: peer, acl: state.acl),
             acknowledged
-                // `acknowledge` would not wait.
-                ? state.acknowledgements.unfinished <= listener.settings.receiveMaximum - 1
+                // `acknowledge` would not wait. (The decoder gives every QoS 1 PUBLISH an id.)
+                ? publish.packetID != nil
+                    && state.acknowledgements.unfinished <= listener.settings.receiveMaximum - 1
                 : !listener.broker.needsPublish(delivery) && listener.writeOutcomes.pending.tryStart(body: body)
         else { return nil }
         let correlationID = CorrelationID().rawValue
@@ -1928,7 +1933,8 @@ struct MQTTConnection {
             state.rules.publishAdmitted()
             let record = row(
                 admitted, publish, device: device, correlationID, at: Date(), delivery, local: nil, state: state)
-            if acknowledged, let id = publish.packetID {
+            if acknowledged {
+                let id = publish.packetID ?? 0  // checked above
                 let write = queueAcknowledged(
                     record, admitted, device: device, check: decision.check, publish: publish, peer: peer,
                     correlationID)
@@ -2230,7 +2236,8 @@ struct MQTTConnection {
         defer { withExtendedLifetime(local) {} }
         let broker = listener.broker
         guard broker.needsPublish(delivery) else { return }
-        // Only this connection's task adds steps, so none can be added between this look and the publish.
+        // Only this connection adds steps (its turn, as here, or `handleNow` while the session is parked, never at
+        // the same time), so none can be added between this look and the publish.
         guard state.acknowledgements.unfinished > 0 else {
             await broker.publish(delivery, from: state.sessionKey, placement: local?.placement)
             return

@@ -8,8 +8,8 @@ import Testing
 
 @testable import Hub
 
-/// A device's QoS 0 PUBLISH handled at once on the event loop that read it (`MQTTConnection.handleNow`): the same
-/// checks and the same order as a turn of the connection's task gives it.
+/// A device's QoS 0 and QoS 1 PUBLISH handled at once on the event loop that read it (`MQTTConnection.handleNow`):
+/// the same checks, answers and order as a turn of the connection's task gives it.
 @Suite(.serialized) struct MQTTAtOnceTests {
     static func publish(
         _ mqtt: MQTTClientConnection, _ topic: String, _ body: String, qos: QoS = .atMostOnce, id: UInt16? = nil,
@@ -217,6 +217,67 @@ import Testing
         let records = try await Self.stored(hub, "at-o", count: count)
         let order = records.sorted { $0.id < $1.id }.map { String(decoding: $0.body, as: UTF8.self) }
         #expect(order == (1...count).map { #"{"n":\#($0)}"# })
+        try await hub.stop()
+    }
+
+    /// A QoS 1 message handled at once is acknowledged only once its store write has committed (a store that takes
+    /// 300 ms), and still without a turn.
+    @Test func aQoS1MessageHandledAtOnceIsAcknowledgedOnlyOnceStored() async throws {
+        let store = FaultyStore(InMemoryHubStore(), queued: true)
+        let hub = try await TestHub.start(store: store)
+        let device = try await hub.enroll("at-w")
+        let (reason, waited, turns) = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "at-w",
+            version: .v5
+        ) { mqtt, _ in
+            #expect(try await Self.settled(mqtt))
+            store.delayMilliseconds.store(300, ordering: .relaxed)
+            let before = hub.server.mqttSessions.turnsStarted
+            let sent = ContinuousClock.now
+            let reason = try await mqtt.publishAcknowledged(
+                topic: try TopicName("devices/at-w/telemetry"), payload: Array(#"{"n":1}"#.utf8))
+            return (reason, ContinuousClock.now - sent, hub.server.mqttSessions.turnsStarted - before)
+        }
+        #expect(reason == 0)
+        #expect(waited >= .milliseconds(290), "the PUBACK came \(waited) after the PUBLISH")
+        #expect(turns == 0)
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("at-w")) == 1)
+        try await hub.stop()
+    }
+
+    /// QoS 1 messages handed from the event loop to a turn (a topic outside the device's patterns: 0x87; a body
+    /// over 8 KiB: stored) are counted against the Receive Maximum once: more of them one after another than the
+    /// Receive Maximum never bring DISCONNECT 0x93.
+    @Test func qoS1MessagesHandedToATurnAreCountedOnce() async throws {
+        let hub = try await TestHub.start {
+            $0.mqttSettings.receiveMaximum = 4
+            $0.gateway.deviceBurst = 100
+            $0.gateway.routeBurst = 100
+        }
+        let device = try await hub.enroll("at-c")
+        let large = #"{"pad":""# + String(repeating: "x", count: 9000) + #""}"#
+        let (outside, big) = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "at-c",
+            version: .v5
+        ) { mqtt, _ in
+            #expect(try await Self.settled(mqtt))
+            var outside: [ReasonCode] = []
+            var big: [ReasonCode] = []
+            for _ in 1...6 {
+                outside.append(
+                    try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/at-other/telemetry"), payload: Array("{}".utf8)))
+            }
+            for _ in 1...6 {
+                big.append(
+                    try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/at-c/telemetry"), payload: Array(large.utf8)))
+            }
+            return (outside, big)
+        }
+        #expect(outside == Array(repeating: 0x87, count: 6))
+        #expect(big == Array(repeating: 0, count: 6))
+        #expect(try await hub.server.store.telemetryCount(of: try DeviceID("at-c")) == 6)
         try await hub.stop()
     }
 }
