@@ -194,7 +194,8 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         }
         deliver(resuming: turn) { state in
             if let session { state.parked = session }
-            if !rest.isEmpty { state.enqueue(Array(rest)) }
+            // The read's own array when nothing was handled (no copy for a read a turn takes whole).
+            if !rest.isEmpty { state.enqueue(rest.count == batch.count ? batch : Array(rest)) }
             if let failure, state.failure == nil, !state.ended { state.failure = failure }
         }
     }
