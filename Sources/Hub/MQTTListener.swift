@@ -706,7 +706,7 @@ struct MQTTConnection {
         /// Properties on any packet but PUBLISH, CONNACK and DISCONNECT (so no correlation id on a PUBACK).
         var problemInformation: Bool { rules.problemInformation }
         /// What `handleNow` left for the next turn (which it resumes at once): a refusal to record and answer, or the
-        /// session rules' action to perform. Boxed: 8 bytes in every held connection's state.
+        /// session rules' action to perform. 8 bytes in every held connection's state (`LeftForTurn` is indirect).
         var leftForTurn: LeftForTurn?
         /// What was decided for the topic published to last (nil until the first PUBLISH: a held connection that
         /// never publishes keeps 8 bytes for it).
@@ -726,17 +726,12 @@ struct MQTTConnection {
         }
     }
 
-    /// See `State.leftForTurn`.
-    final class LeftForTurn {
-        enum Kind {
-            /// The gateway refused the PUBLISH: recorded and answered as a turn does (`refused`).
-            case refusal(Refusal, PublishPacket, correlationID: String)
-            /// The session rules' action, which `handleNow` could not finish without waiting (`perform`).
-            case action(ServerSession.Action)
-        }
-
-        let kind: Kind
-        init(_ kind: Kind) { self.kind = kind }
+    /// See `State.leftForTurn`. Indirect: one reference, so 8 bytes in the state (optional included).
+    indirect enum LeftForTurn {
+        /// The gateway refused the PUBLISH: recorded and answered as a turn does (`refused`).
+        case refusal(Refusal, PublishPacket, correlationID: String)
+        /// The session rules' action, which `handleNow` could not finish without waiting (`perform`).
+        case action(ServerSession.Action)
     }
 
     /// See `State.decision(for:)`.
@@ -863,7 +858,7 @@ struct MQTTConnection {
     private func handleQueued(_ live: Live) async throws -> End? {
         if let left = live.state.leftForTurn {
             live.state.leftForTurn = nil
-            switch left.kind {
+            switch left {
             case .refusal(let refusal, let publish, let correlationID):
                 guard
                     await refused(
@@ -1901,7 +1896,7 @@ struct MQTTConnection {
         let action = Self.rulesReceived(packet, state: state)
         guard case .publish(let publish) = action, let handled = publishNow(publish, device: device, state, peer)
         else {
-            state.leftForTurn = LeftForTurn(.action(action))
+            state.leftForTurn = .action(action)
             return .doneWithTurn
         }
         return handled
@@ -1946,7 +1941,7 @@ struct MQTTConnection {
             return .done
         case .failure(let refusal):
             if !acknowledged { listener.writeOutcomes.pending.finish(body: body) }
-            state.leftForTurn = LeftForTurn(.refusal(refusal, publish, correlationID: correlationID))
+            state.leftForTurn = .refusal(refusal, publish, correlationID: correlationID)
             return .doneWithTurn
         }
     }

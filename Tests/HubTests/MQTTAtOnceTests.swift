@@ -220,6 +220,12 @@ import Testing
         try await hub.stop()
     }
 
+    /// What `handleNow` may leave for a turn costs every held connection's state one reference, not the refusal and
+    /// the packet inline.
+    @Test func whatIsLeftForATurnIsOneReference() {
+        #expect(MemoryLayout<MQTTConnection.LeftForTurn?>.size == 8)
+    }
+
     /// A QoS 1 message handled at once is acknowledged only once its store write has committed (a store that takes
     /// 300 ms), and still without a turn.
     @Test func aQoS1MessageHandledAtOnceIsAcknowledgedOnlyOnceStored() async throws {
