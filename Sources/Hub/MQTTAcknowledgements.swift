@@ -153,7 +153,17 @@ final class StoreOutcome: PendingResultReader {
     /// outcome and settles it.
     func resolved(_ result: Result<Int64, any Error>, of _: PendingResult?) {
         guard let (message, outcomes) = acknowledging else { return }
+        if case .success(let id) = result { stored.store(id, ordering: .relaxed) }
         outcomes.settle(self, message, result)
+    }
+
+    private let stored = Atomic<Int64>(0)
+
+    /// The stored message's id, once the outcome is settled (nil: not stored here). Set before the outcome, which
+    /// its reader waits for, so a reader of the outcome sees it.
+    var storedID: Int64? {
+        let id = stored.load(ordering: .relaxed)
+        return id > 0 ? id : nil
     }
 
     /// Sets the outcome (once; later calls are ignored) and hands it to the reader, if one waits.

@@ -170,6 +170,12 @@ actor MQTTBroker {
         return index.withLock { $0.hasSession(matching: message.topic) }
     }
 
+    /// Whether a session subscribes to `topic` now (a single node logs a device's message that may reach a kept
+    /// session: `MQTTListener.messageLog`).
+    nonisolated func hasSubscriber(_ topic: TopicName) -> Bool {
+        hasSubscriptions && index.withLock { $0.hasSession(matching: topic) }
+    }
+
     private func noteExpiries() {
         let due = [earliestExpiry, retained.nextExpiry].compactMap { $0 }.min()
         sweepDue.store(due.map { Self.nanoseconds(clockBase.duration(to: $0)) } ?? .max, ordering: .relaxed)
@@ -603,7 +609,8 @@ actor MQTTBroker {
             changedRetained = [:]
             handedOverShared = [:]
         }
-        return Changes(sessions: saved, retained: changedRetained, handedOver: handedOverShared)
+        return Changes(
+            sessions: saved, retained: changedRetained, handedOver: handedOverShared, position: savedPosition)
     }
 
     /// Whether the session handed shared-subscription messages to other sessions since the last `takeChanges`.
@@ -614,6 +621,8 @@ actor MQTTBroker {
         var sessions: [String: StoredMQTTSession?]
         var retained: [TopicName: (message: BrokerMessage?, owner: String)]
         var handedOver: [String: Set<String>]
+        /// The position the sessions were saved at (`savedPosition`).
+        var position: Int64
     }
 
     /// The session as the store keeps it; nil when there is none to keep.
@@ -692,10 +701,13 @@ actor MQTTBroker {
         return .restored
     }
 
-    /// Every message of the log up to `position` has been routed here (`ClusterSync`).
+    /// Every message of the log up to `position` has been routed here (`ClusterSync`; a single node: the head of its
+    /// message log when it starts).
     func advance(to position: Int64) { relayPosition = max(relayPosition, position) }
 
-    /// The last message of the log this node has read (`ClusterSync`) and routed to its sessions.
+    /// The last message of the log this node has read (`ClusterSync`) and routed to its sessions; on a single node,
+    /// the newest logged message delivered here (`publish(position:)`; the older ones on their way are in
+    /// `localWrites`).
     private(set) var relayPosition: Int64 = 0
 
     /// This node's own messages on their way into the log and to its sessions (`LocalWrite`): the position each
@@ -707,13 +719,14 @@ actor MQTTBroker {
     /// Where the log stands for a session saved now: every message up to it was routed to this node's sessions.
     var savedPosition: Int64 { min(relayPosition, localWrites.values.min() ?? .max) }
 
-    /// A message of this node's own is about to go into the log (several nodes; nil otherwise): until the returned
-    /// value is released (after its local delivery, or when it was not delivered) saves do not count past it.
+    /// A message of this node's own is about to go into the log (several nodes' `cluster_events`, or a single
+    /// node's message log; nil without a store): until the returned value is released (after its local delivery,
+    /// or when it was not delivered) saves do not count past it.
     ///
     /// It also places the message on `topic` among the nodes' shared subscriptions (`LocalWrite.placement`): the
     /// relay hands the choice on and this node's delivery follows it.
     func beginLocal(topic: TopicName) async -> LocalWrite? {
-        guard persistent, keepsConnectedSessions else { return nil }
+        guard persistent else { return nil }
         // A take-up in progress (`freeze`): this message waits, so it is either in the log before the take-up
         // reads the head, or delivered after the session is in memory.
         while freezes > 0 { await withCheckedContinuation { frozen.append($0) } }

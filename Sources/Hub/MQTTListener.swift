@@ -50,6 +50,10 @@ struct MQTTListener: Service {
     let counterWrites = CounterWrites()
     /// Hands what this node admits to the other hub nodes (several nodes on one database); nil on one node.
     var relay: MessageRelay?
+    /// A single node whose store keeps a message log (`HubStore.keepsMessageLog`): a device's QoS 1 or 2 message that
+    /// may reach a session is logged with it, so that a kill before that session is saved does not lose it there
+    /// (`MQTTPersistence` replays the log at start). Nil with several nodes (their relay does this) or no store.
+    var messageLog: MessageRelay?
     /// Keeps sessions in the store and takes up those held by another node (nil: in memory only).
     var persistence: MQTTPersistence?
     let missingCertificate = OncePerWindow()
@@ -1840,8 +1844,11 @@ struct MQTTConnection {
         state.rules.publishAdmitted()
         let receivedAt = Date()
         let delivery = BrokerMessage(publish)
-        // The other nodes' subscribers get it from the same transaction that stores it.
-        let local = listener.relay == nil ? nil : await listener.broker.beginLocal(topic: delivery.topic)
+        // The other nodes' subscribers get it from the same transaction that stores it; on one node, the log has it
+        // for the sessions it reaches until they are saved.
+        let local =
+            listener.relay == nil && !logs(publish)
+            ? nil : await listener.broker.beginLocal(topic: delivery.topic)
         // The row is built and queued by synchronous functions: it never sits in this frame.
         if publish.qos != .atMostOnce {
             let write = queueAcknowledged(
@@ -1856,7 +1863,9 @@ struct MQTTConnection {
             } else {
                 // The will: nothing to acknowledge, but it is delivered only once stored.
                 if await write.value() == .stored {
-                    await listener.broker.publish(delivery, from: state.sessionKey, placement: local?.placement)
+                    await listener.broker.publish(
+                        delivery, from: state.sessionKey, position: logPosition(write, local),
+                        placement: local?.placement)
                 }
                 withExtendedLifetime(local) {}
             }
@@ -1913,9 +1922,10 @@ struct MQTTConnection {
         guard body <= Self.atOnceBodyLimit, decision.permission != nil,
             Self.responseTopicAllowed(publish.properties, peer: peer, acl: state.acl),
             acknowledged
-                // `acknowledge` would not wait. (The decoder gives every QoS 1 PUBLISH an id.)
+                // `acknowledge` would not wait. (The decoder gives every QoS 1 PUBLISH an id.) A message to log
+                // waits for its place in the log (`storeAndDeliver`).
                 ? publish.packetID != nil
-                    && state.acknowledgements.unfinished <= listener.settings.receiveMaximum - 1
+                    && state.acknowledgements.unfinished <= listener.settings.receiveMaximum - 1 && !logs(publish)
                 : !listener.broker.needsPublish(delivery) && listener.writeOutcomes.pending.tryStart(body: body)
         else { return nil }
         let correlationID = CorrelationID().rawValue
@@ -1946,6 +1956,19 @@ struct MQTTConnection {
         }
     }
 
+    /// Whether a device's message goes into a single node's message log: QoS 1 or 2 (a QoS 0 delivery may be lost)
+    /// and a session subscribes to its topic now.
+    private func logs(_ publish: PublishPacket) -> Bool {
+        listener.messageLog != nil && publish.qos != .atMostOnce && listener.broker.hasSubscriber(publish.topic)
+    }
+
+    /// Where a logged message lies in a single node's log (its stored id, `StoreOutcome.storedID`), for the
+    /// broker to count saves past it once it is delivered; nil for a message not logged, and with several nodes
+    /// (their log is read back by `ClusterSync`).
+    private func logPosition(_ write: StoreOutcome, _ local: LocalWrite?) -> Int64? {
+        listener.messageLog != nil && local != nil ? write.storedID : nil
+    }
+
     /// The largest body `handleNow` checks on the event loop (a device's telemetry is far smaller; the default
     /// body limit is 64 KiB).
     static let atOnceBodyLimit = 8 << 10
@@ -1962,7 +1985,7 @@ struct MQTTConnection {
             deviceID: device, receivedAt: receivedAt, correlationID: correlationID, body: publish.payload,
             counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
             counter: admitted.counter, messageType: admitted.messageType)
-        record.relay = listener.relay?.relayed(
+        record.relay = (listener.relay ?? (local == nil ? nil : listener.messageLog))?.relayed(
             delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
         return record
     }
@@ -2111,6 +2134,7 @@ struct MQTTConnection {
         // MQTT 3.1.1 has no refusal code: the connection ends, after the acknowledgements written before this step
         // (in the coalescer's order: none written after it goes out).
         @Sendable func closeAfterWrites() { output.close() }
+        let logged = listener.messageLog != nil && local != nil
         state.acknowledgements.append(after: write) { outcome in
             var reason = code
             var deliver = true
@@ -2151,6 +2175,8 @@ struct MQTTConnection {
             // after the PUBACK still has it. (Should that write fail, the message itself is stored all the same:
             // the PUBACK goes out and the retained copy is written again at the next flush, logged.)
             let retainedFirst = delivered?.retain == true && persistence != nil
+            // Read once the write settled: the logged message's id, where saves may count past it once delivered.
+            let position = logged ? write?.storedID : nil
             @Sendable func answer() {
                 let packet: Packet
                 if qos == .exactlyOnce {
@@ -2165,15 +2191,16 @@ struct MQTTConnection {
             guard qos == .exactlyOnce || retainedFirst else {
                 // The common case: the PUBACK now, then the delivery (if anyone may receive it) in order.
                 answer()
-                guard let delivered, broker.needsPublish(delivered) else { return nil }
+                // A logged message goes to the broker even with no subscriber left: saves count past it there.
+                guard let delivered, position != nil || broker.needsPublish(delivered) else { return nil }
                 return {
-                    await broker.publish(delivered, from: sessionKey, placement: local?.placement)
+                    await broker.publish(delivered, from: sessionKey, position: position, placement: local?.placement)
                     withExtendedLifetime(local) {}  // delivered here: saves may count past it
                 }
             }
             return {
                 if retainedFirst, let delivered, let persistence {
-                    await broker.publish(delivered, from: sessionKey, placement: local?.placement)
+                    await broker.publish(delivered, from: sessionKey, position: position, placement: local?.placement)
                     await persistence.flush()
                 }
                 if qos == .exactlyOnce {
@@ -2184,8 +2211,8 @@ struct MQTTConnection {
                     }
                 }
                 answer()
-                if !retainedFirst, let delivered, broker.needsPublish(delivered) {
-                    await broker.publish(delivered, from: sessionKey, placement: local?.placement)
+                if !retainedFirst, let delivered, position != nil || broker.needsPublish(delivered) {
+                    await broker.publish(delivered, from: sessionKey, position: position, placement: local?.placement)
                 }
                 withExtendedLifetime(local) {}  // delivered here (or not at all): saves may count past it
             }

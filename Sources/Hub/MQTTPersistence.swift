@@ -98,12 +98,63 @@ actor MQTTPersistence: Service {
             }
             if ended { try await store.announceNodeChange(holder: holder) }
         }
+        if store.keepsMessageLog, !store.sharedByNodes { try await readLog() }
+        defer { startLog = nil }
         let sessions = try await store.adoptMQTTSessions(
             holder: holder, all: !store.sharedByNodes, silentFor: store.sharedByNodes ? silence.timeInterval : nil)
         var restored = 0
         for session in sessions where try await takeUp(session) { restored += 1 }
         if restored + retained.count > 0 {
             logger.info("MQTT state restored", metadata: ["sessions": "\(restored)", "retained": "\(retained.count)"])
+        }
+    }
+
+    /// One node's message log as it stood at start (`readLog`), while the stored sessions are taken up.
+    private var startLog: (head: Int64, messages: [(id: Int64, message: BrokerMessage, publisher: String?)])?
+    /// One node: the log is pruned up to here.
+    private var logPruned: Int64 = 0
+    /// One node: full writes that failed since the log was last pruned.
+    private var writesFailed = 0
+    /// One node: the most messages the log keeps, should its sessions fail to be saved for long.
+    static let logKept = 100_000
+
+    /// One node: reads the message log, to replay into each stored session what its save does not hold (`restore`),
+    /// and moves the broker to its head: a session saved from now on has had every message up to it.
+    private func readLog() async throws {
+        let head = try await store.messageLogHead()
+        var messages: [(id: Int64, message: BrokerMessage, publisher: String?)] = []
+        var after: Int64 = 0
+        while after < head {
+            let page = try await store.loggedMessages(after: after, limit: 1_000)
+            for (id, relayed) in page where id <= head {
+                // One that expired while the node was down, or (never from this version) does not decode: skipped.
+                guard let message = MessageRelay.message(relayed) else { continue }
+                messages.append((id, message, relayed.publisher))
+            }
+            guard let last = page.last?.id else { break }
+            after = last
+        }
+        startLog = (head, messages)
+        await broker.advance(to: head)
+    }
+
+    /// One node, after a write: once a write saved every change, the logged messages up to the position it saved
+    /// the sessions at are held by them and go; should writes keep failing, only those beyond `logKept` go, every
+    /// 20th failure (5 s).
+    private func pruneLog(savedAt position: Int64?) async {
+        guard store.keepsMessageLog, !store.sharedByNodes else { return }
+        if position == nil {
+            writesFailed += 1
+            guard writesFailed % 20 == 0 else { return }
+        }
+        let through = max(logPruned, position ?? 0)
+        guard position == nil || through > logPruned else { return }
+        do {
+            try await store.pruneMessageLog(through: through, keeping: Self.logKept)
+            logPruned = through
+            if position != nil { writesFailed = 0 }
+        } catch {
+            logger.warning("MQTT message log not pruned; retried", metadata: ["error": "\(error)"])
         }
     }
 
@@ -216,7 +267,11 @@ actor MQTTPersistence: Service {
             if let topic { return await writeRetained(topic) }
             return true
         }
-        guard await writeSessions(Array(pendingSessions.keys)) else { return false }
+        guard await writeSessions(Array(pendingSessions.keys)) else {
+            await pruneLog(savedAt: nil)
+            return false
+        }
+        await pruneLog(savedAt: changes.position)
         for topic in Array(pendingRetained.keys) { guard await writeRetained(topic) else { return false } }
         return true
     }
@@ -423,6 +478,15 @@ actor MQTTPersistence: Service {
         while true {
             var through: Int64 = 0
             if store.sharedByNodes { through = max(try await store.latestClusterEvent(), await broker.relayPosition) }
+            if let startLog {
+                // One node, at start: the log as read then (nothing is published until the sessions are up).
+                through = startLog.head
+                for (id, message, publisher) in startLog.messages where id > read && replay.count < broker.maxQueued {
+                    let split = TopicName.Split(message.topic)
+                    if filters.contains(where: { $0.matches(split) }) { replay.append((message, publisher)) }
+                }
+                read = through
+            }
             while read < through {
                 let events = try await store.clusterEvents(after: read)
                 for event in events where event.id <= through && replay.count < broker.maxQueued {

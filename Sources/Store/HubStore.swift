@@ -157,6 +157,20 @@ public protocol HubStore: Sendable {
     /// Whether other hub nodes share this store (they then hand MQTT messages to each other through it).
     var sharedByNodes: Bool { get }
 
+    // A single node's MQTT message log: a device's message that reached a session kept for its client is logged in
+    // the transaction that stores it (`NewTelemetry.relay`), under the message's id, until the sessions it reached
+    // are saved; a node killed before that replays it into them when it starts (as nodes replay `cluster_events`).
+
+    /// Whether this store keeps the log (a store of several nodes hands messages on as cluster events instead).
+    var keepsMessageLog: Bool { get }
+    /// Logged messages with an id above `id`, oldest first, at most `limit`.
+    func loggedMessages(after id: Int64, limit: Int) async throws -> [(id: Int64, message: RelayedMessage)]
+    /// The newest stored message's id (0 when none): a message logged later has a larger id.
+    func messageLogHead() async throws -> Int64
+    /// Drops the logged messages up to `id` (every session they reached is saved past them), and any beyond the
+    /// newest `keeping`.
+    func pruneMessageLog(through id: Int64, keeping: Int) async throws
+
     // MQTT sessions and retained messages (MQTT 5.0 §4.1, §3.3.1.3): a restart keeps them, another node takes them.
 
     /// Saves the sessions that `holder` (a node's run) holds in memory, and with `release` lets go of them (any node
@@ -260,6 +274,12 @@ extension HubStore {
         try await removeRetainedMessage(topic: topic, savedAt: nil)
     }
     public var sharedByNodes: Bool { false }
+    public var keepsMessageLog: Bool { false }
+    public func loggedMessages(after id: Int64, limit: Int) async throws -> [(id: Int64, message: RelayedMessage)] {
+        []
+    }
+    public func messageLogHead() async throws -> Int64 { 0 }
+    public func pruneMessageLog(through id: Int64, keeping: Int) async throws {}
     public func counterWindow(of device: DeviceID) async throws -> StoredCounterWindow? { nil }
 
     /// The whole audit log in order, read in pages (for `AuditChain.verify`).

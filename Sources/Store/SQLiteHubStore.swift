@@ -419,6 +419,16 @@ public final class SQLiteHubStore: HubStore {
                     DROP TABLE telemetry;
                     """)
         }
+        migrator.registerMigration("v27: the MQTT message log of a single node") { db in
+            // A device's message that reached a kept session, under the message's own id, in its transaction: a
+            // node killed before those sessions were saved replays it into them at start (`MQTTPersistence`).
+            try db.execute(
+                sql: """
+                    CREATE TABLE mqtt_message_log (
+                        id INTEGER PRIMARY KEY, publisher TEXT, packet BLOB NOT NULL, at INTEGER NOT NULL
+                    )
+                    """)
+        }
         return migrator
     }
 
@@ -1562,6 +1572,40 @@ public final class SQLiteHubStore: HubStore {
         }
     }
 
+    public var keepsMessageLog: Bool { true }
+
+    public func loggedMessages(after id: Int64, limit: Int) async throws -> [(id: Int64, message: RelayedMessage)] {
+        try await read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT id, publisher, packet, at FROM mqtt_message_log WHERE id > ? ORDER BY id LIMIT ?",
+                arguments: [id, limit]
+            ).map {
+                (
+                    $0["id"],
+                    RelayedMessage(
+                        origin: "", publisher: $0["publisher"], packet: Array($0["packet"] as Data),
+                        at: Date(millis: $0["at"]))
+                )
+            }
+        }
+    }
+
+    /// The newest message's id: that of the newest telemetry row's last message (every logged message is one).
+    public func messageLogHead() async throws -> Int64 {
+        try await read { db in try GroupCommitter.nextTelemetryID(db) - 1 }
+    }
+
+    public func pruneMessageLog(through id: Int64, keeping: Int) async throws {
+        try await write { db in
+            try db.execute(sql: "DELETE FROM mqtt_message_log WHERE id <= ?", arguments: [id])
+            try db.execute(
+                sql: """
+                    DELETE FROM mqtt_message_log WHERE id <=
+                        (SELECT id FROM mqtt_message_log ORDER BY id DESC LIMIT 1 OFFSET ?)
+                    """, arguments: [keeping])
+        }
+    }
+
     /// Checkpoints the WAL into the database file (so the file alone is the whole store), then closes.
     public func close() async throws {
         _ = try? await pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
@@ -1702,7 +1746,7 @@ final class GroupCommitter: Sendable {
     /// The id the next stored message takes: the one after the newest row's last. A newest row whose count was
     /// damaged on disk (the column's check keeps it a positive integer otherwise) still moves it past that row, so a
     /// damaged row cannot refuse every later batch.
-    private static func nextTelemetryID(_ db: Database) throws -> Int64 {
+    static func nextTelemetryID(_ db: Database) throws -> Int64 {
         guard
             let row = try Row.fetchOne(
                 db.cachedStatement(sql: "SELECT first_id, count FROM telemetry_chunks ORDER BY first_id DESC LIMIT 1"))
@@ -1771,6 +1815,19 @@ final class GroupCommitter: Sendable {
         }
     }
 
+    /// The batch's stored messages that carry an MQTT delivery (`NewTelemetry.relay`: a single node's message that
+    /// reached a kept session) go into the message log under their own ids, in the batch's transaction.
+    private static func logMessages(_ batch: [TelemetryQueue.Entry], ids: [Int64?], _ db: Database) throws {
+        guard batch.contains(where: { $0.message.relay != nil }) else { return }
+        let insert = try db.cachedStatement(
+            sql: "INSERT INTO mqtt_message_log (id, publisher, packet, at) VALUES (?, ?, ?, ?)")
+        for index in batch.indices {
+            guard let id = ids[index], let relay = batch[index].message.relay else { continue }
+            try insert.execute(
+                arguments: [id, relay.publisher, Data(relay.packet), batch[index].message.receivedAt.millis])
+        }
+    }
+
     /// Each device's newest stored message time on its row (the fleet overview sorts by it), once per batch and
     /// never backwards (as PostgreSQL's trigger keeps it). Bound and stepped with SQLite's C API, as `insertChunks`:
     /// in a fleet a batch holds about one message per device, so this runs about once per message, and GRDB's boxed
@@ -1826,6 +1883,7 @@ final class GroupCommitter: Sendable {
                 }
                 let (ids, seen, newest) = try Self.insertChunks(batch, accepted: accepted, db)
                 try Self.markSeen(seen, db)
+                try Self.logMessages(batch, ids: ids, db)
                 if let newest {
                     try Self.indexTail(newestRow: newest.row, newestMessage: newest.message, every: indexEvery, db)
                 }

@@ -163,49 +163,19 @@ import Testing
     /// the operator's PUBREL still finds its QoS 2 id (PUBCOMP 0, not 0x92), and each device receives its commands
     /// once each, in order. The sessions are otherwise saved every 250 ms.
     @Test func sigkillRightAfterCommandsAreAcknowledgedLosesNone() async throws {
-        let directory = try temporaryDirectory("command-kill")
-        let keys = try temporaryDirectory("command-kill-keys")
-        var hub = try HubProcess(binary: try HubProcessTests.binary, directory: directory)
-        var ports = try await hub.waitForPorts()
-        let operatorCredentials = try ClientCredentials(
-            certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
-            caFile: directory + "/ca.crt")
-        // The devices' keys outside the hub's directory (the hub refuses to start beside a key others can read).
-        var devices: [String: ClientCredentials] = [:]
-        for id in ["cmd-kill-a", "cmd-kill-b"] {
-            devices[id] = try await HubProcessTests().enroll(
-                id, operatorPort: ports.operator, operatorCredentials, keys)
-        }
-        func persistent(_ cleanStart: Bool) -> (inout ConnectPacket) -> Void {
-            {
-                $0.cleanStart = cleanStart
-                $0.properties.sessionExpiryInterval = 600
-            }
-        }
-        func connect<R: Sendable>(
-            _ id: String, cleanStart: Bool, _ body: (MQTTClientConnection, ReasonCode) async throws -> R
-        ) async throws -> R {
-            let credentials = try #require(id == "ops" ? operatorCredentials : devices[id])
-            return try await MQTTClientConnection.withConnection(
-                host: "127.0.0.1", port: ports.mqtt, tls: try credentials.tlsConfiguration(), clientID: id,
-                version: .v5, keepAlive: 5, configure: persistent(cleanStart), body)
-        }
-        func restart() async throws {
-            hub.kill()
-            _ = await hub.exitStatus()
-            hub = try HubProcess(binary: try HubProcessTests.binary, directory: directory)
-            ports = try await hub.waitForPorts()
-        }
+        var killed = try await KilledHub.start("command-kill", devices: ["cmd-kill-a", "cmd-kill-b"])
+        defer { killed.stop() }
+        let operatorCredentials = killed.operatorCredentials
         // Each device subscribes to its commands and goes away; its session stays.
         for id in ["cmd-kill-a", "cmd-kill-b"] {
-            try await connect(id, cleanStart: true) { mqtt, reason in
+            try await killed.connect(id, cleanStart: true) { mqtt, reason in
                 #expect(reason == 0)
                 try await MQTTPersistenceTests.subscribe(mqtt, try TopicFilter("devices/\(id)/commands/#"))
                 try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
             }
         }
         let commands = (1...10).map { #"{"n":\#($0)}"# }
-        let lastID = try await connect("ops", cleanStart: true) { mqtt, _ -> UInt16 in
+        let lastID = try await killed.connect("ops", cleanStart: true) { mqtt, _ -> UInt16 in
             var id: UInt16 = 0
             for (index, command) in commands.enumerated() {
                 let topic = try TopicName("devices/cmd-kill-a/commands/c\(index)")
@@ -230,8 +200,8 @@ import Testing
             }
             return id
         }
-        try await restart()
-        let completed = try await connect("ops", cleanStart: false) { mqtt, _ -> Packet? in
+        try await killed.restart()
+        let completed = try await killed.connect("ops", cleanStart: false) { mqtt, _ -> Packet? in
             #expect(mqtt.sessionPresent)
             try await mqtt.send(.pubrel(packetID: lastID, reasonCode: 0, properties: .init()))
             return try await mqtt.next()
@@ -241,26 +211,148 @@ import Testing
             Issue.record("the QoS 2 id acknowledged before the kill was not kept: \(String(describing: completed))")
         }
         let accepted = try await HTTPSClient.request(
-            host: "127.0.0.1", port: ports.operator, tls: try operatorCredentials.tlsConfiguration(), method: "POST",
+            host: "127.0.0.1", port: killed.ports.operator, tls: try operatorCredentials.tlsConfiguration(),
+            method: "POST",
             path: "/v1/devices/cmd-kill-b/commands/reboot", headers: [("Content-Type", "application/json")],
             body: Array(#"{"http":1}"#.utf8))
         #expect(accepted.status == 202, "\(accepted.status)")
-        try await restart()
-        defer { _ = hub.stop(within: 10) }
-        // What arrives until the last command, or until the hub ends a connection that waits for more (keep-alive).
-        func received(_ id: String, until last: String) async -> [String] {
-            let payloads = Mutex<[String]>([])
-            _ = try? await connect(id, cleanStart: false) { mqtt, reason in
-                #expect(reason == 0 && mqtt.sessionPresent)
-                while payloads.withLock({ $0.last != last && $0.count < 100 }),
-                    let payload = try await MQTTPersistenceTests.receive(1, mqtt).first
-                {
-                    payloads.withLock { $0.append(payload) }
+        try await killed.restart()
+        #expect(await killed.received("cmd-kill-a", until: commands[9]) == commands, "acknowledged, then lost, doubled")
+        #expect(await killed.received("cmd-kill-b", until: #"{"http":1}"#) == [#"{"http":1}"#], "accepted, then lost")
+    }
+
+    /// A device's QoS 1 messages reach a subscriber's kept session even when the hub is killed right after their
+    /// PUBACKs, before that session's next save (every 250 ms): a single node logs each with the message, and replays
+    /// the log into the session when it starts. A session saved after it had messages gets none of them again, and
+    /// a session made after a restart gets none of the messages from before it.
+    @Test func sigkillRightAfterADevicesMessagesReachedAKeptSessionLosesNone() async throws {
+        var killed = try await KilledHub.start("log-kill", devices: ["log-kill-1", "log-kill-2"])
+        defer { killed.stop() }
+        let filter = try TopicFilter("devices/+/telemetry")
+        func subscribe(_ clientID: String) async throws {
+            try await killed.connect("ops", clientID: clientID, cleanStart: true) { mqtt, reason in
+                #expect(reason == 0)
+                try await MQTTPersistenceTests.subscribe(mqtt, filter)
+                try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+            }
+        }
+        func publish(_ device: String, _ payloads: [String]) async throws {
+            try await killed.connect(device, cleanStart: true) { mqtt, _ in
+                for payload in payloads {
+                    let code = try await mqtt.publishAcknowledged(
+                        topic: try TopicName("devices/\(device)/telemetry"), payload: Array(payload.utf8))
+                    #expect(code == 0, "\(payload)")
                 }
             }
-            return payloads.withLock { $0 }
         }
-        #expect(await received("cmd-kill-a", until: commands[9]) == commands, "acknowledged, then lost or doubled")
-        #expect(await received("cmd-kill-b", until: #"{"http":1}"#) == [#"{"http":1}"#], "accepted, then lost")
+        func received(_ clientID: String, until last: String) async -> [String] {
+            await killed.received("ops", clientID: clientID, until: last)
+        }
+        let first = (1...10).map { #"{"first":\#($0)}"# }
+        let second = (1...10).map { #"{"second":\#($0)}"# }
+        try await subscribe("fleet-a")
+        // fleet-b receives the first ten while connected, and is saved with them acknowledged.
+        try await subscribe("fleet-b")
+        try await killed.connect("ops", clientID: "fleet-b", cleanStart: false) { mqtt, _ in
+            try await publish("log-kill-1", first)
+            #expect(try await MQTTPersistenceTests.receive(10, mqtt) == first)
+            try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+        }
+        try await Task.sleep(for: .milliseconds(800))
+        // Killed right after the last PUBACK: fleet-a's and fleet-b's sessions are not saved with these.
+        try await publish("log-kill-2", second)
+        try await killed.restart()
+        #expect(await received("fleet-a", until: second[9]) == first + second, "acknowledged, then lost or doubled")
+        #expect(await received("fleet-b", until: second[9]) == second, "lost, or the first ten again")
+        // A new session, saved with its subscription; the others' acknowledgements saved too (well past 250 ms).
+        try await subscribe("fleet-c")
+        try await Task.sleep(for: .milliseconds(800))
+        try await killed.restart()
+        let marker = #"{"marker":1}"#
+        try await publish("log-kill-1", [marker])
+        #expect(await received("fleet-c", until: marker) == [marker], "messages from before its subscription")
+        #expect(await received("fleet-a", until: marker) == [marker], "delivered twice")
+        #expect(await received("fleet-b", until: marker) == [marker], "delivered twice")
+        // Every session saved past them: the log keeps none of the messages.
+        killed.stop()
+        let store = try SQLiteHubStore(path: killed.directory + "/bulwark.sqlite")
+        #expect(try await store.loggedMessages(after: 0, limit: 100).isEmpty, "logged messages never pruned")
+        try await store.close()
     }
+}
+
+/// A real hub process that a test kills (-9) and starts again on the same directory, with the operator's and some
+/// enrolled devices' credentials, and MQTT 5 clients whose sessions outlive them (expiry 600 s).
+struct KilledHub {
+    let directory: String
+    private var hub: HubProcess
+    private(set) var ports: HubProcess.Ports
+    let operatorCredentials: ClientCredentials
+    private(set) var devices: [String: ClientCredentials] = [:]
+
+    static func start(_ name: String, devices ids: [String]) async throws -> KilledHub {
+        let directory = try temporaryDirectory(name)
+        let hub = try HubProcess(binary: try HubProcessTests.binary, directory: directory)
+        var killed = KilledHub(
+            directory: directory, hub: hub, ports: try await hub.waitForPorts(),
+            operatorCredentials: try ClientCredentials(
+                certificateFile: directory + "/operators/admin.crt", keyFile: directory + "/operators/admin.key",
+                caFile: directory + "/ca.crt"))
+        // The devices' keys outside the hub's directory (the hub refuses to start beside a key others can read).
+        let keys = try temporaryDirectory(name + "-keys")
+        for id in ids {
+            killed.devices[id] = try await HubProcessTests().enroll(
+                id, operatorPort: killed.ports.operator, killed.operatorCredentials, keys)
+        }
+        return killed
+    }
+
+    private init(
+        directory: String, hub: HubProcess, ports: HubProcess.Ports, operatorCredentials: ClientCredentials
+    ) {
+        self.directory = directory
+        self.hub = hub
+        self.ports = ports
+        self.operatorCredentials = operatorCredentials
+    }
+
+    /// Connects as the device `id` (or the operator, "ops"), with client id `clientID` (by default `id`).
+    func connect<R: Sendable>(
+        _ id: String, clientID: String? = nil, cleanStart: Bool,
+        _ body: (MQTTClientConnection, ReasonCode) async throws -> R
+    ) async throws -> R {
+        let credentials = try #require(id == "ops" ? operatorCredentials : devices[id])
+        return try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: ports.mqtt, tls: try credentials.tlsConfiguration(), clientID: clientID ?? id,
+            version: .v5, keepAlive: 5,
+            configure: {
+                $0.cleanStart = cleanStart
+                $0.properties.sessionExpiryInterval = 600
+            }, body)
+    }
+
+    /// What a session (resumed) receives until `last`, acknowledging each, or until the hub ends a connection that
+    /// waits for more (keep-alive).
+    func received(_ id: String, clientID: String? = nil, until last: String) async -> [String] {
+        let payloads = Mutex<[String]>([])
+        _ = try? await connect(id, clientID: clientID, cleanStart: false) { mqtt, reason in
+            #expect(reason == 0 && mqtt.sessionPresent)
+            while payloads.withLock({ $0.last != last && $0.count < 100 }),
+                let payload = try await MQTTPersistenceTests.receive(1, mqtt).first
+            {
+                payloads.withLock { $0.append(payload) }
+            }
+        }
+        return payloads.withLock { $0 }
+    }
+
+    /// Kills the hub with SIGKILL and starts it again on the same directory.
+    mutating func restart() async throws {
+        hub.kill()
+        _ = await hub.exitStatus()
+        hub = try HubProcess(binary: try HubProcessTests.binary, directory: directory)
+        ports = try await hub.waitForPorts()
+    }
+
+    func stop() { _ = hub.stop(within: 10) }
 }

@@ -680,9 +680,19 @@ import Testing
         await broker.thaw()
         #expect(await started.value)
         #expect(await broker.localState.begun == 2)
-        // One node: nothing to hold back.
+        // One node: a message it logs (`MQTTListener.messageLog`) holds the position where it began until it is
+        // delivered at its id. Without a store, nothing is held back.
         let single = MQTTBroker()
+        #expect(await single.beginLocal(topic: topic) == nil)
         await single.setPersistent(sharedByNodes: false, node: "n1")
-        #expect(await single.beginLocal(topic: try TopicName("a/b")) == nil)
+        await single.advance(to: 7)
+        var logged = await single.beginLocal(topic: topic)
+        #expect(logged != nil)
+        await single.publish(
+            BrokerMessage(topic: topic, payload: [1], qos: .atLeastOnce, retain: false), from: nil, position: 9)
+        #expect(await single.savedPosition == 7, "on its way: not counted")
+        logged = nil
+        for _ in 0..<100 where await single.savedPosition != 9 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(await single.savedPosition == 9, "delivered: counted")
     }
 }
