@@ -1,3 +1,4 @@
+import Core
 import Foundation
 import MQTT
 import NIOCore
@@ -170,10 +171,10 @@ actor MQTTBroker {
         return index.withLock { $0.hasSession(matching: message.topic) }
     }
 
-    /// Whether a session subscribes to `topic` now (a single node logs a device's message that may reach a kept
-    /// session: `MQTTListener.messageLog`).
-    nonisolated func hasSubscriber(_ topic: TopicName) -> Bool {
-        hasSubscriptions && index.withLock { $0.hasSession(matching: topic) }
+    /// Whether a session holds a subscription to `topic` now that a single node's log replays (QoS 1 or 2, not
+    /// shared): its device messages are logged (`MQTTListener.messageLog`).
+    nonisolated func hasReplayableSubscriber(_ topic: TopicName) -> Bool {
+        hasSubscriptions && index.withLock { $0.hasReplayableSession(matching: topic) }
     }
 
     private func noteExpiries() {
@@ -303,10 +304,16 @@ actor MQTTBroker {
         // publish made after the client has its SUBACK finds the new subscription.
         var added: [Bool] = []
         for (filter, options, _) in accepted {
-            let isNew = session.filters[filter] == nil
-            added.append(isNew)
+            let previous = session.filters[filter]
+            added.append(previous == nil)
             session.filters[filter] = options
-            if isNew {
+            if let previous {
+                // Replaced (§3.8.4): the index holds the new options (a QoS 0 subscription now at 1 is replayable).
+                index.withLock {
+                    $0.remove(filter, options: previous, key: key)
+                    $0.insert(filter, options: options, key: key)
+                }
+            } else {
                 index.withLock { $0.insert(filter, options: options, key: key) }
                 self.subscriptions.add(1, ordering: .relaxed)
                 if options.share != nil { sharedFilters += 1 }
@@ -476,7 +483,7 @@ actor MQTTBroker {
         placement: [TopicFilter: String]? = nil, unsavedQoS2: (packetID: UInt16, connectionNumber: Int)? = nil,
         collectHolding: Bool = true
     ) -> (count: Int, holding: Set<String>) {
-        if let position { relayPosition = max(relayPosition, position) }
+        if let position { positions.withLock { $0.advance(to: position) } }
         if message.retain { retain(message, owner: publisher ?? "hub", stored: stored) }
         // Only the sessions whose subscriptions match (the index); one taken up with the log replayed into it past
         // this message has it already. The router matches the topic against each session's filters: split once.
@@ -599,8 +606,9 @@ actor MQTTBroker {
     /// messages were handed over (`handedOverShared`).
     func takeChanges(now: ContinuousClock.Instant = .now, wallClock: Date = Date()) -> Changes {
         var saved: [String: StoredMQTTSession?] = [:]
+        let position = savedPosition
         for key in changedSessions {
-            let session = stored(key, now: now, wallClock: wallClock)
+            let session = stored(key, now: now, wallClock: wallClock, position: position)
             saved[key] = session
             sessions[key]?.saved = session != nil
         }
@@ -610,7 +618,7 @@ actor MQTTBroker {
             handedOverShared = [:]
         }
         return Changes(
-            sessions: saved, retained: changedRetained, handedOver: handedOverShared, position: savedPosition)
+            sessions: saved, retained: changedRetained, handedOver: handedOverShared, position: position)
     }
 
     /// Whether the session handed shared-subscription messages to other sessions since the last `takeChanges`.
@@ -625,14 +633,17 @@ actor MQTTBroker {
         var position: Int64
     }
 
-    /// The session as the store keeps it; nil when there is none to keep.
-    private func stored(_ key: String, now: ContinuousClock.Instant, wallClock: Date) -> StoredMQTTSession? {
+    /// The session as the store keeps it (at `position` in the log, by default `savedPosition`); nil when there is
+    /// none to keep.
+    private func stored(_ key: String, now: ContinuousClock.Instant, wallClock: Date, position: Int64? = nil)
+        -> StoredMQTTSession?
+    {
         guard let session = sessions[key],
             session.expirySeconds > 0 || (keepsConnectedSessions && session.connection != nil)
         else { return nil }
         let snapshot = SessionSnapshot(
             filters: session.filters, window: session.window.saved, receivedQoS2: session.receivedQoS2,
-            position: savedPosition)
+            position: position ?? savedPosition)
         return StoredMQTTSession(
             key: key, owner: session.owner, expirySeconds: session.expirySeconds,
             disconnectedAt: session.connection != nil
@@ -666,8 +677,9 @@ actor MQTTBroker {
         now: ContinuousClock.Instant = .now, wallClock: Date = Date()
     ) -> Restored {
         guard sessions[stored.key] == nil else { return .held }
+        let (relayPosition, state) = positions.withLock { ($0.relay, ($0.writes.isEmpty, $0.begun)) }
         guard relayPosition <= max(through, snapshot.position) else { return .behind(relayPosition) }
-        if let quiet, quiet != localBegun || !localWrites.isEmpty { return .busy }
+        if let quiet, quiet != state.1 || !state.0 { return .busy }
         let session = Session(key: stored.key, maxQueued: maxQueued)
         session.owner = stored.owner
         session.filters = snapshot.filters
@@ -703,21 +715,40 @@ actor MQTTBroker {
 
     /// Every message of the log up to `position` has been routed here (`ClusterSync`; a single node: the head of its
     /// message log when it starts).
-    func advance(to position: Int64) { relayPosition = max(relayPosition, position) }
+    func advance(to position: Int64) { positions.withLock { $0.advance(to: position) } }
 
-    /// The last message of the log this node has read (`ClusterSync`) and routed to its sessions; on a single node,
-    /// the newest logged message delivered here (`publish(position:)`; the older ones on their way are in
-    /// `localWrites`).
-    private(set) var relayPosition: Int64 = 0
+    /// Where this node stands in the log, and its own messages on their way into it and to its sessions. Behind a
+    /// lock of its own: a single node's logged message begins on the event loop that read it (`beginLogged`), and
+    /// ends wherever its last reference goes, neither with a hop to the actor.
+    private struct Positions {
+        /// The last message of the log this node has read (`ClusterSync`) and routed to its sessions; on a single
+        /// node, the newest logged message delivered here (`publish(position:)`; older ones may be on their way).
+        var relay: Int64 = 0
+        /// This node's own messages on their way (`LocalWrite`): the position each began at. Such a message is
+        /// skipped by this node's `ClusterSync` (it is delivered here directly), so until it is, a session saved
+        /// now must not count it as routed.
+        var writes: [Int: Int64] = [:]
+        var begun = 0
 
-    /// This node's own messages on their way into the log and to its sessions (`LocalWrite`): the position each
-    /// began at. Such a message is skipped by this node's `ClusterSync` (it is delivered here directly), so until
-    /// it is, a session saved now must not count it as routed.
-    private var localWrites: [Int: Int64] = [:]
-    private var localBegun = 0
+        mutating func advance(to position: Int64) { relay = max(relay, position) }
+
+        mutating func begin() -> Int {
+            begun += 1
+            writes[begun] = relay
+            return begun
+        }
+
+        /// Where the log stands for a session saved now: every message up to it was routed to this node's sessions.
+        var saved: Int64 { min(relay, writes.values.min() ?? .max) }
+    }
+
+    private nonisolated let positions = Locked(Positions())
+
+    /// The last message of the log routed to this node's sessions (`Positions.relay`).
+    nonisolated var relayPosition: Int64 { positions.withLock { $0.relay } }
 
     /// Where the log stands for a session saved now: every message up to it was routed to this node's sessions.
-    var savedPosition: Int64 { min(relayPosition, localWrites.values.min() ?? .max) }
+    nonisolated var savedPosition: Int64 { positions.withLock { $0.saved } }
 
     /// A message of this node's own is about to go into the log (several nodes' `cluster_events`, or a single
     /// node's message log; nil without a store): until the returned value is released (after its local delivery,
@@ -730,12 +761,17 @@ actor MQTTBroker {
         // A take-up in progress (`freeze`): this message waits, so it is either in the log before the take-up
         // reads the head, or delivered after the session is in memory.
         while freezes > 0 { await withCheckedContinuation { frozen.append($0) } }
-        localBegun += 1
-        localWrites[localBegun] = relayPosition
-        return LocalWrite(broker: self, id: localBegun, placement: shared?.place(topic) ?? [:])
+        return LocalWrite(broker: self, id: positions.withLock { $0.begin() }, placement: shared?.place(topic) ?? [:])
     }
 
-    func endLocal(_ id: Int) { localWrites[id] = nil }
+    /// A single node's message about to go into its message log, as `beginLocal` and without a hop to the actor: a
+    /// single node takes sessions up only before its listeners accept (nothing freezes), and places nothing among
+    /// other nodes.
+    nonisolated func beginLogged() -> LocalWrite {
+        LocalWrite(broker: self, id: positions.withLock { $0.begin() }, placement: [:])
+    }
+
+    nonisolated func endLocal(_ id: Int) { positions.withLock { _ = $0.writes.removeValue(forKey: id) } }
 
     /// Take-ups in progress, and the own messages waiting for them to finish (`beginLocal`).
     private var freezes = 0
@@ -755,7 +791,7 @@ actor MQTTBroker {
 
     /// Whether no own message is on its way now, and how many have begun (`restore(quiet:)` checks nothing began
     /// since).
-    var localState: (quiet: Bool, begun: Int) { (localWrites.isEmpty, localBegun) }
+    nonisolated var localState: (quiet: Bool, begun: Int) { positions.withLock { ($0.writes.isEmpty, $0.begun) } }
 
     /// Hands a session over to another node, whose client connected there: the connection here gets DISCONNECT
     /// 0x8E Session taken over (MQTT 5; 3.1.1: it is closed, §3.1.4-2) and the session leaves memory as it stands
@@ -950,9 +986,5 @@ final class LocalWrite: Sendable {
         self.placement = placement
     }
 
-    deinit {
-        let broker = broker
-        let id = id
-        Task { await broker.endLocal(id) }
-    }
+    deinit { broker.endLocal(id) }
 }

@@ -1847,8 +1847,9 @@ struct MQTTConnection {
         // The other nodes' subscribers get it from the same transaction that stores it; on one node, the log has it
         // for the sessions it reaches until they are saved.
         let local =
-            listener.relay == nil && !logs(publish)
-            ? nil : await listener.broker.beginLocal(topic: delivery.topic)
+            listener.relay != nil
+            ? await listener.broker.beginLocal(topic: delivery.topic)
+            : logs(publish) ? listener.broker.beginLogged() : nil
         // The row is built and queued by synchronous functions: it never sits in this frame.
         if publish.qos != .atMostOnce {
             let write = queueAcknowledged(
@@ -1922,10 +1923,9 @@ struct MQTTConnection {
         guard body <= Self.atOnceBodyLimit, decision.permission != nil,
             Self.responseTopicAllowed(publish.properties, peer: peer, acl: state.acl),
             acknowledged
-                // `acknowledge` would not wait. (The decoder gives every QoS 1 PUBLISH an id.) A message to log
-                // waits for its place in the log (`storeAndDeliver`).
+                // `acknowledge` would not wait. (The decoder gives every QoS 1 PUBLISH an id.)
                 ? publish.packetID != nil
-                    && state.acknowledgements.unfinished <= listener.settings.receiveMaximum - 1 && !logs(publish)
+                    && state.acknowledgements.unfinished <= listener.settings.receiveMaximum - 1
                 : !listener.broker.needsPublish(delivery) && listener.writeOutcomes.pending.tryStart(body: body)
         else { return nil }
         let correlationID = CorrelationID().rawValue
@@ -1936,15 +1936,18 @@ struct MQTTConnection {
         case .success(let admitted):
             listener.metrics?.admitted(.mqtt)
             state.rules.publishAdmitted()
+            // A single node logs it for the sessions it reaches (`storeAndDeliver`).
+            let local = acknowledged && logs(publish) ? listener.broker.beginLogged() : nil
             let record = row(
-                admitted, publish, device: device, correlationID, at: Date(), delivery, local: nil, state: state)
+                admitted, publish, device: device, correlationID, at: Date(), delivery, local: local, state: state)
             if acknowledged {
                 let id = publish.packetID ?? 0  // checked above
                 let write = queueAcknowledged(
                     record, admitted, device: device, check: decision.check, publish: publish, peer: peer,
                     correlationID)
                 appendAcknowledgement(
-                    id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery)
+                    id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery,
+                    local: local)
             } else {
                 queueStarted(record, peer: peer, decision: decision)
             }
@@ -1957,9 +1960,11 @@ struct MQTTConnection {
     }
 
     /// Whether a device's message goes into a single node's message log: QoS 1 or 2 (a QoS 0 delivery may be lost)
-    /// and a session subscribes to its topic now.
+    /// and a session subscribes to its topic now at QoS 1 or 2, not shared (the log is replayed to no shared
+    /// subscription: each member would get a copy).
     private func logs(_ publish: PublishPacket) -> Bool {
-        listener.messageLog != nil && publish.qos != .atMostOnce && listener.broker.hasSubscriber(publish.topic)
+        listener.messageLog != nil && publish.qos != .atMostOnce
+            && listener.broker.hasReplayableSubscriber(publish.topic)
     }
 
     /// Where a logged message lies in a single node's log (its stored id, `StoreOutcome.storedID`), for the

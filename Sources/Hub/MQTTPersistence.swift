@@ -443,10 +443,10 @@ actor MQTTPersistence: Service {
         // the log up to the head read below, or delivered after the session is in memory.
         await broker.freeze()
         let deadline = ContinuousClock.now + .seconds(5)
-        var state = await broker.localState
+        var state = broker.localState
         while !state.quiet, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(5))
-            state = await broker.localState
+            state = broker.localState
         }
         if !state.quiet {
             logger.warning(
@@ -477,11 +477,18 @@ actor MQTTPersistence: Service {
         var quiet = quiet
         while true {
             var through: Int64 = 0
-            if store.sharedByNodes { through = max(try await store.latestClusterEvent(), await broker.relayPosition) }
+            if store.sharedByNodes { through = max(try await store.latestClusterEvent(), broker.relayPosition) }
             if let startLog {
                 // One node, at start: the log as read then (nothing is published until the sessions are up).
                 through = startLog.head
-                for (id, message, publisher) in startLog.messages where id > read && replay.count < broker.maxQueued {
+                // In id order: those after the session's position begin where a binary search finds them.
+                let messages = startLog.messages
+                var (low, high) = (messages.startIndex, messages.endIndex)
+                while low < high {
+                    let middle = (low + high) / 2
+                    if messages[middle].id > read { high = middle } else { low = middle + 1 }
+                }
+                for (_, message, publisher) in messages[low...] where replay.count < broker.maxQueued {
                     let split = TopicName.Split(message.topic)
                     if filters.contains(where: { $0.matches(split) }) { replay.append((message, publisher)) }
                 }

@@ -10,7 +10,19 @@
 public struct SubscriptionIndex: Sendable {
     /// At each node, the sessions whose filter ends there, each with how many of its filters do (a session may hold
     /// `a/b` and `$share/g/a/b`); one session inline (a device's own commands filter has one).
-    private var tree = LevelTree<SmallMap<String, Int>>(empty: SmallMap())
+    private var tree = LevelTree<SmallMap<String, Held>>(empty: SmallMap())
+
+    /// A session's filters that end at a node: how many, and how many of them are replayable (granted QoS 1 or 2
+    /// and not shared: what a hub node replays into a session from its log). The size of one `Int`.
+    struct Held: Sendable {
+        var filters: Int32 = 0
+        var replayable: Int32 = 0
+    }
+
+    /// Whether a filter with these options is replayable (`Held.replayable`).
+    static func replayable(_ options: SubscriptionOptions) -> Bool {
+        options.qos != .atMostOnce && options.share == nil
+    }
     /// Filters held, counted once per session and filter.
     public private(set) var count = 0
 
@@ -23,7 +35,11 @@ public struct SubscriptionIndex: Sendable {
 
     /// Records that session `key` holds `filter` (once per call: `remove` undoes one `insert`).
     public mutating func insert(_ filter: TopicFilter, options: SubscriptionOptions, key: String) {
-        tree.update(tree.make(Self.matchingLevels(filter, options))) { $0[key, default: 0] += 1 }
+        let replayable: Int32 = Self.replayable(options) ? 1 : 0
+        tree.update(tree.make(Self.matchingLevels(filter, options))) {
+            $0[key, default: Held()].filters += 1
+            $0[key, default: Held()].replayable += replayable
+        }
         count += 1
     }
 
@@ -32,7 +48,9 @@ public struct SubscriptionIndex: Sendable {
     public mutating func remove(_ filter: TopicFilter, options: SubscriptionOptions, key: String) {
         guard let found = tree.find(Self.matchingLevels(filter, options)), let held = tree[found.node].value[key]
         else { return }
-        tree.update(found.node) { $0[key] = held > 1 ? held - 1 : nil }
+        let left = Held(
+            filters: held.filters - 1, replayable: max(0, held.replayable - (Self.replayable(options) ? 1 : 0)))
+        tree.update(found.node) { $0[key] = left.filters > 0 ? left : nil }
         count -= 1
         tree.prune(found) { $0.isEmpty }
     }
@@ -51,13 +69,19 @@ public struct SubscriptionIndex: Sendable {
     /// message published while anyone subscribes, and most (a device's telemetry) match no one.
     public func hasSession(matching topic: TopicName) -> Bool { walk(matching: topic) { _ in true } }
 
+    /// Whether a session holds a replayable filter (granted QoS 1 or 2, not shared) that matches `topic`: a single
+    /// hub node logs a device's message only for those (its log replays into no shared subscription).
+    public func hasReplayableSession(matching topic: TopicName) -> Bool {
+        walk(matching: topic) { sessions in sessions.contains { $0.value.replayable > 0 } }
+    }
+
     /// Walks the nodes whose filters match `topic`, handing `visit` each one's sessions (never empty) until it
     /// returns true; true when it did. Depth first, one frame per level of the path taken, with a stack of its own
     /// rather than recursion (a topic may have 65,535 levels): a frame's index is its depth, so the stack never holds
     /// more than the topic's levels and one. The levels are read from the topic's bytes as the walk reaches them
     /// (no split), and the stack is a temporary allocation (on the machine stack for a short topic). §4.7.2: no
     /// wildcard at the first level matches a `$` topic (the same test as `TopicFilter.matches`).
-    private func walk(matching topic: TopicName, _ visit: (SmallMap<String, Int>) -> Bool) -> Bool {
+    private func walk(matching topic: TopicName, _ visit: (SmallMap<String, Held>) -> Bool) -> Bool {
         let text = topic.rawValue
         let utf8 = text.utf8
         let levels = topic.levelCount

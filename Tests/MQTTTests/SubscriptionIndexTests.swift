@@ -181,4 +181,31 @@ import Testing
         index.remove(plain, options: SubscriptionOptions(qos: .atMostOnce), key: "s")
         #expect(index.count == 0 && index.nodeCount == 1)
     }
+
+    /// Only a subscription at QoS 1 or 2 that is not shared is replayable (a single hub node logs a device's message
+    /// for those), counted per session and filter as the index counts filters.
+    @Test func onlyUnsharedSubscriptionsAtQoS1Or2AreReplayable() throws {
+        var index = SubscriptionIndex()
+        let topic = try TopicName("devices/d/telemetry")
+        let filter = try TopicFilter("devices/+/telemetry")
+        let shared = try TopicFilter("$share/g/devices/+/telemetry")
+        let sharedOptions = SubscriptionOptions(qos: .atLeastOnce, share: try SharedFilter.parse(shared))
+        index.insert(filter, options: SubscriptionOptions(qos: .atMostOnce), key: "dashboard")
+        index.insert(shared, options: sharedOptions, key: "worker")
+        #expect(index.hasSession(matching: topic))
+        #expect(!index.hasReplayableSession(matching: topic), "QoS 0 and shared only")
+        index.insert(filter, options: SubscriptionOptions(qos: .exactlyOnce), key: "application")
+        index.insert(try TopicFilter("devices/#"), options: SubscriptionOptions(qos: .atLeastOnce), key: "application")
+        #expect(index.hasReplayableSession(matching: topic))
+        #expect(!index.hasReplayableSession(matching: try TopicName("other/d/telemetry")))
+        index.remove(filter, options: SubscriptionOptions(qos: .exactlyOnce), key: "application")
+        #expect(index.hasReplayableSession(matching: topic), "devices/# still holds")
+        index.remove(try TopicFilter("devices/#"), options: SubscriptionOptions(qos: .atLeastOnce), key: "application")
+        #expect(!index.hasReplayableSession(matching: topic))
+        // A session with the same filter held twice, once replayable: replayable until that one leaves.
+        index.insert(filter, options: SubscriptionOptions(qos: .atLeastOnce), key: "dashboard")
+        #expect(index.hasReplayableSession(matching: topic))
+        index.remove(filter, options: SubscriptionOptions(qos: .atLeastOnce), key: "dashboard")
+        #expect(!index.hasReplayableSession(matching: topic) && index.hasSession(matching: topic))
+    }
 }
