@@ -126,8 +126,9 @@ actor MQTTBroker {
     /// Sessions per owner (identity), for `maxPerOwner`.
     private var owners: [String: Int] = [:]
     /// Which sessions' subscriptions match a topic (a publish looks only at those): a pure value, behind a lock so
-    /// that `needsPublish` may read it without entering the actor (only the actor changes it).
-    private let index = Mutex(SubscriptionIndex())
+    /// that `needsPublish` may read it without entering the actor (only the actor changes it). A lock that sleeps at
+    /// once (`Locked`): every connection's publish takes it, and `Mutex` spun on it (12-06).
+    private let index = Locked(SubscriptionIndex())
     /// One per topic, bounded in all, per publisher and in bytes: a pure value.
     private var retained: RetainedMessages
     private var nextConnection = 0
@@ -152,6 +153,32 @@ actor MQTTBroker {
     nonisolated let subscriptions = Atomic<Int>(0)
 
     nonisolated var hasSubscriptions: Bool { subscriptions.load(ordering: .relaxed) > 0 }
+    /// Of those, the replayable ones (`SubscriptionIndex.replayableCount`: a kept session's, QoS 1 or 2, unshared),
+    /// readable without the index's lock: while there is none, no device message is logged or looked up for it.
+    private nonisolated let replayableSubscriptions = Atomic<Int>(0)
+
+    /// Changes the index (only the actor does), and the count of its replayable filters with it.
+    private func changeIndex(_ change: (inout SubscriptionIndex) -> Void) {
+        let replayable = index.withLock { index -> Int in
+            change(&index)
+            return index.replayableCount
+        }
+        replayableSubscriptions.store(replayable, ordering: .relaxed)
+    }
+
+    /// Sets a session's expiry; its filters are indexed again when that makes it kept or not (they are replayable
+    /// only while it is).
+    private func setExpiry(_ session: Session, _ seconds: Int) {
+        let (was, now) = (session.expirySeconds > 0, seconds > 0)
+        session.expirySeconds = seconds
+        guard was != now, !session.filters.isEmpty else { return }
+        changeIndex { index in
+            for (filter, options) in session.filters {
+                index.remove(filter, options: options, key: session.key, kept: was)
+                index.insert(filter, options: options, key: session.key, kept: now)
+            }
+        }
+    }
     /// When the first session or retained message expires, in nanoseconds after `clockBase` (`Int64.max`: none),
     /// readable without entering the actor: a publish made once that time has come enters the actor, whose sweep
     /// ends them (see `sweepExpired`).
@@ -174,7 +201,8 @@ actor MQTTBroker {
     /// Whether a session holds a subscription to `topic` now that a single node's log replays (QoS 1 or 2, not
     /// shared): its device messages are logged (`MQTTListener.messageLog`).
     nonisolated func hasReplayableSubscriber(_ topic: TopicName) -> Bool {
-        hasSubscriptions && index.withLock { $0.hasReplayableSession(matching: topic) }
+        replayableSubscriptions.load(ordering: .relaxed) > 0
+            && index.withLock { $0.hasReplayableSession(matching: topic) }
     }
 
     private func noteExpiries() {
@@ -233,7 +261,7 @@ actor MQTTBroker {
         nextConnection += 1
         session.connection = connection
         session.connectionNumber = nextConnection
-        session.expirySeconds = expirySeconds
+        setExpiry(session, expirySeconds)
         session.disconnectedAt = nil
         session.ready = false
         session.window.attached()
@@ -265,7 +293,7 @@ actor MQTTBroker {
         session.ready = false
         // Kept: the store keeps the session beyond this connection (a DISCONNECT may have set its expiry to 0).
         handOverShared(from: key, session, kept: persistent && (expirySeconds ?? session.expirySeconds) > 0)
-        if let expirySeconds { session.expirySeconds = expirySeconds }
+        if let expirySeconds { setExpiry(session, expirySeconds) }
         if session.expirySeconds == 0 {
             forget(session)
             remove(key)
@@ -307,14 +335,15 @@ actor MQTTBroker {
             let previous = session.filters[filter]
             added.append(previous == nil)
             session.filters[filter] = options
+            let kept = session.expirySeconds > 0
             if let previous {
                 // Replaced (§3.8.4): the index holds the new options (a QoS 0 subscription now at 1 is replayable).
-                index.withLock {
-                    $0.remove(filter, options: previous, key: key)
-                    $0.insert(filter, options: options, key: key)
+                changeIndex {
+                    $0.remove(filter, options: previous, key: key, kept: kept)
+                    $0.insert(filter, options: options, key: key, kept: kept)
                 }
             } else {
-                index.withLock { $0.insert(filter, options: options, key: key) }
+                changeIndex { $0.insert(filter, options: options, key: key, kept: kept) }
                 self.subscriptions.add(1, ordering: .relaxed)
                 if options.share != nil { sharedFilters += 1 }
             }
@@ -342,7 +371,7 @@ actor MQTTBroker {
         changed(key)
         return filters.map { filter in
             guard let options = session.filters.removeValue(forKey: filter) else { return false }
-            index.withLock { $0.remove(filter, options: options, key: key) }
+            changeIndex { $0.remove(filter, options: options, key: key, kept: session.expirySeconds > 0) }
             subscriptions.subtract(1, ordering: .relaxed)
             if options.share != nil {
                 sharedFilters -= 1
@@ -683,12 +712,14 @@ actor MQTTBroker {
         let session = Session(key: stored.key, maxQueued: maxQueued)
         session.owner = stored.owner
         session.filters = snapshot.filters
-        index.withLock { index in
-            for (filter, options) in snapshot.filters { index.insert(filter, options: options, key: stored.key) }
+        session.expirySeconds = stored.expirySeconds
+        changeIndex { index in
+            for (filter, options) in snapshot.filters {
+                index.insert(filter, options: options, key: stored.key, kept: stored.expirySeconds > 0)
+            }
         }
         session.window = DeliveryWindow(maxQueued: maxQueued, restoring: snapshot.window)
         session.receivedQoS2 = snapshot.receivedQoS2
-        session.expirySeconds = stored.expirySeconds
         let away = max(0, wallClock.timeIntervalSince(stored.disconnectedAt ?? stored.savedAt))
         session.disconnectedAt = now - .milliseconds(Int64(away * 1000))
         awaitingReturn(session)
@@ -945,8 +976,10 @@ actor MQTTBroker {
     /// Lets go of a session that left `sessions`: it `ended` (a will waiting out its delay is due now,
     /// §3.1.3.2.2), or moved to another node (its will is not published here).
     private func forget(_ session: Session, ended: Bool = true) {
-        index.withLock { index in
-            for (filter, options) in session.filters { index.remove(filter, options: options, key: session.key) }
+        changeIndex { index in
+            for (filter, options) in session.filters {
+                index.remove(filter, options: options, key: session.key, kept: session.expirySeconds > 0)
+            }
         }
         subscriptions.subtract(session.filters.count, ordering: .relaxed)
         sharedFilters -= session.filters.values.count { $0.share != nil }

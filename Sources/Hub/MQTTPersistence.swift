@@ -113,8 +113,10 @@ actor MQTTPersistence: Service {
     private var startLog: (head: Int64, messages: [(id: Int64, message: BrokerMessage, publisher: String?)])?
     /// One node: the log is pruned up to here.
     private var logPruned: Int64 = 0
-    /// One node: full writes that failed since the log was last pruned.
-    private var writesFailed = 0
+    /// One node: full writes since the log was last pruned up to a new position, and the broker's position at the
+    /// last prune.
+    private var writesWithoutPrune = 0
+    private var logCapped: Int64 = 0
     /// One node: the most messages the log keeps, should its sessions fail to be saved for long.
     static let logKept = 100_000
 
@@ -139,20 +141,25 @@ actor MQTTPersistence: Service {
     }
 
     /// One node, after a write: once a write saved every change, the logged messages up to the position it saved
-    /// the sessions at are held by them and go; should writes keep failing, only those beyond `logKept` go, every
-    /// 20th failure (5 s).
+    /// the sessions at are held by them and go. Every 20th write (5 s) that pruned nothing (it failed, or the
+    /// position stood still), only those beyond the newest `logKept` go: a bound on the log whatever happens (a
+    /// message dropped that way is lost to a kill, as before the log).
     private func pruneLog(savedAt position: Int64?) async {
         guard store.keepsMessageLog, !store.sharedByNodes else { return }
-        if position == nil {
-            writesFailed += 1
-            guard writesFailed % 20 == 0 else { return }
+        let moved = position.map { $0 > logPruned } ?? false
+        // Logged messages delivered since the last prune (none: the log has not grown, and an idle node writes
+        // nothing).
+        let delivered = broker.relayPosition
+        if !moved {
+            writesWithoutPrune += 1
+            guard writesWithoutPrune % 20 == 0, delivered > logCapped else { return }
         }
-        let through = max(logPruned, position ?? 0)
-        guard position == nil || through > logPruned else { return }
+        let through = moved ? position ?? logPruned : logPruned
         do {
             try await store.pruneMessageLog(through: through, keeping: Self.logKept)
             logPruned = through
-            if position != nil { writesFailed = 0 }
+            logCapped = delivered
+            if moved { writesWithoutPrune = 0 }
         } catch {
             logger.warning("MQTT message log not pruned; retried", metadata: ["error": "\(error)"])
         }
@@ -471,7 +478,9 @@ actor MQTTPersistence: Service {
         _ stored: StoredMQTTSession, _ snapshot: SessionSnapshot, quiet: Int?, now: ContinuousClock.Instant,
         wallClock: Date
     ) async throws -> Bool {
-        let filters = snapshot.filters.filter { $0.value.share == nil }.keys
+        // A QoS 0 message is never queued for a client that is away: such a filter would only use up the replay's
+        // room (its queue's length).
+        let filters = snapshot.filters.filter { $0.value.share == nil && $0.value.qos != .atMostOnce }.keys
         var replay: [(message: BrokerMessage, publisher: String?)] = []
         var read = snapshot.position
         var quiet = quiet

@@ -12,19 +12,22 @@ public struct SubscriptionIndex: Sendable {
     /// `a/b` and `$share/g/a/b`); one session inline (a device's own commands filter has one).
     private var tree = LevelTree<SmallMap<String, Held>>(empty: SmallMap())
 
-    /// A session's filters that end at a node: how many, and how many of them are replayable (granted QoS 1 or 2
-    /// and not shared: what a hub node replays into a session from its log). The size of one `Int`.
+    /// A session's filters that end at a node: how many, and how many of them are replayable (a kept session's,
+    /// granted QoS 1 or 2 and not shared: what a hub node replays into a stored session from its log). The size of
+    /// one `Int`.
     struct Held: Sendable {
         var filters: Int32 = 0
         var replayable: Int32 = 0
     }
 
-    /// Whether a filter with these options is replayable (`Held.replayable`).
-    static func replayable(_ options: SubscriptionOptions) -> Bool {
-        options.qos != .atMostOnce && options.share == nil
+    /// Whether a filter with these options, of a session kept (`kept`) or not, is replayable (`Held.replayable`).
+    static func replayable(_ options: SubscriptionOptions, kept: Bool) -> Bool {
+        kept && options.qos != .atMostOnce && options.share == nil
     }
     /// Filters held, counted once per session and filter.
     public private(set) var count = 0
+    /// Of those, the replayable ones.
+    public private(set) var replayableCount = 0
 
     public init() {}
 
@@ -33,25 +36,28 @@ public struct SubscriptionIndex: Sendable {
         options.share?.filter.levels ?? filter.levels
     }
 
-    /// Records that session `key` holds `filter` (once per call: `remove` undoes one `insert`).
-    public mutating func insert(_ filter: TopicFilter, options: SubscriptionOptions, key: String) {
-        let replayable: Int32 = Self.replayable(options) ? 1 : 0
+    /// Records that session `key` holds `filter` (once per call: `remove` undoes one `insert` with the same
+    /// arguments). `kept`: the session outlives its connection (session expiry above 0).
+    public mutating func insert(_ filter: TopicFilter, options: SubscriptionOptions, key: String, kept: Bool = false) {
+        let replayable: Int32 = Self.replayable(options, kept: kept) ? 1 : 0
         tree.update(tree.make(Self.matchingLevels(filter, options))) {
             $0[key, default: Held()].filters += 1
             $0[key, default: Held()].replayable += replayable
         }
         count += 1
+        replayableCount += Int(replayable)
     }
 
     /// Undoes one `insert` of the same filter and options for `key`; nodes left empty are released. Removing what
     /// was never inserted changes nothing.
-    public mutating func remove(_ filter: TopicFilter, options: SubscriptionOptions, key: String) {
+    public mutating func remove(_ filter: TopicFilter, options: SubscriptionOptions, key: String, kept: Bool = false) {
         guard let found = tree.find(Self.matchingLevels(filter, options)), let held = tree[found.node].value[key]
         else { return }
-        let left = Held(
-            filters: held.filters - 1, replayable: max(0, held.replayable - (Self.replayable(options) ? 1 : 0)))
+        let replayable: Int32 = Self.replayable(options, kept: kept) && held.replayable > 0 ? 1 : 0
+        let left = Held(filters: held.filters - 1, replayable: held.replayable - replayable)
         tree.update(found.node) { $0[key] = left.filters > 0 ? left : nil }
         count -= 1
+        replayableCount -= Int(replayable)
         tree.prune(found) { $0.isEmpty }
     }
 

@@ -1816,15 +1816,35 @@ final class GroupCommitter: Sendable {
     }
 
     /// The batch's stored messages that carry an MQTT delivery (`NewTelemetry.relay`: a single node's message that
-    /// reached a kept session) go into the message log under their own ids, in the batch's transaction.
+    /// a replayable subscription matched) go into the message log under their own ids, in the batch's transaction.
+    /// Bound and stepped with SQLite's C API, as `insertChunks` (GRDB's arguments would copy each packet into a
+    /// `Data` and box every value).
     private static func logMessages(_ batch: [TelemetryQueue.Entry], ids: [Int64?], _ db: Database) throws {
         guard batch.contains(where: { $0.message.relay != nil }) else { return }
         let insert = try db.cachedStatement(
             sql: "INSERT INTO mqtt_message_log (id, publisher, packet, at) VALUES (?, ?, ?, ?)")
         for index in batch.indices {
             guard let id = ids[index], let relay = batch[index].message.relay else { continue }
-            try insert.execute(
-                arguments: [id, relay.publisher, Data(relay.packet), batch[index].message.receivedAt.millis])
+            guard let length = Int32(exactly: relay.packet.count) else {
+                throw StoreError(.invalid, "a logged message of \(relay.packet.count) bytes")
+            }
+            let at = batch[index].message.receivedAt.millis
+            try stepOnce(insert, db) { handle in
+                // Stepped within the closures that bind in place: the bytes are only valid there.
+                func bindAndStep(publisher: UnsafeBufferPointer<UInt8>?) -> Int32 {
+                    relay.packet.withUnsafeBytes { packet -> Int32 in
+                        var bound = sqlite3_bind_int64(handle, 1, id)
+                        if bound == SQLITE_OK {
+                            bound = publisher.map { bindText(handle, 2, $0) } ?? sqlite3_bind_null(handle, 2)
+                        }
+                        if bound == SQLITE_OK { bound = sqlite3_bind_blob(handle, 3, packet.baseAddress, length, nil) }
+                        if bound == SQLITE_OK { bound = sqlite3_bind_int64(handle, 4, at) }
+                        return bound == SQLITE_OK ? sqlite3_step(handle) : bound
+                    }
+                }
+                guard let publisher = relay.publisher else { return bindAndStep(publisher: nil) }
+                return Self.withBytes(publisher) { bindAndStep(publisher: $0) }
+            }
         }
     }
 

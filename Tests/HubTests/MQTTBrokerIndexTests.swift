@@ -63,6 +63,38 @@ import Testing
         #expect(!broker.needsPublish(ta), "swept: nothing due, nobody subscribed")
     }
 
+    /// A subscription is replayable (a single node logs a device's message for it) only while its session is kept
+    /// (expiry above 0) and it is QoS 1 or 2 and not shared; a session's expiry changed at a reconnect or a
+    /// DISCONNECT indexes its filters again.
+    @Test func onlyAKeptSessionsSubscriptionsAreReplayable() async throws {
+        let broker = MQTTBroker()
+        let topic = try TopicName("t/a")
+        let a = try await Self.connect(broker, "a", clean: false, expiry: 0)
+        try await Self.subscribe(broker, "a", a, ["t/#"])
+        #expect(broker.hasSubscriptions && !broker.hasReplayableSubscriber(topic), "expiry 0: never stored")
+        // Back with an expiry: kept, so replayable; a shared subscription of a kept session is not.
+        let again = try await Self.connect(broker, "a", clean: false, expiry: 600)
+        #expect(broker.hasReplayableSubscriber(topic))
+        #expect(!broker.hasReplayableSubscriber(try TopicName("u/a")))
+        let b = try await Self.connect(broker, "b", clean: false, expiry: 600)
+        try await Self.subscribe(broker, "b", b, ["$share/g/u/#"])
+        #expect(!broker.hasReplayableSubscriber(try TopicName("u/a")), "shared")
+        // Its DISCONNECT sets expiry 0: the session ends, and nothing is left replayable.
+        await broker.detach(key: "a", connectionNumber: again, expirySeconds: 0)
+        #expect(!broker.hasReplayableSubscriber(topic))
+        // Subscribed at QoS 0, then the same filter again at QoS 1 (§3.8.4: replaced).
+        let c = try await Self.connect(broker, "c", clean: false, expiry: 600)
+        let filter = try TopicFilter("t/#")
+        for qos in [QoS.atMostOnce, .atLeastOnce] {
+            await broker.subscribe(
+                key: "c", connectionNumber: c, [(0, filter, SubscriptionOptions(qos: qos), 0)],
+                codes: [.grantedQoS1], packetID: 1, maxSubscriptions: 100, quotaExceeded: .quotaExceeded)
+            #expect(broker.hasReplayableSubscriber(topic) == (qos == .atLeastOnce), "\(qos)")
+        }
+        _ = await broker.unsubscribe(key: "c", connectionNumber: c, [filter])
+        #expect(!broker.hasReplayableSubscriber(topic))
+    }
+
     @Test func filtersLeaveTheIndexWithTheirSession() async throws {
         let broker = MQTTBroker()
         // Unsubscribe.

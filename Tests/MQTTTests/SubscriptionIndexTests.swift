@@ -182,30 +182,34 @@ import Testing
         #expect(index.count == 0 && index.nodeCount == 1)
     }
 
-    /// Only a subscription at QoS 1 or 2 that is not shared is replayable (a single hub node logs a device's message
-    /// for those), counted per session and filter as the index counts filters.
-    @Test func onlyUnsharedSubscriptionsAtQoS1Or2AreReplayable() throws {
+    /// Only a kept session's subscription at QoS 1 or 2 that is not shared is replayable (a single hub node logs a
+    /// device's message for those), counted per session and filter as the index counts filters.
+    @Test func onlyAKeptSessionsUnsharedSubscriptionsAtQoS1Or2AreReplayable() throws {
         var index = SubscriptionIndex()
         let topic = try TopicName("devices/d/telemetry")
         let filter = try TopicFilter("devices/+/telemetry")
         let shared = try TopicFilter("$share/g/devices/+/telemetry")
         let sharedOptions = SubscriptionOptions(qos: .atLeastOnce, share: try SharedFilter.parse(shared))
-        index.insert(filter, options: SubscriptionOptions(qos: .atMostOnce), key: "dashboard")
-        index.insert(shared, options: sharedOptions, key: "worker")
+        let qos1 = SubscriptionOptions(qos: .atLeastOnce)
+        index.insert(filter, options: SubscriptionOptions(qos: .atMostOnce), key: "dashboard", kept: true)
+        index.insert(shared, options: sharedOptions, key: "worker", kept: true)
+        index.insert(filter, options: qos1, key: "clean", kept: false)
         #expect(index.hasSession(matching: topic))
-        #expect(!index.hasReplayableSession(matching: topic), "QoS 0 and shared only")
-        index.insert(filter, options: SubscriptionOptions(qos: .exactlyOnce), key: "application")
-        index.insert(try TopicFilter("devices/#"), options: SubscriptionOptions(qos: .atLeastOnce), key: "application")
-        #expect(index.hasReplayableSession(matching: topic))
+        #expect(!index.hasReplayableSession(matching: topic), "QoS 0, shared, and a session that is not kept")
+        #expect(index.replayableCount == 0 && index.count == 3)
+        index.insert(filter, options: SubscriptionOptions(qos: .exactlyOnce), key: "application", kept: true)
+        index.insert(try TopicFilter("devices/#"), options: qos1, key: "application", kept: true)
+        #expect(index.hasReplayableSession(matching: topic) && index.replayableCount == 2)
         #expect(!index.hasReplayableSession(matching: try TopicName("other/d/telemetry")))
-        index.remove(filter, options: SubscriptionOptions(qos: .exactlyOnce), key: "application")
+        index.remove(filter, options: SubscriptionOptions(qos: .exactlyOnce), key: "application", kept: true)
         #expect(index.hasReplayableSession(matching: topic), "devices/# still holds")
-        index.remove(try TopicFilter("devices/#"), options: SubscriptionOptions(qos: .atLeastOnce), key: "application")
-        #expect(!index.hasReplayableSession(matching: topic))
+        index.remove(try TopicFilter("devices/#"), options: qos1, key: "application", kept: true)
+        #expect(!index.hasReplayableSession(matching: topic) && index.replayableCount == 0)
         // A session with the same filter held twice, once replayable: replayable until that one leaves.
-        index.insert(filter, options: SubscriptionOptions(qos: .atLeastOnce), key: "dashboard")
+        index.insert(filter, options: qos1, key: "dashboard", kept: true)
         #expect(index.hasReplayableSession(matching: topic))
-        index.remove(filter, options: SubscriptionOptions(qos: .atLeastOnce), key: "dashboard")
+        index.remove(filter, options: qos1, key: "dashboard", kept: true)
         #expect(!index.hasReplayableSession(matching: topic) && index.hasSession(matching: topic))
+        #expect(index.replayableCount == 0 && index.count == 3)
     }
 }
