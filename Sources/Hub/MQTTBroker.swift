@@ -164,7 +164,13 @@ actor MQTTBroker {
             return index.replayableCount
         }
         replayableSubscriptions.store(replayable, ordering: .relaxed)
+        indexChanges.add(1, ordering: .releasing)
     }
+
+    /// How many times the index changed: an answer read from it (`hasReplayableSubscriber`) holds while this has not
+    /// moved since it was read before the answer.
+    nonisolated var indexGeneration: Int { indexChanges.load(ordering: .acquiring) }
+    private nonisolated let indexChanges = Atomic<Int>(0)
 
     /// Sets a session's expiry; its filters are indexed again when that makes it kept or not (they are replayable
     /// only while it is).

@@ -752,6 +752,18 @@ struct MQTTConnection {
         /// by the connection's turns and `handleNow`, one at a time (as the rest of `State`).
         private var reports: QoS0Reports?
 
+        /// Whether a replayable subscription matched the topic (`MQTTBroker.hasReplayableSubscriber`), and the
+        /// index's generation then: asked for every QoS 1 message, answered again only once the index changed.
+        private var replayable: (generation: Int, answer: Bool)?
+
+        func hasReplayableSubscriber(_ broker: MQTTBroker, _ topic: TopicName) -> Bool {
+            let generation = broker.indexGeneration
+            if let replayable, replayable.generation == generation { return replayable.answer }
+            let answer = broker.hasReplayableSubscriber(topic)
+            replayable = (generation, answer)
+            return answer
+        }
+
         func qos0Reports(peer: Peer, _ outcomes: MQTTWriteOutcomes) -> QoS0Reports {
             if let reports { return reports }
             let made = QoS0Reports(outcomes: outcomes, identity: peer.identity, source: peer.source, topic: topic)
@@ -1849,7 +1861,7 @@ struct MQTTConnection {
         let local =
             listener.relay != nil
             ? await listener.broker.beginLocal(topic: delivery.topic)
-            : logs(publish) ? listener.broker.beginLogged() : nil
+            : logs(publish, decision) ? listener.broker.beginLogged() : nil
         // The row is built and queued by synchronous functions: it never sits in this frame.
         if publish.qos != .atMostOnce {
             let write = queueAcknowledged(
@@ -1937,7 +1949,7 @@ struct MQTTConnection {
             listener.metrics?.admitted(.mqtt)
             state.rules.publishAdmitted()
             // A single node logs it for the sessions it reaches (`storeAndDeliver`).
-            let local = acknowledged && logs(publish) ? listener.broker.beginLogged() : nil
+            let local = acknowledged && logs(publish, decision) ? listener.broker.beginLogged() : nil
             let record = row(
                 admitted, publish, device: device, correlationID, at: Date(), delivery, local: local, state: state)
             if acknowledged {
@@ -1962,9 +1974,9 @@ struct MQTTConnection {
     /// Whether a device's message goes into a single node's message log: QoS 1 or 2 (a QoS 0 delivery may be lost)
     /// and a session subscribes to its topic now at QoS 1 or 2, not shared (the log is replayed to no shared
     /// subscription: each member would get a copy).
-    private func logs(_ publish: PublishPacket) -> Bool {
+    private func logs(_ publish: PublishPacket, _ decision: TopicDecision) -> Bool {
         listener.messageLog != nil && publish.qos != .atMostOnce
-            && listener.broker.hasReplayableSubscriber(publish.topic)
+            && decision.hasReplayableSubscriber(listener.broker, publish.topic)
     }
 
     /// Where a logged message lies in a single node's log (its stored id, `StoreOutcome.storedID`), for the

@@ -279,6 +279,29 @@ import Testing
         #expect(try await store.loggedMessages(after: 0, limit: 100).isEmpty, "logged messages never pruned")
         try await store.close()
     }
+
+    /// A connection that published to a topic nobody replayable subscribed to sees a subscription made meanwhile:
+    /// its next messages are logged for it (the connection's cached answer is asked again once the index changed),
+    /// so a kill right after their PUBACKs loses none of them for the new session.
+    @Test func aSubscriptionMadeWhileADeviceIsConnectedGetsItsNextMessagesLogged() async throws {
+        var killed = try await KilledHub.start("log-late", devices: ["log-late"])
+        defer { killed.stop() }
+        let topic = try TopicName("devices/log-late/telemetry")
+        let later = (1...5).map { #"{"later":\#($0)}"# }
+        try await killed.connect("log-late", cleanStart: true) { mqtt, _ in
+            #expect(try await mqtt.publishAcknowledged(topic: topic, payload: Array(#"{"first":1}"#.utf8)) == 0)
+            try await killed.connect("ops", clientID: "fleet-late", cleanStart: true) { fleet, _ in
+                try await MQTTPersistenceTests.subscribe(fleet, try TopicFilter("devices/+/telemetry"))
+                try await fleet.send(.disconnect(reasonCode: 0, properties: .init()))
+            }
+            for payload in later {
+                let code = try await mqtt.publishAcknowledged(topic: topic, payload: Array(payload.utf8))
+                #expect(code == 0, "\(payload)")
+            }
+        }
+        try await killed.restart()
+        #expect(await killed.received("ops", clientID: "fleet-late", until: later[4]) == later, "lost")
+    }
 }
 
 /// A real hub process that a test kills (-9) and starts again on the same directory, with the operator's and some
