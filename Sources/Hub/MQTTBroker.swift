@@ -159,16 +159,18 @@ actor MQTTBroker {
 
     /// Changes the index (only the actor does), and the count of its replayable filters with it.
     private func changeIndex(_ change: (inout SubscriptionIndex) -> Void) {
-        let replayable = index.withLock { index -> Int in
+        let (before, after) = index.withLock { index -> (Int, Int) in
+            let before = index.replayableCount
             change(&index)
-            return index.replayableCount
+            return (before, index.replayableCount)
         }
-        replayableSubscriptions.store(replayable, ordering: .relaxed)
-        indexChanges.add(1, ordering: .releasing)
+        replayableSubscriptions.store(after, ordering: .relaxed)
+        // Only a replayable filter added or removed (or a session's becoming kept or not) changes an answer.
+        if after != before { indexChanges.add(1, ordering: .releasing) }
     }
 
-    /// How many times the index changed: an answer read from it (`hasReplayableSubscriber`) holds while this has not
-    /// moved since it was read before the answer.
+    /// How many times the index's replayable filters changed: an answer read from it (`hasReplayableSubscriber`)
+    /// holds while this has not moved since it was read before the answer.
     nonisolated var indexGeneration: Int { indexChanges.load(ordering: .acquiring) }
     private nonisolated let indexChanges = Atomic<Int>(0)
 
@@ -712,9 +714,9 @@ actor MQTTBroker {
         now: ContinuousClock.Instant = .now, wallClock: Date = Date()
     ) -> Restored {
         guard sessions[stored.key] == nil else { return .held }
-        let (relayPosition, state) = positions.withLock { ($0.relay, ($0.writes.isEmpty, $0.begun)) }
+        let (relayPosition, noneOnItsWay, begun) = positions.withLock { ($0.relay, $0.writes.isEmpty, $0.begun) }
         guard relayPosition <= max(through, snapshot.position) else { return .behind(relayPosition) }
-        if let quiet, quiet != state.1 || !state.0 { return .busy }
+        if let quiet, quiet != begun || !noneOnItsWay { return .busy }
         let session = Session(key: stored.key, maxQueued: maxQueued)
         session.owner = stored.owner
         session.filters = snapshot.filters
@@ -748,6 +750,38 @@ actor MQTTBroker {
         }
         if !replay.isEmpty { changed(stored.key) }
         return .restored
+    }
+
+    /// One node at start, its stored sessions restored: routes each logged message (in id order) to the sessions
+    /// saved before it (`saved`: the position each was saved at), by what their unshared subscriptions at QoS 1 or 2
+    /// match (a QoS 0 message is never queued for a client that is away; a shared group is not replayed to: each
+    /// member would get a copy), as `publish` would have. At least once: a session saved while a message was on its
+    /// way may have it already. Returns how many deliveries it made.
+    func replayLog(
+        _ messages: [(id: Int64, message: BrokerMessage, publisher: String?)], after saved: [String: Int64]
+    ) -> Int {
+        var count = 0
+        for (id, message, publisher) in messages {
+            let subscribers = index.withLock { $0.sessions(matching: message.topic) }.compactMap {
+                key -> MessageRouter.Subscriber? in
+                guard let position = saved[key], position < id, let session = sessions[key] else { return nil }
+                let filters = session.filters.filter { $0.value.share == nil && $0.value.qos != .atMostOnce }
+                return filters.isEmpty ? nil : MessageRouter.Subscriber(key: key, filters: filters, connected: false)
+            }
+            guard !subscribers.isEmpty else { continue }
+            for delivery in router.route(
+                topic: message.topic, qos: message.qos, retain: message.retain, publisher: publisher,
+                subscribers: subscribers)
+            {
+                guard let session = sessions[delivery.key] else { continue }
+                deliver(
+                    message.copy(qos: delivery.qos, retain: delivery.retain, identifiers: delivery.identifiers),
+                    to: session)
+                changed(delivery.key)
+                count += 1
+            }
+        }
+        return count
     }
 
     /// Every message of the log up to `position` has been routed here (`ClusterSync`; a single node: the head of its

@@ -51,8 +51,9 @@ struct MQTTListener: Service {
     /// Hands what this node admits to the other hub nodes (several nodes on one database); nil on one node.
     var relay: MessageRelay?
     /// A single node whose store keeps a message log (`HubStore.keepsMessageLog`): a device's QoS 1 or 2 message that
-    /// may reach a session is logged with it, so that a kill before that session is saved does not lose it there
-    /// (`MQTTPersistence` replays the log at start). Nil with several nodes (their relay does this) or no store.
+    /// a replayable subscription matches (a kept session's, QoS 1 or 2, unshared) is logged with it, so that a kill
+    /// before that session is saved does not lose it there (`MQTTPersistence` replays the log at start). Nil with
+    /// several nodes (their relay does this) or no store.
     var messageLog: MessageRelay?
     /// Keeps sessions in the store and takes up those held by another node (nil: in memory only).
     var persistence: MQTTPersistence?

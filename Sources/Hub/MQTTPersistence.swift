@@ -98,19 +98,24 @@ actor MQTTPersistence: Service {
             }
             if ended { try await store.announceNodeChange(holder: holder) }
         }
-        if store.keepsMessageLog, !store.sharedByNodes { try await readLog() }
-        defer { startLog = nil }
+        // One node: the broker starts at its log's head (a session saved from now on has had every message up to
+        // it); the log is replayed once the stored sessions are up.
+        let logged = store.keepsMessageLog && !store.sharedByNodes
+        let head = logged ? try await store.messageLogHead() : 0
+        if logged { await broker.advance(to: head) }
         let sessions = try await store.adoptMQTTSessions(
             holder: holder, all: !store.sharedByNodes, silentFor: store.sharedByNodes ? silence.timeInterval : nil)
         var restored = 0
         for session in sessions where try await takeUp(session) { restored += 1 }
+        if logged, restored > 0 { try await replayLog(through: head) }
+        savedPositions = [:]
         if restored + retained.count > 0 {
             logger.info("MQTT state restored", metadata: ["sessions": "\(restored)", "retained": "\(retained.count)"])
         }
     }
 
-    /// One node's message log as it stood at start (`readLog`), while the stored sessions are taken up.
-    private var startLog: (head: Int64, messages: [(id: Int64, message: BrokerMessage, publisher: String?)])?
+    /// One node, at start: the position each stored session was saved at, for the log's replay (`replayLog`).
+    private var savedPositions: [String: Int64] = [:]
     /// One node: the log is pruned up to here.
     private var logPruned: Int64 = 0
     /// One node: full writes since the log was last pruned up to a new position, and the broker's position at the
@@ -120,24 +125,23 @@ actor MQTTPersistence: Service {
     /// One node: the most messages the log keeps, should its sessions fail to be saved for long.
     static let logKept = 100_000
 
-    /// One node: reads the message log, to replay into each stored session what its save does not hold (`restore`),
-    /// and moves the broker to its head: a session saved from now on has had every message up to it.
-    private func readLog() async throws {
-        let head = try await store.messageLogHead()
-        var messages: [(id: Int64, message: BrokerMessage, publisher: String?)] = []
+    /// One node, at start, once the stored sessions are up: each logged message up to `head` goes, once, to the
+    /// sessions saved before it (`MQTTBroker.replayLog`), a page at a time: the log is read once, however many
+    /// sessions there are, and never held whole.
+    private func replayLog(through head: Int64) async throws {
         var after: Int64 = 0
+        var replayed = 0
         while after < head {
             let page = try await store.loggedMessages(after: after, limit: 1_000)
-            for (id, relayed) in page where id <= head {
-                // One that expired while the node was down, or (never from this version) does not decode: skipped.
-                guard let message = MessageRelay.message(relayed) else { continue }
-                messages.append((id, message, relayed.publisher))
-            }
             guard let last = page.last?.id else { break }
+            // One that expired while the node was down, or (never from this version) does not decode: skipped.
+            let messages = page.compactMap { id, relayed in
+                id > head ? nil : MessageRelay.message(relayed).map { (id, $0, relayed.publisher) }
+            }
+            replayed += await broker.replayLog(messages, after: savedPositions)
             after = last
         }
-        startLog = (head, messages)
-        await broker.advance(to: head)
+        if replayed > 0 { logger.info("MQTT message log replayed", metadata: ["deliveries": "\(replayed)"]) }
     }
 
     /// One node, after a write: once a write saved every change, the logged messages up to the position it saved
@@ -485,25 +489,11 @@ actor MQTTPersistence: Service {
         var read = snapshot.position
         var quiet = quiet
         while true {
-            var through: Int64 = 0
-            if store.sharedByNodes { through = max(try await store.latestClusterEvent(), broker.relayPosition) }
-            if let startLog {
-                // One node, at start: the log as read then (nothing is published until the sessions are up).
-                through = startLog.head
-                // In id order: those after the session's position begin where a binary search finds them.
-                let messages = startLog.messages
-                var (low, high) = (messages.startIndex, messages.endIndex)
-                while low < high {
-                    let middle = (low + high) / 2
-                    if messages[middle].id > read { high = middle } else { low = middle + 1 }
-                }
-                for (_, message, publisher) in messages[low...] where replay.count < broker.maxQueued {
-                    let split = TopicName.Split(message.topic)
-                    if filters.contains(where: { $0.matches(split) }) { replay.append((message, publisher)) }
-                }
-                read = through
-            }
-            while read < through {
+            // One node: its log is replayed once every stored session is up (`replayLog`, from the position each
+            // was saved at, `savedPositions`); the broker is at the log's head already.
+            var through = broker.relayPosition
+            if store.sharedByNodes { through = max(try await store.latestClusterEvent(), through) }
+            while store.sharedByNodes, read < through {
                 let events = try await store.clusterEvents(after: read)
                 for event in events where event.id <= through && replay.count < broker.maxQueued {
                     if case .message(let relayed) = event.change, let message = MessageRelay.message(relayed),
@@ -520,7 +510,9 @@ actor MQTTPersistence: Service {
             switch await broker.restore(
                 stored, snapshot, replay: replay, through: through, quiet: quiet, now: now, wallClock: wallClock)
             {
-            case .restored: return true
+            case .restored:
+                if !store.sharedByNodes { savedPositions[stored.key] = snapshot.position }
+                return true
             case .held: return false
             case .behind: continue  // the log moved on (other nodes' messages): read what came
             case .busy: quiet = nil  // cannot happen while frozen; never loop on it

@@ -224,7 +224,8 @@ import Testing
     /// A device's QoS 1 messages reach a subscriber's kept session even when the hub is killed right after their
     /// PUBACKs, before that session's next save (every 250 ms): a single node logs each with the message, and replays
     /// the log into the session when it starts. A session saved after it had messages gets none of them again, and
-    /// a session made after a restart gets none of the messages from before it.
+    /// a session made after a restart gets none of the messages from before it. At least once: a save made during
+    /// the last burst may leave some of it to the replay again, so those may come twice (never the earlier ones).
     @Test func sigkillRightAfterADevicesMessagesReachedAKeptSessionLosesNone() async throws {
         var killed = try await KilledHub.start("log-kill", devices: ["log-kill-1", "log-kill-2"])
         defer { killed.stop() }
@@ -258,15 +259,18 @@ import Testing
             #expect(try await MQTTPersistenceTests.receive(10, mqtt) == first)
             try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
         }
-        try await Task.sleep(for: .milliseconds(800))
+        try await Task.sleep(for: .milliseconds(1_500))
         // Killed right after the last PUBACK: fleet-a's and fleet-b's sessions are not saved with these.
         try await publish("log-kill-2", second)
         try await killed.restart()
-        #expect(await received("fleet-a", until: second[9]) == first + second, "acknowledged, then lost or doubled")
-        #expect(await received("fleet-b", until: second[9]) == second, "lost, or the first ten again")
+        let a = await received("fleet-a", until: second[9])
+        #expect(MQTTPersistenceTests.firstOccurrences(a) == first + second, "acknowledged, then lost: \(a)")
+        #expect(a.filter(first.contains) == first, "the first ten once each: \(a)")
+        let b = await received("fleet-b", until: second[9])
+        #expect(MQTTPersistenceTests.firstOccurrences(b) == second, "lost, or the first ten again: \(b)")
         // A new session, saved with its subscription; the others' acknowledgements saved too (well past 250 ms).
         try await subscribe("fleet-c")
-        try await Task.sleep(for: .milliseconds(800))
+        try await Task.sleep(for: .milliseconds(1_500))
         try await killed.restart()
         let marker = #"{"marker":1}"#
         try await publish("log-kill-1", [marker])
@@ -300,7 +304,9 @@ import Testing
             }
         }
         try await killed.restart()
-        #expect(await killed.received("ops", clientID: "fleet-late", until: later[4]) == later, "lost")
+        // At least once (see above): the messages of the burst may come twice.
+        let received = await killed.received("ops", clientID: "fleet-late", until: later[4])
+        #expect(MQTTPersistenceTests.firstOccurrences(received) == later, "lost: \(received)")
     }
 }
 

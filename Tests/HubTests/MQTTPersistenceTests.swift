@@ -686,12 +686,12 @@ import Testing
         #expect(await single.beginLocal(topic: topic) == nil)
         await single.setPersistent(sharedByNodes: false, node: "n1")
         await single.advance(to: 7)
-        var logged: LocalWrite? = single.beginLogged()
-        #expect(logged != nil)
-        await single.publish(
-            BrokerMessage(topic: topic, payload: [1], qos: .atLeastOnce, retain: false), from: nil, position: 9)
-        #expect(single.savedPosition == 7, "on its way: not counted")
-        logged = nil
+        do {
+            let logged = single.beginLogged()
+            await single.publish(
+                BrokerMessage(topic: topic, payload: [1], qos: .atLeastOnce, retain: false), from: nil, position: 9)
+            withExtendedLifetime(logged) { #expect(single.savedPosition == 7, "on its way: not counted") }
+        }
         #expect(single.savedPosition == 9, "delivered, and released: counted at once")
     }
 
