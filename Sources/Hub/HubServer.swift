@@ -393,7 +393,7 @@ public final class HubServer: Sendable {
             }(), onBound: { bound("mqtt", configuration.mqtt.host, $0) })
         mqtt.relay = relay
         // One node: its own message log keeps a device's message for the sessions it reached until they are saved.
-        mqtt.messageLog = store.keepsMessageLog && !store.sharedByNodes ? MessageRelay(origin: persistence.holder) : nil
+        mqtt.messageLog = store.keepsMessageLog ? MessageRelay(origin: persistence.holder) : nil
         mqtt.persistence = persistence
         metrics.attach {
             $0.connections =

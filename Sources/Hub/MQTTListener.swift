@@ -1878,7 +1878,7 @@ struct MQTTConnection {
                 // The will: nothing to acknowledge, but it is delivered only once stored.
                 if await write.value() == .stored {
                     await listener.broker.publish(
-                        delivery, from: state.sessionKey, position: logPosition(write, local),
+                        delivery, from: state.sessionKey, position: isLogged(local) ? write.storedID : nil,
                         placement: local?.placement)
                 }
                 withExtendedLifetime(local) {}
@@ -1980,12 +1980,10 @@ struct MQTTConnection {
             && decision.hasReplayableSubscriber(listener.broker, publish.topic)
     }
 
-    /// Where a logged message lies in a single node's log (its stored id, `StoreOutcome.storedID`), for the
-    /// broker to count saves past it once it is delivered; nil for a message not logged, and with several nodes
-    /// (their log is read back by `ClusterSync`).
-    private func logPosition(_ write: StoreOutcome, _ local: LocalWrite?) -> Int64? {
-        listener.messageLog != nil && local != nil ? write.storedID : nil
-    }
+    /// Whether the message `local` began went into a single node's log: then it is delivered at its stored id
+    /// (`StoreOutcome.storedID`), for the broker to count saves past it. Not with several nodes (their log is read
+    /// back by `ClusterSync`).
+    private func isLogged(_ local: LocalWrite?) -> Bool { listener.messageLog != nil && local != nil }
 
     /// The largest body `handleNow` checks on the event loop (a device's telemetry is far smaller; the default
     /// body limit is 64 KiB).
@@ -2152,7 +2150,7 @@ struct MQTTConnection {
         // MQTT 3.1.1 has no refusal code: the connection ends, after the acknowledgements written before this step
         // (in the coalescer's order: none written after it goes out).
         @Sendable func closeAfterWrites() { output.close() }
-        let logged = listener.messageLog != nil && local != nil
+        let logged = isLogged(local)
         state.acknowledgements.append(after: write) { outcome in
             var reason = code
             var deliver = true

@@ -100,7 +100,7 @@ actor MQTTPersistence: Service {
         }
         // One node: the broker starts at its log's head (a session saved from now on has had every message up to
         // it); the log is replayed once the stored sessions are up.
-        let logged = store.keepsMessageLog && !store.sharedByNodes
+        let logged = store.keepsMessageLog
         let head = logged ? try await store.messageLogHead() : 0
         if logged { await broker.advance(to: head) }
         let sessions = try await store.adoptMQTTSessions(
@@ -149,7 +149,7 @@ actor MQTTPersistence: Service {
     /// position stood still), only those beyond the newest `logKept` go: a bound on the log whatever happens (a
     /// message dropped that way is lost to a kill, as before the log).
     private func pruneLog(savedAt position: Int64?) async {
-        guard store.keepsMessageLog, !store.sharedByNodes else { return }
+        guard store.keepsMessageLog else { return }
         let moved = position.map { $0 > logPruned } ?? false
         // Logged messages delivered since the last prune (none: the log has not grown, and an idle node writes
         // nothing).

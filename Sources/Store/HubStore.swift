@@ -161,7 +161,8 @@ public protocol HubStore: Sendable {
     // the transaction that stores it (`NewTelemetry.relay`), under the message's id, until the sessions it reached
     // are saved; a node killed before that replays it into them when it starts (as nodes replay `cluster_events`).
 
-    /// Whether this store keeps the log (a store of several nodes hands messages on as cluster events instead).
+    /// Whether this store keeps the log: a single node's store only (a store of several nodes, `sharedByNodes`,
+    /// hands messages on as cluster events instead, and keeps none).
     var keepsMessageLog: Bool { get }
     /// Logged messages with an id above `id`, oldest first, at most `limit`.
     func loggedMessages(after id: Int64, limit: Int) async throws -> [(id: Int64, message: RelayedMessage)]
