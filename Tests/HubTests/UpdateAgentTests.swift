@@ -152,7 +152,8 @@ import Testing
                 return update?.installedTarget == "app-v2.tar" && update?.lastStep == "committed"
                     && update?.floor == 2 && update?.slot == "a"
             })
-        #expect(try await !Self.events(hub, "update-committed").isEmpty)
+        // The audit record is written just after the state it goes with.
+        #expect(try await AgentTests.eventually(10) { try await !Self.events(hub, "update-committed").isEmpty })
 
         // v3 fails its probe: rolled back to v2 (started again from slot a), the floor unchanged.
         try await Self.publish(repository, "app-v3", security: 3, health: .failing)
@@ -202,7 +203,7 @@ import Testing
         let targets = summary?["targets"] as? [[String: Any]] ?? []
         #expect(targets.first { $0["target"] as? String == "app-v2.tar" }?["running"] as? Int == 1)
         #expect(targets.first { $0["target"] as? String == "app-v5.tar" }?["rolledBack"] as? Int == 1)
-        #expect(try await Self.events(hub, "update-rolled-back").count >= 3)
+        #expect(try await AgentTests.eventually(10) { try await Self.events(hub, "update-rolled-back").count >= 3 })
         #expect(try await !Self.events(hub, "update-refused").isEmpty)
         let shown = try await hub.operatorRequest("GET", "/v1/devices/upd-e2e")
         #expect(shown.bodyText.contains(#""installed":"app-v2.tar""#), "\(shown.bodyText)")
@@ -307,13 +308,15 @@ import Testing
             try await AgentTests.eventually(10) { try await hub.server.store.updateState(of: device)?.sequence == 3 })
         let stored = try await hub.server.store.updateState(of: device)
         #expect(stored?.stepTarget == "x?[2J.tar" && stored?.reason == "forged?kind=update-committed")
-        let audited = try await Self.events(hub, "update-refused")
-        #expect(audited.count == 1, "\(audited.map(\.detail))")
-        #expect(audited.allSatisfy { !$0.detail.contains("\n") && !$0.detail.contains("\u{1B}") })
+        // Each report is observed in its own task: the first one's audit record may land after the third's state.
+        #expect(try await AgentTests.eventually(10) { try await !Self.events(hub, "update-refused").isEmpty })
         // A report outside the schema (an unknown step) is refused by the gateway, never stored.
         try await agent.send(Array(#"{"step":"owned","floor":0,"sequence":9}"#.utf8), route: "events/update")
         try await Task.sleep(for: .milliseconds(500))
         #expect(try await hub.server.store.updateState(of: device)?.sequence == 3)
+        let audited = try await Self.events(hub, "update-refused")
+        #expect(audited.count == 1, "\(audited.map(\.detail))")
+        #expect(audited.allSatisfy { !$0.detail.contains("\n") && !$0.detail.contains("\u{1B}") })
         await agent.stop()
     }
 
