@@ -66,10 +66,12 @@ import Testing
                 "{}",
             ])
         #expect(anonymous.status != 0)
-        try await Task.sleep(for: .milliseconds(200))
+        // Recorded when the connection's task sees the failed handshake, after the client has its alert.
         #expect(
-            try await hub.securityEvents().contains {
-                $0.kind == "tls-client-refused" && $0.detail.contains("no client certificate")
+            try await AgentTests.eventually(10) {
+                try await hub.securityEvents().contains {
+                    $0.kind == "tls-client-refused" && $0.detail.contains("no client certificate")
+                }
             })
         let foreign = try TestDevice.foreign(id: "mq-a", directory: hub.directory)
         let foreignResult = try await run(

@@ -129,8 +129,12 @@ final class FakeSlotStore: SlotStore {
         #expect(status["stage"] as? Int == expectedStage + 1, "paused at the first stage over 5 %: \(status)")
         let reason = status["reason"] as? String ?? ""
         #expect(reason.contains("rolled back"), "\(reason)")
+        // The pause is audited just after the state the route shows is set.
+        let pauseAudited = try await AgentTests.eventually(10) {
+            try await hub.securityEvents().contains { $0.kind == "rollout-paused" }
+        }
+        #expect(pauseAudited)
         let events = try await hub.securityEvents()
-        #expect(events.contains { $0.kind == "rollout-paused" })
         #expect(events.filter { $0.kind == "rollout-advanced" }.count == expectedStage)
 
         // Beyond the paused stage, no device was offered the release.
