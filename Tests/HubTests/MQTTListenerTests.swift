@@ -286,6 +286,52 @@ import Testing
         try await store.close()
     }
 
+    /// The same for a device's QoS 2 messages (stored before their PUBREC, MQTT 5.0 §4.3.3): killed right after the
+    /// last one's PUBREC, before its PUBREL, the hub replays every message into the kept session after the restart,
+    /// and the PUBREL the device sends when it comes back completes that id without a second copy. The id itself is
+    /// kept with the device's session, saved within 250 ms, not with the message: a kill before that save answers
+    /// the PUBREL with PUBCOMP 0x92 Packet Identifier not found, which ends the flow as well (§4.3.3).
+    @Test func sigkillRightAfterADevicesQoS2MessagesWereReceivedLosesNone() async throws {
+        var killed = try await KilledHub.start("log-kill2", devices: ["log-kill2"])
+        defer { killed.stop() }
+        try await killed.connect("ops", clientID: "fleet-q2", cleanStart: true) { mqtt, _ in
+            try await MQTTPersistenceTests.subscribe(mqtt, try TopicFilter("devices/+/telemetry"))
+            try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
+        }
+        let topic = try TopicName("devices/log-kill2/telemetry")
+        let payloads = (1...10).map { #"{"q2":\#($0)}"# }
+        let lastID = try await killed.connect("log-kill2", cleanStart: true) { mqtt, _ in
+            for payload in payloads.dropLast() {
+                let code = try await MQTTQoS2Tests.publishExactlyOnce(mqtt, topic, payload)
+                #expect(code == 0, "\(payload)")
+            }
+            let id = mqtt.makePacketID()
+            try await mqtt.send(MQTTQoS2Tests.publish2(id, topic, payloads[9]))
+            guard case .pubrec(id, 0, _) = try await MQTTQoS2Tests.answer(mqtt) else {
+                throw ClientError("no PUBREC")
+            }
+            return id
+        }
+        try await killed.restart()
+        let received = await killed.received("ops", clientID: "fleet-q2", until: payloads[9])
+        #expect(MQTTPersistenceTests.firstOccurrences(received) == payloads, "received, then lost: \(received)")
+        let completed = try await killed.connect("log-kill2", cleanStart: false) { mqtt, _ -> Packet? in
+            #expect(mqtt.sessionPresent)
+            try await mqtt.send(.pubrel(packetID: lastID, reasonCode: 0, properties: .init()))
+            return try await MQTTQoS2Tests.answer(mqtt)
+        }
+        if case .pubcomp(lastID, let code, _) = completed, code == 0 || code == 0x92 {
+        } else {
+            Issue.record("no PUBCOMP for the id received before the kill: \(String(describing: completed))")
+        }
+        let marker = #"{"marker":2}"#
+        try await killed.connect("log-kill2", cleanStart: false) { mqtt, _ in
+            let code = try await MQTTQoS2Tests.publishExactlyOnce(mqtt, topic, marker)
+            #expect(code == 0)
+        }
+        #expect(await killed.received("ops", clientID: "fleet-q2", until: marker) == [marker], "a second copy")
+    }
+
     /// A connection that published to a topic nobody replayable subscribed to sees a subscription made meanwhile:
     /// its next messages are logged for it (the connection's cached answer is asked again once the index changed),
     /// so a kill right after their PUBACKs loses none of them for the new session.
