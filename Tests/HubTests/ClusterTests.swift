@@ -113,8 +113,10 @@ import Testing
         }
     }
 
+    /// The nodes reconcile only once an hour here, so whatever node 2 sees in time came by the database's
+    /// notification (the bounds leave room for a loaded run: 10 s, against the hour).
     @Test func revocationQuarantineReleaseAndSchemasOnOneNodeBiteOnTheOther() async throws {
-        let (one, two, location) = try await Self.twoNodes()
+        let (one, two, location) = try await Self.twoNodes { $0.clusterReconcileSeconds = 3600 }
         let device = try await one.enroll("cl-1")
         let id = try DeviceID("cl-1")
 
@@ -122,26 +124,26 @@ import Testing
         // device's MQTT CONNECT.
         let now = Int64(Date().timeIntervalSince1970)
         try await one.server.store.setQuarantine(id, until: now + 600)
-        let quarantined = try await Self.within(5) { two.server.gateway.quarantine.isQuarantined(id, now: now) }
+        let quarantined = try await Self.within(10) { two.server.gateway.quarantine.isQuarantined(id, now: now) }
         #expect(
-            quarantined.map { $0 < .seconds(1) } == true,
+            quarantined != nil,
             "node 2 saw the quarantine after \(String(describing: quarantined))")
         #expect(try await MQTTBrokerTests.connect(two, device, version: .v311) { _, reason in reason } == 0x05)
 
         // Released through node 1's operator API: node 2 lets the device in again.
         #expect(try await one.operatorRequest("POST", "/v1/devices/cl-1/release").status == 200)
-        let released = try await Self.within(5) { !two.server.gateway.quarantine.isQuarantined(id, now: now) }
+        let released = try await Self.within(10) { !two.server.gateway.quarantine.isQuarantined(id, now: now) }
         #expect(
-            released.map { $0 < .seconds(1) } == true, "node 2 saw the release after \(String(describing: released))")
+            released != nil, "node 2 saw the release after \(String(describing: released))")
 
         // A schema registered on node 1 is enforced by node 2.
         let schema = Array(#"{"type":"object","required":["t"],"properties":{"t":{"type":"number"}}}"#.utf8)
         #expect(try await one.operatorRequest("PUT", "/v1/schemas/env", raw: schema).status == 201)
-        let enforced = try await Self.within(5) { two.server.gateway.schema(for: "env") != nil }
+        let enforced = try await Self.within(10) { two.server.gateway.schema(for: "env") != nil }
         #expect(
-            enforced.map { $0 < .seconds(1) } == true, "node 2 had the schema after \(String(describing: enforced))")
+            enforced != nil, "node 2 had the schema after \(String(describing: enforced))")
 
-        // Revoked on node 1 while connected to node 2: node 2 closes the connection within a second of the answer.
+        // Revoked on node 1 while connected to node 2: node 2 closes the connection once notified.
         let clock = ContinuousClock()
         let closedAfter = try await MQTTBrokerTests.connect(two, device, version: .v311) { mqtt, reason in
             #expect(reason == 0)
@@ -151,7 +153,7 @@ import Testing
             while (try? await mqtt.next()) != nil {}
             return clock.now - answered
         }
-        #expect(closedAfter < .seconds(1), "node 2 closed the revoked device's connection after \(closedAfter)")
+        #expect(closedAfter < .seconds(10), "node 2 closed the revoked device's connection after \(closedAfter)")
 
         // Both nodes wrote to one audit chain; `bulwark audit verify` reads it from PostgreSQL and checks every MAC.
         let verified = try await run(

@@ -143,9 +143,9 @@ import Testing
         func exchange(_ request: String) async throws -> (answer: String, closed: Bool) {
             let raw = try await RawConnection.open(port: hub.devicePort, tls: tls)
             try await raw.send(request)
-            let answer = await raw.wait(upTo: .seconds(3), until: { $0.contains("\r\n\r\n") })
-            try await Task.sleep(for: .milliseconds(150))
-            let closed = raw.isClosed
+            let answer = await raw.wait(upTo: .seconds(20), until: { $0.contains("\r\n\r\n") })
+            // Closed right after the answer; polled, as a loaded run may take a moment.
+            let closed = await AgentTests.eventually(5) { raw.isClosed }
             await raw.close()
             return (answer, closed)
         }
@@ -343,7 +343,7 @@ import Testing
             let raw = try await RawConnection.open(port: hub.mqttPort, tls: tls)
             let body: [UInt8] = [0x00, 0x04] + Array("MQTT".utf8) + [level, 0x02, 0x00, 0x3C, 0x00, 0x01, 0x61]
             try await raw.send([0x10, UInt8(body.count)] + body)
-            await raw.wait(upTo: .seconds(3))
+            await raw.wait(upTo: .seconds(20))
             #expect(raw.bytes == expected, "protocol level \(level): CONNACK then close")
             #expect(raw.isClosed)
             await raw.close()

@@ -511,7 +511,7 @@ import X509
             while (try? await mqtt.next()) != nil {}
             return clock.now - answered
         }
-        #expect(elapsed < .seconds(2), "closed \(elapsed) after the revocation was answered")
+        #expect(elapsed < .seconds(10), "closed \(elapsed) after the revocation was answered")
 
         // MQTT 3.1.1 §3.1.3.1: an empty client id with cleanSession = 0 is refused with 0x02.
         let device = try await hub.enroll("mr-3")

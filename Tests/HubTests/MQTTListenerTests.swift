@@ -6,6 +6,8 @@ import Store
 import Synchronization
 import Testing
 
+@testable import Hub
+
 /// The MQTT listener with real clients (Debian's mosquitto-clients), MQTT 3.1.1 and 5.
 @Suite(.serialized) struct MQTTListenerTests {
     @Test func mosquittoClientsPublishAndSubscribeOnlyUnderTheirOwnTopics() async throws {
@@ -30,7 +32,8 @@ import Testing
                 hub.directory + "/operators/admin.crt", "--key", hub.directory + "/operators/admin.key", "-i", "fleet",
                 "-V", "mqttv5", "-t", "devices/mq-a/#", "-C", "1", "-W", "10", "-v",
             ])
-        try await Task.sleep(for: .milliseconds(700))
+        // Published once the subscription is in place (the client starts, connects over mutual TLS, subscribes).
+        #expect(await AgentTests.eventually(20) { hub.server.broker.hasSubscriptions })
         for version in ["mqttv311", "mqttv5"] {
             let result = try await run(
                 pub,
@@ -46,7 +49,7 @@ import Testing
             pub, common + ["-i", "mq-a", "-V", "mqttv5", "-q", "1", "-t", "devices/mq-b/telemetry", "-m", "{}"])
         #expect(other5.stderr.contains("Not authorized"))
         let otherSub = try await run(
-            sub, common + ["-i", "mq-a", "-V", "mqttv311", "-t", "devices/mq-b/#", "-C", "1", "-W", "3"])
+            sub, common + ["-i", "mq-a", "-V", "mqttv311", "-t", "devices/mq-b/#", "-C", "1", "-W", "15"])
         #expect(otherSub.stderr.contains("denied"))
         // A client id naming another device is refused at CONNECT.
         let stolenID = try await run(
@@ -261,7 +264,7 @@ import Testing
             #expect(try await MQTTPersistenceTests.receive(10, mqtt) == first)
             try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
         }
-        try await Task.sleep(for: .milliseconds(1_500))
+        try await Task.sleep(for: .seconds(3))
         // Killed right after the last PUBACK: fleet-a's and fleet-b's sessions are not saved with these.
         try await publish("log-kill-2", second)
         try await killed.restart()
@@ -272,7 +275,7 @@ import Testing
         #expect(MQTTPersistenceTests.firstOccurrences(b) == second, "lost, or the first ten again: \(b)")
         // A new session, saved with its subscription; the others' acknowledgements saved too (well past 250 ms).
         try await subscribe("fleet-c")
-        try await Task.sleep(for: .milliseconds(1_500))
+        try await Task.sleep(for: .seconds(3))
         try await killed.restart()
         let marker = #"{"marker":1}"#
         try await publish("log-kill-1", [marker])

@@ -5,6 +5,8 @@ import MQTT
 import Store
 import Testing
 
+@testable import Hub
+
 /// QoS 2 end to end (MQTT 3.1.1 §4.3.3, MQTT 5.0 §4.3.3): PUBREC only once the message is stored, a copy of the
 /// PUBLISH stored and delivered once (also across a reconnect), exactly one copy to a QoS 2 subscriber with its
 /// PUBREL resent after a reconnect, each flow out of order refused, and mosquitto's clients as real peers.
@@ -230,7 +232,8 @@ import Testing
                 hub.directory + "/operators/admin.crt", "--key", hub.directory + "/operators/admin.key", "-i", "q2sub",
                 "-V", "mqttv5", "-q", "2", "-t", "devices/q2-5/#", "-C", "2", "-W", "15", "-v",
             ])
-        try await Task.sleep(for: .milliseconds(700))
+        // Published once the subscription is in place (the client starts, connects over mutual TLS, subscribes).
+        #expect(await AgentTests.eventually(20) { hub.server.broker.hasSubscriptions })
         for (index, version) in ["mqttv311", "mqttv5"].enumerated() {
             let result = try await run(
                 pub,

@@ -186,7 +186,7 @@ import Testing
         try await UpdateAgentTests.assign(hub, "gated-v2.tar")
         let committed = await agent.checkForUpdates()
         #expect(committed == "committed: 2.0.0 in slot a", "\(committed)")
-        #expect(await AgentTests.eventually(5) { UpdateAgentTests.running(marker)?.release == "gated-v2" })
+        #expect(await AgentTests.eventually(20) { UpdateAgentTests.running(marker)?.release == "gated-v2" })
         let device = try DeviceID("gate-dev")
         #expect(
             await AgentTests.eventually(10) {

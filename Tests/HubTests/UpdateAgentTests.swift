@@ -143,7 +143,7 @@ import Testing
         let committed = await agent.checkForUpdates()
         #expect(committed == "committed: app-v2.tar in slot a", "\(committed)")
         #expect(await agent.updater.floor == 2)
-        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
+        #expect(await AgentTests.eventually(20) { Self.running(marker)?.release == "app-v2" })
         #expect(Self.running(marker)?.slot == "a")
         #expect(await agent.checkForUpdates() == "current: app-v2.tar in slot a")
         #expect(
@@ -161,7 +161,7 @@ import Testing
         let failed = await agent.checkForUpdates()
         #expect(failed.hasPrefix("rolled back app-v3.tar: the health probe failed (exit status 1)"), "\(failed)")
         #expect(await agent.updater.floor == 2)
-        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
+        #expect(await AgentTests.eventually(20) { Self.running(marker)?.release == "app-v2" })
         #expect(await agent.updater.record.active == .a)
         // …and is not tried again: nothing is downloaded.
         let again = await agent.checkForUpdates()
@@ -187,7 +187,7 @@ import Testing
         try await Self.assign(hub, "app-v5.tar")
         let hung = await agent.checkForUpdates()
         #expect(hung.contains("the health probe did not answer in time"), "\(hung)")
-        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
+        #expect(await AgentTests.eventually(20) { Self.running(marker)?.release == "app-v2" })
         #expect(await agent.updater.floor == 2)
 
         // The operator's view: the device on v2, the last step a rollback of v5; every outcome audited.
@@ -245,7 +245,7 @@ import Testing
         #expect(resumed == "committed: big-v2.tar in slot a", "\(resumed)")
         #expect(await agent.updater.lastFetchedBytes == Int64(v2.count - v2.count / 2))
         #expect(!FileManager.default.fileExists(atPath: state + "/slots/a.part"))
-        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "big-v2" })
+        #expect(await AgentTests.eventually(20) { Self.running(marker)?.release == "big-v2" })
 
         // What the device trusts now, kept to replay it later.
         let oldTimestamp = try Data(contentsOf: URL(fileURLWithPath: repository.path + "/metadata/timestamp.json"))
@@ -283,7 +283,7 @@ import Testing
         try Data(v3).write(to: URL(fileURLWithPath: served))
         let fixed = await agent.checkForUpdates()
         #expect(fixed == "committed: big-v3.tar in slot b", "\(fixed)")
-        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "big-v3" })
+        #expect(await AgentTests.eventually(20) { Self.running(marker)?.release == "big-v3" })
         #expect(await agent.updater.floor == 3)
         await agent.stop()
     }
@@ -443,7 +443,7 @@ import Testing
         #expect(committed == "committed: app-v2.tar in slot a", "\(committed)")
         let root = try String(contentsOfFile: state + "/trust/root.json", encoding: .utf8)
         #expect(root.contains(#""version":3"#))
-        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
+        #expect(await AgentTests.eventually(20) { Self.running(marker)?.release == "app-v2" })
         await agent.stop()
 
         // A month later by the device's clock, the repository's timestamp has expired (frozen metadata, TUF
@@ -455,7 +455,7 @@ import Testing
         configuration.updates.clock = { Date().addingTimeInterval(30 * 86_400) }
         let later = try Agent(configuration: configuration)
         await later.updater.start(reporter: { _ in }, hub: { true })
-        #expect(await AgentTests.eventually(5) { Self.running(marker)?.release == "app-v2" })
+        #expect(await AgentTests.eventually(20) { Self.running(marker)?.release == "app-v2" })
         let frozen = await later.checkForUpdates()
         #expect(frozen.contains("the update metadata was refused") && frozen.contains("expired"), "\(frozen)")
         #expect(Self.running(marker)?.release == "app-v2")

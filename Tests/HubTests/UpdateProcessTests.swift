@@ -178,7 +178,7 @@ import Testing
         // SIGTERM: the agent stops its payload and exits cleanly.
         let payload = UpdateAgentTests.running(agents[1].marker)?.pid
         #expect(await agents[1].stop() == 0)
-        if let payload { #expect(await AgentTests.eventually(5) { kill(payload, 0) != 0 }) }
+        if let payload { #expect(await AgentTests.eventually(20) { kill(payload, 0) != 0 }) }
         try await hub.stop()
     }
 
