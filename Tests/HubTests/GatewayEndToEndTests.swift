@@ -277,12 +277,17 @@ import Testing
         }
         let device = try await hub.enroll("conn-1")
         var outcomes: [Bool] = []
+        let started = ContinuousClock.now
         for _ in 0..<6 {
             let ok = (try? await device.request(port: hub.devicePort, "GET", "/v1/device"))?.status == 200
             outcomes.append(ok)
         }
-        // enroll used the operator listener; the device listener saw 6 connections: 3 admitted, then refused.
-        #expect(outcomes == [true, true, true, false, false, false], "\(outcomes)")
+        // enroll used the operator listener; the device listener saw 6 connections: 3 admitted, then refused (a
+        // run slow enough to earn a token meanwhile may admit one more per 10 s it took).
+        let earned = Int((ContinuousClock.now - started).components.seconds / 10)
+        #expect(outcomes.prefix(3) == [true, true, true], "\(outcomes)")
+        #expect(
+            outcomes.filter { $0 }.count <= 3 + earned && outcomes.contains(false), "\(outcomes), \(earned) earned")
         try await Task.sleep(for: .milliseconds(10_100))
         #expect(try await device.request(port: hub.devicePort, "GET", "/v1/device").status == 200)
         try await hub.stop()

@@ -191,6 +191,9 @@ import Testing
         try await hub.stop()
     }
 
+    /// What `openssl s_client` prints once its handshake is done (its session summary).
+    static let handshakeDone = "Verify return code"
+
     /// Finding 6: RFC 8446 §4.6.3 KeyUpdate on every TLS listener: `openssl s_client` sends KeyUpdate
     /// (update_requested), the hub answers with its own and keeps serving the connection.
     @Test func tlsKeyUpdateIsHonouredOnEveryListener() async throws {
@@ -208,7 +211,10 @@ import Testing
                     "s_client", "-tls1_3", "-connect", "127.0.0.1:\(port)", "-CAfile", client.caFile, "-cert",
                     client.certificateFile, "-key", client.keyFile, "-msg",
                 ],
-                steps: [(.milliseconds(700), Array("K\n".utf8)), (.milliseconds(700), Array(request.utf8))],
+                steps: [
+                    (Self.handshakeDone, .milliseconds(300), Array("K\n".utf8)),
+                    ("KeyUpdate", .milliseconds(300), Array(request.utf8)),
+                ],
                 until: expect)
         }
         let deviceGet = try Self.signedHead(device, method: "GET", path: "/v1/device", body: [], extra: [])
@@ -234,8 +240,9 @@ import Testing
                 device.certificateFile, "-key", device.keyFile, "-msg", "-alpn", "mqtt",
             ],
             steps: [
-                (.milliseconds(700), Array(connect.readableBytesView)), (.milliseconds(500), Array("K\n".utf8)),
-                (.milliseconds(700), [0xC0, 0x00]),
+                (Self.handshakeDone, .milliseconds(300), Array(connect.readableBytesView)),
+                (Self.handshakeDone, .milliseconds(500), Array("K\n".utf8)),
+                ("KeyUpdate", .milliseconds(300), [0xC0, 0x00]),
             ],
             until: "<<< TLS 1.3, Handshake [length 0005], KeyUpdate", settle: .milliseconds(800))
         #expect(mqtt.contains("<<< TLS 1.3, Handshake [length 0005], KeyUpdate"), "the hub answered the KeyUpdate")
@@ -352,12 +359,13 @@ import Testing
     }
 }
 
-/// Runs a program, writing `steps` to its standard input one after another (each after its delay) and keeping
-/// the input open, until its output contains `until` (then `settle` more) or `timeout`; then ends it. For clients
-/// such as `openssl s_client` that act on what arrives between pauses.
+/// Runs a program, writing `steps` to its standard input one after another (each once its output shows `after`,
+/// then after its delay) and keeping the input open, until its output contains `until` (then `settle` more) or
+/// `timeout`; then ends it. For clients such as `openssl s_client` that act on what arrives between pauses, and read
+/// their input only once their handshake is done (however long a loaded run makes it).
 func runStaged(
-    _ executable: String, _ arguments: [String], steps: [(Duration, [UInt8])], until: String,
-    settle: Duration = .milliseconds(300), timeout: Duration = .seconds(15)
+    _ executable: String, _ arguments: [String], steps: [(after: String, Duration, [UInt8])], until: String,
+    settle: Duration = .milliseconds(300), timeout: Duration = .seconds(30)
 ) async throws -> String {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
@@ -379,11 +387,14 @@ func runStaged(
         process.stop(within: 10)
     }
     func text() -> String { collected.withLock { String(decoding: $0, as: UTF8.self) } }
-    for (delay, data) in steps {
+    let deadline = ContinuousClock.now + timeout
+    for (after, delay, data) in steps {
+        while ContinuousClock.now < deadline, !text().contains(after), process.isRunning {
+            try await Task.sleep(for: .milliseconds(50))
+        }
         try await Task.sleep(for: delay)
         input.fileHandleForWriting.write(Data(data))
     }
-    let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline, !text().contains(until), process.isRunning {
         try await Task.sleep(for: .milliseconds(50))
     }

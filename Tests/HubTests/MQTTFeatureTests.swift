@@ -258,12 +258,13 @@ import Testing
             let will = try await Self.received(fleet)
             #expect(will.payload == Array(#"{"gone":2}"#.utf8))
             #expect(ContinuousClock.now - left >= .milliseconds(1800), "published before its delay")
-            // Gone, then back within the delay: no will (the next message on the topic is the device's own).
-            try await MQTTBrokerTests.connect(hub, device, configure: withWill(delay: 2, expiry: 300)) { _, _ in }
+            // Gone, then back within the delay (6 s: room for a loaded run's reconnect): no will (the next message on
+            // the topic is the device's own).
+            try await MQTTBrokerTests.connect(hub, device, configure: withWill(delay: 6, expiry: 300)) { _, _ in }
             try await Task.sleep(for: .milliseconds(300))
             try await MQTTBrokerTests.connect(hub, device, configure: MQTTBrokerTests.persistent) {
                 mqtt, _ async throws in
-                try await Task.sleep(for: .milliseconds(2500))
+                try await Task.sleep(for: .milliseconds(6500))
                 #expect(try await mqtt.publishAcknowledged(topic: state, payload: Array(#"{"back":1}"#.utf8)) == 0)
                 try await mqtt.send(.disconnect(reasonCode: 0, properties: .init()))
             }

@@ -19,8 +19,9 @@ import X509
     /// Finding 1: the replay stage used the time taken when the request head arrived. A copy of a captured request
     /// whose head is sent at once and whose body arrives after the original nonce left the ledger was stored twice.
     @Test func aCopyWhoseBodyArrivesLateIsStillAReplay() async throws {
-        // Skew 2 s: the original must reach the hub within it even on a loaded test run.
-        let hub = try await TestHub.start { $0.gateway.signatureSkewSeconds = 2 }
+        // Skew 5 s: the original (signed at a whole second, then a new mutual-TLS connection) must reach the hub
+        // within it even on a loaded test run.
+        let hub = try await TestHub.start { $0.gateway.signatureSkewSeconds = 5 }
         let device = try await hub.enroll("slow-1")
         let body = Array(#"{"temperature":20}"#.utf8)
         let signed = try device.credentials.signer().sign(
@@ -39,8 +40,8 @@ import X509
         try await raw.send(
             "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nContent-Length: \(body.count)\r\n"
                 + headers.map { "\($0.0): \($0.1)\r\n" }.joined() + "\r\n")
-        // Past the nonce's retention (2 × skew + 1 s = 5 s); another request then expires it from the ledger.
-        try await Task.sleep(for: .milliseconds(5_500))
+        // Past the nonce's retention (2 × skew + 1 s = 11 s); another request then expires it from the ledger.
+        try await Task.sleep(for: .milliseconds(11_500))
         #expect(
             try await device.request(port: hub.devicePort, "POST", "/v1/telemetry", body: Array(#"{"n":2}"#.utf8))
                 .status == 202)
