@@ -1508,8 +1508,9 @@ struct MQTTConnection {
         case .new: return .new
         case .copy:
             // A fleet publisher on one node: the id may not be saved yet (its first PUBREC never went out because the
-            // save failed), so this PUBREC waits for a save too. A device's first PUBREC waits for no session save
-            // (its message is in the store), nor does a copy of it.
+            // save failed), so this PUBREC waits for a save too. A device's message is in the store: its first PUBREC
+            // waits for the session's save only when it has no counter (`acknowledge`'s `savingID`), and a copy of it
+            // waits for none.
             var saved: StoreOutcome?
             if listener.relay == nil, peer.device == nil, let persistence = listener.persistence {
                 saved = Self.saved([state.sessionKey], of: state.sessionKey, persistence, listener.broker)
@@ -1873,7 +1874,7 @@ struct MQTTConnection {
             if respond, let id = publish.packetID {
                 await acknowledge(
                     id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery,
-                    local: local)
+                    local: local, savingID: publish.qos == .exactlyOnce && admitted.counter == nil)
             } else {
                 // The will: nothing to acknowledge, but it is delivered only once stored.
                 if await write.value() == .stored {
@@ -2115,22 +2116,26 @@ struct MQTTConnection {
     ///
     /// QoS 2 (§4.3.3) is answered with PUBREC instead: a success code first records the id with the session (a
     /// copy of the PUBLISH is then answered without being stored again), and the message stays counted against the
-    /// Receive Maximum until its PUBCOMP; a failure code (0x80 and above) ends it there.
+    /// Receive Maximum until its PUBCOMP; a failure code (0x80 and above) ends it there. With `savingID` (a device's
+    /// QoS 2 message without a counter) the session is saved with the id before the PUBREC goes out: a kill right
+    /// after the message's commit, its PUBREC lost, then finds the id again when the client resends the PUBLISH, so
+    /// the copy is not stored a second time. (With a counter, the window stored with the message refuses the copy.)
     private func acknowledge(
         _ id: UInt16, qos: QoS, state: State, after write: StoreOutcome? = nil,
         code: ReasonCode = .success,
-        correlationID: String? = nil, then delivery: BrokerMessage? = nil, local: LocalWrite? = nil
+        correlationID: String? = nil, then delivery: BrokerMessage? = nil, local: LocalWrite? = nil,
+        savingID: Bool = false
     ) async {
         await state.acknowledgements.wait(untilAtMost: listener.settings.receiveMaximum - 1)
         appendAcknowledgement(
             id, qos: qos, state: state, after: write, code: code, correlationID: correlationID, then: delivery,
-            local: local)
+            local: local, savingID: savingID)
     }
 
     /// `acknowledge`'s step, queued once the queue has room (the caller waited for it, or saw it).
     private func appendAcknowledgement(
         _ id: UInt16, qos: QoS, state: State, after write: StoreOutcome?, code: ReasonCode = .success,
-        correlationID: String?, then delivery: BrokerMessage?, local: LocalWrite? = nil
+        correlationID: String?, then delivery: BrokerMessage?, local: LocalWrite? = nil, savingID: Bool = false
     ) {
         let output = state.output
         let version = state.version
@@ -2222,6 +2227,9 @@ struct MQTTConnection {
                 if qos == .exactlyOnce {
                     if !decided.isFailure {
                         await broker.storedQoS2(key: sessionKey, connectionNumber: connectionNumber, packetID: id)
+                        // Not saved (the store is down): the PUBREC goes out all the same, as the message is
+                        // stored; only a kill before the next save could then store a resend again.
+                        if savingID, let persistence { _ = await persistence.flush(saving: [sessionKey]) }
                     } else {
                         unacknowledged.completed(qos2: id)
                     }
