@@ -153,6 +153,10 @@ import Testing
             while (try? await mqtt.next()) != nil {}
             return clock.now - answered
         }
+        print(
+            "cluster: node 2 saw the quarantine after \(String(describing: quarantined)), the release after "
+                + "\(String(describing: released)), the schema after \(String(describing: enforced)); closed the "
+                + "revoked device's connection \(closedAfter) after the answer")
         #expect(closedAfter < .seconds(10), "node 2 closed the revoked device's connection after \(closedAfter)")
 
         // Both nodes wrote to one audit chain; `bulwark audit verify` reads it from PostgreSQL and checks every MAC.

@@ -138,6 +138,8 @@ import Testing
                 try await mqtt.publishAcknowledged(
                     topic: try TopicName("devices/pf-3/state"), payload: Array(#"{"on":2}"#.utf8), retain: true) == 0)
         }
+        // Before command b is sent: the time it waited is at most the time since.
+        let published = ContinuousClock.now
         try await MQTTBrokerTests.connect(hub, operatorClient, clientID: "ops") { fleet, _ async throws in
             #expect(
                 try await fleet.publishAcknowledged(
@@ -148,7 +150,6 @@ import Testing
                     topic: try TopicName("devices/pf-2/commands/b"), payload: Array(#"{"n":2}"#.utf8),
                     properties: expiring(100)) == 0)
         }
-        let published = ContinuousClock.now
         try await Task.sleep(for: .milliseconds(2200))
         try await MQTTBrokerTests.connect(hub, device, configure: Self.persistent) { mqtt, _ async throws in
             #expect(mqtt.sessionPresent)

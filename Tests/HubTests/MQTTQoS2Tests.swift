@@ -230,7 +230,7 @@ import Testing
             [
                 "--cafile", device.caFile, "-h", "127.0.0.1", "-p", "\(hub.mqttPort)", "--cert",
                 hub.directory + "/operators/admin.crt", "--key", hub.directory + "/operators/admin.key", "-i", "q2sub",
-                "-V", "mqttv5", "-q", "2", "-t", "devices/q2-5/#", "-C", "2", "-W", "15", "-v",
+                "-V", "mqttv5", "-q", "2", "-t", "devices/q2-5/#", "-C", "2", "-W", "40", "-v",
             ])
         // Published once the subscription is in place (the client starts, connects over mutual TLS, subscribes).
         #expect(await AgentTests.eventually(20) { hub.server.broker.hasSubscriptions })

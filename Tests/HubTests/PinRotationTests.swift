@@ -131,8 +131,9 @@ import Testing
         // Audited just after the hub presents the new key.
         #expect(
             try await AgentTests.eventually(10) {
-                try await hub.securityEvents().filter { $0.kind == "tls-key-rotated" }.count == 2
+                try await hub.securityEvents().filter { $0.kind == "tls-key-rotated" }.count >= 2
             })
+        #expect(try await hub.securityEvents().filter { $0.kind == "tls-key-rotated" }.count == 2)
         for agent in agents { await agent.stop() }
         for task in runs { task.cancel() }
         try await hub.stop()
