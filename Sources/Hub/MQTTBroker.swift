@@ -438,13 +438,16 @@ actor MQTTBroker {
         changed(key)
     }
 
-    /// A QoS 2 message from the client is stored; its PUBREC is about to go out.
-    func storedQoS2(key: String, connectionNumber: Int, packetID: UInt16) {
+    /// A QoS 2 message from the client is stored; its PUBREC is about to go out. True when the id is now to be
+    /// saved with the session (a kept one, `changed`); false when there is nothing to save.
+    @discardableResult
+    func storedQoS2(key: String, connectionNumber: Int, packetID: UInt16) -> Bool {
         guard let session = sessions[key],
             session.connectionNumber == connectionNumber || session.draining.contains(connectionNumber)
-        else { return }
+        else { return false }
         session.receivedQoS2.insert(packetID)
         changed(key)
+        return changedSessions.contains(key)
     }
 
     /// Waits out a will's delay for connection `connectionNumber`, which has ended: true when the will is due (the

@@ -2226,10 +2226,12 @@ struct MQTTConnection {
                 }
                 if qos == .exactlyOnce {
                     if !decided.isFailure {
-                        await broker.storedQoS2(key: sessionKey, connectionNumber: connectionNumber, packetID: id)
-                        // Not saved (the store is down): the PUBREC goes out all the same, as the message is
-                        // stored; only a kill before the next save could then store a resend again.
-                        if savingID, let persistence { _ = await persistence.flush(saving: [sessionKey]) }
+                        let toSave = await broker.storedQoS2(
+                            key: sessionKey, connectionNumber: connectionNumber, packetID: id)
+                        // Only a kept session is saved (another one's id ends with its connection anyway). Not saved
+                        // (the store is down): the PUBREC goes out all the same, as the message is stored; only a
+                        // kill before the next save could then store a resend again.
+                        if savingID, toSave, let persistence { _ = await persistence.flush(saving: [sessionKey]) }
                     } else {
                         unacknowledged.completed(qos2: id)
                     }
