@@ -440,7 +440,6 @@ actor MQTTBroker {
 
     /// A QoS 2 message from the client is stored; its PUBREC is about to go out. True when the id is now to be
     /// saved with the session (a kept one, `changed`); false when there is nothing to save.
-    @discardableResult
     func storedQoS2(key: String, connectionNumber: Int, packetID: UInt16) -> Bool {
         guard let session = sessions[key],
             session.connectionNumber == connectionNumber || session.draining.contains(connectionNumber)

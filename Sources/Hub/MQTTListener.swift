@@ -2119,7 +2119,8 @@ struct MQTTConnection {
     /// Receive Maximum until its PUBCOMP; a failure code (0x80 and above) ends it there. With `savingID` (a device's
     /// QoS 2 message without a counter) the session is saved with the id before the PUBREC goes out: a kill right
     /// after the message's commit, its PUBREC lost, then finds the id again when the client resends the PUBLISH, so
-    /// the copy is not stored a second time. (With a counter, the window stored with the message refuses the copy.)
+    /// the copy is not stored a second time. (With a counter, the window stored with the message answers the copy
+    /// without storing it.)
     private func acknowledge(
         _ id: UInt16, qos: QoS, state: State, after write: StoreOutcome? = nil,
         code: ReasonCode = .success,
