@@ -763,11 +763,14 @@ actor MQTTBroker {
         _ messages: [(id: Int64, message: BrokerMessage, publisher: String?)], after saved: [String: Int64]
     ) -> Int {
         var count = 0
+        // Each session's replayable filters, picked out once for all the messages.
+        var replayable: [String: [TopicFilter: SubscriptionOptions]] = [:]
         for (id, message, publisher) in messages {
             let subscribers = index.withLock { $0.sessions(matching: message.topic) }.compactMap {
                 key -> MessageRouter.Subscriber? in
                 guard let position = saved[key], position < id, let session = sessions[key] else { return nil }
-                let filters = session.filters.filter { $0.value.share == nil && $0.value.qos != .atMostOnce }
+                let filters = replayable[key] ?? session.filters.filter(\.value.isReplayable)
+                replayable[key] = filters
                 return filters.isEmpty ? nil : MessageRouter.Subscriber(key: key, filters: filters, connected: false)
             }
             guard !subscribers.isEmpty else { continue }

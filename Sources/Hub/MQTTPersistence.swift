@@ -482,9 +482,9 @@ actor MQTTPersistence: Service {
         _ stored: StoredMQTTSession, _ snapshot: SessionSnapshot, quiet: Int?, now: ContinuousClock.Instant,
         wallClock: Date
     ) async throws -> Bool {
-        // A QoS 0 message is never queued for a client that is away: such a filter would only use up the replay's
-        // room (its queue's length).
-        let filters = snapshot.filters.filter { $0.value.share == nil && $0.value.qos != .atMostOnce }.keys
+        // Several nodes: the filters whose messages the other nodes' log replays (a QoS 0 one would only use up the
+        // replay's room, its queue's length). One node replays its own log later, through the index (`replayLog`).
+        let filters = store.sharedByNodes ? snapshot.filters.filter(\.value.isReplayable).keys : [:].keys
         var replay: [(message: BrokerMessage, publisher: String?)] = []
         var read = snapshot.position
         var quiet = quiet

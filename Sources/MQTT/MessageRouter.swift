@@ -18,6 +18,11 @@ public struct SubscriptionOptions: Sendable, Equatable {
         self.identifier = identifier
         self.share = share
     }
+
+    /// Whether a message this subscription matched is replayed to its session, kept by the store, after a restart
+    /// or from the other nodes' log: QoS 1 or 2 (a QoS 0 message is never queued for a client that is away) and not
+    /// shared (replayed to a group, each member would get a copy).
+    public var isReplayable: Bool { qos != .atMostOnce && share == nil }
 }
 
 /// Who receives a PUBLISH, as a value: the broker's sessions are read, nothing is sent. The broker applies the

@@ -22,7 +22,7 @@ public struct SubscriptionIndex: Sendable {
 
     /// Whether a filter with these options, of a session kept (`kept`) or not, is replayable (`Held.replayable`).
     static func replayable(_ options: SubscriptionOptions, kept: Bool) -> Bool {
-        kept && options.qos != .atMostOnce && options.share == nil
+        kept && options.isReplayable
     }
     /// Filters held, counted once per session and filter.
     public private(set) var count = 0
