@@ -49,7 +49,10 @@ actor MQTTPersistence: Service {
         waiting = []
     }
     /// The write in progress: each waits for the one before, so saves reach the store in order.
-    private var lastFlush: Task<Bool, Never>?
+    private var lastFlush: Task<Void, Never>?
+    /// The `flush(saving:)` calls waiting behind the write in progress, and the one write they share (a group
+    /// commit): it takes the broker's changes only once it begins, so a call joins it until then.
+    private var gathering: (asked: [(keys: Set<String>, retained: TopicName?)], write: Task<[Bool], Never>)?
 
     init(
         store: any HubStore, broker: MQTTBroker, node: NodeDescription, interval: Duration = .milliseconds(250),
@@ -216,27 +219,37 @@ actor MQTTPersistence: Service {
     /// next flush). True when everything that had changed is written: a caller that acknowledges a message only
     /// once its sessions are saved must not acknowledge it otherwise.
     @discardableResult
-    func flush() async -> Bool { await chained { await self.write() } }
+    func flush() async -> Bool { await inLine { await self.write() }.value }
 
     /// As `flush()`, but writing only the sessions with these keys (and the retained message of `retained`), and
     /// saying whether those are saved: one session that cannot be saved must not refuse, or hold up, every message
     /// that reached other sessions (the rest is left to the periodic write). Keys with nothing to save (no change,
     /// a session that is not kept) count as saved.
+    ///
+    /// The calls that come while a write is in progress share the next one (a group commit): a message from each of
+    /// a hundred publishers costs one transaction of their sessions, not a hundred in a row, and each call is
+    /// answered for its own keys.
     func flush(saving keys: Set<String>, retained: TopicName? = nil) async -> Bool {
         // Nothing asked (a message that reached no session at QoS 1 or 2): nothing to wait in line for.
         guard !keys.isEmpty || retained != nil else { return true }
-        return await chained { await self.write(first: keys, retained: retained) }
+        if let index = gathering?.asked.count, let write = gathering?.write {
+            gathering?.asked.append((keys, retained))
+            return await write.value[index]
+        }
+        let write = inLine { await self.writeGathered() }
+        gathering = ([(keys, retained)], write)
+        return await write.value[0]
     }
 
-    /// Runs `write` after any write still in progress: one ordered stream of writes.
-    private func chained(_ write: @escaping @Sendable () async -> Bool) async -> Bool {
+    /// Runs `write` after the write in progress: one ordered stream of writes.
+    private func inLine<Answer: Sendable>(_ write: @escaping @Sendable () async -> Answer) -> Task<Answer, Never> {
         let previous = lastFlush
         let task = Task {
-            _ = await previous?.value
+            await previous?.value
             return await write()
         }
-        lastFlush = task
-        return await task.value
+        lastFlush = Task { _ = await task.value }
+        return task
     }
 
     /// What the other nodes were last told of this node's shared subscriptions.
@@ -259,10 +272,35 @@ actor MQTTPersistence: Service {
         }
     }
 
-    /// Writes what changed. A write stops at its first failure (a store that is down fails them all; what is not
-    /// written stays pending, for the next write). Without `first`: true when everything was written. With it (and
-    /// `retained`): only those are written, and the answer is about them alone.
-    private func write(first keys: Set<String>? = nil, retained topic: TopicName? = nil) async -> Bool {
+    /// The write `flush(saving:)` calls share: closed to more once it begins, then each call's sessions (and the
+    /// sessions their shared-subscription messages went to since) and retained message; the answer for each.
+    private func writeGathered() async -> [Bool] {
+        let asked = gathering?.asked ?? []
+        gathering = nil
+        await takeChanges()
+        defer { handedOver.forget { pendingSessions.index(forKey: $0) != nil } }
+        // Those asked for, and where their shared-subscription messages went since, and no more: the rest is the
+        // periodic write's (its failures, or a slow store, must not hold up these answers).
+        let sessions = asked.map { handedOver.following($0.keys) }
+        let unsaved = await writeSessions(sessions.reduce(into: Set<String>()) { $0.formUnion($1) })
+        var answers: [Bool] = []
+        for (call, sessions) in zip(asked, sessions) {
+            var saved = sessions.isDisjoint(with: unsaved)
+            // A transaction of several calls' sessions was refused: each of those calls is tried alone, so a session
+            // that cannot be saved fails the calls that reached it and no other (as if they had not been merged).
+            if !saved, asked.count > 1 { saved = await writeSessions(sessions).isEmpty }
+            if let topic = call.retained, !(await writeRetained(topic)) { saved = false }
+            answers.append(saved)
+        }
+        return answers
+    }
+
+    /// The `flush(saving:)` calls waiting for the next write (tests).
+    var gatheredSaves: Int { gathering?.asked.count ?? 0 }
+
+    /// Takes the broker's changes into those pending; the position of the last message they hold.
+    @discardableResult
+    private func takeChanges() async -> Int64 {
         takesBegun += 1
         let changes = await broker.takeChanges()
         pendingSessions.merge(changes.sessions) { $1 }
@@ -270,35 +308,40 @@ actor MQTTPersistence: Service {
         handedOver.record(changes.handedOver)
         takesMerged = takesBegun
         wakeWaiting()
+        return changes.position
+    }
+
+    /// Writes what changed. The write stops at its first failure (a store that is down fails them all; what is not
+    /// written stays pending, for the next write); true when everything was written.
+    private func write() async -> Bool {
+        let position = await takeChanges()
         defer { handedOver.forget { pendingSessions.index(forKey: $0) != nil } }
-        if let keys {
-            // Those asked for, and where their shared-subscription messages went since, and no more: the rest is
-            // the periodic write's (its failures, or a slow store, must not hold up this answer).
-            guard await writeSessions(handedOver.following(keys)) else { return false }
-            if let topic { return await writeRetained(topic) }
-            return true
-        }
-        guard await writeSessions(Array(pendingSessions.keys)) else {
+        guard await writeSessions(Array(pendingSessions.keys)).isEmpty else {
             await pruneLog(savedAt: nil)
             return false
         }
-        await pruneLog(savedAt: changes.position)
+        await pruneLog(savedAt: position)
         for topic in Array(pendingRetained.keys) { guard await writeRetained(topic) else { return false } }
         return true
     }
 
     /// Writes the pending changes of these sessions, several to a transaction (a message that reached many sessions
-    /// costs one commit, not one each; `SharedHandOvers.transactions`); false when the store refused a transaction
-    /// (its changes and those after it stay pending).
+    /// costs one commit, not one each; `SharedHandOvers.transactions`); the keys of those not saved: the store
+    /// refused their transaction or one before it (their changes stay pending).
     ///
     /// A session handed over to another node (`handOver(key:to:)`) has no pending change here once the hand-over
     /// has waited out this write's transaction holding it, and is left alone; one another node took meanwhile is
     /// refused by the store (saved only by its holder), and let go of here.
-    private func writeSessions(_ keys: some Sequence<String>) async -> Bool {
+    private func writeSessions(_ keys: some Sequence<String>) async -> Set<String> {
         let keys = keys.filter { pendingSessions.index(forKey: $0) != nil }
-        guard !keys.isEmpty else { return true }
+        var unsaved: Set<String> = []
+        guard !keys.isEmpty else { return unsaved }
         let transactions = handedOver.transactions(keys) { (self.pendingSessions[$0] ?? nil)?.state.count ?? 0 }
         for transaction in transactions {
+            guard unsaved.isEmpty else {
+                unsaved.formUnion(transaction)
+                continue
+            }
             // What is written, as it stands now, in key order (nodes writing rows they share lock them in the same
             // order on PostgreSQL): a key handed over since has no pending change and is skipped (never taken for a
             // removal); a newer change that comes during the write stays pending.
@@ -319,13 +362,14 @@ actor MQTTPersistence: Service {
             } catch {
                 logger.warning(
                     "MQTT sessions not saved; retried", metadata: ["sessions": "\(changes.count)", "error": "\(error)"])
-                return false
+                unsaved.formUnion(transaction)
+                continue
             }
             for change in changes where pendingSessions[change.key] == change.session {
                 pendingSessions[change.key] = nil
             }
         }
-        return true
+        return unsaved
     }
 
     /// Writes the pending change of one retained message; false when the store refused it (it stays pending).

@@ -468,6 +468,44 @@ import Testing
         #expect(await broker.holds("k6"))
     }
 
+    /// A group commit: the saves asked for (`flush(saving:)`, a fleet message's sessions before its PUBACK) while a
+    /// write is on its way share the next one, one transaction for all their sessions rather than one after another;
+    /// each is answered for its own sessions. When that transaction is refused, each call is tried alone: a session
+    /// that cannot be saved fails only the call that reached it.
+    @Test(.timeLimit(.minutes(1))) func savesAskedDuringAWriteShareTheNextOne() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let (broker, persistence) = try await Self.node(store)
+        let keys = (0..<6).map { "g\($0)" }
+        /// Every session changed, then `g0`'s save held in the store while the others ask for theirs; the answers.
+        func saveWhileOneIsOnItsWay() async throws -> [Bool] {
+            await Self.attach(broker, keys)
+            store.sessionWriteLog.withLock { $0 = [] }
+            store.pauseSessionWrites.store(true, ordering: .relaxed)
+            let first = Task { await persistence.flush(saving: ["g0"]) }
+            for _ in 0..<500 where store.pausedSessionWrites.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+            try #require(store.pausedSessionWrites == [["g0"]], "g0's write is on its way")
+            store.pauseSessionWrites.store(false, ordering: .relaxed)
+            let later = keys.dropFirst().map { key in Task { await persistence.flush(saving: [key]) } }
+            for _ in 0..<500 where await persistence.gatheredSaves < later.count {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(await persistence.gatheredSaves == later.count, "each waits for the next write")
+            store.resumeSessionWrites()
+            var answers = [await first.value]
+            for call in later { answers.append(await call.value) }
+            return answers
+        }
+        #expect(try await saveWhileOneIsOnItsWay() == Array(repeating: true, count: 6))
+        #expect(store.sessionWriteLog.withLock { $0 } == [["g0"], ["g1", "g2", "g3", "g4", "g5"]])
+        for key in keys { #expect(try await store.mqttSessionHolder(key: key) == (true, "a")) }
+
+        store.failingSession.withLock { $0 = "g3" }
+        #expect(try await saveWhileOneIsOnItsWay() == [true, true, true, false, true, true])
+        #expect(
+            store.sessionWriteLog.withLock { $0 }
+                == [["g0"], ["g1", "g2", "g3", "g4", "g5"], ["g1"], ["g2"], ["g3"], ["g4"], ["g5"]])
+    }
+
     /// A session another node asks for while a write of many is on its way: its client is sent away at once; the
     /// store's part of the hand-over waits for the transaction that holds an older copy of it (which must not land
     /// after the hand-over's), and the write's later transactions leave alone a session handed over meanwhile
