@@ -3,6 +3,7 @@ import ArgumentParser
 import Core
 import Foundation
 import Hub
+import PostgresTestSupport
 import Store
 import Synchronization
 
@@ -28,6 +29,12 @@ struct StoreBenchmark: AsyncParsableCommand {
     var indexEvery = SQLiteHubStore.defaultIndexEvery
     @Option(help: "MQTT sessions to save, one to a transaction and then together (a fleet reconnecting at once).")
     var sessions = 2000
+    @Flag(
+        help: """
+            Also save the sessions on PostgreSQL (a fresh database on the server `scripts/postgres start` describes \
+            in BULWARK_TEST_POSTGRES_*, or on one this run starts and stops).
+            """)
+    var postgres = false
 
     func run() async throws {
         guard (1_000...5_000_000).contains(messages), (1...100_000).contains(devices), (1...16).contains(producers),
@@ -107,13 +114,18 @@ struct StoreBenchmark: AsyncParsableCommand {
                 Double(after.messages - before.messages) / Double(max(batches, 1)), reads[reads.count / 2],
                 reads[reads.count * 95 / 100], counts[counts.count / 2], durations[durations.count / 2],
                 durations[durations.count * 99 / 100], durations.last ?? .nan))
-        try await Self.measureSessions(store: store, count: sessions)
+        try await Self.measureSessions(store: store, count: sessions, on: "SQLite")
+        if postgres {
+            let store = try await PostgresTestServer.freshStore()
+            try await Self.measureSessions(store: store, count: sessions, on: "PostgreSQL")
+            try await store.close()
+        }
     }
 
     /// Saving `count` changed MQTT sessions (a 300-byte state each, as a device subscribed to its commands with a
     /// few queued), one to a transaction and then `MQTTSessionChange.perTransaction` to one, as `MQTTPersistence`
-    /// writes them: each commit is an fsync (`synchronous=FULL`).
-    static func measureSessions(store: SQLiteHubStore, count: Int) async throws {
+    /// writes them: each commit is an fsync (SQLite's `synchronous=FULL`, PostgreSQL's `synchronous_commit`).
+    static func measureSessions(store: any HubStore, count: Int, on backend: String) async throws {
         let sessions = (0..<count).map { index in
             StoredMQTTSession(
                 key: "urn:bulwark:device:store-bench-\(index) agent", owner: "urn:bulwark:device:store-bench-\(index)",
@@ -138,9 +150,10 @@ struct StoreBenchmark: AsyncParsableCommand {
         let together = (ContinuousClock.now - started).seconds
         print(
             String(
-                format: "saved %d MQTT sessions one to a transaction in %.0f ms (%.2f ms each), %d to a transaction "
-                    + "in %.0f ms (%.3f ms each): %.0f times faster",
-                count, alone * 1000, alone * 1000 / Double(count), MQTTSessionChange.perTransaction, together * 1000,
+                format: "%@: saved %d MQTT sessions one to a transaction in %.0f ms (%.2f ms each), %d to a "
+                    + "transaction in %.0f ms (%.3f ms each): %.0f times faster",
+                backend, count, alone * 1000, alone * 1000 / Double(count), MQTTSessionChange.perTransaction,
+                together * 1000,
                 together * 1000 / Double(count), alone / together))
     }
 

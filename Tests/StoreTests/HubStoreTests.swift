@@ -379,6 +379,21 @@ import Testing
         #expect(try await store.mqttSessionHolder(key: "s4") == (false, nil))
         #expect(try await store.adoptMQTTSessions(holder: "c", all: false, silentFor: nil) == [session("s1", 21)])
         #expect(try await !store.saveMQTTSession(session("s1", 31), holder: "a", release: false), "c took it")
+
+        // Saves on both sides of removals (PostgreSQL: a statement for each run of saves), and a session away.
+        let away = StoredMQTTSession(
+            key: "t3", owner: "urn:o", expirySeconds: 60, disconnectedAt: now, state: [3], savedAt: now)
+        let first = [save("t1", 1), MQTTSessionChange(key: "t3", session: away), save("t6", 6)]
+        #expect(try await store.saveMQTTSessions(first, holder: "d", release: false) == [])
+        #expect(try await store.takeMQTTSession(key: "t3", holder: "d") == away)
+        let mixed = [save("t1", 11), remove("t3"), save("t4", 14), remove("t6"), save("t5", 15), save("t7", 17)]
+        #expect(try await store.saveMQTTSessions(mixed, holder: "d", release: false) == [])
+        #expect(try await store.takeMQTTSession(key: "t1", holder: "d") == session("t1", 11))
+        #expect(try await store.mqttSessionHolder(key: "t3") == (false, nil))
+        #expect(try await store.mqttSessionHolder(key: "t6") == (false, nil))
+        for (key, state) in [("t4", 14), ("t5", 15), ("t7", 17)] {
+            #expect(try await store.takeMQTTSession(key: key, holder: "d") == session(key, UInt8(state)))
+        }
     }
 
     /// Pairing claims: one per device, a new one replaces the old and frees its hold; one session holds a claim at
