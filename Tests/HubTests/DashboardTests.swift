@@ -273,7 +273,7 @@ import X509
         async let streamed = run(
             curl,
             [
-                "-s", "-N", "--max-time", "8", "--cacert", directory + "/ca.crt", "--cert",
+                "-s", "-N", "--max-time", "12", "--cacert", directory + "/ca.crt", "--cert",
                 directory + "/operators/admin.crt", "--key", directory + "/operators/admin.key",
                 "https://localhost:\(hub.operatorPort)/ui/events/stream?after=\(head)",
             ], timeout: 20)
@@ -308,7 +308,7 @@ import X509
         let output = try await run(
             curl,
             [
-                "-s", "-N", "--max-time", "6", "--cacert", hub.directory + "/ca.crt", "--cert",
+                "-s", "-N", "--max-time", "10", "--cacert", hub.directory + "/ca.crt", "--cert",
                 hub.directory + "/operators/admin.crt", "--key", hub.directory + "/operators/admin.key",
                 "https://localhost:\(hub.operatorPort)/ui/events/stream?after=\(head)",
             ], timeout: 20
