@@ -1780,9 +1780,9 @@ struct MQTTConnection {
         // every 250 ms). The save runs beside the connection, which reads on; the acknowledgement waits for it in
         // order. Only the sessions this message reached count (another session that cannot be saved refuses no one
         // else's message); when they cannot be saved, the connection ends unacknowledged (`acknowledge`,
-        // `.unavailable`). A QoS 2 id is saved after the deliveries, in a transaction of its own: an id saved before
-        // them would make the resend after a kill in between look answered, with the message in no session (lost);
-        // this way round the worst, after a kill, is a resend delivered twice.
+        // `.unavailable`). A QoS 2 id is saved after the deliveries, in a later transaction than theirs: an id saved
+        // before them would make the resend after a kill in between look answered, with the message in no session
+        // (lost); this way round the worst, after a kill, is a resend delivered twice.
         var saved: StoreOutcome?
         if oneNode, !holding.isEmpty || message.retain || qos2 != nil, let persistence = listener.persistence {
             saved = Self.saved(

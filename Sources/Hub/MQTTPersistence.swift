@@ -48,11 +48,17 @@ actor MQTTPersistence: Service {
         for waiter in waiting { waiter.resume() }
         waiting = []
     }
-    /// The write in progress: each waits for the one before, so saves reach the store in order.
+    /// The last write queued: each waits for the one before, so writes reach the store one at a time, in order.
     private var lastFlush: Task<Void, Never>?
-    /// The `flush(saving:)` calls waiting behind the write in progress, and the one write they share (a group
-    /// commit): it takes the broker's changes only once it begins, so a call joins it until then.
-    private var gathering: (asked: [(keys: Set<String>, retained: TopicName?)], write: Task<[Bool], Never>)?
+    /// A `flush(saving:)` call: what it asks to have saved, and where its answer goes.
+    private struct SaveCall {
+        let keys: Set<String>
+        let retained: TopicName?
+        let answer: CheckedContinuation<Bool, Never>
+    }
+    /// The `flush(saving:)` calls waiting for the write of theirs that is queued, which they share (a group commit):
+    /// it takes the broker's changes only once it begins, so a call joins it until then. Nil when none is queued.
+    private var gathering: [SaveCall]?
 
     init(
         store: any HubStore, broker: MQTTBroker, node: NodeDescription, interval: Duration = .milliseconds(250),
@@ -232,16 +238,20 @@ actor MQTTPersistence: Service {
     func flush(saving keys: Set<String>, retained: TopicName? = nil) async -> Bool {
         // Nothing asked (a message that reached no session at QoS 1 or 2): nothing to wait in line for.
         guard !keys.isEmpty || retained != nil else { return true }
-        if let index = gathering?.asked.count, let write = gathering?.write {
-            gathering?.asked.append((keys, retained))
-            return await write.value[index]
+        return await withCheckedContinuation { answer in
+            let call = SaveCall(keys: keys, retained: retained, answer: answer)
+            guard gathering == nil else {
+                gathering?.append(call)
+                return
+            }
+            gathering = [call]
+            _ = inLine { await self.writeGathered() }
         }
-        let write = inLine { await self.writeGathered() }
-        gathering = ([(keys, retained)], write)
-        return await write.value[0]
     }
 
-    /// Runs `write` after the write in progress: one ordered stream of writes.
+    /// Runs `write` after the last write queued: one at a time, in order. (A `flush(saving:)` call may join a write
+    /// queued before a full `flush()` it came after: it is then written first, and the full write takes only what
+    /// changed since.)
     private func inLine<Answer: Sendable>(_ write: @escaping @Sendable () async -> Answer) -> Task<Answer, Never> {
         let previous = lastFlush
         let task = Task {
@@ -273,30 +283,39 @@ actor MQTTPersistence: Service {
     }
 
     /// The write `flush(saving:)` calls share: closed to more once it begins, then each call's sessions (and the
-    /// sessions their shared-subscription messages went to since) and retained message; the answer for each.
-    private func writeGathered() async -> [Bool] {
-        let asked = gathering?.asked ?? []
+    /// sessions their shared-subscription messages went to since) and retained message. Each call is answered as
+    /// soon as its answer is known: one whose sessions the shared transactions saved waits for no other's retry.
+    private func writeGathered() async {
+        let calls = gathering ?? []
         gathering = nil
         await takeChanges()
         defer { handedOver.forget { pendingSessions.index(forKey: $0) != nil } }
         // Those asked for, and where their shared-subscription messages went since, and no more: the rest is the
         // periodic write's (its failures, or a slow store, must not hold up these answers).
-        let sessions = asked.map { handedOver.following($0.keys) }
+        let sessions = calls.map { handedOver.following($0.keys) }
         let unsaved = await writeSessions(sessions.reduce(into: Set<String>()) { $0.formUnion($1) })
-        var answers: [Bool] = []
-        for (call, sessions) in zip(asked, sessions) {
-            var saved = sessions.isDisjoint(with: unsaved)
-            // A transaction of several calls' sessions was refused: each of those calls is tried alone, so a session
-            // that cannot be saved fails the calls that reached it and no other (as if they had not been merged).
-            if !saved, asked.count > 1 { saved = await writeSessions(sessions).isEmpty }
-            if let topic = call.retained, !(await writeRetained(topic)) { saved = false }
-            answers.append(saved)
+        var later: [(call: SaveCall, sessions: Set<String>)] = []
+        for (call, sessions) in zip(calls, sessions) {
+            if call.retained == nil, sessions.isDisjoint(with: unsaved) {
+                call.answer.resume(returning: true)
+            } else {
+                later.append((call, sessions))
+            }
         }
-        return answers
+        for (call, sessions) in later {
+            var saved = sessions.isDisjoint(with: unsaved)
+            // A transaction of several calls' sessions was refused: this call's are tried alone, so a session that
+            // cannot be saved fails the calls that reached it and no other, as if they had not been merged (a store
+            // that is down fails each, a write each, as before the merge). A session handed over to another node
+            // meanwhile has no pending change left here and counts as saved: its new holder saves it.
+            if !saved, calls.count > 1 { saved = await writeSessions(sessions).isEmpty }
+            if saved, let topic = call.retained { saved = await writeRetained(topic) }
+            call.answer.resume(returning: saved)
+        }
     }
 
-    /// The `flush(saving:)` calls waiting for the next write (tests).
-    var gatheredSaves: Int { gathering?.asked.count ?? 0 }
+    /// The `flush(saving:)` calls waiting for the write of theirs that is queued (tests).
+    var gatheredSaves: Int { gathering?.count ?? 0 }
 
     /// Takes the broker's changes into those pending; the position of the last message they hold.
     @discardableResult

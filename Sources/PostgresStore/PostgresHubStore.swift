@@ -512,14 +512,18 @@ public final class PostgresHubStore: HubStore {
             // In the order given (the callers' key order, which every node uses: rows two nodes write are locked in
             // the same order, so their transactions never wait on each other in a cycle), each run of sessions to
             // save is one statement: a statement per session cost a round trip each (0.36-0.41 ms a session in
-            // `bulwark-bench store --postgres`). A removal is a statement of its own (rare: a session that ended).
+            // `bulwark-bench store --postgres`). A removal is a statement of its own (rare: a session that ended), and
+            // so is a key given again (a statement may not update a row twice; the later change wins, as in order).
             var run: [StoredMQTTSession] = []
+            var keys: Set<String> = []
             func saveRun() async throws {
                 guard !run.isEmpty else { return }
                 held.formUnion(try await Self.upsert(run, holder: holder, newHolder: newHolder, connection))
                 run = []
+                keys = []
             }
             for change in changes {
+                if keys.contains(change.key) { try await saveRun() }
                 guard let session = change.session else {
                     try await saveRun()
                     try await connection.query(
@@ -530,6 +534,7 @@ public final class PostgresHubStore: HubStore {
                     continue
                 }
                 run.append(session)
+                keys.insert(change.key)
             }
             try await saveRun()
             return held

@@ -504,6 +504,38 @@ import Testing
         #expect(
             store.sessionWriteLog.withLock { $0 }
                 == [["g0"], ["g1", "g2", "g3", "g4", "g5"], ["g1"], ["g2"], ["g3"], ["g4"], ["g5"]])
+
+        // A call that comes once the shared write has taken the broker's changes does not join it (its session's
+        // new change is not in it): it waits for a write of its own, after that one.
+        store.failingSession.withLock { $0 = nil }
+        await Self.attach(broker, keys)
+        store.sessionWriteLog.withLock { $0 = [] }
+        func paused(_ keys: [[String]]) async throws {
+            for _ in 0..<500 where store.pausedSessionWrites != keys { try await Task.sleep(for: .milliseconds(10)) }
+            try #require(store.pausedSessionWrites == keys)
+        }
+        func gathered(_ count: Int) async throws {
+            for _ in 0..<500 where await persistence.gatheredSaves != count {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try #require(await persistence.gatheredSaves == count)
+        }
+        store.pauseSessionWrites.store(true, ordering: .relaxed)
+        let first = Task { await persistence.flush(saving: ["g0"]) }
+        try await paused([["g0"]])
+        let shared = Task { await persistence.flush(saving: ["g1"]) }
+        try await gathered(1)
+        store.resumeSessionWrites()
+        try await paused([["g1"]])  // the shared write took the changes, and is on its way
+        #expect(await first.value)
+        await Self.attach(broker, ["g1"])
+        let afterwards = Task { await persistence.flush(saving: ["g1"]) }
+        try await gathered(1)
+        store.pauseSessionWrites.store(false, ordering: .relaxed)
+        store.resumeSessionWrites()
+        #expect(await shared.value)
+        #expect(await afterwards.value)
+        #expect(store.sessionWriteLog.withLock { $0 } == [["g0"], ["g1"], ["g1"]])
     }
 
     /// A session another node asks for while a write of many is on its way: its client is sent away at once; the

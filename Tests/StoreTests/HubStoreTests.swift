@@ -394,6 +394,10 @@ import Testing
         for (key, state) in [("t4", 14), ("t5", 15), ("t7", 17)] {
             #expect(try await store.takeMQTTSession(key: key, holder: "d") == session(key, UInt8(state)))
         }
+        // A key given twice: the later change wins, as if each were saved in turn.
+        let twice = [save("t8", 1), save("t9", 9), save("t8", 2)]
+        #expect(try await store.saveMQTTSessions(twice, holder: "d", release: false) == [])
+        #expect(try await store.takeMQTTSession(key: "t8", holder: "d") == session("t8", 2))
     }
 
     /// Pairing claims: one per device, a new one replaces the old and frees its hold; one session holds a claim at
