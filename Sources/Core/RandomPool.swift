@@ -1,5 +1,7 @@
 #if canImport(Glibc)
     import Glibc
+#elseif canImport(Musl)
+    import Musl
 #elseif canImport(Darwin)
     import Darwin
 #endif
@@ -26,7 +28,8 @@ public final class RandomPool: Sendable {
     /// `getentropy(3)` gives at most 256 bytes a call: a larger pool would fail every refill.
     static let size = 256
 
-    /// The process's pool.
+    /// The pool correlation ids draw from. (The bytes are per thread: every instance draws from the calling
+    /// thread's.)
     public static let shared = RandomPool()
 
     public init() {}
@@ -84,7 +87,7 @@ public final class RandomPool: Sendable {
     private static func fill(_ bytes: inout [UInt8]) -> Bool {
         assert(bytes.count <= 256, "getentropy refuses more than 256 bytes")
         return bytes.withUnsafeMutableBytes { buffer -> Bool in
-            #if canImport(Glibc) || canImport(Darwin)
+            #if canImport(Glibc) || canImport(Musl) || canImport(Darwin)
                 getentropy(buffer.baseAddress!, buffer.count) == 0
             #else
                 return false

@@ -294,21 +294,27 @@ actor MQTTPersistence: Service {
         // periodic write's (its failures, or a slow store, must not hold up these answers).
         let sessions = calls.map { handedOver.following($0.keys) }
         let unsaved = await writeSessions(sessions.reduce(into: Set<String>()) { $0.formUnion($1) })
-        var later: [(call: SaveCall, sessions: Set<String>)] = []
+        // Answered in this order: those with nothing more to write; those whose sessions are saved, once their
+        // retained message is; those whose sessions are not, after a retry. None waits for a later kind's writes.
+        var retained: [(call: SaveCall, topic: TopicName)] = []
+        var refused: [(call: SaveCall, sessions: Set<String>)] = []
         for (call, sessions) in zip(calls, sessions) {
-            if call.retained == nil, sessions.isDisjoint(with: unsaved) {
-                call.answer.resume(returning: true)
+            if !sessions.isDisjoint(with: unsaved) {
+                refused.append((call, sessions))
+            } else if let topic = call.retained {
+                retained.append((call, topic))
             } else {
-                later.append((call, sessions))
+                call.answer.resume(returning: true)
             }
         }
-        for (call, sessions) in later {
-            var saved = sessions.isDisjoint(with: unsaved)
+        for (call, topic) in retained { call.answer.resume(returning: await writeRetained(topic)) }
+        for (call, sessions) in refused {
             // A transaction of several calls' sessions was refused: this call's are tried alone, so a session that
             // cannot be saved fails the calls that reached it and no other, as if they had not been merged (a store
             // that is down fails each, a write each, as before the merge). A session handed over to another node
             // meanwhile has no pending change left here and counts as saved: its new holder saves it.
-            if !saved, calls.count > 1 { saved = await writeSessions(sessions).isEmpty }
+            var saved = false
+            if calls.count > 1 { saved = await writeSessions(sessions).isEmpty }
             if saved, let topic = call.retained { saved = await writeRetained(topic) }
             call.answer.resume(returning: saved)
         }
