@@ -32,6 +32,10 @@ actor MQTTPersistence: Service {
     let logger: Logger
     /// Changes not written yet (taken from the broker, or a write that failed: retried), newest last.
     private var pendingSessions: [String: StoredMQTTSession?] = [:]
+    /// The sessions whose row this node knows it holds in the store (it took them up, or saved them): their saves
+    /// only update that row (`MQTTSessionChange.stored`). Several nodes: one that did not answer a hand-over in time
+    /// may find its session taken, and ended, by another; its stale save must not bring the session back.
+    private var storedKeys: Set<String> = []
     private var pendingRetained: [TopicName: (message: BrokerMessage?, owner: String)] = [:]
     /// Where shared-subscription messages went when a member left, while a session they reached is not saved since:
     /// a message acknowledged once its sessions are saved may have moved on (`flush(saving:)` follows it there), and
@@ -371,17 +375,18 @@ actor MQTTPersistence: Service {
             // order on PostgreSQL): a key handed over since has no pending change and is skipped (never taken for a
             // removal); a newer change that comes during the write stays pending.
             let changes = transaction.sorted().compactMap { key in
-                pendingSessions[key].map { MQTTSessionChange(key: key, session: $0) }
+                pendingSessions[key].map { MQTTSessionChange(key: key, session: $0, stored: storedKeys.contains(key)) }
             }
             writing = changes
             defer {
                 writing = []
                 wakeWaiting()
             }
+            let held: Set<String>
             do {
-                for key in try await store.saveMQTTSessions(changes, holder: holder, release: false)
-                where try await store.mqttSessionHolder(key: key).holder != holder {
-                    // Another node took it meanwhile (or took it and let go): the copy here is stale.
+                held = try await store.saveMQTTSessions(changes, holder: holder, release: false)
+                for key in held where try await store.mqttSessionHolder(key: key).holder != holder {
+                    // Another node took it meanwhile (or took it and let go, or ended it): the copy here is stale.
                     _ = await broker.handOver(key)
                 }
             } catch {
@@ -390,8 +395,13 @@ actor MQTTPersistence: Service {
                 unsaved.formUnion(transaction)
                 continue
             }
-            for change in changes where pendingSessions[change.key] == change.session {
-                pendingSessions[change.key] = nil
+            for change in changes {
+                if change.session != nil, !held.contains(change.key) {
+                    storedKeys.insert(change.key)
+                } else {
+                    storedKeys.remove(change.key)
+                }
+                if pendingSessions[change.key] == change.session { pendingSessions[change.key] = nil }
             }
         }
         return unsaved
@@ -423,7 +433,9 @@ actor MQTTPersistence: Service {
         let all = await broker.storedSessions()
         var released = 0
         for keys in handedOver.transactions(Array(all.keys), size: { (all[$0] ?? nil)?.state.count ?? 0 }) {
-            let changes = keys.sorted().map { MQTTSessionChange(key: $0, session: all[$0] ?? nil) }
+            let changes = keys.sorted().map {
+                MQTTSessionChange(key: $0, session: all[$0] ?? nil, stored: storedKeys.contains($0))
+            }
             // Tried twice: a transaction PostgreSQL aborted (another node's locks) leaves these sessions held by
             // a node that stopped.
             for attempt in 1...2 {
@@ -470,6 +482,9 @@ actor MQTTPersistence: Service {
 
     private func takeOver(key: String, owner: String, maxPerOwner: Int, cleanStart: Bool) async throws {
         guard !(await broker.holds(key)) else { return }
+        // No copy here: what this node knew of the row is stale (taken up below, it is known again; removed below
+        // for a clean start, the new session's first save inserts it).
+        storedKeys.remove(key)
         // An identity at its limit of sessions here takes none over from another node (the attach refuses it).
         guard await broker.sessionCount(of: owner) < maxPerOwner else { return }
         var (stored, current) = try await store.mqttSessionHolder(key: key)
@@ -580,6 +595,7 @@ actor MQTTPersistence: Service {
                 stored, snapshot, replay: replay, through: through, quiet: quiet, now: now, wallClock: wallClock)
             {
             case .restored:
+                storedKeys.insert(stored.key)
                 if !store.sharedByNodes { savedPositions[stored.key] = snapshot.position }
                 return true
             case .held: return false
@@ -611,11 +627,12 @@ actor MQTTPersistence: Service {
             await withCheckedContinuation { waiting.append($0) }
         }
         pendingSessions[key] = nil
+        let stored = storedKeys.remove(key) != nil
         do {
             if let session {
                 // Saved as this node's, then given to the node that asked: never released in between, where a node
                 // looking for released sessions could take it first.
-                if try await store.saveMQTTSession(session, holder: holder, release: false) {
+                if try await store.saveMQTTSession(session, holder: holder, release: false, stored: stored) {
                     _ = try await store.takeMQTTSession(key: key, holder: by)
                 }
             } else {

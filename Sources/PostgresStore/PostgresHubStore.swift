@@ -514,7 +514,7 @@ public final class PostgresHubStore: HubStore {
             // save is one statement: a statement per session cost a round trip each (0.36-0.41 ms a session in
             // `bulwark-bench store --postgres`). A removal is a statement of its own (rare: a session that ended), and
             // so is a key given again (a statement may not update a row twice; the later change wins, as in order).
-            var run: [StoredMQTTSession] = []
+            var run: [(session: StoredMQTTSession, stored: Bool)] = []
             var keys: Set<String> = []
             func saveRun() async throws {
                 guard !run.isEmpty else { return }
@@ -533,7 +533,7 @@ public final class PostgresHubStore: HubStore {
                         """, logger: Self.quiet)
                     continue
                 }
-                run.append(session)
+                run.append((session, change.stored))
                 keys.insert(change.key)
             }
             try await saveRun()
@@ -541,21 +541,33 @@ public final class PostgresHubStore: HubStore {
         }
     }
 
-    /// Inserts or updates `sessions` in one statement, in their order (`WITH ORDINALITY`), each only where this node
-    /// holds it or no row exists; returns the keys of those another node holds (not written).
+    /// Inserts or updates the sessions of `changes` in one statement, in their order (`WITH ORDINALITY`), each only
+    /// where this node holds it or no row exists (and, for a change marked `stored`, only where its row still
+    /// exists: locked first, so another node cannot remove it before the update); returns the keys of those not
+    /// written.
     private static func upsert(
-        _ sessions: [StoredMQTTSession], holder: String, newHolder: String?, _ connection: PostgresConnection
+        _ changes: [(session: StoredMQTTSession, stored: Bool)], holder: String, newHolder: String?,
+        _ connection: PostgresConnection
     ) async throws -> Set<String> {
+        let sessions = changes.map(\.session)
         // postgres-nio binds no array of optionals: a session still connected has `away` false and a 0 placeholder.
         let rows = try await connection.query(
             """
+            WITH given AS (
+                SELECT * FROM unnest(\(sessions.map(\.key)), \(sessions.map(\.owner)),
+                    \(sessions.map { Int64($0.expirySeconds) }), \(sessions.map { $0.disconnectedAt != nil }),
+                    \(sessions.map { $0.disconnectedAt?.millis ?? 0 }), \(sessions.map { ByteBuffer(bytes: $0.state) }),
+                    \(sessions.map(\.savedAt.millis)), \(changes.map(\.stored)))
+                    WITH ORDINALITY AS g(session_key, owner, expiry_seconds, away, disconnected_at, state, saved_at,
+                        stored, n)
+            ), kept AS (
+                SELECT m.session_key FROM mqtt_sessions m JOIN given g ON g.session_key = m.session_key
+                WHERE g.stored ORDER BY m.session_key FOR UPDATE OF m
+            )
             INSERT INTO mqtt_sessions (session_key, owner, expiry_seconds, disconnected_at, state, saved_at, holder)
             SELECT session_key, owner, expiry_seconds, CASE WHEN away THEN disconnected_at END, state, saved_at,
                 \(newHolder)
-            FROM unnest(\(sessions.map(\.key)), \(sessions.map(\.owner)), \(sessions.map { Int64($0.expirySeconds) }),
-                \(sessions.map { $0.disconnectedAt != nil }), \(sessions.map { $0.disconnectedAt?.millis ?? 0 }),
-                \(sessions.map { ByteBuffer(bytes: $0.state) }), \(sessions.map(\.savedAt.millis)))
-                WITH ORDINALITY AS given(session_key, owner, expiry_seconds, away, disconnected_at, state, saved_at, n)
+            FROM given WHERE NOT stored OR session_key IN (SELECT session_key FROM kept)
             ORDER BY n
             ON CONFLICT (session_key) DO UPDATE SET owner = excluded.owner,
                 expiry_seconds = excluded.expiry_seconds, disconnected_at = excluded.disconnected_at,

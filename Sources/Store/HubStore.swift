@@ -177,7 +177,8 @@ public protocol HubStore: Sendable {
     /// Saves the sessions that `holder` (a node's run) holds in memory, and with `release` lets go of them (any node
     /// may then adopt them); a change without a session removes one that ended, unless another node holds it now.
     /// One transaction: a message that reached many sessions costs one commit (one fsync), and a failure writes
-    /// nothing. Returns the keys of the sessions not written because another node has taken them meanwhile.
+    /// nothing. Returns the keys of the sessions not written because another node has taken them meanwhile (or, for
+    /// a change marked `stored`, removed them).
     func saveMQTTSessions(_ changes: [MQTTSessionChange], holder: String, release: Bool) async throws -> Set<String>
     /// Whether the session is stored, and which node holds it (nil: none does).
     func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?)
@@ -241,10 +242,13 @@ public struct ClusterEvent: Sendable, Equatable {
 }
 
 extension HubStore {
-    /// Saves one session as `saveMQTTSessions` does; false, with nothing written, when another node has taken it.
-    public func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool) async throws -> Bool {
+    /// Saves one session as `saveMQTTSessions` does; false, with nothing written, when another node has taken it
+    /// (or, `stored`, removed it).
+    public func saveMQTTSession(_ session: StoredMQTTSession, holder: String, release: Bool, stored: Bool = false)
+        async throws -> Bool
+    {
         try await saveMQTTSessions(
-            [MQTTSessionChange(key: session.key, session: session)], holder: holder, release: release
+            [MQTTSessionChange(key: session.key, session: session, stored: stored)], holder: holder, release: release
         ).isEmpty
     }
 

@@ -482,6 +482,8 @@ public actor InMemoryHubStore: HubStore {
             }
             if let stored = mqttSessions[session.key], stored.holder != holder {
                 held.insert(session.key)
+            } else if change.stored, mqttSessions[session.key] == nil {
+                held.insert(session.key)  // removed by another node: not brought back
             } else {
                 mqttSessions[session.key] = (session, release ? nil : holder)
             }

@@ -1413,6 +1413,13 @@ public final class SQLiteHubStore: HubStore {
                         state = excluded.state, saved_at = excluded.saved_at, holder = excluded.holder
                     WHERE mqtt_sessions.holder = ?
                     """)
+            // A session stored and held by this node: its row updated only (gone, it is not brought back).
+            let update = try db.cachedStatement(
+                sql: """
+                    UPDATE mqtt_sessions SET owner = ?, expiry_seconds = ?, disconnected_at = ?, state = ?,
+                        saved_at = ?, holder = ?
+                    WHERE session_key = ? AND holder = ?
+                    """)
             let remove = try db.cachedStatement(
                 sql: "DELETE FROM mqtt_sessions WHERE session_key = ? AND (holder IS NULL OR holder = ?)")
             var held: Set<String> = []
@@ -1421,10 +1428,15 @@ public final class SQLiteHubStore: HubStore {
                     try remove.execute(arguments: [change.key, holder])
                     continue
                 }
-                try save.execute(arguments: [
-                    session.key, session.owner, session.expirySeconds, session.disconnectedAt?.millis,
-                    Data(session.state), session.savedAt.millis, release ? nil : holder, holder,
-                ])
+                let values: [(any DatabaseValueConvertible)?] = [
+                    session.owner, session.expirySeconds, session.disconnectedAt?.millis, Data(session.state),
+                    session.savedAt.millis, release ? nil : holder,
+                ]
+                if change.stored {
+                    try update.execute(arguments: StatementArguments(values + [session.key, holder]))
+                } else {
+                    try save.execute(arguments: StatementArguments([session.key] + values + [holder]))
+                }
                 if db.changesCount != 1 { held.insert(session.key) }
             }
             return held

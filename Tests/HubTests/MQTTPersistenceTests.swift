@@ -538,6 +538,28 @@ import Testing
         #expect(store.sessionWriteLog.withLock { $0 } == [["g0"], ["g1"], ["g1"]])
     }
 
+    /// Several nodes: a node that did not answer a hand-over in time has its session taken by another, which ends
+    /// it (its client connected there with a clean start, or its expiry ran out). The first node's next save of its
+    /// stale copy does not bring the session back: it finds the row gone and lets go of its copy. A session it never
+    /// saved is still written, and one that it saved and still holds still updated.
+    @Test func aSessionAnotherNodeEndedIsNotBroughtBackByAStaleSave() async throws {
+        let store = InMemoryHubStore()
+        let (broker, persistence) = try await Self.node(store)
+        await Self.attach(broker, ["gone", "kept"])
+        #expect(await persistence.flush())
+        #expect(try await store.mqttSessionHolder(key: "gone") == (true, "a"))
+        _ = try await store.takeMQTTSession(key: "gone", holder: "b")
+        try await store.removeMQTTSession(key: "gone", holder: "b")
+        await Self.attach(broker, ["gone", "kept", "new"])  // every copy here changed since
+        #expect(await persistence.flush())
+        #expect(try await store.mqttSessionHolder(key: "gone") == (false, nil), "brought back by a stale save")
+        #expect(await !broker.holds("gone"), "the stale copy is let go of")
+        #expect(try await store.mqttSessionHolder(key: "kept") == (true, "a"))
+        #expect(try await store.mqttSessionHolder(key: "new") == (true, "a"))
+        #expect(await broker.holds("kept"))
+        #expect(await broker.holds("new"))
+    }
+
     /// A session another node asks for while a write of many is on its way: its client is sent away at once; the
     /// store's part of the hand-over waits for the transaction that holds an older copy of it (which must not land
     /// after the hand-over's), and the write's later transactions leave alone a session handed over meanwhile

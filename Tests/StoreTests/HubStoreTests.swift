@@ -398,6 +398,25 @@ import Testing
         let twice = [save("t8", 1), save("t9", 9), save("t8", 2)]
         #expect(try await store.saveMQTTSessions(twice, holder: "d", release: false) == [])
         #expect(try await store.takeMQTTSession(key: "t8", holder: "d") == session("t8", 2))
+
+        // A change marked `stored` only updates the row its node holds: one another node removed (it took the
+        // session and ended it) is not brought back, and its key comes back as held, beside an update and a new one.
+        func known(_ key: String, _ state: UInt8) -> MQTTSessionChange {
+            MQTTSessionChange(key: key, session: session(key, state), stored: true)
+        }
+        _ = try await store.takeMQTTSession(key: "t9", holder: "e")
+        try await store.removeMQTTSession(key: "t9", holder: "e")
+        let stale = [known("t1", 31), known("t9", 39), save("u1", 41), known("t4", 34)]
+        #expect(try await store.saveMQTTSessions(stale, holder: "d", release: false) == ["t9"])
+        #expect(try await store.mqttSessionHolder(key: "t9") == (false, nil), "not brought back")
+        #expect(try await store.takeMQTTSession(key: "t1", holder: "d") == session("t1", 31))
+        #expect(try await store.takeMQTTSession(key: "u1", holder: "d") == session("u1", 41))
+        // Held by another node: not written either; released by its own node: written, let go of.
+        _ = try await store.takeMQTTSession(key: "t4", holder: "e")
+        #expect(try await store.saveMQTTSessions([known("t4", 44)], holder: "d", release: false) == ["t4"])
+        #expect(try await store.saveMQTTSessions([known("t1", 51)], holder: "d", release: true) == [])
+        #expect(try await store.mqttSessionHolder(key: "t1") == (true, nil))
+        #expect(try await store.takeMQTTSession(key: "t1", holder: "d") == session("t1", 51))
     }
 
     /// Pairing claims: one per device, a new one replaces the old and frees its hold; one session holds a claim at
