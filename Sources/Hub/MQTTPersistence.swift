@@ -382,9 +382,16 @@ actor MQTTPersistence: Service {
                 writing = []
                 wakeWaiting()
             }
-            let held: Set<String>
             do {
-                held = try await store.saveMQTTSessions(changes, holder: holder, release: false)
+                let held = try await store.saveMQTTSessions(changes, holder: holder, release: false)
+                // What the store holds for this node now, marked at once (before the look below, which may fail).
+                for change in changes {
+                    if change.session != nil, !held.contains(change.key) {
+                        storedKeys.insert(change.key)
+                    } else {
+                        storedKeys.remove(change.key)
+                    }
+                }
                 for key in held where try await store.mqttSessionHolder(key: key).holder != holder {
                     // Another node took it meanwhile (or took it and let go, or ended it): the copy here is stale.
                     _ = await broker.handOver(key)
@@ -395,13 +402,8 @@ actor MQTTPersistence: Service {
                 unsaved.formUnion(transaction)
                 continue
             }
-            for change in changes {
-                if change.session != nil, !held.contains(change.key) {
-                    storedKeys.insert(change.key)
-                } else {
-                    storedKeys.remove(change.key)
-                }
-                if pendingSessions[change.key] == change.session { pendingSessions[change.key] = nil }
+            for change in changes where pendingSessions[change.key] == change.session {
+                pendingSessions[change.key] = nil
             }
         }
         return unsaved
@@ -482,13 +484,15 @@ actor MQTTPersistence: Service {
 
     private func takeOver(key: String, owner: String, maxPerOwner: Int, cleanStart: Bool) async throws {
         guard !(await broker.holds(key)) else { return }
-        // No copy here: what this node knew of the row is stale (taken up below, it is known again; removed below
-        // for a clean start, the new session's first save inserts it).
-        storedKeys.remove(key)
         // An identity at its limit of sessions here takes none over from another node (the attach refuses it).
         guard await broker.sessionCount(of: owner) < maxPerOwner else { return }
         var (stored, current) = try await store.mqttSessionHolder(key: key)
         guard stored else { return }
+        // Held here without a copy in the broker: the session ended on this node, and its removal is on its way in
+        // this node's writes. A clean start leaves the row to them (the new session's save comes after the removal,
+        // in order): removed out of band, it could go between a write's update of the old copy (`stored`) and that
+        // write's look at the result, which would then let go of the new session.
+        if current == holder, cleanStart { return }
         if let other = current, other != holder {
             try await store.requestMQTTSession(key: key, by: holder)
             let deadline = ContinuousClock.now + handOverWait
@@ -506,6 +510,7 @@ actor MQTTPersistence: Service {
         guard let session = try await store.takeMQTTSession(key: key, holder: holder) else { return }
         if cleanStart {
             try await store.removeMQTTSession(key: key, holder: holder)
+            storedKeys.remove(key)  // (never this node's: the new session's first save inserts it)
         } else {
             try await takeUp(session)
         }

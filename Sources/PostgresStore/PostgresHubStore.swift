@@ -543,8 +543,9 @@ public final class PostgresHubStore: HubStore {
 
     /// Inserts or updates the sessions of `changes` in one statement, in their order (`WITH ORDINALITY`), each only
     /// where this node holds it or no row exists (and, for a change marked `stored`, only where its row still
-    /// exists: locked first, so another node cannot remove it before the update); returns the keys of those not
-    /// written.
+    /// exists); returns the keys of those not written. With a change marked `stored`, the existing rows are locked
+    /// first (`kept`, in the given order, as the insert would), so another node cannot remove one before its update;
+    /// the sort of `ORDER BY n` reads every row, and so takes those locks, before the first is written.
     private static func upsert(
         _ changes: [(session: StoredMQTTSession, stored: Bool)], holder: String, newHolder: String?,
         _ connection: PostgresConnection
@@ -562,7 +563,7 @@ public final class PostgresHubStore: HubStore {
                         stored, n)
             ), kept AS (
                 SELECT m.session_key FROM mqtt_sessions m JOIN given g ON g.session_key = m.session_key
-                WHERE g.stored ORDER BY m.session_key FOR UPDATE OF m
+                ORDER BY g.n FOR UPDATE OF m
             )
             INSERT INTO mqtt_sessions (session_key, owner, expiry_seconds, disconnected_at, state, saved_at, holder)
             SELECT session_key, owner, expiry_seconds, CASE WHEN away THEN disconnected_at END, state, saved_at,

@@ -445,9 +445,10 @@ public struct MQTTSessionChange: Sendable, Equatable {
     public var key: String
     public var session: StoredMQTTSession?
     /// The session's row was stored and held by the saving node when it last knew (it took the session up, or
-    /// saved it): the save only updates that row. A row gone meanwhile was removed by another node, which took the
-    /// session (from a node that did not answer in time) and ended it: nothing is written and the key is returned
-    /// as held, so a stale copy never brings back a session its client ended elsewhere.
+    /// saved it, and has not removed it since): the save only updates that row. A row gone meanwhile was removed by
+    /// another node, which took the session (from a node that did not answer in time) and ended it: nothing is
+    /// written and the key is returned as held, so a stale copy never brings back a session its client ended
+    /// elsewhere.
     public var stored: Bool
 
     /// Changes the hub writes in one transaction, at most: a broadcast to a large fleet, or a fleet reconnecting at

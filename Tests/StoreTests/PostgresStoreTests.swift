@@ -156,6 +156,35 @@ import Testing
 
     static let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 
+    /// A session a node holds (its change marked `stored`) that another node removes while the save is on its way:
+    /// the save's statement locks the row before writing it, so it waits for the removal and then finds the row
+    /// gone: nothing is written, and the key comes back as held. (A statement that only looked for the row in its
+    /// snapshot would insert it again once the removal committed.)
+    @Test func aStoredSessionRemovedDuringItsSaveIsNotBroughtBack() async throws {
+        let location = try await PostgresTestServer.freshDatabase()
+        let store = try await PostgresHubStore(location: location)
+        let session = StoredMQTTSession(
+            key: "k", owner: "urn:o", expirySeconds: 60, disconnectedAt: nil, state: [1],
+            savedAt: Date(timeIntervalSince1970: 1_800_000_000))
+        let first = [MQTTSessionChange(key: "k", session: session)]
+        #expect(try await store.saveMQTTSessions(first, holder: "a", release: false) == [])
+        let other = try await PostgresConnection.connect(
+            configuration: try location.connectionConfiguration(), id: 2, logger: Self.quiet)
+        try await other.query("BEGIN", logger: Self.quiet)
+        try await other.query("DELETE FROM mqtt_sessions WHERE session_key = 'k'", logger: Self.quiet)
+        var changed = session
+        changed.state = [2]
+        let stale = [MQTTSessionChange(key: "k", session: changed, stored: true)]
+        let saving = Task { try await store.saveMQTTSessions(stale, holder: "a", release: false) }
+        // The save waits for the removal's lock meanwhile (a slower start finds the row gone: the same outcome).
+        try await Task.sleep(for: .milliseconds(300))
+        try await other.query("COMMIT", logger: Self.quiet)
+        #expect(try await saving.value == ["k"])
+        #expect(try await store.mqttSessionHolder(key: "k") == (false, nil), "brought back")
+        try await other.close()
+        try await store.close()
+    }
+
     /// `queueTelemetry` takes its place in the store's queue when it is called, not when it is awaited: messages
     /// queued in order and awaited in the reverse order (as tasks may be scheduled) are stored, and handed to the
     /// other nodes, in the order they were queued. (`appendTelemetry` from tasks started in that reverse order would
