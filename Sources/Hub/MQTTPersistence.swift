@@ -377,6 +377,9 @@ actor MQTTPersistence: Service {
             let changes = transaction.sorted().compactMap { key in
                 pendingSessions[key].map { MQTTSessionChange(key: key, session: $0, stored: storedKeys.contains(key)) }
             }
+            // A removal is unmarked before it is written: should its commit be lost to the connection (done, or not),
+            // the key's next save inserts or updates, and never finds a row it counted on gone.
+            for change in changes where change.session == nil { storedKeys.remove(change.key) }
             writing = changes
             defer {
                 writing = []
@@ -384,17 +387,18 @@ actor MQTTPersistence: Service {
             }
             do {
                 let held = try await store.saveMQTTSessions(changes, holder: holder, release: false)
-                // What the store holds for this node now, marked at once (before the look below, which may fail).
-                for change in changes {
-                    if change.session != nil, !held.contains(change.key) {
-                        storedKeys.insert(change.key)
-                    } else {
-                        storedKeys.remove(change.key)
-                    }
+                // The rows saved are this node's now, marked at once (before the look below, which may fail). A held
+                // key keeps its mark until the look has dealt with it: retried unmarked, its save would insert a row
+                // another node removed.
+                for change in changes where change.session != nil && !held.contains(change.key) {
+                    storedKeys.insert(change.key)
                 }
-                for key in held where try await store.mqttSessionHolder(key: key).holder != holder {
-                    // Another node took it meanwhile (or took it and let go, or ended it): the copy here is stale.
-                    _ = await broker.handOver(key)
+                for key in held.sorted() {
+                    if try await store.mqttSessionHolder(key: key).holder != holder {
+                        // Another node took it meanwhile (or took it and let go, or ended it): the copy here is stale.
+                        _ = await broker.handOver(key)
+                    }
+                    storedKeys.remove(key)
                 }
             } catch {
                 logger.warning(
@@ -488,11 +492,17 @@ actor MQTTPersistence: Service {
         guard await broker.sessionCount(of: owner) < maxPerOwner else { return }
         var (stored, current) = try await store.mqttSessionHolder(key: key)
         guard stored else { return }
-        // Held here without a copy in the broker: the session ended on this node, and its removal is on its way in
-        // this node's writes. A clean start leaves the row to them (the new session's save comes after the removal,
-        // in order): removed out of band, it could go between a write's update of the old copy (`stored`) and that
-        // write's look at the result, which would then let go of the new session.
-        if current == holder, cleanStart { return }
+        if current == holder {
+            // Held here without a copy in the broker: the session ended on this node, and its removal is on its way
+            // in this node's writes: written first, it leaves nothing to take up (an ended session is not resumed).
+            // Should the row still be there (the store is failing), a clean start leaves it to those writes (the new
+            // session's save comes after the removal, in order): removed out of band, it could go between a write's
+            // update of the old copy (`stored`) and that write's look at the result, which would then let go of the
+            // new session.
+            await flush()
+            (stored, current) = try await store.mqttSessionHolder(key: key)
+            guard stored, !cleanStart else { return }
+        }
         if let other = current, other != holder {
             try await store.requestMQTTSession(key: key, by: holder)
             let deadline = ContinuousClock.now + handOverWait

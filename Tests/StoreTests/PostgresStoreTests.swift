@@ -170,17 +170,37 @@ import Testing
         #expect(try await store.saveMQTTSessions(first, holder: "a", release: false) == [])
         let other = try await PostgresConnection.connect(
             configuration: try location.connectionConfiguration(), id: 2, logger: Self.quiet)
-        try await other.query("BEGIN", logger: Self.quiet)
-        try await other.query("DELETE FROM mqtt_sessions WHERE session_key = 'k'", logger: Self.quiet)
         var changed = session
         changed.state = [2]
         let stale = [MQTTSessionChange(key: "k", session: changed, stored: true)]
-        let saving = Task { try await store.saveMQTTSessions(stale, holder: "a", release: false) }
-        // The save waits for the removal's lock meanwhile (a slower start finds the row gone: the same outcome).
-        try await Task.sleep(for: .milliseconds(300))
-        try await other.query("COMMIT", logger: Self.quiet)
-        #expect(try await saving.value == ["k"])
-        #expect(try await store.mqttSessionHolder(key: "k") == (false, nil), "brought back")
+        var saving: Task<Set<String>, any Error>?
+        do {
+            try await other.query("BEGIN", logger: Self.quiet)
+            try await other.query("DELETE FROM mqtt_sessions WHERE session_key = 'k'", logger: Self.quiet)
+            saving = Task { try await store.saveMQTTSessions(stale, holder: "a", release: false) }
+            // Until the save waits for the removal's row lock (a save that never does cannot show the lock).
+            var waiting = false
+            for _ in 0..<500 where !waiting {
+                try await Task.sleep(for: .milliseconds(20))
+                for try await count in try await other.query(
+                    """
+                    SELECT count(*) FROM pg_stat_activity
+                    WHERE wait_event_type = 'Lock' AND datname = current_database()
+                    """, logger: Self.quiet
+                ).decode(Int64.self) {
+                    waiting = count > 0
+                }
+            }
+            #expect(waiting, "the save never waited for the removal")
+            try await other.query("COMMIT", logger: Self.quiet)
+            #expect(try await saving?.value == ["k"])
+            #expect(try await store.mqttSessionHolder(key: "k") == (false, nil), "brought back")
+        } catch {
+            saving?.cancel()
+            try? await other.close()
+            try? await store.close()
+            throw error
+        }
         try await other.close()
         try await store.close()
     }
