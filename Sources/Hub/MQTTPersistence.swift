@@ -395,8 +395,10 @@ actor MQTTPersistence: Service {
                 }
                 for key in held.sorted() {
                     if try await store.mqttSessionHolder(key: key).holder != holder {
-                        // Another node took it meanwhile (or took it and let go, or ended it): the copy here is stale.
+                        // Another node took it meanwhile (or took it and let go, or ended it): the copy here is stale,
+                        // and so is any change of it still to write (should a later look fail, it is not retried).
                         _ = await broker.handOver(key)
+                        pendingSessions[key] = nil
                     }
                     storedKeys.remove(key)
                 }
@@ -494,14 +496,16 @@ actor MQTTPersistence: Service {
         guard stored else { return }
         if current == holder {
             // Held here without a copy in the broker: the session ended on this node, and its removal is on its way
-            // in this node's writes: written first, it leaves nothing to take up (an ended session is not resumed).
-            // Should the row still be there (the store is failing), a clean start leaves it to those writes (the new
-            // session's save comes after the removal, in order): removed out of band, it could go between a write's
-            // update of the old copy (`stored`) and that write's look at the result, which would then let go of the
-            // new session.
-            await flush()
+            // in this node's writes: written first, it leaves nothing to take up (MQTT 5.0 §3.1.2.11.2: an ended
+            // session is not resumed).
+            _ = await flush(saving: [key])
             (stored, current) = try await store.mqttSessionHolder(key: key)
-            guard stored, !cleanStart else { return }
+            guard stored else { return }
+            // Still here (the store failed the removal): a clean start, or a removal still pending, leaves the row to
+            // this node's writes (the new session's save comes after the removal, in order). Removed out of band, it
+            // could go between a write's update of the old copy (`stored`) and that write's look at the result,
+            // which would then let go of the new session.
+            if current == holder, cleanStart || pendingSessions[key] == .some(nil) { return }
         }
         if let other = current, other != holder {
             try await store.requestMQTTSession(key: key, by: holder)

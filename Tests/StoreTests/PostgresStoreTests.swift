@@ -182,6 +182,8 @@ import Testing
             var waiting = false
             for _ in 0..<500 where !waiting {
                 try await Task.sleep(for: .milliseconds(20))
+                // Within a transaction the activity view is read once and kept; each look takes it afresh.
+                try await other.query("SELECT pg_stat_clear_snapshot()", logger: Self.quiet)
                 for try await count in try await other.query(
                     """
                     SELECT count(*) FROM pg_stat_activity
