@@ -563,6 +563,28 @@ import Testing
         #expect(await broker.holds("new"))
     }
 
+    /// Several nodes: a client whose session ended here (expiry 0) comes back at once, without a clean start, before
+    /// the session's removal is written. The connection's take-over writes this node's changes of the key first, so
+    /// the ended session is not taken up again (MQTT 5.0 §3.1.2.11.2), and the new session is saved and kept. (Taken
+    /// up, its row marked and then deleted by the removal, it made the new session's save let the client go.)
+    @Test(.timeLimit(.minutes(1))) func aClientBackBeforeItsEndedSessionIsRemovedStartsAfresh() async throws {
+        let store = FaultyStore(InMemoryHubStore(), sharedByNodes: true)
+        let (broker, persistence) = try await Self.node(store)
+        let first = try await MQTTBrokerIndexTests.connect(broker, "k", clean: true, expiry: 0)
+        try await MQTTBrokerIndexTests.subscribe(broker, "k", first, ["t/#"])
+        #expect(await persistence.flush())
+        #expect(try await store.mqttSessionHolder(key: "k") == (true, "a"))
+        await broker.detach(key: "k", connectionNumber: first)  // expiry 0: it ends; its removal is not written yet
+        #expect(await !broker.holds("k"))
+        try await persistence.prepare(key: "k", owner: "owner-k", maxPerOwner: 10, cleanStart: false)
+        #expect(try await store.mqttSessionHolder(key: "k") == (false, nil), "the removal went first")
+        #expect(await !broker.holds("k"), "the ended session was taken up again")
+        _ = try await MQTTBrokerIndexTests.connect(broker, "k", clean: false, expiry: 0)
+        #expect(await persistence.flush())
+        #expect(await broker.holds("k"), "the new session was let go of")
+        #expect(try await store.mqttSessionHolder(key: "k") == (true, "a"))
+    }
+
     /// A session another node asks for while a write of many is on its way: its client is sent away at once; the
     /// store's part of the hand-over waits for the transaction that holds an older copy of it (which must not land
     /// after the hand-over's), and the write's later transactions leave alone a session handed over meanwhile

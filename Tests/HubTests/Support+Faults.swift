@@ -43,9 +43,14 @@ final class FaultyStore: HubStore {
     let queued: Bool
     private let queue = TelemetryQueue(maximumCount: 1)
 
-    init(_ base: any HubStore, queued: Bool = false) {
+    /// Says the store is shared by several nodes whatever `base` says (the persistence's take-over paths, tested
+    /// without a PostgreSQL server).
+    let shared: Bool?
+
+    init(_ base: any HubStore, queued: Bool = false, sharedByNodes shared: Bool? = nil) {
         self.base = base
         self.queued = queued
+        self.shared = shared
     }
 
     func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite {
@@ -188,7 +193,7 @@ final class FaultyStore: HubStore {
     func schemas() async throws -> [(String, [UInt8])] { try await base.schemas() }
     func close() async throws { try await base.close() }
     func relayMessage(_ message: RelayedMessage) async throws { try await base.relayMessage(message) }
-    var sharedByNodes: Bool { base.sharedByNodes }
+    var sharedByNodes: Bool { shared ?? base.sharedByNodes }
     func putClaim(_ claim: StoredClaim) async throws { try await base.putClaim(claim) }
     func saveMQTTSessions(_ changes: [MQTTSessionChange], holder: String, release: Bool) async throws
         -> Set<String>
