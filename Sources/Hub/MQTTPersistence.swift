@@ -293,7 +293,7 @@ actor MQTTPersistence: Service {
         let calls = gathering ?? []
         gathering = nil
         await takeChanges()
-        defer { handedOver.forget { pendingSessions.index(forKey: $0) != nil } }
+        defer { forgetSavedHandOvers() }
         // Those asked for, and where their shared-subscription messages went since, and no more: the rest is the
         // periodic write's (its failures, or a slow store, must not hold up these answers).
         let sessions = calls.map { handedOver.following($0.keys) }
@@ -324,6 +324,9 @@ actor MQTTPersistence: Service {
         }
     }
 
+    /// After a write: the hand-overs whose sessions are all saved since are forgotten (`SharedHandOvers.forget`).
+    private func forgetSavedHandOvers() { handedOver.forget { pendingSessions.index(forKey: $0) != nil } }
+
     /// The `flush(saving:)` calls waiting for the write of theirs that is queued (tests).
     var gatheredSaves: Int { gathering?.count ?? 0 }
 
@@ -344,7 +347,7 @@ actor MQTTPersistence: Service {
     /// written stays pending, for the next write); true when everything was written.
     private func write() async -> Bool {
         let position = await takeChanges()
-        defer { handedOver.forget { pendingSessions.index(forKey: $0) != nil } }
+        defer { forgetSavedHandOvers() }
         guard await writeSessions(Array(pendingSessions.keys)).isEmpty else {
             await pruneLog(savedAt: nil)
             return false

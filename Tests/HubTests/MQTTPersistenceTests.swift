@@ -476,20 +476,28 @@ import Testing
         let store = FaultyStore(InMemoryHubStore())
         let (broker, persistence) = try await Self.node(store)
         let keys = (0..<6).map { "g\($0)" }
+        /// Until the store holds writes of exactly these keys, paused.
+        func paused(_ keys: [[String]]) async throws {
+            for _ in 0..<500 where store.pausedSessionWrites != keys { try await Task.sleep(for: .milliseconds(10)) }
+            try #require(store.pausedSessionWrites == keys)
+        }
+        /// Until this many `flush(saving:)` calls wait for the next write.
+        func gathered(_ count: Int) async throws {
+            for _ in 0..<500 where await persistence.gatheredSaves != count {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try #require(await persistence.gatheredSaves == count, "each waits for the next write")
+        }
         /// Every session changed, then `g0`'s save held in the store while the others ask for theirs; the answers.
         func saveWhileOneIsOnItsWay() async throws -> [Bool] {
             await Self.attach(broker, keys)
             store.sessionWriteLog.withLock { $0 = [] }
             store.pauseSessionWrites.store(true, ordering: .relaxed)
             let first = Task { await persistence.flush(saving: ["g0"]) }
-            for _ in 0..<500 where store.pausedSessionWrites.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
-            try #require(store.pausedSessionWrites == [["g0"]], "g0's write is on its way")
+            try await paused([["g0"]])  // g0's write is on its way
             store.pauseSessionWrites.store(false, ordering: .relaxed)
             let later = keys.dropFirst().map { key in Task { await persistence.flush(saving: [key]) } }
-            for _ in 0..<500 where await persistence.gatheredSaves < later.count {
-                try await Task.sleep(for: .milliseconds(10))
-            }
-            #expect(await persistence.gatheredSaves == later.count, "each waits for the next write")
+            try await gathered(later.count)
             store.resumeSessionWrites()
             var answers = [await first.value]
             for call in later { answers.append(await call.value) }
@@ -513,16 +521,6 @@ import Testing
         store.failingSession.withLock { $0 = nil }
         await Self.attach(broker, keys)
         store.sessionWriteLog.withLock { $0 = [] }
-        func paused(_ keys: [[String]]) async throws {
-            for _ in 0..<500 where store.pausedSessionWrites != keys { try await Task.sleep(for: .milliseconds(10)) }
-            try #require(store.pausedSessionWrites == keys)
-        }
-        func gathered(_ count: Int) async throws {
-            for _ in 0..<500 where await persistence.gatheredSaves != count {
-                try await Task.sleep(for: .milliseconds(10))
-            }
-            try #require(await persistence.gatheredSaves == count)
-        }
         store.pauseSessionWrites.store(true, ordering: .relaxed)
         let first = Task { await persistence.flush(saving: ["g0"]) }
         try await paused([["g0"]])
