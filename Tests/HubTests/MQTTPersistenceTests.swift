@@ -468,6 +468,56 @@ import Testing
         #expect(await broker.holds("k6"))
     }
 
+    /// Until `store` holds writes of exactly these keys, paused.
+    static func paused(_ store: FaultyStore, _ keys: [[String]]) async throws {
+        for _ in 0..<500 where store.pausedSessionWrites != keys { try await Task.sleep(for: .milliseconds(10)) }
+        try #require(store.pausedSessionWrites == keys)
+    }
+
+    /// Until this many `flush(saving:)` calls wait for the next write.
+    static func gathered(_ persistence: MQTTPersistence, _ count: Int) async throws {
+        for _ in 0..<500 where await persistence.gatheredSaves != count { try await Task.sleep(for: .milliseconds(10)) }
+        try #require(await persistence.gatheredSaves == count, "each waits for the next write")
+    }
+
+    /// A group commit answers each call as soon as its answer is known: a call whose sessions need no more writing
+    /// is answered while another call of its group is still being retried alone (its session could not be saved),
+    /// not after.
+    @Test(.timeLimit(.minutes(1))) func aSavedCallIsNotHeldUpByAnothersRetry() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let (broker, persistence) = try await Self.node(store)
+        await Self.attach(broker, ["saved", "failing", "first"])
+        #expect(await persistence.flush())
+        await Self.attach(broker, ["failing", "first"])  // changed since; "saved" is not
+        store.failingSession.withLock { $0 = "failing" }
+        store.sessionWriteLog.withLock { $0 = [] }
+        store.pauseSessionWrites.store(true, ordering: .relaxed)
+        let first = Task { await persistence.flush(saving: ["first"]) }
+        try await Self.paused(store, [["first"]])  // a write on its way: the next calls gather
+        let answered = Atomic<Bool>(false)
+        let saved = Task {
+            let answer = await persistence.flush(saving: ["saved"])
+            answered.store(true, ordering: .relaxed)
+            return answer
+        }
+        let failing = Task { await persistence.flush(saving: ["failing"]) }
+        try await Self.gathered(persistence, 2)
+        store.resumeSessionWrites()
+        #expect(await first.value)
+        try await Self.paused(store, [["failing"]])  // the shared write
+        store.resumeSessionWrites()
+        try await Self.paused(store, [["failing"]])  // the retry alone, held
+        // Its task runs once resumed: given time, with the retry still held.
+        for _ in 0..<500 where !answered.load(ordering: .relaxed) { try await Task.sleep(for: .milliseconds(10)) }
+        let answeredDuringTheRetry = answered.load(ordering: .relaxed) && store.pausedSessionWrites == [["failing"]]
+        #expect(answeredDuringTheRetry, "the saved call waits for another's retry")
+        store.pauseSessionWrites.store(false, ordering: .relaxed)
+        store.resumeSessionWrites()
+        #expect(await saved.value)
+        #expect(await !failing.value)
+        #expect(store.sessionWriteLog.withLock { $0 } == [["first"], ["failing"], ["failing"]])
+    }
+
     /// A group commit: the saves asked for (`flush(saving:)`, a fleet message's sessions before its PUBACK) while a
     /// write is on its way share the next one, one transaction for all their sessions rather than one after another;
     /// each is answered for its own sessions. When that transaction is refused, each call is tried alone: a session
@@ -476,18 +526,8 @@ import Testing
         let store = FaultyStore(InMemoryHubStore())
         let (broker, persistence) = try await Self.node(store)
         let keys = (0..<6).map { "g\($0)" }
-        /// Until the store holds writes of exactly these keys, paused.
-        func paused(_ keys: [[String]]) async throws {
-            for _ in 0..<500 where store.pausedSessionWrites != keys { try await Task.sleep(for: .milliseconds(10)) }
-            try #require(store.pausedSessionWrites == keys)
-        }
-        /// Until this many `flush(saving:)` calls wait for the next write.
-        func gathered(_ count: Int) async throws {
-            for _ in 0..<500 where await persistence.gatheredSaves != count {
-                try await Task.sleep(for: .milliseconds(10))
-            }
-            try #require(await persistence.gatheredSaves == count, "each waits for the next write")
-        }
+        func paused(_ keys: [[String]]) async throws { try await Self.paused(store, keys) }
+        func gathered(_ count: Int) async throws { try await Self.gathered(persistence, count) }
         /// Every session changed, then `g0`'s save held in the store while the others ask for theirs; the answers.
         func saveWhileOneIsOnItsWay() async throws -> [Bool] {
             await Self.attach(broker, keys)
@@ -578,6 +618,96 @@ import Testing
         #expect(try await store.mqttSessionHolder(key: "k") == (false, nil), "the removal went first")
         #expect(await !broker.holds("k"), "the ended session was taken up again")
         _ = try await MQTTBrokerIndexTests.connect(broker, "k", clean: false, expiry: 0)
+        #expect(await persistence.flush())
+        #expect(await broker.holds("k"), "the new session was let go of")
+        #expect(try await store.mqttSessionHolder(key: "k") == (true, "a"))
+    }
+
+    /// A commit whose answer is lost (the store committed, the connection failed before it said so) costs no
+    /// session: a save committed unknown to the node is saved again (the row is its own), and a removal committed
+    /// unknown to it leaves no mark behind, so the client's next session is inserted, not taken for a stale copy of
+    /// a row another node removed (and let go of). Several nodes (where a session of expiry 0 is stored too, for a
+    /// take-over).
+    @Test(.timeLimit(.minutes(1))) func aCommitWhoseAnswerIsLostCostsNoSession() async throws {
+        let store = FaultyStore(InMemoryHubStore(), sharedByNodes: true)
+        let (broker, persistence) = try await Self.node(store)
+        await Self.attach(broker, ["saved"])
+        store.loseSessionCommits.store(1, ordering: .relaxed)
+        #expect(await !persistence.flush(), "the save's answer is lost")
+        #expect(try await store.mqttSessionHolder(key: "saved") == (true, "a"), "though it was committed")
+        #expect(await persistence.flush())
+        #expect(await broker.holds("saved"))
+        #expect(try await store.mqttSessionHolder(key: "saved") == (true, "a"))
+
+        let first = try await MQTTBrokerIndexTests.connect(broker, "ended", clean: true, expiry: 0)
+        try await MQTTBrokerIndexTests.subscribe(broker, "ended", first, ["t/#"])
+        #expect(await persistence.flush())
+        #expect(try await store.mqttSessionHolder(key: "ended") == (true, "a"))
+        await broker.detach(key: "ended", connectionNumber: first)  // expiry 0: it ends, its removal is pending
+        store.loseSessionCommits.store(1, ordering: .relaxed)
+        #expect(await !persistence.flush(), "the removal's answer is lost")
+        #expect(try await store.mqttSessionHolder(key: "ended") == (false, nil), "though it was committed")
+        _ = try await MQTTBrokerIndexTests.connect(broker, "ended", clean: false, expiry: 600)
+        #expect(await persistence.flush())
+        #expect(await broker.holds("ended"), "the client's new session was let go of")
+        #expect(try await store.mqttSessionHolder(key: "ended") == (true, "a"))
+    }
+
+    /// A stale save finds its row gone (another node took the session and ended it), and the look at who holds it
+    /// now fails. The key keeps its mark until a look has dealt with it: the retried save finds the row gone again
+    /// and lets go of the copy, rather than inserting the ended session back. The other session of the same
+    /// transaction is saved by the retry.
+    @Test func aStaleSaveWhoseLookFailsIsNotRetriedAsANewSession() async throws {
+        let store = FaultyStore(InMemoryHubStore())
+        let (broker, persistence) = try await Self.node(store)
+        await Self.attach(broker, ["gone", "kept"])
+        #expect(await persistence.flush())
+        _ = try await store.takeMQTTSession(key: "gone", holder: "b")
+        try await store.removeMQTTSession(key: "gone", holder: "b")
+        await Self.attach(broker, ["gone", "kept"])  // both copies changed since
+        store.failHolderLooks.store(1, ordering: .relaxed)
+        #expect(await !persistence.flush(), "the look failed")
+        #expect(try await store.mqttSessionHolder(key: "gone") == (false, nil))
+        #expect(await persistence.flush())
+        #expect(try await store.mqttSessionHolder(key: "gone") == (false, nil), "brought back by the retried save")
+        #expect(await !broker.holds("gone"), "the stale copy is let go of")
+        #expect(try await store.mqttSessionHolder(key: "kept") == (true, "a"))
+        #expect(await broker.holds("kept"))
+    }
+
+    /// Several nodes: a client comes back (without a clean start) while the write that removes its ended session is
+    /// on its way. The connection's take-over finds the row still there, held by this node, and waits for that
+    /// write before it looks again: the ended session is not taken up (MQTT 5.0 §3.1.2.11.2), and the client's new
+    /// session is saved and kept. (Taken up at once, the removal landing after it made the new session's save let
+    /// the client go.)
+    @Test(.timeLimit(.minutes(1))) func aClientBackWhileItsSessionsRemovalIsBeingWrittenStartsAfresh() async throws {
+        let store = FaultyStore(InMemoryHubStore(), sharedByNodes: true)
+        let (broker, persistence) = try await Self.node(store)
+        let first = try await MQTTBrokerIndexTests.connect(broker, "k", clean: true, expiry: 0)
+        try await MQTTBrokerIndexTests.subscribe(broker, "k", first, ["t/#"])
+        #expect(await persistence.flush())
+        await broker.detach(key: "k", connectionNumber: first)  // expiry 0: it ends, its removal is pending
+        store.pauseSessionWrites.store(true, ordering: .relaxed)
+        let writing = Task { await persistence.flush() }
+        var paused: [[String]] = []
+        for _ in 0..<500 where paused.isEmpty {
+            paused = store.pausedSessionWrites
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try #require(paused == [["k"]], "the removal is on its way")
+        store.pauseSessionWrites.store(false, ordering: .relaxed)
+        let preparing = Task {
+            try await persistence.prepare(key: "k", owner: "owner-k", maxPerOwner: 10, cleanStart: false)
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(try await store.mqttSessionHolder(key: "k") == (true, "a"), "the row is still there")
+        #expect(await !broker.holds("k"), "taken up while its removal was on its way")
+        store.resumeSessionWrites()
+        #expect(await writing.value)
+        try await preparing.value
+        #expect(try await store.mqttSessionHolder(key: "k") == (false, nil))
+        #expect(await !broker.holds("k"), "the ended session was taken up again")
+        _ = try await MQTTBrokerIndexTests.connect(broker, "k", clean: false, expiry: 600)
         #expect(await persistence.flush())
         #expect(await broker.holds("k"), "the new session was let go of")
         #expect(try await store.mqttSessionHolder(key: "k") == (true, "a"))

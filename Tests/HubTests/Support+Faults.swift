@@ -36,6 +36,10 @@ final class FaultyStore: HubStore {
         }
         for write in waiting { write.resume.resume() }
     }
+    /// The next this many `saveMQTTSessions` calls commit in `base`, then throw: a commit whose answer is lost.
+    let loseSessionCommits = Atomic<Int>(0)
+    /// The next this many `mqttSessionHolder` calls throw (a look at a row that fails midway through a write).
+    let failHolderLooks = Atomic<Int>(0)
     /// Each write waits for the one before it and then this long: acknowledgements trickle in one at a time.
     let serialDelayMilliseconds = Atomic<Int>(0)
     private let lastWrite = Mutex<Task<Void, Never>?>(nil)
@@ -207,10 +211,18 @@ final class FaultyStore: HubStore {
         if changes.contains(where: { $0.session != nil && $0.key == failing }) {
             throw StoreError(.unavailable, "injected session save failure")
         }
-        return try await base.saveMQTTSessions(changes, holder: holder, release: release)
+        let held = try await base.saveMQTTSessions(changes, holder: holder, release: release)
+        if loseSessionCommits.load(ordering: .relaxed) > 0, loseSessionCommits.subtract(1, ordering: .relaxed).oldValue > 0
+        {
+            throw StoreError(.unavailable, "injected loss of a committed session save's answer")
+        }
+        return held
     }
     func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?) {
-        try await base.mqttSessionHolder(key: key)
+        if failHolderLooks.load(ordering: .relaxed) > 0, failHolderLooks.subtract(1, ordering: .relaxed).oldValue > 0 {
+            throw StoreError(.unavailable, "injected failure of a session holder look")
+        }
+        return try await base.mqttSessionHolder(key: key)
     }
     func takeMQTTSession(key: String, holder: String) async throws -> StoredMQTTSession? {
         try await base.takeMQTTSession(key: key, holder: holder)
