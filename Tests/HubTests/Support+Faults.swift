@@ -212,8 +212,8 @@ final class FaultyStore: HubStore {
             throw StoreError(.unavailable, "injected session save failure")
         }
         let held = try await base.saveMQTTSessions(changes, holder: holder, release: release)
-        if loseSessionCommits.load(ordering: .relaxed) > 0, loseSessionCommits.subtract(1, ordering: .relaxed).oldValue > 0
-        {
+        let losing = loseSessionCommits.load(ordering: .relaxed) > 0
+        if losing, loseSessionCommits.subtract(1, ordering: .relaxed).oldValue > 0 {
             throw StoreError(.unavailable, "injected loss of a committed session save's answer")
         }
         return held
