@@ -31,7 +31,7 @@ public struct OutboundMessage: Sendable {
         let received = publish.properties
         // Every MQTT 3.1.1 PUBLISH, and most MQTT 5 ones: nothing to forward, nothing to copy (this runs for every
         // message a device publishes).
-        if received.storage === Properties.Storage.empty {
+        if received.storage == nil {
             self.init(topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain)
             return
         }

@@ -16,8 +16,10 @@ public enum QoS: UInt8, Sendable, Equatable, Comparable {
 /// packet re-encodes as it came.
 ///
 /// The values live in one copy-on-write box: a `Properties` is one pointer, so every packet that carries one (and
-/// every async frame that holds a packet) stays small, and packets without properties (all of MQTT 3.1.1) share one
-/// empty box and allocate nothing.
+/// every async frame that holds a packet) stays small, and packets without properties (all of MQTT 3.1.1) have no
+/// box (nil) and allocate nothing. Not a shared empty box: every copy of a packet retained it and every drop
+/// released it, an atomic operation on one object from every thread (the event loops, the store's writer), whose
+/// cache line then moved between the cores for each message.
 public struct Properties: Sendable, Equatable {
     @usableFromInline
     final class Storage: @unchecked Sendable {
@@ -62,28 +64,25 @@ public struct Properties: Sendable, Equatable {
             copy.other = other
             return copy
         }
-
-        /// Shared by every `Properties()` until one is changed; never mutated itself.
-        @usableFromInline static let empty = Storage()
     }
 
-    @usableFromInline var storage: Storage
+    @usableFromInline var storage: Storage?
 
-    @inlinable public init() { storage = Storage.empty }
+    @inlinable public init() { storage = nil }
 
     /// A box of its own before a change (copy on write: a copy of this value never sees the change). Setting a
-    /// property of an empty value to nil or to an empty list keeps the shared box: no allocation. (The value is
+    /// property of an empty value to nil or to an empty list keeps it without a box: no allocation. (The value is
     /// written back in a `defer`: a change made in place before a throw is kept, as it is in a box of its own.)
     @inlinable mutating func unique() -> Storage {
-        if storage === Storage.empty || !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
-        return storage
+        if !isKnownUniquelyReferenced(&storage) { storage = storage?.copy() ?? Storage() }
+        return storage.unsafelyUnwrapped
     }
 
     @inlinable public var sessionExpiryInterval: UInt32? {
-        get { storage.sessionExpiryInterval }
+        get { storage?.sessionExpiryInterval }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.sessionExpiryInterval
+            if storage == nil {
+                var value = storage?.sessionExpiryInterval
                 defer { if value != nil { unique().sessionExpiryInterval = value } }
                 yield &value
             } else {
@@ -94,10 +93,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var receiveMaximum: UInt16? {
-        get { storage.receiveMaximum }
+        get { storage?.receiveMaximum }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.receiveMaximum
+            if storage == nil {
+                var value = storage?.receiveMaximum
                 defer { if value != nil { unique().receiveMaximum = value } }
                 yield &value
             } else {
@@ -108,10 +107,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var maximumPacketSize: UInt32? {
-        get { storage.maximumPacketSize }
+        get { storage?.maximumPacketSize }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.maximumPacketSize
+            if storage == nil {
+                var value = storage?.maximumPacketSize
                 defer { if value != nil { unique().maximumPacketSize = value } }
                 yield &value
             } else {
@@ -122,10 +121,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var topicAliasMaximum: UInt16? {
-        get { storage.topicAliasMaximum }
+        get { storage?.topicAliasMaximum }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.topicAliasMaximum
+            if storage == nil {
+                var value = storage?.topicAliasMaximum
                 defer { if value != nil { unique().topicAliasMaximum = value } }
                 yield &value
             } else {
@@ -136,10 +135,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var topicAlias: UInt16? {
-        get { storage.topicAlias }
+        get { storage?.topicAlias }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.topicAlias
+            if storage == nil {
+                var value = storage?.topicAlias
                 defer { if value != nil { unique().topicAlias = value } }
                 yield &value
             } else {
@@ -150,10 +149,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var assignedClientIdentifier: String? {
-        get { storage.assignedClientIdentifier }
+        get { storage?.assignedClientIdentifier }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.assignedClientIdentifier
+            if storage == nil {
+                var value = storage?.assignedClientIdentifier
                 defer { if value != nil { unique().assignedClientIdentifier = value } }
                 yield &value
             } else {
@@ -164,10 +163,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var reasonString: String? {
-        get { storage.reasonString }
+        get { storage?.reasonString }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.reasonString
+            if storage == nil {
+                var value = storage?.reasonString
                 defer { if value != nil { unique().reasonString = value } }
                 yield &value
             } else {
@@ -178,10 +177,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var maximumQoS: UInt8? {
-        get { storage.maximumQoS }
+        get { storage?.maximumQoS }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.maximumQoS
+            if storage == nil {
+                var value = storage?.maximumQoS
                 defer { if value != nil { unique().maximumQoS = value } }
                 yield &value
             } else {
@@ -192,10 +191,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var retainAvailable: UInt8? {
-        get { storage.retainAvailable }
+        get { storage?.retainAvailable }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.retainAvailable
+            if storage == nil {
+                var value = storage?.retainAvailable
                 defer { if value != nil { unique().retainAvailable = value } }
                 yield &value
             } else {
@@ -206,10 +205,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var serverKeepAlive: UInt16? {
-        get { storage.serverKeepAlive }
+        get { storage?.serverKeepAlive }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.serverKeepAlive
+            if storage == nil {
+                var value = storage?.serverKeepAlive
                 defer { if value != nil { unique().serverKeepAlive = value } }
                 yield &value
             } else {
@@ -220,10 +219,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var messageExpiryInterval: UInt32? {
-        get { storage.messageExpiryInterval }
+        get { storage?.messageExpiryInterval }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.messageExpiryInterval
+            if storage == nil {
+                var value = storage?.messageExpiryInterval
                 defer { if value != nil { unique().messageExpiryInterval = value } }
                 yield &value
             } else {
@@ -234,10 +233,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var payloadFormatIndicator: UInt8? {
-        get { storage.payloadFormatIndicator }
+        get { storage?.payloadFormatIndicator }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.payloadFormatIndicator
+            if storage == nil {
+                var value = storage?.payloadFormatIndicator
                 defer { if value != nil { unique().payloadFormatIndicator = value } }
                 yield &value
             } else {
@@ -248,10 +247,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var contentType: String? {
-        get { storage.contentType }
+        get { storage?.contentType }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.contentType
+            if storage == nil {
+                var value = storage?.contentType
                 defer { if value != nil { unique().contentType = value } }
                 yield &value
             } else {
@@ -262,10 +261,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var willDelayInterval: UInt32? {
-        get { storage.willDelayInterval }
+        get { storage?.willDelayInterval }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.willDelayInterval
+            if storage == nil {
+                var value = storage?.willDelayInterval
                 defer { if value != nil { unique().willDelayInterval = value } }
                 yield &value
             } else {
@@ -276,10 +275,10 @@ public struct Properties: Sendable, Equatable {
     }
 
     @inlinable public var userProperties: [(String, String)] {
-        get { storage.userProperties }
+        get { storage?.userProperties ?? [] }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.userProperties
+            if storage == nil {
+                var value = storage?.userProperties ?? []
                 defer { if !value.isEmpty { unique().userProperties = value } }
                 yield &value
             } else {
@@ -292,10 +291,10 @@ public struct Properties: Sendable, Equatable {
     /// §3.8.2.1.2 in SUBSCRIBE (at most one, 1–268,435,455); §3.3.4 in a PUBLISH to a client (one per matching
     /// subscription that has one).
     @inlinable public var subscriptionIdentifiers: [Int] {
-        get { storage.subscriptionIdentifiers }
+        get { storage?.subscriptionIdentifiers ?? [] }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.subscriptionIdentifiers
+            if storage == nil {
+                var value = storage?.subscriptionIdentifiers ?? []
                 defer { if !value.isEmpty { unique().subscriptionIdentifiers = value } }
                 yield &value
             } else {
@@ -307,10 +306,10 @@ public struct Properties: Sendable, Equatable {
 
     /// Properties Bulwark does not interpret, as (identifier, raw value bytes).
     @inlinable public var other: [(UInt8, [UInt8])] {
-        get { storage.other }
+        get { storage?.other ?? [] }
         _modify {
-            if storage === Storage.empty {
-                var value = storage.other
+            if storage == nil {
+                var value = storage?.other ?? []
                 defer { if !value.isEmpty { unique().other = value } }
                 yield &value
             } else {
@@ -320,7 +319,7 @@ public struct Properties: Sendable, Equatable {
         }
     }
 
-    @inlinable public var isEmpty: Bool { storage === Storage.empty || self == Properties() }
+    @inlinable public var isEmpty: Bool { storage == nil || self == Properties() }
 
     public static func == (lhs: Properties, rhs: Properties) -> Bool {
         if lhs.storage === rhs.storage { return true }

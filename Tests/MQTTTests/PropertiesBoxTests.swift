@@ -2,22 +2,29 @@ import Testing
 
 @testable import MQTT
 
-/// Packets without properties (all of MQTT 3.1.1) share one empty box: forwarding or copying them allocates none.
+/// Packets without properties (all of MQTT 3.1.1) have no box: forwarding or copying them allocates none, and
+/// retains no object shared by every connection.
 @Suite struct PropertiesBoxTests {
-    @Test func emptyValuesKeepTheSharedBox() {
+    @Test func emptyValuesHaveNoBox() {
         var properties = Properties()
         properties.contentType = nil
         properties.userProperties = []
         properties.subscriptionIdentifiers = []
         properties.other = Properties().other.filter { _ in true }
-        #expect(properties.storage === Properties.Storage.empty)
+        #expect(properties.storage == nil)
         let forwarded = OutboundMessage(PublishPacket(topic: try! TopicName("a/b"), payload: [1], qos: .atLeastOnce))
-        #expect(forwarded.properties.storage === Properties.Storage.empty)
+        #expect(forwarded.properties.storage == nil)
         let copy = forwarded.copy(qos: .atMostOnce, retain: false, identifiers: [])
-        #expect(copy.properties.storage === Properties.Storage.empty)
+        #expect(copy.properties.storage == nil)
         properties.messageExpiryInterval = 5
-        #expect(properties.storage !== Properties.Storage.empty)
-        #expect(Properties.Storage.empty.messageExpiryInterval == nil)
+        #expect(properties.storage != nil)
+        let unchanged = Properties()
+        #expect(unchanged.messageExpiryInterval == nil && unchanged.storage == nil)
+        var shared = properties  // a copy shares the box until one of them changes
+        #expect(shared.storage === properties.storage)
+        shared.messageExpiryInterval = 6
+        #expect(shared.storage !== properties.storage)
+        #expect(properties.messageExpiryInterval == 5 && shared.messageExpiryInterval == 6)
     }
 
     /// A forwarded PUBLISH carries what a subscriber receives (MQTT 5.0 §3.3.2.3) and nothing of the publisher's
@@ -60,7 +67,7 @@ import Testing
         var empty = Properties()
         #expect(throws: Stop.self) { try appendThenThrow(&empty.userProperties) }
         #expect(empty.userProperties.count == 1)
-        #expect(Properties.Storage.empty.userProperties.isEmpty)
+        #expect(Properties().userProperties.isEmpty)
         var boxed = Properties()
         boxed.contentType = "text/plain"
         #expect(throws: Stop.self) { try appendThenThrow(&boxed.userProperties) }
