@@ -635,7 +635,9 @@ import Testing
         store.loseSessionCommits.store(1, ordering: .relaxed)
         #expect(await !persistence.flush(), "the save's answer is lost")
         #expect(try await store.mqttSessionHolder(key: "saved") == (true, "a"), "though it was committed")
+        store.sessionWriteLog.withLock { $0 = [] }
         #expect(await persistence.flush())
+        #expect(store.sessionWriteLog.withLock { $0 } == [["saved"]], "saved again")
         #expect(await broker.holds("saved"))
         #expect(try await store.mqttSessionHolder(key: "saved") == (true, "a"))
 
@@ -657,7 +659,7 @@ import Testing
     /// now fails. The key keeps its mark until a look has dealt with it: the retried save finds the row gone again
     /// and lets go of the copy, rather than inserting the ended session back. The other session of the same
     /// transaction is saved by the retry.
-    @Test func aStaleSaveWhoseLookFailsIsNotRetriedAsANewSession() async throws {
+    @Test(.timeLimit(.minutes(1))) func aStaleSaveWhoseLookFailsIsNotRetriedAsANewSession() async throws {
         let store = FaultyStore(InMemoryHubStore())
         let (broker, persistence) = try await Self.node(store)
         await Self.attach(broker, ["gone", "kept"])
@@ -668,7 +670,9 @@ import Testing
         store.failHolderLooks.store(1, ordering: .relaxed)
         #expect(await !persistence.flush(), "the look failed")
         #expect(try await store.mqttSessionHolder(key: "gone") == (false, nil))
+        store.sessionWriteLog.withLock { $0 = [] }
         #expect(await persistence.flush())
+        #expect(store.sessionWriteLog.withLock { $0 } == [["gone", "kept"]], "both written again")
         #expect(try await store.mqttSessionHolder(key: "gone") == (false, nil), "brought back by the retried save")
         #expect(await !broker.holds("gone"), "the stale copy is let go of")
         #expect(try await store.mqttSessionHolder(key: "kept") == (true, "a"))
@@ -699,7 +703,7 @@ import Testing
         let preparing = Task {
             try await persistence.prepare(key: "k", owner: "owner-k", maxPerOwner: 10, cleanStart: false)
         }
-        try await Task.sleep(for: .milliseconds(200))
+        try await Self.gathered(persistence, 1)  // the take-over waits for the write on its way
         #expect(try await store.mqttSessionHolder(key: "k") == (true, "a"), "the row is still there")
         #expect(await !broker.holds("k"), "taken up while its removal was on its way")
         store.resumeSessionWrites()
