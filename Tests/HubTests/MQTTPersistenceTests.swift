@@ -601,6 +601,18 @@ import Testing
         #expect(await broker.holds("new"))
     }
 
+    /// Several nodes (where a session of expiry 0 is stored too): connects session `key` with expiry 0, subscribes it
+    /// and saves it, then disconnects it. The session ends here; its removal is pending, not written yet.
+    static func endSession(
+        _ key: String, _ broker: MQTTBroker, _ persistence: MQTTPersistence, _ store: FaultyStore
+    ) async throws {
+        let connection = try await MQTTBrokerIndexTests.connect(broker, key, clean: true, expiry: 0)
+        try await MQTTBrokerIndexTests.subscribe(broker, key, connection, ["t/#"])
+        #expect(await persistence.flush())
+        #expect(try await store.mqttSessionHolder(key: key) == (true, "a"))
+        await broker.detach(key: key, connectionNumber: connection)
+    }
+
     /// Several nodes: a client whose session ended here (expiry 0) comes back at once, without a clean start, before
     /// the session's removal is written. The connection's take-over writes this node's changes of the key first, so
     /// the ended session is not taken up again (MQTT 5.0 §3.1.2.11.2), and the new session is saved and kept. (Taken
@@ -608,11 +620,7 @@ import Testing
     @Test(.timeLimit(.minutes(1))) func aClientBackBeforeItsEndedSessionIsRemovedStartsAfresh() async throws {
         let store = FaultyStore(InMemoryHubStore(), sharedByNodes: true)
         let (broker, persistence) = try await Self.node(store)
-        let first = try await MQTTBrokerIndexTests.connect(broker, "k", clean: true, expiry: 0)
-        try await MQTTBrokerIndexTests.subscribe(broker, "k", first, ["t/#"])
-        #expect(await persistence.flush())
-        #expect(try await store.mqttSessionHolder(key: "k") == (true, "a"))
-        await broker.detach(key: "k", connectionNumber: first)  // expiry 0: it ends; its removal is not written yet
+        try await Self.endSession("k", broker, persistence, store)
         #expect(await !broker.holds("k"))
         try await persistence.prepare(key: "k", owner: "owner-k", maxPerOwner: 10, cleanStart: false)
         #expect(try await store.mqttSessionHolder(key: "k") == (false, nil), "the removal went first")
@@ -641,11 +649,7 @@ import Testing
         #expect(await broker.holds("saved"))
         #expect(try await store.mqttSessionHolder(key: "saved") == (true, "a"))
 
-        let first = try await MQTTBrokerIndexTests.connect(broker, "ended", clean: true, expiry: 0)
-        try await MQTTBrokerIndexTests.subscribe(broker, "ended", first, ["t/#"])
-        #expect(await persistence.flush())
-        #expect(try await store.mqttSessionHolder(key: "ended") == (true, "a"))
-        await broker.detach(key: "ended", connectionNumber: first)  // expiry 0: it ends, its removal is pending
+        try await Self.endSession("ended", broker, persistence, store)
         store.loseSessionCommits.store(1, ordering: .relaxed)
         #expect(await !persistence.flush(), "the removal's answer is lost")
         #expect(try await store.mqttSessionHolder(key: "ended") == (false, nil), "though it was committed")
@@ -687,10 +691,7 @@ import Testing
     @Test(.timeLimit(.minutes(1))) func aClientBackWhileItsSessionsRemovalIsBeingWrittenStartsAfresh() async throws {
         let store = FaultyStore(InMemoryHubStore(), sharedByNodes: true)
         let (broker, persistence) = try await Self.node(store)
-        let first = try await MQTTBrokerIndexTests.connect(broker, "k", clean: true, expiry: 0)
-        try await MQTTBrokerIndexTests.subscribe(broker, "k", first, ["t/#"])
-        #expect(await persistence.flush())
-        await broker.detach(key: "k", connectionNumber: first)  // expiry 0: it ends, its removal is pending
+        try await Self.endSession("k", broker, persistence, store)
         store.pauseSessionWrites.store(true, ordering: .relaxed)
         let writing = Task { await persistence.flush() }
         var paused: [[String]] = []

@@ -40,6 +40,18 @@ final class FaultyStore: HubStore {
     let loseSessionCommits = Atomic<Int>(0)
     /// The next this many `mqttSessionHolder` calls throw (a look at a row that fails midway through a write).
     let failHolderLooks = Atomic<Int>(0)
+    /// Takes one from `counter` if it is above zero, in one atomic step: true when one was taken. (A load then a
+    /// subtraction let two callers racing at 1 leave it at -1.)
+    private static func takeOne(_ counter: borrowing Atomic<Int>) -> Bool {
+        var current = counter.load(ordering: .relaxed)
+        while current > 0 {
+            let (exchanged, original) = counter.compareExchange(
+                expected: current, desired: current - 1, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
     /// Each write waits for the one before it and then this long: acknowledgements trickle in one at a time.
     let serialDelayMilliseconds = Atomic<Int>(0)
     private let lastWrite = Mutex<Task<Void, Never>?>(nil)
@@ -86,7 +98,7 @@ final class FaultyStore: HubStore {
             await turn.value
         }
         if failing.load(ordering: .relaxed) { throw StoreError(.unavailable, "injected store failure") }
-        if failNext.load(ordering: .relaxed) > 0, failNext.subtract(1, ordering: .relaxed).oldValue > 0 {
+        if Self.takeOne(failNext) {
             throw StoreError(.unavailable, "injected store failure")
         }
         return try await base.appendTelemetry(message)
@@ -212,14 +224,13 @@ final class FaultyStore: HubStore {
             throw StoreError(.unavailable, "injected session save failure")
         }
         let held = try await base.saveMQTTSessions(changes, holder: holder, release: release)
-        let losing = loseSessionCommits.load(ordering: .relaxed) > 0
-        if losing, loseSessionCommits.subtract(1, ordering: .relaxed).oldValue > 0 {
+        if Self.takeOne(loseSessionCommits) {
             throw StoreError(.unavailable, "injected loss of a committed session save's answer")
         }
         return held
     }
     func mqttSessionHolder(key: String) async throws -> (stored: Bool, holder: String?) {
-        if failHolderLooks.load(ordering: .relaxed) > 0, failHolderLooks.subtract(1, ordering: .relaxed).oldValue > 0 {
+        if Self.takeOne(failHolderLooks) {
             throw StoreError(.unavailable, "injected failure of a session holder look")
         }
         return try await base.mqttSessionHolder(key: key)
