@@ -418,6 +418,14 @@ public struct Subscription: Sendable, Equatable {
 
 /// The control packets (MQTT 3.1.1 §2.2.1, MQTT 5.0 §2.1.2).
 public enum Packet: Sendable, Equatable {
+    /// A PUBLISH's QoS and its RETAIN and DUP flags, read without binding the packet: a binding is a copy, a
+    /// reference count on the topic and the payload each, for a look at three flags.
+    @inlinable
+    public var publishFlags: (qos: QoS, retain: Bool, duplicate: Bool)? {
+        guard case .publish(let publish) = self else { return nil }
+        return (publish.qos, publish.retain, publish.duplicate)
+    }
+
     /// Boxed: the largest payload, once per connection; every other case (and every frame holding a packet) stays
     /// the size of a PUBLISH.
     indirect case connect(ConnectPacket)

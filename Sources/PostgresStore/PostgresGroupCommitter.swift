@@ -31,7 +31,7 @@ final class PostgresGroupCommitter: Sendable {
     }
 
     /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves.
-    func queue(_ message: NewTelemetry) -> PendingResult {
+    func queue(_ message: consuming NewTelemetry) -> PendingResult {
         let (result, start) = pending.append(message)
         if start { Task { await self.drain() } }
         return result

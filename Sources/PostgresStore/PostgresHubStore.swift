@@ -1525,7 +1525,7 @@ public final class PostgresHubStore: HubStore {
         try await committer.append(message)
     }
 
-    public func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite {
+    public func queueTelemetry(_ message: consuming NewTelemetry) -> TelemetryWrite {
         TelemetryWrite(committer.queue(message))
     }
 

@@ -80,7 +80,7 @@ public protocol HubStore: Sendable {
     /// Queues the message for storage now, in the caller's order, and returns what waits for it to be durable (as
     /// `appendTelemetry`). One connection's messages are stored, and handed to other nodes, in the order it queued
     /// them, even when it waits for each in a task of its own.
-    func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite
+    func queueTelemetry(_ message: consuming NewTelemetry) -> TelemetryWrite
     func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord]
     func telemetryCount(of device: DeviceID?) async throws -> Int
     /// Appends to the tamper-evident audit log.
@@ -269,8 +269,9 @@ extension HubStore {
     /// One node: no other node to hand a message to.
     public func relayMessage(_ message: RelayedMessage) async throws {}
     /// One node: the order messages reach the store in is not seen by any other node.
-    public func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite {
-        TelemetryWrite { try await self.appendTelemetry(message) }
+    public func queueTelemetry(_ message: consuming NewTelemetry) -> TelemetryWrite {
+        let message = message
+        return TelemetryWrite { try await self.appendTelemetry(message) }
     }
     public func requestMQTTSession(key: String, by holder: String) async throws {}
     public func announceNodeChange(holder: String) async throws {}

@@ -1055,7 +1055,7 @@ public final class SQLiteHubStore: HubStore {
     }
 
     /// Queued now, in the caller's order (not when awaited), so a caller may read the outcome by callback.
-    public func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite {
+    public func queueTelemetry(_ message: consuming NewTelemetry) -> TelemetryWrite {
         TelemetryWrite(committer.queue(message))
     }
 
@@ -1663,7 +1663,7 @@ final class GroupCommitter: Sendable {
     }
 
     /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves.
-    func queue(_ message: NewTelemetry) -> PendingResult {
+    func queue(_ message: consuming NewTelemetry) -> PendingResult {
         let (result, start) = pending.append(message)
         if start { writeNextBatch() }
         return result

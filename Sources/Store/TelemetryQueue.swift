@@ -32,7 +32,8 @@ public final class TelemetryQueue: Sendable {
     }
 
     /// Queues the message; `start` is true when no batch is in flight and the caller must start the writer.
-    public func append(_ message: NewTelemetry) -> (result: PendingResult, start: Bool) {
+    /// Takes `message` over: queued without a copy (each copy counts every reference the message holds).
+    public func append(_ message: consuming NewTelemetry) -> (result: PendingResult, start: Bool) {
         let entry = Entry(message)
         let start = state.withLock { state -> Bool in
             state.queued.append(entry)

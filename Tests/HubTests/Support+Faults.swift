@@ -69,7 +69,8 @@ final class FaultyStore: HubStore {
         self.shared = shared
     }
 
-    func queueTelemetry(_ message: NewTelemetry) -> TelemetryWrite {
+    func queueTelemetry(_ message: consuming NewTelemetry) -> TelemetryWrite {
+        let message = message
         guard queued else { return TelemetryWrite { try await self.appendTelemetry(message) } }
         let (pending, _) = queue.append(message)
         _ = queue.nextBatch()  // this store writes each message itself, below
