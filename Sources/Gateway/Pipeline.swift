@@ -86,6 +86,25 @@ public struct InboundMessage: Sendable {
         self.body = body
         self.transport = transport
     }
+
+    /// Every field at once (MQTT): a message built whole, not changed field by field after it is made.
+    public init(
+        identity: Identity, route: String, source: String, contentType: String?, messageType: String?,
+        body: [UInt8], transport: Transport, payload: PayloadCheck, declaredText: Bool, deviceKey: DeviceKey?,
+        sourceAddress: SourceAddress?
+    ) {
+        self.identity = identity
+        self.route = route
+        self.source = source
+        self.contentType = contentType
+        self.messageType = messageType
+        self.body = body
+        self.transport = transport
+        self.payload = payload
+        self.declaredText = declaredText
+        self.deviceKey = deviceKey
+        self.sourceAddress = sourceAddress
+    }
 }
 
 /// The pipeline's stages, in order (the first, connection limiting, runs before TLS in `admitConnection`).

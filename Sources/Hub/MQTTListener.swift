@@ -1681,15 +1681,12 @@ struct MQTTConnection {
         _ publish: PublishPacket, peer: Peer, route: String, messageType: String?, counter: UInt64?,
         check: PayloadCheck
     ) -> InboundMessage {
-        var message = InboundMessage(
+        InboundMessage(
             identity: peer.identity, route: route, source: peer.source ?? "unknown",
             contentType: publish.properties.contentType, messageType: messageType, body: publish.payload,
-            transport: .mqtt(counter: counter))
-        message.deviceKey = peer.deviceKey
-        message.sourceAddress = peer.sourceAddress
-        message.payload = check
-        message.declaredText = publish.properties.payloadFormatIndicator == 1
-        return message
+            transport: .mqtt(counter: counter), payload: check,
+            declaredText: publish.properties.payloadFormatIndicator == 1, deviceKey: peer.deviceKey,
+            sourceAddress: peer.sourceAddress)
     }
 
     /// A DUP resend whose counter is already in the window: the message was stored, so it is acknowledged again,
@@ -1998,13 +1995,13 @@ struct MQTTConnection {
         _ admitted: Admitted, _ publish: PublishPacket, device: DeviceID, _ correlationID: String, at receivedAt: Date,
         _ delivery: BrokerMessage, local: LocalWrite?, state: State
     ) -> NewTelemetry {
-        var record = NewTelemetry(
+        // Built whole: a field changed after `init` cost a copy of the row.
+        NewTelemetry(
             deviceID: device, receivedAt: receivedAt, correlationID: correlationID, body: publish.payload,
             counterWindow: admitted.counterWindow.map { StoredCounterWindow(highest: $0.highest, seen: $0.seen) },
-            counter: admitted.counter, messageType: admitted.messageType)
-        record.relay = (listener.relay ?? (local == nil ? nil : listener.messageLog))?.relayed(
-            delivery, publisher: state.sessionKey, placement: local?.placement ?? [:])
-        return record
+            counter: admitted.counter, messageType: admitted.messageType,
+            relay: (listener.relay ?? (local == nil ? nil : listener.messageLog))?.relayed(
+                delivery, publisher: state.sessionKey, placement: local?.placement ?? [:]))
     }
 
     /// Queues the write of a message to acknowledge (QoS 1 and 2) and returns its outcome. Synchronous: the

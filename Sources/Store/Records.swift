@@ -138,8 +138,10 @@ public struct NewTelemetry: Sendable {
 
     public init(
         deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8], nonce: StoredNonce? = nil,
-        counterWindow: StoredCounterWindow? = nil, counter: UInt64? = nil, messageType: String? = nil
+        counterWindow: StoredCounterWindow? = nil, counter: UInt64? = nil, messageType: String? = nil,
+        relay: RelayedMessage? = nil
     ) {
+        self.relay = relay
         self.counter = counter
         self.messageType = messageType
         self.deviceID = deviceID
