@@ -613,6 +613,18 @@ import Testing
         await broker.detach(key: key, connectionNumber: connection)
     }
 
+    /// The client of session `key` connects again, without a clean start: its new session is saved, and this node
+    /// holds it and keeps it.
+    static func reconnectIsKept(
+        _ key: String, expiry: Int, _ broker: MQTTBroker, _ persistence: MQTTPersistence, _ store: FaultyStore,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws {
+        _ = try await MQTTBrokerIndexTests.connect(broker, key, clean: false, expiry: expiry)
+        #expect(await persistence.flush(), sourceLocation: sourceLocation)
+        #expect(await broker.holds(key), "the new session was let go of", sourceLocation: sourceLocation)
+        #expect(try await store.mqttSessionHolder(key: key) == (true, "a"), sourceLocation: sourceLocation)
+    }
+
     /// Several nodes: a client whose session ended here (expiry 0) comes back at once, without a clean start, before
     /// the session's removal is written. The connection's take-over writes this node's changes of the key first, so
     /// the ended session is not taken up again (MQTT 5.0 §3.1.2.11.2), and the new session is saved and kept. (Taken
@@ -625,10 +637,7 @@ import Testing
         try await persistence.prepare(key: "k", owner: "owner-k", maxPerOwner: 10, cleanStart: false)
         #expect(try await store.mqttSessionHolder(key: "k") == (false, nil), "the removal went first")
         #expect(await !broker.holds("k"), "the ended session was taken up again")
-        _ = try await MQTTBrokerIndexTests.connect(broker, "k", clean: false, expiry: 0)
-        #expect(await persistence.flush())
-        #expect(await broker.holds("k"), "the new session was let go of")
-        #expect(try await store.mqttSessionHolder(key: "k") == (true, "a"))
+        try await Self.reconnectIsKept("k", expiry: 0, broker, persistence, store)
     }
 
     /// A commit whose answer is lost (the store committed, the connection failed before it said so) costs no
@@ -653,10 +662,7 @@ import Testing
         store.loseSessionCommits.store(1, ordering: .relaxed)
         #expect(await !persistence.flush(), "the removal's answer is lost")
         #expect(try await store.mqttSessionHolder(key: "ended") == (false, nil), "though it was committed")
-        _ = try await MQTTBrokerIndexTests.connect(broker, "ended", clean: false, expiry: 600)
-        #expect(await persistence.flush())
-        #expect(await broker.holds("ended"), "the client's new session was let go of")
-        #expect(try await store.mqttSessionHolder(key: "ended") == (true, "a"))
+        try await Self.reconnectIsKept("ended", expiry: 600, broker, persistence, store)
     }
 
     /// A stale save finds its row gone (another node took the session and ended it), and the look at who holds it
@@ -694,12 +700,7 @@ import Testing
         try await Self.endSession("k", broker, persistence, store)
         store.pauseSessionWrites.store(true, ordering: .relaxed)
         let writing = Task { await persistence.flush() }
-        var paused: [[String]] = []
-        for _ in 0..<500 where paused.isEmpty {
-            paused = store.pausedSessionWrites
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        try #require(paused == [["k"]], "the removal is on its way")
+        try await Self.paused(store, [["k"]])  // the removal is on its way
         store.pauseSessionWrites.store(false, ordering: .relaxed)
         let preparing = Task {
             try await persistence.prepare(key: "k", owner: "owner-k", maxPerOwner: 10, cleanStart: false)
@@ -712,10 +713,7 @@ import Testing
         try await preparing.value
         #expect(try await store.mqttSessionHolder(key: "k") == (false, nil))
         #expect(await !broker.holds("k"), "the ended session was taken up again")
-        _ = try await MQTTBrokerIndexTests.connect(broker, "k", clean: false, expiry: 600)
-        #expect(await persistence.flush())
-        #expect(await broker.holds("k"), "the new session was let go of")
-        #expect(try await store.mqttSessionHolder(key: "k") == (true, "a"))
+        try await Self.reconnectIsKept("k", expiry: 600, broker, persistence, store)
     }
 
     /// A session another node asks for while a write of many is on its way: its client is sent away at once; the
