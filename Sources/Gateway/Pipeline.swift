@@ -63,10 +63,10 @@ public struct InboundMessage: Sendable {
     public var body: [UInt8]
     public var transport: Transport
     /// What the payload must be (MQTT: the `mqtt.payloads` rule its topic matched; HTTP: always JSON).
-    public var payload = PayloadCheck.json
+    public var payload: PayloadCheck
     /// The sender declared the payload UTF-8 text (an MQTT 5 Payload Format Indicator of 1, §3.3.2.3.2): it is
     /// checked as such whatever the format.
-    public var declaredText = false
+    public var declaredText: Bool
     /// The device's interned key (`GatewayPipeline.deviceKeys`), set once per connection when the certificate names
     /// a device; nil makes the pipeline intern the id itself (a `String` hash).
     public var deviceKey: DeviceKey?
@@ -78,13 +78,9 @@ public struct InboundMessage: Sendable {
         identity: Identity, route: String, source: String, contentType: String?, messageType: String?,
         body: [UInt8], transport: Transport
     ) {
-        self.identity = identity
-        self.route = route
-        self.source = source
-        self.contentType = contentType
-        self.messageType = messageType
-        self.body = body
-        self.transport = transport
+        self.init(
+            identity: identity, route: route, source: source, contentType: contentType, messageType: messageType,
+            body: body, transport: transport, payload: .json, declaredText: false, deviceKey: nil, sourceAddress: nil)
     }
 
     /// Every field at once (MQTT): a message built whole, not changed field by field after it is made.
