@@ -2191,7 +2191,7 @@ struct MQTTConnection {
             let decided = reason
             // Whether `delivery` goes on. It is read where it was captured, never copied into a value of its own:
             // a copy of a message is a reference count on its topic and payload each, taken here and dropped again
-            // (about a fifth of the counting per QoS 1 message, `bulwark-bench mqtt` with uprobes, 2026-12-07).
+            // (this step's count per QoS 1 message went from 15-26 to 6-10, `scripts/count-references`).
             let delivering = decided == .success && deliver && delivery != nil
             // A retained message is in the store's retained messages before its acknowledgement: a restart right
             // after the PUBACK still has it. (Should that write fail, the message itself is stored all the same:
