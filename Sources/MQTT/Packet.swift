@@ -82,7 +82,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.sessionExpiryInterval }
         _modify {
             if storage == nil {
-                var value = storage?.sessionExpiryInterval
+                var value: UInt32? = nil
                 defer { if value != nil { unique().sessionExpiryInterval = value } }
                 yield &value
             } else {
@@ -96,7 +96,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.receiveMaximum }
         _modify {
             if storage == nil {
-                var value = storage?.receiveMaximum
+                var value: UInt16? = nil
                 defer { if value != nil { unique().receiveMaximum = value } }
                 yield &value
             } else {
@@ -110,7 +110,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.maximumPacketSize }
         _modify {
             if storage == nil {
-                var value = storage?.maximumPacketSize
+                var value: UInt32? = nil
                 defer { if value != nil { unique().maximumPacketSize = value } }
                 yield &value
             } else {
@@ -124,7 +124,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.topicAliasMaximum }
         _modify {
             if storage == nil {
-                var value = storage?.topicAliasMaximum
+                var value: UInt16? = nil
                 defer { if value != nil { unique().topicAliasMaximum = value } }
                 yield &value
             } else {
@@ -138,7 +138,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.topicAlias }
         _modify {
             if storage == nil {
-                var value = storage?.topicAlias
+                var value: UInt16? = nil
                 defer { if value != nil { unique().topicAlias = value } }
                 yield &value
             } else {
@@ -152,7 +152,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.assignedClientIdentifier }
         _modify {
             if storage == nil {
-                var value = storage?.assignedClientIdentifier
+                var value: String? = nil
                 defer { if value != nil { unique().assignedClientIdentifier = value } }
                 yield &value
             } else {
@@ -166,7 +166,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.reasonString }
         _modify {
             if storage == nil {
-                var value = storage?.reasonString
+                var value: String? = nil
                 defer { if value != nil { unique().reasonString = value } }
                 yield &value
             } else {
@@ -180,7 +180,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.maximumQoS }
         _modify {
             if storage == nil {
-                var value = storage?.maximumQoS
+                var value: UInt8? = nil
                 defer { if value != nil { unique().maximumQoS = value } }
                 yield &value
             } else {
@@ -194,7 +194,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.retainAvailable }
         _modify {
             if storage == nil {
-                var value = storage?.retainAvailable
+                var value: UInt8? = nil
                 defer { if value != nil { unique().retainAvailable = value } }
                 yield &value
             } else {
@@ -208,7 +208,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.serverKeepAlive }
         _modify {
             if storage == nil {
-                var value = storage?.serverKeepAlive
+                var value: UInt16? = nil
                 defer { if value != nil { unique().serverKeepAlive = value } }
                 yield &value
             } else {
@@ -222,7 +222,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.messageExpiryInterval }
         _modify {
             if storage == nil {
-                var value = storage?.messageExpiryInterval
+                var value: UInt32? = nil
                 defer { if value != nil { unique().messageExpiryInterval = value } }
                 yield &value
             } else {
@@ -236,7 +236,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.payloadFormatIndicator }
         _modify {
             if storage == nil {
-                var value = storage?.payloadFormatIndicator
+                var value: UInt8? = nil
                 defer { if value != nil { unique().payloadFormatIndicator = value } }
                 yield &value
             } else {
@@ -250,7 +250,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.contentType }
         _modify {
             if storage == nil {
-                var value = storage?.contentType
+                var value: String? = nil
                 defer { if value != nil { unique().contentType = value } }
                 yield &value
             } else {
@@ -264,7 +264,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.willDelayInterval }
         _modify {
             if storage == nil {
-                var value = storage?.willDelayInterval
+                var value: UInt32? = nil
                 defer { if value != nil { unique().willDelayInterval = value } }
                 yield &value
             } else {
@@ -278,7 +278,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.userProperties ?? [] }
         _modify {
             if storage == nil {
-                var value = storage?.userProperties ?? []
+                var value: [(String, String)] = []
                 defer { if !value.isEmpty { unique().userProperties = value } }
                 yield &value
             } else {
@@ -294,7 +294,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.subscriptionIdentifiers ?? [] }
         _modify {
             if storage == nil {
-                var value = storage?.subscriptionIdentifiers ?? []
+                var value: [Int] = []
                 defer { if !value.isEmpty { unique().subscriptionIdentifiers = value } }
                 yield &value
             } else {
@@ -309,7 +309,7 @@ public struct Properties: Sendable, Equatable {
         get { storage?.other ?? [] }
         _modify {
             if storage == nil {
-                var value = storage?.other ?? []
+                var value: [(UInt8, [UInt8])] = []
                 defer { if !value.isEmpty { unique().other = value } }
                 yield &value
             } else {
