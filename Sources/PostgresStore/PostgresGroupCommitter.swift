@@ -43,23 +43,29 @@ final class PostgresGroupCommitter: Sendable {
             if batch.isEmpty { return }
             let started = ContinuousClock.now
             do {
-                let messages = batch.map(\.message)
-                var attempt = 1
                 var written: [Int64?]?
-                while written == nil {
-                    do { written = try await write(messages) } catch
-                        where attempt < 3 && PostgresHubStore.isRetryable(error)
-                    {
-                        attempt += 1  // a deadlock victim or serialisation failure: rolled back, run again
+                var nonces = false
+                do {
+                    let messages = batch.map(\.message)
+                    nonces = messages.contains { $0.nonce != nil }
+                    var attempt = 1
+                    while written == nil {
+                        do { written = try await write(messages) } catch
+                            where attempt < 3 && PostgresHubStore.isRetryable(error)
+                        {
+                            attempt += 1  // a deadlock victim or serialisation failure: rolled back, run again
+                        }
                     }
                 }
                 let ids = written ?? []
                 onCommit?(batch.count, ContinuousClock.now - started)
-                TelemetryQueue.committed(batch, ids: ids)
+                // The batch's last reference (the messages' copies gone with `messages`): its entries go back to
+                // the threads that queued them, to be freed there.
+                TelemetryQueue.committed(consume batch, ids: ids)
                 // After the callers were answered: their acknowledgements never wait for it.
-                await purgeExpiredNonces(if: messages.contains { $0.nonce != nil })
+                await purgeExpiredNonces(if: nonces)
             } catch {
-                TelemetryQueue.failed(batch, PostgresHubStore.storeError(error, "telemetry batch failed"))
+                TelemetryQueue.failed(consume batch, PostgresHubStore.storeError(error, "telemetry batch failed"))
             }
         }
     }

@@ -1899,14 +1899,28 @@ final class GroupCommitter: Sendable {
         ).execute(arguments: [newestRow])
     }
 
+    /// A batch while its transaction runs: the completion takes the one reference to it out
+    /// (`TelemetryQueue.committed` hands the entries back to the threads that queued them, to be freed there).
+    private final class TakenBatch: @unchecked Sendable {
+        var entries: [TelemetryQueue.Entry]
+        init(_ entries: [TelemetryQueue.Entry]) { self.entries = entries }
+
+        func take() -> [TelemetryQueue.Entry] {
+            var taken: [TelemetryQueue.Entry] = []
+            swap(&taken, &entries)
+            return taken
+        }
+    }
+
     private func writeNextBatch() {
-        let batch = pending.nextBatch()
-        guard !batch.isEmpty else { return }
+        let taken = TakenBatch(pending.nextBatch())
+        guard !taken.entries.isEmpty else { return }
         let started = ContinuousClock.now
         let indexEvery = indexEvery
         Self.asyncTransaction(
             pool,
             { db -> [Int64?] in
+                let batch = taken.entries
                 let now = Int64(Date().timeIntervalSince1970)
                 var accepted: [Bool] = []
                 accepted.reserveCapacity(batch.count)
@@ -1926,12 +1940,13 @@ final class GroupCommitter: Sendable {
                 return ids
             },
             completion: { result in
+                let batch = taken.take()
                 switch result {
                 case .success(let ids):
                     self.onCommit?(batch.count, ContinuousClock.now - started)
-                    TelemetryQueue.committed(batch, ids: ids)
+                    TelemetryQueue.committed(consume batch, ids: ids)
                 case .failure(let error):
-                    TelemetryQueue.failed(batch, StoreError(.unavailable, "telemetry batch failed: \(error)"))
+                    TelemetryQueue.failed(consume batch, StoreError(.unavailable, "telemetry batch failed: \(error)"))
                 }
                 self.writeNextBatch()
             })

@@ -1,6 +1,12 @@
 import Core
 import Foundation
-import Store
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+@testable import Store
 import Testing
 
 /// The queue both group committers use: order, batch bounds, one writer at a time, each result resolved once.
@@ -60,5 +66,88 @@ import Testing
         } catch let error as StoreError {
             #expect(error.code == .unavailable)
         }
+    }
+
+    /// Entries come back to the thread that queued them and are freed at its next `append` (glibc frees a chunk under
+    /// the lock of the arena that allocated it: the writer freeing them raced the event loops' allocations).
+    @Test func entriesAreFreedByTheThreadThatQueuedThem() {
+        let queue = TelemetryQueue(maximumCount: 10)
+        weak var first: PendingResult?
+        weak var second: PendingResult?
+        do {
+            first = queue.append(Self.message(0)).result
+            second = queue.append(Self.message(1)).result
+            let batch = queue.nextBatch()
+            TelemetryQueue.committed(batch, ids: [1, 2])
+        }
+        // The batch is done and dropped: the entries wait for this thread.
+        #expect(first != nil && second != nil)
+        _ = queue.append(Self.message(2))
+        #expect(first == nil && second == nil)
+        // A failed batch's come back too.
+        weak var failed: PendingResult?
+        do {
+            let batch = queue.nextBatch()
+            failed = batch.first
+            TelemetryQueue.failed(batch, StoreError(.unavailable, "disk"))
+        }
+        #expect(failed != nil)
+        _ = queue.append(Self.message(3))
+        #expect(failed == nil)
+    }
+
+    /// A thread keeps at most `Returns.maximumCount` entries and `maximumBytes` of bodies: the writer frees the rest
+    /// of a batch itself, so a thread that stops queueing holds little.
+    @Test func aThreadHoldsABoundedAmountForItsNextAppend() {
+        let queue = TelemetryQueue(maximumCount: .max)
+        _ = queue.append(Self.message(0))
+        _ = queue.nextBatch()  // this thread's returns are now empty
+        weak var tooMany: PendingResult?
+        do {
+            for index in 0...TelemetryQueue.Returns.maximumCount { _ = queue.append(Self.message(index)) }
+            let batch = queue.nextBatch()
+            tooMany = batch.last
+            TelemetryQueue.committed(batch, ids: batch.map { _ in 1 })
+        }
+        #expect(tooMany == nil)  // one over the count: none kept
+        weak var tooLarge: PendingResult?
+        do {
+            tooLarge = queue.append(Self.message(0, bytes: TelemetryQueue.Returns.maximumBytes + 1)).result
+            TelemetryQueue.committed(queue.nextBatch(), ids: [1])
+        }
+        #expect(tooLarge == nil)
+        weak var kept: PendingResult?
+        do {
+            kept = queue.append(Self.message(0, bytes: 1_000)).result
+            TelemetryQueue.committed(queue.nextBatch(), ids: [1])
+        }
+        #expect(kept != nil)
+    }
+
+    /// What a thread queued before it exited is freed by the writer: nothing is kept for a thread that is gone.
+    @Test func nothingIsKeptForAThreadThatExited() throws {
+        let queue = TelemetryQueue(maximumCount: 10)
+        final class Box: @unchecked Sendable {
+            let queue: TelemetryQueue
+            init(_ queue: TelemetryQueue) { self.queue = queue }
+        }
+        let box = Unmanaged.passRetained(Box(queue))
+        var thread = pthread_t()
+        let created = pthread_create(
+            &thread, nil,
+            { argument in
+                let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+                _ = box.queue.append(TelemetryQueueTests.message(0))
+                return nil
+            }, box.toOpaque())
+        try #require(created == 0)
+        pthread_join(thread, nil)  // its thread-specific values are destroyed before it is joined
+        weak var orphan: PendingResult?
+        do {
+            let batch = queue.nextBatch()
+            orphan = batch.first
+            TelemetryQueue.committed(batch, ids: [1])
+        }
+        #expect(orphan == nil)
     }
 }
