@@ -36,6 +36,42 @@ import Testing
         #expect(dense.decide(3, now: 0) == .admit(remaining: 4))
     }
 
+    /// Slots that share a stripe (16 apart) and slots in other stripes keep states of their own.
+    @Test func denseSlotsOfOneStripeAreIndependent() {
+        let dense = DenseRateTable(limit: RateLimit(rate: 1, burst: 2))
+        for slot in [0, 16, 32, 1] { #expect(dense.decide(slot, now: 0) == .admit(remaining: 1)) }
+        #expect(dense.decide(16, now: 0) == .admit(remaining: 0))
+        #expect(dense.decide(16, now: 0) == .deny(retryAfterNanos: 1_000_000_000))
+        #expect(dense.decide(0, now: 0) == .admit(remaining: 0))  // its neighbour's refusal took nothing from it
+        dense.reset(16)
+        #expect(dense.decide(16, now: 0) == .admit(remaining: 1))
+        #expect(dense.decide(32, now: 0) == .admit(remaining: 0))
+    }
+
+    /// Threads deciding at once over keys spread on every stripe: the table never holds more keys than its
+    /// capacity, refuses the overflow, and each key is held to its rate (one admitted per key at one instant).
+    @Test func concurrentDecisionsKeepTheWholeTablesBound() async {
+        let table = RateLimiterTable<Int>(limit: RateLimit(rate: 1, burst: 1), capacity: 300)
+        let admitted = await withTaskGroup(of: Int.self) { group in
+            for thread in 0..<4 {
+                group.addTask {
+                    var admitted = 0
+                    for step in 0..<2_000 {
+                        if case .admit = table.decide((step * 7 + thread) % 1_000, now: 0) { admitted += 1 }
+                    }
+                    return admitted
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(table.count == 300)
+        #expect(admitted == 300)  // each admitted key once, then refused until its interval has passed
+        #expect(table.overflowed > 0)
+        #expect(table.count <= table.capacity)
+        table.evictIdle(now: 1_000_000_000)
+        #expect(table.count == 0)
+    }
+
     /// Interned keys are dense, stable, and name their device.
     @Test func devicesAreInternedOnce() throws {
         let keys = DeviceKeys()
