@@ -195,7 +195,9 @@ extension TelemetryQueue {
                 }
             }
             _ = consume batch  // the groups hold the writer's references now
-            for index in groups.indices { groups[index].origin.keep(&groups[index].entries, bytes: groups[index].bytes) }
+            for index in groups.indices {
+                groups[index].origin.keep(&groups[index].entries, bytes: groups[index].bytes)
+            }
         }
 
         /// The calling thread's; nil when the process has no thread-specific key left (entries are then freed by

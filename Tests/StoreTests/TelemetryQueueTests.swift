@@ -1,13 +1,14 @@
 import Core
 import Foundation
+import Testing
+
+@testable import Store
 
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
     import Darwin
 #endif
-@testable import Store
-import Testing
 
 /// The queue both group committers use: order, batch bounds, one writer at a time, each result resolved once.
 @Suite struct TelemetryQueueTests {
