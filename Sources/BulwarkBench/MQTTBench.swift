@@ -63,10 +63,16 @@ struct MQTTBenchmark: AsyncParsableCommand {
         }
         // The hub's data (its CA key, hundreds of MB of stored messages) and its log go when the run ends, after the
         // hub has stopped (defers run last to first).
-        defer {
+        let removeFiles: @Sendable () -> Void = {
             for path in [countsDirectory, directory, directory + ".log"] {
                 try? FileManager.default.removeItem(atPath: path)
             }
+        }
+        // On SIGTERM or SIGINT too (registered first, so it runs after the brokers are stopped).
+        let filesOnSignal = Interruption.onSignal(removeFiles)
+        defer {
+            removeFiles()
+            Interruption.forget(filesOnSignal)
         }
         let hub = try HubProcess(
             binary: binary, directory: directory,
@@ -79,9 +85,11 @@ struct MQTTBenchmark: AsyncParsableCommand {
                 // As mosquitto's max_queued_messages below (`--subscriber`: a subscriber that falls behind).
                 "BULWARK_MQTT_MAX_QUEUED_MESSAGES": "1000",
             ].merging(allocations[0]?.environment ?? [:]) { $1 })
+        let hubOnSignal = Interruption.onSignal { hub.stop(within: 5) }
         defer {
             hub.terminate()
             _ = hub.wait()
+            Interruption.forget(hubOnSignal)
         }
         let ports = try await hub.waitForPorts()
 
@@ -119,9 +127,11 @@ struct MQTTBenchmark: AsyncParsableCommand {
         broker.arguments = ["-c", directory + "/mosquitto.conf"]
         broker.environment = ProcessInfo.processInfo.environment.merging(allocations[1]?.environment ?? [:]) { $1 }
         try broker.runWithDefaultSignalMask()
+        let brokerOnSignal = Interruption.onSignal { [stoppable = StoppableProcess(broker)] in stoppable.stop() }
         defer {
             broker.terminate()
             broker.waitUntilExit()
+            Interruption.forget(brokerOnSignal)
         }
         try await Task.sleep(for: .milliseconds(500))
 
