@@ -124,11 +124,11 @@ extension TelemetryQueue {
     /// messages, about half of the hub's 0.44 `futex` calls per message were `malloc` and `free` waiting so
     /// (`perf record -e syscalls:sys_enter_futex --call-graph dwarf`, 2026-12-07).
     ///
-    /// Bounded: a thread holds at most `maximumCount` entries and `maximumBytes` of their bodies; the writer frees
-    /// the rest of a batch itself, as before (a thread that stops queueing keeps at most that much until it queues
-    /// again or exits). One per thread, made at its first `append` and never freed: when its thread exits, it frees
-    /// what it holds, keeps nothing more, and waits for the next thread that queues (so an entry's `origin` is never
-    /// dangling).
+    /// Bounded: a thread holds at most `maximumCount` entries and `maximumBytes` of their bodies and relayed packets
+    /// (besides the entries themselves and their strings); the writer frees the rest of a batch itself, as before. A
+    /// thread that stops queueing keeps at most that much until it queues again or exits. One per thread, made at
+    /// its first `append` and never freed: when its thread exits, it frees what it holds, keeps nothing more, and
+    /// waits for the next thread that queues (so an entry's `origin` is never dangling).
     final class Returns: @unchecked Sendable {
         static let maximumCount = 1_024
         static let maximumBytes = 1 << 20
@@ -144,7 +144,8 @@ extension TelemetryQueue {
         /// How many entries `held` has, read without the lock: a thread with nothing back does not take it.
         private let count = Atomic(0)
 
-        private init() {}
+        /// Only `current` makes them (and tests).
+        init() {}
 
         /// Frees what came back to this thread (call it on the thread that owns it).
         func reclaim() {
@@ -162,7 +163,7 @@ extension TelemetryQueue {
         /// Takes `entries` over for their thread, unless that would hold more than the bounds (then they are left).
         /// They leave `entries` inside the lock: the thread cannot free its references before these are gone, so
         /// the last one is its own.
-        private func keep(_ entries: inout [Entry], bytes: Int) {
+        func keep(_ entries: inout [Entry], bytes: Int) {
             held.withLock { held in
                 guard held.owned, held.entries.count + entries.count <= Self.maximumCount,
                     held.bytes + bytes <= Self.maximumBytes
@@ -184,14 +185,14 @@ extension TelemetryQueue {
         static func giveBack(_ batch: consuming [Entry]) {
             var groups: [(origin: Returns, entries: [Entry], bytes: Int)] = []
             for index in batch.indices {
-                let entry = batch[index]
-                guard let origin = entry.origin else { continue }
-                let bytes = entry.message.body.count
-                if let index = groups.firstIndex(where: { $0.origin === origin }) {
-                    groups[index].entries.append(entry)
-                    groups[index].bytes += bytes
+                guard let origin = batch[index].origin else { continue }
+                // As a batch counts them (`nextBatch`): the body and the packet relayed to other nodes.
+                let bytes = batch[index].message.body.count + (batch[index].message.relay?.packet.count ?? 0)
+                if let group = groups.firstIndex(where: { $0.origin === origin }) {
+                    groups[group].entries.append(batch[index])
+                    groups[group].bytes += bytes
                 } else {
-                    groups.append((origin, [entry], bytes))
+                    groups.append((origin, [batch[index]], bytes))
                 }
             }
             _ = consume batch  // the groups hold the writer's references now
@@ -208,11 +209,11 @@ extension TelemetryQueue {
                 return Unmanaged<Returns>.fromOpaque(pointer).takeUnretainedValue()
             }
             let returns = spare.withLock { $0.popLast() } ?? Unmanaged.passRetained(Returns()).takeUnretainedValue()
-            returns.held.withLock { $0.owned = true }
             guard pthread_setspecific(key, Unmanaged.passUnretained(returns).toOpaque()) == 0 else {
                 spare.withLock { $0.append(returns) }
                 return nil
             }
+            returns.held.withLock { $0.owned = true }
             return returns
         }
 
@@ -233,9 +234,14 @@ extension TelemetryQueue {
 
         private static func exited(_ pointer: UnsafeMutableRawPointer) {
             let returns = Unmanaged<Returns>.fromOpaque(pointer).takeUnretainedValue()
-            returns.held.withLock { $0.owned = false }
-            returns.reclaim()
+            returns.retire()
             spare.withLock { $0.append(returns) }
+        }
+
+        /// Its thread exited: what it holds is freed, and nothing more is kept until another thread takes it.
+        func retire() {
+            held.withLock { $0.owned = false }
+            reclaim()
         }
     }
 }

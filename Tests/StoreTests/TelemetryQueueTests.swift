@@ -4,12 +4,6 @@ import Testing
 
 @testable import Store
 
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
-
 /// The queue both group committers use: order, batch bounds, one writer at a time, each result resolved once.
 @Suite struct TelemetryQueueTests {
     static func message(_ index: Int, bytes: Int = 1) -> NewTelemetry {
@@ -125,30 +119,58 @@ import Testing
         #expect(kept != nil)
     }
 
-    /// What a thread queued before it exited is freed by the writer: nothing is kept for a thread that is gone.
-    @Test func nothingIsKeptForAThreadThatExited() throws {
+    /// Nothing is kept for a thread that exited (its `Returns` retired, waiting for another thread): what it held is
+    /// freed at once, and what comes back later is left to the writer.
+    @Test func nothingIsKeptForAThreadThatExited() {
+        let returns = TelemetryQueue.Returns()
         let queue = TelemetryQueue(maximumCount: 10)
-        final class Box: @unchecked Sendable {
-            let queue: TelemetryQueue
-            init(_ queue: TelemetryQueue) { self.queue = queue }
-        }
-        let box = Unmanaged.passRetained(Box(queue))
-        var thread = pthread_t()
-        let created = pthread_create(
-            &thread, nil,
-            { argument in
-                let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
-                _ = box.queue.append(TelemetryQueueTests.message(0))
-                return nil
-            }, box.toOpaque())
-        try #require(created == 0)
-        pthread_join(thread, nil)  // its thread-specific values are destroyed before it is joined
-        weak var orphan: PendingResult?
+        weak var held: PendingResult?
+        weak var late: PendingResult?
         do {
-            let batch = queue.nextBatch()
-            orphan = batch.first
-            TelemetryQueue.committed(batch, ids: [1])
+            var entries = [TelemetryQueue.Entry(Self.message(0), origin: returns)]
+            held = entries.first
+            returns.keep(&entries, bytes: 1)
+            #expect(entries.isEmpty)  // taken over
         }
-        #expect(orphan == nil)
+        #expect(held != nil)
+        returns.retire()
+        #expect(held == nil)
+        do {
+            var entries = [TelemetryQueue.Entry(Self.message(1), origin: returns)]
+            late = entries.first
+            returns.keep(&entries, bytes: 1)
+            #expect(entries.count == 1)  // left with the writer
+        }
+        #expect(late == nil)
+        withExtendedLifetime(queue) {}
+    }
+
+    /// The writer on another thread than the one that queued: the entries wait for the queuing thread's next
+    /// `append`, and are freed there.
+    @Test func aWriterOnAnotherThreadHandsTheEntriesBack() {
+        // Synchronous: the whole test runs on one thread, the one that queues.
+        let queue = TelemetryQueue(maximumCount: 10)
+        final class Handed: @unchecked Sendable {
+            var batch: [TelemetryQueue.Entry] = []
+        }
+        let handed = Handed()
+        weak var queued: PendingResult?
+        do {
+            queued = queue.append(Self.message(0)).result
+            handed.batch = queue.nextBatch()
+        }
+        let done = DispatchSemaphore(value: 0)
+        let writer = Thread {
+            var batch: [TelemetryQueue.Entry] = []
+            swap(&batch, &handed.batch)
+            TelemetryQueue.committed(consume batch, ids: [1])
+            done.signal()
+        }
+        writer.start()
+        done.wait()
+        // Committed and dropped on the writer's thread, yet alive: it waits for the thread that queued it.
+        #expect(queued != nil)
+        _ = queue.append(Self.message(1))
+        #expect(queued == nil)
     }
 }
