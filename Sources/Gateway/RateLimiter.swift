@@ -99,23 +99,22 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
     /// Drops every key that is idle at `now` (their allowance is full again).
     public func evictIdle(now: Int64) {
         for stripe in stripes {
-            let dropped = stripe.withLock { tat -> Int in
+            stripe.withLock { tat in
                 let before = tat.count
                 tat = tat.filter { $0.value > now }
-                return before - tat.count
+                tracked.subtract(before - tat.count, ordering: .relaxed)
             }
-            tracked.subtract(dropped, ordering: .relaxed)
         }
     }
 
     /// Forgets `key` (an operator release lifts its limits too).
     public func reset(_ key: Key) {
-        if stripe(key).withLock({ $0.removeValue(forKey: key) }) != nil { tracked.subtract(1, ordering: .relaxed) }
+        stripe(key).withLock { if $0.removeValue(forKey: key) != nil { tracked.subtract(1, ordering: .relaxed) } }
     }
 }
 
 /// GCRA state for keys that are small dense integers (interned devices, or device × route): arrays of theoretical
-/// arrival times indexed by the key, spread over `rateTableStripes` locks by its low bits, so a decision is one
+/// arrival times indexed by the key, spread over `rateTableStripes` locks (`place`), so a decision is one
 /// lock, one load and one store, and no hashing. Memory is 8 bytes per slot up to the highest key seen (interned
 /// keys are dense, so about 8 bytes per device).
 public final class DenseRateTable: Sendable {
@@ -127,11 +126,20 @@ public final class DenseRateTable: Sendable {
         stripes = (0..<rateTableStripes).map { _ in Locked([]) }
     }
 
+    /// The stripe and the index in it of `slot`: the index is its high bits, the stripe its low four mixed with the
+    /// next twelve, so that slots a multiple of 16 apart (one route's devices, `key × sharedRoutes + route`) still
+    /// spread over every stripe. One slot, one (stripe, index), as the low bits come back from the stripe and the
+    /// index.
+    @inline(__always) static func place(_ slot: Int) -> (stripe: Int, index: Int) {
+        precondition(slot >= 0, "a rate table slot is never negative")
+        return ((slot ^ (slot >> 4) ^ (slot >> 8) ^ (slot >> 12)) & (rateTableStripes - 1), slot >> 4)
+    }
+
     public func decide(_ slot: Int, now: Int64) -> RateDecision {
         let interval = limit.interval
         let tolerance = limit.tolerance
-        let index = slot / rateTableStripes
-        return stripes[slot & (rateTableStripes - 1)].withLock { tats in
+        let (stripe, index) = Self.place(slot)
+        return stripes[stripe].withLock { tats in
             if index >= tats.count {
                 tats.append(contentsOf: repeatElement(Int64.min, count: max(index + 1, tats.count * 2) - tats.count))
             }
@@ -146,8 +154,8 @@ public final class DenseRateTable: Sendable {
 
     /// Forgets `slot` (an operator release lifts its limits too).
     public func reset(_ slot: Int) {
-        let index = slot / rateTableStripes
-        stripes[slot & (rateTableStripes - 1)].withLock { if index < $0.count { $0[index] = Int64.min } }
+        let (stripe, index) = Self.place(slot)
+        stripes[stripe].withLock { if index < $0.count { $0[index] = Int64.min } }
     }
 
     /// Bytes of state (for the memory figure).

@@ -36,16 +36,27 @@ import Testing
         #expect(dense.decide(3, now: 0) == .admit(remaining: 4))
     }
 
-    /// Slots that share a stripe (16 apart) and slots in other stripes keep states of their own.
-    @Test func denseSlotsOfOneStripeAreIndependent() {
+    /// Each slot has a place of its own; slots 16 apart (one route's devices) spread over every stripe; slots that
+    /// share a stripe keep states of their own.
+    @Test func denseSlotsHavePlacesOfTheirOwn() {
+        var places = Set<[Int]>()
+        for slot in 0..<70_000 {
+            let (stripe, index) = DenseRateTable.place(slot)
+            places.insert([stripe, index])
+        }
+        #expect(places.count == 70_000)
+        #expect(Set((0..<64).map { DenseRateTable.place($0 * 16 + 3).stripe }).count == 16)
+        let neighbours = (1..<1_000).filter { DenseRateTable.place($0).stripe == DenseRateTable.place(0).stripe }
+        #expect(neighbours.count >= 2)
         let dense = DenseRateTable(limit: RateLimit(rate: 1, burst: 2))
-        for slot in [0, 16, 32, 1] { #expect(dense.decide(slot, now: 0) == .admit(remaining: 1)) }
-        #expect(dense.decide(16, now: 0) == .admit(remaining: 0))
-        #expect(dense.decide(16, now: 0) == .deny(retryAfterNanos: 1_000_000_000))
+        let (a, b) = (neighbours[0], neighbours[1])
+        for slot in [0, a, b, 1] { #expect(dense.decide(slot, now: 0) == .admit(remaining: 1)) }
+        #expect(dense.decide(a, now: 0) == .admit(remaining: 0))
+        #expect(dense.decide(a, now: 0) == .deny(retryAfterNanos: 1_000_000_000))
         #expect(dense.decide(0, now: 0) == .admit(remaining: 0))  // its neighbour's refusal took nothing from it
-        dense.reset(16)
-        #expect(dense.decide(16, now: 0) == .admit(remaining: 1))
-        #expect(dense.decide(32, now: 0) == .admit(remaining: 0))
+        dense.reset(a)
+        #expect(dense.decide(a, now: 0) == .admit(remaining: 1))
+        #expect(dense.decide(b, now: 0) == .admit(remaining: 0))
     }
 
     /// Threads deciding at once over keys spread on every stripe: the table never holds more keys than its
