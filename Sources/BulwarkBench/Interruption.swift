@@ -5,30 +5,58 @@ import Synchronization
     import Glibc
 #endif
 
-/// What a benchmark undoes when SIGTERM or SIGINT stops it (a profiling script's `kill`, Ctrl-C), as its `defer`s
-/// would at a normal end: a signal ended the process without running them, which left the brokers it started
-/// running and its temp directory (the hub's data, hundreds of MB) behind.
+/// What a benchmark undoes at its end, run once whoever comes first: its own `defer` (`run`) or SIGTERM or SIGINT (a
+/// profiling script's `kill`, Ctrl-C). A signal ended the process without running the `defer`s, which left the
+/// brokers it started running and its temp directory (the hub's data, hundreds of MB) behind.
 ///
-/// Steps run last registered first, once, on a thread of their own; then the process exits with 128 + the signal.
-/// The signal's handler only writes its number to a pipe that thread reads (the self-pipe trick: nothing else is
-/// safe in a handler). A handler, not `SIG_IGN`, so that the brokers started meanwhile get the default action back
-/// at `exec` and still stop on SIGTERM.
+/// On a signal, a thread of its own runs the steps not yet run, last registered first, waits for any the normal path
+/// is running, and ends the process with 128 + the signal (`_exit`, after flushing stdout: the main thread may be
+/// exiting too). The main path, should it reach a step after the signal, waits there for that end. A second signal
+/// meanwhile has its default action (it ends the process at once). The handler only writes the signal's number to
+/// a pipe that thread reads (the self-pipe trick: little else is safe in a handler). A handler, not `SIG_IGN`, so
+/// that the brokers started meanwhile get the default action back at `exec` and still stop on SIGTERM.
 enum Interruption {
-    private static let steps = Mutex<[(id: Int, run: @Sendable () -> Void)]>([])
-    private static let nextID = Atomic(0)
-    private static let installed = Atomic(false)
+    private struct State {
+        var steps: [(id: Int, run: @Sendable () -> Void)] = []
+        var signalled = false
+        /// Steps the normal path is running.
+        var running = 0
+        var nextID = 0
+    }
 
-    /// Runs `step` if the process is stopped by a signal before `forget` is called with the id returned.
-    @discardableResult
-    static func onSignal(_ step: @escaping @Sendable () -> Void) -> Int {
+    private static let state = Mutex(State())
+    private static let installed = Atomic(false)
+    /// The pipe's writing end, for the handler (which can capture nothing).
+    fileprivate static let pipe = Atomic<Int32>(-1)
+
+    /// Registers `step`, to be run once by `run` or on a signal; run at once if a signal already came.
+    static func register(_ step: @escaping @Sendable () -> Void) -> Int {
         installOnce()
-        let id = nextID.add(1, ordering: .relaxed).newValue
-        steps.withLock { $0.append((id, step)) }
+        let (id, now) = state.withLock { state -> (Int, Bool) in
+            state.nextID += 1
+            if state.signalled { return (state.nextID, true) }
+            state.steps.append((state.nextID, step))
+            return (state.nextID, false)
+        }
+        if now { step() }
         return id
     }
 
-    /// The step `id` is done by the normal path (or no longer needed).
-    static func forget(_ id: Int) { steps.withLock { $0.removeAll { $0.id == id } } }
+    /// Runs the step `id` unless it ran already; after a signal, waits for the process to end instead.
+    static func run(_ id: Int) {
+        let taken = state.withLock { state -> (step: (@Sendable () -> Void)?, signalled: Bool) in
+            if state.signalled { return (nil, true) }
+            guard let index = state.steps.firstIndex(where: { $0.id == id }) else { return (nil, false) }
+            state.running += 1
+            return (state.steps.remove(at: index).run, false)
+        }
+        if taken.signalled {
+            while true { sleep(1) }  // the signal's thread ends the process
+        }
+        guard let step = taken.step else { return }
+        step()
+        state.withLock { $0.running -= 1 }
+    }
 
     private static func installOnce() {
         #if canImport(Glibc)
@@ -36,39 +64,47 @@ enum Interruption {
                 return
             }
             var descriptors: [Int32] = [-1, -1]
-            guard pipe(&descriptors) == 0 else { return }
-            interruptionPipe = descriptors[1]
+            guard Glibc.pipe(&descriptors) == 0 else { return }
+            for descriptor in descriptors { _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC) }
+            pipe.store(descriptors[1], ordering: .relaxed)
             let reading = descriptors[0]
-            let thread = Thread {
+            Thread {
                 var number: UInt8 = 0
-                while read(reading, &number, 1) != 1 {}
-                let taken = steps.withLock { steps in
-                    defer { steps = [] }
-                    return steps
+                while true {
+                    let count = read(reading, &number, 1)
+                    if count == 1 { break }
+                    if count == 0 || errno != EINTR { return }
                 }
-                for step in taken.reversed() { step.run() }
-                exit(128 + Int32(number))
-            }
-            thread.start()
-            for number in [SIGTERM, SIGINT] {
+                for signal in [SIGTERM, SIGINT] { _ = Glibc.signal(signal, SIG_DFL) }
+                let steps = state.withLock { state in
+                    state.signalled = true
+                    defer { state.steps = [] }
+                    return state.steps
+                }
+                for step in steps.reversed() { step.run() }
+                while state.withLock({ $0.running }) > 0 { usleep(20_000) }
+                fflush(nil)  // every output stream: what was printed so far is kept
+                _exit(128 + Int32(number))
+            }.start()
+            for signal in [SIGTERM, SIGINT] {
                 var action = sigaction()
                 action.__sigaction_handler.sa_handler = { number in
+                    let saved = errno
                     var byte = UInt8(truncatingIfNeeded: number)
-                    _ = write(interruptionPipe, &byte, 1)
+                    _ = write(Interruption.pipe.load(ordering: .relaxed), &byte, 1)
+                    errno = saved
                 }
+                action.sa_flags = SA_RESTART
                 sigemptyset(&action.sa_mask)
-                sigaction(number, &action, nil)
+                sigaction(signal, &action, nil)
             }
         #endif
     }
 }
 
-/// The pipe's writing end, read by the signal handler (which can capture nothing). Set once, before any handler is.
-nonisolated(unsafe) private var interruptionPipe: Int32 = -1
-
-/// A process that is not `Sendable` (Foundation's), stopped from a signal's step.
+/// A process that is not `Sendable` (Foundation's), stopped from a step.
 final class StoppableProcess: @unchecked Sendable {
     let process: Process
     init(_ process: Process) { self.process = process }
-    func stop() { process.stop(within: 5) }
+    func stop() { process.stop(within: 20) }
 }

@@ -63,17 +63,13 @@ struct MQTTBenchmark: AsyncParsableCommand {
         }
         // The hub's data (its CA key, hundreds of MB of stored messages) and its log go when the run ends, after the
         // hub has stopped (defers run last to first).
-        let removeFiles: @Sendable () -> Void = {
+        // Also on SIGTERM or SIGINT (registered first, so that it runs after the brokers are stopped).
+        let removeFiles = Interruption.register {
             for path in [countsDirectory, directory, directory + ".log"] {
                 try? FileManager.default.removeItem(atPath: path)
             }
         }
-        // On SIGTERM or SIGINT too (registered first, so it runs after the brokers are stopped).
-        let filesOnSignal = Interruption.onSignal(removeFiles)
-        defer {
-            removeFiles()
-            Interruption.forget(filesOnSignal)
-        }
+        defer { Interruption.run(removeFiles) }
         let hub = try HubProcess(
             binary: binary, directory: directory,
             environment: [
@@ -85,12 +81,8 @@ struct MQTTBenchmark: AsyncParsableCommand {
                 // As mosquitto's max_queued_messages below (`--subscriber`: a subscriber that falls behind).
                 "BULWARK_MQTT_MAX_QUEUED_MESSAGES": "1000",
             ].merging(allocations[0]?.environment ?? [:]) { $1 })
-        let hubOnSignal = Interruption.onSignal { hub.stop(within: 5) }
-        defer {
-            hub.terminate()
-            _ = hub.wait()
-            Interruption.forget(hubOnSignal)
-        }
+        let stopHub = Interruption.register { hub.stop(within: 20) }
+        defer { Interruption.run(stopHub) }
         let ports = try await hub.waitForPorts()
 
         // One device certificate per connection (each publishes under its own topic, as the ACL requires, and one
@@ -127,12 +119,8 @@ struct MQTTBenchmark: AsyncParsableCommand {
         broker.arguments = ["-c", directory + "/mosquitto.conf"]
         broker.environment = ProcessInfo.processInfo.environment.merging(allocations[1]?.environment ?? [:]) { $1 }
         try broker.runWithDefaultSignalMask()
-        let brokerOnSignal = Interruption.onSignal { [stoppable = StoppableProcess(broker)] in stoppable.stop() }
-        defer {
-            broker.terminate()
-            broker.waitUntilExit()
-            Interruption.forget(brokerOnSignal)
-        }
+        let stopBroker = Interruption.register { [stoppable = StoppableProcess(broker)] in stoppable.stop() }
+        defer { Interruption.run(stopBroker) }
         try await Task.sleep(for: .milliseconds(500))
 
         let prefix = #"{"temperature":21.5,"humidity":40.25,"battery":3.71,"rssi":-67,"firmware":"1.4.2","note":""#
