@@ -3,6 +3,7 @@ import Foundation
 import Gateway
 import HubClient
 import MQTT
+import NIOCore
 import Store
 import Testing
 
@@ -186,6 +187,47 @@ import Testing
         #expect(turns == 0, "\(turns) turns for \(2 * count) messages")
         #expect(acknowledgements == Array(repeating: 0, count: count))
         #expect(try await Self.stored(hub, "at-r", count: 2 * count).count == 2 * count)
+        try await hub.stop()
+    }
+
+    /// A PINGREQ is answered without a turn of the connection's task (a held fleet pings once per keep-alive), also
+    /// in the read of a message handled at once.
+    @Test func aPingIsAnsweredWithoutATurn() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("at-p")
+        let topic = try TopicName("devices/at-p/telemetry")
+        let turns = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "at-p",
+            version: .v5
+        ) { mqtt, _ in
+            #expect(try await Self.settled(mqtt))
+            let before = hub.server.mqttSessions.turnsStarted
+            for _ in 0..<5 {
+                #expect(try await Self.settled(mqtt))
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            // A QoS 1 message, then a ping in the same read: both answered (the PUBACK once the message is stored, so
+            // it may come after the PINGRESP: MQTT orders acknowledgements among themselves, not with PINGRESP).
+            var both = ByteBuffer()
+            Packet.publish(
+                PublishPacket(
+                    topic: topic, payload: Array(#"{"n":1}"#.utf8), qos: .atLeastOnce, packetID: 7,
+                    properties: .init())
+            ).encode(into: &both, version: .v5)
+            Packet.pingreq.encode(into: &both, version: .v5)
+            try await mqtt.write(both)
+            var answers: [String] = []
+            while answers.count < 2, let packet = try await mqtt.next() {
+                switch packet {
+                case .puback(let id, let code, _): answers.append("puback \(id) \(code)")
+                case .pingresp: answers.append("pingresp")
+                default: break
+                }
+            }
+            #expect(answers.sorted() == ["pingresp", "puback 7 0x00"])
+            return hub.server.mqttSessions.turnsStarted - before
+        }
+        #expect(turns == 0, "\(turns) turns for 5 pings and a message")
         try await hub.stop()
     }
 
