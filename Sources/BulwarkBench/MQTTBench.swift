@@ -50,6 +50,15 @@ struct MQTTBenchmark: AsyncParsableCommand {
         // Both brokers' allocations, counted by a library preloaded into each (built here with clang from the
         // package's scripts/allocation-counts.c; without it, the rows say so and the rest is measured).
         let countsDirectory = directory + "-allocations"
+        // The hub's data (its CA key, hundreds of MB of stored messages) and its log go when the run ends, after the
+        // hub has stopped (defers run last to first), and on SIGTERM or SIGINT too (`Interruption`: registered
+        // before anything is made, so that it runs after the brokers are stopped).
+        let removeFiles = Interruption.register {
+            for path in [countsDirectory, directory, directory + ".log"] {
+                try? FileManager.default.removeItem(atPath: path)
+            }
+        }
+        defer { Interruption.run(removeFiles) }
         let allocations: [ChildAllocationCounts?]
         do {
             try FileManager.default.createDirectory(atPath: countsDirectory, withIntermediateDirectories: true)
@@ -61,27 +70,20 @@ struct MQTTBenchmark: AsyncParsableCommand {
             emit("(allocations not counted: \(error))")
             allocations = [nil, nil]
         }
-        // The hub's data (its CA key, hundreds of MB of stored messages) and its log go when the run ends, after the
-        // hub has stopped (defers run last to first).
-        // Also on SIGTERM or SIGINT (registered first, so that it runs after the brokers are stopped).
-        let removeFiles = Interruption.register {
-            for path in [countsDirectory, directory, directory + ".log"] {
-                try? FileManager.default.removeItem(atPath: path)
-            }
+        let environment = [
+            "BULWARK_GATEWAY_DEVICE_RATE": unlimited, "BULWARK_GATEWAY_DEVICE_BURST": unlimited,
+            "BULWARK_GATEWAY_ROUTE_RATE": unlimited, "BULWARK_GATEWAY_ROUTE_BURST": unlimited,
+            "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
+            "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
+            "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited, "BULWARK_MQTT_MAX_CONNECTIONS": unlimited,
+            // As mosquitto's max_queued_messages below (`--subscriber`: a subscriber that falls behind).
+            "BULWARK_MQTT_MAX_QUEUED_MESSAGES": "1000",
+        ].merging(allocations[0]?.environment ?? [:]) { $1 }
+        let (hub, stopHub) = try Interruption.start {
+            try HubProcess(binary: binary, directory: directory, environment: environment)
+        } undo: { hub in
+            hub.stop(within: 20)
         }
-        defer { Interruption.run(removeFiles) }
-        let hub = try HubProcess(
-            binary: binary, directory: directory,
-            environment: [
-                "BULWARK_GATEWAY_DEVICE_RATE": unlimited, "BULWARK_GATEWAY_DEVICE_BURST": unlimited,
-                "BULWARK_GATEWAY_ROUTE_RATE": unlimited, "BULWARK_GATEWAY_ROUTE_BURST": unlimited,
-                "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
-                "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
-                "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited, "BULWARK_MQTT_MAX_CONNECTIONS": unlimited,
-                // As mosquitto's max_queued_messages below (`--subscriber`: a subscriber that falls behind).
-                "BULWARK_MQTT_MAX_QUEUED_MESSAGES": "1000",
-            ].merging(allocations[0]?.environment ?? [:]) { $1 })
-        let stopHub = Interruption.register { hub.stop(within: 20) }
         defer { Interruption.run(stopHub) }
         let ports = try await hub.waitForPorts()
 
@@ -118,8 +120,12 @@ struct MQTTBenchmark: AsyncParsableCommand {
         broker.executableURL = URL(fileURLWithPath: mosquitto)
         broker.arguments = ["-c", directory + "/mosquitto.conf"]
         broker.environment = ProcessInfo.processInfo.environment.merging(allocations[1]?.environment ?? [:]) { $1 }
-        try broker.runWithDefaultSignalMask()
-        let stopBroker = Interruption.register { [stoppable = StoppableProcess(broker)] in stoppable.stop() }
+        let (_, stopBroker) = try Interruption.start {
+            try broker.runWithDefaultSignalMask()
+            return StoppableProcess(broker)
+        } undo: { broker in
+            broker.stop()
+        }
         defer { Interruption.run(stopBroker) }
         try await Task.sleep(for: .milliseconds(500))
 

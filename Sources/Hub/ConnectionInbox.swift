@@ -8,8 +8,9 @@ import Synchronization
 /// error, the end), and then `resume` starts one.
 protocol ParkedSession: AnyObject, Sendable {
     func resume()
-    /// Handles `packet` at once, on the channel's event loop, when it can without waiting (`HandledNow`). Called
-    /// only while the session is parked with nothing queued, so no turn runs and it has the session to itself.
+    /// Handles `packet` at once, on the channel's event loop, when it can without waiting (`HandledNow`: a device's
+    /// QoS 0 or 1 PUBLISH, a PINGREQ). Called only while the session is parked with nothing queued, so no turn runs
+    /// and it has the session to itself.
     func handleNow(_ packet: Packet) -> HandledNow
 }
 

@@ -1900,6 +1900,8 @@ struct MQTTConnection {
     /// of hub CPU a QoS 0 message took (`bulwark-bench mqtt`, 2026-12-06). A QoS 1 message's PUBACK follows its store
     /// write as a turn's does (`AcknowledgementQueue`).
     ///
+    /// A PINGREQ is answered here too (`pingNow`).
+    ///
     /// `.no`, with nothing changed, for a packet that is not a device's PUBLISH of QoS 0 or 1, or is retained, a DUP
     /// resend, or from a revoked certificate, or when other nodes are relayed to. Otherwise the session rules take the
     /// packet (`rulesReceived`: topic aliases, the Receive Maximum), and what cannot be finished here goes to a turn
