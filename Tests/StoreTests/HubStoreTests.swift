@@ -3,6 +3,7 @@ import Foundation
 import GRDB
 import PostgresTestSupport
 import Store
+import Synchronization
 import Testing
 
 /// One table of behaviour, run against every backend.
@@ -15,6 +16,8 @@ import Testing
     static func open(_ backend: Backend) async throws -> (any HubStore, String) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-store-\(UUID())").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        _ = removeDirectoriesAtExit
+        directories.withLock { $0.append(directory) }
         switch backend {
         case .memory: return (InMemoryHubStore(), directory)
         // The per-device index takes rows in every 3, so that every test reads both sides of its mark.
@@ -22,6 +25,14 @@ import Testing
         case .postgres: return (try await PostgresTestServer.freshStore(), directory)
         }
     }
+
+    /// The stores' directories, removed when the test process exits (a full run left some 330 in /tmp).
+    static let directories = Mutex<[String]>([])
+    static let removeDirectoriesAtExit: Void = {
+        atexit {
+            for path in HubStoreTests.directories.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: path) }
+        }
+    }()
 
     static func certificate(_ serial: String, device: DeviceID?) -> CertificateRecord {
         CertificateRecord(
