@@ -241,6 +241,19 @@ struct AgentBenchmark: AsyncParsableCommand {
 /// A `bulwark serve` process for the benchmarks: a `bulwark tuf` repository whose timestamp and snapshot keys it
 /// holds online, and the per-source limits lifted (every simulated device connects from 127.0.0.1).
 /// The bulwark binary a benchmark runs: `--bulwark`, or the one next to bulwark-bench.
+/// The hub's settings that lift its gateway's rate limits and its MQTT connection caps, so that a benchmark measures
+/// its load rather than refusals (`bulwark-bench mqtt`, `bulwark-bench cluster`).
+let unlimitedHubLimits: [String: String] = {
+    let unlimited = "1000000"
+    return [
+        "BULWARK_GATEWAY_DEVICE_RATE": unlimited, "BULWARK_GATEWAY_DEVICE_BURST": unlimited,
+        "BULWARK_GATEWAY_ROUTE_RATE": unlimited, "BULWARK_GATEWAY_ROUTE_BURST": unlimited,
+        "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
+        "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
+        "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited, "BULWARK_MQTT_MAX_CONNECTIONS": unlimited,
+    ]
+}()
+
 func benchBinary(_ option: String?) -> String {
     option
         ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("bulwark")

@@ -354,14 +354,7 @@ struct BenchCluster: Sendable {
     static func start(binary: String, nodes: Int, postgres: Bool) async throws -> BenchCluster {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-clusterbench-\(UUID())").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let unlimited = "1000000"
-        var environment = [
-            "BULWARK_GATEWAY_DEVICE_RATE": unlimited, "BULWARK_GATEWAY_DEVICE_BURST": unlimited,
-            "BULWARK_GATEWAY_ROUTE_RATE": unlimited, "BULWARK_GATEWAY_ROUTE_BURST": unlimited,
-            "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
-            "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
-            "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited, "BULWARK_MQTT_MAX_CONNECTIONS": unlimited,
-        ]
+        var environment = unlimitedHubLimits
         if postgres {
             let location = try await PostgresTestServer.freshDatabase()
             environment["BULWARK_DATABASE_URL"] =

@@ -45,8 +45,6 @@ struct MQTTBenchmark: AsyncParsableCommand {
         let binary = benchBinary(bulwark)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-mqttbench-\(UUID())")
             .path
-        // The gateway pipeline runs in full; its limits are raised so that the load is measured, not refused.
-        let unlimited = "1000000"
         // Both brokers' allocations, counted by a library preloaded into each (built here with clang from the
         // package's scripts/allocation-counts.c; without it, the rows say so and the rest is measured).
         let countsDirectory = directory + "-allocations"
@@ -70,15 +68,10 @@ struct MQTTBenchmark: AsyncParsableCommand {
             emit("(allocations not counted: \(error))")
             allocations = [nil, nil]
         }
-        let environment = [
-            "BULWARK_GATEWAY_DEVICE_RATE": unlimited, "BULWARK_GATEWAY_DEVICE_BURST": unlimited,
-            "BULWARK_GATEWAY_ROUTE_RATE": unlimited, "BULWARK_GATEWAY_ROUTE_BURST": unlimited,
-            "BULWARK_GATEWAY_SOURCE_RATE": unlimited, "BULWARK_GATEWAY_SOURCE_BURST": unlimited,
-            "BULWARK_GATEWAY_CONNECTION_RATE": unlimited, "BULWARK_GATEWAY_CONNECTION_BURST": unlimited,
-            "BULWARK_MQTT_MAX_CONNECTIONS_PER_SOURCE": unlimited, "BULWARK_MQTT_MAX_CONNECTIONS": unlimited,
+        let environment = unlimitedHubLimits.merging([
             // As mosquitto's max_queued_messages below (`--subscriber`: a subscriber that falls behind).
-            "BULWARK_MQTT_MAX_QUEUED_MESSAGES": "1000",
-        ].merging(allocations[0]?.environment ?? [:]) { $1 }
+            "BULWARK_MQTT_MAX_QUEUED_MESSAGES": "1000"
+        ]) { $1 }.merging(allocations[0]?.environment ?? [:]) { $1 }
         let (hub, stopHub) = try Interruption.start {
             try HubProcess(binary: binary, directory: directory, environment: environment)
         } undo: { hub in
