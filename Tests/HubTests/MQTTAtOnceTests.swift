@@ -4,8 +4,10 @@ import Gateway
 import HubClient
 import MQTT
 import NIOCore
+import PKI
 import Store
 import Testing
+import X509
 
 @testable import Hub
 
@@ -228,6 +230,41 @@ import Testing
             return hub.server.mqttSessions.turnsStarted - before
         }
         #expect(turns == 0, "\(turns) turns for 5 pings and a message")
+        try await hub.stop()
+    }
+
+    /// A PINGREQ, or a QoS 1 PUBLISH, from a certificate that `contains` reports revoked is not answered at once:
+    /// the turn closes the connection with Not Authorized (0x87) and nothing is stored. The serial is marked as a
+    /// pending pairing certificate, which `contains` reports and which fires no watch, so the revocation watch does
+    /// not close the connection first and only the checks in `handleNow` and `pingNow` stand in the way.
+    @Test(arguments: ["ping", "publish"]) func aRevokedCertificateGetsNoAnswerAtOnce(_ packet: String) async throws {
+        let hub = try await TestHub.start()
+        let name = "at-r\(packet.count)"
+        let device = try await hub.enroll(name)
+        let certificate = try Certificate(pemEncoded: String(decoding: device.credentials.certificatePEM, as: UTF8.self))
+        let answer = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: name,
+            version: .v5
+        ) { mqtt, _ in
+            #expect(try await Self.settled(mqtt))
+            hub.server.revocationList.insertPending(certificate.serialHex)
+            if packet == "ping" {
+                try await mqtt.send(.pingreq)
+            } else {
+                try await Self.publish(mqtt, "devices/\(name)/telemetry", #"{"n":1}"#, qos: .atLeastOnce, id: 1)
+            }
+            // The first answer only: answered at once, the connection would stay open.
+            switch try await mqtt.next() {
+            case .pingresp: return "pingresp"
+            case .puback: return "puback"
+            case .disconnect(let code, _): return "disconnect \(code)"
+            case nil: return "closed"
+            default: return "other"
+            }
+        }
+        #expect(answer == "disconnect 0x87")
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(try await hub.server.store.telemetry(of: try DeviceID(name), limit: 10).isEmpty)
         try await hub.stop()
     }
 
