@@ -241,7 +241,8 @@ import X509
         let hub = try await TestHub.start()
         let name = "at-r\(packet.count)"
         let device = try await hub.enroll(name)
-        let certificate = try Certificate(pemEncoded: String(decoding: device.credentials.certificatePEM, as: UTF8.self))
+        let pem = String(decoding: device.credentials.certificatePEM, as: UTF8.self)
+        let certificate = try Certificate(pemEncoded: pem)
         let answer = try await MQTTClientConnection.withConnection(
             host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: name,
             version: .v5
