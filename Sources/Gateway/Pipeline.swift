@@ -73,6 +73,9 @@ public struct InboundMessage: Sendable {
     /// `source` as a fixed-width key, set by the hub from the socket address; nil makes the pipeline derive it from
     /// the text.
     public var sourceAddress: SourceAddress?
+    /// The source's pinned cell in the pipeline's `sourceLimiter` (`pinSource`), kept by the caller for its
+    /// connection; nil makes the pipeline decide by the source's key, under its stripe's lock.
+    public var sourceCell: RateLimiterTable<SourceAddress>.Cell?
 
     public init(
         identity: Identity, route: String, source: String, contentType: String?, messageType: String?,
@@ -87,7 +90,7 @@ public struct InboundMessage: Sendable {
     public init(
         identity: Identity, route: String, source: String, contentType: String?, messageType: String?,
         body: [UInt8], transport: Transport, payload: PayloadCheck, declaredText: Bool, deviceKey: DeviceKey?,
-        sourceAddress: SourceAddress?
+        sourceAddress: SourceAddress?, sourceCell: RateLimiterTable<SourceAddress>.Cell? = nil
     ) {
         self.identity = identity
         self.route = route
@@ -100,6 +103,7 @@ public struct InboundMessage: Sendable {
         self.declaredText = declaredText
         self.deviceKey = deviceKey
         self.sourceAddress = sourceAddress
+        self.sourceCell = sourceCell
     }
 }
 
@@ -417,12 +421,25 @@ public final class GatewayPipeline: Sendable {
             }
         }
         let source = message.sourceAddress ?? SourceAddress(text: message.source)
-        if case .deny(let wait) = sourceLimiter.decide(source, now: now.monotonicNanos) {
+        let decision =
+            if let cell = message.sourceCell, sourceLimiter.holds(cell, for: source) {
+                sourceLimiter.decide(cell, now: now.monotonicNanos)
+            } else {
+                sourceLimiter.decide(source, now: now.monotonicNanos)
+            }
+        if case .deny(let wait) = decision {
             throw Refusal(
                 problem: .tooManyRequests, stage: .rateLimit,
                 detail: "source limit \(policy.messagesPerSource) exceeded for \(message.source)",
                 retryAfterSeconds: Self.seconds(wait), limit: ("source", policy.messagesPerSource), auditKind: nil)
         }
+    }
+
+    /// The cell a connection keeps for its source address and hands the pipeline with each message
+    /// (`InboundMessage.sourceCell`), so that its messages' source limit takes no lock; nil when the source table is
+    /// full. `address` nil: the source's key is derived from its text, as for a message.
+    public func pinSource(_ address: SourceAddress?, source: String) -> RateLimiterTable<SourceAddress>.Cell? {
+        sourceLimiter.pin(address ?? SourceAddress(text: source))
     }
 
     /// The message's interned key when the hub set it for this device, else the device's key from the table.

@@ -765,6 +765,17 @@ struct MQTTConnection {
             return answer
         }
 
+        /// The connection's cell in the gateway's source limiter (`GatewayPipeline.pinSource`), asked for at the
+        /// topic's first message; `.some(nil)` when the table was full (the pipeline then decides by the key).
+        private var source: RateLimiterTable<SourceAddress>.Cell??
+
+        func sourceCell(_ gateway: GatewayPipeline, _ peer: Peer) -> RateLimiterTable<SourceAddress>.Cell? {
+            if let source { return source }
+            let pinned = gateway.pinSource(peer.sourceAddress, source: peer.source ?? "unknown")
+            source = .some(pinned)
+            return pinned
+        }
+
         func qos0Reports(peer: Peer, _ outcomes: MQTTWriteOutcomes) -> QoS0Reports {
             if let reports { return reports }
             let made = QoS0Reports(outcomes: outcomes, identity: peer.identity, source: peer.source, topic: topic)
@@ -1634,7 +1645,7 @@ struct MQTTConnection {
         }
         let result = admission(
             publish, device: device, counter: counter, check: check, route: route, messageType: messageType,
-            now: now, peer: peer)
+            now: now, peer: peer, source: decision.sourceCell(listener.gateway, peer))
         switch result {
         case .success(let admitted):
             return await storeAndDeliver(
@@ -1664,7 +1675,7 @@ struct MQTTConnection {
     @inline(never)
     private func admission(
         _ publish: PublishPacket, device: DeviceID, counter: UInt64?, check: PayloadCheck, route: String,
-        messageType: String?, now: GatewayTime, peer: Peer
+        messageType: String?, now: GatewayTime, peer: Peer, source: RateLimiterTable<SourceAddress>.Cell?
     ) -> Result<Admitted, Refusal> {
         if counter == nil,
             publish.properties.userProperties.contains(where: { $0.0 == GatewayPipeline.counterProperty })
@@ -1672,21 +1683,23 @@ struct MQTTConnection {
             return .failure(listener.gateway.malformedCounter(device, now: now))
         }
         return listener.gateway.admit(
-            Self.inbound(publish, peer: peer, route: route, messageType: messageType, counter: counter, check: check),
+            Self.inbound(
+                publish, peer: peer, route: route, messageType: messageType, counter: counter, check: check,
+                sourceCell: source),
             now: now)
     }
 
     /// A device's PUBLISH as the gateway pipeline reads it. Built where it is used, never held across an await.
     static func inbound(
         _ publish: PublishPacket, peer: Peer, route: String, messageType: String?, counter: UInt64?,
-        check: PayloadCheck
+        check: PayloadCheck, sourceCell: RateLimiterTable<SourceAddress>.Cell? = nil
     ) -> InboundMessage {
         InboundMessage(
             identity: peer.identity, route: route, source: peer.source ?? "unknown",
             contentType: publish.properties.contentType, messageType: messageType, body: publish.payload,
             transport: .mqtt(counter: counter), payload: check,
             declaredText: publish.properties.payloadFormatIndicator == 1, deviceKey: peer.deviceKey,
-            sourceAddress: peer.sourceAddress)
+            sourceAddress: peer.sourceAddress, sourceCell: sourceCell)
     }
 
     /// A DUP resend whose counter is already in the window: the message was stored, so it is acknowledged again,
@@ -1962,7 +1975,8 @@ struct MQTTConnection {
         let correlationID = CorrelationID().rawValue
         let result = admission(
             publish, device: device, counter: Self.counter(of: publish), check: decision.check,
-            route: decision.route, messageType: decision.messageType, now: GatewayTime.now(), peer: peer)
+            route: decision.route, messageType: decision.messageType, now: GatewayTime.now(), peer: peer,
+            source: decision.sourceCell(listener.gateway, peer))
         switch result {
         case .success(let admitted):
             listener.metrics?.admitted(.mqtt)

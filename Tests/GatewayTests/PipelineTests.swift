@@ -332,6 +332,27 @@ import Testing
         #expect(!gateway.quarantine.isQuarantined(try DeviceID("nat-19"), now: at.unixSeconds))
     }
 
+    /// A connection's pinned source cell (`pinSource`) draws on its source's one budget; a cell pinned for another
+    /// source (a fresh budget) does not let a message past its own source's exhausted one.
+    @Test func aSourceCellIsHonouredOnlyForItsOwnSource() throws {
+        let gateway = try pipeline { $0.messagesPerSource = RateLimit(rate: 1, burst: 5) }
+        let at = time(0)
+        let own = try #require(gateway.pinSource(nil, source: "192.0.2.1"))
+        let foreign = try #require(gateway.pinSource(nil, source: "198.51.100.7"))
+        var outcomes: [String] = []
+        for index in 0..<8 {
+            var message = try message(Array(#"{"temperature":1}"#.utf8), device: "src-\(index)", at: at)
+            message.sourceCell = [nil, own, foreign][index % 3]
+            switch gateway.admit(message, now: at) {
+            case .success: outcomes.append("admitted")
+            case .failure(let refusal): outcomes.append(refusal.limit?.name ?? "\(refusal.stage)")
+            }
+        }
+        #expect(outcomes == Array(repeating: "admitted", count: 5) + Array(repeating: "source", count: 3))
+        // The foreign cell's own budget is untouched.
+        #expect(gateway.sourceLimiter.decide(foreign, now: at.monotonicNanos) == .admit(remaining: 4))
+    }
+
     @Test func aStoredSchemaThatNoLongerCompilesRefusesEverything() throws {
         let gateway = try pipeline()
         gateway.setSchema(.refuseAll, for: "telemetry")

@@ -133,4 +133,69 @@ import Testing
         #expect(table.decide(99, now: 2_000_000_000) == .admit(remaining: 0))
         #expect(table.count == 1)
     }
+
+    /// A pinned key is still one key: its cell and deciding by key draw on one budget, whichever decides first, and
+    /// the TAT it had before it was pinned moves into the cell.
+    @Test func aPinnedKeyKeepsOneBudget() throws {
+        let table = RateLimiterTable<String>(limit: RateLimit(rate: 10, burst: 5))
+        #expect(table.decide("nat", now: 0) == .admit(remaining: 4))
+        let cell = try #require(table.pin("nat"))
+        #expect(table.pin("nat") === cell && table.count == 1 && table.pinned == 1)
+        #expect(table.decide(cell, now: 0) == .admit(remaining: 3))
+        #expect(table.decide("nat", now: 0) == .admit(remaining: 2))
+        #expect(table.decide(cell, now: 0) == .admit(remaining: 1))
+        #expect(table.decide("nat", now: 0) == .admit(remaining: 0))
+        #expect(table.decide(cell, now: 0) == .deny(retryAfterNanos: 100_000_000))
+        #expect(table.decide("nat", now: 0) == .deny(retryAfterNanos: 100_000_000))
+        #expect(table.decide(cell, now: 100_000_000) == .admit(remaining: 0))
+        // An operator's release makes the allowance full again, for the cell's holder too.
+        table.reset("nat")
+        #expect(table.decide(cell, now: 100_000_000) == .admit(remaining: 4))
+        // The same table answers whether a cell is its own for a key; another table's cell is refused.
+        let other = RateLimiterTable<String>(limit: RateLimit(rate: 10, burst: 5))
+        #expect(table.holds(cell, for: "nat") && !table.holds(cell, for: "elsewhere") && !other.holds(cell, for: "nat"))
+    }
+
+    /// Threads deciding at once on one pinned key, some by its cell and some by key: none of the compare-and-swap
+    /// updates is lost, so exactly the burst is admitted at one instant.
+    @Test func concurrentDecisionsOnAPinnedKeyLoseNothing() async throws {
+        let table = RateLimiterTable<Int>(limit: RateLimit(rate: 1, burst: 1_000))
+        let cell = try #require(table.pin(7))
+        let admitted = await withTaskGroup(of: Int.self) { group in
+            for thread in 0..<4 {
+                group.addTask {
+                    var admitted = 0
+                    for _ in 0..<1_000 {
+                        let decision = thread == 3 ? table.decide(7, now: 0) : table.decide(cell, now: 0)
+                        if case .admit = decision { admitted += 1 }
+                    }
+                    return admitted
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(admitted == 1_000)
+    }
+
+    /// A cell someone holds is never swept, idle or not, so its holder and deciders by key keep sharing one budget;
+    /// once no one holds it and it is idle it goes, and the key starts again with its full burst. A pin counts
+    /// against the table's capacity like any key, and a full table pins nothing.
+    @Test func aHeldCellIsNotSweptAndPinsCountAgainstCapacity() throws {
+        let table = RateLimiterTable<Int>(limit: RateLimit(rate: 1, burst: 2), capacity: 3)
+        var cell: RateLimiterTable<Int>.Cell? = try #require(table.pin(1))
+        _ = table.decide(try #require(cell), now: 0)
+        _ = table.decide(2, now: 0)
+        _ = table.decide(3, now: 0)
+        #expect(table.count == 3 && table.pin(4) == nil)
+        table.evictIdle(now: 10_000_000_000)
+        #expect(table.count == 1 && table.pinned == 1, "keys 2 and 3 swept, the held cell kept")
+        #expect(table.decide(1, now: 10_000_000_000) == .admit(remaining: 1))
+        #expect(table.decide(try #require(cell), now: 10_000_000_000) == .admit(remaining: 0))
+        cell = nil
+        table.evictIdle(now: 10_000_000_000)
+        #expect(table.count == 1, "busy: kept though no one holds it")
+        table.evictIdle(now: 20_000_000_000)
+        #expect(table.count == 0 && table.pinned == 0)
+        #expect(table.decide(1, now: 20_000_000_000) == .admit(remaining: 1))
+    }
 }
