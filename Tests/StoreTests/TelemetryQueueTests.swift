@@ -173,4 +173,81 @@ import Testing
         _ = queue.append(Self.message(1))
         #expect(queued == nil)
     }
+
+    /// Four threads queue at once while a writer thread drains the queue each time an `append` says to start it:
+    /// every message is taken exactly once and in each thread's order, and every start finds its own message
+    /// waiting (no start is given while a writer runs, none is missed), so the writer's every round takes something.
+    @Test func concurrentProducersAndOneWriterLoseNothing() throws {
+        let queue = TelemetryQueue(maximumCount: 64)
+        final class Shared: @unchecked Sendable {
+            let lock = NSLock()
+            var taken: [String] = []
+            var emptyRounds = 0
+            var finished = false
+        }
+        let shared = Shared()
+        let wake = DispatchSemaphore(value: 0)
+        let writerDone = DispatchSemaphore(value: 0)
+        let writer = Thread {
+            while true {
+                wake.wait()
+                shared.lock.lock()
+                let finished = shared.finished
+                shared.lock.unlock()
+                if finished { break }
+                var first = true
+                while case let batch = queue.nextBatch(), !batch.isEmpty {
+                    first = false
+                    shared.lock.lock()
+                    shared.taken += batch.map(\.message.correlationID)
+                    shared.lock.unlock()
+                    TelemetryQueue.committed(batch, ids: batch.map { _ in 1 })
+                }
+                if first {
+                    shared.lock.lock()
+                    shared.emptyRounds += 1
+                    shared.lock.unlock()
+                }
+            }
+            writerDone.signal()
+        }
+        writer.start()
+        let producers = 4
+        let each = 5_000
+        let producersDone = DispatchSemaphore(value: 0)
+        for producer in 0..<producers {
+            Thread {
+                for index in 0..<each {
+                    let message = NewTelemetry(
+                        deviceID: try! DeviceID("d\(producer)"), receivedAt: Date(),
+                        correlationID: "\(producer)-\(index)", body: [UInt8(ascii: "x")])
+                    if queue.append(message).start { wake.signal() }
+                }
+                producersDone.signal()
+            }.start()
+        }
+        for _ in 0..<producers { producersDone.wait() }
+        // Every start was signalled; once the writer has drained, the queue is idle again.
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            shared.lock.lock()
+            let count = shared.taken.count
+            shared.lock.unlock()
+            if count == producers * each { break }
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        shared.lock.lock()
+        shared.finished = true
+        shared.lock.unlock()
+        wake.signal()
+        writerDone.wait()
+        #expect(shared.taken.count == producers * each)
+        #expect(Set(shared.taken).count == producers * each)
+        #expect(shared.emptyRounds == 0, "a writer was started with nothing of its own to take")
+        for producer in 0..<producers {
+            let order = shared.taken.filter { $0.hasPrefix("\(producer)-") }
+            #expect(order == (0..<each).map { "\(producer)-\($0)" })
+        }
+        #expect(queue.append(Self.message(0)).start, "idle once drained")
+    }
 }
