@@ -81,6 +81,15 @@ import Testing
         #expect(book.isQuarantined(device, now: 1003))
         #expect(book.release(device))
         #expect(!book.isQuarantined(device, now: 1003))
+        // Restored after a restart (an expired entry is not), and one device's quarantine ending leaves another's
+        // in force: the count `isQuarantined` answers from without its lock follows every change.
+        let other = try DeviceID("d2")
+        book.load([(device, 2000), (other, 900)], now: 1003)
+        #expect(book.isQuarantined(device, now: 1500) && !book.isQuarantined(other, now: 1500))
+        for second in 1500..<1503 { _ = book.record(.replay, device: other, now: Int64(second)) }
+        #expect(!book.isQuarantined(device, now: 2000))
+        #expect(book.isQuarantined(other, now: 2000))
+        #expect(!book.isQuarantined(other, now: 2102))
     }
 }
 
