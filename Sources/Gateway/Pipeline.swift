@@ -1,6 +1,7 @@
 public import Core
 public import Crypto
 import JSON
+import Synchronization
 
 /// Configuration of the gateway pipeline. Defaults suit a sensor fleet; the hub reads them from its configuration.
 public struct GatewayPolicy: Sendable {
@@ -76,6 +77,9 @@ public struct InboundMessage: Sendable {
     /// The source's pinned cell in the pipeline's `sourceLimiter` (`pinSource`), kept by the caller for its
     /// connection; nil makes the pipeline decide by the source's key, under its stripe's lock.
     public var sourceCell: RateLimiterTable<SourceAddress>.Cell?
+    /// The schema look-up a connection keeps for its topic's message type (`schemaHint(for:)`), used while no schema
+    /// has been registered since it was made; nil makes the pipeline look the schema up under its lock.
+    public var schemaHint: GatewayPipeline.SchemaHint?
 
     public init(
         identity: Identity, route: String, source: String, contentType: String?, messageType: String?,
@@ -90,7 +94,8 @@ public struct InboundMessage: Sendable {
     public init(
         identity: Identity, route: String, source: String, contentType: String?, messageType: String?,
         body: [UInt8], transport: Transport, payload: PayloadCheck, declaredText: Bool, deviceKey: DeviceKey?,
-        sourceAddress: SourceAddress?, sourceCell: RateLimiterTable<SourceAddress>.Cell? = nil
+        sourceAddress: SourceAddress?, sourceCell: RateLimiterTable<SourceAddress>.Cell? = nil,
+        schemaHint: GatewayPipeline.SchemaHint? = nil
     ) {
         self.identity = identity
         self.route = route
@@ -104,6 +109,7 @@ public struct InboundMessage: Sendable {
         self.deviceKey = deviceKey
         self.sourceAddress = sourceAddress
         self.sourceCell = sourceCell
+        self.schemaHint = schemaHint
     }
 }
 
@@ -202,6 +208,36 @@ public final class GatewayPipeline: Sendable {
     public let counters = CounterWindows()
     public let quarantine: QuarantineBook
     private let schemas = Locked(SchemaTable())
+    /// Raised, under `schemas`' lock, each time a schema is registered: a `SchemaHint` made before is not used.
+    private let schemaGeneration = Atomic(0)
+
+    /// A message type's schema as the pipeline's table held it at `generation`: a connection keeps one for its
+    /// topic and hands it with each message, so that the schema stage takes no lock while no schema is registered
+    /// (both event loops took it for every message: a third of the hub's `futex` calls under a QoS 0 load once the
+    /// rate tables', the telemetry queue's and the quarantine's had gone, 2026-12-07).
+    public final class SchemaHint: Sendable {
+        public let messageType: String
+        public let generation: Int
+        let registered: (schema: JSONSchema, valid: Bool)?
+
+        init(messageType: String, generation: Int, registered: (schema: JSONSchema, valid: Bool)?) {
+            self.messageType = messageType
+            self.generation = generation
+            self.registered = registered
+        }
+    }
+
+    /// A hint for `messageType` (nil: the policy's default type), or `current` when no schema was registered since
+    /// it was made.
+    public func schemaHint(for messageType: String?, current: SchemaHint?) -> SchemaHint {
+        let name = messageType ?? policy.defaultMessageType
+        let generation = schemaGeneration.load(ordering: .acquiring)
+        if let current, current.messageType == name, current.generation == generation { return current }
+        return schemas.withLock { table in
+            SchemaHint(
+                messageType: name, generation: schemaGeneration.load(ordering: .relaxed), registered: table[name])
+        }
+    }
 
     /// The registered schemas by message type. A hub registers a handful, so a look-up compares names in a list
     /// (a short name compares as two words) instead of hashing the name, and a name found in it was checked when it
@@ -264,7 +300,10 @@ public final class GatewayPipeline: Sendable {
     // MARK: Schemas
 
     public func setSchema(_ schema: JSONSchema, for messageType: String) {
-        schemas.withLock { $0.set(schema, for: messageType) }
+        schemas.withLock { table in
+            table.set(schema, for: messageType)
+            schemaGeneration.add(1, ordering: .releasing)
+        }
     }
 
     public func schema(for messageType: String) -> JSONSchema? { schemas.withLock { $0[messageType]?.schema } }
@@ -580,7 +619,14 @@ public final class GatewayPipeline: Sendable {
         now: GatewayTime
     ) throws(Refusal) -> String {
         let messageType = message.messageType ?? policy.defaultMessageType
-        let registered = schemas.withLock { $0[messageType] }
+        let registered =
+            if let hint = message.schemaHint, hint.messageType == messageType,
+                hint.generation == schemaGeneration.load(ordering: .acquiring)
+            {
+                hint.registered
+            } else {
+                schemas.withLock { $0[messageType] }
+            }
         guard registered?.valid == true || Self.isValidMessageType(messageType) else {
             throw offence(
                 .invalidMessage, device, now: now, problem: .invalidMessage, stage: .schema,

@@ -776,6 +776,16 @@ struct MQTTConnection {
             return pinned
         }
 
+        /// The gateway's look-up of the topic's schema (`GatewayPipeline.schemaHint`), made again only once a schema
+        /// has been registered since.
+        private var schema: GatewayPipeline.SchemaHint?
+
+        func schemaHint(_ gateway: GatewayPipeline) -> GatewayPipeline.SchemaHint {
+            let hint = gateway.schemaHint(for: messageType, current: schema)
+            if hint !== schema { schema = hint }
+            return hint
+        }
+
         func qos0Reports(peer: Peer, _ outcomes: MQTTWriteOutcomes) -> QoS0Reports {
             if let reports { return reports }
             let made = QoS0Reports(outcomes: outcomes, identity: peer.identity, source: peer.source, topic: topic)
@@ -1645,7 +1655,7 @@ struct MQTTConnection {
         }
         let result = admission(
             publish, device: device, counter: counter, check: check, route: route, messageType: messageType,
-            now: now, peer: peer, source: decision.sourceCell(listener.gateway, peer))
+            now: now, peer: peer, hints: decision)
         switch result {
         case .success(let admitted):
             return await storeAndDeliver(
@@ -1675,7 +1685,7 @@ struct MQTTConnection {
     @inline(never)
     private func admission(
         _ publish: PublishPacket, device: DeviceID, counter: UInt64?, check: PayloadCheck, route: String,
-        messageType: String?, now: GatewayTime, peer: Peer, source: RateLimiterTable<SourceAddress>.Cell?
+        messageType: String?, now: GatewayTime, peer: Peer, hints decision: TopicDecision
     ) -> Result<Admitted, Refusal> {
         if counter == nil,
             publish.properties.userProperties.contains(where: { $0.0 == GatewayPipeline.counterProperty })
@@ -1685,21 +1695,23 @@ struct MQTTConnection {
         return listener.gateway.admit(
             Self.inbound(
                 publish, peer: peer, route: route, messageType: messageType, counter: counter, check: check,
-                sourceCell: source),
+                sourceCell: decision.sourceCell(listener.gateway, peer),
+                schemaHint: decision.schemaHint(listener.gateway)),
             now: now)
     }
 
     /// A device's PUBLISH as the gateway pipeline reads it. Built where it is used, never held across an await.
     static func inbound(
         _ publish: PublishPacket, peer: Peer, route: String, messageType: String?, counter: UInt64?,
-        check: PayloadCheck, sourceCell: RateLimiterTable<SourceAddress>.Cell? = nil
+        check: PayloadCheck, sourceCell: RateLimiterTable<SourceAddress>.Cell? = nil,
+        schemaHint: GatewayPipeline.SchemaHint? = nil
     ) -> InboundMessage {
         InboundMessage(
             identity: peer.identity, route: route, source: peer.source ?? "unknown",
             contentType: publish.properties.contentType, messageType: messageType, body: publish.payload,
             transport: .mqtt(counter: counter), payload: check,
             declaredText: publish.properties.payloadFormatIndicator == 1, deviceKey: peer.deviceKey,
-            sourceAddress: peer.sourceAddress, sourceCell: sourceCell)
+            sourceAddress: peer.sourceAddress, sourceCell: sourceCell, schemaHint: schemaHint)
     }
 
     /// A DUP resend whose counter is already in the window: the message was stored, so it is acknowledged again,
@@ -1976,7 +1988,7 @@ struct MQTTConnection {
         let result = admission(
             publish, device: device, counter: Self.counter(of: publish), check: decision.check,
             route: decision.route, messageType: decision.messageType, now: GatewayTime.now(), peer: peer,
-            source: decision.sourceCell(listener.gateway, peer))
+            hints: decision)
         switch result {
         case .success(let admitted):
             listener.metrics?.admitted(.mqtt)

@@ -157,6 +157,41 @@ import Testing
         #expect(try admit("Not Valid", #"{"v":1}"#)?.detail == "message type name is not valid")
     }
 
+    /// A connection's schema hint stands for the pipeline's table only while no schema is registered: a hint kept
+    /// from before a registration does not let through what the new schema refuses, and a hint for one message type
+    /// is not used for another.
+    @Test func aSchemaHintStandsOnlyForTheTableItWasMadeFrom() throws {
+        let unlimited = RateLimit(rate: 1e9, burst: 1_000_000)
+        let gateway = try pipeline {
+            $0.messagesPerDevice = unlimited
+            $0.messagesPerRoute = unlimited
+            $0.messagesPerSource = unlimited
+            $0.quarantine.thresholds = [:]
+        }
+        let at = time(0)
+        func admit(_ type: String, _ body: String, _ hint: GatewayPipeline.SchemaHint) throws -> Refusal? {
+            var message = InboundMessage(
+                identity: .device(try DeviceID("h1")), route: "telemetry", source: "192.0.2.9", contentType: nil,
+                messageType: type, body: Array(body.utf8), transport: .mqtt(counter: nil))
+            message.schemaHint = hint
+            if case .failure(let refusal) = gateway.admit(message, now: at) { return refusal }
+            return nil
+        }
+        gateway.setSchema(try JSONSchema(bytes: Array(#"{"properties":{"v":{"const":1}}}"#.utf8)), for: "type-a")
+        let hint = gateway.schemaHint(for: "type-a", current: nil)
+        #expect(gateway.schemaHint(for: "type-a", current: hint) === hint, "kept while nothing is registered")
+        #expect(try admit("type-a", #"{"v":1}"#, hint) == nil)
+        #expect(try admit("type-a", #"{"v":2}"#, hint)?.stage == .schema)
+        // The operator tightens the schema: the kept hint is stale, and the new schema applies.
+        gateway.setSchema(try JSONSchema(bytes: Array(#"{"properties":{"v":{"const":2}}}"#.utf8)), for: "type-a")
+        #expect(try admit("type-a", #"{"v":1}"#, hint)?.stage == .schema)
+        #expect(try admit("type-a", #"{"v":2}"#, hint) == nil)
+        let fresh = gateway.schemaHint(for: "type-a", current: hint)
+        #expect(fresh !== hint)
+        // "type-b" has no schema: refused as such, whatever the hint for "type-a" says.
+        #expect(try admit("type-b", #"{"v":2}"#, fresh)?.detail.contains("no schema registered") == true)
+    }
+
     /// The adversarial corpus against the pipeline directly (the same manifest runs against the live endpoint in
     /// HubTests): every body is refused at its stage with its status, and the controls pass.
     @Test func adversarialCorpus() throws {

@@ -269,6 +269,33 @@ import X509
         try await hub.stop()
     }
 
+    /// A schema registered while a device is connected applies to its next message on the same topic: the schema
+    /// look-up its connection keeps (`GatewayPipeline.SchemaHint`) is not used once a schema has been registered.
+    @Test func aSchemaRegisteredMeanwhileAppliesToTheNextMessage() async throws {
+        let hub = try await TestHub.start()
+        let device = try await hub.enroll("at-s")
+        let codes = try await MQTTClientConnection.withConnection(
+            host: "127.0.0.1", port: hub.mqttPort, tls: try device.credentials.tlsConfiguration(), clientID: "at-s",
+            version: .v5
+        ) { mqtt, _ in
+            func send(_ id: UInt16, _ body: String) async throws -> String {
+                try await Self.publish(mqtt, "devices/at-s/telemetry", body, qos: .atLeastOnce, id: id)
+                while let packet = try await mqtt.next() {
+                    if case .puback(let acknowledged, let code, _) = packet, acknowledged == id { return "\(code)" }
+                }
+                return "closed"
+            }
+            var codes = [try await send(1, #"{"t":"warm"}"#)]
+            let schema = Array(#"{"type":"object","required":["t"],"properties":{"t":{"type":"number"}}}"#.utf8)
+            #expect(try await hub.operatorRequest("PUT", "/v1/schemas/telemetry", raw: schema).status == 201)
+            codes.append(try await send(2, #"{"t":"warm"}"#))
+            codes.append(try await send(3, #"{"t":21.5}"#))
+            return codes
+        }
+        #expect(codes == ["0x00", "0x99", "0x00"])
+        try await hub.stop()
+    }
+
     /// One device's messages are stored in the order it sent them, whether a message was handled at once (QoS 0)
     /// or by a turn (QoS 1, waiting for its store write, and QoS 0 sent while that turn ran).
     @Test func qoS0AndQoS1MessagesAreStoredInTheOrderSent() async throws {
