@@ -210,6 +210,8 @@ public final class GatewayPipeline: Sendable {
     private let schemas = Locked(SchemaTable())
     /// Raised, under `schemas`' lock, each time a schema is registered: a `SchemaHint` made before is not used.
     private let schemaGeneration = Atomic(0)
+    /// What a `SchemaHint` holds to name this pipeline (its address cannot be another pipeline's meanwhile).
+    private let hintOwner = Owner()
 
     /// A message type's schema as the pipeline's table held it at `generation`: a connection keeps one for its
     /// topic and hands it with each message, so that the schema stage takes no lock while no schema is registered
@@ -219,11 +221,13 @@ public final class GatewayPipeline: Sendable {
         public let messageType: String
         public let generation: Int
         let registered: (schema: JSONSchema, valid: Bool)?
+        let owner: Owner
 
-        init(messageType: String, generation: Int, registered: (schema: JSONSchema, valid: Bool)?) {
+        init(messageType: String, generation: Int, registered: (schema: JSONSchema, valid: Bool)?, owner: Owner) {
             self.messageType = messageType
             self.generation = generation
             self.registered = registered
+            self.owner = owner
         }
     }
 
@@ -232,10 +236,13 @@ public final class GatewayPipeline: Sendable {
     public func schemaHint(for messageType: String?, current: SchemaHint?) -> SchemaHint {
         let name = messageType ?? policy.defaultMessageType
         let generation = schemaGeneration.load(ordering: .acquiring)
-        if let current, current.messageType == name, current.generation == generation { return current }
+        if let current, current.owner === hintOwner, current.messageType == name, current.generation == generation {
+            return current
+        }
         return schemas.withLock { table in
             SchemaHint(
-                messageType: name, generation: schemaGeneration.load(ordering: .relaxed), registered: table[name])
+                messageType: name, generation: schemaGeneration.load(ordering: .relaxed), registered: table[name],
+                owner: hintOwner)
         }
     }
 
@@ -620,7 +627,7 @@ public final class GatewayPipeline: Sendable {
     ) throws(Refusal) -> String {
         let messageType = message.messageType ?? policy.defaultMessageType
         let registered =
-            if let hint = message.schemaHint, hint.messageType == messageType,
+            if let hint = message.schemaHint, hint.owner === hintOwner, hint.messageType == messageType,
                 hint.generation == schemaGeneration.load(ordering: .acquiring)
             {
                 hint.registered

@@ -40,6 +40,8 @@ public final class QuarantineBook: Sendable {
     struct State {
         var tallies: [DeviceID: Tally] = [:]
         var until: [DeviceID: Int64] = [:]
+        /// The second `until` was last swept of its ended quarantines (`isQuarantined`).
+        var swept: Int64 = 0
     }
     public let policy: QuarantinePolicy
     private let state = Locked(State())
@@ -55,11 +57,16 @@ public final class QuarantineBook: Sendable {
     public func isQuarantined(_ device: DeviceID, now: Int64) -> Bool {
         guard quarantinedCount.load(ordering: .acquiring) > 0 else { return false }
         return state.withLock { state in
+            // Ended quarantines go at most once a second, so that a device that never sends again does not keep
+            // every other message on this path.
+            if state.swept != now {
+                state.swept = now
+                let before = state.until.count
+                state.until = state.until.filter { $0.value > now }
+                if state.until.count != before { quarantinedCount.store(state.until.count, ordering: .releasing) }
+            }
             guard let until = state.until[device] else { return false }
-            if until > now { return true }
-            state.until[device] = nil
-            quarantinedCount.store(state.until.count, ordering: .releasing)
-            return false
+            return until > now
         }
     }
 

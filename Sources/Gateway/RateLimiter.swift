@@ -36,6 +36,10 @@ public enum RateDecision: Sendable, Equatable {
 /// under a QoS 0 load (`perf record -e syscalls:sys_enter_futex`, 2026-12-07). A power of two.
 let rateTableStripes = 16
 
+/// An object whose identity stands for its owner's (a rate table's, a pipeline's), held by what the owner hands
+/// out so that the owner's address cannot be reused for another while it is held.
+final class Owner: Sendable {}
+
 /// GCRA state for many keys (devices, device × route, source addresses), spread over `rateTableStripes` locks by
 /// the key's hash.
 ///
@@ -45,26 +49,32 @@ let rateTableStripes = 16
 /// an old one forgotten (fail closed), and `overflowed` counts it. The bound is the whole table's: a new key is
 /// counted in before it is stored, and a full table sweeps every stripe (one at a time) before it refuses one.
 ///
-/// A key many threads decide for at once (one source address behind which every device connects: a NAT, a
-/// gateway, the benchmark's loopback) is `pin`ned by whoever decides for it often: its TAT moves into a `Cell`
-/// that the caller keeps and decides with (`decide(_:now:)` on the cell), a compare-and-swap with no lock. Under
-/// its stripe's lock both event loops waited for each other on every message: 38 % of the hub's `futex` calls
-/// under a QoS 0 load came from this table (`perf record -e syscalls:sys_enter_futex`, 2026-12-07). A pinned key
-/// stays one key: its cell is the table's, deciding by key reaches the same cell, and a sweep drops a cell only when
-/// the table holds the last reference to it and it is idle.
+/// A key that many threads decide for at once (one source address behind which every device connects: a NAT, a
+/// gateway, the benchmark's loopback) can be `pin`ned by a caller that decides for it again and again (a
+/// connection, for its source): its TAT moves into a `Cell` that the caller keeps and decides with
+/// (`decide(_:now:)` on the cell), a compare-and-swap with no lock. Under its stripe's lock both event loops waited
+/// for each other on every message: 38 % of the hub's `futex` calls under a QoS 0 load came from this table (`perf
+/// record -e syscalls:sys_enter_futex`, 2026-12-07). A pinned key stays one key: its cell is the table's, and
+/// deciding by key reaches the same cell. A cell counts against the capacity as any key, and is swept as any key
+/// once idle, held or not: it is then retired, and deciding with it decides by key (its holder pins again).
 public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
     /// A pinned key's TAT, decided on without the table's lock. Its holder keeps it for as long as it decides
-    /// for the key (a connection's topic decision), and must decide only for `key` with it.
+    /// for the key (a connection's topic decision), and decides only for `key` with it.
     public final class Cell: Sendable {
         public let key: Key
-        fileprivate let owner: ObjectIdentifier
+        /// The table's, held so that its address cannot be another table's while the cell lives.
+        fileprivate let owner: Owner
         fileprivate let tat: Atomic<Int64>
+        fileprivate let retired = Atomic(false)
 
-        fileprivate init(_ key: Key, owner: ObjectIdentifier, tat: Int64) {
+        fileprivate init(_ key: Key, owner: Owner, tat: Int64) {
             self.key = key
             self.owner = owner
             self.tat = Atomic(tat)
         }
+
+        /// Swept from its table (it was idle): deciding with it decides by key; its holder should pin again.
+        public var isRetired: Bool { retired.load(ordering: .acquiring) }
     }
 
     private struct Stripe {
@@ -81,6 +91,7 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
 
     public let limit: RateLimit
     public let capacity: Int
+    private let owner = Owner()
     private let stripes: [Locked<Stripe>]
     /// Keys stored over all stripes, pinned ones included (at most `capacity`).
     private let tracked = Atomic(0)
@@ -129,9 +140,13 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
     }
 
     /// One event for the cell's key at `now`, without the table's lock: the same GCRA step as `decide(key:)`, its
-    /// TAT read and replaced with one compare-and-swap (again when another thread replaced it meanwhile).
+    /// TAT read and replaced with one compare-and-swap (again when another thread replaced it meanwhile). A retired
+    /// cell decides by key. A sweep that retires a cell while its holder decides with it can lose that one event's
+    /// cost (the cell was idle, so the event is admitted as the key's fresh entry would admit it): at most one event
+    /// per holder per sweep, and sweeps run only when the table is full.
     public func decide(_ cell: Cell, now: Int64) -> RateDecision {
-        precondition(cell.owner == ObjectIdentifier(self), "a rate cell decided on by another table")
+        precondition(cell.owner === owner, "a rate cell decided on by another table")
+        if cell.isRetired { return decide(cell.key, now: now) }
         let interval = limit.interval
         let tolerance = limit.tolerance
         var known = cell.tat.load(ordering: .relaxed)
@@ -156,14 +171,14 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
                 tracked.subtract(1, ordering: .relaxed)
                 return nil
             }
-            let cell = Cell(key, owner: ObjectIdentifier(self), tat: known ?? Int64.min)
+            let cell = Cell(key, owner: owner, tat: known ?? Int64.min)
             stripe.cells[key] = cell
             return cell
         }
     }
 
-    /// Whether `cell` is this table's cell for `key`.
-    public func holds(_ cell: Cell, for key: Key) -> Bool { cell.owner == ObjectIdentifier(self) && cell.key == key }
+    /// Whether `cell` is this table's cell for `key` (a retired one is decided by key).
+    public func holds(_ cell: Cell, for key: Key) -> Bool { cell.owner === owner && cell.key == key }
 
     /// Events still admissible right now: how far `next` is below the tolerance line, in intervals.
     private static func remaining(_ next: Int64, now: Int64, _ interval: Int64, _ tolerance: Int64) -> Int {
@@ -176,8 +191,8 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
     /// Keys pinned (for tests).
     public var pinned: Int { stripes.reduce(0) { total, stripe in total + stripe.withLock { $0.cells.count } } }
 
-    /// Drops every key that is idle at `now` (their allowance is full again). A pinned key's cell goes only when
-    /// no one else holds it (a holder could obtain it only under the stripe's lock, held here).
+    /// Drops every key that is idle at `now` (their allowance is full again), a pinned key's cell too, which is
+    /// retired (its holders then decide by key, and pin again).
     public func evictIdle(now: Int64) {
         for stripe in stripes {
             stripe.withLock { stripe in
@@ -185,11 +200,12 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
                 stripe.tats = stripe.tats.filter { $0.value > now }
                 var dropped = before - stripe.tats.count
                 if !stripe.cells.isEmpty {
-                    let idle = stripe.cells.compactMap { $0.value.tat.load(ordering: .relaxed) <= now ? $0.key : nil }
-                    for key in idle where isKnownUniquelyReferenced(&stripe.cells[key]!) {
+                    let idle = stripe.cells.filter { $0.value.tat.load(ordering: .acquiring) <= now }
+                    for (key, cell) in idle {
+                        cell.retired.store(true, ordering: .releasing)
                         stripe.cells.removeValue(forKey: key)
-                        dropped += 1
                     }
+                    dropped += idle.count
                 }
                 tracked.subtract(dropped, ordering: .relaxed)
             }
