@@ -766,11 +766,12 @@ struct MQTTConnection {
         }
 
         /// The connection's cell in the gateway's source limiter (`GatewayPipeline.pinSource`), asked for at the
-        /// topic's first message; `.some(nil)` when the table was full (the pipeline then decides by the key).
+        /// topic's first message, and again once the table swept it (idle); `.some(nil)` when the table was full
+        /// (the pipeline then decides by the key).
         private var source: RateLimiterTable<SourceAddress>.Cell??
 
         func sourceCell(_ gateway: GatewayPipeline, _ peer: Peer) -> RateLimiterTable<SourceAddress>.Cell? {
-            if let source { return source }
+            if let source, source?.isRetired != true { return source }
             let pinned = gateway.pinSource(peer.sourceAddress, source: peer.source ?? "unknown")
             source = .some(pinned)
             return pinned
