@@ -124,19 +124,29 @@ import Testing
     /// The schema table: each message type gets its own schema (replaced when registered again) among more names
     /// than the short list holds, and a name that is not a valid message type is refused as such even when a
     /// schema was registered under it.
-    @Test func schemasAreFoundByMessageTypeOnly() throws {
+    /// A pipeline whose rate limits and quarantine never get in the way, for the schema stage's tests.
+    func unlimitedPipeline() throws -> GatewayPipeline {
         let unlimited = RateLimit(rate: 1e9, burst: 1_000_000)
-        let gateway = try pipeline {
+        return try pipeline {
             $0.messagesPerDevice = unlimited
             $0.messagesPerRoute = unlimited
             $0.messagesPerSource = unlimited
             $0.quarantine.thresholds = [:]
         }
+    }
+
+    /// A device's MQTT message of message type `type`, without a counter.
+    func typed(_ type: String, _ body: String, device: String) throws -> InboundMessage {
+        InboundMessage(
+            identity: .device(try DeviceID(device)), route: "telemetry", source: "192.0.2.9", contentType: nil,
+            messageType: type, body: Array(body.utf8), transport: .mqtt(counter: nil))
+    }
+
+    @Test func schemasAreFoundByMessageTypeOnly() throws {
+        let gateway = try unlimitedPipeline()
         let at = time(0)
         func admit(_ type: String, _ body: String) throws -> Refusal? {
-            let message = InboundMessage(
-                identity: .device(try DeviceID("s1")), route: "telemetry", source: "192.0.2.9", contentType: nil,
-                messageType: type, body: Array(body.utf8), transport: .mqtt(counter: nil))
+            let message = try typed(type, body, device: "s1")
             if case .failure(let refusal) = gateway.admit(message, now: at) { return refusal }
             return nil
         }
@@ -161,18 +171,10 @@ import Testing
     /// from before a registration does not let through what the new schema refuses, and a hint for one message type
     /// is not used for another.
     @Test func aSchemaHintStandsOnlyForTheTableItWasMadeFrom() throws {
-        let unlimited = RateLimit(rate: 1e9, burst: 1_000_000)
-        let gateway = try pipeline {
-            $0.messagesPerDevice = unlimited
-            $0.messagesPerRoute = unlimited
-            $0.messagesPerSource = unlimited
-            $0.quarantine.thresholds = [:]
-        }
+        let gateway = try unlimitedPipeline()
         let at = time(0)
         func admit(_ type: String, _ body: String, _ hint: GatewayPipeline.SchemaHint) throws -> Refusal? {
-            var message = InboundMessage(
-                identity: .device(try DeviceID("h1")), route: "telemetry", source: "192.0.2.9", contentType: nil,
-                messageType: type, body: Array(body.utf8), transport: .mqtt(counter: nil))
+            var message = try typed(type, body, device: "h1")
             message.schemaHint = hint
             if case .failure(let refusal) = gateway.admit(message, now: at) { return refusal }
             return nil
@@ -190,6 +192,12 @@ import Testing
         #expect(fresh !== hint)
         // "type-b" has no schema: refused as such, whatever the hint for "type-a" says.
         #expect(try admit("type-b", #"{"v":2}"#, fresh)?.detail.contains("no schema registered") == true)
+        // Another pipeline's hint, of the same generation, is not used either.
+        let other = try unlimitedPipeline()
+        for _ in 0..<2 { other.setSchema(try JSONSchema(bytes: Array("{}".utf8)), for: "type-a") }
+        let foreign = other.schemaHint(for: "type-a", current: nil)
+        #expect(foreign.generation == fresh.generation)
+        #expect(try admit("type-a", #"{"v":1}"#, foreign)?.stage == .schema)
     }
 
     /// The adversarial corpus against the pipeline directly (the same manifest runs against the live endpoint in
