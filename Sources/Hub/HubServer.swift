@@ -413,7 +413,6 @@ public final class HubServer: Sendable {
                 identity: credentials.identity, store: store, pins: clusterPins,
                 interval: .milliseconds(Int64(configuration.tlsKeyCheckSeconds * 1000)), logger: tlsLogger))
         services.append(CRLRefreshService(publisher: crl, interval: .seconds(3600), logger: logger))
-        services.append(HeapTrimService(interval: .seconds(5)))
         services.append(
             RenewalSweepService(
                 renewals: renewals,

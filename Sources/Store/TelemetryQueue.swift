@@ -85,16 +85,10 @@ public final class TelemetryQueue: Sendable {
         return (entry, expected == Self.idle)
     }
 
-    /// How many times a writer asked any queue of the process for a batch (the hub's heap trim watches it for the
-    /// end of a burst: `HeapTrimService`).
-    public static var batchesTaken: Int { batches.load(ordering: .relaxed) }
-    private static let batches = Atomic(0)
-
     /// The next batch, in queue order; empty when the queue is empty, and then the writer must stop (the next
     /// `append` starts it again).
     public func nextBatch() -> [Entry] {
-        Self.batches.add(1, ordering: .relaxed)
-        return taken.withLock { taken -> [Entry] in
+        taken.withLock { taken -> [Entry] in
             if taken.count < maximumCount { takeStack(into: &taken) }
             while taken.isEmpty {
                 // Nothing queued: the writer stops, unless an entry was pushed meanwhile.
