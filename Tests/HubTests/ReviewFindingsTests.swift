@@ -21,8 +21,16 @@ import X509
     @Test func aCopyWhoseBodyArrivesLateIsStillAReplay() async throws {
         // Skew 12 s: the original and the copy's head (signed at a whole second, then two requests on new mutual-TLS
         // connections) must reach the hub within it even on a loaded test run (6.3 s once, with a fuzzer building;
-        // 7.4 s once in a filtered run of 335 tests on 2 cores).
-        let hub = try await TestHub.start { $0.gateway.signatureSkewSeconds = 12 }
+        // 7.4 s once in a filtered run of 335 tests on 2 cores). The copy's head may come 60 s after its connection's
+        // handshake (10 s by default) and its body 120 s after the head (30 s): two requests come between the first
+        // two, 25.5 s and a request between the last two, and a loaded run once stretched one of them past its
+        // bound, so the guard closed the connection ("I/O on closed channel"). This test attacks the replay stage,
+        // not those bounds.
+        let hub = try await TestHub.start {
+            $0.gateway.signatureSkewSeconds = 12
+            $0.httpLimits.headerSeconds = 60
+            $0.httpLimits.bodySeconds = 120
+        }
         let device = try await hub.enroll("slow-1")
         let body = Array(#"{"temperature":20}"#.utf8)
         // The copy's connection is made first: its handshake is not spent out of the signature's time.
