@@ -250,7 +250,7 @@ let package = Package(
         .target(name: "CTLSPolicy", dependencies: [.product(name: "NIOSSL", package: "swift-nio-ssl")]),
         // A PKCS#11 module for the tests only: forwards to SoftHSM2 and plays an unplugged token on demand.
         .target(name: "PKCS11FaultModule", linkerSettings: [.linkedLibrary("dl")]),
-        // The tests' PostgreSQL server (scripts/postgres) and a fresh database per store.
+        // The tests' PostgreSQL server (scripts/postgres), a fresh database per store, and temporary directories.
         .target(
             name: "PostgresTestSupport",
             dependencies: ["PostgresStore", "Store", .product(name: "PostgresNIO", package: "postgres-nio")],

@@ -466,7 +466,7 @@ public final class GatewayPipeline: Sendable {
                 throw rateLimited(device, "route", policy.messagesPerRoute, wait, now)
             }
         }
-        let source = message.sourceAddress ?? SourceAddress(text: message.source)
+        let source = Self.sourceKey(message.sourceAddress, message.source)
         let decision =
             if let cell = message.sourceCell, sourceLimiter.holds(cell, for: source) {
                 sourceLimiter.decide(cell, now: now.monotonicNanos)
@@ -485,7 +485,13 @@ public final class GatewayPipeline: Sendable {
     /// (`InboundMessage.sourceCell`), so that its messages' source limit takes no lock; nil when the source table is
     /// full. `address` nil: the source's key is derived from its text, as for a message.
     public func pinSource(_ address: SourceAddress?, source: String) -> RateLimiterTable<SourceAddress>.Cell? {
-        sourceLimiter.pin(address ?? SourceAddress(text: source))
+        sourceLimiter.pin(Self.sourceKey(address, source))
+    }
+
+    /// The source limiter's key for a message or a connection: its parsed address, else one derived from its text.
+    /// One function for both, as a cell is honoured only for the key it was pinned for (`holds`).
+    static func sourceKey(_ address: SourceAddress?, _ source: String) -> SourceAddress {
+        address ?? SourceAddress(text: source)
     }
 
     /// The message's interned key when the hub set it for this device, else the device's key from the table.

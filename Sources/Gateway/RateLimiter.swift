@@ -7,17 +7,32 @@ import Synchronization
 public struct RateLimit: Sendable, Equatable, CustomStringConvertible {
     public let rate: Double
     public let burst: Int
+    /// Time between two events at the sustained rate (the "emission interval" T), in nanoseconds.
+    let interval: Int64
+    /// How far the theoretical arrival time may run ahead of now (τ = T · (burst − 1)).
+    let tolerance: Int64
 
     public init(rate: Double, burst: Int) {
         precondition(rate > 0 && rate.isFinite && burst >= 1, "a rate limit needs rate > 0 and burst >= 1")
         self.rate = rate
         self.burst = burst
+        interval = Int64((1e9 / rate).rounded())
+        tolerance = interval * Int64(burst - 1)
     }
 
-    /// Time between two events at the sustained rate (the "emission interval" T), in nanoseconds.
-    var interval: Int64 { Int64((1e9 / rate).rounded()) }
-    /// How far the theoretical arrival time may run ahead of now (τ = T · (burst − 1)).
-    var tolerance: Int64 { interval * Int64(burst - 1) }
+    /// One GCRA step (ITU-T I.371 virtual scheduling): the decision for an event at `now` (nanoseconds) on a key
+    /// whose theoretical arrival time is `tat` (`Int64.min` for a key never seen, or idle), and the key's next TAT
+    /// when the event is admitted (nil when refused: the TAT stays). The only statement of the algorithm: every
+    /// table (`RateLimiterTable` by key and by cell, `DenseRateTable`) stores what it returns.
+    @inline(__always)
+    func step(tat: Int64, now: Int64) -> (decision: RateDecision, next: Int64?) {
+        let start = max(tat, now)
+        // Admit when TAT − τ ≤ now.
+        if start - tolerance > now { return (.deny(retryAfterNanos: start - tolerance - now), nil) }
+        let next = start + interval
+        // Events still admissible right now: how far `next` is below the tolerance line, in intervals.
+        return (.admit(remaining: Int(max(0, (now + tolerance - next + interval) / interval))), next)
+    }
     /// Seconds for an exhausted allowance to refill completely: the `w` of the RateLimit-Policy header.
     public var windowSeconds: Int { max(1, Int((Double(burst) / rate).rounded(.up))) }
 
@@ -109,25 +124,19 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
     /// One event for `key` at `now` (monotonic nanoseconds). O(1) except for the occasional sweep of idle keys,
     /// which happens only when the table is full and frees every idle key at once.
     public func decide(_ key: Key, now: Int64) -> RateDecision {
-        let interval = limit.interval
-        let tolerance = limit.tolerance
         let stripe = stripe(key)
         for attempt in 0..<2 {
-            let step = stripe.withLock { stripe -> Step in
+            let step = stripe.withLock { [limit] stripe -> Step in
                 if !stripe.cells.isEmpty, let cell = stripe.cells[key] { return .pinned(cell) }
                 let known = stripe.tats[key]
-                let start = max(known ?? now, now)
-                // GCRA: admit when TAT − τ ≤ now.
-                if start - tolerance > now {
-                    return .decided(.deny(retryAfterNanos: start - tolerance - now))
-                }
+                let (decision, next) = limit.step(tat: known ?? Int64.min, now: now)
+                guard let next else { return .decided(decision) }
                 if known == nil, tracked.add(1, ordering: .relaxed).newValue > capacity {
                     tracked.subtract(1, ordering: .relaxed)
                     return .full
                 }
-                let next = start + interval
                 stripe.tats[key] = next
-                return .decided(.admit(remaining: Self.remaining(next, now: now, interval, tolerance)))
+                return .decided(decision)
             }
             switch step {
             case .decided(let decision): return decision
@@ -136,7 +145,7 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
             }
         }
         overflows.add(1, ordering: .relaxed)
-        return .deny(retryAfterNanos: interval)
+        return .deny(retryAfterNanos: limit.interval)
     }
 
     /// One event for the cell's key at `now`, without the table's lock: the same GCRA step as `decide(key:)`, its
@@ -147,16 +156,12 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
     public func decide(_ cell: Cell, now: Int64) -> RateDecision {
         precondition(cell.owner === owner, "a rate cell decided on by another table")
         if cell.isRetired { return decide(cell.key, now: now) }
-        let interval = limit.interval
-        let tolerance = limit.tolerance
         var known = cell.tat.load(ordering: .relaxed)
         while true {
-            let start = max(known, now)
-            if start - tolerance > now { return .deny(retryAfterNanos: start - tolerance - now) }
-            let next = start + interval
-            let (exchanged, found) = cell.tat.compareExchange(
-                expected: known, desired: next, ordering: .relaxed)
-            if exchanged { return .admit(remaining: Self.remaining(next, now: now, interval, tolerance)) }
+            let (decision, next) = limit.step(tat: known, now: now)
+            guard let next else { return decision }
+            let (exchanged, found) = cell.tat.compareExchange(expected: known, desired: next, ordering: .relaxed)
+            if exchanged { return decision }
             known = found
         }
     }
@@ -180,16 +185,11 @@ public final class RateLimiterTable<Key: Hashable & Sendable>: Sendable {
     /// Whether `cell` is this table's cell for `key` (a retired one is decided by key).
     public func holds(_ cell: Cell, for key: Key) -> Bool { cell.owner === owner && cell.key == key }
 
-    /// Events still admissible right now: how far `next` is below the tolerance line, in intervals.
-    private static func remaining(_ next: Int64, now: Int64, _ interval: Int64, _ tolerance: Int64) -> Int {
-        Int(max(0, (now + tolerance - next + interval) / interval))
-    }
-
     /// Keys currently tracked (for tests and the memory figure).
     public var count: Int { tracked.load(ordering: .relaxed) }
     public var overflowed: Int { overflows.load(ordering: .relaxed) }
-    /// Keys pinned (for tests).
-    public var pinned: Int { stripes.reduce(0) { total, stripe in total + stripe.withLock { $0.cells.count } } }
+    /// Keys pinned (for tests: it takes every stripe's lock).
+    var pinned: Int { stripes.reduce(0) { total, stripe in total + stripe.withLock { $0.cells.count } } }
 
     /// Drops every key that is idle at `now` (their allowance is full again), a pinned key's cell too, which is
     /// retired (its holders then decide by key, and pin again).
@@ -247,19 +247,14 @@ public final class DenseRateTable: Sendable {
     }
 
     public func decide(_ slot: Int, now: Int64) -> RateDecision {
-        let interval = limit.interval
-        let tolerance = limit.tolerance
         let (stripe, index) = Self.place(slot)
-        return stripes[stripe].withLock { tats in
+        return stripes[stripe].withLock { [limit] tats in
             if index >= tats.count {
                 tats.append(contentsOf: repeatElement(Int64.min, count: max(index + 1, tats.count * 2) - tats.count))
             }
-            let start = max(tats[index], now)
-            if start - tolerance > now { return .deny(retryAfterNanos: start - tolerance - now) }
-            let next = start + interval
-            tats[index] = next
-            let remaining = (now + tolerance - next + interval) / interval
-            return .admit(remaining: Int(max(0, remaining)))
+            let (decision, next) = limit.step(tat: tats[index], now: now)
+            if let next { tats[index] = next }
+            return decision
         }
     }
 

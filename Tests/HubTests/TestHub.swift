@@ -6,6 +6,7 @@ import HubClient
 import Logging
 import NIOSSL
 import PKI
+import PostgresTestSupport
 import Store
 import Synchronization
 import X509
@@ -187,26 +188,8 @@ struct TestDevice: Sendable {
     }
 }
 
-/// A fresh directory in the temp dir, removed when the test process exits (a full run made some 1,300 and left
-/// them in /tmp: agents' state, update slots, markers).
-func temporaryDirectory(_ name: String) throws -> String {
-    _ = removeTemporaryDirectoriesAtExit
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-\(name)-\(UUID().uuidString)")
-        .path
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    temporaryDirectories.withLock { $0.append(path) }
-    return path
-}
-
-/// What `temporaryDirectory` made.
-private let temporaryDirectories = Mutex<[String]>([])
-
-/// Registers, once, their removal at the process's exit.
-private let removeTemporaryDirectoriesAtExit: Void = {
-    atexit {
-        for path in temporaryDirectories.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: path) }
-    }
-}()
+/// A fresh directory in the temp dir, removed when the test process exits.
+func temporaryDirectory(_ name: String) throws -> String { try TemporaryDirectories.make(name) }
 
 func jsonObject(_ result: HTTPResult) -> [String: Any] {
     (try? JSONSerialization.jsonObject(with: Data(result.body))) as? [String: Any] ?? [:]

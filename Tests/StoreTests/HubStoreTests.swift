@@ -3,7 +3,6 @@ import Foundation
 import GRDB
 import PostgresTestSupport
 import Store
-import Synchronization
 import Testing
 
 /// One table of behaviour, run against every backend.
@@ -14,10 +13,7 @@ import Testing
     }
 
     static func open(_ backend: Backend) async throws -> (any HubStore, String) {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-store-\(UUID())").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        _ = removeDirectoriesAtExit
-        directories.withLock { $0.append(directory) }
+        let directory = try TemporaryDirectories.make("store")
         switch backend {
         case .memory: return (InMemoryHubStore(), directory)
         // The per-device index takes rows in every 3, so that every test reads both sides of its mark.
@@ -25,14 +21,6 @@ import Testing
         case .postgres: return (try await PostgresTestServer.freshStore(), directory)
         }
     }
-
-    /// The stores' directories, removed when the test process exits (a full run left some 330 in /tmp).
-    static let directories = Mutex<[String]>([])
-    static let removeDirectoriesAtExit: Void = {
-        atexit {
-            for path in HubStoreTests.directories.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: path) }
-        }
-    }()
 
     static func certificate(_ serial: String, device: DeviceID?) -> CertificateRecord {
         CertificateRecord(
