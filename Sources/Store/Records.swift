@@ -116,11 +116,15 @@ public struct RevokedCertificate: Sendable, Equatable {
     }
 }
 
+/// A message to store. The public initializer calls the synthesized memberwise one, which is why `body` is stored
+/// first: its labels then differ from the public one's. An initializer that assigns a struct's `var` properties one by
+/// one built the record in a temporary and copied it out, retaining and releasing each reference once more, for every
+/// message (`scripts/count-references`); the memberwise one builds it in place (Swift 6.3, -O).
 public struct NewTelemetry: Sendable {
+    public var body: [UInt8]
     public var deviceID: DeviceID
     public var receivedAt: Date
     public var correlationID: String
-    public var body: [UInt8]
     /// The message type whose schema the gateway checked (so consumers know which contract the body meets).
     public var messageType: String?
     /// The request nonce to remember (HTTP), stored in the same transaction as the message.
@@ -135,21 +139,17 @@ public struct NewTelemetry: Sendable {
     /// The MQTT message to hand to the other hub nodes, in the message's own transaction (a store of several nodes:
     /// a message acknowledged here reaches their subscribers even if this node dies the next moment).
     public var relay: RelayedMessage?
+}
 
+extension NewTelemetry {
     public init(
         deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8], nonce: StoredNonce? = nil,
         counterWindow: StoredCounterWindow? = nil, counter: UInt64? = nil, messageType: String? = nil,
         relay: RelayedMessage? = nil
     ) {
-        self.relay = relay
-        self.counter = counter
-        self.messageType = messageType
-        self.deviceID = deviceID
-        self.receivedAt = receivedAt
-        self.correlationID = correlationID
-        self.body = body
-        self.nonce = nonce
-        self.counterWindow = counterWindow
+        self.init(
+            body: body, deviceID: deviceID, receivedAt: receivedAt, correlationID: correlationID,
+            messageType: messageType, nonce: nonce, counterWindow: counterWindow, counter: counter, relay: relay)
     }
 }
 
