@@ -178,7 +178,9 @@ public struct ServerSession: Sendable, Equatable {
     /// fields, for every message).
     public mutating func packetReceived(_ packet: consuming Packet, countInbound: (PublishPacket) -> Int) -> Action {
         switch consume packet {
-        case .publish(var publish):
+        case .publish(let publish):
+            // Bound with `let` and passed on: a `var` binding copied every publish out of the packet (each reference
+            // retained, and released with the packet). Only a publish whose alias names its topic is copied.
             // MQTT 5.0 §3.3.2.3.4: a Topic Alias within the maximum announced; an alias alone names a topic set
             // earlier on this connection (aliases do not outlive it, §3.3.2.3.4 [MQTT-3.3.2-7]).
             if v5, let alias = publish.properties.topicAlias {
@@ -189,18 +191,13 @@ public struct ServerSession: Sendable, Equatable {
                     guard let topic = aliases[alias] else {
                         return closing(.protocolError, "Topic Alias \(alias) used before it was set")
                     }
-                    publish.topic = topic
-                } else {
-                    aliases[alias] = publish.topic
+                    var named = publish
+                    named.topic = topic
+                    return publishReceived(named, countInbound)
                 }
+                aliases[alias] = publish.topic
             }
-            // MQTT 5.0 §3.3.4, §4.9: more QoS 1 and 2 publishes awaiting PUBACK or PUBCOMP than the Receive Maximum
-            // announced: DISCONNECT 0x93. (MQTT 3.1.1 has no such limit: its publishes wait to be read.)
-            if v5, publish.packetID != nil, countInbound(publish) > limits.receiveMaximum {
-                return closing(
-                    .receiveMaximumExceeded, "more QoS 1 and 2 publishes unacknowledged than the Receive Maximum")
-            }
-            return .publish(publish)
+            return publishReceived(publish, countInbound)
         case .subscribe(let id, let subscriptions, let properties):
             return .subscribe(packetID: id, subscriptions: subscriptions, properties: properties)
         case .unsubscribe(let id, let filters, _):
@@ -234,6 +231,17 @@ public struct ServerSession: Sendable, Equatable {
         case .connack, .suback, .unsuback, .pingresp:
             return closing(.protocolError, "a packet only a server sends")
         }
+    }
+
+    /// A PUBLISH whose topic is known: within the Receive Maximum, or the connection ends.
+    private func publishReceived(_ publish: consuming PublishPacket, _ countInbound: (PublishPacket) -> Int) -> Action {
+        // MQTT 5.0 §3.3.4, §4.9: more QoS 1 and 2 publishes awaiting PUBACK or PUBCOMP than the Receive Maximum
+        // announced: DISCONNECT 0x93. (MQTT 3.1.1 has no such limit: its publishes wait to be read.)
+        if v5, publish.packetID != nil, countInbound(publish) > limits.receiveMaximum {
+            return closing(
+                .receiveMaximumExceeded, "more QoS 1 and 2 publishes unacknowledged than the Receive Maximum")
+        }
+        return .publish(publish)
     }
 
     /// The connection ends with `code` (MQTT 5: a DISCONNECT first; 3.1.1: closed, §4.8).
