@@ -8,20 +8,23 @@ import Synchronization
 /// error, the end), and then `resume` starts one.
 protocol ParkedSession: AnyObject, Sendable {
     func resume()
-    /// Handles `packet` at once, on the channel's event loop, when it can without waiting (`HandledNow`: a device's
-    /// QoS 0 or 1 PUBLISH, a PINGREQ). Called only while the session is parked with nothing queued, so no turn runs
-    /// and it has the session to itself.
-    func handleNow(_ packet: Packet) -> HandledNow
+    /// Whether `handleNow` takes `packet` (a device's QoS 0 or 1 PUBLISH, a PINGREQ); if not, it is queued for the
+    /// session's next turn, as are the ones after it. Changes nothing.
+    func handlesNow(_ packet: Packet) -> Bool
+    /// Handles `packet`, which `handlesNow` accepted just before, at once, on the channel's event loop, without
+    /// waiting. Called only while the session is parked with nothing queued, so no turn runs and it has the session
+    /// to itself. The packet is moved in (`consuming`): one borrowed and then copied into the session rules had each
+    /// of its references retained and released once more.
+    func handleNow(_ packet: consuming Packet) -> HandledNow
 }
 
 extension ParkedSession {
-    func handleNow(_ packet: Packet) -> HandledNow { .no }
+    func handlesNow(_ packet: Packet) -> Bool { false }
+    func handleNow(_ packet: consuming Packet) -> HandledNow { preconditionFailure("handlesNow said no") }
 }
 
 /// What `ParkedSession.handleNow` did with a packet.
 enum HandledNow {
-    /// Nothing: the packet is queued for the session's next turn, as are the ones after it.
-    case no
     /// All of it.
     case done
     /// Its synchronous part; the session's next turn must run (at once) to finish it, before the packets after it.
@@ -175,28 +178,26 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         // packet does not).
         guard !batch.isEmpty || failure != nil else { return }
         if keepAlive != nil, !batch.isEmpty { lastPacket = eventLoop.now }
-        var rest = batch[...]
         var turn = false
         // A parked session with nothing queued handles what it can of the read at once, here (no task, no thread
         // switch: a device's common QoS 0 and QoS 1 PUBLISH); the first packet it cannot, and all after it, are
-        // queued.
-        let session = rest.isEmpty ? nil : unparkedForNow()
+        // queued. Each packet it handles is moved out of the read, reversed so that it is taken from the end
+        // (reversed in its buffer: `Array.reverse` swapped by copies, retaining and releasing each packet).
+        let session = batch.isEmpty ? nil : unparkedForNow()
         if let session {
-            handling: while let packet = rest.first {
-                switch session.handleNow(packet) {
-                case .no: break handling
-                case .done: rest.removeFirst()
-                case .doneWithTurn:
-                    rest.removeFirst()
+            batch.withUnsafeMutableBufferPointer { $0.reverse() }
+            while !batch.isEmpty, session.handlesNow(batch[batch.count - 1]) {
+                if case .doneWithTurn = session.handleNow(batch.removeLast()) {
                     turn = true
-                    break handling
+                    break
                 }
             }
+            batch.withUnsafeMutableBufferPointer { $0.reverse() }
         }
         deliver(resuming: turn) { state in
             if let session { state.parked = session }
-            // The read's own array when nothing was handled (no copy for a read a turn takes whole).
-            if !rest.isEmpty { state.enqueue(rest.count == batch.count ? batch : Array(rest)) }
+            // The read's own array, what is left of it (no copy).
+            if !batch.isEmpty { state.enqueue(batch) }
             if let failure, state.failure == nil, !state.ended { state.failure = failure }
         }
     }

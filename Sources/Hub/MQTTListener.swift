@@ -871,7 +871,8 @@ struct MQTTConnection {
             }
         }
 
-        func handleNow(_ packet: Packet) -> HandledNow { connection.handleNow(packet, self) }
+        func handlesNow(_ packet: Packet) -> Bool { connection.handlesNow(packet, self) }
+        func handleNow(_ packet: consuming Packet) -> HandledNow { connection.handleNow(packet, self) }
     }
 
     /// One turn: the packets queued (after the CONNACK, on the first), until none is (the session parks, and this
@@ -1928,22 +1929,22 @@ struct MQTTConnection {
     ///
     /// A PINGREQ is answered here too (`pingNow`).
     ///
-    /// `.no`, with nothing changed, for a packet that is not a device's PUBLISH of QoS 0 or 1, or is retained, a DUP
-    /// resend, or from a revoked certificate, or when other nodes are relayed to. Otherwise the session rules take the
-    /// packet (`rulesReceived`: topic aliases, the Receive Maximum), and what cannot be finished here goes to a turn
+    /// Not for a packet that is not a device's PUBLISH of QoS 0 or 1, or is retained, a DUP resend, or from a revoked
+    /// certificate, or when other nodes are relayed to (`handlesNow`). Otherwise the session rules take the packet (`rulesReceived`: topic aliases, the Receive Maximum), and what cannot be finished here goes to a turn
     /// resumed at once, before the packets after it: the rules' action when it is not a PUBLISH or when waiting is
     /// needed (a topic outside the identity's patterns, a body over `atOnceBodyLimit`, a QoS 0 message a subscriber
     /// or an expiry is waiting for, too much outstanding in QoS 0 writes, a full acknowledgement queue), or the
     /// gateway's refusal.
     @inline(never)
-    func handleNow(_ packet: Packet, _ live: Live) -> HandledNow {
+    func handleNow(_ packet: consuming Packet, _ live: Live) -> HandledNow {
         let (peer, state) = (live.peer, live.state)
-        if case .pingreq = packet { return pingNow(packet, peer, state) }
-        guard let received = packet.publishFlags, received.qos != .exactlyOnce, !received.retain,
-            !received.duplicate, let device = peer.device, listener.relay == nil,
-            !listener.revocations.contains(peer.serial)
-        else { return .no }
+        if case .pingreq = packet { return pingNow(packet, state) }
         let action = Self.rulesReceived(packet, state: state)
+        guard let device = peer.device else {
+            // `handlesNow` took only a device's PUBLISH; a turn does what it would have.
+            state.leftForTurn = .action(action)
+            return .doneWithTurn
+        }
         guard case .publish(let publish) = action, let handled = publishNow(publish, device: device, state, peer)
         else {
             state.leftForTurn = .action(action)
@@ -1952,13 +1953,24 @@ struct MQTTConnection {
         return handled
     }
 
+    /// Whether `handleNow` takes `packet`: a device's PUBLISH of QoS 0 or 1, not retained and not a DUP resend, on a
+    /// single node; or a PINGREQ to a peer that is reading (else the turn waits until it does). Never from a revoked
+    /// certificate (the turn closes the connection). Changes nothing.
+    func handlesNow(_ packet: Packet, _ live: Live) -> Bool {
+        let peer = live.peer
+        if case .pingreq = packet {
+            return live.state.output.channel.isWritable && !listener.revocations.contains(peer.serial)
+        }
+        guard let received = packet.publishFlags else { return false }
+        return received.qos != .exactlyOnce && !received.retain && !received.duplicate && peer.device != nil
+            && listener.relay == nil && !listener.revocations.contains(peer.serial)
+    }
+
     /// A PINGREQ answered here, as a turn answers it (the session rules, then their PINGRESP through the connection's
     /// ordered output), without resuming the connection's task: each resumption woke a thread of the concurrency
     /// pool (a held fleet's every device once per keep-alive, and in `bulwark-bench mqtt` one dispatch wake-up per
-    /// 100 QoS 0 messages). `.no`, with nothing changed, from a revoked certificate (the turn closes the connection)
-    /// or to a peer that is not reading (the turn waits until it does).
-    private func pingNow(_ packet: Packet, _ peer: Peer, _ state: State) -> HandledNow {
-        guard state.output.channel.isWritable, !listener.revocations.contains(peer.serial) else { return .no }
+    /// 100 QoS 0 messages).
+    private func pingNow(_ packet: consuming Packet, _ state: State) -> HandledNow {
         let action = Self.rulesReceived(packet, state: state)
         guard case .reply(let answer) = action else {
             state.leftForTurn = .action(action)

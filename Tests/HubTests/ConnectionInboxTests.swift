@@ -170,16 +170,17 @@ import Testing
         nonisolated(unsafe) var handled: [Packet] = []
         func resume() { resumed.add(1, ordering: .relaxed) }
         var count: Int { resumed.load(ordering: .relaxed) }
-        func handleNow(_ packet: Packet) -> HandledNow {
+        func handlesNow(_ packet: Packet) -> Bool {
             switch packet {
-            case .pingreq:
-                handled.append(packet)
-                return .done
-            case .disconnect:
-                handled.append(packet)
-                return .doneWithTurn
-            default: return .no
+            case .pingreq, .disconnect: true
+            default: false
             }
+        }
+        func handleNow(_ packet: consuming Packet) -> HandledNow {
+            let packet = copy packet
+            handled.append(packet)
+            if case .disconnect = packet { return .doneWithTurn }
+            return .done
         }
     }
 
