@@ -1,7 +1,12 @@
 /// A message on its way to subscribers (it has already passed the gateway pipeline, or is an operator command).
+///
+/// The public initializers call the synthesized memberwise one, which is why `payload` is stored first: its labels
+/// then differ from theirs. An initializer that assigns a struct's `var` properties one by one built the message in a
+/// temporary and copied it out, retaining and releasing each reference once more, for every message a device
+/// publishes (`scripts/count-references`); the memberwise one builds it in place (Swift 6.3, -O).
 public struct OutboundMessage: Sendable {
-    public let topic: TopicName
     public let payload: [UInt8]
+    public let topic: TopicName
     public let qos: QoS
     public let retain: Bool
     /// What goes on to subscribers (MQTT 5.0 §3.3.2.3): Payload Format Indicator, Content Type, Response Topic,
@@ -12,29 +17,29 @@ public struct OutboundMessage: Sendable {
     public var expiresAt: ContinuousClock.Instant?
     /// The shared subscription (its whole `$share/…` filter) this copy was given to one member of.
     public var sharedGroup: TopicFilter?
+}
 
+extension OutboundMessage {
     public init(
         topic: TopicName, payload: [UInt8], qos: QoS, retain: Bool, properties: Properties = .init(),
         expiresAt: ContinuousClock.Instant? = nil
     ) {
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.retain = retain
-        self.properties = properties
-        self.expiresAt = expiresAt
+        self.init(
+            payload: payload, topic: topic, qos: qos, retain: retain, properties: properties, expiresAt: expiresAt,
+            sharedGroup: nil)
     }
 
     /// A received PUBLISH (or will) as it goes on: the properties a subscriber receives, the expiry from `now`
-    /// (the clock is read only for a message that has one).
-    public init(_ publish: PublishPacket, now: ContinuousClock.Instant? = nil) {
-        let received = publish.properties
+    /// (the clock is read only for a message that has one). The publish is borrowed: an initializer's parameters
+    /// are owned by default, so every caller copied the publish in and the initializer released it.
+    public init(_ publish: borrowing PublishPacket, now: ContinuousClock.Instant? = nil) {
         // Every MQTT 3.1.1 PUBLISH, and most MQTT 5 ones: nothing to forward, nothing to copy (this runs for every
         // message a device publishes).
-        if received.storage == nil {
+        if publish.properties.storage == nil {
             self.init(topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain)
             return
         }
+        let received = publish.properties
         var forwarded = Properties()
         forwarded.payloadFormatIndicator = received.payloadFormatIndicator
         forwarded.contentType = received.contentType
