@@ -184,7 +184,7 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         // queued. Each packet it handles is moved out of the read, reversed so that it is taken from the end
         // (reversed in its buffer: `Array.reverse` swapped by copies, retaining and releasing each packet).
         let session = batch.isEmpty ? nil : unparkedForNow()
-        if let session {
+        if let session, session.handlesNow(batch[0]) {
             batch.withUnsafeMutableBufferPointer { $0.reverse() }
             while !batch.isEmpty, session.handlesNow(batch[batch.count - 1]) {
                 if case .doneWithTurn = session.handleNow(batch.removeLast()) {

@@ -1930,11 +1930,12 @@ struct MQTTConnection {
     /// A PINGREQ is answered here too (`pingNow`).
     ///
     /// Not for a packet that is not a device's PUBLISH of QoS 0 or 1, or is retained, a DUP resend, or from a revoked
-    /// certificate, or when other nodes are relayed to (`handlesNow`). Otherwise the session rules take the packet (`rulesReceived`: topic aliases, the Receive Maximum), and what cannot be finished here goes to a turn
-    /// resumed at once, before the packets after it: the rules' action when it is not a PUBLISH or when waiting is
-    /// needed (a topic outside the identity's patterns, a body over `atOnceBodyLimit`, a QoS 0 message a subscriber
-    /// or an expiry is waiting for, too much outstanding in QoS 0 writes, a full acknowledgement queue), or the
-    /// gateway's refusal.
+    /// certificate, or when other nodes are relayed to (`handlesNow`). Otherwise the session rules take the packet
+    /// (`rulesReceived`: topic aliases, the Receive Maximum), and what cannot be finished here goes to a turn resumed
+    /// at once, before the packets after it: the rules' action when it is not a PUBLISH or when waiting is needed (a
+    /// topic outside the identity's patterns, a body over `atOnceBodyLimit`, a QoS 0 message a subscriber or an
+    /// expiry is waiting for, too much outstanding in QoS 0 writes, a full acknowledgement queue), or the gateway's
+    /// refusal.
     @inline(never)
     func handleNow(_ packet: consuming Packet, _ live: Live) -> HandledNow {
         let (peer, state) = (live.peer, live.state)

@@ -236,7 +236,7 @@ import X509
     /// A PINGREQ, or a QoS 1 PUBLISH, from a certificate that `contains` reports revoked is not answered at once:
     /// the turn closes the connection with Not Authorized (0x87) and nothing is stored. The serial is marked as a
     /// pending pairing certificate, which `contains` reports and which fires no watch, so the revocation watch does
-    /// not close the connection first and only the checks in `handleNow` and `pingNow` stand in the way.
+    /// not close the connection first and only the check in `handlesNow` stands in the way.
     @Test(arguments: ["ping", "publish"]) func aRevokedCertificateGetsNoAnswerAtOnce(_ packet: String) async throws {
         let hub = try await TestHub.start()
         let name = "at-r\(packet.count)"
