@@ -120,11 +120,14 @@ public enum Stage: String, Sendable, CaseIterable {
 }
 
 /// A refusal: the problem for the client, the detail for operators, and what the hub should record.
+///
+/// Its public initializer calls the memberwise one, `detail` stored first so that their labels differ, as
+/// `InboundMessage`'s does: one refusal is made for every message a flood sends.
 public struct Refusal: Error, Sendable, CustomStringConvertible {
-    public let problem: Problem
-    public let stage: Stage
     /// Operator-only detail: which field, which limit. Never sent to the client; never contains the body.
     public let detail: String
+    public let problem: Problem
+    public let stage: Stage
     public var retryAfterSeconds: Int?
     /// The limit that tripped (for the RateLimit-Policy / RateLimit headers).
     public var limit: (name: String, limit: RateLimit)?
@@ -135,18 +138,16 @@ public struct Refusal: Error, Sendable, CustomStringConvertible {
     public var quarantinedUntil: Int64?
 
     public var description: String { "\(stage.rawValue): \(problem.slug): \(detail)" }
+}
 
+extension Refusal {
     public init(
         problem: Problem, stage: Stage, detail: String, retryAfterSeconds: Int? = nil,
         limit: (name: String, limit: RateLimit)? = nil, auditKind: String?, quarantinedUntil: Int64? = nil
     ) {
-        self.problem = problem
-        self.stage = stage
-        self.detail = detail
-        self.retryAfterSeconds = retryAfterSeconds
-        self.limit = limit
-        self.auditKind = auditKind
-        self.quarantinedUntil = quarantinedUntil
+        self.init(
+            detail: detail, problem: problem, stage: stage, retryAfterSeconds: retryAfterSeconds, limit: limit,
+            auditKind: auditKind, quarantinedUntil: quarantinedUntil)
     }
 }
 

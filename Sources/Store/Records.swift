@@ -153,27 +153,28 @@ extension NewTelemetry {
     }
 }
 
+/// A stored message, read back. Its public initializer calls the memberwise one, `body` stored first, as
+/// `NewTelemetry`'s does: one record made for every message of every page read.
 public struct TelemetryRecord: Sendable, Equatable {
+    public var body: [UInt8]
     /// Unique in the store, and increasing with the order a device's messages were queued. Across devices ids follow
     /// batches, not arrival: the SQLite store numbers each batch's messages device by device (one row each).
     public var id: Int64
     public var deviceID: DeviceID
     public var receivedAt: Date
     public var correlationID: String
-    public var body: [UInt8]
     /// The message type whose schema the gateway checked, as it was stored (`NewTelemetry.messageType`).
     public var messageType: String?
+}
 
+extension TelemetryRecord {
     public init(
         id: Int64, deviceID: DeviceID, receivedAt: Date, correlationID: String, body: [UInt8],
         messageType: String? = nil
     ) {
-        self.id = id
-        self.deviceID = deviceID
-        self.receivedAt = receivedAt
-        self.correlationID = correlationID
-        self.body = body
-        self.messageType = messageType
+        self.init(
+            body: body, id: id, deviceID: deviceID, receivedAt: receivedAt, correlationID: correlationID,
+            messageType: messageType)
     }
 }
 
