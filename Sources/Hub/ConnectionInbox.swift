@@ -186,12 +186,13 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         let session = batch.isEmpty ? nil : unparkedForNow()
         if let session, session.handlesNow(batch[0]) {
             batch.withUnsafeMutableBufferPointer { $0.reverse() }
-            while !batch.isEmpty, session.handlesNow(batch[batch.count - 1]) {
+            // Each packet checked once: the first above, each next one after the one before it is handled.
+            repeat {
                 if case .doneWithTurn = session.handleNow(batch.removeLast()) {
                     turn = true
                     break
                 }
-            }
+            } while !batch.isEmpty && session.handlesNow(batch[batch.count - 1])
             batch.withUnsafeMutableBufferPointer { $0.reverse() }
         }
         deliver(resuming: turn) { state in
