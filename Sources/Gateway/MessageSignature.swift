@@ -1,7 +1,14 @@
 public import Crypto
 
 /// The parts of an HTTP request that RFC 9421 HTTP Message Signatures cover in Bulwark's profile.
+///
+/// Its public initializer calls the memberwise one, `session` stored first (and a constant, so that the memberwise
+/// one has no default for it) so that their labels differ, as `InboundMessage`'s does: one is made for every signed
+/// request, and an initializer assigning `var`s one by one built it in a temporary and copied it out.
 public struct SignedRequest: Sendable {
+    /// The HMAC key the hub issued on the connection this request arrived on, if any: what an `hmac-sha256`
+    /// signature is checked with. Never chosen by the request (its `keyid` must name it).
+    public let session: SessionKey?
     public var method: String
     public var path: String
     public var signatureInput: String?
@@ -11,22 +18,16 @@ public struct SignedRequest: Sendable {
     /// RFC 9421 §2.1 combines them), or nil when the request has none. Whichever is present must be signed.
     public var contentType: String?
     public var messageType: String?
-    /// The HMAC key the hub issued on the connection this request arrived on, if any: what an `hmac-sha256`
-    /// signature is checked with. Never chosen by the request (its `keyid` must name it).
-    public var session: SessionKey?
+}
 
+extension SignedRequest {
     public init(
         method: String, path: String, signatureInput: String?, signature: String?, contentDigest: String?,
         contentType: String? = nil, messageType: String? = nil, session: SessionKey? = nil
     ) {
-        self.session = session
-        self.method = method
-        self.path = path
-        self.signatureInput = signatureInput
-        self.signature = signature
-        self.contentDigest = contentDigest
-        self.contentType = contentType
-        self.messageType = messageType
+        self.init(
+            session: session, method: method, path: path, signatureInput: signatureInput, signature: signature,
+            contentDigest: contentDigest, contentType: contentType, messageType: messageType)
     }
 }
 

@@ -133,9 +133,11 @@ public struct Refusal: Error, Sendable, CustomStringConvertible {
     public var limit: (name: String, limit: RateLimit)?
     /// The audit record kind to append, or nil when this refusal need not be recorded individually (repeated rate
     /// limit trips within a minute are counted, not each written: a flood must not become a disk flood).
-    public var auditKind: String?
+    /// A constant, so that the memberwise initializer (which this module could call) has no default for it: a refusal
+    /// made without saying whether it is audited would not compile.
+    public let auditKind: String?
     /// Set when this refusal put the device in quarantine (until then, Unix seconds).
-    public var quarantinedUntil: Int64?
+    public let quarantinedUntil: Int64?
 
     public var description: String { "\(stage.rawValue): \(problem.slug): \(detail)" }
 }

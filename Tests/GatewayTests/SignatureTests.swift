@@ -10,19 +10,23 @@ import Testing
     let body = Array(#"{"temperature":21.5}"#.utf8)
     let now: Int64 = 1_796_000_000
 
-    func request(_ headers: [(name: String, value: String)], method: String = "POST", path: String = "/v1/telemetry")
-        -> SignedRequest
-    {
+    func request(
+        _ headers: [(name: String, value: String)], method: String = "POST", path: String = "/v1/telemetry",
+        session: SessionKey? = nil
+    ) -> SignedRequest {
         func field(_ name: String) -> String? { headers.first { $0.name == name }?.value }
         return SignedRequest(
             method: method, path: path, signatureInput: field("Signature-Input"), signature: field("Signature"),
-            contentDigest: field("Content-Digest"))
+            contentDigest: field("Content-Digest"), session: session)
     }
 
-    func signed(created: Int64? = nil, nonce: String = "n0nce-0123456789abcdef") throws -> SignedRequest {
+    func signed(created: Int64? = nil, nonce: String = "n0nce-0123456789abcdef", session: SessionKey? = nil) throws
+        -> SignedRequest
+    {
         request(
             try MessageSigner(key: key).sign(
-                method: "POST", path: "/v1/telemetry", body: body, created: created ?? now, nonce: nonce))
+                method: "POST", path: "/v1/telemetry", body: body, created: created ?? now, nonce: nonce),
+            session: session)
     }
 
     func failure(_ request: SignedRequest, body: [UInt8]? = nil, key: P256.Signing.PublicKey? = nil)
@@ -197,10 +201,9 @@ import Testing
         func hmacRequest(_ signer: MessageSigner, connection: SessionKey?, nonce: String = "n0nce-0123456789abcdef")
             throws -> SignedRequest
         {
-            var r = request(
-                try signer.sign(method: "POST", path: "/v1/telemetry", body: body, created: now, nonce: nonce))
-            r.session = connection
-            return r
+            request(
+                try signer.sign(method: "POST", path: "/v1/telemetry", body: body, created: now, nonce: nonce),
+                session: connection)
         }
         let signer = MessageSigner(session: session)
         let good = try hmacRequest(signer, connection: session)
@@ -228,11 +231,10 @@ import Testing
                 method: "POST", path: "/v1/telemetry", body: body, created: now + 5)
         }
         // An ECDSA signature relabelled hmac-sha256 does not pass, nor an HMAC relabelled ECDSA.
-        var relabelled = try signed()
+        var relabelled = try signed(session: session)
         relabelled.signatureInput = relabelled.signatureInput?.replacingOccurrences(
             of: "ecdsa-p256-sha256", with: "hmac-sha256"
         )
-        relabelled.session = session
         #expect(failure(relabelled) != nil)
         var downgraded = good
         downgraded.signatureInput = good.signatureInput?.replacingOccurrences(

@@ -21,21 +21,25 @@ import Testing
         let state: String
         let config: String
         let marker: String
+        /// Its output, in a temporary directory of its own (with its configuration and payload marker), which the
+        /// tests' at-exit removal covers.
+        let log: String
         private(set) var process: Process?
 
-        init(state: String, config: String, marker: String) {
+        init(state: String, config: String, marker: String, log: String) {
             self.state = state
             self.config = config
             self.marker = marker
+            self.log = log
         }
 
         func start() throws {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: try HubProcessTests.binary)
             process.arguments = ["agent", "run", "--state", state, "--config", config]
-            // Its log, kept beside the state directory for a failing test to read.
-            FileManager.default.createFile(atPath: state + ".log", contents: nil)
-            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: state + ".log"))
+            // Its log, kept for a failing test to read.
+            FileManager.default.createFile(atPath: self.log, contents: nil)
+            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: self.log))
             try log.seekToEnd()
             process.standardOutput = log
             process.standardError = log
@@ -61,7 +65,7 @@ import Testing
         func stopBlocking() {
             guard let process, process.isRunning else { return }
             if !process.stop(within: 30) {
-                let log = (try? String(contentsOfFile: state + ".log", encoding: .utf8)) ?? ""
+                let log = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
                 Issue.record("the agent did not exit within 30 s of SIGTERM; its log ends: \(log.suffix(1500))")
             }
         }
@@ -75,8 +79,8 @@ import Testing
     static func configure(
         _ hub: TestHub, state: String, interval: Double, attempts: Int = 2, extra: [String: Any] = [:]
     ) throws -> AgentProcess {
-        let marker = try temporaryDirectory("marker") + "/running"
-        let config = state + ".json"
+        let files = try temporaryDirectory("agent-files")
+        let (marker, config) = (files + "/running", files + "/agent.json")
         var agent: [String: Any] = [
             "updateIntervalSeconds": interval, "payload": ["{slot}/bin/app", marker],
             "healthCommand": "{slot}/bin/health", "healthTimeoutSeconds": 3, "healthIntervalSeconds": 0.2,
@@ -88,7 +92,7 @@ import Testing
             "inventoryIntervalSeconds": 0, "trustRefreshSeconds": 0, "reconnectMaxSeconds": 1, "agent": agent,
         ]
         try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: config))
-        return AgentProcess(state: state, config: config, marker: marker)
+        return AgentProcess(state: state, config: config, marker: marker, log: files + "/agent.log")
     }
 
     @Test func twoAgentsPairedByLabelCommitV2AndRollBackV3AndTheHubShowsIt() async throws {

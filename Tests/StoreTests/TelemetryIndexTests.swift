@@ -1,6 +1,7 @@
 import Core
 import Foundation
 import GRDB
+import PostgresTestSupport
 import Testing
 
 @testable import Store
@@ -8,11 +9,8 @@ import Testing
 /// The SQLite store's per-device telemetry index (migration v25): rows reach `telemetry_by_device` in sorted
 /// batches, and a device's messages are read from the index and from the rows above its mark together.
 @Suite struct TelemetryIndexTests {
-    static func directory() throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bulwark-index-\(UUID())").path
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
-    }
+    /// Removed when the test process exits.
+    static func directory() throws -> String { try TemporaryDirectories.make("index") }
 
     static func message(_ device: DeviceID, _ index: Int) -> NewTelemetry {
         NewTelemetry(
