@@ -151,7 +151,7 @@ final class StoreOutcome: PendingResultReader {
 
     /// The store write's result (on the thread that committed its batch): `MQTTWriteOutcomes.settle` decides the
     /// outcome and settles it.
-    func resolved(_ result: Result<Int64, any Error>, of _: PendingResult?) {
+    func resolved(_ result: Result<Int64, any Error>, of _: TelemetryQueue.Entry) {
         guard let (message, outcomes) = acknowledging else { return }
         if case .success(let id) = result { stored.store(id, ordering: .relaxed) }
         outcomes.settle(self, message, result)

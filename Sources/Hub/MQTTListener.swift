@@ -2020,7 +2020,7 @@ struct MQTTConnection {
                     id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery,
                     local: local)
             } else {
-                queueStarted(record, peer: peer, decision: decision)
+                queueStarted(consume record, peer: peer, decision: decision)
             }
             return .done
         case .failure(let refusal):
@@ -2080,12 +2080,10 @@ struct MQTTConnection {
             report: observed ? (admitted.messageType, record.body) : nil, duplicate: publish.duplicate,
             identity: peer.identity, source: peer.source, topic: publish.topic.rawValue)
         // Queued now, in the connection's order: with several nodes, the others get one publisher's
-        // messages in the order it sent them. Its outcome is read by a callback on the thread that commits
-        // the batch (no task per message); what must await (a report the hub reads, an audit record) gets a
-        // task of its own.
-        let queued = listener.store.queueTelemetry(record)
+        // messages in the order it sent them. Its outcome is read on the thread that commits the batch (no
+        // task per message); what must await (a report the hub reads, an audit record) gets a task of its own.
         let write = StoreOutcome(acknowledging: message, outcomes)
-        queued.whenComplete(reader: write)
+        listener.store.queueTelemetry(consume record, reader: write)
         return write
     }
 
@@ -2361,11 +2359,11 @@ struct MQTTConnection {
         }
     }
 
-    /// Queues a message that is not acknowledged (QoS 0). Its outcome is read by the topic decision's reader (or a
-    /// callback, for a store without a queue); when too many such writes are outstanding, what to await instead
-    /// (back-pressure on a flooding publisher). Synchronous: the row never sits in an async frame.
+    /// Queues a message that is not acknowledged (QoS 0). Its outcome is read by the topic decision's reader; when
+    /// too many such writes are outstanding, what to await instead (back-pressure on a flooding publisher).
+    /// Synchronous: the row never sits in an async frame.
     @inline(never)
-    private func queueWithoutWaiting(_ record: NewTelemetry, peer: Peer, decision: TopicDecision)
+    private func queueWithoutWaiting(_ record: consuming NewTelemetry, peer: Peer, decision: TopicDecision)
         -> (@Sendable () async -> Void)?
     {
         let outcomes = listener.writeOutcomes
@@ -2377,7 +2375,7 @@ struct MQTTConnection {
             let failure = QoS0Reports.failure(
                 record, identity: peer.identity, source: peer.source, topic: decision.topic)
             // Queued now, in the connection's order (the other nodes get its messages in that order).
-            let queued = listener.store.queueTelemetry(record)
+            let queued = listener.store.queueTelemetry(consume record)
             return {
                 do {
                     _ = try await queued.value()
@@ -2385,39 +2383,19 @@ struct MQTTConnection {
                 } catch { await outcomes.failed(error, failure) }
             }
         }
-        queueStarted(record, peer: peer, decision: decision)
+        queueStarted(consume record, peer: peer, decision: decision)
         return nil
     }
 
     /// Queues a QoS 0 message whose write has been counted as outstanding (`PendingWrites.tryStart`), and reads its
-    /// outcome without waiting. Synchronous: the row never sits in an async frame.
-    private func queueStarted(_ record: NewTelemetry, peer: Peer, decision: TopicDecision) {
-        let outcomes = listener.writeOutcomes
-        // Queued now, in the connection's order (the other nodes get its messages in that order).
-        let queued = listener.store.queueTelemetry(record)
-        // A queued write hands its reader the queue's entry, with the message: one reader for all of this
-        // connection's QoS 0 writes to this topic, not a closure per message (made here, freed on the store's
-        // thread: 2026-12-06).
-        if queued.queuedEntry != nil {
-            queued.whenComplete(reader: decision.qos0Reports(peer: peer, outcomes))
-            return
-        }
-        let (device, signal, receivedAt, body) = (
-            record.deviceID, !DeviceEvents.observed(record.messageType), record.receivedAt, record.body.count
-        )
-        let failure = QoS0Reports.failure(record, identity: peer.identity, source: peer.source, topic: decision.topic)
-        queued.whenComplete { result in
-            switch result {
-            case .success:
-                outcomes.stored(device, signal: signal, receivedAt: receivedAt)
-                outcomes.pending.finish(body: body)
-            case .failure(let error):
-                Task {
-                    await outcomes.failed(error, failure)
-                    outcomes.pending.finish(body: body)
-                }
-            }
-        }
+    /// outcome without waiting. Synchronous: the row never sits in an async frame. Takes the row over (moved into
+    /// the store's queue, not copied).
+    private func queueStarted(_ record: consuming NewTelemetry, peer: Peer, decision: TopicDecision) {
+        // Queued now, in the connection's order (the other nodes get its messages in that order). The write hands
+        // its reader its entry, with the message: one reader for all of this connection's QoS 0 writes to this
+        // topic, not a closure per message (made here, freed on the store's thread: 2026-12-06).
+        listener.store.queueTelemetry(
+            consume record, reader: decision.qos0Reports(peer: peer, listener.writeOutcomes))
     }
 }
 
@@ -2439,31 +2417,21 @@ final class QoS0Reports: PendingResultReader {
         self.topic = topic
     }
 
-    func resolved(_ result: Result<Int64, any Error>, of pending: PendingResult?) {
-        let outcomes = outcomes
-        // Always a queue's entry (`queueStarted` hands this reader only those). Were it not, nothing would be
-        // signalled, a failure would be logged without the message's values (its counter not given back), and only
-        // the fixed part of its outstanding bytes would be counted out.
-        let entry = pending as? TelemetryQueue.Entry
-        assert(entry != nil, "a QoS 0 report without its queue entry")
-        let body = entry?.message.body.count ?? 0
+    func resolved(_ result: Result<Int64, any Error>, of entry: TelemetryQueue.Entry) {
+        let body = entry.message.body.count
         switch result {
         case .success:
             // Read in place (a copy of the whole message would retain and release each of its parts here).
-            if let entry {
-                outcomes.stored(
-                    entry.message.deviceID, signal: !DeviceEvents.observed(entry.message.messageType),
-                    receivedAt: entry.message.receivedAt)
-            }
+            outcomes.stored(
+                entry.message.deviceID, signal: !DeviceEvents.observed(entry.message.messageType),
+                receivedAt: entry.message.receivedAt)
             outcomes.pending.finish(body: body)
         case .failure(let error):
-            let failure = entry.map { Self.failure($0.message, identity: identity, source: source, topic: topic) }
+            let (outcomes, failure) = (
+                outcomes, Self.failure(entry.message, identity: identity, source: source, topic: topic)
+            )
             Task {
-                if let failure {
-                    await outcomes.failed(error, failure)
-                } else {
-                    outcomes.logger.error("MQTT QoS 0 message not stored", metadata: ["error": "\(error)"])
-                }
+                await outcomes.failed(error, failure)
                 outcomes.pending.finish(body: body)
             }
         }

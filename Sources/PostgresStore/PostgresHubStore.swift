@@ -1529,6 +1529,10 @@ public final class PostgresHubStore: HubStore {
         TelemetryWrite(committer.queue(message))
     }
 
+    public func queueTelemetry(_ message: consuming NewTelemetry, reader: any PendingResultReader) {
+        committer.queue(message, reader: reader)
+    }
+
     public func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord] {
         try await read { client in
             var records: [TelemetryRecord] = []

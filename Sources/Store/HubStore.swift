@@ -81,6 +81,10 @@ public protocol HubStore: Sendable {
     /// `appendTelemetry`). One connection's messages are stored, and handed to other nodes, in the order it queued
     /// them, even when it waits for each in a task of its own.
     func queueTelemetry(_ message: consuming NewTelemetry) -> TelemetryWrite
+    /// As `queueTelemetry(_:)`, its outcome handed to `reader` with the message's entry, on the thread that commits
+    /// its batch (so `reader` must be short and must not block): no `TelemetryWrite`, no closure, and no lock taken
+    /// to meet the reader, per message.
+    func queueTelemetry(_ message: consuming NewTelemetry, reader: any PendingResultReader)
     func telemetry(of device: DeviceID, limit: Int) async throws -> [TelemetryRecord]
     func telemetryCount(of device: DeviceID?) async throws -> Int
     /// Appends to the tamper-evident audit log.
@@ -273,6 +277,15 @@ extension HubStore {
         let message = message
         return TelemetryWrite { try await self.appendTelemetry(message) }
     }
+    /// Written in a task of its own (as `queueTelemetry(_:)`'s write once it is read).
+    public func queueTelemetry(_ message: consuming NewTelemetry, reader: any PendingResultReader) {
+        let entry = TelemetryQueue.Entry(unqueued: message, reader: reader)
+        Task {
+            do { entry.complete(.success(try await self.appendTelemetry(entry.message))) } catch {
+                entry.complete(.failure(error))
+            }
+        }
+    }
     public func requestMQTTSession(key: String, by holder: String) async throws {}
     public func announceNodeChange(holder: String) async throws {}
     /// Removes the topic's retained message, whichever copy (a clear: the newest write wins).
@@ -334,33 +347,14 @@ public struct TelemetryWrite: Sendable {
         }
     }
 
-    /// As `whenComplete(_:)`, to an object that is already there (no closure made per write).
-    public func whenComplete(reader: any PendingResultReader) {
-        switch source {
-        case .pending(let pending): pending.whenComplete(reader: reader)
-        case .wait(let wait):
-            Task {
-                do { reader.resolved(.success(try await wait()), of: nil) } catch {
-                    reader.resolved(.failure(error), of: nil)
-                }
-            }
-        }
-    }
-
-    /// The queued message, when the write is in a store's queue (`TelemetryQueue`): its reader is handed the entry
-    /// (`PendingResultReader.resolved(_:of:)`), so one reader can serve many writes and read each one's message.
-    /// Nil for a write that starts when awaited.
-    public var queuedEntry: TelemetryQueue.Entry? {
-        if case .pending(let pending) = source { pending as? TelemetryQueue.Entry } else { nil }
-    }
 }
 
-/// Hears a `PendingResult`'s outcome, as `whenComplete`'s closure would: for a caller that already has an object to
-/// hand it to (a QoS 1 message's `StoreOutcome`; one for all of a connection's QoS 0 writes to a topic), which spares
-/// a closure per write. `pending` is the result that was resolved (a queued write's `TelemetryQueue.Entry`, with its
-/// message); nil for a write that was not queued.
+/// Hears a queued telemetry write's outcome (`HubStore.queueTelemetry(_:reader:)`), as `whenComplete`'s closure
+/// would: for a caller that already has an object to hand it to (a QoS 1 message's `StoreOutcome`; one for all of a
+/// connection's QoS 0 writes to a topic), which spares a closure per write. `entry` is the write's, with its message,
+/// so one reader can serve many writes and read each one's message.
 public protocol PendingResultReader: AnyObject, Sendable {
-    func resolved(_ result: Result<Int64, any Error>, of pending: PendingResult?)
+    func resolved(_ result: Result<Int64, any Error>, of entry: TelemetryQueue.Entry)
 }
 
 /// A result one party sets once and another awaits, however their order falls: the bridge between a store's
@@ -368,7 +362,8 @@ public protocol PendingResultReader: AnyObject, Sendable {
 /// one per message, and a generic class of this module ran there through value witnesses (its state copied and
 /// destroyed by generic code: a tenth of the writer's time under QoS 0). Not final: a telemetry queue's entry is one
 /// (one allocation per queued message, not two); its methods are final. Unchecked: its one stored property is a
-/// `Mutex`, and a subclass adds only constants of Sendable types (`TelemetryQueue.Entry`).
+/// `Mutex`, and a subclass adds only constants of Sendable types (`TelemetryQueue.Entry`: its message, its reader,
+/// an atomic flag; and its link in the queue's stack, which the queue orders).
 public class PendingResult: @unchecked Sendable {
     public typealias Value = Int64
 
@@ -377,16 +372,20 @@ public class PendingResult: @unchecked Sendable {
     /// the runtime's multi-payload enum functions (2.9 % of the hub's CPU per QoS 0 message, 2026-12-06); these
     /// parts are moved out with `take()`, never copied.
     private struct State {
-        var continuation: CheckedContinuation<Value, any Error>?
+        /// Unsafe, not checked: it is resumed once by this class's own rule (stored only while no result is set,
+        /// taken out under the lock when one is). A `CheckedContinuation` is not of a size known when compiling
+        /// (`_Concurrency` is a resilient library), and a class holding one made every subclass's initializer copy
+        /// its arguments rather than move them: a telemetry queue's entry copied and destroyed its message, 10
+        /// reference-count operations per queued message (`scripts/count-references`, 2026-12-07).
+        var continuation: UnsafeContinuation<Value, any Error>?
         /// In a struct: a function stored in an `Optional` is kept at the generic abstraction, so storing one
         /// wrapped it in a thunk, an allocation per message (counted: 9.8 allocations per QoS 0 message, not 7.9).
         var callback: Callback?
-        var reader: (any PendingResultReader)?
         var resolved = false
         var value: Value = 0
         var error: (any Error)?
 
-        var hasWaiter: Bool { continuation != nil || callback != nil || reader != nil }
+        var hasWaiter: Bool { continuation != nil || callback != nil }
 
         var result: Result<Value, any Error> {
             if let error { .failure(error) } else { .success(value) }
@@ -403,10 +402,7 @@ public class PendingResult: @unchecked Sendable {
 
     /// Sets the result (once; later calls are ignored) and resumes whoever waits.
     public final func resolve(_ result: Result<Value, any Error>) {
-        let waiting = state.withLock {
-            state -> (
-                CheckedContinuation<Value, any Error>?, Callback?, (any PendingResultReader)?
-            )? in
+        let waiting = state.withLock { state -> (UnsafeContinuation<Value, any Error>?, Callback?)? in
             guard !state.resolved else { return nil }
             state.resolved = true
             switch result {
@@ -414,17 +410,16 @@ public class PendingResult: @unchecked Sendable {
             case .failure(let error): state.error = error
             }
             guard state.hasWaiter else { return nil }
-            return (state.continuation.take(), state.callback.take(), state.reader.take())
+            return (state.continuation.take(), state.callback.take())
         }
-        guard let (continuation, callback, reader) = waiting else { return }
+        guard let (continuation, callback) = waiting else { return }
         continuation?.resume(with: result)
         callback?.body(result)
-        reader?.resolved(result, of: self)
     }
 
     /// The result, once it is set. One reader: this or `whenComplete`, once.
     public final func value() async throws -> Value {
-        try await withCheckedThrowingContinuation { continuation in
+        try await withUnsafeThrowingContinuation { continuation in
             guard let ready = readyOrWait({ $0.continuation = continuation }) else { return }
             continuation.resume(with: ready)
         }
@@ -434,12 +429,6 @@ public class PendingResult: @unchecked Sendable {
     public final func whenComplete(_ body: @escaping @Sendable (Result<Value, any Error>) -> Void) {
         guard let ready = readyOrWait({ $0.callback = Callback(body: body) }) else { return }
         body(ready)
-    }
-
-    /// As `whenComplete(_:)`, to `reader`.
-    public final func whenComplete(reader: any PendingResultReader) {
-        guard let ready = readyOrWait({ $0.reader = reader }) else { return }
-        reader.resolved(ready, of: self)
     }
 
     /// The result if it is set; else `wait` registers the one reader and nil is returned.

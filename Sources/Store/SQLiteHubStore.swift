@@ -1059,6 +1059,10 @@ public final class SQLiteHubStore: HubStore {
         TelemetryWrite(committer.queue(message))
     }
 
+    public func queueTelemetry(_ message: consuming NewTelemetry, reader: any PendingResultReader) {
+        committer.queue(message, reader: reader)
+    }
+
     /// The device's newest messages: those in rows not yet in `telemetry_chunk_index` (above its `upto`, a short
     /// range of `first_id`), then the indexed ones, read in one snapshot (migrations v25, v26). Rows are read newest
     /// first and only until `limit` messages are found.
@@ -1662,9 +1666,11 @@ final class GroupCommitter: Sendable {
         try await queue(message).value()
     }
 
-    /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves.
-    func queue(_ message: consuming NewTelemetry) -> PendingResult {
-        let (result, start) = pending.append(message)
+    /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves
+    /// (handed to `reader` when one is given).
+    @discardableResult
+    func queue(_ message: consuming NewTelemetry, reader: (any PendingResultReader)? = nil) -> PendingResult {
+        let (result, start) = pending.append(message, reader: reader)
         if start { writeNextBatch() }
         return result
     }

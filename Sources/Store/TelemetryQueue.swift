@@ -29,13 +29,32 @@ public final class TelemetryQueue: Sendable {
         public let message: NewTelemetry
         /// The thread that queued it, where it is freed once its batch is done (`Returns`). Never freed itself.
         unowned(unsafe) let origin: Returns?
+        /// Who hears its outcome, when it was named at queueing (`append(_:reader:)`): `complete` hands it over
+        /// without the result's lock, as no one else reads this result (nor can: it is only handed to the reader).
+        let reader: (any PendingResultReader)?
+        /// Set by the first `complete` of an entry with a reader: a later one is ignored.
+        private let completed = Atomic(false)
         /// The entry queued before it (its address; 0 for none) while it is in the stack. Written before the push
         /// that publishes it, read by the writer after the exchange that takes it.
         fileprivate var below: UInt = 0
 
-        init(_ message: consuming NewTelemetry, origin: Returns?) {
+        init(_ message: consuming NewTelemetry, origin: Returns?, reader: (any PendingResultReader)?) {
             self.message = message
             self.origin = origin
+            self.reader = reader
+        }
+
+        /// An entry outside any queue, for a store that writes each message itself: whoever makes it writes
+        /// `message` and calls `complete` once with the outcome (the protocol's default `queueTelemetry`).
+        public convenience init(unqueued message: consuming NewTelemetry, reader: any PendingResultReader) {
+            self.init(message, origin: nil, reader: reader)
+        }
+
+        /// Sets its outcome (once; later calls are ignored): handed to its reader, or as `resolve` to whoever waits.
+        public func complete(_ result: Result<Int64, any Error>) {
+            guard let reader else { return resolve(result) }
+            guard !completed.exchange(true, ordering: .relaxed) else { return }
+            reader.resolved(result, of: self)
         }
     }
 
@@ -66,12 +85,15 @@ public final class TelemetryQueue: Sendable {
         Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: address).unsafelyUnwrapped)
     }
 
-    /// Queues the message; `start` is true when no batch is in flight and the caller must start the writer.
+    /// Queues the message; `start` is true when no batch is in flight and the caller must start the writer. Its
+    /// outcome goes to `reader` when one is given, else it is read from the entry (`value`, `whenComplete`).
     /// Takes `message` over: queued without a copy (each copy counts every reference the message holds).
     /// Entries of this thread's earlier batches that came back are freed here, after the message is queued.
-    public func append(_ message: consuming NewTelemetry) -> (result: PendingResult, start: Bool) {
+    public func append(_ message: consuming NewTelemetry, reader: (any PendingResultReader)? = nil)
+        -> (result: Entry, start: Bool)
+    {
         let origin = Returns.current()
-        let entry = Entry(message, origin: origin)
+        let entry = Entry(message, origin: origin, reader: reader)
         let address = UInt(bitPattern: Unmanaged.passRetained(entry).toOpaque())
         var expected = top.load(ordering: .relaxed)
         while true {
@@ -153,9 +175,9 @@ public final class TelemetryQueue: Sendable {
         precondition(ids.count == batch.count, "one id (or nil) per message of the batch")
         for index in batch.indices {
             if let id = ids[index] {
-                batch[index].resolve(.success(id))
+                batch[index].complete(.success(id))
             } else {
-                batch[index].resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
+                batch[index].complete(.failure(StoreError(.replayed, "nonce or counter already stored")))
             }
         }
         Returns.giveBack(consume batch)
@@ -163,7 +185,7 @@ public final class TelemetryQueue: Sendable {
 
     /// Fails every message of a batch that did not commit (as `committed`, pass its last reference).
     public static func failed(_ batch: consuming [Entry], _ error: StoreError) {
-        for index in batch.indices { batch[index].resolve(.failure(error)) }
+        for index in batch.indices { batch[index].complete(.failure(error)) }
         Returns.giveBack(consume batch)
     }
 }

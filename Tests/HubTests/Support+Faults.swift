@@ -82,6 +82,23 @@ final class FaultyStore: HubStore {
         return TelemetryWrite(pending)
     }
 
+    /// As `queueTelemetry(_:)`: through the queue when `queued` (an entry with its thread, as the SQL stores'), else
+    /// in an entry of its own (as the protocol's default).
+    func queueTelemetry(_ message: consuming NewTelemetry, reader: any PendingResultReader) {
+        let entry: TelemetryQueue.Entry
+        if queued {
+            entry = queue.append(message, reader: reader).result
+            _ = queue.nextBatch()  // this store writes each message itself, below
+        } else {
+            entry = TelemetryQueue.Entry(unqueued: message, reader: reader)
+        }
+        Task {
+            do { entry.complete(.success(try await appendTelemetry(entry.message))) } catch {
+                entry.complete(.failure(error))
+            }
+        }
+    }
+
     func appendTelemetry(_ message: NewTelemetry) async throws -> Int64 {
         let delay = delayMilliseconds.load(ordering: .relaxed)
         if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }

@@ -1,46 +1,63 @@
+import Core
+import Foundation
 import Synchronization
 import Testing
 
 @testable import Store
 
 /// `PendingResult`, the bridge between a store's writer (which resolves each message of a committed batch) and the
-/// one party waiting for it: a task (`value`), a callback or a reader object. Each reader hears the result once,
-/// whichever comes first, the result or the reader; a second result is ignored.
+/// one party waiting for it: a task (`value`) or a callback, whichever comes first, the result or the reader; and a
+/// queue's entry with the reader named when it was queued (`TelemetryQueue.Entry.complete`). Each hears the result
+/// once; a second result is ignored.
 @Suite struct PendingResultTests {
     struct Failure: Error, Equatable { let code: Int }
 
     final class Reader: PendingResultReader, @unchecked Sendable {
         let heard = Mutex<[Result<Int64, Failure>]>([])
-        /// Which result each was (the reader is handed the one resolved).
-        let from = Mutex<[ObjectIdentifier?]>([])
-        func resolved(_ result: Result<Int64, any Error>, of pending: PendingResult?) {
+        /// Which entry each was (the reader is handed the one completed).
+        let from = Mutex<[ObjectIdentifier]>([])
+        func resolved(_ result: Result<Int64, any Error>, of entry: TelemetryQueue.Entry) {
             heard.withLock { $0.append(result.mapError { $0 as! Failure }) }
-            from.withLock { $0.append(pending.map(ObjectIdentifier.init)) }
+            from.withLock { $0.append(ObjectIdentifier(entry)) }
         }
         var results: [Result<Int64, Failure>] { heard.withLock { $0 } }
-        var sources: [ObjectIdentifier?] { from.withLock { $0 } }
+        var sources: [ObjectIdentifier] { from.withLock { $0 } }
+    }
+
+    static func message(_ counter: UInt64) throws -> NewTelemetry {
+        NewTelemetry(
+            deviceID: try DeviceID("pending-1"), receivedAt: Date(timeIntervalSince1970: 1_700_000_000),
+            correlationID: "c\(counter)", body: [UInt8(counter & 0x7f)], counter: counter)
     }
 
     @Test func eachReaderHearsTheResultOnceWhicheverComesFirst() async throws {
-        // The reader first, then the result; then a second result, ignored.
-        let early = PendingResult()
+        // An entry queued with its reader, and one made outside a queue: each reader hears the first result, once,
+        // with its entry and message.
+        let queue = TelemetryQueue(maximumCount: 8)
         let reader = Reader()
-        early.whenComplete(reader: reader)
+        let (queued, start) = queue.append(try Self.message(1), reader: reader)
+        #expect(start)
+        #expect(queue.nextBatch().map(ObjectIdentifier.init) == [ObjectIdentifier(queued)])
         #expect(reader.results.isEmpty)
-        early.resolve(.success(7))
-        early.resolve(.success(8))
-        early.resolve(.failure(Failure(code: 1)))
+        queued.complete(.success(7))
+        queued.complete(.success(8))
+        queued.complete(.failure(Failure(code: 1)))
         #expect(reader.results == [.success(7)])
-        #expect(reader.sources == [ObjectIdentifier(early)])
+        #expect(reader.sources == [ObjectIdentifier(queued)])
+        #expect(queued.message.counter == 1)
+        let unqueuedReader = Reader()
+        let unqueued = TelemetryQueue.Entry(unqueued: try Self.message(2), reader: unqueuedReader)
+        unqueued.complete(.failure(Failure(code: 2)))
+        unqueued.complete(.success(9))
+        #expect(unqueuedReader.results == [.failure(Failure(code: 2))])
+        #expect(unqueuedReader.sources == [ObjectIdentifier(unqueued)])
 
-        // The result first: the reader hears it at once.
-        let late = PendingResult()
-        late.resolve(.failure(Failure(code: 2)))
-        late.resolve(.success(9))
-        let lateReader = Reader()
-        late.whenComplete(reader: lateReader)
-        #expect(lateReader.results == [.failure(Failure(code: 2))])
-        #expect(lateReader.sources == [ObjectIdentifier(late)])
+        // An entry queued without a reader completes as `resolve`: it is read with `value`.
+        let (plain, _) = queue.append(try Self.message(3))
+        _ = queue.nextBatch()
+        plain.complete(.success(10))
+        plain.complete(.success(11))
+        #expect(try await plain.value() == 10)
 
         // A callback, both orders.
         for resolveFirst in [true, false] {
@@ -69,20 +86,23 @@ import Testing
         await #expect(throws: Failure(code: 3)) { try await failure.value }
     }
 
-    /// The writer's thread resolves while the connection's registers its reader: every reader hears exactly its own
+    /// The writer's thread resolves while another registers its callback: every callback hears exactly its own
     /// result, once, however the two interleave.
     @Test func aResultAndItsReaderRacingMeetOnce() async {
         let count = 2000
         let pendings = (0..<count).map { _ in PendingResult() }
-        let readers = (0..<count).map { _ in Reader() }
+        final class Heard: Sendable { let values = Mutex<[Int64]>([]) }
+        let heard = (0..<count).map { _ in Heard() }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for index in 0..<count { pendings[index].resolve(.success(Int64(index))) }
             }
             group.addTask {
-                for index in 0..<count { pendings[index].whenComplete(reader: readers[index]) }
+                for index in 0..<count {
+                    pendings[index].whenComplete { result in heard[index].values.withLock { $0.append(try! result.get()) } }
+                }
             }
         }
-        for index in 0..<count { #expect(readers[index].results == [.success(Int64(index))]) }
+        for index in 0..<count { #expect(heard[index].values.withLock { $0 } == [Int64(index)]) }
     }
 }

@@ -127,7 +127,7 @@ import Testing
         weak var held: PendingResult?
         weak var late: PendingResult?
         do {
-            var entries = [TelemetryQueue.Entry(Self.message(0), origin: returns)]
+            var entries = [TelemetryQueue.Entry(Self.message(0), origin: returns, reader: nil)]
             held = entries.first
             returns.keep(&entries, bytes: 1)
             #expect(entries.isEmpty)  // taken over
@@ -136,7 +136,7 @@ import Testing
         returns.retire()
         #expect(held == nil)
         do {
-            var entries = [TelemetryQueue.Entry(Self.message(1), origin: returns)]
+            var entries = [TelemetryQueue.Entry(Self.message(1), origin: returns, reader: nil)]
             late = entries.first
             returns.keep(&entries, bytes: 1)
             #expect(entries.count == 1)  // left with the writer
