@@ -175,8 +175,8 @@ struct StoreBenchmark: AsyncParsableCommand {
         // A producer blocks (a futex, not a spin, which would count in the process's CPU) while `inFlight` are
         // outstanding.
         let slots = DispatchSemaphore(value: inFlight)
-        let done = Atomic(0)
-        let failures = Atomic(0)
+        // One reader for every write, named when it is queued: as the MQTT listener reads a connection's writes.
+        let reader = Counting(slots)
         let (user0, system0) = processCPU()
         let allocations0 = bulwark_allocation_count()
         let start = ContinuousClock.now
@@ -189,22 +189,33 @@ struct StoreBenchmark: AsyncParsableCommand {
                     let message = NewTelemetry(
                         deviceID: devices[index % devices.count], receivedAt: Date(),
                         correlationID: CorrelationID().rawValue, body: body, messageType: "telemetry")
-                    store.queueTelemetry(message).whenComplete { result in
-                        if case .failure = result { failures.add(1, ordering: .relaxed) }
-                        done.add(1, ordering: .relaxed)
-                        slots.signal()
-                    }
+                    store.queueTelemetry(message, reader: reader)
                     index += producers
                 }
             }
         }
         for thread in threads { thread.start() }
-        while done.load(ordering: .relaxed) < count { usleep(1000) }
+        while reader.done.load(ordering: .relaxed) < count { usleep(1000) }
         let wall = (ContinuousClock.now - start).seconds
         let (user1, system1) = processCPU()
         return Result(
             wall: wall, cpu: (user1 - user0) + (system1 - system0), user: user1 - user0, system: system1 - system0,
-            allocations: bulwark_allocation_count() &- allocations0, failures: failures.load(ordering: .relaxed))
+            allocations: bulwark_allocation_count() &- allocations0, failures: reader.failures.load(ordering: .relaxed))
+    }
+
+    /// Counts the writes done and failed, and frees a producer's slot for each.
+    final class Counting: PendingResultReader {
+        let done = Atomic(0)
+        let failures = Atomic(0)
+        let slots: DispatchSemaphore
+
+        init(_ slots: DispatchSemaphore) { self.slots = slots }
+
+        func resolved(_ result: Swift.Result<Int64, any Error>, of _: TelemetryQueue.Entry) {
+            if case .failure = result { failures.add(1, ordering: .relaxed) }
+            done.add(1, ordering: .relaxed)
+            slots.signal()
+        }
     }
 
     static func processCPU() -> (user: Double, system: Double) {

@@ -30,13 +30,17 @@ final class PostgresGroupCommitter: Sendable {
         try await queue(message).value()
     }
 
-    /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves
-    /// (handed to `reader` when one is given).
-    @discardableResult
-    func queue(_ message: consuming NewTelemetry, reader: (any PendingResultReader)? = nil) -> PendingResult {
-        let (result, start) = pending.append(message, reader: reader)
+    /// Queues the message now (batches keep the order of the queue) and returns what its batch's commit resolves.
+    func queue(_ message: consuming NewTelemetry) -> PendingResult {
+        let (result, start) = pending.append(message)
         if start { Task { await self.drain() } }
         return result
+    }
+
+    /// Queues the message now, its batch's outcome handed to `reader`.
+    func queue(_ message: consuming NewTelemetry, reader: any PendingResultReader) {
+        let (_, start) = pending.append(message, reader: reader)
+        if start { Task { await self.drain() } }
     }
 
     private func drain() async {

@@ -279,10 +279,16 @@ extension HubStore {
     }
     /// Written in a task of its own (as `queueTelemetry(_:)`'s write once it is read).
     public func queueTelemetry(_ message: consuming NewTelemetry, reader: any PendingResultReader) {
+        writeUnqueued(message, reader: reader)
+    }
+
+    /// The default `queueTelemetry(_:reader:)`, for a store that writes each message itself (and a test's store
+    /// that sometimes does): the message in an entry of its own, written by `appendTelemetry` in a task.
+    public func writeUnqueued(_ message: consuming NewTelemetry, reader: any PendingResultReader) {
         let entry = TelemetryQueue.Entry(unqueued: message, reader: reader)
         Task {
-            do { entry.complete(.success(try await self.appendTelemetry(entry.message))) } catch {
-                entry.complete(.failure(error))
+            do { entry.resolve(.success(try await self.appendTelemetry(entry.message))) } catch {
+                entry.resolve(.failure(error))
             }
         }
     }
@@ -361,11 +367,21 @@ public protocol PendingResultReader: AnyObject, Sendable {
 /// queue (which answers a batch at a time) and a `TelemetryWrite`. Not generic: the group commit's writer resolves
 /// one per message, and a generic class of this module ran there through value witnesses (its state copied and
 /// destroyed by generic code: a tenth of the writer's time under QoS 0). Not final: a telemetry queue's entry is one
-/// (one allocation per queued message, not two); its methods are final. Unchecked: its one stored property is a
-/// `Mutex`, and a subclass adds only constants of Sendable types (`TelemetryQueue.Entry`: its message, its reader,
-/// an atomic flag; and its link in the queue's stack, which the queue orders).
+/// (one allocation per queued message, not two); its methods are final. Unchecked: its state is in a `Mutex`; its
+/// named reader is written only by the one `resolve` that wins `claimed`; a subclass adds only constants of
+/// Sendable types (`TelemetryQueue.Entry`: its message; and its link in the queue's stack, which the queue orders).
+///
+/// A result made with its reader (a telemetry queue's entry, `TelemetryQueue.append(_:reader:)`) is read by that
+/// reader alone: `resolve` hands it the result without the lock (one atomic exchange), then lets it go; `value` and
+/// `whenComplete` are not for it.
 public class PendingResult: @unchecked Sendable {
     public typealias Value = Int64
+
+    /// The reader named when this was made (only a `TelemetryQueue.Entry` names one), until `resolve` calls it.
+    private var reader: (any PendingResultReader)?
+    private let named: Bool
+    /// Set by the first `resolve` of a result with a named reader: a later one is ignored.
+    private let claimed = Atomic(false)
 
     /// Who waits, and the result once it is set: each part an optional of its own rather than enums of enums. The
     /// writer resolves one per message, and copying and destroying an enum of `Result`s and waiters went through
@@ -398,10 +414,28 @@ public class PendingResult: @unchecked Sendable {
 
     private let state = Mutex(State())
 
-    public init() {}
+    public init() {
+        reader = nil
+        named = false
+    }
 
-    /// Sets the result (once; later calls are ignored) and resumes whoever waits.
+    /// A result its reader alone hears (`TelemetryQueue.Entry`'s initializer: `resolve` hands the reader the entry).
+    init(reader: (any PendingResultReader)?) {
+        self.reader = reader
+        named = reader != nil
+    }
+
+    /// Sets the result (once; later calls are ignored) and resumes whoever waits, or hands it to the named reader.
     public final func resolve(_ result: Result<Value, any Error>) {
+        if named {
+            guard !claimed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+            // Only this call gets here: the reader is taken out (let go now, not with the entry, which its thread
+            // may keep for a while: `TelemetryQueue.Returns`).
+            guard let reader = reader.take() else { return }
+            // Only `TelemetryQueue.Entry`'s initializer names a reader.
+            reader.resolved(result, of: unsafeDowncast(self, to: TelemetryQueue.Entry.self))
+            return
+        }
         let waiting = state.withLock { state -> (UnsafeContinuation<Value, any Error>?, Callback?)? in
             guard !state.resolved else { return nil }
             state.resolved = true
@@ -433,7 +467,8 @@ public class PendingResult: @unchecked Sendable {
 
     /// The result if it is set; else `wait` registers the one reader and nil is returned.
     private final func readyOrWait(_ wait: (inout State) -> Void) -> Result<Value, any Error>? {
-        state.withLock { state in
+        precondition(!named, "a PendingResult with a named reader is read by it alone")
+        return state.withLock { state in
             if state.resolved { return state.result }
             precondition(!state.hasWaiter, "a PendingResult has one reader")
             wait(&state)

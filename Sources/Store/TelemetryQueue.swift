@@ -29,32 +29,21 @@ public final class TelemetryQueue: Sendable {
         public let message: NewTelemetry
         /// The thread that queued it, where it is freed once its batch is done (`Returns`). Never freed itself.
         unowned(unsafe) let origin: Returns?
-        /// Who hears its outcome, when it was named at queueing (`append(_:reader:)`): `complete` hands it over
-        /// without the result's lock, as no one else reads this result (nor can: it is only handed to the reader).
-        let reader: (any PendingResultReader)?
-        /// Set by the first `complete` of an entry with a reader: a later one is ignored.
-        private let completed = Atomic(false)
         /// The entry queued before it (its address; 0 for none) while it is in the stack. Written before the push
         /// that publishes it, read by the writer after the exchange that takes it.
         fileprivate var below: UInt = 0
 
+        /// `reader`, when given, hears its outcome (and nothing else can wait for it: `PendingResult`).
         init(_ message: consuming NewTelemetry, origin: Returns?, reader: (any PendingResultReader)?) {
             self.message = message
             self.origin = origin
-            self.reader = reader
+            super.init(reader: reader)
         }
 
         /// An entry outside any queue, for a store that writes each message itself: whoever makes it writes
-        /// `message` and calls `complete` once with the outcome (the protocol's default `queueTelemetry`).
+        /// `message` and resolves it once with the outcome (`HubStore.writeUnqueued`).
         public convenience init(unqueued message: consuming NewTelemetry, reader: any PendingResultReader) {
             self.init(message, origin: nil, reader: reader)
-        }
-
-        /// Sets its outcome (once; later calls are ignored): handed to its reader, or as `resolve` to whoever waits.
-        public func complete(_ result: Result<Int64, any Error>) {
-            guard let reader else { return resolve(result) }
-            guard !completed.exchange(true, ordering: .relaxed) else { return }
-            reader.resolved(result, of: self)
         }
     }
 
@@ -175,9 +164,9 @@ public final class TelemetryQueue: Sendable {
         precondition(ids.count == batch.count, "one id (or nil) per message of the batch")
         for index in batch.indices {
             if let id = ids[index] {
-                batch[index].complete(.success(id))
+                batch[index].resolve(.success(id))
             } else {
-                batch[index].complete(.failure(StoreError(.replayed, "nonce or counter already stored")))
+                batch[index].resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
             }
         }
         Returns.giveBack(consume batch)
@@ -185,7 +174,7 @@ public final class TelemetryQueue: Sendable {
 
     /// Fails every message of a batch that did not commit (as `committed`, pass its last reference).
     public static func failed(_ batch: consuming [Entry], _ error: StoreError) {
-        for index in batch.indices { batch[index].complete(.failure(error)) }
+        for index in batch.indices { batch[index].resolve(.failure(error)) }
         Returns.giveBack(consume batch)
     }
 }

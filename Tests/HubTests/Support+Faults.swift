@@ -83,18 +83,14 @@ final class FaultyStore: HubStore {
     }
 
     /// As `queueTelemetry(_:)`: through the queue when `queued` (an entry with its thread, as the SQL stores'), else
-    /// in an entry of its own (as the protocol's default).
+    /// the protocol's default (`writeUnqueued`).
     func queueTelemetry(_ message: consuming NewTelemetry, reader: any PendingResultReader) {
-        let entry: TelemetryQueue.Entry
-        if queued {
-            entry = queue.append(message, reader: reader).result
-            _ = queue.nextBatch()  // this store writes each message itself, below
-        } else {
-            entry = TelemetryQueue.Entry(unqueued: message, reader: reader)
-        }
+        guard queued else { return writeUnqueued(message, reader: reader) }
+        let entry = queue.append(message, reader: reader).result
+        _ = queue.nextBatch()  // this store writes each message itself, below
         Task {
-            do { entry.complete(.success(try await appendTelemetry(entry.message))) } catch {
-                entry.complete(.failure(error))
+            do { entry.resolve(.success(try await appendTelemetry(entry.message))) } catch {
+                entry.resolve(.failure(error))
             }
         }
     }

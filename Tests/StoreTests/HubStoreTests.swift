@@ -3,6 +3,7 @@ import Foundation
 import GRDB
 import PostgresTestSupport
 import Store
+import Synchronization
 import Testing
 
 /// One table of behaviour, run against every backend.
@@ -639,6 +640,56 @@ import Testing
         #expect(try await store.telemetryCount(of: device) == 6)
         let window = try #require(try await store.counterWindows().first { $0.0 == device }?.1)
         #expect(window.highest == 101 && window.seen == 0b11 | (1 << 11))
+        try await store.close()
+    }
+
+    /// What hears a write queued with its reader (`queueTelemetry(_:reader:)`: the MQTT listener's path): each write's
+    /// outcome once, with its entry and so its message; a replayed nonce as `replayed`, and nothing of it kept. The
+    /// memory store takes the protocol's default (an entry of its own, written in a task: in no set order).
+    @Test(arguments: Backend.allCases)
+    func aWriteQueuedWithItsReaderIsHeardOnceWithItsMessage(_ backend: Backend) async throws {
+        let (store, _) = try await Self.open(backend)
+        let device = try DeviceID("rd")
+        try await store.enroll(device: device, certificate: Self.certificate("rd1", device: device), at: Date())
+        enum Outcome: Equatable {
+            case stored(Int64)
+            case failed(StoreError.Code?)
+        }
+        final class Reader: PendingResultReader, @unchecked Sendable {
+            let heard = Mutex<[String: [Outcome]]>([:])
+            func resolved(_ result: Result<Int64, any Error>, of entry: TelemetryQueue.Entry) {
+                let outcome: Outcome =
+                    switch result {
+                    case .success(let id): .stored(id)
+                    case .failure(let error): .failed((error as? StoreError)?.code)
+                    }
+                heard.withLock { $0[entry.message.correlationID, default: []].append(outcome) }
+            }
+            var outcomes: [String: [Outcome]] { heard.withLock { $0 } }
+        }
+        let reader = Reader()
+        let expires = Int64(Date().timeIntervalSince1970) + 300
+        for (correlation, nonce) in [("a", "n1"), ("b", "n2"), ("c", "n1")] {
+            store.queueTelemetry(
+                NewTelemetry(
+                    deviceID: device, receivedAt: Date(), correlationID: correlation, body: [1],
+                    nonce: StoredNonce(nonce: nonce, expiresAt: expires)),
+                reader: reader)
+        }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while reader.outcomes.values.map(\.count).reduce(0, +) < 3, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try await Task.sleep(for: .milliseconds(50))  // a second call, were there one, would be heard by now
+        let outcomes = reader.outcomes
+        #expect(outcomes.keys.sorted() == ["a", "b", "c"] && outcomes.values.allSatisfy { $0.count == 1 })
+        let ids = outcomes.values.compactMap { if case .stored(let id) = $0.first { id } else { nil } }
+        #expect(ids.count == 2 && Set(ids).count == 2, "\(outcomes)")
+        // One of the two with nonce n1 is stored, the other refused; in queue order (the SQL stores), the first.
+        let refused = outcomes.filter { $0.value == [.failed(.replayed)] }.keys
+        #expect(refused.count == 1 && refused.allSatisfy { $0 == "a" || $0 == "c" }, "\(outcomes)")
+        if backend != .memory { #expect(Array(refused) == ["c"], "\(outcomes)") }
+        #expect(try await store.telemetryCount(of: device) == 2)
         try await store.close()
     }
 

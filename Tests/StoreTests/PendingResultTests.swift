@@ -7,7 +7,7 @@ import Testing
 
 /// `PendingResult`, the bridge between a store's writer (which resolves each message of a committed batch) and the
 /// one party waiting for it: a task (`value`) or a callback, whichever comes first, the result or the reader; and a
-/// queue's entry with the reader named when it was queued (`TelemetryQueue.Entry.complete`). Each hears the result
+/// queue's entry with the reader named when it was queued (`TelemetryQueue.append(_:reader:)`). Each hears the result
 /// once; a second result is ignored.
 @Suite struct PendingResultTests {
     struct Failure: Error, Equatable { let code: Int }
@@ -39,24 +39,38 @@ import Testing
         #expect(start)
         #expect(queue.nextBatch().map(ObjectIdentifier.init) == [ObjectIdentifier(queued)])
         #expect(reader.results.isEmpty)
-        queued.complete(.success(7))
-        queued.complete(.success(8))
-        queued.complete(.failure(Failure(code: 1)))
+        queued.resolve(.success(7))
+        queued.resolve(.success(8))
+        queued.resolve(.failure(Failure(code: 1)))
         #expect(reader.results == [.success(7)])
         #expect(reader.sources == [ObjectIdentifier(queued)])
         #expect(queued.message.counter == 1)
         let unqueuedReader = Reader()
         let unqueued = TelemetryQueue.Entry(unqueued: try Self.message(2), reader: unqueuedReader)
-        unqueued.complete(.failure(Failure(code: 2)))
-        unqueued.complete(.success(9))
+        unqueued.resolve(.failure(Failure(code: 2)))
+        unqueued.resolve(.success(9))
         #expect(unqueuedReader.results == [.failure(Failure(code: 2))])
         #expect(unqueuedReader.sources == [ObjectIdentifier(unqueued)])
 
-        // An entry queued without a reader completes as `resolve`: it is read with `value`.
+        // The reader is let go once it has heard (the entry may be kept a while by its thread).
+        weak var gone: Reader?
+        let kept: TelemetryQueue.Entry
+        do {
+            let transient = Reader()
+            gone = transient
+            kept = queue.append(try Self.message(4), reader: transient).result
+        }
+        _ = queue.nextBatch()
+        #expect(gone != nil)
+        kept.resolve(.success(12))
+        #expect(gone == nil)
+        #expect(kept.message.counter == 4)
+
+        // An entry queued without a reader is read with `value`.
         let (plain, _) = queue.append(try Self.message(3))
         _ = queue.nextBatch()
-        plain.complete(.success(10))
-        plain.complete(.success(11))
+        plain.resolve(.success(10))
+        plain.resolve(.success(11))
         #expect(try await plain.value() == 10)
 
         // A callback, both orders.
