@@ -113,7 +113,9 @@ import Testing
             }
             group.addTask {
                 for index in 0..<count {
-                    pendings[index].whenComplete { result in heard[index].values.withLock { $0.append(try! result.get()) } }
+                    pendings[index].whenComplete { result in
+                        heard[index].values.withLock { $0.append(try! result.get()) }
+                    }
                 }
             }
         }
