@@ -2017,8 +2017,8 @@ struct MQTTConnection {
                     consume record, admitted, device: device, check: decision.check, publish: publish, peer: peer,
                     correlationID)
                 appendAcknowledgement(
-                    id, qos: publish.qos, state: state, after: write, correlationID: correlationID, then: delivery,
-                    local: local)
+                    id, qos: publish.qos, state: state, after: write, correlationID: correlationID,
+                    then: consume delivery, local: local)
             } else {
                 queueStarted(consume record, peer: peer, decision: decision)
             }
@@ -2191,7 +2191,8 @@ struct MQTTConnection {
     /// `acknowledge`'s step, queued once the queue has room (the caller waited for it, or saw it).
     private func appendAcknowledgement(
         _ id: UInt16, qos: QoS, state: State, after write: StoreOutcome?, code: ReasonCode = .success,
-        correlationID: String?, then delivery: BrokerMessage?, local: LocalWrite? = nil, savingID: Bool = false
+        correlationID: String?, then delivery: consuming BrokerMessage?, local: LocalWrite? = nil,
+        savingID: Bool = false
     ) {
         let output = state.output
         let version = state.version
@@ -2212,6 +2213,7 @@ struct MQTTConnection {
         // (in the coalescer's order: none written after it goes out).
         @Sendable func closeAfterWrites() { output.close() }
         let logged = isLogged(local)
+        let delivery = consume delivery  // moved into the step (a parameter's capture would copy it)
         state.acknowledgements.append(after: write) { outcome in
             var reason = code
             var deliver = true
@@ -2272,9 +2274,10 @@ struct MQTTConnection {
                 // The common case: the PUBACK now, then the delivery (if anyone may receive it) in order.
                 answer()
                 // A logged message goes to the broker even with no subscriber left: saves count past it there.
-                guard delivering, let delivery, position != nil || broker.needsPublish(delivery) else { return nil }
+                // Unwrapped where it is used (`delivering` says there is one), not bound: a binding copied the message.
+                guard delivering, position != nil || broker.needsPublish(delivery!) else { return nil }
                 return {
-                    await broker.publish(delivery, from: sessionKey, position: position, placement: local?.placement)
+                    await broker.publish(delivery!, from: sessionKey, position: position, placement: local?.placement)
                     withExtendedLifetime(local) {}  // delivered here: saves may count past it
                 }
             }
