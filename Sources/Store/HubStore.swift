@@ -423,6 +423,8 @@ public class PendingResult: @unchecked Sendable {
     init(reader: (any PendingResultReader)?) {
         self.reader = reader
         named = reader != nil
+        // `resolve` hands a named reader this object as an entry, unchecked: an isa comparison here, once per entry.
+        precondition(!named || type(of: self) == TelemetryQueue.Entry.self, "only a queue's entry names its reader")
     }
 
     /// Sets the result (once; later calls are ignored) and resumes whoever waits, or hands it to the named reader.
