@@ -20,9 +20,9 @@
 /// not for one per connection. Sendable when its value is (what `withLock` hands out may cross threads).
 public final class Locked<Value> {
     /// Not checked for exclusive access at run time: only `withLock` reaches it, with the mutex held, so two
-    /// accesses never overlap (another thread waits for the lock; this one, locking again, deadlocks first). The
-    /// check was a `swift_beginAccess` and `swift_endAccess` on every lock: the per-device rate table's stripe took
-    /// one per message (`perf report`, 2026-12-07).
+    /// accesses never overlap (another thread waits for the lock; this one, locking again, deadlocks first, or
+    /// traps in a debug build). The check was a `swift_beginAccess` and `swift_endAccess` on every lock: the
+    /// per-device rate table's stripe took one per message (`perf report`, 2026-12-07).
     @exclusivity(unchecked) @usableFromInline var value: Value
     @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
@@ -30,7 +30,17 @@ public final class Locked<Value> {
         self.value = value
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
-        let created = pthread_mutex_init(mutex, nil)
+        #if DEBUG
+            // A debug build checks what the run-time exclusivity check no longer does: locking again from inside
+            // `withLock` fails (EDEADLK) and traps, where a release build deadlocks.
+            var attributes = pthread_mutexattr_t()
+            pthread_mutexattr_init(&attributes)
+            pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ERRORCHECK))
+            let created = pthread_mutex_init(mutex, &attributes)
+            pthread_mutexattr_destroy(&attributes)
+        #else
+            let created = pthread_mutex_init(mutex, nil)
+        #endif
         precondition(created == 0, "pthread_mutex_init failed: \(created)")
     }
 
