@@ -1,5 +1,4 @@
 import MQTT
-import NIOEmbedded
 import Testing
 
 @testable import Hub
@@ -10,7 +9,7 @@ import Testing
 @Suite struct MQTTBrokerIndexTests {
     static func connect(_ broker: MQTTBroker, _ key: String, clean: Bool = true, expiry: Int = 0) async throws -> Int {
         let connection = BrokerConnection(
-            channel: EmbeddedChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
+            channel: DiscardingChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
         let attached = try #require(
             await broker.attach(
                 key: key, owner: "owner-\(key)", maxPerOwner: 10, cleanStart: clean, expirySeconds: expiry,

@@ -3,7 +3,6 @@ import Foundation
 import HubClient
 import Logging
 import MQTT
-import NIOEmbedded
 import PostgresStore
 import PostgresTestSupport
 import Store
@@ -417,7 +416,7 @@ import Testing
     static func attach(_ broker: MQTTBroker, _ keys: [String]) async {
         for key in keys {
             let connection = BrokerConnection(
-                channel: EmbeddedChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
+                channel: DiscardingChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
             _ = await broker.attach(
                 key: key, owner: "o-" + key, maxPerOwner: 10, cleanStart: false, expirySeconds: 3600,
                 connection: connection)
@@ -886,7 +885,7 @@ import Testing
         try await store.putRetainedMessage(newer)
         // A new connection sweeps expired state from memory; the flush after it leaves the store alone.
         let connection = BrokerConnection(
-            channel: EmbeddedChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
+            channel: DiscardingChannel(), version: .v5, receiveMaximum: 10, maximumPacketSize: 1 << 20)
         _ = await broker.attach(
             key: "k", owner: "o", maxPerOwner: 10, cleanStart: true, expirySeconds: 0, connection: connection)
         await persistence.flush()
