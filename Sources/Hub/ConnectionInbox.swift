@@ -8,9 +8,9 @@ import Synchronization
 /// error, the end), and then `resume` starts one.
 protocol ParkedSession: AnyObject, Sendable {
     func resume()
-    /// Whether `handleNow` takes `packet` (a device's QoS 0 or 1 PUBLISH, a PINGREQ); if not, it is queued for the
-    /// session's next turn, as are the ones after it. Changes nothing.
-    func handlesNow(_ packet: Packet) -> Bool
+    /// Whether `handleNow` takes the packet glanced at (a device's QoS 0 or 1 PUBLISH, a PINGREQ); if not, it is
+    /// queued for the session's next turn, as are the ones after it. Changes nothing.
+    func handlesNow(_ packet: PacketGlance) -> Bool
     /// Handles `packet`, which `handlesNow` accepted just before, at once, on the channel's event loop, without
     /// waiting. Called only while the session is parked with nothing queued, so no turn runs and it has the session
     /// to itself. The packet is moved in (`consuming`): one borrowed and then copied into the session rules had each
@@ -19,8 +19,29 @@ protocol ParkedSession: AnyObject, Sendable {
 }
 
 extension ParkedSession {
-    func handlesNow(_ packet: Packet) -> Bool { false }
+    func handlesNow(_ packet: PacketGlance) -> Bool { false }
     func handleNow(_ packet: consuming Packet) -> HandledNow { preconditionFailure("handlesNow said no") }
+}
+
+/// What `ParkedSession.handlesNow` decides on: a packet's kind, and a PUBLISH's flags. Read where the packet lies in
+/// the read: a packet handed to a call the compiler cannot see into was copied first (each of its references
+/// retained, and released after the call), and `handlesNow` is called on a protocol.
+struct PacketGlance {
+    enum Kind { case publish, pingreq, disconnect, other }
+    let kind: Kind
+    /// A PUBLISH's QoS and its RETAIN and DUP flags; nil for any other packet.
+    let publishFlags: (qos: QoS, retain: Bool, duplicate: Bool)?
+
+    @inline(__always)
+    init(_ packet: Packet) {
+        publishFlags = packet.publishFlags
+        switch packet {
+        case .publish: kind = .publish
+        case .pingreq: kind = .pingreq
+        case .disconnect: kind = .disconnect
+        default: kind = .other
+        }
+    }
 }
 
 /// What `ParkedSession.handleNow` did with a packet.
@@ -184,7 +205,7 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
         // queued. Each packet it handles is moved out of the read, reversed so that it is taken from the end
         // (reversed in its buffer: `Array.reverse` swapped by copies, retaining and releasing each packet).
         let session = batch.isEmpty ? nil : unparkedForNow()
-        if let session, session.handlesNow(batch[0]) {
+        if let session, Self.handles(session, batch, at: 0) {
             batch.withUnsafeMutableBufferPointer { $0.reverse() }
             // Each packet checked once: the first above, each next one after the one before it is handled.
             repeat {
@@ -192,7 +213,7 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
                     turn = true
                     break
                 }
-            } while !batch.isEmpty && session.handlesNow(batch[batch.count - 1])
+            } while !batch.isEmpty && Self.handles(session, batch, at: batch.count - 1)
             batch.withUnsafeMutableBufferPointer { $0.reverse() }
         }
         deliver(resuming: turn) { state in
@@ -201,6 +222,11 @@ final class ConnectionInbox: ChannelDuplexHandler, @unchecked Sendable {
             if !batch.isEmpty { state.enqueue(batch) }
             if let failure, state.failure == nil, !state.ended { state.failure = failure }
         }
+    }
+
+    /// Whether `session` takes the read's packet at `index` now (glanced at where it lies: `PacketGlance`).
+    private static func handles(_ session: any ParkedSession, _ batch: [Packet], at index: Int) -> Bool {
+        session.handlesNow(PacketGlance(batch[index]))
     }
 
     /// The parked session, taken out of the inbox while the event loop hands it packets (`handleNow`), when nothing

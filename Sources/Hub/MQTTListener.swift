@@ -871,7 +871,7 @@ struct MQTTConnection {
             }
         }
 
-        func handlesNow(_ packet: Packet) -> Bool { connection.handlesNow(packet, self) }
+        func handlesNow(_ packet: PacketGlance) -> Bool { connection.handlesNow(packet, self) }
         func handleNow(_ packet: consuming Packet) -> HandledNow { connection.handleNow(packet, self) }
     }
 
@@ -1957,9 +1957,9 @@ struct MQTTConnection {
     /// Whether `handleNow` takes `packet`: a device's PUBLISH of QoS 0 or 1, not retained and not a DUP resend, on a
     /// single node; or a PINGREQ to a peer that is reading (else the turn waits until it does). Never from a revoked
     /// certificate (the turn closes the connection). Changes nothing.
-    func handlesNow(_ packet: Packet, _ live: Live) -> Bool {
+    func handlesNow(_ packet: PacketGlance, _ live: Live) -> Bool {
         let peer = live.peer
-        if case .pingreq = packet {
+        if packet.kind == .pingreq {
             return live.state.output.channel.isWritable && !listener.revocations.contains(peer.serial)
         }
         guard let received = packet.publishFlags else { return false }

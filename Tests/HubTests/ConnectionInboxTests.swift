@@ -170,12 +170,7 @@ import Testing
         nonisolated(unsafe) var handled: [Packet] = []
         func resume() { resumed.add(1, ordering: .relaxed) }
         var count: Int { resumed.load(ordering: .relaxed) }
-        func handlesNow(_ packet: Packet) -> Bool {
-            switch packet {
-            case .pingreq, .disconnect: true
-            default: false
-            }
-        }
+        func handlesNow(_ packet: PacketGlance) -> Bool { packet.kind == .pingreq || packet.kind == .disconnect }
         func handleNow(_ packet: consuming Packet) -> HandledNow {
             let packet = copy packet
             handled.append(packet)
