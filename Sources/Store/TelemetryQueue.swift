@@ -28,7 +28,8 @@ public final class TelemetryQueue: Sendable {
     public final class Entry: PendingResult, @unchecked Sendable {
         public let message: NewTelemetry
         /// The thread that queued it, where it is freed once its batch is done (`Returns`). Never freed itself.
-        unowned(unsafe) let origin: Returns?
+        /// Unmanaged: read without a reference count (an `unowned(unsafe)` one was retained at each read).
+        let origin: Unmanaged<Returns>?
         /// The entry queued before it (its address; 0 for none) while it is in the stack. Written before the push
         /// that publishes it, read by the writer after the exchange that takes it.
         fileprivate var below: UInt = 0
@@ -36,7 +37,7 @@ public final class TelemetryQueue: Sendable {
         /// `reader`, when given, hears its outcome (and nothing else can wait for it: `PendingResult`).
         init(_ message: consuming NewTelemetry, origin: Returns?, reader: (any PendingResultReader)?) {
             self.message = message
-            self.origin = origin
+            self.origin = origin.map(Unmanaged.passUnretained)
             super.init(reader: reader)
         }
 
@@ -149,11 +150,17 @@ public final class TelemetryQueue: Sendable {
         let start = taken.count
         var address = newest
         while address != 0 {
-            let entry = Self.entry(at: address).takeRetainedValue()
-            address = entry.below
-            taken.append(entry)
+            // The stack's reference moves into `taken` (an entry bound first was retained for the array and
+            // released after it).
+            let entry = Self.entry(at: address)
+            address = entry._withUnsafeGuaranteedRef { $0.below }
+            taken.append(entry.takeRetainedValue())
         }
-        taken[start...].reverse()
+        // Reversed in its buffer: a slice's `reverse` swapped by copies, retaining and releasing each entry.
+        taken.withUnsafeMutableBufferPointer { entries in
+            var newer = UnsafeMutableBufferPointer(rebasing: entries[start...])
+            newer.reverse()
+        }
     }
 
     /// Resolves a committed batch: each message's id, or a replay for a message the batch refused (nil id: its
@@ -162,20 +169,14 @@ public final class TelemetryQueue: Sendable {
     /// there.
     public static func committed(_ batch: consuming [Entry], ids: [Int64?]) {
         precondition(ids.count == batch.count, "one id (or nil) per message of the batch")
-        for index in batch.indices {
-            if let id = ids[index] {
-                batch[index].resolve(.success(id))
-            } else {
-                batch[index].resolve(.failure(StoreError(.replayed, "nonce or counter already stored")))
-            }
+        Returns.finish(batch) { index in
+            ids[index].map { .success($0) } ?? .failure(StoreError(.replayed, "nonce or counter already stored"))
         }
-        Returns.giveBack(consume batch)
     }
 
     /// Fails every message of a batch that did not commit (as `committed`, pass its last reference).
     public static func failed(_ batch: consuming [Entry], _ error: StoreError) {
-        for index in batch.indices { batch[index].resolve(.failure(error)) }
-        Returns.giveBack(consume batch)
+        Returns.finish(batch) { _ in .failure(error) }
     }
 }
 
@@ -244,25 +245,35 @@ extension TelemetryQueue {
             }
         }
 
-        /// Hands a done batch's entries back to the threads that queued them (a batch holds few threads' entries).
-        /// `batch` should be the last reference to its array: another would keep each entry alive past its thread's
-        /// references, and the entry would be freed wherever that one goes.
-        static func giveBack(_ batch: consuming [Entry]) {
-            var groups: [(origin: Returns, entries: [Entry], bytes: Int)] = []
-            for index in batch.indices {
-                guard let origin = batch[index].origin else { continue }
+        /// Resolves each entry of a done batch, oldest first, with `result(index)`, and hands the entries back to
+        /// the threads that queued them (a batch holds few threads' entries). `batch` should be the last reference
+        /// to its array: another would keep each entry alive past its thread's references, and the entry would be
+        /// freed wherever that one goes. Each entry is moved out of the batch into its thread's group (an entry
+        /// read in place was retained around its `resolve` and again for its group, and each released with the
+        /// batch), and its thread is compared by address, not held.
+        static func finish(
+            _ batch: consuming [Entry], _ result: (Int) -> Result<PendingResult.Value, any Error>
+        ) {
+            var batch = batch
+            batch.withUnsafeMutableBufferPointer { $0.reverse() }  // taken from the end: oldest first
+            var groups: [(origin: Unmanaged<Returns>, entries: [Entry], bytes: Int)] = []
+            var index = 0
+            while let entry = batch.popLast() {
+                entry.resolve(result(index))
+                index += 1
+                guard let origin = entry.origin else { continue }
                 // As a batch counts them (`nextBatch`): the body and the packet relayed to other nodes.
-                let bytes = batch[index].message.body.count + (batch[index].message.relay?.packet.count ?? 0)
-                if let group = groups.firstIndex(where: { $0.origin === origin }) {
-                    groups[group].entries.append(batch[index])
+                let bytes = entry.message.body.count + (entry.message.relay?.packet.count ?? 0)
+                if let group = groups.firstIndex(where: { $0.origin.toOpaque() == origin.toOpaque() }) {
+                    groups[group].entries.append(consume entry)
                     groups[group].bytes += bytes
                 } else {
-                    groups.append((origin, [batch[index]], bytes))
+                    groups.append((origin, [consume entry], bytes))
                 }
             }
-            _ = consume batch  // the groups hold the writer's references now
+            // Never freed (`Returns`): unretained is safe.
             for index in groups.indices {
-                groups[index].origin.keep(&groups[index].entries, bytes: groups[index].bytes)
+                groups[index].origin.takeUnretainedValue().keep(&groups[index].entries, bytes: groups[index].bytes)
             }
         }
 
