@@ -39,8 +39,7 @@ final class PostgresGroupCommitter: Sendable {
 
     /// Queues the message now, its batch's outcome handed to `reader`.
     func queue(_ message: consuming NewTelemetry, reader: any PendingResultReader) {
-        let (_, start) = pending.append(message, reader: reader)
-        if start { Task { await self.drain() } }
+        if pending.append(message, heardBy: reader) { Task { await self.drain() } }
     }
 
     private func drain() async {

@@ -1675,8 +1675,7 @@ final class GroupCommitter: Sendable {
 
     /// Queues the message now, its batch's outcome handed to `reader`.
     func queue(_ message: consuming NewTelemetry, reader: any PendingResultReader) {
-        let (_, start) = pending.append(message, reader: reader)
-        if start { writeNextBatch() }
+        if pending.append(message, heardBy: reader) { writeNextBatch() }
     }
 
     private static func storedWindow(_ device: DeviceID, _ db: Database) throws -> StoredCounterWindow? {

@@ -35,9 +35,9 @@ public final class TelemetryQueue: Sendable {
         fileprivate var below: UInt = 0
 
         /// `reader`, when given, hears its outcome (and nothing else can wait for it: `PendingResult`).
-        init(_ message: consuming NewTelemetry, origin: Returns?, reader: (any PendingResultReader)?) {
+        init(_ message: consuming NewTelemetry, origin: Unmanaged<Returns>?, reader: (any PendingResultReader)?) {
             self.message = message
-            self.origin = origin.map(Unmanaged.passUnretained)
+            self.origin = origin
             super.init(reader: reader)
         }
 
@@ -84,17 +84,31 @@ public final class TelemetryQueue: Sendable {
     {
         let origin = Returns.current()
         let entry = Entry(message, origin: origin, reader: reader)
-        let address = UInt(bitPattern: Unmanaged.passRetained(entry).toOpaque())
+        return (entry, push(.passRetained(entry), origin: origin))
+    }
+
+    /// As `append(_:reader:)`, for a writer whose reader is all that hears the outcome: returns only whether the
+    /// caller must start the writer. The new entry's reference goes to the stack, not also to the caller (which
+    /// let it go at once: a retain and a release per message).
+    public func append(_ message: consuming NewTelemetry, heardBy reader: any PendingResultReader) -> Bool {
+        let origin = Returns.current()
+        return push(.passRetained(Entry(message, origin: origin, reader: reader)), origin: origin)
+    }
+
+    /// Pushes an entry (the stack takes the reference passed) and frees what came back to this thread; true when
+    /// the writer was idle.
+    private func push(_ entry: Unmanaged<Entry>, origin: Unmanaged<Returns>?) -> Bool {
+        let address = UInt(bitPattern: entry.toOpaque())
         var expected = top.load(ordering: .relaxed)
         while true {
-            entry.below = expected == Self.idle ? 0 : expected
+            entry._withUnsafeGuaranteedRef { $0.below = expected == Self.idle ? 0 : expected }
             let (pushed, found) = top.compareExchange(
                 expected: expected, desired: address, successOrdering: .releasing, failureOrdering: .relaxed)
             if pushed { break }
             expected = found
         }
-        origin?.reclaim()
-        return (entry, expected == Self.idle)
+        origin?._withUnsafeGuaranteedRef { $0.reclaim() }
+        return expected == Self.idle
     }
 
     /// The next batch, in queue order; empty when the queue is empty, and then the writer must stop (the next
@@ -278,19 +292,17 @@ extension TelemetryQueue {
         }
 
         /// The calling thread's; nil when the process has no thread-specific key left (entries are then freed by
-        /// the writer).
-        static func current() -> Returns? {
+        /// the writer). Unmanaged: never freed, so held without a reference count.
+        static func current() -> Unmanaged<Returns>? {
             guard let key else { return nil }
-            if let pointer = pthread_getspecific(key) {
-                return Unmanaged<Returns>.fromOpaque(pointer).takeUnretainedValue()
-            }
+            if let pointer = pthread_getspecific(key) { return Unmanaged<Returns>.fromOpaque(pointer) }
             let returns = spare.withLock { $0.popLast() } ?? Unmanaged.passRetained(Returns()).takeUnretainedValue()
             guard pthread_setspecific(key, Unmanaged.passUnretained(returns).toOpaque()) == 0 else {
                 spare.withLock { $0.append(returns) }
                 return nil
             }
             returns.held.withLock { $0.owned = true }
-            return returns
+            return Unmanaged.passUnretained(returns)
         }
 
         /// Those of exited threads, for the next threads that queue.

@@ -127,7 +127,7 @@ import Testing
         weak var held: PendingResult?
         weak var late: PendingResult?
         do {
-            var entries = [TelemetryQueue.Entry(Self.message(0), origin: returns, reader: nil)]
+            var entries = [TelemetryQueue.Entry(Self.message(0), origin: .passUnretained(returns), reader: nil)]
             held = entries.first
             returns.keep(&entries, bytes: 1)
             #expect(entries.isEmpty)  // taken over
@@ -136,13 +136,13 @@ import Testing
         returns.retire()
         #expect(held == nil)
         do {
-            var entries = [TelemetryQueue.Entry(Self.message(1), origin: returns, reader: nil)]
+            var entries = [TelemetryQueue.Entry(Self.message(1), origin: .passUnretained(returns), reader: nil)]
             late = entries.first
             returns.keep(&entries, bytes: 1)
             #expect(entries.count == 1)  // left with the writer
         }
         #expect(late == nil)
-        withExtendedLifetime(queue) {}
+        withExtendedLifetime((queue, returns)) {}  // the entries hold their thread's `Returns` unretained
     }
 
     /// The writer on another thread than the one that queued: the entries wait for the queuing thread's next
