@@ -248,13 +248,18 @@ public final class DenseRateTable: Sendable {
 
     public func decide(_ slot: Int, now: Int64) -> RateDecision {
         let (stripe, index) = Self.place(slot)
-        return stripes[stripe].withLock { [limit] tats in
-            if index >= tats.count {
-                tats.append(contentsOf: repeatElement(Int64.min, count: max(index + 1, tats.count * 2) - tats.count))
+        // The stripe used without a reference count of its own: `stripes` is a constant, so each lives as long as
+        // the table (read from the array, it was retained and released around `withLock`: twice per message).
+        return Unmanaged.passUnretained(stripes[stripe])._withUnsafeGuaranteedRef { stripe in
+            stripe.withLock { [limit] tats in
+                if index >= tats.count {
+                    tats.append(
+                        contentsOf: repeatElement(Int64.min, count: max(index + 1, tats.count * 2) - tats.count))
+                }
+                let (decision, next) = limit.step(tat: tats[index], now: now)
+                if let next { tats[index] = next }
+                return decision
             }
-            let (decision, next) = limit.step(tat: tats[index], now: now)
-            if let next { tats[index] = next }
-            return decision
         }
     }
 
