@@ -12,7 +12,9 @@ public struct InOrderQueue<Item> {
 
     // Inlinable (with its storage): a generic type used from another module is otherwise run unspecialized, looking
     // up its element types' metadata on every call (7 % of the hub's time per QoS 1 message under perf).
-    @usableFromInline var items: [(item: Item, ready: Bool)] = []
+    // An item is moved out when released, leaving nil (copied out, each of its references was retained, and
+    // released again when the slots were reclaimed).
+    @usableFromInline var items: [(item: Item?, ready: Bool)] = []
     /// Index in `items` of the oldest item not yet released (released slots before it are reclaimed in bulk).
     @usableFromInline var head = 0
     /// The sequence number of `items[0]`.
@@ -39,7 +41,7 @@ public struct InOrderQueue<Item> {
         guard ticket.sequence >= base + UInt64(head), ticket.sequence < base + UInt64(items.count) else { return false }
         let index = Int(ticket.sequence - base)
         guard !items[index].ready else { return false }
-        update(&items[index].item)
+        update(&items[index].item!)
         items[index].ready = true
         return true
     }
@@ -49,7 +51,7 @@ public struct InOrderQueue<Item> {
     @inlinable
     public mutating func popReady() -> Item? {
         guard head < items.count, items[head].ready else { return nil }
-        let item = items[head].item
+        let item = items[head].item.take()
         head += 1
         if head == items.count {
             base += UInt64(items.count)
