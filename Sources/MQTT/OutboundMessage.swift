@@ -13,8 +13,11 @@ public struct OutboundMessage: Sendable {
     /// Correlation Data and the User Properties in their order [MQTT-3.3.2-17, 3.3.2-18]; in one subscriber's copy
     /// also its Subscription Identifiers. Never the publisher's Topic Alias, which names a topic on its connection.
     public var properties = Properties()
-    /// When the message expires (its Message Expiry Interval from arrival, §3.3.2.3.3); nil: never.
-    public var expiresAt: ContinuousClock.Instant?
+    /// `expiresAt`, as its distance from a fixed instant. A `ContinuousClock.Instant` is of a size not known when
+    /// compiling (`_Concurrency` is a resilient library): a message holding one could not be kept in registers, and
+    /// was copied whole (each of its references retained, and released after) wherever one of its fields was read
+    /// through an optional or a capture (`swiftc -emit-sil`: `copy_addr` of the message, against loads of the field).
+    var expiry: Duration?
     /// The shared subscription (its whole `$share/…` filter) this copy was given to one member of.
     public var sharedGroup: TopicFilter?
 }
@@ -25,9 +28,18 @@ extension OutboundMessage {
         expiresAt: ContinuousClock.Instant? = nil
     ) {
         self.init(
-            payload: payload, topic: topic, qos: qos, retain: retain, properties: properties, expiresAt: expiresAt,
-            sharedGroup: nil)
+            payload: payload, topic: topic, qos: qos, retain: retain, properties: properties,
+            expiry: expiresAt.map { Self.clockZero.duration(to: $0) }, sharedGroup: nil)
     }
+
+    /// When the message expires (its Message Expiry Interval from arrival, §3.3.2.3.3); nil: never.
+    public var expiresAt: ContinuousClock.Instant? {
+        get { expiry.map { Self.clockZero + $0 } }
+        set { expiry = newValue.map { Self.clockZero.duration(to: $0) } }
+    }
+
+    /// The instant `expiry` counts from (any fixed one: a duration before it is negative).
+    private static let clockZero = ContinuousClock.now
 
     /// A received PUBLISH (or will) as it goes on: the properties a subscriber receives, the expiry from `now`
     /// (the clock is read only for a message that has one). The publish is borrowed: an initializer's parameters
@@ -57,11 +69,12 @@ extension OutboundMessage {
     /// One subscriber's copy: its QoS, RETAIN flag and Subscription Identifiers.
     public func copy(qos: QoS, retain: Bool, identifiers: [Int], sharedGroup: TopicFilter? = nil) -> OutboundMessage {
         var copy = OutboundMessage(
-            topic: topic, payload: payload, qos: qos, retain: retain, properties: properties, expiresAt: expiresAt)
+            payload: payload, topic: topic, qos: qos, retain: retain, properties: properties, expiry: expiry,
+            sharedGroup: nil)
         copy.properties.subscriptionIdentifiers = identifiers
         copy.sharedGroup = sharedGroup
         return copy
     }
 
-    public func expired(at now: ContinuousClock.Instant) -> Bool { expiresAt.map { $0 <= now } ?? false }
+    public func expired(at now: ContinuousClock.Instant) -> Bool { expiry.map { Self.clockZero + $0 <= now } ?? false }
 }
