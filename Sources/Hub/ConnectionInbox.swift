@@ -19,7 +19,6 @@ protocol ParkedSession: AnyObject, Sendable {
 }
 
 extension ParkedSession {
-    func handlesNow(_ packet: PacketGlance) -> Bool { false }
     func handleNow(_ packet: consuming Packet) -> HandledNow { preconditionFailure("handlesNow said no") }
 }
 
@@ -33,7 +32,7 @@ struct PacketGlance {
     let publishFlags: (qos: QoS, retain: Bool, duplicate: Bool)?
 
     @inline(__always)
-    init(_ packet: Packet) {
+    init(_ packet: borrowing Packet) {
         publishFlags = packet.publishFlags
         switch packet {
         case .publish: kind = .publish

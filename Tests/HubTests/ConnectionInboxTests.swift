@@ -39,6 +39,7 @@ import Testing
         let resumed = Atomic(0)
         func resume() { resumed.add(1, ordering: .relaxed) }
         var count: Int { resumed.load(ordering: .relaxed) }
+        func handlesNow(_ packet: PacketGlance) -> Bool { false }
     }
 
     /// Counts the reads that pass the inbox towards the socket.
