@@ -25,21 +25,27 @@ extension ParkedSession {
 /// What `ParkedSession.handlesNow` decides on: a packet's kind, and a PUBLISH's flags. Read where the packet lies in
 /// the read: a packet handed to a call the compiler cannot see into was copied first (each of its references
 /// retained, and released after the call), and `handlesNow` is called on a protocol.
-struct PacketGlance {
-    enum Kind { case publish, pingreq, disconnect, other }
-    let kind: Kind
-    /// A PUBLISH's QoS and its RETAIN and DUP flags; nil for any other packet.
-    let publishFlags: (qos: QoS, retain: Bool, duplicate: Bool)?
+enum PacketGlance {
+    case publish(qos: QoS, retain: Bool, duplicate: Bool)
+    case pingreq, disconnect, other
 
     @inline(__always)
     init(_ packet: borrowing Packet) {
-        publishFlags = packet.publishFlags
-        switch packet {
-        case .publish: kind = .publish
-        case .pingreq: kind = .pingreq
-        case .disconnect: kind = .disconnect
-        default: kind = .other
+        if let flags = packet.publishFlags {
+            self = .publish(qos: flags.qos, retain: flags.retain, duplicate: flags.duplicate)
+            return
         }
+        switch packet {
+        case .pingreq: self = .pingreq
+        case .disconnect: self = .disconnect
+        default: self = .other
+        }
+    }
+
+    /// A PUBLISH's QoS and its RETAIN and DUP flags; nil for any other packet.
+    var publishFlags: (qos: QoS, retain: Bool, duplicate: Bool)? {
+        guard case .publish(let qos, let retain, let duplicate) = self else { return nil }
+        return (qos, retain, duplicate)
     }
 }
 

@@ -1959,7 +1959,7 @@ struct MQTTConnection {
     /// certificate (the turn closes the connection). Changes nothing.
     func handlesNow(_ packet: PacketGlance, _ live: Live) -> Bool {
         let peer = live.peer
-        if packet.kind == .pingreq {
+        if case .pingreq = packet {
             return live.state.output.channel.isWritable && !listener.revocations.contains(peer.serial)
         }
         guard let received = packet.publishFlags else { return false }

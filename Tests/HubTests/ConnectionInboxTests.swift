@@ -171,7 +171,12 @@ import Testing
         nonisolated(unsafe) var handled: [Packet] = []
         func resume() { resumed.add(1, ordering: .relaxed) }
         var count: Int { resumed.load(ordering: .relaxed) }
-        func handlesNow(_ packet: PacketGlance) -> Bool { packet.kind == .pingreq || packet.kind == .disconnect }
+        func handlesNow(_ packet: PacketGlance) -> Bool {
+            switch packet {
+            case .pingreq, .disconnect: true
+            default: false
+            }
+        }
         func handleNow(_ packet: consuming Packet) -> HandledNow {
             let packet = copy packet
             handled.append(packet)

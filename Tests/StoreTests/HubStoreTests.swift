@@ -3,7 +3,6 @@ import Foundation
 import GRDB
 import PostgresTestSupport
 import Store
-import Synchronization
 import Testing
 
 /// One table of behaviour, run against every backend.
@@ -651,23 +650,7 @@ import Testing
         let (store, _) = try await Self.open(backend)
         let device = try DeviceID("rd")
         try await store.enroll(device: device, certificate: Self.certificate("rd1", device: device), at: Date())
-        enum Outcome: Equatable {
-            case stored(Int64)
-            case failed(StoreError.Code?)
-        }
-        final class Reader: PendingResultReader, @unchecked Sendable {
-            let heard = Mutex<[String: [Outcome]]>([:])
-            func resolved(_ result: Result<Int64, any Error>, of entry: TelemetryQueue.Entry) {
-                let outcome: Outcome =
-                    switch result {
-                    case .success(let id): .stored(id)
-                    case .failure(let error): .failed((error as? StoreError)?.code)
-                    }
-                heard.withLock { $0[entry.message.correlationID, default: []].append(outcome) }
-            }
-            var outcomes: [String: [Outcome]] { heard.withLock { $0 } }
-        }
-        let reader = Reader()
+        let reader = RecordingReader()
         let expires = Int64(Date().timeIntervalSince1970) + 300
         for (correlation, nonce) in [("a", "n1"), ("b", "n2"), ("c", "n1")] {
             store.queueTelemetry(

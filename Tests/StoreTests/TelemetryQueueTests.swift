@@ -1,6 +1,5 @@
 import Core
 import Foundation
-import Synchronization
 import Testing
 
 @testable import Store
@@ -68,14 +67,8 @@ import Testing
     /// each once, with its own entry and its own outcome: a batch's first and a later one's, a replay among them,
     /// and a failed batch. Only the first append starts the writer.
     @Test func aReaderHearsEachMessageOnceInQueueOrder() throws {
-        final class Reader: PendingResultReader, @unchecked Sendable {
-            let heard = Mutex<[(entry: ObjectIdentifier, result: Result<Int64, any Error>)]>([])
-            func resolved(_ result: Result<Int64, any Error>, of entry: TelemetryQueue.Entry) {
-                heard.withLock { $0.append((ObjectIdentifier(entry), result)) }
-            }
-        }
         let queue = TelemetryQueue(maximumCount: 3)
-        let reader = Reader()
+        let reader = RecordingReader()
         var starts: [Bool] = []
         for index in 0..<5 { starts.append(queue.append(Self.message(index), heardBy: reader)) }
         #expect(starts == [true, false, false, false, false])
@@ -86,14 +79,11 @@ import Testing
         let entries = (first + second).map(ObjectIdentifier.init)
         TelemetryQueue.committed(first, ids: [10, nil, 12])
         TelemetryQueue.failed(second, StoreError(.unavailable, "disk"))
-        let heard = reader.heard.withLock { $0 }
-        #expect(heard.map(\.entry) == entries, "each entry heard once, oldest first")
-        #expect(heard.map { try? $0.result.get() } == [10, nil, 12, nil, nil])
-        let codes = heard.map { heard -> StoreError.Code? in
-            guard case .failure(let error) = heard.result else { return nil }
-            return (error as? StoreError)?.code
-        }
-        #expect(codes == [nil, .replayed, nil, .unavailable, .unavailable])
+        #expect(reader.heard.map(\.entry) == entries, "each entry heard once, oldest first")
+        #expect(
+            reader.heard.map(\.outcome) == [
+                .stored(10), .failed(.replayed), .stored(12), .failed(.unavailable), .failed(.unavailable),
+            ])
     }
 
     /// Entries come back to the thread that queued them and are freed at its next `append` (glibc frees a chunk under
