@@ -1,3 +1,4 @@
+import Core
 import NIOCore
 
 /// Which properties a packet may carry (MQTT 5.0 §2.2.2.2, table of property identifiers).
@@ -103,7 +104,7 @@ extension ByteBuffer {
         }
         let text = withUnsafeReadableBytes { raw -> String? in
             let bytes = UnsafeRawBufferPointer(rebasing: raw[..<length]).assumingMemoryBound(to: UInt8.self)
-            return bytes.contains(0) ? nil : String(validating: bytes, as: UTF8.self)
+            return bytes.contains(0) ? nil : String(wellFormedUTF8: bytes)
         }
         guard let text else { throw MQTTError.malformed("string is not well-formed UTF-8 or contains U+0000") }
         moveReaderIndex(forwardBy: length)

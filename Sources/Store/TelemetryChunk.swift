@@ -1,3 +1,5 @@
+import Core
+
 /// One device's messages of one group commit, stored by the SQLite store as a single row (migration v26): SQLite's
 /// work per row (the record, the B-tree cell, the page's rewrite in the WAL, 8-10 allocations with Debian's build)
 /// was more than the rest of a stored QoS 0 message put together (issue #16), and a group commit of MQTT telemetry
