@@ -103,11 +103,13 @@ public struct GatewaySettings: Sendable, Equatable {
 }
 
 extension GatewayTime {
-    /// Monotonic nanoseconds for rate limits, wall-clock seconds for signatures, nonces and quarantines.
-    static func now() -> GatewayTime {
+    /// Monotonic nanoseconds for rate limits, wall-clock seconds for signatures, nonces and quarantines: the latter
+    /// from `wall`, for a caller that also keeps the instant (a stored message's time of arrival), so the clock is
+    /// read once for both.
+    static func now(wall: Date = Date()) -> GatewayTime {
         GatewayTime(
             monotonicNanos: Int64(DispatchTime.now().uptimeNanoseconds),
-            unixSeconds: Int64(Date().timeIntervalSince1970))
+            unixSeconds: Int64(wall.timeIntervalSince1970))
     }
 }
 

@@ -1999,10 +1999,11 @@ struct MQTTConnection {
                 : !listener.broker.needsPublish(delivery) && listener.writeOutcomes.pending.tryStart(body: body)
         else { return nil }
         let correlationID = CorrelationID().rawValue
+        let receivedAt = Date()
         let result = admission(
             publish, device: device, counter: Self.counter(of: publish), check: decision.check,
-            route: decision.route, messageType: decision.messageType, now: GatewayTime.now(), peer: peer,
-            hints: decision)
+            route: decision.route, messageType: decision.messageType, now: GatewayTime.now(wall: receivedAt),
+            peer: peer, hints: decision)
         switch result {
         case .success(let admitted):
             listener.metrics?.admitted(.mqtt)
@@ -2010,7 +2011,8 @@ struct MQTTConnection {
             // A single node logs it for the sessions it reaches (`storeAndDeliver`).
             let local = acknowledged && logs(publish, decision) ? listener.broker.beginLogged() : nil
             let record = row(
-                admitted, publish, device: device, correlationID, at: Date(), delivery, local: local, state: state)
+                admitted, publish, device: device, correlationID, at: receivedAt, delivery, local: local,
+                state: state)
             if acknowledged {
                 let id = publish.packetID ?? 0  // checked above
                 let write = queueAcknowledged(

@@ -47,8 +47,11 @@ extension OutboundMessage {
     public init(_ publish: borrowing PublishPacket, now: ContinuousClock.Instant? = nil) {
         // Every MQTT 3.1.1 PUBLISH, and most MQTT 5 ones: nothing to forward, nothing to copy (this runs for every
         // message a device publishes).
+        // The memberwise initializer: no expiry to convert.
         if publish.properties.storage == nil {
-            self.init(topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain)
+            self.init(
+                payload: publish.payload, topic: publish.topic, qos: publish.qos, retain: publish.retain,
+                properties: Properties(), expiry: nil, sharedGroup: nil)
             return
         }
         let received = publish.properties
