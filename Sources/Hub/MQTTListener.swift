@@ -386,6 +386,9 @@ final class ConnectionCounter: Sendable {
 /// TLS write and one system call instead of one per packet. All its state lives on the channel's event loop.
 final class FlushCoalescer: Sendable {
     let channel: any Channel
+    /// The channel's event loop, held here: read through the channel (`any Channel`), it was retained and released
+    /// around every use, two reference counts per PUBACK.
+    let eventLoop: any EventLoop
     /// nil or false: no flush queued. (An empty box may be made off the loop.)
     private let scheduled: NIOLoopBoundBox<Bool?>
     /// Packets encoded on the loop since the last flush (`write(encoding:)`), written as one buffer before any later
@@ -396,6 +399,7 @@ final class FlushCoalescer: Sendable {
 
     init(_ channel: any Channel) {
         self.channel = channel
+        eventLoop = channel.eventLoop
         scheduled = NIOLoopBoundBox.makeEmptyBox(valueType: Bool.self, eventLoop: channel.eventLoop)
         encoded = NIOLoopBoundBox.makeEmptyBox(valueType: ByteBuffer.self, eventLoop: channel.eventLoop)
     }
@@ -404,11 +408,12 @@ final class FlushCoalescer: Sendable {
     /// writes queued, into the buffer the packets encoded since the last flush share (the PUBACKs of a batch: one
     /// buffer and one write for all of them, not one each).
     func write(encoding encode: (inout ByteBuffer) -> Void) {
-        if channel.eventLoop.inEventLoop, queued.load(ordering: .acquiring) == 0 {
+        if eventLoop.inEventLoop, queued.load(ordering: .acquiring) == 0 {
             // Taken out of the box while it is written: `encode(&encoded.value!)` went through the box's getter and
-            // setter, so the buffer was never unique and each packet copied it (two allocations per PUBACK).
-            var buffer = encoded.value ?? channel.allocator.buffer(capacity: 64)
-            encoded.value = nil
+            // setter, so the buffer was never unique and each packet copied it (two allocations per PUBACK). Moved
+            // out (`take`, through the box's `_modify`): read and then set to nil, its storage was retained and
+            // released once more.
+            var buffer = encoded.value.take() ?? channel.allocator.buffer(capacity: 64)
             encode(&buffer)
             encoded.value = buffer
             scheduleFlush()
@@ -422,19 +427,18 @@ final class FlushCoalescer: Sendable {
     /// On the event loop, writes what was encoded since the last flush into the channel (unflushed); elsewhere,
     /// nothing (what was encoded waits for the flush already queued).
     func writeEncodedOnLoop() {
-        if channel.eventLoop.inEventLoop { writeEncoded() }
+        if eventLoop.inEventLoop { writeEncoded() }
     }
 
     /// Writes what was encoded on the loop since the last flush (before any other write, which must follow it).
     private func writeEncoded() {
-        guard let buffer = encoded.value else { return }
-        encoded.value = nil
+        guard let buffer = encoded.value.take() else { return }
         if buffer.readableBytes > 0 { channel.write(buffer, promise: nil) }
     }
 
     /// Flushes what was written so far, before the connection closes (a queued flush could come after the close).
     func flush() async {
-        try? await channel.eventLoop.submit {
+        try? await eventLoop.submit {
             self.writeEncoded()
             self.channel.flush()
         }.get()
@@ -444,7 +448,6 @@ final class FlushCoalescer: Sendable {
     /// batch are answered there) with none of its writes still queued, the write is made at once: no second trip
     /// through the loop's queue per packet.
     func write(_ buffer: ByteBuffer) {
-        let eventLoop = channel.eventLoop
         if eventLoop.inEventLoop, queued.load(ordering: .acquiring) == 0 {
             writeOnLoop(buffer)
             return
@@ -463,7 +466,6 @@ final class FlushCoalescer: Sendable {
     /// queued on the loop, even from the loop, so writes other code queued there before it (a SUBACK, a delivery)
     /// still go out first; the coalescer's writes after it wait behind it.
     func close(after last: ByteBuffer? = nil) {
-        let eventLoop = channel.eventLoop
         queued.add(1, ordering: .relaxed)
         eventLoop.execute {
             self.closeOnLoop(last)
@@ -488,7 +490,7 @@ final class FlushCoalescer: Sendable {
         guard scheduled.value != true else { return }
         scheduled.value = true
         // Runs after every write already queued on the loop: they share this flush.
-        channel.eventLoop.execute {
+        eventLoop.execute {
             self.scheduled.value = false
             self.writeEncoded()
             self.channel.flush()
