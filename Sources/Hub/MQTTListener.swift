@@ -681,7 +681,7 @@ struct MQTTConnection {
     final class State {
         init(
             rules: ServerSession, sessionKey: String, connectionNumber: Int, output: FlushCoalescer,
-            acl: BoundTopicACL, payloads: BoundPayloadRules, acknowledgements: AcknowledgementQueue
+            acl: BoundTopicACL, payloads: BoundPayloadRules, acknowledgements: AcknowledgementQueue<Acknowledgement>
         ) {
             self.rules = rules
             self.sessionKey = sessionKey
@@ -702,10 +702,10 @@ struct MQTTConnection {
         /// The identity's payload rules (`mqtt.payloads`), bound once for the connection.
         let payloads: BoundPayloadRules
         /// The acknowledgements not yet sent, in arrival order (see `acknowledge`).
-        let acknowledgements: AcknowledgementQueue
+        let acknowledgements: AcknowledgementQueue<Acknowledgement>
         /// QoS 1 PUBLISH packets received whose PUBACK has not been sent: at most the Receive Maximum the hub
         /// announced (MQTT 5.0 §3.3.4).
-        let unacknowledged = UnacknowledgedPublishes()
+        var unacknowledged: UnacknowledgedPublishes { acknowledgements.connection.unacknowledged }
         var version: ProtocolVersion { rules.version }
         var v5: Bool { rules.v5 }
         var expirySeconds: Int { rules.expirySeconds }
@@ -1077,7 +1077,7 @@ struct MQTTConnection {
 
     /// The correlation id goes back to MQTT 5 clients as a user property on a refusal (the reason string is left
     /// out: reason codes only, no detail for the client).
-    private static func refusalProperties(_ correlationID: String?) -> Properties {
+    static func refusalProperties(_ correlationID: String?) -> Properties {
         var properties = Properties()
         if let correlationID { properties.userProperties = [("correlation-id", correlationID)] }
         return properties
@@ -1280,10 +1280,15 @@ struct MQTTConnection {
             assignedClientID: connect.clientID.isEmpty ? accepted.clientID : nil,
             responseInformation: Self.responseInformation(peer: peer, acl: accepted.acl, fleetACL: listener.fleetACL))
         let output = FlushCoalescer(channel)
+        let acknowledger = Acknowledger(
+            output: output, version: rules.version, problemInformation: rules.problemInformation,
+            broker: listener.broker, sessionKey: accepted.sessionKey, connectionNumber: attached.connectionNumber,
+            persistence: listener.persistence)
         let state = State(
             rules: rules, sessionKey: accepted.sessionKey, connectionNumber: attached.connectionNumber,
             output: output, acl: accepted.acl, payloads: settings.payloads.bound(to: peer.identity),
-            acknowledgements: AcknowledgementQueue(eventLoop: channel.eventLoop, output: output))
+            acknowledgements: AcknowledgementQueue(
+                eventLoop: channel.eventLoop, output: output, connection: acknowledger))
         return (state, connack)
     }
 
@@ -2198,117 +2203,11 @@ struct MQTTConnection {
         correlationID: String?, then delivery: consuming BrokerMessage?, local: LocalWrite? = nil,
         savingID: Bool = false
     ) {
-        let output = state.output
-        let version = state.version
-        let broker = listener.broker
-        let sessionKey = state.sessionKey
-        // A refusal's properties are built only for a refusal (the correlation id as a user property, if the client
-        // wants problem information): a success sends none, and most acknowledgements are successes.
-        let problemInformation = state.problemInformation
-        @Sendable func failed() -> Properties {
-            problemInformation ? Self.refusalProperties(correlationID) : Properties()
-        }
-        // 0x10 No matching subscribers is a success too: no refusal's properties.
-        let properties = code.isFailure ? failed() : Properties()
-        let unacknowledged = state.unacknowledged
-        let connectionNumber = state.connectionNumber
-        let persistence = listener.persistence
-        // MQTT 3.1.1 has no refusal code: the connection ends, after the acknowledgements written before this step
-        // (in the coalescer's order: none written after it goes out).
-        @Sendable func closeAfterWrites() { output.close() }
-        let logged = isLogged(local)
-        let delivery = consume delivery  // moved into the step (a parameter's capture would copy it)
-        state.acknowledgements.append(after: write) { outcome in
-            var reason = code
-            var deliver = true
-            switch outcome {
-            case nil, .stored: break
-            case .storedElsewhere: deliver = false
-            case .replayed:
-                guard version == .v5 else {
-                    closeAfterWrites()
-                    return nil
-                }
-                reason = .notAuthorized
-            case .failed:
-                // Refused by the store for this message (not for want of a database): PUBACK 0x80 on MQTT 5,
-                // so a message that fails every time does not bring its client back again and again.
-                guard version == .v5 else {
-                    closeAfterWrites()
-                    return nil
-                }
-                reason = .unspecifiedError
-            case .unavailable:
-                // The store cannot be reached: the connection ends (`ServerSession.publishRefused`), so the
-                // client keeps the message and sends it again once connected. MQTT 5 hears why first
-                // (§3.14.2.1). Closed in the coalescer's order: nothing written after it goes out after the
-                // DISCONNECT ([MQTT-3.14.4-1]).
-                var buffer = ByteBuffer()
-                if version == .v5 {
-                    Packet.disconnect(reasonCode: .serverBusy, properties: failed()).encode(
-                        into: &buffer, version: version)
-                }
-                output.close(after: buffer)
-                return nil
-            }
-            let answerProperties = reason == code ? properties : failed()
-            let decided = reason
-            // Whether `delivery` goes on. It is read where it was captured, never copied into a value of its own:
-            // a copy of a message is a reference count on its topic and payload each, taken here and dropped again
-            // (this step's count per QoS 1 message went from 15-26 to 6-10, `scripts/count-references`).
-            let delivering = decided == .success && deliver && delivery != nil
-            // A retained message is in the store's retained messages before its acknowledgement: a restart right
-            // after the PUBACK still has it. (Should that write fail, the message itself is stored all the same:
-            // the PUBACK goes out and the retained copy is written again at the next flush, logged.)
-            let retainedFirst = delivering && delivery?.retain == true && persistence != nil
-            // Read once the write settled: the logged message's id, where saves may count past it once delivered.
-            let position = logged ? write?.storedID : nil
-            @Sendable func answer() {
-                let packet: Packet
-                if qos == .exactlyOnce {
-                    packet = .pubrec(packetID: id, reasonCode: decided, properties: answerProperties)
-                } else {
-                    // Counted off before the PUBACK leaves: the client may send its next publish once it has it.
-                    if version == .v5 { unacknowledged.acknowledged() }
-                    packet = .puback(packetID: id, reasonCode: decided, properties: answerProperties)
-                }
-                output.write { packet.encode(into: &$0, version: version) }
-            }
-            guard qos == .exactlyOnce || retainedFirst else {
-                // The common case: the PUBACK now, then the delivery (if anyone may receive it) in order.
-                answer()
-                // A logged message goes to the broker even with no subscriber left: saves count past it there.
-                // Unwrapped where it is used (`delivering` says there is one), not bound: a binding copied the message.
-                guard delivering, position != nil || broker.needsPublish(delivery!) else { return nil }
-                return {
-                    await broker.publish(delivery!, from: sessionKey, position: position, placement: local?.placement)
-                    withExtendedLifetime(local) {}  // delivered here: saves may count past it
-                }
-            }
-            return {
-                if retainedFirst, let delivery, let persistence {
-                    await broker.publish(delivery, from: sessionKey, position: position, placement: local?.placement)
-                    await persistence.flush()
-                }
-                if qos == .exactlyOnce {
-                    if !decided.isFailure {
-                        let toSave = await broker.storedQoS2(
-                            key: sessionKey, connectionNumber: connectionNumber, packetID: id)
-                        // Only a kept session is saved (another one's id ends with its connection anyway). Not saved
-                        // (the store is down): the PUBREC goes out all the same, as the message is stored; only a
-                        // kill before the next save could then store a resend again.
-                        if savingID, toSave, let persistence { _ = await persistence.flush(saving: [sessionKey]) }
-                    } else {
-                        unacknowledged.completed(qos2: id)
-                    }
-                }
-                answer()
-                if !retainedFirst, delivering, let delivery, position != nil || broker.needsPublish(delivery) {
-                    await broker.publish(delivery, from: sessionKey, position: position, placement: local?.placement)
-                }
-                withExtendedLifetime(local) {}  // delivered here (or not at all): saves may count past it
-            }
-        }
+        state.acknowledgements.append(
+            after: write,
+            Acknowledgement(
+                packetID: id, qos: qos, code: code, correlationID: correlationID, delivery: delivery, local: local,
+                logged: isLogged(local) ? write : nil, savingID: savingID))
     }
 
     /// Several nodes: hands a message that is not stored (an operator's or application's publish, a retained clear)
@@ -2357,13 +2256,7 @@ struct MQTTConnection {
             return
         }
         await state.acknowledgements.wait(untilAtMost: listener.settings.receiveMaximum - 1)
-        let sessionKey = state.sessionKey
-        state.acknowledgements.append(after: nil) { _ in
-            {
-                await broker.publish(delivery, from: sessionKey, placement: local?.placement)
-                withExtendedLifetime(local) {}
-            }
-        }
+        state.acknowledgements.append(after: nil, .delivery(delivery, local: local))
     }
 
     /// Queues a message that is not acknowledged (QoS 0). Its outcome is read by the topic decision's reader; when

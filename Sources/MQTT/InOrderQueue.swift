@@ -3,12 +3,7 @@
 /// MQTT 5.0 §4.6: "it MUST send PUBACK packets in the order in which the corresponding PUBLISH packets were
 /// received"). A value: the caller decides on which thread it lives and what releasing an item means.
 public struct InOrderQueue<Item> {
-    /// Names one item added, to mark it ready later (the item's position since the queue was made).
-    public struct Ticket: Hashable, Sendable {
-        @usableFromInline let sequence: UInt64
-
-        @inlinable init(sequence: UInt64) { self.sequence = sequence }
-    }
+    public typealias Ticket = InOrderTicket
 
     // Inlinable (with its storage): a generic type used from another module is otherwise run unspecialized, looking
     // up its element types' metadata on every call (7 % of the hub's time per QoS 1 message under perf).
@@ -27,9 +22,10 @@ public struct InOrderQueue<Item> {
 
     @inlinable public var isEmpty: Bool { count == 0 }
 
-    /// Adds an item behind every item added before it; `ready` when it waits for nothing.
+    /// Adds an item behind every item added before it; `ready` when it waits for nothing. The item is taken, not
+    /// copied in.
     @inlinable
-    public mutating func append(_ item: Item, ready: Bool) -> Ticket {
+    public mutating func append(_ item: consuming Item, ready: Bool) -> Ticket {
         items.append((item, ready))
         return Ticket(sequence: base + UInt64(items.count - 1))
     }
@@ -40,7 +36,7 @@ public struct InOrderQueue<Item> {
     public mutating func markReady(_ ticket: Ticket, _ update: (inout Item) -> Void = { _ in }) -> Bool {
         guard ticket.sequence >= base + UInt64(head), ticket.sequence < base + UInt64(items.count) else { return false }
         let index = Int(ticket.sequence - base)
-        guard !items[index].ready else { return false }
+        guard !isReady(index) else { return false }
         update(&items[index].item!)
         items[index].ready = true
         return true
@@ -50,7 +46,7 @@ public struct InOrderQueue<Item> {
     /// waits (however many younger items are ready).
     @inlinable
     public mutating func popReady() -> Item? {
-        guard head < items.count, items[head].ready else { return nil }
+        guard head < items.count, isReady(head) else { return nil }
         let item = items[head].item.take()
         head += 1
         if head == items.count {
@@ -66,4 +62,22 @@ public struct InOrderQueue<Item> {
     }
 }
 
+extension InOrderQueue {
+    /// Whether slot `index` is ready, read where it lies: `items[index].ready` read the whole slot through the
+    /// array's getter, copying its item (each of its references retained, and released again) to look at a flag.
+    @inlinable
+    func isReady(_ index: Int) -> Bool {
+        items.withUnsafeBufferPointer { $0[index].ready }
+    }
+}
+
 extension InOrderQueue: Sendable where Item: Sendable {}
+
+/// Names one item added to an `InOrderQueue`, to mark it ready later (the item's position since the queue was made).
+/// Not nested in the generic queue: one type whatever the items, so a holder of a ticket (a store write's outcome)
+/// need not know what the queue holds.
+public struct InOrderTicket: Hashable, Sendable {
+    @usableFromInline let sequence: UInt64
+
+    @inlinable init(sequence: UInt64) { self.sequence = sequence }
+}

@@ -10,7 +10,8 @@ import Testing
 /// a step that must await holds back the steps after it, and each step sees its own write's outcome.
 @Suite struct AcknowledgementQueueTests {
     @Test func stepsRunInArrivalOrderWhateverOrderTheirWritesEndIn() async {
-        let queue = AcknowledgementQueue(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
+        let queue = AcknowledgementQueue<ClosureStep>(
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), connection: ())
         let log = Mutex<[Int]>([])
         let count = 200
         let writes = (0..<count).map { _ in StoreOutcome() }
@@ -42,7 +43,8 @@ import Testing
     /// A write that answered before its step was added (its batch committed first) hands its outcome over at once,
     /// and the step still runs in arrival order, after the earlier steps whose writes answer later.
     @Test func aWriteSettledBeforeItsStepIsAddedStillRunsInOrder() async {
-        let queue = AcknowledgementQueue(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
+        let queue = AcknowledgementQueue<ClosureStep>(
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), connection: ())
         let count = 60
         let writes = (0..<count).map { _ in StoreOutcome() }
         for index in 0..<count where index % 3 == 0 { writes[index].settle(.stored) }
@@ -62,7 +64,8 @@ import Testing
 
     /// The Receive Maximum's back-pressure: a wait for room returns once enough steps have finished, not before.
     @Test func aWaitForRoomEndsWhenStepsFinish() async throws {
-        let queue = AcknowledgementQueue(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
+        let queue = AcknowledgementQueue<ClosureStep>(
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), connection: ())
         let writes = (0..<3).map { _ in StoreOutcome() }
         for write in writes { queue.append(after: write) { _ in nil } }
         let waited = Mutex(false)
@@ -93,7 +96,7 @@ import Testing
         defer { pipe.closeReadEnd() }
         let (loop, channel) = (pipe.loop, pipe.channel)
         let output = FlushCoalescer(channel)
-        let queue = AcknowledgementQueue(eventLoop: loop, output: output)
+        let queue = AcknowledgementQueue<ClosureStep>(eventLoop: loop, output: output, connection: ())
         try loop.submit {
             queue.append(after: nil) { _ in
                 output.write { $0.writeBytes([1, 2]) }
@@ -105,5 +108,19 @@ import Testing
         try channel.closeFuture.wait()
         let received = pipe.readToEnd()
         #expect(received == [1, 2, 3])
+    }
+}
+
+/// A step that runs a closure: the queue's order and waiting, apart from what the hub's steps do.
+struct ClosureStep: AcknowledgementStep {
+    let body: @Sendable (StoreWrite?) -> (@Sendable () async -> Void)?
+
+    mutating func run(after outcome: StoreWrite?, on _: Void) -> (@Sendable () async -> Void)? { body(outcome) }
+}
+
+extension AcknowledgementQueue where Step == ClosureStep {
+    func append(after write: StoreOutcome?, _ body: @escaping @Sendable (StoreWrite?) -> (@Sendable () async -> Void)?)
+    {
+        append(after: write, ClosureStep(body: body))
     }
 }
