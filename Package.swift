@@ -46,8 +46,9 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
     ],
     targets: [
-        // Pure: validated identifiers and error values. Imports nothing.
-        .target(name: "Core"),
+        // Pure: validated identifiers and error values. Imports only CRandom (`getrandom(2)`, for `RandomPool`).
+        .target(name: "Core", dependencies: ["CRandom"]),
+        .target(name: "CRandom"),
         // Pure: certificate authority, CSR checks, identities in certificates, SPKI pins.
         .target(
             name: "PKI",

@@ -3,7 +3,7 @@
 public struct CorrelationID: Hashable, Sendable, CustomStringConvertible {
     public let rawValue: String
 
-    /// 89 random bits from the system's CSPRNG (through `RandomPool`, which draws 256 bytes per system call), as 15
+    /// 89 random bits from the system's CSPRNG (through `RandomPool`, which draws 4,096 bytes per system call), as 15
     /// characters of the URL-safe Base64 alphabet (RFC 4648 §5: `A-Z a-z 0-9 - _`), written in place. The first is
     /// one of its first 32 (`A-Z a-f`, 5 bits), so an id never starts with `-` and reads as no option to `grep` or
     /// any other command an operator pastes it into. Fifteen bytes is the most a Swift string holds inline: every

@@ -1,3 +1,5 @@
+import CRandom
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -11,11 +13,13 @@
 /// per value cost more than the rest of making it (two calls per HTTP request, about 1.7 µs of a request's CPU in a
 /// profile).
 ///
-/// Each byte is handed out once; the buffer is refilled when it runs out, with one `read(2)` of `/dev/urandom`
-/// (opened once): the kernel's CSPRNG, as `getrandom(2)` serves it, without `getentropy(3)`'s limit of 256 bytes a
-/// call. At 256 bytes a refill, the system call was 1.5 % of the event loops' CPU per QoS 0 message (a profile,
-/// 2026-12-08). Where the device cannot be opened or read, `getentropy` fills the buffer 256 bytes at a time;
-/// where that fails too, `SystemRandomNumberGenerator` gives each value (one call per value).
+/// Each byte is handed out once; the buffer is refilled when it runs out, with one `getrandom(2)` call (Linux): the
+/// kernel's CSPRNG, blocking until it is seeded, without `getentropy(3)`'s limit of 256 bytes a call. At 256 bytes a
+/// refill, the system call was 1.5 % of the event loops' CPU per QoS 0 message (a profile, 2026-12-08). Not
+/// `/dev/urandom`: a descriptor kept open could be closed by other code and its number reused (reading a socket's
+/// bytes as random ones), and before Linux 5.18 it does not wait for the kernel's generator to be seeded. Where
+/// `getrandom` is missing or fails, `getentropy` fills the buffer 256 bytes at a time; where that fails too,
+/// `SystemRandomNumberGenerator` gives each value (one call per value).
 ///
 /// Each thread draws from a buffer of its own, without a lock: every HTTP request and MQTT message takes an id, and
 /// with one buffer behind a lock the event loops waited for each other on it (its wake-ups and the id's making were
@@ -28,12 +32,6 @@ public final class RandomPool: Sendable {
     }
 
     static let size = 4096
-
-    /// `/dev/urandom`, opened once for the process; nil where it cannot be.
-    private static let device: Int32? = {
-        let descriptor = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
-        return descriptor >= 0 ? descriptor : nil
-    }()
 
     /// The pool correlation ids draw from. (The bytes are per thread: every instance draws from the calling
     /// thread's.)
@@ -96,14 +94,13 @@ public final class RandomPool: Sendable {
             var filled = 0
             while filled < buffer.count {
                 let rest = UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])
-                if let device {
-                    let count = read(device, rest.baseAddress, rest.count)
-                    if count > 0 {
-                        filled += count
-                        continue
-                    }
-                    if count < 0, errno == EINTR { continue }
+                // A request above 256 bytes may come back short when a signal interrupts it: the rest is asked again.
+                let count = bulwark_getrandom(rest.baseAddress, rest.count)
+                if count > 0 {
+                    filled += count
+                    continue
                 }
+                if count < 0, errno == EINTR { continue }
                 // `getentropy(3)` gives at most 256 bytes a call.
                 let chunk = min(rest.count, 256)
                 #if canImport(Glibc) || canImport(Musl) || canImport(Darwin)
