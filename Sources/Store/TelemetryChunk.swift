@@ -145,7 +145,7 @@ public enum TelemetryChunk {
         mutating func text(length: Int? = nil) throws(Damaged) -> String {
             let raw: UnsafeRawBufferPointer
             if let length { raw = try take(length) } else { raw = try field() }
-            guard let text = String(validating: raw.bindMemory(to: UInt8.self), as: UTF8.self) else {
+            guard let text = String(wellFormedUTF8: raw.bindMemory(to: UInt8.self)) else {
                 throw Damaged(reason: "text that is not UTF-8 at offset \(offset)")
             }
             return text
