@@ -2,7 +2,7 @@
 import PackageDescription
 
 // libFuzzer targets, kept out of the main package: a fuzz executable has no `main` of its own, so a normal
-// `swift build` of the main package could not link it. Sources/{MQTT,Core,JSON,Gateway,TUF,Pairing,PKI,PKCS11,CPKCS11,Advisories} are symbolic
+// `swift build` of the main package could not link it. Sources/{MQTT,Core,CRandom,JSON,Gateway,TUF,Pairing,PKI,PKCS11,CPKCS11,Advisories} are symbolic
 // links to the real modules; their dependencies match ../Package.swift. See README.md and ../scripts/fuzz.
 //
 //   cd Fuzz && swift build --sanitize=fuzzer
@@ -26,7 +26,8 @@ let package = Package(
     ],
     targets: [
         // The modules under test, with the dependencies ../Package.swift gives them.
-        .target(name: "Core", path: "Sources/Core"),
+        .target(name: "Core", dependencies: ["CRandom"], path: "Sources/Core"),
+        .target(name: "CRandom", path: "Sources/CRandom"),
         .target(name: "JSON", path: "Sources/JSON"),
         .target(
             name: "MQTT", dependencies: ["Core", .product(name: "NIOCore", package: "swift-nio")], path: "Sources/MQTT"),
