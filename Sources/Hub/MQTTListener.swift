@@ -680,13 +680,10 @@ struct MQTTConnection {
     /// connection holds 8 bytes for it, not a copy of all of it.
     final class State {
         init(
-            rules: ServerSession, sessionKey: String, connectionNumber: Int, output: FlushCoalescer,
-            acl: BoundTopicACL, payloads: BoundPayloadRules, acknowledgements: AcknowledgementQueue<Acknowledgement>
+            rules: ServerSession, acl: BoundTopicACL, payloads: BoundPayloadRules,
+            acknowledgements: AcknowledgementQueue<Acknowledgement>
         ) {
             self.rules = rules
-            self.sessionKey = sessionKey
-            self.connectionNumber = connectionNumber
-            self.output = output
             self.acl = acl
             self.payloads = payloads
             self.acknowledgements = acknowledgements
@@ -694,18 +691,19 @@ struct MQTTConnection {
 
         /// The protocol's rules for this connection (topic aliases, Receive Maximum, expiry, refusals).
         var rules: ServerSession
-        let sessionKey: String
-        let connectionNumber: Int
-        let output: FlushCoalescer
+        // The session, the connection's number and its writer are the acknowledger's (held once per connection).
+        var sessionKey: String { acknowledger.sessionKey }
+        var connectionNumber: Int { acknowledger.connectionNumber }
+        var output: FlushCoalescer { acknowledger.output }
         /// The identity's topic patterns, bound once for the connection.
         let acl: BoundTopicACL
         /// The identity's payload rules (`mqtt.payloads`), bound once for the connection.
         let payloads: BoundPayloadRules
         /// The acknowledgements not yet sent, in arrival order (see `acknowledge`).
         let acknowledgements: AcknowledgementQueue<Acknowledgement>
-        /// QoS 1 PUBLISH packets received whose PUBACK has not been sent: at most the Receive Maximum the hub
-        /// announced (MQTT 5.0 §3.3.4).
-        var unacknowledged: UnacknowledgedPublishes { acknowledgements.connection.unacknowledged }
+        /// What the acknowledgements share: among it, the QoS 1 PUBLISH packets received whose PUBACK has not been
+        /// sent (`unacknowledged`).
+        var acknowledger: Acknowledger { acknowledgements.connection }
         var version: ProtocolVersion { rules.version }
         var v5: Bool { rules.v5 }
         var expirySeconds: Int { rules.expirySeconds }
@@ -1285,10 +1283,8 @@ struct MQTTConnection {
             broker: listener.broker, sessionKey: accepted.sessionKey, connectionNumber: attached.connectionNumber,
             persistence: listener.persistence)
         let state = State(
-            rules: rules, sessionKey: accepted.sessionKey, connectionNumber: attached.connectionNumber,
-            output: output, acl: accepted.acl, payloads: settings.payloads.bound(to: peer.identity),
-            acknowledgements: AcknowledgementQueue(
-                eventLoop: channel.eventLoop, output: output, connection: acknowledger))
+            rules: rules, acl: accepted.acl, payloads: settings.payloads.bound(to: peer.identity),
+            acknowledgements: AcknowledgementQueue(connection: acknowledger))
         return (state, connack)
     }
 
@@ -1393,10 +1389,11 @@ struct MQTTConnection {
 
     /// The session rules' action for a packet; a QoS 1 or 2 PUBLISH is counted in as unacknowledged.
     static func rulesReceived(_ packet: consuming Packet, state: State) -> ServerSession.Action {
-        let unacknowledged = state.unacknowledged
+        let acknowledger = state.acknowledger
         return state.rules.packetReceived(consume packet) { publish in
             publish.qos == .exactlyOnce
-                ? unacknowledged.received(qos2: publish.packetID ?? 0) : unacknowledged.received()
+                ? acknowledger.unacknowledged.received(qos2: publish.packetID ?? 0)
+                : acknowledger.unacknowledged.received()
         }
     }
 
@@ -1479,7 +1476,7 @@ struct MQTTConnection {
     @inline(never)
     private func released(_ id: UInt16, state: State) async throws {
         let held = await listener.broker.releaseQoS2(key: state.sessionKey, packetID: id)
-        state.unacknowledged.completed(qos2: id)
+        state.acknowledger.unacknowledged.completed(qos2: id)
         await state.output.flush()
         try await send(state.rules.pubcomp(id, held: held), state.version)
     }
@@ -2350,7 +2347,7 @@ final class QoS0Reports: PendingResultReader {
 /// QoS 1 and 2 PUBLISH packets of one connection received and not yet complete (MQTT 5.0 §4.9: the client's send
 /// quota comes back with PUBACK, PUBCOMP, or PUBREC with a failure code). The read loop counts them in, the
 /// acknowledgement tasks and PUBREL count them off. A QoS 2 id is counted once however often its PUBLISH comes.
-final class UnacknowledgedPublishes: Sendable {
+struct UnacknowledgedPublishes: ~Copyable, Sendable {
     private let count = Atomic(0)
     private let qos2 = Mutex(Set<UInt16>())
 

@@ -11,7 +11,7 @@ import Testing
 @Suite struct AcknowledgementQueueTests {
     @Test func stepsRunInArrivalOrderWhateverOrderTheirWritesEndIn() async {
         let queue = AcknowledgementQueue<ClosureStep>(
-            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), connection: ())
+            connection: TestConnection(eventLoop: MultiThreadedEventLoopGroup.singleton.next()))
         let log = Mutex<[Int]>([])
         let count = 200
         let writes = (0..<count).map { _ in StoreOutcome() }
@@ -44,7 +44,7 @@ import Testing
     /// and the step still runs in arrival order, after the earlier steps whose writes answer later.
     @Test func aWriteSettledBeforeItsStepIsAddedStillRunsInOrder() async {
         let queue = AcknowledgementQueue<ClosureStep>(
-            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), connection: ())
+            connection: TestConnection(eventLoop: MultiThreadedEventLoopGroup.singleton.next()))
         let count = 60
         let writes = (0..<count).map { _ in StoreOutcome() }
         for index in 0..<count where index % 3 == 0 { writes[index].settle(.stored) }
@@ -65,7 +65,7 @@ import Testing
     /// The Receive Maximum's back-pressure: a wait for room returns once enough steps have finished, not before.
     @Test func aWaitForRoomEndsWhenStepsFinish() async throws {
         let queue = AcknowledgementQueue<ClosureStep>(
-            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), connection: ())
+            connection: TestConnection(eventLoop: MultiThreadedEventLoopGroup.singleton.next()))
         let writes = (0..<3).map { _ in StoreOutcome() }
         for write in writes { queue.append(after: write) { _ in nil } }
         let waited = Mutex(false)
@@ -96,7 +96,7 @@ import Testing
         defer { pipe.closeReadEnd() }
         let (loop, channel) = (pipe.loop, pipe.channel)
         let output = FlushCoalescer(channel)
-        let queue = AcknowledgementQueue<ClosureStep>(eventLoop: loop, output: output, connection: ())
+        let queue = AcknowledgementQueue<ClosureStep>(connection: TestConnection(eventLoop: loop, coalescer: output))
         try loop.submit {
             queue.append(after: nil) { _ in
                 output.write { $0.writeBytes([1, 2]) }
@@ -111,11 +111,19 @@ import Testing
     }
 }
 
+/// The event loop and (if any) the writer of a queue of `ClosureStep`s.
+struct TestConnection: AcknowledgementConnection {
+    let eventLoop: any EventLoop
+    var coalescer: FlushCoalescer? = nil
+}
+
 /// A step that runs a closure: the queue's order and waiting, apart from what the hub's steps do.
 struct ClosureStep: AcknowledgementStep {
     let body: @Sendable (StoreWrite?) -> (@Sendable () async -> Void)?
 
-    mutating func run(after outcome: StoreWrite?, on _: Void) -> (@Sendable () async -> Void)? { body(outcome) }
+    mutating func run(after outcome: StoreWrite?, on _: TestConnection) -> (@Sendable () async -> Void)? {
+        body(outcome)
+    }
 }
 
 extension AcknowledgementQueue where Step == ClosureStep {

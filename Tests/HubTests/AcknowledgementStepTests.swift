@@ -77,8 +77,7 @@ import Testing
         let acknowledger = MQTTConnection.Acknowledger(
             output: output, version: test.version, problemInformation: test.problemInformation,
             broker: MQTTBroker(), sessionKey: "step-test", connectionNumber: 1, persistence: nil)
-        let queue = AcknowledgementQueue<MQTTConnection.Acknowledgement>(
-            eventLoop: pipe.loop, output: output, connection: acknowledger)
+        let queue = AcknowledgementQueue<MQTTConnection.Acknowledgement>(connection: acknowledger)
         if test.qos == .atLeastOnce {
             #expect(acknowledger.unacknowledged.received() == 1)
         } else {
