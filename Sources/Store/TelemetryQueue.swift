@@ -74,7 +74,8 @@ public final class TelemetryQueue: Sendable {
             }
             head += count
             if head == entries.count {
-                entries.removeAll(keepingCapacity: true)
+                // A burst's capacity is given back (a stalled commit may have let a million entries queue up).
+                entries.removeAll(keepingCapacity: entries.capacity <= 4_096)
                 head = 0
             } else if head * 2 >= entries.count {
                 // The moved-out slots are nil: removed without releasing anything, the rest moved down.

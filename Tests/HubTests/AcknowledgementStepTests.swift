@@ -11,7 +11,10 @@ import Testing
 /// store cannot be reached, and the Receive Maximum's count given back with a PUBACK.
 @Suite struct AcknowledgementStepTests {
     struct Case: Sendable, CustomTestStringConvertible {
-        let outcome: StoreWrite
+        /// Nil: the step waits for no write (an answer decided before any store write).
+        let outcome: StoreWrite?
+        /// The code the step answers with when the write went as expected.
+        var code: ReasonCode = .success
         let version: ProtocolVersion
         let qos: QoS
         let problemInformation: Bool
@@ -20,7 +23,8 @@ import Testing
         let closes: Bool
 
         var testDescription: String {
-            "\(outcome) \(version) QoS \(qos.rawValue)\(problemInformation ? " problem information" : "")"
+            "\(outcome.map { "\($0)" } ?? "no write, code \(code.rawValue)") \(version) QoS \(qos.rawValue)"
+                + (problemInformation ? " problem information" : "")
         }
     }
 
@@ -64,6 +68,18 @@ import Testing
                             closes: true),
                     ]
                 }
+                // Answers decided without a write (MQTT 5 only: 3.1.1 has no codes to send): a refusal carries the
+                // correlation id; 0x10 No matching subscribers is a success and carries none.
+                cases += [
+                    Case(
+                        outcome: nil, code: .quotaExceeded, version: .v5, qos: qos,
+                        problemInformation: problemInformation, expected: [answer(.quotaExceeded, refused)],
+                        closes: false),
+                    Case(
+                        outcome: nil, code: .noMatchingSubscribers, version: .v5, qos: qos,
+                        problemInformation: problemInformation, expected: [answer(.noMatchingSubscribers)],
+                        closes: false),
+                ]
             }
         }
         return cases
@@ -83,13 +99,13 @@ import Testing
         } else {
             #expect(acknowledger.unacknowledged.received(qos2: 7) == 1)
         }
-        let write = StoreOutcome()
+        let write = test.outcome.map { _ in StoreOutcome() }
         queue.append(
             after: write,
             MQTTConnection.Acknowledgement(
-                packetID: 7, qos: test.qos, code: .success, correlationID: Self.correlationID, delivery: nil,
+                packetID: 7, qos: test.qos, code: test.code, correlationID: Self.correlationID, delivery: nil,
                 local: nil, logged: nil, savingID: false))
-        write.settle(test.outcome)
+        if let write, let outcome = test.outcome { write.settle(outcome) }
         await queue.wait(untilAtMost: 0)
         // A close the step queued on the loop has run once this submitted task has; without one, the test closes.
         try await pipe.loop.submit {}.get()

@@ -194,6 +194,10 @@ struct PipeChannel {
     init() throws {
         var fds: [Int32] = [0, 0]
         try #require(pipe(&fds) == 0)
+        // Close-on-exec: a child process another test starts must not inherit the write end, or the read to the
+        // end would wait for that child to exit. (`pipe2` is not imported; a process started between the two calls
+        // could still inherit it.)
+        for fd in fds { try #require(fcntl(fd, F_SETFD, FD_CLOEXEC) == 0) }
         loop = MultiThreadedEventLoopGroup.singleton.next()
         channel = try NIOPipeBootstrap(group: loop).takingOwnershipOfDescriptor(output: fds[1]).wait()
         readEnd = fds[0]
@@ -205,6 +209,7 @@ struct PipeChannel {
         var chunk = [UInt8](repeating: 0, count: 16)
         while true {
             let count = read(readEnd, &chunk, chunk.count)
+            if count < 0, errno == EINTR { continue }
             if count <= 0 { break }
             received += chunk.prefix(count)
         }
